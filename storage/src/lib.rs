@@ -1,0 +1,1 @@
+//! vedge-storage: the SSD segment store under the edge RAM tier (see ARCHITECTURE.md).
