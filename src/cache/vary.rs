@@ -1,0 +1,135 @@
+//! `Vary`: which request headers select a variant, and how their values are normalised into the
+//! variant part of a cache key.
+
+use http::{header, HeaderMap, HeaderName};
+
+/// The request headers a response varies on, lowercased and sorted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VarySpec(pub Vec<HeaderName>);
+
+/// Parses the response's `Vary`. `Err` names why the response must not be shared: `Vary: *`
+/// matches no later request, and `Cookie`/`Authorization` vary per viewer.
+pub fn parse(h: &HeaderMap) -> Result<VarySpec, &'static str> {
+    let mut names = Vec::new();
+    for value in h.get_all(header::VARY) {
+        let Ok(v) = value.to_str() else {
+            return Err("vary-invalid");
+        };
+        for name in v.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            if name == "*" {
+                return Err("vary-star");
+            }
+            let Ok(name) = HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()) else {
+                return Err("vary-invalid");
+            };
+            if name == header::COOKIE || name == header::AUTHORIZATION {
+                return Err("vary-per-viewer");
+            }
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+    }
+    names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    Ok(VarySpec(names))
+}
+
+impl VarySpec {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The variant suffix for a request: `\0name=value` for each varied header, normalised.
+    pub fn variant(&self, req: &HeaderMap) -> String {
+        let mut out = String::new();
+        for name in &self.0 {
+            out.push('\0');
+            out.push_str(name.as_str());
+            out.push('=');
+            let values: Vec<&str> = req
+                .get_all(name)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            if *name == header::ACCEPT_ENCODING {
+                out.push_str(normalise_accept_encoding(&values.join(",")));
+            } else {
+                // Whitespace around list items is not significant.
+                let joined: Vec<String> = values
+                    .iter()
+                    .flat_map(|v| v.split(','))
+                    .map(|p| p.trim().to_string())
+                    .collect();
+                out.push_str(&joined.join(","));
+            }
+        }
+        out
+    }
+
+    /// Serialises as the lowercase names joined by `,` (for the stored head).
+    pub fn to_header_list(&self) -> String {
+        self.0
+            .iter()
+            .map(HeaderName::as_str)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// Collapses the thousands of `Accept-Encoding` spellings into the few codings we could store.
+pub fn normalise_accept_encoding(v: &str) -> &'static str {
+    let accepts = |coding: &str| {
+        v.split(',').any(|item| {
+            let mut parts = item.split(';');
+            let name = parts.next().unwrap_or("").trim();
+            let q_zero = parts.any(|p| {
+                p.trim()
+                    .strip_prefix("q=")
+                    .and_then(|q| q.trim().parse::<f32>().ok())
+                    == Some(0.0)
+            });
+            name.eq_ignore_ascii_case(coding) && !q_zero
+        })
+    };
+    if accepts("br") {
+        "br"
+    } else if accepts("zstd") {
+        "zstd"
+    } else if accepts("gzip") {
+        "gzip"
+    } else {
+        "identity"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn variants_normalise() {
+        let mut resp = HeaderMap::new();
+        resp.insert(
+            header::VARY,
+            HeaderValue::from_static("Accept-Encoding, X-Device"),
+        );
+        let spec = parse(&resp).expect("shareable");
+        let mut a = HeaderMap::new();
+        a.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("gzip, deflate, br"),
+        );
+        a.insert("x-device", HeaderValue::from_static("tv"));
+        let mut b = HeaderMap::new();
+        b.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("br;q=1.0, gzip"),
+        );
+        b.insert("x-device", HeaderValue::from_static(" tv "));
+        assert_eq!(spec.variant(&a), spec.variant(&b));
+        b.insert("x-device", HeaderValue::from_static("phone"));
+        assert_ne!(spec.variant(&a), spec.variant(&b));
+        assert_eq!(normalise_accept_encoding("gzip;q=0, identity"), "identity");
+    }
+}

@@ -1,0 +1,1 @@
+//! HLS and DASH manifest reading (m3u8-rs, dash-mpd-core).
