@@ -19,7 +19,8 @@ fn main() -> std::process::ExitCode {
         },
         _ => None,
     };
-    init_tracing(&cli.log);
+    // Held for the whole run: dropping it flushes the log writer.
+    let _log_guard = init_tracing(&cli.log);
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -100,12 +101,17 @@ async fn shutdown_signal() {
     tracing::info!("shutdown requested: draining");
 }
 
-fn init_tracing(filter: &str) {
+/// Logs go through a non-blocking writer: the access line of every request must never make a
+/// worker wait on stdout.
+fn init_tracing(filter: &str) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stdout());
     tracing_subscriber::fmt()
+        .with_writer(writer)
         .with_env_filter(filter)
         .with_target(true)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
+    guard
 }
