@@ -788,6 +788,12 @@ impl Store {
         }
     }
 
+    /// Test hook: make every device write fail with `errno` (0 restores normal operation).
+    #[doc(hidden)]
+    pub fn inject_write_errno(&self, errno: i32) {
+        self.inner().io.inject_write_errno(errno);
+    }
+
     /// Finishes queued writes, writes the index snapshot and marks the store clean.
     /// Other clones keep serving lookups; their inserts are refused.
     pub async fn close(self) -> Result<(), StoreError> {

@@ -10,6 +10,7 @@ pub(crate) mod uring;
 
 use std::io;
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::oneshot;
@@ -61,11 +62,21 @@ impl EngineKind {
 #[derive(Clone)]
 pub(crate) struct Io {
     engine: Arc<dyn IoEngine>,
+    /// Test hook: when non-zero, writes fail with this errno before reaching the engine
+    /// (how the fault tests produce ENOSPC on any filesystem).
+    fail_writes: Arc<AtomicI32>,
 }
 
 impl Io {
     pub(crate) fn new(engine: Arc<dyn IoEngine>) -> Self {
-        Io { engine }
+        Io {
+            engine,
+            fail_writes: Arc::new(AtomicI32::new(0)),
+        }
+    }
+
+    pub(crate) fn inject_write_errno(&self, errno: i32) {
+        self.fail_writes.store(errno, Ordering::Relaxed);
     }
 
     pub(crate) fn kind(&self) -> EngineKind {
@@ -105,6 +116,10 @@ impl Io {
 
     /// Writes all of `buf` at `offset`.
     pub(crate) async fn write(&self, offset: u64, buf: AlignedBuf) -> io::Result<()> {
+        let errno = self.fail_writes.load(Ordering::Relaxed);
+        if errno != 0 {
+            return Err(io::Error::from_raw_os_error(errno));
+        }
         self.run(OpKind::Write, offset, buf).await.1
     }
 
