@@ -211,7 +211,7 @@ impl Layout {
                 ),
             });
         }
-        if (regions as u64 * region_size) / BLOCK > u32::MAX as u64 {
+        if (regions * region_size) / BLOCK > u32::MAX as u64 {
             return Err(StoreError::Config(format!(
                 "size {size} exceeds the 16 TiB limit of one store"
             )));

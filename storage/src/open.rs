@@ -340,9 +340,10 @@ async fn load_snapshot(
                 objects,
             }
         });
-    if let Some(a) = &active {
-        st.next_seq = (a.gen << 32) | u64::from(a.write_end);
-    }
+    st.next_seq = match &active {
+        Some(a) => (a.gen << 32) | u64::from(a.write_end),
+        None => (st.max_gen + 1) << 32,
+    };
     Some((st, active))
 }
 
@@ -423,6 +424,7 @@ pub(crate) async fn recover(
         }
         scanned.push((r, gen, hashes));
     }
+    st.next_seq = (st.max_gen + 1) << 32;
     found.sort_unstable_by_key(|f| f.seq);
     st.index.reserve(found.len());
     for f in &found {

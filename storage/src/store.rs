@@ -55,7 +55,8 @@ pub(crate) struct State {
     /// Prefix tombstones: objects whose key starts with the prefix and whose sequence is below
     /// the mark are dead. Checked on lookup; dropped once every older region has been reused.
     pub prefixes: Vec<(Vec<u8>, u64)>,
-    /// Sequence the next allocation will get (see `seq`).
+    /// Sequence the next allocation will get (see `seq`). With no active region, the start of
+    /// the next generation: every object on disk is below it.
     pub next_seq: u64,
     pub live_bytes: u64,
     pub pinned_bytes: u64,
@@ -77,7 +78,7 @@ impl State {
             ],
             max_gen: 0,
             prefixes: Vec::new(),
-            next_seq: 0,
+            next_seq: 1 << 32,
             live_bytes: 0,
             pinned_bytes: 0,
             pending_pinned: 0,
@@ -168,7 +169,7 @@ pub(crate) struct Inner {
     pub closed: AtomicBool,
     pub pinned_limit: u64,
     next_id: AtomicU64,
-    reads: Mutex<HashMap<(KeyHash, u32), Vec<oneshot::Sender<ReadResult>>>>,
+    reads: Mutex<HashMap<(KeyHash, u32), ReadWaiters>>,
     admit: Mutex<Admission>,
 }
 
@@ -186,6 +187,8 @@ pub(crate) enum ReadErr {
 }
 
 pub(crate) type ReadResult = Result<Arc<ReadObj>, ReadErr>;
+/// Lookups waiting on a read another lookup started.
+type ReadWaiters = Vec<oneshot::Sender<ReadResult>>;
 
 pub(crate) enum Job {
     Write(WriteJob),
@@ -377,7 +380,7 @@ struct ReadSlot<'a> {
 }
 
 impl ReadSlot<'_> {
-    fn finish(self) -> Vec<oneshot::Sender<ReadResult>> {
+    fn finish(self) -> ReadWaiters {
         let w = self
             .inner
             .reads

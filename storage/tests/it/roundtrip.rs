@@ -213,3 +213,27 @@ async fn store_is_send_sync_clone() {
     fn check<T: Send + Sync + Clone + 'static>() {}
     check::<Store>();
 }
+
+#[tokio::test]
+async fn prefix_purge_right_after_crash_recovery_applies_to_disk_objects() {
+    for engine in ENGINES {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cfg(&dir.path().join("store"), engine);
+        let s = open(&c).await;
+        for i in 0..5 {
+            put(&s, &format!("p/{i}"), 2000).await;
+        }
+        drop(s);
+        let s = open(&c).await;
+        s.remove_prefix(b"p/");
+        for i in 0..5 {
+            assert!(s.lookup(format!("p/{i}").as_bytes()).await.is_none());
+        }
+        put(&s, "p/new", 10).await;
+        s.close().await.unwrap();
+        let s = open(&c).await;
+        assert!(s.lookup(b"p/1").await.is_none());
+        assert_served(&s, "p/new", 10).await;
+        s.close().await.unwrap();
+    }
+}
