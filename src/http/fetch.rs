@@ -241,6 +241,7 @@ async fn run(edge: &Arc<Edge>, fill: &Arc<Fill>, key: &str, job: FillJob) -> Res
                 vary: spec,
                 tags,
                 pinned: false,
+                disk: Default::default(),
             };
             edge.insert(store_key, Arc::new(obj));
         }

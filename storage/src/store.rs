@@ -341,10 +341,19 @@ impl Inner {
     }
 
     fn admit_pull(&self, h: KeyHash, len: u64) -> Result<(), SkipReason> {
+        // Second-request admission protects a full store from one-hit churn. While the store
+        // still has never-used regions, nothing would be evicted to make room, so there is
+        // nothing to protect: admit, and a cold edge keeps what it fetched across a restart.
+        let has_room = self
+            .st
+            .lock()
+            .regions
+            .iter()
+            .any(|r| r.state == RegionState::Free);
         let mut a = self.admit.lock();
         let now = Instant::now();
         let window = self.cfg.admit_window;
-        if !window.is_zero() {
+        if !window.is_zero() && !has_room {
             let k = u64::from(h.0[0]) | (u64::from(h.0[1]) << 32);
             while let Some(&(old, t)) = a.order.front() {
                 if now.duration_since(t) <= window && a.order.len() < MAX_SEEN {
