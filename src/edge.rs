@@ -157,6 +157,9 @@ impl Edge {
 
     /// Whether `key` is remembered as uncacheable.
     pub fn is_hit_for_pass(&self, key: &str) -> bool {
+        if self.hit_for_pass.is_empty() {
+            return false;
+        }
         match self.hit_for_pass.get(key) {
             Some(until) if until > SystemTime::now() => true,
             Some(_) => {
