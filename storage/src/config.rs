@@ -137,6 +137,8 @@ pub struct StoreStats {
     pub regions_in_use: u32,
     pub hits: u64,
     pub misses: u64,
+    /// Object reads issued to the device (concurrent lookups of one object share one).
+    pub device_reads: u64,
     pub bytes_written: u64,
     pub reinsertions: u64,
     /// Objects dropped by region eviction.
