@@ -100,6 +100,23 @@ impl AlignedBuf {
         self.len = n;
     }
 
+    /// Copies `data` to `at` without requiring the buffer to be initialised there.
+    pub(crate) fn put(&mut self, at: usize, data: &[u8]) {
+        assert!(at + data.len() <= self.size, "write past the buffer");
+        // SAFETY: the range lies within the allocation (checked) and cannot overlap `data`,
+        // which is borrowed from elsewhere while we hold &mut self.
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.as_ptr().add(at), data.len())
+        }
+    }
+
+    /// Zeroes `from..to`.
+    pub(crate) fn zero(&mut self, from: usize, to: usize) {
+        assert!(from <= to && to <= self.size, "zero past the buffer");
+        // SAFETY: the range lies within the allocation (checked).
+        unsafe { std::ptr::write_bytes(self.ptr.as_ptr().add(from), 0, to - from) }
+    }
+
     pub(crate) fn as_slice(&self) -> &[u8] {
         // SAFETY: the first `len` bytes are initialised (see the type's invariant).
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }

@@ -233,7 +233,7 @@ impl Writer {
         // Encoding (copy + checksums) runs in the write task, so several objects are prepared
         // in parallel on the runtime's workers instead of serially in this loop.
         self.inflight.spawn(async move {
-            let mut buf = AlignedBuf::zeroed(job.extent as usize);
+            let mut buf = AlignedBuf::uninit(job.extent as usize);
             {
                 let o = &job.obj;
                 let m = format::ObjMeta {
@@ -244,7 +244,7 @@ impl Writer {
                     expires_at: o.meta.expires_at,
                     pinned: o.meta.pinned,
                 };
-                format::encode_object(buf.as_mut_slice(), nonce, gen, &m, &o.body);
+                format::encode_object(&mut buf, nonce, gen, &m, &o.body);
             }
             let mut res = io.write(off, buf).await;
             if res.is_ok() && job.durable {
