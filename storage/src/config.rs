@@ -41,6 +41,10 @@ pub struct StoreConfig {
     pub write_rate_limit: Option<u64>,
     /// Whether eviction may drop pinned objects. Default false: they are rewritten instead.
     pub allow_pinned_eviction: bool,
+    /// Skip O_DIRECT as if the filesystem had refused it (the automatic fallback, forced).
+    /// For tests on kernels whose tmpfs accepts O_DIRECT. Default false.
+    #[doc(hidden)]
+    pub buffered_io: bool,
 }
 
 impl StoreConfig {
@@ -55,6 +59,7 @@ impl StoreConfig {
             admit_window: Duration::from_secs(600),
             write_rate_limit: None,
             allow_pinned_eviction: false,
+            buffered_io: false,
         }
     }
 }

@@ -158,6 +158,18 @@ async fn tmpfs_works_with_direct_io_or_buffered_fallback() {
         let s = open(&c).await;
         assert_served(&s, "t", 10_000).await;
         s.close().await.unwrap();
+
+        // The buffered path (what EINVAL on O_DIRECT falls back to), forced.
+        let mut b = c.clone();
+        b.buffered_io = true;
+        let s = open(&b).await;
+        assert!(!s.stats().direct_io);
+        assert_served(&s, "t", 10_000).await;
+        put(&s, "u", 7000).await;
+        drop(s);
+        let s = open(&c).await;
+        assert_served(&s, "u", 7000).await;
+        s.close().await.unwrap();
     }
 }
 
