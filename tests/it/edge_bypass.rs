@@ -23,7 +23,11 @@ async fn credentialed_requests_bypass_the_cache() {
     let seen = origin.seen("/v/auth.ts");
     assert_eq!(seen[0].header("authorization"), Some("Bearer abc"));
     assert_eq!(seen[2].header("cookie"), Some("session=1"));
-    assert_eq!(edge.edge.ram.len(), 0, "nothing stored from a credentialed request");
+    assert_eq!(
+        edge.edge.ram.len(),
+        0,
+        "nothing stored from a credentialed request"
+    );
 
     // An anonymous viewer still gets a cached copy of its own.
     assert_eq!(edge.get("/v/auth.ts").await.x_cache(), "MISS");

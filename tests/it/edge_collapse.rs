@@ -32,9 +32,9 @@ async fn concurrent_misses_for_one_segment_cost_one_origin_request() {
     let mut tasks = Vec::with_capacity(VIEWERS);
     for _ in 0..VIEWERS {
         let permit = permits.clone().acquire_owned().await.ok();
-        let edge = edge.clone();
+        let viewer = edge.clone();
         tasks.push(tokio::spawn(async move {
-            let r = edge.get("/v/hot.ts").await;
+            let r = viewer.get("/v/hot.ts").await;
             drop(permit);
             r
         }));

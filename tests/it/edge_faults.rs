@@ -93,7 +93,11 @@ async fn refused_origin_is_502() {
     origin.stop_and_wait().await;
     let r = edge.get("/v/none.ts").await;
     assert_eq!(r.status, StatusCode::BAD_GATEWAY);
-    assert!(r.h("cache-status").contains("origin-unreachable"), "{}", r.h("cache-status"));
+    assert!(
+        r.h("cache-status").contains("origin-unreachable"),
+        "{}",
+        r.h("cache-status")
+    );
 }
 
 #[tokio::test]

@@ -159,5 +159,9 @@ async fn stale_while_revalidate_serves_stale_and_refreshes_once_in_the_backgroun
     let r = edge.get("/v/swr.ts").await;
     assert_eq!(r.x_cache(), "HIT");
     assert_eq!(r.body, "new");
-    assert_eq!(origin.count("/v/swr.ts"), 2, "exactly one background refresh");
+    assert_eq!(
+        origin.count("/v/swr.ts"),
+        2,
+        "exactly one background refresh"
+    );
 }

@@ -66,7 +66,11 @@ async fn a_ranged_miss_fetches_the_whole_object_once_and_caches_it() {
 
     let seen = origin.seen("/v/r2.ts");
     assert_eq!(seen.len(), 1);
-    assert_eq!(seen[0].header("range"), None, "the cache fetches whole objects");
+    assert_eq!(
+        seen[0].header("range"),
+        None,
+        "the cache fetches whole objects"
+    );
     let full = edge.get("/v/r2.ts").await;
     assert_eq!(full.x_cache(), "HIT");
     assert_eq!(full.body, body);
@@ -90,7 +94,9 @@ async fn a_range_during_a_fill_is_served_as_soon_as_its_bytes_exist() {
     );
     let edge = TestEdge::start(edge_config(&origin)).await;
 
-    let r = edge.get_with("/v/r3.ts", &[("range", "bytes=100-1099")]).await;
+    let r = edge
+        .get_with("/v/r3.ts", &[("range", "bytes=100-1099")])
+        .await;
     assert_eq!(r.status, StatusCode::PARTIAL_CONTENT);
     assert_eq!(r.h("content-range"), "bytes 100-1099/10000");
     assert_eq!(&r.body[..], &body[100..1100]);
@@ -98,7 +104,9 @@ async fn a_range_during_a_fill_is_served_as_soon_as_its_bytes_exist() {
         origin.sent("/v/r3.ts")[0].last_byte.is_none(),
         "the origin is still stalled"
     );
-    let r = edge.get_with("/v/r3.ts", &[("range", "bytes=1500-1999")]).await;
+    let r = edge
+        .get_with("/v/r3.ts", &[("range", "bytes=1500-1999")])
+        .await;
     assert_eq!(&r.body[..], &body[1500..2000]);
     assert!(r.h("cache-status").contains("collapsed"));
     assert_eq!(origin.count("/v/r3.ts"), 1);

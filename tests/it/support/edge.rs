@@ -148,7 +148,9 @@ impl TestEdge {
 
     /// Writes `bytes` on a fresh connection and reads until the edge closes it (or 10 s).
     pub async fn raw(&self, bytes: &[u8]) -> RawResp {
-        let mut s = TcpStream::connect(self.addr).await.expect("connect to edge");
+        let mut s = TcpStream::connect(self.addr)
+            .await
+            .expect("connect to edge");
         s.write_all(bytes).await.expect("write raw request");
         read_raw(&mut s).await
     }
@@ -261,8 +263,18 @@ pub async fn read_raw(s: &mut TcpStream) -> RawResp {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
-            Err(_) => return RawResp { bytes, closed: false },
-            Ok(Ok(0)) | Ok(Err(_)) => return RawResp { bytes, closed: true },
+            Err(_) => {
+                return RawResp {
+                    bytes,
+                    closed: false,
+                }
+            }
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                return RawResp {
+                    bytes,
+                    closed: true,
+                }
+            }
             Ok(Ok(n)) => bytes.extend_from_slice(&buf[..n]),
         }
     }

@@ -6,5 +6,5 @@
 pub mod edge;
 pub mod origin;
 
-pub use edge::{edge_config, ttl, until, Resp, TestEdge};
+pub use edge::{edge_config, ttl, until, TestEdge};
 pub use origin::{Fault, Gate, Origin, Script};

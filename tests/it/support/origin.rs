@@ -591,8 +591,7 @@ async fn respond(
     } else {
         format!("content-length: {}\r\n", script.body.len())
     };
-    if s
-        .write_all(&head_bytes(script.status, &script.headers, &framing))
+    if s.write_all(&head_bytes(script.status, &script.headers, &framing))
         .await
         .is_err()
     {
