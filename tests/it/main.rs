@@ -9,4 +9,5 @@ mod edge_collapse;
 mod edge_faults;
 mod edge_freshness;
 mod edge_ranges;
+mod edge_store;
 mod edge_vary;
