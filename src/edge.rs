@@ -155,6 +155,11 @@ impl Edge {
         tracing::trace!(key, ?admit, "store admission");
     }
 
+    /// Bytes a new pinned (pushed) asset may still use on disk; `None` without a store.
+    pub fn free_for_pinned(&self) -> Option<u64> {
+        self.store.as_ref().map(Store::free_for_pinned)
+    }
+
     /// Whether `key` is remembered as uncacheable.
     pub fn is_hit_for_pass(&self, key: &str) -> bool {
         if self.hit_for_pass.is_empty() {
