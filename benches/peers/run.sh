@@ -119,6 +119,6 @@ for edge in $EDGES; do
   esac
 done
 
-python3 "$HERE/table.py" "$OUT" $EDGES > "$MD.tmp" && mv "$MD.tmp" "$MD"
+HARNESS_MD=$MD python3 "$HERE/table.py" "$OUT" $EDGES > "$MD.tmp" && mv "$MD.tmp" "$MD"
 log "wrote $MD (raw: $OUT)"
 cat "$MD"

@@ -3,6 +3,14 @@
 import json, os, sys
 
 out, edges = sys.argv[1], sys.argv[2:]
+# Hand-written notes below this marker in the existing harness.md are kept.
+MARK = "<!-- notes: kept by table.py -->"
+md = os.environ.get("HARNESS_MD", "")
+notes = ""
+if md and os.path.exists(md):
+    old = open(md).read()
+    if MARK in old:
+        notes = old[old.index(MARK):]
 env = open(os.path.join(out, "env.txt")).read().strip()
 rows = []
 for e in edges:
@@ -36,4 +44,4 @@ the cores.
 
 | edge | origin requests per media object (amplification) | segment TTFB p50 / p99 ms | segment full p99 ms | stalls | throughput | errors | edge CPU | segments ok | segment X-Cache |
 |---|---|---:|---:|---|---|---:|---|---:|---|
-""" + "\n".join(rows))
+""" + "\n".join(rows) + "\n\n" + (notes or MARK + "\n"))

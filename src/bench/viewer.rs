@@ -413,7 +413,7 @@ async fn run_hls(
                 sleep_until(wait_until.min(plan.leave_at)).await;
                 // Ask for the new segment directly (what an LL-HLS or DASH client does), then
                 // carry on with the playlist reload.
-                if Instant::now() < plan.leave_at && n == end {
+                if Instant::now() < plan.leave_at && n >= end {
                     let last_uri = pl.segments.last().map(|s| s.uri.as_str()).unwrap_or("");
                     if let Some(uri) = next_uri(last_uri, end - 1, n) {
                         if let Ok(u) = media_url.join(&uri) {
