@@ -366,7 +366,11 @@ pub async fn serve(
 }
 
 fn full(status: StatusCode, ctype: &str, cc: &str, body: impl Into<Bytes>) -> Response<Body> {
-    let mut r = Response::new(Full::new(body.into()).map_err(|e| match e {}).boxed_unsync());
+    let mut r = Response::new(
+        Full::new(body.into())
+            .map_err(|e| match e {})
+            .boxed_unsync(),
+    );
     *r.status_mut() = status;
     let h = r.headers_mut();
     if let Ok(v) = HeaderValue::from_str(ctype) {
@@ -383,7 +387,12 @@ fn full(status: StatusCode, ctype: &str, cc: &str, body: impl Into<Bytes>) -> Re
 }
 
 fn not_found() -> Response<Body> {
-    full(StatusCode::NOT_FOUND, "text/plain", "no-store", "not found\n")
+    full(
+        StatusCode::NOT_FOUND,
+        "text/plain",
+        "no-store",
+        "not found\n",
+    )
 }
 
 /// What a stream path names.
@@ -464,7 +473,12 @@ async fn handle(st: &State, req: Request<Incoming>) -> Response<Body> {
     }
     if req.method() == Method::HEAD {
         let (parts, _) = resp.into_parts();
-        return Response::from_parts(parts, Full::new(Bytes::new()).map_err(|e| match e {}).boxed_unsync());
+        return Response::from_parts(
+            parts,
+            Full::new(Bytes::new())
+                .map_err(|e| match e {})
+                .boxed_unsync(),
+        );
     }
     resp
 }
@@ -590,7 +604,10 @@ fn paced(st: &State, ctype: &str, cc: &str, body: Bytes) -> Response<Body> {
                 return None;
             }
             if truncate && off >= half {
-                let e = std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "injected truncation");
+                let e = std::io::Error::new(
+                    std::io::ErrorKind::ConnectionAborted,
+                    "injected truncation",
+                );
                 return Some((Err(e), (body, len, None)));
             }
             let mut stall = stall;
@@ -649,7 +666,12 @@ fn stats(st: &State, query: Option<&str>) -> Response<Body> {
         "paths": paths,
         "max_inflight": inflight,
     });
-    full(StatusCode::OK, "application/json", "no-store", v.to_string())
+    full(
+        StatusCode::OK,
+        "application/json",
+        "no-store",
+        v.to_string(),
+    )
 }
 
 fn content_type(p: &Path) -> &'static str {

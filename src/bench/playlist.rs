@@ -212,7 +212,9 @@ pub fn dash_mpd(
     s.push_str("  </AdaptationSet>\n </Period>\n");
     if vod_segments.is_none() {
         // Players sync to the origin's clock; relative URL, resolved against the MPD's own.
-        s.push_str(" <UTCTiming schemeIdUri=\"urn:mpeg:dash:utc:http-iso:2014\" value=\"/__time\"/>\n");
+        s.push_str(
+            " <UTCTiming schemeIdUri=\"urn:mpeg:dash:utc:http-iso:2014\" value=\"/__time\"/>\n",
+        );
     }
     s.push_str("</MPD>\n");
     s
@@ -287,7 +289,10 @@ mod tests {
                 assert!((s.duration - 2.0).abs() < 1e-6);
                 let pdt = s.program_date_time.expect("PDT on every segment");
                 let want = tl.start_of(seq + i as u64);
-                let want_ms = want.duration_since(UNIX_EPOCH).expect("after epoch").as_millis();
+                let want_ms = want
+                    .duration_since(UNIX_EPOCH)
+                    .expect("after epoch")
+                    .as_millis();
                 assert_eq!(pdt.timestamp_millis() as u128, want_ms);
             }
             seen.push(seq);
@@ -320,7 +325,11 @@ mod tests {
         assert_eq!(m.minimumUpdatePeriod, Some(Duration::from_secs(2)));
         assert_eq!(m.timeShiftBufferDepth, Some(Duration::from_secs(12)));
         let ast = m.availabilityStartTime.expect("availabilityStartTime");
-        let epoch_ms = tl.epoch.duration_since(UNIX_EPOCH).expect("epoch").as_millis();
+        let epoch_ms = tl
+            .epoch
+            .duration_since(UNIX_EPOCH)
+            .expect("epoch")
+            .as_millis();
         assert_eq!(ast.timestamp_millis() as u128, epoch_ms);
         let aset = &m.periods[0].adaptations[0];
         let st = aset.SegmentTemplate.as_ref().expect("template");

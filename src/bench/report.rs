@@ -104,9 +104,11 @@ pub struct Report {
 }
 
 fn is_media(path: &str) -> bool {
-    [".m4s", ".mp4", ".ts", ".aac", ".m4a", ".m4v", ".cmfv", ".cmfa"]
-        .iter()
-        .any(|e| path.ends_with(e))
+    [
+        ".m4s", ".mp4", ".ts", ".aac", ".m4a", ".m4v", ".cmfv", ".cmfa",
+    ]
+    .iter()
+    .any(|e| path.ends_with(e))
 }
 
 /// Sort key: (directory, number in the file name, name) so segments plot in stream order.
@@ -302,7 +304,14 @@ pub fn summary(r: &Report) -> String {
             pct_row(&c.ttfb_ms),
             cache.join(" ")
         );
-        let _ = writeln!(s, "{:<9} {:>8} {:<5} {}", "", "", "full", pct_row(&c.total_ms));
+        let _ = writeln!(
+            s,
+            "{:<9} {:>8} {:<5} {}",
+            "",
+            "",
+            "full",
+            pct_row(&c.total_ms)
+        );
     }
     if !r.errors.is_empty() {
         let e: Vec<String> = r.errors.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -522,7 +531,11 @@ mod tests {
         let order: Vec<&str> = o.per_object.iter().map(|(p, _)| p.as_str()).collect();
         assert_eq!(
             order,
-            ["/live/x/r0/init.mp4", "/live/x/r0/seg_9.m4s", "/live/x/r0/seg_10.m4s"]
+            [
+                "/live/x/r0/init.mp4",
+                "/live/x/r0/seg_9.m4s",
+                "/live/x/r0/seg_10.m4s"
+            ]
         );
     }
 }

@@ -58,8 +58,11 @@ pub enum FetchError {
 
 /// The viewer's view of the network and of the run's recorder.
 pub trait Net: Send + Sync {
-    fn get(&self, url: &str, class: Class)
-        -> impl Future<Output = Result<Fetched, FetchError>> + Send;
+    fn get(
+        &self,
+        url: &str,
+        class: Class,
+    ) -> impl Future<Output = Result<Fetched, FetchError>> + Send;
     /// A stall of `d` ended now.
     fn stall(&self, d: Duration);
     /// A manifest could not be parsed.
@@ -197,11 +200,7 @@ fn instant_of(wall: SystemTime, now_wall: SystemTime, now: Instant) -> Instant {
 
 /// Runs one viewer from `plan.join_at` to `plan.leave_at`. `wall` gives the wall clock matching
 /// tokio's `Instant::now()` (the real clock in runs; a fixed mapping in paused-time tests).
-pub async fn run(
-    net: &impl Net,
-    plan: &Plan,
-    wall: &(impl Fn() -> SystemTime + Sync),
-) -> Outcome {
+pub async fn run(net: &impl Net, plan: &Plan, wall: &(impl Fn() -> SystemTime + Sync)) -> Outcome {
     sleep_until(plan.join_at).await;
     let is_dash = plan.target.path().ends_with(".mpd");
     let out = if is_dash {
@@ -237,11 +236,7 @@ fn parse_hls(b: &[u8]) -> Option<m3u8_rs::Playlist> {
     m3u8_rs::parse_playlist_res(b).ok()
 }
 
-async fn run_hls(
-    net: &impl Net,
-    plan: &Plan,
-    wall: &(impl Fn() -> SystemTime + Sync),
-) -> Outcome {
+async fn run_hls(net: &impl Net, plan: &Plan, wall: &(impl Fn() -> SystemTime + Sync)) -> Outcome {
     let mut out = Outcome::default();
     let mut rng = StdRng::seed_from_u64(plan.seed);
     let Some(top) = manifest(net, plan, plan.target.as_str(), Class::Master, parse_hls).await
@@ -279,23 +274,24 @@ async fn run_hls(
 
     while Instant::now() < plan.leave_at {
         let media_url = variants[current].url.clone();
-        let pl = match &vod_list {
-            Some(p) => p.clone(),
-            None => {
-                let got = manifest(net, plan, media_url.as_str(), Class::Playlist, |b| {
-                    match parse_hls(b)? {
-                        m3u8_rs::Playlist::MediaPlaylist(p) => Some(p),
-                        _ => None,
+        let pl =
+            match &vod_list {
+                Some(p) => p.clone(),
+                None => {
+                    let got = manifest(net, plan, media_url.as_str(), Class::Playlist, |b| {
+                        match parse_hls(b)? {
+                            m3u8_rs::Playlist::MediaPlaylist(p) => Some(p),
+                            _ => None,
+                        }
+                    })
+                    .await;
+                    let Some(p) = got else { break };
+                    if p.end_list {
+                        vod_list = Some(p.clone());
                     }
-                })
-                .await;
-                let Some(p) = got else { break };
-                if p.end_list {
-                    vod_list = Some(p.clone());
+                    p
                 }
-                p
-            }
-        };
+            };
         let target = Duration::from_secs(pl.target_duration.max(1));
         playback.seg = target;
         let first = pl.media_sequence;
@@ -469,8 +465,7 @@ fn parse_dash(b: &[u8]) -> Option<Dash> {
         .adaptations
         .iter()
         .find(|a| {
-            a.contentType.as_deref() == Some("video")
-                || a.mimeType.as_deref() == Some("video/mp4")
+            a.contentType.as_deref() == Some("video") || a.mimeType.as_deref() == Some("video/mp4")
         })
         .or(period.adaptations.first())?;
     let st = aset
@@ -489,7 +484,9 @@ fn parse_dash(b: &[u8]) -> Option<Dash> {
     }
     let dynamic = mpd.mpdtype.as_deref() == Some("dynamic");
     let ast = match &mpd.availabilityStartTime {
-        Some(t) => SystemTime::UNIX_EPOCH + Duration::from_millis(t.timestamp_millis().max(0) as u64),
+        Some(t) => {
+            SystemTime::UNIX_EPOCH + Duration::from_millis(t.timestamp_millis().max(0) as u64)
+        }
         None => SystemTime::UNIX_EPOCH,
     };
     let total_segments = mpd
@@ -520,11 +517,7 @@ fn fill(template: &str, rep: &str, number: u64, time: u64) -> String {
         .replace("$Time$", &time.to_string())
 }
 
-async fn run_dash(
-    net: &impl Net,
-    plan: &Plan,
-    wall: &(impl Fn() -> SystemTime + Sync),
-) -> Outcome {
+async fn run_dash(net: &impl Net, plan: &Plan, wall: &(impl Fn() -> SystemTime + Sync)) -> Outcome {
     let mut out = Outcome::default();
     let mut rng = StdRng::seed_from_u64(plan.seed);
     let url = plan.target.as_str();
@@ -687,7 +680,12 @@ mod tests {
                 .lock()
                 .iter()
                 .filter_map(|(t, p)| {
-                    let n = p.rsplit("seg_").next()?.strip_suffix(".m4s")?.parse().ok()?;
+                    let n = p
+                        .rsplit("seg_")
+                        .next()?
+                        .strip_suffix(".m4s")?
+                        .parse()
+                        .ok()?;
                     Some((*t, n))
                 })
                 .collect()
@@ -707,7 +705,13 @@ mod tests {
             } else if url.ends_with("media.m3u8") {
                 playlist::hls_media(&self.tl, since, None)
             } else if url.ends_with(".mpd") {
-                playlist::dash_mpd(&self.tl, since, &Self::infos(), DashAddressing::Number, None)
+                playlist::dash_mpd(
+                    &self.tl,
+                    since,
+                    &Self::infos(),
+                    DashAddressing::Number,
+                    None,
+                )
             } else {
                 String::new()
             };
@@ -805,7 +809,10 @@ mod tests {
         for (t, n) in &segs[2..] {
             let avail = Duration::from_secs(2 * (n - 5));
             assert!(*t >= avail, "segment {n} asked at {t:?} before {avail:?}");
-            assert!(*t - avail <= Duration::from_millis(25), "segment {n} at {t:?}");
+            assert!(
+                *t - avail <= Duration::from_millis(25),
+                "segment {n} at {t:?}"
+            );
         }
         assert!(segs.len() >= 6, "{segs:?}");
         assert_eq!(out.stalls, 0);
@@ -846,8 +853,14 @@ mod tests {
 
     #[test]
     fn next_uri_replaces_the_number() {
-        assert_eq!(next_uri("seg_41.m4s", 41, 42).as_deref(), Some("seg_42.m4s"));
-        assert_eq!(next_uri("a/41/x41.ts", 41, 42).as_deref(), Some("a/41/x42.ts"));
+        assert_eq!(
+            next_uri("seg_41.m4s", 41, 42).as_deref(),
+            Some("seg_42.m4s")
+        );
+        assert_eq!(
+            next_uri("a/41/x41.ts", 41, 42).as_deref(),
+            Some("a/41/x42.ts")
+        );
         assert_eq!(next_uri("x.ts", 41, 42), None);
     }
 }

@@ -8,6 +8,7 @@
 #
 #   tests/players/run.sh                 # needs: node 20 + npm, chromium (apt), cargo
 #   PLAYERS_DIRECT=1 tests/players/run.sh  # players talk to the origin directly (debugging)
+#   VEDGE=target/release/vedge tests/players/run.sh   # use that binary, skip the build
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
@@ -33,9 +34,11 @@ if [[ ! -d $HERE/node_modules/playwright-core ]]; then
   log "npm ci"
   (cd "$HERE" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund)
 fi
-log "cargo build"
-(cd "$ROOT" && cargo build --bin vedge)
-VEDGE=${VEDGE:-$ROOT/target/debug/vedge}
+if [[ -z ${VEDGE:-} ]]; then
+  log "cargo build"
+  (cd "$ROOT" && cargo build --bin vedge)
+  VEDGE=$ROOT/target/debug/vedge
+fi
 
 OP=$(free_port); EP=$(free_port)
 STATICS=(--static "/player/=$HERE/www" --static "/npm/=$HERE/node_modules")
