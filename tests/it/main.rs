@@ -11,3 +11,4 @@ mod edge_freshness;
 mod edge_ranges;
 mod edge_store;
 mod edge_vary;
+mod harness;
