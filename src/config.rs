@@ -489,7 +489,7 @@ impl TryFrom<RawConfig> for Config {
             });
         }
         // Longest prefix first, so routing is a first-match scan.
-        routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
 
         let cache = CacheConfig {
             drop_query_params: raw.cache.drop_query_params.clone().unwrap_or_else(|| {
