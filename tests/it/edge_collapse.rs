@@ -116,3 +116,60 @@ async fn a_collapsed_waiter_streams_before_the_origin_finishes() {
         waiter_first - origin_done
     );
 }
+
+/// No gate: bursts race the fill's completion, so some viewers look the key up just before the
+/// object is stored and claim just after the fill ended. They must still not refetch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bursts_racing_the_end_of_a_fill_do_not_refetch() {
+    let origin = Origin::start().await;
+    let edge = Arc::new(TestEdge::start(edge_config(&origin)).await);
+    for round in 0..20 {
+        let path = format!("/v/burst{round}.ts");
+        origin.script(
+            &path,
+            Script::ok(format!("burst {round}")).header("cache-control", "max-age=60"),
+        );
+        let mut tasks = Vec::new();
+        for _ in 0..50 {
+            let (viewer, path) = (edge.clone(), path.clone());
+            tasks.push(tokio::spawn(async move { viewer.get(&path).await }));
+        }
+        for t in tasks {
+            let r = t.await.expect("viewer task");
+            assert_eq!(r.body, format!("burst {round}"));
+        }
+        assert_eq!(origin.count(&path), 1, "{path}");
+    }
+}
+
+/// A response the origin marks private goes to the leader only; every collapsed waiter fetches
+/// its own copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_on_a_private_response_fetch_their_own() {
+    let origin = Origin::start().await;
+    let gate = Gate::new();
+    origin.script(
+        "/v/mine.ts",
+        Script::ok("personal")
+            .header("cache-control", "private")
+            .gate(&gate),
+    );
+    let edge = Arc::new(TestEdge::start(edge_config(&origin)).await);
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let viewer = edge.clone();
+        tasks.push(tokio::spawn(async move { viewer.get("/v/mine.ts").await }));
+    }
+    until("three waiters joined the leader", || edge.collapsed() == 3).await;
+    gate.open();
+    let mut statuses = Vec::new();
+    for t in tasks {
+        let r = t.await.expect("viewer task");
+        assert_eq!(r.body, "personal");
+        statuses.push(r.x_cache().to_string());
+    }
+    statuses.sort();
+    assert_eq!(statuses, ["BYPASS", "BYPASS", "BYPASS", "MISS"]);
+    assert_eq!(origin.count("/v/mine.ts"), 4);
+    assert_eq!(edge.edge.ram.len(), 0);
+}

@@ -154,3 +154,34 @@ async fn stale_if_error_serves_the_stale_copy_while_the_origin_is_down() {
     edge.settle().await;
     assert_eq!(edge.get("/v/sie.ts").await.x_cache(), "HIT");
 }
+
+/// Collapsed waiters of a fill whose body is cut are cut too, on every connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_reader_of_a_truncated_fill_is_cut() {
+    let origin = Origin::start().await;
+    let gate = crate::support::Gate::new();
+    origin.script(
+        "/v/cut.ts",
+        Script::ok(vec![b'c'; 10_000])
+            .header("cache-control", "max-age=60")
+            .fault(Fault::Truncate(4_000))
+            .gate(&gate),
+    );
+    let edge = std::sync::Arc::new(TestEdge::start(edge_config(&origin)).await);
+    let mut tasks = Vec::new();
+    for _ in 0..3 {
+        let viewer = edge.clone();
+        tasks.push(tokio::spawn(async move { viewer.raw(GET).await }));
+    }
+    crate::support::until("two waiters joined", || edge.collapsed() == 2).await;
+    gate.open();
+    for t in tasks {
+        let r = t.await.expect("viewer task");
+        assert_eq!(r.status(), 200);
+        assert!(r.closed);
+        assert!(r.split().1.len() < 10_000, "a complete-looking body");
+    }
+    edge.settle().await;
+    assert_eq!(origin.count("/v/cut.ts"), 1);
+    assert_eq!(edge.edge.ram.len(), 0);
+}
