@@ -304,7 +304,9 @@ async fn through_fill(
                 },
             )
         }
-        FillHead::Pass(reason) => match fill.take_pass().filter(|_| leader) {
+        // Only the leader may take the origin response: a waiter that took it first would drop
+        // it, sending the leader to the origin a second time.
+        FillHead::Pass(reason) => match leader.then(|| fill.take_pass()).flatten() {
             Some(resp) => {
                 edge.metrics.request(CacheStatus::Miss);
                 Metrics::inc(&edge.metrics.passes);
