@@ -23,8 +23,11 @@ async fn truncated_content_length_body_is_cut_for_the_viewer_and_not_stored() {
 
     for round in 1..=2 {
         let r = edge.raw(GET).await;
-        assert_eq!(r.status(), 200, "{}", r.text());
-        assert_eq!(r.header("content-length").as_deref(), Some("10000"));
+        if !r.bytes.is_empty() {
+            // (Empty: cut before hyper flushed the head, which is just as incomplete.)
+            assert_eq!(r.status(), 200, "{}", r.text());
+            assert_eq!(r.header("content-length").as_deref(), Some("10000"));
+        }
         let (_, body) = r.split();
         assert!(r.closed, "round {round}: the edge kept the connection open");
         assert!(
@@ -51,8 +54,11 @@ async fn dropped_chunked_body_gets_no_terminating_chunk_and_is_not_stored() {
 
     for round in 1..=2 {
         let r = edge.raw(GET).await;
-        assert_eq!(r.status(), 200, "{}", r.text());
-        assert_eq!(r.header("transfer-encoding").as_deref(), Some("chunked"));
+        if !r.bytes.is_empty() {
+            // (Empty: cut before hyper flushed the head, which is just as incomplete.)
+            assert_eq!(r.status(), 200, "{}", r.text());
+            assert_eq!(r.header("transfer-encoding").as_deref(), Some("chunked"));
+        }
         let (_, body) = r.split();
         assert!(r.closed, "round {round}: the edge kept the connection open");
         assert!(
@@ -177,7 +183,9 @@ async fn every_reader_of_a_truncated_fill_is_cut() {
     gate.open();
     for t in tasks {
         let r = t.await.expect("viewer task");
-        assert_eq!(r.status(), 200);
+        // When the failure comes before hyper flushed the head, the viewer sees no response at
+        // all: just as incomplete.
+        assert!(r.bytes.is_empty() || r.status() == 200, "{}", r.text());
         assert!(r.closed);
         assert!(r.split().1.len() < 10_000, "a complete-looking body");
     }
