@@ -318,7 +318,7 @@ async fn through_fill(
                         req.cdn(),
                         h.status.as_u16()
                     ),
-                    age: Some(0),
+                    age: Some(h.age),
                 },
             )
         }

@@ -239,3 +239,26 @@ async fn post_is_passed_uncached_with_its_body_streamed_both_ways() {
     assert_eq!(origin.count("/api/echo"), 2);
     assert!(origin.seen("/api/echo").iter().all(|s| s.method == "POST"));
 }
+
+/// RFC 9111 §5.1: a cache passes on the age a response already had. An origin (or shield)
+/// answering `Age: 30` with 60 s of freshness leaves viewers 30 s, not 60, on a MISS too.
+#[tokio::test]
+async fn the_origins_age_is_passed_on_on_a_miss_and_a_hit() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/v/aged.ts",
+        Script::ok("aged")
+            .header("cache-control", "max-age=60")
+            .header("age", "30"),
+    );
+    let edge = TestEdge::start(edge_config(&origin)).await;
+    let miss = edge.get("/v/aged.ts").await;
+    assert_eq!(miss.x_cache(), "MISS");
+    let age: u64 = miss.h("age").parse().expect("numeric Age");
+    assert!((30..40).contains(&age), "MISS Age: {age}");
+    edge.settle().await;
+    let hit = edge.get("/v/aged.ts").await;
+    assert_eq!(hit.x_cache(), "HIT");
+    let age: u64 = hit.h("age").parse().expect("numeric Age");
+    assert!((30..40).contains(&age), "HIT Age: {age}");
+}
