@@ -193,3 +193,23 @@ async fn every_reader_of_a_truncated_fill_is_cut() {
     assert_eq!(origin.count("/v/cut.ts"), 1);
     assert_eq!(edge.edge.ram.len(), 0);
 }
+
+/// A passed-through (uncached) response cut by the origin is cut for the viewer too.
+#[tokio::test]
+async fn a_truncated_pass_through_response_is_cut_for_the_viewer() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/v/cut.ts",
+        Script::ok(vec![b'p'; 10_000]).fault(Fault::Truncate(4_000)),
+    );
+    let edge = TestEdge::start(edge_config(&origin)).await;
+    let r = edge
+        .raw(b"GET /v/cut.ts HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer x\r\n\r\n")
+        .await;
+    if !r.bytes.is_empty() {
+        assert_eq!(r.status(), 200, "{}", r.text());
+        assert_eq!(r.header("x-cache").as_deref(), Some("BYPASS"));
+    }
+    assert!(r.closed, "the edge kept the connection open");
+    assert!(r.split().1.len() < 10_000, "a complete-looking body");
+}
