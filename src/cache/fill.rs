@@ -51,6 +51,9 @@ pub struct StreamHead {
     pub leader_variant: String,
     /// Whether this fill was a revalidation/refetch of an expired object.
     pub refetch: bool,
+    /// The age the response already had on arrival, in seconds (the origin's `Age` plus the
+    /// response delay): the `Age` its readers are sent (RFC 9111 §5.1).
+    pub age: u64,
 }
 
 /// Why a fill's body did not complete.

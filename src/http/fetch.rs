@@ -191,6 +191,18 @@ async fn run(edge: &Arc<Edge>, fill: &Arc<Fill>, key: &str, job: FillJob) -> Res
         format!("{}{leader_variant}", job.base_key)
     };
     let content_length = policy::content_length(&parts.headers);
+    let age = match &decision {
+        Decision::Store(f) => f.initial_age,
+        _ => {
+            let origin_age = parts
+                .headers
+                .get(header::AGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            std::time::Duration::from_secs(origin_age) + response_delay
+        }
+    };
     parts.headers.remove(header::AGE);
     let mut store = matches!(decision, Decision::Store(_));
     fill.set_head(FillHead::Streaming(Arc::new(StreamHead {
@@ -201,6 +213,7 @@ async fn run(edge: &Arc<Edge>, fill: &Arc<Fill>, key: &str, job: FillJob) -> Res
         vary: spec.clone(),
         leader_variant,
         refetch: job.stale.is_some(),
+        age: age.as_secs(),
     })));
 
     let idle = edge.origin.between_bytes_timeout();

@@ -20,7 +20,7 @@ use hyper::body::Incoming;
 use crate::admin::metrics::Metrics;
 use crate::cache::fill::{Fill, FillHead};
 use crate::cache::key::cache_key;
-use crate::cache::lock::Claim;
+use crate::cache::lock::{Claim, FillGuard};
 use crate::cache::object::CachedObject;
 use crate::cache::status::CacheStatus;
 use crate::config::Route;
@@ -209,9 +209,34 @@ enum FillOutcome {
 /// Starts a revalidation if none is in flight, reading nothing from it.
 fn refresh_in_background(req: &Req<'_>, key: &str, base_key: &str, stale: Arc<CachedObject>) {
     if let Claim::Leader(fill, guard) = req.edge.fills.claim(key) {
+        // Refreshed by a fill that ended since our lookup: nothing to do.
+        if let Some(obj) = req
+            .edge
+            .ram
+            .get(key)
+            .filter(|o| o.staleness(SystemTime::now()).is_none())
+        {
+            release_with(fill, guard, obj);
+            return;
+        }
         let job = FillJob::new(req, base_key, Some(stale));
         tokio::spawn(fetch::drive_fill(req.edge.clone(), guard, fill, job));
     }
+}
+
+/// The key's object if it is cached and fresh.
+async fn fresh(edge: &Edge, key: &str) -> Option<(Arc<CachedObject>, Tier)> {
+    edge.lookup(key)
+        .await
+        .filter(|(o, _)| o.staleness(SystemTime::now()).is_none())
+}
+
+/// Ends a fill claimed but not needed (the object turned up fresh): anyone who joined it in the
+/// meantime gets that object instead of an error.
+fn release_with(fill: Arc<Fill>, guard: FillGuard, obj: Arc<CachedObject>) {
+    fill.set_head(FillHead::Complete(obj));
+    fill.finish(Ok(()));
+    drop(guard);
 }
 
 /// Reads the key's fill, starting it if this request is first.
@@ -224,6 +249,17 @@ async fn through_fill(
     let edge = req.edge;
     let (fill, leader): (Arc<Fill>, bool) = match edge.fills.claim(key) {
         Claim::Leader(fill, guard) => {
+            // A fill may have stored the key and ended between our lookup and this claim: look
+            // again now that we hold the key, or every such request would fetch it once more.
+            if let Some((obj, tier)) = fresh(edge, key).await {
+                release_with(fill, guard, obj.clone());
+                return Ok(FillOutcome::Done(serve_hit(
+                    req,
+                    &obj,
+                    tier,
+                    SystemTime::now(),
+                )));
+            }
             let job = FillJob::new(req, base_key, stale.clone());
             // Detached: a viewer that disconnects never cancels a fill others read or that
             // will be stored.
@@ -287,7 +323,7 @@ async fn through_fill(
                         req.cdn(),
                         h.status.as_u16()
                     ),
-                    age: Some(0),
+                    age: Some(h.age),
                 },
             )
         }
@@ -309,7 +345,9 @@ async fn through_fill(
                 },
             )
         }
-        FillHead::Pass(reason) => match fill.take_pass().filter(|_| leader) {
+        // Only the leader may take the origin response: a waiter that took it first would drop
+        // it, sending the leader to the origin a second time.
+        FillHead::Pass(reason) => match leader.then(|| fill.take_pass()).flatten() {
             Some(resp) => {
                 edge.metrics.request(CacheStatus::Miss);
                 Metrics::inc(&edge.metrics.passes);

@@ -239,3 +239,73 @@ async fn post_is_passed_uncached_with_its_body_streamed_both_ways() {
     assert_eq!(origin.count("/api/echo"), 2);
     assert!(origin.seen("/api/echo").iter().all(|s| s.method == "POST"));
 }
+
+/// RFC 9111 §5.1: a cache passes on the age a response already had. An origin (or shield)
+/// answering `Age: 30` with 60 s of freshness leaves viewers 30 s, not 60, on a MISS too.
+#[tokio::test]
+async fn the_origins_age_is_passed_on_on_a_miss_and_a_hit() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/v/aged.ts",
+        Script::ok("aged")
+            .header("cache-control", "max-age=60")
+            .header("age", "30"),
+    );
+    let edge = TestEdge::start(edge_config(&origin)).await;
+    let miss = edge.get("/v/aged.ts").await;
+    assert_eq!(miss.x_cache(), "MISS");
+    let age: u64 = miss.h("age").parse().expect("numeric Age");
+    assert!((30..40).contains(&age), "MISS Age: {age}");
+    edge.settle().await;
+    let hit = edge.get("/v/aged.ts").await;
+    assert_eq!(hit.x_cache(), "HIT");
+    let age: u64 = hit.h("age").parse().expect("numeric Age");
+    assert!((30..40).contains(&age), "HIT Age: {age}");
+}
+
+/// Per-viewer query parameters (tokens, CMCD) stay out of the cache key but still reach the
+/// origin; other parameters are part of the key in any order.
+#[tokio::test]
+async fn tokens_are_dropped_from_the_key_but_sent_to_the_origin() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/v/q.ts",
+        Script::ok("q").header("cache-control", "max-age=60"),
+    );
+    let edge = TestEdge::start(edge_config(&origin)).await;
+    assert_eq!(edge.get("/v/q.ts?a=1&b=2&token=t1").await.x_cache(), "MISS");
+    edge.settle().await;
+    let r = edge.get("/v/q.ts?b=2&token=t2&CMCD=br%3D100&a=1").await;
+    assert_eq!(r.x_cache(), "HIT");
+    assert_eq!(edge.get("/v/q.ts?a=2&b=2").await.x_cache(), "MISS");
+    let seen = origin.seen("/v/q.ts");
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0].target, "/v/q.ts?a=1&b=2&token=t1");
+}
+
+/// A viewer's `If-None-Match` on a miss is answered 304 from the fill, not sent to the origin.
+#[tokio::test]
+async fn if_none_match_on_a_miss_is_answered_by_the_edge() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/v/inm.ts",
+        Script::ok("body")
+            .header("cache-control", "max-age=60")
+            .header("etag", "\"m1\""),
+    );
+    let edge = TestEdge::start(edge_config(&origin)).await;
+    let r = edge
+        .get_with("/v/inm.ts", &[("if-none-match", "\"m1\"")])
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_MODIFIED);
+    assert_eq!(r.x_cache(), "MISS");
+    let seen = origin.seen("/v/inm.ts");
+    assert_eq!(seen[0].header("if-none-match"), None);
+    assert_eq!(
+        origin.sent("/v/inm.ts")[0].status,
+        200,
+        "the cache fetched the body"
+    );
+    edge.settle().await;
+    assert_eq!(edge.get("/v/inm.ts").await.x_cache(), "HIT");
+}

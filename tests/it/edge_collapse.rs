@@ -116,3 +116,137 @@ async fn a_collapsed_waiter_streams_before_the_origin_finishes() {
         waiter_first - origin_done
     );
 }
+
+/// No gate: bursts race the fill's completion, so some viewers look the key up just before the
+/// object is stored and claim just after the fill ended. They must still not refetch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bursts_racing_the_end_of_a_fill_do_not_refetch() {
+    let origin = Origin::start().await;
+    let edge = Arc::new(TestEdge::start(edge_config(&origin)).await);
+    for round in 0..20 {
+        let path = format!("/v/burst{round}.ts");
+        origin.script(
+            &path,
+            Script::ok(format!("burst {round}")).header("cache-control", "max-age=60"),
+        );
+        let mut tasks = Vec::new();
+        for _ in 0..50 {
+            let (viewer, path) = (edge.clone(), path.clone());
+            tasks.push(tokio::spawn(async move { viewer.get(&path).await }));
+        }
+        for t in tasks {
+            let r = t.await.expect("viewer task");
+            assert_eq!(r.body, format!("burst {round}"));
+        }
+        assert_eq!(origin.count(&path), 1, "{path}");
+    }
+}
+
+/// A response the origin marks private goes to the leader only; every collapsed waiter fetches
+/// its own copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_on_a_private_response_fetch_their_own() {
+    let origin = Origin::start().await;
+    let gate = Gate::new();
+    origin.script(
+        "/v/mine.ts",
+        Script::ok("personal")
+            .header("cache-control", "private")
+            .gate(&gate),
+    );
+    let edge = Arc::new(TestEdge::start(edge_config(&origin)).await);
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let viewer = edge.clone();
+        tasks.push(tokio::spawn(async move { viewer.get("/v/mine.ts").await }));
+    }
+    until("three waiters joined the leader", || edge.collapsed() == 3).await;
+    gate.open();
+    let mut statuses = Vec::new();
+    for t in tasks {
+        let r = t.await.expect("viewer task");
+        assert_eq!(r.body, "personal");
+        statuses.push(r.x_cache().to_string());
+    }
+    statuses.sort();
+    assert_eq!(statuses, ["BYPASS", "BYPASS", "BYPASS", "MISS"]);
+    assert_eq!(origin.count("/v/mine.ts"), 4);
+    assert_eq!(edge.edge.ram.len(), 0);
+}
+
+/// The fill is detached from the viewer that started it: the leader hanging up mid-fetch
+/// neither cancels the fetch nor loses the object.
+#[tokio::test]
+async fn a_leader_that_hangs_up_does_not_cancel_the_fill() {
+    use tokio::io::AsyncWriteExt;
+    let origin = Origin::start().await;
+    let gate = Gate::new();
+    origin.script(
+        "/v/left.ts",
+        Script::ok("kept anyway")
+            .header("cache-control", "max-age=60")
+            .gate(&gate),
+    );
+    let edge = TestEdge::start(edge_config(&origin)).await;
+    let req = format!("GET /v/left.ts HTTP/1.1\r\nHost: {}\r\n\r\n", edge.addr);
+    let mut s = tokio::net::TcpStream::connect(edge.addr)
+        .await
+        .expect("connect");
+    s.write_all(req.as_bytes()).await.expect("write");
+    until("the fill reached the origin", || {
+        origin.count("/v/left.ts") == 1
+    })
+    .await;
+    drop(s);
+    gate.open();
+    edge.settle().await;
+    let r = edge.get("/v/left.ts").await;
+    assert_eq!(r.x_cache(), "HIT");
+    assert_eq!(r.body, "kept anyway");
+    assert_eq!(origin.count("/v/left.ts"), 1);
+}
+
+/// A waiter whose `Accept-Encoding` selects another variant than the leader's does not get
+/// the leader's body: it fetches its own variant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_for_another_variant_fetches_its_own() {
+    let origin = Origin::start().await;
+    let gate = Gate::new();
+    origin.script(
+        "/v/var.mpd",
+        Script::ok("gzip body")
+            .header("cache-control", "max-age=60")
+            .header("vary", "Accept-Encoding")
+            .header("content-encoding", "gzip")
+            .gate(&gate),
+    );
+    let edge = Arc::new(TestEdge::start(edge_config(&origin)).await);
+    let e = edge.clone();
+    let leader = tokio::spawn(async move {
+        e.get_with("/v/var.mpd", &[("accept-encoding", "gzip")])
+            .await
+    });
+    until("the leader's fetch reached the origin", || {
+        origin.count("/v/var.mpd") == 1
+    })
+    .await;
+    let e = edge.clone();
+    let waiter = tokio::spawn(async move {
+        e.get_with("/v/var.mpd", &[("accept-encoding", "identity")])
+            .await
+    });
+    until("the waiter joined", || edge.collapsed() == 1).await;
+    origin.script(
+        "/v/var.mpd",
+        Script::ok("identity body")
+            .header("cache-control", "max-age=60")
+            .header("vary", "Accept-Encoding"),
+    );
+    gate.open();
+    let leader = leader.await.expect("leader");
+    let waiter = waiter.await.expect("waiter");
+    assert_eq!(leader.body, "gzip body");
+    assert_eq!(waiter.body, "identity body");
+    assert_eq!(waiter.h("content-encoding"), "");
+    assert_eq!(origin.count("/v/var.mpd"), 2);
+}

@@ -165,3 +165,30 @@ async fn stale_while_revalidate_serves_stale_and_refreshes_once_in_the_backgroun
         "exactly one background refresh"
     );
 }
+
+/// A background refresh answered `304` keeps the body and makes the object fresh again.
+#[tokio::test]
+async fn a_background_refresh_answered_304_makes_the_object_fresh() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/v/swr304.ts",
+        Script::ok("same body")
+            .header("cache-control", "max-age=1, stale-while-revalidate=30")
+            .header("etag", "\"s1\""),
+    );
+    let edge = TestEdge::start(edge_config(&origin)).await;
+    assert_eq!(edge.get("/v/swr304.ts").await.x_cache(), "MISS");
+    edge.settle().await;
+    tokio::time::sleep(PAST_TTL).await;
+    let r = edge.get("/v/swr304.ts").await;
+    assert_eq!((r.x_cache(), &r.body[..]), ("STALE", &b"same body"[..]));
+    edge.settle().await;
+    let r = edge.get("/v/swr304.ts").await;
+    assert_eq!((r.x_cache(), &r.body[..]), ("HIT", &b"same body"[..]));
+    let statuses: Vec<u16> = origin
+        .sent("/v/swr304.ts")
+        .iter()
+        .map(|s| s.status)
+        .collect();
+    assert_eq!(statuses, [200, 304]);
+}

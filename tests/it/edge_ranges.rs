@@ -111,3 +111,35 @@ async fn a_range_during_a_fill_is_served_as_soon_as_its_bytes_exist() {
     assert!(r.h("cache-status").contains("collapsed"));
     assert_eq!(origin.count("/v/r3.ts"), 1);
 }
+
+/// `If-Range` with a validator that no longer matches gets the whole object as 200.
+#[tokio::test]
+async fn if_range_mismatch_gets_the_whole_object() {
+    let origin = Origin::start().await;
+    let body = pattern(300);
+    origin.script(
+        "/v/ir.ts",
+        Script::ok(body.clone())
+            .header("cache-control", "max-age=60")
+            .header("etag", "\"e2\""),
+    );
+    let edge = TestEdge::start(edge_config(&origin)).await;
+    edge.get("/v/ir.ts").await;
+    edge.settle().await;
+    let r = edge
+        .get_with(
+            "/v/ir.ts",
+            &[("range", "bytes=0-9"), ("if-range", "\"e1\"")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body, body);
+    let r = edge
+        .get_with(
+            "/v/ir.ts",
+            &[("range", "bytes=0-9"), ("if-range", "\"e2\"")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(&r.body[..], &body[..10]);
+}
