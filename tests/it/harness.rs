@@ -183,12 +183,13 @@ async fn segment_storm_through_vedge_is_collapsed_to_one_origin_request() {
         o.per_object
     );
     assert_eq!(o.amplification, 1.0);
-    // Every viewer got its segments, and the edge said which were hits.
+    // Every viewer got its segments, and the edge labelled every answer (viewers at the live
+    // edge mostly read the one fill as collapsed MISSes; late ones get HITs).
     let seg = &r.classes["segment"];
     assert!(seg.ok >= 300 * 3, "{}", seg.ok);
-    assert!(
-        seg.cache.get("HIT").copied().unwrap_or(0) > 0,
-        "{:?}",
-        seg.cache
-    );
+    let labelled: u64 = ["HIT", "MISS"]
+        .iter()
+        .map(|k| seg.cache.get(*k).copied().unwrap_or(0) as u64)
+        .sum();
+    assert!(labelled >= seg.ok as u64, "{:?} for {} ok", seg.cache, seg.ok);
 }
