@@ -37,4 +37,4 @@ nginx -c "$RUN/nginx.conf" -p "$RUN/"
 sleep 0.3
 /usr/bin/time -f "harness CPU: user %U s, sys %S s, wall %e s, max RSS %M KiB" \
   "$VEDGE" bench live-burst --target "http://127.0.0.1:$SP/vod/c/master.m3u8" \
-  --viewers "$VIEWERS" --duration "$DURATION" --scenario vod --ramp 5s --mix 1,1
+  --viewers "$VIEWERS" --duration "$DURATION" --scenario vod --ramp "${RAMP:-20s}" --mix 1,1

@@ -155,6 +155,9 @@ pub fn origin_report(prefix: &str, counts: &BTreeMap<String, u64>) -> OriginRepo
     }
 }
 
+/// Assembles the report from the recorder and what the run loop and the origin returned.
+// The arguments are the run's independent results; a struct would only rename them.
+#[allow(clippy::too_many_arguments)]
 pub fn build(
     rec: &Recorder,
     scenario: &str,
@@ -351,8 +354,11 @@ const W: f64 = 760.0;
 const H: f64 = 220.0;
 const PAD: f64 = 48.0;
 
-/// A line chart; each series is (name, colour, points).
-fn line_chart(title: &str, y_label: &str, series: &[(&str, &str, Vec<(f64, f64)>)]) -> String {
+/// One plotted line: (name, colour, points).
+type Series<'a> = (&'a str, &'a str, Vec<(f64, f64)>);
+
+/// A line chart.
+fn line_chart(title: &str, y_label: &str, series: &[Series<'_>]) -> String {
     let xmax = series
         .iter()
         .flat_map(|s| s.2.iter().map(|p| p.0))

@@ -182,8 +182,7 @@ fn choose(pick: Pick, variants: &[Variant], throughput_bps: Option<f64>) -> usiz
             by_bw
                 .iter()
                 .copied()
-                .filter(|&i| (variants[i].bandwidth as f64) <= budget)
-                .last()
+                .rfind(|&i| (variants[i].bandwidth as f64) <= budget)
                 .or(by_bw.first().copied())
                 .unwrap_or(0)
         }
