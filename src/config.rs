@@ -373,6 +373,13 @@ impl TryFrom<RawConfig> for Config {
             .admin_listen
             .as_deref()
             .and_then(|a| c.addr("admin_listen", a));
+        if admin_listen.is_some() && raw.admin_token.is_none() {
+            c.0.push(
+                "admin_token: required with admin_listen (flag --admin-token, env VEDGE_ADMIN_TOKEN \
+                 or `admin_token` in the config file); the admin API never runs open"
+                    .into(),
+            );
+        }
         if let Some(t) = &raw.admin_token {
             if t.len() < 8 {
                 c.0.push("admin_token: must be at least 8 characters".into());

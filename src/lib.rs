@@ -11,9 +11,75 @@
 //! - `manifest`, `ingest`: HLS/DASH walking and push pre-warming.
 //! - `bench`: the live-burst harness and the live origin simulator.
 
+pub mod admin;
 pub mod bench;
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod demo;
+pub mod edge;
+pub mod http;
 pub mod ingest;
 pub mod manifest;
+pub mod origin;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+pub use edge::Edge;
+
+/// The bound listeners `run` serves. Bound by the caller (main.rs or a test on 127.0.0.1:0) after
+/// the config validated, so a bad config never holds a port.
+pub struct Listeners {
+    pub viewer: TcpListener,
+    pub admin: Option<TcpListener>,
+}
+
+/// Runs the edge until `shutdown` resolves, then stops accepting, drains in-flight responses
+/// within the grace period, and closes the store.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let edge = Edge::new(config).await?;
+    serve(edge, listeners, shutdown).await
+}
+
+/// Like `run`, for an `Edge` the caller already built (and may inspect).
+pub async fn serve(
+    edge: Arc<Edge>,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let tls = match &edge.config.server.tls {
+        Some((cert, key)) => Some(http::server::tls_acceptor(cert, key)?),
+        None => None,
+    };
+    let token = CancellationToken::new();
+    let trigger = token.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        trigger.cancel();
+    });
+    let admin = listeners
+        .admin
+        .map(|l| tokio::spawn(admin::serve(edge.clone(), l, token.clone())));
+    tracing::info!(
+        listen = %listeners.viewer.local_addr()?,
+        routes = edge.config.routes.len(),
+        ram = edge.config.ram_size,
+        "vedge serving"
+    );
+    http::server::serve(edge.clone(), listeners.viewer, tls, token.clone()).await;
+    token.cancel();
+    if let Some(a) = admin {
+        let _ = a.await;
+    }
+    edge.close().await;
+    Ok(())
+}

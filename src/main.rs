@@ -1,17 +1,117 @@
 //! argv -> config -> telemetry -> bind -> vedge::run. Nothing else.
 
+use anyhow::Context;
 use clap::Parser;
-use vedge::cli::{Cli, Command};
+use tokio::net::TcpListener;
+use vedge::cli::{Cli, Command, DemoArgs, ServeArgs};
+use vedge::config::{Config, RawConfig};
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(async move {
+    // Validate before anything else: a bad config never binds a port.
+    let serve_config = match &cli.command {
+        Some(Command::Serve(args)) => match load(args) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("vedge: {e}");
+                return std::process::ExitCode::from(2);
+            }
+        },
+        _ => None,
+    };
+    // Held for the whole run: dropping it flushes the log writer.
+    let _log_guard = init_tracing(&cli.log);
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("vedge: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async move {
         match cli.command {
+            Some(Command::Serve(_)) => match serve_config {
+                Some(cfg) => serve(cfg).await,
+                None => unreachable_config(),
+            },
+            Some(Command::Demo(args)) => vedge::demo::run(args, shutdown_signal()).await,
+            None => vedge::demo::run(DemoArgs::default(), shutdown_signal()).await,
             Some(Command::Origin(args)) => vedge::bench::origin::run_cli(args).await,
             Some(Command::Bench(cmd)) => vedge::bench::run_cli(cmd).await,
             Some(Command::Ingest(args)) => vedge::ingest::run_cli(args).await,
-            _ => anyhow::bail!("serve and demo are being built"),
         }
-    })
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vedge: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn unreachable_config() -> anyhow::Result<()> {
+    anyhow::bail!("internal: serve without a validated config")
+}
+
+fn load(args: &ServeArgs) -> anyhow::Result<Config> {
+    let mut raw = match &args.config {
+        Some(path) => RawConfig::from_file(path)?,
+        None => RawConfig::default(),
+    };
+    raw.apply_args(args);
+    Ok(Config::try_from(raw)?)
+}
+
+async fn serve(cfg: Config) -> anyhow::Result<()> {
+    let viewer = TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("listen: cannot bind {}", cfg.listen))?;
+    let admin = match cfg.admin_listen {
+        Some(a) => Some(
+            TcpListener::bind(a)
+                .await
+                .with_context(|| format!("admin_listen: cannot bind {a}"))?,
+        ),
+        None => None,
+    };
+    vedge::run(cfg, vedge::Listeners { viewer, admin }, shutdown_signal()).await
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutdown requested: draining");
+}
+
+/// Logs go through a non-blocking writer: the access line of every request must never make a
+/// worker wait on stdout.
+fn init_tracing(filter: &str) -> tracing_appender::non_blocking::WorkerGuard {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stdout());
+    tracing_subscriber::fmt()
+        .with_writer(writer)
+        .with_env_filter(filter)
+        .with_target(true)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .init();
+    guard
 }

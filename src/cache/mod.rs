@@ -1,7 +1,11 @@
 //! Policy and decisions: cache keys, content classes and freshness, `Vary`, collapsing of
-//! concurrent misses, the RAM tier. No network I/O happens here.
+//! concurrent misses (`lock`, `fill`), the RAM tier and cached objects. No network I/O here.
 
+pub mod fill;
 pub mod key;
+pub mod lock;
+pub mod object;
 pub mod policy;
+pub mod ram;
 pub mod status;
 pub mod vary;

@@ -1,0 +1,201 @@
+//! The admin listener: `/metrics` (Prometheus text) and `/healthz` open; purge (and, with the
+//! ingest work, push) behind a bearer token. Runs on its own listener so viewers never reach it.
+
+pub mod metrics;
+
+use std::convert::Infallible;
+use std::fmt::Write;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::cache::key::{cache_key, normalise_host};
+use crate::edge::Edge;
+use crate::http::body::Body;
+
+/// Serves the admin API until `shutdown`.
+pub async fn serve(edge: Arc<Edge>, listener: TcpListener, shutdown: CancellationToken) {
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(_) => continue,
+            },
+        };
+        let edge = edge.clone();
+        let svc = service_fn(move |req| {
+            let edge = edge.clone();
+            async move { Ok::<_, Infallible>(handle(edge, req).await) }
+        });
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let builder = auto::Builder::new(TokioExecutor::new());
+            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = shutdown.cancelled() => conn.as_mut().graceful_shutdown(),
+            }
+        });
+    }
+}
+
+use hyper_util::server::conn::auto;
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(Body::full(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn json(status: StatusCode, v: serde_json::Value) -> Response<Body> {
+    let mut r = Response::new(Body::full(Bytes::from(v.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// Whether the request carries the configured bearer token (constant-time compare).
+fn authorized(edge: &Edge, req: &Request<Incoming>) -> bool {
+    let Some(token) = edge.config.admin_token.as_deref() else {
+        return false;
+    };
+    let Some(given) = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    given.len() == token.len()
+        && given
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+async fn handle(edge: Arc<Edge>, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    match (req.method(), path.as_str()) {
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/metrics") => {
+            let mut out = String::new();
+            edge.metrics.render(&mut out);
+            let _ = writeln!(
+                out,
+                "# TYPE vedge_ram_bytes gauge\nvedge_ram_bytes {}\n# TYPE vedge_ram_objects gauge\nvedge_ram_objects {}\n# TYPE vedge_ram_capacity_bytes gauge\nvedge_ram_capacity_bytes {}\n# TYPE vedge_fills_in_flight gauge\nvedge_fills_in_flight {}",
+                edge.ram.bytes(),
+                edge.ram.len(),
+                edge.ram.capacity(),
+                edge.fills.len()
+            );
+            text(StatusCode::OK, out)
+        }
+        _ if path.starts_with("/admin/") => {
+            if !authorized(&edge, &req) {
+                let mut r = text(StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n");
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Bearer"),
+                );
+                return r;
+            }
+            admin(edge, req).await
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct PurgeRequest {
+    /// Full URLs or paths (`host` then required) to remove.
+    #[serde(default)]
+    urls: Vec<String>,
+    /// Path prefixes (with `host`), e.g. "/live/channel1/".
+    #[serde(default)]
+    prefixes: Vec<String>,
+    #[serde(default)]
+    tags: Vec<String>,
+    /// Viewer-facing host the keys were built with.
+    host: Option<String>,
+}
+
+async fn admin(edge: Arc<Edge>, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    match (req.method().clone(), path.as_str()) {
+        (Method::POST, "/admin/purge") => {
+            let body = match req.into_body().collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(_) => return text(StatusCode::BAD_REQUEST, "unreadable body\n"),
+            };
+            let p: PurgeRequest = match serde_json::from_slice(&body) {
+                Ok(p) => p,
+                Err(e) => {
+                    return text(
+                        StatusCode::BAD_REQUEST,
+                        format!("purge body must be JSON {{\"urls\":[],\"prefixes\":[],\"tags\":[],\"host\":\"...\"}}: {e}\n"),
+                    )
+                }
+            };
+            let drop = &edge.config.cache.drop_query_params;
+            let mut removed = 0;
+            for u in &p.urls {
+                let (host, pq) = match url::Url::parse(u) {
+                    Ok(url) => (
+                        url.host_str()
+                            .map(|h| match url.port() {
+                                Some(port) => format!("{h}:{port}"),
+                                None => h.to_string(),
+                            })
+                            .unwrap_or_default(),
+                        match url.query() {
+                            Some(q) => format!("{}?{q}", url.path()),
+                            None => url.path().to_string(),
+                        },
+                    ),
+                    Err(_) => match &p.host {
+                        Some(h) => (h.clone(), u.clone()),
+                        None => {
+                            return text(
+                                StatusCode::BAD_REQUEST,
+                                format!("`{u}` is not a full URL and no host was given\n"),
+                            )
+                        }
+                    },
+                };
+                removed += edge.purge_key(&cache_key(&host, &pq, drop));
+            }
+            for prefix in &p.prefixes {
+                let Some(host) = &p.host else {
+                    return text(StatusCode::BAD_REQUEST, "prefix purge needs \"host\"\n");
+                };
+                removed += edge.purge_prefix(&format!("{}{prefix}", normalise_host(host)));
+            }
+            for tag in &p.tags {
+                removed += edge.purge_tag(tag);
+            }
+            edge.metrics
+                .purged
+                .fetch_add(removed as u64, std::sync::atomic::Ordering::Relaxed);
+            json(StatusCode::OK, serde_json::json!({ "purged": removed }))
+        }
+        _ => text(StatusCode::NOT_FOUND, "no such admin endpoint\n"),
+    }
+}

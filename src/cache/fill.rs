@@ -1,0 +1,319 @@
+//! An in-progress origin fetch that any number of viewers read while it arrives.
+//!
+//! One task (the fill driver, spawned by the leader and detached from every viewer) pushes the
+//! origin's body chunks here; readers stream them as they come, from any offset, so a collapsed
+//! waiter gets its first byte as soon as the leader does. The chunks are `Bytes` slices of the
+//! origin's buffers: readers share them, nothing is copied per reader.
+//!
+//! On drop of the driver without `finish`, readers see an error (their response is aborted, never
+//! a clean-looking truncated body).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::Stream;
+use http::{HeaderMap, StatusCode};
+use hyper::body::Incoming;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use crate::cache::object::CachedObject;
+use crate::cache::vary::VarySpec;
+use crate::origin::OriginError;
+
+/// What readers learn once the origin has answered.
+#[derive(Clone)]
+pub enum FillHead {
+    /// A response whose body streams through this fill.
+    Streaming(Arc<StreamHead>),
+    /// The answer is a complete object (a 304 refreshed the stale copy).
+    Complete(Arc<CachedObject>),
+    /// Not shareable: only the leader may use the origin response (taken with `take_pass`);
+    /// everyone else fetches for themselves.
+    Pass(&'static str),
+    /// The origin could not be reached or timed out.
+    Failed(OriginError),
+}
+
+/// The response head of a streaming fill.
+#[derive(Debug)]
+pub struct StreamHead {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub content_length: Option<u64>,
+    /// Whether the completed body will be stored.
+    pub stored: bool,
+    /// The response's Vary and the leader's variant, so a reader with other header values can
+    /// tell this body is not for it.
+    pub vary: VarySpec,
+    pub leader_variant: String,
+    /// Whether this fill was a revalidation/refetch of an expired object.
+    pub refetch: bool,
+}
+
+/// Why a fill's body did not complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FillError {
+    #[error("origin body failed mid-way")]
+    Origin,
+    #[error("origin stopped sending (between-bytes timeout)")]
+    Timeout,
+    #[error("origin body shorter than its Content-Length")]
+    Truncated,
+    #[error("fill abandoned")]
+    Abandoned,
+}
+
+#[derive(Default)]
+struct State {
+    head: Option<FillHead>,
+    chunks: Vec<Bytes>,
+    len: u64,
+    end: Option<Result<(), FillError>>,
+    pass: Option<hyper::Response<Incoming>>,
+}
+
+/// A fill shared by its driver and its readers.
+pub struct Fill {
+    state: Mutex<State>,
+    notify: Notify,
+}
+
+impl Default for Fill {
+    fn default() -> Self {
+        Fill {
+            state: Mutex::new(State::default()),
+            notify: Notify::new(),
+        }
+    }
+}
+
+impl Fill {
+    pub fn new() -> Arc<Fill> {
+        Arc::new(Fill::default())
+    }
+
+    // ---- driver side ----
+
+    pub fn set_head(&self, head: FillHead) {
+        self.state.lock().head = Some(head);
+        self.notify.notify_waiters();
+    }
+
+    /// Publishes a pass: the leader takes `resp`, waiters go to the origin themselves.
+    pub fn set_pass(&self, resp: hyper::Response<Incoming>, reason: &'static str) {
+        {
+            let mut st = self.state.lock();
+            st.pass = Some(resp);
+            st.head = Some(FillHead::Pass(reason));
+            st.end = Some(Ok(()));
+        }
+        self.notify.notify_waiters();
+    }
+
+    pub fn push(&self, chunk: Bytes) {
+        if chunk.is_empty() {
+            return;
+        }
+        {
+            let mut st = self.state.lock();
+            st.len += chunk.len() as u64;
+            st.chunks.push(chunk);
+        }
+        self.notify.notify_waiters();
+    }
+
+    pub fn finish(&self, result: Result<(), FillError>) {
+        {
+            let mut st = self.state.lock();
+            if st.end.is_none() {
+                st.end = Some(result);
+            }
+            if st.head.is_none() {
+                st.head = Some(FillHead::Failed(OriginError::Internal));
+            }
+        }
+        self.notify.notify_waiters();
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.state.lock().end.is_some()
+    }
+
+    pub fn len(&self) -> u64 {
+        self.state.lock().len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The whole body as one `Bytes` (one copy, unless it arrived as a single chunk).
+    pub fn body(&self) -> Bytes {
+        let st = self.state.lock();
+        match st.chunks.as_slice() {
+            [] => Bytes::new(),
+            [one] => one.clone(),
+            many => {
+                let mut b = BytesMut::with_capacity(st.len as usize);
+                for c in many {
+                    b.extend_from_slice(c);
+                }
+                b.freeze()
+            }
+        }
+    }
+
+    // ---- reader side ----
+
+    /// Waits for the origin's answer. Callers bound this with their own deadline.
+    pub async fn head(&self) -> FillHead {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(h) = self.state.lock().head.clone() {
+                return h;
+            }
+            notified.await;
+        }
+    }
+
+    /// The leader's origin response after a `Pass`; `None` for everyone else.
+    pub fn take_pass(&self) -> Option<hyper::Response<Incoming>> {
+        self.state.lock().pass.take()
+    }
+
+    /// Waits until the fill has ended, returning how.
+    pub async fn ended(&self) -> Result<(), FillError> {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(end) = self.state.lock().end {
+                return end;
+            }
+            notified.await;
+        }
+    }
+
+    /// A stream of the body bytes in `[start, end)` (`end = None`: to the end of the body), as
+    /// they arrive. Yields an error if the fill fails.
+    pub fn reader(self: &Arc<Self>, start: u64, end: Option<u64>) -> FillReader {
+        FillReader {
+            fill: self.clone(),
+            chunk: 0,
+            chunk_start: 0,
+            start,
+            end,
+            waiting: None,
+        }
+    }
+}
+
+type Wait = Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Streams a fill's bytes to one viewer. Holding it keeps the fill's chunks alive, nothing more:
+/// dropping it (viewer gone) never cancels the fill.
+pub struct FillReader {
+    fill: Arc<Fill>,
+    /// Index of the next chunk and the body offset where it starts.
+    chunk: usize,
+    chunk_start: u64,
+    start: u64,
+    end: Option<u64>,
+    waiting: Option<Wait>,
+}
+
+impl Stream for FillReader {
+    type Item = Result<Bytes, FillError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            if let Some(w) = this.waiting.as_mut() {
+                match w.as_mut().poll(cx) {
+                    Poll::Ready(()) => this.waiting = None,
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            if this.end.is_some_and(|e| this.chunk_start >= e) {
+                return Poll::Ready(None);
+            }
+            // Register interest before looking, so a push between the look and the wait is seen.
+            let fill = this.fill.clone();
+            let mut wait: Wait = Box::pin(async move {
+                fill.notify.notified().await;
+            });
+            let _ = wait.as_mut().poll(cx);
+            let st = this.fill.state.lock();
+            if let Some(chunk) = st.chunks.get(this.chunk) {
+                let chunk = chunk.clone();
+                drop(st);
+                let c_start = this.chunk_start;
+                let c_end = c_start + chunk.len() as u64;
+                this.chunk += 1;
+                this.chunk_start = c_end;
+                let from = this.start.max(c_start);
+                let to = this.end.map_or(c_end, |e| e.min(c_end));
+                if from < to {
+                    let slice = chunk.slice((from - c_start) as usize..(to - c_start) as usize);
+                    return Poll::Ready(Some(Ok(slice)));
+                }
+                continue;
+            }
+            match st.end {
+                Some(Ok(())) => return Poll::Ready(None),
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                None => {
+                    drop(st);
+                    this.waiting = Some(wait);
+                    // The registered wait was polled above; a notify since then wakes us.
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+
+    #[tokio::test]
+    async fn readers_get_bytes_as_they_arrive_from_any_offset() {
+        let fill = Fill::new();
+        let mut whole = fill.reader(0, None);
+        let mut range = fill.reader(3, Some(7));
+        fill.push(Bytes::from_static(b"01234"));
+        assert_eq!(whole.next().await, Some(Ok(Bytes::from_static(b"01234"))));
+        assert_eq!(range.next().await, Some(Ok(Bytes::from_static(b"34"))));
+        fill.push(Bytes::from_static(b"56789"));
+        fill.finish(Ok(()));
+        assert_eq!(whole.next().await, Some(Ok(Bytes::from_static(b"56789"))));
+        assert_eq!(whole.next().await, None);
+        assert_eq!(range.next().await, Some(Ok(Bytes::from_static(b"56"))));
+        assert_eq!(range.next().await, None);
+        assert_eq!(fill.body(), Bytes::from_static(b"0123456789"));
+    }
+
+    #[tokio::test]
+    async fn a_failed_fill_errors_every_reader() {
+        let fill = Fill::new();
+        let mut r = fill.reader(0, None);
+        fill.push(Bytes::from_static(b"abc"));
+        let waiter = tokio::spawn(async move {
+            let first = r.next().await;
+            let second = r.next().await;
+            (first, second)
+        });
+        tokio::task::yield_now().await;
+        fill.finish(Err(FillError::Truncated));
+        let (first, second) = waiter.await.expect("reader task");
+        assert_eq!(first, Some(Ok(Bytes::from_static(b"abc"))));
+        assert_eq!(second, Some(Err(FillError::Truncated)));
+    }
+}

@@ -1,0 +1,338 @@
+//! Building viewer responses: from a cached object or a fill in progress (with conditionals and
+//! ranges), the cache headers (`X-Cache`, `Age`, `Cache-Status`), and errors mapped to statuses.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{HeaderMap, Method, Response, StatusCode};
+
+use crate::cache::fill::Fill;
+use crate::cache::status::CacheStatus;
+use crate::http::body::Body;
+use crate::http::range;
+use crate::origin::OriginError;
+
+/// What the request asked for, as far as building the response goes.
+pub struct Ask<'a> {
+    pub method: &'a Method,
+    pub headers: &'a HeaderMap,
+}
+
+/// Where the body comes from.
+pub enum Source {
+    Bytes(Bytes),
+    /// A fill in progress, with the total length if the origin announced it.
+    Fill(Arc<Fill>, Option<u64>),
+}
+
+/// The cache part of the response headers.
+pub struct CacheInfo {
+    pub status: CacheStatus,
+    /// The RFC 9211 `Cache-Status` value.
+    pub cache_status: String,
+    pub age: Option<u64>,
+}
+
+/// Log fields carried from the handler to the access log through response extensions.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LogInfo {
+    pub cache: Option<CacheStatus>,
+    pub origin_ms: Option<u64>,
+}
+
+/// A response for a cached object or a fill, honouring viewer conditionals and Range.
+pub fn build(
+    ask: &Ask<'_>,
+    status: StatusCode,
+    stored: &HeaderMap,
+    src: Source,
+    info: CacheInfo,
+) -> Response<Body> {
+    let mut headers = stored.clone();
+    let len = match &src {
+        Source::Bytes(b) => Some(b.len() as u64),
+        Source::Fill(_, len) => *len,
+    };
+    let mut out_status = status;
+    let mut body_range = None;
+    if status == StatusCode::OK {
+        if not_modified(ask.headers, stored) {
+            out_status = StatusCode::NOT_MODIFIED;
+        } else if let (Some(r), Some(total)) = (range::parse(ask.headers), len) {
+            if if_range_matches(ask.headers, stored) {
+                match r.resolve(total) {
+                    Some((start, end)) => {
+                        out_status = StatusCode::PARTIAL_CONTENT;
+                        body_range = Some((start, end));
+                        headers.insert(
+                            header::CONTENT_RANGE,
+                            hv(&format!("bytes {}-{}/{total}", start, end - 1)),
+                        );
+                    }
+                    None => {
+                        out_status = StatusCode::RANGE_NOT_SATISFIABLE;
+                        headers.insert(header::CONTENT_RANGE, hv(&format!("bytes */{total}")));
+                    }
+                }
+            }
+        }
+        if len.is_some() {
+            headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        }
+    }
+
+    let body = match out_status {
+        StatusCode::NOT_MODIFIED | StatusCode::RANGE_NOT_SATISFIABLE => {
+            headers.remove(header::CONTENT_LENGTH);
+            if out_status == StatusCode::RANGE_NOT_SATISFIABLE {
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+            }
+            Body::empty()
+        }
+        _ => {
+            let (start, end) = body_range.unwrap_or((0, len.unwrap_or(u64::MAX)));
+            let n = len.map(|_| end - start);
+            match n {
+                Some(n) => {
+                    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+                }
+                None => {
+                    headers.remove(header::CONTENT_LENGTH);
+                }
+            }
+            if ask.method == Method::HEAD {
+                Body::empty()
+            } else {
+                match src {
+                    Source::Bytes(b) => Body::full(b.slice(start as usize..end as usize)),
+                    Source::Fill(fill, _) => Body::stream(fill.reader(start, len.map(|_| end)), n),
+                }
+            }
+        }
+    };
+    let mut resp = Response::new(body);
+    *resp.status_mut() = out_status;
+    *resp.headers_mut() = headers;
+    stamp(&mut resp, &info);
+    resp
+}
+
+/// Adds `X-Cache`, `Cache-Status` and `Age`, and the log fields.
+pub fn stamp(resp: &mut Response<Body>, info: &CacheInfo) {
+    let h = resp.headers_mut();
+    h.insert("x-cache", HeaderValue::from_static(info.status.as_str()));
+    h.insert("cache-status", hv(&info.cache_status));
+    if let Some(age) = info.age {
+        h.insert(header::AGE, HeaderValue::from(age));
+    }
+    let log = resp.extensions_mut().get_or_insert_default::<LogInfo>();
+    log.cache = Some(info.status);
+}
+
+fn hv(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+/// RFC 9110 §13.1.2 / §13.1.3 for a cache: If-None-Match (weak comparison) wins over
+/// If-Modified-Since.
+pub fn not_modified(req: &HeaderMap, stored: &HeaderMap) -> bool {
+    if let Some(inm) = req.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
+        let Some(etag) = stored.get(header::ETAG).and_then(|v| v.to_str().ok()) else {
+            return false;
+        };
+        let etag = weak_tag(etag);
+        return inm
+            .split(',')
+            .map(str::trim)
+            .any(|t| t == "*" || weak_tag(t) == etag);
+    }
+    if let Some(ims) = req
+        .get(header::IF_MODIFIED_SINCE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok())
+    {
+        let lm = stored
+            .get(header::LAST_MODIFIED)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| httpdate::parse_http_date(v).ok());
+        return lm.is_some_and(|lm| lm <= ims);
+    }
+    false
+}
+
+fn weak_tag(t: &str) -> &str {
+    t.strip_prefix("W/").unwrap_or(t)
+}
+
+/// `If-Range` (RFC 9110 §13.1.5): the range applies only if the validator still matches
+/// (strong ETag comparison, or the exact Last-Modified date).
+fn if_range_matches(req: &HeaderMap, stored: &HeaderMap) -> bool {
+    let Some(v) = req.get(header::IF_RANGE).and_then(|v| v.to_str().ok()) else {
+        return true;
+    };
+    let v = v.trim();
+    if v.starts_with('"') {
+        return stored
+            .get(header::ETAG)
+            .and_then(|e| e.to_str().ok())
+            .is_some_and(|e| e == v);
+    }
+    if v.starts_with("W/") {
+        return false;
+    }
+    let lm = stored
+        .get(header::LAST_MODIFIED)
+        .and_then(|e| e.to_str().ok());
+    match (
+        httpdate::parse_http_date(v).ok(),
+        lm.and_then(|l| httpdate::parse_http_date(l).ok()),
+    ) {
+        (Some(a), Some(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// A request failure, by whose fault it is.
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    #[error("loop detected: this request already passed through this node (CDN-Loop)")]
+    Loop,
+    #[error("no origin route for this path")]
+    NoRoute,
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    #[error("{0}")]
+    Origin(#[from] OriginError),
+}
+
+impl EdgeError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            EdgeError::Loop => StatusCode::LOOP_DETECTED,
+            EdgeError::NoRoute => StatusCode::BAD_GATEWAY,
+            EdgeError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            EdgeError::Origin(OriginError::Timeout) => StatusCode::GATEWAY_TIMEOUT,
+            EdgeError::Origin(OriginError::Internal) => StatusCode::INTERNAL_SERVER_ERROR,
+            EdgeError::Origin(_) => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    fn detail(&self) -> &'static str {
+        match self {
+            EdgeError::Loop => "loop",
+            EdgeError::NoRoute => "no-route",
+            EdgeError::BadRequest(_) => "bad-request",
+            EdgeError::Origin(e) => e.as_str(),
+        }
+    }
+
+    /// A short plain-text response naming the problem.
+    pub fn response(&self, cdn_id: &str) -> Response<Body> {
+        let mut resp = Response::new(Body::full(Bytes::from(format!("vedge: {self}\n"))));
+        *resp.status_mut() = self.status();
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        let status = match self {
+            EdgeError::Origin(_) => CacheStatus::Miss,
+            _ => CacheStatus::Bypass,
+        };
+        stamp(
+            &mut resp,
+            &CacheInfo {
+                status,
+                cache_status: format!("{cdn_id}; fwd=miss; detail={}", self.detail()),
+                age: None,
+            },
+        );
+        resp
+    }
+}
+
+/// Seconds since the epoch, for logs.
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.insert(*k, HeaderValue::from_static(v));
+        }
+        m
+    }
+
+    #[test]
+    fn conditionals() {
+        let stored = h(&[
+            ("etag", "\"v1\""),
+            ("last-modified", "Sun, 22 Nov 2026 04:00:00 GMT"),
+        ]);
+        assert!(not_modified(&h(&[("if-none-match", "W/\"v1\"")]), &stored));
+        assert!(not_modified(
+            &h(&[("if-none-match", "\"x\", \"v1\"")]),
+            &stored
+        ));
+        assert!(!not_modified(&h(&[("if-none-match", "\"v2\"")]), &stored));
+        assert!(not_modified(
+            &h(&[("if-modified-since", "Sun, 22 Nov 2026 05:00:00 GMT")]),
+            &stored
+        ));
+        assert!(!not_modified(
+            &h(&[("if-modified-since", "Sun, 22 Nov 2026 03:00:00 GMT")]),
+            &stored
+        ));
+        assert!(if_range_matches(&h(&[("if-range", "\"v1\"")]), &stored));
+        assert!(!if_range_matches(&h(&[("if-range", "\"v0\"")]), &stored));
+    }
+
+    #[test]
+    fn ranges_from_bytes() {
+        let req = h(&[("range", "bytes=2-4")]);
+        let ask = Ask {
+            method: &Method::GET,
+            headers: &req,
+        };
+        let info = || CacheInfo {
+            status: CacheStatus::Hit,
+            cache_status: "vedge; hit".into(),
+            age: Some(0),
+        };
+        let resp = build(
+            &ask,
+            StatusCode::OK,
+            &HeaderMap::new(),
+            Source::Bytes(Bytes::from_static(b"0123456789")),
+            info(),
+        );
+        assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT);
+        assert_eq!(resp.headers()["content-range"], "bytes 2-4/10");
+        assert_eq!(resp.headers()["content-length"], "3");
+        let req = h(&[("range", "bytes=20-")]);
+        let ask = Ask {
+            method: &Method::GET,
+            headers: &req,
+        };
+        let resp = build(
+            &ask,
+            StatusCode::OK,
+            &HeaderMap::new(),
+            Source::Bytes(Bytes::from_static(b"0123456789")),
+            info(),
+        );
+        assert_eq!(resp.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+        assert_eq!(resp.headers()["content-range"], "bytes */10");
+    }
+}

@@ -1,0 +1,241 @@
+//! The viewer listener: accept loop, HTTP/1.1 + h2c (auto-detected) or TLS with ALPN, hyper
+//! limits (header size, header read timeout), graceful drain on shutdown, and the access log.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, Request, Response};
+use http_body::{Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::metrics::Metrics;
+use crate::config::ServerConfig;
+use crate::edge::Edge;
+use crate::http::body::{Body, BoxError};
+use crate::http::handler;
+use crate::http::response::LogInfo;
+
+/// The connection builder with our limits.
+pub fn builder(cfg: &ServerConfig) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(cfg.header_read_timeout)
+        .max_buf_size(cfg.max_header_size.max(8192))
+        .keep_alive(true);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(512)
+        .max_header_list_size(cfg.max_header_size as u32)
+        .initial_stream_window_size(1 << 20)
+        .initial_connection_window_size(8 << 20);
+    b
+}
+
+/// Serves viewers until `shutdown`, then drains in-flight responses for up to the grace period.
+pub async fn serve(
+    edge: Arc<Edge>,
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: CancellationToken,
+) {
+    let builder = Arc::new(builder(&edge.config.server));
+    let graceful = GracefulShutdown::new();
+    loop {
+        // Races a new connection against shutdown; shutdown wins and stops accepting.
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let edge = edge.clone();
+        let svc = service_fn(move |req: Request<Incoming>| {
+            let edge = edge.clone();
+            async move { Ok::<_, Infallible>(respond(edge, req, Some(peer)).await) }
+        });
+        match &tls {
+            None => {
+                let conn = builder
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                let builder = builder.clone();
+                let watcher = graceful.watcher();
+                tokio::spawn(async move {
+                    let Ok(Ok(tls)) =
+                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                            .await
+                    else {
+                        return;
+                    };
+                    let conn = builder
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .into_owned();
+                    let _ = watcher.watch(conn).await;
+                });
+            }
+        }
+    }
+    drop(listener);
+    let grace = edge.config.server.shutdown_grace;
+    tokio::select! {
+        _ = graceful.shutdown() => tracing::info!("all connections drained"),
+        _ = tokio::time::sleep(grace) => tracing::warn!(?grace, "grace period over; closing remaining connections"),
+    }
+}
+
+/// Handles a request and wraps the body so the access line is written when it ends.
+pub async fn respond(
+    edge: Arc<Edge>,
+    req: Request<Incoming>,
+    peer: Option<SocketAddr>,
+) -> Response<Logged> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let resp = handler::handle(edge.clone(), req, peer).await;
+    let info = resp
+        .extensions()
+        .get::<LogInfo>()
+        .copied()
+        .unwrap_or_default();
+    let status = resp.status().as_u16();
+    resp.map(|body| Logged {
+        body,
+        sent: 0,
+        done: false,
+        line: Some(AccessLine {
+            edge,
+            method,
+            path,
+            status,
+            info,
+            started,
+        }),
+    })
+}
+
+struct AccessLine {
+    edge: Arc<Edge>,
+    method: Method,
+    path: String,
+    status: u16,
+    info: LogInfo,
+    started: Instant,
+}
+
+/// A response body that counts what it sent and logs one access line when it is finished or
+/// dropped (a dropped, unfinished body is an aborted response).
+pub struct Logged {
+    body: Body,
+    sent: u64,
+    done: bool,
+    line: Option<AccessLine>,
+}
+
+impl http_body::Body for Logged {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let r = Pin::new(&mut this.body).poll_frame(cx);
+        match &r {
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    this.sent += d.len() as u64;
+                }
+            }
+            Poll::Ready(None) => this.done = true,
+            _ => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        let Some(l) = self.line.take() else { return };
+        let complete = self.done || http_body::Body::is_end_stream(&self.body);
+        let m = &l.edge.metrics;
+        m.bytes_sent
+            .fetch_add(self.sent, std::sync::atomic::Ordering::Relaxed);
+        if !complete {
+            Metrics::inc(&m.responses_aborted);
+        }
+        tracing::info!(
+            target: "vedge::access",
+            method = %l.method,
+            path = %l.path,
+            status = l.status,
+            cache = l.info.cache.map_or("-", |c| c.as_str()),
+            bytes = self.sent,
+            complete,
+            ms = l.started.elapsed().as_millis() as u64,
+            origin_ms = l.info.origin_ms,
+        );
+    }
+}
+
+/// Loads a rustls server config (PEM cert chain and key) with ALPN h2 and http/1.1.
+pub fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use anyhow::Context as _;
+    let certs = rustls_pemfile::certs(&mut std::io::BufReader::new(
+        std::fs::File::open(cert).with_context(|| format!("server.tls_cert {}", cert.display()))?,
+    ))
+    .collect::<Result<Vec<_>, _>>()
+    .with_context(|| format!("server.tls_cert {}: not PEM certificates", cert.display()))?;
+    let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(
+        std::fs::File::open(key).with_context(|| format!("server.tls_key {}", key.display()))?,
+    ))
+    .with_context(|| format!("server.tls_key {}: not a PEM key", key.display()))?
+    .with_context(|| format!("server.tls_key {}: no private key found", key.display()))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .context("server.tls_cert / tls_key do not match")?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
+}

@@ -1,0 +1,158 @@
+//! The public vocabulary: configuration, metadata, admission outcomes and stats.
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+
+pub use crate::io::EngineKind;
+
+/// Which I/O engine to use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum EngineChoice {
+    /// io_uring if the kernel (and seccomp) allow it, else psync; the fallback is logged with the errno.
+    #[default]
+    Auto,
+    /// io_uring or a clear error.
+    Uring,
+    /// The portable pread/pwrite thread pool.
+    Psync,
+}
+
+/// Store configuration. Build it with [`StoreConfig::new`] and adjust fields.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// A regular file (created and preallocated if missing) or a raw block device.
+    pub path: PathBuf,
+    /// Bytes of the file/device to use; a multiple of 4096. Fixed at format time.
+    pub size: u64,
+    /// Eviction unit, a multiple of 4096 between 64 KiB and 4 GiB. Default 256 MiB. Fixed at
+    /// format time. Objects larger than a quarter region are not stored.
+    pub region_size: u64,
+    /// Default [`EngineChoice::Auto`].
+    pub engine: EngineChoice,
+    /// Wipe and reformat whatever is at `path`. Default false: a store of another version or
+    /// geometry, or a file that is not a store, is an error.
+    pub reformat: bool,
+    /// Pulled objects are admitted on their second insert attempt within this window.
+    /// Default 10 minutes; `Duration::ZERO` admits everything. Pushed and pinned ones always are.
+    pub admit_window: Duration,
+    /// Cap on admitted pulled bytes per second (token bucket, one second of burst). Default none.
+    pub write_rate_limit: Option<u64>,
+    /// Whether eviction may drop pinned objects. Default false: they are rewritten instead.
+    pub allow_pinned_eviction: bool,
+}
+
+impl StoreConfig {
+    /// A config with the documented defaults.
+    pub fn new(path: impl Into<PathBuf>, size: u64) -> Self {
+        StoreConfig {
+            path: path.into(),
+            size,
+            region_size: 256 << 20,
+            engine: EngineChoice::Auto,
+            reformat: false,
+            admit_window: Duration::from_secs(600),
+            write_rate_limit: None,
+            allow_pinned_eviction: false,
+        }
+    }
+}
+
+/// How an object reached the edge: pulled on a viewer miss or pushed by ingest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    Pull,
+    Push,
+}
+
+/// Metadata stored with each object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Meta {
+    /// Opaque to the store: the edge's serialized status and headers.
+    pub head: Bytes,
+    pub stored_at: SystemTime,
+    pub expires_at: SystemTime,
+    pub tags: Vec<String>,
+    /// Pinned objects survive eviction (see [`StoreConfig::allow_pinned_eviction`]).
+    pub pinned: bool,
+}
+
+/// A verified object. `body` (and `meta.head`) are views of the buffer the device read into.
+#[derive(Clone, Debug)]
+pub struct Hit {
+    pub meta: Meta,
+    pub body: Bytes,
+}
+
+/// Outcome of [`crate::Store::insert`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admit {
+    /// The write is queued; lookups serve it from RAM until it is on disk.
+    Queued,
+    Skipped(SkipReason),
+}
+
+/// Why an insert was not queued. The last four count as refused writes in the stats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SkipReason {
+    /// Larger than a quarter region.
+    TooLarge,
+    /// First pulled insert attempt within the admission window.
+    FirstSighting,
+    /// Over the configured write rate.
+    RateLimited,
+    /// Too many bytes already queued for writing.
+    Busy,
+    /// Pinned, and the pinned share of the store is full.
+    PinnedFull,
+    /// The store is closed.
+    Closed,
+}
+
+impl SkipReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::TooLarge => "too_large",
+            SkipReason::FirstSighting => "first_sighting",
+            SkipReason::RateLimited => "rate_limited",
+            SkipReason::Busy => "busy",
+            SkipReason::PinnedFull => "pinned_full",
+            SkipReason::Closed => "closed",
+        }
+    }
+}
+
+/// A point-in-time copy of the store's counters and gauges.
+#[derive(Clone, Debug)]
+pub struct StoreStats {
+    /// Objects in the index (on disk).
+    pub objects: u64,
+    /// Bytes of those objects on disk (4 KiB extents, headers included).
+    pub bytes: u64,
+    pub pinned_bytes: u64,
+    /// Writes accepted but not yet on disk.
+    pub queued_objects: u64,
+    pub regions: u32,
+    pub regions_in_use: u32,
+    pub hits: u64,
+    pub misses: u64,
+    pub bytes_written: u64,
+    pub reinsertions: u64,
+    /// Objects dropped by region eviction.
+    pub evictions: u64,
+    pub regions_evicted: u64,
+    /// Reads that failed verification: dropped from the index, served as a miss.
+    pub corrupt_reads: u64,
+    /// Device read errors (object dropped, miss).
+    pub read_errors: u64,
+    /// Writes refused: ENOSPC, full, rate limit, queue full, pinned share full.
+    pub refused_writes: u64,
+    /// Inserts not admitted yet (first sighting) or too large: normal, not failures.
+    pub skipped_writes: u64,
+    pub write_errors: u64,
+    /// RAM used by the index table (bytes); divide by `objects` for the per-object cost.
+    pub index_bytes: u64,
+    pub engine: EngineKind,
+    pub direct_io: bool,
+}

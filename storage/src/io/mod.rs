@@ -1,0 +1,224 @@
+//! The I/O boundary: one `IoEngine` trait, an io_uring engine and a portable pread/pwrite pool.
+//!
+//! Every engine takes ownership of the buffer for the duration of the operation and gives it back
+//! through a tokio oneshot, so a cancelled caller (dropped future) can never leave the kernel
+//! writing into freed memory. Engines finish short transfers themselves: a completion is either
+//! the whole buffer or an error.
+
+pub(crate) mod psync;
+pub(crate) mod uring;
+
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+
+use crate::buf::AlignedBuf;
+
+/// What an operation does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum OpKind {
+    /// Fill the whole capacity of the buffer from `offset`.
+    Read,
+    /// Write the initialised bytes of the buffer at `offset`.
+    Write,
+    /// fdatasync the file.
+    Sync,
+}
+
+pub(crate) struct Op {
+    pub kind: OpKind,
+    pub offset: u64,
+    pub buf: AlignedBuf,
+    pub done: oneshot::Sender<(AlignedBuf, io::Result<()>)>,
+}
+
+/// An engine moves whole buffers to and from one file descriptor.
+pub(crate) trait IoEngine: Send + Sync + 'static {
+    /// Queues `op`; the result arrives on `op.done`. Never blocks on the device.
+    fn submit(&self, op: Op);
+    fn kind(&self) -> EngineKind;
+}
+
+/// The engine actually in use (see [`crate::StoreStats::engine`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EngineKind {
+    Uring,
+    Psync,
+}
+
+impl EngineKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EngineKind::Uring => "io_uring",
+            EngineKind::Psync => "psync",
+        }
+    }
+}
+
+/// A cheap handle with async helpers over a shared engine.
+#[derive(Clone)]
+pub(crate) struct Io {
+    engine: Arc<dyn IoEngine>,
+    /// Test hook: when non-zero, writes fail with this errno before reaching the engine
+    /// (how the fault tests produce ENOSPC on any filesystem).
+    fail_writes: Arc<AtomicI32>,
+}
+
+impl Io {
+    pub(crate) fn new(engine: Arc<dyn IoEngine>) -> Self {
+        Io {
+            engine,
+            fail_writes: Arc::new(AtomicI32::new(0)),
+        }
+    }
+
+    pub(crate) fn inject_write_errno(&self, errno: i32) {
+        self.fail_writes.store(errno, Ordering::Relaxed);
+    }
+
+    pub(crate) fn kind(&self) -> EngineKind {
+        self.engine.kind()
+    }
+
+    async fn run(
+        &self,
+        kind: OpKind,
+        offset: u64,
+        buf: AlignedBuf,
+    ) -> (AlignedBuf, io::Result<()>) {
+        let (tx, rx) = oneshot::channel();
+        self.engine.submit(Op {
+            kind,
+            offset,
+            buf,
+            done: tx,
+        });
+        match rx.await {
+            Ok(r) => r,
+            // The engine dropped the op: only happens when its thread is gone (shutdown or panic).
+            Err(_) => (
+                AlignedBuf::zeroed(0),
+                Err(io::Error::other("I/O engine stopped")),
+            ),
+        }
+    }
+
+    /// Reads `len` bytes (rounded up to 4 KiB) at `offset`.
+    pub(crate) async fn read(&self, offset: u64, len: usize) -> io::Result<AlignedBuf> {
+        let (buf, res) = self
+            .run(OpKind::Read, offset, AlignedBuf::uninit(len))
+            .await;
+        res.map(|()| buf)
+    }
+
+    /// Writes all of `buf` at `offset`.
+    pub(crate) async fn write(&self, offset: u64, buf: AlignedBuf) -> io::Result<()> {
+        let errno = self.fail_writes.load(Ordering::Relaxed);
+        if errno != 0 {
+            return Err(io::Error::from_raw_os_error(errno));
+        }
+        self.run(OpKind::Write, offset, buf).await.1
+    }
+
+    pub(crate) async fn sync(&self) -> io::Result<()> {
+        self.run(OpKind::Sync, 0, AlignedBuf::zeroed(0)).await.1
+    }
+}
+
+/// The file descriptor engines operate on, closed when the last engine thread lets go of it.
+pub(crate) struct OwnedFile {
+    pub fd: RawFd,
+}
+
+impl Drop for OwnedFile {
+    fn drop(&mut self) {
+        // SAFETY: we own this descriptor (taken with into_raw_fd) and close it exactly once.
+        unsafe { libc::close(self.fd) };
+    }
+}
+
+/// Synchronous positional transfer of a whole buffer, retrying short transfers and EINTR.
+/// Shared by the psync engine and by io_uring's fallback for odd cases.
+pub(crate) fn blocking_op(
+    fd: RawFd,
+    kind: OpKind,
+    offset: u64,
+    buf: &mut AlignedBuf,
+) -> io::Result<()> {
+    match kind {
+        OpKind::Sync => {
+            // SAFETY: plain syscall on a descriptor we own.
+            if unsafe { libc::fdatasync(fd) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        }
+        OpKind::Read => {
+            let total = buf.capacity();
+            let mut done = 0usize;
+            let base = buf.as_mut_ptr();
+            while done < total {
+                // SAFETY: base+done..base+total lies inside the buffer's allocation.
+                let n = unsafe {
+                    libc::pread(
+                        fd,
+                        base.add(done).cast(),
+                        total - done,
+                        (offset + done as u64) as libc::off_t,
+                    )
+                };
+                if n < 0 {
+                    let e = io::Error::last_os_error();
+                    if e.kind() == io::ErrorKind::Interrupted {
+                        continue;
+                    }
+                    return Err(e);
+                }
+                if n == 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "read past the end of the store",
+                    ));
+                }
+                done += n as usize;
+            }
+            // SAFETY: the kernel filled all `total` bytes.
+            unsafe { buf.set_filled(total) };
+            Ok(())
+        }
+        OpKind::Write => {
+            let data = buf.as_slice();
+            let mut done = 0usize;
+            while done < data.len() {
+                let rest = &data[done..];
+                // SAFETY: rest is a valid slice for the duration of the call.
+                let n = unsafe {
+                    libc::pwrite(
+                        fd,
+                        rest.as_ptr().cast(),
+                        rest.len(),
+                        (offset + done as u64) as libc::off_t,
+                    )
+                };
+                if n < 0 {
+                    let e = io::Error::last_os_error();
+                    if e.kind() == io::ErrorKind::Interrupted {
+                        continue;
+                    }
+                    return Err(e);
+                }
+                if n == 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "device accepted no bytes",
+                    ));
+                }
+                done += n as usize;
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,820 @@
+//! `Store`: the public handle, lookups (with shared, verified reads) and the sync operations.
+//!
+//! Locking: one `parking_lot::Mutex<State>` guards the index, the in-flight writes and the
+//! region table; it is held only for map operations, never across an await or an I/O. Reads in
+//! flight are tracked in a second small map so concurrent lookups of one object share one read.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::buf::round_up;
+use crate::config::{Admit, Hit, Meta, SkipReason, Source, StoreConfig, StoreStats};
+use crate::error::StoreError;
+use crate::format::{self, key_hash, KeyHash, Layout, RegionState};
+use crate::index::{index_bytes, Entry, HashIndex, TagSets, HIT, PINNED};
+use crate::io::Io;
+
+/// Most bytes accepted by `insert` and not yet written before new inserts are refused (`Busy`).
+const MAX_QUEUED_BYTES: u64 = 256 << 20;
+/// Bound on the second-hit admission table.
+const MAX_SEEN: usize = 1 << 18;
+
+/// An object accepted for writing.
+pub(crate) struct Obj {
+    pub key: Bytes,
+    pub meta: Meta,
+    pub body: Bytes,
+}
+
+/// An accepted write not yet in the index: served from RAM by lookups.
+pub(crate) struct Pending {
+    pub id: u64,
+    pub obj: Arc<Obj>,
+    pub pinned: bool,
+    pub extent: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RegionMeta {
+    pub gen: u64,
+    pub state: RegionState,
+}
+
+pub(crate) struct State {
+    pub index: HashIndex<Entry>,
+    pub tags: TagSets,
+    pub pending: HashIndex<Pending>,
+    pub regions: Vec<RegionMeta>,
+    pub max_gen: u64,
+    /// Prefix tombstones: objects whose key starts with the prefix and whose sequence is below
+    /// the mark are dead. Checked on lookup; dropped once every older region has been reused.
+    pub prefixes: Vec<(Vec<u8>, u64)>,
+    /// Sequence the next allocation will get (see `seq`). With no active region, the start of
+    /// the next generation: every object on disk is below it.
+    pub next_seq: u64,
+    pub live_bytes: u64,
+    pub pinned_bytes: u64,
+    pub pending_pinned: u64,
+}
+
+impl State {
+    pub(crate) fn new(layout: &Layout) -> Self {
+        State {
+            index: HashIndex::default(),
+            tags: TagSets::new(),
+            pending: HashIndex::default(),
+            regions: vec![
+                RegionMeta {
+                    gen: 0,
+                    state: RegionState::Free
+                };
+                layout.regions as usize
+            ],
+            max_gen: 0,
+            prefixes: Vec::new(),
+            next_seq: 1 << 32,
+            live_bytes: 0,
+            pinned_bytes: 0,
+            pending_pinned: 0,
+        }
+    }
+
+    /// Sequence of an entry: (generation of its region, block within the region).
+    pub(crate) fn seq(&self, layout: &Layout, e: &Entry) -> u64 {
+        let r = layout.region_of(e.block);
+        (self.regions[r as usize].gen << 32) | u64::from(e.block - r * layout.region_blocks())
+    }
+
+    /// Inserts an index entry, releasing whatever it replaces.
+    pub(crate) fn index_put(&mut self, h: KeyHash, e: Entry) {
+        if let Some(old) = self.index.insert(h, e) {
+            self.account_out(&old);
+        }
+        self.live_bytes += e.bytes();
+        if e.pinned() {
+            self.pinned_bytes += e.bytes();
+        }
+    }
+
+    pub(crate) fn index_remove(&mut self, h: &KeyHash) -> Option<Entry> {
+        let e = self.index.remove(h)?;
+        self.account_out(&e);
+        Some(e)
+    }
+
+    fn account_out(&mut self, e: &Entry) {
+        self.live_bytes -= e.bytes();
+        if e.pinned() {
+            self.pinned_bytes -= e.bytes();
+        }
+        self.tags.release(e.tagset);
+    }
+
+    pub(crate) fn pending_remove(&mut self, h: &KeyHash) -> Option<Pending> {
+        let p = self.pending.remove(h)?;
+        if p.pinned {
+            self.pending_pinned -= p.extent;
+        }
+        Some(p)
+    }
+
+    pub(crate) fn prefix_dead(&self, layout: &Layout, key: &[u8], e: &Entry) -> bool {
+        !self.prefixes.is_empty() && {
+            let s = self.seq(layout, e);
+            self.prefixes
+                .iter()
+                .any(|(p, mark)| s < *mark && key.starts_with(p))
+        }
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub bytes_written: AtomicU64,
+    pub reinsertions: AtomicU64,
+    pub evictions: AtomicU64,
+    pub regions_evicted: AtomicU64,
+    pub corrupt_reads: AtomicU64,
+    pub read_errors: AtomicU64,
+    pub refused_writes: AtomicU64,
+    pub skipped_writes: AtomicU64,
+    pub write_errors: AtomicU64,
+    pub queued_bytes: AtomicU64,
+}
+
+struct Admission {
+    seen: HashMap<u64, Instant>,
+    order: std::collections::VecDeque<(u64, Instant)>,
+    tokens: f64,
+    last: Instant,
+}
+
+pub(crate) struct Inner {
+    pub cfg: StoreConfig,
+    pub layout: Layout,
+    pub io: Io,
+    pub direct: bool,
+    pub nonce: u64,
+    pub sb: Mutex<format::Superblock>,
+    pub st: Mutex<State>,
+    pub c: Counters,
+    pub closed: AtomicBool,
+    pub pinned_limit: u64,
+    next_id: AtomicU64,
+    reads: Mutex<HashMap<(KeyHash, u32), ReadWaiters>>,
+    admit: Mutex<Admission>,
+}
+
+/// A verified object read from the device.
+pub(crate) struct ReadObj {
+    pub key: Bytes,
+    pub meta: Meta,
+    pub body: Bytes,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum ReadErr {
+    Corrupt,
+    Io,
+}
+
+pub(crate) type ReadResult = Result<Arc<ReadObj>, ReadErr>;
+/// Lookups waiting on a read another lookup started.
+type ReadWaiters = Vec<oneshot::Sender<ReadResult>>;
+
+pub(crate) enum Job {
+    Write(WriteJob),
+    Flush(oneshot::Sender<()>),
+    Close(oneshot::Sender<crate::writer::ActiveSnap>),
+}
+
+pub(crate) struct WriteJob {
+    pub hash: KeyHash,
+    pub id: u64,
+    pub obj: Arc<Obj>,
+    pub extent: u64,
+    pub durable: bool,
+    pub reinsert: bool,
+    pub done: Option<oneshot::Sender<Result<(), StoreError>>>,
+}
+
+/// The SSD segment store. Cheap to clone; all clones share one store.
+///
+/// Must be opened inside a tokio runtime (it spawns its writer task). Dropping the last clone
+/// without [`Store::close`] stops the writer without a snapshot: the next open recovers as after
+/// a crash.
+#[derive(Clone)]
+pub struct Store {
+    handle: Arc<Handle>,
+}
+
+struct Handle {
+    inner: Arc<Inner>,
+    tx: mpsc::UnboundedSender<Job>,
+}
+
+impl Inner {
+    pub(crate) fn new(
+        cfg: StoreConfig,
+        layout: Layout,
+        io: Io,
+        direct: bool,
+        sb: format::Superblock,
+        st: State,
+    ) -> Self {
+        // Pinned objects may fill all regions but two, at the packing density objects of up to a
+        // quarter region can always reach (3/4), so eviction can always make progress.
+        let pinned_limit = (u64::from(layout.regions) - 2) * layout.region_size / 4 * 3;
+        Inner {
+            layout,
+            io,
+            direct,
+            nonce: sb.nonce,
+            sb: Mutex::new(sb),
+            st: Mutex::new(st),
+            c: Counters::default(),
+            closed: AtomicBool::new(false),
+            pinned_limit,
+            next_id: AtomicU64::new(1),
+            reads: Mutex::new(HashMap::new()),
+            admit: Mutex::new(Admission {
+                seen: HashMap::new(),
+                order: Default::default(),
+                tokens: cfg.write_rate_limit.unwrap_or(0) as f64,
+                last: Instant::now(),
+            }),
+            cfg,
+        }
+    }
+
+    pub(crate) fn hash(&self, key: &[u8]) -> KeyHash {
+        key_hash(self.nonce, key)
+    }
+
+    /// Reads and verifies the object at `e` in a region of generation `gen`.
+    pub(crate) async fn read_verified(&self, h: KeyHash, e: Entry, gen: u64) -> ReadResult {
+        let buf = match self
+            .io
+            .read(self.layout.block_off(e.block), e.bytes() as usize)
+            .await
+        {
+            Ok(b) => b,
+            Err(err) => {
+                tracing::warn!(error = %err, block = e.block, "store read failed");
+                return Err(ReadErr::Io);
+            }
+        };
+        let Some(hdr) = format::decode_object_header(buf.as_slice(), self.nonce, gen) else {
+            return Err(ReadErr::Corrupt);
+        };
+        if hdr.extent() != e.bytes() || !format::payload_ok(buf.as_slice(), &hdr) {
+            return Err(ReadErr::Corrupt);
+        }
+        let bytes = Bytes::from_owner(buf);
+        let key = bytes.slice(hdr.key_range.0..hdr.key_range.1);
+        if self.hash(&key) != h {
+            return Err(ReadErr::Corrupt);
+        }
+        let body = bytes.slice(hdr.header_len..hdr.header_len + hdr.payload_len as usize);
+        let meta = Meta {
+            head: bytes.slice(hdr.head_range.0..hdr.head_range.1),
+            stored_at: hdr.stored_at,
+            expires_at: hdr.expires_at,
+            tags: hdr.tags,
+            pinned: e.pinned(),
+        };
+        Ok(Arc::new(ReadObj { key, meta, body }))
+    }
+
+    /// Like `read_verified`, but concurrent callers for one location share one device read.
+    async fn read_shared(self: &Arc<Self>, h: KeyHash, e: Entry, gen: u64) -> ReadResult {
+        let slot = (h, e.block);
+        let waiter = {
+            let mut reads = self.reads.lock();
+            match reads.get_mut(&slot) {
+                Some(w) => {
+                    let (tx, rx) = oneshot::channel();
+                    w.push(tx);
+                    Some(rx)
+                }
+                None => {
+                    reads.insert(slot, Vec::new());
+                    None
+                }
+            }
+        };
+        if let Some(rx) = waiter {
+            // Err: the leading lookup was cancelled before finishing; read ourselves.
+            return match rx.await {
+                Ok(r) => r,
+                Err(_) => self.read_verified(h, e, gen).await,
+            };
+        }
+        // If this future is dropped mid-read, the guard removes the slot and the waiters'
+        // senders drop with it, so they fall back to their own read instead of hanging.
+        let guard = ReadSlot { inner: self, slot };
+        let res = self.read_verified(h, e, gen).await;
+        for w in guard.finish() {
+            let _ = w.send(res.clone());
+        }
+        res
+    }
+
+    /// Drops an entry that failed a read, unless it moved meanwhile (then the failure was a
+    /// race with eviction or a newer write, not corruption). Returns whether it was dropped.
+    fn drop_failed(&self, h: KeyHash, e: Entry, gen: u64) -> bool {
+        let mut st = self.st.lock();
+        let same = st.index.get(&h).is_some_and(|x| x.block == e.block)
+            && st.regions[self.layout.region_of(e.block) as usize].gen == gen;
+        if same {
+            st.index_remove(&h);
+        }
+        same
+    }
+
+    fn admit_pull(&self, h: KeyHash, len: u64) -> Result<(), SkipReason> {
+        let mut a = self.admit.lock();
+        let now = Instant::now();
+        let window = self.cfg.admit_window;
+        if !window.is_zero() {
+            let k = u64::from(h.0[0]) | (u64::from(h.0[1]) << 32);
+            while let Some(&(old, t)) = a.order.front() {
+                if now.duration_since(t) <= window && a.order.len() < MAX_SEEN {
+                    break;
+                }
+                a.order.pop_front();
+                if a.seen.get(&old) == Some(&t) {
+                    a.seen.remove(&old);
+                }
+            }
+            if a.seen.remove(&k).is_none() {
+                a.seen.insert(k, now);
+                a.order.push_back((k, now));
+                return Err(SkipReason::FirstSighting);
+            }
+        }
+        if let Some(rate) = self.cfg.write_rate_limit {
+            let elapsed = now.duration_since(a.last).as_secs_f64();
+            a.last = now;
+            a.tokens = (a.tokens + elapsed * rate as f64).min(rate as f64);
+            if a.tokens < len as f64 {
+                return Err(SkipReason::RateLimited);
+            }
+            a.tokens -= len as f64;
+        }
+        Ok(())
+    }
+}
+
+struct ReadSlot<'a> {
+    inner: &'a Inner,
+    slot: (KeyHash, u32),
+}
+
+impl ReadSlot<'_> {
+    fn finish(self) -> ReadWaiters {
+        let w = self
+            .inner
+            .reads
+            .lock()
+            .remove(&self.slot)
+            .unwrap_or_default();
+        std::mem::forget(self);
+        w
+    }
+}
+
+impl Drop for ReadSlot<'_> {
+    fn drop(&mut self) {
+        self.inner.reads.lock().remove(&self.slot);
+    }
+}
+
+/// The on-disk extent of an object (header + payload, rounded up to 4 KiB).
+pub(crate) fn extent_of(key: &[u8], meta: &Meta, body_len: u64) -> u64 {
+    let tags = format::encode_tags(&meta.tags).len();
+    round_up((format::header_len(key.len(), meta.head.len(), tags, body_len) as u64) + body_len)
+}
+
+impl Store {
+    /// Opens (formatting on first use) or recovers the store at `cfg.path`.
+    ///
+    /// Must be called inside a tokio runtime. Formatting zero-fills the whole file.
+    pub async fn open(cfg: StoreConfig) -> Result<Store, StoreError> {
+        let (inner, active) = crate::open::open(cfg).await?;
+        let inner = Arc::new(inner);
+        let (tx, rx) = mpsc::unbounded_channel();
+        crate::writer::spawn(inner.clone(), rx, active);
+        Ok(Store {
+            handle: Arc::new(Handle { inner, tx }),
+        })
+    }
+
+    fn inner(&self) -> &Arc<Inner> {
+        &self.handle.inner
+    }
+
+    /// Looks `key` up. Every hit from the device is verified (key, header, payload checksums);
+    /// a corrupt object is dropped, counted and reported as a miss.
+    pub async fn lookup(&self, key: &[u8]) -> Option<Hit> {
+        let inner = self.inner();
+        let h = inner.hash(key);
+        let (e, gen) = {
+            let mut st = inner.st.lock();
+            if let Some(p) = st.pending.get(&h) {
+                if p.obj.key == key {
+                    let mut meta = p.obj.meta.clone();
+                    meta.pinned = p.pinned;
+                    let body = p.obj.body.clone();
+                    drop(st);
+                    inner.c.hits.fetch_add(1, Relaxed);
+                    return Some(Hit { meta, body });
+                }
+            }
+            let found = st.index.get_mut(&h).map(|e| {
+                e.set_flag(HIT, true);
+                *e
+            });
+            match found {
+                Some(e) if st.prefix_dead(&inner.layout, key, &e) => {
+                    st.index_remove(&h);
+                    None
+                }
+                Some(e) => Some((e, st.regions[inner.layout.region_of(e.block) as usize].gen)),
+                None => None,
+            }
+        }
+        .or_else(|| {
+            inner.c.misses.fetch_add(1, Relaxed);
+            None
+        })?;
+        match inner.read_shared(h, e, gen).await {
+            Ok(obj) if obj.key == key => {
+                inner.c.hits.fetch_add(1, Relaxed);
+                Some(Hit {
+                    meta: obj.meta.clone(),
+                    body: obj.body.clone(),
+                })
+            }
+            // Another key with the same 128-bit hash: a miss, never the wrong object.
+            Ok(_) => {
+                inner.c.misses.fetch_add(1, Relaxed);
+                None
+            }
+            Err(err) => {
+                if inner.drop_failed(h, e, gen) {
+                    match err {
+                        ReadErr::Corrupt => {
+                            tracing::warn!(
+                                block = e.block,
+                                "corrupt object dropped from the store"
+                            );
+                            inner.c.corrupt_reads.fetch_add(1, Relaxed);
+                        }
+                        ReadErr::Io => {
+                            inner.c.read_errors.fetch_add(1, Relaxed);
+                        }
+                    }
+                }
+                inner.c.misses.fetch_add(1, Relaxed);
+                None
+            }
+        }
+    }
+
+    /// Queues `body` for writing without waiting. See [`Admit`] for why it may be skipped.
+    pub fn insert(&self, key: &[u8], meta: Meta, body: Bytes, src: Source) -> Admit {
+        match self.enqueue(key, meta, body, src, false, None) {
+            Ok(()) => Admit::Queued,
+            Err(r) => Admit::Skipped(r),
+        }
+    }
+
+    /// Writes `body` and returns once it is on disk (written and fdatasync'ed). For push ingest:
+    /// no second-hit or rate admission, but size, pinned share and device errors still apply.
+    pub async fn insert_durable(
+        &self,
+        key: &[u8],
+        meta: Meta,
+        body: Bytes,
+        src: Source,
+    ) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        let len = body.len();
+        match self.enqueue(key, meta, body, src, true, Some(tx)) {
+            Ok(()) => {}
+            Err(SkipReason::Closed) => return Err(StoreError::Closed),
+            Err(SkipReason::TooLarge) => {
+                return Err(StoreError::Refused("object larger than a quarter region"));
+            }
+            Err(SkipReason::PinnedFull) => {
+                return Err(StoreError::Full(format!(
+                    "pinned share full: {} of {} bytes used, {len}-byte pinned object refused",
+                    self.inner().st.lock().pinned_bytes,
+                    self.inner().pinned_limit
+                )));
+            }
+            Err(r) => return Err(StoreError::Refused(r.as_str())),
+        }
+        rx.await.unwrap_or(Err(StoreError::Closed))
+    }
+
+    fn enqueue(
+        &self,
+        key: &[u8],
+        meta: Meta,
+        body: Bytes,
+        src: Source,
+        durable: bool,
+        done: Option<oneshot::Sender<Result<(), StoreError>>>,
+    ) -> Result<(), SkipReason> {
+        let inner = self.inner();
+        let refuse = |r: SkipReason| {
+            let c = match r {
+                SkipReason::TooLarge | SkipReason::FirstSighting | SkipReason::Closed => {
+                    &inner.c.skipped_writes
+                }
+                _ => &inner.c.refused_writes,
+            };
+            c.fetch_add(1, Relaxed);
+            Err(r)
+        };
+        if inner.closed.load(Relaxed) {
+            return refuse(SkipReason::Closed);
+        }
+        let extent = extent_of(key, &meta, body.len() as u64);
+        if extent > inner.layout.max_extent() {
+            return refuse(SkipReason::TooLarge);
+        }
+        let h = inner.hash(key);
+        if src == Source::Pull && !meta.pinned && !durable {
+            if let Err(r) = inner.admit_pull(h, extent) {
+                return refuse(r);
+            }
+        }
+        if !durable && inner.c.queued_bytes.load(Relaxed) + extent > MAX_QUEUED_BYTES {
+            return refuse(SkipReason::Busy);
+        }
+        let id = inner.next_id.fetch_add(1, Relaxed);
+        let pinned = meta.pinned;
+        let obj = Arc::new(Obj {
+            key: Bytes::copy_from_slice(key),
+            meta,
+            body,
+        });
+        {
+            let mut st = inner.st.lock();
+            if pinned {
+                let replaced = st
+                    .index
+                    .get(&h)
+                    .filter(|e| e.pinned())
+                    .map_or(0, |e| e.bytes());
+                if st.pinned_bytes + st.pending_pinned + extent > inner.pinned_limit + replaced {
+                    drop(st);
+                    return refuse(SkipReason::PinnedFull);
+                }
+                st.pending_pinned += extent;
+            }
+            if let Some(old) = st.pending.insert(
+                h,
+                Pending {
+                    id,
+                    obj: obj.clone(),
+                    pinned,
+                    extent,
+                },
+            ) {
+                if old.pinned {
+                    st.pending_pinned -= old.extent;
+                }
+            }
+        }
+        inner.c.queued_bytes.fetch_add(extent, Relaxed);
+        let job = WriteJob {
+            hash: h,
+            id,
+            obj,
+            extent,
+            durable,
+            reinsert: false,
+            done,
+        };
+        if self.handle.tx.send(Job::Write(job)).is_err() {
+            inner.st.lock().pending_remove(&h);
+            inner.c.queued_bytes.fetch_sub(extent, Relaxed);
+            return refuse(SkipReason::Closed);
+        }
+        Ok(())
+    }
+
+    /// Removes `key`. Returns whether it was stored (or being written).
+    pub fn remove(&self, key: &[u8]) -> bool {
+        let inner = self.inner();
+        let h = inner.hash(key);
+        let mut st = inner.st.lock();
+        let p =
+            st.pending.get(&h).is_some_and(|p| p.obj.key == key) && st.pending_remove(&h).is_some();
+        st.index_remove(&h).is_some() || p
+    }
+
+    /// Removes every object whose key starts with `prefix`.
+    ///
+    /// Objects still being written are removed at once and counted in the result. Objects on
+    /// disk are invalidated by a prefix tombstone checked on every lookup (the index holds key
+    /// hashes only, so they cannot be counted); they are never served again and their space is
+    /// reclaimed by eviction.
+    pub fn remove_prefix(&self, prefix: &[u8]) -> usize {
+        let inner = self.inner();
+        let mut st = inner.st.lock();
+        let doomed: Vec<KeyHash> = st
+            .pending
+            .iter()
+            .filter(|(_, p)| p.obj.key.starts_with(prefix))
+            .map(|(h, _)| *h)
+            .collect();
+        for h in &doomed {
+            st.pending_remove(h);
+        }
+        let mark = st.next_seq;
+        st.prefixes.retain(|(p, _)| !p.starts_with(prefix));
+        st.prefixes.push((prefix.to_vec(), mark));
+        doomed.len()
+    }
+
+    /// Removes every object carrying `tag`. Returns how many.
+    pub fn remove_tag(&self, tag: &str) -> usize {
+        let inner = self.inner();
+        let mut st = inner.st.lock();
+        let ids = st.tags.containing(tag);
+        let doomed: Vec<KeyHash> = st
+            .index
+            .iter()
+            .filter(|(_, e)| ids.contains(&e.tagset))
+            .map(|(h, _)| *h)
+            .collect();
+        for h in &doomed {
+            st.index_remove(h);
+        }
+        let pend: Vec<KeyHash> = st
+            .pending
+            .iter()
+            .filter(|(_, p)| p.obj.meta.tags.iter().any(|t| t == tag))
+            .map(|(h, _)| *h)
+            .collect();
+        for h in &pend {
+            st.pending_remove(h);
+        }
+        doomed.len() + pend.len()
+    }
+
+    /// Pins a stored object so eviction keeps it. `Ok(false)` if it is not stored; an error if
+    /// the pinned share is full.
+    pub fn pin(&self, key: &[u8]) -> Result<bool, StoreError> {
+        self.set_pin(key, true)
+    }
+
+    /// Unpins `key`. Returns whether it is stored.
+    pub fn unpin(&self, key: &[u8]) -> bool {
+        self.set_pin(key, false).unwrap_or(false)
+    }
+
+    fn set_pin(&self, key: &[u8], on: bool) -> Result<bool, StoreError> {
+        let inner = self.inner();
+        let h = inner.hash(key);
+        let mut st = inner.st.lock();
+        let st = &mut *st;
+        let limit = inner.pinned_limit;
+        let used = st.pinned_bytes + st.pending_pinned;
+        if let Some(p) = st.pending.get_mut(&h).filter(|p| p.obj.key == key) {
+            if p.pinned != on {
+                if on && used + p.extent > limit {
+                    return Err(StoreError::Full(format!(
+                        "pinned share full: {used} of {limit} bytes used"
+                    )));
+                }
+                p.pinned = on;
+                if on {
+                    st.pending_pinned += p.extent;
+                } else {
+                    st.pending_pinned -= p.extent;
+                }
+            }
+            return Ok(true);
+        }
+        let Some(e) = st.index.get_mut(&h) else {
+            return Ok(false);
+        };
+        if e.pinned() != on {
+            let b = e.bytes();
+            if on && used + b > limit {
+                return Err(StoreError::Full(format!(
+                    "pinned share full: {used} of {limit} bytes used"
+                )));
+            }
+            e.set_flag(PINNED, on);
+            if on {
+                st.pinned_bytes += b;
+            } else {
+                st.pinned_bytes -= b;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Whether `key` is stored or being written (by hash: no device read).
+    pub fn contains(&self, key: &[u8]) -> bool {
+        let inner = self.inner();
+        let h = inner.hash(key);
+        let st = inner.st.lock();
+        st.pending.get(&h).is_some_and(|p| p.obj.key == key)
+            || st
+                .index
+                .get(&h)
+                .is_some_and(|e| !st.prefix_dead(&inner.layout, key, e))
+    }
+
+    /// Bytes a new pinned object may still use (for ingest's up-front space check).
+    pub fn free_for_pinned(&self) -> u64 {
+        let inner = self.inner();
+        let st = inner.st.lock();
+        inner
+            .pinned_limit
+            .saturating_sub(st.pinned_bytes + st.pending_pinned)
+    }
+
+    /// Waits until every write queued before this call is on disk (or failed).
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.handle.tx.send(Job::Flush(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        let inner = self.inner();
+        let c = &inner.c;
+        let st = inner.st.lock();
+        StoreStats {
+            objects: st.index.len() as u64,
+            bytes: st.live_bytes,
+            pinned_bytes: st.pinned_bytes,
+            queued_objects: st.pending.len() as u64,
+            regions: inner.layout.regions,
+            regions_in_use: st
+                .regions
+                .iter()
+                .filter(|r| r.state != RegionState::Free)
+                .count() as u32,
+            hits: c.hits.load(Relaxed),
+            misses: c.misses.load(Relaxed),
+            bytes_written: c.bytes_written.load(Relaxed),
+            reinsertions: c.reinsertions.load(Relaxed),
+            evictions: c.evictions.load(Relaxed),
+            regions_evicted: c.regions_evicted.load(Relaxed),
+            corrupt_reads: c.corrupt_reads.load(Relaxed),
+            read_errors: c.read_errors.load(Relaxed),
+            refused_writes: c.refused_writes.load(Relaxed),
+            skipped_writes: c.skipped_writes.load(Relaxed),
+            write_errors: c.write_errors.load(Relaxed),
+            index_bytes: index_bytes(&st.index) as u64,
+            engine: inner.io.kind(),
+            direct_io: inner.direct,
+        }
+    }
+
+    /// Test hook: make every device write fail with `errno` (0 restores normal operation).
+    #[doc(hidden)]
+    pub fn inject_write_errno(&self, errno: i32) {
+        self.inner().io.inject_write_errno(errno);
+    }
+
+    /// Finishes queued writes, writes the index snapshot and marks the store clean.
+    /// Other clones keep serving lookups; their inserts are refused.
+    pub async fn close(self) -> Result<(), StoreError> {
+        let inner = self.inner().clone();
+        if inner.closed.swap(true, Relaxed) {
+            return Err(StoreError::Closed);
+        }
+        let (tx, rx) = oneshot::channel();
+        self.handle
+            .tx
+            .send(Job::Close(tx))
+            .map_err(|_| StoreError::Closed)?;
+        let active = rx.await.map_err(|_| StoreError::Closed)?;
+        crate::open::write_snapshot(&inner, active).await
+    }
+}
+
+/// Seconds-resolution check used when deciding reinsertion.
+pub(crate) fn expired(meta: &Meta) -> bool {
+    meta.expires_at <= SystemTime::now()
+}

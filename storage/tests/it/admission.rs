@@ -1,0 +1,87 @@
+//! Admission: second hit within the window, size cap, write-rate cap.
+
+use std::time::Duration;
+
+use vedge_storage::{Admit, SkipReason, Source, StoreError};
+
+use crate::support::*;
+
+#[tokio::test]
+async fn pulled_objects_need_a_second_attempt_pushed_do_not() {
+    for engine in ENGINES {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = cfg(&dir.path().join("store"), engine);
+        c.admit_window = Duration::from_secs(60);
+        let s = open(&c).await;
+        let b = body_for("p", 1000);
+        assert_eq!(
+            s.insert(b"p", meta("p", &[], false), b.clone(), Source::Pull),
+            Admit::Skipped(SkipReason::FirstSighting)
+        );
+        assert!(!s.contains(b"p"));
+        assert_eq!(
+            s.insert(b"p", meta("p", &[], false), b.clone(), Source::Pull),
+            Admit::Queued
+        );
+        assert_eq!(
+            s.insert(b"q", meta("q", &[], false), b.clone(), Source::Push),
+            Admit::Queued
+        );
+        assert_eq!(
+            s.insert(b"r", meta("r", &[], true), b, Source::Pull),
+            Admit::Queued,
+            "pinned always admitted"
+        );
+        s.flush().await;
+        assert!(s.contains(b"p") && s.contains(b"q") && s.contains(b"r"));
+        assert_eq!(s.stats().skipped_writes, 1);
+        s.close().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn oversized_objects_skip_the_store() {
+    for engine in ENGINES {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cfg(&dir.path().join("store"), engine);
+        let s = open(&c).await;
+        let big = body_for("big", REGION as usize / 4);
+        assert_eq!(
+            s.insert(b"big", meta("big", &[], false), big.clone(), Source::Push),
+            Admit::Skipped(SkipReason::TooLarge)
+        );
+        let err = s
+            .insert_durable(b"big", meta("big", &[], false), big, Source::Push)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Refused(_)), "{err}");
+        s.close().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn write_rate_cap_refuses_and_counts() {
+    for engine in ENGINES {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = cfg(&dir.path().join("store"), engine);
+        c.write_rate_limit = Some(100_000);
+        let s = open(&c).await;
+        let mut refused = 0;
+        for i in 0..20 {
+            let k = format!("r{i}");
+            if s.insert(
+                k.as_bytes(),
+                meta(&k, &[], false),
+                body_for(&k, 20_000),
+                Source::Pull,
+            ) == Admit::Skipped(SkipReason::RateLimited)
+            {
+                refused += 1;
+            }
+        }
+        // One second of burst (100 kB) admits at most four 24 KiB extents.
+        assert!(refused >= 15, "refused {refused}");
+        assert_eq!(s.stats().refused_writes, refused);
+        s.close().await.unwrap();
+    }
+}

@@ -1,0 +1,65 @@
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use vedge_storage::{EngineChoice, Meta, Store, StoreConfig};
+
+pub const ENGINES: [EngineChoice; 2] = [EngineChoice::Uring, EngineChoice::Psync];
+pub const REGION: u64 = 256 * 1024;
+
+/// A small store: 15 regions of 256 KiB (objects up to 64 KiB), everything admitted.
+pub fn cfg(path: &Path, engine: EngineChoice) -> StoreConfig {
+    let mut c = StoreConfig::new(path, 4 << 20);
+    c.region_size = REGION;
+    c.engine = engine;
+    c.admit_window = Duration::ZERO;
+    c
+}
+
+/// Deterministic body for a key, so any served object can be checked against its key.
+pub fn body_for(key: &str, len: usize) -> Bytes {
+    let seed = key
+        .bytes()
+        .fold(17u32, |a, b| a.wrapping_mul(31).wrapping_add(u32::from(b)));
+    Bytes::from(
+        (0..len)
+            .map(|i| (seed.wrapping_add(i as u32 * 7) >> 3) as u8)
+            .collect::<Vec<u8>>(),
+    )
+}
+
+pub fn meta(key: &str, tags: &[&str], pinned: bool) -> Meta {
+    Meta {
+        head: Bytes::from(format!("HTTP/1.1 200 OK\r\nx-key: {key}\r\n")),
+        stored_at: UNIX_EPOCH + Duration::new(1_700_000_000, 123),
+        expires_at: SystemTime::now() + Duration::from_secs(3600),
+        tags: tags.iter().map(|t| t.to_string()).collect(),
+        pinned,
+    }
+}
+
+pub async fn open(c: &StoreConfig) -> Store {
+    Store::open(c.clone()).await.expect("open store")
+}
+
+pub async fn put(s: &Store, key: &str, len: usize) {
+    s.insert_durable(
+        key.as_bytes(),
+        meta(key, &[], false),
+        body_for(key, len),
+        vedge_storage::Source::Push,
+    )
+    .await
+    .expect("insert_durable");
+}
+
+/// Asserts `key` is served with the exact body and head it was written with.
+pub async fn assert_served(s: &Store, key: &str, len: usize) {
+    let hit = s
+        .lookup(key.as_bytes())
+        .await
+        .unwrap_or_else(|| panic!("{key} missing"));
+    assert_eq!(hit.body.len(), len, "{key} length");
+    assert!(hit.body == body_for(key, len), "{key} body differs");
+    assert_eq!(hit.meta.head, meta(key, &[], false).head);
+}
