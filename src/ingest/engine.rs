@@ -233,24 +233,32 @@ pub async fn ingest_asset<F: Fetcher, S: Sink>(
         .root
         .as_ref()
         .map_or_else(String::new, |u| u.to_string());
-    let media: Vec<(&Object, String)> = asset.media.iter().map(|o| (o, keys.key(&o.url))).collect();
+    // Owned work items: the futures below must not borrow from a stream's items (a spawned
+    // caller would otherwise need them to be valid for any lifetime).
+    let media: Vec<(Object, String)> = asset
+        .media
+        .iter()
+        .map(|o| (o.clone(), keys.key(&o.url)))
+        .collect();
+    let conc = opts.concurrency.max(1);
 
-    // Size pass: what is already there, and how much room the rest needs. Objects are fetched
-    // before the check only when no cheaper size is available (HEAD), so the media pass below
-    // refetches nothing: sizes come from a HEAD-like probe of the fetcher.
+    // Size pass: what is already stored, and how much room the rest needs, before anything is
+    // written. Sizes come from the fetcher's cheap probe (HEAD, file metadata).
     let manifest_bytes: u64 = asset
         .manifests
         .iter()
         .map(|m| m.body.as_ref().map_or(0, |b| b.len() as u64))
         .sum();
-    let sizes: Vec<Option<u64>> = stream::iter(media.iter())
-        .map(|(o, _)| fetcher.size(&o.url))
-        .buffered(opts.concurrency.max(1))
+    let urls: Vec<Url> = media.iter().map(|(o, _)| o.url.clone()).collect();
+    let sizes: Vec<Option<u64>> = stream::iter(urls)
+        .map(move |u| async move { fetcher.size(&u).await })
+        .buffered(conc)
         .collect()
         .await;
-    let existing: Vec<Option<Existing>> = stream::iter(media.iter())
-        .map(|(_, k)| async move { sink.existing(k).await.ok().flatten() })
-        .buffered(opts.concurrency.max(1))
+    let key_list: Vec<String> = media.iter().map(|(_, k)| k.clone()).collect();
+    let existing: Vec<Option<Existing>> = stream::iter(key_list)
+        .map(move |k| async move { sink.existing(&k).await.ok().flatten() })
+        .buffered(conc)
         .collect()
         .await;
     let total_bytes: u64 = sizes.iter().map(|s| s.unwrap_or(0)).sum::<u64>() + manifest_bytes;
@@ -283,13 +291,18 @@ pub async fn ingest_asset<F: Fetcher, S: Sink>(
         Err(e) => return AssetReport::refused(&name, format!("store: {e}")),
     }
 
-    let results: Vec<Done> = stream::iter(media.iter().zip(sizes.iter().zip(existing.iter())))
-        .map(|((o, key), (size, present))| async move {
+    let items: Vec<(Object, String, Option<u64>, Option<Existing>)> = media
+        .into_iter()
+        .zip(sizes.into_iter().zip(existing))
+        .map(|((o, k), (s, e))| (o, k, s, e))
+        .collect();
+    let results: Vec<Done> = stream::iter(items)
+        .map(move |(o, key, size, present)| async move {
             // Identical = same length (and same ETag when both sides have one).
-            if let (Some(e), Some(s)) = (present, size) {
-                if e.len == *s {
+            if let (Some(e), Some(s)) = (&present, size) {
+                if e.len == s {
                     progress.objects_done.fetch_add(1, Ordering::Relaxed);
-                    progress.bytes_done.fetch_add(*s, Ordering::Relaxed);
+                    progress.bytes_done.fetch_add(s, Ordering::Relaxed);
                     progress.skipped.fetch_add(1, Ordering::Relaxed);
                     return Done::Skipped;
                 }
@@ -305,7 +318,7 @@ pub async fn ingest_asset<F: Fetcher, S: Sink>(
                 Ok(f) => f,
                 Err(e) => return fail(e.to_string()),
             };
-            if let (Some(e), None) = (present, size) {
+            if let (Some(e), None) = (&present, size) {
                 if e.len == fetched.body.len() as u64
                     && (e.etag.is_none() || e.etag == etag_of(&fetched.headers))
                 {
@@ -327,15 +340,12 @@ pub async fn ingest_asset<F: Fetcher, S: Sink>(
                 Ok(()) => {
                     progress.objects_done.fetch_add(1, Ordering::Relaxed);
                     progress.bytes_done.fetch_add(bytes, Ordering::Relaxed);
-                    Done::Stored {
-                        key: key.clone(),
-                        bytes,
-                    }
+                    Done::Stored { key, bytes }
                 }
                 Err(e) => fail(format!("store: {e}")),
             }
         })
-        .buffer_unordered(opts.concurrency.max(1))
+        .buffer_unordered(conc)
         .collect()
         .await;
 

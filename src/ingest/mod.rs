@@ -5,7 +5,9 @@
 //!   stored objects, atomic publish (manifests last) or release.
 //! - this file: the `vedge ingest` command: arguments, sources, progress bar, summary.
 
+pub mod admin;
 pub mod engine;
+pub mod store;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,7 +18,7 @@ use serde::Serialize;
 use url::Url;
 
 use crate::manifest::fetch::{FileFetcher, HttpFetcher};
-use crate::manifest::{self, Asset, Fetcher, Limits, Scope, WalkOptions};
+use crate::manifest::{self, Asset, Limits, Scope, WalkOptions};
 use engine::{AssetReport, IngestOptions, KeyMapper, Outcome, Progress, Sink};
 
 /// Flags of `vedge ingest`.
@@ -38,6 +40,10 @@ pub struct IngestArgs {
     /// Store file of an edge that is not running.
     #[arg(long)]
     pub store: Option<PathBuf>,
+
+    /// Size of the store (e.g. 4GiB) when --store creates it. [default: store_size from --config]
+    #[arg(long)]
+    pub store_size: Option<String>,
 
     /// vedge config file (for drop_query_params, listen, the store's path and size).
     #[arg(long, short = 'c')]
@@ -252,12 +258,27 @@ pub async fn run_cli(args: IngestArgs) -> anyhow::Result<()> {
     if args.dry_run {
         return dry_run(&args, &sources, &host, &drop).await;
     }
-    if let Some(store) = &args.store {
-        anyhow::bail!(
-            "--store {}: writing into a stopped edge's store needs vedge-storage's Store API, \
-             which is not merged yet; use --dry-run to list the objects",
-            store.display()
-        );
+    if let Some(path) = &args.store {
+        let size = match (&args.store_size, store_size_from_config(&args)?) {
+            (Some(s), _) => crate::config::parse_size(s)
+                .map_err(|e| anyhow::anyhow!("--store-size {s}: {e}"))?,
+            (None, Some(s)) => s,
+            (None, None) => anyhow::bail!("--store needs --store-size (or a --config with store_size)"),
+        };
+        let store = vedge_storage::Store::open(vedge_storage::StoreConfig::new(path, size))
+            .await
+            .with_context(|| format!("opening store {}", path.display()))?;
+        let sink = store::StoreSink { store };
+        let summary = run_into(&args, &sources, &sink, &host, &drop).await;
+        sink.store
+            .close()
+            .await
+            .with_context(|| format!("closing store {}", path.display()))?;
+        let summary = summary?;
+        if !succeeded(&summary) {
+            anyhow::bail!("{} of {} assets were not published", summary.assets.iter().filter(|r| !matches!(r.outcome, Outcome::Published | Outcome::PublishedPartial)).count(), summary.assets.len());
+        }
+        return Ok(());
     }
     if args.admin.is_some() {
         anyhow::bail!(
@@ -378,6 +399,17 @@ fn print_summary(summary: &Summary, json: bool) -> anyhow::Result<()> {
         summary.seconds
     );
     Ok(())
+}
+
+fn store_size_from_config(args: &IngestArgs) -> anyhow::Result<Option<u64>> {
+    let Some(path) = &args.config else {
+        return Ok(None);
+    };
+    let raw = crate::config::RawConfig::from_file(path)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let config = crate::config::Config::try_from(raw)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok(config.store.map(|s| s.size))
 }
 
 /// The viewer host and the dropped query parameters, from the flags and the config file.
