@@ -60,7 +60,8 @@ impl Sink for EdgeSink {
 
     fn put(&self, object: PushObject) -> SinkFuture<'_, ()> {
         let key = object.key.clone();
-        self.edge.insert(key.clone(), Arc::new(cached_object(&object)));
+        self.edge
+            .insert(key.clone(), Arc::new(cached_object(&object)));
         self.stored.lock().push(key);
         Box::pin(std::future::ready(Ok::<(), SinkError>(())))
     }
@@ -241,8 +242,15 @@ where
         for url in urls {
             let report = match discover(&url, &fetcher, &walk).await {
                 Ok(asset) => {
-                    ingest_asset(&asset, &fetcher, job.sink.as_ref(), &keys, &opts, &job.progress)
-                        .await
+                    ingest_asset(
+                        &asset,
+                        &fetcher,
+                        job.sink.as_ref(),
+                        &keys,
+                        &opts,
+                        &job.progress,
+                    )
+                    .await
                 }
                 Err(e) => AssetReport::refused(url.as_str(), e.to_string()),
             };
@@ -254,7 +262,11 @@ where
 }
 
 fn job_status(jobs: &IngestJobs, id: &str) -> Response<Body> {
-    let Some(job) = id.parse::<u64>().ok().and_then(|i| jobs.jobs.lock().get(&i).cloned()) else {
+    let Some(job) = id
+        .parse::<u64>()
+        .ok()
+        .and_then(|i| jobs.jobs.lock().get(&i).cloned())
+    else {
         return error(StatusCode::NOT_FOUND, format!("no ingest job {id}"));
     };
     let reports = job.reports.lock();
@@ -270,13 +282,20 @@ fn job_status(jobs: &IngestJobs, id: &str) -> Response<Body> {
 }
 
 fn unpin_job(jobs: &IngestJobs, id: &str) -> Response<Body> {
-    let Some(job) = id.parse::<u64>().ok().and_then(|i| jobs.jobs.lock().remove(&i)) else {
+    let Some(job) = id
+        .parse::<u64>()
+        .ok()
+        .and_then(|i| jobs.jobs.lock().remove(&i))
+    else {
         return error(StatusCode::NOT_FOUND, format!("no ingest job {id}"));
     };
     let keys = std::mem::take(&mut *job.sink.stored.lock());
     // Releasing to normal eviction: the RAM tier evicts by itself; dropping the job drops the
     // pin bookkeeping.
-    json(StatusCode::OK, &serde_json::json!({ "released": keys.len() }))
+    json(
+        StatusCode::OK,
+        &serde_json::json!({ "released": keys.len() }),
+    )
 }
 
 async fn put_object<B>(edge: &Arc<Edge>, target: &str, req: Request<B>) -> Response<Body>
@@ -285,7 +304,10 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     if !target.starts_with('/') || target.len() < 2 {
-        return error(StatusCode::BAD_REQUEST, "PUT /admin/objects/{path}: path required");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "PUT /admin/objects/{path}: path required",
+        );
     }
     let host = req
         .headers()

@@ -74,7 +74,11 @@ impl KeyMapper {
         let path = match (&self.local_root, url.scheme()) {
             (Some((root, prefix)), "file") => {
                 let rel = url.path().strip_prefix(root.path()).unwrap_or(url.path());
-                format!("{}/{}", prefix.trim_end_matches('/'), rel.trim_start_matches('/'))
+                format!(
+                    "{}/{}",
+                    prefix.trim_end_matches('/'),
+                    rel.trim_start_matches('/')
+                )
             }
             _ => url.path().to_string(),
         };
@@ -275,10 +279,14 @@ pub async fn ingest_asset<F: Fetcher, S: Sink>(
     progress
         .objects_total
         .fetch_add(asset.len() as u64, Ordering::Relaxed);
-    progress.bytes_total.fetch_add(total_bytes, Ordering::Relaxed);
+    progress
+        .bytes_total
+        .fetch_add(total_bytes, Ordering::Relaxed);
     match sink.free_for_pinned().await {
         Ok(Some(free)) if free < needed => {
-            progress.failed.fetch_add(asset.len() as u64, Ordering::Relaxed);
+            progress
+                .failed
+                .fetch_add(asset.len() as u64, Ordering::Relaxed);
             return AssetReport::refused(
                 &name,
                 format!(
@@ -400,7 +408,10 @@ pub async fn ingest_asset<F: Fetcher, S: Sink>(
             ObjectKind::Playlist => "application/vnd.apple.mpegurl",
             _ => ct,
         };
-        headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(ct));
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static(ct),
+        );
         match sink
             .put(PushObject {
                 key,
@@ -494,9 +505,10 @@ impl Sink for MemorySink {
 
     fn put(&self, object: PushObject) -> SinkFuture<'_, ()> {
         let r = match self.capacity {
-            Some(c) if self.used() + object.body.len() as u64 > c => {
-                Err(SinkError::Full(format!("{} bytes over capacity", object.body.len())))
-            }
+            Some(c) if self.used() + object.body.len() as u64 > c => Err(SinkError::Full(format!(
+                "{} bytes over capacity",
+                object.body.len()
+            ))),
             _ => {
                 self.log.lock().push(object.key.clone());
                 self.objects

@@ -104,8 +104,15 @@ pub struct IngestArgs {
 
 /// One asset to ingest: where it starts and how its objects are read.
 pub enum Source {
-    Http { url: Url, fetcher: Arc<HttpFetcher> },
-    Local { url: Url, dir: PathBuf, fetcher: Arc<FileFetcher> },
+    Http {
+        url: Url,
+        fetcher: Arc<HttpFetcher>,
+    },
+    Local {
+        url: Url,
+        dir: PathBuf,
+        fetcher: Arc<FileFetcher>,
+    },
 }
 
 impl Source {
@@ -263,7 +270,9 @@ pub async fn run_cli(args: IngestArgs) -> anyhow::Result<()> {
             (Some(s), _) => crate::config::parse_size(s)
                 .map_err(|e| anyhow::anyhow!("--store-size {s}: {e}"))?,
             (None, Some(s)) => s,
-            (None, None) => anyhow::bail!("--store needs --store-size (or a --config with store_size)"),
+            (None, None) => {
+                anyhow::bail!("--store needs --store-size (or a --config with store_size)")
+            }
         };
         let store = vedge_storage::Store::open(vedge_storage::StoreConfig::new(path, size))
             .await
@@ -276,7 +285,18 @@ pub async fn run_cli(args: IngestArgs) -> anyhow::Result<()> {
             .with_context(|| format!("closing store {}", path.display()))?;
         let summary = summary?;
         if !succeeded(&summary) {
-            anyhow::bail!("{} of {} assets were not published", summary.assets.iter().filter(|r| !matches!(r.outcome, Outcome::Published | Outcome::PublishedPartial)).count(), summary.assets.len());
+            anyhow::bail!(
+                "{} of {} assets were not published",
+                summary
+                    .assets
+                    .iter()
+                    .filter(|r| !matches!(
+                        r.outcome,
+                        Outcome::Published | Outcome::PublishedPartial
+                    ))
+                    .count(),
+                summary.assets.len()
+            );
         }
         return Ok(());
     }

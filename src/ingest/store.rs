@@ -25,7 +25,13 @@ pub fn cached_object(object: &PushObject) -> CachedObject {
         ObjectKind::Init | ObjectKind::Segment | ObjectKind::Index => ContentClass::Segment,
         ObjectKind::Key => ContentClass::Other,
     };
-    CachedObject::for_push(StatusCode::OK, headers, object.body.clone(), class, PUSH_TTL)
+    CachedObject::for_push(
+        StatusCode::OK,
+        headers,
+        object.body.clone(),
+        class,
+        PUSH_TTL,
+    )
 }
 
 /// A vedge-storage store as an ingest sink.

@@ -36,8 +36,18 @@ fn keys() -> KeyMapper {
 
 async fn run(f: &MapFetcher, sink: &MemorySink, opts: &IngestOptions) -> AssetReport {
     let root = Url::parse(&format!("{BASE}master.m3u8")).expect("url");
-    let asset = discover(&root, f, &WalkOptions::default()).await.expect("walk");
-    ingest_asset(&asset, f, sink, &keys(), opts, &Arc::new(Progress::default())).await
+    let asset = discover(&root, f, &WalkOptions::default())
+        .await
+        .expect("walk");
+    ingest_asset(
+        &asset,
+        f,
+        sink,
+        &keys(),
+        opts,
+        &Arc::new(Progress::default()),
+    )
+    .await
 }
 
 #[tokio::test]
@@ -48,11 +58,20 @@ async fn publishes_media_first_then_children_then_master_with_viewer_keys() {
     assert_eq!((r.objects, r.stored, r.skipped), (6, 6, 0));
     let log = sink.log.lock().clone();
     let n = log.len();
-    assert_eq!(&log[n - 2..], ["edge.test/vod/a/v/index.m3u8", "edge.test/vod/a/master.m3u8"]);
+    assert_eq!(
+        &log[n - 2..],
+        [
+            "edge.test/vod/a/v/index.m3u8",
+            "edge.test/vod/a/master.m3u8"
+        ]
+    );
     assert!(log.contains(&"edge.test/vod/a/v/3.m4s?a=1&b=2".to_string()));
     // The keys are exactly the edge's for the viewer's request targets.
     for (target, key) in [
-        ("/vod/a/v/index.m3u8?token=xyz", "edge.test/vod/a/v/index.m3u8"),
+        (
+            "/vod/a/v/index.m3u8?token=xyz",
+            "edge.test/vod/a/v/index.m3u8",
+        ),
         ("/vod/a/v/3.m4s?a=1&b=2", "edge.test/vod/a/v/3.m4s?a=1&b=2"),
     ] {
         let k = crate::cache::key::cache_key("edge.test", target, &["token".to_string()]);
@@ -70,7 +89,11 @@ async fn a_missing_segment_fails_the_asset_and_releases_what_it_stored() {
     assert_eq!(r.outcome, Outcome::Failed);
     assert_eq!(r.failures.len(), 1);
     assert!(r.failures[0].url.ends_with("v/2.m4s"));
-    assert!(r.failures[0].reason.contains("404"), "{}", r.failures[0].reason);
+    assert!(
+        r.failures[0].reason.contains("404"),
+        "{}",
+        r.failures[0].reason
+    );
     // No manifest was written and nothing stays pinned.
     assert!(sink.log.lock().iter().all(|k| !k.contains(".m3u8")));
     assert!(sink.pinned_keys().is_empty());
@@ -83,7 +106,10 @@ async fn a_missing_segment_fails_the_asset_and_releases_what_it_stored() {
     };
     let r = run(&f, &sink, &opts).await;
     assert_eq!(r.outcome, Outcome::PublishedPartial);
-    assert!(sink.objects.lock().contains_key("edge.test/vod/a/master.m3u8"));
+    assert!(sink
+        .objects
+        .lock()
+        .contains_key("edge.test/vod/a/master.m3u8"));
 }
 
 #[tokio::test]
@@ -93,7 +119,10 @@ async fn second_run_skips_everything_and_an_interrupted_run_resumes() {
     let r = run(&f, &sink, &IngestOptions::default()).await;
     assert_eq!(r.outcome, Outcome::Published);
     assert_eq!(r.skipped, 4, "every media object is skipped");
-    assert_eq!(r.stored, 2, "manifests are rewritten (cheap, and they may have changed)");
+    assert_eq!(
+        r.stored, 2,
+        "manifests are rewritten (cheap, and they may have changed)"
+    );
 
     // "Interrupted": only two media objects made it.
     let sink = MemorySink::default();
@@ -121,6 +150,9 @@ async fn a_store_without_room_is_refused_before_writing_naming_the_size() {
         .filter(|(k, _)| k.contains(".m3u8"))
         .map(|(_, v)| v.len())
         .sum();
-    assert!(e.contains(&format!("{} bytes", 400 + manifest_bytes)), "{e}");
+    assert!(
+        e.contains(&format!("{} bytes", 400 + manifest_bytes)),
+        "{e}"
+    );
     assert!(sink.log.lock().is_empty(), "nothing was written");
 }

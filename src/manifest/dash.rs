@@ -264,7 +264,11 @@ impl Walker<'_> {
         self.segment_base(&base, sb)
     }
 
-    fn initialization(&mut self, base: &Url, init: Option<&Initialization>) -> Result<(), WalkError> {
+    fn initialization(
+        &mut self,
+        base: &Url,
+        init: Option<&Initialization>,
+    ) -> Result<(), WalkError> {
         if let Some(init) = init {
             match init.sourceURL.as_deref() {
                 Some(src) => self.push_ref(base, src, ObjectKind::Init)?,
@@ -281,7 +285,9 @@ impl Walker<'_> {
     fn segment_base(&mut self, base: &Url, sb: Option<&SegmentBase>) -> Result<(), WalkError> {
         if base == self.url {
             // No BaseURL anywhere and no segment information: nothing addressable.
-            return Err(self.bad("a Representation with no BaseURL and no segment information".into()));
+            return Err(
+                self.bad("a Representation with no BaseURL and no segment information".into())
+            );
         }
         self.reserve(1)?;
         self.push(base.clone(), ObjectKind::Segment);

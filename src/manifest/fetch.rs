@@ -249,8 +249,7 @@ impl HttpFetcher {
         }
         let mut attempt = 0;
         loop {
-            let result = match tokio::time::timeout(self.timeout, self.once(url, max_bytes)).await
-            {
+            let result = match tokio::time::timeout(self.timeout, self.once(url, max_bytes)).await {
                 Ok(r) => r,
                 Err(_) => Err(FetchError::Timeout(self.timeout)),
             };

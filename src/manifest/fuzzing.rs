@@ -36,11 +36,19 @@ pub fn check(input: &[u8]) {
     match result {
         Ok(asset) => {
             assert_eq!(asset.manifests.first().map(|m| &m.url), Some(&root));
-            assert!(asset.len() <= LIMIT, "{} objects over the limit", asset.len());
+            assert!(
+                asset.len() <= LIMIT,
+                "{} objects over the limit",
+                asset.len()
+            );
             let mut seen = std::collections::HashSet::new();
             for o in asset.publish_order() {
                 assert!(seen.insert(o.url.clone()), "{} listed twice", o.url);
-                assert!(o.url.as_str().starts_with(DIR), "{} escaped the scope", o.url);
+                assert!(
+                    o.url.as_str().starts_with(DIR),
+                    "{} escaped the scope",
+                    o.url
+                );
                 assert_eq!(o.kind.is_manifest(), o.body.is_some());
             }
         }
@@ -52,7 +60,11 @@ pub fn check(input: &[u8]) {
 pub fn check_dash(input: &[u8]) {
     let root = Url::parse(ROOT).expect("constant URL");
     if let Ok(refs) = super::dash::references(&root, input, LIMIT) {
-        assert!(refs.len() <= LIMIT, "{} references over the budget", refs.len());
+        assert!(
+            refs.len() <= LIMIT,
+            "{} references over the budget",
+            refs.len()
+        );
     }
     check(input);
 }

@@ -162,7 +162,9 @@ pub enum WalkError {
         parent: Url,
         reason: String,
     },
-    #[error("{url}: implies {implied} objects, more than the limit of {limit} (raise --max-objects)")]
+    #[error(
+        "{url}: implies {implied} objects, more than the limit of {limit} (raise --max-objects)"
+    )]
     TooManyObjects {
         url: Url,
         implied: u128,

@@ -104,7 +104,10 @@ mod tests {
     #[test]
     fn identifiers_and_widths() {
         let e = |t: &str| expand(t, &v());
-        assert_eq!(e("c-$RepresentationID$-$Number%05d$.m4s").as_deref(), Ok("c-v1-00007.m4s"));
+        assert_eq!(
+            e("c-$RepresentationID$-$Number%05d$.m4s").as_deref(),
+            Ok("c-v1-00007.m4s")
+        );
         assert_eq!(e("$Time$.m4s").as_deref(), Ok("49152.m4s"));
         assert_eq!(e("$Bandwidth$/$Number$").as_deref(), Ok("160000/7"));
         assert_eq!(e("a$$b").as_deref(), Ok("a$b"));
@@ -112,9 +115,18 @@ mod tests {
         assert_eq!(e("$Number%3d$").as_deref(), Ok("007"));
         assert!(matches!(e("$Nope$"), Err(TemplateError::Unknown(_))));
         assert!(matches!(e("$Number"), Err(TemplateError::Unterminated)));
-        assert!(matches!(e("$Number%0999d$"), Err(TemplateError::BadFormat(_))));
-        let init = Vars { representation_id: "a", ..Vars::default() };
-        assert!(matches!(expand("$Number$", &init), Err(TemplateError::Missing("Number"))));
+        assert!(matches!(
+            e("$Number%0999d$"),
+            Err(TemplateError::BadFormat(_))
+        ));
+        let init = Vars {
+            representation_id: "a",
+            ..Vars::default()
+        };
+        assert!(matches!(
+            expand("$Number$", &init),
+            Err(TemplateError::Missing("Number"))
+        ));
     }
 
     proptest! {

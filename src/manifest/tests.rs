@@ -28,7 +28,12 @@ fn files_on_disk(dir: &Path) -> BTreeSet<String> {
             if p.is_dir() {
                 stack.push(p);
             } else {
-                out.insert(p.strip_prefix(dir).expect("under").to_string_lossy().into_owned());
+                out.insert(
+                    p.strip_prefix(dir)
+                        .expect("under")
+                        .to_string_lossy()
+                        .into_owned(),
+                );
             }
         }
     }
@@ -71,7 +76,7 @@ async fn hls_fixture_kinds() {
     assert_eq!(asset.manifests.len(), 7);
     let count = |k| asset.media.iter().filter(|o| o.kind == k).count();
     assert_eq!(count(ObjectKind::Init), 4); // v0, v1, v2, audio (I-frames share v0's)
-    // 5 segments x 3 variants + 6 audio + 5 WebVTT; the I-frame ranges add no resource.
+                                            // 5 segments x 3 variants + 6 audio + 5 WebVTT; the I-frame ranges add no resource.
     assert_eq!(count(ObjectKind::Segment), 15 + 6 + 5);
 }
 
@@ -129,8 +134,13 @@ async fn hls_byteranges_keys_discontinuities_and_session_keys() {
         #EXT-X-DISCONTINUITY\n#EXT-X-KEY:METHOD=SAMPLE-AES,URI=\"skd://fairplay\"\n\
         #EXTINF:2,\nother/b.ts\n#EXT-X-KEY:METHOD=NONE\n#EXTINF:2,\n/vod/a/c.ts\n#EXT-X-ENDLIST\n";
     let files = [("master.m3u8", master), ("m.m3u8?v=1", media)];
-    let a = walk_map(&files, &WalkOptions::default()).await.expect("walk");
-    assert_eq!(paths(&a), ["all.ts", "other/b.ts", "c.ts", "master.m3u8", "m.m3u8?v=1"]);
+    let a = walk_map(&files, &WalkOptions::default())
+        .await
+        .expect("walk");
+    assert_eq!(
+        paths(&a),
+        ["all.ts", "other/b.ts", "c.ts", "master.m3u8", "m.m3u8?v=1"]
+    );
     let reasons: Vec<&str> = a.skipped.iter().map(|s| s.1).collect();
     assert_eq!(reasons, [hls::SKIP_KEY, hls::SKIP_KEY, hls::SKIP_SCHEME]);
     let with_keys = WalkOptions {
@@ -146,7 +156,8 @@ async fn hls_byteranges_keys_discontinuities_and_session_keys() {
 #[tokio::test]
 async fn escaping_references_are_refused_unless_allowed() {
     for bad in ["../b/x.ts", "http://evil.example/x.ts", "/other/x.ts"] {
-        let media = format!("#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2,\n{bad}\n#EXT-X-ENDLIST\n");
+        let media =
+            format!("#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2,\n{bad}\n#EXT-X-ENDLIST\n");
         let err = walk_map(&[("m.m3u8", &media)], &WalkOptions::default())
             .await
             .expect_err("escape");
@@ -159,7 +170,9 @@ async fn escaping_references_are_refused_unless_allowed() {
             },
             ..WalkOptions::default()
         };
-        walk_map(&[("m.m3u8", &media)], &allow).await.expect("allowed");
+        walk_map(&[("m.m3u8", &media)], &allow)
+            .await
+            .expect("allowed");
     }
 }
 
@@ -180,13 +193,26 @@ async fn missing_playlist_is_a_fetch_error_naming_it() {
 
 #[tokio::test]
 async fn malformed_inputs_are_parse_errors() {
-    for body in ["#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=x\n", "<MPD><Period><", "garbage"] {
-        let err = walk_map(&[("m", body)], &WalkOptions::default())
+    let inputs: [&[u8]; 4] = [
+        b"#EXTM3U\n#EXTINF:2,\n\xff\xfe.ts\n",
+        b"<MPD><Period><",
+        b"<MPD type=\"static\"><Period><AdaptationSet><SegmentTemplate media=\"$Number$\"/><Representation id=\"v\"/></AdaptationSet></Period></MPD>",
+        b"garbage",
+    ];
+    for body in inputs {
+        let mut f = MapFetcher::default();
+        f.insert(&format!("{BASE}m"), body.to_vec());
+        let root = Url::parse(&format!("{BASE}m")).expect("url");
+        let err = discover(&root, &f, &WalkOptions::default())
             .await
-            .expect_err(body);
+            .expect_err("malformed");
         assert!(
-            matches!(err, WalkError::Parse { .. } | WalkError::UnknownFormat { .. }),
-            "{body}: {err}"
+            matches!(
+                err,
+                WalkError::Parse { .. } | WalkError::UnknownFormat { .. }
+            ),
+            "{}: {err}",
+            String::from_utf8_lossy(body)
         );
     }
 }
@@ -203,10 +229,21 @@ async fn dash_timeline_repeats_and_r_minus_one() {
         r#"<Period duration="PT10S"><AdaptationSet><SegmentTemplate timescale="10" media="$RepresentationID$/t$Time$.m4s" initialization="$RepresentationID$/init.mp4"><SegmentTimeline><S t="0" d="20" r="1"/><S d="10" r="-1"/><S t="60" d="20" r="-1"/></SegmentTimeline></SegmentTemplate><Representation id="v" bandwidth="1"/></AdaptationSet></Period>"#,
         "",
     );
-    let a = walk_map(&[("m.mpd", &body)], &WalkOptions::default()).await.expect("walk");
+    let a = walk_map(&[("m.mpd", &body)], &WalkOptions::default())
+        .await
+        .expect("walk");
     assert_eq!(
         paths(&a),
-        ["v/init.mp4", "v/t0.m4s", "v/t20.m4s", "v/t40.m4s", "v/t50.m4s", "v/t60.m4s", "v/t80.m4s", "m.mpd"]
+        [
+            "v/init.mp4",
+            "v/t0.m4s",
+            "v/t20.m4s",
+            "v/t40.m4s",
+            "v/t50.m4s",
+            "v/t60.m4s",
+            "v/t80.m4s",
+            "m.mpd"
+        ]
     );
 }
 
@@ -216,7 +253,9 @@ async fn dash_number_width_bandwidth_startnumber_and_base_urls() {
         r#"<BaseURL>cdn/</BaseURL><Period><BaseURL>p1/</BaseURL><AdaptationSet><BaseURL>as/</BaseURL><SegmentTemplate timescale="1000" duration="4000" startNumber="3" media="$Bandwidth$/s$Number%04d$.m4s" initialization="$Bandwidth$/i.mp4"/><Representation id="a" bandwidth="500"><BaseURL>r/</BaseURL></Representation></AdaptationSet></Period>"#,
         "",
     );
-    let a = walk_map(&[("m.mpd", &body)], &WalkOptions::default()).await.expect("walk");
+    let a = walk_map(&[("m.mpd", &body)], &WalkOptions::default())
+        .await
+        .expect("walk");
     assert_eq!(
         paths(&a),
         [
@@ -235,7 +274,9 @@ async fn dash_multi_period_durations_come_from_the_next_start() {
         r#"<Period id="1" start="PT0S"><AdaptationSet><SegmentTemplate duration="2" media="p1-$Number$.m4s"/><Representation id="a"/></AdaptationSet></Period><Period id="2" start="PT4S"><AdaptationSet><SegmentTemplate duration="3" media="p2-$Number$.m4s" startNumber="0"/><Representation id="a"/></AdaptationSet></Period>"#,
         "",
     );
-    let a = walk_map(&[("m.mpd", &body)], &WalkOptions::default()).await.expect("walk");
+    let a = walk_map(&[("m.mpd", &body)], &WalkOptions::default())
+        .await
+        .expect("walk");
     assert_eq!(
         paths(&a),
         ["p1-1.m4s", "p1-2.m4s", "p2-0.m4s", "p2-1.m4s", "m.mpd"]
@@ -248,10 +289,19 @@ async fn dash_list_and_base() {
         r#"<Period><AdaptationSet><Representation id="l"><SegmentList duration="2"><Initialization sourceURL="l/init.mp4"/><SegmentURL media="l/1.m4s"/><SegmentURL media="l/2.m4s"/></SegmentList></Representation><Representation id="b"><BaseURL>b/file.mp4</BaseURL><SegmentBase indexRange="800-900"><Initialization range="0-799"/></SegmentBase></Representation><Representation id="r"><BaseURL>r.mp4</BaseURL><SegmentList><SegmentURL mediaRange="0-10"/><SegmentURL mediaRange="11-20"/></SegmentList></Representation></AdaptationSet></Period>"#,
         "",
     );
-    let a = walk_map(&[("m.mpd", &body)], &WalkOptions::default()).await.expect("walk");
+    let a = walk_map(&[("m.mpd", &body)], &WalkOptions::default())
+        .await
+        .expect("walk");
     assert_eq!(
         paths(&a),
-        ["l/init.mp4", "l/1.m4s", "l/2.m4s", "b/file.mp4", "r.mp4", "m.mpd"]
+        [
+            "l/init.mp4",
+            "l/1.m4s",
+            "l/2.m4s",
+            "b/file.mp4",
+            "r.mp4",
+            "m.mpd"
+        ]
     );
 }
 
@@ -289,7 +339,9 @@ async fn timeline_implying_billions_fails_fast_with_the_number() {
 #[tokio::test]
 async fn dynamic_mpds_and_remote_periods_are_unsupported() {
     let body = mpd("<Period/>", "").replace("static", "dynamic");
-    let err = walk_map(&[("m.mpd", &body)], &WalkOptions::default()).await.expect_err("live");
+    let err = walk_map(&[("m.mpd", &body)], &WalkOptions::default())
+        .await
+        .expect_err("live");
     assert!(matches!(err, WalkError::Unsupported { .. }));
 }
 
@@ -297,7 +349,10 @@ async fn dynamic_mpds_and_remote_periods_are_unsupported() {
 fn fuzz_corpus_holds_the_fuzz_properties() {
     let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
     let mut n = 0;
-    for (sub, check) in [("hls", fuzzing::check_hls as fn(&[u8])), ("dash", fuzzing::check_dash)] {
+    for (sub, check) in [
+        ("hls", fuzzing::check_hls as fn(&[u8])),
+        ("dash", fuzzing::check_dash),
+    ] {
         for e in std::fs::read_dir(corpus.join(sub)).expect("corpus dir") {
             let bytes = std::fs::read(e.expect("entry").path()).expect("read");
             check(&bytes);
