@@ -496,21 +496,31 @@ async fn dry_run(
         };
         all.push(entry);
     }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&all)?);
-    } else {
+    // A closed stdout (`| head`) ends the listing quietly instead of panicking in println!.
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let written: std::io::Result<()> = (|| {
+        if args.json {
+            writeln!(out, "{}", serde_json::to_string_pretty(&all)?)?;
+            return Ok(());
+        }
         for a in &all {
-            println!("# {} ({} objects)", a.asset, a.objects.len());
+            writeln!(out, "# {} ({} objects)", a.asset, a.objects.len())?;
             if let Some(e) = &a.error {
-                println!("# error: {e}");
+                writeln!(out, "# error: {e}")?;
             }
             for o in &a.objects {
-                println!("{}\t{}\t{}", o.kind, o.key, o.source);
+                writeln!(out, "{}\t{}\t{}", o.kind, o.key, o.source)?;
             }
             for (u, why) in &a.skipped {
-                println!("# skipped {u}: {why}");
+                writeln!(out, "# skipped {u}: {why}")?;
             }
         }
+        Ok(())
+    })();
+    match written {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+        other => other?,
     }
     if failed {
         anyhow::bail!("some assets could not be walked");
