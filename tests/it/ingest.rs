@@ -1,0 +1,324 @@
+//! Push ingest end to end: a real HTTP origin on 127.0.0.1:0 serving fixtures/vod, the walker
+//! and engine over HTTP, a real vedge-storage store. After ingest the origin is stopped and
+//! every object a player could request is read back from the reopened store under the key the
+//! edge builds for the viewer's request; a failed asset publishes no manifest.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use url::Url;
+use vedge::cache::key::cache_key;
+use vedge::cache::object::CachedObject;
+use vedge::ingest::engine::{ingest_asset, IngestOptions, KeyMapper, Outcome, Progress};
+use vedge::ingest::store::StoreSink;
+use vedge::manifest::fetch::HttpFetcher;
+use vedge::manifest::{discover, WalkOptions};
+use vedge_storage::{Store, StoreConfig};
+
+/// A scripted origin: serves files under `root`, answers 404 for `missing`, counts requests.
+struct Origin {
+    addr: std::net::SocketAddr,
+    requests: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+async fn origin(root: PathBuf, missing: Vec<String>) -> Origin {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let requests = Arc::new(AtomicU64::new(0));
+    let count = requests.clone();
+    let missing = Arc::new(missing);
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let (root, count, missing) = (root.clone(), count.clone(), missing.clone());
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let (root, count, missing) = (root.clone(), count.clone(), missing.clone());
+                async move {
+                    count.fetch_add(1, Ordering::Relaxed);
+                    let path = req.uri().path().trim_start_matches('/').to_string();
+                    let file = root.join(&path);
+                    let res = match std::fs::read(&file) {
+                        Ok(b) if !missing.contains(&path) => {
+                            let len = b.len();
+                            let body = if req.method() == http::Method::HEAD {
+                                Bytes::new()
+                            } else {
+                                Bytes::from(b)
+                            };
+                            Response::builder()
+                                .header("content-length", len)
+                                .header(
+                                    "content-type",
+                                    vedge::manifest::fetch::content_type_for(&path),
+                                )
+                                .body(Full::new(body))
+                        }
+                        _ => Response::builder()
+                            .status(StatusCode::NOT_FOUND)
+                            .body(Full::new(Bytes::new())),
+                    };
+                    Ok::<_, Infallible>(res.expect("response"))
+                }
+            });
+            tokio::spawn(async move {
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Origin {
+        addr,
+        requests,
+        task,
+    }
+}
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/vod")
+}
+
+fn store_config(dir: &Path) -> StoreConfig {
+    let mut c = StoreConfig::new(dir.join("edge.store"), 64 << 20);
+    c.region_size = 4 << 20;
+    c
+}
+
+const HOST: &str = "cdn.test";
+
+fn keys() -> KeyMapper {
+    KeyMapper {
+        host: HOST.into(),
+        drop_query_params: vec!["token".into()],
+        local_root: None,
+    }
+}
+
+/// Every file of an asset directory, as the viewer path a player requests for it.
+fn files(dir: &Path, prefix: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("read_dir") {
+            let p = e.expect("entry").path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p
+                    .strip_prefix(dir)
+                    .expect("under")
+                    .to_string_lossy()
+                    .into_owned();
+                out.push(format!("{prefix}/{rel}"));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn after_ingest_with_the_origin_stopped_every_object_is_in_the_store() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let o = origin(fixtures(), Vec::new()).await;
+    let fetcher = HttpFetcher::new(Duration::from_secs(5), 2);
+    let store = Store::open(store_config(tmp.path())).await.expect("open");
+    let sink = StoreSink { store };
+    let mut expected: HashMap<String, usize> = HashMap::new();
+    for (name, root) in [
+        ("hls-fmp4", "master.m3u8"),
+        ("hls-ts", "master.m3u8"),
+        ("dash-timeline", "manifest.mpd"),
+        ("dash-number", "manifest.mpd"),
+        ("dash-list", "manifest.mpd"),
+        ("dash-base", "manifest.mpd"),
+    ] {
+        let url = Url::parse(&format!("http://{}/{name}/{root}", o.addr)).expect("url");
+        let asset = discover(&url, &fetcher, &WalkOptions::default())
+            .await
+            .expect("walk");
+        let progress = Arc::new(Progress::default());
+        let r = ingest_asset(
+            &asset,
+            &fetcher,
+            &sink,
+            &keys(),
+            &IngestOptions::default(),
+            &progress,
+        )
+        .await;
+        assert_eq!(r.outcome, Outcome::Published, "{name}: {r:?}");
+        let p = progress.snapshot();
+        assert_eq!(p.objects_done, p.objects_total);
+        for f in files(&fixtures().join(name), &format!("/{name}")) {
+            let len = std::fs::metadata(fixtures().join(&f[1..]))
+                .expect("meta")
+                .len();
+            expected.insert(f, len as usize);
+        }
+    }
+    let before = o.requests.load(Ordering::Relaxed);
+    o.task.abort();
+    sink.store.close().await.expect("close");
+
+    // Second run against the stopped origin would fail; instead reopen the store (as the edge
+    // does at start) and read every object a player needs under the viewer's key.
+    let store = Store::open(store_config(tmp.path())).await.expect("reopen");
+    for (path, len) in &expected {
+        // A viewer's request with a token still hits the ingested key.
+        let key = cache_key(
+            HOST,
+            &format!("{path}?token=viewer1"),
+            &["token".to_string()],
+        );
+        let hit = store
+            .lookup(key.as_bytes())
+            .await
+            .unwrap_or_else(|| panic!("{key} missing"));
+        assert_eq!(hit.body.len(), *len, "{key}");
+        assert!(hit.meta.pinned, "{key} is pinned");
+        let obj =
+            CachedObject::decode(&hit.meta.head, hit.body.clone(), Vec::new()).expect("our head");
+        assert_eq!(obj.status, StatusCode::OK);
+        assert!(obj.headers.get("content-type").is_some(), "{key}");
+    }
+    assert!(before > 0);
+    store.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn a_missing_segment_leaves_the_asset_unpublished_and_a_rerun_resumes() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let missing = "hls-fmp4/v1/seg_003.m4s".to_string();
+    let o = origin(fixtures(), vec![missing.clone()]).await;
+    let fetcher = HttpFetcher::new(Duration::from_secs(5), 1);
+    let store = Store::open(store_config(tmp.path())).await.expect("open");
+    let sink = StoreSink { store };
+    let url = Url::parse(&format!("http://{}/hls-fmp4/master.m3u8", o.addr)).expect("url");
+    let asset = discover(&url, &fetcher, &WalkOptions::default())
+        .await
+        .expect("walk");
+    let progress = Arc::new(Progress::default());
+    let r = ingest_asset(
+        &asset,
+        &fetcher,
+        &sink,
+        &keys(),
+        &IngestOptions::default(),
+        &progress,
+    )
+    .await;
+    assert_eq!(r.outcome, Outcome::Failed);
+    assert_eq!(r.failures.len(), 1);
+    assert!(r.failures[0].url.ends_with(&missing));
+    assert!(r.failures[0].reason.contains("404"));
+    // No manifest of the failed asset is servable.
+    for m in [
+        "/hls-fmp4/master.m3u8",
+        "/hls-fmp4/v1/index.m3u8",
+        "/hls-fmp4/audio/index.m3u8",
+    ] {
+        let key = cache_key(HOST, m, &[]);
+        assert!(
+            !sink.store.contains(key.as_bytes()),
+            "{m} must not be published"
+        );
+    }
+    o.task.abort();
+
+    // The origin is fixed; a rerun skips what is stored and publishes.
+    let o = origin(fixtures(), Vec::new()).await;
+    let url = Url::parse(&format!("http://{}/hls-fmp4/master.m3u8", o.addr)).expect("url");
+    let asset = discover(&url, &fetcher, &WalkOptions::default())
+        .await
+        .expect("walk");
+    let r = ingest_asset(
+        &asset,
+        &fetcher,
+        &sink,
+        &keys(),
+        &IngestOptions::default(),
+        &progress,
+    )
+    .await;
+    assert_eq!(r.outcome, Outcome::Published, "{r:?}");
+    assert_eq!(
+        r.skipped,
+        asset.media.len() as u64 - 1,
+        "only the missing segment is fetched"
+    );
+    let key = cache_key(HOST, "/hls-fmp4/master.m3u8", &[]);
+    assert!(sink.store.contains(key.as_bytes()));
+    o.task.abort();
+    sink.store.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn a_store_without_room_is_refused_before_writing() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let o = origin(fixtures(), Vec::new()).await;
+    let fetcher = HttpFetcher::new(Duration::from_secs(5), 1);
+    let mut cfg = StoreConfig::new(tmp.path().join("tiny.store"), (2 << 20) + (3 << 20));
+    cfg.region_size = 1 << 20;
+    let sink = StoreSink {
+        store: Store::open(cfg).await.expect("open"),
+    };
+    // Fill the pinned share asset by asset (2.8 MB of fixtures in all) until one does not fit.
+    let mut refused = None;
+    for name in [
+        "hls-ts/master.m3u8",
+        "hls-fmp4/master.m3u8",
+        "dash-list/manifest.mpd",
+        "dash-number/manifest.mpd",
+        "dash-timeline/manifest.mpd",
+        "dash-base/manifest.mpd",
+        "hls-ts/master.m3u8",
+    ] {
+        let url = Url::parse(&format!("http://{}/{name}", o.addr)).expect("url");
+        let asset = discover(&url, &fetcher, &WalkOptions::default())
+            .await
+            .expect("walk");
+        let objects_before = sink.store.stats().objects;
+        let free = sink.store.free_for_pinned();
+        let r = ingest_asset(
+            &asset,
+            &fetcher,
+            &sink,
+            &keys(),
+            &IngestOptions::default(),
+            &Arc::new(Progress::default()),
+        )
+        .await;
+        if r.outcome == Outcome::Refused {
+            assert_eq!(
+                sink.store.stats().objects,
+                objects_before,
+                "nothing was written"
+            );
+            refused = Some((r.error.expect("reason"), free));
+            break;
+        }
+        assert_eq!(r.outcome, Outcome::Published, "{name}: {r:?}");
+    }
+    let (e, free) = refused.expect("the store filled up before the fixtures ran out");
+    assert!(
+        e.contains(&format!("has {free} bytes free")) && e.contains("needs"),
+        "{e}"
+    );
+    o.task.abort();
+    sink.store.close().await.expect("close");
+}

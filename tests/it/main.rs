@@ -1,0 +1,3 @@
+//! The integration-test binary: one file per feature (see STYLE.md).
+
+mod ingest;
