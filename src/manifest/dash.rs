@@ -269,13 +269,10 @@ impl Walker<'_> {
         base: &Url,
         init: Option<&Initialization>,
     ) -> Result<(), WalkError> {
-        if let Some(init) = init {
-            match init.sourceURL.as_deref() {
-                Some(src) => self.push_ref(base, src, ObjectKind::Init)?,
-                // A range without a sourceURL is a byte range of the representation's file,
-                // which is listed anyway.
-                None => {}
-            }
+        // A range without a sourceURL is a byte range of the representation's file, which is
+        // listed anyway.
+        if let Some(src) = init.and_then(|i| i.sourceURL.as_deref()) {
+            self.push_ref(base, src, ObjectKind::Init)?;
         }
         Ok(())
     }

@@ -13,6 +13,10 @@
 //! - Expansion is bounded: [`Limits`] are checked before a timeline is expanded, so an MPD that
 //!   implies billions of segments fails fast with the number it implies.
 
+// `WalkError` carries the URLs it is about (an operator needs them); it is returned once per
+// failed walk, never on a hot path, so its size does not matter.
+#![allow(clippy::result_large_err)]
+
 pub mod dash;
 pub mod fetch;
 #[doc(hidden)]
