@@ -322,3 +322,90 @@ async fn a_store_without_room_is_refused_before_writing() {
     o.task.abort();
     sink.store.close().await.expect("close");
 }
+
+fn admin_request(method: &str, uri: &str, body: &str) -> Request<Full<Bytes>> {
+    Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("x-vedge-host", HOST)
+        .body(Full::new(Bytes::from(body.to_string())))
+        .expect("request")
+}
+
+async fn json_of(res: http::Response<vedge::http::body::Body>) -> serde_json::Value {
+    use http_body_util::BodyExt;
+    let b = res.into_body().collect().await.expect("body").to_bytes();
+    serde_json::from_slice(&b).expect("json")
+}
+
+#[tokio::test]
+async fn admin_ingest_job_and_push_fill_the_running_edge() {
+    use vedge::ingest::admin::{handle, IngestJobs};
+    let o = origin(fixtures(), Vec::new()).await;
+    let config = vedge::config::Config::for_origin(&format!("http://{}", o.addr)).expect("config");
+    let drop = config.cache.drop_query_params.clone();
+    let edge = vedge::edge::Edge::new(config).await.expect("edge");
+    let jobs = Arc::new(IngestJobs::default());
+
+    // PUT one object, push-CDN style.
+    let res = handle(
+        &edge,
+        &jobs,
+        admin_request("PUT", "/admin/objects/push/a.ts", "segment"),
+    )
+    .await
+    .expect("routed");
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let (obj, _) = edge
+        .lookup(&cache_key(HOST, "/push/a.ts", &drop))
+        .await
+        .expect("pushed");
+    assert_eq!(&obj.body[..], b"segment");
+    assert!(obj.pinned);
+
+    // POST a job, poll it to completion.
+    let body = format!(
+        r#"{{"assets": ["http://{}/dash-timeline/manifest.mpd"], "host": "{HOST}"}}"#,
+        o.addr
+    );
+    let res = handle(&edge, &jobs, admin_request("POST", "/admin/ingest", &body))
+        .await
+        .expect("routed");
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    let id = json_of(res).await["id"].as_u64().expect("id");
+    let status = loop {
+        let res = handle(
+            &edge,
+            &jobs,
+            admin_request("GET", &format!("/admin/ingest/{id}"), ""),
+        )
+        .await
+        .expect("routed");
+        let v = json_of(res).await;
+        if v["done"] == serde_json::Value::Bool(true) {
+            break v;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status["assets"][0]["outcome"], "published", "{status}");
+    assert_eq!(
+        status["progress"]["objects_done"],
+        status["progress"]["objects_total"]
+    );
+    o.task.abort();
+    // With the origin stopped, every file of the asset is in the edge under the viewer's key.
+    for f in files(&fixtures().join("dash-timeline"), "/dash-timeline") {
+        let key = cache_key(HOST, &f, &drop);
+        assert!(edge.lookup(&key).await.is_some(), "{key} missing");
+    }
+    let res = handle(
+        &edge,
+        &jobs,
+        admin_request("DELETE", &format!("/admin/assets/{id}"), ""),
+    )
+    .await
+    .expect("routed");
+    assert_eq!(res.status(), StatusCode::OK);
+    let res = handle(&edge, &jobs, admin_request("GET", "/admin/purge", "")).await;
+    assert!(res.is_none(), "other admin routes are not ours");
+}
