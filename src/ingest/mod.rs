@@ -6,6 +6,7 @@
 //! - this file: the `vedge ingest` command: arguments, sources, progress bar, summary.
 
 pub mod admin;
+pub mod client;
 pub mod engine;
 pub mod store;
 
@@ -300,10 +301,60 @@ pub async fn run_cli(args: IngestArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    if args.admin.is_some() {
-        anyhow::bail!(
-            "--admin: the edge's admin ingest API is not merged yet; use --dry-run to list the objects"
-        );
+    if let Some(admin) = &args.admin {
+        let token = args
+            .admin_token
+            .as_deref()
+            .context("--admin needs --admin-token (or VEDGE_ADMIN_TOKEN)")?;
+        let client = client::AdminClient::new(admin, token, &host);
+        let http: Vec<String> = sources
+            .iter()
+            .filter(|s| matches!(s, Source::Http { .. }))
+            .map(|s| s.url().to_string())
+            .collect();
+        let local: Vec<Source> = sources
+            .into_iter()
+            .filter(|s| matches!(s, Source::Local { .. }))
+            .collect();
+        let mut ok = true;
+        if !http.is_empty() {
+            let status = client.run_job(&http, args.allow_partial).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                for a in status["assets"].as_array().into_iter().flatten() {
+                    println!(
+                        "{}: {} ({} objects, {} bytes; stored {}, skipped {}, {} failed){}",
+                        a["asset"].as_str().unwrap_or(""),
+                        a["outcome"].as_str().unwrap_or(""),
+                        a["objects"],
+                        a["bytes"],
+                        a["stored"],
+                        a["skipped"],
+                        a["failures"].as_array().map_or(0, |f| f.len()),
+                        a["error"]
+                            .as_str()
+                            .map(|e| format!(": {e}"))
+                            .unwrap_or_default(),
+                    );
+                }
+            }
+            ok &= status["assets"].as_array().into_iter().flatten().all(|a| {
+                matches!(
+                    a["outcome"].as_str(),
+                    Some("published" | "published_partial")
+                )
+            });
+        }
+        if !local.is_empty() {
+            let sink = client::AdminSink { client };
+            let summary = run_into(&args, &local, &sink, &host, &drop).await?;
+            ok &= succeeded(&summary);
+        }
+        if !ok {
+            anyhow::bail!("some assets were not published");
+        }
+        return Ok(());
     }
     anyhow::bail!("give --store PATH or --admin URL (or --dry-run)")
 }
