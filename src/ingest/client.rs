@@ -62,6 +62,14 @@ impl AdminClient {
         Ok((status, body))
     }
 
+    /// Fails fast on a wrong token (401) before anything is fetched or pushed.
+    pub async fn check_token(&self) -> anyhow::Result<()> {
+        // Job 0 never exists: an authorised caller gets 404, a wrong token 401 (see `call`).
+        self.call(Method::GET, "/admin/ingest/0", None, Bytes::new())
+            .await
+            .map(|_| ())
+    }
+
     /// Starts a job for `assets` (http URLs) and polls it to the end; returns its final status.
     pub async fn run_job(
         &self,

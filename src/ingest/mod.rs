@@ -307,6 +307,7 @@ pub async fn run_cli(args: IngestArgs) -> anyhow::Result<()> {
             .as_deref()
             .context("--admin needs --admin-token (or VEDGE_ADMIN_TOKEN)")?;
         let client = client::AdminClient::new(admin, token, &host);
+        client.check_token().await?;
         let http: Vec<String> = sources
             .iter()
             .filter(|s| matches!(s, Source::Http { .. }))

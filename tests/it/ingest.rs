@@ -409,3 +409,119 @@ async fn admin_ingest_job_and_push_fill_the_running_edge() {
     let res = handle(&edge, &jobs, admin_request("GET", "/admin/purge", "")).await;
     assert!(res.is_none(), "other admin routes are not ours");
 }
+
+/// Serves `handle` behind a bearer-token check, standing in for the lead's admin listener.
+async fn admin_server(edge: Arc<vedge::edge::Edge>, token: &'static str) -> std::net::SocketAddr {
+    use vedge::ingest::admin::{handle, IngestJobs};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let jobs = Arc::new(IngestJobs::default());
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let (edge, jobs) = (edge.clone(), jobs.clone());
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let (edge, jobs) = (edge.clone(), jobs.clone());
+                async move {
+                    let ok = req
+                        .headers()
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok())
+                        == Some(&format!("Bearer {token}"));
+                    let res = if !ok {
+                        let mut r =
+                            http::Response::new(vedge::http::body::Body::full(Bytes::new()));
+                        *r.status_mut() = StatusCode::UNAUTHORIZED;
+                        r
+                    } else {
+                        handle(&edge, &jobs, req).await.unwrap_or_else(|| {
+                            let mut r =
+                                http::Response::new(vedge::http::body::Body::full(Bytes::new()));
+                            *r.status_mut() = StatusCode::NOT_FOUND;
+                            r
+                        })
+                    };
+                    Ok::<_, Infallible>(res)
+                }
+            });
+            tokio::spawn(async move {
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[derive(clap::Parser)]
+struct Cli {
+    #[command(flatten)]
+    args: vedge::ingest::IngestArgs,
+}
+
+fn cli(argv: &[&str]) -> vedge::ingest::IngestArgs {
+    use clap::Parser;
+    let mut v = vec!["ingest"];
+    v.extend_from_slice(argv);
+    Cli::parse_from(v).args
+}
+
+#[tokio::test]
+async fn cli_admin_mode_pushes_a_local_dir_and_runs_a_job_and_a_wrong_token_changes_nothing() {
+    let o = origin(fixtures(), Vec::new()).await;
+    let config = vedge::config::Config::for_origin(&format!("http://{}", o.addr)).expect("config");
+    let drop = config.cache.drop_query_params.clone();
+    let edge = vedge::edge::Edge::new(config).await.expect("edge");
+    let admin = format!("http://{}", admin_server(edge.clone(), "s3cret").await);
+    let dir = fixtures().join("hls-ts");
+    let dir_s = dir.to_string_lossy().into_owned();
+    let origin_url = format!("http://{}/dash-list/manifest.mpd", o.addr);
+
+    // Wrong token: refused, nothing stored.
+    let err = vedge::ingest::run_cli(cli(&[
+        &dir_s,
+        "--admin",
+        &admin,
+        "--admin-token",
+        "nope",
+        "--host",
+        HOST,
+        "--path-prefix",
+        "/vod/ts",
+        "--json",
+    ]))
+    .await
+    .expect_err("401");
+    assert!(format!("{err:#}").contains("401"), "{err:#}");
+    assert!(edge
+        .lookup(&cache_key(HOST, "/vod/ts/master.m3u8", &drop))
+        .await
+        .is_none());
+
+    vedge::ingest::run_cli(cli(&[
+        &dir_s,
+        &origin_url,
+        "--admin",
+        &admin,
+        "--admin-token",
+        "s3cret",
+        "--host",
+        HOST,
+        "--path-prefix",
+        "/vod/ts",
+        "--json",
+    ]))
+    .await
+    .expect("ingest");
+    o.task.abort();
+    for f in files(&dir, "/vod/ts")
+        .into_iter()
+        .chain(files(&fixtures().join("dash-list"), "/dash-list"))
+    {
+        let key = cache_key(HOST, &f, &drop);
+        assert!(edge.lookup(&key).await.is_some(), "{key} missing");
+    }
+}
