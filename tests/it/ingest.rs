@@ -525,3 +525,83 @@ async fn cli_admin_mode_pushes_a_local_dir_and_runs_a_job_and_a_wrong_token_chan
         assert!(edge.lookup(&key).await.is_some(), "{key} missing");
     }
 }
+
+/// GET through the edge's viewer listener: (status, X-Cache, body length).
+async fn viewer_get(edge_addr: std::net::SocketAddr, path: &str) -> (StatusCode, String, usize) {
+    use http_body_util::BodyExt;
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .build(hyper_util::client::legacy::connect::HttpConnector::new());
+    let req = Request::get(format!("http://{edge_addr}{path}"))
+        .header("host", HOST)
+        .body(http_body_util::Empty::<Bytes>::new())
+        .expect("request");
+    let res = client.request(req).await.expect("edge answers");
+    let status = res.status();
+    let x_cache = res
+        .headers()
+        .get("x-cache")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let len = res
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes()
+        .len();
+    (status, x_cache, len)
+}
+
+#[tokio::test]
+async fn with_the_origin_stopped_every_ingested_object_is_a_hit_and_a_failed_asset_serves_no_manifest(
+) {
+    let o = origin(fixtures(), vec!["hls-fmp4/v1/seg_003.m4s".to_string()]).await;
+    let config = vedge::config::Config::for_origin(&format!("http://{}", o.addr)).expect("config");
+    let edge = vedge::edge::Edge::new(config).await.expect("edge");
+    let admin = format!("http://{}", admin_server(edge.clone(), "s3cret").await);
+    let client = vedge::ingest::client::AdminClient::new(&admin, "s3cret", HOST);
+    let status = client
+        .run_job(
+            &[
+                format!("http://{}/dash-timeline/manifest.mpd", o.addr),
+                format!("http://{}/hls-fmp4/master.m3u8", o.addr),
+            ],
+            false,
+        )
+        .await
+        .expect("job");
+    assert_eq!(status["assets"][0]["outcome"], "published", "{status}");
+    assert_eq!(status["assets"][1]["outcome"], "failed", "{status}");
+    o.task.abort();
+
+    let viewer = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let edge_addr = viewer.local_addr().expect("addr");
+    tokio::spawn(vedge::serve(
+        edge.clone(),
+        vedge::Listeners {
+            viewer,
+            admin: None,
+        },
+        std::future::pending(),
+    ));
+    let dir = fixtures().join("dash-timeline");
+    for f in files(&dir, "/dash-timeline") {
+        let want = std::fs::metadata(dir.join(f.trim_start_matches("/dash-timeline/")))
+            .expect("meta")
+            .len() as usize;
+        let (status, x_cache, len) = viewer_get(edge_addr, &format!("{f}?token=viewer")).await;
+        assert_eq!(
+            (status, x_cache.as_str(), len),
+            (StatusCode::OK, "HIT", want),
+            "{f}"
+        );
+    }
+    for m in ["/hls-fmp4/master.m3u8", "/hls-fmp4/v1/index.m3u8"] {
+        let (status, x_cache, _) = viewer_get(edge_addr, m).await;
+        assert!(
+            status != StatusCode::OK && x_cache != "HIT",
+            "{m}: {status} {x_cache}"
+        );
+    }
+}
