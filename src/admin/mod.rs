@@ -106,6 +106,9 @@ async fn handle(edge: Arc<Edge>, req: Request<Incoming>) -> Response<Body> {
                 edge.ram.capacity(),
                 edge.fills.len()
             );
+            if let Some(store) = &edge.store {
+                render_store(&store.stats(), &mut out);
+            }
             text(StatusCode::OK, out)
         }
         _ if path.starts_with("/admin/") => {
@@ -198,4 +201,40 @@ async fn admin(edge: Arc<Edge>, req: Request<Incoming>) -> Response<Body> {
         }
         _ => text(StatusCode::NOT_FOUND, "no such admin endpoint\n"),
     }
+}
+
+/// The SSD store's counters and gauges in Prometheus text format.
+fn render_store(st: &vedge_storage::StoreStats, out: &mut String) {
+    let gauges = [
+        ("vedge_store_objects", st.objects),
+        ("vedge_store_bytes", st.bytes),
+        ("vedge_store_pinned_bytes", st.pinned_bytes),
+        ("vedge_store_regions", u64::from(st.regions)),
+        ("vedge_store_regions_in_use", u64::from(st.regions_in_use)),
+        ("vedge_store_index_bytes", st.index_bytes),
+    ];
+    for (name, v) in gauges {
+        let _ = writeln!(out, "# TYPE {name} gauge\n{name} {v}");
+    }
+    let counters = [
+        ("vedge_store_hits_total", st.hits),
+        ("vedge_store_misses_total", st.misses),
+        ("vedge_store_regions_evicted_total", st.regions_evicted),
+        ("vedge_store_skipped_writes_total", st.skipped_writes),
+        ("vedge_store_bytes_written_total", st.bytes_written),
+        ("vedge_store_reinsertions_total", st.reinsertions),
+        ("vedge_store_evictions_total", st.evictions),
+        ("vedge_store_corrupt_reads_total", st.corrupt_reads),
+        ("vedge_store_read_errors_total", st.read_errors),
+        ("vedge_store_refused_writes_total", st.refused_writes),
+        ("vedge_store_write_errors_total", st.write_errors),
+    ];
+    for (name, v) in counters {
+        let _ = writeln!(out, "# TYPE {name} counter\n{name} {v}");
+    }
+    let _ = writeln!(
+        out,
+        "# TYPE vedge_store_info gauge\nvedge_store_info{{engine=\"{:?}\",direct_io=\"{}\"}} 1",
+        st.engine, st.direct_io
+    );
 }

@@ -1,9 +1,34 @@
 //! The live-burst load harness (`vedge bench live-burst`) and the live packager simulator
-//! (`vedge origin`). Owned by the harness work (issue 5); this is the CLI hook only.
+//! (`vedge origin`).
+//!
+//! Module map:
+//! - `origin`: the simulator's HTTP server, options, faults and `/__stats`.
+//! - `playlist`: HLS and DASH manifest text from a stream clock (pure, tested under paused time).
+//! - `media`: the looped fMP4 fixtures and the mfhd/tfdt rewrite per segment number.
+//! - `viewer`: one simulated player (HLS/DASH, live/storm/VOD) over a `Net` trait.
+//! - `load`: the shared HTTP client and recorder, scenario schedules, the run loop.
+//! - `report`: JSON, summary text and the HTML page.
 
+pub mod load;
+pub mod media;
 pub mod origin;
+pub mod playlist;
+pub mod report;
+pub mod viewer;
 
+use std::io::IsTerminal as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
 use clap::Subcommand;
+use parking_lot::Mutex;
+use tokio::time::Instant;
+use url::Url;
+
+use load::{HttpNet, Recorder, RunConfig, Scenario};
+use origin::parse_duration;
 
 /// `vedge bench ...` subcommands.
 #[derive(Debug, Subcommand)]
@@ -15,17 +40,208 @@ pub enum BenchCommand {
 /// Flags of `vedge bench live-burst`.
 #[derive(Debug, clap::Args)]
 pub struct LiveBurstArgs {
-    /// Edge URL of the stream's master playlist or MPD.
+    /// Edge URL of the stream's master playlist or MPD. `{run}` is replaced by a fresh id, so
+    /// that each run starts a new (cold) stream on `vedge origin`.
     #[arg(long)]
     pub target: String,
+    /// The origin simulator's `/__stats` URL (for origin amplification). [default: none]
+    #[arg(long)]
+    pub origin_stats: Option<String>,
+    /// Number of simulated viewers.
+    #[arg(long, default_value_t = 100)]
+    pub viewers: u64,
+    /// How long viewers watch (from the start of the run).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// steady | burst | segment-storm | vod.
+    #[arg(long, value_enum, default_value = "steady")]
+    pub scenario: Scenario,
+    /// Joins are spread over this long in `steady` and `vod`. [default: half the duration, at most 30s]
+    #[arg(long, value_parser = parse_duration)]
+    pub ramp: Option<Duration>,
+    /// Every viewer joins within this window in `burst` and `segment-storm`.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub burst_window: Duration,
+    /// Rendition mix as weights per variant in playlist order, e.g. `3,1`.
+    #[arg(long, default_value = "1", value_delimiter = ',')]
+    pub mix: Vec<u32>,
+    /// Pick renditions by measured throughput instead of the mix.
+    #[arg(long)]
+    pub abr: bool,
+    /// Per-request timeout (head and body).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Seed for join times and VOD seeks.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Write the full report as JSON here.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Write a self-contained HTML report with plots here.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
 }
 
 /// Entry point of `vedge bench`.
 pub async fn run_cli(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
-        BenchCommand::LiveBurst(args) => anyhow::bail!(
-            "live-burst harness is not built yet (target {})",
-            args.target
-        ),
+        BenchCommand::LiveBurst(args) => live_burst(args).await,
     }
+}
+
+fn run_id() -> String {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    format!("run{ms}")
+}
+
+impl LiveBurstArgs {
+    /// Validates the flags into a run configuration.
+    pub fn config(&self) -> anyhow::Result<RunConfig> {
+        let target = Url::parse(&self.target.replace("{run}", &run_id()))
+            .with_context(|| format!("--target {:?} is not a URL", self.target))?;
+        anyhow::ensure!(
+            target.scheme() == "http",
+            "--target must be an http:// URL (the harness speaks HTTP/1.1 without TLS)"
+        );
+        let origin_stats = self
+            .origin_stats
+            .as_deref()
+            .map(Url::parse)
+            .transpose()
+            .context("--origin-stats is not a URL")?;
+        anyhow::ensure!(self.viewers > 0, "--viewers must be at least 1");
+        anyhow::ensure!(!self.duration.is_zero(), "--duration must be positive");
+        anyhow::ensure!(
+            self.mix.iter().any(|w| *w > 0),
+            "--mix needs a positive weight"
+        );
+        Ok(RunConfig {
+            target,
+            origin_stats,
+            viewers: self.viewers,
+            duration: self.duration,
+            scenario: self.scenario,
+            ramp: self
+                .ramp
+                .unwrap_or((self.duration / 2).min(Duration::from_secs(30))),
+            burst_window: self.burst_window,
+            mix: self.mix.clone(),
+            abr: self.abr,
+            timeout: self.timeout,
+            seed: self.seed,
+        })
+    }
+}
+
+/// The `/__stats` prefix for a target: its directory (`/live/abc/master.m3u8` -> `/live/abc/`).
+pub fn stats_prefix(target: &Url) -> String {
+    let p = target.path();
+    match p.rfind('/') {
+        Some(i) => p[..=i].to_string(),
+        None => "/".into(),
+    }
+}
+
+/// Runs a whole live-burst measurement and returns the report (used by the CLI and the tests).
+pub async fn live_burst_report(
+    cfg: &RunConfig,
+    mut progress: impl FnMut(&Recorder),
+) -> anyhow::Result<report::Report> {
+    load::reachable(&cfg.target, Duration::from_secs(5))
+        .await
+        .context("target unreachable; nothing was measured")?;
+    if let Some(stats) = &cfg.origin_stats {
+        load::origin_counts(stats, "/", Duration::from_secs(5))
+            .await
+            .context("--origin-stats unreachable before the run")?;
+    }
+    let start = Instant::now();
+    let rec = Arc::new(Mutex::new(Recorder::new(start)));
+    let net = Arc::new(HttpNet::new(cfg.timeout, rec.clone()));
+    let outs = load::run(cfg, net, &mut progress).await;
+    let elapsed = start.elapsed();
+    let prefix = stats_prefix(&cfg.target);
+    let origin = match &cfg.origin_stats {
+        None => Ok(None),
+        Some(u) => load::origin_counts(u, &prefix, Duration::from_secs(5))
+            .await
+            .map(|c| Some(report::origin_report(&prefix, &c)))
+            .map_err(|e| format!("{e:#}")),
+    };
+    let skipped = outs.iter().map(|o| o.skipped).sum();
+    let played = outs.iter().filter(|o| o.started).count() as u64;
+    let rec = rec.lock();
+    Ok(report::build(
+        &rec,
+        cfg.scenario.as_str(),
+        cfg.target.as_str(),
+        cfg.viewers,
+        cfg.duration,
+        elapsed,
+        skipped,
+        played,
+        origin,
+    ))
+}
+
+async fn live_burst(args: LiveBurstArgs) -> anyhow::Result<()> {
+    let cfg = args.config()?;
+    let nofile = load::raise_nofile(cfg.viewers + 4096);
+    if nofile < cfg.viewers + 64 {
+        eprintln!(
+            "warning: open-file limit {nofile} is below {} viewers; expect connect errors",
+            cfg.viewers
+        );
+    }
+    eprintln!(
+        "live-burst: {} viewers, {} for {:?} against {}",
+        cfg.viewers,
+        cfg.scenario.as_str(),
+        cfg.duration,
+        cfg.target
+    );
+    let bar = if std::io::stderr().is_terminal() {
+        indicatif::ProgressBar::new_spinner()
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let mut prev = (0, 0);
+    let mut quiet_ticks = 0u32;
+    let tty = std::io::stderr().is_terminal();
+    let report = live_burst_report(&cfg, |rec| {
+        let line = report::progress_line(rec, &mut prev);
+        if tty {
+            bar.set_message(line);
+            bar.tick();
+        } else {
+            // Without a terminal, one line every 10 s keeps CI logs readable.
+            quiet_ticks += 1;
+            if quiet_ticks % 10 == 0 {
+                eprintln!("{line}");
+            }
+        }
+    })
+    .await?;
+    bar.finish_and_clear();
+    print!("{}", report::summary(&report));
+    if let Some(p) = &args.json {
+        std::fs::write(p, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    if let Some(p) = &args.html {
+        std::fs::write(p, report::html(&report))
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    anyhow::ensure!(
+        report.requests > 0,
+        "no request succeeded ({} errors): the run could not be carried out",
+        report.error_total
+    );
+    if let Some(e) = &report.origin_error {
+        anyhow::bail!("origin stats could not be read after the run: {e}");
+    }
+    Ok(())
 }

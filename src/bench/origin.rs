@@ -1,4 +1,38 @@
-//! `vedge origin`: the live packager simulator. CLI hook only until the harness work lands.
+//! `vedge origin`: the live packager simulator. Serves endless live HLS and DASH streams (and VOD
+//! versions of them) for any stream name, from looped fMP4 fixtures, with per-request latency,
+//! throttled bodies and fault injection, and counts requests per path at `/__stats`.
+//!
+//! URL map (`{kind}` is `live` or `vod`, `{s}` any stream name, `{r}` a rendition `r0`, `r1`, ...):
+//! - `/{kind}/{s}/master.m3u8`, `/{kind}/{s}/{r}/media.m3u8`: HLS multivariant and media playlists
+//! - `/{kind}/{s}/manifest.mpd` (`$Number$`), `/{kind}/{s}/manifest-timeline.mpd` (`$Time$`)
+//! - `/{kind}/{s}/{r}/init.mp4`, `/{kind}/{s}/{r}/seg_{n}.m4s`, `/{kind}/{s}/{r}/t_{time}.m4s`
+//! - `/__stats[?prefix=P]` (JSON request counts), `/__reset`, `/__time` (ISO clock for DASH)
+//! - anything under a `--static PREFIX=DIR`: files
+//!
+//! A live stream's clock starts at its first request (see `playlist::Timeline`), so a new stream
+//! name is a cold start.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt as _, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use parking_lot::Mutex;
+use rand::Rng as _;
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+
+use super::media::{self, Rendition};
+use super::playlist::{self, DashAddressing, RenditionInfo, Timeline};
 
 /// Flags of `vedge origin`.
 #[derive(Debug, clap::Args)]
@@ -6,12 +40,740 @@ pub struct OriginArgs {
     /// Listener address.
     #[arg(long, default_value = "127.0.0.1:9000")]
     pub listen: String,
+    /// Segment duration in seconds (a multiple of the fixtures' 2 s GOP).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub segment_duration: Duration,
+    /// Segments in the live playlist window (also the DASH timeShiftBufferDepth).
+    #[arg(long, default_value_t = 6)]
+    pub window: u64,
+    /// Number of renditions (r0, r1, ...; they cycle over the two fixture bit rates).
+    #[arg(long, default_value_t = 2)]
+    pub renditions: usize,
+    /// Segments in a VOD asset (/vod/...).
+    #[arg(long, default_value_t = 30)]
+    pub vod_segments: u64,
+    /// Cache-Control of playlists and MPDs.
+    #[arg(long, default_value = "max-age=1")]
+    pub playlist_cache_control: String,
+    /// Cache-Control of init and media segments.
+    #[arg(long, default_value = "max-age=86400")]
+    pub segment_cache_control: String,
+    /// Added latency before each segment response: `200ms`, `100ms-300ms` (uniform) or
+    /// `exp:100ms` (exponential with that mean).
+    #[arg(long, default_value = "0ms", value_parser = Latency::parse)]
+    pub segment_latency: Latency,
+    /// Added latency before each playlist/MPD response (same syntax).
+    #[arg(long, default_value = "0ms", value_parser = Latency::parse)]
+    pub manifest_latency: Latency,
+    /// Throughput limit per response in bytes/s (trickles the body), e.g. 500000. [default: none]
+    #[arg(long)]
+    pub rate_limit: Option<u64>,
+    /// Fraction of stream requests answered 503.
+    #[arg(long, default_value_t = 0.0)]
+    pub error_rate: f64,
+    /// Fraction of stream responses that stall halfway through the body for `--stall`.
+    #[arg(long, default_value_t = 0.0)]
+    pub stall_rate: f64,
+    /// Length of an injected stall.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub stall: Duration,
+    /// Fraction of stream responses cut off halfway (the connection is closed).
+    #[arg(long, default_value_t = 0.0)]
+    pub truncate_rate: f64,
+    /// Serve files: `PREFIX=DIR` or `DIR` (prefix `/`). Repeatable; longest prefix wins.
+    #[arg(long = "static", value_name = "PREFIX=DIR")]
+    pub statics: Vec<String>,
+}
+
+/// Options of the simulator as a library (`vedge demo` embeds it).
+#[derive(Debug, Clone)]
+pub struct OriginOptions {
+    pub segment_duration: Duration,
+    pub window: u64,
+    pub renditions: usize,
+    pub vod_segments: u64,
+    pub playlist_cache_control: String,
+    pub segment_cache_control: String,
+    pub segment_latency: Latency,
+    pub manifest_latency: Latency,
+    pub rate_limit: Option<u64>,
+    pub error_rate: f64,
+    pub stall_rate: f64,
+    pub stall: Duration,
+    pub truncate_rate: f64,
+    /// (URL prefix, directory), e.g. ("/player/", "tests/players/www").
+    pub statics: Vec<(String, PathBuf)>,
+}
+
+impl Default for OriginOptions {
+    fn default() -> Self {
+        OriginOptions {
+            segment_duration: Duration::from_secs(2),
+            window: 6,
+            renditions: 2,
+            vod_segments: 30,
+            playlist_cache_control: "max-age=1".into(),
+            segment_cache_control: "max-age=86400".into(),
+            segment_latency: Latency::Fixed(Duration::ZERO),
+            manifest_latency: Latency::Fixed(Duration::ZERO),
+            rate_limit: None,
+            error_rate: 0.0,
+            stall_rate: 0.0,
+            stall: Duration::from_secs(5),
+            truncate_rate: 0.0,
+            statics: Vec::new(),
+        }
+    }
+}
+
+impl TryFrom<&OriginArgs> for OriginOptions {
+    type Error = anyhow::Error;
+    fn try_from(a: &OriginArgs) -> anyhow::Result<Self> {
+        let statics = a
+            .statics
+            .iter()
+            .map(|s| match s.split_once('=') {
+                Some((p, d)) => (p.to_string(), PathBuf::from(d)),
+                None => ("/".to_string(), PathBuf::from(s)),
+            })
+            .collect();
+        Ok(OriginOptions {
+            segment_duration: a.segment_duration,
+            window: a.window,
+            renditions: a.renditions,
+            vod_segments: a.vod_segments,
+            playlist_cache_control: a.playlist_cache_control.clone(),
+            segment_cache_control: a.segment_cache_control.clone(),
+            segment_latency: a.segment_latency,
+            manifest_latency: a.manifest_latency,
+            rate_limit: a.rate_limit,
+            error_rate: a.error_rate,
+            stall_rate: a.stall_rate,
+            stall: a.stall,
+            truncate_rate: a.truncate_rate,
+            statics,
+        })
+    }
+}
+
+impl OriginOptions {
+    /// Checks every field; the message names the flag to fix.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let mut errs = Vec::new();
+        let chunk = media::chunk_seconds();
+        let secs = self.segment_duration.as_secs();
+        if self.segment_duration.subsec_nanos() != 0 || secs == 0 || secs % chunk != 0 {
+            errs.push(format!(
+                "--segment-duration must be a whole multiple of {chunk}s (the fixtures' GOP)"
+            ));
+        }
+        if self.window < 3 {
+            errs.push("--window must be at least 3 segments".into());
+        }
+        if self.renditions == 0 {
+            errs.push("--renditions must be at least 1".into());
+        }
+        if self.vod_segments == 0 {
+            errs.push("--vod-segments must be at least 1".into());
+        }
+        for (name, r) in [
+            ("--error-rate", self.error_rate),
+            ("--stall-rate", self.stall_rate),
+            ("--truncate-rate", self.truncate_rate),
+        ] {
+            if !(0.0..=1.0).contains(&r) {
+                errs.push(format!("{name} must be between 0 and 1"));
+            }
+        }
+        if self.rate_limit == Some(0) {
+            errs.push("--rate-limit must be positive".into());
+        }
+        for (p, d) in &self.statics {
+            if !p.starts_with('/') {
+                errs.push(format!("--static prefix {p:?} must start with /"));
+            }
+            if !d.is_dir() {
+                errs.push(format!("--static directory {} does not exist", d.display()));
+            }
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            anyhow::bail!("invalid origin options:\n  {}", errs.join("\n  "))
+        }
+    }
+}
+
+/// Added latency per request.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Latency {
+    Fixed(Duration),
+    Uniform(Duration, Duration),
+    Exponential(Duration),
+}
+
+impl Latency {
+    /// `200ms`, `100ms-300ms`, `exp:100ms`.
+    pub fn parse(s: &str) -> Result<Latency, String> {
+        if let Some(m) = s.strip_prefix("exp:") {
+            return Ok(Latency::Exponential(parse_duration(m)?));
+        }
+        if let Some((lo, hi)) = s.split_once('-') {
+            let (lo, hi) = (parse_duration(lo)?, parse_duration(hi)?);
+            if hi < lo {
+                return Err(format!("{s}: upper bound below lower bound"));
+            }
+            return Ok(Latency::Uniform(lo, hi));
+        }
+        Ok(Latency::Fixed(parse_duration(s)?))
+    }
+
+    fn sample(&self) -> Duration {
+        match *self {
+            Latency::Fixed(d) => d,
+            Latency::Uniform(lo, hi) if hi > lo => rand::thread_rng().gen_range(lo..=hi),
+            Latency::Uniform(lo, _) => lo,
+            Latency::Exponential(mean) => {
+                let u: f64 = rand::thread_rng().gen_range(f64::EPSILON..1.0);
+                // Capped at 20x the mean so that one draw cannot hang a run.
+                mean.mul_f64((-u.ln()).min(20.0))
+            }
+        }
+    }
+}
+
+/// `250ms`, `2s`, `1.5s`, `3m`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, mul) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else if let Some(n) = s.strip_suffix('h') {
+        (n, 3600.0)
+    } else {
+        (s, 1.0)
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 250ms, 2s, 1m)"))?;
+    if !v.is_finite() || v < 0.0 {
+        return Err(format!("{s:?} is not a duration"));
+    }
+    Ok(Duration::from_secs_f64(v * mul))
 }
 
 /// Entry point of `vedge origin`.
 pub async fn run_cli(args: OriginArgs) -> anyhow::Result<()> {
-    anyhow::bail!(
-        "the live origin simulator is not built yet (listen {})",
-        args.listen
+    let opts = OriginOptions::try_from(&args)?;
+    opts.validate()?;
+    let listener = TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    eprintln!("vedge origin: http://{addr}/live/<stream>/master.m3u8 | /live/<stream>/manifest.mpd | /__stats");
+    serve(opts, listener, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await
+}
+
+#[derive(Default)]
+struct PathCount {
+    count: u64,
+    inflight: u64,
+    max_inflight: u64,
+}
+
+struct State {
+    opts: OriginOptions,
+    fixtures: Vec<Rendition>,
+    infos: Vec<RenditionInfo>,
+    chunks_per_segment: u64,
+    started: Instant,
+    /// Live streams by name: (tokio instant, wall clock) of their first request.
+    streams: Mutex<HashMap<String, (Instant, SystemTime)>>,
+    counts: Mutex<HashMap<String, PathCount>>,
+}
+
+type Body = UnsyncBoxBody<Bytes, std::io::Error>;
+
+/// Serves the simulator on `listener` until `shutdown` completes, then lets open responses finish
+/// for up to 2 s.
+pub async fn serve(
+    opts: OriginOptions,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    opts.validate()?;
+    let fixtures = media::builtin().context("loading the compiled-in live fixtures")?;
+    let infos = (0..opts.renditions)
+        .map(|i| {
+            let f = &fixtures[i % fixtures.len()];
+            RenditionInfo {
+                id: format!("r{i}"),
+                width: f.width,
+                height: f.height,
+                bandwidth: f.bandwidth,
+                codecs: f.codecs.clone(),
+                timescale: f.timescale,
+            }
+        })
+        .collect();
+    let chunks_per_segment = opts.segment_duration.as_secs() / media::chunk_seconds();
+    let state = Arc::new(State {
+        opts,
+        fixtures,
+        infos,
+        chunks_per_segment,
+        started: Instant::now(),
+        streams: Mutex::new(HashMap::new()),
+        counts: Mutex::new(HashMap::new()),
+    });
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(TokioTimer::new()).keep_alive(true);
+    tokio::pin!(shutdown);
+    loop {
+        // Races a new connection against shutdown; accept errors (EMFILE) back off briefly.
+        let (stream, _) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "origin accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let st = state.clone();
+        let svc = hyper::service::service_fn(move |req| {
+            let st = st.clone();
+            async move { Ok::<_, Infallible>(handle(&st, req).await) }
+        });
+        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc));
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), graceful.shutdown()).await;
+    Ok(())
+}
+
+fn full(status: StatusCode, ctype: &str, cc: &str, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(
+        Full::new(body.into())
+            .map_err(|e| match e {})
+            .boxed_unsync(),
+    );
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(ctype) {
+        h.insert(header::CONTENT_TYPE, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(cc) {
+        h.insert(header::CACHE_CONTROL, v);
+    }
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    r
+}
+
+fn not_found() -> Response<Body> {
+    full(
+        StatusCode::NOT_FOUND,
+        "text/plain",
+        "no-store",
+        "not found\n",
     )
+}
+
+/// What a stream path names.
+#[derive(Debug, PartialEq)]
+enum Object {
+    Master,
+    Media(usize),
+    Mpd(DashAddressing),
+    Init(usize),
+    Segment(usize, u64),
+    SegmentAtTime(usize, u64),
+}
+
+fn parse_object(rest: &[&str], renditions: usize) -> Option<Object> {
+    let rendition = |r: &str| {
+        r.strip_prefix('r')?
+            .parse::<usize>()
+            .ok()
+            .filter(|i| *i < renditions)
+    };
+    match rest {
+        ["master.m3u8"] => Some(Object::Master),
+        ["manifest.mpd"] => Some(Object::Mpd(DashAddressing::Number)),
+        ["manifest-timeline.mpd"] => Some(Object::Mpd(DashAddressing::Timeline)),
+        [r, f] => {
+            let r = rendition(r)?;
+            if *f == "media.m3u8" {
+                Some(Object::Media(r))
+            } else if *f == "init.mp4" {
+                Some(Object::Init(r))
+            } else if let Some(n) = f.strip_prefix("seg_").and_then(|x| x.strip_suffix(".m4s")) {
+                Some(Object::Segment(r, n.parse().ok()?))
+            } else {
+                let t = f.strip_prefix("t_").and_then(|x| x.strip_suffix(".m4s"))?;
+                Some(Object::SegmentAtTime(r, t.parse().ok()?))
+            }
+        }
+        _ => None,
+    }
+}
+
+async fn handle(st: &State, req: Request<Incoming>) -> Response<Body> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return full(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "no-store",
+            "GET only\n",
+        );
+    }
+    let path = req.uri().path().to_string();
+    match path.as_str() {
+        "/__stats" => return stats(st, req.uri().query()),
+        "/__reset" => {
+            st.counts.lock().clear();
+            return full(StatusCode::OK, "application/json", "no-store", "{}");
+        }
+        "/__time" => {
+            return full(
+                StatusCode::OK,
+                "text/plain",
+                "no-store",
+                playlist::rfc3339(SystemTime::now()),
+            )
+        }
+        _ => {}
+    }
+    {
+        let mut c = st.counts.lock();
+        let e = c.entry(path.clone()).or_default();
+        e.count += 1;
+        e.inflight += 1;
+        e.max_inflight = e.max_inflight.max(e.inflight);
+    }
+    let resp = respond(st, &path).await;
+    if let Some(e) = st.counts.lock().get_mut(&path) {
+        e.inflight = e.inflight.saturating_sub(1);
+    }
+    if req.method() == Method::HEAD {
+        let (parts, _) = resp.into_parts();
+        return Response::from_parts(
+            parts,
+            Full::new(Bytes::new())
+                .map_err(|e| match e {})
+                .boxed_unsync(),
+        );
+    }
+    resp
+}
+
+async fn respond(st: &State, path: &str) -> Response<Body> {
+    let segs: Vec<&str> = path.split('/').collect();
+    let (kind, stream, rest) = match segs.as_slice() {
+        ["", kind @ ("live" | "vod"), stream, rest @ ..] if !stream.is_empty() => {
+            (*kind, *stream, rest)
+        }
+        _ => return static_file(st, path).await,
+    };
+    let Some(obj) = parse_object(rest, st.opts.renditions) else {
+        return not_found();
+    };
+    let vod = (kind == "vod").then_some(st.opts.vod_segments);
+    let o = &st.opts;
+    let (tl, since) = match vod {
+        Some(_) => (
+            Timeline::starting_at(SystemTime::UNIX_EPOCH, o.segment_duration, o.window),
+            Duration::ZERO,
+        ),
+        None => {
+            let (t0, wall0) = *st
+                .streams
+                .lock()
+                .entry(stream.to_string())
+                .or_insert_with(|| (Instant::now(), SystemTime::now()));
+            (
+                Timeline::starting_at(wall0, o.segment_duration, o.window),
+                t0.elapsed(),
+            )
+        }
+    };
+    let is_manifest = matches!(obj, Object::Master | Object::Media(_) | Object::Mpd(_));
+    let latency = if is_manifest {
+        o.manifest_latency
+    } else {
+        o.segment_latency
+    };
+    let delay = latency.sample();
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    if o.error_rate > 0.0 && rand::thread_rng().gen_bool(o.error_rate) {
+        return full(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "no-store",
+            "injected error\n",
+        );
+    }
+    // Segment numbers are checked against the clock as of the response (after the delay).
+    let since = match vod {
+        Some(_) => since,
+        None => since + delay,
+    };
+    let available = |n: u64| match vod {
+        Some(total) => n < total,
+        None => n < tl.available(since),
+    };
+    let ticks = |r: usize| {
+        let f = &st.fixtures[r % st.fixtures.len()];
+        f.chunk_ticks * st.chunks_per_segment
+    };
+    let (ctype, cc, body): (&str, &str, Bytes) = match obj {
+        Object::Master => (
+            "application/vnd.apple.mpegurl",
+            &o.playlist_cache_control,
+            playlist::hls_master(&st.infos).into(),
+        ),
+        Object::Media(_) => (
+            "application/vnd.apple.mpegurl",
+            &o.playlist_cache_control,
+            playlist::hls_media(&tl, since, vod).into(),
+        ),
+        Object::Mpd(a) => (
+            "application/dash+xml",
+            &o.playlist_cache_control,
+            playlist::dash_mpd(&tl, since, &st.infos, a, vod).into(),
+        ),
+        Object::Init(r) => (
+            "video/mp4",
+            &o.segment_cache_control,
+            st.fixtures[r % st.fixtures.len()].init.clone(),
+        ),
+        Object::Segment(r, n) | Object::SegmentAtTime(r, n) => {
+            let n = match obj {
+                Object::SegmentAtTime(_, t) if t % ticks(r) == 0 => t / ticks(r),
+                Object::SegmentAtTime(..) => return not_found(),
+                _ => n,
+            };
+            if !available(n) {
+                return not_found();
+            }
+            (
+                "video/iso.segment",
+                &o.segment_cache_control,
+                st.fixtures[r % st.fixtures.len()].segment(n, st.chunks_per_segment),
+            )
+        }
+    };
+    paced(st, ctype, cc, body)
+}
+
+/// A 200 response whose body honours the throughput limit and the stall/truncation faults.
+fn paced(st: &State, ctype: &str, cc: &str, body: Bytes) -> Response<Body> {
+    let o = &st.opts;
+    let mut rng = rand::thread_rng();
+    let stall = (o.stall_rate > 0.0 && rng.gen_bool(o.stall_rate)).then_some(o.stall);
+    let truncate = o.truncate_rate > 0.0 && rng.gen_bool(o.truncate_rate);
+    if o.rate_limit.is_none() && stall.is_none() && !truncate {
+        return full(StatusCode::OK, ctype, cc, body);
+    }
+    let len = body.len();
+    let half = len / 2;
+    let rate = o.rate_limit;
+    // (remaining bytes, offset, stall still pending)
+    let stream = futures_util::stream::unfold(
+        (body, 0usize, stall),
+        move |(body, off, stall)| async move {
+            if off >= len {
+                return None;
+            }
+            if truncate && off >= half {
+                let e = std::io::Error::new(
+                    std::io::ErrorKind::ConnectionAborted,
+                    "injected truncation",
+                );
+                return Some((Err(e), (body, len, None)));
+            }
+            let mut stall = stall;
+            if off >= half {
+                if let Some(d) = stall.take() {
+                    tokio::time::sleep(d).await;
+                }
+            }
+            let mut end = (off + 16 * 1024).min(len);
+            if (truncate || stall.is_some()) && off < half {
+                end = end.min(half.max(off + 1));
+            }
+            if let Some(r) = rate {
+                let secs = (end - off) as f64 / r as f64;
+                tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+            }
+            let chunk = body.slice(off..end);
+            Some((Ok(Frame::data(chunk)), (body, end, stall)))
+        },
+    );
+    let mut r = full(StatusCode::OK, ctype, cc, Bytes::new());
+    *r.body_mut() = http_body_util::BodyExt::boxed_unsync(StreamBody::new(stream.boxed()));
+    if let Ok(v) = HeaderValue::from_str(&len.to_string()) {
+        r.headers_mut().insert(header::CONTENT_LENGTH, v);
+    }
+    r
+}
+
+fn stats(st: &State, query: Option<&str>) -> Response<Body> {
+    let prefix = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|kv| kv.strip_prefix("prefix="))
+        .map(|p| {
+            percent_encoding::percent_decode_str(p)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+        .unwrap_or_default();
+    let counts = st.counts.lock();
+    let mut paths = serde_json::Map::new();
+    let mut inflight = serde_json::Map::new();
+    let mut total = 0;
+    let mut keys: Vec<&String> = counts.keys().filter(|k| k.starts_with(&prefix)).collect();
+    keys.sort();
+    for k in keys {
+        let c = &counts[k];
+        total += c.count;
+        paths.insert(k.clone(), c.count.into());
+        inflight.insert(k.clone(), c.max_inflight.into());
+    }
+    drop(counts);
+    let v = serde_json::json!({
+        "uptime_s": st.started.elapsed().as_secs_f64(),
+        "total": total,
+        "paths": paths,
+        "max_inflight": inflight,
+    });
+    full(
+        StatusCode::OK,
+        "application/json",
+        "no-store",
+        v.to_string(),
+    )
+}
+
+fn content_type(p: &Path) -> &'static str {
+    match p.extension().and_then(|e| e.to_str()).unwrap_or("") {
+        "html" => "text/html; charset=utf-8",
+        "js" | "mjs" => "application/javascript",
+        "json" => "application/json",
+        "m3u8" => "application/vnd.apple.mpegurl",
+        "mpd" => "application/dash+xml",
+        "m4s" => "video/iso.segment",
+        "mp4" | "m4v" => "video/mp4",
+        "ts" => "video/mp2t",
+        "css" => "text/css",
+        _ => "application/octet-stream",
+    }
+}
+
+async fn static_file(st: &State, path: &str) -> Response<Body> {
+    let best = st
+        .opts
+        .statics
+        .iter()
+        .filter(|(p, _)| path.starts_with(p.as_str()))
+        .max_by_key(|(p, _)| p.len());
+    let Some((prefix, dir)) = best else {
+        return not_found();
+    };
+    let rel = percent_encoding::percent_decode_str(&path[prefix.len()..]).decode_utf8_lossy();
+    let rel = Path::new(rel.trim_start_matches('/'));
+    if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
+        return not_found();
+    }
+    let mut file = dir.join(rel);
+    if file.is_dir() {
+        file = file.join("index.html");
+    }
+    match tokio::fs::read(&file).await {
+        Ok(b) => {
+            let cc = if matches!(
+                file.extension().and_then(|e| e.to_str()),
+                Some("m3u8" | "mpd")
+            ) {
+                st.opts.playlist_cache_control.clone()
+            } else {
+                "max-age=3600".into()
+            };
+            paced(st, content_type(&file), &cc, b.into())
+        }
+        Err(_) => not_found(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_syntax() {
+        assert_eq!(
+            Latency::parse("200ms"),
+            Ok(Latency::Fixed(Duration::from_millis(200)))
+        );
+        assert_eq!(
+            Latency::parse("100ms-300ms"),
+            Ok(Latency::Uniform(
+                Duration::from_millis(100),
+                Duration::from_millis(300)
+            ))
+        );
+        assert_eq!(
+            Latency::parse("exp:1s"),
+            Ok(Latency::Exponential(Duration::from_secs(1)))
+        );
+        assert!(Latency::parse("fast").is_err());
+        assert!(Latency::parse("3s-1s").is_err());
+    }
+
+    #[test]
+    fn object_paths() {
+        assert_eq!(parse_object(&["master.m3u8"], 2), Some(Object::Master));
+        assert_eq!(
+            parse_object(&["r1", "seg_42.m4s"], 2),
+            Some(Object::Segment(1, 42))
+        );
+        assert_eq!(
+            parse_object(&["r0", "t_61440.m4s"], 2),
+            Some(Object::SegmentAtTime(0, 61440))
+        );
+        assert_eq!(parse_object(&["r2", "init.mp4"], 2), None);
+        assert_eq!(parse_object(&["r0", "seg_x.m4s"], 2), None);
+    }
+
+    #[test]
+    fn options_are_validated() {
+        assert!(OriginOptions::default().validate().is_ok());
+        let bad = OriginOptions {
+            segment_duration: Duration::from_secs(3),
+            error_rate: 2.0,
+            ..OriginOptions::default()
+        };
+        let msg = format!("{:#}", bad.validate().expect_err("invalid"));
+        assert!(msg.contains("--segment-duration"), "{msg}");
+        assert!(msg.contains("--error-rate"), "{msg}");
+    }
 }

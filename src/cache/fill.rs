@@ -247,7 +247,11 @@ impl Stream for FillReader {
             let mut wait: Wait = Box::pin(async move {
                 fill.notify.notified().await;
             });
-            let _ = wait.as_mut().poll(cx);
+            if wait.as_mut().poll(cx).is_ready() {
+                // A notification raced in between creating and polling the wait: look again
+                // with a fresh registration rather than park without a waker.
+                continue;
+            }
             let st = this.fill.state.lock();
             if let Some(chunk) = st.chunks.get(this.chunk) {
                 let chunk = chunk.clone();
@@ -269,8 +273,8 @@ impl Stream for FillReader {
                 Some(Err(e)) => return Poll::Ready(Some(Err(e))),
                 None => {
                     drop(st);
+                    // The wait registered above (before looking) wakes us on the next push.
                     this.waiting = Some(wait);
-                    // The registered wait was polled above; a notify since then wakes us.
                     return Poll::Pending;
                 }
             }

@@ -1,6 +1,8 @@
 //! A cached response: head, body bytes and the freshness decided when it was stored, plus its
 //! encoding as the opaque `head` blob the SSD store keeps next to the body.
 
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -25,6 +27,9 @@ pub struct CachedObject {
     pub tags: Vec<String>,
     /// Pushed (ingested) objects are pinned in the store.
     pub pinned: bool,
+    /// Set once the SSD store accepted (or for good refused) this object, so later RAM hits
+    /// stop offering it. Shared by refreshed copies of the same body.
+    pub disk: Arc<AtomicBool>,
 }
 
 impl CachedObject {
@@ -120,6 +125,7 @@ impl CachedObject {
             vary: VarySpec::default(),
             tags,
             pinned: true,
+            disk: Arc::default(),
         }
     }
 
@@ -217,6 +223,7 @@ impl CachedObject {
             vary,
             tags,
             pinned,
+            disk: Arc::new(AtomicBool::new(true)),
         })
     }
 }

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use http::header::{self, HeaderValue};
+use http::header;
 use http::{HeaderMap, Method, StatusCode};
 use http_body_util::BodyExt;
 
@@ -241,6 +241,7 @@ async fn run(edge: &Arc<Edge>, fill: &Arc<Fill>, key: &str, job: FillJob) -> Res
                 vary: spec,
                 tags,
                 pinned: false,
+                disk: Default::default(),
             };
             edge.insert(store_key, Arc::new(obj));
         }
@@ -253,23 +254,4 @@ async fn run(edge: &Arc<Edge>, fill: &Arc<Fill>, key: &str, job: FillJob) -> Res
     }
     fill.finish(Ok(()));
     Ok(())
-}
-
-/// `Content-Type` for a path the origin left untyped (used by the demo origin).
-pub fn content_type_for(path: &str) -> HeaderValue {
-    let ext = path.rsplit('.').next().unwrap_or("").to_ascii_lowercase();
-    HeaderValue::from_static(match ext.as_str() {
-        "m3u8" => "application/vnd.apple.mpegurl",
-        "mpd" => "application/dash+xml",
-        "ts" => "video/mp2t",
-        "m4s" | "mp4" | "m4v" | "cmfv" => "video/mp4",
-        "m4a" | "cmfa" => "audio/mp4",
-        "aac" => "audio/aac",
-        "vtt" => "text/vtt",
-        "webm" => "video/webm",
-        "html" => "text/html; charset=utf-8",
-        "js" => "text/javascript",
-        "json" => "application/json",
-        _ => "application/octet-stream",
-    })
 }

@@ -131,7 +131,12 @@ async fn cached(req: &Req<'_>) -> Result<Response<Body>, EdgeError> {
     // A second round happens only when a collapsed reader learns the response varies on a
     // header whose value differs from the leader's: then it looks up its own variant.
     for _ in 0..2 {
-        let key = match edge.vary_index.get(&base_key) {
+        let spec = if edge.vary_index.is_empty() {
+            None
+        } else {
+            edge.vary_index.get(&base_key)
+        };
+        let key = match spec {
             Some(spec) => format!("{base_key}{}", spec.variant(&req.parts.headers)),
             None => base_key.clone(),
         };

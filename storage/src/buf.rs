@@ -5,7 +5,10 @@
 //! caller with no copy after the device read.
 
 use std::alloc::{self, Layout};
+use std::collections::BTreeMap;
 use std::ptr::NonNull;
+
+use parking_lot::Mutex;
 
 /// Alignment (and granularity) of every device transfer.
 pub(crate) const ALIGN: usize = 4096;
@@ -16,7 +19,10 @@ pub(crate) const ALIGN: usize = 4096;
 /// become readable only after an engine has filled them and called [`AlignedBuf::set_filled`].
 pub(crate) struct AlignedBuf {
     ptr: NonNull<u8>,
+    /// Size of the allocation (may exceed `size` when reused from the pool).
     cap: usize,
+    /// Requested size rounded up to ALIGN: what reads fill and `capacity` reports.
+    size: usize,
     len: usize,
 }
 
@@ -31,7 +37,21 @@ impl AlignedBuf {
     }
 
     fn alloc(len: usize, zeroed: bool) -> Self {
-        let cap = round_up(len.max(1) as u64) as usize;
+        let size = round_up(len.max(1) as u64) as usize;
+        let filled = if zeroed { size } else { 0 };
+        if let Some((ptr, cap)) = pool_take(size) {
+            if zeroed {
+                // SAFETY: ptr owns `cap` >= `size` writable bytes.
+                unsafe { std::ptr::write_bytes(ptr.as_ptr(), 0, size) };
+            }
+            return AlignedBuf {
+                ptr,
+                cap,
+                size,
+                len: filled,
+            };
+        }
+        let cap = size;
         let layout = Self::layout(cap);
         // SAFETY: layout has non-zero size.
         let raw = unsafe {
@@ -47,7 +67,8 @@ impl AlignedBuf {
         AlignedBuf {
             ptr,
             cap,
-            len: if zeroed { cap } else { 0 },
+            size,
+            len: filled,
         }
     }
 
@@ -61,8 +82,9 @@ impl AlignedBuf {
         Self::alloc(len, false)
     }
 
+    /// The requested size rounded up to [`ALIGN`]: what a read fills.
     pub(crate) fn capacity(&self) -> usize {
-        self.cap
+        self.size
     }
 
     pub(crate) fn as_mut_ptr(&mut self) -> *mut u8 {
@@ -74,8 +96,25 @@ impl AlignedBuf {
     /// # Safety
     /// The caller must have written (or had the kernel write) all of the first `n` bytes.
     pub(crate) unsafe fn set_filled(&mut self, n: usize) {
-        debug_assert!(n <= self.cap);
+        debug_assert!(n <= self.size);
         self.len = n;
+    }
+
+    /// Copies `data` to `at` without requiring the buffer to be initialised there.
+    pub(crate) fn put(&mut self, at: usize, data: &[u8]) {
+        assert!(at + data.len() <= self.size, "write past the buffer");
+        // SAFETY: the range lies within the allocation (checked) and cannot overlap `data`,
+        // which is borrowed from elsewhere while we hold &mut self.
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.as_ptr().add(at), data.len())
+        }
+    }
+
+    /// Zeroes `from..to`.
+    pub(crate) fn zero(&mut self, from: usize, to: usize) {
+        assert!(from <= to && to <= self.size, "zero past the buffer");
+        // SAFETY: the range lies within the allocation (checked).
+        unsafe { std::ptr::write_bytes(self.ptr.as_ptr().add(from), 0, to - from) }
     }
 
     pub(crate) fn as_slice(&self) -> &[u8] {
@@ -97,9 +136,61 @@ impl AsRef<[u8]> for AlignedBuf {
 
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
-        // SAFETY: allocated in `alloc` with this very layout.
-        unsafe { alloc::dealloc(self.ptr.as_ptr(), Self::layout(self.cap)) }
+        if !pool_give(self.ptr, self.cap) {
+            // SAFETY: allocated in `alloc` with this very layout.
+            unsafe { alloc::dealloc(self.ptr.as_ptr(), Self::layout(self.cap)) }
+        }
     }
+}
+
+/// Free large buffers kept for reuse, by capacity.
+///
+/// Large allocations otherwise go to mmap/munmap in the system allocator, and the page faults
+/// and kernel zeroing of every fresh 1-4 MiB read buffer cost about a quarter of read
+/// throughput (measured; see benches/results/storage.md). A buffer is reused for a request of
+/// up to its own size and at least 4/5 of it; at most `POOL_MAX_BYTES` are kept.
+struct Pool {
+    free: BTreeMap<usize, Vec<PoolPtr>>,
+    bytes: usize,
+}
+
+struct PoolPtr(NonNull<u8>);
+// SAFETY: a pooled pointer is an unowned-by-anyone allocation; only the pool touches it.
+unsafe impl Send for PoolPtr {}
+
+static POOL: Mutex<Pool> = Mutex::new(Pool {
+    free: BTreeMap::new(),
+    bytes: 0,
+});
+const POOL_MIN: usize = 64 << 10;
+const POOL_MAX_BYTES: usize = 128 << 20;
+
+fn pool_take(cap: usize) -> Option<(NonNull<u8>, usize)> {
+    if cap < POOL_MIN {
+        return None;
+    }
+    let mut p = POOL.lock();
+    let key = *p.free.range(cap..=cap + cap / 4).next()?.0;
+    let list = p.free.get_mut(&key)?;
+    let ptr = list.pop()?;
+    if list.is_empty() {
+        p.free.remove(&key);
+    }
+    p.bytes -= key;
+    Some((ptr.0, key))
+}
+
+fn pool_give(ptr: NonNull<u8>, cap: usize) -> bool {
+    if cap < POOL_MIN {
+        return false;
+    }
+    let mut p = POOL.lock();
+    if p.bytes + cap > POOL_MAX_BYTES {
+        return false;
+    }
+    p.bytes += cap;
+    p.free.entry(cap).or_default().push(PoolPtr(ptr));
+    true
 }
 
 /// Rounds `n` up to a multiple of [`ALIGN`].
@@ -119,6 +210,24 @@ mod tests {
         assert!(b.as_slice().iter().all(|&x| x == 0));
         let u = AlignedBuf::uninit(1);
         assert_eq!(u.as_slice().len(), 0);
+    }
+
+    #[test]
+    fn pooled_buffers_are_reused_and_rezeroed() {
+        let mut a = AlignedBuf::zeroed(1 << 20);
+        a.as_mut_slice()[5] = 9;
+        let p = a.as_slice().as_ptr();
+        drop(a);
+        let b = AlignedBuf::zeroed((1 << 20) - 4096);
+        // Another test may have taken it meanwhile; only check contents when reused.
+        if b.as_slice().as_ptr() == p {
+            assert_eq!(
+                b.capacity(),
+                (1 << 20) - 4096,
+                "reads fill the requested size only"
+            );
+        }
+        assert!(b.as_slice().iter().all(|&x| x == 0));
     }
 
     #[test]

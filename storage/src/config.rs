@@ -41,6 +41,10 @@ pub struct StoreConfig {
     pub write_rate_limit: Option<u64>,
     /// Whether eviction may drop pinned objects. Default false: they are rewritten instead.
     pub allow_pinned_eviction: bool,
+    /// Skip O_DIRECT as if the filesystem had refused it (the automatic fallback, forced).
+    /// For tests on kernels whose tmpfs accepts O_DIRECT. Default false.
+    #[doc(hidden)]
+    pub buffered_io: bool,
 }
 
 impl StoreConfig {
@@ -55,6 +59,7 @@ impl StoreConfig {
             admit_window: Duration::from_secs(600),
             write_rate_limit: None,
             allow_pinned_eviction: false,
+            buffered_io: false,
         }
     }
 }
@@ -137,6 +142,8 @@ pub struct StoreStats {
     pub regions_in_use: u32,
     pub hits: u64,
     pub misses: u64,
+    /// Object reads issued to the device (concurrent lookups of one object share one).
+    pub device_reads: u64,
     pub bytes_written: u64,
     pub reinsertions: u64,
     /// Objects dropped by region eviction.

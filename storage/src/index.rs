@@ -165,6 +165,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn one_million_entries_cost_at_most_64_bytes_each() {
+        let mut m: HashIndex<Entry> = HashIndex::default();
+        for i in 0..1_000_000u32 {
+            let h = crate::format::key_hash(1, &i.to_le_bytes());
+            m.insert(
+                h,
+                Entry {
+                    block: i,
+                    blocks_flags: 1,
+                    tagset: 0,
+                },
+            );
+        }
+        let per = index_bytes(&m) as f64 / m.len() as f64;
+        assert!(per <= 64.0, "{per} bytes per object");
+    }
+
+    #[test]
     fn slot_is_28_bytes() {
         assert_eq!(std::mem::size_of::<(KeyHash, Entry)>(), 28);
     }

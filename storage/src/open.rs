@@ -41,9 +41,15 @@ fn fmt_err(path: &Path, msg: String) -> StoreError {
 }
 
 /// Opens with O_DIRECT, falling back to buffered I/O where the filesystem refuses it (EINVAL).
-fn open_file(path: &Path) -> Result<(File, bool), StoreError> {
+fn open_file(path: &Path, buffered: bool) -> Result<(File, bool), StoreError> {
     let mut o = OpenOptions::new();
     o.read(true).write(true).create(true);
+    if buffered {
+        return o
+            .open(path)
+            .map(|f| (f, false))
+            .map_err(|e| open_err(path, e));
+    }
     match o.clone().custom_flags(libc::O_DIRECT).open(path) {
         Ok(f) => Ok((f, true)),
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
@@ -112,7 +118,7 @@ pub(crate) async fn open(cfg: StoreConfig) -> Result<(Inner, Option<Active>), St
     }
     let layout = Layout::new(cfg.size, cfg.region_size)?;
     let path = cfg.path.clone();
-    let (file, direct) = open_file(&path)?;
+    let (file, direct) = open_file(&path, cfg.buffered_io)?;
     let meta = file.metadata().map_err(|e| open_err(&path, e))?;
     let mut must_format = cfg.reformat;
     if meta.file_type().is_block_device() {

@@ -138,6 +138,7 @@ impl State {
 pub(crate) struct Counters {
     pub hits: AtomicU64,
     pub misses: AtomicU64,
+    pub device_reads: AtomicU64,
     pub bytes_written: AtomicU64,
     pub reinsertions: AtomicU64,
     pub evictions: AtomicU64,
@@ -169,7 +170,7 @@ pub(crate) struct Inner {
     pub closed: AtomicBool,
     pub pinned_limit: u64,
     next_id: AtomicU64,
-    reads: Mutex<HashMap<(KeyHash, u32), ReadWaiters>>,
+    reads: Mutex<HashMap<ReadKey, ReadWaiters>>,
     admit: Mutex<Admission>,
 }
 
@@ -187,6 +188,8 @@ pub(crate) enum ReadErr {
 }
 
 pub(crate) type ReadResult = Result<Arc<ReadObj>, ReadErr>;
+/// One object version at one place: (key hash, block, region generation).
+type ReadKey = (KeyHash, u32, u64);
 /// Lookups waiting on a read another lookup started.
 type ReadWaiters = Vec<oneshot::Sender<ReadResult>>;
 
@@ -261,6 +264,7 @@ impl Inner {
 
     /// Reads and verifies the object at `e` in a region of generation `gen`.
     pub(crate) async fn read_verified(&self, h: KeyHash, e: Entry, gen: u64) -> ReadResult {
+        self.c.device_reads.fetch_add(1, Relaxed);
         let buf = match self
             .io
             .read(self.layout.block_off(e.block), e.bytes() as usize)
@@ -296,7 +300,7 @@ impl Inner {
 
     /// Like `read_verified`, but concurrent callers for one location share one device read.
     async fn read_shared(self: &Arc<Self>, h: KeyHash, e: Entry, gen: u64) -> ReadResult {
-        let slot = (h, e.block);
+        let slot = (h, e.block, gen);
         let waiter = {
             let mut reads = self.reads.lock();
             match reads.get_mut(&slot) {
@@ -341,10 +345,19 @@ impl Inner {
     }
 
     fn admit_pull(&self, h: KeyHash, len: u64) -> Result<(), SkipReason> {
+        // Second-request admission protects a full store from one-hit churn. While the store
+        // still has never-used regions, nothing would be evicted to make room, so there is
+        // nothing to protect: admit, and a cold edge keeps what it fetched across a restart.
+        let has_room = self
+            .st
+            .lock()
+            .regions
+            .iter()
+            .any(|r| r.state == RegionState::Free);
         let mut a = self.admit.lock();
         let now = Instant::now();
         let window = self.cfg.admit_window;
-        if !window.is_zero() {
+        if !window.is_zero() && !has_room {
             let k = u64::from(h.0[0]) | (u64::from(h.0[1]) << 32);
             while let Some(&(old, t)) = a.order.front() {
                 if now.duration_since(t) <= window && a.order.len() < MAX_SEEN {
@@ -376,7 +389,7 @@ impl Inner {
 
 struct ReadSlot<'a> {
     inner: &'a Inner,
-    slot: (KeyHash, u32),
+    slot: ReadKey,
 }
 
 impl ReadSlot<'_> {
@@ -776,6 +789,7 @@ impl Store {
                 .count() as u32,
             hits: c.hits.load(Relaxed),
             misses: c.misses.load(Relaxed),
+            device_reads: c.device_reads.load(Relaxed),
             bytes_written: c.bytes_written.load(Relaxed),
             reinsertions: c.reinsertions.load(Relaxed),
             evictions: c.evictions.load(Relaxed),

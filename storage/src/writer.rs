@@ -222,19 +222,6 @@ impl Writer {
             .as_ref()
             .expect("allocate leaves an active region")
             .gen;
-        let mut buf = AlignedBuf::zeroed(job.extent as usize);
-        {
-            let o = &job.obj;
-            let m = format::ObjMeta {
-                key: &o.key,
-                head: &o.meta.head,
-                tags: &o.meta.tags,
-                stored_at: o.meta.stored_at,
-                expires_at: o.meta.expires_at,
-                pinned: o.meta.pinned,
-            };
-            format::encode_object(buf.as_mut_slice(), inner.nonce, gen, &m, &o.body);
-        }
         while self.inflight.len() >= MAX_WRITES {
             if let Some(d) = self.inflight.join_next().await {
                 self.complete(d);
@@ -242,7 +229,23 @@ impl Writer {
         }
         let io = inner.io.clone();
         let off = inner.layout.block_off(block);
+        let nonce = inner.nonce;
+        // Encoding (copy + checksums) runs in the write task, so several objects are prepared
+        // in parallel on the runtime's workers instead of serially in this loop.
         self.inflight.spawn(async move {
+            let mut buf = AlignedBuf::uninit(job.extent as usize);
+            {
+                let o = &job.obj;
+                let m = format::ObjMeta {
+                    key: &o.key,
+                    head: &o.meta.head,
+                    tags: &o.meta.tags,
+                    stored_at: o.meta.stored_at,
+                    expires_at: o.meta.expires_at,
+                    pinned: o.meta.pinned,
+                };
+                format::encode_object(&mut buf, nonce, gen, &m, &o.body);
+            }
             let mut res = io.write(off, buf).await;
             if res.is_ok() && job.durable {
                 res = io.sync().await;

@@ -1,3 +1,15 @@
-//! The integration-test binary: one file per feature (see STYLE.md).
+//! The integration-test binary: real servers on `127.0.0.1:0`, one module per feature.
+//! `support` holds the scripted origin and the edge launcher shared by all of them.
 
+mod support;
+
+mod edge_basics;
+mod edge_bypass;
+mod edge_collapse;
+mod edge_faults;
+mod edge_freshness;
+mod edge_ranges;
+mod edge_store;
+mod edge_vary;
+mod harness;
 mod ingest;

@@ -13,6 +13,28 @@ async fn pulled_objects_need_a_second_attempt_pushed_do_not() {
         let mut c = cfg(&dir.path().join("store"), engine);
         c.admit_window = Duration::from_secs(60);
         let s = open(&c).await;
+        // While the store has room, pulled objects are admitted on first sight; once it is
+        // nearly full, only on their second request.
+        let mut admitted = 0;
+        for i in 0..200 {
+            let k = format!("fill{i}");
+            let fb = body_for(&k, 60_000);
+            match s.insert(k.as_bytes(), meta(&k, &[], false), fb, Source::Pull) {
+                Admit::Queued => admitted += 1,
+                Admit::Skipped(SkipReason::FirstSighting) => break,
+                other => panic!("unexpected {other:?}"),
+            }
+            s.flush().await;
+        }
+        assert!(
+            admitted >= 20,
+            "only {admitted} admitted while the store had room"
+        );
+        assert!(
+            s.stats().regions_evicted == 0,
+            "evicted before the store was full"
+        );
+        // Now nearly full: second-request admission applies.
         let b = body_for("p", 1000);
         assert_eq!(
             s.insert(b"p", meta("p", &[], false), b.clone(), Source::Pull),
@@ -34,7 +56,11 @@ async fn pulled_objects_need_a_second_attempt_pushed_do_not() {
         );
         s.flush().await;
         assert!(s.contains(b"p") && s.contains(b"q") && s.contains(b"r"));
-        assert_eq!(s.stats().skipped_writes, 1);
+        assert_eq!(
+            s.stats().skipped_writes,
+            2,
+            "the first post-fill object and p"
+        );
         s.close().await.unwrap();
     }
 }

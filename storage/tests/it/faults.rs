@@ -158,6 +158,18 @@ async fn tmpfs_works_with_direct_io_or_buffered_fallback() {
         let s = open(&c).await;
         assert_served(&s, "t", 10_000).await;
         s.close().await.unwrap();
+
+        // The buffered path (what EINVAL on O_DIRECT falls back to), forced.
+        let mut b = c.clone();
+        b.buffered_io = true;
+        let s = open(&b).await;
+        assert!(!s.stats().direct_io);
+        assert_served(&s, "t", 10_000).await;
+        put(&s, "u", 7000).await;
+        drop(s);
+        let s = open(&c).await;
+        assert_served(&s, "u", 7000).await;
+        s.close().await.unwrap();
     }
 }
 
@@ -302,4 +314,77 @@ async fn uring_choice_reports_engine_and_auto_opens() {
     let e = s.stats().engine.as_str();
     assert!(e == "io_uring" || e == "psync");
     s.close().await.unwrap();
+}
+
+/// CPU ticks (utime + stime) of this process's threads named `name`.
+fn thread_ticks(name: &str) -> u64 {
+    let mut total = 0;
+    for t in fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let comm = fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if comm.trim() != name {
+            continue;
+        }
+        let stat = fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        // Fields after the parenthesised comm: state is field 3; utime and stime are 14 and 15.
+        let rest = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        total += f.get(11).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+        total += f.get(12).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+    }
+    total
+}
+
+/// Child of `uring_thread_sleeps_when_idle`: alone in its process, so only its ring thread counts.
+#[tokio::test]
+#[ignore = "child process of uring_thread_sleeps_when_idle"]
+async fn idle_child() {
+    let Ok(dir) = std::env::var("VEDGE_IDLE_DIR") else {
+        return;
+    };
+    let c = cfg(&Path::new(&dir).join("store"), EngineChoice::Uring);
+    let s = open(&c).await;
+    put(&s, "warm", 5000).await;
+    assert_served(&s, "warm", 5000).await;
+    let ring_threads = fs::read_dir("/proc/self/task")
+        .unwrap()
+        .flatten()
+        .filter(|t| {
+            fs::read_to_string(t.path().join("comm"))
+                .unwrap_or_default()
+                .trim()
+                == "vedge-uring"
+        })
+        .count();
+    assert_eq!(ring_threads, 1, "expected one io_uring thread");
+    let before = thread_ticks("vedge-uring");
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let after = thread_ticks("vedge-uring");
+    println!("\nIDLE_TICKS {}", after - before);
+    s.close().await.unwrap();
+}
+
+#[test]
+fn uring_thread_sleeps_when_idle() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "faults::idle_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("VEDGE_IDLE_DIR", dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let ticks: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("IDLE_TICKS "))
+        .unwrap_or_else(|| panic!("child output: {text}"))
+        .trim()
+        .parse()
+        .unwrap();
+    // A spinning thread would burn ~150 ticks (100 Hz) in 1.5 s; a blocked one none.
+    assert!(ticks <= 2, "io_uring thread used {ticks} ticks while idle");
 }

@@ -81,6 +81,11 @@ async fn concurrent_lookups_of_one_object_agree() {
             assert!(t.await.unwrap().unwrap() == body_for("hot", 60_000));
         }
         assert_eq!(s.stats().hits, 32);
+        assert!(
+            s.stats().device_reads <= 2,
+            "{} device reads for 32 lookups",
+            s.stats().device_reads
+        );
         s.close().await.unwrap();
     }
 }

@@ -1,0 +1,517 @@
+//! The load runner of `vedge bench live-burst`: the HTTP client every viewer shares (one tokio
+//! runtime, one keep-alive pool, no thread per viewer), the recorder behind it, and the scenario
+//! schedules.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context as _;
+use bytes::{Bytes, BytesMut};
+use hdrhistogram::Histogram;
+use http::{header, Request};
+use http_body_util::{BodyExt as _, Empty};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use parking_lot::Mutex;
+use rand::{rngs::StdRng, Rng as _, SeedableRng as _};
+use tokio::time::Instant;
+use url::Url;
+
+use super::viewer::{self, Class, FetchError, Fetched, Mode, Net, Pick, Plan};
+
+/// Latency histograms of one object class, in microseconds.
+pub struct ClassStats {
+    pub requests: u64,
+    pub ok: u64,
+    pub bytes: u64,
+    pub ttfb: Histogram<u64>,
+    pub total: Histogram<u64>,
+    pub cache: BTreeMap<String, u64>,
+}
+
+impl ClassStats {
+    fn new() -> Self {
+        ClassStats {
+            requests: 0,
+            ok: 0,
+            bytes: 0,
+            ttfb: hist(),
+            total: hist(),
+            cache: BTreeMap::new(),
+        }
+    }
+}
+
+fn hist() -> Histogram<u64> {
+    // 1 µs .. 10 min, 3 significant digits.
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("static histogram bounds are valid")
+}
+
+/// One second of the run.
+pub struct Second {
+    pub requests: u64,
+    pub bytes: u64,
+    pub errors: u64,
+    pub stalls: u64,
+    pub seg_ttfb: Histogram<u64>,
+    pub seg_total: Histogram<u64>,
+}
+
+/// Everything measured during a run. One lock: each request takes it once, for about a
+/// microsecond, which is far below the rate a 2-core box can drive.
+pub struct Recorder {
+    pub start: Instant,
+    pub classes: BTreeMap<Class, ClassStats>,
+    pub errors: BTreeMap<String, u64>,
+    pub seconds: Vec<Second>,
+    pub stalls: u64,
+    pub stalled: Duration,
+    pub watched: Duration,
+    pub startup: Histogram<u64>,
+    pub parse_errors: u64,
+    pub viewers_started: u64,
+    pub viewers_active: u64,
+    pub viewers_done: u64,
+}
+
+impl Recorder {
+    pub fn new(start: Instant) -> Self {
+        Recorder {
+            start,
+            classes: Class::ALL.iter().map(|c| (*c, ClassStats::new())).collect(),
+            errors: BTreeMap::new(),
+            seconds: Vec::new(),
+            stalls: 0,
+            stalled: Duration::ZERO,
+            watched: Duration::ZERO,
+            startup: hist(),
+            parse_errors: 0,
+            viewers_started: 0,
+            viewers_active: 0,
+            viewers_done: 0,
+        }
+    }
+
+    fn second(&mut self, at: Instant) -> &mut Second {
+        let i = at.saturating_duration_since(self.start).as_secs() as usize;
+        while self.seconds.len() <= i {
+            self.seconds.push(Second {
+                requests: 0,
+                bytes: 0,
+                errors: 0,
+                stalls: 0,
+                seg_ttfb: hist(),
+                seg_total: hist(),
+            });
+        }
+        &mut self.seconds[i]
+    }
+
+    fn error(&mut self, kind: String) {
+        let now = Instant::now();
+        self.second(now).errors += 1;
+        *self.errors.entry(kind).or_default() += 1;
+    }
+
+    pub fn total_errors(&self) -> u64 {
+        self.errors.values().sum()
+    }
+}
+
+fn us(d: Duration) -> u64 {
+    (d.as_micros() as u64).clamp(1, 600_000_000)
+}
+
+/// The shared HTTP client plus the recorder: what every viewer uses as its [`Net`].
+pub struct HttpNet {
+    client: Client<HttpConnector, Empty<Bytes>>,
+    timeout: Duration,
+    pub rec: Arc<Mutex<Recorder>>,
+}
+
+impl HttpNet {
+    pub fn new(timeout: Duration, rec: Arc<Mutex<Recorder>>) -> Self {
+        let mut conn = HttpConnector::new();
+        conn.set_nodelay(true);
+        conn.set_connect_timeout(Some(timeout));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(usize::MAX)
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(conn);
+        HttpNet {
+            client,
+            timeout,
+            rec,
+        }
+    }
+
+    async fn fetch(&self, url: &str, class: Class) -> Result<Fetched, FetchError> {
+        let t0 = Instant::now();
+        let req = Request::get(url)
+            .header(header::USER_AGENT, "vedge-bench/live-burst")
+            .body(Empty::new());
+        let req = match req {
+            Ok(r) => r,
+            Err(_) => {
+                self.rec.lock().error("bad_url".into());
+                return Err(FetchError::Failed);
+            }
+        };
+        let deadline = t0 + self.timeout;
+        let resp = match tokio::time::timeout_at(deadline, self.client.request(req)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                let kind = if e.is_connect() { "connect" } else { "request" };
+                self.rec.lock().error(kind.into());
+                return Err(FetchError::Failed);
+            }
+            Err(_) => {
+                self.rec.lock().error("timeout_head".into());
+                return Err(FetchError::Failed);
+            }
+        };
+        let ttfb = t0.elapsed();
+        let status = resp.status();
+        let cache = resp
+            .headers()
+            .get("x-cache")
+            .or_else(|| resp.headers().get("x-cache-status"))
+            .and_then(|v| v.to_str().ok())
+            .map(|v| {
+                v.split([',', ' ', ';'])
+                    .next()
+                    .unwrap_or("")
+                    .to_ascii_uppercase()
+            })
+            .unwrap_or_else(|| "-".into());
+        let keep = matches!(class, Class::Master | Class::Playlist);
+        let mut body = resp.into_body();
+        let mut buf = BytesMut::new();
+        let mut bytes = 0u64;
+        loop {
+            match tokio::time::timeout_at(deadline, body.frame()).await {
+                Ok(Some(Ok(f))) => {
+                    if let Ok(d) = f.into_data() {
+                        bytes += d.len() as u64;
+                        if keep {
+                            buf.extend_from_slice(&d);
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Ok(Some(Err(_))) => {
+                    self.rec.lock().error("body".into());
+                    return Err(FetchError::Failed);
+                }
+                Err(_) => {
+                    self.rec.lock().error("timeout_body".into());
+                    return Err(FetchError::Failed);
+                }
+            }
+        }
+        let total = t0.elapsed();
+        let now = Instant::now();
+        let mut rec = self.rec.lock();
+        if !status.is_success() {
+            rec.error(format!("http_{}", status.as_u16()));
+            let c = rec.classes.get_mut(&class).expect("every class present");
+            c.requests += 1;
+            return Err(FetchError::Status(status.as_u16()));
+        }
+        let sec = rec.second(now);
+        sec.requests += 1;
+        sec.bytes += bytes;
+        if class == Class::Segment {
+            let _ = sec.seg_ttfb.record(us(ttfb));
+            let _ = sec.seg_total.record(us(total));
+        }
+        let c = rec.classes.get_mut(&class).expect("every class present");
+        c.requests += 1;
+        c.ok += 1;
+        c.bytes += bytes;
+        let _ = c.ttfb.record(us(ttfb));
+        let _ = c.total.record(us(total));
+        *c.cache.entry(cache).or_default() += 1;
+        Ok(Fetched {
+            body: buf.freeze(),
+            bytes,
+            total,
+        })
+    }
+}
+
+impl Net for HttpNet {
+    fn get(
+        &self,
+        url: &str,
+        class: Class,
+    ) -> impl std::future::Future<Output = Result<Fetched, FetchError>> + Send {
+        self.fetch(url, class)
+    }
+    fn stall(&self, d: Duration) {
+        let mut r = self.rec.lock();
+        r.stalls += 1;
+        r.stalled += d;
+        r.second(Instant::now()).stalls += 1;
+    }
+    fn parse_error(&self) {
+        let mut r = self.rec.lock();
+        r.parse_errors += 1;
+        r.error("parse".into());
+    }
+    fn startup(&self, d: Duration) {
+        let _ = self.rec.lock().startup.record(us(d));
+    }
+    fn watched(&self, d: Duration) {
+        self.rec.lock().watched += d;
+    }
+}
+
+/// The named load shapes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    /// Joins spread evenly over the ramp; players start 3 segments behind the live edge.
+    Steady,
+    /// Every viewer joins within the burst window.
+    Burst,
+    /// Every viewer sits at the live edge and asks for each new segment as soon as it exists.
+    SegmentStorm,
+    /// Random seeks in a VOD asset.
+    Vod,
+}
+
+impl Scenario {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scenario::Steady => "steady",
+            Scenario::Burst => "burst",
+            Scenario::SegmentStorm => "segment-storm",
+            Scenario::Vod => "vod",
+        }
+    }
+}
+
+/// A run's parameters (already validated).
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub target: Url,
+    pub origin_stats: Option<Url>,
+    pub viewers: u64,
+    pub duration: Duration,
+    pub scenario: Scenario,
+    pub ramp: Duration,
+    pub burst_window: Duration,
+    pub mix: Vec<u32>,
+    pub abr: bool,
+    pub timeout: Duration,
+    pub seed: u64,
+}
+
+/// The join schedule: (join offset, pick) per viewer.
+pub fn schedule(cfg: &RunConfig) -> Vec<(Duration, Pick)> {
+    let mut rng = StdRng::seed_from_u64(cfg.seed);
+    let spread = match cfg.scenario {
+        Scenario::Steady | Scenario::Vod => cfg.ramp,
+        Scenario::Burst | Scenario::SegmentStorm => cfg.burst_window,
+    };
+    let weight_sum: u32 = cfg.mix.iter().sum::<u32>().max(1);
+    (0..cfg.viewers)
+        .map(|i| {
+            let at = match cfg.scenario {
+                // Evenly spaced, so the arrival rate is constant.
+                Scenario::Steady | Scenario::Vod => {
+                    spread.mul_f64(i as f64 / cfg.viewers.max(1) as f64)
+                }
+                Scenario::Burst | Scenario::SegmentStorm => spread.mul_f64(rng.gen::<f64>()),
+            };
+            let pick = if cfg.abr {
+                Pick::Abr
+            } else {
+                // Weighted pick by position so the mix is exact, not just expected.
+                let slot = ((i as u128 * weight_sum as u128) / cfg.viewers.max(1) as u128) as u32;
+                let mut acc = 0;
+                let idx = cfg
+                    .mix
+                    .iter()
+                    .position(|w| {
+                        acc += w;
+                        slot < acc
+                    })
+                    .unwrap_or(0);
+                Pick::Fixed(idx)
+            };
+            (at, pick)
+        })
+        .collect()
+}
+
+/// Raises the open-file limit as far as the hard limit allows (root may raise the hard one too).
+pub fn raise_nofile(want: u64) -> u64 {
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        if lim.rlim_max < want {
+            let up = libc::rlimit {
+                rlim_cur: want,
+                rlim_max: want,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &up) == 0 {
+                return want;
+            }
+        }
+        lim.rlim_cur = lim.rlim_max.min(want.max(lim.rlim_cur));
+        let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        lim.rlim_cur
+    }
+}
+
+/// Reads the origin simulator's counters (`/__stats`), filtered by `prefix`.
+pub async fn origin_counts(
+    stats: &Url,
+    prefix: &str,
+    timeout: Duration,
+) -> anyhow::Result<BTreeMap<String, u64>> {
+    let client: Client<HttpConnector, Empty<Bytes>> =
+        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let mut u = stats.clone();
+    u.query_pairs_mut().clear().append_pair("prefix", prefix);
+    let req = Request::get(u.as_str()).body(Empty::new())?;
+    let resp = tokio::time::timeout(timeout, client.request(req))
+        .await
+        .context("origin stats: timed out")?
+        .with_context(|| format!("origin stats: GET {u}"))?;
+    anyhow::ensure!(
+        resp.status().is_success(),
+        "origin stats: GET {u} -> {}",
+        resp.status()
+    );
+    let body = tokio::time::timeout(timeout, resp.into_body().collect())
+        .await
+        .context("origin stats: body timed out")??
+        .to_bytes();
+    let v: serde_json::Value = serde_json::from_slice(&body).context("origin stats: not JSON")?;
+    let paths = v
+        .get("paths")
+        .and_then(|p| p.as_object())
+        .context("origin stats: no \"paths\" object")?;
+    Ok(paths
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+        .collect())
+}
+
+/// Checks that `url`'s host accepts TCP connections (without touching any cache).
+pub async fn reachable(url: &Url, timeout: Duration) -> anyhow::Result<()> {
+    let host = url.host_str().context("URL without host")?;
+    let port = url.port_or_known_default().context("URL without port")?;
+    tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host, port)))
+        .await
+        .with_context(|| format!("{host}:{port}: connect timed out"))?
+        .with_context(|| format!("{host}:{port} is unreachable"))?;
+    Ok(())
+}
+
+/// Runs every viewer to completion. `tick` is called about once a second with the recorder.
+pub async fn run(
+    cfg: &RunConfig,
+    net: Arc<HttpNet>,
+    mut tick: impl FnMut(&Recorder),
+) -> Vec<viewer::Outcome> {
+    let start = net.rec.lock().start;
+    let leave_at = start + cfg.duration;
+    let mode = match cfg.scenario {
+        Scenario::Steady | Scenario::Burst => Mode::Live,
+        Scenario::SegmentStorm => Mode::Storm,
+        Scenario::Vod => Mode::Vod,
+    };
+    // Tie the tokio clock to the wall clock once, so viewers can turn PDTs into instants.
+    let (wall0, inst0) = (SystemTime::now(), Instant::now());
+    let wall = move || wall0 + inst0.elapsed();
+    let mut set = tokio::task::JoinSet::new();
+    for (i, (at, pick)) in schedule(cfg).into_iter().enumerate() {
+        let plan = Plan {
+            target: cfg.target.clone(),
+            join_at: start + at,
+            leave_at,
+            pick,
+            mode,
+            seed: cfg.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        };
+        let net = net.clone();
+        set.spawn(async move {
+            tokio::time::sleep_until(plan.join_at).await;
+            {
+                let mut r = net.rec.lock();
+                r.viewers_started += 1;
+                r.viewers_active += 1;
+            }
+            let out = viewer::run(&*net, &plan, &wall).await;
+            let mut r = net.rec.lock();
+            r.viewers_active -= 1;
+            r.viewers_done += 1;
+            out
+        });
+    }
+    let mut outs = Vec::with_capacity(cfg.viewers as usize);
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    // Hard bound: every viewer leaves at `leave_at`; a request in flight then ends within the
+    // timeout. Anything still running after that is aborted (and reported as unfinished).
+    let hard_stop = leave_at + cfg.timeout + Duration::from_secs(2);
+    loop {
+        tokio::select! {
+            r = set.join_next() => match r {
+                Some(Ok(o)) => outs.push(o),
+                Some(Err(_)) => net.rec.lock().error("viewer_panic".into()),
+                None => break,
+            },
+            _ = ticker.tick() => tick(&net.rec.lock()),
+            () = tokio::time::sleep_until(hard_stop) => {
+                let n = set.len() as u64;
+                set.abort_all();
+                *net.rec.lock().errors.entry("viewer_unfinished".into()).or_default() += n;
+                break;
+            }
+        }
+    }
+    outs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(scenario: Scenario, viewers: u64) -> RunConfig {
+        RunConfig {
+            target: Url::parse("http://127.0.0.1:1/live/x/master.m3u8").expect("url"),
+            origin_stats: None,
+            viewers,
+            duration: Duration::from_secs(10),
+            scenario,
+            ramp: Duration::from_secs(5),
+            burst_window: Duration::from_millis(500),
+            mix: vec![3, 1],
+            abr: false,
+            timeout: Duration::from_secs(5),
+            seed: 1,
+        }
+    }
+
+    #[test]
+    fn schedules_follow_the_scenario() {
+        let s = schedule(&cfg(Scenario::Steady, 100));
+        assert_eq!(s[0].0, Duration::ZERO);
+        assert_eq!(s[50].0, Duration::from_millis(2500));
+        let picks = s.iter().filter(|(_, p)| *p == Pick::Fixed(0)).count();
+        assert_eq!(picks, 75, "mix 3:1");
+        let b = schedule(&cfg(Scenario::Burst, 1000));
+        assert!(b.iter().all(|(t, _)| *t < Duration::from_millis(500)));
+    }
+}

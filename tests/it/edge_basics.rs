@@ -1,0 +1,241 @@
+//! The plain request path: MISS then HIT, HEAD, viewer conditionals, CDN-Loop and Via, malformed
+//! and oversized requests, and POST passed through with its body streamed both ways.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use http_body::Frame;
+use http_body_util::{BodyExt, StreamBody};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::support::{edge_config, Origin, Script, TestEdge};
+
+#[tokio::test]
+async fn miss_then_hit_with_age_x_cache_and_cache_status() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/v/seg1.ts",
+        Script::ok("segment one").header("cache-control", "max-age=60"),
+    );
+    let edge = TestEdge::start(edge_config(&origin)).await;
+
+    let first = edge.get("/v/seg1.ts").await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(first.body, "segment one");
+    assert_eq!(first.x_cache(), "MISS");
+    assert_eq!(first.h("age"), "0");
+    let cs = first.h("cache-status");
+    assert!(
+        cs.starts_with("vedge;") && cs.contains("fwd=miss") && cs.contains("stored"),
+        "{cs}"
+    );
+
+    edge.settle().await;
+    let second = edge.get("/v/seg1.ts").await;
+    assert_eq!(second.status, StatusCode::OK);
+    assert_eq!(second.body, "segment one");
+    assert_eq!(second.x_cache(), "HIT");
+    assert!(
+        second.h("age").parse::<u64>().is_ok(),
+        "{:?}",
+        second.h("age")
+    );
+    let cs = second.h("cache-status");
+    assert!(cs.starts_with("vedge; hit"), "{cs}");
+    assert_eq!(second.h("content-length"), "11");
+    assert_eq!(origin.count("/v/seg1.ts"), 1);
+}
+
+#[tokio::test]
+async fn head_has_length_and_no_body_then_get_hits() {
+    let origin = Origin::start().await;
+    let body = vec![b'h'; 4000];
+    origin.script(
+        "/v/seg2.ts",
+        Script::ok(body.clone()).header("cache-control", "max-age=60"),
+    );
+    let edge = TestEdge::start(edge_config(&origin)).await;
+
+    let head = edge
+        .send(edge.req(Method::HEAD, "/v/seg2.ts"), Bytes::new())
+        .await;
+    assert_eq!(head.status, StatusCode::OK);
+    assert_eq!(head.h("content-length"), "4000");
+    assert!(head.body.is_empty());
+
+    // The raw bytes too: a HEAD response carries no body on the wire.
+    // Same Host as the client's, so the same cache key.
+    let req = format!(
+        "HEAD /v/seg2.ts HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        edge.addr
+    );
+    let raw = edge.raw(req.as_bytes()).await;
+    let (head_text, rest) = raw.split();
+    assert!(head_text.starts_with("HTTP/1.1 200"), "{head_text}");
+    assert_eq!(raw.header("content-length").as_deref(), Some("4000"));
+    assert!(rest.is_empty(), "HEAD sent {} body bytes", rest.len());
+
+    edge.settle().await;
+    let get = edge.get("/v/seg2.ts").await;
+    assert_eq!(get.x_cache(), "HIT");
+    assert_eq!(get.body, body);
+    let seen = origin.seen("/v/seg2.ts");
+    assert_eq!(seen.len(), 1, "one origin fetch for HEAD, HEAD and GET");
+    assert_eq!(seen[0].method, "GET", "the cache fetches whole objects");
+}
+
+#[tokio::test]
+async fn viewer_if_none_match_gets_304_from_cache() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/v/seg3.ts",
+        Script::ok("etagged")
+            .header("cache-control", "max-age=60")
+            .header("etag", "\"v1\""),
+    );
+    let edge = TestEdge::start(edge_config(&origin)).await;
+    assert_eq!(edge.get("/v/seg3.ts").await.x_cache(), "MISS");
+    edge.settle().await;
+
+    let r = edge
+        .get_with("/v/seg3.ts", &[("if-none-match", "\"v0\", \"v1\"")])
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_MODIFIED);
+    assert_eq!(r.x_cache(), "HIT");
+    assert_eq!(r.h("etag"), "\"v1\"");
+    assert!(r.body.is_empty());
+
+    let r = edge
+        .get_with("/v/seg3.ts", &[("if-none-match", "\"v2\"")])
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body, "etagged");
+    assert_eq!(origin.count("/v/seg3.ts"), 1);
+}
+
+#[tokio::test]
+async fn cdn_loop_is_refused_and_origin_requests_carry_cdn_loop_and_via() {
+    let origin = Origin::start().await;
+    origin.script("/v/seg4.ts", Script::ok("x"));
+    let edge = TestEdge::start(edge_config(&origin)).await;
+
+    let looped = edge
+        .get_with("/v/seg4.ts", &[("cdn-loop", "othercdn, vedge")])
+        .await;
+    assert_eq!(looped.status, StatusCode::LOOP_DETECTED);
+    assert_eq!(origin.count("/v/seg4.ts"), 0);
+
+    let ok = edge
+        .get_with(
+            "/v/seg4.ts",
+            &[("cdn-loop", "othercdn"), ("via", "1.1 proxy")],
+        )
+        .await;
+    assert_eq!(ok.status, StatusCode::OK);
+    let seen = origin.seen("/v/seg4.ts");
+    assert_eq!(seen.len(), 1);
+    let all = |name: &str| -> String {
+        seen[0]
+            .headers
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let cdn_loop = all("cdn-loop");
+    assert!(
+        cdn_loop.contains("othercdn") && cdn_loop.contains("vedge; node="),
+        "{cdn_loop}"
+    );
+    let via = all("via");
+    assert!(
+        via.contains("1.1 proxy") && via.contains("1.1 vedge"),
+        "{via}"
+    );
+}
+
+#[tokio::test]
+async fn malformed_request_is_400_and_oversized_headers_are_431() {
+    let origin = Origin::start().await;
+    let mut raw = edge_config(&origin);
+    raw.server.max_header_size = Some("16KiB".into());
+    let edge = TestEdge::start(raw).await;
+
+    let r = edge.raw(b"GARBAGE\r\n\r\n").await;
+    assert_eq!(r.status(), 400, "{}", r.text());
+
+    let r = edge.raw(b"GET /a.ts HTTP/1.1\r\nHost t\r\n\r\n").await;
+    assert_eq!(r.status(), 400, "{}", r.text());
+
+    let big = "a".repeat(20 << 10);
+    let req = format!("GET /a.ts HTTP/1.1\r\nHost: t\r\nX-Big: {big}\r\n\r\n");
+    let r = edge.raw(req.as_bytes()).await;
+    assert_eq!(r.status(), 431, "{}", r.text());
+    assert_eq!(origin.count("/a.ts"), 0);
+}
+
+/// The request body reaches the origin while the viewer is still sending it, and the origin's
+/// answer reaches the viewer while the origin is still sending it: ping-pong over one POST.
+#[tokio::test]
+async fn post_is_passed_uncached_with_its_body_streamed_both_ways() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/api/echo",
+        Script::ok("").echo().header("cache-control", "max-age=60"),
+    );
+    let edge = TestEdge::start(edge_config(&origin)).await;
+
+    type Tx = tokio::sync::mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>;
+    let (tx, rx): (Tx, _) = tokio::sync::mpsc::channel(4);
+    let stream = Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }));
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    let req = http::Request::post(edge.url("/api/echo"))
+        .body(StreamBody::new(stream))
+        .expect("request");
+    let exchange = async {
+        tx.send(Ok(Frame::data(Bytes::from("ping-0"))))
+            .await
+            .expect("send");
+        let resp = client.request(req).await.expect("response head");
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.headers()["x-cache"], "BYPASS");
+        let mut body = resp.into_body();
+        let mut got = Vec::new();
+        for i in 0..3 {
+            // Wait for this ping's echo before sending the next one.
+            let want = format!("ping-{i}");
+            while got.len() < want.len() {
+                let frame = body.frame().await.expect("echo frame").expect("echo ok");
+                if let Ok(d) = frame.into_data() {
+                    got.extend_from_slice(&d);
+                }
+            }
+            assert_eq!(got, want.as_bytes());
+            got.clear();
+            if i < 2 {
+                tx.send(Ok(Frame::data(Bytes::from(format!("ping-{}", i + 1)))))
+                    .await
+                    .expect("send");
+            }
+        }
+        drop(tx);
+        let rest = body.collect().await.expect("end of echo").to_bytes();
+        assert!(rest.is_empty());
+    };
+    tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .expect("the body streamed both ways (no store-and-forward deadlock)");
+
+    let again = edge
+        .send(edge.req(Method::POST, "/api/echo"), Bytes::from("second"))
+        .await;
+    assert_eq!(again.body, "second");
+    assert_eq!(again.x_cache(), "BYPASS");
+    assert_eq!(origin.count("/api/echo"), 2);
+    assert!(origin.seen("/api/echo").iter().all(|s| s.method == "POST"));
+}

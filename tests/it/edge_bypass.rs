@@ -1,0 +1,71 @@
+//! What is never shared: credentialed requests bypass the cache; `private` and `Set-Cookie`
+//! responses go to their own viewer only and the key is remembered as hit-for-pass.
+
+use crate::support::{edge_config, Origin, Script, TestEdge};
+
+#[tokio::test]
+async fn credentialed_requests_bypass_the_cache() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/v/auth.ts",
+        Script::ok("public body").header("cache-control", "max-age=60"),
+    );
+    let edge = TestEdge::start(edge_config(&origin)).await;
+
+    for creds in [("authorization", "Bearer abc"), ("cookie", "session=1")] {
+        for _ in 0..2 {
+            let r = edge.get_with("/v/auth.ts", &[creds]).await;
+            assert_eq!(r.x_cache(), "BYPASS", "{creds:?}");
+            assert_eq!(r.body, "public body");
+        }
+    }
+    assert_eq!(origin.count("/v/auth.ts"), 4);
+    let seen = origin.seen("/v/auth.ts");
+    assert_eq!(seen[0].header("authorization"), Some("Bearer abc"));
+    assert_eq!(seen[2].header("cookie"), Some("session=1"));
+    assert_eq!(
+        edge.edge.ram.len(),
+        0,
+        "nothing stored from a credentialed request"
+    );
+
+    // An anonymous viewer still gets a cached copy of its own.
+    assert_eq!(edge.get("/v/auth.ts").await.x_cache(), "MISS");
+    edge.settle().await;
+    assert_eq!(edge.get("/v/auth.ts").await.x_cache(), "HIT");
+    assert_eq!(origin.count("/v/auth.ts"), 5);
+}
+
+#[tokio::test]
+async fn private_and_set_cookie_responses_are_not_shared_and_become_hit_for_pass() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/v/private.ts",
+        Script::ok("for one viewer").header("cache-control", "private, max-age=60"),
+    );
+    origin.script(
+        "/v/cookie.ts",
+        Script::ok("with a cookie")
+            .header("cache-control", "max-age=60")
+            .header("set-cookie", "id=42"),
+    );
+    let edge = TestEdge::start(edge_config(&origin)).await;
+
+    for (path, body) in [
+        ("/v/private.ts", "for one viewer"),
+        ("/v/cookie.ts", "with a cookie"),
+    ] {
+        let first = edge.get(path).await;
+        assert_eq!(first.body, body);
+        assert_eq!(first.x_cache(), "MISS", "{path}");
+        edge.settle().await;
+        for _ in 0..2 {
+            let r = edge.get(path).await;
+            assert_eq!(r.body, body);
+            assert_eq!(r.x_cache(), "BYPASS", "{path}");
+            assert!(r.h("cache-status").contains("hit-for-pass"), "{path}");
+        }
+        assert_eq!(origin.count(path), 3, "{path}");
+    }
+    assert_eq!(edge.edge.ram.len(), 0);
+}

@@ -1,0 +1,156 @@
+//! Origin failures: truncated and stalled bodies never look complete to a viewer and are never
+//! stored; an unreachable or slow origin maps to 502 / 504; a stale copy is served within
+//! stale-if-error.
+
+use std::time::Duration;
+
+use http::StatusCode;
+
+use crate::support::{edge_config, Fault, Origin, Script, TestEdge};
+
+const GET: &[u8] = b"GET /v/cut.ts HTTP/1.1\r\nHost: t\r\n\r\n";
+
+#[tokio::test]
+async fn truncated_content_length_body_is_cut_for_the_viewer_and_not_stored() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/v/cut.ts",
+        Script::ok(vec![b'c'; 10_000])
+            .header("cache-control", "max-age=60")
+            .fault(Fault::Truncate(4_000)),
+    );
+    let edge = TestEdge::start(edge_config(&origin)).await;
+
+    for round in 1..=2 {
+        let r = edge.raw(GET).await;
+        assert_eq!(r.status(), 200, "{}", r.text());
+        assert_eq!(r.header("content-length").as_deref(), Some("10000"));
+        let (_, body) = r.split();
+        assert!(r.closed, "round {round}: the edge kept the connection open");
+        assert!(
+            body.len() < 10_000,
+            "round {round}: a complete-looking body"
+        );
+        edge.settle().await;
+        assert_eq!(origin.count("/v/cut.ts"), round, "nothing was cached");
+    }
+    assert_eq!(edge.edge.ram.len(), 0);
+}
+
+#[tokio::test]
+async fn dropped_chunked_body_gets_no_terminating_chunk_and_is_not_stored() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/v/cut.ts",
+        Script::ok(vec![b'c'; 10_000])
+            .header("cache-control", "max-age=60")
+            .chunked()
+            .fault(Fault::Truncate(4_000)),
+    );
+    let edge = TestEdge::start(edge_config(&origin)).await;
+
+    for round in 1..=2 {
+        let r = edge.raw(GET).await;
+        assert_eq!(r.status(), 200, "{}", r.text());
+        assert_eq!(r.header("transfer-encoding").as_deref(), Some("chunked"));
+        let (_, body) = r.split();
+        assert!(r.closed, "round {round}: the edge kept the connection open");
+        assert!(
+            !body.ends_with(b"0\r\n\r\n"),
+            "round {round}: the edge ended a truncated chunked body cleanly"
+        );
+        edge.settle().await;
+        assert_eq!(origin.count("/v/cut.ts"), round, "nothing was cached");
+    }
+    assert_eq!(edge.edge.ram.len(), 0);
+}
+
+#[tokio::test]
+async fn stalled_body_is_aborted_after_the_between_bytes_timeout() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/v/cut.ts",
+        Script::ok(vec![b's'; 10_000])
+            .header("cache-control", "max-age=60")
+            .fault(Fault::Stall(1_000)),
+    );
+    let mut raw = edge_config(&origin);
+    raw.origin_client.between_bytes_timeout = Some("300ms".into());
+    let edge = TestEdge::start(raw).await;
+
+    let r = edge.raw(GET).await;
+    assert_eq!(r.status(), 200);
+    assert!(r.closed, "the viewer was left hanging");
+    assert!(r.split().1.len() < 10_000);
+    edge.settle().await;
+    assert_eq!(edge.edge.ram.len(), 0);
+}
+
+#[tokio::test]
+async fn refused_origin_is_502() {
+    let origin = Origin::start().await;
+    let edge = TestEdge::start(edge_config(&origin)).await;
+    origin.stop_and_wait().await;
+    let r = edge.get("/v/none.ts").await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    assert!(
+        r.h("cache-status").contains("origin-unreachable"),
+        "{}",
+        r.h("cache-status")
+    );
+}
+
+#[tokio::test]
+async fn origin_head_timeout_is_504() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/v/slow.ts",
+        Script::ok("late").head_delay(Duration::from_secs(5)),
+    );
+    let mut raw = edge_config(&origin);
+    raw.origin_client.first_byte_timeout = Some("300ms".into());
+    let edge = TestEdge::start(raw).await;
+    let r = edge.get("/v/slow.ts").await;
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(r.h("cache-status").contains("origin-timeout"));
+}
+
+#[tokio::test]
+async fn stale_if_error_serves_the_stale_copy_while_the_origin_is_down() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/v/sie.ts",
+        Script::ok("still good").header("cache-control", "max-age=1, stale-if-error=60"),
+    );
+    let edge = TestEdge::start(edge_config(&origin)).await;
+    assert_eq!(edge.get("/v/sie.ts").await.x_cache(), "MISS");
+    edge.settle().await;
+
+    origin.stop_and_wait().await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = edge.get("/v/sie.ts").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.x_cache(), "STALE");
+    assert_eq!(r.body, "still good");
+    assert!(r.h("cache-status").contains("stale-if-error"));
+
+    // A 5xx answer counts as an error too.
+    origin.script("/v/sie.ts", Script::status(503, "down"));
+    origin.restart().await;
+    let r = edge.get("/v/sie.ts").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.x_cache(), "STALE");
+    assert_eq!(r.body, "still good");
+    assert_eq!(origin.count("/v/sie.ts"), 2);
+
+    // Back up: the next request refetches and stores the new body.
+    origin.script(
+        "/v/sie.ts",
+        Script::ok("fresh again").header("cache-control", "max-age=60"),
+    );
+    let r = edge.get("/v/sie.ts").await;
+    assert_eq!(r.x_cache(), "EXPIRED");
+    assert_eq!(r.body, "fresh again");
+    edge.settle().await;
+    assert_eq!(edge.get("/v/sie.ts").await.x_cache(), "HIT");
+}

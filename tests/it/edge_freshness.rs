@@ -1,0 +1,167 @@
+//! Freshness over time: per-class TTLs, negative caching, 5xx never stored, 304 revalidation and
+//! stale-while-revalidate. TTLs are 1 s; the tests sleep past them (never to synchronise).
+
+use std::time::Duration;
+
+use http::StatusCode;
+
+use crate::support::{edge_config, ttl, until, Gate, Origin, Script, TestEdge};
+
+/// Just past a 1 s TTL (ages are counted in whole seconds).
+const PAST_TTL: Duration = Duration::from_millis(1100);
+
+#[tokio::test]
+async fn manifest_expires_after_its_ttl_while_the_segment_stays_hit() {
+    let origin = Origin::start().await;
+    origin.script("/live/index.m3u8", Script::ok("#EXTM3U\n#v1\n"));
+    origin.script("/live/seg1.ts", Script::ok("segment-bytes"));
+    let mut raw = edge_config(&origin);
+    raw.cache.ttl.manifest = ttl("1s");
+    let edge = TestEdge::start(raw).await;
+
+    assert_eq!(edge.get("/live/index.m3u8").await.x_cache(), "MISS");
+    assert_eq!(edge.get("/live/seg1.ts").await.x_cache(), "MISS");
+    edge.settle().await;
+    assert_eq!(edge.get("/live/index.m3u8").await.x_cache(), "HIT");
+    assert_eq!(edge.get("/live/seg1.ts").await.x_cache(), "HIT");
+
+    origin.script("/live/index.m3u8", Script::ok("#EXTM3U\n#v2\n"));
+    tokio::time::sleep(PAST_TTL).await;
+    let m = edge.get("/live/index.m3u8").await;
+    assert_eq!(m.x_cache(), "EXPIRED");
+    assert_eq!(m.body, "#EXTM3U\n#v2\n");
+    let s = edge.get("/live/seg1.ts").await;
+    assert_eq!(s.x_cache(), "HIT");
+    assert_eq!(s.body, "segment-bytes");
+
+    assert_eq!(origin.count("/live/index.m3u8"), 2);
+    assert_eq!(origin.count("/live/seg1.ts"), 1);
+}
+
+#[tokio::test]
+async fn origin_5xx_is_not_cached() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/v/err.ts",
+        Script::status(500, "boom").header("cache-control", "max-age=60"),
+    );
+    origin.script("/v/busy.ts", Script::status(503, "busy"));
+    let edge = TestEdge::start(edge_config(&origin)).await;
+
+    for path in ["/v/err.ts", "/v/busy.ts"] {
+        for _ in 0..2 {
+            let r = edge.get(path).await;
+            assert!(r.status.is_server_error(), "{path}: {}", r.status);
+            assert_ne!(r.x_cache(), "HIT");
+            edge.settle().await;
+        }
+        assert_eq!(origin.count(path), 2, "{path}");
+    }
+    assert_eq!(edge.edge.ram.len(), 0);
+}
+
+#[tokio::test]
+async fn not_found_is_cached_for_the_negative_ttl() {
+    let origin = Origin::start().await;
+    origin.script("/v/missing.ts", Script::status(404, "no such segment"));
+    let mut raw = edge_config(&origin);
+    raw.cache.negative_ttl = Some("1s".into());
+    let edge = TestEdge::start(raw).await;
+
+    let r = edge.get("/v/missing.ts").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(r.x_cache(), "MISS");
+    edge.settle().await;
+    let r = edge.get("/v/missing.ts").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(r.x_cache(), "HIT");
+    assert_eq!(r.body, "no such segment");
+    assert_eq!(origin.count("/v/missing.ts"), 1);
+
+    origin.script("/v/missing.ts", Script::ok("published now"));
+    tokio::time::sleep(PAST_TTL).await;
+    let r = edge.get("/v/missing.ts").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body, "published now");
+    assert_eq!(origin.count("/v/missing.ts"), 2);
+}
+
+#[tokio::test]
+async fn expired_object_is_revalidated_with_if_none_match_and_a_304_keeps_the_body() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/v/rev.ts",
+        Script::ok("revalidated body")
+            .header("cache-control", "max-age=1")
+            .header("etag", "\"r1\""),
+    );
+    let edge = TestEdge::start(edge_config(&origin)).await;
+    assert_eq!(edge.get("/v/rev.ts").await.x_cache(), "MISS");
+    edge.settle().await;
+
+    tokio::time::sleep(PAST_TTL).await;
+    let r = edge.get("/v/rev.ts").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.x_cache(), "EXPIRED");
+    assert_eq!(r.body, "revalidated body");
+    assert_eq!(r.h("etag"), "\"r1\"");
+
+    let seen = origin.seen("/v/rev.ts");
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0].header("if-none-match"), None);
+    assert_eq!(seen[1].header("if-none-match"), Some("\"r1\""));
+    let statuses: Vec<u16> = origin.sent("/v/rev.ts").iter().map(|s| s.status).collect();
+    assert_eq!(statuses, [200, 304], "no second full body from the origin");
+
+    edge.settle().await;
+    let r = edge.get("/v/rev.ts").await;
+    assert_eq!(r.x_cache(), "HIT", "the 304 refreshed the stored object");
+    assert_eq!(r.body, "revalidated body");
+    assert_eq!(origin.count("/v/rev.ts"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_while_revalidate_serves_stale_and_refreshes_once_in_the_background() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/v/swr.ts",
+        Script::ok("old").header("cache-control", "max-age=1, stale-while-revalidate=30"),
+    );
+    let edge = TestEdge::start(edge_config(&origin)).await;
+    assert_eq!(edge.get("/v/swr.ts").await.x_cache(), "MISS");
+    edge.settle().await;
+
+    // The refresh is held at the origin until every stale answer is in.
+    let gate = Gate::new();
+    origin.script(
+        "/v/swr.ts",
+        Script::ok("new")
+            .header("cache-control", "max-age=60")
+            .gate(&gate),
+    );
+    tokio::time::sleep(PAST_TTL).await;
+    let mut stale = Vec::new();
+    for _ in 0..10 {
+        stale.push(edge.get("/v/swr.ts"));
+    }
+    for r in futures_util::future::join_all(stale).await {
+        assert_eq!(r.x_cache(), "STALE");
+        assert_eq!(r.body, "old");
+        assert!(r.h("cache-status").contains("stale-while-revalidate"));
+    }
+    until("the refresh reached the origin", || {
+        origin.count("/v/swr.ts") == 2
+    })
+    .await;
+    gate.open();
+    edge.settle().await;
+
+    let r = edge.get("/v/swr.ts").await;
+    assert_eq!(r.x_cache(), "HIT");
+    assert_eq!(r.body, "new");
+    assert_eq!(
+        origin.count("/v/swr.ts"),
+        2,
+        "exactly one background refresh"
+    );
+}

@@ -1,0 +1,194 @@
+//! The live-burst harness end to end: `vedge origin` on 127.0.0.1:0, simulated viewers against it
+//! (directly, and through the edge), origin counters read back from /__stats.
+
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use url::Url;
+use vedge::bench::load::{RunConfig, Scenario};
+use vedge::bench::origin::{self, Latency, OriginOptions};
+
+/// Starts the simulator; dropping the returned sender shuts it down.
+async fn start_origin(opts: OriginOptions) -> (String, oneshot::Sender<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, rx) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let _ = origin::serve(opts, listener, async {
+            let _ = rx.await;
+        })
+        .await;
+    });
+    (format!("http://{addr}"), tx)
+}
+
+fn config(base: &str, path: &str, scenario: Scenario, viewers: u64, secs: u64) -> RunConfig {
+    RunConfig {
+        target: Url::parse(&format!("{base}{path}")).expect("url"),
+        origin_stats: Some(Url::parse(&format!("{base}/__stats")).expect("url")),
+        viewers,
+        duration: Duration::from_secs(secs),
+        scenario,
+        ramp: Duration::from_millis(500),
+        burst_window: Duration::from_millis(200),
+        mix: vec![1, 1],
+        abr: false,
+        timeout: Duration::from_secs(5),
+        seed: 3,
+    }
+}
+
+#[tokio::test]
+async fn harness_counts_match_the_origin_counters_hls() {
+    let (base, _stop) = start_origin(OriginOptions::default()).await;
+    let cfg = config(&base, "/live/it-hls/master.m3u8", Scenario::Burst, 60, 3);
+    let r = vedge::bench::live_burst_report(&cfg, |_| {})
+        .await
+        .expect("run");
+    assert_eq!(r.error_total, 0, "errors: {:?}", r.errors);
+    assert_eq!(r.viewers_played, 60);
+    let seg = &r.classes["segment"];
+    let init = &r.classes["init"];
+    assert!(
+        seg.ok >= 60 * 3,
+        "each viewer fetched its first 3 segments: {}",
+        seg.ok
+    );
+    let o = r.origin.as_ref().expect("origin stats");
+    // No cache in between: the origin saw every media request the viewers made.
+    assert_eq!(o.media_requests, seg.ok + init.ok);
+    // The 1:1 mix spread viewers over both renditions.
+    assert!(o.per_object.iter().any(|(p, _)| p.contains("/r0/")));
+    assert!(o.per_object.iter().any(|(p, _)| p.contains("/r1/")));
+}
+
+#[tokio::test]
+async fn dash_segment_storm_without_errors() {
+    let (base, _stop) = start_origin(OriginOptions::default()).await;
+    let cfg = config(
+        &base,
+        "/live/it-dash/manifest.mpd",
+        Scenario::SegmentStorm,
+        40,
+        3,
+    );
+    let r = vedge::bench::live_burst_report(&cfg, |_| {})
+        .await
+        .expect("run");
+    assert_eq!(r.error_total, 0, "errors: {:?}", r.errors);
+    assert_eq!(r.viewers_played, 40);
+    assert_eq!(r.classes["master"].ok, 40);
+}
+
+#[tokio::test]
+async fn vod_viewers_seek_and_play() {
+    let (base, _stop) = start_origin(OriginOptions::default()).await;
+    let cfg = config(&base, "/vod/it-vod/master.m3u8", Scenario::Vod, 20, 2);
+    let r = vedge::bench::live_burst_report(&cfg, |_| {})
+        .await
+        .expect("run");
+    assert_eq!(r.error_total, 0, "errors: {:?}", r.errors);
+    assert!(r.classes["segment"].ok >= 20);
+}
+
+#[tokio::test]
+async fn injected_origin_errors_are_reported_not_hidden() {
+    let opts = OriginOptions {
+        error_rate: 1.0,
+        manifest_latency: Latency::Fixed(Duration::ZERO),
+        ..OriginOptions::default()
+    };
+    let (base, _stop) = start_origin(opts).await;
+    let cfg = config(&base, "/live/it-err/master.m3u8", Scenario::Burst, 5, 1);
+    let r = vedge::bench::live_burst_report(&cfg, |_| {})
+        .await
+        .expect("run");
+    assert_eq!(r.requests, 0);
+    assert!(
+        r.errors.get("http_503").copied().unwrap_or(0) >= 5,
+        "{:?}",
+        r.errors
+    );
+}
+
+#[tokio::test]
+async fn unreachable_target_is_an_error() {
+    // Bind then drop: nothing listens on that port any more.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut cfg = config(&base, "/live/x/master.m3u8", Scenario::Steady, 1, 1);
+    cfg.origin_stats = None;
+    let err = vedge::bench::live_burst_report(&cfg, |_| {})
+        .await
+        .expect_err("nothing listens there");
+    assert!(format!("{err:#}").contains("unreachable"), "{err:#}");
+}
+
+/// Starts the edge in front of `origin`; dropping the returned sender shuts it down.
+async fn start_edge(origin: &str) -> (String, oneshot::Sender<()>) {
+    let cfg = vedge::config::Config::for_origin(origin).expect("config");
+    let viewer = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = viewer.local_addr().expect("addr");
+    let (tx, rx) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let listeners = vedge::Listeners {
+            viewer,
+            admin: None,
+        };
+        if let Err(e) = vedge::run(cfg, listeners, async {
+            let _ = rx.await;
+        })
+        .await
+        {
+            eprintln!("edge stopped: {e:#}");
+        }
+    });
+    (format!("http://{addr}"), tx)
+}
+
+/// The goal: hundreds of viewers at the live edge of a cold stream behind vedge, with a
+/// 200 ms origin -> one origin request per segment, and no viewer error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segment_storm_through_vedge_is_collapsed_to_one_origin_request() {
+    let opts = OriginOptions {
+        segment_latency: Latency::Fixed(Duration::from_millis(200)),
+        ..OriginOptions::default()
+    };
+    let (origin, _stop_origin) = start_origin(opts).await;
+    let (edge, _stop_edge) = start_edge(&origin).await;
+    let mut cfg = config(
+        &edge,
+        "/live/it-storm/master.m3u8",
+        Scenario::SegmentStorm,
+        300,
+        5,
+    );
+    cfg.origin_stats = Some(Url::parse(&format!("{origin}/__stats")).expect("url"));
+    let r = vedge::bench::live_burst_report(&cfg, |_| {})
+        .await
+        .expect("run");
+    assert_eq!(r.error_total, 0, "errors: {:?}", r.errors);
+    assert_eq!(r.viewers_played, 300);
+    let o = r.origin.as_ref().expect("origin stats");
+    assert!(o.media_objects >= 4, "{o:?}");
+    assert_eq!(
+        o.max_requests_per_object, 1,
+        "per object: {:?}",
+        o.per_object
+    );
+    assert_eq!(o.amplification, 1.0);
+    // Every viewer got its segments, and the edge said which were hits.
+    let seg = &r.classes["segment"];
+    assert!(seg.ok >= 300 * 3, "{}", seg.ok);
+    assert!(
+        seg.cache.get("HIT").copied().unwrap_or(0) > 0,
+        "{:?}",
+        seg.cache
+    );
+}

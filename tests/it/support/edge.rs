@@ -1,0 +1,281 @@
+//! An edge under test: `vedge::serve` on `127.0.0.1:0` in front of a given origin, with a small
+//! HTTP client and raw-socket helpers for what a well-behaved client cannot send or notice
+//! (malformed requests, truncated bodies).
+//!
+//! ```ignore
+//! let origin = Origin::start().await;
+//! let edge = TestEdge::start(edge_config(&origin)).await;   // or tweak the RawConfig first
+//! let r = edge.get("/a.ts").await;
+//! assert_eq!(r.x_cache(), "MISS");
+//! edge.settle().await;                                      // fills done, objects stored
+//! ```
+//!
+//! Dropping a `TestEdge` shuts the server down.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use vedge::config::{RawConfig, RawTtl};
+
+use super::origin::Origin;
+
+/// A `RawConfig` for tests: the given origin, a small RAM tier, short timeouts, so a broken
+/// test fails in seconds rather than hanging.
+pub fn edge_config(origin: &Origin) -> RawConfig {
+    let mut raw = RawConfig {
+        origin: Some(origin.url()),
+        ram_size: Some("64MiB".into()),
+        ..RawConfig::default()
+    };
+    raw.cache.collapse_timeout = Some("5s".into());
+    raw.origin_client.first_byte_timeout = Some("5s".into());
+    raw.origin_client.between_bytes_timeout = Some("3s".into());
+    raw.origin_client.connect_timeout = Some("1s".into());
+    raw.server.shutdown_grace = Some("1s".into());
+    raw
+}
+
+/// A TTL rule with only `default` set, for `raw.cache.ttl.<class>`.
+pub fn ttl(default: &str) -> Option<RawTtl> {
+    Some(RawTtl {
+        default: Some(default.into()),
+        ..RawTtl::default()
+    })
+}
+
+/// A running edge. Dropping it shuts it down.
+pub struct TestEdge {
+    pub edge: Arc<vedge::Edge>,
+    pub addr: SocketAddr,
+    client: Client<HttpConnector, Full<Bytes>>,
+    shutdown: Option<oneshot::Sender<()>>,
+}
+
+impl TestEdge {
+    /// Validates `raw`, builds the edge and serves it on `127.0.0.1:0`.
+    pub async fn start(raw: RawConfig) -> TestEdge {
+        let cfg = vedge::Config::try_from(raw).expect("test config is valid");
+        let edge = vedge::Edge::new(cfg).await.expect("edge starts");
+        let viewer = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the edge on loopback");
+        let addr = viewer.local_addr().expect("edge local addr");
+        let (tx, rx) = oneshot::channel::<()>();
+        let shutdown = async move {
+            let _ = rx.await;
+        };
+        tokio::spawn(vedge::serve(
+            edge.clone(),
+            vedge::Listeners {
+                viewer,
+                admin: None,
+            },
+            shutdown,
+        ));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(64)
+            .build_http();
+        TestEdge {
+            edge,
+            addr,
+            client,
+            shutdown: Some(tx),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// A request builder for `path` on this edge.
+    pub fn req(&self, method: Method, path: &str) -> http::request::Builder {
+        Request::builder().method(method).uri(self.url(path))
+    }
+
+    /// `GET path`, body read to the end.
+    pub async fn get(&self, path: &str) -> Resp {
+        self.send(self.req(Method::GET, path), Bytes::new()).await
+    }
+
+    /// `GET path` with extra request headers.
+    pub async fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> Resp {
+        let mut b = self.req(Method::GET, path);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        self.send(b, Bytes::new()).await
+    }
+
+    /// Sends a request and reads the whole response (panics if the body fails: use
+    /// `send_streaming` or `raw` to observe aborted bodies).
+    pub async fn send(&self, b: http::request::Builder, body: Bytes) -> Resp {
+        let resp = self.send_streaming(b, body).await;
+        let (parts, body) = resp.into_parts();
+        let body = tokio::time::timeout(Duration::from_secs(10), body.collect())
+            .await
+            .expect("response body within 10 s")
+            .expect("response body completes")
+            .to_bytes();
+        Resp {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+
+    /// Sends a request and returns once the response head arrived.
+    pub async fn send_streaming(
+        &self,
+        b: http::request::Builder,
+        body: Bytes,
+    ) -> http::Response<hyper::body::Incoming> {
+        let req = b.body(Full::new(body)).expect("valid test request");
+        tokio::time::timeout(Duration::from_secs(10), self.client.request(req))
+            .await
+            .expect("response head within 10 s")
+            .expect("request to the edge")
+    }
+
+    /// Writes `bytes` on a fresh connection and reads until the edge closes it (or 10 s).
+    pub async fn raw(&self, bytes: &[u8]) -> RawResp {
+        let mut s = TcpStream::connect(self.addr)
+            .await
+            .expect("connect to edge");
+        s.write_all(bytes).await.expect("write raw request");
+        read_raw(&mut s).await
+    }
+
+    /// Waits (bounded, 5 s) until no origin fetch is in flight: every fill has ended and its
+    /// object, if storable, is in the cache. A response can be complete at the viewer before the
+    /// fill driver stores it; tests that expect a HIT next call this first.
+    pub async fn settle(&self) {
+        until("every fill ended", || self.edge.fills.is_empty()).await;
+    }
+
+    /// How many requests joined another request's fill (the `collapsed` counter).
+    pub fn collapsed(&self) -> u64 {
+        self.edge
+            .metrics
+            .collapsed
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Waits until `cond` holds, checking every 2 ms, failing the test after 10 s. For state the
+/// edge exposes no event for (fills in flight, counters); never a fixed sleep.
+pub async fn until(what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+impl Drop for TestEdge {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A complete response.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Resp {
+    /// A header's value as text ("" when absent).
+    pub fn h(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    pub fn x_cache(&self) -> &str {
+        self.h("x-cache")
+    }
+}
+
+/// What a raw connection received before the edge closed it.
+#[derive(Debug)]
+pub struct RawResp {
+    pub bytes: Vec<u8>,
+    /// Whether the edge closed the connection (EOF or reset) within the time limit.
+    pub closed: bool,
+}
+
+impl RawResp {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes).into_owned()
+    }
+
+    /// The status code of the first response.
+    pub fn status(&self) -> u16 {
+        self.text()
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// The head (up to the blank line) and the body bytes after it.
+    pub fn split(&self) -> (String, &[u8]) {
+        match self.bytes.windows(4).position(|w| w == b"\r\n\r\n") {
+            Some(i) => (
+                String::from_utf8_lossy(&self.bytes[..i]).into_owned(),
+                &self.bytes[i + 4..],
+            ),
+            None => (self.text(), &[]),
+        }
+    }
+
+    /// A response header's value (first match, case-insensitive name).
+    pub fn header(&self, name: &str) -> Option<String> {
+        let (head, _) = self.split();
+        head.split("\r\n").skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    }
+}
+
+/// Reads until EOF/reset or 10 s.
+pub async fn read_raw(s: &mut TcpStream) -> RawResp {
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 16 << 10];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Err(_) => {
+                return RawResp {
+                    bytes,
+                    closed: false,
+                }
+            }
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                return RawResp {
+                    bytes,
+                    closed: true,
+                }
+            }
+            Ok(Ok(n)) => bytes.extend_from_slice(&buf[..n]),
+        }
+    }
+}
