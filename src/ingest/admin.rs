@@ -54,21 +54,49 @@ impl Sink for EdgeSink {
     }
 
     fn free_for_pinned(&self) -> SinkFuture<'_, Option<u64>> {
-        // The edge does not expose its store's pinned share yet; the store refuses with Full.
-        Box::pin(std::future::ready(Ok(None)))
+        Box::pin(std::future::ready(Ok(self.edge.free_for_pinned())))
     }
 
     fn put(&self, object: PushObject) -> SinkFuture<'_, ()> {
-        let key = object.key.clone();
-        self.edge
-            .insert(key.clone(), Arc::new(cached_object(&object)));
-        self.stored.lock().push(key);
-        Box::pin(std::future::ready(Ok::<(), SinkError>(())))
+        Box::pin(async move {
+            let key = object.key.clone();
+            let obj = Arc::new(cached_object(&object));
+            match &self.edge.store {
+                // Durable and pinned before it counts as stored (atomic publish relies on it).
+                Some(store) => {
+                    store
+                        .insert_durable(
+                            key.as_bytes(),
+                            crate::edge::store_meta(&obj),
+                            obj.body.clone(),
+                            vedge_storage::Source::Push,
+                        )
+                        .await
+                        .map_err(|e| match e {
+                            vedge_storage::StoreError::Full(m) => SinkError::Full(m),
+                            other => SinkError::Other(other.to_string()),
+                        })?;
+                    obj.disk.store(true, Ordering::Relaxed);
+                    self.edge.ram.insert(key.clone(), obj);
+                }
+                None => self.edge.insert(key.clone(), obj),
+            }
+            self.stored.lock().push(key);
+            Ok(())
+        })
     }
 
     fn release<'a>(&'a self, keys: &'a [String]) -> SinkFuture<'a, ()> {
-        for k in keys {
-            self.edge.purge_key(k);
+        // Unpinned and dropped from RAM: nothing of an unpublished asset stays pinned. The store
+        // copy remains until evicted, so a rerun that finds it resumes.
+        if let Some(store) = &self.edge.store {
+            for k in keys {
+                store.unpin(k.as_bytes());
+            }
+        } else {
+            for k in keys {
+                self.edge.purge_key(k);
+            }
         }
         Box::pin(std::future::ready(Ok(())))
     }
@@ -290,8 +318,12 @@ fn unpin_job(jobs: &IngestJobs, id: &str) -> Response<Body> {
         return error(StatusCode::NOT_FOUND, format!("no ingest job {id}"));
     };
     let keys = std::mem::take(&mut *job.sink.stored.lock());
-    // Releasing to normal eviction: the RAM tier evicts by itself; dropping the job drops the
-    // pin bookkeeping.
+    // Released to normal eviction: unpinned in the store (the RAM tier evicts by itself).
+    if let Some(store) = &job.sink.edge.store {
+        for k in &keys {
+            store.unpin(k.as_bytes());
+        }
+    }
     json(
         StatusCode::OK,
         &serde_json::json!({ "released": keys.len() }),
@@ -335,7 +367,17 @@ where
         body,
         headers,
     };
-    edge.insert(key.clone(), Arc::new(cached_object(&obj)));
+    let sink = EdgeSink {
+        edge: edge.clone(),
+        stored: Mutex::new(Vec::new()),
+    };
+    if let Err(e) = sink.put(obj).await {
+        let status = match e {
+            SinkError::Full(_) => StatusCode::INSUFFICIENT_STORAGE,
+            SinkError::Other(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        return error(status, e.to_string());
+    }
     json(
         StatusCode::CREATED,
         &serde_json::json!({ "key": key, "bytes": len }),
