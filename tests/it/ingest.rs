@@ -557,7 +557,19 @@ async fn viewer_get(edge_addr: std::net::SocketAddr, path: &str) -> (StatusCode,
 async fn with_the_origin_stopped_every_ingested_object_is_a_hit_and_a_failed_asset_serves_no_manifest(
 ) {
     let o = origin(fixtures(), vec!["hls-fmp4/v1/seg_003.m4s".to_string()]).await;
-    let config = vedge::config::Config::for_origin(&format!("http://{}", o.addr)).expect("config");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut config =
+        vedge::config::Config::for_origin(&format!("http://{}", o.addr)).expect("config");
+    // A store-backed edge: pushed objects go to disk, durable and pinned.
+    config.store = Some(vedge::config::StoreSettings {
+        path: tmp.path().join("edge.store"),
+        size: (2 << 20) + (16 << 20),
+        region_size: 2 << 20,
+        reformat: false,
+        io_engine: vedge::config::IoEngineChoice::Psync,
+        admit_window: Duration::from_secs(600),
+        write_rate: None,
+    });
     let edge = vedge::edge::Edge::new(config).await.expect("edge");
     let admin = format!("http://{}", admin_server(edge.clone(), "s3cret").await);
     let client = vedge::ingest::client::AdminClient::new(&admin, "s3cret", HOST);
@@ -586,6 +598,15 @@ async fn with_the_origin_stopped_every_ingested_object_is_a_hit_and_a_failed_ass
         std::future::pending(),
     ));
     let dir = fixtures().join("dash-timeline");
+    let store = edge.store.as_ref().expect("store");
+    for f in files(&dir, "/dash-timeline") {
+        let key = cache_key(HOST, &f, &[]);
+        let hit = store
+            .lookup(key.as_bytes())
+            .await
+            .unwrap_or_else(|| panic!("{key} on disk"));
+        assert!(hit.meta.pinned, "{key} pinned");
+    }
     for f in files(&dir, "/dash-timeline") {
         let want = std::fs::metadata(dir.join(f.trim_start_matches("/dash-timeline/")))
             .expect("meta")
