@@ -12,3 +12,4 @@ mod edge_ranges;
 mod edge_store;
 mod edge_vary;
 mod harness;
+mod ingest;

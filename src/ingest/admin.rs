@@ -1,0 +1,385 @@
+//! The ingest half of the admin API, called by `crate::admin` after it has checked the bearer
+//! token (so a wrong token changes nothing):
+//!
+//! - `POST /admin/ingest` `{"assets": ["http://origin/vod/a/master.m3u8"], "host": "...",
+//!   "allow_partial": false, "include_keys": false, "concurrency": 8}` -> `202 {"id": N}`
+//! - `GET /admin/ingest/{id}` -> progress counters, then the per-asset reports when done
+//! - `PUT /admin/objects/{path}` (header `X-Vedge-Host`, optional; `Content-Type` etc. kept)
+//!   -> stores one pushed object, pinned
+//! - `DELETE /admin/assets/{id}` -> unpins (releases) what job `id` stored
+//!
+//! Handlers are generic over the request body so tests drive them without a socket.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+use super::engine::{
+    ingest_asset, AssetReport, Existing, IngestOptions, KeyMapper, Progress, ProgressSnapshot,
+    PushObject, Sink, SinkError, SinkFuture,
+};
+use super::store::cached_object;
+use crate::cache::key::cache_key;
+use crate::edge::Edge;
+use crate::http::body::Body;
+use crate::manifest::fetch::HttpFetcher;
+use crate::manifest::{discover, ObjectKind, Scope, WalkOptions};
+
+/// Largest body accepted by `PUT /admin/objects/...`.
+pub const MAX_PUSH_BYTES: usize = 1 << 30;
+
+/// The edge as a sink: pushed objects go where pulled ones go (`Edge::insert`).
+pub struct EdgeSink {
+    pub edge: Arc<Edge>,
+    /// Keys stored through this sink (for `DELETE /admin/assets/{id}`).
+    pub stored: Mutex<Vec<String>>,
+}
+
+impl Sink for EdgeSink {
+    fn existing<'a>(&'a self, key: &'a str) -> SinkFuture<'a, Option<Existing>> {
+        Box::pin(async move {
+            Ok(self.edge.lookup(key).await.map(|(o, _)| Existing {
+                len: o.body.len() as u64,
+                etag: o.etag().and_then(|v| v.to_str().ok()).map(str::to_string),
+            }))
+        })
+    }
+
+    fn free_for_pinned(&self) -> SinkFuture<'_, Option<u64>> {
+        Box::pin(std::future::ready(Ok(self.edge.free_for_pinned())))
+    }
+
+    fn put(&self, object: PushObject) -> SinkFuture<'_, ()> {
+        Box::pin(async move {
+            let key = object.key.clone();
+            let obj = Arc::new(cached_object(&object));
+            match &self.edge.store {
+                // Durable and pinned before it counts as stored (atomic publish relies on it).
+                Some(store) => {
+                    store
+                        .insert_durable(
+                            key.as_bytes(),
+                            crate::edge::store_meta(&obj),
+                            obj.body.clone(),
+                            vedge_storage::Source::Push,
+                        )
+                        .await
+                        .map_err(|e| match e {
+                            vedge_storage::StoreError::Full(m) => SinkError::Full(m),
+                            other => SinkError::Other(other.to_string()),
+                        })?;
+                    obj.disk.store(true, Ordering::Relaxed);
+                    self.edge.ram.insert(key.clone(), obj);
+                }
+                None => self.edge.insert(key.clone(), obj),
+            }
+            self.stored.lock().push(key);
+            Ok(())
+        })
+    }
+
+    fn release<'a>(&'a self, keys: &'a [String]) -> SinkFuture<'a, ()> {
+        // Unpinned and dropped from RAM: nothing of an unpublished asset stays pinned. The store
+        // copy remains until evicted, so a rerun that finds it resumes.
+        if let Some(store) = &self.edge.store {
+            for k in keys {
+                store.unpin(k.as_bytes());
+            }
+        } else {
+            for k in keys {
+                self.edge.purge_key(k);
+            }
+        }
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+/// One `POST /admin/ingest` job.
+pub struct Job {
+    pub progress: Arc<Progress>,
+    pub reports: Mutex<Option<Vec<AssetReport>>>,
+    pub sink: Arc<EdgeSink>,
+}
+
+/// The jobs of one admin listener.
+#[derive(Default)]
+pub struct IngestJobs {
+    next: AtomicU64,
+    jobs: Mutex<HashMap<u64, Arc<Job>>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct IngestRequest {
+    assets: Vec<String>,
+    host: Option<String>,
+    #[serde(default)]
+    allow_partial: bool,
+    #[serde(default)]
+    include_keys: bool,
+    #[serde(default)]
+    allow_other_hosts: bool,
+    #[serde(default)]
+    allow_outside_dir: bool,
+    concurrency: Option<usize>,
+}
+
+#[derive(Serialize)]
+struct JobStatus<'a> {
+    id: u64,
+    done: bool,
+    progress: ProgressSnapshot,
+    assets: Option<&'a [AssetReport]>,
+}
+
+fn json(status: StatusCode, v: &impl Serialize) -> Response<Body> {
+    let body = serde_json::to_vec(v).unwrap_or_default();
+    let mut r = Response::new(Body::full(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn error(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
+    json(status, &serde_json::json!({ "error": msg.into() }))
+}
+
+/// Handles the ingest routes; `None` when the request is for another admin route.
+pub async fn handle<B>(
+    edge: &Arc<Edge>,
+    jobs: &Arc<IngestJobs>,
+    req: Request<B>,
+) -> Option<Response<Body>>
+where
+    B: http_body::Body + Send,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    if method == Method::POST && path == "/admin/ingest" {
+        return Some(start_job(edge, jobs, req).await);
+    }
+    if method == Method::GET {
+        if let Some(id) = path.strip_prefix("/admin/ingest/") {
+            return Some(job_status(jobs, id));
+        }
+    }
+    if method == Method::PUT {
+        if let Some(rest) = path.strip_prefix("/admin/objects") {
+            let target = match req.uri().query() {
+                Some(q) => format!("{rest}?{q}"),
+                None => rest.to_string(),
+            };
+            return Some(put_object(edge, &target, req).await);
+        }
+    }
+    if method == Method::DELETE {
+        if let Some(id) = path.strip_prefix("/admin/assets/") {
+            return Some(unpin_job(jobs, id));
+        }
+    }
+    None
+}
+
+async fn read_body<B>(req: Request<B>, limit: usize) -> Result<(HeaderMap, Bytes), Response<Body>>
+where
+    B: http_body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (parts, body) = req.into_parts();
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(b) => Ok((parts.headers, b.to_bytes())),
+        Err(e) => Err(error(StatusCode::BAD_REQUEST, format!("reading body: {e}"))),
+    }
+}
+
+async fn start_job<B>(edge: &Arc<Edge>, jobs: &Arc<IngestJobs>, req: Request<B>) -> Response<Body>
+where
+    B: http_body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (_, body) = match read_body(req, 1 << 20).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let r: IngestRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("body must be JSON {{\"assets\": [\"http://...\"]}}: {e}"),
+            )
+        }
+    };
+    let mut urls = Vec::new();
+    for a in &r.assets {
+        match Url::parse(a) {
+            Ok(u) if u.scheme() == "http" => urls.push(u),
+            _ => return error(StatusCode::BAD_REQUEST, format!("{a}: not an http:// URL")),
+        }
+    }
+    if urls.is_empty() {
+        return error(StatusCode::BAD_REQUEST, "no assets given");
+    }
+    let id = jobs.next.fetch_add(1, Ordering::Relaxed) + 1;
+    let job = Arc::new(Job {
+        progress: Arc::new(Progress::default()),
+        reports: Mutex::new(None),
+        sink: Arc::new(EdgeSink {
+            edge: edge.clone(),
+            stored: Mutex::new(Vec::new()),
+        }),
+    });
+    jobs.jobs.lock().insert(id, job.clone());
+    let keys = KeyMapper {
+        host: r
+            .host
+            .clone()
+            .unwrap_or_else(|| edge.config.listen.to_string()),
+        drop_query_params: edge.config.cache.drop_query_params.clone(),
+        local_root: None,
+    };
+    let walk = WalkOptions {
+        scope: Scope {
+            allow_other_hosts: r.allow_other_hosts,
+            allow_outside_dir: r.allow_outside_dir,
+            root_dir: None,
+        },
+        include_keys: r.include_keys,
+        ..WalkOptions::default()
+    };
+    let opts = IngestOptions {
+        concurrency: r.concurrency.unwrap_or(8).clamp(1, 256),
+        allow_partial: r.allow_partial,
+        ..IngestOptions::default()
+    };
+    tokio::spawn(async move {
+        let fetcher = HttpFetcher::new(Duration::from_secs(30), 3);
+        let mut reports = Vec::new();
+        for url in urls {
+            let report = match discover(&url, &fetcher, &walk).await {
+                Ok(asset) => {
+                    ingest_asset(
+                        &asset,
+                        &fetcher,
+                        job.sink.as_ref(),
+                        &keys,
+                        &opts,
+                        &job.progress,
+                    )
+                    .await
+                }
+                Err(e) => AssetReport::refused(url.as_str(), e.to_string()),
+            };
+            reports.push(report);
+        }
+        *job.reports.lock() = Some(reports);
+    });
+    json(StatusCode::ACCEPTED, &serde_json::json!({ "id": id }))
+}
+
+fn job_status(jobs: &IngestJobs, id: &str) -> Response<Body> {
+    let Some(job) = id
+        .parse::<u64>()
+        .ok()
+        .and_then(|i| jobs.jobs.lock().get(&i).cloned())
+    else {
+        return error(StatusCode::NOT_FOUND, format!("no ingest job {id}"));
+    };
+    let reports = job.reports.lock();
+    json(
+        StatusCode::OK,
+        &JobStatus {
+            id: id.parse().unwrap_or(0),
+            done: reports.is_some(),
+            progress: job.progress.snapshot(),
+            assets: reports.as_deref(),
+        },
+    )
+}
+
+fn unpin_job(jobs: &IngestJobs, id: &str) -> Response<Body> {
+    let Some(job) = id
+        .parse::<u64>()
+        .ok()
+        .and_then(|i| jobs.jobs.lock().remove(&i))
+    else {
+        return error(StatusCode::NOT_FOUND, format!("no ingest job {id}"));
+    };
+    let keys = std::mem::take(&mut *job.sink.stored.lock());
+    // Released to normal eviction: unpinned in the store (the RAM tier evicts by itself).
+    if let Some(store) = &job.sink.edge.store {
+        for k in &keys {
+            store.unpin(k.as_bytes());
+        }
+    }
+    json(
+        StatusCode::OK,
+        &serde_json::json!({ "released": keys.len() }),
+    )
+}
+
+async fn put_object<B>(edge: &Arc<Edge>, target: &str, req: Request<B>) -> Response<Body>
+where
+    B: http_body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    if !target.starts_with('/') || target.len() < 2 {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "PUT /admin/objects/{path}: path required",
+        );
+    }
+    let host = req
+        .headers()
+        .get("x-vedge-host")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .unwrap_or_else(|| edge.config.listen.to_string());
+    let (mut headers, body) = match read_body(req, MAX_PUSH_BYTES).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    headers.remove(header::AUTHORIZATION);
+    headers.remove("x-vedge-host");
+    let key = cache_key(&host, target, &edge.config.cache.drop_query_params);
+    let path = target.split('?').next().unwrap_or(target);
+    let kind = match path.rsplit('.').next() {
+        Some("m3u8") => ObjectKind::Playlist,
+        Some("mpd") => ObjectKind::Mpd,
+        _ => ObjectKind::Segment,
+    };
+    let len = body.len();
+    let obj = PushObject {
+        key: key.clone(),
+        kind,
+        body,
+        headers,
+    };
+    let sink = EdgeSink {
+        edge: edge.clone(),
+        stored: Mutex::new(Vec::new()),
+    };
+    if let Err(e) = sink.put(obj).await {
+        let status = match e {
+            SinkError::Full(_) => StatusCode::INSUFFICIENT_STORAGE,
+            SinkError::Other(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        return error(status, e.to_string());
+    }
+    json(
+        StatusCode::CREATED,
+        &serde_json::json!({ "key": key, "bytes": len }),
+    )
+}

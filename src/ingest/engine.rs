@@ -1,0 +1,532 @@
+//! The ingest of one walked asset into a [`Sink`]: size pass, room check, bounded concurrent
+//! fetches with retries, skip of what is already stored, then atomic publish (manifests last,
+//! only when every other object is stored) or release of this run's partial objects.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::stream::{self, StreamExt};
+use http::HeaderMap;
+use serde::Serialize;
+use url::Url;
+
+use crate::manifest::{Asset, FetchError, Fetcher, Object, ObjectKind};
+
+/// One object to push, with the viewer-facing key it is stored under.
+#[derive(Debug, Clone)]
+pub struct PushObject {
+    pub key: String,
+    pub kind: ObjectKind,
+    pub body: Bytes,
+    /// Origin headers worth keeping (content type, validators, cache control).
+    pub headers: HeaderMap,
+}
+
+/// What a sink already holds under a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Existing {
+    pub len: u64,
+    pub etag: Option<String>,
+}
+
+/// Why a sink refused an object.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SinkError {
+    #[error("store full: {0}")]
+    Full(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+pub type SinkFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, SinkError>> + Send + 'a>>;
+
+/// Where ingested objects go: the store of a stopped edge, a running edge's admin API, or
+/// memory (tests). Every stored object is pinned.
+pub trait Sink: Send + Sync {
+    /// What is stored under `key`, if anything (for skip and resume).
+    fn existing<'a>(&'a self, key: &'a str) -> SinkFuture<'a, Option<Existing>>;
+    /// Bytes still available to pinned objects, if the sink knows.
+    fn free_for_pinned(&self) -> SinkFuture<'_, Option<u64>>;
+    /// Stores (and pins) one object durably.
+    fn put(&self, object: PushObject) -> SinkFuture<'_, ()>;
+    /// Releases objects this run stored for an asset that is not published (unpins them).
+    fn release<'a>(&'a self, keys: &'a [String]) -> SinkFuture<'a, ()>;
+}
+
+/// Maps a source URL to the key a viewer's request for it produces at the edge.
+#[derive(Debug, Clone)]
+pub struct KeyMapper {
+    /// Viewer-facing host (`Host` of viewer requests).
+    pub host: String,
+    /// Query parameters the edge drops from keys.
+    pub drop_query_params: Vec<String>,
+    /// For `file:` sources: the local directory and the viewer path prefix it is served under.
+    pub local_root: Option<(Url, String)>,
+}
+
+impl KeyMapper {
+    /// The viewer's request target for `url` (path and query).
+    pub fn viewer_path(&self, url: &Url) -> String {
+        let path = match (&self.local_root, url.scheme()) {
+            (Some((root, prefix)), "file") => {
+                let rel = url.path().strip_prefix(root.path()).unwrap_or(url.path());
+                format!(
+                    "{}/{}",
+                    prefix.trim_end_matches('/'),
+                    rel.trim_start_matches('/')
+                )
+            }
+            _ => url.path().to_string(),
+        };
+        match url.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path,
+        }
+    }
+
+    pub fn key(&self, url: &Url) -> String {
+        crate::cache::key::cache_key(&self.host, &self.viewer_path(url), &self.drop_query_params)
+    }
+}
+
+/// Ingest settings.
+#[derive(Debug, Clone)]
+pub struct IngestOptions {
+    /// Concurrent origin fetches.
+    pub concurrency: usize,
+    /// Publish the asset even if some objects failed.
+    pub allow_partial: bool,
+    /// Largest single object.
+    pub max_object_bytes: usize,
+}
+
+impl Default for IngestOptions {
+    fn default() -> Self {
+        IngestOptions {
+            concurrency: 8,
+            allow_partial: false,
+            max_object_bytes: 1 << 30,
+        }
+    }
+}
+
+/// Live counters, shared with a progress bar or the admin API's job status.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub objects_total: AtomicU64,
+    pub objects_done: AtomicU64,
+    pub bytes_total: AtomicU64,
+    pub bytes_done: AtomicU64,
+    pub skipped: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+impl Progress {
+    pub fn snapshot(&self) -> ProgressSnapshot {
+        ProgressSnapshot {
+            objects_total: self.objects_total.load(Ordering::Relaxed),
+            objects_done: self.objects_done.load(Ordering::Relaxed),
+            bytes_total: self.bytes_total.load(Ordering::Relaxed),
+            bytes_done: self.bytes_done.load(Ordering::Relaxed),
+            skipped: self.skipped.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct ProgressSnapshot {
+    pub objects_total: u64,
+    pub objects_done: u64,
+    pub bytes_total: u64,
+    pub bytes_done: u64,
+    pub skipped: u64,
+    pub failed: u64,
+}
+
+/// One object that could not be ingested.
+#[derive(Debug, Clone, Serialize)]
+pub struct Failure {
+    pub url: String,
+    pub reason: String,
+}
+
+/// How an asset ended.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Every object stored, manifests published.
+    Published,
+    /// Some objects failed but `--allow-partial` published the manifests anyway.
+    PublishedPartial,
+    /// Not published; objects stored by this run were released.
+    Failed,
+    /// Refused before writing (no room, walk error).
+    Refused,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Published => "published",
+            Outcome::PublishedPartial => "published_partial",
+            Outcome::Failed => "failed",
+            Outcome::Refused => "refused",
+        }
+    }
+}
+
+/// The summary of one asset.
+#[derive(Debug, Clone, Serialize)]
+pub struct AssetReport {
+    pub asset: String,
+    pub outcome: Outcome,
+    pub objects: u64,
+    pub bytes: u64,
+    pub stored: u64,
+    pub stored_bytes: u64,
+    pub skipped: u64,
+    pub failures: Vec<Failure>,
+    /// Set when the asset was refused before anything was written.
+    pub error: Option<String>,
+}
+
+impl AssetReport {
+    pub fn refused(asset: &str, error: String) -> Self {
+        AssetReport {
+            asset: asset.to_string(),
+            outcome: Outcome::Refused,
+            objects: 0,
+            bytes: 0,
+            stored: 0,
+            stored_bytes: 0,
+            skipped: 0,
+            failures: Vec::new(),
+            error: Some(error),
+        }
+    }
+}
+
+enum Done {
+    Stored { key: String, bytes: u64 },
+    Skipped,
+    Failed(Failure),
+}
+
+fn etag_of(h: &HeaderMap) -> Option<String> {
+    h.get(http::header::ETAG)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+/// Ingests one walked asset. Objects are fetched at most `concurrency` at a time; manifests are
+/// written (with the exact bytes the walk read) only after every other object is stored.
+pub async fn ingest_asset<F: Fetcher, S: Sink>(
+    asset: &Asset,
+    fetcher: &F,
+    sink: &S,
+    keys: &KeyMapper,
+    opts: &IngestOptions,
+    progress: &Arc<Progress>,
+) -> AssetReport {
+    let name = asset
+        .root
+        .as_ref()
+        .map_or_else(String::new, |u| u.to_string());
+    // Owned work items: the futures below must not borrow from a stream's items (a spawned
+    // caller would otherwise need them to be valid for any lifetime).
+    let media: Vec<(Object, String)> = asset
+        .media
+        .iter()
+        .map(|o| (o.clone(), keys.key(&o.url)))
+        .collect();
+    let conc = opts.concurrency.max(1);
+
+    // Size pass: what is already stored, and how much room the rest needs, before anything is
+    // written. Sizes come from the fetcher's cheap probe (HEAD, file metadata).
+    let manifest_bytes: u64 = asset
+        .manifests
+        .iter()
+        .map(|m| m.body.as_ref().map_or(0, |b| b.len() as u64))
+        .sum();
+    let urls: Vec<Url> = media.iter().map(|(o, _)| o.url.clone()).collect();
+    let sizes: Vec<Option<u64>> = stream::iter(urls)
+        .map(move |u| async move { fetcher.size(&u).await })
+        .buffered(conc)
+        .collect()
+        .await;
+    let key_list: Vec<String> = media.iter().map(|(_, k)| k.clone()).collect();
+    let existing: Vec<Option<Existing>> = stream::iter(key_list)
+        .map(move |k| async move { sink.existing(&k).await.ok().flatten() })
+        .buffered(conc)
+        .collect()
+        .await;
+    let total_bytes: u64 = sizes.iter().map(|s| s.unwrap_or(0)).sum::<u64>() + manifest_bytes;
+    let needed: u64 = sizes
+        .iter()
+        .zip(&existing)
+        .filter(|(s, e)| match (s, e) {
+            (Some(s), Some(e)) => e.len != *s,
+            _ => true,
+        })
+        .map(|(s, _)| s.unwrap_or(0))
+        .sum::<u64>()
+        + manifest_bytes;
+    progress
+        .objects_total
+        .fetch_add(asset.len() as u64, Ordering::Relaxed);
+    progress
+        .bytes_total
+        .fetch_add(total_bytes, Ordering::Relaxed);
+    match sink.free_for_pinned().await {
+        Ok(Some(free)) if free < needed => {
+            progress
+                .failed
+                .fetch_add(asset.len() as u64, Ordering::Relaxed);
+            return AssetReport::refused(
+                &name,
+                format!(
+                    "the store has {free} bytes free for pinned objects; this asset needs {needed} bytes ({:.1} MiB) more",
+                    needed as f64 / (1 << 20) as f64
+                ),
+            );
+        }
+        Ok(_) => {}
+        Err(e) => return AssetReport::refused(&name, format!("store: {e}")),
+    }
+
+    let items: Vec<(Object, String, Option<u64>, Option<Existing>)> = media
+        .into_iter()
+        .zip(sizes.into_iter().zip(existing))
+        .map(|((o, k), (s, e))| (o, k, s, e))
+        .collect();
+    let results: Vec<Done> = stream::iter(items)
+        .map(move |(o, key, size, present)| async move {
+            // Identical = same length (and same ETag when both sides have one).
+            if let (Some(e), Some(s)) = (&present, size) {
+                if e.len == s {
+                    progress.objects_done.fetch_add(1, Ordering::Relaxed);
+                    progress.bytes_done.fetch_add(s, Ordering::Relaxed);
+                    progress.skipped.fetch_add(1, Ordering::Relaxed);
+                    return Done::Skipped;
+                }
+            }
+            let fail = |reason: String| {
+                progress.failed.fetch_add(1, Ordering::Relaxed);
+                Done::Failed(Failure {
+                    url: o.url.to_string(),
+                    reason,
+                })
+            };
+            let fetched = match fetcher.fetch(&o.url, opts.max_object_bytes).await {
+                Ok(f) => f,
+                Err(e) => return fail(e.to_string()),
+            };
+            if let (Some(e), None) = (&present, size) {
+                if e.len == fetched.body.len() as u64
+                    && (e.etag.is_none() || e.etag == etag_of(&fetched.headers))
+                {
+                    progress.objects_done.fetch_add(1, Ordering::Relaxed);
+                    progress.skipped.fetch_add(1, Ordering::Relaxed);
+                    return Done::Skipped;
+                }
+            }
+            let bytes = fetched.body.len() as u64;
+            let put = sink
+                .put(PushObject {
+                    key: key.clone(),
+                    kind: o.kind,
+                    body: fetched.body,
+                    headers: fetched.headers,
+                })
+                .await;
+            match put {
+                Ok(()) => {
+                    progress.objects_done.fetch_add(1, Ordering::Relaxed);
+                    progress.bytes_done.fetch_add(bytes, Ordering::Relaxed);
+                    Done::Stored { key, bytes }
+                }
+                Err(e) => fail(format!("store: {e}")),
+            }
+        })
+        .buffer_unordered(conc)
+        .collect()
+        .await;
+
+    let mut report = AssetReport {
+        asset: name,
+        outcome: Outcome::Published,
+        objects: asset.len() as u64,
+        bytes: total_bytes,
+        stored: 0,
+        stored_bytes: 0,
+        skipped: 0,
+        failures: Vec::new(),
+        error: None,
+    };
+    let mut stored_keys = Vec::new();
+    for r in results {
+        match r {
+            Done::Stored { key, bytes } => {
+                report.stored += 1;
+                report.stored_bytes += bytes;
+                stored_keys.push(key);
+            }
+            Done::Skipped => report.skipped += 1,
+            Done::Failed(f) => report.failures.push(f),
+        }
+    }
+    if !report.failures.is_empty() && !opts.allow_partial {
+        report.outcome = Outcome::Failed;
+        if let Err(e) = sink.release(&stored_keys).await {
+            report.failures.push(Failure {
+                url: String::new(),
+                reason: format!("releasing partial objects: {e}"),
+            });
+        }
+        return report;
+    }
+
+    // Publish: child playlists before the master (reverse discovery order), so even between
+    // these writes no stored manifest references an unstored one.
+    let mut seen = HashMap::new();
+    for m in asset.manifests.iter().rev() {
+        let key = keys.key(&m.url);
+        if seen.insert(key.clone(), ()).is_some() {
+            continue;
+        }
+        let body = m.body.clone().unwrap_or_default();
+        let bytes = body.len() as u64;
+        let mut headers = HeaderMap::new();
+        let ct = crate::manifest::fetch::content_type_for(m.url.path());
+        let ct = match m.kind {
+            ObjectKind::Mpd => "application/dash+xml",
+            ObjectKind::Playlist => "application/vnd.apple.mpegurl",
+            _ => ct,
+        };
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static(ct),
+        );
+        match sink
+            .put(PushObject {
+                key,
+                kind: m.kind,
+                body,
+                headers,
+            })
+            .await
+        {
+            Ok(()) => {
+                report.stored += 1;
+                report.stored_bytes += bytes;
+                progress.objects_done.fetch_add(1, Ordering::Relaxed);
+                progress.bytes_done.fetch_add(bytes, Ordering::Relaxed);
+            }
+            Err(e) => {
+                progress.failed.fetch_add(1, Ordering::Relaxed);
+                report.failures.push(Failure {
+                    url: m.url.to_string(),
+                    reason: format!("store: {e}"),
+                });
+                // A master without its children would point at missing playlists: stop here.
+                report.outcome = Outcome::Failed;
+                return report;
+            }
+        }
+    }
+    if !report.failures.is_empty() {
+        report.outcome = Outcome::PublishedPartial;
+    }
+    report
+}
+
+/// Shorthand used by tests and the CLI for "no such object".
+pub fn is_not_found(e: &FetchError) -> bool {
+    matches!(e, FetchError::NotFound)
+}
+
+/// An in-memory sink with a capacity: tests and `--dry-run` accounting.
+#[derive(Debug, Default)]
+pub struct MemorySink {
+    pub capacity: Option<u64>,
+    pub objects: parking_lot::Mutex<HashMap<String, (PushObject, bool)>>,
+    /// Keys in the order they were put (to check publish order).
+    pub log: parking_lot::Mutex<Vec<String>>,
+}
+
+impl MemorySink {
+    pub fn with_capacity(capacity: u64) -> Self {
+        MemorySink {
+            capacity: Some(capacity),
+            ..MemorySink::default()
+        }
+    }
+
+    pub fn pinned_keys(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .objects
+            .lock()
+            .iter()
+            .filter(|(_, (_, pinned))| *pinned)
+            .map(|(k, _)| k.clone())
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn used(&self) -> u64 {
+        self.objects
+            .lock()
+            .values()
+            .filter(|(_, p)| *p)
+            .map(|(o, _)| o.body.len() as u64)
+            .sum()
+    }
+}
+
+impl Sink for MemorySink {
+    fn existing<'a>(&'a self, key: &'a str) -> SinkFuture<'a, Option<Existing>> {
+        let r = self.objects.lock().get(key).map(|(o, _)| Existing {
+            len: o.body.len() as u64,
+            etag: etag_of(&o.headers),
+        });
+        Box::pin(std::future::ready(Ok(r)))
+    }
+
+    fn free_for_pinned(&self) -> SinkFuture<'_, Option<u64>> {
+        let r = self.capacity.map(|c| c.saturating_sub(self.used()));
+        Box::pin(std::future::ready(Ok(r)))
+    }
+
+    fn put(&self, object: PushObject) -> SinkFuture<'_, ()> {
+        let r = match self.capacity {
+            Some(c) if self.used() + object.body.len() as u64 > c => Err(SinkError::Full(format!(
+                "{} bytes over capacity",
+                object.body.len()
+            ))),
+            _ => {
+                self.log.lock().push(object.key.clone());
+                self.objects
+                    .lock()
+                    .insert(object.key.clone(), (object, true));
+                Ok(())
+            }
+        };
+        Box::pin(std::future::ready(r))
+    }
+
+    fn release<'a>(&'a self, keys: &'a [String]) -> SinkFuture<'a, ()> {
+        let mut objects = self.objects.lock();
+        for k in keys {
+            if let Some(o) = objects.get_mut(k) {
+                o.1 = false;
+            }
+        }
+        Box::pin(std::future::ready(Ok(())))
+    }
+}

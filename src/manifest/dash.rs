@@ -1,0 +1,486 @@
+//! DASH: every Period, AdaptationSet and Representation of a static MPD, expanded to the URLs a
+//! player requests: SegmentTemplate (`$Number$` with @duration or a SegmentTimeline, `$Time$`
+//! with @r repeats including r=-1 up to the next S or the period end), SegmentList, SegmentBase
+//! (the single file) and bare BaseURL representations. BaseURL is resolved at every level
+//! (MPD, Period, AdaptationSet, Representation), first BaseURL of each level, as players do by
+//! default.
+
+use std::time::Duration;
+
+use dash_mpd_core::{
+    AdaptationSet, Initialization, Period, Representation, SegmentBase, SegmentList,
+    SegmentTemplate, SegmentTimeline, MPD,
+};
+use url::Url;
+
+use super::template::{self, Vars};
+use super::{resolve, ObjectKind, Reference, WalkError};
+
+/// Parses `body` (fetched from `url`) and returns what it references. `budget` is how many more
+/// objects the asset may hold; expansion stops with [`WalkError::TooManyObjects`] beyond it,
+/// before any large timeline is materialised.
+pub fn references(url: &Url, body: &[u8], budget: usize) -> Result<Vec<Reference>, WalkError> {
+    let mpd = parse(url, body)?;
+    Walker {
+        url,
+        budget,
+        out: Vec::new(),
+    }
+    .mpd(&mpd)
+}
+
+pub fn parse(url: &Url, body: &[u8]) -> Result<MPD, WalkError> {
+    let err = |reason: String| WalkError::Parse {
+        url: url.clone(),
+        format: "DASH MPD",
+        reason,
+    };
+    let text = std::str::from_utf8(body).map_err(|_| err("not UTF-8".into()))?;
+    dash_mpd_core::parse(text).map_err(|e| {
+        let mut s = e.to_string();
+        s.truncate(300);
+        err(s)
+    })
+}
+
+/// A SegmentTemplate's fields after inheritance (Period -> AdaptationSet -> Representation:
+/// the lower level overrides attribute by attribute).
+#[derive(Debug, Default, Clone)]
+struct Tmpl<'a> {
+    media: Option<&'a str>,
+    initialization: Option<&'a str>,
+    init_element: Option<&'a Initialization>,
+    index: Option<&'a str>,
+    start_number: Option<u64>,
+    end_number: Option<u64>,
+    duration: Option<f64>,
+    timescale: Option<u64>,
+    pto: Option<u64>,
+    timeline: Option<&'a SegmentTimeline>,
+}
+
+impl<'a> Tmpl<'a> {
+    fn layer(mut self, t: Option<&'a SegmentTemplate>) -> Self {
+        let Some(t) = t else { return self };
+        macro_rules! over {
+            ($f:ident, $v:expr) => {
+                if let Some(v) = $v {
+                    self.$f = Some(v);
+                }
+            };
+        }
+        over!(media, t.media.as_deref());
+        over!(initialization, t.initialization.as_deref());
+        over!(init_element, t.Initialization.as_ref());
+        over!(index, t.index.as_deref());
+        over!(start_number, t.startNumber);
+        over!(end_number, t.endNumber);
+        over!(duration, t.duration);
+        over!(timescale, t.timescale);
+        over!(pto, t.presentationTimeOffset);
+        over!(timeline, t.SegmentTimeline.as_ref());
+        self
+    }
+}
+
+/// Presentation time bounds of a period, in seconds.
+#[derive(Debug, Clone, Copy)]
+struct PeriodTime {
+    duration: Option<f64>,
+}
+
+struct Walker<'u> {
+    url: &'u Url,
+    budget: usize,
+    out: Vec<Reference>,
+}
+
+fn first_base(base: &Url, list: &[dash_mpd_core::BaseURL]) -> Result<Url, WalkError> {
+    match list.first() {
+        Some(b) if !b.base.trim().is_empty() => resolve(base, &b.base),
+        _ => Ok(base.clone()),
+    }
+}
+
+fn secs(d: &Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+impl Walker<'_> {
+    fn too_many(&self, implied: u128) -> WalkError {
+        WalkError::TooManyObjects {
+            url: self.url.clone(),
+            implied: implied + self.out.len() as u128,
+            limit: self.out.len() + self.budget,
+        }
+    }
+
+    /// Reserves room for `n` more references, failing before they are generated.
+    fn reserve(&mut self, n: u128) -> Result<(), WalkError> {
+        if n > self.budget as u128 {
+            return Err(self.too_many(n));
+        }
+        self.budget -= n as usize;
+        Ok(())
+    }
+
+    fn push(&mut self, url: Url, kind: ObjectKind) {
+        self.out.push(Reference { url, kind });
+    }
+
+    fn push_ref(&mut self, base: &Url, reference: &str, kind: ObjectKind) -> Result<(), WalkError> {
+        self.reserve(1)?;
+        let url = resolve(base, reference)?;
+        self.push(url, kind);
+        Ok(())
+    }
+
+    fn bad(&self, what: String) -> WalkError {
+        WalkError::Parse {
+            url: self.url.clone(),
+            format: "DASH MPD",
+            reason: what,
+        }
+    }
+
+    fn mpd(mut self, mpd: &MPD) -> Result<Vec<Reference>, WalkError> {
+        if mpd.mpdtype.as_deref() == Some("dynamic") {
+            return Err(WalkError::Unsupported {
+                url: self.url.clone(),
+                what: "a dynamic (live) MPD".into(),
+            });
+        }
+        let base = first_base(self.url, &mpd.base_url)?;
+        // Period timing (5.3.2.1): start defaults to the previous period's end; duration to the
+        // next period's start, or the presentation's end for the last one.
+        let total = mpd.mediaPresentationDuration.as_ref().map(secs);
+        let mut starts = Vec::with_capacity(mpd.periods.len());
+        let mut prev_end = Some(0.0);
+        for p in &mpd.periods {
+            let start = p.start.as_ref().map(secs).or(prev_end);
+            prev_end = match (start, p.duration.as_ref().map(secs)) {
+                (Some(s), Some(d)) => Some(s + d),
+                _ => None,
+            };
+            starts.push(start);
+        }
+        for (i, p) in mpd.periods.iter().enumerate() {
+            let end = match p.duration.as_ref().map(secs) {
+                Some(d) => starts[i].map(|s| s + d),
+                None => match starts.get(i + 1) {
+                    Some(next) => *next,
+                    None => total,
+                },
+            };
+            let duration = match (starts[i], end) {
+                (Some(s), Some(e)) if e >= s => Some(e - s),
+                _ => p.duration.as_ref().map(secs),
+            };
+            self.period(&base, p, PeriodTime { duration })?;
+        }
+        Ok(self.out)
+    }
+
+    fn period(&mut self, base: &Url, p: &Period, time: PeriodTime) -> Result<(), WalkError> {
+        if let Some(href) = &p.href {
+            if href != "urn:mpeg:dash:resolve-to-zero:2013" {
+                return Err(WalkError::Unsupported {
+                    url: self.url.clone(),
+                    what: format!("a remote Period (xlink:href={href:?})"),
+                });
+            }
+            return Ok(());
+        }
+        let base = first_base(base, &p.BaseURL)?;
+        for a in &p.adaptations {
+            self.adaptation(&base, p, a, time)?;
+        }
+        Ok(())
+    }
+
+    fn adaptation(
+        &mut self,
+        base: &Url,
+        p: &Period,
+        a: &AdaptationSet,
+        time: PeriodTime,
+    ) -> Result<(), WalkError> {
+        if a.href.is_some() {
+            return Err(WalkError::Unsupported {
+                url: self.url.clone(),
+                what: "a remote AdaptationSet (xlink:href)".into(),
+            });
+        }
+        let base = first_base(base, &a.BaseURL)?;
+        for r in &a.representations {
+            self.representation(&base, p, a, r, time)?;
+        }
+        Ok(())
+    }
+
+    fn representation(
+        &mut self,
+        base: &Url,
+        p: &Period,
+        a: &AdaptationSet,
+        r: &Representation,
+        time: PeriodTime,
+    ) -> Result<(), WalkError> {
+        let base = first_base(base, &r.BaseURL)?;
+        let rid = r.id.as_deref().unwrap_or("");
+        let has_template = p.SegmentTemplate.is_some()
+            || a.SegmentTemplate.is_some()
+            || r.SegmentTemplate.is_some();
+        // The lowest level that carries segment information decides the addressing mode.
+        if r.SegmentList.is_some() || (r.SegmentTemplate.is_none() && a.SegmentList.is_some()) {
+            let list = r
+                .SegmentList
+                .as_ref()
+                .or(a.SegmentList.as_ref())
+                .or(p.SegmentList.as_ref());
+            return self.segment_list(&base, list);
+        }
+        if has_template && r.SegmentBase.is_none() {
+            let t = Tmpl::default()
+                .layer(p.SegmentTemplate.as_ref())
+                .layer(a.SegmentTemplate.as_ref())
+                .layer(r.SegmentTemplate.as_ref());
+            let vars = Vars {
+                representation_id: rid,
+                bandwidth: r.bandwidth,
+                number: None,
+                time: None,
+            };
+            return self.segment_template(&base, &t, &vars, time);
+        }
+        if p.SegmentList.is_some() && r.SegmentBase.is_none() && a.SegmentBase.is_none() {
+            return self.segment_list(&base, p.SegmentList.as_ref());
+        }
+        let sb = r
+            .SegmentBase
+            .as_ref()
+            .or(a.SegmentBase.as_ref())
+            .or(p.SegmentBase.as_ref());
+        self.segment_base(&base, sb)
+    }
+
+    fn initialization(
+        &mut self,
+        base: &Url,
+        init: Option<&Initialization>,
+    ) -> Result<(), WalkError> {
+        // A range without a sourceURL is a byte range of the representation's file, which is
+        // listed anyway.
+        if let Some(src) = init.and_then(|i| i.sourceURL.as_deref()) {
+            self.push_ref(base, src, ObjectKind::Init)?;
+        }
+        Ok(())
+    }
+
+    /// SegmentBase, or no segment information at all: the representation is one file at its
+    /// BaseURL (ranges of it are served from the whole stored object).
+    fn segment_base(&mut self, base: &Url, sb: Option<&SegmentBase>) -> Result<(), WalkError> {
+        if base == self.url {
+            // No BaseURL anywhere and no segment information: nothing addressable.
+            return Err(
+                self.bad("a Representation with no BaseURL and no segment information".into())
+            );
+        }
+        self.reserve(1)?;
+        self.push(base.clone(), ObjectKind::Segment);
+        if let Some(sb) = sb {
+            self.initialization(base, sb.Initialization.as_ref())?;
+            if let Some(src) = sb
+                .representation_index
+                .as_ref()
+                .and_then(|ri| ri.sourceURL.as_deref())
+            {
+                self.push_ref(base, src, ObjectKind::Index)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn segment_list(&mut self, base: &Url, list: Option<&SegmentList>) -> Result<(), WalkError> {
+        let Some(list) = list else {
+            return Ok(());
+        };
+        if list.href.is_some() {
+            return Err(WalkError::Unsupported {
+                url: self.url.clone(),
+                what: "a remote SegmentList (xlink:href)".into(),
+            });
+        }
+        self.initialization(base, list.Initialization.as_ref())?;
+        self.reserve(list.segment_urls.len() as u128)?;
+        // reserve() counted every SegmentURL; give back the ones that add nothing.
+        for s in &list.segment_urls {
+            match s.media.as_deref() {
+                Some(m) if !m.trim().is_empty() => {
+                    let u = resolve(base, m)?;
+                    self.push(u, ObjectKind::Segment);
+                }
+                // No @media: the segment is a range of the BaseURL resource.
+                _ => {
+                    if base == self.url {
+                        return Err(self.bad("a SegmentURL without @media and no BaseURL".into()));
+                    }
+                    self.push(base.clone(), ObjectKind::Segment);
+                }
+            }
+            if let Some(i) = s.index.as_deref() {
+                self.push_ref(base, i, ObjectKind::Index)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn segment_template(
+        &mut self,
+        base: &Url,
+        t: &Tmpl<'_>,
+        vars: &Vars<'_>,
+        time: PeriodTime,
+    ) -> Result<(), WalkError> {
+        let expand = |w: &Self, tmpl: &str, v: &Vars<'_>| {
+            template::expand(tmpl, v).map_err(|e| w.bad(format!("template {tmpl:?}: {e}")))
+        };
+        if let Some(init) = t.initialization {
+            let s = expand(self, init, vars)?;
+            self.push_ref(base, &s, ObjectKind::Init)?;
+        } else {
+            self.initialization(base, t.init_element)?;
+        }
+        if let Some(index) = t.index {
+            if !template::is_indexed(index) {
+                let s = expand(self, index, vars)?;
+                self.push_ref(base, &s, ObjectKind::Index)?;
+            }
+        }
+        let Some(media) = t.media else {
+            return Ok(());
+        };
+        let start_number = t.start_number.unwrap_or(1);
+        let timescale = t.timescale.unwrap_or(1).max(1);
+        if let Some(tl) = t.timeline {
+            return self.timeline(base, media, tl, start_number, timescale, t.pto, vars, time);
+        }
+        if !template::is_indexed(media) {
+            let s = expand(self, media, vars)?;
+            return self.push_ref(base, &s, ObjectKind::Segment);
+        }
+        let count: u128 = match (t.end_number, t.duration) {
+            (Some(end), _) => u128::from(end.saturating_sub(start_number)) + 1,
+            (None, Some(d)) if d > 0.0 && d.is_finite() => {
+                let Some(period) = time.duration else {
+                    return Err(self.bad(
+                        "SegmentTemplate@duration without a known period or presentation duration"
+                            .into(),
+                    ));
+                };
+                let n = (period * timescale as f64 / d).ceil();
+                if !n.is_finite() || n < 0.0 {
+                    return Err(self.bad(format!("segment count {n} from @duration {d}")));
+                }
+                // `as` saturates for floats beyond u128::MAX.
+                n as u128
+            }
+            _ => {
+                return Err(self.bad(
+                    "SegmentTemplate with $Number$/$Time$ but neither SegmentTimeline, @duration nor @endNumber"
+                        .into(),
+                ))
+            }
+        };
+        self.reserve(count)?;
+        let d = t.duration.unwrap_or(0.0);
+        for i in 0..count as u64 {
+            let v = Vars {
+                number: Some(start_number.saturating_add(i)),
+                time: Some((i as f64 * d) as u64),
+                ..*vars
+            };
+            let s = expand(self, media, &v)?;
+            let url = resolve(base, &s)?;
+            self.push(url, ObjectKind::Segment);
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn timeline(
+        &mut self,
+        base: &Url,
+        media: &str,
+        tl: &SegmentTimeline,
+        start_number: u64,
+        timescale: u64,
+        pto: Option<u64>,
+        vars: &Vars<'_>,
+        time: PeriodTime,
+    ) -> Result<(), WalkError> {
+        let period_end: Option<u128> = time.duration.and_then(|d| {
+            let ticks = d * timescale as f64;
+            (ticks.is_finite() && ticks >= 0.0)
+                .then(|| ticks as u128 + u128::from(pto.unwrap_or(0)))
+        });
+        // First pass: count, so a timeline implying billions of segments fails before any is
+        // generated.
+        let mut runs = Vec::with_capacity(tl.segments.len());
+        let mut t: u128 = 0;
+        let mut total: u128 = 0;
+        for (i, s) in tl.segments.iter().enumerate() {
+            if let Some(st) = s.t {
+                t = u128::from(st);
+            }
+            if s.d == 0 {
+                return Err(self.bad("SegmentTimeline S@d=0".into()));
+            }
+            let d = u128::from(s.d);
+            let count: u128 = match s.r {
+                Some(r) if r >= 0 => r as u128 + 1,
+                None => 1,
+                Some(_) => {
+                    // r<0: repeat until the next S@t, else until the end of the period.
+                    let until = match tl.segments.get(i + 1).and_then(|n| n.t) {
+                        Some(nt) => u128::from(nt),
+                        None => match period_end {
+                            Some(e) => e,
+                            None => {
+                                return Err(self.bad(
+                                    "S@r=-1 at the end of a timeline with no known period end"
+                                        .into(),
+                                ))
+                            }
+                        },
+                    };
+                    until.saturating_sub(t).div_ceil(d)
+                }
+            };
+            total = total.saturating_add(count);
+            if total > self.budget as u128 {
+                return Err(self.too_many(total));
+            }
+            runs.push((t, d, count));
+            t = t.saturating_add(d.saturating_mul(count));
+        }
+        self.reserve(total)?;
+        let mut number = start_number;
+        for (t0, d, count) in runs {
+            for k in 0..count {
+                let tk = t0 + d * k;
+                let v = Vars {
+                    number: Some(number),
+                    time: Some(u64::try_from(tk).map_err(|_| self.bad("S@t overflows".into()))?),
+                    ..*vars
+                };
+                number = number.saturating_add(1);
+                let s = template::expand(media, &v)
+                    .map_err(|e| self.bad(format!("template {media:?}: {e}")))?;
+                let url = resolve(base, &s)?;
+                self.push(url, ObjectKind::Segment);
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,333 @@
+//! Where a walk (and ingest) reads objects from: an HTTP origin (hyper-util client, bounded
+//! retries) or a local directory (`file:` URLs, confined to its root).
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, StatusCode};
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use url::Url;
+
+/// One fetched object: its bytes and the origin's headers (content type, validators, caching),
+/// which ingest stores with it.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    pub body: Bytes,
+    pub headers: HeaderMap,
+}
+
+/// Why a fetch failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FetchError {
+    #[error("not found (404)")]
+    NotFound,
+    #[error("origin answered {0}")]
+    Status(u16),
+    #[error("larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("{0}")]
+    Io(String),
+    #[error("unsupported URL scheme {0:?}")]
+    Scheme(String),
+    #[error("{0} is outside the directory being ingested")]
+    OutsideRoot(String),
+}
+
+impl FetchError {
+    /// Worth another attempt: transport trouble and 5xx, not 4xx or local errors.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            FetchError::Status(s) => *s >= 500 || *s == 429 || *s == 408,
+            FetchError::Timeout(_) | FetchError::Io(_) => true,
+            _ => false,
+        }
+    }
+}
+
+/// A future returned by [`Fetcher::fetch`].
+pub type FetchFuture<'a> = Pin<Box<dyn Future<Output = Result<Fetched, FetchError>> + Send + 'a>>;
+
+/// A future returned by [`Fetcher::size`].
+pub type SizeFuture<'a> = Pin<Box<dyn Future<Output = Option<u64>> + Send + 'a>>;
+
+/// Reads one object. Implementations are shared by concurrent tasks.
+pub trait Fetcher: Send + Sync {
+    /// Fetches `url`, failing with [`FetchError::TooLarge`] beyond `max_bytes`.
+    fn fetch<'a>(&'a self, url: &'a Url, max_bytes: usize) -> FetchFuture<'a>;
+
+    /// The object's size without reading it (HEAD, file metadata), if cheaply known. Used to
+    /// check the store has room before anything is written.
+    fn size<'a>(&'a self, url: &'a Url) -> SizeFuture<'a> {
+        let _ = url;
+        Box::pin(std::future::ready(None))
+    }
+}
+
+impl<T: Fetcher + ?Sized> Fetcher for std::sync::Arc<T> {
+    fn fetch<'a>(&'a self, url: &'a Url, max_bytes: usize) -> FetchFuture<'a> {
+        (**self).fetch(url, max_bytes)
+    }
+
+    fn size<'a>(&'a self, url: &'a Url) -> SizeFuture<'a> {
+        (**self).size(url)
+    }
+}
+
+/// Content type by extension, for objects read from disk.
+pub fn content_type_for(path: &str) -> &'static str {
+    let ext = path
+        .rsplit('/')
+        .next()
+        .and_then(|f| f.rsplit_once('.'))
+        .map(|(_, e)| e.to_ascii_lowercase());
+    match ext.as_deref() {
+        Some("m3u8") => "application/vnd.apple.mpegurl",
+        Some("mpd") => "application/dash+xml",
+        Some("ts") => "video/mp2t",
+        Some("m4s") | Some("mp4") | Some("m4v") | Some("cmfv") => "video/mp4",
+        Some("m4a") | Some("cmfa") => "audio/mp4",
+        Some("aac") => "audio/aac",
+        Some("vtt") | Some("webvtt") => "text/vtt",
+        Some("key") => "application/octet-stream",
+        _ => "application/octet-stream",
+    }
+}
+
+/// Reads `file:` URLs below one root directory. Paths are canonicalised before reading, so
+/// neither `..` nor a symlink can reach outside the root.
+#[derive(Debug, Clone)]
+pub struct FileFetcher {
+    root: PathBuf,
+}
+
+impl FileFetcher {
+    pub fn new(root: &Path) -> std::io::Result<Self> {
+        Ok(FileFetcher {
+            root: std::fs::canonicalize(root)?,
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    async fn read(&self, url: &Url, max_bytes: usize) -> Result<Fetched, FetchError> {
+        if url.scheme() != "file" {
+            return Err(FetchError::Scheme(url.scheme().to_string()));
+        }
+        let path = url
+            .to_file_path()
+            .map_err(|()| FetchError::Io(format!("{url} is not a local path")))?;
+        let canonical = match tokio::fs::canonicalize(&path).await {
+            Ok(p) => p,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(FetchError::NotFound),
+            Err(e) => return Err(FetchError::Io(e.to_string())),
+        };
+        if !canonical.starts_with(&self.root) {
+            return Err(FetchError::OutsideRoot(path.display().to_string()));
+        }
+        let meta = tokio::fs::metadata(&canonical)
+            .await
+            .map_err(|e| FetchError::Io(e.to_string()))?;
+        if !meta.is_file() {
+            return Err(FetchError::NotFound);
+        }
+        if meta.len() > max_bytes as u64 {
+            return Err(FetchError::TooLarge(max_bytes));
+        }
+        let body = tokio::fs::read(&canonical)
+            .await
+            .map_err(|e| FetchError::Io(e.to_string()))?;
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static(content_type_for(url.path())),
+        );
+        if let Ok(modified) = meta.modified() {
+            if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(modified)) {
+                headers.insert(http::header::LAST_MODIFIED, v);
+            }
+        }
+        Ok(Fetched {
+            body: Bytes::from(body),
+            headers,
+        })
+    }
+}
+
+impl Fetcher for FileFetcher {
+    fn fetch<'a>(&'a self, url: &'a Url, max_bytes: usize) -> FetchFuture<'a> {
+        Box::pin(self.read(url, max_bytes))
+    }
+
+    fn size<'a>(&'a self, url: &'a Url) -> SizeFuture<'a> {
+        Box::pin(async move {
+            let path = url.to_file_path().ok()?;
+            let canonical = tokio::fs::canonicalize(&path).await.ok()?;
+            if !canonical.starts_with(&self.root) {
+                return None;
+            }
+            tokio::fs::metadata(&canonical).await.ok().map(|m| m.len())
+        })
+    }
+}
+
+/// Reads `http:` URLs with a pooled hyper-util client: a per-attempt timeout and bounded retries
+/// with exponential backoff on transient failures (transport errors, 5xx, 429).
+#[derive(Clone)]
+pub struct HttpFetcher {
+    client: Client<HttpConnector, Empty<Bytes>>,
+    timeout: Duration,
+    retries: u32,
+    backoff: Duration,
+}
+
+impl HttpFetcher {
+    pub fn new(timeout: Duration, retries: u32) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(timeout));
+        connector.set_nodelay(true);
+        HttpFetcher {
+            client: Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(30))
+                .build(connector),
+            timeout,
+            retries,
+            backoff: Duration::from_millis(100),
+        }
+    }
+
+    async fn once(&self, url: &Url, max_bytes: usize) -> Result<Fetched, FetchError> {
+        let uri: http::Uri = url
+            .as_str()
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| FetchError::Io(e.to_string()))?;
+        let req = http::Request::get(uri)
+            .header(http::header::USER_AGENT, "vedge-ingest")
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| FetchError::Io(e.to_string()))?;
+        let res = self
+            .client
+            .request(req)
+            .await
+            .map_err(|e| FetchError::Io(format!("{e:?}")))?;
+        let status = res.status();
+        if status == StatusCode::NOT_FOUND {
+            return Err(FetchError::NotFound);
+        }
+        if !status.is_success() {
+            return Err(FetchError::Status(status.as_u16()));
+        }
+        let (parts, body) = res.into_parts();
+        let body = Limited::new(body, max_bytes)
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    FetchError::TooLarge(max_bytes)
+                } else {
+                    FetchError::Io(e.to_string())
+                }
+            })?
+            .to_bytes();
+        Ok(Fetched {
+            body,
+            headers: parts.headers,
+        })
+    }
+
+    async fn with_retries(&self, url: &Url, max_bytes: usize) -> Result<Fetched, FetchError> {
+        if url.scheme() != "http" {
+            return Err(FetchError::Scheme(url.scheme().to_string()));
+        }
+        let mut attempt = 0;
+        loop {
+            let result = match tokio::time::timeout(self.timeout, self.once(url, max_bytes)).await {
+                Ok(r) => r,
+                Err(_) => Err(FetchError::Timeout(self.timeout)),
+            };
+            match result {
+                Err(e) if e.is_transient() && attempt < self.retries => {
+                    attempt += 1;
+                    tracing::debug!(%url, attempt, error = %e, "retrying");
+                    tokio::time::sleep(self.backoff * 2u32.saturating_pow(attempt - 1)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+impl HttpFetcher {
+    async fn head(&self, url: &Url) -> Option<u64> {
+        if url.scheme() != "http" {
+            return None;
+        }
+        let uri: http::Uri = url.as_str().parse().ok()?;
+        let req = http::Request::head(uri)
+            .header(http::header::USER_AGENT, "vedge-ingest")
+            .body(Empty::<Bytes>::new())
+            .ok()?;
+        let res = tokio::time::timeout(self.timeout, self.client.request(req))
+            .await
+            .ok()?
+            .ok()?;
+        if !res.status().is_success() {
+            return None;
+        }
+        res.headers()
+            .get(http::header::CONTENT_LENGTH)?
+            .to_str()
+            .ok()?
+            .parse()
+            .ok()
+    }
+}
+
+impl Fetcher for HttpFetcher {
+    fn fetch<'a>(&'a self, url: &'a Url, max_bytes: usize) -> FetchFuture<'a> {
+        Box::pin(self.with_retries(url, max_bytes))
+    }
+
+    fn size<'a>(&'a self, url: &'a Url) -> SizeFuture<'a> {
+        Box::pin(self.head(url))
+    }
+}
+
+/// An in-memory fetcher (tests, fuzzing): URL -> body.
+#[derive(Debug, Clone, Default)]
+pub struct MapFetcher {
+    pub objects: std::collections::HashMap<String, Bytes>,
+}
+
+impl MapFetcher {
+    pub fn insert(&mut self, url: &str, body: impl Into<Bytes>) {
+        self.objects.insert(url.to_string(), body.into());
+    }
+}
+
+impl Fetcher for MapFetcher {
+    fn fetch<'a>(&'a self, url: &'a Url, max_bytes: usize) -> FetchFuture<'a> {
+        let r = match self.objects.get(url.as_str()) {
+            Some(b) if b.len() > max_bytes => Err(FetchError::TooLarge(max_bytes)),
+            Some(b) => Ok(Fetched {
+                body: b.clone(),
+                headers: HeaderMap::new(),
+            }),
+            None => Err(FetchError::NotFound),
+        };
+        Box::pin(std::future::ready(r))
+    }
+
+    fn size<'a>(&'a self, url: &'a Url) -> SizeFuture<'a> {
+        let r = self.objects.get(url.as_str()).map(|b| b.len() as u64);
+        Box::pin(std::future::ready(r))
+    }
+}

@@ -1,0 +1,628 @@
+//! Push ingest end to end: a real HTTP origin on 127.0.0.1:0 serving fixtures/vod, the walker
+//! and engine over HTTP, a real vedge-storage store. After ingest the origin is stopped and
+//! every object a player could request is read back from the reopened store under the key the
+//! edge builds for the viewer's request; a failed asset publishes no manifest.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use url::Url;
+use vedge::cache::key::cache_key;
+use vedge::cache::object::CachedObject;
+use vedge::ingest::engine::{ingest_asset, IngestOptions, KeyMapper, Outcome, Progress};
+use vedge::ingest::store::StoreSink;
+use vedge::manifest::fetch::HttpFetcher;
+use vedge::manifest::{discover, WalkOptions};
+use vedge_storage::{Store, StoreConfig};
+
+/// A scripted origin: serves files under `root`, answers 404 for `missing`, counts requests.
+struct Origin {
+    addr: std::net::SocketAddr,
+    requests: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+async fn origin(root: PathBuf, missing: Vec<String>) -> Origin {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let requests = Arc::new(AtomicU64::new(0));
+    let count = requests.clone();
+    let missing = Arc::new(missing);
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let (root, count, missing) = (root.clone(), count.clone(), missing.clone());
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let (root, count, missing) = (root.clone(), count.clone(), missing.clone());
+                async move {
+                    count.fetch_add(1, Ordering::Relaxed);
+                    let path = req.uri().path().trim_start_matches('/').to_string();
+                    let file = root.join(&path);
+                    let res = match std::fs::read(&file) {
+                        Ok(b) if !missing.contains(&path) => {
+                            let len = b.len();
+                            let body = if req.method() == http::Method::HEAD {
+                                Bytes::new()
+                            } else {
+                                Bytes::from(b)
+                            };
+                            Response::builder()
+                                .header("content-length", len)
+                                .header(
+                                    "content-type",
+                                    vedge::manifest::fetch::content_type_for(&path),
+                                )
+                                .body(Full::new(body))
+                        }
+                        _ => Response::builder()
+                            .status(StatusCode::NOT_FOUND)
+                            .body(Full::new(Bytes::new())),
+                    };
+                    Ok::<_, Infallible>(res.expect("response"))
+                }
+            });
+            tokio::spawn(async move {
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Origin {
+        addr,
+        requests,
+        task,
+    }
+}
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/vod")
+}
+
+fn store_config(dir: &Path) -> StoreConfig {
+    let mut c = StoreConfig::new(dir.join("edge.store"), 64 << 20);
+    c.region_size = 4 << 20;
+    c
+}
+
+const HOST: &str = "cdn.test";
+
+fn keys() -> KeyMapper {
+    KeyMapper {
+        host: HOST.into(),
+        drop_query_params: vec!["token".into()],
+        local_root: None,
+    }
+}
+
+/// Every file of an asset directory, as the viewer path a player requests for it.
+fn files(dir: &Path, prefix: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("read_dir") {
+            let p = e.expect("entry").path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p
+                    .strip_prefix(dir)
+                    .expect("under")
+                    .to_string_lossy()
+                    .into_owned();
+                out.push(format!("{prefix}/{rel}"));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn after_ingest_with_the_origin_stopped_every_object_is_in_the_store() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let o = origin(fixtures(), Vec::new()).await;
+    let fetcher = HttpFetcher::new(Duration::from_secs(5), 2);
+    let store = Store::open(store_config(tmp.path())).await.expect("open");
+    let sink = StoreSink { store };
+    let mut expected: HashMap<String, usize> = HashMap::new();
+    for (name, root) in [
+        ("hls-fmp4", "master.m3u8"),
+        ("hls-ts", "master.m3u8"),
+        ("dash-timeline", "manifest.mpd"),
+        ("dash-number", "manifest.mpd"),
+        ("dash-list", "manifest.mpd"),
+        ("dash-base", "manifest.mpd"),
+    ] {
+        let url = Url::parse(&format!("http://{}/{name}/{root}", o.addr)).expect("url");
+        let asset = discover(&url, &fetcher, &WalkOptions::default())
+            .await
+            .expect("walk");
+        let progress = Arc::new(Progress::default());
+        let r = ingest_asset(
+            &asset,
+            &fetcher,
+            &sink,
+            &keys(),
+            &IngestOptions::default(),
+            &progress,
+        )
+        .await;
+        assert_eq!(r.outcome, Outcome::Published, "{name}: {r:?}");
+        let p = progress.snapshot();
+        assert_eq!(p.objects_done, p.objects_total);
+        for f in files(&fixtures().join(name), &format!("/{name}")) {
+            let len = std::fs::metadata(fixtures().join(&f[1..]))
+                .expect("meta")
+                .len();
+            expected.insert(f, len as usize);
+        }
+    }
+    let before = o.requests.load(Ordering::Relaxed);
+    o.task.abort();
+    sink.store.close().await.expect("close");
+
+    // Second run against the stopped origin would fail; instead reopen the store (as the edge
+    // does at start) and read every object a player needs under the viewer's key.
+    let store = Store::open(store_config(tmp.path())).await.expect("reopen");
+    for (path, len) in &expected {
+        // A viewer's request with a token still hits the ingested key.
+        let key = cache_key(
+            HOST,
+            &format!("{path}?token=viewer1"),
+            &["token".to_string()],
+        );
+        let hit = store
+            .lookup(key.as_bytes())
+            .await
+            .unwrap_or_else(|| panic!("{key} missing"));
+        assert_eq!(hit.body.len(), *len, "{key}");
+        assert!(hit.meta.pinned, "{key} is pinned");
+        let obj =
+            CachedObject::decode(&hit.meta.head, hit.body.clone(), Vec::new()).expect("our head");
+        assert_eq!(obj.status, StatusCode::OK);
+        assert!(obj.headers.get("content-type").is_some(), "{key}");
+    }
+    assert!(before > 0);
+    store.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn a_missing_segment_leaves_the_asset_unpublished_and_a_rerun_resumes() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let missing = "hls-fmp4/v1/seg_003.m4s".to_string();
+    let o = origin(fixtures(), vec![missing.clone()]).await;
+    let fetcher = HttpFetcher::new(Duration::from_secs(5), 1);
+    let store = Store::open(store_config(tmp.path())).await.expect("open");
+    let sink = StoreSink { store };
+    let url = Url::parse(&format!("http://{}/hls-fmp4/master.m3u8", o.addr)).expect("url");
+    let asset = discover(&url, &fetcher, &WalkOptions::default())
+        .await
+        .expect("walk");
+    let progress = Arc::new(Progress::default());
+    let r = ingest_asset(
+        &asset,
+        &fetcher,
+        &sink,
+        &keys(),
+        &IngestOptions::default(),
+        &progress,
+    )
+    .await;
+    assert_eq!(r.outcome, Outcome::Failed);
+    assert_eq!(r.failures.len(), 1);
+    assert!(r.failures[0].url.ends_with(&missing));
+    assert!(r.failures[0].reason.contains("404"));
+    // No manifest of the failed asset is servable.
+    for m in [
+        "/hls-fmp4/master.m3u8",
+        "/hls-fmp4/v1/index.m3u8",
+        "/hls-fmp4/audio/index.m3u8",
+    ] {
+        let key = cache_key(HOST, m, &[]);
+        assert!(
+            !sink.store.contains(key.as_bytes()),
+            "{m} must not be published"
+        );
+    }
+    o.task.abort();
+
+    // The origin is fixed; a rerun skips what is stored and publishes.
+    let o = origin(fixtures(), Vec::new()).await;
+    let url = Url::parse(&format!("http://{}/hls-fmp4/master.m3u8", o.addr)).expect("url");
+    let asset = discover(&url, &fetcher, &WalkOptions::default())
+        .await
+        .expect("walk");
+    let r = ingest_asset(
+        &asset,
+        &fetcher,
+        &sink,
+        &keys(),
+        &IngestOptions::default(),
+        &progress,
+    )
+    .await;
+    assert_eq!(r.outcome, Outcome::Published, "{r:?}");
+    assert_eq!(
+        r.skipped,
+        asset.media.len() as u64 - 1,
+        "only the missing segment is fetched"
+    );
+    let key = cache_key(HOST, "/hls-fmp4/master.m3u8", &[]);
+    assert!(sink.store.contains(key.as_bytes()));
+    o.task.abort();
+    sink.store.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn a_store_without_room_is_refused_before_writing() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let o = origin(fixtures(), Vec::new()).await;
+    let fetcher = HttpFetcher::new(Duration::from_secs(5), 1);
+    let mut cfg = StoreConfig::new(tmp.path().join("tiny.store"), (2 << 20) + (3 << 20));
+    cfg.region_size = 1 << 20;
+    let sink = StoreSink {
+        store: Store::open(cfg).await.expect("open"),
+    };
+    // Fill the pinned share asset by asset (2.8 MB of fixtures in all) until one does not fit.
+    let mut refused = None;
+    for name in [
+        "hls-ts/master.m3u8",
+        "hls-fmp4/master.m3u8",
+        "dash-list/manifest.mpd",
+        "dash-number/manifest.mpd",
+        "dash-timeline/manifest.mpd",
+        "dash-base/manifest.mpd",
+        "hls-ts/master.m3u8",
+    ] {
+        let url = Url::parse(&format!("http://{}/{name}", o.addr)).expect("url");
+        let asset = discover(&url, &fetcher, &WalkOptions::default())
+            .await
+            .expect("walk");
+        let objects_before = sink.store.stats().objects;
+        let free = sink.store.free_for_pinned();
+        let r = ingest_asset(
+            &asset,
+            &fetcher,
+            &sink,
+            &keys(),
+            &IngestOptions::default(),
+            &Arc::new(Progress::default()),
+        )
+        .await;
+        if r.outcome == Outcome::Refused {
+            assert_eq!(
+                sink.store.stats().objects,
+                objects_before,
+                "nothing was written"
+            );
+            refused = Some((r.error.expect("reason"), free));
+            break;
+        }
+        assert_eq!(r.outcome, Outcome::Published, "{name}: {r:?}");
+    }
+    let (e, free) = refused.expect("the store filled up before the fixtures ran out");
+    assert!(
+        e.contains(&format!("has {free} bytes free")) && e.contains("needs"),
+        "{e}"
+    );
+    o.task.abort();
+    sink.store.close().await.expect("close");
+}
+
+fn admin_request(method: &str, uri: &str, body: &str) -> Request<Full<Bytes>> {
+    Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("x-vedge-host", HOST)
+        .body(Full::new(Bytes::from(body.to_string())))
+        .expect("request")
+}
+
+async fn json_of(res: http::Response<vedge::http::body::Body>) -> serde_json::Value {
+    use http_body_util::BodyExt;
+    let b = res.into_body().collect().await.expect("body").to_bytes();
+    serde_json::from_slice(&b).expect("json")
+}
+
+#[tokio::test]
+async fn admin_ingest_job_and_push_fill_the_running_edge() {
+    use vedge::ingest::admin::{handle, IngestJobs};
+    let o = origin(fixtures(), Vec::new()).await;
+    let config = vedge::config::Config::for_origin(&format!("http://{}", o.addr)).expect("config");
+    let drop = config.cache.drop_query_params.clone();
+    let edge = vedge::edge::Edge::new(config).await.expect("edge");
+    let jobs = Arc::new(IngestJobs::default());
+
+    // PUT one object, push-CDN style.
+    let res = handle(
+        &edge,
+        &jobs,
+        admin_request("PUT", "/admin/objects/push/a.ts", "segment"),
+    )
+    .await
+    .expect("routed");
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let (obj, _) = edge
+        .lookup(&cache_key(HOST, "/push/a.ts", &drop))
+        .await
+        .expect("pushed");
+    assert_eq!(&obj.body[..], b"segment");
+    assert!(obj.pinned);
+
+    // POST a job, poll it to completion.
+    let body = format!(
+        r#"{{"assets": ["http://{}/dash-timeline/manifest.mpd"], "host": "{HOST}"}}"#,
+        o.addr
+    );
+    let res = handle(&edge, &jobs, admin_request("POST", "/admin/ingest", &body))
+        .await
+        .expect("routed");
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    let id = json_of(res).await["id"].as_u64().expect("id");
+    let status = loop {
+        let res = handle(
+            &edge,
+            &jobs,
+            admin_request("GET", &format!("/admin/ingest/{id}"), ""),
+        )
+        .await
+        .expect("routed");
+        let v = json_of(res).await;
+        if v["done"] == serde_json::Value::Bool(true) {
+            break v;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status["assets"][0]["outcome"], "published", "{status}");
+    assert_eq!(
+        status["progress"]["objects_done"],
+        status["progress"]["objects_total"]
+    );
+    o.task.abort();
+    // With the origin stopped, every file of the asset is in the edge under the viewer's key.
+    for f in files(&fixtures().join("dash-timeline"), "/dash-timeline") {
+        let key = cache_key(HOST, &f, &drop);
+        assert!(edge.lookup(&key).await.is_some(), "{key} missing");
+    }
+    let res = handle(
+        &edge,
+        &jobs,
+        admin_request("DELETE", &format!("/admin/assets/{id}"), ""),
+    )
+    .await
+    .expect("routed");
+    assert_eq!(res.status(), StatusCode::OK);
+    let res = handle(&edge, &jobs, admin_request("GET", "/admin/purge", "")).await;
+    assert!(res.is_none(), "other admin routes are not ours");
+}
+
+/// Serves `handle` behind a bearer-token check, standing in for the lead's admin listener.
+async fn admin_server(edge: Arc<vedge::edge::Edge>, token: &'static str) -> std::net::SocketAddr {
+    use vedge::ingest::admin::{handle, IngestJobs};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let jobs = Arc::new(IngestJobs::default());
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let (edge, jobs) = (edge.clone(), jobs.clone());
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let (edge, jobs) = (edge.clone(), jobs.clone());
+                async move {
+                    let ok = req
+                        .headers()
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok())
+                        == Some(&format!("Bearer {token}"));
+                    let res = if !ok {
+                        let mut r =
+                            http::Response::new(vedge::http::body::Body::full(Bytes::new()));
+                        *r.status_mut() = StatusCode::UNAUTHORIZED;
+                        r
+                    } else {
+                        handle(&edge, &jobs, req).await.unwrap_or_else(|| {
+                            let mut r =
+                                http::Response::new(vedge::http::body::Body::full(Bytes::new()));
+                            *r.status_mut() = StatusCode::NOT_FOUND;
+                            r
+                        })
+                    };
+                    Ok::<_, Infallible>(res)
+                }
+            });
+            tokio::spawn(async move {
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[derive(clap::Parser)]
+struct Cli {
+    #[command(flatten)]
+    args: vedge::ingest::IngestArgs,
+}
+
+fn cli(argv: &[&str]) -> vedge::ingest::IngestArgs {
+    use clap::Parser;
+    let mut v = vec!["ingest"];
+    v.extend_from_slice(argv);
+    Cli::parse_from(v).args
+}
+
+#[tokio::test]
+async fn cli_admin_mode_pushes_a_local_dir_and_runs_a_job_and_a_wrong_token_changes_nothing() {
+    let o = origin(fixtures(), Vec::new()).await;
+    let config = vedge::config::Config::for_origin(&format!("http://{}", o.addr)).expect("config");
+    let drop = config.cache.drop_query_params.clone();
+    let edge = vedge::edge::Edge::new(config).await.expect("edge");
+    let admin = format!("http://{}", admin_server(edge.clone(), "s3cret").await);
+    let dir = fixtures().join("hls-ts");
+    let dir_s = dir.to_string_lossy().into_owned();
+    let origin_url = format!("http://{}/dash-list/manifest.mpd", o.addr);
+
+    // Wrong token: refused, nothing stored.
+    let err = vedge::ingest::run_cli(cli(&[
+        &dir_s,
+        "--admin",
+        &admin,
+        "--admin-token",
+        "nope",
+        "--host",
+        HOST,
+        "--path-prefix",
+        "/vod/ts",
+        "--json",
+    ]))
+    .await
+    .expect_err("401");
+    assert!(format!("{err:#}").contains("401"), "{err:#}");
+    assert!(edge
+        .lookup(&cache_key(HOST, "/vod/ts/master.m3u8", &drop))
+        .await
+        .is_none());
+
+    vedge::ingest::run_cli(cli(&[
+        &dir_s,
+        &origin_url,
+        "--admin",
+        &admin,
+        "--admin-token",
+        "s3cret",
+        "--host",
+        HOST,
+        "--path-prefix",
+        "/vod/ts",
+        "--json",
+    ]))
+    .await
+    .expect("ingest");
+    o.task.abort();
+    for f in files(&dir, "/vod/ts")
+        .into_iter()
+        .chain(files(&fixtures().join("dash-list"), "/dash-list"))
+    {
+        let key = cache_key(HOST, &f, &drop);
+        assert!(edge.lookup(&key).await.is_some(), "{key} missing");
+    }
+}
+
+/// GET through the edge's viewer listener: (status, X-Cache, body length).
+async fn viewer_get(edge_addr: std::net::SocketAddr, path: &str) -> (StatusCode, String, usize) {
+    use http_body_util::BodyExt;
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .build(hyper_util::client::legacy::connect::HttpConnector::new());
+    let req = Request::get(format!("http://{edge_addr}{path}"))
+        .header("host", HOST)
+        .body(http_body_util::Empty::<Bytes>::new())
+        .expect("request");
+    let res = client.request(req).await.expect("edge answers");
+    let status = res.status();
+    let x_cache = res
+        .headers()
+        .get("x-cache")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let len = res
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes()
+        .len();
+    (status, x_cache, len)
+}
+
+#[tokio::test]
+async fn with_the_origin_stopped_every_ingested_object_is_a_hit_and_a_failed_asset_serves_no_manifest(
+) {
+    let o = origin(fixtures(), vec!["hls-fmp4/v1/seg_003.m4s".to_string()]).await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut config =
+        vedge::config::Config::for_origin(&format!("http://{}", o.addr)).expect("config");
+    // A store-backed edge: pushed objects go to disk, durable and pinned.
+    config.store = Some(vedge::config::StoreSettings {
+        path: tmp.path().join("edge.store"),
+        size: (2 << 20) + (16 << 20),
+        region_size: 2 << 20,
+        reformat: false,
+        io_engine: vedge::config::IoEngineChoice::Psync,
+        admit_window: Duration::from_secs(600),
+        write_rate: None,
+    });
+    let edge = vedge::edge::Edge::new(config).await.expect("edge");
+    let admin = format!("http://{}", admin_server(edge.clone(), "s3cret").await);
+    let client = vedge::ingest::client::AdminClient::new(&admin, "s3cret", HOST);
+    let status = client
+        .run_job(
+            &[
+                format!("http://{}/dash-timeline/manifest.mpd", o.addr),
+                format!("http://{}/hls-fmp4/master.m3u8", o.addr),
+            ],
+            false,
+        )
+        .await
+        .expect("job");
+    assert_eq!(status["assets"][0]["outcome"], "published", "{status}");
+    assert_eq!(status["assets"][1]["outcome"], "failed", "{status}");
+    o.task.abort();
+
+    let viewer = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let edge_addr = viewer.local_addr().expect("addr");
+    tokio::spawn(vedge::serve(
+        edge.clone(),
+        vedge::Listeners {
+            viewer,
+            admin: None,
+        },
+        std::future::pending(),
+    ));
+    let dir = fixtures().join("dash-timeline");
+    let store = edge.store.as_ref().expect("store");
+    for f in files(&dir, "/dash-timeline") {
+        let key = cache_key(HOST, &f, &[]);
+        let hit = store
+            .lookup(key.as_bytes())
+            .await
+            .unwrap_or_else(|| panic!("{key} on disk"));
+        assert!(hit.meta.pinned, "{key} pinned");
+    }
+    for f in files(&dir, "/dash-timeline") {
+        let want = std::fs::metadata(dir.join(f.trim_start_matches("/dash-timeline/")))
+            .expect("meta")
+            .len() as usize;
+        let (status, x_cache, len) = viewer_get(edge_addr, &format!("{f}?token=viewer")).await;
+        assert_eq!(
+            (status, x_cache.as_str(), len),
+            (StatusCode::OK, "HIT", want),
+            "{f}"
+        );
+    }
+    for m in ["/hls-fmp4/master.m3u8", "/hls-fmp4/v1/index.m3u8"] {
+        let (status, x_cache, _) = viewer_get(edge_addr, m).await;
+        assert!(
+            status != StatusCode::OK && x_cache != "HIT",
+            "{m}: {status} {x_cache}"
+        );
+    }
+}
