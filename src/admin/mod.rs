@@ -1,6 +1,7 @@
 //! The admin listener: `/metrics` (Prometheus text) and `/healthz` open; purge (and, with the
 //! ingest work, push) behind a bearer token. Runs on its own listener so viewers never reach it.
 
+pub mod ingest;
 pub mod metrics;
 
 use std::convert::Infallible;
@@ -22,6 +23,8 @@ use crate::http::body::Body;
 
 /// Serves the admin API until `shutdown`.
 pub async fn serve(edge: Arc<Edge>, listener: TcpListener, shutdown: CancellationToken) {
+    // Ingest jobs live as long as the listener.
+    let jobs = Arc::new(ingest::IngestJobs::default());
     loop {
         let (stream, _) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -31,9 +34,11 @@ pub async fn serve(edge: Arc<Edge>, listener: TcpListener, shutdown: Cancellatio
             },
         };
         let edge = edge.clone();
+        let jobs = jobs.clone();
         let svc = service_fn(move |req| {
             let edge = edge.clone();
-            async move { Ok::<_, Infallible>(handle(edge, req).await) }
+            let jobs = jobs.clone();
+            async move { Ok::<_, Infallible>(handle(edge, jobs, req).await) }
         });
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
@@ -91,7 +96,11 @@ fn authorized(edge: &Edge, req: &Request<Incoming>) -> bool {
             == 0
 }
 
-async fn handle(edge: Arc<Edge>, req: Request<Incoming>) -> Response<Body> {
+async fn handle(
+    edge: Arc<Edge>,
+    jobs: Arc<ingest::IngestJobs>,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let path = req.uri().path().to_string();
     match (req.method(), path.as_str()) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
@@ -119,6 +128,14 @@ async fn handle(edge: Arc<Edge>, req: Request<Incoming>) -> Response<Body> {
                     header::HeaderValue::from_static("Bearer"),
                 );
                 return r;
+            }
+            let is_ingest = ["/admin/ingest", "/admin/objects/", "/admin/assets/"]
+                .iter()
+                .any(|p| path.starts_with(p));
+            if is_ingest {
+                return ingest::handle(&edge, &jobs, req)
+                    .await
+                    .unwrap_or_else(|| text(StatusCode::NOT_FOUND, "no such admin endpoint\n"));
             }
             admin(edge, req).await
         }

@@ -484,6 +484,15 @@ async fn handle(st: &State, req: Request<Incoming>) -> Response<Body> {
 }
 
 async fn respond(st: &State, path: &str) -> Response<Body> {
+    // Operator-given static prefixes win over the simulated streams (e.g. `--static /vod/=DIR`).
+    if st
+        .opts
+        .statics
+        .iter()
+        .any(|(p, _)| path.starts_with(p.as_str()))
+    {
+        return static_file(st, path).await;
+    }
     let segs: Vec<&str> = path.split('/').collect();
     let (kind, stream, rest) = match segs.as_slice() {
         ["", kind @ ("live" | "vod"), stream, rest @ ..] if !stream.is_empty() => {

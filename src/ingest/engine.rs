@@ -380,6 +380,9 @@ pub async fn ingest_asset<F: Fetcher, S: Sink>(
             Done::Failed(f) => report.failures.push(f),
         }
     }
+    // Sizes probed up front can be unknown (no Content-Length on HEAD): never report fewer
+    // bytes than were actually stored.
+    report.bytes = report.bytes.max(report.stored_bytes);
     if !report.failures.is_empty() && !opts.allow_partial {
         report.outcome = Outcome::Failed;
         if let Err(e) = sink.release(&stored_keys).await {
