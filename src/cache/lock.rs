@@ -42,11 +42,6 @@ impl FillTable {
         )
     }
 
-    /// Whether a fetch for `key` is in flight.
-    pub fn in_flight(&self, key: &str) -> bool {
-        self.map.lock().contains_key(key)
-    }
-
     pub fn len(&self) -> usize {
         self.map.lock().len()
     }

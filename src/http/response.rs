@@ -2,7 +2,6 @@
 //! ranges), the cache headers (`X-Cache`, `Age`, `Cache-Status`), and errors mapped to statuses.
 
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -252,14 +251,6 @@ impl EdgeError {
         );
         resp
     }
-}
-
-/// Seconds since the epoch, for logs.
-pub fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs()
 }
 
 #[cfg(test)]
