@@ -46,6 +46,11 @@ pub struct IngestArgs {
     #[arg(long)]
     pub store_size: Option<String>,
 
+    /// Region size of that store (must match the edge's `store_region_size`).
+    /// [default: store_region_size from --config, else 256MiB]
+    #[arg(long)]
+    pub store_region_size: Option<String>,
+
     /// vedge config file (for drop_query_params, listen, the store's path and size).
     #[arg(long, short = 'c')]
     pub config: Option<PathBuf>,
@@ -267,15 +272,25 @@ pub async fn run_cli(args: IngestArgs) -> anyhow::Result<()> {
         return dry_run(&args, &sources, &host, &drop).await;
     }
     if let Some(path) = &args.store {
-        let size = match (&args.store_size, store_size_from_config(&args)?) {
+        let from_config = store_size_from_config(&args)?;
+        let size = match (&args.store_size, from_config) {
             (Some(s), _) => crate::config::parse_size(s)
                 .map_err(|e| anyhow::anyhow!("--store-size {s}: {e}"))?,
-            (None, Some(s)) => s,
+            (None, Some((s, _))) => s,
             (None, None) => {
                 anyhow::bail!("--store needs --store-size (or a --config with store_size)")
             }
         };
-        let store = vedge_storage::Store::open(vedge_storage::StoreConfig::new(path, size))
+        let mut store_cfg = vedge_storage::StoreConfig::new(path, size);
+        match (&args.store_region_size, from_config) {
+            (Some(r), _) => {
+                store_cfg.region_size = crate::config::parse_size(r)
+                    .map_err(|e| anyhow::anyhow!("--store-region-size {r}: {e}"))?
+            }
+            (None, Some((_, r))) => store_cfg.region_size = r,
+            (None, None) => {}
+        }
+        let store = vedge_storage::Store::open(store_cfg)
             .await
             .with_context(|| format!("opening store {}", path.display()))?;
         let sink = store::StoreSink { store };
@@ -473,7 +488,8 @@ fn print_summary(summary: &Summary, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn store_size_from_config(args: &IngestArgs) -> anyhow::Result<Option<u64>> {
+/// The store's size and region size from `--config`, if it names a store.
+fn store_size_from_config(args: &IngestArgs) -> anyhow::Result<Option<(u64, u64)>> {
     let Some(path) = &args.config else {
         return Ok(None);
     };
@@ -481,7 +497,7 @@ fn store_size_from_config(args: &IngestArgs) -> anyhow::Result<Option<u64>> {
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let config = crate::config::Config::try_from(raw)
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    Ok(config.store.map(|s| s.size))
+    Ok(config.store.map(|s| (s.size, s.region_size)))
 }
 
 /// The viewer host and the dropped query parameters, from the flags and the config file.
