@@ -80,9 +80,9 @@ impl CachedObject {
         (self.body.len() + head + 256) as u64
     }
 
-    /// A copy refreshed by a `304 Not Modified` (RFC 9111 §4.3.4): the 304's headers replace the
-    /// stored ones, the body is kept, and the freshness restarts from now.
-    pub fn refreshed(&self, not_modified: &HeaderMap, freshness: Freshness) -> CachedObject {
+    /// The stored headers updated by a `304 Not Modified` (RFC 9111 §4.3.4): each header the
+    /// 304 carries replaces the stored one.
+    pub fn merged_headers(&self, not_modified: &HeaderMap) -> HeaderMap {
         let mut headers = self.headers.clone();
         for name in not_modified.keys() {
             if is_hop_by_hop(name) || name == header::CONTENT_LENGTH {
@@ -93,6 +93,12 @@ impl CachedObject {
                 headers.append(name.clone(), v.clone());
             }
         }
+        headers
+    }
+
+    /// A copy with revalidated headers (see `merged_headers`), the same body, and freshness
+    /// restarting from now.
+    pub fn refreshed(&self, headers: HeaderMap, freshness: Freshness) -> CachedObject {
         CachedObject {
             headers,
             freshness,

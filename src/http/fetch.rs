@@ -113,34 +113,28 @@ async fn run(edge: &Arc<Edge>, fill: &Arc<Fill>, key: &str, job: FillJob) -> Res
     let (mut parts, mut body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     let cache = &edge.config.cache;
+    let decide = |status, headers: &HeaderMap, class| {
+        policy::decide(&DecisionInput {
+            status,
+            headers,
+            rules: edge.config.ttl_for(route, class),
+            class,
+            negative_ttl: cache.negative_ttl,
+            manifest_stale_factor: cache.manifest_stale_factor,
+            max_object_size: cache.max_object_size,
+            response_delay,
+            now: SystemTime::now(),
+        })
+    };
 
     if parts.status == StatusCode::NOT_MODIFIED {
         if let Some(stale) = &job.stale {
             // RFC 9111 §4.3.4: update the stored headers, keep the body.
-            let mut merged = stale.headers.clone();
-            for name in parts.headers.keys() {
-                if name != header::CONTENT_LENGTH {
-                    merged.remove(name);
-                    for v in parts.headers.get_all(name) {
-                        merged.append(name.clone(), v.clone());
-                    }
-                }
-            }
-            let decision = policy::decide(&DecisionInput {
-                status: stale.status,
-                headers: &merged,
-                rules: edge.config.ttl_for(route, stale.class),
-                class: stale.class,
-                negative_ttl: cache.negative_ttl,
-                manifest_stale_factor: cache.manifest_stale_factor,
-                max_object_size: cache.max_object_size,
-                response_delay,
-                now: SystemTime::now(),
-            });
+            let mut merged = stale.merged_headers(&parts.headers);
+            let decision = decide(stale.status, &merged, stale.class);
             if let Decision::Store(freshness) = decision {
-                let mut refreshed = stale.refreshed(&parts.headers, freshness);
-                refreshed.headers.remove(header::AGE);
-                let refreshed = Arc::new(refreshed);
+                merged.remove(header::AGE);
+                let refreshed = Arc::new(stale.refreshed(merged, freshness));
                 edge.insert(key.to_string(), refreshed.clone());
                 fill.set_head(FillHead::Complete(refreshed));
             } else {
@@ -160,17 +154,7 @@ async fn run(edge: &Arc<Edge>, fill: &Arc<Fill>, key: &str, job: FillJob) -> Res
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok()),
     );
-    let decision = policy::decide(&DecisionInput {
-        status: parts.status,
-        headers: &parts.headers,
-        rules: edge.config.ttl_for(route, class),
-        class,
-        negative_ttl: cache.negative_ttl,
-        manifest_stale_factor: cache.manifest_stale_factor,
-        max_object_size: cache.max_object_size,
-        response_delay,
-        now: SystemTime::now(),
-    });
+    let decision = decide(parts.status, &parts.headers, class);
     if let Decision::Pass(reason) = decision {
         edge.remember_pass(&job.base_key, cache.hit_for_pass_ttl);
         if job.stale.is_some() {

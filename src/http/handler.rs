@@ -394,7 +394,7 @@ pub async fn pass(
                 .await?
         }
         Some(body) => {
-            let len = body_len(&req.parts.headers);
+            let len = crate::cache::policy::content_length(&req.parts.headers);
             let stream = incoming_stream(body, edge.origin.between_bytes_timeout());
             let mut out = Request::new(Body::stream(stream, len));
             *out.method_mut() = req.parts.method.clone();
@@ -436,8 +436,4 @@ fn relay(
         },
     );
     out
-}
-
-fn body_len(h: &http::HeaderMap) -> Option<u64> {
-    crate::cache::policy::content_length(h)
 }
