@@ -115,6 +115,7 @@ pub struct RawServer {
     pub max_header_size: Option<String>,
     pub header_read_timeout: Option<String>,
     pub shutdown_grace: Option<String>,
+    pub zero_copy: Option<bool>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
 }
@@ -189,6 +190,8 @@ pub struct ServerConfig {
     pub max_header_size: usize,
     pub header_read_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// Large RAM-tier bodies live in memfds and go to plain-TCP viewers with `sendfile`.
+    pub zero_copy: bool,
     pub tls: Option<(PathBuf, PathBuf)>,
 }
 
@@ -578,6 +581,7 @@ impl TryFrom<RawConfig> for Config {
                 &s.shutdown_grace,
                 Duration::from_secs(10),
             ),
+            zero_copy: s.zero_copy.unwrap_or(true),
             tls,
         };
         if server.max_header_size < 8192 {

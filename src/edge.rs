@@ -8,6 +8,7 @@ use quick_cache::sync::Cache;
 
 use crate::admin::metrics::Metrics;
 use crate::cache::lock::FillTable;
+use crate::cache::memfile;
 use crate::cache::object::CachedObject;
 use crate::cache::policy::ContentClass;
 use crate::cache::ram::RamTier;
@@ -82,6 +83,7 @@ impl Edge {
                 Some(store)
             }
         };
+        memfile::configure(config.server.zero_copy);
         Ok(Arc::new(Edge {
             store,
             ram: RamTier::new(config.ram_size, config.cache.max_object_size),
@@ -117,7 +119,7 @@ impl Edge {
         let hit = self.store.as_ref()?.lookup(key.as_bytes()).await?;
         let obj = Arc::new(CachedObject::decode(
             &hit.meta.head,
-            hit.body,
+            memfile::adopt(hit.body),
             hit.meta.tags,
         )?);
         self.ram.insert(key.to_string(), obj.clone());

@@ -12,13 +12,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::Stream;
 use http::{HeaderMap, StatusCode};
 use hyper::body::Incoming;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
+use crate::cache::memfile;
 use crate::cache::object::CachedObject;
 use crate::cache::vary::VarySpec;
 use crate::origin::OriginError;
@@ -156,17 +157,7 @@ impl Fill {
     /// The whole body as one `Bytes` (one copy, unless it arrived as a single chunk).
     pub fn body(&self) -> Bytes {
         let st = self.state.lock();
-        match st.chunks.as_slice() {
-            [] => Bytes::new(),
-            [one] => one.clone(),
-            many => {
-                let mut b = BytesMut::with_capacity(st.len as usize);
-                for c in many {
-                    b.extend_from_slice(c);
-                }
-                b.freeze()
-            }
-        }
+        memfile::concat(&st.chunks, st.len as usize)
     }
 
     // ---- reader side ----

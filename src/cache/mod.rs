@@ -4,6 +4,7 @@
 pub mod fill;
 pub mod key;
 pub mod lock;
+pub mod memfile;
 pub mod object;
 pub mod policy;
 pub mod ram;

@@ -6,3 +6,4 @@ pub mod handler;
 pub mod range;
 pub mod response;
 pub mod server;
+pub mod zerocopy;

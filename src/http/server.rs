@@ -25,6 +25,7 @@ use crate::edge::Edge;
 use crate::http::body::{Body, BoxError};
 use crate::http::handler;
 use crate::http::response::LogInfo;
+use crate::http::zerocopy::ZeroCopyStream;
 
 /// The connection builder with our limits.
 pub fn builder(cfg: &ServerConfig) -> auto::Builder<TokioExecutor> {
@@ -75,7 +76,7 @@ pub async fn serve(
         match &tls {
             None => {
                 let conn = builder
-                    .serve_connection(TokioIo::new(stream), svc)
+                    .serve_connection(TokioIo::new(ZeroCopyStream::new(stream)), svc)
                     .into_owned();
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {

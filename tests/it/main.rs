@@ -11,5 +11,6 @@ mod edge_freshness;
 mod edge_ranges;
 mod edge_store;
 mod edge_vary;
+mod edge_zerocopy;
 mod harness;
 mod ingest;

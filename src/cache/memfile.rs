@@ -1,0 +1,254 @@
+//! Large RAM-tier bodies kept in sealed memory files (`memfd`), so the viewer socket can
+//! `sendfile` them instead of copying every byte from user space into the kernel (nginx's
+//! advantage on large hits; the copy was over half of the edge's CPU on 1 MiB hits).
+//!
+//! A body is still an ordinary `Bytes`: it points into a shared read/write mapping of the memfd,
+//! so ranges, the store, HTTP/2 and TLS all read it like any other buffer. The plain-TCP socket
+//! wrapper (`http::zerocopy`) recognises a write whose slice lies inside a registered mapping and
+//! sends it with `sendfile(memfd, offset)` instead; the bytes are the same either way, so missing
+//! the fast path is never a correctness problem.
+//!
+//! Why a mapping is safe here (the brief keeps mappings off the serving path): the file is
+//! anonymous memory, never disk-backed, so touching it can't block on I/O; it is private to this
+//! process (close-on-exec, no name in the file system) and sealed against shrinking, so the
+//! mapping can never SIGBUS; and it is never written after it is registered, so a page the kernel
+//! still references after `sendfile` (TCP retransmission) keeps the bytes it was sent with.
+//!
+//! Each body costs one file descriptor, so memfds are used only for bodies of at least
+//! `MIN_SIZE` and only while fewer than a budget (a quarter of the open-file limit) are alive;
+//! beyond that bodies stay on the heap.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::RwLock;
+
+use bytes::Bytes;
+
+/// Bodies smaller than this stay on the heap: the sendfile saving is small next to a syscall
+/// and a descriptor.
+pub const MIN_SIZE: usize = 64 << 10;
+
+static ENABLED: AtomicBool = AtomicBool::new(true);
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static BUDGET: AtomicUsize = AtomicUsize::new(0);
+
+/// Registered mappings: start address -> (end address, memfd).
+static REGISTRY: RwLock<BTreeMap<usize, (usize, RawFd)>> = RwLock::new(BTreeMap::new());
+
+/// Turns memfd bodies on or off (config `server.zero_copy`) and sizes the descriptor budget from
+/// the open-file limit.
+pub fn configure(enabled: bool) {
+    ENABLED.store(enabled, Relaxed);
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass.
+    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        lim.rlim_cur as usize
+    } else {
+        1024
+    };
+    BUDGET.store((soft / 4).min(1 << 16), Relaxed);
+}
+
+/// How many memfd bodies are alive (for metrics and tests).
+pub fn live() -> usize {
+    LIVE.load(Relaxed)
+}
+
+/// Concatenates `chunks` (`len` bytes in all) into one body: in a memfd when it is large enough
+/// and the budget allows, else on the heap. Copies once either way.
+pub fn concat(chunks: &[Bytes], len: usize) -> Bytes {
+    match chunks {
+        [] => return Bytes::new(),
+        [one] if !eligible(len) => return one.clone(),
+        _ => {}
+    }
+    if eligible(len) {
+        match MemFile::create(len) {
+            Ok(mut f) => {
+                let dst = f.as_mut_slice();
+                let mut at = 0;
+                for c in chunks {
+                    dst[at..at + c.len()].copy_from_slice(c);
+                    at += c.len();
+                }
+                debug_assert_eq!(at, len);
+                return f.into_bytes();
+            }
+            Err(e) => tracing::debug!(error = %e, len, "memfd body unavailable; using the heap"),
+        }
+    }
+    let mut b = bytes::BytesMut::with_capacity(len);
+    for c in chunks {
+        b.extend_from_slice(c);
+    }
+    b.freeze()
+}
+
+/// `body` moved into a memfd if it is eligible and not there already (disk hits promoted to
+/// RAM); otherwise `body` itself.
+pub fn adopt(body: Bytes) -> Bytes {
+    if !eligible(body.len()) || lookup(body.as_ptr(), body.len()).is_some() {
+        return body;
+    }
+    let len = body.len();
+    concat(&[body], len)
+}
+
+fn eligible(len: usize) -> bool {
+    len >= MIN_SIZE && ENABLED.load(Relaxed) && LIVE.load(Relaxed) < BUDGET.load(Relaxed)
+}
+
+/// If `[ptr, ptr+len)` lies inside a registered memfd body, that file and the offset of `ptr` in
+/// it. The caller must hold a reference keeping the body alive (it does: it is writing it).
+pub fn lookup(ptr: *const u8, len: usize) -> Option<(RawFd, u64)> {
+    if LIVE.load(Relaxed) == 0 {
+        return None;
+    }
+    let p = ptr as usize;
+    let reg = REGISTRY.read().ok()?;
+    let (&start, &(end, fd)) = reg.range(..=p).next_back()?;
+    (p + len <= end).then_some((fd, (p - start) as u64))
+}
+
+/// One memfd and its shared mapping.
+struct MemFile {
+    fd: OwnedFd,
+    ptr: NonNull<u8>,
+    len: usize,
+    registered: bool,
+}
+
+// SAFETY: the mapping is plain memory owned by this value; it is written only through
+// `&mut self` before it is shared, and read-only afterwards.
+unsafe impl Send for MemFile {}
+unsafe impl Sync for MemFile {}
+
+impl MemFile {
+    fn create(len: usize) -> io::Result<MemFile> {
+        // SAFETY: a NUL-terminated name and valid flags; the result is checked.
+        let raw = unsafe {
+            libc::memfd_create(
+                c"vedge-body".as_ptr(),
+                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+            )
+        };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a fresh descriptor we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: plain syscalls on our descriptor.
+        if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+        if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: maps `len` bytes of a file that is exactly `len` long and can no longer shrink.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_POPULATE,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or_else(io::Error::last_os_error)?;
+        LIVE.fetch_add(1, Relaxed);
+        Ok(MemFile {
+            fd,
+            ptr,
+            len,
+            registered: false,
+        })
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: the mapping is `len` bytes, alive while `self` is, and not yet shared.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// Registers the (now complete) file for `lookup` and hands it out as `Bytes`.
+    fn into_bytes(mut self) -> Bytes {
+        if let Ok(mut reg) = REGISTRY.write() {
+            let start = self.ptr.as_ptr() as usize;
+            reg.insert(start, (start + self.len, self.fd.as_raw_fd()));
+            self.registered = true;
+        }
+        Bytes::from_owner(self)
+    }
+}
+
+impl AsRef<[u8]> for MemFile {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: as in `as_mut_slice`; shared reads only.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for MemFile {
+    fn drop(&mut self) {
+        if self.registered {
+            if let Ok(mut reg) = REGISTRY.write() {
+                reg.remove(&(self.ptr.as_ptr() as usize));
+            }
+        }
+        // SAFETY: unmaps exactly the mapping `create` made; no reference to it outlives `self`.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+        LIVE.fetch_sub(1, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_bodies_live_in_a_registered_memfd() {
+        configure(true);
+        let a = Bytes::from(vec![7u8; 100 << 10]);
+        let b = Bytes::from(vec![9u8; 50 << 10]);
+        let body = concat(&[a.clone(), b.clone()], 150 << 10);
+        assert_eq!(body.len(), 150 << 10);
+        assert_eq!(&body[..a.len()], &a[..]);
+        assert_eq!(&body[a.len()..], &b[..]);
+
+        let (fd, off) = lookup(body.as_ptr(), body.len()).expect("registered");
+        assert_eq!(off, 0);
+        let tail = body.slice(1000..);
+        assert_eq!(lookup(tail.as_ptr(), tail.len()), Some((fd, 1000)));
+        // The file holds the same bytes the mapping shows.
+        let mut buf = [0u8; 4];
+        let n = unsafe { libc::pread(fd, buf.as_mut_ptr().cast(), 4, (a.len() - 2) as i64) };
+        assert_eq!(n, 4);
+        assert_eq!(buf, [7, 7, 9, 9]);
+
+        // Heap buffers and small bodies are not found.
+        assert!(lookup(a.as_ptr(), a.len()).is_none());
+        let small = concat(&[Bytes::from_static(b"abc")], 3);
+        assert!(lookup(small.as_ptr(), small.len()).is_none());
+
+        // Adopting a body already in a memfd keeps it; a heap one moves.
+        let same = adopt(body.clone());
+        assert_eq!(same.as_ptr(), body.as_ptr());
+        let moved = adopt(a.clone());
+        assert!(lookup(moved.as_ptr(), moved.len()).is_some());
+        assert_eq!(moved, a);
+
+        let start = body.as_ptr() as usize;
+        drop((body, tail, same));
+        assert!(REGISTRY.read().unwrap().get(&start).is_none());
+    }
+}

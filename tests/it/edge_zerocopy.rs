@@ -1,0 +1,96 @@
+//! Large bodies in the RAM tier live in sealed memfds and go to plain-TCP viewers with
+//! `sendfile` (`cache::memfile`, `http::zerocopy`). The bytes on the wire must be exactly what a
+//! heap body would give: whole objects, ranges at odd offsets, HEAD, and several responses
+//! pipelined on one keep-alive connection (head bytes sent with MSG_MORE, then the file).
+
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use vedge::cache::memfile;
+use vedge::http::zerocopy;
+
+use crate::support::{edge_config, Origin, Script, TestEdge};
+
+fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i * 7 % 253) as u8).collect()
+}
+
+#[tokio::test]
+async fn large_hits_are_sent_from_a_memfd_byte_for_byte() {
+    let origin = Origin::start().await;
+    let len = 3 << 20;
+    let body = pattern(len);
+    // Trickled in chunks, so the fill's body is a concatenation (the memfd copy).
+    origin.script(
+        "/v/big.m4s",
+        Script::ok(body.clone())
+            .header("cache-control", "max-age=600")
+            .trickle(8, Duration::from_millis(80)),
+    );
+    let edge = TestEdge::start(edge_config(&origin)).await;
+
+    let miss = edge.get("/v/big.m4s").await;
+    assert_eq!(miss.x_cache(), "MISS");
+    assert_eq!(miss.body, body);
+    edge.settle().await;
+
+    let sent_before = zerocopy::sendfile_bytes();
+    let hit = edge.get("/v/big.m4s").await;
+    assert_eq!(hit.x_cache(), "HIT");
+    assert_eq!(hit.h("content-length"), len.to_string());
+    assert_eq!(hit.body, body, "a memfd-backed HIT carries the same bytes");
+    assert!(
+        memfile::live() >= 1,
+        "the cached body lives in a memfd (zero_copy defaults on)"
+    );
+    assert!(
+        zerocopy::sendfile_bytes() - sent_before >= len as u64,
+        "the HIT went out with sendfile"
+    );
+
+    for (range, start, end) in [
+        ("bytes=1-4096", 1, 4097),
+        ("bytes=1000003-2500000", 1_000_003, 2_500_001),
+        ("bytes=-70001", len - 70_001, len),
+    ] {
+        let r = edge.get_with("/v/big.m4s", &[("range", range)]).await;
+        assert_eq!(r.status, StatusCode::PARTIAL_CONTENT, "{range}");
+        assert_eq!(&r.body[..], &body[start..end], "{range}");
+    }
+
+    let head = edge
+        .send(edge.req(Method::HEAD, "/v/big.m4s"), Default::default())
+        .await;
+    assert_eq!(head.h("content-length"), len.to_string());
+    assert!(head.body.is_empty());
+
+    // Three requests pipelined on one connection: each response's head is followed by exactly
+    // its body, and the last one closes.
+    let host = edge.addr;
+    let one = format!("GET /v/big.m4s HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    let ranged =
+        format!("GET /v/big.m4s HTTP/1.1\r\nHost: {host}\r\nRange: bytes=5-100004\r\n\r\n");
+    let last = format!("GET /v/big.m4s HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    let raw = edge.raw(format!("{one}{ranged}{last}").as_bytes()).await;
+    let mut rest = &raw.bytes[..];
+    for want in [&body[..], &body[5..100_005], &body[..]] {
+        let end = rest
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("a response head")
+            + 4;
+        let head = std::str::from_utf8(&rest[..end]).expect("ascii head");
+        assert!(head.contains("x-cache: HIT"), "{head}");
+        let cl: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .expect("content-length")
+            .parse()
+            .expect("a number");
+        assert_eq!(cl, want.len(), "{head}");
+        assert_eq!(&rest[end..end + cl], want);
+        rest = &rest[end + cl..];
+    }
+    assert!(rest.is_empty(), "nothing after the third body");
+    assert_eq!(origin.count("/v/big.m4s"), 1);
+}
