@@ -15,6 +15,7 @@ use crate::cache::ram::RamTier;
 use crate::cache::vary::VarySpec;
 use crate::config::{Config, IoEngineChoice};
 use crate::origin::OriginClient;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 
 use vedge_storage::{Admit, EngineChoice, Meta, SkipReason, Source, Store, StoreConfig};
@@ -44,9 +45,9 @@ pub struct Edge {
     pub store: Option<Store>,
     pub fills: Arc<FillTable>,
     /// Keys whose responses were not shareable, until when they stay uncached.
-    pub hit_for_pass: Cache<String, SystemTime>,
+    pub hit_for_pass: SparseCache<SystemTime>,
     /// Base key -> the request headers its responses vary on.
-    pub vary_index: Cache<String, Arc<VarySpec>>,
+    pub vary_index: SparseCache<Arc<VarySpec>>,
     pub origin: OriginClient,
     pub metrics: Metrics,
 }
@@ -88,8 +89,8 @@ impl Edge {
             store,
             ram: RamTier::new(config.ram_size, config.cache.max_object_size),
             fills: Arc::new(FillTable::default()),
-            hit_for_pass: Cache::new(100_000),
-            vary_index: Cache::new(100_000),
+            hit_for_pass: SparseCache::new(100_000),
+            vary_index: SparseCache::new(100_000),
             origin,
             metrics: Metrics::default(),
             node,
@@ -164,9 +165,6 @@ impl Edge {
 
     /// Whether `key` is remembered as uncacheable.
     pub fn is_hit_for_pass(&self, key: &str) -> bool {
-        if self.hit_for_pass.is_empty() {
-            return false;
-        }
         match self.hit_for_pass.get(key) {
             Some(until) if until > SystemTime::now() => true,
             Some(_) => {
@@ -229,5 +227,46 @@ pub fn store_meta(obj: &CachedObject) -> Meta {
         expires_at: obj.expires_at(),
         tags: obj.tags.clone(),
         pinned: obj.pinned,
+    }
+}
+
+/// A bounded map that is empty on most edges (hit-for-pass keys, Vary specs) but consulted on
+/// every request: until something is first inserted, reads return at once instead of hashing the
+/// key and taking a shard lock (quick_cache's `is_empty` locks every shard).
+pub struct SparseCache<V> {
+    map: Cache<String, V>,
+    used: AtomicBool,
+}
+
+impl<V: Clone> SparseCache<V> {
+    pub fn new(capacity: usize) -> SparseCache<V> {
+        SparseCache {
+            map: Cache::new(capacity),
+            used: AtomicBool::new(false),
+        }
+    }
+
+    pub fn get(&self, key: &str) -> Option<V> {
+        if !self.used.load(Relaxed) {
+            return None;
+        }
+        self.map.get(key)
+    }
+
+    pub fn insert(&self, key: String, value: V) {
+        self.used.store(true, Relaxed);
+        self.map.insert(key, value);
+    }
+
+    pub fn remove(&self, key: &str) {
+        if self.used.load(Relaxed) {
+            self.map.remove(key);
+        }
+    }
+
+    pub fn retain(&self, keep: impl Fn(&String, &V) -> bool) {
+        if self.used.load(Relaxed) {
+            self.map.retain(keep);
+        }
     }
 }

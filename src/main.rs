@@ -6,6 +6,12 @@ use tokio::net::TcpListener;
 use vedge::cli::{Cli, Command, DemoArgs, ServeArgs};
 use vedge::config::{Config, RawConfig};
 
+/// mimalloc instead of glibc malloc: the hit path makes a handful of small, short-lived
+/// allocations per request on every worker thread, and glibc's arenas showed ~6 % of the edge's
+/// CPU on manifest hits (perf); mimalloc's thread-local free lists take a fraction of that.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // Validate before anything else: a bad config never binds a port.

@@ -8,6 +8,7 @@
 //!    within stale-if-error (STALE);
 //! 5. miss: claim the key's fill; the leader's fetch streams to every reader (MISS).
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -131,14 +132,9 @@ async fn cached(req: &Req<'_>) -> Result<Response<Body>, EdgeError> {
     // A second round happens only when a collapsed reader learns the response varies on a
     // header whose value differs from the leader's: then it looks up its own variant.
     for _ in 0..2 {
-        let spec = if edge.vary_index.is_empty() {
-            None
-        } else {
-            edge.vary_index.get(&base_key)
-        };
-        let key = match spec {
-            Some(spec) => format!("{base_key}{}", spec.variant(&req.parts.headers)),
-            None => base_key.clone(),
+        let key: Cow<str> = match edge.vary_index.get(&base_key) {
+            Some(spec) => format!("{base_key}{}", spec.variant(&req.parts.headers)).into(),
+            None => Cow::Borrowed(&base_key),
         };
         let now = SystemTime::now();
         let found = edge.lookup(&key).await;
@@ -429,7 +425,7 @@ fn relay(
     let mut out = Response::from_parts(parts, body);
     response::stamp(
         &mut out,
-        &CacheInfo {
+        CacheInfo {
             status,
             cache_status: format!("{}; {cache_status}", req.cdn()),
             age: None,

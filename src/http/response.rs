@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Response, StatusCode};
 
 use crate::cache::fill::Fill;
@@ -114,15 +114,21 @@ pub fn build(
     let mut resp = Response::new(body);
     *resp.status_mut() = out_status;
     *resp.headers_mut() = headers;
-    stamp(&mut resp, &info);
+    stamp(&mut resp, info);
     resp
 }
 
+const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
 /// Adds `X-Cache`, `Cache-Status` and `Age`, and the log fields.
-pub fn stamp(resp: &mut Response<Body>, info: &CacheInfo) {
+pub fn stamp(resp: &mut Response<Body>, info: CacheInfo) {
     let h = resp.headers_mut();
-    h.insert("x-cache", HeaderValue::from_static(info.status.as_str()));
-    h.insert("cache-status", hv(&info.cache_status));
+    h.insert(X_CACHE, HeaderValue::from_static(info.status.as_str()));
+    // The String's buffer becomes the header value (no second copy).
+    let cache_status = HeaderValue::from_maybe_shared(Bytes::from(info.cache_status))
+        .unwrap_or_else(|_| HeaderValue::from_static("invalid"));
+    h.insert(CACHE_STATUS, cache_status);
     if let Some(age) = info.age {
         h.insert(header::AGE, HeaderValue::from(age));
     }
@@ -243,7 +249,7 @@ impl EdgeError {
         };
         stamp(
             &mut resp,
-            &CacheInfo {
+            CacheInfo {
                 status,
                 cache_status: format!("{cdn_id}; fwd=miss; detail={}", self.detail()),
                 age: None,

@@ -118,7 +118,12 @@ pub async fn respond(
 ) -> Response<Logged> {
     let started = Instant::now();
     let method = req.method().clone();
-    let path = req.uri().path().to_string();
+    // The path is kept only for the access line; with access logging off it is not copied.
+    let path = if tracing::enabled!(target: "vedge::access", tracing::Level::INFO) {
+        req.uri().path().to_string()
+    } else {
+        String::new()
+    };
     let resp = handler::handle(edge.clone(), req, peer).await;
     let info = resp
         .extensions()
