@@ -35,6 +35,7 @@ fn config(base: &str, path: &str, scenario: Scenario, viewers: u64, secs: u64) -
         mix: vec![1, 1],
         abr: false,
         timeout: Duration::from_secs(5),
+        connections: 256,
         seed: 3,
     }
 }
