@@ -587,4 +587,49 @@ mod tests {
         let b = schedule(&cfg(Scenario::Burst, 1000));
         assert!(b.iter().all(|(t, _)| *t < Duration::from_millis(500)));
     }
+
+    /// A response that is only looked at after its deadline (the harness's runtime was busy)
+    /// is a timeout, not a success with a TTFB above the timeout.
+    #[tokio::test]
+    async fn a_late_response_counts_as_a_timeout() {
+        // The server runs on its own thread and runtime, so blocking this one does not stop it.
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        std_listener.set_nonblocking(true).expect("nonblocking");
+        let addr = std_listener.local_addr().expect("addr");
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(std_listener).expect("listener");
+                // One connection is enough: the harness sends a single request.
+                let Ok((s, _)) = listener.accept().await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(|_req| async {
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                    Ok::<_, std::convert::Infallible>(http::Response::new(
+                        http_body_util::Full::new(Bytes::from_static(b"late")),
+                    ))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        });
+        let rec = Arc::new(Mutex::new(Recorder::new(Instant::now())));
+        let net = Arc::new(HttpNet::new(Duration::from_millis(50), 4, rec.clone()));
+        let n = net.clone();
+        let url = format!("http://{addr}/x.m4s");
+        let task = tokio::spawn(async move { n.fetch(&url, Class::Segment).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // Block this (current-thread) runtime past the deadline while the response arrives.
+        std::thread::sleep(Duration::from_millis(300));
+        let r = task.await.expect("task");
+        assert!(r.is_err(), "{r:?}");
+        let rec = rec.lock();
+        assert_eq!(rec.classes[&Class::Segment].ok, 0);
+        assert_eq!(rec.errors.get("timeout_head"), Some(&1), "{:?}", rec.errors);
+    }
 }

@@ -87,10 +87,14 @@ pub enum Pick {
 /// Where a live viewer starts and how it learns of new segments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
-    /// Three segments from the live edge; playlist polling (HLS) or template timing (DASH).
+    /// Three segments from the live edge; playlist polling (HLS); DASH: template timing for
+    /// `$Number$` and `r="-1"` timelines, MPD updates for explicit SegmentTimeline entries.
     Live,
     /// At the live edge (one segment of slack); every next segment is requested the moment it
-    /// becomes available, computed from PROGRAM-DATE-TIME (HLS) or availabilityStartTime (DASH).
+    /// becomes available, computed from PROGRAM-DATE-TIME and EXTINF (HLS) or
+    /// availabilityStartTime and the template (DASH). Past the end of what the playlist or
+    /// SegmentTimeline lists, the next segment is assumed to last as long as the last one: a
+    /// packager whose durations vary gets some early requests (404s, reported).
     Storm,
     /// VOD: random seeks, a few segments played after each.
     Vod,
@@ -827,6 +831,20 @@ async fn run_dash(net: &impl Net, plan: &Plan, wall: &(impl Fn() -> SystemTime +
             net.parse_error();
             break;
         };
+        if mpd.dynamic
+            && plan.mode != Mode::Storm
+            && rep.tpl.listed_end().is_some_and(|end| seg.start >= end)
+        {
+            // Players do not guess SegmentTimeline entries: wait for an update that lists it.
+            // (A storm viewer does guess, with the last duration: see `Mode::Storm`.)
+            let at = last_reload + mpd.update;
+            if at > plan.leave_at {
+                sleep_until(plan.leave_at).await;
+                break;
+            }
+            sleep_until(at).await;
+            continue;
+        }
         if mpd.dynamic {
             // A segment is available when it ends.
             let avail = mpd.base + seg.start + seg.dur + AVAILABILITY_MARGIN;
@@ -1123,5 +1141,341 @@ mod tests {
             Some("a/41/x42.ts")
         );
         assert_eq!(next_uri("x.ts", 41, 42), None);
+    }
+
+    /// A scripted server: `respond(url, since_start)` gives the body, or None for a 404.
+    struct Script<F> {
+        t0: Instant,
+        respond: F,
+        seg_latency: Duration,
+        log: Mutex<Vec<(Duration, String, bool)>>,
+        stalls: Mutex<Vec<Duration>>,
+    }
+
+    /// Wall clock at the scripted server's start (whole seconds).
+    const WALL0: u64 = 1_800_000_000;
+
+    impl<F: Fn(&str, Duration) -> Option<String> + Send + Sync> Script<F> {
+        fn new(seg_latency: Duration, respond: F) -> Self {
+            Script {
+                t0: Instant::now(),
+                respond,
+                seg_latency,
+                log: Mutex::new(Vec::new()),
+                stalls: Mutex::new(Vec::new()),
+            }
+        }
+        fn wall(&self) -> SystemTime {
+            SystemTime::UNIX_EPOCH + Duration::from_secs(WALL0) + self.t0.elapsed()
+        }
+        /// (time, `$Time$`) of every successful `t_{time}.m4s` request.
+        fn times(&self) -> Vec<(Duration, u64)> {
+            self.log
+                .lock()
+                .iter()
+                .filter(|(_, _, ok)| *ok)
+                .filter_map(|(at, u, _)| Some((*at, seg_time(u)?)))
+                .collect()
+        }
+        fn misses(&self) -> usize {
+            self.log.lock().iter().filter(|(_, _, ok)| !ok).count()
+        }
+    }
+
+    fn seg_time(url: &str) -> Option<u64> {
+        url.rsplit("t_").next()?.strip_suffix(".m4s")?.parse().ok()
+    }
+
+    impl<F: Fn(&str, Duration) -> Option<String> + Send + Sync> Net for Script<F> {
+        fn get(
+            &self,
+            url: &str,
+            class: Class,
+        ) -> impl Future<Output = Result<Fetched, FetchError>> + Send {
+            let since = self.t0.elapsed();
+            let body = (self.respond)(url, since);
+            self.log
+                .lock()
+                .push((since, url.to_string(), body.is_some()));
+            let latency = if class == Class::Segment {
+                self.seg_latency
+            } else {
+                Duration::ZERO
+            };
+            async move {
+                sleep(latency).await;
+                match body {
+                    Some(b) => Ok(Fetched {
+                        bytes: 50_000,
+                        body: Bytes::from(b),
+                        total: latency,
+                    }),
+                    None => Err(FetchError::Status(404)),
+                }
+            }
+        }
+        fn stall(&self, d: Duration) {
+            self.stalls.lock().push(d);
+        }
+        fn parse_error(&self) {
+            panic!("parse error");
+        }
+        fn startup(&self, _: Duration) {}
+        fn watched(&self, _: Duration) {}
+    }
+
+    /// A dynamic MPD (timescale 1000) whose period began `ast_ago` before the script started.
+    fn timeline_mpd(ast_ago: Duration, timeline: &str) -> String {
+        let ast = SystemTime::UNIX_EPOCH + Duration::from_secs(WALL0) - ast_ago;
+        format!(
+            r#"<?xml version="1.0"?>
+<MPD xmlns="urn:mpeg:dash:schema:mpd:2011" profiles="urn:mpeg:dash:profile:isoff-live:2011" type="dynamic" availabilityStartTime="{}" minimumUpdatePeriod="PT2S" timeShiftBufferDepth="PT12S" minBufferTime="PT2S">
+ <Period id="0" start="PT0S">
+  <AdaptationSet contentType="video" mimeType="video/mp4">
+   <SegmentTemplate timescale="1000" initialization="$RepresentationID$/init.mp4" media="$RepresentationID$/t_$Time$.m4s">
+    <SegmentTimeline>{timeline}</SegmentTimeline>
+   </SegmentTemplate>
+   <Representation id="v" bandwidth="100000" codecs="avc1.42c01e" width="160" height="90"/>
+  </AdaptationSet>
+ </Period>
+</MPD>"#,
+            playlist::rfc3339(ast)
+        )
+    }
+
+    /// `r="-1"`: one S stands for every segment up to the live edge, which comes from the clock.
+    #[tokio::test(start_paused = true)]
+    async fn dash_time_viewer_extends_an_open_ended_timeline_by_the_clock() {
+        // Segments of 2 s from t=0; the period began 13 s before the join, so 0..=5 exist
+        // (segment 6 ends at 14 s).
+        let ago = Duration::from_secs(13);
+        let net = Script::new(Duration::from_millis(10), move |url, since| {
+            if url.ends_with(".mpd") {
+                return Some(timeline_mpd(ago, r#"<S t="0" d="2000" r="-1"/>"#));
+            }
+            match seg_time(url) {
+                Some(t) => (t % 2000 == 0 && Duration::from_millis(t + 2000) <= ago + since)
+                    .then(String::new),
+                None => Some(String::new()),
+            }
+        });
+        let p = plan("http://edge/live/s/manifest-timeline.mpd", Mode::Live, 8);
+        let out = run(&net, &p, &|| net.wall()).await;
+        let got = net.times();
+        let ts: Vec<u64> = got.iter().map(|(_, t)| *t).collect();
+        // Three back from the live edge, then every 2 s as each segment completes.
+        assert_eq!(
+            ts,
+            [6000, 8000, 10000, 12000, 14000, 16000, 18000],
+            "{got:?}"
+        );
+        for (at, t) in &got[3..] {
+            let avail = Duration::from_millis(t + 2000) - ago;
+            assert!(
+                *at >= avail && *at - avail <= Duration::from_millis(25),
+                "{t} at {at:?}"
+            );
+        }
+        assert_eq!(net.misses(), 0);
+        assert_eq!(out.stalls, 0);
+    }
+
+    /// Durations cycling 2 s, 3 s, 1 s: `$Time$` values are the timeline's own, each segment is
+    /// asked for once the MPD lists it, never before, and none is skipped or requested twice.
+    #[tokio::test(start_paused = true)]
+    async fn dash_time_viewer_follows_an_irregular_timeline() {
+        const DURS: [u64; 3] = [2000, 3000, 1000];
+        // Starts: 0, 2000, 5000, 6000, 8000, 11000, 12000, 14000, 17000, 18000, 20000, ...
+        let segments = |until_ms: u64| {
+            let (mut t, mut k, mut v) = (0u64, 0usize, Vec::new());
+            while t + DURS[k % 3] <= until_ms {
+                v.push((t, DURS[k % 3]));
+                t += DURS[k % 3];
+                k += 1;
+            }
+            v
+        };
+        let ago = Duration::from_secs(12);
+        let net = Script::new(Duration::from_millis(10), move |url, since| {
+            let now_ms = (ago + since).as_millis() as u64;
+            let done = segments(now_ms);
+            if url.ends_with(".mpd") {
+                // The window: the last 6 complete segments, one S each (t, d).
+                let s: String = done[done.len().saturating_sub(6)..]
+                    .iter()
+                    .map(|(t, d)| format!(r#"<S t="{t}" d="{d}"/>"#))
+                    .collect();
+                return Some(timeline_mpd(ago, &s));
+            }
+            match seg_time(url) {
+                Some(t) => done.iter().any(|(s, _)| *s == t).then(String::new),
+                None => Some(String::new()),
+            }
+        });
+        let p = plan("http://edge/live/s/manifest-timeline.mpd", Mode::Live, 9);
+        let out = run(&net, &p, &|| net.wall()).await;
+        let got = net.times();
+        let ts: Vec<u64> = got.iter().map(|(_, t)| *t).collect();
+        // 6 complete at the join (ends 2, 5, 6, 8, 11, 12 s): start 3 back, at 6000.
+        assert_eq!(
+            ts,
+            [6000, 8000, 11000, 12000, 14000, 17000, 18000],
+            "{got:?}"
+        );
+        // 12000 (ends at 14 s = 2 s in) is listed by the update at 2 s; 14000 (ends 17 s) and
+        // 17000 (ends 18 s) by the one at 6 s.
+        assert!(got[3].0 >= Duration::from_secs(2), "{got:?}");
+        assert!(got[4].0 >= Duration::from_secs(6), "{got:?}");
+        assert_eq!(net.misses(), 0, "{:?}", net.log.lock());
+        assert_eq!(out.stalls, 0);
+        assert_eq!(out.skipped, 0);
+    }
+
+    #[test]
+    fn timeline_addressing_handles_repeats_gaps_and_offsets() {
+        let tpl = |runs: Vec<Run>, pto: u64| Template {
+            timescale: 1000,
+            pto,
+            start_number: 1,
+            media: "t_$Time$.m4s".into(),
+            init: None,
+            addressing: Addressing::Timeline(runs),
+        };
+        let ms = Duration::from_millis;
+        // 3 x 2 s from 0, a gap, then open-ended 1 s segments from 10 s.
+        let t = tpl(
+            vec![
+                Run {
+                    t: 0,
+                    d: 2000,
+                    count: Some(3),
+                },
+                Run {
+                    t: 10_000,
+                    d: 1000,
+                    count: None,
+                },
+            ],
+            0,
+        );
+        let s = t.segment_from(ms(2000)).expect("segment");
+        assert_eq!(
+            (s.number, s.time, s.start, s.dur),
+            (2, 2000, ms(2000), ms(2000))
+        );
+        // Inside a segment: the next one. In the gap: the first after it.
+        assert_eq!(t.segment_from(ms(2500)).map(|s| s.time), Some(4000));
+        assert_eq!(
+            t.segment_from(ms(7000)).map(|s| (s.number, s.time)),
+            Some((4, 10_000))
+        );
+        assert_eq!(t.segment_from(ms(12_000)).map(|s| s.time), Some(12_000));
+        assert_eq!(t.listed_end(), None);
+        // Open-ended run followed by another S: repeats until that one starts.
+        let t = tpl(
+            vec![
+                Run {
+                    t: 0,
+                    d: 2000,
+                    count: None,
+                },
+                Run {
+                    t: 6000,
+                    d: 3000,
+                    count: Some(2),
+                },
+            ],
+            0,
+        );
+        let starts: Vec<u64> = std::iter::successors(t.segment_from(Duration::ZERO), |s| {
+            t.segment_from(s.start + s.dur)
+        })
+        .take(6)
+        .map(|s| s.time)
+        .collect();
+        // Past the listed end (12 s), segments are predicted with the last duration.
+        assert_eq!(starts, [0, 2000, 4000, 6000, 9000, 12_000]);
+        assert_eq!(t.listed_end(), Some(ms(12_000)));
+        // presentationTimeOffset: $Time$ 90000 is period position 0.
+        let t = tpl(
+            vec![Run {
+                t: 90_000,
+                d: 2000,
+                count: Some(5),
+            }],
+            90_000,
+        );
+        let s = t.segment_from(ms(4000)).expect("segment");
+        assert_eq!((s.time, s.start), (94_000, ms(4000)));
+        // Live start: the 3rd newest complete segment. At 9.5 s the segments from 0, 2, 4 and 6 s
+        // are complete (the one from 8 s ends at 10 s); at 11 s, the listed end (10 s) caps it.
+        assert_eq!(t.live_start(ms(9500), ms(12_000), 3), ms(2000));
+        assert_eq!(t.live_start(ms(11_000), ms(12_000), 3), ms(4000));
+        assert_eq!(t.live_start(ms(11_000), ms(3000), 1), ms(8000));
+    }
+
+    #[test]
+    fn hls_positions_come_from_pdt_then_extinf() {
+        let parse = |text: &str| match parse_hls(text.as_bytes()) {
+            Some(m3u8_rs::Playlist::MediaPlaylist(p)) => p,
+            other => panic!("{other:?}"),
+        };
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        // PDT on the second segment only: the first is placed before it by its EXTINF, the
+        // rest after it by theirs.
+        let pl = parse(
+            "#EXTM3U\n#EXT-X-TARGETDURATION:4\n#EXT-X-MEDIA-SEQUENCE:10\n#EXTINF:1.5,\na.ts\n#EXT-X-PROGRAM-DATE-TIME:2027-01-15T08:00:00.000Z\n#EXTINF:4.0,\nb.ts\n#EXTINF:2.5,\nc.ts\n",
+        );
+        let pos = hls_positions(&pl, &BTreeMap::new());
+        // 2027-01-15T08:00:00Z is 1.8e9 s after the Unix epoch.
+        let b = s(1_800_000_000);
+        assert_eq!(pos[1], (b, s(4)));
+        assert_eq!(pos[0], (b - ms(1500), ms(1500)));
+        assert_eq!(pos[2], (b + s(4), ms(2500)));
+        // No PDT: EXTINF from 0 on a first load, then anchored by what was learned.
+        let pl = parse("#EXTM3U\n#EXT-X-TARGETDURATION:4\n#EXT-X-MEDIA-SEQUENCE:10\n#EXTINF:1,\na\n#EXTINF:3,\nb\n#EXTINF:2,\nc\n");
+        let pos = hls_positions(&pl, &BTreeMap::new());
+        assert_eq!(
+            pos.iter().map(|p| p.0).collect::<Vec<_>>(),
+            [s(0), s(1), s(4)]
+        );
+        let known: BTreeMap<u64, Duration> = (10..13).zip(pos.iter().map(|p| p.0)).collect();
+        let next = parse("#EXTM3U\n#EXT-X-TARGETDURATION:4\n#EXT-X-MEDIA-SEQUENCE:11\n#EXTINF:3,\nb\n#EXTINF:2,\nc\n#EXTINF:4,\nd\n");
+        let pos = hls_positions(&next, &known);
+        assert_eq!(
+            pos.iter().map(|p| p.0).collect::<Vec<_>>(),
+            [s(1), s(4), s(6)]
+        );
+        // Past the end: extrapolated with the last duration.
+        assert_eq!(hls_segment(15, 11, &pos), Some((s(14), s(4))));
+    }
+
+    /// Deadlines follow EXTINF, not the target duration: 1 s segments that take 1.5 s to
+    /// arrive stall the player even though the target duration (4 s) would have hidden it.
+    #[tokio::test(start_paused = true)]
+    async fn hls_deadlines_follow_extinf() {
+        let vod = |extinf: &str| {
+            let mut p = String::from("#EXTM3U\n#EXT-X-TARGETDURATION:4\n#EXT-X-MEDIA-SEQUENCE:0\n#EXT-X-PLAYLIST-TYPE:VOD\n");
+            for n in 0..40 {
+                p.push_str(&format!("#EXTINF:{extinf},\nseg_{n}.m4s\n"));
+            }
+            p + "#EXT-X-ENDLIST\n"
+        };
+        for (extinf, stalls) in [("1.0", true), ("4.0", false)] {
+            let body = vod(extinf);
+            let net = Script::new(Duration::from_millis(1500), move |url, _| {
+                Some(if url.ends_with(".m3u8") {
+                    body.clone()
+                } else {
+                    String::new()
+                })
+            });
+            let p = plan("http://edge/vod/a/media.m3u8", Mode::Vod, 30);
+            let out = run(&net, &p, &|| net.wall()).await;
+            assert!(out.segments >= 10, "{out:?}");
+            assert_eq!(out.stalls > 0, stalls, "EXTINF {extinf}: {out:?}");
+            assert_eq!(out.stalls as usize, net.stalls.lock().len());
+        }
     }
 }
