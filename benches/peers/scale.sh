@@ -7,6 +7,7 @@
 #   benches/peers/scale.sh                                  # steady, 20000 viewers, 60 s
 #   benches/peers/scale.sh --scenario segment-storm --viewers 20000 --duration 30s
 #   VEDGE=target/release/vedge benches/peers/scale.sh       # skip the build
+#   SEGMENT_DURATION=6s benches/peers/scale.sh              # longer segments: fewer requests/s
 #
 # Prints the harness summary (which includes its pool wait and timer lag: when the timer lag is
 # high, the harness, not the edge, was the limit) and the edge's CPU time. Raw JSON/HTML go to
@@ -28,7 +29,7 @@ while [[ $# -gt 0 ]]; do
     *) echo "unknown arg $1" >&2; exit 2 ;;
   esac
 done
-SEGMENT_LATENCY=${SEGMENT_LATENCY:-0ms}
+SEGMENT_LATENCY=${SEGMENT_LATENCY:-0ms} SEGMENT_DURATION=${SEGMENT_DURATION:-2s}
 mkdir -p "$OUT"
 ulimit -n "$(ulimit -Hn)"
 PIDS=()
@@ -54,6 +55,7 @@ if [[ -z ${VEDGE:-} ]]; then
 fi
 OP=$(free_port) EP=$(free_port)
 "$VEDGE" --log warn origin --listen "127.0.0.1:$OP" --segment-latency "$SEGMENT_LATENCY" \
+  --segment-duration "$SEGMENT_DURATION" \
   > "$OUT/origin.log" 2>&1 & PIDS+=($!)
 wait_http "http://127.0.0.1:$OP/__stats" || exit 1
 # The edge logs at warn: an access line per request would cost it CPU the harness needs.
@@ -65,7 +67,7 @@ wait_http "http://127.0.0.1:$EP/__none" || exit 1
   echo "cpus: $(nproc) ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs))"
   echo "nofile: soft $(ulimit -Sn) hard $(ulimit -Hn)"
   echo "vedge: $(cd "$ROOT" && git rev-parse --short HEAD)"
-  echo "scenario: $SCENARIO viewers: $VIEWERS duration: $DURATION connections: $CONNECTIONS segment-latency: $SEGMENT_LATENCY"
+  echo "scenario: $SCENARIO viewers: $VIEWERS duration: $DURATION connections: $CONNECTIONS segment-latency: $SEGMENT_LATENCY segment-duration: $SEGMENT_DURATION"
   echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 } | tee "$OUT/env.txt" >&2
 TICKS=$(getconf CLK_TCK)
