@@ -4,7 +4,7 @@
 # server under test, is the limit. Prints the harness summary and its own CPU time.
 #
 #   benches/peers/ceiling.sh [VIEWERS] [DURATION]      # default 20000 viewers, 30s, scenario vod
-#   CONNECTIONS=4096 RAMP=20s VEDGE=target/release/vedge benches/peers/ceiling.sh
+#   CONNECTIONS=4096 RAMP=20s JSON=ceiling.json VEDGE=target/release/vedge benches/peers/ceiling.sh
 # The viewers share at most CONNECTIONS keep-alive connections (the harness's default, 4096).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -41,5 +41,5 @@ echo "load before: $(cut -d' ' -f1-3 /proc/loadavg); nofile soft $(ulimit -Sn) h
 /usr/bin/time -f "harness CPU: user %U s, sys %S s, wall %e s, max RSS %M KiB" \
   "$VEDGE" bench live-burst --target "http://127.0.0.1:$SP/vod/c/master.m3u8" \
   --viewers "$VIEWERS" --duration "$DURATION" --scenario vod --ramp "${RAMP:-20s}" --mix 1,1 \
-  --connections "${CONNECTIONS:-4096}"
+  --connections "${CONNECTIONS:-4096}" ${JSON:+--json "$JSON"}
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
