@@ -7,6 +7,11 @@
 //! half of it after an unchanged reload), fetch every new segment in order, and play: playback
 //! starts when the first segment arrives and each later segment is due when the playhead reaches
 //! it; a segment that arrives after that is a stall, and the playhead waits for it.
+//!
+//! Deadlines are in media time, from the manifests' own durations: HLS segments are placed by
+//! EXT-X-PROGRAM-DATE-TIME and EXTINF (`hls_positions`), DASH segments by their SegmentTemplate
+//! (`@duration`, or the SegmentTimeline's t/d/r including `r="-1"`; see `Template`), never by an
+//! assumed fixed segment length.
 
 use std::collections::BTreeMap;
 use std::future::Future;
