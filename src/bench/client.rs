@@ -256,6 +256,20 @@ mod tests {
         assert!(max >= Duration::from_millis(40), "{:?}", lags.lock());
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_request_that_cannot_get_a_connection_in_time_is_a_pool_timeout() {
+        let pool = Pool::new(1);
+        let by = Instant::now() + Duration::from_secs(1);
+        let held = pool.slot("127.0.0.1:9", by).await.expect("the only slot");
+        let waited = pool.slot("127.0.0.1:9", by).await;
+        assert_eq!(waited.err(), Some(ClientError::PoolTimeout));
+        assert_eq!(ClientError::PoolTimeout.as_str(), "pool_timeout");
+        // Freed: the next request gets it.
+        drop(held);
+        let by = Instant::now() + Duration::from_secs(1);
+        assert!(pool.slot("127.0.0.1:9", by).await.is_ok());
+    }
+
     #[tokio::test]
     async fn pool_reuses_connections_and_bounds_them() {
         use http_body_util::BodyExt as _;

@@ -430,13 +430,18 @@ pub fn raise_nofile(want: u64) -> u64 {
                 return want;
             }
         }
-        if lim.rlim_cur < lim.rlim_max {
-            let soft = libc::rlimit {
-                rlim_cur: lim.rlim_max,
+        // An unlimited hard limit cannot be the soft one (the kernel caps at fs.nr_open): then
+        // settle for `want`.
+        for soft in [lim.rlim_max, want.min(lim.rlim_max)] {
+            if soft <= lim.rlim_cur {
+                break;
+            }
+            let up = libc::rlimit {
+                rlim_cur: soft,
                 rlim_max: lim.rlim_max,
             };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &soft) == 0 {
-                return lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &up) == 0 {
+                return soft;
             }
         }
         lim.rlim_cur
@@ -586,6 +591,21 @@ mod tests {
         assert_eq!(picks, 75, "mix 3:1");
         let b = schedule(&cfg(Scenario::Burst, 1000));
         assert!(b.iter().all(|(t, _)| *t < Duration::from_millis(500)));
+    }
+
+    #[test]
+    fn the_soft_open_file_limit_is_raised_to_the_hard_one() {
+        let soft = raise_nofile(1);
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes a valid local struct.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+        assert_eq!(soft, lim.rlim_cur);
+        if lim.rlim_max != libc::RLIM_INFINITY {
+            assert_eq!(lim.rlim_cur, lim.rlim_max);
+        }
     }
 
     /// A response that is only looked at after its deadline (the harness's runtime was busy)
