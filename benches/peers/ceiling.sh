@@ -4,6 +4,8 @@
 # server under test, is the limit. Prints the harness summary and its own CPU time.
 #
 #   benches/peers/ceiling.sh [VIEWERS] [DURATION]      # default 20000 viewers, 30s, scenario vod
+#   CONNECTIONS=4096 RAMP=20s JSON=ceiling.json VEDGE=target/release/vedge benches/peers/ceiling.sh
+# The viewers share at most CONNECTIONS keep-alive connections (the harness's default, 4096).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
@@ -14,7 +16,7 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
             [[ -f $RUN/nginx.pid ]] && kill "$(cat "$RUN/nginx.pid")" 2>/dev/null; sleep 0.5; rm -rf "$RUN"; }
 trap cleanup EXIT
-ulimit -n 65536 2>/dev/null || true
+ulimit -n "$(ulimit -Hn)"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 OP=$(free_port) SP=$(free_port)
 "$VEDGE" origin --listen "127.0.0.1:$OP" > "$RUN/origin.log" 2>&1 & PIDS+=($!)
@@ -35,6 +37,9 @@ http { access_log off; sendfile on; tcp_nopush on; keepalive_requests 1000000; k
 NGX
 nginx -c "$RUN/nginx.conf" -p "$RUN/"
 sleep 0.3
+echo "load before: $(cut -d' ' -f1-3 /proc/loadavg); nofile soft $(ulimit -Sn) hard $(ulimit -Hn)"
 /usr/bin/time -f "harness CPU: user %U s, sys %S s, wall %e s, max RSS %M KiB" \
   "$VEDGE" bench live-burst --target "http://127.0.0.1:$SP/vod/c/master.m3u8" \
-  --viewers "$VIEWERS" --duration "$DURATION" --scenario vod --ramp "${RAMP:-20s}" --mix 1,1
+  --viewers "$VIEWERS" --duration "$DURATION" --scenario vod --ramp "${RAMP:-20s}" --mix 1,1 \
+  --connections "${CONNECTIONS:-4096}" ${JSON:+--json "$JSON"}
+echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -18,6 +18,7 @@ use rand::{rngs::StdRng, Rng as _, SeedableRng as _};
 use tokio::time::Instant;
 use url::Url;
 
+use super::client::Pool;
 use super::viewer::{self, Class, FetchError, Fetched, Mode, Net, Pick, Plan};
 
 /// Latency histograms of one object class, in microseconds.
@@ -27,6 +28,8 @@ pub struct ClassStats {
     pub bytes: u64,
     pub ttfb: Histogram<u64>,
     pub total: Histogram<u64>,
+    /// Time waiting for a pooled connection slot (the harness's queue, not the edge's latency).
+    pub wait: Histogram<u64>,
     pub cache: BTreeMap<String, u64>,
 }
 
@@ -38,6 +41,7 @@ impl ClassStats {
             bytes: 0,
             ttfb: hist(),
             total: hist(),
+            wait: hist(),
             cache: BTreeMap::new(),
         }
     }
@@ -56,6 +60,8 @@ pub struct Second {
     pub stalls: u64,
     pub seg_ttfb: Histogram<u64>,
     pub seg_total: Histogram<u64>,
+    /// Worst timer lag of the second, in microseconds.
+    pub lag_max_us: u64,
 }
 
 /// Everything measured during a run. One lock: each request takes it once, for about a
@@ -73,6 +79,12 @@ pub struct Recorder {
     pub viewers_started: u64,
     pub viewers_active: u64,
     pub viewers_done: u64,
+    /// Every request's wait for a connection slot (successes and HTTP errors).
+    pub pool_wait: Histogram<u64>,
+    /// How late a 10 ms timer woke up, sampled all run long: high values mean the harness
+    /// itself was overloaded and its latencies include its own queueing.
+    pub timer_lag: Histogram<u64>,
+    pub connections_opened: u64,
 }
 
 impl Recorder {
@@ -90,6 +102,9 @@ impl Recorder {
             viewers_started: 0,
             viewers_active: 0,
             viewers_done: 0,
+            pool_wait: hist(),
+            timer_lag: hist(),
+            connections_opened: 0,
         }
     }
 
@@ -103,6 +118,7 @@ impl Recorder {
                 stalls: 0,
                 seg_ttfb: hist(),
                 seg_total: hist(),
+                lag_max_us: 0,
             });
         }
         &mut self.seconds[i]
@@ -112,6 +128,14 @@ impl Recorder {
         let now = Instant::now();
         self.second(now).errors += 1;
         *self.errors.entry(kind).or_default() += 1;
+    }
+
+    /// One timer-lag sample.
+    pub fn timer_lag(&mut self, lag: Duration) {
+        let v = us(lag);
+        let _ = self.timer_lag.record(v);
+        let sec = self.second(Instant::now());
+        sec.lag_max_us = sec.lag_max_us.max(v);
     }
 
     pub fn total_errors(&self) -> u64 {
@@ -125,53 +149,74 @@ fn us(d: Duration) -> u64 {
 
 /// The shared HTTP client plus the recorder: what every viewer uses as its [`Net`].
 pub struct HttpNet {
-    client: Client<HttpConnector, Empty<Bytes>>,
+    pool: Pool,
     timeout: Duration,
     pub rec: Arc<Mutex<Recorder>>,
 }
 
+/// `http://host[:port]/path?q` -> (`host:port`, request with an origin-form URI and Host).
+fn request_for(url: &str) -> Option<(String, Request<Empty<Bytes>>)> {
+    let uri: http::Uri = url.parse().ok()?;
+    let auth = uri.authority()?;
+    let authority = match auth.port_u16() {
+        Some(_) => auth.as_str().to_string(),
+        None => format!("{}:80", auth.host()),
+    };
+    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let req = Request::get(path)
+        .header(header::HOST, auth.as_str())
+        .header(header::USER_AGENT, "vedge-bench/live-burst")
+        .body(Empty::new())
+        .ok()?;
+    Some((authority, req))
+}
+
 impl HttpNet {
-    pub fn new(timeout: Duration, rec: Arc<Mutex<Recorder>>) -> Self {
-        let mut conn = HttpConnector::new();
-        conn.set_nodelay(true);
-        conn.set_connect_timeout(Some(timeout));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(usize::MAX)
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(conn);
+    /// `connections`: the most keep-alive connections to one host that viewers share.
+    pub fn new(timeout: Duration, connections: usize, rec: Arc<Mutex<Recorder>>) -> Self {
         HttpNet {
-            client,
+            pool: Pool::new(connections),
             timeout,
             rec,
         }
     }
 
+    /// Connections opened so far.
+    pub fn connections_opened(&self) -> u64 {
+        self.pool.opened()
+    }
+
     async fn fetch(&self, url: &str, class: Class) -> Result<Fetched, FetchError> {
         let t0 = Instant::now();
-        let req = Request::get(url)
-            .header(header::USER_AGENT, "vedge-bench/live-burst")
-            .body(Empty::new());
-        let req = match req {
-            Ok(r) => r,
-            Err(_) => {
-                self.rec.lock().error("bad_url".into());
+        let Some((authority, req)) = request_for(url) else {
+            self.rec.lock().error("bad_url".into());
+            return Err(FetchError::Failed);
+        };
+        // The harness's own queue: waiting for a connection slot. Not the edge's time.
+        let (permit, host) = match self.pool.slot(&authority, t0 + self.timeout).await {
+            Ok(x) => x,
+            Err(e) => {
+                self.rec.lock().error(e.as_str().into());
                 return Err(FetchError::Failed);
             }
         };
-        let deadline = t0 + self.timeout;
-        let resp = match tokio::time::timeout_at(deadline, self.client.request(req)).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                let kind = if e.is_connect() { "connect" } else { "request" };
-                self.rec.lock().error(kind.into());
-                return Err(FetchError::Failed);
-            }
-            Err(_) => {
-                self.rec.lock().error("timeout_head".into());
+        // The edge's clock starts here: connect (if a new connection is needed), head, body.
+        let t1 = Instant::now();
+        let waited = t1 - t0;
+        let deadline = t1 + self.timeout;
+        let sent = match self
+            .pool
+            .send(permit, host, &authority, req, deadline)
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                self.rec.lock().error(e.as_str().into());
                 return Err(FetchError::Failed);
             }
         };
-        let ttfb = t0.elapsed();
+        let ttfb = t1.elapsed();
+        let resp = sent.response;
         let status = resp.status();
         let cache = resp
             .headers()
@@ -210,9 +255,23 @@ impl HttpNet {
                 }
             }
         }
-        let total = t0.elapsed();
+        // The whole body was read: the connection can carry the next request.
+        sent.checkout.release();
+        let total = t1.elapsed();
+        // `timeout_at` lets a response through when the task is polled after the deadline (the
+        // future is polled before the timer). Late is late: count it as a timeout, not a success.
+        if ttfb > self.timeout || total > self.timeout {
+            let kind = if ttfb > self.timeout {
+                "timeout_head"
+            } else {
+                "timeout_body"
+            };
+            self.rec.lock().error(kind.into());
+            return Err(FetchError::Failed);
+        }
         let now = Instant::now();
         let mut rec = self.rec.lock();
+        let _ = rec.pool_wait.record(us(waited));
         if !status.is_success() {
             rec.error(format!("http_{}", status.as_u16()));
             let c = rec.classes.get_mut(&class).expect("every class present");
@@ -232,6 +291,7 @@ impl HttpNet {
         c.bytes += bytes;
         let _ = c.ttfb.record(us(ttfb));
         let _ = c.total.record(us(total));
+        let _ = c.wait.record(us(waited));
         *c.cache.entry(cache).or_default() += 1;
         Ok(Fetched {
             body: buf.freeze(),
@@ -306,6 +366,8 @@ pub struct RunConfig {
     pub mix: Vec<u32>,
     pub abr: bool,
     pub timeout: Duration,
+    /// Keep-alive connections the viewers share (per host).
+    pub connections: usize,
     pub seed: u64,
 }
 
@@ -347,14 +409,15 @@ pub fn schedule(cfg: &RunConfig) -> Vec<(Duration, Pick)> {
         .collect()
 }
 
-/// Raises the open-file limit as far as the hard limit allows (root may raise the hard one too).
+/// Raises the soft open-file limit to the hard limit (and the hard one to `want` when it is
+/// lower and the process may raise it). Returns the soft limit now in force.
 pub fn raise_nofile(want: u64) -> u64 {
-    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write a valid local struct.
     unsafe {
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
             return 0;
         }
@@ -367,8 +430,20 @@ pub fn raise_nofile(want: u64) -> u64 {
                 return want;
             }
         }
-        lim.rlim_cur = lim.rlim_max.min(want.max(lim.rlim_cur));
-        let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        // An unlimited hard limit cannot be the soft one (the kernel caps at fs.nr_open): then
+        // settle for `want`.
+        for soft in [lim.rlim_max, want.min(lim.rlim_max)] {
+            if soft <= lim.rlim_cur {
+                break;
+            }
+            let up = libc::rlimit {
+                rlim_cur: soft,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &up) == 0 {
+                return soft;
+            }
+        }
         lim.rlim_cur
     }
 }
@@ -462,9 +537,11 @@ pub async fn run(
     }
     let mut outs = Vec::with_capacity(cfg.viewers as usize);
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
-    // Hard bound: every viewer leaves at `leave_at`; a request in flight then ends within the
-    // timeout. Anything still running after that is aborted (and reported as unfinished).
-    let hard_stop = leave_at + cfg.timeout + Duration::from_secs(2);
+    // Hard bound: every viewer leaves at `leave_at`; a request in flight then ends within two
+    // timeouts. Anything still running after that is aborted (and reported as unfinished).
+    // A request may wait up to the timeout for a connection slot and then up to the timeout
+    // for the edge.
+    let hard_stop = leave_at + cfg.timeout * 2 + Duration::from_secs(2);
     loop {
         tokio::select! {
             r = set.join_next() => match r {
@@ -500,6 +577,7 @@ mod tests {
             mix: vec![3, 1],
             abr: false,
             timeout: Duration::from_secs(5),
+            connections: 64,
             seed: 1,
         }
     }
@@ -513,5 +591,65 @@ mod tests {
         assert_eq!(picks, 75, "mix 3:1");
         let b = schedule(&cfg(Scenario::Burst, 1000));
         assert!(b.iter().all(|(t, _)| *t < Duration::from_millis(500)));
+    }
+
+    #[test]
+    fn the_soft_open_file_limit_is_raised_to_the_hard_one() {
+        let soft = raise_nofile(1);
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes a valid local struct.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+        assert_eq!(soft, lim.rlim_cur);
+        if lim.rlim_max != libc::RLIM_INFINITY {
+            assert_eq!(lim.rlim_cur, lim.rlim_max);
+        }
+    }
+
+    /// A response that is only looked at after its deadline (the harness's runtime was busy)
+    /// is a timeout, not a success with a TTFB above the timeout.
+    #[tokio::test]
+    async fn a_late_response_counts_as_a_timeout() {
+        // The server runs on its own thread and runtime, so blocking this one does not stop it.
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        std_listener.set_nonblocking(true).expect("nonblocking");
+        let addr = std_listener.local_addr().expect("addr");
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(std_listener).expect("listener");
+                // One connection is enough: the harness sends a single request.
+                let Ok((s, _)) = listener.accept().await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(|_req| async {
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                    Ok::<_, std::convert::Infallible>(http::Response::new(
+                        http_body_util::Full::new(Bytes::from_static(b"late")),
+                    ))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        });
+        let rec = Arc::new(Mutex::new(Recorder::new(Instant::now())));
+        let net = Arc::new(HttpNet::new(Duration::from_millis(50), 4, rec.clone()));
+        let n = net.clone();
+        let url = format!("http://{addr}/x.m4s");
+        let task = tokio::spawn(async move { n.fetch(&url, Class::Segment).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // Block this (current-thread) runtime past the deadline while the response arrives.
+        std::thread::sleep(Duration::from_millis(300));
+        let r = task.await.expect("task");
+        assert!(r.is_err(), "{r:?}");
+        let rec = rec.lock();
+        assert_eq!(rec.classes[&Class::Segment].ok, 0);
+        assert_eq!(rec.errors.get("timeout_head"), Some(&1), "{:?}", rec.errors);
     }
 }

@@ -6,9 +6,11 @@
 //! - `playlist`: HLS and DASH manifest text from a stream clock (pure, tested under paused time).
 //! - `media`: the looped fMP4 fixtures and the mfhd/tfdt rewrite per segment number.
 //! - `viewer`: one simulated player (HLS/DASH, live/storm/VOD) over a `Net` trait.
-//! - `load`: the shared HTTP client and recorder, scenario schedules, the run loop.
+//! - `client`: the bounded keep-alive connection pool all viewers share, the timer-lag probe.
+//! - `load`: the recorder, scenario schedules, the run loop.
 //! - `report`: JSON, summary text and the HTML page.
 
+pub mod client;
 pub mod load;
 pub mod media;
 pub mod origin;
@@ -68,9 +70,15 @@ pub struct LiveBurstArgs {
     /// Pick renditions by measured throughput instead of the mix.
     #[arg(long)]
     pub abr: bool,
-    /// Per-request timeout (head and body).
+    /// Per-request timeout (head and body), counted from when a pooled connection is granted; a
+    /// request also gives up after waiting this long for one (error `pool_timeout`).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub timeout: Duration,
+    /// Keep-alive connections to the target that all viewers share. Viewers spend most of their
+    /// time waiting for the next segment, so a few thousand connections serve 20,000 viewers;
+    /// the time a request waits for one is reported apart from TTFB.
+    #[arg(long, default_value_t = 4096)]
+    pub connections: usize,
     /// Seed for join times and VOD seeks.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -113,6 +121,7 @@ impl LiveBurstArgs {
             .transpose()
             .context("--origin-stats is not a URL")?;
         anyhow::ensure!(self.viewers > 0, "--viewers must be at least 1");
+        anyhow::ensure!(self.connections > 0, "--connections must be at least 1");
         anyhow::ensure!(!self.duration.is_zero(), "--duration must be positive");
         anyhow::ensure!(
             self.mix.iter().any(|w| *w > 0),
@@ -131,6 +140,7 @@ impl LiveBurstArgs {
             mix: self.mix.clone(),
             abr: self.abr,
             timeout: self.timeout,
+            connections: self.connections,
             seed: self.seed,
         })
     }
@@ -160,8 +170,17 @@ pub async fn live_burst_report(
     }
     let start = Instant::now();
     let rec = Arc::new(Mutex::new(Recorder::new(start)));
-    let net = Arc::new(HttpNet::new(cfg.timeout, rec.clone()));
-    let outs = load::run(cfg, net, &mut progress).await;
+    let net = Arc::new(HttpNet::new(cfg.timeout, cfg.connections, rec.clone()));
+    // Runs beside the viewers on the same runtime; ends on its own after the hard stop.
+    let probe_rec = rec.clone();
+    let probe = tokio::spawn(client::timer_lag_probe(
+        Duration::from_millis(10),
+        start + cfg.duration + cfg.timeout * 2 + Duration::from_secs(2),
+        move |lag| probe_rec.lock().timer_lag(lag),
+    ));
+    let outs = load::run(cfg, net.clone(), &mut progress).await;
+    probe.abort();
+    rec.lock().connections_opened = net.connections_opened();
     let elapsed = start.elapsed();
     let prefix = stats_prefix(&cfg.target);
     let origin = match &cfg.origin_stats {
@@ -183,22 +202,26 @@ pub async fn live_burst_report(
         elapsed,
         skipped,
         played,
+        cfg.connections as u64,
         origin,
     ))
 }
 
 async fn live_burst(args: LiveBurstArgs) -> anyhow::Result<()> {
     let cfg = args.config()?;
-    let nofile = load::raise_nofile(cfg.viewers + 4096);
-    if nofile < cfg.viewers + 64 {
+    // Sockets: the pool's connections, the origin-stats client, a little slack.
+    let want = cfg.connections as u64 + 256;
+    let nofile = load::raise_nofile(want);
+    if nofile < want {
         eprintln!(
-            "warning: open-file limit {nofile} is below {} viewers; expect connect errors",
-            cfg.viewers
+            "warning: open-file limit {nofile} is below --connections {} + 256; expect connect errors",
+            cfg.connections
         );
     }
     eprintln!(
-        "live-burst: {} viewers, {} for {:?} against {}",
+        "live-burst: {} viewers on at most {} connections, {} for {:?} against {}",
         cfg.viewers,
+        cfg.connections,
         cfg.scenario.as_str(),
         cfg.duration,
         cfg.target

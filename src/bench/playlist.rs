@@ -180,34 +180,48 @@ pub fn dash_mpd(
     }
     s.push_str(" <Period id=\"0\" start=\"PT0S\">\n");
     s.push_str("  <AdaptationSet id=\"0\" contentType=\"video\" mimeType=\"video/mp4\" segmentAlignment=\"true\" startWithSAP=\"1\">\n");
-    let ts = renditions.first().map(|r| r.timescale).unwrap_or(1000);
-    let dur_ticks = (d * ts as f64).round() as u64;
-    match addressing {
-        DashAddressing::Number => {
-            let _ = writeln!(
-                s,
-                "   <SegmentTemplate timescale=\"{ts}\" duration=\"{dur_ticks}\" startNumber=\"0\" initialization=\"$RepresentationID$/init.mp4\" media=\"$RepresentationID$/seg_$Number$.m4s\"/>"
-            );
+    let template = |ts: u64, indent: &str| -> String {
+        let dur_ticks = (d * ts as f64).round() as u64;
+        match addressing {
+            DashAddressing::Number => format!(
+                "{indent}<SegmentTemplate timescale=\"{ts}\" duration=\"{dur_ticks}\" startNumber=\"0\" initialization=\"$RepresentationID$/init.mp4\" media=\"$RepresentationID$/seg_$Number$.m4s\"/>\n"
+            ),
+            DashAddressing::Timeline => {
+                let (first, end) = match vod_segments {
+                    Some(n) => (0, n),
+                    None => tl.window_at(since_first),
+                };
+                format!(
+                    "{indent}<SegmentTemplate timescale=\"{ts}\" initialization=\"$RepresentationID$/init.mp4\" media=\"$RepresentationID$/t_$Time$.m4s\">\n{indent} <SegmentTimeline><S t=\"{}\" d=\"{dur_ticks}\" r=\"{}\"/></SegmentTimeline>\n{indent}</SegmentTemplate>\n",
+                    first * dur_ticks,
+                    end.saturating_sub(first).saturating_sub(1)
+                )
+            }
         }
-        DashAddressing::Timeline => {
-            let (first, end) = match vod_segments {
-                Some(n) => (0, n),
-                None => tl.window_at(since_first),
-            };
-            let _ = writeln!(
-                s,
-                "   <SegmentTemplate timescale=\"{ts}\" initialization=\"$RepresentationID$/init.mp4\" media=\"$RepresentationID$/t_$Time$.m4s\">\n    <SegmentTimeline><S t=\"{}\" d=\"{dur_ticks}\" r=\"{}\"/></SegmentTimeline>\n   </SegmentTemplate>",
-                first * dur_ticks,
-                end.saturating_sub(first).saturating_sub(1)
-            );
-        }
+    };
+    // One template for the set when every rendition has the same timescale; otherwise each
+    // Representation carries its own, so that `$Time$` is in its own track's ticks (the
+    // simulator answers `t_{time}` in the rendition's timescale).
+    let shared = renditions
+        .windows(2)
+        .all(|w| w[0].timescale == w[1].timescale);
+    if shared {
+        let ts = renditions.first().map(|r| r.timescale).unwrap_or(1000);
+        s.push_str(&template(ts, "   "));
     }
     for r in renditions {
-        let _ = writeln!(
+        let _ = write!(
             s,
-            "   <Representation id=\"{}\" codecs=\"{}\" bandwidth=\"{}\" width=\"{}\" height=\"{}\" frameRate=\"30\"/>",
+            "   <Representation id=\"{}\" codecs=\"{}\" bandwidth=\"{}\" width=\"{}\" height=\"{}\" frameRate=\"30\"",
             r.id, r.codecs, r.bandwidth, r.width, r.height
         );
+        if shared {
+            s.push_str("/>\n");
+        } else {
+            s.push_str(">\n");
+            s.push_str(&template(r.timescale, "    "));
+            s.push_str("   </Representation>\n");
+        }
     }
     s.push_str("  </AdaptationSet>\n </Period>\n");
     if vod_segments.is_none() {
@@ -362,5 +376,37 @@ mod tests {
         let m = dash_mpd_core::parse(&mpd).expect("MPD parses");
         assert_eq!(m.mpdtype.as_deref(), Some("static"));
         assert_eq!(m.mediaPresentationDuration, Some(Duration::from_secs(60)));
+    }
+
+    /// Regression: the `$Time$` MPD used the first rendition's timescale for every rendition.
+    #[test]
+    fn renditions_with_their_own_timescale_get_their_own_template() {
+        let mut infos = infos();
+        infos[1].timescale = 90_000;
+        let tl = timeline();
+        let mpd = dash_mpd(&tl, Duration::ZERO, &infos, DashAddressing::Timeline, None);
+        let m = dash_mpd_core::parse(&mpd).expect("MPD parses");
+        let aset = &m.periods[0].adaptations[0];
+        assert!(aset.SegmentTemplate.is_none(), "{mpd}");
+        for (rep, ts) in aset.representations.iter().zip([15_360u64, 90_000]) {
+            let st = rep
+                .SegmentTemplate
+                .as_ref()
+                .expect("template per representation");
+            assert_eq!(st.timescale, Some(ts));
+            let s = &st.SegmentTimeline.as_ref().expect("timeline").segments[0];
+            assert_eq!(s.d, 2 * ts);
+            assert_eq!(s.r, Some(5));
+        }
+        // Same timescale everywhere: one template on the AdaptationSet, as before.
+        let mpd = dash_mpd(
+            &tl,
+            Duration::ZERO,
+            &self::infos(),
+            DashAddressing::Timeline,
+            None,
+        );
+        let m = dash_mpd_core::parse(&mpd).expect("MPD parses");
+        assert!(m.periods[0].adaptations[0].SegmentTemplate.is_some());
     }
 }

@@ -45,6 +45,9 @@ pub struct ClassReport {
     pub bytes: u64,
     pub ttfb_ms: Pct,
     pub total_ms: Pct,
+    /// Wait for a pooled connection before the request was sent (harness-side queueing; not in
+    /// TTFB).
+    pub pool_wait_ms: Pct,
     /// X-Cache (or X-Cache-Status) first token -> count; "-" when the header was absent.
     pub cache: BTreeMap<String, u64>,
 }
@@ -59,6 +62,7 @@ pub struct SecondReport {
     pub segment_ttfb_p50_ms: f64,
     pub segment_ttfb_p99_ms: f64,
     pub segment_total_p99_ms: f64,
+    pub timer_lag_max_ms: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -100,8 +104,17 @@ pub struct Report {
     pub segments_skipped: u64,
     pub origin: Option<OriginReport>,
     pub origin_error: Option<String>,
+    /// The harness's own health: its connection cap, connections it opened, how long requests
+    /// waited for one, and how late a 10 ms timer woke (the runtime's scheduling delay).
+    pub connections: u64,
+    pub connections_opened: u64,
+    pub pool_wait_ms: Pct,
+    pub timer_lag_ms: Pct,
     pub timeline: Vec<SecondReport>,
 }
+
+/// Timer lag p99 above this means the harness was too busy to measure the edge faithfully.
+pub const OVERLOAD_LAG_MS: f64 = 50.0;
 
 fn is_media(path: &str) -> bool {
     [
@@ -167,6 +180,7 @@ pub fn build(
     elapsed: Duration,
     skipped: u64,
     played: u64,
+    connections: u64,
     origin: Result<Option<OriginReport>, String>,
 ) -> Report {
     let classes: BTreeMap<String, ClassReport> = rec
@@ -181,6 +195,7 @@ pub fn build(
                     bytes: s.bytes,
                     ttfb_ms: Pct::of(&s.ttfb),
                     total_ms: Pct::of(&s.total),
+                    pool_wait_ms: Pct::of(&s.wait),
                     cache: s.cache.clone(),
                 },
             )
@@ -221,6 +236,10 @@ pub fn build(
         segments_skipped: skipped,
         origin,
         origin_error,
+        connections,
+        connections_opened: rec.connections_opened,
+        pool_wait_ms: Pct::of(&rec.pool_wait),
+        timer_lag_ms: Pct::of(&rec.timer_lag),
         timeline: rec
             .seconds
             .iter()
@@ -234,6 +253,7 @@ pub fn build(
                 segment_ttfb_p50_ms: Pct::of(&s.seg_ttfb).p50,
                 segment_ttfb_p99_ms: Pct::of(&s.seg_ttfb).p99,
                 segment_total_p99_ms: Pct::of(&s.seg_total).p99,
+                timer_lag_max_ms: s.lag_max_us as f64 / 1000.0,
             })
             .collect(),
     }
@@ -252,7 +272,7 @@ pub fn progress_line(rec: &Recorder, prev: &mut (u64, u64)) -> String {
         seg.ttfb.value_at_quantile(0.99) as f64 / 1000.0
     };
     format!(
-        "t={:>4}s viewers={}/{} req/s={} MB/s={:.1} seg TTFB p99={:.1}ms errors={} stalls={}",
+        "t={:>4}s viewers={}/{} req/s={} MB/s={:.1} seg TTFB p99={:.1}ms errors={} stalls={} timer lag={:.0}ms",
         rec.start.elapsed().as_secs(),
         rec.viewers_active,
         rec.viewers_started,
@@ -260,7 +280,8 @@ pub fn progress_line(rec: &Recorder, prev: &mut (u64, u64)) -> String {
         db as f64 / 1e6,
         p99,
         rec.total_errors(),
-        rec.stalls
+        rec.stalls,
+        rec.seconds.last().map_or(0, |s| s.lag_max_us) as f64 / 1000.0
     )
 }
 
@@ -325,6 +346,25 @@ pub fn summary(r: &Report) -> String {
         "stalls: {} ({:.1}s) over {:.2} viewer-hours = {:.1} per viewer-hour; startup p50/p99 {:.0}/{:.0} ms; segments skipped {}",
         r.stalls, r.stalled_s, r.viewer_hours, r.stalls_per_viewer_hour, r.startup_ms.p50, r.startup_ms.p99, r.segments_skipped
     );
+    let _ = writeln!(
+        s,
+        "harness: {} connections opened (cap {}); pool wait ms p50/p99/max {:.1}/{:.1}/{:.1} (not in TTFB); timer lag ms p50/p99/max {:.1}/{:.1}/{:.1}",
+        r.connections_opened,
+        r.connections,
+        r.pool_wait_ms.p50,
+        r.pool_wait_ms.p99,
+        r.pool_wait_ms.max,
+        r.timer_lag_ms.p50,
+        r.timer_lag_ms.p99,
+        r.timer_lag_ms.max
+    );
+    if r.timer_lag_ms.p99 > OVERLOAD_LAG_MS {
+        let _ = writeln!(
+            s,
+            "WARNING: the harness itself was overloaded (timer lag p99 {:.0} ms > {OVERLOAD_LAG_MS} ms): its latencies include its own scheduling delay",
+            r.timer_lag_ms.p99
+        );
+    }
     match (&r.origin, &r.origin_error) {
         (Some(o), _) => {
             let _ = writeln!(
@@ -480,6 +520,7 @@ pub fn html(r: &Report) -> String {
             ("TTFB p50", "#27c", t(&|p| p.segment_ttfb_p50_ms)),
             ("TTFB p99", "#d52", t(&|p| p.segment_ttfb_p99_ms)),
             ("full download p99", "#872", t(&|p| p.segment_total_p99_ms)),
+            ("harness timer lag max", "#999", t(&|p| p.timer_lag_max_ms)),
         ],
     ));
     s.push_str(&line_chart(

@@ -35,6 +35,7 @@ fn config(base: &str, path: &str, scenario: Scenario, viewers: u64, secs: u64) -
         mix: vec![1, 1],
         abr: false,
         timeout: Duration::from_secs(5),
+        connections: 256,
         seed: 3,
     }
 }
@@ -79,6 +80,52 @@ async fn dash_segment_storm_without_errors() {
     assert_eq!(r.error_total, 0, "errors: {:?}", r.errors);
     assert_eq!(r.viewers_played, 40);
     assert_eq!(r.classes["master"].ok, 40);
+}
+
+/// `$Time$` viewers on the simulator's SegmentTimeline MPD, both renditions: every request
+/// names a segment that exists.
+#[tokio::test]
+async fn dash_timeline_viewers_play_without_errors() {
+    let (base, _stop) = start_origin(OriginOptions::default()).await;
+    let cfg = config(
+        &base,
+        "/live/it-time/manifest-timeline.mpd",
+        Scenario::Steady,
+        30,
+        5,
+    );
+    let r = vedge::bench::live_burst_report(&cfg, |_| {})
+        .await
+        .expect("run");
+    assert_eq!(r.error_total, 0, "errors: {:?}", r.errors);
+    assert_eq!(r.viewers_played, 30);
+    let o = r.origin.as_ref().expect("origin stats");
+    assert!(
+        o.per_object.iter().any(|(p, _)| p.contains("/r1/t_")),
+        "{o:?}"
+    );
+}
+
+/// Viewers share the pool: many more viewers than connections, no errors, and the time spent
+/// waiting for a connection is reported on its own.
+#[tokio::test]
+async fn viewers_share_a_bounded_connection_pool() {
+    let (base, _stop) = start_origin(OriginOptions::default()).await;
+    let mut cfg = config(&base, "/live/it-pool/master.m3u8", Scenario::Burst, 200, 3);
+    cfg.connections = 4;
+    let r = vedge::bench::live_burst_report(&cfg, |_| {})
+        .await
+        .expect("run");
+    assert_eq!(r.error_total, 0, "errors: {:?}", r.errors);
+    assert_eq!(r.viewers_played, 200);
+    assert!(
+        (1..=4).contains(&r.connections_opened),
+        "{} connections",
+        r.connections_opened
+    );
+    assert_eq!(r.connections, 4);
+    assert!(r.pool_wait_ms.count > 0);
+    assert!(r.timer_lag_ms.count > 0, "the timer-lag probe ran");
 }
 
 #[tokio::test]
