@@ -116,6 +116,7 @@ pub struct RawServer {
     pub header_read_timeout: Option<String>,
     pub shutdown_grace: Option<String>,
     pub zero_copy: Option<bool>,
+    pub threads: Option<usize>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
 }
@@ -192,6 +193,8 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Large RAM-tier bodies live in memfds and go to plain-TCP viewers with `sendfile`.
     pub zero_copy: bool,
+    /// Viewer event loops (threads), each with its own accept loop; 0 in the file = one per core.
+    pub threads: usize,
     pub tls: Option<(PathBuf, PathBuf)>,
 }
 
@@ -582,10 +585,17 @@ impl TryFrom<RawConfig> for Config {
                 Duration::from_secs(10),
             ),
             zero_copy: s.zero_copy.unwrap_or(true),
+            threads: match s.threads {
+                None | Some(0) => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                Some(n) => n,
+            },
             tls,
         };
         if server.max_header_size < 8192 {
             c.0.push("server.max_header_size: must be at least 8KiB".into());
+        }
+        if server.threads > 1024 {
+            c.0.push("server.threads: at most 1024 (0 means one per core)".into());
         }
 
         if !c.0.is_empty() {
@@ -720,11 +730,21 @@ mod tests {
                 collapse_timeout: Some("soon".into()),
                 ..RawCache::default()
             },
+            server: RawServer {
+                threads: Some(5000),
+                ..RawServer::default()
+            },
             ..RawConfig::default()
         };
         let err = Config::try_from(raw).expect_err("bad config accepted");
         let text = err.to_string();
-        for field in ["listen", "origin", "ram_size", "cache.collapse_timeout"] {
+        for field in [
+            "listen",
+            "origin",
+            "ram_size",
+            "cache.collapse_timeout",
+            "server.threads",
+        ] {
             assert!(text.contains(field), "{field} missing from: {text}");
         }
     }

@@ -70,9 +70,8 @@ fn load(args: &ServeArgs) -> anyhow::Result<Config> {
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {
-    let viewer = TcpListener::bind(cfg.listen)
-        .await
-        .with_context(|| format!("listen: cannot bind {}", cfg.listen))?;
+    let viewer =
+        listen(cfg.listen).with_context(|| format!("listen: cannot bind {}", cfg.listen))?;
     let admin = match cfg.admin_listen {
         Some(a) => Some(
             TcpListener::bind(a)
@@ -82,6 +81,20 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         None => None,
     };
     vedge::run(cfg, vedge::Listeners { viewer, admin }, shutdown_signal()).await
+}
+
+/// Binds the viewer listener with a deep accept queue: a live event's viewers connect in bursts,
+/// and tokio's default backlog (1,024) overflowed at 2,000 simultaneous joins (SYN retransmits,
+/// one second of added latency). The kernel caps it at `net.core.somaxconn`.
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(65_535)
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -45,7 +45,86 @@ pub fn builder(cfg: &ServerConfig) -> auto::Builder<TokioExecutor> {
 }
 
 /// Serves viewers until `shutdown`, then drains in-flight responses for up to the grace period.
+///
+/// With `server.threads` > 1 (the default: one per core) each thread runs its own accept loop
+/// on a single-threaded runtime (nginx's worker model): a connection lives on the thread that
+/// accepted it, so a request is parsed, looked up and answered without waking another thread.
+/// Fills, the store and the origin pool are shared; only the event loops are per thread.
 pub async fn serve(
+    edge: Arc<Edge>,
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: CancellationToken,
+) {
+    let threads = edge.config.server.threads;
+    if threads <= 1 {
+        return accept_loop(edge, listener, tls, shutdown).await;
+    }
+    let listener = match listener.into_std() {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot share the viewer listener");
+            return;
+        }
+    };
+    let mut ended = Vec::with_capacity(threads);
+    for i in 0..threads {
+        let (done, ended_rx) = tokio::sync::oneshot::channel::<()>();
+        let worker = (edge.clone(), tls.clone(), shutdown.clone());
+        let started = listener.try_clone().and_then(|l| {
+            std::thread::Builder::new()
+                .name(format!("vedge-worker-{i}"))
+                .spawn(move || worker_thread(l, worker, done))
+        });
+        match started {
+            Ok(_) => ended.push(ended_rx),
+            Err(e) => tracing::error!(error = %e, "cannot start viewer worker thread {i}"),
+        }
+    }
+    if ended.is_empty() {
+        // No worker could start: serve on this runtime rather than not at all.
+        if let Ok(l) = listener.try_clone().and_then(TcpListener::from_std) {
+            accept_loop(edge, l, tls, shutdown).await;
+        }
+        return;
+    }
+    for rx in ended {
+        let _ = rx.await;
+    }
+}
+
+type Worker = (
+    Arc<Edge>,
+    Option<tokio_rustls::TlsAcceptor>,
+    CancellationToken,
+);
+
+/// One viewer worker: a single-threaded runtime running an accept loop until shutdown and drain.
+fn worker_thread(
+    listener: std::net::TcpListener,
+    (edge, tls, shutdown): Worker,
+    done: tokio::sync::oneshot::Sender<()>,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build a worker runtime");
+            return;
+        }
+    };
+    rt.block_on(async move {
+        match TcpListener::from_std(listener) {
+            Ok(l) => accept_loop(edge, l, tls, shutdown).await,
+            Err(e) => tracing::error!(error = %e, "cannot register the viewer listener"),
+        }
+    });
+    let _ = done.send(());
+}
+
+async fn accept_loop(
     edge: Arc<Edge>,
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,

@@ -309,3 +309,38 @@ async fn if_none_match_on_a_miss_is_answered_by_the_edge() {
     edge.settle().await;
     assert_eq!(edge.get("/v/inm.ts").await.x_cache(), "HIT");
 }
+
+/// One event loop or several (`server.threads`): connections land on any worker, and a fill
+/// started on one worker's thread serves a viewer on another.
+#[tokio::test]
+async fn any_number_of_viewer_threads_share_one_cache() {
+    for threads in [1, 3] {
+        let origin = Origin::start().await;
+        origin.script(
+            "/v/t.ts",
+            Script::ok("threaded")
+                .header("cache-control", "max-age=60")
+                .head_delay(Duration::from_millis(200)),
+        );
+        let mut raw = edge_config(&origin);
+        raw.server.threads = Some(threads);
+        let edge = TestEdge::start(raw).await;
+        let gets = (0..12).map(|_| {
+            let addr = edge.addr;
+            tokio::spawn(async move {
+                let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+                let req =
+                    format!("GET /v/t.ts HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+                tokio::io::AsyncWriteExt::write_all(&mut s, req.as_bytes())
+                    .await
+                    .expect("write");
+                crate::support::edge::read_raw(&mut s).await
+            })
+        });
+        for g in gets.collect::<Vec<_>>() {
+            let r = g.await.expect("viewer task");
+            assert!(r.bytes.ends_with(b"threaded"), "threads={threads}");
+        }
+        assert_eq!(origin.count("/v/t.ts"), 1, "threads={threads}");
+    }
+}
