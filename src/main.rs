@@ -83,9 +83,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     vedge::run(cfg, vedge::Listeners { viewer, admin }, shutdown_signal()).await
 }
 
-/// Binds the viewer listener with a deep accept queue: a live event's viewers connect in bursts,
-/// and tokio's default backlog (1,024) overflowed at 2,000 simultaneous joins (SYN retransmits,
-/// one second of added latency). The kernel caps it at `net.core.somaxconn`.
+/// Binds the viewer listener with a deep accept queue (`LISTEN_BACKLOG`) and SO_REUSEPORT, so
+/// each viewer worker thread can listen on its own socket for the same address.
 fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
@@ -93,8 +92,9 @@ fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
         tokio::net::TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
     socket.bind(addr)?;
-    socket.listen(65_535)
+    socket.listen(vedge::http::server::LISTEN_BACKLOG as u32)
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -71,7 +71,15 @@ pub async fn serve(
     for i in 0..threads {
         let (done, ended_rx) = tokio::sync::oneshot::channel::<()>();
         let worker = (edge.clone(), tls.clone(), shutdown.clone());
-        let started = listener.try_clone().and_then(|l| {
+        // Thread 0 takes the listener it was given; the others get their own SO_REUSEPORT
+        // socket on the same address when the given one allows it (`vedge serve` binds it so),
+        // so the kernel spreads connections evenly; otherwise they share the given socket.
+        let own = if i == 0 {
+            listener.try_clone()
+        } else {
+            reuseport_twin(&listener).or_else(|_| listener.try_clone())
+        };
+        let started = own.and_then(|l| {
             std::thread::Builder::new()
                 .name(format!("vedge-worker-{i}"))
                 .spawn(move || worker_thread(l, worker, done))
@@ -92,6 +100,27 @@ pub async fn serve(
         let _ = rx.await;
     }
 }
+
+/// Another listening socket on `listener`'s address (SO_REUSEPORT): fails unless `listener` was
+/// bound with SO_REUSEPORT too.
+fn reuseport_twin(listener: &std::net::TcpListener) -> std::io::Result<std::net::TcpListener> {
+    let addr = listener.local_addr()?;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
+
+/// Accept queue depth for viewer listeners: live joins arrive in bursts (tokio's default of
+/// 1,024 overflowed at 2,000 simultaneous joins). The kernel caps it at `net.core.somaxconn`.
+pub const LISTEN_BACKLOG: i32 = 65_535;
 
 type Worker = (
     Arc<Edge>,
