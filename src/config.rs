@@ -193,7 +193,8 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Large RAM-tier bodies live in memfds and go to plain-TCP viewers with `sendfile`.
     pub zero_copy: bool,
-    /// Viewer event loops (threads), each with its own accept loop; 0 in the file = one per core.
+    /// 0: viewers are served on the shared work-stealing runtime (default). N: N threads, each
+    /// with its own single-threaded runtime and accept loop (nginx's worker model).
     pub threads: usize,
     pub tls: Option<(PathBuf, PathBuf)>,
 }
@@ -585,17 +586,14 @@ impl TryFrom<RawConfig> for Config {
                 Duration::from_secs(10),
             ),
             zero_copy: s.zero_copy.unwrap_or(true),
-            threads: match s.threads {
-                None | Some(0) => std::thread::available_parallelism().map_or(1, |n| n.get()),
-                Some(n) => n,
-            },
+            threads: s.threads.unwrap_or(0),
             tls,
         };
         if server.max_header_size < 8192 {
             c.0.push("server.max_header_size: must be at least 8KiB".into());
         }
         if server.threads > 1024 {
-            c.0.push("server.threads: at most 1024 (0 means one per core)".into());
+            c.0.push("server.threads: at most 1024 (0 means the shared runtime)".into());
         }
 
         if !c.0.is_empty() {

@@ -70,8 +70,8 @@ fn load(args: &ServeArgs) -> anyhow::Result<Config> {
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {
-    let viewer =
-        listen(cfg.listen).with_context(|| format!("listen: cannot bind {}", cfg.listen))?;
+    let viewer = listen(cfg.listen, cfg.server.threads > 0)
+        .with_context(|| format!("listen: cannot bind {}", cfg.listen))?;
     let admin = match cfg.admin_listen {
         Some(a) => Some(
             TcpListener::bind(a)
@@ -83,16 +83,17 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     vedge::run(cfg, vedge::Listeners { viewer, admin }, shutdown_signal()).await
 }
 
-/// Binds the viewer listener with a deep accept queue (`LISTEN_BACKLOG`) and SO_REUSEPORT, so
-/// each viewer worker thread can listen on its own socket for the same address.
-fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+/// Binds the viewer listener with a deep accept queue (`LISTEN_BACKLOG`). With per-thread event
+/// loops (`reuseport`) it also sets SO_REUSEPORT, so each worker thread can listen on its own
+/// socket for the address; otherwise not, so a second edge on the same port fails to start.
+fn listen(addr: std::net::SocketAddr, reuseport: bool) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
         tokio::net::TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
-    socket.set_reuseport(true)?;
+    socket.set_reuseport(reuseport)?;
     socket.bind(addr)?;
     socket.listen(vedge::http::server::LISTEN_BACKLOG as u32)
 }

@@ -46,10 +46,11 @@ pub fn builder(cfg: &ServerConfig) -> auto::Builder<TokioExecutor> {
 
 /// Serves viewers until `shutdown`, then drains in-flight responses for up to the grace period.
 ///
-/// With `server.threads` > 1 (the default: one per core) each thread runs its own accept loop
+/// By default (`server.threads` = 0) connections are served on the caller's runtime (tokio's
+/// work-stealing scheduler). With `server.threads` = N each of N threads runs its own accept loop
 /// on a single-threaded runtime (nginx's worker model): a connection lives on the thread that
-/// accepted it, so a request is parsed, looked up and answered without waking another thread.
-/// Fills, the store and the origin pool are shared; only the event loops are per thread.
+/// accepted it, so a request never wakes another thread, but a thread that loses its core stalls
+/// its connections. Fills, the store and the origin pool are shared either way.
 pub async fn serve(
     edge: Arc<Edge>,
     listener: TcpListener,
@@ -57,7 +58,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let threads = edge.config.server.threads;
-    if threads <= 1 {
+    if threads == 0 {
         return accept_loop(edge, listener, tls, shutdown).await;
     }
     let listener = match listener.into_std() {

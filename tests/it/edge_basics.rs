@@ -314,7 +314,7 @@ async fn if_none_match_on_a_miss_is_answered_by_the_edge() {
 /// started on one worker's thread serves a viewer on another.
 #[tokio::test]
 async fn any_number_of_viewer_threads_share_one_cache() {
-    for threads in [1, 3] {
+    for threads in [0, 1, 3] {
         let origin = Origin::start().await;
         origin.script(
             "/v/t.ts",
