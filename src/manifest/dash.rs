@@ -36,11 +36,37 @@ pub fn parse(url: &Url, body: &[u8]) -> Result<MPD, WalkError> {
         reason,
     };
     let text = std::str::from_utf8(body).map_err(|_| err("not UTF-8".into()))?;
-    dash_mpd_core::parse(text).map_err(|e| {
-        let mut s = e.to_string();
-        s.truncate(300);
-        err(s)
-    })
+    // The deserializer behind dash-mpd-core can panic on some malformed XML (mismatched tags,
+    // found by fuzzing): reject what is not well-formed first, and turn any panic left into an
+    // error (an origin's bad MPD must fail its asset, not the edge).
+    well_formed(text).map_err(|e| err(super::clip(&e, 300)))?;
+    match std::panic::catch_unwind(|| dash_mpd_core::parse(text)) {
+        Ok(Ok(mpd)) => Ok(mpd),
+        Ok(Err(e)) => Err(err(super::clip(&e.to_string(), 300))),
+        Err(_) => Err(err("the MPD parser gave up on this document".into())),
+    }
+}
+
+/// Checks that `text` is well-formed XML: every element closed, end tags matching.
+fn well_formed(text: &str) -> Result<(), String> {
+    use quick_xml::events::Event;
+    let mut r = quick_xml::Reader::from_str(text);
+    r.config_mut().check_end_names = true;
+    let mut depth = 0usize;
+    loop {
+        match r.read_event() {
+            Ok(Event::Start(_)) => depth += 1,
+            Ok(Event::End(_)) => {
+                depth = depth
+                    .checked_sub(1)
+                    .ok_or_else(|| "end tag without a start tag".to_string())?;
+            }
+            Ok(Event::Eof) if depth == 0 => return Ok(()),
+            Ok(Event::Eof) => return Err(format!("{depth} element(s) not closed")),
+            Ok(_) => {}
+            Err(e) => return Err(format!("not well-formed XML: {e}")),
+        }
+    }
 }
 
 /// A SegmentTemplate's fields after inheritance (Period -> AdaptationSet -> Representation:

@@ -346,6 +346,30 @@ async fn dynamic_mpds_and_remote_periods_are_unsupported() {
 }
 
 #[test]
+fn clip_cuts_on_char_boundaries() {
+    assert_eq!(clip("abc", 10), "abc");
+    assert_eq!(clip("abcdef", 3), "abc");
+    // 'é' is two bytes: cutting at 2 would split it.
+    assert_eq!(clip("aé", 2), "a");
+    assert_eq!(clip("€€", 4), "€");
+}
+
+#[test]
+fn malformed_mpds_are_errors_not_panics() {
+    let root = Url::parse(fuzzing::ROOT).unwrap();
+    for body in [
+        "<MPD><Period></MPD>",
+        "<MPD type=\"static\"><Period><AdaptationSet></Period></AdaptationSet></MPD>",
+        "<MPD><Period>",
+        "</MPD>",
+        "<MPD>\u{e9}\u{e9}\u{e9}</Foo>",
+    ] {
+        let err = dash::parse(&root, body.as_bytes()).expect_err(body);
+        assert!(matches!(err, WalkError::Parse { .. }), "{body}: {err}");
+    }
+}
+
+#[test]
 fn fuzz_corpus_holds_the_fuzz_properties() {
     let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
     let mut n = 0;
