@@ -3,7 +3,7 @@
 # origin, against fio's sequential O_DIRECT write on the same store file.
 #
 #   benches/ingest/run.sh [SCRATCH_DIR]        # default /tmp/vedge-ingest-bench; needs ~7 GiB
-#   RUNS=3 SEG_MIB=8 VEDGE=target/release/vedge benches/ingest/run.sh
+#   RUNS=3 SEG_MIB=8 SOURCES="nginx origin dir" VEDGE=target/release/vedge benches/ingest/run.sh
 #
 # The asset: master.m3u8 -> v/index.m3u8 -> 2 GiB of random data in SEG_MIB-MiB segments. Sources:
 # nginx (sendfile; apt-get install -y nginx-light fio), `vedge origin --static` and the directory
@@ -16,6 +16,7 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 DIR=${1:-/tmp/vedge-ingest-bench}
 RUNS=${RUNS:-3}
 SEG_MIB=${SEG_MIB:-8}
+SOURCES=${SOURCES:-nginx origin dir}   # which sources to ingest from, in this order each run
 TOTAL_MIB=2048
 PIDS=()
 cleanup() {
@@ -61,8 +62,7 @@ NP=$(free_port); OP=$(free_port)
 mkdir -p "$DIR/nginx/logs"
 cat > "$DIR/nginx/nginx.conf" <<EOF
 daemon off;
-master_process off;
-worker_processes 1;
+worker_processes auto;
 error_log $DIR/nginx/logs/error.log warn;
 pid $DIR/nginx/nginx.pid;
 events { worker_connections 256; }
@@ -80,6 +80,7 @@ http {
 }
 EOF
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+# master_process on (workers need a master); `daemon off` keeps the master our child to stop.
 "$NGINX" -p "$DIR/nginx" -c "$DIR/nginx/nginx.conf" &
 PIDS+=($!)
 "$VEDGE" origin --listen "127.0.0.1:$OP" --static "/a/=$DIR/asset" > "$DIR/origin.log" 2>&1 &
@@ -89,15 +90,20 @@ wait_http "http://127.0.0.1:$OP/a/master.m3u8"
 
 mibs() { python3 -c "print(f'{$1 / 1048576 / $2:.1f}')"; }
 
-log "fio on $STORE"
-FIO_OUT=$(fio --name=seqwrite --filename="$STORE" --rw=write --bs=1M --direct=1 --size=2G \
-  --ioengine=psync --numjobs=1 --end_fsync=1 --output-format=json)
-FIO=$(python3 -c 'import json,sys; j=json.load(sys.stdin)["jobs"][0]["write"]; print("%.1f" % (j["bw_bytes"] / 1048576))' <<<"$FIO_OUT")
-echo "fio psync bs=1M O_DIRECT write: $FIO MiB/s"
+fio_once() {  # sets FIO (MiB/s): fio's sequential O_DIRECT write of 2 GiB on the store file
+  rm -f "$STORE"
+  FIO=$(fio --name=seqwrite --filename="$STORE" --rw=write --bs=1M --direct=1 --size=2G \
+    --ioengine=psync --numjobs=1 --end_fsync=1 --output-format=json \
+    | python3 -c 'import json,sys; j=json.load(sys.stdin)["jobs"][0]["write"]; print("%.1f" % (j["bw_bytes"] / 1048576))')
+  echo "fio psync bs=1M O_DIRECT write: $FIO MiB/s"
+}
+rm -f "$STORE"
 FIO_URING=$(fio --name=seqwrite --filename="$STORE" --rw=write --bs=1M --direct=1 --size=2G \
   --ioengine=io_uring --iodepth=8 --end_fsync=1 --output-format=json \
   | python3 -c 'import json,sys; j=json.load(sys.stdin)["jobs"][0]["write"]; print("%.1f" % (j["bw_bytes"] / 1048576))')
 echo "fio io_uring QD8 bs=1M O_DIRECT write (for reference): $FIO_URING MiB/s"
+RATIOS=$DIR/ratios
+: > "$RATIOS"
 
 ingest_once() {  # ingest_once NAME SOURCE
   rm -f "$STORE"
@@ -113,13 +119,31 @@ ingest_once() {  # ingest_once NAME SOURCE
   local rate; rate=$(mibs "$bytes" "$secs")
   local ratio; ratio=$(python3 -c "print(f'{100 * $rate / $FIO:.1f}')")
   echo "ingest from $1: $bytes bytes in $secs s = $rate MiB/s = $ratio % of fio psync (vedge CPU: user $user s, sys $sys s)"
+  echo "$1 $rate $ratio" >> "$RATIOS"
 }
 
+# fio runs before every round: the shared VM's disk speed drifts, so each ingest is compared with
+# a fio figure taken seconds before it.
 for run in $(seq 1 "$RUNS"); do
-  ingest_once nginx "http://127.0.0.1:$NP/master.m3u8"
-  ingest_once "vedge-origin" "http://127.0.0.1:$OP/a/master.m3u8"
-  ingest_once directory "$DIR/asset/master.m3u8"
+  fio_once
+  for src in $SOURCES; do
+    case $src in
+      nginx) ingest_once nginx "http://127.0.0.1:$NP/master.m3u8" ;;
+      origin) ingest_once "vedge-origin" "http://127.0.0.1:$OP/a/master.m3u8" ;;
+      dir) ingest_once directory "$DIR/asset/master.m3u8" ;;
+    esac
+  done
 done
+echo "median over $RUNS runs:"
+python3 - "$RATIOS" <<'PY'
+import statistics, sys
+rows = [l.split() for l in open(sys.argv[1])]
+for src in dict.fromkeys(r[0] for r in rows):
+    rates = [float(r[1]) for r in rows if r[0] == src]
+    ratios = [float(r[2]) for r in rows if r[0] == src]
+    print(f"  {src}: {statistics.median(rates):.1f} MiB/s, {statistics.median(ratios):.1f} % of fio psync "
+          f"(runs: {', '.join(f'{x:.1f}' for x in ratios)} %)")
+PY
 log "origin alone (curl, 8 in parallel, to /dev/null):"
 for name in nginx:$NP:/ vedge-origin:$OP:/a/; do
   IFS=: read -r n p prefix <<<"$name"

@@ -79,7 +79,8 @@ pub struct IngestArgs {
     #[arg(long, default_value_t = 3)]
     pub retries: u32,
 
-    /// Timeout per origin request, in seconds.
+    /// Timeout per origin request, in seconds: for the response head, then for each read of
+    /// the body (which streams into the store, so a large object may take longer in all).
     #[arg(long, default_value_t = 30)]
     pub timeout_secs: u64,
 
