@@ -47,14 +47,27 @@ pub fn parse(url: &Url, body: &[u8]) -> Result<MPD, WalkError> {
     }
 }
 
-/// Checks that `text` is well-formed XML: every element closed, end tags matching.
+/// Checks that `text` is well-formed XML (every element closed, end tags matching) and that no
+/// attribute holds an xs:duration dash-mpd-core would overflow on.
 fn well_formed(text: &str) -> Result<(), String> {
     use quick_xml::events::Event;
     let mut r = quick_xml::Reader::from_str(text);
     r.config_mut().check_end_names = true;
     let mut depth = 0usize;
     loop {
-        match r.read_event() {
+        let event = r.read_event();
+        if let Ok(Event::Start(e) | Event::Empty(e)) = &event {
+            for a in e.attributes() {
+                let a = a.map_err(|e| format!("bad attribute: {e}"))?;
+                let v = a
+                    .unescape_value()
+                    .map_err(|e| format!("bad attribute value: {e}"))?;
+                if !duration_in_range(&v) {
+                    return Err(format!("duration {} out of range", super::clip(&v, 40)));
+                }
+            }
+        }
+        match event {
             Ok(Event::Start(_)) => depth += 1,
             Ok(Event::End(_)) => {
                 depth = depth
@@ -67,6 +80,34 @@ fn well_formed(text: &str) -> Result<(), String> {
             Err(e) => return Err(format!("not well-formed XML: {e}")),
         }
     }
+}
+
+/// Whether `v`, if it starts like an xs:duration (`P1DT2H3.5S`), has no integer above 10^9:
+/// dash-mpd-core computes seconds in `u64` without overflow checks (a panic in debug builds,
+/// found by fuzzing; a wrong duration in release ones), and no real MPD needs more. Its pattern
+/// is anchored at the start only, so the whole value is scanned, whatever follows.
+fn duration_in_range(v: &str) -> bool {
+    let t = v.trim_start().trim_start_matches(['+', '-']);
+    if !t.starts_with('P') {
+        return true;
+    }
+    // Integer parts only: dash-mpd-core keeps at most 9 fractional digits itself.
+    let mut prev = b'P';
+    let mut digits = 0usize;
+    for b in t.bytes() {
+        if b.is_ascii_digit() {
+            if !matches!(prev, b'.' | b',') && (digits > 0 || b != b'0') {
+                digits += 1;
+                if digits > 9 {
+                    return false;
+                }
+            }
+        } else {
+            prev = b;
+            digits = 0;
+        }
+    }
+    true
 }
 
 /// A SegmentTemplate's fields after inheritance (Period -> AdaptationSet -> Representation:

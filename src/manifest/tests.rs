@@ -355,6 +355,28 @@ fn clip_cuts_on_char_boundaries() {
 }
 
 #[test]
+fn mpd_durations_that_would_overflow_are_refused_and_long_fractions_are_not() {
+    let root = Url::parse(fuzzing::ROOT).unwrap();
+    let doc =
+        |d: &str| format!("<MPD type=\"static\" mediaPresentationDuration=\"{d}\"><Period/></MPD>");
+    // Found by fuzzing: days * 86400 overflowed u64 inside dash-mpd-core (a debug-build panic).
+    for d in [
+        "P0000917807588391314335D",
+        "PT99999999999H",
+        "P1Y2M3W4DT99999999999S",
+        // The pattern is anchored at the start only: what follows the duration does not matter.
+        "PT14757841025415133412HHHH5555&lt;5555S",
+        "+PT99999999999H",
+    ] {
+        let err = dash::parse(&root, doc(d).as_bytes()).expect_err(d);
+        assert!(err.to_string().contains("out of range"), "{d}: {err}");
+    }
+    for d in ["PT10.010010010010011S", "P0001DT00000002H", "PT8S"] {
+        dash::parse(&root, doc(d).as_bytes()).unwrap_or_else(|e| panic!("{d}: {e}"));
+    }
+}
+
+#[test]
 fn malformed_mpds_are_errors_not_panics() {
     let root = Url::parse(fuzzing::ROOT).unwrap();
     for body in [
