@@ -60,7 +60,7 @@ fn well_formed(text: &str) -> Result<(), String> {
             for a in e.attributes() {
                 let a = a.map_err(|e| format!("bad attribute: {e}"))?;
                 let v = a
-                    .unescape_value()
+                    .normalized_value(quick_xml::XmlVersion::Implicit1_0)
                     .map_err(|e| format!("bad attribute value: {e}"))?;
                 if !duration_in_range(&v) {
                     return Err(format!("duration {} out of range", super::clip(&v, 40)));

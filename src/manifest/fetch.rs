@@ -383,25 +383,15 @@ impl HttpFetcher {
     }
 
     async fn with_retries(&self, url: &Url, max_bytes: usize) -> Result<Fetched, FetchError> {
-        self.retrying(url, || async {
-            match tokio::time::timeout(self.timeout, self.once(url, max_bytes)).await {
-                Ok(r) => r,
-                Err(_) => Err(FetchError::Timeout(self.timeout)),
-            }
-        })
-        .await
+        self.retrying(url, || self.once(url, max_bytes)).await
     }
 
     async fn open_with_retries(&self, url: &Url, max_bytes: usize) -> Result<Opened, FetchError> {
-        self.retrying(url, || async {
-            match tokio::time::timeout(self.timeout, self.open_once(url, max_bytes)).await {
-                Ok(r) => r,
-                Err(_) => Err(FetchError::Timeout(self.timeout)),
-            }
-        })
-        .await
+        self.retrying(url, || self.open_once(url, max_bytes)).await
     }
 
+    /// Runs `attempt_once` under the per-attempt timeout, retrying transient failures with
+    /// exponential backoff.
     async fn retrying<T, F, Fut>(&self, url: &Url, attempt_once: F) -> Result<T, FetchError>
     where
         F: Fn() -> Fut,
@@ -412,7 +402,10 @@ impl HttpFetcher {
         }
         let mut attempt = 0;
         loop {
-            let result = attempt_once().await;
+            let result = match tokio::time::timeout(self.timeout, attempt_once()).await {
+                Ok(r) => r,
+                Err(_) => Err(FetchError::Timeout(self.timeout)),
+            };
             match result {
                 Err(e) if e.is_transient() && attempt < self.retries => {
                     attempt += 1;
