@@ -24,9 +24,11 @@ cleanup() {
   for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
   rm -rf "$DIR"
 }
+log() { echo "[ingest-bench $(date +%H:%M:%S)] $*" >&2; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-log() { echo "[ingest-bench $(date +%H:%M:%S)] $*" >&2; }
+set -E
+trap 'log "ERROR: line $LINENO failed: $BASH_COMMAND"' ERR
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_http() {
   for _ in $(seq 1 100); do curl -fs -o /dev/null --max-time 1 "$1" && return 0; sleep 0.1; done
@@ -107,7 +109,8 @@ RATIOS=$DIR/ratios
 
 ingest_once() {  # ingest_once NAME SOURCE
   rm -f "$STORE"
-  "$VEDGE" ingest "$DIR/small/master.m3u8" --store "$STORE" --store-size 4GiB --json > /dev/null 2>&1
+  "$VEDGE" ingest "$DIR/small/master.m3u8" --store "$STORE" --store-size 4GiB --json > /dev/null 2> "$DIR/format.err" \
+    || { cat "$DIR/format.err" >&2; return 1; }
   sync
   local out
   out=$(/usr/bin/time -f "%e %U %S" -o "$DIR/time" \
