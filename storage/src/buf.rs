@@ -17,7 +17,8 @@ pub(crate) const ALIGN: usize = 4096;
 /// ingest fills one per segment at device speed (see benches/results/ingest.md).
 const HUGE: usize = 2 << 20;
 
-/// A heap buffer aligned to [`ALIGN`], with a capacity rounded up to a multiple of it.
+/// A heap buffer aligned to [`ALIGN`] (to 2 MiB from 2 MiB on), with a capacity rounded up to a
+/// multiple of [`ALIGN`].
 ///
 /// `len` counts the initialised bytes: `zeroed` buffers are initialised in full, `uninit` ones
 /// become readable only after an engine has filled them and called [`AlignedBuf::set_filled`].

@@ -418,7 +418,6 @@ impl Drop for ReadSlot<'_> {
     }
 }
 
-/// The on-disk extent of an object (header + payload, rounded up to 4 KiB).
 /// What `enqueue` writes: a body to copy, or a filled in-place buffer.
 enum Body {
     Bytes(Bytes),
@@ -434,6 +433,7 @@ impl Body {
     }
 }
 
+/// The on-disk extent of an object (header + payload, rounded up to 4 KiB).
 pub(crate) fn extent_of(key: &[u8], meta: &Meta, body_len: u64) -> u64 {
     let tags = format::encode_tags(&meta.tags).len();
     round_up((format::header_len(key.len(), meta.head.len(), tags, body_len) as u64) + body_len)
