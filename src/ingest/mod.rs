@@ -3,6 +3,10 @@
 //!
 //! - `engine`: one walked asset into a [`engine::Sink`]: room check, bounded fetches, skip of
 //!   stored objects, atomic publish (manifests last) or release.
+//! - `store`: the sink for `--store`: bodies of known length stream from the origin (HTTP frames
+//!   or file reads) straight into the store's write buffer (`vedge_storage::ObjectBuf`).
+//! - `admin`: the admin API's ingest routes and its sink (the running edge; collects bodies,
+//!   since the edge also keeps pushed objects in RAM). `client`: `--admin` mode.
 //! - this file: the `vedge ingest` command: arguments, sources, progress bar, summary.
 
 pub mod admin;
