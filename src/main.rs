@@ -26,7 +26,9 @@ fn main() -> std::process::ExitCode {
         _ => None,
     };
     // Held for the whole run: dropping it flushes the log writer.
-    let _log_guard = init_tracing(&cli.log);
+    // `vedge ingest --json` prints its summary on stdout for scripts: its logs go to stderr.
+    let to_stderr = matches!(cli.command, Some(Command::Ingest(_)));
+    let _log_guard = init_tracing(&cli.log, to_stderr);
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -123,15 +125,21 @@ async fn shutdown_signal() {
 
 /// Logs go through a non-blocking writer: the access line of every request must never make a
 /// worker wait on stdout.
-fn init_tracing(filter: &str) -> tracing_appender::non_blocking::WorkerGuard {
+fn init_tracing(filter: &str, to_stderr: bool) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let (writer, guard) = tracing_appender::non_blocking(std::io::stdout());
+    let (writer, guard, ansi) = if to_stderr {
+        let (w, g) = tracing_appender::non_blocking(std::io::stderr());
+        (w, g, std::io::IsTerminal::is_terminal(&std::io::stderr()))
+    } else {
+        let (w, g) = tracing_appender::non_blocking(std::io::stdout());
+        (w, g, std::io::IsTerminal::is_terminal(&std::io::stdout()))
+    };
     tracing_subscriber::fmt()
         .with_writer(writer)
         .with_env_filter(filter)
         .with_target(true)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .with_ansi(ansi)
         .init();
     guard
 }

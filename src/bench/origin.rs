@@ -472,7 +472,14 @@ async fn handle(st: &State, req: Request<Incoming>) -> Response<Body> {
         e.inflight = e.inflight.saturating_sub(1);
     }
     if req.method() == Method::HEAD {
-        let (parts, _) = resp.into_parts();
+        let (mut parts, body) = resp.into_parts();
+        // What a GET would send (ingest's room check sizes objects with HEAD).
+        if let Some(n) = http_body::Body::size_hint(&body).exact() {
+            parts
+                .headers
+                .entry(header::CONTENT_LENGTH)
+                .or_insert_with(|| HeaderValue::from(n));
+        }
         return Response::from_parts(
             parts,
             Full::new(Bytes::new())

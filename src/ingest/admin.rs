@@ -109,6 +109,23 @@ pub struct Job {
     pub sink: Arc<EdgeSink>,
 }
 
+/// Finished jobs kept for `GET /admin/ingest/{id}` and `DELETE /admin/assets/{id}`: older
+/// finished ones are forgotten when a new job starts, so the table stays bounded however many
+/// jobs an edge runs. Running jobs are always kept. (A forgotten job's objects stay pinned; they
+/// can still be released by re-pushing or purging them.)
+pub const MAX_FINISHED_JOBS: usize = 100;
+
+/// The ids to forget so that at most `keep` finished jobs remain: the oldest (lowest) first.
+fn finished_to_forget(jobs: impl Iterator<Item = (u64, bool)>, keep: usize) -> Vec<u64> {
+    let mut finished: Vec<u64> = jobs.filter(|(_, done)| *done).map(|(id, _)| id).collect();
+    if finished.len() <= keep {
+        return Vec::new();
+    }
+    finished.sort_unstable();
+    finished.truncate(finished.len() - keep);
+    finished
+}
+
 /// The jobs of one admin listener.
 #[derive(Default)]
 pub struct IngestJobs {
@@ -241,7 +258,19 @@ where
             stored: Mutex::new(Vec::new()),
         }),
     });
-    jobs.jobs.lock().insert(id, job.clone());
+    {
+        let mut table = jobs.jobs.lock();
+        let forget = finished_to_forget(
+            table
+                .iter()
+                .map(|(id, j)| (*id, j.reports.lock().is_some())),
+            MAX_FINISHED_JOBS,
+        );
+        for old in forget {
+            table.remove(&old);
+        }
+        table.insert(id, job.clone());
+    }
     let keys = KeyMapper {
         host: r
             .host
@@ -374,7 +403,8 @@ where
     if let Err(e) = sink.put(obj).await {
         let status = match e {
             SinkError::Full(_) => StatusCode::INSUFFICIENT_STORAGE,
-            SinkError::Other(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            // The body was already read: a fetch error cannot come from `put`.
+            SinkError::Fetch(_) | SinkError::Other(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         return error(status, e.to_string());
     }
@@ -382,4 +412,31 @@ where
         StatusCode::CREATED,
         &serde_json::json!({ "key": key, "bytes": len }),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::finished_to_forget;
+
+    #[test]
+    fn only_the_newest_finished_jobs_are_kept_and_running_ones_never_dropped() {
+        // Jobs 1..=150, every third one still running: exactly 100 finished, nothing to forget.
+        let jobs = (1..=150u64).map(|id| (id, id % 3 != 0));
+        assert_eq!(finished_to_forget(jobs, 100), Vec::<u64>::new());
+        let jobs: Vec<(u64, bool)> = (1..=300u64).map(|id| (id, id % 3 != 0)).collect();
+        let forget = finished_to_forget(jobs.iter().copied(), 100);
+        // 200 finished, 100 kept: the 100 oldest finished go, no running job does.
+        assert_eq!(forget.len(), 100);
+        assert!(forget.iter().all(|id| id % 3 != 0));
+        let newest_forgotten = *forget.iter().max().unwrap();
+        let kept_finished = jobs
+            .iter()
+            .filter(|(id, done)| *done && !forget.contains(id))
+            .count();
+        assert_eq!(kept_finished, 100);
+        assert!(jobs
+            .iter()
+            .filter(|(id, done)| *done && !forget.contains(id))
+            .all(|(id, _)| *id > newest_forgotten));
+    }
 }

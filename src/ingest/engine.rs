@@ -14,6 +14,7 @@ use http::HeaderMap;
 use serde::Serialize;
 use url::Url;
 
+use crate::manifest::fetch::Opened;
 use crate::manifest::{Asset, FetchError, Fetcher, Object, ObjectKind};
 
 /// One object to push, with the viewer-facing key it is stored under.
@@ -38,6 +39,9 @@ pub struct Existing {
 pub enum SinkError {
     #[error("store full: {0}")]
     Full(String),
+    /// Reading the body being stored failed (the origin's fault, maybe transient).
+    #[error("{0}")]
+    Fetch(FetchError),
     #[error("{0}")]
     Other(String),
 }
@@ -53,8 +57,33 @@ pub trait Sink: Send + Sync {
     fn free_for_pinned(&self) -> SinkFuture<'_, Option<u64>>;
     /// Stores (and pins) one object durably.
     fn put(&self, object: PushObject) -> SinkFuture<'_, ()>;
+    /// Stores (and pins) one object whose body is still to be read; returns its length. The
+    /// default reads it into memory and calls [`Sink::put`]; a store sink reads it straight
+    /// into the store's write buffer instead.
+    fn put_opened(&self, key: String, kind: ObjectKind, opened: Opened) -> SinkFuture<'_, u64> {
+        Box::pin(put_collected(self, key, kind, opened))
+    }
     /// Releases objects this run stored for an asset that is not published (unpins them).
     fn release<'a>(&'a self, keys: &'a [String]) -> SinkFuture<'a, ()>;
+}
+
+/// [`Sink::put_opened`] by reading the body into memory first.
+pub async fn put_collected<S: Sink + ?Sized>(
+    sink: &S,
+    key: String,
+    kind: ObjectKind,
+    opened: Opened,
+) -> Result<u64, SinkError> {
+    let fetched = opened.collect().await.map_err(SinkError::Fetch)?;
+    let bytes = fetched.body.len() as u64;
+    sink.put(PushObject {
+        key,
+        kind,
+        body: fetched.body,
+        headers: fetched.headers,
+    })
+    .await?;
+    Ok(bytes)
 }
 
 /// Maps a source URL to the key a viewer's request for it produces at the edge.
@@ -322,34 +351,44 @@ pub async fn ingest_asset<F: Fetcher, S: Sink>(
                     reason,
                 })
             };
-            let fetched = match fetcher.fetch(&o.url, opts.max_object_bytes).await {
-                Ok(f) => f,
-                Err(e) => return fail(e.to_string()),
-            };
-            if let (Some(e), None) = (&present, size) {
-                if e.len == fetched.body.len() as u64
-                    && (e.etag.is_none() || e.etag == etag_of(&fetched.headers))
-                {
-                    progress.objects_done.fetch_add(1, Ordering::Relaxed);
-                    progress.skipped.fetch_add(1, Ordering::Relaxed);
-                    return Done::Skipped;
+            // The body goes from the origin straight into the sink; a transient failure while
+            // reading it reopens the object (opening retries by itself).
+            let mut attempt = 0;
+            let put = loop {
+                let mut opened = match fetcher.open(&o.url, opts.max_object_bytes).await {
+                    Ok(f) => f,
+                    Err(e) => return fail(e.to_string()),
+                };
+                if let (Some(e), None) = (&present, size) {
+                    if opened.len.is_none() {
+                        match opened.collect().await {
+                            Ok(f) => opened = Opened::from_fetched(f, opts.max_object_bytes),
+                            Err(e) => return fail(e.to_string()),
+                        }
+                    }
+                    if Some(e.len) == opened.len
+                        && (e.etag.is_none() || e.etag == etag_of(&opened.headers))
+                    {
+                        progress.objects_done.fetch_add(1, Ordering::Relaxed);
+                        progress.skipped.fetch_add(1, Ordering::Relaxed);
+                        return Done::Skipped;
+                    }
                 }
-            }
-            let bytes = fetched.body.len() as u64;
-            let put = sink
-                .put(PushObject {
-                    key: key.clone(),
-                    kind: o.kind,
-                    body: fetched.body,
-                    headers: fetched.headers,
-                })
-                .await;
+                match sink.put_opened(key.clone(), o.kind, opened).await {
+                    Err(SinkError::Fetch(e)) if e.is_transient() && attempt < fetcher.retries() => {
+                        attempt += 1;
+                        tracing::debug!(url = %o.url, attempt, error = %e, "retrying the body");
+                    }
+                    other => break other,
+                }
+            };
             match put {
-                Ok(()) => {
+                Ok(bytes) => {
                     progress.objects_done.fetch_add(1, Ordering::Relaxed);
                     progress.bytes_done.fetch_add(bytes, Ordering::Relaxed);
                     Done::Stored { key, bytes }
                 }
+                Err(SinkError::Fetch(e)) => fail(e.to_string()),
                 Err(e) => fail(format!("store: {e}")),
             }
         })

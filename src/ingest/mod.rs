@@ -3,6 +3,10 @@
 //!
 //! - `engine`: one walked asset into a [`engine::Sink`]: room check, bounded fetches, skip of
 //!   stored objects, atomic publish (manifests last) or release.
+//! - `store`: the sink for `--store`: bodies of known length stream from the origin (HTTP frames
+//!   or file reads) straight into the store's write buffer (`vedge_storage::ObjectBuf`).
+//! - `admin`: the admin API's ingest routes and its sink (the running edge; collects bodies,
+//!   since the edge also keeps pushed objects in RAM). `client`: `--admin` mode.
 //! - this file: the `vedge ingest` command: arguments, sources, progress bar, summary.
 
 pub mod admin;
@@ -79,7 +83,8 @@ pub struct IngestArgs {
     #[arg(long, default_value_t = 3)]
     pub retries: u32,
 
-    /// Timeout per origin request, in seconds.
+    /// Timeout per origin request, in seconds: for the response head, then for each read of
+    /// the body (which streams into the store, so a large object may take longer in all).
     #[arg(long, default_value_t = 30)]
     pub timeout_secs: u64,
 

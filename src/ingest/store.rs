@@ -4,12 +4,15 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
-use vedge_storage::{Meta, Source, Store, StoreError};
+use vedge_storage::{Source, Store, StoreError};
 
-use super::engine::{Existing, PushObject, Sink, SinkError, SinkFuture};
+use super::engine::{put_collected, Existing, PushObject, Sink, SinkError, SinkFuture};
 use crate::cache::object::{strip_hop_by_hop, CachedObject};
 use crate::cache::policy::ContentClass;
+use crate::edge::store_meta;
+use crate::manifest::fetch::{FetchError, Opened, OpenedBody};
 use crate::manifest::ObjectKind;
 
 /// Freshness given to pushed objects: they are immutable until purged or re-ingested.
@@ -70,18 +73,67 @@ impl Sink for StoreSink {
 
     fn put(&self, object: PushObject) -> SinkFuture<'_, ()> {
         Box::pin(async move {
-            let obj = cached_object(&object);
-            let meta = Meta {
-                head: obj.encode_head(),
-                stored_at: obj.stored_at,
-                expires_at: obj.expires_at(),
-                tags: obj.tags.clone(),
-                pinned: true,
-            };
+            let meta = store_meta(&cached_object(&object));
             self.store
                 .insert_durable(object.key.as_bytes(), meta, object.body, Source::Push)
                 .await
                 .map_err(sink_err)
+        })
+    }
+
+    /// With a known length, the body goes straight into the store's write buffer (one copy:
+    /// from the socket's frames or, for files, by the kernel from the page cache); otherwise
+    /// it is read into memory first.
+    fn put_opened(&self, key: String, kind: ObjectKind, opened: Opened) -> SinkFuture<'_, u64> {
+        Box::pin(async move {
+            let Some(len) = opened.len else {
+                return put_collected(self, key, kind, opened).await;
+            };
+            let len = usize::try_from(len)
+                .map_err(|_| SinkError::Other(format!("{len}-byte object too large")))?;
+            // The head does not depend on the body: build it from the headers alone.
+            let head_only = PushObject {
+                key,
+                kind,
+                body: Bytes::new(),
+                headers: opened.headers,
+            };
+            let meta = store_meta(&cached_object(&head_only));
+            let mut buf = self
+                .store
+                .object_buf(head_only.key.as_bytes(), meta, len)
+                .map_err(sink_err)?;
+            match opened.body {
+                OpenedBody::File(file) => {
+                    buf = tokio::task::spawn_blocking(move || {
+                        while buf.read_from(&file)? > 0 {}
+                        Ok::<_, std::io::Error>(buf)
+                    })
+                    .await
+                    .map_err(|e| SinkError::Other(e.to_string()))?
+                    .map_err(|e| SinkError::Fetch(FetchError::Io(e.to_string())))?;
+                }
+                mut body => {
+                    while let Some(chunk) = body.next_chunk().await.map_err(SinkError::Fetch)? {
+                        buf.put(&chunk).map_err(|_| {
+                            SinkError::Fetch(FetchError::Io(format!(
+                                "body longer than its announced {len} bytes"
+                            )))
+                        })?;
+                    }
+                }
+            }
+            if !buf.is_complete() {
+                return Err(SinkError::Fetch(FetchError::Io(format!(
+                    "body ended after {} of {len} bytes",
+                    buf.filled()
+                ))));
+            }
+            self.store
+                .insert_durable_buf(buf, Source::Push)
+                .await
+                .map_err(sink_err)?;
+            Ok(len as u64)
         })
     }
 

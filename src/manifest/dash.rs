@@ -36,11 +36,78 @@ pub fn parse(url: &Url, body: &[u8]) -> Result<MPD, WalkError> {
         reason,
     };
     let text = std::str::from_utf8(body).map_err(|_| err("not UTF-8".into()))?;
-    dash_mpd_core::parse(text).map_err(|e| {
-        let mut s = e.to_string();
-        s.truncate(300);
-        err(s)
-    })
+    // The deserializer behind dash-mpd-core can panic on some malformed XML (mismatched tags,
+    // found by fuzzing): reject what is not well-formed first, and turn any panic left into an
+    // error (an origin's bad MPD must fail its asset, not the edge).
+    well_formed(text).map_err(|e| err(super::clip(&e, 300)))?;
+    match std::panic::catch_unwind(|| dash_mpd_core::parse(text)) {
+        Ok(Ok(mpd)) => Ok(mpd),
+        Ok(Err(e)) => Err(err(super::clip(&e.to_string(), 300))),
+        Err(_) => Err(err("the MPD parser gave up on this document".into())),
+    }
+}
+
+/// Checks that `text` is well-formed XML (every element closed, end tags matching) and that no
+/// attribute holds an xs:duration dash-mpd-core would overflow on.
+fn well_formed(text: &str) -> Result<(), String> {
+    use quick_xml::events::Event;
+    let mut r = quick_xml::Reader::from_str(text);
+    r.config_mut().check_end_names = true;
+    let mut depth = 0usize;
+    loop {
+        let event = r.read_event();
+        if let Ok(Event::Start(e) | Event::Empty(e)) = &event {
+            for a in e.attributes() {
+                let a = a.map_err(|e| format!("bad attribute: {e}"))?;
+                let v = a
+                    .normalized_value(quick_xml::XmlVersion::Implicit1_0)
+                    .map_err(|e| format!("bad attribute value: {e}"))?;
+                if !duration_in_range(&v) {
+                    return Err(format!("duration {} out of range", super::clip(&v, 40)));
+                }
+            }
+        }
+        match event {
+            Ok(Event::Start(_)) => depth += 1,
+            Ok(Event::End(_)) => {
+                depth = depth
+                    .checked_sub(1)
+                    .ok_or_else(|| "end tag without a start tag".to_string())?;
+            }
+            Ok(Event::Eof) if depth == 0 => return Ok(()),
+            Ok(Event::Eof) => return Err(format!("{depth} element(s) not closed")),
+            Ok(_) => {}
+            Err(e) => return Err(format!("not well-formed XML: {e}")),
+        }
+    }
+}
+
+/// Whether `v`, if it starts like an xs:duration (`P1DT2H3.5S`), has no integer above 10^9:
+/// dash-mpd-core computes seconds in `u64` without overflow checks (a panic in debug builds,
+/// found by fuzzing; a wrong duration in release ones), and no real MPD needs more. Its pattern
+/// is anchored at the start only, so the whole value is scanned, whatever follows.
+fn duration_in_range(v: &str) -> bool {
+    let t = v.trim_start().trim_start_matches(['+', '-']);
+    if !t.starts_with('P') {
+        return true;
+    }
+    // Integer parts only: dash-mpd-core keeps at most 9 fractional digits itself.
+    let mut prev = b'P';
+    let mut digits = 0usize;
+    for b in t.bytes() {
+        if b.is_ascii_digit() {
+            if !matches!(prev, b'.' | b',') && (digits > 0 || b != b'0') {
+                digits += 1;
+                if digits > 9 {
+                    return false;
+                }
+            }
+        } else {
+            prev = b;
+            digits = 0;
+        }
+    }
+    true
 }
 
 /// A SegmentTemplate's fields after inheritance (Period -> AdaptationSet -> Representation:

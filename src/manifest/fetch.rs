@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode};
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use url::Url;
@@ -57,6 +57,105 @@ pub type FetchFuture<'a> = Pin<Box<dyn Future<Output = Result<Fetched, FetchErro
 /// A future returned by [`Fetcher::size`].
 pub type SizeFuture<'a> = Pin<Box<dyn Future<Output = Option<u64>> + Send + 'a>>;
 
+/// A future returned by [`Fetcher::open`].
+pub type OpenFuture<'a> = Pin<Box<dyn Future<Output = Result<Opened, FetchError>> + Send + 'a>>;
+
+/// An object whose headers have arrived and whose body is still to be read: lets a sink put
+/// the body straight where it will be stored (see `vedge_storage::ObjectBuf`).
+#[derive(Debug)]
+pub struct Opened {
+    pub headers: HeaderMap,
+    /// The exact body length, when known before reading (Content-Length, file size).
+    pub len: Option<u64>,
+    pub body: OpenedBody,
+    /// Largest body accepted.
+    pub max_bytes: usize,
+}
+
+/// The unread body of an [`Opened`] object.
+#[derive(Debug)]
+pub enum OpenedBody {
+    /// Already in memory.
+    Bytes(Bytes),
+    /// An HTTP response body; each frame must arrive within `timeout`.
+    Http {
+        body: hyper::body::Incoming,
+        timeout: Duration,
+    },
+    /// A local file at position 0: blocking reads, done off the runtime by whoever reads it.
+    File(std::fs::File),
+}
+
+impl Opened {
+    pub fn from_fetched(f: Fetched, max_bytes: usize) -> Self {
+        Opened {
+            headers: f.headers,
+            len: Some(f.body.len() as u64),
+            body: OpenedBody::Bytes(f.body),
+            max_bytes,
+        }
+    }
+
+    /// Reads the whole body into memory.
+    pub async fn collect(self) -> Result<Fetched, FetchError> {
+        let max = self.max_bytes;
+        let body = match self.body {
+            OpenedBody::Bytes(b) => b,
+            OpenedBody::File(f) => tokio::task::spawn_blocking(move || {
+                use std::io::Read;
+                let mut v = Vec::new();
+                (&f).take(max as u64 + 1).read_to_end(&mut v)?;
+                Ok::<_, std::io::Error>(v)
+            })
+            .await
+            .map_err(|e| FetchError::Io(e.to_string()))?
+            .map_err(|e| FetchError::Io(e.to_string()))?
+            .into(),
+            mut body @ OpenedBody::Http { .. } => {
+                let mut buf = bytes::BytesMut::with_capacity(
+                    self.len.map_or(0, |l| l.min(max as u64) as usize),
+                );
+                while let Some(chunk) = body.next_chunk().await? {
+                    if buf.len() + chunk.len() > max {
+                        return Err(FetchError::TooLarge(max));
+                    }
+                    buf.extend_from_slice(&chunk);
+                }
+                buf.freeze()
+            }
+        };
+        if body.len() > max {
+            return Err(FetchError::TooLarge(max));
+        }
+        Ok(Fetched {
+            body,
+            headers: self.headers,
+        })
+    }
+}
+
+impl OpenedBody {
+    /// The next piece of an in-memory or HTTP body (`None` at the end). Not for files.
+    pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, FetchError> {
+        match self {
+            OpenedBody::Bytes(b) if b.is_empty() => Ok(None),
+            OpenedBody::Bytes(b) => Ok(Some(std::mem::take(b))),
+            OpenedBody::Http { body, timeout } => loop {
+                let frame = match tokio::time::timeout(*timeout, body.frame()).await {
+                    Err(_) => return Err(FetchError::Timeout(*timeout)),
+                    Ok(None) => return Ok(None),
+                    Ok(Some(Err(e))) => return Err(FetchError::Io(e.to_string())),
+                    Ok(Some(Ok(f))) => f,
+                };
+                if let Ok(data) = frame.into_data() {
+                    return Ok(Some(data));
+                }
+            },
+            OpenedBody::File(_) => Err(FetchError::Io("file bodies are read by the sink".into())),
+        }
+    }
+}
+
 /// Reads one object. Implementations are shared by concurrent tasks.
 pub trait Fetcher: Send + Sync {
     /// Fetches `url`, failing with [`FetchError::TooLarge`] beyond `max_bytes`.
@@ -68,6 +167,21 @@ pub trait Fetcher: Send + Sync {
         let _ = url;
         Box::pin(std::future::ready(None))
     }
+
+    /// Starts reading `url`: headers now, the body by the caller (to stream it into a store
+    /// buffer). The default fetches the whole object.
+    fn open<'a>(&'a self, url: &'a Url, max_bytes: usize) -> OpenFuture<'a> {
+        Box::pin(async move {
+            let f = self.fetch(url, max_bytes).await?;
+            Ok(Opened::from_fetched(f, max_bytes))
+        })
+    }
+
+    /// How often a transient failure while reading an opened body is worth retrying
+    /// (opening itself retries inside `open`).
+    fn retries(&self) -> u32 {
+        0
+    }
 }
 
 impl<T: Fetcher + ?Sized> Fetcher for std::sync::Arc<T> {
@@ -77,6 +191,14 @@ impl<T: Fetcher + ?Sized> Fetcher for std::sync::Arc<T> {
 
     fn size<'a>(&'a self, url: &'a Url) -> SizeFuture<'a> {
         (**self).size(url)
+    }
+
+    fn open<'a>(&'a self, url: &'a Url, max_bytes: usize) -> OpenFuture<'a> {
+        (**self).open(url, max_bytes)
+    }
+
+    fn retries(&self) -> u32 {
+        (**self).retries()
     }
 }
 
@@ -119,6 +241,11 @@ impl FileFetcher {
     }
 
     async fn read(&self, url: &Url, max_bytes: usize) -> Result<Fetched, FetchError> {
+        self.open_file(url, max_bytes).await?.collect().await
+    }
+
+    /// Checks `url` (inside the root, a regular file, not too large) and opens it.
+    async fn open_file(&self, url: &Url, max_bytes: usize) -> Result<Opened, FetchError> {
         if url.scheme() != "file" {
             return Err(FetchError::Scheme(url.scheme().to_string()));
         }
@@ -142,9 +269,7 @@ impl FileFetcher {
         if meta.len() > max_bytes as u64 {
             return Err(FetchError::TooLarge(max_bytes));
         }
-        let body = tokio::fs::read(&canonical)
-            .await
-            .map_err(|e| FetchError::Io(e.to_string()))?;
+        let file = std::fs::File::open(&canonical).map_err(|e| FetchError::Io(e.to_string()))?;
         let mut headers = HeaderMap::new();
         headers.insert(
             http::header::CONTENT_TYPE,
@@ -155,9 +280,11 @@ impl FileFetcher {
                 headers.insert(http::header::LAST_MODIFIED, v);
             }
         }
-        Ok(Fetched {
-            body: Bytes::from(body),
+        Ok(Opened {
             headers,
+            len: Some(meta.len()),
+            body: OpenedBody::File(file),
+            max_bytes,
         })
     }
 }
@@ -165,6 +292,10 @@ impl FileFetcher {
 impl Fetcher for FileFetcher {
     fn fetch<'a>(&'a self, url: &'a Url, max_bytes: usize) -> FetchFuture<'a> {
         Box::pin(self.read(url, max_bytes))
+    }
+
+    fn open<'a>(&'a self, url: &'a Url, max_bytes: usize) -> OpenFuture<'a> {
+        Box::pin(self.open_file(url, max_bytes))
     }
 
     fn size<'a>(&'a self, url: &'a Url) -> SizeFuture<'a> {
@@ -204,7 +335,8 @@ impl HttpFetcher {
         }
     }
 
-    async fn once(&self, url: &Url, max_bytes: usize) -> Result<Fetched, FetchError> {
+    /// One attempt, up to the response headers.
+    async fn open_once(&self, url: &Url, max_bytes: usize) -> Result<Opened, FetchError> {
         let uri: http::Uri = url
             .as_str()
             .parse()
@@ -226,30 +358,51 @@ impl HttpFetcher {
             return Err(FetchError::Status(status.as_u16()));
         }
         let (parts, body) = res.into_parts();
-        let body = Limited::new(body, max_bytes)
-            .collect()
-            .await
-            .map_err(|e| {
-                if e.is::<http_body_util::LengthLimitError>() {
-                    FetchError::TooLarge(max_bytes)
-                } else {
-                    FetchError::Io(e.to_string())
-                }
-            })?
-            .to_bytes();
-        Ok(Fetched {
-            body,
+        let len = parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if len.is_some_and(|l| l > max_bytes as u64) {
+            return Err(FetchError::TooLarge(max_bytes));
+        }
+        Ok(Opened {
             headers: parts.headers,
+            len,
+            body: OpenedBody::Http {
+                body,
+                timeout: self.timeout,
+            },
+            max_bytes,
         })
     }
 
+    /// One attempt, the whole body.
+    async fn once(&self, url: &Url, max_bytes: usize) -> Result<Fetched, FetchError> {
+        self.open_once(url, max_bytes).await?.collect().await
+    }
+
     async fn with_retries(&self, url: &Url, max_bytes: usize) -> Result<Fetched, FetchError> {
+        self.retrying(url, || self.once(url, max_bytes)).await
+    }
+
+    async fn open_with_retries(&self, url: &Url, max_bytes: usize) -> Result<Opened, FetchError> {
+        self.retrying(url, || self.open_once(url, max_bytes)).await
+    }
+
+    /// Runs `attempt_once` under the per-attempt timeout, retrying transient failures with
+    /// exponential backoff.
+    async fn retrying<T, F, Fut>(&self, url: &Url, attempt_once: F) -> Result<T, FetchError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, FetchError>>,
+    {
         if url.scheme() != "http" {
             return Err(FetchError::Scheme(url.scheme().to_string()));
         }
         let mut attempt = 0;
         loop {
-            let result = match tokio::time::timeout(self.timeout, self.once(url, max_bytes)).await {
+            let result = match tokio::time::timeout(self.timeout, attempt_once()).await {
                 Ok(r) => r,
                 Err(_) => Err(FetchError::Timeout(self.timeout)),
             };
@@ -294,6 +447,14 @@ impl HttpFetcher {
 impl Fetcher for HttpFetcher {
     fn fetch<'a>(&'a self, url: &'a Url, max_bytes: usize) -> FetchFuture<'a> {
         Box::pin(self.with_retries(url, max_bytes))
+    }
+
+    fn open<'a>(&'a self, url: &'a Url, max_bytes: usize) -> OpenFuture<'a> {
+        Box::pin(self.open_with_retries(url, max_bytes))
+    }
+
+    fn retries(&self) -> u32 {
+        self.retries
     }
 
     fn size<'a>(&'a self, url: &'a Url) -> SizeFuture<'a> {

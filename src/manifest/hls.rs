@@ -35,11 +35,7 @@ pub fn parse(url: &Url, body: &[u8]) -> Result<Playlist, WalkError> {
     if std::str::from_utf8(body).is_err() {
         return Err(err("not UTF-8".into()));
     }
-    m3u8_rs::parse_playlist_res(body).map_err(|e| {
-        let mut s = format!("{e:?}");
-        s.truncate(200);
-        err(s)
-    })
+    m3u8_rs::parse_playlist_res(body).map_err(|e| err(super::clip(&format!("{e:?}"), 200)))
 }
 
 fn fetchable(u: &Url) -> bool {

@@ -33,6 +33,19 @@ use url::Url;
 pub use fetch::{FetchError, Fetched, Fetcher};
 pub use scope::Scope;
 
+/// `s` cut to at most `max` bytes on a char boundary (error messages quote parser output, which
+/// can be any UTF-8: `String::truncate` panics inside a multi-byte char).
+pub(crate) fn clip(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
 /// What an object is to a player. Manifests become servable last (atomic publish).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ObjectKind {

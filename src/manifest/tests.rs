@@ -346,6 +346,52 @@ async fn dynamic_mpds_and_remote_periods_are_unsupported() {
 }
 
 #[test]
+fn clip_cuts_on_char_boundaries() {
+    assert_eq!(clip("abc", 10), "abc");
+    assert_eq!(clip("abcdef", 3), "abc");
+    // 'é' is two bytes: cutting at 2 would split it.
+    assert_eq!(clip("aé", 2), "a");
+    assert_eq!(clip("€€", 4), "€");
+}
+
+#[test]
+fn mpd_durations_that_would_overflow_are_refused_and_long_fractions_are_not() {
+    let root = Url::parse(fuzzing::ROOT).unwrap();
+    let doc =
+        |d: &str| format!("<MPD type=\"static\" mediaPresentationDuration=\"{d}\"><Period/></MPD>");
+    // Found by fuzzing: days * 86400 overflowed u64 inside dash-mpd-core (a debug-build panic).
+    for d in [
+        "P0000917807588391314335D",
+        "PT99999999999H",
+        "P1Y2M3W4DT99999999999S",
+        // The pattern is anchored at the start only: what follows the duration does not matter.
+        "PT14757841025415133412HHHH5555&lt;5555S",
+        "+PT99999999999H",
+    ] {
+        let err = dash::parse(&root, doc(d).as_bytes()).expect_err(d);
+        assert!(err.to_string().contains("out of range"), "{d}: {err}");
+    }
+    for d in ["PT10.010010010010011S", "P0001DT00000002H", "PT8S"] {
+        dash::parse(&root, doc(d).as_bytes()).unwrap_or_else(|e| panic!("{d}: {e}"));
+    }
+}
+
+#[test]
+fn malformed_mpds_are_errors_not_panics() {
+    let root = Url::parse(fuzzing::ROOT).unwrap();
+    for body in [
+        "<MPD><Period></MPD>",
+        "<MPD type=\"static\"><Period><AdaptationSet></Period></AdaptationSet></MPD>",
+        "<MPD><Period>",
+        "</MPD>",
+        "<MPD>\u{e9}\u{e9}\u{e9}</Foo>",
+    ] {
+        let err = dash::parse(&root, body.as_bytes()).expect_err(body);
+        assert!(matches!(err, WalkError::Parse { .. }), "{body}: {err}");
+    }
+}
+
+#[test]
 fn fuzz_corpus_holds_the_fuzz_properties() {
     let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
     let mut n = 0;

@@ -496,13 +496,52 @@ pub(crate) fn encode_object(
     payload: &[u8],
 ) -> usize {
     let tags = encode_tags(m.tags);
-    let chunks = payload.len().div_ceil(CHUNK);
     let hlen = header_len(m.key.len(), m.head.len(), tags.len(), payload.len() as u64);
-    let mut crcs = Vec::with_capacity(chunks);
-    for (i, c) in payload.chunks(CHUNK).enumerate() {
-        crcs.push(crc32c::crc32c(c));
-        out.put(hlen + i * CHUNK, c);
-    }
+    let crcs: Vec<u32> = payload
+        .chunks(CHUNK)
+        .enumerate()
+        .map(|(i, c)| {
+            out.put(hlen + i * CHUNK, c);
+            crc32c::crc32c(c)
+        })
+        .collect();
+    finish_header(out, nonce, gen, m, &tags, hlen, payload.len(), crcs);
+    hlen
+}
+
+/// Completes an object whose payload is already in place at `hlen..hlen + payload_len` of
+/// `out` (an [`ObjectBuf`](crate::ObjectBuf)): checksums it, writes the header and the padding.
+pub(crate) fn encode_object_in_place(
+    out: &mut AlignedBuf,
+    nonce: u64,
+    gen: u64,
+    m: &ObjMeta<'_>,
+    hlen: usize,
+    payload_len: usize,
+) {
+    let tags = encode_tags(m.tags);
+    debug_assert_eq!(
+        hlen,
+        header_len(m.key.len(), m.head.len(), tags.len(), payload_len as u64)
+    );
+    let crcs: Vec<u32> = out.as_slice()[hlen..hlen + payload_len]
+        .chunks(CHUNK)
+        .map(crc32c::crc32c)
+        .collect();
+    finish_header(out, nonce, gen, m, &tags, hlen, payload_len, crcs);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn finish_header(
+    out: &mut AlignedBuf,
+    nonce: u64,
+    gen: u64,
+    m: &ObjMeta<'_>,
+    tags: &[u8],
+    hlen: usize,
+    payload_len: usize,
+    crcs: Vec<u32>,
+) {
     let (sa, sn) = time_to_parts(m.stored_at);
     let (ea, en) = time_to_parts(m.expires_at);
     let mut e = Enc(Vec::with_capacity(hlen));
@@ -514,17 +553,17 @@ pub(crate) fn encode_object(
     e.u32(m.key.len() as u32);
     e.u32(m.head.len() as u32);
     e.u32(tags.len() as u32);
-    e.u64(payload.len() as u64);
+    e.u64(payload_len as u64);
     e.u64(sa);
     e.u32(sn);
     e.u64(ea);
     e.u32(en);
-    e.u32(chunks as u32);
+    e.u32(crcs.len() as u32);
     e.u32(hlen as u32);
     debug_assert_eq!(e.0.len(), OBJ_FIXED);
     e.bytes(m.key);
     e.bytes(m.head);
-    e.bytes(&tags);
+    e.bytes(tags);
     for c in crcs {
         e.u32(c);
     }
@@ -532,10 +571,9 @@ pub(crate) fn encode_object(
     debug_assert_eq!(e.0.len(), hlen);
     out.put(0, &e.0);
     let size = out.capacity();
-    out.zero(hlen + payload.len(), size);
+    out.zero(hlen + payload_len, size);
     // SAFETY: header, payload and the zeroed tail together cover 0..size.
     unsafe { out.set_filled(size) };
-    hlen
 }
 
 /// Parses and checks an object header at the start of `b`. `gen` must match the region's

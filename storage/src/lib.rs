@@ -11,7 +11,8 @@
 //! - `open`: format, snapshot load, crash recovery, clean-close snapshot.
 //! - `format`: every on-disk structure. `index`: the RAM index and tag sets.
 //! - `io`: the [`IoEngine`](crate::EngineKind) trait with io_uring and psync engines. `buf`:
-//!   the aligned buffers that become `Bytes` without a copy.
+//!   the aligned buffers that become `Bytes` without a copy. `object_buf`: [`ObjectBuf`], an
+//!   object the caller fills in place (push ingest).
 //!
 //! # On-disk format (version 1)
 //!
@@ -42,7 +43,9 @@
 //! - The store nonce (random at format) is in every header and seeds the key hash, so a payload
 //!   cannot forge a header or aim hash collisions.
 //! - An object enters the index only after its write completed; until then lookups serve it
-//!   from the in-RAM pending map. `insert_durable` also waits for fdatasync.
+//!   from the in-RAM pending map, except an [`ObjectBuf`] written in place, whose payload lives
+//!   in the write buffer: lookups see the previous version (or miss) until it is written.
+//!   `insert_durable` and `insert_durable_buf` also wait for fdatasync.
 //! - A region is sealed only after all its writes completed; its summary lists the objects the
 //!   index still points to at that moment (so removals before sealing are persisted).
 //! - Every read is verified: header crc, nonce, generation, extent, key hash and, per 1 MiB, the
@@ -68,6 +71,7 @@ mod error;
 mod format;
 mod index;
 mod io;
+mod object_buf;
 mod open;
 mod store;
 mod writer;
@@ -76,4 +80,5 @@ pub use config::{
     Admit, EngineChoice, EngineKind, Hit, Meta, SkipReason, Source, StoreConfig, StoreStats,
 };
 pub use error::StoreError;
+pub use object_buf::ObjectBuf;
 pub use store::Store;

@@ -19,6 +19,7 @@ use crate::error::StoreError;
 use crate::format::{self, key_hash, KeyHash, Layout, RegionState};
 use crate::index::{index_bytes, Entry, HashIndex, TagSets, HIT, PINNED};
 use crate::io::Io;
+use crate::object_buf::ObjectBuf;
 
 /// Most bytes accepted by `insert` and not yet written before new inserts are refused (`Busy`).
 const MAX_QUEUED_BYTES: u64 = 256 << 20;
@@ -29,7 +30,10 @@ const MAX_SEEN: usize = 1 << 18;
 pub(crate) struct Obj {
     pub key: Bytes,
     pub meta: Meta,
-    pub body: Bytes,
+    /// `None` for an object written in place ([`ObjectBuf`]): its payload sits in the write
+    /// buffer the writer still has to complete, so lookups cannot serve it from RAM and see
+    /// the previous version (if any) until the write completes.
+    pub body: Option<Bytes>,
 }
 
 /// An accepted write not yet in the index: served from RAM by lookups.
@@ -203,6 +207,9 @@ pub(crate) struct WriteJob {
     pub hash: KeyHash,
     pub id: u64,
     pub obj: Arc<Obj>,
+    /// The filled buffer of an in-place object (then `obj.body` is `None`); boxed to keep
+    /// jobs small on the channel.
+    pub in_place: Option<Box<ObjectBuf>>,
     pub extent: u64,
     pub durable: bool,
     pub reinsert: bool,
@@ -411,6 +418,21 @@ impl Drop for ReadSlot<'_> {
     }
 }
 
+/// What `enqueue` writes: a body to copy, or a filled in-place buffer.
+enum Body {
+    Bytes(Bytes),
+    InPlace(ObjectBuf),
+}
+
+impl Body {
+    fn len(&self) -> usize {
+        match self {
+            Body::Bytes(b) => b.len(),
+            Body::InPlace(buf) => buf.len(),
+        }
+    }
+}
+
 /// The on-disk extent of an object (header + payload, rounded up to 4 KiB).
 pub(crate) fn extent_of(key: &[u8], meta: &Meta, body_len: u64) -> u64 {
     let tags = format::encode_tags(&meta.tags).len();
@@ -443,10 +465,10 @@ impl Store {
         let (e, gen) = {
             let mut st = inner.st.lock();
             if let Some(p) = st.pending.get(&h) {
-                if p.obj.key == key {
+                if let (true, Some(body)) = (p.obj.key == key, &p.obj.body) {
                     let mut meta = p.obj.meta.clone();
                     meta.pinned = p.pinned;
-                    let body = p.obj.body.clone();
+                    let body = body.clone();
                     drop(st);
                     inner.c.hits.fetch_add(1, Relaxed);
                     return Some(Hit { meta, body });
@@ -505,7 +527,7 @@ impl Store {
 
     /// Queues `body` for writing without waiting. See [`Admit`] for why it may be skipped.
     pub fn insert(&self, key: &[u8], meta: Meta, body: Bytes, src: Source) -> Admit {
-        match self.enqueue(key, meta, body, src, false, None) {
+        match self.enqueue(key, meta, Body::Bytes(body), src, false, None) {
             Ok(()) => Admit::Queued,
             Err(r) => Admit::Skipped(r),
         }
@@ -518,6 +540,41 @@ impl Store {
         key: &[u8],
         meta: Meta,
         body: Bytes,
+        src: Source,
+    ) -> Result<(), StoreError> {
+        self.durable(key, meta, Body::Bytes(body), src).await
+    }
+
+    /// A buffer for an object of `len` payload bytes under `key`, to fill and then store with
+    /// [`Store::insert_durable_buf`]: the payload goes straight into the buffer the device write
+    /// uses (no copy on the way). Refused up front if the object can never fit.
+    pub fn object_buf(&self, key: &[u8], meta: Meta, len: usize) -> Result<ObjectBuf, StoreError> {
+        let inner = self.inner();
+        if inner.closed.load(Relaxed) {
+            return Err(StoreError::Closed);
+        }
+        if extent_of(key, &meta, len as u64) > inner.layout.max_extent() {
+            return Err(StoreError::Refused("object larger than a quarter region"));
+        }
+        Ok(ObjectBuf::new(key, meta, len))
+    }
+
+    /// [`Store::insert_durable`] for a filled [`ObjectBuf`]. Refused if fewer bytes were filled
+    /// than declared. Until the write completes, lookups of the key see what was there before.
+    pub async fn insert_durable_buf(&self, buf: ObjectBuf, src: Source) -> Result<(), StoreError> {
+        if !buf.is_complete() {
+            return Err(StoreError::Refused("object buffer not completely filled"));
+        }
+        let key = buf.key.clone();
+        let meta = buf.meta.clone();
+        self.durable(&key, meta, Body::InPlace(buf), src).await
+    }
+
+    async fn durable(
+        &self,
+        key: &[u8],
+        meta: Meta,
+        body: Body,
         src: Source,
     ) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
@@ -544,7 +601,7 @@ impl Store {
         &self,
         key: &[u8],
         meta: Meta,
-        body: Bytes,
+        body: Body,
         src: Source,
         durable: bool,
         done: Option<oneshot::Sender<Result<(), StoreError>>>,
@@ -578,6 +635,10 @@ impl Store {
         }
         let id = inner.next_id.fetch_add(1, Relaxed);
         let pinned = meta.pinned;
+        let (body, in_place) = match body {
+            Body::Bytes(b) => (Some(b), None),
+            Body::InPlace(buf) => (None, Some(Box::new(buf))),
+        };
         let obj = Arc::new(Obj {
             key: Bytes::copy_from_slice(key),
             meta,
@@ -616,6 +677,7 @@ impl Store {
             hash: h,
             id,
             obj,
+            in_place,
             extent,
             durable,
             reinsert: false,

@@ -233,19 +233,29 @@ impl Writer {
         // Encoding (copy + checksums) runs in the write task, so several objects are prepared
         // in parallel on the runtime's workers instead of serially in this loop.
         self.inflight.spawn(async move {
-            let mut buf = AlignedBuf::uninit(job.extent as usize);
-            {
-                let o = &job.obj;
-                let m = format::ObjMeta {
-                    key: &o.key,
-                    head: &o.meta.head,
-                    tags: &o.meta.tags,
-                    stored_at: o.meta.stored_at,
-                    expires_at: o.meta.expires_at,
-                    pinned: o.meta.pinned,
-                };
-                format::encode_object(&mut buf, nonce, gen, &m, &o.body);
-            }
+            let o = job.obj.clone();
+            let m = format::ObjMeta {
+                key: &o.key,
+                head: &o.meta.head,
+                tags: &o.meta.tags,
+                stored_at: o.meta.stored_at,
+                expires_at: o.meta.expires_at,
+                pinned: o.meta.pinned,
+            };
+            let buf = match (job.in_place.take(), &o.body) {
+                (Some(ob), _) => {
+                    let (hlen, len) = (ob.hlen, ob.len);
+                    let mut buf = ob.buf;
+                    format::encode_object_in_place(&mut buf, nonce, gen, &m, hlen, len);
+                    buf
+                }
+                (None, Some(body)) => {
+                    let mut buf = AlignedBuf::uninit(job.extent as usize);
+                    format::encode_object(&mut buf, nonce, gen, &m, body);
+                    buf
+                }
+                (None, None) => unreachable!("an object without a body is written in place"),
+            };
             let mut res = io.write(off, buf).await;
             if res.is_ok() && job.durable {
                 res = io.sync().await;
@@ -416,7 +426,7 @@ impl Writer {
             let o = Arc::new(Obj {
                 key: obj.key.clone(),
                 meta: obj.meta.clone(),
-                body: obj.body.clone(),
+                body: Some(obj.body.clone()),
             });
             let extent = e.bytes();
             if pinned {
@@ -435,6 +445,7 @@ impl Writer {
                 hash: h,
                 id,
                 obj: o,
+                in_place: None,
                 extent,
                 durable: false,
                 reinsert: true,

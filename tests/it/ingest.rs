@@ -626,3 +626,104 @@ async fn with_the_origin_stopped_every_ingested_object_is_a_hit_and_a_failed_ass
         );
     }
 }
+
+#[tokio::test]
+async fn a_body_shorter_than_its_content_length_is_refetched_then_fails_the_asset() {
+    use crate::support::origin::{Fault, Origin as Scripted, Script};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let o = Scripted::start().await;
+    o.script(
+        "/a/index.m3u8",
+        Script::ok("#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2,\ns0.ts\n#EXTINF:2,\ns1.ts\n#EXT-X-ENDLIST\n"),
+    );
+    o.script("/a/s0.ts", Script::ok(vec![7u8; 3000]));
+    // Content-Length 5000, 1000 bytes, then the connection closes: every time.
+    o.script(
+        "/a/s1.ts",
+        Script::ok(vec![9u8; 5000]).fault(Fault::Truncate(1000)),
+    );
+    let fetcher = HttpFetcher::new(Duration::from_secs(5), 2);
+    let sink = StoreSink {
+        store: Store::open(store_config(tmp.path())).await.expect("open"),
+    };
+    let url = Url::parse(&format!("{}/a/index.m3u8", o.url())).expect("url");
+    let asset = discover(&url, &fetcher, &WalkOptions::default())
+        .await
+        .expect("walk");
+    let r = ingest_asset(
+        &asset,
+        &fetcher,
+        &sink,
+        &keys(),
+        &IngestOptions::default(),
+        &Arc::new(Progress::default()),
+    )
+    .await;
+    assert_eq!(r.outcome, Outcome::Failed, "{r:?}");
+    assert_eq!(r.failures.len(), 1, "{r:?}");
+    assert!(r.failures[0].url.ends_with("/a/s1.ts"), "{r:?}");
+    // hyper notices the short body itself ("error reading a body from connection").
+    assert!(
+        r.failures[0].reason.contains("body"),
+        "{}",
+        r.failures[0].reason
+    );
+    // The first GET and the two retries the fetcher allows; no partial object is served.
+    let gets = o
+        .seen("/a/s1.ts")
+        .iter()
+        .filter(|s| s.method == "GET")
+        .count();
+    assert_eq!(gets, 3);
+    let key = cache_key(HOST, "/a/s1.ts", &[]);
+    assert!(sink.store.lookup(key.as_bytes()).await.is_none());
+    // The good segment was stored whole, then released (unpinned) with the failed asset.
+    let hit = sink
+        .store
+        .lookup(cache_key(HOST, "/a/s0.ts", &[]).as_bytes())
+        .await
+        .expect("s0 stored");
+    assert_eq!(hit.body, Bytes::from(vec![7u8; 3000]));
+    assert!(!hit.meta.pinned);
+    sink.store.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn cli_store_mode_reads_a_local_directory_into_the_store_byte_for_byte() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store_path = tmp.path().join("edge.store");
+    let dir = fixtures().join("hls-fmp4");
+    vedge::ingest::run_cli(cli(&[
+        &dir.to_string_lossy(),
+        "--store",
+        &store_path.to_string_lossy(),
+        "--store-size",
+        "64MiB",
+        "--store-region-size",
+        "4MiB",
+        "--host",
+        HOST,
+        "--path-prefix",
+        "/vod/f",
+        "--json",
+    ]))
+    .await
+    .expect("ingest");
+    let store = Store::open(store_config(tmp.path())).await.expect("reopen");
+    let viewer_paths = files(&dir, "/vod/f");
+    assert!(viewer_paths.len() > 10);
+    for path in viewer_paths {
+        let on_disk = std::fs::read(dir.join(path.trim_start_matches("/vod/f/"))).expect("read");
+        let key = cache_key(HOST, &path, &[]);
+        let hit = store
+            .lookup(key.as_bytes())
+            .await
+            .unwrap_or_else(|| panic!("{key} missing"));
+        assert!(
+            hit.body == on_disk,
+            "{key}: stored bytes differ from the file"
+        );
+        assert!(hit.meta.pinned, "{key}");
+    }
+    store.close().await.expect("close");
+}

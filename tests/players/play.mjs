@@ -1,7 +1,8 @@
 // Plays streams in headless Chromium through a running edge and checks each one.
 //   node play.mjs EDGE_BASE_URL NAME=TYPE:PATH ...      e.g. http://127.0.0.1:8080 live-hls=hls:/live/p1/master.m3u8
-// For each stream: playback must start within 20 s, media time must then advance by >= 8 s over
-// ~10 s, and the player must report no fatal error. Exits 1 if any check fails.
+// For each stream: playback must start within 20 s, then play >= 8 s of media over ~10 s (media
+// time advanced, counted across a VOD's loop back to 0), and the player must report no fatal
+// error. Exits 1 if any check fails.
 import { chromium } from 'playwright-core';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -35,12 +36,12 @@ try {
     const t0 = Date.now();
     while (!(s.playing && s.time > 0) && !s.fatal && Date.now() - t0 < 20000) { await sleep(200); s = await state(); }
     const startMs = Date.now() - t0;
-    const start = s.time;
+    const start = s.time, played0 = s.played;
     if (s.playing && !s.fatal) { await sleep(PLAY_MS); s = await state(); }
-    const advanced = s.time - start;
+    const advanced = s.played - played0;
     const ok = s.playing && !s.fatal && advanced >= MIN_ADVANCE;
     console.log(`${ok ? 'PASS' : 'FAIL'} ${name}: type=${type} started=${s.playing} in ${startMs} ms, ` +
-      `media time ${start.toFixed(2)} -> ${s.time.toFixed(2)} (+${advanced.toFixed(2)} s), fatal=${s.fatal}, ` +
+      `media time ${start.toFixed(2)} -> ${s.time.toFixed(2)} (played +${advanced.toFixed(2)} s, loops ${s.loops}), fatal=${s.fatal}, ` +
       `non-fatal errors=${JSON.stringify(s.errors.slice(0, 5))}`);
     if (!ok && consoleErrors.length) console.log(`  console errors: ${consoleErrors.slice(0, 5).join(' | ')}`);
     if (!ok) failed++;

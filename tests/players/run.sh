@@ -2,8 +2,8 @@
 # Real players through vedge: builds vedge, starts `vedge origin` (live simulator + this page and
 # the player JS via --static) and `vedge serve` in front of it on free loopback ports, then plays in
 # headless Chromium (/usr/bin/chromium, no browser download) for ~10 s each:
-#   live HLS (hls.js), live DASH (dash.js), and a VOD asset (fixtures/vod/ if present, else the
-#   simulator's /vod/ stream).
+#   live HLS (hls.js), live DASH (dash.js), and VOD in HLS and DASH (fixtures/vod/ if present:
+#   the demo's assets, looped; else the simulator's /vod/ streams).
 # Exits non-zero if any stream fails; stops only the processes it started (by PID).
 #
 #   tests/players/run.sh                 # needs: node 20 + npm, chromium (apt), cargo
@@ -43,12 +43,13 @@ fi
 OP=$(free_port); EP=$(free_port)
 STATICS=(--static "/player/=$HERE/www" --static "/npm/=$HERE/node_modules")
 VOD_PATH=/vod/players-vod/master.m3u8
+VOD_DASH_PATH=/vod/players-vod/manifest.mpd
 if [[ -d $ROOT/fixtures/vod ]]; then
+  STATICS+=(--static "/fixtures/vod/=$ROOT/fixtures/vod")
   m=$(cd "$ROOT/fixtures/vod" && find . -name master.m3u8 | sort | head -1)
-  if [[ -n $m ]]; then
-    STATICS+=(--static "/fixtures/vod/=$ROOT/fixtures/vod")
-    VOD_PATH=/fixtures/vod/${m#./}
-  fi
+  [[ -n $m ]] && VOD_PATH=/fixtures/vod/${m#./}
+  # The DASH VOD asset `vedge demo` lists (SegmentTemplate with a SegmentTimeline).
+  [[ -f $ROOT/fixtures/vod/dash-timeline/manifest.mpd ]] && VOD_DASH_PATH=/fixtures/vod/dash-timeline/manifest.mpd
 fi
 "$VEDGE" origin --listen "127.0.0.1:$OP" "${STATICS[@]}" > "$WORK/origin.log" 2>&1 &
 PIDS+=($!)
@@ -60,13 +61,14 @@ if [[ -z ${PLAYERS_DIRECT:-} ]]; then
   wait_http "http://127.0.0.1:$EP/player/index.html" || { cat "$WORK/edge.log" >&2; exit 1; }
   BASE=http://127.0.0.1:$EP
 fi
-log "origin :$OP, players via $BASE, VOD $VOD_PATH"
+log "origin :$OP, players via $BASE, VOD $VOD_PATH $VOD_DASH_PATH"
 ID=p$(date +%s)
 rc=0
 (cd "$HERE" && node play.mjs "$BASE" \
   "live-hls=hls:/live/$ID-hls/master.m3u8" \
   "live-dash=dash:/live/$ID-dash/manifest.mpd" \
-  "vod-hls=hls:$VOD_PATH") || rc=$?
+  "vod-hls=hls:$VOD_PATH" \
+  "vod-dash=dash:$VOD_DASH_PATH") || rc=$?
 if [[ $rc -ne 0 ]]; then
   log "origin log:"; tail -20 "$WORK/origin.log" >&2
   [[ -f $WORK/edge.log ]] && { log "edge log:"; tail -20 "$WORK/edge.log" >&2; }
