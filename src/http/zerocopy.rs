@@ -31,41 +31,11 @@ const LOOKUP_MIN: usize = 4096;
 
 pub struct ZeroCopyStream {
     inner: TcpStream,
-    /// TCP_CORK is set: a file body is being sent, so the kernel holds partial segments back
-    /// until hyper has written everything it queued (`poll_flush`), as nginx's `tcp_nopush`.
-    corked: bool,
 }
 
 impl ZeroCopyStream {
     pub fn new(inner: TcpStream) -> ZeroCopyStream {
-        ZeroCopyStream {
-            inner,
-            corked: false,
-        }
-    }
-
-    /// Corks or uncorks the socket. `sendfile` is handed whatever send-buffer space an ACK just
-    /// freed; without the cork each of those writes leaves as its own small segment (TCP_NODELAY
-    /// is on for latency), and every segment costs a trip through the stack on both ends.
-    fn set_cork(&mut self, on: bool) {
-        if self.corked == on {
-            return;
-        }
-        let v: libc::c_int = on.into();
-        // SAFETY: setsockopt on our own socket with a valid int option value.
-        let rc = unsafe {
-            libc::setsockopt(
-                self.inner.as_raw_fd(),
-                libc::IPPROTO_TCP,
-                libc::TCP_CORK,
-                (&v as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        // If the option cannot be set, segments are just smaller; remember only what took.
-        if rc == 0 {
-            self.corked = on;
-        }
+        ZeroCopyStream { inner }
     }
 
     /// Runs `op` on the socket once it is writable, retrying on `WouldBlock`.
@@ -138,7 +108,6 @@ impl AsyncWrite for ZeroCopyStream {
         if buf.len() >= LOOKUP_MIN {
             if let Some((file, off)) = memfile::lookup(buf.as_ptr(), buf.len()) {
                 let len = buf.len();
-                self.set_cork(true);
                 return self.poll_write_with(cx, |sock| sendfile(sock, file, off, len));
             }
         }
@@ -158,7 +127,6 @@ impl AsyncWrite for ZeroCopyStream {
             None => Pin::new(&mut self.inner).poll_write_vectored(cx, bufs),
             Some((0, (file, off))) => {
                 let len = bufs[0].len();
-                self.set_cork(true);
                 self.poll_write_with(cx, |sock| sendfile(sock, file, off, len))
             }
             Some((i, _)) => {
@@ -173,14 +141,10 @@ impl AsyncWrite for ZeroCopyStream {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // hyper flushes once it has written everything it queued: let the last partial
-        // segment go.
-        self.set_cork(false);
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.set_cork(false);
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
