@@ -72,7 +72,8 @@ fn load(args: &ServeArgs) -> anyhow::Result<Config> {
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {
-    let viewer = listen(cfg.listen, cfg.server.threads > 0)
+    let viewer = vedge::http::server::bind_viewer(cfg.listen, cfg.server.threads > 0)
+        .and_then(TcpListener::from_std)
         .with_context(|| format!("listen: cannot bind {}", cfg.listen))?;
     let admin = match cfg.admin_listen {
         Some(a) => Some(
@@ -83,21 +84,6 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         None => None,
     };
     vedge::run(cfg, vedge::Listeners { viewer, admin }, shutdown_signal()).await
-}
-
-/// Binds the viewer listener with a deep accept queue (`LISTEN_BACKLOG`). With per-thread event
-/// loops (`reuseport`) it also sets SO_REUSEPORT, so each worker thread can listen on its own
-/// socket for the address; otherwise not, so a second edge on the same port fails to start.
-fn listen(addr: std::net::SocketAddr, reuseport: bool) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.set_reuseport(reuseport)?;
-    socket.bind(addr)?;
-    socket.listen(vedge::http::server::LISTEN_BACKLOG as u32)
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -154,7 +154,8 @@ impl Fill {
         self.len() == 0
     }
 
-    /// The whole body as one `Bytes` (one copy, unless it arrived as a single chunk).
+    /// The whole body as one `Bytes`: copied once, into a memfd when large enough for
+    /// `sendfile` (`memfile::concat`); a small body that arrived as a single chunk is shared.
     pub fn body(&self) -> Bytes {
         let st = self.state.lock();
         memfile::concat(&st.chunks, st.len as usize)

@@ -78,7 +78,10 @@ pub async fn serve(
         let own = if i == 0 {
             listener.try_clone()
         } else {
-            reuseport_twin(&listener).or_else(|_| listener.try_clone())
+            listener
+                .local_addr()
+                .and_then(|addr| bind_viewer(addr, true))
+                .or_else(|_| listener.try_clone())
         };
         let started = own.and_then(|l| {
             std::thread::Builder::new()
@@ -102,17 +105,21 @@ pub async fn serve(
     }
 }
 
-/// Another listening socket on `listener`'s address (SO_REUSEPORT): fails unless `listener` was
-/// bound with SO_REUSEPORT too.
-fn reuseport_twin(listener: &std::net::TcpListener) -> std::io::Result<std::net::TcpListener> {
-    let addr = listener.local_addr()?;
+/// A non-blocking viewer listener on `addr` with a deep accept queue (`LISTEN_BACKLOG`). With
+/// `reuseport` it sets SO_REUSEPORT, so each per-thread event loop can bind its own socket for
+/// the address (binding such a twin fails unless the first socket set it too); without it a
+/// second edge on the same port fails to start.
+pub fn bind_viewer(
+    addr: std::net::SocketAddr,
+    reuseport: bool,
+) -> std::io::Result<std::net::TcpListener> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,
         Some(socket2::Protocol::TCP),
     )?;
     socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
+    socket.set_reuse_port(reuseport)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;

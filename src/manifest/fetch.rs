@@ -358,11 +358,7 @@ impl HttpFetcher {
             return Err(FetchError::Status(status.as_u16()));
         }
         let (parts, body) = res.into_parts();
-        let len = parts
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+        let len = crate::cache::policy::content_length(&parts.headers);
         if len.is_some_and(|l| l > max_bytes as u64) {
             return Err(FetchError::TooLarge(max_bytes));
         }
