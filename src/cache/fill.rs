@@ -2,8 +2,9 @@
 //!
 //! One task (the fill driver, spawned by the leader and detached from every viewer) pushes the
 //! origin's body chunks here; readers stream them as they come, from any offset, so a collapsed
-//! waiter gets its first byte as soon as the leader does. The chunks are `Bytes` slices of the
-//! origin's buffers: readers share them, nothing is copied per reader.
+//! waiter gets its first byte as soon as the leader does. The chunks are `Bytes` slices, of the
+//! body's reserved memfd when its length was announced (`reserve`), else of the origin's
+//! buffers: readers share them, nothing is copied per reader.
 //!
 //! On drop of the driver without `finish`, readers see an error (their response is aborted, never
 //! a clean-looking truncated body).
@@ -83,6 +84,9 @@ struct State {
 pub struct Fill {
     state: Mutex<State>,
     notify: Notify,
+    /// The body's final home when its length was known up front (`reserve`); only the driver
+    /// touches it, so copying a chunk in never holds up readers.
+    dest: Mutex<Option<memfile::Growing>>,
 }
 
 impl Default for Fill {
@@ -90,6 +94,7 @@ impl Default for Fill {
         Fill {
             state: Mutex::new(State::default()),
             notify: Notify::new(),
+            dest: Mutex::new(None),
         }
     }
 }
@@ -117,10 +122,32 @@ impl Fill {
         self.notify.notify_waiters();
     }
 
+    /// Gives a body of `len` bytes its final place before it arrives (a memfd when it is large
+    /// enough): each pushed chunk is copied there once and readers get slices of it, which the
+    /// viewer socket sends with `sendfile`, and `body` then needs no second copy.
+    pub fn reserve(&self, len: u64) {
+        let Ok(len) = usize::try_from(len) else {
+            return;
+        };
+        *self.dest.lock() = memfile::Growing::new(len);
+    }
+
     pub fn push(&self, chunk: Bytes) {
         if chunk.is_empty() {
             return;
         }
+        let chunk = {
+            let mut dest = self.dest.lock();
+            match dest.as_mut().map(|d| d.append(&chunk)) {
+                Some(Some(placed)) => placed,
+                Some(None) => {
+                    // More than announced: the rest stays in the origin's buffers.
+                    *dest = None;
+                    chunk
+                }
+                None => chunk,
+            }
+        };
         {
             let mut st = self.state.lock();
             st.len += chunk.len() as u64;
@@ -130,6 +157,10 @@ impl Fill {
     }
 
     pub fn finish(&self, result: Result<(), FillError>) {
+        if result.is_err() {
+            // Readers keep the slices they hold; the rest of the file is released with them.
+            *self.dest.lock() = None;
+        }
         {
             let mut st = self.state.lock();
             if st.end.is_none() {
@@ -154,9 +185,18 @@ impl Fill {
         self.len() == 0
     }
 
-    /// The whole body as one `Bytes`: copied once, into a memfd when large enough for
-    /// `sendfile` (`memfile::concat`); a small body that arrived as a single chunk is shared.
+    /// The whole body as one `Bytes`: the reserved file when every byte went there, else copied
+    /// once, into a memfd when large enough for `sendfile` (`memfile::concat`); a small body that
+    /// arrived as a single chunk is shared.
     pub fn body(&self) -> Bytes {
+        if let Some(whole) = self
+            .dest
+            .lock()
+            .take()
+            .and_then(memfile::Growing::into_body)
+        {
+            return whole;
+        }
         let st = self.state.lock();
         memfile::concat(&st.chunks, st.len as usize)
     }

@@ -11,8 +11,10 @@
 //! Why a mapping is safe here (the brief keeps mappings off the serving path): the file is
 //! anonymous memory, never disk-backed, so touching it can't block on I/O; it is private to this
 //! process (close-on-exec, no name in the file system) and sealed against shrinking, so the
-//! mapping can never SIGBUS; and it is never written after it is registered, so a page the kernel
-//! still references after `sendfile` (TCP retransmission) keeps the bytes it was sent with.
+//! mapping can never SIGBUS; and every byte is written once, before any slice covering it exists
+//! (a body filled while it is read, `Growing`, is only written past the end of every slice handed
+//! out), so a page the kernel still references after `sendfile` (TCP retransmission) keeps the
+//! bytes it was sent with.
 //!
 //! Each body costs one file descriptor, so memfds are used only for bodies of at least
 //! `MIN_SIZE` and only while fewer than a budget (a quarter of the open-file limit) are alive;
@@ -88,6 +90,72 @@ pub fn concat(chunks: &[Bytes], len: usize) -> Bytes {
         b.extend_from_slice(c);
     }
     b.freeze()
+}
+
+/// A memfd body being filled while it is read: the fill copies each origin chunk in as it
+/// arrives and hands readers slices of the file, so they can be sent with `sendfile` before the
+/// fill ends, and the finished body needs no second copy.
+///
+/// The file is registered from the start. That keeps this module's invariant: every byte is
+/// written once, before any slice covering it exists; later writes only go past the end of every
+/// slice handed out, so the bytes a socket still references never change.
+pub struct Growing {
+    file: Bytes,
+    ptr: NonNull<u8>,
+    written: usize,
+}
+
+// SAFETY: `ptr` points into the mapping `file` keeps alive; only the owner of the `Growing`
+// writes through it, and only past every slice handed out.
+unsafe impl Send for Growing {}
+
+impl Growing {
+    /// A file for a body of exactly `len` bytes, if it is eligible and can be made.
+    pub fn new(len: usize) -> Option<Growing> {
+        if !eligible(len) {
+            return None;
+        }
+        match MemFile::create(len) {
+            Ok(mut f) => {
+                let ptr = NonNull::new(f.as_mut_slice().as_mut_ptr())?;
+                Some(Growing {
+                    file: f.into_bytes(),
+                    ptr,
+                    written: 0,
+                })
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, len, "memfd body unavailable; using the heap");
+                None
+            }
+        }
+    }
+
+    /// Copies `chunk` in after what is already there and returns the slice of the file now
+    /// holding it, or `None` if it does not fit (nothing is written then).
+    pub fn append(&mut self, chunk: &[u8]) -> Option<Bytes> {
+        let end = self.written.checked_add(chunk.len())?;
+        if end > self.file.len() {
+            return None;
+        }
+        // SAFETY: `[written, end)` lies inside the mapping, and no slice of it exists yet (slices
+        // are only made below, of bytes already written), so nothing reads it concurrently.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                chunk.as_ptr(),
+                self.ptr.as_ptr().add(self.written),
+                chunk.len(),
+            );
+        }
+        let slice = self.file.slice(self.written..end);
+        self.written = end;
+        Some(slice)
+    }
+
+    /// The whole body, once every byte of it has been written.
+    pub fn into_body(self) -> Option<Bytes> {
+        (self.written == self.file.len()).then_some(self.file)
+    }
 }
 
 /// `body` moved into a memfd if it is eligible and not there already (disk hits promoted to
@@ -257,5 +325,30 @@ mod tests {
         let start = body.as_ptr() as usize;
         drop((body, tail, same));
         assert!(REGISTRY.read().unwrap().get(&start).is_none());
+    }
+
+    #[test]
+    fn a_growing_body_hands_out_registered_slices_of_what_is_written() {
+        configure(true);
+        let len = 96 << 10;
+        let mut g = Growing::new(len).expect("eligible");
+        let first = g.append(&vec![1u8; 64 << 10]).expect("fits");
+        assert!(lookup(first.as_ptr(), first.len()).is_some());
+        assert!(first.iter().all(|&b| b == 1));
+        // Too much is refused and writes nothing.
+        assert!(g.append(&vec![3u8; 40 << 10]).is_none());
+        let second = g.append(&vec![2u8; 32 << 10]).expect("fits");
+        assert_eq!(
+            lookup(second.as_ptr(), second.len()).map(|(_, o)| o),
+            Some(64 << 10)
+        );
+        let body = g.into_body().expect("complete");
+        assert_eq!(body.len(), len);
+        assert_eq!(&body[..first.len()], &first[..]);
+        assert_eq!(&body[first.len()..], &second[..]);
+
+        let mut short = Growing::new(len).expect("eligible");
+        short.append(b"partial").expect("fits");
+        assert!(short.into_body().is_none());
     }
 }

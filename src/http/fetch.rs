@@ -200,6 +200,9 @@ async fn run(edge: &Arc<Edge>, fill: &Arc<Fill>, key: &str, job: FillJob) -> Res
         age: age.as_secs(),
     })));
 
+    if let Some(len) = content_length.filter(|&n| store && n <= cache.max_object_size) {
+        fill.reserve(len);
+    }
     let idle = edge.origin.between_bytes_timeout();
     let mut received = 0u64;
     loop {

@@ -9,7 +9,7 @@ use http::{Method, StatusCode};
 use vedge::cache::memfile;
 use vedge::http::zerocopy;
 
-use crate::support::{edge_config, Origin, Script, TestEdge};
+use crate::support::{edge_config, Fault, Origin, Script, TestEdge};
 
 fn pattern(n: usize) -> Vec<u8> {
     (0..n).map(|i| (i * 7 % 253) as u8).collect()
@@ -93,4 +93,85 @@ async fn large_hits_are_sent_from_a_memfd_byte_for_byte() {
     }
     assert!(rest.is_empty(), "nothing after the third body");
     assert_eq!(origin.count("/v/big.m4s"), 1);
+}
+
+/// A large body with a known length is written into its memfd as it arrives, so collapsed
+/// readers are sent slices of it with `sendfile` while the fill is still running, and a fill that
+/// then fails leaves every reader with a short body, nothing cached, and the file released.
+#[tokio::test]
+async fn readers_of_a_large_fill_are_sent_from_its_memfd_before_it_ends() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let origin = Origin::start().await;
+    let len = 2 << 20;
+    let sent = 1 << 20;
+    let body = pattern(len);
+    origin.script(
+        "/v/live.m4s",
+        Script::ok(body.clone())
+            .header("cache-control", "max-age=600")
+            .fault(Fault::Stall(sent)),
+    );
+    let edge = TestEdge::start(edge_config(&origin)).await;
+    let files_before = memfile::live();
+    let sendfile_before = zerocopy::sendfile_bytes();
+
+    // Three viewers: a leader and two collapsed readers, each reading head + the first MiB.
+    let get = format!("GET /v/live.m4s HTTP/1.1\r\nHost: {}\r\n\r\n", edge.addr);
+    let mut viewers = Vec::new();
+    for _ in 0..3 {
+        let mut s = tokio::net::TcpStream::connect(edge.addr)
+            .await
+            .expect("connect");
+        s.write_all(get.as_bytes()).await.expect("request");
+        viewers.push(s);
+    }
+    let mut received = Vec::new();
+    for s in &mut viewers {
+        let mut buf = Vec::new();
+        let mut chunk = vec![0u8; 64 << 10];
+        let head_and_body = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let n = s.read(&mut chunk).await.expect("read");
+                assert!(n > 0, "the edge closed before the origin stalled");
+                buf.extend_from_slice(&chunk[..n]);
+                if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    if buf.len() - (end + 4) >= sent {
+                        return end + 4;
+                    }
+                }
+            }
+        })
+        .await
+        .expect("the first MiB arrives while the origin stalls");
+        let head = std::str::from_utf8(&buf[..head_and_body]).expect("ascii head");
+        assert!(head.contains(&format!("content-length: {len}")), "{head}");
+        assert_eq!(&buf[head_and_body..], &body[..sent]);
+        received.push(buf);
+    }
+    assert_eq!(origin.count("/v/live.m4s"), 1, "one fill for all three");
+    assert_eq!(edge.edge.fills.len(), 1, "the fill is still running");
+    assert!(
+        memfile::live() > files_before,
+        "the fill is being written into a memfd"
+    );
+    assert!(
+        zerocopy::sendfile_bytes() - sendfile_before >= 3 * sent as u64,
+        "the readers were sent the fill's bytes with sendfile before it ended"
+    );
+
+    // The origin dies mid-body: every viewer's response ends short and nothing is stored.
+    origin.stop();
+    for s in &mut viewers {
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest))
+            .await
+            .expect("the edge ends the response");
+        assert!(
+            rest.len() < len - sent,
+            "a complete-looking body after a failed fill"
+        );
+    }
+    edge.settle().await;
+    assert_eq!(edge.edge.ram.len(), 0, "a failed fill is not cached");
 }
