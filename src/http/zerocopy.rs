@@ -6,24 +6,75 @@
 //! memfd-backed slice goes out with `sendfile` from the memfd at the slice's offset, so the
 //! kernel references the body's pages instead of copying them. Everything else is passed to the
 //! `TcpStream` unchanged. Only the transport changes; the bytes on the wire are the same.
+//!
+//! A slice in anonymous huge pages (`memfile::Source::Pages`) goes through a pipe the connection
+//! keeps: `vmsplice` puts references to its pages in the pipe and `splice` moves them to the
+//! socket. Bytes left in the pipe when the socket is full count as written; every later write,
+//! flush or shutdown sends them first, so the order on the wire is kept.
 
 use std::io::{self, IoSlice};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::cache::memfile;
+use crate::cache::memfile::{self, Source};
 
 /// Bytes sent with `sendfile` since start (the `vedge_sendfile_bytes_total` metric).
 static SENT: AtomicU64 = AtomicU64::new(0);
+/// Bytes sent with `vmsplice` + `splice` since start (`vedge_splice_bytes_total`).
+static SPLICED: AtomicU64 = AtomicU64::new(0);
+/// Pipes alive (two descriptors each).
+static PIPES: AtomicUsize = AtomicUsize::new(0);
+
+/// What a connection's pipe is asked to hold: 128 pages per `vmsplice` + `splice` round.
+const PIPE_SIZE: libc::c_int = 512 << 10;
 
 /// Bytes sent with `sendfile` since the process started.
 pub fn sendfile_bytes() -> u64 {
     SENT.load(Relaxed)
+}
+
+/// Bytes sent from huge-page bodies with `vmsplice` + `splice` since the process started.
+pub fn splice_bytes() -> u64 {
+    SPLICED.load(Relaxed)
+}
+
+/// A non-blocking pipe, the conduit between a body's pages and the socket.
+struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+impl Pipe {
+    /// A new pipe, unless pipes would take more than their share of the descriptor budget.
+    fn new() -> Option<Pipe> {
+        if PIPES.load(Relaxed) * 2 >= memfile::fd_budget() / 2 {
+            return None;
+        }
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 writes two descriptors into the array on success.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
+            return None;
+        }
+        // SAFETY: both descriptors are fresh and ours.
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        // A larger pipe means fewer rounds; the kernel may refuse (per-user pipe limits), and the
+        // default 16 pages still work.
+        // SAFETY: fcntl on our descriptor.
+        unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) };
+        PIPES.fetch_add(1, Relaxed);
+        Some(Pipe { read, write })
+    }
+}
+
+impl Drop for Pipe {
+    fn drop(&mut self) {
+        PIPES.fetch_sub(1, Relaxed);
+    }
 }
 
 /// Slices shorter than this are never looked up (a lookup takes a read lock).
@@ -31,11 +82,76 @@ const LOOKUP_MIN: usize = 4096;
 
 pub struct ZeroCopyStream {
     inner: TcpStream,
+    /// Made on the first huge-page slice; `None` after that only if none could be made.
+    pipe: Option<Pipe>,
+    /// Whether making a pipe was tried and failed (the copy path is used from then on).
+    no_pipe: bool,
+    /// Bytes in the pipe, already reported written, not yet in the socket.
+    in_pipe: usize,
 }
 
 impl ZeroCopyStream {
     pub fn new(inner: TcpStream) -> ZeroCopyStream {
-        ZeroCopyStream { inner }
+        ZeroCopyStream {
+            inner,
+            pipe: None,
+            no_pipe: false,
+            in_pipe: 0,
+        }
+    }
+
+    /// Moves whatever is left in the pipe into the socket; `Ready(Ok)` once the pipe is empty.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.in_pipe > 0 {
+            let Some(pipe) = self.pipe.as_ref() else {
+                return Poll::Ready(Err(io::Error::other("bytes in a pipe that is gone")));
+            };
+            let (from, n) = (pipe.read.as_raw_fd(), self.in_pipe);
+            let sent = ready!(self.poll_write_with(cx, |sock| splice_out(from, sock, n)))?;
+            if sent == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            SPLICED.fetch_add(sent as u64, Relaxed);
+            self.in_pipe -= sent;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// The connection's pipe, made on first use; `None` when none can be had.
+    fn pipe(&mut self) -> Option<RawFd> {
+        if self.pipe.is_none() && !self.no_pipe {
+            self.pipe = Pipe::new();
+            self.no_pipe = self.pipe.is_none();
+        }
+        self.pipe.as_ref().map(|p| p.write.as_raw_fd())
+    }
+
+    /// Sends `buf` (huge-page memory that is never rewritten) through the pipe: references to
+    /// its pages go in, as many as the pipe holds, and out to the socket as far as it takes them.
+    fn poll_splice(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let Some(into) = self.pipe() else {
+            return Pin::new(&mut self.inner).poll_write(cx, buf);
+        };
+        // Wait for room in the socket first, so the pages wait in the pipe as briefly as possible.
+        ready!(self.inner.poll_write_ready(cx))?;
+        let iov = libc::iovec {
+            iov_base: buf.as_ptr() as *mut libc::c_void,
+            iov_len: buf.len(),
+        };
+        // SAFETY: the iovec describes `buf`, which the caller keeps alive for the call. The pipe
+        // takes references to its pages; the body is never written again (memfile's invariant),
+        // so the bytes the socket sends later are the bytes here now.
+        let n = unsafe { libc::vmsplice(into, &iov, 1, libc::SPLICE_F_NONBLOCK) };
+        if n <= 0 {
+            // The pipe refused (it is empty here, so this is not `WouldBlock`): copy instead.
+            return Pin::new(&mut self.inner).poll_write(cx, buf);
+        }
+        self.in_pipe = n as usize;
+        match self.poll_drain(cx) {
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            // Pending: the rest stays in the pipe and goes first on the next call.
+            _ => Poll::Ready(Ok(n as usize)),
+        }
     }
 
     /// Runs `op` on the socket once it is writable, retrying on `WouldBlock`.
@@ -55,11 +171,30 @@ impl ZeroCopyStream {
     }
 }
 
-fn file_slice(b: &IoSlice<'_>) -> Option<(RawFd, u64)> {
+fn zero_copy_slice(b: &IoSlice<'_>) -> Option<Source> {
     if b.len() < LOOKUP_MIN {
         return None;
     }
     memfile::lookup(b.as_ptr(), b.len())
+}
+
+fn splice_out(pipe: RawFd, sock: RawFd, len: usize) -> io::Result<usize> {
+    // SAFETY: both descriptors are open (the caller owns the pipe and the socket); no offsets.
+    let n = unsafe {
+        libc::splice(
+            pipe,
+            std::ptr::null_mut(),
+            sock,
+            std::ptr::null_mut(),
+            len,
+            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
 }
 
 fn sendfile(sock: RawFd, file: RawFd, offset: u64, len: usize) -> io::Result<usize> {
@@ -101,17 +236,11 @@ impl AsyncRead for ZeroCopyStream {
 
 impl AsyncWrite for ZeroCopyStream {
     fn poll_write(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if buf.len() >= LOOKUP_MIN {
-            if let Some((file, off)) = memfile::lookup(buf.as_ptr(), buf.len()) {
-                let len = buf.len();
-                return self.poll_write_with(cx, |sock| sendfile(sock, file, off, len));
-            }
-        }
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        self.poll_write_vectored(cx, &[IoSlice::new(buf)])
     }
 
     fn poll_write_vectored(
@@ -119,19 +248,22 @@ impl AsyncWrite for ZeroCopyStream {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        ready!(this.poll_drain(cx))?;
         let first = bufs
             .iter()
             .enumerate()
-            .find_map(|(i, b)| file_slice(b).map(|f| (i, f)));
+            .find_map(|(i, b)| zero_copy_slice(b).map(|z| (i, z)));
         match first {
-            None => Pin::new(&mut self.inner).poll_write_vectored(cx, bufs),
-            Some((0, (file, off))) => {
+            None => Pin::new(&mut this.inner).poll_write_vectored(cx, bufs),
+            Some((0, Source::File(file, off))) => {
                 let len = bufs[0].len();
-                self.poll_write_with(cx, |sock| sendfile(sock, file, off, len))
+                this.poll_write_with(cx, |sock| sendfile(sock, file, off, len))
             }
+            Some((0, Source::Pages)) => this.poll_splice(cx, &bufs[0]),
             Some((i, _)) => {
                 let head = &bufs[..i];
-                self.poll_write_with(cx, |sock| sendmsg_more(sock, head))
+                this.poll_write_with(cx, |sock| sendmsg_more(sock, head))
             }
         }
     }
@@ -141,10 +273,12 @@ impl AsyncWrite for ZeroCopyStream {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_drain(cx))?;
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_drain(cx))?;
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

@@ -1,7 +1,8 @@
-//! Large bodies in the RAM tier live in sealed memfds and go to plain-TCP viewers with
-//! `sendfile` (`cache::memfile`, `http::zerocopy`). The bytes on the wire must be exactly what a
-//! heap body would give: whole objects, ranges at odd offsets, HEAD, and several responses
-//! pipelined on one keep-alive connection (head bytes sent with MSG_MORE, then the file).
+//! Large bodies in the RAM tier live in sealed memfds (sent with `sendfile`) or, from 512 KiB, in
+//! anonymous pages (sent with `vmsplice` + `splice`) (`cache::memfile`, `http::zerocopy`).
+//! The bytes on the wire must be exactly what a heap body would give: whole objects, ranges at
+//! odd offsets, HEAD, and several responses pipelined on one keep-alive connection (head bytes
+//! sent with MSG_MORE, then the pages).
 
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ fn pattern(n: usize) -> Vec<u8> {
 }
 
 #[tokio::test]
-async fn large_hits_are_sent_from_a_memfd_byte_for_byte() {
+async fn large_hits_are_sent_from_anonymous_pages_byte_for_byte() {
     let origin = Origin::start().await;
     let len = 3 << 20;
     let body = pattern(len);
@@ -34,18 +35,21 @@ async fn large_hits_are_sent_from_a_memfd_byte_for_byte() {
     assert_eq!(miss.body, body);
     edge.settle().await;
 
-    let sent_before = zerocopy::sendfile_bytes();
+    let sent_before = zerocopy::splice_bytes();
     let hit = edge.get("/v/big.m4s").await;
     assert_eq!(hit.x_cache(), "HIT");
     assert_eq!(hit.h("content-length"), len.to_string());
-    assert_eq!(hit.body, body, "a memfd-backed HIT carries the same bytes");
-    assert!(
-        memfile::live() >= 1,
-        "the cached body lives in a memfd (zero_copy defaults on)"
+    assert_eq!(
+        hit.body, body,
+        "a HIT from anonymous pages carries the same bytes"
     );
     assert!(
-        zerocopy::sendfile_bytes() - sent_before >= len as u64,
-        "the HIT went out with sendfile"
+        memfile::live() >= 1,
+        "the cached body is a zero-copy body (zero_copy defaults on)"
+    );
+    assert!(
+        zerocopy::splice_bytes() - sent_before >= len as u64,
+        "the HIT went out with vmsplice + splice"
     );
 
     for (range, start, end) in [
@@ -95,16 +99,16 @@ async fn large_hits_are_sent_from_a_memfd_byte_for_byte() {
     assert_eq!(origin.count("/v/big.m4s"), 1);
 }
 
-/// A large body with a known length is written into its memfd as it arrives, so collapsed
-/// readers are sent slices of it with `sendfile` while the fill is still running, and a fill that
-/// then fails leaves every reader with a short body, nothing cached, and the file released.
+/// A large body with a known length (here under 512 KiB: a memfd) is written into its memfd as it
+/// arrives, so collapsed readers are sent slices of it with `sendfile` while the fill is still
+/// running, and a fill that then fails leaves every reader with a short body and nothing cached.
 #[tokio::test]
 async fn readers_of_a_large_fill_are_sent_from_its_memfd_before_it_ends() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let origin = Origin::start().await;
-    let len = 2 << 20;
-    let sent = 1 << 20;
+    let len = 3 << 17;
+    let sent = 1 << 18;
     let body = pattern(len);
     origin.script(
         "/v/live.m4s",
@@ -116,7 +120,7 @@ async fn readers_of_a_large_fill_are_sent_from_its_memfd_before_it_ends() {
     let files_before = memfile::live();
     let sendfile_before = zerocopy::sendfile_bytes();
 
-    // Three viewers: a leader and two collapsed readers, each reading head + the first MiB.
+    // Three viewers: a leader and two collapsed readers, each reading head + the first 256 KiB.
     let get = format!("GET /v/live.m4s HTTP/1.1\r\nHost: {}\r\n\r\n", edge.addr);
     let mut viewers = Vec::new();
     for _ in 0..3 {
@@ -143,7 +147,7 @@ async fn readers_of_a_large_fill_are_sent_from_its_memfd_before_it_ends() {
             }
         })
         .await
-        .expect("the first MiB arrives while the origin stalls");
+        .expect("the first 256 KiB arrive while the origin stalls");
         let head = std::str::from_utf8(&buf[..head_and_body]).expect("ascii head");
         assert!(head.contains(&format!("content-length: {len}")), "{head}");
         assert_eq!(&buf[head_and_body..], &body[..sent]);
