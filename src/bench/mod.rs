@@ -9,8 +9,10 @@
 //! - `client`: the bounded keep-alive connection pool all viewers share, the timer-lag probe.
 //! - `load`: the recorder, scenario schedules, the run loop.
 //! - `report`: JSON, summary text and the HTML page.
+//! - `collapse`: `vedge bench collapse`, N viewers asking for one cold object at once.
 
 pub mod client;
+pub mod collapse;
 pub mod load;
 pub mod media;
 pub mod origin;
@@ -37,6 +39,9 @@ use origin::parse_duration;
 pub enum BenchCommand {
     /// Simulate N live viewers against an edge and report latency, stalls and origin amplification.
     LiveBurst(LiveBurstArgs),
+    /// N viewers ask for one cold object at the same instant, then for S more at a cadence:
+    /// time to first byte, time to last byte, and origin requests per object.
+    Collapse(collapse::CollapseArgs),
 }
 
 /// Flags of `vedge bench live-burst`.
@@ -94,6 +99,7 @@ pub struct LiveBurstArgs {
 pub async fn run_cli(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::LiveBurst(args) => live_burst(args).await,
+        BenchCommand::Collapse(args) => collapse::cli(args).await,
     }
 }
 

@@ -237,3 +237,43 @@ async fn segment_storm_through_vedge_is_collapsed_to_one_origin_request() {
     assert_eq!(seg.cache.get("-"), None, "{:?}", seg.cache);
     assert_eq!(seg.cache.values().sum::<u64>(), seg.ok, "{:?}", seg.cache);
 }
+
+/// `vedge bench collapse` through vedge: every burst of viewers asking for a cold object at once
+/// costs the origin one request, and every viewer's TTFB includes the origin's latency.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collapse_bench_sees_one_origin_request_per_cold_object() {
+    use vedge::bench::collapse::{self, CollapseArgs};
+
+    let opts = OriginOptions {
+        segment_latency: Latency::Fixed(Duration::from_millis(100)),
+        ..OriginOptions::default()
+    };
+    let (origin, _stop_origin) = start_origin(opts).await;
+    let (edge, _stop_edge) = start_edge(&origin).await;
+    let args = CollapseArgs {
+        target: edge
+            .trim_start_matches("http://")
+            .parse()
+            .expect("edge address"),
+        path: "/vod/{run}/r0/seg_{n}.m4s".into(),
+        n: 50,
+        segments: 2,
+        cadence: Duration::from_millis(300),
+        timeout: Duration::from_secs(5),
+        origin_stats: Some(Url::parse(&format!("{origin}/__stats")).expect("url")),
+        json: None,
+    };
+    let r = collapse::run(&args).await.expect("run");
+    assert_eq!(r.seq.len(), 2);
+    for b in std::iter::once(&r.single).chain(&r.seq) {
+        assert_eq!((b.ok, b.errors), (50, 0), "{b:?}");
+        assert_eq!(b.origin_requests, Some(1), "{b:?}");
+        assert!(
+            b.ttfb_ms.p50 >= 100.0,
+            "the origin's 100 ms is in the TTFB: {b:?}"
+        );
+        assert!(b.total_ms.p50 >= b.ttfb_ms.p50, "{b:?}");
+    }
+    let text = collapse::summary(&r);
+    assert!(text.contains("single: origin=1 ok=50/50"), "{text}");
+}

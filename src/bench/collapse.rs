@@ -1,0 +1,392 @@
+//! `vedge bench collapse`: the collapsed-miss burst. N keep-alive connections ask for one object
+//! nobody has asked for yet, all at the same instant; then S more objects, one every `cadence`,
+//! as players do at a live edge right after the playlist announced each segment. Per request it
+//! records the time to the response head (TTFB), the time to the last body byte, the status, and
+//! whether the body matched its length; per object, how many requests the origin saw.
+//!
+//! It is the shape of `../shared/bench-peers/burst_client.py`, in Rust on hyper's client, so that
+//! the client's own cost does not blur the edge's: the Python client reads 500 bodies on one
+//! thread, and a connection's first byte waits until that thread comes round to it.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use parking_lot::Mutex;
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use url::Url;
+
+use super::load;
+use super::origin::parse_duration;
+
+/// Flags of `vedge bench collapse`.
+#[derive(Debug, clap::Args)]
+pub struct CollapseArgs {
+    /// The edge to measure, as HOST:PORT.
+    #[arg(long)]
+    pub target: SocketAddr,
+    /// Path of object number `{n}`; `{run}` becomes a fresh id, so every object is cold. The
+    /// default matches `../shared/bench-peers/origin_slow.py` (a 200 ms origin) behind the edge.
+    #[arg(long, default_value = "/live/{run}/seg_{n}.ts")]
+    pub path: String,
+    /// Concurrent viewers (one keep-alive connection each).
+    #[arg(long, default_value_t = 500)]
+    pub n: usize,
+    /// Objects asked for in sequence after the first one.
+    #[arg(long, default_value_t = 10)]
+    pub segments: usize,
+    /// Time between the sequential objects.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub cadence: Duration,
+    /// Per-request limit, head and body.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// The origin's `/__stats` URL, for origin requests per object. [default: none]
+    #[arg(long)]
+    pub origin_stats: Option<Url>,
+    /// Write the results as JSON here.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+}
+
+/// One object's burst: N requests sent together.
+#[derive(Debug, Serialize)]
+pub struct Burst {
+    pub path: String,
+    pub requests: usize,
+    pub ok: usize,
+    pub errors: usize,
+    /// Statuses and transport errors, counted.
+    pub outcomes: BTreeMap<String, usize>,
+    pub ttfb_ms: Percentiles,
+    pub total_ms: Percentiles,
+    /// Requests the origin saw for this path (1 is perfect collapsing); `None` without stats.
+    pub origin_requests: Option<u64>,
+}
+
+/// p50, p99 and max of a sample, in milliseconds (nearest rank).
+#[derive(Debug, Default, Serialize)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl Percentiles {
+    fn of(mut xs: Vec<f64>) -> Percentiles {
+        if xs.is_empty() {
+            return Percentiles::default();
+        }
+        xs.sort_by(f64::total_cmp);
+        let rank = |p: f64| xs[((p * xs.len() as f64).ceil() as usize).clamp(1, xs.len()) - 1];
+        Percentiles {
+            p50: rank(0.50),
+            p99: rank(0.99),
+            max: xs[xs.len() - 1],
+        }
+    }
+}
+
+/// The whole run: the single cold object, then the sequence.
+#[derive(Debug, Serialize)]
+pub struct CollapseReport {
+    pub target: String,
+    pub n: usize,
+    pub connected: usize,
+    pub single: Burst,
+    pub seq: Vec<Burst>,
+}
+
+/// What one request ended as.
+enum Outcome {
+    Ok { ttfb: Duration, total: Duration },
+    Failed(String),
+}
+
+/// Runs the bursts against `args.target` and returns what was measured.
+pub async fn run(args: &CollapseArgs) -> anyhow::Result<CollapseReport> {
+    anyhow::ensure!(args.n > 0, "--n must be at least 1");
+    let run = format!(
+        "c{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis()
+    );
+    let nofile = load::raise_nofile(args.n as u64 + 64);
+    anyhow::ensure!(
+        nofile >= args.n as u64 + 16,
+        "open-file limit {nofile} is too low for --n {}",
+        args.n
+    );
+
+    // Connect everyone first (128 at a time), so the bursts measure requests, not handshakes.
+    let mut senders = Vec::with_capacity(args.n);
+    for chunk in (0..args.n).collect::<Vec<_>>().chunks(128) {
+        let conns = futures_util::future::join_all(chunk.iter().map(|_| connect(args.target)));
+        for c in conns.await {
+            senders.push(c.with_context(|| format!("connecting to {}", args.target))?);
+        }
+    }
+
+    // Each connection waits for the next path, sends it, and reports how it went.
+    let (go, _) = watch::channel::<Option<(usize, String)>>(None);
+    let results: Arc<Mutex<Vec<Vec<Outcome>>>> = Arc::default();
+    let bursts = args.segments + 1;
+    results.lock().extend((0..bursts).map(|_| Vec::new()));
+    let mut tasks = Vec::with_capacity(args.n);
+    for mut sender in senders {
+        let mut rx = go.subscribe();
+        let results = results.clone();
+        let (host, limit) = (args.target.to_string(), args.timeout);
+        tasks.push(tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                let Some((i, path)) = rx.borrow_and_update().clone() else {
+                    continue;
+                };
+                let outcome = one_request(&mut sender, &host, &path, limit).await;
+                let broken = matches!(outcome, Outcome::Failed(_));
+                results.lock()[i].push(outcome);
+                if broken {
+                    return;
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let path_of = |i: usize| {
+        args.path
+            .replace("{run}", &run)
+            .replace("{n}", &i.to_string())
+    };
+    let start = Instant::now();
+    let mut paths = Vec::with_capacity(bursts);
+    for i in 0..bursts {
+        // The single object first, then one every `cadence`.
+        let at = if i == 0 {
+            start
+        } else {
+            start + Duration::from_secs(1) + args.cadence * (i as u32 - 1)
+        };
+        tokio::time::sleep_until(at).await;
+        let path = path_of(i);
+        go.send_replace(Some((i, path.clone())));
+        paths.push(path);
+        wait_for(&results, i, args.n, args.timeout + Duration::from_secs(2)).await;
+    }
+    drop(go);
+    for t in tasks {
+        let _ = t.await;
+    }
+
+    let mut counts = BTreeMap::new();
+    if let Some(stats) = &args.origin_stats {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let prefix = common_prefix(&paths);
+        counts = load::origin_counts(stats, &prefix, Duration::from_secs(5))
+            .await
+            .context("--origin-stats")?;
+    }
+    let mut results = std::mem::take(&mut *results.lock());
+    let mut out: Vec<Burst> = paths
+        .iter()
+        .zip(results.iter_mut())
+        .map(|(path, outs)| {
+            let origin = args
+                .origin_stats
+                .as_ref()
+                .map(|_| counts.get(path).copied().unwrap_or(0));
+            summarize(path, std::mem::take(outs), origin)
+        })
+        .collect();
+    let single = out.remove(0);
+    Ok(CollapseReport {
+        target: args.target.to_string(),
+        n: args.n,
+        connected: args.n,
+        single,
+        seq: out,
+    })
+}
+
+async fn connect(
+    addr: SocketAddr,
+) -> anyhow::Result<hyper::client::conn::http1::SendRequest<Empty<Bytes>>> {
+    let stream = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+        .await
+        .context("connect timed out")??;
+    stream.set_nodelay(true)?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+async fn one_request(
+    sender: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+    host: &str,
+    path: &str,
+    limit: Duration,
+) -> Outcome {
+    let req = match http::Request::get(path)
+        .header(http::header::HOST, host)
+        .header(http::header::USER_AGENT, "vedge-bench/collapse")
+        .body(Empty::new())
+    {
+        Ok(r) => r,
+        Err(e) => return Outcome::Failed(format!("request: {e}")),
+    };
+    let t0 = Instant::now();
+    let exchange = async {
+        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+        let ttfb = t0.elapsed();
+        let status = resp.status();
+        let want = crate::cache::policy::content_length(resp.headers());
+        let mut body = resp.into_body();
+        let mut got = 0u64;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| format!("body: {e}"))?;
+            if let Some(d) = frame.data_ref() {
+                got += d.len() as u64;
+            }
+        }
+        if !status.is_success() {
+            return Err(status.as_u16().to_string());
+        }
+        if want.is_some_and(|w| w != got) {
+            return Err("short body".to_string());
+        }
+        Ok(Outcome::Ok {
+            ttfb,
+            total: t0.elapsed(),
+        })
+    };
+    match tokio::time::timeout(limit, exchange).await {
+        Ok(Ok(o)) => o,
+        Ok(Err(e)) => Outcome::Failed(e),
+        Err(_) => Outcome::Failed("timeout".into()),
+    }
+}
+
+/// Waits until burst `i` has `n` outcomes or `limit` passes (connections that broke earlier
+/// never report, so the limit also ends a burst with fewer).
+async fn wait_for(results: &Mutex<Vec<Vec<Outcome>>>, i: usize, n: usize, limit: Duration) {
+    let end = Instant::now() + limit;
+    while results.lock()[i].len() < n && Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn summarize(path: &str, outs: Vec<Outcome>, origin_requests: Option<u64>) -> Burst {
+    let mut outcomes = BTreeMap::new();
+    let (mut ttfb, mut total) = (Vec::new(), Vec::new());
+    for o in &outs {
+        match o {
+            Outcome::Ok { ttfb: t, total: d } => {
+                *outcomes.entry("200".to_string()).or_insert(0) += 1;
+                ttfb.push(t.as_secs_f64() * 1e3);
+                total.push(d.as_secs_f64() * 1e3);
+            }
+            Outcome::Failed(why) => *outcomes.entry(why.clone()).or_insert(0) += 1,
+        }
+    }
+    Burst {
+        path: path.to_string(),
+        requests: outs.len(),
+        ok: ttfb.len(),
+        errors: outs.len() - ttfb.len(),
+        outcomes,
+        ttfb_ms: Percentiles::of(ttfb),
+        total_ms: Percentiles::of(total),
+        origin_requests,
+    }
+}
+
+/// The longest common directory of `paths` (`/live/run/seg_0.ts`, `/live/run/seg_1.ts` ->
+/// `/live/run/`), for the origin's per-prefix counts.
+fn common_prefix(paths: &[String]) -> String {
+    let Some(first) = paths.first() else {
+        return "/".into();
+    };
+    let mut end = first.len();
+    for p in paths {
+        end = end.min(
+            first
+                .bytes()
+                .zip(p.bytes())
+                .take_while(|(a, b)| a == b)
+                .count(),
+        );
+    }
+    match first[..end].rfind('/') {
+        Some(i) => first[..=i].to_string(),
+        None => "/".into(),
+    }
+}
+
+/// The human summary: one line for the single object, one for the sequence.
+pub fn summary(r: &CollapseReport) -> String {
+    let line = |b: &Burst| {
+        format!(
+            "origin={} ok={}/{} ttfb p50/p99/max={:.1}/{:.1}/{:.1} ms total p50/p99/max={:.1}/{:.1}/{:.1} ms",
+            b.origin_requests.map_or("?".to_string(), |c| c.to_string()),
+            b.ok,
+            b.requests,
+            b.ttfb_ms.p50,
+            b.ttfb_ms.p99,
+            b.ttfb_ms.max,
+            b.total_ms.p50,
+            b.total_ms.p99,
+            b.total_ms.max,
+        )
+    };
+    let mut s = format!("collapse against {} with {} viewers\n", r.target, r.n);
+    s.push_str(&format!("single: {}\n", line(&r.single)));
+    for (i, b) in r.seq.iter().enumerate() {
+        s.push_str(&format!("seq {i}: {}\n", line(b)));
+    }
+    if !r.seq.is_empty() {
+        let mut p99: Vec<f64> = r.seq.iter().map(|b| b.ttfb_ms.p99).collect();
+        p99.sort_by(f64::total_cmp);
+        s.push_str(&format!(
+            "seq: median of per-object ttfb p99 {:.1} ms\n",
+            p99[p99.len() / 2]
+        ));
+    }
+    s
+}
+
+/// Entry point of `vedge bench collapse`.
+pub async fn cli(args: CollapseArgs) -> anyhow::Result<()> {
+    let report = run(&args).await?;
+    print!("{}", summary(&report));
+    if let Some(p) = &args.json {
+        std::fs::write(p, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles_and_prefixes() {
+        let p = Percentiles::of((1..=100).map(f64::from).collect());
+        assert_eq!((p.p50, p.p99, p.max), (50.0, 99.0, 100.0));
+        let one = Percentiles::of(vec![7.0]);
+        assert_eq!((one.p50, one.p99, one.max), (7.0, 7.0, 7.0));
+        let paths = ["/live/r/seg_0.ts".to_string(), "/live/r/seg_10.ts".into()];
+        assert_eq!(common_prefix(&paths), "/live/r/");
+        assert_eq!(common_prefix(&["/a.ts".to_string()]), "/");
+    }
+}
