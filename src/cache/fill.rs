@@ -10,6 +10,7 @@
 //! a clean-looking truncated body).
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -69,21 +70,52 @@ pub enum FillError {
     Truncated,
     #[error("fill abandoned")]
     Abandoned,
+    #[error("this reader fell behind a fill that no longer keeps its start")]
+    Trimmed,
 }
 
 #[derive(Default)]
 struct State {
     head: Option<FillHead>,
+    /// The retained chunks; `chunks[0]` is chunk number `base` of the body.
     chunks: Vec<Bytes>,
+    base: usize,
+    /// Bytes in `chunks`.
+    retained: u64,
     len: u64,
     end: Option<Result<(), FillError>>,
     pass: Option<hyper::Response<Incoming>>,
+    /// Set by `stop_keeping`: chunks every reader has passed are dropped.
+    trimming: bool,
+    /// The next chunk number of each reader (for trimming).
+    readers: Vec<std::sync::Weak<AtomicUsize>>,
+}
+
+impl State {
+    /// Drops the chunks that every live reader has passed.
+    fn trim(&mut self) {
+        self.readers.retain(|r| r.strong_count() > 0);
+        let slowest = self
+            .readers
+            .iter()
+            .filter_map(|r| r.upgrade())
+            .map(|p| p.load(Relaxed))
+            .min()
+            .unwrap_or(self.base + self.chunks.len());
+        let drop_n = slowest.saturating_sub(self.base).min(self.chunks.len());
+        for c in self.chunks.drain(..drop_n) {
+            self.retained -= c.len() as u64;
+        }
+        self.base += drop_n;
+    }
 }
 
 /// A fill shared by its driver and its readers.
 pub struct Fill {
     state: Mutex<State>,
     notify: Notify,
+    /// Readers signal here when they move on while the fill is trimming (`wait_for_readers`).
+    advanced: Notify,
     /// The body's final home when its length was known up front (`reserve`); only the driver
     /// touches it, so copying a chunk in never holds up readers.
     dest: Mutex<Option<memfile::Growing>>,
@@ -94,6 +126,7 @@ impl Default for Fill {
         Fill {
             state: Mutex::new(State::default()),
             notify: Notify::new(),
+            advanced: Notify::new(),
             dest: Mutex::new(None),
         }
     }
@@ -151,9 +184,54 @@ impl Fill {
         {
             let mut st = self.state.lock();
             st.len += chunk.len() as u64;
+            st.retained += chunk.len() as u64;
             st.chunks.push(chunk);
+            if st.trimming {
+                st.trim();
+            }
         }
         self.notify.notify_waiters();
+    }
+
+    /// For a body that will not be stored (it outgrew `max_object_size`): from now on, chunks
+    /// that every current reader has passed are dropped, so the fill holds only the span between
+    /// its slowest and its fastest reader instead of the whole body. No new reader may join
+    /// (the driver releases the key first).
+    pub fn stop_keeping(&self) {
+        let mut st = self.state.lock();
+        st.trimming = true;
+        *self.dest.lock() = None;
+        st.trim();
+    }
+
+    /// While trimming: waits until at most `limit` bytes are retained, so a fast origin is read
+    /// no faster than the slowest viewer takes the bytes. `false` when no reader is left (the
+    /// body is neither stored nor wanted: the driver stops).
+    pub async fn wait_for_readers(&self, limit: u64) -> bool {
+        loop {
+            let advanced = self.advanced.notified();
+            tokio::pin!(advanced);
+            advanced.as_mut().enable();
+            {
+                let mut st = self.state.lock();
+                if !st.trimming {
+                    return true;
+                }
+                st.trim();
+                if st.readers.is_empty() {
+                    return false;
+                }
+                if st.retained <= limit {
+                    return true;
+                }
+            }
+            advanced.await;
+        }
+    }
+
+    /// Bytes the fill holds in memory for its readers.
+    pub fn retained(&self) -> u64 {
+        self.state.lock().retained
     }
 
     pub fn finish(&self, result: Result<(), FillError>) {
@@ -237,6 +315,8 @@ impl Fill {
     /// A stream of the body bytes in `[start, end)` (`end = None`: to the end of the body), as
     /// they arrive. Yields an error if the fill fails.
     pub fn reader(self: &Arc<Self>, start: u64, end: Option<u64>) -> FillReader {
+        let pos = Arc::new(AtomicUsize::new(0));
+        self.state.lock().readers.push(Arc::downgrade(&pos));
         FillReader {
             fill: self.clone(),
             chunk: 0,
@@ -244,6 +324,7 @@ impl Fill {
             start,
             end,
             waiting: None,
+            pos,
         }
     }
 }
@@ -260,6 +341,8 @@ pub struct FillReader {
     start: u64,
     end: Option<u64>,
     waiting: Option<Wait>,
+    /// `chunk`, shared with the fill so it can trim behind its slowest reader.
+    pos: Arc<AtomicUsize>,
 }
 
 impl Stream for FillReader {
@@ -288,13 +371,21 @@ impl Stream for FillReader {
                 continue;
             }
             let st = this.fill.state.lock();
-            if let Some(chunk) = st.chunks.get(this.chunk) {
+            if this.chunk < st.base {
+                return Poll::Ready(Some(Err(FillError::Trimmed)));
+            }
+            if let Some(chunk) = st.chunks.get(this.chunk - st.base) {
                 let chunk = chunk.clone();
+                let trimming = st.trimming;
                 drop(st);
                 let c_start = this.chunk_start;
                 let c_end = c_start + chunk.len() as u64;
                 this.chunk += 1;
                 this.chunk_start = c_end;
+                this.pos.store(this.chunk, Relaxed);
+                if trimming {
+                    this.fill.advanced.notify_one();
+                }
                 let from = this.start.max(c_start);
                 let to = this.end.map_or(c_end, |e| e.min(c_end));
                 if from < to {
@@ -321,6 +412,7 @@ impl Stream for FillReader {
 mod tests {
     use super::*;
     use futures_util::StreamExt;
+    use std::time::Duration;
 
     #[tokio::test]
     async fn readers_get_bytes_as_they_arrive_from_any_offset() {
@@ -337,6 +429,43 @@ mod tests {
         assert_eq!(range.next().await, Some(Ok(Bytes::from_static(b"56"))));
         assert_eq!(range.next().await, None);
         assert_eq!(fill.body(), Bytes::from_static(b"0123456789"));
+    }
+
+    #[tokio::test]
+    async fn a_fill_that_stops_keeping_holds_only_what_its_slowest_reader_still_needs() {
+        let fill = Fill::new();
+        let mut fast = fill.reader(0, None);
+        let mut slow = fill.reader(0, None);
+        for c in [b"aaaa", b"bbbb", b"cccc"] {
+            fill.push(Bytes::from_static(c));
+        }
+        fill.stop_keeping();
+        assert_eq!(fill.retained(), 12, "nobody has read anything yet");
+        for want in [b"aaaa", b"bbbb", b"cccc"] {
+            assert_eq!(fast.next().await, Some(Ok(Bytes::from_static(want))));
+        }
+        assert_eq!(slow.next().await, Some(Ok(Bytes::from_static(b"aaaa"))));
+        fill.push(Bytes::from_static(b"dddd"));
+        assert_eq!(
+            fill.retained(),
+            12,
+            "b, c, d: the slow reader still needs b and c"
+        );
+        // Over the limit the driver waits until the slow reader moves on.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), fill.wait_for_readers(8))
+                .await
+                .is_err(),
+            "12 bytes retained, limit 8: the driver waits"
+        );
+        assert_eq!(slow.next().await, Some(Ok(Bytes::from_static(b"bbbb"))));
+        assert!(fill.wait_for_readers(8).await, "c and d: within the limit");
+        assert_eq!(fill.retained(), 8);
+        // A reader that would start in the dropped part fails rather than skip bytes.
+        let mut late = fill.reader(0, None);
+        assert_eq!(late.next().await, Some(Err(FillError::Trimmed)));
+        drop((fast, slow, late));
+        assert!(!fill.wait_for_readers(8).await, "no reader left");
     }
 
     #[tokio::test]

@@ -63,11 +63,10 @@ impl FillGuard {
     pub fn key(&self) -> &str {
         &self.key
     }
-}
 
-impl Drop for FillGuard {
-    fn drop(&mut self) {
-        self.fill.finish(Err(FillError::Abandoned));
+    /// Lets new requests for the key start their own fill while this one goes on for the readers
+    /// it has (a body too large to keep, which new readers could not start from the beginning).
+    pub fn release(&self) {
         let mut map = self.table.map.lock();
         if map
             .get(&self.key)
@@ -75,6 +74,13 @@ impl Drop for FillGuard {
         {
             map.remove(&self.key);
         }
+    }
+}
+
+impl Drop for FillGuard {
+    fn drop(&mut self) {
+        self.fill.finish(Err(FillError::Abandoned));
+        self.release();
     }
 }
 

@@ -54,10 +54,13 @@ impl FillJob {
     }
 }
 
+/// What an oversized fill may hold for its slowest viewer before it stops reading the origin.
+const TRIM_WINDOW: u64 = 16 << 20;
+
 /// Runs one fill to completion. The guard releases the key when this returns (or panics).
 pub async fn drive_fill(edge: Arc<Edge>, guard: FillGuard, fill: Arc<Fill>, job: FillJob) {
     let key = guard.key().to_string();
-    let result = run(&edge, &fill, &key, job).await;
+    let result = run(&edge, &fill, &guard, job).await;
     if let Err(e) = result {
         Metrics::inc(&edge.metrics.fills_aborted);
         tracing::warn!(key = %key, error = %e, "fill aborted; nothing stored");
@@ -66,7 +69,13 @@ pub async fn drive_fill(edge: Arc<Edge>, guard: FillGuard, fill: Arc<Fill>, job:
     drop(guard);
 }
 
-async fn run(edge: &Arc<Edge>, fill: &Arc<Fill>, key: &str, job: FillJob) -> Result<(), FillError> {
+async fn run(
+    edge: &Arc<Edge>,
+    fill: &Arc<Fill>,
+    guard: &FillGuard,
+    job: FillJob,
+) -> Result<(), FillError> {
+    let key = guard.key();
     let route = &edge.config.routes[job.route];
     let mut headers = edge
         .origin
@@ -205,6 +214,7 @@ async fn run(edge: &Arc<Edge>, fill: &Arc<Fill>, key: &str, job: FillJob) -> Res
     }
     let idle = edge.origin.between_bytes_timeout();
     let mut received = 0u64;
+    let mut trimming = false;
     loop {
         match tokio::time::timeout(idle, body.frame()).await {
             Err(_) => return Err(FillError::Timeout),
@@ -216,11 +226,23 @@ async fn run(edge: &Arc<Edge>, fill: &Arc<Fill>, key: &str, job: FillJob) -> Res
             Ok(Some(Ok(frame))) => {
                 if let Ok(data) = frame.into_data() {
                     received += data.len() as u64;
-                    if received > cache.max_object_size {
-                        // Keeps streaming to its readers; too large to keep.
+                    let outgrown = received > cache.max_object_size;
+                    if outgrown && !trimming {
+                        // Too large to keep (a body without a length that turned out bigger
+                        // than `max_object_size`): it goes on streaming to the viewers reading
+                        // it, holding only what the slowest of them still needs; new requests
+                        // pass to the origin themselves.
+                        trimming = true;
                         store = false;
+                        guard.release();
+                        edge.remember_pass(&job.base_key, cache.hit_for_pass_ttl);
+                        fill.stop_keeping();
                     }
                     fill.push(data);
+                    if trimming && !fill.wait_for_readers(TRIM_WINDOW).await {
+                        tracing::debug!(key, "every viewer of an oversized body left");
+                        return Err(FillError::Abandoned);
+                    }
                 }
             }
         }

@@ -1,5 +1,8 @@
 //! What is never shared: credentialed requests bypass the cache; `private` and `Set-Cookie`
-//! responses go to their own viewer only and the key is remembered as hit-for-pass.
+//! responses go to their own viewer only and the key is remembered as hit-for-pass; a body that
+//! turns out too large to keep streams through uncached.
+
+use std::time::Duration;
 
 use crate::support::{edge_config, Origin, Script, TestEdge};
 
@@ -68,4 +71,38 @@ async fn private_and_set_cookie_responses_are_not_shared_and_become_hit_for_pass
         assert_eq!(origin.count(path), 3, "{path}");
     }
     assert_eq!(edge.edge.ram.len(), 0);
+}
+
+/// A body without a length that outgrows `max_object_size` streams on, byte-exact, to every
+/// viewer already reading it (the fill then holds only what the slowest still needs); it is not
+/// cached, and the next request passes to the origin (hit-for-pass) rather than joining a fill
+/// that no longer has its beginning.
+#[tokio::test]
+async fn a_chunked_body_larger_than_the_maximum_streams_through_uncached() {
+    let origin = Origin::start().await;
+    let len = 3 << 20;
+    let body: Vec<u8> = (0..len).map(|i| (i % 241) as u8).collect();
+    origin.script(
+        "/v/huge.ts",
+        Script::ok(body.clone())
+            .header("cache-control", "max-age=600")
+            .chunked()
+            .trickle(12, Duration::from_millis(240)),
+    );
+    let mut raw = edge_config(&origin);
+    raw.cache.max_object_size = Some("1MiB".into());
+    let edge = TestEdge::start(raw).await;
+
+    let (a, b) = tokio::join!(edge.get("/v/huge.ts"), edge.get("/v/huge.ts"));
+    assert_eq!(a.body, body, "the first viewer got every byte");
+    assert_eq!(b.body, body, "the collapsed viewer got every byte");
+    assert_eq!(origin.count("/v/huge.ts"), 1, "one fill for both");
+    edge.settle().await;
+    assert_eq!(edge.edge.ram.len(), 0, "too large to keep");
+
+    let next = edge.get("/v/huge.ts").await;
+    assert_eq!(next.body, body);
+    assert_eq!(next.x_cache(), "BYPASS");
+    assert!(next.h("cache-status").contains("hit-for-pass"));
+    assert_eq!(origin.count("/v/huge.ts"), 2);
 }
