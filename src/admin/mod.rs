@@ -109,14 +109,15 @@ async fn handle(
             edge.metrics.render(&mut out);
             let _ = writeln!(
                 out,
-                "# TYPE vedge_ram_bytes gauge\nvedge_ram_bytes {}\n# TYPE vedge_ram_objects gauge\nvedge_ram_objects {}\n# TYPE vedge_ram_capacity_bytes gauge\nvedge_ram_capacity_bytes {}\n# TYPE vedge_fills_in_flight gauge\nvedge_fills_in_flight {}\n# TYPE vedge_memfd_bodies gauge\nvedge_memfd_bodies {}\n# TYPE vedge_sendfile_bytes_total counter\nvedge_sendfile_bytes_total {}\n# TYPE vedge_splice_bytes_total counter\nvedge_splice_bytes_total {}",
+                "# TYPE vedge_ram_bytes gauge\nvedge_ram_bytes {}\n# TYPE vedge_ram_objects gauge\nvedge_ram_objects {}\n# TYPE vedge_ram_capacity_bytes gauge\nvedge_ram_capacity_bytes {}\n# TYPE vedge_fills_in_flight gauge\nvedge_fills_in_flight {}\n# TYPE vedge_memfd_bodies gauge\nvedge_memfd_bodies {}\n# TYPE vedge_sendfile_bytes_total counter\nvedge_sendfile_bytes_total {}\n# TYPE vedge_splice_bytes_total counter\nvedge_splice_bytes_total {}\n# TYPE vedge_splice_pipes gauge\nvedge_splice_pipes {}",
                 edge.ram.bytes(),
                 edge.ram.len(),
                 edge.ram.capacity(),
                 edge.fills.len(),
                 crate::cache::memfile::live(),
                 crate::http::zerocopy::sendfile_bytes(),
-                crate::http::zerocopy::splice_bytes()
+                crate::http::zerocopy::splice_bytes(),
+                crate::http::zerocopy::pipes()
             );
             if let Some(store) = &edge.store {
                 render_store(&store.stats(), &mut out);

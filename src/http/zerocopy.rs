@@ -32,6 +32,8 @@ static PIPES: AtomicUsize = AtomicUsize::new(0);
 
 /// What a connection's pipe is asked to hold: 128 pages per `vmsplice` + `splice` round.
 const PIPE_SIZE: libc::c_int = 512 << 10;
+/// A pipe smaller than this (the kernel's default) is not worth splicing through.
+const MIN_PIPE_SIZE: libc::c_int = 64 << 10;
 
 /// Bytes sent with `sendfile` since the process started.
 pub fn sendfile_bytes() -> u64 {
@@ -41,6 +43,11 @@ pub fn sendfile_bytes() -> u64 {
 /// Bytes sent from huge-page bodies with `vmsplice` + `splice` since the process started.
 pub fn splice_bytes() -> u64 {
     SPLICED.load(Relaxed)
+}
+
+/// Pipes alive (one per connection that has sent a body from anonymous pages).
+pub fn pipes() -> usize {
+    PIPES.load(Relaxed)
 }
 
 /// A non-blocking pipe, the conduit between a body's pages and the socket.
@@ -62,10 +69,19 @@ impl Pipe {
         }
         // SAFETY: both descriptors are fresh and ours.
         let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        // A larger pipe means fewer rounds; the kernel may refuse (per-user pipe limits), and the
-        // default 16 pages still work.
-        // SAFETY: fcntl on our descriptor.
-        unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) };
+        // A larger pipe means fewer rounds. The kernel may refuse the size (a
+        // `fs.pipe-user-pages-hard` limit), and past `fs.pipe-user-pages-soft` an unprivileged
+        // user's new pipes start with two pages, where two syscalls per 8 KiB cost more than
+        // copying. A pipe left under the default 16 pages is not used (the connection copies).
+        // SAFETY: fcntl on our descriptors.
+        let size = unsafe {
+            libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE);
+            libc::fcntl(write.as_raw_fd(), libc::F_GETPIPE_SZ)
+        };
+        if size < MIN_PIPE_SIZE {
+            tracing::debug!(size, "pipe too small for splicing; copying instead");
+            return None;
+        }
         PIPES.fetch_add(1, Relaxed);
         Some(Pipe { read, write })
     }
