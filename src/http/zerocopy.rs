@@ -7,10 +7,11 @@
 //! kernel references the body's pages instead of copying them. Everything else is passed to the
 //! `TcpStream` unchanged. Only the transport changes; the bytes on the wire are the same.
 //!
-//! A slice in anonymous huge pages (`memfile::Source::Pages`) goes through a pipe the connection
-//! keeps: `vmsplice` puts references to its pages in the pipe and `splice` moves them to the
-//! socket. Bytes left in the pipe when the socket is full count as written; every later write,
-//! flush or shutdown sends them first, so the order on the wire is kept.
+//! A slice in anonymous pages (`memfile::Source::Pages`) goes through a pipe: `vmsplice` puts
+//! references to its pages in the pipe and `splice` moves them to the socket. Bytes left in the
+//! pipe when the socket is full count as written; every later write, flush or shutdown sends
+//! them first, so the order on the wire is kept. A connection holds its pipe only while bytes are
+//! in it; empty pipes go back to a shared pool.
 
 use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -45,9 +46,23 @@ pub fn splice_bytes() -> u64 {
     SPLICED.load(Relaxed)
 }
 
-/// Pipes alive (one per connection that has sent a body from anonymous pages).
+/// Pipes alive: lent to a connection that is sending a body from anonymous pages, or idle in
+/// the pool.
 pub fn pipes() -> usize {
     PIPES.load(Relaxed)
+}
+
+/// Empty pipes waiting for the next connection that needs one. A connection keeps a pipe only
+/// while bytes are in it, so pipes follow the connections sending large bodies at the moment,
+/// not every connection that ever did.
+static POOL: std::sync::Mutex<Vec<Pipe>> = std::sync::Mutex::new(Vec::new());
+
+/// Why no pipe could be had.
+enum NoPipe {
+    /// Pipes hold their whole share of the descriptor budget; one may be free again soon.
+    Budget,
+    /// The kernel refused a pipe, or one big enough; this connection stops asking.
+    Kernel,
 }
 
 /// A non-blocking pipe, the conduit between a body's pages and the socket.
@@ -57,15 +72,30 @@ struct Pipe {
 }
 
 impl Pipe {
+    /// An idle pipe from the pool, else a new one.
+    fn take() -> Result<Pipe, NoPipe> {
+        if let Some(p) = POOL.lock().ok().and_then(|mut pool| pool.pop()) {
+            return Ok(p);
+        }
+        Pipe::new()
+    }
+
+    /// Puts an empty pipe back in the pool (the caller has drained it).
+    fn give_back(self) {
+        if let Ok(mut pool) = POOL.lock() {
+            pool.push(self);
+        }
+    }
+
     /// A new pipe, unless pipes would take more than their share of the descriptor budget.
-    fn new() -> Option<Pipe> {
+    fn new() -> Result<Pipe, NoPipe> {
         if PIPES.load(Relaxed) * 2 >= memfile::fd_budget() / 2 {
-            return None;
+            return Err(NoPipe::Budget);
         }
         let mut fds = [0; 2];
         // SAFETY: pipe2 writes two descriptors into the array on success.
         if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
-            return None;
+            return Err(NoPipe::Kernel);
         }
         // SAFETY: both descriptors are fresh and ours.
         let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
@@ -80,10 +110,10 @@ impl Pipe {
         };
         if size < MIN_PIPE_SIZE {
             tracing::debug!(size, "pipe too small for splicing; copying instead");
-            return None;
+            return Err(NoPipe::Kernel);
         }
         PIPES.fetch_add(1, Relaxed);
-        Some(Pipe { read, write })
+        Ok(Pipe { read, write })
     }
 }
 
@@ -98,9 +128,9 @@ const LOOKUP_MIN: usize = 4096;
 
 pub struct ZeroCopyStream {
     inner: TcpStream,
-    /// Made on the first huge-page slice; `None` after that only if none could be made.
+    /// Taken from the pool for a slice in anonymous pages, given back once empty.
     pipe: Option<Pipe>,
-    /// Whether making a pipe was tried and failed (the copy path is used from then on).
+    /// Whether the kernel refused this connection a usable pipe (it copies from then on).
     no_pipe: bool,
     /// Bytes in the pipe, already reported written, not yet in the socket.
     in_pipe: usize,
@@ -130,14 +160,21 @@ impl ZeroCopyStream {
             SPLICED.fetch_add(sent as u64, Relaxed);
             self.in_pipe -= sent;
         }
+        // Empty: another connection may use it until this one needs one again.
+        if let Some(p) = self.pipe.take() {
+            p.give_back();
+        }
         Poll::Ready(Ok(()))
     }
 
-    /// The connection's pipe, made on first use; `None` when none can be had.
+    /// A pipe for this connection; `None` when none can be had.
     fn pipe(&mut self) -> Option<RawFd> {
         if self.pipe.is_none() && !self.no_pipe {
-            self.pipe = Pipe::new();
-            self.no_pipe = self.pipe.is_none();
+            match Pipe::take() {
+                Ok(p) => self.pipe = Some(p),
+                Err(NoPipe::Budget) => {}
+                Err(NoPipe::Kernel) => self.no_pipe = true,
+            }
         }
         self.pipe.as_ref().map(|p| p.write.as_raw_fd())
     }
@@ -145,11 +182,12 @@ impl ZeroCopyStream {
     /// Sends `buf` (huge-page memory that is never rewritten) through the pipe: references to
     /// its pages go in, as many as the pipe holds, and out to the socket as far as it takes them.
     fn poll_splice(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        // Wait for room in the socket first, so the pages wait in the pipe as briefly as possible
+        // (and no pipe is held while the socket is full).
+        ready!(self.inner.poll_write_ready(cx))?;
         let Some(into) = self.pipe() else {
             return Pin::new(&mut self.inner).poll_write(cx, buf);
         };
-        // Wait for room in the socket first, so the pages wait in the pipe as briefly as possible.
-        ready!(self.inner.poll_write_ready(cx))?;
         let iov = libc::iovec {
             iov_base: buf.as_ptr() as *mut libc::c_void,
             iov_len: buf.len(),
@@ -159,7 +197,12 @@ impl ZeroCopyStream {
         // so the bytes the socket sends later are the bytes here now.
         let n = unsafe { libc::vmsplice(into, &iov, 1, libc::SPLICE_F_NONBLOCK) };
         if n <= 0 {
-            // The pipe refused (it is empty here, so this is not `WouldBlock`): copy instead.
+            // The pipe refused (it is empty here, so this is not `WouldBlock`; a seccomp filter,
+            // say): this connection copies from now on.
+            self.no_pipe = true;
+            if let Some(p) = self.pipe.take() {
+                p.give_back();
+            }
             return Pin::new(&mut self.inner).poll_write(cx, buf);
         }
         self.in_pipe = n as usize;
@@ -296,5 +339,47 @@ impl AsyncWrite for ZeroCopyStream {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(self.poll_drain(cx))?;
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn a_body_in_anonymous_pages_is_spliced_whole_and_the_pipe_goes_back_empty() {
+        memfile::configure(true);
+        let len = 3 << 20;
+        let src: Vec<u8> = (0..len).map(|i| (i % 239) as u8).collect();
+        let body = memfile::concat(&[bytes::Bytes::copy_from_slice(&src)], len);
+        assert_eq!(
+            memfile::lookup(body.as_ptr(), body.len()),
+            Some(Source::Pages)
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let reader = tokio::spawn(async move {
+            let mut c = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let mut got = Vec::new();
+            c.read_to_end(&mut got).await.expect("read");
+            got
+        });
+        let (sock, _) = listener.accept().await.expect("accept");
+        let mut zc = ZeroCopyStream::new(sock);
+        let before = splice_bytes();
+        zc.write_all(b"head\r\n").await.expect("head");
+        zc.write_all(&body).await.expect("body");
+        zc.flush().await.expect("flush");
+        assert_eq!(zc.in_pipe, 0);
+        assert!(zc.pipe.is_none(), "the drained pipe went back to the pool");
+        zc.shutdown().await.expect("shutdown");
+        drop(zc);
+        let got = reader.await.expect("reader");
+        assert_eq!(&got[..6], b"head\r\n");
+        assert!(got[6..] == src[..], "the bytes after the head are the body");
+        assert!(splice_bytes() - before >= len as u64);
     }
 }
