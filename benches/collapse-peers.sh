@@ -20,12 +20,10 @@ BIN=$ROOT/target/release/vedge
 mkdir -p "$OUT"
 
 "$PEERS/start-peers.sh" nginx varnish-malloc > "$OUT/peers.log" 2>&1
-"$BIN" serve --listen 127.0.0.1:$PORT --origin http://127.0.0.1:9000 \
-    --route /live/=http://127.0.0.1:9001 --ram-size 2GiB --log warn > "$OUT/vedge.log" 2>&1 &
-VEDGE=$!
+trap '"$PEERS/stop-peers.sh" >/dev/null 2>&1 || true' EXIT
+source "$ROOT/benches/vedge-edge.sh"
+start_vedge "$BIN" "$PORT" "$OUT/vedge.log"
 trap 'kill -TERM $VEDGE 2>/dev/null; wait $VEDGE 2>/dev/null || true; "$PEERS/stop-peers.sh" >/dev/null 2>&1 || true' EXIT
-sleep 0.5
-kill -0 $VEDGE || { echo "vedge did not start:"; cat "$OUT/vedge.log"; exit 1; }
 
 { date -u +"date: %Y-%m-%dT%H:%M:%SZ"; uname -r; nproc; git -C "$ROOT" rev-parse --short HEAD; } > "$OUT/env.txt"
 for ((r = 1; r <= RUNS; r++)); do

@@ -19,14 +19,9 @@ BIN=$ROOT/target/release/vedge
 [[ -x $BIN ]] || (cd "$ROOT" && cargo build --release)
 mkdir -p "$OUT"
 
-# vedge with the contract the peer harness expects: /live/* -> slow counting origin (9001), the
-# rest -> static origin (9000); manifests 2 s, segments 1 d (vedge's defaults).
-"$BIN" serve --listen 127.0.0.1:$PORT --origin http://127.0.0.1:9000 \
-    --route /live/=http://127.0.0.1:9001 --ram-size 2GiB --log warn > "$OUT/vedge.log" 2>&1 &
-VEDGE=$!
+source "$ROOT/benches/vedge-edge.sh"
+start_vedge "$BIN" "$PORT" "$OUT/vedge.log"
 trap 'kill -TERM $VEDGE 2>/dev/null; wait $VEDGE 2>/dev/null || true' EXIT
-sleep 0.5
-kill -0 $VEDGE || { echo "vedge did not start:"; cat "$OUT/vedge.log"; exit 1; }
 
 "$PEERS/run-all.sh" --edges "$EDGES" --tests "$TESTS" --target vedge=127.0.0.1:$PORT --out "$OUT"
 echo "summary: $OUT/summary.md"

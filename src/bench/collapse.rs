@@ -26,6 +26,7 @@ use url::Url;
 
 use super::load;
 use super::origin::parse_duration;
+use super::report::Pct;
 
 /// Flags of `vedge bench collapse`.
 #[derive(Debug, clap::Args)]
@@ -66,33 +67,10 @@ pub struct Burst {
     pub errors: usize,
     /// Statuses and transport errors, counted.
     pub outcomes: BTreeMap<String, usize>,
-    pub ttfb_ms: Percentiles,
-    pub total_ms: Percentiles,
+    pub ttfb_ms: Pct,
+    pub total_ms: Pct,
     /// Requests the origin saw for this path (1 is perfect collapsing); `None` without stats.
     pub origin_requests: Option<u64>,
-}
-
-/// p50, p99 and max of a sample, in milliseconds (nearest rank).
-#[derive(Debug, Default, Serialize)]
-pub struct Percentiles {
-    pub p50: f64,
-    pub p99: f64,
-    pub max: f64,
-}
-
-impl Percentiles {
-    fn of(mut xs: Vec<f64>) -> Percentiles {
-        if xs.is_empty() {
-            return Percentiles::default();
-        }
-        xs.sort_by(f64::total_cmp);
-        let rank = |p: f64| xs[((p * xs.len() as f64).ceil() as usize).clamp(1, xs.len()) - 1];
-        Percentiles {
-            p50: rank(0.50),
-            p99: rank(0.99),
-            max: xs[xs.len() - 1],
-        }
-    }
 }
 
 /// The whole run: the single cold object, then the sequence.
@@ -100,7 +78,6 @@ impl Percentiles {
 pub struct CollapseReport {
     pub target: String,
     pub n: usize,
-    pub connected: usize,
     pub single: Burst,
     pub seq: Vec<Burst>,
 }
@@ -114,13 +91,7 @@ enum Outcome {
 /// Runs the bursts against `args.target` and returns what was measured.
 pub async fn run(args: &CollapseArgs) -> anyhow::Result<CollapseReport> {
     anyhow::ensure!(args.n > 0, "--n must be at least 1");
-    let run = format!(
-        "c{}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis()
-    );
+    let run = super::run_id();
     let nofile = load::raise_nofile(args.n as u64 + 64);
     anyhow::ensure!(
         nofile >= args.n as u64 + 16,
@@ -130,9 +101,9 @@ pub async fn run(args: &CollapseArgs) -> anyhow::Result<CollapseReport> {
 
     // Connect everyone first (128 at a time), so the bursts measure requests, not handshakes.
     let mut senders = Vec::with_capacity(args.n);
-    for chunk in (0..args.n).collect::<Vec<_>>().chunks(128) {
-        let conns = futures_util::future::join_all(chunk.iter().map(|_| connect(args.target)));
-        for c in conns.await {
+    while senders.len() < args.n {
+        let batch = (args.n - senders.len()).min(128);
+        for c in futures_util::future::join_all((0..batch).map(|_| connect(args.target))).await {
             senders.push(c.with_context(|| format!("connecting to {}", args.target))?);
         }
     }
@@ -212,7 +183,6 @@ pub async fn run(args: &CollapseArgs) -> anyhow::Result<CollapseReport> {
     Ok(CollapseReport {
         target: args.target.to_string(),
         n: args.n,
-        connected: args.n,
         single,
         seq: out,
     })
@@ -287,25 +257,26 @@ async fn wait_for(results: &Mutex<Vec<Vec<Outcome>>>, i: usize, n: usize, limit:
 
 fn summarize(path: &str, outs: Vec<Outcome>, origin_requests: Option<u64>) -> Burst {
     let mut outcomes = BTreeMap::new();
-    let (mut ttfb, mut total) = (Vec::new(), Vec::new());
+    let (mut ttfb, mut total) = (load::hist(), load::hist());
     for o in &outs {
         match o {
             Outcome::Ok { ttfb: t, total: d } => {
                 *outcomes.entry("200".to_string()).or_insert(0) += 1;
-                ttfb.push(t.as_secs_f64() * 1e3);
-                total.push(d.as_secs_f64() * 1e3);
+                ttfb.saturating_record(t.as_micros() as u64);
+                total.saturating_record(d.as_micros() as u64);
             }
             Outcome::Failed(why) => *outcomes.entry(why.clone()).or_insert(0) += 1,
         }
     }
+    let ok = ttfb.len() as usize;
     Burst {
         path: path.to_string(),
         requests: outs.len(),
-        ok: ttfb.len(),
-        errors: outs.len() - ttfb.len(),
+        ok,
+        errors: outs.len() - ok,
         outcomes,
-        ttfb_ms: Percentiles::of(ttfb),
-        total_ms: Percentiles::of(total),
+        ttfb_ms: Pct::of(&ttfb),
+        total_ms: Pct::of(&total),
         origin_requests,
     }
 }
@@ -380,11 +351,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn nearest_rank_percentiles_and_prefixes() {
-        let p = Percentiles::of((1..=100).map(f64::from).collect());
-        assert_eq!((p.p50, p.p99, p.max), (50.0, 99.0, 100.0));
-        let one = Percentiles::of(vec![7.0]);
-        assert_eq!((one.p50, one.p99, one.max), (7.0, 7.0, 7.0));
+    fn a_burst_summary_counts_outcomes_and_takes_percentiles_and_prefixes() {
+        let ms = Duration::from_millis;
+        let mut outs: Vec<Outcome> = (1..=100)
+            .map(|i| Outcome::Ok {
+                ttfb: ms(i),
+                total: ms(2 * i),
+            })
+            .collect();
+        outs.push(Outcome::Failed("timeout".into()));
+        let b = summarize("/x.ts", outs, Some(1));
+        assert_eq!((b.requests, b.ok, b.errors), (101, 100, 1));
+        assert_eq!(b.outcomes.get("timeout"), Some(&1));
+        // Histogram percentiles, within their 3 significant digits.
+        let near = |got: f64, want: f64| (got - want).abs() <= want * 0.002;
+        assert!(near(b.ttfb_ms.p50, 50.0), "{:?}", b.ttfb_ms);
+        assert!(near(b.ttfb_ms.p99, 99.0), "{:?}", b.ttfb_ms);
+        assert!(near(b.ttfb_ms.max, 100.0), "{:?}", b.ttfb_ms);
+        assert!(near(b.total_ms.p50, 100.0), "{:?}", b.total_ms);
+        let one = summarize(
+            "/y.ts",
+            vec![Outcome::Ok {
+                ttfb: ms(7),
+                total: ms(7),
+            }],
+            None,
+        );
+        assert!(
+            near(one.ttfb_ms.p50, 7.0) && near(one.ttfb_ms.p99, 7.0) && near(one.ttfb_ms.max, 7.0)
+        );
         let paths = ["/live/r/seg_0.ts".to_string(), "/live/r/seg_10.ts".into()];
         assert_eq!(common_prefix(&paths), "/live/r/");
         assert_eq!(common_prefix(&["/a.ts".to_string()]), "/");

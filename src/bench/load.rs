@@ -47,7 +47,8 @@ impl ClassStats {
     }
 }
 
-fn hist() -> Histogram<u64> {
+/// A latency histogram in microseconds (what `report::Pct::of` reads).
+pub fn hist() -> Histogram<u64> {
     // 1 µs .. 10 min, 3 significant digits.
     Histogram::new_with_bounds(1, 600_000_000, 3).expect("static histogram bounds are valid")
 }

@@ -3,8 +3,8 @@
 //! One task (the fill driver, spawned by the leader and detached from every viewer) pushes the
 //! origin's body chunks here; readers stream them as they come, from any offset, so a collapsed
 //! waiter gets its first byte as soon as the leader does. The chunks are `Bytes` slices, of the
-//! body's reserved memfd when its length was announced (`reserve`), else of the origin's
-//! buffers: readers share them, nothing is copied per reader.
+//! body's reserved zero-copy mapping when its length was announced (`reserve`), else of the
+//! origin's buffers: readers share them, nothing is copied per reader.
 //!
 //! On drop of the driver without `finish`, readers see an error (their response is aborted, never
 //! a clean-looking truncated body).
@@ -155,9 +155,9 @@ impl Fill {
         self.notify.notify_waiters();
     }
 
-    /// Gives a body of `len` bytes its final place before it arrives (a memfd when it is large
-    /// enough): each pushed chunk is copied there once and readers get slices of it, which the
-    /// viewer socket sends with `sendfile`, and `body` then needs no second copy.
+    /// Gives a body of `len` bytes its final place before it arrives (a zero-copy mapping when it
+    /// is large enough): each pushed chunk is copied there once and readers get slices of it,
+    /// which the viewer socket sends without a copy, and `body` then needs no second copy.
     pub fn reserve(&self, len: u64) {
         let Ok(len) = usize::try_from(len) else {
             return;
@@ -198,9 +198,9 @@ impl Fill {
     /// its slowest and its fastest reader instead of the whole body. No new reader may join
     /// (the driver releases the key first).
     pub fn stop_keeping(&self) {
+        *self.dest.lock() = None;
         let mut st = self.state.lock();
         st.trimming = true;
-        *self.dest.lock() = None;
         st.trim();
     }
 
@@ -263,9 +263,9 @@ impl Fill {
         self.len() == 0
     }
 
-    /// The whole body as one `Bytes`: the reserved file when every byte went there, else copied
-    /// once, into a memfd when large enough for `sendfile` (`memfile::concat`); a small body that
-    /// arrived as a single chunk is shared.
+    /// The whole body as one `Bytes`: the reserved mapping when every byte went there, else
+    /// copied once, into a zero-copy mapping when large enough (`memfile::concat`); a small body
+    /// that arrived as a single chunk is shared.
     pub fn body(&self) -> Bytes {
         if let Some(whole) = self
             .dest

@@ -106,19 +106,12 @@ pub fn concat(chunks: &[Bytes], len: usize) -> Bytes {
         [one] if !eligible(len) => return one.clone(),
         _ => {}
     }
-    if eligible(len) {
-        match MemFile::create(len) {
-            Ok(mut f) => {
-                let dst = f.as_mut_slice();
-                let mut at = 0;
-                for c in chunks {
-                    dst[at..at + c.len()].copy_from_slice(c);
-                    at += c.len();
-                }
-                debug_assert_eq!(at, len);
-                return f.into_bytes();
+    if let Some(mut g) = Growing::new(len) {
+        // Stops at the first chunk that does not fit: `into_body` then sees a short body.
+        if chunks.iter().all(|c| g.append(c).is_some()) {
+            if let Some(body) = g.into_body() {
+                return body;
             }
-            Err(e) => tracing::debug!(error = %e, len, "memfd body unavailable; using the heap"),
         }
     }
     let mut b = bytes::BytesMut::with_capacity(len);
@@ -128,11 +121,11 @@ pub fn concat(chunks: &[Bytes], len: usize) -> Bytes {
     b.freeze()
 }
 
-/// A memfd body being filled while it is read: the fill copies each origin chunk in as it
-/// arrives and hands readers slices of the file, so they can be sent with `sendfile` before the
-/// fill ends, and the finished body needs no second copy.
+/// A zero-copy body (memfd or anonymous pages) being filled, possibly while it is read: a fill
+/// copies each origin chunk in as it arrives and hands readers slices of it, so they are sent
+/// without a copy before the fill ends, and the finished body needs no second copy.
 ///
-/// The file is registered from the start. That keeps this module's invariant: every byte is
+/// The mapping is registered from the start. That keeps this module's invariant: every byte is
 /// written once, before any slice covering it exists; later writes only go past the end of every
 /// slice handed out, so the bytes a socket still references never change.
 pub struct Growing {
@@ -146,28 +139,25 @@ pub struct Growing {
 unsafe impl Send for Growing {}
 
 impl Growing {
-    /// A file for a body of exactly `len` bytes, if it is eligible and can be made.
+    /// A mapping for a body of exactly `len` bytes, if it is eligible and can be made.
     pub fn new(len: usize) -> Option<Growing> {
         if !eligible(len) {
             return None;
         }
         match MemFile::create(len) {
-            Ok(mut f) => {
-                let ptr = NonNull::new(f.as_mut_slice().as_mut_ptr())?;
-                Some(Growing {
-                    file: f.into_bytes(),
-                    ptr,
-                    written: 0,
-                })
-            }
+            Ok(f) => Some(Growing {
+                ptr: f.ptr,
+                file: f.into_bytes(),
+                written: 0,
+            }),
             Err(e) => {
-                tracing::debug!(error = %e, len, "memfd body unavailable; using the heap");
+                tracing::debug!(error = %e, len, "zero-copy body unavailable; using the heap");
                 None
             }
         }
     }
 
-    /// Copies `chunk` in after what is already there and returns the slice of the file now
+    /// Copies `chunk` in after what is already there and returns the slice of the mapping now
     /// holding it, or `None` if it does not fit (nothing is written then).
     pub fn append(&mut self, chunk: &[u8]) -> Option<Bytes> {
         let end = self.written.checked_add(chunk.len())?;
@@ -238,8 +228,8 @@ struct MemFile {
     registered: bool,
 }
 
-// SAFETY: the mapping is plain memory owned by this value; it is written only through
-// `&mut self` before it is shared, and read-only afterwards.
+// SAFETY: the mapping is plain memory owned by this value; it is written only by its one
+// `Growing`, and only past every slice of it that other threads can read.
 unsafe impl Send for MemFile {}
 unsafe impl Sync for MemFile {}
 
@@ -358,12 +348,8 @@ impl MemFile {
         })
     }
 
-    fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: the mapping is `len` bytes, alive while `self` is, and not yet shared.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
-    }
-
-    /// Registers the (now complete) file for `lookup` and hands it out as `Bytes`.
+    /// Registers the mapping for `lookup` and hands it out as `Bytes` (written only through
+    /// `Growing`, past every slice made of it).
     fn into_bytes(mut self) -> Bytes {
         if let Ok(mut reg) = REGISTRY.write() {
             let start = self.ptr.as_ptr() as usize;
@@ -377,7 +363,8 @@ impl MemFile {
 
 impl AsRef<[u8]> for MemFile {
     fn as_ref(&self) -> &[u8] {
-        // SAFETY: as in `as_mut_slice`; shared reads only.
+        // SAFETY: the mapping is `len` bytes and alive while `self` is. `Bytes::from_owner`
+        // reads this once, before anything is written; later readers see only written bytes.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 }

@@ -41,7 +41,7 @@ pub fn sendfile_bytes() -> u64 {
     SENT.load(Relaxed)
 }
 
-/// Bytes sent from huge-page bodies with `vmsplice` + `splice` since the process started.
+/// Bytes sent from anonymous-page bodies with `vmsplice` + `splice` since the process started.
 pub fn splice_bytes() -> u64 {
     SPLICED.load(Relaxed)
 }
@@ -179,7 +179,7 @@ impl ZeroCopyStream {
         self.pipe.as_ref().map(|p| p.write.as_raw_fd())
     }
 
-    /// Sends `buf` (huge-page memory that is never rewritten) through the pipe: references to
+    /// Sends `buf` (anonymous memory that is never rewritten) through the pipe: references to
     /// its pages go in, as many as the pipe holds, and out to the socket as far as it takes them.
     fn poll_splice(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         // Wait for room in the socket first, so the pages wait in the pipe as briefly as possible

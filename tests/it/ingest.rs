@@ -20,10 +20,12 @@ use tokio::net::TcpListener;
 use url::Url;
 use vedge::cache::key::cache_key;
 use vedge::cache::object::CachedObject;
-use vedge::ingest::engine::{ingest_asset, IngestOptions, KeyMapper, Outcome, Progress};
+use vedge::ingest::engine::{
+    ingest_asset, AssetReport, IngestOptions, KeyMapper, Outcome, Progress,
+};
 use vedge::ingest::store::StoreSink;
 use vedge::manifest::fetch::HttpFetcher;
-use vedge::manifest::{discover, WalkOptions};
+use vedge::manifest::{discover, Asset, WalkOptions};
 use vedge_storage::{Store, StoreConfig};
 
 /// A scripted origin: serves files under `root`, answers 404 for `missing`, counts requests.
@@ -109,6 +111,28 @@ fn keys() -> KeyMapper {
 }
 
 /// Every file of an asset directory, as the viewer path a player requests for it.
+/// Walks the asset at `url` and ingests it into `sink` with default options.
+async fn walk_and_ingest(
+    url: &Url,
+    fetcher: &HttpFetcher,
+    sink: &StoreSink,
+    progress: &Arc<Progress>,
+) -> (Asset, AssetReport) {
+    let asset = discover(url, fetcher, &WalkOptions::default())
+        .await
+        .expect("walk");
+    let report = ingest_asset(
+        &asset,
+        fetcher,
+        sink,
+        &keys(),
+        &IngestOptions::default(),
+        progress,
+    )
+    .await;
+    (asset, report)
+}
+
 fn files(dir: &Path, prefix: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -148,19 +172,8 @@ async fn after_ingest_with_the_origin_stopped_every_object_is_in_the_store() {
         ("dash-base", "manifest.mpd"),
     ] {
         let url = Url::parse(&format!("http://{}/{name}/{root}", o.addr)).expect("url");
-        let asset = discover(&url, &fetcher, &WalkOptions::default())
-            .await
-            .expect("walk");
         let progress = Arc::new(Progress::default());
-        let r = ingest_asset(
-            &asset,
-            &fetcher,
-            &sink,
-            &keys(),
-            &IngestOptions::default(),
-            &progress,
-        )
-        .await;
+        let (_, r) = walk_and_ingest(&url, &fetcher, &sink, &progress).await;
         assert_eq!(r.outcome, Outcome::Published, "{name}: {r:?}");
         let p = progress.snapshot();
         assert_eq!(p.objects_done, p.objects_total);
@@ -209,19 +222,8 @@ async fn a_missing_segment_leaves_the_asset_unpublished_and_a_rerun_resumes() {
     let store = Store::open(store_config(tmp.path())).await.expect("open");
     let sink = StoreSink { store };
     let url = Url::parse(&format!("http://{}/hls-fmp4/master.m3u8", o.addr)).expect("url");
-    let asset = discover(&url, &fetcher, &WalkOptions::default())
-        .await
-        .expect("walk");
     let progress = Arc::new(Progress::default());
-    let r = ingest_asset(
-        &asset,
-        &fetcher,
-        &sink,
-        &keys(),
-        &IngestOptions::default(),
-        &progress,
-    )
-    .await;
+    let (_, r) = walk_and_ingest(&url, &fetcher, &sink, &progress).await;
     assert_eq!(r.outcome, Outcome::Failed);
     assert_eq!(r.failures.len(), 1);
     assert!(r.failures[0].url.ends_with(&missing));
@@ -243,18 +245,7 @@ async fn a_missing_segment_leaves_the_asset_unpublished_and_a_rerun_resumes() {
     // The origin is fixed; a rerun skips what is stored and publishes.
     let o = origin(fixtures(), Vec::new()).await;
     let url = Url::parse(&format!("http://{}/hls-fmp4/master.m3u8", o.addr)).expect("url");
-    let asset = discover(&url, &fetcher, &WalkOptions::default())
-        .await
-        .expect("walk");
-    let r = ingest_asset(
-        &asset,
-        &fetcher,
-        &sink,
-        &keys(),
-        &IngestOptions::default(),
-        &progress,
-    )
-    .await;
+    let (asset, r) = walk_and_ingest(&url, &fetcher, &sink, &progress).await;
     assert_eq!(r.outcome, Outcome::Published, "{r:?}");
     assert_eq!(
         r.skipped,
@@ -289,20 +280,9 @@ async fn a_store_without_room_is_refused_before_writing() {
         "hls-ts/master.m3u8",
     ] {
         let url = Url::parse(&format!("http://{}/{name}", o.addr)).expect("url");
-        let asset = discover(&url, &fetcher, &WalkOptions::default())
-            .await
-            .expect("walk");
         let objects_before = sink.store.stats().objects;
         let free = sink.store.free_for_pinned();
-        let r = ingest_asset(
-            &asset,
-            &fetcher,
-            &sink,
-            &keys(),
-            &IngestOptions::default(),
-            &Arc::new(Progress::default()),
-        )
-        .await;
+        let (_, r) = walk_and_ingest(&url, &fetcher, &sink, &Arc::new(Progress::default())).await;
         if r.outcome == Outcome::Refused {
             assert_eq!(
                 sink.store.stats().objects,
@@ -647,18 +627,7 @@ async fn a_body_shorter_than_its_content_length_is_refetched_then_fails_the_asse
         store: Store::open(store_config(tmp.path())).await.expect("open"),
     };
     let url = Url::parse(&format!("{}/a/index.m3u8", o.url())).expect("url");
-    let asset = discover(&url, &fetcher, &WalkOptions::default())
-        .await
-        .expect("walk");
-    let r = ingest_asset(
-        &asset,
-        &fetcher,
-        &sink,
-        &keys(),
-        &IngestOptions::default(),
-        &Arc::new(Progress::default()),
-    )
-    .await;
+    let (_, r) = walk_and_ingest(&url, &fetcher, &sink, &Arc::new(Progress::default())).await;
     assert_eq!(r.outcome, Outcome::Failed, "{r:?}");
     assert_eq!(r.failures.len(), 1, "{r:?}");
     assert!(r.failures[0].url.ends_with("/a/s1.ts"), "{r:?}");
