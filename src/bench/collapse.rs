@@ -27,6 +27,7 @@ use url::Url;
 use super::load;
 use super::origin::parse_duration;
 use super::report::Pct;
+use super::stamp::{Clock, Stamped};
 
 /// Flags of `vedge bench collapse`.
 #[derive(Debug, clap::Args)]
@@ -34,8 +35,8 @@ pub struct CollapseArgs {
     /// The edge to measure, as HOST:PORT.
     #[arg(long)]
     pub target: SocketAddr,
-    /// Path of object number `{n}`; `{run}` becomes a fresh id, so every object is cold. The
-    /// default matches `../shared/bench-peers/origin_slow.py` (a 200 ms origin) behind the edge.
+    /// Path of each object: the object's number replaces the `n` placeholder (in braces) and a
+    /// fresh id the `run` placeholder, so every object is cold. The default matches `../shared/bench-peers/origin_slow.py` (a 200 ms origin) behind the edge.
     #[arg(long, default_value = "/live/{run}/seg_{n}.ts")]
     pub path: String,
     /// Concurrent viewers (one keep-alive connection each).
@@ -68,6 +69,9 @@ pub struct Burst {
     /// Statuses and transport errors, counted.
     pub outcomes: BTreeMap<String, usize>,
     pub ttfb_ms: Pct,
+    /// TTFB by the kernel's receive stamp of the response's first segment (`bench::stamp`):
+    /// when the byte reached this host, however long the client took to read it.
+    pub ttfb_wire_ms: Pct,
     pub total_ms: Pct,
     /// Requests the origin saw for this path (1 is perfect collapsing); `None` without stats.
     pub origin_requests: Option<u64>,
@@ -84,7 +88,11 @@ pub struct CollapseReport {
 
 /// What one request ended as.
 enum Outcome {
-    Ok { ttfb: Duration, total: Duration },
+    Ok {
+        ttfb: Duration,
+        wire: Option<Duration>,
+        total: Duration,
+    },
     Failed(String),
 }
 
@@ -114,7 +122,7 @@ pub async fn run(args: &CollapseArgs) -> anyhow::Result<CollapseReport> {
     let bursts = args.segments + 1;
     results.lock().extend((0..bursts).map(|_| Vec::new()));
     let mut tasks = Vec::with_capacity(args.n);
-    for mut sender in senders {
+    for (mut sender, clock) in senders {
         let mut rx = go.subscribe();
         let results = results.clone();
         let (host, limit) = (args.target.to_string(), args.timeout);
@@ -123,7 +131,7 @@ pub async fn run(args: &CollapseArgs) -> anyhow::Result<CollapseReport> {
                 let Some((i, path)) = rx.borrow_and_update().clone() else {
                     continue;
                 };
-                let outcome = one_request(&mut sender, &host, &path, limit).await;
+                let outcome = one_request(&mut sender, &clock, &host, &path, limit).await;
                 let broken = matches!(outcome, Outcome::Failed(_));
                 results.lock()[i].push(outcome);
                 if broken {
@@ -188,20 +196,23 @@ pub async fn run(args: &CollapseArgs) -> anyhow::Result<CollapseReport> {
     })
 }
 
-async fn connect(
-    addr: SocketAddr,
-) -> anyhow::Result<hyper::client::conn::http1::SendRequest<Empty<Bytes>>> {
+type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
+
+async fn connect(addr: SocketAddr) -> anyhow::Result<(Sender, Arc<Clock>)> {
     let stream = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
         .await
         .context("connect timed out")??;
     stream.set_nodelay(true)?;
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    let clock = Arc::new(Clock::default());
+    let io = TokioIo::new(Stamped::new(stream, clock.clone()));
+    let (sender, conn) = hyper::client::conn::http1::handshake(io).await?;
     tokio::spawn(conn);
-    Ok(sender)
+    Ok((sender, clock))
 }
 
 async fn one_request(
-    sender: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+    sender: &mut Sender,
+    clock: &Clock,
     host: &str,
     path: &str,
     limit: Duration,
@@ -214,6 +225,7 @@ async fn one_request(
         Ok(r) => r,
         Err(e) => return Outcome::Failed(format!("request: {e}")),
     };
+    clock.arm();
     let t0 = Instant::now();
     let exchange = async {
         let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
@@ -236,6 +248,7 @@ async fn one_request(
         }
         Ok(Outcome::Ok {
             ttfb,
+            wire: clock.first_byte(),
             total: t0.elapsed(),
         })
     };
@@ -257,12 +270,19 @@ async fn wait_for(results: &Mutex<Vec<Vec<Outcome>>>, i: usize, n: usize, limit:
 
 fn summarize(path: &str, outs: Vec<Outcome>, origin_requests: Option<u64>) -> Burst {
     let mut outcomes = BTreeMap::new();
-    let (mut ttfb, mut total) = (load::hist(), load::hist());
+    let (mut ttfb, mut wire, mut total) = (load::hist(), load::hist(), load::hist());
     for o in &outs {
         match o {
-            Outcome::Ok { ttfb: t, total: d } => {
+            Outcome::Ok {
+                ttfb: t,
+                wire: w,
+                total: d,
+            } => {
                 *outcomes.entry("200".to_string()).or_insert(0) += 1;
                 ttfb.saturating_record(t.as_micros() as u64);
+                if let Some(w) = w {
+                    wire.saturating_record(w.as_micros() as u64);
+                }
                 total.saturating_record(d.as_micros() as u64);
             }
             Outcome::Failed(why) => *outcomes.entry(why.clone()).or_insert(0) += 1,
@@ -276,6 +296,7 @@ fn summarize(path: &str, outs: Vec<Outcome>, origin_requests: Option<u64>) -> Bu
         errors: outs.len() - ok,
         outcomes,
         ttfb_ms: Pct::of(&ttfb),
+        ttfb_wire_ms: Pct::of(&wire),
         total_ms: Pct::of(&total),
         origin_requests,
     }
@@ -307,13 +328,16 @@ fn common_prefix(paths: &[String]) -> String {
 pub fn summary(r: &CollapseReport) -> String {
     let line = |b: &Burst| {
         format!(
-            "origin={} ok={}/{} ttfb p50/p99/max={:.1}/{:.1}/{:.1} ms total p50/p99/max={:.1}/{:.1}/{:.1} ms",
+            "origin={} ok={}/{} ttfb p50/p99/max={:.1}/{:.1}/{:.1} ms (on arrival {:.1}/{:.1}/{:.1}) total p50/p99/max={:.1}/{:.1}/{:.1} ms",
             b.origin_requests.map_or("?".to_string(), |c| c.to_string()),
             b.ok,
             b.requests,
             b.ttfb_ms.p50,
             b.ttfb_ms.p99,
             b.ttfb_ms.max,
+            b.ttfb_wire_ms.p50,
+            b.ttfb_wire_ms.p99,
+            b.ttfb_wire_ms.max,
             b.total_ms.p50,
             b.total_ms.p99,
             b.total_ms.max,
@@ -356,6 +380,7 @@ mod tests {
         let mut outs: Vec<Outcome> = (1..=100)
             .map(|i| Outcome::Ok {
                 ttfb: ms(i),
+                wire: Some(ms(i - 1)),
                 total: ms(2 * i),
             })
             .collect();
@@ -369,10 +394,12 @@ mod tests {
         assert!(near(b.ttfb_ms.p99, 99.0), "{:?}", b.ttfb_ms);
         assert!(near(b.ttfb_ms.max, 100.0), "{:?}", b.ttfb_ms);
         assert!(near(b.total_ms.p50, 100.0), "{:?}", b.total_ms);
+        assert!(near(b.ttfb_wire_ms.p99, 98.0), "{:?}", b.ttfb_wire_ms);
         let one = summarize(
             "/y.ts",
             vec![Outcome::Ok {
                 ttfb: ms(7),
+                wire: None,
                 total: ms(7),
             }],
             None,

@@ -18,6 +18,7 @@ pub mod media;
 pub mod origin;
 pub mod playlist;
 pub mod report;
+pub mod stamp;
 pub mod viewer;
 
 use std::io::IsTerminal as _;

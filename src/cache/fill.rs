@@ -89,6 +89,15 @@ struct State {
     trimming: bool,
     /// The next chunk number of each reader (for trimming).
     readers: Vec<std::sync::Weak<AtomicUsize>>,
+    /// Slices of the reserved mapping: chunks `[0, placed_chunks)` are its bytes
+    /// `[0, placed)`, so a reader can take all of them as one slice.
+    written: Option<memfile::Written>,
+    placed: u64,
+    placed_chunks: usize,
+    /// Requests waiting for the head (`head`), then, from `set_head`, readers whose first poll
+    /// is still to come before bodies may go out (`first_poll`).
+    head_waiters: usize,
+    heads_pending: usize,
 }
 
 impl State {
@@ -116,6 +125,8 @@ pub struct Fill {
     notify: Notify,
     /// Readers signal here when they move on while the fill is trimming (`wait_for_readers`).
     advanced: Notify,
+    /// Signalled when the last waiter of the head has polled its reader (`first_poll`).
+    heads: Notify,
     /// The body's final home when its length was known up front (`reserve`); only the driver
     /// touches it, so copying a chunk in never holds up readers.
     dest: Mutex<Option<memfile::Growing>>,
@@ -127,6 +138,7 @@ impl Default for Fill {
             state: Mutex::new(State::default()),
             notify: Notify::new(),
             advanced: Notify::new(),
+            heads: Notify::new(),
             dest: Mutex::new(None),
         }
     }
@@ -140,7 +152,11 @@ impl Fill {
     // ---- driver side ----
 
     pub fn set_head(&self, head: FillHead) {
-        self.state.lock().head = Some(head);
+        {
+            let mut st = self.state.lock();
+            st.head = Some(head);
+            st.heads_pending = st.head_waiters;
+        }
         self.notify.notify_waiters();
     }
 
@@ -162,27 +178,36 @@ impl Fill {
         let Ok(len) = usize::try_from(len) else {
             return;
         };
-        *self.dest.lock() = memfile::Growing::new(len);
+        let dest = memfile::Growing::new(len);
+        let mut st = self.state.lock();
+        if st.chunks.is_empty() && st.base == 0 {
+            st.written = dest.as_ref().map(memfile::Growing::written);
+        }
+        *self.dest.lock() = dest;
     }
 
     pub fn push(&self, chunk: Bytes) {
         if chunk.is_empty() {
             return;
         }
-        let chunk = {
+        let (chunk, placed) = {
             let mut dest = self.dest.lock();
             match dest.as_mut().map(|d| d.append(&chunk)) {
-                Some(Some(placed)) => placed,
+                Some(Some(placed)) => (placed, true),
                 Some(None) => {
                     // More than announced: the rest stays in the origin's buffers.
                     *dest = None;
-                    chunk
+                    (chunk, false)
                 }
-                None => chunk,
+                None => (chunk, false),
             }
         };
         {
             let mut st = self.state.lock();
+            if placed && st.placed_chunks == st.base + st.chunks.len() {
+                st.placed += chunk.len() as u64;
+                st.placed_chunks += 1;
+            }
             st.len += chunk.len() as u64;
             st.retained += chunk.len() as u64;
             st.chunks.push(chunk);
@@ -200,6 +225,7 @@ impl Fill {
     pub fn stop_keeping(&self) {
         *self.dest.lock() = None;
         let mut st = self.state.lock();
+        st.written = None;
         st.trimming = true;
         st.trim();
     }
@@ -283,12 +309,70 @@ impl Fill {
 
     /// Waits for the origin's answer. Callers bound this with their own deadline.
     pub async fn head(&self) -> FillHead {
+        /// Counts a request among the head's waiters until it has the head or gives up.
+        struct Waiting<'a>(Option<&'a Fill>);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                if let Some(fill) = self.0 {
+                    let mut st = fill.state.lock();
+                    st.head_waiters = st.head_waiters.saturating_sub(1);
+                }
+            }
+        }
+        let mut waiting = Waiting(None);
         loop {
             let notified = self.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(h) = self.state.lock().head.clone() {
-                return h;
+            {
+                let mut st = self.state.lock();
+                if let Some(h) = st.head.clone() {
+                    // Counted in `heads_pending` if it waited: no longer a waiter either way.
+                    if waiting.0.take().is_some() {
+                        st.head_waiters = st.head_waiters.saturating_sub(1);
+                    }
+                    return h;
+                }
+                if waiting.0.is_none() {
+                    st.head_waiters += 1;
+                    waiting.0 = Some(self);
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Counts a reader's first poll; `true` when bodies may go out now.
+    ///
+    /// Heads first: the origin's answer wakes every collapsed viewer at once, and a viewer's
+    /// first body write pushes a socket window of bytes through the kernel (on loopback, ~100 KiB
+    /// and the receiver's processing of it). Served in wake order, the last of 500 viewers got
+    /// its head ~30 ms after the first. So the readers of the viewers that were waiting for the
+    /// head hold their bodies until each of those viewers has polled its reader once (its server
+    /// has sent the head) or `HEADS_FIRST_MAX` passes, which bounds the wait when a waiter ends
+    /// without a reader (a HEAD, a 304, a disconnect).
+    fn first_poll(&self) -> bool {
+        let mut st = self.state.lock();
+        if st.heads_pending <= 1 {
+            if st.heads_pending == 1 {
+                st.heads_pending = 0;
+                drop(st);
+                self.heads.notify_waiters();
+            }
+            return true;
+        }
+        st.heads_pending -= 1;
+        false
+    }
+
+    /// Resolves once every waiter of the head has polled its reader (`first_poll`).
+    async fn heads_sent(&self) {
+        loop {
+            let notified = self.heads.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.state.lock().heads_pending == 0 {
+                return;
             }
             notified.await;
         }
@@ -325,11 +409,15 @@ impl Fill {
             end,
             waiting: None,
             pos,
+            first_polled: false,
         }
     }
 }
 
 type Wait = Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// The longest a reader holds its body back so that other viewers' heads go first.
+const HEADS_FIRST_MAX: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Streams a fill's bytes to one viewer. Holding it keeps the fill's chunks alive, nothing more:
 /// dropping it (viewer gone) never cancels the fill.
@@ -343,6 +431,8 @@ pub struct FillReader {
     waiting: Option<Wait>,
     /// `chunk`, shared with the fill so it can trim behind its slowest reader.
     pos: Arc<AtomicUsize>,
+    /// Whether the first poll has been counted (`Fill::first_poll`).
+    first_polled: bool,
 }
 
 impl Stream for FillReader {
@@ -350,6 +440,17 @@ impl Stream for FillReader {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
+        if !this.first_polled {
+            this.first_polled = true;
+            if !this.fill.first_poll() {
+                // Heads first (see `Fill::first_poll`): this viewer's head goes out now, its
+                // body once every viewer woken with it has had its turn.
+                let fill = this.fill.clone();
+                this.waiting = Some(Box::pin(async move {
+                    let _ = tokio::time::timeout(HEADS_FIRST_MAX, fill.heads_sent()).await;
+                }));
+            }
+        }
         loop {
             if let Some(w) = this.waiting.as_mut() {
                 match w.as_mut().poll(cx) {
@@ -373,6 +474,25 @@ impl Stream for FillReader {
             let st = this.fill.state.lock();
             if this.chunk < st.base {
                 return Poll::Ready(Some(Err(FillError::Trimmed)));
+            }
+            if this.chunk < st.placed_chunks {
+                // Everything placed from here on, as one slice of the mapping.
+                let from = this.start.max(this.chunk_start);
+                let to = this.end.map_or(st.placed, |e| e.min(st.placed));
+                let slice = match &st.written {
+                    Some(w) if from < to => w.slice(from as usize, to as usize),
+                    _ => None,
+                };
+                if slice.is_some() || from >= to {
+                    this.chunk = st.placed_chunks;
+                    this.chunk_start = st.placed;
+                    drop(st);
+                    this.pos.store(this.chunk, Relaxed);
+                    match slice {
+                        Some(s) => return Poll::Ready(Some(Ok(s))),
+                        None => continue,
+                    }
+                }
             }
             if let Some(chunk) = st.chunks.get(this.chunk - st.base) {
                 let chunk = chunk.clone();
@@ -483,5 +603,87 @@ mod tests {
         let (first, second) = waiter.await.expect("reader task");
         assert_eq!(first, Some(Ok(Bytes::from_static(b"abc"))));
         assert_eq!(second, Some(Err(FillError::Truncated)));
+    }
+    #[tokio::test]
+    async fn a_reader_behind_a_reserved_fill_takes_everything_written_as_one_slice() {
+        memfile::configure(true);
+        let fill = Fill::new();
+        let len = 3 * 100_000;
+        fill.reserve(len as u64);
+        let src: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let mut early = fill.reader(0, None);
+        fill.push(Bytes::copy_from_slice(&src[..100_000]));
+        assert_eq!(
+            early.next().await,
+            Some(Ok(Bytes::copy_from_slice(&src[..100_000])))
+        );
+        fill.push(Bytes::copy_from_slice(&src[100_000..200_000]));
+        fill.push(Bytes::copy_from_slice(&src[200_000..]));
+        let got = early.next().await.expect("more").expect("bytes");
+        assert!(got[..] == src[100_000..], "two origin chunks, one slice");
+        // A ranged reader joining now gets its whole range at once, from the mapping.
+        let mut range = fill.reader(50_000, Some(250_000));
+        let got = range.next().await.expect("range").expect("bytes");
+        assert!(got[..] == src[50_000..250_000]);
+        let Some(memfile::Source::File(fd, 0)) = memfile::lookup(fill.body().as_ptr(), len) else {
+            panic!("a 300 kB body lives in a memfd");
+        };
+        assert_eq!(
+            memfile::lookup(got.as_ptr(), got.len()),
+            Some(memfile::Source::File(fd, 50_000)),
+            "a slice of the body's own mapping"
+        );
+        fill.finish(Ok(()));
+        assert_eq!(early.next().await, None);
+        assert_eq!(range.next().await, None);
+    }
+
+    #[tokio::test]
+    async fn bodies_wait_until_every_viewer_that_waited_for_the_head_has_polled_its_reader() {
+        let fill = Fill::new();
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let f = fill.clone();
+                tokio::spawn(async move { f.head().await })
+            })
+            .collect();
+        while fill.state.lock().head_waiters < 3 {
+            tokio::task::yield_now().await;
+        }
+        fill.push(Bytes::from_static(b"body"));
+        fill.set_head(FillHead::Pass("test"));
+        for w in waiters {
+            w.await.expect("waiter");
+        }
+        let (mut a, mut b, mut c) = (
+            fill.reader(0, None),
+            fill.reader(0, None),
+            fill.reader(0, None),
+        );
+        let poll = |r: &mut FillReader| {
+            let waker = futures_util::task::noop_waker();
+            Pin::new(r).poll_next(&mut Context::from_waker(&waker))
+        };
+        assert!(poll(&mut a).is_pending(), "two heads still to go");
+        assert!(poll(&mut b).is_pending(), "one head still to go");
+        assert!(poll(&mut c).is_ready(), "the last one sends at once");
+        assert_eq!(a.next().await, Some(Ok(Bytes::from_static(b"body"))));
+        assert_eq!(b.next().await, Some(Ok(Bytes::from_static(b"body"))));
+
+        // A waiter that never reads (a HEAD, a disconnect) holds the others back only briefly.
+        let fill = Fill::new();
+        let f = fill.clone();
+        let w = tokio::spawn(async move { f.head().await });
+        let f = fill.clone();
+        let gone = tokio::spawn(async move { f.head().await });
+        while fill.state.lock().head_waiters < 2 {
+            tokio::task::yield_now().await;
+        }
+        fill.push(Bytes::from_static(b"x"));
+        fill.set_head(FillHead::Pass("test"));
+        drop((w.await, gone.await));
+        let mut only = fill.reader(0, None);
+        let got = tokio::time::timeout(Duration::from_secs(5), only.next()).await;
+        assert_eq!(got, Ok(Some(Ok(Bytes::from_static(b"x")))));
     }
 }

@@ -33,8 +33,10 @@ use std::collections::BTreeMap;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
-use std::sync::RwLock;
+use std::sync::atomic::{
+    AtomicBool, AtomicUsize, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+};
+use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 
@@ -132,6 +134,24 @@ pub struct Growing {
     file: Bytes,
     ptr: NonNull<u8>,
     written: usize,
+    /// `written`, published for `Written` handles once the bytes are in.
+    shared: Arc<AtomicUsize>,
+}
+
+/// A read handle on a `Growing` body that hands out slices of the bytes written so far, however
+/// many chunks they arrived in: a reader that is behind takes everything available as one slice
+/// (one `vmsplice` instead of one per origin read).
+#[derive(Clone)]
+pub struct Written {
+    file: Bytes,
+    written: Arc<AtomicUsize>,
+}
+
+impl Written {
+    /// Bytes `[from, to)` of the body, if all of them have been written.
+    pub fn slice(&self, from: usize, to: usize) -> Option<Bytes> {
+        (from <= to && to <= self.written.load(Acquire)).then(|| self.file.slice(from..to))
+    }
 }
 
 // SAFETY: `ptr` points into the mapping `file` keeps alive; only the owner of the `Growing`
@@ -149,6 +169,7 @@ impl Growing {
                 ptr: f.ptr,
                 file: f.into_bytes(),
                 written: 0,
+                shared: Arc::default(),
             }),
             Err(e) => {
                 tracing::debug!(error = %e, len, "zero-copy body unavailable; using the heap");
@@ -175,7 +196,16 @@ impl Growing {
         }
         let slice = self.file.slice(self.written..end);
         self.written = end;
+        self.shared.store(end, Release);
         Some(slice)
+    }
+
+    /// A handle for slices of what has been written, from any thread.
+    pub fn written(&self) -> Written {
+        Written {
+            file: self.file.clone(),
+            written: self.shared.clone(),
+        }
     }
 
     /// The whole body, once every byte of it has been written.

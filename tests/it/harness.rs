@@ -273,6 +273,11 @@ async fn collapse_bench_sees_one_origin_request_per_cold_object() {
             "the origin's 100 ms is in the TTFB: {b:?}"
         );
         assert!(b.total_ms.p50 >= b.ttfb_ms.p50, "{b:?}");
+        // Every response's first segment was stamped on arrival, after the origin's delay and
+        // no later than the client read it.
+        assert_eq!(b.ttfb_wire_ms.count, 50, "{b:?}");
+        assert!(b.ttfb_wire_ms.p50 >= 100.0, "{b:?}");
+        assert!(b.ttfb_wire_ms.max <= b.ttfb_ms.max + 1.0, "{b:?}");
     }
     let text = collapse::summary(&r);
     assert!(text.contains("single: origin=1 ok=50/50"), "{text}");
