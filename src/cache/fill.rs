@@ -154,8 +154,11 @@ impl Fill {
     pub fn set_head(&self, head: FillHead) {
         {
             let mut st = self.state.lock();
+            // A small body goes out in the head's own write: nothing to hold back.
+            let small = matches!(&head, FillHead::Streaming(h)
+                if h.content_length.is_some_and(|n| n < HEADS_FIRST_MIN));
+            st.heads_pending = if small { 0 } else { st.head_waiters };
             st.head = Some(head);
-            st.heads_pending = st.head_waiters;
         }
         self.notify.notify_waiters();
     }
@@ -348,8 +351,9 @@ impl Fill {
     /// first body write pushes a socket window of bytes through the kernel (on loopback, ~100 KiB
     /// and the receiver's processing of it). Served in wake order, the last of 500 viewers got
     /// its head ~30 ms after the first. So the readers of the viewers that were waiting for the
-    /// head hold their bodies until each of those viewers has polled its reader once (its server
-    /// has sent the head) or `HEADS_FIRST_MAX` passes, which bounds the wait when a waiter ends
+    /// head hold their bodies (of `HEADS_FIRST_MIN` or more, or of unknown length) until each of
+    /// those viewers has polled its reader once (its server has sent the head) or
+    /// `HEADS_FIRST_MAX` passes, which bounds the wait when a waiter ends
     /// without a reader (a HEAD, a 304, a disconnect).
     fn first_poll(&self) -> bool {
         let mut st = self.state.lock();
@@ -415,6 +419,9 @@ impl Fill {
 }
 
 type Wait = Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Bodies shorter than this are sent with their head at once (`Fill::first_poll`).
+const HEADS_FIRST_MIN: u64 = memfile::MIN_SIZE as u64;
 
 /// The longest a reader holds its body back so that other viewers' heads go first.
 const HEADS_FIRST_MAX: std::time::Duration = std::time::Duration::from_millis(10);
@@ -669,6 +676,28 @@ mod tests {
         assert!(poll(&mut c).is_ready(), "the last one sends at once");
         assert_eq!(a.next().await, Some(Ok(Bytes::from_static(b"body"))));
         assert_eq!(b.next().await, Some(Ok(Bytes::from_static(b"body"))));
+
+        // A small body goes out with its head: nothing is held back.
+        let fill = Fill::new();
+        let f = fill.clone();
+        let w = tokio::spawn(async move { f.head().await });
+        while fill.state.lock().head_waiters < 1 {
+            tokio::task::yield_now().await;
+        }
+        fill.push(Bytes::from_static(b"#EXTM3U"));
+        fill.set_head(FillHead::Streaming(Arc::new(StreamHead {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            content_length: Some(7),
+            stored: true,
+            vary: VarySpec::default(),
+            leader_variant: String::new(),
+            refetch: false,
+            age: 0,
+        })));
+        w.await.expect("waiter");
+        let (mut a, mut b) = (fill.reader(0, None), fill.reader(0, None));
+        assert!(poll(&mut a).is_ready() && poll(&mut b).is_ready());
 
         // A waiter that never reads (a HEAD, a disconnect) holds the others back only briefly.
         let fill = Fill::new();
