@@ -645,6 +645,17 @@ mod tests {
         assert_eq!(range.next().await, None);
     }
 
+    /// Yields until `n` requests wait for the fill's head (bounded: a test never hangs).
+    async fn waiters_at(fill: &Fill, n: usize) {
+        for _ in 0..10_000 {
+            if fill.state.lock().head_waiters >= n {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("{n} waiters never registered");
+    }
+
     #[tokio::test]
     async fn bodies_wait_until_every_viewer_that_waited_for_the_head_has_polled_its_reader() {
         let fill = Fill::new();
@@ -654,9 +665,7 @@ mod tests {
                 tokio::spawn(async move { f.head().await })
             })
             .collect();
-        while fill.state.lock().head_waiters < 3 {
-            tokio::task::yield_now().await;
-        }
+        waiters_at(&fill, 3).await;
         fill.push(Bytes::from_static(b"body"));
         fill.set_head(FillHead::Pass("test"));
         for w in waiters {
@@ -681,9 +690,7 @@ mod tests {
         let fill = Fill::new();
         let f = fill.clone();
         let w = tokio::spawn(async move { f.head().await });
-        while fill.state.lock().head_waiters < 1 {
-            tokio::task::yield_now().await;
-        }
+        waiters_at(&fill, 1).await;
         fill.push(Bytes::from_static(b"#EXTM3U"));
         fill.set_head(FillHead::Streaming(Arc::new(StreamHead {
             status: StatusCode::OK,
@@ -705,9 +712,7 @@ mod tests {
         let w = tokio::spawn(async move { f.head().await });
         let f = fill.clone();
         let gone = tokio::spawn(async move { f.head().await });
-        while fill.state.lock().head_waiters < 2 {
-            tokio::task::yield_now().await;
-        }
+        waiters_at(&fill, 2).await;
         fill.push(Bytes::from_static(b"x"));
         fill.set_head(FillHead::Pass("test"));
         drop((w.await, gone.await));
