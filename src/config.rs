@@ -116,6 +116,7 @@ pub struct RawServer {
     pub header_read_timeout: Option<String>,
     pub shutdown_grace: Option<String>,
     pub zero_copy: Option<bool>,
+    pub send_buffer: Option<String>,
     pub threads: Option<usize>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -193,6 +194,9 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Large RAM-tier bodies live in memfds and go to plain-TCP viewers with `sendfile`.
     pub zero_copy: bool,
+    /// The send buffer a viewer connection gets once it sends a body from anonymous pages
+    /// (`http::zerocopy`); 0 leaves it to the kernel's autotuning.
+    pub send_buffer: usize,
     /// 0: viewers are served on the shared work-stealing runtime (default). N: N threads, each
     /// with its own single-threaded runtime and accept loop (nginx's worker model).
     pub threads: usize,
@@ -586,11 +590,15 @@ impl TryFrom<RawConfig> for Config {
                 Duration::from_secs(10),
             ),
             zero_copy: s.zero_copy.unwrap_or(true),
+            send_buffer: c.size("server.send_buffer", &s.send_buffer, 4 << 20) as usize,
             threads: s.threads.unwrap_or(0),
             tls,
         };
         if server.max_header_size < 8192 {
             c.0.push("server.max_header_size: must be at least 8KiB".into());
+        }
+        if server.send_buffer > 1 << 30 {
+            c.0.push("server.send_buffer: at most 1GiB (0 leaves it to the kernel)".into());
         }
         if server.threads > 1024 {
             c.0.push("server.threads: at most 1024 (0 means the shared runtime)".into());
@@ -730,6 +738,7 @@ mod tests {
             },
             server: RawServer {
                 threads: Some(5000),
+                send_buffer: Some("2GiB".into()),
                 ..RawServer::default()
             },
             ..RawConfig::default()
@@ -742,6 +751,7 @@ mod tests {
             "ram_size",
             "cache.collapse_timeout",
             "server.threads",
+            "server.send_buffer",
         ] {
             assert!(text.contains(field), "{field} missing from: {text}");
         }

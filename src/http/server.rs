@@ -184,6 +184,7 @@ async fn accept_loop(
             },
         };
         let _ = stream.set_nodelay(true);
+        let send_buffer = edge.config.server.send_buffer;
         let edge = edge.clone();
         let svc = service_fn(move |req: Request<Incoming>| {
             let edge = edge.clone();
@@ -192,7 +193,7 @@ async fn accept_loop(
         match &tls {
             None => {
                 let conn = builder
-                    .serve_connection(TokioIo::new(ZeroCopyStream::new(stream)), svc)
+                    .serve_connection(TokioIo::new(ZeroCopyStream::new(stream, send_buffer)), svc)
                     .into_owned();
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {

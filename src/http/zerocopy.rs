@@ -10,9 +10,10 @@
 //! A slice in anonymous pages (`memfile::Source::Pages`) goes through a pipe: `vmsplice` puts
 //! references to its pages in the pipe and `splice` moves them to the socket. Bytes left in the
 //! pipe when the socket is full count as written; every later write, flush or shutdown sends
-//! them first, so the order on the wire is kept. Such a connection's send buffer is raised to
-//! `SPLICE_SNDBUF`, so the kernel holds a whole segment and vedge is not woken to refill it. A connection holds its pipe only while bytes are
-//! in it; empty pipes go back to a shared pool.
+//! them first, so the order on the wire is kept. A connection holds its pipe only while bytes
+//! are in it; empty pipes go back to a shared pool. Such a connection's send buffer is raised
+//! (`server.send_buffer`), so the kernel holds a whole segment and vedge is not woken to refill
+//! it.
 
 use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -36,13 +37,6 @@ static PIPES: AtomicUsize = AtomicUsize::new(0);
 const PIPE_SIZE: libc::c_int = 512 << 10;
 /// A pipe smaller than this (the kernel's default) is not worth splicing through.
 const MIN_PIPE_SIZE: libc::c_int = 64 << 10;
-/// The send buffer of a connection once it sends a body from anonymous pages (the kernel
-/// doubles it for its bookkeeping). A whole 4 MiB segment then fits in the socket: the kernel
-/// sends it as the viewer's window opens, instead of waking vedge to refill a buffer that
-/// autotuning keeps at a few hundred KiB on low-latency paths. The queued bytes are references to
-/// the body's pages, not copies. Side by side on 4 MiB hits (`wrk -t2 -c64 -d8s`, three
-/// alternating pairs), p99 went from 94-96 ms to 77-80 ms at the same req/s, with less edge CPU.
-const SPLICE_SNDBUF: libc::c_int = 4 << 20;
 
 /// Bytes sent with `sendfile` since the process started.
 pub fn sendfile_bytes() -> u64 {
@@ -131,6 +125,19 @@ impl Drop for Pipe {
     }
 }
 
+/// `net.core.wmem_max`, the most `SO_SNDBUF` may ask for; `None` if it cannot be read (the
+/// send buffer is then left to the kernel).
+fn wmem_max() -> Option<libc::c_int> {
+    static MAX: std::sync::OnceLock<Option<libc::c_int>> = std::sync::OnceLock::new();
+    *MAX.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/net/core/wmem_max")
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
 /// Slices shorter than this are never looked up (a lookup takes a read lock).
 const LOOKUP_MIN: usize = 4096;
 
@@ -142,25 +149,39 @@ pub struct ZeroCopyStream {
     no_pipe: bool,
     /// Bytes in the pipe, already reported written, not yet in the socket.
     in_pipe: usize,
-    /// Whether the send buffer has been raised to `SPLICE_SNDBUF`.
+    /// The send buffer to ask for once this connection sends a body from anonymous pages
+    /// (config `server.send_buffer`; 0: the kernel's autotuning). A whole 4 MiB segment then
+    /// fits in the socket: the kernel sends it as the viewer's window opens, instead of waking
+    /// vedge to refill a buffer that autotuning keeps at a few hundred KiB on low-latency paths.
+    /// The queued bytes are references to the body's pages, not copies. Side by side on 4 MiB
+    /// hits (`wrk -t2 -c64 -d8s`, three alternating pairs), p99 went from 94-96 ms to 77-80 ms
+    /// at the same req/s, with less edge CPU.
+    send_buffer: libc::c_int,
+    /// Whether the send buffer has been raised.
     sndbuf_raised: bool,
 }
 
 impl ZeroCopyStream {
-    pub fn new(inner: TcpStream) -> ZeroCopyStream {
+    pub fn new(inner: TcpStream, send_buffer: usize) -> ZeroCopyStream {
         ZeroCopyStream {
+            send_buffer: libc::c_int::try_from(send_buffer).unwrap_or(libc::c_int::MAX),
             inner,
             pipe: None,
             no_pipe: false,
             in_pipe: 0,
-            sndbuf_raised: false,
+            sndbuf_raised: send_buffer == 0,
         }
     }
 
-    /// Raises the send buffer for large bodies, once per connection (`SPLICE_SNDBUF`). It only
-    /// ever grows: a buffer autotuning has already made larger is kept.
+    /// Raises the send buffer for large bodies, once per connection (`send_buffer`). Setting it
+    /// turns the kernel's autotuning off and is capped at `net.core.wmem_max`, which many kernels
+    /// leave at 208 KiB while autotuning may grow a buffer to 4 MiB: so it is only set when the
+    /// capped size is larger than the buffer the socket has now. It never shrinks one.
     fn raise_sndbuf(&mut self) {
         self.sndbuf_raised = true;
+        let Some(want) = wmem_max().map(|cap| cap.min(self.send_buffer)) else {
+            return;
+        };
         let fd = self.inner.as_raw_fd();
         let mut cur: libc::c_int = 0;
         let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
@@ -173,13 +194,13 @@ impl ZeroCopyStream {
                 (&mut cur as *mut libc::c_int).cast(),
                 &mut len,
             );
-            // The kernel reports the doubled value.
-            if got == 0 && cur < 2 * SPLICE_SNDBUF {
+            // The kernel reports (and grants) twice the size asked for.
+            if got == 0 && cur / 2 < want {
                 libc::setsockopt(
                     fd,
                     libc::SOL_SOCKET,
                     libc::SO_SNDBUF,
-                    (&SPLICE_SNDBUF as *const libc::c_int).cast(),
+                    (&want as *const libc::c_int).cast(),
                     std::mem::size_of::<libc::c_int>() as libc::socklen_t,
                 );
             }
@@ -427,7 +448,7 @@ mod tests {
             v
         };
         let buf_before = sndbuf(&sock);
-        let mut zc = ZeroCopyStream::new(sock);
+        let mut zc = ZeroCopyStream::new(sock, 4 << 20);
         let before = splice_bytes();
         zc.write_all(b"head\r\n").await.expect("head");
         zc.write_all(&body).await.expect("body");
@@ -435,14 +456,11 @@ mod tests {
         assert_eq!(zc.in_pipe, 0);
         assert!(zc.pipe.is_none(), "the drained pipe went back to the pool");
         // The send buffer was raised for the large body, as far as `wmem_max` lets it.
-        let cap = std::fs::read_to_string("/proc/sys/net/core/wmem_max")
-            .ok()
-            .and_then(|v| v.trim().parse::<libc::c_int>().ok())
-            .unwrap_or(SPLICE_SNDBUF);
         let after = sndbuf(&zc.inner);
+        let want = wmem_max().map_or(0, |cap| 2 * cap.min(4 << 20));
         assert!(
-            after >= buf_before.max(2 * SPLICE_SNDBUF.min(cap)),
-            "send buffer {buf_before} -> {after}"
+            after >= buf_before.max(want),
+            "send buffer {buf_before} -> {after} (asked for {want})"
         );
         zc.shutdown().await.expect("shutdown");
         drop(zc);
@@ -450,5 +468,51 @@ mod tests {
         assert_eq!(&got[..6], b"head\r\n");
         assert!(got[6..] == src[..], "the bytes after the head are the body");
         assert!(splice_bytes() - before >= len as u64);
+    }
+    #[tokio::test]
+    async fn the_send_buffer_is_raised_but_never_lowered() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let _client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (sock, _) = listener.accept().await.expect("accept");
+        let get = |s: &TcpStream| {
+            let (mut v, mut l): (libc::c_int, libc::socklen_t) = (0, 4);
+            // SAFETY: getsockopt into a live c_int of the size given.
+            unsafe {
+                libc::getsockopt(
+                    s.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_SNDBUF,
+                    (&mut v as *mut libc::c_int).cast(),
+                    &mut l,
+                )
+            };
+            v
+        };
+        let big: libc::c_int = 96 << 10;
+        // SAFETY: setsockopt from a live c_int of the size given.
+        unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUF,
+                (&big as *const libc::c_int).cast(),
+                4,
+            )
+        };
+        let before = get(&sock);
+        let mut zc = ZeroCopyStream::new(sock, 16 << 10);
+        zc.raise_sndbuf();
+        assert_eq!(
+            get(&zc.inner),
+            before,
+            "a smaller setting leaves the buffer alone"
+        );
+        assert!(
+            ZeroCopyStream::new(zc.inner, 0).sndbuf_raised,
+            "0: the kernel's autotuning"
+        );
     }
 }
