@@ -330,10 +330,8 @@ impl Fill {
             {
                 let mut st = self.state.lock();
                 if let Some(h) = st.head.clone() {
-                    // Counted in `heads_pending` if it waited: no longer a waiter either way.
-                    if waiting.0.take().is_some() {
-                        st.head_waiters = st.head_waiters.saturating_sub(1);
-                    }
+                    // `set_head` has taken the count (`heads_pending`); nothing reads it after.
+                    waiting.0 = None;
                     return h;
                 }
                 if waiting.0.is_none() {

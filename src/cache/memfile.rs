@@ -133,9 +133,8 @@ pub fn concat(chunks: &[Bytes], len: usize) -> Bytes {
 pub struct Growing {
     file: Bytes,
     ptr: NonNull<u8>,
-    written: usize,
-    /// `written`, published for `Written` handles once the bytes are in.
-    shared: Arc<AtomicUsize>,
+    /// Bytes written so far; only this value stores it, `Written` handles read it.
+    written: Arc<AtomicUsize>,
 }
 
 /// A read handle on a `Growing` body that hands out slices of the bytes written so far, however
@@ -168,8 +167,7 @@ impl Growing {
             Ok(f) => Some(Growing {
                 ptr: f.ptr,
                 file: f.into_bytes(),
-                written: 0,
-                shared: Arc::default(),
+                written: Arc::default(),
             }),
             Err(e) => {
                 tracing::debug!(error = %e, len, "zero-copy body unavailable; using the heap");
@@ -181,36 +179,31 @@ impl Growing {
     /// Copies `chunk` in after what is already there and returns the slice of the mapping now
     /// holding it, or `None` if it does not fit (nothing is written then).
     pub fn append(&mut self, chunk: &[u8]) -> Option<Bytes> {
-        let end = self.written.checked_add(chunk.len())?;
+        let at = self.written.load(Relaxed);
+        let end = at.checked_add(chunk.len())?;
         if end > self.file.len() {
             return None;
         }
-        // SAFETY: `[written, end)` lies inside the mapping, and no slice of it exists yet (slices
-        // are only made below, of bytes already written), so nothing reads it concurrently.
+        // SAFETY: `[at, end)` lies inside the mapping, and no slice of it exists yet (slices are
+        // only made of bytes already written), so nothing reads it concurrently.
         unsafe {
-            std::ptr::copy_nonoverlapping(
-                chunk.as_ptr(),
-                self.ptr.as_ptr().add(self.written),
-                chunk.len(),
-            );
+            std::ptr::copy_nonoverlapping(chunk.as_ptr(), self.ptr.as_ptr().add(at), chunk.len());
         }
-        let slice = self.file.slice(self.written..end);
-        self.written = end;
-        self.shared.store(end, Release);
-        Some(slice)
+        self.written.store(end, Release);
+        Some(self.file.slice(at..end))
     }
 
     /// A handle for slices of what has been written, from any thread.
     pub fn written(&self) -> Written {
         Written {
             file: self.file.clone(),
-            written: self.shared.clone(),
+            written: self.written.clone(),
         }
     }
 
     /// The whole body, once every byte of it has been written.
     pub fn into_body(self) -> Option<Bytes> {
-        (self.written == self.file.len()).then_some(self.file)
+        (self.written.load(Relaxed) == self.file.len()).then_some(self.file)
     }
 }
 

@@ -411,6 +411,23 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    /// The socket's send buffer as the kernel reports it (twice what was asked for).
+    fn sndbuf(s: &TcpStream) -> libc::c_int {
+        let (mut v, mut l): (libc::c_int, libc::socklen_t) = (0, 4);
+        // SAFETY: getsockopt into a live c_int of the size given.
+        let rc = unsafe {
+            libc::getsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUF,
+                (&mut v as *mut libc::c_int).cast(),
+                &mut l,
+            )
+        };
+        assert_eq!(rc, 0);
+        v
+    }
+
     #[tokio::test]
     async fn a_body_in_anonymous_pages_is_spliced_whole_and_the_pipe_goes_back_empty() {
         memfile::configure(true);
@@ -432,21 +449,6 @@ mod tests {
             got
         });
         let (sock, _) = listener.accept().await.expect("accept");
-        let sndbuf = |s: &TcpStream| {
-            let (mut v, mut l): (libc::c_int, libc::socklen_t) = (0, 4);
-            // SAFETY: getsockopt into a live c_int of the size given.
-            let rc = unsafe {
-                libc::getsockopt(
-                    s.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_SNDBUF,
-                    (&mut v as *mut libc::c_int).cast(),
-                    &mut l,
-                )
-            };
-            assert_eq!(rc, 0);
-            v
-        };
         let buf_before = sndbuf(&sock);
         let mut zc = ZeroCopyStream::new(sock, 4 << 20);
         let before = splice_bytes();
@@ -469,6 +471,7 @@ mod tests {
         assert!(got[6..] == src[..], "the bytes after the head are the body");
         assert!(splice_bytes() - before >= len as u64);
     }
+
     #[tokio::test]
     async fn the_send_buffer_is_raised_but_never_lowered() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -477,20 +480,6 @@ mod tests {
         let addr = listener.local_addr().expect("addr");
         let _client = tokio::net::TcpStream::connect(addr).await.expect("connect");
         let (sock, _) = listener.accept().await.expect("accept");
-        let get = |s: &TcpStream| {
-            let (mut v, mut l): (libc::c_int, libc::socklen_t) = (0, 4);
-            // SAFETY: getsockopt into a live c_int of the size given.
-            unsafe {
-                libc::getsockopt(
-                    s.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_SNDBUF,
-                    (&mut v as *mut libc::c_int).cast(),
-                    &mut l,
-                )
-            };
-            v
-        };
         let big: libc::c_int = 96 << 10;
         // SAFETY: setsockopt from a live c_int of the size given.
         unsafe {
@@ -502,11 +491,11 @@ mod tests {
                 4,
             )
         };
-        let before = get(&sock);
+        let before = sndbuf(&sock);
         let mut zc = ZeroCopyStream::new(sock, 16 << 10);
         zc.raise_sndbuf();
         assert_eq!(
-            get(&zc.inner),
+            sndbuf(&zc.inner),
             before,
             "a smaller setting leaves the buffer alone"
         );
