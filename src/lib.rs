@@ -15,13 +15,15 @@ pub mod admin;
 pub mod bench;
 pub mod cache;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod demo;
-pub mod edge;
 pub mod http;
 pub mod ingest;
 pub mod manifest;
+pub mod metrics;
 pub mod origin;
+pub mod proxy;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -30,7 +32,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
-pub use edge::Edge;
+pub use proxy::Edge;
 
 /// The bound listeners `run` serves. Bound by the caller (main.rs or a test on 127.0.0.1:0) after
 /// the config validated, so a bad config never holds a port.

@@ -2,7 +2,6 @@
 //! ingest work, push) behind a bearer token. Runs on its own listener so viewers never reach it.
 
 pub mod ingest;
-pub mod metrics;
 
 use std::convert::Infallible;
 use std::fmt::Write;
@@ -18,8 +17,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::key::{cache_key, normalise_host};
-use crate::edge::Edge;
 use crate::http::body::Body;
+use crate::proxy::Edge;
 
 /// Serves the admin API until `shutdown`.
 pub async fn serve(edge: Arc<Edge>, listener: TcpListener, shutdown: CancellationToken) {

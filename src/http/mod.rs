@@ -1,8 +1,8 @@
-//! The viewer side: the hyper server (HTTP/1.1, h2c, TLS), the request path, ranges, responses.
+//! The viewer side: the hyper server (HTTP/1.1, h2c, TLS), response building, ranges, bodies and
+//! zero-copy sending. It knows nothing of caching: the request path (`proxy`) plugs in as a
+//! `server::Handler`.
 
 pub mod body;
-pub mod fetch;
-pub mod handler;
 pub mod range;
 pub mod response;
 pub mod server;

@@ -11,7 +11,6 @@ use crate::cache::fill::Fill;
 use crate::cache::status::CacheStatus;
 use crate::http::body::Body;
 use crate::http::range;
-use crate::origin::OriginError;
 
 /// What the request asked for, as far as building the response goes.
 pub struct Ask<'a> {
@@ -196,66 +195,6 @@ fn if_range_matches(req: &HeaderMap, stored: &HeaderMap) -> bool {
     ) {
         (Some(a), Some(b)) => a == b,
         _ => false,
-    }
-}
-
-/// A request failure, by whose fault it is.
-#[derive(Debug, thiserror::Error)]
-pub enum EdgeError {
-    #[error("loop detected: this request already passed through this node (CDN-Loop)")]
-    Loop,
-    #[error("no origin route for this path")]
-    NoRoute,
-    #[error("bad request: {0}")]
-    BadRequest(&'static str),
-    #[error("{0}")]
-    Origin(#[from] OriginError),
-}
-
-impl EdgeError {
-    pub fn status(&self) -> StatusCode {
-        match self {
-            EdgeError::Loop => StatusCode::LOOP_DETECTED,
-            EdgeError::NoRoute => StatusCode::BAD_GATEWAY,
-            EdgeError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            EdgeError::Origin(OriginError::Timeout) => StatusCode::GATEWAY_TIMEOUT,
-            EdgeError::Origin(OriginError::Internal) => StatusCode::INTERNAL_SERVER_ERROR,
-            EdgeError::Origin(_) => StatusCode::BAD_GATEWAY,
-        }
-    }
-
-    fn detail(&self) -> &'static str {
-        match self {
-            EdgeError::Loop => "loop",
-            EdgeError::NoRoute => "no-route",
-            EdgeError::BadRequest(_) => "bad-request",
-            EdgeError::Origin(e) => e.as_str(),
-        }
-    }
-
-    /// A short plain-text response naming the problem.
-    pub fn response(&self, cdn_id: &str) -> Response<Body> {
-        let mut resp = Response::new(Body::full(Bytes::from(format!("vedge: {self}\n"))));
-        *resp.status_mut() = self.status();
-        let h = resp.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        let status = match self {
-            EdgeError::Origin(_) => CacheStatus::Miss,
-            _ => CacheStatus::Bypass,
-        };
-        stamp(
-            &mut resp,
-            CacheInfo {
-                status,
-                cache_status: format!("{cdn_id}; fwd=miss; detail={}", self.detail()),
-                age: None,
-            },
-        );
-        resp
     }
 }
 

@@ -2,6 +2,7 @@
 //! limits (header size, header read timeout), graceful drain on shutdown, and the access log.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -19,13 +20,24 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::metrics::Metrics;
 use crate::config::ServerConfig;
-use crate::edge::Edge;
 use crate::http::body::{Body, BoxError};
-use crate::http::handler;
 use crate::http::response::LogInfo;
 use crate::http::zerocopy::ZeroCopyStream;
+use crate::metrics::Metrics;
+
+/// What the viewer listener serves: the request path (`proxy`), with the settings and counters
+/// the listener itself needs. The server knows nothing of caching; `lib.rs` hands it the edge.
+pub trait Handler: Clone + Send + Sync + Unpin + 'static {
+    /// Answers one request. Never fails: errors are responses.
+    fn handle(
+        &self,
+        req: Request<Incoming>,
+        peer: Option<SocketAddr>,
+    ) -> impl Future<Output = Response<Body>> + Send;
+    fn server_config(&self) -> &ServerConfig;
+    fn metrics(&self) -> &Metrics;
+}
 
 /// The connection builder with our limits.
 pub fn builder(cfg: &ServerConfig) -> auto::Builder<TokioExecutor> {
@@ -51,13 +63,13 @@ pub fn builder(cfg: &ServerConfig) -> auto::Builder<TokioExecutor> {
 /// on a single-threaded runtime (nginx's worker model): a connection lives on the thread that
 /// accepted it, so a request never wakes another thread, but a thread that loses its core stalls
 /// its connections. Fills, the store and the origin pool are shared either way.
-pub async fn serve(
-    edge: Arc<Edge>,
+pub async fn serve<H: Handler>(
+    edge: H,
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: CancellationToken,
 ) {
-    let threads = edge.config.server.threads;
+    let threads = edge.server_config().threads;
     if threads == 0 {
         return accept_loop(edge, listener, tls, shutdown).await;
     }
@@ -130,16 +142,12 @@ pub fn bind_viewer(
 /// 1,024 overflowed at 2,000 simultaneous joins). The kernel caps it at `net.core.somaxconn`.
 pub const LISTEN_BACKLOG: i32 = 65_535;
 
-type Worker = (
-    Arc<Edge>,
-    Option<tokio_rustls::TlsAcceptor>,
-    CancellationToken,
-);
+type Worker<H> = (H, Option<tokio_rustls::TlsAcceptor>, CancellationToken);
 
 /// One viewer worker: a single-threaded runtime running an accept loop until shutdown and drain.
-fn worker_thread(
+fn worker_thread<H: Handler>(
     listener: std::net::TcpListener,
-    (edge, tls, shutdown): Worker,
+    (edge, tls, shutdown): Worker<H>,
     done: tokio::sync::oneshot::Sender<()>,
 ) {
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -161,13 +169,13 @@ fn worker_thread(
     let _ = done.send(());
 }
 
-async fn accept_loop(
-    edge: Arc<Edge>,
+async fn accept_loop<H: Handler>(
+    edge: H,
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: CancellationToken,
 ) {
-    let builder = Arc::new(builder(&edge.config.server));
+    let builder = Arc::new(builder(&edge.server_config()));
     let graceful = GracefulShutdown::new();
     loop {
         // Races a new connection against shutdown; shutdown wins and stops accepting.
@@ -184,7 +192,7 @@ async fn accept_loop(
             },
         };
         let _ = stream.set_nodelay(true);
-        let send_buffer = edge.config.server.send_buffer;
+        let send_buffer = edge.server_config().send_buffer;
         let edge = edge.clone();
         let svc = service_fn(move |req: Request<Incoming>| {
             let edge = edge.clone();
@@ -220,7 +228,7 @@ async fn accept_loop(
         }
     }
     drop(listener);
-    let grace = edge.config.server.shutdown_grace;
+    let grace = edge.server_config().shutdown_grace;
     tokio::select! {
         _ = graceful.shutdown() => tracing::info!("all connections drained"),
         _ = tokio::time::sleep(grace) => tracing::warn!(?grace, "grace period over; closing remaining connections"),
@@ -228,11 +236,11 @@ async fn accept_loop(
 }
 
 /// Handles a request and wraps the body so the access line is written when it ends.
-pub async fn respond(
-    edge: Arc<Edge>,
+pub async fn respond<H: Handler>(
+    edge: H,
     req: Request<Incoming>,
     peer: Option<SocketAddr>,
-) -> Response<Logged> {
+) -> Response<Logged<H>> {
     let started = Instant::now();
     let method = req.method().clone();
     // The path is kept only for the access line; with access logging off it is not copied.
@@ -241,7 +249,7 @@ pub async fn respond(
     } else {
         String::new()
     };
-    let resp = handler::handle(edge.clone(), req, peer).await;
+    let resp = edge.handle(req, peer).await;
     let info = resp
         .extensions()
         .get::<LogInfo>()
@@ -263,8 +271,8 @@ pub async fn respond(
     })
 }
 
-struct AccessLine {
-    edge: Arc<Edge>,
+struct AccessLine<H: Handler> {
+    edge: H,
     method: Method,
     path: String,
     status: u16,
@@ -274,14 +282,14 @@ struct AccessLine {
 
 /// A response body that counts what it sent and logs one access line when it is finished or
 /// dropped (a dropped, unfinished body is an aborted response).
-pub struct Logged {
+pub struct Logged<H: Handler> {
     body: Body,
     sent: u64,
     done: bool,
-    line: Option<AccessLine>,
+    line: Option<AccessLine<H>>,
 }
 
-impl http_body::Body for Logged {
+impl<H: Handler> http_body::Body for Logged<H> {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -312,11 +320,11 @@ impl http_body::Body for Logged {
     }
 }
 
-impl Drop for Logged {
+impl<H: Handler> Drop for Logged<H> {
     fn drop(&mut self) {
         let Some(l) = self.line.take() else { return };
         let complete = self.done || http_body::Body::is_end_stream(&self.body);
-        let m = &l.edge.metrics;
+        let m = l.edge.metrics();
         m.bytes_sent
             .fetch_add(self.sent, std::sync::atomic::Ordering::Relaxed);
         if !complete {

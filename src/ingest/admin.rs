@@ -28,10 +28,10 @@ use super::engine::{
 };
 use super::store::cached_object;
 use crate::cache::key::cache_key;
-use crate::edge::Edge;
 use crate::http::body::Body;
 use crate::manifest::fetch::HttpFetcher;
 use crate::manifest::{discover, ObjectKind, Scope, WalkOptions};
+use crate::proxy::Edge;
 
 /// Largest body accepted by `PUT /admin/objects/...`.
 pub const MAX_PUSH_BYTES: usize = 1 << 30;
@@ -67,7 +67,7 @@ impl Sink for EdgeSink {
                     store
                         .insert_durable(
                             key.as_bytes(),
-                            crate::edge::store_meta(&obj),
+                            crate::proxy::tiers::store_meta(&obj),
                             obj.body.clone(),
                             vedge_storage::Source::Push,
                         )
@@ -293,7 +293,7 @@ where
         allow_partial: r.allow_partial,
         ..IngestOptions::default()
     };
-    tokio::spawn(async move {
+    edge.spawn(async move {
         let fetcher = HttpFetcher::new(Duration::from_secs(30), 3);
         let mut reports = Vec::new();
         for url in urls {

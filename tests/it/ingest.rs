@@ -324,7 +324,7 @@ async fn admin_ingest_job_and_push_fill_the_running_edge() {
     let o = origin(fixtures(), Vec::new()).await;
     let config = vedge::config::Config::for_origin(&format!("http://{}", o.addr)).expect("config");
     let drop = config.cache.drop_query_params.clone();
-    let edge = vedge::edge::Edge::new(config).await.expect("edge");
+    let edge = vedge::Edge::new(config).await.expect("edge");
     let jobs = Arc::new(IngestJobs::default());
 
     // PUT one object, push-CDN style.
@@ -391,7 +391,7 @@ async fn admin_ingest_job_and_push_fill_the_running_edge() {
 }
 
 /// Serves `handle` behind a bearer-token check, standing in for the lead's admin listener.
-async fn admin_server(edge: Arc<vedge::edge::Edge>, token: &'static str) -> std::net::SocketAddr {
+async fn admin_server(edge: Arc<vedge::Edge>, token: &'static str) -> std::net::SocketAddr {
     use vedge::ingest::admin::{handle, IngestJobs};
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
@@ -454,7 +454,7 @@ async fn cli_admin_mode_pushes_a_local_dir_and_runs_a_job_and_a_wrong_token_chan
     let o = origin(fixtures(), Vec::new()).await;
     let config = vedge::config::Config::for_origin(&format!("http://{}", o.addr)).expect("config");
     let drop = config.cache.drop_query_params.clone();
-    let edge = vedge::edge::Edge::new(config).await.expect("edge");
+    let edge = vedge::Edge::new(config).await.expect("edge");
     let admin = format!("http://{}", admin_server(edge.clone(), "s3cret").await);
     let dir = fixtures().join("hls-ts");
     let dir_s = dir.to_string_lossy().into_owned();
@@ -550,7 +550,7 @@ async fn with_the_origin_stopped_every_ingested_object_is_a_hit_and_a_failed_ass
         admit_window: Duration::from_secs(600),
         write_rate: None,
     });
-    let edge = vedge::edge::Edge::new(config).await.expect("edge");
+    let edge = vedge::Edge::new(config).await.expect("edge");
     let admin = format!("http://{}", admin_server(edge.clone(), "s3cret").await);
     let client = vedge::ingest::client::AdminClient::new(&admin, "s3cret", HOST);
     let status = client

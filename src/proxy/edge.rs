@@ -1,0 +1,193 @@
+//! The edge's shared state: config, RAM tier, store, fills in flight, hit-for-pass memory, the
+//! origin client, metrics, the clock, and the tracker of every task the edge spawns (fills,
+//! background revalidations, ingest jobs), which shutdown drains before the store closes. The
+//! tier operations over this state are in `tiers.rs`.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use quick_cache::sync::Cache;
+
+use std::future::Future;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::Relaxed;
+
+use tokio_util::task::TaskTracker;
+use vedge_storage::{EngineChoice, Store, StoreConfig};
+
+use crate::cache::lock::FillTable;
+use crate::cache::memfile;
+use crate::cache::ram::RamTier;
+use crate::cache::vary::VarySpec;
+use crate::clock::Clock;
+use crate::config::{Config, IoEngineChoice};
+use crate::metrics::Metrics;
+use crate::origin::OriginClient;
+
+pub struct Edge {
+    pub config: Config,
+    /// This process's CDN-Loop node name: random per start.
+    pub node: String,
+    pub ram: RamTier,
+    /// The SSD store under the RAM tier, if configured.
+    pub store: Option<Store>,
+    pub fills: Arc<FillTable>,
+    /// Keys whose responses were not shareable, until when they stay uncached.
+    pub hit_for_pass: SparseCache<SystemTime>,
+    /// Base key -> the request headers its responses vary on.
+    pub vary_index: SparseCache<Arc<VarySpec>>,
+    pub origin: OriginClient,
+    pub metrics: Metrics,
+    /// Wall-clock time for freshness (the system clock; tests inject tokio's).
+    pub clock: Clock,
+    /// Every task the edge spawns that may touch the tiers: drained before the store closes.
+    pub tasks: TaskTracker,
+}
+
+impl Edge {
+    pub async fn new(config: Config) -> anyhow::Result<Arc<Edge>> {
+        Edge::with_clock(config, Clock::System).await
+    }
+
+    /// An edge whose freshness decisions read `clock` (tests: `Clock::tokio()`).
+    pub async fn with_clock(config: Config, clock: Clock) -> anyhow::Result<Arc<Edge>> {
+        let node = format!("{:08x}", rand::random::<u32>());
+        let origin = OriginClient::new(&config.origin_client, &config.cdn_id, &node);
+        let store = match &config.store {
+            None => None,
+            Some(s) => {
+                let mut sc = StoreConfig::new(&s.path, s.size);
+                sc.region_size = s.region_size;
+                sc.reformat = s.reformat;
+                sc.engine = match s.io_engine {
+                    IoEngineChoice::Auto => EngineChoice::Auto,
+                    IoEngineChoice::Uring => EngineChoice::Uring,
+                    IoEngineChoice::Psync => EngineChoice::Psync,
+                };
+                sc.admit_window = s.admit_window;
+                sc.write_rate_limit = s.write_rate;
+                let store = Store::open(sc)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("store {}: {e}", s.path.display()))?;
+                let st = store.stats();
+                tracing::info!(
+                    path = %s.path.display(),
+                    objects = st.objects,
+                    bytes = st.bytes,
+                    engine = ?st.engine,
+                    direct_io = st.direct_io,
+                    "store open"
+                );
+                Some(store)
+            }
+        };
+        memfile::configure(config.server.zero_copy);
+        Ok(Arc::new(Edge {
+            store,
+            ram: RamTier::new(config.ram_size, config.cache.max_object_size),
+            fills: Arc::new(FillTable::default()),
+            hit_for_pass: SparseCache::new(100_000),
+            vary_index: SparseCache::new(100_000),
+            origin,
+            metrics: Metrics::default(),
+            clock,
+            tasks: TaskTracker::new(),
+            node,
+            config,
+        }))
+    }
+
+    /// Runs `task` on the runtime, tracked so shutdown waits for it before closing the store.
+    /// Use it for every task that outlives a request (fills, revalidations, ingest jobs).
+    pub fn spawn<F>(&self, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.spawn(task);
+    }
+
+    /// Waits up to `grace` for the tracked tasks, then flushes and closes the store (clean
+    /// shutdown: the next start is warm and fast). A task still running after the grace period
+    /// (a fill from a stalled origin) is logged and left behind: the store refuses its insert
+    /// once closed, so nothing half-written is kept.
+    pub async fn close(&self) {
+        self.tasks.close();
+        let grace = self.config.server.shutdown_grace;
+        if tokio::time::timeout(grace, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                running = self.tasks.len(),
+                "tasks still running after the shutdown grace period; closing the store anyway"
+            );
+        }
+        if let Some(store) = &self.store {
+            if let Err(e) = store.clone().close().await {
+                tracing::error!(error = %e, "store close failed; the next start will recover");
+            }
+        }
+    }
+
+    /// Whether `key` is remembered as uncacheable.
+    pub fn is_hit_for_pass(&self, key: &str) -> bool {
+        match self.hit_for_pass.get(key) {
+            Some(until) if until > self.clock.now() => true,
+            Some(_) => {
+                self.hit_for_pass.remove(key);
+                false
+            }
+            None => false,
+        }
+    }
+
+    pub fn remember_pass(&self, key: &str, ttl: Duration) {
+        if !ttl.is_zero() {
+            // The TTL comes from config (validated), but never trust an addition to overflow.
+            let now = self.clock.now();
+            let until = now.checked_add(ttl).unwrap_or(now);
+            self.hit_for_pass.insert(key.to_string(), until);
+        }
+    }
+}
+
+/// A bounded map that is empty on most edges (hit-for-pass keys, Vary specs) but consulted on
+/// every request: until something is first inserted, reads return at once instead of hashing the
+/// key and taking a shard lock (quick_cache's `is_empty` locks every shard).
+pub struct SparseCache<V> {
+    map: Cache<String, V>,
+    used: AtomicBool,
+}
+
+impl<V: Clone> SparseCache<V> {
+    pub fn new(capacity: usize) -> SparseCache<V> {
+        SparseCache {
+            map: Cache::new(capacity),
+            used: AtomicBool::new(false),
+        }
+    }
+
+    pub fn get(&self, key: &str) -> Option<V> {
+        if !self.used.load(Relaxed) {
+            return None;
+        }
+        self.map.get(key)
+    }
+
+    pub fn insert(&self, key: String, value: V) {
+        self.used.store(true, Relaxed);
+        self.map.insert(key, value);
+    }
+
+    pub fn remove(&self, key: &str) {
+        if self.used.load(Relaxed) {
+            self.map.remove(key);
+        }
+    }
+
+    pub fn retain(&self, keep: impl Fn(&String, &V) -> bool) {
+        if self.used.load(Relaxed) {
+            self.map.retain(keep);
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! The fill driver: one origin fetch per key, detached from any viewer. It publishes the origin's
+//! answer to the fill's readers, streams the body into the fill, and stores the object when the
+//! body completed intact and the response is storable. Nothing is stored from a failed or short
+//! body; readers of such a fill see their responses aborted.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header;
+use http::{HeaderMap, Method, StatusCode};
+use http_body_util::BodyExt;
+
+use crate::cache::fill::{Fill, FillError, FillHead, StreamHead};
+use crate::cache::lock::FillGuard;
+use crate::cache::object::{strip_hop_by_hop, tags_of, CachedObject};
+use crate::cache::policy::{self, ContentClass, Decision, DecisionInput};
+use crate::cache::vary;
+use crate::metrics::Metrics;
+use crate::origin::OriginClient;
+use crate::proxy::edge::Edge;
+use crate::proxy::request::Req;
+
+/// What the driver needs from the request that started the fill.
+pub struct FillJob {
+    route: usize,
+    path_and_query: String,
+    base_key: String,
+    /// The leader's request headers: sent to the origin (conditionals removed) and used to
+    /// compute the variant the response is stored under.
+    viewer_headers: HeaderMap,
+    host: String,
+    peer: Option<std::net::IpAddr>,
+    stale: Option<Arc<CachedObject>>,
+}
+
+impl FillJob {
+    pub fn new(req: &Req<'_>, base_key: &str, stale: Option<Arc<CachedObject>>) -> FillJob {
+        let route = req
+            .edge
+            .config
+            .routes
+            .iter()
+            .position(|r| std::ptr::eq(r, req.route))
+            .unwrap_or(0);
+        FillJob {
+            route,
+            path_and_query: req.path_and_query.clone(),
+            base_key: base_key.to_string(),
+            viewer_headers: req.parts.headers.clone(),
+            host: req.host.clone(),
+            peer: req.peer.map(|p| p.ip()),
+            stale,
+        }
+    }
+}
+
+/// What an oversized fill may hold for its slowest viewer before it stops reading the origin.
+const TRIM_WINDOW: u64 = 16 << 20;
+
+/// Runs one fill to completion. The guard releases the key when this returns (or panics).
+pub async fn drive_fill(edge: Arc<Edge>, guard: FillGuard, fill: Arc<Fill>, job: FillJob) {
+    let key = guard.key().to_string();
+    let result = run(&edge, &fill, &guard, job).await;
+    if let Err(e) = result {
+        Metrics::inc(&edge.metrics.fills_aborted);
+        tracing::warn!(key = %key, error = %e, "fill aborted; nothing stored");
+        fill.finish(Err(e));
+    }
+    drop(guard);
+}
+
+async fn run(
+    edge: &Arc<Edge>,
+    fill: &Arc<Fill>,
+    guard: &FillGuard,
+    job: FillJob,
+) -> Result<(), FillError> {
+    let key = guard.key();
+    let route = &edge.config.routes[job.route];
+    let mut headers = edge
+        .origin
+        .origin_headers(route, &job.viewer_headers, &job.host, job.peer);
+    // The cache fetches whole representations; the viewer's own conditionals and ranges are
+    // answered from what arrives.
+    for h in [
+        header::RANGE,
+        header::IF_RANGE,
+        header::IF_NONE_MATCH,
+        header::IF_MODIFIED_SINCE,
+        header::IF_MATCH,
+        header::IF_UNMODIFIED_SINCE,
+    ] {
+        headers.remove(h);
+    }
+    if let Some(stale) = &job.stale {
+        if let Some(etag) = stale.etag() {
+            headers.insert(header::IF_NONE_MATCH, etag.clone());
+        }
+        if let Some(lm) = stale.last_modified() {
+            headers.insert(header::IF_MODIFIED_SINCE, lm.clone());
+        }
+    }
+    let uri = match OriginClient::uri_for(route, &job.path_and_query) {
+        Ok(u) => u,
+        Err(e) => {
+            fill.set_head(FillHead::Failed(e));
+            return Ok(());
+        }
+    };
+    Metrics::inc(&edge.metrics.origin_fetches);
+    let sent = Instant::now();
+    let resp = match edge.origin.fetch(Method::GET, uri, headers).await {
+        Ok(r) => r,
+        Err(e) => {
+            Metrics::inc(&edge.metrics.origin_errors);
+            tracing::debug!(key, error = %e, "origin fetch failed");
+            fill.set_head(FillHead::Failed(e));
+            return Ok(());
+        }
+    };
+    let response_delay = sent.elapsed();
+    let (mut parts, mut body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    let cache = &edge.config.cache;
+    let decide = |status, headers: &HeaderMap, class| {
+        policy::decide(&DecisionInput {
+            status,
+            headers,
+            rules: edge.config.ttl_for(route, class),
+            class,
+            negative_ttl: cache.negative_ttl,
+            manifest_stale_factor: cache.manifest_stale_factor,
+            max_object_size: cache.max_object_size,
+            response_delay,
+            now: edge.clock.now(),
+        })
+    };
+
+    if parts.status == StatusCode::NOT_MODIFIED {
+        if let Some(stale) = &job.stale {
+            // RFC 9111 §4.3.4: update the stored headers, keep the body.
+            let mut merged = stale.merged_headers(&parts.headers);
+            let decision = decide(stale.status, &merged, stale.class);
+            if let Decision::Store(freshness) = decision {
+                merged.remove(header::AGE);
+                let refreshed = Arc::new(CachedObject {
+                    stored_at: edge.clock.now(),
+                    ..stale.refreshed(merged, freshness)
+                });
+                edge.insert(key.to_string(), refreshed.clone());
+                fill.set_head(FillHead::Complete(refreshed));
+            } else {
+                edge.purge_key(key);
+                fill.set_head(FillHead::Complete(stale.clone()));
+            }
+            fill.finish(Ok(()));
+            return Ok(());
+        }
+    }
+
+    let path = job.path_and_query.split('?').next().unwrap_or("");
+    let class = ContentClass::classify(
+        path,
+        parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok()),
+    );
+    let decision = decide(parts.status, &parts.headers, class);
+    if let Decision::Pass(reason) = decision {
+        edge.remember_pass(&job.base_key, cache.hit_for_pass_ttl);
+        if job.stale.is_some() {
+            edge.purge_key(key);
+        }
+        fill.set_pass(http::Response::from_parts(parts, body), reason);
+        return Ok(());
+    }
+
+    let spec = vary::parse(&parts.headers).unwrap_or_default();
+    let leader_variant = spec.variant(&job.viewer_headers);
+    let store_key = if spec.is_empty() {
+        edge.vary_index.remove(&job.base_key);
+        job.base_key.clone()
+    } else {
+        edge.vary_index
+            .insert(job.base_key.clone(), Arc::new(spec.clone()));
+        format!("{}{leader_variant}", job.base_key)
+    };
+    let content_length = policy::content_length(&parts.headers);
+    let age = match &decision {
+        Decision::Store(f) => f.initial_age,
+        _ => {
+            let origin_age = parts
+                .headers
+                .get(header::AGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            std::time::Duration::from_secs(origin_age) + response_delay
+        }
+    };
+    parts.headers.remove(header::AGE);
+    let mut store = matches!(decision, Decision::Store(_));
+    fill.set_head(FillHead::Streaming(Arc::new(StreamHead {
+        status: parts.status,
+        headers: parts.headers.clone(),
+        content_length,
+        stored: store,
+        vary: spec.clone(),
+        leader_variant,
+        refetch: job.stale.is_some(),
+        age: age.as_secs(),
+    })));
+
+    if let Some(len) = content_length.filter(|&n| store && n <= cache.max_object_size) {
+        fill.reserve(len);
+    }
+    let idle = edge.origin.between_bytes_timeout();
+    let mut received = 0u64;
+    let mut trimming = false;
+    loop {
+        match tokio::time::timeout(idle, body.frame()).await {
+            Err(_) => return Err(FillError::Timeout),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                tracing::debug!(key, error = %e, "origin body failed");
+                return Err(FillError::Origin);
+            }
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    received += data.len() as u64;
+                    let outgrown = received > cache.max_object_size;
+                    if outgrown && !trimming {
+                        // Too large to keep (a body without a length that turned out bigger
+                        // than `max_object_size`): it goes on streaming to the viewers reading
+                        // it, holding only what the slowest of them still needs; new requests
+                        // pass to the origin themselves.
+                        trimming = true;
+                        store = false;
+                        guard.release();
+                        edge.remember_pass(&job.base_key, cache.hit_for_pass_ttl);
+                        fill.stop_keeping();
+                    }
+                    fill.push(data);
+                    if trimming && !fill.wait_for_readers(TRIM_WINDOW).await {
+                        tracing::debug!(key, "every viewer of an oversized body left");
+                        return Err(FillError::Abandoned);
+                    }
+                }
+            }
+        }
+    }
+    if content_length.is_some_and(|cl| cl != received) {
+        return Err(FillError::Truncated);
+    }
+    match decision {
+        Decision::Store(freshness) if store => {
+            let tags = tags_of(&parts.headers);
+            let obj = CachedObject {
+                status: parts.status,
+                headers: parts.headers,
+                body: fill.body(),
+                class,
+                freshness,
+                stored_at: edge.clock.now(),
+                vary: spec,
+                tags,
+                pinned: false,
+                disk: Default::default(),
+            };
+            edge.insert(store_key, Arc::new(obj));
+        }
+        _ => {
+            if job.stale.is_some() && parts.status.is_success() {
+                // A fresh answer that may not be stored replaces nothing: drop the stale copy.
+                edge.purge_key(key);
+            }
+        }
+    }
+    fill.finish(Ok(()));
+    Ok(())
+}

@@ -1,0 +1,45 @@
+//! The miss path in one room: the edge's shared state (`edge`), the tiers under it (`tiers`:
+//! RAM over the SSD store), the request state machine (`request`), the fill driver that fetches
+//! from the origin once per key and streams into the fill (`fill`), pass-through (`pass`) and
+//! request errors (`error`). The viewer side (`http`) calls in through `http::server::Handler`;
+//! nothing here accepts connections, and only `origin` opens outbound ones.
+
+pub mod edge;
+pub mod error;
+pub mod fill;
+pub mod pass;
+pub mod request;
+pub mod tiers;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+
+use crate::config::ServerConfig;
+use crate::http::body::Body;
+use crate::http::server::Handler;
+use crate::metrics::Metrics;
+
+pub use edge::Edge;
+pub use tiers::Tier;
+
+impl Handler for Arc<Edge> {
+    fn handle(
+        &self,
+        req: Request<Incoming>,
+        peer: Option<SocketAddr>,
+    ) -> impl Future<Output = Response<Body>> + Send {
+        request::handle(self.clone(), req, peer)
+    }
+
+    fn server_config(&self) -> &ServerConfig {
+        &self.config.server
+    }
+
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+}
