@@ -175,7 +175,7 @@ async fn accept_loop<H: Handler>(
     tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: CancellationToken,
 ) {
-    let builder = Arc::new(builder(&edge.server_config()));
+    let builder = Arc::new(builder(edge.server_config()));
     let graceful = GracefulShutdown::new();
     loop {
         // Races a new connection against shutdown; shutdown wins and stops accepting.
