@@ -8,13 +8,13 @@ use quick_cache::sync::Cache;
 
 use crate::admin::metrics::Metrics;
 use crate::cache::lock::FillTable;
-use crate::cache::memfile;
 use crate::cache::object::CachedObject;
 use crate::cache::policy::ContentClass;
 use crate::cache::ram::RamTier;
 use crate::cache::vary::VarySpec;
 use crate::config::{Config, IoEngineChoice};
 use crate::origin::OriginClient;
+use crate::zerocopy::ZeroCopy;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -50,6 +50,9 @@ pub struct Edge {
     pub vary_index: SparseCache<Arc<VarySpec>>,
     pub origin: OriginClient,
     pub metrics: Metrics,
+    /// Zero-copy placement and sending (`server.zero_copy`): this edge's bodies, budget, pipes
+    /// and counters, handed to the fill driver, the viewer sockets and the admin metrics.
+    pub zero_copy: Arc<ZeroCopy>,
 }
 
 impl Edge {
@@ -84,7 +87,6 @@ impl Edge {
                 Some(store)
             }
         };
-        memfile::configure(config.server.zero_copy);
         Ok(Arc::new(Edge {
             store,
             ram: RamTier::new(config.ram_size, config.cache.max_object_size),
@@ -93,6 +95,7 @@ impl Edge {
             vary_index: SparseCache::new(100_000),
             origin,
             metrics: Metrics::default(),
+            zero_copy: ZeroCopy::new(config.server.zero_copy),
             node,
             config,
         }))
@@ -120,7 +123,7 @@ impl Edge {
         let hit = self.store.as_ref()?.lookup(key.as_bytes()).await?;
         let obj = Arc::new(CachedObject::decode(
             &hit.meta.head,
-            memfile::adopt(hit.body),
+            self.zero_copy.adopt(hit.body),
             hit.meta.tags,
         )?);
         self.ram.insert(key.to_string(), obj.clone());

@@ -22,6 +22,7 @@ pub mod http;
 pub mod ingest;
 pub mod manifest;
 pub mod origin;
+pub mod zerocopy;
 
 use std::future::Future;
 use std::sync::Arc;

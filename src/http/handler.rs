@@ -358,7 +358,7 @@ async fn through_fill(
         },
         FillHead::Failed(e) => match stale.as_deref().filter(|o| stale_ok(o)) {
             Some(obj) => serve_stale(req, obj, now, "stale-if-error"),
-            None => return Err(EdgeError::Origin(e)),
+            None => return Err(e.into()),
         },
     };
     Ok(FillOutcome::Done(resp))

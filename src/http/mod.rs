@@ -6,4 +6,3 @@ pub mod handler;
 pub mod range;
 pub mod response;
 pub mod server;
-pub mod zerocopy;

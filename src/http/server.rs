@@ -25,7 +25,7 @@ use crate::edge::Edge;
 use crate::http::body::{Body, BoxError};
 use crate::http::handler;
 use crate::http::response::LogInfo;
-use crate::http::zerocopy::ZeroCopyStream;
+use crate::zerocopy::ZeroCopyStream;
 
 /// The connection builder with our limits.
 pub fn builder(cfg: &ServerConfig) -> auto::Builder<TokioExecutor> {
@@ -185,6 +185,7 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let send_buffer = edge.config.server.send_buffer;
+        let zero_copy = edge.zero_copy.clone();
         let edge = edge.clone();
         let svc = service_fn(move |req: Request<Incoming>| {
             let edge = edge.clone();
@@ -193,7 +194,10 @@ async fn accept_loop(
         match &tls {
             None => {
                 let conn = builder
-                    .serve_connection(TokioIo::new(ZeroCopyStream::new(stream, send_buffer)), svc)
+                    .serve_connection(
+                        TokioIo::new(ZeroCopyStream::new(stream, send_buffer, zero_copy)),
+                        svc,
+                    )
                     .into_owned();
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
