@@ -24,6 +24,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod origin;
 pub mod proxy;
+pub mod zerocopy;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -113,10 +113,10 @@ async fn handle(
                 edge.ram.len(),
                 edge.ram.capacity(),
                 edge.fills.len(),
-                crate::cache::memfile::live(),
-                crate::http::zerocopy::sendfile_bytes(),
-                crate::http::zerocopy::splice_bytes(),
-                crate::http::zerocopy::pipes()
+                edge.zero_copy.live(),
+                edge.zero_copy.sendfile_bytes(),
+                edge.zero_copy.splice_bytes(),
+                edge.zero_copy.pipes()
             );
             if let Some(store) = &edge.store {
                 render_store(&store.stats(), &mut out);

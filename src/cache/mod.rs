@@ -1,10 +1,10 @@
 //! Policy and decisions: cache keys, content classes and freshness, `Vary`, collapsing of
-//! concurrent misses (`lock`, `fill`), the RAM tier and cached objects. No network I/O here.
+//! concurrent misses (`lock`, `fill`), the RAM tier and cached objects. No network I/O here: a
+//! fill places bodies in zero-copy memory (`crate::zerocopy::body`) but never sends them.
 
 pub mod fill;
 pub mod key;
 pub mod lock;
-pub mod memfile;
 pub mod object;
 pub mod policy;
 pub mod ram;

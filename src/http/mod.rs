@@ -6,4 +6,3 @@ pub mod body;
 pub mod range;
 pub mod response;
 pub mod server;
-pub mod zerocopy;

@@ -23,8 +23,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::ServerConfig;
 use crate::http::body::{Body, BoxError};
 use crate::http::response::LogInfo;
-use crate::http::zerocopy::ZeroCopyStream;
 use crate::metrics::Metrics;
+use crate::zerocopy::{ZeroCopy, ZeroCopyStream};
 
 /// What the viewer listener serves: the request path (`proxy`), with the settings and counters
 /// the listener itself needs. The server knows nothing of caching; `lib.rs` hands it the edge.
@@ -37,6 +37,8 @@ pub trait Handler: Clone + Send + Sync + Unpin + 'static {
     ) -> impl Future<Output = Response<Body>> + Send;
     fn server_config(&self) -> &ServerConfig;
     fn metrics(&self) -> &Metrics;
+    /// The zero-copy context viewer sockets send cached bodies through.
+    fn zero_copy(&self) -> &Arc<ZeroCopy>;
 }
 
 /// The connection builder with our limits.
@@ -193,6 +195,7 @@ async fn accept_loop<H: Handler>(
         };
         let _ = stream.set_nodelay(true);
         let send_buffer = edge.server_config().send_buffer;
+        let zero_copy = edge.zero_copy().clone();
         let edge = edge.clone();
         let svc = service_fn(move |req: Request<Incoming>| {
             let edge = edge.clone();
@@ -201,7 +204,10 @@ async fn accept_loop<H: Handler>(
         match &tls {
             None => {
                 let conn = builder
-                    .serve_connection(TokioIo::new(ZeroCopyStream::new(stream, send_buffer)), svc)
+                    .serve_connection(
+                        TokioIo::new(ZeroCopyStream::new(stream, send_buffer, zero_copy)),
+                        svc,
+                    )
                     .into_owned();
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {

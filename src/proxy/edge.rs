@@ -16,13 +16,13 @@ use tokio_util::task::TaskTracker;
 use vedge_storage::{EngineChoice, Store, StoreConfig};
 
 use crate::cache::lock::FillTable;
-use crate::cache::memfile;
 use crate::cache::ram::RamTier;
 use crate::cache::vary::VarySpec;
 use crate::clock::Clock;
 use crate::config::{Config, IoEngineChoice};
 use crate::metrics::Metrics;
 use crate::origin::OriginClient;
+use crate::zerocopy::ZeroCopy;
 
 pub struct Edge {
     pub config: Config,
@@ -38,6 +38,9 @@ pub struct Edge {
     pub vary_index: SparseCache<Arc<VarySpec>>,
     pub origin: OriginClient,
     pub metrics: Metrics,
+    /// Zero-copy placement and sending (`server.zero_copy`): this edge's bodies, budget, pipes
+    /// and counters, handed to the fill driver, the viewer sockets and the admin metrics.
+    pub zero_copy: Arc<ZeroCopy>,
     /// Wall-clock time for freshness (the system clock; tests inject tokio's).
     pub clock: Clock,
     /// Every task the edge spawns that may touch the tiers: drained before the store closes.
@@ -81,7 +84,6 @@ impl Edge {
                 Some(store)
             }
         };
-        memfile::configure(config.server.zero_copy);
         Ok(Arc::new(Edge {
             store,
             ram: RamTier::new(config.ram_size, config.cache.max_object_size),
@@ -90,6 +92,7 @@ impl Edge {
             vary_index: SparseCache::new(100_000),
             origin,
             metrics: Metrics::default(),
+            zero_copy: ZeroCopy::new(config.server.zero_copy),
             clock,
             tasks: TaskTracker::new(),
             node,

@@ -8,6 +8,7 @@ use http::{Response, StatusCode};
 use crate::cache::status::CacheStatus;
 use crate::http::body::Body;
 use crate::http::response::{stamp, CacheInfo};
+use crate::cache::fill::OriginFailure;
 use crate::origin::OriginError;
 
 /// A request failure, by whose fault it is.
@@ -21,6 +22,19 @@ pub enum EdgeError {
     BadRequest(&'static str),
     #[error("{0}")]
     Origin(#[from] OriginError),
+}
+
+/// A failed fill's origin failure, back in the origin client's terms: the same status and
+/// `Cache-Status` detail as the error the fill driver mapped it from (`proxy::fill::failure`).
+impl From<OriginFailure> for EdgeError {
+    fn from(f: OriginFailure) -> EdgeError {
+        EdgeError::Origin(match f {
+            OriginFailure::Connect => OriginError::Connect,
+            OriginFailure::Timeout => OriginError::Timeout,
+            OriginFailure::Protocol => OriginError::Protocol,
+            OriginFailure::Internal => OriginError::Internal,
+        })
+    }
 }
 
 impl EdgeError {

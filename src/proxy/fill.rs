@@ -10,13 +10,13 @@ use http::header;
 use http::{HeaderMap, Method, StatusCode};
 use http_body_util::BodyExt;
 
-use crate::cache::fill::{Fill, FillError, FillHead, StreamHead};
+use crate::cache::fill::{Fill, FillError, FillHead, OriginFailure, StreamHead};
 use crate::cache::lock::FillGuard;
 use crate::cache::object::{strip_hop_by_hop, tags_of, CachedObject};
 use crate::cache::policy::{self, ContentClass, Decision, DecisionInput};
 use crate::cache::vary;
 use crate::metrics::Metrics;
-use crate::origin::OriginClient;
+use crate::origin::{OriginClient, OriginError};
 use crate::proxy::edge::Edge;
 use crate::proxy::request::Req;
 
@@ -56,6 +56,17 @@ impl FillJob {
 
 /// What an oversized fill may hold for its slowest viewer before it stops reading the origin.
 const TRIM_WINDOW: u64 = 16 << 20;
+
+/// The origin client's error in the fill's own terms (the cache does not depend on `origin`);
+/// `EdgeError`'s `From<OriginFailure>` maps it back, so viewers see the same status and detail.
+fn failure(e: OriginError) -> OriginFailure {
+    match e {
+        OriginError::Connect => OriginFailure::Connect,
+        OriginError::Timeout => OriginFailure::Timeout,
+        OriginError::Protocol => OriginFailure::Protocol,
+        OriginError::Internal => OriginFailure::Internal,
+    }
+}
 
 /// Runs one fill to completion. The guard releases the key when this returns (or panics).
 pub async fn drive_fill(edge: Arc<Edge>, guard: FillGuard, fill: Arc<Fill>, job: FillJob) {
@@ -103,7 +114,7 @@ async fn run(
     let uri = match OriginClient::uri_for(route, &job.path_and_query) {
         Ok(u) => u,
         Err(e) => {
-            fill.set_head(FillHead::Failed(e));
+            fill.set_head(FillHead::Failed(failure(e)));
             return Ok(());
         }
     };
@@ -114,7 +125,7 @@ async fn run(
         Err(e) => {
             Metrics::inc(&edge.metrics.origin_errors);
             tracing::debug!(key, error = %e, "origin fetch failed");
-            fill.set_head(FillHead::Failed(e));
+            fill.set_head(FillHead::Failed(failure(e)));
             return Ok(());
         }
     };
@@ -213,7 +224,7 @@ async fn run(
     })));
 
     if let Some(len) = content_length.filter(|&n| store && n <= cache.max_object_size) {
-        fill.reserve(len);
+        fill.reserve(&edge.zero_copy, len);
     }
     let idle = edge.origin.between_bytes_timeout();
     let mut received = 0u64;
@@ -259,7 +270,7 @@ async fn run(
             let obj = CachedObject {
                 status: parts.status,
                 headers: parts.headers,
-                body: fill.body(),
+                body: fill.body(&edge.zero_copy),
                 class,
                 freshness,
                 stored_at: edge.clock.now(),

@@ -22,6 +22,7 @@ use crate::config::ServerConfig;
 use crate::http::body::Body;
 use crate::http::server::Handler;
 use crate::metrics::Metrics;
+use crate::zerocopy::ZeroCopy;
 
 pub use edge::Edge;
 pub use tiers::Tier;
@@ -41,5 +42,9 @@ impl Handler for Arc<Edge> {
 
     fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    fn zero_copy(&self) -> &Arc<ZeroCopy> {
+        &self.zero_copy
     }
 }

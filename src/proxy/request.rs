@@ -429,7 +429,7 @@ async fn read(
         },
         FillHead::Failed(e) => match stale.as_deref().filter(|o| stale_ok(o)) {
             Some(obj) => serve_stale(req, obj, now, "stale-if-error"),
-            None => return Err(EdgeError::Origin(e)),
+            None => return Err(e.into()),
         },
     };
     Ok(Phase::Deliver(resp))

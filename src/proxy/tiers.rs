@@ -9,7 +9,6 @@ use std::time::SystemTime;
 
 use vedge_storage::{Admit, Meta, SkipReason, Source, Store};
 
-use crate::cache::memfile;
 use crate::cache::object::CachedObject;
 use crate::cache::policy::ContentClass;
 use crate::proxy::edge::Edge;
@@ -44,7 +43,7 @@ impl Edge {
         let hit = self.store.as_ref()?.lookup(key.as_bytes()).await?;
         let obj = Arc::new(CachedObject::decode(
             &hit.meta.head,
-            memfile::adopt(hit.body),
+            self.zero_copy.adopt(hit.body),
             hit.meta.tags,
         )?);
         self.ram.insert(key.to_string(), obj.clone());

@@ -1,16 +1,34 @@
 //! Large bodies in the RAM tier live in sealed memfds (sent with `sendfile`) or, from 512 KiB, in
-//! anonymous pages (sent with `vmsplice` + `splice`) (`cache::memfile`, `http::zerocopy`).
+//! anonymous pages (sent with `vmsplice` + `splice`) (`vedge::zerocopy`).
 //! The bytes on the wire must be exactly what a heap body would give: whole objects, ranges at
 //! odd offsets, HEAD, and several responses pipelined on one keep-alive connection (head bytes
-//! sent with MSG_MORE, then the pages).
+//! sent with MSG_MORE, then the pages). Each test runs twice, with `server.zero_copy` on and
+//! off: off, the same bytes go out and the edge's zero-copy counters never move.
 
 use std::time::Duration;
 
 use http::{Method, StatusCode};
-use vedge::cache::memfile;
-use vedge::http::zerocopy;
+use vedge::config::RawConfig;
 
 use crate::support::{edge_config, Fault, Origin, Script, TestEdge};
+
+/// The edge config for `origin` with `server.zero_copy` set to `zero_copy`.
+fn config(origin: &Origin, zero_copy: bool) -> RawConfig {
+    let mut raw = edge_config(origin);
+    raw.server.zero_copy = Some(zero_copy);
+    raw
+}
+
+/// Asserts that an edge running with `server.zero_copy = false` placed no body in zero-copy
+/// memory and sent nothing with `sendfile` or `splice`.
+fn assert_untouched(edge: &TestEdge) {
+    let zc = &edge.edge.zero_copy;
+    assert!(!zc.enabled());
+    assert_eq!(zc.live(), 0, "no zero-copy body with zero_copy off");
+    assert_eq!(zc.sendfile_bytes(), 0, "no sendfile with zero_copy off");
+    assert_eq!(zc.splice_bytes(), 0, "no splice with zero_copy off");
+    assert_eq!(zc.pipes(), 0, "no pipe with zero_copy off");
+}
 
 fn pattern(n: usize) -> Vec<u8> {
     (0..n).map(|i| (i * 7 % 253) as u8).collect()
@@ -18,6 +36,15 @@ fn pattern(n: usize) -> Vec<u8> {
 
 #[tokio::test]
 async fn large_hits_are_sent_from_anonymous_pages_byte_for_byte() {
+    large_hits_byte_for_byte(true).await;
+}
+
+#[tokio::test]
+async fn large_hits_without_zero_copy_carry_the_same_bytes() {
+    large_hits_byte_for_byte(false).await;
+}
+
+async fn large_hits_byte_for_byte(zero_copy: bool) {
     let origin = Origin::start().await;
     let len = 3 << 20;
     let body = pattern(len);
@@ -28,14 +55,15 @@ async fn large_hits_are_sent_from_anonymous_pages_byte_for_byte() {
             .header("cache-control", "max-age=600")
             .trickle(8, Duration::from_millis(80)),
     );
-    let edge = TestEdge::start(edge_config(&origin)).await;
+    let edge = TestEdge::start(config(&origin, zero_copy)).await;
+    let zc = edge.edge.zero_copy.clone();
 
     let miss = edge.get("/v/big.m4s").await;
     assert_eq!(miss.x_cache(), "MISS");
     assert_eq!(miss.body, body);
     edge.settle().await;
 
-    let sent_before = zerocopy::splice_bytes();
+    let sent_before = zc.splice_bytes();
     let hit = edge.get("/v/big.m4s").await;
     assert_eq!(hit.x_cache(), "HIT");
     assert_eq!(hit.h("content-length"), len.to_string());
@@ -43,14 +71,13 @@ async fn large_hits_are_sent_from_anonymous_pages_byte_for_byte() {
         hit.body, body,
         "a HIT from anonymous pages carries the same bytes"
     );
-    assert!(
-        memfile::live() >= 1,
-        "the cached body is a zero-copy body (zero_copy defaults on)"
-    );
-    assert!(
-        zerocopy::splice_bytes() - sent_before >= len as u64,
-        "the HIT went out with vmsplice + splice"
-    );
+    if zero_copy {
+        assert!(zc.live() >= 1, "the cached body is a zero-copy body");
+        assert!(
+            zc.splice_bytes() - sent_before >= len as u64,
+            "the HIT went out with vmsplice + splice"
+        );
+    }
 
     for (range, start, end) in [
         ("bytes=1-4096", 1, 4097),
@@ -97,6 +124,9 @@ async fn large_hits_are_sent_from_anonymous_pages_byte_for_byte() {
     }
     assert!(rest.is_empty(), "nothing after the third body");
     assert_eq!(origin.count("/v/big.m4s"), 1);
+    if !zero_copy {
+        assert_untouched(&edge);
+    }
 }
 
 /// A large body with a known length (here under 512 KiB: a memfd) is written into its memfd as it
@@ -104,6 +134,17 @@ async fn large_hits_are_sent_from_anonymous_pages_byte_for_byte() {
 /// running, and a fill that then fails leaves every reader with a short body and nothing cached.
 #[tokio::test]
 async fn readers_of_a_large_fill_are_sent_from_its_memfd_before_it_ends() {
+    readers_of_a_large_fill(true).await;
+}
+
+#[tokio::test]
+async fn readers_of_a_large_fill_without_zero_copy_get_the_same_bytes() {
+    readers_of_a_large_fill(false).await;
+}
+
+/// Collapsed readers get a large fill's bytes while it runs, and a short body once it fails;
+/// with `zero_copy`, from the fill's memfd with `sendfile`.
+async fn readers_of_a_large_fill(zero_copy: bool) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let origin = Origin::start().await;
@@ -116,9 +157,10 @@ async fn readers_of_a_large_fill_are_sent_from_its_memfd_before_it_ends() {
             .header("cache-control", "max-age=600")
             .fault(Fault::Stall(sent)),
     );
-    let edge = TestEdge::start(edge_config(&origin)).await;
-    let files_before = memfile::live();
-    let sendfile_before = zerocopy::sendfile_bytes();
+    let edge = TestEdge::start(config(&origin, zero_copy)).await;
+    let zc = edge.edge.zero_copy.clone();
+    let files_before = zc.live();
+    let sendfile_before = zc.sendfile_bytes();
 
     // Three viewers: a leader and two collapsed readers, each reading head + the first 256 KiB.
     let get = format!("GET /v/live.m4s HTTP/1.1\r\nHost: {}\r\n\r\n", edge.addr);
@@ -155,14 +197,18 @@ async fn readers_of_a_large_fill_are_sent_from_its_memfd_before_it_ends() {
     }
     assert_eq!(origin.count("/v/live.m4s"), 1, "one fill for all three");
     assert_eq!(edge.edge.fills.len(), 1, "the fill is still running");
-    assert!(
-        memfile::live() > files_before,
-        "the fill is being written into a memfd"
-    );
-    assert!(
-        zerocopy::sendfile_bytes() - sendfile_before >= 3 * sent as u64,
-        "the readers were sent the fill's bytes with sendfile before it ended"
-    );
+    if zero_copy {
+        assert!(
+            zc.live() > files_before,
+            "the fill is being written into a memfd"
+        );
+        assert!(
+            zc.sendfile_bytes() - sendfile_before >= 3 * sent as u64,
+            "the readers were sent the fill's bytes with sendfile before it ended"
+        );
+    } else {
+        assert_untouched(&edge);
+    }
 
     // The origin dies mid-body: every viewer's response ends short and nothing is stored.
     origin.stop();
@@ -178,4 +224,7 @@ async fn readers_of_a_large_fill_are_sent_from_its_memfd_before_it_ends() {
     }
     edge.settle().await;
     assert_eq!(edge.edge.ram.len(), 0, "a failed fill is not cached");
+    if !zero_copy {
+        assert_untouched(&edge);
+    }
 }

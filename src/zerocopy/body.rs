@@ -4,7 +4,7 @@
 //!
 //! A body is still an ordinary `Bytes`: it points into a shared read/write mapping of the memfd,
 //! so ranges, the store, HTTP/2 and TLS all read it like any other buffer. The plain-TCP socket
-//! wrapper (`http::zerocopy`) recognises a write whose slice lies inside a registered mapping and
+//! wrapper (`zerocopy::socket`) recognises a write whose slice lies inside a registered mapping and
 //! sends it with `sendfile(memfd, offset)` instead; the bytes are the same either way, so missing
 //! the fast path is never a correctness problem.
 //!
@@ -17,8 +17,11 @@
 //! bytes it was sent with.
 //!
 //! Each body costs one file descriptor, so memfds are used only for bodies of at least
-//! `MIN_SIZE` and only while fewer than a budget (a quarter of the open-file limit) are alive;
-//! beyond that bodies stay on the heap.
+//! `MIN_SIZE` and only while fewer than the context's budget (a quarter of the open-file limit)
+//! are alive; beyond that bodies stay on the heap, as they do when the context is disabled.
+//!
+//! On drop of the last `Bytes` of a body, its mapping is unmapped, unregistered and uncounted
+//! (`MemFile::drop`); nothing here waits, so there is no timeout.
 //!
 //! Bodies of `PAGES_MIN` (512 KiB) and more use anonymous memory instead (`Source::Pages`),
 //! which the socket wrapper `vmsplice`s into a pipe and `splice`s out; from 2 MiB it starts on a
@@ -29,16 +32,15 @@
 //! once a slice covering them exists, and a page the kernel still holds after `munmap` stays
 //! alive, unchanged, until it lets go.
 
-use std::collections::BTreeMap;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
-use std::sync::atomic::{
-    AtomicBool, AtomicUsize, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
-};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicUsize, Ordering::Acquire, Ordering::Relaxed, Ordering::Release};
+use std::sync::Arc;
 
 use bytes::Bytes;
+
+use super::ZeroCopy;
 
 /// Bodies smaller than this stay on the heap: the sendfile saving is small next to a syscall
 /// and a descriptor.
@@ -54,16 +56,6 @@ pub const PAGES_MIN: usize = 512 << 10;
 /// The transparent huge page size on x86-64 and (4 KiB-granule) arm64.
 const HUGE_PAGE: usize = 2 << 20;
 
-static ENABLED: AtomicBool = AtomicBool::new(true);
-/// Bodies alive, of either kind.
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-/// Memfd bodies alive (each holds a descriptor).
-static FILES: AtomicUsize = AtomicUsize::new(0);
-static BUDGET: AtomicUsize = AtomicUsize::new(0);
-
-/// Registered mappings: start address -> (end address, memfd or `None` for anonymous pages).
-static REGISTRY: RwLock<BTreeMap<usize, (usize, Option<RawFd>)>> = RwLock::new(BTreeMap::new());
-
 /// How the bytes of a registered body can reach a socket without being copied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
@@ -73,54 +65,64 @@ pub enum Source {
     Pages,
 }
 
-/// Turns memfd bodies on or off (config `server.zero_copy`) and sizes the descriptor budget from
-/// the open-file limit.
-pub fn configure(enabled: bool) {
-    ENABLED.store(enabled, Relaxed);
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct we pass.
-    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
-        lim.rlim_cur as usize
-    } else {
-        1024
-    };
-    BUDGET.store((soft / 4).min(1 << 16), Relaxed);
-}
-
-/// The descriptors zero-copy sending may hold: a quarter of the open-file limit.
-pub fn fd_budget() -> usize {
-    BUDGET.load(Relaxed)
-}
-
-/// How many zero-copy bodies (memfd or huge-page) are alive (for metrics and tests).
-pub fn live() -> usize {
-    LIVE.load(Relaxed)
-}
-
-/// Concatenates `chunks` (`len` bytes in all) into one body: in a memfd when it is large enough
-/// and the budget allows, else on the heap. Copies once either way.
-pub fn concat(chunks: &[Bytes], len: usize) -> Bytes {
-    match chunks {
-        [] => return Bytes::new(),
-        [one] if !eligible(len) => return one.clone(),
-        _ => {}
-    }
-    if let Some(mut g) = Growing::new(len) {
-        // Stops at the first chunk that does not fit: `into_body` then sees a short body.
-        if chunks.iter().all(|c| g.append(c).is_some()) {
-            if let Some(body) = g.into_body() {
-                return body;
+impl ZeroCopy {
+    /// Concatenates `chunks` (`len` bytes in all) into one body: in a memfd or anonymous pages
+    /// when it is large enough, zero-copy is on and the budget allows, else on the heap. Copies
+    /// once either way.
+    pub fn concat(self: &Arc<Self>, chunks: &[Bytes], len: usize) -> Bytes {
+        match chunks {
+            [] => return Bytes::new(),
+            [one] if !self.eligible(len) => return one.clone(),
+            _ => {}
+        }
+        if let Some(mut g) = Growing::new(self, len) {
+            // Stops at the first chunk that does not fit: `into_body` then sees a short body.
+            if chunks.iter().all(|c| g.append(c).is_some()) {
+                if let Some(body) = g.into_body() {
+                    return body;
+                }
             }
         }
+        let mut b = bytes::BytesMut::with_capacity(len);
+        for c in chunks {
+            b.extend_from_slice(c);
+        }
+        b.freeze()
     }
-    let mut b = bytes::BytesMut::with_capacity(len);
-    for c in chunks {
-        b.extend_from_slice(c);
+
+    /// `body` moved into a zero-copy mapping if it is eligible and not in one already (disk hits
+    /// promoted to RAM); otherwise `body` itself.
+    pub fn adopt(self: &Arc<Self>, body: Bytes) -> Bytes {
+        if !self.eligible(body.len()) || self.lookup(body.as_ptr(), body.len()).is_some() {
+            return body;
+        }
+        let len = body.len();
+        self.concat(&[body], len)
     }
-    b.freeze()
+
+    fn eligible(&self, len: usize) -> bool {
+        len >= MIN_SIZE
+            && self.enabled
+            && (len >= PAGES_MIN || self.files.load(Relaxed) < self.fd_budget)
+    }
+
+    /// If `[ptr, ptr+len)` lies inside a body registered here, how to send it without a copy.
+    /// The caller must hold a reference keeping the body alive (it does: it is writing it).
+    pub fn lookup(&self, ptr: *const u8, len: usize) -> Option<Source> {
+        if self.live.load(Relaxed) == 0 {
+            return None;
+        }
+        let p = ptr as usize;
+        let reg = self.registry.read().ok()?;
+        let (&start, &(end, fd)) = reg.range(..=p).next_back()?;
+        if p + len > end {
+            return None;
+        }
+        Some(match fd {
+            Some(fd) => Source::File(fd, (p - start) as u64),
+            None => Source::Pages,
+        })
+    }
 }
 
 /// A zero-copy body (memfd or anonymous pages) being filled, possibly while it is read: a fill
@@ -158,12 +160,13 @@ impl Written {
 unsafe impl Send for Growing {}
 
 impl Growing {
-    /// A mapping for a body of exactly `len` bytes, if it is eligible and can be made.
-    pub fn new(len: usize) -> Option<Growing> {
-        if !eligible(len) {
+    /// A mapping for a body of exactly `len` bytes, registered in `zc`, if it is eligible and
+    /// can be made.
+    pub fn new(zc: &Arc<ZeroCopy>, len: usize) -> Option<Growing> {
+        if !zc.eligible(len) {
             return None;
         }
-        match MemFile::create(len) {
+        match MemFile::create(zc, len) {
             Ok(f) => Some(Growing {
                 ptr: f.ptr,
                 file: f.into_bytes(),
@@ -207,42 +210,10 @@ impl Growing {
     }
 }
 
-/// `body` moved into a memfd if it is eligible and not there already (disk hits promoted to
-/// RAM); otherwise `body` itself.
-pub fn adopt(body: Bytes) -> Bytes {
-    if !eligible(body.len()) || lookup(body.as_ptr(), body.len()).is_some() {
-        return body;
-    }
-    let len = body.len();
-    concat(&[body], len)
-}
-
-fn eligible(len: usize) -> bool {
-    len >= MIN_SIZE
-        && ENABLED.load(Relaxed)
-        && (len >= PAGES_MIN || FILES.load(Relaxed) < BUDGET.load(Relaxed))
-}
-
-/// If `[ptr, ptr+len)` lies inside a registered body, how to send it without a copy. The caller
-/// must hold a reference keeping the body alive (it does: it is writing it).
-pub fn lookup(ptr: *const u8, len: usize) -> Option<Source> {
-    if LIVE.load(Relaxed) == 0 {
-        return None;
-    }
-    let p = ptr as usize;
-    let reg = REGISTRY.read().ok()?;
-    let (&start, &(end, fd)) = reg.range(..=p).next_back()?;
-    if p + len > end {
-        return None;
-    }
-    Some(match fd {
-        Some(fd) => Source::File(fd, (p - start) as u64),
-        None => Source::Pages,
-    })
-}
-
 /// One body's mapping: a memfd's shared mapping, or anonymous huge pages (`fd` is `None`).
 struct MemFile {
+    /// The context this body is counted and registered in.
+    zc: Arc<ZeroCopy>,
     fd: Option<OwnedFd>,
     ptr: NonNull<u8>,
     len: usize,
@@ -257,18 +228,18 @@ unsafe impl Send for MemFile {}
 unsafe impl Sync for MemFile {}
 
 impl MemFile {
-    fn create(len: usize) -> io::Result<MemFile> {
+    fn create(zc: &Arc<ZeroCopy>, len: usize) -> io::Result<MemFile> {
         if len >= PAGES_MIN {
-            Self::anonymous(len)
+            Self::anonymous(zc, len)
         } else {
-            Self::memfd(len)
+            Self::memfd(zc, len)
         }
     }
 
     /// Anonymous memory; from 2 MiB starting on a huge-page boundary and advised `MADV_HUGEPAGE`
     /// over its whole huge pages (the tail stays in small pages rather than rounding the body up
     /// to 2 MiB).
-    fn anonymous(len: usize) -> io::Result<MemFile> {
+    fn anonymous(zc: &Arc<ZeroCopy>, len: usize) -> io::Result<MemFile> {
         let mapped = len.next_multiple_of(page_size());
         let huge = len / HUGE_PAGE * HUGE_PAGE;
         let span = if huge > 0 { mapped + HUGE_PAGE } else { mapped };
@@ -307,8 +278,9 @@ impl MemFile {
             unsafe { libc::madvise(start as *mut libc::c_void, huge, libc::MADV_HUGEPAGE) };
         }
         let ptr = NonNull::new(start as *mut u8).ok_or_else(io::Error::last_os_error)?;
-        LIVE.fetch_add(1, Relaxed);
+        zc.live.fetch_add(1, Relaxed);
         Ok(MemFile {
+            zc: zc.clone(),
             fd: None,
             ptr,
             len,
@@ -317,7 +289,7 @@ impl MemFile {
         })
     }
 
-    fn memfd(len: usize) -> io::Result<MemFile> {
+    fn memfd(zc: &Arc<ZeroCopy>, len: usize) -> io::Result<MemFile> {
         // SAFETY: a NUL-terminated name and valid flags; the result is checked.
         let raw = unsafe {
             libc::memfd_create(
@@ -360,9 +332,10 @@ impl MemFile {
         // SAFETY: advice on the mapping just made; failure changes nothing.
         unsafe { libc::madvise(ptr, len, libc::MADV_HUGEPAGE) };
         let ptr = NonNull::new(ptr.cast::<u8>()).ok_or_else(io::Error::last_os_error)?;
-        LIVE.fetch_add(1, Relaxed);
-        FILES.fetch_add(1, Relaxed);
+        zc.live.fetch_add(1, Relaxed);
+        zc.files.fetch_add(1, Relaxed);
         Ok(MemFile {
+            zc: zc.clone(),
             fd: Some(fd),
             ptr,
             len,
@@ -371,10 +344,10 @@ impl MemFile {
         })
     }
 
-    /// Registers the mapping for `lookup` and hands it out as `Bytes` (written only through
+    /// Registers the mapping for `ZeroCopy::lookup` and hands it out as `Bytes` (written only through
     /// `Growing`, past every slice made of it).
     fn into_bytes(mut self) -> Bytes {
-        if let Ok(mut reg) = REGISTRY.write() {
+        if let Ok(mut reg) = self.zc.registry.write() {
             let start = self.ptr.as_ptr() as usize;
             let fd = self.fd.as_ref().map(|f| f.as_raw_fd());
             reg.insert(start, (start + self.len, fd));
@@ -395,7 +368,7 @@ impl AsRef<[u8]> for MemFile {
 impl Drop for MemFile {
     fn drop(&mut self) {
         if self.registered {
-            if let Ok(mut reg) = REGISTRY.write() {
+            if let Ok(mut reg) = self.zc.registry.write() {
                 reg.remove(&(self.ptr.as_ptr() as usize));
             }
         }
@@ -403,9 +376,9 @@ impl Drop for MemFile {
         // Pages the kernel still holds (a pipe, a socket's retransmit queue) outlive the mapping
         // with their bytes unchanged.
         unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.mapped) };
-        LIVE.fetch_sub(1, Relaxed);
+        self.zc.live.fetch_sub(1, Relaxed);
         if self.fd.is_some() {
-            FILES.fetch_sub(1, Relaxed);
+            self.zc.files.fetch_sub(1, Relaxed);
         }
     }
 }
@@ -422,20 +395,20 @@ mod tests {
 
     #[test]
     fn large_bodies_live_in_a_registered_memfd() {
-        configure(true);
+        let zc = ZeroCopy::new(true);
         let a = Bytes::from(vec![7u8; 100 << 10]);
         let b = Bytes::from(vec![9u8; 50 << 10]);
-        let body = concat(&[a.clone(), b.clone()], 150 << 10);
+        let body = zc.concat(&[a.clone(), b.clone()], 150 << 10);
         assert_eq!(body.len(), 150 << 10);
         assert_eq!(&body[..a.len()], &a[..]);
         assert_eq!(&body[a.len()..], &b[..]);
 
-        let Some(Source::File(fd, 0)) = lookup(body.as_ptr(), body.len()) else {
+        let Some(Source::File(fd, 0)) = zc.lookup(body.as_ptr(), body.len()) else {
             panic!("a registered memfd at offset 0")
         };
         let tail = body.slice(1000..);
         assert_eq!(
-            lookup(tail.as_ptr(), tail.len()),
+            zc.lookup(tail.as_ptr(), tail.len()),
             Some(Source::File(fd, 1000))
         );
         // The file holds the same bytes the mapping shows.
@@ -445,35 +418,49 @@ mod tests {
         assert_eq!(buf, [7, 7, 9, 9]);
 
         // Heap buffers and small bodies are not found.
-        assert!(lookup(a.as_ptr(), a.len()).is_none());
-        let small = concat(&[Bytes::from_static(b"abc")], 3);
-        assert!(lookup(small.as_ptr(), small.len()).is_none());
+        assert!(zc.lookup(a.as_ptr(), a.len()).is_none());
+        let small = zc.concat(&[Bytes::from_static(b"abc")], 3);
+        assert!(zc.lookup(small.as_ptr(), small.len()).is_none());
 
         // Adopting a body already in a memfd keeps it; a heap one moves.
-        let same = adopt(body.clone());
+        let same = zc.adopt(body.clone());
         assert_eq!(same.as_ptr(), body.as_ptr());
-        let moved = adopt(a.clone());
-        assert!(lookup(moved.as_ptr(), moved.len()).is_some());
+        let moved = zc.adopt(a.clone());
+        assert!(zc.lookup(moved.as_ptr(), moved.len()).is_some());
         assert_eq!(moved, a);
 
         let start = body.as_ptr() as usize;
+        let live = zc.live();
         drop((body, tail, same));
-        assert!(REGISTRY.read().unwrap().get(&start).is_none());
+        assert!(zc.registry.read().unwrap().get(&start).is_none());
+        assert_eq!(zc.live(), live - 1, "the body's mapping is gone");
+    }
+
+    #[test]
+    fn a_disabled_context_keeps_every_body_on_the_heap() {
+        let zc = ZeroCopy::new(false);
+        let a = Bytes::from(vec![7u8; 1 << 20]);
+        let body = zc.concat(&[a.slice(..1000), a.slice(1000..)], a.len());
+        assert_eq!(body, a);
+        assert!(zc.lookup(body.as_ptr(), body.len()).is_none());
+        assert!(Growing::new(&zc, 1 << 20).is_none());
+        assert_eq!(zc.adopt(a.clone()).as_ptr(), a.as_ptr());
+        assert_eq!(zc.live(), 0);
     }
 
     #[test]
     fn a_growing_body_hands_out_registered_slices_of_what_is_written() {
-        configure(true);
+        let zc = ZeroCopy::new(true);
         let len = 96 << 10;
-        let mut g = Growing::new(len).expect("eligible");
+        let mut g = Growing::new(&zc, len).expect("eligible");
         let first = g.append(&vec![1u8; 64 << 10]).expect("fits");
-        assert!(lookup(first.as_ptr(), first.len()).is_some());
+        assert!(zc.lookup(first.as_ptr(), first.len()).is_some());
         assert!(first.iter().all(|&b| b == 1));
         // Too much is refused and writes nothing.
         assert!(g.append(&vec![3u8; 40 << 10]).is_none());
         let second = g.append(&vec![2u8; 32 << 10]).expect("fits");
         assert!(matches!(
-            lookup(second.as_ptr(), second.len()),
+            zc.lookup(second.as_ptr(), second.len()),
             Some(Source::File(_, off)) if off == 64 << 10
         ));
         let body = g.into_body().expect("complete");
@@ -481,41 +468,41 @@ mod tests {
         assert_eq!(&body[..first.len()], &first[..]);
         assert_eq!(&body[first.len()..], &second[..]);
 
-        let mut short = Growing::new(len).expect("eligible");
+        let mut short = Growing::new(&zc, len).expect("eligible");
         short.append(b"partial").expect("fits");
         assert!(short.into_body().is_none());
     }
 
     #[test]
     fn large_bodies_live_in_anonymous_pages_aligned_from_two_mib() {
-        configure(true);
+        let zc = ZeroCopy::new(true);
         let len = (5 << 20) + 12_345;
         let src: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
         let half = Bytes::copy_from_slice(&src[..len / 2]);
         let rest = Bytes::copy_from_slice(&src[len / 2..]);
-        let body = concat(&[half, rest], len);
+        let body = zc.concat(&[half, rest], len);
         assert_eq!(&body[..], &src[..]);
         assert_eq!(
             body.as_ptr() as usize % HUGE_PAGE,
             0,
             "starts on a huge page"
         );
-        assert_eq!(lookup(body.as_ptr(), body.len()), Some(Source::Pages));
+        assert_eq!(zc.lookup(body.as_ptr(), body.len()), Some(Source::Pages));
         let mid = body.slice(3_000_001..4_000_000);
-        assert_eq!(lookup(mid.as_ptr(), mid.len()), Some(Source::Pages));
+        assert_eq!(zc.lookup(mid.as_ptr(), mid.len()), Some(Source::Pages));
 
-        let mut g = Growing::new(len).expect("eligible");
+        let mut g = Growing::new(&zc, len).expect("eligible");
         let first = g.append(&src[..1 << 20]).expect("fits");
-        assert_eq!(lookup(first.as_ptr(), first.len()), Some(Source::Pages));
+        assert_eq!(zc.lookup(first.as_ptr(), first.len()), Some(Source::Pages));
         g.append(&src[1 << 20..]).expect("fits");
         assert_eq!(&g.into_body().expect("complete")[..], &src[..]);
 
         // Between PAGES_MIN and 2 MiB: anonymous, no alignment asked for.
-        let mid = concat(
+        let mid = zc.concat(
             &[Bytes::copy_from_slice(&src[..PAGES_MIN + 1])],
             PAGES_MIN + 1,
         );
-        assert_eq!(lookup(mid.as_ptr(), mid.len()), Some(Source::Pages));
+        assert_eq!(zc.lookup(mid.as_ptr(), mid.len()), Some(Source::Pages));
         assert_eq!(&mid[..], &src[..PAGES_MIN + 1]);
     }
 }

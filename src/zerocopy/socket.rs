@@ -1,4 +1,5 @@
-//! A viewer TCP stream that sends memfd-backed bodies (`cache::memfile`) with `sendfile`.
+//! A viewer TCP stream that sends zero-copy bodies (`zerocopy::body`) with `sendfile` or
+//! `vmsplice` + `splice`.
 //!
 //! hyper writes a response as vectored writes of its header buffer and the body's `Bytes`. This
 //! wrapper looks at each write: slices before the first memfd-backed slice go out with
@@ -7,57 +8,34 @@
 //! kernel references the body's pages instead of copying them. Everything else is passed to the
 //! `TcpStream` unchanged. Only the transport changes; the bytes on the wire are the same.
 //!
-//! A slice in anonymous pages (`memfile::Source::Pages`) goes through a pipe: `vmsplice` puts
+//! A slice in anonymous pages (`Source::Pages`) goes through a pipe: `vmsplice` puts
 //! references to its pages in the pipe and `splice` moves them to the socket. Bytes left in the
 //! pipe when the socket is full count as written; every later write, flush or shutdown sends
 //! them first, so the order on the wire is kept. A connection holds its pipe only while bytes
-//! are in it; empty pipes go back to a shared pool. Such a connection's send buffer is raised
+//! are in it; empty pipes go back to the context's pool. Such a connection's send buffer is raised
 //! (`server.send_buffer`), so the kernel holds a whole segment and vedge is not woken to refill
 //! it.
+//!
+//! On drop of the stream, a pipe it still holds is closed with whatever was left in it (the
+//! connection is gone; those bytes had nowhere to go). Nothing here waits on a timer: a stalled
+//! viewer only leaves the socket unwritable, and the server's own timeouts end it.
 
 use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::cache::memfile::{self, Source};
-
-/// Bytes sent with `sendfile` since start (the `vedge_sendfile_bytes_total` metric).
-static SENT: AtomicU64 = AtomicU64::new(0);
-/// Bytes sent with `vmsplice` + `splice` since start (`vedge_splice_bytes_total`).
-static SPLICED: AtomicU64 = AtomicU64::new(0);
-/// Pipes alive (two descriptors each).
-static PIPES: AtomicUsize = AtomicUsize::new(0);
+use super::{Source, ZeroCopy};
 
 /// What a connection's pipe is asked to hold: 128 pages per `vmsplice` + `splice` round.
 const PIPE_SIZE: libc::c_int = 512 << 10;
 /// A pipe smaller than this (the kernel's default) is not worth splicing through.
 const MIN_PIPE_SIZE: libc::c_int = 64 << 10;
-
-/// Bytes sent with `sendfile` since the process started.
-pub fn sendfile_bytes() -> u64 {
-    SENT.load(Relaxed)
-}
-
-/// Bytes sent from anonymous-page bodies with `vmsplice` + `splice` since the process started.
-pub fn splice_bytes() -> u64 {
-    SPLICED.load(Relaxed)
-}
-
-/// Pipes alive: lent to a connection that is sending a body from anonymous pages, or idle in
-/// the pool.
-pub fn pipes() -> usize {
-    PIPES.load(Relaxed)
-}
-
-/// Empty pipes waiting for the next connection that needs one. A connection keeps a pipe only
-/// while bytes are in it, so pipes follow the connections sending large bodies at the moment,
-/// not every connection that ever did.
-static POOL: std::sync::Mutex<Vec<Pipe>> = std::sync::Mutex::new(Vec::new());
 
 /// Why no pipe could be had.
 enum NoPipe {
@@ -68,30 +46,35 @@ enum NoPipe {
 }
 
 /// A non-blocking pipe, the conduit between a body's pages and the socket.
-struct Pipe {
+pub(super) struct Pipe {
     read: OwnedFd,
     write: OwnedFd,
+    /// The context's count of pipes alive (`ZeroCopy::pipes`), decremented on drop.
+    count: Arc<AtomicUsize>,
 }
 
 impl Pipe {
-    /// An idle pipe from the pool, else a new one.
-    fn take() -> Result<Pipe, NoPipe> {
-        if let Some(p) = POOL.lock().ok().and_then(|mut pool| pool.pop()) {
+    /// An idle pipe from `zc`'s pool, else a new one.
+    fn take(zc: &ZeroCopy) -> Result<Pipe, NoPipe> {
+        if let Some(p) = zc.pipe_pool.lock().ok().and_then(|mut pool| pool.pop()) {
             return Ok(p);
         }
-        Pipe::new()
+        Pipe::new(zc)
     }
 
-    /// Puts an empty pipe back in the pool (the caller has drained it).
-    fn give_back(self) {
-        if let Ok(mut pool) = POOL.lock() {
+    /// Puts an empty pipe back in `zc`'s pool (the caller has drained it). Empty pipes wait
+    /// there for the next connection that needs one: a connection keeps a pipe only while bytes
+    /// are in it, so pipes follow the connections sending large bodies at the moment, not every
+    /// connection that ever did.
+    fn give_back(self, zc: &ZeroCopy) {
+        if let Ok(mut pool) = zc.pipe_pool.lock() {
             pool.push(self);
         }
     }
 
     /// A new pipe, unless pipes would take more than their share of the descriptor budget.
-    fn new() -> Result<Pipe, NoPipe> {
-        if PIPES.load(Relaxed) * 2 >= memfile::fd_budget() / 2 {
+    fn new(zc: &ZeroCopy) -> Result<Pipe, NoPipe> {
+        if zc.pipes.load(Relaxed) * 2 >= zc.fd_budget() / 2 {
             return Err(NoPipe::Budget);
         }
         let mut fds = [0; 2];
@@ -114,19 +97,24 @@ impl Pipe {
             tracing::debug!(size, "pipe too small for splicing; copying instead");
             return Err(NoPipe::Kernel);
         }
-        PIPES.fetch_add(1, Relaxed);
-        Ok(Pipe { read, write })
+        zc.pipes.fetch_add(1, Relaxed);
+        Ok(Pipe {
+            read,
+            write,
+            count: zc.pipes.clone(),
+        })
     }
 }
 
 impl Drop for Pipe {
     fn drop(&mut self) {
-        PIPES.fetch_sub(1, Relaxed);
+        self.count.fetch_sub(1, Relaxed);
     }
 }
 
 /// `net.core.wmem_max`, the most `SO_SNDBUF` may ask for; `None` if it cannot be read (the
-/// send buffer is then left to the kernel).
+/// send buffer is then left to the kernel). A machine-wide sysctl, read once per process: it is
+/// not part of any edge's state, so it stays out of `ZeroCopy`.
 fn wmem_max() -> Option<libc::c_int> {
     static MAX: std::sync::OnceLock<Option<libc::c_int>> = std::sync::OnceLock::new();
     *MAX.get_or_init(|| {
@@ -143,6 +131,8 @@ const LOOKUP_MIN: usize = 4096;
 
 pub struct ZeroCopyStream {
     inner: TcpStream,
+    /// Where this connection's bodies are registered, its pipes pooled and its bytes counted.
+    zc: Arc<ZeroCopy>,
     /// Taken from the pool for a slice in anonymous pages, given back once empty.
     pipe: Option<Pipe>,
     /// Whether the kernel refused this connection a usable pipe (it copies from then on).
@@ -162,8 +152,9 @@ pub struct ZeroCopyStream {
 }
 
 impl ZeroCopyStream {
-    pub fn new(inner: TcpStream, send_buffer: usize) -> ZeroCopyStream {
+    pub fn new(inner: TcpStream, send_buffer: usize, zc: Arc<ZeroCopy>) -> ZeroCopyStream {
         ZeroCopyStream {
+            zc,
             send_buffer: libc::c_int::try_from(send_buffer).unwrap_or(libc::c_int::MAX),
             inner,
             pipe: None,
@@ -218,12 +209,12 @@ impl ZeroCopyStream {
             if sent == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-            SPLICED.fetch_add(sent as u64, Relaxed);
+            self.zc.splice_bytes.fetch_add(sent as u64, Relaxed);
             self.in_pipe -= sent;
         }
         // Empty: another connection may use it until this one needs one again.
         if let Some(p) = self.pipe.take() {
-            p.give_back();
+            p.give_back(&self.zc);
         }
         Poll::Ready(Ok(()))
     }
@@ -231,7 +222,7 @@ impl ZeroCopyStream {
     /// A pipe for this connection; `None` when none can be had.
     fn pipe(&mut self) -> Option<RawFd> {
         if self.pipe.is_none() && !self.no_pipe {
-            match Pipe::take() {
+            match Pipe::take(&self.zc) {
                 Ok(p) => self.pipe = Some(p),
                 Err(NoPipe::Budget) => {}
                 Err(NoPipe::Kernel) => self.no_pipe = true,
@@ -257,7 +248,7 @@ impl ZeroCopyStream {
             iov_len: buf.len(),
         };
         // SAFETY: the iovec describes `buf`, which the caller keeps alive for the call. The pipe
-        // takes references to its pages; the body is never written again (memfile's invariant),
+        // takes references to its pages; the body is never written again (`body`'s invariant),
         // so the bytes the socket sends later are the bytes here now.
         let n = unsafe { libc::vmsplice(into, &iov, 1, libc::SPLICE_F_NONBLOCK) };
         if n <= 0 {
@@ -265,7 +256,7 @@ impl ZeroCopyStream {
             // say): this connection copies from now on.
             self.no_pipe = true;
             if let Some(p) = self.pipe.take() {
-                p.give_back();
+                p.give_back(&self.zc);
             }
             return Pin::new(&mut self.inner).poll_write(cx, buf);
         }
@@ -294,11 +285,11 @@ impl ZeroCopyStream {
     }
 }
 
-fn zero_copy_slice(b: &IoSlice<'_>) -> Option<Source> {
+fn zero_copy_slice(zc: &ZeroCopy, b: &IoSlice<'_>) -> Option<Source> {
     if b.len() < LOOKUP_MIN {
         return None;
     }
-    memfile::lookup(b.as_ptr(), b.len())
+    zc.lookup(b.as_ptr(), b.len())
 }
 
 fn splice_out(pipe: RawFd, sock: RawFd, len: usize) -> io::Result<usize> {
@@ -328,7 +319,6 @@ fn sendfile(sock: RawFd, file: RawFd, offset: u64, len: usize) -> io::Result<usi
     if n < 0 {
         Err(io::Error::last_os_error())
     } else {
-        SENT.fetch_add(n as u64, Relaxed);
         Ok(n as usize)
     }
 }
@@ -376,12 +366,14 @@ impl AsyncWrite for ZeroCopyStream {
         let first = bufs
             .iter()
             .enumerate()
-            .find_map(|(i, b)| zero_copy_slice(b).map(|z| (i, z)));
+            .find_map(|(i, b)| zero_copy_slice(&this.zc, b).map(|z| (i, z)));
         match first {
             None => Pin::new(&mut this.inner).poll_write_vectored(cx, bufs),
             Some((0, Source::File(file, off))) => {
                 let len = bufs[0].len();
-                this.poll_write_with(cx, |sock| sendfile(sock, file, off, len))
+                let sent = ready!(this.poll_write_with(cx, |sock| sendfile(sock, file, off, len)))?;
+                this.zc.sendfile_bytes.fetch_add(sent as u64, Relaxed);
+                Poll::Ready(Ok(sent))
             }
             Some((0, Source::Pages)) => this.poll_splice(cx, &bufs[0]),
             Some((i, _)) => {
@@ -430,14 +422,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_in_anonymous_pages_is_spliced_whole_and_the_pipe_goes_back_empty() {
-        memfile::configure(true);
+        let zc = ZeroCopy::new(true);
         let len = 3 << 20;
         let src: Vec<u8> = (0..len).map(|i| (i % 239) as u8).collect();
-        let body = memfile::concat(&[bytes::Bytes::copy_from_slice(&src)], len);
-        assert_eq!(
-            memfile::lookup(body.as_ptr(), body.len()),
-            Some(Source::Pages)
-        );
+        let body = zc.concat(&[bytes::Bytes::copy_from_slice(&src)], len);
+        assert_eq!(zc.lookup(body.as_ptr(), body.len()), Some(Source::Pages));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -450,26 +439,35 @@ mod tests {
         });
         let (sock, _) = listener.accept().await.expect("accept");
         let buf_before = sndbuf(&sock);
-        let mut zc = ZeroCopyStream::new(sock, 4 << 20);
-        let before = splice_bytes();
-        zc.write_all(b"head\r\n").await.expect("head");
-        zc.write_all(&body).await.expect("body");
-        zc.flush().await.expect("flush");
-        assert_eq!(zc.in_pipe, 0);
-        assert!(zc.pipe.is_none(), "the drained pipe went back to the pool");
+        let mut stream = ZeroCopyStream::new(sock, 4 << 20, zc.clone());
+        let before = zc.splice_bytes();
+        stream.write_all(b"head\r\n").await.expect("head");
+        stream.write_all(&body).await.expect("body");
+        stream.flush().await.expect("flush");
+        assert_eq!(stream.in_pipe, 0);
+        assert!(
+            stream.pipe.is_none(),
+            "the drained pipe went back to the pool"
+        );
         // The send buffer was raised for the large body, as far as `wmem_max` lets it.
-        let after = sndbuf(&zc.inner);
+        let after = sndbuf(&stream.inner);
         let want = wmem_max().map_or(0, |cap| 2 * cap.min(4 << 20));
         assert!(
             after >= buf_before.max(want),
             "send buffer {buf_before} -> {after} (asked for {want})"
         );
-        zc.shutdown().await.expect("shutdown");
-        drop(zc);
+        stream.shutdown().await.expect("shutdown");
+        drop(stream);
         let got = reader.await.expect("reader");
         assert_eq!(&got[..6], b"head\r\n");
         assert!(got[6..] == src[..], "the bytes after the head are the body");
-        assert!(splice_bytes() - before >= len as u64);
+        assert!(zc.splice_bytes() - before >= len as u64);
+        assert_eq!(
+            zc.sendfile_bytes(),
+            0,
+            "anonymous pages never go through sendfile"
+        );
+        assert_eq!(zc.pipes(), 1, "the one pipe idles in the pool");
     }
 
     #[tokio::test]
@@ -492,15 +490,15 @@ mod tests {
             )
         };
         let before = sndbuf(&sock);
-        let mut zc = ZeroCopyStream::new(sock, 16 << 10);
-        zc.raise_sndbuf();
+        let mut stream = ZeroCopyStream::new(sock, 16 << 10, ZeroCopy::new(true));
+        stream.raise_sndbuf();
         assert_eq!(
-            sndbuf(&zc.inner),
+            sndbuf(&stream.inner),
             before,
             "a smaller setting leaves the buffer alone"
         );
         assert!(
-            ZeroCopyStream::new(zc.inner, 0).sndbuf_raised,
+            ZeroCopyStream::new(stream.inner, 0, stream.zc).sndbuf_raised,
             "0: the kernel's autotuning"
         );
     }

@@ -1,0 +1,110 @@
+//! Zero-copy sending, as one component: where large bodies are placed (`body`: sealed memfds
+//! and anonymous pages) and how the plain-TCP viewer socket sends them (`socket`: `sendfile`,
+//! `vmsplice` + `splice` through pooled pipes).
+//!
+//! `ZeroCopy` is the context both halves share: whether zero-copy is on (`server.zero_copy`),
+//! the descriptor budget, the registry from a body's address to how it can be sent, the pipe
+//! pool and the counters the admin listener reports. The edge makes one (`Edge::zero_copy`) and
+//! hands it to whoever places or sends bodies; nothing here is a process global, so two edges in
+//! one process (the tests) never see each other's bodies, budget or counters.
+
+pub mod body;
+pub mod socket;
+
+use std::collections::BTreeMap;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, RwLock};
+
+pub use body::{Growing, Source, Written, MIN_SIZE, PAGES_MIN};
+pub use socket::ZeroCopyStream;
+
+/// One edge's zero-copy state. Bodies (`body::MemFile`) keep an `Arc` of it, so it outlives
+/// every body registered in it.
+pub struct ZeroCopy {
+    enabled: bool,
+    /// The descriptors memfd bodies and pipes may hold together.
+    fd_budget: usize,
+    /// Registered mappings: start address -> (end address, memfd or `None` for anonymous pages).
+    registry: RwLock<BTreeMap<usize, (usize, Option<RawFd>)>>,
+    /// Bodies alive, of either kind.
+    live: AtomicUsize,
+    /// Memfd bodies alive (each holds a descriptor).
+    files: AtomicUsize,
+    /// Bytes sent with `sendfile` (the `vedge_sendfile_bytes_total` metric).
+    sendfile_bytes: AtomicU64,
+    /// Bytes sent with `vmsplice` + `splice` (`vedge_splice_bytes_total`).
+    splice_bytes: AtomicU64,
+    /// Pipes alive (two descriptors each). Shared with each pipe, which decrements it on drop:
+    /// a pipe idling in `pipe_pool` holding an `Arc<ZeroCopy>` would keep the context alive
+    /// forever.
+    pipes: Arc<AtomicUsize>,
+    /// Empty pipes waiting for the next connection that needs one (`socket`).
+    pipe_pool: Mutex<Vec<socket::Pipe>>,
+}
+
+impl ZeroCopy {
+    /// A context with zero-copy `enabled` or not (config `server.zero_copy`). Off, every body
+    /// stays on the heap and the socket wrapper finds nothing to send without a copy.
+    pub fn new(enabled: bool) -> Arc<ZeroCopy> {
+        Arc::new(ZeroCopy {
+            enabled,
+            fd_budget: fd_budget_from_rlimit(),
+            registry: RwLock::new(BTreeMap::new()),
+            live: AtomicUsize::new(0),
+            files: AtomicUsize::new(0),
+            sendfile_bytes: AtomicU64::new(0),
+            splice_bytes: AtomicU64::new(0),
+            pipes: Arc::new(AtomicUsize::new(0)),
+            pipe_pool: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// The descriptors zero-copy sending may hold: a quarter of the open-file limit.
+    pub fn fd_budget(&self) -> usize {
+        self.fd_budget
+    }
+
+    /// How many zero-copy bodies (memfd or anonymous pages) are alive (`vedge_memfd_bodies`).
+    pub fn live(&self) -> usize {
+        self.live.load(Relaxed)
+    }
+
+    /// Bytes sent with `sendfile` since this context was made.
+    pub fn sendfile_bytes(&self) -> u64 {
+        self.sendfile_bytes.load(Relaxed)
+    }
+
+    /// Bytes sent from anonymous-page bodies with `vmsplice` + `splice` since this context was
+    /// made.
+    pub fn splice_bytes(&self) -> u64 {
+        self.splice_bytes.load(Relaxed)
+    }
+
+    /// Pipes alive: lent to a connection that is sending a body from anonymous pages, or idle in
+    /// the pool.
+    pub fn pipes(&self) -> usize {
+        self.pipes.load(Relaxed)
+    }
+}
+
+/// A quarter of the soft open-file limit (at most 65,536). The limit is process-wide, read once
+/// per context: two edges in one process (tests only) each budget the same quarter, which a
+/// test never comes near.
+fn fd_budget_from_rlimit() -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass.
+    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        lim.rlim_cur as usize
+    } else {
+        1024
+    };
+    (soft / 4).min(1 << 16)
+}
