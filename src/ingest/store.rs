@@ -12,8 +12,8 @@ use super::engine::{put_collected, Existing, PushObject, Sink, SinkError, SinkFu
 use crate::cache::object::{strip_hop_by_hop, CachedObject};
 use crate::cache::policy::ContentClass;
 use crate::edge::store_meta;
-use crate::manifest::fetch::{FetchError, Opened, OpenedBody};
-use crate::manifest::ObjectKind;
+use vedge_manifest::fetch::{FetchError, Opened, OpenedBody};
+use vedge_manifest::ObjectKind;
 
 /// Freshness given to pushed objects: they are immutable until purged or re-ingested.
 pub const PUSH_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
