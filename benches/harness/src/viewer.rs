@@ -1139,6 +1139,35 @@ mod tests {
         assert_eq!(choose(Pick::Fixed(4), &vs, None), 1);
     }
 
+    /// Segment URLs come from the manifest crate's template expansion, the one the edge's ingest
+    /// walk uses: `%0Nd` widths, `$Bandwidth$` and `$$` are expanded as players expand them.
+    #[test]
+    fn dash_templates_expand_widths_and_every_identifier() {
+        let rep = Rep {
+            id: "v1".into(),
+            bandwidth: 800_000,
+            tpl: Template {
+                timescale: 1,
+                pto: 0,
+                start_number: 1,
+                media: String::new(),
+                init: None,
+                addressing: Addressing::Number { ticks: 2 },
+            },
+        };
+        let base = Url::parse("http://edge.test/live/a/manifest.mpd").expect("url");
+        let url = |t: &str| fill(&base, t, &rep, 7, 14).map(|u| u.path().to_string());
+        assert_eq!(
+            url("$RepresentationID$/seg_$Number%05d$.m4s").as_deref(),
+            Some("/live/a/v1/seg_00007.m4s")
+        );
+        assert_eq!(
+            url("$Bandwidth$/t_$Time$$$.m4s").as_deref(),
+            Some("/live/a/800000/t_14$.m4s")
+        );
+        assert_eq!(url("$Nope$.m4s"), None, "an unknown identifier is an error");
+    }
+
     #[test]
     fn next_uri_replaces_the_number() {
         assert_eq!(
