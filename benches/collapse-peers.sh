@@ -3,7 +3,7 @@
 # tokio) against nginx, Varnish and vedge, edges interleaved run by run: 500 keep-alive viewers
 # ask for one cold segment at once (the origin answers after 200 ms), then for 10 more at a 1 s
 # cadence. TTFB is reported twice: when the client read the head, and when the head's segment
-# arrived at the client's socket (kernel receive stamp; see src/bench/stamp.rs). Same origin and edges as benches/hit-peers.sh (../shared/bench-peers). Writes the raw
+# arrived at the client's socket (kernel receive stamp; see benches/harness/src/stamp.rs). Same origin and edges as benches/hit-peers.sh (../shared/bench-peers). Writes the raw
 # JSON and summary.md under benches/results/collapse-<timestamp>/.
 #
 #   benches/collapse-peers.sh            # RUNS=3

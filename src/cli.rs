@@ -26,10 +26,10 @@ pub enum Command {
     /// Run a built-in sample origin (VOD HLS + DASH, a live HLS stream) and an edge in front of it.
     Demo(DemoArgs),
     /// Run the live packager simulator (HLS and DASH live streams, request counters at /__stats).
-    Origin(crate::bench::origin::OriginArgs),
+    Origin(vedge_bench::origin::OriginArgs),
     /// Load harnesses that measure an edge (vedge or a peer).
     #[command(subcommand)]
-    Bench(crate::bench::BenchCommand),
+    Bench(vedge_bench::BenchCommand),
     /// Pre-warm whole VOD assets (HLS or DASH) into a running edge or a store.
     Ingest(crate::ingest::IngestArgs),
 }

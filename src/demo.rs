@@ -8,9 +8,9 @@ use std::path::Path;
 use anyhow::Context;
 use tokio::net::TcpListener;
 
-use crate::bench::origin::OriginOptions;
 use crate::cli::DemoArgs;
 use crate::config::{Config, RawConfig};
+use vedge_bench::origin::OriginOptions;
 
 /// Runs the sample origin and the edge until `shutdown`.
 pub async fn run(
@@ -36,7 +36,7 @@ pub async fn run(
         ..OriginOptions::default()
     };
     tokio::spawn(async move {
-        if let Err(e) = crate::bench::origin::serve(opts, origin, std::future::pending()).await {
+        if let Err(e) = vedge_bench::origin::serve(opts, origin, std::future::pending()).await {
             tracing::error!(error = %e, "sample origin stopped");
         }
     });

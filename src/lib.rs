@@ -8,11 +8,12 @@
 //! - `origin`: pooled origin client with timeouts, retries, Via and CDN-Loop.
 //! - `admin`: admin listener: metrics, health, purge, ingest.
 //! - `demo`: the built-in sample origin behind `vedge demo`.
-//! - `manifest`, `ingest`: HLS/DASH walking and push pre-warming.
-//! - `bench`: the live-burst harness and the live origin simulator.
+//! - `ingest`: push pre-warming (HLS/DASH walking is the `vedge-manifest` crate).
+//!
+//! `vedge origin` and `vedge bench` are the `vedge-bench` crate (benches/harness), which measures
+//! any edge and depends on none of this one.
 
 pub mod admin;
-pub mod bench;
 pub mod cache;
 pub mod cli;
 pub mod clock;
@@ -20,7 +21,6 @@ pub mod config;
 pub mod demo;
 pub mod http;
 pub mod ingest;
-pub mod manifest;
 pub mod metrics;
 pub mod origin;
 pub mod proxy;

@@ -44,8 +44,8 @@ fn main() -> std::process::ExitCode {
             },
             Some(Command::Demo(args)) => vedge::demo::run(args, shutdown_signal()).await,
             None => vedge::demo::run(DemoArgs::default(), shutdown_signal()).await,
-            Some(Command::Origin(args)) => vedge::bench::origin::run_cli(args).await,
-            Some(Command::Bench(cmd)) => vedge::bench::run_cli(cmd).await,
+            Some(Command::Origin(args)) => vedge_bench::origin::run_cli(args).await,
+            Some(Command::Bench(cmd)) => vedge_bench::run_cli(cmd).await,
             Some(Command::Ingest(args)) => vedge::ingest::run_cli(args).await,
         }
     });

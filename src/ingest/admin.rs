@@ -29,8 +29,8 @@ use super::engine::{
 use super::store::cached_object;
 use crate::cache::key::cache_key;
 use crate::http::body::Body;
-use crate::manifest::fetch::HttpFetcher;
-use crate::manifest::{discover, ObjectKind, Scope, WalkOptions};
+use crate::origin::fetch::HttpFetcher;
+use vedge_manifest::{discover, ObjectKind, Scope, WalkOptions};
 use crate::proxy::Edge;
 
 /// Largest body accepted by `PUT /admin/objects/...`.

@@ -14,8 +14,8 @@ use http::HeaderMap;
 use serde::Serialize;
 use url::Url;
 
-use crate::manifest::fetch::Opened;
-use crate::manifest::{Asset, FetchError, Fetcher, Object, ObjectKind};
+use vedge_manifest::fetch::Opened;
+use vedge_manifest::{Asset, FetchError, Fetcher, Object, ObjectKind};
 
 /// One object to push, with the viewer-facing key it is stored under.
 #[derive(Debug, Clone)]
@@ -444,7 +444,7 @@ pub async fn ingest_asset<F: Fetcher, S: Sink>(
         let body = m.body.clone().unwrap_or_default();
         let bytes = body.len() as u64;
         let mut headers = HeaderMap::new();
-        let ct = crate::manifest::fetch::content_type_for(m.url.path());
+        let ct = vedge_manifest::fetch::content_type_for(m.url.path());
         let ct = match m.kind {
             ObjectKind::Mpd => "application/dash+xml",
             ObjectKind::Playlist => "application/vnd.apple.mpegurl",

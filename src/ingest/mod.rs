@@ -22,9 +22,10 @@ use anyhow::Context;
 use serde::Serialize;
 use url::Url;
 
-use crate::manifest::fetch::{FileFetcher, HttpFetcher};
-use crate::manifest::{self, Asset, Limits, Scope, WalkOptions};
+use crate::origin::fetch::HttpFetcher;
 use engine::{AssetReport, IngestOptions, KeyMapper, Outcome, Progress, Sink};
+use vedge_manifest::fetch::FileFetcher;
+use vedge_manifest::{self as manifest, Asset, Limits, Scope, WalkOptions};
 
 /// Flags of `vedge ingest`.
 #[derive(Debug, Clone, clap::Args)]

@@ -11,9 +11,9 @@ use vedge_storage::{Source, Store, StoreError};
 use super::engine::{put_collected, Existing, PushObject, Sink, SinkError, SinkFuture};
 use crate::cache::object::{strip_hop_by_hop, CachedObject};
 use crate::cache::policy::ContentClass;
-use crate::manifest::fetch::{FetchError, Opened, OpenedBody};
-use crate::manifest::ObjectKind;
 use crate::proxy::tiers::store_meta;
+use vedge_manifest::fetch::{FetchError, Opened, OpenedBody};
+use vedge_manifest::ObjectKind;
 
 /// Freshness given to pushed objects: they are immutable until purged or re-ingested.
 pub const PUSH_TTL: Duration = Duration::from_secs(365 * 24 * 3600);

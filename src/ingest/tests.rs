@@ -4,9 +4,9 @@
 use std::sync::Arc;
 
 use super::engine::*;
-use crate::manifest::fetch::MapFetcher;
-use crate::manifest::{discover, WalkOptions};
 use url::Url;
+use vedge_manifest::fetch::MapFetcher;
+use vedge_manifest::{discover, WalkOptions};
 
 const BASE: &str = "http://origin.test/vod/a/";
 

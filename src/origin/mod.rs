@@ -2,6 +2,8 @@
 //! first-byte and between-bytes timeouts, one retry on connect failure for idempotent requests,
 //! `Host` per route, and `Via` / `CDN-Loop` (RFC 8586) so loops through shields are refused.
 
+pub mod fetch;
+
 use std::time::Duration;
 
 use http::header::{self, HeaderValue};

@@ -24,8 +24,8 @@ use vedge::ingest::engine::{
     ingest_asset, AssetReport, IngestOptions, KeyMapper, Outcome, Progress,
 };
 use vedge::ingest::store::StoreSink;
-use vedge::manifest::fetch::HttpFetcher;
-use vedge::manifest::{discover, Asset, WalkOptions};
+use vedge::origin::fetch::HttpFetcher;
+use vedge_manifest::{discover, Asset, WalkOptions};
 use vedge_storage::{Store, StoreConfig};
 
 /// A scripted origin: serves files under `root`, answers 404 for `missing`, counts requests.
@@ -65,7 +65,7 @@ async fn origin(root: PathBuf, missing: Vec<String>) -> Origin {
                                 .header("content-length", len)
                                 .header(
                                     "content-type",
-                                    vedge::manifest::fetch::content_type_for(&path),
+                                    vedge_manifest::fetch::content_type_for(&path),
                                 )
                                 .body(Full::new(body))
                         }

@@ -12,5 +12,4 @@ mod edge_ranges;
 mod edge_store;
 mod edge_vary;
 mod edge_zerocopy;
-mod harness;
 mod ingest;

@@ -25,9 +25,9 @@ use tokio::time::Instant;
 use url::Url;
 
 use super::load;
-use super::origin::parse_duration;
 use super::report::Pct;
 use super::stamp::{Clock, Stamped};
+use vedge_manifest::duration::parse as parse_duration;
 
 /// Flags of `vedge bench collapse`.
 #[derive(Debug, clap::Args)]
@@ -231,7 +231,7 @@ async fn one_request(
         let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
         let ttfb = t0.elapsed();
         let status = resp.status();
-        let want = crate::cache::policy::content_length(resp.headers());
+        let want = content_length(resp.headers());
         let mut body = resp.into_body();
         let mut got = 0u64;
         while let Some(frame) = body.frame().await {
@@ -257,6 +257,16 @@ async fn one_request(
         Ok(Err(e)) => Outcome::Failed(e),
         Err(_) => Outcome::Failed("timeout".into()),
     }
+}
+
+/// `Content-Length` as a number, if present and valid (to tell a short body from a whole one).
+fn content_length(h: &http::HeaderMap) -> Option<u64> {
+    h.get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Waits until burst `i` has `n` outcomes or `limit` passes (connections that broke earlier

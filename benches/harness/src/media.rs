@@ -50,15 +50,15 @@ const CHUNK_SECONDS: u64 = 2;
 macro_rules! rendition_files {
     ($dir:literal) => {
         (
-            include_str!(concat!("../../fixtures/live/", $dir, "/info.txt")),
-            &include_bytes!(concat!("../../fixtures/live/", $dir, "/init.mp4"))[..],
+            include_str!(concat!("../../../fixtures/live/", $dir, "/info.txt")),
+            &include_bytes!(concat!("../../../fixtures/live/", $dir, "/init.mp4"))[..],
             [
-                &include_bytes!(concat!("../../fixtures/live/", $dir, "/seg_0.m4s"))[..],
-                &include_bytes!(concat!("../../fixtures/live/", $dir, "/seg_1.m4s"))[..],
-                &include_bytes!(concat!("../../fixtures/live/", $dir, "/seg_2.m4s"))[..],
-                &include_bytes!(concat!("../../fixtures/live/", $dir, "/seg_3.m4s"))[..],
-                &include_bytes!(concat!("../../fixtures/live/", $dir, "/seg_4.m4s"))[..],
-                &include_bytes!(concat!("../../fixtures/live/", $dir, "/seg_5.m4s"))[..],
+                &include_bytes!(concat!("../../../fixtures/live/", $dir, "/seg_0.m4s"))[..],
+                &include_bytes!(concat!("../../../fixtures/live/", $dir, "/seg_1.m4s"))[..],
+                &include_bytes!(concat!("../../../fixtures/live/", $dir, "/seg_2.m4s"))[..],
+                &include_bytes!(concat!("../../../fixtures/live/", $dir, "/seg_3.m4s"))[..],
+                &include_bytes!(concat!("../../../fixtures/live/", $dir, "/seg_4.m4s"))[..],
+                &include_bytes!(concat!("../../../fixtures/live/", $dir, "/seg_5.m4s"))[..],
             ],
         )
     };

@@ -8,7 +8,7 @@ use super::fetch::{FileFetcher, MapFetcher};
 use super::*;
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/vod")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/vod")
 }
 
 fn rel(root: &Path, u: &Url) -> String {
@@ -393,7 +393,7 @@ fn malformed_mpds_are_errors_not_panics() {
 
 #[test]
 fn fuzz_corpus_holds_the_fuzz_properties() {
-    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus");
     let mut n = 0;
     for (sub, check) in [
         ("hls", fuzzing::check_hls as fn(&[u8])),

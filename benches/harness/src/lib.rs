@@ -1,5 +1,9 @@
-//! The live-burst load harness (`vedge bench live-burst`) and the live packager simulator
-//! (`vedge origin`).
+//! vedge-bench: the live-burst load harness (`vedge bench live-burst`, `vedge bench collapse`)
+//! and the live packager simulator (`vedge origin`).
+//!
+//! Its own crate because it measures any edge (vedge, nginx, Varnish) from the client side: it
+//! depends on neither the `vedge` crate nor its cache, keeps its own HTTP client, and reads
+//! manifests, DASH templates and durations through `vedge-manifest`, as the edge does.
 //!
 //! Module map:
 //! - `origin`: the simulator's HTTP server, options, faults and `/__stats`.
@@ -33,7 +37,7 @@ use tokio::time::Instant;
 use url::Url;
 
 use load::{HttpNet, Recorder, RunConfig, Scenario};
-use origin::parse_duration;
+use vedge_manifest::duration::parse as parse_duration;
 
 /// `vedge bench ...` subcommands.
 #[derive(Debug, Subcommand)]

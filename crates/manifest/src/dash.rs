@@ -14,6 +14,7 @@ use dash_mpd_core::{
 use url::Url;
 
 use super::template::{self, Vars};
+use super::timeline;
 use super::{resolve, ObjectKind, Reference, WalkError};
 
 /// Parses `body` (fetched from `url`) and returns what it references. `budget` is how many more
@@ -494,42 +495,19 @@ impl Walker<'_> {
         // First pass: count, so a timeline implying billions of segments fails before any is
         // generated.
         let mut runs = Vec::with_capacity(tl.segments.len());
-        let mut t: u128 = 0;
         let mut total: u128 = 0;
-        for (i, s) in tl.segments.iter().enumerate() {
-            if let Some(st) = s.t {
-                t = u128::from(st);
-            }
-            if s.d == 0 {
-                return Err(self.bad("SegmentTimeline S@d=0".into()));
-            }
-            let d = u128::from(s.d);
-            let count: u128 = match s.r {
-                Some(r) if r >= 0 => r as u128 + 1,
-                None => 1,
-                Some(_) => {
-                    // r<0: repeat until the next S@t, else until the end of the period.
-                    let until = match tl.segments.get(i + 1).and_then(|n| n.t) {
-                        Some(nt) => u128::from(nt),
-                        None => match period_end {
-                            Some(e) => e,
-                            None => {
-                                return Err(self.bad(
-                                    "S@r=-1 at the end of a timeline with no known period end"
-                                        .into(),
-                                ))
-                            }
-                        },
-                    };
-                    until.saturating_sub(t).div_ceil(d)
-                }
+        for run in timeline::runs(&tl.segments, period_end) {
+            let run = run.map_err(|e| self.bad(e.to_string()))?;
+            let Some(count) = run.count else {
+                return Err(
+                    self.bad("S@r=-1 at the end of a timeline with no known period end".into())
+                );
             };
             total = total.saturating_add(count);
             if total > self.budget as u128 {
                 return Err(self.too_many(total));
             }
-            runs.push((t, d, count));
-            t = t.saturating_add(d.saturating_mul(count));
+            runs.push((run.t, u128::from(run.d), count));
         }
         self.reserve(total)?;
         let mut number = start_number;

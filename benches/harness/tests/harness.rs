@@ -1,13 +1,14 @@
 //! The live-burst harness end to end: `vedge origin` on 127.0.0.1:0, simulated viewers against it
-//! (directly, and through the edge), origin counters read back from /__stats.
+//! (directly, and through the edge), origin counters read back from /__stats. The harness's one
+//! integration-test binary; `vedge` is only a dev-dependency, for the runs through an edge.
 
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use url::Url;
-use vedge::bench::load::{RunConfig, Scenario};
-use vedge::bench::origin::{self, Latency, OriginOptions};
+use vedge_bench::load::{RunConfig, Scenario};
+use vedge_bench::origin::{self, Latency, OriginOptions};
 
 /// Starts the simulator; dropping the returned sender shuts it down.
 async fn start_origin(opts: OriginOptions) -> (String, oneshot::Sender<()>) {
@@ -44,7 +45,7 @@ fn config(base: &str, path: &str, scenario: Scenario, viewers: u64, secs: u64) -
 async fn harness_counts_match_the_origin_counters_hls() {
     let (base, _stop) = start_origin(OriginOptions::default()).await;
     let cfg = config(&base, "/live/it-hls/master.m3u8", Scenario::Burst, 60, 3);
-    let r = vedge::bench::live_burst_report(&cfg, |_| {})
+    let r = vedge_bench::live_burst_report(&cfg, |_| {})
         .await
         .expect("run");
     assert_eq!(r.error_total, 0, "errors: {:?}", r.errors);
@@ -74,7 +75,7 @@ async fn dash_segment_storm_without_errors() {
         40,
         3,
     );
-    let r = vedge::bench::live_burst_report(&cfg, |_| {})
+    let r = vedge_bench::live_burst_report(&cfg, |_| {})
         .await
         .expect("run");
     assert_eq!(r.error_total, 0, "errors: {:?}", r.errors);
@@ -94,7 +95,7 @@ async fn dash_timeline_viewers_play_without_errors() {
         30,
         5,
     );
-    let r = vedge::bench::live_burst_report(&cfg, |_| {})
+    let r = vedge_bench::live_burst_report(&cfg, |_| {})
         .await
         .expect("run");
     assert_eq!(r.error_total, 0, "errors: {:?}", r.errors);
@@ -113,7 +114,7 @@ async fn viewers_share_a_bounded_connection_pool() {
     let (base, _stop) = start_origin(OriginOptions::default()).await;
     let mut cfg = config(&base, "/live/it-pool/master.m3u8", Scenario::Burst, 200, 3);
     cfg.connections = 4;
-    let r = vedge::bench::live_burst_report(&cfg, |_| {})
+    let r = vedge_bench::live_burst_report(&cfg, |_| {})
         .await
         .expect("run");
     assert_eq!(r.error_total, 0, "errors: {:?}", r.errors);
@@ -132,7 +133,7 @@ async fn viewers_share_a_bounded_connection_pool() {
 async fn vod_viewers_seek_and_play() {
     let (base, _stop) = start_origin(OriginOptions::default()).await;
     let cfg = config(&base, "/vod/it-vod/master.m3u8", Scenario::Vod, 20, 2);
-    let r = vedge::bench::live_burst_report(&cfg, |_| {})
+    let r = vedge_bench::live_burst_report(&cfg, |_| {})
         .await
         .expect("run");
     assert_eq!(r.error_total, 0, "errors: {:?}", r.errors);
@@ -148,7 +149,7 @@ async fn injected_origin_errors_are_reported_not_hidden() {
     };
     let (base, _stop) = start_origin(opts).await;
     let cfg = config(&base, "/live/it-err/master.m3u8", Scenario::Burst, 5, 1);
-    let r = vedge::bench::live_burst_report(&cfg, |_| {})
+    let r = vedge_bench::live_burst_report(&cfg, |_| {})
         .await
         .expect("run");
     assert_eq!(r.requests, 0);
@@ -171,7 +172,7 @@ async fn unreachable_target_is_an_error() {
     let base = format!("http://127.0.0.1:{port}");
     let mut cfg = config(&base, "/live/x/master.m3u8", Scenario::Steady, 1, 1);
     cfg.origin_stats = None;
-    let err = vedge::bench::live_burst_report(&cfg, |_| {})
+    let err = vedge_bench::live_burst_report(&cfg, |_| {})
         .await
         .expect_err("nothing listens there");
     assert!(format!("{err:#}").contains("unreachable"), "{err:#}");
@@ -217,7 +218,7 @@ async fn segment_storm_through_vedge_is_collapsed_to_one_origin_request() {
         5,
     );
     cfg.origin_stats = Some(Url::parse(&format!("{origin}/__stats")).expect("url"));
-    let r = vedge::bench::live_burst_report(&cfg, |_| {})
+    let r = vedge_bench::live_burst_report(&cfg, |_| {})
         .await
         .expect("run");
     assert_eq!(r.error_total, 0, "errors: {:?}", r.errors);
@@ -242,7 +243,7 @@ async fn segment_storm_through_vedge_is_collapsed_to_one_origin_request() {
 /// costs the origin one request, and every viewer's TTFB includes the origin's latency.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn collapse_bench_sees_one_origin_request_per_cold_object() {
-    use vedge::bench::collapse::{self, CollapseArgs};
+    use vedge_bench::collapse::{self, CollapseArgs};
 
     let opts = OriginOptions {
         segment_latency: Latency::Fixed(Duration::from_millis(100)),

@@ -1,5 +1,7 @@
-//! Where a walk (and ingest) reads objects from: an HTTP origin (hyper-util client, bounded
-//! retries) or a local directory (`file:` URLs, confined to its root).
+//! Where a walk (and ingest) reads objects from: the [`Fetcher`] trait, a local directory
+//! (`file:` URLs, confined to its root) and an in-memory map. The HTTP fetcher opens outbound
+//! connections, so it lives in the edge (`vedge::origin::fetch::HttpFetcher`); an HTTP body it
+//! opened still travels here as [`OpenedBody::Http`].
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -7,10 +9,8 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, StatusCode};
-use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
+use http::{HeaderMap, HeaderValue};
+use http_body_util::BodyExt;
 use url::Url;
 
 /// One fetched object: its bytes and the origin's headers (content type, validators, caching),
@@ -307,154 +307,6 @@ impl Fetcher for FileFetcher {
             }
             tokio::fs::metadata(&canonical).await.ok().map(|m| m.len())
         })
-    }
-}
-
-/// Reads `http:` URLs with a pooled hyper-util client: a per-attempt timeout and bounded retries
-/// with exponential backoff on transient failures (transport errors, 5xx, 429).
-#[derive(Clone)]
-pub struct HttpFetcher {
-    client: Client<HttpConnector, Empty<Bytes>>,
-    timeout: Duration,
-    retries: u32,
-    backoff: Duration,
-}
-
-impl HttpFetcher {
-    pub fn new(timeout: Duration, retries: u32) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(timeout));
-        connector.set_nodelay(true);
-        HttpFetcher {
-            client: Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(Duration::from_secs(30))
-                .build(connector),
-            timeout,
-            retries,
-            backoff: Duration::from_millis(100),
-        }
-    }
-
-    /// One attempt, up to the response headers.
-    async fn open_once(&self, url: &Url, max_bytes: usize) -> Result<Opened, FetchError> {
-        let uri: http::Uri = url
-            .as_str()
-            .parse()
-            .map_err(|e: http::uri::InvalidUri| FetchError::Io(e.to_string()))?;
-        let req = http::Request::get(uri)
-            .header(http::header::USER_AGENT, "vedge-ingest")
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| FetchError::Io(e.to_string()))?;
-        let res = self
-            .client
-            .request(req)
-            .await
-            .map_err(|e| FetchError::Io(format!("{e:?}")))?;
-        let status = res.status();
-        if status == StatusCode::NOT_FOUND {
-            return Err(FetchError::NotFound);
-        }
-        if !status.is_success() {
-            return Err(FetchError::Status(status.as_u16()));
-        }
-        let (parts, body) = res.into_parts();
-        let len = crate::cache::policy::content_length(&parts.headers);
-        if len.is_some_and(|l| l > max_bytes as u64) {
-            return Err(FetchError::TooLarge(max_bytes));
-        }
-        Ok(Opened {
-            headers: parts.headers,
-            len,
-            body: OpenedBody::Http {
-                body,
-                timeout: self.timeout,
-            },
-            max_bytes,
-        })
-    }
-
-    /// One attempt, the whole body.
-    async fn once(&self, url: &Url, max_bytes: usize) -> Result<Fetched, FetchError> {
-        self.open_once(url, max_bytes).await?.collect().await
-    }
-
-    async fn with_retries(&self, url: &Url, max_bytes: usize) -> Result<Fetched, FetchError> {
-        self.retrying(url, || self.once(url, max_bytes)).await
-    }
-
-    async fn open_with_retries(&self, url: &Url, max_bytes: usize) -> Result<Opened, FetchError> {
-        self.retrying(url, || self.open_once(url, max_bytes)).await
-    }
-
-    /// Runs `attempt_once` under the per-attempt timeout, retrying transient failures with
-    /// exponential backoff.
-    async fn retrying<T, F, Fut>(&self, url: &Url, attempt_once: F) -> Result<T, FetchError>
-    where
-        F: Fn() -> Fut,
-        Fut: Future<Output = Result<T, FetchError>>,
-    {
-        if url.scheme() != "http" {
-            return Err(FetchError::Scheme(url.scheme().to_string()));
-        }
-        let mut attempt = 0;
-        loop {
-            let result = match tokio::time::timeout(self.timeout, attempt_once()).await {
-                Ok(r) => r,
-                Err(_) => Err(FetchError::Timeout(self.timeout)),
-            };
-            match result {
-                Err(e) if e.is_transient() && attempt < self.retries => {
-                    attempt += 1;
-                    tracing::debug!(%url, attempt, error = %e, "retrying");
-                    tokio::time::sleep(self.backoff * 2u32.saturating_pow(attempt - 1)).await;
-                }
-                other => return other,
-            }
-        }
-    }
-}
-
-impl HttpFetcher {
-    async fn head(&self, url: &Url) -> Option<u64> {
-        if url.scheme() != "http" {
-            return None;
-        }
-        let uri: http::Uri = url.as_str().parse().ok()?;
-        let req = http::Request::head(uri)
-            .header(http::header::USER_AGENT, "vedge-ingest")
-            .body(Empty::<Bytes>::new())
-            .ok()?;
-        let res = tokio::time::timeout(self.timeout, self.client.request(req))
-            .await
-            .ok()?
-            .ok()?;
-        if !res.status().is_success() {
-            return None;
-        }
-        res.headers()
-            .get(http::header::CONTENT_LENGTH)?
-            .to_str()
-            .ok()?
-            .parse()
-            .ok()
-    }
-}
-
-impl Fetcher for HttpFetcher {
-    fn fetch<'a>(&'a self, url: &'a Url, max_bytes: usize) -> FetchFuture<'a> {
-        Box::pin(self.with_retries(url, max_bytes))
-    }
-
-    fn open<'a>(&'a self, url: &'a Url, max_bytes: usize) -> OpenFuture<'a> {
-        Box::pin(self.open_with_retries(url, max_bytes))
-    }
-
-    fn retries(&self) -> u32 {
-        self.retries
-    }
-
-    fn size<'a>(&'a self, url: &'a Url) -> SizeFuture<'a> {
-        Box::pin(self.head(url))
     }
 }
 

@@ -31,6 +31,8 @@ use rand::Rng as _;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
+use vedge_manifest::duration::parse as parse_duration;
+
 use super::media::{self, Rendition};
 use super::playlist::{self, DashAddressing, RenditionInfo, Timeline};
 
@@ -240,30 +242,6 @@ impl Latency {
             }
         }
     }
-}
-
-/// `250ms`, `2s`, `1.5s`, `3m`, or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, mul) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60.0)
-    } else if let Some(n) = s.strip_suffix('h') {
-        (n, 3600.0)
-    } else {
-        (s, 1.0)
-    };
-    let v: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration (e.g. 250ms, 2s, 1m)"))?;
-    if !v.is_finite() || v < 0.0 {
-        return Err(format!("{s:?} is not a duration"));
-    }
-    Ok(Duration::from_secs_f64(v * mul))
 }
 
 /// Entry point of `vedge origin`.

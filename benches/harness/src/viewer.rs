@@ -21,6 +21,8 @@ use bytes::Bytes;
 use rand::{rngs::StdRng, Rng as _, SeedableRng as _};
 use tokio::time::{sleep, sleep_until, Instant};
 use url::Url;
+use vedge_manifest::template::{self, Vars};
+use vedge_manifest::timeline;
 
 /// What kind of object a request fetches (histograms are kept per class).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -542,8 +544,8 @@ enum Addressing {
     Timeline(Vec<Run>),
 }
 
-/// `<S t d r>`: `count` segments of `d` ticks from `t`; `None` for `r="-1"`: repeated until the
-/// next `S` starts, or without end on the last one (the live edge then comes from the clock).
+/// `<S t d r>` as `vedge_manifest::timeline` reads it: `count` segments of `d` ticks from `t`;
+/// `None` for an open `r="-1"` run (the live edge then comes from the clock).
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Run {
     t: u64,
@@ -582,21 +584,18 @@ impl Template {
         let timescale = field!(timescale).unwrap_or(1).max(1);
         let addressing = match (field!(SegmentTimeline), field!(duration)) {
             (Some(tl), _) => {
-                let mut runs = Vec::with_capacity(tl.segments.len());
-                let mut next_t = 0u64;
-                for s in &tl.segments {
-                    if s.d == 0 {
-                        return None;
-                    }
-                    let t = s.t.unwrap_or(next_t);
-                    let count = match s.r {
-                        Some(r) if r < 0 => None,
-                        Some(r) => Some(r as u64 + 1),
-                        None => Some(1),
-                    };
-                    next_t = count.map_or(t, |c| t + c * s.d);
-                    runs.push(Run { t, d: s.d, count });
-                }
+                // No period end: a live timeline's last `r="-1"` run stays open (the clock
+                // extends it). Times beyond u64 are not a stream a viewer can play.
+                let runs = timeline::runs(&tl.segments, None)
+                    .map(|r| {
+                        let r = r.ok()?;
+                        Some(Run {
+                            t: u64::try_from(r.t).ok()?,
+                            d: r.d,
+                            count: r.count.map(u64::try_from).transpose().ok()?,
+                        })
+                    })
+                    .collect::<Option<Vec<Run>>>()?;
                 if runs.is_empty() {
                     return None;
                 }
@@ -639,6 +638,7 @@ impl Template {
             Addressing::Timeline(runs) => {
                 let mut index = 0u64;
                 for (j, run) in runs.iter().enumerate() {
+                    // An open run that another follows ends where that one starts.
                     let count = run.count.or_else(|| {
                         runs.get(j + 1)
                             .map(|next| next.t.saturating_sub(run.t).div_ceil(run.d))
@@ -753,11 +753,16 @@ fn parse_dash(b: &[u8]) -> Option<Dash> {
     })
 }
 
-fn fill(template: &str, rep: &str, number: u64, time: u64) -> String {
-    template
-        .replace("$RepresentationID$", rep)
-        .replace("$Number$", &number.to_string())
-        .replace("$Time$", &time.to_string())
+/// A segment's URL from its representation's template (`None`: a template the edge's own walker
+/// would reject too, or a URL that does not resolve).
+fn fill(base: &Url, template: &str, rep: &Rep, number: u64, time: u64) -> Option<Url> {
+    let vars = Vars {
+        representation_id: &rep.id,
+        bandwidth: Some(rep.bandwidth),
+        number: Some(number),
+        time: Some(time),
+    };
+    base.join(&template::expand(template, &vars).ok()?).ok()
 }
 
 async fn run_dash(net: &impl Net, plan: &Plan, wall: &(impl Fn() -> SystemTime + Sync)) -> Outcome {
@@ -812,7 +817,7 @@ async fn run_dash(net: &impl Net, plan: &Plan, wall: &(impl Fn() -> SystemTime +
         let rep = &mpd.reps[current];
         if init_for != Some(current) {
             if let Some(init) = &rep.tpl.init {
-                let Ok(u) = plan.target.join(&fill(init, &rep.id, 0, 0)) else {
+                let Some(u) = fill(&plan.target, init, rep, 0, 0) else {
                     net.parse_error();
                     break;
                 };
@@ -879,8 +884,7 @@ async fn run_dash(net: &impl Net, plan: &Plan, wall: &(impl Fn() -> SystemTime +
             }
             playback.pace(seg.start, seg.dur * 3, plan.leave_at).await;
         }
-        let media = fill(&rep.tpl.media, &rep.id, seg.number, seg.time);
-        let Ok(u) = plan.target.join(&media) else {
+        let Some(u) = fill(&plan.target, &rep.tpl.media, rep, seg.number, seg.time) else {
             net.parse_error();
             break;
         };
@@ -919,7 +923,7 @@ async fn run_dash(net: &impl Net, plan: &Plan, wall: &(impl Fn() -> SystemTime +
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::playlist::{self, DashAddressing, RenditionInfo, Timeline};
+    use crate::playlist::{self, DashAddressing, RenditionInfo, Timeline};
     use parking_lot::Mutex;
 
     /// A packager in memory: manifests from the playlist module at the paused clock, a fixed
@@ -1133,6 +1137,35 @@ mod tests {
         assert_eq!(choose(Pick::Abr, &vs, Some(1_000_000.0)), 0);
         assert_eq!(choose(Pick::Abr, &vs, Some(10_000_000.0)), 2);
         assert_eq!(choose(Pick::Fixed(4), &vs, None), 1);
+    }
+
+    /// Segment URLs come from the manifest crate's template expansion, the one the edge's ingest
+    /// walk uses: `%0Nd` widths, `$Bandwidth$` and `$$` are expanded as players expand them.
+    #[test]
+    fn dash_templates_expand_widths_and_every_identifier() {
+        let rep = Rep {
+            id: "v1".into(),
+            bandwidth: 800_000,
+            tpl: Template {
+                timescale: 1,
+                pto: 0,
+                start_number: 1,
+                media: String::new(),
+                init: None,
+                addressing: Addressing::Number { ticks: 2 },
+            },
+        };
+        let base = Url::parse("http://edge.test/live/a/manifest.mpd").expect("url");
+        let url = |t: &str| fill(&base, t, &rep, 7, 14).map(|u| u.path().to_string());
+        assert_eq!(
+            url("$RepresentationID$/seg_$Number%05d$.m4s").as_deref(),
+            Some("/live/a/v1/seg_00007.m4s")
+        );
+        assert_eq!(
+            url("$Bandwidth$/t_$Time$$$.m4s").as_deref(),
+            Some("/live/a/800000/t_14$.m4s")
+        );
+        assert_eq!(url("$Nope$.m4s"), None, "an unknown identifier is an error");
     }
 
     #[test]

@@ -1,5 +1,8 @@
-//! HLS (m3u8-rs) and DASH (dash-mpd-core) manifest walking: from one asset URL to every object a
-//! player could request (playlists, MPDs, init and media segments, subtitles, key files).
+//! vedge-manifest: HLS (m3u8-rs) and DASH (dash-mpd-core) manifest walking, from one asset URL to
+//! every object a player could request (playlists, MPDs, init and media segments, subtitles, key
+//! files), plus the pieces the edge (ingest) and the live-burst harness (`vedge-bench`) both read
+//! manifests with: DASH template expansion ([`template`]), SegmentTimeline runs ([`timeline`]) and
+//! the duration syntax of their flags ([`duration`]).
 //!
 //! The walk is pure apart from its [`Fetcher`]: the same code reads an origin over HTTP or a
 //! local directory of packaged assets (`file:` URLs), and tests feed it files or strings.
@@ -18,12 +21,14 @@
 #![allow(clippy::result_large_err)]
 
 pub mod dash;
+pub mod duration;
 pub mod fetch;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod hls;
 pub mod scope;
 pub mod template;
+pub mod timeline;
 
 use std::collections::{HashSet, VecDeque};
 
