@@ -885,7 +885,11 @@ mod tests {
         // Every enter fails, the cancels' included, so the read stays in the kernel.
         e.inject_submit_errno(libc::EFAULT, u32::MAX);
         let (buf, res) = read(&e, LEN);
-        assert_ne!(buf.capacity(), LEN, "the kernel's buffer must not come back");
+        assert_ne!(
+            buf.capacity(),
+            LEN,
+            "the kernel's buffer must not come back"
+        );
         let err = res.unwrap_err();
         assert!(err.to_string().contains("abandoned"), "{err}");
         assert_eq!(
