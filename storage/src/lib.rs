@@ -80,5 +80,7 @@ pub use config::{
     Admit, EngineChoice, EngineKind, Hit, Meta, SkipReason, Source, StoreConfig, StoreStats,
 };
 pub use error::StoreError;
+#[doc(hidden)]
+pub use io::RingFailure;
 pub use object_buf::ObjectBuf;
 pub use store::Store;

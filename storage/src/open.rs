@@ -19,11 +19,10 @@ use crate::format::{
     FORMAT_VERSION,
 };
 use crate::index::{Entry, HIT, PINNED};
-use crate::io::{psync::PsyncEngine, uring::UringEngine, Io, IoEngine, OwnedFile};
+use crate::io::{psync::PsyncEngine, uring::UringEngine, Io, IoEngine, OwnedFile, PSYNC_THREADS};
 use crate::store::{Inner, RegionMeta, State};
 use crate::writer::{write_summary, Active};
 
-const PSYNC_THREADS: usize = 4;
 const ZERO_CHUNK: u64 = 8 << 20;
 
 fn open_err(path: &Path, source: io::Error) -> StoreError {

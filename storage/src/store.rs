@@ -873,6 +873,19 @@ impl Store {
         self.inner().io.inject_write_errno(errno);
     }
 
+    /// Test hook: the next `times` io_uring submissions that carry an operation fail with
+    /// `errno`, as if `io_uring_enter` had failed (no effect on psync).
+    #[doc(hidden)]
+    pub fn inject_submit_errno(&self, errno: i32, times: u32) {
+        self.inner().io.inject_submit_errno(errno, times);
+    }
+
+    /// How the operations in flight fared if the io_uring ring failed (None: it has not).
+    #[doc(hidden)]
+    pub fn ring_failure(&self) -> Option<crate::RingFailure> {
+        self.inner().io.ring_failure()
+    }
+
     /// Finishes queued writes, writes the index snapshot and marks the store clean.
     /// Other clones keep serving lookups; their inserts are refused.
     pub async fn close(self) -> Result<(), StoreError> {

@@ -3,7 +3,8 @@
 //! Every engine takes ownership of the buffer for the duration of the operation and gives it back
 //! through a tokio oneshot, so a cancelled caller (dropped future) can never leave the kernel
 //! writing into freed memory. Engines finish short transfers themselves: a completion is either
-//! the whole buffer or an error.
+//! the whole buffer or an error. The io_uring engine goes further: a buffer the kernel may still
+//! write is never handed back or freed, even when the ring fails (see `uring.rs`).
 
 pub(crate) mod psync;
 pub(crate) mod uring;
@@ -28,6 +29,10 @@ pub(crate) enum OpKind {
     Sync,
 }
 
+/// Worker threads of the psync engine, and of the psync fallback an io_uring engine switches to
+/// when its ring fails.
+pub(crate) const PSYNC_THREADS: usize = 4;
+
 pub(crate) struct Op {
     pub kind: OpKind,
     pub offset: u64,
@@ -40,6 +45,36 @@ pub(crate) trait IoEngine: Send + Sync + 'static {
     /// Queues `op`; the result arrives on `op.done`. Never blocks on the device.
     fn submit(&self, op: Op);
     fn kind(&self) -> EngineKind;
+    /// Test hook: the next `times` ring submissions carrying an operation fail with `errno`
+    /// (after the kernel took the entries, as a real failure may). Engines without a ring
+    /// ignore it.
+    fn inject_submit_errno(&self, _errno: i32, _times: u32) {}
+    /// What happened to the operations in flight when the ring failed, if it did.
+    fn ring_failure(&self) -> Option<RingFailure> {
+        None
+    }
+}
+
+/// Accounting of an io_uring failure (see `Store::ring_failure`): every operation the kernel
+/// held when submit failed is either `reaped` (its completion arrived: delivered, or re-run on
+/// psync) or `leaked` (never completed in time: its buffer is deliberately never freed).
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RingFailure {
+    /// The errno `io_uring_enter` failed with.
+    pub errno: i32,
+    /// Operations submitted to the kernel whose completion had not been reaped at the failure.
+    pub in_flight: u64,
+    /// Of those, the ones whose completion was reaped before their buffer was let go.
+    pub reaped: u64,
+    /// Of those, the ones the kernel did not complete within the drain limit: buffer leaked,
+    /// caller given an error.
+    pub leaked: u64,
+    /// Operations run on psync instead: cancelled or cut short in the kernel, queued but not
+    /// yet submitted, or sent to the ring while it was being drained.
+    pub redone: u64,
+    /// The drain is over: `reaped + leaked == in_flight` from then on.
+    pub drained: bool,
 }
 
 /// The engine actually in use (see [`crate::StoreStats::engine`]).
@@ -81,6 +116,14 @@ impl Io {
 
     pub(crate) fn kind(&self) -> EngineKind {
         self.engine.kind()
+    }
+
+    pub(crate) fn inject_submit_errno(&self, errno: i32, times: u32) {
+        self.engine.inject_submit_errno(errno, times);
+    }
+
+    pub(crate) fn ring_failure(&self) -> Option<RingFailure> {
+        self.engine.ring_failure()
     }
 
     async fn run(

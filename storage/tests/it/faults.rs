@@ -5,7 +5,8 @@ use std::fs;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::Path;
 
-use vedge_storage::{EngineChoice, Source, Store, StoreConfig, StoreError};
+use futures_util::future::join_all;
+use vedge_storage::{EngineChoice, EngineKind, Source, Store, StoreConfig, StoreError};
 
 use crate::support::*;
 
@@ -304,6 +305,80 @@ async fn bit_flips_are_never_served_and_are_counted() {
     }
 }
 
+/// The security issue's case: `io_uring_enter` fails (EIO, injected after the kernel took the
+/// entries) while reads and writes are in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uring_submit_failure_fails_over_to_psync_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(&dir.path().join("store"), EngineChoice::Uring);
+    let Some(s) = open_uring(&c).await else {
+        return;
+    };
+    for i in 0..20 {
+        put(&s, &format!("before{i}"), 20_000).await;
+    }
+    assert!(s.ring_failure().is_none());
+    s.inject_submit_errno(libc::EIO, 1);
+    // Reads and writes at once, so the failing submission carries several operations.
+    let reads = join_all((0..20).map(|i| {
+        let s = s.clone();
+        async move { s.lookup(format!("before{i}").as_bytes()).await }
+    }));
+    let writes = join_all((0..10).map(|i| {
+        let (s, k) = (s.clone(), format!("during{i}"));
+        async move {
+            s.insert_durable(
+                k.as_bytes(),
+                meta(&k, &[], false),
+                body_for(&k, 30_000),
+                Source::Push,
+            )
+            .await
+        }
+    }));
+    let (reads, writes) = tokio::join!(reads, writes);
+
+    // (a) Every operation the kernel held was reaped before its buffer came back; none had to
+    // be leaked (cancel works here), so every read and write succeeded.
+    let f = s.ring_failure().expect("the injected EIO failed the ring");
+    eprintln!("ring failure: {f:?}");
+    assert_eq!(f.errno, libc::EIO);
+    assert!(f.in_flight >= 1, "{f:?}");
+    assert!(f.drained, "{f:?}");
+    assert_eq!(f.reaped + f.leaked, f.in_flight, "{f:?}");
+    assert_eq!(f.leaked, 0, "{f:?}");
+    assert_eq!(s.stats().engine, EngineKind::Psync);
+    // (b) Correct bytes through and after the failover.
+    for (i, hit) in reads.into_iter().enumerate() {
+        let hit = hit.unwrap_or_else(|| panic!("before{i} missing"));
+        assert!(
+            hit.body == body_for(&format!("before{i}"), 20_000),
+            "before{i} body"
+        );
+    }
+    for (i, w) in writes.into_iter().enumerate() {
+        w.unwrap_or_else(|e| panic!("during{i}: {e}"));
+    }
+    for i in 0..10 {
+        assert_served(&s, &format!("during{i}"), 30_000).await;
+        put(&s, &format!("after{i}"), 10_000).await;
+        assert_served(&s, &format!("after{i}"), 10_000).await;
+    }
+    assert_eq!(s.stats().read_errors + s.stats().write_errors, 0);
+    // (c) Clean close on psync, reopen on a fresh ring: everything acknowledged is there.
+    s.close().await.unwrap();
+    let s = open(&c).await;
+    assert_eq!(s.stats().engine, EngineKind::Uring);
+    for i in 0..20 {
+        assert_served(&s, &format!("before{i}"), 20_000).await;
+    }
+    for i in 0..10 {
+        assert_served(&s, &format!("during{i}"), 30_000).await;
+        assert_served(&s, &format!("after{i}"), 10_000).await;
+    }
+    s.close().await.unwrap();
+}
+
 #[tokio::test]
 async fn uring_choice_reports_engine_and_auto_opens() {
     let dir = tempfile::tempdir().unwrap();
@@ -360,6 +435,16 @@ async fn idle_child() {
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     let after = thread_ticks("vedge-uring");
     println!("\nIDLE_TICKS {}", after - before);
+    // After a ring failure the thread stays (forwarding stragglers to psync), blocked.
+    s.inject_submit_errno(libc::EIO, 1);
+    let (a, b) = tokio::join!(put(&s, "x", 5000), s.lookup(b"warm"));
+    drop((a, b));
+    assert!(s.ring_failure().is_some_and(|f| f.drained));
+    assert_served(&s, "x", 5000).await;
+    let before = thread_ticks("vedge-uring");
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let after = thread_ticks("vedge-uring");
+    println!("\nFAILED_IDLE_TICKS {}", after - before);
     s.close().await.unwrap();
 }
 
@@ -387,4 +472,15 @@ fn uring_thread_sleeps_when_idle() {
         .unwrap();
     // A spinning thread would burn ~150 ticks (100 Hz) in 1.5 s; a blocked one none.
     assert!(ticks <= 2, "io_uring thread used {ticks} ticks while idle");
+    let failed: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("FAILED_IDLE_TICKS "))
+        .unwrap_or_else(|| panic!("child output: {text}"))
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        failed <= 2,
+        "failed io_uring thread used {failed} ticks while idle"
+    );
 }

@@ -2,7 +2,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use vedge_storage::{EngineChoice, Meta, Store, StoreConfig};
+use vedge_storage::{EngineChoice, Meta, Store, StoreConfig, StoreError};
 
 pub const ENGINES: [EngineChoice; 2] = [EngineChoice::Uring, EngineChoice::Psync];
 pub const REGION: u64 = 256 * 1024;
@@ -40,6 +40,20 @@ pub fn meta(key: &str, tags: &[&str], pinned: bool) -> Meta {
 
 pub async fn open(c: &StoreConfig) -> Store {
     Store::open(c.clone()).await.expect("open store")
+}
+
+/// Opens with io_uring, or None (saying so) where the kernel or seccomp refuses it.
+pub async fn open_uring(c: &StoreConfig) -> Option<Store> {
+    let mut c = c.clone();
+    c.engine = EngineChoice::Uring;
+    match Store::open(c).await {
+        Ok(s) => Some(s),
+        Err(StoreError::Config(m)) if m.contains("io_uring unavailable") => {
+            eprintln!("{m}; skipped");
+            None
+        }
+        Err(e) => panic!("open store: {e}"),
+    }
 }
 
 pub async fn put(s: &Store, key: &str, len: usize) {
