@@ -2,6 +2,7 @@
 //! concurrent misses (`lock`, `fill`), the RAM tier and cached objects. No network I/O here.
 
 pub mod fill;
+pub mod fuzzing;
 pub mod key;
 pub mod lock;
 pub mod memfile;
