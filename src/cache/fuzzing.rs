@@ -344,4 +344,32 @@ mod tests {
         }
         assert!(n >= 8, "corpus has {n} inputs");
     }
+
+    fn text() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..48),
+            "[\\x00-\\x7f]{0,40}".prop_map(String::into_bytes),
+            "[a-zA-Z0-9.:/%\\[\\]@ -]{0,12}\n/[a-z0-9./%2eEfF]{0,16}(\\?[a-z=&%0-9]{0,8})?\n[a-z.:]{0,8}\n/[a-z./]{0,12}"
+                .prop_map(|s| [b"\x01".to_vec(), s.into_bytes()].concat()),
+        ]
+    }
+
+    proptest::proptest! {
+        /// A stand-in for the fuzzer on every `cargo test`: random inputs through each check.
+        #[test]
+        fn random_inputs_hold_the_properties(data in text(), len in 0..40u64, n in "[0-9]{0,21}", m in "[0-9]{0,21}") {
+            check_key(&data);
+            check_cache_control(&data);
+            check_age_expires(&data);
+            check_range(&data);
+            for v in [format!("bytes={n}-{m}"), format!("bytes=-{n}"), format!("bytes={n}-")] {
+                let mut r = len.to_le_bytes().to_vec();
+                r.extend_from_slice(v.as_bytes());
+                check_range(&r);
+            }
+            check_cache_control(format!("\x00max-age={n}, stale-while-revalidate={m}").as_bytes());
+            check_age_expires(format!("{n}\n\n").as_bytes());
+        }
+    }
 }
