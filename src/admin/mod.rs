@@ -16,7 +16,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::cache::key::{cache_key, normalise_host};
+use crate::cache::key::{
+    cache_key, key_prefix, normalize_host, normalize_path, request_key, Scheme,
+};
 use crate::http::body::Body;
 use crate::proxy::Edge;
 
@@ -203,13 +205,28 @@ async fn admin(edge: Arc<Edge>, req: Request<Incoming>) -> Response<Body> {
                         }
                     },
                 };
+                // The plain-HTTP key (also what an unnormalisable target was stored under),
+                // then the HTTPS one: a purge is about content, so it covers both schemes.
                 removed += edge.purge_key(&cache_key(&host, &pq, drop));
+                if let Ok(k) = request_key(Scheme::Https, &host, &pq, drop) {
+                    removed += edge.purge_key(&k);
+                }
             }
             for prefix in &p.prefixes {
                 let Some(host) = &p.host else {
                     return text(StatusCode::BAD_REQUEST, "prefix purge needs \"host\"\n");
                 };
-                removed += edge.purge_prefix(&format!("{}{prefix}", normalise_host(host)));
+                // Objects are keyed per scheme; a purge is about content, so it covers both.
+                for scheme in Scheme::ALL {
+                    let (Ok(h), Ok(p)) = (normalize_host(host, scheme), normalize_path(prefix))
+                    else {
+                        return text(
+                            StatusCode::BAD_REQUEST,
+                            format!("prefix purge: `{host}` or `{prefix}` is not a valid host or path\n"),
+                        );
+                    };
+                    removed += edge.purge_prefix(&key_prefix(scheme, &h, &p));
+                }
             }
             for tag in &p.tags {
                 removed += edge.purge_tag(tag);

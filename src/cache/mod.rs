@@ -3,6 +3,7 @@
 //! fill places bodies in zero-copy memory (`crate::zerocopy::body`) but never sends them.
 
 pub mod fill;
+pub mod fuzzing;
 pub mod key;
 pub mod lock;
 pub mod object;

@@ -35,12 +35,15 @@ pub struct CachedObject {
 impl CachedObject {
     /// Current age (RFC 9111 §4.2.3): the age it arrived with plus the time resident here.
     pub fn age(&self, now: SystemTime) -> Duration {
-        self.freshness.initial_age + now.duration_since(self.stored_at).unwrap_or_default()
+        self.freshness
+            .initial_age
+            .saturating_add(now.duration_since(self.stored_at).unwrap_or_default())
     }
 
     /// Remaining freshness in seconds; negative once stale.
     pub fn ttl_left(&self, now: SystemTime) -> i64 {
-        self.freshness.ttl.as_secs() as i64 - self.age(now).as_secs() as i64
+        let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+        secs(self.freshness.ttl).saturating_sub(secs(self.age(now)))
     }
 
     /// How long past its freshness lifetime the object is; `None` while fresh.
@@ -53,9 +56,11 @@ impl CachedObject {
     pub fn expires_at(&self) -> SystemTime {
         let f = &self.freshness;
         let window = f.stale_if_error.max(f.stale_while_revalidate);
-        (self.stored_at + f.ttl + window)
-            .checked_sub(f.initial_age)
-            .unwrap_or(self.stored_at)
+        let servable = f.ttl.saturating_add(window);
+        match servable.checked_sub(f.initial_age) {
+            Some(left) => add_saturating(self.stored_at, left),
+            None => self.stored_at,
+        }
     }
 
     pub fn etag(&self) -> Option<&HeaderValue> {
@@ -154,7 +159,7 @@ impl CachedObject {
             f.stale_while_revalidate,
             f.stale_if_error,
         ] {
-            b.put_u64(d.as_millis() as u64);
+            b.put_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         }
         b.put_u64(unix_ms(self.stored_at));
         put_str(&mut b, &self.vary.to_header_list());
@@ -192,7 +197,7 @@ impl CachedObject {
             stale_while_revalidate: ms(),
             stale_if_error: ms(),
         };
-        let stored_at = UNIX_EPOCH + Duration::from_millis(b.get_u64());
+        let stored_at = UNIX_EPOCH.checked_add(Duration::from_millis(b.get_u64()))?;
         let vary_list = get_str(&mut b)?;
         let vary = VarySpec(
             vary_list
@@ -255,7 +260,18 @@ fn get_str(b: &mut &[u8]) -> Option<String> {
 }
 
 pub fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+    let ms = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
+    u64::try_from(ms).unwrap_or(u64::MAX)
+}
+
+/// A time far enough ahead to mean "never" (year 2514) yet small enough for every encoding of a
+/// time in the store.
+pub const FAR_FUTURE_SECS: u64 = 1 << 34;
+
+/// `t + d`, or the far future when that overflows (`SystemTime + Duration` panics instead).
+pub fn add_saturating(t: SystemTime, d: Duration) -> SystemTime {
+    t.checked_add(d)
+        .unwrap_or_else(|| UNIX_EPOCH + Duration::from_secs(FAR_FUTURE_SECS))
 }
 
 /// Purge tags a response carries: `Surrogate-Key` (space-separated, Fastly) and `Cache-Tag`
@@ -363,5 +379,56 @@ mod tests {
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("video/mp4"));
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
+    }
+
+    fn object(f: Freshness, stored_at: SystemTime) -> CachedObject {
+        let mut obj = CachedObject::for_push(
+            StatusCode::OK,
+            HeaderMap::new(),
+            Bytes::new(),
+            ContentClass::Segment,
+            Duration::ZERO,
+        );
+        obj.freshness = f;
+        obj.stored_at = stored_at;
+        obj
+    }
+
+    /// Issue: `max-age` near 2^63 with a store configured overflowed `stored_at + ttl`.
+    #[test]
+    fn huge_freshness_never_overflows_a_time() {
+        let now = SystemTime::now();
+        let huge = Freshness {
+            ttl: Duration::MAX,
+            initial_age: Duration::ZERO,
+            stale_while_revalidate: Duration::MAX,
+            stale_if_error: Duration::MAX,
+        };
+        let obj = object(huge, now);
+        assert_eq!(
+            obj.expires_at(),
+            UNIX_EPOCH + Duration::from_secs(FAR_FUTURE_SECS)
+        );
+        assert_eq!(obj.ttl_left(now), i64::MAX);
+        assert_eq!(obj.staleness(now), None);
+        let old = Freshness {
+            ttl: Duration::from_secs(10),
+            initial_age: Duration::MAX,
+            ..huge
+        };
+        let obj = object(old, UNIX_EPOCH);
+        assert_eq!(obj.age(now), Duration::MAX);
+        assert!(obj.ttl_left(now) < 0);
+        assert!(obj.staleness(now).is_some());
+        // Arrived older than it can ever be served: unservable from the moment it was stored.
+        assert_eq!(obj.expires_at(), UNIX_EPOCH);
+        // Round trip of the capped values through the store's head blob.
+        let obj = object(huge, now);
+        let back = CachedObject::decode(&obj.encode_head(), Bytes::new(), vec![]).expect("decodes");
+        assert!(back.expires_at() >= now);
+        assert_eq!(
+            add_saturating(UNIX_EPOCH, Duration::from_secs(5)),
+            UNIX_EPOCH + Duration::from_secs(5)
+        );
     }
 }

@@ -119,6 +119,26 @@ impl ClassTtl {
     }
 }
 
+/// The largest delta-seconds we keep (RFC 9111 §1.2.2: a delta-seconds too large to hold is
+/// 2147483648). Every freshness duration is capped here, so no sum of them, or of them and a
+/// time, can overflow.
+pub const MAX_DELTA_SECS: u64 = 1 << 31;
+
+/// `MAX_DELTA_SECS` as a duration.
+pub const MAX_DELTA: Duration = Duration::from_secs(MAX_DELTA_SECS);
+
+/// A delta-seconds (`1*DIGIT`): `None` unless every character is an ASCII digit; values above
+/// `MAX_DELTA_SECS` (however many digits) become `MAX_DELTA_SECS`.
+pub fn delta_seconds(s: &str) -> Option<u64> {
+    if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    let n = s.bytes().fold(0u64, |n, c| {
+        n.saturating_mul(10).saturating_add(u64::from(c - b'0'))
+    });
+    Some(n.min(MAX_DELTA_SECS))
+}
+
 /// Parsed `Cache-Control` (or `Surrogate-Control`) directives we act on.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct CacheControl {
@@ -135,33 +155,46 @@ pub struct CacheControl {
 
 impl CacheControl {
     /// Parses every value of `name` in `headers`. Unknown directives are ignored; a malformed
-    /// delta-seconds is treated as 0 (RFC 9111 §1.2.2: invalid means stale).
+    /// delta-seconds (`1e9`, `-1`, `+5`) is treated as 0 (RFC 9111 §1.2.2: invalid means stale)
+    /// and a huge one as `MAX_DELTA_SECS`.
     pub fn parse(headers: &HeaderMap, name: impl header::AsHeaderName) -> CacheControl {
         let mut cc = CacheControl::default();
         for value in headers.get_all(name) {
             let Ok(v) = value.to_str() else { continue };
-            for directive in v.split(',') {
-                let (k, arg) = match directive.split_once('=') {
-                    Some((k, a)) => (k.trim(), Some(a.trim().trim_matches('"'))),
-                    None => (directive.trim(), None),
-                };
-                let secs = || arg.map(|a| a.parse::<u64>().unwrap_or(0));
-                match k.to_ascii_lowercase().as_str() {
-                    "no-store" => cc.no_store = true,
-                    // `no-cache="Set-Cookie"` (field-qualified) is treated as plain no-cache.
-                    "no-cache" => cc.no_cache = true,
-                    "private" => cc.private = true,
-                    "public" => cc.public = true,
-                    "must-revalidate" | "proxy-revalidate" => cc.must_revalidate = true,
-                    "max-age" => cc.max_age = secs(),
-                    "s-maxage" => cc.s_maxage = secs(),
-                    "stale-while-revalidate" => cc.stale_while_revalidate = secs(),
-                    "stale-if-error" => cc.stale_if_error = secs(),
-                    _ => {}
-                }
-            }
+            cc.add(v);
         }
         cc
+    }
+
+    /// Parses one header value (a later directive overrides an earlier one).
+    pub fn parse_value(v: &str) -> CacheControl {
+        let mut cc = CacheControl::default();
+        cc.add(v);
+        cc
+    }
+
+    fn add(&mut self, v: &str) {
+        let cc = self;
+        for directive in v.split(',') {
+            let (k, arg) = match directive.split_once('=') {
+                Some((k, a)) => (k.trim(), Some(a.trim().trim_matches('"'))),
+                None => (directive.trim(), None),
+            };
+            let secs = || arg.map(|a| delta_seconds(a).unwrap_or(0));
+            match k.to_ascii_lowercase().as_str() {
+                "no-store" => cc.no_store = true,
+                // `no-cache="Set-Cookie"` (field-qualified) is treated as plain no-cache.
+                "no-cache" => cc.no_cache = true,
+                "private" => cc.private = true,
+                "public" => cc.public = true,
+                "must-revalidate" | "proxy-revalidate" => cc.must_revalidate = true,
+                "max-age" => cc.max_age = secs(),
+                "s-maxage" => cc.s_maxage = secs(),
+                "stale-while-revalidate" => cc.stale_while_revalidate = secs(),
+                "stale-if-error" => cc.stale_if_error = secs(),
+                _ => {}
+            }
+        }
     }
 }
 
@@ -251,7 +284,7 @@ pub fn decide(input: &DecisionInput<'_>) -> Decision {
         .or(cc.s_maxage)
         .or(cc.max_age)
         .map(Duration::from_secs)
-        .or_else(|| expires_lifetime(h));
+        .or_else(|| expires_lifetime(h, input.now));
     let mut ttl = match explicit {
         Some(t) => t,
         None if negative => input.negative_ttl,
@@ -276,6 +309,8 @@ pub fn decide(input: &DecisionInput<'_>) -> Decision {
     if let Some(max) = rules.max {
         ttl = ttl.min(max);
     }
+    // Configured clamps and defaults are durations of any size; cap them like the origin's.
+    ttl = ttl.min(MAX_DELTA);
     if ttl.is_zero() && !has_validators(h) && !forced {
         return Decision::ShareOnly("zero-ttl");
     }
@@ -286,39 +321,53 @@ pub fn decide(input: &DecisionInput<'_>) -> Decision {
     let mut sie = secs(sc.stale_if_error.or(cc.stale_if_error))
         .or(rules.stale_if_error)
         .unwrap_or_default();
+    swr = swr.min(MAX_DELTA);
+    sie = sie.min(MAX_DELTA);
     if must_revalidate || negative {
         swr = Duration::ZERO;
         sie = Duration::ZERO;
     }
     if input.class == ContentClass::Manifest {
         // A frozen live playlist stalls every player: bound how long it may be served stale.
-        let bound = ttl * input.manifest_stale_factor;
+        let bound = ttl.saturating_mul(input.manifest_stale_factor);
         swr = swr.min(bound);
         sie = sie.min(bound);
     }
 
-    let age = h
-        .get(header::AGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs)
-        .unwrap_or_default();
+    let age = age(h).unwrap_or_default();
     Decision::Store(Freshness {
         ttl,
-        initial_age: age + input.response_delay,
+        initial_age: age.saturating_add(input.response_delay).min(MAX_DELTA),
         stale_while_revalidate: swr,
         stale_if_error: sie,
     })
 }
 
-/// `Content-Length` as a number, if present and valid.
+/// The origin's `Age` (RFC 9111 §5.1), capped at `MAX_DELTA`. `None` when absent or not a
+/// non-negative integer (`-1`, `1.5`, `12abc` are ignored, not read as a prefix). With several
+/// `Age` fields the first counts.
+pub fn age(h: &HeaderMap) -> Option<Duration> {
+    age_value(h.get(header::AGE)?.to_str().ok()?)
+}
+
+/// One `Age` value (see `age`).
+pub fn age_value(v: &str) -> Option<Duration> {
+    delta_seconds(v.trim()).map(Duration::from_secs)
+}
+
+/// `Content-Length` as a number, if present and valid: ASCII digits only (no sign, no list)
+/// that fit a `u64`.
 pub fn content_length(h: &HeaderMap) -> Option<u64> {
-    h.get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+    content_length_value(h.get(header::CONTENT_LENGTH)?.to_str().ok()?)
+}
+
+/// One `Content-Length` value (see `content_length`).
+pub fn content_length_value(v: &str) -> Option<u64> {
+    let v = v.trim();
+    if v.is_empty() || !v.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    v.parse().ok()
 }
 
 fn has_validators(h: &HeaderMap) -> bool {
@@ -329,18 +378,28 @@ fn http_date(h: &HeaderMap, name: header::HeaderName) -> Option<SystemTime> {
     httpdate::parse_http_date(h.get(name)?.to_str().ok()?).ok()
 }
 
-/// `Expires - Date` (RFC 9111 §4.2.1); an invalid Expires means already expired.
-fn expires_lifetime(h: &HeaderMap) -> Option<Duration> {
+/// `Expires - Date` (RFC 9111 §4.2.1), capped at `MAX_DELTA`; an invalid Expires means already
+/// expired. `None` without `Expires`.
+pub fn expires_lifetime(h: &HeaderMap, now: SystemTime) -> Option<Duration> {
     let raw = h.get(header::EXPIRES)?;
-    let Some(expires) = raw
-        .to_str()
-        .ok()
-        .and_then(|v| httpdate::parse_http_date(v).ok())
-    else {
-        return Some(Duration::ZERO);
+    let date = http_date(h, header::DATE);
+    Some(expires_lifetime_values(raw.to_str().ok(), date, now))
+}
+
+/// `expires - date` from raw values: `date` parsed already (`None` means `now`), `expires` as
+/// received (unparseable or absent text means zero).
+pub fn expires_lifetime_values(
+    expires: Option<&str>,
+    date: Option<SystemTime>,
+    now: SystemTime,
+) -> Duration {
+    let Some(expires) = expires.and_then(|v| httpdate::parse_http_date(v).ok()) else {
+        return Duration::ZERO;
     };
-    let date = http_date(h, header::DATE).unwrap_or_else(SystemTime::now);
-    Some(expires.duration_since(date).unwrap_or_default())
+    expires
+        .duration_since(date.unwrap_or(now))
+        .unwrap_or_default()
+        .min(MAX_DELTA)
 }
 
 /// RFC 9111 §4.2.2: 10 % of the time since Last-Modified, capped at a day.
@@ -548,5 +607,125 @@ mod tests {
             Decision::Store(f) => assert_eq!(f.initial_age, Duration::from_secs(4)),
             other => panic!("{other:?}"),
         }
+    }
+
+    fn stored(d: Decision) -> Freshness {
+        match d {
+            Decision::Store(f) => f,
+            other => panic!("not stored: {other:?}"),
+        }
+    }
+
+    /// Issue: huge origin values overflowed durations and times.
+    #[test]
+    fn huge_delta_seconds_are_capped_at_2_pow_31() {
+        let d = ClassTtl::defaults();
+        let h = headers(&[
+            ("cache-control", "max-age=10"),
+            ("age", "18446744073709551615"),
+        ]);
+        let f = stored(decide(&input(&h, ContentClass::Segment, d.segment)));
+        assert_eq!(f.initial_age, MAX_DELTA);
+        let h = headers(&[(
+            "cache-control",
+            "max-age=9223372036854775807, stale-while-revalidate=9223372036854775807",
+        )]);
+        let mut i = input(&h, ContentClass::Manifest, d.manifest);
+        i.manifest_stale_factor = u32::MAX;
+        i.response_delay = Duration::MAX;
+        let f = stored(decide(&i));
+        assert_eq!(f.ttl, MAX_DELTA);
+        assert_eq!(f.stale_while_revalidate, MAX_DELTA);
+        assert_eq!(f.initial_age, MAX_DELTA);
+        let h = headers(&[("cache-control", "s-maxage=99999999999999999999")]);
+        assert_eq!(
+            ttl_of(decide(&input(&h, ContentClass::Segment, d.segment))),
+            MAX_DELTA
+        );
+        // A configured clamp of any size is capped too.
+        let huge = TtlRules {
+            min: Some(Duration::MAX),
+            stale_if_error: Some(Duration::MAX),
+            ..TtlRules::default()
+        };
+        let f = stored(decide(&input(&HeaderMap::new(), ContentClass::Other, huge)));
+        assert_eq!((f.ttl, f.stale_if_error), (MAX_DELTA, MAX_DELTA));
+    }
+
+    #[test]
+    fn malformed_delta_seconds_mean_zero() {
+        let cc = CacheControl::parse_value(
+            "max-age=+5, stale-while-revalidate=1e9, stale-if-error=-1, s-maxage=\"60\"",
+        );
+        assert_eq!(cc.max_age, Some(0));
+        assert_eq!(cc.stale_while_revalidate, Some(0));
+        assert_eq!(cc.stale_if_error, Some(0));
+        assert_eq!(cc.s_maxage, Some(60));
+        let h = headers(&[("cache-control", "max-age=60, stale-while-revalidate=1e9")]);
+        let f = stored(decide(&input(
+            &h,
+            ContentClass::Segment,
+            ClassTtl::defaults().segment,
+        )));
+        assert_eq!(f.stale_while_revalidate, Duration::ZERO);
+        assert_eq!(delta_seconds(""), None);
+        assert_eq!(delta_seconds("2147483649"), Some(MAX_DELTA_SECS));
+        assert_eq!(delta_seconds("0042"), Some(42));
+    }
+
+    #[test]
+    fn age_must_be_a_whole_non_negative_number() {
+        for bad in ["-1", "1.5", "12abc", "", "+3", "0x10", "1 2"] {
+            assert_eq!(age_value(bad), None, "{bad:?}");
+        }
+        assert_eq!(age_value(" 7 "), Some(Duration::from_secs(7)));
+        assert_eq!(age_value("18446744073709551616"), Some(MAX_DELTA));
+        let h = headers(&[("cache-control", "max-age=10"), ("age", "12abc")]);
+        let f = stored(decide(&input(
+            &h,
+            ContentClass::Segment,
+            ClassTtl::defaults().segment,
+        )));
+        assert_eq!(f.initial_age, Duration::ZERO);
+    }
+
+    #[test]
+    fn expires_garbage_is_already_expired() {
+        let now = SystemTime::now();
+        assert_eq!(
+            expires_lifetime_values(Some("garbage"), None, now),
+            Duration::ZERO
+        );
+        let h = headers(&[("expires", "garbage")]);
+        assert_eq!(
+            decide(&input(&h, ContentClass::Other, TtlRules::default())),
+            Decision::ShareOnly("zero-ttl")
+        );
+        let date = httpdate::parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT").ok();
+        assert_eq!(
+            expires_lifetime_values(Some("Fri, 31 Dec 9999 23:59:59 GMT"), date, now),
+            MAX_DELTA
+        );
+        assert_eq!(
+            expires_lifetime_values(Some("Sun, 06 Nov 1994 08:49:38 GMT"), date, now),
+            Duration::from_secs(1)
+        );
+    }
+
+    #[test]
+    fn content_length_is_digits_that_fit() {
+        for bad in [
+            "+5",
+            "-1",
+            "5, 5",
+            "",
+            "99999999999999999999999",
+            "1e3",
+            "0x10",
+        ] {
+            assert_eq!(content_length_value(bad), None, "{bad:?}");
+        }
+        assert_eq!(content_length_value(" 42 "), Some(42));
+        assert_eq!(content_length_value("18446744073709551615"), Some(u64::MAX));
     }
 }

@@ -18,29 +18,52 @@ pub enum ByteRange {
 /// Parses the request's `Range`. `None` for no header, another unit, a syntax error or several
 /// ranges: all of which are served as the whole representation.
 pub fn parse(headers: &HeaderMap) -> Option<ByteRange> {
-    let v = headers.get(header::RANGE)?.to_str().ok()?.trim();
-    let spec = v.strip_prefix("bytes=")?.trim();
+    parse_value(headers.get(header::RANGE)?.to_str().ok()?)
+}
+
+/// Parses one `Range` value (see `parse`). Positions are digits only (no sign, no spaces inside);
+/// a number too large for `u64` saturates, which keeps its meaning: a first-byte-pos that large
+/// is past any object (416), a last-byte-pos or suffix that large covers the rest of it.
+pub fn parse_value(v: &str) -> Option<ByteRange> {
+    let v = v.trim();
+    let (unit, spec) = v.split_once('=')?;
+    if !unit.trim().eq_ignore_ascii_case("bytes") {
+        return None;
+    }
+    let spec = spec.trim();
     if spec.contains(',') {
         return None;
     }
     let (a, b) = spec.split_once('-')?;
     let (a, b) = (a.trim(), b.trim());
     match (a.is_empty(), b.is_empty()) {
-        (true, false) => Some(ByteRange::Suffix(b.parse().ok()?)),
-        (false, true) => Some(ByteRange::From(a.parse().ok()?)),
+        (true, false) => Some(ByteRange::Suffix(position(b)?)),
+        (false, true) => Some(ByteRange::From(position(a)?)),
         (false, false) => {
-            let (a, b): (u64, u64) = (a.parse().ok()?, b.parse().ok()?);
+            let (a, b) = (position(a)?, position(b)?);
             (a <= b).then_some(ByteRange::FromTo(a, b))
         }
         (true, true) => None,
     }
 }
 
+/// A byte position: ASCII digits, saturating at `u64::MAX`.
+fn position(s: &str) -> Option<u64> {
+    if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    Some(s.bytes().fold(0u64, |n, c| {
+        n.saturating_mul(10).saturating_add(u64::from(c - b'0'))
+    }))
+}
+
 impl ByteRange {
     /// The half-open `[start, end)` this range selects from `len` bytes; `None` if unsatisfiable.
+    /// When `Some`, `start < end <= len` always holds (a last-byte-pos past the end is clamped,
+    /// RFC 9110 §14.1.2).
     pub fn resolve(self, len: u64) -> Option<(u64, u64)> {
         match self {
-            ByteRange::FromTo(a, b) if a < len => Some((a, (b + 1).min(len))),
+            ByteRange::FromTo(a, b) if a < len => Some((a, b.saturating_add(1).min(len))),
             ByteRange::From(a) if a < len => Some((a, len)),
             ByteRange::Suffix(n) if n > 0 && len > 0 => Some((len.saturating_sub(n), len)),
             _ => None,
@@ -52,6 +75,7 @@ impl ByteRange {
 mod tests {
     use super::*;
     use http::HeaderValue;
+    use proptest::prelude::*;
 
     fn r(v: &'static str) -> Option<ByteRange> {
         let mut h = HeaderMap::new();
@@ -71,5 +95,60 @@ mod tests {
         assert_eq!(ByteRange::From(50).resolve(50), None);
         assert_eq!(ByteRange::Suffix(500).resolve(100), Some((0, 100)));
         assert_eq!(ByteRange::Suffix(0).resolve(100), None);
+        assert_eq!(r("Bytes = 1-2"), Some(ByteRange::FromTo(1, 2)));
+        assert_eq!(r("bytes=+1-2"), None);
+        assert_eq!(r("bytes=1-+2"), None);
+        assert_eq!(r("bytes=-"), None);
+        assert_eq!(r("bytes=1 2-3"), None);
+    }
+
+    /// Issue: `bytes=1-18446744073709551615` overflowed `last + 1` and panicked in the slice.
+    #[test]
+    fn huge_positions_clamp_or_are_unsatisfiable() {
+        let max = r("bytes=1-18446744073709551615");
+        assert_eq!(max, Some(ByteRange::FromTo(1, u64::MAX)));
+        assert_eq!(max.and_then(|m| m.resolve(10)), Some((1, 10)));
+        let past = r("bytes=1-99999999999999999999999999");
+        assert_eq!(past.and_then(|m| m.resolve(10)), Some((1, 10)));
+        let from = r("bytes=18446744073709551615-");
+        assert_eq!(from, Some(ByteRange::From(u64::MAX)));
+        assert_eq!(from.and_then(|f| f.resolve(10)), None);
+        let from = r("bytes=99999999999999999999999999-");
+        assert_eq!(from.and_then(|f| f.resolve(u64::MAX)), None);
+        let suffix = r("bytes=-18446744073709551615");
+        assert_eq!(suffix.and_then(|s| s.resolve(10)), Some((0, 10)));
+        assert_eq!(
+            ByteRange::FromTo(u64::MAX, u64::MAX).resolve(u64::MAX),
+            None
+        );
+        assert_eq!(
+            ByteRange::FromTo(0, u64::MAX).resolve(u64::MAX),
+            Some((0, u64::MAX))
+        );
+    }
+
+    fn range_value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[ -~]{0,24}",
+            "(bytes|BYTES|items)=[0-9]{0,22}-[0-9]{0,22}",
+            "bytes= ?(-?[0-9]{1,21}|[0-9]{1,21}-)",
+        ]
+    }
+
+    fn length() -> impl Strategy<Value = u64> {
+        prop_oneof![0..64u64, any::<u64>(), Just(u64::MAX)]
+    }
+
+    proptest! {
+        /// Whatever the header and length: no panic, and a satisfiable range lies inside the
+        /// object and is not empty.
+        #[test]
+        fn a_resolved_range_is_inside_the_object(v in range_value(), len in length()) {
+            if let Some(r) = parse_value(&v) {
+                if let Some((start, end)) = r.resolve(len) {
+                    prop_assert!(start < end && end <= len, "{v:?} on {len}: {start}..{end}");
+                }
+            }
+        }
     }
 }

@@ -91,7 +91,9 @@ pub fn build(
         }
         _ => {
             let (start, end) = body_range.unwrap_or((0, len.unwrap_or(u64::MAX)));
-            let n = len.map(|_| end - start);
+            // `resolve` promises start < end <= len; saturating keeps a broken promise a short
+            // body instead of an overflow.
+            let n = len.map(|_| end.saturating_sub(start));
             match n {
                 Some(n) => {
                     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
@@ -104,7 +106,7 @@ pub fn build(
                 Body::empty()
             } else {
                 match src {
-                    Source::Bytes(b) => Body::full(b.slice(start as usize..end as usize)),
+                    Source::Bytes(b) => Body::full(slice(&b, start, end)),
                     Source::Fill(fill, _) => Body::stream(fill.reader(start, len.map(|_| end)), n),
                 }
             }
@@ -115,6 +117,13 @@ pub fn build(
     *resp.headers_mut() = headers;
     stamp(&mut resp, info);
     resp
+}
+
+/// `b[start..end]`, clamped to `b` (never a panic, whatever the range).
+fn slice(b: &Bytes, start: u64, end: u64) -> Bytes {
+    let end = usize::try_from(end).map_or(b.len(), |e| e.min(b.len()));
+    let start = usize::try_from(start).map_or(end, |s| s.min(end));
+    b.slice(start..end)
 }
 
 const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
@@ -270,5 +279,75 @@ mod tests {
         );
         assert_eq!(resp.status(), StatusCode::RANGE_NOT_SATISFIABLE);
         assert_eq!(resp.headers()["content-range"], "bytes */10");
+    }
+
+    /// Issue: `bytes=1-18446744073709551615` on a cached object panicked in `Bytes::slice`.
+    #[test]
+    fn huge_ranges_on_cached_bytes() {
+        let cases: [(&'static str, StatusCode, Option<&str>, &[u8]); 4] = [
+            (
+                "bytes=1-18446744073709551615",
+                StatusCode::PARTIAL_CONTENT,
+                Some("bytes 1-9/10"),
+                b"123456789",
+            ),
+            (
+                "bytes=18446744073709551615-",
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                Some("bytes */10"),
+                b"",
+            ),
+            (
+                "bytes=-18446744073709551615",
+                StatusCode::PARTIAL_CONTENT,
+                Some("bytes 0-9/10"),
+                b"0123456789",
+            ),
+            (
+                "bytes=1-99999999999999999999999",
+                StatusCode::PARTIAL_CONTENT,
+                Some("bytes 1-9/10"),
+                b"123456789",
+            ),
+        ];
+        for (range, status, content_range, body) in cases {
+            let req = h(&[("range", range)]);
+            let ask = Ask {
+                method: &Method::GET,
+                headers: &req,
+            };
+            let resp = build(
+                &ask,
+                StatusCode::OK,
+                &HeaderMap::new(),
+                Source::Bytes(Bytes::from_static(b"0123456789")),
+                CacheInfo {
+                    status: CacheStatus::Hit,
+                    cache_status: "vedge; hit".into(),
+                    age: Some(0),
+                },
+            );
+            assert_eq!(resp.status(), status, "{range}");
+            assert_eq!(
+                resp.headers()
+                    .get("content-range")
+                    .and_then(|v| v.to_str().ok()),
+                content_range,
+                "{range}"
+            );
+            assert_eq!(
+                resp.headers()["content-length"],
+                body.len().to_string().as_str()
+            );
+            match resp.into_body() {
+                Body::Full(b) => assert_eq!(b.unwrap_or_default(), body, "{range}"),
+                Body::Stream { .. } => panic!("{range}: a cached object streams"),
+            }
+        }
+        assert_eq!(
+            slice(&Bytes::from_static(b"abc"), 5, u64::MAX),
+            Bytes::new()
+        );
+        assert_eq!(slice(&Bytes::from_static(b"abc"), 1, u64::MAX), "bc");
     }
 }

@@ -61,18 +61,21 @@ async fn publishes_media_first_then_children_then_master_with_viewer_keys() {
     assert_eq!(
         &log[n - 2..],
         [
-            "edge.test/vod/a/v/index.m3u8",
-            "edge.test/vod/a/master.m3u8"
+            "http|edge.test|/vod/a/v/index.m3u8",
+            "http|edge.test|/vod/a/master.m3u8"
         ]
     );
-    assert!(log.contains(&"edge.test/vod/a/v/3.m4s?a=1&b=2".to_string()));
+    assert!(log.contains(&"http|edge.test|/vod/a/v/3.m4s?a=1&b=2".to_string()));
     // The keys are exactly the edge's for the viewer's request targets.
     for (target, key) in [
         (
             "/vod/a/v/index.m3u8?token=xyz",
-            "edge.test/vod/a/v/index.m3u8",
+            "http|edge.test|/vod/a/v/index.m3u8",
         ),
-        ("/vod/a/v/3.m4s?a=1&b=2", "edge.test/vod/a/v/3.m4s?a=1&b=2"),
+        (
+            "/vod/a/v/3.m4s?a=1&b=2",
+            "http|edge.test|/vod/a/v/3.m4s?a=1&b=2",
+        ),
     ] {
         let k = crate::cache::key::cache_key("edge.test", target, &["token".to_string()]);
         assert_eq!(k, key);
@@ -109,7 +112,7 @@ async fn a_missing_segment_fails_the_asset_and_releases_what_it_stored() {
     assert!(sink
         .objects
         .lock()
-        .contains_key("edge.test/vod/a/master.m3u8"));
+        .contains_key("http|edge.test|/vod/a/master.m3u8"));
 }
 
 #[tokio::test]
@@ -128,7 +131,10 @@ async fn second_run_skips_everything_and_an_interrupted_run_resumes() {
     let sink = MemorySink::default();
     let full = MemorySink::default();
     run(&f, &full, &IngestOptions::default()).await;
-    for k in ["edge.test/vod/a/v/init.mp4", "edge.test/vod/a/v/1.m4s"] {
+    for k in [
+        "http|edge.test|/vod/a/v/init.mp4",
+        "http|edge.test|/vod/a/v/1.m4s",
+    ] {
         let o = full.objects.lock().get(k).expect("stored").0.clone();
         sink.objects.lock().insert(k.to_string(), (o, true));
     }
