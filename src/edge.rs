@@ -13,12 +13,12 @@ use crate::cache::object::CachedObject;
 use crate::cache::policy::ContentClass;
 use crate::cache::ram::RamTier;
 use crate::cache::vary::VarySpec;
-use crate::config::{Config, IoEngineChoice};
+use crate::config::Config;
 use crate::origin::OriginClient;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 
-use vedge_storage::{Admit, EngineChoice, Meta, SkipReason, Source, Store, StoreConfig};
+use vedge_storage::{Admit, Meta, SkipReason, Source, Store, StoreConfig};
 
 /// Which tier answered a lookup (the `detail` of `Cache-Status`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,11 +62,7 @@ impl Edge {
                 let mut sc = StoreConfig::new(&s.path, s.size);
                 sc.region_size = s.region_size;
                 sc.reformat = s.reformat;
-                sc.engine = match s.io_engine {
-                    IoEngineChoice::Auto => EngineChoice::Auto,
-                    IoEngineChoice::Uring => EngineChoice::Uring,
-                    IoEngineChoice::Psync => EngineChoice::Psync,
-                };
+                sc.engine = s.io_engine;
                 sc.admit_window = s.admit_window;
                 sc.write_rate_limit = s.write_rate;
                 let store = Store::open(sc)
