@@ -1,9 +1,22 @@
 //! The command line: subcommands and their flags. Only `main.rs` parses argv; every flag of
-//! `serve` mirrors a field of the TOML config file (`config::RawConfig`) and overrides it.
+//! `serve` mirrors a field of the TOML config file (`config::RawConfig`; the store flags its
+//! `[store]` table) and overrides it.
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+
+use crate::config::{
+    engine_name, format_size, DEFAULT_CDN_ID, DEFAULT_IO_ENGINE, DEFAULT_LISTEN, DEFAULT_RAM_SIZE,
+    DEFAULT_STORE_REGION_SIZE, DEFAULT_STORE_SIZE,
+};
+
+/// `help` followed by `[default: default]`, clap's own wording, for the `serve` flags: they are
+/// `Option`s (a flag overrides the file only when given), so clap's `default_value` cannot be
+/// used, and the default shown comes from the same constant validation applies.
+fn with_default(help: &str, default: impl std::fmt::Display) -> String {
+    format!("{help} [default: {default}]")
+}
 
 /// vedge: a CDN edge for HLS and DASH video.
 ///
@@ -41,8 +54,7 @@ pub struct ServeArgs {
     #[arg(long, short = 'c', value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// Viewer listener address. [default: 127.0.0.1:8080]
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", help = with_default("Viewer listener address.", DEFAULT_LISTEN))]
     pub listen: Option<String>,
 
     /// Default origin, e.g. http://127.0.0.1:9000 (required here or in the config file).
@@ -68,32 +80,56 @@ pub struct ServeArgs {
     )]
     pub admin_token: Option<String>,
 
-    /// SSD store: a file or block device. [default: none, RAM tier only]
+    /// SSD store (`[store] path`): a file or block device. [default: none, RAM tier only]
     #[arg(long, value_name = "PATH")]
     pub store: Option<PathBuf>,
 
-    /// Size of the store, e.g. 4GiB. [default: 1GiB]
-    #[arg(long, value_name = "SIZE")]
+    #[arg(
+        long,
+        value_name = "SIZE",
+        help = with_default("Size of the store, e.g. 4GiB.", format_size(DEFAULT_STORE_SIZE))
+    )]
     pub store_size: Option<String>,
 
-    /// Store region size, e.g. 256MiB. [default: 256MiB]
-    #[arg(long, value_name = "SIZE")]
+    #[arg(
+        long,
+        value_name = "SIZE",
+        help = with_default(
+            "Store region size, e.g. 256MiB.",
+            format_size(DEFAULT_STORE_REGION_SIZE)
+        )
+    )]
     pub store_region_size: Option<String>,
 
     /// Wipe and reformat a store of another version or size instead of refusing to start.
     #[arg(long)]
     pub store_reformat: bool,
 
-    /// Storage I/O engine: auto (io_uring, else psync), uring or psync. [default: auto]
-    #[arg(long, value_name = "ENGINE")]
+    #[arg(
+        long,
+        value_name = "ENGINE",
+        help = with_default(
+            "Storage I/O engine: auto (io_uring, else psync), uring or psync.",
+            engine_name(DEFAULT_IO_ENGINE)
+        )
+    )]
     pub io_engine: Option<String>,
 
-    /// RAM tier size in bytes of objects, e.g. 512MiB. [default: 512MiB]
-    #[arg(long, value_name = "SIZE")]
+    #[arg(
+        long,
+        value_name = "SIZE",
+        help = with_default(
+            "RAM tier size in bytes of objects, e.g. 512MiB.",
+            format_size(DEFAULT_RAM_SIZE)
+        )
+    )]
     pub ram_size: Option<String>,
 
-    /// This node's CDN-Loop / Via token (RFC 8586). [default: vedge]
-    #[arg(long, value_name = "TOKEN")]
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        help = with_default("This node's CDN-Loop / Via token (RFC 8586).", DEFAULT_CDN_ID)
+    )]
     pub cdn_id: Option<String>,
 }
 
@@ -101,7 +137,7 @@ pub struct ServeArgs {
 #[derive(Debug, Args)]
 pub struct DemoArgs {
     /// Edge listener address.
-    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
+    #[arg(long, default_value_t = DEFAULT_LISTEN.to_string(), value_name = "ADDR")]
     pub listen: String,
 
     /// Sample origin listener address.
@@ -120,10 +156,36 @@ pub struct DemoArgs {
 impl Default for DemoArgs {
     fn default() -> Self {
         DemoArgs {
-            listen: "127.0.0.1:8080".into(),
+            listen: DEFAULT_LISTEN.to_string(),
             origin_listen: "127.0.0.1:8081".into(),
             admin_listen: "127.0.0.1:8082".into(),
             fixtures: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    /// The defaults `serve --help` shows come from the constants validation applies.
+    #[test]
+    fn serve_help_shows_the_config_defaults() {
+        let mut cmd = Cli::command();
+        let serve = cmd.find_subcommand_mut("serve").expect("serve subcommand");
+        let help = serve.render_help().to_string();
+        for shown in [
+            "[default: 127.0.0.1:8080]",
+            "[default: 1GiB]",
+            "[default: 256MiB]",
+            "[default: auto]",
+            "[default: 512MiB]",
+            "[default: vedge]",
+        ] {
+            assert!(help.contains(shown), "{shown} missing from:\n{help}");
+        }
+        assert_eq!(DemoArgs::default().listen, DEFAULT_LISTEN.to_string());
     }
 }

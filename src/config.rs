@@ -1,16 +1,82 @@
 //! Configuration in two stages: `RawConfig` mirrors the TOML file (every field optional) and
-//! takes CLI overrides; `Config::try_from(raw)` resolves sizes, durations and URLs, applies the
-//! documented defaults and checks every field, reporting all bad fields at once by name. Nothing
-//! is bound before this succeeds.
+//! takes CLI overrides; `Config::resolve(raw)` resolves sizes, durations and URLs, applies the
+//! defaults (the `DEFAULT_*` constants below, which the CLI help and the example file also show)
+//! and checks every field, reporting all bad fields at once by name. Nothing is bound before this
+//! succeeds. Each subsystem has its own sub-config, resolved by its own `resolve`.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
+use vedge_storage::EngineChoice;
 
 use crate::cache::policy::{ClassTtl, ContentClass, TtlRules};
 use crate::cli::ServeArgs;
+
+// Defaults. Validation applies these, `vedge serve --help` prints them and the test
+// `example_config_documents_the_defaults` checks fixtures/configs/vedge.toml against them.
+
+/// Viewer listener.
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 1), 8080));
+/// This node's CDN-Loop / Via token.
+pub const DEFAULT_CDN_ID: &str = "vedge";
+/// RAM tier, in bytes of objects.
+pub const DEFAULT_RAM_SIZE: u64 = 512 << 20;
+pub const MIN_RAM_SIZE: u64 = 1 << 20;
+/// Admin tokens shorter than this are refused: the admin API can purge the whole cache.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 8;
+
+pub const DEFAULT_STORE_SIZE: u64 = 1 << 30;
+pub const DEFAULT_STORE_REGION_SIZE: u64 = 256 << 20;
+pub const DEFAULT_IO_ENGINE: EngineChoice = EngineChoice::Auto;
+/// Pulled objects go to the store on their second request within this window.
+pub const DEFAULT_STORE_ADMIT_WINDOW: Duration = Duration::from_secs(600);
+
+pub const DEFAULT_MAX_OBJECT_SIZE: u64 = 256 << 20;
+pub const DEFAULT_COLLAPSE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_HIT_FOR_PASS_TTL: Duration = Duration::from_secs(10);
+pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(2);
+pub const DEFAULT_MANIFEST_STALE_FACTOR: u32 = 2;
+
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+pub const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(15);
+pub const DEFAULT_BETWEEN_BYTES_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_POOL_MAX_IDLE_PER_HOST: usize = 256;
+pub const DEFAULT_ORIGIN_HTTP2: bool = false;
+
+pub const DEFAULT_MAX_HEADER_SIZE: u64 = 64 << 10;
+pub const MIN_MAX_HEADER_SIZE: u64 = 8 << 10;
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+pub const DEFAULT_ZERO_COPY: bool = true;
+pub const DEFAULT_SEND_BUFFER: u64 = 4 << 20;
+pub const MAX_SEND_BUFFER: u64 = 1 << 30;
+/// 0: the shared work-stealing runtime.
+pub const DEFAULT_THREADS: usize = 0;
+pub const MAX_THREADS: usize = 1024;
+
+/// Query parameters dropped from cache keys by default: auth tokens, CMCD and tracking tags,
+/// which vary per viewer and would otherwise turn every request into a miss.
+pub const DEFAULT_DROP_QUERY_PARAMS: &[&str] = &[
+    "token",
+    "hdnts",
+    "hdntl",
+    "Policy",
+    "Signature",
+    "Key-Pair-Id",
+    "Expires",
+    "CMCD",
+    "utm_source",
+    "utm_medium",
+    "utm_campaign",
+    "utm_term",
+    "utm_content",
+    "sessionid",
+    "session_id",
+];
 
 /// A configuration error: every offending field with a message a user can act on.
 #[derive(Debug, thiserror::Error)]
@@ -27,14 +93,20 @@ pub struct RawConfig {
     pub admin_token: Option<String>,
     pub cdn_id: Option<String>,
     pub ram_size: Option<String>,
-    pub store: Option<PathBuf>,
+    /// The `[store]` table; the deprecated `store = "PATH"` is read into `path`.
+    #[serde(default, deserialize_with = "store_table_or_path")]
+    pub store: RawStore,
+    /// Deprecated spelling of `store.size` (moved there, with a warning, by `Config::resolve`).
     pub store_size: Option<String>,
+    /// Deprecated spelling of `store.region_size`.
     pub store_region_size: Option<String>,
+    /// Deprecated spelling of `store.reformat`.
     pub store_reformat: Option<bool>,
+    /// Deprecated spelling of `store.io_engine`.
     pub io_engine: Option<String>,
-    /// Second-request admission window for pulled objects (`0s` admits on first request).
+    /// Deprecated spelling of `store.admit_window`.
     pub store_admit_window: Option<String>,
-    /// Cap on store write bandwidth, e.g. `400MiB` (per second).
+    /// Deprecated spelling of `store.write_rate`.
     pub store_write_rate: Option<String>,
     #[serde(default, rename = "route")]
     pub routes: Vec<RawRoute>,
@@ -44,6 +116,53 @@ pub struct RawConfig {
     pub origin_client: RawOriginClient,
     #[serde(default)]
     pub server: RawServer,
+}
+
+/// The `[store]` table. Without a `path` there is no store (RAM tier only).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    /// A file or block device.
+    pub path: Option<PathBuf>,
+    pub size: Option<String>,
+    pub region_size: Option<String>,
+    /// Wipe a store of another version or geometry instead of refusing to start.
+    pub reformat: Option<bool>,
+    /// auto | uring | psync.
+    pub io_engine: Option<String>,
+    /// Second-request admission window for pulled objects (`0s` admits on first request).
+    pub admit_window: Option<String>,
+    /// Cap on store write bandwidth, e.g. `400MiB` (per second).
+    pub write_rate: Option<String>,
+    /// Set by the parser when the file said `store = "PATH"` (the deprecated form).
+    #[serde(skip)]
+    pub path_given_as_string: bool,
+}
+
+/// `store` is either the `[store]` table or, as before it existed, a path string.
+fn store_table_or_path<'de, D: Deserializer<'de>>(d: D) -> Result<RawStore, D::Error> {
+    struct Visitor;
+    impl<'de> serde::de::Visitor<'de> for Visitor {
+        type Value = RawStore;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a [store] table (or, deprecated, a path string)")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, path: &str) -> Result<RawStore, E> {
+            Ok(RawStore {
+                path: Some(PathBuf::from(path)),
+                path_given_as_string: true,
+                ..RawStore::default()
+            })
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<RawStore, A::Error> {
+            // The derived impl, so unknown keys in [store] are reported by name.
+            RawStore::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+        }
+    }
+    d.deserialize_any(Visitor)
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -122,37 +241,40 @@ pub struct RawServer {
     pub tls_key: Option<PathBuf>,
 }
 
-/// The validated configuration.
+/// The validated configuration. `listen`, `cdn_id` and `ram_size` describe the node as a whole
+/// and stay at the top, as they do in the file.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
-    pub admin_listen: Option<SocketAddr>,
-    pub admin_token: Option<String>,
     pub cdn_id: String,
     pub ram_size: u64,
+    pub admin: AdminConfig,
     pub store: Option<StoreSettings>,
+    /// Longest prefix first; the default origin is the route with prefix `/`.
     pub routes: Vec<Route>,
     pub cache: CacheConfig,
     pub origin_client: OriginClientConfig,
     pub server: ServerConfig,
 }
 
+/// The admin listener (metrics, health, purge, ingest).
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub listen: Option<SocketAddr>,
+    /// Required whenever `listen` is set: the admin API never runs open.
+    pub token: Option<String>,
+}
+
+/// The SSD store under the RAM tier.
 #[derive(Debug, Clone)]
 pub struct StoreSettings {
     pub path: PathBuf,
     pub size: u64,
     pub region_size: u64,
     pub reformat: bool,
-    pub io_engine: IoEngineChoice,
+    pub io_engine: EngineChoice,
     pub admit_window: Duration,
     pub write_rate: Option<u64>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IoEngineChoice {
-    Auto,
-    Uring,
-    Psync,
 }
 
 /// One origin route. The default origin is the route with prefix `/`.
@@ -203,26 +325,6 @@ pub struct ServerConfig {
     pub tls: Option<(PathBuf, PathBuf)>,
 }
 
-/// Query parameters dropped from cache keys by default: auth tokens, CMCD and tracking tags,
-/// which vary per viewer and would otherwise turn every request into a miss.
-pub const DEFAULT_DROP_QUERY_PARAMS: &[&str] = &[
-    "token",
-    "hdnts",
-    "hdntl",
-    "Policy",
-    "Signature",
-    "Key-Pair-Id",
-    "Expires",
-    "CMCD",
-    "utm_source",
-    "utm_medium",
-    "utm_campaign",
-    "utm_term",
-    "utm_content",
-    "sessionid",
-    "session_id",
-];
-
 impl RawConfig {
     /// Reads and parses a TOML config file.
     pub fn from_file(path: &Path) -> Result<RawConfig, ConfigError> {
@@ -239,18 +341,35 @@ impl RawConfig {
                 dst.clone_from(src);
             }
         }
+        // A store flag overrides the file's key under either spelling, so the deprecated one is
+        // dropped rather than reported as given twice.
+        fn set_store<T: Clone>(dst: &mut Option<T>, deprecated: &mut Option<T>, src: &Option<T>) {
+            if src.is_some() {
+                dst.clone_from(src);
+                *deprecated = None;
+            }
+        }
         set(&mut self.listen, &args.listen);
         set(&mut self.origin, &args.origin);
         set(&mut self.admin_listen, &args.admin_listen);
         set(&mut self.admin_token, &args.admin_token);
         set(&mut self.cdn_id, &args.cdn_id);
         set(&mut self.ram_size, &args.ram_size);
-        set(&mut self.store, &args.store);
-        set(&mut self.store_size, &args.store_size);
-        set(&mut self.store_region_size, &args.store_region_size);
-        set(&mut self.io_engine, &args.io_engine);
+        set(&mut self.store.path, &args.store);
+        set_store(&mut self.store.size, &mut self.store_size, &args.store_size);
+        set_store(
+            &mut self.store.region_size,
+            &mut self.store_region_size,
+            &args.store_region_size,
+        );
+        set_store(
+            &mut self.store.io_engine,
+            &mut self.io_engine,
+            &args.io_engine,
+        );
         if args.store_reformat {
-            self.store_reformat = Some(true);
+            self.store.reformat = Some(true);
+            self.store_reformat = None;
         }
         for spec in &args.routes {
             let (prefix, origin) = match spec.split_once('=') {
@@ -266,13 +385,95 @@ impl RawConfig {
             });
         }
     }
+
+    /// Moves the deprecated top-level store keys into `[store]`, returning one warning per key
+    /// moved. A key given under both spellings is an error: which one was meant is a guess.
+    fn move_deprecated_store_keys(&mut self, c: &mut Check) -> Vec<String> {
+        fn move_key<T>(
+            old: &mut Option<T>,
+            new: &mut Option<T>,
+            (old_name, new_name): (&str, &str),
+            warnings: &mut Vec<String>,
+            c: &mut Check,
+        ) {
+            let Some(v) = old.take() else { return };
+            if new.is_some() {
+                c.0.push(format!(
+                    "{old_name}: given as well as `{new_name}` in the [store] table; \
+                     keep only `{new_name}` ({old_name} is its deprecated spelling)"
+                ));
+                return;
+            }
+            *new = Some(v);
+            warnings.push(deprecated(old_name, new_name));
+        }
+        let mut warnings = Vec::new();
+        if std::mem::take(&mut self.store.path_given_as_string) {
+            warnings.push(deprecated("store = \"PATH\"", "path"));
+        }
+        let s = &mut self.store;
+        let w = &mut warnings;
+        move_key(
+            &mut self.store_size,
+            &mut s.size,
+            ("store_size", "size"),
+            w,
+            c,
+        );
+        move_key(
+            &mut self.store_region_size,
+            &mut s.region_size,
+            ("store_region_size", "region_size"),
+            w,
+            c,
+        );
+        move_key(
+            &mut self.store_reformat,
+            &mut s.reformat,
+            ("store_reformat", "reformat"),
+            w,
+            c,
+        );
+        move_key(
+            &mut self.io_engine,
+            &mut s.io_engine,
+            ("io_engine", "io_engine"),
+            w,
+            c,
+        );
+        move_key(
+            &mut self.store_admit_window,
+            &mut s.admit_window,
+            ("store_admit_window", "admit_window"),
+            w,
+            c,
+        );
+        move_key(
+            &mut self.store_write_rate,
+            &mut s.write_rate,
+            ("store_write_rate", "write_rate"),
+            w,
+            c,
+        );
+        warnings
+    }
 }
 
-/// Collects every validation error instead of stopping at the first.
+fn deprecated(old: &str, new: &str) -> String {
+    format!("config: top-level `{old}` is deprecated; write `{new}` in the [store] table instead")
+}
+
+/// Collects every validation error instead of stopping at the first. Each sub-config's
+/// `resolve` pushes its errors here and still returns a value (defaults in place of bad fields),
+/// so one pass reports every bad field of every subsystem.
 #[derive(Default)]
 struct Check(Vec<String>);
 
 impl Check {
+    fn error(&mut self, msg: impl Into<String>) {
+        self.0.push(msg.into());
+    }
+
     fn size(&mut self, field: &str, v: &Option<String>, default: u64) -> u64 {
         match v {
             None => default,
@@ -375,163 +576,44 @@ impl Check {
 impl TryFrom<RawConfig> for Config {
     type Error = ConfigError;
 
+    /// [`Config::resolve`], logging its deprecation warnings.
     fn try_from(raw: RawConfig) -> Result<Config, ConfigError> {
+        let (config, warnings) = Config::resolve(raw)?;
+        for w in &warnings {
+            tracing::warn!("{w}");
+        }
+        Ok(config)
+    }
+}
+
+impl Config {
+    /// Validates `raw`, returning the config and the deprecation warnings it gave rise to (for
+    /// the caller to log once logging is up), or every bad field.
+    pub fn resolve(mut raw: RawConfig) -> Result<(Config, Vec<String>), ConfigError> {
         let mut c = Check::default();
-        let listen = c
-            .addr("listen", raw.listen.as_deref().unwrap_or("127.0.0.1:8080"))
-            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
-        let admin_listen = raw
-            .admin_listen
-            .as_deref()
-            .and_then(|a| c.addr("admin_listen", a));
-        if admin_listen.is_some() && raw.admin_token.is_none() {
-            c.0.push(
-                "admin_token: required with admin_listen (flag --admin-token, env VEDGE_ADMIN_TOKEN \
-                 or `admin_token` in the config file); the admin API never runs open"
-                    .into(),
-            );
-        }
-        if let Some(t) = &raw.admin_token {
-            if t.len() < 8 {
-                c.0.push("admin_token: must be at least 8 characters".into());
-            }
-        }
-        let cdn_id = raw.cdn_id.clone().unwrap_or_else(|| "vedge".into());
+        let warnings = raw.move_deprecated_store_keys(&mut c);
+
+        let listen = match raw.listen.as_deref() {
+            Some(a) => c.addr("listen", a).unwrap_or(DEFAULT_LISTEN),
+            None => DEFAULT_LISTEN,
+        };
+        let cdn_id = raw.cdn_id.clone().unwrap_or_else(|| DEFAULT_CDN_ID.into());
         if cdn_id.is_empty()
             || !cdn_id
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
         {
-            c.0.push(format!(
+            c.error(format!(
                 "cdn_id: `{cdn_id}` must be a non-empty token of letters, digits, '-', '.', '_'"
             ));
         }
-        let ram_size = c.size("ram_size", &raw.ram_size, 512 << 20);
-        if ram_size < 1 << 20 {
-            c.0.push("ram_size: must be at least 1MiB".into());
+        let ram_size = c.size("ram_size", &raw.ram_size, DEFAULT_RAM_SIZE);
+        if ram_size < MIN_RAM_SIZE {
+            c.error("ram_size: must be at least 1MiB");
         }
-
-        let store = raw.store.as_ref().map(|path| {
-            let size = c.size("store_size", &raw.store_size, 1 << 30);
-            let region_size = c.size("store_region_size", &raw.store_region_size, 256 << 20);
-            let io_engine = match raw.io_engine.as_deref().unwrap_or("auto") {
-                "auto" => IoEngineChoice::Auto,
-                "uring" | "io_uring" => IoEngineChoice::Uring,
-                "psync" => IoEngineChoice::Psync,
-                other => {
-                    c.0.push(format!(
-                        "io_engine: `{other}` is not one of auto, uring, psync"
-                    ));
-                    IoEngineChoice::Auto
-                }
-            };
-            if region_size < 1 << 20 || region_size % 4096 != 0 {
-                c.0.push("store_region_size: must be at least 1MiB and a multiple of 4KiB".into());
-            } else if size < region_size * 2 {
-                c.0.push(format!(
-                    "store_size: {size} bytes holds fewer than two regions of {region_size} bytes"
-                ));
-            }
-            StoreSettings {
-                path: path.clone(),
-                size,
-                region_size,
-                reformat: raw.store_reformat.unwrap_or(false),
-                io_engine,
-                admit_window: c.duration(
-                    "store_admit_window",
-                    &raw.store_admit_window,
-                    Duration::from_secs(600),
-                ),
-                write_rate: raw
-                    .store_write_rate
-                    .as_ref()
-                    .map(|_| c.size("store_write_rate", &raw.store_write_rate, 0)),
-            }
-        });
-        if raw.store.is_none() && (raw.store_size.is_some() || raw.io_engine.is_some()) {
-            c.0.push("store_size / io_engine: given without `store` (a path)".into());
-        }
-
-        let global_ttl = c.class_ttls("cache.ttl", &raw.cache.ttl, &ClassTtl::defaults());
-        let mut routes = Vec::new();
-        match raw.origin.as_deref() {
-            Some(o) => {
-                if let Some(origin) = c.origin_url("origin", o) {
-                    routes.push(Route {
-                        prefix: "/".into(),
-                        host: None,
-                        origin,
-                        public: false,
-                        ttl: global_ttl.clone(),
-                    });
-                }
-            }
-            None if raw.routes.iter().any(|r| r.prefix == "/") => {}
-            None => c.0.push(
-                "origin: required (flag --origin URL or `origin = \"http://...\"` in the config file)"
-                    .into(),
-            ),
-        }
-        for (i, r) in raw.routes.iter().enumerate() {
-            let field = format!("route[{i}] ({})", r.prefix);
-            if !r.prefix.starts_with('/') {
-                c.0.push(format!(
-                    "{field}: prefix must start with '/' (format PREFIX=URL, e.g. /live/=http://packager:8000)"
-                ));
-                continue;
-            }
-            let Some(origin) = c.origin_url(&format!("{field}.origin"), &r.origin) else {
-                continue;
-            };
-            let host = if r.pass_host.unwrap_or(false) {
-                None
-            } else {
-                r.host.clone().or_else(|| Some(authority(&origin)))
-            };
-            let ttl = c.class_ttls(&format!("{field}.ttl"), &r.ttl, &global_ttl);
-            routes.retain(|existing: &Route| existing.prefix != r.prefix);
-            routes.push(Route {
-                prefix: r.prefix.clone(),
-                origin,
-                host,
-                public: r.public.unwrap_or(false),
-                ttl,
-            });
-        }
-        // Longest prefix first, so routing is a first-match scan.
-        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
-
-        let cache = CacheConfig {
-            drop_query_params: raw.cache.drop_query_params.clone().unwrap_or_else(|| {
-                DEFAULT_DROP_QUERY_PARAMS
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect()
-            }),
-            max_object_size: c.size(
-                "cache.max_object_size",
-                &raw.cache.max_object_size,
-                256 << 20,
-            ),
-            collapse_timeout: c.duration(
-                "cache.collapse_timeout",
-                &raw.cache.collapse_timeout,
-                Duration::from_secs(10),
-            ),
-            hit_for_pass_ttl: c.duration(
-                "cache.hit_for_pass_ttl",
-                &raw.cache.hit_for_pass_ttl,
-                Duration::from_secs(10),
-            ),
-            negative_ttl: c.duration(
-                "cache.negative_ttl",
-                &raw.cache.negative_ttl,
-                Duration::from_secs(2),
-            ),
-            manifest_stale_factor: raw.cache.manifest_stale_factor.unwrap_or(2),
-            ttl: global_ttl,
-        };
+        let admin = AdminConfig::resolve(raw.admin_listen, raw.admin_token, &mut c);
+        let store = StoreSettings::resolve(&raw.store, &mut c);
+        let cache = CacheConfig::resolve(&raw.cache, &mut c);
         if cache.max_object_size > ram_size {
             // Not an error: larger objects still stream through, uncached.
             tracing::debug!(
@@ -540,89 +622,27 @@ impl TryFrom<RawConfig> for Config {
                 "cache.max_object_size is larger than the RAM tier"
             );
         }
-
-        let oc = &raw.origin_client;
-        let origin_client = OriginClientConfig {
-            connect_timeout: c.duration(
-                "origin_client.connect_timeout",
-                &oc.connect_timeout,
-                Duration::from_secs(3),
-            ),
-            first_byte_timeout: c.duration(
-                "origin_client.first_byte_timeout",
-                &oc.first_byte_timeout,
-                Duration::from_secs(15),
-            ),
-            between_bytes_timeout: c.duration(
-                "origin_client.between_bytes_timeout",
-                &oc.between_bytes_timeout,
-                Duration::from_secs(10),
-            ),
-            pool_idle_timeout: c.duration(
-                "origin_client.pool_idle_timeout",
-                &oc.pool_idle_timeout,
-                Duration::from_secs(60),
-            ),
-            pool_max_idle_per_host: oc.pool_max_idle_per_host.unwrap_or(256),
-            http2: oc.http2.unwrap_or(false),
-        };
-
-        let s = &raw.server;
-        let tls = match (&s.tls_cert, &s.tls_key) {
-            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
-            (None, None) => None,
-            _ => {
-                c.0.push("server.tls_cert and server.tls_key: give both or neither".into());
-                None
-            }
-        };
-        let server = ServerConfig {
-            max_header_size: c.size("server.max_header_size", &s.max_header_size, 64 << 10)
-                as usize,
-            header_read_timeout: c.duration(
-                "server.header_read_timeout",
-                &s.header_read_timeout,
-                Duration::from_secs(30),
-            ),
-            shutdown_grace: c.duration(
-                "server.shutdown_grace",
-                &s.shutdown_grace,
-                Duration::from_secs(10),
-            ),
-            zero_copy: s.zero_copy.unwrap_or(true),
-            send_buffer: c.size("server.send_buffer", &s.send_buffer, 4 << 20) as usize,
-            threads: s.threads.unwrap_or(0),
-            tls,
-        };
-        if server.max_header_size < 8192 {
-            c.0.push("server.max_header_size: must be at least 8KiB".into());
-        }
-        if server.send_buffer > 1 << 30 {
-            c.0.push("server.send_buffer: at most 1GiB (0 leaves it to the kernel)".into());
-        }
-        if server.threads > 1024 {
-            c.0.push("server.threads: at most 1024 (0 means the shared runtime)".into());
-        }
+        let routes = Route::resolve_all(raw.origin.as_deref(), &raw.routes, &cache.ttl, &mut c);
+        let origin_client = OriginClientConfig::resolve(&raw.origin_client, &mut c);
+        let server = ServerConfig::resolve(&raw.server, &mut c);
 
         if !c.0.is_empty() {
             return Err(ConfigError(c.0));
         }
-        Ok(Config {
+        let config = Config {
             listen,
-            admin_listen,
-            admin_token: raw.admin_token,
             cdn_id,
             ram_size,
+            admin,
             store,
             routes,
             cache,
             origin_client,
             server,
-        })
+        };
+        Ok((config, warnings))
     }
-}
 
-impl Config {
     /// A config for one origin with every default: the starting point of tests and the demo.
     pub fn for_origin(origin: &str) -> Result<Config, ConfigError> {
         Config::try_from(RawConfig {
@@ -642,12 +662,302 @@ impl Config {
     }
 }
 
+impl AdminConfig {
+    fn resolve(listen: Option<String>, token: Option<String>, c: &mut Check) -> AdminConfig {
+        let listen = listen.as_deref().and_then(|a| c.addr("admin_listen", a));
+        if listen.is_some() && token.is_none() {
+            c.error(
+                "admin_token: required with admin_listen (flag --admin-token, env VEDGE_ADMIN_TOKEN \
+                 or `admin_token` in the config file); the admin API never runs open",
+            );
+        }
+        if token
+            .as_ref()
+            .is_some_and(|t| t.len() < MIN_ADMIN_TOKEN_LEN)
+        {
+            c.error(format!(
+                "admin_token: must be at least {MIN_ADMIN_TOKEN_LEN} characters"
+            ));
+        }
+        AdminConfig { listen, token }
+    }
+}
+
+impl StoreSettings {
+    /// `None` without a path. Size, region size and engine without a path are an error: the
+    /// user meant to configure a store and would otherwise silently run RAM-only.
+    fn resolve(raw: &RawStore, c: &mut Check) -> Option<StoreSettings> {
+        let Some(path) = &raw.path else {
+            if raw.size.is_some() || raw.io_engine.is_some() {
+                c.error("store.size / store.io_engine: given without store.path");
+            }
+            return None;
+        };
+        let size = c.size("store.size", &raw.size, DEFAULT_STORE_SIZE);
+        let region_size = c.size(
+            "store.region_size",
+            &raw.region_size,
+            DEFAULT_STORE_REGION_SIZE,
+        );
+        let io_engine = match raw.io_engine.as_deref() {
+            None => DEFAULT_IO_ENGINE,
+            Some(s) => parse_engine(s).unwrap_or_else(|e| {
+                c.error(format!("store.io_engine: {e}"));
+                DEFAULT_IO_ENGINE
+            }),
+        };
+        if region_size < 1 << 20 || region_size % 4096 != 0 {
+            c.error("store.region_size: must be at least 1MiB and a multiple of 4KiB");
+        } else if size < region_size * 2 {
+            c.error(format!(
+                "store.size: {size} bytes holds fewer than two regions of {region_size} bytes"
+            ));
+        }
+        Some(StoreSettings {
+            path: path.clone(),
+            size,
+            region_size,
+            reformat: raw.reformat.unwrap_or(false),
+            io_engine,
+            admit_window: c.duration(
+                "store.admit_window",
+                &raw.admit_window,
+                DEFAULT_STORE_ADMIT_WINDOW,
+            ),
+            write_rate: raw
+                .write_rate
+                .as_ref()
+                .map(|_| c.size("store.write_rate", &raw.write_rate, 0)),
+        })
+    }
+}
+
+impl CacheConfig {
+    fn resolve(raw: &RawCache, c: &mut Check) -> CacheConfig {
+        CacheConfig {
+            drop_query_params: raw.drop_query_params.clone().unwrap_or_else(|| {
+                DEFAULT_DROP_QUERY_PARAMS
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect()
+            }),
+            max_object_size: c.size(
+                "cache.max_object_size",
+                &raw.max_object_size,
+                DEFAULT_MAX_OBJECT_SIZE,
+            ),
+            collapse_timeout: c.duration(
+                "cache.collapse_timeout",
+                &raw.collapse_timeout,
+                DEFAULT_COLLAPSE_TIMEOUT,
+            ),
+            hit_for_pass_ttl: c.duration(
+                "cache.hit_for_pass_ttl",
+                &raw.hit_for_pass_ttl,
+                DEFAULT_HIT_FOR_PASS_TTL,
+            ),
+            negative_ttl: c.duration(
+                "cache.negative_ttl",
+                &raw.negative_ttl,
+                DEFAULT_NEGATIVE_TTL,
+            ),
+            manifest_stale_factor: raw
+                .manifest_stale_factor
+                .unwrap_or(DEFAULT_MANIFEST_STALE_FACTOR),
+            ttl: c.class_ttls("cache.ttl", &raw.ttl, &ClassTtl::defaults()),
+        }
+    }
+}
+
+impl Route {
+    /// The default origin (prefix `/`) and the `[[route]]`s, longest prefix first so routing is
+    /// a first-match scan. Each route's TTL classes start from the global ones.
+    fn resolve_all(
+        origin: Option<&str>,
+        raw: &[RawRoute],
+        global_ttl: &ClassTtl,
+        c: &mut Check,
+    ) -> Vec<Route> {
+        let mut routes = Vec::new();
+        match origin {
+            Some(o) => {
+                if let Some(origin) = c.origin_url("origin", o) {
+                    routes.push(Route {
+                        prefix: "/".into(),
+                        host: None,
+                        origin,
+                        public: false,
+                        ttl: global_ttl.clone(),
+                    });
+                }
+            }
+            None if raw.iter().any(|r| r.prefix == "/") => {}
+            None => c.error(
+                "origin: required (flag --origin URL or `origin = \"http://...\"` in the config file)",
+            ),
+        }
+        for (i, r) in raw.iter().enumerate() {
+            let field = format!("route[{i}] ({})", r.prefix);
+            if !r.prefix.starts_with('/') {
+                c.error(format!(
+                    "{field}: prefix must start with '/' (format PREFIX=URL, e.g. /live/=http://packager:8000)"
+                ));
+                continue;
+            }
+            let Some(origin) = c.origin_url(&format!("{field}.origin"), &r.origin) else {
+                continue;
+            };
+            let host = if r.pass_host.unwrap_or(false) {
+                None
+            } else {
+                r.host.clone().or_else(|| Some(authority(&origin)))
+            };
+            let ttl = c.class_ttls(&format!("{field}.ttl"), &r.ttl, global_ttl);
+            routes.retain(|existing: &Route| existing.prefix != r.prefix);
+            routes.push(Route {
+                prefix: r.prefix.clone(),
+                origin,
+                host,
+                public: r.public.unwrap_or(false),
+                ttl,
+            });
+        }
+        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+        routes
+    }
+}
+
+impl OriginClientConfig {
+    fn resolve(raw: &RawOriginClient, c: &mut Check) -> OriginClientConfig {
+        OriginClientConfig {
+            connect_timeout: c.duration(
+                "origin_client.connect_timeout",
+                &raw.connect_timeout,
+                DEFAULT_CONNECT_TIMEOUT,
+            ),
+            first_byte_timeout: c.duration(
+                "origin_client.first_byte_timeout",
+                &raw.first_byte_timeout,
+                DEFAULT_FIRST_BYTE_TIMEOUT,
+            ),
+            between_bytes_timeout: c.duration(
+                "origin_client.between_bytes_timeout",
+                &raw.between_bytes_timeout,
+                DEFAULT_BETWEEN_BYTES_TIMEOUT,
+            ),
+            pool_idle_timeout: c.duration(
+                "origin_client.pool_idle_timeout",
+                &raw.pool_idle_timeout,
+                DEFAULT_POOL_IDLE_TIMEOUT,
+            ),
+            pool_max_idle_per_host: raw
+                .pool_max_idle_per_host
+                .unwrap_or(DEFAULT_POOL_MAX_IDLE_PER_HOST),
+            http2: raw.http2.unwrap_or(DEFAULT_ORIGIN_HTTP2),
+        }
+    }
+}
+
+impl ServerConfig {
+    fn resolve(raw: &RawServer, c: &mut Check) -> ServerConfig {
+        let tls = match (&raw.tls_cert, &raw.tls_key) {
+            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+            (None, None) => None,
+            _ => {
+                c.error("server.tls_cert and server.tls_key: give both or neither");
+                None
+            }
+        };
+        let max_header_size = c.size(
+            "server.max_header_size",
+            &raw.max_header_size,
+            DEFAULT_MAX_HEADER_SIZE,
+        );
+        if max_header_size < MIN_MAX_HEADER_SIZE {
+            c.error("server.max_header_size: must be at least 8KiB");
+        }
+        let send_buffer = c.size("server.send_buffer", &raw.send_buffer, DEFAULT_SEND_BUFFER);
+        if send_buffer > MAX_SEND_BUFFER {
+            c.error("server.send_buffer: at most 1GiB (0 leaves it to the kernel)");
+        }
+        let threads = raw.threads.unwrap_or(DEFAULT_THREADS);
+        if threads > MAX_THREADS {
+            c.error(format!(
+                "server.threads: at most {MAX_THREADS} (0 means the shared runtime)"
+            ));
+        }
+        ServerConfig {
+            max_header_size: max_header_size as usize,
+            header_read_timeout: c.duration(
+                "server.header_read_timeout",
+                &raw.header_read_timeout,
+                DEFAULT_HEADER_READ_TIMEOUT,
+            ),
+            shutdown_grace: c.duration(
+                "server.shutdown_grace",
+                &raw.shutdown_grace,
+                DEFAULT_SHUTDOWN_GRACE,
+            ),
+            zero_copy: raw.zero_copy.unwrap_or(DEFAULT_ZERO_COPY),
+            send_buffer: send_buffer as usize,
+            threads,
+            tls,
+        }
+    }
+}
+
 fn authority(u: &url::Url) -> String {
     match (u.host_str(), u.port()) {
         (Some(h), Some(p)) => format!("{h}:{p}"),
         (Some(h), None) => h.to_string(),
         _ => String::new(),
     }
+}
+
+/// `auto`, `uring` (or `io_uring`), `psync`.
+pub fn parse_engine(s: &str) -> Result<EngineChoice, String> {
+    match s {
+        "auto" => Ok(EngineChoice::Auto),
+        "uring" | "io_uring" => Ok(EngineChoice::Uring),
+        "psync" => Ok(EngineChoice::Psync),
+        other => Err(format!("`{other}` is not one of auto, uring, psync")),
+    }
+}
+
+/// The config-file name of an engine, as `parse_engine` reads it.
+pub fn engine_name(e: EngineChoice) -> &'static str {
+    match e {
+        EngineChoice::Auto => "auto",
+        EngineChoice::Uring => "uring",
+        EngineChoice::Psync => "psync",
+    }
+}
+
+/// A size as the config file would write it: the largest binary unit that divides it, so it
+/// parses back with `parse_size` to the same number (`512MiB`, `64KiB`, `4097`).
+pub fn format_size(n: u64) -> String {
+    for (shift, unit) in [(40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")] {
+        if n != 0 && n % (1 << shift) == 0 {
+            return format!("{}{unit}", n >> shift);
+        }
+    }
+    n.to_string()
+}
+
+/// A duration as the config file would write it (`10s`, `10m`, `1d`, `250ms`); round trips
+/// through `parse_duration` for whole milliseconds.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 1000 != 0 {
+        return format!("{ms}ms");
+    }
+    let s = ms / 1000;
+    for (secs, unit) in [(86400, "d"), (3600, "h"), (60, "m")] {
+        if s != 0 && s % secs == 0 {
+            return format!("{}{unit}", s / secs);
+        }
+    }
+    format!("{s}s")
 }
 
 /// Parses `512MiB`, `4GiB`, `1.5GiB`, `100MB`, `4096` (bytes). Binary and decimal suffixes.
@@ -727,11 +1037,36 @@ mod tests {
     }
 
     #[test]
+    fn formatted_defaults_parse_back() {
+        assert_eq!(format_size(DEFAULT_RAM_SIZE), "512MiB");
+        assert_eq!(format_size(DEFAULT_MAX_HEADER_SIZE), "64KiB");
+        assert_eq!(format_size(0), "0");
+        for n in [0, 1, 4097, 64 << 10, 1 << 30, 3 << 40, 1_000_000] {
+            assert_eq!(parse_size(&format_size(n)), Ok(n), "{n}");
+        }
+        assert_eq!(format_duration(DEFAULT_STORE_ADMIT_WINDOW), "10m");
+        assert_eq!(format_duration(Duration::from_secs(86400)), "1d");
+        for d in [0, 1, 250, 1000, 60_000, 90_000, 3_600_000, 86_400_000] {
+            let d = Duration::from_millis(d);
+            assert_eq!(parse_duration(&format_duration(d)), Ok(d), "{d:?}");
+        }
+        for e in [EngineChoice::Auto, EngineChoice::Uring, EngineChoice::Psync] {
+            assert_eq!(parse_engine(engine_name(e)), Ok(e));
+        }
+    }
+
+    #[test]
     fn every_bad_field_is_named() {
         let raw = RawConfig {
             listen: Some("nowhere".into()),
             origin: Some("ftp://x".into()),
             ram_size: Some("lots".into()),
+            store: RawStore {
+                path: Some("/tmp/vedge.store".into()),
+                io_engine: Some("floppy".into()),
+                admit_window: Some("a while".into()),
+                ..RawStore::default()
+            },
             cache: RawCache {
                 collapse_timeout: Some("soon".into()),
                 ..RawCache::default()
@@ -749,6 +1084,8 @@ mod tests {
             "listen",
             "origin",
             "ram_size",
+            "store.io_engine",
+            "store.admit_window",
             "cache.collapse_timeout",
             "server.threads",
             "server.send_buffer",
@@ -784,8 +1121,249 @@ mod tests {
 
     #[test]
     fn example_config_is_valid() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/configs/vedge.toml");
-        let raw = RawConfig::from_file(&path).expect("example parses");
-        Config::try_from(raw).expect("example validates");
+        let raw = RawConfig::from_file(&example_path()).expect("example parses");
+        let (_, warnings) = Config::resolve(raw).expect("example validates");
+        assert_eq!(
+            warnings,
+            Vec::<String>::new(),
+            "the example uses no deprecated key"
+        );
+    }
+
+    fn resolve_toml(text: &str) -> Result<(Config, Vec<String>), ConfigError> {
+        Config::resolve(toml::from_str(text).expect("toml parses"))
+    }
+
+    #[test]
+    fn deprecated_store_keys_give_the_same_config_with_a_warning_each() {
+        let old = r#"
+            origin = "http://127.0.0.1:9000"
+            store = "/var/cache/vedge.store"
+            store_size = "8GiB"
+            store_region_size = "64MiB"
+            store_reformat = true
+            io_engine = "psync"
+            store_admit_window = "0s"
+            store_write_rate = "100MiB"
+        "#;
+        let new = r#"
+            origin = "http://127.0.0.1:9000"
+            [store]
+            path = "/var/cache/vedge.store"
+            size = "8GiB"
+            region_size = "64MiB"
+            reformat = true
+            io_engine = "psync"
+            admit_window = "0s"
+            write_rate = "100MiB"
+        "#;
+        let (old_cfg, warnings) = resolve_toml(old).expect("old spelling valid");
+        let (new_cfg, none) = resolve_toml(new).expect("new spelling valid");
+        assert_eq!(format!("{old_cfg:?}"), format!("{new_cfg:?}"));
+        assert_eq!(none, Vec::<String>::new());
+        let store = new_cfg.store.expect("store configured");
+        assert_eq!(
+            (store.size, store.region_size, store.io_engine),
+            (8 << 30, 64 << 20, EngineChoice::Psync)
+        );
+        assert_eq!(
+            (store.reformat, store.admit_window, store.write_rate),
+            (true, Duration::ZERO, Some(100 << 20))
+        );
+        let expected = [
+            ("store = \"PATH\"", "path"),
+            ("store_size", "size"),
+            ("store_region_size", "region_size"),
+            ("store_reformat", "reformat"),
+            ("io_engine", "io_engine"),
+            ("store_admit_window", "admit_window"),
+            ("store_write_rate", "write_rate"),
+        ];
+        assert_eq!(warnings.len(), expected.len(), "{warnings:#?}");
+        for ((old, new), w) in expected.iter().zip(&warnings) {
+            assert_eq!(
+                w,
+                &format!(
+                    "config: top-level `{old}` is deprecated; write `{new}` in the [store] table instead"
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn a_store_key_under_both_spellings_is_an_error_but_a_flag_overrides_either() {
+        let both = r#"
+            origin = "http://127.0.0.1:9000"
+            store_size = "8GiB"
+            [store]
+            path = "/var/cache/vedge.store"
+            size = "4GiB"
+        "#;
+        let err = resolve_toml(both).expect_err("ambiguous size accepted");
+        assert!(
+            err.to_string()
+                .contains("store_size: given as well as `size` in the [store] table"),
+            "{err}"
+        );
+
+        let mut raw: RawConfig = toml::from_str(
+            r#"
+            origin = "http://127.0.0.1:9000"
+            store = "/var/cache/vedge.store"
+            store_size = "8GiB"
+            "#,
+        )
+        .expect("toml parses");
+        raw.apply_args(&ServeArgs {
+            store_size: Some("2GiB".into()),
+            ..ServeArgs::default()
+        });
+        let (cfg, warnings) = Config::resolve(raw).expect("flag wins");
+        assert_eq!(cfg.store.map(|s| s.size), Some(2 << 30));
+        assert_eq!(warnings.len(), 1, "only the path string: {warnings:?}");
+    }
+
+    #[test]
+    fn store_keys_without_a_path_are_an_error_under_either_spelling() {
+        for text in [
+            "origin = \"http://127.0.0.1:9000\"\nstore_size = \"8GiB\"",
+            "origin = \"http://127.0.0.1:9000\"\n[store]\nio_engine = \"psync\"",
+        ] {
+            let err = resolve_toml(text).expect_err("store without a path accepted");
+            assert!(
+                err.to_string().contains("given without store.path"),
+                "{err}"
+            );
+        }
+        let err = RawConfig::from_file(Path::new("/nonexistent/vedge.toml")).expect_err("no file");
+        assert!(err.to_string().contains("/nonexistent/vedge.toml"), "{err}");
+        let err = toml::from_str::<RawConfig>("[store]\nsise = \"1GiB\"").expect_err("typo");
+        assert!(err.to_string().contains("sise"), "{err}");
+    }
+
+    fn example_path() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/configs/vedge.toml")
+    }
+
+    /// Every `key = ...  # ... [default: VALUE]` in the example file, with its table: the key
+    /// may be commented out, VALUE is a TOML value.
+    fn documented_defaults(text: &str) -> Vec<(String, String, toml::Value)> {
+        let mut table = String::new();
+        let mut found = Vec::new();
+        for line in text.lines().map(str::trim) {
+            if let Some(header) = line.strip_prefix('[') {
+                table = header.trim_matches(|c| c == '[' || c == ']').to_string();
+                continue;
+            }
+            let Some((_, rest)) = line.split_once("[default: ") else {
+                continue;
+            };
+            let value = rest.split_once(']').expect("[default: ...] is closed").0;
+            let entry = line.trim_start_matches('#').trim_start();
+            let Some((key, _)) = entry.split_once(" = ") else {
+                continue; // prose about the marker, not a key
+            };
+            let key = key.trim();
+            if !key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                continue;
+            }
+            let value: toml::Table =
+                toml::from_str(&format!("v = {value}")).expect("a default is a TOML value");
+            found.push((table.clone(), key.to_string(), value["v"].clone()));
+        }
+        found
+    }
+
+    /// The example file documents each default next to its key; setting any key to its
+    /// documented default must resolve to the same config as leaving it out, so the file, the
+    /// `DEFAULT_*` constants (which validation and the CLI help use) cannot drift apart.
+    #[test]
+    fn example_config_documents_the_defaults() {
+        let text = std::fs::read_to_string(example_path()).expect("example readable");
+        let base: toml::Table = toml::from_str(
+            r#"
+            origin = "http://127.0.0.1:9000"
+            [store]
+            path = "/nonexistent/vedge.store"
+            [[route]]
+            prefix = "/r/"
+            origin = "http://127.0.0.1:9001"
+            "#,
+        )
+        .expect("base parses");
+        let resolve = |t: toml::Table| {
+            let raw: RawConfig = toml::Value::Table(t).try_into().expect("raw config");
+            let (cfg, _) = Config::resolve(raw).expect("valid");
+            format!("{cfg:?}")
+        };
+        let unset = resolve(base.clone());
+        let documented = documented_defaults(&text);
+        for (table, key, value) in &documented {
+            let mut t = base.clone();
+            let mut at = &mut t;
+            for part in table.split('.').filter(|p| !p.is_empty()) {
+                let next = at
+                    .entry(part)
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                at = match next {
+                    // [[route]]: the base's single route.
+                    toml::Value::Array(a) => a[0].as_table_mut().expect("route table"),
+                    v => v.as_table_mut().expect("a table"),
+                };
+            }
+            at.insert(key.clone(), value.clone());
+            // Not assert_eq: the two whole-config dumps would bury the key that differs.
+            assert!(
+                resolve(t) == unset,
+                "{table}.{key}: the example documents default {value}, the code uses another"
+            );
+        }
+        let names: Vec<String> = documented
+            .iter()
+            .map(|(t, k, _)| {
+                if t.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{t}.{k}")
+                }
+            })
+            .collect();
+        for key in [
+            "listen",
+            "cdn_id",
+            "ram_size",
+            "store.size",
+            "store.region_size",
+            "store.reformat",
+            "store.io_engine",
+            "store.admit_window",
+            "route.pass_host",
+            "route.public",
+            "cache.max_object_size",
+            "cache.collapse_timeout",
+            "cache.hit_for_pass_ttl",
+            "cache.negative_ttl",
+            "cache.manifest_stale_factor",
+            "cache.ttl.manifest.default",
+            "cache.ttl.segment.default",
+            "cache.ttl.segment.stale_if_error",
+            "origin_client.connect_timeout",
+            "origin_client.first_byte_timeout",
+            "origin_client.between_bytes_timeout",
+            "origin_client.pool_idle_timeout",
+            "origin_client.pool_max_idle_per_host",
+            "origin_client.http2",
+            "server.max_header_size",
+            "server.header_read_timeout",
+            "server.shutdown_grace",
+            "server.zero_copy",
+            "server.send_buffer",
+            "server.threads",
+        ] {
+            assert!(
+                names.iter().any(|n| n == key),
+                "{key}: default not documented in the example"
+            );
+        }
     }
 }

@@ -53,7 +53,7 @@ pub async fn run(
     let viewer = TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("--listen: cannot bind {}", cfg.listen))?;
-    let admin = match cfg.admin_listen {
+    let admin = match cfg.admin.listen {
         Some(a) => Some(
             TcpListener::bind(a)
                 .await

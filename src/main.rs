@@ -15,20 +15,24 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // Validate before anything else: a bad config never binds a port.
-    let serve_config = match &cli.command {
+    let (serve_config, config_warnings) = match &cli.command {
         Some(Command::Serve(args)) => match load(args) {
-            Ok(c) => Some(c),
+            Ok((c, warnings)) => (Some(c), warnings),
             Err(e) => {
                 eprintln!("vedge: {e}");
                 return std::process::ExitCode::from(2);
             }
         },
-        _ => None,
+        _ => (None, Vec::new()),
     };
     // Held for the whole run: dropping it flushes the log writer.
     // `vedge ingest --json` prints its summary on stdout for scripts: its logs go to stderr.
     let to_stderr = matches!(cli.command, Some(Command::Ingest(_)));
     let _log_guard = init_tracing(&cli.log, to_stderr);
+    // Deprecated keys, reported now that logging is up.
+    for w in &config_warnings {
+        tracing::warn!("{w}");
+    }
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -62,20 +66,20 @@ fn unreachable_config() -> anyhow::Result<()> {
     anyhow::bail!("internal: serve without a validated config")
 }
 
-fn load(args: &ServeArgs) -> anyhow::Result<Config> {
+fn load(args: &ServeArgs) -> anyhow::Result<(Config, Vec<String>)> {
     let mut raw = match &args.config {
         Some(path) => RawConfig::from_file(path)?,
         None => RawConfig::default(),
     };
     raw.apply_args(args);
-    Ok(Config::try_from(raw)?)
+    Ok(Config::resolve(raw)?)
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {
     let viewer = vedge::http::server::bind_viewer(cfg.listen, cfg.server.threads > 0)
         .and_then(TcpListener::from_std)
         .with_context(|| format!("listen: cannot bind {}", cfg.listen))?;
-    let admin = match cfg.admin_listen {
+    let admin = match cfg.admin.listen {
         Some(a) => Some(
             TcpListener::bind(a)
                 .await

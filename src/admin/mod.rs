@@ -78,7 +78,7 @@ fn json(status: StatusCode, v: serde_json::Value) -> Response<Body> {
 
 /// Whether the request carries the configured bearer token (constant-time compare).
 fn authorized(edge: &Edge, req: &Request<Incoming>) -> bool {
-    let Some(token) = edge.config.admin_token.as_deref() else {
+    let Some(token) = edge.config.admin.token.as_deref() else {
         return false;
     };
     let Some(given) = req

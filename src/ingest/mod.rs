@@ -47,12 +47,12 @@ pub struct IngestArgs {
     #[arg(long)]
     pub store: Option<PathBuf>,
 
-    /// Size of the store (e.g. 4GiB) when --store creates it. [default: store_size from --config]
+    /// Size of the store (e.g. 4GiB) when --store creates it. [default: store.size from --config]
     #[arg(long)]
     pub store_size: Option<String>,
 
-    /// Region size of that store (must match the edge's `store_region_size`).
-    /// [default: store_region_size from --config, else 256MiB]
+    /// Region size of that store (must match the edge's `store.region_size`).
+    /// [default: store.region_size from --config, else 256MiB]
     #[arg(long)]
     pub store_region_size: Option<String>,
 
@@ -284,7 +284,7 @@ pub async fn run_cli(args: IngestArgs) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("--store-size {s}: {e}"))?,
             (None, Some((s, _))) => s,
             (None, None) => {
-                anyhow::bail!("--store needs --store-size (or a --config with store_size)")
+                anyhow::bail!("--store needs --store-size (or a --config with store.size)")
             }
         };
         let mut store_cfg = vedge_storage::StoreConfig::new(path, size);
@@ -522,7 +522,7 @@ fn key_settings(args: &IngestArgs) -> anyhow::Result<(String, Vec<String>)> {
     let host = match (&args.host, &config) {
         (Some(h), _) => h.clone(),
         (None, Some(c)) => c.listen.to_string(),
-        (None, None) => "127.0.0.1:8080".to_string(),
+        (None, None) => crate::config::DEFAULT_LISTEN.to_string(),
     };
     let drop = match &config {
         Some(c) => c.cache.drop_query_params.clone(),

@@ -13,13 +13,13 @@ use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 
 use tokio_util::task::TaskTracker;
-use vedge_storage::{EngineChoice, Store, StoreConfig};
+use vedge_storage::{Store, StoreConfig};
 
 use crate::cache::lock::FillTable;
 use crate::cache::ram::RamTier;
 use crate::cache::vary::VarySpec;
 use crate::clock::Clock;
-use crate::config::{Config, IoEngineChoice};
+use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::origin::OriginClient;
 use crate::zerocopy::ZeroCopy;
@@ -62,11 +62,7 @@ impl Edge {
                 let mut sc = StoreConfig::new(&s.path, s.size);
                 sc.region_size = s.region_size;
                 sc.reformat = s.reformat;
-                sc.engine = match s.io_engine {
-                    IoEngineChoice::Auto => EngineChoice::Auto,
-                    IoEngineChoice::Uring => EngineChoice::Uring,
-                    IoEngineChoice::Psync => EngineChoice::Psync,
-                };
+                sc.engine = s.io_engine;
                 sc.admit_window = s.admit_window;
                 sc.write_rate_limit = s.write_rate;
                 let store = Store::open(sc)

@@ -3,93 +3,25 @@
 //! vedge again on the same store: every segment fetched before is a HIT from disk. On the
 //! io_uring engine (auto) and on psync.
 
+use std::ffi::OsStr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
-
-use crate::support::edge::{read_raw, RawResp};
+use crate::support::binary::BinaryEdge;
 use crate::support::origin::{Origin, Script};
 
-const TOKEN: &str = "test-token-123";
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a probe port");
-    l.local_addr().expect("probe addr").port()
-}
-
-struct Vedge {
-    child: Child,
-    port: u16,
-    admin: u16,
-}
-
-impl Vedge {
-    fn start(origin: &str, store: &Path, engine: &str) -> Vedge {
-        let (port, admin) = (free_port(), free_port());
-        let child = Command::new(env!("CARGO_BIN_EXE_vedge"))
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
-            .args(["--admin-token", TOKEN, "--origin", origin])
-            .arg("--store")
-            .arg(store)
-            .args(["--store-size", "64MiB", "--store-region-size", "4MiB"])
-            .args(["--io-engine", engine, "--log", "warn"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn vedge");
-        Vedge { child, port, admin }
-    }
-
-    async fn get(&self, port: u16, path: &str) -> Option<RawResp> {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-        let req = format!("GET {path} HTTP/1.1\r\nHost: edge.test\r\nConnection: close\r\n\r\n");
-        s.write_all(req.as_bytes()).await.ok()?;
-        Some(read_raw(&mut s).await)
-    }
-
-    /// Waits (bounded) until the viewer port answers.
-    async fn ready(&self) {
-        for _ in 0..200 {
-            if self
-                .get(self.admin, "/healthz")
-                .await
-                .is_some_and(|r| r.status() == 200)
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("vedge did not come up");
-    }
-
-    /// A gauge or counter from /metrics.
-    async fn metric(&self, name: &str) -> u64 {
-        let r = self
-            .get(self.admin, "/metrics")
-            .await
-            .expect("metrics answer");
-        let text = r.text();
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-            .unwrap_or(0)
-    }
-
-    fn signal(&mut self, sig: i32) {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, sig) };
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Vedge {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `vedge serve` on `store` (64 MiB, 4 MiB regions) with the given I/O engine.
+fn start(origin: &str, store: &Path, engine: &str) -> BinaryEdge {
+    let flags = [
+        "--store-size",
+        "64MiB",
+        "--store-region-size",
+        "4MiB",
+        "--io-engine",
+        engine,
+    ];
+    let store_flag = [OsStr::new("--store"), store.as_os_str()];
+    BinaryEdge::start(origin, store_flag.into_iter().chain(flags.map(OsStr::new)))
 }
 
 async fn restart_serves_from_disk(engine: &str, sig: i32) {
@@ -108,7 +40,7 @@ async fn restart_serves_from_disk(engine: &str, sig: i32) {
         origin.script(p, Script::ok(b.clone()).header("content-type", "video/mp4"));
     }
 
-    let mut v = Vedge::start(&origin.url(), &store, engine);
+    let mut v = start(&origin.url(), &store, engine);
     v.ready().await;
     for p in &paths {
         let r = v.get(v.port, p).await.expect("first fetch");
@@ -130,7 +62,7 @@ async fn restart_serves_from_disk(engine: &str, sig: i32) {
     v.signal(sig);
     drop(origin);
 
-    let v = Vedge::start("http://127.0.0.1:9", &store, engine);
+    let v = start("http://127.0.0.1:9", &store, engine);
     v.ready().await;
     for (p, b) in paths.iter().zip(&bodies) {
         let r = v.get(v.port, p).await.expect("fetch after restart");

@@ -28,6 +28,8 @@ use vedge::origin::fetch::HttpFetcher;
 use vedge_manifest::{discover, Asset, WalkOptions};
 use vedge_storage::{Store, StoreConfig};
 
+use crate::support::TestEdge;
+
 /// A scripted origin: serves files under `root`, answers 404 for `missing`, counts requests.
 struct Origin {
     addr: std::net::SocketAddr,
@@ -324,7 +326,8 @@ async fn admin_ingest_job_and_push_fill_the_running_edge() {
     let o = origin(fixtures(), Vec::new()).await;
     let config = vedge::config::Config::for_origin(&format!("http://{}", o.addr)).expect("config");
     let drop = config.cache.drop_query_params.clone();
-    let edge = vedge::Edge::new(config).await.expect("edge");
+    let running = TestEdge::start_config(config).await;
+    let edge = running.edge.clone();
     let jobs = Arc::new(IngestJobs::default());
 
     // PUT one object, push-CDN style.
@@ -454,7 +457,8 @@ async fn cli_admin_mode_pushes_a_local_dir_and_runs_a_job_and_a_wrong_token_chan
     let o = origin(fixtures(), Vec::new()).await;
     let config = vedge::config::Config::for_origin(&format!("http://{}", o.addr)).expect("config");
     let drop = config.cache.drop_query_params.clone();
-    let edge = vedge::Edge::new(config).await.expect("edge");
+    let running = TestEdge::start_config(config).await;
+    let edge = running.edge.clone();
     let admin = format!("http://{}", admin_server(edge.clone(), "s3cret").await);
     let dir = fixtures().join("hls-ts");
     let dir_s = dir.to_string_lossy().into_owned();
@@ -546,11 +550,12 @@ async fn with_the_origin_stopped_every_ingested_object_is_a_hit_and_a_failed_ass
         size: (2 << 20) + (16 << 20),
         region_size: 2 << 20,
         reformat: false,
-        io_engine: vedge::config::IoEngineChoice::Psync,
+        io_engine: vedge_storage::EngineChoice::Psync,
         admit_window: Duration::from_secs(600),
         write_rate: None,
     });
-    let edge = vedge::Edge::new(config).await.expect("edge");
+    let running = TestEdge::start_config(config).await;
+    let edge = running.edge.clone();
     let admin = format!("http://{}", admin_server(edge.clone(), "s3cret").await);
     let client = vedge::ingest::client::AdminClient::new(&admin, "s3cret", HOST);
     let status = client
@@ -567,16 +572,7 @@ async fn with_the_origin_stopped_every_ingested_object_is_a_hit_and_a_failed_ass
     assert_eq!(status["assets"][1]["outcome"], "failed", "{status}");
     o.task.abort();
 
-    let viewer = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let edge_addr = viewer.local_addr().expect("addr");
-    tokio::spawn(vedge::serve(
-        edge.clone(),
-        vedge::Listeners {
-            viewer,
-            admin: None,
-        },
-        std::future::pending(),
-    ));
+    let edge_addr = running.addr;
     let dir = fixtures().join("dash-timeline");
     let store = edge.store.as_ref().expect("store");
     for f in files(&dir, "/dash-timeline") {

@@ -1,5 +1,6 @@
-//! An edge under test: `vedge::serve` on `127.0.0.1:0` in front of a given origin, with a small
-//! HTTP client and raw-socket helpers for what a well-behaved client cannot send or notice
+//! An edge under test, in process: `vedge::serve` on `127.0.0.1:0` in front of a given origin
+//! (the one launcher every in-process test uses; `support::binary` runs the real binary), with a
+//! small HTTP client and raw-socket helpers for what a well-behaved client cannot send or notice
 //! (malformed requests, truncated bodies).
 //!
 //! ```ignore
@@ -10,7 +11,9 @@
 //! edge.settle().await;                                      // fills done, objects stored
 //! ```
 //!
-//! Dropping a `TestEdge` shuts the server down.
+//! `TestEdge::start_config` takes an already validated `Config` (e.g. `Config::for_origin` with a
+//! store set); `edge.edge` is the `Arc<Edge>` for tests that drive it directly. Dropping a
+//! `TestEdge` shuts the server down.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -65,6 +68,11 @@ impl TestEdge {
     /// Validates `raw`, builds the edge and serves it on `127.0.0.1:0`.
     pub async fn start(raw: RawConfig) -> TestEdge {
         let cfg = vedge::Config::try_from(raw).expect("test config is valid");
+        TestEdge::start_config(cfg).await
+    }
+
+    /// Builds the edge from a validated config and serves it on `127.0.0.1:0`.
+    pub async fn start_config(cfg: vedge::Config) -> TestEdge {
         let edge = vedge::Edge::new(cfg).await.expect("edge starts");
         let viewer = TcpListener::bind("127.0.0.1:0")
             .await

@@ -1,8 +1,10 @@
-//! Shared test support: a scripted origin (`origin`) and an edge launcher with a client
-//! (`edge`). Both bind `127.0.0.1:0` and stop on drop.
+//! Shared test support: a scripted origin (`origin`), an in-process edge launcher with a client
+//! (`edge`) and a launcher for the real `vedge` binary (`binary`). All bind `127.0.0.1:0` (the
+//! binary: free loopback ports) and stop on drop.
 
 #![allow(dead_code)] // Each feature file uses a different part of the toolkit.
 
+pub mod binary;
 pub mod edge;
 pub mod origin;
 

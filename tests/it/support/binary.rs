@@ -1,0 +1,109 @@
+//! The real `vedge` binary under test: `vedge serve` as a child process on free loopback ports,
+//! with the admin API on (token `ADMIN_TOKEN`), for what only a process shows (signals, restarts
+//! on the same store, argv and exit codes). Dropping a `BinaryEdge` kills the process.
+//!
+//! ```ignore
+//! let v = BinaryEdge::start(&origin.url(), ["--ram-size", "64MiB"]);
+//! v.ready().await;
+//! let r = v.get(v.port, "/a.ts").await.expect("answers");
+//! ```
+
+use std::ffi::OsStr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use super::edge::{read_raw, RawResp};
+
+/// The admin bearer token every `BinaryEdge` runs with.
+pub const ADMIN_TOKEN: &str = "test-token-123";
+
+/// A loopback port free at the time of the call (the child binds it a moment later).
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a probe port");
+    l.local_addr().expect("probe addr").port()
+}
+
+/// A running `vedge serve`.
+pub struct BinaryEdge {
+    child: Child,
+    /// Viewer port.
+    pub port: u16,
+    /// Admin port (metrics, health).
+    pub admin: u16,
+}
+
+impl BinaryEdge {
+    /// Spawns `vedge serve` in front of `origin` with `extra` flags appended (logs at `warn` to
+    /// the test's stderr). Call `ready` before sending requests.
+    pub fn start<I, S>(origin: &str, extra: I) -> BinaryEdge
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let (port, admin) = (free_port(), free_port());
+        let child = Command::new(env!("CARGO_BIN_EXE_vedge"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+            .args(["--admin-token", ADMIN_TOKEN, "--origin", origin])
+            .args(["--log", "warn"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn vedge");
+        BinaryEdge { child, port, admin }
+    }
+
+    /// `GET path` on `port` (the viewer or the admin one) with `Connection: close`; `None` if
+    /// the connection fails.
+    pub async fn get(&self, port: u16, path: &str) -> Option<RawResp> {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        let req = format!("GET {path} HTTP/1.1\r\nHost: edge.test\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.ok()?;
+        Some(read_raw(&mut s).await)
+    }
+
+    /// Waits (bounded, 10 s) until the admin health check answers 200.
+    pub async fn ready(&self) {
+        for _ in 0..200 {
+            if self
+                .get(self.admin, "/healthz")
+                .await
+                .is_some_and(|r| r.status() == 200)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("vedge did not come up");
+    }
+
+    /// A gauge or counter from /metrics (0 when absent).
+    pub async fn metric(&self, name: &str) -> u64 {
+        let r = self
+            .get(self.admin, "/metrics")
+            .await
+            .expect("metrics answer");
+        let text = r.text();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Sends `sig` and waits for the process to exit.
+    pub fn signal(&mut self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for BinaryEdge {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
