@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{
-    engine_name, format_size, DEFAULT_CDN_ID, DEFAULT_IO_ENGINE, DEFAULT_LISTEN, DEFAULT_RAM_SIZE,
-    DEFAULT_STORE_REGION_SIZE, DEFAULT_STORE_SIZE,
+    engine_name, format_size, RawConfig, RawRoute, DEFAULT_CDN_ID, DEFAULT_IO_ENGINE,
+    DEFAULT_LISTEN, DEFAULT_RAM_SIZE, DEFAULT_STORE_REGION_SIZE, DEFAULT_STORE_SIZE,
 };
 
 /// `help` followed by `[default: default]`, clap's own wording, for the `serve` flags: they are
@@ -153,6 +153,60 @@ pub struct DemoArgs {
     pub fixtures: Option<PathBuf>,
 }
 
+impl ServeArgs {
+    /// Applies these flags over the config file's values.
+    pub fn apply_to(&self, raw: &mut RawConfig) {
+        fn set<T: Clone>(dst: &mut Option<T>, src: &Option<T>) {
+            if src.is_some() {
+                dst.clone_from(src);
+            }
+        }
+        // A store flag overrides the file's key under either spelling, so the deprecated one is
+        // dropped rather than reported as given twice.
+        fn set_store<T: Clone>(dst: &mut Option<T>, deprecated: &mut Option<T>, src: &Option<T>) {
+            if src.is_some() {
+                dst.clone_from(src);
+                *deprecated = None;
+            }
+        }
+        set(&mut raw.listen, &self.listen);
+        set(&mut raw.origin, &self.origin);
+        set(&mut raw.admin_listen, &self.admin_listen);
+        set(&mut raw.admin_token, &self.admin_token);
+        set(&mut raw.cdn_id, &self.cdn_id);
+        set(&mut raw.ram_size, &self.ram_size);
+        set(&mut raw.store.path, &self.store);
+        set_store(&mut raw.store.size, &mut raw.store_size, &self.store_size);
+        set_store(
+            &mut raw.store.region_size,
+            &mut raw.store_region_size,
+            &self.store_region_size,
+        );
+        set_store(
+            &mut raw.store.io_engine,
+            &mut raw.io_engine,
+            &self.io_engine,
+        );
+        if self.store_reformat {
+            raw.store.reformat = Some(true);
+            raw.store_reformat = None;
+        }
+        for spec in &self.routes {
+            let (prefix, origin) = match spec.split_once('=') {
+                Some((p, o)) => (p.to_string(), o.to_string()),
+                // Kept as-is so validation reports it by name.
+                None => (spec.clone(), String::new()),
+            };
+            raw.routes.retain(|r| r.prefix != prefix);
+            raw.routes.push(RawRoute {
+                prefix,
+                origin,
+                ..RawRoute::default()
+            });
+        }
+    }
+}
+
 impl Default for DemoArgs {
     fn default() -> Self {
         DemoArgs {
@@ -169,6 +223,53 @@ mod tests {
     use clap::CommandFactory;
 
     use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn routes_longest_prefix_wins_and_flags_override_file() {
+        let mut raw: RawConfig = toml::from_str(
+            r#"
+            origin = "http://127.0.0.1:9000"
+            listen = "127.0.0.1:1"
+            [[route]]
+            prefix = "/live/"
+            origin = "http://127.0.0.1:9001"
+            "#,
+        )
+        .expect("toml parses");
+        ServeArgs {
+            listen: Some("127.0.0.1:2".into()),
+            routes: vec!["/live/sports/=http://127.0.0.1:9002".into()],
+            ..ServeArgs::default()
+        }
+        .apply_to(&mut raw);
+        let cfg = Config::try_from(raw).expect("valid");
+        assert_eq!(cfg.listen.port(), 2);
+        let port = |p: &str| cfg.route_for(p).and_then(|r| r.origin.port());
+        assert_eq!(port("/live/sports/a.ts"), Some(9002));
+        assert_eq!(port("/live/news/a.ts"), Some(9001));
+        assert_eq!(port("/vod/a.ts"), Some(9000));
+    }
+
+    #[test]
+    fn a_store_flag_overrides_the_deprecated_key_without_an_error() {
+        let mut raw: RawConfig = toml::from_str(
+            r#"
+            origin = "http://127.0.0.1:9000"
+            store = "/var/cache/vedge.store"
+            store_size = "8GiB"
+            "#,
+        )
+        .expect("toml parses");
+        ServeArgs {
+            store_size: Some("2GiB".into()),
+            ..ServeArgs::default()
+        }
+        .apply_to(&mut raw);
+        let (cfg, warnings) = Config::resolve(raw).expect("flag wins");
+        assert_eq!(cfg.store.map(|s| s.size), Some(2 << 30));
+        assert_eq!(warnings.len(), 1, "only the path string: {warnings:?}");
+    }
 
     /// The defaults `serve --help` shows come from the constants validation applies.
     #[test]

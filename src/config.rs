@@ -12,7 +12,6 @@ use serde::{Deserialize, Deserializer};
 use vedge_storage::EngineChoice;
 
 use crate::cache::policy::{ClassTtl, ContentClass, TtlRules};
-use crate::cli::ServeArgs;
 
 // Defaults. Validation applies these, `vedge serve --help` prints them and the test
 // `example_config_documents_the_defaults` checks fixtures/configs/vedge.toml against them.
@@ -332,58 +331,6 @@ impl RawConfig {
             .map_err(|e| ConfigError(vec![format!("config file {}: {e}", path.display())]))?;
         toml::from_str(&text)
             .map_err(|e| ConfigError(vec![format!("config file {}: {e}", path.display())]))
-    }
-
-    /// Applies command-line flags over the file's values.
-    pub fn apply_args(&mut self, args: &ServeArgs) {
-        fn set<T: Clone>(dst: &mut Option<T>, src: &Option<T>) {
-            if src.is_some() {
-                dst.clone_from(src);
-            }
-        }
-        // A store flag overrides the file's key under either spelling, so the deprecated one is
-        // dropped rather than reported as given twice.
-        fn set_store<T: Clone>(dst: &mut Option<T>, deprecated: &mut Option<T>, src: &Option<T>) {
-            if src.is_some() {
-                dst.clone_from(src);
-                *deprecated = None;
-            }
-        }
-        set(&mut self.listen, &args.listen);
-        set(&mut self.origin, &args.origin);
-        set(&mut self.admin_listen, &args.admin_listen);
-        set(&mut self.admin_token, &args.admin_token);
-        set(&mut self.cdn_id, &args.cdn_id);
-        set(&mut self.ram_size, &args.ram_size);
-        set(&mut self.store.path, &args.store);
-        set_store(&mut self.store.size, &mut self.store_size, &args.store_size);
-        set_store(
-            &mut self.store.region_size,
-            &mut self.store_region_size,
-            &args.store_region_size,
-        );
-        set_store(
-            &mut self.store.io_engine,
-            &mut self.io_engine,
-            &args.io_engine,
-        );
-        if args.store_reformat {
-            self.store.reformat = Some(true);
-            self.store_reformat = None;
-        }
-        for spec in &args.routes {
-            let (prefix, origin) = match spec.split_once('=') {
-                Some((p, o)) => (p.to_string(), o.to_string()),
-                // Kept as-is so validation reports it by name.
-                None => (spec.clone(), String::new()),
-            };
-            self.routes.retain(|r| r.prefix != prefix);
-            self.routes.push(RawRoute {
-                prefix,
-                origin,
-                ..RawRoute::default()
-            });
-        }
     }
 
     /// Moves the deprecated top-level store keys into `[store]`, returning one warning per key
@@ -1095,31 +1042,6 @@ mod tests {
     }
 
     #[test]
-    fn routes_longest_prefix_wins_and_flags_override_file() {
-        let mut raw: RawConfig = toml::from_str(
-            r#"
-            origin = "http://127.0.0.1:9000"
-            listen = "127.0.0.1:1"
-            [[route]]
-            prefix = "/live/"
-            origin = "http://127.0.0.1:9001"
-            "#,
-        )
-        .expect("toml parses");
-        raw.apply_args(&ServeArgs {
-            listen: Some("127.0.0.1:2".into()),
-            routes: vec!["/live/sports/=http://127.0.0.1:9002".into()],
-            ..ServeArgs::default()
-        });
-        let cfg = Config::try_from(raw).expect("valid");
-        assert_eq!(cfg.listen.port(), 2);
-        let port = |p: &str| cfg.route_for(p).and_then(|r| r.origin.port());
-        assert_eq!(port("/live/sports/a.ts"), Some(9002));
-        assert_eq!(port("/live/news/a.ts"), Some(9001));
-        assert_eq!(port("/vod/a.ts"), Some(9000));
-    }
-
-    #[test]
     fn example_config_is_valid() {
         let raw = RawConfig::from_file(&example_path()).expect("example parses");
         let (_, warnings) = Config::resolve(raw).expect("example validates");
@@ -1205,22 +1127,6 @@ mod tests {
                 .contains("store_size: given as well as `size` in the [store] table"),
             "{err}"
         );
-
-        let mut raw: RawConfig = toml::from_str(
-            r#"
-            origin = "http://127.0.0.1:9000"
-            store = "/var/cache/vedge.store"
-            store_size = "8GiB"
-            "#,
-        )
-        .expect("toml parses");
-        raw.apply_args(&ServeArgs {
-            store_size: Some("2GiB".into()),
-            ..ServeArgs::default()
-        });
-        let (cfg, warnings) = Config::resolve(raw).expect("flag wins");
-        assert_eq!(cfg.store.map(|s| s.size), Some(2 << 30));
-        assert_eq!(warnings.len(), 1, "only the path string: {warnings:?}");
     }
 
     #[test]

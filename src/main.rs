@@ -71,7 +71,7 @@ fn load(args: &ServeArgs) -> anyhow::Result<(Config, Vec<String>)> {
         Some(path) => RawConfig::from_file(path)?,
         None => RawConfig::default(),
     };
-    raw.apply_args(args);
+    args.apply_to(&mut raw);
     Ok(Config::resolve(raw)?)
 }
 

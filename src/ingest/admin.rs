@@ -30,8 +30,8 @@ use super::store::cached_object;
 use crate::cache::key::cache_key;
 use crate::http::body::Body;
 use crate::origin::fetch::HttpFetcher;
-use vedge_manifest::{discover, ObjectKind, Scope, WalkOptions};
 use crate::proxy::Edge;
+use vedge_manifest::{discover, ObjectKind, Scope, WalkOptions};
 
 /// Largest body accepted by `PUT /admin/objects/...`.
 pub const MAX_PUSH_BYTES: usize = 1 << 30;

@@ -5,10 +5,10 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 
+use crate::cache::fill::OriginFailure;
 use crate::cache::status::CacheStatus;
 use crate::http::body::Body;
 use crate::http::response::{stamp, CacheInfo};
-use crate::cache::fill::OriginFailure;
 use crate::origin::OriginError;
 
 /// A request failure, by whose fault it is.
