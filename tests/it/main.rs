@@ -13,3 +13,4 @@ mod edge_store;
 mod edge_vary;
 mod edge_zerocopy;
 mod ingest;
+mod module_graph;
