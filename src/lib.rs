@@ -3,10 +3,14 @@
 //! Module map:
 //! - `config`: raw TOML + CLI -> validated `Config`.
 //! - `cli`: the command-line definitions (parsed only in main.rs).
-//! - `http`: the viewer side: hyper server, request handling, ranges, responses.
+//! - `http`: the viewer side: hyper server (serving any `Handler`), responses, ranges, bodies.
 //! - `cache`: keys, policy, collapsing (`lock`), the RAM tier, cached objects.
 //! - `origin`: pooled origin client with timeouts, retries, Via and CDN-Loop.
-//! - `admin`: admin listener: metrics, health, purge, ingest.
+//! - `admin`: admin listener: health, purge, ingest, and the rendering of `metrics`.
+//! - `proxy`: the miss path: the edge's state, the tiers, the request state machine, the fill driver.
+//! - `zerocopy`: memfd / anonymous-page bodies and the viewer socket that sends them.
+//! - `metrics`, `clock`: counters everyone reports into; the injectable wall clock.
+//! - `fuzzing`: properties shared by the fuzz targets and their corpus replay test.
 //! - `demo`: the built-in sample origin behind `vedge demo`.
 //! - `ingest`: push pre-warming (HLS/DASH walking is the `vedge-manifest` crate).
 //!
@@ -19,6 +23,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod fuzzing;
 pub mod http;
 pub mod ingest;
 pub mod metrics;

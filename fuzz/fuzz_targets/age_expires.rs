@@ -1,7 +1,7 @@
 //! `Age`, `Expires` and `Date`: an `Age` is read only when it is a whole number, every lifetime is
 //! capped at 2^31 s, and the stored object never overflows a time
-//! (`vedge::cache::fuzzing::check_age_expires`).
+//! (`vedge::fuzzing::check_age_expires`).
 #![no_main]
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    vedge::cache::fuzzing::check_age_expires(data);
+    vedge::fuzzing::check_age_expires(data);
 });

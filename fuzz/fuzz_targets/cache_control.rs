@@ -1,7 +1,7 @@
 //! `Cache-Control` / `Surrogate-Control` through the storability decision: every delta capped at
 //! 2^31 s, and the stored object's age, TTL, expiry and head encoding never overflow
-//! (`vedge::cache::fuzzing::check_cache_control`).
+//! (`vedge::fuzzing::check_cache_control`).
 #![no_main]
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    vedge::cache::fuzzing::check_cache_control(data);
+    vedge::fuzzing::check_cache_control(data);
 });

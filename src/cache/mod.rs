@@ -3,7 +3,6 @@
 //! fill places bodies in zero-copy memory (`crate::zerocopy::body`) but never sends them.
 
 pub mod fill;
-pub mod fuzzing;
 pub mod key;
 pub mod lock;
 pub mod object;

@@ -280,7 +280,6 @@ fn cycles(edges: &BTreeMap<(String, String), String>) -> Vec<BTreeSet<String>> {
 }
 
 #[test]
-#[ignore = "enabled when the restructuring lands"]
 fn no_cycles_and_no_forbidden_arrows() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let edges = module_graph(root);

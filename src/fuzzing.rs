@@ -1,18 +1,17 @@
 //! Request-integrity properties (keys, Range, freshness arithmetic) that must hold on any input,
 //! shared by the cargo-fuzz targets (fuzz/) and a unit test that replays the committed corpus,
-//! so CI checks them without a fuzzer. `Range` is http/'s, but its property sits here with the
-//! other checks on viewer- and origin-controlled numbers.
+//! so CI checks them without a fuzzer. A leaf module: it reads `cache` and `http`, nothing reads it.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 
-use super::key::{
+use crate::cache::key::{
     cache_key, encode_key, normalize_host, normalize_path, normalize_query, request_key, Scheme,
 };
-use super::object::CachedObject;
-use super::policy::{
+use crate::cache::object::CachedObject;
+use crate::cache::policy::{
     self, age_value, delta_seconds, expires_lifetime_values, CacheControl, ClassTtl, ContentClass,
     Decision, DecisionInput, Freshness, TtlRules, MAX_DELTA, MAX_DELTA_SECS,
 };
