@@ -1,5 +1,6 @@
 //! Freshness over time: per-class TTLs, negative caching, 5xx never stored, 304 revalidation and
-//! stale-while-revalidate. TTLs are 1 s; the tests sleep past them (never to synchronise).
+//! stale-while-revalidate. TTLs are 1 s; the edge reads tokio's clock, and the tests advance it
+//! past them instead of sleeping.
 
 use std::time::Duration;
 
@@ -17,7 +18,7 @@ async fn manifest_expires_after_its_ttl_while_the_segment_stays_hit() {
     origin.script("/live/seg1.ts", Script::ok("segment-bytes"));
     let mut raw = edge_config(&origin);
     raw.cache.ttl.manifest = ttl("1s");
-    let edge = TestEdge::start(raw).await;
+    let edge = TestEdge::start_with_tokio_clock(raw).await;
 
     assert_eq!(edge.get("/live/index.m3u8").await.x_cache(), "MISS");
     assert_eq!(edge.get("/live/seg1.ts").await.x_cache(), "MISS");
@@ -26,7 +27,7 @@ async fn manifest_expires_after_its_ttl_while_the_segment_stays_hit() {
     assert_eq!(edge.get("/live/seg1.ts").await.x_cache(), "HIT");
 
     origin.script("/live/index.m3u8", Script::ok("#EXTM3U\n#v2\n"));
-    tokio::time::sleep(PAST_TTL).await;
+    edge.advance(PAST_TTL).await;
     let m = edge.get("/live/index.m3u8").await;
     assert_eq!(m.x_cache(), "EXPIRED");
     assert_eq!(m.body, "#EXTM3U\n#v2\n");
@@ -46,7 +47,7 @@ async fn origin_5xx_is_not_cached() {
         Script::status(500, "boom").header("cache-control", "max-age=60"),
     );
     origin.script("/v/busy.ts", Script::status(503, "busy"));
-    let edge = TestEdge::start(edge_config(&origin)).await;
+    let edge = TestEdge::start_with_tokio_clock(edge_config(&origin)).await;
 
     for path in ["/v/err.ts", "/v/busy.ts"] {
         for _ in 0..2 {
@@ -66,7 +67,7 @@ async fn not_found_is_cached_for_the_negative_ttl() {
     origin.script("/v/missing.ts", Script::status(404, "no such segment"));
     let mut raw = edge_config(&origin);
     raw.cache.negative_ttl = Some("1s".into());
-    let edge = TestEdge::start(raw).await;
+    let edge = TestEdge::start_with_tokio_clock(raw).await;
 
     let r = edge.get("/v/missing.ts").await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
@@ -79,7 +80,7 @@ async fn not_found_is_cached_for_the_negative_ttl() {
     assert_eq!(origin.count("/v/missing.ts"), 1);
 
     origin.script("/v/missing.ts", Script::ok("published now"));
-    tokio::time::sleep(PAST_TTL).await;
+    edge.advance(PAST_TTL).await;
     let r = edge.get("/v/missing.ts").await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body, "published now");
@@ -95,11 +96,11 @@ async fn expired_object_is_revalidated_with_if_none_match_and_a_304_keeps_the_bo
             .header("cache-control", "max-age=1")
             .header("etag", "\"r1\""),
     );
-    let edge = TestEdge::start(edge_config(&origin)).await;
+    let edge = TestEdge::start_with_tokio_clock(edge_config(&origin)).await;
     assert_eq!(edge.get("/v/rev.ts").await.x_cache(), "MISS");
     edge.settle().await;
 
-    tokio::time::sleep(PAST_TTL).await;
+    edge.advance(PAST_TTL).await;
     let r = edge.get("/v/rev.ts").await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.x_cache(), "EXPIRED");
@@ -127,7 +128,7 @@ async fn stale_while_revalidate_serves_stale_and_refreshes_once_in_the_backgroun
         "/v/swr.ts",
         Script::ok("old").header("cache-control", "max-age=1, stale-while-revalidate=30"),
     );
-    let edge = TestEdge::start(edge_config(&origin)).await;
+    let edge = TestEdge::start_with_tokio_clock(edge_config(&origin)).await;
     assert_eq!(edge.get("/v/swr.ts").await.x_cache(), "MISS");
     edge.settle().await;
 
@@ -139,7 +140,7 @@ async fn stale_while_revalidate_serves_stale_and_refreshes_once_in_the_backgroun
             .header("cache-control", "max-age=60")
             .gate(&gate),
     );
-    tokio::time::sleep(PAST_TTL).await;
+    edge.advance(PAST_TTL).await;
     let mut stale = Vec::new();
     for _ in 0..10 {
         stale.push(edge.get("/v/swr.ts"));
@@ -176,10 +177,10 @@ async fn a_background_refresh_answered_304_makes_the_object_fresh() {
             .header("cache-control", "max-age=1, stale-while-revalidate=30")
             .header("etag", "\"s1\""),
     );
-    let edge = TestEdge::start(edge_config(&origin)).await;
+    let edge = TestEdge::start_with_tokio_clock(edge_config(&origin)).await;
     assert_eq!(edge.get("/v/swr304.ts").await.x_cache(), "MISS");
     edge.settle().await;
-    tokio::time::sleep(PAST_TTL).await;
+    edge.advance(PAST_TTL).await;
     let r = edge.get("/v/swr304.ts").await;
     assert_eq!((r.x_cache(), &r.body[..]), ("STALE", &b"same body"[..]));
     edge.settle().await;

@@ -71,9 +71,38 @@ impl TestEdge {
         TestEdge::start_config(cfg).await
     }
 
+    /// Like `start`, with freshness read from tokio's clock: the test moves time with
+    /// `advance` instead of sleeping past TTLs.
+    pub async fn start_with_tokio_clock(raw: RawConfig) -> TestEdge {
+        let cfg = vedge::Config::try_from(raw).expect("test config is valid");
+        let edge = vedge::Edge::with_clock(cfg, vedge::clock::Clock::tokio())
+            .await
+            .expect("edge starts");
+        TestEdge::serve(edge).await
+    }
+
     /// Builds the edge from a validated config and serves it on `127.0.0.1:0`.
     pub async fn start_config(cfg: vedge::Config) -> TestEdge {
         let edge = vedge::Edge::new(cfg).await.expect("edge starts");
+        TestEdge::serve(edge).await
+    }
+
+    /// Moves the edge's clock (one made by `start_with_tokio_clock`) forward by `by`. On a
+    /// current-thread runtime tokio's time is paused, advanced and resumed, so every timer due
+    /// in between fires and the sockets keep working in real time afterwards; a multi-threaded
+    /// runtime cannot be paused, so there only the edge's clock skips ahead.
+    pub async fn advance(&self, by: std::time::Duration) {
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        if Handle::current().runtime_flavor() == RuntimeFlavor::CurrentThread {
+            tokio::time::pause();
+            tokio::time::advance(by).await;
+            tokio::time::resume();
+        } else {
+            self.edge.clock.skip(by);
+        }
+    }
+
+    async fn serve(edge: Arc<vedge::Edge>) -> TestEdge {
         let viewer = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind the edge on loopback");
