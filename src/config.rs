@@ -940,29 +940,10 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok(v as u64)
 }
 
-/// Parses `500ms`, `2s`, `1.5s`, `5m`, `1h`, `1d`; a bare number is seconds.
+/// Durations in the config and on the command line: the one syntax the edge and the harness
+/// share (`vedge_manifest::duration`: `500ms`, `2s`, `5m`, `1h`, `1d`, bare seconds).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    let split = t
-        .find(|ch: char| !(ch.is_ascii_digit() || ch == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration (e.g. 500ms, 2s, 5m, 1h, 1d)"))?;
-    let secs = match unit.trim() {
-        "ms" => n / 1000.0,
-        "" | "s" => n,
-        "m" | "min" => n * 60.0,
-        "h" => n * 3600.0,
-        "d" => n * 86400.0,
-        other => {
-            return Err(format!(
-                "`{s}`: unknown unit `{other}` (use ms, s, m, h, d)"
-            ))
-        }
-    };
-    Duration::try_from_secs_f64(secs).map_err(|_| format!("`{s}` is out of range"))
+    vedge_manifest::duration::parse(s)
 }
 
 #[cfg(test)]
