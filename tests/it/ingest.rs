@@ -107,6 +107,7 @@ const HOST: &str = "cdn.test";
 fn keys() -> KeyMapper {
     KeyMapper {
         host: HOST.into(),
+        config: None,
         drop_query_params: vec!["token".into()],
         local_root: None,
     }
