@@ -953,7 +953,10 @@ impl RouteIntegrity {
                 }
             })
             .collect();
-        let default: Vec<String> = DEFAULT_FORWARD_HEADERS.iter().map(|s| s.to_string()).collect();
+        let default: Vec<String> = DEFAULT_FORWARD_HEADERS
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         let forward_headers = forward
             .unwrap_or(&default)
             .iter()

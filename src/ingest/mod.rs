@@ -223,12 +223,7 @@ fn dir_url(dir: &Path) -> Option<Url> {
 }
 
 /// The key mapper for one source.
-pub fn key_mapper(
-    source: &Source,
-    keys: &KeySettings,
-    drop: &[String],
-    prefix: &str,
-) -> KeyMapper {
+pub fn key_mapper(source: &Source, keys: &KeySettings, drop: &[String], prefix: &str) -> KeyMapper {
     KeyMapper {
         host: keys.host.clone(),
         config: keys.config.clone(),

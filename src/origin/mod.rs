@@ -132,7 +132,12 @@ impl OriginClient {
         }
         let prev_xff = join_values(viewer, "x-forwarded-for");
         h.remove("x-forwarded-for");
-        self.stamp(&mut h, route.host.as_deref().unwrap_or(viewer_host), peer, prev_xff);
+        self.stamp(
+            &mut h,
+            route.host.as_deref().unwrap_or(viewer_host),
+            peer,
+            prev_xff,
+        );
         h
     }
 

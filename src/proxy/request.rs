@@ -103,7 +103,9 @@ async fn dispatch(
     // meaning). Forwarded on a shared fill its framing would stall a strict origin for every
     // collapsed viewer; dropped silently, a smuggled second request could hide in it.
     if cacheable_method && carries_body(parts, &body) {
-        return Err(EdgeError::BadRequest("a GET or HEAD request must not carry a body"));
+        return Err(EdgeError::BadRequest(
+            "a GET or HEAD request must not carry a body",
+        ));
     }
     if is_loop(&parts.headers, &edge.config.cdn_id, &edge.node) {
         return Err(EdgeError::Loop);

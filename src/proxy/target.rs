@@ -140,10 +140,8 @@ mod tests {
     use crate::config::RawConfig;
 
     fn config(extra: &str) -> Config {
-        let raw: RawConfig = toml::from_str(&format!(
-            "origin = \"http://127.0.0.1:9000\"\n{extra}"
-        ))
-        .expect("toml");
+        let raw: RawConfig =
+            toml::from_str(&format!("origin = \"http://127.0.0.1:9000\"\n{extra}")).expect("toml");
         Config::try_from(raw).expect("valid")
     }
 
@@ -183,7 +181,10 @@ mod tests {
         let t = resolve(&c, Some("h"), "/vod/../live/x.ts?b=1&a=2&token=z").unwrap();
         assert_eq!(t.route.prefix, "/live/");
         assert_eq!(t.path, "/live/x.ts");
-        assert_eq!(t.fill_target(&c.cache.drop_query_params), "/live/x.ts?a=2&b=1");
+        assert_eq!(
+            t.fill_target(&c.cache.drop_query_params),
+            "/live/x.ts?a=2&b=1"
+        );
         assert_eq!(t.pass_target(), "/live/x.ts?b=1&a=2&token=z");
         for bad in ["/a%2Fb", "/a%5Cb", "/a\\b", "/a%00"] {
             assert!(

@@ -104,6 +104,14 @@ fn store_config(dir: &Path) -> StoreConfig {
 
 const HOST: &str = "cdn.test";
 
+/// The key a viewer's request for `path` produces at `edge` (default routes key on the route's
+/// origin host, whatever the viewer's Host).
+fn viewer_key(edge: &vedge::Edge, path: &str) -> String {
+    vedge::proxy::target::resolve(&edge.config, Some(HOST), path)
+        .expect("a routed target")
+        .key
+}
+
 fn keys() -> KeyMapper {
     KeyMapper {
         host: HOST.into(),
@@ -341,7 +349,7 @@ async fn admin_ingest_job_and_push_fill_the_running_edge() {
     .expect("routed");
     assert_eq!(res.status(), StatusCode::CREATED);
     let (obj, _) = edge
-        .lookup(&cache_key(HOST, "/push/a.ts", &drop))
+        .lookup(&viewer_key(&edge, "/push/a.ts"))
         .await
         .expect("pushed");
     assert_eq!(&obj.body[..], b"segment");
@@ -379,7 +387,7 @@ async fn admin_ingest_job_and_push_fill_the_running_edge() {
     o.task.abort();
     // With the origin stopped, every file of the asset is in the edge under the viewer's key.
     for f in files(&fixtures().join("dash-timeline"), "/dash-timeline") {
-        let key = cache_key(HOST, &f, &drop);
+        let key = viewer_key(&edge, &f);
         assert!(edge.lookup(&key).await.is_some(), "{key} missing");
     }
     let res = handle(
@@ -482,7 +490,7 @@ async fn cli_admin_mode_pushes_a_local_dir_and_runs_a_job_and_a_wrong_token_chan
     .expect_err("401");
     assert!(format!("{err:#}").contains("401"), "{err:#}");
     assert!(edge
-        .lookup(&cache_key(HOST, "/vod/ts/master.m3u8", &drop))
+        .lookup(&viewer_key(&edge, "/vod/ts/master.m3u8"))
         .await
         .is_none());
 
@@ -506,7 +514,7 @@ async fn cli_admin_mode_pushes_a_local_dir_and_runs_a_job_and_a_wrong_token_chan
         .into_iter()
         .chain(files(&fixtures().join("dash-list"), "/dash-list"))
     {
-        let key = cache_key(HOST, &f, &drop);
+        let key = viewer_key(&edge, &f);
         assert!(edge.lookup(&key).await.is_some(), "{key} missing");
     }
 }
@@ -577,7 +585,7 @@ async fn with_the_origin_stopped_every_ingested_object_is_a_hit_and_a_failed_ass
     let dir = fixtures().join("dash-timeline");
     let store = edge.store.as_ref().expect("store");
     for f in files(&dir, "/dash-timeline") {
-        let key = cache_key(HOST, &f, &[]);
+        let key = viewer_key(&edge, &f);
         let hit = store
             .lookup(key.as_bytes())
             .await
