@@ -333,7 +333,7 @@ where
 
 /// The `Host` an ingest fetch of `url` carries: the Host of the route that serves its path,
 /// when that route's origin is the URL's authority (as a fill of it would send); else the URL's.
-fn route_host(edge: Arc<Edge>) -> Arc<dyn Fn(&Url) -> Option<String> + Send + Sync> {
+fn route_host(edge: Arc<Edge>) -> crate::origin::fetch::HostFor {
     Arc::new(move |url: &Url| {
         let path = crate::cache::key::normalize_path(url.path()).ok()?;
         let route = edge.config.route_for(&path)?;
