@@ -334,7 +334,6 @@ async fn admin_ingest_job_and_push_fill_the_running_edge() {
     use vedge::ingest::admin::{handle, IngestJobs};
     let o = origin(fixtures(), Vec::new()).await;
     let config = vedge::config::Config::for_origin(&format!("http://{}", o.addr)).expect("config");
-    let drop = config.cache.drop_query_params.clone();
     let running = TestEdge::start_config(config).await;
     let edge = running.edge.clone();
     let jobs = Arc::new(IngestJobs::default());
@@ -465,7 +464,6 @@ fn cli(argv: &[&str]) -> vedge::ingest::IngestArgs {
 async fn cli_admin_mode_pushes_a_local_dir_and_runs_a_job_and_a_wrong_token_changes_nothing() {
     let o = origin(fixtures(), Vec::new()).await;
     let config = vedge::config::Config::for_origin(&format!("http://{}", o.addr)).expect("config");
-    let drop = config.cache.drop_query_params.clone();
     let running = TestEdge::start_config(config).await;
     let edge = running.edge.clone();
     let admin = format!("http://{}", admin_server(edge.clone(), "s3cret").await);
