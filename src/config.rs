@@ -175,6 +175,10 @@ pub struct RawRoute {
     pub pass_host: Option<bool>,
     /// Cache responses to requests carrying Authorization or Cookie (they bypass otherwise).
     pub public: Option<bool>,
+    /// Viewer hosts this route answers; any other gets 421 (default: every valid host).
+    pub hosts: Option<Vec<String>>,
+    /// Viewer request headers copied onto fills (default: none; see `DEFAULT_FORWARD_HEADERS`).
+    pub forward_headers: Option<Vec<String>>,
     #[serde(default)]
     pub ttl: RawClassTtls,
 }
@@ -285,6 +289,8 @@ pub struct Route {
     pub host: Option<String>,
     pub public: bool,
     pub ttl: ClassTtl,
+    /// Who names the object: see `RouteIntegrity`.
+    pub integrity: RouteIntegrity,
 }
 
 #[derive(Debug, Clone)]
@@ -729,12 +735,17 @@ impl Route {
         match origin {
             Some(o) => {
                 if let Some(origin) = c.origin_url("origin", o) {
+                    // Like a `[[route]]` without `pass_host`: the origin's own Host, which is
+                    // also what the key is built on (a viewer's Host cannot fan keys out).
+                    let host = authority(&origin);
+                    let integrity = RouteIntegrity::resolve("origin", Some(&host), None, None, c);
                     routes.push(Route {
                         prefix: "/".into(),
-                        host: None,
+                        host: Some(host),
                         origin,
                         public: false,
                         ttl: global_ttl.clone(),
+                        integrity,
                     });
                 }
             }
@@ -760,6 +771,13 @@ impl Route {
                 r.host.clone().or_else(|| Some(authority(&origin)))
             };
             let ttl = c.class_ttls(&format!("{field}.ttl"), &r.ttl, global_ttl);
+            let integrity = RouteIntegrity::resolve(
+                &field,
+                host.as_deref(),
+                r.hosts.as_deref(),
+                r.forward_headers.as_deref(),
+                c,
+            );
             routes.retain(|existing: &Route| existing.prefix != r.prefix);
             routes.push(Route {
                 prefix: r.prefix.clone(),
@@ -767,6 +785,7 @@ impl Route {
                 host,
                 public: r.public.unwrap_or(false),
                 ttl,
+                integrity,
             });
         }
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
@@ -849,6 +868,118 @@ impl ServerConfig {
             send_buffer: send_buffer as usize,
             threads,
             tls,
+        }
+    }
+}
+
+/// Viewer request headers copied onto a fill's origin request by default: none. A fill is shared
+/// by every viewer of the key, so any header it carries that the key does not name (a
+/// `User-Agent`, an `Accept-Language`) would let one viewer decide what all of them get; an
+/// origin that needs one lists it in `forward_headers` (and says `Vary` if it answers by it).
+pub const DEFAULT_FORWARD_HEADERS: &[&str] = &[];
+
+/// Request headers no fill and no pass ever sends to an origin, whatever `forward_headers` or a
+/// `Vary` says: message framing and hop-by-hop fields (RFC 9110 §7.6.1; the edge frames its own
+/// requests), and the fields frameworks read as a different host, URL, method or client, which
+/// would turn one viewer's request into another object for everyone.
+pub const NEVER_FORWARDED: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "expect",
+    "upgrade",
+    "te",
+    "trailer",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "x-forwarded-host",
+    "x-forwarded-server",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "forwarded",
+];
+
+/// Whether a request header must never reach an origin (`NEVER_FORWARDED` or any `Proxy-*`).
+pub fn never_forwarded(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    name.starts_with("proxy-") || NEVER_FORWARDED.contains(&name.as_str())
+}
+
+/// A route's request-integrity settings: which host names its objects, which viewer hosts it
+/// answers, and which viewer headers its fills carry.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RouteIntegrity {
+    /// The host keys are built on, normalised (`cache::key::normalize_host`): the `Host` the
+    /// route sends its origin. `None` on `pass_host` routes, which key on the viewer's host.
+    pub key_host: Option<String>,
+    /// Normalised viewer hosts the route answers (empty: any valid host).
+    pub hosts: Vec<String>,
+    /// Lower-case names of the viewer headers fills forward.
+    pub forward_headers: Vec<http::HeaderName>,
+}
+
+impl RouteIntegrity {
+    fn resolve(
+        field: &str,
+        origin_host: Option<&str>,
+        hosts: Option<&[String]>,
+        forward: Option<&[String]>,
+        c: &mut Check,
+    ) -> RouteIntegrity {
+        use crate::cache::key::{normalize_host, Scheme};
+        let key_host = origin_host.and_then(|h| match normalize_host(h, Scheme::Http) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                c.error(format!("{field}.host: `{h}` is not a valid host: {e}"));
+                None
+            }
+        });
+        let hosts = hosts
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|h| match normalize_host(h, Scheme::Http) {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    c.error(format!("{field}.hosts: `{h}` is not a valid host: {e}"));
+                    None
+                }
+            })
+            .collect();
+        let default: Vec<String> = DEFAULT_FORWARD_HEADERS
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let forward_headers = forward
+            .unwrap_or(&default)
+            .iter()
+            .filter_map(|n| {
+                if never_forwarded(n) {
+                    c.error(format!(
+                        "{field}.forward_headers: `{n}` is never forwarded (framing, hop-by-hop or a host/URL/method override)"
+                    ));
+                    return None;
+                }
+                match http::HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes()) {
+                    Ok(h) => Some(h),
+                    Err(_) => {
+                        c.error(format!("{field}.forward_headers: `{n}` is not a header name"));
+                        None
+                    }
+                }
+            })
+            .collect();
+        RouteIntegrity {
+            key_host,
+            hosts,
+            forward_headers,
         }
     }
 }

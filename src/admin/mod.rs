@@ -20,7 +20,7 @@ use crate::cache::key::{
     cache_key, key_prefix, normalize_host, normalize_path, request_key, Scheme,
 };
 use crate::http::body::Body;
-use crate::proxy::Edge;
+use crate::proxy::{target, Edge};
 
 /// Serves the admin API until `shutdown`.
 pub async fn serve(edge: Arc<Edge>, listener: TcpListener, shutdown: CancellationToken) {
@@ -150,15 +150,15 @@ async fn handle(
 
 #[derive(serde::Deserialize)]
 struct PurgeRequest {
-    /// Full URLs or paths (`host` then required) to remove.
+    /// Full URLs or paths to remove (`host` needed only for paths on `pass_host` routes).
     #[serde(default)]
     urls: Vec<String>,
-    /// Path prefixes (with `host`), e.g. "/live/channel1/".
+    /// Path prefixes, e.g. "/live/channel1/" (`host` needed only on `pass_host` routes).
     #[serde(default)]
     prefixes: Vec<String>,
     #[serde(default)]
     tags: Vec<String>,
-    /// Viewer-facing host the keys were built with.
+    /// Viewer-facing host the keys were built with (`pass_host` routes; ignored elsewhere).
     host: Option<String>,
 }
 
@@ -197,35 +197,68 @@ async fn admin(edge: Arc<Edge>, req: Request<Incoming>) -> Response<Body> {
                     ),
                     Err(_) => match &p.host {
                         Some(h) => (h.clone(), u.clone()),
-                        None => {
-                            return text(
-                                StatusCode::BAD_REQUEST,
-                                format!("`{u}` is not a full URL and no host was given\n"),
-                            )
-                        }
+                        None => (String::new(), u.clone()),
                     },
                 };
-                // The plain-HTTP key (also what an unnormalisable target was stored under),
-                // then the HTTPS one: a purge is about content, so it covers both schemes.
-                removed += edge.purge_key(&cache_key(&host, &pq, drop));
-                if let Ok(k) = request_key(Scheme::Https, &host, &pq, drop) {
-                    removed += edge.purge_key(&k);
+                let host = (!host.is_empty()).then_some(host);
+                // The key viewers use (`proxy::target`: on default routes the route's host,
+                // whatever `host` says), then the plain and HTTPS keys of the host as given
+                // (what a `pass_host` route, or an unnormalisable target, was stored under).
+                match target::resolve(&edge.config, host.as_deref(), &pq) {
+                    Ok(t) => removed += edge.purge_key(&t.key),
+                    Err(e) if host.is_none() => {
+                        return text(StatusCode::BAD_REQUEST, format!("purge `{u}`: {e}\n"))
+                    }
+                    Err(_) => {}
+                }
+                if let Some(host) = &host {
+                    removed += edge.purge_key(&cache_key(host, &pq, drop));
+                    if let Ok(k) = request_key(Scheme::Https, host, &pq, drop) {
+                        removed += edge.purge_key(&k);
+                    }
                 }
             }
             for prefix in &p.prefixes {
-                let Some(host) = &p.host else {
-                    return text(StatusCode::BAD_REQUEST, "prefix purge needs \"host\"\n");
+                let Ok(path) = normalize_path(prefix) else {
+                    return text(
+                        StatusCode::BAD_REQUEST,
+                        format!("prefix purge: `{prefix}` is not a valid path\n"),
+                    );
                 };
-                // Objects are keyed per scheme; a purge is about content, so it covers both.
-                for scheme in Scheme::ALL {
-                    let (Ok(h), Ok(p)) = (normalize_host(host, scheme), normalize_path(prefix))
-                    else {
+                // Every route the prefix reaches into: routes keyed on their own host purge
+                // under it; `pass_host` routes need the viewer host the keys were built with.
+                let mut needs_host = false;
+                for route in &edge.config.routes {
+                    if !(route.prefix.starts_with(&path) || path.starts_with(&route.prefix)) {
+                        continue;
+                    }
+                    match &route.integrity.key_host {
+                        Some(h) => {
+                            removed += edge.purge_prefix(&key_prefix(Scheme::Http, h, &path))
+                        }
+                        None => needs_host = true,
+                    }
+                }
+                match &p.host {
+                    // Objects are keyed per scheme; a purge is about content, so it covers both.
+                    Some(host) => {
+                        for scheme in Scheme::ALL {
+                            let Ok(h) = normalize_host(host, scheme) else {
+                                return text(
+                                    StatusCode::BAD_REQUEST,
+                                    format!("prefix purge: `{host}` is not a valid host\n"),
+                                );
+                            };
+                            removed += edge.purge_prefix(&key_prefix(scheme, &h, &path));
+                        }
+                    }
+                    None if needs_host => {
                         return text(
                             StatusCode::BAD_REQUEST,
-                            format!("prefix purge: `{host}` or `{prefix}` is not a valid host or path\n"),
+                            format!("prefix purge: `{prefix}` reaches a pass_host route, whose keys hold the viewer's host: give \"host\"\n"),
                         );
-                    };
-                    removed += edge.purge_prefix(&key_prefix(scheme, &h, &p));
+                    }
+                    None => {}
                 }
             }
             for tag in &p.tags {

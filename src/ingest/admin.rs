@@ -2,6 +2,7 @@
 //! token (so a wrong token changes nothing):
 //!
 //! - `POST /admin/ingest` `{"assets": ["http://origin/vod/a/master.m3u8"], "host": "...",
+//!   (host: only for `pass_host` routes; keys follow the edge's routes as viewer requests do)
 //!   "allow_partial": false, "include_keys": false, "concurrency": 8}` -> `202 {"id": N}`
 //! - `GET /admin/ingest/{id}` -> progress counters, then the per-asset reports when done
 //! - `PUT /admin/objects/{path}` (header `X-Vedge-Host`, optional; `Content-Type` etc. kept)
@@ -27,7 +28,6 @@ use super::engine::{
     PushObject, Sink, SinkError, SinkFuture,
 };
 use super::store::cached_object;
-use crate::cache::key::cache_key;
 use crate::http::body::Body;
 use crate::origin::fetch::HttpFetcher;
 use crate::proxy::Edge;
@@ -249,6 +249,22 @@ where
     if urls.is_empty() {
         return error(StatusCode::BAD_REQUEST, "no assets given");
     }
+    // Keys follow the edge's routes (`proxy::target`), so `host` matters only on `pass_host`
+    // routes. An asset no route would serve under the key a viewer uses is refused up front.
+    let keys = KeyMapper {
+        host: r.host.clone().unwrap_or_default(),
+        config: Some(Arc::new(edge.config.clone())),
+        drop_query_params: edge.config.cache.drop_query_params.clone(),
+        local_root: None,
+    };
+    for url in &urls {
+        if let Err(e) = keys.check(url) {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("{url}: viewers would never be served this push: {e}"),
+            );
+        }
+    }
     let id = jobs.next.fetch_add(1, Ordering::Relaxed) + 1;
     let job = Arc::new(Job {
         progress: Arc::new(Progress::default()),
@@ -271,14 +287,6 @@ where
         }
         table.insert(id, job.clone());
     }
-    let keys = KeyMapper {
-        host: r
-            .host
-            .clone()
-            .unwrap_or_else(|| edge.config.listen.to_string()),
-        drop_query_params: edge.config.cache.drop_query_params.clone(),
-        local_root: None,
-    };
     let walk = WalkOptions {
         scope: Scope {
             allow_other_hosts: r.allow_other_hosts,
@@ -293,8 +301,13 @@ where
         allow_partial: r.allow_partial,
         ..IngestOptions::default()
     };
+    let job_edge = edge.clone();
     edge.spawn(async move {
-        let fetcher = HttpFetcher::new(Duration::from_secs(30), 3);
+        // Through the origin client's identity (Via, CDN-Loop) and the serving route's Host,
+        // like a fill: `origin/` is the edge's only outbound path.
+        let fetcher = HttpFetcher::new(Duration::from_secs(30), 3)
+            .with_headers(job_edge.origin.identity_headers())
+            .with_host(route_host(job_edge.clone()));
         let mut reports = Vec::new();
         for url in urls {
             let report = match discover(&url, &fetcher, &walk).await {
@@ -316,6 +329,18 @@ where
         *job.reports.lock() = Some(reports);
     });
     json(StatusCode::ACCEPTED, &serde_json::json!({ "id": id }))
+}
+
+/// The `Host` an ingest fetch of `url` carries: the Host of the route that serves its path,
+/// when that route's origin is the URL's authority (as a fill of it would send); else the URL's.
+fn route_host(edge: Arc<Edge>) -> crate::origin::fetch::HostFor {
+    Arc::new(move |url: &Url| {
+        let path = crate::cache::key::normalize_path(url.path()).ok()?;
+        let route = edge.config.route_for(&path)?;
+        let same = route.origin.host_str() == url.host_str()
+            && route.origin.port_or_known_default() == url.port_or_known_default();
+        same.then(|| route.host.clone()).flatten()
+    })
 }
 
 fn job_status(jobs: &IngestJobs, id: &str) -> Response<Body> {
@@ -374,15 +399,24 @@ where
         .headers()
         .get("x-vedge-host")
         .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .unwrap_or_else(|| edge.config.listen.to_string());
+        .map(str::to_string);
+    // The key a viewer's request for `target` produces (`proxy::target`); a target no route
+    // would serve under it is refused before its body is read.
+    let key = match crate::proxy::target::resolve(&edge.config, host.as_deref(), target) {
+        Ok(t) => t.key,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("no route would serve {target} from this push: {e}"),
+            )
+        }
+    };
     let (mut headers, body) = match read_body(req, MAX_PUSH_BYTES).await {
         Ok(b) => b,
         Err(r) => return r,
     };
     headers.remove(header::AUTHORIZATION);
     headers.remove("x-vedge-host");
-    let key = cache_key(&host, target, &edge.config.cache.drop_query_params);
     let path = target.split('?').next().unwrap_or(target);
     let kind = match path.rsplit('.').next() {
         Some("m3u8") => ObjectKind::Playlist,

@@ -43,8 +43,11 @@ impl AdminClient {
         let mut req = Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base))
-            .header(header::AUTHORIZATION, format!("Bearer {}", self.token))
-            .header("x-vedge-host", &self.host);
+            .header(header::AUTHORIZATION, format!("Bearer {}", self.token));
+        // Only for `pass_host` routes; the edge keys every other route on its own host.
+        if !self.host.is_empty() {
+            req = req.header("x-vedge-host", &self.host);
+        }
         if let Some(ct) = content_type {
             req = req.header(header::CONTENT_TYPE, ct);
         }
@@ -78,7 +81,7 @@ impl AdminClient {
     ) -> anyhow::Result<serde_json::Value> {
         let req = serde_json::json!({
             "assets": assets,
-            "host": self.host,
+            "host": (!self.host.is_empty()).then_some(&self.host),
             "allow_partial": allow_partial,
         });
         let (status, body) = self
@@ -137,12 +140,12 @@ impl Sink for AdminSink {
 
     fn put(&self, object: PushObject) -> SinkFuture<'_, ()> {
         Box::pin(async move {
-            // The key is host + viewer path (+ sorted query); the path part is what we PUT.
-            let target = object
-                .key
-                .find('/')
-                .map_or("/", |i| &object.key[i..])
-                .to_string();
+            // The key is scheme|host|viewer path (+ sorted query); the path part is what we PUT
+            // and the edge keys it by its own routes.
+            let target = match crate::cache::key::key_path(&object.key) {
+                "" => "/".to_string(),
+                p => p.to_string(),
+            };
             let (status, body) = self
                 .client
                 .call(

@@ -89,8 +89,13 @@ pub async fn put_collected<S: Sink + ?Sized>(
 /// Maps a source URL to the key a viewer's request for it produces at the edge.
 #[derive(Debug, Clone)]
 pub struct KeyMapper {
-    /// Viewer-facing host (`Host` of viewer requests).
+    /// Viewer-facing host (`Host` of viewer requests); empty when none was given. With
+    /// `config`, only `pass_host` routes key on it.
     pub host: String,
+    /// The edge's config: keys follow its routes exactly as viewer requests do
+    /// (`proxy::target`). `None` keys every object on `host` (tests, and `--host` without
+    /// `--config`).
+    pub config: Option<Arc<crate::config::Config>>,
     /// Query parameters the edge drops from keys.
     pub drop_query_params: Vec<String>,
     /// For `file:` sources: the local directory and the viewer path prefix it is served under.
@@ -118,7 +123,26 @@ impl KeyMapper {
     }
 
     pub fn key(&self, url: &Url) -> String {
-        crate::cache::key::cache_key(&self.host, &self.viewer_path(url), &self.drop_query_params)
+        let target = self.viewer_path(url);
+        self.check(url).unwrap_or_else(|_| {
+            crate::cache::key::cache_key(&self.host, &target, &self.drop_query_params)
+        })
+    }
+
+    /// The key, or why no route of the edge would serve it under the key a viewer uses.
+    pub fn check(&self, url: &Url) -> Result<String, String> {
+        let target = self.viewer_path(url);
+        let host = (!self.host.is_empty()).then_some(self.host.as_str());
+        match &self.config {
+            Some(config) => crate::proxy::target::resolve(config, host, &target)
+                .map(|t| t.key)
+                .map_err(|e| format!("{target}: {e}")),
+            None => Ok(crate::cache::key::cache_key(
+                &self.host,
+                &target,
+                &self.drop_query_params,
+            )),
+        }
     }
 }
 

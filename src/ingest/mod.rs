@@ -60,7 +60,8 @@ pub struct IngestArgs {
     #[arg(long, short = 'c')]
     pub config: Option<PathBuf>,
 
-    /// Viewer-facing host the keys are built for. [default: the edge's listen address]
+    /// Viewer-facing host, for objects served by `pass_host` routes only: every other route keys
+    /// on its own origin host, so pushes need no host. [default: none]
     #[arg(long)]
     pub host: Option<String>,
 
@@ -222,9 +223,10 @@ fn dir_url(dir: &Path) -> Option<Url> {
 }
 
 /// The key mapper for one source.
-pub fn key_mapper(source: &Source, host: &str, drop: &[String], prefix: &str) -> KeyMapper {
+pub fn key_mapper(source: &Source, keys: &KeySettings, drop: &[String], prefix: &str) -> KeyMapper {
     KeyMapper {
-        host: host.to_string(),
+        host: keys.host.clone(),
+        config: keys.config.clone(),
         drop_query_params: drop.to_vec(),
         local_root: match source {
             Source::Local { dir, .. } => dir_url(dir).map(|u| (u, prefix.to_string())),
@@ -327,7 +329,7 @@ pub async fn run_cli(args: IngestArgs) -> anyhow::Result<()> {
             .admin_token
             .as_deref()
             .context("--admin needs --admin-token (or VEDGE_ADMIN_TOKEN)")?;
-        let client = client::AdminClient::new(admin, token, &host);
+        let client = client::AdminClient::new(admin, token, &host.host);
         client.check_token().await?;
         let http: Vec<String> = sources
             .iter()
@@ -386,7 +388,7 @@ pub async fn run_into<S: Sink>(
     args: &IngestArgs,
     sources: &[Source],
     sink: &S,
-    host: &str,
+    host: &KeySettings,
     drop: &[String],
 ) -> anyhow::Result<Summary> {
     let started = std::time::Instant::now();
@@ -506,24 +508,34 @@ fn store_size_from_config(args: &IngestArgs) -> anyhow::Result<Option<(u64, u64)
     Ok(config.store.map(|s| (s.size, s.region_size)))
 }
 
-/// The viewer host and the dropped query parameters, from the flags and the config file.
-fn key_settings(args: &IngestArgs) -> anyhow::Result<(String, Vec<String>)> {
+/// How the CLI builds keys: the edge's config (its routes decide the key's host, as for viewer
+/// requests) and `--host` (for `pass_host` routes; empty when not given).
+pub struct KeySettings {
+    pub host: String,
+    pub config: Option<Arc<crate::config::Config>>,
+}
+
+/// The key settings and the dropped query parameters, from the flags and the config file.
+/// With `--admin` the edge builds the keys itself (from its own routes), so neither is needed;
+/// writing a store directly needs the edge's `--config` (or `--host` for a `pass_host` edge).
+fn key_settings(args: &IngestArgs) -> anyhow::Result<(KeySettings, Vec<String>)> {
     let config = match &args.config {
         Some(path) => {
             let raw = crate::config::RawConfig::from_file(path)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-            Some(
+            Some(Arc::new(
                 crate::config::Config::try_from(raw)
                     .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
-            )
+            ))
         }
         None => None,
     };
-    let host = match (&args.host, &config) {
-        (Some(h), _) => h.clone(),
-        (None, Some(c)) => c.listen.to_string(),
-        (None, None) => crate::config::DEFAULT_LISTEN.to_string(),
-    };
+    if config.is_none() && args.host.is_none() && args.admin.is_none() {
+        anyhow::bail!(
+            "give --config (the edge's config file: keys follow its routes, as viewer requests do) \
+             or --host (an edge whose routes pass the viewer's Host)"
+        );
+    }
     let drop = match &config {
         Some(c) => c.cache.drop_query_params.clone(),
         None => crate::config::DEFAULT_DROP_QUERY_PARAMS
@@ -531,13 +543,17 @@ fn key_settings(args: &IngestArgs) -> anyhow::Result<(String, Vec<String>)> {
             .map(|s| s.to_string())
             .collect(),
     };
-    Ok((host, drop))
+    let keys = KeySettings {
+        host: args.host.clone().unwrap_or_default(),
+        config,
+    };
+    Ok((keys, drop))
 }
 
 async fn dry_run(
     args: &IngestArgs,
     sources: &[Source],
-    host: &str,
+    host: &KeySettings,
     drop: &[String],
 ) -> anyhow::Result<()> {
     let mut all = Vec::new();

@@ -29,6 +29,7 @@ fn origin() -> MapFetcher {
 fn keys() -> KeyMapper {
     KeyMapper {
         host: "Edge.Test:80".into(),
+        config: None,
         drop_query_params: vec!["token".into()],
         local_root: None,
     }

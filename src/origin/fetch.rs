@@ -23,7 +23,14 @@ pub struct HttpFetcher {
     timeout: Duration,
     retries: u32,
     backoff: Duration,
+    /// Sent on every request (the edge's `Via` and `CDN-Loop`, `OriginClient::identity_headers`).
+    headers: http::HeaderMap,
+    /// The `Host` for a URL (the serving route's, as a fill sends); `None`: the URL's.
+    host: Option<HostFor>,
 }
+
+/// Maps a URL to the `Host` its request carries.
+pub type HostFor = std::sync::Arc<dyn Fn(&Url) -> Option<String> + Send + Sync>;
 
 impl HttpFetcher {
     pub fn new(timeout: Duration, retries: u32) -> Self {
@@ -37,7 +44,21 @@ impl HttpFetcher {
             timeout,
             retries,
             backoff: Duration::from_millis(100),
+            headers: http::HeaderMap::new(),
+            host: None,
         }
+    }
+
+    /// Adds headers to every request (an edge's push: its `Via` and `CDN-Loop`).
+    pub fn with_headers(mut self, headers: http::HeaderMap) -> Self {
+        self.headers = headers;
+        self
+    }
+
+    /// Chooses each request's `Host` (an edge's push: the serving route's).
+    pub fn with_host(mut self, host: HostFor) -> Self {
+        self.host = Some(host);
+        self
     }
 
     /// One attempt, up to the response headers.
@@ -46,10 +67,18 @@ impl HttpFetcher {
             .as_str()
             .parse()
             .map_err(|e: http::uri::InvalidUri| FetchError::Io(e.to_string()))?;
-        let req = http::Request::get(uri)
+        let mut req = http::Request::get(uri)
             .header(http::header::USER_AGENT, "vedge-ingest")
             .body(Empty::<Bytes>::new())
             .map_err(|e| FetchError::Io(e.to_string()))?;
+        for (name, value) in &self.headers {
+            req.headers_mut().append(name.clone(), value.clone());
+        }
+        if let Some(host) = self.host.as_ref().and_then(|f| f(url)) {
+            if let Ok(v) = http::HeaderValue::from_str(&host) {
+                req.headers_mut().insert(http::header::HOST, v);
+            }
+        }
         let res = self
             .client
             .request(req)

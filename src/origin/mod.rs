@@ -6,7 +6,7 @@ pub mod fetch;
 
 use std::time::Duration;
 
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -14,7 +14,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::cache::object::strip_hop_by_hop;
-use crate::config::{OriginClientConfig, Route};
+use crate::cache::vary::normalise_accept_encoding;
+use crate::config::{never_forwarded, OriginClientConfig, Route};
 use crate::http::body::Body;
 
 /// Why an origin request failed; maps to 502 or 504.
@@ -47,6 +48,8 @@ pub struct OriginClient {
     cfg: OriginClientConfig,
     via: HeaderValue,
     cdn_loop: HeaderValue,
+    /// `X-Forwarded-Proto`: the scheme viewers reach this edge with.
+    proto: &'static str,
 }
 
 impl OriginClient {
@@ -69,7 +72,23 @@ impl OriginClient {
                 .expect("cdn_id is a validated token"),
             cdn_loop: HeaderValue::from_str(&format!("{cdn_id}; node={node}"))
                 .expect("cdn_id and node are validated tokens"),
+            proto: "http",
         }
+    }
+
+    /// Viewers reach this edge over TLS: `X-Forwarded-Proto: https`.
+    pub fn with_tls_viewers(mut self, tls: bool) -> OriginClient {
+        self.proto = if tls { "https" } else { "http" };
+        self
+    }
+
+    /// The headers every outbound request of this edge carries whatever it is for (`Via`,
+    /// `CDN-Loop`), for clients that build their own requests (push ingest's fetcher).
+    pub fn identity_headers(&self) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::VIA, self.via.clone());
+        h.insert("cdn-loop", self.cdn_loop.clone());
+        h
     }
 
     pub fn between_bytes_timeout(&self) -> Duration {
@@ -89,8 +108,11 @@ impl OriginClient {
             .map_err(|_| OriginError::Internal)
     }
 
-    /// Prepares viewer headers for the origin: hop-by-hop removed, `Host` per route, `Via`,
-    /// `CDN-Loop` and `X-Forwarded-For` added.
+    /// Headers for a pass-through (one viewer's own request, nothing shared): the viewer's
+    /// headers without the hop-by-hop ones (RFC 9110 §7.6.1), without framing (the edge frames
+    /// the body it streams) and without anything `config::never_forwarded` names; then `Host`
+    /// per route (or the validated viewer host), `Via`, `CDN-Loop`, `X-Forwarded-For` (the
+    /// viewer's chain plus its address) and `X-Forwarded-Proto`.
     pub fn origin_headers(
         &self,
         route: &Route,
@@ -100,22 +122,93 @@ impl OriginClient {
     ) -> HeaderMap {
         let mut h = viewer.clone();
         strip_hop_by_hop(&mut h);
-        let host = route.host.as_deref().unwrap_or(viewer_host);
+        let never: Vec<HeaderName> = h
+            .keys()
+            .filter(|n| never_forwarded(n.as_str()))
+            .cloned()
+            .collect();
+        for n in never {
+            h.remove(n);
+        }
+        let prev_xff = join_values(viewer, "x-forwarded-for");
+        h.remove("x-forwarded-for");
+        self.stamp(
+            &mut h,
+            route.host.as_deref().unwrap_or(viewer_host),
+            peer,
+            prev_xff,
+        );
+        h
+    }
+
+    /// Headers for a fill: built for the cache key, not copied from the viewer that happened
+    /// to lead it, since every viewer of the key gets what it returns. Only `Host` (the route's,
+    /// or the validated viewer host on `pass_host` routes), the normalised `Accept-Encoding`,
+    /// the viewer headers the object's known `Vary` names (`varied`) and the route's
+    /// `forward_headers`, each unless `config::never_forwarded`; then `Via`, `CDN-Loop`
+    /// (the viewer's entries kept, RFC 8586), `X-Forwarded-For` (the peer only: a chain the
+    /// leader claims is not the other viewers') and `X-Forwarded-Proto`. The caller adds its own
+    /// conditionals.
+    pub fn fill_headers(
+        &self,
+        route: &Route,
+        viewer: &HeaderMap,
+        varied: &[HeaderName],
+        host: &str,
+        peer: Option<std::net::IpAddr>,
+    ) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        let accept = join_values(viewer, header::ACCEPT_ENCODING.as_str()).unwrap_or_default();
+        h.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static(normalise_accept_encoding(&accept)),
+        );
+        let stamped = ["via", "cdn-loop", "x-forwarded-for", "x-forwarded-proto"];
+        for name in varied.iter().chain(&route.integrity.forward_headers) {
+            if *name == header::ACCEPT_ENCODING
+                || h.contains_key(name)
+                || never_forwarded(name.as_str())
+                || stamped.contains(&name.as_str())
+            {
+                continue;
+            }
+            for v in viewer.get_all(name) {
+                h.append(name.clone(), v.clone());
+            }
+        }
+        for v in viewer.get_all(header::VIA) {
+            h.append(header::VIA, v.clone());
+        }
+        for v in viewer.get_all("cdn-loop") {
+            h.append("cdn-loop", v.clone());
+        }
+        self.stamp(&mut h, host, peer, None);
+        h
+    }
+
+    /// `Host`, our `Via` and `CDN-Loop` entries, `X-Forwarded-For` (`prev` then the peer) and
+    /// `X-Forwarded-Proto` (the viewer listener's scheme).
+    fn stamp(
+        &self,
+        h: &mut HeaderMap,
+        host: &str,
+        peer: Option<std::net::IpAddr>,
+        prev: Option<String>,
+    ) {
         if let Ok(v) = HeaderValue::from_str(host) {
             h.insert(header::HOST, v);
         }
         h.append(header::VIA, self.via.clone());
         h.append("cdn-loop", self.cdn_loop.clone());
-        if let Some(ip) = peer {
-            let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-                Some(prev) => format!("{prev}, {ip}"),
-                None => ip.to_string(),
-            };
-            if let Ok(v) = HeaderValue::from_str(&xff) {
-                h.insert("x-forwarded-for", v);
-            }
+        let xff = match (prev, peer) {
+            (Some(prev), Some(ip)) => Some(format!("{prev}, {ip}")),
+            (None, Some(ip)) => Some(ip.to_string()),
+            (prev, None) => prev,
+        };
+        if let Some(v) = xff.and_then(|x| HeaderValue::from_str(&x).ok()) {
+            h.insert("x-forwarded-for", v);
         }
-        h
+        h.insert("x-forwarded-proto", HeaderValue::from_static(self.proto));
     }
 
     /// Sends a request whose body can be rebuilt (GET/HEAD: empty), retrying once if the
@@ -156,6 +249,16 @@ impl OriginClient {
             }
         }
     }
+}
+
+/// A header's values joined with `, ` (`None` when absent or not text).
+fn join_values(h: &HeaderMap, name: &str) -> Option<String> {
+    let values: Vec<&str> = h
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.join(", "))
 }
 
 /// Whether a viewer request already passed through this node (or an unnamed vedge): RFC 8586.

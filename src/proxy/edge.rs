@@ -55,7 +55,8 @@ impl Edge {
     /// An edge whose freshness decisions read `clock` (tests: `Clock::tokio()`).
     pub async fn with_clock(config: Config, clock: Clock) -> anyhow::Result<Arc<Edge>> {
         let node = format!("{:08x}", rand::random::<u32>());
-        let origin = OriginClient::new(&config.origin_client, &config.cdn_id, &node);
+        let origin = OriginClient::new(&config.origin_client, &config.cdn_id, &node)
+            .with_tls_viewers(config.server.tls.is_some());
         let store = match &config.store {
             None => None,
             Some(s) => {

@@ -10,6 +10,7 @@ use crate::cache::status::CacheStatus;
 use crate::http::body::Body;
 use crate::http::response::{stamp, CacheInfo};
 use crate::origin::OriginError;
+use crate::proxy::target::TargetError;
 
 /// A request failure, by whose fault it is.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +23,9 @@ pub enum EdgeError {
     BadRequest(&'static str),
     #[error("{0}")]
     Origin(#[from] OriginError),
+    /// A host or path refused before routing (`proxy::target`).
+    #[error("{0}")]
+    Target(#[from] TargetError),
 }
 
 /// A failed fill's origin failure, back in the origin client's terms: the same status and
@@ -46,6 +50,9 @@ impl EdgeError {
             EdgeError::Origin(OriginError::Timeout) => StatusCode::GATEWAY_TIMEOUT,
             EdgeError::Origin(OriginError::Internal) => StatusCode::INTERNAL_SERVER_ERROR,
             EdgeError::Origin(_) => StatusCode::BAD_GATEWAY,
+            EdgeError::Target(TargetError::BadRequest(_)) => StatusCode::BAD_REQUEST,
+            EdgeError::Target(TargetError::Misdirected(_)) => StatusCode::MISDIRECTED_REQUEST,
+            EdgeError::Target(TargetError::NoRoute(_)) => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -55,6 +62,9 @@ impl EdgeError {
             EdgeError::NoRoute => "no-route",
             EdgeError::BadRequest(_) => "bad-request",
             EdgeError::Origin(e) => e.as_str(),
+            EdgeError::Target(TargetError::BadRequest(_)) => "bad-request",
+            EdgeError::Target(TargetError::Misdirected(_)) => "misdirected",
+            EdgeError::Target(TargetError::NoRoute(_)) => "no-route",
         }
     }
 

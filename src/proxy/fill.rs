@@ -25,9 +25,10 @@ pub struct FillJob {
     route: usize,
     path_and_query: String,
     base_key: String,
-    /// The leader's request headers: sent to the origin (conditionals removed) and used to
-    /// compute the variant the response is stored under.
+    /// The leader's request headers: only what `OriginClient::fill_headers` picks from them
+    /// reaches the origin.
     viewer_headers: HeaderMap,
+    /// The origin `Host` (the route's, or the validated viewer host on `pass_host` routes).
     host: String,
     peer: Option<std::net::IpAddr>,
     stale: Option<Arc<CachedObject>>,
@@ -44,7 +45,7 @@ impl FillJob {
             .unwrap_or(0);
         FillJob {
             route,
-            path_and_query: req.path_and_query.clone(),
+            path_and_query: req.fill_target.clone(),
             base_key: base_key.to_string(),
             viewer_headers: req.parts.headers.clone(),
             host: req.host.clone(),
@@ -88,11 +89,17 @@ async fn run(
 ) -> Result<(), FillError> {
     let key = guard.key();
     let route = &edge.config.routes[job.route];
-    let mut headers = edge
-        .origin
-        .origin_headers(route, &job.viewer_headers, &job.host, job.peer);
-    // The cache fetches whole representations; the viewer's own conditionals and ranges are
-    // answered from what arrives.
+    // Built for the key, not copied from the leader: every viewer of the key gets the answer.
+    let varied = edge
+        .vary_index
+        .get(&job.base_key)
+        .map(|spec| spec.0.clone())
+        .unwrap_or_default();
+    let mut headers =
+        edge.origin
+            .fill_headers(route, &job.viewer_headers, &varied, &job.host, job.peer);
+    // The cache fetches whole representations (even should a `Vary` name one of these); the
+    // viewer's own conditionals and ranges are answered from what arrives.
     for h in [
         header::RANGE,
         header::IF_RANGE,
@@ -120,6 +127,7 @@ async fn run(
     };
     Metrics::inc(&edge.metrics.origin_fetches);
     let sent = Instant::now();
+    let asked = headers.clone();
     let resp = match edge.origin.fetch(Method::GET, uri, headers).await {
         Ok(r) => r,
         Err(e) => {
@@ -188,7 +196,10 @@ async fn run(
     }
 
     let spec = vary::parse(&parts.headers).unwrap_or_default();
-    let leader_variant = spec.variant(&job.viewer_headers);
+    // The variant of what the origin was asked, not of what the leader sent: a header the
+    // fill did not forward (the response's `Vary` was not yet known) must not label the object
+    // as if the origin had seen it.
+    let leader_variant = spec.variant(&asked);
     let store_key = if spec.is_empty() {
         edge.vary_index.remove(&job.base_key);
         job.base_key.clone()
@@ -201,13 +212,10 @@ async fn run(
     let age = match &decision {
         Decision::Store(f) => f.initial_age,
         _ => {
-            let origin_age = parts
-                .headers
-                .get(header::AGE)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0);
-            std::time::Duration::from_secs(origin_age) + response_delay
+            // Capped by `policy::age` and added saturating: an origin's `Age` is hostile input.
+            policy::age(&parts.headers)
+                .unwrap_or_default()
+                .saturating_add(response_delay)
         }
     };
     parts.headers.remove(header::AGE);

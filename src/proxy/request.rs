@@ -11,6 +11,10 @@
 //!    └─ hit-for-pass ─► Pass ◄───────────────────┴───────┴─ not shareable / collapse timeout
 //! ```
 //!
+//! `dispatch` refuses a GET/HEAD with a body (400), then resolves the target before anything
+//! else looks at it (`proxy::target`: Host validated, path normalised, routed, keyed; 400 or
+//! 421), so routing, the content class, the key and the origin request all see one path.
+//!
 //! `Fill` claims the key's fill (the leader spawns the fill driver, `proxy::fill`) or joins it
 //! (a collapsed reader); `Read` waits for the fill's head and answers from it (streaming,
 //! a refreshed object, a pass, or an error with stale-if-error).
@@ -22,10 +26,9 @@ use std::time::SystemTime;
 use http::header;
 use http::request::Parts;
 use http::{Method, Request, Response};
-use hyper::body::Incoming;
+use hyper::body::{Body as HttpBody, Incoming};
 
 use crate::cache::fill::{Fill, FillHead};
-use crate::cache::key::cache_key;
 use crate::cache::lock::{Claim, FillGuard};
 use crate::cache::object::CachedObject;
 use crate::cache::status::CacheStatus;
@@ -38,6 +41,7 @@ use crate::proxy::edge::Edge;
 use crate::proxy::error::EdgeError;
 use crate::proxy::fill::{self, FillJob};
 use crate::proxy::pass::{pass, relay};
+use crate::proxy::target;
 use crate::proxy::tiers::Tier;
 
 /// Everything about the viewer request the cached path needs after the body is split off.
@@ -45,8 +49,15 @@ pub struct Req<'a> {
     pub edge: &'a Arc<Edge>,
     pub parts: &'a Parts,
     pub route: &'a Route,
+    /// The `Host` origin requests carry: the route's, or the validated viewer host
+    /// (`pass_host`).
     pub host: String,
+    /// What a pass-through asks the origin for: the normalised path and the viewer's query.
     pub path_and_query: String,
+    /// What a fill asks the origin for: the normalised path and the query the key keeps.
+    pub fill_target: String,
+    /// The base cache key (`proxy::target`).
+    pub key: String,
     pub peer: Option<SocketAddr>,
 }
 
@@ -87,34 +98,34 @@ async fn dispatch(
     body: Incoming,
     peer: Option<SocketAddr>,
 ) -> Result<Response<Body>, EdgeError> {
+    let cacheable_method = parts.method == Method::GET || parts.method == Method::HEAD;
+    // First of all: a GET or HEAD with a body is refused (RFC 9110 §9.3.1 gives such a body no
+    // meaning). Forwarded on a shared fill its framing would stall a strict origin for every
+    // collapsed viewer; dropped silently, a smuggled second request could hide in it.
+    if cacheable_method && carries_body(parts, &body) {
+        return Err(EdgeError::BadRequest(
+            "a GET or HEAD request must not carry a body",
+        ));
+    }
     if is_loop(&parts.headers, &edge.config.cdn_id, &edge.node) {
         return Err(EdgeError::Loop);
     }
-    let path = parts.uri.path();
-    if !path.starts_with('/') {
-        return Err(EdgeError::BadRequest(
-            "request target must be an absolute path",
-        ));
-    }
-    let route = edge.config.route_for(path).ok_or(EdgeError::NoRoute)?;
-    let host = parts
-        .headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| parts.uri.authority().map(|a| a.to_string()))
-        .unwrap_or_default();
+    let target = target::resolve(
+        &edge.config,
+        viewer_host(parts)?,
+        parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+    )?;
     let req = Req {
         edge,
         parts,
-        route,
-        host,
-        path_and_query: parts
-            .uri
-            .path_and_query()
-            .map_or_else(|| "/".to_string(), |p| p.as_str().to_string()),
+        route: target.route,
+        host: target.origin_host().to_string(),
+        path_and_query: target.pass_target(),
+        fill_target: target.fill_target(&edge.config.cache.drop_query_params),
+        key: target.key.clone(),
         peer,
     };
+    let route = req.route;
     if parts.method != Method::GET && parts.method != Method::HEAD {
         return pass(&req, Some(body), "method", CacheStatus::Bypass).await;
     }
@@ -125,6 +136,36 @@ async fn dispatch(
         return pass(&req, None, "credentials", CacheStatus::Bypass).await;
     }
     cached(&req).await
+}
+
+/// Whether a request carries a body: any `Transfer-Encoding`, a `Content-Length` other than 0
+/// (an unparsable one included), or, on HTTP/2, DATA after the headers.
+fn carries_body(parts: &Parts, body: &Incoming) -> bool {
+    parts.headers.contains_key(header::TRANSFER_ENCODING)
+        || parts
+            .headers
+            .get_all(header::CONTENT_LENGTH)
+            .iter()
+            .any(|v| v.to_str().ok().map(str::trim) != Some("0"))
+        || !HttpBody::is_end_stream(body)
+}
+
+/// The host a viewer asked for: the request target's authority (absolute-form, HTTP/2
+/// `:authority`; RFC 9112 §3.2.2 makes it win over `Host`), else the one `Host` header. Several
+/// `Host` headers, or one that is not text, are refused (RFC 9112 §3.2).
+fn viewer_host(parts: &Parts) -> Result<Option<&str>, EdgeError> {
+    if let Some(a) = parts.uri.authority() {
+        return Ok(Some(a.as_str()));
+    }
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (None, _) => Ok(None),
+        (Some(h), None) => h
+            .to_str()
+            .map(Some)
+            .map_err(|_| EdgeError::BadRequest("Host is not text")),
+        (Some(_), Some(_)) => Err(EdgeError::BadRequest("more than one Host header")),
+    }
 }
 
 /// Where a cacheable request is; see the module doc for the transitions.
@@ -165,11 +206,7 @@ struct Lookup {
 /// GET/HEAD through the cache.
 async fn cached(req: &Req<'_>) -> Result<Response<Body>, EdgeError> {
     let edge = req.edge;
-    let base_key = cache_key(
-        &req.host,
-        &req.path_and_query,
-        &edge.config.cache.drop_query_params,
-    );
+    let base_key = req.key.clone();
     let mut phase = if edge.is_hit_for_pass(&base_key) {
         Phase::Pass {
             reason: "hit-for-pass",

@@ -152,7 +152,11 @@ pub(crate) fn time_to_parts(t: SystemTime) -> (u64, u32) {
 }
 
 pub(crate) fn parts_to_time(secs: u64, nanos: u32) -> SystemTime {
-    UNIX_EPOCH + Duration::new(secs, nanos.min(999_999_999))
+    // Checked: a stored value past what `SystemTime` holds reads as the epoch (long expired),
+    // never a panic.
+    UNIX_EPOCH
+        .checked_add(Duration::new(secs, nanos.min(999_999_999)))
+        .unwrap_or(UNIX_EPOCH)
 }
 
 pub(crate) fn encode_tags(tags: &[String]) -> Vec<u8> {

@@ -60,9 +60,10 @@ async fn restart_serves_from_disk(engine: &str, sig: i32) {
         "{engine}: not all stored"
     );
     v.signal(sig);
-    drop(origin);
+    origin.stop_and_wait().await;
 
-    let v = start("http://127.0.0.1:9", &store, engine);
+    // Same origin URL (now closed): default routes key on the origin's host.
+    let v = start(&origin.url(), &store, engine);
     v.ready().await;
     for (p, b) in paths.iter().zip(&bodies) {
         let r = v.get(v.port, p).await.expect("fetch after restart");

@@ -104,9 +104,18 @@ fn store_config(dir: &Path) -> StoreConfig {
 
 const HOST: &str = "cdn.test";
 
+/// The key a viewer's request for `path` produces at `edge` (default routes key on the route's
+/// origin host, whatever the viewer's Host).
+fn viewer_key(edge: &vedge::Edge, path: &str) -> String {
+    vedge::proxy::target::resolve(&edge.config, Some(HOST), path)
+        .expect("a routed target")
+        .key
+}
+
 fn keys() -> KeyMapper {
     KeyMapper {
         host: HOST.into(),
+        config: None,
         drop_query_params: vec!["token".into()],
         local_root: None,
     }
@@ -325,7 +334,6 @@ async fn admin_ingest_job_and_push_fill_the_running_edge() {
     use vedge::ingest::admin::{handle, IngestJobs};
     let o = origin(fixtures(), Vec::new()).await;
     let config = vedge::config::Config::for_origin(&format!("http://{}", o.addr)).expect("config");
-    let drop = config.cache.drop_query_params.clone();
     let running = TestEdge::start_config(config).await;
     let edge = running.edge.clone();
     let jobs = Arc::new(IngestJobs::default());
@@ -340,7 +348,7 @@ async fn admin_ingest_job_and_push_fill_the_running_edge() {
     .expect("routed");
     assert_eq!(res.status(), StatusCode::CREATED);
     let (obj, _) = edge
-        .lookup(&cache_key(HOST, "/push/a.ts", &drop))
+        .lookup(&viewer_key(&edge, "/push/a.ts"))
         .await
         .expect("pushed");
     assert_eq!(&obj.body[..], b"segment");
@@ -378,7 +386,7 @@ async fn admin_ingest_job_and_push_fill_the_running_edge() {
     o.task.abort();
     // With the origin stopped, every file of the asset is in the edge under the viewer's key.
     for f in files(&fixtures().join("dash-timeline"), "/dash-timeline") {
-        let key = cache_key(HOST, &f, &drop);
+        let key = viewer_key(&edge, &f);
         assert!(edge.lookup(&key).await.is_some(), "{key} missing");
     }
     let res = handle(
@@ -456,7 +464,6 @@ fn cli(argv: &[&str]) -> vedge::ingest::IngestArgs {
 async fn cli_admin_mode_pushes_a_local_dir_and_runs_a_job_and_a_wrong_token_changes_nothing() {
     let o = origin(fixtures(), Vec::new()).await;
     let config = vedge::config::Config::for_origin(&format!("http://{}", o.addr)).expect("config");
-    let drop = config.cache.drop_query_params.clone();
     let running = TestEdge::start_config(config).await;
     let edge = running.edge.clone();
     let admin = format!("http://{}", admin_server(edge.clone(), "s3cret").await);
@@ -481,7 +488,7 @@ async fn cli_admin_mode_pushes_a_local_dir_and_runs_a_job_and_a_wrong_token_chan
     .expect_err("401");
     assert!(format!("{err:#}").contains("401"), "{err:#}");
     assert!(edge
-        .lookup(&cache_key(HOST, "/vod/ts/master.m3u8", &drop))
+        .lookup(&viewer_key(&edge, "/vod/ts/master.m3u8"))
         .await
         .is_none());
 
@@ -505,7 +512,7 @@ async fn cli_admin_mode_pushes_a_local_dir_and_runs_a_job_and_a_wrong_token_chan
         .into_iter()
         .chain(files(&fixtures().join("dash-list"), "/dash-list"))
     {
-        let key = cache_key(HOST, &f, &drop);
+        let key = viewer_key(&edge, &f);
         assert!(edge.lookup(&key).await.is_some(), "{key} missing");
     }
 }
@@ -576,7 +583,7 @@ async fn with_the_origin_stopped_every_ingested_object_is_a_hit_and_a_failed_ass
     let dir = fixtures().join("dash-timeline");
     let store = edge.store.as_ref().expect("store");
     for f in files(&dir, "/dash-timeline") {
-        let key = cache_key(HOST, &f, &[]);
+        let key = viewer_key(&edge, &f);
         let hit = store
             .lookup(key.as_bytes())
             .await
