@@ -909,4 +909,162 @@ mod tests {
         assert_eq!(content_length_value(" 42 "), Some(42));
         assert_eq!(content_length_value("18446744073709551615"), Some(u64::MAX));
     }
+
+    fn with_status(h: &HeaderMap, status: u16) -> Decision {
+        let mut i = input(h, ContentClass::Other, TtlRules::default());
+        i.status = StatusCode::from_u16(status).unwrap();
+        decide(&i)
+    }
+
+    #[test]
+    fn targeted_field_replaces_cache_control_and_expires() {
+        let d = TtlRules::default();
+        let h = headers(&[
+            ("cache-control", "no-store"),
+            ("cdn-cache-control", "max-age=600"),
+        ]);
+        assert_eq!(
+            ttl_of(decide(&input(&h, ContentClass::Other, d))),
+            Duration::from_secs(600)
+        );
+        let h = headers(&[
+            ("cache-control", "max-age=3600"),
+            ("expires", "Fri, 31 Dec 9999 23:59:59 GMT"),
+            ("cdn-cache-control", "max-age=1"),
+        ]);
+        assert_eq!(
+            ttl_of(decide(&input(&h, ContentClass::Other, d))),
+            Duration::from_secs(1)
+        );
+        for v in ["private", "no-store"] {
+            let mut h = headers(&[("cache-control", "max-age=3600")]);
+            h.insert("cdn-cache-control", HeaderValue::from_static(v));
+            assert!(
+                matches!(
+                    decide(&input(&h, ContentClass::Other, d)),
+                    Decision::Pass(_)
+                ),
+                "{v}"
+            );
+        }
+        // First listed field wins.
+        let h = headers(&[
+            ("cdn-cache-control", "max-age=5"),
+            ("vedge-cache-control", "max-age=50"),
+        ]);
+        assert_eq!(
+            ttl_of(decide(&input(&h, ContentClass::Other, d))),
+            Duration::from_secs(50)
+        );
+    }
+
+    #[test]
+    fn invalid_targeted_field_is_ignored_as_a_whole() {
+        let d = TtlRules::default();
+        for bad in [
+            "max-age=10000, &&&&&",
+            "max-age=\"10000\"",
+            "max-age=1.5",
+            "max-age=-1",
+            "max-age =100",
+            "",
+        ] {
+            let mut h = headers(&[("cache-control", "no-store")]);
+            h.insert("cdn-cache-control", HeaderValue::from_str(bad).unwrap());
+            assert_eq!(
+                decide(&input(&h, ContentClass::Other, d)),
+                Decision::Pass("no-store"),
+                "{bad:?}"
+            );
+        }
+        let h = headers(&[("cdn-cache-control", "max-age=99999999999")]);
+        assert_eq!(
+            ttl_of(decide(&input(&h, ContentClass::Other, d))),
+            MAX_DELTA
+        );
+    }
+
+    #[test]
+    fn any_status_with_explicit_freshness_is_stored() {
+        let h = headers(&[("cache-control", "max-age=60")]);
+        for status in [
+            200, 203, 204, 299, 301, 302, 303, 307, 308, 400, 404, 410, 499, 500, 502, 503, 504,
+            599,
+        ] {
+            assert_eq!(
+                ttl_of(with_status(&h, status)),
+                Duration::from_secs(60),
+                "{status}"
+            );
+        }
+        for status in [206, 304] {
+            assert!(
+                matches!(with_status(&h, status), Decision::ShareOnly(_)),
+                "{status}"
+            );
+        }
+    }
+
+    #[test]
+    fn heuristic_freshness_only_for_heuristically_cacheable_statuses() {
+        let h = headers(&[("last-modified", "Sun, 06 Nov 1994 08:49:37 GMT")]);
+        for status in [200, 203, 204, 300, 301, 308, 405, 414] {
+            assert!(
+                matches!(with_status(&h, status), Decision::Store(_)),
+                "{status}"
+            );
+        }
+        for status in [302, 303, 307, 400, 500, 501, 503] {
+            assert!(
+                matches!(with_status(&h, status), Decision::ShareOnly(_)),
+                "{status}"
+            );
+        }
+    }
+
+    #[test]
+    fn errors_are_not_stretched_by_class_minimums() {
+        let rules = TtlRules {
+            min: Some(Duration::from_secs(86400)),
+            stale_if_error: Some(Duration::from_secs(3600)),
+            ..TtlRules::default()
+        };
+        let h = headers(&[("cache-control", "max-age=5")]);
+        let mut i = input(&h, ContentClass::Segment, rules);
+        i.status = StatusCode::SERVICE_UNAVAILABLE;
+        let f = stored(decide(&i));
+        assert_eq!(
+            (f.ttl, f.stale_if_error),
+            (Duration::from_secs(5), Duration::ZERO)
+        );
+    }
+
+    #[test]
+    fn cache_control_first_directive_wins_and_quotes_hide_commas() {
+        assert_eq!(
+            CacheControl::parse_value("max-age=1800, max-age=1").max_age,
+            Some(1800)
+        );
+        let mut h = HeaderMap::new();
+        h.append("cache-control", HeaderValue::from_static("max-age=1"));
+        h.append("cache-control", HeaderValue::from_static("max-age=1800"));
+        assert_eq!(
+            CacheControl::parse(&h, header::CACHE_CONTROL).max_age,
+            Some(1)
+        );
+        let cc = CacheControl::parse_value("ext=\"max-age=3600, no-store\", MAX-AGE=\"7\"");
+        assert_eq!((cc.max_age, cc.no_store), (Some(7), false));
+        assert_eq!(CacheControl::parse_value("max-age =3600").max_age, None);
+        assert_eq!(CacheControl::parse_value("max-age= 3600").max_age, Some(0));
+        assert_eq!(CacheControl::parse_value("max-age='3600'").max_age, Some(0));
+        assert_eq!(
+            CacheControl::parse_value("max-age=003600").max_age,
+            Some(3600)
+        );
+        assert_eq!(
+            CacheControl::parse_value("max-age=\"36\"00").max_age,
+            Some(0)
+        );
+        assert!(CacheControl::parse_value("No-Store").no_store);
+    }
 }
