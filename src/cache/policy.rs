@@ -324,9 +324,11 @@ fn directives(v: &str) -> Vec<(String, Option<String>)> {
                 i += 1;
             }
             let clean = closed && v[rest_start..i].trim().is_empty();
-            clean
-                .then_some(arg)
-                .unwrap_or_else(|| "\u{0}invalid".to_string())
+            if clean {
+                arg
+            } else {
+                "\u{0}invalid".to_string()
+            }
         } else {
             let arg_start = i;
             while i < b.len() && b[i] != b',' {
@@ -474,7 +476,7 @@ pub fn decide(input: &DecisionInput<'_>) -> Decision {
     }
     // Configured clamps and defaults are durations of any size; cap them like the origin's.
     ttl = ttl.min(MAX_DELTA);
-    if ttl.is_zero() && !has_validators(h) && !(forced && !error) {
+    if ttl.is_zero() && !has_validators(h) && (error || !forced) {
         return Decision::ShareOnly("zero-ttl");
     }
 

@@ -272,10 +272,10 @@ async fn stale_while_revalidate_says_hit_fwd_stale_in_one_entry() {
         "/cs/swr",
         Script::ok("x").header("cache-control", "max-age=1, stale-while-revalidate=60"),
     );
-    let edge = TestEdge::start(edge_config(&origin)).await;
+    let edge = TestEdge::start_with_tokio_clock(edge_config(&origin)).await;
     edge.get("/cs/swr").await;
     edge.settle().await;
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    edge.advance(std::time::Duration::from_millis(1100)).await;
     let r = edge.get("/cs/swr").await;
     assert_eq!(r.x_cache(), "STALE");
     let cs = r.h("cache-status");
