@@ -57,6 +57,10 @@ pub const MAX_SEND_BUFFER: u64 = 1 << 30;
 pub const DEFAULT_THREADS: usize = 0;
 pub const MAX_THREADS: usize = 1024;
 
+/// Targeted cache-control fields obeyed by default (RFC 9213), first found wins: vedge's own,
+/// then the one every CDN reads. Lowercase: they are `HeaderName::from_static` inputs.
+pub const DEFAULT_TARGETED_CACHE_CONTROL: &[&str] = &["vedge-cache-control", "cdn-cache-control"];
+
 /// Query parameters dropped from cache keys by default: auth tokens, CMCD and tracking tags,
 /// which vary per viewer and would otherwise turn every request into a miss.
 pub const DEFAULT_DROP_QUERY_PARAMS: &[&str] = &[
@@ -215,6 +219,8 @@ pub struct RawCache {
     pub negative_ttl: Option<String>,
     /// A live manifest is never served stale for longer than this many times its TTL.
     pub manifest_stale_factor: Option<u32>,
+    /// Targeted cache-control response fields (RFC 9213) this edge obeys, first found wins.
+    pub targeted_cache_control: Option<Vec<String>>,
     #[serde(default)]
     pub ttl: RawClassTtls,
 }
@@ -301,6 +307,9 @@ pub struct CacheConfig {
     pub hit_for_pass_ttl: Duration,
     pub negative_ttl: Duration,
     pub manifest_stale_factor: u32,
+    /// Targeted cache-control fields (RFC 9213), in precedence order: the first one present
+    /// with a valid value replaces `Cache-Control` and `Expires` for this cache's decisions.
+    pub targeted_cache_control: Vec<http::HeaderName>,
     pub ttl: ClassTtl,
 }
 
@@ -717,9 +726,35 @@ impl CacheConfig {
             manifest_stale_factor: raw
                 .manifest_stale_factor
                 .unwrap_or(DEFAULT_MANIFEST_STALE_FACTOR),
+            targeted_cache_control: targeted_fields(raw.targeted_cache_control.as_deref(), c),
             ttl: c.class_ttls("cache.ttl", &raw.ttl, &ClassTtl::defaults()),
         }
     }
+}
+
+/// `cache.targeted_cache_control`: header names, lowercased; `Cache-Control` itself is refused
+/// (it is what a targeted field overrides).
+fn targeted_fields(raw: Option<&[String]>, c: &mut Check) -> Vec<http::HeaderName> {
+    let Some(raw) = raw else {
+        return DEFAULT_TARGETED_CACHE_CONTROL
+            .iter()
+            .map(|n| http::HeaderName::from_static(n))
+            .collect();
+    };
+    let mut out = Vec::new();
+    for name in raw {
+        match http::HeaderName::from_bytes(name.trim().as_bytes()) {
+            Ok(n) if n == http::header::CACHE_CONTROL => c.error(
+                "cache.targeted_cache_control: list only targeted fields such as \
+                 \"CDN-Cache-Control\", not \"Cache-Control\" itself",
+            ),
+            Ok(n) => out.push(n),
+            Err(_) => c.error(format!(
+                "cache.targeted_cache_control: {name:?} is not a header field name"
+            )),
+        }
+    }
+    out
 }
 
 impl Route {
@@ -1276,7 +1311,7 @@ mod tests {
             let Some((_, rest)) = line.split_once("[default: ") else {
                 continue;
             };
-            let value = rest.split_once(']').expect("[default: ...] is closed").0;
+            let value = rest.rsplit_once(']').expect("[default: ...] is closed").0;
             let entry = line.trim_start_matches('#').trim_start();
             let Some((key, _)) = entry.split_once(" = ") else {
                 continue; // prose about the marker, not a key
@@ -1362,6 +1397,7 @@ mod tests {
             "cache.hit_for_pass_ttl",
             "cache.negative_ttl",
             "cache.manifest_stale_factor",
+            "cache.targeted_cache_control",
             "cache.ttl.manifest.default",
             "cache.ttl.segment.default",
             "cache.ttl.segment.stale_if_error",

@@ -268,6 +268,7 @@ fn decide_and_store(h: &HeaderMap, ctl: u8, response_delay: Duration) {
         negative_ttl: Duration::from_secs(2),
         manifest_stale_factor: u32::from(ctl >> 2).saturating_mul(1 << 20),
         max_object_size: u64::MAX,
+        targeted: &[],
         response_delay,
         now,
     });

@@ -8,5 +8,6 @@ pub mod lock;
 pub mod object;
 pub mod policy;
 pub mod ram;
+pub mod sfv;
 pub mod status;
 pub mod vary;

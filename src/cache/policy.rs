@@ -3,9 +3,10 @@
 
 use std::time::{Duration, SystemTime};
 
+use http::header::HeaderName;
 use http::{header, HeaderMap, StatusCode};
 
-use crate::cache::vary;
+use crate::cache::{sfv, vary};
 
 /// What kind of object a response is; each class has its own TTL rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -166,36 +167,178 @@ impl CacheControl {
         cc
     }
 
-    /// Parses one header value (a later directive overrides an earlier one).
+    /// Parses one header value (the first occurrence of a directive wins).
     pub fn parse_value(v: &str) -> CacheControl {
         let mut cc = CacheControl::default();
         cc.add(v);
         cc
     }
 
+    /// Adds one field line's directives. Names are case-insensitive; the first occurrence of a
+    /// directive wins (RFC 9111 §4.2.1: "the first occurrence should be used"); a comma or `=`
+    /// inside a quoted argument belongs to the argument (`ext="max-age=1, x"` sets nothing).
     fn add(&mut self, v: &str) {
-        let cc = self;
-        for directive in v.split(',') {
-            let (k, arg) = match directive.split_once('=') {
-                Some((k, a)) => (k.trim(), Some(a.trim().trim_matches('"'))),
-                None => (directive.trim(), None),
+        for (name, arg) in directives(v) {
+            let first = |slot: &mut Option<u64>| {
+                if slot.is_none() {
+                    // RFC 9111 §1.2.2: an invalid delta-seconds means stale.
+                    *slot = Some(arg.as_deref().and_then(delta_seconds).unwrap_or(0));
+                }
             };
-            let secs = || arg.map(|a| delta_seconds(a).unwrap_or(0));
-            match k.to_ascii_lowercase().as_str() {
-                "no-store" => cc.no_store = true,
+            match name.as_str() {
+                "no-store" => self.no_store = true,
                 // `no-cache="Set-Cookie"` (field-qualified) is treated as plain no-cache.
-                "no-cache" => cc.no_cache = true,
-                "private" => cc.private = true,
-                "public" => cc.public = true,
-                "must-revalidate" | "proxy-revalidate" => cc.must_revalidate = true,
-                "max-age" => cc.max_age = secs(),
-                "s-maxage" => cc.s_maxage = secs(),
-                "stale-while-revalidate" => cc.stale_while_revalidate = secs(),
-                "stale-if-error" => cc.stale_if_error = secs(),
+                "no-cache" => self.no_cache = true,
+                "private" => self.private = true,
+                "public" => self.public = true,
+                "must-revalidate" | "proxy-revalidate" => self.must_revalidate = true,
+                "max-age" => first(&mut self.max_age),
+                "s-maxage" => first(&mut self.s_maxage),
+                "stale-while-revalidate" => first(&mut self.stale_while_revalidate),
+                "stale-if-error" => first(&mut self.stale_if_error),
                 _ => {}
             }
         }
     }
+
+    /// The directives of a targeted field already parsed as a Structured Field Dictionary
+    /// (RFC 9213 §2.2). `None` when a directive we act on has a value of the wrong type
+    /// (`max-age="60"`, `max-age=1.5`, `max-age=-1`, `no-store=3`): RFC 9213 §2.1 says not to
+    /// consume such values, and the caller then ignores the whole field. A Boolean `?0` means
+    /// the directive is absent; parameters are ignored.
+    pub fn from_dictionary(dict: &sfv::Dictionary) -> Option<CacheControl> {
+        let mut cc = CacheControl::default();
+        for (key, member) in dict {
+            let bare = match member {
+                sfv::Member::Item(item) => Some(&item.bare),
+                sfv::Member::InnerList(..) => None,
+            };
+            let seconds = || match bare {
+                Some(sfv::BareItem::Integer(n)) => {
+                    u64::try_from(*n).ok().map(|n| n.min(MAX_DELTA_SECS))
+                }
+                _ => None,
+            };
+            let flag = || match bare {
+                Some(sfv::BareItem::Boolean(b)) => Some(*b),
+                _ => None,
+            };
+            // `private` and `no-cache` may name header fields (a String or an inner list of
+            // them); for a shared cache that is the unqualified directive.
+            let qualified = || match (bare, member) {
+                (Some(sfv::BareItem::Boolean(b)), _) => Some(*b),
+                (Some(sfv::BareItem::String(_) | sfv::BareItem::Token(_)), _) => Some(true),
+                (None, sfv::Member::InnerList(..)) => Some(true),
+                _ => None,
+            };
+            match key.as_str() {
+                "max-age" => cc.max_age = Some(seconds()?),
+                "s-maxage" => cc.s_maxage = Some(seconds()?),
+                "stale-while-revalidate" => cc.stale_while_revalidate = Some(seconds()?),
+                "stale-if-error" => cc.stale_if_error = Some(seconds()?),
+                "no-store" => cc.no_store = flag()?,
+                "public" => cc.public = flag()?,
+                "must-revalidate" | "proxy-revalidate" => {
+                    cc.must_revalidate |= flag()?;
+                }
+                "no-cache" => cc.no_cache = qualified()?,
+                "private" => cc.private = qualified()?,
+                _ => {}
+            }
+        }
+        Some(cc)
+    }
+}
+
+/// The directives of the first targeted cache-control field in `names` (RFC 9213 §2.1, e.g.
+/// `CDN-Cache-Control`) whose value is a valid, non-empty Structured Field Dictionary. Several
+/// lines of one field are one dictionary. `None` when no listed field qualifies: the response's
+/// `Cache-Control`, `Surrogate-Control` and `Expires` then decide as usual.
+pub fn targeted_cache_control(h: &HeaderMap, names: &[HeaderName]) -> Option<CacheControl> {
+    names.iter().find_map(|name| {
+        let mut joined = String::new();
+        for value in h.get_all(name) {
+            let v = value.to_str().ok()?;
+            if !joined.is_empty() {
+                joined.push_str(", ");
+            }
+            joined.push_str(v);
+        }
+        let dict = sfv::parse_dictionary(&joined).ok()?;
+        if dict.is_empty() {
+            return None;
+        }
+        CacheControl::from_dictionary(&dict)
+    })
+}
+
+/// The `(name, argument)` pairs of a `Cache-Control` line: names lowercased, quoted arguments
+/// unquoted (`\x` escapes honoured). A name followed by whitespace before its `=`
+/// (`max-age =60`) keeps that whitespace, so it matches no directive (RFC 9111 §5.2 grammar:
+/// `token [ "=" ( token / quoted-string ) ]`).
+fn directives(v: &str) -> Vec<(String, Option<String>)> {
+    let b = v.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        while i < b.len() && matches!(b[i], b' ' | b'\t' | b',') {
+            i += 1;
+        }
+        if i >= b.len() {
+            break;
+        }
+        let start = i;
+        while i < b.len() && b[i] != b'=' && b[i] != b',' {
+            i += 1;
+        }
+        let name = &v[start..i];
+        if i >= b.len() || b[i] == b',' {
+            out.push((name.trim_end().to_ascii_lowercase(), None));
+            continue;
+        }
+        i += 1; // '='
+        let arg = if b.get(i) == Some(&b'"') {
+            i += 1;
+            let mut arg = String::new();
+            let mut closed = false;
+            while i < b.len() {
+                match b[i] {
+                    b'"' => {
+                        closed = true;
+                        i += 1;
+                        break;
+                    }
+                    b'\\' if i + 1 < b.len() => {
+                        arg.push(char::from(b[i + 1]));
+                        i += 2;
+                    }
+                    c => {
+                        arg.push(char::from(c));
+                        i += 1;
+                    }
+                }
+            }
+            // Anything between the closing quote and the next comma spoils the argument.
+            let rest_start = i;
+            while i < b.len() && b[i] != b',' {
+                i += 1;
+            }
+            let clean = closed && v[rest_start..i].trim().is_empty();
+            if clean {
+                arg
+            } else {
+                "\u{0}invalid".to_string()
+            }
+        } else {
+            let arg_start = i;
+            while i < b.len() && b[i] != b',' {
+                i += 1;
+            }
+            v[arg_start..i].trim_end().to_string()
+        };
+        out.push((name.to_ascii_lowercase(), Some(arg)));
+    }
+    out
 }
 
 /// How long a stored object is fresh, and the windows in which it may be served stale.
@@ -232,6 +375,8 @@ pub struct DecisionInput<'a> {
     pub negative_ttl: Duration,
     pub manifest_stale_factor: u32,
     pub max_object_size: u64,
+    /// Targeted cache-control fields, in precedence order (`cache.targeted_cache_control`).
+    pub targeted: &'a [HeaderName],
     /// Time between sending the origin request and receiving its head.
     pub response_delay: Duration,
     pub now: SystemTime,
@@ -249,8 +394,17 @@ pub fn decide(input: &DecisionInput<'_>) -> Decision {
         Ok(_) => {}
         Err(reason) => return Decision::Pass(reason),
     }
-    let cc = CacheControl::parse(h, header::CACHE_CONTROL);
-    let sc = CacheControl::parse(h, "surrogate-control");
+    // RFC 9213 §2.1: a valid targeted field (CDN-Cache-Control) replaces Cache-Control and
+    // Expires for this cache; Surrogate-Control, the older CDN-only field, yields to it too.
+    let targeted = targeted_cache_control(h, input.targeted);
+    let use_expires = targeted.is_none();
+    let (cc, sc) = match targeted {
+        Some(t) => (t, CacheControl::default()),
+        None => (
+            CacheControl::parse(h, header::CACHE_CONTROL),
+            CacheControl::parse(h, "surrogate-control"),
+        ),
+    };
     if !forced {
         if cc.private {
             return Decision::Pass("private");
@@ -266,17 +420,13 @@ pub fn decide(input: &DecisionInput<'_>) -> Decision {
     }
 
     let status = input.status.as_u16();
-    let negative = matches!(status, 404 | 410);
-    let cacheable_status = matches!(
-        status,
-        200 | 203 | 204 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501
-    );
-    if status >= 500 {
-        return Decision::ShareOnly("origin-error");
-    }
-    if !cacheable_status {
+    // Interim, partial and not-modified answers are never objects of their own (the fill asks
+    // for whole representations; a 304 only refreshes a stored one).
+    if status < 200 || matches!(status, 206 | 304) {
         return Decision::ShareOnly("status");
     }
+    let negative = matches!(status, 404 | 410);
+    let error = status >= 400;
 
     // Explicit freshness, most specific first: Surrogate-Control is addressed to us (the CDN).
     let explicit = sc
@@ -284,7 +434,21 @@ pub fn decide(input: &DecisionInput<'_>) -> Decision {
         .or(cc.s_maxage)
         .or(cc.max_age)
         .map(Duration::from_secs)
-        .or_else(|| expires_lifetime(h, input.now));
+        .or_else(|| {
+            use_expires
+                .then(|| expires_lifetime(h, input.now))
+                .flatten()
+        });
+    if explicit.is_none() {
+        // RFC 9111 §3: any final status may be stored with explicit freshness; without it only
+        // the heuristically cacheable ones (RFC 9110 §15.1), and never a 5xx here.
+        if status >= 500 {
+            return Decision::ShareOnly("origin-error");
+        }
+        if !heuristically_cacheable(status) {
+            return Decision::ShareOnly("status");
+        }
+    }
     let mut ttl = match explicit {
         Some(t) => t,
         None if negative => input.negative_ttl,
@@ -300,8 +464,9 @@ pub fn decide(input: &DecisionInput<'_>) -> Decision {
     if cc.no_cache && !forced {
         ttl = Duration::ZERO;
     }
-    // Clamps. A 404 is never stretched to a segment's minimum of a day.
-    if !negative {
+    // Clamps. An error (a 404, a 500 with max-age) is never stretched to a class minimum such
+    // as a segment's day.
+    if !error {
         if let Some(min) = rules.min {
             ttl = ttl.max(min);
         }
@@ -311,15 +476,18 @@ pub fn decide(input: &DecisionInput<'_>) -> Decision {
     }
     // Configured clamps and defaults are durations of any size; cap them like the origin's.
     ttl = ttl.min(MAX_DELTA);
-    if ttl.is_zero() && !has_validators(h) && !forced {
+    if ttl.is_zero() && !has_validators(h) && (error || !forced) {
         return Decision::ShareOnly("zero-ttl");
     }
 
     let must_revalidate = (cc.must_revalidate || cc.no_cache) && !forced;
     let secs = |v: Option<u64>| v.map(Duration::from_secs);
+    // The class's configured stale-if-error protects content, not errors: an error keeps only
+    // the window its origin gave.
+    let configured_sie = if error { None } else { rules.stale_if_error };
     let mut swr = secs(sc.stale_while_revalidate.or(cc.stale_while_revalidate)).unwrap_or_default();
     let mut sie = secs(sc.stale_if_error.or(cc.stale_if_error))
-        .or(rules.stale_if_error)
+        .or(configured_sie)
         .unwrap_or_default();
     swr = swr.min(MAX_DELTA);
     sie = sie.min(MAX_DELTA);
@@ -370,6 +538,15 @@ pub fn content_length_value(v: &str) -> Option<u64> {
     v.parse().ok()
 }
 
+/// RFC 9110 §15.1: the statuses a cache may give heuristic freshness (206 aside: the fill
+/// never stores partial content).
+pub fn heuristically_cacheable(status: u16) -> bool {
+    matches!(
+        status,
+        200 | 203 | 204 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501
+    )
+}
+
 fn has_validators(h: &HeaderMap) -> bool {
     h.contains_key(header::ETAG) || h.contains_key(header::LAST_MODIFIED)
 }
@@ -415,6 +592,11 @@ mod tests {
     use super::*;
     use http::HeaderValue;
 
+    static TARGETED: [HeaderName; 2] = [
+        HeaderName::from_static("vedge-cache-control"),
+        HeaderName::from_static("cdn-cache-control"),
+    ];
+
     fn input<'a>(h: &'a HeaderMap, class: ContentClass, rules: TtlRules) -> DecisionInput<'a> {
         DecisionInput {
             status: StatusCode::OK,
@@ -424,6 +606,7 @@ mod tests {
             negative_ttl: Duration::from_secs(2),
             manifest_stale_factor: 2,
             max_object_size: 1 << 30,
+            targeted: &TARGETED,
             response_delay: Duration::ZERO,
             now: SystemTime::now(),
         }
@@ -727,5 +910,163 @@ mod tests {
         }
         assert_eq!(content_length_value(" 42 "), Some(42));
         assert_eq!(content_length_value("18446744073709551615"), Some(u64::MAX));
+    }
+
+    fn with_status(h: &HeaderMap, status: u16) -> Decision {
+        let mut i = input(h, ContentClass::Other, TtlRules::default());
+        i.status = StatusCode::from_u16(status).unwrap();
+        decide(&i)
+    }
+
+    #[test]
+    fn targeted_field_replaces_cache_control_and_expires() {
+        let d = TtlRules::default();
+        let h = headers(&[
+            ("cache-control", "no-store"),
+            ("cdn-cache-control", "max-age=600"),
+        ]);
+        assert_eq!(
+            ttl_of(decide(&input(&h, ContentClass::Other, d))),
+            Duration::from_secs(600)
+        );
+        let h = headers(&[
+            ("cache-control", "max-age=3600"),
+            ("expires", "Fri, 31 Dec 9999 23:59:59 GMT"),
+            ("cdn-cache-control", "max-age=1"),
+        ]);
+        assert_eq!(
+            ttl_of(decide(&input(&h, ContentClass::Other, d))),
+            Duration::from_secs(1)
+        );
+        for v in ["private", "no-store"] {
+            let mut h = headers(&[("cache-control", "max-age=3600")]);
+            h.insert("cdn-cache-control", HeaderValue::from_static(v));
+            assert!(
+                matches!(
+                    decide(&input(&h, ContentClass::Other, d)),
+                    Decision::Pass(_)
+                ),
+                "{v}"
+            );
+        }
+        // First listed field wins.
+        let h = headers(&[
+            ("cdn-cache-control", "max-age=5"),
+            ("vedge-cache-control", "max-age=50"),
+        ]);
+        assert_eq!(
+            ttl_of(decide(&input(&h, ContentClass::Other, d))),
+            Duration::from_secs(50)
+        );
+    }
+
+    #[test]
+    fn invalid_targeted_field_is_ignored_as_a_whole() {
+        let d = TtlRules::default();
+        for bad in [
+            "max-age=10000, &&&&&",
+            "max-age=\"10000\"",
+            "max-age=1.5",
+            "max-age=-1",
+            "max-age =100",
+            "",
+        ] {
+            let mut h = headers(&[("cache-control", "no-store")]);
+            h.insert("cdn-cache-control", HeaderValue::from_str(bad).unwrap());
+            assert_eq!(
+                decide(&input(&h, ContentClass::Other, d)),
+                Decision::Pass("no-store"),
+                "{bad:?}"
+            );
+        }
+        let h = headers(&[("cdn-cache-control", "max-age=99999999999")]);
+        assert_eq!(
+            ttl_of(decide(&input(&h, ContentClass::Other, d))),
+            MAX_DELTA
+        );
+    }
+
+    #[test]
+    fn any_status_with_explicit_freshness_is_stored() {
+        let h = headers(&[("cache-control", "max-age=60")]);
+        for status in [
+            200, 203, 204, 299, 301, 302, 303, 307, 308, 400, 404, 410, 499, 500, 502, 503, 504,
+            599,
+        ] {
+            assert_eq!(
+                ttl_of(with_status(&h, status)),
+                Duration::from_secs(60),
+                "{status}"
+            );
+        }
+        for status in [206, 304] {
+            assert!(
+                matches!(with_status(&h, status), Decision::ShareOnly(_)),
+                "{status}"
+            );
+        }
+    }
+
+    #[test]
+    fn heuristic_freshness_only_for_heuristically_cacheable_statuses() {
+        let h = headers(&[("last-modified", "Sun, 06 Nov 1994 08:49:37 GMT")]);
+        for status in [200, 203, 204, 300, 301, 308, 405, 414] {
+            assert!(
+                matches!(with_status(&h, status), Decision::Store(_)),
+                "{status}"
+            );
+        }
+        for status in [302, 303, 307, 400, 500, 501, 503] {
+            assert!(
+                matches!(with_status(&h, status), Decision::ShareOnly(_)),
+                "{status}"
+            );
+        }
+    }
+
+    #[test]
+    fn errors_are_not_stretched_by_class_minimums() {
+        let rules = TtlRules {
+            min: Some(Duration::from_secs(86400)),
+            stale_if_error: Some(Duration::from_secs(3600)),
+            ..TtlRules::default()
+        };
+        let h = headers(&[("cache-control", "max-age=5")]);
+        let mut i = input(&h, ContentClass::Segment, rules);
+        i.status = StatusCode::SERVICE_UNAVAILABLE;
+        let f = stored(decide(&i));
+        assert_eq!(
+            (f.ttl, f.stale_if_error),
+            (Duration::from_secs(5), Duration::ZERO)
+        );
+    }
+
+    #[test]
+    fn cache_control_first_directive_wins_and_quotes_hide_commas() {
+        assert_eq!(
+            CacheControl::parse_value("max-age=1800, max-age=1").max_age,
+            Some(1800)
+        );
+        let mut h = HeaderMap::new();
+        h.append("cache-control", HeaderValue::from_static("max-age=1"));
+        h.append("cache-control", HeaderValue::from_static("max-age=1800"));
+        assert_eq!(
+            CacheControl::parse(&h, header::CACHE_CONTROL).max_age,
+            Some(1)
+        );
+        let cc = CacheControl::parse_value("ext=\"max-age=3600, no-store\", MAX-AGE=\"7\"");
+        assert_eq!((cc.max_age, cc.no_store), (Some(7), false));
+        assert_eq!(CacheControl::parse_value("max-age =3600").max_age, None);
+        assert_eq!(CacheControl::parse_value("max-age= 3600").max_age, Some(0));
+        assert_eq!(CacheControl::parse_value("max-age='3600'").max_age, Some(0));
+        assert_eq!(
+            CacheControl::parse_value("max-age=003600").max_age,
+            Some(3600)
+        );
+        assert_eq!(
+            CacheControl::parse_value("max-age=\"36\"00").max_age,
+            Some(0)
+        );
+        assert!(CacheControl::parse_value("No-Store").no_store);
     }
 }

@@ -133,15 +133,37 @@ const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 pub fn stamp(resp: &mut Response<Body>, info: CacheInfo) {
     let h = resp.headers_mut();
     h.insert(X_CACHE, HeaderValue::from_static(info.status.as_str()));
-    // The String's buffer becomes the header value (no second copy).
-    let cache_status = HeaderValue::from_maybe_shared(Bytes::from(info.cache_status))
-        .unwrap_or_else(|_| HeaderValue::from_static("invalid"));
-    h.insert(CACHE_STATUS, cache_status);
+    h.insert(CACHE_STATUS, cache_status(h, info.cache_status));
     if let Some(age) = info.age {
         h.insert(header::AGE, HeaderValue::from(age));
     }
     let log = resp.extensions_mut().get_or_insert_default::<LogInfo>();
     log.cache = Some(info.status);
+}
+
+/// RFC 9211 §2: `Cache-Status` is a list, one entry per cache, the origin's nearest first; the
+/// entries of upstream caches (a shield, another CDN) that came with the response (and were
+/// stored with the object) are kept, and this node's entry goes last. Several field lines
+/// become one.
+fn cache_status(h: &HeaderMap, ours: String) -> HeaderValue {
+    let upstream: Vec<&str> = h
+        .get_all(CACHE_STATUS)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .collect();
+    let value = if upstream.is_empty() {
+        ours
+    } else {
+        let mut list = upstream.join(", ");
+        list.push_str(", ");
+        list.push_str(&ours);
+        list
+    };
+    // The String's buffer becomes the header value (no second copy).
+    HeaderValue::from_maybe_shared(Bytes::from(value))
+        .unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
 fn hv(s: &str) -> HeaderValue {

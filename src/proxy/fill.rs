@@ -150,6 +150,7 @@ async fn run(
             negative_ttl: cache.negative_ttl,
             manifest_stale_factor: cache.manifest_stale_factor,
             max_object_size: cache.max_object_size,
+            targeted: &cache.targeted_cache_control,
             response_delay,
             now: edge.clock.now(),
         })
@@ -211,15 +212,19 @@ async fn run(
     let content_length = policy::content_length(&parts.headers);
     let age = match &decision {
         Decision::Store(f) => f.initial_age,
-        _ => {
-            // Capped by `policy::age` and added saturating: an origin's `Age` is hostile input.
-            policy::age(&parts.headers)
-                .unwrap_or_default()
-                .saturating_add(response_delay)
-        }
+        _ => policy::age(&parts.headers)
+            .unwrap_or_default()
+            .saturating_add(response_delay),
     };
     parts.headers.remove(header::AGE);
-    let mut store = matches!(decision, Decision::Store(_));
+    // An origin error while a stale copy may still stand in for it (stale-if-error) does not
+    // replace that copy, even when the error carries freshness of its own.
+    let stale_stands_in = parts.status.is_server_error()
+        && job.stale.as_ref().is_some_and(|s| {
+            s.staleness(edge.clock.now())
+                .is_some_and(|st| st <= s.freshness.stale_if_error)
+        });
+    let mut store = matches!(decision, Decision::Store(_)) && !stale_stands_in;
     fill.set_head(FillHead::Streaming(Arc::new(StreamHead {
         status: parts.status,
         headers: parts.headers.clone(),

@@ -1,13 +1,15 @@
 //! The miss path in one room: the edge's shared state (`edge`), the tiers under it (`tiers`:
 //! RAM over the SSD store), the request state machine (`request`), the fill driver that fetches
 //! from the origin once per key and streams into the fill (`fill`), pass-through (`pass`),
-//! what a request names (`target`: validated host, normalised path, route, key) and
-//! request errors (`error`). The viewer side (`http`) calls in through `http::server::Handler`;
-//! nothing here accepts connections, and only `origin` opens outbound ones.
+//! what a request names (`target`: validated host, normalised path, route, key), invalidation
+//! by unsafe methods (`invalidate`) and request errors (`error`). The viewer side (`http`) calls
+//! in through `http::server::Handler`; nothing here accepts connections, and only `origin` opens
+//! outbound ones.
 
 pub mod edge;
 pub mod error;
 pub mod fill;
+pub mod invalidate;
 pub mod pass;
 pub mod request;
 pub mod target;

@@ -51,6 +51,7 @@ pub async fn pass(
             edge.origin.send(out).await?
         }
     };
+    crate::proxy::invalidate::after_response(req, resp.status(), resp.headers());
     let mut resp = relay(req, resp, status, &format!("fwd=bypass; detail={reason}"));
     resp.extensions_mut()
         .get_or_insert_default::<LogInfo>()

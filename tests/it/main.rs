@@ -15,3 +15,4 @@ mod edge_zerocopy;
 mod ingest;
 mod module_graph;
 mod security;
+mod semantics;

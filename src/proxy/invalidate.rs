@@ -1,0 +1,105 @@
+//! Invalidation by unsafe methods (RFC 9111 §4.4): a non-error response to a request whose
+//! method is not known to be safe (POST, PUT, DELETE, PATCH, any unknown method) removes what is
+//! stored for its target URI, and for the `Location` and `Content-Location` URIs when their host
+//! is the target's. Every Vary variant goes with its key (`Edge::purge_key`).
+
+use http::{header, HeaderMap, Method, StatusCode};
+
+use crate::cache::key::cache_key;
+use crate::proxy::request::Req;
+
+/// RFC 9110 §9.2.1: the methods defined as safe; every other one, unknown ones included, may
+/// change the resource.
+pub fn is_unsafe(method: &Method) -> bool {
+    !matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    )
+}
+
+/// Called with the origin's answer to a request passed through: invalidates when the method is
+/// unsafe and the status says the change happened (2xx, 3xx). Returns how many objects went.
+pub fn after_response(req: &Req<'_>, status: StatusCode, headers: &HeaderMap) -> usize {
+    if !is_unsafe(&req.parts.method) || !(status.is_success() || status.is_redirection()) {
+        return 0;
+    }
+    let edge = req.edge;
+    let drop = &edge.config.cache.drop_query_params;
+    let mut keys = vec![cache_key(&req.host, &req.path_and_query, drop)];
+    for name in [header::LOCATION, header::CONTENT_LOCATION] {
+        let Some(v) = headers.get(name).and_then(|v| v.to_str().ok()) else {
+            continue;
+        };
+        if let Some((authority, target)) = same_host_target(&req.host, &req.path_and_query, v) {
+            keys.push(cache_key(&authority, &target, drop));
+        }
+    }
+    keys.sort();
+    keys.dedup();
+    let removed: usize = keys.iter().map(|k| edge.purge_key(k)).sum();
+    tracing::debug!(
+        method = %req.parts.method,
+        status = status.as_u16(),
+        keys = keys.len(),
+        removed,
+        "invalidated by an unsafe method"
+    );
+    removed
+}
+
+/// `reference` (absolute or relative, RFC 3986 §5) resolved against the request's URI; its
+/// authority and path-and-query when its host is the request's host (RFC 9111 §4.4: a cache
+/// must not invalidate another host's URIs on a response's word).
+fn same_host_target(host: &str, path_and_query: &str, reference: &str) -> Option<(String, String)> {
+    let base = url::Url::parse(&format!("http://{host}{path_and_query}")).ok()?;
+    let target = base.join(reference.trim()).ok()?;
+    if !matches!(target.scheme(), "http" | "https") || target.host_str()? != base.host_str()? {
+        return None;
+    }
+    let authority = match target.port() {
+        Some(p) => format!("{}:{p}", target.host_str()?),
+        None => target.host_str()?.to_string(),
+    };
+    let mut pq = target.path().to_string();
+    if let Some(q) = target.query() {
+        pq.push('?');
+        pq.push_str(q);
+    }
+    Some((authority, pq))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unsafe_methods_are_every_method_not_defined_safe() {
+        for m in ["POST", "PUT", "DELETE", "PATCH", "M-SEARCH", "PURGE"] {
+            assert!(is_unsafe(&Method::from_bytes(m.as_bytes()).unwrap()), "{m}");
+        }
+        for m in [Method::GET, Method::HEAD, Method::OPTIONS, Method::TRACE] {
+            assert!(!is_unsafe(&m), "{m}");
+        }
+    }
+
+    #[test]
+    fn location_targets_resolve_against_the_request_and_keep_to_its_host() {
+        let t = |r: &str| same_host_target("example.com:8080", "/a/b?x=1", r);
+        assert_eq!(t("c"), Some(("example.com:8080".into(), "/a/c".into())));
+        assert_eq!(
+            t("/d?y=2"),
+            Some(("example.com:8080".into(), "/d?y=2".into()))
+        );
+        assert_eq!(
+            t("http://EXAMPLE.com:8080/e"),
+            Some(("example.com:8080".into(), "/e".into()))
+        );
+        // Same host on another port is still the same host (RFC 9111 §4.4 compares hosts).
+        assert_eq!(
+            t("http://example.com/f"),
+            Some(("example.com".into(), "/f".into()))
+        );
+        assert_eq!(t("http://other.example/g"), None);
+        assert_eq!(t("mailto:a@example.com"), None);
+    }
+}
