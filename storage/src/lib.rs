@@ -71,6 +71,7 @@ mod error;
 mod format;
 mod index;
 mod io;
+mod journal;
 mod object_buf;
 mod open;
 mod store;
@@ -82,5 +83,6 @@ pub use config::{
 pub use error::StoreError;
 #[doc(hidden)]
 pub use io::RingFailure;
+pub use journal::{Purge, Selector};
 pub use object_buf::ObjectBuf;
 pub use store::Store;
