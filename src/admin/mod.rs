@@ -1,7 +1,8 @@
-//! The admin listener: `/metrics` (Prometheus text) and `/healthz` open; purge (and, with the
-//! ingest work, push) behind a bearer token. Runs on its own listener so viewers never reach it.
+//! The admin listener: `/metrics` (Prometheus text) and `/healthz` open; purge (`purge.rs`)
+//! and push (`ingest.rs`) behind a bearer token. Runs on its own listener so viewers never reach it.
 
 pub mod ingest;
+pub mod purge;
 
 use std::convert::Infallible;
 use std::fmt::Write;
@@ -16,9 +17,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::cache::key::{
-    cache_key, key_prefix, normalize_host, normalize_path, request_key, Scheme,
-};
 use crate::http::body::Body;
 use crate::proxy::Edge;
 
@@ -148,93 +146,22 @@ async fn handle(
     }
 }
 
-#[derive(serde::Deserialize)]
-struct PurgeRequest {
-    /// Full URLs or paths (`host` then required) to remove.
-    #[serde(default)]
-    urls: Vec<String>,
-    /// Path prefixes (with `host`), e.g. "/live/channel1/".
-    #[serde(default)]
-    prefixes: Vec<String>,
-    #[serde(default)]
-    tags: Vec<String>,
-    /// Viewer-facing host the keys were built with.
-    host: Option<String>,
-}
-
 async fn admin(edge: Arc<Edge>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
     match (req.method().clone(), path.as_str()) {
         (Method::POST, "/admin/purge") => {
-            let body = match req.into_body().collect().await {
+            // Bounded: a purge body is a list of URLs, not a payload.
+            let limited = http_body_util::Limited::new(req.into_body(), 4 << 20);
+            let body = match limited.collect().await {
                 Ok(b) => b.to_bytes(),
-                Err(_) => return text(StatusCode::BAD_REQUEST, "unreadable body\n"),
-            };
-            let p: PurgeRequest = match serde_json::from_slice(&body) {
-                Ok(p) => p,
-                Err(e) => {
-                    return text(
-                        StatusCode::BAD_REQUEST,
-                        format!("purge body must be JSON {{\"urls\":[],\"prefixes\":[],\"tags\":[],\"host\":\"...\"}}: {e}\n"),
-                    )
+                Err(_) => {
+                    return text(StatusCode::BAD_REQUEST, "unreadable body (4 MiB at most)\n")
                 }
             };
-            let drop = &edge.config.cache.drop_query_params;
-            let mut removed = 0;
-            for u in &p.urls {
-                let (host, pq) = match url::Url::parse(u) {
-                    Ok(url) => (
-                        url.host_str()
-                            .map(|h| match url.port() {
-                                Some(port) => format!("{h}:{port}"),
-                                None => h.to_string(),
-                            })
-                            .unwrap_or_default(),
-                        match url.query() {
-                            Some(q) => format!("{}?{q}", url.path()),
-                            None => url.path().to_string(),
-                        },
-                    ),
-                    Err(_) => match &p.host {
-                        Some(h) => (h.clone(), u.clone()),
-                        None => {
-                            return text(
-                                StatusCode::BAD_REQUEST,
-                                format!("`{u}` is not a full URL and no host was given\n"),
-                            )
-                        }
-                    },
-                };
-                // The plain-HTTP key (also what an unnormalisable target was stored under),
-                // then the HTTPS one: a purge is about content, so it covers both schemes.
-                removed += edge.purge_key(&cache_key(&host, &pq, drop));
-                if let Ok(k) = request_key(Scheme::Https, &host, &pq, drop) {
-                    removed += edge.purge_key(&k);
-                }
+            match purge::purge(&edge, &body).await {
+                Ok(v) => json(StatusCode::OK, v),
+                Err((status, msg)) => text(status, format!("{msg}\n")),
             }
-            for prefix in &p.prefixes {
-                let Some(host) = &p.host else {
-                    return text(StatusCode::BAD_REQUEST, "prefix purge needs \"host\"\n");
-                };
-                // Objects are keyed per scheme; a purge is about content, so it covers both.
-                for scheme in Scheme::ALL {
-                    let (Ok(h), Ok(p)) = (normalize_host(host, scheme), normalize_path(prefix))
-                    else {
-                        return text(
-                            StatusCode::BAD_REQUEST,
-                            format!("prefix purge: `{host}` or `{prefix}` is not a valid host or path\n"),
-                        );
-                    };
-                    removed += edge.purge_prefix(&key_prefix(scheme, &h, &p));
-                }
-            }
-            for tag in &p.tags {
-                removed += edge.purge_tag(tag);
-            }
-            edge.metrics
-                .purged
-                .fetch_add(removed as u64, std::sync::atomic::Ordering::Relaxed);
-            json(StatusCode::OK, serde_json::json!({ "purged": removed }))
         }
         _ => text(StatusCode::NOT_FOUND, "no such admin endpoint\n"),
     }

@@ -813,11 +813,11 @@ impl Store {
     /// Applies `purges` and returns once they are durable: each is journaled and the journal
     /// fdatasync'ed before this returns, so a crash right after never brings a purged object
     /// back. Hard purges remove; soft ones keep the objects and report them as
-    /// [`Hit::soft_purged`] until they are rewritten. Returns the objects counted (see
+    /// [`Hit::soft_purged`] until they are rewritten. Returns the objects counted per purge (see
     /// [`Store::remove_prefix`] for why objects under a prefix are not).
-    pub async fn purge(&self, purges: &[Purge]) -> Result<usize, StoreError> {
+    pub async fn purge(&self, purges: &[Purge]) -> Result<Vec<usize>, StoreError> {
         if purges.is_empty() {
-            return Ok(0);
+            return Ok(Vec::new());
         }
         if let Some(p) = purges.iter().find(|p| {
             let len = match &p.selector {
@@ -834,12 +834,12 @@ impl Store {
         let inner = self.inner();
         let journal = self.handle.journal.clone();
         let mut records = Vec::with_capacity(purges.len());
-        let mut n = 0;
+        let mut n = Vec::with_capacity(purges.len());
         {
             let mut st = inner.st.lock();
             for p in purges {
                 let mark = st.next_seq;
-                n += st.apply_purge(&inner.layout, &|k| inner.hash(k), p, mark);
+                n.push(st.apply_purge(&inner.layout, &|k| inner.hash(k), p, mark));
                 records.push(Record {
                     seq: journal.next_seq(),
                     mark,
