@@ -9,6 +9,7 @@
 //! - [`store`](crate::Store): the handle, lookups with shared and verified reads, removal, pins.
 //! - `writer`: the single task that allocates space, writes, seals and evicts regions.
 //! - `open`: format, snapshot load, crash recovery, clean-close snapshot.
+//! - `journal`: the purge journal ([`Purge`], [`Selector`]).
 //! - `format`: every on-disk structure. `index`: the RAM index and tag sets.
 //! - `io`: the [`IoEngine`](crate::EngineKind) trait with io_uring and psync engines. `buf`:
 //!   the aligned buffers that become `Bytes` without a copy. `object_buf`: [`ObjectBuf`], an
@@ -56,6 +57,13 @@
 //!   (crash): read every region header and trailer, take sealed regions from their summaries,
 //!   scan the others block by block (objects must pass all checks), newest sequence wins, and
 //!   write summaries for the scanned regions.
+//!
+//! - Purge journal (`journal`): `Store::purge` applies a purge with a mark (the sequence the
+//!   next allocation gets), appends a checksummed record to the journal file and fdatasyncs it
+//!   before returning; open replays every record over the recovered index (objects below the
+//!   mark that the purge selects are removed, or marked soft-purged), so an acknowledged purge
+//!   is never undone by a crash. A write re-checks its pending entry after allocation, so a
+//!   purge concurrent with it either drops it or has a mark above its sequence.
 //!
 //! Crash semantics: every object whose insert was acknowledged (`insert_durable` returned, or
 //! `flush` returned after `insert`) is served after restart; torn writes fail their checksums
