@@ -24,6 +24,9 @@ const MAX_BYTES: usize = 64 << 20;
 /// Manifests larger than this are not parsed.
 const MAX_MANIFEST: usize = 8 << 20;
 
+/// A manifest's references: (member, whether it is a manifest), and directory prefixes.
+type Recorded = (Vec<(Url, bool)>, Vec<Url>);
+
 #[derive(Default)]
 struct Members {
     /// Member URL -> whether it is itself a manifest (walked further when purging).
@@ -156,7 +159,7 @@ impl AssetIndex {
     }
 
     /// The members of the manifest at `url` as recorded (`None`: not tracked).
-    fn recorded(&self, url: &Url) -> Option<(Vec<(Url, bool)>, Vec<Url>)> {
+    fn recorded(&self, url: &Url) -> Option<Recorded> {
         let inner = self.inner.lock();
         let m = inner.assets.get(url.as_str())?;
         Some((

@@ -110,7 +110,7 @@ fn decode_one(b: &[u8], nonce: u64) -> Option<(Record, usize)> {
         return None;
     }
     let len = u32_at(4)? as usize;
-    if len < FIXED + 4 || len > FIXED + MAX_SELECTOR + 4 || b.len() < len {
+    if !(FIXED + 4..=FIXED + MAX_SELECTOR + 4).contains(&len) || b.len() < len {
         return None;
     }
     let crc = u32_at(len - 4)?;

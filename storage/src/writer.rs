@@ -220,13 +220,13 @@ impl Writer {
         // A purge between the check above and the allocation took a mark at or below this
         // object's sequence, so its journal record would not cover this write after a crash:
         // check again now that the sequence is taken (a purge from here on has a higher mark).
-        if !inner
+        let still_current = inner
             .st
             .lock()
             .pending
             .get(&job.hash)
-            .is_some_and(|p| p.id == job.id)
-        {
+            .is_some_and(|p| p.id == job.id);
+        if !still_current {
             if !job.reinsert {
                 inner.c.queued_bytes.fetch_sub(job.extent, Relaxed);
             }
