@@ -1,7 +1,8 @@
-//! The admin listener: `/metrics` (Prometheus text) and `/healthz` open; purge (and, with the
-//! ingest work, push) behind a bearer token. Runs on its own listener so viewers never reach it.
+//! The admin listener: `/metrics` (Prometheus text) and `/healthz` open; purge (`purge.rs`)
+//! and push (`ingest.rs`) behind a bearer token. Runs on its own listener so viewers never reach it.
 
 pub mod ingest;
+pub mod purge;
 
 use std::convert::Infallible;
 use std::fmt::Write;
@@ -16,11 +17,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::cache::key::{
-    cache_key, key_prefix, normalize_host, normalize_path, request_key, Scheme,
-};
 use crate::http::body::Body;
-use crate::proxy::{target, Edge};
+use crate::proxy::Edge;
 
 /// Serves the admin API until `shutdown`.
 pub async fn serve(edge: Arc<Edge>, listener: TcpListener, shutdown: CancellationToken) {
@@ -148,126 +146,22 @@ async fn handle(
     }
 }
 
-#[derive(serde::Deserialize)]
-struct PurgeRequest {
-    /// Full URLs or paths to remove (`host` needed only for paths on `pass_host` routes).
-    #[serde(default)]
-    urls: Vec<String>,
-    /// Path prefixes, e.g. "/live/channel1/" (`host` needed only on `pass_host` routes).
-    #[serde(default)]
-    prefixes: Vec<String>,
-    #[serde(default)]
-    tags: Vec<String>,
-    /// Viewer-facing host the keys were built with (`pass_host` routes; ignored elsewhere).
-    host: Option<String>,
-}
-
 async fn admin(edge: Arc<Edge>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
     match (req.method().clone(), path.as_str()) {
         (Method::POST, "/admin/purge") => {
-            let body = match req.into_body().collect().await {
+            // Bounded: a purge body is a list of URLs, not a payload.
+            let limited = http_body_util::Limited::new(req.into_body(), 4 << 20);
+            let body = match limited.collect().await {
                 Ok(b) => b.to_bytes(),
-                Err(_) => return text(StatusCode::BAD_REQUEST, "unreadable body\n"),
-            };
-            let p: PurgeRequest = match serde_json::from_slice(&body) {
-                Ok(p) => p,
-                Err(e) => {
-                    return text(
-                        StatusCode::BAD_REQUEST,
-                        format!("purge body must be JSON {{\"urls\":[],\"prefixes\":[],\"tags\":[],\"host\":\"...\"}}: {e}\n"),
-                    )
+                Err(_) => {
+                    return text(StatusCode::BAD_REQUEST, "unreadable body (4 MiB at most)\n")
                 }
             };
-            let drop = &edge.config.cache.drop_query_params;
-            let mut removed = 0;
-            for u in &p.urls {
-                let (host, pq) = match url::Url::parse(u) {
-                    Ok(url) => (
-                        url.host_str()
-                            .map(|h| match url.port() {
-                                Some(port) => format!("{h}:{port}"),
-                                None => h.to_string(),
-                            })
-                            .unwrap_or_default(),
-                        match url.query() {
-                            Some(q) => format!("{}?{q}", url.path()),
-                            None => url.path().to_string(),
-                        },
-                    ),
-                    Err(_) => match &p.host {
-                        Some(h) => (h.clone(), u.clone()),
-                        None => (String::new(), u.clone()),
-                    },
-                };
-                let host = (!host.is_empty()).then_some(host);
-                // The key viewers use (`proxy::target`: on default routes the route's host,
-                // whatever `host` says), then the plain and HTTPS keys of the host as given
-                // (what a `pass_host` route, or an unnormalisable target, was stored under).
-                match target::resolve(&edge.config, host.as_deref(), &pq) {
-                    Ok(t) => removed += edge.purge_key(&t.key),
-                    Err(e) if host.is_none() => {
-                        return text(StatusCode::BAD_REQUEST, format!("purge `{u}`: {e}\n"))
-                    }
-                    Err(_) => {}
-                }
-                if let Some(host) = &host {
-                    removed += edge.purge_key(&cache_key(host, &pq, drop));
-                    if let Ok(k) = request_key(Scheme::Https, host, &pq, drop) {
-                        removed += edge.purge_key(&k);
-                    }
-                }
+            match purge::purge(&edge, &body).await {
+                Ok(v) => json(StatusCode::OK, v),
+                Err((status, msg)) => text(status, format!("{msg}\n")),
             }
-            for prefix in &p.prefixes {
-                let Ok(path) = normalize_path(prefix) else {
-                    return text(
-                        StatusCode::BAD_REQUEST,
-                        format!("prefix purge: `{prefix}` is not a valid path\n"),
-                    );
-                };
-                // Every route the prefix reaches into: routes keyed on their own host purge
-                // under it; `pass_host` routes need the viewer host the keys were built with.
-                let mut needs_host = false;
-                for route in &edge.config.routes {
-                    if !(route.prefix.starts_with(&path) || path.starts_with(&route.prefix)) {
-                        continue;
-                    }
-                    match &route.integrity.key_host {
-                        Some(h) => {
-                            removed += edge.purge_prefix(&key_prefix(Scheme::Http, h, &path))
-                        }
-                        None => needs_host = true,
-                    }
-                }
-                match &p.host {
-                    // Objects are keyed per scheme; a purge is about content, so it covers both.
-                    Some(host) => {
-                        for scheme in Scheme::ALL {
-                            let Ok(h) = normalize_host(host, scheme) else {
-                                return text(
-                                    StatusCode::BAD_REQUEST,
-                                    format!("prefix purge: `{host}` is not a valid host\n"),
-                                );
-                            };
-                            removed += edge.purge_prefix(&key_prefix(scheme, &h, &path));
-                        }
-                    }
-                    None if needs_host => {
-                        return text(
-                            StatusCode::BAD_REQUEST,
-                            format!("prefix purge: `{prefix}` reaches a pass_host route, whose keys hold the viewer's host: give \"host\"\n"),
-                        );
-                    }
-                    None => {}
-                }
-            }
-            for tag in &p.tags {
-                removed += edge.purge_tag(tag);
-            }
-            edge.metrics
-                .purged
-                .fetch_add(removed as u64, std::sync::atomic::Ordering::Relaxed);
-            json(StatusCode::OK, serde_json::json!({ "purged": removed }))
         }
         _ => text(StatusCode::NOT_FOUND, "no such admin endpoint\n"),
     }

@@ -3,6 +3,11 @@
 //!
 //! The driver's `FillGuard` removes the entry when the fill ends for any reason (finish, error,
 //! panic, drop), so a key is never stuck; readers of the old fill keep their `Arc`.
+//!
+//! Purges beat fills in flight: every claim records the purge epoch it started at, each purge
+//! bumps the epoch and is remembered in a bounded list of recent purges, and a fill stores its
+//! object only through [`FillTable::store_unless_purged`], which refuses when a purge newer than
+//! the fill's start selects the key or one of the tags the response carried.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,6 +19,43 @@ use crate::cache::fill::{Fill, FillError};
 #[derive(Default)]
 pub struct FillTable {
     map: Mutex<HashMap<String, Arc<Fill>>>,
+    purges: Mutex<RecentPurges>,
+}
+
+/// What a purge selects, in cache-key terms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PurgeSelector {
+    /// One key and its Vary variants (`key` + `\0` + variant).
+    Key(String),
+    /// Every key starting with this.
+    Prefix(String),
+    /// Every object carrying this tag.
+    Tag(String),
+}
+
+impl PurgeSelector {
+    pub fn matches(&self, key: &str, tags: &[String]) -> bool {
+        match self {
+            PurgeSelector::Key(k) => key
+                .strip_prefix(k.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('\0')),
+            PurgeSelector::Prefix(p) => key.starts_with(p.as_str()),
+            PurgeSelector::Tag(t) => tags.iter().any(|x| x == t),
+        }
+    }
+}
+
+/// Most purges remembered for fills in flight; a fill older than the oldest one forgotten is
+/// treated as purged (it stores nothing: safe, and only a fill outliving 4096 purges pays).
+const RECENT_PURGES: usize = 4096;
+
+#[derive(Default)]
+struct RecentPurges {
+    epoch: u64,
+    /// (epoch it was made at, selector), oldest first.
+    recent: std::collections::VecDeque<(u64, PurgeSelector)>,
+    /// Epoch of the newest purge dropped from `recent`.
+    forgotten: u64,
 }
 
 /// The outcome of claiming a key.
@@ -32,14 +74,60 @@ impl FillTable {
         }
         let fill = Fill::new();
         map.insert(key.to_string(), fill.clone());
+        let epoch = self.purges.lock().epoch;
         Claim::Leader(
             fill.clone(),
             FillGuard {
                 table: self.clone(),
                 key: key.to_string(),
                 fill,
+                epoch,
             },
         )
+    }
+
+    /// Records purges (before the tiers are purged, so a fill storing after this sees them and
+    /// one that stored before is removed by the purge itself).
+    /// Fills in flight for a purged key or prefix are also detached from the table: their
+    /// readers still get their bytes, new requests start a fill of their own.
+    pub fn record_purges(&self, selectors: &[PurgeSelector]) {
+        self.map
+            .lock()
+            .retain(|k, _| !selectors.iter().any(|s| s.matches(k, &[])));
+        let mut p = self.purges.lock();
+        p.epoch += 1;
+        let epoch = p.epoch;
+        for s in selectors.iter().cloned() {
+            if p.recent.len() == RECENT_PURGES {
+                if let Some((e, _)) = p.recent.pop_front() {
+                    p.forgotten = e;
+                }
+            }
+            p.recent.push_back((epoch, s));
+        }
+    }
+
+    /// Runs `store` unless a purge made after `guard`'s fill started selects `key` or `tags`.
+    /// The check and `store` run under the purge lock, so no purge slips in between.
+    /// Returns whether it stored.
+    pub fn store_unless_purged(
+        &self,
+        guard: &FillGuard,
+        key: &str,
+        tags: &[String],
+        store: impl FnOnce(),
+    ) -> bool {
+        let p = self.purges.lock();
+        let purged = guard.epoch < p.forgotten
+            || p.recent
+                .iter()
+                .rev()
+                .take_while(|(e, _)| *e > guard.epoch)
+                .any(|(_, s)| s.matches(key, tags));
+        if !purged {
+            store();
+        }
+        !purged
     }
 
     pub fn len(&self) -> usize {
@@ -57,6 +145,8 @@ pub struct FillGuard {
     table: Arc<FillTable>,
     key: String,
     fill: Arc<Fill>,
+    /// The purge epoch when the fill started.
+    epoch: u64,
 }
 
 impl FillGuard {
@@ -99,5 +189,20 @@ mod tests {
         drop(guard);
         assert!(fill.is_finished());
         assert!(matches!(table.claim("k"), Claim::Leader(..)));
+    }
+
+    #[test]
+    fn a_purge_after_the_claim_stops_the_store_and_one_before_does_not() {
+        let table = Arc::new(FillTable::default());
+        table.record_purges(&[PurgeSelector::Prefix("http|h|/a".into())]);
+        let Claim::Leader(_, guard) = table.claim("http|h|/a/1") else {
+            panic!("first claim must lead")
+        };
+        assert!(table.store_unless_purged(&guard, "http|h|/a/1", &[], || {}));
+        table.record_purges(&[PurgeSelector::Key("http|h|/a/1".into())]);
+        assert!(!table.store_unless_purged(&guard, "http|h|/a/1\0gzip", &[], || {}));
+        assert!(table.store_unless_purged(&guard, "http|h|/a/10", &[], || {}));
+        table.record_purges(&[PurgeSelector::Tag("t".into())]);
+        assert!(!table.store_unless_purged(&guard, "http|h|/b", &["t".into()], || {}));
     }
 }

@@ -32,6 +32,8 @@ pub struct Edge {
     /// The SSD store under the RAM tier, if configured.
     pub store: Option<Store>,
     pub fills: Arc<FillTable>,
+    /// Which objects the stored manifests reference (purge by asset).
+    pub assets: crate::proxy::assets::AssetIndex,
     /// Keys whose responses were not shareable, until when they stay uncached.
     pub hit_for_pass: SparseCache<SystemTime>,
     /// Base key -> the request headers its responses vary on.
@@ -85,6 +87,7 @@ impl Edge {
             store,
             ram: RamTier::new(config.ram_size, config.cache.max_object_size),
             fills: Arc::new(FillTable::default()),
+            assets: Default::default(),
             hit_for_pass: SparseCache::new(100_000),
             vary_index: SparseCache::new(100_000),
             origin,

@@ -167,7 +167,7 @@ async fn run(
                     stored_at: edge.clock.now(),
                     ..stale.refreshed(merged, freshness)
                 });
-                edge.insert(key.to_string(), refreshed.clone());
+                edge.insert_from_fill(guard, key.to_string(), refreshed.clone(), None);
                 fill.set_head(FillHead::Complete(refreshed));
             } else {
                 edge.purge_key(key);
@@ -292,7 +292,8 @@ async fn run(
                 pinned: false,
                 disk: Default::default(),
             };
-            edge.insert(store_key, Arc::new(obj));
+            let url = crate::proxy::assets::asset_url(&job.host, &job.path_and_query);
+            edge.insert_from_fill(guard, store_key, Arc::new(obj), url);
         }
         _ => {
             if job.stale.is_some() && parts.status.is_success() {

@@ -5,8 +5,8 @@
 
 use http::{header, HeaderMap, Method, StatusCode};
 
-use crate::cache::key::cache_key;
 use crate::proxy::request::Req;
+use crate::proxy::target;
 
 /// RFC 9110 §9.2.1: the methods defined as safe; every other one, unknown ones included, may
 /// change the resource.
@@ -24,14 +24,29 @@ pub fn after_response(req: &Req<'_>, status: StatusCode, headers: &HeaderMap) ->
         return 0;
     }
     let edge = req.edge;
-    let drop = &edge.config.cache.drop_query_params;
-    let mut keys = vec![cache_key(&req.host, &req.path_and_query, drop)];
+    let mut keys = vec![req.key.clone()];
+    // "Same host" is the host the viewer named (the one its Location values are written
+    // against); the keys come from `proxy::target`, as a viewer's GET of that URI would.
+    let viewer_host = req
+        .parts
+        .uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| {
+            req.parts
+                .headers
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+        })
+        .unwrap_or(&req.host);
     for name in [header::LOCATION, header::CONTENT_LOCATION] {
         let Some(v) = headers.get(name).and_then(|v| v.to_str().ok()) else {
             continue;
         };
-        if let Some((authority, target)) = same_host_target(&req.host, &req.path_and_query, v) {
-            keys.push(cache_key(&authority, &target, drop));
+        if let Some((authority, pq)) = same_host_target(viewer_host, &req.path_and_query, v) {
+            if let Ok(t) = target::resolve(&edge.config, Some(&authority), &pq) {
+                keys.push(t.key);
+            }
         }
     }
     keys.sort();

@@ -2,10 +2,12 @@
 //! RAM over the SSD store), the request state machine (`request`), the fill driver that fetches
 //! from the origin once per key and streams into the fill (`fill`), pass-through (`pass`),
 //! what a request names (`target`: validated host, normalised path, route, key), invalidation
-//! by unsafe methods (`invalidate`) and request errors (`error`). The viewer side (`http`) calls
-//! in through `http::server::Handler`; nothing here accepts connections, and only `origin` opens
+//! by unsafe methods (`invalidate`) and request errors (`error`); `assets` remembers which
+//! objects the stored manifests reference (purge by asset). The viewer side (`http`) calls in
+//! through `http::server::Handler`; nothing here accepts connections, and only `origin` opens
 //! outbound ones.
 
+pub mod assets;
 pub mod edge;
 pub mod error;
 pub mod fill;

@@ -7,8 +7,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use vedge_storage::{Admit, Meta, SkipReason, Source, Store};
+use vedge_storage::{Admit, Meta, Purge, Selector, SkipReason, Source, Store, StoreError};
 
+use crate::cache::lock::{FillGuard, PurgeSelector};
 use crate::cache::object::CachedObject;
 use crate::cache::policy::ContentClass;
 use crate::proxy::edge::Edge;
@@ -41,11 +42,15 @@ impl Edge {
             return Some((o, Tier::Ram));
         }
         let hit = self.store.as_ref()?.lookup(key.as_bytes()).await?;
-        let obj = Arc::new(CachedObject::decode(
+        let mut obj = CachedObject::decode(
             &hit.meta.head,
             self.zero_copy.adopt(hit.body),
             hit.meta.tags,
-        )?);
+        )?;
+        if hit.soft_purged {
+            expire_now(&mut obj, self.clock.now());
+        }
+        let obj = Arc::new(obj);
         self.ram.insert(key.to_string(), obj.clone());
         Some((obj, Tier::Disk))
     }
@@ -119,25 +124,108 @@ impl Edge {
         n
     }
 
-    /// Removes every key starting with `prefix` (host + path prefix).
-    pub fn purge_prefix(&self, prefix: &str) -> usize {
-        self.vary_index.retain(|k, _| !k.starts_with(prefix));
-        let ram = self.ram.remove_where(|k, _| k.starts_with(prefix));
-        let disk = self
-            .store
-            .as_ref()
-            .map_or(0, |s| s.remove_prefix(prefix.as_bytes()));
-        ram.max(disk)
+    /// Stores what a fill fetched, unless a purge made since the fill started selects it (a
+    /// purge beats a fill in flight). A stored manifest teaches the asset index its members
+    /// (`manifest_url`: where it was fetched from). Returns whether it was stored.
+    pub fn insert_from_fill(
+        &self,
+        guard: &FillGuard,
+        key: String,
+        obj: Arc<CachedObject>,
+        manifest_url: Option<url::Url>,
+    ) -> bool {
+        let stored = self.fills.store_unless_purged(guard, &key, &obj.tags, || {
+            self.insert(key.clone(), obj.clone())
+        });
+        if !stored {
+            tracing::debug!(key, "purged while filling: not stored");
+        } else if let (ContentClass::Manifest, Some(u)) = (obj.class, manifest_url) {
+            self.assets.learn(&u, &obj.body);
+        }
+        stored
     }
 
-    /// Removes every object carrying `tag` (Surrogate-Key / Cache-Tag).
-    pub fn purge_tag(&self, tag: &str) -> usize {
-        let ram = self
-            .ram
-            .remove_where(|_, o| o.tags.iter().any(|t| t == tag));
-        let disk = self.store.as_ref().map_or(0, |s| s.remove_tag(tag));
-        ram.max(disk)
+    /// Purges `selectors` from every tier: fills in flight are told first (so none stores
+    /// afterwards), then RAM, then the store, which returns once the purge is journaled (it
+    /// survives a crash). Hard purges remove; soft ones (`soft`) mark the objects stale now,
+    /// keeping them for stale-while-revalidate / stale-if-error and revalidation. Returns the
+    /// objects each selector removed or marked (RAM or disk, whichever counted more: objects on
+    /// disk under a prefix cannot be counted, the store holds key hashes).
+    pub async fn purge(
+        &self,
+        selectors: &[PurgeSelector],
+        soft: bool,
+    ) -> Result<Vec<usize>, StoreError> {
+        self.fills.record_purges(selectors);
+        let now = self.clock.now();
+        let mut counts = Vec::with_capacity(selectors.len());
+        for sel in selectors {
+            let n = if soft {
+                let marked = parking_lot::Mutex::new(Vec::new());
+                self.ram.remove_where(|k, o| {
+                    if sel.matches(k, &o.tags) {
+                        marked.lock().push((k.to_string(), o.clone()));
+                    }
+                    false
+                });
+                let marked = marked.into_inner();
+                for (k, o) in &marked {
+                    let mut stale = o.clone();
+                    expire_now(&mut stale, now);
+                    self.ram.insert(k.clone(), Arc::new(stale));
+                }
+                marked.len()
+            } else {
+                if let PurgeSelector::Key(k) | PurgeSelector::Prefix(k) = sel {
+                    self.vary_index.retain(|vk, _| !vk.starts_with(k.as_str()));
+                    self.hit_for_pass
+                        .retain(|hk, _| !hk.starts_with(k.as_str()));
+                }
+                self.ram.remove_where(|k, o| sel.matches(k, &o.tags))
+            };
+            counts.push(n);
+        }
+        if let Some(store) = &self.store {
+            let mut purges = Vec::with_capacity(selectors.len() * 2);
+            for sel in selectors {
+                let (a, b) = store_selectors(sel);
+                purges.push(Purge { selector: a, soft });
+                purges.extend(b.map(|selector| Purge { selector, soft }));
+            }
+            let disk = store.purge(&purges).await?;
+            let mut at = 0;
+            for (sel, n) in selectors.iter().zip(counts.iter_mut()) {
+                let width = if matches!(sel, PurgeSelector::Key(_)) {
+                    2
+                } else {
+                    1
+                };
+                let d: usize = disk[at..at + width].iter().sum();
+                at += width;
+                *n = (*n).max(d);
+            }
+        }
+        Ok(counts)
     }
+}
+
+/// The store's selectors for one purge selector: a key also covers its Vary variants, stored
+/// under `key` + `\0` + variant.
+fn store_selectors(sel: &PurgeSelector) -> (Selector, Option<Selector>) {
+    match sel {
+        PurgeSelector::Key(k) => (
+            Selector::Key(k.as_bytes().to_vec()),
+            Some(Selector::Prefix(format!("{k}\0").into_bytes())),
+        ),
+        PurgeSelector::Prefix(p) => (Selector::Prefix(p.as_bytes().to_vec()), None),
+        PurgeSelector::Tag(t) => (Selector::Tag(t.clone()), None),
+    }
+}
+
+/// Makes `obj` stale from `now` on (soft purge): its freshness lifetime ends at its current
+/// age, so the stale-while-revalidate and stale-if-error windows start now.
+fn expire_now(obj: &mut CachedObject, now: SystemTime) {
+    obj.freshness.ttl = obj.freshness.ttl.min(obj.age(now));
 }
 
 /// The store's metadata for an object: the encoded head plus what the store itself acts on.

@@ -45,6 +45,9 @@ pub struct StoreConfig {
     /// For tests on kernels whose tmpfs accepts O_DIRECT. Default false.
     #[doc(hidden)]
     pub buffered_io: bool,
+    /// The purge journal (a small regular file). Default: `path` + `.purges`; set it when
+    /// `path` is a raw block device.
+    pub journal_path: Option<PathBuf>,
 }
 
 impl StoreConfig {
@@ -60,6 +63,7 @@ impl StoreConfig {
             write_rate_limit: None,
             allow_pinned_eviction: false,
             buffered_io: false,
+            journal_path: None,
         }
     }
 }
@@ -88,6 +92,9 @@ pub struct Meta {
 pub struct Hit {
     pub meta: Meta,
     pub body: Bytes,
+    /// A soft purge selected this object after it was written: serve it as stale (revalidate
+    /// before using it fresh).
+    pub soft_purged: bool,
 }
 
 /// Outcome of [`crate::Store::insert`].

@@ -9,6 +9,7 @@
 //! - [`store`](crate::Store): the handle, lookups with shared and verified reads, removal, pins.
 //! - `writer`: the single task that allocates space, writes, seals and evicts regions.
 //! - `open`: format, snapshot load, crash recovery, clean-close snapshot.
+//! - `journal`: the purge journal ([`Purge`], [`Selector`]).
 //! - `format`: every on-disk structure. `index`: the RAM index and tag sets.
 //! - `io`: the [`IoEngine`](crate::EngineKind) trait with io_uring and psync engines. `buf`:
 //!   the aligned buffers that become `Bytes` without a copy. `object_buf`: [`ObjectBuf`], an
@@ -57,6 +58,13 @@
 //!   scan the others block by block (objects must pass all checks), newest sequence wins, and
 //!   write summaries for the scanned regions.
 //!
+//! - Purge journal (`journal`): `Store::purge` applies a purge with a mark (the sequence the
+//!   next allocation gets), appends a checksummed record to the journal file and fdatasyncs it
+//!   before returning; open replays every record over the recovered index (objects below the
+//!   mark that the purge selects are removed, or marked soft-purged), so an acknowledged purge
+//!   is never undone by a crash. A write re-checks its pending entry after allocation, so a
+//!   purge concurrent with it either drops it or has a mark above its sequence.
+//!
 //! Crash semantics: every object whose insert was acknowledged (`insert_durable` returned, or
 //! `flush` returned after `insert`) is served after restart; torn writes fail their checksums
 //! and are dropped. Removals, prefix/tag purges and pin changes are persisted by the clean-close
@@ -71,6 +79,7 @@ mod error;
 mod format;
 mod index;
 mod io;
+mod journal;
 mod object_buf;
 mod open;
 mod store;
@@ -82,5 +91,6 @@ pub use config::{
 pub use error::StoreError;
 #[doc(hidden)]
 pub use io::RingFailure;
+pub use journal::{Purge, Selector};
 pub use object_buf::ObjectBuf;
 pub use store::Store;

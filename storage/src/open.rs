@@ -20,6 +20,7 @@ use crate::format::{
 };
 use crate::index::{Entry, HIT, PINNED};
 use crate::io::{psync::PsyncEngine, uring::UringEngine, Io, IoEngine, OwnedFile, PSYNC_THREADS};
+use crate::journal::{self, Journal, Record};
 use crate::store::{Inner, RegionMeta, State};
 use crate::writer::{write_summary, Active};
 
@@ -293,6 +294,7 @@ async fn load_snapshot(
     let mut st = State::new(layout);
     st.max_gen = snap.max_gen;
     st.prefixes = snap.prefixes;
+    // Soft purges are not in the snapshot: the journal keeps them across a clean close.
     st.regions = snap
         .regions
         .iter()
@@ -523,12 +525,49 @@ async fn read_summary(
     Some(entries)
 }
 
+/// Replays the purge journal over the index just opened (snapshot or recovery), then rewrites
+/// it without the records that can no longer select anything (older than every live region),
+/// and opens it for appending. Before the writer starts: nothing is written meanwhile.
+pub(crate) async fn replay_journal(inner: &Inner) -> Result<Journal, StoreError> {
+    let path = inner
+        .cfg
+        .journal_path
+        .clone()
+        .unwrap_or_else(|| journal::default_path(&inner.cfg.path));
+    let nonce = inner.nonce;
+    let p = path.clone();
+    let records = tokio::task::spawn_blocking(move || journal::read(&p, nonce))
+        .await
+        .map_err(|e| io::Error::other(e.to_string()))?
+        .map_err(|e| open_err(&path, e))?;
+    let keep: Vec<Record> = {
+        let mut st = inner.st.lock();
+        for r in &records {
+            st.apply_purge(&inner.layout, &|k| inner.hash(k), &r.purge, r.mark);
+        }
+        let min_gen = st.min_live_gen();
+        records
+            .into_iter()
+            .filter(|r| min_gen.is_some_and(|g| (r.mark >> 32) >= g))
+            .collect()
+    };
+    if !keep.is_empty() {
+        tracing::info!(records = keep.len(), "purge journal replayed");
+    }
+    let p = path.clone();
+    tokio::task::spawn_blocking(move || Journal::create(p, nonce, &keep))
+        .await
+        .map_err(|e| io::Error::other(e.to_string()))?
+        .map_err(|e| open_err(&path, e))
+}
+
 /// Writes the index snapshot and marks the superblock clean. Called by `Store::close` after
-/// the writer has drained.
+/// the writer has drained. Returns whether the snapshot was written (false: it did not fit,
+/// the next open recovers from region summaries).
 pub(crate) async fn write_snapshot(
     inner: &Inner,
     active: Option<Active>,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     let layout = inner.layout;
     let body = {
         let st = inner.st.lock();
@@ -581,7 +620,7 @@ pub(crate) async fn write_snapshot(
             cap = layout.snapshot_cap,
             "index snapshot does not fit its area; next open rebuilds from region summaries"
         );
-        return Ok(());
+        return Ok(false);
     }
     let mut buf = AlignedBuf::zeroed(body.len());
     buf.as_mut_slice()[..body.len()].copy_from_slice(&body);
@@ -601,5 +640,5 @@ pub(crate) async fn write_snapshot(
         bytes = body.len(),
         "store closed cleanly"
     );
-    Ok(())
+    Ok(true)
 }

@@ -19,12 +19,15 @@ use crate::error::StoreError;
 use crate::format::{self, key_hash, KeyHash, Layout, RegionState};
 use crate::index::{index_bytes, Entry, HashIndex, TagSets, HIT, PINNED};
 use crate::io::Io;
+use crate::journal::{Journal, Purge, Record, Selector};
 use crate::object_buf::ObjectBuf;
 
 /// Most bytes accepted by `insert` and not yet written before new inserts are refused (`Busy`).
 const MAX_QUEUED_BYTES: u64 = 256 << 20;
 /// Bound on the second-hit admission table.
 const MAX_SEEN: usize = 1 << 18;
+/// Bound on remembered soft purges (each is checked on every disk hit).
+const MAX_SOFT: usize = 4096;
 
 /// An object accepted for writing.
 pub(crate) struct Obj {
@@ -59,6 +62,10 @@ pub(crate) struct State {
     /// Prefix tombstones: objects whose key starts with the prefix and whose sequence is below
     /// the mark are dead. Checked on lookup; dropped once every older region has been reused.
     pub prefixes: Vec<(Vec<u8>, u64)>,
+    /// Soft purges: objects they select whose sequence is below the mark are served as stale
+    /// (`Hit::soft_purged`). Pruned like the prefix tombstones; at most `MAX_SOFT`, the oldest
+    /// beyond that applied as a hard purge.
+    pub soft: Vec<(Selector, u64)>,
     /// Sequence the next allocation will get (see `seq`). With no active region, the start of
     /// the next generation: every object on disk is below it.
     pub next_seq: u64,
@@ -82,6 +89,7 @@ impl State {
             ],
             max_gen: 0,
             prefixes: Vec::new(),
+            soft: Vec::new(),
             next_seq: 1 << 32,
             live_bytes: 0,
             pinned_bytes: 0,
@@ -126,6 +134,102 @@ impl State {
             self.pending_pinned -= p.extent;
         }
         Some(p)
+    }
+
+    /// Whether a soft purge newer than the entry selects it (the object is then served stale).
+    pub(crate) fn soft_purged(&self, layout: &Layout, key: &[u8], e: &Entry) -> bool {
+        !self.soft.is_empty() && {
+            let s = self.seq(layout, e);
+            let tags = self.tags.get(e.tagset);
+            self.soft
+                .iter()
+                .any(|(sel, mark)| s < *mark && sel.matches(key, tags))
+        }
+    }
+
+    /// Applies one purge at store sequence `mark`: at run time (`mark` = `next_seq`, so every
+    /// indexed object is older) and again at open when the journal is replayed (objects
+    /// written after the purge are newer and stay). Returns the objects it could count: exact
+    /// keys and tags are counted; on-disk objects under a prefix cannot be (the index holds
+    /// hashes), only writes still queued.
+    pub(crate) fn apply_purge(
+        &mut self,
+        layout: &Layout,
+        hash: &dyn Fn(&[u8]) -> KeyHash,
+        p: &Purge,
+        mark: u64,
+    ) -> usize {
+        let sel = &p.selector;
+        // Writes still queued are dropped, soft or hard: the edge's RAM copy stays (and is
+        // marked stale by the edge), the store simply does not get this version.
+        let pend: Vec<KeyHash> = self
+            .pending
+            .iter()
+            .filter(|(_, q)| sel.matches(&q.obj.key, &q.obj.meta.tags))
+            .map(|(h, _)| *h)
+            .collect();
+        for h in &pend {
+            self.pending_remove(h);
+        }
+        let older = |st: &State, e: &Entry| st.seq(layout, e) < mark;
+        let on_disk: Vec<KeyHash> = match sel {
+            Selector::Key(k) => {
+                let h = hash(k);
+                self.index
+                    .get(&h)
+                    .filter(|e| older(self, e))
+                    .map(|_| h)
+                    .into_iter()
+                    .collect()
+            }
+            Selector::Tag(t) => {
+                let ids = self.tags.containing(t);
+                self.index
+                    .iter()
+                    .filter(|(_, e)| ids.contains(&e.tagset) && older(self, e))
+                    .map(|(h, _)| *h)
+                    .collect()
+            }
+            Selector::Prefix(_) => Vec::new(),
+        };
+        if p.soft {
+            if !on_disk.is_empty() || matches!(sel, Selector::Prefix(_)) {
+                self.soft.push((sel.clone(), mark));
+                if self.soft.len() > MAX_SOFT {
+                    let (oldest, m) = self.soft.remove(0);
+                    let hard = Purge {
+                        selector: oldest,
+                        soft: false,
+                    };
+                    self.apply_purge(layout, hash, &hard, m);
+                }
+            }
+        } else {
+            for h in &on_disk {
+                self.index_remove(h);
+            }
+            if let Selector::Prefix(prefix) = sel {
+                if !self
+                    .prefixes
+                    .iter()
+                    .any(|(q, m)| prefix.starts_with(q) && *m >= mark)
+                {
+                    self.prefixes.retain(|(q, _)| !q.starts_with(prefix));
+                    self.prefixes.push((prefix.clone(), mark));
+                }
+            }
+        }
+        pend.len() + on_disk.len()
+    }
+
+    /// The oldest generation any live region has: journal records and tombstones with a mark
+    /// below it select nothing any more.
+    pub(crate) fn min_live_gen(&self) -> Option<u64> {
+        self.regions
+            .iter()
+            .filter(|r| r.state != RegionState::Free)
+            .map(|r| r.gen)
+            .min()
     }
 
     pub(crate) fn prefix_dead(&self, layout: &Layout, key: &[u8], e: &Entry) -> bool {
@@ -229,6 +333,7 @@ pub struct Store {
 struct Handle {
     inner: Arc<Inner>,
     tx: mpsc::UnboundedSender<Job>,
+    journal: Arc<Journal>,
 }
 
 impl Inner {
@@ -445,11 +550,16 @@ impl Store {
     /// Must be called inside a tokio runtime. Formatting zero-fills the whole file.
     pub async fn open(cfg: StoreConfig) -> Result<Store, StoreError> {
         let (inner, active) = crate::open::open(cfg).await?;
+        let journal = crate::open::replay_journal(&inner).await?;
         let inner = Arc::new(inner);
         let (tx, rx) = mpsc::unbounded_channel();
         crate::writer::spawn(inner.clone(), rx, active);
         Ok(Store {
-            handle: Arc::new(Handle { inner, tx }),
+            handle: Arc::new(Handle {
+                inner,
+                tx,
+                journal: Arc::new(journal),
+            }),
         })
     }
 
@@ -462,7 +572,7 @@ impl Store {
     pub async fn lookup(&self, key: &[u8]) -> Option<Hit> {
         let inner = self.inner();
         let h = inner.hash(key);
-        let (e, gen) = {
+        let (e, gen, soft_purged) = {
             let mut st = inner.st.lock();
             if let Some(p) = st.pending.get(&h) {
                 if let (true, Some(body)) = (p.obj.key == key, &p.obj.body) {
@@ -471,7 +581,11 @@ impl Store {
                     let body = body.clone();
                     drop(st);
                     inner.c.hits.fetch_add(1, Relaxed);
-                    return Some(Hit { meta, body });
+                    return Some(Hit {
+                        meta,
+                        body,
+                        soft_purged: false,
+                    });
                 }
             }
             let found = st.index.get_mut(&h).map(|e| {
@@ -483,7 +597,11 @@ impl Store {
                     st.index_remove(&h);
                     None
                 }
-                Some(e) => Some((e, st.regions[inner.layout.region_of(e.block) as usize].gen)),
+                Some(e) => Some((
+                    e,
+                    st.regions[inner.layout.region_of(e.block) as usize].gen,
+                    st.soft_purged(&inner.layout, key, &e),
+                )),
                 None => None,
             }
         }
@@ -497,6 +615,7 @@ impl Store {
                 Some(Hit {
                     meta: obj.meta.clone(),
                     body: obj.body.clone(),
+                    soft_purged,
                 })
             }
             // Another key with the same 128-bit hash: a miss, never the wrong object.
@@ -691,7 +810,51 @@ impl Store {
         Ok(())
     }
 
-    /// Removes `key`. Returns whether it was stored (or being written).
+    /// Applies `purges` and returns once they are durable: each is journaled and the journal
+    /// fdatasync'ed before this returns, so a crash right after never brings a purged object
+    /// back. Hard purges remove; soft ones keep the objects and report them as
+    /// [`Hit::soft_purged`] until they are rewritten. Returns the objects counted per purge (see
+    /// [`Store::remove_prefix`] for why objects under a prefix are not).
+    pub async fn purge(&self, purges: &[Purge]) -> Result<Vec<usize>, StoreError> {
+        if purges.is_empty() {
+            return Ok(Vec::new());
+        }
+        if let Some(p) = purges.iter().find(|p| {
+            let len = match &p.selector {
+                Selector::Key(k) | Selector::Prefix(k) => k.len(),
+                Selector::Tag(t) => t.len(),
+            };
+            len > crate::journal::MAX_SELECTOR
+        }) {
+            return Err(StoreError::Refused(match p.selector {
+                Selector::Tag(_) => "purge tag longer than 16 KiB",
+                _ => "purge key or prefix longer than 16 KiB",
+            }));
+        }
+        let inner = self.inner();
+        let journal = self.handle.journal.clone();
+        let mut records = Vec::with_capacity(purges.len());
+        let mut n = Vec::with_capacity(purges.len());
+        {
+            let mut st = inner.st.lock();
+            for p in purges {
+                let mark = st.next_seq;
+                n.push(st.apply_purge(&inner.layout, &|k| inner.hash(k), p, mark));
+                records.push(Record {
+                    seq: journal.next_seq(),
+                    mark,
+                    purge: p.clone(),
+                });
+            }
+        }
+        tokio::task::spawn_blocking(move || journal.append_blocking(&records))
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))??;
+        Ok(n)
+    }
+
+    /// Removes `key`. Returns whether it was stored (or being written). Not journaled: a crash
+    /// may bring it back (use [`Store::purge`] for a removal that must hold).
     pub fn remove(&self, key: &[u8]) -> bool {
         let inner = self.inner();
         let h = inner.hash(key);
@@ -899,7 +1062,17 @@ impl Store {
             .send(Job::Close(tx))
             .map_err(|_| StoreError::Closed)?;
         let active = rx.await.map_err(|_| StoreError::Closed)?;
-        crate::open::write_snapshot(&inner, active).await
+        if crate::open::write_snapshot(&inner, active).await? {
+            // The snapshot holds every hard purge's effect; only soft purges still matter.
+            let min_gen = inner.st.lock().min_live_gen();
+            let journal = self.handle.journal.clone();
+            let keep =
+                move |r: &Record| r.purge.soft && min_gen.is_some_and(|g| (r.mark >> 32) >= g);
+            tokio::task::spawn_blocking(move || journal.compact_blocking(keep))
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))??;
+        }
+        Ok(())
     }
 }
 

@@ -217,6 +217,24 @@ impl Writer {
                 return;
             }
         };
+        // A purge between the check above and the allocation took a mark at or below this
+        // object's sequence, so its journal record would not cover this write after a crash:
+        // check again now that the sequence is taken (a purge from here on has a higher mark).
+        let still_current = inner
+            .st
+            .lock()
+            .pending
+            .get(&job.hash)
+            .is_some_and(|p| p.id == job.id);
+        if !still_current {
+            if !job.reinsert {
+                inner.c.queued_bytes.fetch_sub(job.extent, Relaxed);
+            }
+            if let Some(tx) = job.done.take() {
+                let _ = tx.send(Ok(()));
+            }
+            return;
+        }
         let gen = self
             .active
             .as_ref()
@@ -349,6 +367,7 @@ impl Writer {
                 .min();
             if let Some(min_gen) = min_gen {
                 st.prefixes.retain(|(_, mark)| (mark >> 32) >= min_gen);
+                st.soft.retain(|(_, mark)| (mark >> 32) >= min_gen);
             }
             gen
         };

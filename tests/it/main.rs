@@ -14,5 +14,6 @@ mod edge_vary;
 mod edge_zerocopy;
 mod ingest;
 mod module_graph;
+mod purge;
 mod security;
 mod semantics;

@@ -7,4 +7,5 @@ mod admission;
 mod crash;
 mod eviction;
 mod faults;
+mod purge;
 mod roundtrip;

@@ -1,0 +1,243 @@
+//! `POST /admin/purge`: removes (or, with `"soft": true`, marks stale) objects by URL, path
+//! prefix, tag (`Surrogate-Key` / `Cache-Tag`) or whole asset (a manifest and everything it
+//! references), in RAM and on the SSD store, for both schemes. Answers only once the purge is
+//! journaled by the store (it survives a crash) and fills in flight for the purged keys will
+//! not store what they fetch.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use http::StatusCode;
+use url::Url;
+
+use crate::cache::key::{
+    cache_key, key_prefix, normalize_host, normalize_path, request_key, Scheme,
+};
+use crate::cache::lock::PurgeSelector;
+use crate::proxy::assets::asset_url;
+use crate::proxy::{target, Edge};
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PurgeRequest {
+    /// Full URLs, or paths (then `host` is required).
+    #[serde(default)]
+    urls: Vec<String>,
+    /// Path prefixes (with `host`) or full URLs whose path is the prefix, e.g. "/live/ch1/".
+    #[serde(default)]
+    prefixes: Vec<String>,
+    #[serde(default)]
+    tags: Vec<String>,
+    /// Manifests (full URLs, or paths with `host`): each with everything it references.
+    #[serde(default)]
+    assets: Vec<String>,
+    /// Viewer-facing host the keys were built with, for entries given as paths.
+    host: Option<String>,
+    /// Mark stale instead of removing.
+    #[serde(default)]
+    soft: bool,
+}
+
+pub const USAGE: &str = "purge body must be JSON {\"urls\":[],\"prefixes\":[],\"tags\":[],\"assets\":[],\"host\":\"...\",\"soft\":false}";
+
+/// A bad request, in words for the operator.
+pub struct BadPurge(pub String);
+
+/// (host with port, if any, and path?query) of a full URL, or of a path on `host` (none: the
+/// routes' own key hosts are used, see `url_keys`).
+fn target(entry: &str, host: Option<&str>) -> Result<(Option<String>, String), BadPurge> {
+    if let Ok(url) = Url::parse(entry) {
+        if let Some(h) = url.host_str() {
+            let (h, pq) = url_target(&url, h);
+            return Ok((Some(h), pq));
+        }
+    }
+    if entry.starts_with('/') {
+        Ok((host.map(str::to_string), entry.to_string()))
+    } else {
+        Err(BadPurge(format!(
+            "`{entry}` is neither a full URL nor a path starting with `/`"
+        )))
+    }
+}
+
+fn url_target(url: &Url, host: &str) -> (String, String) {
+    let host = match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_string(),
+    };
+    let pq = match url.query() {
+        Some(q) => format!("{}?{q}", url.path()),
+        None => url.path().to_string(),
+    };
+    (host, pq)
+}
+
+/// The keys of one object: the key a viewer's request produces (`proxy::target`: on default
+/// routes the route's own host, whatever host the purge names), then the plain and HTTPS keys
+/// of the host as given (what a `pass_host` route, or an unnormalisable target, was stored
+/// under). A purge is about content, so it covers both schemes.
+fn url_keys(edge: &Edge, host: Option<&str>, pq: &str) -> Result<Vec<String>, BadPurge> {
+    let drop = &edge.config.cache.drop_query_params;
+    let mut keys = Vec::new();
+    match target::resolve(&edge.config, None, pq)
+        .or_else(|_| target::resolve(&edge.config, host, pq))
+    {
+        Ok(t) => keys.push(t.key),
+        Err(e) if host.is_none() => return Err(BadPurge(format!("purge `{pq}`: {e}"))),
+        Err(_) => {}
+    }
+    if let Some(host) = host {
+        keys.push(cache_key(host, pq, drop));
+        if let Ok(k) = request_key(Scheme::Https, host, pq, drop) {
+            keys.push(k);
+        }
+    }
+    Ok(keys)
+}
+
+/// Key prefixes under `prefix`: each route the prefix reaches that keys on its own host, and
+/// both schemes of `host` when given; a prefix reaching a `pass_host` route needs `host`.
+fn prefix_keys(edge: &Edge, host: Option<&str>, prefix: &str) -> Result<Vec<String>, BadPurge> {
+    let path = normalize_path(prefix)
+        .map_err(|_| BadPurge(format!("prefix purge: `{prefix}` is not a valid path")))?;
+    let mut keys = Vec::new();
+    let mut needs_host = false;
+    for route in &edge.config.routes {
+        if !(route.prefix.starts_with(&path) || path.starts_with(&route.prefix)) {
+            continue;
+        }
+        match &route.integrity.key_host {
+            Some(h) => keys.push(key_prefix(Scheme::Http, h, &path)),
+            None => needs_host = true,
+        }
+    }
+    match host {
+        Some(host) => {
+            for scheme in Scheme::ALL {
+                let h = normalize_host(host, scheme).map_err(|_| {
+                    BadPurge(format!("prefix purge: `{host}` is not a valid host"))
+                })?;
+                keys.push(key_prefix(scheme, &h, &path));
+            }
+        }
+        None if needs_host => {
+            return Err(BadPurge(format!(
+                "prefix purge: `{prefix}` reaches a pass_host route, whose keys hold the viewer's host: give \"host\""
+            )))
+        }
+        None => {}
+    }
+    Ok(keys)
+}
+
+/// The host a fill recorded an asset's manifest under (`proxy::fill`: the origin `Host`).
+fn asset_host(edge: &Edge, host: Option<&str>, pq: &str) -> Option<String> {
+    target::resolve(&edge.config, host, pq)
+        .or_else(|_| target::resolve(&edge.config, None, pq))
+        .ok()
+        .map(|t| t.origin_host().to_string())
+}
+
+/// Runs a purge; the JSON answer reports the objects counted per selector kind.
+pub async fn purge(
+    edge: &Arc<Edge>,
+    body: &[u8],
+) -> Result<serde_json::Value, (StatusCode, String)> {
+    let bad = |m: String| (StatusCode::BAD_REQUEST, m);
+    let p: PurgeRequest = serde_json::from_slice(body).map_err(|e| bad(format!("{USAGE}: {e}")))?;
+    let host = p.host.as_deref();
+    // (kind, selectors of one entry), in request order.
+    let mut groups: Vec<(&'static str, Vec<PurgeSelector>)> = Vec::new();
+    for u in &p.urls {
+        let (h, pq) = target(u, host).map_err(|e| bad(e.0))?;
+        let keys = url_keys(edge, h.as_deref(), &pq).map_err(|e| bad(e.0))?;
+        let sels = keys.into_iter().map(PurgeSelector::Key);
+        groups.push(("urls", sels.collect()));
+    }
+    for prefix in &p.prefixes {
+        let (h, path) = target(prefix, host).map_err(|e| bad(e.0))?;
+        let sels = prefix_keys(edge, h.as_deref(), &path).map_err(|e| bad(e.0))?;
+        groups.push((
+            "prefixes",
+            sels.into_iter().map(PurgeSelector::Prefix).collect(),
+        ));
+    }
+    for tag in &p.tags {
+        groups.push(("tags", vec![PurgeSelector::Tag(tag.clone())]));
+    }
+    let mut manifests = Vec::new();
+    for a in &p.assets {
+        let (h, pq) = target(a, host).map_err(|e| bad(e.0))?;
+        let h = asset_host(edge, h.as_deref(), &pq)
+            .ok_or_else(|| bad(format!("`{a}`: no route serves it")))?;
+        let root = asset_url(&h, &pq).ok_or_else(|| bad(format!("`{a}` is not a URL")))?;
+        let members = edge
+            .assets
+            .members(root, |u| {
+                let edge = edge.clone();
+                async move { cached_body(&edge, &u).await }
+            })
+            .await;
+        let mut sels = Vec::new();
+        for u in &members.urls {
+            if let Some(h) = u.host_str() {
+                let (h, pq) = url_target(u, h);
+                if let Ok(keys) = url_keys(edge, Some(&h), &pq) {
+                    sels.extend(keys.into_iter().map(PurgeSelector::Key));
+                }
+            }
+        }
+        for u in &members.prefixes {
+            if let Some(h) = u.host_str() {
+                let (h, path) = url_target(u, h);
+                if let Ok(keys) = prefix_keys(edge, Some(&h), &path) {
+                    sels.extend(keys.into_iter().map(PurgeSelector::Prefix));
+                }
+            }
+        }
+        manifests.extend(members.manifests);
+        groups.push(("assets", sels));
+    }
+    let all: Vec<PurgeSelector> = groups.iter().flat_map(|(_, s)| s.iter().cloned()).collect();
+    let counts = edge.purge(&all, p.soft).await.map_err(|e| {
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("purge not durable (store journal): {e}"),
+        )
+    })?;
+    if !p.soft {
+        edge.assets.forget(&manifests);
+    }
+    let mut per_kind = serde_json::Map::new();
+    for kind in ["urls", "prefixes", "tags", "assets"] {
+        per_kind.insert(kind.into(), 0.into());
+    }
+    let mut at = 0;
+    let mut total = 0u64;
+    for (kind, sels) in &groups {
+        let n: usize = counts[at..at + sels.len()].iter().sum();
+        at += sels.len();
+        total += n as u64;
+        let entry = per_kind.entry(*kind).or_insert(0.into());
+        *entry = (entry.as_u64().unwrap_or(0) + n as u64).into();
+    }
+    edge.metrics.purged.fetch_add(total, Relaxed);
+    Ok(serde_json::json!({
+        "purged": total,
+        "soft": p.soft,
+        "selected": per_kind,
+    }))
+}
+
+/// The body of a manifest still in the tiers (for an asset the index has not learned).
+async fn cached_body(edge: &Edge, u: &Url) -> Option<bytes::Bytes> {
+    let h = u.host_str()?;
+    let (h, pq) = url_target(u, h);
+    for k in url_keys(edge, Some(&h), &pq).ok()? {
+        if let Some((o, _)) = edge.lookup(&k).await {
+            return Some(o.body.clone());
+        }
+    }
+    None
+}

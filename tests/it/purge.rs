@@ -1,0 +1,379 @@
+//! `POST /admin/purge`, end to end: each selector (url, prefix, tag, asset), soft purge, host
+//! handling, a purge beating a fill in flight, and (real binary) a purge surviving SIGKILL.
+
+use std::ffi::OsStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::support::binary::{BinaryEdge, ADMIN_TOKEN};
+use crate::support::edge::{edge_config, read_raw, until, TestEdge};
+use crate::support::origin::{Gate, Origin, Script};
+
+/// An in-process edge with its admin API on a port of its own.
+struct Setup {
+    edge: TestEdge,
+    admin: u16,
+    _stop: tokio_util::sync::DropGuard,
+}
+
+async fn setup(origin: &Origin) -> Setup {
+    let mut raw = edge_config(origin);
+    raw.admin_token = Some(ADMIN_TOKEN.into());
+    let edge = TestEdge::start(raw).await;
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
+    let admin = l.local_addr().expect("admin addr").port();
+    let stop = CancellationToken::new();
+    tokio::spawn(vedge::admin::serve(edge.edge.clone(), l, stop.clone()));
+    Setup {
+        edge,
+        admin,
+        _stop: stop.drop_guard(),
+    }
+}
+
+/// `POST /admin/purge` with `body` on `port`: (status, JSON or text).
+async fn purge(port: u16, body: &str) -> (u16, serde_json::Value) {
+    let mut s = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("admin connects");
+    let req = format!(
+        "POST /admin/purge HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.expect("send purge");
+    let r = read_raw(&mut s).await;
+    let (_, b) = r.split();
+    let v = serde_json::from_slice(b).unwrap_or_else(|_| String::from_utf8_lossy(b).into());
+    (r.status(), v)
+}
+
+fn cached(body: &str) -> Script {
+    Script::ok(body.to_string()).header("cache-control", "max-age=600")
+}
+
+#[tokio::test]
+async fn url_purge_makes_the_next_request_reach_the_origin_for_that_url_only() {
+    let origin = Origin::start().await;
+    origin.script("/a.ts", cached("a"));
+    origin.script("/b.ts", cached("b"));
+    let s = setup(&origin).await;
+    for p in ["/a.ts", "/b.ts", "/a.ts", "/b.ts"] {
+        s.edge.get(p).await;
+    }
+    let host = s.edge.addr.to_string();
+    let (st, v) = purge(s.admin, &format!(r#"{{"urls":["/a.ts"],"host":"{host}"}}"#)).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["purged"], 1);
+    assert_eq!(v["selected"]["urls"], 1);
+    s.edge.get("/a.ts").await;
+    s.edge.get("/b.ts").await;
+    assert_eq!(origin.count("/a.ts"), 2);
+    assert_eq!(origin.count("/b.ts"), 1);
+    // A full URL carries its own host.
+    let (st, v) = purge(s.admin, &format!(r#"{{"urls":["http://{host}/b.ts"]}}"#)).await;
+    assert_eq!((st, v["purged"].clone()), (200, 1.into()));
+    s.edge.get("/b.ts").await;
+    assert_eq!(origin.count("/b.ts"), 2);
+}
+
+#[tokio::test]
+async fn paths_purge_the_routes_keys_and_need_a_host_only_on_pass_host_routes() {
+    let origin = Origin::start().await;
+    origin.script("/a.ts", cached("a"));
+    origin.script("/ph/b.ts", cached("b"));
+    let mut raw = edge_config(&origin);
+    raw.admin_token = Some(ADMIN_TOKEN.into());
+    raw.routes.push(vedge::config::RawRoute {
+        prefix: "/ph/".into(),
+        origin: origin.url(),
+        pass_host: Some(true),
+        ..Default::default()
+    });
+    let edge = TestEdge::start(raw).await;
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
+    let admin = l.local_addr().expect("admin addr").port();
+    let stop = CancellationToken::new();
+    tokio::spawn(vedge::admin::serve(edge.edge.clone(), l, stop.clone()));
+    let _stop = stop.drop_guard();
+
+    edge.get("/a.ts").await;
+    edge.get("/ph/b.ts").await;
+    // A default route keys on its own origin host, so a path names its key without a host.
+    let (st, v) = purge(admin, r#"{"urls":["/a.ts"]}"#).await;
+    assert_eq!((st, v["purged"].clone()), (200, 1.into()), "{v}");
+    edge.get("/a.ts").await;
+    assert_eq!(origin.count("/a.ts"), 2);
+    // A pass_host route keys on the viewer's host: a path there needs "host".
+    let (st, _) = purge(admin, r#"{"prefixes":["/ph/"]}"#).await;
+    assert_eq!(st, 400, "a pass_host prefix without a host is refused");
+    let (st, _) = purge(admin, r#"{"url":["/a.ts"],"host":"x"}"#).await;
+    assert_eq!(st, 400, "a misspelt selector is an error, not a no-op");
+    let (st, v) = purge(admin, r#"{"prefixes":["/ph/"],"host":"other.example"}"#).await;
+    assert_eq!(st, 200, "{v}");
+    edge.get("/ph/b.ts").await;
+    assert_eq!(origin.count("/ph/b.ts"), 1, "another host's purge left it");
+    let host = edge.addr.to_string();
+    let (st, v) = purge(
+        admin,
+        &format!(r#"{{"prefixes":["/ph/"],"host":"{host}"}}"#),
+    )
+    .await;
+    assert_eq!((st, v["purged"].clone()), (200, 1.into()), "{v}");
+    edge.get("/ph/b.ts").await;
+    assert_eq!(origin.count("/ph/b.ts"), 2);
+}
+
+#[tokio::test]
+async fn prefix_purge_removes_everything_under_the_prefix() {
+    let origin = Origin::start().await;
+    for p in ["/live/ch1/1.ts", "/live/ch1/2.ts", "/live/ch2/1.ts"] {
+        origin.script(p, cached(p));
+    }
+    let s = setup(&origin).await;
+    for p in ["/live/ch1/1.ts", "/live/ch1/2.ts", "/live/ch2/1.ts"] {
+        s.edge.get(p).await;
+    }
+    let host = s.edge.addr.to_string();
+    let (st, v) = purge(
+        s.admin,
+        &format!(r#"{{"prefixes":["/live/ch1/"],"host":"{host}"}}"#),
+    )
+    .await;
+    assert_eq!(st, 200);
+    assert_eq!(v["selected"]["prefixes"], 2);
+    for p in ["/live/ch1/1.ts", "/live/ch1/2.ts", "/live/ch2/1.ts"] {
+        s.edge.get(p).await;
+    }
+    assert_eq!(origin.count("/live/ch1/1.ts"), 2);
+    assert_eq!(origin.count("/live/ch1/2.ts"), 2);
+    assert_eq!(origin.count("/live/ch2/1.ts"), 1);
+}
+
+#[tokio::test]
+async fn tag_purge_removes_every_object_carrying_the_tag() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/m/1.ts",
+        cached("1").header("surrogate-key", "movie other"),
+    );
+    origin.script("/m/2.ts", cached("2").header("surrogate-key", "movie"));
+    origin.script("/n/1.ts", cached("3").header("surrogate-key", "other"));
+    let s = setup(&origin).await;
+    for p in ["/m/1.ts", "/m/2.ts", "/n/1.ts"] {
+        s.edge.get(p).await;
+    }
+    let (st, v) = purge(s.admin, r#"{"tags":["movie"]}"#).await;
+    assert_eq!((st, v["selected"]["tags"].clone()), (200, 2.into()));
+    for p in ["/m/1.ts", "/m/2.ts", "/n/1.ts"] {
+        s.edge.get(p).await;
+    }
+    assert_eq!(origin.count("/m/1.ts"), 2);
+    assert_eq!(origin.count("/m/2.ts"), 2);
+    assert_eq!(origin.count("/n/1.ts"), 1);
+}
+
+#[tokio::test]
+async fn asset_purge_removes_the_manifest_and_everything_it_references() {
+    let origin = Origin::start().await;
+    let master = "#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=800000\nlow/index.m3u8\n";
+    let media = "#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-TARGETDURATION:2\n#EXT-X-MAP:URI=\"init.mp4\"\n#EXTINF:2,\ns1.m4s\n#EXTINF:2,\ns2.m4s\n#EXT-X-ENDLIST\n";
+    let hls = "application/vnd.apple.mpegurl";
+    origin.script(
+        "/vod/movie/master.m3u8",
+        cached(master).header("content-type", hls),
+    );
+    origin.script(
+        "/vod/movie/low/index.m3u8",
+        cached(media).header("content-type", hls),
+    );
+    let objects = [
+        "/vod/movie/low/init.mp4",
+        "/vod/movie/low/s1.m4s",
+        "/vod/movie/low/s2.m4s",
+    ];
+    for p in objects {
+        origin.script(p, cached(p).header("content-type", "video/mp4"));
+    }
+    origin.script("/vod/other/s1.m4s", cached("x"));
+    let s = setup(&origin).await;
+    let all: Vec<&str> = ["/vod/movie/master.m3u8", "/vod/movie/low/index.m3u8"]
+        .into_iter()
+        .chain(objects)
+        .collect();
+    for p in all.iter().chain(&["/vod/other/s1.m4s"]) {
+        assert_eq!(s.edge.get(p).await.status, 200);
+    }
+    let host = s.edge.addr.to_string();
+    let (st, v) = purge(
+        s.admin,
+        &format!(r#"{{"assets":["/vod/movie/master.m3u8"],"host":"{host}"}}"#),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["selected"]["assets"], 5, "{v}");
+    for p in all.iter().chain(&["/vod/other/s1.m4s"]) {
+        s.edge.get(p).await;
+    }
+    for p in &all {
+        assert_eq!(origin.count(p), 2, "{p} was not purged");
+    }
+    assert_eq!(origin.count("/vod/other/s1.m4s"), 1);
+}
+
+#[tokio::test]
+async fn soft_purge_serves_stale_and_revalidates() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/s.ts",
+        Script::ok("body")
+            .header("cache-control", "max-age=600, stale-while-revalidate=600")
+            .header("etag", "\"v1\""),
+    );
+    let s = setup(&origin).await;
+    s.edge.get("/s.ts").await;
+    assert_eq!(s.edge.get("/s.ts").await.x_cache(), "HIT");
+    let host = s.edge.addr.to_string();
+    let (st, v) = purge(
+        s.admin,
+        &format!(r#"{{"urls":["/s.ts"],"host":"{host}","soft":true}}"#),
+    )
+    .await;
+    assert_eq!(
+        (st, v["soft"].clone(), v["purged"].clone()),
+        (200, true.into(), 1.into())
+    );
+    let r = s.edge.get("/s.ts").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        &r.body[..],
+        b"body",
+        "the stale copy still protects viewers"
+    );
+    assert_ne!(
+        r.x_cache(),
+        "HIT",
+        "a soft-purged object is not served as fresh"
+    );
+    until("the origin sees a revalidation", || {
+        origin.count("/s.ts") == 2
+    })
+    .await;
+    let seen = origin.seen("/s.ts");
+    assert!(
+        seen[1]
+            .headers
+            .iter()
+            .any(|(k, v)| k == "if-none-match" && v == "\"v1\""),
+        "the next fetch revalidates: {:?}",
+        seen[1].headers
+    );
+}
+
+#[tokio::test]
+async fn a_purge_beats_a_fill_in_flight() {
+    let origin = Origin::start().await;
+    let gate = Gate::new();
+    origin.script("/slow.ts", cached("old").gate(&gate));
+    let s = setup(&origin).await;
+    let e = Arc::new(s.edge);
+    let first = {
+        let e = e.clone();
+        tokio::spawn(async move { e.get("/slow.ts").await })
+    };
+    until("the fill reached the origin", || {
+        origin.count("/slow.ts") == 1
+    })
+    .await;
+    let host = e.addr.to_string();
+    let (st, _) = purge(
+        s.admin,
+        &format!(r#"{{"urls":["/slow.ts"],"host":"{host}"}}"#),
+    )
+    .await;
+    assert_eq!(st, 200);
+    gate.open();
+    let r = first.await.expect("first viewer");
+    assert_eq!(
+        &r.body[..],
+        b"old",
+        "the viewer attached to the fill gets its bytes"
+    );
+    e.get("/slow.ts").await;
+    assert_eq!(
+        origin.count("/slow.ts"),
+        2,
+        "the purged fill stored nothing"
+    );
+}
+
+/// A POST to the binary's admin API.
+async fn binary_purge(v: &BinaryEdge, body: &str) -> u16 {
+    purge(v.admin, body).await.0
+}
+
+fn start_with_store(origin: &str, store: &std::path::Path) -> BinaryEdge {
+    let flags = ["--store-size", "64MiB", "--store-region-size", "4MiB"];
+    let store_flag = [OsStr::new("--store"), store.as_os_str()];
+    BinaryEdge::start(origin, store_flag.into_iter().chain(flags.map(OsStr::new)))
+}
+
+#[tokio::test]
+async fn an_acknowledged_purge_survives_sigkill() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().join("vedge.store");
+    let origin = Origin::start().await;
+    let paths = [
+        "/p/url.m4s",
+        "/p/dir/1.m4s",
+        "/p/dir/2.m4s",
+        "/p/tag.m4s",
+        "/p/keep.m4s",
+    ];
+    for p in paths {
+        let mut sc = Script::ok(vec![7u8; 100_000])
+            .header("content-type", "video/mp4")
+            .header("cache-control", "max-age=600");
+        if p == "/p/tag.m4s" {
+            sc = sc.header("surrogate-key", "t1");
+        }
+        origin.script(p, sc);
+    }
+    let mut v = start_with_store(&origin.url(), &store);
+    v.ready().await;
+    for p in paths {
+        assert_eq!(v.get(v.port, p).await.expect("fetch").status(), 200);
+    }
+    for _ in 0..200 {
+        if v.metric("vedge_store_objects").await >= 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(v.metric("vedge_store_objects").await, 5, "not all stored");
+    let body = r#"{"urls":["/p/url.m4s"],"prefixes":["/p/dir/"],"tags":["t1"],"host":"edge.test"}"#;
+    assert_eq!(binary_purge(&v, body).await, 200);
+    v.signal(libc::SIGKILL);
+
+    let v = start_with_store(&origin.url(), &store);
+    v.ready().await;
+    for p in paths {
+        let r = v.get(v.port, p).await.expect("fetch after restart");
+        assert_eq!(r.status(), 200);
+    }
+    for p in ["/p/url.m4s", "/p/dir/1.m4s", "/p/dir/2.m4s", "/p/tag.m4s"] {
+        assert_eq!(
+            origin.count(p),
+            2,
+            "{p} came back from the SSD after SIGKILL"
+        );
+    }
+    assert_eq!(
+        origin.count("/p/keep.m4s"),
+        1,
+        "the unpurged object is a disk hit"
+    );
+}
