@@ -2,6 +2,7 @@
 //! ingest work, push) behind a bearer token. Runs on its own listener so viewers never reach it.
 
 pub mod ingest;
+mod origins;
 
 use std::convert::Infallible;
 use std::fmt::Write;
@@ -123,6 +124,7 @@ async fn handle(
             if let Some(store) = &edge.store {
                 render_store(&store.stats(), &mut out);
             }
+            edge.origin.render_metrics(&mut out);
             text(StatusCode::OK, out)
         }
         _ if path.starts_with("/admin/") => {
@@ -165,6 +167,7 @@ struct PurgeRequest {
 async fn admin(edge: Arc<Edge>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
     match (req.method().clone(), path.as_str()) {
+        (Method::GET, "/admin/origins") => origins::handle(&edge),
         (Method::POST, "/admin/purge") => {
             let body = match req.into_body().collect().await {
                 Ok(b) => b.to_bytes(),

@@ -12,5 +12,7 @@ mod edge_ranges;
 mod edge_store;
 mod edge_vary;
 mod edge_zerocopy;
+mod https_origin;
 mod ingest;
 mod module_graph;
+mod origin_groups;
