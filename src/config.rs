@@ -1431,6 +1431,63 @@ mod tests {
         assert!(err.to_string().contains("sise"), "{err}");
     }
 
+    #[test]
+    fn origin_group_keys_are_checked() {
+        let (cfg, _) = resolve_toml(
+            r#"
+            [[route]]
+            prefix = "/"
+            origins = ["http://127.0.0.1:9000", "https://a.example"]
+            policy = "hash"
+            retry_on = [503]
+            health = { path = "/hc", interval = "50ms" }
+            "#,
+        )
+        .expect("valid group");
+        let g = &cfg.routes[0].group;
+        assert_eq!(g.origins.len(), 2);
+        assert_eq!(cfg.routes[0].origin, g.origins[0]);
+        assert_eq!(g.policy, OriginPolicy::Hash);
+        let health = g.health.as_ref().expect("health on");
+        assert_eq!(
+            (health.path.as_str(), health.interval, health.fall, health.rise),
+            ("/hc", Duration::from_millis(50), DEFAULT_HEALTH_FALL, DEFAULT_HEALTH_RISE)
+        );
+        let err = resolve_toml(
+            r#"
+            [[route]]
+            prefix = "/"
+            origin = "http://127.0.0.1:9000"
+            origins = ["http://127.0.0.1:9001"]
+            [[route]]
+            prefix = "/b/"
+            origins = ["http://127.0.0.1:9001", "http://127.0.0.1:9001"]
+            policy = "random"
+            retry_on = [404]
+            sni = "x.example"
+            [[route]]
+            prefix = "/c/"
+            origins = ["https://c.example"]
+            ca_file = "/nonexistent/ca.pem"
+            health = { path = "health", fall = 0 }
+            "#,
+        )
+        .expect_err("bad groups accepted")
+        .to_string();
+        for needle in [
+            "give `origin` or `origins`, not both",
+            "is listed twice",
+            "`random` is not one of failover, round-robin, hash",
+            "404 is not a 5xx status",
+            "apply to https:// origins only",
+            "/nonexistent/ca.pem",
+            "must be a path starting with '/'",
+            "fall and rise must be at least 1",
+        ] {
+            assert!(err.contains(needle), "{needle} missing from: {err}");
+        }
+    }
+
     fn example_path() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/configs/vedge.toml")
     }
@@ -1529,6 +1586,10 @@ mod tests {
             "store.admit_window",
             "route.pass_host",
             "route.public",
+            "route.policy",
+            "route.insecure_skip_verify",
+            "route.eject.failures",
+            "route.eject.duration",
             "cache.max_object_size",
             "cache.collapse_timeout",
             "cache.hit_for_pass_ttl",

@@ -145,7 +145,7 @@ impl Target {
     /// Neither marked down by health checks nor ejected.
     pub fn is_healthy(&self) -> bool {
         let h = self.health.lock();
-        !h.down && !h.ejected_until.is_some_and(|t| t > Instant::now())
+        !h.down && h.ejected_until.is_none_or(|t| t <= Instant::now())
     }
 
     /// Counts one request's outcome and its time to head; ejects the origin after

@@ -203,7 +203,7 @@ impl tower_service::Service<Uri> for Connector {
             let connector = tokio_rustls::TlsConnector::from(tls.config);
             let handshake = connector.connect(tls.name, tcp.into_inner());
             match tokio::time::timeout(timeout, handshake).await {
-                Ok(Ok(stream)) => Ok(OriginStream::Tls(TokioIo::new(stream))),
+                Ok(Ok(stream)) => Ok(OriginStream::Tls(Box::new(TokioIo::new(stream)))),
                 Ok(Err(e)) => {
                     let e = TlsError {
                         origin,
@@ -223,7 +223,8 @@ impl tower_service::Service<Uri> for Connector {
 /// A connection to an origin, plain or TLS.
 pub enum OriginStream {
     Plain(TokioIo<TcpStream>),
-    Tls(TokioIo<TlsStream<TcpStream>>),
+    /// Boxed: a TLS session is a kilobyte, a plain stream a few words.
+    Tls(Box<TokioIo<TlsStream<TcpStream>>>),
 }
 
 impl Connection for OriginStream {
@@ -251,7 +252,7 @@ impl hyper::rt::Read for OriginStream {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             OriginStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            OriginStream::Tls(s) => Pin::new(s).poll_read(cx, buf),
+            OriginStream::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
         }
     }
 }
@@ -264,21 +265,21 @@ impl hyper::rt::Write for OriginStream {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             OriginStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            OriginStream::Tls(s) => Pin::new(s).poll_write(cx, buf),
+            OriginStream::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             OriginStream::Plain(s) => Pin::new(s).poll_flush(cx),
-            OriginStream::Tls(s) => Pin::new(s).poll_flush(cx),
+            OriginStream::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             OriginStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            OriginStream::Tls(s) => Pin::new(s).poll_shutdown(cx),
+            OriginStream::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
         }
     }
 
@@ -296,7 +297,7 @@ impl hyper::rt::Write for OriginStream {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             OriginStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            OriginStream::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            OriginStream::Tls(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
         }
     }
 }
