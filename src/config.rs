@@ -1450,8 +1450,18 @@ mod tests {
         assert_eq!(g.policy, OriginPolicy::Hash);
         let health = g.health.as_ref().expect("health on");
         assert_eq!(
-            (health.path.as_str(), health.interval, health.fall, health.rise),
-            ("/hc", Duration::from_millis(50), DEFAULT_HEALTH_FALL, DEFAULT_HEALTH_RISE)
+            (
+                health.path.as_str(),
+                health.interval,
+                health.fall,
+                health.rise
+            ),
+            (
+                "/hc",
+                Duration::from_millis(50),
+                DEFAULT_HEALTH_FALL,
+                DEFAULT_HEALTH_RISE
+            )
         );
         let err = resolve_toml(
             r#"
