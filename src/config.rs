@@ -172,6 +172,8 @@ fn store_table_or_path<'de, D: Deserializer<'de>>(d: D) -> Result<RawStore, D::E
 #[serde(deny_unknown_fields)]
 pub struct RawRoute {
     pub prefix: String,
+    /// One origin; or `origins` (an origin group) instead.
+    #[serde(default)]
     pub origin: String,
     /// `Host` sent to this origin; default: the origin URL's authority.
     pub host: Option<String>,
@@ -185,6 +187,24 @@ pub struct RawRoute {
     pub forward_headers: Option<Vec<String>>,
     #[serde(default)]
     pub ttl: RawClassTtls,
+    // Origin groups and https origins: resolved by `OriginGroup::resolve` (the block below).
+    /// Several origins for this route, instead of `origin`.
+    pub origins: Option<Vec<String>>,
+    /// failover | round-robin | hash.
+    pub policy: Option<String>,
+    /// Active health checks of each origin.
+    pub health: Option<RawHealth>,
+    /// Passive ejection after consecutive failures.
+    pub eject: Option<RawEject>,
+    /// Origin statuses retried once on the next origin (e.g. [502, 503, 504]).
+    pub retry_on: Option<Vec<u16>>,
+    /// TLS server name sent to https origins (default: each origin URL's host).
+    pub sni: Option<String>,
+    /// PEM file of the CA certificates trusted for this route's https origins (instead of the
+    /// platform's roots).
+    pub ca_file: Option<PathBuf>,
+    /// Accept any certificate from this route's https origins (logged loudly at start).
+    pub insecure_skip_verify: Option<bool>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -290,7 +310,10 @@ pub struct StoreSettings {
 #[derive(Debug, Clone)]
 pub struct Route {
     pub prefix: String,
+    /// The first (for a single-origin route, the only) origin of `group`.
     pub origin: url::Url,
+    /// Every origin of the route, how one is chosen, and how their health is judged.
+    pub group: OriginGroup,
     /// `Host` header for origin requests; `None` passes the viewer's through.
     pub host: Option<String>,
     pub public: bool,
@@ -480,17 +503,11 @@ impl Check {
 
     fn origin_url(&mut self, field: &str, v: &str) -> Option<url::Url> {
         match url::Url::parse(v) {
-            Ok(u) if u.scheme() == "http" && u.host().is_some() => Some(u),
-            Ok(u) if u.scheme() == "https" => {
-                self.0.push(format!(
-                    "{field}: `{v}`: https origins are not supported yet; put a TLS-terminating \
-                     shield or an http:// origin here"
-                ));
-                None
-            }
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Some(u),
             Ok(_) => {
-                self.0
-                    .push(format!("{field}: `{v}` must be an http:// URL with a host"));
+                self.0.push(format!(
+                    "{field}: `{v}` must be an http:// or https:// URL with a host"
+                ));
                 None
             }
             Err(e) => {
@@ -777,6 +794,7 @@ impl Route {
                     routes.push(Route {
                         prefix: "/".into(),
                         host: Some(host),
+                        group: OriginGroup::single(origin.clone()),
                         origin,
                         public: false,
                         ttl: global_ttl.clone(),
@@ -797,9 +815,10 @@ impl Route {
                 ));
                 continue;
             }
-            let Some(origin) = c.origin_url(&format!("{field}.origin"), &r.origin) else {
+            let Some(group) = OriginGroup::resolve(&field, r, c) else {
                 continue;
             };
+            let origin = group.origins[0].clone();
             let host = if r.pass_host.unwrap_or(false) {
                 None
             } else {
@@ -817,6 +836,7 @@ impl Route {
             routes.push(Route {
                 prefix: r.prefix.clone(),
                 origin,
+                group,
                 host,
                 public: r.public.unwrap_or(false),
                 ttl,
@@ -1018,6 +1038,289 @@ impl RouteIntegrity {
         }
     }
 }
+
+// ---- Origin groups and https origins (`[[route]]` keys origins, policy, health, eject,
+// retry_on, sni, ca_file, insecure_skip_verify). One block so it merges apart from the rest.
+
+pub const DEFAULT_ORIGIN_POLICY: OriginPolicy = OriginPolicy::Failover;
+pub const DEFAULT_HEALTH_PATH: &str = "/health";
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+pub const DEFAULT_HEALTH_FALL: u32 = 3;
+pub const DEFAULT_HEALTH_RISE: u32 = 2;
+/// Consecutive failures (connect errors, timeouts, 5xx) that eject an origin; 0 never ejects.
+pub const DEFAULT_EJECT_FAILURES: u32 = 5;
+pub const DEFAULT_EJECT_DURATION: Duration = Duration::from_secs(10);
+/// Origins in one group, at most: each has a pool, a health task and metric series.
+pub const MAX_ORIGINS_PER_ROUTE: usize = 64;
+
+/// `health = { path = "/health", interval = "2s", timeout = "1s", fall = 3, rise = 2 }`
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    pub path: Option<String>,
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
+    pub fall: Option<u32>,
+    pub rise: Option<u32>,
+}
+
+/// `eject = { failures = 5, duration = "10s" }`
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEject {
+    pub failures: Option<u32>,
+    pub duration: Option<String>,
+}
+
+/// How a route's group picks the origin for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OriginPolicy {
+    /// The first healthy origin in the listed order.
+    Failover,
+    /// Healthy origins in turn.
+    RoundRobin,
+    /// By cache key, rendezvous (highest random weight) hashing: a key stays on its origin, and
+    /// removing one origin moves only that origin's keys.
+    Hash,
+}
+
+impl OriginPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OriginPolicy::Failover => "failover",
+            OriginPolicy::RoundRobin => "round-robin",
+            OriginPolicy::Hash => "hash",
+        }
+    }
+
+    fn parse(s: &str) -> Option<OriginPolicy> {
+        [
+            OriginPolicy::Failover,
+            OriginPolicy::RoundRobin,
+            OriginPolicy::Hash,
+        ]
+        .into_iter()
+        .find(|p| p.as_str() == s)
+    }
+}
+
+/// Active health checking: `fall` failed checks in a row mark an origin down, `rise` passing
+/// ones bring it back. A check passes on a 2xx or 3xx within `timeout`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub fall: u32,
+    pub rise: u32,
+}
+
+/// Passive ejection: `failures` consecutive failed requests take an origin out for `duration`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Eject {
+    pub failures: u32,
+    pub duration: Duration,
+}
+
+/// TLS towards a route's https origins. Verification is on unless `insecure_skip_verify`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OriginTls {
+    /// Server name (SNI and the name the certificate must carry); default: the URL's host.
+    pub sni: Option<String>,
+    /// Trusted CAs instead of the platform's roots.
+    pub ca_file: Option<PathBuf>,
+    pub insecure_skip_verify: bool,
+}
+
+/// A route's origins: one (`origin = ...`, a group of one) or several (`origins = [...]`).
+#[derive(Debug, Clone)]
+pub struct OriginGroup {
+    /// At least one.
+    pub origins: Vec<url::Url>,
+    pub policy: OriginPolicy,
+    pub health: Option<HealthCheck>,
+    pub eject: Eject,
+    /// Statuses that are retried once on the next origin, like a failed connection.
+    pub retry_on: Vec<u16>,
+    pub tls: OriginTls,
+}
+
+impl OriginGroup {
+    /// The top-level `origin`: one origin, every default.
+    pub fn single(origin: url::Url) -> OriginGroup {
+        OriginGroup {
+            origins: vec![origin],
+            policy: DEFAULT_ORIGIN_POLICY,
+            health: None,
+            eject: Eject {
+                failures: DEFAULT_EJECT_FAILURES,
+                duration: DEFAULT_EJECT_DURATION,
+            },
+            retry_on: Vec::new(),
+            tls: OriginTls::default(),
+        }
+    }
+
+    /// A `[[route]]`'s origin or origins and their settings; `None` (errors pushed) when it has
+    /// no usable origin.
+    fn resolve(field: &str, r: &RawRoute, c: &mut Check) -> Option<OriginGroup> {
+        let urls: Vec<(String, &str)> = match (&r.origins, r.origin.is_empty()) {
+            (Some(_), false) => {
+                c.error(format!("{field}: give `origin` or `origins`, not both"));
+                return None;
+            }
+            (Some(list), true) if list.is_empty() => {
+                c.error(format!("{field}.origins: lists no origin"));
+                return None;
+            }
+            (Some(list), true) => list
+                .iter()
+                .enumerate()
+                .map(|(i, u)| (format!("{field}.origins[{i}]"), u.as_str()))
+                .collect(),
+            (None, false) => vec![(format!("{field}.origin"), r.origin.as_str())],
+            (None, true) => {
+                c.error(format!(
+                    "{field}: needs `origin = \"http://...\"` or `origins = [...]`"
+                ));
+                return None;
+            }
+        };
+        if urls.len() > MAX_ORIGINS_PER_ROUTE {
+            c.error(format!(
+                "{field}.origins: at most {MAX_ORIGINS_PER_ROUTE} origins"
+            ));
+        }
+        let mut origins = Vec::new();
+        for (name, u) in &urls {
+            if let Some(url) = c.origin_url(name, u) {
+                if origins.contains(&url) {
+                    c.error(format!("{name}: `{u}` is listed twice"));
+                }
+                origins.push(url);
+            }
+        }
+        let policy = match r.policy.as_deref() {
+            None => DEFAULT_ORIGIN_POLICY,
+            Some(p) => OriginPolicy::parse(p).unwrap_or_else(|| {
+                c.error(format!(
+                    "{field}.policy: `{p}` is not one of failover, round-robin, hash"
+                ));
+                DEFAULT_ORIGIN_POLICY
+            }),
+        };
+        let health = r.health.as_ref().map(|h| {
+            let path = h.path.clone().unwrap_or_else(|| DEFAULT_HEALTH_PATH.into());
+            if !path.starts_with('/') || path.parse::<http::uri::PathAndQuery>().is_err() {
+                c.error(format!(
+                    "{field}.health.path: `{path}` must be a path starting with '/'"
+                ));
+            }
+            let interval = c.duration(
+                &format!("{field}.health.interval"),
+                &h.interval,
+                DEFAULT_HEALTH_INTERVAL,
+            );
+            let timeout = c.duration(
+                &format!("{field}.health.timeout"),
+                &h.timeout,
+                DEFAULT_HEALTH_TIMEOUT,
+            );
+            if interval.is_zero() || timeout.is_zero() {
+                c.error(format!(
+                    "{field}.health: interval and timeout must be above zero"
+                ));
+            }
+            let (fall, rise) = (
+                h.fall.unwrap_or(DEFAULT_HEALTH_FALL),
+                h.rise.unwrap_or(DEFAULT_HEALTH_RISE),
+            );
+            if fall == 0 || rise == 0 {
+                c.error(format!("{field}.health: fall and rise must be at least 1"));
+            }
+            HealthCheck {
+                path,
+                interval,
+                timeout,
+                fall,
+                rise,
+            }
+        });
+        let raw_eject = r.eject.clone().unwrap_or_default();
+        let eject = Eject {
+            failures: raw_eject.failures.unwrap_or(DEFAULT_EJECT_FAILURES),
+            duration: c.duration(
+                &format!("{field}.eject.duration"),
+                &raw_eject.duration,
+                DEFAULT_EJECT_DURATION,
+            ),
+        };
+        let retry_on = r.retry_on.clone().unwrap_or_default();
+        for s in &retry_on {
+            if !(500..=599).contains(s) {
+                c.error(format!(
+                    "{field}.retry_on: {s} is not a 5xx status (e.g. [502, 503, 504])"
+                ));
+            }
+        }
+        let tls = OriginTls {
+            sni: r.sni.clone(),
+            ca_file: r.ca_file.clone(),
+            insecure_skip_verify: r.insecure_skip_verify.unwrap_or(false),
+        };
+        let any_https = origins.iter().any(|u| u.scheme() == "https");
+        if !any_https && (tls.sni.is_some() || tls.ca_file.is_some() || tls.insecure_skip_verify) {
+            c.error(format!(
+                "{field}: sni, ca_file and insecure_skip_verify apply to https:// origins only"
+            ));
+        }
+        if let Some(sni) = &tls.sni {
+            if rustls::pki_types::ServerName::try_from(sni.as_str()).is_err() {
+                c.error(format!(
+                    "{field}.sni: `{sni}` is not a DNS name or IP address"
+                ));
+            }
+        }
+        if let Some(path) = &tls.ca_file {
+            if tls.insecure_skip_verify {
+                c.error(format!(
+                    "{field}: ca_file and insecure_skip_verify contradict each other"
+                ));
+            }
+            if let Err(e) = read_ca_file(path) {
+                c.error(format!("{field}.ca_file: {e}"));
+            }
+        }
+        if origins.is_empty() {
+            return None;
+        }
+        Some(OriginGroup {
+            origins,
+            policy,
+            health,
+            eject,
+            retry_on,
+            tls,
+        })
+    }
+}
+
+/// The certificates of a PEM CA file: at least one, or why not.
+pub fn read_ca_file(
+    path: &Path,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut std::io::BufReader::new(file))
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no PEM certificate in it", path.display()));
+    }
+    Ok(certs)
+}
+
+// ---- end of origin groups
 
 fn authority(u: &url::Url) -> String {
     match (u.host_str(), u.port()) {
@@ -1294,6 +1597,73 @@ mod tests {
         assert!(err.to_string().contains("sise"), "{err}");
     }
 
+    #[test]
+    fn origin_group_keys_are_checked() {
+        let (cfg, _) = resolve_toml(
+            r#"
+            [[route]]
+            prefix = "/"
+            origins = ["http://127.0.0.1:9000", "https://a.example"]
+            policy = "hash"
+            retry_on = [503]
+            health = { path = "/hc", interval = "50ms" }
+            "#,
+        )
+        .expect("valid group");
+        let g = &cfg.routes[0].group;
+        assert_eq!(g.origins.len(), 2);
+        assert_eq!(cfg.routes[0].origin, g.origins[0]);
+        assert_eq!(g.policy, OriginPolicy::Hash);
+        let health = g.health.as_ref().expect("health on");
+        assert_eq!(
+            (
+                health.path.as_str(),
+                health.interval,
+                health.fall,
+                health.rise
+            ),
+            (
+                "/hc",
+                Duration::from_millis(50),
+                DEFAULT_HEALTH_FALL,
+                DEFAULT_HEALTH_RISE
+            )
+        );
+        let err = resolve_toml(
+            r#"
+            [[route]]
+            prefix = "/"
+            origin = "http://127.0.0.1:9000"
+            origins = ["http://127.0.0.1:9001"]
+            [[route]]
+            prefix = "/b/"
+            origins = ["http://127.0.0.1:9001", "http://127.0.0.1:9001"]
+            policy = "random"
+            retry_on = [404]
+            sni = "x.example"
+            [[route]]
+            prefix = "/c/"
+            origins = ["https://c.example"]
+            ca_file = "/nonexistent/ca.pem"
+            health = { path = "health", fall = 0 }
+            "#,
+        )
+        .expect_err("bad groups accepted")
+        .to_string();
+        for needle in [
+            "give `origin` or `origins`, not both",
+            "is listed twice",
+            "`random` is not one of failover, round-robin, hash",
+            "404 is not a 5xx status",
+            "apply to https:// origins only",
+            "/nonexistent/ca.pem",
+            "must be a path starting with '/'",
+            "fall and rise must be at least 1",
+        ] {
+            assert!(err.contains(needle), "{needle} missing from: {err}");
+        }
+    }
+
     fn example_path() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/configs/vedge.toml")
     }
@@ -1392,6 +1762,10 @@ mod tests {
             "store.admit_window",
             "route.pass_host",
             "route.public",
+            "route.policy",
+            "route.insecure_skip_verify",
+            "route.eject.failures",
+            "route.eject.duration",
             "cache.max_object_size",
             "cache.collapse_timeout",
             "cache.hit_for_pass_ttl",

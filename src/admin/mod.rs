@@ -2,6 +2,7 @@
 //! and push (`ingest.rs`) behind a bearer token. Runs on its own listener so viewers never reach it.
 
 pub mod ingest;
+mod origins;
 pub mod purge;
 
 use std::convert::Infallible;
@@ -121,6 +122,7 @@ async fn handle(
             if let Some(store) = &edge.store {
                 render_store(&store.stats(), &mut out);
             }
+            edge.origin.render_metrics(&mut out);
             text(StatusCode::OK, out)
         }
         _ if path.starts_with("/admin/") => {
@@ -149,6 +151,7 @@ async fn handle(
 async fn admin(edge: Arc<Edge>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
     match (req.method().clone(), path.as_str()) {
+        (Method::GET, "/admin/origins") => origins::handle(&edge),
         (Method::POST, "/admin/purge") => {
             // Bounded: a purge body is a list of URLs, not a payload.
             let limited = http_body_util::Limited::new(req.into_body(), 4 << 20);

@@ -1,22 +1,35 @@
-//! The origin side: one pooled hyper-util client (keep-alive, HTTP/1.1 or h2c) with connect,
-//! first-byte and between-bytes timeouts, one retry on connect failure for idempotent requests,
-//! `Host` per route, and `Via` / `CDN-Loop` (RFC 8586) so loops through shields are refused.
+//! The origin side, the only outbound path: each route's origins as a group (`group.rs`: the
+//! policy that picks one, behind the `Upstream` trait), each origin with its own pooled
+//! hyper-util client over plain TCP or rustls (`target.rs`, `tls.rs`), active health checks
+//! (`health.rs`) and passive ejection; connect, first-byte and between-bytes timeouts; one
+//! retry before the response head (on the next healthy origin of a group); `Host` per route,
+//! and `Via` / `CDN-Loop` (RFC 8586) so loops through shields are refused.
 
 pub mod fetch;
+pub mod group;
+pub mod health;
+pub mod target;
+pub mod tls;
 
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, Uri};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::cache::object::strip_hop_by_hop;
 use crate::cache::vary::normalise_accept_encoding;
 use crate::config::{never_forwarded, OriginClientConfig, Route};
 use crate::http::body::Body;
+
+pub use group::{rendezvous_order, Group, Upstream};
+pub use target::Target;
+use target::{Family, Outcome};
 
 /// Why an origin request failed; maps to 502 or 504.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -27,6 +40,8 @@ pub enum OriginError {
     Timeout,
     #[error("origin sent an invalid response")]
     Protocol,
+    #[error("TLS handshake with the origin failed (certificate not trusted or wrong name)")]
+    Tls,
     #[error("internal error while fetching")]
     Internal,
 }
@@ -37,43 +52,66 @@ impl OriginError {
             OriginError::Connect => "origin-unreachable",
             OriginError::Timeout => "origin-timeout",
             OriginError::Protocol => "origin-protocol",
+            OriginError::Tls => "origin-tls",
             OriginError::Internal => "internal",
         }
     }
 }
 
-/// The pooled client shared by every request.
+/// Every route's origin group, and what all origin requests share (timeouts, `Via`,
+/// `CDN-Loop`). Shared by every request.
 pub struct OriginClient {
-    client: Client<HttpConnector, Body>,
+    /// By route prefix (prefixes are unique in a validated config).
+    groups: HashMap<String, Arc<Group>>,
     cfg: OriginClientConfig,
     via: HeaderValue,
     cdn_loop: HeaderValue,
     /// `X-Forwarded-Proto`: the scheme viewers reach this edge with.
     proto: &'static str,
+    /// Ends the health-check tasks (`stop_health`, on shutdown).
+    stop: CancellationToken,
 }
 
 impl OriginClient {
-    pub fn new(cfg: &OriginClientConfig, cdn_id: &str, node: &str) -> OriginClient {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(cfg.connect_timeout));
-        connector.set_nodelay(true);
-        connector.set_keepalive(Some(Duration::from_secs(60)));
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(cfg.pool_idle_timeout)
-            .pool_max_idle_per_host(cfg.pool_max_idle_per_host)
-            .http2_only(cfg.http2)
-            .build(connector);
-        OriginClient {
-            client,
+    /// One group per route, one pooled client per origin. Fails on TLS settings that cannot be
+    /// built (validated config makes this rare: an unreadable CA file since validation).
+    pub fn new(
+        cfg: &OriginClientConfig,
+        routes: &[Route],
+        cdn_id: &str,
+        node: &str,
+    ) -> anyhow::Result<OriginClient> {
+        let mut groups = HashMap::new();
+        for route in routes {
+            let targets = route
+                .group
+                .origins
+                .iter()
+                .map(|u| {
+                    let mut t = Target::new(u, cfg, &route.group.tls)?;
+                    // Each origin gets its own host:port as `Host`, unless the route names one
+                    // (or passes the viewer's through).
+                    if route.host.as_deref() != Some(route_authority(&route.origin).as_str()) {
+                        t.host = None;
+                    }
+                    Ok(Arc::new(t))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            groups.insert(
+                route.prefix.clone(),
+                Arc::new(Group::new(&route.prefix, targets, route.group.clone())),
+            );
+        }
+        Ok(OriginClient {
+            groups,
             cfg: cfg.clone(),
             via: HeaderValue::from_str(&format!("1.1 {cdn_id}"))
                 .expect("cdn_id is a validated token"),
             cdn_loop: HeaderValue::from_str(&format!("{cdn_id}; node={node}"))
                 .expect("cdn_id and node are validated tokens"),
             proto: "http",
-        }
+            stop: CancellationToken::new(),
+        })
     }
 
     /// Viewers reach this edge over TLS: `X-Forwarded-Proto: https`.
@@ -95,17 +133,54 @@ impl OriginClient {
         self.cfg.between_bytes_timeout
     }
 
-    /// The origin URI for a request target on `route`.
+    /// The group serving `route`.
+    pub fn group(&self, route: &Route) -> Result<&Arc<Group>, OriginError> {
+        self.groups.get(&route.prefix).ok_or(OriginError::Internal)
+    }
+
+    /// Every group, longest prefix first (for `/admin/origins` and metrics).
+    fn groups_sorted(&self) -> Vec<&Arc<Group>> {
+        let mut g: Vec<_> = self.groups.values().collect();
+        g.sort_by(|a, b| {
+            b.prefix
+                .len()
+                .cmp(&a.prefix.len())
+                .then(a.prefix.cmp(&b.prefix))
+        });
+        g
+    }
+
+    /// The health-check tasks of every group that has `health` configured, for the caller to
+    /// spawn on its task tracker. They end when `stop_health` is called.
+    pub fn health_tasks(&self) -> Vec<impl std::future::Future<Output = ()> + Send + 'static> {
+        let mut tasks = Vec::new();
+        for g in self.groups.values() {
+            let Some(check) = &g.cfg.health else { continue };
+            for t in &g.targets {
+                tasks.push(health::run(t.clone(), check.clone(), self.stop.clone()));
+            }
+        }
+        tasks
+    }
+
+    /// Ends the health-check tasks (shutdown).
+    pub fn stop_health(&self) {
+        self.stop.cancel();
+    }
+
+    /// The origin URI for a request target on `route`'s first origin.
     pub fn uri_for(route: &Route, path_and_query: &str) -> Result<Uri, OriginError> {
         let base = route.origin.path().trim_end_matches('/');
-        let authority = match (route.origin.host_str(), route.origin.port()) {
-            (Some(h), Some(p)) => format!("{h}:{p}"),
-            (Some(h), None) => h.to_string(),
-            _ => return Err(OriginError::Internal),
-        };
-        format!("http://{authority}{base}{path_and_query}")
-            .parse()
-            .map_err(|_| OriginError::Internal)
+        let authority = route_authority(&route.origin);
+        if authority.is_empty() {
+            return Err(OriginError::Internal);
+        }
+        format!(
+            "{}://{authority}{base}{path_and_query}",
+            route.origin.scheme()
+        )
+        .parse()
+        .map_err(|_| OriginError::Internal)
     }
 
     /// Headers for a pass-through (one viewer's own request, nothing shared): the viewer's
@@ -211,41 +286,177 @@ impl OriginClient {
         h.insert("x-forwarded-proto", HeaderValue::from_static(self.proto));
     }
 
-    /// Sends a request whose body can be rebuilt (GET/HEAD: empty), retrying once if the
-    /// connection could not be established. Returns once the response head arrived.
-    pub async fn fetch(
+    /// Fetches `path_and_query` for `key` from `route`'s group: a request whose body can be
+    /// rebuilt (GET/HEAD: empty). Returns once a response head arrived. See `fetch_via`.
+    pub async fn fetch_for(
         &self,
+        route: &Route,
+        key: &str,
         method: Method,
-        uri: Uri,
+        path_and_query: &str,
         headers: HeaderMap,
+        deadline: Option<Instant>,
     ) -> Result<Response<Incoming>, OriginError> {
-        let build = || {
-            let mut req = Request::new(Body::empty());
-            *req.method_mut() = method.clone();
-            *req.uri_mut() = uri.clone();
-            *req.headers_mut() = headers.clone();
-            req
+        let group = self.group(route)?.clone();
+        self.fetch_via(
+            group.as_ref(),
+            key,
+            method,
+            path_and_query,
+            headers,
+            deadline,
+        )
+        .await
+    }
+
+    /// Fetches from the upstream's first candidate for `key`. A GET or HEAD that fails before
+    /// its response head (refused, reset, timed out, TLS; or a status the upstream retries) is
+    /// tried once more, on the next candidate, if time is left before `deadline` (the collapse
+    /// deadline: after it the collapsed viewers have gone their own way). With a single origin
+    /// only a failed connection is retried (on the same origin), as a stale pooled connection
+    /// is the likely cause. Body bytes never flowed by then, so no viewer can notice.
+    pub async fn fetch_via(
+        &self,
+        upstream: &dyn Upstream,
+        key: &str,
+        method: Method,
+        path_and_query: &str,
+        headers: HeaderMap,
+        deadline: Option<Instant>,
+    ) -> Result<Response<Incoming>, OriginError> {
+        let plan = upstream.plan(key);
+        let Some(first) = plan.first() else {
+            return Err(OriginError::Internal);
         };
-        match self.send(build()).await {
-            Err(OriginError::Connect) if method == Method::GET || method == Method::HEAD => {
-                self.send(build()).await
-            }
-            other => other,
+        let timeout = self.cfg.first_byte_timeout;
+        let build = || Request::new(Body::empty());
+        let mut req = build();
+        *req.method_mut() = method.clone();
+        *req.headers_mut() = headers.clone();
+        let result = self
+            .attempt(upstream, first, path_and_query, req, timeout)
+            .await;
+        let several = plan.len() > 1;
+        let retry = match &result {
+            Ok(resp) => upstream.retries_status(resp.status().as_u16()),
+            Err(OriginError::Connect) => true,
+            Err(OriginError::Timeout | OriginError::Protocol | OriginError::Tls) => several,
+            Err(OriginError::Internal) => false,
+        };
+        if !retry || !(method == Method::GET || method == Method::HEAD) {
+            return result;
+        }
+        let left = match deadline {
+            Some(d) => d.saturating_duration_since(Instant::now()).min(timeout),
+            None => timeout,
+        };
+        if left.is_zero() {
+            return result;
+        }
+        let next = plan.get(1).unwrap_or(first);
+        tracing::debug!(
+            key,
+            from = first.name(),
+            to = next.name(),
+            outcome = ?result.as_ref().map(|r| r.status()),
+            "retrying the fetch before its response head"
+        );
+        let mut req = build();
+        *req.method_mut() = method;
+        *req.headers_mut() = headers;
+        match self
+            .attempt(upstream, next, path_and_query, req, left)
+            .await
+        {
+            // The retry could not even answer: the first origin's error status says more.
+            Err(_) if result.is_ok() => result,
+            second => second,
         }
     }
 
-    /// Sends one request (any method, streamed body), bounded by the first-byte timeout.
-    pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, OriginError> {
-        match tokio::time::timeout(self.cfg.first_byte_timeout, self.client.request(req)).await {
+    /// Sends one request of any method with a streamed body (not retried: the body cannot be
+    /// rebuilt) to the upstream's first candidate for `key`.
+    pub async fn send_for(
+        &self,
+        route: &Route,
+        key: &str,
+        path_and_query: &str,
+        req: Request<Body>,
+    ) -> Result<Response<Incoming>, OriginError> {
+        let group = self.group(route)?.clone();
+        let plan = group.plan(key);
+        let target = plan.first().ok_or(OriginError::Internal)?;
+        self.attempt(
+            group.as_ref(),
+            target,
+            path_and_query,
+            req,
+            self.cfg.first_byte_timeout,
+        )
+        .await
+    }
+
+    /// One request to one origin, bounded by `timeout` up to the response head; its outcome
+    /// goes to the origin's metrics and passive health.
+    async fn attempt(
+        &self,
+        upstream: &dyn Upstream,
+        target: &Target,
+        path_and_query: &str,
+        mut req: Request<Body>,
+        timeout: Duration,
+    ) -> Result<Response<Incoming>, OriginError> {
+        *req.uri_mut() = target.uri(path_and_query)?;
+        if let Some(host) = &target.host {
+            req.headers_mut().insert(header::HOST, host.clone());
+        }
+        let started = Instant::now();
+        let result = match tokio::time::timeout(timeout, target.client.request(req)).await {
             Err(_) => Err(OriginError::Timeout),
             Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) if e.is_connect() => {
-                tracing::debug!(error = %e, "origin connect failed");
-                Err(OriginError::Connect)
-            }
-            Ok(Err(e)) => {
-                tracing::debug!(error = ?e, "origin request failed");
-                Err(OriginError::Protocol)
+            Ok(Err(e)) => Err(classify(&e, target)),
+        };
+        let outcome = match &result {
+            Ok(r) if r.status().is_server_error() => Outcome::ServerError,
+            Ok(_) => Outcome::Ok,
+            Err(e) => Outcome::Failed(*e),
+        };
+        target.record(outcome, started.elapsed(), upstream.eject());
+        result
+    }
+
+    /// `/admin/origins`: every group's policy and each origin's state and counts.
+    pub fn snapshot(&self) -> serde_json::Value {
+        let routes: Vec<serde_json::Value> = self
+            .groups_sorted()
+            .into_iter()
+            .map(|g| {
+                serde_json::json!({
+                    "prefix": g.prefix,
+                    "policy": g.cfg.policy.as_str(),
+                    "health_checks": g.cfg.health.is_some(),
+                    "retry_on": g.cfg.retry_on,
+                    "origins": g.targets.iter().map(|t| t.snapshot()).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        serde_json::json!({ "routes": routes })
+    }
+
+    /// Per-origin metrics in Prometheus text format.
+    pub fn render_metrics(&self, out: &mut String) {
+        let groups = self.groups_sorted();
+        for (family, name, kind) in Family::ALL {
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            for g in &groups {
+                for t in &g.targets {
+                    let labels = format!(
+                        "route=\"{}\",origin=\"{}\"",
+                        label_value(&g.prefix),
+                        label_value(t.name())
+                    );
+                    t.render(family, &labels, out);
+                }
             }
         }
     }
@@ -259,6 +470,39 @@ fn join_values(h: &HeaderMap, name: &str) -> Option<String> {
         .filter_map(|v| v.to_str().ok())
         .collect();
     (!values.is_empty()).then(|| values.join(", "))
+}
+
+/// A hyper-util client error in our terms; a TLS failure is found in its source chain.
+fn classify(e: &hyper_util::client::legacy::Error, target: &Target) -> OriginError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if s.downcast_ref::<tls::TlsError>().is_some() {
+            return OriginError::Tls;
+        }
+        source = s.source();
+    }
+    if e.is_connect() {
+        tracing::debug!(origin = target.name(), error = %e, "origin connect failed");
+        OriginError::Connect
+    } else {
+        tracing::debug!(origin = target.name(), error = ?e, "origin request failed");
+        OriginError::Protocol
+    }
+}
+
+/// A Prometheus label value: backslash, quote and newline escaped.
+fn label_value(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn route_authority(u: &url::Url) -> String {
+    match (u.host_str(), u.port()) {
+        (Some(h), Some(p)) => format!("{h}:{p}"),
+        (Some(h), None) => h.to_string(),
+        _ => String::new(),
+    }
 }
 
 /// Whether a viewer request already passed through this node (or an unnamed vedge): RFC 8586.

@@ -57,8 +57,9 @@ impl Edge {
     /// An edge whose freshness decisions read `clock` (tests: `Clock::tokio()`).
     pub async fn with_clock(config: Config, clock: Clock) -> anyhow::Result<Arc<Edge>> {
         let node = format!("{:08x}", rand::random::<u32>());
-        let origin = OriginClient::new(&config.origin_client, &config.cdn_id, &node)
-            .with_tls_viewers(config.server.tls.is_some());
+        let origin =
+            OriginClient::new(&config.origin_client, &config.routes, &config.cdn_id, &node)?
+                .with_tls_viewers(config.server.tls.is_some());
         let store = match &config.store {
             None => None,
             Some(s) => {
@@ -83,7 +84,7 @@ impl Edge {
                 Some(store)
             }
         };
-        Ok(Arc::new(Edge {
+        let edge = Arc::new(Edge {
             store,
             ram: RamTier::new(config.ram_size, config.cache.max_object_size),
             fills: Arc::new(FillTable::default()),
@@ -97,7 +98,11 @@ impl Edge {
             tasks: TaskTracker::new(),
             node,
             config,
-        }))
+        });
+        for check in edge.origin.health_tasks() {
+            edge.spawn(check);
+        }
+        Ok(edge)
     }
 
     /// Runs `task` on the runtime, tracked so shutdown waits for it before closing the store.
@@ -114,6 +119,7 @@ impl Edge {
     /// (a fill from a stalled origin) is logged and left behind: the store refuses its insert
     /// once closed, so nothing half-written is kept.
     pub async fn close(&self) {
+        self.origin.stop_health();
         self.tasks.close();
         let grace = self.config.server.shutdown_grace;
         if tokio::time::timeout(grace, self.tasks.wait())

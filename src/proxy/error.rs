@@ -36,6 +36,7 @@ impl From<OriginFailure> for EdgeError {
             OriginFailure::Connect => OriginError::Connect,
             OriginFailure::Timeout => OriginError::Timeout,
             OriginFailure::Protocol => OriginError::Protocol,
+            OriginFailure::Tls => OriginError::Tls,
             OriginFailure::Internal => OriginError::Internal,
         })
     }

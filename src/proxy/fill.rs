@@ -16,7 +16,7 @@ use crate::cache::object::{strip_hop_by_hop, tags_of, CachedObject};
 use crate::cache::policy::{self, ContentClass, Decision, DecisionInput};
 use crate::cache::vary;
 use crate::metrics::Metrics;
-use crate::origin::{OriginClient, OriginError};
+use crate::origin::OriginError;
 use crate::proxy::edge::Edge;
 use crate::proxy::request::Req;
 
@@ -65,6 +65,7 @@ fn failure(e: OriginError) -> OriginFailure {
         OriginError::Connect => OriginFailure::Connect,
         OriginError::Timeout => OriginFailure::Timeout,
         OriginError::Protocol => OriginFailure::Protocol,
+        OriginError::Tls => OriginFailure::Tls,
         OriginError::Internal => OriginFailure::Internal,
     }
 }
@@ -118,17 +119,23 @@ async fn run(
             headers.insert(header::IF_MODIFIED_SINCE, lm.clone());
         }
     }
-    let uri = match OriginClient::uri_for(route, &job.path_and_query) {
-        Ok(u) => u,
-        Err(e) => {
-            fill.set_head(FillHead::Failed(failure(e)));
-            return Ok(());
-        }
-    };
     Metrics::inc(&edge.metrics.origin_fetches);
     let sent = Instant::now();
     let asked = headers.clone();
-    let resp = match edge.origin.fetch(Method::GET, uri, headers).await {
+    // A retry on another origin must land while the collapsed viewers still wait for the head.
+    let deadline = tokio::time::Instant::now() + edge.config.cache.collapse_timeout;
+    let resp = match edge
+        .origin
+        .fetch_for(
+            route,
+            &job.base_key,
+            Method::GET,
+            &job.path_and_query,
+            headers,
+            Some(deadline),
+        )
+        .await
+    {
         Ok(r) => r,
         Err(e) => {
             Metrics::inc(&edge.metrics.origin_errors);

@@ -12,7 +12,6 @@ use crate::cache::status::CacheStatus;
 use crate::http::body::{incoming_stream, Body};
 use crate::http::response::{self, CacheInfo, LogInfo};
 use crate::metrics::Metrics;
-use crate::origin::OriginClient;
 use crate::proxy::error::EdgeError;
 use crate::proxy::request::Req;
 
@@ -27,7 +26,6 @@ pub async fn pass(
     let edge = req.edge;
     Metrics::inc(&edge.metrics.passes);
     edge.metrics.request(status);
-    let uri = OriginClient::uri_for(req.route, &req.path_and_query)?;
     let headers = edge.origin.origin_headers(
         req.route,
         &req.parts.headers,
@@ -38,7 +36,14 @@ pub async fn pass(
     let resp = match body {
         None => {
             edge.origin
-                .fetch(req.parts.method.clone(), uri, headers)
+                .fetch_for(
+                    req.route,
+                    &req.path_and_query,
+                    req.parts.method.clone(),
+                    &req.path_and_query,
+                    headers,
+                    None,
+                )
                 .await?
         }
         Some(body) => {
@@ -46,9 +51,10 @@ pub async fn pass(
             let stream = incoming_stream(body, edge.origin.between_bytes_timeout());
             let mut out = Request::new(Body::stream(stream, len));
             *out.method_mut() = req.parts.method.clone();
-            *out.uri_mut() = uri;
             *out.headers_mut() = headers;
-            edge.origin.send(out).await?
+            edge.origin
+                .send_for(req.route, &req.path_and_query, &req.path_and_query, out)
+                .await?
         }
     };
     crate::proxy::invalidate::after_response(req, resp.status(), resp.headers());

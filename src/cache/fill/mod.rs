@@ -62,6 +62,8 @@ pub enum OriginFailure {
     Timeout,
     #[error("origin sent an invalid response")]
     Protocol,
+    #[error("TLS handshake with the origin failed")]
+    Tls,
     #[error("internal error while fetching")]
     Internal,
 }

@@ -7,6 +7,7 @@
 pub mod binary;
 pub mod edge;
 pub mod origin;
+pub mod tls_origin;
 
 pub use edge::{edge_config, ttl, until, TestEdge};
 pub use origin::{Fault, Gate, Origin, Script};

@@ -1,0 +1,58 @@
+//! Active health checks: one task per origin of a group with `health = {...}`, probing
+//! `GET path` every `interval` through the origin's own pool (so TLS and h2 are checked too).
+//! The tasks run on the edge's task tracker and end when the client's shutdown token fires.
+
+use std::sync::Arc;
+
+use http::header::{self, HeaderValue};
+use http::{Method, Request};
+use http_body_util::BodyExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::HealthCheck;
+use crate::http::body::Body;
+use crate::origin::target::Target;
+
+/// Probes `target` until `stop` fires: at once, then every `interval`.
+pub async fn run(target: Arc<Target>, check: HealthCheck, stop: CancellationToken) {
+    loop {
+        let passed = tokio::select! {
+            _ = stop.cancelled() => return,
+            passed = probe(&target, &check) => passed,
+        };
+        target.record_check(passed, &check);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(check.interval) => {}
+        }
+    }
+}
+
+/// One check: a 2xx or 3xx head and a body that ends, all within `timeout`.
+async fn probe(target: &Target, check: &HealthCheck) -> bool {
+    let Ok(uri) = target.uri(&check.path) else {
+        return false;
+    };
+    let mut req = Request::new(Body::empty());
+    *req.method_mut() = Method::GET;
+    *req.uri_mut() = uri;
+    if let Some(host) = &target.host {
+        req.headers_mut().insert(header::HOST, host.clone());
+    }
+    req.headers_mut()
+        .insert(header::USER_AGENT, HeaderValue::from_static("vedge-health"));
+    let attempt = async {
+        let resp = target.client.request(req).await.ok()?;
+        let ok = resp.status().is_success() || resp.status().is_redirection();
+        // Read the body, bounded, so the connection goes back to the pool.
+        http_body_util::Limited::new(resp.into_body(), 64 << 10)
+            .collect()
+            .await
+            .ok()?;
+        Some(ok)
+    };
+    matches!(
+        tokio::time::timeout(check.timeout, attempt).await,
+        Ok(Some(true))
+    )
+}

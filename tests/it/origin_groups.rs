@@ -1,0 +1,285 @@
+//! Origin groups: failover, round-robin and rendezvous hashing over a route's origins; passive
+//! ejection and active health checks taking an origin out and bringing it back; one retry before
+//! the response head (never after body bytes flowed); per-origin state on `/admin/origins`.
+
+use http::{Method, Request};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use vedge::config::{RawConfig, RawEject, RawHealth, RawRoute};
+
+use crate::support::{until, Fault, Origin, Script, TestEdge};
+
+/// One route `/` over `origins` with `policy`, short timeouts, and a high ejection threshold
+/// (tests that exercise ejection set their own).
+fn group_config(origins: &[&Origin], policy: &str) -> RawConfig {
+    let mut raw = RawConfig {
+        ram_size: Some("64MiB".into()),
+        routes: vec![RawRoute {
+            prefix: "/".into(),
+            origins: Some(origins.iter().map(|o| o.url()).collect()),
+            policy: Some(policy.into()),
+            eject: Some(RawEject {
+                failures: Some(100),
+                duration: Some("10s".into()),
+            }),
+            ..RawRoute::default()
+        }],
+        ..RawConfig::default()
+    };
+    raw.cache.collapse_timeout = Some("5s".into());
+    raw.origin_client.first_byte_timeout = Some("3s".into());
+    raw.origin_client.between_bytes_timeout = Some("2s".into());
+    raw.origin_client.connect_timeout = Some("1s".into());
+    raw.server.shutdown_grace = Some("1s".into());
+    raw
+}
+
+fn route(raw: &mut RawConfig) -> &mut RawRoute {
+    &mut raw.routes[0]
+}
+
+/// The state `/admin/origins` reports for origin `i` of the only route.
+fn state(edge: &TestEdge, i: usize) -> String {
+    edge.edge.origin.snapshot()["routes"][0]["origins"][i]["state"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+fn seg(body: &str) -> Script {
+    Script::ok(body.to_string()).header("cache-control", "max-age=60")
+}
+
+#[tokio::test]
+async fn a_refused_first_origin_fails_over_to_the_next() {
+    let (a, b) = (Origin::start().await, Origin::start().await);
+    a.stop_and_wait().await;
+    b.script("/s.ts", seg("from-b"));
+    let edge = TestEdge::start(group_config(&[&a, &b], "failover")).await;
+    let r = edge.get("/s.ts").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(&r.body[..], b"from-b");
+    assert_eq!(r.x_cache(), "MISS", "the viewer saw an ordinary miss");
+    assert_eq!(b.count("/s.ts"), 1);
+}
+
+#[tokio::test]
+async fn consecutive_failures_eject_an_origin_until_its_ejection_time_ends() {
+    let (a, b) = (Origin::start().await, Origin::start().await);
+    for p in ["/1.ts", "/2.ts", "/3.ts", "/4.ts"] {
+        a.script(p, Script::status(503, "down"));
+        b.script(p, seg("from-b"));
+    }
+    let mut raw = group_config(&[&a, &b], "failover");
+    route(&mut raw).retry_on = Some(vec![503]);
+    route(&mut raw).eject = Some(RawEject {
+        failures: Some(2),
+        duration: Some("300ms".into()),
+    });
+    let edge = TestEdge::start(raw).await;
+    for p in ["/1.ts", "/2.ts"] {
+        assert_eq!(edge.get(p).await.status, 200);
+    }
+    assert_eq!(state(&edge, 0), "ejected");
+    assert_eq!(edge.get("/3.ts").await.status, 200);
+    assert_eq!(a.count("/3.ts"), 0, "an ejected origin is skipped");
+    a.script("/4.ts", seg("from-a"));
+    until("the ejection ends", || state(&edge, 0) == "up").await;
+    let r = edge.get("/4.ts").await;
+    assert_eq!(&r.body[..], b"from-a", "the origin is back in its place");
+}
+
+#[tokio::test]
+async fn health_checks_mark_an_origin_down_and_up_again() {
+    let (a, b) = (Origin::start().await, Origin::start().await);
+    a.script("/health", Script::ok("ok"));
+    b.script("/health", Script::ok("ok"));
+    for p in ["/1.ts", "/2.ts"] {
+        a.script(p, seg("from-a"));
+        b.script(p, seg("from-b"));
+    }
+    let mut raw = group_config(&[&a, &b], "failover");
+    route(&mut raw).health = Some(RawHealth {
+        path: Some("/health".into()),
+        interval: Some("50ms".into()),
+        timeout: Some("1s".into()),
+        fall: Some(2),
+        rise: Some(2),
+    });
+    let edge = TestEdge::start(raw).await;
+    until("a is checked", || a.count("/health") >= 1).await;
+    a.script("/health", Script::status(503, "sick"));
+    until("a is marked down", || state(&edge, 0) == "down").await;
+    assert_eq!(&edge.get("/1.ts").await.body[..], b"from-b");
+    assert_eq!(a.count("/1.ts"), 0);
+    a.script("/health", Script::ok("ok"));
+    until("a is marked up", || state(&edge, 0) == "up").await;
+    assert_eq!(&edge.get("/2.ts").await.body[..], b"from-a");
+    // The checks stop with the edge.
+    edge.edge.close().await;
+    let checks = a.count("/health");
+    assert!(edge.edge.tasks.is_empty(), "health tasks ended on shutdown");
+    assert_eq!(a.count("/health"), checks);
+}
+
+#[tokio::test]
+async fn round_robin_spreads_requests_over_the_origins() {
+    let (a, b) = (Origin::start().await, Origin::start().await);
+    let paths: Vec<String> = (0..10).map(|i| format!("/rr/{i}.ts")).collect();
+    for p in &paths {
+        a.script(p, seg("a"));
+        b.script(p, seg("b"));
+    }
+    let edge = TestEdge::start(group_config(&[&a, &b], "round-robin")).await;
+    for p in &paths {
+        assert_eq!(edge.get(p).await.status, 200);
+    }
+    let on_a: usize = paths.iter().map(|p| a.count(p)).sum();
+    let on_b: usize = paths.iter().map(|p| b.count(p)).sum();
+    assert_eq!((on_a, on_b), (5, 5));
+}
+
+#[tokio::test]
+async fn hash_sends_a_key_to_the_same_origin_from_every_edge() {
+    let (a, b) = (Origin::start().await, Origin::start().await);
+    let paths: Vec<String> = (0..24).map(|i| format!("/h/{i}.ts")).collect();
+    for p in &paths {
+        a.script(p, seg("a"));
+        b.script(p, seg("b"));
+    }
+    // Two edges with the same group agree on each key's origin without talking to each other
+    // (the key is the viewer's host and path, the same at both).
+    let e1 = TestEdge::start(group_config(&[&a, &b], "hash")).await;
+    let e2 = TestEdge::start(group_config(&[&a, &b], "hash")).await;
+    let host = [("host", "video.example")];
+    for p in &paths {
+        assert_eq!(e1.get_with(p, &host).await.status, 200);
+        assert_eq!(e2.get_with(p, &host).await.status, 200);
+    }
+    for p in &paths {
+        let (na, nb) = (a.count(p), b.count(p));
+        assert!(
+            (na, nb) == (2, 0) || (na, nb) == (0, 2),
+            "{p}: a saw {na}, b saw {nb}"
+        );
+    }
+    let on_a = paths.iter().filter(|p| a.count(p) > 0).count();
+    assert!((4..=20).contains(&on_a), "keys spread: {on_a} of 24 on a");
+}
+
+#[tokio::test]
+async fn a_503_is_retried_on_the_next_origin_only_when_configured() {
+    let (a, b) = (Origin::start().await, Origin::start().await);
+    for p in ["/r.ts", "/n.ts"] {
+        a.script(p, Script::status(503, "busy"));
+        b.script(p, seg("from-b"));
+    }
+    let mut raw = group_config(&[&a, &b], "failover");
+    route(&mut raw).retry_on = Some(vec![502, 503, 504]);
+    let edge = TestEdge::start(raw).await;
+    let r = edge.get("/r.ts").await;
+    assert_eq!((r.status.as_u16(), &r.body[..]), (200, &b"from-b"[..]));
+    assert_eq!((a.count("/r.ts"), b.count("/r.ts")), (1, 1));
+
+    let edge = TestEdge::start(group_config(&[&a, &b], "failover")).await;
+    let r = edge.get("/n.ts").await;
+    assert_eq!(r.status, 503, "without retry_on the origin's answer stands");
+    assert_eq!(b.count("/n.ts"), 0);
+}
+
+#[tokio::test]
+async fn a_failure_after_body_bytes_flowed_is_not_retried() {
+    let (a, b) = (Origin::start().await, Origin::start().await);
+    a.script(
+        "/t.ts",
+        Script::ok(vec![7u8; 1000])
+            .header("cache-control", "max-age=60")
+            .fault(Fault::Truncate(100)),
+    );
+    b.script("/t.ts", seg("from-b"));
+    let edge = TestEdge::start(group_config(&[&a, &b], "failover")).await;
+    let resp = edge
+        .send_streaming(edge.req(Method::GET, "/t.ts"), bytes::Bytes::new())
+        .await;
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.into_body().collect().await.is_err(),
+        "the viewer's body is aborted, not completed from another origin"
+    );
+    assert_eq!(b.count("/t.ts"), 0);
+}
+
+#[tokio::test]
+async fn admin_origins_shows_each_origins_state_behind_the_token() {
+    let (a, b) = (Origin::start().await, Origin::start().await);
+    a.stop_and_wait().await;
+    b.script("/s.ts", seg("from-b"));
+    let mut raw = group_config(&[&a, &b], "failover");
+    route(&mut raw).eject = Some(RawEject {
+        failures: Some(1),
+        duration: Some("1m".into()),
+    });
+    raw.admin_token = Some("origins-token".into());
+    let edge = TestEdge::start(raw).await;
+    assert_eq!(edge.get("/s.ts").await.status, 200);
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind admin");
+    let admin = listener.local_addr().expect("admin addr");
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(vedge::admin::serve(
+        edge.edge.clone(),
+        listener,
+        stop.clone(),
+    ));
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
+    let get = |token: Option<&str>, path: &str| {
+        let mut b = Request::get(format!("http://{admin}{path}"));
+        if let Some(t) = token {
+            b = b.header("authorization", format!("Bearer {t}"));
+        }
+        client.request(b.body(Empty::new()).expect("request"))
+    };
+    let denied = get(None, "/admin/origins").await.expect("admin answers");
+    assert_eq!(denied.status(), 401);
+    let resp = get(Some("origins-token"), "/admin/origins")
+        .await
+        .expect("admin answers");
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    let v: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+    let route = &v["routes"][0];
+    assert_eq!(route["prefix"], "/");
+    assert_eq!(route["policy"], "failover");
+    let (oa, ob) = (&route["origins"][0], &route["origins"][1]);
+    assert_eq!(oa["url"], a.url());
+    assert_eq!(oa["state"], "ejected");
+    assert_eq!(oa["healthy"], false);
+    assert_eq!(oa["errors"]["connect"], 1);
+    assert_eq!(ob["state"], "up");
+    assert_eq!(ob["requests"], 1);
+
+    let metrics = get(None, "/metrics").await.expect("metrics");
+    let text = metrics
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    let text = String::from_utf8_lossy(&text);
+    let b_labels = format!("route=\"/\",origin=\"{}\"", b.url());
+    for line in [
+        format!("vedge_origin_target_requests_total{{{b_labels}}} 1"),
+        format!("vedge_origin_target_latency_seconds_count{{{b_labels}}} 1"),
+        format!("vedge_origin_target_up{{{b_labels}}} 1"),
+        format!(
+            "vedge_origin_target_errors_total{{route=\"/\",origin=\"{}\",kind=\"connect\"}} 1",
+            a.url()
+        ),
+    ] {
+        assert!(text.contains(&line), "{line} missing from:\n{text}");
+    }
+    stop.cancel();
+}
