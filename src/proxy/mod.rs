@@ -1,7 +1,8 @@
 //! The miss path in one room: the edge's shared state (`edge`), the tiers under it (`tiers`:
 //! RAM over the SSD store), the request state machine (`request`), the fill driver that fetches
 //! from the origin once per key and streams into the fill (`fill`), pass-through (`pass`) and
-//! request errors (`error`). The viewer side (`http`) calls in through `http::server::Handler`;
+//! request errors (`error`), and signed URLs (`signed`: the token check before the cache, and
+//! the token carried into manifests). The viewer side (`http`) calls in through `http::server::Handler`;
 //! nothing here accepts connections, and only `origin` opens outbound ones.
 
 pub mod edge;
@@ -9,6 +10,7 @@ pub mod error;
 pub mod fill;
 pub mod pass;
 pub mod request;
+pub mod signed;
 pub mod tiers;
 
 use std::future::Future;

@@ -38,6 +38,7 @@ use crate::proxy::edge::Edge;
 use crate::proxy::error::EdgeError;
 use crate::proxy::fill::{self, FillJob};
 use crate::proxy::pass::{pass, relay};
+use crate::proxy::signed;
 use crate::proxy::tiers::Tier;
 
 /// Everything about the viewer request the cached path needs after the body is split off.
@@ -97,6 +98,13 @@ async fn dispatch(
         ));
     }
     let route = edge.config.route_for(path).ok_or(EdgeError::NoRoute)?;
+    // Signed URLs: checked before the cache is consulted; the rest sees the request without
+    // its token.
+    let gate = match signed::admit(edge, route, parts, peer) {
+        Ok(gate) => gate,
+        Err(refused) => return Ok(refused),
+    };
+    let parts = gate.parts(parts);
     let host = parts
         .headers
         .get(header::HOST)
@@ -115,16 +123,23 @@ async fn dispatch(
             .map_or_else(|| "/".to_string(), |p| p.as_str().to_string()),
         peer,
     };
+    let resp = respond(&req, body).await?;
+    Ok(gate.finish(resp).await)
+}
+
+/// Other methods and credentialed requests pass; GET/HEAD go through the cache.
+async fn respond(req: &Req<'_>, body: Incoming) -> Result<Response<Body>, EdgeError> {
+    let parts = req.parts;
     if parts.method != Method::GET && parts.method != Method::HEAD {
-        return pass(&req, Some(body), "method", CacheStatus::Bypass).await;
+        return pass(req, Some(body), "method", CacheStatus::Bypass).await;
     }
     drop(body);
     let credentials = parts.headers.contains_key(header::AUTHORIZATION)
         || parts.headers.contains_key(header::COOKIE);
-    if credentials && !route.public {
-        return pass(&req, None, "credentials", CacheStatus::Bypass).await;
+    if credentials && !req.route.public {
+        return pass(req, None, "credentials", CacheStatus::Bypass).await;
     }
-    cached(&req).await
+    cached(req).await
 }
 
 /// Where a cacheable request is; see the module doc for the transitions.
