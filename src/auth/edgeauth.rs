@@ -372,3 +372,193 @@ pub fn generate(spec: &TokenSpec<'_>, key: &[u8], alg: TokenAlgorithm) -> String
     fields.push(format!("hmac={mac}"));
     fields.join("~")
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::TokenSource;
+
+    /// The key of the vectors published with the Node generator's tests (test/test_local.json
+    /// in akamai/EdgeAuth-Token-Node).
+    const KEY: &str = "7a5c2be9f42a1f32cd889d1cf775f05d0cd162bd2871d00fe705ab28c9bba5a5";
+
+    fn key() -> Vec<u8> {
+        (0..KEY.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&KEY[i..i + 2], 16).expect("hex"))
+            .collect()
+    }
+
+    fn cfg(alg: TokenAlgorithm, salt: Option<&str>, escape_early: bool) -> TokenConfig {
+        TokenConfig {
+            keys: vec![TokenKey(key())],
+            param: "hdnts".into(),
+            algorithm: alg,
+            sources: vec![TokenSource::Query],
+            clock_skew: Duration::from_secs(5),
+            escape_early,
+            forward: false,
+            salt: salt.map(str::to_string),
+        }
+    }
+
+    fn at<'a>(path: &'a str, ip: Option<&str>, now: u64) -> Request<'a> {
+        Request {
+            path,
+            raw_path: path,
+            peer: ip.map(|i| i.parse().expect("ip")),
+            now,
+        }
+    }
+
+    #[test]
+    fn the_generator_reproduces_the_published_vectors() {
+        let k = key();
+        let s = TokenAlgorithm::Sha256;
+        let base = TokenSpec {
+            start: Some(1492404013),
+            exp: 1493008813,
+            ..TokenSpec::default()
+        };
+        // atk2, atk3.
+        let t = generate(
+            &TokenSpec {
+                acl: vec!["/*"],
+                ..base.clone()
+            },
+            &k,
+            s,
+        );
+        assert_eq!(t, "st=1492404013~exp=1493008813~acl=/*~hmac=57cef6aa3c30939b3f599ee7b1bda3bd63c58937ff713d605d5139e449e09a3c");
+        let t = generate(
+            &TokenSpec {
+                acl: vec!["/path1", "/path2"],
+                ..base.clone()
+            },
+            &k,
+            s,
+        );
+        assert_eq!(t, "st=1492404013~exp=1493008813~acl=/path1!/path2~hmac=17f163a7cb8d38e2bb97849375674758cc47a5937764c4b2e82678f23cee6380");
+        let url = TokenSpec {
+            exp: 1492405000,
+            url: Some("/target/url"),
+            ..base.clone()
+        };
+        // atk5 .. atk9: url tokens, id, ip, data, salt.
+        assert_eq!(generate(&url, &k, s), "st=1492404013~exp=1492405000~hmac=637d42fd0739315be4129508f9d3cbeba15c7ab561d767844f1fd468c4fb0694");
+        let full = TokenSpec {
+            id: Some("MY_SESSION_ID_E1905##"),
+            ip: Some("192.168.0.1"),
+            data: Some("goodjoon"),
+            ..url.clone()
+        };
+        assert_eq!(generate(&full, &k, s), "ip=192.168.0.1~st=1492404013~exp=1492405000~id=MY_SESSION_ID_E1905##~data=goodjoon~hmac=8dcd3d6b2c56ca712b04dfa31373d5a7d71bae2b8ed9c67fe7c9ad459c0ef7dc");
+        let salted = TokenSpec {
+            salt: Some("passwd"),
+            ..full.clone()
+        };
+        assert_eq!(generate(&salted, &k, s), "ip=192.168.0.1~st=1492404013~exp=1492405000~id=MY_SESSION_ID_E1905##~data=goodjoon~hmac=4852b47e438c4474c14971d54ac81ce677a58b8870cc6ad1e2f9ca0ecac991c3");
+        // atk11: escape_early (the `#`s of the id become %23).
+        let early = TokenSpec {
+            escape_early: true,
+            ..salted.clone()
+        };
+        assert_eq!(generate(&early, &k, s), "ip=192.168.0.1~st=1492404013~exp=1492405000~id=MY_SESSION_ID_E1905%23%23~data=goodjoon~hmac=77390902cddba1ef5a55ce7c12ed33b44045273c7e9cd92d365c5bd29eb016e4");
+    }
+
+    #[test]
+    fn published_tokens_verify_with_every_algorithm() {
+        let now = 1492404500;
+        // atk4 (sha256 acl), atk13 (md5) and atk14 (sha1): escaped acl, id, ip, data, salt.
+        let t = "st=1492404013~exp=1492405000~acl=/path1!/path2~hmac=918aa0dbc9a471967c4996b66e9c7e32b75f9784e4cec520fb45c4c1a56f8253";
+        let c = cfg(TokenAlgorithm::Sha256, None, false);
+        assert_eq!(verify(t, &c, &at("/path2", None, now)), Ok(()));
+        assert_eq!(verify(t, &c, &at("/path3", None, now)), Err(Refusal::Acl));
+        let tail = "ip=192.168.0.1~st=1492404013~exp=1492405000~acl=%2Fpath1%2F%40%23%24%25%21%2Fpath2%2F%5E%24%5E%24%25%5E~id=MY_SESSION_ID_E1905%23%23~data=goodjoon~hmac=";
+        for (alg, mac) in [
+            (TokenAlgorithm::Md5, "ead636fa310b3da4731b77629f810db2"),
+            (
+                TokenAlgorithm::Sha1,
+                "bfaf6944765c3e8122cbdc54e17ae2c0d9467e36",
+            ),
+        ] {
+            let c = cfg(alg, Some("passwd"), true);
+            let t = format!("{tail}{mac}");
+            let ok = at("/path2/^$^$%^", Some("192.168.0.1"), now);
+            assert_eq!(verify(&t, &c, &ok), Ok(()), "{alg:?}");
+            let other_ip = at("/path2/^$^$%^", Some("10.0.0.1"), now);
+            assert_eq!(verify(&t, &c, &other_ip), Err(Refusal::Ip));
+            let unsalted = cfg(alg, None, true);
+            assert_eq!(verify(&t, &unsalted, &ok), Err(Refusal::Hmac));
+        }
+        // atk7: a url token, checked against the request path.
+        let t = "ip=192.168.0.1~st=1492404013~exp=1492405000~id=MY_SESSION_ID_E1905##~hmac=03ff877afaf13c6dd58ee320d6f61da0772b9149072558f9dc5439f482ddcedd";
+        let c = cfg(TokenAlgorithm::Sha256, None, false);
+        assert_eq!(
+            verify(t, &c, &at("/target/url", Some("192.168.0.1"), now)),
+            Ok(())
+        );
+        assert_eq!(
+            verify(t, &c, &at("/target/other", Some("192.168.0.1"), now)),
+            Err(Refusal::Hmac)
+        );
+    }
+
+    #[test]
+    fn time_bounds_honour_the_clock_skew() {
+        let k = key();
+        let spec = TokenSpec {
+            start: Some(1000),
+            exp: 2000,
+            acl: vec!["/*"],
+            ..TokenSpec::default()
+        };
+        let t = generate(&spec, &k, TokenAlgorithm::Sha256);
+        let c = cfg(TokenAlgorithm::Sha256, None, false);
+        assert_eq!(verify(&t, &c, &at("/a", None, 2005)), Ok(()));
+        assert_eq!(verify(&t, &c, &at("/a", None, 2006)), Err(Refusal::Expired));
+        assert_eq!(verify(&t, &c, &at("/a", None, 995)), Ok(()));
+        assert_eq!(
+            verify(&t, &c, &at("/a", None, 994)),
+            Err(Refusal::NotYetValid)
+        );
+    }
+
+    #[test]
+    fn malformed_tokens_are_named_so() {
+        let c = cfg(TokenAlgorithm::Sha256, None, false);
+        let r = at("/a", None, 10);
+        for t in [
+            "",
+            "hmac=00",
+            "exp=10",
+            "exp=x~acl=/*~hmac=00",
+            "exp=10~acl=/*~bogus=1~hmac=00",
+            "exp=10~exp=11~acl=/*~hmac=00",
+            "exp=10~acl=/*~hmac=zz",
+            "exp=10~acl=/*~hmac=",
+        ] {
+            assert_eq!(verify(t, &c, &r), Err(Refusal::Malformed), "{t:?}");
+        }
+        let long = format!("exp=10~acl={}~hmac=00", "a".repeat(MAX_TOKEN_LEN));
+        assert_eq!(verify(&long, &c, &r), Err(Refusal::Malformed));
+    }
+
+    #[test]
+    fn acl_wildcards_match_any_run_of_characters() {
+        assert!(glob_match(b"/vod/*", b"/vod/a/b/c.ts"));
+        assert!(glob_match(b"/vod/*/x.m3u8", b"/vod/a/b/x.m3u8"));
+        assert!(glob_match(b"*", b"/"));
+        assert!(!glob_match(b"/vod/*", b"/live/a.ts"));
+        assert!(!glob_match(b"/vod/a", b"/vod/ab"));
+        assert!(glob_match(b"/a*b*c", b"/aXbYbZc"));
+    }
+
+    #[test]
+    fn escape_early_spellings_follow_each_generator() {
+        assert_eq!(escape("/a b~*", EscapeStyle::Python), "%2fa+b~%2a");
+        assert_eq!(escape("/a b~*", EscapeStyle::Node), "%2fa%20b%7e%2a");
+    }
+}

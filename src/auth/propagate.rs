@@ -444,3 +444,161 @@ fn xml_escape(s: &str, quote: Option<u8>) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn carry() -> Carry {
+        Carry::new("hdnts", "exp=9~acl=/*~hmac=ab", "cdn.example:8080")
+    }
+
+    const T: &str = "hdnts=exp=9~acl=/*~hmac=ab";
+
+    #[test]
+    fn uris_get_the_parameter_appended_correctly() {
+        let c = carry();
+        assert_eq!(c.add_to("a.ts").as_deref(), Some(&*format!("a.ts?{T}")));
+        assert_eq!(
+            c.add_to("a.ts?x=1").as_deref(),
+            Some(&*format!("a.ts?x=1&{T}"))
+        );
+        assert_eq!(c.add_to("a.ts?").as_deref(), Some(&*format!("a.ts?{T}")));
+        assert_eq!(
+            c.add_to("a.ts#t=1").as_deref(),
+            Some(&*format!("a.ts?{T}#t=1"))
+        );
+        assert_eq!(
+            c.add_to("http://CDN.example:8080/v/a.ts").as_deref(),
+            Some(&*format!("http://CDN.example:8080/v/a.ts?{T}"))
+        );
+        assert_eq!(
+            c.add_to("//cdn.example:8080/a.ts").as_deref(),
+            Some(&*format!("//cdn.example:8080/a.ts?{T}"))
+        );
+        for untouched in [
+            "https://other.example/a.ts",
+            "//other.example/a.ts",
+            "skd://key-id",
+            "data:text/plain;base64,AAAA",
+            "a.ts?hdnts=already",
+            "",
+        ] {
+            assert_eq!(c.add_to(untouched), None, "{untouched}");
+        }
+        let odd = Carry::new("hdnts", "a\"b<c>&d", "h");
+        assert_eq!(odd.add_to("x").as_deref(), Some("x?hdnts=a%22b%3Cc%3E%26d"));
+    }
+
+    #[test]
+    fn every_hls_uri_carries_the_token_and_nothing_else_changes() {
+        let m = "#EXTM3U\r\n#EXT-X-VERSION:9\r\n\
+#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID=\"a\",NAME=\"en\",URI=\"audio/en.m3u8\"\r\n\
+#EXT-X-I-FRAME-STREAM-INF:BANDWIDTH=1,URI=\"if.m3u8\"\r\n\
+#EXT-X-SESSION-KEY:METHOD=AES-128,URI=\"k.key\"\r\n\
+#EXT-X-STREAM-INF:BANDWIDTH=1280000,CODECS=\"avc1.4d401f,mp4a.40.2\",AUDIO=\"a\"\r\n\
+v/720.m3u8?q=1\r\n\
+#EXT-X-MAP:URI=\"init.mp4\",BYTERANGE=\"10@0\"\r\n\
+#EXT-X-KEY:METHOD=AES-128,URI=\"https://keys.other/k\",IV=0x1\r\n\
+#EXT-X-KEY:METHOD=SAMPLE-AES,URI=\"skd://abc\"\r\n\
+#EXT-X-KEY:METHOD=AES-128,URI=\"key.key\"\r\n\
+#EXTINF:4.0,\r\n\
+seg1.ts\r\n\
+#EXT-X-PART:DURATION=1.0,URI=\"p1.mp4\",INDEPENDENT=YES\r\n\
+#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"p2.mp4\"\r\n\
+#EXT-X-RENDITION-REPORT:URI=\"../b/x.m3u8\",LAST-MSN=1\r\n\
+# a comment\r\n";
+        let out = String::from_utf8(rewrite(Kind::Hls, m.as_bytes(), &carry()).expect("changed"))
+            .expect("utf8");
+        for want in [
+            format!("URI=\"audio/en.m3u8?{T}\""),
+            format!("URI=\"if.m3u8?{T}\""),
+            format!("URI=\"k.key?{T}\""),
+            format!("\r\nv/720.m3u8?q=1&{T}\r\n"),
+            format!("URI=\"init.mp4?{T}\",BYTERANGE=\"10@0\""),
+            "URI=\"https://keys.other/k\",IV=0x1".to_string(),
+            "URI=\"skd://abc\"".to_string(),
+            format!("URI=\"key.key?{T}\""),
+            format!("\r\nseg1.ts?{T}\r\n"),
+            format!("URI=\"p1.mp4?{T}\",INDEPENDENT=YES"),
+            format!("URI=\"p2.mp4?{T}\""),
+            format!("URI=\"../b/x.m3u8?{T}\",LAST-MSN=1"),
+            "CODECS=\"avc1.4d401f,mp4a.40.2\",AUDIO=\"a\"".to_string(),
+            "# a comment\r\n".to_string(),
+        ] {
+            assert!(out.contains(&want), "{want} missing from:\n{out}");
+        }
+        // Only the token was added.
+        assert_eq!(
+            out.replace(&format!("?{T}"), "")
+                .replace(&format!("&{T}"), ""),
+            m
+        );
+    }
+
+    #[test]
+    fn every_dash_url_carries_the_token_and_the_rest_is_byte_identical() {
+        let m = r#"<?xml version="1.0" encoding="UTF-8"?>
+<!-- <BaseURL>commented/</BaseURL> -->
+<MPD xmlns="urn:mpeg:dash:schema:mpd:2011" type="static">
+  <BaseURL> media/ </BaseURL>
+  <Period>
+    <AdaptationSet mimeType="video/mp4">
+      <SegmentTemplate timescale="1000" initialization="v/init-$RepresentationID$.mp4" media='v/$RepresentationID$-$Number%05d$.m4s?a=1&amp;b=2' index="idx.sidx"/>
+      <Representation id="720" bandwidth="1">
+        <BaseURL>https://other.example/v/</BaseURL>
+        <SegmentList>
+          <Initialization sourceURL="init.mp4"/>
+          <SegmentURL media="s1.m4s" index="s1.idx"/>
+        </SegmentList>
+        <SegmentBase><RepresentationIndex sourceURL="ri.sidx"/></SegmentBase>
+      </Representation>
+    </AdaptationSet>
+  </Period>
+</MPD>
+"#;
+        let out = String::from_utf8(rewrite(Kind::Dash, m.as_bytes(), &carry()).expect("changed"))
+            .expect("utf8");
+        for want in [
+            format!("<BaseURL> media/?{T} </BaseURL>"),
+            format!("initialization=\"v/init-$RepresentationID$.mp4?{T}\""),
+            format!("media='v/$RepresentationID$-$Number%05d$.m4s?a=1&amp;b=2&amp;{T}'"),
+            format!("index=\"idx.sidx?{T}\""),
+            "<BaseURL>https://other.example/v/</BaseURL>".to_string(),
+            format!("sourceURL=\"init.mp4?{T}\""),
+            format!("<SegmentURL media=\"s1.m4s?{T}\" index=\"s1.idx?{T}\"/>"),
+            format!("sourceURL=\"ri.sidx?{T}\""),
+            "<!-- <BaseURL>commented/</BaseURL> -->".to_string(),
+        ] {
+            assert!(out.contains(&want), "{want} missing from:\n{out}");
+        }
+        let stripped = out
+            .replace(&format!("&amp;{T}"), "")
+            .replace(&format!("?{T}"), "");
+        assert_eq!(stripped, m);
+    }
+
+    #[test]
+    fn hostile_manifests_do_not_panic() {
+        let c = carry();
+        for m in [
+            "<",
+            "<a",
+            "<a b",
+            "<a b=",
+            "<a b=\"",
+            "<BaseURL>x",
+            "<!--",
+            "<![CDATA[",
+            "<?x",
+            "#EXT-X-KEY:URI=\"",
+            "#EXT-X-KEY:URI",
+            "#EXT-X-MAP:",
+            "\u{0}\n\n",
+        ] {
+            let _ = rewrite(Kind::Dash, m.as_bytes(), &c);
+            let _ = rewrite(Kind::Hls, m.as_bytes(), &c);
+        }
+        assert_eq!(rewrite(Kind::Hls, &[0xff, 0xfe], &c), None);
+    }
+}

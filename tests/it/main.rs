@@ -14,3 +14,4 @@ mod edge_vary;
 mod edge_zerocopy;
 mod ingest;
 mod module_graph;
+mod tokens;
