@@ -102,7 +102,7 @@ async fn dispatch(
     // its token.
     let gate = match signed::admit(edge, route, parts, peer) {
         Ok(gate) => gate,
-        Err(refused) => return Ok(refused),
+        Err(why) => return Ok(signed::refused(why)),
     };
     let parts = gate.parts(parts);
     let host = parts

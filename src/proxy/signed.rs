@@ -64,13 +64,13 @@ impl Gate {
 }
 
 /// Checks the request's token on a token route. `Ok` with what the rest of the path needs;
-/// `Err` with the 403 to send.
+/// `Err` with the reason (counted already), for `refused` to answer.
 pub fn admit(
     edge: &Edge,
     route: &Route,
     parts: &Parts,
     peer: Option<SocketAddr>,
-) -> Result<Gate, Response<Body>> {
+) -> Result<Gate, Refusal> {
     let Some(cfg) = &route.token else {
         return Ok(Gate::default());
     };
@@ -81,7 +81,7 @@ pub fn admit(
             path = parts.uri.path(),
             "token refused"
         );
-        Err(refused(why))
+        Err(why)
     };
     let query = parts.uri.query();
     let Some(found) = source::find(cfg, query, &parts.headers) else {
@@ -196,7 +196,7 @@ fn without_token(parts: &Parts, cfg: &TokenConfig, whole: bool) -> Result<Option
 }
 
 /// 403 naming the reason class; never stored by anyone.
-fn refused(why: Refusal) -> Response<Body> {
+pub fn refused(why: Refusal) -> Response<Body> {
     let mut resp = Response::new(Body::full(Bytes::from(format!(
         "403 Forbidden: token {}\n",
         why.as_str()
