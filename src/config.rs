@@ -205,6 +205,8 @@ pub struct RawRoute {
     pub ca_file: Option<PathBuf>,
     /// Accept any certificate from this route's https origins (logged loudly at start).
     pub insecure_skip_verify: Option<bool>,
+    /// `[route.token]`: signed URLs (Akamai EdgeAuth 2.0 tokens) required on this route.
+    pub token: Option<RawToken>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -212,6 +214,7 @@ pub struct RawRoute {
 pub struct RawClassTtls {
     pub manifest: Option<RawTtl>,
     pub segment: Option<RawTtl>,
+    pub key: Option<RawTtl>,
     pub other: Option<RawTtl>,
 }
 
@@ -320,6 +323,8 @@ pub struct Route {
     pub ttl: ClassTtl,
     /// Who names the object: see `RouteIntegrity`.
     pub integrity: RouteIntegrity,
+    /// Signed-URL check (`[route.token]`); `None`: the route is open, as before.
+    pub token: Option<TokenConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -547,6 +552,7 @@ impl Check {
         ClassTtl {
             manifest: self.ttl_rules(&format!("{field}.manifest"), &raw.manifest, base.manifest),
             segment: self.ttl_rules(&format!("{field}.segment"), &raw.segment, base.segment),
+            key: self.ttl_rules(&format!("{field}.key"), &raw.key, base.key),
             other: self.ttl_rules(&format!("{field}.other"), &raw.other, base.other),
         }
     }
@@ -602,6 +608,7 @@ impl Config {
             );
         }
         let routes = Route::resolve_all(raw.origin.as_deref(), &raw.routes, &cache.ttl, &mut c);
+        let cache = cache.dropping_token_params(&routes);
         let origin_client = OriginClientConfig::resolve(&raw.origin_client, &mut c);
         let server = ServerConfig::resolve(&raw.server, &mut c);
 
@@ -712,6 +719,21 @@ impl StoreSettings {
 }
 
 impl CacheConfig {
+    /// Every route's token parameter joins `drop_query_params`: a token is per viewer and must
+    /// never split (or name) a cache key.
+    fn dropping_token_params(mut self, routes: &[Route]) -> CacheConfig {
+        for t in routes.iter().filter_map(|r| r.token.as_ref()) {
+            if !self
+                .drop_query_params
+                .iter()
+                .any(|p| p.eq_ignore_ascii_case(&t.param))
+            {
+                self.drop_query_params.push(t.param.clone());
+            }
+        }
+        self
+    }
+
     fn resolve(raw: &RawCache, c: &mut Check) -> CacheConfig {
         CacheConfig {
             drop_query_params: raw.drop_query_params.clone().unwrap_or_else(|| {
@@ -799,6 +821,7 @@ impl Route {
                         public: false,
                         ttl: global_ttl.clone(),
                         integrity,
+                        token: None,
                     });
                 }
             }
@@ -832,6 +855,10 @@ impl Route {
                 r.forward_headers.as_deref(),
                 c,
             );
+            let token = r
+                .token
+                .as_ref()
+                .and_then(|t| TokenConfig::resolve(&format!("{field}.token"), t, c));
             routes.retain(|existing: &Route| existing.prefix != r.prefix);
             routes.push(Route {
                 prefix: r.prefix.clone(),
@@ -841,6 +868,7 @@ impl Route {
                 public: r.public.unwrap_or(false),
                 ttl,
                 integrity,
+                token,
             });
         }
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
@@ -1035,6 +1063,61 @@ impl RouteIntegrity {
             key_host,
             hosts,
             forward_headers,
+        }
+    }
+}
+
+// Signed URLs: `[route.token]` (Akamai EdgeAuth Token 2.0). Checked by `auth`, wired in by
+// `proxy::signed`.
+
+/// Query parameter (and cookie) the token is read from.
+pub const DEFAULT_TOKEN_PARAM: &str = "hdnts";
+/// Tolerance on `st` and `exp`, for viewers and generators whose clocks drift.
+pub const DEFAULT_TOKEN_CLOCK_SKEW: Duration = Duration::from_secs(5);
+pub const DEFAULT_TOKEN_ALGORITHM: TokenAlgorithm = TokenAlgorithm::Sha256;
+pub const DEFAULT_TOKEN_SOURCES: &[&str] = &["query", "cookie"];
+/// Longest secret accepted (hex digits). EdgeAuth keys are 32-64 bytes; this only bounds input.
+const MAX_TOKEN_KEY_HEX: usize = 1024;
+
+/// The `[route.token]` table, field for field.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawToken {
+    /// The shared secret, hex (as the EdgeAuth generators take it).
+    pub key: Option<String>,
+    /// Name of an environment variable holding the hex secret instead of `key`.
+    pub key_env: Option<String>,
+    /// The secret being rotated out: tokens signed with either key are accepted.
+    pub previous_key: Option<String>,
+    pub previous_key_env: Option<String>,
+    pub param: Option<String>,
+    /// sha256 | sha1 | md5.
+    pub algorithm: Option<String>,
+    /// Where the token is looked for, in order: query, cookie, header.
+    pub sources: Option<Vec<String>>,
+    /// The header read by the `header` source (default: the `param` name).
+    pub header: Option<String>,
+    pub clock_skew: Option<String>,
+    /// Field values were URL-encoded before signing (the generators' `escape_early`).
+    pub escape_early: Option<bool>,
+    /// Send the token on to the origin (it is stripped by default).
+    pub forward: Option<bool>,
+    /// The generators' optional `salt`, signed but never carried in the token.
+    pub salt: Option<String>,
+    /// Values of `key_env` / `previous_key_env`, filled in by `RawConfig::read_env` (main.rs).
+    #[serde(skip)]
+    pub env_values: [Option<String>; 2],
+}
+
+impl RawConfig {
+    /// Reads the environment variables the config names (`[route.token] key_env`) through
+    /// `lookup`. main.rs passes `std::env::var`: it stays the only reader of the environment.
+    pub fn read_env(&mut self, lookup: impl Fn(&str) -> Option<String>) {
+        for t in self.routes.iter_mut().filter_map(|r| r.token.as_mut()) {
+            t.env_values = [
+                t.key_env.as_deref().and_then(&lookup),
+                t.previous_key_env.as_deref().and_then(&lookup),
+            ];
         }
     }
 }
@@ -1306,6 +1389,178 @@ impl OriginGroup {
     }
 }
 
+/// HMAC digest of the token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenAlgorithm {
+    Sha256,
+    Sha1,
+    Md5,
+}
+
+/// Where a token may be carried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    Query,
+    Cookie,
+    Header(http::HeaderName),
+}
+
+/// An HMAC secret. Its `Debug` never shows the bytes (configs are logged and compared).
+#[derive(Clone, PartialEq, Eq)]
+pub struct TokenKey(pub Vec<u8>);
+
+impl std::fmt::Debug for TokenKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TokenKey({} bytes)", self.0.len())
+    }
+}
+
+/// A route's validated signed-URL settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenConfig {
+    /// The current key first, then the previous one (rotation).
+    pub keys: Vec<TokenKey>,
+    pub param: String,
+    pub algorithm: TokenAlgorithm,
+    pub sources: Vec<TokenSource>,
+    pub clock_skew: Duration,
+    pub escape_early: bool,
+    pub forward: bool,
+    pub salt: Option<String>,
+}
+
+impl TokenConfig {
+    fn resolve(field: &str, raw: &RawToken, c: &mut Check) -> Option<TokenConfig> {
+        let before = c.0.len();
+        let mut keys = Vec::new();
+        for (i, (name, lit, env_name)) in [
+            ("key", &raw.key, &raw.key_env),
+            ("previous_key", &raw.previous_key, &raw.previous_key_env),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let hex = match (lit, env_name) {
+                (Some(_), Some(_)) => {
+                    c.error(format!(
+                        "{field}.{name}: give {name} or {name}_env, not both"
+                    ));
+                    continue;
+                }
+                (Some(k), None) => k.clone(),
+                (None, Some(var)) => match &raw.env_values[i] {
+                    Some(v) => v.trim().to_string(),
+                    None => {
+                        c.error(format!(
+                            "{field}.{name}_env: environment variable `{var}` is not set"
+                        ));
+                        continue;
+                    }
+                },
+                (None, None) if i == 0 => {
+                    c.error(format!("{field}: `key` (hex) or `key_env` is required"));
+                    continue;
+                }
+                (None, None) => continue,
+            };
+            match decode_hex_key(&hex) {
+                Ok(k) => keys.push(TokenKey(k)),
+                Err(e) => c.error(format!("{field}.{name}: {e}")),
+            }
+        }
+        let param = raw
+            .param
+            .clone()
+            .unwrap_or_else(|| DEFAULT_TOKEN_PARAM.to_string());
+        if param.is_empty()
+            || !param
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+        {
+            c.error(format!(
+                "{field}.param: `{param}` must be a non-empty name of letters, digits, '-', '.', '_', '~'"
+            ));
+        }
+        let algorithm = match raw
+            .algorithm
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            None => DEFAULT_TOKEN_ALGORITHM,
+            Some("sha256") => TokenAlgorithm::Sha256,
+            Some("sha1") => TokenAlgorithm::Sha1,
+            Some("md5") => TokenAlgorithm::Md5,
+            Some(other) => {
+                c.error(format!(
+                    "{field}.algorithm: `{other}` is not one of sha256, sha1, md5"
+                ));
+                DEFAULT_TOKEN_ALGORITHM
+            }
+        };
+        let header_name = raw.header.clone().unwrap_or_else(|| param.clone());
+        let names: Vec<String> = raw.sources.clone().unwrap_or_else(|| {
+            DEFAULT_TOKEN_SOURCES
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
+        });
+        if names.is_empty() {
+            c.error(format!(
+                "{field}.sources: empty; list at least one of query, cookie, header"
+            ));
+        }
+        let mut sources = Vec::new();
+        for s in &names {
+            let source = match s.as_str() {
+                "query" => TokenSource::Query,
+                "cookie" => TokenSource::Cookie,
+                "header" => match http::HeaderName::from_bytes(header_name.as_bytes()) {
+                    Ok(h) => TokenSource::Header(h),
+                    Err(_) => {
+                        c.error(format!(
+                            "{field}.header: `{header_name}` is not a header name"
+                        ));
+                        continue;
+                    }
+                },
+                other => {
+                    c.error(format!(
+                        "{field}.sources: `{other}` is not one of query, cookie, header"
+                    ));
+                    continue;
+                }
+            };
+            if !sources.contains(&source) {
+                sources.push(source);
+            }
+        }
+        if raw.header.is_some() && !names.iter().any(|s| s == "header") {
+            c.error(format!(
+                "{field}.header: given, but `header` is not in {field}.sources"
+            ));
+        }
+        let clock_skew = c.duration(
+            &format!("{field}.clock_skew"),
+            &raw.clock_skew,
+            DEFAULT_TOKEN_CLOCK_SKEW,
+        );
+        if c.0.len() > before {
+            return None;
+        }
+        Some(TokenConfig {
+            keys,
+            param,
+            algorithm,
+            sources,
+            clock_skew,
+            escape_early: raw.escape_early.unwrap_or(false),
+            forward: raw.forward.unwrap_or(false),
+            salt: raw.salt.clone(),
+        })
+    }
+}
+
 /// The certificates of a PEM CA file: at least one, or why not.
 pub fn read_ca_file(
     path: &Path,
@@ -1321,6 +1576,24 @@ pub fn read_ca_file(
 }
 
 // ---- end of origin groups
+
+/// A hex secret (even length, at least one byte), as the EdgeAuth generators take it.
+fn decode_hex_key(s: &str) -> Result<Vec<u8>, String> {
+    let s = s.trim();
+    if s.is_empty() || s.len() % 2 != 0 || s.len() > MAX_TOKEN_KEY_HEX {
+        return Err(format!(
+            "must be an even number of hex digits (2 to {MAX_TOKEN_KEY_HEX}); the value is not shown"
+        ));
+    }
+    let digit = |b: u8| (b as char).to_digit(16);
+    s.as_bytes()
+        .chunks(2)
+        .map(|p| match (digit(p[0]), digit(p[1])) {
+            (Some(h), Some(l)) => Ok((h * 16 + l) as u8),
+            _ => Err("holds a character that is not a hex digit; the value is not shown".into()),
+        })
+        .collect()
+}
 
 fn authority(u: &url::Url) -> String {
     match (u.host_str(), u.port()) {

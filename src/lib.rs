@@ -2,6 +2,8 @@
 //!
 //! Module map:
 //! - `config`: raw TOML + CLI -> validated `Config`.
+//! - `auth`: signed URLs (Akamai EdgeAuth 2.0 tokens): validation, token sources, propagation
+//!   into manifests; pure, wired into the request path by `proxy::signed`.
 //! - `cli`: the command-line definitions (parsed only in main.rs).
 //! - `http`: the viewer side: hyper server (serving any `Handler`), responses, ranges, bodies.
 //! - `cache`: keys, policy, collapsing (`lock`), the RAM tier, cached objects.
@@ -18,6 +20,7 @@
 //! any edge and depends on none of this one.
 
 pub mod admin;
+pub mod auth;
 pub mod cache;
 pub mod cli;
 pub mod clock;

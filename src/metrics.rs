@@ -3,6 +3,7 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use crate::auth::Refusal;
 use crate::cache::status::CacheStatus;
 
 /// Process-wide counters. Relaxed atomics: each is an independent monotonic count.
@@ -17,6 +18,8 @@ pub struct Metrics {
     pub bytes_sent: AtomicU64,
     pub responses_aborted: AtomicU64,
     pub purged: AtomicU64,
+    /// Requests refused on token routes, by `Refusal::index`.
+    pub token_refused: [AtomicU64; Refusal::ALL.len()],
 }
 
 impl Metrics {
@@ -26,6 +29,10 @@ impl Metrics {
 
     pub fn inc(counter: &AtomicU64) {
         counter.fetch_add(1, Relaxed);
+    }
+
+    pub fn refused(&self, why: Refusal) {
+        self.token_refused[why.index()].fetch_add(1, Relaxed);
     }
 
     pub fn get(&self, status: CacheStatus) -> u64 {
@@ -54,6 +61,15 @@ impl Metrics {
             ("vedge_purged_objects_total", &self.purged),
         ] {
             let _ = writeln!(out, "# TYPE {name} counter\n{name} {}", c.load(Relaxed));
+        }
+        let _ = writeln!(out, "# TYPE vedge_token_refused_total counter");
+        for r in Refusal::ALL {
+            let _ = writeln!(
+                out,
+                "vedge_token_refused_total{{reason=\"{}\"}} {}",
+                r.as_str(),
+                self.token_refused[r.index()].load(Relaxed)
+            );
         }
     }
 }

@@ -150,6 +150,7 @@ impl CachedObject {
             ContentClass::Manifest => 0,
             ContentClass::Segment => 1,
             ContentClass::Other => 2,
+            ContentClass::Key => 3,
         });
         b.put_u8(self.pinned as u8);
         let f = &self.freshness;
@@ -187,6 +188,7 @@ impl CachedObject {
         let class = match b.get_u8() {
             0 => ContentClass::Manifest,
             1 => ContentClass::Segment,
+            3 => ContentClass::Key,
             _ => ContentClass::Other,
         };
         let pinned = b.get_u8() != 0;

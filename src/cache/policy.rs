@@ -15,6 +15,10 @@ pub enum ContentClass {
     Manifest,
     /// Media and init segments: immutable once published.
     Segment,
+    /// HLS AES-128 / SAMPLE-AES key files (`.key`): a few bytes that unlock a stream. A short
+    /// TTL (keys rotate) and never written to the SSD store unless pushed; on token routes they
+    /// are checked like everything else, since the check precedes the cache.
+    Key,
     Other,
 }
 
@@ -23,6 +27,7 @@ impl ContentClass {
         match self {
             ContentClass::Manifest => "manifest",
             ContentClass::Segment => "segment",
+            ContentClass::Key => "key",
             ContentClass::Other => "other",
         }
     }
@@ -63,7 +68,8 @@ impl ContentClass {
         match ext.as_str() {
             "m3u8" | "mpd" => Some(ContentClass::Manifest),
             "ts" | "m4s" | "mp4" | "m4a" | "m4v" | "aac" | "cmfv" | "cmfa" | "vtt" | "webm"
-            | "mp3" | "ac3" | "ec3" | "key" | "m4i" | "cmft" => Some(ContentClass::Segment),
+            | "mp3" | "ac3" | "ec3" | "m4i" | "cmft" => Some(ContentClass::Segment),
+            "key" => Some(ContentClass::Key),
             _ => None,
         }
     }
@@ -88,8 +94,14 @@ pub struct TtlRules {
 pub struct ClassTtl {
     pub manifest: TtlRules,
     pub segment: TtlRules,
+    pub key: TtlRules,
     pub other: TtlRules,
 }
+
+/// Default TTL of key files: a live join burst (every viewer fetching the current key within
+/// seconds) still costs one origin fetch a minute, while a rotated or revoked key stops being
+/// served within a minute. Not stretched when the origin fails (no stale-if-error default).
+pub const DEFAULT_KEY_TTL: Duration = Duration::from_secs(60);
 
 impl ClassTtl {
     /// The documented defaults: manifests 2 s, segments 1 day (immutable), other RFC 9111
@@ -107,6 +119,10 @@ impl ClassTtl {
                 stale_if_error: Some(Duration::from_secs(3600)),
                 ..TtlRules::default()
             },
+            key: TtlRules {
+                default: Some(DEFAULT_KEY_TTL),
+                ..TtlRules::default()
+            },
             other: TtlRules::default(),
         }
     }
@@ -115,6 +131,7 @@ impl ClassTtl {
         match class {
             ContentClass::Manifest => self.manifest,
             ContentClass::Segment => self.segment,
+            ContentClass::Key => self.key,
             ContentClass::Other => self.other,
         }
     }

@@ -26,7 +26,7 @@ pub fn cached_object(object: &PushObject) -> CachedObject {
     let class = match object.kind {
         ObjectKind::Playlist | ObjectKind::Mpd => ContentClass::Manifest,
         ObjectKind::Init | ObjectKind::Segment | ObjectKind::Index => ContentClass::Segment,
-        ObjectKind::Key => ContentClass::Other,
+        ObjectKind::Key => ContentClass::Key,
     };
     CachedObject::for_push(
         StatusCode::OK,

@@ -1,11 +1,12 @@
 //! The miss path in one room: the edge's shared state (`edge`), the tiers under it (`tiers`:
 //! RAM over the SSD store), the request state machine (`request`), the fill driver that fetches
 //! from the origin once per key and streams into the fill (`fill`), pass-through (`pass`),
-//! what a request names (`target`: validated host, normalised path, route, key), invalidation
-//! by unsafe methods (`invalidate`) and request errors (`error`); `assets` remembers which
-//! objects the stored manifests reference (purge by asset). The viewer side (`http`) calls in
-//! through `http::server::Handler`; nothing here accepts connections, and only `origin` opens
-//! outbound ones.
+//! what a request names (`target`: validated host, normalised path, route, key), signed URLs
+//! (`signed`: the token check before the cache, and the token carried into manifests),
+//! invalidation by unsafe methods (`invalidate`) and request errors (`error`); `assets`
+//! remembers which objects the stored manifests reference (purge by asset). The viewer side
+//! (`http`) calls in through `http::server::Handler`; nothing here accepts connections, and
+//! only `origin` opens outbound ones.
 
 pub mod assets;
 pub mod edge;
@@ -14,6 +15,7 @@ pub mod fill;
 pub mod invalidate;
 pub mod pass;
 pub mod request;
+pub mod signed;
 pub mod target;
 pub mod tiers;
 

@@ -41,6 +41,7 @@ use crate::proxy::edge::Edge;
 use crate::proxy::error::EdgeError;
 use crate::proxy::fill::{self, FillJob};
 use crate::proxy::pass::{pass, relay};
+use crate::proxy::signed;
 use crate::proxy::target;
 use crate::proxy::tiers::Tier;
 
@@ -115,27 +116,56 @@ async fn dispatch(
         viewer_host(parts)?,
         parts.uri.path_and_query().map_or("/", |p| p.as_str()),
     )?;
+    // Signed URLs: checked before the cache is consulted (on the normalised path the route
+    // was chosen by); the rest sees the request without its token.
+    let gate = match signed::admit(edge, target.route, parts, peer) {
+        Ok(gate) => gate,
+        Err(why) => return Ok(signed::refused(why)),
+    };
+    let parts = gate.parts(parts);
+    // The token left the query: what passes to the origin must not carry it either.
+    let target = if target.route.token.is_some() {
+        target::resolve(
+            &edge.config,
+            viewer_host(parts)?,
+            parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+        )?
+    } else {
+        target
+    };
     let req = Req {
         edge,
         parts,
         route: target.route,
         host: target.origin_host().to_string(),
         path_and_query: target.pass_target(),
-        fill_target: target.fill_target(&edge.config.cache.drop_query_params),
+        // `[route.token] forward = true`: the origin wants the token, so a fill asks with the
+        // leader's whole query (the key still drops the token: viewers share the object).
+        fill_target: if target.route.token.as_ref().is_some_and(|t| t.forward) {
+            target.pass_target()
+        } else {
+            target.fill_target(&edge.config.cache.drop_query_params)
+        },
         key: target.key.clone(),
         peer,
     };
-    let route = req.route;
+    let resp = respond(&req, body).await?;
+    Ok(gate.finish(resp).await)
+}
+
+/// Other methods and credentialed requests pass; GET/HEAD go through the cache.
+async fn respond(req: &Req<'_>, body: Incoming) -> Result<Response<Body>, EdgeError> {
+    let parts = req.parts;
     if parts.method != Method::GET && parts.method != Method::HEAD {
-        return pass(&req, Some(body), "method", CacheStatus::Bypass).await;
+        return pass(req, Some(body), "method", CacheStatus::Bypass).await;
     }
     drop(body);
     let credentials = parts.headers.contains_key(header::AUTHORIZATION)
         || parts.headers.contains_key(header::COOKIE);
-    if credentials && !route.public {
-        return pass(&req, None, "credentials", CacheStatus::Bypass).await;
+    if credentials && !req.route.public {
+        return pass(req, None, "credentials", CacheStatus::Bypass).await;
     }
-    cached(&req).await
+    cached(req).await
 }
 
 /// Whether a request carries a body: any `Transfer-Encoding`, a `Content-Length` other than 0

@@ -63,13 +63,14 @@ impl Edge {
     }
 
     /// Offers an object to the SSD store, which decides admission. Manifests never go to SSD
-    /// (they live seconds); a permanent refusal (too large) is remembered on the object.
+    /// (they live seconds), nor do pulled key files (they live a minute, and a key is worth
+    /// keeping off disk); a permanent refusal (too large) is remembered on the object.
     fn offer_to_store(&self, key: &str, obj: &CachedObject) {
         let Some(store) = &self.store else {
             obj.disk.store(true, Relaxed);
             return;
         };
-        if obj.class == ContentClass::Manifest && !obj.pinned {
+        if matches!(obj.class, ContentClass::Manifest | ContentClass::Key) && !obj.pinned {
             obj.disk.store(true, Relaxed);
             return;
         }

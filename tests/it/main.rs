@@ -19,3 +19,4 @@ mod origin_groups;
 mod purge;
 mod security;
 mod semantics;
+mod tokens;

@@ -1,0 +1,282 @@
+//! Signed URLs in the request path: on a route with `[route.token]`, every request is checked
+//! (`admit`) before the cache is consulted, so hits, misses, ranges and HEADs are refused alike
+//! (403 naming the reason class, counted in `vedge_token_refused_total`). An admitted request
+//! continues without its token (query parameter, cookie or header, unless `forward`), which
+//! keeps the token out of the origin request and of the credentials check. A viewer who came
+//! with a query token gets manifests with that token added to every same-host URI
+//! (`Gate::finish`, `auth::propagate`); the cached manifest itself stays token-free.
+
+use std::net::SocketAddr;
+use std::time::UNIX_EPOCH;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use http::request::Parts;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+
+use crate::auth::edgeauth::{self, percent_decode};
+use crate::auth::propagate::{self, Carry, Kind};
+use crate::auth::source::{self, From};
+use crate::auth::Refusal;
+use crate::cache::key::normalize_path;
+use crate::config::{Route, TokenConfig};
+use crate::http::body::Body;
+use crate::proxy::edge::Edge;
+
+/// Manifests larger than this are passed through without the token added (a manifest is
+/// kilobytes; this bounds what one response may hold in memory while it is rewritten).
+pub const MAX_REWRITE: usize = 4 << 20;
+
+/// The outcome of an admitted request.
+#[derive(Default)]
+pub struct Gate {
+    /// The request without its token, when anything had to be taken out.
+    parts: Option<Parts>,
+    /// The token to add to the URIs of a manifest response (query tokens only).
+    carry: Option<Carry>,
+    head: bool,
+    path: String,
+}
+
+impl Gate {
+    /// The request the rest of the path should see.
+    pub fn parts<'a>(&'a self, original: &'a Parts) -> &'a Parts {
+        self.parts.as_ref().unwrap_or(original)
+    }
+
+    /// The response, with the token added to a manifest's URIs when the viewer brought one in
+    /// the query.
+    pub async fn finish(&self, resp: Response<Body>) -> Response<Body> {
+        match &self.carry {
+            Some(carry) if resp.status() == StatusCode::OK => {
+                let ct = resp
+                    .headers()
+                    .get(header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok());
+                match Kind::of(&self.path, ct) {
+                    Some(kind) => rewrite(resp, kind, carry, self.head).await,
+                    None => resp,
+                }
+            }
+            _ => resp,
+        }
+    }
+}
+
+/// Checks the request's token on a token route. `Ok` with what the rest of the path needs;
+/// `Err` with the reason (counted already), for `refused` to answer.
+pub fn admit(
+    edge: &Edge,
+    route: &Route,
+    parts: &Parts,
+    peer: Option<SocketAddr>,
+) -> Result<Gate, Refusal> {
+    let Some(cfg) = &route.token else {
+        return Ok(Gate::default());
+    };
+    let refuse = |why: Refusal| {
+        edge.metrics.refused(why);
+        tracing::debug!(
+            reason = why.as_str(),
+            path = parts.uri.path(),
+            "token refused"
+        );
+        Err(why)
+    };
+    let query = parts.uri.query();
+    let Some(found) = source::find(cfg, query, &parts.headers) else {
+        return refuse(Refusal::Missing);
+    };
+    let raw_path = parts.uri.path();
+    // ACLs match the path the origin is asked for; a path that does not normalise matches none.
+    let Ok(path) = normalize_path(raw_path) else {
+        return refuse(Refusal::Acl);
+    };
+    let now = edge
+        .clock
+        .now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let req = edgeauth::Request {
+        path: &path,
+        raw_path,
+        peer: peer.map(|p| p.ip()),
+        now,
+    };
+    if let Err(why) = verify(&found.raw, cfg, &req) {
+        return refuse(why);
+    }
+    let head = parts.method == Method::HEAD;
+    let carry = (found.from == From::Query).then(|| {
+        let host = parts
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| parts.uri.authority().map(|a| a.to_string()))
+            .unwrap_or_default();
+        Carry::new(&cfg.param, &found.raw, &host)
+    });
+    let manifest_path = Kind::of(raw_path, None).is_some();
+    match without_token(parts, cfg, carry.is_some() && manifest_path) {
+        Ok(stripped) => Ok(Gate {
+            parts: stripped,
+            carry,
+            head,
+            path: raw_path.to_string(),
+        }),
+        Err(()) => refuse(Refusal::Malformed),
+    }
+}
+
+/// The token as sent, then (if it holds escapes and did not verify) percent-decoded once: a
+/// client may have encoded the whole value, or characters such as `#` a raw token can hold.
+fn verify(raw: &str, cfg: &TokenConfig, req: &edgeauth::Request<'_>) -> Result<(), Refusal> {
+    let first = edgeauth::verify(raw, cfg, req);
+    match first {
+        Err(Refusal::Hmac | Refusal::Malformed) if raw.contains('%') => {
+            match edgeauth::verify(&percent_decode(raw), cfg, req) {
+                Err(Refusal::Hmac | Refusal::Malformed) => first,
+                second => second,
+            }
+        }
+        other => other,
+    }
+}
+
+/// The request without the token (unless `forward`) and, for a manifest whose URIs will be
+/// rewritten, without `Range`/`If-Range` (the rewritten body is sent whole). `None` when
+/// nothing changes.
+fn without_token(parts: &Parts, cfg: &TokenConfig, whole: bool) -> Result<Option<Parts>, ()> {
+    let mut headers = parts.headers.clone();
+    let mut uri = parts.uri.clone();
+    let mut changed = false;
+    if !cfg.forward {
+        if let Some(q) = parts.uri.query() {
+            let kept = source::strip_query(q, &cfg.param);
+            if kept.as_deref() != Some(q) {
+                let pq = match kept {
+                    Some(k) => format!("{}?{k}", parts.uri.path()),
+                    None => parts.uri.path().to_string(),
+                };
+                let mut b = http::uri::Builder::new();
+                if let Some(s) = parts.uri.scheme() {
+                    b = b.scheme(s.clone());
+                }
+                if let Some(a) = parts.uri.authority() {
+                    b = b.authority(a.clone());
+                }
+                uri = b.path_and_query(pq).build().map_err(|_| ())?;
+                changed = true;
+            }
+        }
+        if headers.contains_key(header::COOKIE) {
+            source::strip_cookie(&mut headers, &cfg.param);
+            changed = true;
+        }
+        for s in &cfg.sources {
+            if let crate::config::TokenSource::Header(name) = s {
+                changed |= headers.remove(name).is_some();
+            }
+        }
+    }
+    if whole {
+        changed |= headers.remove(header::RANGE).is_some();
+        changed |= headers.remove(header::IF_RANGE).is_some();
+    }
+    if !changed {
+        return Ok(None);
+    }
+    let mut r = Request::new(());
+    *r.method_mut() = parts.method.clone();
+    *r.uri_mut() = uri;
+    *r.version_mut() = parts.version;
+    *r.headers_mut() = headers;
+    Ok(Some(r.into_parts().0))
+}
+
+/// 403 naming the reason class; never stored by anyone.
+pub fn refused(why: Refusal) -> Response<Body> {
+    let mut resp = Response::new(Body::full(Bytes::from(format!(
+        "403 Forbidden: token {}\n",
+        why.as_str()
+    ))));
+    *resp.status_mut() = StatusCode::FORBIDDEN;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// Reads the whole manifest (a hit's `Bytes`, or a fill until it completes), adds the token to
+/// its URIs, and fixes the headers: a new `Content-Length`, no `ETag` (the bytes are no longer
+/// the origin's), no `Accept-Ranges`.
+async fn rewrite(resp: Response<Body>, kind: Kind, carry: &Carry, head: bool) -> Response<Body> {
+    let (mut parts, body) = resp.into_parts();
+    let fix = |h: &mut http::HeaderMap, len: Option<usize>| {
+        h.remove(header::ETAG);
+        h.remove(header::ACCEPT_RANGES);
+        match len {
+            Some(n) => {
+                h.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+            }
+            None => {
+                h.remove(header::CONTENT_LENGTH);
+            }
+        }
+    };
+    if head {
+        // No body to measure: the rewritten length is unknown.
+        fix(&mut parts.headers, None);
+        return Response::from_parts(parts, body);
+    }
+    let bytes = match body {
+        Body::Full(b) => b.unwrap_or_default(),
+        Body::Stream { stream, len } => {
+            let mut data = stream;
+            let mut buf = BytesMut::new();
+            loop {
+                match data.next().await {
+                    None => break,
+                    Some(Ok(chunk)) => {
+                        buf.extend_from_slice(&chunk);
+                        if buf.len() > MAX_REWRITE {
+                            tracing::warn!(
+                                limit = MAX_REWRITE,
+                                "manifest too large to add the token to; sent as is"
+                            );
+                            let head = futures_util::stream::once(async move {
+                                Ok::<Bytes, crate::http::body::BoxError>(buf.freeze())
+                            });
+                            let body = Body::stream(head.chain(data), len);
+                            return Response::from_parts(parts, body);
+                        }
+                    }
+                    Some(Err(e)) => {
+                        // The fill failed: the viewer's response fails the same way.
+                        let got = buf.freeze();
+                        let body = Body::stream(futures_util::stream::iter([Ok(got), Err(e)]), len);
+                        return Response::from_parts(parts, body);
+                    }
+                }
+            }
+            buf.freeze()
+        }
+    };
+    match propagate::rewrite(kind, &bytes, carry) {
+        Some(new) => {
+            fix(&mut parts.headers, Some(new.len()));
+            Response::from_parts(parts, Body::full(Bytes::from(new)))
+        }
+        None => {
+            let len = bytes.len();
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+            Response::from_parts(parts, Body::full(bytes))
+        }
+    }
+}

@@ -1,0 +1,517 @@
+//! Signed URLs (`[route.token]`, Akamai EdgeAuth 2.0): every request on a token route is checked
+//! before the cache, so a HIT never bypasses the check; refusals are 403s naming the reason and
+//! counted by reason; the token never reaches the cache key or the origin (unless `forward`);
+//! a tokenised master playlist or MPD comes back with the token on every same-host child URI.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use http::Method;
+use vedge::auth::edgeauth::{generate, TokenSpec};
+use vedge::auth::Refusal;
+use vedge::config::{RawRoute, RawToken, TokenAlgorithm};
+
+use crate::support::{edge_config, Origin, Script, TestEdge};
+
+const KEY: &str = "7a5c2be9f42a1f32cd889d1cf775f05d0cd162bd2871d00fe705ab28c9bba5a5";
+const OLD_KEY: &str = "00112233445566778899aabbccddeeff";
+
+fn hex(k: &str) -> Vec<u8> {
+    (0..k.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&k[i..i + 2], 16).expect("hex"))
+        .collect()
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs()
+}
+
+/// A token for `acl`, valid from a minute ago for an hour.
+fn token(acl: &str) -> String {
+    token_with(&TokenSpec {
+        start: Some(now() - 60),
+        exp: now() + 3600,
+        acl: vec![acl],
+        ..TokenSpec::default()
+    })
+}
+
+fn token_with(spec: &TokenSpec<'_>) -> String {
+    generate(spec, &hex(KEY), TokenAlgorithm::Sha256)
+}
+
+fn raw_token() -> RawToken {
+    RawToken {
+        key: Some(KEY.into()),
+        ..RawToken::default()
+    }
+}
+
+async fn edge_with(origin: &Origin, t: RawToken) -> TestEdge {
+    let mut raw = edge_config(origin);
+    raw.routes.push(RawRoute {
+        prefix: "/v/".into(),
+        origin: origin.url(),
+        token: Some(t),
+        ..RawRoute::default()
+    });
+    TestEdge::start(raw).await
+}
+
+fn refused(edge: &TestEdge, why: Refusal) -> u64 {
+    edge.edge.metrics.token_refused[why.index()].load(Relaxed)
+}
+
+#[tokio::test]
+async fn valid_tokens_are_served_and_every_bad_one_is_refused_even_on_a_hit() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/v/a.ts",
+        Script::ok("segment bytes").header("cache-control", "max-age=600"),
+    );
+    let edge = edge_with(&origin, raw_token()).await;
+
+    let good = token("/v/*");
+    let r = edge.get(&format!("/v/a.ts?hdnts={good}")).await;
+    assert_eq!(
+        (r.status.as_u16(), &r.body[..]),
+        (200, &b"segment bytes"[..])
+    );
+    edge.settle().await;
+    let r = edge.get(&format!("/v/a.ts?hdnts={}", token("/v/*"))).await;
+    assert_eq!(r.x_cache(), "HIT");
+
+    let spec = |start: u64, exp: u64, acl: &'static str, ip: Option<&'static str>| TokenSpec {
+        start: Some(start),
+        exp,
+        acl: vec![acl],
+        ip,
+        ..TokenSpec::default()
+    };
+    let n = now();
+    // The same token with the last HMAC digit changed.
+    let mut forged = good.clone();
+    let last = forged.pop().expect("non-empty");
+    forged.push(if last == '0' { '1' } else { '0' });
+    let cases: Vec<(String, Refusal)> = vec![
+        (
+            format!(
+                "?hdnts={}",
+                token_with(&spec(n - 7200, n - 3600, "/v/*", None))
+            ),
+            Refusal::Expired,
+        ),
+        (
+            format!(
+                "?hdnts={}",
+                token_with(&spec(n + 3600, n + 7200, "/v/*", None))
+            ),
+            Refusal::NotYetValid,
+        ),
+        (
+            format!(
+                "?hdnts={}",
+                token_with(&spec(n - 60, n + 60, "/other/*", None))
+            ),
+            Refusal::Acl,
+        ),
+        (
+            format!(
+                "?hdnts={}",
+                token_with(&spec(n - 60, n + 60, "/v/*", Some("10.9.8.7")))
+            ),
+            Refusal::Ip,
+        ),
+        (format!("?hdnts={forged}"), Refusal::Hmac),
+        (String::new(), Refusal::Missing),
+        ("?hdnts=exp=soon~hmac=00".into(), Refusal::Malformed),
+    ];
+    for (query, why) in &cases {
+        let path = format!("/v/a.ts{query}");
+        let r = edge.get(&path).await;
+        assert_eq!(r.status.as_u16(), 403, "{why:?}");
+        let body = String::from_utf8_lossy(&r.body).to_string();
+        assert!(body.contains(why.as_str()), "{why:?}: {body}");
+        assert!(!body.contains(KEY), "no secret in the body");
+        // HEAD and Range are refused alike.
+        let head = edge
+            .send(edge.req(Method::HEAD, &path), Default::default())
+            .await;
+        assert_eq!(head.status.as_u16(), 403, "HEAD {why:?}");
+        let range = edge.get_with(&path, &[("range", "bytes=0-3")]).await;
+        assert_eq!(range.status.as_u16(), 403, "Range {why:?}");
+        assert_eq!(refused(&edge, *why), 3, "{why:?} counted");
+    }
+    // An IP token for this viewer (loopback) passes.
+    let mine = token_with(&spec(n - 60, n + 60, "/v/*", Some("127.0.0.1")));
+    let r = edge.get(&format!("/v/a.ts?hdnts={mine}")).await;
+    assert_eq!(r.status.as_u16(), 200);
+    assert_eq!(
+        origin.count("/v/a.ts"),
+        1,
+        "refusals never reach the origin"
+    );
+
+    // Routes without [route.token] behave as before.
+    origin.script(
+        "/open.ts",
+        Script::ok("open").header("cache-control", "max-age=60"),
+    );
+    assert_eq!(edge.get("/open.ts").await.status.as_u16(), 200);
+}
+
+#[tokio::test]
+async fn metrics_name_each_refusal_reason() {
+    let origin = Origin::start().await;
+    let edge = edge_with(&origin, raw_token()).await;
+    assert_eq!(edge.get("/v/x.ts").await.status.as_u16(), 403);
+    let mut out = String::new();
+    edge.edge.metrics.render(&mut out);
+    assert!(
+        out.contains("vedge_token_refused_total{reason=\"missing\"} 1"),
+        "{out}"
+    );
+    assert!(
+        out.contains("vedge_token_refused_total{reason=\"expired\"} 0"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn the_previous_key_is_accepted_during_rotation() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/v/r.ts",
+        Script::ok("r").header("cache-control", "max-age=60"),
+    );
+    let edge = edge_with(
+        &origin,
+        RawToken {
+            previous_key: Some(OLD_KEY.into()),
+            ..raw_token()
+        },
+    )
+    .await;
+    let spec = TokenSpec {
+        exp: now() + 60,
+        acl: vec!["/v/*"],
+        ..TokenSpec::default()
+    };
+    let old = generate(&spec, &hex(OLD_KEY), TokenAlgorithm::Sha256);
+    let other = generate(&spec, &hex("deadbeef"), TokenAlgorithm::Sha256);
+    assert_eq!(
+        edge.get(&format!("/v/r.ts?hdnts={old}"))
+            .await
+            .status
+            .as_u16(),
+        200
+    );
+    assert_eq!(
+        edge.get(&format!("/v/r.ts?hdnts={}", token("/v/*")))
+            .await
+            .status
+            .as_u16(),
+        200
+    );
+    assert_eq!(
+        edge.get(&format!("/v/r.ts?hdnts={other}"))
+            .await
+            .status
+            .as_u16(),
+        403
+    );
+}
+
+#[tokio::test]
+async fn tokens_are_read_from_cookies_and_headers_and_stay_away_from_the_origin() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/v/c.ts",
+        Script::ok("c").header("cache-control", "max-age=60"),
+    );
+    let edge = edge_with(
+        &origin,
+        RawToken {
+            sources: Some(vec!["cookie".into(), "header".into()]),
+            header: Some("x-edge-token".into()),
+            ..raw_token()
+        },
+    )
+    .await;
+    let t = token("/v/*");
+    let cookie = format!("other=1; hdnts={t}");
+    let r = edge.get_with("/v/c.ts", &[("cookie", &cookie)]).await;
+    assert_eq!(r.status.as_u16(), 200);
+    let r = edge.get_with("/v/c.ts", &[("x-edge-token", &t)]).await;
+    assert_eq!(r.status.as_u16(), 200);
+    // The query is not a source on this route.
+    let r = edge.get(&format!("/v/c.ts?hdnts={t}")).await;
+    assert_eq!(r.status.as_u16(), 403);
+    assert!(String::from_utf8_lossy(&r.body).contains("missing"));
+    for seen in origin.seen("/v/c.ts") {
+        assert!(!seen.target.contains("hdnts"), "{}", seen.target);
+        assert!(seen.header("x-edge-token").is_none());
+        assert!(!seen.header("cookie").unwrap_or("").contains("hdnts"));
+    }
+}
+
+#[tokio::test]
+async fn the_token_reaches_the_origin_only_with_forward() {
+    for forward in [false, true] {
+        let origin = Origin::start().await;
+        origin.script(
+            "/v/f.ts",
+            Script::ok("f").header("cache-control", "max-age=60"),
+        );
+        let edge = edge_with(
+            &origin,
+            RawToken {
+                forward: Some(forward),
+                ..raw_token()
+            },
+        )
+        .await;
+        let t = token("/v/*");
+        let r = edge.get(&format!("/v/f.ts?x=1&hdnts={t}")).await;
+        assert_eq!(r.status.as_u16(), 200);
+        edge.settle().await;
+        // Another viewer's token: the same cache key.
+        let r = edge
+            .get(&format!("/v/f.ts?hdnts={}&x=1", token("/v/f.ts")))
+            .await;
+        assert_eq!(r.x_cache(), "HIT", "the token is not part of the key");
+        let seen = origin.seen("/v/f.ts");
+        assert_eq!(seen.len(), 1);
+        assert_eq!(
+            seen[0].target.contains("hdnts="),
+            forward,
+            "{}",
+            seen[0].target
+        );
+        assert!(seen[0].target.contains("x=1"));
+    }
+}
+
+#[tokio::test]
+async fn a_custom_param_is_dropped_from_the_cache_key() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/v/p.ts",
+        Script::ok("p").header("cache-control", "max-age=60"),
+    );
+    let edge = edge_with(
+        &origin,
+        RawToken {
+            param: Some("auth".into()),
+            ..raw_token()
+        },
+    )
+    .await;
+    assert!(edge
+        .edge
+        .config
+        .cache
+        .drop_query_params
+        .iter()
+        .any(|p| p == "auth"));
+    assert_eq!(
+        edge.get(&format!("/v/p.ts?auth={}", token("/v/*")))
+            .await
+            .status
+            .as_u16(),
+        200
+    );
+    edge.settle().await;
+    let r = edge.get(&format!("/v/p.ts?auth={}", token("/v/p*"))).await;
+    assert_eq!(r.x_cache(), "HIT");
+}
+
+const MASTER: &str = "#EXTM3U\n\
+#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID=\"aud\",NAME=\"en\",URI=\"audio.m3u8\"\n\
+#EXT-X-STREAM-INF:BANDWIDTH=800000,AUDIO=\"aud\"\n\
+low/index.m3u8\n\
+#EXT-X-STREAM-INF:BANDWIDTH=1600000\n\
+https://elsewhere.example/high/index.m3u8\n";
+
+const MEDIA: &str = "#EXTM3U\n#EXT-X-TARGETDURATION:4\n\
+#EXT-X-KEY:METHOD=AES-128,URI=\"../k/1.key\"\n\
+#EXTINF:4.0,\nseg1.ts\n#EXT-X-ENDLIST\n";
+
+#[tokio::test]
+async fn a_tokenised_master_gives_child_uris_that_carry_the_token_and_work() {
+    let origin = Origin::start().await;
+    let m3u8 = |body: &'static str| {
+        Script::ok(body)
+            .header("content-type", "application/vnd.apple.mpegurl")
+            .header("cache-control", "max-age=60")
+            .header("etag", "\"m1\"")
+    };
+    origin.script("/v/master.m3u8", m3u8(MASTER));
+    origin.script("/v/low/index.m3u8", m3u8(MEDIA));
+    origin.script("/v/audio.m3u8", m3u8(MEDIA));
+    origin.script(
+        "/v/low/seg1.ts",
+        Script::ok("seg").header("cache-control", "max-age=60"),
+    );
+    origin.script("/v/k/1.key", Script::ok("0123456789abcdef"));
+    let edge = edge_with(&origin, raw_token()).await;
+
+    let t = token("/v/*");
+    let r = edge.get(&format!("/v/master.m3u8?hdnts={t}")).await;
+    assert_eq!(r.status.as_u16(), 200);
+    let body = String::from_utf8(r.body.to_vec()).expect("utf8");
+    assert_eq!(
+        r.h("content-length"),
+        body.len().to_string(),
+        "length of the rewritten body"
+    );
+    assert_eq!(
+        r.h("etag"),
+        "",
+        "the origin's ETag does not describe these bytes"
+    );
+    assert!(
+        body.contains(&format!("URI=\"audio.m3u8?hdnts={t}\"")),
+        "{body}"
+    );
+    assert!(
+        body.contains(&format!("\nlow/index.m3u8?hdnts={t}\n")),
+        "{body}"
+    );
+    assert!(
+        body.contains("\nhttps://elsewhere.example/high/index.m3u8\n"),
+        "{body}"
+    );
+
+    // Follow the child URIs as a player does (relative to the playlist's URL).
+    let r = edge.get(&format!("/v/low/index.m3u8?hdnts={t}")).await;
+    let media = String::from_utf8(r.body.to_vec()).expect("utf8");
+    assert!(
+        media.contains(&format!("URI=\"../k/1.key?hdnts={t}\"")),
+        "{media}"
+    );
+    assert!(media.contains(&format!("\nseg1.ts?hdnts={t}\n")), "{media}");
+    let seg = edge.get(&format!("/v/low/seg1.ts?hdnts={t}")).await;
+    assert_eq!((seg.status.as_u16(), &seg.body[..]), (200, &b"seg"[..]));
+    let key = edge.get(&format!("/v/k/1.key?hdnts={t}")).await;
+    assert_eq!(key.status.as_u16(), 200);
+    assert_eq!(
+        edge.get("/v/k/1.key").await.status.as_u16(),
+        403,
+        "keys are token-checked"
+    );
+
+    // The cached playlist stays token-free: another viewer gets their own token, not ours.
+    edge.settle().await;
+    let t2 = token("/v/*");
+    let r = edge.get(&format!("/v/master.m3u8?hdnts={t2}")).await;
+    assert_eq!(r.x_cache(), "HIT");
+    let body2 = String::from_utf8(r.body.to_vec()).expect("utf8");
+    assert!(body2.contains(&format!("low/index.m3u8?hdnts={t2}")));
+    assert_eq!(origin.count("/v/master.m3u8"), 1);
+    // A Range on a tokenised manifest is answered whole (the rewrite changes every offset).
+    let r = edge
+        .get_with(
+            &format!("/v/master.m3u8?hdnts={t}"),
+            &[("range", "bytes=0-5")],
+        )
+        .await;
+    assert_eq!((r.status.as_u16(), r.body.len()), (200, body.len()));
+}
+
+const MPD: &str = r#"<?xml version="1.0"?>
+<MPD xmlns="urn:mpeg:dash:schema:mpd:2011" type="static" mediaPresentationDuration="PT4S">
+  <Period>
+    <AdaptationSet mimeType="video/mp4">
+      <SegmentTemplate initialization="init-$RepresentationID$.mp4" media="$RepresentationID$-$Number$.m4s" startNumber="1" duration="4" timescale="1"/>
+      <Representation id="v1" bandwidth="100000"/>
+    </AdaptationSet>
+    <AdaptationSet mimeType="audio/mp4">
+      <Representation id="a1" bandwidth="1000">
+        <BaseURL>http://other.example/audio.mp4</BaseURL>
+      </Representation>
+    </AdaptationSet>
+  </Period>
+</MPD>
+"#;
+
+#[tokio::test]
+async fn a_tokenised_mpd_gives_segment_urls_that_carry_the_token() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/v/d/stream.mpd",
+        Script::ok(MPD).header("content-type", "application/dash+xml"),
+    );
+    origin.script("/v/d/init-v1.mp4", Script::ok("init"));
+    origin.script("/v/d/v1-1.m4s", Script::ok("media"));
+    let edge = edge_with(&origin, raw_token()).await;
+    let t = token("/v/d/*");
+    let r = edge.get(&format!("/v/d/stream.mpd?hdnts={t}")).await;
+    let body = String::from_utf8(r.body.to_vec()).expect("utf8");
+    assert_eq!(r.h("content-length"), body.len().to_string());
+    assert!(
+        body.contains(&format!(
+            "initialization=\"init-$RepresentationID$.mp4?hdnts={t}\""
+        )),
+        "{body}"
+    );
+    assert!(
+        body.contains(&format!(
+            "media=\"$RepresentationID$-$Number$.m4s?hdnts={t}\""
+        )),
+        "{body}"
+    );
+    assert!(
+        body.contains("<BaseURL>http://other.example/audio.mp4</BaseURL>"),
+        "{body}"
+    );
+    for child in ["init-v1.mp4", "v1-1.m4s"] {
+        let r = edge.get(&format!("/v/d/{child}?hdnts={t}")).await;
+        assert_eq!(r.status.as_u16(), 200, "{child}");
+    }
+}
+
+#[tokio::test]
+async fn token_config_errors_are_named() {
+    let origin = Origin::start().await;
+    let mut raw = edge_config(&origin);
+    raw.routes.push(RawRoute {
+        prefix: "/v/".into(),
+        origin: origin.url(),
+        token: Some(RawToken {
+            key: Some("xyz".into()),
+            algorithm: Some("sha512".into()),
+            sources: Some(vec!["carrier-pigeon".into()]),
+            ..RawToken::default()
+        }),
+        ..RawRoute::default()
+    });
+    raw.routes.push(RawRoute {
+        prefix: "/w/".into(),
+        origin: origin.url(),
+        token: Some(RawToken {
+            key_env: Some("VEDGE_TEST_UNSET_TOKEN_KEY".into()),
+            ..RawToken::default()
+        }),
+        ..RawRoute::default()
+    });
+    let err = vedge::Config::try_from(raw.clone()).expect_err("bad token config accepted");
+    let text = err.to_string();
+    for field in [
+        "token.key",
+        "token.algorithm",
+        "token.sources",
+        "VEDGE_TEST_UNSET_TOKEN_KEY",
+    ] {
+        assert!(text.contains(field), "{field} missing from {text}");
+    }
+    assert!(!text.contains("xyz"), "the key is never echoed");
+    // The environment is read through RawConfig::read_env (main.rs passes std::env::var).
+    raw.routes.remove(0);
+    raw.read_env(|name| (name == "VEDGE_TEST_UNSET_TOKEN_KEY").then(|| KEY.to_string()));
+    vedge::Config::try_from(raw).expect("key from the environment");
+}
