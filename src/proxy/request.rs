@@ -97,6 +97,10 @@ async fn dispatch(
         ));
     }
     let route = edge.config.route_for(path).ok_or(EdgeError::NoRoute)?;
+    if !route.acl.permits(peer.map(|p| p.ip())) {
+        Metrics::inc(&edge.metrics.limits.ip_denied);
+        return Ok(crate::http::limits::ip_denied(&edge.config.cdn_id));
+    }
     let host = parts
         .headers
         .get(header::HOST)
