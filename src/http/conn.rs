@@ -62,13 +62,14 @@ impl Activity {
             if idle_deadline.is_some_and(|d| d <= now) {
                 return Expired::Idle;
             }
-            // Nothing due: look again at the earliest deadline, or after the shorter timeout
-            // (a write may block or a request end in the meantime).
-            let next = [write_deadline, idle_deadline]
+            // Nothing due: look again at the earliest deadline, and at least once per write
+            // timeout (a request may start and its writes block while this sleeps, so a write
+            // is cut at most twice the timeout after it blocked).
+            let next = [write_deadline, idle_deadline, Some(now + ms(t.write))]
                 .into_iter()
                 .flatten()
                 .min()
-                .unwrap_or(now + ms(t.write.min(t.idle)));
+                .unwrap_or(now);
             let wait = Duration::from_millis(next.saturating_sub(now).max(1));
             tokio::time::sleep(wait).await;
         }

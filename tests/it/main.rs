@@ -13,4 +13,6 @@ mod edge_store;
 mod edge_vary;
 mod edge_zerocopy;
 mod ingest;
+mod limits;
 mod module_graph;
+mod tls;
