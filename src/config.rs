@@ -1213,11 +1213,6 @@ impl TlsConfig {
             });
         }
         if default.is_none() && hosts.is_empty() {
-            if raw.tickets.is_some() {
-                c.error(
-                    "tls.tickets: given without any certificate (server.tls_cert or [[tls.cert]])",
-                );
-            }
             return None;
         }
         Some(TlsConfig {
@@ -1695,6 +1690,22 @@ mod tests {
             "server.zero_copy",
             "server.send_buffer",
             "server.threads",
+            "server.tls_handshake_timeout",
+            "server.idle_timeout",
+            "server.write_timeout",
+            "server.h2_keepalive_interval",
+            "server.h2_keepalive_timeout",
+            "server.h2_max_concurrent_streams",
+            "server.h2_max_pending_reset_streams",
+            "server.h2_max_local_error_reset_streams",
+            "tls.tickets",
+            "limits.max_connections",
+            "limits.per_ip_connections",
+            "limits.per_ip_rps",
+            "limits.per_ip_burst",
+            "limits.table_size",
+            "admin.header_read_timeout",
+            "admin.idle_timeout",
         ] {
             assert!(
                 names.iter().any(|n| n == key),
