@@ -131,6 +131,15 @@ pub struct ServeArgs {
         help = with_default("This node's CDN-Loop / Via token (RFC 8586).", DEFAULT_CDN_ID)
     )]
     pub cdn_id: Option<String>,
+
+    /// Viewer TLS certificate chain, PEM (`server.tls_cert`; the default certificate next to
+    /// `[[tls.cert]]` per-host ones). Reloaded on SIGHUP. [default: none, plain HTTP]
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Private key for --tls-cert, PEM (`server.tls_key`).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Flags of `vedge demo`.
@@ -176,6 +185,8 @@ impl ServeArgs {
         set(&mut raw.cdn_id, &self.cdn_id);
         set(&mut raw.ram_size, &self.ram_size);
         set(&mut raw.store.path, &self.store);
+        set(&mut raw.server.tls_cert, &self.tls_cert);
+        set(&mut raw.server.tls_key, &self.tls_key);
         set_store(&mut raw.store.size, &mut raw.store_size, &self.store_size);
         set_store(
             &mut raw.store.region_size,

@@ -119,6 +119,15 @@ pub struct RawConfig {
     pub origin_client: RawOriginClient,
     #[serde(default)]
     pub server: RawServer,
+    /// The `[limits]` table: per-client and global connection and request-rate limits.
+    #[serde(default)]
+    pub limits: RawLimits,
+    /// The `[tls]` table: per-host certificates (`[[tls.cert]]`) and session tickets.
+    #[serde(default)]
+    pub tls: RawTls,
+    /// The `[admin]` table: the admin listener's connection timeouts.
+    #[serde(default)]
+    pub admin: RawAdmin,
 }
 
 /// The `[store]` table. Without a `path` there is no store (RAM tier only).
@@ -207,6 +216,10 @@ pub struct RawRoute {
     pub insecure_skip_verify: Option<bool>,
     /// `[route.token]`: signed URLs (Akamai EdgeAuth 2.0 tokens) required on this route.
     pub token: Option<RawToken>,
+    /// Viewer addresses (CIDRs) allowed on this route; empty: everyone not denied.
+    pub allow_ips: Option<Vec<String>>,
+    /// Viewer addresses (CIDRs) refused on this route with 403 (checked before `allow_ips`).
+    pub deny_ips: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -271,6 +284,14 @@ pub struct RawServer {
     pub threads: Option<usize>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    pub tls_handshake_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub write_timeout: Option<String>,
+    pub h2_keepalive_interval: Option<String>,
+    pub h2_keepalive_timeout: Option<String>,
+    pub h2_max_concurrent_streams: Option<u32>,
+    pub h2_max_pending_reset_streams: Option<usize>,
+    pub h2_max_local_error_reset_streams: Option<usize>,
 }
 
 /// The validated configuration. `listen`, `cdn_id` and `ram_size` describe the node as a whole
@@ -287,6 +308,9 @@ pub struct Config {
     pub cache: CacheConfig,
     pub origin_client: OriginClientConfig,
     pub server: ServerConfig,
+    pub limits: LimitsConfig,
+    /// Viewer TLS; `None` serves plain HTTP (and h2c).
+    pub tls: Option<TlsConfig>,
 }
 
 /// The admin listener (metrics, health, purge, ingest).
@@ -295,6 +319,7 @@ pub struct AdminConfig {
     pub listen: Option<SocketAddr>,
     /// Required whenever `listen` is set: the admin API never runs open.
     pub token: Option<String>,
+    pub timeouts: ConnTimeouts,
 }
 
 /// The SSD store under the RAM tier.
@@ -325,6 +350,8 @@ pub struct Route {
     pub integrity: RouteIntegrity,
     /// Signed-URL check (`[route.token]`); `None`: the route is open, as before.
     pub token: Option<TokenConfig>,
+    /// Who may use this route (`allow_ips` / `deny_ips`).
+    pub acl: IpAcl,
 }
 
 #[derive(Debug, Clone)]
@@ -354,7 +381,6 @@ pub struct OriginClientConfig {
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub max_header_size: usize,
-    pub header_read_timeout: Duration,
     pub shutdown_grace: Duration,
     /// Large RAM-tier bodies live in memfds and go to plain-TCP viewers with `sendfile`.
     pub zero_copy: bool,
@@ -364,7 +390,12 @@ pub struct ServerConfig {
     /// 0: viewers are served on the shared work-stealing runtime (default). N: N threads, each
     /// with its own single-threaded runtime and accept loop (nginx's worker model).
     pub threads: usize,
-    pub tls: Option<(PathBuf, PathBuf)>,
+    /// A TLS handshake not finished in this long closes the connection.
+    pub tls_handshake_timeout: Duration,
+    /// Idle keep-alive, slow-reader and h2 keep-alive timeouts.
+    pub timeouts: ConnTimeouts,
+    /// HTTP/2 stream limits (concurrency, rapid-reset protection).
+    pub h2: H2Limits,
 }
 
 impl RawConfig {
@@ -611,6 +642,12 @@ impl Config {
         let cache = cache.dropping_token_params(&routes);
         let origin_client = OriginClientConfig::resolve(&raw.origin_client, &mut c);
         let server = ServerConfig::resolve(&raw.server, &mut c);
+        let limits = LimitsConfig::resolve(&raw.limits, &mut c);
+        let tls = TlsConfig::resolve(&raw.server, &raw.tls, &mut c);
+        let admin = AdminConfig {
+            timeouts: ConnTimeouts::resolve_admin(&raw.admin, &mut c),
+            ..admin
+        };
 
         if !c.0.is_empty() {
             return Err(ConfigError(c.0));
@@ -625,6 +662,8 @@ impl Config {
             cache,
             origin_client,
             server,
+            limits,
+            tls,
         };
         Ok((config, warnings))
     }
@@ -665,7 +704,11 @@ impl AdminConfig {
                 "admin_token: must be at least {MIN_ADMIN_TOKEN_LEN} characters"
             ));
         }
-        AdminConfig { listen, token }
+        AdminConfig {
+            listen,
+            token,
+            timeouts: ConnTimeouts::admin_defaults(),
+        }
     }
 }
 
@@ -822,6 +865,7 @@ impl Route {
                         ttl: global_ttl.clone(),
                         integrity,
                         token: None,
+                        acl: IpAcl::default(),
                     });
                 }
             }
@@ -859,6 +903,10 @@ impl Route {
                 .token
                 .as_ref()
                 .and_then(|t| TokenConfig::resolve(&format!("{field}.token"), t, c));
+            let acl = IpAcl {
+                allow: c.cidrs(&format!("{field}.allow_ips"), r.allow_ips.as_deref()),
+                deny: c.cidrs(&format!("{field}.deny_ips"), r.deny_ips.as_deref()),
+            };
             routes.retain(|existing: &Route| existing.prefix != r.prefix);
             routes.push(Route {
                 prefix: r.prefix.clone(),
@@ -869,6 +917,7 @@ impl Route {
                 ttl,
                 integrity,
                 token,
+                acl,
             });
         }
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
@@ -909,14 +958,6 @@ impl OriginClientConfig {
 
 impl ServerConfig {
     fn resolve(raw: &RawServer, c: &mut Check) -> ServerConfig {
-        let tls = match (&raw.tls_cert, &raw.tls_key) {
-            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
-            (None, None) => None,
-            _ => {
-                c.error("server.tls_cert and server.tls_key: give both or neither");
-                None
-            }
-        };
         let max_header_size = c.size(
             "server.max_header_size",
             &raw.max_header_size,
@@ -937,11 +978,6 @@ impl ServerConfig {
         }
         ServerConfig {
             max_header_size: max_header_size as usize,
-            header_read_timeout: c.duration(
-                "server.header_read_timeout",
-                &raw.header_read_timeout,
-                DEFAULT_HEADER_READ_TIMEOUT,
-            ),
             shutdown_grace: c.duration(
                 "server.shutdown_grace",
                 &raw.shutdown_grace,
@@ -950,7 +986,23 @@ impl ServerConfig {
             zero_copy: raw.zero_copy.unwrap_or(DEFAULT_ZERO_COPY),
             send_buffer: send_buffer as usize,
             threads,
-            tls,
+            tls_handshake_timeout: c.duration(
+                "server.tls_handshake_timeout",
+                &raw.tls_handshake_timeout,
+                DEFAULT_TLS_HANDSHAKE_TIMEOUT,
+            ),
+            timeouts: ConnTimeouts::resolve_server(raw, c),
+            h2: H2Limits {
+                max_concurrent_streams: raw
+                    .h2_max_concurrent_streams
+                    .unwrap_or(DEFAULT_H2_MAX_CONCURRENT_STREAMS),
+                max_pending_reset_streams: raw
+                    .h2_max_pending_reset_streams
+                    .unwrap_or(DEFAULT_H2_MAX_PENDING_RESET_STREAMS),
+                max_local_error_reset_streams: raw
+                    .h2_max_local_error_reset_streams
+                    .unwrap_or(DEFAULT_H2_MAX_LOCAL_ERROR_RESET_STREAMS),
+            },
         }
     }
 }
@@ -1561,6 +1613,324 @@ impl TokenConfig {
     }
 }
 
+// ---- Abuse limits, connection timeouts and viewer TLS (`[limits]`, `[tls]`, `[admin]`, the
+// timeout fields of `[server]`, `[[route]] allow_ips / deny_ips`). ----
+
+/// Viewer connections open at once, all clients together (0: no cap).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 50_000;
+/// Viewer connections one client address may hold open (0: no cap). Generous: a carrier-grade
+/// NAT puts hundreds of viewers behind one address.
+pub const DEFAULT_PER_IP_CONNECTIONS: usize = 512;
+/// Sustained requests per second one client address may make (0: no rate limit).
+pub const DEFAULT_PER_IP_RPS: u32 = 200;
+/// Requests one client address may make at once above the sustained rate (the bucket size).
+pub const DEFAULT_PER_IP_BURST: u32 = 400;
+/// Client addresses that bypass the limits: loopback, where a local TLS terminator or health
+/// checker would otherwise count as one huge client.
+pub const DEFAULT_LIMITS_ALLOW: &[&str] = &["127.0.0.0/8", "::1/128"];
+/// Memory for the per-address table (connections and token buckets); idle entries are evicted.
+pub const DEFAULT_LIMITS_TABLE_SIZE: u64 = 16 << 20;
+pub const MIN_LIMITS_TABLE_SIZE: u64 = 64 << 10;
+
+pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_TLS_TICKETS: bool = true;
+/// A keep-alive connection with no request in flight is closed after this long.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// A viewer that takes no bytes for this long while a response waits is disconnected.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_H2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+pub const DEFAULT_H2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_H2_MAX_CONCURRENT_STREAMS: u32 = 256;
+/// Streams a client may open and reset before the server accepted them (CVE-2023-44487).
+pub const DEFAULT_H2_MAX_PENDING_RESET_STREAMS: usize = 20;
+/// Streams the server may reset for a client's protocol errors before it drops the connection.
+pub const DEFAULT_H2_MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
+pub const DEFAULT_ADMIN_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_ADMIN_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_connections: Option<usize>,
+    pub per_ip_connections: Option<usize>,
+    pub per_ip_rps: Option<u32>,
+    pub per_ip_burst: Option<u32>,
+    /// CIDRs that bypass the limits.
+    pub allow: Option<Vec<String>>,
+    pub table_size: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// Per-host certificates, chosen by SNI; `server.tls_cert`/`tls_key` is the default.
+    #[serde(default, rename = "cert")]
+    pub certs: Vec<RawTlsCert>,
+    /// Session resumption with tickets (rotating key).
+    pub tickets: Option<bool>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTlsCert {
+    /// Server names this certificate answers for; `*.example.com` matches one label.
+    pub hosts: Vec<String>,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub header_read_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+}
+
+/// Per-client and global limits on the viewer listener (`http::limits`).
+#[derive(Debug, Clone)]
+pub struct LimitsConfig {
+    /// 0: no cap.
+    pub max_connections: usize,
+    /// 0: no cap.
+    pub per_ip_connections: usize,
+    /// 0: no rate limit.
+    pub per_ip_rps: u32,
+    pub per_ip_burst: u32,
+    pub allow: Vec<Cidr>,
+    /// Bytes for the per-address table.
+    pub table_size: u64,
+}
+
+/// Viewer TLS: a default certificate and per-host ones, reloadable (`http::tls`).
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// Served when no host certificate matches the SNI name (or there is none).
+    pub default: Option<CertFiles>,
+    pub hosts: Vec<HostCert>,
+    pub tickets: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct HostCert {
+    /// Lower-case names; `*.example.com` wildcards.
+    pub hosts: Vec<String>,
+    pub files: CertFiles,
+}
+
+/// Connection timeouts a listener enforces (`http::server::Watchdog`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ConnTimeouts {
+    pub header_read: Duration,
+    /// No request in flight for this long: close.
+    pub idle: Duration,
+    /// A write blocked (the peer reads nothing) for this long: close.
+    pub write: Duration,
+    pub h2_keepalive_interval: Duration,
+    pub h2_keepalive_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct H2Limits {
+    pub max_concurrent_streams: u32,
+    pub max_pending_reset_streams: usize,
+    pub max_local_error_reset_streams: usize,
+}
+
+/// A route's viewer-address rules: `deny` wins, then a non-empty `allow` must match.
+#[derive(Debug, Clone, Default)]
+pub struct IpAcl {
+    pub allow: Vec<Cidr>,
+    pub deny: Vec<Cidr>,
+}
+
+impl IpAcl {
+    /// Whether `ip` may use the route. An unknown address passes only a route without `allow`.
+    pub fn permits(&self, ip: Option<std::net::IpAddr>) -> bool {
+        if self.allow.is_empty() && self.deny.is_empty() {
+            return true;
+        }
+        let Some(ip) = ip.map(canonical_ip) else {
+            return self.allow.is_empty();
+        };
+        if self.deny.iter().any(|c| c.contains(ip)) {
+            return false;
+        }
+        self.allow.is_empty() || self.allow.iter().any(|c| c.contains(ip))
+    }
+}
+
+/// An IPv4-mapped IPv6 address (`::ffff:10.0.0.1`, what a dual-stack socket reports for IPv4
+/// clients) as the IPv4 address it is, so one client has one identity and v4 CIDRs match it.
+pub fn canonical_ip(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => std::net::IpAddr::V4(v4),
+            None => std::net::IpAddr::V6(v6),
+        },
+        v4 => v4,
+    }
+}
+
+/// An address block, `10.0.0.0/8` or `2001:db8::/32` (a bare address is a /32 or /128).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    net: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    pub fn parse(s: &str) -> Result<Cidr, String> {
+        let bad = || format!("`{s}` is not a CIDR (e.g. 10.0.0.0/8, 2001:db8::/32, 192.0.2.1)");
+        let (addr, len) = match s.trim().split_once('/') {
+            Some((a, l)) => (a, Some(l)),
+            None => (s.trim(), None),
+        };
+        let net = canonical_ip(addr.parse::<std::net::IpAddr>().map_err(|_| bad())?);
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let mut prefix = match len {
+            None => max,
+            Some(l) => l.parse::<u8>().map_err(|_| bad())?,
+        };
+        // `::ffff:10.0.0.0/104` is the v4 block 10.0.0.0/8.
+        if addr.contains(':') && net.is_ipv4() {
+            prefix = prefix.checked_sub(96).ok_or_else(bad)?;
+        }
+        if prefix > max {
+            return Err(bad());
+        }
+        Ok(Cidr { net, prefix })
+    }
+
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr::{V4, V6};
+        match (self.net, canonical_ip(ip)) {
+            (V4(n), V4(a)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (V6(n), V6(a)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Check {
+    fn cidrs(&mut self, field: &str, v: Option<&[String]>) -> Vec<Cidr> {
+        v.unwrap_or_default()
+            .iter()
+            .filter_map(|s| match Cidr::parse(s) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    self.0.push(format!("{field}: {e}"));
+                    None
+                }
+            })
+            .collect()
+    }
+}
+
+impl LimitsConfig {
+    fn resolve(raw: &RawLimits, c: &mut Check) -> LimitsConfig {
+        let default_allow: Vec<String> =
+            DEFAULT_LIMITS_ALLOW.iter().map(|s| s.to_string()).collect();
+        let allow = c.cidrs(
+            "limits.allow",
+            Some(raw.allow.as_deref().unwrap_or(&default_allow)),
+        );
+        let table_size = c.size(
+            "limits.table_size",
+            &raw.table_size,
+            DEFAULT_LIMITS_TABLE_SIZE,
+        );
+        if table_size < MIN_LIMITS_TABLE_SIZE {
+            c.error("limits.table_size: must be at least 64KiB");
+        }
+        let per_ip_rps = raw.per_ip_rps.unwrap_or(DEFAULT_PER_IP_RPS);
+        let per_ip_burst = raw.per_ip_burst.unwrap_or(DEFAULT_PER_IP_BURST);
+        if per_ip_rps > 0 && per_ip_burst == 0 {
+            c.error("limits.per_ip_burst: must be at least 1 when limits.per_ip_rps is set");
+        }
+        LimitsConfig {
+            max_connections: raw.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
+            per_ip_connections: raw.per_ip_connections.unwrap_or(DEFAULT_PER_IP_CONNECTIONS),
+            per_ip_rps,
+            per_ip_burst,
+            allow,
+            table_size,
+        }
+    }
+}
+
+impl TlsConfig {
+    /// `None` without any certificate. The default is `server.tls_cert`/`tls_key`, else the
+    /// first `[[tls.cert]]`.
+    fn resolve(server: &RawServer, raw: &RawTls, c: &mut Check) -> Option<TlsConfig> {
+        let default = match (&server.tls_cert, &server.tls_key) {
+            (Some(cert), Some(key)) => Some(CertFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            (None, None) => None,
+            _ => {
+                c.error("server.tls_cert and server.tls_key: give both or neither");
+                None
+            }
+        };
+        let mut hosts = Vec::new();
+        for (i, r) in raw.certs.iter().enumerate() {
+            if r.hosts.is_empty() {
+                c.error(format!("tls.cert[{i}].hosts: name at least one host"));
+            }
+            let names: Vec<String> = r
+                .hosts
+                .iter()
+                .map(|h| h.trim().to_ascii_lowercase())
+                .collect();
+            for h in &names {
+                let bare = h.strip_prefix("*.").unwrap_or(h);
+                if bare.is_empty()
+                    || bare.contains('*')
+                    || !bare
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b))
+                {
+                    c.error(format!(
+                        "tls.cert[{i}].hosts: `{h}` is not a host name (e.g. video.example.com, *.example.com)"
+                    ));
+                }
+            }
+            hosts.push(HostCert {
+                hosts: names,
+                files: CertFiles {
+                    cert: r.cert.clone(),
+                    key: r.key.clone(),
+                },
+            });
+        }
+        if default.is_none() && hosts.is_empty() {
+            return None;
+        }
+        Some(TlsConfig {
+            default,
+            hosts,
+            tickets: raw.tickets.unwrap_or(DEFAULT_TLS_TICKETS),
+        })
+    }
+}
+
 /// The certificates of a PEM CA file: at least one, or why not.
 pub fn read_ca_file(
     path: &Path,
@@ -1593,6 +1963,80 @@ fn decode_hex_key(s: &str) -> Result<Vec<u8>, String> {
             _ => Err("holds a character that is not a hex digit; the value is not shown".into()),
         })
         .collect()
+}
+
+impl ConnTimeouts {
+    fn resolve_server(raw: &RawServer, c: &mut Check) -> ConnTimeouts {
+        ConnTimeouts {
+            header_read: c.duration(
+                "server.header_read_timeout",
+                &raw.header_read_timeout,
+                DEFAULT_HEADER_READ_TIMEOUT,
+            ),
+            idle: c.duration(
+                "server.idle_timeout",
+                &raw.idle_timeout,
+                DEFAULT_IDLE_TIMEOUT,
+            ),
+            write: c.duration(
+                "server.write_timeout",
+                &raw.write_timeout,
+                DEFAULT_WRITE_TIMEOUT,
+            ),
+            h2_keepalive_interval: c.duration(
+                "server.h2_keepalive_interval",
+                &raw.h2_keepalive_interval,
+                DEFAULT_H2_KEEPALIVE_INTERVAL,
+            ),
+            h2_keepalive_timeout: c.duration(
+                "server.h2_keepalive_timeout",
+                &raw.h2_keepalive_timeout,
+                DEFAULT_H2_KEEPALIVE_TIMEOUT,
+            ),
+        }
+        .checked("server", c)
+    }
+
+    fn admin_defaults() -> ConnTimeouts {
+        ConnTimeouts {
+            header_read: DEFAULT_ADMIN_HEADER_READ_TIMEOUT,
+            idle: DEFAULT_ADMIN_IDLE_TIMEOUT,
+            // An ingest upload or a metrics scrape that stops reading is as stuck as a viewer.
+            write: DEFAULT_WRITE_TIMEOUT,
+            h2_keepalive_interval: DEFAULT_H2_KEEPALIVE_INTERVAL,
+            h2_keepalive_timeout: DEFAULT_H2_KEEPALIVE_TIMEOUT,
+        }
+    }
+
+    fn resolve_admin(raw: &RawAdmin, c: &mut Check) -> ConnTimeouts {
+        let d = ConnTimeouts::admin_defaults();
+        ConnTimeouts {
+            header_read: c.duration(
+                "admin.header_read_timeout",
+                &raw.header_read_timeout,
+                d.header_read,
+            ),
+            idle: c.duration("admin.idle_timeout", &raw.idle_timeout, d.idle),
+            ..d
+        }
+        .checked("admin", c)
+    }
+
+    /// Zero would close every connection at once (or, for hyper, panic a timer): refuse it.
+    fn checked(self, table: &str, c: &mut Check) -> ConnTimeouts {
+        for (name, d) in [
+            ("header_read_timeout", self.header_read),
+            ("idle_timeout", self.idle),
+            ("write_timeout", self.write),
+            ("h2_keepalive_interval", self.h2_keepalive_interval),
+            ("h2_keepalive_timeout", self.h2_keepalive_timeout),
+        ] {
+            if d.is_zero() {
+                c.error(format!("{table}.{name}: must be longer than 0s"));
+            }
+        }
+        self
+    }
 }
 
 fn authority(u: &url::Url) -> String {
@@ -2060,6 +2504,22 @@ mod tests {
             "server.zero_copy",
             "server.send_buffer",
             "server.threads",
+            "server.tls_handshake_timeout",
+            "server.idle_timeout",
+            "server.write_timeout",
+            "server.h2_keepalive_interval",
+            "server.h2_keepalive_timeout",
+            "server.h2_max_concurrent_streams",
+            "server.h2_max_pending_reset_streams",
+            "server.h2_max_local_error_reset_streams",
+            "tls.tickets",
+            "limits.max_connections",
+            "limits.per_ip_connections",
+            "limits.per_ip_rps",
+            "limits.per_ip_burst",
+            "limits.table_size",
+            "admin.header_read_timeout",
+            "admin.idle_timeout",
         ] {
             assert!(
                 names.iter().any(|n| n == key),

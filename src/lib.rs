@@ -38,6 +38,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
@@ -67,8 +68,31 @@ pub async fn serve(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let tls = match &edge.config.server.tls {
-        Some((cert, key)) => Some(http::server::tls_acceptor(cert, key)?),
+    serve_with(edge, listeners, shutdown, Arc::new(Notify::new())).await
+}
+
+/// Like `run`, reloading the viewer TLS certificates and keys from their files each time
+/// `reload` is notified (main.rs does it on SIGHUP): new handshakes use the new certificates,
+/// open connections keep theirs, and a reload that fails keeps the old ones.
+pub async fn run_with(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    reload: Arc<Notify>,
+) -> anyhow::Result<()> {
+    let edge = Edge::new(config).await?;
+    serve_with(edge, listeners, shutdown, reload).await
+}
+
+/// `serve` with a reload trigger (see `run_with`).
+pub async fn serve_with(
+    edge: Arc<Edge>,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    reload: Arc<Notify>,
+) -> anyhow::Result<()> {
+    let tls = match &edge.config.tls {
+        Some(t) => Some(http::tls::Tls::new(t)?),
         None => None,
     };
     let token = CancellationToken::new();
@@ -77,6 +101,20 @@ pub async fn serve(
         shutdown.await;
         trigger.cancel();
     });
+    if let Some(tls) = tls.clone() {
+        let token = token.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    _ = reload.notified() => match tls.reload() {
+                        Ok(()) => tracing::info!("TLS certificates reloaded"),
+                        Err(e) => tracing::error!(error = %e, "TLS reload failed; keeping the old certificates"),
+                    },
+                }
+            }
+        });
+    }
     let admin = listeners
         .admin
         .map(|l| tokio::spawn(admin::serve(edge.clone(), l, token.clone())));
@@ -84,6 +122,7 @@ pub async fn serve(
         listen = %listeners.viewer.local_addr()?,
         routes = edge.config.routes.len(),
         ram = edge.config.ram_size,
+        tls = tls.is_some(),
         "vedge serving"
     );
     http::server::serve(edge.clone(), listeners.viewer, tls, token.clone()).await;

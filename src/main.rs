@@ -1,4 +1,4 @@
-//! argv -> config -> telemetry -> bind -> vedge::run. Nothing else.
+//! argv -> config -> telemetry -> process limits and signals -> bind -> vedge::run. Nothing else.
 
 use anyhow::Context;
 use clap::Parser;
@@ -78,6 +78,7 @@ fn load(args: &ServeArgs) -> anyhow::Result<(Config, Vec<String>)> {
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {
+    raise_nofile_limit();
     let viewer = vedge::http::server::bind_viewer(cfg.listen, cfg.server.threads > 0)
         .and_then(TcpListener::from_std)
         .with_context(|| format!("listen: cannot bind {}", cfg.listen))?;
@@ -89,7 +90,59 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    vedge::run(cfg, vedge::Listeners { viewer, admin }, shutdown_signal()).await
+    let reload = std::sync::Arc::new(tokio::sync::Notify::new());
+    reload_on_sighup(reload.clone());
+    vedge::run_with(
+        cfg,
+        vedge::Listeners { viewer, admin },
+        shutdown_signal(),
+        reload,
+    )
+    .await
+}
+
+/// SIGHUP reloads the viewer TLS certificates and keys from their files.
+fn reload_on_sighup(reload: std::sync::Arc<tokio::sync::Notify>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::hangup()) {
+            Ok(mut hup) => {
+                tokio::spawn(async move {
+                    while hup.recv().await.is_some() {
+                        tracing::info!("SIGHUP: reloading TLS certificates");
+                        reload.notify_one();
+                    }
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot listen for SIGHUP; TLS reload disabled"),
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = reload;
+}
+
+/// Raises the soft open-file limit to the hard one: every viewer connection, origin connection,
+/// memfd body and store file is a descriptor, and the usual soft limit of 1,024 runs out long
+/// before any other resource (the connection cap `limits.max_connections` assumes it was raised).
+fn raise_nofile_limit() {
+    #[cfg(unix)]
+    {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit/setrlimit only read or write the struct we pass.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+                let wanted = lim.rlim_max;
+                lim.rlim_cur = wanted;
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    tracing::warn!(wanted, "cannot raise the open-file limit");
+                }
+            }
+        }
+    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

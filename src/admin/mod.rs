@@ -14,11 +14,13 @@ use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::http::body::Body;
+use crate::http::conn::{self, Activity, Watched};
+use crate::http::server::builder;
 use crate::proxy::Edge;
 
 /// Serves the admin API until `shutdown`.
@@ -33,27 +35,47 @@ pub async fn serve(edge: Arc<Edge>, listener: TcpListener, shutdown: Cancellatio
                 Err(_) => continue,
             },
         };
-        let edge = edge.clone();
-        let jobs = jobs.clone();
-        let svc = service_fn(move |req| {
-            let edge = edge.clone();
-            let jobs = jobs.clone();
-            async move { Ok::<_, Infallible>(handle(edge, jobs, req).await) }
-        });
+        let activity = Activity::new();
+        let svc = {
+            let (edge, jobs, activity) = (edge.clone(), jobs.clone(), activity.clone());
+            service_fn(move |req| {
+                let (edge, jobs) = (edge.clone(), jobs.clone());
+                // Admin bodies are whole (or a job handle): the request ends with the handler.
+                let in_flight = activity.request();
+                async move {
+                    let resp = handle(edge, jobs, req).await;
+                    drop(in_flight);
+                    Ok::<_, Infallible>(resp)
+                }
+            })
+        };
         let shutdown = shutdown.clone();
+        let edge = edge.clone();
         tokio::spawn(async move {
-            let builder = auto::Builder::new(TokioExecutor::new());
-            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+            // The viewer listener's limits with the admin's own timeouts: a scraper or script
+            // that opens a connection and sends nothing is closed like any slow client.
+            let t = &edge.config.admin.timeouts;
+            let builder = builder(
+                t,
+                &edge.config.server.h2,
+                edge.config.server.max_header_size,
+            );
+            let io = Watched::new(stream, activity.clone());
+            let conn = builder.serve_connection(TokioIo::new(io), svc);
             tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = shutdown.cancelled() => conn.as_mut().graceful_shutdown(),
-            }
+            let served = async {
+                tokio::select! {
+                    _ = conn.as_mut() => {}
+                    _ = shutdown.cancelled() => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = conn.as_mut().await;
+                    }
+                }
+            };
+            conn::guard(served, &activity, t, &edge.metrics.limits).await;
         });
     }
 }
-
-use hyper_util::server::conn::auto;
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     let mut r = Response::new(Body::full(body.into()));

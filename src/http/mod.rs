@@ -1,8 +1,11 @@
-//! The viewer side: the hyper server (HTTP/1.1, h2c, TLS), response building, ranges, bodies and
-//! zero-copy sending. It knows nothing of caching: the request path (`proxy`) plugs in as a
-//! `server::Handler`.
+//! The viewer side: the hyper server (HTTP/1.1, h2c, TLS), connection limits and timeouts,
+//! response building, ranges, bodies and zero-copy sending. It knows nothing of caching: the
+//! request path (`proxy`) plugs in as a `server::Handler`.
 
 pub mod body;
+pub mod conn;
+pub mod limits;
 pub mod range;
 pub mod response;
 pub mod server;
+pub mod tls;

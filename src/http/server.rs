@@ -1,5 +1,7 @@
-//! The viewer listener: accept loop, HTTP/1.1 + h2c (auto-detected) or TLS with ALPN, hyper
-//! limits (header size, header read timeout), graceful drain on shutdown, and the access log.
+//! The viewer listener: accept loop, HTTP/1.1 + h2c (auto-detected) or TLS with ALPN (`tls`),
+//! connection and rate limits (`limits`), hyper limits (header size and read timeout, h2 streams
+//! and resets), idle and slow-reader timeouts (`conn`), graceful drain on shutdown, and the access
+//! log.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -10,7 +12,8 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Method, Request, Response};
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -20,9 +23,12 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::ServerConfig;
+use crate::config::{ConnTimeouts, H2Limits, ServerConfig};
 use crate::http::body::{Body, BoxError};
+use crate::http::conn::{self, Activity, InFlight, Watched};
+use crate::http::limits::{Admitted, Limits};
 use crate::http::response::LogInfo;
+use crate::http::tls::Tls;
 use crate::metrics::Metrics;
 use crate::zerocopy::{ZeroCopy, ZeroCopyStream};
 
@@ -39,20 +45,32 @@ pub trait Handler: Clone + Send + Sync + Unpin + 'static {
     fn metrics(&self) -> &Metrics;
     /// The zero-copy context viewer sockets send cached bodies through.
     fn zero_copy(&self) -> &Arc<ZeroCopy>;
+    /// The connection and request-rate limits every accept loop shares.
+    fn limits(&self) -> &Arc<Limits>;
 }
 
-/// The connection builder with our limits.
-pub fn builder(cfg: &ServerConfig) -> auto::Builder<TokioExecutor> {
+/// The connection builder with our limits: header size and read timeout, h2 keep-alive pings,
+/// stream concurrency and rapid-reset caps (CVE-2023-44487: a client that opens and resets
+/// streams faster than they are accepted, or provokes resets, loses the connection).
+pub fn builder(
+    t: &ConnTimeouts,
+    h2: &H2Limits,
+    max_header_size: usize,
+) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(cfg.header_read_timeout)
-        .max_buf_size(cfg.max_header_size.max(8192))
+        .header_read_timeout(t.header_read)
+        .max_buf_size(max_header_size.max(8192))
         .keep_alive(true);
     b.http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(512)
-        .max_header_list_size(cfg.max_header_size as u32)
+        .max_concurrent_streams(h2.max_concurrent_streams)
+        .max_pending_accept_reset_streams(h2.max_pending_reset_streams)
+        .max_local_error_reset_streams(h2.max_local_error_reset_streams)
+        .max_header_list_size(u32::try_from(max_header_size).unwrap_or(u32::MAX))
+        .keep_alive_interval(t.h2_keepalive_interval)
+        .keep_alive_timeout(t.h2_keepalive_timeout)
         .initial_stream_window_size(1 << 20)
         .initial_connection_window_size(8 << 20);
     b
@@ -68,7 +86,7 @@ pub fn builder(cfg: &ServerConfig) -> auto::Builder<TokioExecutor> {
 pub async fn serve<H: Handler>(
     edge: H,
     listener: TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<Arc<Tls>>,
     shutdown: CancellationToken,
 ) {
     let threads = edge.server_config().threads;
@@ -144,7 +162,7 @@ pub fn bind_viewer(
 /// 1,024 overflowed at 2,000 simultaneous joins). The kernel caps it at `net.core.somaxconn`.
 pub const LISTEN_BACKLOG: i32 = 65_535;
 
-type Worker<H> = (H, Option<tokio_rustls::TlsAcceptor>, CancellationToken);
+type Worker<H> = (H, Option<Arc<Tls>>, CancellationToken);
 
 /// One viewer worker: a single-threaded runtime running an accept loop until shutdown and drain.
 fn worker_thread<H: Handler>(
@@ -174,10 +192,11 @@ fn worker_thread<H: Handler>(
 async fn accept_loop<H: Handler>(
     edge: H,
     listener: TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<Arc<Tls>>,
     shutdown: CancellationToken,
 ) {
-    let builder = Arc::new(builder(edge.server_config()));
+    let cfg = edge.server_config();
+    let builder = Arc::new(builder(&cfg.timeouts, &cfg.h2, cfg.max_header_size));
     let graceful = GracefulShutdown::new();
     loop {
         // Races a new connection against shutdown; shutdown wins and stops accepting.
@@ -193,42 +212,69 @@ async fn accept_loop<H: Handler>(
                 }
             },
         };
+        // Over a connection cap: closed at once, before TLS or a single byte of HTTP.
+        let Ok(admitted) = edge.limits().admit(peer.ip()) else {
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let send_buffer = edge.server_config().send_buffer;
         let zero_copy = edge.zero_copy().clone();
-        let edge = edge.clone();
-        let svc = service_fn(move |req: Request<Incoming>| {
-            let edge = edge.clone();
-            async move { Ok::<_, Infallible>(respond(edge, req, Some(peer)).await) }
+        let activity = Activity::new();
+        let conn = Arc::new(Conn {
+            admitted,
+            activity: activity.clone(),
         });
+        let svc = {
+            let edge = edge.clone();
+            service_fn(move |req: Request<Incoming>| {
+                let (edge, conn) = (edge.clone(), conn.clone());
+                async move { Ok::<_, Infallible>(respond(edge, req, Some(peer), &conn).await) }
+            })
+        };
+        let edge = edge.clone();
         match &tls {
             None => {
-                let conn = builder
-                    .serve_connection(
-                        TokioIo::new(ZeroCopyStream::new(stream, send_buffer, zero_copy)),
-                        svc,
-                    )
-                    .into_owned();
-                let conn = graceful.watch(conn);
+                let io = Watched::new(
+                    ZeroCopyStream::new(stream, send_buffer, zero_copy),
+                    activity.clone(),
+                );
+                let conn =
+                    graceful.watch(builder.serve_connection(TokioIo::new(io), svc).into_owned());
                 tokio::spawn(async move {
-                    let _ = conn.await;
+                    let cfg = edge.server_config();
+                    conn::guard(conn, &activity, &cfg.timeouts, &edge.metrics().limits).await;
                 });
             }
-            Some(acceptor) => {
-                let acceptor = acceptor.clone();
+            Some(tls) => {
+                let acceptor = tls.acceptor().clone();
                 let builder = builder.clone();
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {
-                    let Ok(Ok(tls)) =
-                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                    let cfg = edge.server_config();
+                    let m = &edge.metrics().limits;
+                    let io = Watched::new(stream, activity.clone());
+                    let tls =
+                        match tokio::time::timeout(cfg.tls_handshake_timeout, acceptor.accept(io))
                             .await
-                    else {
-                        return;
-                    };
-                    let conn = builder
-                        .serve_connection(TokioIo::new(tls), svc)
-                        .into_owned();
-                    let _ = watcher.watch(conn).await;
+                        {
+                            Ok(Ok(tls)) => tls,
+                            Ok(Err(e)) => {
+                                Metrics::inc(&m.tls_handshake_errors);
+                                tracing::debug!(error = %e, %peer, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                Metrics::inc(&m.tls_handshake_timeouts);
+                                return;
+                            }
+                        };
+                    let conn = watcher.watch(
+                        builder
+                            .serve_connection(TokioIo::new(tls), svc)
+                            .into_owned(),
+                    );
+                    conn::guard(conn, &activity, &cfg.timeouts, m).await;
                 });
             }
         }
@@ -241,13 +287,38 @@ async fn accept_loop<H: Handler>(
     }
 }
 
+/// One viewer connection's place under the limits and its activity, shared by its requests.
+pub struct Conn {
+    admitted: Admitted,
+    activity: Arc<Activity>,
+}
+
+/// 429 for a client over its request rate, with when to come back (RFC 6585).
+fn too_many_requests(retry_after: Duration) -> Response<Body> {
+    let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+    let mut r = Response::new(Body::full(Bytes::from_static(
+        b"vedge: too many requests from this address\n",
+    )));
+    *r.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+    r
+}
+
 /// Handles a request and wraps the body so the access line is written when it ends.
 pub async fn respond<H: Handler>(
     edge: H,
     req: Request<Incoming>,
     peer: Option<SocketAddr>,
+    conn: &Conn,
 ) -> Response<Logged<H>> {
     let started = Instant::now();
+    let in_flight = conn.activity.request();
     let method = req.method().clone();
     // The path is kept only for the access line; with access logging off it is not copied.
     let path = if tracing::enabled!(target: "vedge::access", tracing::Level::INFO) {
@@ -255,7 +326,10 @@ pub async fn respond<H: Handler>(
     } else {
         String::new()
     };
-    let resp = edge.handle(req, peer).await;
+    let resp = match conn.admitted.take_request() {
+        Ok(()) => edge.handle(req, peer).await,
+        Err(retry_after) => too_many_requests(retry_after),
+    };
     let info = resp
         .extensions()
         .get::<LogInfo>()
@@ -266,6 +340,7 @@ pub async fn respond<H: Handler>(
         body,
         sent: 0,
         done: false,
+        _in_flight: in_flight,
         line: Some(AccessLine {
             edge,
             method,
@@ -292,6 +367,8 @@ pub struct Logged<H: Handler> {
     body: Body,
     sent: u64,
     done: bool,
+    /// Ends the request for the idle timeout when the body is done or dropped.
+    _in_flight: InFlight,
     line: Option<AccessLine<H>>,
 }
 
@@ -348,31 +425,4 @@ impl<H: Handler> Drop for Logged<H> {
             origin_ms = l.info.origin_ms,
         );
     }
-}
-
-/// Loads a rustls server config (PEM cert chain and key) with ALPN h2 and http/1.1.
-pub fn tls_acceptor(
-    cert: &std::path::Path,
-    key: &std::path::Path,
-) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
-    use anyhow::Context as _;
-    let certs = rustls_pemfile::certs(&mut std::io::BufReader::new(
-        std::fs::File::open(cert).with_context(|| format!("server.tls_cert {}", cert.display()))?,
-    ))
-    .collect::<Result<Vec<_>, _>>()
-    .with_context(|| format!("server.tls_cert {}: not PEM certificates", cert.display()))?;
-    let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(
-        std::fs::File::open(key).with_context(|| format!("server.tls_key {}", key.display()))?,
-    ))
-    .with_context(|| format!("server.tls_key {}: not a PEM key", key.display()))?
-    .with_context(|| format!("server.tls_key {}: no private key found", key.display()))?;
-    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .context("server.tls_cert / tls_key do not match")?;
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
 }

@@ -20,6 +20,7 @@ use crate::cache::ram::RamTier;
 use crate::cache::vary::VarySpec;
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::http::limits::Limits;
 use crate::metrics::Metrics;
 use crate::origin::OriginClient;
 use crate::zerocopy::ZeroCopy;
@@ -40,6 +41,8 @@ pub struct Edge {
     pub vary_index: SparseCache<Arc<VarySpec>>,
     pub origin: OriginClient,
     pub metrics: Metrics,
+    /// Viewer connection and request-rate limits (`[limits]`), shared by every accept loop.
+    pub limits: Arc<Limits>,
     /// Zero-copy placement and sending (`server.zero_copy`): this edge's bodies, budget, pipes
     /// and counters, handed to the fill driver, the viewer sockets and the admin metrics.
     pub zero_copy: Arc<ZeroCopy>,
@@ -59,7 +62,7 @@ impl Edge {
         let node = format!("{:08x}", rand::random::<u32>());
         let origin =
             OriginClient::new(&config.origin_client, &config.routes, &config.cdn_id, &node)?
-                .with_tls_viewers(config.server.tls.is_some());
+                .with_tls_viewers(config.tls.is_some());
         let store = match &config.store {
             None => None,
             Some(s) => {
@@ -84,15 +87,18 @@ impl Edge {
                 Some(store)
             }
         };
+        let metrics = Metrics::default();
+        let limits = Arc::new(Limits::new(config.limits.clone(), metrics.limits.clone()));
         let edge = Arc::new(Edge {
             store,
+            limits,
             ram: RamTier::new(config.ram_size, config.cache.max_object_size),
             fills: Arc::new(FillTable::default()),
             assets: Default::default(),
             hit_for_pass: SparseCache::new(100_000),
             vary_index: SparseCache::new(100_000),
             origin,
-            metrics: Metrics::default(),
+            metrics,
             zero_copy: ZeroCopy::new(config.server.zero_copy),
             clock,
             tasks: TaskTracker::new(),

@@ -28,6 +28,7 @@ use hyper::body::Incoming;
 
 use crate::config::ServerConfig;
 use crate::http::body::Body;
+use crate::http::limits::Limits;
 use crate::http::server::Handler;
 use crate::metrics::Metrics;
 use crate::zerocopy::ZeroCopy;
@@ -54,5 +55,9 @@ impl Handler for Arc<Edge> {
 
     fn zero_copy(&self) -> &Arc<ZeroCopy> {
         &self.zero_copy
+    }
+
+    fn limits(&self) -> &Arc<Limits> {
+        &self.limits
     }
 }

@@ -133,6 +133,10 @@ async fn dispatch(
     } else {
         target
     };
+    if !target.route.acl.permits(peer.map(|p| p.ip())) {
+        Metrics::inc(&edge.metrics.limits.ip_denied);
+        return Ok(crate::http::limits::ip_denied(&edge.config.cdn_id));
+    }
     let req = Req {
         edge,
         parts,

@@ -93,6 +93,12 @@ impl BinaryEdge {
             .unwrap_or(0)
     }
 
+    /// Sends `sig` (one that does not stop the process, e.g. SIGHUP) and returns at once.
+    pub fn notify(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
     /// Sends `sig` and waits for the process to exit.
     pub fn signal(&mut self, sig: i32) {
         // SAFETY: kill(2) on our own child's pid.

@@ -1,0 +1,184 @@
+//! Connection timeouts hyper does not enforce: an idle keep-alive connection (no request in
+//! flight for `idle_timeout`, h1 or h2) and a slow reader (a write blocked because the peer takes
+//! no bytes for `write_timeout`) are closed. `Watched` wraps the socket and notes when writes
+//! block; each request holds an `InFlight` token until its response body ends; `guard` runs the
+//! connection against a watchdog that sleeps until the next deadline (one timer per connection,
+//! woken about once per timeout, not per byte).
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::config::ConnTimeouts;
+use crate::metrics::{LimitMetrics, Metrics};
+
+/// What one connection is doing, shared by its socket wrapper, its requests and its watchdog.
+pub struct Activity {
+    start: Instant,
+    in_flight: AtomicU32,
+    /// Milliseconds since `start` when the last request ended (or the connection opened).
+    idle_since: AtomicU64,
+    /// Milliseconds since `start` + 1 when a write started blocking; 0 while writes flow.
+    blocked_since: AtomicU64,
+}
+
+impl Activity {
+    pub fn new() -> Arc<Activity> {
+        Arc::new(Activity {
+            start: Instant::now(),
+            in_flight: AtomicU32::new(0),
+            idle_since: AtomicU64::new(0),
+            blocked_since: AtomicU64::new(0),
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    /// A request started; the token ends it when dropped (its response body done or dropped).
+    pub fn request(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Relaxed);
+        InFlight(self.clone())
+    }
+
+    /// Resolves when the connection has broken a timeout, saying which.
+    async fn expired(&self, t: &ConnTimeouts) -> Expired {
+        loop {
+            let now = self.now_ms();
+            let blocked = self.blocked_since.load(Relaxed);
+            let write_deadline = (blocked != 0).then(|| blocked - 1 + ms(t.write));
+            let idle_deadline = (self.in_flight.load(Relaxed) == 0)
+                .then(|| self.idle_since.load(Relaxed) + ms(t.idle));
+            if write_deadline.is_some_and(|d| d <= now) {
+                return Expired::SlowReader;
+            }
+            if idle_deadline.is_some_and(|d| d <= now) {
+                return Expired::Idle;
+            }
+            // Nothing due: look again at the earliest deadline, and at least once per write
+            // timeout (a request may start and its writes block while this sleeps, so a write
+            // is cut at most twice the timeout after it blocked).
+            let next = [write_deadline, idle_deadline, Some(now + ms(t.write))]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(now);
+            let wait = Duration::from_millis(next.saturating_sub(now).max(1));
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX / 4)
+}
+
+/// One request in flight on a connection.
+pub struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let a = &self.0;
+        a.idle_since.store(a.now_ms(), Relaxed);
+        a.in_flight.fetch_sub(1, Relaxed);
+    }
+}
+
+enum Expired {
+    Idle,
+    SlowReader,
+}
+
+/// Runs the connection `conn` until it ends or breaks a timeout of `t` (then it is dropped,
+/// which closes the socket), counting the closes in `m`.
+pub async fn guard<F: Future>(conn: F, activity: &Activity, t: &ConnTimeouts, m: &LimitMetrics) {
+    tokio::select! {
+        _ = conn => {}
+        why = activity.expired(t) => match why {
+            Expired::Idle => Metrics::inc(&m.idle_closed),
+            Expired::SlowReader => {
+                Metrics::inc(&m.slow_readers_closed);
+                tracing::debug!(timeout = ?t.write, "closed a connection whose peer stopped reading");
+            }
+        },
+    }
+}
+
+/// A socket that tells its `Activity` when writes block and when they flow again.
+pub struct Watched<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+impl<S> Watched<S> {
+    pub fn new(inner: S, activity: Arc<Activity>) -> Watched<S> {
+        Watched { inner, activity }
+    }
+
+    fn note<T>(&self, r: Poll<T>) -> Poll<T> {
+        let a = &self.activity;
+        match r {
+            Poll::Pending => {
+                if a.blocked_since.load(Relaxed) == 0 {
+                    a.blocked_since.store(a.now_ms() + 1, Relaxed);
+                }
+            }
+            Poll::Ready(_) => {
+                if a.blocked_since.load(Relaxed) != 0 {
+                    a.blocked_since.store(0, Relaxed);
+                }
+            }
+        }
+        r
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.note(r)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.note(r)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let r = Pin::new(&mut self.inner).poll_flush(cx);
+        self.note(r)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,342 @@
+//! Per-client and global abuse limits on the viewer listener: connections open at once (all
+//! clients, and per client address) and a token-bucket request rate per client address, with an
+//! allowlist of CIDRs that bypass the per-client limits. The per-address table is bounded in
+//! bytes (`limits.table_size`): idle entries are evicted to make room, and when every entry is an
+//! open connection a new address goes untracked (counted) rather than growing the table.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
+use parking_lot::Mutex;
+
+use crate::cache::status::CacheStatus;
+use crate::http::body::Body;
+use crate::http::response::{stamp, CacheInfo};
+
+use crate::config::{canonical_ip, LimitsConfig};
+use crate::metrics::{LimitMetrics, Metrics};
+
+/// Shards of the per-address table: one lock each, so accept loops on several threads rarely
+/// meet on one.
+const SHARDS: usize = 64;
+
+/// What one tracked address costs in the table: key (17 bytes, padded), state (24 bytes) and the
+/// hash table's control byte and spare capacity at its 7/8 load factor, rounded up.
+pub const ENTRY_BYTES: u64 = 64;
+
+/// The limits state, shared by every accept loop of the edge.
+pub struct Limits {
+    cfg: LimitsConfig,
+    metrics: Arc<LimitMetrics>,
+    open: AtomicUsize,
+    shards: Box<[Mutex<HashMap<IpAddr, Client>>]>,
+    /// Entries one shard may hold.
+    per_shard: usize,
+    /// Sustained rate, tokens per second (0: unlimited).
+    rps: f64,
+    burst: f64,
+    /// How long a client with no connection takes to refill its whole bucket: after that its
+    /// entry holds nothing a new one would not, so it may go.
+    refill: Duration,
+}
+
+struct Client {
+    conns: u32,
+    tokens: f64,
+    last: Instant,
+}
+
+/// Why a connection was refused at accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// `limits.max_connections`.
+    Global,
+    /// `limits.per_ip_connections`.
+    PerIp,
+}
+
+impl Limits {
+    pub fn new(cfg: LimitsConfig, metrics: Arc<LimitMetrics>) -> Limits {
+        let entries = (cfg.table_size / ENTRY_BYTES).max(SHARDS as u64);
+        let per_shard = usize::try_from(entries / SHARDS as u64).unwrap_or(usize::MAX);
+        let rps = f64::from(cfg.per_ip_rps);
+        let burst = f64::from(cfg.per_ip_burst.max(1));
+        let refill = if rps > 0.0 {
+            Duration::from_secs_f64(burst / rps)
+        } else {
+            Duration::ZERO
+        };
+        Limits {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            per_shard,
+            rps,
+            burst,
+            refill,
+            open: AtomicUsize::new(0),
+            metrics,
+            cfg,
+        }
+    }
+
+    /// Whether `ip` is on `limits.allow`.
+    pub fn bypasses(&self, ip: IpAddr) -> bool {
+        self.cfg.allow.iter().any(|c| c.contains(ip))
+    }
+
+    /// Admits a new connection from `peer`, or says why not. The returned guard holds the
+    /// connection's place until it is dropped (when the connection ends).
+    pub fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<Admitted, Refusal> {
+        let ip = canonical_ip(peer);
+        let open = self.open.fetch_add(1, Relaxed);
+        let mut admitted = Admitted {
+            limits: self.clone(),
+            ip,
+            limited: false,
+            tracked: false,
+        };
+        self.metrics.connections_open.fetch_add(1, Relaxed);
+        if self.cfg.max_connections > 0 && open >= self.cfg.max_connections {
+            Metrics::inc(&self.metrics.refused_global);
+            return Err(Refusal::Global);
+        }
+        if self.bypasses(ip) {
+            return Ok(admitted);
+        }
+        admitted.limited = self.rps > 0.0;
+        if self.cfg.per_ip_connections == 0 {
+            return Ok(admitted);
+        }
+        let cap = u32::try_from(self.cfg.per_ip_connections).unwrap_or(u32::MAX);
+        let refused = self.with_client(ip, |c| {
+            if c.conns >= cap {
+                return true;
+            }
+            c.conns += 1;
+            false
+        });
+        match refused {
+            Some(true) => {
+                Metrics::inc(&self.metrics.refused_per_ip);
+                Err(Refusal::PerIp)
+            }
+            Some(false) => {
+                admitted.tracked = true;
+                Ok(admitted)
+            }
+            // The table is full of connected clients: this one goes uncounted.
+            None => Ok(admitted),
+        }
+    }
+
+    /// Takes one request token for `ip`; `Err(retry_after)` when its bucket is empty.
+    pub fn take_request(&self, ip: IpAddr) -> Result<(), Duration> {
+        let (rps, burst) = (self.rps, self.burst);
+        let wait = self.with_client(ip, |c| {
+            let now = Instant::now();
+            let elapsed = now.saturating_duration_since(c.last).as_secs_f64();
+            c.tokens = (c.tokens + elapsed * rps).min(burst);
+            c.last = now;
+            if c.tokens >= 1.0 {
+                c.tokens -= 1.0;
+                None
+            } else {
+                Some(Duration::from_secs_f64((1.0 - c.tokens) / rps))
+            }
+        });
+        match wait.flatten() {
+            Some(w) => {
+                Metrics::inc(&self.metrics.rate_limited);
+                Err(w)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Runs `f` on `ip`'s entry, making one (a full bucket) if needed; `None` when the table has
+    /// no room for it.
+    fn with_client<T>(&self, ip: IpAddr, f: impl FnOnce(&mut Client) -> T) -> Option<T> {
+        let mut shard = self.shards[shard_of(ip)].lock();
+        if let Some(c) = shard.get_mut(&ip) {
+            return Some(f(c));
+        }
+        if shard.len() >= self.per_shard && !self.make_room(&mut shard) {
+            Metrics::inc(&self.metrics.table_full);
+            return None;
+        }
+        let c = shard.entry(ip).or_insert(Client {
+            conns: 0,
+            tokens: self.burst,
+            last: Instant::now(),
+        });
+        self.metrics.tracked_ips.fetch_add(1, Relaxed);
+        Some(f(c))
+    }
+
+    /// Frees at least one slot in a full shard: first every entry that is idle (no connection,
+    /// bucket refilled), else the least recently seen entry without a connection.
+    fn make_room(&self, shard: &mut HashMap<IpAddr, Client>) -> bool {
+        let now = Instant::now();
+        let before = shard.len();
+        shard.retain(|_, c| c.conns > 0 || now.saturating_duration_since(c.last) < self.refill);
+        if shard.len() == before {
+            let oldest = shard
+                .iter()
+                .filter(|(_, c)| c.conns == 0)
+                .min_by_key(|(_, c)| c.last)
+                .map(|(ip, _)| *ip);
+            if let Some(ip) = oldest {
+                shard.remove(&ip);
+            }
+        }
+        let freed = before - shard.len();
+        self.metrics.tracked_ips.fetch_sub(freed as u64, Relaxed);
+        freed > 0
+    }
+
+    fn release(&self, ip: IpAddr) {
+        let mut shard = self.shards[shard_of(ip)].lock();
+        if let Some(c) = shard.get_mut(&ip) {
+            c.conns = c.conns.saturating_sub(1);
+            // Without a rate limit the entry only counted connections: it is done.
+            if c.conns == 0 && self.rps == 0.0 {
+                shard.remove(&ip);
+                self.metrics.tracked_ips.fetch_sub(1, Relaxed);
+            }
+        }
+    }
+}
+
+/// 403 for a viewer address a route's `allow_ips` / `deny_ips` refuses.
+pub fn ip_denied(cdn_id: &str) -> Response<Body> {
+    let mut r = Response::new(Body::full(Bytes::from_static(
+        b"vedge: this address may not use this route\n",
+    )));
+    *r.status_mut() = StatusCode::FORBIDDEN;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    stamp(
+        &mut r,
+        CacheInfo {
+            status: CacheStatus::Bypass,
+            cache_status: format!("{cdn_id}; fwd=bypass; detail=ip-denied"),
+            age: None,
+        },
+    );
+    r
+}
+
+fn shard_of(ip: IpAddr) -> usize {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    ip.hash(&mut h);
+    (h.finish() % SHARDS as u64) as usize
+}
+
+/// A connection's place under the limits, released on drop.
+pub struct Admitted {
+    limits: Arc<Limits>,
+    ip: IpAddr,
+    /// Its requests take rate tokens (not on the allowlist, a rate is configured).
+    limited: bool,
+    /// It counts in the per-address table.
+    tracked: bool,
+}
+
+impl Admitted {
+    /// Takes a request token; `Err(retry_after)` when the client is over its rate.
+    pub fn take_request(&self) -> Result<(), Duration> {
+        if !self.limited {
+            return Ok(());
+        }
+        self.limits.take_request(self.ip)
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.limits.open.fetch_sub(1, Relaxed);
+        self.limits.metrics.connections_open.fetch_sub(1, Relaxed);
+        if self.tracked {
+            self.limits.release(self.ip);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Cidr;
+
+    fn limits(per_ip_connections: usize, rps: u32, burst: u32, table_size: u64) -> Arc<Limits> {
+        Arc::new(Limits::new(
+            LimitsConfig {
+                max_connections: 3,
+                per_ip_connections,
+                per_ip_rps: rps,
+                per_ip_burst: burst,
+                allow: vec![Cidr::parse("10.0.0.0/8").expect("cidr")],
+                table_size,
+            },
+            Arc::default(),
+        ))
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("ip")
+    }
+
+    #[test]
+    fn per_ip_and_global_connection_caps_release_on_drop() {
+        let l = limits(2, 0, 1, 1 << 20);
+        let a = l.admit(ip("192.0.2.1")).expect("first");
+        let b = l
+            .admit(ip("::ffff:192.0.2.1"))
+            .expect("second, same client mapped");
+        assert_eq!(l.admit(ip("192.0.2.1")).err(), Some(Refusal::PerIp));
+        let c = l.admit(ip("192.0.2.2")).expect("another client");
+        assert_eq!(l.admit(ip("192.0.2.3")).err(), Some(Refusal::Global));
+        drop((a, b, c));
+        assert_eq!(l.open.load(Relaxed), 0);
+        assert_eq!(l.metrics.tracked_ips.load(Relaxed), 0);
+        l.admit(ip("192.0.2.1")).expect("room again");
+    }
+
+    #[test]
+    fn the_bucket_allows_the_burst_then_asks_to_retry() {
+        let l = limits(0, 1, 3, 1 << 20);
+        let a = l.admit(ip("192.0.2.1")).expect("admitted");
+        for _ in 0..3 {
+            a.take_request().expect("within the burst");
+        }
+        let wait = a.take_request().expect_err("over the rate");
+        assert!(wait <= Duration::from_secs(1), "{wait:?}");
+        let allowed = l.admit(ip("10.1.2.3")).expect("allowlisted");
+        for _ in 0..100 {
+            allowed
+                .take_request()
+                .expect("allowlisted clients are not rate limited");
+        }
+    }
+
+    #[test]
+    fn the_table_stays_within_its_size() {
+        let l = limits(1, 1, 1, 64 << 10);
+        let cap = (64 << 10) / ENTRY_BYTES;
+        for i in 0..10_000u32 {
+            let _ = l.take_request(IpAddr::V4(std::net::Ipv4Addr::from(0xC000_0000 + i)));
+        }
+        let tracked: usize = l.shards.iter().map(|s| s.lock().len()).sum();
+        assert!(tracked as u64 <= cap, "{tracked} entries > {cap}");
+        assert_eq!(l.metrics.tracked_ips.load(Relaxed), tracked as u64);
+    }
+}

@@ -1,0 +1,296 @@
+//! Abuse limits on the viewer listener and timeouts on both listeners: per-client request rate
+//! (429 with Retry-After, other clients unaffected: a second client sends from 127.0.0.2), the
+//! per-client connection cap (closed at accept), the allowlist, route allow/deny lists (403),
+//! slow readers cut after `server.write_timeout`, idle keep-alive connections closed, and the
+//! admin listener's header timeout.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::oneshot;
+use vedge::config::{RawConfig, RawRoute};
+
+use crate::support::edge::{edge_config, read_raw, until, RawResp};
+use crate::support::origin::{Origin, Script};
+
+/// A connection to `edge` from the loopback address `from` (127.0.0.1, 127.0.0.2...: Linux
+/// routes all of 127/8 to loopback, so each is a distinct client to the edge).
+async fn connect_from(from: &str, edge: SocketAddr) -> TcpStream {
+    let sock = TcpSocket::new_v4().expect("socket");
+    sock.bind(format!("{from}:0").parse().expect("addr"))
+        .expect("bind the client address");
+    sock.connect(edge).await.expect("connect")
+}
+
+/// `GET path` with `Connection: close` from `from`.
+async fn get_from(from: &str, edge: SocketAddr, path: &str) -> RawResp {
+    let mut s = connect_from(from, edge).await;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .expect("write request");
+    read_raw(&mut s).await
+}
+
+/// A running edge with an admin listener; dropping `stop` shuts it down.
+struct Running {
+    edge: Arc<vedge::Edge>,
+    viewer: SocketAddr,
+    admin: SocketAddr,
+    _stop: oneshot::Sender<()>,
+}
+
+async fn start(mut raw: RawConfig) -> Running {
+    raw.admin_token = Some("test-token-123".into());
+    let cfg = vedge::Config::try_from(raw).expect("valid config");
+    let edge = vedge::Edge::new(cfg).await.expect("edge starts");
+    let viewer = TcpListener::bind("127.0.0.1:0").await.expect("bind viewer");
+    let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
+    let (v, a) = (
+        viewer.local_addr().expect("addr"),
+        admin.local_addr().expect("addr"),
+    );
+    let (tx, rx) = oneshot::channel::<()>();
+    tokio::spawn(vedge::serve(
+        edge.clone(),
+        vedge::Listeners {
+            viewer,
+            admin: Some(admin),
+        },
+        async move {
+            let _ = rx.await;
+        },
+    ));
+    Running {
+        edge,
+        viewer: v,
+        admin: a,
+        _stop: tx,
+    }
+}
+
+/// The test config with loopback no longer allowlisted (it is by default).
+async fn limited(origin: &Origin) -> RawConfig {
+    let mut raw = edge_config(origin);
+    raw.limits.allow = Some(Vec::new());
+    raw
+}
+
+#[tokio::test]
+async fn a_client_over_its_rate_gets_429_while_another_client_is_unaffected() {
+    let origin = Origin::start().await;
+    origin.script("/a.ts", Script::ok("a"));
+    let mut raw = limited(&origin).await;
+    raw.limits.per_ip_rps = Some(1);
+    raw.limits.per_ip_burst = Some(3);
+    let e = start(raw).await;
+    for _ in 0..3 {
+        assert_eq!(get_from("127.0.0.1", e.viewer, "/a.ts").await.status(), 200);
+    }
+    let over = get_from("127.0.0.1", e.viewer, "/a.ts").await;
+    assert_eq!(over.status(), 429, "{}", over.text());
+    let retry: u64 = over
+        .header("retry-after")
+        .expect("Retry-After")
+        .parse()
+        .expect("seconds");
+    assert!((1..=2).contains(&retry), "Retry-After {retry}");
+    // Another address has its own bucket.
+    assert_eq!(get_from("127.0.0.2", e.viewer, "/a.ts").await.status(), 200);
+    assert_eq!(e.edge.metrics.limits.rate_limited.load(Relaxed), 1);
+    assert_eq!(
+        origin.count("/a.ts"),
+        1,
+        "the 429 never reached the cache or origin"
+    );
+    let metrics = get_from("127.0.0.1", e.admin, "/metrics").await.text();
+    assert!(metrics.contains("vedge_rate_limited_total 1"), "{metrics}");
+}
+
+#[tokio::test]
+async fn connections_over_the_per_ip_cap_are_closed_at_accept() {
+    let origin = Origin::start().await;
+    origin.script("/a.ts", Script::ok("a"));
+    let mut raw = limited(&origin).await;
+    raw.limits.per_ip_connections = Some(2);
+    let e = start(raw).await;
+    let _one = connect_from("127.0.0.1", e.viewer).await;
+    let _two = connect_from("127.0.0.1", e.viewer).await;
+    let refused = get_from("127.0.0.1", e.viewer, "/a.ts").await;
+    assert!(refused.closed && refused.bytes.is_empty(), "{refused:?}");
+    assert_eq!(e.edge.metrics.limits.refused_per_ip.load(Relaxed), 1);
+    assert_eq!(get_from("127.0.0.2", e.viewer, "/a.ts").await.status(), 200);
+    // A closed connection frees its place.
+    drop(_one);
+    let mut answered = false;
+    for _ in 0..500 {
+        if get_from("127.0.0.1", e.viewer, "/a.ts").await.status() == 200 {
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(answered, "the freed place was never given back");
+}
+
+#[tokio::test]
+async fn the_global_connection_cap_counts_every_client() {
+    let origin = Origin::start().await;
+    origin.script("/a.ts", Script::ok("a"));
+    let mut raw = edge_config(&origin);
+    raw.limits.max_connections = Some(1);
+    let e = start(raw).await;
+    let _held = connect_from("127.0.0.2", e.viewer).await;
+    until("the held connection is accepted", || {
+        e.edge.metrics.limits.connections_open.load(Relaxed) == 1
+    })
+    .await;
+    let refused = get_from("127.0.0.3", e.viewer, "/a.ts").await;
+    assert!(refused.closed && refused.bytes.is_empty(), "{refused:?}");
+    assert_eq!(e.edge.metrics.limits.refused_global.load(Relaxed), 1);
+}
+
+#[tokio::test]
+async fn allowlisted_addresses_bypass_the_per_client_limits() {
+    let origin = Origin::start().await;
+    origin.script("/a.ts", Script::ok("a"));
+    let mut raw = edge_config(&origin);
+    raw.limits.allow = Some(vec!["127.0.0.2/32".into()]);
+    raw.limits.per_ip_rps = Some(1);
+    raw.limits.per_ip_burst = Some(1);
+    let e = start(raw).await;
+    for _ in 0..5 {
+        assert_eq!(get_from("127.0.0.2", e.viewer, "/a.ts").await.status(), 200);
+    }
+    assert_eq!(get_from("127.0.0.1", e.viewer, "/a.ts").await.status(), 200);
+    assert_eq!(get_from("127.0.0.1", e.viewer, "/a.ts").await.status(), 429);
+}
+
+#[tokio::test]
+async fn a_route_deny_or_allow_list_answers_403_before_the_cache() {
+    let origin = Origin::start().await;
+    origin.script("/private/a.ts", Script::ok("p"));
+    origin.script("/office/a.ts", Script::ok("o"));
+    let mut raw = edge_config(&origin);
+    raw.routes = vec![
+        RawRoute {
+            prefix: "/private/".into(),
+            origin: origin.url(),
+            deny_ips: Some(vec!["127.0.0.1/32".into()]),
+            ..RawRoute::default()
+        },
+        RawRoute {
+            prefix: "/office/".into(),
+            origin: origin.url(),
+            allow_ips: Some(vec!["127.0.0.2".into(), "::ffff:127.0.0.3/128".into()]),
+            ..RawRoute::default()
+        },
+    ];
+    let e = start(raw).await;
+    assert_eq!(
+        get_from("127.0.0.2", e.viewer, "/private/a.ts")
+            .await
+            .status(),
+        200
+    );
+    let denied = get_from("127.0.0.1", e.viewer, "/private/a.ts").await;
+    assert_eq!(denied.status(), 403, "{}", denied.text());
+    assert_eq!(denied.header("cache-control").as_deref(), Some("no-store"));
+    assert_eq!(
+        get_from("127.0.0.1", e.viewer, "/office/a.ts")
+            .await
+            .status(),
+        403
+    );
+    assert_eq!(
+        get_from("127.0.0.2", e.viewer, "/office/a.ts")
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        get_from("127.0.0.3", e.viewer, "/office/a.ts")
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(e.edge.metrics.limits.ip_denied.load(Relaxed), 2);
+    assert_eq!(origin.count("/private/a.ts"), 1);
+    assert_eq!(origin.count("/office/a.ts"), 1);
+}
+
+#[tokio::test]
+async fn a_viewer_that_stops_reading_is_cut_after_the_write_timeout() {
+    let origin = Origin::start().await;
+    // Far more than the socket buffers on both sides hold.
+    let body = Bytes::from(vec![7u8; 48 << 20]);
+    origin.script("/big.mp4", Script::ok(body.clone()));
+    let mut raw = edge_config(&origin);
+    raw.ram_size = Some("128MiB".into());
+    raw.server.write_timeout = Some("500ms".into());
+    raw.server.send_buffer = Some("0".into());
+    let e = start(raw).await;
+    let sock = TcpSocket::new_v4().expect("socket");
+    sock.set_recv_buffer_size(64 << 10)
+        .expect("small receive buffer");
+    let mut s = sock.connect(e.viewer).await.expect("connect");
+    s.write_all(b"GET /big.mp4 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .expect("write request");
+    // Read nothing until the edge gives up on us.
+    until("the slow reader is cut", || {
+        e.edge.metrics.limits.slow_readers_closed.load(Relaxed) == 1
+    })
+    .await;
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => got += n,
+            Err(_) => panic!("the connection stayed open"),
+        }
+    }
+    assert!(
+        got < body.len(),
+        "the whole body arrived: the connection was not cut"
+    );
+}
+
+#[tokio::test]
+async fn an_idle_keepalive_connection_is_closed() {
+    let origin = Origin::start().await;
+    origin.script("/a.ts", Script::ok("a"));
+    let mut raw = edge_config(&origin);
+    raw.server.idle_timeout = Some("300ms".into());
+    let e = start(raw).await;
+    let mut s = TcpStream::connect(e.viewer).await.expect("connect");
+    s.write_all(b"GET /a.ts HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .expect("write request");
+    let r = read_raw(&mut s).await;
+    assert!(r.closed, "the idle connection was left open");
+    assert_eq!(r.status(), 200);
+    assert_eq!(e.edge.metrics.limits.idle_closed.load(Relaxed), 1);
+}
+
+#[tokio::test]
+async fn the_admin_listener_closes_a_connection_that_never_finishes_its_header() {
+    let origin = Origin::start().await;
+    let mut raw = edge_config(&origin);
+    raw.admin.header_read_timeout = Some("300ms".into());
+    let e = start(raw).await;
+    let mut s = TcpStream::connect(e.admin).await.expect("connect");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n")
+        .await
+        .expect("write half a header");
+    let r = read_raw(&mut s).await;
+    assert!(r.closed, "the admin listener waited forever: {r:?}");
+    // It still answers a client that sends a whole request.
+    let ok = get_from("127.0.0.1", e.admin, "/healthz").await;
+    assert_eq!(ok.status(), 200);
+}
