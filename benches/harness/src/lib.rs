@@ -9,6 +9,8 @@
 //! - `origin`: the simulator's HTTP server, options, faults and `/__stats`.
 //! - `playlist`: HLS and DASH manifest text from a stream clock (pure, tested under paused time).
 //! - `media`: the looped fMP4 fixtures and the mfhd/tfdt rewrite per segment number.
+//! - `cmaf`: fixture chunks cut into CMAF parts (moof + mdat each) for the low-latency modes.
+//! - `ll`: LL-HLS playlists, blocking reloads, LL-DASH attributes, when each part exists.
 //! - `viewer`: one simulated player (HLS/DASH, live/storm/VOD) over a `Net` trait.
 //! - `client`: the bounded keep-alive connection pool all viewers share, the timer-lag probe.
 //! - `load`: the recorder, scenario schedules, the run loop.
@@ -16,7 +18,9 @@
 //! - `collapse`: `vedge bench collapse`, N viewers asking for one cold object at once.
 
 pub mod client;
+pub mod cmaf;
 pub mod collapse;
+pub mod ll;
 pub mod load;
 pub mod media;
 pub mod origin;
