@@ -68,12 +68,18 @@ fn be32(b: &[u8], at: usize) -> Result<u32, MediaError> {
 }
 
 /// Box headers in `buf[start..end]`: (type, box start, payload start, box end).
-fn boxes(buf: &[u8], start: usize, end: usize) -> Result<Vec<([u8; 4], usize, usize, usize)>, MediaError> {
+fn boxes(
+    buf: &[u8],
+    start: usize,
+    end: usize,
+) -> Result<Vec<([u8; 4], usize, usize, usize)>, MediaError> {
     let mut out = Vec::new();
     let mut off = start;
     while off + 8 <= end {
         let size = be32(buf, off)? as usize;
-        let typ: [u8; 4] = buf[off + 4..off + 8].try_into().map_err(|_| MediaError::Malformed("box"))?;
+        let typ: [u8; 4] = buf[off + 4..off + 8]
+            .try_into()
+            .map_err(|_| MediaError::Malformed("box"))?;
         if size < 8 || off + size > end {
             return Err(MediaError::Malformed("box size (cmaf)"));
         }
@@ -141,7 +147,10 @@ fn samples(chunk: &[u8]) -> Result<(Tfhd, u32, Vec<Sample>), MediaError> {
             .filter(|b| &b.0 == b"traf")
             .collect();
         let [(_, _, tp, te)] = trafs[..] else {
-            return Err(MediaError::Invalid("cmaf", "one traf per moof expected".into()));
+            return Err(MediaError::Invalid(
+                "cmaf",
+                "one traf per moof expected".into(),
+            ));
         };
         let inner = boxes(chunk, tp, te)?;
         let tfhd = inner
@@ -154,7 +163,10 @@ fn samples(chunk: &[u8]) -> Result<(Tfhd, u32, Vec<Sample>), MediaError> {
             let vf = be32(chunk, *p)?;
             let (version, flags) = (vf >> 24, vf & 0x00ff_ffff);
             if flags & DATA_OFFSET == 0 {
-                return Err(MediaError::Invalid("cmaf", "trun without data_offset".into()));
+                return Err(MediaError::Invalid(
+                    "cmaf",
+                    "trun without data_offset".into(),
+                ));
             }
             let count = be32(chunk, p + 4)? as usize;
             let mut data = bstart + be32(chunk, p + 8)? as usize;
@@ -181,7 +193,10 @@ fn samples(chunk: &[u8]) -> Result<(Tfhd, u32, Vec<Sample>), MediaError> {
                 let sflags = next(S_FLAGS)?;
                 let cts = next(S_CTS)?.unwrap_or(0);
                 let (Some(duration), Some(size)) = (duration, size) else {
-                    return Err(MediaError::Invalid("cmaf", "sample without duration or size".into()));
+                    return Err(MediaError::Invalid(
+                        "cmaf",
+                        "sample without duration or size".into(),
+                    ));
                 };
                 let flags = match (i, first_flags, sflags) {
                     (0, Some(f), _) => f,
@@ -226,12 +241,26 @@ fn put_box(out: &mut BytesMut, typ: &[u8; 4], body: &[u8]) {
 
 /// One `moof` + `mdat` holding `samples` (all sample fields written explicitly, so the part does
 /// not depend on the source's defaults for anything but the description index).
-fn fragment(chunk: &[u8], tfhd: &Tfhd, version: u32, samples: &[Sample], start_ticks: u64) -> PartTemplate {
+fn fragment(
+    chunk: &[u8],
+    tfhd: &Tfhd,
+    version: u32,
+    samples: &[Sample],
+    start_ticks: u64,
+) -> PartTemplate {
     let mut tfhd_body = BytesMut::new();
     tfhd_body.put_u32(tfhd.flags);
     tfhd_body.put_u32(tfhd.track_id);
     tfhd_body.put_slice(&tfhd.rest);
-    let flags = DATA_OFFSET | S_DURATION | S_SIZE | S_FLAGS | if version == 1 || samples.iter().any(|s| s.cts != 0) { S_CTS } else { 0 };
+    let flags = DATA_OFFSET
+        | S_DURATION
+        | S_SIZE
+        | S_FLAGS
+        | if version == 1 || samples.iter().any(|s| s.cts != 0) {
+            S_CTS
+        } else {
+            0
+        };
     let mut trun = BytesMut::new();
     trun.put_u32((version << 24) | flags);
     trun.put_u32(samples.len() as u32);
@@ -301,14 +330,26 @@ impl PartedRendition {
                 let sync = s.flags & NON_SYNC == 0;
                 let boundary = i > begin && (sync || t >= (cut.len() as u64 + 1) * part_ticks);
                 if boundary {
-                    cut.push(fragment(&c.bytes, &tfhd, version, &samples[begin..i], begin_ticks));
+                    cut.push(fragment(
+                        &c.bytes,
+                        &tfhd,
+                        version,
+                        &samples[begin..i],
+                        begin_ticks,
+                    ));
                     begin = i;
                     begin_ticks = t;
                 }
                 t += s.duration as u64;
             }
             if begin < samples.len() {
-                cut.push(fragment(&c.bytes, &tfhd, version, &samples[begin..], begin_ticks));
+                cut.push(fragment(
+                    &c.bytes,
+                    &tfhd,
+                    version,
+                    &samples[begin..],
+                    begin_ticks,
+                ));
             }
             if t != r.chunk_ticks {
                 return Err(MediaError::Invalid(

@@ -255,7 +255,11 @@ pub fn hls_media(
                 s,
                 "#EXT-X-PART:DURATION={},URI=\"part_{n}_{k}.m4s\"{}",
                 secs(p.end - p.start),
-                if p.independent { ",INDEPENDENT=YES" } else { "" }
+                if p.independent {
+                    ",INDEPENDENT=YES"
+                } else {
+                    ""
+                }
             );
         }
     };
@@ -412,7 +416,10 @@ mod tests {
             block(&p, d(11, None), now, Duration::from_secs(1)),
             Block::Timeout(Duration::from_secs(1))
         );
-        assert_eq!(Delivery::parse(Some("_HLS_part=1")), Err("_HLS_part without _HLS_msn"));
+        assert_eq!(
+            Delivery::parse(Some("_HLS_part=1")),
+            Err("_HLS_part without _HLS_msn")
+        );
         assert_eq!(
             Delivery::parse(Some("a=b&_HLS_msn=4&_HLS_part=2&_HLS_skip=v2")),
             Ok(Delivery {
@@ -435,15 +442,25 @@ mod tests {
         let text = hls_media(&tl, &p, t, false, &[("../r1/media.m3u8".into(), &p)]);
         assert!(text.contains("#EXT-X-VERSION:9\n"), "{text}");
         assert!(text.contains("#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=1.0,CAN-SKIP-UNTIL=12.0\n"), "{text}");
-        assert!(text.contains("#EXT-X-PART-INF:PART-TARGET=0.33334\n"), "{text}");
+        assert!(
+            text.contains("#EXT-X-PART-INF:PART-TARGET=0.33334\n"),
+            "{text}"
+        );
         assert!(text.contains("#EXT-X-MEDIA-SEQUENCE:11\n"), "{text}");
-        assert!(text.contains("#EXT-X-PART:DURATION=0.33333,URI=\"part_20_0.m4s\",INDEPENDENT=YES\n"));
+        assert!(
+            text.contains("#EXT-X-PART:DURATION=0.33333,URI=\"part_20_0.m4s\",INDEPENDENT=YES\n")
+        );
         assert!(text.contains("#EXT-X-PART:DURATION=0.33333,URI=\"part_20_1.m4s\"\n"));
         assert!(!text.contains("#EXT-X-PART:DURATION=0.33333,URI=\"part_20_2"));
         assert!(text.contains("#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"part_20_2.m4s\"\n"));
-        assert!(text.contains("#EXT-X-RENDITION-REPORT:URI=\"../r1/media.m3u8\",LAST-MSN=20,LAST-PART=1\n"));
+        assert!(text.contains(
+            "#EXT-X-RENDITION-REPORT:URI=\"../r1/media.m3u8\",LAST-MSN=20,LAST-PART=1\n"
+        ));
         let delta = hls_media(&tl, &p, t, true, &[]);
-        assert!(delta.contains("#EXT-X-SKIP:SKIPPED-SEGMENTS=3\n"), "{delta}");
+        assert!(
+            delta.contains("#EXT-X-SKIP:SKIPPED-SEGMENTS=3\n"),
+            "{delta}"
+        );
         assert!(!delta.contains("seg_13.m4s"));
         assert!(delta.contains("seg_14.m4s"));
     }
@@ -454,7 +471,10 @@ mod tests {
         let s = segment(&p, 5);
         assert_eq!(s.schedule.len(), 60, "one piece per frame");
         assert_eq!(s.schedule.last().map(|e| e.0), Some(s.bytes.len()));
-        assert_eq!(s.schedule.last().map(|e| e.1), Some(Duration::from_secs(12)));
+        assert_eq!(
+            s.schedule.last().map(|e| e.1),
+            Some(Duration::from_secs(12))
+        );
         assert!(s.schedule.windows(2).all(|w| w[0] < w[1]));
         let (seqs, times) = media::inspect(&s.bytes).expect("parse");
         assert_eq!(seqs.len(), 6);

@@ -718,11 +718,17 @@ async fn low_latency_object(
                     at.max(stream_time + base.elapsed())
                 }
                 Block::TooFar => {
-                    return text(StatusCode::BAD_REQUEST, "_HLS_msn more than two segments ahead\n")
+                    return text(
+                        StatusCode::BAD_REQUEST,
+                        "_HLS_msn more than two segments ahead\n",
+                    )
                 }
                 Block::Timeout(d) => {
                     tokio::time::sleep(d).await;
-                    return text(StatusCode::SERVICE_UNAVAILABLE, "blocking reload not satisfied in time\n");
+                    return text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "blocking reload not satisfied in time\n",
+                    );
                 }
             };
             let reports: Vec<(String, &PartPlan)> = st
@@ -754,14 +760,28 @@ async fn low_latency_object(
                 mpd,
             ))
         }
-        Object::Segment(r, n) => Some(produced(st, ll::segment(plan(r), n), stream_time, hold, base, "video/iso.segment")),
+        Object::Segment(r, n) => Some(produced(
+            st,
+            ll::segment(plan(r), n),
+            stream_time,
+            hold,
+            base,
+            "video/iso.segment",
+        )),
         Object::SegmentAtTime(r, t) => {
             let f = &st.fixtures[r % st.fixtures.len()];
             let seg_ticks = f.chunk_ticks * st.chunks_per_segment;
             if t % seg_ticks != 0 {
                 return Some(not_found());
             }
-            Some(produced(st, ll::segment(plan(r), t / seg_ticks), stream_time, hold, base, "video/iso.segment"))
+            Some(produced(
+                st,
+                ll::segment(plan(r), t / seg_ticks),
+                stream_time,
+                hold,
+                base,
+                "video/iso.segment",
+            ))
         }
         Object::Part(r, n, k) => match ll::part(plan(r), n, k) {
             Some((p, _start)) => Some(produced(st, p, stream_time, hold, base, "video/mp4")),

@@ -41,6 +41,7 @@ fn config(base: &str, path: &str, scenario: Scenario, viewers: u64, secs: u64) -
         timeout: Duration::from_secs(5),
         connections: 256,
         seed: 3,
+        ll: false,
     }
 }
 

@@ -53,7 +53,10 @@ async fn get(base: &str, path: &str) -> Got {
     let head = String::from_utf8_lossy(&raw[..h]).to_string();
     let status = head[9..12].parse().expect("status");
     let mut body = raw[h..].to_vec();
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         body = dechunk(&body);
     }
     Got {
@@ -150,7 +153,10 @@ async fn ll_hls_playlist_follows_the_spec_rules() {
         .expect("target")
         .parse()
         .expect("number");
-    let skip: f64 = attr(sc, "CAN-SKIP-UNTIL").expect("skip").parse().expect("f");
+    let skip: f64 = attr(sc, "CAN-SKIP-UNTIL")
+        .expect("skip")
+        .parse()
+        .expect("f");
     assert!(skip >= 6.0 * target);
     let part_target: f64 = text
         .lines()
@@ -197,7 +203,11 @@ async fn blocking_reload_holds_until_the_part_exists_and_keeps_the_limits() {
     let (hn, hk) = part_of(&e.hint);
     // The hinted part does not exist yet: the request is held, then answered with a playlist that
     // lists it.
-    let held = get(&base, &format!("/live/ll2/r0/media.m3u8?_HLS_msn={hn}&_HLS_part={hk}")).await;
+    let held = get(
+        &base,
+        &format!("/live/ll2/r0/media.m3u8?_HLS_msn={hn}&_HLS_part={hk}"),
+    )
+    .await;
     assert_eq!(held.status, 200);
     let body = String::from_utf8(held.body).expect("utf8");
     assert!(
@@ -207,10 +217,18 @@ async fn blocking_reload_holds_until_the_part_exists_and_keeps_the_limits() {
     assert!(!body.contains(&format!("#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"{}\"", e.hint)));
     // More than two segments past the last full one: 400 at once.
     let last_full = e.msn + e.segments - 1;
-    let far = get(&base, &format!("/live/ll2/r0/media.m3u8?_HLS_msn={}", last_full + 3)).await;
+    let far = get(
+        &base,
+        &format!("/live/ll2/r0/media.m3u8?_HLS_msn={}", last_full + 3),
+    )
+    .await;
     assert_eq!(far.status, 400);
     // Not satisfied within the hold limit (here 500 ms; three target durations by default): 503.
-    let late = get(&base, &format!("/live/ll2/r0/media.m3u8?_HLS_msn={}", last_full + 2)).await;
+    let late = get(
+        &base,
+        &format!("/live/ll2/r0/media.m3u8?_HLS_msn={}", last_full + 2),
+    )
+    .await;
     assert_eq!(late.status, 503);
     let bad = get(&base, "/live/ll2/r0/media.m3u8?_HLS_part=1").await;
     assert_eq!(bad.status, 400);
@@ -227,9 +245,15 @@ async fn delta_update_skips_segments_before_the_skip_boundary() {
     let full = String::from_utf8(get(&base, "/live/ll3/r0/media.m3u8").await.body).expect("utf8");
     let e = read_playlist(&full);
     let delta = String::from_utf8(
-        get(&base, &format!("/live/ll3/r0/media.m3u8?_HLS_msn={}&_HLS_skip=YES", e.msn + e.segments - 1))
-            .await
-            .body,
+        get(
+            &base,
+            &format!(
+                "/live/ll3/r0/media.m3u8?_HLS_msn={}&_HLS_skip=YES",
+                e.msn + e.segments - 1
+            ),
+        )
+        .await
+        .body,
     )
     .expect("utf8");
     let skipped: u64 = delta
@@ -240,7 +264,10 @@ async fn delta_update_skips_segments_before_the_skip_boundary() {
         .expect("n");
     assert!(skipped > 0);
     let d = read_playlist(&delta);
-    assert_eq!(d.msn, e.msn, "the media sequence still names the first (skipped) segment");
+    assert_eq!(
+        d.msn, e.msn,
+        "the media sequence still names the first (skipped) segment"
+    );
     // What is left starts no earlier than six target durations (12 s) before the live edge.
     assert!(d.segments <= 6, "{delta}");
     assert!(!delta.contains(&format!("\nseg_{}.m4s", e.msn)));
@@ -254,12 +281,19 @@ async fn preload_hint_request_is_held_and_streamed_as_the_part_is_produced() {
     // The part after the hinted one has not begun: its request is held until it does, then
     // receives the part frame by frame over its 333 ms.
     let (hn, hk) = part_of(&e.hint);
-    let next = if hk + 1 < 6 { (hn, hk + 1) } else { (hn + 1, 0) };
+    let next = if hk + 1 < 6 {
+        (hn, hk + 1)
+    } else {
+        (hn + 1, 0)
+    };
     let uri = format!("/live/ll4/r1/part_{}_{}.m4s", next.0, next.1);
     let streamed = get(&base, &uri).await;
     assert_eq!(streamed.status, 200);
     assert!(
-        streamed.head.to_ascii_lowercase().contains("transfer-encoding: chunked"),
+        streamed
+            .head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
         "{}",
         streamed.head
     );
@@ -289,7 +323,10 @@ async fn ll_dash_mpd_is_low_latency_and_segments_arrive_chunk_by_chunk() {
     ] {
         assert!(mpd.contains(needle), "{needle} in\n{mpd}");
     }
-    let st = m.periods[0].adaptations[0].SegmentTemplate.as_ref().expect("template");
+    let st = m.periods[0].adaptations[0]
+        .SegmentTemplate
+        .as_ref()
+        .expect("template");
     assert_eq!(st.availabilityTimeComplete, Some(false));
     // The segment in production (the one after the last full segment of the same stream).
     let text = String::from_utf8(get(&base, "/ll/d1/r0/media.m3u8").await.body).expect("utf8");
@@ -299,10 +336,44 @@ async fn ll_dash_mpd_is_low_latency_and_segments_arrive_chunk_by_chunk() {
     let producing = e.msn + e.segments + 1;
     let seg = get(&base, &format!("/ll/d1/r0/seg_{producing}.m4s")).await;
     assert_eq!(seg.status, 200);
-    assert!(seg.head.to_ascii_lowercase().contains("transfer-encoding: chunked"));
+    assert!(seg
+        .head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked"));
     assert!(seg.reads >= 3, "arrived in {} reads", seg.reads);
     let (seqs, _) = media::inspect(&seg.body).expect("parse");
     assert_eq!(seqs.len(), 6, "one moof per 333 ms chunk");
     let again = get(&base, &format!("/ll/d1/r0/seg_{producing}.m4s")).await;
     assert_eq!(seg.body, again.body);
+}
+
+/// `--ll` viewers against the simulator directly: they follow the live edge part by part with
+/// blocking reloads, and every viewer's reload reaches the origin (no edge in between to collapse
+/// them), so each (playlist, msn, part) costs as many origin requests as viewers on it.
+#[tokio::test]
+async fn ll_viewers_follow_parts_and_report_blocking_requests_per_part() {
+    let (base, _stop) = start_origin(ll_opts()).await;
+    let mut cfg = super::config(
+        &base,
+        "/live/ll5/master.m3u8",
+        vedge_bench::load::Scenario::Burst,
+        4,
+        3,
+    );
+    cfg.ll = true;
+    cfg.mix = vec![1, 0];
+    let r = vedge_bench::live_burst_report(&cfg, |_| {})
+        .await
+        .expect("run");
+    assert_eq!(r.error_total, 0, "errors: {:?}", r.errors);
+    let ll = r.ll.as_ref().expect("ll report");
+    assert!(ll.live_latency_ms.count >= 4 * 4, "{ll:?}");
+    // A held part arrives as it is produced: its last byte comes right at the end of production.
+    assert!(ll.live_latency_ms.p50 < 1000.0, "{ll:?}");
+    assert!(ll.blocking_keys.unwrap_or(0) >= 4, "{ll:?}");
+    assert!(
+        ll.max_origin_requests_per_blocking_key.unwrap_or(0) <= 4,
+        "{ll:?}"
+    );
+    assert!(vedge_bench::report::summary(&r).contains("blocking reloads at the origin"));
 }
