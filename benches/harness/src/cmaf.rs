@@ -67,12 +67,15 @@ fn be32(b: &[u8], at: usize) -> Result<u32, MediaError> {
         .ok_or(MediaError::Malformed("truncated box field"))
 }
 
+/// (type, box start, payload start, box end).
+type BoxAt = ([u8; 4], usize, usize, usize);
+
 /// Box headers in `buf[start..end]`: (type, box start, payload start, box end).
 fn boxes(
     buf: &[u8],
     start: usize,
     end: usize,
-) -> Result<Vec<([u8; 4], usize, usize, usize)>, MediaError> {
+) -> Result<Vec<BoxAt>, MediaError> {
     let mut out = Vec::new();
     let mut off = start;
     while off + 8 <= end {
@@ -400,12 +403,12 @@ mod tests {
         assert!(parts[1..].iter().all(|t| !t.independent));
         let total: u64 = parts.iter().map(|t| t.duration_ticks).sum();
         assert_eq!(total, r.chunk_ticks);
-        for j in 0..6 {
+        for (j, t) in parts.iter().enumerate() {
             let b = p.part(7, j).expect("part");
             let (seqs, times) = media::inspect(&b).expect("parse");
-            assert_eq!(times, vec![7 * r.chunk_ticks + parts[j].start_ticks]);
+            assert_eq!(times, vec![7 * r.chunk_ticks + t.start_ticks]);
             assert_eq!(seqs.len(), 1);
-            assert_eq!(parts[j].sample_ends.last().map(|e| e.0), Some(b.len()));
+            assert_eq!(t.sample_ends.last().map(|e| e.0), Some(b.len()));
         }
     }
 }
