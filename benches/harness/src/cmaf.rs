@@ -71,11 +71,7 @@ fn be32(b: &[u8], at: usize) -> Result<u32, MediaError> {
 type BoxAt = ([u8; 4], usize, usize, usize);
 
 /// Box headers in `buf[start..end]`: (type, box start, payload start, box end).
-fn boxes(
-    buf: &[u8],
-    start: usize,
-    end: usize,
-) -> Result<Vec<BoxAt>, MediaError> {
+fn boxes(buf: &[u8], start: usize, end: usize) -> Result<Vec<BoxAt>, MediaError> {
     let mut out = Vec::new();
     let mut off = start;
     while off + 8 <= end {
