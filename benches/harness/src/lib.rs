@@ -9,14 +9,20 @@
 //! - `origin`: the simulator's HTTP server, options, faults and `/__stats`.
 //! - `playlist`: HLS and DASH manifest text from a stream clock (pure, tested under paused time).
 //! - `media`: the looped fMP4 fixtures and the mfhd/tfdt rewrite per segment number.
+//! - `cmaf`: fixture chunks cut into CMAF parts (moof + mdat each) for the low-latency modes.
+//! - `ll`: LL-HLS playlists, blocking reloads, LL-DASH attributes, when each part exists.
 //! - `viewer`: one simulated player (HLS/DASH, live/storm/VOD) over a `Net` trait.
+//! - `llviewer`: the Low-Latency HLS player of `--ll` (blocking reloads, preload-hint parts).
 //! - `client`: the bounded keep-alive connection pool all viewers share, the timer-lag probe.
 //! - `load`: the recorder, scenario schedules, the run loop.
 //! - `report`: JSON, summary text and the HTML page.
 //! - `collapse`: `vedge bench collapse`, N viewers asking for one cold object at once.
 
 pub mod client;
+pub mod cmaf;
 pub mod collapse;
+pub mod ll;
+pub mod llviewer;
 pub mod load;
 pub mod media;
 pub mod origin;
@@ -98,6 +104,11 @@ pub struct LiveBurstArgs {
     /// Write a self-contained HTML report with plots here.
     #[arg(long, value_name = "FILE")]
     pub html: Option<PathBuf>,
+    /// HLS viewers behave like Low-Latency HLS players: blocking playlist reloads
+    /// (`_HLS_msn`/`_HLS_part`) and preload-hinted parts; the report adds the latency to the live
+    /// edge and the origin's requests per (playlist, msn, part).
+    #[arg(long)]
+    pub ll: bool,
 }
 
 /// Entry point of `vedge bench`.
@@ -153,6 +164,7 @@ impl LiveBurstArgs {
             timeout: self.timeout,
             connections: self.connections,
             seed: self.seed,
+            ll: self.ll,
         })
     }
 }
@@ -201,10 +213,16 @@ pub async fn live_burst_report(
             .map(|c| Some(report::origin_report(&prefix, &c)))
             .map_err(|e| format!("{e:#}")),
     };
+    let ll = match (&cfg.origin_stats, cfg.ll) {
+        (Some(u), true) => load::origin_blocking(u, &prefix, Duration::from_secs(5))
+            .await
+            .ok(),
+        _ => None,
+    };
     let skipped = outs.iter().map(|o| o.skipped).sum();
     let played = outs.iter().filter(|o| o.started).count() as u64;
     let rec = rec.lock();
-    Ok(report::build(
+    let mut r = report::build(
         &rec,
         cfg.scenario.as_str(),
         cfg.target.as_str(),
@@ -215,7 +233,11 @@ pub async fn live_burst_report(
         played,
         cfg.connections as u64,
         origin,
-    ))
+    );
+    if cfg.ll {
+        r.ll = Some(report::ll_report(&rec, ll));
+    }
+    Ok(r)
 }
 
 async fn live_burst(args: LiveBurstArgs) -> anyhow::Result<()> {

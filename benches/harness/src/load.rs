@@ -86,6 +86,8 @@ pub struct Recorder {
     /// itself was overloaded and its latencies include its own queueing.
     pub timer_lag: Histogram<u64>,
     pub connections_opened: u64,
+    /// Low-latency viewers: how long after a part was produced they had it.
+    pub live_latency: Histogram<u64>,
 }
 
 impl Recorder {
@@ -106,6 +108,7 @@ impl Recorder {
             pool_wait: hist(),
             timer_lag: hist(),
             connections_opened: 0,
+            live_latency: hist(),
         }
     }
 
@@ -324,6 +327,9 @@ impl Net for HttpNet {
     fn startup(&self, d: Duration) {
         let _ = self.rec.lock().startup.record(us(d));
     }
+    fn live_latency(&self, d: Duration) {
+        let _ = self.rec.lock().live_latency.record(us(d));
+    }
     fn watched(&self, d: Duration) {
         self.rec.lock().watched += d;
     }
@@ -370,6 +376,8 @@ pub struct RunConfig {
     /// Keep-alive connections the viewers share (per host).
     pub connections: usize,
     pub seed: u64,
+    /// HLS viewers behave like Low-Latency HLS players (blocking reloads, preload hints).
+    pub ll: bool,
 }
 
 /// The join schedule: (join offset, pick) per viewer.
@@ -450,11 +458,11 @@ pub fn raise_nofile(want: u64) -> u64 {
 }
 
 /// Reads the origin simulator's counters (`/__stats`), filtered by `prefix`.
-pub async fn origin_counts(
+async fn stats_json(
     stats: &Url,
     prefix: &str,
     timeout: Duration,
-) -> anyhow::Result<BTreeMap<String, u64>> {
+) -> anyhow::Result<serde_json::Value> {
     let client: Client<HttpConnector, Empty<Bytes>> =
         Client::builder(TokioExecutor::new()).build(HttpConnector::new());
     let mut u = stats.clone();
@@ -473,13 +481,38 @@ pub async fn origin_counts(
         .await
         .context("origin stats: body timed out")??
         .to_bytes();
-    let v: serde_json::Value = serde_json::from_slice(&body).context("origin stats: not JSON")?;
+    serde_json::from_slice(&body).context("origin stats: not JSON")
+}
+
+/// Request counts per path under `prefix` from the simulator's `/__stats`.
+pub async fn origin_counts(
+    stats: &Url,
+    prefix: &str,
+    timeout: Duration,
+) -> anyhow::Result<BTreeMap<String, u64>> {
+    let v = stats_json(stats, prefix, timeout).await?;
     let paths = v
         .get("paths")
         .and_then(|p| p.as_object())
         .context("origin stats: no \"paths\" object")?;
     Ok(paths
         .iter()
+        .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+        .collect())
+}
+
+/// Blocking playlist reloads per `playlist?_HLS_msn=M&_HLS_part=P` under `prefix` (LL-HLS).
+pub async fn origin_blocking(
+    stats: &Url,
+    prefix: &str,
+    timeout: Duration,
+) -> anyhow::Result<BTreeMap<String, u64>> {
+    let v = stats_json(stats, prefix, timeout).await?;
+    let b = v
+        .get("blocking")
+        .and_then(|p| p.as_object())
+        .context("origin stats: no \"blocking\" object")?;
+    Ok(b.iter()
         .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
         .collect())
 }
@@ -520,6 +553,7 @@ pub async fn run(
             pick,
             mode,
             seed: cfg.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            ll: cfg.ll,
         };
         let net = net.clone();
         set.spawn(async move {
@@ -580,6 +614,7 @@ mod tests {
             timeout: Duration::from_secs(5),
             connections: 64,
             seed: 1,
+            ll: false,
         }
     }
 

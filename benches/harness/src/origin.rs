@@ -6,7 +6,10 @@
 //! - `/{kind}/{s}/master.m3u8`, `/{kind}/{s}/{r}/media.m3u8`: HLS multivariant and media playlists
 //! - `/{kind}/{s}/manifest.mpd` (`$Number$`), `/{kind}/{s}/manifest-timeline.mpd` (`$Time$`)
 //! - `/{kind}/{s}/{r}/init.mp4`, `/{kind}/{s}/{r}/seg_{n}.m4s`, `/{kind}/{s}/{r}/t_{time}.m4s`
-//! - `/__stats[?prefix=P]` (JSON request counts), `/__reset`, `/__time` (ISO clock for DASH)
+//! - `/{kind}/{s}/{r}/part_{n}_{k}.m4s`: part `k` of segment `n` (low-latency streams)
+//! - `/ll/{s}/...`: the same stream low-latency for both HLS and DASH, whatever the flags
+//! - `/__stats[?prefix=P]` (JSON request counts, blocking reloads per (playlist, msn, part)),
+//!   `/__reset`, `/__time` (ISO clock for DASH)
 //! - anything under a `--static PREFIX=DIR`: files
 //!
 //! A live stream's clock starts at its first request (see `playlist::Timeline`), so a new stream
@@ -33,6 +36,8 @@ use tokio::time::Instant;
 
 use vedge_manifest::duration::parse as parse_duration;
 
+use super::cmaf::PartedRendition;
+use super::ll::{self, Block, Delivery, PartPlan, Produced};
 use super::media::{self, Rendition};
 use super::playlist::{self, DashAddressing, RenditionInfo, Timeline};
 
@@ -85,6 +90,20 @@ pub struct OriginArgs {
     /// Serve files: `PREFIX=DIR` or `DIR` (prefix `/`). Repeatable; longest prefix wins.
     #[arg(long = "static", value_name = "PREFIX=DIR")]
     pub statics: Vec<String>,
+    /// Low-Latency HLS on /live/ streams: parts, preload hints, blocking playlist reloads, delta
+    /// updates (always on under /ll/).
+    #[arg(long)]
+    pub ll_hls: bool,
+    /// Low-latency DASH on /live/ streams: chunked CMAF segments streamed as produced,
+    /// availabilityTimeOffset, a ServiceDescription (always on under /ll/).
+    #[arg(long)]
+    pub ll_dash: bool,
+    /// Duration of an LL-HLS part and of an LL-DASH CMAF chunk (rounded to whole frames).
+    #[arg(long, default_value = "333ms", value_parser = parse_duration)]
+    pub part_duration: Duration,
+    /// LL-DASH ServiceDescription latency target.
+    #[arg(long, default_value = "2500ms", value_parser = parse_duration)]
+    pub dash_latency_target: Duration,
 }
 
 /// Options of the simulator as a library (`vedge demo` embeds it).
@@ -105,6 +124,32 @@ pub struct OriginOptions {
     pub truncate_rate: f64,
     /// (URL prefix, directory), e.g. ("/player/", "tests/players/www").
     pub statics: Vec<(String, PathBuf)>,
+    pub ll: LowLatency,
+}
+
+/// The low-latency modes (`--ll-hls`, `--ll-dash`).
+#[derive(Debug, Clone)]
+pub struct LowLatency {
+    pub hls: bool,
+    pub dash: bool,
+    pub part_duration: Duration,
+    pub dash_latency_target: Duration,
+    /// Longest hold of a blocking reload, a preload-hint or chunked-segment request before its
+    /// object starts. The spec's limit is three target durations (the default, `None`); tests
+    /// shorten it.
+    pub hold_limit: Option<Duration>,
+}
+
+impl Default for LowLatency {
+    fn default() -> Self {
+        LowLatency {
+            hls: false,
+            dash: false,
+            part_duration: Duration::from_millis(333),
+            dash_latency_target: Duration::from_millis(2500),
+            hold_limit: None,
+        }
+    }
 }
 
 impl Default for OriginOptions {
@@ -124,6 +169,7 @@ impl Default for OriginOptions {
             stall: Duration::from_secs(5),
             truncate_rate: 0.0,
             statics: Vec::new(),
+            ll: LowLatency::default(),
         }
     }
 }
@@ -154,6 +200,13 @@ impl TryFrom<&OriginArgs> for OriginOptions {
             stall: a.stall,
             truncate_rate: a.truncate_rate,
             statics,
+            ll: LowLatency {
+                hls: a.ll_hls,
+                dash: a.ll_dash,
+                part_duration: a.part_duration,
+                dash_latency_target: a.dash_latency_target,
+                hold_limit: None,
+            },
         })
     }
 }
@@ -186,6 +239,13 @@ impl OriginOptions {
             if !(0.0..=1.0).contains(&r) {
                 errs.push(format!("{name} must be between 0 and 1"));
             }
+        }
+        if self.ll.part_duration < Duration::from_millis(34)
+            || self.ll.part_duration > Duration::from_secs(chunk)
+        {
+            errs.push(format!(
+                "--part-duration must be between one frame (34ms) and {chunk}s"
+            ));
         }
         if self.rate_limit == Some(0) {
             errs.push("--rate-limit must be positive".into());
@@ -252,7 +312,7 @@ pub async fn run_cli(args: OriginArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
-    eprintln!("vedge origin: http://{addr}/live/<stream>/master.m3u8 | /live/<stream>/manifest.mpd | /__stats");
+    eprintln!("vedge origin: http://{addr}/live/<stream>/master.m3u8 | /live/<stream>/manifest.mpd | /ll/<stream>/... | /__stats");
     serve(opts, listener, async {
         let _ = tokio::signal::ctrl_c().await;
     })
@@ -275,6 +335,10 @@ struct State {
     /// Live streams by name: (tokio instant, wall clock) of their first request.
     streams: Mutex<HashMap<String, (Instant, SystemTime)>>,
     counts: Mutex<HashMap<String, PathCount>>,
+    /// Part layout per rendition (low-latency streams).
+    plans: Vec<PartPlan>,
+    /// Blocking playlist reloads by `path?_HLS_msn=M[&_HLS_part=P][&_HLS_skip=YES]`.
+    blocking: Mutex<HashMap<String, u64>>,
 }
 
 type Body = UnsyncBoxBody<Bytes, std::io::Error>;
@@ -302,6 +366,18 @@ pub async fn serve(
         })
         .collect();
     let chunks_per_segment = opts.segment_duration.as_secs() / media::chunk_seconds();
+    let plans = (0..opts.renditions)
+        .map(|i| {
+            let f = &fixtures[i % fixtures.len()];
+            let part_ticks = (opts.ll.part_duration.as_secs_f64() * f.timescale as f64).round();
+            Ok(PartPlan {
+                media: PartedRendition::cut(f, part_ticks as u64)?,
+                chunks_per_segment,
+                segment: opts.segment_duration,
+            })
+        })
+        .collect::<Result<Vec<_>, media::MediaError>>()
+        .context("cutting the fixtures into parts")?;
     let state = Arc::new(State {
         opts,
         fixtures,
@@ -310,6 +386,8 @@ pub async fn serve(
         started: Instant::now(),
         streams: Mutex::new(HashMap::new()),
         counts: Mutex::new(HashMap::new()),
+        plans,
+        blocking: Mutex::new(HashMap::new()),
     });
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -382,6 +460,8 @@ enum Object {
     Init(usize),
     Segment(usize, u64),
     SegmentAtTime(usize, u64),
+    /// Segment, part index.
+    Part(usize, u64, usize),
 }
 
 fn parse_object(rest: &[&str], renditions: usize) -> Option<Object> {
@@ -403,6 +483,9 @@ fn parse_object(rest: &[&str], renditions: usize) -> Option<Object> {
                 Some(Object::Init(r))
             } else if let Some(n) = f.strip_prefix("seg_").and_then(|x| x.strip_suffix(".m4s")) {
                 Some(Object::Segment(r, n.parse().ok()?))
+            } else if let Some(nk) = f.strip_prefix("part_").and_then(|x| x.strip_suffix(".m4s")) {
+                let (n, k) = nk.split_once('_')?;
+                Some(Object::Part(r, n.parse().ok()?, k.parse().ok()?))
             } else {
                 let t = f.strip_prefix("t_").and_then(|x| x.strip_suffix(".m4s"))?;
                 Some(Object::SegmentAtTime(r, t.parse().ok()?))
@@ -426,6 +509,7 @@ async fn handle(st: &State, req: Request<Incoming>) -> Response<Body> {
         "/__stats" => return stats(st, req.uri().query()),
         "/__reset" => {
             st.counts.lock().clear();
+            st.blocking.lock().clear();
             return full(StatusCode::OK, "application/json", "no-store", "{}");
         }
         "/__time" => {
@@ -445,7 +529,13 @@ async fn handle(st: &State, req: Request<Incoming>) -> Response<Body> {
         e.inflight += 1;
         e.max_inflight = e.max_inflight.max(e.inflight);
     }
-    let resp = respond(st, &path).await;
+    let query = req.uri().query();
+    if path.ends_with(".m3u8") {
+        if let Some(k) = Delivery::parse(query).ok().and_then(|d| d.stats_key(&path)) {
+            *st.blocking.lock().entry(k).or_default() += 1;
+        }
+    }
+    let resp = respond(st, &path, query).await;
     if let Some(e) = st.counts.lock().get_mut(&path) {
         e.inflight = e.inflight.saturating_sub(1);
     }
@@ -468,7 +558,7 @@ async fn handle(st: &State, req: Request<Incoming>) -> Response<Body> {
     resp
 }
 
-async fn respond(st: &State, path: &str) -> Response<Body> {
+async fn respond(st: &State, path: &str, query: Option<&str>) -> Response<Body> {
     // Operator-given static prefixes win over the simulated streams (e.g. `--static /vod/=DIR`).
     if st
         .opts
@@ -480,7 +570,7 @@ async fn respond(st: &State, path: &str) -> Response<Body> {
     }
     let segs: Vec<&str> = path.split('/').collect();
     let (kind, stream, rest) = match segs.as_slice() {
-        ["", kind @ ("live" | "vod"), stream, rest @ ..] if !stream.is_empty() => {
+        ["", kind @ ("live" | "vod" | "ll"), stream, rest @ ..] if !stream.is_empty() => {
             (*kind, *stream, rest)
         }
         _ => return static_file(st, path).await,
@@ -490,19 +580,32 @@ async fn respond(st: &State, path: &str) -> Response<Body> {
     };
     let vod = (kind == "vod").then_some(st.opts.vod_segments);
     let o = &st.opts;
+    let (ll_hls, ll_dash) = match kind {
+        "ll" => (true, true),
+        "live" => (o.ll.hls, o.ll.dash),
+        _ => (false, false),
+    };
+    let low_latency = ll_hls || ll_dash;
+    let window = if low_latency {
+        ll::ll_window(o.window)
+    } else {
+        o.window
+    };
     let (tl, since) = match vod {
         Some(_) => (
             Timeline::starting_at(SystemTime::UNIX_EPOCH, o.segment_duration, o.window),
             Duration::ZERO,
         ),
         None => {
+            // /ll/x and /live/x are different streams (each its own clock).
+            let key = format!("{kind}/{stream}");
             let (t0, wall0) = *st
                 .streams
                 .lock()
-                .entry(stream.to_string())
+                .entry(key)
                 .or_insert_with(|| (Instant::now(), SystemTime::now()));
             (
-                Timeline::starting_at(wall0, o.segment_duration, o.window),
+                Timeline::starting_at(wall0, o.segment_duration, window),
                 t0.elapsed(),
             )
         }
@@ -534,6 +637,11 @@ async fn respond(st: &State, path: &str) -> Response<Body> {
         Some(total) => n < total,
         None => n < tl.available(since),
     };
+    if low_latency {
+        if let Some(resp) = low_latency_object(st, &obj, &tl, since, query, ll_hls, ll_dash).await {
+            return resp;
+        }
+    }
     let ticks = |r: usize| {
         let f = &st.fixtures[r % st.fixtures.len()];
         f.chunk_ticks * st.chunks_per_segment
@@ -559,6 +667,7 @@ async fn respond(st: &State, path: &str) -> Response<Body> {
             &o.segment_cache_control,
             st.fixtures[r % st.fixtures.len()].init.clone(),
         ),
+        Object::Part(..) => return not_found(),
         Object::Segment(r, n) | Object::SegmentAtTime(r, n) => {
             let n = match obj {
                 Object::SegmentAtTime(_, t) if t % ticks(r) == 0 => t / ticks(r),
@@ -576,6 +685,156 @@ async fn respond(st: &State, path: &str) -> Response<Body> {
         }
     };
     paced(st, ctype, cc, body)
+}
+
+/// The low-latency answers of a live stream: the LL-HLS media playlist (blocking reloads), the
+/// LL-DASH MPD, and segments and parts served whole once produced or streamed while produced.
+/// `None`: not a low-latency object (the normal path answers).
+async fn low_latency_object(
+    st: &State,
+    obj: &Object,
+    tl: &Timeline,
+    since: Duration,
+    query: Option<&str>,
+    ll_hls: bool,
+    ll_dash: bool,
+) -> Option<Response<Body>> {
+    let o = &st.opts;
+    let base = Instant::now();
+    let stream_time = tl.segment * tl.window as u32 + since;
+    let hold = o.ll.hold_limit.unwrap_or(tl.segment * 3);
+    let plan = |r: usize| &st.plans[r % st.plans.len()];
+    let text = |status, body: &str| Some(full(status, "text/plain", "no-store", body.to_string()));
+    match *obj {
+        Object::Media(r) if ll_hls => {
+            let d = match Delivery::parse(query) {
+                Ok(d) => d,
+                Err(e) => return text(StatusCode::BAD_REQUEST, e),
+            };
+            let now = match ll::block(plan(r), d, stream_time, hold) {
+                Block::Now => stream_time,
+                Block::At(at) => {
+                    tokio::time::sleep_until(base + (at - stream_time)).await;
+                    at.max(stream_time + base.elapsed())
+                }
+                Block::TooFar => {
+                    return text(
+                        StatusCode::BAD_REQUEST,
+                        "_HLS_msn more than two segments ahead\n",
+                    )
+                }
+                Block::Timeout(d) => {
+                    tokio::time::sleep(d).await;
+                    return text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "blocking reload not satisfied in time\n",
+                    );
+                }
+            };
+            let reports: Vec<(String, &PartPlan)> = st
+                .infos
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != r)
+                .map(|(i, info)| (format!("../{}/media.m3u8", info.id), plan(i)))
+                .collect();
+            let body = ll::hls_media(tl, plan(r), now, d.skip, &reports);
+            Some(full(
+                StatusCode::OK,
+                "application/vnd.apple.mpegurl",
+                &o.playlist_cache_control,
+                body,
+            ))
+        }
+        Object::Mpd(a) if ll_dash => {
+            let mpd = playlist::dash_mpd(tl, since, &st.infos, a, None);
+            let mpd = ll::dash_low_latency(
+                &mpd,
+                ll::dash_availability_offset(plan(0)),
+                o.ll.dash_latency_target,
+            );
+            Some(full(
+                StatusCode::OK,
+                "application/dash+xml",
+                &o.playlist_cache_control,
+                mpd,
+            ))
+        }
+        Object::Segment(r, n) => Some(produced(
+            st,
+            ll::segment(plan(r), n),
+            stream_time,
+            hold,
+            base,
+            "video/iso.segment",
+        )),
+        Object::SegmentAtTime(r, t) => {
+            let f = &st.fixtures[r % st.fixtures.len()];
+            let seg_ticks = f.chunk_ticks * st.chunks_per_segment;
+            if t % seg_ticks != 0 {
+                return Some(not_found());
+            }
+            Some(produced(
+                st,
+                ll::segment(plan(r), t / seg_ticks),
+                stream_time,
+                hold,
+                base,
+                "video/iso.segment",
+            ))
+        }
+        Object::Part(r, n, k) => match ll::part(plan(r), n, k) {
+            Some((p, _start)) => Some(produced(st, p, stream_time, hold, base, "video/mp4")),
+            None => Some(not_found()),
+        },
+        _ => None,
+    }
+}
+
+/// A low-latency segment or part: whole once produced; while (or shortly before) it is produced,
+/// held and streamed piece by piece as each frame exists, with chunked transfer encoding; 404 if
+/// it starts more than `hold` from now.
+fn produced(
+    st: &State,
+    p: Produced,
+    now: Duration,
+    hold: Duration,
+    base: Instant,
+    ctype: &str,
+) -> Response<Body> {
+    let cc = st.opts.segment_cache_control.clone();
+    let Some(&(_, done_at)) = p.schedule.last() else {
+        return not_found();
+    };
+    if done_at <= now {
+        return full(StatusCode::OK, ctype, &cc, p.bytes);
+    }
+    let first_at = p.schedule.first().map(|e| e.1).unwrap_or(done_at);
+    if first_at > now + hold {
+        return not_found();
+    }
+    // Everything already produced goes at once, then one piece per frame as it exists.
+    let produced = p.schedule.iter().filter(|e| e.1 <= now).count();
+    let mut pieces: Vec<(usize, Duration)> = p.schedule[produced..].to_vec();
+    if produced > 0 {
+        pieces.insert(0, (p.schedule[produced - 1].0, now));
+    }
+    let bytes = p.bytes;
+    let stream = futures_util::stream::iter(pieces)
+        .scan(0usize, |sent, (end, at)| {
+            let from = std::mem::replace(sent, end);
+            futures_util::future::ready(Some((from, end, at)))
+        })
+        .then(move |(from, end, at)| {
+            let chunk = bytes.slice(from..end);
+            async move {
+                tokio::time::sleep_until(base + at.saturating_sub(now)).await;
+                Ok::<_, std::io::Error>(Frame::data(chunk))
+            }
+        });
+    let mut r = full(StatusCode::OK, ctype, &cc, Bytes::new());
+    *r.body_mut() = StreamBody::new(stream.boxed()).boxed_unsync();
+    r
 }
 
 /// A 200 response whose body honours the throughput limit and the stall/truncation faults.
@@ -654,11 +913,20 @@ fn stats(st: &State, query: Option<&str>) -> Response<Body> {
         inflight.insert(k.clone(), c.max_inflight.into());
     }
     drop(counts);
+    let mut blocking = serde_json::Map::new();
+    let b = st.blocking.lock();
+    let mut keys: Vec<&String> = b.keys().filter(|k| k.starts_with(&prefix)).collect();
+    keys.sort();
+    for k in keys {
+        blocking.insert(k.clone(), b[k].into());
+    }
+    drop(b);
     let v = serde_json::json!({
         "uptime_s": st.started.elapsed().as_secs_f64(),
         "total": total,
         "paths": paths,
         "max_inflight": inflight,
+        "blocking": blocking,
     });
     full(
         StatusCode::OK,

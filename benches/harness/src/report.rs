@@ -111,6 +111,39 @@ pub struct Report {
     pub pool_wait_ms: Pct,
     pub timer_lag_ms: Pct,
     pub timeline: Vec<SecondReport>,
+    /// `--ll` runs only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ll: Option<LlReport>,
+}
+
+/// What a low-latency run adds: parts' latency to the live edge, and how many origin requests
+/// each blocking playlist reload cost (1 per (playlist, msn, part) when an edge collapses them).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LlReport {
+    /// How long after a part was produced the viewer had all of it.
+    pub live_latency_ms: Pct,
+    /// Distinct (playlist, msn, part) blocking reloads the origin saw (none without stats).
+    pub blocking_keys: Option<u64>,
+    pub max_origin_requests_per_blocking_key: Option<u64>,
+    pub mean_origin_requests_per_blocking_key: Option<f64>,
+}
+
+/// The `--ll` part of a report from the recorder and the origin's blocking counters.
+pub fn ll_report(rec: &Recorder, blocking: Option<BTreeMap<String, u64>>) -> LlReport {
+    let keys = blocking.as_ref().map(|b| b.len() as u64);
+    let max = blocking
+        .as_ref()
+        .map(|b| b.values().copied().max().unwrap_or(0));
+    let mean = blocking
+        .as_ref()
+        .filter(|b| !b.is_empty())
+        .map(|b| b.values().sum::<u64>() as f64 / b.len() as f64);
+    LlReport {
+        live_latency_ms: Pct::of(&rec.live_latency),
+        blocking_keys: keys,
+        max_origin_requests_per_blocking_key: max,
+        mean_origin_requests_per_blocking_key: mean,
+    }
 }
 
 /// Timer lag p99 above this means the harness was too busy to measure the edge faithfully.
@@ -240,6 +273,7 @@ pub fn build(
         connections_opened: rec.connections_opened,
         pool_wait_ms: Pct::of(&rec.pool_wait),
         timer_lag_ms: Pct::of(&rec.timer_lag),
+        ll: None,
         timeline: rec
             .seconds
             .iter()
@@ -378,6 +412,23 @@ pub fn summary(r: &Report) -> String {
         }
         (None, None) => {
             let _ = writeln!(s, "origin stats: not requested (--origin-stats)");
+        }
+    }
+    if let Some(ll) = &r.ll {
+        let _ = writeln!(
+            s,
+            "low latency: part latency to the live edge p50 {:.0} ms p99 {:.0} ms ({} parts)",
+            ll.live_latency_ms.p50, ll.live_latency_ms.p99, ll.live_latency_ms.count
+        );
+        if let (Some(k), Some(max), Some(mean)) = (
+            ll.blocking_keys,
+            ll.max_origin_requests_per_blocking_key,
+            ll.mean_origin_requests_per_blocking_key,
+        ) {
+            let _ = writeln!(
+                s,
+                "blocking reloads at the origin: {k} (playlist, msn, part) keys, {mean:.2} requests per key (max {max})"
+            );
         }
     }
     s

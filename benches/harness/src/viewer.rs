@@ -79,6 +79,8 @@ pub trait Net: Send + Sync {
     fn startup(&self, d: Duration);
     /// The viewer left after watching for `d` (for stalls per viewer-hour).
     fn watched(&self, d: Duration);
+    /// A low-latency viewer had a part `d` after it was produced (latency to the live edge).
+    fn live_latency(&self, _d: Duration) {}
 }
 
 /// How a viewer picks its rendition.
@@ -115,6 +117,8 @@ pub struct Plan {
     pub pick: Pick,
     pub mode: Mode,
     pub seed: u64,
+    /// Behave like a Low-Latency HLS player (`--ll`; HLS targets only).
+    pub ll: bool,
 }
 
 /// What a viewer saw; returned when it leaves.
@@ -343,6 +347,9 @@ async fn run_hls(net: &impl Net, plan: &Plan, wall: &(impl Fn() -> SystemTime + 
         return out;
     }
     let mut current = choose(plan.pick, &variants, None);
+    if plan.ll && plan.mode != Mode::Vod {
+        return super::llviewer::run(net, plan, variants[current].url.clone(), wall).await;
+    }
     let mut init_for: Option<usize> = None;
     let mut next: Option<u64> = None;
     let mut playback = Playback::new(plan.join_at);
@@ -1045,6 +1052,7 @@ mod tests {
             pick: Pick::Fixed(0),
             mode,
             seed: 7,
+            ll: false,
         }
     }
 

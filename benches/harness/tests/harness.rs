@@ -10,6 +10,9 @@ use url::Url;
 use vedge_bench::load::{RunConfig, Scenario};
 use vedge_bench::origin::{self, Latency, OriginOptions};
 
+#[path = "low_latency/mod.rs"]
+mod low_latency;
+
 /// Starts the simulator; dropping the returned sender shuts it down.
 async fn start_origin(opts: OriginOptions) -> (String, oneshot::Sender<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -38,6 +41,7 @@ fn config(base: &str, path: &str, scenario: Scenario, viewers: u64, secs: u64) -
         timeout: Duration::from_secs(5),
         connections: 256,
         seed: 3,
+        ll: false,
     }
 }
 
