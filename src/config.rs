@@ -128,6 +128,8 @@ pub struct RawConfig {
     /// The `[admin]` table: the admin listener's connection timeouts.
     #[serde(default)]
     pub admin: RawAdmin,
+    #[serde(default)]
+    pub cmcd: RawCmcd,
 }
 
 /// The `[store]` table. Without a `path` there is no store (RAM tier only).
@@ -311,6 +313,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Viewer TLS; `None` serves plain HTTP (and h2c).
     pub tls: Option<TlsConfig>,
+    pub cmcd: CmcdConfig,
 }
 
 /// The admin listener (metrics, health, purge, ingest).
@@ -396,6 +399,54 @@ pub struct ServerConfig {
     pub timeouts: ConnTimeouts,
     /// HTTP/2 stream limits (concurrency, rapid-reset protection).
     pub h2: H2Limits,
+}
+
+// ---- [cmcd]: Common Media Client Data (CTA-5004) -------------------------------------------
+
+/// Default `cmcd.low_buffer_ms`: a player reporting less buffer than this is served first at a
+/// limit. Two seconds is under one segment of most live streams, so such a player stalls unless
+/// its next request is quick.
+pub const DEFAULT_CMCD_LOW_BUFFER_MS: u64 = 2000;
+
+/// The `[cmcd]` table.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCmcd {
+    /// Send viewers' CMCD (the `CMCD` query parameter and `CMCD-*` headers) to the origin on
+    /// shared fills too. Default false: a fill serves every viewer of the key, so one viewer's
+    /// CMCD would misreport the others. Pass-through requests always carry it.
+    pub forward: Option<bool>,
+    /// Buffer length (ms) under which a player's request is urgent (`Cmcd::urgent`).
+    pub low_buffer_ms: Option<u64>,
+}
+
+/// Resolved `[cmcd]`.
+#[derive(Debug, Clone)]
+pub struct CmcdConfig {
+    pub forward: bool,
+    pub low_buffer_ms: u64,
+}
+
+impl Default for CmcdConfig {
+    fn default() -> CmcdConfig {
+        CmcdConfig {
+            forward: false,
+            low_buffer_ms: DEFAULT_CMCD_LOW_BUFFER_MS,
+        }
+    }
+}
+
+impl CmcdConfig {
+    fn resolve(raw: &RawCmcd, c: &mut Check) -> CmcdConfig {
+        let low_buffer_ms = raw.low_buffer_ms.unwrap_or(DEFAULT_CMCD_LOW_BUFFER_MS);
+        if low_buffer_ms > 600_000 {
+            c.error("cmcd.low_buffer_ms: at most 600000 (ten minutes of buffer is never low)");
+        }
+        CmcdConfig {
+            forward: raw.forward.unwrap_or(false),
+            low_buffer_ms,
+        }
+    }
 }
 
 impl RawConfig {
@@ -648,6 +699,7 @@ impl Config {
             timeouts: ConnTimeouts::resolve_admin(&raw.admin, &mut c),
             ..admin
         };
+        let cmcd = CmcdConfig::resolve(&raw.cmcd, &mut c);
 
         if !c.0.is_empty() {
             return Err(ConfigError(c.0));
@@ -664,6 +716,7 @@ impl Config {
             server,
             limits,
             tls,
+            cmcd,
         };
         Ok((config, warnings))
     }

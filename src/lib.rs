@@ -11,6 +11,7 @@
 //! - `admin`: admin listener: health, purge, ingest, and the rendering of `metrics`.
 //! - `proxy`: the miss path: the edge's state, the tiers, the request state machine, the fill driver.
 //! - `zerocopy`: memfd / anonymous-page bodies and the viewer socket that sends them.
+//! - `cmcd`: CTA-5004 client data (query parameter and headers) for logs, metrics, admission.
 //! - `metrics`, `clock`: counters everyone reports into; the injectable wall clock.
 //! - `fuzzing`: properties shared by the fuzz targets and their corpus replay test.
 //! - `demo`: the built-in sample origin behind `vedge demo`.
@@ -24,6 +25,7 @@ pub mod auth;
 pub mod cache;
 pub mod cli;
 pub mod clock;
+pub mod cmcd;
 pub mod config;
 pub mod demo;
 pub mod fuzzing;

@@ -1,10 +1,15 @@
-//! Counters for the Prometheus endpoint, named with the same status strings as `X-Cache`.
+//! Counters for the Prometheus endpoint, named with the same status strings as `X-Cache`,
+//! and the per-route CMCD figures players report (`CmcdMetrics`).
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
 
 use crate::auth::Refusal;
 use crate::cache::status::CacheStatus;
+use crate::cmcd::Cmcd;
 
 /// Process-wide counters. Relaxed atomics: each is an independent monotonic count.
 #[derive(Default)]
@@ -22,6 +27,7 @@ pub struct Metrics {
     pub token_refused: [AtomicU64; Refusal::ALL.len()],
     /// Connection and request limits, timeouts and TLS handshakes (`http::limits`, `http::server`).
     pub limits: std::sync::Arc<LimitMetrics>,
+    pub cmcd: CmcdMetrics,
 }
 
 impl Metrics {
@@ -74,6 +80,7 @@ impl Metrics {
             );
         }
         self.limits.render(out);
+        self.cmcd.render(out);
     }
 }
 
@@ -141,5 +148,151 @@ impl LimitMetrics {
         ] {
             let _ = writeln!(out, "# TYPE {name} counter\n{name} {}", c.load(Relaxed));
         }
+    }
+}
+
+/// Upper bounds (ms) of the buffer-length histogram's buckets: below 1 s a player is about to
+/// stall; 2 s is `cmcd.low_buffer_ms`'s default; live low-latency players sit at 1-4 s, VOD
+/// players at 10-30 s.
+pub const BUFFER_LENGTH_BUCKETS_MS: [u64; 10] = [
+    250, 500, 1000, 2000, 4000, 8000, 15000, 30000, 60000, 120000,
+];
+
+/// What players on one route reported.
+#[derive(Default)]
+struct RouteCmcd {
+    /// Cumulative counts per `BUFFER_LENGTH_BUCKETS_MS` bound (Prometheus `le` buckets).
+    buckets: [AtomicU64; BUFFER_LENGTH_BUCKETS_MS.len()],
+    count: AtomicU64,
+    sum_ms: AtomicU64,
+    starvation: AtomicU64,
+}
+
+/// `vedge_cmcd_buffer_length_ms` (histogram of `bl`) and `vedge_cmcd_buffer_starvation_total`
+/// (requests carrying `bs`), labelled by route prefix. The label set is bounded: a route is
+/// created once, from the config's prefixes, on its first CMCD request.
+#[derive(Default)]
+pub struct CmcdMetrics {
+    routes: RwLock<Vec<(Box<str>, Arc<RouteCmcd>)>>,
+}
+
+impl CmcdMetrics {
+    /// Counts one request's CMCD against the route with prefix `route`.
+    pub fn observe(&self, route: &str, c: &Cmcd) {
+        if c.bl.is_none() && !c.bs {
+            return;
+        }
+        let r = self.route(route);
+        if let Some(bl) = c.bl {
+            for (bound, n) in BUFFER_LENGTH_BUCKETS_MS.iter().zip(&r.buckets) {
+                if bl <= *bound {
+                    n.fetch_add(1, Relaxed);
+                }
+            }
+            r.count.fetch_add(1, Relaxed);
+            r.sum_ms.fetch_add(bl, Relaxed);
+        }
+        if c.bs {
+            r.starvation.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// The buffer-starvation count of a route (0 if it never reported one).
+    pub fn starvation(&self, route: &str) -> u64 {
+        self.find(route).map_or(0, |r| r.starvation.load(Relaxed))
+    }
+
+    /// How many buffer lengths a route reported.
+    pub fn buffer_reports(&self, route: &str) -> u64 {
+        self.find(route).map_or(0, |r| r.count.load(Relaxed))
+    }
+
+    fn find(&self, route: &str) -> Option<Arc<RouteCmcd>> {
+        self.routes
+            .read()
+            .iter()
+            .find(|(p, _)| &**p == route)
+            .map(|(_, r)| r.clone())
+    }
+
+    fn route(&self, route: &str) -> Arc<RouteCmcd> {
+        if let Some(r) = self.find(route) {
+            return r;
+        }
+        let mut w = self.routes.write();
+        // Another request may have added it between the two locks.
+        if let Some((_, r)) = w.iter().find(|(p, _)| &**p == route) {
+            return r.clone();
+        }
+        let r = Arc::new(RouteCmcd::default());
+        w.push((route.into(), r.clone()));
+        r
+    }
+
+    fn render(&self, out: &mut String) {
+        let routes = self.routes.read();
+        let label = |p: &str| p.replace('\\', "\\\\").replace('"', "\\\"");
+        let _ = writeln!(out, "# TYPE vedge_cmcd_buffer_length_ms histogram");
+        for (prefix, r) in routes.iter() {
+            let route = label(prefix);
+            for (bound, n) in BUFFER_LENGTH_BUCKETS_MS.iter().zip(&r.buckets) {
+                let _ = writeln!(
+                    out,
+                    "vedge_cmcd_buffer_length_ms_bucket{{route=\"{route}\",le=\"{bound}\"}} {}",
+                    n.load(Relaxed)
+                );
+            }
+            let count = r.count.load(Relaxed);
+            let _ = writeln!(
+                out,
+                "vedge_cmcd_buffer_length_ms_bucket{{route=\"{route}\",le=\"+Inf\"}} {count}"
+            );
+            let _ = writeln!(
+                out,
+                "vedge_cmcd_buffer_length_ms_sum{{route=\"{route}\"}} {}",
+                r.sum_ms.load(Relaxed)
+            );
+            let _ = writeln!(
+                out,
+                "vedge_cmcd_buffer_length_ms_count{{route=\"{route}\"}} {count}"
+            );
+        }
+        let _ = writeln!(out, "# TYPE vedge_cmcd_buffer_starvation_total counter");
+        for (prefix, r) in routes.iter() {
+            let _ = writeln!(
+                out,
+                "vedge_cmcd_buffer_starvation_total{{route=\"{}\"}} {}",
+                label(prefix),
+                r.starvation.load(Relaxed)
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffer_lengths_fill_cumulative_buckets_per_route() {
+        let m = Metrics::default();
+        m.cmcd.observe("/live/", &Cmcd::parse("bl=800,bs"));
+        m.cmcd.observe("/live/", &Cmcd::parse("bl=21300"));
+        m.cmcd.observe("/", &Cmcd::parse("br=300"));
+        let mut out = String::new();
+        m.render(&mut out);
+        for line in [
+            "vedge_cmcd_buffer_length_ms_bucket{route=\"/live/\",le=\"500\"} 0",
+            "vedge_cmcd_buffer_length_ms_bucket{route=\"/live/\",le=\"1000\"} 1",
+            "vedge_cmcd_buffer_length_ms_bucket{route=\"/live/\",le=\"30000\"} 2",
+            "vedge_cmcd_buffer_length_ms_bucket{route=\"/live/\",le=\"+Inf\"} 2",
+            "vedge_cmcd_buffer_length_ms_sum{route=\"/live/\"} 22100",
+            "vedge_cmcd_buffer_length_ms_count{route=\"/live/\"} 2",
+            "vedge_cmcd_buffer_starvation_total{route=\"/live/\"} 1",
+        ] {
+            assert!(out.contains(line), "missing {line} in\n{out}");
+        }
+        // A request without `bl` or `bs` creates no series.
+        assert!(!out.contains("route=\"/\""));
     }
 }

@@ -2,6 +2,7 @@
 //! response building, ranges, bodies and zero-copy sending. It knows nothing of caching: the
 //! request path (`proxy`) plugs in as a `server::Handler`.
 
+pub mod access;
 pub mod body;
 pub mod conn;
 pub mod limits;

@@ -1,20 +1,17 @@
 //! The viewer listener: accept loop, HTTP/1.1 + h2c (auto-detected) or TLS with ALPN (`tls`),
 //! connection and rate limits (`limits`), hyper limits (header size and read timeout, h2 streams
-//! and resets), idle and slow-reader timeouts (`conn`), graceful drain on shutdown, and the access
-//! log.
+//! and resets), idle and slow-reader timeouts (`conn`), graceful drain on shutdown. Each response goes out
+//! through `access` (the access log).
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::{Method, Request, Response, StatusCode};
-use http_body::{Frame, SizeHint};
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -24,10 +21,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConnTimeouts, H2Limits, ServerConfig};
-use crate::http::body::{Body, BoxError};
-use crate::http::conn::{self, Activity, InFlight, Watched};
+use crate::http::access::{Logged, Pending};
+use crate::http::body::Body;
+use crate::http::conn::{self, Activity, Watched};
 use crate::http::limits::{Admitted, Limits};
-use crate::http::response::LogInfo;
 use crate::http::tls::Tls;
 use crate::metrics::Metrics;
 use crate::zerocopy::{ZeroCopy, ZeroCopyStream};
@@ -310,119 +307,19 @@ fn too_many_requests(retry_after: Duration) -> Response<Body> {
     r
 }
 
-/// Handles a request and wraps the body so the access line is written when it ends.
+/// Handles a request under the connection's limits; the body goes out through `access::Logged`,
+/// which writes the access line when it ends.
 pub async fn respond<H: Handler>(
     edge: H,
     req: Request<Incoming>,
     peer: Option<SocketAddr>,
     conn: &Conn,
 ) -> Response<Logged<H>> {
-    let started = Instant::now();
     let in_flight = conn.activity.request();
-    let method = req.method().clone();
-    // The path is kept only for the access line; with access logging off it is not copied.
-    let path = if tracing::enabled!(target: "vedge::access", tracing::Level::INFO) {
-        req.uri().path().to_string()
-    } else {
-        String::new()
-    };
+    let pending = Pending::of(&req);
     let resp = match conn.admitted.take_request() {
         Ok(()) => edge.handle(req, peer).await,
         Err(retry_after) => too_many_requests(retry_after),
     };
-    let info = resp
-        .extensions()
-        .get::<LogInfo>()
-        .copied()
-        .unwrap_or_default();
-    let status = resp.status().as_u16();
-    resp.map(|body| Logged {
-        body,
-        sent: 0,
-        done: false,
-        _in_flight: in_flight,
-        line: Some(AccessLine {
-            edge,
-            method,
-            path,
-            status,
-            info,
-            started,
-        }),
-    })
-}
-
-struct AccessLine<H: Handler> {
-    edge: H,
-    method: Method,
-    path: String,
-    status: u16,
-    info: LogInfo,
-    started: Instant,
-}
-
-/// A response body that counts what it sent and logs one access line when it is finished or
-/// dropped (a dropped, unfinished body is an aborted response).
-pub struct Logged<H: Handler> {
-    body: Body,
-    sent: u64,
-    done: bool,
-    /// Ends the request for the idle timeout when the body is done or dropped.
-    _in_flight: InFlight,
-    line: Option<AccessLine<H>>,
-}
-
-impl<H: Handler> http_body::Body for Logged<H> {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        let r = Pin::new(&mut this.body).poll_frame(cx);
-        match &r {
-            Poll::Ready(Some(Ok(f))) => {
-                if let Some(d) = f.data_ref() {
-                    this.sent += d.len() as u64;
-                }
-            }
-            Poll::Ready(None) => this.done = true,
-            _ => {}
-        }
-        r
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
-
-impl<H: Handler> Drop for Logged<H> {
-    fn drop(&mut self) {
-        let Some(l) = self.line.take() else { return };
-        let complete = self.done || http_body::Body::is_end_stream(&self.body);
-        let m = l.edge.metrics();
-        m.bytes_sent
-            .fetch_add(self.sent, std::sync::atomic::Ordering::Relaxed);
-        if !complete {
-            Metrics::inc(&m.responses_aborted);
-        }
-        tracing::info!(
-            target: "vedge::access",
-            method = %l.method,
-            path = %l.path,
-            status = l.status,
-            cache = l.info.cache.map_or("-", |c| c.as_str()),
-            bytes = self.sent,
-            complete,
-            ms = l.started.elapsed().as_millis() as u64,
-            origin_ms = l.info.origin_ms,
-        );
-    }
+    pending.finish(edge, peer, resp, in_flight)
 }

@@ -45,7 +45,13 @@ impl FillJob {
             .unwrap_or(0);
         FillJob {
             route,
-            path_and_query: req.fill_target.clone(),
+            // The key's target: CMCD is dropped from it by default (one viewer's CMCD is not
+            // the object's); `cmcd.forward` puts this viewer's back.
+            path_and_query: if req.edge.config.cmcd.forward {
+                crate::cmcd::with_query_of(&req.fill_target, &req.path_and_query)
+            } else {
+                req.fill_target.clone()
+            },
             base_key: base_key.to_string(),
             viewer_headers: req.parts.headers.clone(),
             host: req.host.clone(),
@@ -110,6 +116,11 @@ async fn run(
         header::IF_UNMODIFIED_SINCE,
     ] {
         headers.remove(h);
+    }
+    // `cmcd.forward` decides for the CMCD headers whatever `forward_headers` says.
+    crate::cmcd::strip_headers(&mut headers);
+    if edge.config.cmcd.forward {
+        crate::cmcd::copy_headers(&job.viewer_headers, &mut headers);
     }
     if let Some(stale) = &job.stale {
         if let Some(etag) = stale.etag() {

@@ -3,11 +3,13 @@
 //! from the origin once per key and streams into the fill (`fill`), pass-through (`pass`),
 //! what a request names (`target`: validated host, normalised path, route, key), signed URLs
 //! (`signed`: the token check before the cache, and the token carried into manifests),
-//! invalidation by unsafe methods (`invalidate`) and request errors (`error`); `assets`
+//! invalidation by unsafe methods (`invalidate`), admission priority under load (`admission`)
+//! and request errors (`error`); `assets`
 //! remembers which objects the stored manifests reference (purge by asset). The viewer side
 //! (`http`) calls in through `http::server::Handler`; nothing here accepts connections, and
 //! only `origin` opens outbound ones.
 
+pub mod admission;
 pub mod assets;
 pub mod edge;
 pub mod error;

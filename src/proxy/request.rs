@@ -32,6 +32,7 @@ use crate::cache::fill::{Fill, FillHead};
 use crate::cache::lock::{Claim, FillGuard};
 use crate::cache::object::CachedObject;
 use crate::cache::status::CacheStatus;
+use crate::cmcd::Cmcd;
 use crate::config::Route;
 use crate::http::body::Body;
 use crate::http::response::{self, Ask, CacheInfo, Source};
@@ -82,7 +83,8 @@ pub async fn handle(
     peer: Option<SocketAddr>,
 ) -> Response<Body> {
     let (parts, body) = req.into_parts();
-    match dispatch(&edge, &parts, body, peer).await {
+    let cmcd = read_cmcd(&edge, &parts);
+    let mut resp = match dispatch(&edge, &parts, body, peer).await {
         Ok(resp) => resp,
         Err(e) => {
             if let EdgeError::Origin(_) = e {
@@ -90,7 +92,24 @@ pub async fn handle(
             }
             e.response(&edge.config.cdn_id)
         }
+    };
+    if let Some(c) = cmcd {
+        resp.extensions_mut().insert(c);
     }
+    resp
+}
+
+/// The request's CMCD, read once: counted in the route's metrics, then handed to the access log
+/// as a response extension. `None` when the player sent none.
+fn read_cmcd(edge: &Edge, parts: &Parts) -> Option<Cmcd> {
+    let c = Cmcd::from_request(&parts.headers, parts.uri.query());
+    if c.is_empty() {
+        return None;
+    }
+    if let Some(route) = edge.config.route_for(parts.uri.path()) {
+        edge.metrics.cmcd.observe(&route.prefix, &c);
+    }
+    Some(c)
 }
 
 async fn dispatch(
