@@ -252,6 +252,7 @@ async fn run(
         leader_variant,
         refetch: job.stale.is_some(),
         age: age.as_secs(),
+        origin_ms: response_delay.as_millis() as u64,
     })));
 
     if let Some(len) = content_length.filter(|&n| store && n <= cache.max_object_size) {

@@ -35,7 +35,7 @@ use crate::cache::status::CacheStatus;
 use crate::cmcd::Cmcd;
 use crate::config::Route;
 use crate::http::body::Body;
-use crate::http::response::{self, Ask, CacheInfo, Source};
+use crate::http::response::{self, Ask, CacheInfo, LogInfo, Source};
 use crate::metrics::Metrics;
 use crate::origin::is_loop;
 use crate::proxy::edge::Edge;
@@ -463,7 +463,7 @@ async fn read(
             edge.metrics.request(status);
             let fwd = if h.refetch { "stale" } else { "miss" };
             let stored = if h.stored { "; stored" } else { "" };
-            response::build(
+            let mut resp = response::build(
                 &req.ask(),
                 h.status,
                 &h.headers,
@@ -477,7 +477,11 @@ async fn read(
                     ),
                     age: Some(h.age),
                 },
-            )
+            );
+            resp.extensions_mut()
+                .get_or_insert_default::<LogInfo>()
+                .origin_ms = Some(h.origin_ms);
+            resp
         }
         FillHead::Complete(obj) => {
             edge.metrics.request(CacheStatus::Expired);

@@ -85,6 +85,8 @@ pub struct StreamHead {
     /// The age the response already had on arrival, in seconds (the origin's `Age` plus the
     /// response delay): the `Age` its readers are sent (RFC 9111 §5.1).
     pub age: u64,
+    /// Origin request sent to its response head, in ms (the access line's `origin_ms`).
+    pub origin_ms: u64,
 }
 
 /// Why a fill's body did not complete.

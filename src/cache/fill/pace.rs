@@ -170,6 +170,7 @@ mod tests {
             leader_variant: String::new(),
             refetch: false,
             age: 0,
+            origin_ms: 0,
         })));
         w.await.expect("waiter");
         let (mut a, mut b) = (fill.reader(0, None), fill.reader(0, None));

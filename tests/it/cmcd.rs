@@ -1,0 +1,285 @@
+//! CMCD (CTA-5004) at the edge: read from the query parameter and the `CMCD-*` headers, kept
+//! out of the cache key and off shared fills (unless `cmcd.forward`), passed through on
+//! pass-through requests, logged on the access line (whose `complete` is true when every
+//! promised byte went out, MISS included) and counted per route on `/metrics`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::Method;
+use parking_lot::Mutex;
+use tracing::field::{Field, Visit};
+use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::Layer;
+
+use crate::support::{edge_config, until, Origin, Script, TestEdge};
+
+/// CTA-5004's example list, URL-encoded as a query parameter (dash.js sends this shape).
+const SPEC_QUERY: &str = "CMCD=bl%3D21300%2Cbr%3D3200%2Cbs%2Ccid%3D%22faec5fc2-ac30-11ea-bb37-0242ac130002%22%2Cd%3D4004%2Cdl%3D18500%2Cmtp%3D48100%2Cnor%3D%22..%252F300kbps%252Ftrack.m4v%22%2Cnrr%3D%2212323-48763%22%2Cot%3Dv%2Cpr%3D1.08%2Crtp%3D12000%2Csf%3Dd%2Csid%3D%226e2fb550-c457-11e9-bb97-0800200c9a66%22%2Csu%2Ctb%3D6000";
+
+type Line = BTreeMap<String, String>;
+
+/// Collects the real `vedge::access` events, each as field name → value.
+#[derive(Clone, Default)]
+struct AccessLog(Arc<Mutex<Vec<Line>>>);
+
+impl AccessLog {
+    /// Installs the collector for this thread (the test's current-thread runtime runs the edge
+    /// and the client on it) until the guard drops.
+    fn capture(&self) -> tracing::subscriber::DefaultGuard {
+        let sub = tracing_subscriber::registry().with(self.clone());
+        tracing::subscriber::set_default(sub)
+    }
+
+    fn lines(&self) -> Vec<Line> {
+        self.0.lock().clone()
+    }
+
+    /// Waits (bounded) for the line of the request to `path` (the line is written when the
+    /// server drops the body, just after the client has read it).
+    async fn line_for(&self, path: &str, nth: usize) -> Line {
+        until("the access line is written", || {
+            self.lines()
+                .iter()
+                .filter(|l| l.get("path").map(String::as_str) == Some(path))
+                .count()
+                > nth
+        })
+        .await;
+        self.lines()
+            .into_iter()
+            .filter(|l| l.get("path").map(String::as_str) == Some(path))
+            .nth(nth)
+            .expect("line present")
+    }
+}
+
+struct Fields<'a>(&'a mut Line);
+
+impl Visit for Fields<'_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.0.insert(field.name().into(), format!("{value:?}"));
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.insert(field.name().into(), value.into());
+    }
+}
+
+impl<S: tracing::Subscriber> Layer<S> for AccessLog {
+    fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+        if event.metadata().target() != "vedge::access" {
+            return;
+        }
+        let mut line = Line::new();
+        event.record(&mut Fields(&mut line));
+        self.0.lock().push(line);
+    }
+}
+
+#[tokio::test]
+async fn cmcd_is_not_in_the_cache_key_nor_sent_on_shared_fills() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/v/seg1.m4s",
+        Script::ok("segment").header("cache-control", "max-age=60"),
+    );
+    let edge = TestEdge::start(edge_config(&origin)).await;
+
+    let first = edge
+        .get_with(
+            &format!("/v/seg1.m4s?{SPEC_QUERY}"),
+            &[("cmcd-request", "bl=400"), ("cmcd-status", "bs")],
+        )
+        .await;
+    assert_eq!(first.x_cache(), "MISS");
+    edge.settle().await;
+    // Another player, other CMCD, same object.
+    let second = edge
+        .get("/v/seg1.m4s?CMCD=bl%3D9000%2Csid%3D%22other%22")
+        .await;
+    assert_eq!(second.x_cache(), "HIT");
+    assert_eq!(second.body, "segment");
+    assert_eq!(origin.count("/v/seg1.m4s"), 1);
+
+    let seen = &origin.seen("/v/seg1.m4s")[0];
+    assert_eq!(seen.target, "/v/seg1.m4s", "no CMCD query on the fill");
+    for h in ["cmcd-request", "cmcd-object", "cmcd-status", "cmcd-session"] {
+        assert_eq!(seen.header(h), None, "{h} sent on a shared fill");
+    }
+}
+
+#[tokio::test]
+async fn cmcd_forward_sends_it_on_fills_when_configured() {
+    let origin = Origin::start().await;
+    origin.script("/v/seg2.m4s", Script::ok("segment"));
+    let mut raw = edge_config(&origin);
+    raw.cmcd.forward = Some(true);
+    let edge = TestEdge::start(raw).await;
+
+    let r = edge
+        .get_with(
+            "/v/seg2.m4s?CMCD=bl%3D400&x=1",
+            &[("cmcd-session", "sid=\"s1\"")],
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let seen = &origin.seen("/v/seg2.m4s")[0];
+    assert_eq!(seen.target, "/v/seg2.m4s?CMCD=bl%3D400&x=1");
+    assert_eq!(seen.header("cmcd-session"), Some("sid=\"s1\""));
+}
+
+#[tokio::test]
+async fn cmcd_other_query_parameters_still_reach_the_fill() {
+    let origin = Origin::start().await;
+    origin.script("/v/seg3.m4s", Script::ok("segment"));
+    let edge = TestEdge::start(edge_config(&origin)).await;
+    edge.get("/v/seg3.m4s?a=1&CMCD=bl%3D400&b=2").await;
+    assert_eq!(origin.seen("/v/seg3.m4s")[0].target, "/v/seg3.m4s?a=1&b=2");
+}
+
+/// A pass-through request is the viewer's own: it goes to the origin as sent, CMCD included.
+#[tokio::test]
+async fn cmcd_pass_through_requests_keep_it() {
+    let origin = Origin::start().await;
+    origin.script("/v/beacon", Script::ok("ok"));
+    let edge = TestEdge::start(edge_config(&origin)).await;
+    let r = edge
+        .send(
+            edge.req(Method::POST, "/v/beacon?CMCD=bs%2Csid%3D%22s%22")
+                .header("cmcd-status", "bs"),
+            Bytes::from_static(b"x"),
+        )
+        .await;
+    assert_eq!(r.x_cache(), "BYPASS");
+    let seen = &origin.seen("/v/beacon")[0];
+    assert_eq!(seen.target, "/v/beacon?CMCD=bs%2Csid%3D%22s%22");
+    assert_eq!(seen.header("cmcd-status"), Some("bs"));
+}
+
+/// The bug seen on a 196,608-byte fill: hyper drops a body once `Content-Length` bytes are
+/// written, without polling it to its end, so a MISS was logged `complete=false`.
+#[tokio::test]
+async fn cmcd_access_line_of_a_196608_byte_miss_says_complete() {
+    let log = AccessLog::default();
+    let _guard = log.capture();
+    let origin = Origin::start().await;
+    let body = vec![7u8; 196_608];
+    origin.script(
+        "/v/big.m4s",
+        Script::ok(body.clone()).header("cache-control", "max-age=60"),
+    );
+    origin.script("/v/chunked.m4s", Script::ok(body.clone()).chunked());
+    let edge = TestEdge::start(edge_config(&origin)).await;
+
+    let r = edge
+        .get_with(
+            &format!("/v/big.m4s?{SPEC_QUERY}"),
+            &[("user-agent", "dash.js/4.7")],
+        )
+        .await;
+    assert_eq!((r.x_cache(), r.body.len()), ("MISS", 196_608));
+    let line = log.line_for("/v/big.m4s", 0).await;
+    assert_eq!(line["cache"], "MISS");
+    assert_eq!(line["bytes"], "196608");
+    assert_eq!(line["complete"], "true", "{line:?}");
+    assert_eq!(line["status"], "200");
+    assert_eq!(line["method"], "GET");
+    assert_eq!(line["client_ip"], "127.0.0.1");
+    assert_eq!(line["host"], edge.addr.to_string());
+    assert_eq!(line["ua"], "dash.js/4.7");
+    assert!(line.contains_key("ttfb_ms") && line.contains_key("ms"));
+    assert!(
+        line.contains_key("origin_ms"),
+        "a MISS says how long the origin took"
+    );
+    assert_eq!(line["cmcd_sid"], "6e2fb550-c457-11e9-bb97-0800200c9a66");
+    assert_eq!(line["cmcd_cid"], "faec5fc2-ac30-11ea-bb37-0242ac130002");
+    assert_eq!(line["cmcd_bl"], "21300");
+    assert_eq!(line["cmcd_br"], "3200");
+    assert_eq!(line["cmcd_ot"], "v");
+    assert_eq!(line["cmcd_su"], "true");
+    assert_eq!(line["cmcd_bs"], "true");
+
+    // The HIT, a range of it, and a MISS without a length are complete too.
+    edge.settle().await;
+    assert_eq!(edge.get("/v/big.m4s").await.x_cache(), "HIT");
+    let hit = log.line_for("/v/big.m4s", 1).await;
+    assert_eq!(
+        (hit["complete"].as_str(), hit["bytes"].as_str()),
+        ("true", "196608")
+    );
+    assert!(!hit.contains_key("cmcd_sid"), "no CMCD, no CMCD fields");
+    assert!(
+        !hit.contains_key("origin_ms"),
+        "a HIT did not go to the origin"
+    );
+    let part = edge
+        .get_with("/v/big.m4s", &[("range", "bytes=0-99")])
+        .await;
+    assert_eq!(part.body.len(), 100);
+    let ranged = log.line_for("/v/big.m4s", 2).await;
+    assert_eq!(
+        (ranged["complete"].as_str(), ranged["bytes"].as_str()),
+        ("true", "100")
+    );
+    assert_eq!(edge.get("/v/chunked.m4s").await.body.len(), 196_608);
+    let chunked = log.line_for("/v/chunked.m4s", 0).await;
+    assert_eq!(chunked["complete"], "true", "{chunked:?}");
+    assert_eq!(
+        edge.edge
+            .metrics
+            .responses_aborted
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+}
+
+/// The access line never carries the query (tokens, CMCD) in `path`.
+#[tokio::test]
+async fn cmcd_access_line_path_has_no_query() {
+    let log = AccessLog::default();
+    let _guard = log.capture();
+    let origin = Origin::start().await;
+    origin.script("/v/q.m4s", Script::ok("q"));
+    let edge = TestEdge::start(edge_config(&origin)).await;
+    edge.get("/v/q.m4s?token=secret&CMCD=bl%3D100").await;
+    let line = log.line_for("/v/q.m4s", 0).await;
+    assert!(line.values().all(|v| !v.contains("secret")), "{line:?}");
+    assert_eq!(line["cmcd_bl"], "100");
+}
+
+#[tokio::test]
+async fn cmcd_buffer_metrics_are_counted_per_route() {
+    let origin = Origin::start().await;
+    origin.script("/live/a.m4s", Script::ok("a"));
+    origin.script("/vod/b.m4s", Script::ok("b"));
+    let mut raw = edge_config(&origin);
+    raw.routes = toml::from_str::<vedge::config::RawConfig>(&format!(
+        "[[route]]\nprefix = \"/live/\"\norigin = \"{}\"\n",
+        origin.url()
+    ))
+    .expect("route table")
+    .routes;
+    let edge = TestEdge::start(raw).await;
+
+    edge.get_with(
+        "/live/a.m4s",
+        &[("cmcd-request", "bl=700"), ("cmcd-status", "bs")],
+    )
+    .await;
+    edge.get("/live/a.m4s?CMCD=bl%3D1500").await;
+    edge.get("/vod/b.m4s?CMCD=bl%3D30000").await;
+
+    let m = &edge.edge.metrics.cmcd;
+    assert_eq!(m.buffer_reports("/live/"), 2);
+    assert_eq!(m.starvation("/live/"), 1);
+    assert_eq!(m.buffer_reports("/"), 1);
+    assert_eq!(m.starvation("/"), 0);
+    let mut out = String::new();
+    edge.edge.metrics.render(&mut out);
+    assert!(out.contains("vedge_cmcd_buffer_length_ms_bucket{route=\"/live/\",le=\"1000\"} 1"));
+    assert!(out.contains("vedge_cmcd_buffer_length_ms_bucket{route=\"/live/\",le=\"2000\"} 2"));
+    assert!(out.contains("vedge_cmcd_buffer_starvation_total{route=\"/live/\"} 1"));
+    assert!(out.contains("vedge_cmcd_buffer_length_ms_count{route=\"/\"} 1"));
+}
