@@ -486,13 +486,15 @@ fn token(v: &str) -> Option<String> {
 
 /// The decoded value of the `CMCD` parameter in a raw query string, if present and not too long.
 fn query_value(query: &str) -> Option<String> {
-    query
-        .split('&')
-        .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
-        .filter(|(name, _)| *name == QUERY_PARAM)
-        .filter(|(_, v)| v.len() <= MAX_SOURCE_LEN * 3)
-        .last()
-        .and_then(|(_, v)| percent_decode(v))
+    // The last occurrence wins, as for a repeated key inside the list.
+    let (_, v) = query
+        .rsplit('&')
+        .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+        .find(|(name, _)| *name == QUERY_PARAM)?;
+    if v.len() > MAX_SOURCE_LEN * 3 {
+        return None;
+    }
+    percent_decode(v)
 }
 
 /// Percent-decodes `s` (`%XX`; a `%` not followed by two hex digits is kept as is, as browsers
