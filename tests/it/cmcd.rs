@@ -125,7 +125,7 @@ async fn cmcd_forward_sends_it_on_fills_when_configured() {
         .await;
     assert_eq!(r.status, 200);
     let seen = &origin.seen("/v/seg2.m4s")[0];
-    assert_eq!(seen.target, "/v/seg2.m4s?CMCD=bl%3D400&x=1");
+    assert_eq!(seen.target, "/v/seg2.m4s?x=1&CMCD=bl%3D400");
     assert_eq!(seen.header("cmcd-session"), Some("sid=\"s1\""));
 }
 
