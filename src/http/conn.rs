@@ -63,13 +63,20 @@ impl Activity {
                 return Expired::Idle;
             }
             // Nothing due: look again at the earliest deadline, and at least once per write
-            // timeout (a request may start and its writes block while this sleeps, so a write
-            // is cut at most twice the timeout after it blocked).
-            let next = [write_deadline, idle_deadline, Some(now + ms(t.write))]
-                .into_iter()
-                .flatten()
-                .min()
-                .unwrap_or(now);
+            // timeout and per idle timeout (a request may start and its writes block while this
+            // sleeps, so a write is cut at most twice the timeout after it blocked; a request
+            // in flight now may end while this sleeps, so an idle close comes at most twice the
+            // idle timeout after it, never a write timeout late).
+            let next = [
+                write_deadline,
+                idle_deadline,
+                Some(now + ms(t.write)),
+                Some(now + ms(t.idle)),
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(now);
             let wait = Duration::from_millis(next.saturating_sub(now).max(1));
             tokio::time::sleep(wait).await;
         }
