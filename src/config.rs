@@ -273,6 +273,11 @@ pub struct RawOriginClient {
     pub pool_max_idle_per_host: Option<usize>,
     /// Talk HTTP/2 (prior knowledge, h2c) to origins.
     pub http2: Option<bool>,
+    // Warm connections (`Preconnect`, resolved in its own block below).
+    pub preconnect: Option<bool>,
+    pub preconnect_method: Option<String>,
+    pub preconnect_path: Option<String>,
+    pub keep_warm: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -379,6 +384,7 @@ pub struct OriginClientConfig {
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_host: usize,
     pub http2: bool,
+    pub preconnect: Preconnect,
 }
 
 #[derive(Debug, Clone)]
@@ -1005,6 +1011,54 @@ impl OriginClientConfig {
                 .pool_max_idle_per_host
                 .unwrap_or(DEFAULT_POOL_MAX_IDLE_PER_HOST),
             http2: raw.http2.unwrap_or(DEFAULT_ORIGIN_HTTP2),
+            preconnect: Preconnect::resolve(raw, c),
+        }
+    }
+}
+
+// ---- origin_client.preconnect*: warm origin connections (origin::preconnect) ----
+
+/// How long after a route's last origin request its origins' connections are kept warm.
+pub const DEFAULT_KEEP_WARM: Duration = Duration::from_secs(60);
+
+/// Warm origin connections: one request per origin at start, and again before the pool's idle
+/// timeout would close the last connection while the origin had traffic within `keep_warm`.
+#[derive(Debug, Clone)]
+pub struct Preconnect {
+    /// `origin_client.preconnect` (default true).
+    pub enabled: bool,
+    /// `origin_client.preconnect_method`: `HEAD` (default) or `OPTIONS`.
+    pub method: http::Method,
+    /// `origin_client.preconnect_path` (default `/`), below the origin's base path.
+    pub path: String,
+    /// `origin_client.keep_warm` (default 60s): 0 warms at start only.
+    pub keep_warm: Duration,
+}
+
+impl Preconnect {
+    fn resolve(raw: &RawOriginClient, c: &mut Check) -> Preconnect {
+        let method = match raw.preconnect_method.as_deref().unwrap_or("HEAD") {
+            m if m.eq_ignore_ascii_case("HEAD") => http::Method::HEAD,
+            m if m.eq_ignore_ascii_case("OPTIONS") => http::Method::OPTIONS,
+            other => {
+                c.error(format!(
+                    "origin_client.preconnect_method: {other:?} is not HEAD or OPTIONS (the warm-up \
+                     request must not fetch a body)"
+                ));
+                http::Method::HEAD
+            }
+        };
+        let path = raw.preconnect_path.clone().unwrap_or_else(|| "/".into());
+        if !path.starts_with('/') || path.parse::<http::uri::PathAndQuery>().is_err() {
+            c.error(format!(
+                "origin_client.preconnect_path: {path:?} must be an absolute path such as \"/\""
+            ));
+        }
+        Preconnect {
+            enabled: raw.preconnect.unwrap_or(true),
+            method,
+            path,
+            keep_warm: c.duration("origin_client.keep_warm", &raw.keep_warm, DEFAULT_KEEP_WARM),
         }
     }
 }
@@ -2551,6 +2605,10 @@ mod tests {
             "origin_client.pool_idle_timeout",
             "origin_client.pool_max_idle_per_host",
             "origin_client.http2",
+            "origin_client.preconnect",
+            "origin_client.preconnect_method",
+            "origin_client.preconnect_path",
+            "origin_client.keep_warm",
             "server.max_header_size",
             "server.header_read_timeout",
             "server.shutdown_grace",

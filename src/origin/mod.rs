@@ -8,6 +8,7 @@
 pub mod fetch;
 pub mod group;
 pub mod health;
+pub mod preconnect;
 pub mod target;
 pub mod tls;
 
@@ -161,6 +162,29 @@ impl OriginClient {
             }
         }
         tasks
+    }
+
+    /// The warm-connection tasks (`preconnect`), one per origin of every group, for the caller
+    /// to spawn on its task tracker; none when `origin_client.preconnect = false`. They end when
+    /// `stop_health` is called.
+    pub fn preconnect_tasks(&self) -> Vec<impl std::future::Future<Output = ()> + Send + 'static> {
+        if !self.cfg.preconnect.enabled {
+            return Vec::new();
+        }
+        self.groups
+            .values()
+            .flat_map(|g| g.targets.iter())
+            .map(|t| preconnect::run(t.clone(), self.cfg.clone(), self.stop.clone()))
+            .collect()
+    }
+
+    /// Warm-up requests that completed, over every origin (tests, `/admin/origins`).
+    pub fn warmups(&self) -> u64 {
+        self.groups
+            .values()
+            .flat_map(|g| g.targets.iter())
+            .map(|t| t.traffic.warmups())
+            .sum()
     }
 
     /// Ends the health-check tasks (shutdown).

@@ -82,6 +82,8 @@ pub struct Target {
     stats: Stats,
     /// `Host` for this origin's requests, when the group sends each origin its own.
     pub(crate) host: Option<HeaderValue>,
+    /// When this origin last served a request (`preconnect` keeps its pool warm after that).
+    pub(crate) traffic: crate::origin::preconnect::Traffic,
 }
 
 impl Target {
@@ -122,6 +124,7 @@ impl Target {
             client,
             health: Mutex::new(Health::default()),
             stats: Stats::default(),
+            traffic: Default::default(),
         })
     }
 
@@ -151,6 +154,7 @@ impl Target {
     /// Counts one request's outcome and its time to head; ejects the origin after
     /// `eject.failures` consecutive failures.
     pub fn record(&self, outcome: Outcome, elapsed: Duration, eject: &Eject) {
+        self.traffic.touch();
         self.stats.requests.fetch_add(1, Relaxed);
         if let Some(i) = error_index(outcome) {
             self.stats.errors[i].fetch_add(1, Relaxed);

@@ -108,6 +108,9 @@ impl Edge {
         for check in edge.origin.health_tasks() {
             edge.spawn(check);
         }
+        for warm in edge.origin.preconnect_tasks() {
+            edge.spawn(warm);
+        }
         Ok(edge)
     }
 

@@ -18,6 +18,7 @@ mod ingest;
 mod limits;
 mod module_graph;
 mod origin_groups;
+mod preconnect;
 mod purge;
 mod security;
 mod semantics;

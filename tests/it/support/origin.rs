@@ -197,6 +197,8 @@ struct State {
     scripts: HashMap<String, Script>,
     seen: Vec<Seen>,
     sent: Vec<Sent>,
+    /// TCP connections accepted since start.
+    connections: usize,
 }
 
 /// The scripted origin. Dropping it stops it.
@@ -249,6 +251,11 @@ impl Origin {
             .iter()
             .filter(|s| path_of(&s.target) == path)
             .count()
+    }
+
+    /// TCP connections accepted since start (across restarts).
+    pub fn connections(&self) -> usize {
+        self.state.lock().connections
     }
 
     /// Every request seen for `path`, in arrival order.
@@ -317,6 +324,7 @@ impl Origin {
                         Err(_) => continue,
                     },
                 };
+                state.lock().connections += 1;
                 let state = state.clone();
                 let c = c.clone();
                 t.spawn(async move {
