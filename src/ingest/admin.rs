@@ -24,17 +24,24 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 use super::engine::{
-    ingest_asset, AssetReport, Existing, IngestOptions, KeyMapper, Progress, ProgressSnapshot,
-    PushObject, Sink, SinkError, SinkFuture,
+    ingest_asset, put_collected, AssetReport, Existing, IngestOptions, KeyMapper, Progress,
+    ProgressSnapshot, PushObject, Sink, SinkError, SinkFuture,
 };
-use super::store::cached_object;
+use super::store::{cached_object, stream_into_store};
 use crate::http::body::Body;
 use crate::origin::fetch::HttpFetcher;
 use crate::proxy::Edge;
+use vedge_manifest::fetch::Opened;
 use vedge_manifest::{discover, ObjectKind, Scope, WalkOptions};
 
 /// Largest body accepted by `PUT /admin/objects/...`.
 pub const MAX_PUSH_BYTES: usize = 1 << 30;
+
+/// Pushed bodies larger than this go from the socket straight into the store's write buffer
+/// and are not copied into the RAM tier (a viewer's first hit promotes them): an admin ingest
+/// of a large asset then holds one object's write buffer at a time, not every body twice.
+/// Smaller ones (manifests, keys, init segments) are also kept in RAM, ready to serve.
+pub const RAM_COPY_MAX: u64 = 1 << 20;
 
 /// The edge as a sink: pushed objects go where pulled ones go (`Edge::insert`).
 pub struct EdgeSink {
@@ -83,6 +90,24 @@ impl Sink for EdgeSink {
             }
             self.stored.lock().push(key);
             Ok(())
+        })
+    }
+
+    /// Large bodies of known length stream into the store (`stream_into_store`); the rest
+    /// (small ones, unknown length, an edge without a store) are read into memory and `put`.
+    fn put_opened(&self, key: String, kind: ObjectKind, opened: Opened) -> SinkFuture<'_, u64> {
+        Box::pin(async move {
+            let (Some(store), Some(len)) = (&self.edge.store, opened.len) else {
+                return put_collected(self, key, kind, opened).await;
+            };
+            if len <= RAM_COPY_MAX {
+                return put_collected(self, key, kind, opened).await;
+            }
+            let n = stream_into_store(store, key.clone(), kind, opened, len).await?;
+            // An older copy in RAM would shadow the new one: the next hit reads the store.
+            self.edge.ram.remove(&key);
+            self.stored.lock().push(key);
+            Ok(n)
         })
     }
 
@@ -411,18 +436,34 @@ where
             )
         }
     };
-    let (mut headers, body) = match read_body(req, MAX_PUSH_BYTES).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    headers.remove(header::AUTHORIZATION);
-    headers.remove("x-vedge-host");
     let path = target.split('?').next().unwrap_or(target);
     let kind = match path.rsplit('.').next() {
         Some("m3u8") => ObjectKind::Playlist,
         Some("mpd") => ObjectKind::Mpd,
         _ => ObjectKind::Segment,
     };
+    let announced = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if announced.is_some_and(|n| n > MAX_PUSH_BYTES as u64) {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("body over the {MAX_PUSH_BYTES}-byte push limit"),
+        );
+    }
+    if let (Some(store), Some(len)) = (&edge.store, announced) {
+        if len > RAM_COPY_MAX {
+            return put_streaming(edge, store, key, kind, req, len).await;
+        }
+    }
+    let (mut headers, body) = match read_body(req, MAX_PUSH_BYTES).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    headers.remove(header::AUTHORIZATION);
+    headers.remove("x-vedge-host");
     let len = body.len();
     let obj = PushObject {
         key: key.clone(),
@@ -442,6 +483,81 @@ where
         };
         return error(status, e.to_string());
     }
+    json(
+        StatusCode::CREATED,
+        &serde_json::json!({ "key": key, "bytes": len }),
+    )
+}
+
+/// `PUT /admin/objects/...` of a large body with `Content-Length` into an edge with a store:
+/// frames go from the socket straight into the store's write buffer (`vedge_storage::ObjectBuf`),
+/// with no `Bytes` of the whole body first and no RAM-tier copy.
+async fn put_streaming<B>(
+    edge: &Arc<Edge>,
+    store: &vedge_storage::Store,
+    key: String,
+    kind: ObjectKind,
+    req: Request<B>,
+    len: u64,
+) -> Response<Body>
+where
+    B: http_body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (parts, body) = req.into_parts();
+    let mut headers = parts.headers;
+    headers.remove(header::AUTHORIZATION);
+    headers.remove("x-vedge-host");
+    let head_only = PushObject {
+        key: key.clone(),
+        kind,
+        body: Bytes::new(),
+        headers,
+    };
+    let meta = crate::proxy::tiers::store_meta(&cached_object(&head_only));
+    let size = len as usize; // at most MAX_PUSH_BYTES, checked by the caller
+    let mut buf = match store.object_buf(key.as_bytes(), meta, size) {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::INSUFFICIENT_STORAGE, e.to_string()),
+    };
+    let mut body = std::pin::pin!(body);
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(f) => f,
+            Err(e) => {
+                let e: Box<dyn std::error::Error + Send + Sync> = e.into();
+                return error(StatusCode::BAD_REQUEST, format!("reading body: {e}"));
+            }
+        };
+        if let Ok(mut data) = frame.into_data() {
+            use bytes::Buf;
+            let chunk = data.copy_to_bytes(data.remaining());
+            if buf.put(&chunk).is_err() {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("body longer than its Content-Length {len}"),
+                );
+            }
+        }
+    }
+    if !buf.is_complete() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("body ended after {} of {len} bytes", buf.filled()),
+        );
+    }
+    if let Err(e) = store
+        .insert_durable_buf(buf, vedge_storage::Source::Push)
+        .await
+    {
+        let status = match e {
+            vedge_storage::StoreError::Full(_) => StatusCode::INSUFFICIENT_STORAGE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        return error(status, e.to_string());
+    }
+    // An older copy in RAM would shadow the new one: the next hit reads the store.
+    edge.ram.remove(&key);
     json(
         StatusCode::CREATED,
         &serde_json::json!({ "key": key, "bytes": len }),

@@ -81,59 +81,14 @@ impl Sink for StoreSink {
         })
     }
 
-    /// With a known length, the body goes straight into the store's write buffer (one copy:
-    /// from the socket's frames or, for files, by the kernel from the page cache); otherwise
-    /// it is read into memory first.
+    /// With a known length, the body goes straight into the store's write buffer
+    /// (`stream_into_store`); otherwise it is read into memory first.
     fn put_opened(&self, key: String, kind: ObjectKind, opened: Opened) -> SinkFuture<'_, u64> {
         Box::pin(async move {
             let Some(len) = opened.len else {
                 return put_collected(self, key, kind, opened).await;
             };
-            let len = usize::try_from(len)
-                .map_err(|_| SinkError::Other(format!("{len}-byte object too large")))?;
-            // The head does not depend on the body: build it from the headers alone.
-            let head_only = PushObject {
-                key,
-                kind,
-                body: Bytes::new(),
-                headers: opened.headers,
-            };
-            let meta = store_meta(&cached_object(&head_only));
-            let mut buf = self
-                .store
-                .object_buf(head_only.key.as_bytes(), meta, len)
-                .map_err(sink_err)?;
-            match opened.body {
-                OpenedBody::File(file) => {
-                    buf = tokio::task::spawn_blocking(move || {
-                        while buf.read_from(&file)? > 0 {}
-                        Ok::<_, std::io::Error>(buf)
-                    })
-                    .await
-                    .map_err(|e| SinkError::Other(e.to_string()))?
-                    .map_err(|e| SinkError::Fetch(FetchError::Io(e.to_string())))?;
-                }
-                mut body => {
-                    while let Some(chunk) = body.next_chunk().await.map_err(SinkError::Fetch)? {
-                        buf.put(&chunk).map_err(|_| {
-                            SinkError::Fetch(FetchError::Io(format!(
-                                "body longer than its announced {len} bytes"
-                            )))
-                        })?;
-                    }
-                }
-            }
-            if !buf.is_complete() {
-                return Err(SinkError::Fetch(FetchError::Io(format!(
-                    "body ended after {} of {len} bytes",
-                    buf.filled()
-                ))));
-            }
-            self.store
-                .insert_durable_buf(buf, Source::Push)
-                .await
-                .map_err(sink_err)?;
-            Ok(len as u64)
+            stream_into_store(&self.store, key, kind, opened, len).await
         })
     }
 
@@ -143,4 +98,64 @@ impl Sink for StoreSink {
         }
         Box::pin(std::future::ready(Ok(())))
     }
+}
+
+/// Stores a pushed body of announced length `len` durably and pinned, reading it straight into
+/// the store's write buffer (one copy: from the socket's frames or, for files, by the kernel
+/// from the page cache) — never into a `Bytes` of its own first. The edge's admin ingest and
+/// `vedge ingest --store` both use it. Returns the length.
+pub async fn stream_into_store(
+    store: &Store,
+    key: String,
+    kind: ObjectKind,
+    opened: Opened,
+    len: u64,
+) -> Result<u64, SinkError> {
+    let len = usize::try_from(len)
+        .map_err(|_| SinkError::Other(format!("{len}-byte object too large")))?;
+    if len > opened.max_bytes {
+        return Err(SinkError::Fetch(FetchError::TooLarge(opened.max_bytes)));
+    }
+    // The head does not depend on the body: build it from the headers alone.
+    let head_only = PushObject {
+        key,
+        kind,
+        body: Bytes::new(),
+        headers: opened.headers,
+    };
+    let meta = store_meta(&cached_object(&head_only));
+    let mut buf = store
+        .object_buf(head_only.key.as_bytes(), meta, len)
+        .map_err(sink_err)?;
+    match opened.body {
+        OpenedBody::File(file) => {
+            buf = tokio::task::spawn_blocking(move || {
+                while buf.read_from(&file)? > 0 {}
+                Ok::<_, std::io::Error>(buf)
+            })
+            .await
+            .map_err(|e| SinkError::Other(e.to_string()))?
+            .map_err(|e| SinkError::Fetch(FetchError::Io(e.to_string())))?;
+        }
+        mut body => {
+            while let Some(chunk) = body.next_chunk().await.map_err(SinkError::Fetch)? {
+                buf.put(&chunk).map_err(|_| {
+                    SinkError::Fetch(FetchError::Io(format!(
+                        "body longer than its announced {len} bytes"
+                    )))
+                })?;
+            }
+        }
+    }
+    if !buf.is_complete() {
+        return Err(SinkError::Fetch(FetchError::Io(format!(
+            "body ended after {} of {len} bytes",
+            buf.filled()
+        ))));
+    }
+    store
+        .insert_durable_buf(buf, Source::Push)
+        .await
+        .map_err(sink_err)?;
+    Ok(len as u64)
 }

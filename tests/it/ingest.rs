@@ -561,6 +561,9 @@ async fn with_the_origin_stopped_every_ingested_object_is_a_hit_and_a_failed_ass
         admit_window: Duration::from_secs(600),
         write_rate: None,
     });
+    // The outage below ends the origin's accept loop only: a warm pooled connection would
+    // still reach it, so this edge does not preconnect.
+    config.origin_client.preconnect.enabled = false;
     let running = TestEdge::start_config(config).await;
     let edge = running.edge.clone();
     let admin = format!("http://{}", admin_server(edge.clone(), "s3cret").await);
@@ -698,4 +701,128 @@ async fn cli_store_mode_reads_a_local_directory_into_the_store_byte_for_byte() {
         assert!(hit.meta.pinned, "{key}");
     }
     store.close().await.expect("close");
+}
+
+/// A store-backed edge whose regions take objects of up to a quarter of `region_size`.
+async fn store_edge(origin: &str, tmp: &Path, region_size: u64) -> TestEdge {
+    let mut config = vedge::config::Config::for_origin(origin).expect("config");
+    config.store = Some(vedge::config::StoreSettings {
+        path: tmp.join("edge.store"),
+        // Three regions (the store's minimum) plus its superblocks and snapshot area.
+        size: 3 * region_size + (16 << 20),
+        region_size,
+        reformat: false,
+        io_engine: vedge_storage::EngineChoice::Psync,
+        admit_window: Duration::from_secs(600),
+        write_rate: None,
+    });
+    config.origin_client.preconnect.enabled = false;
+    TestEdge::start_config(config).await
+}
+
+/// Deterministic, position-dependent bytes (a shifted or truncated copy does not compare equal).
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).rotate_left(7) as u8)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_63_mib_put_streams_into_the_store_and_reads_back_byte_identical() {
+    use vedge::ingest::admin::{handle, IngestJobs};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // 256 MiB regions: the largest object is a quarter region, header included.
+    let running = store_edge("http://127.0.0.1:9", tmp.path(), 256 << 20).await;
+    let edge = running.edge.clone();
+    let jobs = Arc::new(IngestJobs::default());
+    let data = Bytes::from(pattern(63 << 20));
+    // The body arrives in 1 MiB frames, as from a socket, with its Content-Length.
+    let frames: Vec<Result<http_body::Frame<Bytes>, Infallible>> = data
+        .chunks(1 << 20)
+        .map(|c| Ok(http_body::Frame::data(Bytes::copy_from_slice(c))))
+        .collect();
+    let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+    let req = Request::builder()
+        .method("PUT")
+        .uri("/admin/objects/big/seg.ts")
+        .header("x-vedge-host", HOST)
+        .header("content-length", data.len())
+        .body(body)
+        .expect("request");
+    let res = handle(&edge, &jobs, req).await.expect("routed");
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let key = viewer_key(&edge, "/big/seg.ts");
+    // Streamed to the store only: no RAM-tier copy until a viewer asks.
+    assert!(
+        edge.ram.get(&key).is_none(),
+        "large push not copied into RAM"
+    );
+    let store = edge.store.as_ref().expect("store");
+    let hit = store.lookup(key.as_bytes()).await.expect("on disk");
+    assert!(hit.meta.pinned);
+    assert!(hit.body == data, "stored bytes differ");
+    let (obj, _) = edge.lookup(&key).await.expect("served");
+    assert!(obj.body == data);
+}
+
+#[tokio::test]
+async fn a_put_shorter_than_its_content_length_stores_nothing() {
+    use vedge::ingest::admin::{handle, IngestJobs};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let running = store_edge("http://127.0.0.1:9", tmp.path(), 16 << 20).await;
+    let edge = running.edge.clone();
+    let jobs = Arc::new(IngestJobs::default());
+    let req = Request::builder()
+        .method("PUT")
+        .uri("/admin/objects/short/seg.ts")
+        .header("x-vedge-host", HOST)
+        .header("content-length", 3 << 20)
+        .body(Full::new(Bytes::from(pattern(2 << 20))))
+        .expect("request");
+    let res = handle(&edge, &jobs, req).await.expect("routed");
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    assert!(edge
+        .lookup(&viewer_key(&edge, "/short/seg.ts"))
+        .await
+        .is_none());
+}
+
+#[tokio::test]
+async fn admin_ingest_streams_large_segments_into_the_store_and_small_ones_into_ram() {
+    let src = tempfile::tempdir().expect("tempdir");
+    let seg = pattern(3 << 20);
+    std::fs::create_dir_all(src.path().join("big")).expect("mkdir");
+    std::fs::write(src.path().join("big/seg0.ts"), &seg).expect("segment");
+    std::fs::write(
+        src.path().join("big/index.m3u8"),
+        "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:6\n#EXT-X-PLAYLIST-TYPE:VOD\n\
+         #EXTINF:6.0,\nseg0.ts\n#EXT-X-ENDLIST\n",
+    )
+    .expect("playlist");
+    let o = origin(src.path().to_path_buf(), Vec::new()).await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let running = store_edge(&format!("http://{}", o.addr), tmp.path(), 16 << 20).await;
+    let edge = running.edge.clone();
+    let admin = format!("http://{}", admin_server(edge.clone(), "s3cret").await);
+    let client = vedge::ingest::client::AdminClient::new(&admin, "s3cret", HOST);
+    let status = client
+        .run_job(&[format!("http://{}/big/index.m3u8", o.addr)], false)
+        .await
+        .expect("job");
+    assert_eq!(status["assets"][0]["outcome"], "published", "{status}");
+    let seg_key = viewer_key(&edge, "/big/seg0.ts");
+    let playlist_key = viewer_key(&edge, "/big/index.m3u8");
+    assert!(
+        edge.ram.get(&seg_key).is_none(),
+        "3 MiB segment streamed to disk only"
+    );
+    assert!(
+        edge.ram.get(&playlist_key).is_some(),
+        "small objects also in RAM"
+    );
+    let store = edge.store.as_ref().expect("store");
+    let hit = store.lookup(seg_key.as_bytes()).await.expect("on disk");
+    assert!(hit.meta.pinned);
+    assert!(hit.body[..] == seg[..], "stored bytes differ");
+    o.task.abort();
 }
