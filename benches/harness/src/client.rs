@@ -1,6 +1,10 @@
-//! The harness's HTTP/1.1 client: a bounded pool of keep-alive connections per host that every
-//! viewer shares, so 20,000 viewers need a few thousand sockets, not 20,000 (the open-file limit
-//! of a small box is about that).
+//! The harness's HTTP/1.1 client: a bounded pool of keep-alive connections per host. By default
+//! every viewer has its own small pool (one connection, two for a low-latency viewer), so the
+//! edge sees one connection per player as it would in the field; `--shared-pool N` makes all
+//! viewers share one pool of N (20,000 viewers on a few thousand sockets). Every pool of a run
+//! counts the connections it opened in one shared counter, and new connections to a loopback
+//! target take their source address in turn from `127.0.0.1..=127.0.0.N` (`Sources`), so
+//! 20,000+ connections do not run out of ephemeral ports of one source address.
 //!
 //! A request first checks out a connection slot (a semaphore permit, FIFO), then reuses an idle
 //! connection or opens one. The wait for a slot is the harness's own queueing and is reported
@@ -62,7 +66,58 @@ pub struct Host {
 pub struct Pool {
     max_per_host: usize,
     hosts: Mutex<HashMap<String, Arc<Host>>>,
-    opened: std::sync::atomic::AtomicU64,
+    /// Shared by every pool of a run (per-viewer mode has one pool per viewer).
+    opened: Arc<std::sync::atomic::AtomicU64>,
+    sources: Arc<Sources>,
+}
+
+/// Loopback source addresses new connections to a loopback target take in turn. Each source
+/// address has its own ephemeral port range towards one target port.
+#[derive(Debug, Default)]
+pub struct Sources {
+    addrs: Vec<std::net::Ipv4Addr>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl Sources {
+    /// `127.0.0.1` to `127.0.0.n` (at most 254); `n <= 1` binds nothing (the kernel picks).
+    pub fn loopback(n: usize) -> Sources {
+        let addrs = if n <= 1 {
+            Vec::new()
+        } else {
+            (1..=n.min(254) as u8)
+                .map(|i| std::net::Ipv4Addr::new(127, 0, 0, i))
+                .collect()
+        };
+        Sources {
+            addrs,
+            next: Default::default(),
+        }
+    }
+
+    fn pick(&self, target: &str) -> Option<(std::net::SocketAddr, std::net::Ipv4Addr)> {
+        if self.addrs.is_empty() {
+            return None;
+        }
+        let to: std::net::SocketAddr = target.parse().ok()?;
+        if !to.ip().is_loopback() || !to.is_ipv4() {
+            return None;
+        }
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Some((to, self.addrs[i % self.addrs.len()]))
+    }
+}
+
+/// TCP connect to `authority`, from the next source address when `sources` has one for it.
+async fn tcp_connect(authority: &str, sources: &Sources) -> std::io::Result<TcpStream> {
+    match sources.pick(authority) {
+        Some((to, from)) => {
+            let sock = tokio::net::TcpSocket::new_v4()?;
+            sock.bind(std::net::SocketAddr::from((from, 0)))?;
+            sock.connect(to).await
+        }
+        None => TcpStream::connect(authority).await,
+    }
 }
 
 /// A granted slot on a connection: send through it, then [`Checkout::release`] it to keep the
@@ -90,10 +145,21 @@ pub struct Sent {
 
 impl Pool {
     pub fn new(max_per_host: usize) -> Self {
+        Pool::sharing(max_per_host, Default::default(), Default::default())
+    }
+
+    /// A pool that counts its connections in `opened` and picks source addresses from
+    /// `sources`, both shared with the run's other pools.
+    pub fn sharing(
+        max_per_host: usize,
+        opened: Arc<std::sync::atomic::AtomicU64>,
+        sources: Arc<Sources>,
+    ) -> Self {
         Pool {
             max_per_host: max_per_host.max(1),
             hosts: Mutex::new(HashMap::new()),
-            opened: std::sync::atomic::AtomicU64::new(0),
+            opened,
+            sources,
         }
     }
 
@@ -130,7 +196,7 @@ impl Pool {
     }
 
     async fn connect(&self, authority: &str, by: Instant) -> Result<Sender, ClientError> {
-        let tcp = match tokio::time::timeout_at(by, TcpStream::connect(authority)).await {
+        let tcp = match tokio::time::timeout_at(by, tcp_connect(authority, &self.sources)).await {
             Ok(Ok(s)) => s,
             Ok(Err(_)) => return Err(ClientError::Connect),
             Err(_) => return Err(ClientError::TimeoutHead),

@@ -21,6 +21,7 @@
 pub mod client;
 pub mod cmaf;
 pub mod collapse;
+pub mod cost;
 pub mod ll;
 pub mod llviewer;
 pub mod load;
@@ -42,7 +43,7 @@ use parking_lot::Mutex;
 use tokio::time::Instant;
 use url::Url;
 
-use load::{HttpNet, Recorder, RunConfig, Scenario};
+use load::{ConnMode, HttpNet, Recorder, RunConfig, Scenario};
 use vedge_manifest::duration::parse as parse_duration;
 
 /// `vedge bench ...` subcommands.
@@ -90,11 +91,17 @@ pub struct LiveBurstArgs {
     /// request also gives up after waiting this long for one (error `pool_timeout`).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub timeout: Duration,
-    /// Keep-alive connections to the target that all viewers share. Viewers spend most of their
-    /// time waiting for the next segment, so a few thousand connections serve 20,000 viewers;
-    /// the time a request waits for one is reported apart from TTFB.
-    #[arg(long, default_value_t = 4096)]
-    pub connections: usize,
+    /// Share one keep-alive pool of N connections among all viewers instead of giving each
+    /// viewer its own connection (the default, as players do). Viewers spend most of their time
+    /// waiting for the next segment, so a few thousand shared connections serve 20,000 viewers;
+    /// the time a request waits for one is reported apart from TTFB. `--connections` is the
+    /// old name.
+    #[arg(long = "shared-pool", visible_alias = "connections", value_name = "N")]
+    pub shared_pool: Option<usize>,
+    /// Spread connections to a loopback target over source addresses 127.0.0.1..=N (each has
+    /// its own ephemeral ports: per-viewer runs beyond ~28,000 connections need N >= 2).
+    #[arg(long, default_value_t = 8)]
+    pub sources: usize,
     /// Seed for join times and VOD seeks.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -143,7 +150,14 @@ impl LiveBurstArgs {
             .transpose()
             .context("--origin-stats is not a URL")?;
         anyhow::ensure!(self.viewers > 0, "--viewers must be at least 1");
-        anyhow::ensure!(self.connections > 0, "--connections must be at least 1");
+        anyhow::ensure!(
+            self.shared_pool != Some(0),
+            "--shared-pool must be at least 1"
+        );
+        anyhow::ensure!(
+            (1..=254).contains(&self.sources),
+            "--sources must be 1..=254"
+        );
         anyhow::ensure!(!self.duration.is_zero(), "--duration must be positive");
         anyhow::ensure!(
             self.mix.iter().any(|w| *w > 0),
@@ -162,7 +176,11 @@ impl LiveBurstArgs {
             mix: self.mix.clone(),
             abr: self.abr,
             timeout: self.timeout,
-            connections: self.connections,
+            mode: match self.shared_pool {
+                Some(n) => ConnMode::Shared(n),
+                None => ConnMode::PerViewer,
+            },
+            sources: self.sources,
             seed: self.seed,
             ll: self.ll,
         })
@@ -193,7 +211,18 @@ pub async fn live_burst_report(
     }
     let start = Instant::now();
     let rec = Arc::new(Mutex::new(Recorder::new(start)));
-    let net = Arc::new(HttpNet::new(cfg.timeout, cfg.connections, rec.clone()));
+    let shared = match cfg.mode {
+        ConnMode::Shared(n) => n,
+        // Unused by per-viewer runs except by requests made outside a viewer.
+        ConnMode::PerViewer => 1,
+    };
+    let net = Arc::new(HttpNet::with_sources(
+        cfg.timeout,
+        shared,
+        client::Sources::loopback(cfg.sources),
+        rec.clone(),
+    ));
+    let cost0 = cost::Usage::now();
     // Runs beside the viewers on the same runtime; ends on its own after the hard stop.
     let probe_rec = rec.clone();
     let probe = tokio::spawn(client::timer_lag_probe(
@@ -204,6 +233,7 @@ pub async fn live_burst_report(
     let outs = load::run(cfg, net.clone(), &mut progress).await;
     probe.abort();
     rec.lock().connections_opened = net.connections_opened();
+    let harness_cost = cost::Usage::now().since(&cost0, cfg.viewers);
     let elapsed = start.elapsed();
     let prefix = stats_prefix(&cfg.target);
     let origin = match &cfg.origin_stats {
@@ -231,9 +261,14 @@ pub async fn live_burst_report(
         elapsed,
         skipped,
         played,
-        cfg.connections as u64,
+        match cfg.mode {
+            ConnMode::Shared(n) => n as u64,
+            ConnMode::PerViewer => cfg.viewers * if cfg.ll { 2 } else { 1 },
+        },
         origin,
     );
+    r.connection_mode = cfg.mode.as_str().to_string();
+    r.harness_cost = Some(harness_cost);
     if cfg.ll {
         r.ll = Some(report::ll_report(&rec, ll));
     }
@@ -242,19 +277,23 @@ pub async fn live_burst_report(
 
 async fn live_burst(args: LiveBurstArgs) -> anyhow::Result<()> {
     let cfg = args.config()?;
-    // Sockets: the pool's connections, the origin-stats client, a little slack.
-    let want = cfg.connections as u64 + 256;
+    // Sockets: the pool's connections (or each viewer's), the origin-stats client, slack.
+    let conns = match cfg.mode {
+        ConnMode::Shared(n) => n as u64,
+        ConnMode::PerViewer => cfg.viewers * if cfg.ll { 2 } else { 1 },
+    };
+    let want = conns + 256;
     let nofile = load::raise_nofile(want);
     if nofile < want {
         eprintln!(
-            "warning: open-file limit {nofile} is below --connections {} + 256; expect connect errors",
-            cfg.connections
+            "warning: open-file limit {nofile} is below {conns} connections + 256; expect connect errors"
         );
     }
     eprintln!(
-        "live-burst: {} viewers on at most {} connections, {} for {:?} against {}",
+        "live-burst: {} viewers on {} connections ({}), {} for {:?} against {}",
         cfg.viewers,
-        cfg.connections,
+        conns,
+        cfg.mode.as_str(),
         cfg.scenario.as_str(),
         cfg.duration,
         cfg.target

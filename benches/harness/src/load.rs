@@ -18,7 +18,7 @@ use rand::{rngs::StdRng, Rng as _, SeedableRng as _};
 use tokio::time::Instant;
 use url::Url;
 
-use super::client::Pool;
+use super::client::{Pool, Sources};
 use super::viewer::{self, Class, FetchError, Fetched, Mode, Net, Pick, Plan};
 
 /// Latency histograms of one object class, in microseconds.
@@ -151,11 +151,35 @@ fn us(d: Duration) -> u64 {
     (d.as_micros() as u64).clamp(1, 600_000_000)
 }
 
-/// The shared HTTP client plus the recorder: what every viewer uses as its [`Net`].
+/// How viewers reach the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnMode {
+    /// Each viewer opens its own connection (two for a low-latency viewer, whose part fetch
+    /// and blocking playlist reload overlap), as a player does: the edge sees one connection
+    /// per viewer.
+    PerViewer,
+    /// Every viewer shares one keep-alive pool of this many connections per host.
+    Shared(usize),
+}
+
+impl ConnMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnMode::PerViewer => "per-viewer",
+            ConnMode::Shared(_) => "shared-pool",
+        }
+    }
+}
+
+/// The HTTP client plus the recorder: what every viewer uses as its [`Net`] (shared-pool mode),
+/// or what each viewer's own [`ViewerNet`] wraps (per-viewer mode).
 pub struct HttpNet {
     pool: Pool,
     timeout: Duration,
     pub rec: Arc<Mutex<Recorder>>,
+    /// Counts every connection any pool of this run opened.
+    opened: Arc<std::sync::atomic::AtomicU64>,
+    sources: Arc<Sources>,
 }
 
 /// `http://host[:port]/path?q` -> (`host:port`, request with an origin-form URI and Host).
@@ -178,26 +202,48 @@ fn request_for(url: &str) -> Option<(String, Request<Empty<Bytes>>)> {
 impl HttpNet {
     /// `connections`: the most keep-alive connections to one host that viewers share.
     pub fn new(timeout: Duration, connections: usize, rec: Arc<Mutex<Recorder>>) -> Self {
+        HttpNet::with_sources(timeout, connections, Sources::loopback(1), rec)
+    }
+
+    /// Like `new`, with connections to a loopback target spread over `sources`.
+    pub fn with_sources(
+        timeout: Duration,
+        connections: usize,
+        sources: Sources,
+        rec: Arc<Mutex<Recorder>>,
+    ) -> Self {
+        let opened = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let sources = Arc::new(sources);
         HttpNet {
-            pool: Pool::new(connections),
+            pool: Pool::sharing(connections, opened.clone(), sources.clone()),
             timeout,
             rec,
+            opened,
+            sources,
         }
     }
 
-    /// Connections opened so far.
+    /// Connections opened so far, by every pool of the run: what the target accepted.
     pub fn connections_opened(&self) -> u64 {
-        self.pool.opened()
+        self.opened.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    async fn fetch(&self, url: &str, class: Class) -> Result<Fetched, FetchError> {
+    /// A viewer's own client: a pool of `connections` that counts into this run's total.
+    pub fn viewer(self: &Arc<Self>, connections: usize) -> ViewerNet {
+        ViewerNet {
+            pool: Pool::sharing(connections, self.opened.clone(), self.sources.clone()),
+            net: self.clone(),
+        }
+    }
+
+    async fn fetch(&self, pool: &Pool, url: &str, class: Class) -> Result<Fetched, FetchError> {
         let t0 = Instant::now();
         let Some((authority, req)) = request_for(url) else {
             self.rec.lock().error("bad_url".into());
             return Err(FetchError::Failed);
         };
         // The harness's own queue: waiting for a connection slot. Not the edge's time.
-        let (permit, host) = match self.pool.slot(&authority, t0 + self.timeout).await {
+        let (permit, host) = match pool.slot(&authority, t0 + self.timeout).await {
             Ok(x) => x,
             Err(e) => {
                 self.rec.lock().error(e.as_str().into());
@@ -208,11 +254,7 @@ impl HttpNet {
         let t1 = Instant::now();
         let waited = t1 - t0;
         let deadline = t1 + self.timeout;
-        let sent = match self
-            .pool
-            .send(permit, host, &authority, req, deadline)
-            .await
-        {
+        let sent = match pool.send(permit, host, &authority, req, deadline).await {
             Ok(s) => s,
             Err(e) => {
                 self.rec.lock().error(e.as_str().into());
@@ -305,13 +347,45 @@ impl HttpNet {
     }
 }
 
+/// One viewer's own connection(s) over the run's shared recorder (per-viewer mode). Dropped
+/// when the viewer leaves, closing its connections.
+pub struct ViewerNet {
+    net: Arc<HttpNet>,
+    pool: Pool,
+}
+
+impl Net for ViewerNet {
+    fn get(
+        &self,
+        url: &str,
+        class: Class,
+    ) -> impl std::future::Future<Output = Result<Fetched, FetchError>> + Send {
+        self.net.fetch(&self.pool, url, class)
+    }
+    fn stall(&self, d: Duration) {
+        self.net.stall(d)
+    }
+    fn parse_error(&self) {
+        self.net.parse_error()
+    }
+    fn startup(&self, d: Duration) {
+        self.net.startup(d)
+    }
+    fn live_latency(&self, d: Duration) {
+        self.net.live_latency(d)
+    }
+    fn watched(&self, d: Duration) {
+        self.net.watched(d)
+    }
+}
+
 impl Net for HttpNet {
     fn get(
         &self,
         url: &str,
         class: Class,
     ) -> impl std::future::Future<Output = Result<Fetched, FetchError>> + Send {
-        self.fetch(url, class)
+        self.fetch(&self.pool, url, class)
     }
     fn stall(&self, d: Duration) {
         let mut r = self.rec.lock();
@@ -373,8 +447,10 @@ pub struct RunConfig {
     pub mix: Vec<u32>,
     pub abr: bool,
     pub timeout: Duration,
-    /// Keep-alive connections the viewers share (per host).
-    pub connections: usize,
+    /// Per-viewer connections (default) or one shared keep-alive pool of N per host.
+    pub mode: ConnMode,
+    /// Loopback source addresses (127.0.0.1..=N) new connections to a loopback target use.
+    pub sources: usize,
     pub seed: u64,
     /// HLS viewers behave like Low-Latency HLS players (blocking reloads, preload hints).
     pub ll: bool,
@@ -556,6 +632,7 @@ pub async fn run(
             ll: cfg.ll,
         };
         let net = net.clone();
+        let mode_conn = cfg.mode;
         set.spawn(async move {
             tokio::time::sleep_until(plan.join_at).await;
             {
@@ -563,7 +640,13 @@ pub async fn run(
                 r.viewers_started += 1;
                 r.viewers_active += 1;
             }
-            let out = viewer::run(&*net, &plan, &wall).await;
+            let out = match mode_conn {
+                ConnMode::Shared(_) => viewer::run(&*net, &plan, &wall).await,
+                ConnMode::PerViewer => {
+                    let own = net.viewer(if plan.ll { 2 } else { 1 });
+                    viewer::run(&own, &plan, &wall).await
+                }
+            };
             let mut r = net.rec.lock();
             r.viewers_active -= 1;
             r.viewers_done += 1;
@@ -612,7 +695,8 @@ mod tests {
             mix: vec![3, 1],
             abr: false,
             timeout: Duration::from_secs(5),
-            connections: 64,
+            mode: ConnMode::PerViewer,
+            sources: 1,
             seed: 1,
             ll: false,
         }
@@ -678,7 +762,7 @@ mod tests {
         let net = Arc::new(HttpNet::new(Duration::from_millis(50), 4, rec.clone()));
         let n = net.clone();
         let url = format!("http://{addr}/x.m4s");
-        let task = tokio::spawn(async move { n.fetch(&url, Class::Segment).await });
+        let task = tokio::spawn(async move { n.get(&url, Class::Segment).await });
         tokio::time::sleep(Duration::from_millis(20)).await;
         // Block this (current-thread) runtime past the deadline while the response arrives.
         std::thread::sleep(Duration::from_millis(300));

@@ -108,6 +108,10 @@ pub struct Report {
     /// waited for one, and how late a 10 ms timer woke (the runtime's scheduling delay).
     pub connections: u64,
     pub connections_opened: u64,
+    /// `per-viewer` (each viewer its own connection, as players) or `shared-pool`.
+    pub connection_mode: String,
+    /// The harness's CPU and memory, in total and per viewer.
+    pub harness_cost: Option<crate::cost::HarnessCost>,
     pub pool_wait_ms: Pct,
     pub timer_lag_ms: Pct,
     pub timeline: Vec<SecondReport>,
@@ -271,6 +275,8 @@ pub fn build(
         origin_error,
         connections,
         connections_opened: rec.connections_opened,
+        connection_mode: String::new(),
+        harness_cost: None,
         pool_wait_ms: Pct::of(&rec.pool_wait),
         timer_lag_ms: Pct::of(&rec.timer_lag),
         ll: None,
@@ -382,8 +388,9 @@ pub fn summary(r: &Report) -> String {
     );
     let _ = writeln!(
         s,
-        "harness: {} connections opened (cap {}); pool wait ms p50/p99/max {:.1}/{:.1}/{:.1} (not in TTFB); timer lag ms p50/p99/max {:.1}/{:.1}/{:.1}",
+        "harness: {} connections opened, the connections the target accepted ({}, cap {}); pool wait ms p50/p99/max {:.1}/{:.1}/{:.1} (not in TTFB); timer lag ms p50/p99/max {:.1}/{:.1}/{:.1}",
         r.connections_opened,
+        r.connection_mode,
         r.connections,
         r.pool_wait_ms.p50,
         r.pool_wait_ms.p99,
@@ -392,6 +399,13 @@ pub fn summary(r: &Report) -> String {
         r.timer_lag_ms.p99,
         r.timer_lag_ms.max
     );
+    if let Some(c) = &r.harness_cost {
+        let _ = writeln!(
+            s,
+            "harness cost: {:.1} CPU s ({:.2} ms per viewer); RSS peak {:.0} MiB, +{:.0} MiB over the run ({:.1} KiB per viewer)",
+            c.cpu_s, c.cpu_ms_per_viewer, c.rss_peak_mib, c.rss_growth_mib, c.rss_kib_per_viewer
+        );
+    }
     if r.timer_lag_ms.p99 > OVERLOAD_LAG_MS {
         let _ = writeln!(
             s,

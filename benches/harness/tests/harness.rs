@@ -2,12 +2,13 @@
 //! (directly, and through the edge), origin counters read back from /__stats. The harness's one
 //! integration-test binary; `vedge` is only a dev-dependency, for the runs through an edge.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use url::Url;
-use vedge_bench::load::{RunConfig, Scenario};
+use vedge_bench::load::{ConnMode, RunConfig, Scenario};
 use vedge_bench::origin::{self, Latency, OriginOptions};
 
 #[path = "low_latency/mod.rs"]
@@ -39,7 +40,8 @@ fn config(base: &str, path: &str, scenario: Scenario, viewers: u64, secs: u64) -
         mix: vec![1, 1],
         abr: false,
         timeout: Duration::from_secs(5),
-        connections: 256,
+        mode: ConnMode::PerViewer,
+        sources: 4,
         seed: 3,
         ll: false,
     }
@@ -117,7 +119,7 @@ async fn dash_timeline_viewers_play_without_errors() {
 async fn viewers_share_a_bounded_connection_pool() {
     let (base, _stop) = start_origin(OriginOptions::default()).await;
     let mut cfg = config(&base, "/live/it-pool/master.m3u8", Scenario::Burst, 200, 3);
-    cfg.connections = 4;
+    cfg.mode = ConnMode::Shared(4);
     let r = vedge_bench::live_burst_report(&cfg, |_| {})
         .await
         .expect("run");
@@ -129,6 +131,7 @@ async fn viewers_share_a_bounded_connection_pool() {
         r.connections_opened
     );
     assert_eq!(r.connections, 4);
+    assert_eq!(r.connection_mode, "shared-pool");
     assert!(r.pool_wait_ms.count > 0);
     assert!(r.timer_lag_ms.count > 0, "the timer-lag probe ran");
 }
@@ -286,4 +289,63 @@ async fn collapse_bench_sees_one_origin_request_per_cold_object() {
     }
     let text = collapse::summary(&r);
     assert!(text.contains("single: origin=1 ok=50/50"), "{text}");
+}
+
+/// The default mode gives each viewer its own connection, as players have: the target
+/// accepts exactly one connection per viewer (every request of a viewer reuses it), spread
+/// over the loopback source addresses.
+#[tokio::test]
+async fn each_viewer_has_its_own_connection_by_default() {
+    // An origin simulator behind a counting TCP relay: distinct accepted connections and the
+    // source addresses they came from.
+    let (base, _stop) = start_origin(OriginOptions::default()).await;
+    let upstream = base.trim_start_matches("http://").to_string();
+    let relay = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind relay");
+    let relay_addr = relay.local_addr().expect("relay addr");
+    let peers = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let seen = peers.clone();
+    let relay_task = tokio::spawn(async move {
+        loop {
+            let Ok((mut down, peer)) = relay.accept().await else {
+                return;
+            };
+            seen.lock().push(peer);
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                if let Ok(mut up) = tokio::net::TcpStream::connect(&upstream).await {
+                    let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                }
+            });
+        }
+    });
+    let mut cfg = config(
+        &format!("http://{relay_addr}"),
+        "/live/it-own/master.m3u8",
+        Scenario::Burst,
+        12,
+        3,
+    );
+    cfg.origin_stats = Some(Url::parse(&format!("{base}/__stats")).expect("url"));
+    let r = vedge_bench::live_burst_report(&cfg, |_| {})
+        .await
+        .expect("run");
+    relay_task.abort();
+    assert_eq!(r.error_total, 0, "errors: {:?}", r.errors);
+    assert_eq!(r.viewers_played, 12);
+    assert_eq!(r.connection_mode, "per-viewer");
+    // Each viewer made several requests (master, playlist, init, segments) on one connection.
+    assert!(r.requests >= 12 * 4, "{} requests", r.requests);
+    assert_eq!(r.connections_opened, 12, "one connection per viewer");
+    let peers = peers.lock();
+    // The reachability probe opens one more connection before the run.
+    assert_eq!(peers.len(), 13, "{peers:?}");
+    let sources: std::collections::HashSet<_> = peers.iter().map(|p| p.ip()).collect();
+    assert!(
+        sources.len() > 1,
+        "spread over source addresses: {sources:?}"
+    );
+    let cost = r.harness_cost.as_ref().expect("harness cost");
+    assert!(cost.rss_peak_mib > 0.0);
 }
