@@ -30,7 +30,7 @@ use vedge_manifest::{self as manifest, Asset, Limits, Scope, WalkOptions};
 /// Flags of `vedge ingest`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct IngestArgs {
-    /// Master playlists, MPDs (http:// URLs or local files) or local directories of packaged
+    /// Master playlists, MPDs (http:// or https:// URLs, or local files) or local directories of packaged
     /// assets.
     #[arg(required = true)]
     pub assets: Vec<String>,
@@ -156,7 +156,7 @@ pub async fn sources(args: &IngestArgs) -> anyhow::Result<Vec<Source>> {
         let path = Path::new(a);
         let meta = tokio::fs::metadata(path)
             .await
-            .with_context(|| format!("{a}: neither an http:// URL nor a readable path"))?;
+            .with_context(|| format!("{a}: neither an http(s):// URL nor a readable path"))?;
         let dir = if meta.is_dir() {
             tokio::fs::canonicalize(path).await?
         } else {
