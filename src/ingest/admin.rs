@@ -267,8 +267,13 @@ where
     let mut urls = Vec::new();
     for a in &r.assets {
         match Url::parse(a) {
-            Ok(u) if u.scheme() == "http" => urls.push(u),
-            _ => return error(StatusCode::BAD_REQUEST, format!("{a}: not an http:// URL")),
+            Ok(u) if matches!(u.scheme(), "http" | "https") => urls.push(u),
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("{a}: not an http:// or https:// URL"),
+                )
+            }
         }
     }
     if urls.is_empty() {
@@ -332,7 +337,8 @@ where
         // like a fill: `origin/` is the edge's only outbound path.
         let fetcher = HttpFetcher::new(Duration::from_secs(30), 3)
             .with_headers(job_edge.origin.identity_headers())
-            .with_host(route_host(job_edge.clone()));
+            .with_host(route_host(job_edge.clone()))
+            .with_tls(route_tls(job_edge.clone()));
         let mut reports = Vec::new();
         for url in urls {
             let report = match discover(&url, &fetcher, &walk).await {
@@ -365,6 +371,27 @@ fn route_host(edge: Arc<Edge>) -> crate::origin::fetch::HostFor {
         let same = route.origin.host_str() == url.host_str()
             && route.origin.port_or_known_default() == url.port_or_known_default();
         same.then(|| route.host.clone()).flatten()
+    })
+}
+
+/// The TLS settings of the route whose origin serves `url` (its `ca_file`, `sni`), as a fill
+/// would use; the platform's roots for any other https URL.
+fn route_tls(edge: Arc<Edge>) -> crate::origin::fetch::TlsFor {
+    Arc::new(move |url: &Url| {
+        let path = crate::cache::key::normalize_path(url.path()).ok();
+        path.and_then(|p| edge.config.route_for(&p))
+            .and_then(|route| {
+                route
+                    .group
+                    .origins
+                    .iter()
+                    .any(|o| {
+                        o.host_str() == url.host_str()
+                            && o.port_or_known_default() == url.port_or_known_default()
+                    })
+                    .then(|| route.group.tls.clone())
+            })
+            .unwrap_or_default()
     })
 }
 

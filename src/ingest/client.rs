@@ -73,7 +73,7 @@ impl AdminClient {
             .map(|_| ())
     }
 
-    /// Starts a job for `assets` (http URLs) and polls it to the end; returns its final status.
+    /// Starts a job for `assets` (http or https URLs) and polls it to the end; returns its final status.
     pub async fn run_job(
         &self,
         assets: &[String],

@@ -30,7 +30,7 @@ use vedge_manifest::{self as manifest, Asset, Limits, Scope, WalkOptions};
 /// Flags of `vedge ingest`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct IngestArgs {
-    /// Master playlists, MPDs (http:// URLs or local files) or local directories of packaged
+    /// Master playlists, MPDs (http:// or https:// URLs, or local files) or local directories of packaged
     /// assets.
     #[arg(required = true)]
     pub assets: Vec<String>,
@@ -147,9 +147,6 @@ pub async fn sources(args: &IngestArgs) -> anyhow::Result<Vec<Source>> {
     for a in &args.assets {
         if a.starts_with("http://") || a.starts_with("https://") {
             let url = Url::parse(a).with_context(|| format!("{a}: not a URL"))?;
-            if url.scheme() == "https" {
-                anyhow::bail!("{a}: https origins are not supported by ingest yet");
-            }
             out.push(Source::Http {
                 url,
                 fetcher: http.clone(),
@@ -159,7 +156,7 @@ pub async fn sources(args: &IngestArgs) -> anyhow::Result<Vec<Source>> {
         let path = Path::new(a);
         let meta = tokio::fs::metadata(path)
             .await
-            .with_context(|| format!("{a}: neither an http:// URL nor a readable path"))?;
+            .with_context(|| format!("{a}: neither an http(s):// URL nor a readable path"))?;
         let dir = if meta.is_dir() {
             tokio::fs::canonicalize(path).await?
         } else {

@@ -1,8 +1,10 @@
-//! `HttpFetcher`: the ingest walk's reader of `http:` origins (the manifest crate's `Fetcher`
-//! over a pooled hyper-util client). It lives here because only `origin/` opens outbound
+//! `HttpFetcher`: the ingest walk's reader of `http:` and `https:` origins (the manifest crate's
+//! `Fetcher` over pooled hyper-util clients; https through `origin::tls`'s connector). It lives here because only `origin/` opens outbound
 //! connections; the walk itself stays network-free in `vedge-manifest`.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,15 +13,24 @@ use http_body_util::Empty;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use url::Url;
+
+use crate::config::OriginTls;
+use crate::origin::tls::{Connector, TlsSetup};
 use vedge_manifest::fetch::{
     FetchError, FetchFuture, Fetched, Fetcher, OpenFuture, Opened, OpenedBody, SizeFuture,
 };
 
-/// Reads `http:` URLs with a pooled hyper-util client: a per-attempt timeout and bounded retries
-/// with exponential backoff on transient failures (transport errors, 5xx, 429).
+/// Reads `http:` and `https:` URLs with pooled hyper-util clients: a per-attempt timeout and
+/// bounded retries with exponential backoff on transient failures (transport errors, 5xx, 429).
 #[derive(Clone)]
 pub struct HttpFetcher {
     client: Client<HttpConnector, Empty<Bytes>>,
+    /// One TLS client per https authority (its SNI name and trust are per host), built on first
+    /// use; an ingest names a handful of origins, so the map stays small.
+    tls_clients: Arc<Mutex<HashMap<String, TlsClient>>>,
+    /// The TLS settings for an https URL (an edge's push: the serving route's); default: the
+    /// platform's roots, SNI from the URL.
+    tls: Option<TlsFor>,
     timeout: Duration,
     retries: u32,
     backoff: Duration,
@@ -32,6 +43,11 @@ pub struct HttpFetcher {
 /// Maps a URL to the `Host` its request carries.
 pub type HostFor = std::sync::Arc<dyn Fn(&Url) -> Option<String> + Send + Sync>;
 
+/// Maps an https URL to the TLS settings its connection uses.
+pub type TlsFor = std::sync::Arc<dyn Fn(&Url) -> OriginTls + Send + Sync>;
+
+type TlsClient = Client<Connector, Empty<Bytes>>;
+
 impl HttpFetcher {
     pub fn new(timeout: Duration, retries: u32) -> Self {
         let mut connector = HttpConnector::new();
@@ -41,12 +57,63 @@ impl HttpFetcher {
             client: Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_secs(30))
                 .build(connector),
+            tls_clients: Arc::new(Mutex::new(HashMap::new())),
+            tls: None,
             timeout,
             retries,
             backoff: Duration::from_millis(100),
             headers: http::HeaderMap::new(),
             host: None,
         }
+    }
+
+    /// Chooses each https URL's TLS settings (an edge's push: the serving route's `ca_file`,
+    /// `sni`).
+    pub fn with_tls(mut self, tls: TlsFor) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Sends `req` to `url`'s origin: plain, or over TLS for https.
+    async fn send(
+        &self,
+        url: &Url,
+        req: http::Request<Empty<Bytes>>,
+    ) -> Result<http::Response<hyper::body::Incoming>, FetchError> {
+        if url.scheme() != "https" {
+            return self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| FetchError::Io(format!("{e:?}")));
+        }
+        let client = self.tls_client(url)?;
+        client
+            .request(req)
+            .await
+            .map_err(|e| FetchError::Io(format!("{e:?}")))
+    }
+
+    /// The pooled TLS client for `url`'s authority.
+    fn tls_client(&self, url: &Url) -> Result<TlsClient, FetchError> {
+        let host = url
+            .host_str()
+            .ok_or_else(|| FetchError::Io(format!("{url}: no host")))?;
+        let authority = format!("{host}:{}", url.port_or_known_default().unwrap_or(443));
+        let mut clients = self.tls_clients.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = clients.get(&authority) {
+            return Ok(c.clone());
+        }
+        let settings = self.tls.as_ref().map(|f| f(url)).unwrap_or_default();
+        let setup = TlsSetup::new(host, &settings).map_err(|e| FetchError::Io(e.to_string()))?;
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(self.timeout));
+        http.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(Connector::new(http, Some(setup), self.timeout));
+        clients.insert(authority, client.clone());
+        Ok(client)
     }
 
     /// Adds headers to every request (an edge's push: its `Via` and `CDN-Loop`).
@@ -79,11 +146,7 @@ impl HttpFetcher {
                 req.headers_mut().insert(http::header::HOST, v);
             }
         }
-        let res = self
-            .client
-            .request(req)
-            .await
-            .map_err(|e| FetchError::Io(format!("{e:?}")))?;
+        let res = self.send(url, req).await?;
         let status = res.status();
         if status == StatusCode::NOT_FOUND {
             return Err(FetchError::NotFound);
@@ -127,7 +190,7 @@ impl HttpFetcher {
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, FetchError>>,
     {
-        if url.scheme() != "http" {
+        if !matches!(url.scheme(), "http" | "https") {
             return Err(FetchError::Scheme(url.scheme().to_string()));
         }
         let mut attempt = 0;
@@ -150,7 +213,7 @@ impl HttpFetcher {
 
 impl HttpFetcher {
     async fn head(&self, url: &Url) -> Option<u64> {
-        if url.scheme() != "http" {
+        if !matches!(url.scheme(), "http" | "https") {
             return None;
         }
         let uri: http::Uri = url.as_str().parse().ok()?;
@@ -158,7 +221,7 @@ impl HttpFetcher {
             .header(http::header::USER_AGENT, "vedge-ingest")
             .body(Empty::<Bytes>::new())
             .ok()?;
-        let res = tokio::time::timeout(self.timeout, self.client.request(req))
+        let res = tokio::time::timeout(self.timeout, self.send(url, req))
             .await
             .ok()?
             .ok()?;

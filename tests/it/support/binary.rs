@@ -43,15 +43,34 @@ impl BinaryEdge {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
+        BinaryEdge::spawn(origin, extra, Stdio::inherit(), "warn")
+    }
+
+    /// Like `start`, with the process's log (at `info`, stderr: tracing and any panic message)
+    /// written to `log`, for tests that scan it (e.g. for "panicked").
+    pub fn start_logged<I, S>(origin: &str, extra: I, log: &std::path::Path) -> BinaryEdge
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let file = std::fs::File::create(log).expect("create the edge's log file");
+        BinaryEdge::spawn(origin, extra, Stdio::from(file), "info")
+    }
+
+    fn spawn<I, S>(origin: &str, extra: I, stderr: Stdio, level: &str) -> BinaryEdge
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
         let (port, admin) = (free_port(), free_port());
         let child = Command::new(env!("CARGO_BIN_EXE_vedge"))
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
             .args(["--admin-token", ADMIN_TOKEN, "--origin", origin])
-            .args(["--log", "warn"])
+            .args(["--log", level])
             .args(extra)
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("spawn vedge");
         BinaryEdge { child, port, admin }
