@@ -127,7 +127,7 @@ async function play(c) {
     if (s.playing && !s.fatal) { await sleep(PLAY_MS); s = await state(); }
     const advanced = s.played - played0;
     ok = ok && s.playing && !s.fatal && advanced >= MIN_ADVANCE;
-    let line = `type=${c.type}${u.protocol === 'https:' ? ' over https' : ''} started=${s.playing} in ${startMs} ms, ` +
+    let line = `type=${c.type}${u.protocol === 'https:' ? ` over https (${s.protocols.join(', ')})` : ''} started=${s.playing} in ${startMs} ms, ` +
       `media time ${start.toFixed(2)} -> ${s.time.toFixed(2)} (played +${advanced.toFixed(2)} s, loops ${s.loops}), fatal=${s.fatal}`;
     if (c.ll !== null) {
       const blips = s.stallLog.filter((w) => w.ms !== null && w.ms < STALL_MS).length;
