@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
 # Real players through vedge: builds vedge, starts `vedge origin` (live simulator + this page and
 # the player JS via --static) and `vedge serve` in front of it on free loopback ports, then plays in
-# headless Chromium (/usr/bin/chromium, no browser download) for ~10 s each:
+# headless Chromium (/usr/bin/chromium, no browser download) for ~10 s each (play.mjs):
 #   live HLS (hls.js), live DASH (dash.js), and VOD in HLS and DASH (fixtures/vod/ if present:
-#   the demo's assets, looped; else the simulator's /vod/ streams).
-# Exits non-zero if any stream fails; stops only the processes it started (by PID).
+#   the demo's assets, looped; else the simulator's /vod/ streams);
+#   LL-HLS (hls.js lowLatencyMode) and LL-DASH (dash.js low-latency settings) on the simulator's
+#   /ll/ streams: 0 stalls, live latency printed against 3 s / 3.5 s (the figure never fails);
+#   signed URLs: the VOD fixtures again under /paid/, a `[route.token]` route (EdgeAuth 2.0, a
+#   random key per run), in HLS and DASH, each player given only the tokenised master URL; probes
+#   without a token and with a forged one must get 403 and be the only refusals on /metrics;
+#   live HLS over https: a second edge with a self-signed certificate made by openssl at run time.
+# Exits non-zero if any case fails; stops only the processes it started (by PID).
 #
-#   tests/players/run.sh                 # needs: node 20 + npm, chromium (apt), cargo
-#   PLAYERS_DIRECT=1 tests/players/run.sh  # players talk to the origin directly (debugging)
+#   tests/players/run.sh                 # needs: node 20 + npm, chromium (apt), cargo, openssl
+#   PLAYERS_DIRECT=1 tests/players/run.sh  # players talk to the origin directly (debugging; no
+#                                          # signed or https cases)
 #   VEDGE=target/release/vedge tests/players/run.sh   # use that binary, skip the build
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -24,12 +31,13 @@ trap 'exit 130' INT TERM
 
 log() { echo "[players $(date +%H:%M:%S)] $*" >&2; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() {  # wait_http URL
-  for _ in $(seq 1 100); do curl -fs -o /dev/null --max-time 1 "$1" && return 0; sleep 0.1; done
+wait_http() {  # wait_http URL [CURL_ARG...]
+  for _ in $(seq 1 100); do curl -fs -o /dev/null --max-time 1 "${@:2}" "$1" && return 0; sleep 0.1; done
   log "ERROR: $1 did not come up"; return 1
 }
 
 [[ -x /usr/bin/chromium || -n ${CHROMIUM:-} ]] || { log "ERROR: /usr/bin/chromium missing (apt-get install -y chromium)"; exit 1; }
+command -v openssl >/dev/null || { log "ERROR: openssl missing (apt-get install -y openssl)"; exit 1; }
 if [[ ! -d $HERE/node_modules/playwright-core ]]; then
   log "npm ci"
   (cd "$HERE" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund)
@@ -37,10 +45,10 @@ fi
 if [[ -z ${VEDGE:-} ]]; then
   log "cargo build"
   (cd "$ROOT" && cargo build --bin vedge)
-  VEDGE=$ROOT/target/debug/vedge
+  VEDGE=${CARGO_TARGET_DIR:-$ROOT/target}/debug/vedge
 fi
 
-OP=$(free_port); EP=$(free_port)
+OP=$(free_port); EP=$(free_port); AP=$(free_port); TP=$(free_port)
 STATICS=(--static "/player/=$HERE/www" --static "/npm/=$HERE/node_modules")
 VOD_PATH=/vod/players-vod/master.m3u8
 VOD_DASH_PATH=/vod/players-vod/manifest.mpd
@@ -51,26 +59,68 @@ if [[ -d $ROOT/fixtures/vod ]]; then
   # The DASH VOD asset `vedge demo` lists (SegmentTemplate with a SegmentTimeline).
   [[ -f $ROOT/fixtures/vod/dash-timeline/manifest.mpd ]] && VOD_DASH_PATH=/fixtures/vod/dash-timeline/manifest.mpd
 fi
+# Signed URLs: the same assets under /paid/, which the edge serves only with a token (the origin
+# serves them to anyone: the edge is what checks). Without fixtures: the simulator's VOD, which
+# --static cannot put under /paid/, so the signed cases fail (say so rather than skip).
+PAID_HLS=/paid/${VOD_PATH#/fixtures/vod/}
+PAID_DASH=/paid/${VOD_DASH_PATH#/fixtures/vod/}
+[[ -d $ROOT/fixtures/vod ]] && STATICS+=(--static "/paid/=$ROOT/fixtures/vod")
 "$VEDGE" origin --listen "127.0.0.1:$OP" "${STATICS[@]}" > "$WORK/origin.log" 2>&1 &
 PIDS+=($!)
 wait_http "http://127.0.0.1:$OP/__stats"
 BASE=http://127.0.0.1:$OP
+ID=p$(date +%s)
+CASES=(
+  "live-hls=hls:/live/$ID-hls/master.m3u8"
+  "live-dash=dash:/live/$ID-dash/manifest.mpd"
+  "vod-hls=hls:$VOD_PATH"
+  "vod-dash=dash:$VOD_DASH_PATH"
+  # /ll/ streams are low latency whatever the origin's flags (benches/harness/src/ll.rs).
+  "ll-hls=hls:/ll/$ID-llhls/master.m3u8;ll=3"
+  "ll-dash=dash:/ll/$ID-lldash/manifest.mpd;ll=3.5"
+)
 if [[ -z ${PLAYERS_DIRECT:-} ]]; then
-  "$VEDGE" serve --listen "127.0.0.1:$EP" --origin "http://127.0.0.1:$OP" > "$WORK/edge.log" 2>&1 &
+  TOKEN_KEY=$(openssl rand -hex 32)
+  ADMIN_TOKEN=$(openssl rand -hex 16)
+  cat > "$WORK/edge.toml" <<TOML
+listen = "127.0.0.1:$EP"
+origin = "http://127.0.0.1:$OP"
+admin_listen = "127.0.0.1:$AP"
+admin_token = "$ADMIN_TOKEN"
+[[route]]
+prefix = "/paid/"
+origin = "http://127.0.0.1:$OP"
+[route.token]
+key = "$TOKEN_KEY"
+TOML
+  "$VEDGE" serve --config "$WORK/edge.toml" > "$WORK/edge.log" 2>&1 &
   PIDS+=($!)
   wait_http "http://127.0.0.1:$EP/player/index.html" || { cat "$WORK/edge.log" >&2; exit 1; }
   BASE=http://127.0.0.1:$EP
+  # The https edge, with a throwaway self-signed certificate for 127.0.0.1.
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
+    -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1,DNS:localhost \
+    -keyout "$WORK/key.pem" -out "$WORK/cert.pem" 2> "$WORK/openssl.log" \
+    || { cat "$WORK/openssl.log" >&2; exit 1; }
+  "$VEDGE" serve --listen "127.0.0.1:$TP" --origin "http://127.0.0.1:$OP" \
+    --tls-cert "$WORK/cert.pem" --tls-key "$WORK/key.pem" > "$WORK/edge-tls.log" 2>&1 &
+  PIDS+=($!)
+  wait_http "https://127.0.0.1:$TP/player/index.html" --cacert "$WORK/cert.pem" \
+    || { cat "$WORK/edge-tls.log" >&2; exit 1; }
+  CASES+=(
+    "signed-hls=hls:$PAID_HLS;sign=/paid/*"
+    "signed-dash=dash:$PAID_DASH;sign=/paid/*"
+    "https-hls=hls:https://127.0.0.1:$TP/live/$ID-tls/master.m3u8"
+  )
+  export TOKEN_KEY ADMIN_TOKEN ADMIN_URL=http://127.0.0.1:$AP
 fi
 log "origin :$OP, players via $BASE, VOD $VOD_PATH $VOD_DASH_PATH"
-ID=p$(date +%s)
 rc=0
-(cd "$HERE" && node play.mjs "$BASE" \
-  "live-hls=hls:/live/$ID-hls/master.m3u8" \
-  "live-dash=dash:/live/$ID-dash/manifest.mpd" \
-  "vod-hls=hls:$VOD_PATH" \
-  "vod-dash=dash:$VOD_DASH_PATH") || rc=$?
+(cd "$HERE" && node play.mjs "$BASE" "${CASES[@]}") || rc=$?
 if [[ $rc -ne 0 ]]; then
   log "origin log:"; tail -20 "$WORK/origin.log" >&2
-  [[ -f $WORK/edge.log ]] && { log "edge log:"; tail -20 "$WORK/edge.log" >&2; }
+  for f in edge edge-tls; do
+    [[ -f $WORK/$f.log ]] && { log "$f log:"; tail -20 "$WORK/$f.log" >&2; }
+  done
 fi
 exit $rc
