@@ -421,7 +421,10 @@ pub async fn intercept(req: &Req<'_>) -> Result<Option<Response<Body>>, EdgeErro
             (st.latest.clone(), st.upstream > 0)
         };
         if let Some(s) = &latest {
-            if s.scan.too_far(msn) {
+            // Only a fresh copy may refuse: an old one would call a request "too far" that
+            // the origin's current playlist allows.
+            let fresh = s.obj.staleness(edge.clock.now()).is_none();
+            if fresh && s.scan.too_far(msn) {
                 return Err(EdgeError::BadRequest(
                     "_HLS_msn more than two segments past the playlist's last",
                 ));
@@ -693,6 +696,21 @@ mod tests {
         assert!(Directives::parse(Some("_HLS_skip=NO")).is_err());
         let d = Directives::parse(Some("_HLS_msn=4&_HLS_part=2&_HLS_skip=v2")).expect("ok");
         assert_eq!((d.msn, d.part, d.skip), (Some(4), Some(2), true));
+    }
+
+    #[test]
+    fn live_members_reach_the_store_only_inside_a_dvr_window() {
+        let live = Live::default();
+        assert!(live.admits_to_store("vod"));
+        let m = |dvr, expired| Member { dvr, expired };
+        live.members.insert("a".into(), m(None, false));
+        live.members
+            .insert("b".into(), m(Some(Duration::from_secs(7200)), false));
+        live.members
+            .insert("c".into(), m(Some(Duration::from_secs(7200)), true));
+        assert!(!live.admits_to_store("a"));
+        assert!(live.admits_to_store("b"));
+        assert!(!live.admits_to_store("c"));
     }
 
     #[test]
