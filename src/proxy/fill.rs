@@ -281,6 +281,7 @@ async fn run(
     let idle = edge.origin.between_bytes_timeout();
     let mut received = 0u64;
     let mut trimming = false;
+    let mut early = Vec::new();
     loop {
         match tokio::time::timeout(idle, body.frame()).await {
             Err(_) => return Err(FillError::Timeout),
@@ -303,6 +304,14 @@ async fn run(
                         guard.release();
                         edge.remember_pass(&job.base_key, cache.hit_for_pass_ttl);
                         fill.stop_keeping();
+                    }
+                    // A live manifest announces its new objects before its viewers read its
+                    // last byte (`proxy::llhls::announce`: prefetch starts first).
+                    if class == ContentClass::Manifest && store && content_length.is_some() {
+                        early.extend_from_slice(&data);
+                        if content_length == Some(received) {
+                            crate::proxy::llhls::announce(edge, route, key, &early);
+                        }
                     }
                     fill.push(data);
                     if trimming && !fill.wait_for_readers(TRIM_WINDOW).await {

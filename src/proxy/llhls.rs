@@ -504,36 +504,47 @@ fn hold_expired(req: &Req<'_>) -> Response<Body> {
 }
 
 /// Called by the fill driver for every manifest it stores: the latest copy (waking blocking
-/// requests it satisfies), window membership and retention, and prefetch.
+/// requests it satisfies), then `announce`.
 pub fn observe(edge: &Arc<Edge>, route: &Route, key: &str, obj: &Arc<CachedObject>) {
-    if !is_playlist_path(key) {
-        crate::proxy::prefetch::observe_mpd(edge, route, key, obj);
-        return;
-    }
-    let Some(scan) = scan(&obj.body) else {
-        return;
-    };
-    let pl_key = playlist_key(key);
-    let pl = edge.live.playlist(&pl_key);
-    if !scan.skipped {
-        let newer = {
-            let mut st = pl.state.lock();
-            let newer = st.latest.as_ref().is_none_or(|l| !l.scan.newer_than(&scan));
+    if is_playlist_path(key) {
+        if let Some(scan) = scan(&obj.body).filter(|s| !s.skipped) {
+            let pl = edge.live.playlist(&playlist_key(key));
+            let newer = {
+                let mut st = pl.state.lock();
+                let newer = st.latest.as_ref().is_none_or(|l| !l.scan.newer_than(&scan));
+                if newer {
+                    st.latest = Some(Arc::new(Snapshot {
+                        scan,
+                        obj: obj.clone(),
+                    }));
+                }
+                newer
+            };
             if newer {
-                st.latest = Some(Arc::new(Snapshot {
-                    scan: scan.clone(),
-                    obj: obj.clone(),
-                }));
+                pl.bump();
             }
-            newer
-        };
-        if newer {
-            pl.bump();
         }
     }
+    announce(edge, route, key, &obj.body);
+}
+
+/// Window membership, retention and prefetch for a live manifest's body. The fill driver calls
+/// it as soon as the whole body arrived, before the viewers get its last bytes, so a viewer who
+/// reads the new manifest finds the newly listed objects already being fetched; `observe` calls
+/// it again (a no-op for what was seen).
+pub fn announce(edge: &Arc<Edge>, route: &Route, key: &str, body: &[u8]) {
+    if !is_playlist_path(key) {
+        crate::proxy::prefetch::observe_mpd(edge, route, key, body);
+        return;
+    }
+    let Some(scan) = scan(body) else {
+        return;
+    };
     if scan.endlist {
         return;
     }
+    let pl_key = playlist_key(key);
+    let pl = edge.live.playlist(&pl_key);
     retain(edge, route, &pl_key, &pl, &scan);
     crate::proxy::prefetch::after_playlist(edge, route, &pl_key, &pl, &scan);
 }
@@ -617,7 +628,8 @@ fn retain(edge: &Edge, route: &Route, pl_key: &str, pl: &Playlist, scan: &Scan) 
             },
         );
         edge.ram.remove(&k);
-        if let Some(store) = &edge.store {
+        // Only a DVR route put live members on disk.
+        if let (Some(store), Some(_)) = (&edge.store, live.dvr) {
             store.remove(k.as_bytes());
         }
     }

@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use crate::cache::fill::FillHead;
 use crate::cache::lock::Claim;
-use crate::cache::object::CachedObject;
 use crate::config::{Prefetch, Route};
 use crate::proxy::edge::Edge;
 use crate::proxy::fill::{self, FillJob};
@@ -66,12 +65,12 @@ pub(crate) fn after_playlist(
 
 /// After a manifest that is not an HLS playlist was stored: a dynamic MPD prefetches the media
 /// it newly lists.
-pub(crate) fn observe_mpd(edge: &Arc<Edge>, route: &Route, key: &str, obj: &CachedObject) {
+pub(crate) fn observe_mpd(edge: &Arc<Edge>, route: &Route, key: &str, body: &[u8]) {
     let path = key.splitn(3, '|').nth(2).unwrap_or("");
     if !path.split('?').next().unwrap_or("").ends_with(".mpd") {
         return;
     }
-    let head = &obj.body[..obj.body.len().min(4096)];
+    let head = &body[..body.len().min(4096)];
     let dynamic = std::str::from_utf8(head)
         .map(|t| t.contains("type=\"dynamic\""))
         .unwrap_or(false);
@@ -86,7 +85,7 @@ pub(crate) fn observe_mpd(edge: &Arc<Edge>, route: &Route, key: &str, obj: &Cach
     let Ok(url) = url::Url::parse(&format!("http://{host}{path}")) else {
         return;
     };
-    let Ok(refs) = vedge_manifest::dash::references(&url, &obj.body, 8192) else {
+    let Ok(refs) = vedge_manifest::dash::references(&url, body, 8192) else {
         return;
     };
     let mut fresh: Vec<String> = refs
