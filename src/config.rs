@@ -222,6 +222,13 @@ pub struct RawRoute {
     pub allow_ips: Option<Vec<String>>,
     /// Viewer addresses (CIDRs) refused on this route with 403 (checked before `allow_ips`).
     pub deny_ips: Option<Vec<String>>,
+    // The live edge (`LiveRoute`, resolved by `LiveRoute::resolve`).
+    /// off | next | all-new: fetch what a new live playlist lists before viewers ask.
+    pub prefetch: Option<String>,
+    /// How long behind the live edge a live stream is kept on disk (default: not at all).
+    pub live_dvr: Option<String>,
+    /// How long a segment stays after leaving every live window seen (default 10s).
+    pub live_retention_margin: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -360,6 +367,71 @@ pub struct Route {
     pub token: Option<TokenConfig>,
     /// Who may use this route (`allow_ips` / `deny_ips`).
     pub acl: IpAcl,
+    /// Prefetch and retention of live streams (`prefetch`, `live_dvr`, `live_retention_margin`).
+    pub live: LiveRoute,
+}
+
+/// What a route does with live streams (issue 17): prefetch of newly listed objects, and how
+/// long live segments are kept once they leave the live window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LiveRoute {
+    pub prefetch: Prefetch,
+    /// Kept on disk this long behind the live edge; `None`: live segments never go to disk.
+    pub dvr: Option<Duration>,
+    /// How long a segment stays in RAM after it left every live window the edge saw.
+    pub retention_margin: Duration,
+}
+
+/// `prefetch = "off" | "next" | "all-new"` (default `next`; only live manifests drive it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prefetch {
+    Off,
+    /// The newest segment (and the parts) a live playlist just announced.
+    Next,
+    /// Every object a live playlist newly lists.
+    AllNew,
+}
+
+pub const DEFAULT_LIVE_RETENTION_MARGIN: Duration = Duration::from_secs(10);
+
+impl Default for LiveRoute {
+    fn default() -> Self {
+        LiveRoute {
+            prefetch: Prefetch::Next,
+            dvr: None,
+            retention_margin: DEFAULT_LIVE_RETENTION_MARGIN,
+        }
+    }
+}
+
+impl LiveRoute {
+    fn resolve(field: &str, r: &RawRoute, c: &mut Check) -> LiveRoute {
+        let prefetch = match r.prefetch.as_deref() {
+            None | Some("next") => Prefetch::Next,
+            Some("off") => Prefetch::Off,
+            Some("all-new") => Prefetch::AllNew,
+            Some(other) => {
+                c.error(format!(
+                    "{field}.prefetch: {other:?} is not one of off, next, all-new"
+                ));
+                Prefetch::Next
+            }
+        };
+        let dvr = match r.live_dvr.as_deref() {
+            None | Some("off") => None,
+            Some(_) => Some(c.duration(&format!("{field}.live_dvr"), &r.live_dvr, Duration::ZERO))
+                .filter(|d| !d.is_zero()),
+        };
+        LiveRoute {
+            prefetch,
+            dvr,
+            retention_margin: c.duration(
+                &format!("{field}.live_retention_margin"),
+                &r.live_retention_margin,
+                DEFAULT_LIVE_RETENTION_MARGIN,
+            ),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -925,6 +997,7 @@ impl Route {
                         integrity,
                         token: None,
                         acl: IpAcl::default(),
+                        live: LiveRoute::default(),
                     });
                 }
             }
@@ -966,6 +1039,7 @@ impl Route {
                 allow: c.cidrs(&format!("{field}.allow_ips"), r.allow_ips.as_deref()),
                 deny: c.cidrs(&format!("{field}.deny_ips"), r.deny_ips.as_deref()),
             };
+            let live = LiveRoute::resolve(&field, r, c);
             routes.retain(|existing: &Route| existing.prefix != r.prefix);
             routes.push(Route {
                 prefix: r.prefix.clone(),
@@ -977,6 +1051,7 @@ impl Route {
                 integrity,
                 token,
                 acl,
+                live,
             });
         }
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));

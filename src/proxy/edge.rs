@@ -50,6 +50,8 @@ pub struct Edge {
     pub clock: Clock,
     /// Every task the edge spawns that may touch the tiers: drained before the store closes.
     pub tasks: TaskTracker,
+    /// Live playlists: latest copies, blocking reloads, prefetch, retention (`proxy::llhls`).
+    pub live: crate::proxy::llhls::Live,
 }
 
 impl Edge {
@@ -102,6 +104,7 @@ impl Edge {
             zero_copy: ZeroCopy::new(config.server.zero_copy),
             clock,
             tasks: TaskTracker::new(),
+            live: Default::default(),
             node,
             config,
         });

@@ -61,6 +61,26 @@ impl FillJob {
     }
 }
 
+impl FillJob {
+    /// A fill no viewer asked for (prefetch): no viewer headers, the route's origin host.
+    pub fn prefetch(edge: &Edge, target: &crate::proxy::target::Target<'_>) -> FillJob {
+        FillJob {
+            route: edge
+                .config
+                .routes
+                .iter()
+                .position(|r| std::ptr::eq(r, target.route))
+                .unwrap_or(0),
+            path_and_query: target.fill_target(&edge.config.cache.drop_query_params),
+            base_key: target.key.clone(),
+            viewer_headers: HeaderMap::new(),
+            host: target.origin_host().to_string(),
+            peer: None,
+            stale: None,
+        }
+    }
+}
+
 /// What an oversized fill may hold for its slowest viewer before it stops reading the origin.
 const TRIM_WINDOW: u64 = 16 << 20;
 
@@ -261,6 +281,7 @@ async fn run(
     let idle = edge.origin.between_bytes_timeout();
     let mut received = 0u64;
     let mut trimming = false;
+    let mut early = Vec::new();
     loop {
         match tokio::time::timeout(idle, body.frame()).await {
             Err(_) => return Err(FillError::Timeout),
@@ -283,6 +304,14 @@ async fn run(
                         guard.release();
                         edge.remember_pass(&job.base_key, cache.hit_for_pass_ttl);
                         fill.stop_keeping();
+                    }
+                    // A live manifest announces its new objects before its viewers read its
+                    // last byte (`proxy::llhls::announce`: prefetch starts first).
+                    if class == ContentClass::Manifest && store && content_length.is_some() {
+                        early.extend_from_slice(&data);
+                        if content_length == Some(received) {
+                            crate::proxy::llhls::announce(edge, route, key, &early);
+                        }
                     }
                     fill.push(data);
                     if trimming && !fill.wait_for_readers(TRIM_WINDOW).await {
@@ -312,7 +341,11 @@ async fn run(
                 disk: Default::default(),
             };
             let url = crate::proxy::assets::asset_url(&job.host, &job.path_and_query);
-            edge.insert_from_fill(guard, store_key, Arc::new(obj), url);
+            let obj = Arc::new(obj);
+            let stored = edge.insert_from_fill(guard, store_key.clone(), obj.clone(), url);
+            if stored && class == ContentClass::Manifest {
+                crate::proxy::llhls::observe(edge, route, &store_key, &obj);
+            }
         }
         _ => {
             if job.stale.is_some() && parts.status.is_success() {

@@ -3,8 +3,9 @@
 //! from the origin once per key and streams into the fill (`fill`), pass-through (`pass`),
 //! what a request names (`target`: validated host, normalised path, route, key), signed URLs
 //! (`signed`: the token check before the cache, and the token carried into manifests),
-//! invalidation by unsafe methods (`invalidate`), admission priority under load (`admission`)
-//! and request errors (`error`); `assets`
+//! invalidation by unsafe methods (`invalidate`), admission priority under load (`admission`),
+//! the live edge (`llhls`: LL-HLS blocking reloads and live-window retention; `prefetch`:
+//! fetching what live manifests announce) and request errors (`error`); `assets`
 //! remembers which objects the stored manifests reference (purge by asset). The viewer side
 //! (`http`) calls in through `http::server::Handler`; nothing here accepts connections, and
 //! only `origin` opens outbound ones.
@@ -15,7 +16,9 @@ pub mod edge;
 pub mod error;
 pub mod fill;
 pub mod invalidate;
+pub mod llhls;
 pub mod pass;
+pub mod prefetch;
 pub mod request;
 pub mod signed;
 pub mod target;

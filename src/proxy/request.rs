@@ -64,7 +64,7 @@ pub struct Req<'a> {
 }
 
 impl Req<'_> {
-    fn ask(&self) -> Ask<'_> {
+    pub(crate) fn ask(&self) -> Ask<'_> {
         Ask {
             method: &self.parts.method,
             headers: &self.parts.headers,
@@ -256,8 +256,16 @@ struct Lookup {
     rounds: u8,
 }
 
-/// GET/HEAD through the cache.
+/// GET/HEAD through the cache; LL-HLS blocking reloads first (`proxy::llhls`).
 async fn cached(req: &Req<'_>) -> Result<Response<Body>, EdgeError> {
+    if let Some(resp) = crate::proxy::llhls::intercept(req).await? {
+        return Ok(resp);
+    }
+    phases(req).await
+}
+
+/// The phases of the module doc, from `Lookup` to `Deliver`.
+pub(crate) async fn phases(req: &Req<'_>) -> Result<Response<Body>, EdgeError> {
     let edge = req.edge;
     let base_key = req.key.clone();
     let mut phase = if edge.is_hit_for_pass(&base_key) {

@@ -74,6 +74,11 @@ impl Edge {
             obj.disk.store(true, Relaxed);
             return;
         }
+        // Live segments stay off disk, unless the route keeps a DVR window (`proxy::llhls`).
+        if !obj.pinned && !self.live.admits_to_store(key) {
+            obj.disk.store(true, Relaxed);
+            return;
+        }
         let admit = store.insert(
             key.as_bytes(),
             store_meta(obj),

@@ -1,0 +1,739 @@
+//! The live edge of one playlist at a time (issue 17): Low-Latency HLS blocking reloads
+//! (`_HLS_msn` / `_HLS_part` / `_HLS_skip`, RFC 8216bis §6.2.5.2), the latest copy of every live
+//! playlist the fills stored, and live-window-aware retention of the segments they list.
+//!
+//! Blocking reloads: a request whose `(M, P)` the latest copy satisfies is answered from it at
+//! once; one more than two segments ahead is 400; otherwise it waits while another request of
+//! the same playlist is upstream (any newer copy wakes every waiter, which answers from it if
+//! satisfied) and goes upstream itself (its own key: same `(M, P)` collapse in the fill table)
+//! when none is. No hold lasts more than three target durations (503). Delta updates
+//! (`_HLS_skip`) are never answered from a full copy: they have their own key.
+//!
+//! Retention: every segment and part a live playlist lists is remembered as a member of that
+//! playlist; members are not offered to the SSD store unless the route keeps a DVR window
+//! (`live_dvr`), and once one has left the playlist's window for longer than
+//! `live_retention_margin` it is removed from RAM (quick_cache cannot move an entry to the front
+//! of its eviction order, so "first in line" is done by removing it outright) and, past the DVR
+//! window, from the store.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Response, StatusCode};
+use parking_lot::Mutex;
+use quick_cache::sync::Cache;
+use tokio::sync::{watch, Semaphore};
+use tokio::time::Instant;
+
+use crate::cache::object::CachedObject;
+use crate::cache::status::CacheStatus;
+use crate::config::Route;
+use crate::http::body::Body;
+use crate::http::response::{self, CacheInfo, Source};
+use crate::proxy::edge::Edge;
+use crate::proxy::error::EdgeError;
+use crate::proxy::request::{self, Req};
+
+/// Playlists tracked at once (least recently used forgotten first).
+const PLAYLISTS: usize = 10_000;
+/// Live members (segments, parts) remembered across all playlists.
+const MEMBERS: usize = 200_000;
+/// Members remembered per playlist window and per "left the window" queue.
+const PER_PLAYLIST: usize = 4_096;
+/// Playlists larger than this are not scanned.
+const MAX_SCAN: usize = 4 << 20;
+/// Prefetch fills in flight across the edge.
+pub const PREFETCH_PERMITS: usize = 64;
+/// Rounds a blocking request waits through (each ends with a newer copy or an upstream done).
+const MAX_ROUNDS: usize = 256;
+
+/// The delivery directives of a playlist request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Directives {
+    pub msn: Option<u64>,
+    pub part: Option<u64>,
+    pub skip: bool,
+}
+
+impl Directives {
+    /// Reads `_HLS_msn`, `_HLS_part`, `_HLS_skip` from a query; `Err` when malformed (400).
+    pub fn parse(query: Option<&str>) -> Result<Directives, &'static str> {
+        let mut d = Directives::default();
+        for kv in query.unwrap_or("").split('&') {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            match k {
+                "_HLS_msn" => d.msn = Some(v.parse().map_err(|_| "bad _HLS_msn")?),
+                "_HLS_part" => d.part = Some(v.parse().map_err(|_| "bad _HLS_part")?),
+                "_HLS_skip" => match v {
+                    "YES" | "v2" => d.skip = true,
+                    _ => return Err("bad _HLS_skip (YES or v2)"),
+                },
+                _ => {}
+            }
+        }
+        if d.part.is_some() && d.msn.is_none() {
+            return Err("_HLS_part without _HLS_msn");
+        }
+        Ok(d)
+    }
+}
+
+/// What a line scan of a media playlist found.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Scan {
+    pub media_sequence: u64,
+    pub target: Duration,
+    pub endlist: bool,
+    /// Holds `EXT-X-SKIP` (a delta update).
+    pub skipped: bool,
+    /// Complete segments: (msn, URI, its parts' URIs).
+    pub segments: Vec<(u64, String, Vec<String>)>,
+    /// Parts of the segment in progress (msn `next_msn`).
+    pub trailing_parts: Vec<String>,
+    /// `EXT-X-PRELOAD-HINT` URIs.
+    pub hints: Vec<String>,
+    /// Whether any `#EXTM3U` media tag was seen (not a master playlist).
+    pub media: bool,
+}
+
+impl Scan {
+    /// The msn after the last complete segment (the one in progress).
+    pub fn next_msn(&self) -> u64 {
+        self.segments
+            .last()
+            .map_or(self.media_sequence, |s| s.0.saturating_add(1))
+    }
+
+    /// Whether this copy answers a request for segment `msn` (part `part`).
+    pub fn satisfies(&self, msn: u64, part: Option<u64>) -> bool {
+        let next = self.next_msn();
+        if msn < next {
+            return true;
+        }
+        match part {
+            Some(p) => msn == next && (p as usize) < self.trailing_parts.len(),
+            None => false,
+        }
+    }
+
+    /// More than two segments past the last one listed (RFC 8216bis §6.2.5.2: 400).
+    pub fn too_far(&self, msn: u64) -> bool {
+        // The last complete segment is next_msn - 1; allowed: up to last + 2.
+        msn > self.next_msn().saturating_add(1)
+    }
+
+    /// Whether a newer playlist than `other` (more segments, or more parts).
+    fn newer_than(&self, other: &Scan) -> bool {
+        (self.next_msn(), self.trailing_parts.len())
+            > (other.next_msn(), other.trailing_parts.len())
+    }
+
+    /// Every segment and part URI listed, oldest first.
+    pub fn uris(&self) -> impl Iterator<Item = (u64, &str)> {
+        let next = self.next_msn();
+        self.segments
+            .iter()
+            .flat_map(|(n, u, parts)| {
+                parts
+                    .iter()
+                    .map(move |p| (*n, p.as_str()))
+                    .chain(std::iter::once((*n, u.as_str())))
+            })
+            .chain(self.trailing_parts.iter().map(move |p| (next, p.as_str())))
+    }
+}
+
+/// A line scan of an HLS media playlist: media sequence, target duration, segments with their
+/// parts, trailing parts, hints. `None` for what is not a playlist, or too large.
+pub fn scan(body: &[u8]) -> Option<Scan> {
+    if body.len() > MAX_SCAN {
+        return None;
+    }
+    let text = std::str::from_utf8(body).ok()?;
+    if !text.trim_start_matches('\u{feff}').starts_with("#EXTM3U") {
+        return None;
+    }
+    let mut s = Scan::default();
+    let mut msn: Option<u64> = None;
+    let mut parts = Vec::new();
+    let mut in_segment = false;
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(v) = line.strip_prefix("#EXT-X-MEDIA-SEQUENCE:") {
+            s.media_sequence = v.trim().parse().unwrap_or(0);
+            s.media = true;
+        } else if let Some(v) = line.strip_prefix("#EXT-X-TARGETDURATION:") {
+            let secs: f64 = v.trim().parse().unwrap_or(0.0);
+            if secs.is_finite() && secs > 0.0 && secs < 86_400.0 {
+                s.target = Duration::from_secs_f64(secs);
+            }
+            s.media = true;
+        } else if line.starts_with("#EXT-X-ENDLIST") {
+            s.endlist = true;
+        } else if let Some(v) = line.strip_prefix("#EXT-X-SKIP:") {
+            s.skipped = true;
+            let n = attr(v, "SKIPPED-SEGMENTS").and_then(|n| n.parse::<u64>().ok());
+            let at = msn.unwrap_or(s.media_sequence);
+            msn = Some(at.saturating_add(n.unwrap_or(0)));
+        } else if let Some(v) = line.strip_prefix("#EXT-X-PART:") {
+            if let Some(u) = attr(v, "URI") {
+                if parts.len() < PER_PLAYLIST {
+                    parts.push(u.to_string());
+                }
+            }
+        } else if let Some(v) = line.strip_prefix("#EXT-X-PRELOAD-HINT:") {
+            if let Some(u) = attr(v, "URI") {
+                s.hints.push(u.to_string());
+            }
+        } else if line.starts_with("#EXTINF") {
+            in_segment = true;
+            s.media = true;
+        } else if line.starts_with('#') {
+            continue;
+        } else if in_segment {
+            let n = *msn.get_or_insert(s.media_sequence);
+            if s.segments.len() < PER_PLAYLIST {
+                s.segments
+                    .push((n, line.to_string(), std::mem::take(&mut parts)));
+            }
+            parts.clear();
+            msn = Some(n.saturating_add(1));
+            in_segment = false;
+        }
+    }
+    s.trailing_parts = parts;
+    s.media.then_some(s)
+}
+
+/// A quoted or plain attribute value from an attribute list.
+fn attr<'a>(list: &'a str, name: &str) -> Option<&'a str> {
+    let mut rest = list;
+    while !rest.is_empty() {
+        let (k, after) = rest.split_once('=')?;
+        let k = k.trim().trim_start_matches(',').trim();
+        let (v, next) = if let Some(q) = after.strip_prefix('"') {
+            let end = q.find('"')?;
+            (&q[..end], q[end + 1..].trim_start_matches(','))
+        } else {
+            match after.split_once(',') {
+                Some((v, n)) => (v, n),
+                None => (after, ""),
+            }
+        };
+        if k == name {
+            return Some(v);
+        }
+        rest = next;
+    }
+    None
+}
+
+/// The key of a playlist without its delivery directives: what every copy of it shares.
+pub fn playlist_key(key: &str) -> String {
+    let key = key.split('\0').next().unwrap_or(key);
+    let Some((base, query)) = key.split_once('?') else {
+        return key.to_string();
+    };
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|kv| {
+            let k = kv.split_once('=').map_or(*kv, |(k, _)| k);
+            !matches!(k, "_HLS_msn" | "_HLS_part" | "_HLS_skip")
+        })
+        .collect();
+    if kept.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    }
+}
+
+/// The latest copy of a playlist the edge holds.
+pub struct Snapshot {
+    pub scan: Scan,
+    pub obj: Arc<CachedObject>,
+}
+
+/// One playlist's live state.
+pub struct Playlist {
+    state: Mutex<State>,
+    /// Bumped on every newer copy and every upstream request that ends: waiters re-check.
+    tick: watch::Sender<u64>,
+}
+
+#[derive(Default)]
+struct State {
+    latest: Option<Arc<Snapshot>>,
+    /// Blocking requests of this playlist upstream now.
+    upstream: usize,
+    viewed: Option<Instant>,
+    /// URIs listed by the copies seen (prefetch: what is new).
+    known: HashSet<String>,
+    known_order: VecDeque<String>,
+    /// Members in the window: (msn, member key).
+    window: VecDeque<(u64, String)>,
+    /// Members that left the window, and when.
+    left: VecDeque<(Instant, String)>,
+}
+
+impl Playlist {
+    fn new() -> Playlist {
+        Playlist {
+            state: Mutex::new(State::default()),
+            tick: watch::channel(0).0,
+        }
+    }
+
+    pub fn latest(&self) -> Option<Arc<Snapshot>> {
+        self.state.lock().latest.clone()
+    }
+
+    fn bump(&self) {
+        self.tick.send_modify(|t| *t = t.wrapping_add(1));
+    }
+
+    /// Whether a viewer asked for this playlist within `within`.
+    pub fn watched(&self, within: Duration) -> bool {
+        self.state
+            .lock()
+            .viewed
+            .is_some_and(|v| v.elapsed() <= within)
+    }
+
+    /// Whether any URI of this playlist was learned yet.
+    pub(crate) fn knows_any(&self) -> bool {
+        !self.state.lock().known.is_empty()
+    }
+
+    /// Remembers `uri` as listed; true if it was not known.
+    pub(crate) fn learn_uri(&self, uri: &str) -> bool {
+        let mut st = self.state.lock();
+        if st.known.contains(uri) {
+            return false;
+        }
+        if st.known_order.len() >= PER_PLAYLIST {
+            if let Some(old) = st.known_order.pop_front() {
+                st.known.remove(&old);
+            }
+        }
+        st.known.insert(uri.to_string());
+        st.known_order.push_back(uri.to_string());
+        true
+    }
+}
+
+/// A member of a live playlist.
+#[derive(Clone, Copy)]
+struct Member {
+    dvr: Option<Duration>,
+    /// Left the window for longer than the margin.
+    expired: bool,
+}
+
+/// The live state of every playlist (one per edge).
+pub struct Live {
+    playlists: Cache<String, Arc<Playlist>>,
+    members: Cache<String, Member>,
+    /// Prefetch fills in flight, edge-wide.
+    pub prefetch_permits: Arc<Semaphore>,
+    /// CMCD `nor` hints in flight per viewer.
+    pub hints: Cache<String, Arc<Semaphore>>,
+}
+
+impl Default for Live {
+    fn default() -> Self {
+        Live {
+            playlists: Cache::new(PLAYLISTS),
+            members: Cache::new(MEMBERS),
+            prefetch_permits: Arc::new(Semaphore::new(PREFETCH_PERMITS)),
+            hints: Cache::new(PLAYLISTS),
+        }
+    }
+}
+
+impl Live {
+    pub fn playlist(&self, key: &str) -> Arc<Playlist> {
+        if let Some(p) = self.playlists.get(key) {
+            return p;
+        }
+        let p = Arc::new(Playlist::new());
+        self.playlists.insert(key.to_string(), p.clone());
+        p
+    }
+
+    fn existing(&self, key: &str) -> Option<Arc<Playlist>> {
+        self.playlists.get(key)
+    }
+
+    /// Whether `key` may go to the SSD store: not a live member, or one inside its DVR window.
+    pub fn admits_to_store(&self, key: &str) -> bool {
+        match self.members.get(key) {
+            None => true,
+            Some(m) => m.dvr.is_some() && !m.expired,
+        }
+    }
+
+    /// Whether `key` is a segment or part of a live playlist.
+    pub fn is_member(&self, key: &str) -> bool {
+        self.members.get(key).is_some()
+    }
+}
+
+fn is_playlist_path(key: &str) -> bool {
+    let path = key.split('?').next().unwrap_or(key);
+    path.ends_with(".m3u8")
+}
+
+/// Blocking reloads (and viewer bookkeeping) before the cache: `None` lets the request
+/// through the usual phases.
+pub async fn intercept(req: &Req<'_>) -> Result<Option<Response<Body>>, EdgeError> {
+    let edge = req.edge;
+    if !is_playlist_path(&req.key) {
+        if req.key.split('?').next().unwrap_or("").ends_with(".mpd") {
+            edge.live
+                .playlist(&playlist_key(&req.key))
+                .state
+                .lock()
+                .viewed = Some(Instant::now());
+        }
+        return Ok(None);
+    }
+    let d = Directives::parse(req.parts.uri.query()).map_err(EdgeError::BadRequest)?;
+    let pl = edge.live.playlist(&playlist_key(&req.key));
+    pl.state.lock().viewed = Some(Instant::now());
+    let Some(msn) = d.msn else {
+        return Ok(None);
+    };
+    let hold = pl
+        .latest()
+        .map(|s| s.scan.target * 3)
+        .filter(|h| !h.is_zero())
+        .unwrap_or(edge.config.cache.collapse_timeout);
+    let deadline = Instant::now() + hold;
+    let mut tick = pl.tick.subscribe();
+    for _ in 0..MAX_ROUNDS {
+        tick.mark_unchanged();
+        let (latest, busy) = {
+            let st = pl.state.lock();
+            (st.latest.clone(), st.upstream > 0)
+        };
+        if let Some(s) = &latest {
+            // Only a fresh copy may refuse: an old one would call a request "too far" that
+            // the origin's current playlist allows.
+            let fresh = s.obj.staleness(edge.clock.now()).is_none();
+            if fresh && s.scan.too_far(msn) {
+                return Err(EdgeError::BadRequest(
+                    "_HLS_msn more than two segments past the playlist's last",
+                ));
+            }
+            if !d.skip && s.scan.satisfies(msn, d.part) {
+                return Ok(Some(serve_latest(req, &s.obj)));
+            }
+        }
+        if d.skip || !busy {
+            pl.state.lock().upstream += 1;
+            let upstream = Upstream(pl.clone());
+            let resp = tokio::time::timeout_at(deadline, request::phases(req)).await;
+            // Waiters re-check once this copy is stored (or shortly after, if it is not).
+            let mut settled = pl.tick.subscribe();
+            edge.spawn(async move {
+                let _ = tokio::time::timeout(Duration::from_millis(200), settled.changed()).await;
+                drop(upstream);
+            });
+            return match resp {
+                Ok(r) => r.map(Some),
+                Err(_) => Ok(Some(hold_expired(req))),
+            };
+        }
+        if tokio::time::timeout_at(deadline, tick.changed())
+            .await
+            .is_err()
+        {
+            return Ok(Some(hold_expired(req)));
+        }
+    }
+    Ok(Some(hold_expired(req)))
+}
+
+/// A blocking request upstream; dropping it wakes the waiters.
+struct Upstream(Arc<Playlist>);
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        {
+            let mut st = self.0.state.lock();
+            st.upstream = st.upstream.saturating_sub(1);
+        }
+        self.0.bump();
+    }
+}
+
+fn serve_latest(req: &Req<'_>, obj: &CachedObject) -> Response<Body> {
+    let now = req.edge.clock.now();
+    req.edge.metrics.request(CacheStatus::Hit);
+    response::build(
+        &req.ask(),
+        obj.status,
+        &obj.headers,
+        Source::Bytes(obj.body.clone()),
+        CacheInfo {
+            status: CacheStatus::Hit,
+            cache_status: format!("{}; hit; detail=llhls-latest", req.cdn()),
+            age: Some(obj.age(now).as_secs()),
+        },
+    )
+}
+
+/// RFC 8216bis §6.2.5.2: not satisfied within three target durations.
+fn hold_expired(req: &Req<'_>) -> Response<Body> {
+    let mut resp = Response::new(Body::full(bytes::Bytes::from_static(
+        b"blocking playlist reload not satisfied within three target durations\n",
+    )));
+    *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    if let Ok(v) = format!("{}; fwd=miss; detail=llhls-hold", req.cdn()).parse() {
+        resp.headers_mut().insert("cache-status", v);
+    }
+    resp.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    resp
+}
+
+/// Called by the fill driver for every manifest it stores: the latest copy (waking blocking
+/// requests it satisfies), then `announce`.
+pub fn observe(edge: &Arc<Edge>, route: &Route, key: &str, obj: &Arc<CachedObject>) {
+    if is_playlist_path(key) {
+        if let Some(scan) = scan(&obj.body).filter(|s| !s.skipped) {
+            let pl = edge.live.playlist(&playlist_key(key));
+            let newer = {
+                let mut st = pl.state.lock();
+                let newer = st.latest.as_ref().is_none_or(|l| !l.scan.newer_than(&scan));
+                if newer {
+                    st.latest = Some(Arc::new(Snapshot {
+                        scan,
+                        obj: obj.clone(),
+                    }));
+                }
+                newer
+            };
+            if newer {
+                pl.bump();
+            }
+        }
+    }
+    announce(edge, route, key, &obj.body);
+}
+
+/// Window membership, retention and prefetch for a live manifest's body. The fill driver calls
+/// it as soon as the whole body arrived, before the viewers get its last bytes, so a viewer who
+/// reads the new manifest finds the newly listed objects already being fetched; `observe` calls
+/// it again (a no-op for what was seen).
+pub fn announce(edge: &Arc<Edge>, route: &Route, key: &str, body: &[u8]) {
+    if !is_playlist_path(key) {
+        crate::proxy::prefetch::observe_mpd(edge, route, key, body);
+        return;
+    }
+    let Some(scan) = scan(body) else {
+        return;
+    };
+    if scan.endlist {
+        return;
+    }
+    let pl_key = playlist_key(key);
+    let pl = edge.live.playlist(&pl_key);
+    retain(edge, route, &pl_key, &pl, &scan);
+    crate::proxy::prefetch::after_playlist(edge, route, &pl_key, &pl, &scan);
+}
+
+/// Records the window's members and ages out what left it.
+fn retain(edge: &Edge, route: &Route, pl_key: &str, pl: &Playlist, scan: &Scan) {
+    let live = route.live;
+    let now = Instant::now();
+    let mut expired = Vec::new();
+    let mut gone = Vec::new();
+    let drop = &edge.config.cache.drop_query_params;
+    let listed: Vec<(u64, String)> = scan
+        .uris()
+        .filter_map(|(n, u)| member_key(pl_key, u, drop).map(|k| (n, k)))
+        .collect();
+    let listed_set: HashSet<&str> = listed.iter().map(|(_, k)| k.as_str()).collect();
+    {
+        let mut st = pl.state.lock();
+        let in_window: HashSet<String> = st.window.iter().map(|(_, k)| k.clone()).collect();
+        for (n, k) in &listed {
+            if !in_window.contains(k) {
+                if st.window.len() >= PER_PLAYLIST {
+                    st.window.pop_front();
+                }
+                edge.live.members.insert(
+                    k.clone(),
+                    Member {
+                        dvr: live.dvr,
+                        expired: false,
+                    },
+                );
+                st.window.push_back((*n, k.clone()));
+            }
+        }
+        let first = scan.media_sequence;
+        let mut kept = VecDeque::with_capacity(st.window.len());
+        let window = std::mem::take(&mut st.window);
+        for (n, k) in window {
+            let still = n >= first && listed_set.contains(k.as_str());
+            if still || (scan.skipped && n >= first) {
+                kept.push_back((n, k));
+            } else {
+                if st.left.len() >= PER_PLAYLIST {
+                    if let Some((_, k)) = st.left.pop_front() {
+                        expired.push(k);
+                    }
+                }
+                st.left.push_back((now, k));
+            }
+        }
+        st.window = kept;
+        while let Some((at, _)) = st.left.front() {
+            let age = now.saturating_duration_since(*at);
+            if age < live.retention_margin {
+                break;
+            }
+            let beyond_dvr = live.dvr.is_none_or(|d| age >= d);
+            if !beyond_dvr {
+                break;
+            }
+            if let Some((_, k)) = st.left.pop_front() {
+                gone.push(k);
+            }
+        }
+        // Past the margin but inside the DVR window: out of RAM, kept on disk.
+        for (at, k) in st.left.iter() {
+            if now.saturating_duration_since(*at) >= live.retention_margin {
+                expired.push(k.clone());
+            }
+        }
+    }
+    for k in expired {
+        edge.ram.remove(&k);
+    }
+    for k in gone {
+        edge.live.members.insert(
+            k.clone(),
+            Member {
+                dvr: live.dvr,
+                expired: true,
+            },
+        );
+        edge.ram.remove(&k);
+        // Only a DVR route put live members on disk.
+        if let (Some(store), Some(_)) = (&edge.store, live.dvr) {
+            store.remove(k.as_bytes());
+        }
+    }
+}
+
+/// The cache key of `uri` listed in the playlist keyed `pl_key` (same scheme and host; the
+/// URI resolved against the playlist's path). `None` for another host or a bad URI.
+pub fn member_key(pl_key: &str, uri: &str, drop: &[String]) -> Option<String> {
+    let mut it = pl_key.splitn(3, '|');
+    let (scheme, host, path) = (it.next()?, it.next()?, it.next()?);
+    let path = path.split('?').next().unwrap_or(path);
+    let base = url::Url::parse(&format!("http://{host}{path}")).ok()?;
+    let u = base.join(uri.trim()).ok()?;
+    if u.host_str() != base.host_str() || u.port() != base.port() {
+        return None;
+    }
+    let scheme = match scheme {
+        "https" => crate::cache::key::Scheme::Https,
+        _ => crate::cache::key::Scheme::Http,
+    };
+    let npath = crate::cache::key::normalize_path(u.path()).ok()?;
+    Some(crate::cache::key::encode_key(
+        scheme,
+        host,
+        &npath,
+        u.query(),
+        drop,
+    ))
+}
+
+/// The existing live state of `pl_key` (tests, prefetch).
+pub fn playlist_of(edge: &Edge, pl_key: &str) -> Option<Arc<Playlist>> {
+    edge.live.existing(pl_key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LL: &str = "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:10\n\
+#EXT-X-PART:DURATION=0.333,URI=\"part_10_0.m4s\"\n#EXTINF:2.0,\nseg_10.m4s\n\
+#EXTINF:2.0,\nseg_11.m4s\n#EXT-X-PART:DURATION=0.333,URI=\"part_12_0.m4s\",INDEPENDENT=YES\n\
+#EXT-X-PART:DURATION=0.333,URI=\"part_12_1.m4s\"\n#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"part_12_2.m4s\"\n";
+
+    #[test]
+    fn scan_finds_last_segment_and_trailing_parts() {
+        let s = scan(LL.as_bytes()).expect("playlist");
+        assert_eq!(s.next_msn(), 12);
+        assert_eq!(s.trailing_parts.len(), 2);
+        assert_eq!(s.target, Duration::from_secs(2));
+        assert!(s.satisfies(11, None));
+        assert!(s.satisfies(12, Some(1)));
+        assert!(!s.satisfies(12, Some(2)));
+        assert!(!s.satisfies(12, None));
+        assert!(!s.too_far(13));
+        assert!(s.too_far(14));
+        assert_eq!(s.hints, vec!["part_12_2.m4s".to_string()]);
+    }
+
+    #[test]
+    fn delivery_directives_leave_the_playlist_key() {
+        assert_eq!(
+            playlist_key("http|h|/a/m.m3u8?_HLS_msn=3&_HLS_part=1&x=1"),
+            "http|h|/a/m.m3u8?x=1"
+        );
+        assert_eq!(
+            playlist_key("http|h|/a/m.m3u8?_HLS_msn=3"),
+            "http|h|/a/m.m3u8"
+        );
+    }
+
+    #[test]
+    fn malformed_directives_are_refused() {
+        assert!(Directives::parse(Some("_HLS_part=1")).is_err());
+        assert!(Directives::parse(Some("_HLS_msn=x")).is_err());
+        assert!(Directives::parse(Some("_HLS_skip=NO")).is_err());
+        let d = Directives::parse(Some("_HLS_msn=4&_HLS_part=2&_HLS_skip=v2")).expect("ok");
+        assert_eq!((d.msn, d.part, d.skip), (Some(4), Some(2), true));
+    }
+
+    #[test]
+    fn live_members_reach_the_store_only_inside_a_dvr_window() {
+        let live = Live::default();
+        assert!(live.admits_to_store("vod"));
+        let m = |dvr, expired| Member { dvr, expired };
+        live.members.insert("a".into(), m(None, false));
+        live.members
+            .insert("b".into(), m(Some(Duration::from_secs(7200)), false));
+        live.members
+            .insert("c".into(), m(Some(Duration::from_secs(7200)), true));
+        assert!(!live.admits_to_store("a"));
+        assert!(live.admits_to_store("b"));
+        assert!(!live.admits_to_store("c"));
+    }
+
+    #[test]
+    fn member_keys_resolve_against_the_playlist() {
+        assert_eq!(
+            member_key("http|h|/ll/s/r0/media.m3u8", "seg_3.m4s", &[]).as_deref(),
+            Some("http|h|/ll/s/r0/seg_3.m4s")
+        );
+        assert_eq!(
+            member_key("http|h|/a/m.m3u8", "http://other/x.ts", &[]),
+            None
+        );
+    }
+}

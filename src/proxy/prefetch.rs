@@ -1,0 +1,203 @@
+//! Prefetch (issue 17): when a fill stores a new copy of a live manifest (an HLS media playlist
+//! without `EXT-X-ENDLIST`, or an MPD with `type="dynamic"`), the objects it newly lists are
+//! fetched before a viewer asks, through the normal fill (so a viewer arriving meanwhile joins
+//! it as a collapsed reader). Per route `prefetch = "off" | "next" | "all-new"`; never for a
+//! manifest no viewer asked for within two target durations; bounded edge-wide by a semaphore.
+//!
+//! [`prefetch_hint`] is the same for one object a player announced (CMCD `nor`), bounded per
+//! viewer as well.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::cache::fill::FillHead;
+use crate::cache::lock::Claim;
+use crate::config::{Prefetch, Route};
+use crate::proxy::edge::Edge;
+use crate::proxy::fill::{self, FillJob};
+use crate::proxy::llhls::{self, Playlist, Scan};
+use crate::proxy::target;
+
+/// Most prefetches one manifest update starts.
+const PER_UPDATE: usize = 16;
+/// CMCD `nor` hints in flight per viewer.
+const PER_VIEWER: usize = 2;
+/// How recently an MPD must have been requested to drive prefetch (MPDs carry no target
+/// duration: two typical 6 s segments).
+const MPD_WATCHED: Duration = Duration::from_secs(12);
+
+/// After a live media playlist was stored: prefetch what it newly lists.
+pub(crate) fn after_playlist(
+    edge: &Arc<Edge>,
+    route: &Route,
+    pl_key: &str,
+    pl: &Playlist,
+    scan: &Scan,
+) {
+    if route.live.prefetch == Prefetch::Off {
+        return;
+    }
+    let watched = (scan.target * 2).max(Duration::from_secs(1));
+    // The first copy seen lists a whole window: only its live edge is worth fetching.
+    let first_copy = !pl.knows_any();
+    let mut fresh: Vec<(u64, &str)> = scan.uris().filter(|(_, u)| pl.learn_uri(u)).collect();
+    if !pl.watched(watched) || fresh.is_empty() {
+        return;
+    }
+    if route.live.prefetch == Prefetch::Next || first_copy {
+        // The newest segment and the parts from it on: what a viewer at the live edge asks next.
+        let newest_seg = scan
+            .segments
+            .iter()
+            .rev()
+            .find(|(_, u, _)| fresh.iter().any(|(_, f)| f == u))
+            .map(|(n, _, _)| *n);
+        let from = newest_seg.unwrap_or(scan.next_msn());
+        fresh.retain(|(n, _)| *n >= from);
+    }
+    let skip = fresh.len().saturating_sub(PER_UPDATE);
+    for (_, uri) in fresh.into_iter().skip(skip) {
+        if let Some((host, pq)) = resolve(pl_key, uri) {
+            start(edge, &host, &pq, None);
+        }
+    }
+}
+
+/// After a manifest that is not an HLS playlist was stored: a dynamic MPD prefetches the media
+/// it newly lists.
+pub(crate) fn observe_mpd(edge: &Arc<Edge>, route: &Route, key: &str, body: &[u8]) {
+    let path = key.splitn(3, '|').nth(2).unwrap_or("");
+    if !path.split('?').next().unwrap_or("").ends_with(".mpd") {
+        return;
+    }
+    let head = &body[..body.len().min(4096)];
+    let dynamic = std::str::from_utf8(head)
+        .map(|t| t.contains("type=\"dynamic\""))
+        .unwrap_or(false);
+    let pl = llhls::playlist_of(edge, &llhls::playlist_key(key));
+    let Some(pl) = pl else { return };
+    if !dynamic || route.live.prefetch == Prefetch::Off {
+        return;
+    }
+    let Some(host) = key.split('|').nth(1) else {
+        return;
+    };
+    let Ok(url) = url::Url::parse(&format!("http://{host}{path}")) else {
+        return;
+    };
+    let Ok(refs) = vedge_manifest::dash::references(&url, body, 8192) else {
+        return;
+    };
+    let mut fresh: Vec<String> = refs
+        .iter()
+        .map(|r| r.url.to_string())
+        .filter(|u| pl.learn_uri(u))
+        .collect();
+    if !pl.watched(MPD_WATCHED) || fresh.is_empty() {
+        return;
+    }
+    if route.live.prefetch == Prefetch::Next {
+        // Per representation the newest is last; keep a few, newest first.
+        fresh.reverse();
+        fresh.truncate(4);
+    }
+    for u in fresh.into_iter().take(PER_UPDATE) {
+        if let Ok(u) = url::Url::parse(&u) {
+            if u.host_str() == url.host_str() {
+                let pq = match u.query() {
+                    Some(q) => format!("{}?{q}", u.path()),
+                    None => u.path().to_string(),
+                };
+                start(edge, host, &pq, None);
+            }
+        }
+    }
+}
+
+/// `(host, path?query)` of `uri` listed in the playlist keyed `pl_key`.
+fn resolve(pl_key: &str, uri: &str) -> Option<(String, String)> {
+    let mut it = pl_key.splitn(3, '|');
+    let (_, host, path) = (it.next()?, it.next()?, it.next()?);
+    let path = path.split('?').next().unwrap_or(path);
+    let base = url::Url::parse(&format!("http://{host}{path}")).ok()?;
+    let u = base.join(uri.trim()).ok()?;
+    if u.host_str() != base.host_str() || u.port() != base.port() {
+        return None;
+    }
+    let pq = match u.query() {
+        Some(q) => format!("{}?{q}", u.path()),
+        None => u.path().to_string(),
+    };
+    Some((host.to_string(), pq))
+}
+
+/// A CMCD `nor` prefetch hint (CTA-5004 §3.3.4): the player announced it will ask for `uri`
+/// (relative to the object keyed `base_key` it is requesting now) next. Starts a fill of it
+/// unless the route has `prefetch = "off"`, it is cached or being filled, `viewer` (a CMCD
+/// `sid`, else the client address) already has `PER_VIEWER` hints in flight, or the edge-wide
+/// prefetch budget is spent. Returns whether a fill started. For the CMCD module to call.
+pub fn prefetch_hint(
+    edge: &Arc<Edge>,
+    route: &Route,
+    base_key: &str,
+    uri: &str,
+    viewer: &str,
+) -> bool {
+    if route.live.prefetch == Prefetch::Off {
+        return false;
+    }
+    let Some((host, pq)) = resolve(base_key, uri) else {
+        return false;
+    };
+    let per_viewer = match edge.live.hints.get(viewer) {
+        Some(s) => s,
+        None => {
+            let s = Arc::new(tokio::sync::Semaphore::new(PER_VIEWER));
+            edge.live.hints.insert(viewer.to_string(), s.clone());
+            s
+        }
+    };
+    let Ok(permit) = per_viewer.try_acquire_owned() else {
+        return false;
+    };
+    start(edge, &host, &pq, Some(permit))
+}
+
+/// Starts one prefetch fill of `path_and_query` on `host` (the key's host), unless it is cached
+/// or in flight or the budget is spent.
+fn start(
+    edge: &Arc<Edge>,
+    host: &str,
+    path_and_query: &str,
+    viewer_permit: Option<tokio::sync::OwnedSemaphorePermit>,
+) -> bool {
+    let Ok(target) = target::resolve(&edge.config, Some(host), path_and_query) else {
+        return false;
+    };
+    if target.route.live.prefetch == Prefetch::Off {
+        return false;
+    }
+    let key = target.key.clone();
+    if edge.ram_fresh(&key, edge.clock.now()).is_some() || edge.is_hit_for_pass(&key) {
+        return false;
+    }
+    let Ok(permit) = edge.live.prefetch_permits.clone().try_acquire_owned() else {
+        return false;
+    };
+    let Claim::Leader(f, guard) = edge.fills.claim(&key) else {
+        return false;
+    };
+    let job = FillJob::prefetch(edge, &target);
+    let edge2 = edge.clone();
+    edge.spawn(async move {
+        let _permits = (permit, viewer_permit);
+        if let Some((obj, _)) = edge2.lookup_fresh(&key, edge2.clock.now()).await {
+            f.set_head(FillHead::Complete(obj));
+            f.finish(Ok(()));
+            drop(guard);
+            return;
+        }
+        fill::drive_fill(edge2, guard, f, job).await;
+    });
+    true
+}

@@ -1,0 +1,241 @@
+//! Issue 17, the edge side of Low-Latency HLS, against the real origin simulator
+//! (`vedge_bench::origin`, `/ll/<stream>/...`) and, for exact holds, the scripted origin:
+//! blocking reloads collapse per (playlist, msn, part), future parts wait on fewer upstream
+//! requests than viewers, the spec's 400 and 503 limits, held preload-hint parts collapse.
+
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use vedge::config::{RawConfig, RawRoute};
+use vedge::proxy::llhls::scan;
+use vedge_bench::origin::{self, LowLatency, OriginOptions};
+
+use crate::support::{Origin, Script, TestEdge};
+
+/// Starts the simulator on `127.0.0.1:0`; dropping the sender stops it.
+pub async fn start_sim(opts: OriginOptions) -> (String, oneshot::Sender<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, rx) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let r = origin::serve(opts, listener, async {
+            let _ = rx.await;
+        })
+        .await;
+        if let Err(e) = r {
+            eprintln!("simulator: {e:#}");
+        }
+    });
+    (format!("http://{addr}"), tx)
+}
+
+/// One route `/` over `origin`, short timeouts.
+pub fn config_for(origin: &str, prefetch: &str) -> RawConfig {
+    let mut raw = RawConfig {
+        ram_size: Some("64MiB".into()),
+        routes: vec![RawRoute {
+            prefix: "/".into(),
+            origin: origin.to_string(),
+            prefetch: Some(prefetch.into()),
+            ..RawRoute::default()
+        }],
+        ..RawConfig::default()
+    };
+    raw.cache.collapse_timeout = Some("10s".into());
+    raw.origin_client.first_byte_timeout = Some("10s".into());
+    raw.origin_client.between_bytes_timeout = Some("5s".into());
+    raw.origin_client.connect_timeout = Some("1s".into());
+    raw.server.shutdown_grace = Some("1s".into());
+    raw
+}
+
+pub fn sim_options() -> OriginOptions {
+    OriginOptions {
+        segment_duration: Duration::from_secs(2),
+        ll: LowLatency {
+            hls: true,
+            ..LowLatency::default()
+        },
+        ..OriginOptions::default()
+    }
+}
+
+/// The simulator's `/__stats` blocking counts under `prefix`.
+async fn blocking(base: &str, prefix: &str) -> serde_json::Map<String, serde_json::Value> {
+    let body = reqwest_get(&format!("{base}/__stats?prefix={prefix}")).await;
+    let v: serde_json::Value = serde_json::from_slice(&body).expect("stats json");
+    v["blocking"].as_object().cloned().unwrap_or_default()
+}
+
+/// The simulator's `/__stats` request count of `path`.
+pub async fn origin_count(base: &str, path: &str) -> u64 {
+    let body = reqwest_get(&format!("{base}/__stats")).await;
+    let v: serde_json::Value = serde_json::from_slice(&body).expect("stats json");
+    v["paths"][path].as_u64().unwrap_or(0)
+}
+
+async fn reqwest_get(url: &str) -> Vec<u8> {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::client::legacy::Client;
+    let client =
+        Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
+    let resp = client
+        .get(url.parse().expect("uri"))
+        .await
+        .expect("origin stats");
+    resp.into_body()
+        .collect()
+        .await
+        .expect("stats body")
+        .to_bytes()
+        .to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_blocking_reloads_for_one_msn_part_send_one_origin_request() {
+    let (base, _stop) = start_sim(sim_options()).await;
+    let edge = TestEdge::start(config_for(&base, "off")).await;
+    let path = "/ll/c1/r0/media.m3u8";
+    let first = edge.get(path).await;
+    assert_eq!(
+        first.status,
+        200,
+        "{:?} {}",
+        first.body,
+        first.h("cache-status")
+    );
+    let s = scan(&first.body).expect("media playlist");
+    // The next part to be produced: the playlist does not hold it yet.
+    let (m, p) = (s.next_msn(), s.trailing_parts.len() as u64);
+    let q = format!("{path}?_HLS_msn={m}&_HLS_part={p}");
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let e = &edge;
+        let q = q.clone();
+        tasks.push(async move { e.get(&q).await });
+    }
+    let resps = futures_util::future::join_all(tasks).await;
+    for r in &resps {
+        assert_eq!(r.status, 200, "{}", r.h("cache-status"));
+        let got = scan(&r.body).expect("playlist");
+        assert!(got.satisfies(m, Some(p)), "answer holds the part asked for");
+    }
+    let b = blocking(&base, "/ll/c1/").await;
+    let key = format!("{path}?_HLS_msn={m}&_HLS_part={p}");
+    assert_eq!(b.get(&key).and_then(|v| v.as_u64()), Some(1), "{b:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_for_different_future_parts_wait_on_fewer_upstream_requests_than_viewers() {
+    let (base, _stop) = start_sim(sim_options()).await;
+    let edge = TestEdge::start(config_for(&base, "off")).await;
+    let path = "/ll/c2/r0/media.m3u8";
+    let first = edge.get(path).await;
+    let s = scan(&first.body).expect("media playlist");
+    let (m, p) = (s.next_msn(), s.trailing_parts.len() as u64);
+    let mut asks = Vec::new();
+    for k in 0..3 {
+        for _ in 0..3 {
+            asks.push(format!("{path}?_HLS_msn={m}&_HLS_part={}", p + k));
+        }
+    }
+    let viewers = asks.len() as u64;
+    let resps = futures_util::future::join_all(asks.iter().map(|q| edge.get(q))).await;
+    for r in &resps {
+        assert_eq!(r.status, 200, "{}", r.h("cache-status"));
+    }
+    let b = blocking(&base, "/ll/c2/").await;
+    let upstream: u64 = b.values().filter_map(|v| v.as_u64()).sum();
+    assert!(
+        upstream < viewers,
+        "{upstream} upstream blocking requests for {viewers} viewers: {b:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_more_than_two_segments_ahead_is_400() {
+    let (base, _stop) = start_sim(sim_options()).await;
+    let edge = TestEdge::start(config_for(&base, "off")).await;
+    let path = "/ll/c3/r0/media.m3u8";
+    let s = scan(&edge.get(path).await.body).expect("media playlist");
+    let r = edge
+        .get(&format!("{path}?_HLS_msn={}", s.next_msn() + 5))
+        .await;
+    assert_eq!(r.status, 400);
+    let ok = edge
+        .get(&format!("{path}?_HLS_msn={}", s.next_msn() - 1))
+        .await;
+    assert_eq!(ok.status, 200, "an msn already listed is answered at once");
+    assert!(ok.h("cache-status").contains("llhls-latest"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_never_exceeds_three_target_durations() {
+    let origin = Origin::start().await;
+    let playlist = "#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES\n\
+#EXT-X-MEDIA-SEQUENCE:5\n#EXTINF:1.0,\ns5.ts\n#EXTINF:1.0,\ns6.ts\n";
+    origin.script(
+        "/h/m.m3u8",
+        Script::ok(playlist).header("cache-control", "max-age=1"),
+    );
+    let edge = TestEdge::start(config_for(&origin.url(), "off")).await;
+    assert_eq!(edge.get("/h/m.m3u8").await.status, 200);
+    // The origin now holds every request far longer than the edge may.
+    origin.script(
+        "/h/m.m3u8",
+        Script::ok(playlist)
+            .header("cache-control", "max-age=1")
+            .head_delay(Duration::from_secs(8)),
+    );
+    let r = edge.get("/h/m.m3u8?_HLS_msn=7").await;
+    assert_eq!(r.status, 503);
+    assert!(r.h("cache-status").contains("llhls-hold"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewers_of_a_held_preload_hint_part_get_its_bytes_before_it_completes_from_one_origin_request(
+) {
+    use http_body_util::BodyExt;
+    let (base, _stop) = start_sim(sim_options()).await;
+    let edge = TestEdge::start(config_for(&base, "off")).await;
+    let path = "/ll/c5/r0/media.m3u8";
+    let s = scan(&edge.get(path).await.body).expect("media playlist");
+    let hint = s.hints.first().expect("a preload hint").clone();
+    let part = format!("/ll/c5/r0/{hint}");
+    let view = || async {
+        let resp = edge
+            .send_streaming(edge.req(http::Method::GET, &part), bytes::Bytes::new())
+            .await;
+        assert_eq!(resp.status(), 200);
+        let mut body = resp.into_body();
+        let mut got = Vec::new();
+        let mut early = false;
+        // Bounded: a part is a few hundred milliseconds of frames.
+        for _ in 0..10_000 {
+            let Some(frame) = tokio::time::timeout(Duration::from_secs(10), body.frame())
+                .await
+                .expect("body frame in time")
+            else {
+                break;
+            };
+            if let Ok(data) = frame.expect("body frame").into_data() {
+                // Bytes while the edge's one fill of the part is still running: the part
+                // was not complete yet.
+                if got.is_empty() && !data.is_empty() && !edge.edge.fills.is_empty() {
+                    early = true;
+                }
+                got.extend_from_slice(&data);
+            }
+        }
+        (got, early)
+    };
+    let ((a, early_a), (b, early_b)) = tokio::join!(view(), view());
+    assert!(!a.is_empty());
+    assert_eq!(a, b);
+    assert!(
+        early_a && early_b,
+        "both viewers got bytes before the part completed"
+    );
+    assert_eq!(origin_count(&base, &part).await, 1);
+}

@@ -1,0 +1,153 @@
+//! Issue 17, prefetch and live-window retention against the origin simulator: the first viewer
+//! of each new live segment finds it cached or being filled (`Cache-Status`), a MISS with
+//! prefetch off; prefetch stops when nobody reads the playlist; expired live segments never
+//! reach the store and leave RAM while VOD objects stay.
+
+use std::time::Duration;
+
+use vedge::config::RawStore;
+use vedge::proxy::llhls::scan;
+use vedge_bench::origin::OriginOptions;
+
+use crate::llhls::{config_for, origin_count, start_sim};
+
+fn live_options() -> OriginOptions {
+    OriginOptions {
+        segment_duration: Duration::from_secs(2),
+        window: 3,
+        playlist_cache_control: "max-age=1".into(),
+        ..OriginOptions::default()
+    }
+}
+
+/// Reads the playlist until it lists a segment not seen before (bounded), then asks for that
+/// segment once: its `Cache-Status`.
+async fn first_view_of_new_segments(
+    edge: &crate::support::TestEdge,
+    dir: &str,
+    n: usize,
+) -> Vec<String> {
+    let playlist = format!("{dir}/media.m3u8");
+    let mut seen = std::collections::HashSet::new();
+    let s = scan(&edge.get(&playlist).await.body).expect("playlist");
+    for (_, u, _) in &s.segments {
+        seen.insert(u.clone());
+    }
+    let mut statuses = Vec::new();
+    for _ in 0..400 {
+        if statuses.len() >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let s = scan(&edge.get(&playlist).await.body).expect("playlist");
+        for (_, u, _) in &s.segments {
+            if seen.insert(u.clone()) {
+                let r = edge.get(&format!("{dir}/{u}")).await;
+                assert_eq!(r.status, 200);
+                statuses.push(r.h("cache-status").to_string());
+            }
+        }
+    }
+    statuses
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_viewer_of_a_new_live_segment_finds_it_prefetched() {
+    let (base, _stop) = start_sim(live_options()).await;
+    let edge = crate::support::TestEdge::start(config_for(&base, "next")).await;
+    let statuses = first_view_of_new_segments(&edge, "/live/p1/r0", 3).await;
+    assert_eq!(statuses.len(), 3);
+    for s in &statuses {
+        assert!(
+            s.contains("; hit") || s.contains("collapsed"),
+            "prefetched: {s}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_prefetch_off_the_first_viewer_of_a_new_segment_misses() {
+    let (base, _stop) = start_sim(live_options()).await;
+    let edge = crate::support::TestEdge::start(config_for(&base, "off")).await;
+    let statuses = first_view_of_new_segments(&edge, "/live/p2/r0", 2).await;
+    assert_eq!(statuses.len(), 2);
+    for s in &statuses {
+        assert!(s.contains("fwd=miss") && !s.contains("collapsed"), "{s}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetch_stops_when_no_viewer_reads_the_playlist() {
+    let (base, _stop) = start_sim(live_options()).await;
+    let edge = crate::support::TestEdge::start(config_for(&base, "all-new")).await;
+    let _ = first_view_of_new_segments(&edge, "/live/p3/r0", 1).await;
+    edge.settle().await;
+    let before = total_media(&base, "/live/p3/").await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        total_media(&base, "/live/p3/").await,
+        before,
+        "nothing fetched unwatched"
+    );
+}
+
+async fn total_media(base: &str, prefix: &str) -> u64 {
+    let mut n = 0;
+    for i in 0..200u64 {
+        n += origin_count(base, &format!("{prefix}r0/seg_{i}.m4s")).await;
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_live_segments_never_reach_the_store_and_leave_ram_while_vod_stays() {
+    let (base, _stop) = start_sim(live_options()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut raw = config_for(&base, "next");
+    raw.routes[0].live_retention_margin = Some("1s".into());
+    raw.store = RawStore {
+        path: Some(dir.path().join("store")),
+        size: Some("64MiB".into()),
+        region_size: Some("4MiB".into()),
+        admit_window: Some("0s".into()),
+        ..RawStore::default()
+    };
+    let edge = crate::support::TestEdge::start(raw).await;
+    // A VOD object in RAM (and on disk).
+    let vod = edge.get("/vod/v1/r0/media.m3u8").await;
+    assert_eq!(vod.status, 200);
+    let vs = scan(&vod.body).expect("vod playlist");
+    let vod_seg = format!("/vod/v1/r0/{}", vs.segments[0].1);
+    assert_eq!(edge.get(&vod_seg).await.status, 200);
+    // The live stream runs through several windows (3 segments of 2 s each).
+    let statuses = first_view_of_new_segments(&edge, "/live/p4/r0", 6).await;
+    assert_eq!(statuses.len(), 6);
+    edge.settle().await;
+    let e = &edge.edge;
+    let counted = std::sync::atomic::AtomicUsize::new(0);
+    e.ram.remove_where(|k, _| {
+        if k.contains("/live/p4/r0/seg_") {
+            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        false
+    });
+    let live_in_ram = counted.into_inner();
+    assert!(live_in_ram <= 6, "live segments in RAM: {live_in_ram}");
+    assert!(
+        e.ram
+            .get(&format!(
+                "http|{}|{vod_seg}",
+                base.trim_start_matches("http://")
+            ))
+            .is_some(),
+        "VOD stays"
+    );
+    let store = e.store.as_ref().expect("store");
+    for i in 0..200u64 {
+        let k = format!(
+            "http|{}|/live/p4/r0/seg_{i}.m4s",
+            base.trim_start_matches("http://")
+        );
+        assert!(store.lookup(k.as_bytes()).await.is_none(), "{k} on disk");
+    }
+}
