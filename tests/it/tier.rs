@@ -397,3 +397,20 @@ fn shield_config_is_validated() {
     let vod = cfg.route_for("/vod/x.ts").unwrap();
     assert!(!shield.covers(live) && shield.covers(vod));
 }
+
+#[test]
+fn the_documented_docker_tier_configs_are_valid() {
+    // The compose file gives every node this variable; `token_env` reads it at validation.
+    std::env::set_var("VEDGE_ADMIN_TOKEN", "change-me-please");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docker/tier");
+    for name in ["shield-a.toml", "edge-a.toml", "edge-b.toml"] {
+        let mut raw = RawConfig::from_file(&dir.join(name)).expect(name);
+        raw.admin_token = Some("change-me-please".into());
+        let cfg = vedge::Config::try_from(raw).expect(name);
+        let is_edge = name.starts_with("edge");
+        assert_eq!(cfg.tier.shield.is_some(), is_edge, "{name}");
+        if is_edge {
+            assert_eq!(cfg.tier.cluster.nodes.len(), 3, "{name}");
+        }
+    }
+}
