@@ -130,6 +130,14 @@ pub struct RawConfig {
     pub admin: RawAdmin,
     #[serde(default)]
     pub cmcd: RawCmcd,
+    // The tier (`TierConfig::resolve`, the block further down): this node's name, its shields
+    // and the peers a fan-out purge reaches.
+    /// This node's name in `CDN-Loop` (`node=`) and logs; default: random per start.
+    pub node_id: Option<String>,
+    /// The `[shield]` table: the parent tier every cache key is assigned to.
+    pub shield: Option<RawShield>,
+    /// The `[cluster]` table: every node's admin API, for `"fanout": true` purges.
+    pub cluster: Option<RawCluster>,
 }
 
 /// The `[store]` table. Without a `path` there is no store (RAM tier only).
@@ -229,6 +237,8 @@ pub struct RawRoute {
     pub live_dvr: Option<String>,
     /// How long a segment stays after leaving every live window seen (default 10s).
     pub live_retention_margin: Option<String>,
+    /// Fill through the `[shield]` tier (default: true when `[shield]` exists).
+    pub shield: Option<bool>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -326,6 +336,8 @@ pub struct Config {
     /// Viewer TLS; `None` serves plain HTTP (and h2c).
     pub tls: Option<TlsConfig>,
     pub cmcd: CmcdConfig,
+    /// This node's place in a tier: its name, its shields, its peers.
+    pub tier: TierConfig,
 }
 
 /// The admin listener (metrics, health, purge, ingest).
@@ -756,6 +768,7 @@ impl Config {
         if ram_size < MIN_RAM_SIZE {
             c.error("ram_size: must be at least 1MiB");
         }
+        let tier = TierConfig::resolve(&raw, &mut c);
         let admin = AdminConfig::resolve(raw.admin_listen, raw.admin_token, &mut c);
         let store = StoreSettings::resolve(&raw.store, &mut c);
         let cache = CacheConfig::resolve(&raw.cache, &mut c);
@@ -795,6 +808,7 @@ impl Config {
             limits,
             tls,
             cmcd,
+            tier,
         };
         Ok((config, warnings))
     }
@@ -2312,6 +2326,300 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 /// share (`vedge_manifest::duration`: `500ms`, `2s`, `5m`, `1h`, `1d`, bare seconds).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     vedge_manifest::duration::parse(s)
+}
+
+// ---- The tier: node identity, `[shield]`, `[cluster]` ----
+
+/// `[shield]`: the parent tier. Keys are spread over `nodes` by rendezvous hashing.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawShield {
+    pub nodes: Vec<String>,
+    /// "origin" (default) | "error": what a fill does when no shield is healthy.
+    pub on_all_down: Option<String>,
+    pub health: Option<RawHealth>,
+    pub eject: Option<RawEject>,
+    /// Shield statuses retried once on the key's next node (default: none).
+    pub retry_on: Option<Vec<u16>>,
+}
+
+/// `[cluster]`: the admin API of every node, for fan-out purges.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    #[serde(default)]
+    pub nodes: Vec<RawClusterNode>,
+    /// How long one node's purge may take before it is reported as failed (default 10s).
+    pub timeout: Option<String>,
+}
+
+/// `{ admin = "http://shield-a:9090", token = "...", role = "shield" }` (or `token_env`).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClusterNode {
+    pub admin: String,
+    pub token: Option<String>,
+    pub token_env: Option<String>,
+    pub role: Option<String>,
+}
+
+/// This node's place in a tier.
+#[derive(Debug, Clone, Default)]
+pub struct TierConfig {
+    /// `node_id`; `None`: a random name per start.
+    pub node_id: Option<String>,
+    pub shield: Option<ShieldConfig>,
+    pub cluster: ClusterConfig,
+}
+
+/// The shield tier as this edge sees it.
+#[derive(Debug, Clone)]
+pub struct ShieldConfig {
+    pub nodes: Vec<url::Url>,
+    pub on_all_down: AllDown,
+    pub health: Option<HealthCheck>,
+    pub eject: Eject,
+    pub retry_on: Vec<u16>,
+    /// Prefixes of the routes that said `shield = false`: they fill from their origins.
+    pub bypass: Vec<String>,
+}
+
+impl ShieldConfig {
+    /// Whether `route`'s fills go through the shields.
+    pub fn covers(&self, route: &Route) -> bool {
+        !self.bypass.contains(&route.prefix)
+    }
+}
+
+/// What a fill does when every shield is down or ejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AllDown {
+    /// Straight to the route's origin group.
+    Origin,
+    /// Fail (502): protects an origin that cannot take the edges' load.
+    Error,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterRole {
+    Shield,
+    Edge,
+}
+
+impl ClusterRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClusterRole::Shield => "shield",
+            ClusterRole::Edge => "edge",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ClusterNode {
+    /// The node's admin listener base URL.
+    pub admin: url::Url,
+    pub token: String,
+    pub role: ClusterRole,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub nodes: Vec<ClusterNode>,
+    pub timeout: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> ClusterConfig {
+        ClusterConfig {
+            nodes: Vec::new(),
+            timeout: DEFAULT_CLUSTER_TIMEOUT,
+        }
+    }
+}
+
+pub const DEFAULT_CLUSTER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bounds the per-key plan and the fan-out.
+pub const MAX_TIER_NODES: usize = 256;
+
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+}
+
+impl TierConfig {
+    fn resolve(raw: &RawConfig, c: &mut Check) -> TierConfig {
+        if let Some(id) = &raw.node_id {
+            if !is_token(id) {
+                c.error(format!(
+                    "node_id: `{id}` must be a token of at most 64 letters, digits, '-', '.', '_'"
+                ));
+            }
+        }
+        let shield = raw
+            .shield
+            .as_ref()
+            .map(|s| ShieldConfig::resolve(s, raw, c));
+        if shield.is_none() && raw.routes.iter().any(|r| r.shield == Some(true)) {
+            c.error("route.shield: `shield = true` needs a [shield] table with nodes");
+        }
+        let cluster = raw
+            .cluster
+            .as_ref()
+            .map(|cl| ClusterConfig::resolve(cl, c))
+            .unwrap_or_default();
+        TierConfig {
+            node_id: raw.node_id.clone(),
+            shield,
+            cluster,
+        }
+    }
+}
+
+impl ShieldConfig {
+    fn resolve(s: &RawShield, raw: &RawConfig, c: &mut Check) -> ShieldConfig {
+        if s.nodes.is_empty() {
+            c.error("shield.nodes: lists no node (e.g. [\"http://shield-a:8080\"])");
+        }
+        if s.nodes.len() > MAX_TIER_NODES {
+            c.error(format!("shield.nodes: at most {MAX_TIER_NODES} nodes"));
+        }
+        let mut nodes: Vec<url::Url> = Vec::new();
+        for (i, n) in s.nodes.iter().enumerate() {
+            if let Some(u) = c.origin_url(&format!("shield.nodes[{i}]"), n) {
+                if u.path() != "/" || u.query().is_some() {
+                    c.error(format!(
+                        "shield.nodes[{i}]: `{n}` must have no path: the shield gets the viewer's path"
+                    ));
+                }
+                if nodes.contains(&u) {
+                    c.error(format!("shield.nodes[{i}]: `{n}` is listed twice"));
+                }
+                nodes.push(u);
+            }
+        }
+        let on_all_down = match s.on_all_down.as_deref() {
+            None | Some("origin") => AllDown::Origin,
+            Some("error") => AllDown::Error,
+            Some(o) => {
+                c.error(format!(
+                    "shield.on_all_down: `{o}` is not one of origin, error"
+                ));
+                AllDown::Origin
+            }
+        };
+        let health = s.health.as_ref().map(|h| {
+            let path = h.path.clone().unwrap_or_else(|| DEFAULT_HEALTH_PATH.into());
+            if !path.starts_with('/') || path.parse::<http::uri::PathAndQuery>().is_err() {
+                c.error(format!(
+                    "shield.health.path: `{path}` must be a path starting with '/'"
+                ));
+            }
+            let check = HealthCheck {
+                path,
+                interval: c.duration(
+                    "shield.health.interval",
+                    &h.interval,
+                    DEFAULT_HEALTH_INTERVAL,
+                ),
+                timeout: c.duration("shield.health.timeout", &h.timeout, DEFAULT_HEALTH_TIMEOUT),
+                fall: h.fall.unwrap_or(DEFAULT_HEALTH_FALL),
+                rise: h.rise.unwrap_or(DEFAULT_HEALTH_RISE),
+            };
+            if check.interval.is_zero()
+                || check.timeout.is_zero()
+                || check.fall == 0
+                || check.rise == 0
+            {
+                c.error("shield.health: interval and timeout above zero, fall and rise at least 1");
+            }
+            check
+        });
+        let raw_eject = s.eject.clone().unwrap_or_default();
+        let eject = Eject {
+            failures: raw_eject.failures.unwrap_or(DEFAULT_SHIELD_EJECT_FAILURES),
+            duration: c.duration(
+                "shield.eject.duration",
+                &raw_eject.duration,
+                DEFAULT_EJECT_DURATION,
+            ),
+        };
+        let retry_on = s.retry_on.clone().unwrap_or_default();
+        if retry_on.iter().any(|s| !(500..=599).contains(s)) {
+            c.error("shield.retry_on: only 5xx statuses (e.g. [502, 503, 504])");
+        }
+        let bypass = raw
+            .routes
+            .iter()
+            .filter(|r| r.shield == Some(false))
+            .map(|r| r.prefix.clone())
+            .collect();
+        ShieldConfig {
+            nodes,
+            on_all_down,
+            health,
+            eject,
+            retry_on,
+            bypass,
+        }
+    }
+}
+
+/// A shield that fails this many requests in a row (connect, timeout, 5xx) is taken out.
+pub const DEFAULT_SHIELD_EJECT_FAILURES: u32 = 3;
+
+impl ClusterConfig {
+    fn resolve(raw: &RawCluster, c: &mut Check) -> ClusterConfig {
+        if raw.nodes.len() > MAX_TIER_NODES {
+            c.error(format!("cluster.nodes: at most {MAX_TIER_NODES} nodes"));
+        }
+        let mut nodes = Vec::new();
+        for (i, n) in raw.nodes.iter().enumerate() {
+            let field = format!("cluster.nodes[{i}]");
+            let Some(admin) = c.origin_url(&format!("{field}.admin"), &n.admin) else {
+                continue;
+            };
+            let token = match (&n.token, &n.token_env) {
+                (Some(t), None) => Some(t.clone()),
+                (None, Some(var)) => match std::env::var(var) {
+                    Ok(t) if !t.is_empty() => Some(t),
+                    _ => {
+                        c.error(format!("{field}.token_env: `{var}` is not set"));
+                        None
+                    }
+                },
+                _ => {
+                    c.error(format!(
+                        "{field}: give `token` or `token_env` (one of them)"
+                    ));
+                    None
+                }
+            };
+            if token
+                .as_deref()
+                .is_some_and(|t| http::HeaderValue::from_str(&format!("Bearer {t}")).is_err())
+            {
+                c.error(format!("{field}.token: not a valid header value"));
+            }
+            let role = match n.role.as_deref() {
+                Some("shield") => ClusterRole::Shield,
+                None | Some("edge") => ClusterRole::Edge,
+                Some(r) => {
+                    c.error(format!("{field}.role: `{r}` is not one of shield, edge"));
+                    ClusterRole::Edge
+                }
+            };
+            if let Some(token) = token {
+                nodes.push(ClusterNode { admin, token, role });
+            }
+        }
+        ClusterConfig {
+            nodes,
+            timeout: c.duration("cluster.timeout", &raw.timeout, DEFAULT_CLUSTER_TIMEOUT),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! The admin listener: `/metrics` (Prometheus text) and `/healthz` open; purge (`purge.rs`)
 //! and push (`ingest.rs`) behind a bearer token. Runs on its own listener so viewers never reach it.
 
+pub mod fanout;
 pub mod ingest;
 mod origins;
 pub mod purge;
@@ -184,6 +185,8 @@ async fn admin(edge: Arc<Edge>, req: Request<Incoming>) -> Response<Body> {
                 }
             };
             match purge::purge(&edge, &body).await {
+                // A fan-out that missed a node is not a success: 502 with the per-node report.
+                Ok(v) if v["fanout"]["ok"] == false => json(StatusCode::BAD_GATEWAY, v),
                 Ok(v) => json(StatusCode::OK, v),
                 Err((status, msg)) => text(status, format!("{msg}\n")),
             }

@@ -10,10 +10,12 @@ use std::sync::Arc;
 use http::StatusCode;
 use url::Url;
 
+use crate::admin::fanout::{local_after_shields, Fanout};
 use crate::cache::key::{
     cache_key, key_prefix, normalize_host, normalize_path, request_key, Scheme,
 };
 use crate::cache::lock::PurgeSelector;
+use crate::config::ClusterRole;
 use crate::proxy::assets::asset_url;
 use crate::proxy::{target, Edge};
 
@@ -36,9 +38,12 @@ pub struct PurgeRequest {
     /// Mark stale instead of removing.
     #[serde(default)]
     soft: bool,
+    /// Also purge every `[cluster]` node, shields first (`fanout.rs`).
+    #[serde(default)]
+    fanout: bool,
 }
 
-pub const USAGE: &str = "purge body must be JSON {\"urls\":[],\"prefixes\":[],\"tags\":[],\"assets\":[],\"host\":\"...\",\"soft\":false}";
+pub const USAGE: &str = "purge body must be JSON {\"urls\":[],\"prefixes\":[],\"tags\":[],\"assets\":[],\"host\":\"...\",\"soft\":false,\"fanout\":false}";
 
 /// A bad request, in words for the operator.
 pub struct BadPurge(pub String);
@@ -146,6 +151,11 @@ pub async fn purge(
 ) -> Result<serde_json::Value, (StatusCode, String)> {
     let bad = |m: String| (StatusCode::BAD_REQUEST, m);
     let p: PurgeRequest = serde_json::from_slice(body).map_err(|e| bad(format!("{USAGE}: {e}")))?;
+    // Shields before edges, this node in its own place (`fanout.rs`).
+    let mut fanout = p.fanout.then(|| Fanout::new(body));
+    if let Some(f) = fanout.as_mut().filter(|_| local_after_shields(edge)) {
+        f.phase(edge, ClusterRole::Shield).await;
+    }
     let host = p.host.as_deref();
     // (kind, selectors of one entry), in request order.
     let mut groups: Vec<(&'static str, Vec<PurgeSelector>)> = Vec::new();
@@ -223,11 +233,19 @@ pub async fn purge(
         *entry = (entry.as_u64().unwrap_or(0) + n as u64).into();
     }
     edge.metrics.purged.fetch_add(total, Relaxed);
-    Ok(serde_json::json!({
+    let mut answer = serde_json::json!({
         "purged": total,
         "soft": p.soft,
         "selected": per_kind,
-    }))
+    });
+    if let Some(mut f) = fanout {
+        if !local_after_shields(edge) {
+            f.phase(edge, ClusterRole::Shield).await;
+        }
+        f.phase(edge, ClusterRole::Edge).await;
+        answer["fanout"] = f.report();
+    }
+    Ok(answer)
 }
 
 /// The body of a manifest still in the tiers (for an asset the index has not learned).

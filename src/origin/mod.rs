@@ -9,6 +9,7 @@ pub mod fetch;
 pub mod group;
 pub mod health;
 pub mod preconnect;
+pub mod shield;
 pub mod target;
 pub mod tls;
 
@@ -71,6 +72,8 @@ pub struct OriginClient {
     proto: &'static str,
     /// Ends the health-check tasks (`stop_health`, on shutdown).
     stop: CancellationToken,
+    /// The `[shield]` tier fills go through first (`shield.rs`).
+    shield: Option<shield::Shield>,
 }
 
 impl OriginClient {
@@ -112,7 +115,30 @@ impl OriginClient {
                 .expect("cdn_id and node are validated tokens"),
             proto: "http",
             stop: CancellationToken::new(),
+            shield: None,
         })
+    }
+
+    /// Fills of the routes `shield` covers go to the key's shield first.
+    pub fn with_shield(
+        mut self,
+        shield: Option<&crate::config::ShieldConfig>,
+    ) -> anyhow::Result<OriginClient> {
+        self.shield = shield
+            .map(|s| shield::Shield::new(s, &self.cfg))
+            .transpose()?;
+        Ok(self)
+    }
+
+    /// The shield nodes for `key` on `route` in hash order (the first owns it); empty when the
+    /// route does not go through shields.
+    pub fn shield_order(&self, route: &Route, key: &str) -> Vec<String> {
+        match &self.shield {
+            Some(s) if s.covers(route) => {
+                s.order(key).iter().map(|t| t.name().to_string()).collect()
+            }
+            _ => Vec::new(),
+        }
     }
 
     /// Viewers reach this edge over TLS: `X-Forwarded-Proto: https`.
@@ -159,6 +185,13 @@ impl OriginClient {
             let Some(check) = &g.cfg.health else { continue };
             for t in &g.targets {
                 tasks.push(health::run(t.clone(), check.clone(), self.stop.clone()));
+            }
+        }
+        if let Some(s) = &self.shield {
+            if let Some(check) = &s.cfg.health {
+                for t in &s.nodes {
+                    tasks.push(health::run(t.clone(), check.clone(), self.stop.clone()));
+                }
             }
         }
         tasks
@@ -310,8 +343,9 @@ impl OriginClient {
         h.insert("x-forwarded-proto", HeaderValue::from_static(self.proto));
     }
 
-    /// Fetches `path_and_query` for `key` from `route`'s group: a request whose body can be
-    /// rebuilt (GET/HEAD: empty). Returns once a response head arrived. See `fetch_via`.
+    /// Fetches `path_and_query` for `key` from `route`'s group (through the key's shields first
+    /// when the route has them): a request whose body can be rebuilt (GET/HEAD: empty). Returns
+    /// once a response head arrived. See `fetch_via`.
     pub async fn fetch_for(
         &self,
         route: &Route,
@@ -322,6 +356,12 @@ impl OriginClient {
         deadline: Option<Instant>,
     ) -> Result<Response<Incoming>, OriginError> {
         let group = self.group(route)?.clone();
+        if let Some(s) = self.shield.as_ref().filter(|s| s.covers(route)) {
+            let plan = s.upstream(&group);
+            return self
+                .fetch_via(&plan, key, method, path_and_query, headers, deadline)
+                .await;
+        }
         self.fetch_via(
             group.as_ref(),
             key,
@@ -464,7 +504,12 @@ impl OriginClient {
                 })
             })
             .collect();
-        serde_json::json!({ "routes": routes })
+        let shields: Vec<serde_json::Value> = self
+            .shield
+            .iter()
+            .flat_map(|s| s.nodes.iter().map(|t| t.snapshot()))
+            .collect();
+        serde_json::json!({ "routes": routes, "shields": shields })
     }
 
     /// Per-origin metrics in Prometheus text format.
@@ -481,6 +526,10 @@ impl OriginClient {
                     );
                     t.render(family, &labels, out);
                 }
+            }
+            for t in self.shield.iter().flat_map(|s| &s.nodes) {
+                let labels = format!("route=\"shield\",origin=\"{}\"", label_value(t.name()));
+                t.render(family, &labels, out);
             }
         }
     }

@@ -27,7 +27,7 @@ use crate::zerocopy::ZeroCopy;
 
 pub struct Edge {
     pub config: Config,
-    /// This process's CDN-Loop node name: random per start.
+    /// This process's CDN-Loop node name: `node_id`, or random per start.
     pub node: String,
     pub ram: RamTier,
     /// The SSD store under the RAM tier, if configured.
@@ -61,10 +61,15 @@ impl Edge {
 
     /// An edge whose freshness decisions read `clock` (tests: `Clock::tokio()`).
     pub async fn with_clock(config: Config, clock: Clock) -> anyhow::Result<Arc<Edge>> {
-        let node = format!("{:08x}", rand::random::<u32>());
+        let node = config
+            .tier
+            .node_id
+            .clone()
+            .unwrap_or_else(|| format!("{:08x}", rand::random::<u32>()));
         let origin =
             OriginClient::new(&config.origin_client, &config.routes, &config.cdn_id, &node)?
-                .with_tls_viewers(config.tls.is_some());
+                .with_tls_viewers(config.tls.is_some())
+                .with_shield(config.tier.shield.as_ref())?;
         let store = match &config.store {
             None => None,
             Some(s) => {

@@ -128,6 +128,12 @@ async fn dispatch(
         ));
     }
     if is_loop(&parts.headers, &edge.config.cdn_id, &edge.node) {
+        // Both ids: ours, and the chain the request came through (a shield listing itself).
+        tracing::warn!(
+            node = %edge.node,
+            cdn_loop = ?parts.headers.get_all("cdn-loop").iter().collect::<Vec<_>>(),
+            "request looped back to this node: 508"
+        );
         return Err(EdgeError::Loop);
     }
     let target = target::resolve(

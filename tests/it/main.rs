@@ -24,5 +24,6 @@ mod prefetch;
 mod purge;
 mod security;
 mod semantics;
+mod tier;
 mod tls;
 mod tokens;

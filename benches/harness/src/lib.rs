@@ -60,9 +60,11 @@ pub enum BenchCommand {
 #[derive(Debug, clap::Args)]
 pub struct LiveBurstArgs {
     /// Edge URL of the stream's master playlist or MPD. `{run}` is replaced by a fresh id, so
-    /// that each run starts a new (cold) stream on `vedge origin`.
-    #[arg(long)]
-    pub target: String,
+    /// that each run starts a new (cold) stream on `vedge origin`. Several edges of one tier
+    /// (comma-separated or the flag repeated): viewers are spread over them in turn, and the
+    /// origin amplification is the whole tier's.
+    #[arg(long, required = true, value_delimiter = ',')]
+    pub target: Vec<String>,
     /// The origin simulator's `/__stats` URL (for origin amplification). [default: none]
     #[arg(long)]
     pub origin_stats: Option<String>,
@@ -137,12 +139,22 @@ fn run_id() -> String {
 impl LiveBurstArgs {
     /// Validates the flags into a run configuration.
     pub fn config(&self) -> anyhow::Result<RunConfig> {
-        let target = Url::parse(&self.target.replace("{run}", &run_id()))
-            .with_context(|| format!("--target {:?} is not a URL", self.target))?;
-        anyhow::ensure!(
-            target.scheme() == "http",
-            "--target must be an http:// URL (the harness speaks HTTP/1.1 without TLS)"
-        );
+        // One run id for every edge: they serve the same (cold) stream.
+        let run = run_id();
+        let mut targets = Vec::new();
+        for t in &self.target {
+            let url = Url::parse(&t.replace("{run}", &run))
+                .with_context(|| format!("--target {t:?} is not a URL"))?;
+            anyhow::ensure!(
+                url.scheme() == "http",
+                "--target must be an http:// URL (the harness speaks HTTP/1.1 without TLS)"
+            );
+            targets.push(url);
+        }
+        let target = targets
+            .first()
+            .cloned()
+            .context("--target needs at least one URL")?;
         let origin_stats = self
             .origin_stats
             .as_deref()
@@ -165,6 +177,7 @@ impl LiveBurstArgs {
         );
         Ok(RunConfig {
             target,
+            targets,
             origin_stats,
             viewers: self.viewers,
             duration: self.duration,
@@ -201,9 +214,11 @@ pub async fn live_burst_report(
     cfg: &RunConfig,
     mut progress: impl FnMut(&Recorder),
 ) -> anyhow::Result<report::Report> {
-    load::reachable(&cfg.target, Duration::from_secs(5))
-        .await
-        .context("target unreachable; nothing was measured")?;
+    for t in &cfg.targets {
+        load::reachable(t, Duration::from_secs(5))
+            .await
+            .with_context(|| format!("target {t} unreachable; nothing was measured"))?;
+    }
     if let Some(stats) = &cfg.origin_stats {
         load::origin_counts(stats, "/", Duration::from_secs(5))
             .await
@@ -255,7 +270,7 @@ pub async fn live_burst_report(
     let mut r = report::build(
         &rec,
         cfg.scenario.as_str(),
-        cfg.target.as_str(),
+        &cfg.targets_label(),
         cfg.viewers,
         cfg.duration,
         elapsed,
@@ -296,7 +311,7 @@ async fn live_burst(args: LiveBurstArgs) -> anyhow::Result<()> {
         cfg.mode.as_str(),
         cfg.scenario.as_str(),
         cfg.duration,
-        cfg.target
+        cfg.targets_label()
     );
     let bar = if std::io::stderr().is_terminal() {
         indicatif::ProgressBar::new_spinner()

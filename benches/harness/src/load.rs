@@ -437,7 +437,10 @@ impl Scenario {
 /// A run's parameters (already validated).
 #[derive(Debug, Clone)]
 pub struct RunConfig {
+    /// The first of `targets` (the stream's path, for `/__stats`).
     pub target: Url,
+    /// Every edge of the tier under test; viewer `i` plays from `targets[i % len]`.
+    pub targets: Vec<Url>,
     pub origin_stats: Option<Url>,
     pub viewers: u64,
     pub duration: Duration,
@@ -604,6 +607,18 @@ pub async fn reachable(url: &Url, timeout: Duration) -> anyhow::Result<()> {
     Ok(())
 }
 
+impl RunConfig {
+    /// The targets as one report field (`a, b, c`).
+    pub fn targets_label(&self) -> String {
+        let all: Vec<&str> = self.targets.iter().map(Url::as_str).collect();
+        if all.is_empty() {
+            self.target.to_string()
+        } else {
+            all.join(", ")
+        }
+    }
+}
+
 /// Runs every viewer to completion. `tick` is called about once a second with the recorder.
 pub async fn run(
     cfg: &RunConfig,
@@ -623,7 +638,11 @@ pub async fn run(
     let mut set = tokio::task::JoinSet::new();
     for (i, (at, pick)) in schedule(cfg).into_iter().enumerate() {
         let plan = Plan {
-            target: cfg.target.clone(),
+            target: cfg
+                .targets
+                .get(i % cfg.targets.len().max(1))
+                .unwrap_or(&cfg.target)
+                .clone(),
             join_at: start + at,
             leave_at,
             pick,
@@ -686,6 +705,7 @@ mod tests {
     fn cfg(scenario: Scenario, viewers: u64) -> RunConfig {
         RunConfig {
             target: Url::parse("http://127.0.0.1:1/live/x/master.m3u8").expect("url"),
+            targets: Vec::new(),
             origin_stats: None,
             viewers,
             duration: Duration::from_secs(10),

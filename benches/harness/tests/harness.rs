@@ -31,6 +31,7 @@ async fn start_origin(opts: OriginOptions) -> (String, oneshot::Sender<()>) {
 fn config(base: &str, path: &str, scenario: Scenario, viewers: u64, secs: u64) -> RunConfig {
     RunConfig {
         target: Url::parse(&format!("{base}{path}")).expect("url"),
+        targets: vec![Url::parse(&format!("{base}{path}")).expect("url")],
         origin_stats: Some(Url::parse(&format!("{base}/__stats")).expect("url")),
         viewers,
         duration: Duration::from_secs(secs),

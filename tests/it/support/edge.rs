@@ -60,6 +60,8 @@ pub fn ttl(default: &str) -> Option<RawTtl> {
 pub struct TestEdge {
     pub edge: Arc<vedge::Edge>,
     pub addr: SocketAddr,
+    /// The admin listener, for edges started with `start_with_admin`.
+    pub admin: Option<SocketAddr>,
     client: Client<HttpConnector, Full<Bytes>>,
     shutdown: Option<oneshot::Sender<()>>,
 }
@@ -85,6 +87,53 @@ impl TestEdge {
     pub async fn start_config(cfg: vedge::Config) -> TestEdge {
         let edge = vedge::Edge::new(cfg).await.expect("edge starts");
         TestEdge::serve(edge).await
+    }
+
+    /// Like `start`, with the admin API on another `127.0.0.1:0` (`raw` needs an admin token),
+    /// and the node on its own runtime and threads, like a process of its own: dropping it
+    /// kills every task the node runs (connections, fills) at once, as a crash would, where
+    /// the shared runtime would keep its connection tasks running past shutdown.
+    pub async fn start_with_admin(raw: RawConfig) -> TestEdge {
+        let cfg = vedge::Config::try_from(raw).expect("test config is valid");
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let (tx, rx) = oneshot::channel::<()>();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("node runtime");
+            rt.block_on(async move {
+                let edge = vedge::Edge::new(cfg).await.expect("edge starts");
+                let viewer = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+                let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
+                let addrs = (
+                    viewer.local_addr().expect("addr"),
+                    admin.local_addr().expect("admin addr"),
+                );
+                tokio::spawn(vedge::serve(
+                    edge.clone(),
+                    vedge::Listeners {
+                        viewer,
+                        admin: Some(admin),
+                    },
+                    std::future::pending::<()>(),
+                ));
+                let _ = ready_tx.send((edge, addrs));
+                let _ = rx.await;
+            });
+            rt.shutdown_timeout(Duration::ZERO);
+        });
+        let (edge, (addr, admin)) = ready_rx.await.expect("node thread started");
+        TestEdge {
+            edge,
+            addr,
+            admin: Some(admin),
+            client: Client::builder(TokioExecutor::new())
+                .pool_max_idle_per_host(64)
+                .build_http(),
+            shutdown: Some(tx),
+        }
     }
 
     /// Moves the edge's clock (one made by `start_with_tokio_clock`) forward by `by`. On a
@@ -125,6 +174,7 @@ impl TestEdge {
         TestEdge {
             edge,
             addr,
+            admin: None,
             client,
             shutdown: Some(tx),
         }

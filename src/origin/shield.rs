@@ -1,0 +1,173 @@
+//! The shield tier: every cache key is owned by one shield node (rendezvous hashing over
+//! `[shield] nodes`, the same order function as origin groups' `hash` policy, so adding or
+//! removing a node moves only ~1/N of the keys); a fill asks the key's healthy shields in hash
+//! order, then (unless `on_all_down = "error"`) the route's own origin group.
+//!
+//! A shield is an ordinary vedge with the same routes: it gets the viewer's path and the `Host`
+//! the edge's route sends its origin, so it builds the same key and collapses the edges' fills
+//! into one origin fill. Each shield is a `Target` with its own pool, passive ejection and
+//! optional health checks; its `Host` is never rewritten to the shield's own address.
+
+use std::sync::Arc;
+
+use crate::config::{AllDown, Eject, OriginClientConfig, OriginTls, Route, ShieldConfig};
+use crate::origin::group::{rendezvous_order, Group, Upstream};
+use crate::origin::target::Target;
+
+/// The shield nodes of this edge and how they are used.
+pub struct Shield {
+    pub cfg: ShieldConfig,
+    pub nodes: Vec<Arc<Target>>,
+}
+
+impl Shield {
+    pub fn new(cfg: &ShieldConfig, client: &OriginClientConfig) -> anyhow::Result<Shield> {
+        let nodes = cfg
+            .nodes
+            .iter()
+            .map(|u| {
+                let mut t = Target::new(u, client, &OriginTls::default())?;
+                // The fill's own `Host` (the route's) goes through: it is what the shield's
+                // route keys on.
+                t.host = None;
+                Ok(Arc::new(t))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Shield {
+            cfg: cfg.clone(),
+            nodes,
+        })
+    }
+
+    /// Whether `route`'s fills go through the shields (`shield = false` opts a route out).
+    pub fn covers(&self, route: &Route) -> bool {
+        self.cfg.covers(route)
+    }
+
+    /// Every node in `key`'s hash order (the first owns it), healthy or not.
+    pub fn order(&self, key: &str) -> Vec<Arc<Target>> {
+        let names: Vec<&str> = self.nodes.iter().map(|t| t.name()).collect();
+        rendezvous_order(key, &names)
+            .into_iter()
+            .map(|i| self.nodes[i].clone())
+            .collect()
+    }
+
+    /// The upstream for one fill of `route`: the shields, then the route's group.
+    pub fn upstream<'a>(&'a self, group: &'a Group) -> ShieldPlan<'a> {
+        ShieldPlan {
+            shield: self,
+            group,
+        }
+    }
+}
+
+/// A key's healthy shields in hash order, then (with `on_all_down = "origin"`) the origin
+/// group's own plan: a shield that fails before its head is retried on the key's next shield,
+/// or on the origin when it was the last one standing. A down node is skipped rather than
+/// tried: its keys move to their second choice, which every edge agrees on.
+pub struct ShieldPlan<'a> {
+    shield: &'a Shield,
+    group: &'a Group,
+}
+
+impl Upstream for ShieldPlan<'_> {
+    fn plan(&self, key: &str) -> Vec<Arc<Target>> {
+        let mut plan: Vec<Arc<Target>> = self
+            .shield
+            .order(key)
+            .into_iter()
+            .filter(|t| t.is_healthy())
+            .collect();
+        if plan.is_empty() {
+            tracing::debug!(key, "no healthy shield for the key");
+        }
+        if self.shield.cfg.on_all_down == AllDown::Origin {
+            plan.extend(self.group.plan(key));
+        }
+        plan
+    }
+
+    fn retries_status(&self, status: u16) -> bool {
+        self.shield.cfg.retry_on.contains(&status)
+    }
+
+    fn eject(&self) -> &Eject {
+        &self.shield.cfg.eject
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shield(nodes: &[&str], on_all_down: AllDown) -> Shield {
+        let cfg = ShieldConfig {
+            nodes: nodes.iter().map(|n| url::Url::parse(n).unwrap()).collect(),
+            on_all_down,
+            health: None,
+            eject: Eject {
+                failures: 1,
+                duration: std::time::Duration::from_secs(60),
+            },
+            retry_on: Vec::new(),
+            bypass: Vec::new(),
+        };
+        let client = crate::Config::for_origin("http://o:1")
+            .unwrap()
+            .origin_client;
+        Shield::new(&cfg, &client).unwrap()
+    }
+
+    fn group() -> Group {
+        let c = crate::Config::for_origin("http://origin:1").unwrap();
+        let client = c.origin_client.clone();
+        let t = Target::new(&c.routes[0].origin, &client, &OriginTls::default()).unwrap();
+        Group::new("/", vec![Arc::new(t)], c.routes[0].group.clone())
+    }
+
+    #[test]
+    fn a_key_goes_to_its_shield_then_the_next_then_the_origin() {
+        let s = shield(&["http://a:1", "http://b:1", "http://c:1"], AllDown::Origin);
+        let g = group();
+        let plan: Vec<String> = s
+            .upstream(&g)
+            .plan("k1")
+            .iter()
+            .map(|t| t.name().to_string())
+            .collect();
+        assert_eq!(plan.len(), 4);
+        assert_eq!(plan[3], "http://origin:1");
+        let owner = s.order("k1")[0].clone();
+        assert_eq!(plan[0], owner.name());
+        assert!(
+            s.nodes.iter().all(|t| t.host.is_none()),
+            "Host passes through"
+        );
+    }
+
+    #[test]
+    fn an_ejected_shield_hands_its_keys_to_the_next_in_hash_order() {
+        let s = shield(&["http://a:1", "http://b:1", "http://c:1"], AllDown::Error);
+        let g = group();
+        let order = s.order("seg-7.ts");
+        let eject = s.cfg.eject;
+        order[0].record(
+            crate::origin::target::Outcome::Failed(crate::origin::OriginError::Connect),
+            std::time::Duration::ZERO,
+            &eject,
+        );
+        let plan = s.upstream(&g).plan("seg-7.ts");
+        assert_eq!(plan.len(), 2, "no origin with on_all_down = error");
+        assert_eq!(plan[0].name(), order[1].name());
+        assert_eq!(plan[1].name(), order[2].name());
+        for t in &order[1..] {
+            t.record(
+                crate::origin::target::Outcome::Failed(crate::origin::OriginError::Connect),
+                std::time::Duration::ZERO,
+                &eject,
+            );
+        }
+        assert!(s.upstream(&g).plan("seg-7.ts").is_empty());
+    }
+}

@@ -1,0 +1,416 @@
+//! A CDN tier on loopback: 3 edges in front of 2 shields in front of 1 origin. Cold bursts
+//! collapse to one origin request for the whole tier, a shield killed mid-burst costs at most
+//! one more, a fan-out purge reaches every node (shields first), and a node naming itself as
+//! its shield gets 508.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use vedge::config::{RawCluster, RawClusterNode, RawConfig, RawShield};
+
+use crate::support::edge::{edge_config, until, TestEdge};
+use crate::support::origin::{Gate, Origin, Script};
+
+const TOKEN: &str = "tier-admin-token";
+const VIEWERS: usize = 300;
+
+fn segment(seed: u8) -> Bytes {
+    (0..200_000u32)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+fn node_config(origin: &Origin, id: &str) -> RawConfig {
+    let mut raw = edge_config(origin);
+    raw.node_id = Some(id.into());
+    raw.admin_token = Some(TOKEN.into());
+    raw.server.shutdown_grace = Some("100ms".into());
+    raw
+}
+
+struct Tier {
+    origin: Origin,
+    shields: Vec<Option<TestEdge>>,
+    edges: Vec<TestEdge>,
+}
+
+/// 2 shields, then 3 edges using them; the first edge also knows every node's admin API.
+async fn tier() -> Tier {
+    let origin = Origin::start().await;
+    let mut shields = Vec::new();
+    for i in 0..2 {
+        shields.push(Some(
+            TestEdge::start_with_admin(node_config(&origin, &format!("shield-{i}"))).await,
+        ));
+    }
+    let shield_urls: Vec<String> = shields
+        .iter()
+        .flatten()
+        .map(|s| format!("http://{}", s.addr))
+        .collect();
+    let with_shields = |id: &str| {
+        let mut raw = node_config(&origin, id);
+        raw.shield = Some(RawShield {
+            nodes: shield_urls.clone(),
+            ..RawShield::default()
+        });
+        raw
+    };
+    let mut others = Vec::new();
+    for i in 1..3 {
+        others.push(TestEdge::start_with_admin(with_shields(&format!("edge-{i}"))).await);
+    }
+    let admin = |t: &TestEdge, role: &str| RawClusterNode {
+        admin: format!("http://{}", t.admin.expect("admin listener")),
+        token: Some(TOKEN.into()),
+        role: Some(role.into()),
+        ..RawClusterNode::default()
+    };
+    let mut first = with_shields("edge-0");
+    let mut nodes: Vec<RawClusterNode> = shields
+        .iter()
+        .flatten()
+        .map(|s| admin(s, "shield"))
+        .collect();
+    nodes.extend(others.iter().map(|e| admin(e, "edge")));
+    first.cluster = Some(RawCluster {
+        nodes,
+        timeout: Some("3s".into()),
+    });
+    let mut edges = vec![TestEdge::start_with_admin(first).await];
+    edges.extend(others);
+    Tier {
+        origin,
+        shields,
+        edges,
+    }
+}
+
+impl Tier {
+    /// The index of the shield that owns `path`'s key (as every edge computes it).
+    fn owner(&self, path: &str) -> usize {
+        let edge = &self.edges[0].edge;
+        let target = vedge::proxy::target::resolve(&edge.config, None, path).expect("routed");
+        let order = edge.origin.shield_order(target.route, &target.key);
+        let owner = order.first().expect("the route goes through shields");
+        self.shields
+            .iter()
+            .position(|s| {
+                s.as_ref()
+                    .is_some_and(|s| owner == &format!("http://{}", s.addr))
+            })
+            .expect("the owner is one of the shields")
+    }
+
+    /// `VIEWERS` viewers spread over the edges ask for `path` at once.
+    fn burst(&self, path: &str) -> Vec<tokio::task::JoinHandle<(StatusCode, Bytes)>> {
+        (0..VIEWERS)
+            .map(|i| {
+                let url = self.edges[i % self.edges.len()].url(path);
+                tokio::spawn(async move { get(&url).await })
+            })
+            .collect()
+    }
+
+    fn collapsed_at_edges(&self) -> u64 {
+        self.edges.iter().map(|e| e.collapsed()).sum()
+    }
+}
+
+/// One viewer on its own connection, bounded.
+async fn get(url: &str) -> (StatusCode, Bytes) {
+    let client = reqwest_free::client();
+    let req = http::Request::get(url)
+        .body(http_body_util::Full::new(Bytes::new()))
+        .expect("request");
+    let fut = async {
+        let resp = client.request(req).await.expect("edge answers");
+        let status = resp.status();
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .expect("whole body")
+            .to_bytes();
+        (status, body)
+    };
+    tokio::time::timeout(Duration::from_secs(20), fut)
+        .await
+        .expect("viewer done in time")
+}
+
+/// A plain hyper client (no pooling across viewers: each viewer is its own client).
+mod reqwest_free {
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use hyper_util::client::legacy::connect::HttpConnector;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+
+    pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+        Client::builder(TokioExecutor::new()).build_http()
+    }
+}
+
+async fn results(
+    handles: Vec<tokio::task::JoinHandle<(StatusCode, Bytes)>>,
+) -> Vec<(StatusCode, Bytes)> {
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.expect("viewer task"));
+    }
+    out
+}
+
+async fn admin_purge(edge: &TestEdge, body: &str) -> (StatusCode, serde_json::Value) {
+    let url = format!("http://{}/admin/purge", edge.admin.expect("admin listener"));
+    let req = http::Request::builder()
+        .method(Method::POST)
+        .uri(url)
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(Bytes::from(body.to_string())))
+        .expect("request");
+    let resp = tokio::time::timeout(Duration::from_secs(20), reqwest_free::client().request(req))
+        .await
+        .expect("purge answered in time")
+        .expect("admin answers");
+    let status = resp.status();
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .expect("body")
+        .to_bytes();
+    (
+        status,
+        serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tier_fills_each_object_once_survives_a_shield_loss_and_purges_shields_first() {
+    let mut t = tier().await;
+
+    // 1. A cold segment, 300 viewers over 3 edges: one origin request for the whole tier.
+    let body1 = segment(1);
+    let gate = Gate::new();
+    t.origin.script(
+        "/one.ts",
+        Script::ok(body1.clone())
+            .header("cache-control", "max-age=600")
+            .gate(&gate),
+    );
+    let owner1 = t.owner("/one.ts");
+    let handles = t.burst("/one.ts");
+    // Every viewer joined its edge's fill, and every edge's fill joined the owner's.
+    until("every viewer waits on its edge's fill", || {
+        t.collapsed_at_edges() >= (VIEWERS - t.edges.len()) as u64
+    })
+    .await;
+    let owner = t.shields[owner1].as_ref().expect("owner alive");
+    until("the edges' fills joined at the owning shield", || {
+        owner.collapsed() >= (t.edges.len() - 1) as u64
+    })
+    .await;
+    gate.open();
+    let got = results(handles).await;
+    assert!(got.iter().all(|(s, b)| *s == StatusCode::OK && *b == body1));
+    assert_eq!(
+        t.origin.count("/one.ts"),
+        1,
+        "one origin request for the tier"
+    );
+    for (i, s) in t.shields.iter().flatten().enumerate() {
+        if i != owner1 {
+            assert_eq!(s.collapsed(), 0, "only the owner saw the key");
+        }
+    }
+
+    // Both tiers in Cache-Status: the shield's entry first, this edge's last (RFC 9211).
+    for e in &t.edges {
+        e.settle().await;
+    }
+    let r = t.edges[1].get("/one.ts").await;
+    assert_eq!(r.status, StatusCode::OK);
+    let cs = r.h("cache-status").to_string();
+    let entries: Vec<&str> = cs.split(',').map(str::trim).collect();
+    assert!(entries.len() >= 2, "both tiers listed: {cs}");
+    assert!(
+        entries[entries.len() - 1].contains("hit"),
+        "edge hit last: {cs}"
+    );
+    assert!(
+        entries[0].contains("fwd="),
+        "the shield's own fill first: {cs}"
+    );
+
+    // 2. A new key owned by the shield that is killed while the burst runs.
+    let body2 = segment(2);
+    let path2 = (0..64)
+        .map(|i| format!("/two-{i}.ts"))
+        .find(|p| t.owner(p) == owner1)
+        .expect("some key is owned by the same shield");
+    let gate2 = Gate::new();
+    t.origin.script(
+        &path2,
+        Script::ok(body2.clone())
+            .header("cache-control", "max-age=600")
+            .gate(&gate2),
+    );
+    let before = t.collapsed_at_edges();
+    let handles = t.burst(&path2);
+    until("the owning shield asked the origin", || {
+        t.origin.count(&path2) == 1
+    })
+    .await;
+    until("every viewer waits on its edge's fill", || {
+        t.collapsed_at_edges() - before >= (VIEWERS - t.edges.len()) as u64
+    })
+    .await;
+    drop(t.shields[owner1].take());
+    until("the next shield asked the origin", || {
+        t.origin.count(&path2) >= 2
+    })
+    .await;
+    gate2.open();
+    let got = results(handles).await;
+    let bad = got
+        .iter()
+        .filter(|(s, b)| *s != StatusCode::OK || *b != body2)
+        .count();
+    let mut seen: Vec<(u16, usize)> = got
+        .iter()
+        .filter(|(s, b)| *s != StatusCode::OK || *b != body2)
+        .map(|(s, b)| (s.as_u16(), b.len()))
+        .collect();
+    seen.dedup();
+    assert_eq!(bad, 0, "every viewer got 200 and the right bytes: {seen:?}");
+    assert!(
+        t.origin.count(&path2) <= 2,
+        "at most one extra origin request"
+    );
+
+    // 3. Fan-out purge from one edge: shields first, then edges; the dead shield is reported.
+    for e in &t.edges {
+        e.settle().await;
+    }
+    let (status, report) = admin_purge(
+        &t.edges[0],
+        &format!(r#"{{"urls":["{path2}"],"fanout":true}}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "a node was down: {report}");
+    let nodes = report["fanout"]["nodes"]
+        .as_array()
+        .expect("per-node report");
+    assert_eq!(nodes.len(), 4, "{report}");
+    let roles: Vec<&str> = nodes.iter().filter_map(|n| n["role"].as_str()).collect();
+    assert_eq!(roles, ["shield", "shield", "edge", "edge"], "shields first");
+    let failed: Vec<&serde_json::Value> = nodes.iter().filter(|n| n["ok"] != true).collect();
+    assert_eq!(failed.len(), 1, "only the killed shield failed: {report}");
+    assert_eq!(failed[0]["role"], "shield");
+    assert!(failed[0]["error"].is_string() && failed[0]["ms"].is_u64());
+
+    let asked = t.origin.count(&path2);
+    t.origin.script(
+        &path2,
+        Script::ok(body2.clone()).header("cache-control", "max-age=600"),
+    );
+    for e in &t.edges {
+        let r = e.get(&path2).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.body, body2);
+        assert_eq!(r.x_cache(), "MISS", "purged at every edge");
+    }
+    assert_eq!(
+        t.origin.count(&path2),
+        asked + 1,
+        "the edges' refills meet at the surviving shield: one origin request"
+    );
+}
+
+#[tokio::test]
+async fn a_node_that_is_its_own_shield_answers_508() {
+    let origin = Origin::start().await;
+    origin.script("/a.ts", Script::ok("x"));
+    // Bind first to learn the port, then name that address as the node's own shield.
+    let probe = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = probe.local_addr().unwrap();
+    drop(probe);
+    let mut raw = node_config(&origin, "lonely-node");
+    raw.listen = Some(addr.to_string());
+    raw.shield = Some(RawShield {
+        nodes: vec![format!("http://{addr}")],
+        on_all_down: Some("error".into()),
+        ..RawShield::default()
+    });
+    let cfg = vedge::Config::try_from(raw).expect("valid");
+    let edge = vedge::Edge::new(cfg).await.expect("edge");
+    assert_eq!(edge.node, "lonely-node");
+    let viewer = tokio::net::TcpListener::bind(addr).await.expect("rebind");
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(vedge::serve(
+        edge.clone(),
+        vedge::Listeners {
+            viewer,
+            admin: None,
+        },
+        async move {
+            let _ = rx.await;
+        },
+    ));
+    let (status, _) = get(&format!("http://{addr}/a.ts")).await;
+    // The node asks itself; the inner request carries `CDN-Loop: vedge; node=lonely-node` and
+    // is refused with 508, which the outer request relays (never an endless chain).
+    assert_eq!(status, StatusCode::LOOP_DETECTED);
+    assert_eq!(origin.count("/a.ts"), 0);
+    let _ = tx.send(());
+}
+
+#[test]
+fn shield_config_is_validated() {
+    let bad = |toml: &str| {
+        let raw: RawConfig = toml::from_str(toml).expect("toml");
+        vedge::Config::try_from(raw).expect_err(toml).to_string()
+    };
+    let base = "origin = \"http://o:80\"\n";
+    assert!(bad(&format!("{base}[shield]\nnodes = []\n")).contains("shield.nodes"));
+    assert!(bad(&format!(
+        "{base}[shield]\nnodes = [\"http://s:1\"]\non_all_down = \"x\"\n"
+    ))
+    .contains("on_all_down"));
+    assert!(bad(&format!("{base}node_id = \"a b\"\n")).contains("node_id"));
+    assert!(bad(&format!(
+        "{base}[cluster]\nnodes = [{{ admin = \"http://a:1\" }}]\n"
+    ))
+    .contains("token"));
+    assert!(
+        bad("[[route]]\nprefix = \"/\"\norigin = \"http://o:1\"\nshield = true\n")
+            .contains("[shield]")
+    );
+    let ok: RawConfig = toml::from_str(
+        "node_id = \"edge-1\"\n[[route]]\nprefix = \"/\"\norigin = \"http://o:1\"\n[[route]]\nprefix = \"/live/\"\norigin = \"http://o:1\"\nshield = false\n[shield]\nnodes = [\"http://s1:8080\", \"http://s2:8080\"]\n",
+    )
+    .unwrap();
+    let cfg = vedge::Config::try_from(ok).expect("valid");
+    let shield = cfg.tier.shield.as_ref().expect("shield");
+    let live = cfg.route_for("/live/x.ts").unwrap();
+    let vod = cfg.route_for("/vod/x.ts").unwrap();
+    assert!(!shield.covers(live) && shield.covers(vod));
+}
+
+#[test]
+fn the_documented_docker_tier_configs_are_valid() {
+    // The compose file gives every node this variable; `token_env` reads it at validation.
+    std::env::set_var("VEDGE_ADMIN_TOKEN", "change-me-please");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docker/tier");
+    for name in ["shield-a.toml", "edge-a.toml", "edge-b.toml"] {
+        let mut raw = RawConfig::from_file(&dir.join(name)).expect(name);
+        raw.admin_token = Some("change-me-please".into());
+        let cfg = vedge::Config::try_from(raw).expect(name);
+        let is_edge = name.starts_with("edge");
+        assert_eq!(cfg.tier.shield.is_some(), is_edge, "{name}");
+        if is_edge {
+            assert_eq!(cfg.tier.cluster.nodes.len(), 3, "{name}");
+        }
+    }
+}
