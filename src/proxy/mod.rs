@@ -18,6 +18,7 @@ pub mod invalidate;
 pub mod pass;
 pub mod request;
 pub mod signed;
+pub mod slice;
 pub mod target;
 pub mod tiers;
 

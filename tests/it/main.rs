@@ -22,5 +22,6 @@ mod preconnect;
 mod purge;
 mod security;
 mod semantics;
+mod slices;
 mod tls;
 mod tokens;
