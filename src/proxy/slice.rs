@@ -298,7 +298,13 @@ pub async fn serve(req: &Req<'_>, base: &str) -> Result<Outcome, EdgeError> {
                         return Ok(not_sliced(req, fill, leader, head))
                     }
                     Got::TimedOut => return Ok(Outcome::Pass("collapse-timeout")),
-                    Got::Cached(_) => continue,
+                    // A slice without a fresh record (expired, soft-purged, or the record
+                    // never reached the disk): fetch it again, which renews the record and
+                    // tells whether the other slices still stand.
+                    Got::Cached(_) => {
+                        edge.purge_key(&slice_key(base, k));
+                        continue;
+                    }
                 }
             }
         };
