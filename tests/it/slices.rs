@@ -387,3 +387,48 @@ async fn byte_range_hls_plays_from_slices() {
     assert_eq!(origin.count("/hls/v.ts"), 5, "each slice once");
     assert_eq!(origin.body_bytes("/hls/v.ts"), media.len());
 }
+
+#[tokio::test]
+async fn an_expired_object_is_revalidated_by_one_slice_and_keeps_its_other_slices() {
+    let origin = Origin::start().await;
+    let body = pattern(4 * MIB, 11);
+    origin.script(
+        "/m/ttl.mp4",
+        Script::ok(body.clone())
+            .header("cache-control", "max-age=2")
+            .header("etag", "\"t\"")
+            .ranged(),
+    );
+    let mut raw = edge_config(&origin);
+    raw.cache.slice_size = Some("1MiB".into());
+    let edge = TestEdge::start_with_tokio_clock(raw).await;
+    for at in [0, 2 * MIB] {
+        let r = edge
+            .get_with(
+                "/m/ttl.mp4",
+                &[("range", &format!("bytes={at}-{}", at + 9))],
+            )
+            .await;
+        assert_eq!(&r.body[..], &body[at..at + 10]);
+        edge.settle().await;
+    }
+    assert_eq!(origin.count("/m/ttl.mp4"), 2);
+
+    edge.advance(std::time::Duration::from_secs(5)).await;
+    let at = 2 * MIB;
+    let r = edge
+        .get_with(
+            "/m/ttl.mp4",
+            &[("range", &format!("bytes={at}-{}", at + 9))],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(&r.body[..], &body[at..at + 10]);
+    edge.settle().await;
+    assert_eq!(origin.count("/m/ttl.mp4"), 3, "one slice renews the object");
+    // The same version: slice 0 stays.
+    let r = edge.get_with("/m/ttl.mp4", &[("range", "bytes=0-9")]).await;
+    assert_eq!(r.x_cache(), "HIT");
+    assert_eq!(&r.body[..], &body[..10]);
+    assert_eq!(origin.count("/m/ttl.mp4"), 3);
+}
