@@ -884,11 +884,23 @@ pub const DEFAULT_SLICE_SIZE: u64 = 4 << 20;
 
 /// `cache.slice_size`: a size, or 0 to fetch every object whole. A slice smaller than 64 KiB
 /// would cost more origin round trips than it saves bytes, so it is refused.
+/// A slice must also fit `cache.max_object_size`, or no slice could ever be stored.
 fn slice_size(raw: &RawCache, c: &mut Check) -> u64 {
     let n = c.size("cache.slice_size", &raw.slice_size, DEFAULT_SLICE_SIZE);
     if n != 0 && n < 64 << 10 {
         c.error(format!(
             "cache.slice_size = {n}: use 0 (no slicing) or at least 64KiB"
+        ));
+    }
+    let max = raw
+        .max_object_size
+        .as_deref()
+        .and_then(|v| parse_size(v).ok())
+        .unwrap_or(DEFAULT_MAX_OBJECT_SIZE);
+    if n > max {
+        c.error(format!(
+            "cache.slice_size = {n} is larger than cache.max_object_size = {max}: no slice \
+             could be stored"
         ));
     }
     n
@@ -2658,5 +2670,43 @@ mod tests {
                 "{key}: default not documented in the example"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod slice_size_tests {
+    use super::*;
+
+    fn with(slice: &str, max: Option<&str>) -> Result<Config, ConfigError> {
+        Config::try_from(RawConfig {
+            origin: Some("http://127.0.0.1:9".into()),
+            cache: RawCache {
+                slice_size: Some(slice.into()),
+                max_object_size: max.map(Into::into),
+                ..RawCache::default()
+            },
+            ..RawConfig::default()
+        })
+    }
+
+    #[test]
+    fn slice_size_defaults_to_4mib_and_0_disables() {
+        let cfg = Config::try_from(RawConfig {
+            origin: Some("http://127.0.0.1:9".into()),
+            ..RawConfig::default()
+        })
+        .expect("valid");
+        assert_eq!(cfg.cache.slice_size, 4 << 20);
+        assert_eq!(with("0", None).expect("valid").cache.slice_size, 0);
+    }
+
+    #[test]
+    fn a_tiny_or_unstorable_slice_size_is_refused() {
+        let err = with("1KiB", None).expect_err("tiny slice").to_string();
+        assert!(err.contains("cache.slice_size"), "{err}");
+        let err = with("8MiB", Some("4MiB"))
+            .expect_err("slice over max")
+            .to_string();
+        assert!(err.contains("max_object_size"), "{err}");
     }
 }
