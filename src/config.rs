@@ -884,7 +884,8 @@ pub const DEFAULT_SLICE_SIZE: u64 = 4 << 20;
 
 /// `cache.slice_size`: a size, or 0 to fetch every object whole. A slice smaller than 64 KiB
 /// would cost more origin round trips than it saves bytes, so it is refused.
-/// A slice must also fit `cache.max_object_size`, or no slice could ever be stored.
+/// A slice must also fit `cache.max_object_size`, or no slice could ever be stored (the default
+/// turns slicing off under a `max_object_size` smaller than itself).
 fn slice_size(raw: &RawCache, c: &mut Check) -> u64 {
     let n = c.size("cache.slice_size", &raw.slice_size, DEFAULT_SLICE_SIZE);
     if n != 0 && n < 64 << 10 {
@@ -897,6 +898,10 @@ fn slice_size(raw: &RawCache, c: &mut Check) -> u64 {
         .as_deref()
         .and_then(|v| parse_size(v).ok())
         .unwrap_or(DEFAULT_MAX_OBJECT_SIZE);
+    if n > max && raw.slice_size.is_none() {
+        // The default slice does not fit a small `max_object_size`: no slicing.
+        return 0;
+    }
     if n > max {
         c.error(format!(
             "cache.slice_size = {n} is larger than cache.max_object_size = {max}: no slice \

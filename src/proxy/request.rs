@@ -298,6 +298,7 @@ async fn cached(req: &Req<'_>) -> Result<Response<Body>, EdgeError> {
                     reason,
                     status: CacheStatus::Bypass,
                 },
+                slice::Outcome::Lookup => Phase::Lookup,
             },
             Phase::Read {
                 fill,

@@ -221,6 +221,8 @@ pub enum Outcome {
     Read { fill: Arc<Fill>, leader: bool },
     /// Not shareable: pass to the origin.
     Pass(&'static str),
+    /// The object turned up whole under the base key: look it up again.
+    Lookup,
 }
 
 /// What a sliced response is built from.
@@ -243,6 +245,9 @@ enum Got {
     },
     /// A collapsed reader waited `collapse_timeout` for the head.
     TimedOut,
+    /// The object is stored whole under the base key (a fill of this slice key that got a 200
+    /// ended between our lookup and our claim).
+    Whole,
 }
 
 /// Whether a miss on `key` (the base key, no `Vary` known) goes through the slice path.
@@ -298,6 +303,7 @@ pub async fn serve(req: &Req<'_>, base: &str) -> Result<Outcome, EdgeError> {
                         return Ok(not_sliced(req, fill, leader, head))
                     }
                     Got::TimedOut => return Ok(Outcome::Pass("collapse-timeout")),
+                    Got::Whole => return Ok(Outcome::Lookup),
                     // A slice without a fresh record (expired, soft-purged, or the record
                     // never reached the disk): fetch it again, which renews the record and
                     // tells whether the other slices still stand.
@@ -372,12 +378,16 @@ async fn get_slice(
     }
     let (fill, leader) = match edge.fills.claim(&key) {
         Claim::Leader(fill, guard) => {
-            // Stored by a fill that ended between the lookup and the claim.
-            if let Some(obj) = edge.ram_fresh(&key, edge.clock.now()) {
-                fill.set_head(FillHead::Complete(obj.clone()));
-                fill.finish(Ok(()));
-                drop(guard);
-                return Got::Cached(obj);
+            // Stored by a fill that ended between the lookup and the claim: as this slice, or
+            // whole under the base key (the origin answered the slice with a 200).
+            let now = edge.clock.now();
+            for (k, whole) in [(key.as_str(), false), (base, true)] {
+                if let Some(obj) = edge.ram_fresh(k, now) {
+                    fill.set_head(FillHead::Complete(obj.clone()));
+                    fill.finish(Ok(()));
+                    drop(guard);
+                    return if whole { Got::Whole } else { Got::Cached(obj) };
+                }
             }
             let job = job.for_slice(ask);
             edge.spawn(fill::drive_fill(edge.clone(), guard, fill.clone(), job));
@@ -399,6 +409,7 @@ async fn get_slice(
     match head {
         FillHead::Streaming(h) if h.status == StatusCode::PARTIAL_CONTENT => Got::Filling(fill, h),
         FillHead::Complete(obj) if obj.status == StatusCode::PARTIAL_CONTENT => Got::Cached(obj),
+        FillHead::Complete(_) => Got::Whole,
         head => Got::Other { fill, leader, head },
     }
 }
@@ -462,6 +473,7 @@ async fn respond(
             return Ok(Some(not_sliced(req, fill, leader, head)));
         }
         Got::TimedOut => return Ok(Some(Outcome::Pass("collapse-timeout"))),
+        Got::Whole => return Ok(Some(Outcome::Lookup)),
     };
     edge.metrics.request(status);
     response::stamp(&mut resp, info(req, status, sliced.age));
@@ -623,7 +635,7 @@ async fn fetch(
                 return Ok(Piece::from_fill(&fill, k, size, start, end));
             }
             Got::Filling(..) => return Err(WalkError::Changed),
-            Got::Other { .. } | Got::TimedOut => return Err(WalkError::Slice),
+            Got::Other { .. } | Got::TimedOut | Got::Whole => return Err(WalkError::Slice),
         }
     }
     Err(WalkError::Changed)
