@@ -276,6 +276,8 @@ pub struct RawCache {
     pub manifest_stale_factor: Option<u32>,
     /// Targeted cache-control response fields (RFC 9213) this edge obeys, first found wins.
     pub targeted_cache_control: Option<Vec<String>>,
+    /// Objects larger than this are fetched and cached in slices of this size ("0" disables).
+    pub slice_size: Option<String>,
     #[serde(default)]
     pub ttl: RawClassTtls,
 }
@@ -457,6 +459,9 @@ pub struct CacheConfig {
     /// Targeted cache-control fields (RFC 9213), in precedence order: the first one present
     /// with a valid value replaces `Cache-Control` and `Expires` for this cache's decisions.
     pub targeted_cache_control: Vec<http::HeaderName>,
+    /// Large objects are fetched and cached in slices of this many bytes (`proxy::slice`);
+    /// 0 disables slicing.
+    pub slice_size: u64,
     pub ttl: ClassTtl,
 }
 
@@ -954,9 +959,42 @@ impl CacheConfig {
                 .manifest_stale_factor
                 .unwrap_or(DEFAULT_MANIFEST_STALE_FACTOR),
             targeted_cache_control: targeted_fields(raw.targeted_cache_control.as_deref(), c),
+            slice_size: slice_size(raw, c),
             ttl: c.class_ttls("cache.ttl", &raw.ttl, &ClassTtl::defaults()),
         }
     }
+}
+
+/// Default `cache.slice_size`: nginx's usual `slice 4m`.
+pub const DEFAULT_SLICE_SIZE: u64 = 4 << 20;
+
+/// `cache.slice_size`: a size, or 0 to fetch every object whole. A slice smaller than 64 KiB
+/// would cost more origin round trips than it saves bytes, so it is refused.
+/// A slice must also fit `cache.max_object_size`, or no slice could ever be stored (the default
+/// turns slicing off under a `max_object_size` smaller than itself).
+fn slice_size(raw: &RawCache, c: &mut Check) -> u64 {
+    let n = c.size("cache.slice_size", &raw.slice_size, DEFAULT_SLICE_SIZE);
+    if n != 0 && n < 64 << 10 {
+        c.error(format!(
+            "cache.slice_size = {n}: use 0 (no slicing) or at least 64KiB"
+        ));
+    }
+    let max = raw
+        .max_object_size
+        .as_deref()
+        .and_then(|v| parse_size(v).ok())
+        .unwrap_or(DEFAULT_MAX_OBJECT_SIZE);
+    if n > max && raw.slice_size.is_none() {
+        // The default slice does not fit a small `max_object_size`: no slicing.
+        return 0;
+    }
+    if n > max {
+        c.error(format!(
+            "cache.slice_size = {n} is larger than cache.max_object_size = {max}: no slice \
+             could be stored"
+        ));
+    }
+    n
 }
 
 /// `cache.targeted_cache_control`: header names, lowercased; `Cache-Control` itself is refused
@@ -3020,5 +3058,43 @@ mod tests {
                 "{key}: default not documented in the example"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod slice_size_tests {
+    use super::*;
+
+    fn with(slice: &str, max: Option<&str>) -> Result<Config, ConfigError> {
+        Config::try_from(RawConfig {
+            origin: Some("http://127.0.0.1:9".into()),
+            cache: RawCache {
+                slice_size: Some(slice.into()),
+                max_object_size: max.map(Into::into),
+                ..RawCache::default()
+            },
+            ..RawConfig::default()
+        })
+    }
+
+    #[test]
+    fn slice_size_defaults_to_4mib_and_0_disables() {
+        let cfg = Config::try_from(RawConfig {
+            origin: Some("http://127.0.0.1:9".into()),
+            ..RawConfig::default()
+        })
+        .expect("valid");
+        assert_eq!(cfg.cache.slice_size, 4 << 20);
+        assert_eq!(with("0", None).expect("valid").cache.slice_size, 0);
+    }
+
+    #[test]
+    fn a_tiny_or_unstorable_slice_size_is_refused() {
+        let err = with("1KiB", None).expect_err("tiny slice").to_string();
+        assert!(err.contains("cache.slice_size"), "{err}");
+        let err = with("8MiB", Some("4MiB"))
+            .expect_err("slice over max")
+            .to_string();
+        assert!(err.contains("max_object_size"), "{err}");
     }
 }

@@ -19,8 +19,10 @@ use crate::metrics::Metrics;
 use crate::origin::OriginError;
 use crate::proxy::edge::Edge;
 use crate::proxy::request::Req;
+use crate::proxy::slice::{self, SliceAsk};
 
 /// What the driver needs from the request that started the fill.
+#[derive(Clone)]
 pub struct FillJob {
     route: usize,
     path_and_query: String,
@@ -32,6 +34,8 @@ pub struct FillJob {
     host: String,
     peer: Option<std::net::IpAddr>,
     stale: Option<Arc<CachedObject>>,
+    /// A slice fill (`proxy::slice`): the origin is asked for this byte range of the object.
+    slice: Option<SliceAsk>,
 }
 
 impl FillJob {
@@ -57,6 +61,16 @@ impl FillJob {
             host: req.host.clone(),
             peer: req.peer.map(|p| p.ip()),
             stale,
+            slice: None,
+        }
+    }
+
+    /// The same fill, asking the origin for one slice of the object (`proxy::slice`).
+    pub fn for_slice(&self, ask: SliceAsk) -> FillJob {
+        FillJob {
+            slice: Some(ask),
+            stale: None,
+            ..self.clone()
         }
     }
 }
@@ -142,6 +156,9 @@ async fn run(
     if edge.config.cmcd.forward {
         crate::cmcd::copy_headers(&job.viewer_headers, &mut headers);
     }
+    if let Some(ask) = &job.slice {
+        headers.insert(header::RANGE, ask.range_header());
+    }
     if let Some(stale) = &job.stale {
         if let Some(etag) = stale.etag() {
             headers.insert(header::IF_NONE_MATCH, etag.clone());
@@ -216,6 +233,20 @@ async fn run(
         }
     }
 
+    // A slice fill: `Some(total)` when the answer is a slice to keep under the slice key; a
+    // whole object (a 200, or a 206 covering all of it) goes on as an ordinary fill.
+    let sliced = match &job.slice {
+        Some(ask) => match slice::on_origin_head(edge, &job.base_key, ask, &mut parts).await {
+            Ok(total) => total,
+            Err(why) => {
+                Metrics::inc(&edge.metrics.origin_errors);
+                tracing::debug!(key, why, "bad slice response");
+                fill.set_head(FillHead::Failed(OriginFailure::Protocol));
+                return Ok(());
+            }
+        },
+        None => None,
+    };
     let path = job.path_and_query.split('?').next().unwrap_or("");
     let class = ContentClass::classify(
         path,
@@ -224,7 +255,23 @@ async fn run(
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok()),
     );
-    let decision = decide(parts.status, &parts.headers, class);
+    // A slice is a part of a 200 and is judged as that 200 would be.
+    let judged = if sliced.is_some() {
+        StatusCode::OK
+    } else {
+        parts.status
+    };
+    let decision = decide(judged, &parts.headers, class);
+    if let (Some(total), Decision::Store(freshness)) = (sliced, &decision) {
+        slice::store_record(
+            edge,
+            &job.base_key,
+            &parts.headers,
+            total,
+            *freshness,
+            class,
+        );
+    }
     if let Decision::Pass(reason) = decision {
         edge.remember_pass(&job.base_key, cache.hit_for_pass_ttl);
         if job.stale.is_some() {
@@ -234,12 +281,18 @@ async fn run(
         return Ok(());
     }
 
-    let spec = vary::parse(&parts.headers).unwrap_or_default();
+    // Slices are kept under their own keys and never vary (`proxy::slice`).
+    let spec = match sliced {
+        Some(_) => Default::default(),
+        None => vary::parse(&parts.headers).unwrap_or_default(),
+    };
     // The variant of what the origin was asked, not of what the leader sent: a header the
     // fill did not forward (the response's `Vary` was not yet known) must not label the object
     // as if the origin had seen it.
     let leader_variant = spec.variant(&asked);
-    let store_key = if spec.is_empty() {
+    let store_key = if sliced.is_some() {
+        key.to_string()
+    } else if spec.is_empty() {
         edge.vary_index.remove(&job.base_key);
         job.base_key.clone()
     } else {

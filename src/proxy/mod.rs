@@ -21,6 +21,7 @@ pub mod pass;
 pub mod prefetch;
 pub mod request;
 pub mod signed;
+pub mod slice;
 pub mod target;
 pub mod tiers;
 

@@ -43,6 +43,7 @@ use crate::proxy::error::EdgeError;
 use crate::proxy::fill::{self, FillJob};
 use crate::proxy::pass::{pass, relay};
 use crate::proxy::signed;
+use crate::proxy::slice;
 use crate::proxy::target;
 use crate::proxy::tiers::Tier;
 
@@ -237,6 +238,9 @@ enum Phase {
     StaleWhileRevalidate(Arc<CachedObject>),
     /// No usable object: claim the key's fill, or join the one in flight.
     Fill { stale: Option<Arc<CachedObject>> },
+    /// No object under the base key and slicing on: a sliced object, or the probe telling
+    /// whether it is one (`proxy::slice`).
+    Slice,
     /// Wait for the fill's head and answer from it.
     Read {
         fill: Arc<Fill>,
@@ -297,6 +301,19 @@ pub(crate) async fn phases(req: &Req<'_>) -> Result<Response<Body>, EdgeError> {
                 Phase::Deliver(serve_stale(req, &obj, now, "stale-while-revalidate"))
             }
             Phase::Fill { stale } => claim(req, &at, stale).await,
+            Phase::Slice => match slice::serve(req, &at.base_key).await? {
+                slice::Outcome::Done(resp) => Phase::Deliver(resp),
+                slice::Outcome::Read { fill, leader } => Phase::Read {
+                    fill,
+                    leader,
+                    stale: None,
+                },
+                slice::Outcome::Pass(reason) => Phase::Pass {
+                    reason,
+                    status: CacheStatus::Bypass,
+                },
+                slice::Outcome::Lookup => Phase::Lookup,
+            },
             Phase::Read {
                 fill,
                 leader,
@@ -333,6 +350,7 @@ async fn lookup(req: &Req<'_>, at: &mut Lookup) -> Phase {
             }
             Some(_) => Phase::Fill { stale: Some(obj) },
         },
+        None if slice::applies(edge, &at.base_key, &at.key) => Phase::Slice,
         None => Phase::Fill { stale: None },
     }
 }

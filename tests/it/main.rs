@@ -25,5 +25,6 @@ mod purge;
 mod security;
 mod semantics;
 mod tier;
+mod slices;
 mod tls;
 mod tokens;

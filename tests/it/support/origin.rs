@@ -69,6 +69,9 @@ pub struct Script {
     pub echo: bool,
     /// Hold the response head until the test opens this gate.
     pub gate: Option<Gate>,
+    /// Answer a single `Range: bytes=...` on a 200 script with a 206 of those bytes and its
+    /// `Content-Range` (416 past the end), as a range-capable origin does.
+    pub ranged: bool,
 }
 
 /// A one-way gate: scripted responses holding it wait (after `head_delay`) until `open`.
@@ -114,6 +117,7 @@ impl Script {
             fault: Fault::None,
             echo: false,
             gate: None,
+            ranged: false,
         }
     }
 
@@ -153,6 +157,52 @@ impl Script {
         self
     }
 
+    /// Serves `Range` requests (see [`Script::ranged`]).
+    pub fn ranged(mut self) -> Script {
+        self.ranged = true;
+        self
+    }
+
+    /// This script's answer to a request with `range`, when it is ranged: a 206 (or a 416)
+    /// script of its own. `None`: the whole response.
+    fn for_range(&self, range: &str) -> Option<Script> {
+        if !self.ranged || self.status != 200 {
+            return None;
+        }
+        let spec = range.trim().strip_prefix("bytes=")?;
+        if spec.contains(',') {
+            return None;
+        }
+        let (a, b) = spec.split_once('-')?;
+        let len = self.body.len() as u64;
+        let (start, end) = match (a.trim(), b.trim()) {
+            ("", n) => {
+                let n: u64 = n.parse().ok()?;
+                (len.saturating_sub(n), len)
+            }
+            (a, "") => (a.parse().ok()?, len),
+            (a, b) => (
+                a.parse().ok()?,
+                b.parse::<u64>().ok()?.saturating_add(1).min(len),
+            ),
+        };
+        let mut out = self.clone();
+        if start >= len || start >= end {
+            out.status = 416;
+            out.body = Bytes::new();
+            out.headers
+                .push(("content-range".into(), format!("bytes */{len}")));
+            return Some(out);
+        }
+        out.status = 206;
+        out.body = self.body.slice(start as usize..end as usize);
+        out.headers.push((
+            "content-range".into(),
+            format!("bytes {start}-{}/{len}", end - 1),
+        ));
+        Some(out)
+    }
+
     fn etag(&self) -> Option<&str> {
         self.headers
             .iter()
@@ -190,6 +240,8 @@ pub struct Sent {
     pub first_byte: Option<Instant>,
     /// When the last body byte was written; `None` if the body never completed (fault, cut).
     pub last_byte: Option<Instant>,
+    /// Body bytes written.
+    pub bytes: usize,
 }
 
 #[derive(Default)]
@@ -256,6 +308,17 @@ impl Origin {
     /// TCP connections accepted since start (across restarts).
     pub fn connections(&self) -> usize {
         self.state.lock().connections
+    }
+
+    /// Body bytes sent for `path`, over every response.
+    pub fn body_bytes(&self, path: &str) -> usize {
+        self.state
+            .lock()
+            .sent
+            .iter()
+            .filter(|s| s.path == path)
+            .map(|s| s.bytes)
+            .sum()
     }
 
     /// Every request seen for `path`, in arrival order.
@@ -586,9 +649,12 @@ async fn respond(
             status: 304,
             first_byte: None,
             last_byte: None,
+            bytes: 0,
         });
         return ok;
     }
+    let partial = req.header("range").and_then(|r| script.for_range(r));
+    let script = partial.as_ref().unwrap_or(script);
     let body: &[u8] = if req.method == "HEAD" {
         &[]
     } else {
@@ -612,6 +678,7 @@ async fn respond(
             status: script.status,
             first_byte: None,
             last_byte: None,
+            bytes: 0,
         });
         st.sent.len() - 1
     };
@@ -641,6 +708,7 @@ async fn respond(
             return false;
         }
         written += piece.len();
+        state.lock().sent[idx].bytes = written;
         if i == 0 {
             state.lock().sent[idx].first_byte = Some(Instant::now());
         }
@@ -705,6 +773,7 @@ async fn echo(
         status: script.status,
         first_byte: first,
         last_byte: Some(Instant::now()),
+        bytes: 0,
     });
     ok
 }

@@ -1,0 +1,701 @@
+//! Large objects in slices (`cache.slice_size`, in the spirit of nginx's `slice` module): a cold
+//! object is first asked for with a range of one slice; an object larger than one slice is then
+//! fetched and cached slice by slice, each slice an ordinary object under its own key, and every
+//! viewer request (a range, or the whole object) is answered from the slices it covers,
+//! fetching only the missing ones (one fill per slice key, so concurrent viewers collapse).
+//!
+//! Keys: a slice is `{base}\0\x01slice={n}` and the sliced-object record (the object's 200 head,
+//! `Content-Length` = the whole length, and its validators; empty body) is `{base}\0\x01sliced`.
+//! A `\0` starts a variant suffix (`cache::key`), so purging the base key purges both
+//! (`Edge::purge_key` removes `{base}\0*`); `\x01` is no header-name character, so no `Vary`
+//! variant can share them.
+//!
+//! The origin's side (`on_origin_head`, called by the fill driver for slice fills):
+//! - a 206 must say which bytes it carries: a missing, unparsable or other range than asked is
+//!   an origin error for that slice (502), never bytes stored at the wrong place;
+//! - a 206 covering the whole object is stored as the ordinary 200 it is;
+//! - a 200 (the origin ignores Range) is the whole object, cached as any fill is;
+//! - a slice whose total or validator (`ETag`, else `Last-Modified`) differs from the record
+//!   means the object changed between slices: the record and every slice go, and the object
+//!   restarts from this answer. A viewer whose response already carries the old version's
+//!   bytes has it aborted (never a body spliced from two versions).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::header::{self, HeaderValue};
+use http::response::Parts as ResponseParts;
+use http::{HeaderMap, Method, Response, StatusCode};
+
+use crate::cache::fill::{Fill, FillHead, FillReader, StreamHead};
+use crate::cache::lock::Claim;
+use crate::cache::object::{tags_of, CachedObject};
+use crate::cache::policy::{ContentClass, Freshness};
+use crate::cache::status::CacheStatus;
+use crate::http::body::{Body, BoxError};
+use crate::http::response::{self, Ask, CacheInfo, Source};
+use crate::metrics::Metrics;
+use crate::proxy::edge::Edge;
+use crate::proxy::error::EdgeError;
+use crate::proxy::fill::{self, FillJob};
+use crate::proxy::pass::relay;
+use crate::proxy::request::Req;
+
+/// One slice a fill asks the origin for: bytes `[index * size, (index + 1) * size)`.
+#[derive(Debug, Clone, Copy)]
+pub struct SliceAsk {
+    pub index: u64,
+    pub size: u64,
+}
+
+impl SliceAsk {
+    fn start(self) -> u64 {
+        self.index.saturating_mul(self.size)
+    }
+
+    /// The last byte asked for (inclusive, as `Range` writes it).
+    fn last(self) -> u64 {
+        self.start().saturating_add(self.size - 1)
+    }
+
+    pub fn range_header(self) -> HeaderValue {
+        HeaderValue::from(RangeValue(self.start(), self.last()))
+    }
+}
+
+struct RangeValue(u64, u64);
+
+impl From<RangeValue> for HeaderValue {
+    fn from(r: RangeValue) -> HeaderValue {
+        HeaderValue::from_str(&format!("bytes={}-{}", r.0, r.1))
+            .unwrap_or_else(|_| HeaderValue::from_static("bytes=0-0"))
+    }
+}
+
+/// The key of slice `n` of the object at `base`.
+pub fn slice_key(base: &str, n: u64) -> String {
+    format!("{base}\0\x01slice={n}")
+}
+
+/// The key of the sliced-object record of the object at `base`.
+pub fn record_key(base: &str) -> String {
+    format!("{base}\0\x01sliced")
+}
+
+/// `Content-Range: bytes a-b/total` → `(a, b, total)`, with `a <= b < total`.
+pub fn content_range(h: &HeaderMap) -> Option<(u64, u64, u64)> {
+    let v = h.get(header::CONTENT_RANGE)?.to_str().ok()?.trim();
+    let (unit, rest) = v.split_once(' ')?;
+    if !unit.eq_ignore_ascii_case("bytes") {
+        return None;
+    }
+    let (range, total) = rest.trim().split_once('/')?;
+    let (a, b) = range.split_once('-')?;
+    let num = |s: &str| -> Option<u64> {
+        let s = s.trim();
+        (!s.is_empty() && s.bytes().all(|c| c.is_ascii_digit()))
+            .then(|| s.parse().ok())
+            .flatten()
+    };
+    let (a, b, total) = (num(a)?, num(b)?, num(total)?);
+    (a <= b && b < total).then_some((a, b, total))
+}
+
+/// Whether two heads are of the same version of an object: the `ETag`s when either has one,
+/// else the `Last-Modified` dates when either has one (an object without validators cannot be
+/// told apart, as with nginx's slice module).
+fn same_version(a: &HeaderMap, b: &HeaderMap) -> bool {
+    let same = |name: header::HeaderName| a.get(&name) == b.get(&name);
+    if a.contains_key(header::ETAG) || b.contains_key(header::ETAG) {
+        return same(header::ETAG);
+    }
+    same(header::LAST_MODIFIED)
+}
+
+/// The whole object's 200 head, from one slice's 206 head.
+fn whole_head(slice: &HeaderMap, total: u64) -> HeaderMap {
+    let mut h = slice.clone();
+    h.remove(header::CONTENT_RANGE);
+    h.remove(header::AGE);
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(total));
+    h
+}
+
+// ---- the origin's side (the fill driver's hook) ----
+
+/// Judges a slice fill's origin answer before anything is published. `Ok(Some(total))`: a
+/// slice to store under the slice key; `Ok(None)`: a whole object (a 200, or a 206 rewritten as
+/// the 200 it is) or another status, filled as usual under the base key; `Err`: a 206 that does
+/// not say it carries the asked bytes (an origin error for this slice).
+pub async fn on_origin_head(
+    edge: &Edge,
+    base: &str,
+    ask: &SliceAsk,
+    parts: &mut ResponseParts,
+) -> Result<Option<u64>, &'static str> {
+    match parts.status {
+        StatusCode::PARTIAL_CONTENT => {
+            let (a, b, total) =
+                content_range(&parts.headers).ok_or("206 without a valid Content-Range")?;
+            if a != ask.start() || b != ask.last().min(total - 1) {
+                return Err("206 with another range than asked");
+            }
+            let len = b - a + 1;
+            if crate::cache::policy::content_length(&parts.headers).is_some_and(|n| n != len) {
+                return Err("206 whose Content-Length disagrees with its Content-Range");
+            }
+            if a == 0 && b + 1 == total {
+                // The whole object in one answer: an ordinary 200 of `total` bytes.
+                parts.status = StatusCode::OK;
+                parts.headers.remove(header::CONTENT_RANGE);
+                parts
+                    .headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(total));
+                forget(edge, base, "the object now fits one slice").await;
+                return Ok(None);
+            }
+            if let Some((rec, _)) = edge.lookup(&record_key(base)).await {
+                let was = crate::cache::policy::content_length(&rec.headers);
+                if was != Some(total) || !same_version(&rec.headers, &parts.headers) {
+                    tracing::debug!(key = base, "object changed between slices: restarting it");
+                    edge.purge_key(base);
+                }
+            }
+            Ok(Some(total))
+        }
+        StatusCode::OK => {
+            forget(
+                edge,
+                base,
+                "the origin answered a slice with the whole object",
+            )
+            .await;
+            Ok(None)
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Drops the record and the slices of an object that is no longer sliced.
+async fn forget(edge: &Edge, base: &str, why: &'static str) {
+    if edge.lookup(&record_key(base)).await.is_some() {
+        tracing::debug!(key = base, why, "dropping the sliced object");
+        edge.purge_key(base);
+    }
+}
+
+/// Stores the sliced-object record from a storable slice's head (the fill driver's hook).
+pub fn store_record(
+    edge: &Edge,
+    base: &str,
+    slice: &HeaderMap,
+    total: u64,
+    freshness: Freshness,
+    class: ContentClass,
+) {
+    let headers = whole_head(slice, total);
+    let tags = tags_of(&headers);
+    let record = CachedObject {
+        status: StatusCode::OK,
+        headers,
+        body: Bytes::new(),
+        class,
+        freshness,
+        stored_at: edge.clock.now(),
+        vary: Default::default(),
+        tags,
+        pinned: false,
+        disk: Default::default(),
+    };
+    edge.insert(record_key(base), Arc::new(record));
+}
+
+// ---- the viewer's side (the request state machine's `Slice` phase) ----
+
+/// Where the `Slice` phase sends the request.
+pub enum Outcome {
+    /// Answered from slices.
+    Done(Response<Body>),
+    /// The object is not sliced (a 200, an error, a small object): read the fill as any miss.
+    Read { fill: Arc<Fill>, leader: bool },
+    /// Not shareable: pass to the origin.
+    Pass(&'static str),
+    /// The object turned up whole under the base key: look it up again.
+    Lookup,
+}
+
+/// What a sliced response is built from.
+struct Sliced {
+    /// The whole object's 200 head (validators included).
+    head: HeaderMap,
+    total: u64,
+    age: u64,
+}
+
+/// A slice obtained for reading.
+enum Got {
+    Cached(Arc<CachedObject>),
+    Filling(Arc<Fill>, Arc<StreamHead>),
+    /// The fill's answer is not a slice.
+    Other {
+        fill: Arc<Fill>,
+        leader: bool,
+        head: FillHead,
+    },
+    /// A collapsed reader waited `collapse_timeout` for the head.
+    TimedOut,
+    /// The object is stored whole under the base key (a fill of this slice key that got a 200
+    /// ended between our lookup and our claim).
+    Whole,
+}
+
+/// Whether a miss on `key` (the base key, no `Vary` known) goes through the slice path.
+pub fn applies(edge: &Edge, base: &str, key: &str) -> bool {
+    edge.config.cache.slice_size > 0 && base == key
+}
+
+/// The `Slice` phase: a fresh record answers from slices; without one, the slice holding the
+/// viewer's first byte is fetched, and its answer tells whether the object is sliced.
+pub async fn serve(req: &Req<'_>, base: &str) -> Result<Outcome, EdgeError> {
+    let edge = req.edge;
+    let size = edge.config.cache.slice_size;
+    let job = FillJob::new(req, base, None);
+    // A restart (the object changed under us) happens at most twice; then the viewer gets
+    // whatever the cold path gives.
+    for _ in 0..3 {
+        let now = edge.clock.now();
+        let record = edge
+            .lookup(&record_key(base))
+            .await
+            .map(|(o, _)| o)
+            .filter(|o| o.staleness(now).is_none());
+        let (sliced, first) = match record {
+            Some(rec) => match crate::cache::policy::content_length(&rec.headers) {
+                Some(total) => (
+                    Sliced {
+                        head: rec.headers.clone(),
+                        total,
+                        age: rec.age(now).as_secs(),
+                    },
+                    None,
+                ),
+                None => {
+                    edge.purge_key(base);
+                    continue;
+                }
+            },
+            None => {
+                let k = first_slice(req, size);
+                match get_slice(edge, &job, base, SliceAsk { index: k, size }, true).await {
+                    Got::Filling(fill, h) => match content_range(&h.headers) {
+                        Some((_, _, total)) => (
+                            Sliced {
+                                head: whole_head(&h.headers, total),
+                                total,
+                                age: h.age,
+                            },
+                            Some((k, Got::Filling(fill, h))),
+                        ),
+                        None => return Err(OriginErr.into()),
+                    },
+                    Got::Other { fill, leader, head } => {
+                        return Ok(not_sliced(req, fill, leader, head))
+                    }
+                    Got::TimedOut => return Ok(Outcome::Pass("collapse-timeout")),
+                    Got::Whole => return Ok(Outcome::Lookup),
+                    // A slice without a fresh record (expired, soft-purged, or the record
+                    // never reached the disk): fetch it again, which renews the record and
+                    // tells whether the other slices still stand.
+                    Got::Cached(_) => {
+                        edge.purge_key(&slice_key(base, k));
+                        continue;
+                    }
+                }
+            }
+        };
+        if let Some(out) = respond(req, &job, base, sliced, first).await? {
+            return Ok(out);
+        }
+    }
+    Ok(Outcome::Pass("slice-restarts"))
+}
+
+/// A protocol error from the origin (a slice head that lost its range).
+struct OriginErr;
+
+impl From<OriginErr> for EdgeError {
+    fn from(_: OriginErr) -> EdgeError {
+        EdgeError::Origin(crate::origin::OriginError::Protocol)
+    }
+}
+
+/// The slice holding the viewer's first byte when the range says it without the length; else
+/// the first.
+fn first_slice(req: &Req<'_>, size: u64) -> u64 {
+    use crate::http::range::ByteRange;
+    match crate::http::range::parse(&req.parts.headers) {
+        Some(ByteRange::FromTo(a, _) | ByteRange::From(a)) => a / size,
+        _ => 0,
+    }
+}
+
+/// A probe answered with something other than a slice: the ordinary fill's answer.
+fn not_sliced(req: &Req<'_>, fill: Arc<Fill>, leader: bool, head: FillHead) -> Outcome {
+    let FillHead::Pass(reason) = head else {
+        return Outcome::Read { fill, leader };
+    };
+    // Only the leader holds the origin's response. A 206 (a slice of an unshareable object)
+    // answers a range the viewer did not ask for: the viewer passes with its own request.
+    match leader.then(|| fill.take_pass()).flatten() {
+        Some(resp) if resp.status() != StatusCode::PARTIAL_CONTENT => {
+            let edge = req.edge;
+            edge.metrics.request(CacheStatus::Miss);
+            Metrics::inc(&edge.metrics.passes);
+            Outcome::Done(relay(
+                req,
+                resp,
+                CacheStatus::Miss,
+                &format!("fwd=miss; detail={reason}"),
+            ))
+        }
+        _ => Outcome::Pass(reason),
+    }
+}
+
+/// Looks a slice up, or claims its fill (spawning the driver) or joins the fill in flight, and
+/// waits for its head. `head_wait`: a collapsed reader gives up after `collapse_timeout`.
+async fn get_slice(
+    edge: &Arc<Edge>,
+    job: &FillJob,
+    base: &str,
+    ask: SliceAsk,
+    head_wait: bool,
+) -> Got {
+    let key = slice_key(base, ask.index);
+    if let Some((obj, _)) = edge.lookup(&key).await {
+        return Got::Cached(obj);
+    }
+    let (fill, leader) = match edge.fills.claim(&key) {
+        Claim::Leader(fill, guard) => {
+            // Stored by a fill that ended between the lookup and the claim: as this slice, or
+            // whole under the base key (the origin answered the slice with a 200).
+            let now = edge.clock.now();
+            for (k, whole) in [(key.as_str(), false), (base, true)] {
+                if let Some(obj) = edge.ram_fresh(k, now) {
+                    fill.set_head(FillHead::Complete(obj.clone()));
+                    fill.finish(Ok(()));
+                    drop(guard);
+                    return if whole { Got::Whole } else { Got::Cached(obj) };
+                }
+            }
+            let job = job.for_slice(ask);
+            edge.spawn(fill::drive_fill(edge.clone(), guard, fill.clone(), job));
+            (fill, true)
+        }
+        Claim::Reader(fill) => {
+            Metrics::inc(&edge.metrics.collapsed);
+            (fill, false)
+        }
+    };
+    let head = if leader || !head_wait {
+        fill.head().await
+    } else {
+        match tokio::time::timeout(edge.config.cache.collapse_timeout, fill.head()).await {
+            Ok(h) => h,
+            Err(_) => return Got::TimedOut,
+        }
+    };
+    match head {
+        FillHead::Streaming(h) if h.status == StatusCode::PARTIAL_CONTENT => Got::Filling(fill, h),
+        FillHead::Complete(obj) if obj.status == StatusCode::PARTIAL_CONTENT => Got::Cached(obj),
+        FillHead::Complete(_) => Got::Whole,
+        head => Got::Other { fill, leader, head },
+    }
+}
+
+/// Builds the response to a sliced object. `None`: its first slice is of another version than
+/// the record (the object changed; the caller starts over).
+async fn respond(
+    req: &Req<'_>,
+    job: &FillJob,
+    base: &str,
+    sliced: Sliced,
+    first: Option<(u64, Got)>,
+) -> Result<Option<Outcome>, EdgeError> {
+    let edge = req.edge;
+    let size = edge.config.cache.slice_size;
+    // The head, as `response::build` answers the viewer's conditionals and Range for an object
+    // of `total` bytes; the body is ours.
+    let mut resp = response::build(
+        &Ask {
+            method: &Method::HEAD,
+            headers: &req.parts.headers,
+        },
+        StatusCode::OK,
+        &sliced.head,
+        Source::Fill(Fill::new(), Some(sliced.total)),
+        info(req, CacheStatus::Hit, sliced.age),
+    );
+    let range = match resp.status() {
+        StatusCode::OK => Some((0, sliced.total)),
+        StatusCode::PARTIAL_CONTENT => {
+            content_range(resp.headers()).map(|(a, b, _)| (a, b.saturating_add(1)))
+        }
+        _ => None,
+    };
+    let (Some((start, end)), true) = (range, req.parts.method == Method::GET) else {
+        edge.metrics.request(CacheStatus::Hit);
+        return Ok(Some(Outcome::Done(resp)));
+    };
+    let k = start / size;
+    let got = match first {
+        Some((n, got)) if n == k => got,
+        _ => get_slice(edge, job, base, SliceAsk { index: k, size }, true).await,
+    };
+    let (piece, status) = match got {
+        Got::Cached(obj) if same_version(&obj.headers, &sliced.head) => (
+            Piece::from_object(&obj, k, size, start, end)?,
+            CacheStatus::Hit,
+        ),
+        Got::Cached(_) => {
+            // A slice left from another version: drop it with the rest and start over.
+            edge.purge_key(base);
+            return Ok(None);
+        }
+        Got::Filling(fill, h) if same_version(&h.headers, &sliced.head) => (
+            Piece::from_fill(&fill, k, size, start, end),
+            CacheStatus::Miss,
+        ),
+        // The driver saw the change and restarted the object.
+        Got::Filling(..) => return Ok(None),
+        Got::Other { fill, leader, head } => {
+            return Ok(Some(not_sliced(req, fill, leader, head)));
+        }
+        Got::TimedOut => return Ok(Some(Outcome::Pass("collapse-timeout"))),
+        Got::Whole => return Ok(Some(Outcome::Lookup)),
+    };
+    edge.metrics.request(status);
+    response::stamp(&mut resp, info(req, status, sliced.age));
+    let walk = Walk {
+        edge: edge.clone(),
+        job: job.clone(),
+        base: base.to_string(),
+        size,
+        version: sliced.head,
+        pos: ((k + 1) * size).min(end),
+        end,
+        piece: Some(piece),
+    };
+    *resp.body_mut() = Body::stream(walk.into_stream(), Some(end - start));
+    Ok(Some(Outcome::Done(resp)))
+}
+
+fn info(req: &Req<'_>, status: CacheStatus, age: u64) -> CacheInfo {
+    let detail = match status {
+        CacheStatus::Hit => "hit".to_string(),
+        _ => "fwd=miss".to_string(),
+    };
+    CacheInfo {
+        status,
+        cache_status: format!("{}; {detail}; detail=slice", req.cdn()),
+        age: Some(age),
+    }
+}
+
+/// The part of one slice a response needs.
+enum Piece {
+    Bytes(Bytes),
+    Reader(FillReader),
+}
+
+impl Piece {
+    /// `[start, end)` of the object, clipped to slice `k`, from a stored slice.
+    fn from_object(
+        obj: &CachedObject,
+        k: u64,
+        size: u64,
+        start: u64,
+        end: u64,
+    ) -> Result<Piece, EdgeError> {
+        let at = k * size;
+        let (from, to) = (start.max(at) - at, end.min(at + size) - at);
+        let from = usize::try_from(from).map_err(|_| OriginErr)?;
+        let to = usize::try_from(to).map_err(|_| OriginErr)?;
+        if to > obj.body.len() || from > to {
+            return Err(OriginErr.into());
+        }
+        Ok(Piece::Bytes(obj.body.slice(from..to)))
+    }
+
+    fn from_fill(fill: &Arc<Fill>, k: u64, size: u64, start: u64, end: u64) -> Piece {
+        let at = k * size;
+        let (from, to) = (start.max(at) - at, end.min(at + size) - at);
+        Piece::Reader(fill.reader(from, Some(to)))
+    }
+}
+
+/// Why a sliced body stopped short.
+#[derive(Debug, thiserror::Error)]
+enum WalkError {
+    #[error("the object changed at the origin between slices")]
+    Changed,
+    #[error("a slice could not be fetched")]
+    Slice,
+    #[error("slice fill failed: {0}")]
+    Fill(#[from] crate::cache::fill::FillError),
+}
+
+/// A response body walking the slices `[pos, end)` covers, one slice at a time, each from the
+/// cache or its fill as it arrives. Bounded: every step consumes a piece or moves `pos` on.
+struct Walk {
+    edge: Arc<Edge>,
+    job: FillJob,
+    base: String,
+    size: u64,
+    /// The head the response was built from: every slice must be of its version.
+    version: HeaderMap,
+    pos: u64,
+    end: u64,
+    piece: Option<Piece>,
+}
+
+impl Walk {
+    fn into_stream(self) -> impl futures_util::Stream<Item = Result<Bytes, BoxError>> + Send {
+        futures_util::stream::unfold(Some(self), |walk| async move {
+            let mut walk = walk?;
+            match walk.next().await {
+                Ok(Some(b)) => Some((Ok(b), Some(walk))),
+                Ok(None) => None,
+                Err(e) => Some((Err(BoxError::from(e)), None)),
+            }
+        })
+    }
+
+    async fn next(&mut self) -> Result<Option<Bytes>, WalkError> {
+        loop {
+            match &mut self.piece {
+                Some(Piece::Bytes(b)) => {
+                    let b = std::mem::take(b);
+                    self.piece = None;
+                    if !b.is_empty() {
+                        return Ok(Some(b));
+                    }
+                }
+                Some(Piece::Reader(r)) => match r.next().await {
+                    Some(Ok(b)) => return Ok(Some(b)),
+                    Some(Err(e)) => return Err(e.into()),
+                    None => self.piece = None,
+                },
+                None => {
+                    if self.pos >= self.end {
+                        return Ok(None);
+                    }
+                    let k = self.pos / self.size;
+                    let next = fetch(
+                        &self.edge,
+                        &self.job,
+                        &self.base,
+                        &self.version,
+                        SliceAsk {
+                            index: k,
+                            size: self.size,
+                        },
+                        (self.pos, self.end),
+                    );
+                    self.piece = Some(next.await?);
+                    self.pos = ((k + 1) * self.size).min(self.end);
+                }
+            }
+        }
+    }
+}
+
+/// Slice `ask`'s part of `[start, end)`; a stored slice of another version than `version` is
+/// dropped and fetched once more.
+async fn fetch(
+    edge: &Arc<Edge>,
+    job: &FillJob,
+    base: &str,
+    version: &HeaderMap,
+    ask: SliceAsk,
+    (start, end): (u64, u64),
+) -> Result<Piece, WalkError> {
+    let (k, size) = (ask.index, ask.size);
+    for _ in 0..2 {
+        match get_slice(edge, job, base, ask, false).await {
+            Got::Cached(obj) if same_version(&obj.headers, version) => {
+                return Piece::from_object(&obj, k, size, start, end).map_err(|_| WalkError::Slice);
+            }
+            Got::Cached(_) => {
+                // Drop that slice alone; the record decides whether the rest stays.
+                edge.purge_key(&slice_key(base, k));
+            }
+            Got::Filling(fill, h) if same_version(&h.headers, version) => {
+                return Ok(Piece::from_fill(&fill, k, size, start, end));
+            }
+            Got::Filling(..) => return Err(WalkError::Changed),
+            Got::Other { .. } | Got::TimedOut | Got::Whole => return Err(WalkError::Slice),
+        }
+    }
+    Err(WalkError::Changed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.insert(
+                header::HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                HeaderValue::from_str(v).expect("value"),
+            );
+        }
+        m
+    }
+
+    #[test]
+    fn content_range_is_parsed_strictly() {
+        let cr = |v: &str| content_range(&h(&[("content-range", v)]));
+        assert_eq!(cr("bytes 0-99/1000"), Some((0, 99, 1000)));
+        assert_eq!(cr("bytes 900-999/1000"), Some((900, 999, 1000)));
+        assert_eq!(cr("bytes 0-99/*"), None);
+        assert_eq!(cr("bytes 0-1000/1000"), None);
+        assert_eq!(cr("bytes 9-1/1000"), None);
+        assert_eq!(cr("items 0-1/10"), None);
+        assert_eq!(cr("bytes -1-5/10"), None);
+        assert_eq!(content_range(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn slice_keys_never_collide_with_variants_or_each_other() {
+        let base = "http|h|/a.mp4";
+        assert_ne!(slice_key(base, 1), slice_key(base, 10));
+        assert!(slice_key(base, 1).starts_with(&format!("{base}\0")));
+        assert!(record_key(base).starts_with(&format!("{base}\0")));
+        assert!(!slice_key(base, 1).starts_with(&slice_key(base, 10)));
+    }
+
+    #[test]
+    fn versions_compare_etag_first() {
+        let a = h(&[("etag", "\"a\""), ("last-modified", "x")]);
+        let b = h(&[("etag", "\"b\""), ("last-modified", "x")]);
+        assert!(!same_version(&a, &b));
+        assert!(same_version(&a, &a.clone()));
+        let c = h(&[("last-modified", "x")]);
+        let d = h(&[("last-modified", "y")]);
+        assert!(!same_version(&c, &d));
+        assert!(same_version(&HeaderMap::new(), &HeaderMap::new()));
+    }
+
+    #[test]
+    fn a_slice_asks_for_whole_slices() {
+        let ask = SliceAsk {
+            index: 2,
+            size: 1 << 20,
+        };
+        assert_eq!(ask.range_header(), "bytes=2097152-3145727");
+    }
+}

@@ -1,0 +1,434 @@
+//! Large objects in slices (`cache.slice_size`): a cold range costs the slices it covers, not
+//! the object; slices are cached and collapsed one by one; whole-object requests stream every
+//! slice in order; origins that change the object between slices, ignore Range, or answer a
+//! 206 that does not say what it carries are handled; purging the object purges its slices.
+
+use http::StatusCode;
+
+use crate::support::binary::ADMIN_TOKEN;
+use crate::support::edge::{edge_config, read_raw, until, TestEdge};
+use crate::support::origin::{Gate, Origin, Script};
+
+const MIB: usize = 1 << 20;
+
+fn pattern(n: usize, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| ((i % 251) as u8).wrapping_add(seed))
+        .collect()
+}
+
+/// An edge with `slice_size` slices in front of `origin`.
+async fn edge_with(origin: &Origin, slice_size: &str) -> TestEdge {
+    let mut raw = edge_config(origin);
+    raw.ram_size = Some("256MiB".into());
+    raw.cache.max_object_size = Some("128MiB".into());
+    raw.cache.slice_size = Some(slice_size.into());
+    TestEdge::start(raw).await
+}
+
+fn video(body: Vec<u8>, etag: &str) -> Script {
+    Script::ok(body)
+        .header("cache-control", "max-age=3600")
+        .header("content-type", "video/mp4")
+        .header("etag", etag)
+        .ranged()
+}
+
+#[tokio::test]
+async fn a_one_byte_range_on_a_cold_64mib_object_costs_one_slice() {
+    let origin = Origin::start().await;
+    let body = pattern(64 * MIB, 0);
+    origin.script("/m/big.mp4", video(body.clone(), "\"v1\""));
+    let edge = edge_with(&origin, "4MiB").await;
+
+    let at = 40_000_000usize;
+    let r = edge
+        .get_with("/m/big.mp4", &[("range", &format!("bytes={at}-{at}"))])
+        .await;
+    assert_eq!(r.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(
+        r.h("content-range"),
+        format!("bytes {at}-{at}/{}", 64 * MIB)
+    );
+    assert_eq!(&r.body[..], &body[at..=at]);
+    edge.settle().await;
+
+    let seen = origin.seen("/m/big.mp4");
+    assert_eq!(seen.len(), 1, "one origin request");
+    let k = at / (4 * MIB);
+    assert_eq!(
+        seen[0].header("range"),
+        Some(format!("bytes={}-{}", k * 4 * MIB, (k + 1) * 4 * MIB - 1).as_str())
+    );
+    assert_eq!(
+        origin.body_bytes("/m/big.mp4"),
+        4 * MIB,
+        "one slice of bytes"
+    );
+}
+
+#[tokio::test]
+async fn a_range_spanning_two_slices_fetches_two() {
+    let origin = Origin::start().await;
+    let body = pattern(8 * MIB, 1);
+    origin.script("/m/two.mp4", video(body.clone(), "\"v1\""));
+    let edge = edge_with(&origin, "1MiB").await;
+
+    let (a, b) = (MIB - 100, MIB + 100);
+    let r = edge
+        .get_with("/m/two.mp4", &[("range", &format!("bytes={a}-{b}"))])
+        .await;
+    assert_eq!(r.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(&r.body[..], &body[a..=b]);
+    edge.settle().await;
+    assert_eq!(origin.count("/m/two.mp4"), 2);
+    assert_eq!(origin.body_bytes("/m/two.mp4"), 2 * MIB);
+}
+
+#[tokio::test]
+async fn a_second_range_in_a_cached_slice_costs_nothing() {
+    let origin = Origin::start().await;
+    let body = pattern(8 * MIB, 2);
+    origin.script("/m/again.mp4", video(body.clone(), "\"v1\""));
+    let edge = edge_with(&origin, "1MiB").await;
+
+    let r = edge
+        .get_with("/m/again.mp4", &[("range", "bytes=3145728-3145827")])
+        .await;
+    assert_eq!(&r.body[..], &body[3145728..3145828]);
+    edge.settle().await;
+    let r = edge
+        .get_with("/m/again.mp4", &[("range", "bytes=3200000-3300000")])
+        .await;
+    assert_eq!(r.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(r.x_cache(), "HIT");
+    assert_eq!(&r.body[..], &body[3200000..=3300000]);
+    assert_eq!(origin.count("/m/again.mp4"), 1);
+}
+
+#[tokio::test]
+async fn a_full_get_streams_every_slice_in_order() {
+    let origin = Origin::start().await;
+    let total = 5 * MIB + MIB / 2;
+    let body = pattern(total, 3);
+    origin.script("/m/full.mp4", video(body.clone(), "\"v1\""));
+    let edge = edge_with(&origin, "1MiB").await;
+
+    let r = edge.get("/m/full.mp4").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.h("content-length"), total.to_string());
+    assert!(!r.headers.contains_key("content-range"));
+    assert_eq!(r.h("etag"), "\"v1\"");
+    assert!(r.body == body, "every byte, in order");
+    edge.settle().await;
+    let ranges: Vec<String> = origin
+        .seen("/m/full.mp4")
+        .iter()
+        .map(|s| s.header("range").unwrap_or("").to_string())
+        .collect();
+    let want: Vec<String> = (0..6)
+        .map(|k| format!("bytes={}-{}", k * MIB, (k + 1) * MIB - 1))
+        .collect();
+    assert_eq!(ranges, want, "one request per slice, in order");
+    assert_eq!(origin.body_bytes("/m/full.mp4"), total);
+
+    let again = edge.get("/m/full.mp4").await;
+    assert_eq!(again.x_cache(), "HIT");
+    assert!(again.body == body);
+    let head = edge.req(http::Method::HEAD, "/m/full.mp4");
+    let head = edge.send(head, bytes::Bytes::new()).await;
+    assert_eq!(head.h("content-length"), total.to_string());
+    assert_eq!(origin.count("/m/full.mp4"), 6);
+}
+
+#[tokio::test]
+async fn concurrent_ranges_on_one_slice_collapse_to_one_origin_request() {
+    let origin = Origin::start().await;
+    let body = pattern(8 * MIB, 4);
+    let gate = Gate::new();
+    origin.script("/m/hot.mp4", video(body.clone(), "\"v1\"").gate(&gate));
+    let edge = std::sync::Arc::new(edge_with(&origin, "1MiB").await);
+
+    let mut viewers = Vec::new();
+    for i in 0..20usize {
+        let edge = edge.clone();
+        viewers.push(tokio::spawn(async move {
+            let a = 3 * MIB + i * 1000;
+            let r = edge
+                .get_with("/m/hot.mp4", &[("range", &format!("bytes={a}-{}", a + 99))])
+                .await;
+            (a, r)
+        }));
+    }
+    until("the viewers collapse", || edge.collapsed() >= 19).await;
+    gate.open();
+    for v in viewers {
+        let (a, r) = v.await.expect("viewer");
+        assert_eq!(r.status, StatusCode::PARTIAL_CONTENT);
+        assert_eq!(&r.body[..], &body[a..a + 100]);
+    }
+    assert_eq!(origin.count("/m/hot.mp4"), 1);
+}
+
+#[tokio::test]
+async fn an_etag_change_between_slices_restarts_the_object() {
+    let origin = Origin::start().await;
+    let v1 = pattern(3 * MIB, 5);
+    let v2 = pattern(3 * MIB, 99);
+    origin.script("/m/change.mp4", video(v1.clone(), "\"v1\""));
+    let edge = edge_with(&origin, "1MiB").await;
+
+    let r = edge
+        .get_with("/m/change.mp4", &[("range", "bytes=0-99")])
+        .await;
+    assert_eq!(&r.body[..], &v1[..100]);
+    edge.settle().await;
+
+    origin.script("/m/change.mp4", video(v2.clone(), "\"v2\""));
+    // Slice 1 comes back as another version: the old record and slice 0 go, and this viewer is
+    // answered from the new version.
+    let r = edge
+        .get_with("/m/change.mp4", &[("range", "bytes=1048576-1048675")])
+        .await;
+    assert_eq!(r.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(r.h("etag"), "\"v2\"");
+    assert_eq!(&r.body[..], &v2[MIB..MIB + 100]);
+    edge.settle().await;
+
+    // Slice 0 of the old version is not served any more: it is fetched again.
+    let r = edge.get("/m/change.mp4").await;
+    assert_eq!(r.h("etag"), "\"v2\"");
+    assert!(r.body == v2, "the whole new version, never a mix");
+    edge.settle().await;
+    // v1 slice 0, v2 slice 1, then v2 slices 0 and 2.
+    assert_eq!(origin.count("/m/change.mp4"), 4);
+}
+
+#[tokio::test]
+async fn an_origin_answering_200_to_a_range_is_cached_whole() {
+    let origin = Origin::start().await;
+    let body = pattern(6 * MIB, 6);
+    origin.script(
+        "/m/whole.mp4",
+        Script::ok(body.clone()).header("cache-control", "max-age=3600"),
+    );
+    let edge = edge_with(&origin, "1MiB").await;
+
+    let r = edge
+        .get_with("/m/whole.mp4", &[("range", "bytes=2000000-2000099")])
+        .await;
+    assert_eq!(r.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(
+        r.h("content-range"),
+        format!("bytes 2000000-2000099/{}", 6 * MIB)
+    );
+    assert_eq!(&r.body[..], &body[2000000..2000100]);
+    edge.settle().await;
+    let full = edge.get("/m/whole.mp4").await;
+    assert_eq!(full.x_cache(), "HIT");
+    assert!(full.body == body);
+    assert_eq!(origin.count("/m/whole.mp4"), 1);
+}
+
+#[tokio::test]
+async fn a_206_without_content_range_is_a_502() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/m/bad.mp4",
+        Script::status(206, pattern(MIB, 7)).header("cache-control", "max-age=3600"),
+    );
+    origin.script(
+        "/m/wrong.mp4",
+        Script::status(206, pattern(MIB, 7))
+            .header("cache-control", "max-age=3600")
+            .header(
+                "content-range",
+                &format!("bytes {}-{}/{}", MIB, 2 * MIB - 1, 8 * MIB),
+            ),
+    );
+    let edge = edge_with(&origin, "1MiB").await;
+    let r = edge.get("/m/bad.mp4").await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    let r = edge
+        .get_with("/m/wrong.mp4", &[("range", "bytes=0-9")])
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::BAD_GATEWAY,
+        "a 206 of other bytes than asked"
+    );
+}
+
+#[tokio::test]
+async fn a_206_covering_the_whole_object_is_stored_as_a_200() {
+    let origin = Origin::start().await;
+    let body = pattern(300_000, 8);
+    origin.script("/m/small.mp4", video(body.clone(), "\"s\""));
+    let edge = edge_with(&origin, "1MiB").await;
+    let r = edge.get("/m/small.mp4").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.h("content-length"), "300000");
+    assert!(!r.headers.contains_key("content-range"));
+    assert!(r.body == body);
+    edge.settle().await;
+    let r = edge
+        .get_with("/m/small.mp4", &[("range", "bytes=10-19")])
+        .await;
+    assert_eq!(r.x_cache(), "HIT");
+    assert_eq!(&r.body[..], &body[10..20]);
+    assert_eq!(origin.count("/m/small.mp4"), 1);
+}
+
+/// `POST /admin/purge` with `body` on an admin listener of the edge's own.
+async fn admin_purge(edge: &TestEdge, body: &str) -> (u16, serde_json::Value) {
+    use tokio::io::AsyncWriteExt;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind admin");
+    let port = l.local_addr().expect("admin addr").port();
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(vedge::admin::serve(edge.edge.clone(), l, stop.clone()));
+    let _stop = stop.drop_guard();
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("admin connects");
+    let req = format!(
+        "POST /admin/purge HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.expect("send purge");
+    let r = read_raw(&mut s).await;
+    let (_, b) = r.split();
+    let v = serde_json::from_slice(b).unwrap_or_else(|_| String::from_utf8_lossy(b).into());
+    (r.status(), v)
+}
+
+#[tokio::test]
+async fn slices_are_purged_with_the_base_key() {
+    let origin = Origin::start().await;
+    let body = pattern(4 * MIB, 9);
+    origin.script("/m/purge.mp4", video(body.clone(), "\"p\""));
+    let mut raw = edge_config(&origin);
+    raw.cache.slice_size = Some("1MiB".into());
+    raw.admin_token = Some(ADMIN_TOKEN.into());
+    let edge = TestEdge::start(raw).await;
+    let r = edge
+        .get_with("/m/purge.mp4", &[("range", "bytes=2097152-2097161")])
+        .await;
+    assert_eq!(&r.body[..], &body[2097152..2097162]);
+    edge.settle().await;
+    assert_eq!(origin.count("/m/purge.mp4"), 1);
+
+    let (status, v) = admin_purge(&edge, r#"{"urls":["/m/purge.mp4"]}"#).await;
+    assert_eq!(status, 200, "{v}");
+    assert!(
+        v["purged"].as_u64().is_some_and(|n| n >= 2),
+        "the record and the slice went: {v}"
+    );
+    let r = edge
+        .get_with("/m/purge.mp4", &[("range", "bytes=2097152-2097161")])
+        .await;
+    assert_eq!(r.x_cache(), "MISS");
+    assert_eq!(origin.count("/m/purge.mp4"), 2);
+}
+
+#[tokio::test]
+async fn byte_range_hls_plays_from_slices() {
+    let origin = Origin::start().await;
+    // One file per rendition (`ffmpeg -hls_flags single_file`): segments are byte ranges.
+    let media = pattern(5 * MIB, 10);
+    origin.script("/hls/v.ts", video(media.clone(), "\"m\""));
+    let seg = 700_000usize;
+    let mut playlist = String::from(
+        "#EXTM3U\n#EXT-X-VERSION:4\n#EXT-X-TARGETDURATION:4\n#EXT-X-PLAYLIST-TYPE:VOD\n",
+    );
+    let mut at = 0;
+    while at < media.len() {
+        let n = seg.min(media.len() - at);
+        playlist.push_str(&format!("#EXTINF:4.0,\n#EXT-X-BYTERANGE:{n}@{at}\nv.ts\n"));
+        at += n;
+    }
+    playlist.push_str("#EXT-X-ENDLIST\n");
+    origin.script(
+        "/hls/v.m3u8",
+        Script::ok(playlist.clone())
+            .header("content-type", "application/vnd.apple.mpegurl")
+            .header("cache-control", "max-age=60"),
+    );
+    let edge = edge_with(&origin, "1MiB").await;
+
+    for round in 0..2 {
+        let pl = String::from_utf8_lossy(&edge.get("/hls/v.m3u8").await.body).to_string();
+        let mut lines = pl.lines();
+        let mut segments = 0;
+        while let Some(line) = lines.next() {
+            let Some(r) = line.strip_prefix("#EXT-X-BYTERANGE:") else {
+                continue;
+            };
+            let (n, at) = r.split_once('@').expect("n@offset");
+            let (n, at): (usize, usize) = (n.parse().expect("n"), at.parse().expect("offset"));
+            let uri = lines.next().expect("uri");
+            let r = edge
+                .get_with(
+                    &format!("/hls/{uri}"),
+                    &[("range", &format!("bytes={at}-{}", at + n - 1))],
+                )
+                .await;
+            assert_eq!(r.status, StatusCode::PARTIAL_CONTENT);
+            assert_eq!(&r.body[..], &media[at..at + n], "segment at {at}");
+            if round == 1 {
+                assert_eq!(r.x_cache(), "HIT");
+            }
+            segments += 1;
+        }
+        assert_eq!(segments, 8);
+        edge.settle().await;
+    }
+    assert_eq!(origin.count("/hls/v.ts"), 5, "each slice once");
+    assert_eq!(origin.body_bytes("/hls/v.ts"), media.len());
+}
+
+#[tokio::test]
+async fn an_expired_object_is_revalidated_by_one_slice_and_keeps_its_other_slices() {
+    let origin = Origin::start().await;
+    let body = pattern(4 * MIB, 11);
+    origin.script(
+        "/m/ttl.mp4",
+        Script::ok(body.clone())
+            .header("cache-control", "max-age=2")
+            .header("etag", "\"t\"")
+            .ranged(),
+    );
+    let mut raw = edge_config(&origin);
+    raw.cache.slice_size = Some("1MiB".into());
+    let edge = TestEdge::start_with_tokio_clock(raw).await;
+    for at in [0, 2 * MIB] {
+        let r = edge
+            .get_with(
+                "/m/ttl.mp4",
+                &[("range", &format!("bytes={at}-{}", at + 9))],
+            )
+            .await;
+        assert_eq!(&r.body[..], &body[at..at + 10]);
+        edge.settle().await;
+    }
+    assert_eq!(origin.count("/m/ttl.mp4"), 2);
+
+    edge.advance(std::time::Duration::from_secs(5)).await;
+    let at = 2 * MIB;
+    let r = edge
+        .get_with(
+            "/m/ttl.mp4",
+            &[("range", &format!("bytes={at}-{}", at + 9))],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(&r.body[..], &body[at..at + 10]);
+    edge.settle().await;
+    assert_eq!(origin.count("/m/ttl.mp4"), 3, "one slice renews the object");
+    // The same version: slice 0 stays.
+    let r = edge.get_with("/m/ttl.mp4", &[("range", "bytes=0-9")]).await;
+    assert_eq!(r.x_cache(), "HIT");
+    assert_eq!(&r.body[..], &body[..10]);
+    assert_eq!(origin.count("/m/ttl.mp4"), 3);
+}
