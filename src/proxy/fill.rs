@@ -91,6 +91,7 @@ impl FillJob {
             host: target.origin_host().to_string(),
             peer: None,
             stale: None,
+            slice: None,
         }
     }
 }
