@@ -150,11 +150,21 @@ async fn run(
             headers.insert(header::IF_MODIFIED_SINCE, lm.clone());
         }
     }
+    // A retry on another origin must land while the collapsed viewers still wait for the head;
+    // so must a fill queued for its route's slot (`origin_client.max_fills`).
+    let deadline = tokio::time::Instant::now() + edge.config.cache.collapse_timeout;
+    // Held until the body is in (or the fill fails): the slot bounds origin fetches, not heads.
+    let Some(_slot) = edge
+        .fill_limit
+        .admit(job.route, deadline, &edge.metrics.abuse)
+        .await
+    else {
+        fill.set_head(FillHead::Failed(OriginFailure::Busy));
+        return Ok(());
+    };
     Metrics::inc(&edge.metrics.origin_fetches);
     let sent = Instant::now();
     let asked = headers.clone();
-    // A retry on another origin must land while the collapsed viewers still wait for the head.
-    let deadline = tokio::time::Instant::now() + edge.config.cache.collapse_timeout;
     let resp = match edge
         .origin
         .fetch_for(
