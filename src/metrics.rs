@@ -42,8 +42,6 @@ pub struct AbuseMetrics {
     pub fills_queued: AtomicU64,
     /// Fills that found no slot before the collapse deadline: answered 503 origin-busy.
     pub fills_refused: AtomicU64,
-    /// Origin requests that waited for `origin_client.max_connections_per_origin`.
-    pub origin_connection_waits: AtomicU64,
     /// Range misses passed through uncached with the viewer's range (`cache.range_passthrough_above`).
     pub range_passthrough: AtomicU64,
 }
@@ -58,11 +56,11 @@ impl AbuseMetrics {
         for (name, c) in [
             ("vedge_fills_queued_total", &self.fills_queued),
             ("vedge_fills_origin_busy_total", &self.fills_refused),
+            ("vedge_range_passthrough_total", &self.range_passthrough),
             (
                 "vedge_origin_connection_waits_total",
-                &self.origin_connection_waits,
+                &crate::origin::tls::CONNECTION_WAITS,
             ),
-            ("vedge_range_passthrough_total", &self.range_passthrough),
         ] {
             let _ = writeln!(out, "# TYPE {name} counter\n{name} {}", c.load(Relaxed));
         }
@@ -185,6 +183,10 @@ impl LimitMetrics {
             ("vedge_rate_limited_total", &self.rate_limited),
             ("vedge_ip_denied_total", &self.ip_denied),
             ("vedge_limits_table_full_total", &self.table_full),
+            (
+                "vedge_origin_connection_waits_total",
+                &crate::origin::tls::CONNECTION_WAITS,
+            ),
         ] {
             let _ = writeln!(out, "# TYPE {name} counter\n{name} {}", c.load(Relaxed));
         }

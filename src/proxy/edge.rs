@@ -67,7 +67,13 @@ impl Edge {
     pub async fn with_clock(config: Config, clock: Clock) -> anyhow::Result<Arc<Edge>> {
         let node = format!("{:08x}", rand::random::<u32>());
         let origin =
-            OriginClient::new(&config.origin_client, &config.routes, &config.cdn_id, &node)?
+            OriginClient::new(
+                &config.origin_client,
+                config.abuse.max_connections_per_origin,
+                &config.routes,
+                &config.cdn_id,
+                &node,
+            )?
                 .with_tls_viewers(config.tls.is_some());
         let store = match &config.store {
             None => None,
