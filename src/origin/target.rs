@@ -116,7 +116,10 @@ impl Target {
             .pool_idle_timeout(cfg.pool_idle_timeout)
             .pool_max_idle_per_host(cfg.pool_max_idle_per_host)
             .http2_only(http2_only)
-            .build(Connector::new(http, tls, cfg.connect_timeout).with_max_connections(max_connections));
+            .build(
+                Connector::new(http, tls, cfg.connect_timeout)
+                    .with_max_connections(max_connections),
+            );
         Ok(Target {
             url: url.clone(),
             host: HeaderValue::from_str(&authority).ok(),

@@ -12,14 +12,14 @@ use std::time::Duration;
 
 use http::Uri;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use hyper_util::rt::TokioIo;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::client::TlsStream;
 
 use crate::config::{read_ca_file, OriginTls};
@@ -246,7 +246,6 @@ impl tower_service::Service<Uri> for Connector {
         })
     }
 }
-
 
 /// Dials that waited for `origin_client.max_connections_per_origin`, process-wide
 /// (`vedge_origin_connection_waits_total`).

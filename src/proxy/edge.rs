@@ -66,15 +66,14 @@ impl Edge {
     /// An edge whose freshness decisions read `clock` (tests: `Clock::tokio()`).
     pub async fn with_clock(config: Config, clock: Clock) -> anyhow::Result<Arc<Edge>> {
         let node = format!("{:08x}", rand::random::<u32>());
-        let origin =
-            OriginClient::new(
-                &config.origin_client,
-                config.abuse.max_connections_per_origin,
-                &config.routes,
-                &config.cdn_id,
-                &node,
-            )?
-                .with_tls_viewers(config.tls.is_some());
+        let origin = OriginClient::new(
+            &config.origin_client,
+            config.abuse.max_connections_per_origin,
+            &config.routes,
+            &config.cdn_id,
+            &node,
+        )?
+        .with_tls_viewers(config.tls.is_some());
         let store = match &config.store {
             None => None,
             Some(s) => {
@@ -281,7 +280,10 @@ mod tests {
         let map: SparseCache<SystemTime> = SparseCache::new(64 << 10);
         // Long hostile keys: 1,000 of 4 KiB would be 4 MiB unbounded.
         for i in 0..1000 {
-            map.insert(format!("{i:04}{}", "k".repeat(4096)), SystemTime::UNIX_EPOCH);
+            map.insert(
+                format!("{i:04}{}", "k".repeat(4096)),
+                SystemTime::UNIX_EPOCH,
+            );
         }
         assert!(map.weight() <= 64 << 10, "weight {}", map.weight());
         // Short keys still fit by the hundred.

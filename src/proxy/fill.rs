@@ -32,6 +32,8 @@ pub struct FillJob {
     host: String,
     peer: Option<std::net::IpAddr>,
     stale: Option<Arc<CachedObject>>,
+    /// A cold Range miss: too large an answer is dropped and the viewers pass (`range_pass`).
+    range_probe: bool,
 }
 
 impl FillJob {
@@ -56,6 +58,7 @@ impl FillJob {
             viewer_headers: req.parts.headers.clone(),
             host: req.host.clone(),
             peer: req.peer.map(|p| p.ip()),
+            range_probe: crate::proxy::range_pass::probe(req, base_key, stale.is_none()),
             stale,
         }
     }
@@ -83,6 +86,11 @@ impl FillJob {
 
 /// What an oversized fill may hold for its slowest viewer before it stops reading the origin.
 const TRIM_WINDOW: u64 = 16 << 20;
+
+/// `cache.range_passthrough_above`.
+fn cache_limit(edge: &Edge) -> u64 {
+    edge.config.abuse.range_passthrough_above
+}
 
 /// The origin client's error in the fill's own terms (the cache does not depend on `origin`);
 /// `EdgeError`'s `From<OriginFailure>` maps it back, so viewers see the same status and detail.
@@ -243,6 +251,18 @@ async fn run(
         fill.set_pass(http::Response::from_parts(parts, body), reason);
         return Ok(());
     }
+    let content_length = policy::content_length(&parts.headers);
+    let limit = cache_limit(edge);
+    if job.range_probe && crate::proxy::range_pass::too_large(parts.status, content_length, limit) {
+        // Dropping the body closes the origin connection after the head: the viewers ask
+        // the origin for their own ranges instead.
+        edge.metrics
+            .abuse
+            .range_passthrough
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        fill.set_head(FillHead::Pass("range-pass"));
+        return Ok(());
+    }
 
     let spec = vary::parse(&parts.headers).unwrap_or_default();
     // The variant of what the origin was asked, not of what the leader sent: a header the
@@ -257,7 +277,6 @@ async fn run(
             .insert(job.base_key.clone(), Arc::new(spec.clone()));
         format!("{}{leader_variant}", job.base_key)
     };
-    let content_length = policy::content_length(&parts.headers);
     let age = match &decision {
         Decision::Store(f) => f.initial_age,
         _ => policy::age(&parts.headers)

@@ -1,37 +1,27 @@
-//! Range on a cold object (`cache.range_passthrough_above`): a viewer's `Range` must not make
-//! the edge fetch a whole large object it has never been asked for. The rule, kept simple so it
-//! can be reasoned about:
+//! Range on a cold object (`cache.range_passthrough_above`, default 8 MiB): a viewer's `Range`
+//! must not make the edge fetch a whole large object nobody else asked for. The rule:
 //!
-//! - a GET with `Range` that finds no copy of its key (not even a stale one) and no fill in
-//!   flight is passed through to the origin with the viewer's `Range`, uncached
-//!   (`Cache-Status: ...; fwd=bypass; detail=range-pass`): the origin sends the range, nothing
-//!   more;
-//! - the key is remembered in a byte-bounded "seen" set (`cache.index_memory`); the next request
-//!   for it (a second viewer, or the same one again: the object is wanted) fills the whole
-//!   object as usual and later ranges are answered from the cache;
-//! - a Range request that finds a fill in flight joins it (no extra origin bytes).
+//! - a GET with `Range` that finds no copy of its key (not even a stale one) starts the fill as
+//!   usual (whole object, so a small one is cached at once), marked as a *range probe*;
+//! - when the origin's head arrives, a probe whose body is larger than `range_passthrough_above`
+//!   (or of unknown length) is dropped before its body is read (what was fetched beyond the
+//!   range is at most what sat in socket buffers); the viewer, and any reader that joined, are
+//!   passed through to the origin with their own request, `Range` included, uncached
+//!   (`Cache-Status: ...; fwd=bypass; detail=range-pass`);
+//! - the key is remembered in a byte-bounded "seen" set (`cache.index_memory`): the next request
+//!   for it (the object is wanted) fills the whole object as usual, and later ranges are served
+//!   from the cache. A Range request that finds a fill in flight joins it.
 //!
-//! So each first Range request costs the origin its range only; a whole-object fill happens
-//! once a key is asked for twice within the seen set's memory. `0` disables the rule (every
-//! Range miss fills the whole object, bounded by `cache.max_object_size`); any other value turns
-//! it on (the size is not known before the origin answers, so it cannot pick objects by size).
-//!
-//! Sliced fetching (`cache.slice_size`, another module) answers ranges from slices of the object;
-//! where it applies, this rule should stand aside: it is consulted only from the one hook in
-//! `request.rs`, before the fill is claimed.
+//! `0` disables the rule: every Range miss fills the whole object (bounded by
+//! `cache.max_object_size`). Sliced fetching (`cache.slice_size`, another module) answers ranges
+//! from slices; where it applies it decides before a fill is claimed, so this rule stands aside.
 
-use std::sync::atomic::Ordering::Relaxed;
+use http::{header, Method, StatusCode};
 
-use http::header;
-use http::{Method, Response};
-
-use crate::cache::status::CacheStatus;
-use crate::http::body::Body;
 use crate::proxy::edge::{SparseCache, Weigh};
-use crate::proxy::error::EdgeError;
 use crate::proxy::request::Req;
 
-/// Keys passed through once with a Range (bounded in bytes like the other indexes).
+/// Keys probed once with a Range (bounded in bytes like the other indexes).
 pub type Seen = SparseCache<()>;
 
 impl Weigh for () {
@@ -40,9 +30,10 @@ impl Weigh for () {
     }
 }
 
-/// Whether this request's miss passes through with its range instead of filling. `cold`: no
-/// copy of the key, not even stale (a stale copy is revalidated, usually for a 304).
-pub fn passes(req: &Req<'_>, key: &str, cold: bool) -> bool {
+/// Whether the fill this request leads is a range probe: a GET with `Range`, no copy of the key
+/// (`cold`), the rule on, and the key not asked for with a Range before (the mark is set here
+/// and spent by the next request, which fills the whole object).
+pub fn probe(req: &Req<'_>, base_key: &str, cold: bool) -> bool {
     let edge = req.edge;
     if edge.config.abuse.range_passthrough_above == 0
         || !cold
@@ -51,24 +42,29 @@ pub fn passes(req: &Req<'_>, key: &str, cold: bool) -> bool {
     {
         return false;
     }
-    if edge.fills.in_flight(key) {
+    if edge.range_seen.get(base_key).is_some() {
+        edge.range_seen.remove(base_key);
         return false;
     }
-    if edge.range_seen.get(key).is_some() {
-        // Asked for before: wanted, so it is filled (and the seen mark is spent).
-        edge.range_seen.remove(key);
-        return false;
-    }
-    edge.range_seen.insert(key.to_string(), ());
+    edge.range_seen.insert(base_key.to_string(), ());
     true
 }
 
-/// The pass-through itself: the viewer's request (its `Range` included) to the origin, uncached.
-pub async fn pass_range(req: &Req<'_>) -> Result<Response<Body>, EdgeError> {
-    req.edge
-        .metrics
-        .abuse
-        .range_passthrough
-        .fetch_add(1, Relaxed);
-    crate::proxy::pass::pass(req, None, "range-pass", CacheStatus::Bypass).await
+/// Whether a probe's origin answer is too large to fetch whole for one viewer's range: a 200
+/// whose length is unknown or above `limit`.
+pub fn too_large(status: StatusCode, content_length: Option<u64>, limit: u64) -> bool {
+    status == StatusCode::OK && content_length.is_none_or(|n| n > limit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_large_or_unknown_200s_are_too_large() {
+        assert!(too_large(StatusCode::OK, None, 10));
+        assert!(too_large(StatusCode::OK, Some(11), 10));
+        assert!(!too_large(StatusCode::OK, Some(10), 10));
+        assert!(!too_large(StatusCode::NOT_FOUND, None, 10));
+    }
 }

@@ -290,12 +290,7 @@ pub(crate) async fn phases(req: &Req<'_>) -> Result<Response<Body>, EdgeError> {
                 let now = edge.clock.now();
                 Phase::Deliver(serve_stale(req, &obj, now, "stale-while-revalidate"))
             }
-            Phase::Fill { stale } => {
-                if crate::proxy::range_pass::passes(req, &at.key, stale.is_none()) {
-                    return crate::proxy::range_pass::pass_range(req).await;
-                }
-                claim(req, &at, stale).await
-            }
+            Phase::Fill { stale } => claim(req, &at, stale).await,
             Phase::Read {
                 fill,
                 leader,

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod abuse;
 mod cmcd;
 mod edge_basics;
 mod edge_bypass;
