@@ -785,7 +785,7 @@ impl Config {
         let server = ServerConfig::resolve(&raw.server, &mut c);
         let limits = LimitsConfig::resolve(&raw.limits, &mut c);
         let tls = TlsConfig::resolve(&raw.server, &raw.tls, &mut c);
-        let abuse = AbuseConfig::resolve(&raw.origin_client, &raw.cache, &raw.server, &mut c);
+        let abuse = AbuseConfig::resolve(&raw.origin_client, &raw.cache, &mut c);
         let admin = AdminConfig {
             timeouts: ConnTimeouts::resolve_admin(&raw.admin, &mut c),
             ..admin
@@ -1099,18 +1099,10 @@ pub struct AbuseConfig {
     pub range_passthrough_above: u64,
     /// `cache.index_memory`: bytes each of the hit-for-pass and Vary indexes may weigh.
     pub index_memory: u64,
-    /// `server.min_send_rate`: bytes/s a viewer must take, measured over `write_timeout`
-    /// windows. 0 = off.
-    pub min_send_rate: u64,
 }
 
 impl AbuseConfig {
-    fn resolve(
-        o: &RawOriginClient,
-        cache: &RawCache,
-        server: &RawServer,
-        c: &mut Check,
-    ) -> AbuseConfig {
+    fn resolve(o: &RawOriginClient, cache: &RawCache, c: &mut Check) -> AbuseConfig {
         let index_memory = c.size(
             "cache.index_memory",
             &cache.index_memory,
@@ -1130,7 +1122,6 @@ impl AbuseConfig {
                 DEFAULT_RANGE_PASSTHROUGH_ABOVE,
             ),
             index_memory,
-            min_send_rate: c.size("server.min_send_rate", &server.min_send_rate, 0),
         }
     }
 }
@@ -1991,6 +1982,9 @@ pub struct ConnTimeouts {
     pub write: Duration,
     pub h2_keepalive_interval: Duration,
     pub h2_keepalive_timeout: Duration,
+    /// `server.min_send_rate`: bytes/s a viewer must take while a response waits for it,
+    /// averaged over each `write` window; 0 = off.
+    pub min_send_rate: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -2251,6 +2245,7 @@ impl ConnTimeouts {
                 &raw.h2_keepalive_timeout,
                 DEFAULT_H2_KEEPALIVE_TIMEOUT,
             ),
+            min_send_rate: c.size("server.min_send_rate", &raw.min_send_rate, 0),
         }
         .checked("server", c)
     }
@@ -2263,6 +2258,7 @@ impl ConnTimeouts {
             write: DEFAULT_WRITE_TIMEOUT,
             h2_keepalive_interval: DEFAULT_H2_KEEPALIVE_INTERVAL,
             h2_keepalive_timeout: DEFAULT_H2_KEEPALIVE_TIMEOUT,
+            min_send_rate: 0,
         }
     }
 

@@ -283,3 +283,45 @@ async fn h2_streams_reset_at_once_never_run_more_origin_fetches_than_max_fills()
     until("every fill ended", || edge.edge.fills.is_empty()).await;
     assert!(total() <= n);
 }
+
+#[tokio::test]
+async fn a_viewer_reading_slower_than_min_send_rate_is_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let origin = Origin::start().await;
+    let len = 32 << 20;
+    origin.script(
+        "/v/long.mp4",
+        Script::ok(body(len)).header("cache-control", "max-age=60"),
+    );
+    let mut raw = edge_config(&origin);
+    raw.ram_size = Some("128MiB".into());
+    raw.server.zero_copy = Some(false);
+    raw.server.send_buffer = Some("0".into());
+    raw.server.write_timeout = Some("300ms".into());
+    raw.server.min_send_rate = Some("4MiB".into());
+    let edge = TestEdge::start(raw).await;
+
+    let mut s = tokio::net::TcpStream::connect(edge.addr)
+        .await
+        .expect("connect");
+    s.write_all(b"GET /v/long.mp4 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("request");
+    // Reads steadily but slowly (about 800 KB/s): never stalls long enough for write_timeout.
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 4096];
+    let mut closed = false;
+    for _ in 0..6000 {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => {
+                closed = true;
+                break;
+            }
+            Ok(n) => got += n,
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert!(closed, "the slow viewer was not disconnected");
+    assert!(got < len, "the whole body arrived ({got} bytes)");
+    assert!(edge.edge.metrics.limits.slow_readers_closed.load(Relaxed) >= 1);
+}
