@@ -34,6 +34,9 @@ pub struct FillJob {
     stale: Option<Arc<CachedObject>>,
     /// A cold Range miss: too large an answer is dropped and the viewers pass (`range_pass`).
     range_probe: bool,
+    /// The leader's CMCD says its player is short of media: its fill is admitted first when the
+    /// route is at `origin_client.max_fills`.
+    priority: crate::proxy::admission::Priority,
 }
 
 impl FillJob {
@@ -59,6 +62,10 @@ impl FillJob {
             host: req.host.clone(),
             peer: req.peer.map(|p| p.ip()),
             range_probe: crate::proxy::range_pass::probe(req, base_key, stale.is_none()),
+            priority: crate::proxy::admission::Priority::urgent_if(
+                crate::cmcd::Cmcd::from_request(&req.parts.headers, req.parts.uri.query())
+                    .urgent(req.edge.config.cmcd.low_buffer_ms),
+            ),
             stale,
         }
     }
@@ -164,7 +171,7 @@ async fn run(
     // Held until the body is in (or the fill fails): the slot bounds origin fetches, not heads.
     let Some(_slot) = edge
         .fill_limit
-        .admit(job.route, deadline, &edge.metrics.abuse)
+        .admit(job.route, job.priority, deadline, &edge.metrics.abuse)
         .await
     else {
         fill.set_head(FillHead::Failed(OriginFailure::Busy));

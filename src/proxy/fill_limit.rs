@@ -8,24 +8,22 @@
 //! from claim to end, and at most `max_fills` per route are fetching; the rest wait at most the
 //! collapse deadline.
 //!
-//! Hook for prioritised admission: `FillLimit::admit` is the one place a fill waits for its
-//! slot; a priority gate (low-buffer players first) replaces the plain FIFO semaphore here.
+//! A fill waits in its leader's priority class (`admission::PriorityGate`): a player reporting a
+//! low buffer with CMCD is given the next free slot before the others.
 
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
-
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::metrics::AbuseMetrics;
+use crate::proxy::admission::{GatePermit, Priority, PriorityGate};
 
-/// One semaphore per route index (`Config::routes`); `None` when `max_fills` is 0 (unlimited).
+/// One gate per route index (`Config::routes`); `None` when `max_fills` is 0 (unlimited).
 pub struct FillLimit {
-    routes: Vec<Option<Arc<Semaphore>>>,
+    routes: Vec<Option<PriorityGate>>,
 }
 
 /// A fill's slot: held for the whole origin fetch, body included.
 pub struct FillSlot<'a> {
-    _permit: Option<OwnedSemaphorePermit>,
+    _permit: Option<GatePermit>,
     metrics: &'a AbuseMetrics,
 }
 
@@ -39,7 +37,7 @@ impl FillLimit {
     pub fn new(routes: usize, max_fills: usize) -> FillLimit {
         FillLimit {
             routes: (0..routes)
-                .map(|_| (max_fills > 0).then(|| Arc::new(Semaphore::new(max_fills))))
+                .map(|_| (max_fills > 0).then(|| PriorityGate::new(max_fills)))
                 .collect(),
         }
     }
@@ -49,19 +47,20 @@ impl FillLimit {
     pub async fn admit<'a>(
         &self,
         route: usize,
+        priority: Priority,
         deadline: tokio::time::Instant,
         metrics: &'a AbuseMetrics,
     ) -> Option<FillSlot<'a>> {
         let permit = match self.routes.get(route).and_then(Option::as_ref) {
             None => None,
-            Some(sem) => match sem.clone().try_acquire_owned() {
-                Ok(p) => Some(p),
-                Err(_) => {
+            Some(gate) => match gate.try_acquire() {
+                Some(p) => Some(p),
+                None => {
                     metrics.fills_queued.fetch_add(1, Relaxed);
-                    match tokio::time::timeout_at(deadline, sem.clone().acquire_owned()).await {
-                        Ok(Ok(p)) => Some(p),
-                        // Timed out (or closed, which never happens): the origin is busy.
-                        _ => {
+                    match tokio::time::timeout_at(deadline, gate.acquire(priority)).await {
+                        Ok(p) => Some(p),
+                        // Every slot stayed taken until the deadline: the origin is busy.
+                        Err(_) => {
                             metrics.fills_refused.fetch_add(1, Relaxed);
                             return None;
                         }
