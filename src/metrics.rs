@@ -32,6 +32,10 @@ pub struct Metrics {
     pub abuse: AbuseMetrics,
 }
 
+/// Dials that waited for `origin_client.max_connections_per_origin`, process-wide (the origin
+/// connector has no edge to hand it): `vedge_origin_connection_waits_total`.
+pub static ORIGIN_CONNECTION_WAITS: AtomicU64 = AtomicU64::new(0);
+
 /// Origin protection (`origin_client.max_fills`, `max_connections_per_origin`) and Range
 /// pass-through.
 #[derive(Default)]
@@ -59,7 +63,7 @@ impl AbuseMetrics {
             ("vedge_range_passthrough_total", &self.range_passthrough),
             (
                 "vedge_origin_connection_waits_total",
-                &crate::origin::tls::CONNECTION_WAITS,
+                &ORIGIN_CONNECTION_WAITS,
             ),
         ] {
             let _ = writeln!(out, "# TYPE {name} counter\n{name} {}", c.load(Relaxed));
@@ -183,10 +187,6 @@ impl LimitMetrics {
             ("vedge_rate_limited_total", &self.rate_limited),
             ("vedge_ip_denied_total", &self.ip_denied),
             ("vedge_limits_table_full_total", &self.table_full),
-            (
-                "vedge_origin_connection_waits_total",
-                &crate::origin::tls::CONNECTION_WAITS,
-            ),
         ] {
             let _ = writeln!(out, "# TYPE {name} counter\n{name} {}", c.load(Relaxed));
         }

@@ -17,7 +17,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::client::TlsStream;
@@ -216,7 +216,7 @@ impl tower_service::Service<Uri> for Connector {
                 Some(sem) => Some(match sem.clone().try_acquire_owned() {
                     Ok(p) => p,
                     Err(_) => {
-                        CONNECTION_WAITS.fetch_add(1, Relaxed);
+                        crate::metrics::ORIGIN_CONNECTION_WAITS.fetch_add(1, Relaxed);
                         sem.acquire_owned().await?
                     }
                 }),
@@ -246,10 +246,6 @@ impl tower_service::Service<Uri> for Connector {
         })
     }
 }
-
-/// Dials that waited for `origin_client.max_connections_per_origin`, process-wide
-/// (`vedge_origin_connection_waits_total`).
-pub static CONNECTION_WAITS: AtomicU64 = AtomicU64::new(0);
 
 /// A connection to an origin, holding its origin's connection slot until it closes.
 pub struct OriginStream {

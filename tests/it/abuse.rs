@@ -132,7 +132,7 @@ async fn max_connections_per_origin_holds_a_second_request_until_the_first_conne
     raw.origin_client.max_connections_per_origin = Some(1);
     raw.origin_client.max_fills = Some(0);
     let edge = std::sync::Arc::new(TestEdge::start(raw).await);
-    let waits = vedge::origin::tls::CONNECTION_WAITS.load(Relaxed);
+    let waits = vedge::metrics::ORIGIN_CONNECTION_WAITS.load(Relaxed);
 
     let tasks: Vec<_> = ["/v/c1.ts", "/v/c2.ts"]
         .into_iter()
@@ -146,7 +146,7 @@ async fn max_connections_per_origin_holds_a_second_request_until_the_first_conne
     })
     .await;
     until("the second dial waits for the connection slot", || {
-        vedge::origin::tls::CONNECTION_WAITS.load(Relaxed) > waits
+        vedge::metrics::ORIGIN_CONNECTION_WAITS.load(Relaxed) > waits
     })
     .await;
     assert_eq!(origin.count("/v/c1.ts") + origin.count("/v/c2.ts"), 1);
