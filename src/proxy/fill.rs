@@ -87,6 +87,9 @@ impl FillJob {
             host: target.origin_host().to_string(),
             peer: None,
             stale: None,
+            range_probe: false,
+            // Speculative: never ahead of a player short of media.
+            priority: crate::proxy::admission::Priority::Normal,
         }
     }
 }
