@@ -280,6 +280,10 @@ pub struct RawCache {
     pub slice_size: Option<String>,
     #[serde(default)]
     pub ttl: RawClassTtls,
+    /// Abuse limits (`AbuseConfig`): a cold Range miss above this size passes through.
+    pub range_passthrough_above: Option<String>,
+    /// Abuse limits: bytes each of the hit-for-pass and Vary indexes may weigh.
+    pub index_memory: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -297,6 +301,10 @@ pub struct RawOriginClient {
     pub preconnect_method: Option<String>,
     pub preconnect_path: Option<String>,
     pub keep_warm: Option<String>,
+    /// Abuse limits (`AbuseConfig`): concurrent fills per route; 0 = unlimited.
+    pub max_fills: Option<usize>,
+    /// Abuse limits: requests in flight per origin (each holds a connection); 0 = unlimited.
+    pub max_connections_per_origin: Option<usize>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -318,6 +326,8 @@ pub struct RawServer {
     pub h2_max_concurrent_streams: Option<u32>,
     pub h2_max_pending_reset_streams: Option<usize>,
     pub h2_max_local_error_reset_streams: Option<usize>,
+    /// Abuse limits (`AbuseConfig`): the slowest a viewer may take a body, bytes/s; 0 = off.
+    pub min_send_rate: Option<String>,
 }
 
 /// The validated configuration. `listen`, `cdn_id` and `ram_size` describe the node as a whole
@@ -340,6 +350,8 @@ pub struct Config {
     pub cmcd: CmcdConfig,
     /// This node's place in a tier: its name, its shields, its peers.
     pub tier: TierConfig,
+    /// Origin protection and byte-bounded indexes (issue 14's abuse limits).
+    pub abuse: AbuseConfig,
 }
 
 /// The admin listener (metrics, health, purge, ingest).
@@ -791,6 +803,7 @@ impl Config {
         let server = ServerConfig::resolve(&raw.server, &mut c);
         let limits = LimitsConfig::resolve(&raw.limits, &mut c);
         let tls = TlsConfig::resolve(&raw.server, &raw.tls, &mut c);
+        let abuse = AbuseConfig::resolve(&raw.origin_client, &raw.cache, &mut c);
         let admin = AdminConfig {
             timeouts: ConnTimeouts::resolve_admin(&raw.admin, &mut c),
             ..admin
@@ -814,6 +827,7 @@ impl Config {
             tls,
             cmcd,
             tier,
+            abuse,
         };
         Ok((config, warnings))
     }
@@ -1108,6 +1122,59 @@ impl Route {
         }
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         routes
+    }
+}
+
+/// Default `origin_client.max_fills`: concurrent fills one route may run.
+pub const DEFAULT_MAX_FILLS: usize = 256;
+/// Default `origin_client.max_connections_per_origin`.
+pub const DEFAULT_MAX_CONNECTIONS_PER_ORIGIN: usize = 512;
+/// Default `cache.range_passthrough_above` (8 MiB).
+pub const DEFAULT_RANGE_PASSTHROUGH_ABOVE: u64 = 8 << 20;
+/// Default `cache.index_memory` (32 MiB for each index).
+pub const DEFAULT_INDEX_MEMORY: u64 = 32 << 20;
+
+/// Origin protection and memory bounds (issue 14, "Abuse limits"). The keys live in the tables
+/// they belong to (`[origin_client]`, `[cache]`, `[server]`); they are resolved here, in one
+/// place, so the limits read together.
+#[derive(Debug, Clone)]
+pub struct AbuseConfig {
+    /// `origin_client.max_fills`: fills one route runs at once; more wait (at most the collapse
+    /// deadline) and then answer 503. 0 = unlimited.
+    pub max_fills: usize,
+    /// `origin_client.max_connections_per_origin`: origin requests (and so connections) in
+    /// flight to one origin, body included. 0 = unlimited.
+    pub max_connections_per_origin: usize,
+    /// `cache.range_passthrough_above`: a Range miss on an object not seen before is passed
+    /// through with the viewer's range unless the object is known to be at most this large.
+    /// 0 = off (a Range miss fills the whole object).
+    pub range_passthrough_above: u64,
+    /// `cache.index_memory`: bytes each of the hit-for-pass and Vary indexes may weigh.
+    pub index_memory: u64,
+}
+
+impl AbuseConfig {
+    fn resolve(o: &RawOriginClient, cache: &RawCache, c: &mut Check) -> AbuseConfig {
+        let index_memory = c.size(
+            "cache.index_memory",
+            &cache.index_memory,
+            DEFAULT_INDEX_MEMORY,
+        );
+        if index_memory < 4096 {
+            c.error("cache.index_memory: at least 4KiB");
+        }
+        AbuseConfig {
+            max_fills: o.max_fills.unwrap_or(DEFAULT_MAX_FILLS),
+            max_connections_per_origin: o
+                .max_connections_per_origin
+                .unwrap_or(DEFAULT_MAX_CONNECTIONS_PER_ORIGIN),
+            range_passthrough_above: c.size(
+                "cache.range_passthrough_above",
+                &cache.range_passthrough_above,
+                DEFAULT_RANGE_PASSTHROUGH_ABOVE,
+            ),
+            index_memory,
+        }
     }
 }
 
@@ -1967,6 +2034,9 @@ pub struct ConnTimeouts {
     pub write: Duration,
     pub h2_keepalive_interval: Duration,
     pub h2_keepalive_timeout: Duration,
+    /// `server.min_send_rate`: bytes/s a viewer must take while a response waits for it,
+    /// averaged over each `write` window; 0 = off.
+    pub min_send_rate: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -2227,6 +2297,7 @@ impl ConnTimeouts {
                 &raw.h2_keepalive_timeout,
                 DEFAULT_H2_KEEPALIVE_TIMEOUT,
             ),
+            min_send_rate: c.size("server.min_send_rate", &raw.min_send_rate, 0),
         }
         .checked("server", c)
     }
@@ -2239,6 +2310,7 @@ impl ConnTimeouts {
             write: DEFAULT_WRITE_TIMEOUT,
             h2_keepalive_interval: DEFAULT_H2_KEEPALIVE_INTERVAL,
             h2_keepalive_timeout: DEFAULT_H2_KEEPALIVE_TIMEOUT,
+            min_send_rate: 0,
         }
     }
 

@@ -28,6 +28,47 @@ pub struct Metrics {
     /// Connection and request limits, timeouts and TLS handshakes (`http::limits`, `http::server`).
     pub limits: std::sync::Arc<LimitMetrics>,
     pub cmcd: CmcdMetrics,
+    /// Origin protection and memory bounds (issue 14's abuse limits).
+    pub abuse: AbuseMetrics,
+}
+
+/// Dials that waited for `origin_client.max_connections_per_origin`, process-wide (the origin
+/// connector has no edge to hand it): `vedge_origin_connection_waits_total`.
+pub static ORIGIN_CONNECTION_WAITS: AtomicU64 = AtomicU64::new(0);
+
+/// Origin protection (`origin_client.max_fills`, `max_connections_per_origin`) and Range
+/// pass-through.
+#[derive(Default)]
+pub struct AbuseMetrics {
+    /// Gauge: fills holding a route's fill slot (fetching from the origin) now.
+    pub fills_active: AtomicU64,
+    /// Fills that had to wait for a slot (over `origin_client.max_fills`).
+    pub fills_queued: AtomicU64,
+    /// Fills that found no slot before the collapse deadline: answered 503 origin-busy.
+    pub fills_refused: AtomicU64,
+    /// Range misses passed through uncached with the viewer's range (`cache.range_passthrough_above`).
+    pub range_passthrough: AtomicU64,
+}
+
+impl AbuseMetrics {
+    fn render(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "# TYPE vedge_fills_active gauge\nvedge_fills_active {}",
+            self.fills_active.load(Relaxed)
+        );
+        for (name, c) in [
+            ("vedge_fills_queued_total", &self.fills_queued),
+            ("vedge_fills_origin_busy_total", &self.fills_refused),
+            ("vedge_range_passthrough_total", &self.range_passthrough),
+            (
+                "vedge_origin_connection_waits_total",
+                &ORIGIN_CONNECTION_WAITS,
+            ),
+        ] {
+            let _ = writeln!(out, "# TYPE {name} counter\n{name} {}", c.load(Relaxed));
+        }
+    }
 }
 
 impl Metrics {
@@ -81,6 +122,7 @@ impl Metrics {
         }
         self.limits.render(out);
         self.cmcd.render(out);
+        self.abuse.render(out);
     }
 }
 

@@ -109,6 +109,7 @@ async fn send(
         &node.admin,
         &edge.config.origin_client,
         &OriginTls::default(),
+        0,
     )
     .map_err(|e| format!("{e:#}"))?;
     let mut req = Request::new(Body::full(body));

@@ -3,7 +3,9 @@
 //! no bytes for `write_timeout`) are closed. `Watched` wraps the socket and notes when writes
 //! block; each request holds an `InFlight` token until its response body ends; `guard` runs the
 //! connection against a watchdog that sleeps until the next deadline (one timer per connection,
-//! woken about once per timeout, not per byte).
+//! woken about once per timeout, not per byte). With `server.min_send_rate`, a viewer that takes
+//! a response's bytes slower than that rate, averaged over a `write_timeout` window in which its
+//! writes blocked (it, not the origin, held the response back), is closed as a slow reader too.
 
 use std::future::Future;
 use std::io;
@@ -26,6 +28,10 @@ pub struct Activity {
     idle_since: AtomicU64,
     /// Milliseconds since `start` + 1 when a write started blocking; 0 while writes flow.
     blocked_since: AtomicU64,
+    /// Bytes written to the socket (`min_send_rate`).
+    written: AtomicU64,
+    /// Whether a write blocked since the watchdog last looked (`min_send_rate`).
+    blocked_in_window: std::sync::atomic::AtomicBool,
 }
 
 impl Activity {
@@ -35,6 +41,8 @@ impl Activity {
             in_flight: AtomicU32::new(0),
             idle_since: AtomicU64::new(0),
             blocked_since: AtomicU64::new(0),
+            written: AtomicU64::new(0),
+            blocked_in_window: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -50,8 +58,22 @@ impl Activity {
 
     /// Resolves when the connection has broken a timeout, saying which.
     async fn expired(&self, t: &ConnTimeouts) -> Expired {
+        // The send-rate window: when it started and the bytes written by then.
+        let mut window = (self.now_ms(), self.written.load(Relaxed));
         loop {
             let now = self.now_ms();
+            if t.min_send_rate > 0 && now.saturating_sub(window.0) >= ms(t.write) {
+                let sent = self.written.load(Relaxed) - window.1;
+                let elapsed = now - window.0;
+                // Only a viewer that held the response back (its writes blocked) and has a
+                // request in flight is judged: an origin that trickles is not its fault.
+                let judged =
+                    self.blocked_in_window.swap(false, Relaxed) && self.in_flight.load(Relaxed) > 0;
+                if judged && sent.saturating_mul(1000) < t.min_send_rate.saturating_mul(elapsed) {
+                    return Expired::SlowReader;
+                }
+                window = (now, self.written.load(Relaxed));
+            }
             let blocked = self.blocked_since.load(Relaxed);
             let write_deadline = (blocked != 0).then(|| blocked - 1 + ms(t.write));
             let idle_deadline = (self.in_flight.load(Relaxed) == 0)
@@ -133,6 +155,7 @@ impl<S> Watched<S> {
         let a = &self.activity;
         match r {
             Poll::Pending => {
+                a.blocked_in_window.store(true, Relaxed);
                 if a.blocked_since.load(Relaxed) == 0 {
                     a.blocked_since.store(a.now_ms() + 1, Relaxed);
                 }
@@ -164,6 +187,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &r {
+            self.activity.written.fetch_add(*n as u64, Relaxed);
+        }
         self.note(r)
     }
 
@@ -173,6 +199,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = &r {
+            self.activity.written.fetch_add(*n as u64, Relaxed);
+        }
         self.note(r)
     }
 

@@ -79,8 +79,11 @@ pub struct OriginClient {
 impl OriginClient {
     /// One group per route, one pooled client per origin. Fails on TLS settings that cannot be
     /// built (validated config makes this rare: an unreadable CA file since validation).
+    /// `max_connections`: `origin_client.max_connections_per_origin` (0: no cap), held by each
+    /// origin's connector (`tls::Connector`).
     pub fn new(
         cfg: &OriginClientConfig,
+        max_connections: usize,
         routes: &[Route],
         cdn_id: &str,
         node: &str,
@@ -92,7 +95,7 @@ impl OriginClient {
                 .origins
                 .iter()
                 .map(|u| {
-                    let mut t = Target::new(u, cfg, &route.group.tls)?;
+                    let mut t = Target::new(u, cfg, &route.group.tls, max_connections)?;
                     // Each origin gets its own host:port as `Host`, unless the route names one
                     // (or passes the viewer's through).
                     if route.host.as_deref() != Some(route_authority(&route.origin).as_str()) {

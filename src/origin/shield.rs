@@ -26,7 +26,7 @@ impl Shield {
             .nodes
             .iter()
             .map(|u| {
-                let mut t = Target::new(u, client, &OriginTls::default())?;
+                let mut t = Target::new(u, client, &OriginTls::default(), 0)?;
                 // The fill's own `Host` (the route's) goes through: it is what the shield's
                 // route keys on.
                 t.host = None;
@@ -122,7 +122,7 @@ mod tests {
     fn group() -> Group {
         let c = crate::Config::for_origin("http://origin:1").unwrap();
         let client = c.origin_client.clone();
-        let t = Target::new(&c.routes[0].origin, &client, &OriginTls::default()).unwrap();
+        let t = Target::new(&c.routes[0].origin, &client, &OriginTls::default(), 0).unwrap();
         Group::new("/", vec![Arc::new(t)], c.routes[0].group.clone())
     }
 

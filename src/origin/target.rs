@@ -91,6 +91,7 @@ impl Target {
         url: &url::Url,
         cfg: &OriginClientConfig,
         tls: &OriginTls,
+        max_connections: usize,
     ) -> anyhow::Result<Target> {
         let host = url
             .host_str()
@@ -115,7 +116,10 @@ impl Target {
             .pool_idle_timeout(cfg.pool_idle_timeout)
             .pool_max_idle_per_host(cfg.pool_max_idle_per_host)
             .http2_only(http2_only)
-            .build(Connector::new(http, tls, cfg.connect_timeout));
+            .build(
+                Connector::new(http, tls, cfg.connect_timeout)
+                    .with_max_connections(max_connections),
+            );
         Ok(Target {
             url: url.clone(),
             host: HeaderValue::from_str(&authority).ok(),

@@ -17,7 +17,9 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use std::sync::atomic::Ordering::Relaxed;
 use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::client::TlsStream;
 
 use crate::config::{read_ca_file, OriginTls};
@@ -163,6 +165,10 @@ pub struct Connector {
     http: HttpConnector,
     tls: Option<TlsSetup>,
     handshake_timeout: Duration,
+    /// `origin_client.max_connections_per_origin`: one permit per open connection to this
+    /// origin, held by the connection until it closes. hyper-util's pool caps idle connections
+    /// only; a dial waiting here is overtaken by any pooled connection that frees up.
+    slots: Option<Arc<Semaphore>>,
 }
 
 impl Connector {
@@ -177,7 +183,14 @@ impl Connector {
             http,
             tls,
             handshake_timeout,
+            slots: None,
         }
+    }
+
+    /// At most `max` connections open to this origin at once (0: no cap).
+    pub fn with_max_connections(mut self, max: usize) -> Self {
+        self.slots = (max > 0).then(|| Arc::new(Semaphore::new(max)));
+        self
     }
 }
 
@@ -194,16 +207,30 @@ impl tower_service::Service<Uri> for Connector {
         let mut http = self.http.clone();
         let tls = self.tls.clone();
         let timeout = self.handshake_timeout;
+        let slots = self.slots.clone();
         Box::pin(async move {
+            // Waits for a connection to this origin to close; the caller's first-byte timeout
+            // bounds the wait.
+            let slot = match slots {
+                None => None,
+                Some(sem) => Some(match sem.clone().try_acquire_owned() {
+                    Ok(p) => p,
+                    Err(_) => {
+                        crate::metrics::ORIGIN_CONNECTION_WAITS.fetch_add(1, Relaxed);
+                        sem.acquire_owned().await?
+                    }
+                }),
+            };
+            let io = |io| OriginStream { io, _slot: slot };
             let origin = uri.authority().map(|a| a.to_string()).unwrap_or_default();
             let tcp = http.call(uri).await?;
             let Some(tls) = tls else {
-                return Ok(OriginStream::Plain(tcp));
+                return Ok(io(OriginIo::Plain(tcp)));
             };
             let connector = tokio_rustls::TlsConnector::from(tls.config);
             let handshake = connector.connect(tls.name, tcp.into_inner());
             match tokio::time::timeout(timeout, handshake).await {
-                Ok(Ok(stream)) => Ok(OriginStream::Tls(Box::new(TokioIo::new(stream)))),
+                Ok(Ok(stream)) => Ok(io(OriginIo::Tls(Box::new(TokioIo::new(stream))))),
                 Ok(Err(e)) => {
                     let e = TlsError {
                         origin,
@@ -220,18 +247,70 @@ impl tower_service::Service<Uri> for Connector {
     }
 }
 
+/// A connection to an origin, holding its origin's connection slot until it closes.
+pub struct OriginStream {
+    io: OriginIo,
+    _slot: Option<OwnedSemaphorePermit>,
+}
+
+impl Connection for OriginStream {
+    fn connected(&self) -> Connected {
+        self.io.connected()
+    }
+}
+
+impl hyper::rt::Read for OriginStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for OriginStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+}
+
 /// A connection to an origin, plain or TLS.
-pub enum OriginStream {
+enum OriginIo {
     Plain(TokioIo<TcpStream>),
     /// Boxed: a TLS session is a kilobyte, a plain stream a few words.
     Tls(Box<TokioIo<TlsStream<TcpStream>>>),
 }
 
-impl Connection for OriginStream {
+impl Connection for OriginIo {
     fn connected(&self) -> Connected {
         match self {
-            OriginStream::Plain(s) => s.connected(),
-            OriginStream::Tls(s) => {
+            OriginIo::Plain(s) => s.connected(),
+            OriginIo::Tls(s) => {
                 let (tcp, session) = s.inner().get_ref();
                 let connected = tcp.connected();
                 if session.alpn_protocol() == Some(b"h2") {
@@ -244,49 +323,49 @@ impl Connection for OriginStream {
     }
 }
 
-impl hyper::rt::Read for OriginStream {
+impl hyper::rt::Read for OriginIo {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: hyper::rt::ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            OriginStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            OriginStream::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
+            OriginIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            OriginIo::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
         }
     }
 }
 
-impl hyper::rt::Write for OriginStream {
+impl hyper::rt::Write for OriginIo {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            OriginStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            OriginStream::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
+            OriginIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            OriginIo::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            OriginStream::Plain(s) => Pin::new(s).poll_flush(cx),
-            OriginStream::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
+            OriginIo::Plain(s) => Pin::new(s).poll_flush(cx),
+            OriginIo::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            OriginStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            OriginStream::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
+            OriginIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            OriginIo::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
         match self {
-            OriginStream::Plain(s) => s.is_write_vectored(),
-            OriginStream::Tls(s) => s.is_write_vectored(),
+            OriginIo::Plain(s) => s.is_write_vectored(),
+            OriginIo::Tls(s) => s.is_write_vectored(),
         }
     }
 
@@ -296,8 +375,8 @@ impl hyper::rt::Write for OriginStream {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            OriginStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            OriginStream::Tls(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
+            OriginIo::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            OriginIo::Tls(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
         }
     }
 }

@@ -33,6 +33,10 @@ pub struct Edge {
     /// The SSD store under the RAM tier, if configured.
     pub store: Option<Store>,
     pub fills: Arc<FillTable>,
+    /// Fill slots per route (`origin_client.max_fills`).
+    pub fill_limit: crate::proxy::fill_limit::FillLimit,
+    /// Keys asked for with a Range and passed through (`cache.range_passthrough_above`).
+    pub range_seen: crate::proxy::range_pass::Seen,
     /// Which objects the stored manifests reference (purge by asset).
     pub assets: crate::proxy::assets::AssetIndex,
     /// Keys whose responses were not shareable, until when they stay uncached.
@@ -66,10 +70,15 @@ impl Edge {
             .node_id
             .clone()
             .unwrap_or_else(|| format!("{:08x}", rand::random::<u32>()));
-        let origin =
-            OriginClient::new(&config.origin_client, &config.routes, &config.cdn_id, &node)?
-                .with_tls_viewers(config.tls.is_some())
-                .with_shield(config.tier.shield.as_ref())?;
+        let origin = OriginClient::new(
+            &config.origin_client,
+            config.abuse.max_connections_per_origin,
+            &config.routes,
+            &config.cdn_id,
+            &node,
+        )?
+        .with_tls_viewers(config.tls.is_some())
+        .with_shield(config.tier.shield.as_ref())?;
         let store = match &config.store {
             None => None,
             Some(s) => {
@@ -101,9 +110,14 @@ impl Edge {
             limits,
             ram: RamTier::new(config.ram_size, config.cache.max_object_size),
             fills: Arc::new(FillTable::default()),
+            fill_limit: crate::proxy::fill_limit::FillLimit::new(
+                config.routes.len(),
+                config.abuse.max_fills,
+            ),
+            range_seen: crate::proxy::range_pass::Seen::new(config.abuse.index_memory),
             assets: Default::default(),
-            hit_for_pass: SparseCache::new(100_000),
-            vary_index: SparseCache::new(100_000),
+            hit_for_pass: SparseCache::new(config.abuse.index_memory),
+            vary_index: SparseCache::new(config.abuse.index_memory),
             origin,
             metrics,
             zero_copy: ZeroCopy::new(config.server.zero_copy),
@@ -177,20 +191,64 @@ impl Edge {
     }
 }
 
-/// A bounded map that is empty on most edges (hit-for-pass keys, Vary specs) but consulted on
-/// every request: until something is first inserted, reads return at once instead of hashing the
-/// key and taking a shard lock (quick_cache's `is_empty` locks every shard).
-pub struct SparseCache<V> {
-    map: Cache<String, V>,
+/// A map bounded in bytes that is empty on most edges (hit-for-pass keys, Vary specs) but
+/// consulted on every request: until something is first inserted, reads return at once instead
+/// of hashing the key and taking a shard lock (quick_cache's `is_empty` locks every shard).
+///
+/// Each entry weighs its key's length, its value's estimate (`Weigh`) and `ENTRY_OVERHEAD` for
+/// the map's own bookkeeping, so a flood of long hostile keys evicts older entries instead of
+/// growing the process (`cache.index_memory` per map).
+pub struct SparseCache<V: Weigh> {
+    map: Cache<String, V, ByteWeight>,
     used: AtomicBool,
 }
 
-impl<V: Clone> SparseCache<V> {
-    pub fn new(capacity: usize) -> SparseCache<V> {
+/// What a map entry's value costs in memory, beyond the key (an estimate: cheap to compute).
+pub trait Weigh {
+    fn weight(&self) -> u64;
+}
+
+impl Weigh for SystemTime {
+    fn weight(&self) -> u64 {
+        std::mem::size_of::<SystemTime>() as u64
+    }
+}
+
+impl Weigh for Arc<VarySpec> {
+    fn weight(&self) -> u64 {
+        // The Arc's allocation (two counts and the Vec) plus each header name's bytes.
+        let names: u64 = self.0.iter().map(|n| n.as_str().len() as u64 + 32).sum();
+        48 + names
+    }
+}
+
+/// Per-entry bookkeeping (hash slot, String and value headers) counted on top of the bytes.
+const ENTRY_OVERHEAD: u64 = 64;
+
+/// quick_cache weighter: key bytes + value estimate + overhead.
+#[derive(Clone, Copy)]
+pub struct ByteWeight;
+
+impl<V: Weigh> quick_cache::Weighter<String, V> for ByteWeight {
+    fn weight(&self, key: &String, val: &V) -> u64 {
+        key.len() as u64 + val.weight() + ENTRY_OVERHEAD
+    }
+}
+
+impl<V: Clone + Weigh> SparseCache<V> {
+    /// A map weighing at most `bytes` (estimated).
+    pub fn new(bytes: u64) -> SparseCache<V> {
+        // quick_cache sizes its tables for the expected count: guess entries of ~128 bytes.
+        let items = (bytes / 128).clamp(16, 1 << 20) as usize;
         SparseCache {
-            map: Cache::new(capacity),
+            map: Cache::with_weighter(items, bytes, ByteWeight),
             used: AtomicBool::new(false),
         }
+    }
+
+    /// The estimated bytes the entries weigh now.
+    pub fn weight(&self) -> u64 {
+        self.map.weight()
     }
 
     pub fn get(&self, key: &str) -> Option<V> {
@@ -215,5 +273,29 @@ impl<V: Clone> SparseCache<V> {
         if self.used.load(Relaxed) {
             self.map.retain(keep);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sparse_cache_is_bounded_in_bytes_not_entries() {
+        let map: SparseCache<SystemTime> = SparseCache::new(64 << 10);
+        // Long hostile keys: 1,000 of 4 KiB would be 4 MiB unbounded.
+        for i in 0..1000 {
+            map.insert(
+                format!("{i:04}{}", "k".repeat(4096)),
+                SystemTime::UNIX_EPOCH,
+            );
+        }
+        assert!(map.weight() <= 64 << 10, "weight {}", map.weight());
+        // Short keys still fit by the hundred.
+        let small: SparseCache<SystemTime> = SparseCache::new(64 << 10);
+        for i in 0..300 {
+            small.insert(format!("/k/{i}"), SystemTime::UNIX_EPOCH);
+        }
+        assert!(small.get("/k/299").is_some());
     }
 }

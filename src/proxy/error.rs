@@ -26,6 +26,10 @@ pub enum EdgeError {
     /// A host or path refused before routing (`proxy::target`).
     #[error("{0}")]
     Target(#[from] TargetError),
+    /// Every fill slot of the route stayed taken until the collapse deadline
+    /// (`origin_client.max_fills`): 503 with `Retry-After`.
+    #[error("origin busy: too many fills in flight, retry shortly")]
+    OriginBusy,
 }
 
 /// A failed fill's origin failure, back in the origin client's terms: the same status and
@@ -33,6 +37,7 @@ pub enum EdgeError {
 impl From<OriginFailure> for EdgeError {
     fn from(f: OriginFailure) -> EdgeError {
         EdgeError::Origin(match f {
+            OriginFailure::Busy => return EdgeError::OriginBusy,
             OriginFailure::Connect => OriginError::Connect,
             OriginFailure::Timeout => OriginError::Timeout,
             OriginFailure::Protocol => OriginError::Protocol,
@@ -54,6 +59,7 @@ impl EdgeError {
             EdgeError::Target(TargetError::BadRequest(_)) => StatusCode::BAD_REQUEST,
             EdgeError::Target(TargetError::Misdirected(_)) => StatusCode::MISDIRECTED_REQUEST,
             EdgeError::Target(TargetError::NoRoute(_)) => StatusCode::BAD_GATEWAY,
+            EdgeError::OriginBusy => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -66,6 +72,7 @@ impl EdgeError {
             EdgeError::Target(TargetError::BadRequest(_)) => "bad-request",
             EdgeError::Target(TargetError::Misdirected(_)) => "misdirected",
             EdgeError::Target(TargetError::NoRoute(_)) => "no-route",
+            EdgeError::OriginBusy => "origin-busy",
         }
     }
 
@@ -79,8 +86,12 @@ impl EdgeError {
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let EdgeError::OriginBusy = self {
+            // A slot frees as soon as one fill ends: retry soon.
+            h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         let status = match self {
-            EdgeError::Origin(_) => CacheStatus::Miss,
+            EdgeError::Origin(_) | EdgeError::OriginBusy => CacheStatus::Miss,
             _ => CacheStatus::Bypass,
         };
         stamp(

@@ -36,6 +36,11 @@ pub struct FillJob {
     stale: Option<Arc<CachedObject>>,
     /// A slice fill (`proxy::slice`): the origin is asked for this byte range of the object.
     slice: Option<SliceAsk>,
+    /// A cold Range miss: too large an answer is dropped and the viewers pass (`range_pass`).
+    range_probe: bool,
+    /// The leader's CMCD says its player is short of media: its fill is admitted first when the
+    /// route is at `origin_client.max_fills`.
+    priority: crate::proxy::admission::Priority,
 }
 
 impl FillJob {
@@ -60,6 +65,11 @@ impl FillJob {
             viewer_headers: req.parts.headers.clone(),
             host: req.host.clone(),
             peer: req.peer.map(|p| p.ip()),
+            range_probe: crate::proxy::range_pass::probe(req, base_key, stale.is_none()),
+            priority: crate::proxy::admission::Priority::urgent_if(
+                crate::cmcd::Cmcd::from_request(&req.parts.headers, req.parts.uri.query())
+                    .urgent(req.edge.config.cmcd.low_buffer_ms),
+            ),
             stale,
             slice: None,
         }
@@ -92,12 +102,20 @@ impl FillJob {
             peer: None,
             stale: None,
             slice: None,
+            range_probe: false,
+            // Speculative: never ahead of a player short of media.
+            priority: crate::proxy::admission::Priority::Normal,
         }
     }
 }
 
 /// What an oversized fill may hold for its slowest viewer before it stops reading the origin.
 const TRIM_WINDOW: u64 = 16 << 20;
+
+/// `cache.range_passthrough_above`.
+fn cache_limit(edge: &Edge) -> u64 {
+    edge.config.abuse.range_passthrough_above
+}
 
 /// The origin client's error in the fill's own terms (the cache does not depend on `origin`);
 /// `EdgeError`'s `From<OriginFailure>` maps it back, so viewers see the same status and detail.
@@ -168,11 +186,21 @@ async fn run(
             headers.insert(header::IF_MODIFIED_SINCE, lm.clone());
         }
     }
+    // A retry on another origin must land while the collapsed viewers still wait for the head;
+    // so must a fill queued for its route's slot (`origin_client.max_fills`).
+    let deadline = tokio::time::Instant::now() + edge.config.cache.collapse_timeout;
+    // Held until the body is in (or the fill fails): the slot bounds origin fetches, not heads.
+    let Some(_slot) = edge
+        .fill_limit
+        .admit(job.route, job.priority, deadline, &edge.metrics.abuse)
+        .await
+    else {
+        fill.set_head(FillHead::Failed(OriginFailure::Busy));
+        return Ok(());
+    };
     Metrics::inc(&edge.metrics.origin_fetches);
     let sent = Instant::now();
     let asked = headers.clone();
-    // A retry on another origin must land while the collapsed viewers still wait for the head.
-    let deadline = tokio::time::Instant::now() + edge.config.cache.collapse_timeout;
     let resp = match edge
         .origin
         .fetch_for(
@@ -281,6 +309,18 @@ async fn run(
         fill.set_pass(http::Response::from_parts(parts, body), reason);
         return Ok(());
     }
+    let content_length = policy::content_length(&parts.headers);
+    let limit = cache_limit(edge);
+    if job.range_probe && crate::proxy::range_pass::too_large(parts.status, content_length, limit) {
+        // Dropping the body closes the origin connection after the head: the viewers ask
+        // the origin for their own ranges instead.
+        edge.metrics
+            .abuse
+            .range_passthrough
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        fill.set_head(FillHead::Pass("range-pass"));
+        return Ok(());
+    }
 
     // Slices are kept under their own keys and never vary (`proxy::slice`).
     let spec = match sliced {
@@ -301,7 +341,6 @@ async fn run(
             .insert(job.base_key.clone(), Arc::new(spec.clone()));
         format!("{}{leader_variant}", job.base_key)
     };
-    let content_length = policy::content_length(&parts.headers);
     let age = match &decision {
         Decision::Store(f) => f.initial_age,
         _ => policy::age(&parts.headers)

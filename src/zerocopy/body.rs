@@ -101,9 +101,18 @@ impl ZeroCopy {
     }
 
     fn eligible(&self, len: usize) -> bool {
-        len >= MIN_SIZE
-            && self.enabled
-            && (len >= PAGES_MIN || self.files.load(Relaxed) < self.fd_budget)
+        if len < MIN_SIZE || !self.enabled {
+            return false;
+        }
+        // Each body is one mapping (and a memfd one a descriptor too): past either budget the
+        // body stays on the heap, long before mmap fails with ENOMEM at `vm.max_map_count` or
+        // accept fails with EMFILE.
+        let fits = self.live.load(Relaxed) < self.map_budget
+            && (len >= PAGES_MIN || self.files.load(Relaxed) < self.fd_budget);
+        if !fits {
+            self.map_fallbacks.fetch_add(1, Relaxed);
+        }
+        fits
     }
 
     /// If `[ptr, ptr+len)` lies inside a body registered here, how to send it without a copy.

@@ -3,7 +3,7 @@
 //! `vmsplice` + `splice` through pooled pipes).
 //!
 //! `ZeroCopy` is the context both halves share: whether zero-copy is on (`server.zero_copy`),
-//! the descriptor budget, the registry from a body's address to how it can be sent, the pipe
+//! the descriptor and mapping budgets, the registry from a body's address to how it can be sent, the pipe
 //! pool and the counters the admin listener reports. The edge makes one (`Edge::zero_copy`) and
 //! hands it to whoever places or sends bodies; nothing here is a process global, so two edges in
 //! one process (the tests) never see each other's bodies, budget or counters.
@@ -25,6 +25,11 @@ pub struct ZeroCopy {
     enabled: bool,
     /// The descriptors memfd bodies and pipes may hold together.
     fd_budget: usize,
+    /// The mappings bodies may hold (one each): half of `vm.max_map_count`, leaving the rest to
+    /// the allocator, the store and thread stacks.
+    map_budget: usize,
+    /// Bodies kept on the heap because a budget was spent (`vedge_zero_copy_fallbacks_total`).
+    map_fallbacks: AtomicU64,
     /// Registered mappings: start address -> (end address, memfd or `None` for anonymous pages).
     registry: RwLock<BTreeMap<usize, (usize, Option<RawFd>)>>,
     /// Bodies alive, of either kind.
@@ -50,6 +55,8 @@ impl ZeroCopy {
         Arc::new(ZeroCopy {
             enabled,
             fd_budget: fd_budget_from_rlimit(),
+            map_budget: map_budget_from_sysctl(),
+            map_fallbacks: AtomicU64::new(0),
             registry: RwLock::new(BTreeMap::new()),
             live: AtomicUsize::new(0),
             files: AtomicUsize::new(0),
@@ -67,6 +74,16 @@ impl ZeroCopy {
     /// The descriptors zero-copy sending may hold: a quarter of the open-file limit.
     pub fn fd_budget(&self) -> usize {
         self.fd_budget
+    }
+
+    /// The mappings zero-copy bodies may hold: half of `vm.max_map_count`.
+    pub fn map_budget(&self) -> usize {
+        self.map_budget
+    }
+
+    /// Large bodies kept on the heap because the mapping or descriptor budget was spent.
+    pub fn fallbacks(&self) -> u64 {
+        self.map_fallbacks.load(Relaxed)
     }
 
     /// How many zero-copy bodies (memfd or anonymous pages) are alive (`vedge_memfd_bodies`).
@@ -107,4 +124,14 @@ fn fd_budget_from_rlimit() -> usize {
         1024
     };
     (soft / 4).min(1 << 16)
+}
+
+/// Half of `vm.max_map_count` (read once per context; the kernel's default is 65,530). A
+/// process past the limit gets ENOMEM from every mmap, the allocator's included.
+fn map_budget_from_sysctl() -> usize {
+    let max = std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .ok()
+        .and_then(|s| s.trim().parse::<usize>().ok())
+        .unwrap_or(65_530);
+    max / 2
 }

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod abuse;
 mod cmcd;
 mod edge_basics;
 mod edge_bypass;
@@ -24,7 +25,7 @@ mod prefetch;
 mod purge;
 mod security;
 mod semantics;
-mod tier;
 mod slices;
+mod tier;
 mod tls;
 mod tokens;

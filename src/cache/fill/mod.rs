@@ -66,6 +66,9 @@ pub enum OriginFailure {
     Tls,
     #[error("internal error while fetching")]
     Internal,
+    /// No fill slot for the route before the collapse deadline (`origin_client.max_fills`).
+    #[error("origin busy: too many fills in flight")]
+    Busy,
 }
 
 /// The response head of a streaming fill.

@@ -1,0 +1,327 @@
+//! Issue 14's abuse limits on the origin side: fill slots per route (`origin_client.max_fills`,
+//! 503 origin-busy), connections per origin, a cold Range not fetching a large object whole,
+//! and h2 streams reset before any byte was read not fetching past the fill cap.
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::Empty;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use crate::support::{edge_config, until, Gate, Origin, Script, TestEdge};
+
+fn body(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i % 251) as u8).collect()
+}
+
+#[tokio::test]
+async fn a_fill_over_max_fills_waits_for_the_collapse_deadline_then_gets_503_origin_busy() {
+    let origin = Origin::start().await;
+    let gate = Gate::new();
+    origin.script(
+        "/v/held.ts",
+        Script::ok("held")
+            .header("cache-control", "max-age=60")
+            .gate(&gate),
+    );
+    origin.script(
+        "/v/next.ts",
+        Script::ok("next").header("cache-control", "max-age=60"),
+    );
+    let mut raw = edge_config(&origin);
+    raw.origin_client.max_fills = Some(1);
+    raw.cache.collapse_timeout = Some("300ms".into());
+    let edge = TestEdge::start(raw).await;
+
+    let url = edge.url("/v/held.ts");
+    let held = tokio::spawn(async move {
+        let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .build_http::<Empty<Bytes>>();
+        let r = client
+            .get(url.parse().expect("uri"))
+            .await
+            .expect("response");
+        r.status()
+    });
+    until("the first fill holds the slot", || {
+        origin.count("/v/held.ts") == 1
+    })
+    .await;
+
+    let r = edge.get("/v/next.ts").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.h("retry-after").parse::<u64>().is_ok_and(|s| s >= 1));
+    assert!(
+        r.h("cache-status").contains("detail=origin-busy"),
+        "{}",
+        r.h("cache-status")
+    );
+    assert_eq!(
+        origin.count("/v/next.ts"),
+        0,
+        "a refused fill never reaches the origin"
+    );
+    let m = &edge.edge.metrics.abuse;
+    assert_eq!(m.fills_queued.load(Relaxed), 1);
+    assert_eq!(m.fills_refused.load(Relaxed), 1);
+
+    gate.open();
+    assert_eq!(held.await.expect("task"), StatusCode::OK);
+    edge.settle().await;
+    let r = edge.get("/v/next.ts").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(origin.count("/v/next.ts"), 1);
+}
+
+#[tokio::test]
+async fn a_queued_fill_starts_once_a_slot_frees_and_collapsed_readers_join_it() {
+    let origin = Origin::start().await;
+    let gate = Gate::new();
+    origin.script(
+        "/v/a.ts",
+        Script::ok("a")
+            .header("cache-control", "max-age=60")
+            .gate(&gate),
+    );
+    origin.script(
+        "/v/b.ts",
+        Script::ok("b").header("cache-control", "max-age=60"),
+    );
+    let mut raw = edge_config(&origin);
+    raw.origin_client.max_fills = Some(1);
+    let edge = std::sync::Arc::new(TestEdge::start(raw).await);
+
+    let e = edge.clone();
+    let a = tokio::spawn(async move { e.get("/v/a.ts").await });
+    until("a holds the slot", || origin.count("/v/a.ts") == 1).await;
+    let mut bs = Vec::new();
+    for _ in 0..3 {
+        let e = edge.clone();
+        bs.push(tokio::spawn(async move { e.get("/v/b.ts").await }));
+    }
+    until("b's fill queued", || {
+        edge.edge.metrics.abuse.fills_queued.load(Relaxed) == 1
+    })
+    .await;
+    until("b's readers joined", || edge.collapsed() == 2).await;
+    assert_eq!(origin.count("/v/b.ts"), 0);
+    gate.open();
+    assert_eq!(a.await.expect("task").status, StatusCode::OK);
+    for b in bs {
+        let r = b.await.expect("task");
+        assert_eq!((r.status, &r.body[..]), (StatusCode::OK, &b"b"[..]));
+    }
+    assert_eq!(origin.count("/v/b.ts"), 1);
+    assert_eq!(edge.edge.metrics.abuse.fills_refused.load(Relaxed), 0);
+}
+
+#[tokio::test]
+async fn max_connections_per_origin_holds_a_second_request_until_the_first_connection_is_free() {
+    let origin = Origin::start().await;
+    let gate = Gate::new();
+    for p in ["/v/c1.ts", "/v/c2.ts"] {
+        origin.script(
+            p,
+            Script::ok("c")
+                .header("cache-control", "max-age=60")
+                .gate(&gate),
+        );
+    }
+    let mut raw = edge_config(&origin);
+    raw.origin_client.max_connections_per_origin = Some(1);
+    raw.origin_client.max_fills = Some(0);
+    let edge = std::sync::Arc::new(TestEdge::start(raw).await);
+    let waits = vedge::metrics::ORIGIN_CONNECTION_WAITS.load(Relaxed);
+
+    let tasks: Vec<_> = ["/v/c1.ts", "/v/c2.ts"]
+        .into_iter()
+        .map(|p| {
+            let e = edge.clone();
+            tokio::spawn(async move { e.get(p).await })
+        })
+        .collect();
+    until("one origin request in flight", || {
+        origin.count("/v/c1.ts") + origin.count("/v/c2.ts") == 1
+    })
+    .await;
+    until("the second dial waits for the connection slot", || {
+        vedge::metrics::ORIGIN_CONNECTION_WAITS.load(Relaxed) > waits
+    })
+    .await;
+    assert_eq!(origin.count("/v/c1.ts") + origin.count("/v/c2.ts"), 1);
+    gate.open();
+    for t in tasks {
+        assert_eq!(t.await.expect("task").status, StatusCode::OK);
+    }
+    assert_eq!(origin.count("/v/c1.ts") + origin.count("/v/c2.ts"), 2);
+}
+
+#[tokio::test]
+async fn a_range_on_a_cold_large_object_passes_through_and_the_second_request_fills() {
+    let origin = Origin::start().await;
+    let full = body(64 << 10);
+    origin.script(
+        "/v/big.mp4",
+        Script::ok(full.clone()).header("cache-control", "max-age=60"),
+    );
+    let mut raw = edge_config(&origin);
+    raw.cache.range_passthrough_above = Some("16KiB".into());
+    let edge = TestEdge::start(raw).await;
+
+    let r = edge
+        .get_with("/v/big.mp4", &[("range", "bytes=0-99")])
+        .await;
+    assert!(
+        r.h("cache-status").contains("detail=range-pass"),
+        "{}",
+        r.h("cache-status")
+    );
+    // The pass-through carried the viewer's Range to the origin (the fill's probe did not).
+    let seen = origin.seen("/v/big.mp4");
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0].header("range"), None);
+    assert_eq!(seen[1].header("range"), Some("bytes=0-99"));
+    assert_eq!(edge.edge.metrics.abuse.range_passthrough.load(Relaxed), 1);
+    assert!(edge.edge.fills.is_empty());
+
+    // Asked again: wanted, so filled whole and answered from the fill.
+    let r = edge
+        .get_with("/v/big.mp4", &[("range", "bytes=100-199")])
+        .await;
+    assert_eq!(r.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(&r.body[..], &full[100..200]);
+    edge.settle().await;
+    let r = edge
+        .get_with("/v/big.mp4", &[("range", "bytes=200-299")])
+        .await;
+    assert_eq!(
+        (r.status, r.x_cache()),
+        (StatusCode::PARTIAL_CONTENT, "HIT")
+    );
+    assert_eq!(origin.count("/v/big.mp4"), 3);
+}
+
+#[tokio::test]
+async fn a_range_on_a_cold_small_object_fills_it_at_once() {
+    let origin = Origin::start().await;
+    let full = body(4 << 10);
+    origin.script(
+        "/v/small.ts",
+        Script::ok(full.clone()).header("cache-control", "max-age=60"),
+    );
+    let mut raw = edge_config(&origin);
+    raw.cache.range_passthrough_above = Some("16KiB".into());
+    let edge = TestEdge::start(raw).await;
+    let r = edge
+        .get_with("/v/small.ts", &[("range", "bytes=10-19")])
+        .await;
+    assert_eq!(
+        (r.status, &r.body[..]),
+        (StatusCode::PARTIAL_CONTENT, &full[10..20])
+    );
+    edge.settle().await;
+    assert_eq!(edge.get("/v/small.ts").await.x_cache(), "HIT");
+    assert_eq!(origin.count("/v/small.ts"), 1);
+}
+
+#[tokio::test]
+async fn h2_streams_reset_at_once_never_run_more_origin_fetches_than_max_fills() {
+    let origin = Origin::start().await;
+    let gate = Gate::new();
+    let n = 8;
+    for i in 0..n {
+        origin.script(
+            &format!("/v/r{i}.ts"),
+            Script::ok(body(256 << 10))
+                .header("cache-control", "max-age=60")
+                .gate(&gate),
+        );
+    }
+    let mut raw = edge_config(&origin);
+    raw.origin_client.max_fills = Some(2);
+    let edge = TestEdge::start(raw).await;
+
+    let tcp = tokio::net::TcpStream::connect(edge.addr)
+        .await
+        .expect("connect");
+    let (send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    for i in 0..n {
+        let mut send = send.clone();
+        let req = Request::get(format!("http://127.0.0.1/v/r{i}.ts"))
+            .body(Empty::<Bytes>::new())
+            .expect("request");
+        let stream = tokio::spawn(async move { send.send_request(req).await });
+        until("the stream's fill is claimed", || {
+            edge.edge.fills.len() == i + 1
+        })
+        .await;
+        // Reset before any byte was read.
+        stream.abort();
+    }
+    let total = || {
+        (0..n)
+            .map(|i| origin.count(&format!("/v/r{i}.ts")))
+            .sum::<usize>()
+    };
+    until("the rest queued", || {
+        edge.edge.metrics.abuse.fills_queued.load(Relaxed) == (n - 2) as u64
+    })
+    .await;
+    assert_eq!(
+        total(),
+        2,
+        "origin fetches in flight never exceed max_fills"
+    );
+    assert!(edge.edge.metrics.abuse.fills_active.load(Relaxed) <= 2);
+    gate.open();
+    // The storable fills go on (the cache's job) two at a time; every one ends.
+    until("every fill ended", || edge.edge.fills.is_empty()).await;
+    assert!(total() <= n);
+}
+
+#[tokio::test]
+async fn a_viewer_reading_slower_than_min_send_rate_is_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let origin = Origin::start().await;
+    let len = 32 << 20;
+    origin.script(
+        "/v/long.mp4",
+        Script::ok(body(len)).header("cache-control", "max-age=60"),
+    );
+    let mut raw = edge_config(&origin);
+    raw.ram_size = Some("128MiB".into());
+    raw.server.zero_copy = Some(false);
+    raw.server.send_buffer = Some("0".into());
+    raw.server.write_timeout = Some("300ms".into());
+    raw.server.min_send_rate = Some("4MiB".into());
+    let edge = TestEdge::start(raw).await;
+
+    let mut s = tokio::net::TcpStream::connect(edge.addr)
+        .await
+        .expect("connect");
+    s.write_all(b"GET /v/long.mp4 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("request");
+    // Reads steadily but slowly (about 800 KB/s): never stalls long enough for write_timeout.
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 4096];
+    let mut closed = false;
+    for _ in 0..6000 {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => {
+                closed = true;
+                break;
+            }
+            Ok(n) => got += n,
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert!(closed, "the slow viewer was not disconnected");
+    assert!(got < len, "the whole body arrived ({got} bytes)");
+    assert!(edge.edge.metrics.limits.slow_readers_closed.load(Relaxed) >= 1);
+}
