@@ -67,6 +67,11 @@ pub enum Claim {
 }
 
 impl FillTable {
+    /// Whether a fill for `key` is in flight (a reader claiming it now would join it).
+    pub fn in_flight(&self, key: &str) -> bool {
+        self.map.lock().contains_key(key)
+    }
+
     pub fn claim(self: &Arc<Self>, key: &str) -> Claim {
         let mut map = self.map.lock();
         if let Some(f) = map.get(key) {

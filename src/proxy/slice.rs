@@ -252,7 +252,16 @@ enum Got {
 
 /// Whether a miss on `key` (the base key, no `Vary` known) goes through the slice path.
 pub fn applies(edge: &Edge, base: &str, key: &str) -> bool {
-    edge.config.cache.slice_size > 0 && base == key
+    // A whole-object fill already in flight for the key (a prefetch, a probe) is joined
+    // instead: its bytes are on their way. Manifests are never sliced: they are small, and a
+    // live or blocking playlist request must keep its own fill and hold rules.
+    let path = crate::cache::key::key_path(base);
+    let path = path.split('?').next().unwrap_or(path);
+    edge.config.cache.slice_size > 0
+        && base == key
+        && crate::cache::policy::ContentClass::classify(path, None)
+            != crate::cache::policy::ContentClass::Manifest
+        && !edge.fills.in_flight(base)
 }
 
 /// The `Slice` phase: a fresh record answers from slices; without one, the slice holding the

@@ -167,6 +167,8 @@ async fn a_range_on_a_cold_large_object_passes_through_and_the_second_request_fi
     );
     let mut raw = edge_config(&origin);
     raw.cache.range_passthrough_above = Some("16KiB".into());
+    // The probe rule is for edges that do not slice (a sliced edge answers from one slice).
+    raw.cache.slice_size = Some("0".into());
     let edge = TestEdge::start(raw).await;
 
     let r = edge
