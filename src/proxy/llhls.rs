@@ -30,10 +30,9 @@ use crate::cache::object::CachedObject;
 use crate::cache::status::CacheStatus;
 use crate::config::Route;
 use crate::http::body::Body;
-use crate::http::response::{self, CacheInfo, Source};
 use crate::proxy::edge::Edge;
 use crate::proxy::error::EdgeError;
-use crate::proxy::request::{self, Req};
+use crate::proxy::request::{self, serve_object, Req};
 
 /// Playlists tracked at once (least recently used forgotten first).
 const PLAYLISTS: usize = 10_000;
@@ -48,36 +47,8 @@ pub const PREFETCH_PERMITS: usize = 64;
 /// Rounds a blocking request waits through (each ends with a newer copy or an upstream done).
 const MAX_ROUNDS: usize = 256;
 
-/// The delivery directives of a playlist request.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Directives {
-    pub msn: Option<u64>,
-    pub part: Option<u64>,
-    pub skip: bool,
-}
-
-impl Directives {
-    /// Reads `_HLS_msn`, `_HLS_part`, `_HLS_skip` from a query; `Err` when malformed (400).
-    pub fn parse(query: Option<&str>) -> Result<Directives, &'static str> {
-        let mut d = Directives::default();
-        for kv in query.unwrap_or("").split('&') {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            match k {
-                "_HLS_msn" => d.msn = Some(v.parse().map_err(|_| "bad _HLS_msn")?),
-                "_HLS_part" => d.part = Some(v.parse().map_err(|_| "bad _HLS_part")?),
-                "_HLS_skip" => match v {
-                    "YES" | "v2" => d.skip = true,
-                    _ => return Err("bad _HLS_skip (YES or v2)"),
-                },
-                _ => {}
-            }
-        }
-        if d.part.is_some() && d.msn.is_none() {
-            return Err("_HLS_part without _HLS_msn");
-        }
-        Ok(d)
-    }
-}
+/// The delivery directives of a playlist request (shared with the origin simulator).
+pub use vedge_manifest::delivery::Delivery as Directives;
 
 /// What a line scan of a media playlist found.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -472,18 +443,13 @@ impl Drop for Upstream {
 }
 
 fn serve_latest(req: &Req<'_>, obj: &CachedObject) -> Response<Body> {
-    let now = req.edge.clock.now();
-    req.edge.metrics.request(CacheStatus::Hit);
-    response::build(
-        &req.ask(),
-        obj.status,
-        &obj.headers,
-        Source::Bytes(obj.body.clone()),
-        CacheInfo {
-            status: CacheStatus::Hit,
-            cache_status: format!("{}; hit; detail=llhls-latest", req.cdn()),
-            age: Some(obj.age(now).as_secs()),
-        },
+    let cache_status = format!("{}; hit; detail=llhls-latest", req.cdn());
+    serve_object(
+        req,
+        obj,
+        CacheStatus::Hit,
+        cache_status,
+        req.edge.clock.now(),
     )
 }
 

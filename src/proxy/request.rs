@@ -356,39 +356,42 @@ async fn lookup(req: &Req<'_>, at: &mut Lookup) -> Phase {
 }
 
 fn serve_hit(req: &Req<'_>, obj: &CachedObject, tier: Tier, now: SystemTime) -> Response<Body> {
-    req.edge.metrics.request(CacheStatus::Hit);
-    response::build(
-        &req.ask(),
-        obj.status,
-        &obj.headers,
-        Source::Bytes(obj.body.clone()),
-        CacheInfo {
-            status: CacheStatus::Hit,
-            cache_status: format!(
-                "{}; hit; ttl={}; detail={}",
-                req.cdn(),
-                obj.ttl_left(now),
-                tier.as_str()
-            ),
-            age: Some(obj.age(now).as_secs()),
-        },
-    )
+    let cache_status = format!(
+        "{}; hit; ttl={}; detail={}",
+        req.cdn(),
+        obj.ttl_left(now),
+        tier.as_str()
+    );
+    serve_object(req, obj, CacheStatus::Hit, cache_status, now)
 }
 
 fn serve_stale(req: &Req<'_>, obj: &CachedObject, now: SystemTime, why: &str) -> Response<Body> {
-    req.edge.metrics.request(CacheStatus::Stale);
+    let cache_status = format!(
+        "{}; hit; ttl={}; fwd=stale; detail={why}",
+        req.cdn(),
+        obj.ttl_left(now)
+    );
+    serve_object(req, obj, CacheStatus::Stale, cache_status, now)
+}
+
+/// A response from a stored object (hit, stale, an LL-HLS playlist already satisfying the
+/// request), counted under `status`.
+pub(crate) fn serve_object(
+    req: &Req<'_>,
+    obj: &CachedObject,
+    status: CacheStatus,
+    cache_status: String,
+    now: SystemTime,
+) -> Response<Body> {
+    req.edge.metrics.request(status);
     response::build(
         &req.ask(),
         obj.status,
         &obj.headers,
         Source::Bytes(obj.body.clone()),
         CacheInfo {
-            status: CacheStatus::Stale,
-            cache_status: format!(
-                "{}; hit; ttl={}; fwd=stale; detail={why}",
-                req.cdn(),
-                obj.ttl_left(now)
-            ),
+            status,
+            cache_status,
             age: Some(obj.age(now).as_secs()),
         },
     )

@@ -102,49 +102,19 @@ impl PartPlan {
     }
 }
 
-/// What a blocking playlist reload asks for (RFC 8216bis 6.2.5.2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Delivery {
-    pub msn: Option<u64>,
-    pub part: Option<u64>,
-    /// `_HLS_skip=YES` or `v2`.
-    pub skip: bool,
-}
+pub use vedge_manifest::delivery::Delivery;
 
-impl Delivery {
-    /// Reads the delivery directives of a query; `Err` when they are malformed (answer 400).
-    pub fn parse(query: Option<&str>) -> Result<Delivery, &'static str> {
-        let mut d = Delivery::default();
-        for kv in query.unwrap_or("").split('&') {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            match k {
-                "_HLS_msn" => d.msn = Some(v.parse().map_err(|_| "bad _HLS_msn")?),
-                "_HLS_part" => d.part = Some(v.parse().map_err(|_| "bad _HLS_part")?),
-                "_HLS_skip" => match v {
-                    "YES" | "v2" => d.skip = true,
-                    _ => return Err("bad _HLS_skip"),
-                },
-                _ => {}
-            }
-        }
-        if d.part.is_some() && d.msn.is_none() {
-            return Err("_HLS_part without _HLS_msn");
-        }
-        Ok(d)
+/// The `/__stats` key of a blocking request `d` on `path` (`None` without `_HLS_msn`).
+pub fn stats_key(d: &Delivery, path: &str) -> Option<String> {
+    let msn = d.msn?;
+    let mut k = format!("{path}?_HLS_msn={msn}");
+    if let Some(p) = d.part {
+        let _ = write!(k, "&_HLS_part={p}");
     }
-
-    /// The `/__stats` key of a blocking request on `path`.
-    pub fn stats_key(&self, path: &str) -> Option<String> {
-        let msn = self.msn?;
-        let mut k = format!("{path}?_HLS_msn={msn}");
-        if let Some(p) = self.part {
-            let _ = write!(k, "&_HLS_part={p}");
-        }
-        if self.skip {
-            k.push_str("&_HLS_skip=YES");
-        }
-        Some(k)
+    if d.skip {
+        k.push_str("&_HLS_skip=YES");
     }
+    Some(k)
 }
 
 /// The answer to a blocking reload at stream time `now`.

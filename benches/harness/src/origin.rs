@@ -531,7 +531,10 @@ async fn handle(st: &State, req: Request<Incoming>) -> Response<Body> {
     }
     let query = req.uri().query();
     if path.ends_with(".m3u8") {
-        if let Some(k) = Delivery::parse(query).ok().and_then(|d| d.stats_key(&path)) {
+        if let Some(k) = Delivery::parse(query)
+            .ok()
+            .and_then(|d| ll::stats_key(&d, &path))
+        {
             *st.blocking.lock().entry(k).or_default() += 1;
         }
     }

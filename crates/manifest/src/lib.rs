@@ -21,6 +21,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod dash;
+pub mod delivery;
 pub mod duration;
 pub mod fetch;
 #[doc(hidden)]

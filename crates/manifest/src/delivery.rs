@@ -1,0 +1,58 @@
+//! LL-HLS delivery directives (RFC 8216bis §6.2.5): `_HLS_msn`, `_HLS_part` and `_HLS_skip` of a
+//! playlist request. One reader for the edge (which holds and collapses blocking reloads) and the
+//! origin simulator (which produces them), so both refuse the same malformed requests.
+
+/// What a playlist request asks for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Delivery {
+    pub msn: Option<u64>,
+    pub part: Option<u64>,
+    /// `_HLS_skip=YES` or `v2` (a delta update).
+    pub skip: bool,
+}
+
+impl Delivery {
+    /// Reads the directives of a query; `Err` (answer 400) when one is malformed or `_HLS_part`
+    /// comes without `_HLS_msn`.
+    pub fn parse(query: Option<&str>) -> Result<Delivery, &'static str> {
+        let mut d = Delivery::default();
+        for kv in query.unwrap_or("").split('&') {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            match k {
+                "_HLS_msn" => d.msn = Some(v.parse().map_err(|_| "bad _HLS_msn")?),
+                "_HLS_part" => d.part = Some(v.parse().map_err(|_| "bad _HLS_part")?),
+                "_HLS_skip" => match v {
+                    "YES" | "v2" => d.skip = true,
+                    _ => return Err("bad _HLS_skip (YES or v2)"),
+                },
+                _ => {}
+            }
+        }
+        if d.part.is_some() && d.msn.is_none() {
+            return Err("_HLS_part without _HLS_msn");
+        }
+        Ok(d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn directives_are_read_and_malformed_ones_refused() {
+        assert_eq!(Delivery::parse(None), Ok(Delivery::default()));
+        assert_eq!(
+            Delivery::parse(Some("a=b&_HLS_msn=4&_HLS_part=2&_HLS_skip=v2")),
+            Ok(Delivery {
+                msn: Some(4),
+                part: Some(2),
+                skip: true
+            })
+        );
+        assert!(Delivery::parse(Some("_HLS_part=1")).is_err());
+        assert!(Delivery::parse(Some("_HLS_msn=-1")).is_err());
+        assert!(Delivery::parse(Some("_HLS_msn=99999999999999999999")).is_err());
+        assert!(Delivery::parse(Some("_HLS_skip=NO")).is_err());
+    }
+}
