@@ -4,6 +4,13 @@
 #
 #   benches/ingest/run.sh [SCRATCH_DIR]        # default /tmp/vedge-ingest-bench; needs ~7 GiB
 #   RUNS=3 SEG_MIB=8 SOURCES="nginx origin dir" VEDGE=target/release/vedge benches/ingest/run.sh
+#   SOURCES=admin benches/ingest/run.sh        # issue 18 goal 4: push into a RUNNING edge
+#
+# `admin`: a `vedge serve` with the 4 GiB store and an admin listener, its origin the nginx above;
+# `vedge ingest URL --admin` starts a `POST /admin/ingest` job and polls it to the end (the edge
+# fetches each segment and streams it into its store). Timed like the others (the client's wall
+# time); the edge's peak RSS (VmHWM) is printed after each ingest: it should stay near
+# --concurrency write buffers, not grow with the asset.
 #
 # The asset: master.m3u8 -> v/index.m3u8 -> 2 GiB of random data in SEG_MIB-MiB segments. Sources:
 # nginx (sendfile; apt-get install -y nginx-light fio), `vedge origin --static` and the directory
@@ -17,7 +24,7 @@ DIR=${1:-/tmp/vedge-ingest-bench}
 RUNS=${RUNS:-3}
 SEG_MIB=${SEG_MIB:-8}
 SOURCES=${SOURCES:-nginx origin dir}   # which sources to ingest from, in this order each run
-TOTAL_MIB=2048
+TOTAL_MIB=${TOTAL_MIB:-2048}
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -94,13 +101,13 @@ mibs() { python3 -c "print(f'{$1 / 1048576 / $2:.1f}')"; }
 
 fio_once() {  # sets FIO (MiB/s): fio's sequential O_DIRECT write of 2 GiB on the store file
   rm -f "$STORE"
-  FIO=$(fio --name=seqwrite --filename="$STORE" --rw=write --bs=1M --direct=1 --size=2G \
+  FIO=$(fio --name=seqwrite --filename="$STORE" --rw=write --bs=1M --direct=1 --size=${TOTAL_MIB}M \
     --ioengine=psync --numjobs=1 --end_fsync=1 --output-format=json \
     | python3 -c 'import json,sys; j=json.load(sys.stdin)["jobs"][0]["write"]; print("%.1f" % (j["bw_bytes"] / 1048576))')
   echo "fio psync bs=1M O_DIRECT write: $FIO MiB/s"
 }
 rm -f "$STORE"
-FIO_URING=$(fio --name=seqwrite --filename="$STORE" --rw=write --bs=1M --direct=1 --size=2G \
+FIO_URING=$(fio --name=seqwrite --filename="$STORE" --rw=write --bs=1M --direct=1 --size=${TOTAL_MIB}M \
   --ioengine=io_uring --iodepth=8 --end_fsync=1 --output-format=json \
   | python3 -c 'import json,sys; j=json.load(sys.stdin)["jobs"][0]["write"]; print("%.1f" % (j["bw_bytes"] / 1048576))')
 echo "fio io_uring QD8 bs=1M O_DIRECT write (for reference): $FIO_URING MiB/s"
@@ -125,6 +132,64 @@ ingest_once() {  # ingest_once NAME SOURCE
   echo "$1 $rate $ratio" >> "$RATIOS"
 }
 
+admin_once() {  # a running edge, pushed through its admin API
+  rm -f "$STORE"
+  local ep ap token=bench-admin-token
+  ep=$(free_port); ap=$(free_port)
+  cat > "$DIR/edge.toml" <<EOF
+listen = "127.0.0.1:$ep"
+origin = "http://127.0.0.1:$NP"
+admin_listen = "127.0.0.1:$ap"
+admin_token = "$token"
+[store]
+path = "$STORE"
+size = "4GiB"
+EOF
+  "$VEDGE" serve --config "$DIR/edge.toml" --log warn > "$DIR/edge.log" 2>&1 &
+  local edge=$!
+  for _ in $(seq 1 600); do
+    curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$ap/" && break
+    kill -0 "$edge" 2>/dev/null || { log "ERROR: the edge did not start"; cat "$DIR/edge.log" >&2; return 1; }
+    sleep 0.1
+  done
+  sync
+  local out
+  out=$(/usr/bin/time -f "%e %U %S" -o "$DIR/time" \
+    "$VEDGE" ingest "http://127.0.0.1:$NP/master.m3u8" --admin "http://127.0.0.1:$ap" \
+      --admin-token "$token" --json 2> "$DIR/ingest.err") || {
+    log "ERROR: admin ingest failed"; cat "$DIR/ingest.err" "$DIR/edge.log" >&2; echo "$out" >&2
+    kill "$edge"; wait "$edge" 2>/dev/null || true; return 1; }
+  local hwm rss cpu
+  hwm=$(awk '/VmHWM/ {print $2, $3}' "/proc/$edge/status")
+  rss=$(awk '/VmRSS/ {print $2, $3}' "/proc/$edge/status")
+  cpu=$(awk -v hz="$(getconf CLK_TCK)" '{printf "%.1f", ($14 + $15) / hz}' "/proc/$edge/stat")
+  kill "$edge"; wait "$edge" 2>/dev/null || true
+  echo "$out" > "$DIR/admin-job.json"
+  local bytes secs user sys
+  bytes=$(python3 -c '
+import json, sys
+def find(o):
+    if isinstance(o, dict):
+        for k in ("stored_bytes", "bytes"):
+            if isinstance(o.get(k), int) and o[k] > 0:
+                return o[k]
+        o = list(o.values())
+    if isinstance(o, list):
+        for x in o:
+            r = find(x)
+            if r:
+                return r
+    return 0
+print(find(json.load(open(sys.argv[1]))))' "$DIR/admin-job.json")
+  [[ $bytes -gt 0 ]] || { log "no byte count in the job status, see $DIR/admin-job.json; counting the asset"; bytes=$((TOTAL_MIB << 20)); }
+  read -r secs user sys < "$DIR/time"
+  local rate ratio
+  rate=$(mibs "$bytes" "$secs")
+  ratio=$(python3 -c "print(f'{100 * $rate / $FIO:.1f}')")
+  echo "ingest via the admin API into a running edge: $bytes bytes in $secs s = $rate MiB/s = $ratio % of fio psync (edge CPU $cpu s; edge peak RSS $hwm, RSS after $rss)"
+  echo "admin $rate $ratio" >> "$RATIOS"
+}
+
 # fio runs before every round: the shared VM's disk speed drifts, so each ingest is compared with
 # a fio figure taken seconds before it.
 for run in $(seq 1 "$RUNS"); do
@@ -134,6 +199,7 @@ for run in $(seq 1 "$RUNS"); do
       nginx) ingest_once nginx "http://127.0.0.1:$NP/master.m3u8" ;;
       origin) ingest_once "vedge-origin" "http://127.0.0.1:$OP/a/master.m3u8" ;;
       dir) ingest_once directory "$DIR/asset/master.m3u8" ;;
+      admin) admin_once ;;
     esac
   done
 done
