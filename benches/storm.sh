@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Issue 18 goal 5: 20,000 viewers, one connection each, through one edge. First the harness's own
+# ceiling (viewers straight at the simulator, no edge), then the segment storm through vedge, with
+# the edge's RSS and CPU sampled every second (pidstat). Prints the harness's report lines and the
+# edge's peak RSS and CPU per 1,000 connections.
+#
+#   benches/storm.sh                       # VIEWERS=20000 DURATION=60s
+#   VIEWERS=2000 DURATION=15s benches/storm.sh
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+VIEWERS=${VIEWERS:-20000}
+DURATION=${DURATION:-60s}
+VEDGE=${VEDGE:-$ROOT/target/release/vedge}
+OUT=${OUT:-$ROOT/benches/results/storm-$(date +%Y%m%d-%H%M%S)}
+[[ -x $VEDGE ]] || { echo "no vedge at $VEDGE (cargo build --release --bin vedge)"; exit 1; }
+command -v pidstat >/dev/null || { echo "pidstat missing (apt-get install -y sysstat)"; exit 1; }
+mkdir -p "$OUT"
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+ulimit -n "$(ulimit -Hn)"
+
+OP=$(free_port); EP=$(free_port)
+"$VEDGE" origin --listen "127.0.0.1:$OP" > "$OUT/origin.log" 2>&1 &
+PIDS+=($!)
+printf 'listen = "127.0.0.1:%s"\norigin = "http://127.0.0.1:%s"\n' "$EP" "$OP" > "$OUT/edge.toml"
+"$VEDGE" serve --config "$OUT/edge.toml" --log warn > "$OUT/edge.log" 2>&1 &
+EDGE=$!
+PIDS+=($EDGE)
+for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$EP/live/warm/master.m3u8" && break; sleep 0.1; done
+{ date -u +"date: %Y-%m-%dT%H:%M:%SZ"; lscpu | grep 'Model name'; uname -r; nproc;
+  git -C "$ROOT" rev-parse --short HEAD; echo "VIEWERS=$VIEWERS DURATION=$DURATION"; } | tee "$OUT/env.txt"
+
+echo "== ceiling: $VIEWERS viewers straight at the simulator" >&2
+"$VEDGE" bench live-burst --target "http://127.0.0.1:$OP/live/{run}/master.m3u8" \
+  --viewers "$VIEWERS" --duration "$DURATION" --scenario segment-storm \
+  --json "$OUT/ceiling.json" > "$OUT/ceiling.txt" 2>&1 || true
+tail -25 "$OUT/ceiling.txt"
+
+echo "== through vedge: $VIEWERS viewers" >&2
+pidstat -r -u -h -p "$EDGE" 1 > "$OUT/edge-pidstat.txt" &
+PS=$!
+PIDS+=($PS)
+"$VEDGE" bench live-burst --target "http://127.0.0.1:$EP/live/{run}/master.m3u8" \
+  --origin-stats "http://127.0.0.1:$OP/__stats" --viewers "$VIEWERS" --duration "$DURATION" \
+  --scenario segment-storm --json "$OUT/storm.json" --html "$OUT/storm.html" > "$OUT/storm.txt" 2>&1 || true
+kill "$PS" 2>/dev/null || true
+tail -25 "$OUT/storm.txt"
+python3 - "$OUT" "$VIEWERS" <<'PY' | tee "$OUT/edge-cost.txt"
+import sys
+out, viewers = sys.argv[1], int(sys.argv[2])
+rss, cpu = [], []
+cols = None
+for line in open(f"{out}/edge-pidstat.txt"):
+    f = line.split()
+    if line.startswith("#"):
+        cols = f[1:]
+        continue
+    if not cols or len(f) != len(cols):
+        continue
+    row = dict(zip(cols, f))
+    try:
+        rss.append(int(row["RSS"]))
+        cpu.append(float(row["%CPU"]))
+    except (KeyError, ValueError):
+        pass
+if rss:
+    busy = sorted(cpu)[len(cpu) // 2]
+    grown = (max(rss) - rss[0]) / 1024
+    print(f"edge RSS at start {rss[0] / 1024:.0f} MiB, peak {max(rss) / 1024:.0f} MiB (+{grown / viewers * 1000:.1f} MiB per 1,000 viewers); "
+          f"median CPU {busy:.0f} % ({busy / viewers * 1000:.2f} % per 1,000 viewers); max CPU {max(cpu):.0f} %")
+PY
