@@ -18,6 +18,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::http::body::Body;
 use crate::http::conn::{self, Activity, Watched};
@@ -28,9 +29,12 @@ use crate::proxy::Edge;
 pub async fn serve(edge: Arc<Edge>, listener: TcpListener, shutdown: CancellationToken) {
     // Ingest jobs live as long as the listener.
     let jobs = Arc::new(ingest::IngestJobs::default());
+    // Connection tasks: shutdown returns once each has finished its response and closed (or
+    // the grace period cut it), like the viewer listener.
+    let tasks = TaskTracker::new();
     loop {
         let (stream, _) = tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => break,
             a = listener.accept() => match a {
                 Ok(a) => a,
                 Err(_) => continue,
@@ -52,7 +56,7 @@ pub async fn serve(edge: Arc<Edge>, listener: TcpListener, shutdown: Cancellatio
         };
         let shutdown = shutdown.clone();
         let edge = edge.clone();
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             // The viewer listener's limits with the admin's own timeouts: a scraper or script
             // that opens a connection and sends nothing is closed like any slow client.
             let t = &edge.config.admin.timeouts;
@@ -68,14 +72,20 @@ pub async fn serve(edge: Arc<Edge>, listener: TcpListener, shutdown: Cancellatio
                 tokio::select! {
                     _ = conn.as_mut() => {}
                     _ = shutdown.cancelled() => {
+                        // Finish the request in flight (h1: no more keep-alive; h2: GOAWAY),
+                        // within the grace period; dropped past it, the socket closes.
                         conn.as_mut().graceful_shutdown();
-                        let _ = conn.as_mut().await;
+                        let grace = edge.config.server.shutdown_grace;
+                        let _ = tokio::time::timeout(grace, conn.as_mut()).await;
                     }
                 }
             };
             conn::guard(served, &activity, t, &edge.metrics.limits).await;
         });
     }
+    drop(listener);
+    tasks.close();
+    tasks.wait().await;
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {

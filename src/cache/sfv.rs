@@ -77,6 +77,36 @@ pub fn parse_dictionary(input: &str) -> Result<Dictionary, Invalid> {
     Ok(dict)
 }
 
+/// Parses a List field value (RFC 8941 §4.2.1) and returns where each member is in `input`
+/// (its item or inner list with parameters, without the surrounding whitespace or commas), for
+/// callers that keep members verbatim (a `Cache-Status` list an upstream cache sent). An empty
+/// value is an empty list; any syntax error fails the whole value.
+pub fn list_member_spans(input: &str) -> Result<Vec<std::ops::Range<usize>>, Invalid> {
+    let mut p = Parser {
+        s: input.as_bytes(),
+        i: 0,
+    };
+    p.skip_sp();
+    let mut spans = Vec::new();
+    while !p.done() {
+        let start = p.i;
+        p.item_or_inner_list()?;
+        spans.push(start..p.i);
+        p.skip_ows();
+        if p.done() {
+            return Ok(spans);
+        }
+        if !p.eat(b',') {
+            return Err(p.invalid());
+        }
+        p.skip_ows();
+        if p.done() {
+            return Err(p.invalid());
+        }
+    }
+    Ok(spans)
+}
+
 struct Parser<'a> {
     s: &'a [u8],
     i: usize,

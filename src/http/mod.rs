@@ -4,6 +4,7 @@
 
 pub mod access;
 pub mod body;
+pub mod cache_status;
 pub mod conn;
 pub mod limits;
 pub mod range;

@@ -143,27 +143,10 @@ pub fn stamp(resp: &mut Response<Body>, info: CacheInfo) {
 
 /// RFC 9211 §2: `Cache-Status` is a list, one entry per cache, the origin's nearest first; the
 /// entries of upstream caches (a shield, another CDN) that came with the response (and were
-/// stored with the object) are kept, and this node's entry goes last. Several field lines
-/// become one.
+/// stored with the object) are kept, within bounds (`cache_status::append`), and this node's
+/// entry goes last. Several field lines become one.
 fn cache_status(h: &HeaderMap, ours: String) -> HeaderValue {
-    let upstream: Vec<&str> = h
-        .get_all(CACHE_STATUS)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-        .collect();
-    let value = if upstream.is_empty() {
-        ours
-    } else {
-        let mut list = upstream.join(", ");
-        list.push_str(", ");
-        list.push_str(&ours);
-        list
-    };
-    // The String's buffer becomes the header value (no second copy).
-    HeaderValue::from_maybe_shared(Bytes::from(value))
-        .unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+    super::cache_status::append(h.get_all(CACHE_STATUS).iter(), ours)
 }
 
 fn hv(s: &str) -> HeaderValue {

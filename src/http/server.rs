@@ -19,6 +19,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::{ConnTimeouts, H2Limits, ServerConfig};
 use crate::http::access::{Logged, Pending};
@@ -194,7 +195,13 @@ async fn accept_loop<H: Handler>(
 ) {
     let cfg = edge.server_config();
     let builder = Arc::new(builder(&cfg.timeouts, &cfg.h2, cfg.max_header_size));
+    // On shutdown every open connection is told to finish its in-flight responses and close
+    // (`graceful`: h1 stops keep-alive and closes once idle, h2 sends GOAWAY); `cut` drops the
+    // ones still open when the grace period ends, which closes their sockets. `tasks` lets the
+    // loop return only once every connection is gone, so nothing answers after `serve` returns.
     let graceful = GracefulShutdown::new();
+    let cut = CancellationToken::new();
+    let tasks = TaskTracker::new();
     loop {
         // Races a new connection against shutdown; shutdown wins and stops accepting.
         let (stream, peer) = tokio::select! {
@@ -230,6 +237,7 @@ async fn accept_loop<H: Handler>(
             })
         };
         let edge = edge.clone();
+        let cut = cut.clone();
         match &tls {
             None => {
                 let io = Watched::new(
@@ -238,16 +246,22 @@ async fn accept_loop<H: Handler>(
                 );
                 let conn =
                     graceful.watch(builder.serve_connection(TokioIo::new(io), svc).into_owned());
-                tokio::spawn(async move {
+                tasks.spawn(async move {
                     let cfg = edge.server_config();
-                    conn::guard(conn, &activity, &cfg.timeouts, &edge.metrics().limits).await;
+                    let served =
+                        conn::guard(conn, &activity, &cfg.timeouts, &edge.metrics().limits);
+                    // Races the connection against the end of the drain; dropped, it closes.
+                    tokio::select! {
+                        _ = served => {}
+                        _ = cut.cancelled() => {}
+                    }
                 });
             }
             Some(tls) => {
                 let acceptor = tls.acceptor().clone();
                 let builder = builder.clone();
                 let watcher = graceful.watcher();
-                tokio::spawn(async move {
+                tasks.spawn(async move {
                     let cfg = edge.server_config();
                     let m = &edge.metrics().limits;
                     let io = Watched::new(stream, activity.clone());
@@ -271,17 +285,27 @@ async fn accept_loop<H: Handler>(
                             .serve_connection(TokioIo::new(tls), svc)
                             .into_owned(),
                     );
-                    conn::guard(conn, &activity, &cfg.timeouts, m).await;
+                    // As above: the connection, or the end of the drain (the handshake before
+                    // it is bounded by `tls_handshake_timeout`).
+                    tokio::select! {
+                        _ = conn::guard(conn, &activity, &cfg.timeouts, m) => {}
+                        _ = cut.cancelled() => {}
+                    }
                 });
             }
         }
     }
     drop(listener);
     let grace = edge.server_config().shutdown_grace;
+    // Races the drain of every connection against the grace period.
     tokio::select! {
         _ = graceful.shutdown() => tracing::info!("all connections drained"),
         _ = tokio::time::sleep(grace) => tracing::warn!(?grace, "grace period over; closing remaining connections"),
     }
+    cut.cancel();
+    tasks.close();
+    // Every task ends at its next poll now (`cut`), so this wait is short.
+    tasks.wait().await;
 }
 
 /// One viewer connection's place under the limits and its activity, shared by its requests.

@@ -583,23 +583,34 @@ fn route_authority(u: &url::Url) -> String {
 
 /// Whether a viewer request already passed through this node (or an unnamed vedge): RFC 8586.
 /// Entries with our id and another node's name are other tiers of the same CDN, and pass.
+///
+/// The field is hostile input and a missed loop costs a request storm, so the reading errs
+/// toward "loop": ids and node names compare without case, whitespace around `;` and `=` is
+/// ignored, a field line with bytes outside visible ASCII is still read (lossily: one merged line
+/// cannot hide our entry behind one bad byte), and an entry naming several nodes loops when any
+/// of them is this node.
 pub fn is_loop(headers: &HeaderMap, cdn_id: &str, node: &str) -> bool {
-    headers
-        .get_all("cdn-loop")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|entry| {
-            let mut parts = entry.split(';').map(str::trim);
-            let id = parts.next().unwrap_or("");
-            if !id.eq_ignore_ascii_case(cdn_id) {
-                return false;
-            }
-            let other_node = parts
-                .filter_map(|p| p.strip_prefix("node="))
-                .any(|n| n.trim_matches('"') != node);
-            !other_node
-        })
+    headers.get_all("cdn-loop").iter().any(|v| {
+        String::from_utf8_lossy(v.as_bytes())
+            .split(',')
+            .any(|entry| {
+                let mut parts = entry.split(';').map(str::trim);
+                let id = parts.next().unwrap_or("").trim_matches('"');
+                if !id.eq_ignore_ascii_case(cdn_id) {
+                    return false;
+                }
+                let mut named = parts
+                    .filter_map(|p| {
+                        let (k, v) = p.split_once('=')?;
+                        k.trim()
+                            .eq_ignore_ascii_case("node")
+                            .then(|| v.trim().trim_matches('"').trim())
+                    })
+                    .peekable();
+                // No node named: an unnamed vedge of our CDN, which may be this one.
+                named.peek().is_none() || named.any(|n| n.eq_ignore_ascii_case(node))
+            })
+    })
 }
 
 #[cfg(test)]
@@ -619,5 +630,38 @@ mod tests {
         );
         h.append("cdn-loop", HeaderValue::from_static("vedge; node=n1"));
         assert!(is_loop(&h, "vedge", "n1"));
+    }
+
+    #[test]
+    fn loop_detection_is_not_bypassed_by_case_whitespace_or_bad_bytes() {
+        let looped = |v: &[u8]| {
+            let mut h = HeaderMap::new();
+            h.insert(
+                "cdn-loop",
+                HeaderValue::from_bytes(v).expect("header value"),
+            );
+            is_loop(&h, "vedge", "Shield-A")
+        };
+        for v in [
+            &b"vedge; node=Shield-A"[..],
+            b"VEDGE; NODE=shield-a",
+            b"  vedge ;\tnode = shield-a  ",
+            b"vedge;node=\"shield-a\"",
+            b"\"vedge\"; node=shield-a",
+            b"other, vedge; node=n2; node=shield-a",
+            b"vedge; foo=bar",
+            b"x\xff\xfey, vedge; node=shield-a",
+            b"vedge; node=\xff, vedge; node=shield-a",
+        ] {
+            assert!(looped(v), "{:?} is a loop", String::from_utf8_lossy(v));
+        }
+        for v in [
+            &b"vedge; node=shield-b"[..],
+            b"vedgex; node=shield-a",
+            b"other; node=shield-a",
+            b"vedge; node=shield-ab",
+        ] {
+            assert!(!looped(v), "{:?} is no loop", String::from_utf8_lossy(v));
+        }
     }
 }

@@ -249,6 +249,14 @@ impl TestEdge {
         until("every fill ended", || self.edge.fills.is_empty()).await;
     }
 
+    /// Tells the server to shut down (as SIGTERM does) without dropping the handle: it stops
+    /// accepting and drains its open connections. Dropping the `TestEdge` does the same.
+    pub fn shut_down(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
     /// How many requests joined another request's fill (the `collapsed` counter).
     pub fn collapsed(&self) -> u64 {
         self.edge
