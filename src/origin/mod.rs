@@ -613,6 +613,24 @@ pub fn is_loop(headers: &HeaderMap, cdn_id: &str, node: &str) -> bool {
     })
 }
 
+/// Whether a request came through another node of this CDN (a `CDN-Loop` entry with our id):
+/// a downstream tier (an edge in front of this shield), which runs its own prefetch.
+pub fn from_own_tier(headers: &HeaderMap, cdn_id: &str) -> bool {
+    headers.get_all("cdn-loop").iter().any(|v| {
+        String::from_utf8_lossy(v.as_bytes())
+            .split(',')
+            .any(|entry| {
+                let id = entry
+                    .split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .trim_matches('"');
+                id.eq_ignore_ascii_case(cdn_id)
+            })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -630,6 +648,19 @@ mod tests {
         );
         h.append("cdn-loop", HeaderValue::from_static("vedge; node=n1"));
         assert!(is_loop(&h, "vedge", "n1"));
+    }
+
+    #[test]
+    fn requests_through_another_node_of_this_cdn_are_from_its_own_tier() {
+        let mut h = HeaderMap::new();
+        assert!(!from_own_tier(&h, "vedge"));
+        h.insert("cdn-loop", HeaderValue::from_static("othercdn; node=x"));
+        assert!(!from_own_tier(&h, "vedge"));
+        h.append(
+            "cdn-loop",
+            HeaderValue::from_static("foo, VEDGE ; node=edge-1"),
+        );
+        assert!(from_own_tier(&h, "vedge"));
     }
 
     #[test]

@@ -362,8 +362,12 @@ fn is_playlist_path(key: &str) -> bool {
 /// through the usual phases.
 pub async fn intercept(req: &Req<'_>) -> Result<Option<Response<Body>>, EdgeError> {
     let edge = req.edge;
+    // A request from a downstream tier of this CDN (an edge asking its shield) is no viewer:
+    // that edge prefetches for its viewers through each key's own shield, where this node
+    // prefetching too would fetch keys another shield owns (two origin fills per object).
+    let viewer = !crate::origin::from_own_tier(&req.parts.headers, &edge.config.cdn_id);
     if !is_playlist_path(&req.key) {
-        if req.key.split('?').next().unwrap_or("").ends_with(".mpd") {
+        if viewer && req.key.split('?').next().unwrap_or("").ends_with(".mpd") {
             edge.live
                 .playlist(&playlist_key(&req.key))
                 .state
@@ -374,7 +378,9 @@ pub async fn intercept(req: &Req<'_>) -> Result<Option<Response<Body>>, EdgeErro
     }
     let d = Directives::parse(req.parts.uri.query()).map_err(EdgeError::BadRequest)?;
     let pl = edge.live.playlist(&playlist_key(&req.key));
-    pl.state.lock().viewed = Some(Instant::now());
+    if viewer {
+        pl.state.lock().viewed = Some(Instant::now());
+    }
     let Some(msn) = d.msn else {
         return Ok(None);
     };

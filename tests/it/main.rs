@@ -29,5 +29,6 @@ mod shutdown;
 mod slices;
 mod tier;
 mod tier_hostile;
+mod tier_prefetch;
 mod tls;
 mod tokens;

@@ -142,7 +142,7 @@ async fn shutdown_bounds_the_drain_by_the_grace_period() {
 async fn shutdown_closes_idle_admin_connections() {
     let origin = Origin::start().await;
     let mut raw = edge_config(&origin);
-    raw.admin_token = Some("t".into());
+    raw.admin_token = Some("shutdown-test-token".into());
     let cfg = vedge::Config::try_from(raw).expect("valid config");
     let edge = vedge::Edge::new(cfg).await.expect("edge starts");
     let viewer = TcpListener::bind("127.0.0.1:0").await.expect("bind");
