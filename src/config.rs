@@ -314,6 +314,10 @@ pub struct RawServer {
     pub header_read_timeout: Option<String>,
     pub shutdown_grace: Option<String>,
     pub zero_copy: Option<bool>,
+    /// Mappings zero-copy bodies may hold; 0 = half of `vm.max_map_count` (`ZeroCopyBudgets`).
+    pub zero_copy_map_budget: Option<usize>,
+    /// Descriptors memfd bodies and splice pipes may hold; 0 = a quarter of `RLIMIT_NOFILE`.
+    pub zero_copy_fd_budget: Option<usize>,
     pub send_buffer: Option<String>,
     pub threads: Option<usize>,
     pub tls_cert: Option<PathBuf>,
@@ -494,6 +498,9 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Large RAM-tier bodies live in memfds and go to plain-TCP viewers with `sendfile`.
     pub zero_copy: bool,
+    /// How many mappings and descriptors zero-copy bodies may hold before further ones stay on
+    /// the heap.
+    pub zero_copy_budgets: ZeroCopyBudgets,
     /// The send buffer a viewer connection gets once it sends a body from anonymous pages
     /// (`http::zerocopy`); 0 leaves it to the kernel's autotuning.
     pub send_buffer: usize,
@@ -506,6 +513,27 @@ pub struct ServerConfig {
     pub timeouts: ConnTimeouts,
     /// HTTP/2 stream limits (concurrency, rapid-reset protection).
     pub h2: H2Limits,
+}
+
+// ---- server.zero_copy_*_budget: mappings and descriptors zero-copy bodies may hold ----------
+
+/// `server.zero_copy_map_budget` and `server.zero_copy_fd_budget`. 0 (the default) takes the
+/// kernel-derived budget, half of `vm.max_map_count` mappings and a quarter of the (raised)
+/// `RLIMIT_NOFILE` descriptors; a value above that default is lowered to it at start, since the
+/// kernel limits are what the budget protects (`zerocopy::ZeroCopy::with_budgets`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ZeroCopyBudgets {
+    pub maps: usize,
+    pub fds: usize,
+}
+
+impl ZeroCopyBudgets {
+    fn resolve(raw: &RawServer) -> ZeroCopyBudgets {
+        ZeroCopyBudgets {
+            maps: raw.zero_copy_map_budget.unwrap_or(0),
+            fds: raw.zero_copy_fd_budget.unwrap_or(0),
+        }
+    }
 }
 
 // ---- [cmcd]: Common Media Client Data (CTA-5004) -------------------------------------------
@@ -1285,6 +1313,7 @@ impl ServerConfig {
                 DEFAULT_SHUTDOWN_GRACE,
             ),
             zero_copy: raw.zero_copy.unwrap_or(DEFAULT_ZERO_COPY),
+            zero_copy_budgets: ZeroCopyBudgets::resolve(raw),
             send_buffer: send_buffer as usize,
             threads,
             tls_handshake_timeout: c.duration(
@@ -3106,6 +3135,8 @@ mod tests {
             "server.header_read_timeout",
             "server.shutdown_grace",
             "server.zero_copy",
+            "server.zero_copy_map_budget",
+            "server.zero_copy_fd_budget",
             "server.send_buffer",
             "server.threads",
             "server.tls_handshake_timeout",

@@ -154,6 +154,13 @@ async fn handle(
                 edge.zero_copy.fallbacks(),
                 edge.zero_copy.map_budget()
             );
+            let zc = &edge.zero_copy;
+            let _ = writeln!(
+                out,
+                "# TYPE vedge_zero_copy_mappings gauge\nvedge_zero_copy_mappings {}\n# TYPE vedge_zero_copy_fd_budget gauge\nvedge_zero_copy_fd_budget {}",
+                zc.mappings(),
+                zc.fd_budget()
+            );
             if let Some(store) = &edge.store {
                 render_store(&store.stats(), &mut out);
             }

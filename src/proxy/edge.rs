@@ -120,7 +120,11 @@ impl Edge {
             vary_index: SparseCache::new(config.abuse.index_memory),
             origin,
             metrics,
-            zero_copy: ZeroCopy::new(config.server.zero_copy),
+            zero_copy: ZeroCopy::with_budgets(
+                config.server.zero_copy,
+                config.server.zero_copy_budgets.maps,
+                config.server.zero_copy_budgets.fds,
+            ),
             clock,
             tasks: TaskTracker::new(),
             live: Default::default(),

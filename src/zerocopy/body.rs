@@ -16,9 +16,11 @@
 //! out), so a page the kernel still references after `sendfile` (TCP retransmission) keeps the
 //! bytes it was sent with.
 //!
-//! Each body costs one file descriptor, so memfds are used only for bodies of at least
-//! `MIN_SIZE` and only while fewer than the context's budget (a quarter of the open-file limit)
-//! are alive; beyond that bodies stay on the heap, as they do when the context is disabled.
+//! Each memfd body costs one file descriptor and every body one or two mappings, so zero-copy
+//! bodies are made only from `MIN_SIZE` and only while the context's budgets allow (descriptors:
+//! a quarter of the open-file limit; mappings: half of `vm.max_map_count`; both configurable
+//! lower), taken before the mapping is made and given back when it goes; beyond that bodies stay
+//! on the heap, as they do when the context is disabled (`vedge_zero_copy_fallbacks_total`).
 //!
 //! On drop of the last `Bytes` of a body, its mapping is unmapped, unregistered and uncounted
 //! (`MemFile::drop`); nothing here waits, so there is no timeout.
@@ -70,10 +72,8 @@ impl ZeroCopy {
     /// when it is large enough, zero-copy is on and the budget allows, else on the heap. Copies
     /// once either way.
     pub fn concat(self: &Arc<Self>, chunks: &[Bytes], len: usize) -> Bytes {
-        match chunks {
-            [] => return Bytes::new(),
-            [one] if !self.eligible(len) => return one.clone(),
-            _ => {}
+        if chunks.is_empty() {
+            return Bytes::new();
         }
         if let Some(mut g) = Growing::new(self, len) {
             // Stops at the first chunk that does not fit: `into_body` then sees a short body.
@@ -82,6 +82,9 @@ impl ZeroCopy {
                     return body;
                 }
             }
+        }
+        if let [one] = chunks {
+            return one.clone();
         }
         let mut b = bytes::BytesMut::with_capacity(len);
         for c in chunks {
@@ -93,26 +96,52 @@ impl ZeroCopy {
     /// `body` moved into a zero-copy mapping if it is eligible and not in one already (disk hits
     /// promoted to RAM); otherwise `body` itself.
     pub fn adopt(self: &Arc<Self>, body: Bytes) -> Bytes {
-        if !self.eligible(body.len()) || self.lookup(body.as_ptr(), body.len()).is_some() {
+        if !self.wanted(body.len()) || self.lookup(body.as_ptr(), body.len()).is_some() {
             return body;
         }
         let len = body.len();
         self.concat(&[body], len)
     }
 
-    fn eligible(&self, len: usize) -> bool {
-        if len < MIN_SIZE || !self.enabled {
-            return false;
+    /// Whether a body of `len` bytes would go to zero-copy memory, budgets aside.
+    fn wanted(&self, len: usize) -> bool {
+        len >= MIN_SIZE && self.enabled
+    }
+
+    /// Takes the mappings (and, below `PAGES_MIN`, the descriptor) a body of `len` bytes needs
+    /// from the budgets, or counts a fallback to the heap. Each check-and-take is one
+    /// compare-and-swap, so fills racing for the last mapping never both get it: the budget is
+    /// a hard ceiling, reached long before mmap fails with ENOMEM at `vm.max_map_count` or
+    /// accept fails with EMFILE.
+    fn reserve(self: &Arc<Self>, len: usize) -> Option<Slot> {
+        if !self.wanted(len) {
+            return None;
         }
-        // Each body is one mapping (and a memfd one a descriptor too): past either budget the
-        // body stays on the heap, long before mmap fails with ENOMEM at `vm.max_map_count` or
-        // accept fails with EMFILE.
-        let fits = self.live.load(Relaxed) < self.map_budget
-            && (len >= PAGES_MIN || self.files.load(Relaxed) < self.fd_budget);
-        if !fits {
+        let maps = mapping_cost(len);
+        let file = len < PAGES_MIN;
+        let take = |n: &AtomicUsize, want: usize, budget: usize| {
+            n.fetch_update(Relaxed, Relaxed, |cur| {
+                cur.checked_add(want).filter(|&next| next <= budget)
+            })
+            .is_ok()
+        };
+        if !take(&self.maps, maps, self.map_budget) {
             self.map_fallbacks.fetch_add(1, Relaxed);
+            return None;
         }
-        fits
+        let mut slot = Slot {
+            zc: self.clone(),
+            maps,
+            file: false,
+        };
+        if file {
+            if !take(&self.files, 1, self.fd_budget) {
+                self.map_fallbacks.fetch_add(1, Relaxed);
+                return None; // `slot` gives its mappings back
+            }
+            slot.file = true;
+        }
+        Some(slot)
     }
 
     /// If `[ptr, ptr+len)` lies inside a body registered here, how to send it without a copy.
@@ -131,6 +160,40 @@ impl ZeroCopy {
             Some(fd) => Source::File(fd, (p - start) as u64),
             None => Source::Pages,
         })
+    }
+}
+
+/// The mappings a body of `len` bytes takes: one, or two for anonymous memory whose whole huge
+/// pages are advised `MADV_HUGEPAGE` and whose tail is not (the advice splits the mapping in
+/// the kernel's count, `/proc/<pid>/maps`). Neighbours may merge, never split further: an upper
+/// bound.
+pub(super) fn mapping_cost(len: usize) -> usize {
+    if len < PAGES_MIN {
+        return 1;
+    }
+    let huge = len / HUGE_PAGE * HUGE_PAGE;
+    if huge > 0 && huge < len.next_multiple_of(page_size()) {
+        2
+    } else {
+        1
+    }
+}
+
+/// A share of the budgets held by one body (taken by `ZeroCopy::reserve`), given back on drop:
+/// when the body's mapping goes, or at once if it could not be made.
+struct Slot {
+    zc: Arc<ZeroCopy>,
+    maps: usize,
+    /// Holds one of the descriptor budget (a memfd body).
+    file: bool,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.zc.maps.fetch_sub(self.maps, Relaxed);
+        if self.file {
+            self.zc.files.fetch_sub(1, Relaxed);
+        }
     }
 }
 
@@ -172,10 +235,8 @@ impl Growing {
     /// A mapping for a body of exactly `len` bytes, registered in `zc`, if it is eligible and
     /// can be made.
     pub fn new(zc: &Arc<ZeroCopy>, len: usize) -> Option<Growing> {
-        if !zc.eligible(len) {
-            return None;
-        }
-        match MemFile::create(zc, len) {
+        let slot = zc.reserve(len)?;
+        match MemFile::create(slot, len) {
             Ok(f) => Some(Growing {
                 ptr: f.ptr,
                 file: f.into_bytes(),
@@ -223,6 +284,9 @@ impl Growing {
 struct MemFile {
     /// The context this body is counted and registered in.
     zc: Arc<ZeroCopy>,
+    /// Its share of the budgets, given back when the mapping is gone (fields drop after
+    /// `Drop::drop` has unmapped it).
+    _slot: Slot,
     fd: Option<OwnedFd>,
     ptr: NonNull<u8>,
     len: usize,
@@ -237,18 +301,19 @@ unsafe impl Send for MemFile {}
 unsafe impl Sync for MemFile {}
 
 impl MemFile {
-    fn create(zc: &Arc<ZeroCopy>, len: usize) -> io::Result<MemFile> {
-        if len >= PAGES_MIN {
-            Self::anonymous(zc, len)
+    fn create(slot: Slot, len: usize) -> io::Result<MemFile> {
+        if slot.file {
+            Self::memfd(slot, len)
         } else {
-            Self::memfd(zc, len)
+            Self::anonymous(slot, len)
         }
     }
 
     /// Anonymous memory; from 2 MiB starting on a huge-page boundary and advised `MADV_HUGEPAGE`
     /// over its whole huge pages (the tail stays in small pages rather than rounding the body up
     /// to 2 MiB).
-    fn anonymous(zc: &Arc<ZeroCopy>, len: usize) -> io::Result<MemFile> {
+    fn anonymous(slot: Slot, len: usize) -> io::Result<MemFile> {
+        let zc = slot.zc.clone();
         let mapped = len.next_multiple_of(page_size());
         let huge = len / HUGE_PAGE * HUGE_PAGE;
         let span = if huge > 0 { mapped + HUGE_PAGE } else { mapped };
@@ -289,7 +354,8 @@ impl MemFile {
         let ptr = NonNull::new(start as *mut u8).ok_or_else(io::Error::last_os_error)?;
         zc.live.fetch_add(1, Relaxed);
         Ok(MemFile {
-            zc: zc.clone(),
+            zc,
+            _slot: slot,
             fd: None,
             ptr,
             len,
@@ -298,7 +364,8 @@ impl MemFile {
         })
     }
 
-    fn memfd(zc: &Arc<ZeroCopy>, len: usize) -> io::Result<MemFile> {
+    fn memfd(slot: Slot, len: usize) -> io::Result<MemFile> {
+        let zc = slot.zc.clone();
         // SAFETY: a NUL-terminated name and valid flags; the result is checked.
         let raw = unsafe {
             libc::memfd_create(
@@ -342,9 +409,9 @@ impl MemFile {
         unsafe { libc::madvise(ptr, len, libc::MADV_HUGEPAGE) };
         let ptr = NonNull::new(ptr.cast::<u8>()).ok_or_else(io::Error::last_os_error)?;
         zc.live.fetch_add(1, Relaxed);
-        zc.files.fetch_add(1, Relaxed);
         Ok(MemFile {
-            zc: zc.clone(),
+            zc,
+            _slot: slot,
             fd: Some(fd),
             ptr,
             len,
@@ -386,9 +453,6 @@ impl Drop for MemFile {
         // with their bytes unchanged.
         unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.mapped) };
         self.zc.live.fetch_sub(1, Relaxed);
-        if self.fd.is_some() {
-            self.zc.files.fetch_sub(1, Relaxed);
-        }
     }
 }
 
@@ -513,5 +577,74 @@ mod tests {
         );
         assert_eq!(zc.lookup(mid.as_ptr(), mid.len()), Some(Source::Pages));
         assert_eq!(&mid[..], &src[..PAGES_MIN + 1]);
+    }
+
+    #[test]
+    fn a_body_past_the_mapping_budget_stays_on_the_heap_until_a_mapping_is_given_back() {
+        let zc = ZeroCopy::with_budgets(true, 2, 0);
+        let src = Bytes::from(vec![5u8; 100 << 10]);
+        let a = zc.concat(&[src.clone()], src.len());
+        let b = zc.concat(&[src.clone()], src.len());
+        assert_eq!(zc.mappings(), 2);
+        let c = zc.concat(&[src.clone()], src.len());
+        assert_eq!(c, src, "the same bytes, from the heap");
+        assert!(zc.lookup(c.as_ptr(), c.len()).is_none());
+        assert_eq!((zc.mappings(), zc.fallbacks()), (2, 1));
+        // A body over 2 MiB with a tail costs two mappings: it does not fit in one.
+        drop(a);
+        assert_eq!(mapping_cost((2 << 20) + 1), 2);
+        assert_eq!(mapping_cost(4 << 20), 1);
+        assert!(Growing::new(&zc, (2 << 20) + 1).is_none());
+        assert_eq!(zc.fallbacks(), 2);
+        let d = zc.adopt(src.clone());
+        assert!(zc.lookup(d.as_ptr(), d.len()).is_some(), "mapping resumes");
+        drop((b, d));
+        assert_eq!((zc.mappings(), zc.live()), (0, 0));
+    }
+
+    #[test]
+    fn the_descriptor_budget_caps_memfd_bodies_but_not_anonymous_ones() {
+        let zc = ZeroCopy::with_budgets(true, 0, 1);
+        let small = Bytes::from(vec![1u8; 100 << 10]);
+        let a = zc.concat(&[small.clone()], small.len());
+        assert!(matches!(
+            zc.lookup(a.as_ptr(), a.len()),
+            Some(Source::File(..))
+        ));
+        let b = zc.concat(&[small.clone()], small.len());
+        assert!(
+            zc.lookup(b.as_ptr(), b.len()).is_none(),
+            "no descriptor left"
+        );
+        assert_eq!(zc.fallbacks(), 1);
+        let big = Bytes::from(vec![2u8; 1 << 20]);
+        let c = zc.concat(&[big.clone()], big.len());
+        assert_eq!(zc.lookup(c.as_ptr(), c.len()), Some(Source::Pages));
+        assert_eq!(c, big);
+    }
+
+    #[test]
+    fn fills_racing_for_the_last_mappings_never_take_more_than_the_budget() {
+        const BUDGET: usize = 3;
+        let zc = ZeroCopy::with_budgets(true, BUDGET, 0);
+        let most = Arc::new(AtomicUsize::new(0));
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                let (zc, most) = (zc.clone(), most.clone());
+                s.spawn(move || {
+                    for _ in 0..200 {
+                        let g = Growing::new(&zc, 64 << 10);
+                        most.fetch_max(zc.live(), Relaxed);
+                        drop(g);
+                    }
+                });
+            }
+        });
+        assert!(
+            most.load(Relaxed) <= BUDGET,
+            "{} > {BUDGET}",
+            most.load(Relaxed)
+        );
+        assert_eq!((zc.live(), zc.mappings()), (0, 0));
     }
 }

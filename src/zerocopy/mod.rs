@@ -25,9 +25,12 @@ pub struct ZeroCopy {
     enabled: bool,
     /// The descriptors memfd bodies and pipes may hold together.
     fd_budget: usize,
-    /// The mappings bodies may hold (one each): half of `vm.max_map_count`, leaving the rest to
-    /// the allocator, the store and thread stacks.
+    /// The mappings bodies may hold (one or two each, `body::mapping_cost`): by default half of
+    /// `vm.max_map_count`, leaving the rest to the allocator, the store and thread stacks.
     map_budget: usize,
+    /// Mappings bodies hold now, reserved before each is made (`body::Slot`), so concurrent
+    /// fills never take the count past `map_budget`.
+    maps: AtomicUsize,
     /// Bodies kept on the heap because a budget was spent (`vedge_zero_copy_fallbacks_total`).
     map_fallbacks: AtomicU64,
     /// Registered mappings: start address -> (end address, memfd or `None` for anonymous pages).
@@ -49,13 +52,24 @@ pub struct ZeroCopy {
 }
 
 impl ZeroCopy {
-    /// A context with zero-copy `enabled` or not (config `server.zero_copy`). Off, every body
-    /// stays on the heap and the socket wrapper finds nothing to send without a copy.
+    /// A context with zero-copy `enabled` or not (config `server.zero_copy`) and the default
+    /// budgets. Off, every body stays on the heap and the socket wrapper finds nothing to send
+    /// without a copy.
     pub fn new(enabled: bool) -> Arc<ZeroCopy> {
+        ZeroCopy::with_budgets(enabled, 0, 0)
+    }
+
+    /// Like `new`, with the mapping and descriptor budgets set (`server.zero_copy_map_budget`,
+    /// `server.zero_copy_fd_budget`); 0 takes the default (half of `vm.max_map_count`, a quarter
+    /// of `RLIMIT_NOFILE`). A budget is never raised past its default: the kernel limits are
+    /// what it protects.
+    pub fn with_budgets(enabled: bool, maps: usize, fds: usize) -> Arc<ZeroCopy> {
+        let pick = |set: usize, default: usize| if set == 0 { default } else { set.min(default) };
         Arc::new(ZeroCopy {
             enabled,
-            fd_budget: fd_budget_from_rlimit(),
-            map_budget: map_budget_from_sysctl(),
+            fd_budget: pick(fds, fd_budget_from_rlimit()),
+            map_budget: pick(maps, map_budget_from_sysctl()),
+            maps: AtomicUsize::new(0),
             map_fallbacks: AtomicU64::new(0),
             registry: RwLock::new(BTreeMap::new()),
             live: AtomicUsize::new(0),
@@ -76,9 +90,16 @@ impl ZeroCopy {
         self.fd_budget
     }
 
-    /// The mappings zero-copy bodies may hold: half of `vm.max_map_count`.
+    /// The mappings zero-copy bodies may hold: half of `vm.max_map_count` unless configured
+    /// lower.
     pub fn map_budget(&self) -> usize {
         self.map_budget
+    }
+
+    /// The mappings zero-copy bodies hold now (`vedge_zero_copy_mappings`); never above
+    /// `map_budget`.
+    pub fn mappings(&self) -> usize {
+        self.maps.load(Relaxed)
     }
 
     /// Large bodies kept on the heap because the mapping or descriptor budget was spent.
