@@ -32,3 +32,4 @@ mod tier_hostile;
 mod tier_prefetch;
 mod tls;
 mod tokens;
+mod zerocopy_budget;

@@ -43,7 +43,22 @@ impl BinaryEdge {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        BinaryEdge::spawn(origin, extra, Stdio::inherit(), "warn")
+        BinaryEdge::spawn(origin, extra, Stdio::inherit(), "warn", None)
+    }
+
+    /// Like `start`, with the child's soft open-file limit lowered to `soft` before it runs
+    /// (the hard limit is left alone), as a shell with `ulimit -Sn` would start it.
+    pub fn start_with_soft_nofile<I, S>(origin: &str, extra: I, soft: u64) -> BinaryEdge
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        BinaryEdge::spawn(origin, extra, Stdio::inherit(), "warn", Some(soft))
+    }
+
+    /// The process id, for reading `/proc/<pid>/*`.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Like `start`, with the process's log (at `info`, stderr: tracing and any panic message)
@@ -54,16 +69,41 @@ impl BinaryEdge {
         S: AsRef<OsStr>,
     {
         let file = std::fs::File::create(log).expect("create the edge's log file");
-        BinaryEdge::spawn(origin, extra, Stdio::from(file), "info")
+        BinaryEdge::spawn(origin, extra, Stdio::from(file), "info", None)
     }
 
-    fn spawn<I, S>(origin: &str, extra: I, stderr: Stdio, level: &str) -> BinaryEdge
+    fn spawn<I, S>(
+        origin: &str,
+        extra: I,
+        stderr: Stdio,
+        level: &str,
+        soft_nofile: Option<u64>,
+    ) -> BinaryEdge
     where
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
         let (port, admin) = (free_port(), free_port());
-        let child = Command::new(env!("CARGO_BIN_EXE_vedge"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vedge"));
+        if let Some(soft) = soft_nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: between fork and exec only getrlimit/setrlimit run (async-signal-safe),
+            // on the child's own limits.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let mut lim = libc::rlimit {
+                        rlim_cur: 0,
+                        rlim_max: 0,
+                    };
+                    if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+                        lim.rlim_cur = soft.min(lim.rlim_max);
+                        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
             .args(["--admin-token", ADMIN_TOKEN, "--origin", origin])
