@@ -4,10 +4,18 @@
 //! to every same-host URI (relative, scheme-relative or absolute on the request's host; other
 //! hosts and schemes such as `skd:` or `data:` never see the token).
 //!
-//! HLS is rewritten by a line scan (URI lines, and the quoted `URI` attributes of the tags that
-//! carry one); DASH by a scan of the XML's tags (`BaseURL` and `Location` text, the URL
-//! attributes of `SegmentTemplate`, `SegmentURL`, `Initialization` and `RepresentationIndex`),
-//! skipping comments, CDATA and processing instructions. Everything else stays byte-identical.
+//! "Same host" is decided the way a player's URL parser reads the URI (`Carry::target`: `\` as
+//! `/`, tabs and newlines dropped), after HLS `EXT-X-DEFINE` substitution, and in DASH against the
+//! `BaseURL`s in scope: a relative URL under a `BaseURL` on another host goes there, so it gets
+//! no token either. Whatever is not certainly this host is treated as foreign.
+//!
+//! Cost, per response (the cached manifest stays token-free): HLS is one line scan (URI lines,
+//! and the quoted `URI` attributes of the tags that carry one) into one buffer sized up front
+//! from a count of URI lines and `URI="` attributes, with no allocation per URI; DASH one scan of
+//! the XML's tags (`BaseURL` and `Location` text, the URL attributes of `SegmentTemplate`,
+//! `SegmentURL`, `Initialization` and `RepresentationIndex`), skipping comments, CDATA and
+//! processing instructions, collecting edits that are then applied in one pass; no tree is
+//! built. Everything else stays byte-identical. Output is bounded (`MAX_OUTPUT`).
 
 use crate::auth::source::query_value;
 
@@ -76,9 +84,20 @@ impl Carry {
     /// `uri` with the token added, or `None` when it must stay as it is (another host, another
     /// scheme, empty, or already carrying the parameter).
     pub fn add_to(&self, uri: &str) -> Option<String> {
-        let uri = uri.trim();
-        if uri.is_empty() || !self.same_host(uri) {
+        if self.target(uri.trim()) == Target::Foreign {
             return None;
+        }
+        let mut out = String::new();
+        self.push_with_token(uri, &mut out).then_some(out)
+    }
+
+    /// Writes `uri` (trimmed) with the token added to `out` and returns true, or writes nothing
+    /// and returns false when the parameter is already there or `uri` is empty. Where `uri`
+    /// points is the caller's decision (`target`).
+    fn push_with_token(&self, uri: &str, out: &mut String) -> bool {
+        let uri = uri.trim();
+        if uri.is_empty() {
+            return false;
         }
         let (base, frag) = match uri.find('#') {
             Some(i) => (&uri[..i], &uri[i..]),
@@ -87,7 +106,7 @@ impl Carry {
         let sep = match base.find('?') {
             Some(i) => {
                 if query_value(&base[i + 1..], &self.param).is_some() {
-                    return None;
+                    return false;
                 }
                 if base.ends_with('?') || base.ends_with('&') {
                     ""
@@ -97,10 +116,37 @@ impl Carry {
             }
             None => "?",
         };
-        Some(format!("{base}{sep}{}={}{frag}", self.param, self.value))
+        for piece in [base, sep, &self.param, "=", &self.value, frag] {
+            out.push_str(piece);
+        }
+        true
     }
 
-    fn same_host(&self, uri: &str) -> bool {
+    /// The most bytes `push_with_token` adds to a URI.
+    fn added_len(&self) -> usize {
+        self.param.len() + self.value.len() + 2
+    }
+
+    /// Where `uri` leads, read the way a browser's URL parser (WHATWG) reads it against an
+    /// http(s) base: ASCII tabs and newlines are dropped, leading and trailing C0 controls and
+    /// spaces trimmed, and `\` is a `/`, so `\\other.example/a` or `/\t/other.example/a` are the
+    /// other host they are to a player. Anything this does not recognise as this host or a
+    /// relative reference counts as foreign: the token never goes where it is not certain to
+    /// come back here.
+    fn target(&self, uri: &str) -> Target {
+        let dirty = |b: u8| b < 0x20 || b == b'\\' || b == 0x7f;
+        let norm;
+        let uri = if uri.bytes().any(dirty) || uri.starts_with(' ') || uri.ends_with(' ') {
+            norm = uri
+                .trim_matches(|c: char| c <= ' ')
+                .chars()
+                .filter(|c| !matches!(c, '\t' | '\n' | '\r'))
+                .map(|c| if c == '\\' { '/' } else { c })
+                .collect::<String>();
+            norm.as_str()
+        } else {
+            uri
+        };
         let rest = if let Some(r) = uri.strip_prefix("//") {
             r
         } else {
@@ -108,25 +154,46 @@ impl Carry {
             let path_start = uri.find(['/', '?', '#']).unwrap_or(uri.len());
             match scheme_end {
                 Some(i) if i < path_start && is_scheme(&uri[..i]) => {
-                    let scheme = uri[..i].to_ascii_lowercase();
-                    match (scheme.as_str(), uri[i + 1..].strip_prefix("//")) {
-                        ("http" | "https", Some(r)) => r,
-                        _ => return false,
+                    let scheme = &uri[..i];
+                    let http =
+                        scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https");
+                    match uri[i + 1..].strip_prefix("//") {
+                        Some(r) if http => r,
+                        _ => return Target::Foreign,
                     }
                 }
-                _ => return true, // relative
+                _ => return Target::Relative,
             }
         };
         let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
-        let authority = authority.to_ascii_lowercase();
-        let bare = |a: &str| {
-            a.strip_suffix(":80")
-                .or_else(|| a.strip_suffix(":443"))
-                .unwrap_or(a)
-                .to_string()
+        let bare = |a: &str| -> (usize, bool) {
+            // The length without a default port, and whether one was there.
+            for port in [":80", ":443"] {
+                if a.len() > port.len() && a.ends_with(port) {
+                    return (a.len() - port.len(), true);
+                }
+            }
+            (a.len(), false)
         };
-        !authority.contains('@') && bare(&authority) == bare(&self.host)
+        let (a, _) = bare(authority);
+        let (h, _) = bare(&self.host);
+        if !authority.contains('@') && authority[..a].eq_ignore_ascii_case(&self.host[..h]) {
+            Target::Ours
+        } else {
+            Target::Foreign
+        }
     }
+}
+
+/// Where a URI in a manifest leads (`Carry::target`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    /// Relative to the manifest (or, in DASH, to the `BaseURL`s in scope).
+    Relative,
+    /// Absolute, on the host the viewer asked.
+    Ours,
+    /// Another host, another scheme, or not certainly this host.
+    Foreign,
 }
 
 fn is_scheme(s: &str) -> bool {
@@ -137,15 +204,20 @@ fn is_scheme(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'-' | b'.'))
 }
 
-/// The manifest with the token added to its URIs; `None` if nothing changed (or the body is not
-/// text).
+/// The most a rewritten manifest may hold; past it the manifest is sent as is (a player then
+/// fails on the children, but no response grows without bound: a manifest of one-byte lines and
+/// a long token would otherwise multiply its size by the token's length).
+pub const MAX_OUTPUT: usize = 16 << 20;
+
+/// The manifest with the token added to its URIs; `None` if nothing changed, the body is not
+/// text, or the rewritten manifest would be larger than `MAX_OUTPUT`.
 pub fn rewrite(kind: Kind, body: &[u8], carry: &Carry) -> Option<Vec<u8>> {
     let text = std::str::from_utf8(body).ok()?;
     let out = match kind {
         Kind::Hls => rewrite_hls(text, carry),
         Kind::Dash => rewrite_dash(text, carry),
     };
-    (out != text).then(|| out.into_bytes())
+    out.map(String::into_bytes)
 }
 
 /// Tags whose attribute lists carry a quoted `URI` (RFC 8216 and its 2nd edition draft).
@@ -166,39 +238,146 @@ const HLS_URI_TAGS: &[&str] = &[
 /// URI attributes inside those tags (`SERVER-URI`: content steering).
 const HLS_URI_ATTRS: &[&str] = &["URI", "SERVER-URI"];
 
-fn rewrite_hls(text: &str, carry: &Carry) -> String {
-    let mut out = String::with_capacity(text.len() + text.len() / 4);
+/// At most this many `EXT-X-DEFINE` variables are remembered; a URI using any other is treated
+/// as unknown (`hls_target`).
+const MAX_DEFINES: usize = 64;
+
+/// One pass over the lines, into one output buffer sized up front: URI lines, and the quoted
+/// URI attributes of the tags that carry one, get the token; every other byte is copied.
+fn rewrite_hls(text: &str, carry: &Carry) -> Option<String> {
+    // Every addition is a URI line or a `URI="` attribute: counting both bounds the output, so
+    // the buffer never grows (one allocation for the whole response).
+    let uri_lines = text
+        .split('\n')
+        .filter(|l| {
+            let l = l.trim_start();
+            !l.is_empty() && !l.starts_with('#')
+        })
+        .count();
+    let bound = text
+        .len()
+        .saturating_add((uri_lines + text.matches("URI=\"").count()) * carry.added_len());
+    if bound > MAX_OUTPUT {
+        tracing::warn!(
+            limit = MAX_OUTPUT,
+            "manifest would be too large with the token added; sent as is"
+        );
+        return None;
+    }
+    let mut out = String::with_capacity(bound);
+    let mut changed = false;
+    // `EXT-X-DEFINE` NAME/VALUE pairs seen so far (variables are defined before use).
+    let mut defines: Vec<(&str, &str)> = Vec::new();
     for piece in text.split_inclusive('\n') {
         let (line, eol) = split_eol(piece);
-        if line.trim().is_empty() {
-            out.push_str(piece);
-        } else if let Some(tag) = line.strip_prefix('#') {
+        if let Some(tag) = line.strip_prefix('#') {
             match tag.split_once(':') {
                 Some((name, attrs)) if HLS_URI_TAGS.contains(&name) => {
                     out.push('#');
                     out.push_str(name);
                     out.push(':');
-                    out.push_str(&rewrite_attr_list(attrs, carry));
+                    changed |= rewrite_attr_list(attrs, carry, &defines, &mut out);
                     out.push_str(eol);
+                }
+                Some(("EXT-X-DEFINE", attrs)) => {
+                    if let (Some(n), Some(v)) = (attr(attrs, "NAME"), attr(attrs, "VALUE")) {
+                        if defines.len() < MAX_DEFINES {
+                            defines.push((n, v));
+                        }
+                    }
+                    out.push_str(piece);
                 }
                 _ => out.push_str(piece),
             }
+            continue;
+        }
+        let uri = line.trim();
+        if uri.is_empty() || hls_target(uri, carry, &defines) == Target::Foreign {
+            out.push_str(piece);
+            continue;
+        }
+        // Keep any leading/trailing blanks the line had around the URI.
+        let start = line.len() - line.trim_start().len();
+        out.push_str(&line[..start]);
+        if carry.push_with_token(uri, &mut out) {
+            changed = true;
         } else {
-            match carry.add_to(line) {
-                Some(uri) => {
-                    // Keep any leading/trailing blanks the line had around the URI.
-                    let start = line.len() - line.trim_start().len();
-                    let end = line.trim_end().len();
-                    out.push_str(&line[..start]);
-                    out.push_str(&uri);
-                    out.push_str(&line[end..]);
-                    out.push_str(eol);
-                }
-                None => out.push_str(piece),
+            out.push_str(uri);
+        }
+        out.push_str(&line[start + uri.len()..]);
+        out.push_str(eol);
+    }
+    changed.then_some(out)
+}
+
+/// The quoted value of attribute `name` in an HLS attribute list, if it is there.
+fn attr<'a>(attrs: &'a str, name: &str) -> Option<&'a str> {
+    let mut rest = attrs;
+    loop {
+        let eq = rest.find('=')?;
+        let key = rest[..eq].trim().trim_start_matches(',').trim();
+        let after = &rest[eq + 1..];
+        if let Some(q) = after.strip_prefix('"') {
+            let close = q.find('"')?;
+            if key == name {
+                return Some(&q[..close]);
+            }
+            rest = &q[close + 1..];
+        } else {
+            rest = &after[after.find(',')?..];
+        }
+    }
+}
+
+/// Where an HLS URI leads once its `{$name}` variables are substituted. Known variables
+/// (`EXT-X-DEFINE` NAME/VALUE) are substituted; past an unknown one (IMPORT, QUERYPARAM, or
+/// undefined) only what comes before it is known, and it decides only when it fixes the host:
+/// an absolute URI whose authority ends before the variable, or a relative path whose first
+/// segment does (`v/{$x}`, `/v{$x}`). Otherwise the variable could make it another host.
+fn hls_target(uri: &str, carry: &Carry, defines: &[(&str, &str)]) -> Target {
+    if !uri.contains("{$") {
+        return carry.target(uri);
+    }
+    let mut resolved = String::with_capacity(uri.len());
+    let mut rest = uri;
+    while let Some(at) = rest.find("{$") {
+        resolved.push_str(&rest[..at]);
+        let after = &rest[at + 2..];
+        let value = after.find('}').and_then(|end| {
+            defines
+                .iter()
+                .find(|(n, _)| *n == &after[..end])
+                .map(|d| (end, d.1))
+        });
+        match value {
+            Some((end, v)) => {
+                resolved.push_str(v);
+                rest = &after[end + 1..];
+            }
+            None => {
+                // Unknown from here on: decide on the known prefix alone.
+                let p = resolved.as_str();
+                let fixed_path = match p.find(['/', '\\']) {
+                    Some(0) => p.len() > 1 && !p[1..].starts_with(['/', '\\']),
+                    Some(i) => !p[..i].contains(':'),
+                    None => false,
+                };
+                return match carry.target(p) {
+                    Target::Ours
+                        if p.strip_prefix("//")
+                            .or_else(|| p.split_once("://").map(|x| x.1))
+                            .is_some_and(|r| r.contains(['/', '?', '#'])) =>
+                    {
+                        Target::Ours
+                    }
+                    Target::Relative if fixed_path => Target::Relative,
+                    _ => Target::Foreign,
+                };
             }
         }
     }
-    out
+    resolved.push_str(rest);
+    carry.target(&resolved)
 }
 
 fn split_eol(piece: &str) -> (&str, &str) {
@@ -206,11 +385,16 @@ fn split_eol(piece: &str) -> (&str, &str) {
     (body, &piece[body.len()..])
 }
 
-/// An HLS attribute list with the quoted URI attributes rewritten; anything it cannot read is
-/// copied as is.
-fn rewrite_attr_list(attrs: &str, carry: &Carry) -> String {
+/// Copies an HLS attribute list to `out` with the token added to its quoted URI attributes;
+/// anything it cannot read is copied as is. Returns whether a token was added.
+fn rewrite_attr_list(
+    attrs: &str,
+    carry: &Carry,
+    defines: &[(&str, &str)],
+    out: &mut String,
+) -> bool {
     let b = attrs.as_bytes();
-    let mut out = String::with_capacity(attrs.len() + 64);
+    let mut changed = false;
     let mut i = 0;
     while i < b.len() {
         // Name up to '='.
@@ -228,14 +412,14 @@ fn rewrite_attr_list(attrs: &str, carry: &Carry) -> String {
             };
             let value = &attrs[i + 1..close];
             out.push('"');
-            match HLS_URI_ATTRS
-                .contains(&name)
-                .then(|| carry.add_to(value))
-                .flatten()
-            {
-                Some(v) => out.push_str(&v),
-                None => out.push_str(value),
+            let added = HLS_URI_ATTRS.contains(&name)
+                && !value.trim().is_empty()
+                && hls_target(value.trim(), carry, defines) != Target::Foreign
+                && carry.push_with_token(value, out);
+            if !added {
+                out.push_str(value);
             }
+            changed |= added;
             out.push('"');
             i = close + 1;
         }
@@ -251,11 +435,8 @@ fn rewrite_attr_list(attrs: &str, carry: &Carry) -> String {
             }
         }
     }
-    out
+    changed
 }
-
-/// Elements whose text is a URL.
-const DASH_TEXT_URLS: &[&str] = &["BaseURL", "Location"];
 
 /// The URL attributes, by element.
 fn dash_url_attr(element: &str, attr: &str) -> bool {
@@ -271,13 +452,45 @@ fn local_name(qname: &str) -> &str {
     qname.rsplit(':').next().unwrap_or(qname)
 }
 
-fn rewrite_dash(text: &str, carry: &Carry) -> String {
+/// One element's place in the `BaseURL` hierarchy (MPD > Period > AdaptationSet >
+/// Representation, ISO/IEC 23009-1 5.6): a relative URL resolves against the `BaseURL`s of its
+/// element and of the elements around it.
+struct Scope {
+    parent: usize,
+    /// The element has `BaseURL` children.
+    has_base: bool,
+    /// One of them is absolute and elsewhere.
+    base_foreign: bool,
+    /// One of them is relative (so inherits where the parent's lead).
+    base_relative: bool,
+}
+
+/// An edit: bytes `[start, end)` become `new`, unless `relative_in` names a scope whose
+/// `BaseURL`s lead elsewhere (a relative URL under a foreign `BaseURL` is foreign too).
+struct Edit {
+    start: usize,
+    end: usize,
+    new: String,
+    relative_in: Option<usize>,
+}
+
+/// One scan of the XML's tags (no tree is built): URL attributes and `BaseURL`/`Location` text
+/// are collected as edits, then applied in one pass into a buffer sized for them.
+fn rewrite_dash(text: &str, carry: &Carry) -> Option<String> {
     let b = text.as_bytes();
-    // (start, end, replacement) in document order.
-    let mut edits: Vec<(usize, usize, String)> = Vec::new();
+    let mut edits: Vec<Edit> = Vec::new();
+    // Scope 0 is the document: relative URLs there resolve against the MPD's own URL.
+    let mut scopes = vec![Scope {
+        parent: 0,
+        has_base: false,
+        base_foreign: false,
+        base_relative: false,
+    }];
+    // The scopes of the open elements (bounded by the document's size: one per start tag).
+    let mut open: Vec<usize> = Vec::new();
     let mut i = 0;
-    // Where the text of an open BaseURL/Location starts.
-    let mut text_from: Option<usize> = None;
+    // Where the text of an open BaseURL/Location starts, and which it is.
+    let mut text_from: Option<(usize, bool)> = None;
     while let Some(lt) = text[i..].find('<').map(|p| i + p) {
         let rest = &text[lt..];
         let skip_to = |end: &str| rest.find(end).map_or(text.len(), |p| lt + p + end.len());
@@ -298,13 +511,32 @@ fn rewrite_dash(text: &str, carry: &Carry) -> String {
             continue;
         }
         if rest.starts_with("</") {
-            if let Some(from) = text_from.take() {
+            let closing = open.pop();
+            if let (Some((from, is_base)), Some(own)) = (text_from.take(), closing) {
                 let raw = &text[from..lt];
                 let lead = raw.len() - raw.trim_start().len();
                 let trimmed = raw.trim();
-                if let Some(new) = carry.add_to(&xml_unescape(trimmed)) {
+                let url = xml_unescape(trimmed);
+                let target = carry.target(&url);
+                // A BaseURL belongs to its parent element's scope and resolves against the
+                // grandparent's; a Location against the MPD's URL.
+                let parent = scopes[own].parent;
+                if is_base {
+                    let p = &mut scopes[parent];
+                    p.has_base = true;
+                    p.base_foreign |= target == Target::Foreign;
+                    p.base_relative |= target == Target::Relative;
+                }
+                let mut new = String::new();
+                if target != Target::Foreign && carry.push_with_token(&url, &mut new) {
                     let start = from + lead;
-                    edits.push((start, start + trimmed.len(), xml_escape(&new, None)));
+                    edits.push(Edit {
+                        start,
+                        end: start + trimmed.len(),
+                        new: xml_escape(&new, None),
+                        relative_in: (is_base && target == Target::Relative)
+                            .then_some(scopes[parent].parent),
+                    });
                 }
             }
             i = skip_to(">");
@@ -316,6 +548,13 @@ fn rewrite_dash(text: &str, carry: &Carry) -> String {
             j += 1;
         }
         let element = local_name(&text[lt + 1..j]);
+        let scope = scopes.len();
+        scopes.push(Scope {
+            parent: open.last().copied().unwrap_or(0),
+            has_base: false,
+            base_foreign: false,
+            base_relative: false,
+        });
         let mut self_closing = false;
         loop {
             while j < b.len() && b[j].is_ascii_whitespace() {
@@ -360,31 +599,63 @@ fn rewrite_dash(text: &str, carry: &Carry) -> String {
                 // The token is percent-encoded (`Carry::new`), so it holds no `$` that a
                 // SegmentTemplate would read as an identifier.
                 let value = xml_unescape(&text[v_start..v_end]);
-                if let Some(new) = carry.add_to(&value) {
-                    edits.push((v_start, v_end, xml_escape(&new, Some(quote))));
+                let target = carry.target(value.trim());
+                let mut new = String::new();
+                if target != Target::Foreign && carry.push_with_token(&value, &mut new) {
+                    edits.push(Edit {
+                        start: v_start,
+                        end: v_end,
+                        new: xml_escape(&new, Some(quote)),
+                        relative_in: (target == Target::Relative).then_some(scope),
+                    });
                 }
             }
             j = v_end + 1;
         }
-        if !self_closing && DASH_TEXT_URLS.contains(&element) {
-            text_from = Some(j.min(text.len()));
-        } else {
-            text_from = None;
+        if !self_closing {
+            open.push(scope);
         }
+        text_from = match element {
+            "BaseURL" if !self_closing => Some((j.min(text.len()), true)),
+            "Location" if !self_closing => Some((j.min(text.len()), false)),
+            _ => None,
+        };
         i = j.min(text.len());
         if i <= lt {
             break; // no progress: malformed tail
         }
     }
-    let mut out = String::with_capacity(text.len() + edits.len() * (carry.value.len() + 16));
+    // Which scopes' BaseURLs lead elsewhere: parents come before their children.
+    let mut foreign = vec![false; scopes.len()];
+    for (k, sc) in scopes.iter().enumerate().skip(1) {
+        let inherited = foreign[sc.parent];
+        foreign[k] = if sc.has_base {
+            sc.base_foreign || (sc.base_relative && inherited)
+        } else {
+            inherited
+        };
+    }
+    edits.retain(|e| e.relative_in.is_none_or(|s| !foreign[s]));
+    if edits.is_empty() {
+        return None;
+    }
+    let added: usize = edits.iter().map(|e| e.new.len()).sum();
+    if text.len().saturating_add(added) > MAX_OUTPUT {
+        tracing::warn!(
+            limit = MAX_OUTPUT,
+            "manifest would be too large with the token added; sent as is"
+        );
+        return None;
+    }
+    let mut out = String::with_capacity(text.len() + added);
     let mut at = 0;
-    for (s, e, new) in edits {
-        out.push_str(&text[at..s]);
-        out.push_str(&new);
-        at = e;
+    for e in edits {
+        out.push_str(&text[at..e.start]);
+        out.push_str(&e.new);
+        at = e.end;
     }
     out.push_str(&text[at..]);
-    out
+    Some(out)
 }
 
 fn xml_unescape(s: &str) -> String {
@@ -545,8 +816,11 @@ seg1.ts\r\n\
   <Period>
     <AdaptationSet mimeType="video/mp4">
       <SegmentTemplate timescale="1000" initialization="v/init-$RepresentationID$.mp4" media='v/$RepresentationID$-$Number%05d$.m4s?a=1&amp;b=2' index="idx.sidx"/>
-      <Representation id="720" bandwidth="1">
+      <Representation id="1080" bandwidth="2">
         <BaseURL>https://other.example/v/</BaseURL>
+        <SegmentList><SegmentURL media="f1.m4s"/></SegmentList>
+      </Representation>
+      <Representation id="720" bandwidth="1">
         <SegmentList>
           <Initialization sourceURL="init.mp4"/>
           <SegmentURL media="s1.m4s" index="s1.idx"/>
@@ -565,6 +839,7 @@ seg1.ts\r\n\
             format!("media='v/$RepresentationID$-$Number%05d$.m4s?a=1&amp;b=2&amp;{T}'"),
             format!("index=\"idx.sidx?{T}\""),
             "<BaseURL>https://other.example/v/</BaseURL>".to_string(),
+            "<SegmentURL media=\"f1.m4s\"/>".to_string(),
             format!("sourceURL=\"init.mp4?{T}\""),
             format!("<SegmentURL media=\"s1.m4s?{T}\" index=\"s1.idx?{T}\"/>"),
             format!("sourceURL=\"ri.sidx?{T}\""),
@@ -600,5 +875,136 @@ seg1.ts\r\n\
             let _ = rewrite(Kind::Hls, m.as_bytes(), &c);
         }
         assert_eq!(rewrite(Kind::Hls, &[0xff, 0xfe], &c), None);
+    }
+
+    #[test]
+    fn uris_a_browser_reads_as_another_host_never_carry_the_token() {
+        let c = carry();
+        // WHATWG URL parsing: `\` is `/`, tabs and newlines vanish, C0 controls are trimmed.
+        for foreign in [
+            "\\\\other.example/a.ts",
+            "/\\other.example/a.ts",
+            "/\t/other.example/a.ts",
+            "\u{1}//other.example/a.ts",
+            "http:\\\\other.example/a.ts",
+            "https://cdn.example:8080@other.example/a.ts",
+            "https://other.example\\@cdn.example:8080/a.ts",
+            "http:other.example/a.ts",
+            "javascript:alert(1)",
+            "data:,x",
+        ] {
+            assert_eq!(c.add_to(foreign), None, "{foreign:?}");
+            let m = format!("#EXTM3U\n#EXT-X-MAP:URI=\"{foreign}\"\n#EXTINF:4,\n{foreign}\n");
+            assert_eq!(rewrite(Kind::Hls, m.as_bytes(), &c), None, "{foreign:?}");
+        }
+        assert!(c.add_to("HTTPS://CDN.EXAMPLE:8080/a.ts").is_some());
+    }
+
+    #[test]
+    fn hls_variables_that_could_name_another_host_keep_the_token_out() {
+        let c = carry();
+        let m = "#EXTM3U\n\
+#EXT-X-DEFINE:NAME=\"far\",VALUE=\"https://other.example\"\n\
+#EXT-X-DEFINE:NAME=\"dir\",VALUE=\"v1\"\n\
+#EXT-X-DEFINE:IMPORT=\"base\"\n\
+#EXTINF:4,\n{$far}/a.ts\n\
+#EXTINF:4,\n{$base}/b.ts\n\
+#EXTINF:4,\n/{$base}/c.ts\n\
+#EXTINF:4,\n{$dir}/d.ts\n\
+#EXTINF:4,\nseg/{$base}.ts\n\
+#EXT-X-MAP:URI=\"{$base}init.mp4\"\n";
+        let out = String::from_utf8(rewrite(Kind::Hls, m.as_bytes(), &c).expect("changed"))
+            .expect("utf8");
+        for kept in [
+            "\n{$far}/a.ts\n",
+            "\n{$base}/b.ts\n",
+            "\n/{$base}/c.ts\n",
+            "URI=\"{$base}init.mp4\"",
+        ] {
+            assert!(out.contains(kept), "{kept:?} got a token:\n{out}");
+        }
+        for tokenised in [
+            format!("\n{{$dir}}/d.ts?{T}\n"),
+            format!("\nseg/{{$base}}.ts?{T}\n"),
+        ] {
+            assert!(out.contains(&tokenised), "{tokenised:?} missing:\n{out}");
+        }
+    }
+
+    #[test]
+    fn relative_dash_urls_under_a_foreign_base_url_never_carry_the_token() {
+        let c = carry();
+        let m = r#"<MPD>
+  <BaseURL>https://other.example/root/</BaseURL>
+  <Period id="far">
+    <AdaptationSet><SegmentTemplate media="a-$Number$.m4s" initialization="a-init.mp4"/>
+      <Representation id="r"><BaseURL>sub/</BaseURL><SegmentList><SegmentURL media="x.m4s"/></SegmentList></Representation>
+    </AdaptationSet>
+  </Period>
+  <Period id="back">
+    <BaseURL>http://cdn.example:8080/here/</BaseURL>
+    <AdaptationSet><SegmentTemplate media="b-$Number$.m4s"/></AdaptationSet>
+  </Period>
+  <Period id="mixed">
+    <BaseURL>https://cdn.example:8080/one/</BaseURL>
+    <BaseURL>https://other.example/two/</BaseURL>
+    <AdaptationSet><SegmentTemplate media="c-$Number$.m4s"/></AdaptationSet>
+  </Period>
+</MPD>"#;
+        let out = String::from_utf8(rewrite(Kind::Dash, m.as_bytes(), &c).expect("changed"))
+            .expect("utf8");
+        for kept in [
+            "media=\"a-$Number$.m4s\"",
+            "initialization=\"a-init.mp4\"",
+            "<BaseURL>sub/</BaseURL>",
+            "media=\"x.m4s\"",
+            "<BaseURL>https://other.example/two/</BaseURL>",
+            "media=\"c-$Number$.m4s\"",
+        ] {
+            assert!(out.contains(kept), "{kept} got a token:\n{out}");
+        }
+        for tokenised in [
+            format!("media=\"b-$Number$.m4s?{T}\""),
+            format!("<BaseURL>https://cdn.example:8080/one/?{T}</BaseURL>"),
+        ] {
+            assert!(out.contains(&tokenised), "{tokenised} missing:\n{out}");
+        }
+    }
+
+    #[test]
+    fn quotes_newlines_and_hashes_in_uris_stay_inside_their_line_and_attribute() {
+        let c = Carry::new("hdnts", "v\"a\nl#ue", "cdn.example:8080");
+        let m = "#EXTM3U\n#EXT-X-KEY:METHOD=AES-128,URI=\"k\"ey.key\",IV=0x1\n#EXT-X-MAP:URI=\"i.mp4#frag\"\n#EXTINF:4,\nseg.ts#t=1\n#EXTINF:4,\nline\rwith-cr.ts\n";
+        let out = String::from_utf8(rewrite(Kind::Hls, m.as_bytes(), &c).expect("changed"))
+            .expect("utf8");
+        let token = "hdnts=v%22a%0Al%23ue";
+        assert!(
+            out.contains(&format!("URI=\"i.mp4?{token}#frag\"")),
+            "{out}"
+        );
+        assert!(out.contains(&format!("\nseg.ts?{token}#t=1\n")), "{out}");
+        assert!(
+            out.contains(&format!("URI=\"k?{token}\"ey.key\",IV=0x1")),
+            "{out}"
+        );
+        // The token adds no line: as many lines as before.
+        assert_eq!(out.lines().count(), m.lines().count());
+    }
+
+    #[test]
+    fn a_huge_manifest_is_rewritten_into_one_buffer_or_left_alone_when_too_large() {
+        let c = carry();
+        let mut m = String::from("#EXTM3U\n#EXT-X-TARGETDURATION:4\n");
+        for n in 0..1800 {
+            m.push_str(&format!("#EXTINF:4.000,\nseg-{n:05}.ts\n"));
+        }
+        let out = rewrite(Kind::Hls, m.as_bytes(), &c).expect("changed");
+        assert_eq!(out.len(), m.len() + 1800 * (T.len() + 1));
+        // One-byte URI lines and a long token: past MAX_OUTPUT the manifest is sent as is.
+        let long = Carry::new("hdnts", &"x".repeat(8 << 10), "h");
+        let lines = "a\n".repeat(4096);
+        assert_eq!(rewrite(Kind::Hls, lines.as_bytes(), &long), None);
+        let mpd = format!("<MPD>{}</MPD>", "<SegmentURL media=\"a\"/>".repeat(4096));
+        assert_eq!(rewrite(Kind::Dash, mpd.as_bytes(), &long), None);
     }
 }

@@ -583,10 +583,10 @@ mod tests {
     fn a_body_past_the_mapping_budget_stays_on_the_heap_until_a_mapping_is_given_back() {
         let zc = ZeroCopy::with_budgets(true, 2, 0);
         let src = Bytes::from(vec![5u8; 100 << 10]);
-        let a = zc.concat(&[src.clone()], src.len());
-        let b = zc.concat(&[src.clone()], src.len());
+        let a = zc.concat(std::slice::from_ref(&src), src.len());
+        let b = zc.concat(std::slice::from_ref(&src), src.len());
         assert_eq!(zc.mappings(), 2);
-        let c = zc.concat(&[src.clone()], src.len());
+        let c = zc.concat(std::slice::from_ref(&src), src.len());
         assert_eq!(c, src, "the same bytes, from the heap");
         assert!(zc.lookup(c.as_ptr(), c.len()).is_none());
         assert_eq!((zc.mappings(), zc.fallbacks()), (2, 1));
@@ -606,19 +606,19 @@ mod tests {
     fn the_descriptor_budget_caps_memfd_bodies_but_not_anonymous_ones() {
         let zc = ZeroCopy::with_budgets(true, 0, 1);
         let small = Bytes::from(vec![1u8; 100 << 10]);
-        let a = zc.concat(&[small.clone()], small.len());
+        let a = zc.concat(std::slice::from_ref(&small), small.len());
         assert!(matches!(
             zc.lookup(a.as_ptr(), a.len()),
             Some(Source::File(..))
         ));
-        let b = zc.concat(&[small.clone()], small.len());
+        let b = zc.concat(std::slice::from_ref(&small), small.len());
         assert!(
             zc.lookup(b.as_ptr(), b.len()).is_none(),
             "no descriptor left"
         );
         assert_eq!(zc.fallbacks(), 1);
         let big = Bytes::from(vec![2u8; 1 << 20]);
-        let c = zc.concat(&[big.clone()], big.len());
+        let c = zc.concat(std::slice::from_ref(&big), big.len());
         assert_eq!(zc.lookup(c.as_ptr(), c.len()), Some(Source::Pages));
         assert_eq!(c, big);
     }
