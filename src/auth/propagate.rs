@@ -465,12 +465,13 @@ struct Scope {
     base_relative: bool,
 }
 
-/// An edit: bytes `[start, end)` become `new`, unless `relative_in` names a scope whose
-/// `BaseURL`s lead elsewhere (a relative URL under a foreign `BaseURL` is foreign too).
+/// An edit: bytes `[start, end)` become `new` (a range of the shared replacement buffer),
+/// unless `relative_in` names a scope whose `BaseURL`s lead elsewhere (a relative URL under a
+/// foreign `BaseURL` is foreign too).
 struct Edit {
     start: usize,
     end: usize,
-    new: String,
+    new: std::ops::Range<usize>,
     relative_in: Option<usize>,
 }
 
@@ -479,6 +480,9 @@ struct Edit {
 fn rewrite_dash(text: &str, carry: &Carry) -> Option<String> {
     let b = text.as_bytes();
     let mut edits: Vec<Edit> = Vec::new();
+    // Every replacement, back to back (`Edit::new`), and one scratch URL: no allocation per URL.
+    let mut repl = String::new();
+    let mut scratch = String::new();
     // Scope 0 is the document: relative URLs there resolve against the MPD's own URL.
     let mut scopes = vec![Scope {
         parent: 0,
@@ -527,13 +531,15 @@ fn rewrite_dash(text: &str, carry: &Carry) -> Option<String> {
                     p.base_foreign |= target == Target::Foreign;
                     p.base_relative |= target == Target::Relative;
                 }
-                let mut new = String::new();
-                if target != Target::Foreign && carry.push_with_token(&url, &mut new) {
+                scratch.clear();
+                if target != Target::Foreign && carry.push_with_token(&url, &mut scratch) {
                     let start = from + lead;
+                    let at = repl.len();
+                    xml_escape_into(&scratch, None, &mut repl);
                     edits.push(Edit {
                         start,
                         end: start + trimmed.len(),
-                        new: xml_escape(&new, None),
+                        new: at..repl.len(),
                         relative_in: (is_base && target == Target::Relative)
                             .then_some(scopes[parent].parent),
                     });
@@ -600,12 +606,14 @@ fn rewrite_dash(text: &str, carry: &Carry) -> Option<String> {
                 // SegmentTemplate would read as an identifier.
                 let value = xml_unescape(&text[v_start..v_end]);
                 let target = carry.target(value.trim());
-                let mut new = String::new();
-                if target != Target::Foreign && carry.push_with_token(&value, &mut new) {
+                scratch.clear();
+                if target != Target::Foreign && carry.push_with_token(&value, &mut scratch) {
+                    let at = repl.len();
+                    xml_escape_into(&scratch, Some(quote), &mut repl);
                     edits.push(Edit {
                         start: v_start,
                         end: v_end,
-                        new: xml_escape(&new, Some(quote)),
+                        new: at..repl.len(),
                         relative_in: (target == Target::Relative).then_some(scope),
                     });
                 }
@@ -651,16 +659,16 @@ fn rewrite_dash(text: &str, carry: &Carry) -> Option<String> {
     let mut at = 0;
     for e in edits {
         out.push_str(&text[at..e.start]);
-        out.push_str(&e.new);
+        out.push_str(&repl[e.new]);
         at = e.end;
     }
     out.push_str(&text[at..]);
     Some(out)
 }
 
-fn xml_unescape(s: &str) -> String {
+fn xml_unescape(s: &str) -> std::borrow::Cow<'_, str> {
     if !s.contains('&') {
-        return s.to_string();
+        return s.into();
     }
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
@@ -697,12 +705,11 @@ fn xml_unescape(s: &str) -> String {
         }
     }
     out.push_str(rest);
-    out
+    out.into()
 }
 
-/// Escapes for XML text, or for an attribute quoted with `quote`.
-fn xml_escape(s: &str, quote: Option<u8>) -> String {
-    let mut out = String::with_capacity(s.len() + 16);
+/// Appends `s` to `out`, escaped for XML text, or for an attribute quoted with `quote`.
+fn xml_escape_into(s: &str, quote: Option<u8>, out: &mut String) {
     for c in s.chars() {
         match c {
             '&' => out.push_str("&amp;"),
@@ -713,7 +720,6 @@ fn xml_escape(s: &str, quote: Option<u8>) -> String {
             c => out.push(c),
         }
     }
-    out
 }
 
 #[cfg(test)]

@@ -515,3 +515,64 @@ async fn token_config_errors_are_named() {
     raw.read_env(|name| (name == "VEDGE_TEST_UNSET_TOKEN_KEY").then(|| KEY.to_string()));
     vedge::Config::try_from(raw).expect("key from the environment");
 }
+
+/// URIs a player resolves to another host: backslashes and tabs (read as `/` and dropped by the
+/// WHATWG URL parser), a userinfo trick, HLS variables naming a host, and in DASH relative URLs
+/// under a `BaseURL` on another host.
+const FOREIGN_HLS: &str = "#EXTM3U\n\
+#EXT-X-DEFINE:NAME=\"cdn\",VALUE=\"https://other.example\"\n\
+#EXT-X-MAP:URI=\"\\\\other.example/init.mp4\"\n\
+#EXT-X-KEY:METHOD=AES-128,URI=\"/\\other.example/k.key\"\n\
+#EXTINF:4,\n/\t/other.example/a.ts\n\
+#EXTINF:4,\nhttp://127.0.0.1@other.example/b.ts\n\
+#EXTINF:4,\n{$cdn}/c.ts\n\
+#EXTINF:4,\nmine.ts\n";
+
+const FOREIGN_MPD: &str = r#"<MPD xmlns="urn:mpeg:dash:schema:mpd:2011" type="static">
+  <Period>
+    <AdaptationSet mimeType="video/mp4">
+      <BaseURL>https://other.example/v/</BaseURL>
+      <SegmentTemplate initialization="init.mp4" media="$Number$.m4s"/>
+      <Representation id="v1" bandwidth="1"/>
+    </AdaptationSet>
+    <AdaptationSet mimeType="audio/mp4">
+      <SegmentTemplate media="audio-$Number$.m4s"/>
+      <Representation id="a1" bandwidth="1"/>
+    </AdaptationSet>
+  </Period>
+</MPD>
+"#;
+
+#[tokio::test]
+async fn the_token_never_reaches_another_host_through_a_manifest() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/v/f/media.m3u8",
+        Script::ok(FOREIGN_HLS).header("content-type", "application/vnd.apple.mpegurl"),
+    );
+    origin.script(
+        "/v/f/stream.mpd",
+        Script::ok(FOREIGN_MPD).header("content-type", "application/dash+xml"),
+    );
+    let edge = edge_with(&origin, raw_token()).await;
+    let t = token("/v/f/*");
+
+    let r = edge.get(&format!("/v/f/media.m3u8?hdnts={t}")).await;
+    let body = String::from_utf8(r.body.to_vec()).expect("utf8");
+    assert_eq!(
+        body.matches("hdnts=").count(),
+        1,
+        "only mine.ts carries the token:\n{body}"
+    );
+    assert!(body.contains(&format!("\nmine.ts?hdnts={t}\n")), "{body}");
+
+    let r = edge.get(&format!("/v/f/stream.mpd?hdnts={t}")).await;
+    let body = String::from_utf8(r.body.to_vec()).expect("utf8");
+    assert!(body.contains("initialization=\"init.mp4\""), "{body}");
+    assert!(body.contains("media=\"$Number$.m4s\""), "{body}");
+    assert!(
+        body.contains(&format!("media=\"audio-$Number$.m4s?hdnts={t}\"")),
+        "{body}"
+    );
+    assert_eq!(body.matches("hdnts=").count(), 1, "{body}");
+}
