@@ -212,6 +212,9 @@ pub const MAX_OUTPUT: usize = 16 << 20;
 /// The manifest with the token added to its URIs; `None` if nothing changed, the body is not
 /// text, or the rewritten manifest would be larger than `MAX_OUTPUT`.
 pub fn rewrite(kind: Kind, body: &[u8], carry: &Carry) -> Option<Vec<u8>> {
+    if body.len() > MAX_OUTPUT {
+        return None; // a cached hit is not bounded by the streaming cap (`MAX_REWRITE`)
+    }
     let text = std::str::from_utf8(body).ok()?;
     let out = match kind {
         Kind::Hls => rewrite_hls(text, carry),
