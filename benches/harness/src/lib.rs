@@ -17,7 +17,10 @@
 //! - `load`: the recorder, scenario schedules, the run loop.
 //! - `report`: JSON, summary text and the HTML page.
 //! - `collapse`: `vedge bench collapse`, N viewers asking for one cold object at once.
+//! - `catalogue`: the synthetic `/cat/<id>.ts` objects (sizes, bytes, the Zipf sampler).
+//! - `zipf`: `vedge bench zipf`, Zipf-popular catalogue objects over keep-alive connections.
 
+pub mod catalogue;
 pub mod client;
 pub mod cmaf;
 pub mod collapse;
@@ -31,6 +34,7 @@ pub mod playlist;
 pub mod report;
 pub mod stamp;
 pub mod viewer;
+pub mod zipf;
 
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
@@ -54,6 +58,9 @@ pub enum BenchCommand {
     /// N viewers ask for one cold object at the same instant, then for S more at a cadence:
     /// time to first byte, time to last byte, and origin requests per object.
     Collapse(collapse::CollapseArgs),
+    /// Keep-alive connections ask for `/cat/<id>.ts` objects of `vedge origin`'s synthetic
+    /// catalogue with Zipf popularity: throughput, latency, errors and the byte hit ratio.
+    Zipf(zipf::ZipfArgs),
 }
 
 /// Flags of `vedge bench live-burst`.
@@ -125,6 +132,7 @@ pub async fn run_cli(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::LiveBurst(args) => live_burst(args).await,
         BenchCommand::Collapse(args) => collapse::cli(args).await,
+        BenchCommand::Zipf(args) => zipf::cli(args).await,
     }
 }
 

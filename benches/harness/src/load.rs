@@ -537,7 +537,7 @@ pub fn raise_nofile(want: u64) -> u64 {
 }
 
 /// Reads the origin simulator's counters (`/__stats`), filtered by `prefix`.
-async fn stats_json(
+pub async fn stats_json(
     stats: &Url,
     prefix: &str,
     timeout: Duration,

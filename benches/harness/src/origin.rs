@@ -7,6 +7,9 @@
 //! - `/{kind}/{s}/manifest.mpd` (`$Number$`), `/{kind}/{s}/manifest-timeline.mpd` (`$Time$`)
 //! - `/{kind}/{s}/{r}/init.mp4`, `/{kind}/{s}/{r}/seg_{n}.m4s`, `/{kind}/{s}/{r}/t_{time}.m4s`
 //! - `/{kind}/{s}/{r}/part_{n}_{k}.m4s`: part `k` of segment `n` (low-latency streams)
+//! - `/cat/{id}.ts`: object `id` of the synthetic catalogue (`catalogue`: 1-2 MiB, deterministic
+//!   bytes, long max-age, ETag/Last-Modified, single byte ranges), counted in `/__stats` as
+//!   `catalogue.requests` and `catalogue.bytes` (body bytes sent) rather than per path
 //! - `/ll/{s}/...`: the same stream low-latency for both HLS and DASH, whatever the flags
 //! - `/__stats[?prefix=P]` (JSON request counts, blocking reloads per (playlist, msn, part)),
 //!   `/__reset`, `/__time` (ISO clock for DASH)
@@ -19,7 +22,10 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::path::{Component, Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
@@ -36,6 +42,7 @@ use tokio::time::Instant;
 
 use vedge_manifest::duration::parse as parse_duration;
 
+use super::catalogue;
 use super::cmaf::PartedRendition;
 use super::ll::{self, Block, Delivery, PartPlan, Produced};
 use super::media::{self, Rendition};
@@ -339,6 +346,21 @@ struct State {
     plans: Vec<PartPlan>,
     /// Blocking playlist reloads by `path?_HLS_msn=M[&_HLS_part=P][&_HLS_skip=YES]`.
     blocking: Mutex<HashMap<String, u64>>,
+    /// Requests and body bytes of `/cat/` objects.
+    cat: Arc<CatCounters>,
+}
+
+/// What `/cat/` served: aggregate counters (a 16 GiB catalogue is ~11k paths; the per-path map
+/// and its JSON would dwarf what a byte-hit-ratio run needs).
+#[derive(Default)]
+struct CatCounters {
+    requests: AtomicU64,
+    /// Body bytes handed to the connection (counted per 256 KiB chunk as it is sent, so a fill
+    /// the edge abandons counts only what went out).
+    bytes: AtomicU64,
+    not_modified: AtomicU64,
+    inflight: AtomicU64,
+    max_inflight: AtomicU64,
 }
 
 type Body = UnsyncBoxBody<Bytes, std::io::Error>;
@@ -388,6 +410,7 @@ pub async fn serve(
         counts: Mutex::new(HashMap::new()),
         plans,
         blocking: Mutex::new(HashMap::new()),
+        cat: Arc::default(),
     });
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -510,6 +533,14 @@ async fn handle(st: &State, req: Request<Incoming>) -> Response<Body> {
         "/__reset" => {
             st.counts.lock().clear();
             st.blocking.lock().clear();
+            for c in [
+                &st.cat.requests,
+                &st.cat.bytes,
+                &st.cat.not_modified,
+                &st.cat.max_inflight,
+            ] {
+                c.store(0, Ordering::Relaxed);
+            }
             return full(StatusCode::OK, "application/json", "no-store", "{}");
         }
         "/__time" => {
@@ -521,6 +552,9 @@ async fn handle(st: &State, req: Request<Incoming>) -> Response<Body> {
             )
         }
         _ => {}
+    }
+    if let Some(id) = catalogue::parse_path(&path) {
+        return catalogue_object(st, &req, id);
     }
     {
         let mut c = st.counts.lock();
@@ -930,6 +964,12 @@ fn stats(st: &State, query: Option<&str>) -> Response<Body> {
         "paths": paths,
         "max_inflight": inflight,
         "blocking": blocking,
+        "catalogue": {
+            "requests": st.cat.requests.load(Ordering::Relaxed),
+            "bytes": st.cat.bytes.load(Ordering::Relaxed),
+            "not_modified": st.cat.not_modified.load(Ordering::Relaxed),
+            "max_inflight": st.cat.max_inflight.load(Ordering::Relaxed),
+        },
     });
     full(
         StatusCode::OK,
@@ -937,6 +977,180 @@ fn stats(st: &State, query: Option<&str>) -> Response<Body> {
         "no-store",
         v.to_string(),
     )
+}
+
+/// `Last-Modified` of every catalogue object: fixed, so a revalidation always matches.
+const CAT_LAST_MODIFIED: &str = "Thu, 01 Jan 2026 00:00:00 GMT";
+
+/// `/cat/<id>.ts`: the whole object, a single byte range of it (206/416), or 304 for a matching
+/// `If-None-Match` (or, without one, an `If-Modified-Since` equal to `Last-Modified`: the value
+/// a cache sends back). Other range forms (several ranges, non-bytes units) get the whole object,
+/// as RFC 9110 allows.
+fn catalogue_object(st: &State, req: &Request<Incoming>, id: u64) -> Response<Body> {
+    let cat = &st.cat;
+    cat.requests.fetch_add(1, Ordering::Relaxed);
+    let size = catalogue::size(id);
+    let etag = format!("\"cat-{id}-{size}\"");
+    let headers = req.headers();
+    let text = |h: header::HeaderName| headers.get(h).and_then(|v| v.to_str().ok());
+    let not_modified = match text(header::IF_NONE_MATCH) {
+        Some(inm) => inm
+            .split(',')
+            .map(|t| t.trim().trim_start_matches("W/"))
+            .any(|t| t == "*" || t == etag),
+        None => text(header::IF_MODIFIED_SINCE) == Some(CAT_LAST_MODIFIED),
+    };
+    let cc = "max-age=31536000";
+    let mut resp = if not_modified {
+        cat.not_modified.fetch_add(1, Ordering::Relaxed);
+        let mut r = full(StatusCode::NOT_MODIFIED, "video/mp2t", cc, Bytes::new());
+        r.headers_mut().remove(header::CONTENT_TYPE);
+        r
+    } else {
+        match text(header::RANGE).map(|r| catalogue_range(r, size)) {
+            Some(RangeAnswer::Unsatisfiable) => {
+                let mut r = full(
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    "text/plain",
+                    "no-store",
+                    Bytes::new(),
+                );
+                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                    r.headers_mut().insert(header::CONTENT_RANGE, v);
+                }
+                return r;
+            }
+            Some(RangeAnswer::Part(a, b)) => {
+                let body = catalogue::body(id).slice(a as usize..=b as usize);
+                let mut r = counted(StatusCode::PARTIAL_CONTENT, body, st.cat.clone());
+                if let Ok(v) = HeaderValue::from_str(&format!("bytes {a}-{b}/{size}")) {
+                    r.headers_mut().insert(header::CONTENT_RANGE, v);
+                }
+                r
+            }
+            Some(RangeAnswer::Whole) | None => {
+                counted(StatusCode::OK, catalogue::body(id), st.cat.clone())
+            }
+        }
+    };
+    let h = resp.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cc));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(
+        header::LAST_MODIFIED,
+        HeaderValue::from_static(CAT_LAST_MODIFIED),
+    );
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        h.insert(header::ETAG, v);
+    }
+    if req.method() == Method::HEAD {
+        let (mut parts, body) = resp.into_parts();
+        if let Some(n) = http_body::Body::size_hint(&body).exact() {
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        }
+        return Response::from_parts(
+            parts,
+            Full::new(Bytes::new())
+                .map_err(|e| match e {})
+                .boxed_unsync(),
+        );
+    }
+    resp
+}
+
+#[derive(Debug, PartialEq)]
+enum RangeAnswer {
+    Whole,
+    /// First and last byte, inclusive.
+    Part(u64, u64),
+    Unsatisfiable,
+}
+
+/// One `bytes=` range against an object of `size` bytes.
+fn catalogue_range(value: &str, size: u64) -> RangeAnswer {
+    let Some(spec) = value.trim().strip_prefix("bytes=") else {
+        return RangeAnswer::Whole;
+    };
+    if spec.contains(',') {
+        return RangeAnswer::Whole;
+    }
+    let Some((a, b)) = spec.trim().split_once('-') else {
+        return RangeAnswer::Whole;
+    };
+    let num = |s: &str| {
+        (!s.is_empty() && s.bytes().all(|c| c.is_ascii_digit()))
+            .then(|| s.parse::<u64>().ok())
+            .flatten()
+    };
+    match (a.trim(), b.trim()) {
+        ("", n) => match num(n) {
+            Some(0) => RangeAnswer::Unsatisfiable,
+            Some(n) => RangeAnswer::Part(size.saturating_sub(n), size - 1),
+            None => RangeAnswer::Whole,
+        },
+        (a, "") => match num(a) {
+            Some(a) if a < size => RangeAnswer::Part(a, size - 1),
+            Some(_) => RangeAnswer::Unsatisfiable,
+            None => RangeAnswer::Whole,
+        },
+        (a, b) => match (num(a), num(b)) {
+            (Some(a), Some(b)) if a <= b && a < size => RangeAnswer::Part(a, b.min(size - 1)),
+            (Some(a), Some(b)) if a <= b => RangeAnswer::Unsatisfiable,
+            _ => RangeAnswer::Whole,
+        },
+    }
+}
+
+/// A response whose body counts its bytes into the catalogue counters as they are sent.
+fn counted(status: StatusCode, body: Bytes, cat: Arc<CatCounters>) -> Response<Body> {
+    let now = cat.inflight.fetch_add(1, Ordering::Relaxed) + 1;
+    cat.max_inflight.fetch_max(now, Ordering::Relaxed);
+    let mut r = Response::new(CountedBody { rest: body, cat }.boxed_unsync());
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("video/mp2t"));
+    r
+}
+
+/// A body sent in 256 KiB slices, each counted when hyper takes it; its exact size hint gives
+/// the response its Content-Length (and HEAD the length a GET would send).
+struct CountedBody {
+    rest: Bytes,
+    cat: Arc<CatCounters>,
+}
+
+impl http_body::Body for CountedBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        if self.rest.is_empty() {
+            return Poll::Ready(None);
+        }
+        let n = self.rest.len().min(256 << 10);
+        let chunk = self.rest.split_to(n);
+        self.cat.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        Poll::Ready(Some(Ok(Frame::data(chunk))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rest.is_empty()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.rest.len() as u64)
+    }
+}
+
+impl Drop for CountedBody {
+    fn drop(&mut self) {
+        self.cat.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 fn content_type(p: &Path) -> &'static str {
@@ -1027,6 +1241,28 @@ mod tests {
         );
         assert_eq!(parse_object(&["r2", "init.mp4"], 2), None);
         assert_eq!(parse_object(&["r0", "seg_x.m4s"], 2), None);
+    }
+
+    #[test]
+    fn catalogue_ranges() {
+        use RangeAnswer::*;
+        assert_eq!(catalogue_range("bytes=0-99", 1000), Part(0, 99));
+        assert_eq!(catalogue_range("bytes=900-", 1000), Part(900, 999));
+        assert_eq!(catalogue_range("bytes=-100", 1000), Part(900, 999));
+        assert_eq!(catalogue_range("bytes=-5000", 1000), Part(0, 999));
+        assert_eq!(catalogue_range("bytes=10-99999", 1000), Part(10, 999));
+        assert_eq!(catalogue_range("bytes=1000-", 1000), Unsatisfiable);
+        assert_eq!(catalogue_range("bytes=-0", 1000), Unsatisfiable);
+        for whole in [
+            "bytes=0-1,5-9",
+            "items=0-1",
+            "bytes=9-1",
+            "bytes=x-",
+            "bytes=+1-2",
+            "",
+        ] {
+            assert_eq!(catalogue_range(whole, 1000), Whole, "{whole}");
+        }
     }
 
     #[test]

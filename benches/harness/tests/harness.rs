@@ -13,6 +13,8 @@ use vedge_bench::origin::{self, Latency, OriginOptions};
 
 #[path = "low_latency/mod.rs"]
 mod low_latency;
+#[path = "zipf/mod.rs"]
+mod zipf;
 
 /// Starts the simulator; dropping the returned sender shuts it down.
 async fn start_origin(opts: OriginOptions) -> (String, oneshot::Sender<()>) {
