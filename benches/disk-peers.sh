@@ -242,7 +242,8 @@ d = json.load(open(p))
 stat = dict(l.split() for l in open("$CG/memory.stat"))
 d["edge"] = {
     "name": "$edge", "alive_after": $alive == 1,
-    "cpu_s": ($c1 - $c0) / $TICKS, "wall_s": $t1 - $t0,
+    # A process that died took its CPU ticks with it: no figure rather than a wrong one.
+    "cpu_s": ($c1 - $c0) / $TICKS if $alive == 1 else None, "wall_s": $t1 - $t0,
     "cgroup_limit_bytes": $BUDGET_BYTES,
     "cgroup_max_usage_bytes": int(open("$CG/memory.max_usage_in_bytes").read()),
     "cgroup_failcnt": int(open("$CG/memory.failcnt").read()),
@@ -273,14 +274,15 @@ for e in edges:
         print(f"| {e} | (no result: see {e}.txt) |" + " |" * 11)
         continue
     m, x = d["measured"], d.get("edge", {})
-    cores = x.get("cpu_s", 0) / max(m["elapsed_s"], 1e-9)
-    per_core = m["gbit_per_s"] / cores if cores > 0 else float("nan")
+    cpu = x.get("cpu_s")
+    cores = cpu / max(m["elapsed_s"], 1e-9) if cpu is not None else None
+    per_core = f"{m['gbit_per_s'] / cores:.2f}" if cores else "-"
     bhr = m.get("byte_hit_ratio")
     ob = m.get("origin_bytes")
     dead = "" if x.get("alive_after", True) else " (died)"
     print(f"| {e}{dead} | {bhr if bhr is None else f'{bhr:.4f}'} | "
-          f"{'-' if ob is None else f'{ob / 2**30:.2f}'} | {m['gbit_per_s']:.3f} | {cores:.2f} | "
-          f"{per_core:.2f} | {m['requests_per_s']:.0f} | {m['total_ms']['p50']:.1f} | "
+          f"{'-' if ob is None else f'{ob / 2**30:.2f}'} | {m['gbit_per_s']:.3f} | {'-' if cores is None else f'{cores:.2f}'} | "
+          f"{per_core} | {m['requests_per_s']:.0f} | {m['total_ms']['p50']:.1f} | "
           f"{m['total_ms']['p99']:.1f} | {m['total_ms']['max']:.1f} | {m['error_total']} | "
           f"{x.get('cgroup_max_usage_bytes', 0) / 2**20:.0f} | {x.get('oom_kills', '-')} |")
 ideal = None
