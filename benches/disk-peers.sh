@@ -22,6 +22,7 @@
 #   EDGES="vedge nginx varnish ats"
 #   VEDGE=path/to/vedge (default: target/release/vedge, built if missing)
 #   CACHE_DIR=/tmp/vedge-disk-cache (deleted after each edge)   OUT=benches/results/disk-<ts>
+#   PEERS=../shared/bench-peers (ATS configs)
 #   CGROUP_PARENT=the caller's own memory cgroup (the edges stay inside whatever holds the caller)
 #   VERIFY=1            compare every body byte in the measured run (costs harness CPU)
 #
@@ -30,7 +31,11 @@
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
-PEERS=${PEERS:-$ROOT/../shared/bench-peers}
+# ../shared/bench-peers next to the checkout (or next to the worktrees' directory).
+if [[ -z ${PEERS:-} ]]; then
+  PEERS=$ROOT/../shared/bench-peers
+  [[ -d $PEERS ]] || PEERS=$ROOT/../../shared/bench-peers
+fi
 
 BUDGET=${BUDGET:-2G}
 CATALOGUE_GIB=${CATALOGUE_GIB:-16}
@@ -66,7 +71,8 @@ for e in $EDGES; do
   case $e in
     vedge) ;; nginx) command -v nginx >/dev/null || die "nginx missing (apt-get install nginx-light)" ;;
     varnish) command -v varnishd >/dev/null || die "varnishd missing (apt-get install varnish)" ;;
-    ats) command -v traffic_server >/dev/null || die "traffic_server missing (apt-get install trafficserver)" ;;
+    ats) command -v traffic_server >/dev/null || die "traffic_server missing (apt-get install trafficserver)"
+         [[ -f $PEERS/conf/ats/records.overrides ]] || die "no ATS configs under PEERS=$PEERS" ;;
     *) die "unknown edge $e (vedge nginx varnish ats)" ;;
   esac
 done
@@ -171,7 +177,7 @@ TOML
       sleep 0.5; EPID=$(cat "$RUN/varnish.pid") ;;
     ats)
       local a=$RUN/ats
-      rm -rf "$a"; mkdir -p "$a"/{etc,var,run,log}
+      rm -rf "$a"; mkdir -p "$a"/{etc,var,run} "$OUT/ats-log"
       cp -r /etc/trafficserver/. "$a/etc/"
       # Debian's records.config without the keys we set, then the shared overrides, then ours
       # (later lines win).
@@ -185,7 +191,7 @@ TOML
       { grep -vE "^CONFIG ($keys) " /etc/trafficserver/records.config; cat "$a/overrides"; } > "$a/etc/records.config"
       echo "map http://127.0.0.1:$ep/ http://127.0.0.1:$OP/" > "$a/etc/remap.config"
       cp "$PEERS/conf/ats/cache.config" "$a/etc/"
-      echo "$d/ats.db ${DISK_GIB}G" > "$a/etc/storage.config"
+      echo "$d ${DISK_GIB}G" > "$a/etc/storage.config"   # a directory: ATS makes its cache.db there
       : > "$a/etc/plugin.config"
       cat > "$a/runroot.yaml" <<YAML
 prefix: $a
@@ -199,7 +205,7 @@ libdir: /usr/lib/trafficserver
 libexecdir: /usr/lib/trafficserver/modules
 localstatedir: $a/var
 runtimedir: $a/run
-logdir: $a/log
+logdir: $OUT/ats-log
 cachedir: $d
 YAML
       in_group traffic_server --run-root="$a/runroot.yaml" > "$OUT/ats.log" 2>&1 &
