@@ -88,6 +88,7 @@ impl Edge {
                 sc.engine = s.io_engine;
                 sc.admit_window = s.admit_window;
                 sc.write_rate_limit = s.write_rate;
+                sc.max_queued_bytes = store_queue_bound(config.ram_size);
                 let store = Store::open(sc)
                     .await
                     .map_err(|e| anyhow::anyhow!("store {}: {e}", s.path.display()))?;
@@ -280,9 +281,29 @@ impl<V: Clone + Weigh> SparseCache<V> {
     }
 }
 
+/// Bytes of pulled objects the store may hold queued for writing: half the RAM tier, between
+/// 16 MiB and 256 MiB (the store's default, reached at the default 512 MiB tier). A queued body
+/// outlives its RAM-tier copy when the tier evicts it first, so under a memory budget the
+/// queue has to shrink with the tier (issue 18: a 64 MiB tier with a fixed 256 MiB queue was
+/// OOM-killed in a 256 MiB cgroup).
+fn store_queue_bound(ram_size: u64) -> u64 {
+    (ram_size / 2).clamp(16 << 20, 256 << 20)
+}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_store_write_queue_shrinks_with_the_ram_tier() {
+        assert_eq!(store_queue_bound(64 << 20), 32 << 20);
+        assert_eq!(store_queue_bound(1 << 20), 16 << 20);
+        // The default tier keeps the store's default queue; larger tiers do not grow it.
+        assert_eq!(
+            store_queue_bound(crate::config::DEFAULT_RAM_SIZE),
+            256 << 20
+        );
+        assert_eq!(store_queue_bound(8 << 30), 256 << 20);
+    }
 
     #[test]
     fn sparse_cache_is_bounded_in_bytes_not_entries() {

@@ -39,6 +39,11 @@ pub struct StoreConfig {
     pub admit_window: Duration,
     /// Cap on admitted pulled bytes per second (token bucket, one second of burst). Default none.
     pub write_rate_limit: Option<u64>,
+    /// Most bytes accepted by [`Store::insert`](crate::Store::insert) and not yet written;
+    /// beyond it inserts are skipped as `Busy` (one object is always accepted into an empty
+    /// queue). Default 256 MiB. A queued body may be the edge's only copy once its RAM tier
+    /// has evicted it, so this is memory on top of the RAM tier: size it with the memory budget.
+    pub max_queued_bytes: u64,
     /// Whether eviction may drop pinned objects. Default false: they are rewritten instead.
     pub allow_pinned_eviction: bool,
     /// Skip O_DIRECT as if the filesystem had refused it (the automatic fallback, forced).
@@ -61,6 +66,7 @@ impl StoreConfig {
             reformat: false,
             admit_window: Duration::from_secs(600),
             write_rate_limit: None,
+            max_queued_bytes: 256 << 20,
             allow_pinned_eviction: false,
             buffered_io: false,
             journal_path: None,

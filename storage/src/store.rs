@@ -22,8 +22,6 @@ use crate::io::Io;
 use crate::journal::{Journal, Purge, Record, Selector};
 use crate::object_buf::ObjectBuf;
 
-/// Most bytes accepted by `insert` and not yet written before new inserts are refused (`Busy`).
-const MAX_QUEUED_BYTES: u64 = 256 << 20;
 /// Bound on the second-hit admission table.
 const MAX_SEEN: usize = 1 << 18;
 /// Bound on remembered soft purges (each is checked on every disk hit).
@@ -749,7 +747,10 @@ impl Store {
                 return refuse(r);
             }
         }
-        if !durable && inner.c.queued_bytes.load(Relaxed) + extent > MAX_QUEUED_BYTES {
+        // Bounded by `max_queued_bytes`, except that an empty queue takes any one object (or
+        // one larger than the bound could never be stored).
+        let queued = inner.c.queued_bytes.load(Relaxed);
+        if !durable && queued > 0 && queued + extent > inner.cfg.max_queued_bytes {
             return refuse(SkipReason::Busy);
         }
         let id = inner.next_id.fetch_add(1, Relaxed);
