@@ -7,6 +7,7 @@
 //!
 //! Module map:
 //! - `origin`: the simulator's HTTP server, options, faults and `/__stats`.
+//! - `byterange`: `Range` answers for the simulator's static files.
 //! - `playlist`: HLS and DASH manifest text from a stream clock (pure, tested under paused time).
 //! - `media`: the looped fMP4 fixtures and the mfhd/tfdt rewrite per segment number.
 //! - `cmaf`: fixture chunks cut into CMAF parts (moof + mdat each) for the low-latency modes.
@@ -20,6 +21,7 @@
 //! - `catalogue`: the synthetic `/cat/<id>.ts` objects (sizes, bytes, the Zipf sampler).
 //! - `zipf`: `vedge bench zipf`, Zipf-popular catalogue objects over keep-alive connections.
 
+pub mod byterange;
 pub mod catalogue;
 pub mod client;
 pub mod cmaf;

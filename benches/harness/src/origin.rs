@@ -13,7 +13,7 @@
 //! - `/ll/{s}/...`: the same stream low-latency for both HLS and DASH, whatever the flags
 //! - `/__stats[?prefix=P]` (JSON request counts, blocking reloads per (playlist, msn, part)),
 //!   `/__reset`, `/__time` (ISO clock for DASH)
-//! - anything under a `--static PREFIX=DIR`: files
+//! - anything under a `--static PREFIX=DIR`: files (with `ETag` and single `Range` support)
 //!
 //! A live stream's clock starts at its first request (see `playlist::Timeline`), so a new stream
 //! name is a cold start.
@@ -42,6 +42,7 @@ use tokio::time::Instant;
 
 use vedge_manifest::duration::parse as parse_duration;
 
+use super::byterange;
 use super::catalogue;
 use super::cmaf::PartedRendition;
 use super::ll::{self, Block, Delivery, PartPlan, Produced};
@@ -572,7 +573,7 @@ async fn handle(st: &State, req: Request<Incoming>) -> Response<Body> {
             *st.blocking.lock().entry(k).or_default() += 1;
         }
     }
-    let resp = respond(st, &path, query).await;
+    let resp = respond(st, &path, query, req.headers()).await;
     if let Some(e) = st.counts.lock().get_mut(&path) {
         e.inflight = e.inflight.saturating_sub(1);
     }
@@ -595,7 +596,12 @@ async fn handle(st: &State, req: Request<Incoming>) -> Response<Body> {
     resp
 }
 
-async fn respond(st: &State, path: &str, query: Option<&str>) -> Response<Body> {
+async fn respond(
+    st: &State,
+    path: &str,
+    query: Option<&str>,
+    headers: &http::HeaderMap,
+) -> Response<Body> {
     // Operator-given static prefixes win over the simulated streams (e.g. `--static /vod/=DIR`).
     if st
         .opts
@@ -603,14 +609,14 @@ async fn respond(st: &State, path: &str, query: Option<&str>) -> Response<Body> 
         .iter()
         .any(|(p, _)| path.starts_with(p.as_str()))
     {
-        return static_file(st, path).await;
+        return static_file(st, path, headers).await;
     }
     let segs: Vec<&str> = path.split('/').collect();
     let (kind, stream, rest) = match segs.as_slice() {
         ["", kind @ ("live" | "vod" | "ll"), stream, rest @ ..] if !stream.is_empty() => {
             (*kind, *stream, rest)
         }
-        _ => return static_file(st, path).await,
+        _ => return static_file(st, path, headers).await,
     };
     let Some(obj) = parse_object(rest, st.opts.renditions) else {
         return not_found();
@@ -1168,7 +1174,10 @@ fn content_type(p: &Path) -> &'static str {
     }
 }
 
-async fn static_file(st: &State, path: &str) -> Response<Body> {
+/// A file under a `--static` prefix, with a strong `ETag` (its length and modification time, as
+/// nginx makes it) and `Range` support (`byterange`); `If-Range` with another validator gets the
+/// whole file.
+async fn static_file(st: &State, path: &str, headers: &http::HeaderMap) -> Response<Body> {
     let best = st
         .opts
         .statics
@@ -1197,7 +1206,47 @@ async fn static_file(st: &State, path: &str) -> Response<Body> {
             } else {
                 "max-age=3600".into()
             };
-            paced(st, content_type(&file), &cc, b.into())
+            let b = Bytes::from(b);
+            let len = b.len() as u64;
+            let mtime = tokio::fs::metadata(&file)
+                .await
+                .ok()
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_secs());
+            let etag = format!("\"{mtime:x}-{len:x}\"");
+            let range = match headers.get(header::IF_RANGE) {
+                Some(v) if v.as_bytes() != etag.as_bytes() => None,
+                _ => headers.get(header::RANGE),
+            };
+            let ctype = content_type(&file);
+            let (mut r, content_range) = match byterange::answer(range, len) {
+                byterange::Answer::Whole => (paced(st, ctype, &cc, b), None),
+                byterange::Answer::Part { start, end } => {
+                    // Both within `len`, which came from a usize.
+                    let piece = b.slice(start as usize..=end as usize);
+                    let mut r = paced(st, ctype, &cc, piece);
+                    *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+                    (r, Some(format!("bytes {start}-{end}/{len}")))
+                }
+                byterange::Answer::Unsatisfiable => (
+                    full(
+                        StatusCode::RANGE_NOT_SATISFIABLE,
+                        "text/plain",
+                        "no-store",
+                        Bytes::new(),
+                    ),
+                    Some(format!("bytes */{len}")),
+                ),
+            };
+            let h = r.headers_mut();
+            h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+            for (name, v) in [(header::ETAG, Some(etag)), (header::CONTENT_RANGE, content_range)] {
+                if let Some(v) = v.and_then(|v| HeaderValue::from_str(&v).ok()) {
+                    h.insert(name, v);
+                }
+            }
+            r
         }
         Err(_) => not_found(),
     }
