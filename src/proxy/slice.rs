@@ -434,6 +434,12 @@ async fn respond(
 ) -> Result<Option<Outcome>, EdgeError> {
     let edge = req.edge;
     let size = edge.config.cache.slice_size;
+    // A response without a body (a HEAD, a 304, a 416) is a hit unless the probe just went to
+    // the origin for this object.
+    let head_only = match first {
+        Some(_) => CacheStatus::Miss,
+        None => CacheStatus::Hit,
+    };
     // The head, as `response::build` answers the viewer's conditionals and Range for an object
     // of `total` bytes; the body is ours.
     let mut resp = response::build(
@@ -444,7 +450,7 @@ async fn respond(
         StatusCode::OK,
         &sliced.head,
         Source::Fill(Fill::new(), Some(sliced.total)),
-        info(req, CacheStatus::Hit, sliced.age),
+        info(req, head_only, sliced.age),
     );
     let range = match resp.status() {
         StatusCode::OK => Some((0, sliced.total)),
@@ -454,7 +460,7 @@ async fn respond(
         _ => None,
     };
     let (Some((start, end)), true) = (range, req.parts.method == Method::GET) else {
-        edge.metrics.request(CacheStatus::Hit);
+        edge.metrics.request(head_only);
         return Ok(Some(Outcome::Done(resp)));
     };
     let k = start / size;
@@ -485,6 +491,15 @@ async fn respond(
         Got::Whole => return Ok(Some(Outcome::Lookup)),
     };
     edge.metrics.request(status);
+    // `build` gave the head this node's provisional Cache-Status member; RFC 9211 wants one
+    // member per cache, so the field goes back to the upstream caches' members stored with the
+    // object and `stamp` appends this node's real one.
+    let cache_status = header::HeaderName::from_static("cache-status");
+    let h = resp.headers_mut();
+    h.remove(&cache_status);
+    for v in sliced.head.get_all(&cache_status) {
+        h.append(&cache_status, v.clone());
+    }
     response::stamp(&mut resp, info(req, status, sliced.age));
     let walk = Walk {
         edge: edge.clone(),

@@ -3,7 +3,8 @@
 //! slice in order; origins that change the object between slices, ignore Range, or answer a
 //! 206 that does not say what it carries are handled; purging the object purges its slices.
 
-use http::StatusCode;
+use bytes::Bytes;
+use http::{Method, StatusCode};
 
 use crate::support::binary::ADMIN_TOKEN;
 use crate::support::edge::{edge_config, read_raw, until, TestEdge};
@@ -431,4 +432,58 @@ async fn an_expired_object_is_revalidated_by_one_slice_and_keeps_its_other_slice
     assert_eq!(r.x_cache(), "HIT");
     assert_eq!(&r.body[..], &body[..10]);
     assert_eq!(origin.count("/m/ttl.mp4"), 3);
+}
+
+/// RFC 9211 §2: one `Cache-Status` member per cache, this node's last. A response built from
+/// slices names this node once, with what happened (a slice fetched now is a miss, a cached one
+/// a hit, a head-only answer to a cold object a miss too), after the upstream cache's member
+/// stored with the object.
+#[tokio::test]
+async fn a_sliced_response_has_one_cache_status_member_for_this_node() {
+    let origin = Origin::start().await;
+    let body = pattern(3 * MIB, 4);
+    for p in ["/m/cs.mp4", "/m/cs-head.mp4"] {
+        origin.script(
+            p,
+            video(body.clone(), "\"v1\"").header("cache-status", "shield; hit"),
+        );
+    }
+    let edge = edge_with(&origin, "1MiB").await;
+    let ours = |v: &str| -> Vec<String> {
+        v.split(',')
+            .map(|m| m.trim().to_string())
+            .filter(|m| m.starts_with("vedge"))
+            .collect()
+    };
+
+    let r = edge
+        .get_with("/m/cs.mp4", &[("range", "bytes=1048000-1049000")])
+        .await;
+    assert_eq!(r.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(&r.body[..], &body[1048000..=1049000]);
+    let cs = r.h("cache-status");
+    assert!(cs.starts_with("shield; hit, "), "{cs}");
+    let mine = ours(&cs);
+    assert_eq!(mine.len(), 1, "{cs}");
+    assert!(mine[0].contains("fwd=miss"), "{cs}");
+    assert_eq!(r.x_cache(), "MISS");
+    edge.settle().await;
+
+    let r = edge
+        .get_with("/m/cs.mp4", &[("range", "bytes=1048000-1049000")])
+        .await;
+    let cs = r.h("cache-status");
+    let mine = ours(&cs);
+    assert_eq!(mine.len(), 1, "{cs}");
+    assert!(mine[0].starts_with("vedge; hit"), "{cs}");
+    assert_eq!(r.x_cache(), "HIT");
+
+    let r = edge
+        .send(edge.req(Method::HEAD, "/m/cs-head.mp4"), Bytes::new())
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let cs = r.h("cache-status");
+    let mine = ours(&cs);
+    assert_eq!(mine.len(), 1, "{cs}");
+    assert!(mine[0].contains("fwd=miss"), "a cold object's head: {cs}");
 }
