@@ -78,7 +78,10 @@ mod tests {
         assert_eq!(ask("bytes=-10", 100), Answer::Part { start: 90, end: 99 });
         assert_eq!(ask("bytes=-1000", 100), Answer::Part { start: 0, end: 99 });
         // A slice fill asks past the end of a short file: clipped to it.
-        assert_eq!(ask("bytes=0-4194303", 100), Answer::Part { start: 0, end: 99 });
+        assert_eq!(
+            ask("bytes=0-4194303", 100),
+            Answer::Part { start: 0, end: 99 }
+        );
         assert_eq!(
             ask("bytes=5-99999999999999999999999", 100),
             Answer::Part { start: 5, end: 99 }

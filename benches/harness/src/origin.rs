@@ -1241,7 +1241,10 @@ async fn static_file(st: &State, path: &str, headers: &http::HeaderMap) -> Respo
             };
             let h = r.headers_mut();
             h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-            for (name, v) in [(header::ETAG, Some(etag)), (header::CONTENT_RANGE, content_range)] {
+            for (name, v) in [
+                (header::ETAG, Some(etag)),
+                (header::CONTENT_RANGE, content_range),
+            ] {
                 if let Some(v) = v.and_then(|v| HeaderValue::from_str(&v).ok()) {
                     h.insert(name, v);
                 }
