@@ -463,7 +463,7 @@ async fn a_sliced_response_has_one_cache_status_member_for_this_node() {
     assert_eq!(&r.body[..], &body[1048000..=1049000]);
     let cs = r.h("cache-status");
     assert!(cs.starts_with("shield; hit, "), "{cs}");
-    let mine = ours(&cs);
+    let mine = ours(cs);
     assert_eq!(mine.len(), 1, "{cs}");
     assert!(mine[0].contains("fwd=miss"), "{cs}");
     assert_eq!(r.x_cache(), "MISS");
@@ -473,7 +473,7 @@ async fn a_sliced_response_has_one_cache_status_member_for_this_node() {
         .get_with("/m/cs.mp4", &[("range", "bytes=1048000-1049000")])
         .await;
     let cs = r.h("cache-status");
-    let mine = ours(&cs);
+    let mine = ours(cs);
     assert_eq!(mine.len(), 1, "{cs}");
     assert!(mine[0].starts_with("vedge; hit"), "{cs}");
     assert_eq!(r.x_cache(), "HIT");
@@ -483,7 +483,7 @@ async fn a_sliced_response_has_one_cache_status_member_for_this_node() {
         .await;
     assert_eq!(r.status, StatusCode::OK);
     let cs = r.h("cache-status");
-    let mine = ours(&cs);
+    let mine = ours(cs);
     assert_eq!(mine.len(), 1, "{cs}");
     assert!(mine[0].contains("fwd=miss"), "a cold object's head: {cs}");
 }
