@@ -57,6 +57,7 @@ async fn every_fixture_lists_exactly_its_files() {
     for (name, root) in [
         ("hls-fmp4", "master.m3u8"),
         ("hls-ts", "master.m3u8"),
+        ("hls-byterange", "master.m3u8"),
         ("dash-timeline", "manifest.mpd"),
         ("dash-number", "manifest.mpd"),
         ("dash-list", "manifest.mpd"),
@@ -95,6 +96,7 @@ async fn local_roots_finds_masters_and_mpds() {
     let want: BTreeSet<String> = [
         "hls-fmp4/master.m3u8",
         "hls-ts/master.m3u8",
+        "hls-byterange/master.m3u8",
         "dash-timeline/manifest.mpd",
         "dash-number/manifest.mpd",
         "dash-list/manifest.mpd",
