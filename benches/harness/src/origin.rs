@@ -1013,8 +1013,8 @@ fn catalogue_object(st: &State, req: &Request<Incoming>, id: u64) -> Response<Bo
         r.headers_mut().remove(header::CONTENT_TYPE);
         r
     } else {
-        match text(header::RANGE).map(|r| catalogue_range(r, size)) {
-            Some(RangeAnswer::Unsatisfiable) => {
+        match crate::byterange::answer(req.headers().get(header::RANGE), size) {
+            crate::byterange::Answer::Unsatisfiable => {
                 let mut r = full(
                     StatusCode::RANGE_NOT_SATISFIABLE,
                     "text/plain",
@@ -1026,7 +1026,7 @@ fn catalogue_object(st: &State, req: &Request<Incoming>, id: u64) -> Response<Bo
                 }
                 return r;
             }
-            Some(RangeAnswer::Part(a, b)) => {
+            crate::byterange::Answer::Part { start: a, end: b } => {
                 let body = catalogue::body(id).slice(a as usize..=b as usize);
                 let mut r = counted(StatusCode::PARTIAL_CONTENT, body, st.cat.clone());
                 if let Ok(v) = HeaderValue::from_str(&format!("bytes {a}-{b}/{size}")) {
@@ -1034,7 +1034,7 @@ fn catalogue_object(st: &State, req: &Request<Incoming>, id: u64) -> Response<Bo
                 }
                 r
             }
-            Some(RangeAnswer::Whole) | None => {
+            crate::byterange::Answer::Whole => {
                 counted(StatusCode::OK, catalogue::body(id), st.cat.clone())
             }
         }
@@ -1064,49 +1064,6 @@ fn catalogue_object(st: &State, req: &Request<Incoming>, id: u64) -> Response<Bo
         );
     }
     resp
-}
-
-#[derive(Debug, PartialEq)]
-enum RangeAnswer {
-    Whole,
-    /// First and last byte, inclusive.
-    Part(u64, u64),
-    Unsatisfiable,
-}
-
-/// One `bytes=` range against an object of `size` bytes.
-fn catalogue_range(value: &str, size: u64) -> RangeAnswer {
-    let Some(spec) = value.trim().strip_prefix("bytes=") else {
-        return RangeAnswer::Whole;
-    };
-    if spec.contains(',') {
-        return RangeAnswer::Whole;
-    }
-    let Some((a, b)) = spec.trim().split_once('-') else {
-        return RangeAnswer::Whole;
-    };
-    let num = |s: &str| {
-        (!s.is_empty() && s.bytes().all(|c| c.is_ascii_digit()))
-            .then(|| s.parse::<u64>().ok())
-            .flatten()
-    };
-    match (a.trim(), b.trim()) {
-        ("", n) => match num(n) {
-            Some(0) => RangeAnswer::Unsatisfiable,
-            Some(n) => RangeAnswer::Part(size.saturating_sub(n), size - 1),
-            None => RangeAnswer::Whole,
-        },
-        (a, "") => match num(a) {
-            Some(a) if a < size => RangeAnswer::Part(a, size - 1),
-            Some(_) => RangeAnswer::Unsatisfiable,
-            None => RangeAnswer::Whole,
-        },
-        (a, b) => match (num(a), num(b)) {
-            (Some(a), Some(b)) if a <= b && a < size => RangeAnswer::Part(a, b.min(size - 1)),
-            (Some(a), Some(b)) if a <= b => RangeAnswer::Unsatisfiable,
-            _ => RangeAnswer::Whole,
-        },
-    }
 }
 
 /// A response whose body counts its bytes into the catalogue counters as they are sent.
@@ -1293,28 +1250,6 @@ mod tests {
         );
         assert_eq!(parse_object(&["r2", "init.mp4"], 2), None);
         assert_eq!(parse_object(&["r0", "seg_x.m4s"], 2), None);
-    }
-
-    #[test]
-    fn catalogue_ranges() {
-        use RangeAnswer::*;
-        assert_eq!(catalogue_range("bytes=0-99", 1000), Part(0, 99));
-        assert_eq!(catalogue_range("bytes=900-", 1000), Part(900, 999));
-        assert_eq!(catalogue_range("bytes=-100", 1000), Part(900, 999));
-        assert_eq!(catalogue_range("bytes=-5000", 1000), Part(0, 999));
-        assert_eq!(catalogue_range("bytes=10-99999", 1000), Part(10, 999));
-        assert_eq!(catalogue_range("bytes=1000-", 1000), Unsatisfiable);
-        assert_eq!(catalogue_range("bytes=-0", 1000), Unsatisfiable);
-        for whole in [
-            "bytes=0-1,5-9",
-            "items=0-1",
-            "bytes=9-1",
-            "bytes=x-",
-            "bytes=+1-2",
-            "",
-        ] {
-            assert_eq!(catalogue_range(whole, 1000), Whole, "{whole}");
-        }
     }
 
     #[test]
