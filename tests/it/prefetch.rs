@@ -151,3 +151,114 @@ async fn expired_live_segments_never_reach_the_store_and_leave_ram_while_vod_sta
         assert!(store.lookup(k.as_bytes()).await.is_none(), "{k} on disk");
     }
 }
+
+/// The media segment paths a live MPD at `path` lists now (through the edge).
+async fn mpd_segments(edge: &crate::support::TestEdge, path: &str) -> Vec<String> {
+    let r = edge.get(path).await;
+    assert_eq!(r.status, 200, "{}", r.h("cache-status"));
+    let url = url::Url::parse(&format!("http://edge{path}")).expect("url");
+    vedge_manifest::dash::live_references(&url, &r.body, std::time::SystemTime::now(), 1000)
+        .expect("live MPD")
+        .into_iter()
+        .filter(|r| r.kind == vedge_manifest::ObjectKind::Segment)
+        .map(|r| r.url.path().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_segment_of_a_live_mpd_timeline_is_fetched_before_any_viewer_asks() {
+    let (base, _stop) = start_sim(live_options()).await;
+    let edge = crate::support::TestEdge::start(config_for(&base, "next")).await;
+    let mpd = "/live/d1/manifest-timeline.mpd";
+    let mut seen: std::collections::HashSet<String> =
+        mpd_segments(&edge, mpd).await.into_iter().collect();
+    let mut checked = 0;
+    // Bounded: the window advances by one segment every 2 s.
+    for _ in 0..200 {
+        if checked >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for seg in mpd_segments(&edge, mpd).await {
+            if !seen.insert(seg.clone()) {
+                continue;
+            }
+            // No viewer asked for it yet: the origin already saw the edge's prefetch.
+            let mut fetched = 0;
+            for _ in 0..50 {
+                fetched = origin_count(&base, &seg).await;
+                if fetched > 0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert_eq!(fetched, 1, "{seg} prefetched once before any viewer asked");
+            let r = edge.get(&seg).await;
+            assert_eq!(r.status, 200);
+            let cs = r.h("cache-status");
+            assert!(
+                cs.contains("; hit") || cs.contains("collapsed"),
+                "{seg}: {cs}"
+            );
+            assert_eq!(
+                origin_count(&base, &seg).await,
+                1,
+                "{seg}: one origin request"
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 2, "two new segments seen");
+    // Nobody reads the MPD any more: nothing new is fetched.
+    edge.settle().await;
+    let before = origin_media_total(&base, "/live/d1/").await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(origin_media_total(&base, "/live/d1/").await, before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_number_template_mpd_drives_prefetch_and_prefetch_off_does_not() {
+    let (base, _stop) = start_sim(live_options()).await;
+    let on = crate::support::TestEdge::start(config_for(&base, "next")).await;
+    let mpd = "/live/d2/manifest.mpd";
+    let listed = mpd_segments(&on, mpd).await;
+    on.settle().await;
+    // The edge's clock and the test's may sit on either side of a segment boundary: the
+    // newest segment the edge saw is one of the last two listed.
+    let mut prefetched = None;
+    for seg in listed.iter().rev().take(2) {
+        if origin_count(&base, seg).await == 1 {
+            prefetched = Some(seg.clone());
+            break;
+        }
+    }
+    let newest = prefetched.expect("the live edge of the MPD was prefetched");
+    let r = on.get(&newest).await;
+    assert!(
+        r.h("cache-status").contains("; hit"),
+        "{}",
+        r.h("cache-status")
+    );
+
+    let off = crate::support::TestEdge::start(config_for(&base, "off")).await;
+    let mpd = "/live/d3/manifest.mpd";
+    let listed = mpd_segments(&off, mpd).await;
+    off.settle().await;
+    for seg in &listed {
+        assert_eq!(origin_count(&base, seg).await, 0, "{seg} not prefetched");
+    }
+}
+
+/// Every request the origin saw under `prefix` except manifests.
+async fn origin_media_total(base: &str, prefix: &str) -> u64 {
+    let body = crate::llhls::origin_stats(base).await;
+    body["paths"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter(|(k, _)| k.starts_with(prefix) && !k.ends_with(".mpd"))
+                .filter_map(|(_, v)| v.as_u64())
+                .sum()
+        })
+        .unwrap_or(0)
+}

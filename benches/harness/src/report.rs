@@ -118,6 +118,36 @@ pub struct Report {
     /// `--ll` runs only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ll: Option<LlReport>,
+    /// The first request of each media object (issue 17: prefetch on or off).
+    pub first_requests: FirstRequestReport,
+}
+
+/// How the first request of each media object went: from the cache or a fill already in flight
+/// (`Cache-Status` `hit` or `collapsed`, what a prefetching edge achieves), and its TTFB.
+#[derive(Debug, Clone, Serialize)]
+pub struct FirstRequestReport {
+    pub objects: u64,
+    pub hit_or_collapsed: u64,
+    pub share_hit_or_collapsed: f64,
+    /// TTFB of those first requests, in milliseconds.
+    pub ttfb_ms: Pct,
+}
+
+/// The first-request figures from the recorder.
+pub fn first_request_report(rec: &Recorder) -> FirstRequestReport {
+    let mut h = crate::load::hist();
+    let mut good = 0;
+    for f in rec.first_requests.values() {
+        let _ = h.record(f.ttfb_us);
+        good += u64::from(f.hit_or_collapsed);
+    }
+    let n = rec.first_requests.len() as u64;
+    FirstRequestReport {
+        objects: n,
+        hit_or_collapsed: good,
+        share_hit_or_collapsed: if n == 0 { 0.0 } else { good as f64 / n as f64 },
+        ttfb_ms: Pct::of(&h),
+    }
 }
 
 /// What a low-latency run adds: parts' latency to the live edge, and how many origin requests
@@ -130,6 +160,8 @@ pub struct LlReport {
     pub blocking_keys: Option<u64>,
     pub max_origin_requests_per_blocking_key: Option<u64>,
     pub mean_origin_requests_per_blocking_key: Option<f64>,
+    /// Share of those keys the origin saw exactly once (1.0 when every one collapsed).
+    pub share_of_blocking_keys_with_one_request: Option<f64>,
 }
 
 /// The `--ll` part of a report from the recorder and the origin's blocking counters.
@@ -142,7 +174,12 @@ pub fn ll_report(rec: &Recorder, blocking: Option<BTreeMap<String, u64>>) -> LlR
         .as_ref()
         .filter(|b| !b.is_empty())
         .map(|b| b.values().sum::<u64>() as f64 / b.len() as f64);
+    let one = blocking
+        .as_ref()
+        .filter(|b| !b.is_empty())
+        .map(|b| b.values().filter(|&&n| n == 1).count() as f64 / b.len() as f64);
     LlReport {
+        share_of_blocking_keys_with_one_request: one,
         live_latency_ms: Pct::of(&rec.live_latency),
         blocking_keys: keys,
         max_origin_requests_per_blocking_key: max,
@@ -280,6 +317,7 @@ pub fn build(
         pool_wait_ms: Pct::of(&rec.pool_wait),
         timer_lag_ms: Pct::of(&rec.timer_lag),
         ll: None,
+        first_requests: first_request_report(rec),
         timeline: rec
             .seconds
             .iter()
@@ -428,6 +466,17 @@ pub fn summary(r: &Report) -> String {
             let _ = writeln!(s, "origin stats: not requested (--origin-stats)");
         }
     }
+    let f = &r.first_requests;
+    if f.objects > 0 {
+        let _ = writeln!(
+            s,
+            "first request per media object: {} objects, {:.1}% hit or collapsed, TTFB p50 {:.1} ms p99 {:.1} ms",
+            f.objects,
+            f.share_hit_or_collapsed * 100.0,
+            f.ttfb_ms.p50,
+            f.ttfb_ms.p99
+        );
+    }
     if let Some(ll) = &r.ll {
         let _ = writeln!(
             s,
@@ -439,9 +488,11 @@ pub fn summary(r: &Report) -> String {
             ll.max_origin_requests_per_blocking_key,
             ll.mean_origin_requests_per_blocking_key,
         ) {
+            let one = ll.share_of_blocking_keys_with_one_request.unwrap_or(0.0);
             let _ = writeln!(
                 s,
-                "blocking reloads at the origin: {k} (playlist, msn, part) keys, {mean:.2} requests per key (max {max})"
+                "blocking reloads at the origin: {k} (playlist, msn, part) keys, {mean:.2} requests per key (max {max}), {:.1}% of keys exactly 1",
+                one * 100.0
             );
         }
     }
