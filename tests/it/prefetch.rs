@@ -262,3 +262,59 @@ async fn origin_media_total(base: &str, prefix: &str) -> u64 {
         })
         .unwrap_or(0)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_live_dvr_segments_behind_the_live_edge_leave_ram_but_stay_on_disk_and_are_served() {
+    let (base, _stop) = start_sim(live_options()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut raw = config_for(&base, "next");
+    raw.routes[0].live_retention_margin = Some("1s".into());
+    raw.routes[0].live_dvr = Some("1h".into());
+    raw.store = RawStore {
+        path: Some(dir.path().join("store")),
+        size: Some("64MiB".into()),
+        region_size: Some("4MiB".into()),
+        admit_window: Some("0s".into()),
+        ..RawStore::default()
+    };
+    let edge = crate::support::TestEdge::start(raw).await;
+    let host = base.trim_start_matches("http://").to_string();
+    // The first segment seen leaves the 3-segment window three segments later; two more
+    // playlist updates pass the 1 s margin.
+    let _ = first_view_of_new_segments(&edge, "/live/p6/r0", 5).await;
+    let playlist = scan(&edge.get("/live/p6/r0/media.m3u8").await.body).expect("playlist");
+    let oldest_listed = playlist.media_sequence;
+    edge.settle().await;
+    let e = &edge.edge;
+    let store = e.store.as_ref().expect("store");
+    // Segments the viewers fetched that have left the window by more than the margin.
+    let mut behind = Vec::new();
+    for i in 0..oldest_listed.saturating_sub(1) {
+        let k = format!("http|{host}|/live/p6/r0/seg_{i}.m4s");
+        if origin_count(&base, &format!("/live/p6/r0/seg_{i}.m4s")).await > 0 {
+            behind.push((i, k));
+        }
+    }
+    assert!(!behind.is_empty(), "a fetched segment left the window");
+    for (i, k) in &behind {
+        assert!(e.ram.get(k).is_none(), "{k} left RAM past the margin");
+        // Within the DVR window it is kept on disk (the write may still be queued).
+        let mut on_disk = false;
+        for _ in 0..100 {
+            if store.lookup(k.as_bytes()).await.is_some() {
+                on_disk = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(on_disk, "{k} kept on disk for DVR");
+        let r = edge.get(&format!("/live/p6/r0/seg_{i}.m4s")).await;
+        assert_eq!(r.status, 200);
+        assert!(r.h("cache-status").contains("; hit"), "{}", r.h("cache-status"));
+        assert_eq!(
+            origin_count(&base, &format!("/live/p6/r0/seg_{i}.m4s")).await,
+            1,
+            "DVR playback from the store, not the origin"
+        );
+    }
+}
