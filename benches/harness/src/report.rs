@@ -674,6 +674,46 @@ mod tests {
     use super::*;
 
     #[test]
+    fn blocking_collapse_summary_gives_max_mean_and_share_of_keys_seen_once() {
+        let rec = Recorder::new(tokio::time::Instant::now());
+        let b: BTreeMap<String, u64> = [("/p.m3u8?_HLS_msn=1", 1), ("/p.m3u8?_HLS_msn=2", 1)]
+            .into_iter()
+            .chain([("/p.m3u8?_HLS_msn=3&_HLS_part=1", 4)])
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        let ll = ll_report(&rec, Some(b));
+        assert_eq!(ll.blocking_keys, Some(3));
+        assert_eq!(ll.max_origin_requests_per_blocking_key, Some(4));
+        assert_eq!(ll.mean_origin_requests_per_blocking_key, Some(2.0));
+        assert_eq!(ll.share_of_blocking_keys_with_one_request, Some(2.0 / 3.0));
+        let none = ll_report(&rec, None);
+        assert_eq!(none.share_of_blocking_keys_with_one_request, None);
+    }
+
+    #[test]
+    fn first_requests_count_hits_and_collapsed_fills() {
+        use crate::load::{hit_or_collapsed, FirstRequest};
+        assert!(hit_or_collapsed("vedge; hit; ttl=5; detail=ram", "HIT"));
+        assert!(hit_or_collapsed("vedge; fwd=miss; fwd-status=200; collapsed", "MISS"));
+        assert!(!hit_or_collapsed("vedge; fwd=miss; fwd-status=200", "MISS"));
+        assert!(hit_or_collapsed("", "HIT"));
+        let mut rec = Recorder::new(tokio::time::Instant::now());
+        for (i, good) in [true, true, false, true].into_iter().enumerate() {
+            rec.first_requests.insert(
+                format!("/s{i}.m4s"),
+                FirstRequest {
+                    hit_or_collapsed: good,
+                    ttfb_us: 1000 * (i as u64 + 1),
+                },
+            );
+        }
+        let f = first_request_report(&rec);
+        assert_eq!((f.objects, f.hit_or_collapsed), (4, 3));
+        assert_eq!(f.share_hit_or_collapsed, 0.75);
+        assert!(f.ttfb_ms.p99 >= f.ttfb_ms.p50);
+    }
+
+    #[test]
     fn origin_amplification_counts_media_objects_only() {
         let counts: BTreeMap<String, u64> = [
             ("/live/x/master.m3u8", 1),
