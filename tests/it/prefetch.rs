@@ -310,7 +310,11 @@ async fn with_live_dvr_segments_behind_the_live_edge_leave_ram_but_stay_on_disk_
         assert!(on_disk, "{k} kept on disk for DVR");
         let r = edge.get(&format!("/live/p6/r0/seg_{i}.m4s")).await;
         assert_eq!(r.status, 200);
-        assert!(r.h("cache-status").contains("; hit"), "{}", r.h("cache-status"));
+        assert!(
+            r.h("cache-status").contains("; hit"),
+            "{}",
+            r.h("cache-status")
+        );
         assert_eq!(
             origin_count(&base, &format!("/live/p6/r0/seg_{i}.m4s")).await,
             1,

@@ -694,7 +694,10 @@ mod tests {
     fn first_requests_count_hits_and_collapsed_fills() {
         use crate::load::{hit_or_collapsed, FirstRequest};
         assert!(hit_or_collapsed("vedge; hit; ttl=5; detail=ram", "HIT"));
-        assert!(hit_or_collapsed("vedge; fwd=miss; fwd-status=200; collapsed", "MISS"));
+        assert!(hit_or_collapsed(
+            "vedge; fwd=miss; fwd-status=200; collapsed",
+            "MISS"
+        ));
         assert!(!hit_or_collapsed("vedge; fwd=miss; fwd-status=200", "MISS"));
         assert!(hit_or_collapsed("", "HIT"));
         let mut rec = Recorder::new(tokio::time::Instant::now());

@@ -375,7 +375,9 @@ async fn ll_run_through_vedge_reports_blocking_collapse_and_first_requests() {
         .await
         .expect("run");
     let ll = r.ll.as_ref().expect("ll report");
-    let keys = ll.blocking_keys.expect("blocking keys from the origin's stats");
+    let keys = ll
+        .blocking_keys
+        .expect("blocking keys from the origin's stats");
     assert!(keys > 0, "{ll:?}");
     let max = ll.max_origin_requests_per_blocking_key.expect("max");
     let mean = ll.mean_origin_requests_per_blocking_key.expect("mean");
