@@ -78,12 +78,12 @@ for mode in ("next", "off"):
         mode,
         num(ll.get("blocking_keys"), "{}"),
         num(ll.get("max_origin_requests_per_blocking_key"), "{}"),
-        num(ll.get("mean_origin_requests_per_blocking_key"), "{:.2}"),
+        num(ll.get("mean_origin_requests_per_blocking_key"), "{:.2f}"),
         num(ll.get("share_of_blocking_keys_with_one_request"), "{:.1%}"),
         f["objects"],
         "{:.1%}".format(f["share_hit_or_collapsed"]),
-        "{:.1} ms".format(f["ttfb_ms"]["p50"]),
-        "{:.1} ms".format(f["ttfb_ms"]["p99"]),
+        "{:.1f} ms".format(f["ttfb_ms"]["p50"]),
+        "{:.1f} ms".format(f["ttfb_ms"]["p99"]),
         r["error_total"],
     ))
 PY

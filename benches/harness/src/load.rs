@@ -99,6 +99,8 @@ pub struct FirstRequest {
     /// `Cache-Status` says `hit`, or the request joined a fill in flight (`collapsed`).
     pub hit_or_collapsed: bool,
     pub ttfb_us: u64,
+    /// When the request was sent: of concurrent requests the earliest sent is the first.
+    pub sent: Instant,
 }
 
 /// Media objects whose first request is remembered (bounded memory on long runs).
@@ -309,16 +311,25 @@ impl HttpNet {
                 &cache,
             );
         if class == Class::Segment && status.is_success() {
-            // At the head, not the body's end: the first request to arrive is the one that
-            // tells whether the object was there before anyone asked.
+            // The earliest sent request of the object is the one that tells whether it was
+            // there (or being fetched) before anyone asked; concurrent heads arrive in any order.
             let mut rec = self.rec.lock();
             if rec.first_requests.len() < FIRST_REQUESTS {
                 // Keyed without the query (a token or CMCD does not make another object).
                 let path = url.split('?').next().unwrap_or(url).to_string();
-                rec.first_requests.entry(path).or_insert(FirstRequest {
+                let this = FirstRequest {
                     hit_or_collapsed: first,
                     ttfb_us: us(ttfb),
-                });
+                    sent: t1,
+                };
+                rec.first_requests
+                    .entry(path)
+                    .and_modify(|f| {
+                        if t1 < f.sent {
+                            *f = this;
+                        }
+                    })
+                    .or_insert(this);
             }
         }
         let keep = matches!(class, Class::Master | Class::Playlist);

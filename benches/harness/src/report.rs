@@ -707,6 +707,7 @@ mod tests {
                 FirstRequest {
                     hit_or_collapsed: good,
                     ttfb_us: 1000 * (i as u64 + 1),
+                    sent: tokio::time::Instant::now(),
                 },
             );
         }
