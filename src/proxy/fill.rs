@@ -38,6 +38,8 @@ pub struct FillJob {
     slice: Option<SliceAsk>,
     /// A cold Range miss: too large an answer is dropped and the viewers pass (`range_pass`).
     range_probe: bool,
+    /// A byte-range preload hint (`proxy::hint_range`): the origin is asked from this byte on.
+    hinted_from: Option<u64>,
     /// The leader's CMCD says its player is short of media: its fill is admitted first when the
     /// route is at `origin_client.max_fills`.
     priority: crate::proxy::admission::Priority,
@@ -72,6 +74,20 @@ impl FillJob {
             ),
             stale,
             slice: None,
+            hinted_from: None,
+        }
+    }
+
+    /// The same fill, asking the origin for a hinted resource from byte `from` on
+    /// (`proxy::hint_range`); `None` leaves it as it is.
+    pub fn hinted_range(self, from: Option<u64>) -> FillJob {
+        match from {
+            Some(n) => FillJob {
+                hinted_from: Some(n),
+                range_probe: false,
+                ..self
+            },
+            None => self,
         }
     }
 
@@ -103,6 +119,7 @@ impl FillJob {
             stale: None,
             slice: None,
             range_probe: false,
+            hinted_from: None,
             // Speculative: never ahead of a player short of media.
             priority: crate::proxy::admission::Priority::Normal,
         }
@@ -177,6 +194,9 @@ async fn run(
     }
     if let Some(ask) = &job.slice {
         headers.insert(header::RANGE, ask.range_header());
+    }
+    if let Some(n) = job.hinted_from {
+        headers.insert(header::RANGE, crate::proxy::hint_range::range_header(n));
     }
     if let Some(stale) = &job.stale {
         if let Some(etag) = stale.etag() {
@@ -276,6 +296,19 @@ async fn run(
         },
         None => None,
     };
+    // A hinted range: a 206 from the hinted byte is kept under the range key; a 206 of other
+    // bytes answers another question (an origin error); anything else is an ordinary answer
+    // (a 200: the origin ignored the Range; viewers get their range of it from the fill).
+    let hinted = match job.hinted_from {
+        Some(n) if crate::proxy::hint_range::starts_at(parts.status, &parts.headers, n) => true,
+        Some(_) if parts.status == StatusCode::PARTIAL_CONTENT => {
+            Metrics::inc(&edge.metrics.origin_errors);
+            tracing::debug!(key, "206 not from the hinted byte");
+            fill.set_head(FillHead::Failed(OriginFailure::Protocol));
+            return Ok(());
+        }
+        _ => false,
+    };
     let path = job.path_and_query.split('?').next().unwrap_or("");
     let class = ContentClass::classify(
         path,
@@ -285,7 +318,7 @@ async fn run(
             .and_then(|v| v.to_str().ok()),
     );
     // A slice is a part of a 200 and is judged as that 200 would be.
-    let judged = if sliced.is_some() {
+    let judged = if sliced.is_some() || hinted {
         StatusCode::OK
     } else {
         parts.status
@@ -325,13 +358,14 @@ async fn run(
     // Slices are kept under their own keys and never vary (`proxy::slice`).
     let spec = match sliced {
         Some(_) => Default::default(),
+        None if job.hinted_from.is_some() => Default::default(),
         None => vary::parse(&parts.headers).unwrap_or_default(),
     };
     // The variant of what the origin was asked, not of what the leader sent: a header the
     // fill did not forward (the response's `Vary` was not yet known) must not label the object
     // as if the origin had seen it.
     let leader_variant = spec.variant(&asked);
-    let store_key = if sliced.is_some() {
+    let store_key = if sliced.is_some() || job.hinted_from.is_some() {
         key.to_string()
     } else if spec.is_empty() {
         edge.vary_index.remove(&job.base_key);

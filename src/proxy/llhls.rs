@@ -312,6 +312,8 @@ pub struct Live {
     pub prefetch_permits: Arc<Semaphore>,
     /// CMCD `nor` hints in flight per viewer.
     pub hints: Cache<String, Arc<Semaphore>>,
+    /// Keys of URIs named by an `EXT-X-PRELOAD-HINT` (`proxy::hint_range`).
+    hinted: Cache<String, ()>,
 }
 
 impl Default for Live {
@@ -321,6 +323,7 @@ impl Default for Live {
             members: Cache::new(MEMBERS),
             prefetch_permits: Arc::new(Semaphore::new(PREFETCH_PERMITS)),
             hints: Cache::new(PLAYLISTS),
+            hinted: Cache::new(PLAYLISTS),
         }
     }
 }
@@ -340,7 +343,9 @@ impl Live {
     }
 
     /// Whether `key` may go to the SSD store: not a live member, or one inside its DVR window.
+    /// A range or slice of a member (`{member}\0...`) is judged as the member.
     pub fn admits_to_store(&self, key: &str) -> bool {
+        let key = key.split('\0').next().unwrap_or(key);
         match self.members.get(key) {
             None => true,
             Some(m) => m.dvr.is_some() && !m.expired,
@@ -350,6 +355,11 @@ impl Live {
     /// Whether `key` is a segment or part of a live playlist.
     pub fn is_member(&self, key: &str) -> bool {
         self.members.get(key).is_some()
+    }
+
+    /// Whether `key` is the URI of a preload hint of a live playlist.
+    pub fn is_hinted(&self, key: &str) -> bool {
+        self.hinted.get(key).is_some()
     }
 }
 
@@ -517,6 +527,11 @@ pub fn announce(edge: &Arc<Edge>, route: &Route, key: &str, body: &[u8]) {
     }
     let pl_key = playlist_key(key);
     let pl = edge.live.playlist(&pl_key);
+    for h in &scan.hints {
+        if let Some(k) = member_key(&pl_key, h, &edge.config.cache.drop_query_params) {
+            edge.live.hinted.insert(k, ());
+        }
+    }
     retain(edge, route, &pl_key, &pl, &scan);
     crate::proxy::prefetch::after_playlist(edge, route, &pl_key, &pl, &scan);
 }

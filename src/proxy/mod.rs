@@ -16,6 +16,7 @@ pub mod edge;
 pub mod error;
 pub mod fill;
 pub mod fill_limit;
+pub mod hint_range;
 pub mod invalidate;
 pub mod llhls;
 pub mod pass;

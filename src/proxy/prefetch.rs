@@ -17,6 +17,7 @@ use crate::proxy::edge::Edge;
 use crate::proxy::fill::{self, FillJob};
 use crate::proxy::llhls::{self, Playlist, Scan};
 use crate::proxy::target;
+use vedge_manifest::ObjectKind;
 
 /// Most prefetches one manifest update starts.
 const PER_UPDATE: usize = 16;
@@ -85,23 +86,36 @@ pub(crate) fn observe_mpd(edge: &Arc<Edge>, route: &Route, key: &str, body: &[u8
     let Ok(url) = url::Url::parse(&format!("http://{host}{path}")) else {
         return;
     };
-    let Ok(refs) = vedge_manifest::dash::references(&url, body, 8192) else {
+    // What the live MPD lists now: its SegmentTimeline, or the `$Number$` segments its
+    // availability window holds at this moment.
+    let Ok(refs) = vedge_manifest::dash::live_references(&url, body, edge.clock.now(), 8192) else {
         return;
     };
-    let mut fresh: Vec<String> = refs
+    // Each representation lists its init, then its segments oldest first: its newest segment
+    // is the one followed by no other segment.
+    let newest = |i: usize| {
+        refs[i].kind == ObjectKind::Segment
+            && refs
+                .get(i + 1)
+                .is_none_or(|n| n.kind != ObjectKind::Segment)
+    };
+    let first_copy = !pl.knows_any();
+    let mut fresh: Vec<(bool, String)> = refs
         .iter()
-        .map(|r| r.url.to_string())
-        .filter(|u| pl.learn_uri(u))
+        .enumerate()
+        .map(|(i, r)| (newest(i), r.url.to_string()))
+        .filter(|(_, u)| pl.learn_uri(u))
         .collect();
     if !pl.watched(MPD_WATCHED) || fresh.is_empty() {
         return;
     }
-    if route.live.prefetch == Prefetch::Next {
-        // Per representation the newest is last; keep a few, newest first.
-        fresh.reverse();
-        fresh.truncate(4);
+    if route.live.prefetch == Prefetch::Next || first_copy {
+        // The live edge of each representation: what a player asks for next.
+        fresh.retain(|(newest, _)| *newest);
     }
-    for u in fresh.into_iter().take(PER_UPDATE) {
+    // Newest first, should the budget cut.
+    fresh.reverse();
+    for (_, u) in fresh.into_iter().take(PER_UPDATE) {
         if let Ok(u) = url::Url::parse(&u) {
             if u.host_str() == url.host_str() {
                 let pq = match u.query() {

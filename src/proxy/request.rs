@@ -350,8 +350,18 @@ async fn lookup(req: &Req<'_>, at: &mut Lookup) -> Phase {
             }
             Some(_) => Phase::Fill { stale: Some(obj) },
         },
-        None if slice::applies(edge, &at.base_key, &at.key) => Phase::Slice,
-        None => Phase::Fill { stale: None },
+        None => match crate::proxy::hint_range::key_for(req, &at.base_key) {
+            // A byte-range preload hint: its own collapsed, streaming fill (`hint_range`).
+            Some(key) => {
+                at.key = key;
+                match edge.lookup(&at.key).await {
+                    Some((obj, tier)) if obj.staleness(now).is_none() => Phase::Hit(obj, tier),
+                    _ => Phase::Fill { stale: None },
+                }
+            }
+            None if slice::applies(edge, &at.base_key, &at.key) => Phase::Slice,
+            None => Phase::Fill { stale: None },
+        },
     }
 }
 
@@ -406,7 +416,8 @@ fn refresh_in_background(req: &Req<'_>, at: &Lookup, stale: Arc<CachedObject>) {
             release_with(fill, guard, obj);
             return;
         }
-        let job = FillJob::new(req, &at.base_key, Some(stale));
+        let job = FillJob::new(req, &at.base_key, Some(stale))
+            .hinted_range(crate::proxy::hint_range::start_of(&at.key));
         edge.spawn(fill::drive_fill(edge.clone(), guard, fill, job));
     }
 }
@@ -431,7 +442,8 @@ async fn claim(req: &Req<'_>, at: &Lookup, stale: Option<Arc<CachedObject>>) -> 
                 release_with(fill, guard, obj.clone());
                 return Phase::Hit(obj, tier);
             }
-            let job = FillJob::new(req, &at.base_key, stale.clone());
+            let job = FillJob::new(req, &at.base_key, stale.clone())
+                .hinted_range(crate::proxy::hint_range::start_of(&at.key));
             // Detached: a viewer that disconnects never cancels a fill others read or that
             // will be stored.
             edge.spawn(fill::drive_fill(edge.clone(), guard, fill.clone(), job));

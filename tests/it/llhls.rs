@@ -70,9 +70,15 @@ async fn blocking(base: &str, prefix: &str) -> serde_json::Map<String, serde_jso
 
 /// The simulator's `/__stats` request count of `path`.
 pub async fn origin_count(base: &str, path: &str) -> u64 {
+    origin_stats(base).await["paths"][path]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// The simulator's `/__stats`.
+pub async fn origin_stats(base: &str) -> serde_json::Value {
     let body = reqwest_get(&format!("{base}/__stats")).await;
-    let v: serde_json::Value = serde_json::from_slice(&body).expect("stats json");
-    v["paths"][path].as_u64().unwrap_or(0)
+    serde_json::from_slice(&body).expect("stats json")
 }
 
 async fn reqwest_get(url: &str) -> Vec<u8> {
@@ -243,4 +249,115 @@ async fn viewers_of_a_held_preload_hint_part_get_its_bytes_before_it_completes_f
         "both viewers got bytes before the part completed"
     );
     assert_eq!(origin_count(&base, &part).await, 1);
+}
+
+/// A scripted LL-HLS origin whose preload hint names bytes 1000.. of a segment still being
+/// produced: the segment is held, then sent in `chunks` pieces over `over`, answering
+/// `Range: bytes=1000-` with a 206 from byte 1000 (RFC 8216bis: the range starting at
+/// `BYTERANGE-START`). Returns the origin, the segment path and the segment's bytes.
+async fn byte_range_hint_origin(chunks: usize, over: Duration) -> (Origin, &'static str, Vec<u8>) {
+    let origin = Origin::start().await;
+    let playlist = "#EXTM3U\n#EXT-X-VERSION:9\n#EXT-X-TARGETDURATION:2\n\
+#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=1.0\n#EXT-X-PART-INF:PART-TARGET=0.5\n\
+#EXT-X-MEDIA-SEQUENCE:6\n#EXTINF:2.0,\nseg_6.mp4\n\
+#EXT-X-PART:DURATION=0.5,URI=\"seg_7.mp4\",BYTERANGE=\"1000@0\",INDEPENDENT=YES\n\
+#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"seg_7.mp4\",BYTERANGE-START=1000\n";
+    origin.script(
+        "/br/media.m3u8",
+        Script::ok(playlist)
+            .header("content-type", "application/vnd.apple.mpegurl")
+            .header("cache-control", "max-age=1"),
+    );
+    let seg: Vec<u8> = (0..4000u32).map(|i| (i * 7 % 251) as u8).collect();
+    origin.script(
+        "/br/seg_7.mp4",
+        Script::ok(seg.clone())
+            .header("content-type", "video/mp4")
+            .header("cache-control", "max-age=60")
+            .ranged()
+            .chunked()
+            .trickle(chunks, over),
+    );
+    (origin, "/br/seg_7.mp4", seg)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_ended_range_requests_of_a_byte_range_preload_hint_are_one_streaming_fill() {
+    use http_body_util::BodyExt;
+    let (origin, seg_path, seg) = byte_range_hint_origin(4, Duration::from_millis(1600)).await;
+    let mut raw = config_for(&origin.url(), "off");
+    // Slicing on (small slices) and the cold-Range rule on: neither may split or pass the hint.
+    raw.cache.slice_size = Some("64KiB".into());
+    let edge = TestEdge::start(raw).await;
+    let pl = edge.get("/br/media.m3u8").await;
+    assert_eq!(pl.status, 200);
+    let view = || async {
+        let resp = edge
+            .send_streaming(
+                edge.req(http::Method::GET, seg_path)
+                    .header("range", "bytes=1000-"),
+                bytes::Bytes::new(),
+            )
+            .await;
+        let status = resp.status();
+        let content_range = resp
+            .headers()
+            .get("content-range")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let mut body = resp.into_body();
+        let mut got = Vec::new();
+        let mut first_at = None;
+        // Bounded: four chunks.
+        for _ in 0..10_000 {
+            let Some(frame) = tokio::time::timeout(Duration::from_secs(10), body.frame())
+                .await
+                .expect("body frame in time")
+            else {
+                break;
+            };
+            if let Ok(data) = frame.expect("body frame").into_data() {
+                if first_at.is_none() && !data.is_empty() {
+                    first_at = Some(std::time::Instant::now());
+                }
+                got.extend_from_slice(&data);
+            }
+        }
+        (status, content_range, got, first_at)
+    };
+    let viewers = futures_util::future::join_all((0..6).map(|_| view())).await;
+    assert_eq!(
+        origin.count(seg_path),
+        1,
+        "one origin request for every viewer"
+    );
+    let asked = origin.seen(seg_path);
+    assert_eq!(asked[0].header("range"), Some("bytes=1000-"));
+    let done = origin.sent(seg_path)[0]
+        .last_byte
+        .expect("the origin finished the part");
+    for (status, content_range, got, first_at) in viewers {
+        assert_eq!(status, 206);
+        assert!(content_range.starts_with("bytes 1000-"), "{content_range}");
+        assert_eq!(
+            got,
+            seg[1000..],
+            "the hinted bytes, from BYTERANGE-START on"
+        );
+        assert!(
+            first_at.expect("bytes") < done,
+            "the first bytes reached the viewer before the origin finished the part"
+        );
+    }
+    // Completed: the next viewer of the hint is a HIT.
+    let again = edge.get_with(seg_path, &[("range", "bytes=1000-")]).await;
+    assert_eq!(again.status, 206);
+    assert_eq!(again.body, seg[1000..]);
+    assert!(
+        again.h("cache-status").contains("hit"),
+        "{}",
+        again.h("cache-status")
+    );
+    assert_eq!(origin.count(seg_path), 1);
 }

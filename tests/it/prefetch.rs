@@ -151,3 +151,174 @@ async fn expired_live_segments_never_reach_the_store_and_leave_ram_while_vod_sta
         assert!(store.lookup(k.as_bytes()).await.is_none(), "{k} on disk");
     }
 }
+
+/// The media segment paths a live MPD at `path` lists now (through the edge).
+async fn mpd_segments(edge: &crate::support::TestEdge, path: &str) -> Vec<String> {
+    let r = edge.get(path).await;
+    assert_eq!(r.status, 200, "{}", r.h("cache-status"));
+    let url = url::Url::parse(&format!("http://edge{path}")).expect("url");
+    vedge_manifest::dash::live_references(&url, &r.body, std::time::SystemTime::now(), 1000)
+        .expect("live MPD")
+        .into_iter()
+        .filter(|r| r.kind == vedge_manifest::ObjectKind::Segment)
+        .map(|r| r.url.path().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_segment_of_a_live_mpd_timeline_is_fetched_before_any_viewer_asks() {
+    let (base, _stop) = start_sim(live_options()).await;
+    let edge = crate::support::TestEdge::start(config_for(&base, "next")).await;
+    let mpd = "/live/d1/manifest-timeline.mpd";
+    let mut seen: std::collections::HashSet<String> =
+        mpd_segments(&edge, mpd).await.into_iter().collect();
+    let mut checked = 0;
+    // Bounded: the window advances by one segment every 2 s.
+    for _ in 0..200 {
+        if checked >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for seg in mpd_segments(&edge, mpd).await {
+            if !seen.insert(seg.clone()) {
+                continue;
+            }
+            // No viewer asked for it yet: the origin already saw the edge's prefetch.
+            let mut fetched = 0;
+            for _ in 0..50 {
+                fetched = origin_count(&base, &seg).await;
+                if fetched > 0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert_eq!(fetched, 1, "{seg} prefetched once before any viewer asked");
+            let r = edge.get(&seg).await;
+            assert_eq!(r.status, 200);
+            let cs = r.h("cache-status");
+            assert!(
+                cs.contains("; hit") || cs.contains("collapsed"),
+                "{seg}: {cs}"
+            );
+            assert_eq!(
+                origin_count(&base, &seg).await,
+                1,
+                "{seg}: one origin request"
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 2, "two new segments seen");
+    // Nobody reads the MPD any more: nothing new is fetched.
+    edge.settle().await;
+    let before = origin_media_total(&base, "/live/d1/").await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(origin_media_total(&base, "/live/d1/").await, before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_number_template_mpd_drives_prefetch_and_prefetch_off_does_not() {
+    let (base, _stop) = start_sim(live_options()).await;
+    let on = crate::support::TestEdge::start(config_for(&base, "next")).await;
+    let mpd = "/live/d2/manifest.mpd";
+    let listed = mpd_segments(&on, mpd).await;
+    on.settle().await;
+    // The edge's clock and the test's may sit on either side of a segment boundary: the
+    // newest segment the edge saw is one of the last two listed.
+    let mut prefetched = None;
+    for seg in listed.iter().rev().take(2) {
+        if origin_count(&base, seg).await == 1 {
+            prefetched = Some(seg.clone());
+            break;
+        }
+    }
+    let newest = prefetched.expect("the live edge of the MPD was prefetched");
+    let r = on.get(&newest).await;
+    assert!(
+        r.h("cache-status").contains("; hit"),
+        "{}",
+        r.h("cache-status")
+    );
+
+    let off = crate::support::TestEdge::start(config_for(&base, "off")).await;
+    let mpd = "/live/d3/manifest.mpd";
+    let listed = mpd_segments(&off, mpd).await;
+    off.settle().await;
+    for seg in &listed {
+        assert_eq!(origin_count(&base, seg).await, 0, "{seg} not prefetched");
+    }
+}
+
+/// Every request the origin saw under `prefix` except manifests.
+async fn origin_media_total(base: &str, prefix: &str) -> u64 {
+    let body = crate::llhls::origin_stats(base).await;
+    body["paths"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter(|(k, _)| k.starts_with(prefix) && !k.ends_with(".mpd"))
+                .filter_map(|(_, v)| v.as_u64())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_live_dvr_segments_behind_the_live_edge_leave_ram_but_stay_on_disk_and_are_served() {
+    let (base, _stop) = start_sim(live_options()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut raw = config_for(&base, "next");
+    raw.routes[0].live_retention_margin = Some("1s".into());
+    raw.routes[0].live_dvr = Some("1h".into());
+    raw.store = RawStore {
+        path: Some(dir.path().join("store")),
+        size: Some("64MiB".into()),
+        region_size: Some("4MiB".into()),
+        admit_window: Some("0s".into()),
+        ..RawStore::default()
+    };
+    let edge = crate::support::TestEdge::start(raw).await;
+    let host = base.trim_start_matches("http://").to_string();
+    // The first segment seen leaves the 3-segment window three segments later; two more
+    // playlist updates pass the 1 s margin.
+    let _ = first_view_of_new_segments(&edge, "/live/p6/r0", 5).await;
+    let playlist = scan(&edge.get("/live/p6/r0/media.m3u8").await.body).expect("playlist");
+    let oldest_listed = playlist.media_sequence;
+    edge.settle().await;
+    let e = &edge.edge;
+    let store = e.store.as_ref().expect("store");
+    // Segments the viewers fetched that have left the window by more than the margin.
+    let mut behind = Vec::new();
+    for i in 0..oldest_listed.saturating_sub(1) {
+        let k = format!("http|{host}|/live/p6/r0/seg_{i}.m4s");
+        if origin_count(&base, &format!("/live/p6/r0/seg_{i}.m4s")).await > 0 {
+            behind.push((i, k));
+        }
+    }
+    assert!(!behind.is_empty(), "a fetched segment left the window");
+    for (i, k) in &behind {
+        assert!(e.ram.get(k).is_none(), "{k} left RAM past the margin");
+        // Within the DVR window it is kept on disk (the write may still be queued).
+        let mut on_disk = false;
+        for _ in 0..100 {
+            if store.lookup(k.as_bytes()).await.is_some() {
+                on_disk = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(on_disk, "{k} kept on disk for DVR");
+        let r = edge.get(&format!("/live/p6/r0/seg_{i}.m4s")).await;
+        assert_eq!(r.status, 200);
+        assert!(
+            r.h("cache-status").contains("; hit"),
+            "{}",
+            r.h("cache-status")
+        );
+        assert_eq!(
+            origin_count(&base, &format!("/live/p6/r0/seg_{i}.m4s")).await,
+            1,
+            "DVR playback from the store, not the origin"
+        );
+    }
+}

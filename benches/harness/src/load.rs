@@ -88,6 +88,31 @@ pub struct Recorder {
     pub connections_opened: u64,
     /// Low-latency viewers: how long after a part was produced they had it.
     pub live_latency: Histogram<u64>,
+    /// The first request of each media object (segment or part) across all viewers: the
+    /// request a prefetching edge should answer from cache or from a fill it already started.
+    pub first_requests: BTreeMap<String, FirstRequest>,
+}
+
+/// How the first request of one media object went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FirstRequest {
+    /// `Cache-Status` says `hit`, or the request joined a fill in flight (`collapsed`).
+    pub hit_or_collapsed: bool,
+    pub ttfb_us: u64,
+    /// When the request was sent: of concurrent requests the earliest sent is the first.
+    pub sent: Instant,
+}
+
+/// Media objects whose first request is remembered (bounded memory on long runs).
+const FIRST_REQUESTS: usize = 1_000_000;
+
+/// Whether a `Cache-Status` (RFC 9211) or `X-Cache` value says the answer came from the cache
+/// or from a fill already in flight when the request arrived.
+pub fn hit_or_collapsed(cache_status: &str, x_cache: &str) -> bool {
+    let cs = cache_status.to_ascii_lowercase();
+    cs.split(';').any(|p| p.trim() == "hit")
+        || cs.contains("collapsed")
+        || (cache_status.is_empty() && x_cache.eq_ignore_ascii_case("HIT"))
 }
 
 impl Recorder {
@@ -109,6 +134,7 @@ impl Recorder {
             timer_lag: hist(),
             connections_opened: 0,
             live_latency: hist(),
+            first_requests: BTreeMap::new(),
         }
     }
 
@@ -276,6 +302,36 @@ impl HttpNet {
                     .to_ascii_uppercase()
             })
             .unwrap_or_else(|| "-".into());
+        let first = class == Class::Segment
+            && hit_or_collapsed(
+                resp.headers()
+                    .get("cache-status")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or(""),
+                &cache,
+            );
+        if class == Class::Segment && status.is_success() {
+            // The earliest sent request of the object is the one that tells whether it was
+            // there (or being fetched) before anyone asked; concurrent heads arrive in any order.
+            let mut rec = self.rec.lock();
+            if rec.first_requests.len() < FIRST_REQUESTS {
+                // Keyed without the query (a token or CMCD does not make another object).
+                let path = url.split('?').next().unwrap_or(url).to_string();
+                let this = FirstRequest {
+                    hit_or_collapsed: first,
+                    ttfb_us: us(ttfb),
+                    sent: t1,
+                };
+                rec.first_requests
+                    .entry(path)
+                    .and_modify(|f| {
+                        if t1 < f.sent {
+                            *f = this;
+                        }
+                    })
+                    .or_insert(this);
+            }
+        }
         let keep = matches!(class, Class::Master | Class::Playlist);
         let mut body = resp.into_body();
         let mut buf = BytesMut::new();

@@ -118,6 +118,36 @@ pub struct Report {
     /// `--ll` runs only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ll: Option<LlReport>,
+    /// The first request of each media object (issue 17: prefetch on or off).
+    pub first_requests: FirstRequestReport,
+}
+
+/// How the first request of each media object went: from the cache or a fill already in flight
+/// (`Cache-Status` `hit` or `collapsed`, what a prefetching edge achieves), and its TTFB.
+#[derive(Debug, Clone, Serialize)]
+pub struct FirstRequestReport {
+    pub objects: u64,
+    pub hit_or_collapsed: u64,
+    pub share_hit_or_collapsed: f64,
+    /// TTFB of those first requests, in milliseconds.
+    pub ttfb_ms: Pct,
+}
+
+/// The first-request figures from the recorder.
+pub fn first_request_report(rec: &Recorder) -> FirstRequestReport {
+    let mut h = crate::load::hist();
+    let mut good = 0;
+    for f in rec.first_requests.values() {
+        let _ = h.record(f.ttfb_us);
+        good += u64::from(f.hit_or_collapsed);
+    }
+    let n = rec.first_requests.len() as u64;
+    FirstRequestReport {
+        objects: n,
+        hit_or_collapsed: good,
+        share_hit_or_collapsed: if n == 0 { 0.0 } else { good as f64 / n as f64 },
+        ttfb_ms: Pct::of(&h),
+    }
 }
 
 /// What a low-latency run adds: parts' latency to the live edge, and how many origin requests
@@ -130,6 +160,8 @@ pub struct LlReport {
     pub blocking_keys: Option<u64>,
     pub max_origin_requests_per_blocking_key: Option<u64>,
     pub mean_origin_requests_per_blocking_key: Option<f64>,
+    /// Share of those keys the origin saw exactly once (1.0 when every one collapsed).
+    pub share_of_blocking_keys_with_one_request: Option<f64>,
 }
 
 /// The `--ll` part of a report from the recorder and the origin's blocking counters.
@@ -142,7 +174,12 @@ pub fn ll_report(rec: &Recorder, blocking: Option<BTreeMap<String, u64>>) -> LlR
         .as_ref()
         .filter(|b| !b.is_empty())
         .map(|b| b.values().sum::<u64>() as f64 / b.len() as f64);
+    let one = blocking
+        .as_ref()
+        .filter(|b| !b.is_empty())
+        .map(|b| b.values().filter(|&&n| n == 1).count() as f64 / b.len() as f64);
     LlReport {
+        share_of_blocking_keys_with_one_request: one,
         live_latency_ms: Pct::of(&rec.live_latency),
         blocking_keys: keys,
         max_origin_requests_per_blocking_key: max,
@@ -280,6 +317,7 @@ pub fn build(
         pool_wait_ms: Pct::of(&rec.pool_wait),
         timer_lag_ms: Pct::of(&rec.timer_lag),
         ll: None,
+        first_requests: first_request_report(rec),
         timeline: rec
             .seconds
             .iter()
@@ -428,6 +466,17 @@ pub fn summary(r: &Report) -> String {
             let _ = writeln!(s, "origin stats: not requested (--origin-stats)");
         }
     }
+    let f = &r.first_requests;
+    if f.objects > 0 {
+        let _ = writeln!(
+            s,
+            "first request per media object: {} objects, {:.1}% hit or collapsed, TTFB p50 {:.1} ms p99 {:.1} ms",
+            f.objects,
+            f.share_hit_or_collapsed * 100.0,
+            f.ttfb_ms.p50,
+            f.ttfb_ms.p99
+        );
+    }
     if let Some(ll) = &r.ll {
         let _ = writeln!(
             s,
@@ -439,9 +488,11 @@ pub fn summary(r: &Report) -> String {
             ll.max_origin_requests_per_blocking_key,
             ll.mean_origin_requests_per_blocking_key,
         ) {
+            let one = ll.share_of_blocking_keys_with_one_request.unwrap_or(0.0);
             let _ = writeln!(
                 s,
-                "blocking reloads at the origin: {k} (playlist, msn, part) keys, {mean:.2} requests per key (max {max})"
+                "blocking reloads at the origin: {k} (playlist, msn, part) keys, {mean:.2} requests per key (max {max}), {:.1}% of keys exactly 1",
+                one * 100.0
             );
         }
     }
@@ -621,6 +672,50 @@ pub fn html(r: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn blocking_collapse_summary_gives_max_mean_and_share_of_keys_seen_once() {
+        let rec = Recorder::new(tokio::time::Instant::now());
+        let b: BTreeMap<String, u64> = [("/p.m3u8?_HLS_msn=1", 1), ("/p.m3u8?_HLS_msn=2", 1)]
+            .into_iter()
+            .chain([("/p.m3u8?_HLS_msn=3&_HLS_part=1", 4)])
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        let ll = ll_report(&rec, Some(b));
+        assert_eq!(ll.blocking_keys, Some(3));
+        assert_eq!(ll.max_origin_requests_per_blocking_key, Some(4));
+        assert_eq!(ll.mean_origin_requests_per_blocking_key, Some(2.0));
+        assert_eq!(ll.share_of_blocking_keys_with_one_request, Some(2.0 / 3.0));
+        let none = ll_report(&rec, None);
+        assert_eq!(none.share_of_blocking_keys_with_one_request, None);
+    }
+
+    #[test]
+    fn first_requests_count_hits_and_collapsed_fills() {
+        use crate::load::{hit_or_collapsed, FirstRequest};
+        assert!(hit_or_collapsed("vedge; hit; ttl=5; detail=ram", "HIT"));
+        assert!(hit_or_collapsed(
+            "vedge; fwd=miss; fwd-status=200; collapsed",
+            "MISS"
+        ));
+        assert!(!hit_or_collapsed("vedge; fwd=miss; fwd-status=200", "MISS"));
+        assert!(hit_or_collapsed("", "HIT"));
+        let mut rec = Recorder::new(tokio::time::Instant::now());
+        for (i, good) in [true, true, false, true].into_iter().enumerate() {
+            rec.first_requests.insert(
+                format!("/s{i}.m4s"),
+                FirstRequest {
+                    hit_or_collapsed: good,
+                    ttfb_us: 1000 * (i as u64 + 1),
+                    sent: tokio::time::Instant::now(),
+                },
+            );
+        }
+        let f = first_request_report(&rec);
+        assert_eq!((f.objects, f.hit_or_collapsed), (4, 3));
+        assert_eq!(f.share_hit_or_collapsed, 0.75);
+        assert!(f.ttfb_ms.p99 >= f.ttfb_ms.p50);
+    }
 
     #[test]
     fn origin_amplification_counts_media_objects_only() {

@@ -352,3 +352,45 @@ async fn each_viewer_has_its_own_connection_by_default() {
     let cost = r.harness_cost.as_ref().expect("harness cost");
     assert!(cost.rss_peak_mib > 0.0);
 }
+
+/// `--ll --origin-stats` through vedge at tiny scale: the report carries the upstream requests
+/// per (playlist, msn, part) (max, mean, share of keys the origin saw exactly once) and how the
+/// first request of each media object was served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ll_run_through_vedge_reports_blocking_collapse_and_first_requests() {
+    let opts = OriginOptions {
+        ll: origin::LowLatency {
+            hls: true,
+            ..origin::LowLatency::default()
+        },
+        ..OriginOptions::default()
+    };
+    let (origin, _stop_origin) = start_origin(opts).await;
+    let (edge, _stop_edge) = start_edge(&origin).await;
+    let mut cfg = config(&edge, "/live/it-ll/master.m3u8", Scenario::Burst, 4, 4);
+    cfg.ll = true;
+    cfg.mix = vec![1];
+    cfg.origin_stats = Some(Url::parse(&format!("{origin}/__stats")).expect("url"));
+    let r = vedge_bench::live_burst_report(&cfg, |_| {})
+        .await
+        .expect("run");
+    let ll = r.ll.as_ref().expect("ll report");
+    let keys = ll
+        .blocking_keys
+        .expect("blocking keys from the origin's stats");
+    assert!(keys > 0, "{ll:?}");
+    let max = ll.max_origin_requests_per_blocking_key.expect("max");
+    let mean = ll.mean_origin_requests_per_blocking_key.expect("mean");
+    let one = ll
+        .share_of_blocking_keys_with_one_request
+        .expect("share of keys seen once");
+    assert!(max >= 1 && mean >= 1.0 && mean <= max as f64, "{ll:?}");
+    assert!(one > 0.0 && one <= 1.0, "{ll:?}");
+    assert!(r.first_requests.objects > 0, "{:?}", r.first_requests);
+    let text = vedge_bench::report::summary(&r);
+    assert!(text.contains("exactly 1"), "{text}");
+    assert!(text.contains("first request per media object"), "{text}");
+    let json = serde_json::to_value(&r).expect("json");
+    assert!(json["ll"]["share_of_blocking_keys_with_one_request"].is_number());
+    assert!(json["first_requests"]["share_hit_or_collapsed"].is_number());
+}

@@ -26,8 +26,57 @@ pub fn references(url: &Url, body: &[u8], budget: usize) -> Result<Vec<Reference
         url,
         budget,
         out: Vec::new(),
+        live: None,
     }
     .mpd(&mpd)
+}
+
+/// What a live (`type="dynamic"`) MPD lists at `now`: a `SegmentTimeline` names its window
+/// itself; a `SegmentTemplate@duration` with `$Number$` lists the segments available at `now`
+/// (ISO/IEC 23009-1 5.3.9.5.3: a segment is available once it ends, measured from
+/// `availabilityStartTime` plus the period start) back to `timeShiftBufferDepth` (at most
+/// `budget` of them, the newest kept). A static MPD is walked as [`references`] does.
+pub fn live_references(
+    url: &Url,
+    body: &[u8],
+    now: std::time::SystemTime,
+    budget: usize,
+) -> Result<Vec<Reference>, WalkError> {
+    let mpd = parse(url, body)?;
+    if mpd.mpdtype.as_deref() != Some("dynamic") {
+        return references(url, body, budget);
+    }
+    let now_ms = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let ast_ms = mpd
+        .availabilityStartTime
+        .as_ref()
+        .map_or(0, |t| t.timestamp_millis());
+    let depth = mpd
+        .timeShiftBufferDepth
+        .as_ref()
+        .map_or(LIVE_DEPTH_DEFAULT, secs);
+    Walker {
+        url,
+        budget,
+        out: Vec::new(),
+        live: Some(LiveClock {
+            elapsed: (now_ms.saturating_sub(ast_ms)) as f64 / 1000.0,
+            depth,
+        }),
+    }
+    .mpd(&mpd)
+}
+
+/// The window a live MPD without `timeShiftBufferDepth` is taken to offer, in seconds.
+const LIVE_DEPTH_DEFAULT: f64 = 30.0;
+
+/// Where a live presentation is: seconds since `availabilityStartTime`, and its window.
+#[derive(Debug, Clone, Copy)]
+struct LiveClock {
+    elapsed: f64,
+    depth: f64,
 }
 
 pub fn parse(url: &Url, body: &[u8]) -> Result<MPD, WalkError> {
@@ -155,12 +204,16 @@ impl<'a> Tmpl<'a> {
 #[derive(Debug, Clone, Copy)]
 struct PeriodTime {
     duration: Option<f64>,
+    /// Start in the presentation, in seconds, when known.
+    start: Option<f64>,
 }
 
 struct Walker<'u> {
     url: &'u Url,
     budget: usize,
     out: Vec<Reference>,
+    /// Walking a live MPD (`live_references`).
+    live: Option<LiveClock>,
 }
 
 fn first_base(base: &Url, list: &[dash_mpd_core::BaseURL]) -> Result<Url, WalkError> {
@@ -212,7 +265,7 @@ impl Walker<'_> {
     }
 
     fn mpd(mut self, mpd: &MPD) -> Result<Vec<Reference>, WalkError> {
-        if mpd.mpdtype.as_deref() == Some("dynamic") {
+        if mpd.mpdtype.as_deref() == Some("dynamic") && self.live.is_none() {
             return Err(WalkError::Unsupported {
                 url: self.url.clone(),
                 what: "a dynamic (live) MPD".into(),
@@ -244,7 +297,8 @@ impl Walker<'_> {
                 (Some(s), Some(e)) if e >= s => Some(e - s),
                 _ => p.duration.as_ref().map(secs),
             };
-            self.period(&base, p, PeriodTime { duration })?;
+            let start = starts[i];
+            self.period(&base, p, PeriodTime { duration, start })?;
         }
         Ok(self.out)
     }
@@ -437,6 +491,9 @@ impl Walker<'_> {
             let s = expand(self, media, vars)?;
             return self.push_ref(base, &s, ObjectKind::Segment);
         }
+        if let (Some(clock), None, Some(d)) = (self.live, t.end_number, t.duration) {
+            return self.live_template(base, media, vars, start_number, timescale, d, clock, time);
+        }
         let count: u128 = match (t.end_number, t.duration) {
             (Some(end), _) => u128::from(end.saturating_sub(start_number)) + 1,
             (None, Some(d)) if d > 0.0 && d.is_finite() => {
@@ -469,6 +526,51 @@ impl Walker<'_> {
                 ..*vars
             };
             let s = expand(self, media, &v)?;
+            let url = resolve(base, &s)?;
+            self.push(url, ObjectKind::Segment);
+        }
+        Ok(())
+    }
+
+    /// The `$Number$` segments of a live `SegmentTemplate@duration` available now, oldest
+    /// first, within the time-shift window and the budget (the newest kept).
+    #[allow(clippy::too_many_arguments)]
+    fn live_template(
+        &mut self,
+        base: &Url,
+        media: &str,
+        vars: &Vars<'_>,
+        start_number: u64,
+        timescale: u64,
+        d: f64,
+        clock: LiveClock,
+        time: PeriodTime,
+    ) -> Result<(), WalkError> {
+        let seg = d / timescale as f64;
+        if !(seg.is_finite() && seg > 0.0) {
+            return Err(self.bad(format!("SegmentTemplate@duration {d}")));
+        }
+        // A guard against clock skew and an `availabilityStartTime` rounded to the second: a
+        // segment asked for before the origin has it is a 404 (cached, at worst).
+        let guard = (seg / 2.0).min(1.0);
+        let into = clock.elapsed - time.start.unwrap_or(0.0) - guard;
+        // Segments 0..ended have ended (are available); keep the window's worth, newest last.
+        let ended = (into / seg).floor();
+        if !ended.is_finite() || ended < 1.0 {
+            return Ok(());
+        }
+        let ended = ended.min(u64::MAX as f64 / 2.0) as u64;
+        let in_window = ((clock.depth / seg).ceil().max(1.0) as u64).min(self.budget as u64);
+        let first = ended.saturating_sub(in_window);
+        self.reserve(u128::from(ended - first))?;
+        for k in first..ended {
+            let v = Vars {
+                number: Some(start_number.saturating_add(k)),
+                time: Some((k as f64 * d) as u64),
+                ..*vars
+            };
+            let s = template::expand(media, &v)
+                .map_err(|e| self.bad(format!("template {media:?}: {e}")))?;
             let url = resolve(base, &s)?;
             self.push(url, ObjectKind::Segment);
         }
@@ -527,5 +629,68 @@ impl Walker<'_> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod live_tests {
+    use super::*;
+
+    const LIVE: &str = r#"<?xml version="1.0"?>
+<MPD xmlns="urn:mpeg:dash:schema:mpd:2011" type="dynamic" availabilityStartTime="2026-01-01T00:00:00Z" timeShiftBufferDepth="PT6S" minBufferTime="PT2S">
+ <Period id="0" start="PT0S">
+  <AdaptationSet mimeType="video/mp4">
+   <SegmentTemplate timescale="1000" duration="2000" startNumber="0" initialization="$RepresentationID$/init.mp4" media="$RepresentationID$/seg_$Number$.m4s"/>
+   <Representation id="r0" bandwidth="1"/>
+   <Representation id="r1" bandwidth="2"/>
+  </AdaptationSet>
+ </Period>
+</MPD>"#;
+
+    fn at(secs: u64) -> std::time::SystemTime {
+        // 2026-01-01T00:00:00Z
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_767_225_600 + secs)
+    }
+
+    fn names(refs: &[Reference]) -> Vec<String> {
+        refs.iter()
+            .map(|r| r.url.path().trim_start_matches('/').to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_live_number_template_lists_the_segments_available_now_within_the_window() {
+        let url = Url::parse("http://o/live/manifest.mpd").unwrap();
+        // 21 s in, less the 1 s guard: segments 0..=9 have ended; a 6 s window holds the
+        // last 3.
+        let refs = live_references(&url, LIVE.as_bytes(), at(21), 100).unwrap();
+        assert_eq!(
+            names(&refs),
+            [
+                "live/r0/init.mp4",
+                "live/r0/seg_7.m4s",
+                "live/r0/seg_8.m4s",
+                "live/r0/seg_9.m4s",
+                "live/r1/init.mp4",
+                "live/r1/seg_7.m4s",
+                "live/r1/seg_8.m4s",
+                "live/r1/seg_9.m4s",
+            ]
+        );
+        // Two seconds later the window moved by one segment.
+        let later = names(&live_references(&url, LIVE.as_bytes(), at(23), 100).unwrap());
+        assert!(
+            later.contains(&"live/r0/seg_10.m4s".to_string()),
+            "{later:?}"
+        );
+        assert!(
+            !later.contains(&"live/r0/seg_7.m4s".to_string()),
+            "{later:?}"
+        );
+        // Before the first segment ended: only the inits.
+        let early = names(&live_references(&url, LIVE.as_bytes(), at(1), 100).unwrap());
+        assert_eq!(early, ["live/r0/init.mp4", "live/r1/init.mp4"]);
+        // The plain walker still refuses a live MPD.
+        assert!(references(&url, LIVE.as_bytes(), 100).is_err());
     }
 }

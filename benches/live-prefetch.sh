@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Live edge, issue 17: LL-HLS collapse and prefetch, measured with the harness.
+#
+#   VEDGE=target/release/vedge benches/live-prefetch.sh [VIEWERS] [DURATION]
+#
+# Starts the origin simulator with --ll-hls, then for prefetch "next" and "off" in turn an edge
+# in front of it (its own stream name, so the simulator's counters stay apart) and the harness's
+# Low-Latency HLS viewers (`vedge bench live-burst --ll --origin-stats`). Prints one markdown
+# table: upstream requests per (playlist, msn, part) (max, mean, share of keys seen once; the goal
+# is 1), the share of first requests per new media object that were a HIT or joined a fill in
+# flight (`Cache-Status` hit / collapsed) and their TTFB p50/p99. Needs python3 (reads the JSON
+# reports). Defaults: 200 viewers, 60s (the RESULTS.md run); smoke: `... 4 10s`.
+set -euo pipefail
+VEDGE=${VEDGE:-target/release/vedge}
+VIEWERS=${1:-200}
+DURATION=${2:-60s}
+SIM_PORT=${SIM_PORT:-9300}
+EDGE_PORT=${EDGE_PORT:-9301}
+OUT=${OUT:-$(mktemp -d /tmp/live-prefetch.XXXXXX)}
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+
+wait_http() { # URL: up to 10 s
+  for _ in $(seq 100); do
+    if curl -fs -o /dev/null "$1"; then return 0; fi
+    sleep 0.1
+  done
+  echo "no answer from $1" >&2
+  return 1
+}
+
+"$VEDGE" origin --listen "127.0.0.1:$SIM_PORT" --ll-hls >"$OUT/origin.log" 2>&1 &
+PIDS+=($!)
+wait_http "http://127.0.0.1:$SIM_PORT/__stats"
+
+for mode in next off; do
+  cat >"$OUT/edge-$mode.toml" <<TOML
+listen = "127.0.0.1:$EDGE_PORT"
+ram_size = "1GiB"
+
+[[route]]
+prefix = "/"
+origin = "http://127.0.0.1:$SIM_PORT"
+prefetch = "$mode"
+TOML
+  "$VEDGE" serve --config "$OUT/edge-$mode.toml" >"$OUT/edge-$mode.log" 2>&1 &
+  epid=$!
+  PIDS+=($epid)
+  stream="lp-$mode-$$"
+  wait_http "http://127.0.0.1:$EDGE_PORT/live/$stream/master.m3u8"
+  "$VEDGE" bench live-burst --ll \
+    --target "http://127.0.0.1:$EDGE_PORT/live/$stream/master.m3u8" \
+    --origin-stats "http://127.0.0.1:$SIM_PORT/__stats" \
+    --viewers "$VIEWERS" --duration "$DURATION" \
+    --json "$OUT/report-$mode.json" >"$OUT/bench-$mode.log" 2>&1
+  kill "$epid"
+  wait "$epid" 2>/dev/null || true
+done
+
+python3 - "$OUT" "$VIEWERS" "$DURATION" <<'PY'
+import json, sys
+out, viewers, duration = sys.argv[1], sys.argv[2], sys.argv[3]
+def num(v, fmt):
+    return "n/a" if v is None else fmt.format(v)
+print(f"LL-HLS viewers: {viewers}, {duration}, reports in {out}\n")
+print("| prefetch | (playlist,msn,part) keys | upstream per key: max | mean | keys seen once "
+      "| media objects | first request HIT/collapsed | first-request TTFB p50 | p99 | errors |")
+print("|---|---|---|---|---|---|---|---|---|---|")
+for mode in ("next", "off"):
+    r = json.load(open(f"{out}/report-{mode}.json"))
+    ll = r.get("ll") or {}
+    f = r["first_requests"]
+    print("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
+        mode,
+        num(ll.get("blocking_keys"), "{}"),
+        num(ll.get("max_origin_requests_per_blocking_key"), "{}"),
+        num(ll.get("mean_origin_requests_per_blocking_key"), "{:.2f}"),
+        num(ll.get("share_of_blocking_keys_with_one_request"), "{:.1%}"),
+        f["objects"],
+        "{:.1%}".format(f["share_hit_or_collapsed"]),
+        "{:.1f} ms".format(f["ttfb_ms"]["p50"]),
+        "{:.1f} ms".format(f["ttfb_ms"]["p99"]),
+        r["error_total"],
+    ))
+PY
