@@ -2,6 +2,7 @@
 # Live edge, issue 17: LL-HLS collapse and prefetch, measured with the harness.
 #
 #   VEDGE=target/release/vedge benches/live-prefetch.sh [VIEWERS] [DURATION]
+#   MODE=hls SEGMENT_LATENCY=100ms benches/live-prefetch.sh    # plain live HLS, a 100 ms origin
 #
 # Starts the origin simulator with --ll-hls, then for prefetch "next" and "off" in turn an edge
 # in front of it (its own stream name, so the simulator's counters stay apart) and the harness's
@@ -17,6 +18,16 @@ DURATION=${2:-60s}
 SIM_PORT=${SIM_PORT:-9300}
 EDGE_PORT=${EDGE_PORT:-9301}
 OUT=${OUT:-$(mktemp -d /tmp/live-prefetch.XXXXXX)}
+# MODE=ll: LL-HLS (parts, preload hints, blocking reloads); MODE=hls: plain live HLS, where
+# prefetch has the most to do (viewers learn of a segment only from the playlist).
+MODE=${MODE:-ll}
+# The origin's time to a segment's first byte (a packager or a far origin is not loopback).
+SEGMENT_LATENCY=${SEGMENT_LATENCY:-0ms}
+case $MODE in
+  ll) ORIGIN_MODE=(--ll-hls); BENCH_MODE=(--ll); LABEL="LL-HLS" ;;
+  hls) ORIGIN_MODE=(); BENCH_MODE=(); LABEL="HLS" ;;
+  *) echo "MODE is ll or hls" >&2; exit 2 ;;
+esac
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -33,7 +44,7 @@ wait_http() { # URL: up to 10 s
   return 1
 }
 
-"$VEDGE" origin --listen "127.0.0.1:$SIM_PORT" --ll-hls >"$OUT/origin.log" 2>&1 &
+"$VEDGE" origin --listen "127.0.0.1:$SIM_PORT" "${ORIGIN_MODE[@]}" --segment-latency "$SEGMENT_LATENCY" >"$OUT/origin.log" 2>&1 &
 PIDS+=($!)
 wait_http "http://127.0.0.1:$SIM_PORT/__stats"
 
@@ -52,7 +63,7 @@ TOML
   PIDS+=($epid)
   stream="lp-$mode-$$"
   wait_http "http://127.0.0.1:$EDGE_PORT/live/$stream/master.m3u8"
-  "$VEDGE" bench live-burst --ll \
+  "$VEDGE" bench live-burst "${BENCH_MODE[@]}" \
     --target "http://127.0.0.1:$EDGE_PORT/live/$stream/master.m3u8" \
     --origin-stats "http://127.0.0.1:$SIM_PORT/__stats" \
     --viewers "$VIEWERS" --duration "$DURATION" \
@@ -61,12 +72,12 @@ TOML
   wait "$epid" 2>/dev/null || true
 done
 
-python3 - "$OUT" "$VIEWERS" "$DURATION" <<'PY'
+python3 - "$OUT" "$VIEWERS" "$DURATION" "$LABEL" "$SEGMENT_LATENCY" <<'PY'
 import json, sys
-out, viewers, duration = sys.argv[1], sys.argv[2], sys.argv[3]
+out, viewers, duration, label, latency = sys.argv[1:6]
 def num(v, fmt):
     return "n/a" if v is None else fmt.format(v)
-print(f"LL-HLS viewers: {viewers}, {duration}, reports in {out}\n")
+print(f"{label} viewers: {viewers}, {duration}, origin segment latency {latency}, reports in {out}\n")
 print("| prefetch | (playlist,msn,part) keys | upstream per key: max | mean | keys seen once "
       "| media objects | first request HIT/collapsed | first-request TTFB p50 | p99 | errors |")
 print("|---|---|---|---|---|---|---|---|---|---|")

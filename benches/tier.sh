@@ -147,6 +147,10 @@ o = json.load(open(sys.argv[1])).get("origin") or {}
 objs = o.get("per_object") or []
 print(objs[0][0] if objs else "")' "$RUN_DIR/report.json")
   cache_status=""
+  # The shields' access lines up to here are the run's; the sample below adds its own (and, where
+  # live-window retention has already dropped the segment from an edge, a refetch).
+  shield_lines=()
+  for ((s = 1; s <= shields; s++)); do shield_lines+=("$(wc -l < "$RUN_DIR/shield-$s.log")"); done
   if [[ -n $sample ]]; then
     curl -fsS --max-time 5 -o /dev/null "http://$H:$((PORT_BASE + 81))$sample" || true
     cache_status=$(curl -fsS --max-time 5 -o /dev/null -D - "http://$H:$((PORT_BASE + 81))$sample" |
@@ -155,7 +159,7 @@ print(objs[0][0] if objs else "")' "$RUN_DIR/report.json")
 
   # The shields' access lines: media path -> (requests, MISSes).
   shield_logs=()
-  for ((s = 1; s <= shields; s++)); do shield_logs+=("$RUN_DIR/shield-$s.log"); done
+  for ((s = 1; s <= shields; s++)); do shield_logs+=("$RUN_DIR/shield-$s.log:${shield_lines[s - 1]}"); done
 
   row=$(python3 - "$RUN_DIR/report.json" "$edges" "$shields" "$edge_fills" "$shield_fills" "$cache_status" "$bench_rc" "${shield_logs[@]}" <<'PY'
 import json, re, sys
@@ -175,23 +179,25 @@ if o.get("media_objects", 0) == 0:
 elif maxo != 1:
     checks.append(f"FAIL: an object was fetched from the origin {maxo} times")
 if shields:
-    asked, missed = Counter(), Counter()
+    # One fill per key in the shield tier is the origin's max-per-object above (only shields
+    # reach it); one fill per key per edge is this: a key reaches the shields at most once from
+    # each edge. (A collapsed follower logs MISS too, so the shields' MISS lines do not count
+    # fills.)
+    asked = Counter()
     media = re.compile(r"\.(ts|m4s|mp4|aac|m4a|vtt)$")
-    for log in logs:
-        for line in open(log, errors="replace"):
-            if "vedge::access" not in line:
-                continue
-            p = re.search(r"\bpath=(\S+)", line)
-            c = re.search(r"\bcache=(\S+)", line)
-            if not p or not media.search(p.group(1)):
-                continue
-            asked[p.group(1)] += 1
-            if c and c.group(1) in ("MISS", "EXPIRED"):
-                missed[p.group(1)] += 1
+    for spec in logs:
+        log, _, limit = spec.rpartition(":")
+        with open(log, errors="replace") as f:
+            for n, line in enumerate(f):
+                if n >= int(limit):
+                    break
+                if "vedge::access" not in line:
+                    continue
+                p = re.search(r"\bpath=(\S+)", line)
+                if p and media.search(p.group(1)):
+                    asked[p.group(1)] += 1
     if not asked:
         checks.append("FAIL: the shields logged no media request")
-    if missed and max(missed.values()) > 1:
-        checks.append(f"FAIL: a shield filled a key {max(missed.values())} times")
     if asked and max(asked.values()) > edges:
         checks.append(f"FAIL: a key reached the shields {max(asked.values())} times from {edges} edges")
     entries = [e.strip() for e in cache_status.split(",") if e.strip()]
