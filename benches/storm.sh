@@ -22,6 +22,8 @@ cleanup() {
 }
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# 20,000 connections need more than the usual 20,000-descriptor hard limit (root may raise it).
+ulimit -Hn 1048576 2>/dev/null || true
 ulimit -n "$(ulimit -Hn)"
 
 OP=$(free_port); EP=$(free_port)

@@ -19,6 +19,7 @@
 #   NGINX_BIN=/usr/sbin/nginx benches/token-rewrite.sh                     # + nginx static reference
 # Env: VEDGE (default target/release/vedge), DURATION (10s), THREADS (2), CONNS (64),
 #      PORT_BASE (19400: origin, +1 vedge, +2 nginx), NGINX_BIN (unset: no nginx row; nginx itself reads $NGINX).
+#      PERF_DIR (set: a perf profile of the edge during each vedge case, PERF_DIR/<case>.data).
 set -euo pipefail
 
 VEDGE=${VEDGE:-target/release/vedge}
@@ -188,7 +189,16 @@ run() {
   local name=$1 url=$2 who=$3 before after out rps p99 cores per
   curl -fsS -o /dev/null "$url"   # fill (or warm) the cache first
   if [ "$who" = nginx ]; then before=$(nginx_ticks); else before=$(ticks "$EDGE_PID"); fi
+  local prof=
+  if [ -n "${PERF_DIR:-}" ] && [ "$who" = vedge ]; then
+    # A profile of the edge over the run (perf from Debian's linux-perf).
+    mkdir -p "$PERF_DIR"
+    perf record -F 999 -g -p "$EDGE_PID" -o "$PERF_DIR/${name// /-}.data" -- sleep "$RUN_SECS" \
+      > /dev/null 2>&1 &
+    prof=$!
+  fi
   out=$(wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency "$url")
+  [ -z "$prof" ] || wait "$prof" || true
   if [ "$who" = nginx ]; then after=$(nginx_ticks); else after=$(ticks "$EDGE_PID"); fi
   rps=$(awk '/^Requests\/sec:/ { print $2 }' <<<"$out")
   p99=$(awk '$1 == "99%" { print $2 }' <<<"$out")

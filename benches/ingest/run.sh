@@ -116,12 +116,12 @@ RATIOS=$DIR/ratios
 
 ingest_once() {  # ingest_once NAME SOURCE
   rm -f "$STORE"
-  "$VEDGE" ingest "$DIR/small/master.m3u8" --store "$STORE" --store-size 4GiB --json > /dev/null 2> "$DIR/format.err" \
+  "$VEDGE" ingest "$DIR/small/master.m3u8" --store "$STORE" --store-size 4GiB --host bench.local --json > /dev/null 2> "$DIR/format.err" \
     || { cat "$DIR/format.err" >&2; return 1; }
   sync
   local out
   out=$(/usr/bin/time -f "%e %U %S" -o "$DIR/time" \
-    "$VEDGE" ingest "$2" --store "$STORE" --store-size 4GiB --json 2> "$DIR/ingest.err") || {
+    "$VEDGE" ingest "$2" --store "$STORE" --store-size 4GiB --host bench.local --json 2> "$DIR/ingest.err") || {
     log "ERROR: ingest $1 failed"; cat "$DIR/ingest.err" >&2; echo "$out" >&2; return 1; }
   local bytes secs user sys
   bytes=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["assets"][0]["stored_bytes"])' <<<"$out")

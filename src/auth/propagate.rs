@@ -99,11 +99,11 @@ impl Carry {
         if uri.is_empty() {
             return false;
         }
-        let (base, frag) = match uri.find('#') {
+        let (base, frag) = match memchr::memchr(b'#', uri.as_bytes()) {
             Some(i) => (&uri[..i], &uri[i..]),
             None => (uri, ""),
         };
-        let sep = match base.find('?') {
+        let sep = match memchr::memchr(b'?', base.as_bytes()) {
             Some(i) => {
                 if query_value(&base[i + 1..], &self.param).is_some() {
                     return false;
@@ -150,8 +150,11 @@ impl Carry {
         let rest = if let Some(r) = uri.strip_prefix("//") {
             r
         } else {
-            let scheme_end = uri.find(':');
-            let path_start = uri.find(['/', '?', '#']).unwrap_or(uri.len());
+            let scheme_end = memchr::memchr(b':', uri.as_bytes());
+            let path_start = uri
+                .bytes()
+                .position(|b| matches!(b, b'/' | b'?' | b'#'))
+                .unwrap_or(uri.len());
             match scheme_end {
                 Some(i) if i < path_start && is_scheme(&uri[..i]) => {
                     let scheme = &uri[..i];
@@ -165,7 +168,10 @@ impl Carry {
                 _ => return Target::Relative,
             }
         };
-        let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+        let authority = &rest[..rest
+            .bytes()
+            .position(|b| matches!(b, b'/' | b'?' | b'#'))
+            .unwrap_or(rest.len())];
         let bare = |a: &str| -> (usize, bool) {
             // The length without a default port, and whether one was there.
             for port in [":80", ":443"] {
@@ -250,16 +256,16 @@ const MAX_DEFINES: usize = 64;
 fn rewrite_hls(text: &str, carry: &Carry) -> Option<String> {
     // Every addition is a URI line or a `URI="` attribute: counting both bounds the output, so
     // the buffer never grows (one allocation for the whole response).
-    let uri_lines = text
-        .split('\n')
+    let uri_lines = lines(text)
         .filter(|l| {
             let l = l.trim_start();
             !l.is_empty() && !l.starts_with('#')
         })
         .count();
+    let uri_attrs = memchr::memmem::find_iter(text.as_bytes(), b"URI=\"").count();
     let bound = text
         .len()
-        .saturating_add((uri_lines + text.matches("URI=\"").count()) * carry.added_len());
+        .saturating_add((uri_lines + uri_attrs) * carry.added_len());
     if bound > MAX_OUTPUT {
         tracing::warn!(
             limit = MAX_OUTPUT,
@@ -271,10 +277,12 @@ fn rewrite_hls(text: &str, carry: &Carry) -> Option<String> {
     let mut changed = false;
     // `EXT-X-DEFINE` NAME/VALUE pairs seen so far (variables are defined before use).
     let mut defines: Vec<(&str, &str)> = Vec::new();
-    for piece in text.split_inclusive('\n') {
+    for piece in lines(text) {
         let (line, eol) = split_eol(piece);
         if let Some(tag) = line.strip_prefix('#') {
-            match tag.split_once(':') {
+            let name_attrs =
+                memchr::memchr(b':', tag.as_bytes()).map(|c| (&tag[..c], &tag[c + 1..]));
+            match name_attrs {
                 Some((name, attrs)) if HLS_URI_TAGS.contains(&name) => {
                     out.push('#');
                     out.push_str(name);
@@ -338,7 +346,7 @@ fn attr<'a>(attrs: &'a str, name: &str) -> Option<&'a str> {
 /// an absolute URI whose authority ends before the variable, or a relative path whose first
 /// segment does (`v/{$x}`, `/v{$x}`). Otherwise the variable could make it another host.
 fn hls_target(uri: &str, carry: &Carry, defines: &[(&str, &str)]) -> Target {
-    if !uri.contains("{$") {
+    if !has_variable(uri) {
         return carry.target(uri);
     }
     let mut resolved = String::with_capacity(uri.len());
@@ -381,6 +389,28 @@ fn hls_target(uri: &str, carry: &Carry, defines: &[(&str, &str)]) -> Target {
     }
     resolved.push_str(rest);
     carry.target(&resolved)
+}
+
+/// The lines of `text`, each with its `\n` (like `split_inclusive('\n')`, found with memchr: a
+/// playlist is thousands of short lines, and a per-character search costs more than the copy).
+fn lines(text: &str) -> impl Iterator<Item = &str> {
+    let mut from = 0;
+    let mut ends = memchr::memchr_iter(b'\n', text.as_bytes());
+    std::iter::from_fn(move || {
+        if from >= text.len() {
+            return None;
+        }
+        // `\n` is ASCII: one past it is a character boundary.
+        let end = ends.next().map_or(text.len(), |nl| nl + 1);
+        let line = &text[from..end];
+        from = end;
+        Some(line)
+    })
+}
+
+/// Whether `uri` holds an `EXT-X-DEFINE` variable reference (`{$`).
+fn has_variable(uri: &str) -> bool {
+    memchr::memchr_iter(b'{', uri.as_bytes()).any(|i| uri.as_bytes().get(i + 1) == Some(&b'$'))
 }
 
 fn split_eol(piece: &str) -> (&str, &str) {
@@ -711,18 +741,25 @@ fn xml_unescape(s: &str) -> std::borrow::Cow<'_, str> {
     out.into()
 }
 
-/// Appends `s` to `out`, escaped for XML text, or for an attribute quoted with `quote`.
+/// Appends `s` to `out`, escaped for XML text, or for an attribute quoted with `quote`. Runs
+/// without a special byte are copied whole (a URL is mostly such a run).
 fn xml_escape_into(s: &str, quote: Option<u8>, out: &mut String) {
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' if quote == Some(b'"') => out.push_str("&quot;"),
-            '\'' if quote == Some(b'\'') => out.push_str("&apos;"),
-            c => out.push(c),
-        }
+    let mut from = 0;
+    for (i, &b) in s.as_bytes().iter().enumerate() {
+        let entity = match b {
+            b'&' => "&amp;",
+            b'<' => "&lt;",
+            b'>' => "&gt;",
+            b'"' if quote == Some(b'"') => "&quot;",
+            b'\'' if quote == Some(b'\'') => "&apos;",
+            _ => continue,
+        };
+        // `b` is ASCII, so `i` and `i + 1` are character boundaries.
+        out.push_str(&s[from..i]);
+        out.push_str(entity);
+        from = i + 1;
     }
+    out.push_str(&s[from..]);
 }
 
 #[cfg(test)]
