@@ -25,6 +25,7 @@
 #   PEERS=../shared/bench-peers (ATS configs)
 #   CGROUP_PARENT=the caller's own memory cgroup (the edges stay inside whatever holds the caller)
 #   VERIFY=1            compare every body byte in the measured run (costs harness CPU)
+#   VEDGE_STORE_EXTRA   more lines for vedge's [store] table, e.g. 'admit_window = "0s"'
 #
 # Needs root (cgroups), nginx-light, varnish, trafficserver, curl, python3. Only processes this
 # script started are stopped (by PID); each edge's cgroup is removed after its run.
@@ -159,6 +160,7 @@ ram_size = "${RAM_MIB}MiB"
 [store]
 path = "$d/vedge.store"
 size = "${DISK_GIB}GiB"
+${VEDGE_STORE_EXTRA:-}
 TOML
       in_group "$VEDGE" --log warn serve --config "$RUN/vedge.toml" > "$OUT/vedge.log" 2>&1 &
       EPID=$! ;;
