@@ -14,8 +14,9 @@
 //!   origin error (the range asked for is not the one answered);
 //! - a fresh whole object under the base key answers first (a plain 206 from it).
 //!
-//! It applies to URIs a live playlist named in a preload hint or lists as a segment or part
-//! (`Live::is_hinted`, `Live::is_member`): other open-ended ranges keep the usual rules.
+//! It applies only to the start a live playlist's hint gave (`Live::hinted_start`): the viewer
+//! picks N, and any other N on the same URI keeps the usual rules (slices, the cold-Range
+//! rule), so walking N cannot make one origin fill and one stored object per value.
 
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 
@@ -26,8 +27,8 @@ use crate::proxy::request::Req;
 const MARK: &str = "\0\x01from=";
 
 /// The key of this request's hinted-range fill, when it is one: a GET with one open-ended
-/// `Range: bytes=N-` (N > 0: from 0 the whole-object fill serves the same bytes) of a URI a
-/// live playlist hinted or lists.
+/// `Range: bytes=N-` of a URI a live playlist hinted with `BYTERANGE-START=N` (N > 0: from 0
+/// the whole-object fill serves the same bytes).
 pub fn key_for(req: &Req<'_>, base_key: &str) -> Option<String> {
     if req.parts.method != Method::GET || req.parts.headers.contains_key(header::IF_RANGE) {
         return None;
@@ -35,8 +36,7 @@ pub fn key_for(req: &Req<'_>, base_key: &str) -> Option<String> {
     let ByteRange::From(n) = range::parse(&req.parts.headers)? else {
         return None;
     };
-    let live = &req.edge.live;
-    (n > 0 && (live.is_hinted(base_key) || live.is_member(base_key)))
+    (n > 0 && req.edge.live.hinted_start(base_key) == Some(n))
         .then(|| format!("{base_key}{MARK}{n}"))
 }
 

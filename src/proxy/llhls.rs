@@ -64,6 +64,8 @@ pub struct Scan {
     pub trailing_parts: Vec<String>,
     /// `EXT-X-PRELOAD-HINT` URIs.
     pub hints: Vec<String>,
+    /// The hints that name a byte range: (URI, `BYTERANGE-START`).
+    pub hint_starts: Vec<(String, u64)>,
     /// Whether any `#EXTM3U` media tag was seen (not a master playlist).
     pub media: bool,
 }
@@ -156,8 +158,11 @@ pub fn scan(body: &[u8]) -> Option<Scan> {
                 }
             }
         } else if let Some(v) = line.strip_prefix("#EXT-X-PRELOAD-HINT:") {
-            if let Some(u) = attr(v, "URI") {
+            if let Some(u) = attr(v, "URI").filter(|_| s.hints.len() < PER_PLAYLIST) {
                 s.hints.push(u.to_string());
+                if let Some(start) = attr(v, "BYTERANGE-START").and_then(|n| n.parse().ok()) {
+                    s.hint_starts.push((u.to_string(), start));
+                }
             }
         } else if line.starts_with("#EXTINF") {
             in_segment = true;
@@ -312,8 +317,9 @@ pub struct Live {
     pub prefetch_permits: Arc<Semaphore>,
     /// CMCD `nor` hints in flight per viewer.
     pub hints: Cache<String, Arc<Semaphore>>,
-    /// Keys of URIs named by an `EXT-X-PRELOAD-HINT` (`proxy::hint_range`).
-    hinted: Cache<String, ()>,
+    /// Keys of URIs named by a byte-range `EXT-X-PRELOAD-HINT`, with its `BYTERANGE-START`
+    /// (`proxy::hint_range`).
+    hinted: Cache<String, u64>,
 }
 
 impl Default for Live {
@@ -352,14 +358,9 @@ impl Live {
         }
     }
 
-    /// Whether `key` is a segment or part of a live playlist.
-    pub fn is_member(&self, key: &str) -> bool {
-        self.members.get(key).is_some()
-    }
-
-    /// Whether `key` is the URI of a preload hint of a live playlist.
-    pub fn is_hinted(&self, key: &str) -> bool {
-        self.hinted.get(key).is_some()
+    /// The `BYTERANGE-START` a live playlist's preload hint gave for `key`, if one did.
+    pub fn hinted_start(&self, key: &str) -> Option<u64> {
+        self.hinted.get(key)
     }
 }
 
@@ -527,9 +528,9 @@ pub fn announce(edge: &Arc<Edge>, route: &Route, key: &str, body: &[u8]) {
     }
     let pl_key = playlist_key(key);
     let pl = edge.live.playlist(&pl_key);
-    for h in &scan.hints {
+    for (h, start) in &scan.hint_starts {
         if let Some(k) = member_key(&pl_key, h, &edge.config.cache.drop_query_params) {
-            edge.live.hinted.insert(k, ());
+            edge.live.hinted.insert(k, *start);
         }
     }
     retain(edge, route, &pl_key, &pl, &scan);

@@ -361,3 +361,27 @@ async fn open_ended_range_requests_of_a_byte_range_preload_hint_are_one_streamin
     );
     assert_eq!(origin.count(seg_path), 1);
 }
+
+/// A viewer picks the `N` of `Range: bytes=N-`; only the hint's own `BYTERANGE-START` gets a
+/// fill of its own. Any other start on the hinted URI follows the usual cold-range rules
+/// (here: slices), so one viewer walking N cannot make one origin fill per N.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_ended_ranges_other_than_the_hinted_start_do_not_each_fill_from_the_origin() {
+    let (origin, seg_path, seg) = byte_range_hint_origin(1, Duration::from_millis(10)).await;
+    let mut raw = config_for(&origin.url(), "off");
+    raw.cache.slice_size = Some("64KiB".into());
+    let edge = TestEdge::start(raw).await;
+    assert_eq!(edge.get("/br/media.m3u8").await.status, 200);
+    for n in [1001usize, 1500, 2000, 2500, 3999] {
+        let r = edge
+            .get_with(seg_path, &[("range", &format!("bytes={n}-"))])
+            .await;
+        assert_eq!(r.status, 206, "bytes={n}-");
+        assert_eq!(r.body, seg[n..], "bytes={n}-");
+    }
+    assert_eq!(
+        origin.count(seg_path),
+        1,
+        "one slice fill for every start, not one origin request per start"
+    );
+}
