@@ -19,39 +19,9 @@
 
 use crate::auth::source::query_value;
 
-/// A manifest format that can carry tokens.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Hls,
-    Dash,
-}
-
-impl Kind {
-    /// By `Content-Type`, else by the path's extension.
-    pub fn of(path: &str, content_type: Option<&str>) -> Option<Kind> {
-        let ct = content_type
-            .and_then(|v| v.split(';').next())
-            .map(|v| v.trim().to_ascii_lowercase());
-        match ct.as_deref() {
-            Some(
-                "application/vnd.apple.mpegurl"
-                | "application/x-mpegurl"
-                | "audio/mpegurl"
-                | "audio/x-mpegurl",
-            ) => return Some(Kind::Hls),
-            Some("application/dash+xml") => return Some(Kind::Dash),
-            _ => {}
-        }
-        let ext = path.rsplit('/').next()?.rsplit_once('.')?.1;
-        if ext.eq_ignore_ascii_case("m3u8") {
-            Some(Kind::Hls)
-        } else if ext.eq_ignore_ascii_case("mpd") {
-            Some(Kind::Dash)
-        } else {
-            None
-        }
-    }
-}
+/// The manifest formats that can carry tokens (one list of names, shared with the cache's
+/// content classes).
+pub use crate::cache::policy::ManifestFormat as Kind;
 
 /// The token to add and where it may go.
 #[derive(Debug, Clone)]

@@ -184,9 +184,10 @@ fn reg_name(name: &str) -> Result<String, HostError> {
     }
     let last = name.rsplit('.').next().unwrap_or(name);
     if last.bytes().all(|b| b.is_ascii_digit()) {
-        // Rust's parser takes exactly four decimal octets without leading zeros.
-        let addr: Ipv4Addr = name.parse().map_err(|_| HostError::BadIpv4)?;
-        return Ok(addr.to_string());
+        // Rust's parser takes exactly four decimal octets without leading zeros, which is the
+        // canonical text: a name it accepts is already normalised (no formatting per request).
+        name.parse::<Ipv4Addr>().map_err(|_| HostError::BadIpv4)?;
+        return Ok(name.to_owned());
     }
     Ok(name.to_ascii_lowercase())
 }

@@ -8,6 +8,55 @@ use http::{header, HeaderMap, StatusCode};
 
 use crate::cache::{sfv, vary};
 
+/// A manifest format, HLS playlist or DASH MPD: one list of the names each goes by, shared by
+/// the content classes here and by token propagation (`auth::propagate`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ManifestFormat {
+    Hls,
+    Dash,
+}
+
+impl ManifestFormat {
+    /// By `Content-Type`, else by the path's extension.
+    pub fn of(path: &str, content_type: Option<&str>) -> Option<ManifestFormat> {
+        content_type
+            .and_then(ManifestFormat::from_content_type)
+            .or_else(|| ManifestFormat::from_path(path))
+    }
+
+    /// By the media type of a `Content-Type` value (parameters and case ignored).
+    pub fn from_content_type(value: &str) -> Option<ManifestFormat> {
+        let media_type = value.split(';').next().unwrap_or(value).trim();
+        const HLS: [&str; 4] = [
+            "application/vnd.apple.mpegurl",
+            "application/x-mpegurl",
+            "audio/mpegurl",
+            "audio/x-mpegurl",
+        ];
+        if HLS.iter().any(|t| t.eq_ignore_ascii_case(media_type)) {
+            Some(ManifestFormat::Hls)
+        } else if media_type.eq_ignore_ascii_case("application/dash+xml") {
+            Some(ManifestFormat::Dash)
+        } else {
+            None
+        }
+    }
+
+    /// By the extension of the path's last segment (`.m3u8`, `.mpd`; a query or fragment is
+    /// ignored).
+    pub fn from_path(path: &str) -> Option<ManifestFormat> {
+        let path = path.split(['?', '#']).next().unwrap_or(path);
+        let ext = path.rsplit('/').next()?.rsplit_once('.')?.1;
+        if ext.eq_ignore_ascii_case("m3u8") {
+            Some(ManifestFormat::Hls)
+        } else if ext.eq_ignore_ascii_case("mpd") {
+            Some(ManifestFormat::Dash)
+        } else {
+            None
+        }
+    }
+}
+
 /// What kind of object a response is; each class has its own TTL rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ContentClass {
@@ -37,17 +86,16 @@ impl ContentClass {
         if let Some(c) = Self::from_path(path) {
             return c;
         }
+        if content_type
+            .and_then(ManifestFormat::from_content_type)
+            .is_some()
+        {
+            return ContentClass::Manifest;
+        }
         let ct = content_type
             .and_then(|v| v.split(';').next())
             .map(|v| v.trim().to_ascii_lowercase());
         match ct.as_deref() {
-            Some(
-                "application/vnd.apple.mpegurl"
-                | "application/x-mpegurl"
-                | "audio/mpegurl"
-                | "audio/x-mpegurl"
-                | "application/dash+xml",
-            ) => ContentClass::Manifest,
             Some(t)
                 if t.starts_with("video/")
                     || t.starts_with("audio/")
@@ -613,6 +661,31 @@ mod tests {
         HeaderName::from_static("vedge-cache-control"),
         HeaderName::from_static("cdn-cache-control"),
     ];
+
+    #[test]
+    fn manifest_formats_are_named_by_content_type_first_then_extension() {
+        use ManifestFormat::{Dash, Hls};
+        for (path, ct, want) in [
+            (
+                "/a.bin",
+                Some("Application/VND.Apple.MpegURL; charset=utf-8"),
+                Some(Hls),
+            ),
+            ("/a.bin", Some(" audio/x-mpegurl"), Some(Hls)),
+            ("/a.m3u8", Some("application/dash+xml"), Some(Dash)),
+            ("/a.M3U8", None, Some(Hls)),
+            ("/live/x.mpd?token=1", None, Some(Dash)),
+            ("/a.mpd/seg.ts", None, None),
+            ("/a.ts", Some("video/mp2t"), None),
+            ("/m3u8", None, None),
+        ] {
+            assert_eq!(ManifestFormat::of(path, ct), want, "{path} {ct:?}");
+        }
+        assert_eq!(
+            ContentClass::classify("/x", Some("application/x-mpegURL")),
+            ContentClass::Manifest
+        );
+    }
 
     fn input<'a>(h: &'a HeaderMap, class: ContentClass, rules: TtlRules) -> DecisionInput<'a> {
         DecisionInput {
