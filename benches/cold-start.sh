@@ -21,18 +21,12 @@ OUT=${OUT:-$ROOT/benches/results/cold-$(date +%Y%m%d-%H%M%S)}
 [[ -x $VEDGE ]] || { echo "no vedge at $VEDGE (cargo build --release --bin vedge)"; exit 1; }
 [[ -d /tmp/peers/fixtures/live-src ]] || [[ -d /tmp/peers/fixtures ]] || { echo "run $PEERS/gen-fixtures.sh first"; exit 1; }
 mkdir -p "$OUT"
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source "$ROOT/benches/lib.sh"
 
 OP=$(free_port)
 python3 "$PEERS/origin_slow.py" --port "$OP" > "$OUT/origin.log" 2>&1 &
 PIDS+=($!)
-for _ in $(seq 1 50); do curl -s -o /dev/null "http://127.0.0.1:$OP/__stats" && break; sleep 0.1; done
+wait_http "http://127.0.0.1:$OP/__stats"
 { date -u +"date: %Y-%m-%dT%H:%M:%SZ"; lscpu | grep 'Model name'; uname -r; nproc;
   git -C "$ROOT" rev-parse --short HEAD; echo "N=$N SEGMENTS=$SEGMENTS RUNS=$RUNS"; } > "$OUT/env.txt"
 

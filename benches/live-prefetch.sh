@@ -28,21 +28,8 @@ case $MODE in
   hls) ORIGIN_MODE=(); BENCH_MODE=(); LABEL="HLS" ;;
   *) echo "MODE is ll or hls" >&2; exit 2 ;;
 esac
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-}
-trap cleanup EXIT
-
-wait_http() { # URL: up to 10 s
-  for _ in $(seq 100); do
-    if curl -fs -o /dev/null "$1"; then return 0; fi
-    sleep 0.1
-  done
-  echo "no answer from $1" >&2
-  return 1
-}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+source "$ROOT/benches/lib.sh"
 
 "$VEDGE" origin --listen "127.0.0.1:$SIM_PORT" "${ORIGIN_MODE[@]}" --segment-latency "$SEGMENT_LATENCY" >"$OUT/origin.log" 2>&1 &
 PIDS+=($!)

@@ -33,26 +33,8 @@ log() { echo "[ranges $(date +%H:%M:%S)] $*" >&2; }
 ((SIZE_MIB * 1048576 > RANGE)) || { log "SIZE_MIB must be larger than one range"; exit 1; }
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/vedge-ranges.XXXXXX")
-PIDS=()
-stop() {  # stop PID: TERM, then wait for it
-  kill -TERM "$1" 2>/dev/null || true
-  wait "$1" 2>/dev/null || true
-}
-cleanup() {
-  for p in "${PIDS[@]}"; do stop "$p"; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() {
-  for _ in $(seq 1 100); do
-    [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$1") != 000 ]] && return 0
-    sleep 0.1
-  done
-  log "ERROR: $1 did not come up"; return 1
-}
+source "$ROOT/benches/lib.sh"
+ON_EXIT+=('rm -rf "$WORK"')
 
 # nginx with its own prefix and config: in the foreground (we hold its pid), temp paths and logs
 # under $WORK (Debian's compiled-in paths are not ours), workers as root when we are root (the
@@ -187,7 +169,7 @@ V=$!
 PIDS+=("$V")
 wait_http "http://127.0.0.1:$VP/" || { cat "$WORK/vedge.log" >&2; exit 1; }
 measure vedge "$VP"
-stop "$V"
+stop_pid "$V"
 
 # nginx: the slice module's documented setup (a cache key and an upstream Range per slice),
 # keep-alive to the origin as vedge has.

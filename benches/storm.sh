@@ -15,13 +15,7 @@ OUT=${OUT:-$ROOT/benches/results/storm-$(date +%Y%m%d-%H%M%S)}
 [[ -x $VEDGE ]] || { echo "no vedge at $VEDGE (cargo build --release --bin vedge)"; exit 1; }
 command -v pidstat >/dev/null || { echo "pidstat missing (apt-get install -y sysstat)"; exit 1; }
 mkdir -p "$OUT"
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source "$ROOT/benches/lib.sh"
 # 20,000 connections need more than the usual 20,000-descriptor hard limit (root may raise it).
 ulimit -Hn 1048576 2>/dev/null || true
 ulimit -n "$(ulimit -Hn)"

@@ -37,13 +37,8 @@ command -v wrk >/dev/null || { echo "wrk is needed"; exit 1; }
 
 WORK=$(mktemp -d)
 chmod 755 "$WORK"
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+source "$(cd "$(dirname "$0")/.." && pwd)/benches/lib.sh"
+ON_EXIT+=('rm -rf "$WORK"')
 
 # ---- manifests ------------------------------------------------------------------------------
 python3 - "$WORK/www" <<'PY'

@@ -25,22 +25,11 @@ RUNS=${RUNS:-3}
 SEG_MIB=${SEG_MIB:-8}
 SOURCES=${SOURCES:-nginx origin dir}   # which sources to ingest from, in this order each run
 TOTAL_MIB=${TOTAL_MIB:-2048}
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$DIR"
-}
+source "$ROOT/benches/lib.sh"
+ON_EXIT+=('rm -rf "$DIR"')
 log() { echo "[ingest-bench $(date +%H:%M:%S)] $*" >&2; }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 set -E
 trap 'log "ERROR: line $LINENO failed: $BASH_COMMAND"' ERR
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() {
-  for _ in $(seq 1 100); do curl -fs -o /dev/null --max-time 1 "$1" && return 0; sleep 0.1; done
-  log "ERROR: $1 did not come up"; return 1
-}
 for t in fio nginx curl python3 /usr/bin/time; do
   command -v $t >/dev/null || [[ -x /usr/sbin/$t ]] || { log "missing $t (apt-get install -y nginx-light fio curl)"; exit 1; }
 done

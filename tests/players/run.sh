@@ -28,21 +28,10 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+source "$ROOT/benches/lib.sh"
+ON_EXIT+=('rm -rf "$WORK"')
 
 log() { echo "[players $(date +%H:%M:%S)] $*" >&2; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() {  # wait_http URL [CURL_ARG...]
-  for _ in $(seq 1 100); do curl -fs -o /dev/null --max-time 1 "${@:2}" "$1" && return 0; sleep 0.1; done
-  log "ERROR: $1 did not come up"; return 1
-}
 
 [[ -x /usr/bin/chromium || -n ${CHROMIUM:-} ]] || { log "ERROR: /usr/bin/chromium missing (apt-get install -y chromium)"; exit 1; }
 command -v openssl >/dev/null || { log "ERROR: openssl missing (apt-get install -y openssl)"; exit 1; }
