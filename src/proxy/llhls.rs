@@ -3,10 +3,11 @@
 //! playlist the fills stored, and live-window-aware retention of the segments they list.
 //!
 //! Blocking reloads: a request whose `(M, P)` the latest copy satisfies is answered from it at
-//! once; one more than two segments ahead is 400; otherwise it waits while another request of
-//! the same playlist is upstream (any newer copy wakes every waiter, which answers from it if
+//! once (when that copy is the request's own `Vary` variant); one more than two segments ahead
+//! is 400; otherwise it waits while another request of the same playlist for the same or an
+//! earlier `(M, P)` is upstream (any newer copy wakes every waiter, which answers from it if
 //! satisfied) and goes upstream itself (its own key: same `(M, P)` collapse in the fill table)
-//! when none is. No hold lasts more than three target durations (503). Delta updates
+//! when none is: a request for a later part, or a delta update, never holds it back. No hold lasts more than three target durations (503). Delta updates
 //! (`_HLS_skip`) are never answered from a full copy: they have their own key.
 //!
 //! Retention: every segment and part a live playlist lists is remembered as a member of that
@@ -231,6 +232,17 @@ pub fn playlist_key(key: &str) -> String {
 pub struct Snapshot {
     pub scan: Scan,
     pub obj: Arc<CachedObject>,
+    /// The `Vary` variant it was stored under (`\0name=value...`, empty when it does not
+    /// vary): only a request of the same variant may be answered from it.
+    pub variant: String,
+}
+
+impl Snapshot {
+    /// Whether this copy is the variant `req` would be served (as `proxy::request::lookup`
+    /// picks one): another viewer's variant must never answer it.
+    fn serves(&self, req: &http::HeaderMap) -> bool {
+        self.obj.vary.variant(req) == self.variant
+    }
 }
 
 /// One playlist's live state.
@@ -243,8 +255,9 @@ pub struct Playlist {
 #[derive(Default)]
 struct State {
     latest: Option<Arc<Snapshot>>,
-    /// Blocking requests of this playlist upstream now.
-    upstream: usize,
+    /// What each blocking request of this playlist upstream now waits for (`order`); delta
+    /// updates are not listed (no copy of theirs ever becomes `latest`).
+    upstream: Vec<(u64, u64)>,
     viewed: Option<Instant>,
     /// URIs listed by the copies seen (prefetch: what is new).
     known: HashSet<String>,
@@ -364,8 +377,9 @@ impl Live {
     }
 }
 
+/// Whether `key` (a base key, or a `Vary` variant's `{base}\0...`) names an HLS playlist.
 fn is_playlist_path(key: &str) -> bool {
-    let path = key.split('?').next().unwrap_or(key);
+    let path = key.split(['?', '\0']).next().unwrap_or(key);
     path.ends_with(".m3u8")
 }
 
@@ -402,11 +416,15 @@ pub async fn intercept(req: &Req<'_>) -> Result<Option<Response<Body>>, EdgeErro
         .unwrap_or(edge.config.cache.collapse_timeout);
     let deadline = Instant::now() + hold;
     let mut tick = pl.tick.subscribe();
+    let wants = order(msn, d.part);
     for _ in 0..MAX_ROUNDS {
         tick.mark_unchanged();
+        // Waiting only pays off behind a request whose answer comes no later than ours would:
+        // one asking for a later segment (or a delta update, never kept as `latest`) would hold
+        // this viewer until that later segment exists.
         let (latest, busy) = {
             let st = pl.state.lock();
-            (st.latest.clone(), st.upstream > 0)
+            (st.latest.clone(), st.upstream.iter().any(|t| *t <= wants))
         };
         if let Some(s) = &latest {
             // Only a fresh copy may refuse: an old one would call a request "too far" that
@@ -417,13 +435,12 @@ pub async fn intercept(req: &Req<'_>) -> Result<Option<Response<Body>>, EdgeErro
                     "_HLS_msn more than two segments past the playlist's last",
                 ));
             }
-            if !d.skip && s.scan.satisfies(msn, d.part) {
+            if !d.skip && s.serves(&req.parts.headers) && s.scan.satisfies(msn, d.part) {
                 return Ok(Some(serve_latest(req, &s.obj)));
             }
         }
         if d.skip || !busy {
-            pl.state.lock().upstream += 1;
-            let upstream = Upstream(pl.clone());
+            let upstream = Upstream::register(&pl, (!d.skip).then_some(wants));
             let resp = tokio::time::timeout_at(deadline, request::phases(req)).await;
             // Waiters re-check once this copy is stored (or shortly after, if it is not).
             let mut settled = pl.tick.subscribe();
@@ -446,14 +463,32 @@ pub async fn intercept(req: &Req<'_>) -> Result<Option<Response<Body>>, EdgeErro
     Ok(Some(hold_expired(req)))
 }
 
-/// A blocking request upstream; dropping it wakes the waiters.
-struct Upstream(Arc<Playlist>);
+/// `(msn, part)` in the order a live playlist satisfies them: a whole segment (`part` absent)
+/// after every part of it.
+fn order(msn: u64, part: Option<u64>) -> (u64, u64) {
+    (msn, part.unwrap_or(u64::MAX))
+}
+
+/// A blocking request upstream (listed under what it waits for, unless a delta update);
+/// dropping it wakes the waiters.
+struct Upstream(Arc<Playlist>, Option<(u64, u64)>);
+
+impl Upstream {
+    fn register(pl: &Arc<Playlist>, wants: Option<(u64, u64)>) -> Upstream {
+        if let Some(w) = wants {
+            pl.state.lock().upstream.push(w);
+        }
+        Upstream(pl.clone(), wants)
+    }
+}
 
 impl Drop for Upstream {
     fn drop(&mut self) {
-        {
+        if let Some(w) = self.1 {
             let mut st = self.0.state.lock();
-            st.upstream = st.upstream.saturating_sub(1);
+            if let Some(i) = st.upstream.iter().position(|t| *t == w) {
+                st.upstream.swap_remove(i);
+            }
         }
         self.0.bump();
     }
@@ -499,6 +534,7 @@ pub fn observe(edge: &Arc<Edge>, route: &Route, key: &str, obj: &Arc<CachedObjec
                     st.latest = Some(Arc::new(Snapshot {
                         scan,
                         obj: obj.clone(),
+                        variant: key.find('\0').map_or("", |i| &key[i..]).to_string(),
                     }));
                 }
                 newer

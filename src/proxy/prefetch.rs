@@ -67,7 +67,9 @@ pub(crate) fn after_playlist(
 /// After a manifest that is not an HLS playlist was stored: a dynamic MPD prefetches the media
 /// it newly lists.
 pub(crate) fn observe_mpd(edge: &Arc<Edge>, route: &Route, key: &str, body: &[u8]) {
+    // Without the `Vary` variant (`\0...`) a varied MPD's key ends with.
     let path = key.splitn(3, '|').nth(2).unwrap_or("");
+    let path = path.split('\0').next().unwrap_or(path);
     if !path.split('?').next().unwrap_or("").ends_with(".mpd") {
         return;
     }

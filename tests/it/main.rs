@@ -4,6 +4,7 @@
 mod support;
 
 mod abuse;
+mod adversarial;
 mod cmcd;
 mod edge_basics;
 mod edge_bypass;

@@ -1,0 +1,133 @@
+//! Regression tests from an adversarial review of the viewer-facing request path and the
+//! origin-facing fill path: each proves one rule a hostile viewer or origin broke before.
+
+use vedge::proxy::llhls::playlist_of;
+
+use crate::llhls::config_for;
+use crate::support::{until, Gate, Origin, Script, TestEdge};
+
+/// Waits until the edge holds a latest copy of the playlist keyed `key`.
+async fn latest_recorded(edge: &TestEdge, key: &str) {
+    until("the playlist's latest copy is recorded", || {
+        playlist_of(&edge.edge, key).is_some_and(|p| p.latest().is_some())
+    })
+    .await;
+}
+
+/// A live playlist the origin varies by a request header: one viewer's variant, once it is the
+/// playlist's latest copy, must not answer another viewer's blocking reload (LL-HLS answers
+/// from the latest copy before the cache phases, which pick the variant). Before, a playlist
+/// URL with a query kept in the key did exactly that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_reload_is_never_answered_with_another_viewers_vary_variant() {
+    let origin = Origin::start().await;
+    let playlist = |who: &str| {
+        format!(
+            "#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXT-X-MEDIA-SEQUENCE:0\n\
+#EXTINF:1.0,\n{who}0.ts\n#EXTINF:1.0,\n{who}1.ts\n"
+        )
+    };
+    let scripted = |who: &str| {
+        Script::ok(playlist(who))
+            .header("cache-control", "max-age=10")
+            .header("vary", "X-Device")
+    };
+    origin.script("/v/m.m3u8", scripted("tv"));
+    let edge = TestEdge::start(config_for(&origin.url(), "off")).await;
+    let tv = edge.get_with("/v/m.m3u8?v=1", &[("x-device", "tv")]).await;
+    assert_eq!(tv.status, 200);
+    assert_eq!(tv.body, playlist("tv"));
+    latest_recorded(&edge, &format!("http|{}|/v/m.m3u8?v=1", origin.addr())).await;
+
+    origin.script("/v/m.m3u8", scripted("phone"));
+    let phone = edge
+        .get_with("/v/m.m3u8?v=1&_HLS_msn=1", &[("x-device", "phone")])
+        .await;
+    assert_eq!(phone.status, 200);
+    assert_eq!(
+        phone.body,
+        playlist("phone"),
+        "the phone viewer got the tv viewer's variant ({})",
+        phone.h("cache-status")
+    );
+}
+
+/// RFC 8216bis §6.2.5.2: a blocking reload is answered as soon as the playlist holds what it
+/// asks for. One viewer asking for a later segment (held by the origin until that segment
+/// exists) must not hold back another viewer's request for an earlier part: before, every
+/// blocking request waited while any request of the playlist was upstream, so one far-ahead
+/// request stalled the whole live edge (503 after three target durations).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_reload_for_a_later_segment_never_holds_back_one_for_an_earlier_part() {
+    let origin = Origin::start().await;
+    let path = "/l/m.m3u8";
+    let old = "#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXT-X-PART-INF:PART-TARGET=0.25\n\
+#EXT-X-MEDIA-SEQUENCE:0\n#EXTINF:1.0,\ns0.ts\n#EXTINF:1.0,\ns1.ts\n\
+#EXT-X-PART:DURATION=0.25,URI=\"p2_0.m4s\"\n"
+        .to_string();
+    let new = format!("{old}#EXT-X-PART:DURATION=0.25,URI=\"p2_1.m4s\"\n");
+    origin.script(
+        path,
+        Script::ok(old.clone()).header("cache-control", "max-age=1"),
+    );
+    let edge = TestEdge::start(config_for(&origin.url(), "off")).await;
+    assert_eq!(edge.get(path).await.status, 200);
+    latest_recorded(&edge, &format!("http|{}|{path}", origin.addr())).await;
+
+    // The origin holds the far request (segment 3 does not exist yet) ...
+    let gate = Gate::new();
+    origin.script(
+        path,
+        Script::ok(new.clone())
+            .header("cache-control", "max-age=1")
+            .gate(&gate),
+    );
+    let far_path = format!("{path}?_HLS_msn=3");
+    let far = edge.get(&far_path);
+    let near = async {
+        until("the far request reached the origin", || {
+            origin.count(path) == 2
+        })
+        .await;
+        // ... while part 1 of segment 2 is out now.
+        origin.script(
+            path,
+            Script::ok(new.clone()).header("cache-control", "max-age=1"),
+        );
+        let near = edge.get(&format!("{path}?_HLS_msn=2&_HLS_part=1")).await;
+        gate.open();
+        near
+    };
+    let (_, near) = tokio::join!(far, near);
+    assert_eq!(near.status, 200, "{}", near.h("cache-status"));
+    assert_eq!(near.body, new);
+}
+
+/// `Vary: Accept-Encoding` on playlists is what most web servers send: a varied live playlist
+/// must still become the latest copy blocking reloads are answered from (and be scanned for
+/// prefetch and retention). Before, a variant's key (`{base}\0accept-encoding=...`) was not
+/// recognised as a playlist's, so every satisfied blocking reload went to the origin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_playlist_varying_on_accept_encoding_still_answers_blocking_reloads() {
+    let origin = Origin::start().await;
+    let playlist = "#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXT-X-MEDIA-SEQUENCE:0\n\
+#EXTINF:1.0,\ns0.ts\n#EXTINF:1.0,\ns1.ts\n";
+    origin.script(
+        "/ae/m.m3u8",
+        Script::ok(playlist)
+            .header("cache-control", "max-age=10")
+            .header("vary", "Accept-Encoding"),
+    );
+    let edge = TestEdge::start(config_for(&origin.url(), "off")).await;
+    assert_eq!(edge.get("/ae/m.m3u8").await.status, 200);
+    edge.settle().await;
+    let key = format!("http|{}|/ae/m.m3u8", origin.addr());
+    until("the varied playlist's latest copy is recorded", || {
+        playlist_of(&edge.edge, &key).is_some_and(|p| p.latest().is_some())
+    })
+    .await;
+    let r = edge.get("/ae/m.m3u8?_HLS_msn=1").await;
+    assert_eq!(r.status, 200);
+    assert!(r.h("cache-status").contains("llhls-latest"), "{}", r.h("cache-status"));
+    assert_eq!(origin.count("/ae/m.m3u8"), 1);
+}
