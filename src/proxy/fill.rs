@@ -342,7 +342,14 @@ async fn run(
         fill.set_pass(http::Response::from_parts(parts, body), reason);
         return Ok(());
     }
-    let content_length = policy::content_length(&parts.headers);
+    // A slice's (or a hinted range's) 206 says in its Content-Range how many bytes it carries,
+    // even when it comes chunked: a body of any other length is an origin error, never a slice.
+    let content_length = policy::content_length(&parts.headers).or_else(|| {
+        (sliced.is_some() || hinted)
+            .then(|| slice::content_range(&parts.headers))
+            .flatten()
+            .map(|(a, b, _)| b - a + 1)
+    });
     let limit = cache_limit(edge);
     if job.range_probe && crate::proxy::range_pass::too_large(parts.status, content_length, limit) {
         // Dropping the body closes the origin connection after the head: the viewers ask
@@ -420,6 +427,10 @@ async fn run(
             Ok(Some(Ok(frame))) => {
                 if let Ok(data) = frame.into_data() {
                     received += data.len() as u64;
+                    if content_length.is_some_and(|cl| received > cl) {
+                        tracing::debug!(key, "origin body longer than it announced");
+                        return Err(FillError::Origin);
+                    }
                     let outgrown = received > cache.max_object_size;
                     if outgrown && !trimming {
                         // Too large to keep (a body without a length that turned out bigger

@@ -131,3 +131,56 @@ async fn a_live_playlist_varying_on_accept_encoding_still_answers_blocking_reloa
     assert!(r.h("cache-status").contains("llhls-latest"), "{}", r.h("cache-status"));
     assert_eq!(origin.count("/ae/m.m3u8"), 1);
 }
+
+/// A slice is stored only when its body is exactly what its 206's `Content-Range` says. An
+/// origin answering a slice with a chunked 206 that ends early (or runs long) is an origin
+/// error: before, the short body was stored as the slice, and every later viewer of the object
+/// got an aborted response until the slice expired, even after the origin was fixed.
+#[tokio::test]
+async fn a_chunked_slice_shorter_than_its_content_range_is_never_stored() {
+    use http::Method;
+    use http_body_util::BodyExt;
+
+    const MIB: usize = 1 << 20;
+    let body: Vec<u8> = (0..3 * MIB).map(|i| (i % 251) as u8).collect();
+    let origin = Origin::start().await;
+    let lying = Script::status(206, body[..1000].to_vec())
+        .header("content-range", &format!("bytes 0-{}/{}", MIB - 1, 3 * MIB))
+        .header("cache-control", "max-age=3600")
+        .header("content-type", "video/mp4")
+        .header("etag", "\"v1\"")
+        .chunked();
+    origin.script("/s/big.mp4", lying);
+    let mut raw = crate::support::edge_config(&origin);
+    raw.ram_size = Some("64MiB".into());
+    raw.cache.slice_size = Some("1MiB".into());
+    let edge = TestEdge::start(raw).await;
+
+    let first = edge
+        .send_streaming(edge.req(Method::GET, "/s/big.mp4"), Default::default())
+        .await;
+    assert!(
+        first.into_body().collect().await.is_err(),
+        "a body the origin cut short cannot complete"
+    );
+    edge.settle().await;
+
+    origin.script(
+        "/s/big.mp4",
+        Script::ok(body.clone())
+            .header("cache-control", "max-age=3600")
+            .header("content-type", "video/mp4")
+            .header("etag", "\"v1\"")
+            .ranged(),
+    );
+    let resp = edge
+        .send_streaming(edge.req(Method::GET, "/s/big.mp4"), Default::default())
+        .await;
+    assert_eq!(resp.status(), 200);
+    let got = resp.into_body().collect().await.map(|b| b.to_bytes());
+    assert!(
+        got.as_ref().is_ok_and(|b| b[..] == body[..]),
+        "the second viewer gets the whole object once the origin is fixed ({:?} bytes)",
+        got.map(|b| b.len())
+    );
+}
