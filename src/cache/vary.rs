@@ -1,7 +1,10 @@
 //! `Vary`: which request headers select a variant, and how their values are normalised into the
 //! variant part of a cache key.
 
-use http::{header, HeaderMap, HeaderName};
+use std::borrow::Cow;
+use std::fmt::Write as _;
+
+use http::{header, HeaderMap, HeaderName, HeaderValue};
 
 /// The request headers a response varies on, lowercased and sorted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -46,11 +49,7 @@ impl VarySpec {
             out.push('\0');
             out.push_str(name.as_str());
             out.push('=');
-            let values: Vec<&str> = req
-                .get_all(name)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .collect();
+            let values: Vec<Cow<'_, str>> = req.get_all(name).iter().map(value_text).collect();
             if *name == header::ACCEPT_ENCODING {
                 out.push_str(normalise_accept_encoding(&values.join(",")));
             } else {
@@ -73,6 +72,27 @@ impl VarySpec {
             .map(HeaderName::as_str)
             .collect::<Vec<_>>()
             .join(",")
+    }
+}
+
+/// A request header value as variant text, one-to-one with what the origin is sent: visible
+/// ASCII as is, and `%` and every other byte (obs-text) percent-escaped. Dropping a value that
+/// is not text (as the variant once did) keyed a request whose header the origin saw and
+/// answered by as if it had sent none, poisoning that variant for everyone.
+fn value_text(v: &HeaderValue) -> Cow<'_, str> {
+    match v.to_str() {
+        Ok(s) if !s.contains('%') => Cow::Borrowed(s),
+        _ => {
+            let mut out = String::with_capacity(v.len() * 3);
+            for &b in v.as_bytes() {
+                if b == b'%' || !(b == b'\t' || (0x20..0x7f).contains(&b)) {
+                    let _ = write!(out, "%{b:02X}");
+                } else {
+                    out.push(char::from(b));
+                }
+            }
+            Cow::Owned(out)
+        }
     }
 }
 
@@ -105,7 +125,6 @@ pub fn normalise_accept_encoding(v: &str) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
 
     #[test]
     fn variants_normalise() {

@@ -128,7 +128,11 @@ async fn a_live_playlist_varying_on_accept_encoding_still_answers_blocking_reloa
     .await;
     let r = edge.get("/ae/m.m3u8?_HLS_msn=1").await;
     assert_eq!(r.status, 200);
-    assert!(r.h("cache-status").contains("llhls-latest"), "{}", r.h("cache-status"));
+    assert!(
+        r.h("cache-status").contains("llhls-latest"),
+        "{}",
+        r.h("cache-status")
+    );
     assert_eq!(origin.count("/ae/m.m3u8"), 1);
 }
 
@@ -182,5 +186,62 @@ async fn a_chunked_slice_shorter_than_its_content_range_is_never_stored() {
         got.as_ref().is_ok_and(|b| b[..] == body[..]),
         "the second viewer gets the whole object once the origin is fixed ({:?} bytes)",
         got.map(|b| b.len())
+    );
+}
+
+/// The variant a response is stored under must tell apart every request the origin could
+/// answer differently. A viewer adding a varied header line that is not plain text (obs-text
+/// bytes) had it forwarded to the origin but left out of the variant, so its answer was stored
+/// as the variant of viewers who never sent that line.
+#[tokio::test]
+async fn a_varied_header_the_origin_saw_is_never_left_out_of_the_variant() {
+    use http::{HeaderValue, Method};
+
+    let origin = Origin::start().await;
+    let varied = |body: &'static str| {
+        Script::ok(body)
+            .header("cache-control", "max-age=3600")
+            .header("vary", "Accept-Language")
+    };
+    origin.script("/t/subs.vtt", varied("for everyone"));
+    let edge = TestEdge::start(crate::support::edge_config(&origin)).await;
+    // The edge learns that the object varies on Accept-Language.
+    let de = edge
+        .get_with("/t/subs.vtt", &[("accept-language", "de")])
+        .await;
+    assert_eq!(de.status, 200);
+    edge.settle().await;
+
+    origin.script("/t/subs.vtt", varied("for the attacker"));
+    let attack = edge
+        .req(Method::GET, "/t/subs.vtt")
+        .header("accept-language", "en")
+        .header(
+            "accept-language",
+            HeaderValue::from_bytes(b"\xe9\xe9").expect("obs-text is a valid value"),
+        );
+    let a = edge.send(attack, Default::default()).await;
+    assert_eq!(&a.body[..], b"for the attacker");
+    edge.settle().await;
+    let seen = origin.seen("/t/subs.vtt");
+    assert_eq!(
+        seen.last().map(|s| s
+            .headers
+            .iter()
+            .filter(|(k, _)| k == "accept-language")
+            .count()),
+        Some(2),
+        "the origin saw both lines"
+    );
+
+    origin.script("/t/subs.vtt", varied("for english viewers"));
+    let en = edge
+        .get_with("/t/subs.vtt", &[("accept-language", "en")])
+        .await;
+    assert_eq!(
+        &en.body[..],
+        b"for english viewers",
+        "an english viewer got the attacker's answer ({})",
+        en.h("cache-status")
     );
 }
