@@ -435,7 +435,10 @@ pub async fn intercept(req: &Req<'_>) -> Result<Option<Response<Body>>, EdgeErro
                     "_HLS_msn more than two segments past the playlist's last",
                 ));
             }
-            if !d.skip && s.serves(&req.parts.headers) && s.scan.satisfies(msn, d.part) {
+            // Nor may a stale one answer: the origin may have restarted the stream (an encoder
+            // restart resets the media sequence), and the old copy would then claim to hold
+            // every segment the new stream lists.
+            if !d.skip && fresh && s.serves(&req.parts.headers) && s.scan.satisfies(msn, d.part) {
                 return Ok(Some(serve_latest(req, &s.obj)));
             }
         }
@@ -529,7 +532,14 @@ pub fn observe(edge: &Arc<Edge>, route: &Route, key: &str, obj: &Arc<CachedObjec
             let pl = edge.live.playlist(&playlist_key(key));
             let newer = {
                 let mut st = pl.state.lock();
-                let newer = st.latest.as_ref().is_none_or(|l| !l.scan.newer_than(&scan));
+                // A late copy older than the latest does not replace it, unless the latest is
+                // stale: a media sequence that went backwards (a restarted stream) would
+                // otherwise never be recorded again.
+                let now = edge.clock.now();
+                let newer = st
+                    .latest
+                    .as_ref()
+                    .is_none_or(|l| !l.scan.newer_than(&scan) || l.obj.staleness(now).is_some());
                 if newer {
                     st.latest = Some(Arc::new(Snapshot {
                         scan,

@@ -245,3 +245,42 @@ async fn a_varied_header_the_origin_saw_is_never_left_out_of_the_variant() {
         en.h("cache-status")
     );
 }
+
+/// A live stream whose media sequence starts over (an encoder restart) must not leave blocking
+/// reloads answered from the old stream's playlist. Before, the latest copy was replaced only
+/// by a copy listing more segments, and answered every request it "satisfied" stale or not:
+/// after the restart every `_HLS_msn` below the old stream's got the old playlist for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_live_stream_is_not_answered_from_the_old_streams_playlist() {
+    let origin = Origin::start().await;
+    let playlist = |first: u64| {
+        format!(
+            "#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXT-X-MEDIA-SEQUENCE:{first}\n\
+#EXTINF:1.0,\ns{first}.ts\n#EXTINF:1.0,\ns{}.ts\n",
+            first + 1
+        )
+    };
+    let scripted = |first| Script::ok(playlist(first)).header("cache-control", "max-age=1");
+    origin.script("/r/m.m3u8", scripted(1000));
+    let edge = TestEdge::start_with_tokio_clock(config_for(&origin.url(), "off")).await;
+    assert_eq!(edge.get("/r/m.m3u8").await.body, playlist(1000));
+    latest_recorded(&edge, &format!("http|{}|/r/m.m3u8", origin.addr())).await;
+
+    // The encoder restarts: the media sequence starts over.
+    origin.script("/r/m.m3u8", scripted(0));
+    edge.advance(std::time::Duration::from_secs(2)).await;
+    let r = edge.get("/r/m.m3u8?_HLS_msn=1").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, playlist(0), "{}", r.h("cache-status"));
+
+    // The new stream's copy becomes the latest one blocking reloads are answered from.
+    assert_eq!(edge.get("/r/m.m3u8").await.body, playlist(0));
+    edge.settle().await;
+    let r = edge.get("/r/m.m3u8?_HLS_msn=0").await;
+    assert_eq!(r.body, playlist(0));
+    assert!(
+        r.h("cache-status").contains("llhls-latest"),
+        "{}",
+        r.h("cache-status")
+    );
+}
