@@ -33,8 +33,24 @@ pub fn parse(h: &HeaderMap) -> Result<VarySpec, &'static str> {
             }
         }
     }
+    // A content-coded response the origin forgot to mark `Vary: Accept-Encoding` was still
+    // chosen by the leader's `Accept-Encoding` (the fill sends it): kept as the only variant,
+    // one viewer accepting gzip would hand gzip to every viewer that does not.
+    if coded(h) && !names.contains(&header::ACCEPT_ENCODING) {
+        names.push(header::ACCEPT_ENCODING);
+    }
     names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
     Ok(VarySpec(names))
+}
+
+/// Whether the response carries a content coding other than `identity`.
+fn coded(h: &HeaderMap) -> bool {
+    h.get_all(header::CONTENT_ENCODING).iter().any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .map(|c| c.trim_ascii())
+            .any(|c| !c.is_empty() && !c.eq_ignore_ascii_case(b"identity"))
+    })
 }
 
 impl VarySpec {

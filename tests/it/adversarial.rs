@@ -284,3 +284,36 @@ async fn a_restarted_live_stream_is_not_answered_from_the_old_streams_playlist()
         r.h("cache-status")
     );
 }
+
+/// A content-coded answer is chosen by the fill's `Accept-Encoding`, the leader's: when the
+/// origin forgets `Vary: Accept-Encoding`, the edge must still keep it apart from what other
+/// codings' viewers get. Before, one viewer accepting gzip had the gzip body stored as the only
+/// variant and served to viewers that cannot decode it.
+#[tokio::test]
+async fn a_content_coded_answer_without_vary_is_never_served_to_viewers_of_another_coding() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/c/app.js",
+        Script::ok("gzip bytes")
+            .header("cache-control", "max-age=3600")
+            .header("content-encoding", "gzip"),
+    );
+    let edge = TestEdge::start(crate::support::edge_config(&origin)).await;
+    let gz = edge
+        .get_with("/c/app.js", &[("accept-encoding", "gzip")])
+        .await;
+    assert_eq!(gz.h("content-encoding"), "gzip");
+    edge.settle().await;
+
+    origin.script(
+        "/c/app.js",
+        Script::ok("plain bytes").header("cache-control", "max-age=3600"),
+    );
+    let plain = edge.get("/c/app.js").await;
+    assert_eq!(
+        (plain.h("content-encoding"), &plain.body[..]),
+        ("", &b"plain bytes"[..]),
+        "a viewer without gzip got the gzip body ({})",
+        plain.h("cache-status")
+    );
+}
