@@ -85,6 +85,28 @@ impl CachedObject {
         (self.body.len() + head + 256) as u64
     }
 
+    /// Whether a `304 Not Modified` answer to a request conditional on this object's validators
+    /// selects it for update (RFC 9111 §4.3.4): a validator the 304 carries must be this
+    /// object's own. A 304 naming another `ETag` (or `Last-Modified`) validates some other
+    /// representation, and merged here it would relabel this body as that one.
+    pub fn revalidated_by(&self, not_modified: &HeaderMap) -> bool {
+        if let Some(tag) = not_modified.get(header::ETAG) {
+            // Weakly compared: an origin that weakens its tags on a 304 still names this one.
+            let opaque = |t: &HeaderValue| {
+                let b = t.as_bytes().trim_ascii();
+                b.strip_prefix(b"W/").unwrap_or(b).to_vec()
+            };
+            return self.etag().is_some_and(|own| opaque(own) == opaque(tag));
+        }
+        match (
+            not_modified.get(header::LAST_MODIFIED),
+            self.last_modified(),
+        ) {
+            (Some(new), Some(old)) => new == old,
+            _ => true,
+        }
+    }
+
     /// The stored headers updated by a `304 Not Modified` (RFC 9111 §4.3.4): each header the
     /// 304 carries replaces the stored one.
     pub fn merged_headers(&self, not_modified: &HeaderMap) -> HeaderMap {

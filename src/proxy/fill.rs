@@ -260,6 +260,24 @@ async fn run(
         })
     };
 
+    if parts.status == StatusCode::NOT_MODIFIED
+        && job
+            .stale
+            .as_ref()
+            .is_some_and(|s| !s.revalidated_by(&parts.headers))
+    {
+        // The 304 validates another representation than the stored one: nothing may be
+        // updated from it, so ask once more for the whole response (without conditionals: this
+        // cannot come back here).
+        Metrics::inc(&edge.metrics.origin_errors);
+        tracing::debug!(
+            key,
+            "304 naming another validator: fetching the whole response"
+        );
+        drop((_slot, body));
+        let job = FillJob { stale: None, ..job };
+        return Box::pin(run(edge, fill, guard, job)).await;
+    }
     if parts.status == StatusCode::NOT_MODIFIED {
         if let Some(stale) = &job.stale {
             // RFC 9111 §4.3.4: update the stored headers, keep the body.

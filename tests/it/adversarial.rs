@@ -317,3 +317,88 @@ async fn a_content_coded_answer_without_vary_is_never_served_to_viewers_of_anoth
         plain.h("cache-status")
     );
 }
+
+/// RFC 9111 §4.3.4: a 304 updates only the stored response whose validator it carries. An
+/// origin answering a revalidation of `"v1"` with a 304 naming `"v2"` (a changed object behind
+/// a broken conditional handler) validates nothing the edge holds. Before, its headers were
+/// merged: the `"v1"` body went out labelled `"v2"` and fresh for the 304's max-age; now the
+/// edge asks again for the whole response.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_304_naming_another_etag_never_relabels_the_stored_body() {
+    use std::convert::Infallible;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use hyper::service::service_fn;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    // v1 until the test moves the object on; then v2, as a 304 whenever asked conditionally.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let changed = Arc::new(AtomicBool::new(false));
+    let flag = changed.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let changed = flag.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let v2 = changed.load(Ordering::SeqCst);
+                    let conditional = req.headers().contains_key("if-none-match");
+                    let resp = match (v2, conditional) {
+                        (false, _) => http::Response::builder()
+                            .header("etag", "\"v1\"")
+                            .header("cache-control", "max-age=1")
+                            .body(Full::new(Bytes::from_static(b"version one"))),
+                        (_, true) => http::Response::builder()
+                            .status(304)
+                            .header("etag", "\"v2\"")
+                            .header("cache-control", "max-age=3600")
+                            .body(Full::new(Bytes::new())),
+                        (_, false) => http::Response::builder()
+                            .header("etag", "\"v2\"")
+                            .header("cache-control", "max-age=3600")
+                            .body(Full::new(Bytes::from_static(b"version two"))),
+                    };
+                    async move { Ok::<_, Infallible>(resp.expect("valid response")) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    let mut raw = vedge::config::RawConfig {
+        origin: Some(format!("http://{addr}")),
+        ram_size: Some("64MiB".into()),
+        ..Default::default()
+    };
+    raw.origin_client.first_byte_timeout = Some("5s".into());
+    raw.server.shutdown_grace = Some("1s".into());
+    let edge = TestEdge::start_with_tokio_clock(raw).await;
+    let one = edge.get("/e/obj.bin").await;
+    assert_eq!(
+        (&one.body[..], one.h("etag")),
+        (&b"version one"[..], "\"v1\"")
+    );
+    edge.settle().await;
+
+    changed.store(true, Ordering::SeqCst);
+    edge.advance(std::time::Duration::from_secs(2)).await;
+    let r = edge.get("/e/obj.bin").await;
+    assert_eq!(
+        (&r.body[..], r.h("etag")),
+        (&b"version two"[..], "\"v2\""),
+        "{}",
+        r.h("cache-status")
+    );
+    edge.settle().await;
+    let hit = edge.get("/e/obj.bin").await;
+    assert_eq!(
+        (&hit.body[..], hit.h("etag")),
+        (&b"version two"[..], "\"v2\"")
+    );
+}
