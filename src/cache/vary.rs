@@ -43,6 +43,17 @@ pub fn parse(h: &HeaderMap) -> Result<VarySpec, &'static str> {
     Ok(VarySpec(names))
 }
 
+/// Whether viewers may get different representations from what this response is one of:
+/// its `Vary` names a header other than `Accept-Encoding`, or it is content-coded. An uncoded
+/// answer varying only on `Accept-Encoding` (what many servers add to every response) suits
+/// every viewer: identity is always acceptable.
+pub fn selects_representation(h: &HeaderMap) -> bool {
+    match parse(h) {
+        Ok(spec) => coded(h) || spec.0.iter().any(|n| *n != header::ACCEPT_ENCODING),
+        Err(_) => true,
+    }
+}
+
 /// Whether the response carries a content coding other than `identity`.
 fn coded(h: &HeaderMap) -> bool {
     h.get_all(header::CONTENT_ENCODING).iter().any(|v| {

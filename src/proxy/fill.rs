@@ -341,7 +341,17 @@ async fn run(
     } else {
         parts.status
     };
-    let decision = decide(judged, &parts.headers, class);
+    let mut decision = decide(judged, &parts.headers, class);
+    // Slices and hinted ranges live under keys of their own that carry no `Vary` variant, and
+    // their readers do not check one: an answer that varies (`Vary: Origin` with a CORS header,
+    // say) would reach every viewer, so it is shared with none.
+    let unvaried = sliced.is_some() || job.hinted_from.is_some();
+    if unvaried
+        && !matches!(decision, Decision::Pass(_))
+        && vary::selects_representation(&parts.headers)
+    {
+        decision = Decision::Pass("vary-range");
+    }
     if let (Some(total), Decision::Store(freshness)) = (sliced, &decision) {
         slice::store_record(
             edge,

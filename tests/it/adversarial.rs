@@ -402,3 +402,82 @@ async fn a_304_naming_another_etag_never_relabels_the_stored_body() {
         (&b"version two"[..], "\"v2\"")
     );
 }
+
+/// Slices are kept under keys that carry no `Vary` variant. A sliced object the origin varies
+/// (`Vary: Origin` with the matching CORS header, what S3 and most CORS setups answer) was
+/// stored from the first viewer's answer and served to every other viewer: a player on another
+/// site got the first site's `Access-Control-Allow-Origin` and was blocked by its browser.
+/// Such an answer is now passed, never shared.
+#[tokio::test]
+async fn a_sliced_object_that_varies_is_never_served_to_another_variants_viewer() {
+    const MIB: usize = 1 << 20;
+    let body: Vec<u8> = (0..3 * MIB).map(|i| (i % 253) as u8).collect();
+    let origin = Origin::start().await;
+    let cors = |site: &str| {
+        Script::ok(body.clone())
+            .header("cache-control", "max-age=3600")
+            .header("content-type", "video/mp4")
+            .header("etag", "\"v1\"")
+            .header("vary", "Origin")
+            .header("access-control-allow-origin", site)
+            .ranged()
+    };
+    origin.script("/cors/big.mp4", cors("https://a.example"));
+    let mut raw = crate::support::edge_config(&origin);
+    raw.cache.slice_size = Some("1MiB".into());
+    let edge = TestEdge::start(raw).await;
+
+    let a = edge
+        .get_with("/cors/big.mp4", &[("origin", "https://a.example")])
+        .await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.h("access-control-allow-origin"), "https://a.example");
+    assert_eq!(a.body.len(), 3 * MIB);
+    edge.settle().await;
+
+    origin.script("/cors/big.mp4", cors("https://b.example"));
+    let b = edge
+        .get_with(
+            "/cors/big.mp4",
+            &[("origin", "https://b.example"), ("range", "bytes=0-99")],
+        )
+        .await;
+    assert_eq!(
+        b.h("access-control-allow-origin"),
+        "https://b.example",
+        "{}",
+        b.h("cache-status")
+    );
+    assert_eq!(&b.body[..], &body[..100]);
+}
+
+/// The other side of the rule above: an uncoded slice whose `Vary` names only
+/// `Accept-Encoding` (added to every response by many servers) suits every viewer and stays
+/// sliced and cached.
+#[tokio::test]
+async fn a_sliced_object_varying_only_on_accept_encoding_is_still_cached() {
+    const MIB: usize = 1 << 20;
+    let body: Vec<u8> = (0..3 * MIB).map(|i| (i % 241) as u8).collect();
+    let origin = Origin::start().await;
+    origin.script(
+        "/ae/big.mp4",
+        Script::ok(body.clone())
+            .header("cache-control", "max-age=3600")
+            .header("content-type", "video/mp4")
+            .header("vary", "Accept-Encoding")
+            .ranged(),
+    );
+    let mut raw = crate::support::edge_config(&origin);
+    raw.cache.slice_size = Some("1MiB".into());
+    let edge = TestEdge::start(raw).await;
+    let first = edge
+        .get_with("/ae/big.mp4", &[("accept-encoding", "gzip")])
+        .await;
+    assert_eq!(first.body.len(), 3 * MIB);
+    edge.settle().await;
+    let again = edge
+        .get_with("/ae/big.mp4", &[("range", "bytes=5-9")])
+        .await;
+    assert_eq!(&again.body[..], &body[5..10]);
+    assert_eq!(again.x_cache(), "HIT", "{}", again.h("cache-status"));
+}
