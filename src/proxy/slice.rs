@@ -73,6 +73,12 @@ impl From<RangeValue> for HeaderValue {
     }
 }
 
+/// Where slice `k + 1` starts. Saturating: an origin may announce a total near `u64::MAX`, and
+/// the last slice of that must not overflow (a panic, or a walk wrapping back to byte 0).
+fn next_slice_start(k: u64, size: u64) -> u64 {
+    k.saturating_add(1).saturating_mul(size)
+}
+
 /// The key of slice `n` of the object at `base`.
 pub fn slice_key(base: &str, n: u64) -> String {
     format!("{base}\0\x01slice={n}")
@@ -507,7 +513,7 @@ async fn respond(
         base: base.to_string(),
         size,
         version: sliced.head,
-        pos: ((k + 1) * size).min(end),
+        pos: next_slice_start(k, size).min(end),
         end,
         piece: Some(piece),
     };
@@ -543,7 +549,7 @@ impl Piece {
         end: u64,
     ) -> Result<Piece, EdgeError> {
         let at = k * size;
-        let (from, to) = (start.max(at) - at, end.min(at + size) - at);
+        let (from, to) = (start.max(at) - at, end.min(at.saturating_add(size)) - at);
         let from = usize::try_from(from).map_err(|_| OriginErr)?;
         let to = usize::try_from(to).map_err(|_| OriginErr)?;
         if to > obj.body.len() || from > to {
@@ -554,7 +560,7 @@ impl Piece {
 
     fn from_fill(fill: &Arc<Fill>, k: u64, size: u64, start: u64, end: u64) -> Piece {
         let at = k * size;
-        let (from, to) = (start.max(at) - at, end.min(at + size) - at);
+        let (from, to) = (start.max(at) - at, end.min(at.saturating_add(size)) - at);
         Piece::Reader(fill.reader(from, Some(to)))
     }
 }
@@ -628,7 +634,7 @@ impl Walk {
                         (self.pos, self.end),
                     );
                     self.piece = Some(next.await?);
-                    self.pos = ((k + 1) * self.size).min(self.end);
+                    self.pos = next_slice_start(k, self.size).min(self.end);
                 }
             }
         }

@@ -481,3 +481,37 @@ async fn a_sliced_object_varying_only_on_accept_encoding_is_still_cached() {
     assert_eq!(&again.body[..], &body[5..10]);
     assert_eq!(again.x_cache(), "HIT", "{}", again.h("cache-status"));
 }
+
+/// A hostile origin may announce any total length in a slice's `Content-Range`, up to
+/// `u64::MAX`. A viewer's range in the last slice of such an object overflowed the next slice's
+/// offset: the request task panicked (debug) or the walk wrapped back to byte 0 (release).
+#[tokio::test]
+async fn a_slice_total_near_u64_max_never_panics_the_request() {
+    const SIZE: u64 = 1 << 20;
+    let total = u64::MAX;
+    let start = (total - 1) / SIZE * SIZE;
+    let last = total - 1;
+    let body: Vec<u8> = (0..(last - start + 1)).map(|i| (i % 239) as u8).collect();
+    let origin = Origin::start().await;
+    origin.script(
+        "/huge/obj.mp4",
+        Script::status(206, body.clone())
+            .header("content-range", &format!("bytes {start}-{last}/{total}"))
+            .header("cache-control", "max-age=3600")
+            .header("content-type", "video/mp4")
+            .header("etag", "\"v1\""),
+    );
+    let mut raw = crate::support::edge_config(&origin);
+    raw.cache.slice_size = Some("1MiB".into());
+    let edge = TestEdge::start(raw).await;
+    let a = start + 100;
+    let r = edge
+        .get_with(
+            "/huge/obj.mp4",
+            &[("range", &format!("bytes={a}-{}", a + 9))],
+        )
+        .await;
+    assert_eq!(r.status, 206);
+    assert_eq!(r.h("content-range"), format!("bytes {a}-{}/{total}", a + 9));
+    assert_eq!(&r.body[..], &body[100..110]);
+}
