@@ -56,6 +56,8 @@ pub use vedge_manifest::delivery::Delivery as Directives;
 pub struct Scan {
     pub media_sequence: u64,
     pub target: Duration,
+    /// `EXT-X-PART-INF:PART-TARGET`, when given.
+    pub part_target: Option<Duration>,
     pub endlist: bool,
     /// Holds `EXT-X-SKIP` (a delta update).
     pub skipped: bool,
@@ -91,10 +93,47 @@ impl Scan {
         }
     }
 
-    /// More than two segments past the last one listed (RFC 8216bis §6.2.5.2: 400).
-    pub fn too_far(&self, msn: u64) -> bool {
+    /// More than two segments past the last one listed, or a part more than the Advance Part
+    /// Limit past the last part listed (RFC 8216bis §6.2.5.2: 400).
+    pub fn too_far(&self, msn: u64, part: Option<u64>) -> bool {
         // The last complete segment is next_msn - 1; allowed: up to last + 2.
-        msn > self.next_msn().saturating_add(1)
+        if msn > self.next_msn().saturating_add(1) {
+            return true;
+        }
+        match (part, self.parts_ahead(msn, part)) {
+            (Some(_), Some(ahead)) => ahead > self.advance_part_limit(),
+            _ => false,
+        }
+    }
+
+    /// How many parts `(msn, part)` lies past the last part listed; `None` when listed already
+    /// or when the playlist does not tell (no parts, or a later segment whose part count is
+    /// unknown).
+    fn parts_ahead(&self, msn: u64, part: Option<u64>) -> Option<u64> {
+        let (next, part) = (self.next_msn(), part?);
+        if msn < next || self.part_target.is_none() {
+            return None;
+        }
+        // Parts before the requested one in the segments between: as many as the fullest
+        // listed segment has.
+        let per_segment = self.segments.iter().map(|s| s.2.len() as u64).max();
+        let before = match msn - next {
+            0 => 0,
+            n => n.saturating_mul(per_segment.filter(|&p| p > 0)?),
+        };
+        let wanted = before.saturating_add(part);
+        let listed = self.trailing_parts.len() as u64;
+        // Part index `listed` is the next one to appear: it is 1 past the last listed.
+        wanted.checked_sub(listed).map(|d| d + 1)
+    }
+
+    /// RFC 8216bis §6.2.5.2: three divided by the part target when that is under a second
+    /// (three seconds of parts), else three.
+    fn advance_part_limit(&self) -> u64 {
+        match self.part_target {
+            Some(t) if t < Duration::from_secs(1) && !t.is_zero() => (3.0 / t.as_secs_f64()) as u64,
+            _ => 3,
+        }
     }
 
     /// Whether a newer playlist than `other` (more segments, or more parts).
@@ -145,6 +184,11 @@ pub fn scan(body: &[u8]) -> Option<Scan> {
                 s.target = Duration::from_secs_f64(secs);
             }
             s.media = true;
+        } else if let Some(v) = line.strip_prefix("#EXT-X-PART-INF:") {
+            let secs = attr(v, "PART-TARGET").and_then(|t| t.trim().parse::<f64>().ok());
+            if let Some(secs) = secs.filter(|t| t.is_finite() && *t > 0.0 && *t < 86_400.0) {
+                s.part_target = Some(Duration::from_secs_f64(secs));
+            }
         } else if line.starts_with("#EXT-X-ENDLIST") {
             s.endlist = true;
         } else if let Some(v) = line.strip_prefix("#EXT-X-SKIP:") {
@@ -430,9 +474,10 @@ pub async fn intercept(req: &Req<'_>) -> Result<Option<Response<Body>>, EdgeErro
             // Only a fresh copy may refuse: an old one would call a request "too far" that
             // the origin's current playlist allows.
             let fresh = s.obj.staleness(edge.clock.now()).is_none();
-            if fresh && s.scan.too_far(msn) {
+            if fresh && s.scan.too_far(msn, d.part) {
                 return Err(EdgeError::BadRequest(
-                    "_HLS_msn more than two segments past the playlist's last",
+                    "_HLS_msn more than two segments, or _HLS_part more than the advance part \
+                     limit, past the playlist's last",
                 ));
             }
             // Nor may a stale one answer: the origin may have restarted the stream (an encoder
@@ -718,9 +763,28 @@ mod tests {
         assert!(s.satisfies(12, Some(1)));
         assert!(!s.satisfies(12, Some(2)));
         assert!(!s.satisfies(12, None));
-        assert!(!s.too_far(13));
-        assert!(s.too_far(14));
+        assert!(!s.too_far(13, None));
+        assert!(s.too_far(14, None));
         assert_eq!(s.hints, vec!["part_12_2.m4s".to_string()]);
+    }
+
+    #[test]
+    fn parts_past_the_advance_part_limit_are_too_far() {
+        let pl = LL.replace(
+            "#EXT-X-MEDIA-SEQUENCE",
+            "#EXT-X-PART-INF:PART-TARGET=0.5\n#EXT-X-MEDIA-SEQUENCE",
+        );
+        let s = scan(pl.as_bytes()).expect("playlist");
+        // Parts 12.0 and 12.1 listed; the limit is 3 / 0.5 = 6 parts past 12.1.
+        assert!(!s.too_far(12, Some(7)));
+        assert!(s.too_far(12, Some(8)));
+        assert!(s.too_far(12, Some(u64::MAX)));
+        // Segment 13: one part per segment listed (segment 10's), so 13.4 is 12.5: 4 past.
+        assert!(!s.too_far(13, Some(4)));
+        assert!(s.too_far(13, Some(7)));
+        assert!(!s.too_far(11, Some(99)), "listed already");
+        // Without a part target nothing is judged by parts.
+        assert!(!scan(LL.as_bytes()).expect("playlist").too_far(12, Some(99)));
     }
 
     #[test]

@@ -515,3 +515,32 @@ async fn a_slice_total_near_u64_max_never_panics_the_request() {
     assert_eq!(r.h("content-range"), format!("bytes {a}-{}/{total}", a + 9));
     assert_eq!(&r.body[..], &body[100..110]);
 }
+
+/// RFC 8216bis §6.2.5.2: an `_HLS_part` more than the Advance Part Limit (three seconds of
+/// parts) past the last part listed is answered 400 at once. Before, only `_HLS_msn` was
+/// checked: `_HLS_part=99999` of the segment in progress went to the origin (or was held).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_hls_part_past_the_advance_part_limit_is_400() {
+    let origin = Origin::start().await;
+    let playlist = "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-PART-INF:PART-TARGET=0.5\n\
+#EXT-X-MEDIA-SEQUENCE:10\n\
+#EXT-X-PART:DURATION=0.5,URI=\"p10_0.m4s\"\n#EXT-X-PART:DURATION=0.5,URI=\"p10_1.m4s\"\n\
+#EXT-X-PART:DURATION=0.5,URI=\"p10_2.m4s\"\n#EXT-X-PART:DURATION=0.5,URI=\"p10_3.m4s\"\n\
+#EXTINF:2.0,\ns10.m4s\n\
+#EXT-X-PART:DURATION=0.5,URI=\"p11_0.m4s\"\n#EXT-X-PART:DURATION=0.5,URI=\"p11_1.m4s\"\n";
+    origin.script(
+        "/apl/m.m3u8",
+        Script::ok(playlist).header("cache-control", "max-age=10"),
+    );
+    let edge = TestEdge::start(config_for(&origin.url(), "off")).await;
+    assert_eq!(edge.get("/apl/m.m3u8").await.status, 200);
+    latest_recorded(&edge, &format!("http|{}|/apl/m.m3u8", origin.addr())).await;
+    for q in ["_HLS_msn=11&_HLS_part=99999", "_HLS_msn=12&_HLS_part=5"] {
+        let r = edge.get(&format!("/apl/m.m3u8?{q}")).await;
+        assert_eq!(r.status, 400, "{q}: {}", r.h("cache-status"));
+    }
+    assert_eq!(origin.count("/apl/m.m3u8"), 1, "nothing went upstream");
+    // Within the limit: answered (here by the origin, which has nothing newer).
+    let ok = edge.get("/apl/m.m3u8?_HLS_msn=11&_HLS_part=4").await;
+    assert_eq!(ok.status, 200);
+}
