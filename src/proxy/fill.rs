@@ -363,7 +363,18 @@ async fn run(
         );
     }
     if let Decision::Pass(reason) = decision {
-        edge.remember_pass(&job.base_key, cache.hit_for_pass_ttl);
+        // A pass learnt from one variant's answer is that variant's: one viewer sending an odd
+        // value of a varied header must not send every other variant (cached ones included)
+        // past the cache. Slices and hinted ranges have no variants: theirs is the object's.
+        let pass_key = match vary::parse(&parts.headers) {
+            Ok(spec) if !spec.is_empty() && !unvaried => {
+                let variant = spec.variant(&asked);
+                edge.vary_index.insert(job.base_key.clone(), Arc::new(spec));
+                format!("{}{variant}", job.base_key)
+            }
+            _ => job.base_key.clone(),
+        };
+        edge.remember_pass(&pass_key, cache.hit_for_pass_ttl);
         if job.stale.is_some() {
             edge.purge_key(key);
         }

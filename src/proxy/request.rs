@@ -341,6 +341,13 @@ async fn lookup(req: &Req<'_>, at: &mut Lookup) -> Phase {
         Some(spec) => format!("{}{}", at.base_key, spec.variant(&req.parts.headers)),
         None => at.base_key.clone(),
     };
+    // A variant the origin would not let be shared (`proxy::fill` remembers it per variant).
+    if at.key != at.base_key && edge.is_hit_for_pass(&at.key) {
+        return Phase::Pass {
+            reason: "hit-for-pass",
+            status: CacheStatus::Bypass,
+        };
+    }
     let now = edge.clock.now();
     match edge.lookup(&at.key).await {
         Some((obj, tier)) => match obj.staleness(now) {

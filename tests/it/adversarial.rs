@@ -544,3 +544,41 @@ async fn an_hls_part_past_the_advance_part_limit_is_400() {
     let ok = edge.get("/apl/m.m3u8?_HLS_msn=11&_HLS_part=4").await;
     assert_eq!(ok.status, 200);
 }
+
+/// Hit-for-pass learnt from one variant's answer is that variant's. An origin that will not
+/// let one odd value of a varied header be shared (a `Set-Cookie` for an unknown device, say)
+/// made the edge remember the whole URL as uncacheable: every viewer of every variant, cached
+/// ones included, went past the cache to the origin for `hit_for_pass_ttl`.
+#[tokio::test]
+async fn one_variants_uncacheable_answer_never_sends_other_variants_past_the_cache() {
+    let origin = Origin::start().await;
+    let by_device = || {
+        Script::ok("media")
+            .header("cache-control", "max-age=3600")
+            .header("vary", "X-Device")
+    };
+    origin.script("/hfp/seg.ts", by_device());
+    let edge = TestEdge::start(crate::support::edge_config(&origin)).await;
+    let tv = || edge.get_with("/hfp/seg.ts", &[("x-device", "tv")]);
+    assert_eq!(tv().await.status, 200);
+    edge.settle().await;
+    assert_eq!(tv().await.x_cache(), "HIT");
+
+    // One viewer's odd device gets an answer the origin marks per viewer.
+    origin.script("/hfp/seg.ts", by_device().header("set-cookie", "d=odd"));
+    let odd = edge.get_with("/hfp/seg.ts", &[("x-device", "odd")]).await;
+    assert_eq!(odd.status, 200);
+    edge.settle().await;
+    origin.script("/hfp/seg.ts", by_device());
+
+    let after = tv().await;
+    assert_eq!(after.x_cache(), "HIT", "{}", after.h("cache-status"));
+    let phone = || edge.get_with("/hfp/seg.ts", &[("x-device", "phone")]);
+    assert_eq!(phone().await.status, 200);
+    edge.settle().await;
+    let again = phone().await;
+    assert_eq!(again.x_cache(), "HIT", "{}", again.h("cache-status"));
+    // The odd variant itself still passes.
+    let odd = edge.get_with("/hfp/seg.ts", &[("x-device", "odd")]).await;
+    assert_eq!(odd.x_cache(), "BYPASS", "{}", odd.h("cache-status"));
+}
