@@ -277,7 +277,8 @@ pub struct Snapshot {
     pub scan: Scan,
     pub obj: Arc<CachedObject>,
     /// The `Vary` variant it was stored under (`\0name=value...`, empty when it does not
-    /// vary): only a request of the same variant may be answered from it.
+    /// vary): only a request of the same variant may be answered from it (unless the variants
+    /// cannot differ, `serves`).
     pub variant: String,
 }
 
@@ -285,7 +286,9 @@ impl Snapshot {
     /// Whether this copy is the variant `req` would be served (as `proxy::request::lookup`
     /// picks one): another viewer's variant must never answer it.
     fn serves(&self, req: &http::HeaderMap) -> bool {
-        self.obj.vary.variant(req) == self.variant
+        // An uncoded copy varying only on Accept-Encoding suits every viewer.
+        !crate::cache::vary::selects_representation(&self.obj.headers)
+            || self.obj.vary.variant(req) == self.variant
     }
 }
 

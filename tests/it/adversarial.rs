@@ -133,6 +133,15 @@ async fn a_live_playlist_varying_on_accept_encoding_still_answers_blocking_reloa
         "{}",
         r.h("cache-status")
     );
+    // An uncoded copy suits viewers of any Accept-Encoding.
+    let gz = edge
+        .get_with("/ae/m.m3u8?_HLS_msn=1", &[("accept-encoding", "gzip")])
+        .await;
+    assert!(
+        gz.h("cache-status").contains("llhls-latest"),
+        "{}",
+        gz.h("cache-status")
+    );
     assert_eq!(origin.count("/ae/m.m3u8"), 1);
 }
 
