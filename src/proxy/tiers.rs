@@ -38,6 +38,11 @@ impl Edge {
                 // Second request for an object not on disk yet: pulled objects are admitted
                 // to the SSD on their second request.
                 self.offer_to_store(key, &o);
+            } else if let Some(store) = &self.store {
+                // The store keeps objects by their hits: a hit served from RAM counts too, or
+                // an object hot enough to live in RAM loses its disk copy and is fetched from
+                // the origin again the moment RAM lets it go.
+                store.touch(key.as_bytes());
             }
             return Some((o, Tier::Ram));
         }

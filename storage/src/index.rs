@@ -32,14 +32,22 @@ impl Hasher for IdentityHasher {
 pub(crate) type HashIndex<V> = HashMap<KeyHash, V, BuildHasherDefault<IdentityHasher>>;
 
 pub(crate) const PINNED: u32 = 1 << 31;
-pub(crate) const HIT: u32 = 1 << 30;
-const BLOCKS_MASK: u32 = HIT - 1;
+/// A two-bit hit counter (0-3) lives in bits 28-29: raised by every hit, disk or RAM tier
+/// ([`Entry::record_hit`]), lowered by one each time eviction keeps the object. RAM only: never
+/// written to a summary or snapshot (those keep [`PERSISTED`]).
+const FREQ_SHIFT: u32 = 28;
+const FREQ_MASK: u32 = 3 << FREQ_SHIFT;
+pub(crate) const MAX_FREQ: u32 = 3;
+/// Extents are at most a quarter of a 4 GiB region: 2^18 blocks, well inside 28 bits.
+const BLOCKS_MASK: u32 = (1 << FREQ_SHIFT) - 1;
+/// The flags that go to disk: extent and pin.
+pub(crate) const PERSISTED: u32 = PINNED | BLOCKS_MASK;
 
 /// Where an object lives: global block (4 KiB units from the data start), extent and flags.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Entry {
     pub block: u32,
-    /// Extent in blocks (low 30 bits) | PINNED | HIT.
+    /// Extent in blocks (low 28 bits) | hit counter (bits 28-29) | bit 30 unused | PINNED.
     pub blocks_flags: u32,
     pub tagset: u32,
 }
@@ -54,8 +62,16 @@ impl Entry {
     pub(crate) fn pinned(&self) -> bool {
         self.blocks_flags & PINNED != 0
     }
-    pub(crate) fn hit(&self) -> bool {
-        self.blocks_flags & HIT != 0
+    /// Hits since the object was written or last kept by eviction, saturating at [`MAX_FREQ`].
+    pub(crate) fn freq(&self) -> u32 {
+        (self.blocks_flags & FREQ_MASK) >> FREQ_SHIFT
+    }
+    pub(crate) fn set_freq(&mut self, f: u32) {
+        self.blocks_flags =
+            (self.blocks_flags & !FREQ_MASK) | (f.min(MAX_FREQ) << FREQ_SHIFT);
+    }
+    pub(crate) fn record_hit(&mut self) {
+        self.set_freq(self.freq() + 1);
     }
     pub(crate) fn set_flag(&mut self, flag: u32, on: bool) {
         if on {
@@ -180,6 +196,26 @@ mod tests {
         }
         let per = index_bytes(&m) as f64 / m.len() as f64;
         assert!(per <= 64.0, "{per} bytes per object");
+    }
+
+    #[test]
+    fn hit_counter_saturates_and_never_touches_extent_or_pin() {
+        let mut e = Entry {
+            block: 7,
+            blocks_flags: BLOCKS_MASK | PINNED,
+            tagset: 0,
+        };
+        for want in [1, 2, 3, 3, 3] {
+            e.record_hit();
+            assert_eq!(e.freq(), want);
+        }
+        assert_eq!(e.blocks(), BLOCKS_MASK);
+        assert!(e.pinned());
+        assert_eq!(e.blocks_flags & PERSISTED, BLOCKS_MASK | PINNED);
+        e.set_freq(0);
+        assert_eq!(e.blocks_flags, BLOCKS_MASK | PINNED);
+        let max_extent_blocks = ((4u64 << 30) / 4 / crate::format::BLOCK) as u32;
+        assert!(max_extent_blocks <= BLOCKS_MASK);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::format::{
     self, KeyHash, Layout, RegionSnap, RegionState, SbRead, Snapshot, SumEntry, Superblock, BLOCK,
     FORMAT_VERSION,
 };
-use crate::index::{Entry, HIT, PINNED};
+use crate::index::{Entry, PERSISTED, PINNED};
 use crate::io::{psync::PsyncEngine, uring::UringEngine, Io, IoEngine, OwnedFile, PSYNC_THREADS};
 use crate::journal::{self, Journal, Record};
 use crate::store::{Inner, RegionMeta, State};
@@ -321,7 +321,7 @@ async fn load_snapshot(
         }
         let entry = Entry {
             block: e.block,
-            blocks_flags: e.blocks_flags & !HIT,
+            blocks_flags: e.blocks_flags & PERSISTED,
             tagset: ids[e.tagset as usize],
         };
         st.index_put(e.hash, entry);
@@ -394,7 +394,7 @@ pub(crate) async fn recover(
                     seq: (gen << 32) | u64::from(e.block),
                     hash: e.hash,
                     block: base + e.block,
-                    blocks_flags: e.blocks_flags & !HIT,
+                    blocks_flags: e.blocks_flags & PERSISTED,
                     tags: e.tagset,
                 });
             }
@@ -608,7 +608,7 @@ pub(crate) async fn write_snapshot(
             snap.entries.push(SumEntry {
                 hash: *h,
                 block: e.block,
-                blocks_flags: e.blocks_flags & !HIT,
+                blocks_flags: e.blocks_flags & PERSISTED,
                 tagset: ts,
             });
         }

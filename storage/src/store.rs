@@ -17,7 +17,7 @@ use crate::buf::round_up;
 use crate::config::{Admit, Hit, Meta, SkipReason, Source, StoreConfig, StoreStats};
 use crate::error::StoreError;
 use crate::format::{self, key_hash, KeyHash, Layout, RegionState};
-use crate::index::{index_bytes, Entry, HashIndex, TagSets, HIT, PINNED};
+use crate::index::{index_bytes, Entry, HashIndex, TagSets, MAX_FREQ, PINNED};
 use crate::io::Io;
 use crate::journal::{Journal, Purge, Record, Selector};
 use crate::object_buf::ObjectBuf;
@@ -43,6 +43,9 @@ pub(crate) struct Pending {
     pub obj: Arc<Obj>,
     pub pinned: bool,
     pub extent: u64,
+    /// Hit counter the entry starts with once written: hits while the write is queued, or
+    /// what eviction left of the counter of a reinserted object.
+    pub freq: u32,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -314,7 +317,6 @@ pub(crate) struct WriteJob {
     pub in_place: Option<Box<ObjectBuf>>,
     pub extent: u64,
     pub durable: bool,
-    pub reinsert: bool,
     pub done: Option<oneshot::Sender<Result<(), StoreError>>>,
 }
 
@@ -572,8 +574,9 @@ impl Store {
         let h = inner.hash(key);
         let (e, gen, soft_purged) = {
             let mut st = inner.st.lock();
-            if let Some(p) = st.pending.get(&h) {
+            if let Some(p) = st.pending.get_mut(&h) {
                 if let (true, Some(body)) = (p.obj.key == key, &p.obj.body) {
+                    p.freq = (p.freq + 1).min(MAX_FREQ);
                     let mut meta = p.obj.meta.clone();
                     meta.pinned = p.pinned;
                     let body = body.clone();
@@ -587,7 +590,7 @@ impl Store {
                 }
             }
             let found = st.index.get_mut(&h).map(|e| {
-                e.set_flag(HIT, true);
+                e.record_hit();
                 *e
             });
             match found {
@@ -640,6 +643,25 @@ impl Store {
                 None
             }
         }
+    }
+
+    /// Records a hit on `key` served by a tier above the store (the edge's RAM tier), without
+    /// reading anything: eviction keeps objects by their hits, and an object that is hot in RAM
+    /// must keep its disk copy for when RAM lets it go. By hash only (a 128-bit collision could
+    /// at worst keep another object longer). Returns whether `key` is stored or being written.
+    pub fn touch(&self, key: &[u8]) -> bool {
+        let inner = self.inner();
+        let h = inner.hash(key);
+        let mut st = inner.st.lock();
+        if let Some(e) = st.index.get_mut(&h) {
+            e.record_hit();
+            return true;
+        }
+        if let Some(p) = st.pending.get_mut(&h) {
+            p.freq = (p.freq + 1).min(MAX_FREQ);
+            return true;
+        }
+        false
     }
 
     /// Queues `body` for writing without waiting. See [`Admit`] for why it may be skipped.
@@ -785,6 +807,7 @@ impl Store {
                     obj: obj.clone(),
                     pinned,
                     extent,
+                    freq: 0,
                 },
             ) {
                 if old.pinned {
@@ -800,7 +823,6 @@ impl Store {
             in_place,
             extent,
             durable,
-            reinsert: false,
             done,
         };
         if self.handle.tx.send(Job::Write(job)).is_err() {

@@ -5,8 +5,8 @@
 //! write has completed, and leaves the in-RAM pending map at the same moment, so lookups see it
 //! throughout. A region is sealed (summary + trailer written) only after every write into it has
 //! completed. Eviction takes the oldest sealed region: live objects that are pinned, or were hit
-//! and fit the reinsertion budget (a quarter of user bytes written, so at most 20 % of all
-//! writes), are read back, verified and queued again; the rest leave the index.
+//! since they were written or last kept (most hits first, at most 7/8 of a region), are read
+//! back, verified and queued again with one hit less; the rest leave the index.
 //!
 //! When the channel closes (every `Store` handle dropped) the task finishes what is queued and
 //! exits without a snapshot. On `Close` it does the same and hands the active region back.
@@ -23,7 +23,7 @@ use crate::buf::{round_up, AlignedBuf};
 use crate::error::StoreError;
 use crate::format::{self, KeyHash, RegionState, BLOCK, SUMMARY_ENTRY, SUMMARY_FIXED};
 use crate::index::{Entry, PINNED};
-use crate::store::{expired, Inner, Job, Obj, Pending, RegionMeta, WriteJob};
+use crate::store::{expired, Inner, Job, Obj, Pending, ReadErr, RegionMeta, WriteJob};
 
 const MAX_WRITES: usize = 8;
 
@@ -53,7 +53,6 @@ struct Writer {
     active: Option<Active>,
     inflight: JoinSet<Done>,
     local: VecDeque<WriteJob>,
-    credit: i64,
 }
 
 pub(crate) fn spawn(
@@ -66,7 +65,6 @@ pub(crate) fn spawn(
         active,
         inflight: JoinSet::new(),
         local: VecDeque::new(),
-        credit: 0,
     };
     tokio::spawn(async move {
         loop {
@@ -129,9 +127,7 @@ impl Writer {
             return;
         };
         let inner = &self.inner;
-        if !job.reinsert {
-            inner.c.queued_bytes.fetch_sub(job.extent, Relaxed);
-        }
+        inner.c.queued_bytes.fetch_sub(job.extent, Relaxed);
         let result = match res {
             Ok(()) => {
                 let mut st = inner.st.lock();
@@ -142,24 +138,19 @@ impl Writer {
                     if p.pinned {
                         flags |= PINNED;
                     }
-                    st.index_put(
-                        job.hash,
-                        Entry {
-                            block,
-                            blocks_flags: flags,
-                            tagset,
-                        },
-                    );
+                    let mut e = Entry {
+                        block,
+                        blocks_flags: flags,
+                        tagset,
+                    };
+                    e.set_freq(p.freq);
+                    st.index_put(job.hash, e);
                     if let Some(a) = self.active.as_mut() {
                         a.objects.push(job.hash);
                     }
                 }
                 drop(st);
                 inner.c.bytes_written.fetch_add(job.extent, Relaxed);
-                if !job.reinsert {
-                    let cap = inner.layout.region_size as i64;
-                    self.credit = (self.credit + job.extent as i64 / 4).min(cap);
-                }
                 Ok(())
             }
             Err(e) => {
@@ -187,9 +178,7 @@ impl Writer {
             .is_some_and(|p| p.id == job.id);
         if !current {
             // Removed or replaced while queued: nothing to write.
-            if !job.reinsert {
-                inner.c.queued_bytes.fetch_sub(job.extent, Relaxed);
-            }
+            inner.c.queued_bytes.fetch_sub(job.extent, Relaxed);
             if let Some(tx) = job.done.take() {
                 let _ = tx.send(Ok(()));
             }
@@ -208,9 +197,7 @@ impl Writer {
                 }
                 drop(st);
                 inner.c.refused_writes.fetch_add(1, Relaxed);
-                if !job.reinsert {
-                    inner.c.queued_bytes.fetch_sub(job.extent, Relaxed);
-                }
+                inner.c.queued_bytes.fetch_sub(job.extent, Relaxed);
                 if let Some(tx) = job.done.take() {
                     let _ = tx.send(Err(e));
                 }
@@ -227,9 +214,7 @@ impl Writer {
             .get(&job.hash)
             .is_some_and(|p| p.id == job.id);
         if !still_current {
-            if !job.reinsert {
-                inner.c.queued_bytes.fetch_sub(job.extent, Relaxed);
-            }
+            inner.c.queued_bytes.fetch_sub(job.extent, Relaxed);
             if let Some(tx) = job.done.take() {
                 let _ = tx.send(Ok(()));
             }
@@ -388,13 +373,17 @@ impl Writer {
         Ok(())
     }
 
-    /// Empties `region`: keeps (reinserts) pinned objects and, within budget, unexpired objects
-    /// that were hit; drops the rest from the index.
+    /// Empties `region`: keeps (reinserts) pinned objects and unexpired objects hit since they
+    /// were written or last kept, most hits first, up to [`KEEP_SHARE`] of a region; drops the
+    /// rest from the index. A kept object's hit counter goes down by one, so an object that is
+    /// no longer asked for leaves within three passes (a CLOCK with a two-bit counter: on a
+    /// Zipf workload this holds the popular set like an LRU would, where FIFO regions alone
+    /// lose every popular object once per lap of the store).
     async fn evict(&mut self, region: u32) {
         let inner = self.inner.clone();
         let layout = inner.layout;
         let allow_pinned = inner.cfg.allow_pinned_eviction;
-        let (cands, gen) = {
+        let (mut cands, gen) = {
             let st = inner.st.lock();
             let c: Vec<(KeyHash, Entry)> = st
                 .index
@@ -404,28 +393,61 @@ impl Writer {
                 .collect();
             (c, st.regions[region as usize].gen)
         };
-        let mut keep = Vec::new();
-        for (h, e) in &cands {
-            let must = e.pinned() && !allow_pinned;
-            let want = must || (e.hit() && self.credit >= e.bytes() as i64);
-            if !want {
-                continue;
+        let must = |e: &Entry| e.pinned() && !allow_pinned;
+        // Pinned first, then by hits; ties in disk order (oldest first).
+        cands.sort_by_key(|(_, e)| (!must(e), std::cmp::Reverse(e.freq()), e.block));
+        let budget = keep_budget(layout.region_size);
+        let mut kept_bytes = 0u64;
+        let wanted: Vec<(KeyHash, Entry)> = cands
+            .iter()
+            .filter(|(_, e)| {
+                let want =
+                    must(e) || (e.freq() > 0 && kept_bytes + e.bytes() <= budget);
+                if want && !must(e) {
+                    kept_bytes += e.bytes();
+                }
+                want
+            })
+            .copied()
+            .collect();
+        // Read back (and verify) the kept objects a few at a time: a region's worth in series
+        // would stall the writer for one device read per object.
+        let mut keep = Vec::with_capacity(wanted.len());
+        let mut reads = JoinSet::new();
+        let mut next = wanted.into_iter();
+        loop {
+            while reads.len() < MAX_WRITES {
+                let Some((h, e)) = next.next() else { break };
+                let inner = inner.clone();
+                reads.spawn(async move { (h, e, inner.read_verified(h, e, gen).await) });
             }
-            let Ok(obj) = inner.read_verified(*h, *e, gen).await else {
-                continue;
+            let Some(done) = reads.join_next().await else {
+                break;
             };
-            if !must && expired(&obj.meta) {
+            let Ok((h, e, res)) = done else { continue };
+            let obj = match res {
+                Ok(obj) => obj,
+                // Not kept, so never served: it leaves the index with the rest of the region.
+                Err(ReadErr::Corrupt) => {
+                    tracing::warn!(block = e.block, "corrupt object dropped by eviction");
+                    inner.c.corrupt_reads.fetch_add(1, Relaxed);
+                    continue;
+                }
+                Err(ReadErr::Io) => {
+                    inner.c.read_errors.fetch_add(1, Relaxed);
+                    continue;
+                }
+            };
+            if !must(&e) && expired(&obj.meta) {
                 continue;
             }
-            if !must {
-                self.credit -= e.bytes() as i64;
-            }
-            keep.push((*h, *e, obj));
+            keep.push((h, e, obj));
         }
         let mut st = inner.st.lock();
         let mut removed = std::collections::HashSet::new();
         for (h, e) in &cands {
-            if st.index.get(h) == Some(e) {
+            // Compare locations, not flags: the hit counter may have moved since.
+            if st.index.get(h).is_some_and(|x| x.block == e.block) {
                 st.index_remove(h);
                 removed.insert(*h);
             }
@@ -458,8 +480,11 @@ impl Writer {
                     obj: o.clone(),
                     pinned,
                     extent,
+                    freq: e.freq().saturating_sub(1),
                 },
             );
+            // Counted with the queued writes, so new admissions wait while it is in RAM.
+            inner.c.queued_bytes.fetch_add(extent, Relaxed);
             self.local.push_back(WriteJob {
                 hash: h,
                 id,
@@ -467,7 +492,6 @@ impl Writer {
                 in_place: None,
                 extent,
                 durable: false,
-                reinsert: true,
                 done: None,
             });
         }
@@ -476,6 +500,15 @@ impl Writer {
         inner.c.evictions.fetch_add(dropped, Relaxed);
         inner.c.regions_evicted.fetch_add(1, Relaxed);
     }
+}
+
+/// Share of a region that eviction may keep: every reclaim frees at least an eighth of a
+/// region, so reinsertion writes at most 7 bytes per new byte even when everything is hot.
+pub(crate) const KEEP_SHARE: (u64, u64) = (7, 8);
+
+/// Bytes of hit (unpinned) objects one eviction of a region of `region_size` may keep.
+pub(crate) fn keep_budget(region_size: u64) -> u64 {
+    region_size / KEEP_SHARE.1 * KEEP_SHARE.0
 }
 
 fn write_error(inner: &Inner, e: io::Error) -> StoreError {
@@ -524,7 +557,7 @@ pub(crate) async fn write_summary(
             entries.push(format::SumEntry {
                 hash: *h,
                 block: e.block - base,
-                blocks_flags: e.blocks_flags & !crate::index::HIT,
+                blocks_flags: e.blocks_flags & crate::index::PERSISTED,
                 tagset: ts,
             });
         }
