@@ -396,7 +396,12 @@ impl Writer {
         let must = |e: &Entry| e.pinned() && !allow_pinned;
         // Pinned first, then by hits; ties in disk order (oldest first).
         cands.sort_by_key(|(_, e)| (!must(e), std::cmp::Reverse(e.freq()), e.block));
-        let budget = keep_budget(layout.region_size);
+        // Kept objects are held in RAM from their read to their rewrite, counted with the
+        // queued writes (new admissions wait meanwhile): together they stay within
+        // `max_queued_bytes`, the store's share of the memory budget.
+        let queued = inner.c.queued_bytes.load(Relaxed);
+        let budget = keep_budget(layout.region_size)
+            .min(inner.cfg.max_queued_bytes.saturating_sub(queued));
         let mut kept_bytes = 0u64;
         let wanted: Vec<(KeyHash, Entry)> = cands
             .iter()
@@ -410,6 +415,9 @@ impl Writer {
             })
             .copied()
             .collect();
+        let reserved: u64 = wanted.iter().map(|(_, e)| e.bytes()).sum();
+        inner.c.queued_bytes.fetch_add(reserved, Relaxed);
+        let mut unreserved = reserved;
         // Read back (and verify) the kept objects a few at a time: a region's worth in series
         // would stall the writer for one device read per object.
         let mut keep = Vec::with_capacity(wanted.len());
@@ -483,8 +491,7 @@ impl Writer {
                     freq: e.freq().saturating_sub(1),
                 },
             );
-            // Counted with the queued writes, so new admissions wait while it is in RAM.
-            inner.c.queued_bytes.fetch_add(extent, Relaxed);
+            unreserved -= extent;
             self.local.push_back(WriteJob {
                 hash: h,
                 id,
@@ -497,6 +504,8 @@ impl Writer {
         }
         st.regions[region as usize].state = RegionState::Free;
         drop(st);
+        // What was reserved for objects not kept after all (unreadable, expired, replaced).
+        inner.c.queued_bytes.fetch_sub(unreserved, Relaxed);
         inner.c.evictions.fetch_add(dropped, Relaxed);
         inner.c.regions_evicted.fetch_add(1, Relaxed);
     }
