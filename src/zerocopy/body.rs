@@ -351,6 +351,13 @@ impl MemFile {
             // SAFETY: advice on whole huge pages of our mapping; failure only loses huge pages.
             unsafe { libc::madvise(start as *mut libc::c_void, huge, libc::MADV_HUGEPAGE) };
         }
+        // Every byte of the body is written right after (a disk hit's copy, a fill as it
+        // arrives): fault the pages in with one call rather than one trap per 4 KiB page
+        // (perf on disk hits of 1-2 MiB objects: the traps were a fifth of the edge's CPU).
+        // After the huge-page advice, so advised ranges still get huge pages. Advisory: on a
+        // kernel without it (before 5.14) the pages fault in on first write as before.
+        // SAFETY: the range is exactly our fresh mapping.
+        unsafe { libc::madvise(start as *mut libc::c_void, mapped, libc::MADV_POPULATE_WRITE) };
         let ptr = NonNull::new(start as *mut u8).ok_or_else(io::Error::last_os_error)?;
         zc.live.fetch_add(1, Relaxed);
         Ok(MemFile {

@@ -43,6 +43,8 @@ pub struct StoreConfig {
     /// beyond it inserts are skipped as `Busy` (one object is always accepted into an empty
     /// queue). Default 256 MiB. A queued body may be the edge's only copy once its RAM tier
     /// has evicted it, so this is memory on top of the RAM tier: size it with the memory budget.
+    /// Objects that eviction keeps are held in RAM between their read-back and their rewrite and
+    /// count here too (a reclaim keeps at most what is left of this bound).
     pub max_queued_bytes: u64,
     /// Whether eviction may drop pinned objects. Default false: they are rewritten instead.
     pub allow_pinned_eviction: bool,

@@ -2,8 +2,10 @@
 //!
 //! Immutable objects (video segments, 0.1-10 MB) are appended to fixed-size regions of one
 //! preallocated file or block device, found through an in-RAM index of 128-bit key hashes, and
-//! evicted a whole region at a time, oldest first. It knows nothing of HTTP: keys are opaque
-//! bytes, values are a body plus a small [`Meta`].
+//! evicted a whole region at a time, oldest first, rewriting the objects hit since their last
+//! pass (a CLOCK with a two-bit hit counter; [`Store::touch`] counts hits served by a tier
+//! above). It knows nothing of HTTP: keys are opaque bytes, values are a body plus a small
+//! [`Meta`].
 //!
 //! Module map:
 //! - [`store`](crate::Store): the handle, lookups with shared and verified reads, removal, pins.
