@@ -452,21 +452,23 @@ impl Writer {
             keep.push((h, e, obj));
         }
         let mut st = inner.st.lock();
-        let mut removed = std::collections::HashSet::new();
+        // Each object still where it was, with its hit counter as it is now (hits may have
+        // come in during the reads).
+        let mut removed = std::collections::HashMap::new();
         for (h, e) in &cands {
-            // Compare locations, not flags: the hit counter may have moved since.
             if st.index.get(h).is_some_and(|x| x.block == e.block) {
-                st.index_remove(h);
-                removed.insert(*h);
+                if let Some(now) = st.index_remove(h) {
+                    removed.insert(*h, now.freq());
+                }
             }
         }
         let mut dropped = removed.len() as u64;
         for (h, e, obj) in keep {
             // Skip objects removed (or purged by prefix) or replaced while we were reading them.
-            if !removed.contains(&h)
-                || st.pending.contains_key(&h)
-                || st.prefix_dead(&layout, &obj.key, &e)
-            {
+            let Some(&freq) = removed.get(&h) else {
+                continue;
+            };
+            if st.pending.contains_key(&h) || st.prefix_dead(&layout, &obj.key, &e) {
                 continue;
             }
             let id = u64::MAX - inner.c.reinsertions.fetch_add(1, Relaxed);
@@ -488,7 +490,7 @@ impl Writer {
                     obj: o.clone(),
                     pinned,
                     extent,
-                    freq: e.freq().saturating_sub(1),
+                    freq: freq.saturating_sub(1),
                 },
             );
             unreserved -= extent;
