@@ -357,7 +357,13 @@ impl MemFile {
         // After the huge-page advice, so advised ranges still get huge pages. Advisory: on a
         // kernel without it (before 5.14) the pages fault in on first write as before.
         // SAFETY: the range is exactly our fresh mapping.
-        unsafe { libc::madvise(start as *mut libc::c_void, mapped, libc::MADV_POPULATE_WRITE) };
+        unsafe {
+            libc::madvise(
+                start as *mut libc::c_void,
+                mapped,
+                libc::MADV_POPULATE_WRITE,
+            )
+        };
         let ptr = NonNull::new(start as *mut u8).ok_or_else(io::Error::last_os_error)?;
         zc.live.fetch_add(1, Relaxed);
         Ok(MemFile {

@@ -67,8 +67,7 @@ impl Entry {
         (self.blocks_flags & FREQ_MASK) >> FREQ_SHIFT
     }
     pub(crate) fn set_freq(&mut self, f: u32) {
-        self.blocks_flags =
-            (self.blocks_flags & !FREQ_MASK) | (f.min(MAX_FREQ) << FREQ_SHIFT);
+        self.blocks_flags = (self.blocks_flags & !FREQ_MASK) | (f.min(MAX_FREQ) << FREQ_SHIFT);
     }
     pub(crate) fn record_hit(&mut self) {
         self.set_freq(self.freq() + 1);

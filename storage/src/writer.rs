@@ -400,14 +400,13 @@ impl Writer {
         // queued writes (new admissions wait meanwhile): together they stay within
         // `max_queued_bytes`, the store's share of the memory budget.
         let queued = inner.c.queued_bytes.load(Relaxed);
-        let budget = keep_budget(layout.region_size)
-            .min(inner.cfg.max_queued_bytes.saturating_sub(queued));
+        let budget =
+            keep_budget(layout.region_size).min(inner.cfg.max_queued_bytes.saturating_sub(queued));
         let mut kept_bytes = 0u64;
         let wanted: Vec<(KeyHash, Entry)> = cands
             .iter()
             .filter(|(_, e)| {
-                let want =
-                    must(e) || (e.freq() > 0 && kept_bytes + e.bytes() <= budget);
+                let want = must(e) || (e.freq() > 0 && kept_bytes + e.bytes() <= budget);
                 if want && !must(e) {
                     kept_bytes += e.bytes();
                 }

@@ -121,12 +121,18 @@ async fn an_object_served_from_ram_keeps_its_disk_copy_across_store_laps() {
     let origin = Origin::start().await;
     let body = |i: u32| -> Vec<u8> { (0..300_000u32).map(|b| (b ^ i) as u8).collect() };
     let hot = "/vod/hot.m4s";
-    origin.script(hot, Script::ok(body(7777)).header("content-type", "video/mp4"));
+    origin.script(
+        hot,
+        Script::ok(body(7777)).header("content-type", "video/mp4"),
+    );
     // 64 MiB of 4 MiB regions: 15 regions, ~13 objects of 300 kB each, ~200 a lap (more with
     // the rewrites of objects asked for twice).
     let cold: Vec<String> = (0..700).map(|i| format!("/vod/cold_{i}.m4s")).collect();
     for (i, p) in cold.iter().enumerate() {
-        origin.script(p, Script::ok(body(i as u32)).header("content-type", "video/mp4"));
+        origin.script(
+            p,
+            Script::ok(body(i as u32)).header("content-type", "video/mp4"),
+        );
     }
 
     let mut v = start(&origin.url(), &store, "auto");

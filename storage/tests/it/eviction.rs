@@ -145,7 +145,10 @@ async fn objects_hit_on_disk_survive_region_reclaim() {
         for k in &hot {
             assert_served(&s, k, OBJ).await;
         }
-        assert!(s.stats().reinsertions >= 4 * 4, "hot objects were not reinserted");
+        assert!(
+            s.stats().reinsertions >= 4 * 4,
+            "hot objects were not reinserted"
+        );
         s.close().await.unwrap();
     }
 }
@@ -172,7 +175,10 @@ async fn objects_hit_only_in_a_tier_above_survive_region_reclaim() {
         }
         let st = s.stats();
         assert_eq!(st.hits, 0, "touch is not a lookup");
-        assert!(st.device_reads > reads, "kept objects are read back to be rewritten");
+        assert!(
+            st.device_reads > reads,
+            "kept objects are read back to be rewritten"
+        );
         assert!(s.lookup(b"o0").await.is_none());
         for k in &hot {
             assert_served(&s, k, OBJ).await;
@@ -303,7 +309,10 @@ async fn a_corrupt_object_kept_by_its_hits_is_dropped_at_reclaim_not_served() {
             }
             put(&s, &format!("o{i}"), OBJ).await;
         }
-        assert!(gone_at.is_some_and(|i| i > LAP / 2), "dropped at {gone_at:?}");
+        assert!(
+            gone_at.is_some_and(|i| i > LAP / 2),
+            "dropped at {gone_at:?}"
+        );
         let st = s.stats();
         assert_eq!(st.corrupt_reads, 1, "found by the reclaim's read");
         assert_eq!(st.hits, 0);
