@@ -79,10 +79,20 @@ impl Edge {
         )?
         .with_tls_viewers(config.tls.is_some())
         .with_shield(config.tier.shield.as_ref())?;
+        let zero_copy = ZeroCopy::with_budgets(
+            config.server.zero_copy,
+            config.server.zero_copy_budgets.maps,
+            config.server.zero_copy_budgets.fds,
+        );
         let store = match &config.store {
             None => None,
             Some(s) => {
                 let mut sc = StoreConfig::new(&s.path, s.size);
+                if zero_copy.enabled() {
+                    sc.read_memory = Some(Arc::new(crate::proxy::tiers::ReadsIntoZeroCopy(
+                        zero_copy.clone(),
+                    )));
+                }
                 sc.region_size = s.region_size;
                 sc.reformat = s.reformat;
                 sc.engine = s.io_engine;
@@ -121,11 +131,7 @@ impl Edge {
             vary_index: SparseCache::new(config.abuse.index_memory),
             origin,
             metrics,
-            zero_copy: ZeroCopy::with_budgets(
-                config.server.zero_copy,
-                config.server.zero_copy_budgets.maps,
-                config.server.zero_copy_budgets.fds,
-            ),
+            zero_copy,
             clock,
             tasks: TaskTracker::new(),
             live: Default::default(),

@@ -7,12 +7,41 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use vedge_storage::{Admit, Meta, Purge, Selector, SkipReason, Source, Store, StoreError};
+use vedge_storage::{
+    Admit, Meta, Purge, ReadMemory, ReadTarget, Selector, SkipReason, Source, Store, StoreError,
+};
 
 use crate::cache::lock::{FillGuard, PurgeSelector};
 use crate::cache::object::CachedObject;
 use crate::cache::policy::ContentClass;
 use crate::proxy::edge::Edge;
+use crate::zerocopy::{Blank, ZeroCopy};
+
+/// The store's reads of objects land in zero-copy mappings (`zerocopy::Blank`): a disk hit's
+/// body is sent with `sendfile`/`vmsplice` and promoted to RAM as it is, with no copy after the
+/// device read (before, each hit was read into a heap buffer and copied into a fresh mapping:
+/// that copy and its page faults were the top of a disk-hit profile). Reads too small for
+/// zero-copy, or past its budgets, use the store's own buffers.
+pub struct ReadsIntoZeroCopy(pub Arc<ZeroCopy>);
+
+impl std::fmt::Debug for ReadsIntoZeroCopy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReadsIntoZeroCopy")
+    }
+}
+
+impl ReadMemory for ReadsIntoZeroCopy {
+    fn target(&self, len: usize) -> Option<ReadTarget> {
+        let blank = Blank::new(&self.0, len)?;
+        let (ptr, len) = (blank.as_mut_ptr(), blank.len());
+        // SAFETY: the store calls the finisher only after a read that filled all `len` bytes.
+        let finish = move || unsafe { blank.into_body() };
+        // SAFETY: the mapping is page-aligned (4096 divides the page size), `len` bytes long,
+        // zero-filled when made and written by nobody else; `Blank`, moved into the finisher,
+        // keeps it alive until the store calls the finisher or drops it.
+        Some(unsafe { ReadTarget::new(ptr, len, finish) })
+    }
+}
 
 /// Which tier answered a lookup (the `detail` of `Cache-Status`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -280,6 +280,39 @@ impl Growing {
     }
 }
 
+/// A registered mapping of exactly `len` bytes that something else fills in one go, e.g. the
+/// SSD store's O_DIRECT read of an object: the hit is then sent from the memory the device read
+/// into (`sendfile` / `vmsplice`), with no copy into a body on the way to the RAM tier. The
+/// same invariant as `Growing`: every byte is written (by the read) before any slice exists.
+pub struct Blank {
+    g: Growing,
+}
+
+impl Blank {
+    /// A mapping of `len` bytes if it is eligible and the budgets allow; `None` otherwise.
+    pub fn new(zc: &Arc<ZeroCopy>, len: usize) -> Option<Blank> {
+        Growing::new(zc, len).map(|g| Blank { g })
+    }
+
+    /// Where to write (page-aligned, `len` bytes, valid while `self` lives).
+    pub fn as_mut_ptr(&self) -> NonNull<u8> {
+        self.g.ptr
+    }
+
+    pub fn len(&self) -> usize {
+        self.g.file.len()
+    }
+
+    /// The whole mapping as one body.
+    ///
+    /// # Safety
+    /// Every byte must have been written through [`Blank::as_mut_ptr`] (a read that failed
+    /// short leaves zeros, which is initialised memory but not the object: callers verify).
+    pub unsafe fn into_body(self) -> Bytes {
+        self.g.file
+    }
+}
+
 /// One body's mapping: a memfd's shared mapping, or anonymous huge pages (`fd` is `None`).
 struct MemFile {
     /// The context this body is counted and registered in.

@@ -8,6 +8,7 @@ use std::alloc::{self, Layout};
 use std::collections::BTreeMap;
 use std::ptr::NonNull;
 
+use bytes::Bytes;
 use parking_lot::Mutex;
 
 /// Alignment (and granularity) of every device transfer.
@@ -29,11 +30,54 @@ pub(crate) struct AlignedBuf {
     /// Requested size rounded up to ALIGN: what reads fill and `capacity` reports.
     size: usize,
     len: usize,
+    /// Memory the caller lent for a read ([`ReadTarget`]): not ours to pool or free; dropping
+    /// this releases it, calling it hands the filled memory back as `Bytes`.
+    lent: Option<Finish>,
+}
+
+type Finish = Box<dyn FnOnce() -> Bytes + Send>;
+
+/// Memory a [`ReadMemory`] lends for one device read: the object then reaches the caller in
+/// that memory (no copy after the device read), e.g. a mapping the edge can send with
+/// `sendfile`/`vmsplice`.
+pub struct ReadTarget {
+    ptr: NonNull<u8>,
+    len: usize,
+    finish: Finish,
+}
+
+impl ReadTarget {
+    /// `len` bytes at `ptr` for one read; `finish` returns all `len` of them as `Bytes` once
+    /// the read has filled them, and dropping it unused releases the memory.
+    ///
+    /// # Safety
+    /// `ptr` must be 4096-aligned and valid for reads and writes of `len` bytes, initialised
+    /// (e.g. fresh anonymous or memfd pages), until `finish` is called or dropped, and nothing
+    /// else may access that memory meanwhile. The `Bytes` from `finish` must view exactly it.
+    pub unsafe fn new(
+        ptr: NonNull<u8>,
+        len: usize,
+        finish: impl FnOnce() -> Bytes + Send + 'static,
+    ) -> Self {
+        ReadTarget {
+            ptr,
+            len,
+            finish: Box::new(finish),
+        }
+    }
+}
+
+/// Where device reads of stored objects land, if not in the store's own buffers (see
+/// [`crate::StoreConfig::read_memory`]).
+pub trait ReadMemory: Send + Sync + std::fmt::Debug {
+    /// Memory for a read of `len` bytes (a multiple of 4096), or `None` for the store's own.
+    fn target(&self, len: usize) -> Option<ReadTarget>;
 }
 
 // SAFETY: the buffer owns its allocation exclusively; moving it between threads is like moving a Vec.
 unsafe impl Send for AlignedBuf {}
-// SAFETY: shared access only hands out `&[u8]` of the initialised prefix.
+// SAFETY: shared access only hands out `&[u8]` of the initialised prefix; `lent` is only
+// taken or dropped through ownership or `&mut`, never reached through `&self`.
 unsafe impl Sync for AlignedBuf {}
 
 impl AlignedBuf {
@@ -57,6 +101,7 @@ impl AlignedBuf {
                 cap,
                 size,
                 len: filled,
+                lent: None,
             };
         }
         let cap = size;
@@ -82,6 +127,33 @@ impl AlignedBuf {
             cap,
             size,
             len: filled,
+            lent: None,
+        }
+    }
+
+    /// A read buffer of `len` bytes in `mem`'s memory, or in the store's own if it has none
+    /// of the right shape.
+    pub(crate) fn for_read(len: usize, mem: Option<&dyn ReadMemory>) -> Self {
+        let size = round_up(len.max(1) as u64) as usize;
+        match mem.and_then(|m| m.target(size)) {
+            Some(t) if t.len == size && t.ptr.as_ptr() as usize % ALIGN == 0 => AlignedBuf {
+                ptr: t.ptr,
+                cap: size,
+                size,
+                len: 0,
+                lent: Some(t.finish),
+            },
+            _ => Self::uninit(len),
+        }
+    }
+
+    /// The initialised bytes as `Bytes`, without a copy: lent memory goes back to its owner's
+    /// `Bytes`, the store's own buffer becomes the owner of a `Bytes`.
+    pub(crate) fn into_bytes(self) -> Bytes {
+        let mut me = std::mem::ManuallyDrop::new(self);
+        match me.lent.take() {
+            Some(finish) => finish().slice(..me.len),
+            None => Bytes::from_owner(std::mem::ManuallyDrop::into_inner(me)),
         }
     }
 
@@ -154,6 +226,10 @@ impl AsRef<[u8]> for AlignedBuf {
 
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
+        if self.lent.take().is_some() {
+            // Dropping the finisher released the lent memory.
+            return;
+        }
         if !pool_give(self.ptr, self.cap) {
             // SAFETY: allocated in `alloc` with this very layout.
             unsafe { alloc::dealloc(self.ptr.as_ptr(), Self::layout(self.cap)) }

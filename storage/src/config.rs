@@ -52,6 +52,10 @@ pub struct StoreConfig {
     /// For tests on kernels whose tmpfs accepts O_DIRECT. Default false.
     #[doc(hidden)]
     pub buffered_io: bool,
+    /// Where object reads land: `None` (default) for the store's own aligned buffers, or memory
+    /// the caller lends per read (e.g. mappings it sends without a copy), so a hit's body is
+    /// never copied after the device read. Verification is the same either way.
+    pub read_memory: Option<std::sync::Arc<dyn crate::ReadMemory>>,
     /// The purge journal (a small regular file). Default: `path` + `.purges`; set it when
     /// `path` is a raw block device.
     pub journal_path: Option<PathBuf>,
@@ -71,6 +75,7 @@ impl StoreConfig {
             max_queued_bytes: 256 << 20,
             allow_pinned_eviction: false,
             buffered_io: false,
+            read_memory: None,
             journal_path: None,
         }
     }

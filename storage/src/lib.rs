@@ -87,6 +87,7 @@ mod open;
 mod store;
 mod writer;
 
+pub use buf::{ReadMemory, ReadTarget};
 pub use config::{
     Admit, EngineChoice, EngineKind, Hit, Meta, SkipReason, Source, StoreConfig, StoreStats,
 };

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::buf::round_up;
+use crate::buf::{round_up, AlignedBuf};
 use crate::config::{Admit, Hit, Meta, SkipReason, Source, StoreConfig, StoreStats};
 use crate::error::StoreError;
 use crate::format::{self, key_hash, KeyHash, Layout, RegionState};
@@ -377,11 +377,8 @@ impl Inner {
     /// Reads and verifies the object at `e` in a region of generation `gen`.
     pub(crate) async fn read_verified(&self, h: KeyHash, e: Entry, gen: u64) -> ReadResult {
         self.c.device_reads.fetch_add(1, Relaxed);
-        let buf = match self
-            .io
-            .read(self.layout.block_off(e.block), e.bytes() as usize)
-            .await
-        {
+        let buf = AlignedBuf::for_read(e.bytes() as usize, self.cfg.read_memory.as_deref());
+        let buf = match self.io.read_into(self.layout.block_off(e.block), buf).await {
             Ok(b) => b,
             Err(err) => {
                 tracing::warn!(error = %err, block = e.block, "store read failed");
@@ -394,7 +391,7 @@ impl Inner {
         if hdr.extent() != e.bytes() || !format::payload_ok(buf.as_slice(), &hdr) {
             return Err(ReadErr::Corrupt);
         }
-        let bytes = Bytes::from_owner(buf);
+        let bytes = buf.into_bytes();
         let key = bytes.slice(hdr.key_range.0..hdr.key_range.1);
         if self.hash(&key) != h {
             return Err(ReadErr::Corrupt);

@@ -178,4 +178,6 @@ async fn an_object_served_from_ram_keeps_its_disk_copy_across_store_laps() {
     );
     let (_, got) = r.split();
     assert_eq!(got, &body(7777)[..]);
+    // Read into a zero-copy mapping by the store, sent from it with sendfile.
+    assert!(v.metric("vedge_sendfile_bytes_total").await >= 300_000);
 }

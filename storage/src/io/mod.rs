@@ -151,9 +151,12 @@ impl Io {
 
     /// Reads `len` bytes (rounded up to 4 KiB) at `offset`.
     pub(crate) async fn read(&self, offset: u64, len: usize) -> io::Result<AlignedBuf> {
-        let (buf, res) = self
-            .run(OpKind::Read, offset, AlignedBuf::uninit(len))
-            .await;
+        self.read_into(offset, AlignedBuf::uninit(len)).await
+    }
+
+    /// Reads `buf.capacity()` bytes at `offset` into `buf`.
+    pub(crate) async fn read_into(&self, offset: u64, buf: AlignedBuf) -> io::Result<AlignedBuf> {
+        let (buf, res) = self.run(OpKind::Read, offset, buf).await;
         res.map(|()| buf)
     }
 

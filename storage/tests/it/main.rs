@@ -8,4 +8,5 @@ mod crash;
 mod eviction;
 mod faults;
 mod purge;
+mod read_memory;
 mod roundtrip;
