@@ -375,9 +375,19 @@ impl Inner {
     }
 
     /// Reads and verifies the object at `e` in a region of generation `gen`.
-    pub(crate) async fn read_verified(&self, h: KeyHash, e: Entry, gen: u64) -> ReadResult {
+    /// A lookup's read lands in the caller's lent memory (`read_memory`), where it is served;
+    /// eviction's read-back (`lent = false`) only feeds a rewrite, so it uses the store's own
+    /// pooled buffers rather than fresh mappings.
+    pub(crate) async fn read_verified(
+        &self,
+        h: KeyHash,
+        e: Entry,
+        gen: u64,
+        lent: bool,
+    ) -> ReadResult {
         self.c.device_reads.fetch_add(1, Relaxed);
-        let buf = AlignedBuf::for_read(e.bytes() as usize, self.cfg.read_memory.as_deref());
+        let mem = self.cfg.read_memory.as_deref().filter(|_| lent);
+        let buf = AlignedBuf::for_read(e.bytes() as usize, mem);
         let buf = match self.io.read_into(self.layout.block_off(e.block), buf).await {
             Ok(b) => b,
             Err(err) => {
@@ -428,13 +438,13 @@ impl Inner {
             // Err: the leading lookup was cancelled before finishing; read ourselves.
             return match rx.await {
                 Ok(r) => r,
-                Err(_) => self.read_verified(h, e, gen).await,
+                Err(_) => self.read_verified(h, e, gen, true).await,
             };
         }
         // If this future is dropped mid-read, the guard removes the slot and the waiters'
         // senders drop with it, so they fall back to their own read instead of hanging.
         let guard = ReadSlot { inner: self, slot };
-        let res = self.read_verified(h, e, gen).await;
+        let res = self.read_verified(h, e, gen, true).await;
         for w in guard.finish() {
             let _ = w.send(res.clone());
         }

@@ -426,7 +426,7 @@ impl Writer {
             while reads.len() < MAX_WRITES {
                 let Some((h, e)) = next.next() else { break };
                 let inner = inner.clone();
-                reads.spawn(async move { (h, e, inner.read_verified(h, e, gen).await) });
+                reads.spawn(async move { (h, e, inner.read_verified(h, e, gen, false).await) });
             }
             let Some(done) = reads.join_next().await else {
                 break;
