@@ -33,7 +33,7 @@ impl std::fmt::Debug for ReadsIntoZeroCopy {
 impl ReadMemory for ReadsIntoZeroCopy {
     fn target(&self, len: usize) -> Option<ReadTarget> {
         let blank = Blank::new(&self.0, len)?;
-        let (ptr, len) = (blank.as_mut_ptr(), blank.len());
+        let (ptr, len) = (blank.as_mut_ptr(), blank.size());
         // SAFETY: the store calls the finisher only after a read that filled all `len` bytes.
         let finish = move || unsafe { blank.into_body() };
         // SAFETY: the mapping is page-aligned (4096 divides the page size), `len` bytes long,

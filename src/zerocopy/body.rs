@@ -299,7 +299,8 @@ impl Blank {
         self.g.ptr
     }
 
-    pub fn len(&self) -> usize {
+    /// Its length in bytes (never zero: bodies below `MIN_SIZE` get no mapping).
+    pub fn size(&self) -> usize {
         self.g.file.len()
     }
 
