@@ -395,13 +395,16 @@ impl Default for Live {
 }
 
 impl Live {
+    /// The live state of `key`, created on first use. One atomic get-or-insert: two first
+    /// requests racing must share one state, or the waiters parked on the state that lost the
+    /// insert would never be woken by the copies observed on the other.
     pub fn playlist(&self, key: &str) -> Arc<Playlist> {
-        if let Some(p) = self.playlists.get(key) {
-            return p;
+        match self.playlists.get_or_insert_with(key, || {
+            Ok::<_, std::convert::Infallible>(Arc::new(Playlist::new()))
+        }) {
+            Ok(p) => p,
+            Err(never) => match never {},
         }
-        let p = Arc::new(Playlist::new());
-        self.playlists.insert(key.to_string(), p.clone());
-        p
     }
 
     fn existing(&self, key: &str) -> Option<Arc<Playlist>> {
@@ -824,6 +827,35 @@ mod tests {
         assert!(!live.admits_to_store("a"));
         assert!(live.admits_to_store("b"));
         assert!(!live.admits_to_store("c"));
+    }
+
+    #[test]
+    fn concurrent_first_uses_of_a_playlist_share_one_live_state() {
+        // Many rounds of threads asking for a new key at once: every one must get the same
+        // state (get-then-insert let two racing first requests create two).
+        let live = Arc::new(Live::default());
+        for round in 0..200 {
+            let key = format!("http|h|/r{round}.m3u8");
+            let barrier = Arc::new(std::sync::Barrier::new(8));
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    let (live, key, barrier) = (live.clone(), key.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        live.playlist(&key)
+                    })
+                })
+                .collect();
+            let states: Vec<Arc<Playlist>> = handles
+                .into_iter()
+                .map(|h| h.join().expect("thread"))
+                .collect();
+            assert!(
+                states.iter().all(|s| Arc::ptr_eq(s, &states[0])),
+                "round {round}: two live states for one playlist"
+            );
+            assert!(Arc::ptr_eq(&live.playlist(&key), &states[0]));
+        }
     }
 
     #[test]
