@@ -397,7 +397,11 @@ async fn run(
             .abuse
             .range_passthrough
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        fill.set_head(FillHead::Pass("range-pass"));
+        // The key is released before the head wakes anyone: collapsed viewers without a
+        // Range claim one whole-object fill of their own (`range_pass::refill`), which must
+        // not find this probe still holding the key.
+        guard.release();
+        fill.set_head(FillHead::Pass(crate::proxy::range_pass::REASON));
         return Ok(());
     }
 
