@@ -67,3 +67,79 @@ async fn whole_object_viewers_collapsed_on_a_cold_range_probe_share_one_origin_f
     assert_eq!(whole, 2, "the probe and one whole-object fill");
     assert_eq!(origin.count("/v/big.mp4"), 3);
 }
+
+const LIVE: &str = "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:0\n\
+#EXTINF:2.0,\ns0.ts\n#EXT-X-PART:DURATION=1.0,URI=\"secret/p1.0.m4s\"\n\
+#EXT-X-PART:DURATION=1.0,URI=\"p1.1.m4s\"\n";
+
+/// An edge with the open route `/` (prefetch on) and, on the same host, the route `/v/secret/`
+/// that refuses every loopback viewer (prefetch on as well).
+fn two_routes(origin: &Origin) -> vedge::config::RawConfig {
+    let mut raw = crate::llhls::config_for(&origin.url(), "all-new");
+    raw.routes.push(vedge::config::RawRoute {
+        prefix: "/v/secret/".into(),
+        origin: origin.url(),
+        prefetch: Some("all-new".into()),
+        deny_ips: Some(vec!["127.0.0.0/8".into()]),
+        ..Default::default()
+    });
+    raw
+}
+
+/// A live playlist of one route naming a URI of another route on the same host: prefetch has
+/// no viewer to check against that route's rules (here: no loopback viewer may use it), so it
+/// fills only what the playlist's own route serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetch_never_fills_an_object_of_another_route_than_the_playlists() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/v/live.m3u8",
+        Script::ok(LIVE).header("cache-control", "max-age=1"),
+    );
+    for p in ["/v/s0.ts", "/v/p1.1.m4s", "/v/secret/p1.0.m4s"] {
+        origin.script(
+            p,
+            Script::ok(body(1000)).header("cache-control", "max-age=60"),
+        );
+    }
+    let edge = TestEdge::start(two_routes(&origin)).await;
+    assert_eq!(edge.get("/v/live.m3u8").await.status, 200);
+    crate::support::until("the playlist's own objects are prefetched", || {
+        origin.count("/v/s0.ts") == 1 && origin.count("/v/p1.1.m4s") == 1
+    })
+    .await;
+    crate::support::until("no fill in flight", || edge.edge.fills.is_empty()).await;
+    assert_eq!(origin.count("/v/secret/p1.0.m4s"), 0);
+    // And the other route still refuses the viewer its rules refuse.
+    assert_eq!(edge.get("/v/secret/p1.0.m4s").await.status, 403);
+    assert_eq!(origin.count("/v/secret/p1.0.m4s"), 0);
+}
+
+/// A prefetch's origin answer other than a success (a 403 to the edge's own, viewerless
+/// request) is not kept: the next viewer asks the origin for itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_refusal_of_a_prefetch_is_never_served_from_the_cache() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/v/live.m3u8",
+        Script::ok(LIVE).header("cache-control", "max-age=1"),
+    );
+    origin.script(
+        "/v/s0.ts",
+        Script::status(403, "forbidden").header("cache-control", "max-age=60"),
+    );
+    let edge = TestEdge::start(crate::llhls::config_for(&origin.url(), "all-new")).await;
+    assert_eq!(edge.get("/v/live.m3u8").await.status, 200);
+    crate::support::until("the segment was prefetched", || {
+        origin.count("/v/s0.ts") == 1
+    })
+    .await;
+    crate::support::until("no fill in flight", || edge.edge.fills.is_empty()).await;
+    origin.script(
+        "/v/s0.ts",
+        Script::ok(body(1000)).header("cache-control", "max-age=60"),
+    );
+    let r = edge.get("/v/s0.ts").await;
+    assert_eq!(r.status, 200, "{}", r.h("cache-status"));
+    assert_eq!(origin.count("/v/s0.ts"), 2);
+}
