@@ -130,6 +130,9 @@ pub struct RawConfig {
     pub admin: RawAdmin,
     #[serde(default)]
     pub cmcd: RawCmcd,
+    /// The `[live]` table: edge-wide bounds of the live edge (`LiveConfig`).
+    #[serde(default)]
+    pub live: RawLive,
     // The tier (`TierConfig::resolve`, the block further down): this node's name, its shields
     // and the peers a fan-out purge reaches.
     /// This node's name in `CDN-Loop` (`node=`) and logs; default: random per start.
@@ -356,6 +359,8 @@ pub struct Config {
     pub tier: TierConfig,
     /// Origin protection and byte-bounded indexes (issue 14's abuse limits).
     pub abuse: AbuseConfig,
+    /// Edge-wide bounds of the live edge (`[live]`).
+    pub live: LiveConfig,
 }
 
 /// The admin listener (metrics, health, purge, ingest).
@@ -581,6 +586,43 @@ impl CmcdConfig {
             forward: raw.forward.unwrap_or(false),
             low_buffer_ms,
         }
+    }
+}
+
+/// The `[live]` table.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLive {
+    /// Longest an LL-HLS blocking reload is held (default 30s). The hold is three target
+    /// durations (RFC 8216bis §6.2.5.2), but the target duration comes from the origin's
+    /// playlist: this keeps a broken or hostile one from pinning viewers for a day.
+    pub max_hold: Option<String>,
+}
+
+/// Default `live.max_hold`: three 10 s target durations, beyond any low-latency stream's.
+pub const DEFAULT_LIVE_MAX_HOLD: Duration = Duration::from_secs(30);
+
+/// Resolved `[live]`.
+#[derive(Debug, Clone)]
+pub struct LiveConfig {
+    pub max_hold: Duration,
+}
+
+impl Default for LiveConfig {
+    fn default() -> LiveConfig {
+        LiveConfig {
+            max_hold: DEFAULT_LIVE_MAX_HOLD,
+        }
+    }
+}
+
+impl LiveConfig {
+    fn resolve(raw: &RawLive, c: &mut Check) -> LiveConfig {
+        let max_hold = c.duration("live.max_hold", &raw.max_hold, DEFAULT_LIVE_MAX_HOLD);
+        if max_hold.is_zero() {
+            c.error("live.max_hold: must be more than 0 (blocking reloads need a hold)");
+        }
+        LiveConfig { max_hold }
     }
 }
 
@@ -837,6 +879,7 @@ impl Config {
             ..admin
         };
         let cmcd = CmcdConfig::resolve(&raw.cmcd, &mut c);
+        let live = LiveConfig::resolve(&raw.live, &mut c);
 
         if !c.0.is_empty() {
             return Err(ConfigError(c.0));
@@ -856,6 +899,7 @@ impl Config {
             cmcd,
             tier,
             abuse,
+            live,
         };
         Ok((config, warnings))
     }

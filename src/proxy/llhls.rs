@@ -7,7 +7,8 @@
 //! is 400; otherwise it waits while another request of the same playlist for the same or an
 //! earlier `(M, P)` is upstream (any newer copy wakes every waiter, which answers from it if
 //! satisfied) and goes upstream itself (its own key: same `(M, P)` collapse in the fill table)
-//! when none is: a request for a later part, or a delta update, never holds it back. No hold lasts more than three target durations (503). Delta updates
+//! when none is: a request for a later part, or a delta update, never holds it back. No hold
+//! lasts more than three target durations, nor more than `live.max_hold` (503). Delta updates
 //! (`_HLS_skip`) are never answered from a full copy: they have their own key.
 //!
 //! Retention: every segment and part a live playlist lists is remembered as a member of that
@@ -459,11 +460,14 @@ pub async fn intercept(req: &Req<'_>) -> Result<Option<Response<Body>>, EdgeErro
     let Some(msn) = d.msn else {
         return Ok(None);
     };
+    // Three target durations, but never past `live.max_hold`: the target duration is the
+    // origin's word (up to a day), and a hold pins a viewer connection and a waiter.
     let hold = pl
         .latest()
         .map(|s| s.scan.target * 3)
         .filter(|h| !h.is_zero())
-        .unwrap_or(edge.config.cache.collapse_timeout);
+        .unwrap_or(edge.config.cache.collapse_timeout)
+        .min(edge.config.live.max_hold);
     let deadline = Instant::now() + hold;
     let mut tick = pl.tick.subscribe();
     let wants = order(msn, d.part);

@@ -143,3 +143,38 @@ async fn an_origin_refusal_of_a_prefetch_is_never_served_from_the_cache() {
     assert_eq!(r.status, 200, "{}", r.h("cache-status"));
     assert_eq!(origin.count("/v/s0.ts"), 2);
 }
+
+/// A playlist claiming a target duration of almost a day: a blocking reload the origin does not
+/// answer is held no longer than `live.max_hold` (503), not three of the origin's target
+/// durations (before, it ran into the origin's first-byte timeout instead: a 504 after 10 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_reload_hold_is_capped_by_live_max_hold_whatever_the_target_duration() {
+    let origin = Origin::start().await;
+    let playlist = "#EXTM3U\n#EXT-X-TARGETDURATION:86000\n\
+#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES\n#EXT-X-MEDIA-SEQUENCE:5\n\
+#EXTINF:86000.0,\ns5.ts\n#EXTINF:86000.0,\ns6.ts\n";
+    origin.script(
+        "/h/m.m3u8",
+        Script::ok(playlist).header("cache-control", "max-age=60"),
+    );
+    let mut raw = crate::llhls::config_for(&origin.url(), "off");
+    raw.cache.collapse_timeout = Some("60s".into());
+    raw.live.max_hold = Some("1s".into());
+    let edge = TestEdge::start(raw).await;
+    assert_eq!(edge.get("/h/m.m3u8").await.status, 200);
+    let key = format!("http|{}|/h/m.m3u8", origin.addr());
+    crate::support::until("the playlist's latest copy is recorded", || {
+        vedge::proxy::llhls::playlist_of(&edge.edge, &key).is_some_and(|p| p.latest().is_some())
+    })
+    .await;
+    // The origin holds the next reload longer than its own first-byte timeout allows.
+    origin.script(
+        "/h/m.m3u8",
+        Script::ok(playlist)
+            .header("cache-control", "max-age=60")
+            .head_delay(std::time::Duration::from_secs(30)),
+    );
+    let r = edge.get("/h/m.m3u8?_HLS_msn=7").await;
+    assert_eq!(r.status, 503, "{}", r.h("cache-status"));
+    assert!(r.h("cache-status").contains("llhls-hold"));
+}
