@@ -597,21 +597,28 @@ pub struct RawLive {
     /// durations (RFC 8216bis §6.2.5.2), but the target duration comes from the origin's
     /// playlist: this keeps a broken or hostile one from pinning viewers for a day.
     pub max_hold: Option<String>,
+    /// Memory for the live state of every playlist (latest copy's scan, window, the URIs seen;
+    /// default 64MiB, at least 1MiB): the least recently used states are forgotten past it.
+    pub state_memory: Option<String>,
 }
 
 /// Default `live.max_hold`: three 10 s target durations, beyond any low-latency stream's.
 pub const DEFAULT_LIVE_MAX_HOLD: Duration = Duration::from_secs(30);
+/// Default `live.state_memory`.
+pub const DEFAULT_LIVE_STATE_MEMORY: u64 = 64 << 20;
 
 /// Resolved `[live]`.
 #[derive(Debug, Clone)]
 pub struct LiveConfig {
     pub max_hold: Duration,
+    pub state_memory: u64,
 }
 
 impl Default for LiveConfig {
     fn default() -> LiveConfig {
         LiveConfig {
             max_hold: DEFAULT_LIVE_MAX_HOLD,
+            state_memory: DEFAULT_LIVE_STATE_MEMORY,
         }
     }
 }
@@ -622,7 +629,18 @@ impl LiveConfig {
         if max_hold.is_zero() {
             c.error("live.max_hold: must be more than 0 (blocking reloads need a hold)");
         }
-        LiveConfig { max_hold }
+        let state_memory = c.size(
+            "live.state_memory",
+            &raw.state_memory,
+            DEFAULT_LIVE_STATE_MEMORY,
+        );
+        if state_memory < 1 << 20 {
+            c.error("live.state_memory: at least 1MiB (a long DVR playlist's state is a few MiB)");
+        }
+        LiveConfig {
+            max_hold,
+            state_memory,
+        }
     }
 }
 

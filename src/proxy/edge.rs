@@ -134,7 +134,7 @@ impl Edge {
             zero_copy,
             clock,
             tasks: TaskTracker::new(),
-            live: Default::default(),
+            live: crate::proxy::llhls::Live::new(config.live.state_memory),
             node,
             config,
         });

@@ -178,3 +178,37 @@ async fn a_blocking_reload_hold_is_capped_by_live_max_hold_whatever_the_target_d
     assert_eq!(r.status, 503, "{}", r.h("cache-status"));
     assert!(r.h("cache-status").contains("llhls-hold"));
 }
+
+/// Live state is bounded in bytes, not only by count: distinct kept query strings on a long
+/// live playlist each make a state of their own with a window of a thousand members, and the
+/// states weigh no more than `live.state_memory` however many there are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_state_of_many_long_playlists_stays_within_live_state_memory() {
+    let origin = Origin::start().await;
+    let mut playlist = String::from("#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:0\n");
+    for i in 0..1000 {
+        playlist.push_str(&format!(
+            "#EXTINF:2.0,\nsegment_of_a_long_dvr_window_{i:06}.ts\n"
+        ));
+    }
+    origin.script(
+        "/d/m.m3u8",
+        Script::ok(playlist).header("cache-control", "max-age=60"),
+    );
+    let mut raw = crate::llhls::config_for(&origin.url(), "all-new");
+    raw.live.state_memory = Some("1MiB".into());
+    let edge = TestEdge::start(raw).await;
+    for v in 0..12 {
+        let r = edge.get(&format!("/d/m.m3u8?v={v}")).await;
+        assert_eq!(r.status, 200);
+        edge.settle().await;
+        let bytes = edge.edge.live.state_bytes();
+        assert!(bytes <= 1 << 20, "{bytes} bytes of live state after {v}");
+    }
+    // The newest playlist's state is kept (and weighed: a window of 1,000 members), the oldest
+    // forgotten (before, all twelve were kept: the map was bounded by count only).
+    let key = |v: u32| format!("http|{}|/d/m.m3u8?v={v}", origin.addr());
+    assert!(vedge::proxy::llhls::playlist_of(&edge.edge, &key(11)).is_some());
+    assert!(vedge::proxy::llhls::playlist_of(&edge.edge, &key(0)).is_none());
+    assert!(edge.edge.live.state_bytes() > 100 << 10);
+}
