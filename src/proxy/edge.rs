@@ -43,6 +43,8 @@ pub struct Edge {
     pub hit_for_pass: SparseCache<SystemTime>,
     /// Base key -> the request headers its responses vary on.
     pub vary_index: SparseCache<Arc<VarySpec>>,
+    /// The variants stored per base key (`proxy::vary_cap`).
+    pub variants: crate::proxy::vary_cap::Variants,
     pub origin: OriginClient,
     pub metrics: Metrics,
     /// Viewer connection and request-rate limits (`[limits]`), shared by every accept loop.
@@ -129,6 +131,7 @@ impl Edge {
             assets: Default::default(),
             hit_for_pass: SparseCache::new(config.abuse.index_memory),
             vary_index: SparseCache::new(config.abuse.index_memory),
+            variants: SparseCache::new(config.abuse.index_memory),
             origin,
             metrics,
             zero_copy,

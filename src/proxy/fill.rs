@@ -456,6 +456,11 @@ async fn run(
                 .is_some_and(|st| st <= s.freshness.stale_if_error)
         });
     let mut store = matches!(decision, Decision::Store(_)) && !stale_stands_in;
+    // A variant past the object's cap is answered but not kept (`proxy::vary_cap`).
+    if store && !spec.is_empty() && !crate::proxy::vary_cap::admit(edge, &job.base_key, &store_key)
+    {
+        store = false;
+    }
     fill.set_head(FillHead::Streaming(Arc::new(StreamHead {
         status: parts.status,
         headers: parts.headers.clone(),

@@ -212,3 +212,48 @@ async fn live_state_of_many_long_playlists_stays_within_live_state_memory() {
     assert!(vedge::proxy::llhls::playlist_of(&edge.edge, &key(0)).is_none());
     assert!(edge.edge.live.state_bytes() > 100 << 10);
 }
+
+/// A flood of distinct values of a varied header: each is a variant of its own, and past
+/// `MAX_VARIANTS` (64) of one object new ones are answered from their fill but not stored, so
+/// they cannot push the rest of the RAM tier out (before, every one was stored).
+#[tokio::test]
+async fn variants_of_one_object_past_the_cap_are_answered_but_not_stored() {
+    use vedge::proxy::vary_cap::MAX_VARIANTS;
+    let origin = Origin::start().await;
+    origin.script(
+        "/v/obj.json",
+        Script::ok("x")
+            .header("cache-control", "max-age=60")
+            .header("vary", "X-Device"),
+    );
+    let edge = TestEdge::start(edge_config(&origin)).await;
+    // The variant without the header is one of the 64 (the first fill, which did not yet know
+    // the object varies, also asked without it).
+    assert_eq!(edge.get("/v/obj.json").await.status, 200);
+    edge.settle().await;
+    let n = MAX_VARIANTS + 5;
+    for round in 0..2 {
+        for i in 0..n {
+            let device = format!("d{i}");
+            let r = edge
+                .get_with("/v/obj.json", &[("x-device", device.as_str())])
+                .await;
+            assert_eq!(r.status, 200);
+            let stored = i < MAX_VARIANTS - 1;
+            if round == 1 {
+                assert_eq!(r.x_cache() == "HIT", stored, "variant {i}");
+            }
+            edge.settle().await;
+        }
+    }
+    // Each variant once, and the six past the cap once more.
+    assert_eq!(origin.count("/v/obj.json"), 1 + n + 6);
+    assert_eq!(
+        edge.edge
+            .metrics
+            .abuse
+            .vary_limit
+            .load(std::sync::atomic::Ordering::Relaxed),
+        12
+    );
+}
