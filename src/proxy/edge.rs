@@ -277,6 +277,19 @@ impl<V: Clone + Weigh> SparseCache<V> {
         self.map.insert(key, value);
     }
 
+    /// The entry of `key`, made by `make` if there is none: one atomic step, so two requests
+    /// racing on a new key share one value.
+    pub fn get_or_insert_with(&self, key: &str, make: impl FnOnce() -> V) -> V {
+        self.used.store(true, Relaxed);
+        match self
+            .map
+            .get_or_insert_with(key, || Ok::<_, std::convert::Infallible>(make()))
+        {
+            Ok(v) => v,
+            Err(never) => match never {},
+        }
+    }
+
     pub fn remove(&self, key: &str) {
         if self.used.load(Relaxed) {
             self.map.remove(key);

@@ -30,14 +30,9 @@ pub fn admit(edge: &Edge, base_key: &str, store_key: &str) -> bool {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     store_key.hash(&mut h);
     let hash = h.finish();
-    let set = match edge.variants.get(base_key) {
-        Some(s) => s,
-        None => {
-            let s = Arc::new(Mutex::new(HashSet::new()));
-            edge.variants.insert(base_key.to_string(), s.clone());
-            s
-        }
-    };
+    let set = edge
+        .variants
+        .get_or_insert_with(base_key, || Arc::new(Mutex::new(HashSet::new())));
     let mut set = set.lock();
     if set.contains(&hash) {
         return true;
