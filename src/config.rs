@@ -130,6 +130,9 @@ pub struct RawConfig {
     pub admin: RawAdmin,
     #[serde(default)]
     pub cmcd: RawCmcd,
+    /// The `[live]` table: edge-wide bounds of the live edge (`LiveConfig`).
+    #[serde(default)]
+    pub live: RawLive,
     // The tier (`TierConfig::resolve`, the block further down): this node's name, its shields
     // and the peers a fan-out purge reaches.
     /// This node's name in `CDN-Loop` (`node=`) and logs; default: random per start.
@@ -356,6 +359,8 @@ pub struct Config {
     pub tier: TierConfig,
     /// Origin protection and byte-bounded indexes (issue 14's abuse limits).
     pub abuse: AbuseConfig,
+    /// Edge-wide bounds of the live edge (`[live]`).
+    pub live: LiveConfig,
 }
 
 /// The admin listener (metrics, health, purge, ingest).
@@ -580,6 +585,61 @@ impl CmcdConfig {
         CmcdConfig {
             forward: raw.forward.unwrap_or(false),
             low_buffer_ms,
+        }
+    }
+}
+
+/// The `[live]` table.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLive {
+    /// Longest an LL-HLS blocking reload is held (default 30s). The hold is three target
+    /// durations (RFC 8216bis §6.2.5.2), but the target duration comes from the origin's
+    /// playlist: this keeps a broken or hostile one from pinning viewers for a day.
+    pub max_hold: Option<String>,
+    /// Memory for the live state of every playlist (latest copy's scan, window, the URIs seen;
+    /// default 64MiB, at least 1MiB): the least recently used states are forgotten past it.
+    pub state_memory: Option<String>,
+}
+
+/// Default `live.max_hold`: three 10 s target durations, beyond any low-latency stream's.
+pub const DEFAULT_LIVE_MAX_HOLD: Duration = Duration::from_secs(30);
+/// Default `live.state_memory`.
+pub const DEFAULT_LIVE_STATE_MEMORY: u64 = 64 << 20;
+
+/// Resolved `[live]`.
+#[derive(Debug, Clone)]
+pub struct LiveConfig {
+    pub max_hold: Duration,
+    pub state_memory: u64,
+}
+
+impl Default for LiveConfig {
+    fn default() -> LiveConfig {
+        LiveConfig {
+            max_hold: DEFAULT_LIVE_MAX_HOLD,
+            state_memory: DEFAULT_LIVE_STATE_MEMORY,
+        }
+    }
+}
+
+impl LiveConfig {
+    fn resolve(raw: &RawLive, c: &mut Check) -> LiveConfig {
+        let max_hold = c.duration("live.max_hold", &raw.max_hold, DEFAULT_LIVE_MAX_HOLD);
+        if max_hold.is_zero() {
+            c.error("live.max_hold: must be more than 0 (blocking reloads need a hold)");
+        }
+        let state_memory = c.size(
+            "live.state_memory",
+            &raw.state_memory,
+            DEFAULT_LIVE_STATE_MEMORY,
+        );
+        if state_memory < 1 << 20 {
+            c.error("live.state_memory: at least 1MiB (a long DVR playlist's state is a few MiB)");
+        }
+        LiveConfig {
+            max_hold,
+            state_memory,
         }
     }
 }
@@ -837,6 +897,7 @@ impl Config {
             ..admin
         };
         let cmcd = CmcdConfig::resolve(&raw.cmcd, &mut c);
+        let live = LiveConfig::resolve(&raw.live, &mut c);
 
         if !c.0.is_empty() {
             return Err(ConfigError(c.0));
@@ -856,6 +917,7 @@ impl Config {
             cmcd,
             tier,
             abuse,
+            live,
         };
         Ok((config, warnings))
     }

@@ -48,6 +48,8 @@ pub struct AbuseMetrics {
     pub fills_refused: AtomicU64,
     /// Range misses passed through uncached with the viewer's range (`cache.range_passthrough_above`).
     pub range_passthrough: AtomicU64,
+    /// Varied responses not stored: their object already had `proxy::vary_cap::MAX_VARIANTS`.
+    pub vary_limit: AtomicU64,
 }
 
 impl AbuseMetrics {
@@ -61,6 +63,7 @@ impl AbuseMetrics {
             ("vedge_fills_queued_total", &self.fills_queued),
             ("vedge_fills_origin_busy_total", &self.fills_refused),
             ("vedge_range_passthrough_total", &self.range_passthrough),
+            ("vedge_vary_limit_total", &self.vary_limit),
             (
                 "vedge_origin_connection_waits_total",
                 &ORIGIN_CONNECTION_WAITS,

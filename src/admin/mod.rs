@@ -161,6 +161,11 @@ async fn handle(
                 zc.mappings(),
                 zc.fd_budget()
             );
+            let _ = writeln!(
+                out,
+                "# TYPE vedge_live_state_bytes gauge\nvedge_live_state_bytes {}",
+                edge.live.state_bytes()
+            );
             if let Some(store) = &edge.store {
                 render_store(&store.stats(), &mut out);
             }

@@ -43,6 +43,8 @@ pub struct Edge {
     pub hit_for_pass: SparseCache<SystemTime>,
     /// Base key -> the request headers its responses vary on.
     pub vary_index: SparseCache<Arc<VarySpec>>,
+    /// The variants stored per base key (`proxy::vary_cap`).
+    pub variants: crate::proxy::vary_cap::Variants,
     pub origin: OriginClient,
     pub metrics: Metrics,
     /// Viewer connection and request-rate limits (`[limits]`), shared by every accept loop.
@@ -129,12 +131,13 @@ impl Edge {
             assets: Default::default(),
             hit_for_pass: SparseCache::new(config.abuse.index_memory),
             vary_index: SparseCache::new(config.abuse.index_memory),
+            variants: SparseCache::new(config.abuse.index_memory),
             origin,
             metrics,
             zero_copy,
             clock,
             tasks: TaskTracker::new(),
-            live: Default::default(),
+            live: crate::proxy::llhls::Live::new(config.live.state_memory),
             node,
             config,
         });
@@ -272,6 +275,19 @@ impl<V: Clone + Weigh> SparseCache<V> {
     pub fn insert(&self, key: String, value: V) {
         self.used.store(true, Relaxed);
         self.map.insert(key, value);
+    }
+
+    /// The entry of `key`, made by `make` if there is none: one atomic step, so two requests
+    /// racing on a new key share one value.
+    pub fn get_or_insert_with(&self, key: &str, make: impl FnOnce() -> V) -> V {
+        self.used.store(true, Relaxed);
+        match self
+            .map
+            .get_or_insert_with(key, || Ok::<_, std::convert::Infallible>(make()))
+        {
+            Ok(v) => v,
+            Err(never) => match never {},
+        }
     }
 
     pub fn remove(&self, key: &str) {

@@ -40,6 +40,8 @@ pub struct FillJob {
     range_probe: bool,
     /// A byte-range preload hint (`proxy::hint_range`): the origin is asked from this byte on.
     hinted_from: Option<u64>,
+    /// A prefetch (`proxy::prefetch`): no viewer asked, so only a success is kept.
+    speculative: bool,
     /// The leader's CMCD says its player is short of media: its fill is admitted first when the
     /// route is at `origin_client.max_fills`.
     priority: crate::proxy::admission::Priority,
@@ -75,6 +77,7 @@ impl FillJob {
             stale,
             slice: None,
             hinted_from: None,
+            speculative: false,
         }
     }
 
@@ -120,6 +123,7 @@ impl FillJob {
             slice: None,
             range_probe: false,
             hinted_from: None,
+            speculative: true,
             // Speculative: never ahead of a player short of media.
             priority: crate::proxy::admission::Priority::Normal,
         }
@@ -327,6 +331,18 @@ async fn run(
         }
         _ => false,
     };
+    // A prefetch keeps nothing but a success: the origin's refusal of the edge's own request
+    // (a 403 for want of a viewer's token or address) is no answer for the viewers the route
+    // lets in. Readers that joined ask for themselves; no hit-for-pass is remembered.
+    if job.speculative && !parts.status.is_success() {
+        tracing::debug!(
+            key,
+            status = parts.status.as_u16(),
+            "prefetch answer not kept"
+        );
+        fill.set_head(FillHead::Pass("prefetch-refused"));
+        return Ok(());
+    }
     let path = job.path_and_query.split('?').next().unwrap_or("");
     let class = ContentClass::classify(
         path,
@@ -397,7 +413,11 @@ async fn run(
             .abuse
             .range_passthrough
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        fill.set_head(FillHead::Pass("range-pass"));
+        // The key is released before the head wakes anyone: collapsed viewers without a
+        // Range claim one whole-object fill of their own (`range_pass::refill`), which must
+        // not find this probe still holding the key.
+        guard.release();
+        fill.set_head(FillHead::Pass(crate::proxy::range_pass::REASON));
         return Ok(());
     }
 
@@ -436,6 +456,11 @@ async fn run(
                 .is_some_and(|st| st <= s.freshness.stale_if_error)
         });
     let mut store = matches!(decision, Decision::Store(_)) && !stale_stands_in;
+    // A variant past the object's cap is answered but not kept (`proxy::vary_cap`).
+    if store && !spec.is_empty() && !crate::proxy::vary_cap::admit(edge, &job.base_key, &store_key)
+    {
+        store = false;
+    }
     fill.set_head(FillHead::Streaming(Arc::new(StreamHead {
         status: parts.status,
         headers: parts.headers.clone(),

@@ -7,7 +7,8 @@
 //! is 400; otherwise it waits while another request of the same playlist for the same or an
 //! earlier `(M, P)` is upstream (any newer copy wakes every waiter, which answers from it if
 //! satisfied) and goes upstream itself (its own key: same `(M, P)` collapse in the fill table)
-//! when none is: a request for a later part, or a delta update, never holds it back. No hold lasts more than three target durations (503). Delta updates
+//! when none is: a request for a later part, or a delta update, never holds it back. No hold
+//! lasts more than three target durations, nor more than `live.max_hold` (503). Delta updates
 //! (`_HLS_skip`) are never answered from a full copy: they have their own key.
 //!
 //! Retention: every segment and part a live playlist lists is remembered as a member of that
@@ -35,8 +36,15 @@ use crate::proxy::edge::Edge;
 use crate::proxy::error::EdgeError;
 use crate::proxy::request::{self, serve_object, Req};
 
-/// Playlists tracked at once (least recently used forgotten first).
+/// Playlists tracked at once (least recently used forgotten first), and no more bytes of their
+/// state than `live.state_memory`.
 const PLAYLISTS: usize = 10_000;
+/// What one entry of a state's lists costs beyond its string's bytes (String and slot headers,
+/// a hash slot): an estimate, cheap to compute.
+const ENTRY_COST: u64 = 48;
+/// What a state costs before any list (the state, its lock, its watch channel).
+const STATE_COST: u64 = 512;
+
 /// Live members (segments, parts) remembered across all playlists.
 const MEMBERS: usize = 200_000;
 /// Members remembered per playlist window and per "left the window" queue.
@@ -140,6 +148,22 @@ impl Scan {
     fn newer_than(&self, other: &Scan) -> bool {
         (self.next_msn(), self.trailing_parts.len())
             > (other.next_msn(), other.trailing_parts.len())
+    }
+
+    /// The bytes this scan holds (an estimate).
+    fn weight(&self) -> u64 {
+        let list = |v: &[String]| v.iter().map(|u| u.len() as u64 + ENTRY_COST).sum::<u64>();
+        let segments: u64 = self
+            .segments
+            .iter()
+            .map(|(_, u, parts)| u.len() as u64 + ENTRY_COST + list(parts))
+            .sum();
+        let starts: u64 = self
+            .hint_starts
+            .iter()
+            .map(|(u, _)| u.len() as u64 + ENTRY_COST)
+            .sum();
+        segments + list(&self.trailing_parts) + list(&self.hints) + starts
     }
 
     /// Every segment and part URI listed, oldest first.
@@ -299,6 +323,19 @@ pub struct Playlist {
     tick: watch::Sender<u64>,
 }
 
+/// The bytes of every playlist's live state, and which was weighed longest ago: past the
+/// budget, those are forgotten first (a watched live playlist is refilled, and so re-weighed,
+/// every target duration: least recently weighed is least recently used).
+#[derive(Default)]
+struct Ledger {
+    total: u64,
+    /// Weighing order: sequence number → key.
+    order: std::collections::BTreeMap<u64, String>,
+    /// Key → (its sequence number, its bytes, the state weighed).
+    by_key: std::collections::HashMap<String, (u64, u64, std::sync::Weak<Playlist>)>,
+    next: u64,
+}
+
 #[derive(Default)]
 struct State {
     latest: Option<Arc<Snapshot>>,
@@ -309,10 +346,30 @@ struct State {
     /// URIs listed by the copies seen (prefetch: what is new).
     known: HashSet<String>,
     known_order: VecDeque<String>,
+    /// The bytes of `known` and `known_order` (kept as they change: learned one URI at a time).
+    known_bytes: u64,
     /// Members in the window: (msn, member key).
     window: VecDeque<(u64, String)>,
     /// Members that left the window, and when.
     left: VecDeque<(Instant, String)>,
+}
+
+impl State {
+    /// The bytes this state holds (an estimate); the latest copy's body is the cache's.
+    fn weight(&self) -> u64 {
+        let entries = |n: usize, bytes: u64| n as u64 * ENTRY_COST + bytes;
+        let window: u64 = self.window.iter().map(|(_, k)| k.len() as u64).sum();
+        let left: u64 = self.left.iter().map(|(_, k)| k.len() as u64).sum();
+        STATE_COST
+            + self
+                .latest
+                .as_ref()
+                .map_or(0, |l| l.scan.weight() + l.variant.len() as u64)
+            + self.upstream.len() as u64 * 16
+            + self.known_bytes
+            + entries(self.window.len(), window)
+            + entries(self.left.len(), left)
+    }
 }
 
 impl Playlist {
@@ -350,13 +407,17 @@ impl Playlist {
         if st.known.contains(uri) {
             return false;
         }
+        // Twice: in the set and in the order.
+        let cost = |u: &str| 2 * (u.len() as u64 + ENTRY_COST);
         if st.known_order.len() >= PER_PLAYLIST {
             if let Some(old) = st.known_order.pop_front() {
                 st.known.remove(&old);
+                st.known_bytes = st.known_bytes.saturating_sub(cost(&old));
             }
         }
         st.known.insert(uri.to_string());
         st.known_order.push_back(uri.to_string());
+        st.known_bytes += cost(uri);
         true
     }
 }
@@ -371,7 +432,11 @@ struct Member {
 
 /// The live state of every playlist (one per edge).
 pub struct Live {
+    /// Weighed in bytes (`live.state_memory`): least recently used states are forgotten first.
     playlists: Cache<String, Arc<Playlist>>,
+    /// Bytes of the states in `playlists`, at most `budget` (`live.state_memory`).
+    ledger: Mutex<Ledger>,
+    budget: u64,
     members: Cache<String, Member>,
     /// Prefetch fills in flight, edge-wide.
     pub prefetch_permits: Arc<Semaphore>,
@@ -384,8 +449,17 @@ pub struct Live {
 
 impl Default for Live {
     fn default() -> Self {
+        Live::new(crate::config::DEFAULT_LIVE_STATE_MEMORY)
+    }
+}
+
+impl Live {
+    /// Live state weighing at most `state_memory` bytes.
+    pub fn new(state_memory: u64) -> Live {
         Live {
             playlists: Cache::new(PLAYLISTS),
+            ledger: Mutex::new(Ledger::default()),
+            budget: state_memory,
             members: Cache::new(MEMBERS),
             prefetch_permits: Arc::new(Semaphore::new(PREFETCH_PERMITS)),
             hints: Cache::new(PLAYLISTS),
@@ -395,17 +469,61 @@ impl Default for Live {
 }
 
 impl Live {
+    /// The live state of `key`, created on first use. One atomic get-or-insert: two first
+    /// requests racing must share one state, or the waiters parked on the state that lost the
+    /// insert would never be woken by the copies observed on the other.
     pub fn playlist(&self, key: &str) -> Arc<Playlist> {
-        if let Some(p) = self.playlists.get(key) {
-            return p;
+        let fresh = || Ok::<_, std::convert::Infallible>(Arc::new(Playlist::new()));
+        match self.playlists.get_or_insert_with(key, fresh) {
+            Ok(p) => p,
+            Err(never) => match never {},
         }
-        let p = Arc::new(Playlist::new());
-        self.playlists.insert(key.to_string(), p.clone());
-        p
     }
 
     fn existing(&self, key: &str) -> Option<Arc<Playlist>> {
         self.playlists.get(key)
+    }
+
+    /// Weighs `pl`'s state again after it changed, so the map's byte budget sees it (evicting
+    /// the least recently used states past it). Only the entry that is `pl` is re-weighed: one
+    /// evicted meanwhile is not put back over a newer state of the key.
+    fn reweigh(&self, key: &str, pl: &Arc<Playlist>) {
+        let bytes = pl.state.lock().weight();
+        let mut evict = Vec::new();
+        {
+            let mut l = self.ledger.lock();
+            if let Some((seq, old, _)) = l.by_key.remove(key) {
+                l.order.remove(&seq);
+                l.total = l.total.saturating_sub(old);
+            }
+            let seq = l.next;
+            l.next += 1;
+            l.order.insert(seq, key.to_string());
+            l.by_key
+                .insert(key.to_string(), (seq, bytes, Arc::downgrade(pl)));
+            l.total += bytes;
+            // Oldest first; a single state over the whole budget goes too.
+            while l.total > self.budget {
+                let Some((_, k)) = l.order.pop_first() else {
+                    break;
+                };
+                if let Some((_, b, weak)) = l.by_key.remove(&k) {
+                    l.total = l.total.saturating_sub(b);
+                    evict.push((k, weak));
+                }
+            }
+        }
+        // Outside the ledger's lock; only the state that was weighed, not a newer one.
+        for (k, weak) in evict {
+            self.playlists.remove_if(k.as_str(), |p| {
+                weak.upgrade().is_some_and(|w| Arc::ptr_eq(p, &w))
+            });
+        }
+    }
+
+    /// The bytes the live state of every playlist weighs (at most `live.state_memory`).
+    pub fn state_bytes(&self) -> u64 {
+        self.ledger.lock().total
     }
 
     /// Whether `key` may go to the SSD store: not a live member, or one inside its DVR window.
@@ -456,11 +574,14 @@ pub async fn intercept(req: &Req<'_>) -> Result<Option<Response<Body>>, EdgeErro
     let Some(msn) = d.msn else {
         return Ok(None);
     };
+    // Three target durations, but never past `live.max_hold`: the target duration is the
+    // origin's word (up to a day), and a hold pins a viewer connection and a waiter.
     let hold = pl
         .latest()
         .map(|s| s.scan.target * 3)
         .filter(|h| !h.is_zero())
-        .unwrap_or(edge.config.cache.collapse_timeout);
+        .unwrap_or(edge.config.cache.collapse_timeout)
+        .min(edge.config.live.max_hold);
     let deadline = Instant::now() + hold;
     let mut tick = pl.tick.subscribe();
     let wants = order(msn, d.part);
@@ -598,6 +719,7 @@ pub fn observe(edge: &Arc<Edge>, route: &Route, key: &str, obj: &Arc<CachedObjec
                 newer
             };
             if newer {
+                edge.live.reweigh(&playlist_key(key), &pl);
                 pl.bump();
             }
         }
@@ -612,6 +734,10 @@ pub fn observe(edge: &Arc<Edge>, route: &Route, key: &str, obj: &Arc<CachedObjec
 pub fn announce(edge: &Arc<Edge>, route: &Route, key: &str, body: &[u8]) {
     if !is_playlist_path(key) {
         crate::proxy::prefetch::observe_mpd(edge, route, key, body);
+        let pl_key = playlist_key(key);
+        if let Some(pl) = edge.live.existing(&pl_key) {
+            edge.live.reweigh(&pl_key, &pl);
+        }
         return;
     }
     let Some(scan) = scan(body) else {
@@ -629,6 +755,7 @@ pub fn announce(edge: &Arc<Edge>, route: &Route, key: &str, body: &[u8]) {
     }
     retain(edge, route, &pl_key, &pl, &scan);
     crate::proxy::prefetch::after_playlist(edge, route, &pl_key, &pl, &scan);
+    edge.live.reweigh(&pl_key, &pl);
 }
 
 /// Records the window's members and ages out what left it.
@@ -824,6 +951,35 @@ mod tests {
         assert!(!live.admits_to_store("a"));
         assert!(live.admits_to_store("b"));
         assert!(!live.admits_to_store("c"));
+    }
+
+    #[test]
+    fn concurrent_first_uses_of_a_playlist_share_one_live_state() {
+        // Many rounds of threads asking for a new key at once: every one must get the same
+        // state (get-then-insert let two racing first requests create two).
+        let live = Arc::new(Live::default());
+        for round in 0..200 {
+            let key = format!("http|h|/r{round}.m3u8");
+            let barrier = Arc::new(std::sync::Barrier::new(8));
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    let (live, key, barrier) = (live.clone(), key.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        live.playlist(&key)
+                    })
+                })
+                .collect();
+            let states: Vec<Arc<Playlist>> = handles
+                .into_iter()
+                .map(|h| h.join().expect("thread"))
+                .collect();
+            assert!(
+                states.iter().all(|s| Arc::ptr_eq(s, &states[0])),
+                "round {round}: two live states for one playlist"
+            );
+            assert!(Arc::ptr_eq(&live.playlist(&key), &states[0]));
+        }
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! invalidation by unsafe methods (`invalidate`), admission priority under load (`admission`),
 //! the live edge (`llhls`: LL-HLS blocking reloads and live-window retention; `prefetch`:
 //! fetching what live manifests announce) and request errors (`error`); `assets`
-//! remembers which objects the stored manifests reference (purge by asset). The viewer side
+//! remembers which objects the stored manifests reference (purge by asset); `vary_cap` bounds
+//! the `Vary` variants stored per object. The viewer side
 //! (`http`) calls in through `http::server::Handler`; nothing here accepts connections, and
 //! only `origin` opens outbound ones.
 
@@ -27,6 +28,7 @@ pub mod signed;
 pub mod slice;
 pub mod target;
 pub mod tiers;
+pub mod vary_cap;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -6,6 +6,13 @@
 //!
 //! [`prefetch_hint`] is the same for one object a player announced (CMCD `nor`), bounded per
 //! viewer as well.
+//!
+//! A prefetch has no viewer, so it skips the checks `dispatch` makes of one (a route's token,
+//! its `allow_ips`/`deny_ips`): it only fills objects of the route whose manifest (or viewer)
+//! named them, whose checks that viewer passed. A URI that resolves into another route of the
+//! same host is left for its own viewers. Nor is an answer other than a success kept from a
+//! prefetch (an origin's 403 to the edge's own request must not be served to viewers who would
+//! have been let in): the fill passes, and viewers ask for themselves.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,7 +66,7 @@ pub(crate) fn after_playlist(
     let skip = fresh.len().saturating_sub(PER_UPDATE);
     for (_, uri) in fresh.into_iter().skip(skip) {
         if let Some((host, pq)) = resolve(pl_key, uri) {
-            start(edge, &host, &pq, None);
+            start(edge, route, &host, &pq, None);
         }
     }
 }
@@ -124,7 +131,7 @@ pub(crate) fn observe_mpd(edge: &Arc<Edge>, route: &Route, key: &str, body: &[u8
                     Some(q) => format!("{}?{q}", u.path()),
                     None => u.path().to_string(),
                 };
-                start(edge, host, &pq, None);
+                start(edge, route, host, &pq, None);
             }
         }
     }
@@ -176,13 +183,15 @@ pub fn prefetch_hint(
     let Ok(permit) = per_viewer.try_acquire_owned() else {
         return false;
     };
-    start(edge, &host, &pq, Some(permit))
+    start(edge, route, &host, &pq, Some(permit))
 }
 
 /// Starts one prefetch fill of `path_and_query` on `host` (the key's host), unless it is cached
-/// or in flight or the budget is spent.
+/// or in flight, the budget is spent, or it belongs to another route than `route` (the one whose
+/// viewer named it).
 fn start(
     edge: &Arc<Edge>,
+    route: &Route,
     host: &str,
     path_and_query: &str,
     viewer_permit: Option<tokio::sync::OwnedSemaphorePermit>,
@@ -190,7 +199,7 @@ fn start(
     let Ok(target) = target::resolve(&edge.config, Some(host), path_and_query) else {
         return false;
     };
-    if target.route.live.prefetch == Prefetch::Off {
+    if !std::ptr::eq(target.route, route) || target.route.live.prefetch == Prefetch::Off {
         return false;
     }
     let key = target.key.clone();

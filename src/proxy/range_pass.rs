@@ -7,7 +7,10 @@
 //!   (or of unknown length) is dropped before its body is read (what was fetched beyond the
 //!   range is at most what sat in socket buffers); the viewer, and any reader that joined, are
 //!   passed through to the origin with their own request, `Range` included, uncached
-//!   (`Cache-Status: ...; fwd=bypass; detail=range-pass`);
+//!   (`Cache-Status: ...; fwd=bypass; detail=range-pass`); a reader that joined *without* a
+//!   `Range` wants the whole object, which is exactly what the rule does for a wanted key: the
+//!   probe releases the key first and those readers claim it again, one collapsed whole-object
+//!   fill between them (`refill`), instead of one whole-object pass each;
 //! - the key is remembered in a byte-bounded "seen" set (`cache.index_memory`): the next request
 //!   for it (the object is wanted) fills the whole object as usual, and later ranges are served
 //!   from the cache. A Range request that finds a fill in flight joins it.
@@ -48,6 +51,15 @@ pub fn probe(req: &Req<'_>, base_key: &str, cold: bool) -> bool {
     }
     edge.range_seen.insert(base_key.to_string(), ());
     true
+}
+
+/// The pass reason of a probe whose answer was too large.
+pub const REASON: &str = "range-pass";
+
+/// Whether a collapsed reader told to pass for `reason` should instead claim the key again: a
+/// viewer without `Range` on a probe dropped as too large (the probe released the key).
+pub fn refill(req: &Req<'_>, reason: &str) -> bool {
+    reason == REASON && !req.parts.headers.contains_key(header::RANGE)
 }
 
 /// Whether a probe's origin answer is too large to fetch whole for one viewer's range: a 200

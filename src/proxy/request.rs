@@ -568,6 +568,9 @@ async fn read(
                     &format!("fwd=miss; detail={reason}"),
                 )
             }
+            // A whole-object viewer collapsed onto a cold-Range probe: looked up again (bounded
+            // by `Lookup::rounds`), it claims one collapsed whole-object fill.
+            None if crate::proxy::range_pass::refill(req, reason) => return Ok(Phase::Lookup),
             None => {
                 return Ok(Phase::Pass {
                     reason,

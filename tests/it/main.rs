@@ -5,6 +5,7 @@ mod support;
 
 mod abuse;
 mod adversarial;
+mod adversarial2;
 mod cmcd;
 mod edge_basics;
 mod edge_bypass;
