@@ -321,16 +321,3 @@ async fn a_corrupt_object_kept_by_its_hits_is_dropped_at_reclaim_not_served() {
         s.close().await.unwrap();
     }
 }
-
-fn flip(path: &std::path::Path, at: u64) {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let mut b = [0u8; 1];
-    f.read_exact_at(&mut b, at).unwrap();
-    b[0] ^= 0x10;
-    f.write_all_at(&b, at).unwrap();
-}

@@ -77,3 +77,17 @@ pub async fn assert_served(s: &Store, key: &str, len: usize) {
     assert!(hit.body == body_for(key, len), "{key} body differs");
     assert_eq!(hit.meta.head, meta(key, &[], false).head);
 }
+
+/// Flips one bit of the byte at `at` in the file at `path` (a corrupt device, for the checksums).
+pub fn flip(path: &Path, at: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at).unwrap();
+    b[0] ^= 0x10;
+    f.write_all_at(&b, at).unwrap();
+}
