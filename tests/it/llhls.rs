@@ -81,6 +81,30 @@ pub async fn origin_stats(base: &str) -> serde_json::Value {
     serde_json::from_slice(&body).expect("stats json")
 }
 
+/// Reads a streaming body to its end (at most 10,000 frames, each within 10 s), calling
+/// `on_data(bytes so far, frame)` before each data frame is appended.
+async fn read_frames<B>(mut body: B, mut on_data: impl FnMut(&[u8], &[u8])) -> Vec<u8>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Unpin,
+    B::Error: std::fmt::Debug,
+{
+    use http_body_util::BodyExt;
+    let mut got = Vec::new();
+    for _ in 0..10_000 {
+        let Some(frame) = tokio::time::timeout(Duration::from_secs(10), body.frame())
+            .await
+            .expect("body frame in time")
+        else {
+            break;
+        };
+        if let Ok(data) = frame.expect("body frame").into_data() {
+            on_data(&got, &data);
+            got.extend_from_slice(&data);
+        }
+    }
+    got
+}
+
 async fn reqwest_get(url: &str) -> Vec<u8> {
     use http_body_util::{BodyExt, Empty};
     use hyper_util::client::legacy::Client;
@@ -207,7 +231,6 @@ async fn a_hold_never_exceeds_three_target_durations() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn viewers_of_a_held_preload_hint_part_get_its_bytes_before_it_completes_from_one_origin_request(
 ) {
-    use http_body_util::BodyExt;
     let (base, _stop) = start_sim(sim_options()).await;
     let edge = TestEdge::start(config_for(&base, "off")).await;
     let path = "/ll/c5/r0/media.m3u8";
@@ -219,26 +242,16 @@ async fn viewers_of_a_held_preload_hint_part_get_its_bytes_before_it_completes_f
             .send_streaming(edge.req(http::Method::GET, &part), bytes::Bytes::new())
             .await;
         assert_eq!(resp.status(), 200);
-        let mut body = resp.into_body();
-        let mut got = Vec::new();
         let mut early = false;
         // Bounded: a part is a few hundred milliseconds of frames.
-        for _ in 0..10_000 {
-            let Some(frame) = tokio::time::timeout(Duration::from_secs(10), body.frame())
-                .await
-                .expect("body frame in time")
-            else {
-                break;
-            };
-            if let Ok(data) = frame.expect("body frame").into_data() {
-                // Bytes while the edge's one fill of the part is still running: the part
-                // was not complete yet.
-                if got.is_empty() && !data.is_empty() && !edge.edge.fills.is_empty() {
-                    early = true;
-                }
-                got.extend_from_slice(&data);
+        let got = read_frames(resp.into_body(), |got, data| {
+            // Bytes while the edge's one fill of the part is still running: the part was not
+            // complete yet.
+            if got.is_empty() && !data.is_empty() && !edge.edge.fills.is_empty() {
+                early = true;
             }
-        }
+        })
+        .await;
         (got, early)
     };
     let ((a, early_a), (b, early_b)) = tokio::join!(view(), view());
@@ -283,7 +296,6 @@ async fn byte_range_hint_origin(chunks: usize, over: Duration) -> (Origin, &'sta
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_ended_range_requests_of_a_byte_range_preload_hint_are_one_streaming_fill() {
-    use http_body_util::BodyExt;
     let (origin, seg_path, seg) = byte_range_hint_origin(4, Duration::from_millis(1600)).await;
     let mut raw = config_for(&origin.url(), "off");
     // Slicing on (small slices) and the cold-Range rule on: neither may split or pass the hint.
@@ -306,24 +318,14 @@ async fn open_ended_range_requests_of_a_byte_range_preload_hint_are_one_streamin
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_string();
-        let mut body = resp.into_body();
-        let mut got = Vec::new();
         let mut first_at = None;
         // Bounded: four chunks.
-        for _ in 0..10_000 {
-            let Some(frame) = tokio::time::timeout(Duration::from_secs(10), body.frame())
-                .await
-                .expect("body frame in time")
-            else {
-                break;
-            };
-            if let Ok(data) = frame.expect("body frame").into_data() {
-                if first_at.is_none() && !data.is_empty() {
-                    first_at = Some(std::time::Instant::now());
-                }
-                got.extend_from_slice(&data);
+        let got = read_frames(resp.into_body(), |_, data| {
+            if first_at.is_none() && !data.is_empty() {
+                first_at = Some(std::time::Instant::now());
             }
-        }
+        })
+        .await;
         (status, content_range, got, first_at)
     };
     let viewers = futures_util::future::join_all((0..6).map(|_| view())).await;

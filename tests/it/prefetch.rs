@@ -99,19 +99,24 @@ async fn total_media(base: &str, prefix: &str) -> u64 {
     n
 }
 
+/// A 64 MiB store in `dir` that admits every object on its first request.
+fn small_store(dir: &std::path::Path) -> RawStore {
+    RawStore {
+        path: Some(dir.join("store")),
+        size: Some("64MiB".into()),
+        region_size: Some("4MiB".into()),
+        admit_window: Some("0s".into()),
+        ..RawStore::default()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_live_segments_never_reach_the_store_and_leave_ram_while_vod_stays() {
     let (base, _stop) = start_sim(live_options()).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let mut raw = config_for(&base, "next");
     raw.routes[0].live_retention_margin = Some("1s".into());
-    raw.store = RawStore {
-        path: Some(dir.path().join("store")),
-        size: Some("64MiB".into()),
-        region_size: Some("4MiB".into()),
-        admit_window: Some("0s".into()),
-        ..RawStore::default()
-    };
+    raw.store = small_store(dir.path());
     let edge = crate::support::TestEdge::start(raw).await;
     // A VOD object in RAM (and on disk).
     let vod = edge.get("/vod/v1/r0/media.m3u8").await;
@@ -270,13 +275,7 @@ async fn with_live_dvr_segments_behind_the_live_edge_leave_ram_but_stay_on_disk_
     let mut raw = config_for(&base, "next");
     raw.routes[0].live_retention_margin = Some("1s".into());
     raw.routes[0].live_dvr = Some("1h".into());
-    raw.store = RawStore {
-        path: Some(dir.path().join("store")),
-        size: Some("64MiB".into()),
-        region_size: Some("4MiB".into()),
-        admit_window: Some("0s".into()),
-        ..RawStore::default()
-    };
+    raw.store = small_store(dir.path());
     let edge = crate::support::TestEdge::start(raw).await;
     let host = base.trim_start_matches("http://").to_string();
     // The first segment seen leaves the 3-segment window three segments later; two more
