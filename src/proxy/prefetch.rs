@@ -19,10 +19,12 @@ use std::time::Duration;
 
 use crate::cache::fill::FillHead;
 use crate::cache::lock::Claim;
+use crate::cmcd::Cmcd;
 use crate::config::{Prefetch, Route};
 use crate::proxy::edge::Edge;
 use crate::proxy::fill::{self, FillJob};
 use crate::proxy::llhls::{self, Playlist, Scan};
+use crate::proxy::request::Req;
 use crate::proxy::target;
 use vedge_manifest::ObjectKind;
 
@@ -154,11 +156,31 @@ fn resolve(pl_key: &str, uri: &str) -> Option<(String, String)> {
     Some((host.to_string(), pq))
 }
 
+/// After a viewer's GET was answered: its CMCD `nor` (CTA-5004 §3.3.4, the object the player
+/// asks for next, relative to this one) starts a prefetch of that object. Only for a request
+/// the route admitted (token and address checks passed: `dispatch` calls this after them) and
+/// answered with a success, and only for a `nor` on the same host that stays below the root
+/// (`Cmcd::next_object`); the viewer is the CMCD `sid`, else the client address.
+pub(crate) fn after_hinted_request(req: &Req<'_>, cmcd: &Cmcd, status: http::StatusCode) {
+    if req.parts.method != http::Method::GET || !status.is_success() {
+        return;
+    }
+    let Some(next) = cmcd.next_object(req.parts.uri.path()) else {
+        return;
+    };
+    let viewer = match (&cmcd.sid, req.peer) {
+        (Some(sid), _) => sid.clone(),
+        (None, Some(peer)) => peer.ip().to_string(),
+        (None, None) => return,
+    };
+    prefetch_hint(req.edge, req.route, &req.key, &next, &viewer);
+}
+
 /// A CMCD `nor` prefetch hint (CTA-5004 §3.3.4): the player announced it will ask for `uri`
 /// (relative to the object keyed `base_key` it is requesting now) next. Starts a fill of it
 /// unless the route has `prefetch = "off"`, it is cached or being filled, `viewer` (a CMCD
 /// `sid`, else the client address) already has `PER_VIEWER` hints in flight, or the edge-wide
-/// prefetch budget is spent. Returns whether a fill started. For the CMCD module to call.
+/// prefetch budget is spent. Returns whether a fill started.
 pub fn prefetch_hint(
     edge: &Arc<Edge>,
     route: &Route,

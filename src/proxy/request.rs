@@ -85,7 +85,7 @@ pub async fn handle(
 ) -> Response<Body> {
     let (parts, body) = req.into_parts();
     let cmcd = read_cmcd(&edge, &parts);
-    let mut resp = match dispatch(&edge, &parts, body, peer).await {
+    let mut resp = match dispatch(&edge, &parts, body, peer, cmcd.as_ref()).await {
         Ok(resp) => resp,
         Err(e) => {
             if let EdgeError::Origin(_) = e {
@@ -118,6 +118,7 @@ async fn dispatch(
     parts: &Parts,
     body: Incoming,
     peer: Option<SocketAddr>,
+    cmcd: Option<&Cmcd>,
 ) -> Result<Response<Body>, EdgeError> {
     let cacheable_method = parts.method == Method::GET || parts.method == Method::HEAD;
     // First of all: a GET or HEAD with a body is refused (RFC 9110 §9.3.1 gives such a body no
@@ -180,6 +181,9 @@ async fn dispatch(
         peer,
     };
     let resp = respond(&req, body).await?;
+    if let Some(c) = cmcd {
+        crate::proxy::prefetch::after_hinted_request(&req, c, resp.status());
+    }
     Ok(gate.finish(resp).await)
 }
 

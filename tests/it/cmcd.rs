@@ -283,3 +283,90 @@ async fn cmcd_buffer_metrics_are_counted_per_route() {
     assert!(out.contains("vedge_cmcd_buffer_starvation_total{route=\"/live/\"} 1"));
     assert!(out.contains("vedge_cmcd_buffer_length_ms_count{route=\"/\"} 1"));
 }
+
+/// CTA-5004 `nor` names the object the player asks for next (relative to this one): the edge
+/// fetches it while the player is still busy with this one, so the next request is a HIT.
+#[tokio::test]
+async fn cmcd_nor_prefetches_the_next_object_before_the_player_asks() {
+    let origin = Origin::start().await;
+    for p in ["/v/hd/seg1.m4s", "/v/hd/seg2.m4s", "/v/sd/seg2.m4s"] {
+        origin.script(p, Script::ok(p).header("cache-control", "max-age=60"));
+    }
+    let edge = TestEdge::start(edge_config(&origin)).await;
+
+    // The header form (hls.js) and the query form (dash.js, URL-encoded), relative paths.
+    let r = edge
+        .get_with("/v/hd/seg1.m4s", &[("cmcd-request", "nor=\"seg2.m4s\"")])
+        .await;
+    assert_eq!(r.status, 200);
+    until("the hinted object was fetched", || {
+        origin.count("/v/hd/seg2.m4s") == 1
+    })
+    .await;
+    edge.settle().await;
+    let next = edge.get("/v/hd/seg2.m4s").await;
+    assert_eq!(
+        (next.x_cache(), next.body.as_ref()),
+        ("HIT", &b"/v/hd/seg2.m4s"[..])
+    );
+
+    edge.get("/v/hd/seg1.m4s?CMCD=nor%3D%22..%252Fsd%252Fseg2.m4s%22%2Csid%3D%22s%22")
+        .await;
+    until("the query-form hint was fetched", || {
+        origin.count("/v/sd/seg2.m4s") == 1
+    })
+    .await;
+    edge.settle().await;
+    assert_eq!(edge.get("/v/sd/seg2.m4s").await.x_cache(), "HIT");
+    assert_eq!(origin.count("/v/sd/seg2.m4s"), 1);
+}
+
+/// A hint is the player's word about its own next request, not a way to make the edge fetch
+/// anything: no prefetch for another host, above the root, from a request the edge refused or
+/// the origin failed, or in a route with `prefetch = "off"`.
+#[tokio::test]
+async fn cmcd_nor_never_prefetches_elsewhere_or_after_a_failed_request() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/v/a.m4s",
+        Script::ok("a").header("cache-control", "max-age=60"),
+    );
+    origin.script("/v/gone.m4s", Script::status(404, "no"));
+    origin.script(
+        "/off/a.m4s",
+        Script::ok("a").header("cache-control", "max-age=60"),
+    );
+    for p in ["/x.m4s", "/v/after404.m4s", "/off/b.m4s"] {
+        origin.script(p, Script::ok("x"));
+    }
+    let mut raw = edge_config(&origin);
+    raw.routes.push(vedge::config::RawRoute {
+        prefix: "/off/".into(),
+        origin: origin.url(),
+        prefetch: Some("off".into()),
+        ..vedge::config::RawRoute::default()
+    });
+    let edge = TestEdge::start(raw).await;
+
+    for hint in [
+        "nor=\"http://127.0.0.2/x.m4s\"",
+        "nor=\"//127.0.0.2/x.m4s\"",
+        "nor=\"../../x.m4s\"",
+    ] {
+        let r = edge.get_with("/v/a.m4s", &[("cmcd-request", hint)]).await;
+        assert_eq!(r.status, 200, "{hint}");
+    }
+    let r = edge
+        .get_with("/v/gone.m4s", &[("cmcd-request", "nor=\"after404.m4s\"")])
+        .await;
+    assert_eq!(r.status, 404);
+    let r = edge
+        .get_with("/off/a.m4s", &[("cmcd-request", "nor=\"b.m4s\"")])
+        .await;
+    assert_eq!(r.status, 200);
+    // A hint that is taken starts its fill before the response goes out: by now, any would show.
+    edge.settle().await;
+    for p in ["/x.m4s", "/v/after404.m4s", "/off/b.m4s"] {
+        assert_eq!(origin.count(p), 0, "{p} was prefetched");
+    }
+}
