@@ -46,6 +46,11 @@ impl RamTier {
         self.cache.get(key)
     }
 
+    /// Whether `key` is held, without counting it as a hit.
+    pub fn contains(&self, key: &str) -> bool {
+        self.cache.peek(key).is_some()
+    }
+
     pub fn insert(&self, key: String, obj: Arc<CachedObject>) {
         self.cache.insert(key, obj);
     }

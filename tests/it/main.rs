@@ -6,6 +6,7 @@ mod support;
 mod abuse;
 mod adversarial;
 mod adversarial2;
+mod adversarial3;
 mod cmcd;
 mod edge_basics;
 mod edge_bypass;
