@@ -193,11 +193,13 @@ impl<H: Handler> Drop for Logged<H> {
         tracing::info!(
             target: TARGET,
             client_ip = l.peer.map(|p| tracing::field::display(p.ip())),
-            host = %who.host,
+            // Viewer text goes in as strings, which the formatter quotes and escapes: shown
+            // plain, a `User-Agent` or `Host` holding spaces would forge fields of the line.
+            host = who.host.as_str(),
             method = %l.method,
             path = %who.path,
             status = l.status,
-            ua = %who.ua,
+            ua = who.ua.as_str(),
             cache = l.info.cache.map_or("-", |c| c.as_str()),
             bytes = self.sent,
             complete,

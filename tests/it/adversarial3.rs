@@ -90,3 +90,118 @@ async fn variants_purged_from_the_tiers_no_longer_count_against_the_cap() {
     }
     assert_eq!(origin.count("/v/obj.json"), filled);
 }
+
+/// The fields of one formatted log line: `name=value` pairs split on spaces outside double
+/// quotes (how a log shipper reads the default format).
+fn log_fields(line: &str) -> Vec<(String, String)> {
+    let mut fields = Vec::new();
+    let (mut cur, mut quoted, mut escaped) = (String::new(), false, false);
+    for c in line.chars().chain(std::iter::once(' ')) {
+        if escaped {
+            escaped = false;
+        } else if quoted && c == '\\' {
+            escaped = true;
+        } else if c == '"' {
+            quoted = !quoted;
+        } else if c == ' ' && !quoted {
+            if let Some((k, v)) = cur.split_once('=') {
+                fields.push((k.to_string(), v.to_string()));
+            }
+            cur.clear();
+            continue;
+        }
+        cur.push(c);
+    }
+    fields
+}
+
+/// Kills the child process it holds when dropped.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `vedge serve` (the real binary) in front of `origin`, its stdout (where `serve` logs,
+/// access lines included) written to `log`; waits (bounded) until it answers.
+async fn serve_logging_to(origin: &Origin, log: &std::path::Path) -> (u16, Killed) {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a probe port");
+        l.local_addr().expect("probe addr").port()
+    };
+    let out = std::fs::File::create(log).expect("create the log file");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_vedge"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--origin", &origin.url(), "--log", "info"])
+        .stdout(std::process::Stdio::from(out))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn vedge");
+    let child = Killed(child);
+    for _ in 0..200 {
+        if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return (port, child);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("vedge serve did not listen on {port}");
+}
+
+/// A viewer's `User-Agent` and `Host` are hostile text: written plain into the access line, a
+/// value with spaces forged fields of its own (`client_ip=`, `status=`, `cache=`) that a log
+/// shipper read as the request's. Each access line has one of each field, the real one.
+#[tokio::test]
+async fn viewer_text_in_the_access_line_never_forges_its_fields() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/log/a.ts",
+        Script::ok("a").header("cache-control", "max-age=60"),
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("edge.log");
+    let (port, _edge) = serve_logging_to(&origin, &log).await;
+    let forged = "client_ip=6.6.6.6 status=299 cache=HIT";
+    for (host, ua) in [
+        ("edge.test", format!("player/1 {forged}")),
+        (&*format!("edge.test {forged}"), "player/1".to_string()),
+    ] {
+        let mut s = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("edge connects");
+        let req = format!(
+            "GET /log/a.ts HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {ua}\r\nConnection: close\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.expect("send");
+        read_raw(&mut s).await;
+    }
+    let mut lines = Vec::new();
+    for _ in 0..100 {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        lines = text
+            .lines()
+            .filter(|l| l.contains("vedge::access"))
+            .map(str::to_string)
+            .collect();
+        if lines.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(lines.len(), 2, "two access lines: {lines:?}");
+    for line in &lines {
+        let fields = log_fields(line);
+        for name in ["client_ip", "status", "cache"] {
+            let values: Vec<&str> = fields
+                .iter()
+                .filter(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+                .collect();
+            assert_eq!(values.len(), 1, "{name} once in {line}");
+            assert_ne!(values[0], "6.6.6.6", "{line}");
+            assert_ne!(values[0], "299", "{line}");
+        }
+    }
+}
