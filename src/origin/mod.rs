@@ -484,6 +484,7 @@ impl OriginClient {
             Ok(Err(e)) => Err(classify(&e, target)),
         };
         let outcome = match &result {
+            Ok(r) if r.status() == http::StatusCode::LOOP_DETECTED => Outcome::Loop,
             Ok(r) if r.status().is_server_error() => Outcome::ServerError,
             Ok(_) => Outcome::Ok,
             Err(e) => Outcome::Failed(*e),

@@ -29,6 +29,11 @@ pub enum Outcome {
     Ok,
     /// A 5xx answer.
     ServerError,
+    /// 508 Loop Detected: the upstream refused the loop the request's own `CDN-Loop` names
+    /// (a viewer's entries travel with a fill, RFC 8586). About the request, not the upstream:
+    /// neither a failure (viewers could eject a healthy shield) nor a success (they could keep
+    /// a failing one in).
+    Loop,
     Failed(OriginError),
 }
 
@@ -37,7 +42,7 @@ const ERROR_KINDS: [&str; 6] = ["connect", "timeout", "tls", "protocol", "intern
 
 fn error_index(o: Outcome) -> Option<usize> {
     Some(match o {
-        Outcome::Ok => return None,
+        Outcome::Ok | Outcome::Loop => return None,
         Outcome::Failed(OriginError::Connect) => 0,
         Outcome::Failed(OriginError::Timeout) => 1,
         Outcome::Failed(OriginError::Tls) => 2,
@@ -172,6 +177,9 @@ impl Target {
             self.stats
                 .latency_sum_us
                 .fetch_add(elapsed.as_micros() as u64, Relaxed);
+        }
+        if outcome == Outcome::Loop {
+            return;
         }
         let mut h = self.health.lock();
         if outcome == Outcome::Ok {

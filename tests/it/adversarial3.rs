@@ -205,3 +205,51 @@ async fn viewer_text_in_the_access_line_never_forges_its_fields() {
         }
     }
 }
+
+/// A viewer whose `CDN-Loop` names a shield node makes that shield answer 508 Loop Detected
+/// to the edge's fill (the entry travels with it, RFC 8586). That answer is about the request,
+/// not the shield's health: five of them ejected the shield for every viewer, so one attacker
+/// sending five requests every ten seconds sent all the shield's keys to the origin.
+#[tokio::test]
+async fn a_viewer_induced_loop_answer_never_ejects_the_shield() {
+    use vedge::config::RawShield;
+    let origin = Origin::start().await;
+    origin.script("/s/a.ts", Script::ok("a"));
+    let mut raw = edge_config(&origin);
+    raw.node_id = Some("shield-0".into());
+    let shield = TestEdge::start(raw).await;
+    let mut raw = edge_config(&origin);
+    raw.node_id = Some("edge-0".into());
+    raw.shield = Some(RawShield {
+        nodes: vec![format!("http://{}", shield.addr)],
+        ..RawShield::default()
+    });
+    let edge = TestEdge::start(raw).await;
+    for i in 0..8 {
+        let r = edge
+            .get_with(
+                &format!("/s/attack{i}.ts"),
+                &[("cdn-loop", "vedge; node=shield-0")],
+            )
+            .await;
+        // The shield refuses (508); the edge may retry the origin (404), time permitting.
+        assert!(matches!(r.status.as_u16(), 404 | 508), "{}", r.status);
+        edge.settle().await;
+    }
+    // The next viewer's fill still goes through the shield (its own CDN-Loop entry shows it).
+    let r = edge.get("/s/a.ts").await;
+    assert_eq!(r.status.as_u16(), 200);
+    let seen = origin.seen("/s/a.ts");
+    assert_eq!(seen.len(), 1);
+    let chain: Vec<&str> = seen[0]
+        .headers
+        .iter()
+        .filter(|(k, _)| k == "cdn-loop")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    let chain = chain.join(", ");
+    assert!(
+        chain.contains("node=shield-0"),
+        "fill bypassed the shield: {chain}"
+    );
+}
