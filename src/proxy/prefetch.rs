@@ -26,12 +26,17 @@ use crate::proxy::fill::{self, FillJob};
 use crate::proxy::llhls::{self, Playlist, Scan};
 use crate::proxy::request::Req;
 use crate::proxy::target;
+use tokio::sync::OwnedSemaphorePermit;
 use vedge_manifest::ObjectKind;
 
 /// Most prefetches one manifest update starts.
 const PER_UPDATE: usize = 16;
 /// CMCD `nor` hints in flight per viewer.
 const PER_VIEWER: usize = 2;
+/// CMCD `nor` hints in flight per client address, whatever `sid`s it sends: the `sid` is the
+/// player's own word, so a client naming a new one on each request would otherwise take the
+/// whole edge-wide budget (and starve the live playlists' prefetch) by itself.
+const PER_ADDRESS: usize = 8;
 /// How recently an MPD must have been requested to drive prefetch (MPDs carry no target
 /// duration: two typical 6 s segments).
 const MPD_WATCHED: Duration = Duration::from_secs(12);
@@ -68,7 +73,7 @@ pub(crate) fn after_playlist(
     let skip = fresh.len().saturating_sub(PER_UPDATE);
     for (_, uri) in fresh.into_iter().skip(skip) {
         if let Some((host, pq)) = resolve(pl_key, uri) {
-            start(edge, route, &host, &pq, None);
+            start(edge, route, &host, &pq, None, None);
         }
     }
 }
@@ -133,7 +138,7 @@ pub(crate) fn observe_mpd(edge: &Arc<Edge>, route: &Route, key: &str, body: &[u8
                     Some(q) => format!("{}?{q}", u.path()),
                     None => u.path().to_string(),
                 };
-                start(edge, route, host, &pq, None);
+                start(edge, route, host, &pq, None, None);
             }
         }
     }
@@ -169,24 +174,53 @@ pub(crate) fn after_hinted_request(req: &Req<'_>, cmcd: &Cmcd, status: http::Sta
         return;
     };
     let viewer = match (&cmcd.sid, req.peer) {
-        (Some(sid), _) => sid.clone(),
-        (None, Some(peer)) => peer.ip().to_string(),
+        (Some(sid), _) => format!("s|{sid}"),
+        (None, Some(peer)) => format!("v|{}", peer.ip()),
         (None, None) => return,
     };
-    prefetch_hint(req.edge, req.route, &req.key, &next, &viewer);
+    let Some(address) = req.peer.map(|p| format!("a|{}", p.ip())) else {
+        return;
+    };
+    let Some(per_address) = hint_permit(req.edge, &address, PER_ADDRESS) else {
+        return;
+    };
+    prefetch_hint(
+        req.edge,
+        req.route,
+        &req.key,
+        &next,
+        &viewer,
+        Some(per_address),
+    );
+}
+
+/// A permit of `bound` per `who`, if one is free: `s|sid` and `v|address` are viewers, `a|address`
+/// a client address (the prefixes keep a `sid` from naming another client's semaphore).
+fn hint_permit(edge: &Edge, who: &str, bound: usize) -> Option<OwnedSemaphorePermit> {
+    let s = match edge.live.hints.get(who) {
+        Some(s) => s,
+        None => {
+            let s = Arc::new(tokio::sync::Semaphore::new(bound));
+            edge.live.hints.insert(who.to_string(), s.clone());
+            s
+        }
+    };
+    s.try_acquire_owned().ok()
 }
 
 /// A CMCD `nor` prefetch hint (CTA-5004 §3.3.4): the player announced it will ask for `uri`
 /// (relative to the object keyed `base_key` it is requesting now) next. Starts a fill of it
-/// unless the route has `prefetch = "off"`, it is cached or being filled, `viewer` (a CMCD
-/// `sid`, else the client address) already has `PER_VIEWER` hints in flight, or the edge-wide
-/// prefetch budget is spent. Returns whether a fill started.
+/// unless the route has `prefetch = "off"`, it is cached or being filled, `viewer` (`s|` and a
+/// CMCD `sid`, else `v|` and the client address) already has `PER_VIEWER` hints in flight, or
+/// the edge-wide prefetch budget is spent. `address_permit` (the client address's share, held
+/// until the fill ends) is taken by the caller. Returns whether a fill started.
 pub fn prefetch_hint(
     edge: &Arc<Edge>,
     route: &Route,
     base_key: &str,
     uri: &str,
     viewer: &str,
+    address_permit: Option<OwnedSemaphorePermit>,
 ) -> bool {
     if route.live.prefetch == Prefetch::Off {
         return false;
@@ -194,18 +228,10 @@ pub fn prefetch_hint(
     let Some((host, pq)) = resolve(base_key, uri) else {
         return false;
     };
-    let per_viewer = match edge.live.hints.get(viewer) {
-        Some(s) => s,
-        None => {
-            let s = Arc::new(tokio::sync::Semaphore::new(PER_VIEWER));
-            edge.live.hints.insert(viewer.to_string(), s.clone());
-            s
-        }
-    };
-    let Ok(permit) = per_viewer.try_acquire_owned() else {
+    let Some(permit) = hint_permit(edge, viewer, PER_VIEWER) else {
         return false;
     };
-    start(edge, route, &host, &pq, Some(permit))
+    start(edge, route, &host, &pq, Some(permit), address_permit)
 }
 
 /// Starts one prefetch fill of `path_and_query` on `host` (the key's host), unless it is cached
@@ -216,7 +242,8 @@ fn start(
     route: &Route,
     host: &str,
     path_and_query: &str,
-    viewer_permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    viewer_permit: Option<OwnedSemaphorePermit>,
+    address_permit: Option<OwnedSemaphorePermit>,
 ) -> bool {
     let Ok(target) = target::resolve(&edge.config, Some(host), path_and_query) else {
         return false;
@@ -237,7 +264,7 @@ fn start(
     let job = FillJob::prefetch(edge, &target);
     let edge2 = edge.clone();
     edge.spawn(async move {
-        let _permits = (permit, viewer_permit);
+        let _permits = (permit, viewer_permit, address_permit);
         if let Some((obj, _)) = edge2.lookup_fresh(&key, edge2.clock.now()).await {
             f.set_head(FillHead::Complete(obj));
             f.finish(Ok(()));

@@ -253,3 +253,43 @@ async fn a_viewer_induced_loop_answer_never_ejects_the_shield() {
         "fill bypassed the shield: {chain}"
     );
 }
+
+/// CMCD `nor` hints are bounded per viewer, and the viewer was the `sid` the player names: one
+/// client sending a new `sid` with each hint to a slow origin held the whole edge-wide prefetch
+/// budget (64 fills), starving every other viewer's prefetch. A client address has a bounded
+/// share of hints in flight whatever `sid`s it sends.
+#[tokio::test]
+async fn cmcd_hints_from_one_address_are_bounded_whatever_sid_it_sends() {
+    use crate::support::origin::Gate;
+    let origin = Origin::start().await;
+    origin.script(
+        "/v/a.m4s",
+        Script::ok("a").header("cache-control", "max-age=60"),
+    );
+    let gate = Gate::new();
+    let hinted = 24;
+    for i in 0..hinted {
+        origin.script(&format!("/v/n{i}.m4s"), Script::ok("n").gate(&gate));
+    }
+    let edge = TestEdge::start(edge_config(&origin)).await;
+    for i in 0..hinted {
+        let hint = format!("nor=\"n{i}.m4s\",sid=\"attacker-{i}\"");
+        let r = edge
+            .get_with("/v/a.m4s", &[("cmcd-request", hint.as_str())])
+            .await;
+        assert_eq!(r.status.as_u16(), 200);
+    }
+    // The hinted fills wait at the gate: the fills in flight are the hints taken. Before, one
+    // per `sid`: all 24 (up to the edge-wide 64).
+    crate::support::edge::until("at most 8 hinted fills in flight", || {
+        edge.edge.fills.len() <= 8
+    })
+    .await;
+    assert!(!edge.edge.fills.is_empty(), "hints are still taken");
+    let asked = (0..hinted)
+        .filter(|i| origin.count(&format!("/v/n{i}.m4s")) > 0)
+        .count();
+    assert!(asked <= 8, "{asked} hinted objects fetched");
+    gate.open();
+    edge.settle().await;
+}
