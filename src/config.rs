@@ -287,6 +287,9 @@ pub struct RawCache {
     pub range_passthrough_above: Option<String>,
     /// Abuse limits: bytes each of the hit-for-pass and Vary indexes may weigh.
     pub index_memory: Option<String>,
+    /// Honour viewers' `Cache-Control` request directives (`no-cache`, `max-age`,
+    /// `min-fresh`, `max-stale`, `only-if-cached`); default true.
+    pub request_directives: Option<bool>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -484,6 +487,9 @@ pub struct CacheConfig {
     /// 0 disables slicing.
     pub slice_size: u64,
     pub ttl: ClassTtl,
+    /// Viewers' `Cache-Control` request directives are honoured (`cache::request_cc`): a
+    /// `no-cache` or `max-age=0` revalidates, `only-if-cached` never reaches the origin.
+    pub request_directives: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -1065,6 +1071,7 @@ impl CacheConfig {
             targeted_cache_control: targeted_fields(raw.targeted_cache_control.as_deref(), c),
             slice_size: slice_size(raw, c),
             ttl: c.class_ttls("cache.ttl", &raw.ttl, &ClassTtl::defaults()),
+            request_directives: raw.request_directives.unwrap_or(true),
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod lock;
 pub mod object;
 pub mod policy;
 pub mod ram;
+pub mod request_cc;
 pub mod sfv;
 pub mod status;
 pub mod vary;

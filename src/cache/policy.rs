@@ -217,6 +217,10 @@ pub struct CacheControl {
     pub s_maxage: Option<u64>,
     pub stale_while_revalidate: Option<u64>,
     pub stale_if_error: Option<u64>,
+    /// Field names of a qualified `no-cache="a, b"` or `private="a"` (lowercased): the
+    /// response may be stored without them (RFC 9111 §5.2.2.4, §5.2.2.7). The qualified forms
+    /// do not set `no_cache` / `private`.
+    pub withheld_fields: Vec<String>,
 }
 
 impl CacheControl {
@@ -252,7 +256,26 @@ impl CacheControl {
             };
             match name.as_str() {
                 "no-store" => self.no_store = true,
-                // `no-cache="Set-Cookie"` (field-qualified) is treated as plain no-cache.
+                // Field-qualified (`no-cache="Set-Cookie"`): a shared cache stores the
+                // response without the named fields. A spoiled argument (`private="a`) is
+                // read as the unqualified directive, the safe side.
+                "no-cache" | "private"
+                    if arg.as_deref().is_some_and(|a| !a.starts_with(INVALID)) =>
+                {
+                    let names: Vec<String> = arg
+                        .as_deref()
+                        .unwrap_or_default()
+                        .split(',')
+                        .map(|n| n.trim().to_ascii_lowercase())
+                        .filter(|n| !n.is_empty())
+                        .collect();
+                    match (names.is_empty(), name.as_str()) {
+                        // Naming nothing (`private=""`): the unqualified directive.
+                        (true, "private") => self.private = true,
+                        (true, _) => self.no_cache = true,
+                        (false, _) => self.withheld_fields.extend(names),
+                    }
+                }
                 "no-cache" => self.no_cache = true,
                 "private" => self.private = true,
                 "public" => self.public = true,
@@ -337,11 +360,15 @@ pub fn targeted_cache_control(h: &HeaderMap, names: &[HeaderName]) -> Option<Cac
     })
 }
 
+/// The argument `directives` gives for a quoted string spoiled by what follows it: no
+/// directive value can start with a NUL.
+const INVALID: &str = "\u{0}invalid";
+
 /// The `(name, argument)` pairs of a `Cache-Control` line: names lowercased, quoted arguments
 /// unquoted (`\x` escapes honoured). A name followed by whitespace before its `=`
 /// (`max-age =60`) keeps that whitespace, so it matches no directive (RFC 9111 §5.2 grammar:
 /// `token [ "=" ( token / quoted-string ) ]`).
-fn directives(v: &str) -> Vec<(String, Option<String>)> {
+pub(crate) fn directives(v: &str) -> Vec<(String, Option<String>)> {
     let b = v.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;
@@ -392,7 +419,7 @@ fn directives(v: &str) -> Vec<(String, Option<String>)> {
             if clean {
                 arg
             } else {
-                "\u{0}invalid".to_string()
+                INVALID.to_string()
             }
         } else {
             let arg_start = i;
@@ -516,6 +543,8 @@ pub fn decide(input: &DecisionInput<'_>) -> Decision {
     }
     let mut ttl = match explicit {
         Some(t) => t,
+        // `no-cache` with a validator and no lifetime: stored, revalidated on every use.
+        None if cc.no_cache && !forced && has_validators(h) => Duration::ZERO,
         None if negative => input.negative_ttl,
         None => match rules.default {
             Some(d) => d,
@@ -549,7 +578,13 @@ pub fn decide(input: &DecisionInput<'_>) -> Decision {
     let secs = |v: Option<u64>| v.map(Duration::from_secs);
     // The class's configured stale-if-error protects content, not errors: an error keeps only
     // the window its origin gave.
-    let configured_sie = if error { None } else { rules.stale_if_error };
+    // `s-maxage` implies `proxy-revalidate` (RFC 9111 §5.2.2.10): no stale serving on the
+    // operator's say-so, only on the origin's own stale-* directives.
+    let configured_sie = if error || cc.s_maxage.is_some() {
+        None
+    } else {
+        rules.stale_if_error
+    };
     let mut swr = secs(sc.stale_while_revalidate.or(cc.stale_while_revalidate)).unwrap_or_default();
     let mut sie = secs(sc.stale_if_error.or(cc.stale_if_error))
         .or(configured_sie)
@@ -574,6 +609,23 @@ pub fn decide(input: &DecisionInput<'_>) -> Decision {
         stale_while_revalidate: swr,
         stale_if_error: sie,
     })
+}
+
+/// The header fields a stored copy of this response must not keep: those named by a qualified
+/// `no-cache` or `private` in `Cache-Control` (RFC 9111 §5.2.2.4, §5.2.2.7), as header names.
+pub fn withheld_fields(h: &HeaderMap) -> Vec<HeaderName> {
+    CacheControl::parse(h, header::CACHE_CONTROL)
+        .withheld_fields
+        .iter()
+        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+        .collect()
+}
+
+/// Removes `withheld_fields` from headers about to be stored.
+pub fn withhold(h: &mut HeaderMap) {
+    for name in withheld_fields(h) {
+        h.remove(name);
+    }
 }
 
 /// The origin's `Age` (RFC 9111 §5.1), capped at `MAX_DELTA`. `None` when absent or not a

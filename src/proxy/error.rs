@@ -30,6 +30,10 @@ pub enum EdgeError {
     /// (`origin_client.max_fills`): 503 with `Retry-After`.
     #[error("origin busy: too many fills in flight, retry shortly")]
     OriginBusy,
+    /// `Cache-Control: only-if-cached` and no stored response that may answer (RFC 9111
+    /// §5.2.1.7): 504.
+    #[error("not cached (only-if-cached)")]
+    NotCached,
 }
 
 /// A failed fill's origin failure, back in the origin client's terms: the same status and
@@ -60,6 +64,7 @@ impl EdgeError {
             EdgeError::Target(TargetError::Misdirected(_)) => StatusCode::MISDIRECTED_REQUEST,
             EdgeError::Target(TargetError::NoRoute(_)) => StatusCode::BAD_GATEWAY,
             EdgeError::OriginBusy => StatusCode::SERVICE_UNAVAILABLE,
+            EdgeError::NotCached => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -73,6 +78,7 @@ impl EdgeError {
             EdgeError::Target(TargetError::Misdirected(_)) => "misdirected",
             EdgeError::Target(TargetError::NoRoute(_)) => "no-route",
             EdgeError::OriginBusy => "origin-busy",
+            EdgeError::NotCached => "only-if-cached",
         }
     }
 
@@ -91,7 +97,9 @@ impl EdgeError {
             h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         let status = match self {
-            EdgeError::Origin(_) | EdgeError::OriginBusy => CacheStatus::Miss,
+            EdgeError::Origin(_) | EdgeError::OriginBusy | EdgeError::NotCached => {
+                CacheStatus::Miss
+            }
             _ => CacheStatus::Bypass,
         };
         stamp(

@@ -286,6 +286,7 @@ async fn run(
         if let Some(stale) = &job.stale {
             // RFC 9111 §4.3.4: update the stored headers, keep the body.
             let mut merged = stale.merged_headers(&parts.headers);
+            policy::withhold(&mut merged);
             let decision = decide(stale.status, &merged, stale.class);
             if let Decision::Store(freshness) = decision {
                 merged.remove(header::AGE);
@@ -456,6 +457,11 @@ async fn run(
                 .is_some_and(|st| st <= s.freshness.stale_if_error)
         });
     let mut store = matches!(decision, Decision::Store(_)) && !stale_stands_in;
+    if store {
+        // Qualified `no-cache="a"` / `private="a"`: kept without the named fields; the
+        // viewers of this fill share the stored head, so none of them gets those either.
+        policy::withhold(&mut parts.headers);
+    }
     // A variant past the object's cap is answered but not kept (`proxy::vary_cap`).
     if store && !spec.is_empty() && !crate::proxy::vary_cap::admit(edge, &job.base_key, &store_key)
     {

@@ -31,6 +31,7 @@ use hyper::body::{Body as HttpBody, Incoming};
 use crate::cache::fill::{Fill, FillHead};
 use crate::cache::lock::{Claim, FillGuard};
 use crate::cache::object::CachedObject;
+use crate::cache::request_cc::{RequestDirectives, Verdict};
 use crate::cache::status::CacheStatus;
 use crate::cmcd::Cmcd;
 use crate::config::Route;
@@ -268,6 +269,11 @@ struct Lookup {
     /// Lookups done: a second happens only when a collapsed reader learns the response varies
     /// on a header whose value differs from the leader's.
     rounds: u8,
+    /// The viewer's `Cache-Control` directives (empty unless `cache.request_directives`).
+    asked: RequestDirectives,
+    /// The viewer's directives refused the stored object: the fill revalidates it even though
+    /// it is fresh.
+    revalidate: bool,
 }
 
 /// GET/HEAD through the cache; LL-HLS blocking reloads first (`proxy::llhls`).
@@ -290,12 +296,28 @@ pub(crate) async fn phases(req: &Req<'_>) -> Result<Response<Body>, EdgeError> {
     } else {
         Phase::Lookup
     };
+    let asked = if edge.config.cache.request_directives {
+        RequestDirectives::parse(&req.parts.headers)
+    } else {
+        RequestDirectives::default()
+    };
     let mut at = Lookup {
         key: base_key.clone(),
         base_key,
         rounds: 0,
+        asked,
+        revalidate: false,
     };
     loop {
+        // `only-if-cached` (RFC 9111 §5.2.1.7): whatever would ask the origin answers 504.
+        if at.asked.only_if_cached
+            && matches!(
+                phase,
+                Phase::Fill { .. } | Phase::Slice | Phase::Pass { .. }
+            )
+        {
+            return Err(EdgeError::NotCached);
+        }
         phase = match phase {
             Phase::Lookup => lookup(req, &mut at).await,
             Phase::Hit(obj, tier) => Phase::Deliver(serve_hit(req, &obj, tier, edge.clock.now())),
@@ -354,12 +376,19 @@ async fn lookup(req: &Req<'_>, at: &mut Lookup) -> Phase {
     }
     let now = edge.clock.now();
     match edge.lookup(&at.key).await {
-        Some((obj, tier)) => match obj.staleness(now) {
-            None => Phase::Hit(obj, tier),
-            Some(stale) if stale <= obj.freshness.stale_while_revalidate => {
-                Phase::StaleWhileRevalidate(obj)
+        Some((obj, tier)) => match at.asked.judge(&obj, obj.age(now)) {
+            Verdict::Revalidate => {
+                at.revalidate = true;
+                Phase::Fill { stale: Some(obj) }
             }
-            Some(_) => Phase::Fill { stale: Some(obj) },
+            Verdict::ServeStale => Phase::Deliver(serve_stale(req, &obj, now, "max-stale")),
+            Verdict::AsStored => match obj.staleness(now) {
+                None => Phase::Hit(obj, tier),
+                Some(stale) if stale <= obj.freshness.stale_while_revalidate => {
+                    Phase::StaleWhileRevalidate(obj)
+                }
+                Some(_) => Phase::Fill { stale: Some(obj) },
+            },
         },
         None => match crate::proxy::hint_range::key_for(req, &at.base_key) {
             // A byte-range preload hint: its own collapsed, streaming fill (`hint_range`).
@@ -449,9 +478,12 @@ async fn claim(req: &Req<'_>, at: &Lookup, stale: Option<Arc<CachedObject>>) -> 
         Claim::Leader(fill, guard) => {
             // A fill may have stored the key and ended between our lookup and this claim: look
             // again now that we hold the key, or every such request would fetch it once more.
-            if let Some((obj, tier)) = edge.lookup_fresh(&at.key, edge.clock.now()).await {
-                release_with(fill, guard, obj.clone());
-                return Phase::Hit(obj, tier);
+            // (Not when the viewer's directives refused the fresh copy: it is revalidated.)
+            if !at.revalidate {
+                if let Some((obj, tier)) = edge.lookup_fresh(&at.key, edge.clock.now()).await {
+                    release_with(fill, guard, obj.clone());
+                    return Phase::Hit(obj, tier);
+                }
             }
             let job = FillJob::new(req, &at.base_key, stale.clone())
                 .hinted_range(crate::proxy::hint_range::start_of(&at.key));

@@ -8,6 +8,7 @@ mod adversarial;
 mod adversarial2;
 mod adversarial3;
 mod cmcd;
+mod conformance;
 mod edge_basics;
 mod edge_bypass;
 mod edge_collapse;

@@ -1,0 +1,286 @@
+//! What the HTTP caching conformance suite (cache-tests.fyi, http-tests/cache-tests) asks of a
+//! shared cache, beyond `semantics.rs`: field-qualified `no-cache` / `private`, `no-cache`
+//! responses kept for revalidation, `s-maxage` implying `proxy-revalidate`, and the viewer's
+//! request directives (`no-cache`, `max-age`, `min-fresh`, `max-stale`, `only-if-cached`).
+//! Each test names the suite's test ids it covers. Time moves with `TestEdge::advance`.
+
+use std::time::Duration;
+
+use http::StatusCode;
+
+use crate::support::{edge_config, Fault, Origin, Script, TestEdge};
+
+/// The stored copy of `path`: the first GET fills, the second must be a HIT.
+async fn stored(edge: &TestEdge, path: &str) {
+    edge.get(path).await;
+    edge.settle().await;
+    assert_eq!(edge.get(path).await.x_cache(), "HIT", "{path} is stored");
+}
+
+/// `headers-omit-headers-listed-in-Cache-Control-no-cache-single`,
+/// `headers-omit-headers-listed-in-Cache-Control-no-cache`: a qualified `no-cache="a, b"` (or
+/// `private="a"`, for a shared cache) keeps the response, without the named fields.
+#[tokio::test]
+async fn qualified_no_cache_and_private_store_the_response_without_the_named_fields() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/q/one",
+        Script::ok("one")
+            .header("cache-control", "no-cache=\"a\"")
+            .header("cache-control", "max-age=3600")
+            .header("a", "1")
+            .header("b", "2"),
+    );
+    origin.script(
+        "/q/two",
+        Script::ok("two")
+            .header("cache-control", "no-cache=\"a, b\", max-age=3600")
+            .header("a", "1")
+            .header("b", "2")
+            .header("c", "3"),
+    );
+    origin.script(
+        "/q/private",
+        Script::ok("p")
+            .header("cache-control", "max-age=3600, private=\"x-user\"")
+            .header("x-user", "alice")
+            .header("b", "2"),
+    );
+    let edge = TestEdge::start(edge_config(&origin)).await;
+    for (path, gone, kept) in [
+        ("/q/one", &["a"][..], &[("b", "2")][..]),
+        ("/q/two", &["a", "b"][..], &[("c", "3")][..]),
+        ("/q/private", &["x-user"][..], &[("b", "2")][..]),
+    ] {
+        stored(&edge, path).await;
+        let r = edge.get(path).await;
+        assert_eq!(r.x_cache(), "HIT", "{path}");
+        for name in gone {
+            assert!(!r.headers.contains_key(*name), "{path}: {name} withheld");
+        }
+        for (name, value) in kept {
+            assert_eq!(r.h(name), *value, "{path}");
+        }
+        assert_eq!(origin.count(path), 1, "{path}");
+    }
+}
+
+/// A spoiled or empty qualified argument is the unqualified directive: `private=""` is not
+/// shared, `no-cache="a` (unclosed) is revalidated on every use.
+#[tokio::test]
+async fn spoiled_qualified_private_is_read_as_private() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/q/empty",
+        Script::ok("e").header("cache-control", "max-age=3600, private=\"\""),
+    );
+    origin.script(
+        "/q/open",
+        Script::ok("o").header("cache-control", "max-age=3600, private=\"a"),
+    );
+    let edge = TestEdge::start(edge_config(&origin)).await;
+    for path in ["/q/empty", "/q/open"] {
+        edge.get(path).await;
+        edge.settle().await;
+        assert_ne!(edge.get(path).await.x_cache(), "HIT", "{path}");
+        assert_eq!(origin.count(path), 2, "{path}");
+    }
+}
+
+/// `cc-resp-no-cache-revalidate`, `cc-resp-no-cache-revalidate-fresh`: a `no-cache` response
+/// with a validator is stored and revalidated (conditionally) on every use, with or without a
+/// lifetime; `cc-resp-no-cache`: it is never used unrevalidated.
+#[tokio::test]
+async fn no_cache_response_with_a_validator_is_stored_and_revalidated_on_use() {
+    let origin = Origin::start().await;
+    let edge = TestEdge::start(edge_config(&origin)).await;
+    for (path, cc) in [
+        ("/nc/plain", "no-cache"),
+        ("/nc/fresh", "max-age=10000, no-cache"),
+    ] {
+        origin.script(
+            path,
+            Script::ok("body").header("cache-control", cc).header("etag", "\"abcd\""),
+        );
+        edge.get(path).await;
+        edge.settle().await;
+        origin.script(
+            path,
+            Script::status(304, "")
+                .header("cache-control", cc)
+                .header("etag", "\"abcd\""),
+        );
+        let r = edge.get(path).await;
+        assert_eq!(r.status, StatusCode::OK, "{path}");
+        assert_eq!(r.body, "body", "{path}: the stored body, revalidated");
+        let seen = origin.seen(path);
+        assert_eq!(seen.len(), 2, "{path}");
+        assert_eq!(seen[1].header("if-none-match"), Some("\"abcd\""), "{path}");
+    }
+}
+
+/// `stale-close-s-maxage=2`: `s-maxage` implies `proxy-revalidate` (RFC 9111 §5.2.2.10), so
+/// the class's configured stale-if-error (a segment's hour) does not serve it stale when the
+/// origin fails; without `s-maxage` it does.
+#[tokio::test(flavor = "current_thread")]
+async fn s_maxage_forbids_serving_stale_on_the_operators_say_so() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/sm/with.ts",
+        Script::ok("seg").header("cache-control", "max-age=1, s-maxage=1"),
+    );
+    origin.script(
+        "/sm/without.ts",
+        Script::ok("seg").header("cache-control", "max-age=1"),
+    );
+    let edge = TestEdge::start_with_tokio_clock(edge_config(&origin)).await;
+    for path in ["/sm/with.ts", "/sm/without.ts"] {
+        stored(&edge, path).await;
+        origin.script(path, Script::ok("x").fault(Fault::Close));
+    }
+    edge.advance(Duration::from_secs(3)).await;
+    let r = edge.get("/sm/with.ts").await;
+    assert!(r.status.is_server_error(), "not served stale: {}", r.status);
+    let r = edge.get("/sm/without.ts").await;
+    assert_eq!((r.status, r.x_cache()), (StatusCode::OK, "STALE"));
+}
+
+/// `ccreq-no-cache`, `ccreq-no-cache-etag`, `ccreq-no-cache-lm`, `ccreq-ma0`: a viewer's
+/// `no-cache` or `max-age=0` sends the request to the origin, conditionally on the stored
+/// copy's validators; a 304 answers with the stored body and refreshes it.
+#[tokio::test]
+async fn request_no_cache_and_max_age_0_revalidate_a_fresh_response() {
+    let origin = Origin::start().await;
+    let edge = TestEdge::start(edge_config(&origin)).await;
+    let lm = "Sun, 06 Nov 1994 08:49:37 GMT";
+    for (i, directive) in ["no-cache", "max-age=0", "MAX-AGE=0, foo"].iter().enumerate() {
+        let path = format!("/rq/{i}");
+        origin.script(
+            &path,
+            Script::ok("stored")
+                .header("cache-control", "max-age=3600")
+                .header("etag", "\"v1\"")
+                .header("last-modified", lm),
+        );
+        stored(&edge, &path).await;
+        origin.script(
+            &path,
+            Script::status(304, "")
+                .header("cache-control", "max-age=3600")
+                .header("etag", "\"v1\"")
+                .header("x-refreshed", "yes"),
+        );
+        let r = edge
+            .get_with(&path, &[("cache-control", directive)])
+            .await;
+        assert_eq!((r.status, &r.body[..]), (StatusCode::OK, &b"stored"[..]));
+        assert_eq!(r.h("x-refreshed"), "yes", "{directive}");
+        let seen = origin.seen(&path);
+        assert_eq!(seen.len(), 2, "{directive}: went to the origin");
+        assert_eq!(seen[1].header("if-none-match"), Some("\"v1\""));
+        assert_eq!(seen[1].header("if-modified-since"), Some(lm));
+        // Refreshed: a plain request is a hit again, with the 304's header.
+        let r = edge.get(&path).await;
+        assert_eq!((r.x_cache(), r.h("x-refreshed")), ("HIT", "yes"));
+        assert_eq!(origin.count(&path), 2);
+    }
+}
+
+/// `ccreq-ma1`, `ccreq-magreaterage`, `ccreq-min-fresh`, `ccreq-min-fresh-age`: a stored
+/// response older than the viewer's `max-age`, or not fresh for the viewer's `min-fresh`
+/// longer, is fetched again; one within both is a hit.
+#[tokio::test]
+async fn request_max_age_and_min_fresh_refuse_a_response_not_fresh_enough() {
+    let origin = Origin::start().await;
+    let edge = TestEdge::start(edge_config(&origin)).await;
+    for (i, (lifetime, age, asked, hit)) in [
+        ("max-age=3600", "1800", "max-age=600", false),
+        ("max-age=3600", "1800", "max-age=3000", true),
+        ("max-age=1500", "0", "min-fresh=2000", false),
+        ("max-age=1500", "1000", "min-fresh=1000", false),
+        ("max-age=1500", "1000", "min-fresh=100", true),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let path = format!("/fresh/{i}");
+        origin.script(
+            &path,
+            Script::ok("v")
+                .header("cache-control", lifetime)
+                .header("age", age),
+        );
+        edge.get(&path).await;
+        edge.settle().await;
+        let r = edge.get_with(&path, &[("cache-control", asked)]).await;
+        assert_eq!(r.x_cache() == "HIT", hit, "Age {age}, {asked}: {}", r.x_cache());
+        assert_eq!(origin.count(&path), if hit { 1 } else { 2 }, "{asked}");
+    }
+}
+
+/// `ccreq-max-stale`, `ccreq-max-stale-age`: a viewer's `max-stale` lets a stale copy answer
+/// without the origin, within its bound; never a copy whose response said `must-revalidate`.
+#[tokio::test]
+async fn request_max_stale_accepts_a_stale_response() {
+    let origin = Origin::start().await;
+    let edge = TestEdge::start(edge_config(&origin)).await;
+    for (i, (cc, asked, served)) in [
+        ("max-age=1500", "max-stale=1000", true),
+        ("max-age=1500", "max-stale", true),
+        ("max-age=1500", "max-stale=100", false),
+        ("max-age=1500, must-revalidate", "max-stale=1000", false),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let path = format!("/ms/{i}");
+        // Stored already 500 s stale.
+        origin.script(
+            &path,
+            Script::ok("v").header("cache-control", cc).header("age", "2000"),
+        );
+        edge.get(&path).await;
+        edge.settle().await;
+        let r = edge.get_with(&path, &[("cache-control", asked)]).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.x_cache() == "STALE", served, "{cc} / {asked}: {}", r.x_cache());
+        assert_eq!(origin.count(&path), if served { 1 } else { 2 }, "{cc} / {asked}");
+    }
+}
+
+/// `ccreq-oic`: `only-if-cached` without a stored response answers 504 and never reaches the
+/// origin; with a fresh one it is a hit.
+#[tokio::test]
+async fn only_if_cached_answers_504_without_a_stored_response() {
+    let origin = Origin::start().await;
+    origin.script("/oic", Script::ok("v").header("cache-control", "max-age=3600"));
+    let edge = TestEdge::start(edge_config(&origin)).await;
+    let r = edge
+        .get_with("/oic", &[("cache-control", "only-if-cached")])
+        .await;
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(origin.count("/oic"), 0);
+    stored(&edge, "/oic").await;
+    let r = edge
+        .get_with("/oic", &[("cache-control", "only-if-cached")])
+        .await;
+    assert_eq!((r.status, r.x_cache()), (StatusCode::OK, "HIT"));
+    assert_eq!(origin.count("/oic"), 1);
+}
+
+/// `cache.request_directives = false`: viewers' directives are ignored (a fresh copy answers
+/// a `no-cache` request), as many CDNs do by default.
+#[tokio::test]
+async fn request_directives_can_be_turned_off() {
+    let origin = Origin::start().await;
+    origin.script("/off", Script::ok("v").header("cache-control", "max-age=3600"));
+    let mut raw = edge_config(&origin);
+    raw.cache.request_directives = Some(false);
+    let edge = TestEdge::start(raw).await;
+    stored(&edge, "/off").await;
+    let r = edge
+        .get_with("/off", &[("cache-control", "no-cache")])
+        .await;
+    assert_eq!(r.x_cache(), "HIT");
+    assert_eq!(origin.count("/off"), 1);
+}
