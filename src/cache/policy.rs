@@ -533,11 +533,13 @@ pub fn decide(input: &DecisionInput<'_>) -> Decision {
         });
     if explicit.is_none() {
         // RFC 9111 §3: any final status may be stored with explicit freshness; without it only
-        // the heuristically cacheable ones (RFC 9110 §15.1), and never a 5xx here.
-        if status >= 500 {
+        // the heuristically cacheable ones (RFC 9110 §15.1) or, short of a 5xx, one marked
+        // `public`. A 5xx other than 501 is never kept on a heuristic: an outage must not
+        // outlive itself on a guess.
+        if status >= 500 && status != 501 {
             return Decision::ShareOnly("origin-error");
         }
-        if !heuristically_cacheable(status) {
+        if !heuristically_cacheable(status) && !cc.public {
             return Decision::ShareOnly("status");
         }
     }
@@ -546,6 +548,11 @@ pub fn decide(input: &DecisionInput<'_>) -> Decision {
         // `no-cache` with a validator and no lifetime: stored, revalidated on every use.
         None if cc.no_cache && !forced && has_validators(h) => Duration::ZERO,
         None if negative => input.negative_ttl,
+        // A class default (a segment's day) is for content: an error only gets a heuristic.
+        None if error => match heuristic_lifetime(h, input.now) {
+            Some(t) => t,
+            None => return Decision::ShareOnly("no-freshness"),
+        },
         None => match rules.default {
             Some(d) => d,
             None => match heuristic_lifetime(h, input.now) {
@@ -629,10 +636,15 @@ pub fn withhold(h: &mut HeaderMap) {
 }
 
 /// The origin's `Age` (RFC 9111 §5.1), capped at `MAX_DELTA`. `None` when absent or not a
-/// non-negative integer (`-1`, `1.5`, `12abc` are ignored, not read as a prefix). With several
-/// `Age` fields the first counts.
+/// non-negative integer (`-1`, `1.5`, `12abc`, `0, 7200` are ignored, not read as a prefix).
+/// `Age` is a singleton: several `Age` lines are ignored too, as cache-tests.fyi's
+/// age-parse checks expect (which of two ages holds is anyone's guess).
 pub fn age(h: &HeaderMap) -> Option<Duration> {
-    age_value(h.get(header::AGE)?.to_str().ok()?)
+    let mut lines = h.get_all(header::AGE).iter();
+    match (lines.next(), lines.next()) {
+        (Some(one), None) => age_value(one.to_str().ok()?),
+        _ => None,
+    }
 }
 
 /// One `Age` value (see `age`).
@@ -1004,6 +1016,13 @@ mod tests {
             assert_eq!(age_value(bad), None, "{bad:?}");
         }
         assert_eq!(age_value(" 7 "), Some(Duration::from_secs(7)));
+        let two = headers(&[("age", "7200"), ("age", "0")]);
+        assert_eq!(age(&two), None);
+        assert_eq!(age(&headers(&[("age", "7200, 7200")])), None);
+        assert_eq!(
+            age(&headers(&[("age", "30")])),
+            Some(Duration::from_secs(30))
+        );
         assert_eq!(age_value("18446744073709551616"), Some(MAX_DELTA));
         let h = headers(&[("cache-control", "max-age=10"), ("age", "12abc")]);
         let f = stored(decide(&input(
@@ -1152,18 +1171,41 @@ mod tests {
     #[test]
     fn heuristic_freshness_only_for_heuristically_cacheable_statuses() {
         let h = headers(&[("last-modified", "Sun, 06 Nov 1994 08:49:37 GMT")]);
-        for status in [200, 203, 204, 300, 301, 308, 405, 414] {
+        for status in [200, 203, 204, 300, 301, 308, 405, 414, 501] {
             assert!(
                 matches!(with_status(&h, status), Decision::Store(_)),
                 "{status}"
             );
         }
-        for status in [302, 303, 307, 400, 500, 501, 503] {
+        for status in [201, 202, 302, 303, 307, 400, 403, 500, 502, 503, 504, 599] {
             assert!(
                 matches!(with_status(&h, status), Decision::ShareOnly(_)),
                 "{status}"
             );
         }
+    }
+
+    /// cache-tests.fyi `heuristic-599-cached` is left: a 5xx is never kept on a heuristic.
+    #[test]
+    fn public_makes_a_non_error_status_heuristically_cacheable() {
+        let lm = ("last-modified", "Sun, 06 Nov 1994 08:49:37 GMT");
+        let public = headers(&[lm, ("cache-control", "public")]);
+        for status in [302, 307, 403, 499] {
+            assert!(
+                matches!(with_status(&public, status), Decision::Store(_)),
+                "{status}"
+            );
+        }
+        assert!(matches!(with_status(&public, 599), Decision::ShareOnly(_)));
+    }
+
+    #[test]
+    fn errors_get_no_class_default_only_a_heuristic() {
+        let segment = ClassTtl::defaults().segment;
+        let none = HeaderMap::new();
+        let mut i = input(&none, ContentClass::Segment, segment);
+        i.status = StatusCode::METHOD_NOT_ALLOWED;
+        assert_eq!(decide(&i), Decision::ShareOnly("no-freshness"));
     }
 
     #[test]

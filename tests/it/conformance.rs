@@ -100,7 +100,9 @@ async fn no_cache_response_with_a_validator_is_stored_and_revalidated_on_use() {
     ] {
         origin.script(
             path,
-            Script::ok("body").header("cache-control", cc).header("etag", "\"abcd\""),
+            Script::ok("body")
+                .header("cache-control", cc)
+                .header("etag", "\"abcd\""),
         );
         edge.get(path).await;
         edge.settle().await;
@@ -153,7 +155,10 @@ async fn request_no_cache_and_max_age_0_revalidate_a_fresh_response() {
     let origin = Origin::start().await;
     let edge = TestEdge::start(edge_config(&origin)).await;
     let lm = "Sun, 06 Nov 1994 08:49:37 GMT";
-    for (i, directive) in ["no-cache", "max-age=0", "MAX-AGE=0, foo"].iter().enumerate() {
+    for (i, directive) in ["no-cache", "max-age=0", "MAX-AGE=0, foo"]
+        .iter()
+        .enumerate()
+    {
         let path = format!("/rq/{i}");
         origin.script(
             &path,
@@ -170,9 +175,7 @@ async fn request_no_cache_and_max_age_0_revalidate_a_fresh_response() {
                 .header("etag", "\"v1\"")
                 .header("x-refreshed", "yes"),
         );
-        let r = edge
-            .get_with(&path, &[("cache-control", directive)])
-            .await;
+        let r = edge.get_with(&path, &[("cache-control", directive)]).await;
         assert_eq!((r.status, &r.body[..]), (StatusCode::OK, &b"stored"[..]));
         assert_eq!(r.h("x-refreshed"), "yes", "{directive}");
         let seen = origin.seen(&path);
@@ -213,7 +216,12 @@ async fn request_max_age_and_min_fresh_refuse_a_response_not_fresh_enough() {
         edge.get(&path).await;
         edge.settle().await;
         let r = edge.get_with(&path, &[("cache-control", asked)]).await;
-        assert_eq!(r.x_cache() == "HIT", hit, "Age {age}, {asked}: {}", r.x_cache());
+        assert_eq!(
+            r.x_cache() == "HIT",
+            hit,
+            "Age {age}, {asked}: {}",
+            r.x_cache()
+        );
         assert_eq!(origin.count(&path), if hit { 1 } else { 2 }, "{asked}");
     }
 }
@@ -237,14 +245,25 @@ async fn request_max_stale_accepts_a_stale_response() {
         // Stored already 500 s stale.
         origin.script(
             &path,
-            Script::ok("v").header("cache-control", cc).header("age", "2000"),
+            Script::ok("v")
+                .header("cache-control", cc)
+                .header("age", "2000"),
         );
         edge.get(&path).await;
         edge.settle().await;
         let r = edge.get_with(&path, &[("cache-control", asked)]).await;
         assert_eq!(r.status, StatusCode::OK);
-        assert_eq!(r.x_cache() == "STALE", served, "{cc} / {asked}: {}", r.x_cache());
-        assert_eq!(origin.count(&path), if served { 1 } else { 2 }, "{cc} / {asked}");
+        assert_eq!(
+            r.x_cache() == "STALE",
+            served,
+            "{cc} / {asked}: {}",
+            r.x_cache()
+        );
+        assert_eq!(
+            origin.count(&path),
+            if served { 1 } else { 2 },
+            "{cc} / {asked}"
+        );
     }
 }
 
@@ -253,7 +272,10 @@ async fn request_max_stale_accepts_a_stale_response() {
 #[tokio::test]
 async fn only_if_cached_answers_504_without_a_stored_response() {
     let origin = Origin::start().await;
-    origin.script("/oic", Script::ok("v").header("cache-control", "max-age=3600"));
+    origin.script(
+        "/oic",
+        Script::ok("v").header("cache-control", "max-age=3600"),
+    );
     let edge = TestEdge::start(edge_config(&origin)).await;
     let r = edge
         .get_with("/oic", &[("cache-control", "only-if-cached")])
@@ -273,7 +295,10 @@ async fn only_if_cached_answers_504_without_a_stored_response() {
 #[tokio::test]
 async fn request_directives_can_be_turned_off() {
     let origin = Origin::start().await;
-    origin.script("/off", Script::ok("v").header("cache-control", "max-age=3600"));
+    origin.script(
+        "/off",
+        Script::ok("v").header("cache-control", "max-age=3600"),
+    );
     let mut raw = edge_config(&origin);
     raw.cache.request_directives = Some(false);
     let edge = TestEdge::start(raw).await;
@@ -283,4 +308,61 @@ async fn request_directives_can_be_turned_off() {
         .await;
     assert_eq!(r.x_cache(), "HIT");
     assert_eq!(origin.count("/off"), 1);
+}
+
+/// `heuristic-501-cached` (and 200/203/204/404/405/410/414 as before): a 501 is heuristically
+/// cacheable (RFC 9110 §15.1); `heuristic-201/202/403/502/503/504-not_cached`: those are not.
+/// `public` makes a non-5xx status heuristically cacheable.
+#[tokio::test]
+async fn heuristic_freshness_covers_501_and_public_but_no_other_5xx() {
+    let origin = Origin::start().await;
+    let edge = TestEdge::start(edge_config(&origin)).await;
+    let lm = "Sun, 06 Nov 1994 08:49:37 GMT";
+    for (status, public, cached) in [
+        (501, false, true),
+        (201, false, false),
+        (202, false, false),
+        (403, false, false),
+        (502, false, false),
+        (504, false, false),
+        (403, true, true),
+        (599, true, false),
+    ] {
+        let path = format!("/h/{status}/{public}");
+        let mut script = Script::status(status, "s").header("last-modified", lm);
+        if public {
+            script = script.header("cache-control", "public");
+        }
+        origin.script(&path, script);
+        edge.get(&path).await;
+        edge.settle().await;
+        let r = edge.get(&path).await;
+        assert_eq!(r.status.as_u16(), status);
+        assert_eq!(r.x_cache() == "HIT", cached, "{status} public={public}");
+    }
+}
+
+/// `age-parse-suffix-twoline`, `age-parse-prefix-twoline`, `age-parse-dup-old-twoline`: `Age`
+/// is a singleton; several `Age` lines are ignored rather than one of them believed, so a
+/// `max-age=3600` response arriving with `Age: 7200` and `Age: 0` is still fresh.
+#[tokio::test]
+async fn several_age_lines_are_ignored() {
+    let origin = Origin::start().await;
+    let edge = TestEdge::start(edge_config(&origin)).await;
+    for (i, lines) in [["7200", "0"], ["0", "7200"], ["7200", "7200"]]
+        .into_iter()
+        .enumerate()
+    {
+        let path = format!("/age/{i}");
+        origin.script(
+            &path,
+            Script::ok("a")
+                .header("cache-control", "max-age=3600")
+                .header("age", lines[0])
+                .header("age", lines[1]),
+        );
+        stored(&edge, &path).await;
+        let age: u64 = edge.get(&path).await.h("age").parse().expect("an Age");
+        assert!(age < 60, "{lines:?}: Age {age}");
+    }
 }
