@@ -288,7 +288,7 @@ pub struct RawCache {
     /// Abuse limits: bytes each of the hit-for-pass and Vary indexes may weigh.
     pub index_memory: Option<String>,
     /// Honour viewers' `Cache-Control` request directives (`no-cache`, `max-age`,
-    /// `min-fresh`, `max-stale`, `only-if-cached`); default true.
+    /// `min-fresh` for `other`-class objects; `max-stale`, `only-if-cached`); default true.
     pub request_directives: Option<bool>,
 }
 
@@ -488,7 +488,8 @@ pub struct CacheConfig {
     pub slice_size: u64,
     pub ttl: ClassTtl,
     /// Viewers' `Cache-Control` request directives are honoured (`cache::request_cc`): a
-    /// `no-cache` or `max-age=0` revalidates, `only-if-cached` never reaches the origin.
+    /// `no-cache` or `max-age=0` revalidates an `other`-class object, `only-if-cached` never
+    /// reaches the origin.
     pub request_directives: bool,
 }
 

@@ -3,13 +3,19 @@
 //!
 //! `Pragma: no-cache` is not read (RFC 9111 §5.4 deprecates it, and a browser's reload sends
 //! `Cache-Control` as well).
+//!
+//! The directives that would send a request to the origin (`no-cache`, `max-age`, `min-fresh`)
+//! apply to objects of the `other` class only. Manifests, segments and keys follow the
+//! operator's class TTLs: a player whose HTTP stack adds `Cache-Control: no-cache` to every
+//! request (a `fetch` with `cache: "no-store"` does) must not turn a live audience into origin
+//! traffic. `max-stale` and `only-if-cached` only ever spare the origin, and apply to all.
 
 use std::time::Duration;
 
 use http::{header, HeaderMap};
 
 use crate::cache::object::CachedObject;
-use crate::cache::policy::{self, CacheControl, MAX_DELTA_SECS};
+use crate::cache::policy::{self, CacheControl, ContentClass, MAX_DELTA_SECS};
 
 /// The request directives vedge acts on.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -74,17 +80,9 @@ impl RequestDirectives {
     pub fn judge(&self, obj: &CachedObject, age: Duration) -> Verdict {
         let ttl = obj.freshness.ttl;
         let secs = Duration::from_secs;
-        if self.no_cache {
-            return Verdict::Revalidate;
-        }
-        if let Some(n) = self.max_age {
-            if n == 0 || age > secs(n) {
-                return Verdict::Revalidate;
-            }
-        }
-        if let Some(n) = self.min_fresh {
-            if ttl.saturating_sub(age) < secs(n) {
-                return Verdict::Revalidate;
+        if obj.class == ContentClass::Other {
+            if let Some(v) = self.refusal(ttl, age) {
+                return v;
             }
         }
         match (age.checked_sub(ttl), self.max_stale) {
@@ -93,6 +91,18 @@ impl RequestDirectives {
             }
             _ => Verdict::AsStored,
         }
+    }
+
+    /// `Revalidate` when `no-cache`, `max-age` or `min-fresh` refuse a stored response of this
+    /// lifetime and age.
+    fn refusal(&self, ttl: Duration, age: Duration) -> Option<Verdict> {
+        let secs = Duration::from_secs;
+        let refused = self.no_cache
+            || self.max_age.is_some_and(|n| n == 0 || age > secs(n))
+            || self
+                .min_fresh
+                .is_some_and(|n| ttl.saturating_sub(age) < secs(n));
+        refused.then_some(Verdict::Revalidate)
     }
 }
 

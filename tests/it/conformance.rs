@@ -290,6 +290,29 @@ async fn only_if_cached_answers_504_without_a_stored_response() {
     assert_eq!(origin.count("/oic"), 1);
 }
 
+/// Manifests and segments follow the operator's class TTLs whatever the player asks: a
+/// `no-cache` or `max-age=0` request for a fresh one is a hit (a player's `fetch` with
+/// `cache: "no-store"` sends `no-cache` on every request). `only-if-cached` still holds.
+#[tokio::test]
+async fn video_objects_are_not_revalidated_on_a_players_no_cache() {
+    let origin = Origin::start().await;
+    origin.script("/v/seg.ts", Script::ok("seg"));
+    origin.script("/v/index.m3u8", Script::ok("#EXTM3U\n"));
+    let edge = TestEdge::start(edge_config(&origin)).await;
+    for path in ["/v/seg.ts", "/v/index.m3u8"] {
+        stored(&edge, path).await;
+        for asked in ["no-cache", "max-age=0", "min-fresh=100000"] {
+            let r = edge.get_with(path, &[("cache-control", asked)]).await;
+            assert_eq!(r.x_cache(), "HIT", "{path} {asked}");
+        }
+        assert_eq!(origin.count(path), 1, "{path}");
+    }
+    let r = edge
+        .get_with("/v/other.ts", &[("cache-control", "only-if-cached")])
+        .await;
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
+}
+
 /// `cache.request_directives = false`: viewers' directives are ignored (a fresh copy answers
 /// a `no-cache` request), as many CDNs do by default.
 #[tokio::test]
