@@ -618,6 +618,20 @@ pub fn decide(input: &DecisionInput<'_>) -> Decision {
     })
 }
 
+/// The reason a response to a request with `Authorization` is not shared (see
+/// `shareable_when_authorized`).
+pub const AUTHORIZED: &str = "authorization";
+
+/// RFC 9111 §3.5: a shared cache stores a response to a request with `Authorization` only when
+/// the response says `public`, `s-maxage` or `must-revalidate` (in `Cache-Control`).
+pub fn shareable_when_authorized(h: &HeaderMap) -> bool {
+    h.get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(directives)
+        .any(|(name, _)| matches!(name.as_str(), "public" | "s-maxage" | "must-revalidate"))
+}
+
 /// The header fields a stored copy of this response must not keep: those named by a qualified
 /// `no-cache` or `private` in `Cache-Control` (RFC 9111 §5.2.2.4, §5.2.2.7), as header names.
 pub fn withheld_fields(h: &HeaderMap) -> Vec<HeaderName> {

@@ -42,6 +42,9 @@ pub struct FillJob {
     hinted_from: Option<u64>,
     /// A prefetch (`proxy::prefetch`): no viewer asked, so only a success is kept.
     speculative: bool,
+    /// The leader's `Authorization` goes to the origin, and the answer is shared only when the
+    /// origin marks it shareable (`proxy::request::authorized`).
+    authorized: bool,
     /// The leader's CMCD says its player is short of media: its fill is admitted first when the
     /// route is at `origin_client.max_fills`.
     priority: crate::proxy::admission::Priority,
@@ -74,6 +77,7 @@ impl FillJob {
                 crate::cmcd::Cmcd::from_request(&req.parts.headers, req.parts.uri.query())
                     .urgent(req.edge.config.cmcd.low_buffer_ms),
             ),
+            authorized: crate::proxy::request::authorized(req),
             stale,
             slice: None,
             hinted_from: None,
@@ -124,6 +128,7 @@ impl FillJob {
             range_probe: false,
             hinted_from: None,
             speculative: true,
+            authorized: false,
             // Speculative: never ahead of a player short of media.
             priority: crate::proxy::admission::Priority::Normal,
         }
@@ -195,6 +200,11 @@ async fn run(
     crate::cmcd::strip_headers(&mut headers);
     if edge.config.cmcd.forward {
         crate::cmcd::copy_headers(&job.viewer_headers, &mut headers);
+    }
+    if job.authorized {
+        for v in job.viewer_headers.get_all(header::AUTHORIZATION) {
+            headers.append(header::AUTHORIZATION, v.clone());
+        }
     }
     if let Some(ask) = &job.slice {
         headers.insert(header::RANGE, ask.range_header());
@@ -359,6 +369,12 @@ async fn run(
         parts.status
     };
     let mut decision = decide(judged, &parts.headers, class);
+    if job.authorized
+        && !matches!(decision, Decision::Pass(_))
+        && !policy::shareable_when_authorized(&parts.headers)
+    {
+        decision = Decision::Pass(policy::AUTHORIZED);
+    }
     // Slices and hinted ranges live under keys of their own that carry no `Vary` variant, and
     // their readers do not check one: an answer that varies (`Vary: Origin` with a CORS header,
     // say) would reach every viewer, so it is shared with none.
@@ -391,8 +407,11 @@ async fn run(
             }
             _ => job.base_key.clone(),
         };
-        edge.remember_pass(&pass_key, cache.hit_for_pass_ttl);
-        if job.stale.is_some() {
+        // A refusal to share one viewer's credentialed answer says nothing of the object.
+        if reason != policy::AUTHORIZED {
+            edge.remember_pass(&pass_key, cache.hit_for_pass_ttl);
+        }
+        if job.stale.is_some() && reason != policy::AUTHORIZED {
             edge.purge_key(key);
         }
         fill.set_pass(http::Response::from_parts(parts, body), reason);

@@ -31,6 +31,7 @@ use hyper::body::{Body as HttpBody, Incoming};
 use crate::cache::fill::{Fill, FillHead};
 use crate::cache::lock::{Claim, FillGuard};
 use crate::cache::object::CachedObject;
+use crate::cache::policy;
 use crate::cache::request_cc::{RequestDirectives, Verdict};
 use crate::cache::status::CacheStatus;
 use crate::cmcd::Cmcd;
@@ -188,19 +189,27 @@ async fn dispatch(
     Ok(gate.finish(resp).await)
 }
 
-/// Other methods and credentialed requests pass; GET/HEAD go through the cache.
+/// Other methods and requests with cookies pass; GET/HEAD go through the cache, `Authorization`
+/// included (see `authorized`).
 async fn respond(req: &Req<'_>, body: Incoming) -> Result<Response<Body>, EdgeError> {
     let parts = req.parts;
     if parts.method != Method::GET && parts.method != Method::HEAD {
         return pass(req, Some(body), "method", CacheStatus::Bypass).await;
     }
     drop(body);
-    let credentials = parts.headers.contains_key(header::AUTHORIZATION)
-        || parts.headers.contains_key(header::COOKIE);
-    if credentials && !req.route.public {
+    if parts.headers.contains_key(header::COOKIE) && !req.route.public {
         return pass(req, None, "credentials", CacheStatus::Bypass).await;
     }
     cached(req).await
+}
+
+/// A request whose `Authorization` the origin decides on (RFC 9111 §3.5): a stored response
+/// may answer it, but its fill forwards the credentials and what the origin answers is stored
+/// (and shared with the fill's other viewers) only when marked `public`, `s-maxage` or
+/// `must-revalidate` (`proxy::fill`). On `public` routes the edge stands for the origin's
+/// access control and the header is neither forwarded nor looked at.
+pub(crate) fn authorized(req: &Req<'_>) -> bool {
+    !req.route.public && req.parts.headers.contains_key(header::AUTHORIZATION)
 }
 
 /// Whether a request carries a body: any `Transfer-Encoding`, a `Content-Length` other than 0
@@ -539,6 +548,14 @@ async fn read(
         FillHead::Streaming(h) => {
             if !h.vary.is_empty() && h.vary.variant(&req.parts.headers) != h.leader_variant {
                 return Ok(Phase::Lookup);
+            }
+            // An answer to someone else's request that will not be stored is no answer to
+            // this viewer's credentials: it asks the origin itself.
+            if !leader && !h.stored && authorized(req) {
+                return Ok(Phase::Pass {
+                    reason: policy::AUTHORIZED,
+                    status: CacheStatus::Miss,
+                });
             }
             if h.status.is_server_error() {
                 if let Some(obj) = stale.as_deref().filter(|o| stale_ok(o)) {

@@ -389,3 +389,55 @@ async fn several_age_lines_are_ignored() {
         assert!(age < 60, "{lines:?}: Age {age}");
     }
 }
+
+/// `other-authorization`: an answer to a request with `Authorization` is not reused, even with
+/// explicit freshness; `other-authorization-public`, `-must-revalidate`, `-smaxage`: it is when
+/// the origin marks it so. The credentials reach the origin, and an unshared answer leaves no
+/// hit-for-pass behind (an anonymous viewer's copy is still kept).
+#[tokio::test]
+async fn authorization_answers_are_shared_only_when_marked_public_s_maxage_or_must_revalidate() {
+    let origin = Origin::start().await;
+    let edge = TestEdge::start(edge_config(&origin)).await;
+    for (i, (cc, shared)) in [
+        ("max-age=3600", false),
+        ("max-age=3600, public", true),
+        ("max-age=3600, must-revalidate", true),
+        ("s-maxage=3600", true),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let path = format!("/auth/{i}");
+        origin.script(&path, Script::ok("doc").header("cache-control", cc));
+        let r = edge.get_with(&path, &[("authorization", "FOO")]).await;
+        assert_eq!(r.body, "doc");
+        edge.settle().await;
+        assert_eq!(origin.seen(&path)[0].header("authorization"), Some("FOO"));
+        let r = edge.get(&path).await;
+        assert_eq!(r.x_cache() == "HIT", shared, "{cc}: {}", r.x_cache());
+        if !shared {
+            // The anonymous answer is the origin's to share: stored, then a hit.
+            edge.settle().await;
+            assert_eq!(edge.get(&path).await.x_cache(), "HIT", "{cc}");
+            assert_eq!(origin.count(&path), 2, "{cc}");
+        }
+    }
+}
+
+/// A stored response answers a request with `Authorization` too (RFC 9111 §3.5 restricts
+/// storing, not reuse).
+#[tokio::test]
+async fn a_stored_response_answers_an_authorized_request() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/auth/hit",
+        Script::ok("doc").header("cache-control", "max-age=3600"),
+    );
+    let edge = TestEdge::start(edge_config(&origin)).await;
+    stored(&edge, "/auth/hit").await;
+    let r = edge
+        .get_with("/auth/hit", &[("authorization", "FOO")])
+        .await;
+    assert_eq!((r.x_cache(), &r.body[..]), ("HIT", &b"doc"[..]));
+    assert_eq!(origin.count("/auth/hit"), 1);
+}

@@ -204,7 +204,7 @@ async fn a_truncated_pass_through_response_is_cut_for_the_viewer() {
     );
     let edge = TestEdge::start(edge_config(&origin)).await;
     let r = edge
-        .raw(b"GET /v/cut.ts HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer x\r\n\r\n")
+        .raw(b"GET /v/cut.ts HTTP/1.1\r\nHost: t\r\nCookie: s=1\r\n\r\n")
         .await;
     if !r.bytes.is_empty() {
         assert_eq!(r.status(), 200, "{}", r.text());
