@@ -3188,6 +3188,7 @@ mod tests {
             "cache.negative_ttl",
             "cache.manifest_stale_factor",
             "cache.targeted_cache_control",
+            "cache.request_directives",
             "cache.ttl.manifest.default",
             "cache.ttl.segment.default",
             "cache.ttl.segment.stale_if_error",

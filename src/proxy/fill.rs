@@ -414,6 +414,11 @@ async fn run(
         if job.stale.is_some() && reason != policy::AUTHORIZED {
             edge.purge_key(key);
         }
+        if reason == policy::AUTHORIZED {
+            // The collapsed viewers claim a fill of their own (`proxy::request::read`): the key
+            // is free before they wake.
+            guard.release();
+        }
         fill.set_pass(http::Response::from_parts(parts, body), reason);
         return Ok(());
     }

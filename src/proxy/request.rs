@@ -624,6 +624,10 @@ async fn read(
             // A whole-object viewer collapsed onto a cold-Range probe: looked up again (bounded
             // by `Lookup::rounds`), it claims one collapsed whole-object fill.
             None if crate::proxy::range_pass::refill(req, reason) => return Ok(Phase::Lookup),
+            // Another viewer's credentialed answer, not shared: viewers without credentials
+            // look again and collapse onto a fill of their own (bounded by `Lookup::rounds`),
+            // rather than each passing to the origin.
+            None if reason == policy::AUTHORIZED && !authorized(req) => return Ok(Phase::Lookup),
             None => {
                 return Ok(Phase::Pass {
                     reason,

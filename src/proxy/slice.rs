@@ -374,6 +374,12 @@ fn not_sliced(req: &Req<'_>, fill: Arc<Fill>, leader: bool, head: FillHead) -> O
                 &format!("fwd=miss; detail={reason}"),
             ))
         }
+        // Another viewer's unshared credentialed answer: look again, as `request::read` does.
+        None if reason == crate::cache::policy::AUTHORIZED
+            && !crate::proxy::request::authorized(req) =>
+        {
+            Outcome::Lookup
+        }
         _ => Outcome::Pass(reason),
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 
-use crate::support::{edge_config, Fault, Origin, Script, TestEdge};
+use crate::support::{edge_config, until, Fault, Gate, Origin, Script, TestEdge};
 
 /// The stored copy of `path`: the first GET fills, the second must be a HIT.
 async fn stored(edge: &TestEdge, path: &str) {
@@ -440,4 +440,50 @@ async fn a_stored_response_answers_an_authorized_request() {
         .await;
     assert_eq!((r.x_cache(), &r.body[..]), ("HIT", &b"doc"[..]));
     assert_eq!(origin.count("/auth/hit"), 1);
+}
+
+/// Viewers without credentials collapsed onto a fill for a viewer with `Authorization` whose
+/// answer is not shareable do not each go to the origin: they look again and share one fill of
+/// their own, which is stored.
+#[tokio::test]
+async fn viewers_collapsed_on_an_unshared_authorized_fill_share_one_fill_of_their_own() {
+    let origin = Origin::start().await;
+    let gate = Gate::new();
+    origin.script(
+        "/auth/burst",
+        Script::ok("doc")
+            .header("cache-control", "max-age=3600")
+            .gate(&gate),
+    );
+    let edge = TestEdge::start(edge_config(&origin)).await;
+    let authorized = edge.get_with("/auth/burst", &[("authorization", "FOO")]);
+    let anonymous = async {
+        until("the authorized fill reached the origin", || {
+            origin.count("/auth/burst") == 1
+        })
+        .await;
+        let burst = async {
+            tokio::join!(
+                edge.get("/auth/burst"),
+                edge.get("/auth/burst"),
+                edge.get("/auth/burst")
+            )
+        };
+        let open = async {
+            until("three viewers collapsed", || edge.collapsed() >= 3).await;
+            gate.open();
+        };
+        tokio::join!(burst, open).0
+    };
+    let (auth, (a, b, c)) = tokio::join!(authorized, anonymous);
+    for r in [&auth, &a, &b, &c] {
+        assert_eq!((r.status, &r.body[..]), (StatusCode::OK, &b"doc"[..]));
+    }
+    assert_eq!(
+        origin.count("/auth/burst"),
+        2,
+        "the authorized fill and one shared fill"
+    );
+    edge.settle().await;
+    assert_eq!(edge.get("/auth/burst").await.x_cache(), "HIT");
 }
