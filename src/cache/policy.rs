@@ -585,13 +585,12 @@ pub fn decide(input: &DecisionInput<'_>) -> Decision {
     let secs = |v: Option<u64>| v.map(Duration::from_secs);
     // The class's configured stale-if-error protects content, not errors: an error keeps only
     // the window its origin gave.
-    // `s-maxage` implies `proxy-revalidate` (RFC 9111 §5.2.2.10): no stale serving on the
-    // operator's say-so, only on the origin's own stale-* directives.
-    let configured_sie = if error || cc.s_maxage.is_some() {
-        None
-    } else {
-        rules.stale_if_error
-    };
+    // `s-maxage` implies `proxy-revalidate` (RFC 9111 §5.2.2.10), but a class's configured
+    // window is the operator's policy (a segment outliving an origin outage) and `s-maxage` is
+    // how most origins address CDNs: it keeps the window. Content of no class configures none,
+    // so there `s-maxage` alone never serves stale; `must-revalidate` / `proxy-revalidate` /
+    // `no-cache` close every window (below).
+    let configured_sie = if error { None } else { rules.stale_if_error };
     let mut swr = secs(sc.stale_while_revalidate.or(cc.stale_while_revalidate)).unwrap_or_default();
     let mut sie = secs(sc.stale_if_error.or(cc.stale_if_error))
         .or(configured_sie)

@@ -121,30 +121,50 @@ async fn no_cache_response_with_a_validator_is_stored_and_revalidated_on_use() {
     }
 }
 
-/// `stale-close-s-maxage=2`: `s-maxage` implies `proxy-revalidate` (RFC 9111 §5.2.2.10), so
-/// the class's configured stale-if-error (a segment's hour) does not serve it stale when the
-/// origin fails; without `s-maxage` it does.
+/// `stale-close-must-revalidate`, `-proxy-revalidate`, `-no-cache`, `-s-maxage=2`: content of
+/// no class (no configured stale window) is not served stale when the origin fails after it
+/// expired with any of these. A class's configured `stale_if_error` is operator policy: it
+/// serves an `s-maxage` response stale, never a `must-revalidate` / `proxy-revalidate` one.
 #[tokio::test(flavor = "current_thread")]
-async fn s_maxage_forbids_serving_stale_on_the_operators_say_so() {
+async fn revalidate_directives_forbid_serving_stale_on_origin_failure() {
     let origin = Origin::start().await;
-    origin.script(
-        "/sm/with.ts",
-        Script::ok("seg").header("cache-control", "max-age=1, s-maxage=1"),
-    );
-    origin.script(
-        "/sm/without.ts",
-        Script::ok("seg").header("cache-control", "max-age=1"),
-    );
+    let cases = [
+        ("/sm/doc-mr", "max-age=1, must-revalidate", false),
+        ("/sm/doc-pr", "max-age=1, proxy-revalidate", false),
+        ("/sm/doc-nc", "max-age=1, no-cache", false),
+        ("/sm/doc-sm", "max-age=1, s-maxage=1", false),
+        ("/sm/seg-sm.ts", "max-age=1, s-maxage=1", true),
+        ("/sm/seg-pr.ts", "max-age=1, proxy-revalidate", false),
+        ("/sm/seg.ts", "max-age=1", true),
+    ];
+    for (path, cc, _) in cases {
+        origin.script(
+            path,
+            Script::ok("v")
+                .header("cache-control", cc)
+                .header("etag", "\"e\""),
+        );
+    }
     let edge = TestEdge::start_with_tokio_clock(edge_config(&origin)).await;
-    for path in ["/sm/with.ts", "/sm/without.ts"] {
-        stored(&edge, path).await;
+    for (path, _, _) in cases {
+        edge.get(path).await;
+        edge.settle().await;
         origin.script(path, Script::ok("x").fault(Fault::Close));
     }
     edge.advance(Duration::from_secs(3)).await;
-    let r = edge.get("/sm/with.ts").await;
-    assert!(r.status.is_server_error(), "not served stale: {}", r.status);
-    let r = edge.get("/sm/without.ts").await;
-    assert_eq!((r.status, r.x_cache()), (StatusCode::OK, "STALE"));
+    for (path, cc, stale) in cases {
+        let r = edge.get(path).await;
+        assert_eq!(
+            r.x_cache() == "STALE",
+            stale,
+            "{path} {cc}: {} {}",
+            r.status,
+            r.x_cache()
+        );
+        if !stale {
+            assert!(r.status.is_server_error(), "{path}: {}", r.status);
+        }
+    }
 }
 
 /// `ccreq-no-cache`, `ccreq-no-cache-etag`, `ccreq-no-cache-lm`, `ccreq-ma0`: a viewer's
