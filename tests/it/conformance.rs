@@ -507,3 +507,41 @@ async fn viewers_collapsed_on_an_unshared_authorized_fill_share_one_fill_of_thei
     edge.settle().await;
     assert_eq!(edge.get("/auth/burst").await.x_cache(), "HIT");
 }
+
+/// `conditional-etag-vary-headers`: the conditional request revalidating a stale variant
+/// carries the request header its `Vary` names, with the stored variant's value, and its
+/// `ETag`; a 304 refreshes that variant.
+#[tokio::test(flavor = "current_thread")]
+async fn revalidating_a_variant_sends_its_varied_header_and_etag() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/vary/abc",
+        Script::ok("v123")
+            .header("cache-control", "max-age=1")
+            .header("etag", "\"abcdef\"")
+            .header("vary", "Abc"),
+    );
+    let edge = TestEdge::start_with_tokio_clock(edge_config(&origin)).await;
+    edge.get_with("/vary/abc", &[("abc", "123")]).await;
+    edge.settle().await;
+    // (A cold miss may take two origin requests: the first, not knowing the `Vary`, cannot send
+    // `Abc`.)
+    let before = origin.count("/vary/abc");
+    origin.script(
+        "/vary/abc",
+        Script::status(304, "")
+            .header("cache-control", "max-age=100")
+            .header("etag", "\"abcdef\"")
+            .header("vary", "Abc"),
+    );
+    edge.advance(Duration::from_secs(3)).await;
+    let r = edge.get_with("/vary/abc", &[("abc", "123")]).await;
+    assert_eq!((r.status, &r.body[..]), (StatusCode::OK, &b"v123"[..]));
+    let seen = origin.seen("/vary/abc");
+    assert_eq!(seen.len(), before + 1, "one revalidation");
+    let last = &seen[before];
+    assert_eq!(last.header("abc"), Some("123"));
+    assert_eq!(last.header("if-none-match"), Some("\"abcdef\""));
+    let r = edge.get_with("/vary/abc", &[("abc", "123")]).await;
+    assert_eq!(r.x_cache(), "HIT");
+}
