@@ -14,6 +14,7 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -26,11 +27,17 @@ use crate::cmcd::Cmcd;
 use crate::http::body::{Body, BoxError};
 use crate::http::conn::InFlight;
 use crate::http::response::LogInfo;
-use crate::http::server::Handler;
+use crate::http::server::{Conn, Handler};
 use crate::metrics::Metrics;
 
 /// The `tracing` target of access lines (filter it with `RUST_LOG=vedge::access=info`).
 pub const TARGET: &str = "vedge::access";
+
+/// Whether access lines are written (`vedge::access` enabled at INFO): with them off, nothing is
+/// copied or recorded for the line on the request path.
+pub fn enabled() -> bool {
+    tracing::enabled!(target: TARGET, tracing::Level::INFO)
+}
 
 /// What the access line needs from the request, taken before the request is handed on.
 pub struct Pending {
@@ -48,7 +55,7 @@ impl Pending {
                 .and_then(|h| h.to_str().ok())
                 .map(str::to_string)
         };
-        let who = tracing::enabled!(target: TARGET, tracing::Level::INFO).then(|| Who {
+        let who = enabled().then(|| Who {
             path: req.uri().path().to_string(),
             host: text(header::HOST)
                 .or_else(|| req.uri().authority().map(|a| a.to_string()))
@@ -66,7 +73,7 @@ impl Pending {
     /// the connection's count of this request, held until the body is done or dropped.
     pub fn finish<H: Handler>(
         self,
-        edge: H,
+        conn: Arc<Conn<H>>,
         peer: Option<SocketAddr>,
         mut resp: Response<Body>,
         in_flight: InFlight,
@@ -88,7 +95,7 @@ impl Pending {
                 done: false,
                 _in_flight: in_flight,
                 line: Some(AccessLine {
-                    edge,
+                    conn,
                     method: self.method,
                     who: self.who,
                     peer,
@@ -111,7 +118,8 @@ struct Who {
 }
 
 struct AccessLine<H: Handler> {
-    edge: H,
+    /// The connection (and through it the edge's metrics).
+    conn: Arc<Conn<H>>,
     method: Method,
     who: Option<Who>,
     peer: Option<SocketAddr>,
@@ -182,7 +190,7 @@ impl<H: Handler> Drop for Logged<H> {
     fn drop(&mut self) {
         let Some(l) = self.line.take() else { return };
         let complete = self.complete();
-        let m = l.edge.metrics();
+        let m = l.conn.edge().metrics();
         m.bytes_sent
             .fetch_add(self.sent, std::sync::atomic::Ordering::Relaxed);
         if !complete {

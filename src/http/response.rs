@@ -95,6 +95,9 @@ pub fn build(
             // body instead of an overflow.
             let n = len.map(|_| end.saturating_sub(start));
             match n {
+                // The stored `Content-Length` already says it (a whole object): kept as is,
+                // sparing the hit a formatted value.
+                Some(n) if content_length(&headers) == Some(n) => {}
                 Some(n) => {
                     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
                 }
@@ -135,10 +138,41 @@ pub fn stamp(resp: &mut Response<Body>, info: CacheInfo) {
     h.insert(X_CACHE, HeaderValue::from_static(info.status.as_str()));
     h.insert(CACHE_STATUS, cache_status(h, info.cache_status));
     if let Some(age) = info.age {
-        h.insert(header::AGE, HeaderValue::from(age));
+        h.insert(header::AGE, number(age));
     }
-    let log = resp.extensions_mut().get_or_insert_default::<LogInfo>();
-    log.cache = Some(info.status);
+    if let Some(log) = log_info(resp) {
+        log.cache = Some(info.status);
+    }
+}
+
+/// The response's log fields, or `None` with the access log off: then nothing reads them, and
+/// a hit spares the extensions map (two allocations and a hash per response).
+pub fn log_info(resp: &mut Response<Body>) -> Option<&mut LogInfo> {
+    crate::http::access::enabled().then(|| resp.extensions_mut().get_or_insert_default::<LogInfo>())
+}
+
+/// A header value for `n`; the small ones (a fresh object's `Age`) without an allocation.
+fn number(n: u64) -> HeaderValue {
+    const SMALL: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+    match usize::try_from(n).ok().and_then(|i| SMALL.get(i)) {
+        Some(s) => HeaderValue::from_static(s),
+        None => HeaderValue::from(n),
+    }
+}
+
+/// The `Content-Length` of `h`, when it holds exactly one in canonical form (digits, no leading
+/// zero), so keeping it sends the same bytes a formatted value would.
+fn content_length(h: &HeaderMap) -> Option<u64> {
+    let mut all = h.get_all(header::CONTENT_LENGTH).iter();
+    let (Some(v), None) = (all.next(), all.next()) else {
+        return None;
+    };
+    let v = v.as_bytes();
+    let canonical = matches!(v, [b'0'] | [b'1'..=b'9', ..]);
+    if !canonical || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
 }
 
 /// RFC 9211 §2: `Cache-Status` is a list, one entry per cache, the origin's nearest first; the
@@ -284,6 +318,63 @@ mod tests {
         );
         assert_eq!(resp.status(), StatusCode::RANGE_NOT_SATISFIABLE);
         assert_eq!(resp.headers()["content-range"], "bytes */10");
+    }
+
+    /// A hit keeps the stored `Content-Length` only when it is the canonical form of the
+    /// length it sends; anything else (leading zeros, a stale or doubled value, a range) is
+    /// replaced, as it always was.
+    #[test]
+    fn content_length_is_always_the_canonical_length_sent() {
+        let get = |stored: &[(&'static str, &'static str)], range: Option<&'static str>| {
+            let req = h(&range.map(|r| vec![("range", r)]).unwrap_or_default());
+            let mut stored_map = HeaderMap::new();
+            for (k, v) in stored {
+                stored_map.append(*k, HeaderValue::from_static(v));
+            }
+            let resp = build(
+                &Ask {
+                    method: &Method::GET,
+                    headers: &req,
+                },
+                StatusCode::OK,
+                &stored_map,
+                Source::Bytes(Bytes::from_static(b"0123456789a")),
+                CacheInfo {
+                    status: CacheStatus::Hit,
+                    cache_status: "vedge; hit".into(),
+                    age: Some(0),
+                },
+            );
+            let all: Vec<String> = resp
+                .headers()
+                .get_all(header::CONTENT_LENGTH)
+                .iter()
+                .map(|v| v.to_str().unwrap_or("?").to_string())
+                .collect();
+            all
+        };
+        assert_eq!(get(&[("content-length", "11")], None), ["11"]);
+        assert_eq!(get(&[], None), ["11"]);
+        assert_eq!(get(&[("content-length", "011")], None), ["11"]);
+        assert_eq!(get(&[("content-length", "99")], None), ["11"]);
+        assert_eq!(get(&[("content-length", "+11")], None), ["11"]);
+        assert_eq!(
+            get(&[("content-length", "11"), ("content-length", "11")], None),
+            ["11"]
+        );
+        assert_eq!(get(&[("content-length", "11")], Some("bytes=0-1")), ["2"]);
+        assert_eq!(content_length(&h(&[("content-length", "0")])), Some(0));
+        assert_eq!(
+            content_length(&h(&[("content-length", "99999999999999999999")])),
+            None
+        );
+    }
+
+    #[test]
+    fn age_values_small_and_large() {
+        for n in [0u64, 1, 9, 10, 59, 86_400, u64::MAX] {
+            assert_eq!(number(n).to_str().ok(), Some(n.to_string().as_str()));
+        }
     }
 
     /// Issue: `bytes=1-18446744073709551615` on a cached object panicked in `Bytes::slice`.

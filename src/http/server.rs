@@ -226,16 +226,16 @@ async fn accept_loop<H: Handler>(
         let zero_copy = edge.zero_copy().clone();
         let activity = Activity::new();
         let conn = Arc::new(Conn {
+            edge: edge.clone(),
             admitted,
             activity: activity.clone(),
         });
-        let svc = {
-            let edge = edge.clone();
-            service_fn(move |req: Request<Incoming>| {
-                let (edge, conn) = (edge.clone(), conn.clone());
-                async move { Ok::<_, Infallible>(respond(edge, req, Some(peer), &conn).await) }
-            })
-        };
+        // Each request clones the connection's `Arc`, not the edge's: the edge's count is one
+        // cache line every core would bounce on every request.
+        let svc = service_fn(move |req: Request<Incoming>| {
+            let conn = conn.clone();
+            async move { Ok::<_, Infallible>(respond(conn, req, Some(peer)).await) }
+        });
         let edge = edge.clone();
         let cut = cut.clone();
         match &tls {
@@ -308,10 +308,18 @@ async fn accept_loop<H: Handler>(
     tasks.wait().await;
 }
 
-/// One viewer connection's place under the limits and its activity, shared by its requests.
-pub struct Conn {
+/// One viewer connection: the edge serving it, its place under the limits and its activity,
+/// shared by its requests.
+pub struct Conn<H> {
+    edge: H,
     admitted: Admitted,
     activity: Arc<Activity>,
+}
+
+impl<H> Conn<H> {
+    pub fn edge(&self) -> &H {
+        &self.edge
+    }
 }
 
 /// 429 for a client over its request rate, with when to come back (RFC 6585).
@@ -334,16 +342,15 @@ fn too_many_requests(retry_after: Duration) -> Response<Body> {
 /// Handles a request under the connection's limits; the body goes out through `access::Logged`,
 /// which writes the access line when it ends.
 pub async fn respond<H: Handler>(
-    edge: H,
+    conn: Arc<Conn<H>>,
     req: Request<Incoming>,
     peer: Option<SocketAddr>,
-    conn: &Conn,
 ) -> Response<Logged<H>> {
     let in_flight = conn.activity.request();
     let pending = Pending::of(&req);
     let resp = match conn.admitted.take_request() {
-        Ok(()) => edge.handle(req, peer).await,
+        Ok(()) => conn.edge.handle(req, peer).await,
         Err(retry_after) => too_many_requests(retry_after),
     };
-    pending.finish(edge, peer, resp, in_flight)
+    pending.finish(conn, peer, resp, in_flight)
 }

@@ -53,7 +53,7 @@ impl Handler for Arc<Edge> {
         req: Request<Incoming>,
         peer: Option<SocketAddr>,
     ) -> impl Future<Output = Response<Body>> + Send {
-        request::handle(self.clone(), req, peer)
+        request::handle(self, req, peer)
     }
 
     fn server_config(&self) -> &ServerConfig {

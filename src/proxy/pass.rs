@@ -10,7 +10,7 @@ use crate::cache::object::strip_hop_by_hop;
 use crate::cache::policy::content_length;
 use crate::cache::status::CacheStatus;
 use crate::http::body::{incoming_stream, Body};
-use crate::http::response::{self, CacheInfo, LogInfo};
+use crate::http::response::{self, CacheInfo};
 use crate::metrics::Metrics;
 use crate::proxy::error::EdgeError;
 use crate::proxy::request::Req;
@@ -59,9 +59,9 @@ pub async fn pass(
     };
     crate::proxy::invalidate::after_response(req, resp.status(), resp.headers());
     let mut resp = relay(req, resp, status, &format!("fwd=bypass; detail={reason}"));
-    resp.extensions_mut()
-        .get_or_insert_default::<LogInfo>()
-        .origin_ms = Some(started.elapsed().as_millis() as u64);
+    if let Some(log) = response::log_info(&mut resp) {
+        log.origin_ms = Some(started.elapsed().as_millis() as u64);
+    }
     Ok(resp)
 }
 
