@@ -513,6 +513,24 @@ pub(crate) fn encode_object(
     hlen
 }
 
+/// Like [`encode_object`] for a payload whose chunk checksums are already known (a rewrite
+/// carries the ones stored with it): copies without checksumming. A damaged payload therefore
+/// stays damaged *and* detectable, exactly as it was on the device.
+pub(crate) fn encode_object_carried(
+    out: &mut AlignedBuf,
+    nonce: u64,
+    gen: u64,
+    m: &ObjMeta<'_>,
+    payload: &[u8],
+    crcs: &[u32],
+) {
+    let tags = encode_tags(m.tags);
+    let hlen = header_len(m.key.len(), m.head.len(), tags.len(), payload.len() as u64);
+    assert_eq!(crcs.len(), payload.len().div_ceil(CHUNK), "one checksum per chunk");
+    out.put(hlen, payload);
+    finish_header(out, nonce, gen, m, &tags, hlen, payload.len(), crcs.to_vec());
+}
+
 /// Completes an object whose payload is already in place at `hlen..hlen + payload_len` of
 /// `out` (an [`ObjectBuf`](crate::ObjectBuf)): checksums it, writes the header and the padding.
 pub(crate) fn encode_object_in_place(
@@ -635,9 +653,16 @@ pub(crate) fn payload_ok(b: &[u8], h: &ObjHeader) -> bool {
     let Some(p) = b.get(h.header_len..h.header_len + h.payload_len as usize) else {
         return false;
     };
-    p.chunks(CHUNK)
-        .zip(&h.chunk_crcs)
-        .all(|(c, &crc)| crc32c::crc32c(c) == crc)
+    chunks_ok(p, &h.chunk_crcs)
+}
+
+/// Whether `payload` matches one crc32c per [`CHUNK`] in `crcs`.
+pub(crate) fn chunks_ok(payload: &[u8], crcs: &[u32]) -> bool {
+    payload.len().div_ceil(CHUNK) == crcs.len()
+        && payload
+            .chunks(CHUNK)
+            .zip(crcs)
+            .all(|(c, &crc)| crc32c::crc32c(c) == crc)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -783,6 +808,39 @@ mod tests {
         assert!(!payload_ok(&out, &h));
         out[10] ^= 0x40;
         assert!(decode_object_header(&out, 42, 7).is_none());
+    }
+
+    #[test]
+    fn a_rewrite_with_carried_checksums_is_the_same_object_in_a_new_generation() {
+        let mut payload: Vec<u8> = (0..(2 * CHUNK + 10)).map(|i| (i * 13) as u8).collect();
+        let m = ObjMeta {
+            key: b"k",
+            head: b"H",
+            tags: &[],
+            stored_at: UNIX_EPOCH,
+            expires_at: UNIX_EPOCH + Duration::from_secs(9),
+            pinned: false,
+        };
+        let mut first = AlignedBuf::uninit(3 << 20);
+        encode_object(&mut first, 1, 7, &m, &payload);
+        let h = decode_object_header(first.as_slice(), 1, 7).expect("valid");
+        let mut again = AlignedBuf::uninit(3 << 20);
+        encode_object_carried(&mut again, 1, 8, &m, &payload, &h.chunk_crcs);
+        let h2 = decode_object_header(again.as_slice(), 1, 8).expect("valid in generation 8");
+        assert_eq!(h2.chunk_crcs, h.chunk_crcs);
+        assert!(payload_ok(again.as_slice(), &h2));
+        assert_eq!(
+            &again.as_slice()[..h2.header_len + payload.len()][h2.header_len..],
+            &payload[..]
+        );
+        // A payload damaged before the rewrite stays detectably damaged after it.
+        payload[CHUNK + 5] ^= 1;
+        let mut bad = AlignedBuf::uninit(3 << 20);
+        encode_object_carried(&mut bad, 1, 9, &m, &payload, &h.chunk_crcs);
+        let h3 = decode_object_header(bad.as_slice(), 1, 9).expect("header intact");
+        assert!(!payload_ok(bad.as_slice(), &h3));
+        assert!(!chunks_ok(&payload, &h.chunk_crcs));
+        assert!(!chunks_ok(&payload[..CHUNK], &h.chunk_crcs), "chunk count");
     }
 
     #[test]

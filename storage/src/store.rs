@@ -35,6 +35,40 @@ pub(crate) struct Obj {
     /// buffer the writer still has to complete, so lookups cannot serve it from RAM and see
     /// the previous version (if any) until the write completes.
     pub body: Option<Bytes>,
+    /// Set for an object eviction keeps (a rewrite): the chunk checksums stored with it, which
+    /// the rewrite writes again as they are. Its payload was not checked on the way back from
+    /// the device (the stored checksums travel with it, so any damage is caught when the new
+    /// copy is read), so a lookup served from the pending map checks it first (`Obj::servable`).
+    pub carried: Option<Carried>,
+}
+
+/// The stored chunk checksums of a rewritten object whose payload has not been verified yet.
+pub(crate) struct Carried {
+    pub crcs: Vec<u32>,
+    /// Whether the payload matches `crcs`, once some lookup has checked it.
+    ok: std::sync::OnceLock<bool>,
+}
+
+impl Carried {
+    pub(crate) fn new(crcs: Vec<u32>) -> Self {
+        Carried {
+            crcs,
+            ok: std::sync::OnceLock::new(),
+        }
+    }
+}
+
+impl Obj {
+    /// Whether the body may be served: always for a new object (it came from the caller),
+    /// for a rewrite only once its payload matched its stored checksums (checked once, on the
+    /// first lookup that needs it; the caller must not hold the state lock).
+    pub(crate) fn servable(&self) -> bool {
+        match (&self.carried, &self.body) {
+            (None, _) => true,
+            (Some(c), Some(body)) => *c.ok.get_or_init(|| format::chunks_ok(body, &c.crcs)),
+            (Some(_), None) => false,
+        }
+    }
 }
 
 /// An accepted write not yet in the index: served from RAM by lookups.
@@ -283,11 +317,25 @@ pub(crate) struct Inner {
     admit: Mutex<Admission>,
 }
 
-/// A verified object read from the device.
+/// An object read from the device: verified, or for a rewrite (`Inner::read_verified` with
+/// `Purpose::Rewrite`) checked up to its header, with the payload's stored checksums in
+/// `carried`.
 pub(crate) struct ReadObj {
     pub key: Bytes,
     pub meta: Meta,
     pub body: Bytes,
+    pub carried: Option<Vec<u32>>,
+}
+
+/// Why an object is read from the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Purpose {
+    /// To serve it: read into the caller's lent memory (`read_memory`), payload verified.
+    Lookup,
+    /// To write it again (eviction keeping it): the store's own pooled buffers; the header is
+    /// verified, the payload is not (its stored checksums are written with it and checked when
+    /// the new copy is read). Saves two checksum passes per rewritten byte.
+    Rewrite,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -376,16 +424,18 @@ impl Inner {
 
     /// Reads and verifies the object at `e` in a region of generation `gen`.
     /// A lookup's read lands in the caller's lent memory (`read_memory`), where it is served;
-    /// eviction's read-back (`lent = false`) only feeds a rewrite, so it uses the store's own
-    /// pooled buffers rather than fresh mappings.
+    /// eviction's read-back (`Purpose::Rewrite`) only feeds a rewrite, so it uses the store's
+    /// own pooled buffers rather than fresh mappings, and leaves the payload's checksums to be
+    /// checked on the new copy.
     pub(crate) async fn read_verified(
         &self,
         h: KeyHash,
         e: Entry,
         gen: u64,
-        lent: bool,
+        purpose: Purpose,
     ) -> ReadResult {
         self.c.device_reads.fetch_add(1, Relaxed);
+        let lent = purpose == Purpose::Lookup;
         let mem = self.cfg.read_memory.as_deref().filter(|_| lent);
         let buf = AlignedBuf::for_read(e.bytes() as usize, mem);
         let buf = match self.io.read_into(self.layout.block_off(e.block), buf).await {
@@ -398,7 +448,10 @@ impl Inner {
         let Some(hdr) = format::decode_object_header(buf.as_slice(), self.nonce, gen) else {
             return Err(ReadErr::Corrupt);
         };
-        if hdr.extent() != e.bytes() || !format::payload_ok(buf.as_slice(), &hdr) {
+        if hdr.extent() != e.bytes()
+            || hdr.header_len + hdr.payload_len as usize > buf.as_slice().len()
+            || (lent && !format::payload_ok(buf.as_slice(), &hdr))
+        {
             return Err(ReadErr::Corrupt);
         }
         let bytes = buf.into_bytes();
@@ -414,7 +467,13 @@ impl Inner {
             tags: hdr.tags,
             pinned: e.pinned(),
         };
-        Ok(Arc::new(ReadObj { key, meta, body }))
+        let carried = (!lent).then_some(hdr.chunk_crcs);
+        Ok(Arc::new(ReadObj {
+            key,
+            meta,
+            body,
+            carried,
+        }))
     }
 
     /// Like `read_verified`, but concurrent callers for one location share one device read.
@@ -438,13 +497,13 @@ impl Inner {
             // Err: the leading lookup was cancelled before finishing; read ourselves.
             return match rx.await {
                 Ok(r) => r,
-                Err(_) => self.read_verified(h, e, gen, true).await,
+                Err(_) => self.read_verified(h, e, gen, Purpose::Lookup).await,
             };
         }
         // If this future is dropped mid-read, the guard removes the slot and the waiters'
         // senders drop with it, so they fall back to their own read instead of hanging.
         let guard = ReadSlot { inner: self, slot };
-        let res = self.read_verified(h, e, gen, true).await;
+        let res = self.read_verified(h, e, gen, Purpose::Lookup).await;
         for w in guard.finish() {
             let _ = w.send(res.clone());
         }
@@ -587,7 +646,16 @@ impl Store {
                     let mut meta = p.obj.meta.clone();
                     meta.pinned = p.pinned;
                     let body = body.clone();
+                    let obj = p.obj.clone();
                     drop(st);
+                    if !obj.servable() {
+                        // A rewrite whose payload no longer matches its checksums: never
+                        // served (its new copy fails the same check when read).
+                        tracing::warn!("corrupt object refused while being rewritten");
+                        inner.c.corrupt_reads.fetch_add(1, Relaxed);
+                        inner.c.misses.fetch_add(1, Relaxed);
+                        return None;
+                    }
                     inner.c.hits.fetch_add(1, Relaxed);
                     return Some(Hit {
                         meta,
@@ -792,6 +860,7 @@ impl Store {
             key: Bytes::copy_from_slice(key),
             meta,
             body,
+            carried: None,
         });
         {
             let mut st = inner.st.lock();
@@ -1109,4 +1178,35 @@ impl Store {
 /// Seconds-resolution check used when deciding reinsertion.
 pub(crate) fn expired(meta: &Meta) -> bool {
     meta.expires_at <= SystemTime::now()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rewrite(body: &[u8], crcs: Vec<u32>) -> Obj {
+        Obj {
+            key: Bytes::from_static(b"k"),
+            meta: Meta {
+                head: Bytes::new(),
+                stored_at: SystemTime::UNIX_EPOCH,
+                expires_at: SystemTime::UNIX_EPOCH,
+                tags: Vec::new(),
+                pinned: false,
+            },
+            body: Some(Bytes::copy_from_slice(body)),
+            carried: Some(Carried::new(crcs)),
+        }
+    }
+
+    #[test]
+    fn a_pending_rewrite_is_served_only_if_its_payload_matches_its_stored_checksums() {
+        let body = vec![5u8; 3000];
+        let good = crc32c::crc32c(&body);
+        assert!(rewrite(&body, vec![good]).servable());
+        assert!(!rewrite(&body, vec![good ^ 1]).servable());
+        assert!(!rewrite(&body, vec![good, good]).servable(), "chunk count");
+        let o = rewrite(&body, vec![good ^ 1]);
+        assert!(!o.servable() && !o.servable(), "the verdict is kept");
+    }
 }

@@ -23,7 +23,9 @@ use crate::buf::{round_up, AlignedBuf};
 use crate::error::StoreError;
 use crate::format::{self, KeyHash, RegionState, BLOCK, SUMMARY_ENTRY, SUMMARY_FIXED};
 use crate::index::{Entry, PINNED};
-use crate::store::{expired, Inner, Job, Obj, Pending, ReadErr, RegionMeta, WriteJob};
+use crate::store::{
+    expired, Carried, Inner, Job, Obj, Pending, Purpose, ReadErr, RegionMeta, WriteJob,
+};
 
 const MAX_WRITES: usize = 8;
 
@@ -254,7 +256,13 @@ impl Writer {
                 }
                 (None, Some(body)) => {
                     let mut buf = AlignedBuf::uninit(job.extent as usize);
-                    format::encode_object(&mut buf, nonce, gen, &m, body);
+                    match &o.carried {
+                        // A rewrite: its stored checksums go with it unchanged.
+                        Some(c) => format::encode_object_carried(&mut buf, nonce, gen, &m, body, &c.crcs),
+                        None => {
+                            format::encode_object(&mut buf, nonce, gen, &m, body);
+                        }
+                    }
                     buf
                 }
                 (None, None) => unreachable!("an object without a body is written in place"),
@@ -426,7 +434,7 @@ impl Writer {
             while reads.len() < MAX_WRITES {
                 let Some((h, e)) = next.next() else { break };
                 let inner = inner.clone();
-                reads.spawn(async move { (h, e, inner.read_verified(h, e, gen, false).await) });
+                reads.spawn(async move { (h, e, inner.read_verified(h, e, gen, Purpose::Rewrite).await) });
             }
             let Some(done) = reads.join_next().await else {
                 break;
@@ -477,6 +485,7 @@ impl Writer {
                 key: obj.key.clone(),
                 meta: obj.meta.clone(),
                 body: Some(obj.body.clone()),
+                carried: obj.carried.clone().map(Carried::new),
             });
             let extent = e.bytes();
             if pinned {
