@@ -526,9 +526,22 @@ pub(crate) fn encode_object_carried(
 ) {
     let tags = encode_tags(m.tags);
     let hlen = header_len(m.key.len(), m.head.len(), tags.len(), payload.len() as u64);
-    assert_eq!(crcs.len(), payload.len().div_ceil(CHUNK), "one checksum per chunk");
+    assert_eq!(
+        crcs.len(),
+        payload.len().div_ceil(CHUNK),
+        "one checksum per chunk"
+    );
     out.put(hlen, payload);
-    finish_header(out, nonce, gen, m, &tags, hlen, payload.len(), crcs.to_vec());
+    finish_header(
+        out,
+        nonce,
+        gen,
+        m,
+        &tags,
+        hlen,
+        payload.len(),
+        crcs.to_vec(),
+    );
 }
 
 /// Completes an object whose payload is already in place at `hlen..hlen + payload_len` of

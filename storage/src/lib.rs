@@ -54,6 +54,10 @@
 //! - Every read is verified: header crc, nonce, generation, extent, key hash and, per 1 MiB, the
 //!   payload crc32c; the full key is compared with the caller's. Failures are dropped from the
 //!   index, counted, and reported as a miss.
+//!   Reclaim's read-back of an object it keeps checks the header only: the rewrite carries the
+//!   stored payload checksums unchanged (no second checksum pass), so damage travels with the
+//!   copy and is refused by the first lookup that reads it; a lookup served from the pending
+//!   rewrite checks the payload against those checksums first.
 //! - Clean close: drain writes, write the snapshot, then the superblock with `clean`. Open
 //!   with `clean`: load the snapshot and immediately write a dirty superblock. Otherwise
 //!   (crash): read every region header and trailer, take sealed regions from their summaries,

@@ -6,7 +6,8 @@
 //! throughout. A region is sealed (summary + trailer written) only after every write into it has
 //! completed. Eviction takes the oldest sealed region: live objects that are pinned, or were hit
 //! since they were written or last kept (most hits first, at most 7/8 of a region), are read
-//! back, verified and queued again with one hit less; the rest leave the index.
+//! back (header verified; the payload's stored checksums are carried to the new copy, not
+//! recomputed) and queued again with one hit less; the rest leave the index.
 //!
 //! When the channel closes (every `Store` handle dropped) the task finishes what is queued and
 //! exits without a snapshot. On `Close` it does the same and hands the active region back.
@@ -258,7 +259,9 @@ impl Writer {
                     let mut buf = AlignedBuf::uninit(job.extent as usize);
                     match &o.carried {
                         // A rewrite: its stored checksums go with it unchanged.
-                        Some(c) => format::encode_object_carried(&mut buf, nonce, gen, &m, body, &c.crcs),
+                        Some(c) => {
+                            format::encode_object_carried(&mut buf, nonce, gen, &m, body, &c.crcs)
+                        }
                         None => {
                             format::encode_object(&mut buf, nonce, gen, &m, body);
                         }
@@ -434,7 +437,9 @@ impl Writer {
             while reads.len() < MAX_WRITES {
                 let Some((h, e)) = next.next() else { break };
                 let inner = inner.clone();
-                reads.spawn(async move { (h, e, inner.read_verified(h, e, gen, Purpose::Rewrite).await) });
+                reads.spawn(async move {
+                    (h, e, inner.read_verified(h, e, gen, Purpose::Rewrite).await)
+                });
             }
             let Some(done) = reads.join_next().await else {
                 break;
