@@ -2,49 +2,28 @@
 //! input): each proves one rule and fails on the code before its fix.
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
+use tokio::net::TcpStream;
 
 use crate::support::binary::ADMIN_TOKEN;
-use crate::support::edge::{edge_config, read_raw, TestEdge};
+use crate::support::edge::{admin_post, edge_config, read_raw, AdminApi, TestEdge};
 use crate::support::origin::{Origin, Script};
 
 /// An in-process edge with its admin API on a port of its own.
 struct WithAdmin {
     edge: TestEdge,
     admin: u16,
-    _stop: tokio_util::sync::DropGuard,
+    _api: AdminApi,
 }
 
 async fn with_admin(mut raw: vedge::config::RawConfig) -> WithAdmin {
     raw.admin_token = Some(ADMIN_TOKEN.into());
     let edge = TestEdge::start(raw).await;
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
-    let admin = l.local_addr().expect("admin addr").port();
-    let stop = CancellationToken::new();
-    tokio::spawn(vedge::admin::serve(edge.edge.clone(), l, stop.clone()));
+    let api = edge.admin().await;
     WithAdmin {
         edge,
-        admin,
-        _stop: stop.drop_guard(),
+        admin: api.addr.port(),
+        _api: api,
     }
-}
-
-/// `POST {path}` with a JSON `body` on the admin port: (status, body text).
-async fn admin_post(port: u16, path: &str, body: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("admin connects");
-    let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes())
-        .await
-        .expect("send admin request");
-    let r = read_raw(&mut s).await;
-    let (_, b) = r.split();
-    (r.status(), String::from_utf8_lossy(b).into_owned())
 }
 
 /// An attacker fills an object's 64 variant slots with values of a varied header; once those

@@ -5,50 +5,27 @@ use std::ffi::OsStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
-
 use crate::support::binary::{BinaryEdge, ADMIN_TOKEN};
-use crate::support::edge::{edge_config, read_raw, until, TestEdge};
+use crate::support::edge::{admin_purge as purge, edge_config, until, AdminApi, TestEdge};
 use crate::support::origin::{Gate, Origin, Script};
 
 /// An in-process edge with its admin API on a port of its own.
 struct Setup {
     edge: TestEdge,
     admin: u16,
-    _stop: tokio_util::sync::DropGuard,
+    _api: AdminApi,
 }
 
 async fn setup(origin: &Origin) -> Setup {
     let mut raw = edge_config(origin);
     raw.admin_token = Some(ADMIN_TOKEN.into());
     let edge = TestEdge::start(raw).await;
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
-    let admin = l.local_addr().expect("admin addr").port();
-    let stop = CancellationToken::new();
-    tokio::spawn(vedge::admin::serve(edge.edge.clone(), l, stop.clone()));
+    let api = edge.admin().await;
     Setup {
         edge,
-        admin,
-        _stop: stop.drop_guard(),
+        admin: api.addr.port(),
+        _api: api,
     }
-}
-
-/// `POST /admin/purge` with `body` on `port`: (status, JSON or text).
-async fn purge(port: u16, body: &str) -> (u16, serde_json::Value) {
-    let mut s = TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("admin connects");
-    let req = format!(
-        "POST /admin/purge HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.expect("send purge");
-    let r = read_raw(&mut s).await;
-    let (_, b) = r.split();
-    let v = serde_json::from_slice(b).unwrap_or_else(|_| String::from_utf8_lossy(b).into());
-    (r.status(), v)
 }
 
 fn cached(body: &str) -> Script {
@@ -94,11 +71,8 @@ async fn paths_purge_the_routes_keys_and_need_a_host_only_on_pass_host_routes() 
         ..Default::default()
     });
     let edge = TestEdge::start(raw).await;
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
-    let admin = l.local_addr().expect("admin addr").port();
-    let stop = CancellationToken::new();
-    tokio::spawn(vedge::admin::serve(edge.edge.clone(), l, stop.clone()));
-    let _stop = stop.drop_guard();
+    let api = edge.admin().await;
+    let admin = api.addr.port();
 
     edge.get("/a.ts").await;
     edge.get("/ph/b.ts").await;

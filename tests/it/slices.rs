@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http::{Method, StatusCode};
 
 use crate::support::binary::ADMIN_TOKEN;
-use crate::support::edge::{edge_config, read_raw, until, TestEdge};
+use crate::support::edge::{edge_config, until, TestEdge};
 use crate::support::origin::{Gate, Origin, Script};
 
 const MIB: usize = 1 << 20;
@@ -282,26 +282,8 @@ async fn a_206_covering_the_whole_object_is_stored_as_a_200() {
 
 /// `POST /admin/purge` with `body` on an admin listener of the edge's own.
 async fn admin_purge(edge: &TestEdge, body: &str) -> (u16, serde_json::Value) {
-    use tokio::io::AsyncWriteExt;
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind admin");
-    let port = l.local_addr().expect("admin addr").port();
-    let stop = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(vedge::admin::serve(edge.edge.clone(), l, stop.clone()));
-    let _stop = stop.drop_guard();
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("admin connects");
-    let req = format!(
-        "POST /admin/purge HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.expect("send purge");
-    let r = read_raw(&mut s).await;
-    let (_, b) = r.split();
-    let v = serde_json::from_slice(b).unwrap_or_else(|_| String::from_utf8_lossy(b).into());
-    (r.status(), v)
+    let api = edge.admin().await;
+    crate::support::edge::admin_purge(api.addr.port(), body).await
 }
 
 #[tokio::test]

@@ -57,6 +57,39 @@ pub fn ttl(default: &str) -> Option<RawTtl> {
 }
 
 /// A running edge. Dropping it shuts it down.
+/// The admin API of a [`TestEdge`], served until this drops.
+pub struct AdminApi {
+    pub addr: SocketAddr,
+    _stop: tokio_util::sync::DropGuard,
+}
+
+/// `POST path` with a JSON `body` and the admin token to the admin API on loopback `port`:
+/// (status, body as text).
+pub async fn admin_post(port: u16, path: &str, body: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("admin connects");
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        super::binary::ADMIN_TOKEN,
+        body.len()
+    );
+    s.write_all(req.as_bytes())
+        .await
+        .expect("send admin request");
+    let r = read_raw(&mut s).await;
+    let (_, b) = r.split();
+    (r.status(), String::from_utf8_lossy(b).into_owned())
+}
+
+/// `POST /admin/purge` with `body` to the admin API on loopback `port`: (status, the answer as
+/// JSON, or as a JSON string when it is not JSON).
+pub async fn admin_purge(port: u16, body: &str) -> (u16, serde_json::Value) {
+    let (status, text) = admin_post(port, "/admin/purge", body).await;
+    let v = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+    (status, v)
+}
+
 pub struct TestEdge {
     pub edge: Arc<vedge::Edge>,
     pub addr: SocketAddr,
@@ -245,6 +278,19 @@ impl TestEdge {
     /// Waits (bounded, 5 s) until no origin fetch is in flight: every fill has ended and its
     /// object, if storable, is in the cache. A response can be complete at the viewer before the
     /// fill driver stores it; tests that expect a HIT next call this first.
+    /// Starts the admin API of this edge on a listener of its own (`127.0.0.1:0`); it stops
+    /// when the returned handle drops.
+    pub async fn admin(&self) -> AdminApi {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
+        let addr = l.local_addr().expect("admin addr");
+        let stop = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(vedge::admin::serve(self.edge.clone(), l, stop.clone()));
+        AdminApi {
+            addr,
+            _stop: stop.drop_guard(),
+        }
+    }
+
     pub async fn settle(&self) {
         until("every fill ended", || self.edge.fills.is_empty()).await;
     }
