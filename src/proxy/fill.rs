@@ -256,6 +256,17 @@ async fn run(
         }
     };
     let response_delay = sent.elapsed();
+    if crate::proxy::loop_answer::leader_only(resp.status(), &job.viewer_headers) {
+        // The leader's `CDN-Loop` may be all the upstream refused: its 508 is the leader's;
+        // the key is released first so the other viewers claim a fresh fill without it.
+        tracing::debug!(
+            key,
+            "508 to a fill carrying the leader's CDN-Loop: leader only"
+        );
+        guard.release();
+        fill.set_pass(resp, crate::proxy::loop_answer::REASON);
+        return Ok(());
+    }
     let (mut parts, mut body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     let cache = &edge.config.cache;

@@ -3,6 +3,7 @@
 //! from the origin once per key and streams into the fill (`fill`), pass-through (`pass`),
 //! what a request names (`target`: validated host, normalised path, route, key), signed URLs
 //! (`signed`: the token check before the cache, and the token carried into manifests),
+//! a 508 caused by a leader's own `CDN-Loop` kept from its collapsed viewers (`loop_answer`),
 //! invalidation by unsafe methods (`invalidate`), admission priority under load (`admission`),
 //! the live edge (`llhls`: LL-HLS blocking reloads and live-window retention; `prefetch`:
 //! fetching what live manifests announce) and request errors (`error`); `assets`
@@ -20,6 +21,7 @@ pub mod fill_limit;
 pub mod hint_range;
 pub mod invalidate;
 pub mod llhls;
+pub mod loop_answer;
 pub mod pass;
 pub mod prefetch;
 pub mod range_pass;

@@ -630,6 +630,8 @@ async fn read(
             // look again and collapse onto a fill of their own (bounded by `Lookup::rounds`),
             // rather than each passing to the origin.
             None if reason == policy::AUTHORIZED && !authorized(req) => return Ok(Phase::Lookup),
+            // The leader's own `CDN-Loop` earned its 508 (`loop_answer`): not this viewer's.
+            None if crate::proxy::loop_answer::refill(reason) => return Ok(Phase::Lookup),
             None => {
                 return Ok(Phase::Pass {
                     reason,

@@ -380,6 +380,8 @@ fn not_sliced(req: &Req<'_>, fill: Arc<Fill>, leader: bool, head: FillHead) -> O
         {
             Outcome::Lookup
         }
+        // The leader's own `CDN-Loop` earned its 508 (`proxy::loop_answer`): look again.
+        None if crate::proxy::loop_answer::refill(reason) => Outcome::Lookup,
         _ => Outcome::Pass(reason),
     }
 }

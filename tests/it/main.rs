@@ -7,6 +7,7 @@ mod abuse;
 mod adversarial;
 mod adversarial2;
 mod adversarial3;
+mod adversarial4;
 mod cmcd;
 mod conformance;
 mod edge_basics;
