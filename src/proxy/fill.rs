@@ -380,12 +380,6 @@ async fn run(
         parts.status
     };
     let mut decision = decide(judged, &parts.headers, class);
-    if job.authorized
-        && !matches!(decision, Decision::Pass(_))
-        && !policy::shareable_when_authorized(&parts.headers)
-    {
-        decision = Decision::Pass(policy::AUTHORIZED);
-    }
     // Slices and hinted ranges live under keys of their own that carry no `Vary` variant, and
     // their readers do not check one: an answer that varies (`Vary: Origin` with a CORS header,
     // say) would reach every viewer, so it is shared with none.
@@ -395,6 +389,16 @@ async fn run(
         && vary::selects_representation(&parts.headers)
     {
         decision = Decision::Pass("vary-range");
+    }
+    // An answer to one viewer's credentials that is not to be shared is that viewer's alone,
+    // whatever made it so (a 401 with `no-store`, a `Set-Cookie`, `private`): it teaches
+    // nothing of the object (no hit-for-pass, the stale copy stays) and the other viewers
+    // claim a fill of their own.
+    if job.authorized
+        && (matches!(decision, Decision::Pass(_))
+            || !policy::shareable_when_authorized(&parts.headers))
+    {
+        decision = Decision::Pass(policy::AUTHORIZED);
     }
     if let (Some(total), Decision::Store(freshness)) = (sliced, &decision) {
         slice::store_record(

@@ -13,18 +13,23 @@ use tokio::sync::watch;
 use crate::support::edge::{edge_config, until, TestEdge};
 use crate::support::origin::Origin;
 
-/// An upstream that, like a shield, answers 508 Loop Detected to a request whose `CDN-Loop`
-/// names `node=shield` (held until `release` is set, so viewers can collapse onto the fill),
-/// and a cacheable 200 to any other. Counts GETs.
-struct LoopAwareUpstream {
+/// How the upstream answers a request head (lowercased): `Some(response)` for a request it
+/// singles out (held until `release` is set, so viewers can collapse onto the fill), `None` for
+/// the cacheable 200 every other request gets.
+type Answer = fn(&str) -> Option<&'static [u8]>;
+
+/// An upstream that answers requests it singles out (a shield seeing its own node in
+/// `CDN-Loop`, an origin refusing credentials) differently from the rest. Counts GETs.
+struct Upstream {
     url: String,
     requests: Arc<AtomicUsize>,
+    /// Requests singled out.
     looped: Arc<AtomicUsize>,
     release: watch::Sender<bool>,
 }
 
-impl LoopAwareUpstream {
-    async fn start() -> LoopAwareUpstream {
+impl Upstream {
+    async fn start(answer: Answer) -> Upstream {
         let l = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind upstream");
@@ -35,10 +40,10 @@ impl LoopAwareUpstream {
         let (n, lo) = (requests.clone(), looped.clone());
         tokio::spawn(async move {
             while let Ok((s, _)) = l.accept().await {
-                tokio::spawn(Self::conn(s, n.clone(), lo.clone(), rx.clone()));
+                tokio::spawn(Self::conn(s, answer, n.clone(), lo.clone(), rx.clone()));
             }
         });
-        LoopAwareUpstream {
+        Upstream {
             url,
             requests,
             looped,
@@ -49,6 +54,7 @@ impl LoopAwareUpstream {
     /// Serves keep-alive requests on one connection (at most 64, heads at most 16 KiB).
     async fn conn(
         mut s: TcpStream,
+        answer: Answer,
         requests: Arc<AtomicUsize>,
         looped: Arc<AtomicUsize>,
         mut release: watch::Receiver<bool>,
@@ -74,15 +80,13 @@ impl LoopAwareUpstream {
             if head.starts_with("get ") {
                 requests.fetch_add(1, Ordering::SeqCst);
             }
-            let loops = head
-                .lines()
-                .any(|l| l.starts_with("cdn-loop:") && l.contains("node=shield"));
-            let resp: &[u8] = if loops {
-                looped.fetch_add(1, Ordering::SeqCst);
-                let _ = release.wait_for(|r| *r).await;
-                b"HTTP/1.1 508 Loop Detected\r\ncontent-length: 0\r\n\r\n"
-            } else {
-                b"HTTP/1.1 200 OK\r\ncache-control: max-age=600\r\ncontent-length: 7\r\n\r\nsegment"
+            let resp: &[u8] = match answer(&head) {
+                Some(resp) => {
+                    looped.fetch_add(1, Ordering::SeqCst);
+                    let _ = release.wait_for(|r| *r).await;
+                    resp
+                }
+                None => b"HTTP/1.1 200 OK\r\ncache-control: max-age=600\r\ncontent-length: 7\r\n\r\nsegment",
             };
             if s.write_all(resp).await.is_err() {
                 return;
@@ -98,7 +102,12 @@ impl LoopAwareUpstream {
 #[tokio::test]
 async fn a_viewers_cdn_loop_508_reaches_only_that_viewer() {
     const READERS: usize = 4;
-    let up = LoopAwareUpstream::start().await;
+    let up = Upstream::start(|head| {
+        head.lines()
+            .any(|l| l.starts_with("cdn-loop:") && l.contains("node=shield"))
+            .then_some(b"HTTP/1.1 508 Loop Detected\r\ncontent-length: 0\r\n\r\n")
+    })
+    .await;
     let unused = Origin::start().await;
     let mut raw = edge_config(&unused);
     raw.origin = Some(up.url.clone());
@@ -148,4 +157,40 @@ async fn a_viewers_cdn_loop_508_reaches_only_that_viewer() {
     let r = edge.get("/v/seg1.ts").await;
     assert_eq!(r.status, 200);
     assert_eq!(up.requests.load(Ordering::SeqCst), 2, "then a hit");
+}
+
+/// A viewer with junk credentials whose fill the origin refuses with `401` and `no-store` (an
+/// answer to its credentials alone) teaches the edge nothing of the object: the next viewers
+/// fill it once and then hit. Before, the refusal was remembered as the object's hit-for-pass
+/// and every viewer went to the origin for `hit_for_pass_ttl`.
+#[tokio::test]
+async fn a_refused_credentialed_fill_leaves_no_hit_for_pass() {
+    let up = Upstream::start(|head| {
+        head.contains("\r\nauthorization:").then_some(
+            b"HTTP/1.1 401 Unauthorized\r\ncache-control: no-store\r\nwww-authenticate: Bearer\r\ncontent-length: 0\r\n\r\n",
+        )
+    })
+    .await;
+    up.release.send_replace(true);
+    let unused = Origin::start().await;
+    let mut raw = edge_config(&unused);
+    raw.origin = Some(up.url.clone());
+    let edge = TestEdge::start(raw).await;
+
+    let r = edge
+        .get_with("/v/seg2.ts", &[("authorization", "Bearer junk")])
+        .await;
+    assert_eq!(r.status, 401, "the refusal is the credentialed viewer's");
+    edge.settle().await;
+    for _ in 0..3 {
+        let r = edge.get("/v/seg2.ts").await;
+        assert_eq!(r.status, 200);
+        assert_eq!(&r.body[..], b"segment");
+        edge.settle().await;
+    }
+    assert_eq!(
+        up.requests.load(Ordering::SeqCst),
+        2,
+        "the refused fill, then one fill every viewer shares"
+    );
 }
