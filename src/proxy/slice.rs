@@ -673,6 +673,15 @@ async fn fetch(
                 return Ok(Piece::from_fill(&fill, k, size, start, end));
             }
             Got::Filling(..) => return Err(WalkError::Changed),
+            // Another viewer's fill answered for that viewer alone (its credentials refused,
+            // its own `CDN-Loop`): the fill released the slice's key, so this walk claims the
+            // slice with its own request.
+            Got::Other {
+                leader: false,
+                head: FillHead::Pass(reason),
+                ..
+            } if reason == crate::cache::policy::AUTHORIZED
+                || crate::proxy::loop_answer::refill(reason) => {}
             Got::Other { .. } | Got::TimedOut | Got::Whole => return Err(WalkError::Slice),
         }
     }

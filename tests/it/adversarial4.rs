@@ -18,6 +18,14 @@ use crate::support::origin::Origin;
 /// the cacheable 200 every other request gets.
 type Answer = fn(&str) -> Option<&'static [u8]>;
 
+/// The upstream's answer to the requests not singled out.
+type Otherwise = fn(&str) -> Vec<u8>;
+
+/// A cacheable 200 of `segment`.
+fn cacheable(_: &str) -> Vec<u8> {
+    b"HTTP/1.1 200 OK\r\ncache-control: max-age=600\r\ncontent-length: 7\r\n\r\nsegment".to_vec()
+}
+
 /// An upstream that answers requests it singles out (a shield seeing its own node in
 /// `CDN-Loop`, an origin refusing credentials) differently from the rest. Counts GETs.
 struct Upstream {
@@ -29,7 +37,7 @@ struct Upstream {
 }
 
 impl Upstream {
-    async fn start(answer: Answer) -> Upstream {
+    async fn start(answer: Answer, otherwise: Otherwise) -> Upstream {
         let l = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind upstream");
@@ -40,7 +48,14 @@ impl Upstream {
         let (n, lo) = (requests.clone(), looped.clone());
         tokio::spawn(async move {
             while let Ok((s, _)) = l.accept().await {
-                tokio::spawn(Self::conn(s, answer, n.clone(), lo.clone(), rx.clone()));
+                tokio::spawn(Self::conn(
+                    s,
+                    answer,
+                    otherwise,
+                    n.clone(),
+                    lo.clone(),
+                    rx.clone(),
+                ));
             }
         });
         Upstream {
@@ -55,6 +70,7 @@ impl Upstream {
     async fn conn(
         mut s: TcpStream,
         answer: Answer,
+        otherwise: Otherwise,
         requests: Arc<AtomicUsize>,
         looped: Arc<AtomicUsize>,
         mut release: watch::Receiver<bool>,
@@ -80,15 +96,15 @@ impl Upstream {
             if head.starts_with("get ") {
                 requests.fetch_add(1, Ordering::SeqCst);
             }
-            let resp: &[u8] = match answer(&head) {
+            let resp = match answer(&head) {
                 Some(resp) => {
                     looped.fetch_add(1, Ordering::SeqCst);
                     let _ = release.wait_for(|r| *r).await;
-                    resp
+                    resp.to_vec()
                 }
-                None => b"HTTP/1.1 200 OK\r\ncache-control: max-age=600\r\ncontent-length: 7\r\n\r\nsegment",
+                None => otherwise(&head),
             };
-            if s.write_all(resp).await.is_err() {
+            if s.write_all(&resp).await.is_err() {
                 return;
             }
         }
@@ -102,11 +118,14 @@ impl Upstream {
 #[tokio::test]
 async fn a_viewers_cdn_loop_508_reaches_only_that_viewer() {
     const READERS: usize = 4;
-    let up = Upstream::start(|head| {
-        head.lines()
-            .any(|l| l.starts_with("cdn-loop:") && l.contains("node=shield"))
-            .then_some(b"HTTP/1.1 508 Loop Detected\r\ncontent-length: 0\r\n\r\n")
-    })
+    let up = Upstream::start(
+        |head| {
+            head.lines()
+                .any(|l| l.starts_with("cdn-loop:") && l.contains("node=shield"))
+                .then_some(b"HTTP/1.1 508 Loop Detected\r\ncontent-length: 0\r\n\r\n")
+        },
+        cacheable,
+    )
     .await;
     let unused = Origin::start().await;
     let mut raw = edge_config(&unused);
@@ -169,7 +188,7 @@ async fn a_refused_credentialed_fill_leaves_no_hit_for_pass() {
         head.contains("\r\nauthorization:").then_some(
             b"HTTP/1.1 401 Unauthorized\r\ncache-control: no-store\r\nwww-authenticate: Bearer\r\ncontent-length: 0\r\n\r\n",
         )
-    })
+    }, cacheable)
     .await;
     up.release.send_replace(true);
     let unused = Origin::start().await;
@@ -193,4 +212,97 @@ async fn a_refused_credentialed_fill_leaves_no_hit_for_pass() {
         2,
         "the refused fill, then one fill every viewer shares"
     );
+}
+
+/// Bytes of the sliced object of `a_walk_joining_someone_elses_refused_slice_fetches_it_itself`.
+const SLICED_LEN: usize = 128 << 10;
+
+fn sliced_body() -> Vec<u8> {
+    (0..SLICED_LEN).map(|i| (i % 251) as u8).collect()
+}
+
+/// A ranged origin for a two-slice object: the 206 of the range asked (`bytes=a-b` only).
+fn ranged(head: &str) -> Vec<u8> {
+    let body = sliced_body();
+    let range = head
+        .lines()
+        .find_map(|l| l.strip_prefix("range: bytes="))
+        .and_then(|r| r.trim().split_once('-'))
+        .and_then(|(a, b)| Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?)));
+    let (a, b) = range.unwrap_or((0, SLICED_LEN - 1));
+    let b = b.min(SLICED_LEN - 1);
+    let mut out = format!(
+        "HTTP/1.1 206 Partial Content\r\ncache-control: max-age=600\r\netag: \"v1\"\r\ncontent-range: bytes {a}-{b}/{SLICED_LEN}\r\ncontent-length: {}\r\n\r\n",
+        b - a + 1
+    )
+    .into_bytes();
+    out.extend_from_slice(&body[a..=b]);
+    out
+}
+
+/// A viewer streaming a sliced object joins, for its next slice, a slice fill led by a viewer
+/// with junk credentials that the origin refuses (401, `no-store`). That refusal is the
+/// credentialed viewer's alone: the streaming viewer fetches the slice itself and gets every
+/// byte. Before, its response was cut at the slice boundary.
+#[tokio::test]
+async fn a_walk_joining_someone_elses_refused_slice_fetches_it_itself() {
+    let up = Upstream::start(
+        |head| {
+            (head.contains("\r\nauthorization:") && head.contains("range: bytes=65536-")).then_some(
+                b"HTTP/1.1 401 Unauthorized\r\ncache-control: no-store\r\ncontent-length: 0\r\n\r\n",
+            )
+        },
+        ranged,
+    )
+    .await;
+    let unused = Origin::start().await;
+    let mut raw = edge_config(&unused);
+    raw.origin = Some(up.url.clone());
+    raw.cache.slice_size = Some("64KiB".into());
+    let edge = Arc::new(TestEdge::start(raw).await);
+
+    // The object's record and first slice are cached.
+    let r = edge.get_with("/v/big.ts", &[("range", "bytes=0-99")]).await;
+    assert_eq!(r.status, 206);
+    edge.settle().await;
+
+    let attacker = {
+        let edge = edge.clone();
+        tokio::spawn(async move {
+            edge.get_with(
+                "/v/big.ts",
+                &[
+                    ("range", "bytes=70000-70099"),
+                    ("authorization", "Bearer junk"),
+                ],
+            )
+            .await
+        })
+    };
+    until("the credentialed slice fill reached the origin", || {
+        up.looped.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let before = edge.collapsed();
+    let viewer = {
+        let edge = edge.clone();
+        tokio::spawn(async move { edge.get("/v/big.ts").await })
+    };
+    until("the viewer's walk joined the refused slice fill", || {
+        edge.collapsed() > before
+    })
+    .await;
+    up.release.send_replace(true);
+
+    let r = tokio::time::timeout(Duration::from_secs(10), attacker)
+        .await
+        .expect("attacker answered")
+        .expect("attacker task");
+    assert_eq!(r.status, 401);
+    let r = tokio::time::timeout(Duration::from_secs(10), viewer)
+        .await
+        .expect("viewer answered")
+        .expect("the viewer's body was not cut");
+    assert_eq!(r.status, 200);
+    assert!(r.body == sliced_body(), "the viewer got every byte");
 }
