@@ -135,6 +135,9 @@ impl FillJob {
     }
 }
 
+/// The pass reason of a prefetch the origin refused: no answer for the viewers that joined it.
+pub const PREFETCH_REFUSED: &str = "prefetch-refused";
+
 /// What an oversized fill may hold for its slowest viewer before it stops reading the origin.
 const TRIM_WINDOW: u64 = 16 << 20;
 
@@ -362,7 +365,10 @@ async fn run(
             status = parts.status.as_u16(),
             "prefetch answer not kept"
         );
-        fill.set_head(FillHead::Pass("prefetch-refused"));
+        // The key is free before the readers wake: they claim one fill of their own between
+        // them (`request::read`) rather than each passing to the origin.
+        guard.release();
+        fill.set_head(FillHead::Pass(PREFETCH_REFUSED));
         return Ok(());
     }
     let path = job.path_and_query.split('?').next().unwrap_or("");

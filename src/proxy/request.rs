@@ -632,6 +632,9 @@ async fn read(
             None if reason == policy::AUTHORIZED && !authorized(req) => return Ok(Phase::Lookup),
             // The leader's own `CDN-Loop` earned its 508 (`loop_answer`): not this viewer's.
             None if crate::proxy::loop_answer::refill(reason) => return Ok(Phase::Lookup),
+            // The origin refused the edge's own prefetch: the viewers that joined it share one
+            // fill with a viewer's request.
+            None if reason == fill::PREFETCH_REFUSED => return Ok(Phase::Lookup),
             None => {
                 return Ok(Phase::Pass {
                     reason,

@@ -306,3 +306,56 @@ async fn a_walk_joining_someone_elses_refused_slice_fetches_it_itself() {
     assert_eq!(r.status, 200);
     assert!(r.body == sliced_body(), "the viewer got every byte");
 }
+
+/// A CMCD `nor` hint makes the edge prefetch the segment the audience asks for next; the origin
+/// refuses the edge's own request (it wants a viewer's `X-Forwarded-For`). The viewers that
+/// joined that prefetch share one fill of their own. Before, each of them passed to the
+/// origin: one hint turned a live audience's segment into one origin fetch per viewer.
+#[tokio::test]
+async fn viewers_on_a_refused_prefetch_share_one_fill() {
+    const VIEWERS: usize = 4;
+    let up = Upstream::start(
+        |head| {
+            (head.starts_with("get /v/seg2.m4s") && !head.contains("\r\nx-forwarded-for:"))
+                .then_some(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n")
+        },
+        cacheable,
+    )
+    .await;
+    let unused = Origin::start().await;
+    let mut raw = edge_config(&unused);
+    raw.origin = Some(up.url.clone());
+    let edge = Arc::new(TestEdge::start(raw).await);
+
+    let r = edge
+        .get_with("/v/seg1.m4s", &[("cmcd-request", "nor=\"seg2.m4s\"")])
+        .await;
+    assert_eq!(r.status, 200);
+    until("the prefetch reached the origin", || {
+        up.looped.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let mut viewers = Vec::new();
+    for _ in 0..VIEWERS {
+        let edge = edge.clone();
+        viewers.push(tokio::spawn(async move { edge.get("/v/seg2.m4s").await }));
+    }
+    until("the viewers wait on the prefetch", || {
+        edge.collapsed() as usize >= VIEWERS
+    })
+    .await;
+    up.release.send_replace(true);
+    for v in viewers {
+        let r = tokio::time::timeout(Duration::from_secs(10), v)
+            .await
+            .expect("viewer answered")
+            .expect("viewer task");
+        assert_eq!(r.status, 200);
+        assert_eq!(&r.body[..], b"segment");
+    }
+    assert_eq!(
+        up.requests.load(Ordering::SeqCst),
+        3,
+        "seg1, the refused prefetch, one fill the viewers share"
+    );
+}
