@@ -34,6 +34,11 @@ pub enum EdgeError {
     /// §5.2.1.7): 504.
     #[error("not cached (only-if-cached)")]
     NotCached,
+    /// `TRACE` or `CONNECT`: never forwarded (405). A `TRACE` would echo to the viewer what the
+    /// edge adds toward the origin (internal host names, `Via`, `X-Forwarded-For`), and a
+    /// reverse proxy opens no tunnels.
+    #[error("method not allowed at this edge")]
+    MethodNotAllowed,
 }
 
 /// A failed fill's origin failure, back in the origin client's terms: the same status and
@@ -65,6 +70,7 @@ impl EdgeError {
             EdgeError::Target(TargetError::NoRoute(_)) => StatusCode::BAD_GATEWAY,
             EdgeError::OriginBusy => StatusCode::SERVICE_UNAVAILABLE,
             EdgeError::NotCached => StatusCode::GATEWAY_TIMEOUT,
+            EdgeError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 
@@ -79,6 +85,7 @@ impl EdgeError {
             EdgeError::Target(TargetError::NoRoute(_)) => "no-route",
             EdgeError::OriginBusy => "origin-busy",
             EdgeError::NotCached => "only-if-cached",
+            EdgeError::MethodNotAllowed => "method",
         }
     }
 
@@ -95,6 +102,13 @@ impl EdgeError {
         if let EdgeError::OriginBusy = self {
             // A slot frees as soon as one fill ends: retry soon.
             h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let EdgeError::MethodNotAllowed = self {
+            // RFC 9110 §15.5.6: a 405 lists what the target does allow.
+            h.insert(
+                header::ALLOW,
+                HeaderValue::from_static("GET, HEAD, OPTIONS, POST, PUT, PATCH, DELETE"),
+            );
         }
         let status = match self {
             EdgeError::Origin(_) | EdgeError::OriginBusy | EdgeError::NotCached => {

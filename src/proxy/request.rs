@@ -124,6 +124,9 @@ async fn dispatch(
     peer: Option<SocketAddr>,
     cmcd: Option<&Cmcd>,
 ) -> Result<Response<Body>, EdgeError> {
+    if parts.method == Method::TRACE || parts.method == Method::CONNECT {
+        return Err(EdgeError::MethodNotAllowed);
+    }
     let cacheable_method = parts.method == Method::GET || parts.method == Method::HEAD;
     // First of all: a GET or HEAD with a body is refused (RFC 9110 §9.3.1 gives such a body no
     // meaning). Forwarded on a shared fill its framing would stall a strict origin for every

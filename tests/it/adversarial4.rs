@@ -359,3 +359,39 @@ async fn viewers_on_a_refused_prefetch_share_one_fill() {
         "seg1, the refused prefetch, one fill the viewers share"
     );
 }
+
+/// `TRACE` echoes the request as the origin received it, with what the edge added on the way
+/// (the origin's internal host name, `Via`, `X-Forwarded-For`); `CONNECT` asks a reverse proxy
+/// for a tunnel. Neither reaches the origin: 405 with `Allow`. Before, both were passed through.
+#[tokio::test]
+async fn trace_and_connect_are_refused_not_forwarded() {
+    let origin = Origin::start().await;
+    origin.script("/v/seg.ts", crate::support::origin::Script::ok("x").echo());
+    let edge = TestEdge::start(edge_config(&origin)).await;
+    for req in [
+        "TRACE /v/seg.ts HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".to_string(),
+        format!(
+            "CONNECT {0} HTTP/1.1\r\nHost: {0}\r\nConnection: close\r\n\r\n",
+            origin.addr()
+        ),
+    ] {
+        let mut s = TcpStream::connect(edge.addr).await.expect("connect");
+        s.write_all(req.as_bytes()).await.expect("send");
+        let r = crate::support::edge::read_raw(&mut s).await;
+        assert_eq!(r.status(), 405, "{req}");
+        assert!(
+            r.header("allow").is_some_and(|a| a.contains("GET")),
+            "{req}"
+        );
+    }
+    for path in ["/v/seg.ts", "/"] {
+        let forwarded = origin
+            .seen(path)
+            .iter()
+            .filter(|s| s.method == "TRACE" || s.method == "CONNECT")
+            .count();
+        assert_eq!(forwarded, 0, "{path}");
+    }
+    // Ordinary methods still pass.
+    assert_eq!(edge.get("/v/seg.ts").await.status, 200);
+}
