@@ -143,15 +143,7 @@ async fn a_viewers_cdn_loop_508_reaches_only_that_viewer() {
         up.looped.load(Ordering::SeqCst) == 1
     })
     .await;
-    let mut viewers = Vec::new();
-    for _ in 0..READERS {
-        let edge = edge.clone();
-        viewers.push(tokio::spawn(async move { edge.get("/v/seg1.ts").await }));
-    }
-    until("the viewers wait on the poisoned fill", || {
-        edge.collapsed() as usize >= READERS
-    })
-    .await;
+    let viewers = collapse_viewers(&edge, "/v/seg1.ts", READERS).await;
     up.release.send_replace(true);
 
     let r = tokio::time::timeout(Duration::from_secs(10), attacker)
@@ -159,14 +151,7 @@ async fn a_viewers_cdn_loop_508_reaches_only_that_viewer() {
         .expect("attacker answered")
         .expect("attacker task");
     assert_eq!(r.status, 508, "the loop is the attacker's own");
-    for v in viewers {
-        let r = tokio::time::timeout(Duration::from_secs(10), v)
-            .await
-            .expect("viewer answered")
-            .expect("viewer task");
-        assert_eq!(r.status, 200, "a viewer got the attacker's 508");
-        assert_eq!(&r.body[..], b"segment");
-    }
+    each_gets_the_segment(viewers).await;
     assert_eq!(
         up.requests.load(Ordering::SeqCst),
         2,
@@ -335,24 +320,9 @@ async fn viewers_on_a_refused_prefetch_share_one_fill() {
         up.looped.load(Ordering::SeqCst) == 1
     })
     .await;
-    let mut viewers = Vec::new();
-    for _ in 0..VIEWERS {
-        let edge = edge.clone();
-        viewers.push(tokio::spawn(async move { edge.get("/v/seg2.m4s").await }));
-    }
-    until("the viewers wait on the prefetch", || {
-        edge.collapsed() as usize >= VIEWERS
-    })
-    .await;
+    let viewers = collapse_viewers(&edge, "/v/seg2.m4s", VIEWERS).await;
     up.release.send_replace(true);
-    for v in viewers {
-        let r = tokio::time::timeout(Duration::from_secs(10), v)
-            .await
-            .expect("viewer answered")
-            .expect("viewer task");
-        assert_eq!(r.status, 200);
-        assert_eq!(&r.body[..], b"segment");
-    }
+    each_gets_the_segment(viewers).await;
     assert_eq!(
         up.requests.load(Ordering::SeqCst),
         3,
@@ -394,4 +364,37 @@ async fn trace_and_connect_are_refused_not_forwarded() {
     }
     // Ordinary methods still pass.
     assert_eq!(edge.get("/v/seg.ts").await.status, 200);
+}
+
+/// `n` viewers ask for `path` and are waited for (bounded) until all of them have collapsed onto
+/// the fill in flight.
+async fn collapse_viewers(
+    edge: &Arc<TestEdge>,
+    path: &'static str,
+    n: usize,
+) -> Vec<tokio::task::JoinHandle<crate::support::edge::Resp>> {
+    let before = edge.collapsed() as usize;
+    let viewers = (0..n)
+        .map(|_| {
+            let edge = edge.clone();
+            tokio::spawn(async move { edge.get(path).await })
+        })
+        .collect();
+    until("the viewers wait on the fill in flight", || {
+        edge.collapsed() as usize >= before + n
+    })
+    .await;
+    viewers
+}
+
+/// Every viewer is answered (bounded) with the whole segment, none with another's failure.
+async fn each_gets_the_segment(viewers: Vec<tokio::task::JoinHandle<crate::support::edge::Resp>>) {
+    for v in viewers {
+        let r = tokio::time::timeout(Duration::from_secs(10), v)
+            .await
+            .expect("viewer answered")
+            .expect("viewer task");
+        assert_eq!(r.status, 200, "a viewer got another viewer's failure");
+        assert_eq!(&r.body[..], b"segment");
+    }
 }
