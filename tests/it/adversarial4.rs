@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::support::edge::{edge_config, until, TestEdge};
+use crate::support::edge::{edge_config, edge_config_for, until, TestEdge};
 use crate::support::origin::Origin;
 
 /// How the upstream answers a request head (lowercased): `Some(response)` for a request it
@@ -127,9 +127,7 @@ async fn a_viewers_cdn_loop_508_reaches_only_that_viewer() {
         cacheable,
     )
     .await;
-    let unused = Origin::start().await;
-    let mut raw = edge_config(&unused);
-    raw.origin = Some(up.url.clone());
+    let raw = edge_config_for(up.url.clone());
     let edge = Arc::new(TestEdge::start(raw).await);
 
     let attacker = {
@@ -176,9 +174,7 @@ async fn a_refused_credentialed_fill_leaves_no_hit_for_pass() {
     }, cacheable)
     .await;
     up.release.send_replace(true);
-    let unused = Origin::start().await;
-    let mut raw = edge_config(&unused);
-    raw.origin = Some(up.url.clone());
+    let raw = edge_config_for(up.url.clone());
     let edge = TestEdge::start(raw).await;
 
     let r = edge
@@ -240,9 +236,7 @@ async fn a_walk_joining_someone_elses_refused_slice_fetches_it_itself() {
         ranged,
     )
     .await;
-    let unused = Origin::start().await;
-    let mut raw = edge_config(&unused);
-    raw.origin = Some(up.url.clone());
+    let mut raw = edge_config_for(up.url.clone());
     raw.cache.slice_size = Some("64KiB".into());
     let edge = Arc::new(TestEdge::start(raw).await);
 
@@ -307,9 +301,7 @@ async fn viewers_on_a_refused_prefetch_share_one_fill() {
         cacheable,
     )
     .await;
-    let unused = Origin::start().await;
-    let mut raw = edge_config(&unused);
-    raw.origin = Some(up.url.clone());
+    let raw = edge_config_for(up.url.clone());
     let edge = Arc::new(TestEdge::start(raw).await);
 
     let r = edge

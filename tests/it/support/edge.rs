@@ -35,8 +35,13 @@ use super::origin::Origin;
 /// A `RawConfig` for tests: the given origin, a small RAM tier, short timeouts, so a broken
 /// test fails in seconds rather than hanging.
 pub fn edge_config(origin: &Origin) -> RawConfig {
+    edge_config_for(origin.url())
+}
+
+/// [`edge_config`] in front of an origin at `url` (one a test serves itself).
+pub fn edge_config_for(url: String) -> RawConfig {
     let mut raw = RawConfig {
-        origin: Some(origin.url()),
+        origin: Some(url),
         ram_size: Some("64MiB".into()),
         ..RawConfig::default()
     };
@@ -56,7 +61,6 @@ pub fn ttl(default: &str) -> Option<RawTtl> {
     })
 }
 
-/// A running edge. Dropping it shuts it down.
 /// The admin API of a [`TestEdge`], served until this drops.
 pub struct AdminApi {
     pub addr: SocketAddr,
@@ -90,6 +94,7 @@ pub async fn admin_purge(port: u16, body: &str) -> (u16, serde_json::Value) {
     (status, v)
 }
 
+/// A running edge. Dropping it shuts it down.
 pub struct TestEdge {
     pub edge: Arc<vedge::Edge>,
     pub addr: SocketAddr,
