@@ -197,14 +197,13 @@ pub(crate) fn after_hinted_request(req: &Req<'_>, cmcd: &Cmcd, status: http::Sta
 /// A permit of `bound` per `who`, if one is free: `s|sid` and `v|address` are viewers, `a|address`
 /// a client address (the prefixes keep a `sid` from naming another client's semaphore).
 fn hint_permit(edge: &Edge, who: &str, bound: usize) -> Option<OwnedSemaphorePermit> {
-    let s = match edge.live.hints.get(who) {
-        Some(s) => s,
-        None => {
-            let s = Arc::new(tokio::sync::Semaphore::new(bound));
-            edge.live.hints.insert(who.to_string(), s.clone());
-            s
-        }
-    };
+    // One lookup-or-insert: with a get, then an insert, two first hints racing from one viewer
+    // could each make a semaphore, and the second would replace the first with a fresh budget.
+    let made: Result<_, std::convert::Infallible> = edge
+        .live
+        .hints
+        .get_or_insert_with(who, || Ok(Arc::new(tokio::sync::Semaphore::new(bound))));
+    let Ok(s) = made;
     s.try_acquire_owned().ok()
 }
 
