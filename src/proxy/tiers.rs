@@ -216,8 +216,10 @@ impl Edge {
                 }
                 marked.len()
             } else {
+                // What the origin varies a key on stays known (`vary_index`): forgetting it
+                // made the first viewer after a purge fetch twice, once without its varied
+                // header and once with it. The next answer's `Vary` replaces it anyway.
                 if let PurgeSelector::Key(k) | PurgeSelector::Prefix(k) = sel {
-                    self.vary_index.retain(|vk, _| !vk.starts_with(k.as_str()));
                     self.hit_for_pass
                         .retain(|hk, _| !hk.starts_with(k.as_str()));
                 }

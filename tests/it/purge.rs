@@ -351,3 +351,40 @@ async fn an_acknowledged_purge_survives_sigkill() {
         "the unpurged object is a disk hit"
     );
 }
+
+/// A purge removes a varied object's variants, not what the edge learnt of how the origin
+/// varies it: the first viewer after the purge is answered by one origin fetch that already
+/// carries its varied header, not by a fetch without it followed by a second one with it.
+#[tokio::test]
+async fn the_first_request_after_purging_a_varied_object_fetches_once() {
+    let origin = Origin::start().await;
+    origin.script("/v/seg.ts", cached("for tv").header("vary", "X-Device"));
+    let s = setup(&origin).await;
+    let tv = [("x-device", "tv")];
+    s.edge.get_with("/v/seg.ts", &tv).await;
+    s.edge.settle().await;
+    let r = s.edge.get_with("/v/seg.ts", &tv).await;
+    assert_eq!(r.x_cache(), "HIT");
+    let before = origin.count("/v/seg.ts");
+
+    let host = s.edge.addr.to_string();
+    let (st, v) = purge(
+        s.admin,
+        &format!(r#"{{"urls":["/v/seg.ts"],"host":"{host}"}}"#),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    let r = s.edge.get_with("/v/seg.ts", &tv).await;
+    assert_eq!(&r.body[..], b"for tv");
+    assert_eq!(
+        origin.count("/v/seg.ts"),
+        before + 1,
+        "one fetch after the purge"
+    );
+    let seen = origin.seen("/v/seg.ts");
+    let last = seen.last().expect("the origin saw the refill");
+    let device = last.headers.iter().find(|(n, _)| n == "x-device");
+    assert_eq!(device.map(|(_, v)| v.as_str()), Some("tv"));
+    s.edge.settle().await;
+    assert_eq!(s.edge.get_with("/v/seg.ts", &tv).await.x_cache(), "HIT");
+}
