@@ -12,6 +12,7 @@
 #   BUDGET=256M CATALOGUE_GIB=1 WARMUP=10s DURATION=10s EDGES="vedge nginx" benches/disk-peers.sh
 #
 # Environment (defaults):
+#   PERF=1              also record a call-graph profile of each edge's measured run ($OUT/EDGE.perf.data)
 #   BUDGET=2G           memory.limit_in_bytes of each edge's cgroup (K/M/G suffixes)
 #   RAM_MIB=BUDGET/4    RAM tier: vedge ram_size, ATS ram_cache.size (nginx and Varnish file
 #                       storage have none but the page cache)
@@ -25,6 +26,7 @@
 #   PEERS=../shared/bench-peers (ATS configs)
 #   CGROUP_PARENT=the caller's own memory cgroup (the edges stay inside whatever holds the caller)
 #   VERIFY=1            compare every body byte in the measured run (costs harness CPU)
+#   VEDGE_EXTRA         more top-level lines for vedge's config, e.g. a '[server]' table
 #   VEDGE_STORE_EXTRA   more lines for vedge's [store] table, e.g. 'admit_window = "0s"'
 #
 # Needs root (cgroups), nginx-light, varnish, trafficserver, curl, python3. Only processes this
@@ -157,6 +159,7 @@ start_edge() {  # start_edge NAME PORT -> sets EPID (the process to watch)
 listen = "127.0.0.1:$ep"
 origin = "http://127.0.0.1:$OP"
 ram_size = "${RAM_MIB}MiB"
+${VEDGE_EXTRA:-}
 [store]
 path = "$d/vedge.store"
 size = "${DISK_GIB}GiB"
@@ -235,11 +238,17 @@ for edge in $EDGES; do
   cat "$OUT/$edge-warmup.txt" >&2
   log "$edge: measured run $DURATION"
   c0=$(cg_ticks); t0=$(date +%s.%N)
+  PERF_PID=
+  if [[ -n ${PERF:-} ]]; then   # PERF=1: a call-graph profile of the edge's measured run
+    perf record -q -F 499 -g -p "$(paste -sd, "$CG/cgroup.procs")" -o "$OUT/$edge.perf.data" > /dev/null 2>&1 &
+    PERF_PID=$!
+  fi
   timeout 7200 "$VEDGE" --log warn bench zipf --target "http://127.0.0.1:$EP" \
     --origin-stats "http://127.0.0.1:$OP/__stats" "${ZARGS[@]}" --seed "$SEED" \
     --duration "$DURATION" ${VERIFY:+--verify} --json "$OUT/$edge.json" > "$OUT/$edge.txt" 2>&1 \
     || log "$edge: measured run failed"
   c1=$(cg_ticks); t1=$(date +%s.%N)
+  if [[ -n $PERF_PID ]]; then kill -INT "$PERF_PID" 2>/dev/null; wait "$PERF_PID" 2>/dev/null || true; fi
   cat "$OUT/$edge.txt" >&2
   alive=1; kill -0 "$EPID" 2>/dev/null || alive=0
   oom_kills=$(awk '$1 == "oom_kill" {print $2}' "$CG/memory.oom_control" 2>/dev/null)

@@ -32,6 +32,9 @@ pub struct Edge {
     pub ram: RamTier,
     /// The SSD store under the RAM tier, if configured.
     pub store: Option<Store>,
+    /// Keys read from the store lately: a disk hit enters RAM on its second read
+    /// (`proxy::tiers::DiskReads`).
+    pub disk_reads: crate::proxy::tiers::DiskReads,
     pub fills: Arc<FillTable>,
     /// Fill slots per route (`origin_client.max_fills`).
     pub fill_limit: crate::proxy::fill_limit::FillLimit,
@@ -120,6 +123,7 @@ impl Edge {
         let limits = Arc::new(Limits::new(config.limits.clone(), metrics.limits.clone()));
         let edge = Arc::new(Edge {
             store,
+            disk_reads: crate::proxy::tiers::DiskReads::new(config.ram_size),
             limits,
             ram: RamTier::new(config.ram_size, config.cache.max_object_size),
             fills: Arc::new(FillTable::default()),

@@ -104,7 +104,7 @@ impl AlignedBuf {
                 lent: None,
             };
         }
-        let cap = size;
+        let cap = pool_class(size);
         let layout = Self::layout(cap);
         // SAFETY: layout has non-zero size.
         let raw = unsafe {
@@ -259,6 +259,19 @@ static POOL: Mutex<Pool> = Mutex::new(Pool {
 const POOL_MIN: usize = 64 << 10;
 const POOL_MAX_BYTES: usize = 128 << 20;
 
+/// The capacity a pooled buffer of `size` bytes is allocated with: from `POOL_MIN` on, rounded
+/// up to an eighth of the power of two above it (at most 12.5 % more), so buffers of objects
+/// of nearby sizes (1-2 MiB segments differ by a few KiB) are interchangeable in the pool
+/// instead of each fitting only its own size. The rounding costs little memory: a transfer
+/// touches only `size` bytes, and pages past them are faulted in only within a huge page.
+fn pool_class(size: usize) -> usize {
+    if size < POOL_MIN {
+        return size;
+    }
+    let step = (size.next_power_of_two() / 8).max(ALIGN);
+    size.next_multiple_of(step)
+}
+
 fn pool_take(cap: usize) -> Option<(NonNull<u8>, usize)> {
     if cap < POOL_MIN {
         return None;
@@ -322,6 +335,29 @@ mod tests {
             );
         }
         assert!(b.as_slice().iter().all(|&x| x == 0));
+    }
+
+    #[test]
+    fn segment_buffers_of_nearby_sizes_share_a_pool_class() {
+        // 1-2 MiB segments a few KiB apart get the same capacity, so one's freed buffer fits
+        // the next; the rounding stays within an eighth of the next power of two.
+        assert_eq!(pool_class(1_290_000), pool_class(1_310_000));
+        for size in [
+            64 << 10,
+            100_000,
+            1 << 20,
+            1_300_000,
+            (2 << 20) + 4096,
+            5_000_000,
+        ] {
+            let c = pool_class(size);
+            assert!(
+                c >= size && c - size <= size.next_power_of_two() / 8,
+                "{size} -> {c}"
+            );
+            assert_eq!(c % ALIGN, 0);
+        }
+        assert_eq!(pool_class(10_000), 10_000, "below the pool: exact");
     }
 
     #[test]

@@ -332,6 +332,9 @@ pub(crate) struct ReadObj {
 pub(crate) enum Purpose {
     /// To serve it: read into the caller's lent memory (`read_memory`), payload verified.
     Lookup,
+    /// To serve it once ([`Store::lookup_once`]): the store's own pooled buffers, which go
+    /// back to the pool when the body is dropped; payload verified.
+    LookupOnce,
     /// To write it again (eviction keeping it): the store's own pooled buffers; the header is
     /// verified, the payload is not (its stored checksums are written with it and checked when
     /// the new copy is read). Saves two checksum passes per rewritten byte.
@@ -436,6 +439,7 @@ impl Inner {
     ) -> ReadResult {
         self.c.device_reads.fetch_add(1, Relaxed);
         let lent = purpose == Purpose::Lookup;
+        let served = purpose != Purpose::Rewrite;
         let mem = self.cfg.read_memory.as_deref().filter(|_| lent);
         let buf = AlignedBuf::for_read(e.bytes() as usize, mem);
         let buf = match self.io.read_into(self.layout.block_off(e.block), buf).await {
@@ -450,7 +454,7 @@ impl Inner {
         };
         if hdr.extent() != e.bytes()
             || hdr.header_len + hdr.payload_len as usize > buf.as_slice().len()
-            || (lent && !format::payload_ok(buf.as_slice(), &hdr))
+            || (served && !format::payload_ok(buf.as_slice(), &hdr))
         {
             return Err(ReadErr::Corrupt);
         }
@@ -467,7 +471,7 @@ impl Inner {
             tags: hdr.tags,
             pinned: e.pinned(),
         };
-        let carried = (!lent).then_some(hdr.chunk_crcs);
+        let carried = (!served).then_some(hdr.chunk_crcs);
         Ok(Arc::new(ReadObj {
             key,
             meta,
@@ -477,7 +481,13 @@ impl Inner {
     }
 
     /// Like `read_verified`, but concurrent callers for one location share one device read.
-    async fn read_shared(self: &Arc<Self>, h: KeyHash, e: Entry, gen: u64) -> ReadResult {
+    async fn read_shared(
+        self: &Arc<Self>,
+        h: KeyHash,
+        e: Entry,
+        gen: u64,
+        purpose: Purpose,
+    ) -> ReadResult {
         let slot = (h, e.block, gen);
         let waiter = {
             let mut reads = self.reads.lock();
@@ -497,13 +507,13 @@ impl Inner {
             // Err: the leading lookup was cancelled before finishing; read ourselves.
             return match rx.await {
                 Ok(r) => r,
-                Err(_) => self.read_verified(h, e, gen, Purpose::Lookup).await,
+                Err(_) => self.read_verified(h, e, gen, purpose).await,
             };
         }
         // If this future is dropped mid-read, the guard removes the slot and the waiters'
         // senders drop with it, so they fall back to their own read instead of hanging.
         let guard = ReadSlot { inner: self, slot };
-        let res = self.read_verified(h, e, gen, Purpose::Lookup).await;
+        let res = self.read_verified(h, e, gen, purpose).await;
         for w in guard.finish() {
             let _ = w.send(res.clone());
         }
@@ -636,6 +646,18 @@ impl Store {
     /// Looks `key` up. Every hit from the device is verified (key, header, payload checksums);
     /// a corrupt object is dropped, counted and reported as a miss.
     pub async fn lookup(&self, key: &[u8]) -> Option<Hit> {
+        self.lookup_for(key, Purpose::Lookup).await
+    }
+
+    /// Like [`Store::lookup`], for a body the caller serves once and drops rather than keeps:
+    /// a device read lands in the store's own pooled buffers instead of the caller's lent
+    /// memory (`read_memory`), and the buffer goes back to the pool with the body. Concurrent
+    /// lookups of one object still share one read, whichever memory it lands in.
+    pub async fn lookup_once(&self, key: &[u8]) -> Option<Hit> {
+        self.lookup_for(key, Purpose::LookupOnce).await
+    }
+
+    async fn lookup_for(&self, key: &[u8], purpose: Purpose) -> Option<Hit> {
         let inner = self.inner();
         let h = inner.hash(key);
         let (e, gen, soft_purged) = {
@@ -685,7 +707,7 @@ impl Store {
             inner.c.misses.fetch_add(1, Relaxed);
             None
         })?;
-        match inner.read_shared(h, e, gen).await {
+        match inner.read_shared(h, e, gen, purpose).await {
             Ok(obj) if obj.key == key => {
                 inner.c.hits.fetch_add(1, Relaxed);
                 Some(Hit {

@@ -178,6 +178,24 @@ async fn an_object_served_from_ram_keeps_its_disk_copy_across_store_laps() {
     );
     let (_, got) = r.split();
     assert_eq!(got, &body(7777)[..]);
-    // Read into a zero-copy mapping by the store, sent from it with sendfile.
+    // A first disk read is served from the store's pooled buffers and not kept in RAM; the
+    // second is read into a zero-copy mapping, sent from it with sendfile and promoted.
+    assert_eq!(v.metric("vedge_sendfile_bytes_total").await, 0);
+    let r = v.get(v.port, hot).await.expect("hot read again");
+    assert!(
+        r.header("cache-status")
+            .is_some_and(|c| c.contains("detail=disk")),
+        "{:?}",
+        r.header("cache-status")
+    );
+    let (_, got) = r.split();
+    assert_eq!(got, &body(7777)[..]);
     assert!(v.metric("vedge_sendfile_bytes_total").await >= 300_000);
+    let r = v.get(v.port, hot).await.expect("hot from RAM");
+    assert!(
+        r.header("cache-status")
+            .is_some_and(|c| c.contains("detail=ram")),
+        "{:?}",
+        r.header("cache-status")
+    );
 }
