@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{
     engine_name, format_size, RawConfig, RawRoute, DEFAULT_CDN_ID, DEFAULT_IO_ENGINE,
-    DEFAULT_LISTEN, DEFAULT_RAM_SIZE, DEFAULT_STORE_REGION_SIZE, DEFAULT_STORE_SIZE,
+    DEFAULT_LISTEN, DEFAULT_RAM_SIZE, DEFAULT_STORE_SIZE,
 };
 
 /// `help` followed by `[default: default]`, clap's own wording, for the `serve` flags: they are
@@ -94,10 +94,8 @@ pub struct ServeArgs {
     #[arg(
         long,
         value_name = "SIZE",
-        help = with_default(
-            "Store region size, e.g. 256MiB.",
-            format_size(DEFAULT_STORE_REGION_SIZE)
-        )
+        help = "Store region size, e.g. 64MiB [default: a power of two near the store size / 128, \
+                64MiB to 256MiB; an existing store keeps its own]"
     )]
     pub store_region_size: Option<String>,
 
@@ -291,7 +289,7 @@ mod tests {
         for shown in [
             "[default: 127.0.0.1:8080]",
             "[default: 1GiB]",
-            "[default: 256MiB]",
+            "size / 128, 64MiB to 256MiB",
             "[default: auto]",
             "[default: 512MiB]",
             "[default: vedge]",

@@ -28,7 +28,6 @@ pub const MIN_RAM_SIZE: u64 = 1 << 20;
 pub const MIN_ADMIN_TOKEN_LEN: usize = 8;
 
 pub const DEFAULT_STORE_SIZE: u64 = 1 << 30;
-pub const DEFAULT_STORE_REGION_SIZE: u64 = 256 << 20;
 pub const DEFAULT_IO_ENGINE: EngineChoice = EngineChoice::Auto;
 /// Pulled objects go to the store on their second request within this window.
 pub const DEFAULT_STORE_ADMIT_WINDOW: Duration = Duration::from_secs(600);
@@ -380,7 +379,11 @@ pub struct AdminConfig {
 pub struct StoreSettings {
     pub path: PathBuf,
     pub size: u64,
+    /// `store.region_size`, else `vedge_storage::default_region_size` of `size`.
     pub region_size: u64,
+    /// The operator set `region_size`: a store formatted with another one is refused. Otherwise
+    /// an existing store opens with its own region size.
+    pub region_size_chosen: bool,
     pub reformat: bool,
     pub io_engine: EngineChoice,
     pub admit_window: Duration,
@@ -987,7 +990,7 @@ impl StoreSettings {
         let region_size = c.size(
             "store.region_size",
             &raw.region_size,
-            DEFAULT_STORE_REGION_SIZE,
+            vedge_storage::default_region_size(size),
         );
         let io_engine = match raw.io_engine.as_deref() {
             None => DEFAULT_IO_ENGINE,
@@ -1007,6 +1010,7 @@ impl StoreSettings {
             path: path.clone(),
             size,
             region_size,
+            region_size_chosen: raw.region_size.is_some(),
             reformat: raw.reformat.unwrap_or(false),
             io_engine,
             admit_window: c.duration(
@@ -2923,6 +2927,23 @@ mod tests {
     }
 
     #[test]
+    fn an_unset_region_size_follows_the_store_size_and_is_not_the_operators_choice() {
+        let store = |extra: &str| {
+            let text = format!(
+                "origin = \"http://127.0.0.1:9000\"\n[store]\npath = \"/x\"\nsize = \"16GiB\"\n{extra}"
+            );
+            resolve_toml(&text).expect("valid").0.store.expect("store")
+        };
+        let unset = store("");
+        assert_eq!(
+            (unset.region_size, unset.region_size_chosen),
+            (128 << 20, false)
+        );
+        let set = store("region_size = \"256MiB\"");
+        assert_eq!((set.region_size, set.region_size_chosen), (256 << 20, true));
+    }
+
+    #[test]
     fn deprecated_store_keys_give_the_same_config_with_a_warning_each() {
         let old = r#"
             origin = "http://127.0.0.1:9000"
@@ -3172,7 +3193,6 @@ mod tests {
             "cdn_id",
             "ram_size",
             "store.size",
-            "store.region_size",
             "store.reformat",
             "store.io_engine",
             "store.admit_window",

@@ -52,7 +52,8 @@ pub struct IngestArgs {
     pub store_size: Option<String>,
 
     /// Region size of that store (must match the edge's `store.region_size`).
-    /// [default: store.region_size from --config, else 256MiB]
+    /// [default: store.region_size from --config, else the store's own (a new store: a power
+    /// of two near its size / 128, 64MiB to 256MiB)]
     #[arg(long)]
     pub store_region_size: Option<String>,
 
@@ -281,18 +282,23 @@ pub async fn run_cli(args: IngestArgs) -> anyhow::Result<()> {
         let size = match (&args.store_size, from_config) {
             (Some(s), _) => crate::config::parse_size(s)
                 .map_err(|e| anyhow::anyhow!("--store-size {s}: {e}"))?,
-            (None, Some((s, _))) => s,
+            (None, Some((s, _, _))) => s,
             (None, None) => {
                 anyhow::bail!("--store needs --store-size (or a --config with store.size)")
             }
         };
         let mut store_cfg = vedge_storage::StoreConfig::new(path, size);
+        store_cfg.adopt_region_size = true;
         match (&args.store_region_size, from_config) {
             (Some(r), _) => {
                 store_cfg.region_size = crate::config::parse_size(r)
-                    .map_err(|e| anyhow::anyhow!("--store-region-size {r}: {e}"))?
+                    .map_err(|e| anyhow::anyhow!("--store-region-size {r}: {e}"))?;
+                store_cfg.adopt_region_size = false;
             }
-            (None, Some((_, r))) => store_cfg.region_size = r,
+            (None, Some((_, r, chosen))) => {
+                store_cfg.region_size = r;
+                store_cfg.adopt_region_size = !chosen;
+            }
             (None, None) => {}
         }
         let store = vedge_storage::Store::open(store_cfg)
@@ -494,7 +500,7 @@ fn print_summary(summary: &Summary, json: bool) -> anyhow::Result<()> {
 }
 
 /// The store's size and region size from `--config`, if it names a store.
-fn store_size_from_config(args: &IngestArgs) -> anyhow::Result<Option<(u64, u64)>> {
+fn store_size_from_config(args: &IngestArgs) -> anyhow::Result<Option<(u64, u64, bool)>> {
     let Some(path) = &args.config else {
         return Ok(None);
     };
@@ -502,7 +508,9 @@ fn store_size_from_config(args: &IngestArgs) -> anyhow::Result<Option<(u64, u64)
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let config = crate::config::Config::try_from(raw)
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    Ok(config.store.map(|s| (s.size, s.region_size)))
+    Ok(config
+        .store
+        .map(|s| (s.size, s.region_size, s.region_size_chosen)))
 }
 
 /// How the CLI builds keys: the edge's config (its routes decide the key's host, as for viewer

@@ -99,6 +99,7 @@ impl Edge {
                     )));
                 }
                 sc.region_size = s.region_size;
+                sc.adopt_region_size = !s.region_size_chosen;
                 sc.reformat = s.reformat;
                 sc.engine = s.io_engine;
                 sc.admit_window = s.admit_window;

@@ -19,6 +19,23 @@ pub enum EngineChoice {
     Psync,
 }
 
+/// The region size a store of `size` bytes gets unless one is chosen: a power of two near
+/// `size / 128`, from 64 MiB (objects up to 16 MiB are stored) to 256 MiB, and at most a
+/// quarter of `size` for small stores. Eviction frees a whole region while the next one is
+/// being filled, so about two regions are never cache: with 256 MiB regions an 8 GiB store
+/// used 7.5 GiB (and a 1 GiB store had 3 regions); with 64 MiB regions, 7.9 GiB.
+pub fn default_region_size(size: u64) -> u64 {
+    let prev_pow2 = |n: u64| {
+        if n == 0 {
+            0
+        } else {
+            1u64 << (63 - n.leading_zeros())
+        }
+    };
+    let near = prev_pow2(size / 128).clamp(64 << 20, 256 << 20);
+    near.min(prev_pow2(size / 4)).max(64 << 10)
+}
+
 /// Store configuration. Build it with [`StoreConfig::new`] and adjust fields.
 #[derive(Clone, Debug)]
 pub struct StoreConfig {
@@ -26,9 +43,15 @@ pub struct StoreConfig {
     pub path: PathBuf,
     /// Bytes of the file/device to use; a multiple of 4096. Fixed at format time.
     pub size: u64,
-    /// Eviction unit, a multiple of 4096 between 64 KiB and 4 GiB. Default 256 MiB. Fixed at
-    /// format time. Objects larger than a quarter region are not stored.
+    /// Eviction unit, a multiple of 4096 between 64 KiB and 4 GiB. Default
+    /// [`default_region_size`] of `size`. Fixed at format time. Objects larger than a quarter
+    /// region are not stored.
     pub region_size: u64,
+    /// When the file already holds a store of this `size` formatted with another region size,
+    /// open it with that one instead of refusing (for callers whose `region_size` is a default,
+    /// not the operator's choice: a store formatted under an older default still opens).
+    /// Default false.
+    pub adopt_region_size: bool,
     /// Default [`EngineChoice::Auto`].
     pub engine: EngineChoice,
     /// Wipe and reformat whatever is at `path`. Default false: a store of another version or
@@ -67,7 +90,8 @@ impl StoreConfig {
         StoreConfig {
             path: path.into(),
             size,
-            region_size: 256 << 20,
+            region_size: default_region_size(size),
+            adopt_region_size: false,
             engine: EngineChoice::Auto,
             reformat: false,
             admit_window: Duration::from_secs(600),

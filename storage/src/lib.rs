@@ -93,7 +93,8 @@ mod writer;
 
 pub use buf::{ReadMemory, ReadTarget};
 pub use config::{
-    Admit, EngineChoice, EngineKind, Hit, Meta, SkipReason, Source, StoreConfig, StoreStats,
+    default_region_size, Admit, EngineChoice, EngineKind, Hit, Meta, SkipReason, Source,
+    StoreConfig, StoreStats,
 };
 pub use error::StoreError;
 #[doc(hidden)]

@@ -109,14 +109,14 @@ fn make_engine(
     }
 }
 
-pub(crate) async fn open(cfg: StoreConfig) -> Result<(Inner, Option<Active>), StoreError> {
+pub(crate) async fn open(mut cfg: StoreConfig) -> Result<(Inner, Option<Active>), StoreError> {
     if cfg.size % BLOCK != 0 {
         return Err(StoreError::Config(format!(
             "size {} is not a multiple of 4096",
             cfg.size
         )));
     }
-    let layout = Layout::new(cfg.size, cfg.region_size)?;
+    let mut layout = Layout::new(cfg.size, cfg.region_size)?;
     let path = cfg.path.clone();
     let (file, direct) = open_file(&path, cfg.buffered_io)?;
     let meta = file.metadata().map_err(|e| open_err(&path, e))?;
@@ -167,6 +167,25 @@ pub(crate) async fn open(cfg: StoreConfig) -> Result<(Inner, Option<Active>), St
 
     let first = io.read(0, 2 * BLOCK as usize).await?;
     let found = Superblock::read(first.as_slice());
+    // A store of this size formatted with another region size opens with its own when the
+    // caller's region size was only a default (`adopt_region_size`).
+    if let SbRead::Valid(sb) = &found {
+        let adopt = cfg.adopt_region_size
+            && !must_format
+            && sb.version == FORMAT_VERSION
+            && sb.size == cfg.size
+            && sb.region_size != cfg.region_size;
+        if adopt {
+            if let Ok(theirs) = Layout::new(cfg.size, sb.region_size) {
+                tracing::info!(
+                    region_size = sb.region_size,
+                    "opening the store with the region size it was formatted with"
+                );
+                cfg.region_size = sb.region_size;
+                layout = theirs;
+            }
+        }
+    }
     let (mut sb, st, active) = match found {
         _ if must_format => format_store(&io, &layout).await?,
         SbRead::Blank => format_store(&io, &layout).await?,

@@ -556,6 +556,7 @@ async fn with_the_origin_stopped_every_ingested_object_is_a_hit_and_a_failed_ass
         path: tmp.path().join("edge.store"),
         size: (2 << 20) + (16 << 20),
         region_size: 2 << 20,
+        region_size_chosen: true,
         reformat: false,
         io_engine: vedge_storage::EngineChoice::Psync,
         admit_window: Duration::from_secs(600),
@@ -711,6 +712,7 @@ async fn store_edge(origin: &str, tmp: &Path, region_size: u64) -> TestEdge {
         // Three regions (the store's minimum) plus its superblocks and snapshot area.
         size: 3 * region_size + (16 << 20),
         region_size,
+        region_size_chosen: true,
         reformat: false,
         io_engine: vedge_storage::EngineChoice::Psync,
         admit_window: Duration::from_secs(600),

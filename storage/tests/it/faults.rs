@@ -28,6 +28,51 @@ async fn config_too_small_or_misaligned_is_a_clear_error() {
     assert!(matches!(Store::open(c).await, Err(StoreError::Config(_))));
 }
 
+/// A region size that is only a default (`adopt_region_size`) gives way to the one the store
+/// was formatted with: a store made under an older default opens with its objects, and stays
+/// in its own geometry across reopens.
+#[tokio::test]
+async fn a_default_region_size_opens_a_store_formatted_with_another() {
+    for engine in ENGINES {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        let c = cfg(&path, engine);
+        let s = open(&c).await;
+        put(&s, "a", 5000).await;
+        s.close().await.unwrap();
+
+        let mut defaulted = c.clone();
+        defaulted.region_size = 2 * REGION;
+        defaulted.adopt_region_size = true;
+        for _ in 0..2 {
+            let s = open(&defaulted).await;
+            let hit = s.lookup(b"a").await.expect("the object survives");
+            assert_eq!(hit.body, body_for("a", 5000));
+            s.close().await.unwrap();
+        }
+        // The operator's own choice is still held to: refused, as below.
+        let mut chosen = defaulted.clone();
+        chosen.adopt_region_size = false;
+        assert!(Store::open(chosen).await.is_err());
+    }
+}
+
+#[test]
+fn default_region_sizes_follow_the_store_size() {
+    use vedge_storage::default_region_size as r;
+    const MIB: u64 = 1 << 20;
+    assert_eq!(
+        r(1 << 30),
+        64 * MIB,
+        "the default 1 GiB store: 15 regions, not 3"
+    );
+    assert_eq!(r(8 << 30), 64 * MIB);
+    assert_eq!(r(16 << 30), 128 * MIB);
+    assert_eq!(r(64 << 30), 256 * MIB);
+    assert_eq!(r(1 << 40), 256 * MIB);
+    assert_eq!(r(64 * MIB), 16 * MIB, "small stores keep a few regions");
+}
+
 #[tokio::test]
 async fn existing_store_of_other_geometry_version_or_foreign_file_is_refused() {
     for engine in ENGINES {
