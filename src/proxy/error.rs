@@ -39,6 +39,10 @@ pub enum EdgeError {
     /// reverse proxy opens no tunnels.
     #[error("method not allowed at this edge")]
     MethodNotAllowed,
+    /// The viewer's `Via` / `CDN-Loop` entries are too long to carry upstream
+    /// (`proxy::chain_limit`): 431.
+    #[error("Via and CDN-Loop entries too long to forward")]
+    ChainTooLong,
 }
 
 /// A failed fill's origin failure, back in the origin client's terms: the same status and
@@ -71,6 +75,7 @@ impl EdgeError {
             EdgeError::OriginBusy => StatusCode::SERVICE_UNAVAILABLE,
             EdgeError::NotCached => StatusCode::GATEWAY_TIMEOUT,
             EdgeError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            EdgeError::ChainTooLong => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         }
     }
 
@@ -86,6 +91,7 @@ impl EdgeError {
             EdgeError::OriginBusy => "origin-busy",
             EdgeError::NotCached => "only-if-cached",
             EdgeError::MethodNotAllowed => "method",
+            EdgeError::ChainTooLong => "chain-too-long",
         }
     }
 

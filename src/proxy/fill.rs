@@ -259,15 +259,18 @@ async fn run(
         }
     };
     let response_delay = sent.elapsed();
-    if crate::proxy::loop_answer::leader_only(resp.status(), &job.viewer_headers) {
-        // The leader's `CDN-Loop` may be all the upstream refused: its 508 is the leader's;
-        // the key is released first so the other viewers claim a fresh fill without it.
+    if let Some(reason) = crate::proxy::loop_answer::leader_only(resp.status(), &job.viewer_headers)
+    {
+        // The leader's `CDN-Loop` / `Via` entries may be all the upstream refused: the answer
+        // is the leader's; the key is released first so the other viewers claim a fresh fill
+        // without them.
         tracing::debug!(
             key,
-            "508 to a fill carrying the leader's CDN-Loop: leader only"
+            status = resp.status().as_u16(),
+            "refusal of a fill carrying the leader's own entries: leader only"
         );
         guard.release();
-        fill.set_pass(resp, crate::proxy::loop_answer::REASON);
+        fill.set_pass(resp, reason);
         return Ok(());
     }
     let (mut parts, mut body) = resp.into_parts();

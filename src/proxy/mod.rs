@@ -14,6 +14,7 @@
 
 pub mod admission;
 pub mod assets;
+pub mod chain_limit;
 pub mod edge;
 pub mod error;
 pub mod fill;

@@ -145,6 +145,10 @@ async fn dispatch(
         );
         return Err(EdgeError::Loop);
     }
+    // Carried on every upstream request, a shared fill's included: refused alone.
+    if crate::proxy::chain_limit::too_long(&parts.headers) {
+        return Err(EdgeError::ChainTooLong);
+    }
     let target = target::resolve(
         &edge.config,
         viewer_host(parts)?,

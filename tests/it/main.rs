@@ -8,6 +8,7 @@ mod adversarial;
 mod adversarial2;
 mod adversarial3;
 mod adversarial4;
+mod adversarial5;
 mod cmcd;
 mod conformance;
 mod edge_basics;

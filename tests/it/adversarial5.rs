@@ -1,0 +1,173 @@
+//! Regression tests from the fifth adversarial review (what a leader's own header fields do to
+//! the fill it shares, what a per-viewer response tells caches downstream, interim answers from
+//! the origin): each proves one rule and fails on the code before its fix.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::support::edge::{edge_config_for, until, TestEdge};
+
+/// An origin with a request-head limit: a head with a field line longer than `line_limit`, or
+/// over 16 KiB in all (Node's limit), is answered `431`, as common servers do (Apache refuses
+/// a line past 8,190 bytes). Every answer is held until `release` is set, so viewers can
+/// collapse onto the fill. Counts GETs.
+struct StrictHeadOrigin {
+    url: String,
+    requests: Arc<AtomicUsize>,
+    release: watch::Sender<bool>,
+}
+
+const REFUSED: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\n\
+content-length: 0\r\nconnection: close\r\n\r\n";
+const SEGMENT: &[u8] =
+    b"HTTP/1.1 200 OK\r\ncache-control: max-age=600\r\ncontent-length: 7\r\n\r\nsegment";
+
+impl StrictHeadOrigin {
+    async fn start(line_limit: usize) -> StrictHeadOrigin {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
+        let url = format!("http://{}", l.local_addr().expect("origin addr"));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let (release, rx) = watch::channel(false);
+        let n = requests.clone();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                tokio::spawn(Self::conn(s, line_limit, n.clone(), rx.clone()));
+            }
+        });
+        StrictHeadOrigin {
+            url,
+            requests,
+            release,
+        }
+    }
+
+    /// Serves keep-alive requests on one connection (at most 64, heads read up to 256 KiB).
+    async fn conn(
+        mut s: TcpStream,
+        line_limit: usize,
+        requests: Arc<AtomicUsize>,
+        mut release: watch::Receiver<bool>,
+    ) {
+        let mut buf = Vec::new();
+        for _ in 0..64 {
+            let end = loop {
+                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break i + 4;
+                }
+                let mut chunk = [0u8; 16 << 10];
+                match s.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+                if buf.len() > 256 << 10 {
+                    return;
+                }
+            };
+            let head: Vec<u8> = buf.drain(..end).collect();
+            // The edge's preconnect probe (a HEAD) is not a fetch of the object.
+            if !head.starts_with(b"GET ") {
+                if s.write_all(SEGMENT).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            requests.fetch_add(1, Ordering::SeqCst);
+            let too_large =
+                head.len() > 16 << 10 || head.split(|&b| b == b'\n').any(|l| l.len() > line_limit);
+            let _ = release.wait_for(|r| *r).await;
+            let answer = if too_large { REFUSED } else { SEGMENT };
+            if s.write_all(answer).await.is_err() || too_large {
+                return;
+            }
+        }
+    }
+}
+
+/// An attacker leads a fill of `path` with `header: value`, three viewers collapse onto it,
+/// the upstream answers: every viewer gets the segment, the attacker a 431.
+async fn attacker_leads_then_viewers_collapse(
+    edge: &Arc<TestEdge>,
+    up: &StrictHeadOrigin,
+    path: &str,
+    header: &'static str,
+    value: String,
+) {
+    const VIEWERS: usize = 3;
+    let fetched = up.requests.load(Ordering::SeqCst);
+    let collapsed = edge.collapsed();
+    up.release.send_replace(false);
+    let attacker = {
+        let (edge, path) = (edge.clone(), path.to_string());
+        tokio::spawn(async move { edge.get_with(&path, &[(header, value.as_str())]).await })
+    };
+    until("the attacker's request led a fill or was answered", || {
+        up.requests.load(Ordering::SeqCst) > fetched || attacker.is_finished()
+    })
+    .await;
+    let viewers: Vec<_> = (0..VIEWERS)
+        .map(|_| {
+            let (edge, path) = (edge.clone(), path.to_string());
+            tokio::spawn(async move { edge.get(&path).await })
+        })
+        .collect();
+    until("the viewers collapsed onto a fill in flight", || {
+        up.requests.load(Ordering::SeqCst) > fetched
+            && edge.collapsed() >= collapsed + VIEWERS as u64 - 1
+    })
+    .await;
+    up.release.send_replace(true);
+    for v in viewers {
+        let r = v.await.expect("viewer task");
+        assert_eq!(
+            r.status, 200,
+            "{header}: a viewer got the attacker's answer"
+        );
+        assert_eq!(&r.body[..], b"segment", "{header}");
+    }
+    let a = attacker.await.expect("attacker task");
+    assert_eq!(a.status, 431, "{header}: the attacker's own answer");
+    edge.settle().await;
+}
+
+/// A viewer's own `Via` or `CDN-Loop` entries travel on the fill it leads (RFC 9110 §7.6.3,
+/// RFC 8586: intermediaries append). A viewer sending 20 KiB of them made the origin refuse the
+/// fill's head (431, as Apache or Node do past 8 KiB a line or 16 KiB a head), and every viewer
+/// collapsed onto that fill got the 431: one request per new live segment took a whole
+/// audience off the air. Such a request is now refused alone (431) before it reaches the
+/// cache; the other viewers share one fill and get the segment.
+#[tokio::test]
+async fn a_viewers_oversized_via_or_cdn_loop_never_fails_the_fill_others_share() {
+    let up = StrictHeadOrigin::start(8190).await;
+    let edge = Arc::new(TestEdge::start(edge_config_for(up.url.clone())).await);
+    let long_via = format!("1.1 {}", "p".repeat(20 << 10));
+    attacker_leads_then_viewers_collapse(&edge, &up, "/v/seg1.ts", "via", long_via).await;
+    let long_loop = vec!["othercdn"; 2500].join(", ");
+    attacker_leads_then_viewers_collapse(&edge, &up, "/v/seg2.ts", "cdn-loop", long_loop).await;
+    assert_eq!(
+        up.requests.load(Ordering::SeqCst),
+        2,
+        "one fill per segment, none for the attacker"
+    );
+}
+
+/// An upstream may refuse a head the edge accepted: its limit may be smaller, or it is a vedge
+/// shield seeing the edge's own entries added to a chain just under the edge's bound. Its 400
+/// or 431 to a fill whose leader brought `Via` / `CDN-Loop` entries is that leader's alone: the
+/// viewers collapsed onto the fill claim one more fill between them and get the segment.
+/// Before, all of them got the 431.
+#[tokio::test]
+async fn an_upstream_refusing_the_leaders_entries_answers_only_the_leader() {
+    let up = StrictHeadOrigin::start(1024).await;
+    let edge = Arc::new(TestEdge::start(edge_config_for(up.url.clone())).await);
+    let via = format!("1.1 {}", "p".repeat(1500));
+    attacker_leads_then_viewers_collapse(&edge, &up, "/v/seg1.ts", "via", via).await;
+    assert_eq!(
+        up.requests.load(Ordering::SeqCst),
+        2,
+        "the attacker's fill and one for the viewers"
+    );
+}
