@@ -480,6 +480,10 @@ impl OriginClient {
         let started = Instant::now();
         let result = match tokio::time::timeout(timeout, target.client.request(req)).await {
             Err(_) => Err(OriginError::Timeout),
+            // The edge never asks an upstream to switch protocols (`Upgrade` is hop-by-hop and
+            // never forwarded), and hyper hands through no other 1xx: a 101 is no final answer
+            // to relay (every viewer of a fill would get a head without a response).
+            Ok(Ok(resp)) if resp.status().is_informational() => Err(OriginError::Protocol),
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => Err(classify(&e, target)),
         };

@@ -171,3 +171,49 @@ async fn an_upstream_refusing_the_leaders_entries_answers_only_the_leader() {
         "the attacker's fill and one for the viewers"
     );
 }
+
+/// An upstream at `url` that answers every request with `answer` and closes.
+async fn answering(answer: &'static [u8]) -> String {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
+    let url = format!("http://{}", l.local_addr().expect("origin addr"));
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 64 << 10 {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let _ = s.write_all(answer).await;
+            });
+        }
+    });
+    url
+}
+
+/// An origin answering `101 Switching Protocols` to a request that asked for no upgrade (the
+/// edge forwards no `Upgrade`) gives no final answer. Before, the 101 was relayed as one, to
+/// the fill's every viewer: each got a head that says the connection now speaks another
+/// protocol, and its connection was closed under it. It is now an origin protocol error (502).
+#[tokio::test]
+async fn an_origins_unasked_101_is_never_relayed_as_a_final_answer() {
+    let url = answering(
+        b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n",
+    )
+    .await;
+    let edge = TestEdge::start(edge_config_for(url)).await;
+    let fill = edge.get_with("/v/up.ts", &[("upgrade", "websocket")]).await;
+    assert_eq!(fill.status, 502, "a fill's answer");
+    let pass = edge
+        .send(
+            edge.req(http::Method::POST, "/v/up")
+                .header("upgrade", "websocket")
+                .header("connection", "upgrade"),
+            bytes::Bytes::from_static(b"x"),
+        )
+        .await;
+    assert_eq!(pass.status, 502, "a pass-through's answer");
+}
