@@ -24,6 +24,7 @@ pub mod invalidate;
 pub mod llhls;
 pub mod loop_answer;
 pub mod pass;
+pub mod per_viewer;
 pub mod prefetch;
 pub mod range_pass;
 pub mod request;

@@ -212,11 +212,13 @@ pub fn refused(why: Refusal) -> Response<Body> {
 }
 
 /// Reads the whole manifest (a hit's `Bytes`, or a fill until it completes), adds the token to
-/// its URIs, and fixes the headers: a new `Content-Length`, no `ETag` (the bytes are no longer
-/// the origin's), no `Accept-Ranges`.
+/// its URIs, and fixes the headers: `private` (`proxy::per_viewer`), a new `Content-Length`, no
+/// `ETag` (the bytes are no longer the origin's), no `Accept-Ranges`.
 async fn rewrite(resp: Response<Body>, kind: Kind, carry: &Carry, head: bool) -> Response<Body> {
     let (mut parts, body) = resp.into_parts();
     let fix = |h: &mut http::HeaderMap, len: Option<usize>| {
+        // The bytes carry this viewer's token: no shared cache downstream may keep them.
+        crate::proxy::per_viewer::make_private(h);
         h.remove(header::ETAG);
         h.remove(header::ACCEPT_RANGES);
         match len {

@@ -4,6 +4,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -169,6 +170,92 @@ async fn an_upstream_refusing_the_leaders_entries_answers_only_the_leader() {
         up.requests.load(Ordering::SeqCst),
         2,
         "the attacker's fill and one for the viewers"
+    );
+}
+
+const TOKEN_KEY: &str = "7a5c2be9f42a1f32cd889d1cf775f05d0cd162bd2871d00fe705ab28c9bba5a5";
+
+/// An EdgeAuth token for `/v/*`, valid from a minute ago for an hour.
+fn viewer_token() -> String {
+    use vedge::auth::edgeauth::{generate, TokenSpec};
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs();
+    let key: Vec<u8> = (0..TOKEN_KEY.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&TOKEN_KEY[i..i + 2], 16).expect("hex"))
+        .collect();
+    generate(
+        &TokenSpec {
+            start: Some(now - 60),
+            exp: now + 3600,
+            acl: vec!["/v/*"],
+            ..TokenSpec::default()
+        },
+        &key,
+        vedge::config::TokenAlgorithm::Sha256,
+    )
+}
+
+/// A playlist carrying one viewer's token in every URI is that viewer's alone (RFC 9111
+/// §5.2.2.7). Before, it went out with the origin's `Cache-Control: public, s-maxage` and
+/// `CDN-Cache-Control`, so a shared cache in front of the edge (another CDN, an ISP or
+/// corporate proxy, most of which key on the path and ignore the query) stored the first
+/// viewer's rewritten playlist and handed that viewer's token to everyone after. The rewritten
+/// playlist is now `private` and carries no field addressed to shared caches; the edge's own
+/// copy stays token-free and cached.
+#[tokio::test]
+async fn a_playlist_carrying_a_viewers_token_is_never_offered_to_shared_caches() {
+    use crate::support::{Origin, Script};
+    let origin = Origin::start().await;
+    origin.script(
+        "/v/index.m3u8",
+        Script::ok("#EXTM3U\n#EXT-X-TARGETDURATION:4\n#EXTINF:4.0,\nseg1.ts\n#EXT-X-ENDLIST\n")
+            .header("content-type", "application/vnd.apple.mpegurl")
+            .header("cache-control", "public, max-age=30, s-maxage=60")
+            .header("cdn-cache-control", "max-age=60")
+            .header("surrogate-control", "max-age=60"),
+    );
+    let mut raw = edge_config_for(origin.url());
+    raw.routes.push(vedge::config::RawRoute {
+        prefix: "/v/".into(),
+        origin: origin.url(),
+        token: Some(vedge::config::RawToken {
+            key: Some(TOKEN_KEY.into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let edge = TestEdge::start(raw).await;
+
+    for round in ["miss", "hit"] {
+        let t = viewer_token();
+        let r = edge.get(&format!("/v/index.m3u8?hdnts={t}")).await;
+        assert_eq!(r.status, 200, "{round}");
+        let body = String::from_utf8_lossy(&r.body);
+        assert!(
+            body.contains(&format!("seg1.ts?hdnts={t}")),
+            "{round}: {body}"
+        );
+        let cc = r.h("cache-control").to_ascii_lowercase();
+        assert!(
+            cc.split(',').any(|d| d.trim() == "private"),
+            "{round}: {cc}"
+        );
+        assert!(
+            !cc.contains("public") && !cc.contains("s-maxage"),
+            "{round}: {cc}"
+        );
+        for targeted in ["cdn-cache-control", "surrogate-control"] {
+            assert_eq!(r.h(targeted), "", "{round}: {targeted}");
+        }
+        edge.settle().await;
+    }
+    assert_eq!(
+        origin.count("/v/index.m3u8"),
+        1,
+        "the edge's copy is shared"
     );
 }
 
