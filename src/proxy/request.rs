@@ -235,20 +235,20 @@ fn carries_body(parts: &Parts, body: &Incoming) -> bool {
 
 /// The host a viewer asked for: the request target's authority (absolute-form, HTTP/2
 /// `:authority`; RFC 9112 §3.2.2 makes it win over `Host`), else the one `Host` header. Several
-/// `Host` headers, or one that is not text, are refused (RFC 9112 §3.2).
+/// `Host` headers, or one that is not text, are refused (RFC 9112 §3.2: "any request message"),
+/// an absolute-form one included: a proxy in front that reads another of them than the edge
+/// does would route or key the request apart from what the edge fetches.
 fn viewer_host(parts: &Parts) -> Result<Option<&str>, EdgeError> {
-    if let Some(a) = parts.uri.authority() {
-        return Ok(Some(a.as_str()));
-    }
     let mut hosts = parts.headers.get_all(header::HOST).iter();
-    match (hosts.next(), hosts.next()) {
-        (None, _) => Ok(None),
-        (Some(h), None) => h
-            .to_str()
-            .map(Some)
-            .map_err(|_| EdgeError::BadRequest("Host is not text")),
-        (Some(_), Some(_)) => Err(EdgeError::BadRequest("more than one Host header")),
-    }
+    let host = match (hosts.next(), hosts.next()) {
+        (None, _) => None,
+        (Some(h), None) => Some(
+            h.to_str()
+                .map_err(|_| EdgeError::BadRequest("Host is not text"))?,
+        ),
+        (Some(_), Some(_)) => return Err(EdgeError::BadRequest("more than one Host header")),
+    };
+    Ok(parts.uri.authority().map(|a| a.as_str()).or(host))
 }
 
 /// Where a cacheable request is; see the module doc for the transitions.

@@ -304,3 +304,32 @@ async fn an_origins_unasked_101_is_never_relayed_as_a_final_answer() {
         .await;
     assert_eq!(pass.status, 502, "a pass-through's answer");
 }
+
+/// RFC 9112 §3.2: a request with more than one `Host` line is answered 400, whatever its
+/// request target. Before, an absolute-form target (`GET http://a/x`) made the edge skip the
+/// check: two `Host` lines, which a proxy in front may read differently (first, last, joined)
+/// than the edge reads the target, reached the origin as a 200.
+#[tokio::test]
+async fn several_host_lines_are_refused_even_with_an_absolute_form_target() {
+    use crate::support::{Origin, Script};
+    let origin = Origin::start().await;
+    origin.script(
+        "/v/h.ts",
+        Script::ok("h").header("cache-control", "max-age=60"),
+    );
+    let edge = TestEdge::start(edge_config_for(origin.url())).await;
+    for target in ["/v/h.ts", "http://a.example/v/h.ts"] {
+        let req = format!(
+            "GET {target} HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\nConnection: close\r\n\r\n"
+        );
+        let r = edge.raw(req.as_bytes()).await;
+        assert_eq!(r.status(), 400, "{target}: {}", r.text());
+    }
+    assert_eq!(origin.count("/v/h.ts"), 0);
+    let one = edge
+        .raw(
+            b"GET http://a.example/v/h.ts HTTP/1.1\r\nHost: b.example\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+    assert_eq!(one.status(), 200, "{}", one.text());
+}
