@@ -5,6 +5,8 @@
 //! at most `MAX_UPSTREAM_BYTES` of them, are kept, so the field cannot grow without bound as
 //! tiers stack up or as an origin stuffs it.
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use http::header::HeaderValue;
 
@@ -48,6 +50,34 @@ pub fn append<'a>(upstream: impl Iterator<Item = &'a HeaderValue>, ours: String)
         .unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
+/// `id` as the cache's name in a `Cache-Status` member (RFC 9211 §2: a Token or a String): as
+/// it is when it is an `sf-token` (RFC 8941 §3.3.4: a letter or `*` first), else quoted.
+pub fn member_name(id: &str) -> Cow<'_, str> {
+    let tchar = |c: u8| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~:/".contains(&c);
+    let b = id.as_bytes();
+    let token = b
+        .first()
+        .is_some_and(|&c| c.is_ascii_alphabetic() || c == b'*')
+        && b.iter().all(|&c| tchar(c));
+    if token {
+        return Cow::Borrowed(id);
+    }
+    let mut s = String::with_capacity(id.len() + 2);
+    s.push('"');
+    for c in id.chars() {
+        match c {
+            '"' | '\\' => {
+                s.push('\\');
+                s.push(c);
+            }
+            ' '..='~' => s.push(c),
+            _ => s.push('?'),
+        }
+    }
+    s.push('"');
+    Cow::Owned(s)
+}
+
 fn joined_len(entries: &[&str]) -> usize {
     entries.iter().map(|e| e.len() + 2).sum::<usize>()
 }
@@ -63,6 +93,18 @@ mod tests {
             .collect();
         let v = append(values.iter(), ours.to_string());
         v.to_str().expect("ASCII").to_string()
+    }
+
+    #[test]
+    fn member_names_are_tokens_or_strings() {
+        assert_eq!(member_name("vedge"), "vedge");
+        assert_eq!(member_name("edge-1.example_x"), "edge-1.example_x");
+        assert_eq!(member_name("1cdn"), "\"1cdn\"");
+        assert_eq!(member_name("-x"), "\"-x\"");
+        for id in ["1cdn", "-x", "a b", "q\"\\"] {
+            let line = format!("{}; hit", member_name(id));
+            assert!(sfv::list_member_spans(&line).is_ok(), "{line}");
+        }
     }
 
     #[test]

@@ -214,7 +214,7 @@ impl Limits {
 }
 
 /// 403 for a viewer address a route's `allow_ips` / `deny_ips` refuses.
-pub fn ip_denied(cdn_id: &str) -> Response<Body> {
+pub fn ip_denied(_cdn_id: &str) -> Response<Body> {
     let mut r = Response::new(Body::full(Bytes::from_static(
         b"vedge: this address may not use this route\n",
     )));
@@ -229,7 +229,8 @@ pub fn ip_denied(cdn_id: &str) -> Response<Body> {
         &mut r,
         CacheInfo {
             status: CacheStatus::Bypass,
-            cache_status: format!("{cdn_id}; fwd=bypass; detail=ip-denied"),
+            // Generated here, not by any cache: no Cache-Status member (RFC 9211 §2).
+            cache_status: String::new(),
             age: None,
         },
     );

@@ -5,6 +5,7 @@
 pub mod access;
 pub mod body;
 pub mod cache_status;
+pub mod conditional;
 pub mod conn;
 pub mod limits;
 pub mod range;

@@ -10,7 +10,7 @@ use http::{HeaderMap, Method, Response, StatusCode};
 use crate::cache::fill::Fill;
 use crate::cache::status::CacheStatus;
 use crate::http::body::Body;
-use crate::http::range;
+use crate::http::{conditional, range};
 
 /// What the request asked for, as far as building the response goes.
 pub struct Ask<'a> {
@@ -23,12 +23,16 @@ pub enum Source {
     Bytes(Bytes),
     /// A fill in progress, with the total length if the origin announced it.
     Fill(Arc<Fill>, Option<u64>),
+    /// No body from here: the head for a representation of this many bytes, whose body the
+    /// caller supplies (a sliced object, `proxy::slice`).
+    Head(u64),
 }
 
 /// The cache part of the response headers.
 pub struct CacheInfo {
     pub status: CacheStatus,
-    /// The RFC 9211 `Cache-Status` value.
+    /// The RFC 9211 `Cache-Status` member of this node; empty for none (a response the edge
+    /// generated itself, RFC 9211 §2).
     pub cache_status: String,
     pub age: Option<u64>,
 }
@@ -40,7 +44,8 @@ pub struct LogInfo {
     pub origin_ms: Option<u64>,
 }
 
-/// A response for a cached object or a fill, honouring viewer conditionals and Range.
+/// A response for a cached object or a fill, honouring the viewer's preconditions (RFC 9110
+/// §13.2.2, `http::conditional`) and Range (§14, GET only).
 pub fn build(
     ask: &Ask<'_>,
     status: StatusCode,
@@ -52,41 +57,79 @@ pub fn build(
     let len = match &src {
         Source::Bytes(b) => Some(b.len() as u64),
         Source::Fill(_, len) => *len,
+        Source::Head(len) => Some(*len),
     };
     let mut out_status = status;
     let mut body_range = None;
-    if status == StatusCode::OK {
-        if not_modified(ask.headers, stored) {
-            out_status = StatusCode::NOT_MODIFIED;
-        } else if let (Some(r), Some(total)) = (range::parse(ask.headers), len) {
-            if if_range_matches(ask.headers, stored) {
-                match r.resolve(total) {
-                    Some((start, end)) => {
-                        out_status = StatusCode::PARTIAL_CONTENT;
-                        body_range = Some((start, end));
-                        headers.insert(
-                            header::CONTENT_RANGE,
-                            hv(&format!("bytes {}-{}/{total}", start, end - 1)),
-                        );
-                    }
-                    None => {
-                        out_status = StatusCode::RANGE_NOT_SATISFIABLE;
-                        headers.insert(header::CONTENT_RANGE, hv(&format!("bytes */{total}")));
-                    }
+    // §13.2.1: preconditions apply only where the answer without them would be a 2xx.
+    if status.is_success() {
+        match conditional::evaluate(ask.method, ask.headers, stored) {
+            conditional::Outcome::NotModified => out_status = StatusCode::NOT_MODIFIED,
+            conditional::Outcome::PreconditionFailed => {
+                out_status = StatusCode::PRECONDITION_FAILED
+            }
+            conditional::Outcome::Proceed => {}
+        }
+    }
+    // §14.2: Range is defined for GET only (a HEAD with Range gets the 200 head), and served
+    // here from a whole 200 of known length.
+    let ranged = out_status == StatusCode::OK && *ask.method == Method::GET;
+    if let (true, Some(r), Some(total)) = (ranged, range::parse(ask.headers), len) {
+        if conditional::range_applies(ask.headers, stored) {
+            match r.resolve(total) {
+                Some((start, end)) => {
+                    out_status = StatusCode::PARTIAL_CONTENT;
+                    body_range = Some((start, end));
+                    headers.insert(
+                        header::CONTENT_RANGE,
+                        hv(&format!("bytes {}-{}/{total}", start, end - 1)),
+                    );
+                }
+                None => {
+                    out_status = StatusCode::RANGE_NOT_SATISFIABLE;
+                    headers.insert(header::CONTENT_RANGE, hv(&format!("bytes */{total}")));
                 }
             }
         }
-        if len.is_some() {
-            headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-        }
+    }
+    if status == StatusCode::OK
+        && len.is_some()
+        && matches!(
+            out_status,
+            StatusCode::OK | StatusCode::PARTIAL_CONTENT | StatusCode::RANGE_NOT_SATISFIABLE
+        )
+    {
+        headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     }
 
     let body = match out_status {
-        StatusCode::NOT_MODIFIED | StatusCode::RANGE_NOT_SATISFIABLE => {
-            headers.remove(header::CONTENT_LENGTH);
-            if out_status == StatusCode::RANGE_NOT_SATISFIABLE {
-                headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        StatusCode::NOT_MODIFIED => {
+            // §15.4.5: the validators and caching fields of a 200 (ETag, Cache-Control,
+            // Expires, Vary, Content-Location, Date all stay), no content; like nginx, not the
+            // body's own metadata either (`Content-Length` would be the 200's, which §8.6
+            // allows, but a client reading it as this message's framing would hang).
+            for h in [
+                header::CONTENT_LENGTH,
+                header::CONTENT_TYPE,
+                header::CONTENT_RANGE,
+                header::ACCEPT_RANGES,
+            ] {
+                headers.remove(h);
             }
+            Body::empty()
+        }
+        StatusCode::PRECONDITION_FAILED | StatusCode::RANGE_NOT_SATISFIABLE => {
+            if out_status == StatusCode::PRECONDITION_FAILED {
+                // An empty answer about the representation, not a piece of it.
+                for h in [
+                    header::CONTENT_TYPE,
+                    header::CONTENT_ENCODING,
+                    header::CONTENT_RANGE,
+                ] {
+                    headers.remove(h);
+                }
+            }
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
             Body::empty()
         }
         _ => {
@@ -111,6 +154,7 @@ pub fn build(
                 match src {
                     Source::Bytes(b) => Body::full(slice(&b, start, end)),
                     Source::Fill(fill, _) => Body::stream(fill.reader(start, len.map(|_| end)), n),
+                    Source::Head(_) => Body::empty(),
                 }
             }
         }
@@ -129,6 +173,21 @@ fn slice(b: &Bytes, start: u64, end: u64) -> Bytes {
     b.slice(start..end)
 }
 
+/// The methods the edge accepts (405's and `OPTIONS *`'s `Allow`): GET and HEAD through the
+/// cache, the rest passed to the origin; TRACE and CONNECT are refused.
+pub const ALLOW: &str = "GET, HEAD, OPTIONS, POST, PUT, PATCH, DELETE";
+
+/// The answer to `OPTIONS *` (RFC 9110 §9.3.7: a question about the server, not a resource):
+/// answered here, as Apache does, rather than passed to an origin that would be asked about
+/// the edge; a 200 with `Allow` and no content.
+pub fn server_options() -> Response<Body> {
+    let mut resp = Response::new(Body::empty());
+    let h = resp.headers_mut();
+    h.insert(header::ALLOW, HeaderValue::from_static(ALLOW));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    resp
+}
+
 const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
@@ -136,7 +195,9 @@ const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 pub fn stamp(resp: &mut Response<Body>, info: CacheInfo) {
     let h = resp.headers_mut();
     h.insert(X_CACHE, HeaderValue::from_static(info.status.as_str()));
-    h.insert(CACHE_STATUS, cache_status(h, info.cache_status));
+    if !info.cache_status.is_empty() {
+        h.insert(CACHE_STATUS, cache_status(h, info.cache_status));
+    }
     if let Some(age) = info.age {
         h.insert(header::AGE, number(age));
     }
@@ -187,65 +248,6 @@ fn hv(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
-/// RFC 9110 §13.1.2 / §13.1.3 for a cache: If-None-Match (weak comparison) wins over
-/// If-Modified-Since.
-pub fn not_modified(req: &HeaderMap, stored: &HeaderMap) -> bool {
-    if let Some(inm) = req.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
-        let Some(etag) = stored.get(header::ETAG).and_then(|v| v.to_str().ok()) else {
-            return false;
-        };
-        let etag = weak_tag(etag);
-        return inm
-            .split(',')
-            .map(str::trim)
-            .any(|t| t == "*" || weak_tag(t) == etag);
-    }
-    if let Some(ims) = req
-        .get(header::IF_MODIFIED_SINCE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| httpdate::parse_http_date(v).ok())
-    {
-        let lm = stored
-            .get(header::LAST_MODIFIED)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| httpdate::parse_http_date(v).ok());
-        return lm.is_some_and(|lm| lm <= ims);
-    }
-    false
-}
-
-fn weak_tag(t: &str) -> &str {
-    t.strip_prefix("W/").unwrap_or(t)
-}
-
-/// `If-Range` (RFC 9110 §13.1.5): the range applies only if the validator still matches
-/// (strong ETag comparison, or the exact Last-Modified date).
-fn if_range_matches(req: &HeaderMap, stored: &HeaderMap) -> bool {
-    let Some(v) = req.get(header::IF_RANGE).and_then(|v| v.to_str().ok()) else {
-        return true;
-    };
-    let v = v.trim();
-    if v.starts_with('"') {
-        return stored
-            .get(header::ETAG)
-            .and_then(|e| e.to_str().ok())
-            .is_some_and(|e| e == v);
-    }
-    if v.starts_with("W/") {
-        return false;
-    }
-    let lm = stored
-        .get(header::LAST_MODIFIED)
-        .and_then(|e| e.to_str().ok());
-    match (
-        httpdate::parse_http_date(v).ok(),
-        lm.and_then(|l| httpdate::parse_http_date(l).ok()),
-    ) {
-        (Some(a), Some(b)) => a == b,
-        _ => false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -256,30 +258,6 @@ mod tests {
             m.insert(*k, HeaderValue::from_static(v));
         }
         m
-    }
-
-    #[test]
-    fn conditionals() {
-        let stored = h(&[
-            ("etag", "\"v1\""),
-            ("last-modified", "Sun, 22 Nov 2026 04:00:00 GMT"),
-        ]);
-        assert!(not_modified(&h(&[("if-none-match", "W/\"v1\"")]), &stored));
-        assert!(not_modified(
-            &h(&[("if-none-match", "\"x\", \"v1\"")]),
-            &stored
-        ));
-        assert!(!not_modified(&h(&[("if-none-match", "\"v2\"")]), &stored));
-        assert!(not_modified(
-            &h(&[("if-modified-since", "Sun, 22 Nov 2026 05:00:00 GMT")]),
-            &stored
-        ));
-        assert!(!not_modified(
-            &h(&[("if-modified-since", "Sun, 22 Nov 2026 03:00:00 GMT")]),
-            &stored
-        ));
-        assert!(if_range_matches(&h(&[("if-range", "\"v1\"")]), &stored));
-        assert!(!if_range_matches(&h(&[("if-range", "\"v0\"")]), &stored));
     }
 
     #[test]

@@ -113,7 +113,7 @@ impl EdgeError {
             // RFC 9110 §15.5.6: a 405 lists what the target does allow.
             h.insert(
                 header::ALLOW,
-                HeaderValue::from_static("GET, HEAD, OPTIONS, POST, PUT, PATCH, DELETE"),
+                HeaderValue::from_static(crate::http::response::ALLOW),
             );
         }
         let status = match self {
@@ -122,11 +122,24 @@ impl EdgeError {
             }
             _ => CacheStatus::Bypass,
         };
+        // RFC 9211 §2: a response the edge generates itself carries no Cache-Status member
+        // (its example: a proxy's 400 for a malformed request). Only a request that went
+        // forward (or waited to) and failed says so, for whoever debugs the origin.
+        let forwarded = matches!(self, EdgeError::Origin(_) | EdgeError::OriginBusy);
+        let cache_status = if forwarded {
+            format!(
+                "{}; fwd=miss; detail={}",
+                crate::http::cache_status::member_name(cdn_id),
+                self.detail()
+            )
+        } else {
+            String::new()
+        };
         stamp(
             &mut resp,
             CacheInfo {
                 status,
-                cache_status: format!("{cdn_id}; fwd=miss; detail={}", self.detail()),
+                cache_status,
                 age: None,
             },
         );

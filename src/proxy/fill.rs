@@ -275,6 +275,14 @@ async fn run(
     }
     let (mut parts, mut body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    // RFC 9110 §6.6.1: a response without `Date` gets the time it was received, once, so
+    // every hit carries the same `Date` (with a growing `Age`) instead of each one's own send
+    // time, which would make the stored copy look newly generated to caches further down.
+    if !parts.headers.contains_key(header::DATE) {
+        if let Ok(v) = http::HeaderValue::from_str(&httpdate::fmt_http_date(edge.clock.now())) {
+            parts.headers.insert(header::DATE, v);
+        }
+    }
     let cache = &edge.config.cache;
     let decide = |status, headers: &HeaderMap, class| {
         policy::decide(&DecisionInput {

@@ -58,7 +58,14 @@ pub async fn pass(
         }
     };
     crate::proxy::invalidate::after_response(req, resp.status(), resp.headers());
-    let mut resp = relay(req, resp, status, &format!("fwd=bypass; detail={reason}"));
+    // RFC 9211 §2.2: a method the cache cannot answer says `method`; the rest were the
+    // cache's (configured or learnt) choice not to handle the request, `bypass`.
+    let fwd = if reason == "method" {
+        "method"
+    } else {
+        "bypass"
+    };
+    let mut resp = relay(req, resp, status, &format!("fwd={fwd}; detail={reason}"));
     if let Some(log) = response::log_info(&mut resp) {
         log.origin_ms = Some(started.elapsed().as_millis() as u64);
     }

@@ -74,8 +74,10 @@ impl Req<'_> {
         }
     }
 
-    pub(crate) fn cdn(&self) -> &str {
-        &self.edge.config.cdn_id
+    /// This node's name in `Cache-Status` (RFC 9211 §2: a Token, or a String when `cdn_id` is
+    /// not one, e.g. starting with a digit).
+    pub(crate) fn cdn(&self) -> std::borrow::Cow<'_, str> {
+        crate::http::cache_status::member_name(&self.edge.config.cdn_id)
     }
 }
 
@@ -126,6 +128,9 @@ async fn dispatch(
 ) -> Result<Response<Body>, EdgeError> {
     if parts.method == Method::TRACE || parts.method == Method::CONNECT {
         return Err(EdgeError::MethodNotAllowed);
+    }
+    if parts.method == Method::OPTIONS && parts.uri == "*" {
+        return Ok(response::server_options());
     }
     let cacheable_method = parts.method == Method::GET || parts.method == Method::HEAD;
     // First of all: a GET or HEAD with a body is refused (RFC 9110 §9.3.1 gives such a body no
@@ -433,13 +438,45 @@ fn serve_hit(req: &Req<'_>, obj: &CachedObject, tier: Tier, now: SystemTime) -> 
     serve_object(req, obj, CacheStatus::Hit, cache_status, now)
 }
 
+/// A stale object answering without the origin (stale-while-revalidate, a viewer's
+/// `max-stale`): RFC 9211 §2.1 calls it a hit, its staleness the negative `ttl` (§3: "a stale
+/// hit just has negative freshness"); the background refresh is no forwarding of this request.
 fn serve_stale(req: &Req<'_>, obj: &CachedObject, now: SystemTime, why: &str) -> Response<Body> {
     let cache_status = format!(
-        "{}; hit; ttl={}; fwd=stale; detail={why}",
+        "{}; hit; ttl={}; detail={why}",
         req.cdn(),
         obj.ttl_left(now)
     );
     serve_object(req, obj, CacheStatus::Stale, cache_status, now)
+}
+
+/// A stale object standing in for a failed origin (stale-if-error): the request did go forward
+/// (`fwd=stale`, with the status the origin answered, if it answered), so it is no hit.
+fn serve_stale_on_error(
+    req: &Req<'_>,
+    obj: &CachedObject,
+    now: SystemTime,
+    origin_status: Option<http::StatusCode>,
+) -> Response<Body> {
+    let fwd_status = origin_status
+        .map(|s| format!("; fwd-status={}", s.as_u16()))
+        .unwrap_or_default();
+    let cache_status = format!(
+        "{}; fwd=stale{fwd_status}; ttl={}; detail=stale-if-error",
+        req.cdn(),
+        obj.ttl_left(now)
+    );
+    serve_object(req, obj, CacheStatus::Stale, cache_status, now)
+}
+
+/// RFC 9211 §2.2's reason a request with a stored object went forward: the object was stale,
+/// or it was fresh and only the viewer's request directives refused it (`request`).
+fn fwd_reason(stale: Option<&CachedObject>, now: SystemTime) -> &'static str {
+    match stale {
+        Some(obj) if obj.staleness(now).is_none() => "request",
+        Some(_) => "stale",
+        None => "miss",
+    }
 }
 
 /// A response from a stored object (hit, stale, an LL-HLS playlist already satisfying the
@@ -568,7 +605,12 @@ async fn read(
             }
             if h.status.is_server_error() {
                 if let Some(obj) = stale.as_deref().filter(|o| stale_ok(o)) {
-                    return Ok(Phase::Deliver(serve_stale(req, obj, now, "stale-if-error")));
+                    return Ok(Phase::Deliver(serve_stale_on_error(
+                        req,
+                        obj,
+                        now,
+                        Some(h.status),
+                    )));
                 }
             }
             let status = if h.refetch {
@@ -577,7 +619,11 @@ async fn read(
                 CacheStatus::Miss
             };
             edge.metrics.request(status);
-            let fwd = if h.refetch { "stale" } else { "miss" };
+            let fwd = if h.refetch {
+                fwd_reason(stale.as_deref(), now)
+            } else {
+                "miss"
+            };
             let stored = if h.stored { "; stored" } else { "" };
             let mut resp = response::build(
                 &req.ask(),
@@ -609,8 +655,11 @@ async fn read(
                 CacheInfo {
                     status: CacheStatus::Expired,
                     cache_status: format!(
-                        "{}; fwd=stale; fwd-status=304; ttl={}{collapsed}",
+                        "{}; fwd={}; fwd-status=304; ttl={}{collapsed}",
                         req.cdn(),
+                        stale
+                            .as_deref()
+                            .map_or("stale", |o| fwd_reason(Some(o), now)),
                         obj.ttl_left(now)
                     ),
                     age: Some(obj.age(now).as_secs()),
@@ -650,7 +699,7 @@ async fn read(
             }
         },
         FillHead::Failed(e) => match stale.as_deref().filter(|o| stale_ok(o)) {
-            Some(obj) => serve_stale(req, obj, now, "stale-if-error"),
+            Some(obj) => serve_stale_on_error(req, obj, now, None),
             None => return Err(e.into()),
         },
     };

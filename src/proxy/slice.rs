@@ -34,7 +34,7 @@ use crate::cache::object::{tags_of, CachedObject};
 use crate::cache::policy::{ContentClass, Freshness};
 use crate::cache::status::CacheStatus;
 use crate::http::body::{Body, BoxError};
-use crate::http::response::{self, Ask, CacheInfo, Source};
+use crate::http::response::{self, CacheInfo, Source};
 use crate::metrics::Metrics;
 use crate::proxy::edge::Edge;
 use crate::proxy::error::EdgeError;
@@ -457,13 +457,10 @@ async fn respond(
     // The head, as `response::build` answers the viewer's conditionals and Range for an object
     // of `total` bytes; the body is ours.
     let mut resp = response::build(
-        &Ask {
-            method: &Method::HEAD,
-            headers: &req.parts.headers,
-        },
+        &req.ask(),
         StatusCode::OK,
         &sliced.head,
-        Source::Fill(Fill::new(), Some(sliced.total)),
+        Source::Head(sliced.total),
         info(req, head_only, sliced.age),
     );
     let range = match resp.status() {

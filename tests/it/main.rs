@@ -11,6 +11,7 @@ mod adversarial4;
 mod adversarial5;
 mod cmcd;
 mod conformance;
+mod conformance2;
 mod edge_basics;
 mod edge_bypass;
 mod edge_collapse;
