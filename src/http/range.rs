@@ -15,10 +15,15 @@ pub enum ByteRange {
     Suffix(u64),
 }
 
-/// Parses the request's `Range`. `None` for no header, another unit, a syntax error or several
-/// ranges: all of which are served as the whole representation.
+/// Parses the request's `Range`. `None` for no header, another unit, a syntax error, several
+/// ranges or several `Range` lines (a singleton field: which one would be meant?): all of which
+/// are served as the whole representation.
 pub fn parse(headers: &HeaderMap) -> Option<ByteRange> {
-    parse_value(headers.get(header::RANGE)?.to_str().ok()?)
+    let mut all = headers.get_all(header::RANGE).iter();
+    let (Some(v), None) = (all.next(), all.next()) else {
+        return None;
+    };
+    parse_value(v.to_str().ok()?)
 }
 
 /// Parses one `Range` value (see `parse`). Positions are digits only (no sign, no spaces inside);
@@ -100,6 +105,10 @@ mod tests {
         assert_eq!(r("bytes=1-+2"), None);
         assert_eq!(r("bytes=-"), None);
         assert_eq!(r("bytes=1 2-3"), None);
+        let mut two = HeaderMap::new();
+        two.append(header::RANGE, HeaderValue::from_static("bytes=0-1"));
+        two.append(header::RANGE, HeaderValue::from_static("bytes=2-3"));
+        assert_eq!(parse(&two), None);
     }
 
     /// Issue: `bytes=1-18446744073709551615` overflowed `last + 1` and panicked in the slice.

@@ -1,7 +1,8 @@
 //! Invalidation by unsafe methods (RFC 9111 §4.4): a non-error response to a request whose
 //! method is not known to be safe (POST, PUT, DELETE, PATCH, any unknown method) removes what is
 //! stored for its target URI, and for the `Location` and `Content-Location` URIs when their host
-//! is the target's. Every Vary variant goes with its key (`Edge::purge_key`).
+//! is the target's. Every Vary variant goes with its key (`Edge::purge_key`). A passed HEAD
+//! that names another representation removes the stored GET response (RFC 9111 §4.3.5).
 
 use http::{header, HeaderMap, Method, StatusCode};
 
@@ -62,6 +63,51 @@ pub fn after_response(req: &Req<'_>, status: StatusCode, headers: &HeaderMap) ->
     removed
 }
 
+/// RFC 9111 §4.3.5: a 200 answer to a HEAD the edge passed to the origin (fills always ask with
+/// GET; a HEAD goes inbound only when passed, e.g. with a `Cookie`) says whether the stored GET
+/// response that request could have chosen is still current. When it names other validators or
+/// another length, the stored response is removed (the RFC's "consider it stale": the next GET
+/// fetches it anew); when it matches, the stored response is kept as it is (updating a shared
+/// copy's fields from one viewer's passed HEAD is a SHOULD this edge declines: the HEAD may
+/// carry that viewer's personalised fields). Returns whether an object was removed.
+pub async fn after_head(req: &Req<'_>, status: StatusCode, head: &HeaderMap) -> bool {
+    if req.parts.method != Method::HEAD || status != StatusCode::OK {
+        return false;
+    }
+    let edge = req.edge;
+    let key = match edge.vary_index.get(&req.key) {
+        Some(spec) => format!("{}{}", req.key, spec.variant(&req.parts.headers)),
+        None => req.key.clone(),
+    };
+    let Some((stored, _)) = edge.lookup(&key).await else {
+        return false;
+    };
+    if stored.status != StatusCode::OK || head_matches(&stored.headers, head) {
+        return false;
+    }
+    tracing::debug!(
+        key,
+        "a passed HEAD names another representation: stored GET removed"
+    );
+    edge.purge_key(&key) > 0
+}
+
+/// §4.3.5's test: the HEAD carries at least one validator (`ETag`, `Last-Modified`), each it
+/// carries equals the stored one, and its `Content-Length`, if any, is the stored one's.
+fn head_matches(stored: &HeaderMap, head: &HeaderMap) -> bool {
+    let mut validated = false;
+    for name in [header::ETAG, header::LAST_MODIFIED] {
+        if let Some(v) = head.get(&name) {
+            if stored.get(&name) != Some(v) {
+                return false;
+            }
+            validated = true;
+        }
+    }
+    let length = |h: &HeaderMap| h.get(header::CONTENT_LENGTH).cloned();
+    validated && (length(head).is_none() || length(head) == length(stored))
+}
+
 /// `reference` (absolute or relative, RFC 3986 §5) resolved against the request's URI; its
 /// authority and path-and-query when its host is the request's host (RFC 9111 §4.4: a cache
 /// must not invalidate another host's URIs on a response's word).
@@ -95,6 +141,37 @@ mod tests {
         for m in [Method::GET, Method::HEAD, Method::OPTIONS, Method::TRACE] {
             assert!(!is_unsafe(&m), "{m}");
         }
+    }
+
+    #[test]
+    fn a_head_matches_by_its_validators_and_length() {
+        let h = |pairs: &[(&'static str, &'static str)]| {
+            let mut m = HeaderMap::new();
+            for (k, v) in pairs {
+                m.insert(*k, http::HeaderValue::from_static(v));
+            }
+            m
+        };
+        let stored = h(&[
+            ("etag", "\"v1\""),
+            ("last-modified", "Sun, 06 Nov 1994 08:49:37 GMT"),
+            ("content-length", "10"),
+        ]);
+        assert!(head_matches(&stored, &h(&[("etag", "\"v1\"")])));
+        assert!(head_matches(
+            &stored,
+            &h(&[("etag", "\"v1\""), ("content-length", "10")])
+        ));
+        assert!(!head_matches(&stored, &h(&[("etag", "\"v2\"")])));
+        assert!(!head_matches(
+            &stored,
+            &h(&[("etag", "\"v1\""), ("content-length", "11")])
+        ));
+        assert!(!head_matches(
+            &stored,
+            &h(&[("last-modified", "Mon, 07 Nov 1994 08:49:37 GMT")])
+        ));
+        assert!(!head_matches(&stored, &h(&[("content-length", "10")])));
     }
 
     #[test]

@@ -58,18 +58,31 @@ pub async fn pass(
         }
     };
     crate::proxy::invalidate::after_response(req, resp.status(), resp.headers());
-    // RFC 9211 §2.2: a method the cache cannot answer says `method`; the rest were the
-    // cache's (configured or learnt) choice not to handle the request, `bypass`.
-    let fwd = if reason == "method" {
-        "method"
-    } else {
-        "bypass"
-    };
-    let mut resp = relay(req, resp, status, &format!("fwd={fwd}; detail={reason}"));
+    crate::proxy::invalidate::after_head(req, resp.status(), resp.headers()).await;
+    let mut resp = relay(
+        req,
+        resp,
+        status,
+        &format!("{}; detail={reason}", fwd(reason)),
+    );
     if let Some(log) = response::log_info(&mut resp) {
         log.origin_ms = Some(started.elapsed().as_millis() as u64);
     }
     Ok(resp)
+}
+
+/// RFC 9211 §2.2 / §2.6: why a passed request went forward, for its `Cache-Status` member.
+fn fwd(reason: &str) -> &'static str {
+    match reason {
+        // The method's semantics need the origin.
+        "method" => "fwd=method",
+        // It tried to collapse onto a fill in flight and gave up waiting.
+        "collapse-timeout" => "fwd=miss; collapsed=?0",
+        // The URI's stored responses vary, and none was this request's variant.
+        "vary-mismatch" => "fwd=vary-miss",
+        // The cache's own choice (configured, or learnt: hit-for-pass, credentials).
+        _ => "fwd=bypass",
+    }
 }
 
 /// Streams an origin response to the viewer as it comes, hop-by-hop headers removed.
@@ -98,4 +111,31 @@ pub fn relay(
         },
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fwd;
+
+    #[test]
+    fn pass_reasons_map_to_rfc_9211_fwd_values() {
+        assert_eq!(fwd("method"), "fwd=method");
+        assert_eq!(fwd("collapse-timeout"), "fwd=miss; collapsed=?0");
+        assert_eq!(fwd("vary-mismatch"), "fwd=vary-miss");
+        for other in ["credentials", "hit-for-pass", "authorization"] {
+            assert_eq!(fwd(other), "fwd=bypass", "{other}");
+        }
+        for reason in [
+            "method",
+            "collapse-timeout",
+            "vary-mismatch",
+            "hit-for-pass",
+        ] {
+            let member = format!("vedge; {}; detail={reason}", fwd(reason));
+            assert!(
+                crate::cache::sfv::list_member_spans(&member).is_ok(),
+                "{member}"
+            );
+        }
+    }
 }

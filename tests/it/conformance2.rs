@@ -793,3 +793,30 @@ async fn cdn_cache_control_keys_are_lowercase_structured_fields() {
     }
     stored(&edge, "/ccc/big").await;
 }
+
+/// RFC 9111 §4.3.5: a HEAD the edge passes to the origin (here for a `Cookie`; fills always
+/// ask with GET) whose 200 names another `ETag` makes the stored GET response stale (removed:
+/// the next GET fetches anew); one naming the stored validators leaves it in place.
+#[tokio::test]
+async fn a_passed_head_naming_another_etag_retires_the_stored_get() {
+    let origin = Origin::start().await;
+    origin.script("/hp/a", validated("one", "\"v1\""));
+    let edge = TestEdge::start(edge_config(&origin)).await;
+    stored(&edge, "/hp/a").await;
+    let r = head(&edge, "/hp/a", &[("cookie", "s=1")]).await;
+    assert_eq!(r.x_cache(), "BYPASS");
+    assert_eq!(
+        origin
+            .seen("/hp/a")
+            .last()
+            .map(|s| s.method.clone())
+            .as_deref(),
+        Some("HEAD")
+    );
+    assert_eq!(edge.get("/hp/a").await.x_cache(), "HIT", "same ETag: kept");
+
+    origin.script("/hp/a", validated("two", "\"v2\""));
+    head(&edge, "/hp/a", &[("cookie", "s=1")]).await;
+    let r = edge.get("/hp/a").await;
+    assert_eq!((r.x_cache(), &r.body[..]), ("MISS", &b"two"[..]));
+}
