@@ -77,8 +77,10 @@ pub fn evaluate(method: &Method, req: &HeaderMap, rep: &HeaderMap) -> Outcome {
 
 /// `If-Range` (RFC 9110 §13.1.5): whether a Range applies to the representation `rep`. No field:
 /// it does. An entity-tag matches only strongly (a weak one never does); a date only when it is
-/// exactly the `Last-Modified`. Anything else (unparsable, several lines) is false: the whole
-/// representation is sent, which is always a correct answer.
+/// exactly the `Last-Modified` and that date is a strong validator, which for a cache means the
+/// stored `Date` is at least a second later (§8.8.2.2: a representation changed twice within
+/// its `Last-Modified` second would otherwise splice). Anything else (unparsable, several
+/// lines) is false: the whole representation is sent, which is always a correct answer.
 pub fn range_applies(req: &HeaderMap, rep: &HeaderMap) -> bool {
     let mut all = req.get_all(header::IF_RANGE).iter();
     let Some(v) = all.next() else {
@@ -94,8 +96,13 @@ pub fn range_applies(req: &HeaderMap, rep: &HeaderMap) -> bool {
             .get(header::ETAG)
             .is_some_and(|e| Tag::parse(e.as_bytes()).strong_eq(&asked));
     }
+    let strong = |lm: SystemTime| {
+        date_of(rep, header::DATE)
+            .and_then(|d| d.duration_since(lm).ok())
+            .is_some_and(|after| after.as_secs() >= 1)
+    };
     match (parse_date(v), date_of(rep, header::LAST_MODIFIED)) {
-        (Some(a), Some(lm)) => a == lm,
+        (Some(a), Some(lm)) => a == lm && strong(lm),
         _ => false,
     }
 }
@@ -260,7 +267,11 @@ mod tests {
     const LM: &[u8] = b"Sun, 22 Nov 2026 04:00:00 GMT";
 
     fn rep(etag: &'static [u8]) -> HeaderMap {
-        h(&[("etag", etag), ("last-modified", LM)])
+        h(&[
+            ("etag", etag),
+            ("last-modified", LM),
+            ("date", b"Mon, 23 Nov 2026 04:00:00 GMT"),
+        ])
     }
 
     fn get(req: &[(&'static str, &'static [u8])], etag: &'static [u8]) -> Outcome {
@@ -402,6 +413,13 @@ mod tests {
         assert!(r(LM, b"\"v1\""));
         assert!(!r(b"Sun, 22 Nov 2026 05:00:00 GMT", b"\"v1\""));
         assert!(!r(b"garbage", b"\"v1\""));
+        // A Last-Modified within the second of the response's Date is weak: no range on it.
+        let same_second = h(&[("last-modified", LM), ("date", LM)]);
+        assert!(!range_applies(&h(&[("if-range", LM)]), &same_second));
+        assert!(!range_applies(
+            &h(&[("if-range", LM)]),
+            &h(&[("last-modified", LM)])
+        ));
     }
 
     #[test]

@@ -419,6 +419,21 @@ async fn ranges_and_if_range_on_a_hit() {
         }
     }
     assert_eq!(origin.count("/rg/a"), 1);
+
+    // §13.1.5 / §8.8.2.2: a `Last-Modified` in the same second as the stored `Date` is a weak
+    // validator, so an `If-Range` naming it gets the whole representation.
+    origin.script(
+        "/rg/weak",
+        validated("0123456789", "\"v1\"").header("date", LM),
+    );
+    stored(&edge, "/rg/weak").await;
+    let r = edge
+        .get_with("/rg/weak", &[("range", "bytes=0-1"), ("if-range", LM)])
+        .await;
+    assert_eq!(
+        (r.status, &r.body[..]),
+        (StatusCode::OK, &b"0123456789"[..])
+    );
 }
 
 /// A HEAD on a miss fills the object with a GET (as nginx's and Varnish's HEAD→GET do): the HEAD
