@@ -835,3 +835,37 @@ async fn a_passed_head_naming_another_etag_retires_the_stored_get() {
     let r = edge.get("/hp/a").await;
     assert_eq!((r.x_cache(), &r.body[..]), ("MISS", &b"two"[..]));
 }
+
+/// RFC 9112 §6.3: the 412 and 416 the edge builds from a stored response are framed by
+/// `Content-Length: 0` (never chunked), and a 416 says `Content-Range: bytes */len`.
+#[tokio::test]
+async fn edge_built_412_and_416_are_framed_by_content_length() {
+    let origin = Origin::start().await;
+    origin.script("/fr/a", validated("0123456789", "\"v1\""));
+    let edge = TestEdge::start(edge_config(&origin)).await;
+    stored(&edge, "/fr/a").await;
+    for (req, status) in [
+        (
+            &b"GET /fr/a HTTP/1.1\r\nHost: x\r\nRange: bytes=20-\r\nConnection: close\r\n\r\n"[..],
+            416,
+        ),
+        (
+            b"GET /fr/a HTTP/1.1\r\nHost: x\r\nIf-Match: \"v0\"\r\nConnection: close\r\n\r\n",
+            412,
+        ),
+    ] {
+        let raw = edge.raw(req).await;
+        assert_eq!(raw.status(), status, "{}", raw.text());
+        assert_eq!(
+            raw.header("content-length").as_deref(),
+            Some("0"),
+            "{}",
+            raw.text()
+        );
+        assert!(raw.header("transfer-encoding").is_none(), "{}", raw.text());
+        assert!(raw.split().1.is_empty(), "{}", raw.text());
+        if status == 416 {
+            assert_eq!(raw.header("content-range").as_deref(), Some("bytes */10"));
+        }
+    }
+}
