@@ -10,7 +10,7 @@ pub struct Usage {
 }
 
 /// The harness's cost over a run (in the report's `harness_cost`).
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct HarnessCost {
     /// CPU seconds (user + system) the harness process spent during the run.
     pub cpu_s: f64,
@@ -41,6 +41,28 @@ impl Usage {
             rss_peak_mib: peak as f64 / 1024.0,
             rss_growth_mib: growth as f64 / 1024.0,
             rss_kib_per_viewer: growth as f64 / v,
+        }
+    }
+}
+
+impl HarnessCost {
+    /// The cost of a run spread over several processes: CPU and memory added up (the
+    /// processes ran at the same time, so their peaks are counted together), per viewer over
+    /// the whole run's `viewers`.
+    pub fn sum<'a>(parts: impl IntoIterator<Item = &'a HarnessCost>, viewers: u64) -> HarnessCost {
+        let (mut cpu_s, mut peak, mut growth) = (0.0, 0.0, 0.0);
+        for p in parts {
+            cpu_s += p.cpu_s;
+            peak += p.rss_peak_mib;
+            growth += p.rss_growth_mib;
+        }
+        let v = viewers.max(1) as f64;
+        HarnessCost {
+            cpu_s,
+            cpu_ms_per_viewer: cpu_s * 1000.0 / v,
+            rss_peak_mib: peak,
+            rss_growth_mib: growth,
+            rss_kib_per_viewer: growth * 1024.0 / v,
         }
     }
 }
@@ -91,5 +113,22 @@ mod tests {
         assert!(c.cpu_s >= 0.0);
         assert!((c.cpu_ms_per_viewer - c.cpu_s * 100.0).abs() < 1e-9);
         assert!(c.rss_peak_mib > 0.0);
+    }
+
+    #[test]
+    fn costs_of_processes_add_up_and_are_spread_over_all_viewers() {
+        let one = |cpu_s: f64, growth_mib: f64| HarnessCost {
+            cpu_s,
+            cpu_ms_per_viewer: 0.0,
+            rss_peak_mib: 100.0,
+            rss_growth_mib: growth_mib,
+            rss_kib_per_viewer: 0.0,
+        };
+        let c = HarnessCost::sum(&[one(2.0, 10.0), one(3.0, 30.0)], 1000);
+        assert_eq!(c.cpu_s, 5.0);
+        assert_eq!(c.cpu_ms_per_viewer, 5.0);
+        assert_eq!(c.rss_peak_mib, 200.0);
+        assert_eq!(c.rss_growth_mib, 40.0);
+        assert!((c.rss_kib_per_viewer - 40.0 * 1024.0 / 1000.0).abs() < 1e-9);
     }
 }

@@ -16,6 +16,8 @@
 //! - `llviewer`: the Low-Latency HLS player of `--ll` (blocking reloads, preload-hint parts).
 //! - `client`: the bounded keep-alive connection pool all viewers share, the timer-lag probe.
 //! - `load`: the recorder, scenario schedules, the run loop.
+//! - `workers`: `--processes N`, one run spread over N worker processes of this executable.
+//! - `merge`: a worker's measurements as data, and their merge into one recorder.
 //! - `report`: JSON, summary text and the HTML page.
 //! - `collapse`: `vedge bench collapse`, N viewers asking for one cold object at once.
 //! - `catalogue`: the synthetic `/cat/<id>.ts` objects (sizes, bytes, the Zipf sampler).
@@ -31,11 +33,13 @@ pub mod ll;
 pub mod llviewer;
 pub mod load;
 pub mod media;
+pub mod merge;
 pub mod origin;
 pub mod playlist;
 pub mod report;
 pub mod stamp;
 pub mod viewer;
+pub mod workers;
 pub mod zipf;
 
 use std::io::IsTerminal as _;
@@ -127,6 +131,21 @@ pub struct LiveBurstArgs {
     /// edge and the origin's requests per (playlist, msn, part).
     #[arg(long)]
     pub ll: bool,
+    /// Spread the viewers over N harness processes (this executable started again), each with
+    /// its own open-file limit and runtime, merged into one report. `auto`: as many as keep
+    /// each process's connections within its open-file limit, with headroom (1 for most runs).
+    #[arg(long, default_value = "auto", value_name = "N|auto")]
+    pub processes: workers::Processes,
+    /// Internal: run as worker K of N of a spread run (set by the parent process).
+    #[arg(long, hide = true, value_name = "K/N", value_parser = workers::parse_share,
+          requires_all = ["worker_start_unix_us", "worker_run"])]
+    pub worker: Option<load::Share>,
+    /// Internal: a worker's shared start instant (microseconds since the Unix epoch).
+    #[arg(long, hide = true)]
+    pub worker_start_unix_us: Option<u64>,
+    /// Internal: the run id a worker's `{run}` stands for.
+    #[arg(long, hide = true)]
+    pub worker_run: Option<String>,
 }
 
 /// Entry point of `vedge bench`.
@@ -138,7 +157,8 @@ pub async fn run_cli(cmd: BenchCommand) -> anyhow::Result<()> {
     }
 }
 
-fn run_id() -> String {
+/// A fresh run id: what `{run}` in a target stands for.
+pub fn run_id() -> String {
     let ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
@@ -149,11 +169,15 @@ fn run_id() -> String {
 impl LiveBurstArgs {
     /// Validates the flags into a run configuration.
     pub fn config(&self) -> anyhow::Result<RunConfig> {
+        self.config_for_run(&run_id())
+    }
+
+    /// As `config`, with `{run}` standing for `run` (a worker is given its parent's).
+    pub fn config_for_run(&self, run: &str) -> anyhow::Result<RunConfig> {
         // One run id for every edge: they serve the same (cold) stream.
-        let run = run_id();
         let mut targets = Vec::new();
         for t in &self.target {
-            let url = Url::parse(&t.replace("{run}", &run))
+            let url = Url::parse(&t.replace("{run}", run))
                 .with_context(|| format!("--target {t:?} is not a URL"))?;
             anyhow::ensure!(
                 url.scheme() == "http",
@@ -206,6 +230,16 @@ impl LiveBurstArgs {
             sources: self.sources,
             seed: self.seed,
             ll: self.ll,
+            share: load::Share::ALL,
+        })
+    }
+
+    /// The worker flags, when this process is a worker of a spread run.
+    fn worker_spec(&self) -> Option<workers::WorkerSpec> {
+        Some(workers::WorkerSpec {
+            share: self.worker?,
+            start_unix_us: self.worker_start_unix_us?,
+            run: self.worker_run.clone()?,
         })
     }
 }
@@ -219,11 +253,20 @@ pub fn stats_prefix(target: &Url) -> String {
     }
 }
 
-/// Runs a whole live-burst measurement and returns the report (used by the CLI and the tests).
+/// Runs a whole live-burst measurement in this process and returns the report (used by the
+/// CLI and the tests).
 pub async fn live_burst_report(
     cfg: &RunConfig,
-    mut progress: impl FnMut(&Recorder),
+    progress: impl FnMut(&Recorder),
 ) -> anyhow::Result<report::Report> {
+    precheck(cfg).await?;
+    let m = measure(cfg, Instant::now(), progress).await;
+    Ok(finish(cfg, &m.rec, m.skipped, m.played, m.elapsed, m.cost).await)
+}
+
+/// Before anything is measured: every target accepts connections and the origin's counters
+/// can be read.
+pub(crate) async fn precheck(cfg: &RunConfig) -> anyhow::Result<()> {
     for t in &cfg.targets {
         load::reachable(t, Duration::from_secs(5))
             .await
@@ -234,7 +277,27 @@ pub async fn live_burst_report(
             .await
             .context("--origin-stats unreachable before the run")?;
     }
-    let start = Instant::now();
+    Ok(())
+}
+
+/// What one process measured.
+pub(crate) struct Measured {
+    pub rec: Recorder,
+    pub skipped: u64,
+    pub played: u64,
+    pub cost: cost::HarnessCost,
+    pub elapsed: Duration,
+    /// How late past `start` the viewers were ready to be started.
+    pub start_late: Duration,
+}
+
+/// Runs this process's share of the viewers (`cfg.share`) from `start` (now, or a spread
+/// run's shared instant) to the end, with the timer-lag probe beside them.
+pub(crate) async fn measure(
+    cfg: &RunConfig,
+    start: Instant,
+    mut progress: impl FnMut(&Recorder),
+) -> Measured {
     let rec = Arc::new(Mutex::new(Recorder::new(start)));
     let shared = match cfg.mode {
         ConnMode::Shared(n) => n,
@@ -248,18 +311,47 @@ pub async fn live_burst_report(
         rec.clone(),
     ));
     let cost0 = cost::Usage::now();
-    // Runs beside the viewers on the same runtime; ends on its own after the hard stop.
+    // Runs beside the viewers on the same runtime from the start; ends on its own after the
+    // hard stop.
     let probe_rec = rec.clone();
-    let probe = tokio::spawn(client::timer_lag_probe(
-        Duration::from_millis(10),
-        start + cfg.duration + cfg.timeout * 2 + Duration::from_secs(2),
-        move |lag| probe_rec.lock().timer_lag(lag),
-    ));
+    let stop = start + cfg.duration + cfg.timeout * 2 + Duration::from_secs(2);
+    let probe = tokio::spawn(async move {
+        tokio::time::sleep_until(start).await;
+        client::timer_lag_probe(Duration::from_millis(10), stop, move |lag| {
+            probe_rec.lock().timer_lag(lag)
+        })
+        .await
+    });
+    let start_late = Instant::now().saturating_duration_since(start);
     let outs = load::run(cfg, net.clone(), &mut progress).await;
     probe.abort();
     rec.lock().connections_opened = net.connections_opened();
-    let harness_cost = cost::Usage::now().since(&cost0, cfg.viewers);
+    let cost = cost::Usage::now().since(&cost0, cfg.share.of(cfg.viewers));
     let elapsed = start.elapsed();
+    let skipped = outs.iter().map(|o| o.skipped).sum();
+    let played = outs.iter().filter(|o| o.started).count() as u64;
+    // Viewer tasks are done or aborted; take the recorder out whoever still holds the Arc.
+    let rec = std::mem::replace(&mut *rec.lock(), Recorder::new(start));
+    Measured {
+        rec,
+        skipped,
+        played,
+        cost,
+        elapsed,
+        start_late,
+    }
+}
+
+/// The report of a run from its (merged) recorder: reads the origin's counters once, after
+/// every viewer is done.
+pub(crate) async fn finish(
+    cfg: &RunConfig,
+    rec: &Recorder,
+    skipped: u64,
+    played: u64,
+    elapsed: Duration,
+    harness_cost: cost::HarnessCost,
+) -> report::Report {
     let prefix = stats_prefix(&cfg.target);
     let origin = match &cfg.origin_stats {
         None => Ok(None),
@@ -274,11 +366,8 @@ pub async fn live_burst_report(
             .ok(),
         _ => None,
     };
-    let skipped = outs.iter().map(|o| o.skipped).sum();
-    let played = outs.iter().filter(|o| o.started).count() as u64;
-    let rec = rec.lock();
     let mut r = report::build(
-        &rec,
+        rec,
         cfg.scenario.as_str(),
         &cfg.targets_label(),
         cfg.viewers,
@@ -286,66 +375,107 @@ pub async fn live_burst_report(
         elapsed,
         skipped,
         played,
-        match cfg.mode {
-            ConnMode::Shared(n) => n as u64,
-            ConnMode::PerViewer => cfg.viewers * if cfg.ll { 2 } else { 1 },
-        },
+        connections(cfg),
         origin,
     );
     r.connection_mode = cfg.mode.as_str().to_string();
     r.harness_cost = Some(harness_cost);
     if cfg.ll {
-        r.ll = Some(report::ll_report(&rec, ll));
+        r.ll = Some(report::ll_report(rec, ll));
     }
-    Ok(r)
+    r
+}
+
+/// The connections the whole run may open: the shared pool, or each viewer's own (two for a
+/// low-latency viewer).
+fn connections(cfg: &RunConfig) -> u64 {
+    match cfg.mode {
+        ConnMode::Shared(n) => n as u64,
+        ConnMode::PerViewer => cfg.viewers * if cfg.ll { 2 } else { 1 },
+    }
+}
+
+/// The live progress line: a spinner on a terminal, else one line every 10 s.
+struct ProgressLine {
+    bar: indicatif::ProgressBar,
+    tty: bool,
+    prev: (u64, u64),
+    ticks: u32,
+}
+
+impl ProgressLine {
+    fn new() -> ProgressLine {
+        let tty = std::io::stderr().is_terminal();
+        ProgressLine {
+            bar: if tty {
+                indicatif::ProgressBar::new_spinner()
+            } else {
+                indicatif::ProgressBar::hidden()
+            },
+            tty,
+            prev: (0, 0),
+            ticks: 0,
+        }
+    }
+
+    fn show(&mut self, p: &report::Progress) {
+        let line = p.line(&mut self.prev);
+        if self.tty {
+            self.bar.set_message(line);
+            self.bar.tick();
+        } else {
+            // Without a terminal, one line every 10 s keeps CI logs readable.
+            self.ticks += 1;
+            if self.ticks % 10 == 0 {
+                eprintln!("{line}");
+            }
+        }
+    }
 }
 
 async fn live_burst(args: LiveBurstArgs) -> anyhow::Result<()> {
-    let cfg = args.config()?;
+    if let Some(spec) = args.worker_spec() {
+        return live_burst_worker(&args, &spec).await;
+    }
+    let run = run_id();
+    let cfg = args.config_for_run(&run)?;
     // Sockets: the pool's connections (or each viewer's), the origin-stats client, slack.
-    let conns = match cfg.mode {
-        ConnMode::Shared(n) => n as u64,
-        ConnMode::PerViewer => cfg.viewers * if cfg.ll { 2 } else { 1 },
+    let conns = connections(&cfg);
+    let nofile = load::raise_nofile(conns + 256);
+    let (auto, processes) = match args.processes {
+        workers::Processes::Auto => (true, workers::auto_processes(conns, nofile)),
+        workers::Processes::Count(n) => (false, n),
     };
-    let want = conns + 256;
-    let nofile = load::raise_nofile(want);
-    if nofile < want {
+    // Every process runs at least one viewer (and holds at least one pooled connection).
+    let cap = match cfg.mode {
+        ConnMode::Shared(n) => cfg.viewers.min(n as u64),
+        ConnMode::PerViewer => cfg.viewers,
+    };
+    let processes = processes.clamp(1, cap.max(1));
+    let per_process = conns.div_ceil(processes);
+    if nofile < per_process + 256 {
         eprintln!(
-            "warning: open-file limit {nofile} is below {conns} connections + 256; expect connect errors"
+            "warning: open-file limit {nofile} is below {per_process} connections + 256 per process; expect connect errors (--processes)"
         );
     }
     eprintln!(
-        "live-burst: {} viewers on {} connections ({}), {} for {:?} against {}",
+        "live-burst: {} viewers on {} connections ({}), {} for {:?} against {}; {}",
         cfg.viewers,
         conns,
         cfg.mode.as_str(),
         cfg.scenario.as_str(),
         cfg.duration,
-        cfg.targets_label()
+        cfg.targets_label(),
+        workers::describe(processes, auto, nofile)
     );
-    let bar = if std::io::stderr().is_terminal() {
-        indicatif::ProgressBar::new_spinner()
+    let mut line = ProgressLine::new();
+    let report = if processes == 1 {
+        live_burst_report(&cfg, |rec| line.show(&report::Progress::of(rec))).await?
     } else {
-        indicatif::ProgressBar::hidden()
+        let spread = workers::Spread::new(processes, workers::Launcher::this_process()?, run);
+        workers::run_spread(&cfg, &spread, |p| line.show(p)).await?
     };
-    let mut prev = (0, 0);
-    let mut quiet_ticks = 0u32;
-    let tty = std::io::stderr().is_terminal();
-    let report = live_burst_report(&cfg, |rec| {
-        let line = report::progress_line(rec, &mut prev);
-        if tty {
-            bar.set_message(line);
-            bar.tick();
-        } else {
-            // Without a terminal, one line every 10 s keeps CI logs readable.
-            quiet_ticks += 1;
-            if quiet_ticks % 10 == 0 {
-                eprintln!("{line}");
-            }
-        }
-    })
-    .await?;
-    bar.finish_and_clear();
+    line.bar.finish_and_clear();
     print!("{}", report::summary(&report));
     if let Some(p) = &args.json {
         std::fs::write(p, serde_json::to_vec_pretty(&report)?)
@@ -364,4 +494,21 @@ async fn live_burst(args: LiveBurstArgs) -> anyhow::Result<()> {
         anyhow::bail!("origin stats could not be read after the run: {e}");
     }
     Ok(())
+}
+
+/// `live-burst` as worker K of N of a spread run: its share of the viewers, results on stdout.
+async fn live_burst_worker(args: &LiveBurstArgs, spec: &workers::WorkerSpec) -> anyhow::Result<()> {
+    let cfg = workers::worker_config(args.config_for_run(&spec.run)?, spec);
+    let conns = match cfg.mode {
+        ConnMode::Shared(n) => n as u64,
+        ConnMode::PerViewer => cfg.share.of(cfg.viewers) * if cfg.ll { 2 } else { 1 },
+    };
+    let nofile = load::raise_nofile(conns + 256);
+    if nofile < conns + 256 {
+        eprintln!(
+            "warning: harness process {}: open-file limit {nofile} is below {conns} connections + 256; expect connect errors",
+            spec.share.index
+        );
+    }
+    workers::serve_worker(&cfg, spec).await
 }

@@ -34,7 +34,7 @@ pub struct ClassStats {
 }
 
 impl ClassStats {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         ClassStats {
             requests: 0,
             ok: 0,
@@ -104,7 +104,7 @@ pub struct FirstRequest {
 }
 
 /// Media objects whose first request is remembered (bounded memory on long runs).
-const FIRST_REQUESTS: usize = 1_000_000;
+pub(crate) const FIRST_REQUESTS: usize = 1_000_000;
 
 /// Whether a `Cache-Status` (RFC 9211) or `X-Cache` value says the answer came from the cache
 /// or from a fill already in flight when the request arrived.
@@ -138,7 +138,7 @@ impl Recorder {
         }
     }
 
-    fn second(&mut self, at: Instant) -> &mut Second {
+    pub(crate) fn second(&mut self, at: Instant) -> &mut Second {
         let i = at.saturating_duration_since(self.start).as_secs() as usize;
         while self.seconds.len() <= i {
             self.seconds.push(Second {
@@ -173,7 +173,7 @@ impl Recorder {
     }
 }
 
-fn us(d: Duration) -> u64 {
+pub(crate) fn us(d: Duration) -> u64 {
     (d.as_micros() as u64).clamp(1, 600_000_000)
 }
 
@@ -513,6 +513,41 @@ pub struct RunConfig {
     pub seed: u64,
     /// HLS viewers behave like Low-Latency HLS players (blocking reloads, preload hints).
     pub ll: bool,
+    /// The viewers this process runs (all of them unless the run is spread over processes).
+    pub share: Share,
+}
+
+/// Which of a run's viewers one process runs: viewer `i` of the schedule when
+/// `i % count == index`. Interleaved, so each process gets the same mix of join times,
+/// renditions and targets as the whole run, and the schedule stays the whole run's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Share {
+    pub index: u64,
+    pub count: u64,
+}
+
+impl Share {
+    /// Every viewer: the one-process run.
+    pub const ALL: Share = Share { index: 0, count: 1 };
+
+    pub fn has(self, viewer: u64) -> bool {
+        viewer % self.count.max(1) == self.index
+    }
+
+    /// How many of `viewers` this share runs.
+    pub fn of(self, viewers: u64) -> u64 {
+        let count = self.count.max(1);
+        if self.index >= viewers {
+            return 0;
+        }
+        (viewers - self.index).div_ceil(count)
+    }
+
+    /// This share of a pool of `n` connections (the first `n % count` shares get one more).
+    pub fn of_pool(self, n: usize) -> usize {
+        let count = self.count.max(1) as usize;
+        n / count + usize::from((self.index as usize) < n % count)
+    }
 }
 
 /// The join schedule: (join offset, pick) per viewer.
@@ -693,6 +728,9 @@ pub async fn run(
     let wall = move || wall0 + inst0.elapsed();
     let mut set = tokio::task::JoinSet::new();
     for (i, (at, pick)) in schedule(cfg).into_iter().enumerate() {
+        if !cfg.share.has(i as u64) {
+            continue;
+        }
         let plan = Plan {
             target: cfg
                 .targets
@@ -728,7 +766,7 @@ pub async fn run(
             out
         });
     }
-    let mut outs = Vec::with_capacity(cfg.viewers as usize);
+    let mut outs = Vec::with_capacity(cfg.share.of(cfg.viewers) as usize);
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     // Hard bound: every viewer leaves at `leave_at`; a request in flight then ends within two
     // timeouts. Anything still running after that is aborted (and reported as unfinished).
@@ -775,6 +813,7 @@ mod tests {
             sources: 1,
             seed: 1,
             ll: false,
+            share: Share::ALL,
         }
     }
 
@@ -787,6 +826,27 @@ mod tests {
         assert_eq!(picks, 75, "mix 3:1");
         let b = schedule(&cfg(Scenario::Burst, 1000));
         assert!(b.iter().all(|(t, _)| *t < Duration::from_millis(500)));
+    }
+
+    #[test]
+    fn shares_split_viewers_and_a_pool_without_gaps_or_overlap() {
+        for (viewers, count) in [(40u64, 2u64), (41, 3), (2, 5), (20_000, 2)] {
+            let shares: Vec<Share> = (0..count).map(|index| Share { index, count }).collect();
+            let total: u64 = shares.iter().map(|s| s.of(viewers)).sum();
+            assert_eq!(total, viewers);
+            for i in 0..viewers {
+                assert_eq!(shares.iter().filter(|s| s.has(i)).count(), 1);
+            }
+            for s in &shares {
+                assert_eq!(
+                    s.of(viewers),
+                    (0..viewers).filter(|i| s.has(*i)).count() as u64
+                );
+            }
+            let pool: usize = shares.iter().map(|s| s.of_pool(7)).sum();
+            assert_eq!(pool, 7);
+        }
+        assert_eq!(Share::ALL.of(9), 9);
     }
 
     #[test]

@@ -110,8 +110,13 @@ pub struct Report {
     pub connections_opened: u64,
     /// `per-viewer` (each viewer its own connection, as players) or `shared-pool`.
     pub connection_mode: String,
-    /// The harness's CPU and memory, in total and per viewer.
+    /// The harness's CPU and memory, in total and per viewer (over every process of the run).
     pub harness_cost: Option<crate::cost::HarnessCost>,
+    /// How many harness processes ran the viewers (`--processes`); 1 is the one-process run.
+    pub processes: u64,
+    /// Each worker process's share when `processes` > 1 (its counts add up to the report's).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub by_process: Vec<ProcessReport>,
     pub pool_wait_ms: Pct,
     pub timer_lag_ms: Pct,
     pub timeline: Vec<SecondReport>,
@@ -120,6 +125,38 @@ pub struct Report {
     pub ll: Option<LlReport>,
     /// The first request of each media object (issue 17: prefetch on or off).
     pub first_requests: FirstRequestReport,
+}
+
+/// One worker process of a run spread over several.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcessReport {
+    pub viewers: u64,
+    pub viewers_played: u64,
+    pub requests: u64,
+    pub bytes: u64,
+    pub error_total: u64,
+    pub connections_opened: u64,
+    pub timer_lag_ms: Pct,
+    /// How late past the shared start instant the process was ready (its viewers joined late
+    /// by as much).
+    pub start_late_ms: f64,
+    pub harness_cost: crate::cost::HarnessCost,
+}
+
+impl ProcessReport {
+    pub fn of(p: &crate::merge::Part) -> ProcessReport {
+        ProcessReport {
+            viewers: p.viewers,
+            viewers_played: p.played,
+            requests: p.classes.values().map(|c| c.ok).sum(),
+            bytes: p.classes.values().map(|c| c.bytes).sum(),
+            error_total: p.errors.values().sum(),
+            connections_opened: p.connections_opened,
+            timer_lag_ms: Pct::of(&p.timer_lag.histogram()),
+            start_late_ms: p.start_late_us as f64 / 1000.0,
+            harness_cost: p.cost.clone(),
+        }
+    }
 }
 
 /// How the first request of each media object went: from the cache or a fill already in flight
@@ -314,6 +351,8 @@ pub fn build(
         connections_opened: rec.connections_opened,
         connection_mode: String::new(),
         harness_cost: None,
+        processes: 1,
+        by_process: Vec::new(),
         pool_wait_ms: Pct::of(&rec.pool_wait),
         timer_lag_ms: Pct::of(&rec.timer_lag),
         ll: None,
@@ -337,30 +376,80 @@ pub fn build(
     }
 }
 
+/// What the live progress line shows: running totals of one process, or of several added up.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
+pub struct Progress {
+    pub elapsed_s: u64,
+    pub viewers_active: u64,
+    pub viewers_started: u64,
+    pub requests: u64,
+    pub bytes: u64,
+    pub errors: u64,
+    pub stalls: u64,
+    /// Segment TTFB p99 so far (of several processes: the worst one's; the report merges).
+    pub seg_ttfb_p99_ms: f64,
+    /// The worst timer lag of the current second.
+    pub timer_lag_ms: f64,
+}
+
+impl Progress {
+    pub fn of(rec: &Recorder) -> Progress {
+        let seg = &rec.classes[&super::viewer::Class::Segment];
+        Progress {
+            elapsed_s: rec.start.elapsed().as_secs(),
+            viewers_active: rec.viewers_active,
+            viewers_started: rec.viewers_started,
+            requests: rec.classes.values().map(|c| c.ok).sum(),
+            bytes: rec.classes.values().map(|c| c.bytes).sum(),
+            errors: rec.total_errors(),
+            stalls: rec.stalls,
+            seg_ttfb_p99_ms: if seg.ttfb.is_empty() {
+                0.0
+            } else {
+                seg.ttfb.value_at_quantile(0.99) as f64 / 1000.0
+            },
+            timer_lag_ms: rec.seconds.last().map_or(0, |s| s.lag_max_us) as f64 / 1000.0,
+        }
+    }
+
+    /// Several processes' progress as one: counts added, latencies the worst.
+    pub fn sum<'a>(all: impl IntoIterator<Item = &'a Progress>) -> Progress {
+        all.into_iter().fold(Progress::default(), |a, p| Progress {
+            elapsed_s: a.elapsed_s.max(p.elapsed_s),
+            viewers_active: a.viewers_active + p.viewers_active,
+            viewers_started: a.viewers_started + p.viewers_started,
+            requests: a.requests + p.requests,
+            bytes: a.bytes + p.bytes,
+            errors: a.errors + p.errors,
+            stalls: a.stalls + p.stalls,
+            seg_ttfb_p99_ms: a.seg_ttfb_p99_ms.max(p.seg_ttfb_p99_ms),
+            timer_lag_ms: a.timer_lag_ms.max(p.timer_lag_ms),
+        })
+    }
+
+    /// The one-line live progress; `prev` holds the last line's (requests, bytes) for rates.
+    pub fn line(&self, prev: &mut (u64, u64)) -> String {
+        let (req, bytes) = (self.requests, self.bytes);
+        let (dr, db) = (req - prev.0.min(req), bytes - prev.1.min(bytes));
+        *prev = (req, bytes);
+        format!(
+            "t={:>4}s viewers={}/{} req/s={} MB/s={:.1} seg TTFB p99={:.1}ms errors={} stalls={} timer lag={:.0}ms",
+            self.elapsed_s,
+            self.viewers_active,
+            self.viewers_started,
+            dr,
+            db as f64 / 1e6,
+            self.seg_ttfb_p99_ms,
+            self.errors,
+            self.stalls,
+            self.timer_lag_ms
+        )
+    }
+}
+
 /// The one-line live progress.
 pub fn progress_line(rec: &Recorder, prev: &mut (u64, u64)) -> String {
-    let req: u64 = rec.classes.values().map(|c| c.ok).sum();
-    let bytes: u64 = rec.classes.values().map(|c| c.bytes).sum();
-    let (dr, db) = (req - prev.0.min(req), bytes - prev.1.min(bytes));
-    *prev = (req, bytes);
-    let seg = &rec.classes[&super::viewer::Class::Segment];
-    let p99 = if seg.ttfb.is_empty() {
-        0.0
-    } else {
-        seg.ttfb.value_at_quantile(0.99) as f64 / 1000.0
-    };
-    format!(
-        "t={:>4}s viewers={}/{} req/s={} MB/s={:.1} seg TTFB p99={:.1}ms errors={} stalls={} timer lag={:.0}ms",
-        rec.start.elapsed().as_secs(),
-        rec.viewers_active,
-        rec.viewers_started,
-        dr,
-        db as f64 / 1e6,
-        p99,
-        rec.total_errors(),
-        rec.stalls,
-        rec.seconds.last().map_or(0, |s| s.lag_max_us) as f64 / 1000.0
-    )
+    Progress::of(rec).line(prev)
 }
 
 fn pct_row(p: &Pct) -> String {
@@ -426,7 +515,9 @@ pub fn summary(r: &Report) -> String {
     );
     let _ = writeln!(
         s,
-        "harness: {} connections opened, the connections the target accepted ({}, cap {}); pool wait ms p50/p99/max {:.1}/{:.1}/{:.1} (not in TTFB); timer lag ms p50/p99/max {:.1}/{:.1}/{:.1}",
+        "harness: {} process{}, {} connections opened, the connections the target accepted ({}, cap {}); pool wait ms p50/p99/max {:.1}/{:.1}/{:.1} (not in TTFB); timer lag ms p50/p99/max {:.1}/{:.1}/{:.1}",
+        r.processes,
+        if r.processes == 1 { "" } else { "es" },
         r.connections_opened,
         r.connection_mode,
         r.connections,
@@ -442,6 +533,21 @@ pub fn summary(r: &Report) -> String {
             s,
             "harness cost: {:.1} CPU s ({:.2} ms per viewer); RSS peak {:.0} MiB, +{:.0} MiB over the run ({:.1} KiB per viewer)",
             c.cpu_s, c.cpu_ms_per_viewer, c.rss_peak_mib, c.rss_growth_mib, c.rss_kib_per_viewer
+        );
+    }
+    for (i, p) in r.by_process.iter().enumerate() {
+        let _ = writeln!(
+            s,
+            "  process {i}: {} viewers ({} played), {} requests ok, {} errors, {} connections, timer lag p99 {:.1} ms, started {:.0} ms late, {:.1} CPU s, RSS peak {:.0} MiB",
+            p.viewers,
+            p.viewers_played,
+            p.requests,
+            p.error_total,
+            p.connections_opened,
+            p.timer_lag_ms.p99,
+            p.start_late_ms,
+            p.harness_cost.cpu_s,
+            p.harness_cost.rss_peak_mib
         );
     }
     if r.timer_lag_ms.p99 > OVERLOAD_LAG_MS {

@@ -25,7 +25,9 @@ use vedge_manifest::template::{self, Vars};
 use vedge_manifest::timeline;
 
 /// What kind of object a request fetches (histograms are kept per class).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Class {
     /// HLS multivariant playlist or DASH MPD.

@@ -13,6 +13,8 @@ use vedge_bench::origin::{self, Latency, OriginOptions};
 
 #[path = "low_latency/mod.rs"]
 mod low_latency;
+#[path = "processes/mod.rs"]
+mod processes;
 #[path = "zipf/mod.rs"]
 mod zipf;
 
@@ -47,6 +49,7 @@ fn config(base: &str, path: &str, scenario: Scenario, viewers: u64, secs: u64) -
         sources: 4,
         seed: 3,
         ll: false,
+        share: vedge_bench::load::Share::ALL,
     }
 }
 
