@@ -531,8 +531,17 @@ pub fn summary(r: &Report) -> String {
     if let Some(c) = &r.harness_cost {
         let _ = writeln!(
             s,
-            "harness cost: {:.1} CPU s ({:.2} ms per viewer); RSS peak {:.0} MiB, +{:.0} MiB over the run ({:.1} KiB per viewer)",
-            c.cpu_s, c.cpu_ms_per_viewer, c.rss_peak_mib, c.rss_growth_mib, c.rss_kib_per_viewer
+            "harness cost{}: {:.1} CPU s ({:.2} ms per viewer); RSS peak {:.0} MiB, +{:.0} MiB over the run ({:.1} KiB per viewer)",
+            if r.processes > 1 {
+                format!(" (the sum of {} processes)", r.processes)
+            } else {
+                String::new()
+            },
+            c.cpu_s,
+            c.cpu_ms_per_viewer,
+            c.rss_peak_mib,
+            c.rss_growth_mib,
+            c.rss_kib_per_viewer
         );
     }
     for (i, p) in r.by_process.iter().enumerate() {
