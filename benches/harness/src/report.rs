@@ -224,6 +224,10 @@ pub fn ll_report(rec: &Recorder, blocking: Option<BTreeMap<String, u64>>) -> LlR
     }
 }
 
+/// A worker process ready this long after the shared start instant put its viewers' joins out
+/// of step with the other processes'.
+pub const LATE_START_MS: f64 = 100.0;
+
 /// Timer lag p99 above this means the harness was too busy to measure the edge faithfully.
 pub const OVERLOAD_LAG_MS: f64 = 50.0;
 
@@ -557,6 +561,19 @@ pub fn summary(r: &Report) -> String {
             p.start_late_ms,
             p.harness_cost.cpu_s,
             p.harness_cost.rss_peak_mib
+        );
+    }
+    if let Some((i, p)) = r
+        .by_process
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.start_late_ms.total_cmp(&b.1.start_late_ms))
+        .filter(|(_, p)| p.start_late_ms > LATE_START_MS)
+    {
+        let _ = writeln!(
+            s,
+            "WARNING: harness process {i} started its viewers {:.0} ms after the shared start: its joins were late by as much",
+            p.start_late_ms
         );
     }
     if r.timer_lag_ms.p99 > OVERLOAD_LAG_MS {
