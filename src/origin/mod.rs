@@ -245,7 +245,9 @@ impl OriginClient {
 
     /// Headers for a pass-through (one viewer's own request, nothing shared): the viewer's
     /// headers without the hop-by-hop ones (RFC 9110 §7.6.1), without framing (the edge frames
-    /// the body it streams) and without anything `config::never_forwarded` names; then `Host`
+    /// the body it streams), without anything `config::never_forwarded` names and without the
+    /// viewer's own client-address claims (`CLIENT_ADDRESS_HEADERS`, unless the route's
+    /// `forward_headers` lists one); then `Host`
     /// per route (or the validated viewer host), `Via`, `CDN-Loop`, `X-Forwarded-For` (the
     /// viewer's chain plus its address) and `X-Forwarded-Proto`.
     pub fn origin_headers(
@@ -264,6 +266,14 @@ impl OriginClient {
             .collect();
         for n in never {
             h.remove(n);
+        }
+        // A viewer's claim of its own address is not forwarded as if the edge vouched for it:
+        // an origin that trusts these from its edge would log, rate-limit or authorise by a
+        // forged client. The operator who lists one in `forward_headers` chose otherwise.
+        for n in CLIENT_ADDRESS_HEADERS {
+            if !route.integrity.forward_headers.iter().any(|f| f == n) {
+                h.remove(*n);
+            }
         }
         let prev_xff = join_values(viewer, "x-forwarded-for");
         h.remove("x-forwarded-for");
@@ -542,6 +552,20 @@ impl OriginClient {
         }
     }
 }
+
+/// Request headers in which a client states its own address, which origins behind a CDN are
+/// often configured to trust (nginx `real_ip_header`, Akamai, Cloudflare, Fastly conventions).
+/// A pass drops the viewer's copies unless the route's `forward_headers` lists them; a fill
+/// sends none of them anyway (it copies only what the route and `Vary` name). `Forwarded` is in
+/// `config::NEVER_FORWARDED`; `X-Forwarded-For` is rewritten by `stamp` (the viewer's chain
+/// followed by the peer the edge saw, so its last entry is the edge's own word).
+pub const CLIENT_ADDRESS_HEADERS: &[&str] = &[
+    "x-real-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-client-ip",
+];
 
 /// A header's values joined with `, ` (`None` when absent or not text).
 fn join_values(h: &HeaderMap, name: &str) -> Option<String> {

@@ -9,6 +9,7 @@ mod adversarial2;
 mod adversarial3;
 mod adversarial4;
 mod adversarial5;
+mod adversarial6;
 mod cmcd;
 mod conformance;
 mod conformance2;

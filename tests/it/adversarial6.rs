@@ -1,0 +1,77 @@
+//! Regression tests from the sixth adversarial and conformance review (a viewer's claims of its
+//! own address on passes, HTTP/1.1 requests without `Host`, a 304 the edge did not ask for,
+//! conditionals on manifests rewritten per viewer): each proves one rule and fails on the code
+//! before its fix.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use vedge::auth::edgeauth::{generate, TokenSpec};
+use vedge::config::{RawRoute, RawToken, TokenAlgorithm};
+
+use crate::support::edge::edge_config;
+use crate::support::{until, Gate, Origin, Script, TestEdge};
+
+const CLIENT_ADDRESS: [(&str, &str); 5] = [
+    ("x-real-ip", "203.0.113.7"),
+    ("true-client-ip", "203.0.113.8"),
+    ("cf-connecting-ip", "203.0.113.9"),
+    ("fastly-client-ip", "203.0.113.10"),
+    ("x-client-ip", "203.0.113.11"),
+];
+
+/// A `POST` (a pass: one viewer's own request) carrying every client-address header a CDN's
+/// origin may trust: none reaches the origin as the viewer wrote it, and `X-Forwarded-For`
+/// ends with the address the edge saw.
+#[tokio::test]
+async fn a_pass_never_forwards_a_viewers_claimed_client_address() {
+    let origin = Origin::start().await;
+    origin.script("/p/form", Script::ok("done"));
+    let edge = TestEdge::start(edge_config(&origin)).await;
+    let mut b = edge
+        .req(Method::POST, "/p/form")
+        .header("x-forwarded-for", "198.51.100.1");
+    for (k, v) in CLIENT_ADDRESS {
+        b = b.header(k, v);
+    }
+    let r = edge.send(b, Bytes::from_static(b"a=1")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let seen = origin.seen("/p/form");
+    assert_eq!(seen.len(), 1);
+    for (k, _) in CLIENT_ADDRESS {
+        assert_eq!(seen[0].header(k), None, "{k} reached the origin");
+    }
+    assert_eq!(
+        seen[0].header("x-forwarded-for"),
+        Some("198.51.100.1, 127.0.0.1"),
+        "the chain ends with the peer the edge saw"
+    );
+}
+
+/// The operator who lists a client-address header in the route's `forward_headers` chose to
+/// pass it on: a pass then carries the viewer's value (and the others still not).
+#[tokio::test]
+async fn a_pass_forwards_a_client_address_header_the_route_lists() {
+    let origin = Origin::start().await;
+    origin.script("/p/form", Script::ok("done"));
+    let mut raw = edge_config(&origin);
+    raw.routes.push(RawRoute {
+        prefix: "/p/".into(),
+        origin: origin.url(),
+        forward_headers: Some(vec!["X-Real-IP".into()]),
+        ..RawRoute::default()
+    });
+    let edge = TestEdge::start(raw).await;
+    let mut b = edge.req(Method::POST, "/p/form");
+    for (k, v) in CLIENT_ADDRESS {
+        b = b.header(k, v);
+    }
+    let r = edge.send(b, Bytes::from_static(b"a=1")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let seen = origin.seen("/p/form");
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].header("x-real-ip"), Some("203.0.113.7"));
+    assert_eq!(seen[0].header("true-client-ip"), None);
+    assert_eq!(seen[0].header("cf-connecting-ip"), None);
+}
