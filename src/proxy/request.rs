@@ -126,6 +126,14 @@ async fn dispatch(
     peer: Option<SocketAddr>,
     cmcd: Option<&Cmcd>,
 ) -> Result<Response<Body>, EdgeError> {
+    // RFC 9112 §3.2: a server MUST answer 400 to any HTTP/1.1 request without `Host`, an
+    // absolute-form one included. HTTP/1.0 may omit it (the route's own host is used);
+    // HTTP/2 and HTTP/3 carry `:authority` instead.
+    if parts.version == http::Version::HTTP_11 && !parts.headers.contains_key(header::HOST) {
+        return Err(EdgeError::BadRequest(
+            "an HTTP/1.1 request must carry a Host header",
+        ));
+    }
     if parts.method == Method::TRACE || parts.method == Method::CONNECT {
         return Err(EdgeError::MethodNotAllowed);
     }

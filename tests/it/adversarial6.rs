@@ -75,3 +75,37 @@ async fn a_pass_forwards_a_client_address_header_the_route_lists() {
     assert_eq!(seen[0].header("true-client-ip"), None);
     assert_eq!(seen[0].header("cf-connecting-ip"), None);
 }
+
+/// RFC 9112 §3.2: an HTTP/1.1 request without `Host` (origin-form or absolute-form) is answered
+/// 400 by the edge itself: no origin contact, no `Cache-Status` member, a `Date`, a framed body.
+/// HTTP/1.0 may omit `Host` and is served as before.
+#[tokio::test]
+async fn an_http11_request_without_host_is_a_400_and_http10_is_served() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/h/a.ts",
+        Script::ok("segment").header("cache-control", "max-age=60"),
+    );
+    let edge = TestEdge::start(edge_config(&origin)).await;
+    let absolute = format!(
+        "GET http://{}/h/a.ts HTTP/1.1\r\nConnection: close\r\n\r\n",
+        edge.addr
+    );
+    for req in [
+        &b"GET /h/a.ts HTTP/1.1\r\nConnection: close\r\n\r\n"[..],
+        absolute.as_bytes(),
+        b"HEAD /h/a.ts HTTP/1.1\r\nConnection: close\r\n\r\n",
+    ] {
+        let r = edge.raw(req).await;
+        assert_eq!(r.status(), 400, "{}", r.text());
+        assert_eq!(r.header("cache-status"), None, "{}", r.text());
+        assert!(r.header("date").is_some(), "{}", r.text());
+        assert!(r.header("content-length").is_some(), "{}", r.text());
+    }
+    assert_eq!(origin.count("/h/a.ts"), 0, "nothing reached the origin");
+
+    let r = edge.raw(b"GET /h/a.ts HTTP/1.0\r\n\r\n").await;
+    assert_eq!(r.status(), 200, "{}", r.text());
+    assert_eq!(r.split().1, b"segment");
+    assert_eq!(origin.count("/h/a.ts"), 1);
+}
