@@ -299,6 +299,19 @@ async fn run(
         })
     };
 
+    // RFC 9110 §15.4.5: a 304 answers a conditional request. To a fill that sent no validator
+    // it is an origin protocol error, not an answer: nothing to relay to the viewers (they
+    // asked for the object) and nothing to store or refresh; a usable stale copy still
+    // answers within stale-if-error, as for any origin failure.
+    if parts.status == StatusCode::NOT_MODIFIED
+        && !asked.contains_key(header::IF_NONE_MATCH)
+        && !asked.contains_key(header::IF_MODIFIED_SINCE)
+    {
+        Metrics::inc(&edge.metrics.origin_errors);
+        tracing::debug!(key, "304 to a fill that sent no validator");
+        fill.set_head(FillHead::Failed(OriginFailure::Protocol));
+        return Ok(());
+    }
     if parts.status == StatusCode::NOT_MODIFIED
         && job
             .stale

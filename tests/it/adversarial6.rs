@@ -109,3 +109,64 @@ async fn an_http11_request_without_host_is_a_400_and_http10_is_served() {
     assert_eq!(r.split().1, b"segment");
     assert_eq!(origin.count("/h/a.ts"), 1);
 }
+
+/// An origin answering `304 Not Modified` to a fill that sent no validator: every collapsed
+/// viewer gets a 502 (not a bodiless 304 for a request that was not conditional), and nothing
+/// is stored (the next request asks the origin again).
+#[tokio::test]
+async fn an_unsolicited_304_to_an_unconditional_fill_is_a_502_for_every_viewer() {
+    let origin = Origin::start().await;
+    let gate = Gate::new();
+    origin.script(
+        "/u/a.ts",
+        Script::status(304, "")
+            .header("cache-control", "max-age=60")
+            .gate(&gate),
+    );
+    let edge = std::sync::Arc::new(TestEdge::start(edge_config(&origin)).await);
+    let viewers: Vec<_> = (0..3)
+        .map(|_| {
+            let edge = edge.clone();
+            tokio::spawn(async move { edge.get("/u/a.ts").await })
+        })
+        .collect();
+    until("the viewers collapsed onto one fill", || {
+        origin.count("/u/a.ts") == 1 && edge.collapsed() >= 2
+    })
+    .await;
+    gate.open();
+    for v in viewers {
+        let r = v.await.expect("viewer task");
+        assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{:?}", r.headers);
+    }
+    edge.settle().await;
+    assert_eq!(edge.get("/u/a.ts").await.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(origin.count("/u/a.ts"), 2, "nothing was stored");
+}
+
+/// A stored object without validators goes stale; the refresh (unconditional) gets a 304: an
+/// origin error like any other, so the stale copy answers within `stale-if-error` and stays.
+#[tokio::test]
+async fn an_unsolicited_304_to_a_refresh_serves_stale_if_error() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/u/b.ts",
+        Script::ok("still good").header("cache-control", "max-age=1, stale-if-error=600"),
+    );
+    let edge = TestEdge::start_with_tokio_clock(edge_config(&origin)).await;
+    assert_eq!(edge.get("/u/b.ts").await.x_cache(), "MISS");
+    edge.settle().await;
+    origin.script(
+        "/u/b.ts",
+        Script::status(304, "").header("cache-control", "max-age=60"),
+    );
+    edge.advance(Duration::from_secs(5)).await;
+    for _ in 0..2 {
+        let r = edge.get("/u/b.ts").await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.x_cache(), "STALE");
+        assert_eq!(r.body, "still good");
+        edge.settle().await;
+    }
+    assert_eq!(origin.count("/u/b.ts"), 3, "the 304 refreshed nothing");
+}
