@@ -44,6 +44,12 @@ pub struct LogInfo {
     pub origin_ms: Option<u64>,
 }
 
+/// The stored `Content-Type` of a `304` answer, which drops the field (§15.4.5), as a response
+/// extension: a caller that treats manifests apart (per-viewer token rewriting,
+/// `proxy::signed`) still knows what the 304 was about.
+#[derive(Clone, Debug)]
+pub struct NotModifiedType(pub HeaderValue);
+
 /// A response for a cached object or a fill, honouring the viewer's preconditions (RFC 9110
 /// §13.2.2, `http::conditional`) and Range (§14, GET only).
 pub fn build(
@@ -61,6 +67,7 @@ pub fn build(
     };
     let mut out_status = status;
     let mut body_range = None;
+    let mut not_modified_type = None;
     // §13.2.1: preconditions apply only where the answer without them would be a 2xx.
     if status.is_success() {
         match conditional::evaluate(ask.method, ask.headers, stored) {
@@ -108,6 +115,7 @@ pub fn build(
             // Expires, Vary, Content-Location, Date all stay), no content; like nginx, not the
             // body's own metadata either (`Content-Length` would be the 200's, which §8.6
             // allows, but a client reading it as this message's framing would hang).
+            not_modified_type = headers.get(header::CONTENT_TYPE).cloned();
             for h in [
                 header::CONTENT_LENGTH,
                 header::CONTENT_TYPE,
@@ -162,6 +170,9 @@ pub fn build(
     let mut resp = Response::new(body);
     *resp.status_mut() = out_status;
     *resp.headers_mut() = headers;
+    if let Some(t) = not_modified_type {
+        resp.extensions_mut().insert(NotModifiedType(t));
+    }
     stamp(&mut resp, info);
     resp
 }

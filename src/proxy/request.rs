@@ -204,7 +204,19 @@ async fn dispatch(
         key: target.key.clone(),
         peer,
     };
-    let resp = respond(&req, body).await?;
+    let mut resp = respond(&req, body).await?;
+    // A manifest rewritten for its viewer is answered whole (`signed::Gate::answer_whole`).
+    if let Some(whole) = gate.answer_whole(parts, &resp) {
+        let again = Req {
+            parts: &whole,
+            host: req.host.clone(),
+            path_and_query: req.path_and_query.clone(),
+            fill_target: req.fill_target.clone(),
+            key: req.key.clone(),
+            ..req
+        };
+        resp = cacheable(&again).await?;
+    }
     if let Some(c) = cmcd {
         crate::proxy::prefetch::after_hinted_request(&req, c, resp.status());
     }
@@ -219,7 +231,12 @@ async fn respond(req: &Req<'_>, body: Incoming) -> Result<Response<Body>, EdgeEr
         return pass(req, Some(body), "method", CacheStatus::Bypass).await;
     }
     drop(body);
-    if parts.headers.contains_key(header::COOKIE) && !req.route.public {
+    cacheable(req).await
+}
+
+/// A GET or HEAD: cookies on a non-public route pass, the rest goes through the cache.
+async fn cacheable(req: &Req<'_>) -> Result<Response<Body>, EdgeError> {
+    if req.parts.headers.contains_key(header::COOKIE) && !req.route.public {
         return pass(req, None, "credentials", CacheStatus::Bypass).await;
     }
     cached(req).await

@@ -36,6 +36,9 @@ pub struct Gate {
     carry: Option<Carry>,
     head: bool,
     path: String,
+    /// The path names a manifest and the token is carried: `admit` already took the viewer's
+    /// Range and validators out.
+    whole: bool,
 }
 
 impl Gate {
@@ -62,6 +65,53 @@ impl Gate {
         }
     }
 }
+
+impl Gate {
+    /// A manifest known only by its type (its path names none, so `admit` kept the viewer's
+    /// Range and validators) that was answered from the stored bytes by them (a 304, 206 or
+    /// 416): the request to answer once more without them, so that this viewer too gets the
+    /// whole playlist carrying its token. `None` for everything else.
+    pub fn answer_whole(&self, parts: &Parts, resp: &Response<Body>) -> Option<Parts> {
+        let answered_by_viewer = matches!(
+            resp.status(),
+            StatusCode::NOT_MODIFIED
+                | StatusCode::PARTIAL_CONTENT
+                | StatusCode::RANGE_NOT_SATISFIABLE
+        );
+        if self.carry.is_none()
+            || self.whole
+            || !answered_by_viewer
+            || !(parts.method == Method::GET || parts.method == Method::HEAD)
+        {
+            return None;
+        }
+        let ct = resp.headers().get(header::CONTENT_TYPE).or_else(|| {
+            resp.extensions()
+                .get::<crate::http::response::NotModifiedType>()
+                .map(|t| &t.0)
+        })?;
+        Kind::from_content_type(ct.to_str().ok()?)?;
+        let mut r = Request::new(());
+        *r.method_mut() = parts.method.clone();
+        *r.uri_mut() = parts.uri.clone();
+        *r.version_mut() = parts.version;
+        let mut headers = parts.headers.clone();
+        for h in WHOLE {
+            headers.remove(h);
+        }
+        *r.headers_mut() = headers;
+        Some(r.into_parts().0)
+    }
+}
+
+/// The request fields a manifest rewritten per viewer is answered without: its offsets and
+/// validators describe the stored token-free bytes, not the viewer's.
+const WHOLE: [header::HeaderName; 4] = [
+    header::RANGE,
+    header::IF_RANGE,
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+];
 
 /// Checks the request's token on a token route. `Ok` with what the rest of the path needs;
 /// `Err` with the reason (counted already), for `refused` to answer.
@@ -117,13 +167,15 @@ pub fn admit(
             .unwrap_or_default();
         Carry::new(&cfg.param, &found.raw, &host)
     });
-    let manifest_path = Kind::of(raw_path, None).is_some();
-    match without_token(parts, cfg, carry.is_some() && manifest_path) {
+    // The normalised path (escapes decoded): `/a%2Em3u8` is the manifest `/a.m3u8`.
+    let whole = carry.is_some() && Kind::of(&path, None).is_some();
+    match without_token(parts, cfg, whole) {
         Ok(stripped) => Ok(Gate {
             parts: stripped,
             carry,
             head,
-            path: raw_path.to_string(),
+            path,
+            whole,
         }),
         Err(()) => refuse(Refusal::Malformed),
     }
@@ -145,8 +197,10 @@ fn verify(raw: &str, cfg: &TokenConfig, req: &edgeauth::Request<'_>) -> Result<(
 }
 
 /// The request without the token (unless `forward`) and, for a manifest whose URIs will be
-/// rewritten, without `Range`/`If-Range` (the rewritten body is sent whole). `None` when
-/// nothing changes.
+/// rewritten, without `Range`/`If-Range` (the rewritten body is sent whole) and without
+/// `If-None-Match`/`If-Modified-Since`: the stored validators describe the token-free bytes,
+/// not this viewer's, so a 304 could confirm a copy that holds another (an expired) token.
+/// `None` when nothing changes.
 fn without_token(parts: &Parts, cfg: &TokenConfig, whole: bool) -> Result<Option<Parts>, ()> {
     let mut headers = parts.headers.clone();
     let mut uri = parts.uri.clone();
@@ -181,8 +235,9 @@ fn without_token(parts: &Parts, cfg: &TokenConfig, whole: bool) -> Result<Option
         }
     }
     if whole {
-        changed |= headers.remove(header::RANGE).is_some();
-        changed |= headers.remove(header::IF_RANGE).is_some();
+        for h in WHOLE {
+            changed |= headers.remove(h).is_some();
+        }
     }
     if !changed {
         return Ok(None);
@@ -213,13 +268,15 @@ pub fn refused(why: Refusal) -> Response<Body> {
 
 /// Reads the whole manifest (a hit's `Bytes`, or a fill until it completes), adds the token to
 /// its URIs, and fixes the headers: `private` (`proxy::per_viewer`), a new `Content-Length`, no
-/// `ETag` (the bytes are no longer the origin's), no `Accept-Ranges`.
+/// `ETag` or `Last-Modified` (the bytes are no longer the origin's, and a validator would only
+/// invite conditionals `without_token` ignores), no `Accept-Ranges`.
 async fn rewrite(resp: Response<Body>, kind: Kind, carry: &Carry, head: bool) -> Response<Body> {
     let (mut parts, body) = resp.into_parts();
     let fix = |h: &mut http::HeaderMap, len: Option<usize>| {
         // The bytes carry this viewer's token: no shared cache downstream may keep them.
         crate::proxy::per_viewer::make_private(h);
         h.remove(header::ETAG);
+        h.remove(header::LAST_MODIFIED);
         h.remove(header::ACCEPT_RANGES);
         match len {
             Some(n) => {

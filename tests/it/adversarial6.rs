@@ -170,3 +170,150 @@ async fn an_unsolicited_304_to_a_refresh_serves_stale_if_error() {
     }
     assert_eq!(origin.count("/u/b.ts"), 3, "the 304 refreshed nothing");
 }
+
+const TOKEN_KEY: &str = "7a5c2be9f42a1f32cd889d1cf775f05d0cd162bd2871d00fe705ab28c9bba5a5";
+
+/// A token for `/v/*`, valid from a minute ago for an hour, made distinct by `id`.
+fn token(id: &str) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs();
+    let key: Vec<u8> = (0..TOKEN_KEY.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&TOKEN_KEY[i..i + 2], 16).expect("hex"))
+        .collect();
+    generate(
+        &TokenSpec {
+            start: Some(now - 60),
+            exp: now + 3600,
+            acl: vec!["/v/*"],
+            id: Some(id),
+            ..TokenSpec::default()
+        },
+        &key,
+        TokenAlgorithm::Sha256,
+    )
+}
+
+const PLAYLIST: &str = "#EXTM3U\n#EXT-X-TARGETDURATION:4\n#EXTINF:4.0,\nseg1.ts\n#EXT-X-ENDLIST\n";
+
+/// On a token route a playlist is rewritten for each viewer, so the stored validators and
+/// offsets describe none of the bytes a viewer gets: a viewer with a new token who sends the
+/// origin's validators, or a Range (also through an escaped path), gets the whole playlist
+/// carrying its own token, and the rewritten 200 offers no validator to come back with.
+#[tokio::test]
+async fn a_rewritten_playlist_ignores_the_viewers_conditionals_and_range() {
+    let origin = Origin::start().await;
+    let lm = "Sat, 05 Dec 2026 10:00:00 GMT";
+    origin.script(
+        "/v/index.m3u8",
+        Script::ok(PLAYLIST)
+            .header("content-type", "application/vnd.apple.mpegurl")
+            .header("cache-control", "max-age=60")
+            .header("etag", "\"p1\"")
+            .header("last-modified", lm),
+    );
+    let mut raw = edge_config(&origin);
+    raw.routes.push(RawRoute {
+        prefix: "/v/".into(),
+        origin: origin.url(),
+        token: Some(RawToken {
+            key: Some(TOKEN_KEY.into()),
+            ..RawToken::default()
+        }),
+        ..RawRoute::default()
+    });
+    let edge = TestEdge::start(raw).await;
+
+    let first = token("first");
+    let r = edge.get(&format!("/v/index.m3u8?hdnts={first}")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.h("etag"), "");
+    assert_eq!(r.h("last-modified"), "", "no validator of other bytes");
+    edge.settle().await;
+
+    let second = token("second");
+    let r = edge
+        .get_with(
+            &format!("/v/index.m3u8?hdnts={second}"),
+            &[("if-none-match", "\"p1\""), ("if-modified-since", lm)],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.headers);
+    let body = String::from_utf8_lossy(&r.body).into_owned();
+    assert!(body.contains(&format!("seg1.ts?hdnts={second}")), "{body}");
+
+    let third = token("third");
+    let r = edge
+        .get_with(
+            &format!("/v/index%2Em3u8?hdnts={third}"),
+            &[("range", "bytes=0-5")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.headers);
+    let body = String::from_utf8_lossy(&r.body).into_owned();
+    assert!(body.contains(&format!("seg1.ts?hdnts={third}")), "{body}");
+    assert_eq!(origin.count("/v/index.m3u8"), 1);
+}
+
+/// The same for a playlist known only by its `Content-Type` (a path without `.m3u8`): the
+/// viewer's validators and Range are dropped once the answer shows it is a manifest, so a
+/// viewer gets the whole playlist carrying its own token; a segment on the route still
+/// answers Range and validators from the stored bytes.
+#[tokio::test]
+async fn a_playlist_known_by_its_type_ignores_the_viewers_conditionals_and_range() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/v/manifest(format=m3u8)",
+        Script::ok(PLAYLIST)
+            .header("content-type", "application/vnd.apple.mpegurl")
+            .header("cache-control", "max-age=60")
+            .header("etag", "\"p1\""),
+    );
+    origin.script(
+        "/v/seg1.ts",
+        Script::ok("0123456789")
+            .header("cache-control", "max-age=60")
+            .header("etag", "\"s1\""),
+    );
+    let mut raw = edge_config(&origin);
+    raw.routes.push(RawRoute {
+        prefix: "/v/".into(),
+        origin: origin.url(),
+        token: Some(RawToken {
+            key: Some(TOKEN_KEY.into()),
+            ..RawToken::default()
+        }),
+        ..RawRoute::default()
+    });
+    let edge = TestEdge::start(raw).await;
+    let path = "/v/manifest(format=m3u8)";
+    let first = token("first");
+    assert_eq!(
+        edge.get(&format!("{path}?hdnts={first}")).await.status,
+        StatusCode::OK
+    );
+    edge.settle().await;
+
+    for (i, asked) in [("if-none-match", "\"p1\""), ("range", "bytes=0-5")]
+        .into_iter()
+        .enumerate()
+    {
+        let t = token(&format!("viewer{i}"));
+        let r = edge.get_with(&format!("{path}?hdnts={t}"), &[asked]).await;
+        assert_eq!(r.status, StatusCode::OK, "{asked:?}: {:?}", r.headers);
+        let body = String::from_utf8_lossy(&r.body).into_owned();
+        assert!(body.contains(&format!("seg1.ts?hdnts={t}")), "{body}");
+        assert_eq!(r.h("etag"), "");
+    }
+    assert_eq!(origin.count(path), 1);
+
+    let t = token("segment");
+    let seg = format!("/v/seg1.ts?hdnts={t}");
+    let r = edge.get_with(&seg, &[("range", "bytes=0-3")]).await;
+    assert_eq!((r.status.as_u16(), &r.body[..]), (206, &b"0123"[..]));
+    edge.settle().await;
+    let r = edge.get_with(&seg, &[("if-none-match", "\"s1\"")]).await;
+    assert_eq!(r.status, StatusCode::NOT_MODIFIED);
+}
