@@ -4,13 +4,13 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::support::edge::{edge_config_for, until, TestEdge};
+use crate::support::token::{raw_token, token_edge, token_for};
 
 /// An origin with a request-head limit: a head with a field line longer than `line_limit`, or
 /// over 16 KiB in all (Node's limit), is answered `431`, as common servers do (Apache refuses
@@ -173,31 +173,6 @@ async fn an_upstream_refusing_the_leaders_entries_answers_only_the_leader() {
     );
 }
 
-const TOKEN_KEY: &str = "7a5c2be9f42a1f32cd889d1cf775f05d0cd162bd2871d00fe705ab28c9bba5a5";
-
-/// An EdgeAuth token for `/v/*`, valid from a minute ago for an hour.
-fn viewer_token() -> String {
-    use vedge::auth::edgeauth::{generate, TokenSpec};
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("after 1970")
-        .as_secs();
-    let key: Vec<u8> = (0..TOKEN_KEY.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&TOKEN_KEY[i..i + 2], 16).expect("hex"))
-        .collect();
-    generate(
-        &TokenSpec {
-            start: Some(now - 60),
-            exp: now + 3600,
-            acl: vec!["/v/*"],
-            ..TokenSpec::default()
-        },
-        &key,
-        vedge::config::TokenAlgorithm::Sha256,
-    )
-}
-
 /// A playlist carrying one viewer's token in every URI is that viewer's alone (RFC 9111
 /// §5.2.2.7). Before, it went out with the origin's `Cache-Control: public, s-maxage` and
 /// `CDN-Cache-Control`, so a shared cache in front of the edge (another CDN, an ISP or
@@ -217,20 +192,10 @@ async fn a_playlist_carrying_a_viewers_token_is_never_offered_to_shared_caches()
             .header("cdn-cache-control", "max-age=60")
             .header("surrogate-control", "max-age=60"),
     );
-    let mut raw = edge_config_for(origin.url());
-    raw.routes.push(vedge::config::RawRoute {
-        prefix: "/v/".into(),
-        origin: origin.url(),
-        token: Some(vedge::config::RawToken {
-            key: Some(TOKEN_KEY.into()),
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
-    let edge = TestEdge::start(raw).await;
+    let edge = token_edge(&origin, raw_token()).await;
 
     for round in ["miss", "hit"] {
-        let t = viewer_token();
+        let t = token_for("/v/*", None);
         let r = edge.get(&format!("/v/index.m3u8?hdnts={t}")).await;
         assert_eq!(r.status, 200, "{round}");
         let body = String::from_utf8_lossy(&r.body);

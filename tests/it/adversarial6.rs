@@ -3,14 +3,14 @@
 //! conditionals on manifests rewritten per viewer): each proves one rule and fails on the code
 //! before its fix.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
-use vedge::auth::edgeauth::{generate, TokenSpec};
-use vedge::config::{RawRoute, RawToken, TokenAlgorithm};
+use vedge::config::RawRoute;
 
 use crate::support::edge::edge_config;
+use crate::support::token::{raw_token, token_edge, token_for};
 use crate::support::{until, Gate, Origin, Script, TestEdge};
 
 const CLIENT_ADDRESS: [(&str, &str); 5] = [
@@ -171,29 +171,9 @@ async fn an_unsolicited_304_to_a_refresh_serves_stale_if_error() {
     assert_eq!(origin.count("/u/b.ts"), 3, "the 304 refreshed nothing");
 }
 
-const TOKEN_KEY: &str = "7a5c2be9f42a1f32cd889d1cf775f05d0cd162bd2871d00fe705ab28c9bba5a5";
-
 /// A token for `/v/*`, valid from a minute ago for an hour, made distinct by `id`.
 fn token(id: &str) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("after 1970")
-        .as_secs();
-    let key: Vec<u8> = (0..TOKEN_KEY.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&TOKEN_KEY[i..i + 2], 16).expect("hex"))
-        .collect();
-    generate(
-        &TokenSpec {
-            start: Some(now - 60),
-            exp: now + 3600,
-            acl: vec!["/v/*"],
-            id: Some(id),
-            ..TokenSpec::default()
-        },
-        &key,
-        TokenAlgorithm::Sha256,
-    )
+    token_for("/v/*", Some(id))
 }
 
 const PLAYLIST: &str = "#EXTM3U\n#EXT-X-TARGETDURATION:4\n#EXTINF:4.0,\nseg1.ts\n#EXT-X-ENDLIST\n";
@@ -214,17 +194,7 @@ async fn a_rewritten_playlist_ignores_the_viewers_conditionals_and_range() {
             .header("etag", "\"p1\"")
             .header("last-modified", lm),
     );
-    let mut raw = edge_config(&origin);
-    raw.routes.push(RawRoute {
-        prefix: "/v/".into(),
-        origin: origin.url(),
-        token: Some(RawToken {
-            key: Some(TOKEN_KEY.into()),
-            ..RawToken::default()
-        }),
-        ..RawRoute::default()
-    });
-    let edge = TestEdge::start(raw).await;
+    let edge = token_edge(&origin, raw_token()).await;
 
     let first = token("first");
     let r = edge.get(&format!("/v/index.m3u8?hdnts={first}")).await;
@@ -277,17 +247,7 @@ async fn a_playlist_known_by_its_type_ignores_the_viewers_conditionals_and_range
             .header("cache-control", "max-age=60")
             .header("etag", "\"s1\""),
     );
-    let mut raw = edge_config(&origin);
-    raw.routes.push(RawRoute {
-        prefix: "/v/".into(),
-        origin: origin.url(),
-        token: Some(RawToken {
-            key: Some(TOKEN_KEY.into()),
-            ..RawToken::default()
-        }),
-        ..RawRoute::default()
-    });
-    let edge = TestEdge::start(raw).await;
+    let edge = token_edge(&origin, raw_token()).await;
     let path = "/v/manifest(format=m3u8)";
     let first = token("first");
     assert_eq!(

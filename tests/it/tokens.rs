@@ -4,63 +4,21 @@
 //! a tokenised master playlist or MPD comes back with the token on every same-host child URI.
 
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::Method;
 use vedge::auth::edgeauth::{generate, TokenSpec};
 use vedge::auth::Refusal;
 use vedge::config::{RawRoute, RawToken, TokenAlgorithm};
 
+use crate::support::token::{hex, now, raw_token, token_edge as edge_with, token_with, KEY};
 use crate::support::{edge_config, Origin, Script, TestEdge};
-
-const KEY: &str = "7a5c2be9f42a1f32cd889d1cf775f05d0cd162bd2871d00fe705ab28c9bba5a5";
-const OLD_KEY: &str = "00112233445566778899aabbccddeeff";
-
-fn hex(k: &str) -> Vec<u8> {
-    (0..k.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&k[i..i + 2], 16).expect("hex"))
-        .collect()
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("after 1970")
-        .as_secs()
-}
 
 /// A token for `acl`, valid from a minute ago for an hour.
 fn token(acl: &str) -> String {
-    token_with(&TokenSpec {
-        start: Some(now() - 60),
-        exp: now() + 3600,
-        acl: vec![acl],
-        ..TokenSpec::default()
-    })
+    crate::support::token::token_for(acl, None)
 }
 
-fn token_with(spec: &TokenSpec<'_>) -> String {
-    generate(spec, &hex(KEY), TokenAlgorithm::Sha256)
-}
-
-fn raw_token() -> RawToken {
-    RawToken {
-        key: Some(KEY.into()),
-        ..RawToken::default()
-    }
-}
-
-async fn edge_with(origin: &Origin, t: RawToken) -> TestEdge {
-    let mut raw = edge_config(origin);
-    raw.routes.push(RawRoute {
-        prefix: "/v/".into(),
-        origin: origin.url(),
-        token: Some(t),
-        ..RawRoute::default()
-    });
-    TestEdge::start(raw).await
-}
+const OLD_KEY: &str = "00112233445566778899aabbccddeeff";
 
 fn refused(edge: &TestEdge, why: Refusal) -> u64 {
     edge.edge.metrics.token_refused[why.index()].load(Relaxed)

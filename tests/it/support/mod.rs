@@ -1,5 +1,5 @@
 //! Shared test support: a scripted origin (`origin`), a raw-TCP origin that frames requests as
-//! nginx does (`strict_origin`), an https origin (`tls_origin`), an in-process edge launcher with
+//! nginx does (`strict_origin`), an https origin (`tls_origin`), EdgeAuth tokens and a token-route edge (`token`), an in-process edge launcher with
 //! a client (`edge`) and a launcher for the real `vedge` binary (`binary`). All bind
 //! `127.0.0.1:0` (the binary: free loopback ports) and stop on drop.
 
@@ -10,6 +10,7 @@ pub mod edge;
 pub mod origin;
 pub mod strict_origin;
 pub mod tls_origin;
+pub mod token;
 
 pub use edge::{edge_config, ttl, until, TestEdge};
 pub use origin::{Fault, Gate, Origin, Script};
