@@ -297,22 +297,20 @@ async fn collapse_bench_sees_one_origin_request_per_cold_object() {
     assert!(text.contains("single: origin=1 ok=50/50"), "{text}");
 }
 
-/// The default mode gives each viewer its own connection, as players have: the target
-/// accepts exactly one connection per viewer (every request of a viewer reuses it), spread
-/// over the loopback source addresses.
-#[tokio::test]
-async fn each_viewer_has_its_own_connection_by_default() {
-    // An origin simulator behind a counting TCP relay: distinct accepted connections and the
-    // source addresses they came from.
-    let (base, _stop) = start_origin(OriginOptions::default()).await;
-    let upstream = base.trim_start_matches("http://").to_string();
+/// A TCP relay to `upstream` that records every connection it accepts.
+pub(crate) async fn counting_relay(
+    upstream: String,
+) -> (
+    std::net::SocketAddr,
+    Arc<parking_lot::Mutex<Vec<std::net::SocketAddr>>>,
+) {
     let relay = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind relay");
-    let relay_addr = relay.local_addr().expect("relay addr");
+    let addr = relay.local_addr().expect("relay addr");
     let peers = Arc::new(parking_lot::Mutex::new(Vec::new()));
     let seen = peers.clone();
-    let relay_task = tokio::spawn(async move {
+    tokio::spawn(async move {
         loop {
             let Ok((mut down, peer)) = relay.accept().await else {
                 return;
@@ -326,6 +324,19 @@ async fn each_viewer_has_its_own_connection_by_default() {
             });
         }
     });
+    (addr, peers)
+}
+
+/// The default mode gives each viewer its own connection, as players have: the target
+/// accepts exactly one connection per viewer (every request of a viewer reuses it), spread
+/// over the loopback source addresses.
+#[tokio::test]
+async fn each_viewer_has_its_own_connection_by_default() {
+    // An origin simulator behind a counting TCP relay: distinct accepted connections and the
+    // source addresses they came from.
+    let (base, _stop) = start_origin(OriginOptions::default()).await;
+    let upstream = base.trim_start_matches("http://").to_string();
+    let (relay_addr, peers) = counting_relay(upstream).await;
     let mut cfg = config(
         &format!("http://{relay_addr}"),
         "/live/it-own/master.m3u8",
@@ -337,7 +348,6 @@ async fn each_viewer_has_its_own_connection_by_default() {
     let r = vedge_bench::live_burst_report(&cfg, |_| {})
         .await
         .expect("run");
-    relay_task.abort();
     assert_eq!(r.error_total, 0, "errors: {:?}", r.errors);
     assert_eq!(r.viewers_played, 12);
     assert_eq!(r.connection_mode, "per-viewer");

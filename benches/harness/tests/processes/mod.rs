@@ -2,46 +2,18 @@
 //! spread over worker processes, the merged report read back from `--json`; and the parent's
 //! handling of workers that fail, hang, or lose their parent.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::net::TcpListener;
 use url::Url;
 use vedge_bench::load::Scenario;
 use vedge_bench::origin::OriginOptions;
 use vedge_bench::workers::{self, Launcher, Spread};
 
-use super::{config, start_origin};
+use super::{config, counting_relay, start_origin};
 
 const BENCH: &str = env!("CARGO_BIN_EXE_vedge-bench");
-
-/// A TCP relay to `upstream` that records every connection it accepts.
-async fn counting_relay(
-    upstream: String,
-) -> (SocketAddr, Arc<parking_lot::Mutex<Vec<SocketAddr>>>) {
-    let relay = TcpListener::bind("127.0.0.1:0").await.expect("bind relay");
-    let addr = relay.local_addr().expect("relay addr");
-    let peers = Arc::new(parking_lot::Mutex::new(Vec::new()));
-    let seen = peers.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut down, peer)) = relay.accept().await else {
-                return;
-            };
-            seen.lock().push(peer);
-            let upstream = upstream.clone();
-            tokio::spawn(async move {
-                if let Ok(mut up) = tokio::net::TcpStream::connect(&upstream).await {
-                    let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
-                }
-            });
-        }
-    });
-    (addr, peers)
-}
 
 fn temp_path(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("vedge-bench-{}-{name}", std::process::id()))
