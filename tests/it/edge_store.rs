@@ -8,6 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::support::binary::BinaryEdge;
+use crate::support::edge::RawResp;
 use crate::support::origin::{Origin, Script};
 
 /// `vedge serve` on `store` (64 MiB, 4 MiB regions) with the given I/O engine.
@@ -22,6 +23,17 @@ fn start(origin: &str, store: &Path, engine: &str) -> BinaryEdge {
     ];
     let store_flag = [OsStr::new("--store"), store.as_os_str()];
     BinaryEdge::start(origin, store_flag.into_iter().chain(flags.map(OsStr::new)))
+}
+
+/// Asserts `r` was served from the edge's `tier` (`Cache-Status` detail `ram` or `disk`).
+fn assert_tier(r: &RawResp, tier: &str, what: &str) {
+    let status = r.header("cache-status");
+    assert!(
+        status
+            .as_deref()
+            .is_some_and(|c| c.contains(&format!("detail={tier}"))),
+        "{what}: {status:?}"
+    );
 }
 
 async fn restart_serves_from_disk(engine: &str, sig: i32) {
@@ -79,12 +91,7 @@ async fn restart_serves_from_disk(engine: &str, sig: i32) {
             Some("HIT"),
             "{engine}/{sig}: {p}"
         );
-        assert!(
-            r.header("cache-status")
-                .is_some_and(|c| c.contains("detail=disk")),
-            "{engine}/{sig}: {p}: {:?}",
-            r.header("cache-status")
-        );
+        assert_tier(&r, "disk", &format!("{engine}/{sig}: {p}"));
         assert_eq!(body, &b[..], "{engine}/{sig}: {p}: body differs");
     }
 }
@@ -147,12 +154,7 @@ async fn an_object_served_from_ram_keeps_its_disk_copy_across_store_laps() {
         if i % 8 == 0 {
             let r = v.get(v.port, hot).await.expect("hot again");
             assert_eq!(r.status(), 200);
-            assert!(
-                r.header("cache-status")
-                    .is_some_and(|c| c.contains("detail=ram")),
-                "the hot object is served from RAM: {:?}",
-                r.header("cache-status")
-            );
+            assert_tier(&r, "ram", "the hot object is served from RAM");
         }
     }
     v.get(v.port, hot).await.expect("hot last");
@@ -170,32 +172,17 @@ async fn an_object_served_from_ram_keeps_its_disk_copy_across_store_laps() {
     v.ready().await;
     let r = v.get(v.port, hot).await.expect("hot after restart");
     assert_eq!(r.status(), 200, "{}", r.text().lines().next().unwrap_or(""));
-    assert!(
-        r.header("cache-status")
-            .is_some_and(|c| c.contains("detail=disk")),
-        "{:?}",
-        r.header("cache-status")
-    );
+    assert_tier(&r, "disk", "hot after restart");
     let (_, got) = r.split();
     assert_eq!(got, &body(7777)[..]);
     // A first disk read is served from the store's pooled buffers and not kept in RAM; the
     // second is read into a zero-copy mapping, sent from it with sendfile and promoted.
     assert_eq!(v.metric("vedge_sendfile_bytes_total").await, 0);
     let r = v.get(v.port, hot).await.expect("hot read again");
-    assert!(
-        r.header("cache-status")
-            .is_some_and(|c| c.contains("detail=disk")),
-        "{:?}",
-        r.header("cache-status")
-    );
+    assert_tier(&r, "disk", "hot read again");
     let (_, got) = r.split();
     assert_eq!(got, &body(7777)[..]);
     assert!(v.metric("vedge_sendfile_bytes_total").await >= 300_000);
     let r = v.get(v.port, hot).await.expect("hot from RAM");
-    assert!(
-        r.header("cache-status")
-            .is_some_and(|c| c.contains("detail=ram")),
-        "{:?}",
-        r.header("cache-status")
-    );
+    assert_tier(&r, "ram", "hot from RAM");
 }

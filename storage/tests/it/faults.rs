@@ -28,18 +28,26 @@ async fn config_too_small_or_misaligned_is_a_clear_error() {
     assert!(matches!(Store::open(c).await, Err(StoreError::Config(_))));
 }
 
+/// A store at a fresh path formatted with `cfg`, holding object "a" (5,000 bytes), closed.
+async fn closed_store_holding_a(
+    engine: EngineChoice,
+) -> (tempfile::TempDir, std::path::PathBuf, StoreConfig) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store");
+    let c = cfg(&path, engine);
+    let s = open(&c).await;
+    put(&s, "a", 5000).await;
+    s.close().await.unwrap();
+    (dir, path, c)
+}
+
 /// A region size that is only a default (`adopt_region_size`) gives way to the one the store
 /// was formatted with: a store made under an older default opens with its objects, and stays
 /// in its own geometry across reopens.
 #[tokio::test]
 async fn a_default_region_size_opens_a_store_formatted_with_another() {
     for engine in ENGINES {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("store");
-        let c = cfg(&path, engine);
-        let s = open(&c).await;
-        put(&s, "a", 5000).await;
-        s.close().await.unwrap();
+        let (_dir, _, c) = closed_store_holding_a(engine).await;
 
         let mut defaulted = c.clone();
         defaulted.region_size = 2 * REGION;
@@ -76,12 +84,7 @@ fn default_region_sizes_follow_the_store_size() {
 #[tokio::test]
 async fn existing_store_of_other_geometry_version_or_foreign_file_is_refused() {
     for engine in ENGINES {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("store");
-        let c = cfg(&path, engine);
-        let s = open(&c).await;
-        put(&s, "a", 5000).await;
-        s.close().await.unwrap();
+        let (_dir, path, c) = closed_store_holding_a(engine).await;
 
         let mut other = c.clone();
         other.region_size = 2 * REGION;
