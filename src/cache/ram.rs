@@ -8,13 +8,24 @@ use quick_cache::sync::Cache;
 use quick_cache::{OptionsBuilder, Weighter};
 
 use crate::cache::object::CachedObject;
+use crate::zerocopy::footprint;
 
+/// Weighs an object by the memory it holds: with zero-copy bodies on, a body's huge-page
+/// rounding counts too (`zerocopy::footprint`), so `ram_size` stays a bound on memory.
 #[derive(Clone)]
-struct ByBytes;
+struct ByBytes {
+    zero_copy: bool,
+}
 
 impl Weighter<String, Arc<CachedObject>> for ByBytes {
     fn weight(&self, key: &String, obj: &Arc<CachedObject>) -> u64 {
-        obj.weight() + key.len() as u64
+        let len = obj.body.len();
+        let rounding = if self.zero_copy {
+            footprint(len) - len
+        } else {
+            0
+        };
+        obj.weight() + (rounding + key.len()) as u64
     }
 }
 
@@ -24,9 +35,10 @@ pub struct RamTier {
 }
 
 impl RamTier {
-    /// `capacity` bytes in all. Shards are sized so that one shard still holds the largest
-    /// cacheable object (quick_cache refuses items larger than a shard).
-    pub fn new(capacity: u64, max_object: u64) -> RamTier {
+    /// `capacity` bytes in all; `zero_copy`: large bodies live in zero-copy memory (their
+    /// huge-page rounding is weighed). Shards are sized so that one shard still holds the
+    /// largest cacheable object (quick_cache refuses items larger than a shard).
+    pub fn new(capacity: u64, max_object: u64, zero_copy: bool) -> RamTier {
         let mut shards = 16u64;
         while shards > 1 && capacity / shards < max_object.saturating_mul(2) {
             shards /= 2;
@@ -38,7 +50,12 @@ impl RamTier {
             .build()
             .expect("quick_cache options are valid");
         RamTier {
-            cache: Cache::with_options(opts, ByBytes, Default::default(), Default::default()),
+            cache: Cache::with_options(
+                opts,
+                ByBytes { zero_copy },
+                Default::default(),
+                Default::default(),
+            ),
         }
     }
 
@@ -107,7 +124,7 @@ mod tests {
 
     #[test]
     fn bounded_in_bytes_not_entries() {
-        let ram = RamTier::new(8 << 20, 1 << 20);
+        let ram = RamTier::new(8 << 20, 1 << 20, false);
         for i in 0..64 {
             ram.insert(format!("k{i}"), obj(512 << 10));
         }
@@ -116,5 +133,19 @@ mod tests {
         // A large object still fits a shard.
         ram.insert("big".into(), obj(1 << 20));
         assert!(ram.get("big").is_some());
+    }
+
+    #[test]
+    fn zero_copy_bodies_weigh_their_huge_page_rounding() {
+        let len = 1536 << 10;
+        let plain = RamTier::new(64 << 20, 4 << 20, false);
+        let mapped = RamTier::new(64 << 20, 4 << 20, true);
+        plain.insert("k".into(), obj(len));
+        mapped.insert("k".into(), obj(len));
+        assert_eq!(
+            mapped.bytes() - plain.bytes(),
+            (footprint(len) - len) as u64,
+            "the rounding is weighed once, only with zero copy on"
+        );
     }
 }

@@ -126,7 +126,11 @@ impl Edge {
             store,
             disk_reads: crate::proxy::tiers::DiskReads::new(config.ram_size),
             limits,
-            ram: RamTier::new(config.ram_size, config.cache.max_object_size),
+            ram: RamTier::new(
+                config.ram_size,
+                config.cache.max_object_size,
+                zero_copy.enabled(),
+            ),
             fills: Arc::new(FillTable::default()),
             fill_limit: crate::proxy::fill_limit::FillLimit::new(
                 config.routes.len(),

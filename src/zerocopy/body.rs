@@ -26,8 +26,9 @@
 //! (`MemFile::drop`); nothing here waits, so there is no timeout.
 //!
 //! Bodies of `PAGES_MIN` (512 KiB) and more use anonymous memory instead (`Source::Pages`),
-//! which the socket wrapper `vmsplice`s into a pipe and `splice`s out; from 2 MiB it starts on a
-//! huge-page boundary and is advised `MADV_HUGEPAGE`. perf on 4 MiB hits showed `sendfile`
+//! which the socket wrapper `vmsplice`s into a pipe and `splice`s out; from 1 MiB it starts on a
+//! huge-page boundary and is advised `MADV_HUGEPAGE`, a tail of half a huge page or more
+//! rounded up to a whole one (`footprint`). perf on 4 MiB hits showed `sendfile`
 //! looking a memfd up one 4 KiB page at a time (the top of the profile), and memfds get huge
 //! pages only where the operator allows shmem THP, while anonymous memory gets them under the
 //! kernel's default `madvise` policy. The same rule keeps this safe: the pages are never written
@@ -168,7 +169,7 @@ impl ZeroCopy {
 /// the kernel's count, `/proc/<pid>/maps`). Neighbours may merge, never split further: an upper
 /// bound.
 pub(super) fn mapping_cost(len: usize) -> usize {
-    if len < PAGES_MIN {
+    if len < PAGES_MIN || footprint(len) > len {
         return 1;
     }
     let huge = len / HUGE_PAGE * HUGE_PAGE;
@@ -177,6 +178,39 @@ pub(super) fn mapping_cost(len: usize) -> usize {
     } else {
         1
     }
+}
+
+/// The memory a zero-copy body of `len` bytes occupies: its length, or, where the kernel gives
+/// anonymous memory huge pages and the body's tail past its last whole huge page is at least half
+/// of one, that tail rounded up to a whole huge page (at most 1 MiB more, and at most as much
+/// again as the body). The RAM tier weighs bodies by it.
+///
+/// Why round: a 1-2 MiB segment in 4 KiB pages costs a fault and a clear per page when it is
+/// filled or read from disk, and `vmsplice` pins each page again on every hit; perf on disk hits
+/// of 1-2 MiB objects put those at a fifth of the edge's CPU (`madvise` 8-11 %, `vmsplice`
+/// 10 %). In one huge page each is one operation. Side by side under the same load, the
+/// goal-2 benchmark gave 19.06 against 17.44 Gbit/s per edge core (benches/RESULTS.md).
+pub fn footprint(len: usize) -> usize {
+    if len < PAGES_MIN || !huge_pages() {
+        return len;
+    }
+    let tail = len % HUGE_PAGE;
+    if tail >= HUGE_PAGE / 2 {
+        len - tail + HUGE_PAGE
+    } else {
+        len
+    }
+}
+
+/// Whether the kernel gives advised anonymous memory huge pages
+/// (`/sys/kernel/mm/transparent_hugepage/enabled` is `always` or `madvise`). A machine setting,
+/// read once per process; unreadable (no THP in the kernel, another OS) counts as no.
+fn huge_pages() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+            .is_ok_and(|s| s.contains("[always]") || s.contains("[madvise]"))
+    })
 }
 
 /// A share of the budgets held by one body (taken by `ZeroCopy::reserve`), given back on drop:
@@ -343,13 +377,20 @@ impl MemFile {
         }
     }
 
-    /// Anonymous memory; from 2 MiB starting on a huge-page boundary and advised `MADV_HUGEPAGE`
-    /// over its whole huge pages (the tail stays in small pages rather than rounding the body up
-    /// to 2 MiB).
+    /// Anonymous memory; from 1 MiB starting on a huge-page boundary and advised `MADV_HUGEPAGE`
+    /// over its whole huge pages. A tail of half a huge page or more is rounded up to a whole
+    /// one (`footprint`); a shorter tail stays in small pages.
     fn anonymous(slot: Slot, len: usize) -> io::Result<MemFile> {
         let zc = slot.zc.clone();
-        let mapped = len.next_multiple_of(page_size());
-        let huge = len / HUGE_PAGE * HUGE_PAGE;
+        let rounded = footprint(len);
+        let (mapped, huge) = if rounded > len {
+            (rounded, rounded)
+        } else {
+            (
+                len.next_multiple_of(page_size()),
+                len / HUGE_PAGE * HUGE_PAGE,
+            )
+        };
         let span = if huge > 0 { mapped + HUGE_PAGE } else { mapped };
         // SAFETY: a fresh private anonymous mapping; the result is checked.
         let raw = unsafe {
@@ -617,13 +658,46 @@ mod tests {
         g.append(&src[1 << 20..]).expect("fits");
         assert_eq!(&g.into_body().expect("complete")[..], &src[..]);
 
-        // Between PAGES_MIN and 2 MiB: anonymous, no alignment asked for.
+        // Between PAGES_MIN and 1 MiB: anonymous, no alignment asked for.
         let mid = zc.concat(
             &[Bytes::copy_from_slice(&src[..PAGES_MIN + 1])],
             PAGES_MIN + 1,
         );
         assert_eq!(zc.lookup(mid.as_ptr(), mid.len()), Some(Source::Pages));
         assert_eq!(&mid[..], &src[..PAGES_MIN + 1]);
+
+        // From 1 MiB to 2 MiB: one whole huge page where the kernel gives them.
+        let seg = (3 << 19) + 777;
+        let mut g = Growing::new(&zc, seg).expect("eligible");
+        g.append(&src[..seg]).expect("fits");
+        let seg_body = g.into_body().expect("complete");
+        assert_eq!(&seg_body[..], &src[..seg]);
+        assert_eq!(zc.lookup(seg_body.as_ptr(), seg), Some(Source::Pages));
+        if huge_pages() {
+            assert_eq!(seg_body.as_ptr() as usize % HUGE_PAGE, 0, "on a huge page");
+        }
+    }
+
+    #[test]
+    fn footprints_round_a_tail_of_half_a_huge_page_or_more() {
+        let mib = 1 << 20;
+        assert_eq!(footprint(PAGES_MIN), PAGES_MIN, "under 1 MiB: never");
+        assert_eq!(footprint(mib - 1), mib - 1);
+        assert_eq!(footprint(4 * mib), 4 * mib, "whole huge pages");
+        assert_eq!(
+            footprint(4 * mib + 4096),
+            4 * mib + 4096,
+            "a short tail stays small"
+        );
+        let (seg, big) = (3 * mib / 2, 5 * mib + mib / 2);
+        if huge_pages() {
+            assert_eq!(footprint(mib), 2 * mib);
+            assert_eq!(footprint(seg), 2 * mib);
+            assert_eq!(footprint(big), 6 * mib);
+            assert_eq!(mapping_cost(seg), 1, "advised whole: one mapping");
+        } else {
+            assert_eq!((footprint(seg), footprint(big)), (seg, big));
+        }
     }
 
     #[test]

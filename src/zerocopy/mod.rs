@@ -16,7 +16,7 @@ use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock};
 
-pub use body::{Blank, Growing, Source, Written, MIN_SIZE, PAGES_MIN};
+pub use body::{footprint, Blank, Growing, Source, Written, MIN_SIZE, PAGES_MIN};
 pub use socket::ZeroCopyStream;
 
 /// One edge's zero-copy state. Bodies (`body::MemFile`) keep an `Arc` of it, so it outlives
