@@ -89,8 +89,25 @@ impl Scan {
             .map_or(self.media_sequence, |s| s.0.saturating_add(1))
     }
 
+    /// The `(msn, part)` a request for `(msn, part)` stands for in this copy: RFC 8216bis
+    /// §6.2.5.2, a Part Index past the final Partial Segment of a complete Parent Segment is
+    /// Part Index 0 of the following one. Only a segment whose parts are still listed tells
+    /// where its last part is; otherwise the request is taken as it is.
+    pub fn roll_over(&self, msn: u64, part: Option<u64>) -> (u64, Option<u64>) {
+        let Some(p) = part else {
+            return (msn, part);
+        };
+        // Requests name segments near the live edge: search from the end.
+        let parts = self.segments.iter().rev().find(|s| s.0 == msn).map(|s| s.2.len());
+        match parts {
+            Some(n) if n > 0 && p >= n as u64 => (msn.saturating_add(1), Some(0)),
+            _ => (msn, part),
+        }
+    }
+
     /// Whether this copy answers a request for segment `msn` (part `part`).
     pub fn satisfies(&self, msn: u64, part: Option<u64>) -> bool {
+        let (msn, part) = self.roll_over(msn, part);
         let next = self.next_msn();
         if msn < next {
             return true;
@@ -104,6 +121,7 @@ impl Scan {
     /// More than two segments past the last one listed, or a part more than the Advance Part
     /// Limit past the last part listed (RFC 8216bis §6.2.5.2: 400).
     pub fn too_far(&self, msn: u64, part: Option<u64>) -> bool {
+        let (msn, part) = self.roll_over(msn, part);
         // The last complete segment is next_msn - 1; allowed: up to last + 2.
         if msn > self.next_msn().saturating_add(1) {
             return true;
@@ -584,7 +602,15 @@ pub async fn intercept(req: &Req<'_>) -> Result<Option<Response<Body>>, EdgeErro
         .min(edge.config.live.max_hold);
     let deadline = Instant::now() + hold;
     let mut tick = pl.tick.subscribe();
-    let wants = order(msn, d.part);
+    // What the request stands for (a part past its segment's last is the next one's first),
+    // so waiters and upstream requests compare as the playlist will satisfy them.
+    let wants = match pl.latest() {
+        Some(s) => {
+            let (m, p) = s.scan.roll_over(msn, d.part);
+            order(m, p)
+        }
+        None => order(msn, d.part),
+    };
     for _ in 0..MAX_ROUNDS {
         tick.mark_unchanged();
         // Waiting only pays off behind a request whose answer comes no later than ours would:
@@ -598,7 +624,14 @@ pub async fn intercept(req: &Req<'_>) -> Result<Option<Response<Body>>, EdgeErro
             // Only a fresh copy may refuse: an old one would call a request "too far" that
             // the origin's current playlist allows.
             let fresh = s.obj.staleness(edge.clock.now()).is_none();
-            if fresh && s.scan.too_far(msn, d.part) {
+            // RFC 8216bis §6.2.5.2 and §6.2.5.1: a playlist holding EXT-X-ENDLIST ignores
+            // `_HLS_msn`, `_HLS_part` and `_HLS_skip`: it is answered at once, never held,
+            // refused as too far, or sent upstream once per distinct directive.
+            if fresh && s.scan.endlist {
+                if s.serves(&req.parts.headers) {
+                    return Ok(Some(serve_latest(req, &s.obj)));
+                }
+            } else if fresh && s.scan.too_far(msn, d.part) {
                 return Err(EdgeError::BadRequest(
                     "_HLS_msn more than two segments, or _HLS_part more than the advance part \
                      limit, past the playlist's last",
@@ -896,6 +929,31 @@ mod tests {
         assert!(!s.too_far(13, None));
         assert!(s.too_far(14, None));
         assert_eq!(s.hints, vec!["part_12_2.m4s".to_string()]);
+    }
+
+    #[test]
+    fn a_part_index_past_a_complete_segments_last_is_the_next_segments_first() {
+        // Segment 10 is complete with one part listed: its part 1 is segment 11's part 0,
+        // which the copy holds (segment 11 is complete).
+        let s = scan(LL.as_bytes()).expect("playlist");
+        assert_eq!(s.roll_over(10, Some(1)), (11, Some(0)));
+        assert!(s.satisfies(10, Some(1)));
+        // Segment 11 lists no parts: nothing tells where its last is.
+        assert_eq!(s.roll_over(11, Some(5)), (11, Some(5)));
+        // The segment in progress is not complete: its part count is open.
+        assert_eq!(s.roll_over(12, Some(2)), (12, Some(2)));
+        assert!(!s.satisfies(12, Some(2)));
+        // Whole-segment requests and parts within the segment stay as asked.
+        assert_eq!(s.roll_over(10, Some(0)), (10, Some(0)));
+        assert_eq!(s.roll_over(10, None), (10, None));
+        // Segment 11 complete with parts 0 and 1, nothing of 12 yet: 11.2 is 12.0, not there.
+        let pl = "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:11\n\
+#EXT-X-PART:DURATION=1.0,URI=\"p11_0.m4s\"\n#EXT-X-PART:DURATION=1.0,URI=\"p11_1.m4s\"\n\
+#EXTINF:2.0,\ns11.m4s\n";
+        let s = scan(pl.as_bytes()).expect("playlist");
+        assert!(s.satisfies(11, Some(1)));
+        assert!(!s.satisfies(11, Some(2)));
+        assert!(!s.satisfies(11, Some(u64::MAX)));
     }
 
     #[test]

@@ -13,6 +13,7 @@ mod adversarial6;
 mod cmcd;
 mod conformance;
 mod conformance2;
+mod conformance5;
 mod edge_basics;
 mod edge_bypass;
 mod edge_collapse;

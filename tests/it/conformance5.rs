@@ -1,0 +1,92 @@
+//! LL-HLS delivery directives at the edge, checked against draft-pantos-hls-rfc8216bis
+//! §6.2.5 as a client or a test suite sees them: rules the edge must apply itself when it
+//! answers a blocking reload from the latest copy it holds instead of asking the origin.
+
+use crate::llhls::config_for;
+use crate::support::edge::Resp;
+use crate::support::{Origin, Script, TestEdge};
+
+fn text(r: &Resp) -> String {
+    String::from_utf8_lossy(&r.body).into_owned()
+}
+
+/// Segment 11 complete with its two parts listed; nothing of segment 12 yet.
+const SEGMENT_11_COMPLETE: &str = "#EXTM3U\n#EXT-X-VERSION:9\n#EXT-X-TARGETDURATION:2\n\
+#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=3.0\n#EXT-X-PART-INF:PART-TARGET=1.0\n\
+#EXT-X-MEDIA-SEQUENCE:10\n#EXTINF:2.0,\ns10.m4s\n\
+#EXT-X-PART:DURATION=1.0,URI=\"p11_0.m4s\",INDEPENDENT=YES\n#EXT-X-PART:DURATION=1.0,URI=\"p11_1.m4s\"\n\
+#EXTINF:2.0,\ns11.m4s\n";
+
+/// RFC 8216bis §6.2.5.2: "If the Client requests a Part Index greater than that of the final
+/// Partial Segment of the Parent Segment, the Server MUST treat the request as one for Part
+/// Index 0 of the following Parent Segment." Segment 11 has parts 0 and 1, so
+/// `_HLS_msn=11&_HLS_part=2` asks for part 12.0: the copy without it must not answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_part_index_past_the_parent_segments_last_waits_for_part_0_of_the_next_segment() {
+    let origin = Origin::start().await;
+    let path = "/roll/media.m3u8";
+    let cc = ("cache-control", "max-age=30");
+    origin.script(path, Script::ok(SEGMENT_11_COMPLETE).header(cc.0, cc.1));
+    let edge = TestEdge::start(config_for(&origin.url(), "off")).await;
+    let first = edge.get(path).await;
+    assert_eq!(first.status, 200);
+    edge.settle().await;
+    // The origin now has part 12.0 (the copy the edge holds does not).
+    let with_12_0 = format!(
+        "{SEGMENT_11_COMPLETE}#EXT-X-PART:DURATION=1.0,URI=\"p12_0.m4s\",INDEPENDENT=YES\n"
+    );
+    origin.script(path, Script::ok(with_12_0).header(cc.0, cc.1));
+
+    let r = edge.get(&format!("{path}?_HLS_msn=11&_HLS_part=2")).await;
+    assert_eq!(r.status, 200, "{}", r.h("cache-status"));
+    assert!(
+        text(&r).contains("p12_0.m4s"),
+        "answered with a playlist lacking part 12.0 ({}):\n{}",
+        r.h("cache-status"),
+        text(&r)
+    );
+    assert_eq!(origin.count(path), 2, "the held copy could not answer");
+
+    // A part the parent segment has is answered from the held copy at once.
+    let listed = edge.get(&format!("{path}?_HLS_msn=11&_HLS_part=1")).await;
+    assert_eq!(listed.status, 200);
+    assert!(listed.h("cache-status").contains("llhls-latest"));
+    assert_eq!(origin.count(path), 2);
+}
+
+/// An ended playlist: segments 0 to 2 and `EXT-X-ENDLIST`.
+const ENDED: &str = "#EXTM3U\n#EXT-X-VERSION:9\n#EXT-X-TARGETDURATION:2\n\
+#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,CAN-SKIP-UNTIL=12.0,PART-HOLD-BACK=3.0\n\
+#EXT-X-PART-INF:PART-TARGET=1.0\n#EXT-X-MEDIA-SEQUENCE:0\n#EXTINF:2.0,\ns0.m4s\n\
+#EXTINF:2.0,\ns1.m4s\n#EXTINF:2.0,\ns2.m4s\n#EXT-X-ENDLIST\n";
+
+/// RFC 8216bis §6.2.5.2: "A Server MUST ignore `_HLS_msn` and `_HLS_part` if the Playlist
+/// contains an EXT-X-ENDLIST tag" (and §6.2.5.1 the same of `_HLS_skip`). The edge holding the
+/// ended playlist answers it at once: no 400 for an msn past its end, no hold, no origin
+/// request per distinct directive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ended_playlist_ignores_hls_msn_part_and_skip() {
+    let origin = Origin::start().await;
+    let path = "/ended/media.m3u8";
+    origin.script(path, Script::ok(ENDED).header("cache-control", "max-age=30"));
+    let edge = TestEdge::start(config_for(&origin.url(), "off")).await;
+    assert_eq!(edge.get(path).await.status, 200);
+    edge.settle().await;
+
+    for q in [
+        "_HLS_msn=9",
+        "_HLS_msn=3",
+        "_HLS_msn=3&_HLS_part=0",
+        "_HLS_msn=4&_HLS_part=1&_HLS_skip=YES",
+        "_HLS_msn=2&_HLS_skip=v2",
+    ] {
+        let r = edge.get(&format!("{path}?{q}")).await;
+        assert_eq!(r.status, 200, "{q}: {}", r.h("cache-status"));
+        assert_eq!(text(&r), ENDED, "{q}: the whole ended playlist");
+    }
+    assert_eq!(
+        origin.count(path),
+        1,
+        "directives on an ended playlist need no origin request"
+    );
+}
