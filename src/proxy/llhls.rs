@@ -803,11 +803,18 @@ fn retain(edge: &Edge, route: &Route, pl_key: &str, pl: &Playlist, scan: &Scan) 
         .filter_map(|(n, u)| member_key(pl_key, u, drop).map(|k| (n, k)))
         .collect();
     let listed_set: HashSet<&str> = listed.iter().map(|(_, k)| k.as_str()).collect();
+    // Newly listed members and every hinted URI: each must be available now (below).
+    let mut announced: Vec<String> = scan
+        .hints
+        .iter()
+        .filter_map(|u| member_key(pl_key, u, drop))
+        .collect();
     {
         let mut st = pl.state.lock();
         let in_window: HashSet<String> = st.window.iter().map(|(_, k)| k.clone()).collect();
         for (n, k) in &listed {
             if !in_window.contains(k) {
+                announced.push(k.clone());
                 if st.window.len() >= PER_PLAYLIST {
                     st.window.pop_front();
                 }
@@ -858,6 +865,7 @@ fn retain(edge: &Edge, route: &Route, pl_key: &str, pl: &Playlist, scan: &Scan) 
             }
         }
     }
+    forget_refusals(edge, &announced);
     for k in expired {
         edge.ram.remove(&k);
     }
@@ -873,6 +881,23 @@ fn retain(edge: &Edge, route: &Route, pl_key: &str, pl: &Playlist, scan: &Scan) 
         // Only a DVR route put live members on disk.
         if let (Some(store), Some(_)) = (&edge.store, live.dvr) {
             store.remove(k.as_bytes());
+        }
+    }
+}
+
+/// RFC 8216bis §6.2.1 and §6.2.6: a segment or part "MUST be available" when it is added to a
+/// playlist, and a hinted resource when its `EXT-X-PRELOAD-HINT` is. A 404 or 410 the edge kept
+/// from a request made before that (a player or a prefetch a moment early, the origin's SHOULD
+/// for resources it does not have yet) would keep answering for its TTL what the playlist now
+/// says exists: it is dropped as soon as a copy of the playlist lists or hints the URI.
+fn forget_refusals(edge: &Edge, keys: &[String]) {
+    for k in keys {
+        let refused = edge
+            .ram
+            .get(k)
+            .is_some_and(|o| matches!(o.status.as_u16(), 404 | 410));
+        if refused {
+            edge.purge_key(k);
         }
     }
 }

@@ -90,3 +90,42 @@ async fn an_ended_playlist_ignores_hls_msn_part_and_skip() {
         "directives on an ended playlist need no origin request"
     );
 }
+
+/// RFC 8216bis §6.2.1: "A Partial Segment MUST be similarly available at the time it is added
+/// to a Playlist", and §6.2.6: "A hinted resource MUST be available for request when its
+/// EXT-X-PRELOAD-HINT tag is added to the Playlist". A 404 the edge kept from a request made a
+/// moment early (the origin SHOULD answer 404 for what it has not hinted yet) must not go on
+/// answering once a playlist copy through the edge lists or hints the URI.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_part_listed_or_hinted_by_a_playlist_is_available_despite_an_earlier_404() {
+    let origin = Origin::start().await;
+    let path = "/early/media.m3u8";
+    let cc = ("cache-control", "max-age=30");
+    origin.script(path, Script::ok(SEGMENT_11_COMPLETE).header(cc.0, cc.1));
+    let (listed, hinted) = ("/early/p12_0.m4s", "/early/p12_1.m4s");
+    let edge = TestEdge::start(config_for(&origin.url(), "off")).await;
+    assert_eq!(edge.get(path).await.status, 200);
+    // Asked for before they exist: the origin's 404s are kept for their 30 s.
+    for part in [listed, hinted] {
+        origin.script(part, Script::status(404, "not yet").header(cc.0, cc.1));
+        assert_eq!(edge.get(part).await.status, 404);
+        edge.settle().await;
+        assert_eq!(edge.get(part).await.status, 404, "{part}: the 404 is kept");
+        origin.script(part, Script::ok("cmaf part").header(cc.0, cc.1));
+    }
+    // The origin publishes part 12.0 and hints 12.1.
+    let published = format!(
+        "{SEGMENT_11_COMPLETE}#EXT-X-PART:DURATION=1.0,URI=\"p12_0.m4s\",INDEPENDENT=YES\n\
+#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"p12_1.m4s\"\n"
+    );
+    origin.script(path, Script::ok(published).header(cc.0, cc.1));
+    let r = edge.get(&format!("{path}?_HLS_msn=12&_HLS_part=0")).await;
+    assert_eq!(r.status, 200);
+    assert!(text(&r).contains("p12_0.m4s"));
+    edge.settle().await;
+    for part in [listed, hinted] {
+        let got = edge.get(part).await;
+        assert_eq!(got.status, 200, "{part}: {}", got.h("cache-status"));
+        assert_eq!(&got.body[..], b"cmaf part");
+    }
+}
