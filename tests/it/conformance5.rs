@@ -129,3 +129,23 @@ async fn a_part_listed_or_hinted_by_a_playlist_is_available_despite_an_earlier_4
         assert_eq!(&got.body[..], b"cmaf part");
     }
 }
+
+/// RFC 8216bis §6.2.5.2: `_HLS_msn` and `_HLS_part` carry a `decimal-integer` (§4.2: the
+/// characters `0`-`9` only). A signed value is as malformed as a negative one: refused with 400
+/// rather than read as a blocking reload of another msn and forwarded as it was written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_directive_values_are_decimal_integers() {
+    let origin = Origin::start().await;
+    let path = "/dec/media.m3u8";
+    origin.script(
+        path,
+        Script::ok(SEGMENT_11_COMPLETE).header("cache-control", "max-age=30"),
+    );
+    let edge = TestEdge::start(config_for(&origin.url(), "off")).await;
+    assert_eq!(edge.get(path).await.status, 200);
+    for q in ["_HLS_msn=+12", "_HLS_msn=11&_HLS_part=+0", "_HLS_msn=-1"] {
+        let r = edge.get(&format!("{path}?{q}")).await;
+        assert_eq!(r.status, 400, "{q}");
+    }
+    assert_eq!(origin.count(path), 1, "no malformed directive reached the origin");
+}

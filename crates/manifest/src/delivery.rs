@@ -19,8 +19,8 @@ impl Delivery {
         for kv in query.unwrap_or("").split('&') {
             let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
             match k {
-                "_HLS_msn" => d.msn = Some(v.parse().map_err(|_| "bad _HLS_msn")?),
-                "_HLS_part" => d.part = Some(v.parse().map_err(|_| "bad _HLS_part")?),
+                "_HLS_msn" => d.msn = Some(decimal_integer(v).ok_or("bad _HLS_msn")?),
+                "_HLS_part" => d.part = Some(decimal_integer(v).ok_or("bad _HLS_part")?),
                 "_HLS_skip" => match v {
                     "YES" | "v2" => d.skip = true,
                     _ => return Err("bad _HLS_skip (YES or v2)"),
@@ -33,6 +33,15 @@ impl Delivery {
         }
         Ok(d)
     }
+}
+
+/// RFC 8216bis §4.2 `decimal-integer`: digits `0`-`9` only (`u64::from_str` would also take a
+/// leading `+`), at most 2^64-1.
+fn decimal_integer(v: &str) -> Option<u64> {
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    v.parse().ok()
 }
 
 #[cfg(test)]
@@ -52,6 +61,9 @@ mod tests {
         );
         assert!(Delivery::parse(Some("_HLS_part=1")).is_err());
         assert!(Delivery::parse(Some("_HLS_msn=-1")).is_err());
+        assert!(Delivery::parse(Some("_HLS_msn=+1")).is_err());
+        assert!(Delivery::parse(Some("_HLS_msn=1&_HLS_part=+0")).is_err());
+        assert!(Delivery::parse(Some("_HLS_msn=")).is_err());
         assert!(Delivery::parse(Some("_HLS_msn=99999999999999999999")).is_err());
         assert!(Delivery::parse(Some("_HLS_skip=NO")).is_err());
     }
