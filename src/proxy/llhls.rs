@@ -9,7 +9,9 @@
 //! satisfied) and goes upstream itself (its own key: same `(M, P)` collapse in the fill table)
 //! when none is: a request for a later part, or a delta update, never holds it back. No hold
 //! lasts more than three target durations, nor more than `live.max_hold` (503). Delta updates
-//! (`_HLS_skip`) are never answered from a full copy: they have their own key.
+//! (`_HLS_skip`) are never answered from a full copy: they have their own key. A part index past
+//! a complete segment's last stands for part 0 of the next segment, and a copy holding
+//! `EXT-X-ENDLIST` answers every directive at once (§6.2.5.2: they are ignored then).
 //!
 //! Retention: every segment and part a live playlist lists is remembered as a member of that
 //! playlist; members are not offered to the SSD store unless the route keeps a DVR window
