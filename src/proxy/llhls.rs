@@ -100,7 +100,12 @@ impl Scan {
             return (msn, part);
         };
         // Requests name segments near the live edge: search from the end.
-        let parts = self.segments.iter().rev().find(|s| s.0 == msn).map(|s| s.2.len());
+        let parts = self
+            .segments
+            .iter()
+            .rev()
+            .find(|s| s.0 == msn)
+            .map(|s| s.2.len());
         match parts {
             Some(n) if n > 0 && p >= n as u64 => (msn.saturating_add(1), Some(0)),
             _ => (msn, part),

@@ -68,7 +68,10 @@ const ENDED: &str = "#EXTM3U\n#EXT-X-VERSION:9\n#EXT-X-TARGETDURATION:2\n\
 async fn an_ended_playlist_ignores_hls_msn_part_and_skip() {
     let origin = Origin::start().await;
     let path = "/ended/media.m3u8";
-    origin.script(path, Script::ok(ENDED).header("cache-control", "max-age=30"));
+    origin.script(
+        path,
+        Script::ok(ENDED).header("cache-control", "max-age=30"),
+    );
     let edge = TestEdge::start(config_for(&origin.url(), "off")).await;
     assert_eq!(edge.get(path).await.status, 200);
     edge.settle().await;
@@ -147,5 +150,9 @@ async fn delivery_directive_values_are_decimal_integers() {
         let r = edge.get(&format!("{path}?{q}")).await;
         assert_eq!(r.status, 400, "{q}");
     }
-    assert_eq!(origin.count(path), 1, "no malformed directive reached the origin");
+    assert_eq!(
+        origin.count(path),
+        1,
+        "no malformed directive reached the origin"
+    );
 }
