@@ -128,13 +128,38 @@ impl Scan {
     /// More than two segments past the last one listed, or a part more than the Advance Part
     /// Limit past the last part listed (RFC 8216bis §6.2.5.2: 400).
     pub fn too_far(&self, msn: u64, part: Option<u64>) -> bool {
+        self.too_far_at(msn, part, Duration::ZERO)
+    }
+
+    /// [`Scan::too_far`] of a copy `age` old. The rule is about the server's *current*
+    /// playlist: a copy made `age` ago (a blocking response may be fresh for a minute) lags
+    /// the origin's by as many segments and parts as it could have added since, and a request
+    /// within that lag is not refused.
+    pub fn too_far_at(&self, msn: u64, part: Option<u64>, age: Duration) -> bool {
         let (msn, part) = self.roll_over(msn, part);
+        let since = |unit: Option<Duration>| match unit.filter(|u| !u.is_zero()) {
+            Some(u) => (age.as_secs_f64() / u.as_secs_f64()).ceil().min(1e9) as u64,
+            // No unit to count by: an aged copy cannot tell how far the origin has gone.
+            None if age.is_zero() => 0,
+            None => u64::MAX,
+        };
         // The last complete segment is next_msn - 1; allowed: up to last + 2.
-        if msn > self.next_msn().saturating_add(1) {
+        let segments_since = since(Some(self.target));
+        if msn
+            > self
+                .next_msn()
+                .saturating_add(1)
+                .saturating_add(segments_since)
+        {
             return true;
         }
         match (part, self.parts_ahead(msn, part)) {
-            (Some(_), Some(ahead)) => ahead > self.advance_part_limit(),
+            (Some(_), Some(ahead)) => {
+                ahead
+                    > self
+                        .advance_part_limit()
+                        .saturating_add(since(self.part_target))
+            }
             _ => false,
         }
     }
@@ -638,7 +663,7 @@ pub async fn intercept(req: &Req<'_>) -> Result<Option<Response<Body>>, EdgeErro
                 if s.serves(&req.parts.headers) {
                     return Ok(Some(serve_latest(req, &s.obj)));
                 }
-            } else if fresh && s.scan.too_far(msn, d.part) {
+            } else if fresh && s.scan.too_far_at(msn, d.part, s.obj.age(edge.clock.now())) {
                 return Err(EdgeError::BadRequest(
                     "_HLS_msn more than two segments, or _HLS_part more than the advance part \
                      limit, past the playlist's last",
@@ -1005,6 +1030,21 @@ mod tests {
         assert!(!s.too_far(11, Some(99)), "listed already");
         // Without a part target nothing is judged by parts.
         assert!(!scan(LL.as_bytes()).expect("playlist").too_far(12, Some(99)));
+        // A copy 1.2 s old may lag the origin by 3 parts of 0.5 s (limit 6 + 3).
+        let aged = Duration::from_millis(1200);
+        assert!(!s.too_far_at(12, Some(10), aged));
+        assert!(s.too_far_at(12, Some(11), aged));
+    }
+
+    #[test]
+    fn an_aged_copy_refuses_only_beyond_what_the_origin_could_have_added_since() {
+        // Target 2 s, last segment 11: 14 is too far for a new copy, not for one 3 s old (the
+        // origin may have added two segments since); 16 is too far for both.
+        let s = scan(LL.as_bytes()).expect("playlist");
+        assert!(s.too_far_at(14, None, Duration::ZERO));
+        assert!(!s.too_far_at(14, None, Duration::from_secs(3)));
+        assert!(!s.too_far_at(15, None, Duration::from_secs(3)));
+        assert!(s.too_far_at(16, None, Duration::from_secs(3)));
     }
 
     #[test]

@@ -156,3 +156,40 @@ async fn delivery_directive_values_are_decimal_integers() {
         "no malformed directive reached the origin"
     );
 }
+
+/// Segments `first..=last` of a 2 s target, `Age` seconds old at the origin, fresh for a minute
+/// (as origins mark blocking responses: one URI per msn/part never changes).
+fn aged_playlist(first: u64, last: u64, age: &str) -> Script {
+    let mut pl = format!(
+        "#EXTM3U\n#EXT-X-VERSION:9\n#EXT-X-TARGETDURATION:2\n\
+#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES\n#EXT-X-MEDIA-SEQUENCE:{first}\n"
+    );
+    for n in first..=last {
+        pl.push_str(&format!("#EXTINF:2.0,\ns{n}.ts\n"));
+    }
+    Script::ok(pl)
+        .header("cache-control", "max-age=60")
+        .header("age", age)
+}
+
+/// RFC 8216bis §6.2.5.2: 400 is for an `_HLS_msn` more than two segments past the last one "in
+/// the current Playlist". A copy the edge holds that is 10 s old (2 s segments) is not the
+/// current playlist: the origin may have five more segments by now, and a player that saw them
+/// (another rendition's report, another edge) must not be refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_msn_ahead_of_an_old_copy_is_too_far_only_beyond_what_the_origin_added_since() {
+    let origin = Origin::start().await;
+    let path = "/aged/media.m3u8";
+    origin.script(path, aged_playlist(10, 11, "10"));
+    let edge = TestEdge::start(config_for(&origin.url(), "off")).await;
+    assert_eq!(edge.get(path).await.status, 200);
+    edge.settle().await;
+    origin.script(path, aged_playlist(12, 15, "0"));
+
+    let r = edge.get(&format!("{path}?_HLS_msn=14")).await;
+    assert_eq!(r.status, 200, "{}", r.h("cache-status"));
+    assert!(text(&r).contains("s14.ts"));
+    // Beyond anything 10 s could have added (11 + 2 + 5, and the newer copy now held says 15).
+    let far = edge.get(&format!("{path}?_HLS_msn=40")).await;
+    assert_eq!(far.status, 400);
+}
