@@ -1027,16 +1027,22 @@ impl StoreSettings {
 }
 
 impl CacheConfig {
-    /// Every route's token parameter joins `drop_query_params`: a token is per viewer and must
-    /// never split (or name) a cache key.
+    /// Every route's token parameter, and `CMCD`, join `drop_query_params`, whatever list the
+    /// operator gave: both are per viewer and must never split (or name) a cache key. (CMCD
+    /// reaches the origin only as `cmcd.forward` says.)
     fn dropping_token_params(mut self, routes: &[Route]) -> CacheConfig {
-        for t in routes.iter().filter_map(|r| r.token.as_ref()) {
+        let per_viewer = routes
+            .iter()
+            .filter_map(|r| r.token.as_ref())
+            .map(|t| t.param.clone())
+            .chain(std::iter::once("CMCD".to_string()));
+        for param in per_viewer {
             if !self
                 .drop_query_params
                 .iter()
-                .any(|p| p.eq_ignore_ascii_case(&t.param))
+                .any(|p| p.eq_ignore_ascii_case(&param))
             {
-                self.drop_query_params.push(t.param.clone());
+                self.drop_query_params.push(param);
             }
         }
         self

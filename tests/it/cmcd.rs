@@ -110,6 +110,32 @@ async fn cmcd_is_not_in_the_cache_key_nor_sent_on_shared_fills() {
 }
 
 #[tokio::test]
+async fn cmcd_stays_out_of_the_cache_key_under_an_operators_own_drop_list() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/v/seg9.m4s",
+        Script::ok("segment").header("cache-control", "max-age=60"),
+    );
+    let mut raw = edge_config(&origin);
+    raw.cache.drop_query_params = Some(vec!["utm_source".into()]);
+    let edge = TestEdge::start(raw).await;
+
+    let first = edge.get("/v/seg9.m4s?CMCD=bl%3D400&utm_source=a").await;
+    assert_eq!(first.x_cache(), "MISS");
+    edge.settle().await;
+    let second = edge
+        .get("/v/seg9.m4s?CMCD=bl%3D9000%2Csid%3D%22other%22")
+        .await;
+    assert_eq!(
+        second.x_cache(),
+        "HIT",
+        "another viewer's CMCD is the same object"
+    );
+    assert_eq!(origin.count("/v/seg9.m4s"), 1);
+    assert_eq!(origin.seen("/v/seg9.m4s")[0].target, "/v/seg9.m4s");
+}
+
+#[tokio::test]
 async fn cmcd_forward_sends_it_on_fills_when_configured() {
     let origin = Origin::start().await;
     origin.script("/v/seg2.m4s", Script::ok("segment"));
