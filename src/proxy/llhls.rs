@@ -616,7 +616,13 @@ pub async fn intercept(req: &Req<'_>) -> Result<Option<Response<Body>>, EdgeErro
         }
         return Ok(None);
     }
-    let d = Directives::parse(req.parts.uri.query()).map_err(EdgeError::BadRequest)?;
+    // Read from the key's query (escapes of unreserved characters decoded, pairs sorted): what
+    // the fill asks the origin. Read from the raw query, `%5FHLS_msn=9` was no directive here
+    // but `_HLS_msn=9` upstream, and this request was held as waiting for another segment
+    // than its fill asked for, holding every viewer of that segment behind it.
+    let base = req.key.split('\0').next().unwrap_or(&req.key);
+    let query = base.split_once('?').map(|(_, q)| q);
+    let d = Directives::parse(query).map_err(EdgeError::BadRequest)?;
     let pl = edge.live.playlist(&playlist_key(&req.key));
     if viewer {
         pl.state.lock().viewed = Some(Instant::now());

@@ -10,6 +10,7 @@ mod adversarial3;
 mod adversarial4;
 mod adversarial5;
 mod adversarial6;
+mod adversarial7;
 mod cmcd;
 mod conformance;
 mod conformance2;

@@ -12,19 +12,27 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    /// Reads the directives of a query; `Err` (answer 400) when one is malformed or `_HLS_part`
-    /// comes without `_HLS_msn`.
+    /// Reads the directives of a query; `Err` (answer 400) when one is malformed, given twice,
+    /// or `_HLS_part` comes without `_HLS_msn`. A directive given twice has no one meaning: a
+    /// reader taking the first and one taking the last (or one reading the query after a
+    /// cache sorted it) would each wait for another segment.
     pub fn parse(query: Option<&str>) -> Result<Delivery, &'static str> {
         let mut d = Delivery::default();
+        let mut skip_seen = false;
         for kv in query.unwrap_or("").split('&') {
             let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
             match k {
-                "_HLS_msn" => d.msn = Some(decimal_integer(v).ok_or("bad _HLS_msn")?),
-                "_HLS_part" => d.part = Some(decimal_integer(v).ok_or("bad _HLS_part")?),
-                "_HLS_skip" => match v {
-                    "YES" | "v2" => d.skip = true,
-                    _ => return Err("bad _HLS_skip (YES or v2)"),
-                },
+                "_HLS_msn" => once(&mut d.msn, decimal_integer(v).ok_or("bad _HLS_msn")?)?,
+                "_HLS_part" => once(&mut d.part, decimal_integer(v).ok_or("bad _HLS_part")?)?,
+                "_HLS_skip" => {
+                    if std::mem::replace(&mut skip_seen, true) {
+                        return Err("_HLS_skip given twice");
+                    }
+                    match v {
+                        "YES" | "v2" => d.skip = true,
+                        _ => return Err("bad _HLS_skip (YES or v2)"),
+                    }
+                }
                 _ => {}
             }
         }
@@ -42,6 +50,14 @@ fn decimal_integer(v: &str) -> Option<u64> {
         return None;
     }
     v.parse().ok()
+}
+
+/// Sets a directive that must not have been set yet.
+fn once(field: &mut Option<u64>, v: u64) -> Result<(), &'static str> {
+    match field.replace(v) {
+        None => Ok(()),
+        Some(_) => Err("_HLS_msn or _HLS_part given twice"),
+    }
 }
 
 #[cfg(test)]
@@ -66,5 +82,8 @@ mod tests {
         assert!(Delivery::parse(Some("_HLS_msn=")).is_err());
         assert!(Delivery::parse(Some("_HLS_msn=99999999999999999999")).is_err());
         assert!(Delivery::parse(Some("_HLS_skip=NO")).is_err());
+        assert!(Delivery::parse(Some("_HLS_msn=2&_HLS_msn=3")).is_err());
+        assert!(Delivery::parse(Some("_HLS_msn=2&_HLS_part=1&_HLS_part=1")).is_err());
+        assert!(Delivery::parse(Some("_HLS_msn=2&_HLS_skip=YES&_HLS_skip=v2")).is_err());
     }
 }

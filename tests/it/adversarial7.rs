@@ -1,0 +1,75 @@
+//! Regression tests from the seventh adversarial review (blocking playlist reloads whose
+//! directives the edge read otherwise than the origin is asked, ...): each proves one rule a
+//! hostile viewer or origin broke before, and fails on the code before its fix.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use vedge::proxy::llhls::playlist_of;
+
+use crate::llhls::config_for;
+use crate::support::{until, Gate, Origin, Script, TestEdge};
+
+/// A blocking reload is held on the playlist while a request for the same `(M, P)` is
+/// upstream, so the edge's reading of `_HLS_msn`/`_HLS_part` must be the one the origin is
+/// asked. Before, the edge read the raw query (`%5FHLS_msn` is not `_HLS_msn` there, and the
+/// last of two `_HLS_msn` won) while the key and the fill carry the normalised, sorted query:
+/// `?_HLS_msn=2&_HLS_part=1&%5FHLS_msn=3` was held upstream as "(2, 1)" but asked the origin
+/// for segment 3, and every genuine viewer of (2, 1) waited behind it until its hold ran out
+/// (503) although the origin had that part. Now a directive named twice, in whatever
+/// spelling, is the viewer's 400 and nobody waits on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_reload_is_read_as_the_origin_is_asked_so_an_odd_spelling_holds_nobody() {
+    let origin = Origin::start().await;
+    let path = "/l/m.m3u8";
+    let old = "#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXT-X-PART-INF:PART-TARGET=0.25\n\
+#EXT-X-MEDIA-SEQUENCE:0\n#EXTINF:1.0,\ns0.ts\n#EXTINF:1.0,\ns1.ts\n\
+#EXT-X-PART:DURATION=0.25,URI=\"p2_0.m4s\"\n"
+        .to_string();
+    let new = format!("{old}#EXT-X-PART:DURATION=0.25,URI=\"p2_1.m4s\"\n");
+    origin.script(
+        path,
+        Script::ok(old.clone()).header("cache-control", "max-age=1"),
+    );
+    let edge = TestEdge::start(config_for(&origin.url(), "off")).await;
+    assert_eq!(edge.get(path).await.status, 200);
+    let key = format!("http|{}|{path}", origin.addr());
+    until("the playlist's latest copy is recorded", || {
+        playlist_of(&edge.edge, &key).is_some_and(|p| p.latest().is_some())
+    })
+    .await;
+
+    // The origin holds whatever reaches it now (segment 3 does not exist yet).
+    let gate = Gate::new();
+    origin.script(
+        path,
+        Script::ok(new.clone())
+            .header("cache-control", "max-age=1")
+            .gate(&gate),
+    );
+    let odd_done = AtomicBool::new(false);
+    let odd = async {
+        let r = edge
+            .get(&format!("{path}?_HLS_msn=2&_HLS_part=1&%5FHLS_msn=3"))
+            .await;
+        odd_done.store(true, Ordering::SeqCst);
+        r
+    };
+    let genuine = async {
+        until("the odd request was answered or reached the origin", || {
+            odd_done.load(Ordering::SeqCst) || origin.count(path) == 2
+        })
+        .await;
+        // Part 1 of segment 2 is out now.
+        origin.script(
+            path,
+            Script::ok(new.clone()).header("cache-control", "max-age=1"),
+        );
+        let r = edge.get(&format!("{path}?_HLS_msn=2&_HLS_part=1")).await;
+        gate.open();
+        r
+    };
+    let (odd, genuine) = tokio::join!(odd, genuine);
+    assert_eq!(genuine.status, 200, "{}", genuine.h("cache-status"));
+    assert_eq!(genuine.body, new);
+    assert_eq!(odd.status, 400, "a directive named twice is malformed");
+}
