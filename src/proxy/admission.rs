@@ -1,8 +1,13 @@
 //! Admission under overload: `PriorityGate`, a counting semaphore whose waiters carry a
 //! priority. When every permit is taken, a released permit goes to the oldest `Urgent` waiter,
-//! and to the oldest `Normal` one only when no urgent one waits. The edge uses it to serve
-//! players that report a low buffer first (CMCD `bl` under `cmcd.low_buffer_ms`, `bs`, `su`:
-//! `cmcd::Cmcd::urgent`) when a limit is reached, such as a cap on concurrent origin fills.
+//! and to the oldest `Normal` one when no urgent one waits or after `URGENT_RUN` urgent ones in
+//! a row were admitted past it. The edge uses it to serve players that report a low buffer
+//! first (CMCD `bl` under `cmcd.low_buffer_ms`, `bs`, `su`: `cmcd::Cmcd::urgent`) when a limit
+//! is reached, such as a cap on concurrent origin fills.
+//!
+//! Urgency is the player's own claim, so it buys a place near the front, never the whole
+//! queue: with strict priority one client claiming starvation on a stream of cold requests kept
+//! every other viewer's fill waiting until its deadline.
 //!
 //! A permit is handed straight to the waiter it is released to (the count never rises while
 //! anyone waits), so a newcomer cannot overtake a queued urgent waiter. A waiter that gives up
@@ -37,6 +42,11 @@ impl Priority {
     }
 }
 
+/// Urgent waiters admitted in a row past a waiting normal one before that one goes: urgent
+/// claims still get three of every four permits under contention, and an ordinary waiter is
+/// never more than three places behind however many claims arrive after it.
+pub const URGENT_RUN: usize = 3;
+
 struct Waiter {
     id: u64,
     tx: oneshot::Sender<()>,
@@ -47,14 +57,35 @@ struct State {
     next_id: u64,
     urgent: VecDeque<Waiter>,
     normal: VecDeque<Waiter>,
+    /// Urgent waiters admitted in a row while a normal one waited.
+    urgent_run: usize,
 }
 
 impl State {
-    /// Hands one permit to the first live waiter, urgent ones first; without one it goes back
+    /// The waiter a released permit goes to: the oldest urgent one, unless `URGENT_RUN` of
+    /// them went in a row past a waiting normal one.
+    fn next_waiter(&mut self) -> Option<Waiter> {
+        let normal_due = self.urgent_run >= URGENT_RUN && !self.normal.is_empty();
+        if !normal_due {
+            if let Some(w) = self.urgent.pop_front() {
+                self.urgent_run = if self.normal.is_empty() {
+                    0
+                } else {
+                    self.urgent_run + 1
+                };
+                return Some(w);
+            }
+        }
+        let w = self.normal.pop_front()?;
+        self.urgent_run = 0;
+        Some(w)
+    }
+
+    /// Hands one permit to the first live waiter (`next_waiter`); without one it goes back
     /// to the count. A waiter whose receiver is gone is skipped (its drop already removed it,
     /// so this is only the race where it is dropping right now).
     fn release(&mut self) {
-        while let Some(w) = self.urgent.pop_front().or_else(|| self.normal.pop_front()) {
+        while let Some(w) = self.next_waiter() {
             if w.tx.send(()).is_ok() {
                 return;
             }
@@ -88,6 +119,7 @@ impl PriorityGate {
                 next_id: 0,
                 urgent: VecDeque::new(),
                 normal: VecDeque::new(),
+                urgent_run: 0,
             })),
         }
     }
@@ -247,6 +279,36 @@ mod tests {
         // FIFO within a class.
         let ids: Vec<usize> = order.iter().map(|(i, _)| *i).collect();
         assert_eq!(ids, [3, 4, 5, 0, 1, 2]);
+        assert_eq!(gate.available(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_normal_waiter_goes_after_at_most_urgent_run_urgent_ones() {
+        let gate = PriorityGate::new(1);
+        let held = gate.try_acquire().expect("one permit free");
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        let queue = std::iter::once(Priority::Normal).chain([Priority::Urgent; 6]);
+        for (i, p) in queue.enumerate() {
+            let (g, order) = (gate.clone(), order.clone());
+            tasks.push(tokio::spawn(async move {
+                let _permit = g.acquire(p).await;
+                order.lock().push(i);
+                tokio::task::yield_now().await;
+            }));
+            let g = gate.clone();
+            turns_until(move || {
+                let (u, n) = g.waiting();
+                u + n == i + 1
+            })
+            .await;
+        }
+        drop(held);
+        for t in tasks {
+            t.await.expect("waiter task");
+        }
+        // Three claims of urgency, then the normal waiter that was there first, then the rest.
+        assert_eq!(*order.lock(), [1, 2, 3, 0, 4, 5, 6]);
         assert_eq!(gate.available(), 1);
     }
 

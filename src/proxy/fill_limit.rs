@@ -9,7 +9,8 @@
 //! collapse deadline.
 //!
 //! A fill waits in its leader's priority class (`admission::PriorityGate`): a player reporting a
-//! low buffer with CMCD is given the next free slot before the others.
+//! low buffer with CMCD is given the next free slot before the others, but never more than
+//! three such in a row while another fill waits (the claim is the viewer's own).
 
 use std::sync::atomic::Ordering::Relaxed;
 

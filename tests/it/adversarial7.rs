@@ -3,10 +3,12 @@
 //! hostile viewer or origin broke before, and fails on the code before its fix.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use vedge::proxy::llhls::playlist_of;
 
 use crate::llhls::config_for;
+use crate::support::edge::edge_config;
 use crate::support::{until, Gate, Origin, Script, TestEdge};
 
 /// A blocking reload is held on the playlist while a request for the same `(M, P)` is
@@ -72,4 +74,57 @@ async fn a_blocking_reload_is_read_as_the_origin_is_asked_so_an_odd_spelling_hol
     assert_eq!(genuine.status, 200, "{}", genuine.h("cache-status"));
     assert_eq!(genuine.body, new);
     assert_eq!(odd.status, 400, "a directive named twice is malformed");
+}
+
+/// CMCD urgency (`bs`, `su`, a low `bl`) is the player's own word, so it may move a fill up the
+/// route's queue (`origin_client.max_fills`) but never keep another viewer's fill out of it.
+/// Before, urgent fills were all admitted before any other: one client claiming starvation on
+/// a stream of cold requests kept every other viewer's fill waiting until its collapse deadline
+/// (503 origin-busy). Now a waiting ordinary fill is admitted after at most three urgent ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_claiming_urgency_never_keeps_another_viewers_fill_out_of_the_queue() {
+    let origin = Origin::start().await;
+    let gate = Gate::new();
+    let cached = |body: &'static str| Script::ok(body).header("cache-control", "max-age=60");
+    origin.script("/v/held.ts", cached("held").gate(&gate));
+    origin.script("/v/genuine.ts", cached("genuine"));
+    const CLAIMS: usize = 8;
+    for i in 0..CLAIMS {
+        origin.script(&format!("/v/u{i}.ts"), cached("urgent"));
+    }
+    let mut raw = edge_config(&origin);
+    raw.origin_client.max_fills = Some(1);
+    let edge = Arc::new(TestEdge::start(raw).await);
+    let queued = || edge.edge.metrics.abuse.fills_queued.load(Ordering::SeqCst);
+
+    let e = edge.clone();
+    let held = tokio::spawn(async move { e.get("/v/held.ts").await });
+    until("the held fill takes the route's slot", || {
+        origin.count("/v/held.ts") == 1
+    })
+    .await;
+    // The genuine viewer queues first, then the claims of starvation.
+    let e = edge.clone();
+    let genuine = tokio::spawn(async move { e.get("/v/genuine.ts").await });
+    until("the genuine fill is queued", || queued() == 1).await;
+    let mut claims = Vec::new();
+    for i in 0..CLAIMS {
+        let e = edge.clone();
+        claims.push(tokio::spawn(async move {
+            e.get(&format!("/v/u{i}.ts?CMCD=bs%2Csu")).await
+        }));
+    }
+    until("every claim is queued", || queued() == 1 + CLAIMS as u64).await;
+    gate.open();
+    assert_eq!(held.await.expect("task").status, 200);
+    let genuine = genuine.await.expect("task");
+    assert_eq!(genuine.status, 200, "{}", genuine.h("cache-status"));
+    for c in claims {
+        assert_eq!(c.await.expect("task").status, 200);
+    }
+    let genuine_at = origin.seen("/v/genuine.ts")[0].at;
+    let before = (0..CLAIMS)
+        .filter(|i| origin.seen(&format!("/v/u{i}.ts"))[0].at < genuine_at)
+        .count();
+    assert_eq!(before, 3, "urgent fills fetched before the genuine one");
 }
