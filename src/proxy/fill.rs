@@ -410,6 +410,11 @@ async fn run(
         parts.status
     };
     let mut decision = decide(judged, &parts.headers, class);
+    // A 416 to a slice's `Range` says the slice lies past the end, nothing of the object:
+    // stored under the base key it answered every viewer of the object (`proxy::slice`).
+    if job.slice.is_some() && slice::answers_only_the_range(parts.status) {
+        decision = Decision::ShareOnly("slice-past-end");
+    }
     // Slices and hinted ranges live under keys of their own that carry no `Vary` variant, and
     // their readers do not check one: an answer that varies (`Vary: Origin` with a CORS header,
     // say) would reach every viewer, so it is shared with none.

@@ -183,6 +183,13 @@ pub async fn on_origin_head(
     }
 }
 
+/// Whether the origin's answer to a slice's `Range` is about that range alone (a 416: the slice
+/// starts past the end), so it is neither stored under the base key nor given to a viewer who
+/// asked for no range. A viewer's `Range` far past the end probes such a slice.
+pub fn answers_only_the_range(status: StatusCode) -> bool {
+    status == StatusCode::RANGE_NOT_SATISFIABLE
+}
+
 /// Drops the record and the slices of an object that is no longer sliced.
 async fn forget(edge: &Edge, base: &str, why: &'static str) {
     if edge.lookup(&record_key(base)).await.is_some() {
@@ -357,8 +364,17 @@ fn first_slice(req: &Req<'_>, size: u64) -> u64 {
 
 /// A probe answered with something other than a slice: the ordinary fill's answer.
 fn not_sliced(req: &Req<'_>, fill: Arc<Fill>, leader: bool, head: FillHead) -> Outcome {
-    let FillHead::Pass(reason) = head else {
-        return Outcome::Read { fill, leader };
+    let reason = match head {
+        FillHead::Pass(reason) => reason,
+        // The probe's slice lies past the end: the 416 answers a viewer's own range, while a
+        // viewer without one (an empty object's first slice) asks the origin itself.
+        FillHead::Streaming(h)
+            if answers_only_the_range(h.status)
+                && !req.parts.headers.contains_key(header::RANGE) =>
+        {
+            return Outcome::Pass("slice-past-end")
+        }
+        _ => return Outcome::Read { fill, leader },
     };
     // Only the leader holds the origin's response. A 206 (a slice of an unshareable object)
     // answers a range the viewer did not ask for: the viewer passes with its own request.

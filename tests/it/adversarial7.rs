@@ -128,3 +128,52 @@ async fn a_viewer_claiming_urgency_never_keeps_another_viewers_fill_out_of_the_q
         .count();
     assert_eq!(before, 3, "urgent fills fetched before the genuine one");
 }
+
+/// A viewer's `Range` far past the end of a cold object probes the slice holding its first byte
+/// (`cache.slice_size`, on by default), and a range-capable origin answers that slice 416. The
+/// 416 is about that range alone: before, it was filled "as usual" under the object's base key,
+/// and with the origin's `Cache-Control` on it every viewer of the object got 416 until it
+/// expired. Now it answers the viewer who asked, and the object is served whole afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewers_range_past_the_end_never_stores_a_416_for_the_object() {
+    let origin = Origin::start().await;
+    let body: Vec<u8> = (0..100u8).collect();
+    origin.script(
+        "/v/s.mp4",
+        Script::ok(body.clone())
+            .header("cache-control", "max-age=60")
+            .ranged(),
+    );
+    let edge = TestEdge::start(edge_config(&origin)).await;
+    let past = edge
+        .get_with("/v/s.mp4", &[("range", "bytes=99999999-")])
+        .await;
+    assert_eq!(past.status, 416, "{}", past.h("cache-status"));
+    assert_eq!(past.h("content-range"), "bytes */100");
+
+    let whole = edge.get("/v/s.mp4").await;
+    assert_eq!(whole.status, 200, "{}", whole.h("cache-status"));
+    assert_eq!(whole.body, body);
+    let ranged = edge.get_with("/v/s.mp4", &[("range", "bytes=0-9")]).await;
+    assert_eq!(ranged.status, 206, "{}", ranged.h("cache-status"));
+    assert_eq!(&ranged.body[..], &body[..10]);
+}
+
+/// The first slice of an empty object is past its end too: a viewer asking for the whole
+/// object gets the empty 200 the origin has for it, never the slice's 416.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_object_viewer_of_an_empty_object_never_gets_a_slices_416() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/v/empty.mp4",
+        Script::ok("")
+            .header("cache-control", "max-age=60")
+            .ranged(),
+    );
+    let edge = TestEdge::start(edge_config(&origin)).await;
+    for _ in 0..2 {
+        let r = edge.get("/v/empty.mp4").await;
+        assert_eq!(r.status, 200, "{}", r.h("cache-status"));
+        assert!(r.body.is_empty());
+    }
+}
