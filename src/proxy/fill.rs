@@ -138,7 +138,8 @@ impl FillJob {
 /// The pass reason of a prefetch the origin refused: no answer for the viewers that joined it.
 pub const PREFETCH_REFUSED: &str = "prefetch-refused";
 
-/// What an oversized fill may hold for its slowest viewer before it stops reading the origin.
+/// What an oversized fill may hold behind its fastest viewer: it reads the origin no further
+/// ahead, and a viewer further behind is cut (`Fill::wait_for_readers`).
 const TRIM_WINDOW: u64 = 16 << 20;
 
 /// `cache.range_passthrough_above`.
@@ -579,8 +580,8 @@ async fn run(
                     if outgrown && !trimming {
                         // Too large to keep (a body without a length that turned out bigger
                         // than `max_object_size`): it goes on streaming to the viewers reading
-                        // it, holding only what the slowest of them still needs; new requests
-                        // pass to the origin themselves.
+                        // it, holding a window behind the fastest of them (one further behind
+                        // is cut); new requests pass to the origin themselves.
                         trimming = true;
                         store = false;
                         guard.release();

@@ -4,6 +4,10 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpSocket;
 
 use vedge::proxy::llhls::playlist_of;
 
@@ -176,4 +180,57 @@ async fn a_whole_object_viewer_of_an_empty_object_never_gets_a_slices_416() {
         assert_eq!(r.status, 200, "{}", r.h("cache-status"));
         assert!(r.body.is_empty());
     }
+}
+
+/// A body too large to keep (no `Content-Length`, past `cache.max_object_size`) streams on to
+/// the viewers collapsed on its fill, holding only a window of it. Before, the window was paced
+/// to the slowest of them: one viewer that stopped reading (or read a byte now and then, never
+/// long enough idle for the write timeout) held every other viewer of that fill at its pace.
+/// Now the fill is paced to its fastest reader, and a reader that falls a whole window behind
+/// it is cut alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_that_stops_reading_never_holds_back_the_others_on_an_oversized_fill() {
+    let origin = Origin::start().await;
+    let gate = Gate::new();
+    // Larger than the fill's 16 MiB window plus what socket buffers hold.
+    let body = bytes::Bytes::from(vec![7u8; 40 << 20]);
+    origin.script("/v/big.mp4", Script::ok(body.clone()).chunked().gate(&gate));
+    let mut raw = edge_config(&origin);
+    raw.ram_size = Some("128MiB".into());
+    raw.cache.max_object_size = Some("1MiB".into());
+    raw.cache.slice_size = Some("0".into());
+    raw.server.write_timeout = Some("120s".into());
+    raw.server.send_buffer = Some("0".into());
+    let edge = TestEdge::start(raw).await;
+
+    // The stalled viewer leads the fill and never reads its answer.
+    let sock = TcpSocket::new_v4().expect("socket");
+    sock.set_recv_buffer_size(64 << 10)
+        .expect("small receive buffer");
+    let mut stalled = sock.connect(edge.addr).await.expect("connect");
+    stalled
+        .write_all(b"GET /v/big.mp4 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .expect("write request");
+    until("the stalled viewer's fill reached the origin", || {
+        origin.count("/v/big.mp4") == 1
+    })
+    .await;
+    let reader = edge.get("/v/big.mp4");
+    let open = async {
+        until("the second viewer joined the fill", || {
+            edge.collapsed() == 1
+        })
+        .await;
+        gate.open();
+    };
+    let (r, ()) = tokio::time::timeout(Duration::from_secs(30), async {
+        tokio::join!(reader, open)
+    })
+    .await
+    .expect("the reading viewer was held back by the stalled one");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), body.len());
+    assert_eq!(origin.count("/v/big.mp4"), 1);
+    drop(stalled);
 }

@@ -78,7 +78,7 @@ async fn private_and_set_cookie_responses_are_not_shared_and_become_hit_for_pass
 }
 
 /// A body without a length that outgrows `max_object_size` streams on, byte-exact, to every
-/// viewer already reading it (the fill then holds only what the slowest still needs); it is not
+/// viewer already reading it (the fill then holds a window behind the fastest); it is not
 /// cached, and the next request passes to the origin (hit-for-pass) rather than joining a fill
 /// that no longer has its beginning.
 #[tokio::test]

@@ -81,7 +81,7 @@ pub struct FillReader {
     start: u64,
     end: Option<u64>,
     waiting: Option<Wait>,
-    /// `chunk`, shared with the fill so it can trim behind its slowest reader.
+    /// `chunk`, shared with the fill so it can trim behind its readers.
     pos: Arc<AtomicUsize>,
     /// Whether the first poll has been counted (`Fill::first_poll`).
     first_polled: bool,

@@ -9,7 +9,7 @@
 //! - `place`: the body's final home in zero-copy memory, when its length is announced;
 //! - `pace`: heads first, holding bodies back until every woken viewer has had its head sent;
 //! - `trim`: for a body too large to keep, dropping what every reader has passed and pacing the
-//!   origin to the slowest reader.
+//!   origin to the fastest reader within a window (a reader a window behind is cut).
 //!
 //! On drop of the driver without `finish` (the `FillGuard` finishes it as abandoned), readers
 //! see an error: their response is aborted, never a clean-looking truncated body. The fill

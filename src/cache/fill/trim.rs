@@ -1,11 +1,15 @@
 //! Trimming a body too large to keep: once the driver calls `stop_keeping`, chunks every reader
-//! has passed are dropped, and `wait_for_readers` paces the origin to the slowest reader, so
-//! the fill holds only the window between its slowest and its fastest reader.
+//! has passed are dropped, and `wait_for_readers` paces the origin to the fastest reader within
+//! a window: chunks the fastest reader has passed are dropped once the fill holds more than the
+//! window, and a reader that still needed them is cut (`FillError::Trimmed`).
+//!
+//! Why the fastest: paced to the slowest, one viewer that stopped reading (or took a byte now
+//! and then, never idle long enough for its write timeout) held every other viewer of the fill
+//! at its pace. Paced to the fastest, memory stays bounded by the window all the same, and
+//! only the viewer that fell a window behind loses its response.
 //!
 //! On drop of a reader, it no longer holds the window back (its position is a `Weak` here); once
-//! every reader is gone, `wait_for_readers` returns `false` and the driver stops. There is no
-//! timeout here: a reader that stalls holds the origin back until the viewer's own connection
-//! times out and drops it.
+//! every reader is gone, `wait_for_readers` returns `false` and the driver stops.
 
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Weak;
@@ -34,6 +38,29 @@ impl State {
             .unwrap_or(self.buf.next_chunk());
         self.buf.drop_before(slowest);
     }
+
+    /// Past the window (`limit` bytes retained): drops the oldest chunks the fastest reader has
+    /// passed until the window is kept; the readers still behind them are cut.
+    fn leave_behind(&mut self, limit: u64) {
+        let fastest = self
+            .trim
+            .readers
+            .iter()
+            .filter_map(|r| r.upgrade())
+            .map(|p| p.load(Relaxed))
+            .max()
+            .unwrap_or(self.buf.next_chunk());
+        let mut upto = self.buf.base;
+        let mut retained = self.buf.retained;
+        for c in &self.buf.chunks {
+            if retained <= limit || upto >= fastest {
+                break;
+            }
+            retained -= c.len() as u64;
+            upto += 1;
+        }
+        self.buf.drop_before(upto);
+    }
 }
 
 impl Fill {
@@ -50,8 +77,9 @@ impl Fill {
     }
 
     /// While trimming: waits until at most `limit` bytes are retained, so a fast origin is read
-    /// no faster than the slowest viewer takes the bytes. `false` when no reader is left (the
-    /// body is neither stored nor wanted: the driver stops).
+    /// no faster than the fastest viewer takes the bytes; readers more than `limit` behind are
+    /// left behind (`State::leave_behind`). `false` when no reader is left (the body is neither
+    /// stored nor wanted: the driver stops).
     pub async fn wait_for_readers(&self, limit: u64) -> bool {
         loop {
             let advanced = self.advanced.notified();
@@ -66,6 +94,7 @@ impl Fill {
                 if st.trim.readers.is_empty() {
                     return false;
                 }
+                st.leave_behind(limit);
                 if st.buf.retained <= limit {
                     return true;
                 }
@@ -89,7 +118,7 @@ mod tests {
     use std::time::Duration;
 
     #[tokio::test]
-    async fn a_fill_that_stops_keeping_holds_only_what_its_slowest_reader_still_needs() {
+    async fn a_fill_that_stops_keeping_is_paced_to_its_fastest_reader_within_the_window() {
         let fill = Fill::new();
         let mut fast = fill.reader(0, None);
         let mut slow = fill.reader(0, None);
@@ -98,6 +127,13 @@ mod tests {
         }
         fill.stop_keeping();
         assert_eq!(fill.retained(), 12, "nobody has read anything yet");
+        // Over the limit the driver waits until the fastest reader moves on.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), fill.wait_for_readers(8))
+                .await
+                .is_err(),
+            "12 bytes retained, limit 8, no reader has taken any: the driver waits"
+        );
         for want in [b"aaaa", b"bbbb", b"cccc"] {
             assert_eq!(fast.next().await, Some(Ok(Bytes::from_static(want))));
         }
@@ -108,16 +144,11 @@ mod tests {
             12,
             "b, c, d: the slow reader still needs b and c"
         );
-        // Over the limit the driver waits until the slow reader moves on.
-        assert!(
-            tokio::time::timeout(Duration::from_millis(50), fill.wait_for_readers(8))
-                .await
-                .is_err(),
-            "12 bytes retained, limit 8: the driver waits"
-        );
-        assert_eq!(slow.next().await, Some(Ok(Bytes::from_static(b"bbbb"))));
+        // The fast reader has passed b: the window is kept without waiting for the slow one,
+        // which is cut rather than handed bytes with a gap.
         assert!(fill.wait_for_readers(8).await, "c and d: within the limit");
         assert_eq!(fill.retained(), 8);
+        assert_eq!(slow.next().await, Some(Err(FillError::Trimmed)));
         // A reader that would start in the dropped part fails rather than skip bytes.
         let mut late = fill.reader(0, None);
         assert_eq!(late.next().await, Some(Err(FillError::Trimmed)));
