@@ -1,6 +1,7 @@
-//! Regression tests from the seventh adversarial review (blocking playlist reloads whose
-//! directives the edge read otherwise than the origin is asked, ...): each proves one rule a
-//! hostile viewer or origin broke before, and fails on the code before its fix.
+//! Regression tests from the seventh adversarial review (blocking playlist reloads read
+//! otherwise than the origin is asked, CMCD urgency starving other fills, a slice's 416 stored as
+//! the object, a stalled viewer pacing an oversized fill): each proves one rule a hostile viewer
+//! broke before, and fails on the code before its fix.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
