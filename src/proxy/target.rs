@@ -96,7 +96,7 @@ pub fn resolve<'c>(
         .transpose()
         .map_err(|e| TargetError::BadRequest(format!("Host refused: {e}")))?;
     let route = config
-        .route_for(&path)
+        .route_for(&routing_path(&path))
         .ok_or_else(|| TargetError::NoRoute(path.clone()))?;
     let integrity = &route.integrity;
     if let Some(h) = &viewer_host {
@@ -132,6 +132,23 @@ pub fn resolve<'c>(
         query: query.map(str::to_string),
         key,
     })
+}
+
+/// The path routes are matched on: `path` with every run of `/` merged into one. Origins that
+/// merge slashes (nginx's default, Apache's file mapping) serve `//v/seg.ts` as `/v/seg.ts`, so
+/// a route's gate (token, address lists) must guard every spelling, or doubling a slash walks
+/// around it through a less guarded route. The path fetched and keyed stays as written.
+fn routing_path(path: &str) -> std::borrow::Cow<'_, str> {
+    if !path.contains("//") {
+        return std::borrow::Cow::Borrowed(path);
+    }
+    let mut out = String::with_capacity(path.len());
+    for c in path.chars() {
+        if !(c == '/' && out.ends_with('/')) {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 #[cfg(test)]
@@ -192,6 +209,17 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn doubled_slashes_route_as_single_ones() {
+        let c = config("[[route]]\nprefix = \"/live/\"\norigin = \"http://127.0.0.1:9001\"\n");
+        for p in ["//live/x.ts", "///live//x.ts", "/live//x.ts"] {
+            let t = resolve(&c, Some("h"), p).unwrap();
+            assert_eq!(t.route.prefix, "/live/", "{p}");
+            assert_eq!(t.path, p, "fetched and keyed as written");
+        }
+        assert_eq!(routing_path("/a/b"), "/a/b");
     }
 
     #[test]

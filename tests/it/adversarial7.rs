@@ -235,3 +235,27 @@ async fn a_viewer_that_stops_reading_never_holds_back_the_others_on_an_oversized
     assert_eq!(origin.count("/v/big.mp4"), 1);
     drop(stalled);
 }
+
+/// A route's gate (its token, its address lists) guards every spelling of its paths. Routes
+/// were matched on the path as written, so `//v/seg.ts` missed the token route `/v/`, went out
+/// through the default route without a token, and an origin that merges slashes (nginx's
+/// default, Apache's file mapping) answered it with `/v/seg.ts`: the protected segment, to
+/// anyone, and cached for the next. Now routing reads the path with runs of `/` merged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_route_is_never_bypassed_by_doubling_a_slash() {
+    let origin = Origin::start().await;
+    // An origin merging slashes serves both spellings the same.
+    for p in ["/v/seg.ts", "//v/seg.ts", "/v//seg.ts"] {
+        origin.script(
+            p,
+            Script::ok("protected").header("cache-control", "max-age=60"),
+        );
+    }
+    let edge = crate::support::token::token_edge(&origin, crate::support::token::raw_token()).await;
+    assert_eq!(edge.get("/v/seg.ts").await.status, 403);
+    for doubled in ["//v/seg.ts", "///v/seg.ts", "//v//seg.ts"] {
+        let r = edge.get(doubled).await;
+        assert_eq!(r.status, 403, "{doubled}: {:?}", r.body);
+    }
+    assert_eq!(origin.count("//v/seg.ts"), 0);
+}
