@@ -1,7 +1,8 @@
 //! Regression tests from the seventh adversarial review (blocking playlist reloads read
 //! otherwise than the origin is asked, CMCD urgency starving other fills, a slice's 416 stored as
-//! the object, a stalled viewer pacing an oversized fill): each proves one rule a hostile viewer
-//! broke before, and fails on the code before its fix.
+//! the object, a stalled viewer pacing an oversized fill, a doubled slash skipping a route's
+//! token): each proves one rule a hostile viewer broke before, and fails on the code before its
+//! fix.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
