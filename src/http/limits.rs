@@ -3,6 +3,10 @@
 //! allowlist of CIDRs that bypass the per-client limits. The per-address table is bounded in
 //! bytes (`limits.table_size`): idle entries are evicted to make room, and when every entry is an
 //! open connection a new address goes untracked (counted) rather than growing the table.
+//!
+//! A client is an IPv4 address or an IPv6 /64 (`client_of`): one subscriber holds a /64 or
+//! wider, and counted per address its 2^64 addresses each had a fresh cap and bucket, so one
+//! viewer could take every global connection slot.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -94,10 +98,11 @@ impl Limits {
     /// connection's place until it is dropped (when the connection ends).
     pub fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<Admitted, Refusal> {
         let ip = canonical_ip(peer);
+        let client = client_of(ip);
         let open = self.open.fetch_add(1, Relaxed);
         let mut admitted = Admitted {
             limits: self.clone(),
-            ip,
+            ip: client,
             limited: false,
             tracked: false,
         };
@@ -114,7 +119,7 @@ impl Limits {
             return Ok(admitted);
         }
         let cap = u32::try_from(self.cfg.per_ip_connections).unwrap_or(u32::MAX);
-        let refused = self.with_client(ip, |c| {
+        let refused = self.with_client(client, |c| {
             if c.conns >= cap {
                 return true;
             }
@@ -237,6 +242,18 @@ pub fn ip_denied(_cdn_id: &str) -> Response<Body> {
     r
 }
 
+/// The client `ip` (canonical) is counted as: itself for IPv4, its /64 for IPv6 (the size of
+/// one subscriber's network, RFC 6177).
+fn client_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
+    }
+}
+
 fn shard_of(ip: IpAddr) -> usize {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     ip.hash(&mut h);
@@ -246,6 +263,7 @@ fn shard_of(ip: IpAddr) -> usize {
 /// A connection's place under the limits, released on drop.
 pub struct Admitted {
     limits: Arc<Limits>,
+    /// The client it counts for (`client_of`).
     ip: IpAddr,
     /// Its requests take rate tokens (not on the allowlist, a rate is configured).
     limited: bool,
@@ -310,6 +328,31 @@ mod tests {
         assert_eq!(l.open.load(Relaxed), 0);
         assert_eq!(l.metrics.tracked_ips.load(Relaxed), 0);
         l.admit(ip("192.0.2.1")).expect("room again");
+    }
+
+    #[test]
+    fn the_addresses_of_one_ipv6_64_are_one_client() {
+        let l = limits(2, 0, 1, 1 << 20);
+        let a = l.admit(ip("2001:db8:1:2::1")).expect("first");
+        let b = l
+            .admit(ip("2001:db8:1:2:ffff::7"))
+            .expect("second, same /64");
+        assert_eq!(
+            l.admit(ip("2001:db8:1:2:dead:beef:0:1")).err(),
+            Some(Refusal::PerIp),
+            "a third address of the same /64 is over the per-client cap"
+        );
+        let c = l.admit(ip("2001:db8:1:3::1")).expect("another /64");
+        drop((a, b, c));
+        assert_eq!(l.metrics.tracked_ips.load(Relaxed), 0);
+
+        let r = limits(0, 1, 2, 1 << 20);
+        let a = r.admit(ip("2001:db8::1")).expect("admitted");
+        let b = r.admit(ip("2001:db8::2")).expect("admitted");
+        a.take_request().expect("within the burst");
+        b.take_request().expect("within the burst");
+        b.take_request()
+            .expect_err("the /64 shares one bucket: over the rate");
     }
 
     #[test]
