@@ -228,68 +228,13 @@ mod tests {
         panic!("condition not reached");
     }
 
-    #[tokio::test]
-    async fn low_buffer_waiters_are_all_admitted_before_others() {
-        let gate = PriorityGate::new(1);
+    /// Queues one waiter per entry of `queue`, in order, behind a gate of one held permit, then
+    /// releases it; returns the waiters' indices in the order they were admitted.
+    async fn admitted_in_order(gate: &PriorityGate, queue: &[Priority]) -> Vec<usize> {
         let held = gate.try_acquire().expect("one permit free");
         let order = Arc::new(Mutex::new(Vec::new()));
         let mut tasks = Vec::new();
-        // Normal waiters queue first, so FIFO alone would admit them first.
-        for (i, p) in [
-            Priority::Normal,
-            Priority::Normal,
-            Priority::Normal,
-            Priority::Urgent,
-            Priority::Urgent,
-            Priority::Urgent,
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            let (g, order) = (gate.clone(), order.clone());
-            tasks.push(tokio::spawn(async move {
-                let _permit = g.acquire(p).await;
-                order.lock().push((i, p));
-                tokio::task::yield_now().await;
-            }));
-            let g = gate.clone();
-            turns_until(move || {
-                let (u, n) = g.waiting();
-                u + n == i + 1
-            })
-            .await;
-        }
-        drop(held);
-        for t in tasks {
-            t.await.expect("waiter task");
-        }
-        let order = order.lock().clone();
-        let classes: Vec<Priority> = order.iter().map(|(_, p)| *p).collect();
-        assert_eq!(
-            classes,
-            [
-                Priority::Urgent,
-                Priority::Urgent,
-                Priority::Urgent,
-                Priority::Normal,
-                Priority::Normal,
-                Priority::Normal
-            ]
-        );
-        // FIFO within a class.
-        let ids: Vec<usize> = order.iter().map(|(i, _)| *i).collect();
-        assert_eq!(ids, [3, 4, 5, 0, 1, 2]);
-        assert_eq!(gate.available(), 1);
-    }
-
-    #[tokio::test]
-    async fn a_normal_waiter_goes_after_at_most_urgent_run_urgent_ones() {
-        let gate = PriorityGate::new(1);
-        let held = gate.try_acquire().expect("one permit free");
-        let order = Arc::new(Mutex::new(Vec::new()));
-        let mut tasks = Vec::new();
-        let queue = std::iter::once(Priority::Normal).chain([Priority::Urgent; 6]);
-        for (i, p) in queue.enumerate() {
+        for (i, &p) in queue.iter().enumerate() {
             let (g, order) = (gate.clone(), order.clone());
             tasks.push(tokio::spawn(async move {
                 let _permit = g.acquire(p).await;
@@ -307,8 +252,30 @@ mod tests {
         for t in tasks {
             t.await.expect("waiter task");
         }
+        let order = order.lock().clone();
+        order
+    }
+
+    #[tokio::test]
+    async fn low_buffer_waiters_are_all_admitted_before_others() {
+        use Priority::{Normal, Urgent};
+        let gate = PriorityGate::new(1);
+        // Normal waiters queue first, so FIFO alone would admit them first; FIFO within a class.
+        let order =
+            admitted_in_order(&gate, &[Normal, Normal, Normal, Urgent, Urgent, Urgent]).await;
+        assert_eq!(order, [3, 4, 5, 0, 1, 2]);
+        assert_eq!(gate.available(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_normal_waiter_goes_after_at_most_urgent_run_urgent_ones() {
+        let gate = PriorityGate::new(1);
+        let queue: Vec<Priority> = std::iter::once(Priority::Normal)
+            .chain([Priority::Urgent; 6])
+            .collect();
+        let order = admitted_in_order(&gate, &queue).await;
         // Three claims of urgency, then the normal waiter that was there first, then the rest.
-        assert_eq!(*order.lock(), [1, 2, 3, 0, 4, 5, 6]);
+        assert_eq!(order, [1, 2, 3, 0, 4, 5, 6]);
         assert_eq!(gate.available(), 1);
     }
 

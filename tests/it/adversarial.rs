@@ -6,6 +6,32 @@ use vedge::proxy::llhls::playlist_of;
 use crate::llhls::config_for;
 use crate::support::{until, Gate, Origin, Script, TestEdge};
 
+/// A new edge that holds `/l/m.m3u8` at part 0 of segment 2 as the playlist's latest copy,
+/// while the origin now answers (held behind `gate`) the next version, one part later.
+/// Returns the edge, the playlist's path and that next version.
+pub async fn edge_with_the_next_part_held(
+    origin: &Origin,
+    gate: &Gate,
+) -> (TestEdge, &'static str, String) {
+    let path = "/l/m.m3u8";
+    let old = "#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXT-X-PART-INF:PART-TARGET=0.25\n\
+#EXT-X-MEDIA-SEQUENCE:0\n#EXTINF:1.0,\ns0.ts\n#EXTINF:1.0,\ns1.ts\n\
+#EXT-X-PART:DURATION=0.25,URI=\"p2_0.m4s\"\n"
+        .to_string();
+    let new = format!("{old}#EXT-X-PART:DURATION=0.25,URI=\"p2_1.m4s\"\n");
+    origin.script(path, Script::ok(old).header("cache-control", "max-age=1"));
+    let edge = TestEdge::start(config_for(&origin.url(), "off")).await;
+    assert_eq!(edge.get(path).await.status, 200);
+    latest_recorded(&edge, &format!("http|{}|{path}", origin.addr())).await;
+    origin.script(
+        path,
+        Script::ok(new.clone())
+            .header("cache-control", "max-age=1")
+            .gate(gate),
+    );
+    (edge, path, new)
+}
+
 /// Waits until the edge holds a latest copy of the playlist keyed `key`.
 async fn latest_recorded(edge: &TestEdge, key: &str) {
     until("the playlist's latest copy is recorded", || {
@@ -60,28 +86,9 @@ async fn a_blocking_reload_is_never_answered_with_another_viewers_vary_variant()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blocking_reload_for_a_later_segment_never_holds_back_one_for_an_earlier_part() {
     let origin = Origin::start().await;
-    let path = "/l/m.m3u8";
-    let old = "#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXT-X-PART-INF:PART-TARGET=0.25\n\
-#EXT-X-MEDIA-SEQUENCE:0\n#EXTINF:1.0,\ns0.ts\n#EXTINF:1.0,\ns1.ts\n\
-#EXT-X-PART:DURATION=0.25,URI=\"p2_0.m4s\"\n"
-        .to_string();
-    let new = format!("{old}#EXT-X-PART:DURATION=0.25,URI=\"p2_1.m4s\"\n");
-    origin.script(
-        path,
-        Script::ok(old.clone()).header("cache-control", "max-age=1"),
-    );
-    let edge = TestEdge::start(config_for(&origin.url(), "off")).await;
-    assert_eq!(edge.get(path).await.status, 200);
-    latest_recorded(&edge, &format!("http|{}|{path}", origin.addr())).await;
-
     // The origin holds the far request (segment 3 does not exist yet) ...
     let gate = Gate::new();
-    origin.script(
-        path,
-        Script::ok(new.clone())
-            .header("cache-control", "max-age=1")
-            .gate(&gate),
-    );
+    let (edge, path, new) = edge_with_the_next_part_held(&origin, &gate).await;
     let far_path = format!("{path}?_HLS_msn=3");
     let far = edge.get(&far_path);
     let near = async {

@@ -11,9 +11,7 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpSocket;
 
-use vedge::proxy::llhls::playlist_of;
-
-use crate::llhls::config_for;
+use crate::adversarial::edge_with_the_next_part_held;
 use crate::support::edge::edge_config;
 use crate::support::{until, Gate, Origin, Script, TestEdge};
 
@@ -28,32 +26,9 @@ use crate::support::{until, Gate, Origin, Script, TestEdge};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blocking_reload_is_read_as_the_origin_is_asked_so_an_odd_spelling_holds_nobody() {
     let origin = Origin::start().await;
-    let path = "/l/m.m3u8";
-    let old = "#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXT-X-PART-INF:PART-TARGET=0.25\n\
-#EXT-X-MEDIA-SEQUENCE:0\n#EXTINF:1.0,\ns0.ts\n#EXTINF:1.0,\ns1.ts\n\
-#EXT-X-PART:DURATION=0.25,URI=\"p2_0.m4s\"\n"
-        .to_string();
-    let new = format!("{old}#EXT-X-PART:DURATION=0.25,URI=\"p2_1.m4s\"\n");
-    origin.script(
-        path,
-        Script::ok(old.clone()).header("cache-control", "max-age=1"),
-    );
-    let edge = TestEdge::start(config_for(&origin.url(), "off")).await;
-    assert_eq!(edge.get(path).await.status, 200);
-    let key = format!("http|{}|{path}", origin.addr());
-    until("the playlist's latest copy is recorded", || {
-        playlist_of(&edge.edge, &key).is_some_and(|p| p.latest().is_some())
-    })
-    .await;
-
     // The origin holds whatever reaches it now (segment 3 does not exist yet).
     let gate = Gate::new();
-    origin.script(
-        path,
-        Script::ok(new.clone())
-            .header("cache-control", "max-age=1")
-            .gate(&gate),
-    );
+    let (edge, path, new) = edge_with_the_next_part_held(&origin, &gate).await;
     let odd_done = AtomicBool::new(false);
     let odd = async {
         let r = edge
