@@ -80,6 +80,41 @@ pub(crate) fn after_playlist(
 
 /// After a manifest that is not an HLS playlist was stored: a dynamic MPD prefetches the media
 /// it newly lists.
+/// Whether an MPD's root element says `type="dynamic"` (either quote, spaces around `=`, a
+/// namespace prefix on `MPD`), read as bytes from its first 16 KiB. Read as text, a cut through
+/// a multi-byte character (a title in another script) hid a live MPD, and only the exact
+/// spelling `type="dynamic"` was seen.
+fn mpd_is_dynamic(body: &[u8]) -> bool {
+    let head = &body[..body.len().min(16 << 10)];
+    let Some(root) = head.windows(4).enumerate().find_map(|(i, w)| {
+        let opens = i > 0 && matches!(head[i - 1], b'<' | b':');
+        (opens && &w[..3] == b"MPD" && w[3].is_ascii_whitespace()).then_some(i + 3)
+    }) else {
+        return false;
+    };
+    let tag = &head[root..];
+    let tag = &tag[..tag.iter().position(|&b| b == b'>').unwrap_or(tag.len())];
+    let mut rest = tag;
+    while let Some(at) = rest
+        .windows(5)
+        .position(|w| w[0].is_ascii_whitespace() && &w[1..] == b"type")
+    {
+        rest = &rest[at + 5..];
+        let value = rest.trim_ascii_start();
+        let Some(value) = value.strip_prefix(b"=") else {
+            continue;
+        };
+        let value = value.trim_ascii_start();
+        let Some((&quote, value)) = value.split_first() else {
+            return false;
+        };
+        return matches!(quote, b'"' | b'\'')
+            && value.starts_with(b"dynamic")
+            && value.get(7) == Some(&quote);
+    }
+    false
+}
+
 pub(crate) fn observe_mpd(edge: &Arc<Edge>, route: &Route, key: &str, body: &[u8]) {
     // Without the `Vary` variant (`\0...`) a varied MPD's key ends with.
     let path = key.splitn(3, '|').nth(2).unwrap_or("");
@@ -87,10 +122,7 @@ pub(crate) fn observe_mpd(edge: &Arc<Edge>, route: &Route, key: &str, body: &[u8
     if !path.split('?').next().unwrap_or("").ends_with(".mpd") {
         return;
     }
-    let head = &body[..body.len().min(4096)];
-    let dynamic = std::str::from_utf8(head)
-        .map(|t| t.contains("type=\"dynamic\""))
-        .unwrap_or(false);
+    let dynamic = mpd_is_dynamic(body);
     let pl = llhls::playlist_of(edge, &llhls::playlist_key(key));
     let Some(pl) = pl else { return };
     if !dynamic || route.live.prefetch == Prefetch::Off {
@@ -273,4 +305,34 @@ fn start(
         fill::drive_fill(edge2, guard, f, job).await;
     });
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_mpd_is_dynamic_by_its_root_elements_type_attribute() {
+        let pad = |n: usize| "x".repeat(n);
+        assert!(mpd_is_dynamic(
+            b"<?xml version=\"1.0\"?><MPD type=\"dynamic\" a=\"b\">"
+        ));
+        assert!(mpd_is_dynamic(
+            b"<mpd:MPD xmlns:mpd=\"u\"\n  type = 'dynamic'>"
+        ));
+        assert!(!mpd_is_dynamic(b"<MPD type=\"static\">"));
+        assert!(!mpd_is_dynamic(
+            b"<MPD profiletype=\"dynamic\" type=\"static\">"
+        ));
+        assert!(!mpd_is_dynamic(b"<MPD type=\"dynamicx\">"));
+        assert!(!mpd_is_dynamic(b"<MPD>type=\"dynamic\"</MPD>"));
+        assert!(!mpd_is_dynamic(b"<MPDX type=\"dynamic\">"));
+        // A multi-byte character across byte 4096 no longer hides it.
+        let mpd = format!(
+            "<MPD type=\"dynamic\"><Title>{}\u{e9}</Title></MPD>",
+            pad(4068)
+        );
+        assert_eq!(mpd.find('\u{e9}'), Some(4095));
+        assert!(mpd_is_dynamic(mpd.as_bytes()));
+    }
 }

@@ -321,3 +321,47 @@ async fn with_live_dvr_segments_behind_the_live_edge_leave_ram_but_stay_on_disk_
         );
     }
 }
+
+/// A live MPD is recognised by its root element's `type="dynamic"` wherever a multi-byte
+/// character falls: before, the first 4,096 bytes were read as text, and a title in another
+/// script cut at byte 4,096 hid the MPD's liveness, so its new segments were never prefetched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_mpd_with_a_multibyte_title_across_byte_4096_still_drives_prefetch() {
+    let origin = crate::support::Origin::start().await;
+    let head =
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<MPD xmlns=\"urn:mpeg:dash:schema:mpd:2011\" \
+type=\"dynamic\" availabilityStartTime=\"2026-01-01T00:00:00Z\" minimumUpdatePeriod=\"PT2S\" \
+minBufferTime=\"PT2S\" profiles=\"urn:mpeg:dash:profile:isoff-live:2011\">\n\
+<ProgramInformation><Title>";
+    let pad = "x".repeat(4095 - head.len());
+    let mpd = format!(
+        "{head}{pad}\u{e9}t\u{e9}</Title></ProgramInformation>\n<Period id=\"p0\" start=\"PT0S\">\
+<AdaptationSet mimeType=\"video/mp4\"><Representation id=\"v1\" bandwidth=\"1000000\" \
+codecs=\"avc1.64001f\"><SegmentTemplate timescale=\"1000\" media=\"seg-$Time$.m4s\" \
+initialization=\"init.m4s\"><SegmentTimeline><S t=\"0\" d=\"2000\" r=\"2\"/></SegmentTimeline>\
+</SegmentTemplate></Representation></AdaptationSet></Period></MPD>\n"
+    );
+    assert_eq!(
+        mpd.find('\u{e9}'),
+        Some(4095),
+        "the title's first é spans bytes 4095-4096"
+    );
+    origin.script(
+        "/l/live.mpd",
+        crate::support::Script::ok(mpd).header("cache-control", "max-age=1"),
+    );
+    origin.script("/l/seg-4000.m4s", crate::support::Script::ok("newest"));
+    let edge = crate::support::TestEdge::start(config_for(&origin.url(), "next")).await;
+    assert_eq!(edge.get("/l/live.mpd").await.status, 200);
+    crate::support::until("the newest segment is prefetched", || {
+        origin.count("/l/seg-4000.m4s") == 1
+    })
+    .await;
+    let r = edge.get("/l/seg-4000.m4s").await;
+    assert_eq!(r.body, "newest");
+    assert_eq!(
+        origin.count("/l/seg-4000.m4s"),
+        1,
+        "the viewer's request was a hit"
+    );
+}
