@@ -213,6 +213,9 @@ struct RouteCmcd {
     starvation: AtomicU64,
 }
 
+/// The most one request's `bl` adds to `vedge_cmcd_buffer_length_ms_sum`: a day.
+const MAX_SUMMED_BUFFER_MS: u64 = 86_400_000;
+
 /// `vedge_cmcd_buffer_length_ms` (histogram of `bl`) and `vedge_cmcd_buffer_starvation_total`
 /// (requests carrying `bs`), labelled by route prefix. The label set is bounded: a route is
 /// created once, from the config's prefixes, on its first CMCD request.
@@ -235,7 +238,9 @@ impl CmcdMetrics {
                 }
             }
             r.count.fetch_add(1, Relaxed);
-            r.sum_ms.fetch_add(bl, Relaxed);
+            // A player's `bl` is its own word: past a day it is nonsense, and summed as sent a
+            // few `u64::MAX`s would wrap the route's sum for everyone reading the metric.
+            r.sum_ms.fetch_add(bl.min(MAX_SUMMED_BUFFER_MS), Relaxed);
         }
         if c.bs {
             r.starvation.fetch_add(1, Relaxed);
@@ -317,6 +322,21 @@ impl CmcdMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_players_absurd_buffer_length_never_wraps_the_routes_sum() {
+        let m = Metrics::default();
+        for _ in 0..3 {
+            m.cmcd.observe("/live/", &Cmcd::parse("bl=999999999999999"));
+        }
+        let mut text = String::new();
+        m.render(&mut text);
+        let want = format!(
+            "vedge_cmcd_buffer_length_ms_sum{{route=\"/live/\"}} {}",
+            3 * MAX_SUMMED_BUFFER_MS
+        );
+        assert!(text.contains(&want), "{text}");
+    }
 
     #[test]
     fn buffer_lengths_fill_cumulative_buckets_per_route() {
