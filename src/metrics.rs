@@ -140,6 +140,9 @@ pub struct LimitMetrics {
     pub refused_global: AtomicU64,
     /// Connections closed right after accept: over `limits.per_ip_connections`.
     pub refused_per_ip: AtomicU64,
+    /// Connections closed right after accept: they would have taken the descriptors kept for
+    /// origin connections and the store (`http::server::descriptor_ceiling`).
+    pub refused_descriptors: AtomicU64,
     /// Requests answered 429 (over `limits.per_ip_rps` + burst).
     pub rate_limited: AtomicU64,
     /// Requests answered 403 by a route's `allow_ips` / `deny_ips`.
@@ -166,6 +169,7 @@ impl LimitMetrics {
         for (reason, c) in [
             ("max_connections", &self.refused_global),
             ("per_ip_connections", &self.refused_per_ip),
+            ("descriptors", &self.refused_descriptors),
         ] {
             let _ = writeln!(
                 out,

@@ -140,6 +140,11 @@ impl Limits {
         }
     }
 
+    /// Counts a connection closed at accept because it took a descriptor kept for fills.
+    pub fn refused_for_descriptors(&self) {
+        Metrics::inc(&self.metrics.refused_descriptors);
+    }
+
     /// Takes one request token for `ip`; `Err(retry_after)` when its bucket is empty.
     pub fn take_request(&self, ip: IpAddr) -> Result<(), Duration> {
         let (rps, burst) = (self.rps, self.burst);

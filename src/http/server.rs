@@ -6,6 +6,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -187,6 +188,25 @@ fn worker_thread<H: Handler>(
     let _ = done.send(());
 }
 
+/// The lowest descriptor number a viewer connection may not have: the open-file limit less a
+/// reserve (1/64 of it, 64 to 1,024) that viewers never take. Without it a crowd of viewers took
+/// every descriptor, and a fill's origin connection failed with EMFILE: a `502` for every
+/// viewer collapsed onto it (the 20,000-viewer storm at a 20,000-descriptor limit). The store's
+/// files, memfd bodies and splice pipes draw on the reserve too; the last two fall back to the
+/// heap and to copying when they find none.
+fn descriptor_ceiling() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return u64::MAX;
+    }
+    let limit = lim.rlim_cur;
+    limit.saturating_sub((limit / 64).clamp(64, 1024))
+}
+
 async fn accept_loop<H: Handler>(
     edge: H,
     listener: TcpListener,
@@ -202,6 +222,7 @@ async fn accept_loop<H: Handler>(
     let graceful = GracefulShutdown::new();
     let cut = CancellationToken::new();
     let tasks = TaskTracker::new();
+    let ceiling = descriptor_ceiling();
     loop {
         // Races a new connection against shutdown; shutdown wins and stops accepting.
         let (stream, peer) = tokio::select! {
@@ -216,6 +237,14 @@ async fn accept_loop<H: Handler>(
                 }
             },
         };
+        // In the descriptors kept for fills: closed at once, so the next origin connection
+        // still gets one. Descriptors are handed out lowest first, so this one's number says
+        // how many are in use.
+        if stream.as_raw_fd() as u64 >= ceiling {
+            edge.limits().refused_for_descriptors();
+            drop(stream);
+            continue;
+        }
         // Over a connection cap: closed at once, before TLS or a single byte of HTTP.
         let Ok(admitted) = edge.limits().admit(peer.ip()) else {
             drop(stream);

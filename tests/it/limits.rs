@@ -15,6 +15,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::oneshot;
 use vedge::config::{RawConfig, RawRoute};
 
+use crate::support::binary::BinaryEdge;
 use crate::support::edge::{edge_config, read_raw, until, RawResp};
 use crate::support::origin::{Origin, Script};
 
@@ -293,4 +294,50 @@ async fn the_admin_listener_closes_a_connection_that_never_finishes_its_header()
     // It still answers a client that sends a whole request.
     let ok = get_from("127.0.0.1", e.admin, "/healthz").await;
     assert_eq!(ok.status(), 200);
+}
+
+/// Viewers never take the last descriptors: a crowd of connections at the open-file limit must
+/// leave the edge one for a fill's origin connection. Before, accept took every descriptor and
+/// the fill's connect failed with EMFILE: a `502` for the viewer, and for every viewer
+/// collapsed onto the fill (two `502`s in the 20,000-viewer storm at a 20,000-descriptor limit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crowd_at_the_descriptor_limit_never_takes_the_descriptors_fills_need() {
+    let origin = Origin::start().await;
+    // Three fills in flight at once need origin connections beyond the one kept warm.
+    let paths = ["/d/a.ts", "/d/b.ts", "/d/c.ts"];
+    for p in paths {
+        origin.script(p, Script::ok(p).head_delay(Duration::from_millis(300)));
+    }
+    let v = BinaryEdge::start_with_nofile(&origin.url(), std::iter::empty::<&str>(), 128);
+    v.ready().await;
+    let edge = ("127.0.0.1", v.port);
+    let mut viewers = Vec::new();
+    for _ in paths {
+        viewers.push(TcpStream::connect(edge).await.expect("connect"));
+    }
+    // More connections than the edge has descriptors (bounded in count and time).
+    let mut crowd = Vec::new();
+    for _ in 0..160 {
+        let connect = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(edge));
+        if let Ok(Ok(s)) = connect.await {
+            crowd.push(s);
+        }
+    }
+    // Let the edge accept (keep or close) what it can.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let asks = viewers.into_iter().zip(paths).map(|(mut s, p)| async move {
+        let req = format!("GET {p} HTTP/1.1\r\nHost: edge.test\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.expect("send");
+        (p, read_raw(&mut s).await)
+    });
+    for (p, r) in futures_util::future::join_all(asks).await {
+        assert_eq!(r.status(), 200, "{p}: the fill got an origin connection");
+        assert_eq!(r.split().1, p.as_bytes());
+    }
+    drop(crowd);
+    let refused = r#"vedge_connections_refused_total{reason="descriptors"}"#;
+    assert!(
+        v.metric(refused).await > 0,
+        "the crowd's last connections were refused"
+    );
 }

@@ -53,7 +53,17 @@ impl BinaryEdge {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        BinaryEdge::spawn(origin, extra, Stdio::inherit(), "warn", Some(soft))
+        BinaryEdge::spawn(origin, extra, Stdio::inherit(), "warn", Some((soft, false)))
+    }
+
+    /// Like `start`, with both the child's open-file limits lowered to `limit` (it cannot raise
+    /// them back), for what a process does at its descriptor limit.
+    pub fn start_with_nofile<I, S>(origin: &str, extra: I, limit: u64) -> BinaryEdge
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        BinaryEdge::spawn(origin, extra, Stdio::inherit(), "warn", Some((limit, true)))
     }
 
     /// The process id, for reading `/proc/<pid>/*`.
@@ -77,7 +87,7 @@ impl BinaryEdge {
         extra: I,
         stderr: Stdio,
         level: &str,
-        soft_nofile: Option<u64>,
+        nofile: Option<(u64, bool)>,
     ) -> BinaryEdge
     where
         I: IntoIterator<Item = S>,
@@ -85,7 +95,8 @@ impl BinaryEdge {
     {
         let (port, admin) = (free_port(), free_port());
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_vedge"));
-        if let Some(soft) = soft_nofile {
+        // (soft limit, and whether the hard limit comes down with it)
+        if let Some((soft, hard_too)) = nofile {
             use std::os::unix::process::CommandExt;
             // SAFETY: between fork and exec only getrlimit/setrlimit run (async-signal-safe),
             // on the child's own limits.
@@ -97,6 +108,9 @@ impl BinaryEdge {
                     };
                     if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
                         lim.rlim_cur = soft.min(lim.rlim_max);
+                        if hard_too {
+                            lim.rlim_max = lim.rlim_cur;
+                        }
                         libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
                     }
                     Ok(())
