@@ -140,9 +140,9 @@ pub struct LimitMetrics {
     pub refused_global: AtomicU64,
     /// Connections closed right after accept: over `limits.per_ip_connections`.
     pub refused_per_ip: AtomicU64,
-    /// Connections closed right after accept: they would have taken the descriptors kept for
-    /// origin connections and the store (`http::server::descriptor_ceiling`).
-    pub refused_descriptors: AtomicU64,
+    /// Pauses of accepting: a viewer connection got a descriptor of the reserve kept for origin
+    /// connections and the store (`http::server::descriptor_ceiling`).
+    pub accept_paused_descriptors: AtomicU64,
     /// Requests answered 429 (over `limits.per_ip_rps` + burst).
     pub rate_limited: AtomicU64,
     /// Requests answered 403 by a route's `allow_ips` / `deny_ips`.
@@ -165,11 +165,15 @@ impl LimitMetrics {
         ] {
             let _ = writeln!(out, "# TYPE {name} gauge\n{name} {}", g.load(Relaxed));
         }
+        let _ = writeln!(
+            out,
+            "# TYPE vedge_accept_paused_total counter\nvedge_accept_paused_total{{reason=\"descriptors\"}} {}",
+            self.accept_paused_descriptors.load(Relaxed)
+        );
         let _ = writeln!(out, "# TYPE vedge_connections_refused_total counter");
         for (reason, c) in [
             ("max_connections", &self.refused_global),
             ("per_ip_connections", &self.refused_per_ip),
-            ("descriptors", &self.refused_descriptors),
         ] {
             let _ = writeln!(
                 out,

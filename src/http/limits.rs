@@ -140,9 +140,9 @@ impl Limits {
         }
     }
 
-    /// Counts a connection closed at accept because it took a descriptor kept for fills.
-    pub fn refused_for_descriptors(&self) {
-        Metrics::inc(&self.metrics.refused_descriptors);
+    /// Counts a pause of accepting: a viewer's descriptor was in the reserve kept for fills.
+    pub fn paused_for_descriptors(&self) {
+        Metrics::inc(&self.metrics.accept_paused_descriptors);
     }
 
     /// Takes one request token for `ip`; `Err(retry_after)` when its bucket is empty.

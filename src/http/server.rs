@@ -188,8 +188,9 @@ fn worker_thread<H: Handler>(
     let _ = done.send(());
 }
 
-/// The lowest descriptor number a viewer connection may not have: the open-file limit less a
-/// reserve (1/64 of it, 64 to 1,024) that viewers never take. Without it a crowd of viewers took
+/// The lowest descriptor number past which the accept loop pauses: the open-file limit less a
+/// reserve (1/64 of it, 64 to 1,024) that viewers do not take (one connection at most, the one
+/// that finds the reserve, per accept loop). Without it a crowd of viewers took
 /// every descriptor, and a fill's origin connection failed with EMFILE: a `502` for every
 /// viewer collapsed onto it (the 20,000-viewer storm at a 20,000-descriptor limit). The store's
 /// files, memfd bodies and splice pipes draw on the reserve too; the last two fall back to the
@@ -205,6 +206,20 @@ fn descriptor_ceiling() -> u64 {
     }
     let limit = lim.rlim_cur;
     limit.saturating_sub((limit / 64).clamp(64, 1024))
+}
+
+/// The descriptor number the next `accept` would get (the lowest free one), probed with a
+/// `dup` that is closed at once; `None` if even that fails (then accepting waits on).
+fn lowest_free_descriptor(listener: &TcpListener) -> Option<u64> {
+    // SAFETY: duplicates our listener's descriptor and closes the duplicate; nothing else
+    // sees it.
+    let fd = unsafe { libc::fcntl(listener.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `fd` is the duplicate just made, owned here.
+    unsafe { libc::close(fd) };
+    Some(fd as u64)
 }
 
 async fn accept_loop<H: Handler>(
@@ -223,7 +238,19 @@ async fn accept_loop<H: Handler>(
     let cut = CancellationToken::new();
     let tasks = TaskTracker::new();
     let ceiling = descriptor_ceiling();
+    // Set when a viewer got a descriptor in the reserve: accepting waits until one below the
+    // ceiling is free again, and viewers wait in the listen backlog as they would at EMFILE.
+    let mut saturated = false;
     loop {
+        if saturated {
+            if lowest_free_descriptor(&listener).is_some_and(|fd| fd >= ceiling) {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_millis(20)) => continue,
+                }
+            }
+            saturated = false;
+        }
         // Races a new connection against shutdown; shutdown wins and stops accepting.
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -237,13 +264,12 @@ async fn accept_loop<H: Handler>(
                 }
             },
         };
-        // In the descriptors kept for fills: closed at once, so the next origin connection
-        // still gets one. Descriptors are handed out lowest first, so this one's number says
-        // how many are in use.
+        // In the descriptors kept for fills: this viewer is served, and accepting pauses until
+        // the crowd shrinks, so the reserve stays for origin connections. Descriptors are
+        // handed out lowest first, so this one's number says how many are in use.
         if stream.as_raw_fd() as u64 >= ceiling {
-            edge.limits().refused_for_descriptors();
-            drop(stream);
-            continue;
+            edge.limits().paused_for_descriptors();
+            saturated = true;
         }
         // Over a connection cap: closed at once, before TLS or a single byte of HTTP.
         let Ok(admitted) = edge.limits().admit(peer.ip()) else {

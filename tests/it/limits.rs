@@ -335,9 +335,9 @@ async fn a_crowd_at_the_descriptor_limit_never_takes_the_descriptors_fills_need(
         assert_eq!(r.split().1, p.as_bytes());
     }
     drop(crowd);
-    let refused = r#"vedge_connections_refused_total{reason="descriptors"}"#;
+    let paused = r#"vedge_accept_paused_total{reason="descriptors"}"#;
     assert!(
-        v.metric(refused).await > 0,
-        "the crowd's last connections were refused"
+        v.metric(paused).await > 0,
+        "accepting paused at the reserve"
     );
 }
