@@ -29,16 +29,10 @@ async fn a_pass_never_forwards_a_viewers_claimed_client_address() {
     let origin = Origin::start().await;
     origin.script("/p/form", Script::ok("done"));
     let edge = TestEdge::start(edge_config(&origin)).await;
-    let mut b = edge
+    let b = edge
         .req(Method::POST, "/p/form")
         .header("x-forwarded-for", "198.51.100.1");
-    for (k, v) in CLIENT_ADDRESS {
-        b = b.header(k, v);
-    }
-    let r = edge.send(b, Bytes::from_static(b"a=1")).await;
-    assert_eq!(r.status, StatusCode::OK);
-    let seen = origin.seen("/p/form");
-    assert_eq!(seen.len(), 1);
+    let seen = post_claiming_every_address(&edge, &origin, b).await;
     for (k, _) in CLIENT_ADDRESS {
         assert_eq!(seen[0].header(k), None, "{k} reached the origin");
     }
@@ -47,6 +41,23 @@ async fn a_pass_never_forwards_a_viewers_claimed_client_address() {
         Some("198.51.100.1, 127.0.0.1"),
         "the chain ends with the peer the edge saw"
     );
+}
+
+/// Sends `b` (a POST to `/p/form`, a pass) with every header of `CLIENT_ADDRESS` added, checks
+/// it was answered 200 by one origin request, and returns what the origin saw.
+async fn post_claiming_every_address(
+    edge: &TestEdge,
+    origin: &Origin,
+    mut b: http::request::Builder,
+) -> Vec<crate::support::origin::Seen> {
+    for (k, v) in CLIENT_ADDRESS {
+        b = b.header(k, v);
+    }
+    let r = edge.send(b, Bytes::from_static(b"a=1")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let seen = origin.seen("/p/form");
+    assert_eq!(seen.len(), 1);
+    seen
 }
 
 /// The operator who lists a client-address header in the route's `forward_headers` chose to
@@ -63,14 +74,8 @@ async fn a_pass_forwards_a_client_address_header_the_route_lists() {
         ..RawRoute::default()
     });
     let edge = TestEdge::start(raw).await;
-    let mut b = edge.req(Method::POST, "/p/form");
-    for (k, v) in CLIENT_ADDRESS {
-        b = b.header(k, v);
-    }
-    let r = edge.send(b, Bytes::from_static(b"a=1")).await;
-    assert_eq!(r.status, StatusCode::OK);
-    let seen = origin.seen("/p/form");
-    assert_eq!(seen.len(), 1);
+    let b = edge.req(Method::POST, "/p/form");
+    let seen = post_claiming_every_address(&edge, &origin, b).await;
     assert_eq!(seen[0].header("x-real-ip"), Some("203.0.113.7"));
     assert_eq!(seen[0].header("true-client-ip"), None);
     assert_eq!(seen[0].header("cf-connecting-ip"), None);
