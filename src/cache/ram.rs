@@ -65,7 +65,12 @@ impl RamTier {
 
     /// Whether `key` is held, without counting it as a hit.
     pub fn contains(&self, key: &str) -> bool {
-        self.cache.peek(key).is_some()
+        self.peek(key).is_some()
+    }
+
+    /// The object held under `key`, without counting it as a hit.
+    pub fn peek(&self, key: &str) -> Option<Arc<CachedObject>> {
+        self.cache.peek(key)
     }
 
     pub fn insert(&self, key: String, obj: Arc<CachedObject>) {

@@ -79,7 +79,7 @@ pub async fn after_head(req: &Req<'_>, status: StatusCode, head: &HeaderMap) -> 
         Some(spec) => format!("{}{}", req.key, spec.variant(&req.parts.headers)),
         None => req.key.clone(),
     };
-    let Some((stored, _)) = edge.lookup(&key).await else {
+    let Some(stored) = edge.peek(&key).await else {
         return false;
     };
     if stored.status != StatusCode::OK || head_matches(&stored.headers, head) {

@@ -135,6 +135,17 @@ impl Edge {
         Some((obj, Tier::Disk))
     }
 
+    /// The key's object without counting a request for it: RAM without a hit (no store
+    /// admission, no touch), the store read once without promotion. For checks made on another
+    /// request's behalf (a passed HEAD), which must not warm or keep what nobody asked for.
+    pub async fn peek(&self, key: &str) -> Option<Arc<CachedObject>> {
+        if let Some(o) = self.ram.peek(key) {
+            return Some(o);
+        }
+        let hit = self.store.as_ref()?.lookup_once(key.as_bytes()).await?;
+        CachedObject::decode(&hit.meta.head, hit.body, hit.meta.tags).map(Arc::new)
+    }
+
     /// Stores a completed object: RAM always; the store decides admission (manifests never go
     /// to SSD: they live seconds).
     pub fn insert(&self, key: String, obj: Arc<CachedObject>) {
