@@ -29,7 +29,13 @@ pub const MAX_STRING_LEN: usize = 1024;
 
 /// The headers CMCD may arrive in (CTA-5004 §3.2: one per data type, lowercase as `http` holds
 /// them).
-pub const HEADERS: [&str; 4] = ["cmcd-request", "cmcd-object", "cmcd-status", "cmcd-session"];
+/// Names built once: a name given as text is parsed and hashed again on every lookup.
+pub const HEADERS: [HeaderName; 4] = [
+    HeaderName::from_static("cmcd-request"),
+    HeaderName::from_static("cmcd-object"),
+    HeaderName::from_static("cmcd-status"),
+    HeaderName::from_static("cmcd-session"),
+];
 
 /// The query parameter CMCD may arrive in (CTA-5004 §3.1).
 pub const QUERY_PARAM: &str = "CMCD";
@@ -211,14 +217,18 @@ impl Cmcd {
     /// both carry; a player sends one form or the other).
     pub fn from_request(headers: &HeaderMap, query: Option<&str>) -> Cmcd {
         let mut c = Cmcd::default();
-        for name in HEADERS {
-            for v in headers.get_all(HeaderName::from_static(name)) {
+        // Most requests carry no CMCD: the query is looked at only when it names `CMCD`.
+        for name in &HEADERS {
+            for v in headers.get_all(name) {
                 if let Ok(s) = v.to_str() {
                     c.merge_list(s);
                 }
             }
         }
-        if let Some(list) = query.and_then(query_value) {
+        if let Some(list) = query
+            .filter(|q| q.contains(QUERY_PARAM))
+            .and_then(query_value)
+        {
             c.merge_list(&list);
         }
         c
@@ -546,16 +556,16 @@ pub fn with_query_of(target: &str, viewer: &str) -> String {
 /// Removes the four CMCD headers (from a fill's request: one viewer's CMCD is not the
 /// object's, and the origin would log it as every viewer's).
 pub fn strip_headers(headers: &mut HeaderMap) {
-    for name in HEADERS {
+    for name in &HEADERS {
         headers.remove(name);
     }
 }
 
 /// Copies the viewer's CMCD headers into `to` (a fill's request, with `cmcd.forward`).
 pub fn copy_headers(viewer: &HeaderMap, to: &mut HeaderMap) {
-    for name in HEADERS {
+    for name in &HEADERS {
         for v in viewer.get_all(name) {
-            to.append(HeaderName::from_static(name), v.clone());
+            to.append(name.clone(), v.clone());
         }
     }
 }

@@ -80,7 +80,9 @@ pub async fn serve(edge: Arc<Edge>, listener: TcpListener, shutdown: Cancellatio
                     }
                 }
             };
-            conn::guard(served, &activity, t, &edge.metrics.limits).await;
+            // The admin listener drains its connections itself (above): no cut.
+            let never = tokio_util::sync::CancellationToken::new();
+            conn::guard(served, &activity, t, &edge.metrics.limits, &never).await;
         });
     }
     drop(listener);

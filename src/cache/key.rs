@@ -205,6 +205,15 @@ pub fn normalize_path(path: &str) -> Result<String, PathError> {
     if !path.starts_with('/') {
         return Err(PathError::NotAbsolute);
     }
+    // The common case, a path already in normal form, is copied as it is.
+    if is_normal(path) {
+        return Ok(path.to_owned());
+    }
+    rewrite_path(path)
+}
+
+/// `normalize_path` for a path that needs rewriting (an absolute one).
+fn rewrite_path(path: &str) -> Result<String, PathError> {
     let mut out = String::with_capacity(path.len());
     let b = path.as_bytes();
     let mut i = 0;
@@ -230,6 +239,25 @@ pub fn normalize_path(path: &str) -> Result<String, PathError> {
         i += 1;
     }
     Ok(remove_dot_segments(&out))
+}
+
+/// Whether `normalize_path` would return `path` unchanged: only `pchar`s and `/` (no escape to
+/// decode or upper-case, nothing to escape or refuse) and no `.` or `..` segment.
+fn is_normal(path: &str) -> bool {
+    let dots = |seg: &[u8]| seg == b"." || seg == b"..";
+    let b = path.as_bytes();
+    let mut seg = 0;
+    for (i, &c) in b.iter().enumerate() {
+        if c == b'/' {
+            if dots(&b[seg..i]) {
+                return false;
+            }
+            seg = i + 1;
+        } else if !is_pchar(c) {
+            return false;
+        }
+    }
+    !dots(&b[seg..])
 }
 
 /// The byte a `%XX` at `b[i]` encodes.
@@ -684,6 +712,13 @@ mod tests {
                 prop_assert_eq!(normalize_host(&n, s), Ok(n.clone()));
                 prop_assert!(!n.contains(['|', '/', '?', '@', ' ', '\0', '\\']));
                 prop_assert_eq!(n.to_ascii_lowercase(), n);
+            }
+        }
+
+        #[test]
+        fn paths_taken_as_normal_are_what_the_rewrite_makes_of_them(p in path_input()) {
+            if p.starts_with('/') && is_normal(&p) {
+                prop_assert_eq!(rewrite_path(&p).ok(), Some(p.clone()));
             }
         }
 

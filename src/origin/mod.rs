@@ -324,7 +324,7 @@ impl OriginClient {
         for v in viewer.get_all(header::VIA) {
             h.append(header::VIA, v.clone());
         }
-        for v in viewer.get_all("cdn-loop") {
+        for v in viewer.get_all(&CDN_LOOP) {
             h.append("cdn-loop", v.clone());
         }
         self.stamp(&mut h, host, peer, None);
@@ -559,6 +559,9 @@ impl OriginClient {
 /// sends none of them anyway (it copies only what the route and `Vary` name). `Forwarded` is in
 /// `config::NEVER_FORWARDED`; `X-Forwarded-For` is rewritten by `stamp` (the viewer's chain
 /// followed by the peer the edge saw, so its last entry is the edge's own word).
+/// `CDN-Loop` (RFC 8586), named once: a name given as text is parsed on every lookup.
+pub const CDN_LOOP: HeaderName = HeaderName::from_static("cdn-loop");
+
 pub const CLIENT_ADDRESS_HEADERS: &[&str] = &[
     "x-real-ip",
     "true-client-ip",
@@ -619,7 +622,7 @@ fn route_authority(u: &url::Url) -> String {
 /// cannot hide our entry behind one bad byte), and an entry naming several nodes loops when any
 /// of them is this node.
 pub fn is_loop(headers: &HeaderMap, cdn_id: &str, node: &str) -> bool {
-    headers.get_all("cdn-loop").iter().any(|v| {
+    headers.get_all(&CDN_LOOP).iter().any(|v| {
         String::from_utf8_lossy(v.as_bytes())
             .split(',')
             .any(|entry| {
@@ -645,7 +648,7 @@ pub fn is_loop(headers: &HeaderMap, cdn_id: &str, node: &str) -> bool {
 /// Whether a request came through another node of this CDN (a `CDN-Loop` entry with our id):
 /// a downstream tier (an edge in front of this shield), which runs its own prefetch.
 pub fn from_own_tier(headers: &HeaderMap, cdn_id: &str) -> bool {
-    headers.get_all("cdn-loop").iter().any(|v| {
+    headers.get_all(&CDN_LOOP).iter().any(|v| {
         String::from_utf8_lossy(v.as_bytes())
             .split(',')
             .any(|entry| {

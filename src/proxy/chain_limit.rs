@@ -20,10 +20,10 @@ pub const MAX_CHAIN_BYTES: usize = 4 << 10;
 /// carry on the viewer's behalf.
 pub fn too_long(headers: &HeaderMap) -> bool {
     let mut total = 0usize;
-    for name in ["via", "cdn-loop"] {
+    for name in [&http::header::VIA, &crate::origin::CDN_LOOP] {
         for v in headers.get_all(name) {
             // "Name: value\r\n"
-            total = total.saturating_add(name.len() + v.len() + 4);
+            total = total.saturating_add(name.as_str().len() + v.len() + 4);
         }
     }
     total > MAX_CHAIN_BYTES

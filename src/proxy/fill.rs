@@ -64,13 +64,13 @@ impl FillJob {
             // The key's target: CMCD is dropped from it by default (one viewer's CMCD is not
             // the object's); `cmcd.forward` puts this viewer's back.
             path_and_query: if req.edge.config.cmcd.forward {
-                crate::cmcd::with_query_of(&req.fill_target, &req.path_and_query)
+                crate::cmcd::with_query_of(&req.fill_target(), &req.path_and_query())
             } else {
-                req.fill_target.clone()
+                req.fill_target()
             },
             base_key: base_key.to_string(),
             viewer_headers: req.parts.headers.clone(),
-            host: req.host.clone(),
+            host: req.host().to_string(),
             peer: req.peer.map(|p| p.ip()),
             range_probe: crate::proxy::range_pass::probe(req, base_key, stale.is_none()),
             priority: crate::proxy::admission::Priority::urgent_if(

@@ -25,7 +25,7 @@ pub fn after_response(req: &Req<'_>, status: StatusCode, headers: &HeaderMap) ->
         return 0;
     }
     let edge = req.edge;
-    let mut keys = vec![req.key.clone()];
+    let mut keys = vec![req.key().to_string()];
     // "Same host" is the host the viewer named (the one its Location values are written
     // against); the keys come from `proxy::target`, as a viewer's GET of that URI would.
     let viewer_host = req
@@ -39,12 +39,12 @@ pub fn after_response(req: &Req<'_>, status: StatusCode, headers: &HeaderMap) ->
                 .get(header::HOST)
                 .and_then(|v| v.to_str().ok())
         })
-        .unwrap_or(&req.host);
+        .unwrap_or(req.host());
     for name in [header::LOCATION, header::CONTENT_LOCATION] {
         let Some(v) = headers.get(name).and_then(|v| v.to_str().ok()) else {
             continue;
         };
-        if let Some((authority, pq)) = same_host_target(viewer_host, &req.path_and_query, v) {
+        if let Some((authority, pq)) = same_host_target(viewer_host, &req.path_and_query(), v) {
             if let Ok(t) = target::resolve(&edge.config, Some(&authority), &pq) {
                 keys.push(t.key);
             }
@@ -75,9 +75,9 @@ pub async fn after_head(req: &Req<'_>, status: StatusCode, head: &HeaderMap) -> 
         return false;
     }
     let edge = req.edge;
-    let key = match edge.vary_index.get(&req.key) {
-        Some(spec) => format!("{}{}", req.key, spec.variant(&req.parts.headers)),
-        None => req.key.clone(),
+    let key = match edge.vary_index.get(req.key()) {
+        Some(spec) => format!("{}{}", req.key(), spec.variant(&req.parts.headers)),
+        None => req.key().to_string(),
     };
     let Some(stored) = edge.peek(&key).await else {
         return false;

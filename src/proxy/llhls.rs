@@ -327,10 +327,10 @@ fn attr<'a>(list: &'a str, name: &str) -> Option<&'a str> {
 }
 
 /// The key of a playlist without its delivery directives: what every copy of it shares.
-pub fn playlist_key(key: &str) -> String {
+pub fn playlist_key(key: &str) -> std::borrow::Cow<'_, str> {
     let key = key.split('\0').next().unwrap_or(key);
     let Some((base, query)) = key.split_once('?') else {
-        return key.to_string();
+        return std::borrow::Cow::Borrowed(key);
     };
     let kept: Vec<&str> = query
         .split('&')
@@ -340,9 +340,9 @@ pub fn playlist_key(key: &str) -> String {
         })
         .collect();
     if kept.is_empty() {
-        base.to_string()
+        std::borrow::Cow::Borrowed(base)
     } else {
-        format!("{base}?{}", kept.join("&"))
+        std::borrow::Cow::Owned(format!("{base}?{}", kept.join("&")))
     }
 }
 
@@ -606,10 +606,10 @@ pub async fn intercept(req: &Req<'_>) -> Result<Option<Response<Body>>, EdgeErro
     // that edge prefetches for its viewers through each key's own shield, where this node
     // prefetching too would fetch keys another shield owns (two origin fills per object).
     let viewer = !crate::origin::from_own_tier(&req.parts.headers, &edge.config.cdn_id);
-    if !is_playlist_path(&req.key) {
-        if viewer && req.key.split('?').next().unwrap_or("").ends_with(".mpd") {
+    if !is_playlist_path(req.key()) {
+        if viewer && req.key().split('?').next().unwrap_or("").ends_with(".mpd") {
             edge.live
-                .playlist(&playlist_key(&req.key))
+                .playlist(&playlist_key(req.key()))
                 .state
                 .lock()
                 .viewed = Some(Instant::now());
@@ -620,10 +620,10 @@ pub async fn intercept(req: &Req<'_>) -> Result<Option<Response<Body>>, EdgeErro
     // the fill asks the origin. Read from the raw query, `%5FHLS_msn=9` was no directive here
     // but `_HLS_msn=9` upstream, and this request was held as waiting for another segment
     // than its fill asked for, holding every viewer of that segment behind it.
-    let base = req.key.split('\0').next().unwrap_or(&req.key);
+    let base = req.key().split('\0').next().unwrap_or(req.key());
     let query = base.split_once('?').map(|(_, q)| q);
     let d = Directives::parse(query).map_err(EdgeError::BadRequest)?;
-    let pl = edge.live.playlist(&playlist_key(&req.key));
+    let pl = edge.live.playlist(&playlist_key(req.key()));
     if viewer {
         pl.state.lock().viewed = Some(Instant::now());
     }

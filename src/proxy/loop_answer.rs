@@ -27,9 +27,10 @@ pub const HEAD_REFUSED: &str = "head-refused";
 /// is every viewer's answer.
 pub fn leader_only(status: StatusCode, viewer: &HeaderMap) -> Option<&'static str> {
     match status {
-        StatusCode::LOOP_DETECTED if viewer.contains_key("cdn-loop") => Some(REASON),
+        StatusCode::LOOP_DETECTED if viewer.contains_key(&crate::origin::CDN_LOOP) => Some(REASON),
         StatusCode::BAD_REQUEST | StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
-            if viewer.contains_key("cdn-loop") || viewer.contains_key(http::header::VIA) =>
+            if viewer.contains_key(&crate::origin::CDN_LOOP)
+                || viewer.contains_key(http::header::VIA) =>
         {
             Some(HEAD_REFUSED)
         }

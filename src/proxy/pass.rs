@@ -29,18 +29,19 @@ pub async fn pass(
     let headers = edge.origin.origin_headers(
         req.route,
         &req.parts.headers,
-        &req.host,
+        req.host(),
         req.peer.map(|p| p.ip()),
     );
+    let target = req.path_and_query();
     let started = Instant::now();
     let resp = match body {
         None => {
             edge.origin
                 .fetch_for(
                     req.route,
-                    &req.path_and_query,
+                    &target,
                     req.parts.method.clone(),
-                    &req.path_and_query,
+                    &target,
                     headers,
                     None,
                 )
@@ -53,7 +54,7 @@ pub async fn pass(
             *out.method_mut() = req.parts.method.clone();
             *out.headers_mut() = headers;
             edge.origin
-                .send_for(req.route, &req.path_and_query, &req.path_and_query, out)
+                .send_for(req.route, &target, &target, out)
                 .await?
         }
     };

@@ -219,7 +219,7 @@ pub(crate) fn after_hinted_request(req: &Req<'_>, cmcd: &Cmcd, status: http::Sta
     prefetch_hint(
         req.edge,
         req.route,
-        &req.key,
+        req.key(),
         &next,
         &viewer,
         Some(per_address),

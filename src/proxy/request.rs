@@ -19,6 +19,7 @@
 //! (a collapsed reader); `Read` waits for the fill's head and answers from it (streaming,
 //! a refreshed object, a pass, or an error with stale-if-error).
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -50,23 +51,46 @@ use crate::proxy::target;
 use crate::proxy::tiers::Tier;
 
 /// Everything about the viewer request the cached path needs after the body is split off.
+/// What only a fill or a pass asks the origin for (`host`, `path_and_query`, `fill_target`) is
+/// worked out when asked: a hit never formats an origin request.
 pub struct Req<'a> {
     pub edge: &'a Arc<Edge>,
     pub parts: &'a Parts,
     pub route: &'a Route,
-    /// The `Host` origin requests carry: the route's, or the validated viewer host
-    /// (`pass_host`).
-    pub host: String,
-    /// What a pass-through asks the origin for: the normalised path and the viewer's query.
-    pub path_and_query: String,
-    /// What a fill asks the origin for: the normalised path and the query the key keeps.
-    pub fill_target: String,
-    /// The base cache key (`proxy::target`).
-    pub key: String,
+    /// The resolved target (`proxy::target`): normalised path, query, hosts, the base key.
+    pub target: target::Target<'a>,
     pub peer: Option<SocketAddr>,
 }
 
 impl Req<'_> {
+    /// The base cache key (`proxy::target`).
+    pub fn key(&self) -> &str {
+        &self.target.key
+    }
+
+    /// The `Host` origin requests carry: the route's, or the validated viewer host
+    /// (`pass_host`).
+    pub fn host(&self) -> &str {
+        self.target.origin_host()
+    }
+
+    /// What a pass-through asks the origin for: the normalised path and the viewer's query.
+    pub fn path_and_query(&self) -> String {
+        self.target.pass_target()
+    }
+
+    /// What a fill asks the origin for: the normalised path and the query the key keeps; with
+    /// `[route.token] forward = true` the leader's whole query (the origin wants the token; the
+    /// key still drops it, so viewers share the object).
+    pub fn fill_target(&self) -> String {
+        if self.route.token.as_ref().is_some_and(|t| t.forward) {
+            self.target.pass_target()
+        } else {
+            self.target
+                .fill_target(&self.edge.config.cache.drop_query_params)
+        }
+    }
+
     pub(crate) fn ask(&self) -> Ask<'_> {
         Ask {
             method: &self.parts.method,
@@ -192,16 +216,7 @@ async fn dispatch(
         edge,
         parts,
         route: target.route,
-        host: target.origin_host().to_string(),
-        path_and_query: target.pass_target(),
-        // `[route.token] forward = true`: the origin wants the token, so a fill asks with the
-        // leader's whole query (the key still drops the token: viewers share the object).
-        fill_target: if target.route.token.as_ref().is_some_and(|t| t.forward) {
-            target.pass_target()
-        } else {
-            target.fill_target(&edge.config.cache.drop_query_params)
-        },
-        key: target.key.clone(),
+        target,
         peer,
     };
     let mut resp = respond(&req, body).await?;
@@ -209,10 +224,7 @@ async fn dispatch(
     if let Some(whole) = gate.answer_whole(parts, &resp) {
         let again = Req {
             parts: &whole,
-            host: req.host.clone(),
-            path_and_query: req.path_and_query.clone(),
-            fill_target: req.fill_target.clone(),
-            key: req.key.clone(),
+            target: req.target.clone(),
             ..req
         };
         resp = cacheable(&again).await?;
@@ -310,10 +322,11 @@ enum Phase {
 }
 
 /// What a request carries from phase to phase.
-struct Lookup {
-    base_key: String,
-    /// `base_key`, plus the variant once the response is known to vary.
-    key: String,
+struct Lookup<'r> {
+    base_key: &'r str,
+    /// `base_key`, plus the variant once the response is known to vary (borrowed until then:
+    /// a hit on a key without variants copies no key).
+    key: Cow<'r, str>,
     /// Lookups done: a second happens only when a collapsed reader learns the response varies
     /// on a header whose value differs from the leader's.
     rounds: u8,
@@ -335,8 +348,8 @@ async fn cached(req: &Req<'_>) -> Result<Response<Body>, EdgeError> {
 /// The phases of the module doc, from `Lookup` to `Deliver`.
 pub(crate) async fn phases(req: &Req<'_>) -> Result<Response<Body>, EdgeError> {
     let edge = req.edge;
-    let base_key = req.key.clone();
-    let mut phase = if edge.is_hit_for_pass(&base_key) {
+    let base_key = req.key();
+    let mut phase = if edge.is_hit_for_pass(base_key) {
         Phase::Pass {
             reason: "hit-for-pass",
             status: CacheStatus::Bypass,
@@ -350,7 +363,7 @@ pub(crate) async fn phases(req: &Req<'_>) -> Result<Response<Body>, EdgeError> {
         RequestDirectives::default()
     };
     let mut at = Lookup {
-        key: base_key.clone(),
+        key: Cow::Borrowed(base_key),
         base_key,
         rounds: 0,
         asked,
@@ -375,7 +388,7 @@ pub(crate) async fn phases(req: &Req<'_>) -> Result<Response<Body>, EdgeError> {
                 Phase::Deliver(serve_stale(req, &obj, now, "stale-while-revalidate"))
             }
             Phase::Fill { stale } => claim(req, &at, stale).await,
-            Phase::Slice => match slice::serve(req, &at.base_key).await? {
+            Phase::Slice => match slice::serve(req, at.base_key).await? {
                 slice::Outcome::Done(resp) => Phase::Deliver(resp),
                 slice::Outcome::Read { fill, leader } => Phase::Read {
                     fill,
@@ -402,7 +415,7 @@ pub(crate) async fn phases(req: &Req<'_>) -> Result<Response<Body>, EdgeError> {
 }
 
 /// `Lookup`: the variant key, then RAM and disk; fresh → Hit, stale → by the stale rules.
-async fn lookup(req: &Req<'_>, at: &mut Lookup) -> Phase {
+async fn lookup<'r>(req: &'r Req<'_>, at: &mut Lookup<'r>) -> Phase {
     let edge = req.edge;
     if at.rounds == 2 {
         return Phase::Pass {
@@ -411,9 +424,13 @@ async fn lookup(req: &Req<'_>, at: &mut Lookup) -> Phase {
         };
     }
     at.rounds += 1;
-    at.key = match edge.vary_index.get(&at.base_key) {
-        Some(spec) => format!("{}{}", at.base_key, spec.variant(&req.parts.headers)),
-        None => at.base_key.clone(),
+    at.key = match edge.vary_index.get(at.base_key) {
+        Some(spec) => Cow::Owned(format!(
+            "{}{}",
+            at.base_key,
+            spec.variant(&req.parts.headers)
+        )),
+        None => Cow::Borrowed(at.base_key),
     };
     // A variant the origin would not let be shared (`proxy::fill` remembers it per variant).
     if at.key != at.base_key && edge.is_hit_for_pass(&at.key) {
@@ -438,16 +455,16 @@ async fn lookup(req: &Req<'_>, at: &mut Lookup) -> Phase {
                 Some(_) => Phase::Fill { stale: Some(obj) },
             },
         },
-        None => match crate::proxy::hint_range::key_for(req, &at.base_key) {
+        None => match crate::proxy::hint_range::key_for(req, at.base_key) {
             // A byte-range preload hint: its own collapsed, streaming fill (`hint_range`).
             Some(key) => {
-                at.key = key;
+                at.key = Cow::Owned(key);
                 match edge.lookup(&at.key).await {
                     Some((obj, tier)) if obj.staleness(now).is_none() => Phase::Hit(obj, tier),
                     _ => Phase::Fill { stale: None },
                 }
             }
-            None if slice::applies(edge, &at.base_key, &at.key) => Phase::Slice,
+            None if slice::applies(edge, at.base_key, &at.key) => Phase::Slice,
             None => Phase::Fill { stale: None },
         },
     }
@@ -528,7 +545,7 @@ pub(crate) fn serve_object(
 }
 
 /// Starts a revalidation if none is in flight, reading nothing from it.
-fn refresh_in_background(req: &Req<'_>, at: &Lookup, stale: Arc<CachedObject>) {
+fn refresh_in_background(req: &Req<'_>, at: &Lookup<'_>, stale: Arc<CachedObject>) {
     let edge = req.edge;
     if let Claim::Leader(fill, guard) = edge.fills.claim(&at.key) {
         // Refreshed by a fill that ended since our lookup: nothing to do.
@@ -536,7 +553,7 @@ fn refresh_in_background(req: &Req<'_>, at: &Lookup, stale: Arc<CachedObject>) {
             release_with(fill, guard, obj);
             return;
         }
-        let job = FillJob::new(req, &at.base_key, Some(stale))
+        let job = FillJob::new(req, at.base_key, Some(stale))
             .hinted_range(crate::proxy::hint_range::start_of(&at.key));
         edge.spawn(fill::drive_fill(edge.clone(), guard, fill, job));
     }
@@ -552,7 +569,7 @@ fn release_with(fill: Arc<Fill>, guard: FillGuard, obj: Arc<CachedObject>) {
 
 /// `Fill`: become the key's leader (spawning the fill driver, detached from every viewer) or a
 /// reader of the fill in flight.
-async fn claim(req: &Req<'_>, at: &Lookup, stale: Option<Arc<CachedObject>>) -> Phase {
+async fn claim(req: &Req<'_>, at: &Lookup<'_>, stale: Option<Arc<CachedObject>>) -> Phase {
     let edge = req.edge;
     match edge.fills.claim(&at.key) {
         Claim::Leader(fill, guard) => {
@@ -565,7 +582,7 @@ async fn claim(req: &Req<'_>, at: &Lookup, stale: Option<Arc<CachedObject>>) -> 
                     return Phase::Hit(obj, tier);
                 }
             }
-            let job = FillJob::new(req, &at.base_key, stale.clone())
+            let job = FillJob::new(req, at.base_key, stale.clone())
                 .hinted_range(crate::proxy::hint_range::start_of(&at.key));
             // Detached: a viewer that disconnects never cancels a fill others read or that
             // will be stored.

@@ -33,7 +33,7 @@ pub struct Target<'c> {
     /// The validated viewer host, normalised (`None` when none was given: push without a host).
     pub viewer_host: Option<String>,
     /// The host the key is built on (the route's, or the viewer's on `pass_host` routes).
-    pub key_host: String,
+    pub key_host: std::borrow::Cow<'c, str>,
     /// The normalised path, without query.
     pub path: String,
     /// The query as received (without `?`).
@@ -108,8 +108,8 @@ pub fn resolve<'c>(
         }
     }
     let key_host = match (&integrity.key_host, &viewer_host) {
-        (Some(route_host), _) => route_host.clone(),
-        (None, Some(viewer)) => viewer.clone(),
+        (Some(route_host), _) => std::borrow::Cow::Borrowed(route_host.as_str()),
+        (None, Some(viewer)) => std::borrow::Cow::Owned(viewer.clone()),
         (None, None) => {
             return Err(TargetError::BadRequest(format!(
                 "route {} keys on the viewer's host (pass_host): a host is required",
