@@ -80,9 +80,7 @@ pub async fn serve(edge: Arc<Edge>, listener: TcpListener, shutdown: Cancellatio
                     }
                 }
             };
-            // The admin listener drains its connections itself (above): no cut.
-            let never = tokio_util::sync::CancellationToken::new();
-            conn::guard(served, &activity, t, &edge.metrics.limits, &never).await;
+            conn::guard(served, &activity, t, &edge.metrics.limits).await;
         });
     }
     drop(listener);

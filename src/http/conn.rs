@@ -125,101 +125,18 @@ enum Expired {
     SlowReader,
 }
 
-/// Runs the connection `conn` until it ends, breaks a timeout of `t` or `cut` is cancelled (the
-/// end of a shutdown's drain); then it is dropped, which closes the socket. Timeout closes are
-/// counted in `m`.
-///
-/// The watchdog and `cut` are polled only when they wake the task themselves (`Sidecar`), not on
-/// every wake of the connection: polled along with it, as `select!` would, each request would
-/// re-register the watchdog's timer and take the lock of the `Notify` every connection's `cut`
-/// shares, a cache line both cores bounce on.
-pub async fn guard<F: Future>(
-    conn: F,
-    activity: &Activity,
-    t: &ConnTimeouts,
-    m: &LimitMetrics,
-    cut: &tokio_util::sync::CancellationToken,
-) {
-    let side = async {
-        tokio::select! {
-            why = activity.expired(t) => Some(why),
-            _ = cut.cancelled() => None,
-        }
-    };
-    let ended = Sidecar::new(conn, side).await;
-    match ended {
-        Ok(_) | Err(None) => {}
-        Err(Some(Expired::Idle)) => Metrics::inc(&m.idle_closed),
-        Err(Some(Expired::SlowReader)) => {
-            Metrics::inc(&m.slow_readers_closed);
-            tracing::debug!(timeout = ?t.write, "closed a connection whose peer stopped reading");
-        }
-    }
-}
-
-/// Polls `main` on every wake of the task and `side` only after `side` woke it (and once at the
-/// start, so it can arm its timers): `Ok` with `main`'s output, or `Err` with `side`'s if that
-/// ends first.
-struct Sidecar<M, S> {
-    main: Pin<Box<M>>,
-    side: Pin<Box<S>>,
-    /// Set by `side`'s waker; the task's own waker is kept in it to pass the wake on.
-    flag: Arc<SideFlag>,
-    side_waker: std::task::Waker,
-}
-
-struct SideFlag {
-    woken: std::sync::atomic::AtomicBool,
-    task: futures_util::task::AtomicWaker,
-}
-
-impl std::task::Wake for SideFlag {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.woken.store(true, std::sync::atomic::Ordering::Release);
-        self.task.wake();
-    }
-}
-
-impl<M: Future, S: Future> Sidecar<M, S> {
-    fn new(main: M, side: S) -> Sidecar<M, S> {
-        let flag = Arc::new(SideFlag {
-            woken: std::sync::atomic::AtomicBool::new(true),
-            task: futures_util::task::AtomicWaker::new(),
-        });
-        Sidecar {
-            main: Box::pin(main),
-            side: Box::pin(side),
-            side_waker: std::task::Waker::from(flag.clone()),
-            flag,
-        }
-    }
-}
-
-impl<M: Future, S: Future> Future for Sidecar<M, S> {
-    type Output = Result<M::Output, S::Output>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        // Before `main`, so a wake of `side` while `main` runs reaches this task.
-        self.flag.task.register(cx.waker());
-        if let Poll::Ready(out) = self.main.as_mut().poll(cx) {
-            return Poll::Ready(Ok(out));
-        }
-        if self
-            .flag
-            .woken
-            .swap(false, std::sync::atomic::Ordering::AcqRel)
-        {
-            let this = &mut *self;
-            let mut side_cx = Context::from_waker(&this.side_waker);
-            if let Poll::Ready(out) = this.side.as_mut().poll(&mut side_cx) {
-                return Poll::Ready(Err(out));
+/// Runs the connection `conn` until it ends or breaks a timeout of `t` (then it is dropped,
+/// which closes the socket), counting the closes in `m`.
+pub async fn guard<F: Future>(conn: F, activity: &Activity, t: &ConnTimeouts, m: &LimitMetrics) {
+    tokio::select! {
+        _ = conn => {}
+        why = activity.expired(t) => match why {
+            Expired::Idle => Metrics::inc(&m.idle_closed),
+            Expired::SlowReader => {
+                Metrics::inc(&m.slow_readers_closed);
+                tracing::debug!(timeout = ?t.write, "closed a connection whose peer stopped reading");
             }
-        }
-        Poll::Pending
+        },
     }
 }
 

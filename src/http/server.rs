@@ -303,8 +303,13 @@ async fn accept_loop<H: Handler>(
                     graceful.watch(builder.serve_connection(TokioIo::new(io), svc).into_owned());
                 tasks.spawn(async move {
                     let cfg = edge.server_config();
-                    // The connection, against its timeouts and the end of the drain.
-                    conn::guard(conn, &activity, &cfg.timeouts, &edge.metrics().limits, &cut).await;
+                    let served =
+                        conn::guard(conn, &activity, &cfg.timeouts, &edge.metrics().limits);
+                    // Races the connection against the end of the drain; dropped, it closes.
+                    tokio::select! {
+                        _ = served => {}
+                        _ = cut.cancelled() => {}
+                    }
                 });
             }
             Some(tls) => {
@@ -335,8 +340,12 @@ async fn accept_loop<H: Handler>(
                             .serve_connection(TokioIo::new(tls), svc)
                             .into_owned(),
                     );
-                    // As above (the handshake before it is bounded by `tls_handshake_timeout`).
-                    conn::guard(conn, &activity, &cfg.timeouts, m, &cut).await;
+                    // As above: the connection, or the end of the drain (the handshake before
+                    // it is bounded by `tls_handshake_timeout`).
+                    tokio::select! {
+                        _ = conn::guard(conn, &activity, &cfg.timeouts, m) => {}
+                        _ = cut.cancelled() => {}
+                    }
                 });
             }
         }
