@@ -134,18 +134,29 @@ pub fn resolve<'c>(
     })
 }
 
-/// The path routes are matched on: `path` with every run of `/` merged into one. Origins that
-/// merge slashes (nginx's default, Apache's file mapping) serve `//v/seg.ts` as `/v/seg.ts`, so
-/// a route's gate (token, address lists) must guard every spelling, or doubling a slash walks
+/// The path routes are matched on: `path` with every run of `/` merged into one and each
+/// segment's parameters (`;` to the segment's end) left out. Origins that merge slashes (nginx's
+/// default, Apache's file mapping) serve `//v/seg.ts` as `/v/seg.ts`, and servlet containers
+/// (Tomcat, Jetty: Java packagers such as Wowza) serve `/v;x=1/seg.ts` as `/v/seg.ts`, so a
+/// route's gate (token, address lists) must guard every spelling, or such a spelling walks
 /// around it through a less guarded route. The path fetched and keyed stays as written.
 fn routing_path(path: &str) -> std::borrow::Cow<'_, str> {
-    if !path.contains("//") {
+    if !path.contains("//") && !path.contains(';') {
         return std::borrow::Cow::Borrowed(path);
     }
     let mut out = String::with_capacity(path.len());
+    let mut in_params = false;
     for c in path.chars() {
-        if !(c == '/' && out.ends_with('/')) {
-            out.push(c);
+        match c {
+            '/' => {
+                in_params = false;
+                if !out.ends_with('/') {
+                    out.push(c);
+                }
+            }
+            ';' => in_params = true,
+            c if !in_params => out.push(c),
+            _ => {}
         }
     }
     std::borrow::Cow::Owned(out)
@@ -220,6 +231,21 @@ mod tests {
             assert_eq!(t.path, p, "fetched and keyed as written");
         }
         assert_eq!(routing_path("/a/b"), "/a/b");
+    }
+
+    #[test]
+    fn path_parameters_route_as_the_bare_segments() {
+        let c = config("[[route]]\nprefix = \"/live/\"\norigin = \"http://127.0.0.1:9001\"\n");
+        for p in [
+            "/live;x=1/a.ts",
+            "/live;jsessionid=9//a.ts",
+            "/;x/live/a.ts",
+        ] {
+            let t = resolve(&c, Some("h"), p).unwrap();
+            assert_eq!(t.route.prefix, "/live/", "{p}");
+            assert_eq!(t.path, p, "fetched and keyed as written");
+        }
+        assert_eq!(routing_path("/a;p=1/b;q"), "/a/b");
     }
 
     #[test]

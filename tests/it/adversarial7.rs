@@ -235,3 +235,27 @@ async fn a_token_route_is_never_bypassed_by_doubling_a_slash() {
     }
     assert_eq!(origin.count("//v/seg.ts"), 0);
 }
+
+/// The same gate against path parameters: a servlet container (Tomcat, Jetty; Java packagers
+/// such as Wowza) serves `/v;x=1/seg.ts` as `/v/seg.ts`. Routes were matched on the path as
+/// written, so that spelling missed the token route `/v/` and went out through the default route
+/// without a token. Now routing leaves each segment's parameters out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_route_is_never_bypassed_by_path_parameters() {
+    let origin = Origin::start().await;
+    let spellings = ["/v;x=1/seg.ts", "/v;jsessionid=0/seg.ts", "/;a/v/seg.ts"];
+    // An origin dropping path parameters serves every spelling as the protected segment.
+    for p in std::iter::once("/v/seg.ts").chain(spellings) {
+        origin.script(
+            p,
+            Script::ok("protected").header("cache-control", "max-age=60"),
+        );
+    }
+    let edge = crate::support::token::token_edge(&origin, crate::support::token::raw_token()).await;
+    assert_eq!(edge.get("/v/seg.ts").await.status, 403);
+    for p in spellings {
+        let r = edge.get(p).await;
+        assert_eq!(r.status, 403, "{p}: {:?}", r.body);
+        assert_eq!(origin.count(p), 0, "{p} reached the origin");
+    }
+}
