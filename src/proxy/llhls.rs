@@ -630,6 +630,20 @@ pub async fn intercept(req: &Req<'_>) -> Result<Option<Response<Body>>, EdgeErro
     let Some(msn) = d.msn else {
         return Ok(None);
     };
+    // Boxed: the hold's state (timers, the phases it runs upstream) is no weight on the future
+    // of every other request.
+    Box::pin(blocking_reload(req, &pl, &d, msn)).await.map(Some)
+}
+
+/// A blocking playlist reload (`_HLS_msn`, RFC 8216bis §6.2.5.2): answered from the newest
+/// copy once it holds what was asked, sent upstream once per distinct directive, or held.
+async fn blocking_reload(
+    req: &Req<'_>,
+    pl: &Arc<Playlist>,
+    d: &Directives,
+    msn: u64,
+) -> Result<Response<Body>, EdgeError> {
+    let edge = req.edge;
     // Three target durations, but never past `live.max_hold`: the target duration is the
     // origin's word (up to a day), and a hold pins a viewer connection and a waiter.
     let hold = pl
@@ -667,7 +681,7 @@ pub async fn intercept(req: &Req<'_>) -> Result<Option<Response<Body>>, EdgeErro
             // refused as too far, or sent upstream once per distinct directive.
             if fresh && s.scan.endlist {
                 if s.serves(&req.parts.headers) {
-                    return Ok(Some(serve_latest(req, &s.obj)));
+                    return Ok(serve_latest(req, &s.obj));
                 }
             } else if fresh && s.scan.too_far_at(msn, d.part, s.obj.age(edge.clock.now())) {
                 return Err(EdgeError::BadRequest(
@@ -679,11 +693,11 @@ pub async fn intercept(req: &Req<'_>) -> Result<Option<Response<Body>>, EdgeErro
             // restart resets the media sequence), and the old copy would then claim to hold
             // every segment the new stream lists.
             if !d.skip && fresh && s.serves(&req.parts.headers) && s.scan.satisfies(msn, d.part) {
-                return Ok(Some(serve_latest(req, &s.obj)));
+                return Ok(serve_latest(req, &s.obj));
             }
         }
         if d.skip || !busy {
-            let upstream = Upstream::register(&pl, (!d.skip).then_some(wants));
+            let upstream = Upstream::register(pl, (!d.skip).then_some(wants));
             let resp = tokio::time::timeout_at(deadline, request::phases(req)).await;
             // Waiters re-check once this copy is stored (or shortly after, if it is not).
             let mut settled = pl.tick.subscribe();
@@ -692,18 +706,18 @@ pub async fn intercept(req: &Req<'_>) -> Result<Option<Response<Body>>, EdgeErro
                 drop(upstream);
             });
             return match resp {
-                Ok(r) => r.map(Some),
-                Err(_) => Ok(Some(hold_expired(req))),
+                Ok(r) => r,
+                Err(_) => Ok(hold_expired(req)),
             };
         }
         if tokio::time::timeout_at(deadline, tick.changed())
             .await
             .is_err()
         {
-            return Ok(Some(hold_expired(req)));
+            return Ok(hold_expired(req));
         }
     }
-    Ok(Some(hold_expired(req)))
+    Ok(hold_expired(req))
 }
 
 /// `(msn, part)` in the order a live playlist satisfies them: a whole segment (`part` absent)

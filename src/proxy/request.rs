@@ -227,7 +227,7 @@ async fn dispatch(
             target: req.target.clone(),
             ..req
         };
-        resp = cacheable(&again).await?;
+        resp = Box::pin(cacheable(&again)).await?;
     }
     if let Some(c) = cmcd {
         crate::proxy::prefetch::after_hinted_request(&req, c, resp.status());
@@ -240,7 +240,7 @@ async fn dispatch(
 async fn respond(req: &Req<'_>, body: Incoming) -> Result<Response<Body>, EdgeError> {
     let parts = req.parts;
     if parts.method != Method::GET && parts.method != Method::HEAD {
-        return pass(req, Some(body), "method", CacheStatus::Bypass).await;
+        return Box::pin(pass(req, Some(body), "method", CacheStatus::Bypass)).await;
     }
     drop(body);
     cacheable(req).await
@@ -249,7 +249,7 @@ async fn respond(req: &Req<'_>, body: Incoming) -> Result<Response<Body>, EdgeEr
 /// A GET or HEAD: cookies on a non-public route pass, the rest goes through the cache.
 async fn cacheable(req: &Req<'_>) -> Result<Response<Body>, EdgeError> {
     if req.parts.headers.contains_key(header::COOKIE) && !req.route.public {
-        return pass(req, None, "credentials", CacheStatus::Bypass).await;
+        return Box::pin(pass(req, None, "credentials", CacheStatus::Bypass)).await;
     }
     cached(req).await
 }
@@ -387,8 +387,8 @@ pub(crate) async fn phases(req: &Req<'_>) -> Result<Response<Body>, EdgeError> {
                 let now = edge.clock.now();
                 Phase::Deliver(serve_stale(req, &obj, now, "stale-while-revalidate"))
             }
-            Phase::Fill { stale } => claim(req, &at, stale).await,
-            Phase::Slice => match slice::serve(req, at.base_key).await? {
+            Phase::Fill { stale } => Box::pin(claim(req, &at, stale)).await,
+            Phase::Slice => match Box::pin(slice::serve(req, at.base_key)).await? {
                 slice::Outcome::Done(resp) => Phase::Deliver(resp),
                 slice::Outcome::Read { fill, leader } => Phase::Read {
                     fill,
@@ -405,9 +405,9 @@ pub(crate) async fn phases(req: &Req<'_>) -> Result<Response<Body>, EdgeError> {
                 fill,
                 leader,
                 stale,
-            } => read(req, fill, leader, stale).await?,
+            } => Box::pin(read(req, fill, leader, stale)).await?,
             Phase::Pass { reason, status } => {
-                return pass(req, None, reason, status).await;
+                return Box::pin(pass(req, None, reason, status)).await;
             }
             Phase::Deliver(resp) => return Ok(resp),
         };
@@ -746,4 +746,27 @@ async fn read(
         },
     };
     Ok(Phase::Deliver(resp))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bytes of a request's future, as the type of what `f` returns for a request.
+    fn future_size<R>(_: impl FnOnce(&'static Req<'static>) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    /// Every request's future is built, moved into hyper's slot and polled at its full size,
+    /// whatever path it takes: the miss, pass, slice, LL-HLS hold and disk-read state machines
+    /// (kilobytes each) are boxed where they start, so a RAM hit carries none of them.
+    #[test]
+    fn a_hit_moves_no_miss_path_state() {
+        let cached = future_size(|r| cached(r));
+        assert!(cached <= 1024, "cached(): {cached} bytes");
+        let lookup = future_size(|r| r.edge.lookup("k"));
+        assert!(lookup <= 128, "Edge::lookup: {lookup} bytes");
+        let intercept = future_size(|r| crate::proxy::llhls::intercept(r));
+        assert!(intercept <= 256, "llhls::intercept: {intercept} bytes");
+    }
 }

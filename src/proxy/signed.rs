@@ -57,7 +57,7 @@ impl Gate {
                     .get(header::CONTENT_TYPE)
                     .and_then(|v| v.to_str().ok());
                 match Kind::of(&self.path, ct) {
-                    Some(kind) => rewrite(resp, kind, carry, self.head).await,
+                    Some(kind) => Box::pin(rewrite(resp, kind, carry, self.head)).await,
                     None => resp,
                 }
             }

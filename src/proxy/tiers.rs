@@ -111,6 +111,12 @@ impl Edge {
             }
             return Some((o, Tier::Ram));
         }
+        // Boxed: a RAM hit's future stays a few bytes, not the store read's state machine,
+        // which every request future would otherwise carry and move.
+        Box::pin(self.lookup_disk(key)).await
+    }
+
+    async fn lookup_disk(&self, key: &str) -> Option<(Arc<CachedObject>, Tier)> {
         let store = self.store.as_ref()?;
         let again = self.disk_reads.read_again(key);
         let hit = if again {
