@@ -12,6 +12,8 @@ set -euo pipefail
 PAIRS=${1:-6}; URL=${2:-/vod/720p/index.m3u8}; DUR=${3:-4}
 : "${BASE:?BASE=path of the first binary}" "${NEW:?NEW=path of the second binary}"
 LOGS=${LOGS:-$(mktemp -d)}
+# vedge binds with SO_REUSEPORT: a leftover edge on a port would silently take part of the load.
+if ss -ltn | grep -qE '127\.0\.0\.1:809[12] '; then echo "port 8091 or 8092 is in use" >&2; exit 1; fi
 "$BASE" serve --listen 127.0.0.1:8091 --origin http://127.0.0.1:9000 --ram-size 2GiB --log warn >"$LOGS/base.log" 2>&1 & B=$!
 "$NEW" serve --listen 127.0.0.1:8092 --origin http://127.0.0.1:9000 --ram-size 2GiB --log warn >"$LOGS/new.log" 2>&1 & N=$!
 trap 'kill $B $N 2>/dev/null || true' EXIT

@@ -105,24 +105,35 @@ pub fn normalize_host(host: &str, scheme: Scheme) -> Result<String, HostError> {
         return Err(HostError::TooLong);
     }
     let (name, port) = split_port(host)?;
-    let mut out = if let Some(inner) = name.strip_prefix('[') {
+    // One allocation, sized for the common case (a name kept as it is, with its port).
+    let mut out = String::with_capacity(host.len());
+    if let Some(inner) = name.strip_prefix('[') {
         let inner = inner.strip_suffix(']').ok_or(HostError::BadIpv6)?;
         let addr: Ipv6Addr = inner.parse().map_err(|_| HostError::BadIpv6)?;
-        format!("[{addr}]")
+        let _ = write!(out, "[{addr}]");
     } else {
-        reg_name(name)?
-    };
+        out.push_str(reg_name(name)?);
+        out.make_ascii_lowercase();
+    }
     match port {
-        Some(p) if p != scheme.default_port() => {
-            let _ = write!(out, ":{p}");
+        Some(p) if p.value != scheme.default_port() => {
+            out.push(':');
+            out.push_str(p.digits);
         }
         _ => {}
     }
     Ok(out)
 }
 
+/// A port: its value and its digits without leading zeros (`0` for zero), which is how the
+/// normal form writes it.
+struct Port<'h> {
+    value: u16,
+    digits: &'h str,
+}
+
 /// Splits `name[:port]`; an empty port counts as none (RFC 3986 §6.2.3).
-fn split_port(host: &str) -> Result<(&str, Option<u16>), HostError> {
+fn split_port(host: &str) -> Result<(&str, Option<Port<'_>>), HostError> {
     let (name, port) = if host.starts_with('[') {
         match host.find(']') {
             Some(i) => match &host[i + 1..] {
@@ -148,12 +159,12 @@ fn split_port(host: &str) -> Result<(&str, Option<u16>), HostError> {
             if digits.len() > 5 {
                 return Err(HostError::BadPort);
             }
-            let n: u32 = if digits.is_empty() {
-                0
-            } else {
-                digits.parse().map_err(|_| HostError::BadPort)?
-            };
-            Some(u16::try_from(n).map_err(|_| HostError::BadPort)?)
+            let digits = if digits.is_empty() { "0" } else { digits };
+            let n: u32 = digits.parse().map_err(|_| HostError::BadPort)?;
+            Some(Port {
+                value: u16::try_from(n).map_err(|_| HostError::BadPort)?,
+                digits,
+            })
         }
         Some(_) => return Err(HostError::BadPort),
     };
@@ -163,7 +174,9 @@ fn split_port(host: &str) -> Result<(&str, Option<u16>), HostError> {
     Ok((name, port))
 }
 
-fn reg_name(name: &str) -> Result<String, HostError> {
+/// Validates a reg-name or dotted quad and returns it without its root dot; the caller
+/// lower-cases it (a no-op on a dotted quad).
+fn reg_name(name: &str) -> Result<&str, HostError> {
     let name = name.strip_suffix('.').unwrap_or(name);
     if name.is_empty() {
         return Err(HostError::BadLabel);
@@ -187,9 +200,8 @@ fn reg_name(name: &str) -> Result<String, HostError> {
         // Rust's parser takes exactly four decimal octets without leading zeros, which is the
         // canonical text: a name it accepts is already normalised (no formatting per request).
         name.parse::<Ipv4Addr>().map_err(|_| HostError::BadIpv4)?;
-        return Ok(name.to_owned());
     }
-    Ok(name.to_ascii_lowercase())
+    Ok(name)
 }
 
 /// Normalises a request path (without its query): percent-escapes of unreserved characters
@@ -557,6 +569,8 @@ mod tests {
         assert_eq!(ok("cdn:00080", Scheme::Http).as_deref(), Ok("cdn"));
         assert_eq!(ok("cdn:", Scheme::Http).as_deref(), Ok("cdn"));
         assert_eq!(ok("cdn:08080", Scheme::Http).as_deref(), Ok("cdn:8080"));
+        assert_eq!(ok("cdn:000", Scheme::Http).as_deref(), Ok("cdn:0"));
+        assert_eq!(ok("CDN.:08080", Scheme::Http).as_deref(), Ok("cdn:8080"));
         assert_eq!(
             ok("10.0.0.1:8080", Scheme::Http).as_deref(),
             Ok("10.0.0.1:8080")
