@@ -53,8 +53,8 @@ pub const DEFAULT_ZERO_COPY: bool = true;
 pub const DEFAULT_SEND_BUFFER: u64 = 4 << 20;
 pub const MAX_SEND_BUFFER: u64 = 1 << 30;
 /// 0: the shared work-stealing runtime. The library's default (embedders and in-process tests
-/// keep one runtime); `vedge serve` defaults to one event loop per core instead
-/// (`RawConfig::threads_default_to_cores`).
+/// keep one runtime); `vedge serve` defaults to one event loop per core on an edge without a
+/// store (`RawConfig::default_threads_by_shape`).
 pub const DEFAULT_THREADS: usize = 0;
 pub const MAX_THREADS: usize = 1024;
 
@@ -657,13 +657,16 @@ impl LiveConfig {
 }
 
 impl RawConfig {
-    /// `vedge serve`'s `server.threads` when the config leaves it out: one event loop per core
-    /// (nginx's `worker_processes auto`). Measured side by side on the 2-core bench box, this
-    /// spends 17 % less edge CPU per manifest hit and 12 % less per 1 MiB hit than the shared
-    /// work-stealing runtime, with a lower p99 (benches/RESULTS.md). `server.threads = 0` keeps
-    /// the shared runtime.
-    pub fn threads_default_to_cores(&mut self) {
-        if self.server.threads.is_none() {
+    /// `vedge serve`'s `server.threads` when the config leaves it out, by the edge's shape. A
+    /// RAM-only edge (no `[store]`: live, manifests) runs one event loop per core (nginx's
+    /// `worker_processes auto`): measured side by side on the 2-core bench box it spends 17 %
+    /// less edge CPU per manifest hit and 12 % less per 1 MiB hit than the shared work-stealing
+    /// runtime, with a lower p99. An edge with a store keeps the shared runtime (0): on the
+    /// disk-hit benchmark the per-core loops doubled the p99 (255 against 120 ms) and served
+    /// fewer bytes per core (16.9 against 18.3 Gbit/s), disk reads and fills on the shared
+    /// runtime competing with loops that cannot hand work to an idle core (benches/RESULTS.md).
+    pub fn default_threads_by_shape(&mut self) {
+        if self.server.threads.is_none() && self.store.path.is_none() {
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
             self.server.threads = Some(cores.min(MAX_THREADS));
         }
@@ -3155,19 +3158,34 @@ mod tests {
     }
 
     #[test]
-    fn vedge_serve_runs_a_loop_per_core_unless_the_config_says_otherwise() {
+    fn vedge_serve_runs_a_loop_per_core_without_a_store_unless_the_config_says_otherwise() {
         let mut raw = RawConfig::default();
-        raw.threads_default_to_cores();
+        raw.default_threads_by_shape();
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         assert_eq!(raw.server.threads, Some(cores));
         let mut shared = RawConfig::default();
         shared.server.threads = Some(0);
-        shared.threads_default_to_cores();
+        shared.default_threads_by_shape();
         assert_eq!(
             shared.server.threads,
             Some(0),
             "an explicit 0 keeps the shared runtime"
         );
+        let mut stored = RawConfig::default();
+        stored.origin = Some("http://127.0.0.1:9000".into());
+        stored.store.path = Some("/var/cache/vedge.store".into());
+        stored.default_threads_by_shape();
+        assert_eq!(stored.server.threads, None);
+        let (resolved, _) = Config::resolve(stored).expect("a valid config");
+        assert_eq!(
+            resolved.server.threads, 0,
+            "an edge with a store shares one runtime"
+        );
+        let mut pinned = RawConfig::default();
+        pinned.store.path = Some("/var/cache/vedge.store".into());
+        pinned.server.threads = Some(2);
+        pinned.default_threads_by_shape();
+        assert_eq!(pinned.server.threads, Some(2), "an explicit count is kept");
     }
 
     /// The example file documents each default next to its key; setting any key to its

@@ -72,7 +72,7 @@ fn load(args: &ServeArgs) -> anyhow::Result<(Config, Vec<String>)> {
         None => RawConfig::default(),
     };
     args.apply_to(&mut raw);
-    raw.threads_default_to_cores();
+    raw.default_threads_by_shape();
     // `[route.token] key_env`: the environment is read here, and only here.
     raw.read_env(|name| std::env::var(name).ok());
     Ok(Config::resolve(raw)?)
