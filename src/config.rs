@@ -3171,8 +3171,10 @@ mod tests {
             Some(0),
             "an explicit 0 keeps the shared runtime"
         );
-        let mut stored = RawConfig::default();
-        stored.origin = Some("http://127.0.0.1:9000".into());
+        let mut stored = RawConfig {
+            origin: Some("http://127.0.0.1:9000".into()),
+            ..RawConfig::default()
+        };
         stored.store.path = Some("/var/cache/vedge.store".into());
         stored.default_threads_by_shape();
         assert_eq!(stored.server.threads, None);
