@@ -331,7 +331,7 @@ fn push_escape(out: &mut String, v: u8) {
 
 /// RFC 3986 §5.2.4 on an absolute path: `.` segments vanish, `..` removes the segment before
 /// it (never above the root).
-fn remove_dot_segments(path: &str) -> String {
+pub(crate) fn remove_dot_segments(path: &str) -> String {
     let mut out: Vec<&str> = Vec::new();
     // Segments after the leading `/`; the last one is empty when the path ends in `/`.
     let segs: Vec<&str> = path[1..].split('/').collect();

@@ -139,7 +139,9 @@ pub fn resolve<'c>(
 /// default, Apache's file mapping) serve `//v/seg.ts` as `/v/seg.ts`, and servlet containers
 /// (Tomcat, Jetty: Java packagers such as Wowza) serve `/v;x=1/seg.ts` as `/v/seg.ts`, so a
 /// route's gate (token, address lists) must guard every spelling, or such a spelling walks
-/// around it through a less guarded route. The path fetched and keyed stays as written.
+/// around it through a less guarded route. A segment that is a dot segment once its parameters
+/// are gone (`..;`, `.;x`) is resolved again, as those containers resolve it: `/x/..;/v/seg.ts`
+/// is their `/v/seg.ts`. The path fetched and keyed stays as written.
 fn routing_path(path: &str) -> std::borrow::Cow<'_, str> {
     if !path.contains("//") && !path.contains(';') {
         return std::borrow::Cow::Borrowed(path);
@@ -159,7 +161,7 @@ fn routing_path(path: &str) -> std::borrow::Cow<'_, str> {
             _ => {}
         }
     }
-    std::borrow::Cow::Owned(out)
+    std::borrow::Cow::Owned(crate::cache::key::remove_dot_segments(&out))
 }
 
 #[cfg(test)]
@@ -246,6 +248,9 @@ mod tests {
             assert_eq!(t.path, p, "fetched and keyed as written");
         }
         assert_eq!(routing_path("/a;p=1/b;q"), "/a/b");
+        assert_eq!(routing_path("/x/..;/live/a.ts"), "/live/a.ts");
+        assert_eq!(routing_path("/live/.;x/a.ts"), "/live/a.ts");
+        assert_eq!(routing_path("/..;/..;/live/a.ts"), "/live/a.ts");
     }
 
     #[test]

@@ -259,3 +259,29 @@ async fn a_token_route_is_never_bypassed_by_path_parameters() {
         assert_eq!(origin.count(p), 0, "{p} reached the origin");
     }
 }
+
+/// The same containers resolve a dot segment once its parameters are gone: Tomcat serves
+/// `/x/..;/v/seg.ts` as `/v/seg.ts` (the classic `..;` traversal). Stripping the parameters
+/// alone routed it as `/x/../v/seg.ts`, under the default route, without a token; routing now
+/// resolves the dot segments the stripping makes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_route_is_never_bypassed_by_a_dot_segment_with_parameters() {
+    let origin = Origin::start().await;
+    let spellings = [
+        "/x/..;/v/seg.ts",
+        "/x/..;jsessionid=0/v/seg.ts",
+        "/v/.;/seg.ts",
+    ];
+    for p in std::iter::once("/v/seg.ts").chain(spellings) {
+        origin.script(
+            p,
+            Script::ok("protected").header("cache-control", "max-age=60"),
+        );
+    }
+    let edge = crate::support::token::token_edge(&origin, crate::support::token::raw_token()).await;
+    for p in spellings {
+        let r = edge.get(p).await;
+        assert_eq!(r.status, 403, "{p}: {:?}", r.body);
+        assert_eq!(origin.count(p), 0, "{p} reached the origin");
+    }
+}
