@@ -28,8 +28,7 @@ pub const MAX_SOURCE_LEN: usize = 4096;
 pub const MAX_STRING_LEN: usize = 1024;
 
 /// The headers CMCD may arrive in (CTA-5004 §3.2: one per data type, lowercase as `http` holds
-/// them).
-/// Names built once: a name given as text is parsed and hashed again on every lookup.
+/// them), built once: a name given as text is parsed again on every lookup.
 pub const HEADERS: [HeaderName; 4] = [
     HeaderName::from_static("cmcd-request"),
     HeaderName::from_static("cmcd-object"),
@@ -217,7 +216,6 @@ impl Cmcd {
     /// both carry; a player sends one form or the other).
     pub fn from_request(headers: &HeaderMap, query: Option<&str>) -> Cmcd {
         let mut c = Cmcd::default();
-        // Most requests carry no CMCD: the query is looked at only when it names `CMCD`.
         for name in &HEADERS {
             for v in headers.get_all(name) {
                 if let Ok(s) = v.to_str() {
@@ -225,6 +223,7 @@ impl Cmcd {
                 }
             }
         }
+        // Most requests carry no CMCD: the query is split only when it names `CMCD`.
         if let Some(list) = query
             .filter(|q| q.contains(QUERY_PARAM))
             .and_then(query_value)

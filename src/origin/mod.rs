@@ -325,7 +325,7 @@ impl OriginClient {
             h.append(header::VIA, v.clone());
         }
         for v in viewer.get_all(&CDN_LOOP) {
-            h.append("cdn-loop", v.clone());
+            h.append(CDN_LOOP, v.clone());
         }
         self.stamp(&mut h, host, peer, None);
         h
@@ -553,15 +553,15 @@ impl OriginClient {
     }
 }
 
+/// `CDN-Loop` (RFC 8586), named once: a name given as text is parsed on every lookup.
+pub const CDN_LOOP: HeaderName = HeaderName::from_static("cdn-loop");
+
 /// Request headers in which a client states its own address, which origins behind a CDN are
 /// often configured to trust (nginx `real_ip_header`, Akamai, Cloudflare, Fastly conventions).
 /// A pass drops the viewer's copies unless the route's `forward_headers` lists them; a fill
 /// sends none of them anyway (it copies only what the route and `Vary` name). `Forwarded` is in
 /// `config::NEVER_FORWARDED`; `X-Forwarded-For` is rewritten by `stamp` (the viewer's chain
 /// followed by the peer the edge saw, so its last entry is the edge's own word).
-/// `CDN-Loop` (RFC 8586), named once: a name given as text is parsed on every lookup.
-pub const CDN_LOOP: HeaderName = HeaderName::from_static("cdn-loop");
-
 pub const CLIENT_ADDRESS_HEADERS: &[&str] = &[
     "x-real-ip",
     "true-client-ip",

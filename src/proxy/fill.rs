@@ -57,7 +57,7 @@ impl FillJob {
             .config
             .routes
             .iter()
-            .position(|r| std::ptr::eq(r, req.route))
+            .position(|r| std::ptr::eq(r, req.route()))
             .unwrap_or(0);
         FillJob {
             route,

@@ -27,7 +27,7 @@ pub async fn pass(
     Metrics::inc(&edge.metrics.passes);
     edge.metrics.request(status);
     let headers = edge.origin.origin_headers(
-        req.route,
+        req.route(),
         &req.parts.headers,
         req.host(),
         req.peer.map(|p| p.ip()),
@@ -38,7 +38,7 @@ pub async fn pass(
         None => {
             edge.origin
                 .fetch_for(
-                    req.route,
+                    req.route(),
                     &target,
                     req.parts.method.clone(),
                     &target,
@@ -54,7 +54,7 @@ pub async fn pass(
             *out.method_mut() = req.parts.method.clone();
             *out.headers_mut() = headers;
             edge.origin
-                .send_for(req.route, &target, &target, out)
+                .send_for(req.route(), &target, &target, out)
                 .await?
         }
     };

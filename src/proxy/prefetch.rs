@@ -218,7 +218,7 @@ pub(crate) fn after_hinted_request(req: &Req<'_>, cmcd: &Cmcd, status: http::Sta
     };
     prefetch_hint(
         req.edge,
-        req.route,
+        req.route(),
         req.key(),
         &next,
         &viewer,

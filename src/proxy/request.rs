@@ -56,13 +56,17 @@ use crate::proxy::tiers::Tier;
 pub struct Req<'a> {
     pub edge: &'a Arc<Edge>,
     pub parts: &'a Parts,
-    pub route: &'a Route,
     /// The resolved target (`proxy::target`): normalised path, query, hosts, the base key.
     pub target: target::Target<'a>,
     pub peer: Option<SocketAddr>,
 }
 
-impl Req<'_> {
+impl<'a> Req<'a> {
+    /// The route serving the request.
+    pub fn route(&self) -> &'a Route {
+        self.target.route
+    }
+
     /// The base cache key (`proxy::target`).
     pub fn key(&self) -> &str {
         &self.target.key
@@ -83,7 +87,7 @@ impl Req<'_> {
     /// `[route.token] forward = true` the leader's whole query (the origin wants the token; the
     /// key still drops it, so viewers share the object).
     pub fn fill_target(&self) -> String {
-        if self.route.token.as_ref().is_some_and(|t| t.forward) {
+        if self.route().token.as_ref().is_some_and(|t| t.forward) {
             self.target.pass_target()
         } else {
             self.target
@@ -215,7 +219,6 @@ async fn dispatch(
     let req = Req {
         edge,
         parts,
-        route: target.route,
         target,
         peer,
     };
@@ -248,7 +251,7 @@ async fn respond(req: &Req<'_>, body: Incoming) -> Result<Response<Body>, EdgeEr
 
 /// A GET or HEAD: cookies on a non-public route pass, the rest goes through the cache.
 async fn cacheable(req: &Req<'_>) -> Result<Response<Body>, EdgeError> {
-    if req.parts.headers.contains_key(header::COOKIE) && !req.route.public {
+    if req.parts.headers.contains_key(header::COOKIE) && !req.route().public {
         return Box::pin(pass(req, None, "credentials", CacheStatus::Bypass)).await;
     }
     cached(req).await
@@ -260,7 +263,7 @@ async fn cacheable(req: &Req<'_>) -> Result<Response<Body>, EdgeError> {
 /// `must-revalidate` (`proxy::fill`). On `public` routes the edge stands for the origin's
 /// access control and the header is neither forwarded nor looked at.
 pub(crate) fn authorized(req: &Req<'_>) -> bool {
-    !req.route.public && req.parts.headers.contains_key(header::AUTHORIZATION)
+    !req.route().public && req.parts.headers.contains_key(header::AUTHORIZATION)
 }
 
 /// Whether a request carries a body: any `Transfer-Encoding`, a `Content-Length` other than 0
