@@ -111,7 +111,7 @@ pub async fn serve<H: Handler>(
         } else {
             listener
                 .local_addr()
-                .and_then(|addr| bind_viewer(addr, true))
+                .and_then(|addr| bind_listener(addr, true))
                 .or_else(|_| listener.try_clone())
         };
         let started = own.and_then(|l| {
@@ -138,9 +138,33 @@ pub async fn serve<H: Handler>(
 
 /// A non-blocking viewer listener on `addr` with a deep accept queue (`LISTEN_BACKLOG`). With
 /// `reuseport` it sets SO_REUSEPORT, so each per-thread event loop can bind its own socket for
-/// the address (binding such a twin fails unless the first socket set it too); without it a
-/// second edge on the same port fails to start.
+/// the address (binding such a twin fails unless the first socket set it too).
+///
+/// Either way a second edge on the same address fails to start ("Address already in use"):
+/// with SO_REUSEPORT the kernel would let another process of the same user bind the address
+/// too and silently split the viewers between the two (an old edge left running by a restart
+/// script, serving its old config and cache), so the address is first bound by a plain socket,
+/// which a listener already there refuses, and released at once (never listening, so no
+/// viewer can land in its queue).
 pub fn bind_viewer(
+    addr: std::net::SocketAddr,
+    reuseport: bool,
+) -> std::io::Result<std::net::TcpListener> {
+    if reuseport && addr.port() != 0 {
+        let probe = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        // SO_REUSEADDR as the listener has it, so connections of an earlier run in TIME_WAIT
+        // do not count as a listener.
+        probe.set_reuse_address(true)?;
+        probe.bind(&addr.into())?;
+    }
+    bind_listener(addr, reuseport)
+}
+
+fn bind_listener(
     addr: std::net::SocketAddr,
     reuseport: bool,
 ) -> std::io::Result<std::net::TcpListener> {

@@ -345,3 +345,55 @@ async fn any_number_of_viewer_threads_share_one_cache() {
         assert_eq!(origin.count("/v/t.ts"), 1, "threads={threads}");
     }
 }
+
+/// A second `vedge serve` on the address of a running one fails to start instead of taking half
+/// of its viewers: each per-core event loop binds the address with SO_REUSEPORT, which lets
+/// another process of the same user bind it too, and the kernel then splits new connections
+/// between the two edges (an old edge a restart script left running would keep serving its old
+/// config). The running edge answers every request after the attempt.
+#[tokio::test]
+async fn a_second_edge_on_a_taken_address_fails_to_start_and_takes_no_viewer() {
+    use crate::support::binary::BinaryEdge;
+    let origin = Origin::start().await;
+    origin.script(
+        "/a.ts",
+        Script::ok("first").header("cache-control", "max-age=60"),
+    );
+    // `vedge serve` without a store: one event loop per core, each with its own listener.
+    let v = BinaryEdge::start(&origin.url(), ["--ram-size", "16MiB"]);
+    v.ready().await;
+    let (port, url) = (v.port, origin.url());
+    let second = tokio::task::spawn_blocking(move || {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_vedge"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--origin", &url, "--ram-size", "16MiB", "--log", "warn"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn the second vedge");
+        // Bounded: a second edge that started serves until it is killed.
+        for _ in 0..200 {
+            if let Ok(Some(_)) = child.try_wait() {
+                return child.wait_with_output().ok();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    })
+    .await
+    .expect("join");
+    let out = second.expect("the second edge is still running after 10 s: it shares the port");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "exit status {}", out.status);
+    assert!(
+        stderr.contains("cannot bind") && stderr.contains("in use"),
+        "stderr: {stderr}"
+    );
+    for _ in 0..20 {
+        let r = v.get(v.port, "/a.ts").await.expect("answers");
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.split().1, b"first");
+    }
+}
