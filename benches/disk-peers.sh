@@ -158,6 +158,8 @@ start_edge() {  # start_edge NAME PORT -> sets EPID (the process to watch)
       cat > "$RUN/vedge.toml" <<TOML
 listen = "127.0.0.1:$ep"
 origin = "http://127.0.0.1:$OP"
+admin_listen = "127.0.0.1:$AP"
+admin_token = "disk-peers-metrics-token-0123456789"
 ram_size = "${RAM_MIB}MiB"
 ${VEDGE_EXTRA:-}
 [store]
@@ -220,7 +222,7 @@ YAML
 
 ZARGS=(--catalogue-gib "$CATALOGUE_GIB" --zipf "$ZIPF" --connections "$CONNS")
 for edge in $EDGES; do
-  EP=$(free_port)
+  EP=$(free_port); AP=$(free_port); while [[ $AP == "$EP" ]]; do AP=$(free_port); done
   rm -rf "${CACHE_DIR:?}"; mkdir -p "$CACHE_DIR"
   CG=$CGROUP_PARENT/vedge-disk-$edge-$$
   mkdir "$CG" || die "cannot create cgroup $CG"
@@ -237,6 +239,8 @@ for edge in $EDGES; do
     --json "$OUT/$edge-warmup.json" > "$OUT/$edge-warmup.txt" 2>&1 || log "$edge: warm-up failed"
   cat "$OUT/$edge-warmup.txt" >&2
   log "$edge: measured run $DURATION"
+  # vedge's store counters (reinsertions, bytes written, disk hits) around the measured run.
+  [[ $edge == vedge ]] && curl -s "http://127.0.0.1:$AP/metrics" > "$OUT/vedge-metrics-before.txt"
   c0=$(cg_ticks); t0=$(date +%s.%N)
   PERF_PID=
   if [[ -n ${PERF:-} ]]; then   # PERF=1: a call-graph profile of the edge's measured run
@@ -248,6 +252,7 @@ for edge in $EDGES; do
     --duration "$DURATION" ${VERIFY:+--verify} --json "$OUT/$edge.json" > "$OUT/$edge.txt" 2>&1 \
     || log "$edge: measured run failed"
   c1=$(cg_ticks); t1=$(date +%s.%N)
+  [[ $edge == vedge ]] && curl -s "http://127.0.0.1:$AP/metrics" > "$OUT/vedge-metrics-after.txt"
   if [[ -n $PERF_PID ]]; then kill -INT "$PERF_PID" 2>/dev/null; wait "$PERF_PID" 2>/dev/null || true; fi
   cat "$OUT/$edge.txt" >&2
   alive=1; kill -0 "$EPID" 2>/dev/null || alive=0
