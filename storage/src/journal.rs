@@ -2,8 +2,10 @@
 //! a small side file and fdatasync'ed before [`Store::purge`](crate::Store::purge) returns.
 //! Replayed at open, after the index was rebuilt (snapshot or crash recovery), so a crash
 //! never brings a purged object back from a region summary or a scan. Compacted at open and on
-//! clean close: a record stays only while some region older than it is still live (and, after
-//! a clean close, only soft records: the snapshot already holds the effect of hard ones).
+//! clean close: a record stays while some region older than it is still on disk, freed or not
+//! (crash recovery revives a freed region until it is reused). Hard records stay after a clean
+//! close too: the snapshot holds their effect, but a crash after the next open recovers
+//! without it.
 //!
 //! Record (little endian): magic `VPJ1` u32, record length u32, store nonce u64, journal
 //! sequence u64, store mark u64 (objects with a lower store sequence are the ones purged),

@@ -69,7 +69,10 @@
 //!   before returning; open replays every record over the recovered index (objects below the
 //!   mark that the purge selects are removed, or marked soft-purged), so an acknowledged purge
 //!   is never undone by a crash. A write re-checks its pending entry after allocation, so a
-//!   purge concurrent with it either drops it or has a mark above its sequence.
+//!   purge concurrent with it either drops it or has a mark above its sequence. Records stay
+//!   while any region written before them is still on disk, freed or not, hard ones after a
+//!   clean close too (a crash after the next open recovers without the snapshot). Reclaim
+//!   keeps no soft-purged object (its rewrite would be newer than the purge, so fresh).
 //!
 //! Crash semantics: every object whose insert was acknowledged (`insert_durable` returned, or
 //! `flush` returned after `insert`) is served after restart; torn writes fail their checksums

@@ -564,7 +564,7 @@ pub(crate) async fn replay_journal(inner: &Inner) -> Result<Journal, StoreError>
         for r in &records {
             st.apply_purge(&inner.layout, &|k| inner.hash(k), &r.purge, r.mark);
         }
-        let min_gen = st.min_live_gen();
+        let min_gen = st.min_disk_gen();
         records
             .into_iter()
             .filter(|r| min_gen.is_some_and(|g| (r.mark >> 32) >= g))

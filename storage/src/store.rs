@@ -257,12 +257,15 @@ impl State {
         pend.len() + on_disk.len()
     }
 
-    /// The oldest generation any live region has: journal records and tombstones with a mark
-    /// below it select nothing any more.
-    pub(crate) fn min_live_gen(&self) -> Option<u64> {
+    /// The oldest generation any region written so far has, freed ones included: a purge
+    /// journal record with a mark below it selects nothing crash recovery could bring back.
+    /// A freed region keeps its header and summary on disk until it is reused, and recovery
+    /// (after a crash, when the snapshot is not trusted) revives it with whatever it listed, so
+    /// records must outlive the region's place in the index, not only its live state.
+    pub(crate) fn min_disk_gen(&self) -> Option<u64> {
         self.regions
             .iter()
-            .filter(|r| r.state != RegionState::Free)
+            .filter(|r| r.gen > 0)
             .map(|r| r.gen)
             .min()
     }
@@ -1184,11 +1187,12 @@ impl Store {
             .map_err(|_| StoreError::Closed)?;
         let active = rx.await.map_err(|_| StoreError::Closed)?;
         if crate::open::write_snapshot(&inner, active).await? {
-            // The snapshot holds every hard purge's effect; only soft purges still matter.
-            let min_gen = inner.st.lock().min_live_gen();
+            // The snapshot holds every hard purge's effect, but only the next open reads it:
+            // a crash after that open recovers from region summaries, which may still list
+            // purged objects. So hard records stay as long as soft ones do.
+            let min_gen = inner.st.lock().min_disk_gen();
             let journal = self.handle.journal.clone();
-            let keep =
-                move |r: &Record| r.purge.soft && min_gen.is_some_and(|g| (r.mark >> 32) >= g);
+            let keep = move |r: &Record| min_gen.is_some_and(|g| (r.mark >> 32) >= g);
             tokio::task::spawn_blocking(move || journal.compact_blocking(keep))
                 .await
                 .map_err(|e| std::io::Error::other(e.to_string()))??;

@@ -483,6 +483,17 @@ impl Writer {
             if st.pending.contains_key(&h) || st.prefix_dead(&layout, &obj.key, &e) {
                 continue;
             }
+            // Nor a soft-purged one, pinned or not: its rewrite would be newer than the purge
+            // and served as fresh, never revalidated (serving what the operator said may have
+            // changed is worse than losing a pin). Dropped, the edge fetches it anew.
+            let seq = st.seq(&layout, &e);
+            if st
+                .soft
+                .iter()
+                .any(|(sel, mark)| seq < *mark && sel.matches(&obj.key, &obj.meta.tags))
+            {
+                continue;
+            }
             let id = u64::MAX - inner.c.reinsertions.fetch_add(1, Relaxed);
             dropped -= 1;
             let pinned = e.pinned();

@@ -322,3 +322,43 @@ async fn a_corrupt_object_kept_by_its_hits_is_rewritten_with_its_checksums_and_n
         s.close().await.unwrap();
     }
 }
+
+/// A soft-purged object is served stale (so the edge revalidates it) until it is written
+/// again by its caller; reclaim does not keep it, because its rewrite would be newer than the
+/// purge and served as fresh. Whenever it is still found, it is still marked.
+#[tokio::test]
+async fn region_reclaim_never_clears_a_soft_purge() {
+    for engine in ENGINES {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cfg(&dir.path().join("store"), engine);
+        let s = open(&c).await;
+        put(&s, "hot", OBJ).await;
+        assert_served(&s, "hot", OBJ).await;
+        s.purge(&[vedge_storage::Purge {
+            selector: vedge_storage::Selector::Key(b"hot".to_vec()),
+            soft: true,
+        }])
+        .await
+        .unwrap();
+        assert!(s.lookup(b"hot").await.expect("kept").soft_purged);
+        for i in 0..2 * LAP {
+            put(&s, &format!("o{i}"), OBJ).await;
+            if i % 20 == 0 {
+                if let Some(hit) = s.lookup(b"hot").await {
+                    assert!(
+                        hit.soft_purged,
+                        "soft purge lost after {i} one-off objects ({engine:?})"
+                    );
+                }
+            }
+        }
+        assert!(s.stats().regions_evicted > 0, "no region was reclaimed");
+        if let Some(hit) = s.lookup(b"hot").await {
+            assert!(
+                hit.soft_purged,
+                "soft purge lost after two laps ({engine:?})"
+            );
+        }
+        s.close().await.unwrap();
+    }
+}
