@@ -523,8 +523,16 @@ fn rewrite_dash(text: &str, carry: &Carry) -> Option<String> {
                 let raw = &text[from..lt];
                 let lead = raw.len() - raw.trim_start().len();
                 let trimmed = raw.trim();
-                let url = xml_unescape(trimmed);
-                let target = carry.target(&url);
+                // Markup inside the text (a comment, CDATA, a processing instruction) or a
+                // reference this scan cannot decode is read by the player's XML parser
+                // otherwise than here (`ht<!-- -->tps://other.example/` is that host to it),
+                // so such a URL is not certainly this host: foreign.
+                let url = if raw.contains('<') {
+                    None
+                } else {
+                    xml_unescape(trimmed)
+                };
+                let target = url.as_deref().map_or(Target::Foreign, |u| carry.target(u));
                 // A BaseURL belongs to its parent element's scope and resolves against the
                 // grandparent's; a Location against the MPD's URL.
                 let parent = scopes[own].parent;
@@ -535,7 +543,8 @@ fn rewrite_dash(text: &str, carry: &Carry) -> Option<String> {
                     p.base_relative |= target == Target::Relative;
                 }
                 scratch.clear();
-                if target != Target::Foreign && carry.push_with_token(&url, &mut scratch) {
+                let url = url.as_deref().filter(|_| target != Target::Foreign);
+                if url.is_some_and(|u| carry.push_with_token(u, &mut scratch)) {
                     let start = from + lead;
                     let at = repl.len();
                     xml_escape_into(&scratch, None, &mut repl);
@@ -607,10 +616,14 @@ fn rewrite_dash(text: &str, carry: &Carry) -> Option<String> {
             if dash_url_attr(element, attr) {
                 // The token is percent-encoded (`Carry::new`), so it holds no `$` that a
                 // SegmentTemplate would read as an identifier.
+                // A value this scan cannot decode is not certainly this host (see above).
                 let value = xml_unescape(&text[v_start..v_end]);
-                let target = carry.target(value.trim());
+                let target = value
+                    .as_deref()
+                    .map_or(Target::Foreign, |v| carry.target(v.trim()));
                 scratch.clear();
-                if target != Target::Foreign && carry.push_with_token(&value, &mut scratch) {
+                let value = value.as_deref().filter(|_| target != Target::Foreign);
+                if value.is_some_and(|v| carry.push_with_token(v, &mut scratch)) {
                     let at = repl.len();
                     xml_escape_into(&scratch, Some(quote), &mut repl);
                     edits.push(Edit {
@@ -669,46 +682,48 @@ fn rewrite_dash(text: &str, carry: &Carry) -> Option<String> {
     Some(out)
 }
 
-fn xml_unescape(s: &str) -> std::borrow::Cow<'_, str> {
+/// The text of an XML attribute value or text node with its references decoded, or `None`
+/// when an `&` does not open one this decodes exactly as an XML parser does: the five
+/// predefined entities and character references of any length (`&#0000000058;` is `:`).
+/// Anything else (an entity of the document's own DTD, a stray `&`) the player's parser reads
+/// otherwise or not at all, so the caller cannot know where the URL leads.
+fn xml_unescape(s: &str) -> Option<std::borrow::Cow<'_, str>> {
     if !s.contains('&') {
-        return s.into();
+        return Some(s.into());
     }
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(p) = rest.find('&') {
         out.push_str(&rest[..p]);
-        let after = &rest[p..];
-        let Some(semi) = after.find(';').filter(|&n| n <= 10) else {
-            out.push('&');
-            rest = &after[1..];
-            continue;
-        };
-        let ent = &after[1..semi];
+        let after = &rest[p + 1..];
+        let semi = after.find(';')?;
+        let ent = &after[..semi];
         let ch = match ent {
-            "amp" => Some('&'),
-            "lt" => Some('<'),
-            "gt" => Some('>'),
-            "quot" => Some('"'),
-            "apos" => Some('\''),
-            _ => ent
-                .strip_prefix("#x")
-                .and_then(|h| u32::from_str_radix(h, 16).ok())
-                .or_else(|| ent.strip_prefix('#').and_then(|d| d.parse().ok()))
-                .and_then(char::from_u32),
+            "amp" => '&',
+            "lt" => '<',
+            "gt" => '>',
+            "quot" => '"',
+            "apos" => '\'',
+            _ => {
+                let (digits, radix) = match ent.strip_prefix("#x") {
+                    Some(h) => (h, 16),
+                    None => (ent.strip_prefix('#')?, 10),
+                };
+                if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+                    return None;
+                }
+                // Leading zeros carry no value; what is left of a valid character is short.
+                let digits = digits.trim_start_matches('0');
+                let n = u32::from_str_radix(if digits.is_empty() { "0" } else { digits }, radix)
+                    .ok()?;
+                char::from_u32(n).filter(|&c| c != '\0')?
+            }
         };
-        match ch {
-            Some(c) => {
-                out.push(c);
-                rest = &after[semi + 1..];
-            }
-            None => {
-                out.push('&');
-                rest = &after[1..];
-            }
-        }
+        out.push(ch);
+        rest = &after[semi + 1..];
     }
     out.push_str(rest);
-    out.into()
+    Some(out.into())
 }
 
 /// Appends `s` to `out`, escaped for XML text, or for an attribute quoted with `quote`. Runs
@@ -944,6 +959,26 @@ seg1.ts\r\n\
             format!("\nseg/{{$base}}.ts?{T}\n"),
         ] {
             assert!(out.contains(&tokenised), "{tokenised:?} missing:\n{out}");
+        }
+    }
+
+    #[test]
+    fn xml_references_decode_as_a_parser_reads_them_or_not_at_all() {
+        let un = |s| xml_unescape(s).map(|c| c.into_owned());
+        assert_eq!(
+            un("a&amp;b&#58;&#x3A;&#0000000058;").as_deref(),
+            Some("a&b:::")
+        );
+        for undecodable in [
+            "&cdn;",
+            "a&b",
+            "&#;",
+            "&#x;",
+            "&#X3A;",
+            "&#0;",
+            "&#99999999999;",
+        ] {
+            assert_eq!(un(undecodable), None, "{undecodable}");
         }
     }
 

@@ -1,0 +1,82 @@
+//! Regression tests from the eighth adversarial review (hostile origins and viewers): each
+//! proves one rule that hostile input broke before, and fails on the code before its fix.
+
+use crate::support::token::{raw_token, token_edge, token_for};
+use crate::support::{Origin, Script};
+
+/// An MPD whose `BaseURL`s name another host in spellings an XML parser reads and a plain text
+/// scan does not: a character reference padded with zeros (`&#0000000058;` is `:`), an entity
+/// of the document's own DTD, and a `BaseURL` split by a comment or wrapped in CDATA. The last
+/// three already carry the token parameter (empty), so a scan that takes them for relative
+/// URLs adds nothing to them and leaves them as the player reads them; the segments under
+/// every one of them are relative, so a player asks that other host for them, with whatever
+/// query the edge gave them.
+const DISGUISED_MPD: &str = r#"<?xml version="1.0"?>
+<!DOCTYPE MPD [<!ENTITY cdn "https://other.example/b/">]>
+<MPD xmlns="urn:mpeg:dash:schema:mpd:2011" type="static">
+  <Period>
+    <AdaptationSet mimeType="video/mp4">
+      <BaseURL>https&#0000000058;//other.example/a/?hdnts=</BaseURL>
+      <SegmentTemplate media="a-$Number$.m4s"/>
+      <Representation id="a" bandwidth="1"/>
+    </AdaptationSet>
+    <AdaptationSet mimeType="video/mp4">
+      <BaseURL>&cdn;?hdnts=</BaseURL>
+      <SegmentTemplate media="b-$Number$.m4s"/>
+      <Representation id="b" bandwidth="1"/>
+    </AdaptationSet>
+    <AdaptationSet mimeType="video/mp4">
+      <BaseURL>ht<!-- -->tps://other.example/c/?hdnts=</BaseURL>
+      <SegmentTemplate media="c-$Number$.m4s"/>
+      <Representation id="c" bandwidth="1"/>
+    </AdaptationSet>
+    <AdaptationSet mimeType="video/mp4">
+      <BaseURL><![CDATA[https://other.example/d/?hdnts=]]></BaseURL>
+      <SegmentTemplate media="d-$Number$.m4s"/>
+      <Representation id="d" bandwidth="1"/>
+    </AdaptationSet>
+    <AdaptationSet mimeType="audio/mp4">
+      <SegmentTemplate media="mine-$Number$.m4s"/>
+      <Representation id="m" bandwidth="1"/>
+    </AdaptationSet>
+  </Period>
+</MPD>
+"#;
+
+/// A token route adds the viewer's token only to URLs that certainly lead back to this host.
+/// Before, the MPD scan read a `BaseURL` it could not decode (an entity it does not know, a
+/// character reference longer than ten bytes, a comment or CDATA inside the text) as a relative
+/// URL: the segments under sets b, c and d got the token while their `BaseURL`s, untouched,
+/// still named other.example, where the player sent it; set a's `BaseURL` got the token
+/// written into its character reference (`https&amp;?hdnts=...#0000000058;//other...`), a URL
+/// of neither host. Now a URL the scan cannot read exactly as a parser does counts as foreign:
+/// left as the origin wrote it, and nothing under it gets the token.
+#[tokio::test]
+async fn a_token_never_reaches_another_host_through_a_disguised_mpd_base_url() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/v/x/stream.mpd",
+        Script::ok(DISGUISED_MPD).header("content-type", "application/dash+xml"),
+    );
+    let edge = token_edge(&origin, raw_token()).await;
+    let t = token_for("/v/x/*", None);
+    let r = edge.get(&format!("/v/x/stream.mpd?hdnts={t}")).await;
+    assert_eq!(r.status, 200);
+    let body = String::from_utf8(r.body.to_vec()).expect("utf8");
+    assert!(
+        body.contains(&format!("media=\"mine-$Number$.m4s?hdnts={t}\"")),
+        "the segments of this host carry the token:\n{body}"
+    );
+    for (set, base) in [
+        ("a", "https&#0000000058;//other.example/a/?hdnts="),
+        ("b", "&cdn;?hdnts="),
+        ("c", "ht<!-- -->tps://other.example/c/?hdnts="),
+        ("d", "<![CDATA[https://other.example/d/?hdnts=]]>"),
+    ] {
+        assert!(
+            body.contains(&format!("<BaseURL>{base}</BaseURL>"))
+                && body.contains(&format!("media=\"{set}-$Number$.m4s\"")),
+            "set {set}: its BaseURL (another host) changed or its segments got the token:\n{body}"
+        );
+    }
+}
