@@ -2,7 +2,7 @@
 //! proves one rule that hostile input broke before, and fails on the code before its fix.
 
 use crate::support::token::{raw_token, token_edge, token_for};
-use crate::support::{Origin, Script};
+use crate::support::{edge_config, Origin, Script, TestEdge};
 
 /// An MPD whose `BaseURL`s name another host in spellings an XML parser reads and a plain text
 /// scan does not: a character reference padded with zeros (`&#0000000058;` is `:`), an entity
@@ -77,6 +77,40 @@ async fn a_token_never_reaches_another_host_through_a_disguised_mpd_base_url() {
             body.contains(&format!("<BaseURL>{base}</BaseURL>"))
                 && body.contains(&format!("media=\"{set}-$Number$.m4s\"")),
             "set {set}: its BaseURL (another host) changed or its segments got the token:\n{body}"
+        );
+    }
+}
+
+/// `Vary` naming a request header the edge writes itself on every fill: `Host` (the route's,
+/// or the viewer's normalised host: part of the key either way) and `X-Forwarded-Proto` (the
+/// listener's scheme), which origins behind a TLS terminator often vary on. The variant a
+/// viewer is looked up under must be the one the origin was asked for. Before, it was read
+/// from the viewer's own headers (its `Host: 127.0.0.1:<edge port>`, no `X-Forwarded-Proto`),
+/// so no viewer ever matched the stored variant: every request went to the origin three times
+/// (a fill, a second fill for its own variant, then a pass) and nothing was served from cache.
+#[tokio::test]
+async fn vary_on_a_header_the_edge_writes_itself_still_caches() {
+    let origin = Origin::start().await;
+    for (path, vary) in [("/h.ts", "Host"), ("/p.ts", "X-Forwarded-Proto")] {
+        origin.script(
+            path,
+            Script::ok("media")
+                .header("cache-control", "max-age=60")
+                .header("vary", vary),
+        );
+    }
+    let edge = TestEdge::start(edge_config(&origin)).await;
+    for path in ["/h.ts", "/p.ts"] {
+        let first = edge.get(path).await;
+        assert_eq!(first.status, 200, "{path}: {}", first.h("cache-status"));
+        edge.settle().await;
+        let second = edge.get(path).await;
+        assert_eq!(second.body, "media");
+        assert_eq!(
+            (second.x_cache(), origin.count(path)),
+            ("HIT", 1),
+            "{path}: {}",
+            second.h("cache-status")
         );
     }
 }
