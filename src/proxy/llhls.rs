@@ -182,7 +182,8 @@ impl Scan {
         let wanted = before.saturating_add(part);
         let listed = self.trailing_parts.len() as u64;
         // Part index `listed` is the next one to appear: it is 1 past the last listed.
-        wanted.checked_sub(listed).map(|d| d + 1)
+        // Saturating: `wanted` is the viewer's own number, up to `u64::MAX`.
+        wanted.checked_sub(listed).map(|d| d.saturating_add(1))
     }
 
     /// RFC 8216bis §6.2.5.2: three divided by the part target when that is under a second

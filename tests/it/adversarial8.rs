@@ -1,8 +1,11 @@
 //! Regression tests from the eighth adversarial review (hostile origins and viewers): each
 //! proves one rule that hostile input broke before, and fails on the code before its fix.
 
+use vedge::proxy::llhls::playlist_of;
+
+use crate::llhls::config_for;
 use crate::support::token::{raw_token, token_edge, token_for};
-use crate::support::{edge_config, Origin, Script, TestEdge};
+use crate::support::{edge_config, until, Origin, Script, TestEdge};
 
 /// An MPD whose `BaseURL`s name another host in spellings an XML parser reads and a plain text
 /// scan does not: a character reference padded with zeros (`&#0000000058;` is `:`), an entity
@@ -113,4 +116,42 @@ async fn vary_on_a_header_the_edge_writes_itself_still_caches() {
             second.h("cache-status")
         );
     }
+}
+
+/// RFC 8216bis §6.2.5.2: an `_HLS_part` more than the Advance Part Limit past the last part
+/// listed is a 400, whatever its size. Before, a part index near `u64::MAX` of the segment in
+/// progress, on a playlist that had just completed a segment (no trailing parts yet), overflowed
+/// the "parts ahead" count (`d + 1`): a panic of the request's task in a build with overflow
+/// checks, and in a release build a count of 0, so the request was taken as the next part and
+/// held or sent upstream instead of refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_hls_part_near_u64_max_is_400_not_a_panic() {
+    let origin = Origin::start().await;
+    let playlist = "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-PART-INF:PART-TARGET=0.5\n\
+#EXT-X-MEDIA-SEQUENCE:10\n\
+#EXT-X-PART:DURATION=0.5,URI=\"p10_0.m4s\"\n#EXT-X-PART:DURATION=0.5,URI=\"p10_1.m4s\"\n\
+#EXT-X-PART:DURATION=0.5,URI=\"p10_2.m4s\"\n#EXT-X-PART:DURATION=0.5,URI=\"p10_3.m4s\"\n\
+#EXTINF:2.0,\ns10.m4s\n";
+    origin.script(
+        "/big/m.m3u8",
+        Script::ok(playlist).header("cache-control", "max-age=10"),
+    );
+    let edge = TestEdge::start(config_for(&origin.url(), "off")).await;
+    assert_eq!(edge.get("/big/m.m3u8").await.status, 200);
+    let key = format!("http|{}|/big/m.m3u8", origin.addr());
+    until("the playlist's latest copy is recorded", || {
+        playlist_of(&edge.edge, &key).is_some_and(|p| p.latest().is_some())
+    })
+    .await;
+    let r = edge
+        .raw(
+            format!(
+                "GET /big/m.m3u8?_HLS_msn=11&_HLS_part={} HTTP/1.1\r\nHost: e\r\nConnection: close\r\n\r\n",
+                u64::MAX
+            )
+            .as_bytes(),
+        )
+        .await;
+    assert_eq!(r.status(), 400, "{}", r.text());
+    assert_eq!(origin.count("/big/m.m3u8"), 1, "nothing went upstream");
 }
