@@ -7,7 +7,9 @@
 //! "Same host" is decided the way a player's URL parser reads the URI (`Carry::target`: `\` as
 //! `/`, tabs and newlines dropped), after HLS `EXT-X-DEFINE` substitution, and in DASH against the
 //! `BaseURL`s in scope: a relative URL under a `BaseURL` on another host goes there, so it gets
-//! no token either. Whatever is not certainly this host is treated as foreign.
+//! no token either (a segment URL given for an adaptation set or a period is under the
+//! `BaseURL`s of every representation in it that inherits it). Whatever is not certainly this
+//! host is treated as foreign.
 //!
 //! Cost, per response (the cached manifest stays token-free): HLS is one line scan (URI lines,
 //! and the quoted `URI` attributes of the tags that carry one) into one buffer sized up front
@@ -466,16 +468,33 @@ struct Scope {
     base_foreign: bool,
     /// One of them is relative (so inherits where the parent's lead).
     base_relative: bool,
+    /// An element segment information belongs to (MPD, Period, AdaptationSet,
+    /// Representation, SubRepresentation): what it gives, every representation below uses.
+    level: bool,
+}
+
+/// The element whose representations use a segment URL given on `s`'s element: the nearest
+/// enclosing `Scope::level` element (the document for none).
+fn owner(scopes: &[Scope], mut s: usize) -> usize {
+    while s != 0 && !scopes[s].level {
+        s = scopes[s].parent;
+    }
+    s
 }
 
 /// An edit: bytes `[start, end)` become `new` (a range of the shared replacement buffer),
 /// unless `relative_in` names a scope whose `BaseURL`s lead elsewhere (a relative URL under a
-/// foreign `BaseURL` is foreign too).
+/// foreign `BaseURL` is foreign too), or with `below`, a scope any element inside which has
+/// such `BaseURL`s.
 struct Edit {
     start: usize,
     end: usize,
     new: std::ops::Range<usize>,
     relative_in: Option<usize>,
+    /// A segment URL: resolved against the `BaseURL`s of each representation that uses it,
+    /// which may lie below `relative_in` (ISO/IEC 23009-1 5.3.9: segment information given
+    /// for an adaptation set or a period is inherited by its representations).
+    below: bool,
 }
 
 /// One scan of the XML's tags (no tree is built): URL attributes and `BaseURL`/`Location` text
@@ -492,6 +511,7 @@ fn rewrite_dash(text: &str, carry: &Carry) -> Option<String> {
         has_base: false,
         base_foreign: false,
         base_relative: false,
+        level: true,
     }];
     // The scopes of the open elements (bounded by the document's size: one per start tag).
     let mut open: Vec<usize> = Vec::new();
@@ -554,6 +574,7 @@ fn rewrite_dash(text: &str, carry: &Carry) -> Option<String> {
                         new: at..repl.len(),
                         relative_in: (is_base && target == Target::Relative)
                             .then_some(scopes[parent].parent),
+                        below: false,
                     });
                 }
             }
@@ -572,6 +593,10 @@ fn rewrite_dash(text: &str, carry: &Carry) -> Option<String> {
             has_base: false,
             base_foreign: false,
             base_relative: false,
+            level: matches!(
+                element,
+                "MPD" | "Period" | "AdaptationSet" | "Representation" | "SubRepresentation"
+            ),
         });
         let mut self_closing = false;
         loop {
@@ -630,7 +655,8 @@ fn rewrite_dash(text: &str, carry: &Carry) -> Option<String> {
                         start: v_start,
                         end: v_end,
                         new: at..repl.len(),
-                        relative_in: (target == Target::Relative).then_some(scope),
+                        relative_in: (target == Target::Relative).then(|| owner(&scopes, scope)),
+                        below: true,
                     });
                 }
             }
@@ -659,7 +685,19 @@ fn rewrite_dash(text: &str, carry: &Carry) -> Option<String> {
             inherited
         };
     }
-    edits.retain(|e| e.relative_in.is_none_or(|s| !foreign[s]));
+    // Which scopes have a foreign scope inside them (themselves included): children come
+    // after their parents.
+    let mut below = foreign.clone();
+    for k in (1..scopes.len()).rev() {
+        if below[k] {
+            below[scopes[k].parent] = true;
+        }
+    }
+    edits.retain(|e| match e.relative_in {
+        None => true,
+        Some(s) if e.below => !below[s],
+        Some(s) => !foreign[s],
+    });
     if edits.is_empty() {
         return None;
     }
@@ -847,10 +885,14 @@ seg1.ts\r\n\
   <Period>
     <AdaptationSet mimeType="video/mp4">
       <SegmentTemplate timescale="1000" initialization="v/init-$RepresentationID$.mp4" media='v/$RepresentationID$-$Number%05d$.m4s?a=1&amp;b=2' index="idx.sidx"/>
+    </AdaptationSet>
+    <AdaptationSet mimeType="video/mp4">
       <Representation id="1080" bandwidth="2">
         <BaseURL>https://other.example/v/</BaseURL>
         <SegmentList><SegmentURL media="f1.m4s"/></SegmentList>
       </Representation>
+    </AdaptationSet>
+    <AdaptationSet mimeType="video/mp4">
       <Representation id="720" bandwidth="1">
         <SegmentList>
           <Initialization sourceURL="init.mp4"/>

@@ -155,3 +155,67 @@ async fn an_hls_part_near_u64_max_is_400_not_a_panic() {
     assert_eq!(r.status(), 400, "{}", r.text());
     assert_eq!(origin.count("/big/m.m3u8"), 1, "nothing went upstream");
 }
+
+/// An MPD whose segment URLs are given once for an adaptation set (or a period) and used by
+/// every representation in it (ISO/IEC 23009-1 5.3.9: segment information is inherited),
+/// while one representation's `BaseURL` names another host: that representation's segments
+/// are fetched from there.
+const INHERITED_MPD: &str = r#"<?xml version="1.0"?>
+<MPD xmlns="urn:mpeg:dash:schema:mpd:2011" type="static">
+  <Period>
+    <AdaptationSet mimeType="video/mp4">
+      <SegmentTemplate initialization="v-init.mp4" media="v-$Number$.m4s"/>
+      <Representation id="here" bandwidth="1"/>
+      <Representation id="there" bandwidth="2">
+        <BaseURL>https://other.example/v/</BaseURL>
+      </Representation>
+    </AdaptationSet>
+    <AdaptationSet mimeType="audio/mp4">
+      <SegmentList>
+        <SegmentURL media="a-1.m4s"/>
+      </SegmentList>
+      <Representation id="a" bandwidth="1">
+        <BaseURL>https://other.example/a/</BaseURL>
+      </Representation>
+    </AdaptationSet>
+    <AdaptationSet mimeType="text/vtt">
+      <SegmentTemplate media="mine-$Number$.vtt"/>
+      <Representation id="t" bandwidth="1"/>
+    </AdaptationSet>
+  </Period>
+</MPD>
+"#;
+
+/// A relative segment URL resolves against the `BaseURL`s of the representation that uses it,
+/// which may lie below the element carrying it. Before, the scan resolved it against the
+/// `BaseURL`s above its own element only: the adaptation set's `SegmentTemplate` and
+/// `SegmentList` got the viewer's token, and the player sent it to other.example with the
+/// segments of the representations whose `BaseURL` is there. Now a segment URL gets the token
+/// only when no representation that may use it has a `BaseURL` elsewhere.
+#[tokio::test]
+async fn a_token_never_reaches_another_host_through_an_inherited_segment_template() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/v/i/stream.mpd",
+        Script::ok(INHERITED_MPD).header("content-type", "application/dash+xml"),
+    );
+    let edge = token_edge(&origin, raw_token()).await;
+    let t = token_for("/v/i/*", None);
+    let r = edge.get(&format!("/v/i/stream.mpd?hdnts={t}")).await;
+    assert_eq!(r.status, 200);
+    let body = String::from_utf8(r.body.to_vec()).expect("utf8");
+    assert!(
+        body.contains(&format!("media=\"mine-$Number$.vtt?hdnts={t}\"")),
+        "the segments of this host carry the token:\n{body}"
+    );
+    for attr in [
+        "initialization=\"v-init.mp4\"",
+        "media=\"v-$Number$.m4s\"",
+        "media=\"a-1.m4s\"",
+    ] {
+        assert!(
+            body.contains(attr),
+            "{attr}: used under a BaseURL on another host, it got the token:\n{body}"
+        );
+    }
+}
