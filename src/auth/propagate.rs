@@ -500,6 +500,15 @@ struct Edit {
 /// One scan of the XML's tags (no tree is built): URL attributes and `BaseURL`/`Location` text
 /// are collected as edits, then applied in one pass into a buffer sized for them.
 fn rewrite_dash(text: &str, carry: &Carry) -> Option<String> {
+    // A document type may declare entities, which the player's XML parser expands into text
+    // or whole elements (`&cdn;` as a `BaseURL` on another host) that this scan of the tags as
+    // written never sees. Every declaration of one is spelt `<!ENTITY` (a parameter entity's
+    // too); MPDs have no use for them, so such a document is sent as it is: its players are
+    // refused without the token rather than sent elsewhere with it.
+    if memchr::memmem::find(text.as_bytes(), b"<!ENTITY").is_some() {
+        tracing::warn!("MPD declares XML entities; sent without the token");
+        return None;
+    }
     let b = text.as_bytes();
     let mut edits: Vec<Edit> = Vec::new();
     // Every replacement, back to back (`Edit::new`), and one scratch URL: no allocation per URL.

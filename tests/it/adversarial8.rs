@@ -8,25 +8,20 @@ use crate::support::token::{raw_token, token_edge, token_for};
 use crate::support::{edge_config, until, Origin, Script, TestEdge};
 
 /// An MPD whose `BaseURL`s name another host in spellings an XML parser reads and a plain text
-/// scan does not: a character reference padded with zeros (`&#0000000058;` is `:`), an entity
-/// of the document's own DTD, and a `BaseURL` split by a comment or wrapped in CDATA. The last
-/// three already carry the token parameter (empty), so a scan that takes them for relative
+/// scan does not: a character reference padded with zeros (`&#0000000058;` is `:`), and a
+/// `BaseURL` split by a comment or wrapped in CDATA (entities a DTD declares:
+/// `a_token_never_reaches_another_host_through_an_entity_expanding_to_a_base_url`). The last
+/// two already carry the token parameter (empty), so a scan that takes them for relative
 /// URLs adds nothing to them and leaves them as the player reads them; the segments under
 /// every one of them are relative, so a player asks that other host for them, with whatever
 /// query the edge gave them.
 const DISGUISED_MPD: &str = r#"<?xml version="1.0"?>
-<!DOCTYPE MPD [<!ENTITY cdn "https://other.example/b/">]>
 <MPD xmlns="urn:mpeg:dash:schema:mpd:2011" type="static">
   <Period>
     <AdaptationSet mimeType="video/mp4">
       <BaseURL>https&#0000000058;//other.example/a/?hdnts=</BaseURL>
       <SegmentTemplate media="a-$Number$.m4s"/>
       <Representation id="a" bandwidth="1"/>
-    </AdaptationSet>
-    <AdaptationSet mimeType="video/mp4">
-      <BaseURL>&cdn;?hdnts=</BaseURL>
-      <SegmentTemplate media="b-$Number$.m4s"/>
-      <Representation id="b" bandwidth="1"/>
     </AdaptationSet>
     <AdaptationSet mimeType="video/mp4">
       <BaseURL>ht<!-- -->tps://other.example/c/?hdnts=</BaseURL>
@@ -47,9 +42,9 @@ const DISGUISED_MPD: &str = r#"<?xml version="1.0"?>
 "#;
 
 /// A token route adds the viewer's token only to URLs that certainly lead back to this host.
-/// Before, the MPD scan read a `BaseURL` it could not decode (an entity it does not know, a
-/// character reference longer than ten bytes, a comment or CDATA inside the text) as a relative
-/// URL: the segments under sets b, c and d got the token while their `BaseURL`s, untouched,
+/// Before, the MPD scan read a `BaseURL` it could not decode (a character reference longer
+/// than ten bytes, a comment or CDATA inside the text) as a relative URL: the segments under
+/// sets c and d got the token while their `BaseURL`s, untouched,
 /// still named other.example, where the player sent it; set a's `BaseURL` got the token
 /// written into its character reference (`https&amp;?hdnts=...#0000000058;//other...`), a URL
 /// of neither host. Now a URL the scan cannot read exactly as a parser does counts as foreign:
@@ -72,7 +67,6 @@ async fn a_token_never_reaches_another_host_through_a_disguised_mpd_base_url() {
     );
     for (set, base) in [
         ("a", "https&#0000000058;//other.example/a/?hdnts="),
-        ("b", "&cdn;?hdnts="),
         ("c", "ht<!-- -->tps://other.example/c/?hdnts="),
         ("d", "<![CDATA[https://other.example/d/?hdnts=]]>"),
     ] {
@@ -218,4 +212,43 @@ async fn a_token_never_reaches_another_host_through_an_inherited_segment_templat
             "{attr}: used under a BaseURL on another host, it got the token:\n{body}"
         );
     }
+}
+
+/// An MPD whose document type declares an entity holding markup: the XML parser of the player
+/// expands `&cdn;` into a `BaseURL` element of the adaptation set, which a scan of the tags as
+/// written never sees.
+const ENTITY_MARKUP_MPD: &str = r#"<?xml version="1.0"?>
+<!DOCTYPE MPD [<!ENTITY cdn "<BaseURL>https://other.example/v/</BaseURL>">]>
+<MPD xmlns="urn:mpeg:dash:schema:mpd:2011" type="static">
+  <Period>
+    <AdaptationSet mimeType="video/mp4">
+      &cdn;
+      <SegmentTemplate media="v-$Number$.m4s"/>
+      <Representation id="v" bandwidth="1"/>
+    </AdaptationSet>
+  </Period>
+</MPD>
+"#;
+
+/// Before, the scan skipped the document type declaration and took the segment template for
+/// one under no `BaseURL`, so it got the viewer's token, which the player then sent to
+/// other.example. Entities are the document's own markup language: an MPD that declares any
+/// is sent as the origin wrote it (its players are refused without the token, never sent
+/// elsewhere with it).
+#[tokio::test]
+async fn a_token_never_reaches_another_host_through_an_entity_expanding_to_a_base_url() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/v/e/stream.mpd",
+        Script::ok(ENTITY_MARKUP_MPD).header("content-type", "application/dash+xml"),
+    );
+    let edge = token_edge(&origin, raw_token()).await;
+    let t = token_for("/v/e/*", None);
+    let r = edge.get(&format!("/v/e/stream.mpd?hdnts={t}")).await;
+    assert_eq!(r.status, 200);
+    let body = String::from_utf8(r.body.to_vec()).expect("utf8");
+    assert!(
+        body.contains("media=\"v-$Number$.m4s\""),
+        "segments under the entity's BaseURL (another host) got the token:\n{body}"
+    );
 }
