@@ -252,3 +252,42 @@ async fn a_token_never_reaches_another_host_through_an_entity_expanding_to_a_bas
         "segments under the entity's BaseURL (another host) got the token:\n{body}"
     );
 }
+
+/// An HLS playlist with a line break only some readers see: a bare carriage return, which
+/// Java's `BufferedReader.readLine` (ExoPlayer) and hls.js's line patterns (`[^\r\n]`) end a
+/// line at, and a Unicode line separator, which ends hls.js's tag lines (`#.*`). To the edge's
+/// line scan (RFC 8216: lines end in LF or CRLF) each is inside one URI, which a URL parser
+/// reads as a relative one (it drops CR; U+2028 is escaped into the path), so the token was
+/// appended at its end: after the break, to the other host's URI a player reads there.
+const SPLIT_LINES_HLS: &str = "#EXTM3U\n#EXT-X-TARGETDURATION:4\n\
+#EXT-X-MAP:URI=\"init.mp4\r//other.example/x/init.mp4\"\n\
+#EXT-X-KEY:METHOD=AES-128,URI=\"k.key\u{2028}//other.example/x/k.key\"\n\
+#EXTINF:4,\nmine.ts\n\
+#EXTINF:4,\nseg.ts\r//other.example/x/seg.ts\n\
+#EXT-X-ENDLIST\n";
+
+/// Before, each of the three URIs above got the token after its break, where ExoPlayer or
+/// hls.js read a URI on other.example. Now a line holding a break some player sees is left as
+/// it is: no token on either side of it.
+#[tokio::test]
+async fn a_token_never_follows_a_line_break_some_players_see_in_a_playlist() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/v/s/media.m3u8",
+        Script::ok(SPLIT_LINES_HLS).header("content-type", "application/vnd.apple.mpegurl"),
+    );
+    let edge = token_edge(&origin, raw_token()).await;
+    let t = token_for("/v/s/*", None);
+    let r = edge.get(&format!("/v/s/media.m3u8?hdnts={t}")).await;
+    assert_eq!(r.status, 200);
+    let body = String::from_utf8(r.body.to_vec()).expect("utf8");
+    assert!(
+        body.contains(&format!("\nmine.ts?hdnts={t}\n")),
+        "the segments of this host carry the token:\n{body:?}"
+    );
+    assert_eq!(
+        body.matches(&t).count(),
+        1,
+        "only mine.ts carries the token:\n{body:?}"
+    );
+}
