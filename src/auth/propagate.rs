@@ -254,8 +254,10 @@ fn rewrite_hls(text: &str, carry: &Carry) -> Option<String> {
         // A line holding a break some player sees (RFC 8216 ends lines with LF or CRLF only,
         // but ExoPlayer's `readLine` and hls.js's patterns end one at a bare CR, and hls.js's
         // tag lines at U+2028/U+2029) is two lines to that player: a token added at its end
-        // would follow a URI this scan never saw as one. Left as it is, whatever it holds.
-        if line.contains(['\r', '\u{2028}', '\u{2029}']) {
+        // would follow a URI this scan never saw as one. So is a U+FEFF, which hls.js's `\S`
+        // skips before a URI (whitespace to JavaScript, not to `str::trim`): `\u{FEFF}//x`
+        // is host x to it. Left as it is, whatever it holds.
+        if line.contains(['\r', '\u{2028}', '\u{2029}', '\u{feff}']) {
             out.push_str(piece);
             continue;
         }

@@ -291,3 +291,30 @@ async fn a_token_never_follows_a_line_break_some_players_see_in_a_playlist() {
         "only mine.ts carries the token:\n{body:?}"
     );
 }
+
+/// hls.js finds a URI line with `(?!#) *(\S[^\r\n]*)`: JavaScript's `\S` skips a leading
+/// U+FEFF (whitespace to JavaScript, not to Rust's `trim`), so `\u{FEFF}//other.example/x.ts`
+/// is that other host's URI to it, while the edge's scan read the whole line as one relative
+/// URI. Before, the token was appended to it; now such a line is left as it is.
+#[tokio::test]
+async fn a_token_never_follows_a_leading_byte_order_mark_onto_another_hosts_uri() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/v/b/media.m3u8",
+        Script::ok(
+            "#EXTM3U\n#EXT-X-TARGETDURATION:4\n#EXTINF:4,\nmine.ts\n\
+#EXTINF:4,\n\u{FEFF}//other.example/x.ts\n#EXT-X-ENDLIST\n",
+        )
+        .header("content-type", "application/vnd.apple.mpegurl"),
+    );
+    let edge = token_edge(&origin, raw_token()).await;
+    let t = token_for("/v/b/*", None);
+    let r = edge.get(&format!("/v/b/media.m3u8?hdnts={t}")).await;
+    assert_eq!(r.status, 200);
+    let body = String::from_utf8(r.body.to_vec()).expect("utf8");
+    assert!(
+        body.contains(&format!("\nmine.ts?hdnts={t}\n"))
+            && body.contains("\n\u{FEFF}//other.example/x.ts\n"),
+        "only mine.ts carries the token:\n{body:?}"
+    );
+}
