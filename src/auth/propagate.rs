@@ -247,8 +247,9 @@ fn rewrite_hls(text: &str, carry: &Carry) -> Option<String> {
     }
     let mut out = String::with_capacity(bound);
     let mut changed = false;
-    // `EXT-X-DEFINE` NAME/VALUE pairs seen so far (variables are defined before use).
-    let mut defines: Vec<(&str, &str)> = Vec::new();
+    // `EXT-X-DEFINE` names seen so far and their values, `None` when players may read them
+    // otherwise (`define`); variables are defined before use.
+    let mut defines: Vec<(&str, Option<&str>)> = Vec::new();
     for piece in lines(text) {
         let (line, eol) = split_eol(piece);
         // A line holding a break some player sees (RFC 8216 ends lines with LF or CRLF only,
@@ -273,11 +274,7 @@ fn rewrite_hls(text: &str, carry: &Carry) -> Option<String> {
                     out.push_str(eol);
                 }
                 Some(("EXT-X-DEFINE", attrs)) => {
-                    if let (Some(n), Some(v)) = (attr(attrs, "NAME"), attr(attrs, "VALUE")) {
-                        if defines.len() < MAX_DEFINES {
-                            defines.push((n, v));
-                        }
-                    }
+                    define(attrs, &mut defines);
                     out.push_str(piece);
                 }
                 _ => out.push_str(piece),
@@ -303,21 +300,55 @@ fn rewrite_hls(text: &str, carry: &Carry) -> Option<String> {
     changed.then_some(out)
 }
 
-/// The quoted value of attribute `name` in an HLS attribute list, if it is there.
-fn attr<'a>(attrs: &'a str, name: &str) -> Option<&'a str> {
+/// The attributes of an HLS attribute list in order, as `(name, value)` with a quoted value's
+/// quotes removed (an unquoted one is kept as written, up to its `,`).
+fn attr_pairs(attrs: &str) -> Vec<(&str, &str)> {
+    let mut out = Vec::new();
     let mut rest = attrs;
-    loop {
-        let eq = rest.find('=')?;
+    while let Some(eq) = rest.find('=') {
         let key = rest[..eq].trim().trim_start_matches(',').trim();
         let after = &rest[eq + 1..];
         if let Some(q) = after.strip_prefix('"') {
-            let close = q.find('"')?;
-            if key == name {
-                return Some(&q[..close]);
-            }
+            let Some(close) = q.find('"') else {
+                break;
+            };
+            out.push((key, &q[..close]));
             rest = &q[close + 1..];
         } else {
-            rest = &after[after.find(',')?..];
+            let end = after.find(',').unwrap_or(after.len());
+            out.push((key, after[..end].trim()));
+            rest = &after[end..];
+        }
+    }
+    out
+}
+
+/// Records an `EXT-X-DEFINE` in `defines`. Its `NAME`/`VALUE` is known only when every player
+/// reads the tag alike: hls.js keeps the last of an attribute named twice in one tag (another
+/// player may keep the first) and takes `QUERYPARAM` (a value from the playlist's URL) over
+/// `NAME`, and a name defined twice is a playlist error players settle differently. So every
+/// name such a tag may define, and a name defined a second time, is recorded as `None`, which
+/// `hls_target` treats as an undefined variable.
+fn define<'a>(attrs: &'a str, defines: &mut Vec<(&'a str, Option<&'a str>)>) {
+    let pairs = attr_pairs(attrs);
+    let count = |n: &str| pairs.iter().filter(|(k, _)| *k == n).count();
+    let clean = count("NAME") == 1
+        && count("VALUE") == 1
+        && count("QUERYPARAM") == 0
+        && count("IMPORT") == 0;
+    let value = pairs
+        .iter()
+        .find(|(k, _)| *k == "VALUE")
+        .map(|(_, v)| *v)
+        .filter(|_| clean);
+    for (_, name) in pairs
+        .iter()
+        .filter(|(k, _)| matches!(*k, "NAME" | "QUERYPARAM" | "IMPORT"))
+    {
+        if let Some(known) = defines.iter_mut().find(|(n, _)| n == name) {
+            known.1 = None;
+        } else if defines.len() < MAX_DEFINES {
+            defines.push((name, value));
         }
     }
 }
@@ -327,7 +358,7 @@ fn attr<'a>(attrs: &'a str, name: &str) -> Option<&'a str> {
 /// undefined) only what comes before it is known, and it decides only when it fixes the host:
 /// an absolute URI whose authority ends before the variable, or a relative path whose first
 /// segment does (`v/{$x}`, `/v{$x}`). Otherwise the variable could make it another host.
-fn hls_target(uri: &str, carry: &Carry, defines: &[(&str, &str)]) -> Target {
+fn hls_target(uri: &str, carry: &Carry, defines: &[(&str, Option<&str>)]) -> Target {
     if !has_variable(uri) {
         return carry.target(uri);
     }
@@ -340,7 +371,7 @@ fn hls_target(uri: &str, carry: &Carry, defines: &[(&str, &str)]) -> Target {
             defines
                 .iter()
                 .find(|(n, _)| *n == &after[..end])
-                .map(|d| (end, d.1))
+                .and_then(|d| Some((end, d.1?)))
         });
         match value {
             Some((end, v)) => {
@@ -405,7 +436,7 @@ fn split_eol(piece: &str) -> (&str, &str) {
 fn rewrite_attr_list(
     attrs: &str,
     carry: &Carry,
-    defines: &[(&str, &str)],
+    defines: &[(&str, Option<&str>)],
     out: &mut String,
 ) -> bool {
     let b = attrs.as_bytes();

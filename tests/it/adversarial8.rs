@@ -318,3 +318,41 @@ async fn a_token_never_follows_a_leading_byte_order_mark_onto_another_hosts_uri(
         "only mine.ts carries the token:\n{body:?}"
     );
 }
+
+/// `EXT-X-DEFINE` tags that players read otherwise than a first-match scan: hls.js keeps the
+/// last value of an attribute named twice in one tag (its attribute list is a map), so `{$a}`
+/// is `https://other.example` to it; and a tag naming two variables defines `b` there, not
+/// `x`, so the later `b` (a relative path to the scan, which had taken `b` for defined) is
+/// hls.js's first and only definition of it.
+const AMBIGUOUS_DEFINES_HLS: &str = "#EXTM3U\n#EXT-X-TARGETDURATION:4\n\
+#EXT-X-DEFINE:NAME=\"a\",VALUE=\"seg\",VALUE=\"https://other.example\"\n\
+#EXT-X-DEFINE:NAME=\"b\",VALUE=\"seg\",NAME=\"x\"\n\
+#EXT-X-DEFINE:NAME=\"b\",VALUE=\"https://other.example\"\n\
+#EXTINF:4,\nmine.ts\n\
+#EXTINF:4,\n{$a}/1.ts\n\
+#EXTINF:4,\n{$b}/2.ts\n\
+#EXT-X-ENDLIST\n";
+
+/// Before, the scan took each variable's first `VALUE` and first definition, so `{$a}/1.ts`
+/// and `{$b}/2.ts` were relative paths and got the token, which hls.js sent to other.example.
+/// Now a variable defined ambiguously (an attribute named twice, a name defined twice, a value
+/// from elsewhere) is unknown, as an undefined one is.
+#[tokio::test]
+async fn a_token_never_reaches_another_host_through_an_ambiguous_hls_variable() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/v/d/media.m3u8",
+        Script::ok(AMBIGUOUS_DEFINES_HLS).header("content-type", "application/vnd.apple.mpegurl"),
+    );
+    let edge = token_edge(&origin, raw_token()).await;
+    let t = token_for("/v/d/*", None);
+    let r = edge.get(&format!("/v/d/media.m3u8?hdnts={t}")).await;
+    assert_eq!(r.status, 200);
+    let body = String::from_utf8(r.body.to_vec()).expect("utf8");
+    assert!(
+        body.contains(&format!("\nmine.ts?hdnts={t}\n"))
+            && body.contains("\n{$a}/1.ts\n")
+            && body.contains("\n{$b}/2.ts\n"),
+        "only mine.ts carries the token:\n{body}"
+    );
+}
