@@ -356,3 +356,30 @@ async fn a_token_never_reaches_another_host_through_an_ambiguous_hls_variable() 
         "only mine.ts carries the token:\n{body}"
     );
 }
+
+/// `Cache-Control` may carry obs-text inside a quoted argument (RFC 9110 §5.6.4 `qdtext`), as
+/// an extension directive's value can. Before, a field line that was not visible ASCII was
+/// skipped whole, directives and all: `private` (or `no-store`) next to such an extension was
+/// never read, and one viewer's private answer was stored and served to the next viewer.
+#[tokio::test]
+async fn private_or_no_store_beside_an_obs_text_extension_is_never_shared() {
+    let origin = Origin::start().await;
+    for (path, cc) in [
+        ("/p.ts", "private, max-age=60, note=\"café\""),
+        ("/n.ts", "no-store, max-age=60, note=\"café\""),
+    ] {
+        origin.script(path, Script::ok("mine").header("cache-control", cc));
+    }
+    let edge = TestEdge::start(edge_config(&origin)).await;
+    for path in ["/p.ts", "/n.ts"] {
+        assert_eq!(edge.get(path).await.status, 200);
+        edge.settle().await;
+        let second = edge.get(path).await;
+        assert_eq!(
+            (second.x_cache(), origin.count(path)),
+            ("BYPASS", 2),
+            "{path}: {}",
+            second.h("cache-status")
+        );
+    }
+}
