@@ -566,6 +566,8 @@ fn rewrite_dash(text: &str, carry: &Carry) -> Option<String> {
     // The scopes of the open elements (bounded by the document's size: one per start tag).
     let mut open: Vec<usize> = Vec::new();
     let mut i = 0;
+    // A `Location` leads elsewhere (see where it closes).
+    let mut location_foreign = false;
     // Where the text of an open BaseURL/Location starts, and which it is.
     let mut text_from: Option<(usize, bool)> = None;
     while let Some(lt) = text[i..].find('<').map(|p| i + p) {
@@ -611,6 +613,11 @@ fn rewrite_dash(text: &str, carry: &Carry) -> Option<String> {
                     p.has_base = true;
                     p.base_foreign |= target == Target::Foreign;
                     p.base_relative |= target == Target::Relative;
+                } else {
+                    // dash.js resolves the document against its first `Location` (its
+                    // `ManifestLoader` makes it the base URI on load): one elsewhere leads
+                    // every relative URL of the document there.
+                    location_foreign |= target == Target::Foreign;
                 }
                 scratch.clear();
                 let url = url.as_deref().filter(|_| target != Target::Foreign);
@@ -727,6 +734,7 @@ fn rewrite_dash(text: &str, carry: &Carry) -> Option<String> {
     }
     // Which scopes' BaseURLs lead elsewhere: parents come before their children.
     let mut foreign = vec![false; scopes.len()];
+    foreign[0] = location_foreign;
     for (k, sc) in scopes.iter().enumerate().skip(1) {
         let inherited = foreign[sc.parent];
         foreign[k] = if sc.has_base {

@@ -383,3 +383,38 @@ async fn private_or_no_store_beside_an_obs_text_extension_is_never_shared() {
         );
     }
 }
+
+/// dash.js resolves an MPD's relative URLs against its first `Location` (its `ManifestLoader`
+/// sets the manifest's base URI from it on load), not only the URL it was fetched from.
+const LOCATED_MPD: &str = r#"<?xml version="1.0"?>
+<MPD xmlns="urn:mpeg:dash:schema:mpd:2011" type="dynamic">
+  <Location>https://other.example/live/stream.mpd</Location>
+  <Period>
+    <AdaptationSet mimeType="video/mp4">
+      <SegmentTemplate media="v-$Number$.m4s"/>
+      <Representation id="v" bandwidth="1"/>
+    </AdaptationSet>
+  </Period>
+</MPD>
+"#;
+
+/// Before, the `Location` on another host was left alone but the relative segment URLs got
+/// the viewer's token, which dash.js sent to other.example. Now a `Location` elsewhere is a
+/// `BaseURL` elsewhere for the document's relative URLs.
+#[tokio::test]
+async fn a_token_never_reaches_another_host_through_an_mpd_location() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/v/l/stream.mpd",
+        Script::ok(LOCATED_MPD).header("content-type", "application/dash+xml"),
+    );
+    let edge = token_edge(&origin, raw_token()).await;
+    let t = token_for("/v/l/*", None);
+    let r = edge.get(&format!("/v/l/stream.mpd?hdnts={t}")).await;
+    assert_eq!(r.status, 200);
+    let body = String::from_utf8(r.body.to_vec()).expect("utf8");
+    assert!(
+        body.contains("media=\"v-$Number$.m4s\"") && !body.contains(&t),
+        "segments resolved against a Location on another host got the token:\n{body}"
+    );
+}
