@@ -536,6 +536,9 @@ struct Edit {
     /// which may lie below `relative_in` (ISO/IEC 23009-1 5.3.9: segment information given
     /// for an adaptation set or a period is inherited by its representations).
     below: bool,
+    /// A segment template naming `$RepresentationID$`, which a player replaces with a
+    /// representation's `id` as written.
+    uses_id: bool,
 }
 
 /// One scan of the XML's tags (no tree is built): URL attributes and `BaseURL`/`Location` text
@@ -568,6 +571,8 @@ fn rewrite_dash(text: &str, carry: &Carry) -> Option<String> {
     let mut i = 0;
     // A `Location` leads elsewhere (see where it closes).
     let mut location_foreign = false;
+    // A representation's `id` could change where a template leads (see where it is read).
+    let mut risky_ids = false;
     // Where the text of an open BaseURL/Location starts, and which it is.
     let mut text_from: Option<(usize, bool)> = None;
     while let Some(lt) = text[i..].find('<').map(|p| i + p) {
@@ -632,6 +637,7 @@ fn rewrite_dash(text: &str, carry: &Carry) -> Option<String> {
                         relative_in: (is_base && target == Target::Relative)
                             .then_some(scopes[parent].parent),
                         below: false,
+                        uses_id: false,
                     });
                 }
             }
@@ -714,8 +720,20 @@ fn rewrite_dash(text: &str, carry: &Carry) -> Option<String> {
                         new: at..repl.len(),
                         relative_in: (target == Target::Relative).then(|| owner(&scopes, scope)),
                         below: true,
+                        uses_id: value.is_some_and(|v| v.contains("$RepresentationID$")),
                     });
                 }
+            }
+            if element == "Representation" && attr == "id" {
+                // An `id` is put into `$RepresentationID$` as it is: a `:`, `/` or `\` (or
+                // whitespace a URL parser drops) can make the template another host's URL
+                // (`https://other.example`, or `/other.example` after a `/`).
+                let id = xml_unescape(&text[v_start..v_end]);
+                risky_ids |= id.as_deref().is_none_or(|id| {
+                    id.chars().any(|c| {
+                        matches!(c, ':' | '/' | '\\') || c.is_whitespace() || c.is_control()
+                    })
+                });
             }
             j = v_end + 1;
         }
@@ -752,6 +770,7 @@ fn rewrite_dash(text: &str, carry: &Carry) -> Option<String> {
         }
     }
     edits.retain(|e| match e.relative_in {
+        _ if e.uses_id && risky_ids => false,
         None => true,
         Some(s) if e.below => !below[s],
         Some(s) => !foreign[s],

@@ -418,3 +418,44 @@ async fn a_token_never_reaches_another_host_through_an_mpd_location() {
         "segments resolved against a Location on another host got the token:\n{body}"
     );
 }
+
+/// A segment template's `$RepresentationID$` is replaced by the representation's `id`, which
+/// may hold any character but whitespace: `https://other.example` makes
+/// `$RepresentationID$/$Number$.m4s` an absolute URL on that host, and `/other.example` makes
+/// `/$RepresentationID$/...` a protocol-relative one.
+const ID_MPD: &str = r#"<?xml version="1.0"?>
+<MPD xmlns="urn:mpeg:dash:schema:mpd:2011" type="static">
+  <Period>
+    <AdaptationSet mimeType="video/mp4">
+      <SegmentTemplate media="$RepresentationID$/$Number$.m4s"/>
+      <Representation id="https://other.example" bandwidth="1"/>
+    </AdaptationSet>
+    <AdaptationSet mimeType="audio/mp4">
+      <SegmentTemplate media="/$RepresentationID$/a-$Number$.m4s"/>
+      <Representation id="/other.example" bandwidth="1"/>
+    </AdaptationSet>
+  </Period>
+</MPD>
+"#;
+
+/// Before, both templates read as relative paths and got the viewer's token, which the player
+/// sent to other.example once it put the `id` in. Now a template using `$RepresentationID$` in
+/// a document whose ids could change where a URL leads (a `:`, `/` or `\`, whitespace) is
+/// foreign.
+#[tokio::test]
+async fn a_token_never_reaches_another_host_through_a_representation_id() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/v/r/stream.mpd",
+        Script::ok(ID_MPD).header("content-type", "application/dash+xml"),
+    );
+    let edge = token_edge(&origin, raw_token()).await;
+    let t = token_for("/v/r/*", None);
+    let r = edge.get(&format!("/v/r/stream.mpd?hdnts={t}")).await;
+    assert_eq!(r.status, 200);
+    let body = String::from_utf8(r.body.to_vec()).expect("utf8");
+    assert!(
+        !body.contains(&t),
+        "a template naming another host through its id got the token:\n{body}"
+    );
+}
