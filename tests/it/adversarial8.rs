@@ -1,5 +1,10 @@
-//! Regression tests from the eighth adversarial review (hostile origins and viewers): each
-//! proves one rule that hostile input broke before, and fails on the code before its fix.
+//! Regression tests from the eighth adversarial review (hostile origins and viewers): a token
+//! route's manifest rewrite read otherwise than players read it (XML references, comments,
+//! CDATA and entities in MPDs, inherited segment templates, `Location`, representation ids;
+//! HLS line breaks only some players see, a leading U+FEFF, ambiguous `EXT-X-DEFINE`s), a
+//! `Vary` on a header the edge writes itself, an `_HLS_part` near `u64::MAX`, and
+//! `Cache-Control` lines holding obs-text. Each proves one rule that hostile input broke
+//! before, and fails on the code before its fix.
 
 use vedge::proxy::llhls::playlist_of;
 
