@@ -7,7 +7,9 @@
 //! "Same host" is decided the way a player's URL parser reads the URI (`Carry::target`: `\` as
 //! `/`, tabs and newlines dropped), after HLS `EXT-X-DEFINE` substitution, and in DASH against the
 //! `BaseURL`s in scope: a relative URL under a `BaseURL` on another host goes there, so it gets
-//! no token either. Whatever is not certainly this host is treated as foreign.
+//! no token either (a segment URL given for an adaptation set or a period is under the
+//! `BaseURL`s of every representation in it that inherits it). Whatever is not certainly this
+//! host is treated as foreign.
 //!
 //! Cost, per response (the cached manifest stays token-free): HLS is one line scan (URI lines,
 //! and the quoted `URI` attributes of the tags that carry one) into one buffer sized up front
@@ -245,10 +247,21 @@ fn rewrite_hls(text: &str, carry: &Carry) -> Option<String> {
     }
     let mut out = String::with_capacity(bound);
     let mut changed = false;
-    // `EXT-X-DEFINE` NAME/VALUE pairs seen so far (variables are defined before use).
-    let mut defines: Vec<(&str, &str)> = Vec::new();
+    // `EXT-X-DEFINE` names seen so far and their values, `None` when players may read them
+    // otherwise (`define`); variables are defined before use.
+    let mut defines: Vec<(&str, Option<&str>)> = Vec::new();
     for piece in lines(text) {
         let (line, eol) = split_eol(piece);
+        // A line holding a break some player sees (RFC 8216 ends lines with LF or CRLF only,
+        // but ExoPlayer's `readLine` and hls.js's patterns end one at a bare CR, and hls.js's
+        // tag lines at U+2028/U+2029) is two lines to that player: a token added at its end
+        // would follow a URI this scan never saw as one. So is a U+FEFF, which hls.js's `\S`
+        // skips before a URI (whitespace to JavaScript, not to `str::trim`): `\u{FEFF}//x`
+        // is host x to it. Left as it is, whatever it holds.
+        if line.contains(['\r', '\u{2028}', '\u{2029}', '\u{feff}']) {
+            out.push_str(piece);
+            continue;
+        }
         if let Some(tag) = line.strip_prefix('#') {
             let name_attrs =
                 memchr::memchr(b':', tag.as_bytes()).map(|c| (&tag[..c], &tag[c + 1..]));
@@ -261,11 +274,7 @@ fn rewrite_hls(text: &str, carry: &Carry) -> Option<String> {
                     out.push_str(eol);
                 }
                 Some(("EXT-X-DEFINE", attrs)) => {
-                    if let (Some(n), Some(v)) = (attr(attrs, "NAME"), attr(attrs, "VALUE")) {
-                        if defines.len() < MAX_DEFINES {
-                            defines.push((n, v));
-                        }
-                    }
+                    define(attrs, &mut defines);
                     out.push_str(piece);
                 }
                 _ => out.push_str(piece),
@@ -291,21 +300,55 @@ fn rewrite_hls(text: &str, carry: &Carry) -> Option<String> {
     changed.then_some(out)
 }
 
-/// The quoted value of attribute `name` in an HLS attribute list, if it is there.
-fn attr<'a>(attrs: &'a str, name: &str) -> Option<&'a str> {
+/// The attributes of an HLS attribute list in order, as `(name, value)` with a quoted value's
+/// quotes removed (an unquoted one is kept as written, up to its `,`).
+fn attr_pairs(attrs: &str) -> Vec<(&str, &str)> {
+    let mut out = Vec::new();
     let mut rest = attrs;
-    loop {
-        let eq = rest.find('=')?;
+    while let Some(eq) = rest.find('=') {
         let key = rest[..eq].trim().trim_start_matches(',').trim();
         let after = &rest[eq + 1..];
         if let Some(q) = after.strip_prefix('"') {
-            let close = q.find('"')?;
-            if key == name {
-                return Some(&q[..close]);
-            }
+            let Some(close) = q.find('"') else {
+                break;
+            };
+            out.push((key, &q[..close]));
             rest = &q[close + 1..];
         } else {
-            rest = &after[after.find(',')?..];
+            let end = after.find(',').unwrap_or(after.len());
+            out.push((key, after[..end].trim()));
+            rest = &after[end..];
+        }
+    }
+    out
+}
+
+/// Records an `EXT-X-DEFINE` in `defines`. Its `NAME`/`VALUE` is known only when every player
+/// reads the tag alike: hls.js keeps the last of an attribute named twice in one tag (another
+/// player may keep the first) and takes `QUERYPARAM` (a value from the playlist's URL) over
+/// `NAME`, and a name defined twice is a playlist error players settle differently. So every
+/// name such a tag may define, and a name defined a second time, is recorded as `None`, which
+/// `hls_target` treats as an undefined variable.
+fn define<'a>(attrs: &'a str, defines: &mut Vec<(&'a str, Option<&'a str>)>) {
+    let pairs = attr_pairs(attrs);
+    let count = |n: &str| pairs.iter().filter(|(k, _)| *k == n).count();
+    let clean = count("NAME") == 1
+        && count("VALUE") == 1
+        && count("QUERYPARAM") == 0
+        && count("IMPORT") == 0;
+    let value = pairs
+        .iter()
+        .find(|(k, _)| *k == "VALUE")
+        .map(|(_, v)| *v)
+        .filter(|_| clean);
+    for (_, name) in pairs
+        .iter()
+        .filter(|(k, _)| matches!(*k, "NAME" | "QUERYPARAM" | "IMPORT"))
+    {
+        if let Some(known) = defines.iter_mut().find(|(n, _)| n == name) {
+            known.1 = None;
+        } else if defines.len() < MAX_DEFINES {
+            defines.push((name, value));
         }
     }
 }
@@ -315,7 +358,7 @@ fn attr<'a>(attrs: &'a str, name: &str) -> Option<&'a str> {
 /// undefined) only what comes before it is known, and it decides only when it fixes the host:
 /// an absolute URI whose authority ends before the variable, or a relative path whose first
 /// segment does (`v/{$x}`, `/v{$x}`). Otherwise the variable could make it another host.
-fn hls_target(uri: &str, carry: &Carry, defines: &[(&str, &str)]) -> Target {
+fn hls_target(uri: &str, carry: &Carry, defines: &[(&str, Option<&str>)]) -> Target {
     if !has_variable(uri) {
         return carry.target(uri);
     }
@@ -328,7 +371,7 @@ fn hls_target(uri: &str, carry: &Carry, defines: &[(&str, &str)]) -> Target {
             defines
                 .iter()
                 .find(|(n, _)| *n == &after[..end])
-                .map(|d| (end, d.1))
+                .and_then(|d| Some((end, d.1?)))
         });
         match value {
             Some((end, v)) => {
@@ -393,7 +436,7 @@ fn split_eol(piece: &str) -> (&str, &str) {
 fn rewrite_attr_list(
     attrs: &str,
     carry: &Carry,
-    defines: &[(&str, &str)],
+    defines: &[(&str, Option<&str>)],
     out: &mut String,
 ) -> bool {
     let b = attrs.as_bytes();
@@ -466,21 +509,50 @@ struct Scope {
     base_foreign: bool,
     /// One of them is relative (so inherits where the parent's lead).
     base_relative: bool,
+    /// An element segment information belongs to (MPD, Period, AdaptationSet,
+    /// Representation, SubRepresentation): what it gives, every representation below uses.
+    level: bool,
+}
+
+/// The element whose representations use a segment URL given on `s`'s element: the nearest
+/// enclosing `Scope::level` element (the document for none).
+fn owner(scopes: &[Scope], mut s: usize) -> usize {
+    while s != 0 && !scopes[s].level {
+        s = scopes[s].parent;
+    }
+    s
 }
 
 /// An edit: bytes `[start, end)` become `new` (a range of the shared replacement buffer),
 /// unless `relative_in` names a scope whose `BaseURL`s lead elsewhere (a relative URL under a
-/// foreign `BaseURL` is foreign too).
+/// foreign `BaseURL` is foreign too), or with `below`, a scope any element inside which has
+/// such `BaseURL`s.
 struct Edit {
     start: usize,
     end: usize,
     new: std::ops::Range<usize>,
     relative_in: Option<usize>,
+    /// A segment URL: resolved against the `BaseURL`s of each representation that uses it,
+    /// which may lie below `relative_in` (ISO/IEC 23009-1 5.3.9: segment information given
+    /// for an adaptation set or a period is inherited by its representations).
+    below: bool,
+    /// A segment template naming `$RepresentationID$`, which a player replaces with a
+    /// representation's `id` as written.
+    uses_id: bool,
 }
 
 /// One scan of the XML's tags (no tree is built): URL attributes and `BaseURL`/`Location` text
 /// are collected as edits, then applied in one pass into a buffer sized for them.
 fn rewrite_dash(text: &str, carry: &Carry) -> Option<String> {
+    // A document type may declare entities, which the player's XML parser expands into text
+    // or whole elements (`&cdn;` as a `BaseURL` on another host) that this scan of the tags as
+    // written never sees. Every declaration of one is spelt `<!ENTITY` (a parameter entity's
+    // too); MPDs have no use for them, so such a document is sent as it is: its players are
+    // refused without the token rather than sent elsewhere with it.
+    if memchr::memmem::find(text.as_bytes(), b"<!ENTITY").is_some() {
+        tracing::warn!("MPD declares XML entities; sent without the token");
+        return None;
+    }
     let b = text.as_bytes();
     let mut edits: Vec<Edit> = Vec::new();
     // Every replacement, back to back (`Edit::new`), and one scratch URL: no allocation per URL.
@@ -492,10 +564,15 @@ fn rewrite_dash(text: &str, carry: &Carry) -> Option<String> {
         has_base: false,
         base_foreign: false,
         base_relative: false,
+        level: true,
     }];
     // The scopes of the open elements (bounded by the document's size: one per start tag).
     let mut open: Vec<usize> = Vec::new();
     let mut i = 0;
+    // A `Location` leads elsewhere (see where it closes).
+    let mut location_foreign = false;
+    // A representation's `id` could change where a template leads (see where it is read).
+    let mut risky_ids = false;
     // Where the text of an open BaseURL/Location starts, and which it is.
     let mut text_from: Option<(usize, bool)> = None;
     while let Some(lt) = text[i..].find('<').map(|p| i + p) {
@@ -523,8 +600,16 @@ fn rewrite_dash(text: &str, carry: &Carry) -> Option<String> {
                 let raw = &text[from..lt];
                 let lead = raw.len() - raw.trim_start().len();
                 let trimmed = raw.trim();
-                let url = xml_unescape(trimmed);
-                let target = carry.target(&url);
+                // Markup inside the text (a comment, CDATA, a processing instruction) or a
+                // reference this scan cannot decode is read by the player's XML parser
+                // otherwise than here (`ht<!-- -->tps://other.example/` is that host to it),
+                // so such a URL is not certainly this host: foreign.
+                let url = if raw.contains('<') {
+                    None
+                } else {
+                    xml_unescape(trimmed)
+                };
+                let target = url.as_deref().map_or(Target::Foreign, |u| carry.target(u));
                 // A BaseURL belongs to its parent element's scope and resolves against the
                 // grandparent's; a Location against the MPD's URL.
                 let parent = scopes[own].parent;
@@ -533,9 +618,15 @@ fn rewrite_dash(text: &str, carry: &Carry) -> Option<String> {
                     p.has_base = true;
                     p.base_foreign |= target == Target::Foreign;
                     p.base_relative |= target == Target::Relative;
+                } else {
+                    // dash.js resolves the document against its first `Location` (its
+                    // `ManifestLoader` makes it the base URI on load): one elsewhere leads
+                    // every relative URL of the document there.
+                    location_foreign |= target == Target::Foreign;
                 }
                 scratch.clear();
-                if target != Target::Foreign && carry.push_with_token(&url, &mut scratch) {
+                let url = url.as_deref().filter(|_| target != Target::Foreign);
+                if url.is_some_and(|u| carry.push_with_token(u, &mut scratch)) {
                     let start = from + lead;
                     let at = repl.len();
                     xml_escape_into(&scratch, None, &mut repl);
@@ -545,6 +636,8 @@ fn rewrite_dash(text: &str, carry: &Carry) -> Option<String> {
                         new: at..repl.len(),
                         relative_in: (is_base && target == Target::Relative)
                             .then_some(scopes[parent].parent),
+                        below: false,
+                        uses_id: false,
                     });
                 }
             }
@@ -563,6 +656,10 @@ fn rewrite_dash(text: &str, carry: &Carry) -> Option<String> {
             has_base: false,
             base_foreign: false,
             base_relative: false,
+            level: matches!(
+                element,
+                "MPD" | "Period" | "AdaptationSet" | "Representation" | "SubRepresentation"
+            ),
         });
         let mut self_closing = false;
         loop {
@@ -607,19 +704,36 @@ fn rewrite_dash(text: &str, carry: &Carry) -> Option<String> {
             if dash_url_attr(element, attr) {
                 // The token is percent-encoded (`Carry::new`), so it holds no `$` that a
                 // SegmentTemplate would read as an identifier.
+                // A value this scan cannot decode is not certainly this host (see above).
                 let value = xml_unescape(&text[v_start..v_end]);
-                let target = carry.target(value.trim());
+                let target = value
+                    .as_deref()
+                    .map_or(Target::Foreign, |v| carry.target(v.trim()));
                 scratch.clear();
-                if target != Target::Foreign && carry.push_with_token(&value, &mut scratch) {
+                let value = value.as_deref().filter(|_| target != Target::Foreign);
+                if value.is_some_and(|v| carry.push_with_token(v, &mut scratch)) {
                     let at = repl.len();
                     xml_escape_into(&scratch, Some(quote), &mut repl);
                     edits.push(Edit {
                         start: v_start,
                         end: v_end,
                         new: at..repl.len(),
-                        relative_in: (target == Target::Relative).then_some(scope),
+                        relative_in: (target == Target::Relative).then(|| owner(&scopes, scope)),
+                        below: true,
+                        uses_id: value.is_some_and(|v| v.contains("$RepresentationID$")),
                     });
                 }
+            }
+            if element == "Representation" && attr == "id" {
+                // An `id` is put into `$RepresentationID$` as it is: a `:`, `/` or `\` (or
+                // whitespace a URL parser drops) can make the template another host's URL
+                // (`https://other.example`, or `/other.example` after a `/`).
+                let id = xml_unescape(&text[v_start..v_end]);
+                risky_ids |= id.as_deref().is_none_or(|id| {
+                    id.chars().any(|c| {
+                        matches!(c, ':' | '/' | '\\') || c.is_whitespace() || c.is_control()
+                    })
+                });
             }
             j = v_end + 1;
         }
@@ -638,6 +752,7 @@ fn rewrite_dash(text: &str, carry: &Carry) -> Option<String> {
     }
     // Which scopes' BaseURLs lead elsewhere: parents come before their children.
     let mut foreign = vec![false; scopes.len()];
+    foreign[0] = location_foreign;
     for (k, sc) in scopes.iter().enumerate().skip(1) {
         let inherited = foreign[sc.parent];
         foreign[k] = if sc.has_base {
@@ -646,7 +761,20 @@ fn rewrite_dash(text: &str, carry: &Carry) -> Option<String> {
             inherited
         };
     }
-    edits.retain(|e| e.relative_in.is_none_or(|s| !foreign[s]));
+    // Which scopes have a foreign scope inside them (themselves included): children come
+    // after their parents.
+    let mut below = foreign.clone();
+    for k in (1..scopes.len()).rev() {
+        if below[k] {
+            below[scopes[k].parent] = true;
+        }
+    }
+    edits.retain(|e| match e.relative_in {
+        _ if e.uses_id && risky_ids => false,
+        None => true,
+        Some(s) if e.below => !below[s],
+        Some(s) => !foreign[s],
+    });
     if edits.is_empty() {
         return None;
     }
@@ -669,46 +797,48 @@ fn rewrite_dash(text: &str, carry: &Carry) -> Option<String> {
     Some(out)
 }
 
-fn xml_unescape(s: &str) -> std::borrow::Cow<'_, str> {
+/// The text of an XML attribute value or text node with its references decoded, or `None`
+/// when an `&` does not open one this decodes exactly as an XML parser does: the five
+/// predefined entities and character references of any length (`&#0000000058;` is `:`).
+/// Anything else (an entity of the document's own DTD, a stray `&`) the player's parser reads
+/// otherwise or not at all, so the caller cannot know where the URL leads.
+fn xml_unescape(s: &str) -> Option<std::borrow::Cow<'_, str>> {
     if !s.contains('&') {
-        return s.into();
+        return Some(s.into());
     }
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(p) = rest.find('&') {
         out.push_str(&rest[..p]);
-        let after = &rest[p..];
-        let Some(semi) = after.find(';').filter(|&n| n <= 10) else {
-            out.push('&');
-            rest = &after[1..];
-            continue;
-        };
-        let ent = &after[1..semi];
+        let after = &rest[p + 1..];
+        let semi = after.find(';')?;
+        let ent = &after[..semi];
         let ch = match ent {
-            "amp" => Some('&'),
-            "lt" => Some('<'),
-            "gt" => Some('>'),
-            "quot" => Some('"'),
-            "apos" => Some('\''),
-            _ => ent
-                .strip_prefix("#x")
-                .and_then(|h| u32::from_str_radix(h, 16).ok())
-                .or_else(|| ent.strip_prefix('#').and_then(|d| d.parse().ok()))
-                .and_then(char::from_u32),
+            "amp" => '&',
+            "lt" => '<',
+            "gt" => '>',
+            "quot" => '"',
+            "apos" => '\'',
+            _ => {
+                let (digits, radix) = match ent.strip_prefix("#x") {
+                    Some(h) => (h, 16),
+                    None => (ent.strip_prefix('#')?, 10),
+                };
+                if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+                    return None;
+                }
+                // Leading zeros carry no value; what is left of a valid character is short.
+                let digits = digits.trim_start_matches('0');
+                let n = u32::from_str_radix(if digits.is_empty() { "0" } else { digits }, radix)
+                    .ok()?;
+                char::from_u32(n).filter(|&c| c != '\0')?
+            }
         };
-        match ch {
-            Some(c) => {
-                out.push(c);
-                rest = &after[semi + 1..];
-            }
-            None => {
-                out.push('&');
-                rest = &after[1..];
-            }
-        }
+        out.push(ch);
+        rest = &after[semi + 1..];
     }
     out.push_str(rest);
-    out.into()
+    Some(out.into())
 }
 
 /// Appends `s` to `out`, escaped for XML text, or for an attribute quoted with `quote`. Runs
@@ -832,10 +962,14 @@ seg1.ts\r\n\
   <Period>
     <AdaptationSet mimeType="video/mp4">
       <SegmentTemplate timescale="1000" initialization="v/init-$RepresentationID$.mp4" media='v/$RepresentationID$-$Number%05d$.m4s?a=1&amp;b=2' index="idx.sidx"/>
+    </AdaptationSet>
+    <AdaptationSet mimeType="video/mp4">
       <Representation id="1080" bandwidth="2">
         <BaseURL>https://other.example/v/</BaseURL>
         <SegmentList><SegmentURL media="f1.m4s"/></SegmentList>
       </Representation>
+    </AdaptationSet>
+    <AdaptationSet mimeType="video/mp4">
       <Representation id="720" bandwidth="1">
         <SegmentList>
           <Initialization sourceURL="init.mp4"/>
@@ -944,6 +1078,26 @@ seg1.ts\r\n\
             format!("\nseg/{{$base}}.ts?{T}\n"),
         ] {
             assert!(out.contains(&tokenised), "{tokenised:?} missing:\n{out}");
+        }
+    }
+
+    #[test]
+    fn xml_references_decode_as_a_parser_reads_them_or_not_at_all() {
+        let un = |s| xml_unescape(s).map(|c| c.into_owned());
+        assert_eq!(
+            un("a&amp;b&#58;&#x3A;&#0000000058;").as_deref(),
+            Some("a&b:::")
+        );
+        for undecodable in [
+            "&cdn;",
+            "a&b",
+            "&#;",
+            "&#x;",
+            "&#X3A;",
+            "&#0;",
+            "&#99999999999;",
+        ] {
+            assert_eq!(un(undecodable), None, "{undecodable}");
         }
     }
 

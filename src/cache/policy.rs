@@ -230,8 +230,11 @@ impl CacheControl {
     pub fn parse(headers: &HeaderMap, name: impl header::AsHeaderName) -> CacheControl {
         let mut cc = CacheControl::default();
         for value in headers.get_all(name) {
-            let Ok(v) = value.to_str() else { continue };
-            cc.add(v);
+            // Read lossily, not skipped: obs-text is valid inside a quoted argument (RFC 9110
+            // §5.6.4), and skipping such a line skipped the `private` or `no-store` beside it.
+            // Directive names are tokens (ASCII), so a replaced byte can only land in an
+            // argument.
+            cc.add(&String::from_utf8_lossy(value.as_bytes()));
         }
         cc
     }

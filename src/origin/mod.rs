@@ -308,12 +308,11 @@ impl OriginClient {
             header::ACCEPT_ENCODING,
             HeaderValue::from_static(normalise_accept_encoding(&accept)),
         );
-        let stamped = ["via", "cdn-loop", "x-forwarded-for", "x-forwarded-proto"];
         for name in varied.iter().chain(&route.integrity.forward_headers) {
             if *name == header::ACCEPT_ENCODING
                 || h.contains_key(name)
                 || never_forwarded(name.as_str())
-                || stamped.contains(&name.as_str())
+                || STAMPED.contains(&name.as_str())
             {
                 continue;
             }
@@ -552,6 +551,11 @@ impl OriginClient {
         }
     }
 }
+
+/// The request headers the edge writes itself on a fill (`OriginClient::stamp`, with the
+/// viewer's `Via` and `CDN-Loop` entries kept before its own): never copied from the viewer
+/// as they are, whatever `Vary` or `forward_headers` names.
+pub const STAMPED: [&str; 4] = ["via", "cdn-loop", "x-forwarded-for", "x-forwarded-proto"];
 
 /// `CDN-Loop` (RFC 8586), named once: a name given as text is parsed on every lookup.
 pub const CDN_LOOP: HeaderName = HeaderName::from_static("cdn-loop");

@@ -171,6 +171,76 @@ pub async fn drive_fill(edge: Arc<Edge>, guard: FillGuard, fill: Arc<Fill>, job:
     drop(guard);
 }
 
+/// The viewer's conditionals and ranges: the cache fetches whole representations (even should
+/// a `Vary` name one of these), and answers each viewer's own from what arrives.
+const NOT_ASKED: [header::HeaderName; 6] = [
+    header::RANGE,
+    header::IF_RANGE,
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+    header::IF_MATCH,
+    header::IF_UNMODIFIED_SINCE,
+];
+
+/// The request headers a fill led by `viewer` asks the origin with, before the fill's own
+/// `Authorization`, `Range` and validators: built for the key (`OriginClient::fill_headers`),
+/// without the viewer's conditionals and ranges, CMCD as `cmcd.forward` says. The fill and the
+/// `Vary` variant a viewer is looked up under (`variant_for`) both come from here, so they
+/// cannot disagree on what the origin was asked.
+fn asked_headers(
+    edge: &Edge,
+    route: &crate::config::Route,
+    viewer: &HeaderMap,
+    varied: &[header::HeaderName],
+    host: &str,
+    peer: Option<std::net::IpAddr>,
+) -> HeaderMap {
+    let mut headers = edge.origin.fill_headers(route, viewer, varied, host, peer);
+    for h in NOT_ASKED {
+        headers.remove(h);
+    }
+    // `cmcd.forward` decides for the CMCD headers whatever `forward_headers` says.
+    crate::cmcd::strip_headers(&mut headers);
+    if edge.config.cmcd.forward {
+        crate::cmcd::copy_headers(viewer, &mut headers);
+    }
+    headers
+}
+
+/// The `Vary` variant `req` is looked up and served under: `spec` over the request a fill for
+/// it asks the origin with, as the stored variant was (`StreamHead::leader_variant`, computed
+/// on what the fill asked). For a header a fill sends as the viewer sent it that is the
+/// viewer's own value (`Accept-Encoding` is normalised alike on both sides), read without
+/// building a request; a header the edge writes itself (`Host`, `Via`, `CDN-Loop`,
+/// `X-Forwarded-For`, `X-Forwarded-Proto`) or never asks with (`config::never_forwarded`,
+/// `NOT_ASKED`, CMCD) has the value the origin was sent. Read from the viewer's headers instead,
+/// such a `Vary` (`X-Forwarded-Proto` is common behind TLS terminators; `Host`) matched no
+/// viewer, and every request went to the origin three times (two fills and a pass).
+pub(crate) fn variant_for(req: &Req<'_>, spec: &vary::VarySpec) -> String {
+    // Header names are lower case already: `config::never_forwarded`'s test without its copy
+    // (this runs on hits of varied objects).
+    let rewritten = |n: &header::HeaderName| {
+        *n != header::ACCEPT_ENCODING
+            && (n.as_str().starts_with("proxy-")
+                || crate::config::NEVER_FORWARDED.contains(&n.as_str())
+                || crate::origin::STAMPED.contains(&n.as_str())
+                || NOT_ASKED.contains(n)
+                || crate::cmcd::HEADERS.contains(n))
+    };
+    if !spec.0.iter().any(rewritten) {
+        return spec.variant(&req.parts.headers);
+    }
+    let asked = asked_headers(
+        req.edge,
+        req.route(),
+        &req.parts.headers,
+        &spec.0,
+        req.host(),
+        req.peer.map(|p| p.ip()),
+    );
+    spec.variant(&asked)
+}
+
 async fn run(
     edge: &Arc<Edge>,
     fill: &Arc<Fill>,
@@ -185,26 +255,14 @@ async fn run(
         .get(&job.base_key)
         .map(|spec| spec.0.clone())
         .unwrap_or_default();
-    let mut headers =
-        edge.origin
-            .fill_headers(route, &job.viewer_headers, &varied, &job.host, job.peer);
-    // The cache fetches whole representations (even should a `Vary` name one of these); the
-    // viewer's own conditionals and ranges are answered from what arrives.
-    for h in [
-        header::RANGE,
-        header::IF_RANGE,
-        header::IF_NONE_MATCH,
-        header::IF_MODIFIED_SINCE,
-        header::IF_MATCH,
-        header::IF_UNMODIFIED_SINCE,
-    ] {
-        headers.remove(h);
-    }
-    // `cmcd.forward` decides for the CMCD headers whatever `forward_headers` says.
-    crate::cmcd::strip_headers(&mut headers);
-    if edge.config.cmcd.forward {
-        crate::cmcd::copy_headers(&job.viewer_headers, &mut headers);
-    }
+    let mut headers = asked_headers(
+        edge,
+        route,
+        &job.viewer_headers,
+        &varied,
+        &job.host,
+        job.peer,
+    );
     if job.authorized {
         for v in job.viewer_headers.get_all(header::AUTHORIZATION) {
             headers.append(header::AUTHORIZATION, v.clone());

@@ -76,7 +76,11 @@ pub async fn after_head(req: &Req<'_>, status: StatusCode, head: &HeaderMap) -> 
     }
     let edge = req.edge;
     let key = match edge.vary_index.get(req.key()) {
-        Some(spec) => format!("{}{}", req.key(), spec.variant(&req.parts.headers)),
+        Some(spec) => format!(
+            "{}{}",
+            req.key(),
+            crate::proxy::fill::variant_for(req, &spec)
+        ),
         None => req.key().to_string(),
     };
     let Some(stored) = edge.peek(&key).await else {

@@ -182,7 +182,8 @@ impl Scan {
         let wanted = before.saturating_add(part);
         let listed = self.trailing_parts.len() as u64;
         // Part index `listed` is the next one to appear: it is 1 past the last listed.
-        wanted.checked_sub(listed).map(|d| d + 1)
+        // Saturating: `wanted` is the viewer's own number, up to `u64::MAX`.
+        wanted.checked_sub(listed).map(|d| d.saturating_add(1))
     }
 
     /// RFC 8216bis §6.2.5.2: three divided by the part target when that is under a second
@@ -359,10 +360,10 @@ pub struct Snapshot {
 impl Snapshot {
     /// Whether this copy is the variant `req` would be served (as `proxy::request::lookup`
     /// picks one): another viewer's variant must never answer it.
-    fn serves(&self, req: &http::HeaderMap) -> bool {
+    fn serves(&self, req: &Req<'_>) -> bool {
         // An uncoded copy varying only on Accept-Encoding suits every viewer.
         !crate::cache::vary::selects_representation(&self.obj.headers)
-            || self.obj.vary.variant(req) == self.variant
+            || crate::proxy::fill::variant_for(req, &self.obj.vary) == self.variant
     }
 }
 
@@ -680,7 +681,7 @@ async fn blocking_reload(
             // `_HLS_msn`, `_HLS_part` and `_HLS_skip`: it is answered at once, never held,
             // refused as too far, or sent upstream once per distinct directive.
             if fresh && s.scan.endlist {
-                if s.serves(&req.parts.headers) {
+                if s.serves(req) {
                     return Ok(serve_latest(req, &s.obj));
                 }
             } else if fresh && s.scan.too_far_at(msn, d.part, s.obj.age(edge.clock.now())) {
@@ -692,7 +693,7 @@ async fn blocking_reload(
             // Nor may a stale one answer: the origin may have restarted the stream (an encoder
             // restart resets the media sequence), and the old copy would then claim to hold
             // every segment the new stream lists.
-            if !d.skip && fresh && s.serves(&req.parts.headers) && s.scan.satisfies(msn, d.part) {
+            if !d.skip && fresh && s.serves(req) && s.scan.satisfies(msn, d.part) {
                 return Ok(serve_latest(req, &s.obj));
             }
         }

@@ -428,11 +428,7 @@ async fn lookup<'r>(req: &'r Req<'_>, at: &mut Lookup<'r>) -> Phase {
     }
     at.rounds += 1;
     at.key = match edge.vary_index.get(at.base_key) {
-        Some(spec) => Cow::Owned(format!(
-            "{}{}",
-            at.base_key,
-            spec.variant(&req.parts.headers)
-        )),
+        Some(spec) => Cow::Owned(format!("{}{}", at.base_key, fill::variant_for(req, &spec))),
         None => Cow::Borrowed(at.base_key),
     };
     // A variant the origin would not let be shared (`proxy::fill` remembers it per variant).
@@ -637,7 +633,7 @@ async fn read(
     let collapsed = if leader { "" } else { "; collapsed" };
     let resp = match head {
         FillHead::Streaming(h) => {
-            if !h.vary.is_empty() && h.vary.variant(&req.parts.headers) != h.leader_variant {
+            if !h.vary.is_empty() && fill::variant_for(req, &h.vary) != h.leader_variant {
                 return Ok(Phase::Lookup);
             }
             // An answer to someone else's request that will not be stored is no answer to

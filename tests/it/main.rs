@@ -11,6 +11,7 @@ mod adversarial4;
 mod adversarial5;
 mod adversarial6;
 mod adversarial7;
+mod adversarial8;
 mod cmcd;
 mod conformance;
 mod conformance2;
