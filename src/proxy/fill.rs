@@ -494,6 +494,25 @@ async fn run(
     {
         decision = Decision::Pass(policy::AUTHORIZED);
     }
+    // An origin error while a stale copy may still stand in for it (stale-if-error; RFC 5861
+    // §4: a 500, 502, 503 or 504 is an error) does not replace that copy, even when the error
+    // carries freshness of its own, and is not a pass either when it says `no-store` or
+    // `private` (vedge's own 502/503/504 do, so a shield with its origin down answers so):
+    // shared with this fill's readers, each of which serves the stale copy instead.
+    let stale_stands_in = parts.status.is_server_error()
+        && job.stale.as_ref().is_some_and(|s| {
+            s.staleness(edge.clock.now())
+                .is_some_and(|st| st <= s.freshness.stale_if_error)
+        });
+    if stale_stands_in && matches!(decision, Decision::Pass(r) if r != policy::AUTHORIZED) {
+        decision = Decision::ShareOnly("origin-error");
+    }
+    // Nor does any error answer (a 5xx, or a 429 from a rate-limiting upstream such as a
+    // shield) say whether the object may be cached, whatever its `Cache-Control`: it teaches
+    // no hit-for-pass and purges no stale copy (Varnish abandons a background fetch that gets
+    // a 5xx the same way).
+    let error_answer =
+        parts.status.is_server_error() || parts.status == StatusCode::TOO_MANY_REQUESTS;
     if let (Some(total), Decision::Store(freshness)) = (sliced, &decision) {
         slice::store_record(
             edge,
@@ -516,11 +535,13 @@ async fn run(
             }
             _ => job.base_key.clone(),
         };
-        // A refusal to share one viewer's credentialed answer says nothing of the object.
-        if reason != policy::AUTHORIZED {
+        // A refusal to share one viewer's credentialed answer says nothing of the object, nor
+        // does an error.
+        let learnt = reason != policy::AUTHORIZED && !error_answer;
+        if learnt {
             edge.remember_pass(&pass_key, cache.hit_for_pass_ttl);
         }
-        if job.stale.is_some() && reason != policy::AUTHORIZED {
+        if job.stale.is_some() && learnt {
             edge.purge_key(key);
         }
         if reason == policy::AUTHORIZED {
@@ -582,13 +603,6 @@ async fn run(
             .saturating_add(response_delay),
     };
     parts.headers.remove(header::AGE);
-    // An origin error while a stale copy may still stand in for it (stale-if-error) does not
-    // replace that copy, even when the error carries freshness of its own.
-    let stale_stands_in = parts.status.is_server_error()
-        && job.stale.as_ref().is_some_and(|s| {
-            s.staleness(edge.clock.now())
-                .is_some_and(|st| st <= s.freshness.stale_if_error)
-        });
     let mut store = matches!(decision, Decision::Store(_)) && !stale_stands_in;
     if store {
         // Qualified `no-cache="a"` / `private="a"`: kept without the named fields; the

@@ -213,3 +213,70 @@ async fn a_truncated_pass_through_response_is_cut_for_the_viewer() {
     assert!(r.closed, "the edge kept the connection open");
     assert!(r.split().1.len() < 10_000, "a complete-looking body");
 }
+
+/// An origin error marked `no-store` (vedge's own 502/503/504 are, so a shield whose origin is
+/// down answers so; so do many maintenance pages) is still an error: within `stale-if-error`
+/// the stale copy answers, and it stays for the next viewer, instead of the error being relayed
+/// and the stale copy purged as if the object had turned uncacheable.
+#[tokio::test]
+async fn a_no_store_5xx_still_lets_the_stale_copy_stand_in() {
+    let origin = Origin::start().await;
+    for (path, cc) in [("/v/ns.ts", "no-store"), ("/v/pr.ts", "private")] {
+        origin.script(
+            path,
+            Script::ok("still good").header("cache-control", "max-age=1, stale-if-error=600"),
+        );
+        let edge = TestEdge::start_with_tokio_clock(edge_config(&origin)).await;
+        assert_eq!(edge.get(path).await.x_cache(), "MISS");
+        edge.settle().await;
+        origin.script(
+            path,
+            Script::status(503, "down").header("cache-control", cc),
+        );
+        edge.advance(Duration::from_secs(5)).await;
+        for i in 0..2 {
+            let r = edge.get(path).await;
+            assert_eq!(
+                (r.status, r.x_cache(), r.body.as_ref()),
+                (StatusCode::OK, "STALE", b"still good".as_ref()),
+                "{path} ({cc}) request {i}: {}",
+                r.h("cache-status")
+            );
+            edge.settle().await;
+        }
+    }
+}
+
+/// An error answer says nothing of whether the object may be cached: a `429` or `503` with
+/// `no-store` (a shield's rate limit, an overloaded origin) must not make the key pass the
+/// cache (hit-for-pass) once the origin answers again.
+#[tokio::test]
+async fn an_error_with_no_store_does_not_make_the_key_pass_the_cache() {
+    let origin = Origin::start().await;
+    let edge = TestEdge::start(edge_config(&origin)).await;
+    for (path, status) in [("/v/rl.ts", 429), ("/v/ov.ts", 503)] {
+        origin.script(
+            path,
+            Script::status(status, "busy").header("cache-control", "no-store"),
+        );
+        assert_eq!(edge.get(path).await.status.as_u16(), status);
+        edge.settle().await;
+        origin.script(
+            path,
+            Script::ok("segment").header("cache-control", "max-age=60"),
+        );
+        let r = edge.get(path).await;
+        assert_eq!(
+            (r.status, r.x_cache()),
+            (StatusCode::OK, "MISS"),
+            "{path} after a {status}: {}",
+            r.h("cache-status")
+        );
+        edge.settle().await;
+        assert_eq!(
+            edge.get(path).await.x_cache(),
+            "HIT",
+            "{path} after a {status}"
+        );
+    }
+}
