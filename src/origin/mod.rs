@@ -401,8 +401,10 @@ impl OriginClient {
         deadline: Option<Instant>,
     ) -> Result<Response<Incoming>, OriginError> {
         let plan = upstream.plan(key);
+        // An empty plan: every shield is down and `on_all_down = "error"` keeps the origin
+        // out of it. Nothing can be reached, as the documented 502 says.
         let Some(first) = plan.first() else {
-            return Err(OriginError::Internal);
+            return Err(OriginError::Connect);
         };
         let timeout = self.cfg.first_byte_timeout;
         let build = || Request::new(Body::empty());
@@ -461,7 +463,7 @@ impl OriginClient {
     ) -> Result<Response<Incoming>, OriginError> {
         let group = self.group(route)?.clone();
         let plan = group.plan(key);
-        let target = plan.first().ok_or(OriginError::Internal)?;
+        let target = plan.first().ok_or(OriginError::Connect)?;
         self.attempt(
             group.as_ref(),
             target,

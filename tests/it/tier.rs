@@ -414,3 +414,36 @@ fn the_documented_docker_tier_configs_are_valid() {
         }
     }
 }
+
+/// `on_all_down = "error"`: with every shield ejected the edge answers `502`, as documented
+/// and as for the first failure, never `500` ("internal") nor a request to the origin.
+#[tokio::test]
+async fn with_every_shield_down_and_on_all_down_error_the_edge_answers_502() {
+    let origin = Origin::start().await;
+    origin.script("/a.ts", Script::ok("x"));
+    // A port nothing listens on: every connect is refused.
+    let probe = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead = probe.local_addr().unwrap();
+    drop(probe);
+    let mut raw = node_config(&origin, "edge-alone");
+    raw.shield = Some(RawShield {
+        nodes: vec![format!("http://{dead}")],
+        on_all_down: Some("error".into()),
+        eject: Some(vedge::config::RawEject {
+            failures: Some(1),
+            duration: Some("60s".into()),
+        }),
+        ..RawShield::default()
+    });
+    let edge = TestEdge::start(raw).await;
+    for i in 0..3 {
+        let r = edge.get(&format!("/a.ts?{i}")).await;
+        assert_eq!(
+            (r.status, r.h("cache-status").contains("origin-unreachable")),
+            (StatusCode::BAD_GATEWAY, true),
+            "request {i}: {}",
+            r.h("cache-status")
+        );
+    }
+    assert_eq!(origin.count("/a.ts"), 0, "never sent to the origin");
+}
