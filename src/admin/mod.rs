@@ -37,7 +37,16 @@ pub async fn serve(edge: Arc<Edge>, listener: TcpListener, shutdown: Cancellatio
             _ = shutdown.cancelled() => break,
             a = listener.accept() => match a {
                 Ok(a) => a,
-                Err(_) => continue,
+                Err(e) => {
+                    // EMFILE and friends: the connection stays queued and the next accept
+                    // fails at once, so back off instead of spinning a core (as the viewer
+                    // accept loop does).
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(std::time::Duration::from_millis(20)) => continue,
+                    }
+                }
             },
         };
         let activity = Activity::new();

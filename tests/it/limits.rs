@@ -358,3 +358,45 @@ async fn a_crowd_at_the_descriptor_limit_never_takes_the_descriptors_fills_need(
         "accepting paused at the reserve"
     );
 }
+
+/// CPU seconds (user + system) the process has used, from `/proc/<pid>/stat`.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read stat");
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    let ticks: u64 = f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime");
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    ticks as f64 / hz
+}
+
+/// The admin listener at the descriptor limit: its accept fails with EMFILE while connections
+/// wait in its queue, and the loop backs off (as the viewer's does) instead of retrying at
+/// once, which spun a core of the shared runtime for as long as the crowd stayed.
+#[tokio::test]
+async fn an_admin_listener_at_the_descriptor_limit_does_not_spin() {
+    let origin = Origin::start().await;
+    let v = BinaryEdge::start_with_nofile(&origin.url(), std::iter::empty::<&str>(), 128);
+    v.ready().await;
+    // More admin connections than the edge has descriptors (bounded in count and time).
+    let mut crowd = Vec::new();
+    for _ in 0..200 {
+        let connect = tokio::time::timeout(
+            Duration::from_secs(1),
+            TcpStream::connect(("127.0.0.1", v.admin)),
+        );
+        if let Ok(Ok(s)) = connect.await {
+            crowd.push(s);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = cpu_seconds(v.pid());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let used = cpu_seconds(v.pid()) - before;
+    drop(crowd);
+    assert!(
+        used < 1.0,
+        "the edge used {used:.2} CPU seconds in 2 s with the admin listener at its limit"
+    );
+}
