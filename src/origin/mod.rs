@@ -500,7 +500,9 @@ impl OriginClient {
         };
         let outcome = match &result {
             Ok(r) if r.status() == http::StatusCode::LOOP_DETECTED => Outcome::Loop,
-            Ok(r) if r.status().is_server_error() => Outcome::ServerError,
+            Ok(r) if r.status().is_server_error() => {
+                Outcome::ServerError(matches!(r.status().as_u16(), 502..=504))
+            }
             Ok(_) => Outcome::Ok,
             Err(e) => Outcome::Failed(*e),
         };

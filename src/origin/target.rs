@@ -27,8 +27,12 @@ const LATENCY_BUCKETS: [f64; 12] = [
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Ok,
-    /// A 5xx answer.
-    ServerError,
+    /// A 5xx answer; `true` for a gateway failure (502, 503, 504), which says the upstream
+    /// (or what is behind it) cannot answer. Any other 5xx (a 501 to a method it does not
+    /// implement, a 500 of one broken path) is about the request: counted as an error, but
+    /// neither a failure nor a success for ejection, like `Loop` (a viewer sending such
+    /// requests back to back would eject a healthy origin).
+    ServerError(bool),
     /// 508 Loop Detected: the upstream refused the loop the request's own `CDN-Loop` names
     /// (a viewer's entries travel with a fill, RFC 8586). About the request, not the upstream:
     /// neither a failure (viewers could eject a healthy shield) nor a success (they could keep
@@ -48,7 +52,7 @@ fn error_index(o: Outcome) -> Option<usize> {
         Outcome::Failed(OriginError::Tls) => 2,
         Outcome::Failed(OriginError::Protocol) => 3,
         Outcome::Failed(OriginError::Internal) => 4,
-        Outcome::ServerError => 5,
+        Outcome::ServerError(_) => 5,
     })
 }
 
@@ -178,7 +182,7 @@ impl Target {
                 .latency_sum_us
                 .fetch_add(elapsed.as_micros() as u64, Relaxed);
         }
-        if outcome == Outcome::Loop {
+        if matches!(outcome, Outcome::Loop | Outcome::ServerError(false)) {
             return;
         }
         let mut h = self.health.lock();

@@ -283,3 +283,36 @@ async fn admin_origins_shows_each_origins_state_behind_the_token() {
     }
     stop.cancel();
 }
+
+/// A 5xx that is about the request, not the origin (`501` to a method it does not implement,
+/// a `500` of one broken path), ejects nothing: a viewer sending such requests back to back
+/// could otherwise take a healthy primary out of its group at will. Only a gateway failure
+/// (`502`, `503`, `504`), a refused connection, a timeout or a broken answer counts.
+#[tokio::test]
+async fn a_viewer_cannot_eject_an_origin_with_requests_it_refuses() {
+    let (a, b) = (Origin::start().await, Origin::start().await);
+    a.script("/x", Script::status(501, "not implemented"));
+    a.script("/broken.ts", Script::status(500, "bug"));
+    for o in [&a, &b] {
+        o.script("/cold.ts", seg("segment"));
+    }
+    let mut raw = group_config(&[&a, &b], "failover");
+    route(&mut raw).eject = Some(RawEject {
+        failures: Some(3),
+        duration: Some("60s".into()),
+    });
+    let edge = TestEdge::start(raw).await;
+    for i in 0..5 {
+        let foo = Method::from_bytes(b"FOO").expect("method");
+        let r = edge.send(edge.req(foo, "/x"), Default::default()).await;
+        assert_eq!(r.status, 501, "FOO {i}: answered by b, so a was ejected");
+    }
+    assert_eq!(state(&edge, 0), "up", "after five 501s to FOO");
+    for _ in 0..5 {
+        assert_eq!(edge.get("/broken.ts").await.status, 500);
+    }
+    assert_eq!(state(&edge, 0), "up", "after five 500s of one path");
+    let r = edge.get("/cold.ts").await;
+    assert_eq!(r.status, 200);
+    assert_eq!((a.count("/cold.ts"), b.count("/cold.ts")), (1, 0));
+}
