@@ -9,7 +9,7 @@
 //! viewer could take every global connection slot.
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
+use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
@@ -41,6 +41,10 @@ pub struct Limits {
     metrics: Arc<LimitMetrics>,
     open: AtomicUsize,
     shards: Box<[Mutex<HashMap<IpAddr, Client>>]>,
+    /// Picks an address's shard with keys drawn at start: with fixed keys a client holding
+    /// many networks (a /48 is 65,536 client addresses) could pick ones that all land in one
+    /// shard, fill it with connected entries, and then go untracked (no per-client limits).
+    shard_keys: std::hash::RandomState,
     /// Entries one shard may hold.
     per_shard: usize,
     /// Sustained rate, tokens per second (0: unlimited).
@@ -67,6 +71,10 @@ pub enum Refusal {
 }
 
 impl Limits {
+    fn shard_of(&self, ip: IpAddr) -> usize {
+        (self.shard_keys.hash_one(ip) % SHARDS as u64) as usize
+    }
+
     pub fn new(cfg: LimitsConfig, metrics: Arc<LimitMetrics>) -> Limits {
         let entries = (cfg.table_size / ENTRY_BYTES).max(SHARDS as u64);
         let per_shard = usize::try_from(entries / SHARDS as u64).unwrap_or(usize::MAX);
@@ -79,6 +87,7 @@ impl Limits {
         };
         Limits {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shard_keys: std::hash::RandomState::new(),
             per_shard,
             rps,
             burst,
@@ -172,7 +181,7 @@ impl Limits {
     /// Runs `f` on `ip`'s entry, making one (a full bucket) if needed; `None` when the table has
     /// no room for it.
     fn with_client<T>(&self, ip: IpAddr, f: impl FnOnce(&mut Client) -> T) -> Option<T> {
-        let mut shard = self.shards[shard_of(ip)].lock();
+        let mut shard = self.shards[self.shard_of(ip)].lock();
         if let Some(c) = shard.get_mut(&ip) {
             return Some(f(c));
         }
@@ -211,7 +220,7 @@ impl Limits {
     }
 
     fn release(&self, ip: IpAddr) {
-        let mut shard = self.shards[shard_of(ip)].lock();
+        let mut shard = self.shards[self.shard_of(ip)].lock();
         if let Some(c) = shard.get_mut(&ip) {
             c.conns = c.conns.saturating_sub(1);
             // Without a rate limit the entry only counted connections: it is done.
@@ -257,12 +266,6 @@ fn client_of(ip: IpAddr) -> IpAddr {
         }
         v4 => v4,
     }
-}
-
-fn shard_of(ip: IpAddr) -> usize {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    ip.hash(&mut h);
-    (h.finish() % SHARDS as u64) as usize
 }
 
 /// A connection's place under the limits, released on drop.
@@ -317,6 +320,17 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().expect("ip")
+    }
+
+    #[test]
+    fn which_shard_an_address_lands_in_is_not_known_before_start() {
+        let (a, b) = (limits(2, 0, 1, 1 << 20), limits(2, 0, 1, 1 << 20));
+        let addrs: Vec<IpAddr> = (0..64u16)
+            .map(|i| IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, i, 0, 0, 0, 1)))
+            .collect();
+        let shards = |l: &Limits| addrs.iter().map(|&ip| l.shard_of(ip)).collect::<Vec<_>>();
+        // 64 addresses in the same shards twice by chance: 1 in 64^64.
+        assert_ne!(shards(&a), shards(&b), "shards keyed per start");
     }
 
     #[test]
