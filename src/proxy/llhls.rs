@@ -291,14 +291,20 @@ pub fn scan(body: &[u8]) -> Option<Scan> {
             continue;
         } else if in_segment {
             let n = *msn.get_or_insert(s.media_sequence);
-            if s.segments.len() < PER_PLAYLIST {
-                s.segments
-                    .push((n, line.to_string(), std::mem::take(&mut parts)));
+            // The newest segments are kept, not the first ones: the live edge (`next_msn`,
+            // what a blocking reload asks for) is at the end of a long EVENT or DVR playlist.
+            if s.segments.len() >= 2 * PER_PLAYLIST {
+                s.segments.drain(..PER_PLAYLIST);
             }
+            s.segments
+                .push((n, line.to_string(), std::mem::take(&mut parts)));
             parts.clear();
             msn = Some(n.saturating_add(1));
             in_segment = false;
         }
+    }
+    if s.segments.len() > PER_PLAYLIST {
+        s.segments.drain(..s.segments.len() - PER_PLAYLIST);
     }
     s.trailing_parts = parts;
     s.media.then_some(s)

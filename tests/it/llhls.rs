@@ -387,3 +387,35 @@ async fn open_ended_ranges_other_than_the_hinted_start_do_not_each_fill_from_the
         "one slice fill for every start, not one origin request per start"
     );
 }
+
+/// A long EVENT (or DVR) LL-HLS playlist lists more segments than the edge remembers per
+/// playlist: the edge keeps the newest ones, so a blocking reload at the live edge of a
+/// 5,000-segment playlist is answered (from the copy that lists it), never refused as too far
+/// ahead because the edge had counted only the first 4,096.
+#[tokio::test]
+async fn a_blocking_reload_at_the_live_edge_of_a_long_playlist_is_answered() {
+    let origin = Origin::start().await;
+    let mut pl = String::from(
+        "#EXTM3U\n#EXT-X-VERSION:9\n#EXT-X-TARGETDURATION:4\n#EXT-X-PART-INF:PART-TARGET=1\n\
+         #EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=3\n\
+         #EXT-X-PLAYLIST-TYPE:EVENT\n#EXT-X-MEDIA-SEQUENCE:0\n",
+    );
+    for n in 0..5000 {
+        pl.push_str(&format!("#EXTINF:4.0,\nseg_{n}.ts\n"));
+    }
+    pl.push_str("#EXT-X-PART:DURATION=1.0,URI=\"part_5000_0.ts\"\n");
+    pl.push_str("#EXT-X-PART:DURATION=1.0,URI=\"part_5000_1.ts\"\n");
+    origin.script(
+        "/ev/media.m3u8",
+        Script::ok(pl)
+            .header("content-type", "application/vnd.apple.mpegurl")
+            .header("cache-control", "max-age=4"),
+    );
+    let edge = TestEdge::start(config_for(&origin.url(), "off")).await;
+    assert_eq!(edge.get("/ev/media.m3u8").await.status, 200);
+    edge.settle().await;
+    for q in ["_HLS_msn=4999", "_HLS_msn=5000&_HLS_part=1"] {
+        let r = edge.get(&format!("/ev/media.m3u8?{q}")).await;
+        assert_eq!(r.status, 200, "{q}: {}", r.h("cache-status"));
+    }
+}
