@@ -536,8 +536,11 @@ async fn run(
             _ => job.base_key.clone(),
         };
         // A refusal to share one viewer's credentialed answer says nothing of the object, nor
-        // does an error.
-        let learnt = reason != policy::AUTHORIZED && !error_answer;
+        // does an error. Nor does "too large" with slicing on: viewers get the object from
+        // slices (`proxy::slice`), which a remembered pass would send to the origin whole (a
+        // prefetch or a probe asks for the whole object).
+        let sliced_later = reason == "too-large" && edge.config.cache.slice_size > 0;
+        let learnt = reason != policy::AUTHORIZED && !error_answer && !sliced_later;
         if learnt {
             edge.remember_pass(&pass_key, cache.hit_for_pass_ttl);
         }

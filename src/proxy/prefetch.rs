@@ -276,7 +276,10 @@ fn start(
     viewer_permit: Option<OwnedSemaphorePermit>,
     address_permit: Option<OwnedSemaphorePermit>,
 ) -> bool {
-    let Ok(target) = target::resolve(&edge.config, Some(host), path_and_query) else {
+    // `host` is the one in the playlist's key: the route's own key host, which need not be one
+    // of the viewer hosts the route serves (`hosts`), unless the route keys on the viewer's.
+    let viewer_host = route.integrity.key_host.is_none().then_some(host);
+    let Ok(target) = target::resolve(&edge.config, viewer_host, path_and_query) else {
         return false;
     };
     if !std::ptr::eq(target.route, route) || target.route.live.prefetch == Prefetch::Off {
@@ -284,6 +287,11 @@ fn start(
     }
     let key = target.key.clone();
     if edge.ram_fresh(&key, edge.clock.now()).is_some() || edge.is_hit_for_pass(&key) {
+        return false;
+    }
+    // An object that varies is stored under its viewers' variants, which a prefetch (no
+    // viewer's headers) can neither find nor fill: it would ask the origin again each time.
+    if edge.vary_index.get(&key).is_some() {
         return false;
     }
     let Ok(permit) = edge.live.prefetch_permits.clone().try_acquire_owned() else {

@@ -440,3 +440,75 @@ async fn cmcd_nor_never_prefetches_elsewhere_or_after_a_failed_request() {
         assert_eq!(origin.count(p), 0, "{p} was prefetched");
     }
 }
+
+/// A route serving named viewer hosts (`hosts`) keys on its origin's host, which is none of
+/// them: a `nor` hint there still prefetches (the hint was resolved as if a viewer had sent
+/// the origin's host, and the route refused it as misdirected).
+#[tokio::test]
+async fn cmcd_nor_prefetches_on_a_route_with_named_hosts() {
+    let origin = Origin::start().await;
+    for p in ["/v/a1.m4s", "/v/a2.m4s"] {
+        origin.script(p, Script::ok(p).header("cache-control", "max-age=60"));
+    }
+    let mut raw = edge_config(&origin);
+    raw.origin = None;
+    raw.routes = vec![vedge::config::RawRoute {
+        prefix: "/".into(),
+        origin: origin.url(),
+        hosts: Some(vec!["live.example".into()]),
+        ..Default::default()
+    }];
+    let edge = TestEdge::start(raw).await;
+    let r = edge
+        .get_with(
+            "/v/a1.m4s",
+            &[("host", "live.example"), ("cmcd-request", "nor=\"a2.m4s\"")],
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    until("the hinted object was fetched", || {
+        origin.count("/v/a2.m4s") == 1
+    })
+    .await;
+}
+
+/// An object that varies is stored under its viewers' variants, which a prefetch cannot fill:
+/// a `nor` hint for such an object, already cached, sends nothing to the origin (it used to
+/// fetch it again on every hint, under a variant no viewer has).
+#[tokio::test]
+async fn cmcd_nor_for_a_varied_object_already_cached_asks_the_origin_nothing() {
+    let origin = Origin::start().await;
+    for p in ["/v/b1.m4s", "/v/b2.m4s"] {
+        origin.script(
+            p,
+            Script::ok(p)
+                .header("cache-control", "max-age=60")
+                .header("vary", "Origin"),
+        );
+    }
+    let edge = TestEdge::start(edge_config(&origin)).await;
+    let viewer = [("origin", "https://player.example")];
+    assert_eq!(edge.get_with("/v/b2.m4s", &viewer).await.x_cache(), "MISS");
+    edge.settle().await;
+    // (Two origin requests: the first fill did not know the object varies.)
+    let fetched = origin.count("/v/b2.m4s");
+    for _ in 0..5 {
+        let r = edge
+            .get_with(
+                "/v/b1.m4s",
+                &[
+                    ("origin", "https://player.example"),
+                    ("cmcd-request", "nor=\"b2.m4s\""),
+                ],
+            )
+            .await;
+        assert_eq!(r.status, 200);
+        edge.settle().await;
+    }
+    assert_eq!(
+        origin.count("/v/b2.m4s"),
+        fetched,
+        "the hints fetched it again"
+    );
+    assert_eq!(edge.get_with("/v/b2.m4s", &viewer).await.x_cache(), "HIT");
+}

@@ -469,3 +469,47 @@ async fn a_sliced_response_has_one_cache_status_member_for_this_node() {
     assert_eq!(mine.len(), 1, "{cs}");
     assert!(mine[0].contains("fwd=miss"), "a cold object's head: {cs}");
 }
+
+/// A CMCD `nor` hint naming a sliced object too large to keep whole makes the edge ask for the
+/// whole object once (a prefetch), which the origin answers too large; that must not turn the
+/// object into hit-for-pass, which would send every viewer's ranges past its cached slices.
+#[tokio::test]
+async fn a_hint_for_a_large_sliced_object_never_makes_it_pass_the_cache() {
+    let origin = Origin::start().await;
+    let body = pattern(8 * MIB, 3);
+    origin.script("/m/big.mp4", video(body.clone(), "\"v1\""));
+    origin.script(
+        "/m/prev.mp4",
+        Script::ok("prev").header("cache-control", "max-age=60"),
+    );
+    let mut raw = edge_config(&origin);
+    raw.ram_size = Some("256MiB".into());
+    raw.cache.max_object_size = Some("4MiB".into());
+    raw.cache.slice_size = Some("1MiB".into());
+    let edge = TestEdge::start(raw).await;
+    // The first slice, cached.
+    let r = edge
+        .get_with("/m/big.mp4", &[("range", "bytes=0-1023")])
+        .await;
+    assert_eq!(r.status, StatusCode::PARTIAL_CONTENT);
+    edge.settle().await;
+    let r = edge
+        .get_with("/m/prev.mp4", &[("cmcd-request", "nor=\"big.mp4\"")])
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    until("the hint asked the origin for the whole object", || {
+        origin.seen("/m/big.mp4").len() >= 2
+    })
+    .await;
+    edge.settle().await;
+    let r = edge
+        .get_with("/m/big.mp4", &[("range", "bytes=0-1023")])
+        .await;
+    assert_eq!(
+        (r.status, r.x_cache()),
+        (StatusCode::PARTIAL_CONTENT, "HIT"),
+        "{}",
+        r.h("cache-status")
+    );
+    assert_eq!(&r.body[..], &body[..1024]);
+}
