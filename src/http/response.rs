@@ -82,7 +82,10 @@ pub fn build(
     // here from a whole 200 of known length.
     let ranged = out_status == StatusCode::OK && *ask.method == Method::GET;
     if let (true, Some(r), Some(total)) = (ranged, range::parse(ask.headers), len) {
-        if conditional::range_applies(ask.headers, stored) {
+        // §14.1.1: a suffix range is satisfiable on an empty representation too, and no 206
+        // can describe it: the whole (empty) 200 answers it.
+        let whole = total == 0 && matches!(r, range::ByteRange::Suffix(n) if n > 0);
+        if !whole && conditional::range_applies(ask.headers, stored) {
             match r.resolve(total) {
                 Some((start, end)) => {
                     out_status = StatusCode::PARTIAL_CONTENT;
@@ -146,6 +149,10 @@ pub fn build(
             // body instead of an overflow.
             let n = len.map(|_| end.saturating_sub(start));
             match n {
+                // RFC 9110 §8.6: never in a 204 (hyper drops it on h1, not on h2).
+                _ if out_status == StatusCode::NO_CONTENT => {
+                    headers.remove(header::CONTENT_LENGTH);
+                }
                 // The stored `Content-Length` already says it (a whole object): kept as is,
                 // sparing the hit a formatted value.
                 Some(n) if content_length(&headers) == Some(n) => {}

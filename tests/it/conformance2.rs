@@ -872,3 +872,61 @@ async fn edge_built_412_and_416_are_framed_by_content_length() {
         }
     }
 }
+
+/// RFC 9110 §8.6: no `Content-Length` in a 204. Over h1 hyper drops it; over h2 what the edge
+/// puts in the head goes out as it is, so a stored 204 answered from the cache must not get
+/// `content-length: 0`.
+#[tokio::test]
+async fn a_cached_204_carries_no_content_length_over_h2() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let origin = Origin::start().await;
+    origin.script(
+        "/nc/beacon",
+        Script::status(204, "").header("cache-control", "max-age=60"),
+    );
+    let edge = TestEdge::start(edge_config(&origin)).await;
+    let tcp = tokio::net::TcpStream::connect(edge.addr)
+        .await
+        .expect("connect");
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    for round in ["MISS", "HIT"] {
+        let req = http::Request::get(format!("http://{}/nc/beacon", edge.addr))
+            .body(Empty::<bytes::Bytes>::new())
+            .expect("request");
+        let r = send.send_request(req).await.expect("answer");
+        assert_eq!(r.status(), 204, "{round}");
+        let cl = r.headers().get("content-length").cloned();
+        let x = r.headers().get("x-cache").cloned();
+        let _ = r.into_body().collect().await;
+        edge.settle().await;
+        assert_eq!(cl, None, "{round} ({x:?}) sent Content-Length");
+    }
+}
+
+/// RFC 9110 §14.1.1: a suffix range of non-zero length is satisfiable, even on an empty
+/// representation; no 206 can describe it, so the whole (empty) 200 answers, not a 416.
+#[tokio::test]
+async fn a_suffix_range_on_an_empty_object_is_a_200() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/nc/empty.ts",
+        Script::ok("").header("cache-control", "max-age=60"),
+    );
+    let edge = TestEdge::start(edge_config(&origin)).await;
+    assert_eq!(edge.get("/nc/empty.ts").await.status, StatusCode::OK);
+    edge.settle().await;
+    let r = edge
+        .get_with("/nc/empty.ts", &[("range", "bytes=-5")])
+        .await;
+    assert_eq!(
+        (r.status, r.h("content-length"), r.h("content-range")),
+        (StatusCode::OK, "0", ""),
+        "{}",
+        r.h("cache-status")
+    );
+}
