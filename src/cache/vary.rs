@@ -69,24 +69,38 @@ impl VarySpec {
         self.0.is_empty()
     }
 
-    /// The variant suffix for a request: `\0name=value` for each varied header, normalised.
+    /// The variant suffix for a request: `\0name=value` for each varied header.
+    ///
+    /// `Accept-Encoding` is normalised (the fill sends the normalised value too). Any other
+    /// header is keyed as the fill sends it, line by line (`\n` between lines, which no value
+    /// holds) with only the whitespace around each line dropped, and an absent header
+    /// (`\0name`) apart from an empty one (`\0name=`): the origin sees the viewer's own lines,
+    /// and an origin that reads the first line only (Go's `Header.Get`) answers `a` + `b` on
+    /// two lines otherwise than `a,b` on one. Splitting at commas as if every field were a
+    /// list keyed a viewer's User-Agent split at its comma into two lines under the genuine
+    /// one's variant, with the answer the origin gave for its first half.
     pub fn variant(&self, req: &HeaderMap) -> String {
         let mut out = String::new();
         for name in &self.0 {
             out.push('\0');
             out.push_str(name.as_str());
-            out.push('=');
-            let values: Vec<Cow<'_, str>> = req.get_all(name).iter().map(value_text).collect();
+            let mut lines = req.get_all(name).iter().map(value_text).peekable();
             if *name == header::ACCEPT_ENCODING {
+                // Present or not, as the fill sends it: normalised (absent is `identity`).
+                let values: Vec<Cow<'_, str>> = lines.collect();
+                out.push('=');
                 out.push_str(normalise_accept_encoding(&values.join(",")));
-            } else {
-                // Whitespace around list items is not significant.
-                let joined: Vec<String> = values
-                    .iter()
-                    .flat_map(|v| v.split(','))
-                    .map(|p| p.trim().to_string())
-                    .collect();
-                out.push_str(&joined.join(","));
+                continue;
+            }
+            if lines.peek().is_none() {
+                continue;
+            }
+            out.push('=');
+            for (i, line) in lines.enumerate() {
+                if i > 0 {
+                    out.push('\n');
+                }
+                out.push_str(line.trim_matches([' ', '\t']));
             }
         }
         out
@@ -176,6 +190,19 @@ mod tests {
         assert_eq!(spec.variant(&a), spec.variant(&b));
         b.insert("x-device", HeaderValue::from_static("phone"));
         assert_ne!(spec.variant(&a), spec.variant(&b));
+        // What the origin is sent, line for line: two lines are not one list, a space after a
+        // comma is kept, and an empty header is not an absent one.
+        let variant_of = |lines: &[&'static str]| {
+            let mut h = HeaderMap::new();
+            for l in lines {
+                h.append("x-device", HeaderValue::from_static(l));
+            }
+            spec.variant(&h)
+        };
+        assert_ne!(variant_of(&["a", "b"]), variant_of(&["a,b"]));
+        assert_ne!(variant_of(&["a, b"]), variant_of(&["a,b"]));
+        assert_ne!(variant_of(&[""]), variant_of(&[]));
+        assert_eq!(variant_of(&["a\t"]), variant_of(&["a"]));
         assert_eq!(normalise_accept_encoding("gzip;q=0, identity"), "identity");
     }
 }

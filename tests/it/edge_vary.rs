@@ -64,3 +64,40 @@ async fn vary_star_is_not_cached() {
     assert_eq!(origin.count("/v/star.ts"), 3);
     assert_eq!(edge.edge.ram.len(), 0);
 }
+
+/// The variant is what the origin is sent, line for line: a viewer sending a varied header as
+/// two lines (`a` and `b`) is not keyed like one sending `a,b` on one line, which an origin
+/// reading the first line only (Go's `Header.Get`) answers otherwise. Keyed alike, a viewer
+/// could split another's User-Agent at its comma and have the answer to its first half stored
+/// under the genuine one's variant.
+#[tokio::test]
+async fn a_varied_header_split_into_lines_is_its_own_variant() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/vl/a.ts",
+        Script::ok("x")
+            .header("cache-control", "max-age=60")
+            .header("vary", "X-V"),
+    );
+    let edge = TestEdge::start(edge_config(&origin)).await;
+    let split = edge
+        .get_with("/vl/a.ts", &[("x-v", "a"), ("x-v", "b")])
+        .await;
+    assert_eq!(split.x_cache(), "MISS");
+    edge.settle().await;
+    // (Two origin requests: the first fill did not know the object varies.)
+    let fetched = origin.count("/vl/a.ts");
+    let one_line = edge.get_with("/vl/a.ts", &[("x-v", "a,b")]).await;
+    assert_eq!(
+        one_line.x_cache(),
+        "MISS",
+        "the two-line answer served for one line: {}",
+        one_line.h("cache-status")
+    );
+    edge.settle().await;
+    assert_eq!(origin.count("/vl/a.ts"), fetched + 1);
+    assert_eq!(
+        edge.get_with("/vl/a.ts", &[("x-v", "a,b")]).await.x_cache(),
+        "HIT"
+    );
+}
