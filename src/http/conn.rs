@@ -32,6 +32,10 @@ pub struct Activity {
     written: AtomicU64,
     /// Whether a write blocked since the watchdog last looked (`min_send_rate`).
     blocked_in_window: std::sync::atomic::AtomicBool,
+    /// Bytes read from the socket and requests started: with `written`, what tells the
+    /// watchdog that something moved (`stall`).
+    read: AtomicU64,
+    requests: AtomicU64,
 }
 
 impl Activity {
@@ -43,6 +47,8 @@ impl Activity {
             blocked_since: AtomicU64::new(0),
             written: AtomicU64::new(0),
             blocked_in_window: std::sync::atomic::AtomicBool::new(false),
+            read: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
         })
     }
 
@@ -53,6 +59,7 @@ impl Activity {
     /// A request started; the token ends it when dropped (its response body done or dropped).
     pub fn request(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Relaxed);
+        self.requests.fetch_add(1, Relaxed);
         InFlight(self.clone())
     }
 
@@ -60,8 +67,24 @@ impl Activity {
     async fn expired(&self, t: &ConnTimeouts) -> Expired {
         // The send-rate window: when it started and the bytes written by then.
         let mut window = (self.now_ms(), self.written.load(Relaxed));
+        // What moved last, and when the watchdog saw it move.
+        let mut moved = (self.moved(), self.now_ms());
+        let stall = ms(t.idle).saturating_add(ms(t.write));
         loop {
             let now = self.now_ms();
+            // A request in flight and not a byte written or read, nor a new request, for
+            // `idle + write` (90 s by default; longer than any hold or origin wait): the peer
+            // holds the response without taking it and without blocking a write, as an h2
+            // client does that never opens its flow-control window. Its streams would keep
+            // their fills' and passes' origin connections for as long as it liked.
+            let now_moved = self.moved();
+            if now_moved != moved.0 {
+                moved = (now_moved, now);
+            }
+            let busy = self.in_flight.load(Relaxed) > 0;
+            if busy && now.saturating_sub(moved.1) >= stall {
+                return Expired::Stalled;
+            }
             if t.min_send_rate > 0 && now.saturating_sub(window.0) >= ms(t.write) {
                 let sent = self.written.load(Relaxed) - window.1;
                 let elapsed = now - window.0;
@@ -92,6 +115,7 @@ impl Activity {
             let next = [
                 write_deadline,
                 idle_deadline,
+                busy.then(|| moved.1.saturating_add(stall)),
                 Some(now + ms(t.write)),
                 Some(now + ms(t.idle)),
             ]
@@ -102,6 +126,16 @@ impl Activity {
             let wait = Duration::from_millis(next.saturating_sub(now).max(1));
             tokio::time::sleep(wait).await;
         }
+    }
+}
+
+impl Activity {
+    /// Bytes written, bytes read and requests started, summed: changes whenever any moves.
+    fn moved(&self) -> u64 {
+        self.written
+            .load(Relaxed)
+            .wrapping_add(self.read.load(Relaxed))
+            .wrapping_add(self.requests.load(Relaxed))
     }
 }
 
@@ -123,6 +157,8 @@ impl Drop for InFlight {
 enum Expired {
     Idle,
     SlowReader,
+    /// A request in flight and nothing moving on the connection (`Activity::expired`).
+    Stalled,
 }
 
 /// Runs the connection `conn` until it ends or breaks a timeout of `t` (then it is dropped,
@@ -135,6 +171,10 @@ pub async fn guard<F: Future>(conn: F, activity: &Activity, t: &ConnTimeouts, m:
             Expired::SlowReader => {
                 Metrics::inc(&m.slow_readers_closed);
                 tracing::debug!(timeout = ?t.write, "closed a connection whose peer stopped reading");
+            }
+            Expired::Stalled => {
+                Metrics::inc(&m.slow_readers_closed);
+                tracing::debug!(after = ?(t.idle + t.write), "closed a connection with a request in flight and nothing moving");
             }
         },
     }
@@ -176,7 +216,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            self.activity.read.fetch_add(n as u64, Relaxed);
+        }
+        r
     }
 }
 

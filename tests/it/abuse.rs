@@ -327,3 +327,42 @@ async fn a_viewer_reading_slower_than_min_send_rate_is_disconnected() {
     assert!(got < len, "the whole body arrived ({got} bytes)");
     assert!(edge.edge.metrics.limits.slow_readers_closed.load(Relaxed) >= 1);
 }
+
+/// An h2 viewer that never opens its flow-control window gets the response head and then no
+/// byte of the body, and no write of the edge ever blocks, so neither the write timeout nor
+/// the idle timeout (a request is in flight) ends it: it held the response, and the fill or
+/// pass behind it, for as long as it liked. With a request in flight and nothing moving for
+/// `idle + write`, the connection is closed.
+#[tokio::test]
+async fn an_h2_viewer_that_never_opens_its_window_is_disconnected() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/v/w.ts",
+        Script::ok(body(256 << 10)).header("cache-control", "max-age=60"),
+    );
+    let mut raw = edge_config(&origin);
+    raw.server.idle_timeout = Some("1s".into());
+    raw.server.write_timeout = Some("1s".into());
+    let edge = TestEdge::start(raw).await;
+    let tcp = tokio::net::TcpStream::connect(edge.addr)
+        .await
+        .expect("connect");
+    let (mut send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(0)
+        .handshake(TokioIo::new(tcp))
+        .await
+        .expect("h2 handshake");
+    let conn = tokio::spawn(conn);
+    let req = Request::get(format!("http://{}/v/w.ts", edge.addr))
+        .body(Empty::<Bytes>::new())
+        .expect("request");
+    let resp = send.send_request(req).await.expect("response head");
+    assert_eq!(resp.status(), StatusCode::OK);
+    // The body is never read (and could not come: the window is 0). Bounded wait.
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(15), conn).await;
+    assert!(
+        ended.is_ok(),
+        "the edge kept the stalled connection open for 15 s"
+    );
+    drop(resp);
+}
