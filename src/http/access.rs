@@ -93,7 +93,7 @@ impl Pending {
                 sent: 0,
                 promised,
                 done: false,
-                _in_flight: in_flight,
+                in_flight,
                 line: Some(AccessLine {
                     conn,
                     method: self.method,
@@ -139,8 +139,9 @@ pub struct Logged<H: Handler> {
     /// The body's exact length when known (`Content-Length`, a range's length).
     promised: Option<u64>,
     done: bool,
-    /// Ends the request for the connection's idle timeout when the body is done or dropped.
-    _in_flight: InFlight,
+    /// Ends the request for the connection's idle timeout when the body is done or dropped,
+    /// and tells the connection's watchdog each time body bytes go out (`http::conn`).
+    in_flight: InFlight,
     line: Option<AccessLine<H>>,
 }
 
@@ -167,6 +168,7 @@ impl<H: Handler> http_body::Body for Logged<H> {
             Poll::Ready(Some(Ok(f))) => {
                 if let Some(d) = f.data_ref() {
                     this.sent += d.len() as u64;
+                    this.in_flight.sent(d.len() as u64);
                 }
             }
             Poll::Ready(None) => this.done = true,

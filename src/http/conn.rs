@@ -32,8 +32,9 @@ pub struct Activity {
     written: AtomicU64,
     /// Whether a write blocked since the watchdog last looked (`min_send_rate`).
     blocked_in_window: std::sync::atomic::AtomicBool,
-    /// Bytes read from the socket and requests started: with `written`, what tells the
-    /// watchdog that something moved (`stall`).
+    /// What tells the watchdog that something moved (`Activity::moved`): response body bytes
+    /// handed to the connection, bytes read from the socket, requests started.
+    body_sent: AtomicU64,
     read: AtomicU64,
     requests: AtomicU64,
 }
@@ -47,6 +48,7 @@ impl Activity {
             blocked_since: AtomicU64::new(0),
             written: AtomicU64::new(0),
             blocked_in_window: std::sync::atomic::AtomicBool::new(false),
+            body_sent: AtomicU64::new(0),
             read: AtomicU64::new(0),
             requests: AtomicU64::new(0),
         })
@@ -72,7 +74,7 @@ impl Activity {
         let stall = ms(t.idle).saturating_add(ms(t.write));
         loop {
             let now = self.now_ms();
-            // A request in flight and not a byte written or read, nor a new request, for
+            // A request in flight and no response byte taken, nothing read, no new request for
             // `idle + write` (90 s by default; longer than any hold or origin wait): the peer
             // holds the response without taking it and without blocking a write, as an h2
             // client does that never opens its flow-control window. Its streams would keep
@@ -130,11 +132,14 @@ impl Activity {
 }
 
 impl Activity {
-    /// Bytes written, bytes read and requests started, summed: changes whenever any moves.
+    /// Changes whenever something moves: response body bytes taken, requests started, and
+    /// bytes read counted in 256-byte units. Not socket writes, nor a few bytes read: h2
+    /// keep-alive PINGs and their ACKs (17 bytes each way every `h2_keepalive_interval`) would
+    /// count as progress for a client that answers them and takes no byte of its responses.
     fn moved(&self) -> u64 {
-        self.written
+        self.body_sent
             .load(Relaxed)
-            .wrapping_add(self.read.load(Relaxed))
+            .wrapping_add(self.read.load(Relaxed) / 256)
             .wrapping_add(self.requests.load(Relaxed))
     }
 }
@@ -145,6 +150,13 @@ fn ms(d: Duration) -> u64 {
 
 /// One request in flight on a connection.
 pub struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    /// `n` bytes of this request's response body were handed to the connection.
+    pub fn sent(&self, n: u64) {
+        self.0.body_sent.fetch_add(n, Relaxed);
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {

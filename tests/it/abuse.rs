@@ -343,6 +343,8 @@ async fn an_h2_viewer_that_never_opens_its_window_is_disconnected() {
     let mut raw = edge_config(&origin);
     raw.server.idle_timeout = Some("1s".into());
     raw.server.write_timeout = Some("1s".into());
+    // Keep-alive PINGs (answered by the client) must not count as the response moving.
+    raw.server.h2_keepalive_interval = Some("200ms".into());
     let edge = TestEdge::start(raw).await;
     let tcp = tokio::net::TcpStream::connect(edge.addr)
         .await
