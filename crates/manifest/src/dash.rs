@@ -555,7 +555,13 @@ impl Walker<'_> {
         let guard = (seg / 2.0).min(1.0);
         let into = clock.elapsed - time.start.unwrap_or(0.0) - guard;
         // Segments 0..ended have ended (are available); keep the window's worth, newest last.
-        let ended = (into / seg).floor();
+        let mut ended = (into / seg).floor();
+        // A period that has ended (the next one started, or it has a duration) has no
+        // segments past its end: without the bound, a past period of a multi-period MPD (an
+        // ad break) named a new, nonexistent segment every `seg` seconds.
+        if let Some(len) = time.duration.filter(|d| d.is_finite() && *d >= 0.0) {
+            ended = ended.min((len / seg).ceil());
+        }
         if !ended.is_finite() || ended < 1.0 {
             return Ok(());
         }
@@ -692,5 +698,39 @@ mod live_tests {
         assert_eq!(early, ["live/r0/init.mp4", "live/r1/init.mp4"]);
         // The plain walker still refuses a live MPD.
         assert!(references(&url, LIVE.as_bytes(), 100).is_err());
+    }
+
+    /// A period that ended (the next one started) lists no segment past its end, however
+    /// long ago it ended: its last segments stay what it had.
+    #[test]
+    fn a_past_period_of_a_live_mpd_lists_nothing_past_its_end() {
+        let mpd = r#"<?xml version="1.0"?>
+<MPD xmlns="urn:mpeg:dash:schema:mpd:2011" type="dynamic" availabilityStartTime="2026-01-01T00:00:00Z" timeShiftBufferDepth="PT1000S" minBufferTime="PT2S">
+ <Period id="p0" start="PT0S">
+  <AdaptationSet mimeType="video/mp4">
+   <SegmentTemplate timescale="1000" duration="2000" startNumber="0" media="p0/$RepresentationID$/seg_$Number$.m4s"/>
+   <Representation id="r0" bandwidth="1"/>
+  </AdaptationSet>
+ </Period>
+ <Period id="p1" start="PT600S">
+  <AdaptationSet mimeType="video/mp4">
+   <SegmentTemplate timescale="1000" duration="2000" startNumber="0" media="p1/$RepresentationID$/seg_$Number$.m4s"/>
+   <Representation id="r0" bandwidth="1"/>
+  </AdaptationSet>
+ </Period>
+</MPD>"#;
+        let url = Url::parse("http://o/live/manifest.mpd").unwrap();
+        let refs = names(&live_references(&url, mpd.as_bytes(), at(900), 10_000).unwrap());
+        let p0: Vec<u64> = refs
+            .iter()
+            .filter_map(|n| n.strip_prefix("live/p0/r0/seg_"))
+            .filter_map(|n| n.strip_suffix(".m4s")?.parse().ok())
+            .collect();
+        // 600 s of 2 s segments: 0..=299.
+        assert_eq!(p0.iter().max(), Some(&299), "{:?}", &refs[..3]);
+        assert!(
+            refs.contains(&"live/p1/r0/seg_148.m4s".to_string()),
+            "{refs:?}"
+        );
     }
 }
