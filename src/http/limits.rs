@@ -258,7 +258,7 @@ pub fn ip_denied(_cdn_id: &str) -> Response<Body> {
 
 /// The client `ip` (canonical) is counted as: itself for IPv4, its /64 for IPv6 (the size of
 /// one subscriber's network, RFC 6177).
-fn client_of(ip: IpAddr) -> IpAddr {
+pub(crate) fn client_of(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => {
             let s = v6.segments();

@@ -286,9 +286,20 @@ async fn run(
     // so must a fill queued for its route's slot (`origin_client.max_fills`).
     let deadline = tokio::time::Instant::now() + edge.config.cache.collapse_timeout;
     // Held until the body is in (or the fill fails): the slot bounds origin fetches, not heads.
+    // The leader's address as the limits count it, unless it is on `limits.allow`.
+    let client = job
+        .peer
+        .filter(|ip| !edge.limits.bypasses(*ip))
+        .map(crate::http::limits::client_of);
     let Some(_slot) = edge
         .fill_limit
-        .admit(job.route, job.priority, deadline, &edge.metrics.abuse)
+        .admit(
+            job.route,
+            client,
+            job.priority,
+            deadline,
+            &edge.metrics.abuse,
+        )
         .await
     else {
         fill.set_head(FillHead::Failed(OriginFailure::Busy));

@@ -11,8 +11,20 @@
 //! A fill waits in its leader's priority class (`admission::PriorityGate`): a player reporting a
 //! low buffer with CMCD is given the next free slot before the others, but never more than
 //! three such in a row while another fill waits (the claim is the viewer's own).
+//!
+//! One client address leads at most a quarter of a route's slots at once (`share`); its
+//! further fills wait for one of its own to end, within the same deadline. Without the share,
+//! one client asking for many cold objects of a slow origin held every slot, and every other
+//! viewer's fill of that route waited and failed as origin-busy. Addresses on `limits.allow`
+//! (a local TLS terminator, a tier's edges) and fills without a viewer (prefetch) have none.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::metrics::AbuseMetrics;
 use crate::proxy::admission::{GatePermit, Priority, PriorityGate};
@@ -20,17 +32,29 @@ use crate::proxy::admission::{GatePermit, Priority, PriorityGate};
 /// One gate per route index (`Config::routes`); `None` when `max_fills` is 0 (unlimited).
 pub struct FillLimit {
     routes: Vec<Option<PriorityGate>>,
+    /// Slots one client address may hold in one route.
+    share: usize,
+    /// Each (route, client) with a fill holding or awaiting its share; an entry goes with its
+    /// last user, so the map holds at most the fills in flight.
+    clients: Mutex<HashMap<(usize, IpAddr), Arc<Semaphore>>>,
 }
 
 /// A fill's slot: held for the whole origin fetch, body included.
 pub struct FillSlot<'a> {
     _permit: Option<GatePermit>,
+    /// The client's share (dropped before the entry is looked at, `Drop`).
+    client: Option<(IpAddr, OwnedSemaphorePermit)>,
+    route: usize,
+    limit: &'a FillLimit,
     metrics: &'a AbuseMetrics,
 }
 
 impl Drop for FillSlot<'_> {
     fn drop(&mut self) {
         self.metrics.fills_active.fetch_sub(1, Relaxed);
+        if let Some((ip, permit)) = self.client.take() {
+            self.limit.release(self.route, ip, permit);
+        }
     }
 }
 
@@ -40,18 +64,73 @@ impl FillLimit {
             routes: (0..routes)
                 .map(|_| (max_fills > 0).then(|| PriorityGate::new(max_fills)))
                 .collect(),
+            share: (max_fills / 4).max(1),
+            clients: Mutex::new(HashMap::new()),
         }
     }
 
-    /// A slot for one fill of `route`, waiting until `deadline` at most; `None`: the origin is
-    /// busy (every slot held until the deadline).
+    /// Gives back a client's share and forgets the client when nobody else holds or awaits it.
+    fn release(&self, route: usize, ip: IpAddr, permit: OwnedSemaphorePermit) {
+        let mut clients = self.clients.lock();
+        drop(permit);
+        if clients
+            .get(&(route, ip))
+            .is_some_and(|s| Arc::strong_count(s) == 1)
+        {
+            clients.remove(&(route, ip));
+        }
+    }
+
+    /// A slot for one fill of `route` led by `client` (its address as the limits count it;
+    /// `None`: no share applies), waiting until `deadline` at most; `None`: the origin is busy
+    /// (every slot, or every slot of the client's share, held until the deadline).
     pub async fn admit<'a>(
-        &self,
+        &'a self,
         route: usize,
+        client: Option<IpAddr>,
         priority: Priority,
         deadline: tokio::time::Instant,
         metrics: &'a AbuseMetrics,
     ) -> Option<FillSlot<'a>> {
+        let limited = self.routes.get(route).and_then(Option::as_ref).is_some();
+        let client = match client.filter(|_| limited) {
+            None => None,
+            Some(ip) => {
+                let share = self
+                    .clients
+                    .lock()
+                    .entry((route, ip))
+                    .or_insert_with(|| Arc::new(Semaphore::new(self.share)))
+                    .clone();
+                let permit = match share.clone().try_acquire_owned() {
+                    Ok(p) => Some(p),
+                    Err(_) => {
+                        metrics.fills_queued.fetch_add(1, Relaxed);
+                        tokio::time::timeout_at(deadline, share.clone().acquire_owned())
+                            .await
+                            .ok()
+                            .and_then(Result::ok)
+                    }
+                };
+                // Not the last user of the entry while `share` lives: dropped before `release`.
+                drop(share);
+                match permit {
+                    Some(p) => Some((ip, p)),
+                    None => {
+                        // Every slot of this client's share stayed taken until the deadline.
+                        metrics.fills_refused.fetch_add(1, Relaxed);
+                        let mut clients = self.clients.lock();
+                        if clients
+                            .get(&(route, ip))
+                            .is_some_and(|s| Arc::strong_count(s) == 1)
+                        {
+                            clients.remove(&(route, ip));
+                        }
+                        return None;
+                    }
+                }
+            }
+        };
         let permit = match self.routes.get(route).and_then(Option::as_ref) {
             None => None,
             Some(gate) => match gate.try_acquire() {
@@ -63,6 +142,9 @@ impl FillLimit {
                         // Every slot stayed taken until the deadline: the origin is busy.
                         Err(_) => {
                             metrics.fills_refused.fetch_add(1, Relaxed);
+                            if let Some((ip, p)) = client {
+                                self.release(route, ip, p);
+                            }
                             return None;
                         }
                     }
@@ -72,6 +154,9 @@ impl FillLimit {
         metrics.fills_active.fetch_add(1, Relaxed);
         Some(FillSlot {
             _permit: permit,
+            client,
+            route,
+            limit: self,
             metrics,
         })
     }

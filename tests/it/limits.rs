@@ -400,3 +400,53 @@ async fn an_admin_listener_at_the_descriptor_limit_does_not_spin() {
         "the edge used {used:.2} CPU seconds in 2 s with the admin listener at its limit"
     );
 }
+
+/// One client asking for many cold objects of a slow origin holds at most a quarter of the
+/// route's fill slots (`origin_client.max_fills`): another client's miss is fetched at once,
+/// instead of waiting behind it and failing as origin-busy.
+#[tokio::test]
+async fn one_client_cannot_hold_every_fill_slot_of_a_route() {
+    use crate::support::origin::Gate;
+    let origin = Origin::start().await;
+    let gate = Gate::new();
+    for i in 0..4 {
+        origin.script(
+            &format!("/cold/a{i}.ts"),
+            Script::ok("a")
+                .header("cache-control", "max-age=60")
+                .gate(&gate),
+        );
+    }
+    origin.script(
+        "/cold/b.ts",
+        Script::ok("b").header("cache-control", "max-age=60"),
+    );
+    let mut raw = limited(&origin).await;
+    raw.origin_client.max_fills = Some(4);
+    let e = start(raw).await;
+    // Client A: four cold objects at once, all held at the origin.
+    let hog: Vec<_> = (0..4)
+        .map(|i| {
+            let viewer = e.viewer;
+            tokio::spawn(
+                async move { get_from("127.0.0.2", viewer, &format!("/cold/a{i}.ts")).await },
+            )
+        })
+        .collect();
+    until("client A's first fill reached the origin", || {
+        (0..4).any(|i| origin.count(&format!("/cold/a{i}.ts")) > 0)
+    })
+    .await;
+    // Client B's miss is fetched while A's fills still wait at the gate.
+    let b = get_from("127.0.0.3", e.viewer, "/cold/b.ts").await;
+    assert_eq!(b.status(), 200, "{}", b.text());
+    assert_eq!(b.header("x-cache").as_deref(), Some("MISS"), "{}", b.text());
+    let a_fetched: usize = (0..4)
+        .map(|i| origin.count(&format!("/cold/a{i}.ts")))
+        .sum();
+    assert_eq!(a_fetched, 1, "client A held one slot of four (its share)");
+    gate.open();
+    for h in hog {
+        let _ = h.await;
+    }
+}
