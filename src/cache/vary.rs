@@ -10,8 +10,16 @@ use http::{header, HeaderMap, HeaderName, HeaderValue};
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VarySpec(pub Vec<HeaderName>);
 
+/// More names than this in one `Vary` (or a name longer than `MAX_NAME`) is no real origin's
+/// and is not shared (`vary-too-large`): the stored head writes the list's length in 16 bits,
+/// so a longer one could not be read back from the store, and each name is compared with the
+/// others on every fill.
+pub const MAX_NAMES: usize = 64;
+const MAX_NAME: usize = 256;
+
 /// Parses the response's `Vary`. `Err` names why the response must not be shared: `Vary: *`
-/// matches no later request, and `Cookie`/`Authorization` vary per viewer.
+/// matches no later request, `Cookie`/`Authorization` vary per viewer, and a list past
+/// `MAX_NAMES` is not kept.
 pub fn parse(h: &HeaderMap) -> Result<VarySpec, &'static str> {
     let mut names = Vec::new();
     for value in h.get_all(header::VARY) {
@@ -28,7 +36,13 @@ pub fn parse(h: &HeaderMap) -> Result<VarySpec, &'static str> {
             if name == header::COOKIE || name == header::AUTHORIZATION {
                 return Err("vary-per-viewer");
             }
+            if name.as_str().len() > MAX_NAME {
+                return Err("vary-too-large");
+            }
             if !names.contains(&name) {
+                if names.len() == MAX_NAMES {
+                    return Err("vary-too-large");
+                }
                 names.push(name);
             }
         }

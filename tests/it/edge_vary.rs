@@ -101,3 +101,26 @@ async fn a_varied_header_split_into_lines_is_its_own_variant() {
         "HIT"
     );
 }
+
+/// A `Vary` of more names than any real origin sends (here 100) is not shared: its stored head
+/// could not be read back from the store past 64 KiB of names, and every fill compared each
+/// name with the others. Each viewer gets the origin's answer.
+#[tokio::test]
+async fn a_vary_of_a_hundred_names_is_not_shared() {
+    let origin = Origin::start().await;
+    let names: Vec<String> = (0..100).map(|i| format!("x-h{i}")).collect();
+    origin.script(
+        "/vl/many.ts",
+        Script::ok("x")
+            .header("cache-control", "max-age=60")
+            .header("vary", &names.join(", ")),
+    );
+    let edge = TestEdge::start(edge_config(&origin)).await;
+    for i in 0..2 {
+        let r = edge.get("/vl/many.ts").await;
+        assert_eq!(r.status, 200);
+        assert_ne!(r.x_cache(), "HIT", "request {i}: {}", r.h("cache-status"));
+        edge.settle().await;
+    }
+    assert_eq!(origin.count("/vl/many.ts"), 2);
+}
