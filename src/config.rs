@@ -1471,8 +1471,13 @@ pub const NEVER_FORWARDED: &[&str] = &[
 
 /// Whether a request header must never reach an origin (`NEVER_FORWARDED` or any `Proxy-*`).
 pub fn never_forwarded(name: &str) -> bool {
-    let name = name.to_ascii_lowercase();
-    name.starts_with("proxy-") || NEVER_FORWARDED.contains(&name.as_str())
+    never_forwarded_header(&name.to_ascii_lowercase())
+}
+
+/// `never_forwarded` for a name already lower case (an `http::HeaderName`'s), without a copy:
+/// it runs on hits of varied objects (`proxy::fill::variant_for`).
+pub fn never_forwarded_header(name: &str) -> bool {
+    name.starts_with("proxy-") || NEVER_FORWARDED.contains(&name)
 }
 
 /// A route's request-integrity settings: which host names its objects, which viewer hosts it

@@ -151,29 +151,29 @@ pub fn bind_viewer(
     reuseport: bool,
 ) -> std::io::Result<std::net::TcpListener> {
     if reuseport && addr.port() != 0 {
-        let probe = socket2::Socket::new(
-            socket2::Domain::for_address(addr),
-            socket2::Type::STREAM,
-            Some(socket2::Protocol::TCP),
-        )?;
         // SO_REUSEADDR as the listener has it, so connections of an earlier run in TIME_WAIT
         // do not count as a listener.
-        probe.set_reuse_address(true)?;
-        probe.bind(&addr.into())?;
+        tcp_socket(addr)?.bind(&addr.into())?;
     }
     bind_listener(addr, reuseport)
 }
 
-fn bind_listener(
-    addr: std::net::SocketAddr,
-    reuseport: bool,
-) -> std::io::Result<std::net::TcpListener> {
+/// A TCP socket for `addr`'s family with SO_REUSEADDR.
+fn tcp_socket(addr: std::net::SocketAddr) -> std::io::Result<socket2::Socket> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,
         Some(socket2::Protocol::TCP),
     )?;
     socket.set_reuse_address(true)?;
+    Ok(socket)
+}
+
+fn bind_listener(
+    addr: std::net::SocketAddr,
+    reuseport: bool,
+) -> std::io::Result<std::net::TcpListener> {
+    let socket = tcp_socket(addr)?;
     socket.set_reuse_port(reuseport)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;

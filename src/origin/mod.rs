@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cache::object::strip_hop_by_hop;
 use crate::cache::vary::normalise_accept_encoding;
-use crate::config::{never_forwarded, OriginClientConfig, Route};
+use crate::config::{never_forwarded_header, OriginClientConfig, Route};
 use crate::http::body::Body;
 
 pub use group::{rendezvous_order, Group, Upstream};
@@ -261,7 +261,7 @@ impl OriginClient {
         strip_hop_by_hop(&mut h);
         let never: Vec<HeaderName> = h
             .keys()
-            .filter(|n| never_forwarded(n.as_str()))
+            .filter(|n| never_forwarded_header(n.as_str()))
             .cloned()
             .collect();
         for n in never {
@@ -311,7 +311,7 @@ impl OriginClient {
         for name in varied.iter().chain(&route.integrity.forward_headers) {
             if *name == header::ACCEPT_ENCODING
                 || h.contains_key(name)
-                || never_forwarded(name.as_str())
+                || never_forwarded_header(name.as_str())
                 || STAMPED.contains(&name.as_str())
             {
                 continue;

@@ -217,12 +217,9 @@ fn asked_headers(
 /// such a `Vary` (`X-Forwarded-Proto` is common behind TLS terminators; `Host`) matched no
 /// viewer, and every request went to the origin three times (two fills and a pass).
 pub(crate) fn variant_for(req: &Req<'_>, spec: &vary::VarySpec) -> String {
-    // Header names are lower case already: `config::never_forwarded`'s test without its copy
-    // (this runs on hits of varied objects).
     let rewritten = |n: &header::HeaderName| {
         *n != header::ACCEPT_ENCODING
-            && (n.as_str().starts_with("proxy-")
-                || crate::config::NEVER_FORWARDED.contains(&n.as_str())
+            && (crate::config::never_forwarded_header(n.as_str())
                 || crate::origin::STAMPED.contains(&n.as_str())
                 || NOT_ASKED.contains(n)
                 || crate::cmcd::HEADERS.contains(n))

@@ -42,18 +42,33 @@ pub struct FillLimit {
 /// A fill's slot: held for the whole origin fetch, body included.
 pub struct FillSlot<'a> {
     _permit: Option<GatePermit>,
-    /// The client's share (dropped before the entry is looked at, `Drop`).
-    client: Option<(IpAddr, OwnedSemaphorePermit)>,
-    route: usize,
-    limit: &'a FillLimit,
+    _share: Option<Share<'a>>,
     metrics: &'a AbuseMetrics,
 }
 
 impl Drop for FillSlot<'_> {
     fn drop(&mut self) {
         self.metrics.fills_active.fetch_sub(1, Relaxed);
-        if let Some((ip, permit)) = self.client.take() {
-            self.limit.release(self.route, ip, permit);
+    }
+}
+
+/// A fill's use of its client's share: waiting for a permit, then holding it. Dropped (the
+/// fill ends, is refused, or its wait is cancelled), it gives the permit back and forgets the
+/// client when no other fill of it holds or awaits one.
+struct Share<'a> {
+    limit: &'a FillLimit,
+    key: (usize, IpAddr),
+    semaphore: Arc<Semaphore>,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Drop for Share<'_> {
+    fn drop(&mut self) {
+        let mut clients = self.limit.clients.lock();
+        self.permit = None;
+        // The map's reference and this one: nobody else.
+        if Arc::strong_count(&self.semaphore) == 2 {
+            clients.remove(&self.key);
         }
     }
 }
@@ -69,18 +84,6 @@ impl FillLimit {
         }
     }
 
-    /// Gives back a client's share and forgets the client when nobody else holds or awaits it.
-    fn release(&self, route: usize, ip: IpAddr, permit: OwnedSemaphorePermit) {
-        let mut clients = self.clients.lock();
-        drop(permit);
-        if clients
-            .get(&(route, ip))
-            .is_some_and(|s| Arc::strong_count(s) == 1)
-        {
-            clients.remove(&(route, ip));
-        }
-    }
-
     /// A slot for one fill of `route` led by `client` (its address as the limits count it;
     /// `None`: no share applies), waiting until `deadline` at most; `None`: the origin is busy
     /// (every slot, or every slot of the client's share, held until the deadline).
@@ -93,42 +96,39 @@ impl FillLimit {
         metrics: &'a AbuseMetrics,
     ) -> Option<FillSlot<'a>> {
         let limited = self.routes.get(route).and_then(Option::as_ref).is_some();
-        let client = match client.filter(|_| limited) {
+        let share = match client.filter(|_| limited) {
             None => None,
             Some(ip) => {
-                let share = self
+                let key = (route, ip);
+                let semaphore = self
                     .clients
                     .lock()
-                    .entry((route, ip))
+                    .entry(key)
                     .or_insert_with(|| Arc::new(Semaphore::new(self.share)))
                     .clone();
-                let permit = match share.clone().try_acquire_owned() {
+                let mut share = Share {
+                    limit: self,
+                    key,
+                    semaphore,
+                    permit: None,
+                };
+                share.permit = match share.semaphore.clone().try_acquire_owned() {
                     Ok(p) => Some(p),
                     Err(_) => {
                         metrics.fills_queued.fetch_add(1, Relaxed);
-                        tokio::time::timeout_at(deadline, share.clone().acquire_owned())
+                        let wait = share.semaphore.clone().acquire_owned();
+                        tokio::time::timeout_at(deadline, wait)
                             .await
                             .ok()
                             .and_then(Result::ok)
                     }
                 };
-                // Not the last user of the entry while `share` lives: dropped before `release`.
-                drop(share);
-                match permit {
-                    Some(p) => Some((ip, p)),
-                    None => {
-                        // Every slot of this client's share stayed taken until the deadline.
-                        metrics.fills_refused.fetch_add(1, Relaxed);
-                        let mut clients = self.clients.lock();
-                        if clients
-                            .get(&(route, ip))
-                            .is_some_and(|s| Arc::strong_count(s) == 1)
-                        {
-                            clients.remove(&(route, ip));
-                        }
-                        return None;
-                    }
+                if share.permit.is_none() {
+                    // Every slot of this client's share stayed taken until the deadline.
+                    metrics.fills_refused.fetch_add(1, Relaxed);
+                    return None;
                 }
+                Some(share)
             }
         };
         let permit = match self.routes.get(route).and_then(Option::as_ref) {
@@ -142,9 +142,6 @@ impl FillLimit {
                         // Every slot stayed taken until the deadline: the origin is busy.
                         Err(_) => {
                             metrics.fills_refused.fetch_add(1, Relaxed);
-                            if let Some((ip, p)) = client {
-                                self.release(route, ip, p);
-                            }
                             return None;
                         }
                     }
@@ -154,9 +151,7 @@ impl FillLimit {
         metrics.fills_active.fetch_add(1, Relaxed);
         Some(FillSlot {
             _permit: permit,
-            client,
-            route,
-            limit: self,
+            _share: share,
             metrics,
         })
     }
