@@ -86,6 +86,7 @@ impl Pending {
             .unwrap_or_default();
         let cmcd = resp.extensions_mut().remove::<Cmcd>();
         let status = resp.status().as_u16();
+        in_flight.handed();
         resp.map(|body| {
             let promised = http_body::Body::size_hint(&body).exact();
             Logged {
@@ -163,6 +164,7 @@ impl<H: Handler> http_body::Body for Logged<H> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        this.in_flight.polled();
         let r = Pin::new(&mut this.body).poll_frame(cx);
         match &r {
             Poll::Ready(Some(Ok(f))) => {

@@ -6,12 +6,14 @@
 //! woken about once per timeout, not per byte). With `server.min_send_rate`, a viewer that takes
 //! a response's bytes slower than that rate, averaged over a `write_timeout` window in which its
 //! writes blocked (it, not the origin, held the response back), is closed as a slow reader too.
+//! A connection with a request in flight and nothing moving for `idle + write`, or one h2
+//! stream whose response waits that long for its viewer to take it, is closed as stalled.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -37,6 +39,10 @@ pub struct Activity {
     body_sent: AtomicU64,
     read: AtomicU64,
     requests: AtomicU64,
+    /// Each multiplexed (h2) request's wait for its viewer (`InFlight::handed`): one stream
+    /// whose flow-control window stays shut beside others that move would hold its response,
+    /// and the fill or pass behind it, while the connection as a whole keeps moving.
+    streams: Mutex<Vec<Weak<AtomicU64>>>,
 }
 
 impl Activity {
@@ -51,6 +57,7 @@ impl Activity {
             body_sent: AtomicU64::new(0),
             read: AtomicU64::new(0),
             requests: AtomicU64::new(0),
+            streams: Mutex::new(Vec::new()),
         })
     }
 
@@ -59,10 +66,40 @@ impl Activity {
     }
 
     /// A request started; the token ends it when dropped (its response body done or dropped).
-    pub fn request(self: &Arc<Self>) -> InFlight {
+    /// A `multiplexed` request (h2) shares the connection with others, so the watchdog also
+    /// follows its own wait for the viewer (`InFlight::handed`).
+    pub fn request(self: &Arc<Self>, multiplexed: bool) -> InFlight {
         self.in_flight.fetch_add(1, Relaxed);
         self.requests.fetch_add(1, Relaxed);
-        InFlight(self.clone())
+        let wait = multiplexed.then(|| {
+            let wait = Arc::new(AtomicU64::new(0));
+            let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+            // Ended streams are dropped when the list is full, before it grows: amortised
+            // constant work per request, and never more than twice the live streams.
+            if streams.len() == streams.capacity() {
+                streams.retain(|w| w.strong_count() > 0);
+            }
+            streams.push(Arc::downgrade(&wait));
+            wait
+        });
+        InFlight {
+            activity: self.clone(),
+            wait,
+        }
+    }
+
+    /// Since when (ms since `start`) the longest-waiting multiplexed response has waited for
+    /// its viewer to take it, if one waits.
+    fn oldest_wait(&self) -> Option<u64> {
+        let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        streams.retain(|w| w.strong_count() > 0);
+        streams
+            .iter()
+            .filter_map(|w| w.upgrade())
+            .map(|w| w.load(Relaxed))
+            .filter(|&since| since != 0)
+            .min()
+            .map(|since| since - 1)
     }
 
     /// Resolves when the connection has broken a timeout, saying which.
@@ -85,6 +122,14 @@ impl Activity {
             }
             let busy = self.in_flight.load(Relaxed) > 0;
             if busy && now.saturating_sub(moved.1) >= stall {
+                return Expired::Stalled;
+            }
+            // The same for one h2 stream whose response waits for a viewer that takes none of
+            // it while its other streams move. hyper gives no handle to reset one stream from
+            // here, so the connection goes: a player does not leave a response unread for
+            // `idle + write`, and the streams it still wanted are asked for again.
+            let stream_deadline = self.oldest_wait().map(|since| since.saturating_add(stall));
+            if stream_deadline.is_some_and(|d| d <= now) {
                 return Expired::Stalled;
             }
             if t.min_send_rate > 0 && now.saturating_sub(window.0) >= ms(t.write) {
@@ -118,6 +163,7 @@ impl Activity {
                 write_deadline,
                 idle_deadline,
                 busy.then(|| moved.1.saturating_add(stall)),
+                stream_deadline,
                 Some(now + ms(t.write)),
                 Some(now + ms(t.idle)),
             ]
@@ -149,18 +195,41 @@ fn ms(d: Duration) -> u64 {
 }
 
 /// One request in flight on a connection.
-pub struct InFlight(Arc<Activity>);
+pub struct InFlight {
+    activity: Arc<Activity>,
+    /// A multiplexed request's wait for its viewer: ms since the activity's start + 1 when its
+    /// response head or a body frame was handed over and the body was not polled since; 0
+    /// while the body is being polled (the edge or the origin, not the viewer, is behind).
+    wait: Option<Arc<AtomicU64>>,
+}
 
 impl InFlight {
     /// `n` bytes of this request's response body were handed to the connection.
     pub fn sent(&self, n: u64) {
-        self.0.body_sent.fetch_add(n, Relaxed);
+        self.activity.body_sent.fetch_add(n, Relaxed);
+        self.handed();
+    }
+
+    /// The response (its head, or a body frame) was handed to the connection, which polls the
+    /// body again when its viewer has room for more.
+    pub fn handed(&self) {
+        if let Some(w) = &self.wait {
+            w.store(self.activity.now_ms() + 1, Relaxed);
+        }
+    }
+
+    /// The connection polls the body for more: whatever comes next, the viewer is not the one
+    /// holding it back.
+    pub fn polled(&self) {
+        if let Some(w) = &self.wait {
+            w.store(0, Relaxed);
+        }
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let a = &self.0;
+        let a = &self.activity;
         a.idle_since.store(a.now_ms(), Relaxed);
         a.in_flight.fetch_sub(1, Relaxed);
     }

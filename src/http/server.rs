@@ -430,7 +430,9 @@ pub async fn respond<H: Handler>(
     req: Request<Incoming>,
     peer: Option<SocketAddr>,
 ) -> Response<Logged<H>> {
-    let in_flight = conn.activity.request();
+    let in_flight = conn
+        .activity
+        .request(req.version() == http::Version::HTTP_2);
     let pending = Pending::of(&req);
     let resp = match conn.admitted.take_request() {
         Ok(()) => conn.edge.handle(req, peer).await,

@@ -368,3 +368,72 @@ async fn an_h2_viewer_that_never_opens_its_window_is_disconnected() {
     );
     drop(resp);
 }
+
+/// One h2 stream whose window stays shut, beside another stream on the same connection that
+/// keeps asking and reading: the connection as a whole moves (requests start, body bytes go
+/// out), so the connection-wide rule never fired, and the shut stream held its response (and
+/// the pass or fill behind it) for as long as the viewer kept the other stream busy. A stream
+/// whose response waits for its viewer for `idle + write` now closes the connection.
+#[tokio::test]
+async fn one_stalled_h2_stream_beside_a_busy_one_is_disconnected() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/v/big.ts",
+        Script::ok(body(1 << 20)).header("cache-control", "max-age=60"),
+    );
+    origin.script(
+        "/v/small.m3u8",
+        Script::ok("#EXTM3U\n").header("cache-control", "max-age=60"),
+    );
+    let mut raw = edge_config(&origin);
+    raw.server.idle_timeout = Some("1s".into());
+    raw.server.write_timeout = Some("1s".into());
+    let edge = TestEdge::start(raw).await;
+    let tcp = tokio::net::TcpStream::connect(edge.addr)
+        .await
+        .expect("connect");
+    // The smallest stream window, and a connection window the busy stream never exhausts.
+    let (mut send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(64 << 20)
+        .handshake(TokioIo::new(tcp))
+        .await
+        .expect("h2 handshake");
+    let mut conn = tokio::spawn(conn);
+    let get = |path: &str| {
+        Request::get(format!("http://{}{path}", edge.addr))
+            .body(Empty::<Bytes>::new())
+            .expect("request")
+    };
+    // Never read: its stream window fills after 64 KiB and stays shut.
+    let stalled = send
+        .send_request(get("/v/big.ts"))
+        .await
+        .expect("response head");
+    assert_eq!(stalled.status(), StatusCode::OK);
+    // The busy stream: a request read whole every 100 ms, for at most 12 s (12 × idle + write).
+    let mut closed = false;
+    for _ in 0..120 {
+        tokio::select! {
+            _ = &mut conn => { closed = true; break; }
+            _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
+        }
+        let Ok(resp) = send.send_request(get("/v/small.m3u8")).await else {
+            closed = true;
+            break;
+        };
+        if http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .is_err()
+        {
+            closed = true;
+            break;
+        }
+    }
+    assert!(
+        closed,
+        "the edge kept a connection with a stalled stream open for 12 s"
+    );
+    assert!(edge.edge.metrics.limits.slow_readers_closed.load(Relaxed) >= 1);
+    drop(stalled);
+}
