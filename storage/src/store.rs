@@ -774,6 +774,14 @@ impl Store {
 
     /// Writes `body` and returns once it is on disk (written and fdatasync'ed). For push ingest:
     /// no second-hit or rate admission, but size, pinned share and device errors still apply.
+    ///
+    /// `Ok(())` means these bytes are written and fdatasync'ed: a crash from then on brings them
+    /// back, unless a newer version of the key, a removal or a purge replaces them. If a newer
+    /// insert of the key (plain or durable) replaces this one, or the key is removed or purged,
+    /// while it is still queued, nothing is written and the result is
+    /// [`StoreError::Superseded`], so the caller can tell its bytes are not on disk (a newer
+    /// durable insert answers for itself). A replacement that comes once the write is under way
+    /// does not stop it: the bytes reach the disk and the result is `Ok`.
     pub async fn insert_durable(
         &self,
         key: &[u8],
@@ -798,8 +806,9 @@ impl Store {
         Ok(ObjectBuf::new(key, meta, len))
     }
 
-    /// [`Store::insert_durable`] for a filled [`ObjectBuf`]. Refused if fewer bytes were filled
-    /// than declared. Until the write completes, lookups of the key see what was there before.
+    /// [`Store::insert_durable`] for a filled [`ObjectBuf`], with the same contract (including
+    /// [`StoreError::Superseded`]). Refused if fewer bytes were filled than declared. Until the
+    /// write completes, lookups of the key see what was there before.
     pub async fn insert_durable_buf(&self, buf: ObjectBuf, src: Source) -> Result<(), StoreError> {
         if !buf.is_complete() {
             return Err(StoreError::Refused("object buffer not completely filled"));

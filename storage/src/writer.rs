@@ -180,10 +180,11 @@ impl Writer {
             .get(&job.hash)
             .is_some_and(|p| p.id == job.id);
         if !current {
-            // Removed or replaced while queued: nothing to write.
+            // Removed or replaced while queued: nothing to write, and a durable caller must not
+            // be told its bytes are on disk.
             inner.c.queued_bytes.fetch_sub(job.extent, Relaxed);
             if let Some(tx) = job.done.take() {
-                let _ = tx.send(Ok(()));
+                let _ = tx.send(Err(StoreError::Superseded));
             }
             return;
         }
@@ -219,7 +220,7 @@ impl Writer {
         if !still_current {
             inner.c.queued_bytes.fetch_sub(job.extent, Relaxed);
             if let Some(tx) = job.done.take() {
-                let _ = tx.send(Ok(()));
+                let _ = tx.send(Err(StoreError::Superseded));
             }
             return;
         }
