@@ -11,7 +11,7 @@ pub(crate) mod uring;
 
 use std::io;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicI64, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::oneshot;
@@ -97,9 +97,13 @@ impl EngineKind {
 #[derive(Clone)]
 pub(crate) struct Io {
     engine: Arc<dyn IoEngine>,
-    /// Test hook: when non-zero, writes fail with this errno before reaching the engine
-    /// (how the fault tests produce ENOSPC on any filesystem).
+    /// Test hook: when non-zero, writes and syncs fail with this errno before reaching the
+    /// engine (how the fault tests produce ENOSPC on any filesystem).
     fail_writes: Arc<AtomicI32>,
+    /// Test hook: when `crash_errno` is non-zero, the next `writes_left` writes go through and
+    /// then `fail_writes` is set to it (a device that stops taking writes at an exact point).
+    writes_left: Arc<AtomicI64>,
+    crash_errno: Arc<AtomicI32>,
 }
 
 impl Io {
@@ -107,11 +111,32 @@ impl Io {
         Io {
             engine,
             fail_writes: Arc::new(AtomicI32::new(0)),
+            writes_left: Arc::new(AtomicI64::new(0)),
+            crash_errno: Arc::new(AtomicI32::new(0)),
         }
     }
 
     pub(crate) fn inject_write_errno(&self, errno: i32) {
+        self.crash_errno.store(0, Ordering::Relaxed);
         self.fail_writes.store(errno, Ordering::Relaxed);
+    }
+
+    pub(crate) fn inject_write_errno_after(&self, writes: u32, errno: i32) {
+        self.fail_writes.store(0, Ordering::Relaxed);
+        self.writes_left.store(i64::from(writes), Ordering::Relaxed);
+        self.crash_errno.store(errno, Ordering::Relaxed);
+    }
+
+    /// The injected errno this write or sync fails with, if any (test hooks only).
+    fn injected(&self, write: bool) -> Option<io::Error> {
+        let crash = self.crash_errno.load(Ordering::Relaxed);
+        if write && crash != 0 && self.writes_left.fetch_sub(1, Ordering::Relaxed) <= 0 {
+            self.fail_writes.store(crash, Ordering::Relaxed);
+        }
+        match self.fail_writes.load(Ordering::Relaxed) {
+            0 => None,
+            errno => Some(io::Error::from_raw_os_error(errno)),
+        }
     }
 
     pub(crate) fn kind(&self) -> EngineKind {
@@ -162,14 +187,16 @@ impl Io {
 
     /// Writes all of `buf` at `offset`.
     pub(crate) async fn write(&self, offset: u64, buf: AlignedBuf) -> io::Result<()> {
-        let errno = self.fail_writes.load(Ordering::Relaxed);
-        if errno != 0 {
-            return Err(io::Error::from_raw_os_error(errno));
+        if let Some(e) = self.injected(true) {
+            return Err(e);
         }
         self.run(OpKind::Write, offset, buf).await.1
     }
 
     pub(crate) async fn sync(&self) -> io::Result<()> {
+        if let Some(e) = self.injected(false) {
+            return Err(e);
+        }
         self.run(OpKind::Sync, 0, AlignedBuf::zeroed(0)).await.1
     }
 }
