@@ -1143,6 +1143,18 @@ impl Store {
         self.inner().io.inject_write_errno_after(writes, errno);
     }
 
+    /// Test hook: while `on`, device reads (lookups' and reclaim's) wait before they start.
+    #[doc(hidden)]
+    pub fn hold_reads(&self, on: bool) {
+        self.inner().io.hold_reads(on);
+    }
+
+    /// Test hook: waits until at least `n` device reads are held by [`Store::hold_reads`].
+    #[doc(hidden)]
+    pub async fn reads_held(&self, n: usize) {
+        self.inner().io.reads_held(n).await;
+    }
+
     /// Test hook: the next `times` io_uring submissions that carry an operation fail with
     /// `errno`, as if `io_uring_enter` had failed (no effect on psync).
     #[doc(hidden)]

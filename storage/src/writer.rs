@@ -26,7 +26,7 @@ use crate::buf::{round_up, AlignedBuf};
 use crate::error::StoreError;
 use crate::format::{self, KeyHash, RegionState, BLOCK, SUMMARY_ENTRY, SUMMARY_FIXED};
 use crate::index::{Entry, PINNED};
-use crate::store::{expired, Inner, Job, Purpose, ReadErr, RegionMeta, State, WriteJob};
+use crate::store::{expired, Inner, Job, Purpose, ReadErr, ReadObj, RegionMeta, State, WriteJob};
 
 const MAX_WRITES: usize = 8;
 
@@ -525,50 +525,149 @@ impl Writer {
                 return Err(e);
             }
         };
-        let mut st = inner.st.lock();
+        let was_wanted: std::collections::HashSet<KeyHash> =
+            wanted.iter().map(|(h, _)| *h).collect();
+        let mut late = Vec::new();
         let mut moved = 0u64;
         let mut dropped = 0u64;
-        for (h, e) in &cands {
-            // Removed, purged or replaced on disk meanwhile: leave it.
-            let Some(cur) = st.index.get(h).copied().filter(|x| x.block == e.block) else {
-                continue;
+        {
+            let mut st = inner.st.lock();
+            for (h, e) in &cands {
+                // Removed, purged or replaced on disk meanwhile: leave it.
+                let Some(cur) = st.index.get(h).copied().filter(|x| x.block == e.block) else {
+                    continue;
+                };
+                let keep = copied.get(h).filter(|c| {
+                    !st.prefix_dead(&layout, &c.key, &cur) && !st.soft_purged(&layout, &c.key, &cur)
+                });
+                let Some(c) = keep else {
+                    if !was_wanted.contains(h) && cur.pinned() && !allow_pinned {
+                        // Pinned after reclaim chose what to keep: copied now (`copy_late`), from
+                        // `v`, which nothing writes before that.
+                        late.push((*h, cur));
+                        continue;
+                    }
+                    st.index_remove(h);
+                    dropped += 1;
+                    continue;
+                };
+                let tags = st.tags.get(cur.tagset).to_vec();
+                let mut moved_to = Entry {
+                    block: c.block,
+                    blocks_flags: cur.blocks_flags,
+                    tagset: st.tags.acquire(&tags),
+                };
+                moved_to.set_freq(cur.freq().saturating_sub(1));
+                st.index_put(*h, moved_to);
+                dst.objects.push(*h);
+                moved += 1;
+            }
+            st.regions[v as usize].state = RegionState::Free;
+            st.regions[t as usize] = RegionMeta {
+                gen,
+                state: RegionState::Active,
             };
-            let keep = copied.get(h).filter(|c| {
-                !st.prefix_dead(&layout, &c.key, &cur) && !st.soft_purged(&layout, &c.key, &cur)
-            });
-            let Some(c) = keep else {
-                st.index_remove(h);
-                dropped += 1;
-                continue;
-            };
-            let tags = st.tags.get(cur.tagset).to_vec();
-            let mut moved_to = Entry {
-                block: c.block,
-                blocks_flags: cur.blocks_flags,
-                tagset: st.tags.acquire(&tags),
-            };
-            moved_to.set_freq(cur.freq().saturating_sub(1));
-            st.index_put(*h, moved_to);
-            dst.objects.push(*h);
-            moved += 1;
+            if st.marks != marks {
+                // A purge took a mark below `copies_end`: nothing new may go below it.
+                dst.write_end = dst.write_end.max(copies_end);
+            }
+            st.next_seq = (gen << 32) | u64::from(dst.write_end);
+            prune_marks(&mut st);
         }
-        st.regions[v as usize].state = RegionState::Free;
-        st.regions[t as usize] = RegionMeta {
-            gen,
-            state: RegionState::Active,
-        };
-        if st.marks != marks {
-            // A purge took a mark below `copies_end`: nothing new may go below it.
-            dst.write_end = dst.write_end.max(copies_end);
-        }
-        st.next_seq = (gen << 32) | u64::from(dst.write_end);
-        prune_marks(&mut st);
-        drop(st);
         self.active = Some(dst);
         inner.c.reinsertions.fetch_add(moved, Relaxed);
         inner.c.evictions.fetch_add(dropped, Relaxed);
         inner.c.regions_evicted.fetch_add(1, Relaxed);
+        self.copy_late(late, gen_v).await;
         Ok(())
+    }
+
+    /// Copies into the active region the objects of the region just freed that were pinned
+    /// while its reclaim was under way, after it had chosen what to keep: the pin holds. Runs
+    /// before anything else is written (the freed region is the next one opened). Unlike the
+    /// copies before the commit this is not crash-proof, and need not be: a pin is persisted
+    /// only by a later summary or snapshot, so after a crash the object comes back unpinned and
+    /// goes with its region, as it would have without the pin. An object that cannot be read,
+    /// written or fitted in the region is dropped like the rest of its region.
+    async fn copy_late(&mut self, late: Vec<(KeyHash, Entry)>, gen_v: u64) {
+        let inner = self.inner.clone();
+        for (h, e) in late {
+            let placed = match inner.read_verified(h, e, gen_v, Purpose::Rewrite).await {
+                Ok(obj) => self.write_late(h, e, &obj).await,
+                Err(ReadErr::Corrupt) => {
+                    tracing::warn!(block = e.block, "corrupt object dropped by eviction");
+                    inner.c.corrupt_reads.fetch_add(1, Relaxed);
+                    None
+                }
+                Err(ReadErr::Io) => {
+                    inner.c.read_errors.fetch_add(1, Relaxed);
+                    None
+                }
+            };
+            let mut st = inner.st.lock();
+            // Removed, purged or replaced meanwhile: leave it.
+            let Some(cur) = st.index.get(&h).copied().filter(|x| x.block == e.block) else {
+                continue;
+            };
+            let Some(block) = placed else {
+                st.index_remove(&h);
+                inner.c.evictions.fetch_add(1, Relaxed);
+                continue;
+            };
+            let tags = st.tags.get(cur.tagset).to_vec();
+            let mut moved_to = Entry {
+                block,
+                blocks_flags: cur.blocks_flags,
+                tagset: st.tags.acquire(&tags),
+            };
+            moved_to.set_freq(cur.freq().saturating_sub(1));
+            st.index_put(h, moved_to);
+            if let Some(a) = self.active.as_mut() {
+                a.objects.push(h);
+            }
+            inner.c.reinsertions.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Writes `obj` (at `e` in the region just freed) at the end of the active region if it
+    /// fits and no purge selects it. Returns its block.
+    async fn write_late(&mut self, h: KeyHash, e: Entry, obj: &ReadObj) -> Option<u32> {
+        let inner = self.inner.clone();
+        let layout = inner.layout;
+        let a = self.active.as_mut()?;
+        let reserve = tags_reserve(&obj.meta.tags);
+        let end = u64::from(a.write_end + e.blocks()) * BLOCK;
+        if end + round_up(a.reserved + reserve) + BLOCK > layout.region_size {
+            tracing::warn!(
+                block = e.block,
+                "object pinned during its region's reclaim did not fit; evicted"
+            );
+            return None;
+        }
+        let block = a.region * layout.region_blocks() + a.write_end;
+        let pinned = {
+            let mut st = inner.st.lock();
+            let cur = st.index.get(&h).copied().filter(|x| x.block == e.block)?;
+            if st.prefix_dead(&layout, &obj.key, &cur) || st.soft_purged(&layout, &obj.key, &cur) {
+                return None;
+            }
+            a.write_end += e.blocks();
+            a.reserved += reserve;
+            // As `allocate` does: a purge from now on has a mark above this copy.
+            st.next_seq = (a.gen << 32) | u64::from(a.write_end);
+            cur.pinned()
+        };
+        let buf = encode_copy(obj, inner.nonce, a.gen, pinned, e.bytes());
+        match inner.io.write(layout.block_off(block), buf).await {
+            Ok(()) => {
+                inner.c.bytes_written.fetch_add(e.bytes(), Relaxed);
+                Some(block)
+            }
+            Err(err) => {
+                write_error(&inner, err);
+                None
+            }
+        }
     }
 
     /// Steps 1-3 of [`Writer::reclaim_into`]: copies `wanted` from region `v` (generation
@@ -630,19 +729,22 @@ impl Writer {
             if !must && expired(&obj.meta) {
                 continue;
             }
-            {
+            let pinned = {
                 let st = inner.st.lock();
                 // Gone meanwhile, or purged: no copy (a soft-purged one, pinned or not, would
                 // be newer than its purge and served as fresh, never revalidated; dropped, the
                 // edge fetches it anew).
-                let here = st.index.get(&h).is_some_and(|x| x.block == e.block);
-                if !here
-                    || st.prefix_dead(&layout, &obj.key, &e)
-                    || st.soft_purged(&layout, &obj.key, &e)
+                let Some(cur) = st.index.get(&h).filter(|x| x.block == e.block) else {
+                    continue;
+                };
+                if st.prefix_dead(&layout, &obj.key, cur) || st.soft_purged(&layout, &obj.key, cur)
                 {
                     continue;
                 }
-            }
+                // The pin as it is now, not as when reclaim chose what to keep; the index
+                // takes it as it is at the commit.
+                cur.pinned()
+            };
             let reserve = tags_reserve(&obj.meta.tags);
             let end = u64::from(dst.write_end + e.blocks()) * BLOCK;
             if end + round_up(dst.reserved + reserve) + BLOCK > layout.region_size {
@@ -676,27 +778,9 @@ impl Writer {
             inner.c.bytes_written.fetch_add(e.bytes(), Relaxed);
             let io = inner.io.clone();
             let off = layout.block_off(block);
-            let extent = e.bytes() as usize;
-            let pinned = e.pinned();
+            let extent = e.bytes();
             writes.spawn(async move {
-                let m = format::ObjMeta {
-                    key: &obj.key,
-                    head: &obj.meta.head,
-                    tags: &obj.meta.tags,
-                    stored_at: obj.meta.stored_at,
-                    expires_at: obj.meta.expires_at,
-                    pinned,
-                };
-                let mut buf = AlignedBuf::uninit(extent);
-                match &obj.carried {
-                    // Its stored checksums go with it unchanged.
-                    Some(crcs) => {
-                        format::encode_object_carried(&mut buf, nonce, gen, &m, &obj.body, crcs)
-                    }
-                    None => {
-                        format::encode_object(&mut buf, nonce, gen, &m, &obj.body);
-                    }
-                }
+                let buf = encode_copy(&obj, nonce, gen, pinned, extent);
                 io.write(off, buf).await
             });
         }
@@ -732,6 +816,27 @@ impl Writer {
 struct Copied {
     block: u32,
     key: bytes::Bytes,
+}
+
+/// A kept object's copy for a region of generation `gen`: its stored checksums go with it
+/// unchanged.
+fn encode_copy(obj: &ReadObj, nonce: u64, gen: u64, pinned: bool, extent: u64) -> AlignedBuf {
+    let m = format::ObjMeta {
+        key: &obj.key,
+        head: &obj.meta.head,
+        tags: &obj.meta.tags,
+        stored_at: obj.meta.stored_at,
+        expires_at: obj.meta.expires_at,
+        pinned,
+    };
+    let mut buf = AlignedBuf::uninit(extent as usize);
+    match &obj.carried {
+        Some(crcs) => format::encode_object_carried(&mut buf, nonce, gen, &m, &obj.body, crcs),
+        None => {
+            format::encode_object(&mut buf, nonce, gen, &m, &obj.body);
+        }
+    }
+    buf
 }
 
 /// A write task's result, a panic counting as an I/O error.

@@ -11,10 +11,10 @@ pub(crate) mod uring;
 
 use std::io;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicI32, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, Ordering};
 use std::sync::Arc;
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use crate::buf::AlignedBuf;
 
@@ -104,6 +104,15 @@ pub(crate) struct Io {
     /// then `fail_writes` is set to it (a device that stops taking writes at an exact point).
     writes_left: Arc<AtomicI64>,
     crash_errno: Arc<AtomicI32>,
+    /// Test hook: while closed, reads wait before reaching the engine.
+    gate: Arc<ReadGate>,
+}
+
+/// Test hook (`Store::hold_reads`): holds reads, and counts the held ones.
+struct ReadGate {
+    closed: AtomicBool,
+    open: watch::Sender<bool>,
+    held: watch::Sender<usize>,
 }
 
 impl Io {
@@ -113,7 +122,32 @@ impl Io {
             fail_writes: Arc::new(AtomicI32::new(0)),
             writes_left: Arc::new(AtomicI64::new(0)),
             crash_errno: Arc::new(AtomicI32::new(0)),
+            gate: Arc::new(ReadGate {
+                closed: AtomicBool::new(false),
+                open: watch::Sender::new(true),
+                held: watch::Sender::new(0),
+            }),
         }
+    }
+
+    pub(crate) fn hold_reads(&self, on: bool) {
+        self.gate.closed.store(on, Ordering::SeqCst);
+        self.gate.open.send_replace(!on);
+    }
+
+    /// Waits until at least `n` reads are held.
+    pub(crate) async fn reads_held(&self, n: usize) {
+        let _ = self.gate.held.subscribe().wait_for(|h| *h >= n).await;
+    }
+
+    async fn gate(&self) {
+        if !self.gate.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut open = self.gate.open.subscribe();
+        self.gate.held.send_modify(|h| *h += 1);
+        let _ = open.wait_for(|o| *o).await;
+        self.gate.held.send_modify(|h| *h -= 1);
     }
 
     pub(crate) fn inject_write_errno(&self, errno: i32) {
@@ -181,6 +215,7 @@ impl Io {
 
     /// Reads `buf.capacity()` bytes at `offset` into `buf`.
     pub(crate) async fn read_into(&self, offset: u64, buf: AlignedBuf) -> io::Result<AlignedBuf> {
+        self.gate().await;
         let (buf, res) = self.run(OpKind::Read, offset, buf).await;
         res.map(|()| buf)
     }

@@ -1,6 +1,7 @@
 //! Region reclaim under faults: a crash or a write error at any write of a region rollover
 //! (seal, reclaim of the oldest region, open of the next) loses none of the objects reclaim
-//! keeps (pinned ones written with `insert_durable`, and hot ones).
+//! keeps (pinned ones written with `insert_durable`, and hot ones); pins and unpins made while
+//! a reclaim is under way hold.
 
 use std::path::Path;
 
@@ -161,5 +162,67 @@ async fn a_write_error_at_any_write_of_a_region_rollover_loses_nothing_readable(
                 );
             }
         }
+    }
+}
+
+/// Bug: reclaim read an object's pin before reading the region back and applied it after, so a
+/// pin or unpin in between was lost: an object pinned meanwhile was evicted, one unpinned
+/// meanwhile was kept pinned.
+#[tokio::test]
+async fn a_pin_or_unpin_during_reclaims_read_back_holds() {
+    for engine in ENGINES {
+        let (_t, template) = template(engine).await;
+        let dir = tempfile::tempdir().unwrap();
+        // The oldest region holds pin0 (pinned: reclaim keeps it) and o0 (neither pinned nor
+        // hit: reclaim drops it).
+        let (s, _) = from_template(&template, dir.path()).await;
+        s.hold_reads(true);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writes = tokio::spawn({
+            let (s, stop) = (s.clone(), stop.clone());
+            async move {
+                for i in 0..4 * 7 {
+                    if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        return;
+                    }
+                    put(&s, &format!("t{i}"), OBJ).await;
+                }
+                panic!("no reclaim read anything back");
+            }
+        });
+        // The rollover's reclaim is reading back what it keeps.
+        s.reads_held(1).await;
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(s.pin(b"o0").unwrap(), "{engine:?}: o0 is stored");
+        assert!(s.unpin(b"pin0"), "{engine:?}: pin0 is stored");
+        s.hold_reads(false);
+        writes.await.unwrap();
+        match s.lookup(b"o0").await {
+            Some(hit) => assert!(
+                hit.meta.pinned,
+                "{engine:?}: o0, pinned during reclaim's read-back, was kept unpinned"
+            ),
+            None => panic!("{engine:?}: o0, pinned during reclaim's read-back, was evicted"),
+        }
+        let hit = s
+            .lookup(b"pin0")
+            .await
+            .expect("pin0 kept: it was read back");
+        assert!(
+            !hit.meta.pinned,
+            "{engine:?}: pin0, unpinned during reclaim's read-back, is pinned again"
+        );
+        // And eviction goes by the new pins from then on: two laps later (the lookup above
+        // was a hit, which buys pin0 one more reclaim) o0 is there, pin0 gone.
+        for i in 0..2 * 15 * 7 {
+            insert(&s, &format!("u{i}"));
+        }
+        s.flush().await;
+        assert!(
+            served(&s, "o0").await,
+            "{engine:?}: pinned o0 evicted later"
+        );
+        assert!(!s.contains(b"pin0"), "{engine:?}: unpinned pin0 still kept");
+        s.close().await.unwrap();
     }
 }
