@@ -25,6 +25,11 @@ pub enum StoreError {
     /// The write was refused by admission (rate limit, queue full, too large).
     #[error("write refused: {0}")]
     Refused(&'static str),
+    /// A durable write was not written because, while it was queued, a newer insert of the same
+    /// key replaced it or the key was removed or purged: these bytes are not on disk (a newer
+    /// version, if any, carries its own guarantee).
+    #[error("write superseded before it reached the device: a newer insert of the key, or a removal or purge, replaced it")]
+    Superseded,
     /// The store has been closed.
     #[error("store is closed")]
     Closed,

@@ -11,6 +11,7 @@ use crate::error::StoreError;
 pub(crate) const FORMAT_VERSION: u32 = 1;
 pub(crate) const SB_MAGIC: &[u8; 8] = b"VEDGESSD";
 const REGION_MAGIC: u32 = u32::from_le_bytes(*b"VREG");
+const RECLAIM_MAGIC: u32 = u32::from_le_bytes(*b"VRCL");
 const TRAILER_MAGIC: u32 = u32::from_le_bytes(*b"VSUM");
 const OBJ_MAGIC: u32 = u32::from_le_bytes(*b"VOBJ");
 const SNAP_MAGIC: u32 = u32::from_le_bytes(*b"VSNP");
@@ -334,24 +335,66 @@ impl Superblock {
 // ---------------------------------------------------------------------------------------------
 // Region header and trailer
 
-pub(crate) fn encode_region_header(nonce: u64, region: u32, gen: u64) -> Vec<u8> {
+/// A region a reclaim freed: its number and the generation it had. Written after the region
+/// header of the region the reclaim copied its kept objects into (see `writer::reclaim_into`):
+/// once that header is valid on disk, recovery takes the named region as free, provided its own
+/// header still carries that generation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Reclaimed {
+    pub region: u32,
+    pub gen: u64,
+}
+
+/// The region header; `reclaimed` appends the reclaim record after the header's crc. Builds
+/// that predate the record read the header and ignore what follows it (format version 1).
+pub(crate) fn encode_region_header(
+    nonce: u64,
+    region: u32,
+    gen: u64,
+    reclaimed: Option<Reclaimed>,
+) -> Vec<u8> {
     let mut e = Enc::default();
     e.u32(REGION_MAGIC);
     e.u64(nonce);
     e.u32(region);
     e.u64(gen);
     e.crc();
+    if let Some(r) = reclaimed {
+        e.u32(RECLAIM_MAGIC);
+        e.u32(r.region);
+        e.u64(r.gen);
+        e.crc();
+    }
     e.0
 }
 
-/// Returns the region's generation if the header is valid for this store and region.
-pub(crate) fn decode_region_header(b: &[u8], nonce: u64, region: u32) -> Option<u64> {
+/// Returns the region's generation, and the region its opening reclaimed if it says so, if the
+/// header is valid for this store and region.
+pub(crate) fn decode_region_header(
+    b: &[u8],
+    nonce: u64,
+    region: u32,
+) -> Option<(u64, Option<Reclaimed>)> {
     let mut d = Dec::new(b);
     if d.u32()? != REGION_MAGIC || d.u64()? != nonce || d.u32()? != region {
         return None;
     }
     let gen = d.u64()?;
-    crc_ok(b, d.pos).then_some(gen)
+    if !crc_ok(b, d.pos) {
+        return None;
+    }
+    d.pos += 4;
+    let mut r = || {
+        if d.u32()? != RECLAIM_MAGIC {
+            return None;
+        }
+        let rec = Reclaimed {
+            region: d.u32()?,
+            gen: d.u64()?,
+        };
+        crc_ok(b, d.pos).then_some(rec)
+    };
+    Some((gen, r()))
 }
 
 pub(crate) struct Trailer {
@@ -854,6 +897,25 @@ mod tests {
         assert!(!payload_ok(bad.as_slice(), &h3));
         assert!(!chunks_ok(&payload, &h.chunk_crcs));
         assert!(!chunks_ok(&payload[..CHUNK], &h.chunk_crcs), "chunk count");
+    }
+
+    #[test]
+    fn region_header_carries_the_reclaim_record_and_reads_without_it() {
+        let rec = Reclaimed { region: 3, gen: 41 };
+        let with = encode_region_header(7, 5, 42, Some(rec));
+        assert_eq!(decode_region_header(&with, 7, 5), Some((42, Some(rec))));
+        let plain = encode_region_header(7, 5, 42, None);
+        assert_eq!(decode_region_header(&plain, 7, 5), Some((42, None)));
+        // The header alone is what builds before the record read: unchanged.
+        assert_eq!(with[..plain.len()], plain[..]);
+        // A damaged record is no record; a damaged header is no header.
+        let mut b = with.clone();
+        b[plain.len() + 5] ^= 1;
+        assert_eq!(decode_region_header(&b, 7, 5), Some((42, None)));
+        let mut b = with;
+        b[13] ^= 1;
+        assert_eq!(decode_region_header(&b, 7, 5), None);
+        assert_eq!(decode_region_header(&plain, 7, 6), None, "another region");
     }
 
     #[test]

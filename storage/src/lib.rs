@@ -24,7 +24,9 @@
 //! 4 KiB    superblock copy B (4 KiB)   } writes alternate between them
 //! 8 KiB    snapshot area (size/128, min 64 KiB): index snapshot written on clean close
 //! data     regions 0..n, each region_size bytes (64 KiB-aligned start):
-//!            block 0            region header: magic, store nonce, region no, generation, crc
+//!            block 0            region header: magic, store nonce, region no, generation, crc;
+//!                               if a reclaim opened the region, then its reclaim record:
+//!                               magic, region it freed, that region's generation, crc
 //!            block 1..          objects, each 4 KiB-aligned:
 //!                                 header: magic, version, pinned, nonce, region generation,
 //!                                 lengths, stored-at, expires-at, key, head blob, tags,
@@ -54,10 +56,18 @@
 //! - Every read is verified: header crc, nonce, generation, extent, key hash and, per 1 MiB, the
 //!   payload crc32c; the full key is compared with the caller's. Failures are dropped from the
 //!   index, counted, and reported as a miss.
-//!   Reclaim's read-back of an object it keeps checks the header only: the rewrite carries the
+//!   Reclaim's read-back of an object it keeps checks the header only: the copy carries the
 //!   stored payload checksums unchanged (no second checksum pass), so damage travels with the
-//!   copy and is refused by the first lookup that reads it; a lookup served from the pending
-//!   rewrite checks the payload against those checksums first.
+//!   copy and is refused by the first lookup that reads it.
+//! - One region is always free, and a reclaim never writes the region it frees before what it
+//!   keeps is on disk elsewhere. The last free region is opened by reclaiming the oldest sealed
+//!   one into it: the kept objects are copied into it and fdatasync'ed, then its header is
+//!   written with the reclaim record naming the victim and its generation (the commit, one
+//!   block) and fdatasync'ed; only then does the index move to the copies and the victim
+//!   become free (it is the next region opened). Recovery takes a region named by a valid
+//!   record, still at that generation, as free. A crash at any point thus finds every kept
+//!   object either in the victim or in the new region, and a free region for the next reclaim;
+//!   a write error leaves the index (and every object) where it was.
 //! - Clean close: drain writes, write the snapshot, then the superblock with `clean`. Open
 //!   with `clean`: load the snapshot and immediately write a dirty superblock. Otherwise
 //!   (crash): read every region header and trailer, take sealed regions from their summaries,

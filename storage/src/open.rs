@@ -395,17 +395,36 @@ pub(crate) async fn recover(
     let mut tagsets: Vec<Vec<String>> = Vec::new();
     let mut scanned: Vec<(u32, u64, Vec<KeyHash>)> = Vec::new();
     let rb = layout.region_blocks();
+    let mut headers = Vec::with_capacity(layout.regions as usize);
     for r in 0..layout.regions {
-        let roff = layout.region_off(r);
-        let head = io.read(roff, BLOCK as usize).await?;
-        let Some(gen) = format::decode_region_header(head.as_slice(), nonce, r) else {
+        let head = io.read(layout.region_off(r), BLOCK as usize).await?;
+        headers.push(format::decode_region_header(head.as_slice(), nonce, r));
+    }
+    // A region a committed reclaim freed (named, at the generation its header still has, by
+    // the header of the region its kept objects were copied into) is free: everything it kept
+    // is in that region, newer, and the rest was evicted.
+    let freed: Vec<(u32, u64)> = headers
+        .iter()
+        .flatten()
+        .filter_map(|(_, rec)| rec.map(|x| (x.region, x.gen)))
+        .collect();
+    for r in 0..layout.regions {
+        let Some((gen, _)) = headers[r as usize] else {
             continue;
         };
+        st.max_gen = st.max_gen.max(gen);
+        if freed.contains(&(r, gen)) {
+            st.regions[r as usize] = RegionMeta {
+                gen,
+                state: RegionState::Free,
+            };
+            continue;
+        }
         st.regions[r as usize] = RegionMeta {
             gen,
             state: RegionState::Sealed,
         };
-        st.max_gen = st.max_gen.max(gen);
+        let roff = layout.region_off(r);
         let base = r * rb;
         if let Some(entries) = read_summary(io, layout, nonce, r, gen, &mut tagsets).await {
             for e in entries {

@@ -1,18 +1,20 @@
-//! The writer task: the only code that allocates space, seals and evicts regions.
+//! The writer task: the only code that allocates space, seals and reclaims regions.
 //!
 //! It owns the active region. Each object gets the next 4 KiB-aligned extent and is written in
 //! one transfer; up to `MAX_WRITES` run concurrently. An object enters the index only when its
 //! write has completed, and leaves the in-RAM pending map at the same moment, so lookups see it
 //! throughout. A region is sealed (summary + trailer written) only after every write into it has
-//! completed. Eviction takes the oldest sealed region: live objects that are pinned, or were hit
+//! completed. One region is always free: the last free one is opened by reclaiming the oldest
+//! sealed region into it (`Writer::reclaim_into`): live objects that are pinned, or were hit
 //! since they were written or last kept (most hits first, at most 7/8 of a region), are read
 //! back (header verified; the payload's stored checksums are carried to the new copy, not
-//! recomputed) and queued again with one hit less; the rest leave the index.
+//! recomputed) and written into the fresh region with one hit less, the commit makes the old
+//! region free, and the rest of it leaves the index.
 //!
 //! When the channel closes (every `Store` handle dropped) the task finishes what is queued and
 //! exits without a snapshot. On `Close` it does the same and hands the active region back.
 
-use std::collections::VecDeque;
+use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -24,9 +26,7 @@ use crate::buf::{round_up, AlignedBuf};
 use crate::error::StoreError;
 use crate::format::{self, KeyHash, RegionState, BLOCK, SUMMARY_ENTRY, SUMMARY_FIXED};
 use crate::index::{Entry, PINNED};
-use crate::store::{
-    expired, Carried, Inner, Job, Obj, Pending, Purpose, ReadErr, RegionMeta, WriteJob,
-};
+use crate::store::{expired, Inner, Job, Purpose, ReadErr, ReadObj, RegionMeta, State, WriteJob};
 
 const MAX_WRITES: usize = 8;
 
@@ -55,7 +55,6 @@ struct Writer {
     inner: Arc<Inner>,
     active: Option<Active>,
     inflight: JoinSet<Done>,
-    local: VecDeque<WriteJob>,
 }
 
 pub(crate) fn spawn(
@@ -67,14 +66,9 @@ pub(crate) fn spawn(
         inner,
         active,
         inflight: JoinSet::new(),
-        local: VecDeque::new(),
     };
     tokio::spawn(async move {
         loop {
-            if let Some(job) = w.local.pop_front() {
-                w.write(job).await;
-                continue;
-            }
             let job = tokio::select! {
                 // Completions first so the index catches up before more work is taken.
                 biased;
@@ -109,17 +103,10 @@ fn tags_reserve(tags: &[String]) -> u64 {
 }
 
 impl Writer {
-    /// Finishes reinsertion jobs and every write in flight.
+    /// Finishes every write in flight.
     async fn drain(&mut self) {
-        loop {
-            while let Some(job) = self.local.pop_front() {
-                self.write(job).await;
-            }
-            match self.inflight.join_next().await {
-                Some(done) => self.complete(done),
-                None if self.local.is_empty() => return,
-                None => {}
-            }
+        while let Some(done) = self.inflight.join_next().await {
+            self.complete(done);
         }
     }
 
@@ -180,10 +167,11 @@ impl Writer {
             .get(&job.hash)
             .is_some_and(|p| p.id == job.id);
         if !current {
-            // Removed or replaced while queued: nothing to write.
+            // Removed or replaced while queued: nothing to write, and a durable caller must not
+            // be told its bytes are on disk.
             inner.c.queued_bytes.fetch_sub(job.extent, Relaxed);
             if let Some(tx) = job.done.take() {
-                let _ = tx.send(Ok(()));
+                let _ = tx.send(Err(StoreError::Superseded));
             }
             return;
         }
@@ -219,7 +207,7 @@ impl Writer {
         if !still_current {
             inner.c.queued_bytes.fetch_sub(job.extent, Relaxed);
             if let Some(tx) = job.done.take() {
-                let _ = tx.send(Ok(()));
+                let _ = tx.send(Err(StoreError::Superseded));
             }
             return;
         }
@@ -257,15 +245,7 @@ impl Writer {
                 }
                 (None, Some(body)) => {
                     let mut buf = AlignedBuf::uninit(job.extent as usize);
-                    match &o.carried {
-                        // A rewrite: its stored checksums go with it unchanged.
-                        Some(c) => {
-                            format::encode_object_carried(&mut buf, nonce, gen, &m, body, &c.crcs)
-                        }
-                        None => {
-                            format::encode_object(&mut buf, nonce, gen, &m, body);
-                        }
-                    }
+                    format::encode_object(&mut buf, nonce, gen, &m, body);
                     buf
                 }
                 (None, None) => unreachable!("an object without a body is written in place"),
@@ -301,7 +281,7 @@ impl Writer {
                     layout.regions
                 )));
             }
-            self.open_next().await?;
+            self.open_next((blocks, reserve)).await?;
             opened += 1;
         }
     }
@@ -320,34 +300,71 @@ impl Writer {
         self.inner.st.lock().regions[a.region as usize].state = RegionState::Sealed;
     }
 
-    /// Makes a free region (or the oldest sealed one, evicted) the active region.
-    async fn open_next(&mut self) -> Result<(), StoreError> {
-        let inner = self.inner.clone();
-        let pick = {
-            let st = inner.st.lock();
-            st.regions
-                .iter()
-                .position(|r| r.state == RegionState::Free)
-                .map(|r| (r as u32, false))
-                .or_else(|| {
+    /// Makes a region the active one. While two or more regions are free, the free one with
+    /// the oldest generation is opened as it is. The last free one is opened by reclaiming the
+    /// oldest sealed region into it ([`Writer::reclaim_into`]), which leaves that region free
+    /// instead. So a region is always free, in RAM and (through the reclaim record of the
+    /// commit) on disk after a crash, and a reclaim always copies what it keeps to a region
+    /// other than the one it frees.
+    ///
+    /// Why the oldest free one first: a region freed by a reclaim is free on disk because the
+    /// header of the region that reclaim opened names it. That region is newer than it, so it
+    /// is reused only after it, and the record stays on disk as long as it is needed.
+    ///
+    /// `need` (blocks, summary bytes) is the allocation waiting for the region: a reclaim
+    /// keeps hit objects only as far as it still fits after them.
+    async fn open_next(&mut self, need: (u32, u64)) -> Result<(), StoreError> {
+        let mut spared = false;
+        loop {
+            let (free, n_free, victim) = {
+                let st = self.inner.st.lock();
+                let oldest = |state: RegionState| {
                     st.regions
                         .iter()
                         .enumerate()
-                        .filter(|(_, r)| r.state == RegionState::Sealed)
-                        .min_by_key(|(_, r)| r.gen)
-                        .map(|(i, _)| (i as u32, true))
-                })
-        };
-        let Some((region, sealed)) = pick else {
-            return Err(StoreError::Full("no region available".into()));
-        };
-        if sealed {
-            self.evict(region).await;
+                        .filter(|(_, r)| r.state == state)
+                        .min_by_key(|(i, r)| (r.gen, *i))
+                        .map(|(i, _)| i as u32)
+                };
+                let n_free = st
+                    .regions
+                    .iter()
+                    .filter(|r| r.state == RegionState::Free)
+                    .count();
+                (
+                    oldest(RegionState::Free),
+                    n_free,
+                    oldest(RegionState::Sealed),
+                )
+            };
+            return match (free, victim) {
+                (Some(t), Some(v)) if n_free == 1 => self.reclaim_into(t, v, need).await,
+                (Some(t), _) => self.open_plain(t).await,
+                (None, Some(_)) if !spared => {
+                    spared = true;
+                    if self.make_spare() {
+                        continue;
+                    }
+                    Err(StoreError::Full(
+                        "no free region, and every region holds pinned objects (a store last \
+                         written by an older vedge, which reused regions in place): unpin or \
+                         purge some objects, or reformat"
+                            .into(),
+                    ))
+                }
+                _ => Err(StoreError::Full("no region available".into())),
+            };
         }
-        let gen = {
+    }
+
+    /// Opens the free region `region` for writing: a new generation, then its header.
+    async fn open_plain(&mut self, region: u32) -> Result<(), StoreError> {
+        let inner = self.inner.clone();
+        let (gen, old_gen) = {
             let mut st = inner.st.lock();
             st.max_gen += 1;
             let gen = st.max_gen;
+            let old_gen = st.regions[region as usize].gen;
             // Stamp the new generation before any byte is written: a lookup still reading the
             // old contents then fails verification and is not mistaken for corruption.
             st.regions[region as usize] = RegionMeta {
@@ -355,23 +372,15 @@ impl Writer {
                 state: RegionState::Active,
             };
             st.next_seq = (gen << 32) | 1;
-            let min_gen = st
-                .regions
-                .iter()
-                .filter(|r| r.state != RegionState::Free)
-                .map(|r| r.gen)
-                .min();
-            if let Some(min_gen) = min_gen {
-                st.prefixes.retain(|(_, mark)| (mark >> 32) >= min_gen);
-                st.soft.retain(|(_, mark)| (mark >> 32) >= min_gen);
-            }
-            gen
+            prune_marks(&mut st);
+            (gen, old_gen)
         };
-        let mut buf = AlignedBuf::zeroed(BLOCK as usize);
-        let hdr = format::encode_region_header(inner.nonce, region, gen);
-        buf.as_mut_slice()[..hdr.len()].copy_from_slice(&hdr);
-        if let Err(e) = inner.io.write(inner.layout.region_off(region), buf).await {
-            inner.st.lock().regions[region as usize].state = RegionState::Free;
+        let hdr = format::encode_region_header(inner.nonce, region, gen, None);
+        if let Err(e) = write_block(&inner, inner.layout.region_off(region), &hdr).await {
+            inner.st.lock().regions[region as usize] = RegionMeta {
+                gen: old_gen,
+                state: RegionState::Free,
+            };
             return Err(write_error(&inner, e));
         }
         self.active = Some(Active {
@@ -384,67 +393,326 @@ impl Writer {
         Ok(())
     }
 
-    /// Empties `region`: keeps (reinserts) pinned objects and unexpired objects hit since they
-    /// were written or last kept, most hits first, up to [`KEEP_SHARE`] of a region; drops the
-    /// rest from the index. A kept object's hit counter goes down by one, so an object that is
-    /// no longer asked for leaves within three passes (a CLOCK with a two-bit counter: on a
-    /// Zipf workload this holds the popular set like an LRU would, where FIFO regions alone
-    /// lose every popular object once per lap of the store).
-    async fn evict(&mut self, region: u32) {
+    /// No region is free: the store was last written by an older build, which reused the
+    /// oldest region in place. Frees the oldest sealed region that holds nothing reclaim must
+    /// keep (no pinned object), evicting all of its objects; `reclaim_into` invalidates its
+    /// header on disk before writing into it. Returns whether there was one.
+    fn make_spare(&mut self) -> bool {
+        let inner = &self.inner;
+        let layout = inner.layout;
+        let mut st = inner.st.lock();
+        let mut pinned_in = vec![false; layout.regions as usize];
+        if !inner.cfg.allow_pinned_eviction {
+            for e in st.index.values().filter(|e| e.pinned()) {
+                pinned_in[layout.region_of(e.block) as usize] = true;
+            }
+        }
+        let Some(region) = st
+            .regions
+            .iter()
+            .enumerate()
+            .filter(|(i, r)| r.state == RegionState::Sealed && !pinned_in[*i])
+            .min_by_key(|(i, r)| (r.gen, *i))
+            .map(|(i, _)| i as u32)
+        else {
+            return false;
+        };
+        let doomed: Vec<KeyHash> = st
+            .index
+            .iter()
+            .filter(|(_, e)| layout.region_of(e.block) == region)
+            .map(|(h, _)| *h)
+            .collect();
+        for h in &doomed {
+            st.index_remove(h);
+        }
+        st.regions[region as usize].state = RegionState::Free;
+        drop(st);
+        tracing::warn!(
+            region,
+            "no free region (store written by an older build): region evicted whole to make one"
+        );
+        inner.c.evictions.fetch_add(doomed.len() as u64, Relaxed);
+        inner.c.regions_evicted.fetch_add(1, Relaxed);
+        true
+    }
+
+    /// Reclaims sealed region `v` into free region `t`, which becomes the active region, and
+    /// leaves `v` free. Keeps pinned objects and unexpired objects hit since they were written
+    /// or last kept, most hits first, up to [`KEEP_SHARE`] of a region; the rest leave the
+    /// index. A kept object's hit counter goes down by one, so an object that is no longer
+    /// asked for leaves within three passes (a CLOCK with a two-bit counter: on a Zipf workload
+    /// this holds the popular set like an LRU would, where FIFO regions alone lose every popular
+    /// object once per lap of the store).
+    ///
+    /// Order, which is what makes a crash at any point lose nothing kept:
+    /// 1. `t`'s header is zeroed and fdatasync'ed: nothing `t` held before can be recovered
+    ///    over the blocks written next.
+    /// 2. The kept objects are read back from `v` and written into `t` (`v` is never written),
+    ///    then fdatasync'ed. Lookups keep reading them in `v`.
+    /// 3. Commit: `t`'s header is written, with the reclaim record naming `v` and its
+    ///    generation, and fdatasync'ed. Before that block is on disk, recovery finds `v` as it
+    ///    was and `t` free; after it, the copies in `t` and `v` free.
+    /// 4. Only then the index moves the kept objects to `t` and drops the rest of `v`.
+    ///
+    /// A failed read drops only that object (as a failed lookup would). A failed write or sync
+    /// leaves the index as it was: every object stays readable in `v`, `t` stays free, and the
+    /// next allocation tries again.
+    async fn reclaim_into(&mut self, t: u32, v: u32, need: (u32, u64)) -> Result<(), StoreError> {
         let inner = self.inner.clone();
         let layout = inner.layout;
         let allow_pinned = inner.cfg.allow_pinned_eviction;
-        let (mut cands, gen) = {
-            let st = inner.st.lock();
-            let c: Vec<(KeyHash, Entry)> = st
+        let (gen, old_gen, gen_v, marks, cands, wanted, copies_end) = {
+            let mut st = inner.st.lock();
+            st.max_gen += 1;
+            let gen = st.max_gen;
+            let old_gen = st.regions[t as usize].gen;
+            // `t` stays free until the commit; its new generation is stamped now so that a
+            // lookup still reading its old contents fails verification as a race.
+            st.regions[t as usize].gen = gen;
+            let mut cands: Vec<(KeyHash, Entry)> = st
                 .index
                 .iter()
-                .filter(|(_, e)| layout.region_of(e.block) == region)
+                .filter(|(_, e)| layout.region_of(e.block) == v)
                 .map(|(h, e)| (*h, *e))
                 .collect();
-            (c, st.regions[region as usize].gen)
+            let must = |e: &Entry| e.pinned() && !allow_pinned;
+            // Pinned first, then by hits; ties in disk order (oldest first).
+            cands.sort_by_key(|(_, e)| (!must(e), std::cmp::Reverse(e.freq()), e.block));
+            let budget = keep_budget(layout.region_size);
+            let mut kept_bytes = 0u64;
+            // Hit objects are kept only while the object waiting for the region still fits
+            // after them: new objects always get in. Pinned ones are kept regardless.
+            let (mut end, mut reserved) = (1 + need.0, SUMMARY_FIXED + need.1);
+            let wanted: Vec<(KeyHash, Entry)> = cands
+                .iter()
+                .filter(|(_, e)| {
+                    let reserve = tags_reserve(st.tags.get(e.tagset));
+                    let fits =
+                        u64::from(end + e.blocks()) * BLOCK + round_up(reserved + reserve) + BLOCK
+                            <= layout.region_size;
+                    let want =
+                        must(e) || (e.freq() > 0 && kept_bytes + e.bytes() <= budget && fits);
+                    if want {
+                        end += e.blocks();
+                        reserved += reserve;
+                        if !must(e) {
+                            kept_bytes += e.bytes();
+                        }
+                    }
+                    want
+                })
+                .copied()
+                .collect();
+            // Every copy lies below this sequence, so a purge during the reclaim takes a mark
+            // above every copy a crash could find in `t` and its journal record covers them.
+            let copies_end = 1 + wanted.iter().map(|(_, e)| e.blocks()).sum::<u32>();
+            st.next_seq = (gen << 32) | u64::from(copies_end);
+            let gen_v = st.regions[v as usize].gen;
+            (gen, old_gen, gen_v, st.marks, cands, wanted, copies_end)
         };
-        let must = |e: &Entry| e.pinned() && !allow_pinned;
-        // Pinned first, then by hits; ties in disk order (oldest first).
-        cands.sort_by_key(|(_, e)| (!must(e), std::cmp::Reverse(e.freq()), e.block));
-        // Kept objects are held in RAM from their read to their rewrite, counted with the
-        // queued writes (new admissions wait meanwhile): together they stay within
-        // `max_queued_bytes`, the store's share of the memory budget.
-        let queued = inner.c.queued_bytes.load(Relaxed);
-        let budget =
-            keep_budget(layout.region_size).min(inner.cfg.max_queued_bytes.saturating_sub(queued));
-        let mut kept_bytes = 0u64;
-        let wanted: Vec<(KeyHash, Entry)> = cands
-            .iter()
-            .filter(|(_, e)| {
-                let want = must(e) || (e.freq() > 0 && kept_bytes + e.bytes() <= budget);
-                if want && !must(e) {
-                    kept_bytes += e.bytes();
+        let mut dst = Active {
+            region: t,
+            gen,
+            write_end: 1,
+            reserved: SUMMARY_FIXED,
+            objects: Vec::new(),
+        };
+        let copied = match self.copy_and_commit(&wanted, v, gen_v, &mut dst).await {
+            Ok(c) => c,
+            Err(e) => {
+                inner.st.lock().regions[t as usize].gen = old_gen;
+                return Err(e);
+            }
+        };
+        let was_wanted: std::collections::HashSet<KeyHash> =
+            wanted.iter().map(|(h, _)| *h).collect();
+        let mut late = Vec::new();
+        let mut moved = 0u64;
+        let mut dropped = 0u64;
+        {
+            let mut st = inner.st.lock();
+            for (h, e) in &cands {
+                // Removed, purged or replaced on disk meanwhile: leave it.
+                let Some(cur) = st.index.get(h).copied().filter(|x| x.block == e.block) else {
+                    continue;
+                };
+                let keep = copied.get(h).filter(|c| {
+                    !st.prefix_dead(&layout, &c.key, &cur) && !st.soft_purged(&layout, &c.key, &cur)
+                });
+                let Some(c) = keep else {
+                    if !was_wanted.contains(h) && cur.pinned() && !allow_pinned {
+                        // Pinned after reclaim chose what to keep: copied now (`copy_late`), from
+                        // `v`, which nothing writes before that.
+                        late.push((*h, cur));
+                        continue;
+                    }
+                    st.index_remove(h);
+                    dropped += 1;
+                    continue;
+                };
+                let tags = st.tags.get(cur.tagset).to_vec();
+                let mut moved_to = Entry {
+                    block: c.block,
+                    blocks_flags: cur.blocks_flags,
+                    tagset: st.tags.acquire(&tags),
+                };
+                moved_to.set_freq(cur.freq().saturating_sub(1));
+                st.index_put(*h, moved_to);
+                dst.objects.push(*h);
+                moved += 1;
+            }
+            st.regions[v as usize].state = RegionState::Free;
+            st.regions[t as usize] = RegionMeta {
+                gen,
+                state: RegionState::Active,
+            };
+            if st.marks != marks {
+                // A purge took a mark below `copies_end`: nothing new may go below it.
+                dst.write_end = dst.write_end.max(copies_end);
+            }
+            st.next_seq = (gen << 32) | u64::from(dst.write_end);
+            prune_marks(&mut st);
+        }
+        self.active = Some(dst);
+        inner.c.reinsertions.fetch_add(moved, Relaxed);
+        inner.c.evictions.fetch_add(dropped, Relaxed);
+        inner.c.regions_evicted.fetch_add(1, Relaxed);
+        self.copy_late(late, gen_v).await;
+        Ok(())
+    }
+
+    /// Copies into the active region the objects of the region just freed that were pinned
+    /// while its reclaim was under way, after it had chosen what to keep: the pin holds. Runs
+    /// before anything else is written (the freed region is the next one opened). Unlike the
+    /// copies before the commit this is not crash-proof, and need not be: a pin is persisted
+    /// only by a later summary or snapshot, so after a crash the object comes back unpinned and
+    /// goes with its region, as it would have without the pin. An object that cannot be read,
+    /// written or fitted in the region is dropped like the rest of its region.
+    async fn copy_late(&mut self, late: Vec<(KeyHash, Entry)>, gen_v: u64) {
+        let inner = self.inner.clone();
+        for (h, e) in late {
+            let placed = match inner.read_verified(h, e, gen_v, Purpose::Rewrite).await {
+                Ok(obj) => self.write_late(h, e, &obj).await,
+                Err(ReadErr::Corrupt) => {
+                    tracing::warn!(block = e.block, "corrupt object dropped by eviction");
+                    inner.c.corrupt_reads.fetch_add(1, Relaxed);
+                    None
                 }
-                want
-            })
-            .copied()
-            .collect();
-        let reserved: u64 = wanted.iter().map(|(_, e)| e.bytes()).sum();
-        inner.c.queued_bytes.fetch_add(reserved, Relaxed);
-        let mut unreserved = reserved;
-        // Read back (and verify) the kept objects a few at a time: a region's worth in series
-        // would stall the writer for one device read per object.
-        let mut keep = Vec::with_capacity(wanted.len());
+                Err(ReadErr::Io) => {
+                    inner.c.read_errors.fetch_add(1, Relaxed);
+                    None
+                }
+            };
+            let mut st = inner.st.lock();
+            // Removed, purged or replaced meanwhile: leave it.
+            let Some(cur) = st.index.get(&h).copied().filter(|x| x.block == e.block) else {
+                continue;
+            };
+            let Some(block) = placed else {
+                st.index_remove(&h);
+                inner.c.evictions.fetch_add(1, Relaxed);
+                continue;
+            };
+            let tags = st.tags.get(cur.tagset).to_vec();
+            let mut moved_to = Entry {
+                block,
+                blocks_flags: cur.blocks_flags,
+                tagset: st.tags.acquire(&tags),
+            };
+            moved_to.set_freq(cur.freq().saturating_sub(1));
+            st.index_put(h, moved_to);
+            if let Some(a) = self.active.as_mut() {
+                a.objects.push(h);
+            }
+            inner.c.reinsertions.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Writes `obj` (at `e` in the region just freed) at the end of the active region if it
+    /// fits and no purge selects it. Returns its block.
+    async fn write_late(&mut self, h: KeyHash, e: Entry, obj: &ReadObj) -> Option<u32> {
+        let inner = self.inner.clone();
+        let layout = inner.layout;
+        let a = self.active.as_mut()?;
+        let reserve = tags_reserve(&obj.meta.tags);
+        let end = u64::from(a.write_end + e.blocks()) * BLOCK;
+        if end + round_up(a.reserved + reserve) + BLOCK > layout.region_size {
+            tracing::warn!(
+                block = e.block,
+                "object pinned during its region's reclaim did not fit; evicted"
+            );
+            return None;
+        }
+        let block = a.region * layout.region_blocks() + a.write_end;
+        let pinned = {
+            let mut st = inner.st.lock();
+            let cur = st.index.get(&h).copied().filter(|x| x.block == e.block)?;
+            if st.prefix_dead(&layout, &obj.key, &cur) || st.soft_purged(&layout, &obj.key, &cur) {
+                return None;
+            }
+            a.write_end += e.blocks();
+            a.reserved += reserve;
+            // As `allocate` does: a purge from now on has a mark above this copy.
+            st.next_seq = (a.gen << 32) | u64::from(a.write_end);
+            cur.pinned()
+        };
+        let buf = encode_copy(obj, inner.nonce, a.gen, pinned, e.bytes());
+        match inner.io.write(layout.block_off(block), buf).await {
+            Ok(()) => {
+                inner.c.bytes_written.fetch_add(e.bytes(), Relaxed);
+                Some(block)
+            }
+            Err(err) => {
+                write_error(&inner, err);
+                None
+            }
+        }
+    }
+
+    /// Steps 1-3 of [`Writer::reclaim_into`]: copies `wanted` from region `v` (generation
+    /// `gen_v`) into the empty region of `dst` and commits. Returns where each copy went.
+    async fn copy_and_commit(
+        &self,
+        wanted: &[(KeyHash, Entry)],
+        v: u32,
+        gen_v: u64,
+        dst: &mut Active,
+    ) -> Result<HashMap<KeyHash, Copied>, StoreError> {
+        let inner = &self.inner;
+        let layout = inner.layout;
+        let nonce = inner.nonce;
+        let gen = dst.gen;
+        let allow_pinned = inner.cfg.allow_pinned_eviction;
+        let t_off = layout.region_off(dst.region);
+        let werr = |e| write_error(inner, e);
+        write_block(inner, t_off, &[]).await.map_err(werr)?;
+        inner.io.sync().await.map_err(werr)?;
+        let mut copied = HashMap::new();
+        let mut failed = None;
+        // Read back a few at a time and write each as it arrives: a region's worth in series
+        // would stall the writer for one device read per object, and at most `MAX_WRITES`
+        // bodies are held in RAM each way.
         let mut reads = JoinSet::new();
-        let mut next = wanted.into_iter();
+        let mut writes: JoinSet<io::Result<()>> = JoinSet::new();
+        let mut next = wanted.iter().copied();
         loop {
             while reads.len() < MAX_WRITES {
                 let Some((h, e)) = next.next() else { break };
                 let inner = inner.clone();
                 reads.spawn(async move {
-                    (h, e, inner.read_verified(h, e, gen, Purpose::Rewrite).await)
+                    (
+                        h,
+                        e,
+                        inner.read_verified(h, e, gen_v, Purpose::Rewrite).await,
+                    )
                 });
             }
             let Some(done) = reads.join_next().await else {
                 break;
             };
             let Ok((h, e, res)) = done else { continue };
+            let must = e.pinned() && !allow_pinned;
             let obj = match res {
                 Ok(obj) => obj,
                 // Not kept, so never served: it leaves the index with the rest of the region.
@@ -458,82 +726,143 @@ impl Writer {
                     continue;
                 }
             };
-            if !must(&e) && expired(&obj.meta) {
+            if !must && expired(&obj.meta) {
                 continue;
             }
-            keep.push((h, e, obj));
-        }
-        let mut st = inner.st.lock();
-        // Each object still where it was, with its hit counter as it is now (hits may have
-        // come in during the reads).
-        let mut removed = std::collections::HashMap::new();
-        for (h, e) in &cands {
-            if st.index.get(h).is_some_and(|x| x.block == e.block) {
-                if let Some(now) = st.index_remove(h) {
-                    removed.insert(*h, now.freq());
+            let pinned = {
+                let st = inner.st.lock();
+                // Gone meanwhile, or purged: no copy (a soft-purged one, pinned or not, would
+                // be newer than its purge and served as fresh, never revalidated; dropped, the
+                // edge fetches it anew).
+                let Some(cur) = st.index.get(&h).filter(|x| x.block == e.block) else {
+                    continue;
+                };
+                if st.prefix_dead(&layout, &obj.key, cur) || st.soft_purged(&layout, &obj.key, cur)
+                {
+                    continue;
+                }
+                // The pin as it is now, not as when reclaim chose what to keep; the index
+                // takes it as it is at the commit.
+                cur.pinned()
+            };
+            let reserve = tags_reserve(&obj.meta.tags);
+            let end = u64::from(dst.write_end + e.blocks()) * BLOCK;
+            if end + round_up(dst.reserved + reserve) + BLOCK > layout.region_size {
+                // Cannot happen: what is kept from a region fits an empty one. Never drop a
+                // pinned object for it, though.
+                if must {
+                    failed = Some(StoreError::Full(format!(
+                        "objects kept from region {v} do not fit region {}",
+                        dst.region
+                    )));
+                    break;
+                }
+                continue;
+            }
+            let block = dst.region * layout.region_blocks() + dst.write_end;
+            dst.write_end += e.blocks();
+            dst.reserved += reserve;
+            if writes.len() >= MAX_WRITES {
+                if let Some(Err(err)) = writes.join_next().await.map(flatten) {
+                    failed = Some(werr(err));
+                    break;
                 }
             }
-        }
-        let mut dropped = removed.len() as u64;
-        for (h, e, obj) in keep {
-            // Skip objects removed (or purged by prefix) or replaced while we were reading them.
-            let Some(&freq) = removed.get(&h) else {
-                continue;
-            };
-            if st.pending.contains_key(&h) || st.prefix_dead(&layout, &obj.key, &e) {
-                continue;
-            }
-            // Nor a soft-purged one, pinned or not: its rewrite would be newer than the purge
-            // and served as fresh, never revalidated (serving what the operator said may have
-            // changed is worse than losing a pin). Dropped, the edge fetches it anew.
-            let seq = st.seq(&layout, &e);
-            if st
-                .soft
-                .iter()
-                .any(|(sel, mark)| seq < *mark && sel.matches(&obj.key, &obj.meta.tags))
-            {
-                continue;
-            }
-            let id = u64::MAX - inner.c.reinsertions.fetch_add(1, Relaxed);
-            dropped -= 1;
-            let pinned = e.pinned();
-            let o = Arc::new(Obj {
-                key: obj.key.clone(),
-                meta: obj.meta.clone(),
-                body: Some(obj.body.clone()),
-                carried: obj.carried.clone().map(Carried::new),
-            });
-            let extent = e.bytes();
-            if pinned {
-                st.pending_pinned += extent;
-            }
-            st.pending.insert(
+            copied.insert(
                 h,
-                Pending {
-                    id,
-                    obj: o.clone(),
-                    pinned,
-                    extent,
-                    freq: freq.saturating_sub(1),
+                Copied {
+                    block,
+                    key: obj.key.clone(),
                 },
             );
-            unreserved -= extent;
-            self.local.push_back(WriteJob {
-                hash: h,
-                id,
-                obj: o,
-                in_place: None,
-                extent,
-                durable: false,
-                done: None,
+            inner.c.bytes_written.fetch_add(e.bytes(), Relaxed);
+            let io = inner.io.clone();
+            let off = layout.block_off(block);
+            let extent = e.bytes();
+            writes.spawn(async move {
+                let buf = encode_copy(&obj, nonce, gen, pinned, extent);
+                io.write(off, buf).await
             });
         }
-        st.regions[region as usize].state = RegionState::Free;
-        drop(st);
-        // What was reserved for objects not kept after all (unreadable, expired, replaced).
-        inner.c.queued_bytes.fetch_sub(unreserved, Relaxed);
-        inner.c.evictions.fetch_add(dropped, Relaxed);
-        inner.c.regions_evicted.fetch_add(1, Relaxed);
+        drop(reads);
+        // Every write started finishes before this returns, failed or not: one still running
+        // could land in `t` after a later use of it.
+        while let Some(r) = writes.join_next().await {
+            if let Err(err) = flatten(r) {
+                failed.get_or_insert_with(|| werr(err));
+            }
+        }
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        inner.io.sync().await.map_err(werr)?;
+        let hdr = format::encode_region_header(
+            nonce,
+            dst.region,
+            gen,
+            Some(format::Reclaimed {
+                region: v,
+                gen: gen_v,
+            }),
+        );
+        write_block(inner, t_off, &hdr).await.map_err(werr)?;
+        // Before `v` is written again (it is the next region opened), the commit is on disk.
+        inner.io.sync().await.map_err(werr)?;
+        Ok(copied)
+    }
+}
+
+/// Where reclaim wrote a kept object.
+struct Copied {
+    block: u32,
+    key: bytes::Bytes,
+}
+
+/// A kept object's copy for a region of generation `gen`: its stored checksums go with it
+/// unchanged.
+fn encode_copy(obj: &ReadObj, nonce: u64, gen: u64, pinned: bool, extent: u64) -> AlignedBuf {
+    let m = format::ObjMeta {
+        key: &obj.key,
+        head: &obj.meta.head,
+        tags: &obj.meta.tags,
+        stored_at: obj.meta.stored_at,
+        expires_at: obj.meta.expires_at,
+        pinned,
+    };
+    let mut buf = AlignedBuf::uninit(extent as usize);
+    match &obj.carried {
+        Some(crcs) => format::encode_object_carried(&mut buf, nonce, gen, &m, &obj.body, crcs),
+        None => {
+            format::encode_object(&mut buf, nonce, gen, &m, &obj.body);
+        }
+    }
+    buf
+}
+
+/// A write task's result, a panic counting as an I/O error.
+fn flatten(r: Result<io::Result<()>, tokio::task::JoinError>) -> io::Result<()> {
+    r.unwrap_or_else(|e| Err(io::Error::other(format!("write task failed: {e}"))))
+}
+
+/// Writes `bytes` at the start of a zeroed block at `off`.
+async fn write_block(inner: &Inner, off: u64, bytes: &[u8]) -> io::Result<()> {
+    let mut buf = AlignedBuf::zeroed(BLOCK as usize);
+    buf.as_mut_slice()[..bytes.len()].copy_from_slice(bytes);
+    inner.io.write(off, buf).await
+}
+
+/// Drops the prefix tombstones and soft purges older than every region in use: nothing they
+/// could select is left.
+fn prune_marks(st: &mut State) {
+    let min_gen = st
+        .regions
+        .iter()
+        .filter(|r| r.state != RegionState::Free)
+        .map(|r| r.gen)
+        .min();
+    if let Some(min_gen) = min_gen {
+        st.prefixes.retain(|(_, mark)| (mark >> 32) >= min_gen);
+        st.soft.retain(|(_, mark)| (mark >> 32) >= min_gen);
     }
 }
 

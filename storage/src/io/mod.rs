@@ -11,10 +11,10 @@ pub(crate) mod uring;
 
 use std::io;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, Ordering};
 use std::sync::Arc;
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use crate::buf::AlignedBuf;
 
@@ -97,9 +97,22 @@ impl EngineKind {
 #[derive(Clone)]
 pub(crate) struct Io {
     engine: Arc<dyn IoEngine>,
-    /// Test hook: when non-zero, writes fail with this errno before reaching the engine
-    /// (how the fault tests produce ENOSPC on any filesystem).
+    /// Test hook: when non-zero, writes and syncs fail with this errno before reaching the
+    /// engine (how the fault tests produce ENOSPC on any filesystem).
     fail_writes: Arc<AtomicI32>,
+    /// Test hook: when `crash_errno` is non-zero, the next `writes_left` writes go through and
+    /// then `fail_writes` is set to it (a device that stops taking writes at an exact point).
+    writes_left: Arc<AtomicI64>,
+    crash_errno: Arc<AtomicI32>,
+    /// Test hook: while closed, reads wait before reaching the engine.
+    gate: Arc<ReadGate>,
+}
+
+/// Test hook (`Store::hold_reads`): holds reads, and counts the held ones.
+struct ReadGate {
+    closed: AtomicBool,
+    open: watch::Sender<bool>,
+    held: watch::Sender<usize>,
 }
 
 impl Io {
@@ -107,11 +120,57 @@ impl Io {
         Io {
             engine,
             fail_writes: Arc::new(AtomicI32::new(0)),
+            writes_left: Arc::new(AtomicI64::new(0)),
+            crash_errno: Arc::new(AtomicI32::new(0)),
+            gate: Arc::new(ReadGate {
+                closed: AtomicBool::new(false),
+                open: watch::Sender::new(true),
+                held: watch::Sender::new(0),
+            }),
         }
     }
 
+    pub(crate) fn hold_reads(&self, on: bool) {
+        self.gate.closed.store(on, Ordering::SeqCst);
+        self.gate.open.send_replace(!on);
+    }
+
+    /// Waits until at least `n` reads are held.
+    pub(crate) async fn reads_held(&self, n: usize) {
+        let _ = self.gate.held.subscribe().wait_for(|h| *h >= n).await;
+    }
+
+    async fn gate(&self) {
+        if !self.gate.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut open = self.gate.open.subscribe();
+        self.gate.held.send_modify(|h| *h += 1);
+        let _ = open.wait_for(|o| *o).await;
+        self.gate.held.send_modify(|h| *h -= 1);
+    }
+
     pub(crate) fn inject_write_errno(&self, errno: i32) {
+        self.crash_errno.store(0, Ordering::Relaxed);
         self.fail_writes.store(errno, Ordering::Relaxed);
+    }
+
+    pub(crate) fn inject_write_errno_after(&self, writes: u32, errno: i32) {
+        self.fail_writes.store(0, Ordering::Relaxed);
+        self.writes_left.store(i64::from(writes), Ordering::Relaxed);
+        self.crash_errno.store(errno, Ordering::Relaxed);
+    }
+
+    /// The injected errno this write or sync fails with, if any (test hooks only).
+    fn injected(&self, write: bool) -> Option<io::Error> {
+        let crash = self.crash_errno.load(Ordering::Relaxed);
+        if write && crash != 0 && self.writes_left.fetch_sub(1, Ordering::Relaxed) <= 0 {
+            self.fail_writes.store(crash, Ordering::Relaxed);
+        }
+        match self.fail_writes.load(Ordering::Relaxed) {
+            0 => None,
+            errno => Some(io::Error::from_raw_os_error(errno)),
+        }
     }
 
     pub(crate) fn kind(&self) -> EngineKind {
@@ -156,20 +215,23 @@ impl Io {
 
     /// Reads `buf.capacity()` bytes at `offset` into `buf`.
     pub(crate) async fn read_into(&self, offset: u64, buf: AlignedBuf) -> io::Result<AlignedBuf> {
+        self.gate().await;
         let (buf, res) = self.run(OpKind::Read, offset, buf).await;
         res.map(|()| buf)
     }
 
     /// Writes all of `buf` at `offset`.
     pub(crate) async fn write(&self, offset: u64, buf: AlignedBuf) -> io::Result<()> {
-        let errno = self.fail_writes.load(Ordering::Relaxed);
-        if errno != 0 {
-            return Err(io::Error::from_raw_os_error(errno));
+        if let Some(e) = self.injected(true) {
+            return Err(e);
         }
         self.run(OpKind::Write, offset, buf).await.1
     }
 
     pub(crate) async fn sync(&self) -> io::Result<()> {
+        if let Some(e) = self.injected(false) {
+            return Err(e);
+        }
         self.run(OpKind::Sync, 0, AlignedBuf::zeroed(0)).await.1
     }
 }

@@ -9,4 +9,5 @@ mod eviction;
 mod faults;
 mod purge;
 mod read_memory;
+mod reclaim;
 mod roundtrip;

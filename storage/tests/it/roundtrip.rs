@@ -319,3 +319,60 @@ async fn object_buf_refuses_short_fills_and_oversized_objects() {
         s.close().await.unwrap();
     }
 }
+
+/// `insert_durable` is not told "durable" when a newer plain `insert` of the key replaced its
+/// bytes before they were written: it gets `StoreError::Superseded`. Here the newer write then
+/// fails (the device refuses writes) and the store crashes, so nothing of the key is on disk:
+/// an Ok would have been a lie.
+#[tokio::test]
+async fn insert_durable_replaced_before_written_is_not_acknowledged() {
+    for engine in ENGINES {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cfg(&dir.path().join("store"), engine);
+        let s = open(&c).await;
+        let res = {
+            let durable = s.insert_durable(
+                b"k",
+                meta("k", &[], true),
+                body_for("k", 5000),
+                Source::Push,
+            );
+            tokio::pin!(durable);
+            // Poll once: the durable write is queued. The writer task has not run yet (this
+            // test's runtime has one thread and the test has not yielded).
+            tokio::select! {
+                biased;
+                r = &mut durable => panic!("finished before the writer ran: {r:?}"),
+                () = std::future::ready(()) => {}
+            }
+            let newer = s.insert(
+                b"k",
+                meta("k", &[], false),
+                body_for("k", 700),
+                Source::Push,
+            );
+            assert_eq!(newer, vedge_storage::Admit::Queued);
+            s.inject_write_errno(libc::EIO);
+            durable.await
+        };
+        s.flush().await;
+        drop(s); // a crash
+        let s = open(&c).await;
+        let hit = s.lookup(b"k").await;
+        match res {
+            Ok(()) => assert!(
+                hit.as_ref().is_some_and(|h| h.body == body_for("k", 5000)),
+                "{engine:?}: insert_durable returned Ok, but after a crash the key is {}",
+                match &hit {
+                    None => "missing".to_string(),
+                    Some(h) => format!("served with {} bytes", h.body.len()),
+                }
+            ),
+            Err(e) => assert!(
+                matches!(e, vedge_storage::StoreError::Superseded),
+                "{engine:?}: {e}"
+            ),
+        }
+        s.close().await.unwrap();
+    }
+}
