@@ -158,14 +158,21 @@ pub fn admit(
     }
     let head = parts.method == Method::HEAD;
     let carry = (found.from == From::Query).then(|| {
+        // The host the viewer asked, as the edge routes and keys the request
+        // (`request::viewer_host`): the target's authority (absolute-form, HTTP/2
+        // `:authority`), which RFC 9112 §3.2.2 makes win over `Host`, else `Host`.
         let host = parts
-            .headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_string)
-            .or_else(|| parts.uri.authority().map(|a| a.to_string()))
+            .uri
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| {
+                parts
+                    .headers
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+            })
             .unwrap_or_default();
-        Carry::new(&cfg.param, &found.raw, &host)
+        Carry::new(&cfg.param, &found.raw, host)
     });
     // The normalised path (escapes decoded): `/a%2Em3u8` is the manifest `/a.m3u8`.
     let whole = carry.is_some() && Kind::of(&path, None).is_some();

@@ -534,3 +534,43 @@ async fn the_token_never_reaches_another_host_through_a_manifest() {
     );
     assert_eq!(body.matches("hdnts=").count(), 1, "{body}");
 }
+
+/// RFC 9112 §3.2.2: a request in absolute-form names its host in the target, and a server
+/// ignores `Host` then; the edge routes and keys it by the target's authority
+/// (`request::viewer_host`). Before, the manifest rewrite took its "same host" from `Host`
+/// first: a viewer asking `http://edge.example/...` with `Host: other.example` had the token
+/// added to other.example's URIs and not to edge.example's, where the player goes. Now the
+/// rewrite uses the authority the rest of the edge uses.
+#[tokio::test]
+async fn an_absolute_form_request_carries_the_token_to_its_targets_host_not_to_host() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/v/abs/media.m3u8",
+        Script::ok(
+            "#EXTM3U\n#EXT-X-TARGETDURATION:4\n\
+#EXTINF:4.0,\nhttp://edge.example/v/abs/1.ts\n\
+#EXTINF:4.0,\nhttp://other.example/v/abs/2.ts\n#EXT-X-ENDLIST\n",
+        )
+        .header("content-type", "application/vnd.apple.mpegurl"),
+    );
+    let edge = edge_with(&origin, raw_token()).await;
+    let t = token("/v/abs/*");
+    let r = edge
+        .raw(
+            format!(
+                "GET http://edge.example/v/abs/media.m3u8?hdnts={t} HTTP/1.1\r\n\
+Host: other.example\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await;
+    assert_eq!(r.status(), 200, "{}", r.text());
+    let (_, body) = r.split();
+    let body = String::from_utf8_lossy(body);
+    let tokenised: Vec<&str> = body.lines().filter(|l| l.contains("hdnts=")).collect();
+    assert_eq!(
+        tokenised,
+        [format!("http://edge.example/v/abs/1.ts?hdnts={t}")],
+        "only the target's host gets the token"
+    );
+}
