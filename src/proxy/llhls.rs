@@ -787,7 +787,16 @@ fn hold_expired(req: &Req<'_>) -> Response<Body> {
 
 /// Called by the fill driver for every manifest it stores: the latest copy (waking blocking
 /// requests it satisfies), then `announce`.
-pub fn observe(edge: &Arc<Edge>, route: &Route, key: &str, obj: &Arc<CachedObject>) {
+///
+/// `viewer` is the request headers of the fill's leader: the prefetches a new copy starts ask
+/// as that viewer would.
+pub fn observe(
+    edge: &Arc<Edge>,
+    route: &Route,
+    key: &str,
+    obj: &Arc<CachedObject>,
+    viewer: &http::HeaderMap,
+) {
     if is_playlist_path(key) {
         if let Some(scan) = scan(&obj.body).filter(|s| !s.skipped) {
             let pl = edge.live.playlist(&playlist_key(key));
@@ -816,16 +825,16 @@ pub fn observe(edge: &Arc<Edge>, route: &Route, key: &str, obj: &Arc<CachedObjec
             }
         }
     }
-    announce(edge, route, key, &obj.body);
+    announce(edge, route, key, &obj.body, viewer);
 }
 
 /// Window membership, retention and prefetch for a live manifest's body. The fill driver calls
 /// it as soon as the whole body arrived, before the viewers get its last bytes, so a viewer who
 /// reads the new manifest finds the newly listed objects already being fetched; `observe` calls
 /// it again (a no-op for what was seen).
-pub fn announce(edge: &Arc<Edge>, route: &Route, key: &str, body: &[u8]) {
+pub fn announce(edge: &Arc<Edge>, route: &Route, key: &str, body: &[u8], viewer: &http::HeaderMap) {
     if !is_playlist_path(key) {
-        crate::proxy::prefetch::observe_mpd(edge, route, key, body);
+        crate::proxy::prefetch::observe_mpd(edge, route, key, body, viewer);
         let pl_key = playlist_key(key);
         if let Some(pl) = edge.live.existing(&pl_key) {
             edge.live.reweigh(&pl_key, &pl);
@@ -846,7 +855,7 @@ pub fn announce(edge: &Arc<Edge>, route: &Route, key: &str, body: &[u8]) {
         }
     }
     retain(edge, route, &pl_key, &pl, &scan);
-    crate::proxy::prefetch::after_playlist(edge, route, &pl_key, &pl, &scan);
+    crate::proxy::prefetch::after_playlist(edge, route, &pl_key, &pl, &scan, viewer);
     edge.live.reweigh(&pl_key, &pl);
 }
 

@@ -365,3 +365,91 @@ initialization=\"init.m4s\"><SegmentTimeline><S t=\"0\" d=\"2000\" r=\"2\"/></Se
         "the viewer's request was a hit"
     );
 }
+
+/// An origin that answers CORS as many do (S3, nginx recipes): `Vary: Origin` and
+/// `Access-Control-Allow-Origin` only when the request carries an `Origin`. Serves a live
+/// playlist listing `seg0.ts` and `seg1.ts` and any `.ts`; counts requests per path.
+async fn cors_origin() -> (
+    String,
+    std::sync::Arc<parking_lot::Mutex<std::collections::HashMap<String, usize>>>,
+) {
+    use std::convert::Infallible;
+
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use hyper::service::service_fn;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    const PLAYLIST: &str = "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:0\n\
+#EXTINF:2.0,\nseg0.ts\n#EXTINF:2.0,\nseg1.ts\n";
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let counts = std::sync::Arc::new(parking_lot::Mutex::new(std::collections::HashMap::<
+        String,
+        usize,
+    >::new()));
+    let seen = counts.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let path = req.uri().path().to_string();
+                    *seen.lock().entry(path.clone()).or_default() += 1;
+                    let (body, cc) = if path.ends_with(".m3u8") {
+                        (Bytes::from_static(PLAYLIST.as_bytes()), "max-age=1")
+                    } else {
+                        (Bytes::from(format!("media {path}")), "max-age=60")
+                    };
+                    let mut b = http::Response::builder().header("cache-control", cc);
+                    if let Some(o) = req.headers().get("origin") {
+                        b = b
+                            .header("vary", "Origin")
+                            .header("access-control-allow-origin", o.clone());
+                    }
+                    let resp = b.body(Full::new(body));
+                    async move { Ok::<_, Infallible>(resp.expect("valid response")) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    (format!("http://{addr}"), counts)
+}
+
+/// Prefetch fetched the next segment with none of the viewer's request headers. With an origin
+/// that adds `Vary: Origin` and `Access-Control-Allow-Origin` only when asked with an `Origin`
+/// (the route forwards it), the prefetched answer had neither, was stored as the object for
+/// every viewer, and the browser viewer it was fetched for got a HIT without CORS headers (its
+/// player fails). Now a prefetch asks as the viewer that triggered it would (its playlist
+/// fill's leader, or the viewer whose CMCD `nor` named the object): the origin's answer is
+/// what that viewer's own request would have stored, under the same variant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prefetched_segment_keeps_the_cors_answer_its_browser_viewer_would_have_got() {
+    let (base, counts) = cors_origin().await;
+    let mut raw = config_for(&base, "next");
+    raw.routes[0].forward_headers = Some(vec!["origin".into()]);
+    let edge = crate::support::TestEdge::start(raw).await;
+    let site = ("origin", "https://player.example");
+    let pl = edge.get_with("/c/live.m3u8", &[site]).await;
+    assert_eq!(
+        pl.h("access-control-allow-origin"),
+        "https://player.example"
+    );
+    let fetched = || counts.lock().get("/c/seg1.ts").copied().unwrap_or(0);
+    crate::support::until("the newest segment is prefetched", || fetched() == 1).await;
+    edge.settle().await;
+    let r = edge.get_with("/c/seg1.ts", &[site]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        (r.h("access-control-allow-origin"), fetched()),
+        ("https://player.example", 1),
+        "the browser viewer's answer ({}; vary {:?})",
+        r.h("cache-status"),
+        r.h("vary")
+    );
+}
