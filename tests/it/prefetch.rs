@@ -453,3 +453,64 @@ async fn a_prefetched_segment_keeps_the_cors_answer_its_browser_viewer_would_hav
         r.h("vary")
     );
 }
+
+/// A live media playlist over `segs` (numbered from `first`), without `EXT-X-ENDLIST`.
+fn live_playlist(first: u64, segs: &[&str]) -> crate::support::Script {
+    let mut pl = format!("#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:{first}\n");
+    for s in segs {
+        pl.push_str(&format!("#EXTINF:2.0,\n{s}\n"));
+    }
+    crate::support::Script::ok(pl)
+        .header("content-type", "application/vnd.apple.mpegurl")
+        .header("cache-control", "max-age=1")
+}
+
+/// Two playlists listing the same segments (two renditions sharing audio, or an LL-HLS and a
+/// regular playlist of one stream, windows of different lengths). Before, a segment that left
+/// one playlist's window was removed from RAM past the retention margin while the other
+/// playlist still listed it, and its next viewer went to the origin again. Now a segment
+/// leaves RAM only once no live window lists it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_two_playlists_list_stays_in_ram_until_both_windows_drop_it() {
+    let origin = crate::support::Origin::start().await;
+    origin.script("/s/short.m3u8", live_playlist(1, &["seg1.ts", "seg2.ts"]));
+    origin.script("/s/long.m3u8", live_playlist(1, &["seg1.ts", "seg2.ts"]));
+    for s in ["seg1.ts", "seg2.ts", "seg3.ts"] {
+        origin.script(
+            &format!("/s/{s}"),
+            crate::support::Script::ok(format!("media {s}")).header("cache-control", "max-age=600"),
+        );
+    }
+    let mut raw = config_for(&origin.url(), "off");
+    raw.routes[0].live_retention_margin = Some("0s".into());
+    let edge = crate::support::TestEdge::start_with_tokio_clock(raw).await;
+    for p in ["/s/short.m3u8", "/s/long.m3u8", "/s/seg1.ts", "/s/seg2.ts"] {
+        assert_eq!(edge.get(p).await.status, 200, "{p}");
+        edge.settle().await;
+    }
+    // The short window moves on; the long one still lists seg1.
+    origin.script("/s/short.m3u8", live_playlist(2, &["seg2.ts", "seg3.ts"]));
+    edge.advance(Duration::from_secs(2)).await;
+    let short = edge.get("/s/short.m3u8").await;
+    assert!(String::from_utf8_lossy(&short.body).contains("seg3.ts"));
+    edge.settle().await;
+    let r = edge.get("/s/seg1.ts").await;
+    assert_eq!(
+        (r.status.as_u16(), origin.count("/s/seg1.ts")),
+        (200, 1),
+        "seg1 is still listed by long.m3u8: {}",
+        r.h("cache-status")
+    );
+    // Once the long window drops it too, it leaves RAM.
+    origin.script("/s/long.m3u8", live_playlist(2, &["seg2.ts", "seg3.ts"]));
+    edge.advance(Duration::from_secs(2)).await;
+    assert_eq!(edge.get("/s/long.m3u8").await.status, 200);
+    edge.settle().await;
+    let r = edge.get("/s/seg1.ts").await;
+    assert_eq!(
+        (r.status.as_u16(), origin.count("/s/seg1.ts")),
+        (200, 2),
+        "seg1 left every window: {}",
+        r.h("cache-status")
+    );
+}
