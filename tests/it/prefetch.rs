@@ -514,3 +514,81 @@ async fn a_segment_two_playlists_list_stays_in_ram_until_both_windows_drop_it() 
         r.h("cache-status")
     );
 }
+
+/// `YYYY-MM-DDThh:mm:ssZ` of `secs` since the epoch (days to a civil date: H. Hinnant's
+/// `civil_from_days`).
+fn iso8601(secs: u64) -> String {
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// A live MPD's `SegmentTimeline` that ends with `S@r="-1"` (repeat until the next `S` or the
+/// period's end, neither of which a live MPD has yet: what most live packagers write) was no
+/// timeline to the edge's reader at all ("S@r=-1 at the end of a timeline with no known period
+/// end"), so it drove no prefetch. Now the open run lists the segments that have ended by the
+/// edge's clock, within the time-shift window, as `SegmentTemplate@duration` does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_mpd_timeline_ending_in_an_open_repeat_drives_prefetch() {
+    let origin = crate::support::Origin::start().await;
+    // 100 to 101 s since availabilityStartTime when the edge reads it (a moment later at
+    // worst): less a 1 s guard, segments 0..=48 of 2 s have ended (49 ends at 100 s, and is
+    // available from 101 s on).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs();
+    let mpd = format!(
+        "<?xml version=\"1.0\"?>\n<MPD xmlns=\"urn:mpeg:dash:schema:mpd:2011\" type=\"dynamic\" \
+availabilityStartTime=\"{}\" timeShiftBufferDepth=\"PT10S\" minimumUpdatePeriod=\"PT2S\" \
+minBufferTime=\"PT2S\">\n<Period id=\"p0\" start=\"PT0S\"><AdaptationSet mimeType=\"video/mp4\">\
+<SegmentTemplate timescale=\"1000\" startNumber=\"0\" media=\"seg-$Number$.m4s\" \
+initialization=\"init.m4s\"><SegmentTimeline><S t=\"0\" d=\"2000\" r=\"-1\"/></SegmentTimeline>\
+</SegmentTemplate><Representation id=\"v1\" bandwidth=\"1000000\"/></AdaptationSet></Period></MPD>\n",
+        iso8601(now - 100)
+    );
+    origin.script(
+        "/o/live.mpd",
+        crate::support::Script::ok(mpd).header("cache-control", "max-age=1"),
+    );
+    for n in 40..=52 {
+        origin.script(
+            &format!("/o/seg-{n}.m4s"),
+            crate::support::Script::ok(format!("segment {n}")),
+        );
+    }
+    let edge = crate::support::TestEdge::start(config_for(&origin.url(), "next")).await;
+    assert_eq!(edge.get("/o/live.mpd").await.status, 200);
+    let fetched = || -> Vec<u32> {
+        (40..=52)
+            .filter(|n| origin.count(&format!("/o/seg-{n}.m4s")) > 0)
+            .collect()
+    };
+    crate::support::until("the open run's newest segment is prefetched", || {
+        !fetched().is_empty()
+    })
+    .await;
+    edge.settle().await;
+    let newest = fetched();
+    assert!(
+        matches!(newest[..], [48] | [49]),
+        "only the live edge is prefetched: {newest:?}"
+    );
+    let seg = format!("/o/seg-{}.m4s", newest[0]);
+    let r = edge.get(&seg).await;
+    assert_eq!(r.body, format!("segment {}", newest[0]));
+    assert_eq!(origin.count(&seg), 1, "the viewer's request was a hit");
+}
