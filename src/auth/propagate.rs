@@ -8,8 +8,10 @@
 //! `/`, tabs and newlines dropped), after HLS `EXT-X-DEFINE` substitution, and in DASH against the
 //! `BaseURL`s in scope: a relative URL under a `BaseURL` on another host goes there, so it gets
 //! no token either (a segment URL given for an adaptation set or a period is under the
-//! `BaseURL`s of every representation in it that inherits it). Whatever is not certainly this
-//! host is treated as foreign.
+//! `BaseURL`s of every representation in it that inherits it). Under HLS content steering the
+//! variant and rendition URIs of a multivariant playlist get no token either: a pathway clone
+//! of the steering server's may move them to another host, query included. Whatever is not
+//! certainly this host is treated as foreign.
 //!
 //! Cost, per response (the cached manifest stays token-free): HLS is one line scan (URI lines,
 //! and the quoted `URI` attributes of the tags that carry one) into one buffer sized up front
@@ -219,6 +221,15 @@ const HLS_URI_TAGS: &[&str] = &[
 /// URI attributes inside those tags (`SERVER-URI`: content steering).
 const HLS_URI_ATTRS: &[&str] = &["URI", "SERVER-URI"];
 
+/// The tags of a multivariant playlist whose URIs a content-steering pathway clone copies
+/// (RFC 8216bis §7.2: every Variant Stream and Rendition of the base pathway), besides the URI
+/// lines of `EXT-X-STREAM-INF`. Image streams are variant streams to the players that read them.
+const CLONED_TAGS: &[&str] = &[
+    "EXT-X-MEDIA",
+    "EXT-X-I-FRAME-STREAM-INF",
+    "EXT-X-IMAGE-STREAM-INF",
+];
+
 /// At most this many `EXT-X-DEFINE` variables are remembered; a URI using any other is treated
 /// as unknown (`hls_target`).
 const MAX_DEFINES: usize = 64;
@@ -247,6 +258,14 @@ fn rewrite_hls(text: &str, carry: &Carry) -> Option<String> {
     }
     let mut out = String::with_capacity(bound);
     let mut changed = false;
+    // Content steering (RFC 8216bis §4.4.6.6, §7.2): the steering manifest, which the player
+    // fetches later from a server the edge does not answer for, may clone any pathway
+    // (`PATHWAY-CLONES`; `BASE-ID` "." names the variants without a `PATHWAY-ID`) onto another
+    // host: `URI-REPLACEMENT` `HOST` replaces the host of each of its variant and rendition URIs
+    // and keeps their query, token and all. So under steering those URIs are not certainly this
+    // host, wherever they point now. Searched as bytes anywhere, not as a parsed tag: a spelling
+    // this scan would miss (a line break some player sees) still counts.
+    let steered = memchr::memmem::find(text.as_bytes(), b"EXT-X-CONTENT-STEERING").is_some();
     // `EXT-X-DEFINE` names seen so far and their values, `None` when players may read them
     // otherwise (`define`); variables are defined before use.
     let mut defines: Vec<(&str, Option<&str>)> = Vec::new();
@@ -266,6 +285,7 @@ fn rewrite_hls(text: &str, carry: &Carry) -> Option<String> {
             let name_attrs =
                 memchr::memchr(b':', tag.as_bytes()).map(|c| (&tag[..c], &tag[c + 1..]));
             match name_attrs {
+                Some((name, _)) if steered && CLONED_TAGS.contains(&name) => out.push_str(piece),
                 Some((name, attrs)) if HLS_URI_TAGS.contains(&name) => {
                     out.push('#');
                     out.push_str(name);
@@ -282,7 +302,8 @@ fn rewrite_hls(text: &str, carry: &Carry) -> Option<String> {
             continue;
         }
         let uri = line.trim();
-        if uri.is_empty() || hls_target(uri, carry, &defines) == Target::Foreign {
+        // In a steered (multivariant) playlist every URI line is a variant's: clonable.
+        if steered || uri.is_empty() || hls_target(uri, carry, &defines) == Target::Foreign {
             out.push_str(piece);
             continue;
         }

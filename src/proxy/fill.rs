@@ -109,8 +109,15 @@ impl FillJob {
 }
 
 impl FillJob {
-    /// A fill no viewer asked for (prefetch): no viewer headers, the route's origin host.
-    pub fn prefetch(edge: &Edge, target: &crate::proxy::target::Target<'_>) -> FillJob {
+    /// A fill no viewer asked for (prefetch), asking as `viewer` (the request headers of the
+    /// viewer whose manifest or hint named the object) would: the origin answers what that
+    /// viewer's own request would have stored (a CORS answer to its `Origin`, under its
+    /// variant), not an answer to headers no viewer sends. The route's origin host.
+    pub fn prefetch(
+        edge: &Edge,
+        target: &crate::proxy::target::Target<'_>,
+        viewer: &HeaderMap,
+    ) -> FillJob {
         FillJob {
             route: edge
                 .config
@@ -120,7 +127,7 @@ impl FillJob {
                 .unwrap_or(0),
             path_and_query: target.fill_target(&edge.config.cache.drop_query_params),
             base_key: target.key.clone(),
-            viewer_headers: HeaderMap::new(),
+            viewer_headers: viewer.clone(),
             host: target.origin_host().to_string(),
             peer: None,
             stale: None,
@@ -676,7 +683,13 @@ async fn run(
                     if class == ContentClass::Manifest && store && content_length.is_some() {
                         early.extend_from_slice(&data);
                         if content_length == Some(received) {
-                            crate::proxy::llhls::announce(edge, route, key, &early);
+                            crate::proxy::llhls::announce(
+                                edge,
+                                route,
+                                key,
+                                &early,
+                                &job.viewer_headers,
+                            );
                         }
                     }
                     fill.push(data);
@@ -710,7 +723,7 @@ async fn run(
             let obj = Arc::new(obj);
             let stored = edge.insert_from_fill(guard, store_key.clone(), obj.clone(), url);
             if stored && class == ContentClass::Manifest {
-                crate::proxy::llhls::observe(edge, route, &store_key, &obj);
+                crate::proxy::llhls::observe(edge, route, &store_key, &obj, &job.viewer_headers);
             }
         }
         _ => {

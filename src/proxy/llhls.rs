@@ -16,9 +16,10 @@
 //! Retention: every segment and part a live playlist lists is remembered as a member of that
 //! playlist; members are not offered to the SSD store unless the route keeps a DVR window
 //! (`live_dvr`), and once one has left the playlist's window for longer than
-//! `live_retention_margin` it is removed from RAM (quick_cache cannot move an entry to the front
-//! of its eviction order, so "first in line" is done by removing it outright) and, past the DVR
-//! window, from the store.
+//! `live_retention_margin`, and no other live playlist's window lists it (renditions sharing a
+//! segment, an LL-HLS and a regular playlist of one stream), it is removed from RAM (quick_cache
+//! cannot move an entry to the front of its eviction order, so "first in line" is done by
+//! removing it outright) and, past the DVR window, from the store.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
@@ -479,12 +480,48 @@ impl Playlist {
     }
 }
 
-/// A member of a live playlist.
-#[derive(Clone, Copy)]
+/// A member of a live playlist, shared by every playlist listing it.
 struct Member {
     dvr: Option<Duration>,
-    /// Left the window for longer than the margin.
-    expired: bool,
+    /// Left every window for longer than the margin (past the DVR window).
+    expired: std::sync::atomic::AtomicBool,
+    /// The playlists whose window lists it now. Two renditions sharing a segment, or an LL-HLS
+    /// and a regular playlist of one stream, list it in windows of their own: it leaves RAM
+    /// only once none does. A playlist whose state was forgotten no longer holds it (weak).
+    windows: Mutex<Vec<std::sync::Weak<Playlist>>>,
+}
+
+impl Member {
+    fn new(dvr: Option<Duration>) -> Member {
+        Member {
+            dvr,
+            expired: std::sync::atomic::AtomicBool::new(false),
+            windows: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// `pl`'s window lists it (again).
+    fn enter(&self, pl: &Arc<Playlist>) {
+        self.expired
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        let mut w = self.windows.lock();
+        w.retain(|p| p.strong_count() > 0);
+        if !w.iter().any(|p| std::ptr::eq(p.as_ptr(), Arc::as_ptr(pl))) {
+            w.push(Arc::downgrade(pl));
+        }
+    }
+
+    /// `pl`'s window no longer lists it.
+    fn leave(&self, pl: &Playlist) {
+        self.windows
+            .lock()
+            .retain(|p| p.strong_count() > 0 && !std::ptr::eq(p.as_ptr(), pl));
+    }
+
+    /// Whether any live playlist's window lists it.
+    fn listed(&self) -> bool {
+        self.windows.lock().iter().any(|p| p.strong_count() > 0)
+    }
 }
 
 /// The live state of every playlist (one per edge).
@@ -494,7 +531,7 @@ pub struct Live {
     /// Bytes of the states in `playlists`, at most `budget` (`live.state_memory`).
     ledger: Mutex<Ledger>,
     budget: u64,
-    members: Cache<String, Member>,
+    members: Cache<String, Arc<Member>>,
     /// Prefetch fills in flight, edge-wide.
     pub prefetch_permits: Arc<Semaphore>,
     /// CMCD `nor` hints in flight per viewer.
@@ -589,7 +626,7 @@ impl Live {
         let key = key.split('\0').next().unwrap_or(key);
         match self.members.get(key) {
             None => true,
-            Some(m) => m.dvr.is_some() && !m.expired,
+            Some(m) => m.dvr.is_some() && !m.expired.load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 
@@ -787,7 +824,16 @@ fn hold_expired(req: &Req<'_>) -> Response<Body> {
 
 /// Called by the fill driver for every manifest it stores: the latest copy (waking blocking
 /// requests it satisfies), then `announce`.
-pub fn observe(edge: &Arc<Edge>, route: &Route, key: &str, obj: &Arc<CachedObject>) {
+///
+/// `viewer` is the request headers of the fill's leader: the prefetches a new copy starts ask
+/// as that viewer would.
+pub fn observe(
+    edge: &Arc<Edge>,
+    route: &Route,
+    key: &str,
+    obj: &Arc<CachedObject>,
+    viewer: &http::HeaderMap,
+) {
     if is_playlist_path(key) {
         if let Some(scan) = scan(&obj.body).filter(|s| !s.skipped) {
             let pl = edge.live.playlist(&playlist_key(key));
@@ -816,16 +862,16 @@ pub fn observe(edge: &Arc<Edge>, route: &Route, key: &str, obj: &Arc<CachedObjec
             }
         }
     }
-    announce(edge, route, key, &obj.body);
+    announce(edge, route, key, &obj.body, viewer);
 }
 
 /// Window membership, retention and prefetch for a live manifest's body. The fill driver calls
 /// it as soon as the whole body arrived, before the viewers get its last bytes, so a viewer who
 /// reads the new manifest finds the newly listed objects already being fetched; `observe` calls
 /// it again (a no-op for what was seen).
-pub fn announce(edge: &Arc<Edge>, route: &Route, key: &str, body: &[u8]) {
+pub fn announce(edge: &Arc<Edge>, route: &Route, key: &str, body: &[u8], viewer: &http::HeaderMap) {
     if !is_playlist_path(key) {
-        crate::proxy::prefetch::observe_mpd(edge, route, key, body);
+        crate::proxy::prefetch::observe_mpd(edge, route, key, body, viewer);
         let pl_key = playlist_key(key);
         if let Some(pl) = edge.live.existing(&pl_key) {
             edge.live.reweigh(&pl_key, &pl);
@@ -846,16 +892,20 @@ pub fn announce(edge: &Arc<Edge>, route: &Route, key: &str, body: &[u8]) {
         }
     }
     retain(edge, route, &pl_key, &pl, &scan);
-    crate::proxy::prefetch::after_playlist(edge, route, &pl_key, &pl, &scan);
+    crate::proxy::prefetch::after_playlist(edge, route, &pl_key, &pl, &scan, viewer);
     edge.live.reweigh(&pl_key, &pl);
 }
 
-/// Records the window's members and ages out what left it.
-fn retain(edge: &Edge, route: &Route, pl_key: &str, pl: &Playlist, scan: &Scan) {
+/// Records the window's members and ages out what left it: out of RAM (and, past the DVR
+/// window, out of the store) once no live playlist's window lists it any more.
+fn retain(edge: &Edge, route: &Route, pl_key: &str, pl: &Arc<Playlist>, scan: &Scan) {
     let live = route.live;
     let now = Instant::now();
     let mut expired = Vec::new();
     let mut gone = Vec::new();
+    // Members that entered this window, and members that left it (its own bookkeeping).
+    let mut entered = Vec::new();
+    let mut left_window = Vec::new();
     let drop = &edge.config.cache.drop_query_params;
     let listed: Vec<(u64, String)> = scan
         .uris()
@@ -875,15 +925,11 @@ fn retain(edge: &Edge, route: &Route, pl_key: &str, pl: &Playlist, scan: &Scan) 
             if !in_window.contains(k) {
                 announced.push(k.clone());
                 if st.window.len() >= PER_PLAYLIST {
-                    st.window.pop_front();
+                    if let Some((_, k)) = st.window.pop_front() {
+                        left_window.push(k);
+                    }
                 }
-                edge.live.members.insert(
-                    k.clone(),
-                    Member {
-                        dvr: live.dvr,
-                        expired: false,
-                    },
-                );
+                entered.push(k.clone());
                 st.window.push_back((*n, k.clone()));
             }
         }
@@ -895,6 +941,7 @@ fn retain(edge: &Edge, route: &Route, pl_key: &str, pl: &Playlist, scan: &Scan) 
             if still || (scan.skipped && n >= first) {
                 kept.push_back((n, k));
             } else {
+                left_window.push(k.clone());
                 if st.left.len() >= PER_PLAYLIST {
                     if let Some((_, k)) = st.left.pop_front() {
                         expired.push(k);
@@ -925,17 +972,37 @@ fn retain(edge: &Edge, route: &Route, pl_key: &str, pl: &Playlist, scan: &Scan) 
         }
     }
     forget_refusals(edge, &announced);
+    // Outside the state's lock (each member has its own): memberships first, then removals,
+    // each only of a member no other window lists.
+    let members = &edge.live.members;
+    for k in entered {
+        let made = members.get_or_insert_with(&k, || {
+            Ok::<_, std::convert::Infallible>(Arc::new(Member::new(live.dvr)))
+        });
+        let Ok(m) = made;
+        m.enter(pl);
+    }
+    for k in &left_window {
+        if let Some(m) = members.get(k) {
+            m.leave(pl);
+        }
+    }
+    let unlisted = |k: &str| members.get(k).is_none_or(|m| !m.listed());
     for k in expired {
-        edge.ram.remove(&k);
+        if unlisted(&k) {
+            edge.ram.remove(&k);
+        }
     }
     for k in gone {
-        edge.live.members.insert(
-            k.clone(),
-            Member {
-                dvr: live.dvr,
-                expired: true,
-            },
-        );
+        match members.get(&k) {
+            Some(m) if m.listed() => continue,
+            Some(m) => m.expired.store(true, std::sync::atomic::Ordering::Relaxed),
+            None => {
+                let m = Member::new(live.dvr);
+                m.expired.store(true, std::sync::atomic::Ordering::Relaxed);
+                members.insert(k.clone(), Arc::new(m));
+            }
+        }
         edge.ram.remove(&k);
         // Only a DVR route put live members on disk.
         if let (Some(store), Some(_)) = (&edge.store, live.dvr) {
@@ -1099,7 +1166,12 @@ mod tests {
     fn live_members_reach_the_store_only_inside_a_dvr_window() {
         let live = Live::default();
         assert!(live.admits_to_store("vod"));
-        let m = |dvr, expired| Member { dvr, expired };
+        let m = |dvr, expired| {
+            let m = Member::new(dvr);
+            m.expired
+                .store(expired, std::sync::atomic::Ordering::Relaxed);
+            Arc::new(m)
+        };
         live.members.insert("a".into(), m(None, false));
         live.members
             .insert("b".into(), m(Some(Duration::from_secs(7200)), false));

@@ -26,6 +26,7 @@ use crate::proxy::fill::{self, FillJob};
 use crate::proxy::llhls::{self, Playlist, Scan};
 use crate::proxy::request::Req;
 use crate::proxy::target;
+use http::HeaderMap;
 use tokio::sync::OwnedSemaphorePermit;
 use vedge_manifest::ObjectKind;
 
@@ -41,13 +42,15 @@ const PER_ADDRESS: usize = 8;
 /// duration: two typical 6 s segments).
 const MPD_WATCHED: Duration = Duration::from_secs(12);
 
-/// After a live media playlist was stored: prefetch what it newly lists.
+/// After a live media playlist was stored: prefetch what it newly lists, asking as `viewer`
+/// (the request headers of the playlist fill's leader) would.
 pub(crate) fn after_playlist(
     edge: &Arc<Edge>,
     route: &Route,
     pl_key: &str,
     pl: &Playlist,
     scan: &Scan,
+    viewer: &HeaderMap,
 ) {
     if route.live.prefetch == Prefetch::Off {
         return;
@@ -73,7 +76,7 @@ pub(crate) fn after_playlist(
     let skip = fresh.len().saturating_sub(PER_UPDATE);
     for (_, uri) in fresh.into_iter().skip(skip) {
         if let Some((host, pq)) = resolve(pl_key, uri) {
-            start(edge, route, &host, &pq, None, None);
+            start(edge, route, &host, &pq, viewer, None, None);
         }
     }
 }
@@ -115,7 +118,13 @@ fn mpd_is_dynamic(body: &[u8]) -> bool {
     false
 }
 
-pub(crate) fn observe_mpd(edge: &Arc<Edge>, route: &Route, key: &str, body: &[u8]) {
+pub(crate) fn observe_mpd(
+    edge: &Arc<Edge>,
+    route: &Route,
+    key: &str,
+    body: &[u8],
+    viewer: &HeaderMap,
+) {
     // Without the `Vary` variant (`\0...`) a varied MPD's key ends with.
     let path = key.splitn(3, '|').nth(2).unwrap_or("");
     let path = path.split('\0').next().unwrap_or(path);
@@ -170,7 +179,7 @@ pub(crate) fn observe_mpd(edge: &Arc<Edge>, route: &Route, key: &str, body: &[u8
                     Some(q) => format!("{}?{q}", u.path()),
                     None => u.path().to_string(),
                 };
-                start(edge, route, host, &pq, None, None);
+                start(edge, route, host, &pq, viewer, None, None);
             }
         }
     }
@@ -222,6 +231,7 @@ pub(crate) fn after_hinted_request(req: &Req<'_>, cmcd: &Cmcd, status: http::Sta
         req.key(),
         &next,
         &viewer,
+        &req.parts.headers,
         Some(per_address),
     );
 }
@@ -244,13 +254,15 @@ fn hint_permit(edge: &Edge, who: &str, bound: usize) -> Option<OwnedSemaphorePer
 /// unless the route has `prefetch = "off"`, it is cached or being filled, `viewer` (`s|` and a
 /// CMCD `sid`, else `v|` and the client address) already has `PER_VIEWER` hints in flight, or
 /// the edge-wide prefetch budget is spent. `address_permit` (the client address's share, held
-/// until the fill ends) is taken by the caller. Returns whether a fill started.
+/// until the fill ends) is taken by the caller. The fill asks as the hinting request
+/// (`headers`) would. Returns whether a fill started.
 pub fn prefetch_hint(
     edge: &Arc<Edge>,
     route: &Route,
     base_key: &str,
     uri: &str,
     viewer: &str,
+    headers: &HeaderMap,
     address_permit: Option<OwnedSemaphorePermit>,
 ) -> bool {
     if route.live.prefetch == Prefetch::Off {
@@ -262,17 +274,29 @@ pub fn prefetch_hint(
     let Some(permit) = hint_permit(edge, viewer, PER_VIEWER) else {
         return false;
     };
-    start(edge, route, &host, &pq, Some(permit), address_permit)
+    start(
+        edge,
+        route,
+        &host,
+        &pq,
+        headers,
+        Some(permit),
+        address_permit,
+    )
 }
 
 /// Starts one prefetch fill of `path_and_query` on `host` (the key's host), unless it is cached
 /// or in flight, the budget is spent, or it belongs to another route than `route` (the one whose
-/// viewer named it).
+/// viewer named it). It asks the origin as `viewer` (that viewer's request headers) would: a
+/// fill with none of a viewer's headers got answers no viewer gets (no CORS headers and no
+/// `Vary: Origin` from an origin that adds both only for an `Origin`), stored for everyone.
+#[allow(clippy::too_many_arguments)]
 fn start(
     edge: &Arc<Edge>,
     route: &Route,
     host: &str,
     path_and_query: &str,
+    viewer: &HeaderMap,
     viewer_permit: Option<OwnedSemaphorePermit>,
     address_permit: Option<OwnedSemaphorePermit>,
 ) -> bool {
@@ -300,7 +324,7 @@ fn start(
     let Claim::Leader(f, guard) = edge.fills.claim(&key) else {
         return false;
     };
-    let job = FillJob::prefetch(edge, &target);
+    let job = FillJob::prefetch(edge, &target, viewer);
     let edge2 = edge.clone();
     edge.spawn(async move {
         let _permits = (permit, viewer_permit, address_permit);

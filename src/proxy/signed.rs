@@ -158,18 +158,25 @@ pub fn admit(
     }
     let head = parts.method == Method::HEAD;
     let carry = (found.from == From::Query).then(|| {
+        // The host the viewer asked, as the edge routes and keys the request
+        // (`request::viewer_host`): the target's authority (absolute-form, HTTP/2
+        // `:authority`), which RFC 9112 §3.2.2 makes win over `Host`, else `Host`.
         let host = parts
-            .headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_string)
-            .or_else(|| parts.uri.authority().map(|a| a.to_string()))
+            .uri
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| {
+                parts
+                    .headers
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+            })
             .unwrap_or_default();
-        Carry::new(&cfg.param, &found.raw, &host)
+        Carry::new(&cfg.param, &found.raw, host)
     });
     // The normalised path (escapes decoded): `/a%2Em3u8` is the manifest `/a.m3u8`.
     let whole = carry.is_some() && Kind::of(&path, None).is_some();
-    match without_token(parts, cfg, whole) {
+    match without_token(parts, cfg, whole, carry.is_some()) {
         Ok(stripped) => Ok(Gate {
             parts: stripped,
             carry,
@@ -200,8 +207,16 @@ fn verify(raw: &str, cfg: &TokenConfig, req: &edgeauth::Request<'_>) -> Result<(
 /// rewritten, without `Range`/`If-Range` (the rewritten body is sent whole) and without
 /// `If-None-Match`/`If-Modified-Since`: the stored validators describe the token-free bytes,
 /// not this viewer's, so a 304 could confirm a copy that holds another (an expired) token.
-/// `None` when nothing changes.
-fn without_token(parts: &Parts, cfg: &TokenConfig, whole: bool) -> Result<Option<Parts>, ()> {
+/// A viewer whose manifests get its token (`carried`) asks for `Accept-Encoding: identity`: the
+/// rewrite reads text, and a coded manifest (a browser's `br`) went out without the token. Its
+/// fill, the `Vary` variant it is looked up under and the copy stored all follow from the
+/// request as changed here, so they agree. `None` when nothing changes.
+fn without_token(
+    parts: &Parts,
+    cfg: &TokenConfig,
+    whole: bool,
+    carried: bool,
+) -> Result<Option<Parts>, ()> {
     let mut headers = parts.headers.clone();
     let mut uri = parts.uri.clone();
     let mut changed = false;
@@ -239,6 +254,14 @@ fn without_token(parts: &Parts, cfg: &TokenConfig, whole: bool) -> Result<Option
             changed |= headers.remove(h).is_some();
         }
     }
+    if carried {
+        let identity = HeaderValue::from_static("identity");
+        let asked = headers.get_all(header::ACCEPT_ENCODING).iter().count();
+        if asked != 1 || headers.get(header::ACCEPT_ENCODING) != Some(&identity) {
+            headers.insert(header::ACCEPT_ENCODING, identity);
+            changed = true;
+        }
+    }
     if !changed {
         return Ok(None);
     }
@@ -266,12 +289,68 @@ pub fn refused(why: Refusal) -> Response<Body> {
     resp
 }
 
+/// The content coding of a manifest this module can undo: `Some(None)` for none (identity),
+/// `Some(Some(c))` for gzip or deflate, `None` for any other (or several).
+fn coding(headers: &http::HeaderMap) -> Option<Option<Coding>> {
+    let mut codings = headers
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+        .map(str::trim)
+        .filter(|c| !c.is_empty() && !c.eq_ignore_ascii_case("identity"));
+    let first = codings.next();
+    if codings.next().is_some() {
+        return None;
+    }
+    match first {
+        None => Some(None),
+        Some(c) if c.eq_ignore_ascii_case("gzip") || c.eq_ignore_ascii_case("x-gzip") => {
+            Some(Some(Coding::Gzip))
+        }
+        Some(c) if c.eq_ignore_ascii_case("deflate") => Some(Some(Coding::Deflate)),
+        Some(_) => None,
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Coding {
+    Gzip,
+    /// RFC 9110 §8.4.1.2: zlib; raw deflate (which some servers send) is tried too.
+    Deflate,
+}
+
+/// `body` inflated, at most `MAX_REWRITE` bytes of it; `None` if it is not that coding, or
+/// larger.
+fn inflate(coding: Coding, body: &[u8]) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let read = |r: &mut dyn Read| {
+        let mut out = Vec::new();
+        let n = r.take(MAX_REWRITE as u64 + 1).read_to_end(&mut out).ok()?;
+        (n <= MAX_REWRITE).then_some(out)
+    };
+    match coding {
+        Coding::Gzip => read(&mut flate2::read::MultiGzDecoder::new(body)),
+        Coding::Deflate => read(&mut flate2::read::ZlibDecoder::new(body))
+            .or_else(|| read(&mut flate2::read::DeflateDecoder::new(body))),
+    }
+}
+
 /// Reads the whole manifest (a hit's `Bytes`, or a fill until it completes), adds the token to
 /// its URIs, and fixes the headers: `private` (`proxy::per_viewer`), a new `Content-Length`, no
 /// `ETag` or `Last-Modified` (the bytes are no longer the origin's, and a validator would only
-/// invite conditionals `without_token` ignores), no `Accept-Ranges`.
+/// invite conditionals `without_token` ignores), no `Accept-Ranges`. A gzip- or deflate-coded
+/// manifest (an origin that codes whatever it is asked, or a copy stored before) is inflated
+/// first and sent `identity`; one in a coding this cannot undo goes out as it is, without the
+/// token.
 async fn rewrite(resp: Response<Body>, kind: Kind, carry: &Carry, head: bool) -> Response<Body> {
     let (mut parts, body) = resp.into_parts();
+    let Some(coded) = coding(&parts.headers) else {
+        tracing::warn!(
+            coding = ?parts.headers.get(header::CONTENT_ENCODING),
+            "manifest in a content coding the token cannot be added to; sent as is"
+        );
+        return Response::from_parts(parts, body);
+    };
     let fix = |h: &mut http::HeaderMap, len: Option<usize>| {
         // The bytes carry this viewer's token: no shared cache downstream may keep them.
         crate::proxy::per_viewer::make_private(h);
@@ -288,8 +367,11 @@ async fn rewrite(resp: Response<Body>, kind: Kind, carry: &Carry, head: bool) ->
         }
     };
     if head {
-        // No body to measure: the rewritten length is unknown.
+        // No body to measure: the rewritten length is unknown; a GET's would be `identity`.
         fix(&mut parts.headers, None);
+        if coded.is_some() {
+            parts.headers.remove(header::CONTENT_ENCODING);
+        }
         return Response::from_parts(parts, body);
     }
     let bytes = match body {
@@ -325,11 +407,25 @@ async fn rewrite(resp: Response<Body>, kind: Kind, carry: &Carry, head: bool) ->
             buf.freeze()
         }
     };
-    match propagate::rewrite(kind, &bytes, carry) {
+    let text = match coded.map(|c| inflate(c, &bytes)) {
+        None => None,
+        Some(Some(text)) => Some(text),
+        Some(None) => {
+            tracing::warn!("coded manifest does not inflate within the limit; sent as is");
+            let len = bytes.len();
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+            return Response::from_parts(parts, Body::full(bytes));
+        }
+    };
+    match propagate::rewrite(kind, text.as_deref().unwrap_or(&bytes), carry) {
         Some(new) => {
             fix(&mut parts.headers, Some(new.len()));
+            parts.headers.remove(header::CONTENT_ENCODING);
             Response::from_parts(parts, Body::full(Bytes::from(new)))
         }
+        // Nothing to add: the manifest as the origin coded it.
         None => {
             let len = bytes.len();
             parts

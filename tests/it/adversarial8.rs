@@ -464,3 +464,48 @@ async fn a_token_never_reaches_another_host_through_a_representation_id() {
         "a template naming another host through its id got the token:\n{body}"
     );
 }
+
+/// A multivariant playlist under HLS content steering (RFC 8216bis §4.4.6.6 and §7): the
+/// steering server's manifest may clone any pathway (`PATHWAY-CLONES`, `BASE-ID` "." for
+/// variants without a `PATHWAY-ID`), and a clone is each Variant Stream and Rendition of the
+/// base pathway with its URI's host replaced by `URI-REPLACEMENT` `HOST` (and `PARAMS` added),
+/// its query kept. The steering manifest is fetched by the player later, from a server the
+/// edge does not control.
+const STEERED_HLS: &str = "#EXTM3U\n\
+#EXT-X-CONTENT-STEERING:SERVER-URI=\"steering.json\",PATHWAY-ID=\"edge\"\n\
+#EXT-X-SESSION-DATA:DATA-ID=\"com.example.title\",URI=\"title.json\"\n\
+#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID=\"aud\",NAME=\"en\",URI=\"audio/en.m3u8\"\n\
+#EXT-X-STREAM-INF:BANDWIDTH=1000000,AUDIO=\"aud\",PATHWAY-ID=\"edge\"\n\
+v1/media.m3u8\n\
+#EXT-X-I-FRAME-STREAM-INF:BANDWIDTH=100000,URI=\"v1/iframes.m3u8\",PATHWAY-ID=\"edge\"\n";
+
+/// Before, every variant, rendition and I-frame URI of a steered playlist got the token, and a
+/// pathway clone carried it, query and all, to the clone's host (another CDN). Now the URIs a
+/// clone may copy count as not certainly this host: they get no token. What no clone copies
+/// (the steering server's URI, session data) keeps the same-host rule.
+#[tokio::test]
+async fn a_token_never_reaches_another_host_through_a_content_steering_pathway_clone() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/v/s/master.m3u8",
+        Script::ok(STEERED_HLS).header("content-type", "application/vnd.apple.mpegurl"),
+    );
+    let edge = token_edge(&origin, raw_token()).await;
+    let t = token_for("/v/s/*", None);
+    let r = edge.get(&format!("/v/s/master.m3u8?hdnts={t}")).await;
+    assert_eq!(r.status, 200);
+    let body = String::from_utf8(r.body.to_vec()).expect("utf8");
+    let tokenised: Vec<&str> = body.lines().filter(|l| l.contains("hdnts=")).collect();
+    let cloneable = ["audio/en.m3u8", "v1/media.m3u8", "v1/iframes.m3u8"];
+    assert!(
+        cloneable
+            .iter()
+            .all(|u| !tokenised.iter().any(|l| l.contains(u))),
+        "a pathway clone's URI carries the token: {tokenised:?}"
+    );
+    assert!(
+        body.contains(&format!("SERVER-URI=\"steering.json?hdnts={t}\""))
+            && body.contains(&format!("URI=\"title.json?hdnts={t}\"")),
+        "what no clone copies keeps the token:\n{body}"
+    );
+}

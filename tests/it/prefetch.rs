@@ -365,3 +365,230 @@ initialization=\"init.m4s\"><SegmentTimeline><S t=\"0\" d=\"2000\" r=\"2\"/></Se
         "the viewer's request was a hit"
     );
 }
+
+/// An origin that answers CORS as many do (S3, nginx recipes): `Vary: Origin` and
+/// `Access-Control-Allow-Origin` only when the request carries an `Origin`. Serves a live
+/// playlist listing `seg0.ts` and `seg1.ts` and any `.ts`; counts requests per path.
+async fn cors_origin() -> (
+    String,
+    std::sync::Arc<parking_lot::Mutex<std::collections::HashMap<String, usize>>>,
+) {
+    use std::convert::Infallible;
+
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use hyper::service::service_fn;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    const PLAYLIST: &str = "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:0\n\
+#EXTINF:2.0,\nseg0.ts\n#EXTINF:2.0,\nseg1.ts\n";
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let counts = std::sync::Arc::new(parking_lot::Mutex::new(std::collections::HashMap::<
+        String,
+        usize,
+    >::new()));
+    let seen = counts.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let path = req.uri().path().to_string();
+                    *seen.lock().entry(path.clone()).or_default() += 1;
+                    let (body, cc) = if path.ends_with(".m3u8") {
+                        (Bytes::from_static(PLAYLIST.as_bytes()), "max-age=1")
+                    } else {
+                        (Bytes::from(format!("media {path}")), "max-age=60")
+                    };
+                    let mut b = http::Response::builder().header("cache-control", cc);
+                    if let Some(o) = req.headers().get("origin") {
+                        b = b
+                            .header("vary", "Origin")
+                            .header("access-control-allow-origin", o.clone());
+                    }
+                    let resp = b.body(Full::new(body));
+                    async move { Ok::<_, Infallible>(resp.expect("valid response")) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    (format!("http://{addr}"), counts)
+}
+
+/// Prefetch fetched the next segment with none of the viewer's request headers. With an origin
+/// that adds `Vary: Origin` and `Access-Control-Allow-Origin` only when asked with an `Origin`
+/// (the route forwards it), the prefetched answer had neither, was stored as the object for
+/// every viewer, and the browser viewer it was fetched for got a HIT without CORS headers (its
+/// player fails). Now a prefetch asks as the viewer that triggered it would (its playlist
+/// fill's leader, or the viewer whose CMCD `nor` named the object): the origin's answer is
+/// what that viewer's own request would have stored, under the same variant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prefetched_segment_keeps_the_cors_answer_its_browser_viewer_would_have_got() {
+    let (base, counts) = cors_origin().await;
+    let mut raw = config_for(&base, "next");
+    raw.routes[0].forward_headers = Some(vec!["origin".into()]);
+    let edge = crate::support::TestEdge::start(raw).await;
+    let site = ("origin", "https://player.example");
+    let pl = edge.get_with("/c/live.m3u8", &[site]).await;
+    assert_eq!(
+        pl.h("access-control-allow-origin"),
+        "https://player.example"
+    );
+    let fetched = || counts.lock().get("/c/seg1.ts").copied().unwrap_or(0);
+    crate::support::until("the newest segment is prefetched", || fetched() == 1).await;
+    edge.settle().await;
+    let r = edge.get_with("/c/seg1.ts", &[site]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        (r.h("access-control-allow-origin"), fetched()),
+        ("https://player.example", 1),
+        "the browser viewer's answer ({}; vary {:?})",
+        r.h("cache-status"),
+        r.h("vary")
+    );
+}
+
+/// A live media playlist over `segs` (numbered from `first`), without `EXT-X-ENDLIST`.
+fn live_playlist(first: u64, segs: &[&str]) -> crate::support::Script {
+    let mut pl = format!("#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:{first}\n");
+    for s in segs {
+        pl.push_str(&format!("#EXTINF:2.0,\n{s}\n"));
+    }
+    crate::support::Script::ok(pl)
+        .header("content-type", "application/vnd.apple.mpegurl")
+        .header("cache-control", "max-age=1")
+}
+
+/// Two playlists listing the same segments (two renditions sharing audio, or an LL-HLS and a
+/// regular playlist of one stream, windows of different lengths). Before, a segment that left
+/// one playlist's window was removed from RAM past the retention margin while the other
+/// playlist still listed it, and its next viewer went to the origin again. Now a segment
+/// leaves RAM only once no live window lists it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_two_playlists_list_stays_in_ram_until_both_windows_drop_it() {
+    let origin = crate::support::Origin::start().await;
+    origin.script("/s/short.m3u8", live_playlist(1, &["seg1.ts", "seg2.ts"]));
+    origin.script("/s/long.m3u8", live_playlist(1, &["seg1.ts", "seg2.ts"]));
+    for s in ["seg1.ts", "seg2.ts", "seg3.ts"] {
+        origin.script(
+            &format!("/s/{s}"),
+            crate::support::Script::ok(format!("media {s}")).header("cache-control", "max-age=600"),
+        );
+    }
+    let mut raw = config_for(&origin.url(), "off");
+    raw.routes[0].live_retention_margin = Some("0s".into());
+    let edge = crate::support::TestEdge::start_with_tokio_clock(raw).await;
+    for p in ["/s/short.m3u8", "/s/long.m3u8", "/s/seg1.ts", "/s/seg2.ts"] {
+        assert_eq!(edge.get(p).await.status, 200, "{p}");
+        edge.settle().await;
+    }
+    // The short window moves on; the long one still lists seg1.
+    origin.script("/s/short.m3u8", live_playlist(2, &["seg2.ts", "seg3.ts"]));
+    edge.advance(Duration::from_secs(2)).await;
+    let short = edge.get("/s/short.m3u8").await;
+    assert!(String::from_utf8_lossy(&short.body).contains("seg3.ts"));
+    edge.settle().await;
+    let r = edge.get("/s/seg1.ts").await;
+    assert_eq!(
+        (r.status.as_u16(), origin.count("/s/seg1.ts")),
+        (200, 1),
+        "seg1 is still listed by long.m3u8: {}",
+        r.h("cache-status")
+    );
+    // Once the long window drops it too, it leaves RAM.
+    origin.script("/s/long.m3u8", live_playlist(2, &["seg2.ts", "seg3.ts"]));
+    edge.advance(Duration::from_secs(2)).await;
+    assert_eq!(edge.get("/s/long.m3u8").await.status, 200);
+    edge.settle().await;
+    let r = edge.get("/s/seg1.ts").await;
+    assert_eq!(
+        (r.status.as_u16(), origin.count("/s/seg1.ts")),
+        (200, 2),
+        "seg1 left every window: {}",
+        r.h("cache-status")
+    );
+}
+
+/// `YYYY-MM-DDThh:mm:ssZ` of `secs` since the epoch (days to a civil date: H. Hinnant's
+/// `civil_from_days`).
+fn iso8601(secs: u64) -> String {
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// A live MPD's `SegmentTimeline` that ends with `S@r="-1"` (repeat until the next `S` or the
+/// period's end, neither of which a live MPD has yet: what most live packagers write) was no
+/// timeline to the edge's reader at all ("S@r=-1 at the end of a timeline with no known period
+/// end"), so it drove no prefetch. Now the open run lists the segments that have ended by the
+/// edge's clock, within the time-shift window, as `SegmentTemplate@duration` does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_mpd_timeline_ending_in_an_open_repeat_drives_prefetch() {
+    let origin = crate::support::Origin::start().await;
+    // 100 to 101 s since availabilityStartTime when the edge reads it (a moment later at
+    // worst): less a 1 s guard, segments 0..=48 of 2 s have ended (49 ends at 100 s, and is
+    // available from 101 s on).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs();
+    let mpd = format!(
+        "<?xml version=\"1.0\"?>\n<MPD xmlns=\"urn:mpeg:dash:schema:mpd:2011\" type=\"dynamic\" \
+availabilityStartTime=\"{}\" timeShiftBufferDepth=\"PT10S\" minimumUpdatePeriod=\"PT2S\" \
+minBufferTime=\"PT2S\">\n<Period id=\"p0\" start=\"PT0S\"><AdaptationSet mimeType=\"video/mp4\">\
+<SegmentTemplate timescale=\"1000\" startNumber=\"0\" media=\"seg-$Number$.m4s\" \
+initialization=\"init.m4s\"><SegmentTimeline><S t=\"0\" d=\"2000\" r=\"-1\"/></SegmentTimeline>\
+</SegmentTemplate><Representation id=\"v1\" bandwidth=\"1000000\"/></AdaptationSet></Period></MPD>\n",
+        iso8601(now - 100)
+    );
+    origin.script(
+        "/o/live.mpd",
+        crate::support::Script::ok(mpd).header("cache-control", "max-age=1"),
+    );
+    for n in 40..=52 {
+        origin.script(
+            &format!("/o/seg-{n}.m4s"),
+            crate::support::Script::ok(format!("segment {n}")),
+        );
+    }
+    let edge = crate::support::TestEdge::start(config_for(&origin.url(), "next")).await;
+    assert_eq!(edge.get("/o/live.mpd").await.status, 200);
+    let fetched = || -> Vec<u32> {
+        (40..=52)
+            .filter(|n| origin.count(&format!("/o/seg-{n}.m4s")) > 0)
+            .collect()
+    };
+    crate::support::until("the open run's newest segment is prefetched", || {
+        !fetched().is_empty()
+    })
+    .await;
+    edge.settle().await;
+    let newest = fetched();
+    assert!(
+        matches!(newest[..], [48] | [49]),
+        "only the live edge is prefetched: {newest:?}"
+    );
+    let seg = format!("/o/seg-{}.m4s", newest[0]);
+    let r = edge.get(&seg).await;
+    assert_eq!(r.body, format!("segment {}", newest[0]));
+    assert_eq!(origin.count(&seg), 1, "the viewer's request was a hit");
+}

@@ -534,3 +534,167 @@ async fn the_token_never_reaches_another_host_through_a_manifest() {
     );
     assert_eq!(body.matches("hdnts=").count(), 1, "{body}");
 }
+
+/// RFC 9112 §3.2.2: a request in absolute-form names its host in the target, and a server
+/// ignores `Host` then; the edge routes and keys it by the target's authority
+/// (`request::viewer_host`). Before, the manifest rewrite took its "same host" from `Host`
+/// first: a viewer asking `http://edge.example/...` with `Host: other.example` had the token
+/// added to other.example's URIs and not to edge.example's, where the player goes. Now the
+/// rewrite uses the authority the rest of the edge uses.
+#[tokio::test]
+async fn an_absolute_form_request_carries_the_token_to_its_targets_host_not_to_host() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/v/abs/media.m3u8",
+        Script::ok(
+            "#EXTM3U\n#EXT-X-TARGETDURATION:4\n\
+#EXTINF:4.0,\nhttp://edge.example/v/abs/1.ts\n\
+#EXTINF:4.0,\nhttp://other.example/v/abs/2.ts\n#EXT-X-ENDLIST\n",
+        )
+        .header("content-type", "application/vnd.apple.mpegurl"),
+    );
+    let edge = edge_with(&origin, raw_token()).await;
+    let t = token("/v/abs/*");
+    let r = edge
+        .raw(
+            format!(
+                "GET http://edge.example/v/abs/media.m3u8?hdnts={t} HTTP/1.1\r\n\
+Host: other.example\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await;
+    assert_eq!(r.status(), 200, "{}", r.text());
+    let (_, body) = r.split();
+    let body = String::from_utf8_lossy(body);
+    let tokenised: Vec<&str> = body.lines().filter(|l| l.contains("hdnts=")).collect();
+    assert_eq!(
+        tokenised,
+        [format!("http://edge.example/v/abs/1.ts?hdnts={t}")],
+        "only the target's host gets the token"
+    );
+}
+
+fn gzip(body: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    z.write_all(body).expect("gzip");
+    z.finish().expect("gzip")
+}
+
+/// A body as the viewer's player reads it: inflated when its `Content-Encoding` says gzip.
+fn as_played(r: &crate::support::edge::Resp) -> String {
+    use std::io::Read;
+    let mut out = String::new();
+    if r.h("content-encoding") == "gzip" {
+        flate2::read::GzDecoder::new(&r.body[..])
+            .read_to_string(&mut out)
+            .expect("gunzip");
+    } else {
+        out = String::from_utf8(r.body.to_vec()).expect("utf8");
+    }
+    out
+}
+
+/// An origin compressing playlists: `/v/z/asked.m3u8` with gzip when the request accepts it
+/// (`Vary: Accept-Encoding`), `/v/z/always.m3u8` with gzip whatever it was asked. Counts
+/// requests per path.
+async fn gzip_origin() -> (
+    String,
+    std::sync::Arc<parking_lot::Mutex<std::collections::HashMap<String, usize>>>,
+) {
+    use std::convert::Infallible;
+
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use hyper::service::service_fn;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let counts = std::sync::Arc::new(parking_lot::Mutex::new(std::collections::HashMap::<
+        String,
+        usize,
+    >::new()));
+    let seen = counts.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let path = req.uri().path().to_string();
+                    *seen.lock().entry(path.clone()).or_default() += 1;
+                    let accepts = req
+                        .headers()
+                        .get("accept-encoding")
+                        .and_then(|v| v.to_str().ok())
+                        .is_some_and(|v| v.contains("gzip"));
+                    let playlist = MEDIA.as_bytes();
+                    let b = http::Response::builder()
+                        .header("content-type", "application/vnd.apple.mpegurl")
+                        .header("cache-control", "max-age=60");
+                    let resp = match (path.as_str(), accepts) {
+                        ("/v/z/always.m3u8", _) | ("/v/z/asked.m3u8", true) => b
+                            .header("content-encoding", "gzip")
+                            .header("vary", "Accept-Encoding")
+                            .body(Full::new(Bytes::from(gzip(playlist)))),
+                        _ => b
+                            .header("vary", "Accept-Encoding")
+                            .body(Full::new(Bytes::from_static(playlist))),
+                    };
+                    async move { Ok::<_, Infallible>(resp.expect("valid response")) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    (format!("http://{addr}"), counts)
+}
+
+/// Before, a playlist the origin answered with `Content-Encoding: gzip` went to a tokenised
+/// viewer as the origin coded it, without the token (the rewrite reads text), and its player
+/// was refused every child. Now a viewer whose manifests are rewritten asks the origin for
+/// `identity` (the fill, its `Vary` variant and the stored copy all say so), and a coded
+/// manifest the origin sends anyway is inflated, rewritten and served `identity`.
+#[tokio::test]
+async fn a_compressed_manifest_still_carries_the_token_to_its_children() {
+    let (base, counts) = gzip_origin().await;
+    let mut raw = edge_config(&Origin::start().await);
+    raw.routes.push(RawRoute {
+        prefix: "/v/".into(),
+        origin: base,
+        token: Some(raw_token()),
+        ..RawRoute::default()
+    });
+    let edge = TestEdge::start(raw).await;
+    let t = token("/v/z/*");
+    // What OkHttp (ExoPlayer) sends; a browser's `br` is asked of the origin as `br`.
+    let player = [("accept-encoding", "gzip")];
+    for path in ["/v/z/asked.m3u8", "/v/z/always.m3u8", "/v/z/asked.m3u8"] {
+        let r = edge.get_with(&format!("{path}?hdnts={t}"), &player).await;
+        assert_eq!(r.status, 200);
+        let played = as_played(&r);
+        assert!(
+            played.contains(&format!("\nseg1.ts?hdnts={t}\n"))
+                && played.contains(&format!("URI=\"../k/1.key?hdnts={t}\"")),
+            "{path} ({}, content-encoding {:?}) carries no token:\n{played}",
+            r.h("cache-status"),
+            r.h("content-encoding")
+        );
+        assert_eq!(
+            (r.h("content-encoding"), r.h("content-length")),
+            ("", played.len().to_string().as_str()),
+            "{path}: served identity, its length"
+        );
+        edge.settle().await;
+    }
+    assert_eq!(
+        counts.lock().get("/v/z/asked.m3u8").copied(),
+        Some(1),
+        "the second viewer is a hit on the stored identity copy"
+    );
+}

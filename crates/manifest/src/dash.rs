@@ -32,7 +32,8 @@ pub fn references(url: &Url, body: &[u8], budget: usize) -> Result<Vec<Reference
 }
 
 /// What a live (`type="dynamic"`) MPD lists at `now`: a `SegmentTimeline` names its window
-/// itself; a `SegmentTemplate@duration` with `$Number$` lists the segments available at `now`
+/// itself, but for a last run repeated until further notice (`S@r="-1"`, no period end), whose
+/// segments are those ended by `now`, back to `timeShiftBufferDepth`; a `SegmentTemplate@duration` with `$Number$` lists the segments available at `now`
 /// (ISO/IEC 23009-1 5.3.9.5.3: a segment is available once it ends, measured from
 /// `availabilityStartTime` plus the period start) back to `timeShiftBufferDepth` (at most
 /// `budget` of them, the newest kept). A static MPD is walked as [`references`] does.
@@ -606,21 +607,33 @@ impl Walker<'_> {
         let mut total: u128 = 0;
         for run in timeline::runs(&tl.segments, period_end) {
             let run = run.map_err(|e| self.bad(e.to_string()))?;
-            let Some(count) = run.count else {
-                return Err(
-                    self.bad("S@r=-1 at the end of a timeline with no known period end".into())
-                );
+            // `(count, skip)`: the run's segments, the first `skip` of which are not listed.
+            let (count, skip) = match (run.count, self.live) {
+                (Some(count), _) => (count, 0),
+                // An open run (`S@r` negative, neither a later `S@t` nor the period's end
+                // bounding it: the live edge of most live MPDs) goes on with the clock.
+                (None, Some(clock)) => {
+                    let room = (self.budget as u128).saturating_sub(total);
+                    open_run(clock, time.start, timescale, pto, run.t, run.d, room)
+                }
+                (None, None) => {
+                    return Err(
+                        self.bad("S@r=-1 at the end of a timeline with no known period end".into())
+                    );
+                }
             };
-            total = total.saturating_add(count);
+            total = total.saturating_add(count - skip);
             if total > self.budget as u128 {
                 return Err(self.too_many(total));
             }
-            runs.push((run.t, u128::from(run.d), count));
+            runs.push((run.t, u128::from(run.d), count, skip));
         }
         self.reserve(total)?;
         let mut number = start_number;
-        for (t0, d, count) in runs {
-            for k in 0..count {
+        for (t0, d, count, skip) in runs {
+            // `$Number$` counts the segments not listed too.
+            number = number.saturating_add(u64::try_from(skip).unwrap_or(u64::MAX));
+            for k in skip..count {
                 let tk = t0 + d * k;
                 let v = Vars {
                     number: Some(number),
@@ -636,6 +649,40 @@ impl Walker<'_> {
         }
         Ok(())
     }
+}
+
+/// The segments of an open `SegmentTimeline` run (`S@r` negative with nothing after it to stop
+/// it) of a live MPD at `clock`: `(count, skip)`, the segments from the run's start that have
+/// ended (ISO/IEC 23009-1 5.3.9.5.3: available once it ends, measured from
+/// `availabilityStartTime` plus the period's start, less the guard `live_template` keeps), the
+/// first `skip` of which lie before the time-shift window (or past `room` newest ones). A run
+/// that starts in the future, or a clock that cannot be read, has none.
+fn open_run(
+    clock: LiveClock,
+    period_start: Option<f64>,
+    timescale: u64,
+    pto: Option<u64>,
+    t: u128,
+    d: u64,
+    room: u128,
+) -> (u128, u128) {
+    let seg = d as f64 / timescale as f64;
+    if !(seg.is_finite() && seg > 0.0) {
+        return (0, 0);
+    }
+    let guard = (seg / 2.0).min(1.0);
+    let into = clock.elapsed - period_start.unwrap_or(0.0) - guard;
+    // Media timeline ticks at that moment (the presentation time offset is where the period
+    // starts on the media timeline).
+    let now_ticks = into * timescale as f64 + pto.unwrap_or(0) as f64;
+    let ended = ((now_ticks - t as f64) / d as f64).floor();
+    if !ended.is_finite() || ended < 1.0 {
+        return (0, 0);
+    }
+    // `as` saturates; a bound far beyond any budget.
+    let ended = ended.min(1e30) as u128;
+    let in_window = ((clock.depth / seg).ceil().clamp(1.0, 1e30) as u128).min(room);
+    (ended, ended.saturating_sub(in_window))
 }
 
 #[cfg(test)]
@@ -698,6 +745,41 @@ mod live_tests {
         assert_eq!(early, ["live/r0/init.mp4", "live/r1/init.mp4"]);
         // The plain walker still refuses a live MPD.
         assert!(references(&url, LIVE.as_bytes(), 100).is_err());
+    }
+
+    /// A live timeline ending in `S@r="-1"` lists the segments of that open run that have
+    /// ended by now, within the time-shift window, numbered from the run's start.
+    #[test]
+    fn an_open_timeline_run_lists_what_has_ended_within_the_window() {
+        let mpd = r#"<?xml version="1.0"?>
+<MPD xmlns="urn:mpeg:dash:schema:mpd:2011" type="dynamic" availabilityStartTime="2026-01-01T00:00:00Z" timeShiftBufferDepth="PT6S" minBufferTime="PT2S">
+ <Period id="0" start="PT0S">
+  <AdaptationSet mimeType="video/mp4">
+   <SegmentTemplate timescale="1000" startNumber="10" media="$Number$-$Time$.m4s">
+    <SegmentTimeline><S t="0" d="1000" r="1"/><S d="2000" r="-1"/></SegmentTimeline>
+   </SegmentTemplate>
+   <Representation id="r0" bandwidth="1"/>
+  </AdaptationSet>
+ </Period>
+</MPD>"#;
+        let url = Url::parse("http://o/live/manifest.mpd").unwrap();
+        // 21 s in, less the 1 s guard: the open run starts at 2 s, so 9 of its 2 s segments
+        // (2..20 s) have ended; a 6 s window holds its last 3. The two first segments
+        // (numbers 10 and 11) are older than the window as well but are listed as given.
+        let refs = live_references(&url, mpd.as_bytes(), at(21), 100).unwrap();
+        assert_eq!(
+            names(&refs),
+            [
+                "live/10-0.m4s",
+                "live/11-1000.m4s",
+                "live/18-14000.m4s",
+                "live/19-16000.m4s",
+                "live/20-18000.m4s",
+            ]
+        );
+        // Before the open run's first segment ended: only the runs listed.
+        let early = names(&live_references(&url, mpd.as_bytes(), at(2), 100).unwrap());
+        assert_eq!(early, ["live/10-0.m4s", "live/11-1000.m4s"]);
     }
 
     /// A period that ended (the next one started) lists no segment past its end, however
