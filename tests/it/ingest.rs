@@ -962,3 +962,80 @@ async fn admin_ingest_fetches_only_from_the_routes_own_origins() {
         "{report}"
     );
 }
+
+/// Two routes to the same https origin with different TLS settings: each ingest fetch uses its
+/// own route's. Before, the fetcher kept one TLS client per authority, so whichever route was
+/// fetched first decided the trust, SNI and verification of every later fetch there: here the
+/// route without the CA went first, and the route that trusts the origin's CA then failed its
+/// handshake too.
+#[tokio::test]
+async fn admin_ingest_uses_each_routes_own_tls_settings_on_a_shared_origin() {
+    use crate::support::edge::admin_post;
+    use crate::support::tls_origin::{TestCa, TlsOrigin};
+    use vedge::config::{RawConfig, RawRoute};
+    let ca = TestCa::new();
+    let tls = TlsOrigin::start(&ca, &["origin.test"], false).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).expect("write the CA file");
+    let route = |prefix: &str, ca_file: Option<PathBuf>| RawRoute {
+        prefix: prefix.into(),
+        origin: tls.ip_url(),
+        sni: Some("origin.test".into()),
+        ca_file,
+        ..RawRoute::default()
+    };
+    let mut raw = RawConfig {
+        origin: Some(tls.ip_url()),
+        ram_size: Some("64MiB".into()),
+        // `/untrusted/` has the platform's roots, which do not know the test CA.
+        routes: vec![
+            route("/trusted/", Some(ca_file)),
+            route("/untrusted/", None),
+        ],
+        admin_token: Some(crate::support::binary::ADMIN_TOKEN.into()),
+        ..RawConfig::default()
+    };
+    raw.server.shutdown_grace = Some("1s".into());
+    let edge = TestEdge::start(raw).await;
+    let api = edge.admin().await;
+    let port = api.addr.port();
+    let (status, job) = admin_post(
+        port,
+        "/admin/ingest",
+        &format!(
+            r#"{{"assets": ["{0}/untrusted/master.m3u8", "{0}/trusted/master.m3u8"]}}"#,
+            tls.ip_url()
+        ),
+    )
+    .await;
+    assert_eq!(status, 202, "{job}");
+    let id = serde_json::from_str::<serde_json::Value>(&job).expect("json")["id"]
+        .as_u64()
+        .expect("id");
+    let mut assets = serde_json::Value::Null;
+    for _ in 0..500 {
+        let (_, v) = admin_get_json(port, &format!("/admin/ingest/{id}")).await;
+        if v["done"] == true {
+            assets = v["assets"].clone();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let errors: Vec<&str> = (0..2)
+        .map(|i| assets[i]["error"].as_str().unwrap_or(""))
+        .collect();
+    let seen = (
+        tls.count("/untrusted/master.m3u8"),
+        tls.count("/trusted/master.m3u8"),
+    );
+    println!("requests the origin saw (untrusted, trusted): {seen:?}; errors: {errors:?}");
+    // The origin answers every path with `tls:<path>`: a trusted fetch gets that far, and the
+    // walk then says it is no playlist.
+    assert_eq!(seen, (0, 1), "{errors:?}");
+    assert!(errors[0].contains("fetching"), "{errors:?}");
+    assert!(
+        errors[1].contains("neither an HLS playlist nor a DASH MPD"),
+        "{errors:?}"
+    );
+}
