@@ -20,8 +20,24 @@ const MAX_ANSWER: usize = 64 << 10;
 /// The nodes' reports of one fan-out, phase by phase.
 pub struct Fanout {
     body: bytes::Bytes,
+    /// The purge's `soft`: a node's answer must say the same.
+    soft: bool,
     nodes: Vec<serde_json::Value>,
 }
+
+/// The purge API's own answer (`purge::purge`), which only a node that ran the purge sends: a
+/// 2xx without it (a proxy's `204`, a portal's HTML page) purged nothing.
+#[derive(serde::Deserialize)]
+struct NodeAnswer {
+    purged: u64,
+    soft: bool,
+    /// Required to be there; its counts are the node's business.
+    #[serde(rename = "selected")]
+    _selected: serde_json::Map<String, serde_json::Value>,
+}
+
+/// At most this much of an answer that is not the purge API's goes into the report.
+const ANSWER_EXCERPT: usize = 200;
 
 impl Fanout {
     /// `body` is forwarded with `fanout` turned off, so the nodes do not fan out again.
@@ -31,6 +47,7 @@ impl Fanout {
             obj.insert("fanout".into(), false.into());
         }
         Fanout {
+            soft: forwarded["soft"].as_bool().unwrap_or(false),
             body: bytes::Bytes::from(forwarded.to_string()),
             nodes: Vec::new(),
         }
@@ -45,7 +62,7 @@ impl Fanout {
             .nodes
             .iter()
             .filter(|n| n.role == role)
-            .map(|n| purge_node(edge, n, self.body.clone()));
+            .map(|n| purge_node(edge, n, self.body.clone(), self.soft));
         self.nodes
             .extend(futures_util::future::join_all(phase).await);
     }
@@ -64,7 +81,12 @@ pub fn local_after_shields(edge: &Edge) -> bool {
 }
 
 /// One node's purge, bounded by `[cluster] timeout`.
-async fn purge_node(edge: &Edge, node: &ClusterNode, body: bytes::Bytes) -> serde_json::Value {
+async fn purge_node(
+    edge: &Edge,
+    node: &ClusterNode,
+    body: bytes::Bytes,
+    soft: bool,
+) -> serde_json::Value {
     let started = Instant::now();
     let timeout = edge.config.tier.cluster.timeout;
     let outcome = tokio::time::timeout(timeout, send(edge, node, body)).await;
@@ -81,12 +103,34 @@ async fn purge_node(edge: &Edge, node: &ClusterNode, body: bytes::Bytes) -> serd
         ),
         Ok(Err(e)) => (false, serde_json::json!({ "error": e })),
         Ok(Ok((status, answer))) => {
-            let ok = (200..300).contains(&status);
             let mut extra = serde_json::json!({ "status": status });
-            match serde_json::from_slice::<serde_json::Value>(&answer) {
-                Ok(v) if ok => extra["purged"] = v["purged"].clone(),
-                _ => extra["error"] = String::from_utf8_lossy(&answer).trim().into(),
-            }
+            // Success is the purge API's own report, not any 2xx: something else answering
+            // at the node's address (a proxy, a portal) purged nothing.
+            let ok = if !(200..300).contains(&status) {
+                extra["error"] = String::from_utf8_lossy(&answer).trim().into();
+                false
+            } else {
+                match serde_json::from_slice::<NodeAnswer>(&answer) {
+                    Ok(a) if a.soft == soft => {
+                        extra["purged"] = a.purged.into();
+                        true
+                    }
+                    Ok(_) => {
+                        extra["error"] =
+                            "the node answered for a purge of another kind (soft)".into();
+                        false
+                    }
+                    Err(_) => {
+                        extra["error"] = format!(
+                            "answered {status} without the purge API's report (is something \
+                             other than the node's admin API at this address?): {:?}",
+                            excerpt(&answer)
+                        )
+                        .into();
+                        false
+                    }
+                }
+            };
             (ok, extra)
         }
     };
@@ -98,6 +142,16 @@ async fn purge_node(edge: &Edge, node: &ClusterNode, body: bytes::Bytes) -> serd
         tracing::warn!(node = node.admin.as_str(), report = %report, "fan-out purge failed on a node");
     }
     report
+}
+
+/// The start of an answer, for the report.
+fn excerpt(answer: &[u8]) -> String {
+    let text = String::from_utf8_lossy(answer);
+    let text = text.trim();
+    match text.char_indices().nth(ANSWER_EXCERPT) {
+        Some((at, _)) => format!("{}...", &text[..at]),
+        None => text.to_string(),
+    }
 }
 
 async fn send(

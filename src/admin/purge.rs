@@ -43,6 +43,13 @@ pub struct PurgeRequest {
     fanout: bool,
 }
 
+/// Entries (`urls`, `prefixes`, `tags` and `assets` together) one purge request may list; more
+/// is a 413. Each entry costs a pass over the RAM tier; a bigger purge is several requests.
+pub const MAX_ENTRIES: usize = 10_000;
+
+/// Entries turned into keys between two yields to the runtime.
+const ENTRIES_PER_YIELD: usize = 256;
+
 pub const USAGE: &str = "purge body must be JSON {\"urls\":[],\"prefixes\":[],\"tags\":[],\"assets\":[],\"host\":\"...\",\"soft\":false,\"fanout\":false}";
 
 /// A bad request, in words for the operator.
@@ -151,21 +158,45 @@ pub async fn purge(
 ) -> Result<serde_json::Value, (StatusCode, String)> {
     let bad = |m: String| (StatusCode::BAD_REQUEST, m);
     let p: PurgeRequest = serde_json::from_slice(body).map_err(|e| bad(format!("{USAGE}: {e}")))?;
+    let entries = p.urls.len() + p.prefixes.len() + p.tags.len() + p.assets.len();
+    if entries > MAX_ENTRIES {
+        // Before any work and before the fan-out: nothing is purged anywhere.
+        return Err((
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "purge lists {entries} entries (urls, prefixes, tags and assets), more than \
+                 {MAX_ENTRIES} per request: split it into several requests"
+            ),
+        ));
+    }
     // Shields before edges, this node in its own place (`fanout.rs`).
     let mut fanout = p.fanout.then(|| Fanout::new(body));
     if let Some(f) = fanout.as_mut().filter(|_| local_after_shields(edge)) {
         f.phase(edge, ClusterRole::Shield).await;
     }
     let host = p.host.as_deref();
+    // Yields now and then while the keys are worked out, so a long list leaves the worker's
+    // other tasks their turns.
+    let mut done = 0usize;
+    let mut step = || {
+        done += 1;
+        done % ENTRIES_PER_YIELD == 0
+    };
     // (kind, selectors of one entry), in request order.
     let mut groups: Vec<(&'static str, Vec<PurgeSelector>)> = Vec::new();
     for u in &p.urls {
+        if step() {
+            tokio::task::yield_now().await;
+        }
         let (h, pq) = target(u, host).map_err(|e| bad(e.0))?;
         let keys = url_keys(edge, h.as_deref(), &pq).map_err(|e| bad(e.0))?;
         let sels = keys.into_iter().map(PurgeSelector::Key);
         groups.push(("urls", sels.collect()));
     }
     for prefix in &p.prefixes {
+        if step() {
+            tokio::task::yield_now().await;
+        }
         let (h, path) = target(prefix, host).map_err(|e| bad(e.0))?;
         let sels = prefix_keys(edge, h.as_deref(), &path).map_err(|e| bad(e.0))?;
         groups.push((

@@ -32,7 +32,7 @@ use crate::http::body::Body;
 use crate::origin::fetch::HttpFetcher;
 use crate::proxy::Edge;
 use vedge_manifest::fetch::Opened;
-use vedge_manifest::{discover, ObjectKind, Scope, WalkOptions};
+use vedge_manifest::{discover, Exclude, ObjectKind, Scope, WalkOptions};
 
 /// Largest body accepted by `PUT /admin/objects/...`.
 pub const MAX_PUSH_BYTES: usize = 1 << 30;
@@ -294,6 +294,9 @@ where
                 format!("{url}: viewers would never be served this push: {e}"),
             );
         }
+        if let Err(e) = fetchable(&edge.config, url) {
+            return error(StatusCode::BAD_REQUEST, e);
+        }
     }
     let id = jobs.next.fetch_add(1, Ordering::Relaxed) + 1;
     let job = Arc::new(Job {
@@ -324,6 +327,12 @@ where
             root_dir: None,
         },
         include_keys: r.include_keys,
+        // A manifest's references obey the rule the asset URLs do: one naming another host
+        // (`allow_other_hosts` lets the walk see it) is left out and reported, not fetched.
+        exclude: Some(Exclude({
+            let config = edge.config.clone();
+            Arc::new(move |url: &Url| fetchable(&config, url).err().map(|_| NOT_AN_ORIGIN))
+        })),
         ..WalkOptions::default()
     };
     let opts = IngestOptions {
@@ -360,6 +369,37 @@ where
         *job.reports.lock() = Some(reports);
     });
     json(StatusCode::ACCEPTED, &serde_json::json!({ "id": id }))
+}
+
+/// Why a manifest's reference was left out of an admin ingest (`fetchable`).
+const NOT_AN_ORIGIN: &str = "not one of the origins or shields of the route serving it";
+
+/// Whether an admin ingest may fetch `url`: its origin (scheme, host and port) must be one the
+/// route serving its path fills from, one of the route's origins or, when the `[shield]` tier
+/// covers the route, a shield node. The admin API must not become a way to make the edge fetch
+/// from any host its network reaches (and store the answer under a viewer's key).
+fn fetchable(config: &crate::config::Config, url: &Url) -> Result<(), String> {
+    let path = crate::cache::key::normalize_path(url.path())
+        .map_err(|e| format!("{url}: not a path a viewer could ask for: {e}"))?;
+    let Some(route) = config.route_for(&path) else {
+        return Err(format!("{url}: no route serves {path}"));
+    };
+    let shields = config
+        .tier
+        .shield
+        .iter()
+        .filter(|s| s.covers(route))
+        .flat_map(|s| &s.nodes);
+    let mut allowed = route.group.origins.iter().chain(shields);
+    if allowed.any(|o| o.origin() == url.origin()) {
+        return Ok(());
+    }
+    Err(format!(
+        "{url}: ingest fetches only from the origins and shields of the route serving it \
+         ({}), and {} is none of them",
+        route.prefix,
+        url.origin().ascii_serialization()
+    ))
 }
 
 /// The `Host` an ingest fetch of `url` carries: the Host of the route that serves its path,

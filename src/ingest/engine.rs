@@ -244,6 +244,10 @@ pub struct AssetReport {
     pub stored_bytes: u64,
     pub skipped: u64,
     pub failures: Vec<Failure>,
+    /// References the walk saw and left out, with the reason (key files when keys are skipped,
+    /// other URL schemes, hosts that are none of the route's origins): never fetched.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_fetched: Vec<Failure>,
     /// Set when the asset was refused before anything was written.
     pub error: Option<String>,
 }
@@ -259,6 +263,7 @@ impl AssetReport {
             stored_bytes: 0,
             skipped: 0,
             failures: Vec::new(),
+            not_fetched: Vec::new(),
             error: Some(error),
         }
     }
@@ -429,6 +434,14 @@ pub async fn ingest_asset<F: Fetcher, S: Sink>(
         stored_bytes: 0,
         skipped: 0,
         failures: Vec::new(),
+        not_fetched: asset
+            .skipped
+            .iter()
+            .map(|(url, reason)| Failure {
+                url: url.clone(),
+                reason: reason.to_string(),
+            })
+            .collect(),
         error: None,
     };
     let mut stored_keys = Vec::new();

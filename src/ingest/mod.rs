@@ -204,6 +204,7 @@ impl IngestArgs {
                 ..Limits::default()
             },
             include_keys: self.include_keys,
+            exclude: None,
         }
     }
 

@@ -2,7 +2,6 @@
 //! `Fetcher` over pooled hyper-util clients; https through `origin::tls`'s connector). It lives here because only `origin/` opens outbound
 //! connections; the walk itself stays network-free in `vedge-manifest`.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,9 +24,10 @@ use vedge_manifest::fetch::{
 #[derive(Clone)]
 pub struct HttpFetcher {
     client: Client<HttpConnector, Empty<Bytes>>,
-    /// One TLS client per https authority (its SNI name and trust are per host), built on first
-    /// use; an ingest names a handful of origins, so the map stays small.
-    tls_clients: Arc<Mutex<HashMap<String, TlsClient>>>,
+    /// One TLS client per https authority and TLS settings, built on first use: routes that
+    /// share an origin may trust it differently (`ca_file`, `sni`, `insecure_skip_verify`), and
+    /// each fetch must use its own route's. An ingest names a handful, so a list will do.
+    tls_clients: Arc<Mutex<Vec<(String, OriginTls, TlsClient)>>>,
     /// The TLS settings for an https URL (an edge's push: the serving route's); default: the
     /// platform's roots, SNI from the URL.
     tls: Option<TlsFor>,
@@ -57,7 +57,7 @@ impl HttpFetcher {
             client: Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_secs(30))
                 .build(connector),
-            tls_clients: Arc::new(Mutex::new(HashMap::new())),
+            tls_clients: Arc::new(Mutex::new(Vec::new())),
             tls: None,
             timeout,
             retries,
@@ -94,17 +94,20 @@ impl HttpFetcher {
             .map_err(|e| FetchError::Io(format!("{e:?}")))
     }
 
-    /// The pooled TLS client for `url`'s authority.
+    /// The pooled TLS client for `url`'s authority with the TLS settings chosen for `url`.
     fn tls_client(&self, url: &Url) -> Result<TlsClient, FetchError> {
         let host = url
             .host_str()
             .ok_or_else(|| FetchError::Io(format!("{url}: no host")))?;
         let authority = format!("{host}:{}", url.port_or_known_default().unwrap_or(443));
+        let settings = self.tls.as_ref().map(|f| f(url)).unwrap_or_default();
         let mut clients = self.tls_clients.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = clients.get(&authority) {
+        if let Some((_, _, c)) = clients
+            .iter()
+            .find(|(a, s, _)| *a == authority && *s == settings)
+        {
             return Ok(c.clone());
         }
-        let settings = self.tls.as_ref().map(|f| f(url)).unwrap_or_default();
         let setup = TlsSetup::new(host, &settings).map_err(|e| FetchError::Io(e.to_string()))?;
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(self.timeout));
@@ -112,7 +115,7 @@ impl HttpFetcher {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(Connector::new(http, Some(setup), self.timeout));
-        clients.insert(authority, client.clone());
+        clients.push((authority, settings, client.clone()));
         Ok(client)
     }
 

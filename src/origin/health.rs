@@ -7,11 +7,13 @@ use std::sync::Arc;
 use http::header::{self, HeaderValue};
 use http::{Method, Request};
 use http_body_util::BodyExt;
+use hyper_util::client::legacy::connect::capture_connection;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::HealthCheck;
 use crate::http::body::Body;
 use crate::origin::target::Target;
+use crate::origin::tls::DialWatch;
 
 /// Probes `target` until `stop` fires: at once, then every `interval`.
 pub async fn run(target: Arc<Target>, check: HealthCheck, stop: CancellationToken) {
@@ -20,7 +22,11 @@ pub async fn run(target: Arc<Target>, check: HealthCheck, stop: CancellationToke
             _ = stop.cancelled() => return,
             passed = probe(&target, &check) => passed,
         };
-        target.record_check(passed, &check);
+        // `None`: the check never reached the origin (it waited for one of this edge's own
+        // connection slots): no verdict either way.
+        if let Some(passed) = passed {
+            target.record_check(passed, &check);
+        }
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(check.interval) => {}
@@ -28,10 +34,12 @@ pub async fn run(target: Arc<Target>, check: HealthCheck, stop: CancellationToke
     }
 }
 
-/// One check: a 2xx or 3xx head and a body that ends, all within `timeout`.
-async fn probe(target: &Target, check: &HealthCheck) -> bool {
+/// One check: a 2xx or 3xx head and a body that ends, all within `timeout`; `None` when the
+/// time ran out before the probe had a connection, its dial queued for a local slot
+/// (`max_connections_per_origin`): a busy origin is not a failing one.
+async fn probe(target: &Target, check: &HealthCheck) -> Option<bool> {
     let Ok(uri) = target.uri(&check.path) else {
-        return false;
+        return Some(false);
     };
     let mut req = Request::new(Body::empty());
     *req.method_mut() = Method::GET;
@@ -41,8 +49,10 @@ async fn probe(target: &Target, check: &HealthCheck) -> bool {
     }
     req.headers_mut()
         .insert(header::USER_AGENT, HeaderValue::from_static("vedge-health"));
+    let captured = capture_connection(&mut req);
+    let dial = DialWatch::default();
     let attempt = async {
-        let resp = target.client.request(req).await.ok()?;
+        let resp = dial.watch(target.client.request(req)).await.ok()?;
         let ok = resp.status().is_success() || resp.status().is_redirection();
         // Read the body, bounded, so the connection goes back to the pool.
         http_body_util::Limited::new(resp.into_body(), 64 << 10)
@@ -51,8 +61,9 @@ async fn probe(target: &Target, check: &HealthCheck) -> bool {
             .ok()?;
         Some(ok)
     };
-    matches!(
-        tokio::time::timeout(check.timeout, attempt).await,
-        Ok(Some(true))
-    )
+    match tokio::time::timeout(check.timeout, attempt).await {
+        Ok(passed) => Some(passed == Some(true)),
+        Err(_) if captured.connection_metadata().is_none() && dial.waiting_for_slot() => None,
+        Err(_) => Some(false),
+    }
 }

@@ -21,6 +21,7 @@ use std::time::Duration;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, Uri};
 use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::capture_connection;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -46,6 +47,11 @@ pub enum OriginError {
     Tls,
     #[error("internal error while fetching")]
     Internal,
+    /// Every connection this edge may open to the origin (`max_connections_per_origin`) stayed
+    /// in use until the first-byte timeout: the request never reached the origin, so this says
+    /// nothing about its health (503 origin-busy, not retried elsewhere).
+    #[error("origin busy: every connection this edge may open to it is in use, retry shortly")]
+    Busy,
 }
 
 impl OriginError {
@@ -56,6 +62,7 @@ impl OriginError {
             OriginError::Protocol => "origin-protocol",
             OriginError::Tls => "origin-tls",
             OriginError::Internal => "internal",
+            OriginError::Busy => "origin-busy",
         }
     }
 }
@@ -419,7 +426,9 @@ impl OriginClient {
             Ok(resp) => upstream.retries_status(resp.status().as_u16()),
             Err(OriginError::Connect) => true,
             Err(OriginError::Timeout | OriginError::Protocol | OriginError::Tls) => several,
-            Err(OriginError::Internal) => false,
+            // Waited for this edge's own connection slot for the whole first-byte timeout: the
+            // origin is busy, not failing, and a local limit is no reason to fail over.
+            Err(OriginError::Internal | OriginError::Busy) => false,
         };
         if !retry || !(method == Method::GET || method == Method::HEAD) {
             return result;
@@ -488,8 +497,16 @@ impl OriginClient {
         if let Some(host) = &target.host {
             req.headers_mut().insert(header::HOST, host.clone());
         }
+        let captured = capture_connection(&mut req);
+        let dial = tls::DialWatch::default();
         let started = Instant::now();
-        let result = match tokio::time::timeout(timeout, target.client.request(req)).await {
+        let request = dial.watch(target.client.request(req));
+        let result = match tokio::time::timeout(timeout, request).await {
+            // No connection yet and the dial still queued for a local slot: the origin never
+            // saw the request.
+            Err(_) if captured.connection_metadata().is_none() && dial.waiting_for_slot() => {
+                Err(OriginError::Busy)
+            }
             Err(_) => Err(OriginError::Timeout),
             // The edge never asks an upstream to switch protocols (`Upgrade` is hop-by-hop and
             // never forwarded), and hyper hands through no other 1xx: a 101 is no final answer

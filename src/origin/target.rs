@@ -46,7 +46,7 @@ const ERROR_KINDS: [&str; 6] = ["connect", "timeout", "tls", "protocol", "intern
 
 fn error_index(o: Outcome) -> Option<usize> {
     Some(match o {
-        Outcome::Ok | Outcome::Loop => return None,
+        Outcome::Ok | Outcome::Loop | Outcome::Failed(OriginError::Busy) => return None,
         Outcome::Failed(OriginError::Connect) => 0,
         Outcome::Failed(OriginError::Timeout) => 1,
         Outcome::Failed(OriginError::Tls) => 2,
@@ -166,7 +166,12 @@ impl Target {
 
     /// Counts one request's outcome and its time to head; ejects the origin after
     /// `eject.failures` consecutive failures.
+    /// A request that waited for one of this edge's own connection slots and never reached the
+    /// origin (`OriginError::Busy`) counts nowhere: it says nothing about the origin.
     pub fn record(&self, outcome: Outcome, elapsed: Duration, eject: &Eject) {
+        if outcome == Outcome::Failed(OriginError::Busy) {
+            return;
+        }
         self.traffic.touch();
         self.stats.requests.fetch_add(1, Relaxed);
         if let Some(i) = error_index(outcome) {

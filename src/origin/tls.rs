@@ -17,7 +17,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::client::TlsStream;
@@ -158,6 +158,36 @@ impl ServerCertVerifier for AcceptAnyCertificate {
     }
 }
 
+tokio::task_local! {
+    /// The request being polled, for the dial it starts (`DialWatch::watch`).
+    static DIAL: DialWatch;
+}
+
+/// Whether the dial a request started is still queued for one of this edge's own connection
+/// slots (`max_connections_per_origin`). A request that timed out with its dial queued there
+/// never reached the origin: the wait is the edge's, not an origin failure, and must not feed
+/// the origin's health (a burst of viewers against a busy origin would eject it).
+///
+/// hyper-util starts a request's dial inside that request's poll (it races the pool checkout
+/// against a lazy connect), so a task-local set around the request reaches `Connector::call`.
+/// A dial the pool checkout overtook goes on in the background; the flag is then stale, which
+/// is why callers also check that the request got no connection (`capture_connection`).
+#[derive(Clone, Default)]
+pub struct DialWatch(Arc<AtomicBool>);
+
+impl DialWatch {
+    /// Runs `request` (a pooled client's request future) with this watch on the dial it starts.
+    pub async fn watch<F: Future>(&self, request: F) -> F::Output {
+        DIAL.scope(self.clone(), request).await
+    }
+
+    /// The request's dial was waiting for a connection slot when it was last polled (or
+    /// cancelled): it had not begun connecting to the origin.
+    pub fn waiting_for_slot(&self) -> bool {
+        self.0.load(Relaxed)
+    }
+}
+
 /// Dials one origin: TCP through hyper-util's `HttpConnector` (connect timeout, nodelay,
 /// keep-alive), then the TLS handshake for an https origin, bounded by the connect timeout too.
 #[derive(Clone)]
@@ -208,16 +238,26 @@ impl tower_service::Service<Uri> for Connector {
         let tls = self.tls.clone();
         let timeout = self.handshake_timeout;
         let slots = self.slots.clone();
+        // Read now: `call` runs inside the request's poll, the async block below may not.
+        let watch = DIAL.try_with(DialWatch::clone).ok();
         Box::pin(async move {
             // Waits for a connection to this origin to close; the caller's first-byte timeout
-            // bounds the wait.
+            // bounds the wait, and a request cancelled here leaves its watch set (the caller
+            // reads it after the timeout dropped this future).
             let slot = match slots {
                 None => None,
                 Some(sem) => Some(match sem.clone().try_acquire_owned() {
                     Ok(p) => p,
                     Err(_) => {
                         crate::metrics::ORIGIN_CONNECTION_WAITS.fetch_add(1, Relaxed);
-                        sem.acquire_owned().await?
+                        if let Some(w) = &watch {
+                            w.0.store(true, Relaxed);
+                        }
+                        let p = sem.acquire_owned().await?;
+                        if let Some(w) = &watch {
+                            w.0.store(false, Relaxed);
+                        }
+                        p
                     }
                 }),
             };

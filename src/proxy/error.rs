@@ -27,8 +27,11 @@ pub enum EdgeError {
     #[error("{0}")]
     Target(#[from] TargetError),
     /// Every fill slot of the route stayed taken until the collapse deadline
-    /// (`origin_client.max_fills`): 503 with `Retry-After`.
-    #[error("origin busy: too many fills in flight, retry shortly")]
+    /// (`origin_client.max_fills`), or every connection to the origin until the first-byte
+    /// timeout (`max_connections_per_origin`): 503 with `Retry-After`.
+    #[error(
+        "origin busy: this edge's fills or connections to the origin are all in use, retry shortly"
+    )]
     OriginBusy,
     /// `Cache-Control: only-if-cached` and no stored response that may answer (RFC 9111
     /// §5.2.1.7): 504.
@@ -68,6 +71,7 @@ impl EdgeError {
             EdgeError::BadRequest(_) => StatusCode::BAD_REQUEST,
             EdgeError::Origin(OriginError::Timeout) => StatusCode::GATEWAY_TIMEOUT,
             EdgeError::Origin(OriginError::Internal) => StatusCode::INTERNAL_SERVER_ERROR,
+            EdgeError::Origin(OriginError::Busy) => StatusCode::SERVICE_UNAVAILABLE,
             EdgeError::Origin(_) => StatusCode::BAD_GATEWAY,
             EdgeError::Target(TargetError::BadRequest(_)) => StatusCode::BAD_REQUEST,
             EdgeError::Target(TargetError::Misdirected(_)) => StatusCode::MISDIRECTED_REQUEST,
@@ -105,7 +109,7 @@ impl EdgeError {
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if let EdgeError::OriginBusy = self {
+        if let EdgeError::OriginBusy | EdgeError::Origin(OriginError::Busy) = self {
             // A slot frees as soon as one fill ends: retry soon.
             h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }

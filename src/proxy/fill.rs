@@ -163,6 +163,7 @@ fn failure(e: OriginError) -> OriginFailure {
         OriginError::Protocol => OriginFailure::Protocol,
         OriginError::Tls => OriginFailure::Tls,
         OriginError::Internal => OriginFailure::Internal,
+        OriginError::Busy => OriginFailure::Busy,
     }
 }
 

@@ -262,7 +262,13 @@ impl Edge {
         self.fills.record_purges(selectors);
         let now = self.clock.now();
         let mut counts = Vec::with_capacity(selectors.len());
-        for sel in selectors {
+        for (i, sel) in selectors.iter().enumerate() {
+            // Each selector scans the RAM tier: a purge of many (an asset expands to up to
+            // 50,000) lets the worker's other tasks run between batches. The purges are
+            // recorded above, so no fill stores a purged key meanwhile.
+            if i > 0 && i % PURGE_BATCH == 0 {
+                tokio::task::yield_now().await;
+            }
             let n = if soft {
                 let marked = parking_lot::Mutex::new(Vec::new());
                 self.ram.remove_where(|k, o| {
@@ -313,6 +319,9 @@ impl Edge {
         Ok(counts)
     }
 }
+
+/// Purge selectors applied to the RAM tier between two yields to the runtime (`Edge::purge`).
+const PURGE_BATCH: usize = 256;
 
 /// The store's selectors for one purge selector: a key also covers its Vary variants, stored
 /// under `key` + `\0` + variant.

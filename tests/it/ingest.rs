@@ -828,3 +828,214 @@ async fn admin_ingest_streams_large_segments_into_the_store_and_small_ones_into_
     assert!(hit.body[..] == seg[..], "stored bytes differ");
     o.task.abort();
 }
+
+/// `GET path` with the admin token from the admin API on loopback `port`: (status, JSON).
+async fn admin_get_json(port: u16, path: &str) -> (u16, serde_json::Value) {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("admin connects");
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        crate::support::binary::ADMIN_TOKEN
+    );
+    s.write_all(req.as_bytes()).await.expect("send");
+    let r = crate::support::edge::read_raw(&mut s).await;
+    let (_, b) = r.split();
+    (r.status(), serde_json::from_slice(b).unwrap_or_default())
+}
+
+/// `POST /admin/ingest` fetches only from the serving route's own origins (and shields): an
+/// asset URL on any other host is refused with a 400 naming it, and a manifest's absolute
+/// references to other hosts are left out and reported, never fetched, even with
+/// `allow_other_hosts`. Before, the edge fetched whatever URL the request or a manifest named
+/// (a request forgery from the edge's network, and the answer stored under a viewer's key).
+#[tokio::test]
+async fn admin_ingest_fetches_only_from_the_routes_own_origins() {
+    use crate::support::edge::{admin_post, edge_config};
+    use crate::support::{Origin as Scripted, Script};
+    let origin = Scripted::start().await;
+    // Stands for a host the edge can reach and nobody should make it fetch from.
+    let other = Scripted::start().await;
+    let elsewhere = other.addr();
+    let playlist = |segments: &[String]| {
+        let mut p = String::from("#EXTM3U\n#EXT-X-TARGETDURATION:4\n");
+        for s in segments {
+            p.push_str(&format!("#EXTINF:4,\n{s}\n"));
+        }
+        p + "#EXT-X-ENDLIST\n"
+    };
+    origin.script(
+        "/vod/master.m3u8",
+        Script::ok(format!(
+            "#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1000\nlow.m3u8\n\
+             #EXT-X-STREAM-INF:BANDWIDTH=2000\nhttp://{elsewhere}/vod/high.m3u8\n"
+        )),
+    );
+    origin.script(
+        "/vod/low.m3u8",
+        Script::ok(playlist(&[
+            "a.ts".into(),
+            format!("http://{elsewhere}/vod/b.ts"),
+        ])),
+    );
+    origin.script("/vod/a.ts", Script::ok("segment a"));
+    for p in [
+        "/vod/master.m3u8",
+        "/vod/high.m3u8",
+        "/vod/b.ts",
+        "/internal",
+    ] {
+        other.script(p, Script::ok(playlist(&["c.ts".into()])));
+    }
+    other.script("/vod/c.ts", Script::ok("segment c"));
+    let mut raw = edge_config(&origin);
+    raw.admin_token = Some(crate::support::binary::ADMIN_TOKEN.into());
+    let edge = TestEdge::start(raw).await;
+    let api = edge.admin().await;
+    let port = api.addr.port();
+
+    let (refused, body) = admin_post(
+        port,
+        "/admin/ingest",
+        &format!(r#"{{"assets": ["http://{elsewhere}/vod/master.m3u8"]}}"#),
+    )
+    .await;
+    let (status, job) = admin_post(
+        port,
+        "/admin/ingest",
+        &format!(
+            r#"{{"assets": ["{}/vod/master.m3u8"], "allow_other_hosts": true}}"#,
+            origin.url()
+        ),
+    )
+    .await;
+    assert_eq!(status, 202, "{job}");
+    let id = serde_json::from_str::<serde_json::Value>(&job).expect("json")["id"]
+        .as_u64()
+        .expect("id");
+    let mut report = serde_json::Value::Null;
+    for _ in 0..500 {
+        let (_, v) = admin_get_json(port, &format!("/admin/ingest/{id}")).await;
+        if v["done"] == true {
+            report = v["assets"][0].clone();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let asked: Vec<(&str, usize)> = [
+        "/vod/master.m3u8",
+        "/vod/high.m3u8",
+        "/vod/b.ts",
+        "/vod/c.ts",
+    ]
+    .into_iter()
+    .map(|p| (p, other.count(p)))
+    .filter(|(_, n)| *n > 0)
+    .collect();
+    println!(
+        "asset on another host: {refused} {body}; requests the other host saw: {asked:?}; \
+         report: {report}"
+    );
+    assert_eq!(refused, 400, "{body}");
+    assert!(
+        body.contains(&format!("http://{elsewhere}/vod/master.m3u8")),
+        "the error names the URL: {body}"
+    );
+    assert_eq!(asked, vec![], "nothing was fetched from the other host");
+    assert_eq!(report["outcome"], "published", "{report}");
+    assert_eq!(
+        (&report["objects"], &report["stored"]),
+        (&3.into(), &3.into()),
+        "master.m3u8, low.m3u8 and a.ts: {report}"
+    );
+    let left_out: Vec<&str> = report["not_fetched"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|f| f["url"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        left_out,
+        [
+            format!("http://{elsewhere}/vod/high.m3u8"),
+            format!("http://{elsewhere}/vod/b.ts"),
+        ],
+        "{report}"
+    );
+}
+
+/// Two routes to the same https origin with different TLS settings: each ingest fetch uses its
+/// own route's. Before, the fetcher kept one TLS client per authority, so whichever route was
+/// fetched first decided the trust, SNI and verification of every later fetch there: here the
+/// route without the CA went first, and the route that trusts the origin's CA then failed its
+/// handshake too.
+#[tokio::test]
+async fn admin_ingest_uses_each_routes_own_tls_settings_on_a_shared_origin() {
+    use crate::support::edge::admin_post;
+    use crate::support::tls_origin::{TestCa, TlsOrigin};
+    use vedge::config::{RawConfig, RawRoute};
+    let ca = TestCa::new();
+    let tls = TlsOrigin::start(&ca, &["origin.test"], false).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).expect("write the CA file");
+    let route = |prefix: &str, ca_file: Option<PathBuf>| RawRoute {
+        prefix: prefix.into(),
+        origin: tls.ip_url(),
+        sni: Some("origin.test".into()),
+        ca_file,
+        ..RawRoute::default()
+    };
+    let mut raw = RawConfig {
+        origin: Some(tls.ip_url()),
+        ram_size: Some("64MiB".into()),
+        // `/untrusted/` has the platform's roots, which do not know the test CA.
+        routes: vec![
+            route("/trusted/", Some(ca_file)),
+            route("/untrusted/", None),
+        ],
+        admin_token: Some(crate::support::binary::ADMIN_TOKEN.into()),
+        ..RawConfig::default()
+    };
+    raw.server.shutdown_grace = Some("1s".into());
+    let edge = TestEdge::start(raw).await;
+    let api = edge.admin().await;
+    let port = api.addr.port();
+    let (status, job) = admin_post(
+        port,
+        "/admin/ingest",
+        &format!(
+            r#"{{"assets": ["{0}/untrusted/master.m3u8", "{0}/trusted/master.m3u8"]}}"#,
+            tls.ip_url()
+        ),
+    )
+    .await;
+    assert_eq!(status, 202, "{job}");
+    let id = serde_json::from_str::<serde_json::Value>(&job).expect("json")["id"]
+        .as_u64()
+        .expect("id");
+    let mut assets = serde_json::Value::Null;
+    for _ in 0..500 {
+        let (_, v) = admin_get_json(port, &format!("/admin/ingest/{id}")).await;
+        if v["done"] == true {
+            assets = v["assets"].clone();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let errors: Vec<&str> = (0..2)
+        .map(|i| assets[i]["error"].as_str().unwrap_or(""))
+        .collect();
+    let seen = (
+        tls.count("/untrusted/master.m3u8"),
+        tls.count("/trusted/master.m3u8"),
+    );
+    println!("requests the origin saw (untrusted, trusted): {seen:?}; errors: {errors:?}");
+    // The origin answers every path with `tls:<path>`: a trusted fetch gets that far, and the
+    // walk then says it is no playlist.
+    assert_eq!(seen, (0, 1), "{errors:?}");
+    assert!(errors[0].contains("fetching"), "{errors:?}");
+    assert!(
+        errors[1].contains("neither an HLS playlist nor a DASH MPD"),
+        "{errors:?}"
+    );
+}

@@ -316,3 +316,122 @@ async fn a_viewer_cannot_eject_an_origin_with_requests_it_refuses() {
     assert_eq!(r.status, 200);
     assert_eq!((a.count("/cold.ts"), b.count("/cold.ts")), (1, 0));
 }
+
+/// A fill that waited for one of this edge's own connection slots to the origin
+/// (`origin_client.max_connections_per_origin`) and ran out of time never reached the origin:
+/// it is the edge's wait, not the origin's failure. A burst of viewers against a healthy but
+/// busy origin used to count each such wait as an origin timeout and eject the origin.
+#[tokio::test]
+async fn waiting_for_a_local_connection_slot_does_not_eject_the_origin() {
+    let origin = Origin::start().await;
+    // Holds the only connection: its head comes at once, its body over two seconds.
+    origin.script(
+        "/long.ts",
+        Script::ok(vec![1u8; 4000])
+            .header("cache-control", "max-age=60")
+            .trickle(40, std::time::Duration::from_secs(2)),
+    );
+    let waiters = ["/w/1.ts", "/w/2.ts", "/w/3.ts"];
+    for p in waiters {
+        origin.script(p, seg("later"));
+    }
+    let mut raw = group_config(&[&origin], "failover");
+    route(&mut raw).eject = Some(RawEject {
+        failures: Some(2),
+        duration: Some("60s".into()),
+    });
+    raw.origin_client.max_connections_per_origin = Some(1);
+    raw.origin_client.max_fills = Some(0);
+    raw.origin_client.first_byte_timeout = Some("300ms".into());
+    let edge = std::sync::Arc::new(TestEdge::start(raw).await);
+
+    let holder = {
+        let e = edge.clone();
+        tokio::spawn(async move { e.get("/long.ts").await })
+    };
+    until("the long body holds the connection", || {
+        origin.count("/long.ts") == 1
+    })
+    .await;
+    let tasks: Vec<_> = waiters
+        .into_iter()
+        .map(|p| {
+            let e = edge.clone();
+            tokio::spawn(async move { e.get(p).await })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for t in tasks {
+        let r = t.await.expect("task");
+        statuses.push((r.status.as_u16(), r.h("cache-status").to_string()));
+    }
+    let o = &edge.edge.origin.snapshot()["routes"][0]["origins"][0];
+    println!(
+        "waiters: {statuses:?}; origin state {}, consecutive failures {}, timeouts {}",
+        o["state"], o["consecutive_failures"], o["errors"]["timeout"]
+    );
+    for (status, cache_status) in &statuses {
+        assert_eq!(*status, 503, "{statuses:?}");
+        assert!(cache_status.contains("detail=origin-busy"), "{statuses:?}");
+    }
+    assert_eq!(o["state"], "up", "the origin was never asked");
+    assert_eq!(o["consecutive_failures"], 0);
+    assert_eq!(o["errors"]["timeout"], 0);
+    for p in waiters {
+        assert_eq!(origin.count(p), 0, "{p} never reached the origin");
+    }
+
+    let r = holder.await.expect("task");
+    assert_eq!((r.status.as_u16(), r.body.len()), (200, 4000));
+    // The slot is free again: the origin serves the next viewer.
+    let r = edge.get("/w/1.ts").await;
+    assert_eq!((r.status.as_u16(), &r.body[..]), (200, &b"later"[..]));
+    assert_eq!(origin.count("/w/1.ts"), 1);
+}
+
+/// The same for active health checks: a check whose dial waited for this edge's own connection
+/// slot until its timeout never asked the origin, so it is no failed check.
+#[tokio::test]
+async fn a_health_check_waiting_for_a_local_connection_slot_is_not_a_failed_check() {
+    let origin = Origin::start().await;
+    origin.script("/health", Script::ok("ok"));
+    origin.script(
+        "/long.ts",
+        Script::ok(vec![1u8; 4000])
+            .header("cache-control", "max-age=60")
+            .trickle(40, std::time::Duration::from_secs(2)),
+    );
+    let mut raw = group_config(&[&origin], "failover");
+    route(&mut raw).health = Some(RawHealth {
+        path: Some("/health".into()),
+        interval: Some("50ms".into()),
+        timeout: Some("200ms".into()),
+        fall: Some(2),
+        // Once down, it would stay down for the rest of the test.
+        rise: Some(100),
+    });
+    raw.origin_client.max_connections_per_origin = Some(1);
+    raw.origin_client.max_fills = Some(0);
+    let edge = std::sync::Arc::new(TestEdge::start(raw).await);
+    until("the origin is checked", || origin.count("/health") >= 1).await;
+    let holder = {
+        let e = edge.clone();
+        tokio::spawn(async move { e.get("/long.ts").await })
+    };
+    until("the long body holds the connection", || {
+        origin.count("/long.ts") == 1
+    })
+    .await;
+    let checks = origin.count("/health");
+    let r = holder.await.expect("task");
+    let o = &edge.edge.origin.snapshot()["routes"][0]["origins"][0];
+    println!(
+        "after the connection was held: state {}, last check {}; checks that reached the \
+         origin meanwhile: {}",
+        o["state"],
+        o["last_check"],
+        origin.count("/health") - checks
+    );
+    assert_eq!((r.status.as_u16(), r.body.len()), (200, 4000));
+    assert_eq!(o["state"], "up");
+}

@@ -388,3 +388,97 @@ async fn the_first_request_after_purging_a_varied_object_fetches_once() {
     s.edge.settle().await;
     assert_eq!(s.edge.get_with("/v/seg.ts", &tv).await.x_cache(), "HIT");
 }
+
+/// The key a viewer's request for `path` is cached under on `edge`.
+fn key_of(edge: &TestEdge, path: &str) -> String {
+    vedge::proxy::target::resolve(&edge.edge.config, None, path)
+        .expect("routed")
+        .key
+}
+
+/// A purge request listing more entries than `admin::purge::MAX_ENTRIES` (10,000) is refused
+/// (413, naming the bound) before anything is purged or fanned out. Before, a purge of 10^5
+/// URLs ran them all at once.
+#[tokio::test]
+async fn a_purge_listing_more_entries_than_the_bound_is_refused_and_purges_nothing() {
+    const MAX_ENTRIES: usize = 10_000;
+    let origin = Origin::start().await;
+    origin.script("/a.ts", cached("a"));
+    let s = setup(&origin).await;
+    s.edge.get("/a.ts").await;
+    s.edge.settle().await;
+    let urls: Vec<String> = std::iter::once("/a.ts".to_string())
+        .chain((1..100_000).map(|i| format!("/x/{i}.ts")))
+        .collect();
+    let body = serde_json::json!({ "urls": urls }).to_string();
+    let (st, v) = purge(s.admin, &body).await;
+    let after = s.edge.get("/a.ts").await;
+    println!(
+        "100000 urls: {st} {}; /a.ts afterwards: {}",
+        v.to_string().chars().take(200).collect::<String>(),
+        after.x_cache()
+    );
+    assert_eq!(st, 413, "{v}");
+    assert!(
+        v.as_str()
+            .is_some_and(|m| m.contains(&MAX_ENTRIES.to_string())),
+        "the error names the bound: {v}"
+    );
+    assert_eq!(after.x_cache(), "HIT", "nothing was purged");
+    assert_eq!(origin.count("/a.ts"), 1);
+    // At the bound, the purge runs.
+    let urls: Vec<String> = std::iter::once("/a.ts".to_string())
+        .chain((1..MAX_ENTRIES).map(|i| format!("/x/{i}.ts")))
+        .collect();
+    let body = serde_json::json!({ "urls": urls }).to_string();
+    let (st, v) = purge(s.admin, &body).await;
+    assert_eq!((st, &v["purged"]), (200, &1.into()), "{v}");
+}
+
+/// A large purge lets the runtime's other tasks run while it works: on a single-threaded
+/// runtime (the edge, its admin API and this test share one thread), another task sees the
+/// purge half done (its first object gone, the purge not answered yet) at least once. Before,
+/// the whole purge ran in one poll, so nothing else on that worker ran until it was over.
+#[tokio::test(flavor = "current_thread")]
+async fn a_large_purge_lets_other_tasks_run_while_it_works() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let origin = Origin::start().await;
+    origin.script("/a.ts", cached("a"));
+    let s = Arc::new(setup(&origin).await);
+    s.edge.get("/a.ts").await;
+    s.edge.settle().await;
+    let key = key_of(&s.edge, "/a.ts");
+    assert!(s.edge.edge.ram.contains(&key));
+    let purged_before = s.edge.edge.metrics.purged.load(Relaxed);
+
+    // Counts the turns it gets between the purge removing /a.ts and the purge ending.
+    let observer = {
+        let s = s.clone();
+        tokio::spawn(async move {
+            let mut turns_mid_purge = 0u64;
+            for _ in 0..50_000_000u64 {
+                let ended = s.edge.edge.metrics.purged.load(Relaxed) != purged_before;
+                if ended {
+                    return Some(turns_mid_purge);
+                }
+                if !s.edge.edge.ram.contains(&key) {
+                    turns_mid_purge += 1;
+                }
+                tokio::task::yield_now().await;
+            }
+            None
+        })
+    };
+    let urls: Vec<String> = std::iter::once("/a.ts".to_string())
+        .chain((1..5_000).map(|i| format!("/x/{i}.ts")))
+        .collect();
+    let body = serde_json::json!({ "urls": urls }).to_string();
+    let (st, v) = purge(s.admin, &body).await;
+    let turns = observer.await.expect("observer");
+    println!("purge answered {st}; the other task's turns while it ran: {turns:?}");
+    assert_eq!((st, &v["purged"]), (200, &1.into()), "{v}");
+    assert!(
+        turns.is_some_and(|t| t > 0),
+        "another task ran while the purge worked: {turns:?}"
+    );
+}

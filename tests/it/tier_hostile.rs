@@ -97,3 +97,83 @@ async fn cdn_loop_naming_this_node_is_refused_whatever_its_case_or_spacing() {
         .await;
     assert_eq!(r.status, StatusCode::OK);
 }
+
+/// A fan-out purge counts a node as purged only when it gets the purge API's own answer (its
+/// JSON report): a 2xx from something in front of a node (a proxy's `204`, a portal's `200`
+/// HTML page) purged nothing, so the fan-out is a failure (502) naming those nodes. Before,
+/// any 2xx counted as success and the operator was told every node had purged.
+#[tokio::test]
+async fn a_fanout_purge_counts_a_node_only_on_the_purge_apis_own_answer() {
+    use crate::support::binary::ADMIN_TOKEN;
+    use crate::support::edge::admin_purge;
+    use vedge::config::{RawCluster, RawClusterNode};
+    let origin = Origin::start().await;
+    origin.script(
+        "/a.ts",
+        Script::ok("a").header("cache-control", "max-age=60"),
+    );
+    // Something answering where a node's admin API should be.
+    let proxy = Origin::start().await;
+    proxy.script("/admin/purge", Script::status(204, ""));
+    let portal = Origin::start().await;
+    portal.script(
+        "/admin/purge",
+        Script::ok("<html><body>Welcome to the network</body></html>")
+            .header("content-type", "text/html"),
+    );
+    // And a real node.
+    let mut raw = edge_config(&origin);
+    raw.admin_token = Some(ADMIN_TOKEN.into());
+    let real = TestEdge::start(raw).await;
+    let real_api = real.admin().await;
+    let real_admin = format!("http://{}", real_api.addr);
+
+    let node = |admin: String, role: &str| RawClusterNode {
+        admin,
+        token: Some(ADMIN_TOKEN.into()),
+        role: Some(role.into()),
+        ..RawClusterNode::default()
+    };
+    let mut raw = edge_config(&origin);
+    raw.admin_token = Some(ADMIN_TOKEN.into());
+    raw.cluster = Some(RawCluster {
+        nodes: vec![
+            node(proxy.url(), "shield"),
+            node(real_admin.clone(), "edge"),
+            node(portal.url(), "edge"),
+        ],
+        timeout: Some("5s".into()),
+    });
+    let edge = TestEdge::start(raw).await;
+    let api = edge.admin().await;
+    assert_eq!(edge.get("/a.ts").await.status, StatusCode::OK);
+
+    let (status, answer) =
+        admin_purge(api.addr.port(), r#"{"urls":["/a.ts"],"fanout":true}"#).await;
+    let ok_of = |admin: &str| {
+        answer["fanout"]["nodes"]
+            .as_array()
+            .and_then(|n| n.iter().find(|n| n["admin"] == admin))
+            .map(|n| n["ok"].clone())
+            .unwrap_or_default()
+    };
+    let oks = [
+        ok_of(&proxy.url()),
+        ok_of(&real_admin),
+        ok_of(&portal.url()),
+    ];
+    println!(
+        "status {status}; fanout ok {}; node ok (proxy 204, real node, portal 200 HTML): {oks:?}",
+        answer["fanout"]["ok"]
+    );
+    assert_eq!(proxy.count("/admin/purge"), 1);
+    assert_eq!(portal.count("/admin/purge"), 1);
+    assert_eq!(
+        oks,
+        [serde_json::json!(false), true.into(), false.into()],
+        "{answer}"
+    );
+    assert_eq!(answer["fanout"]["ok"], false, "{answer}");
+    assert_eq!(status, 502, "{answer}");
+    assert_eq!(edge.get("/a.ts").await.x_cache(), "MISS", "purged locally");
+}

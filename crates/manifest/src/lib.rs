@@ -154,6 +154,23 @@ pub struct WalkOptions {
     /// List EXT-X-KEY / EXT-X-SESSION-KEY URIs (default: skip; key servers usually authorise
     /// each viewer and must not be cached at the edge).
     pub include_keys: bool,
+    /// References within the scope that must still not be fetched (an edge's push fetches only
+    /// from its routes' origins): left out of the walk and listed in `Asset::skipped` with the
+    /// reason the filter gives.
+    pub exclude: Option<Exclude>,
+}
+
+/// A filter on a walk's references: `Some(reason)` leaves one out (neither fetched nor listed).
+#[derive(Clone)]
+pub struct Exclude(pub std::sync::Arc<ExcludeFn>);
+
+/// What `Exclude` calls for each reference.
+pub type ExcludeFn = dyn Fn(&Url) -> Option<&'static str> + Send + Sync;
+
+impl std::fmt::Debug for Exclude {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Exclude(..)")
+    }
 }
 
 /// Why a walk failed. Each variant names the URL it is about.
@@ -287,6 +304,10 @@ pub async fn discover<F: Fetcher>(
         for r in refs {
             scope.check(&r.url, &url)?;
             if !seen.insert(r.url.clone()) {
+                continue;
+            }
+            if let Some(reason) = opts.exclude.as_ref().and_then(|x| (x.0)(&r.url)) {
+                asset.skipped.push((r.url.to_string(), reason));
                 continue;
             }
             if r.kind.is_manifest() {

@@ -66,8 +66,9 @@ pub enum OriginFailure {
     Tls,
     #[error("internal error while fetching")]
     Internal,
-    /// No fill slot for the route before the collapse deadline (`origin_client.max_fills`).
-    #[error("origin busy: too many fills in flight")]
+    /// No fill slot for the route before the collapse deadline (`origin_client.max_fills`), or
+    /// no connection to the origin before the first-byte timeout (`max_connections_per_origin`).
+    #[error("origin busy: too many fills or connections in flight")]
     Busy,
 }
 
