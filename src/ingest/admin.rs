@@ -617,11 +617,7 @@ where
         .insert_durable_buf(buf, vedge_storage::Source::Push)
         .await
     {
-        let status = match e {
-            vedge_storage::StoreError::Full(_) => StatusCode::INSUFFICIENT_STORAGE,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        return error(status, e.to_string());
+        return error(store_error_status(&e), e.to_string());
     }
     // An older copy in RAM would shadow the new one: the next hit reads the store.
     edge.ram.remove(&key);
@@ -631,9 +627,35 @@ where
     )
 }
 
+/// The answer to a `PUT` whose store write failed: 507 for a full store, 409 when a newer
+/// write of the key (another `PUT`, a fill) or a purge replaced these bytes before they reached
+/// the device (the object now stored, if any, is not this body), else 500.
+fn store_error_status(e: &vedge_storage::StoreError) -> StatusCode {
+    match e {
+        vedge_storage::StoreError::Full(_) => StatusCode::INSUFFICIENT_STORAGE,
+        vedge_storage::StoreError::Superseded => StatusCode::CONFLICT,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::finished_to_forget;
+    use super::{finished_to_forget, store_error_status};
+
+    #[test]
+    fn a_put_replaced_before_it_was_written_is_a_conflict_not_a_server_error() {
+        use http::StatusCode;
+        use vedge_storage::StoreError;
+        assert_eq!(store_error_status(&StoreError::Superseded), StatusCode::CONFLICT);
+        assert_eq!(
+            store_error_status(&StoreError::Full("full".into())),
+            StatusCode::INSUFFICIENT_STORAGE
+        );
+        assert_eq!(
+            store_error_status(&StoreError::Closed),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+    }
 
     #[test]
     fn only_the_newest_finished_jobs_are_kept_and_running_ones_never_dropped() {
