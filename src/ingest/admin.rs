@@ -646,7 +646,10 @@ mod tests {
     fn a_put_replaced_before_it_was_written_is_a_conflict_not_a_server_error() {
         use http::StatusCode;
         use vedge_storage::StoreError;
-        assert_eq!(store_error_status(&StoreError::Superseded), StatusCode::CONFLICT);
+        assert_eq!(
+            store_error_status(&StoreError::Superseded),
+            StatusCode::CONFLICT
+        );
         assert_eq!(
             store_error_status(&StoreError::Full("full".into())),
             StatusCode::INSUFFICIENT_STORAGE
