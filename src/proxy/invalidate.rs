@@ -6,6 +6,7 @@
 
 use http::{header, HeaderMap, Method, StatusCode};
 
+use crate::cache::policy;
 use crate::proxy::request::Req;
 use crate::proxy::target;
 
@@ -67,9 +68,10 @@ pub fn after_response(req: &Req<'_>, status: StatusCode, headers: &HeaderMap) ->
 /// GET; a HEAD goes inbound only when passed, e.g. with a `Cookie`) says whether the stored GET
 /// response that request could have chosen is still current. When it names other validators or
 /// another length, the stored response is removed (the RFC's "consider it stale": the next GET
-/// fetches it anew); when it matches, the stored response is kept as it is (updating a shared
-/// copy's fields from one viewer's passed HEAD is a SHOULD this edge declines: the HEAD may
-/// carry that viewer's personalised fields). Returns whether an object was removed.
+/// fetches it anew); otherwise, a HEAD without validators from an origin that sends none
+/// included, the stored response is kept as it is (updating a shared copy's fields from one
+/// viewer's passed HEAD is a SHOULD this edge declines: the HEAD may carry that viewer's
+/// personalised fields). Returns whether an object was removed.
 pub async fn after_head(req: &Req<'_>, status: StatusCode, head: &HeaderMap) -> bool {
     if req.parts.method != Method::HEAD || status != StatusCode::OK {
         return false;
@@ -86,7 +88,7 @@ pub async fn after_head(req: &Req<'_>, status: StatusCode, head: &HeaderMap) -> 
     let Some(stored) = edge.peek(&key).await else {
         return false;
     };
-    if stored.status != StatusCode::OK || head_matches(&stored.headers, head) {
+    if stored.status != StatusCode::OK || head_matches(&stored.headers, stored.body.len(), head) {
         return false;
     }
     tracing::debug!(
@@ -96,20 +98,26 @@ pub async fn after_head(req: &Req<'_>, status: StatusCode, head: &HeaderMap) -> 
     edge.purge_key(&key) > 0
 }
 
-/// §4.3.5's test: the HEAD carries at least one validator (`ETag`, `Last-Modified`), each it
-/// carries equals the stored one, and its `Content-Length`, if any, is the stored one's.
-fn head_matches(stored: &HeaderMap, head: &HeaderMap) -> bool {
-    let mut validated = false;
+/// §4.3.5's test, over what the HEAD answer carries: each validator it carries (`ETag`,
+/// `Last-Modified`) equals the stored one, and its `Content-Length`, if any, is the stored
+/// body's length (`stored_len`: the stored field when there is one, else the body, as for a GET
+/// that came chunked). A HEAD without validators is judged by its length alone: an origin that
+/// sends no validators answers every HEAD so, and two identical answers are one
+/// representation.
+fn head_matches(stored: &HeaderMap, stored_len: usize, head: &HeaderMap) -> bool {
     for name in [header::ETAG, header::LAST_MODIFIED] {
         if let Some(v) = head.get(&name) {
             if stored.get(&name) != Some(v) {
                 return false;
             }
-            validated = true;
         }
     }
-    let length = |h: &HeaderMap| h.get(header::CONTENT_LENGTH).cloned();
-    validated && (length(head).is_none() || length(head) == length(stored))
+    if head.get(header::CONTENT_LENGTH).is_none() {
+        return true;
+    }
+    let stored_len = policy::content_length(stored).unwrap_or(stored_len as u64);
+    // An invalid length names no representation this edge could have stored.
+    policy::content_length(head) == Some(stored_len)
 }
 
 /// `reference` (absolute or relative, RFC 3986 §5) resolved against the request's URI; its
@@ -148,7 +156,7 @@ mod tests {
     }
 
     #[test]
-    fn a_head_matches_by_its_validators_and_length() {
+    fn a_head_matches_by_the_validators_and_length_it_carries() {
         let h = |pairs: &[(&'static str, &'static str)]| {
             let mut m = HeaderMap::new();
             for (k, v) in pairs {
@@ -161,21 +169,34 @@ mod tests {
             ("last-modified", "Sun, 06 Nov 1994 08:49:37 GMT"),
             ("content-length", "10"),
         ]);
-        assert!(head_matches(&stored, &h(&[("etag", "\"v1\"")])));
+        let matches = |head: &[(&'static str, &'static str)]| head_matches(&stored, 10, &h(head));
+        assert!(matches(&[("etag", "\"v1\"")]));
+        assert!(matches(&[("etag", "\"v1\""), ("content-length", "10")]));
+        assert!(!matches(&[("etag", "\"v2\"")]));
+        assert!(!matches(&[("etag", "\"v1\""), ("content-length", "11")]));
+        assert!(!matches(&[(
+            "last-modified",
+            "Mon, 07 Nov 1994 08:49:37 GMT"
+        )]));
+        // No validators: the length decides, and no length names no other representation.
+        assert!(matches(&[("content-length", "10")]));
+        assert!(matches(&[]));
+        assert!(!matches(&[("content-length", "11")]));
+        assert!(!matches(&[("content-length", "ten")]));
+        // A validator the stored response lacks is another representation.
+        let bare = h(&[("content-length", "10")]);
+        assert!(!head_matches(&bare, 10, &h(&[("etag", "\"v1\"")])));
+        // Stored from a chunked answer: its body's length.
         assert!(head_matches(
-            &stored,
-            &h(&[("etag", "\"v1\""), ("content-length", "10")])
-        ));
-        assert!(!head_matches(&stored, &h(&[("etag", "\"v2\"")])));
-        assert!(!head_matches(
-            &stored,
-            &h(&[("etag", "\"v1\""), ("content-length", "11")])
+            &HeaderMap::new(),
+            10,
+            &h(&[("content-length", "10")])
         ));
         assert!(!head_matches(
-            &stored,
-            &h(&[("last-modified", "Mon, 07 Nov 1994 08:49:37 GMT")])
+            &HeaderMap::new(),
+            9,
+            &h(&[("content-length", "10")])
         ));
-        assert!(!head_matches(&stored, &h(&[("content-length", "10")])));
     }
 
     #[test]

@@ -334,3 +334,61 @@ async fn interim_1xx_responses_are_never_stored_or_reused() {
     assert_eq!(r.body, "final");
     assert!(r.headers.get("link").is_none());
 }
+
+/// A HEAD passed to the origin (a `Cookie`), its request and its answer.
+async fn passed_head(edge: &TestEdge, origin: &Origin, path: &str) {
+    let r = edge
+        .send(
+            edge.req(Method::HEAD, path).header("cookie", "x=1"),
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.x_cache()),
+        (StatusCode::OK, "BYPASS"),
+        "{path}"
+    );
+    let seen = origin.seen(path);
+    assert_eq!(
+        seen.last().map(|s| s.method.as_str()),
+        Some("HEAD"),
+        "{path}: the HEAD reached the origin"
+    );
+}
+
+/// RFC 9111 §4.3.5 against an origin that sends no validators (`vedge origin`, most
+/// packagers): a passed HEAD whose 200 carries no `ETag`/`Last-Modified` and the stored
+/// response's length names no other representation, so the stored GET stays (one tiny HEAD
+/// with a cookie used to purge a live segment for every viewer); one answered with another
+/// `Content-Length` still removes it. The stored length is the body's when the GET came
+/// chunked (no `Content-Length` stored).
+#[tokio::test]
+async fn a_passed_head_without_validators_retires_the_stored_get_only_on_another_length() {
+    let origin = Origin::start().await;
+    let edge = TestEdge::start(edge_config(&origin)).await;
+    origin.script("/hv/seg.ts", fresh("segment"));
+    assert_eq!(second_get(&edge, "/hv/seg.ts").await, "HIT");
+    passed_head(&edge, &origin, "/hv/seg.ts").await;
+    let r = edge.get("/hv/seg.ts").await;
+    println!("after a HEAD of the same length: {}", r.x_cache());
+    assert_eq!(r.x_cache(), "HIT", "same length, no validators: kept");
+    assert_eq!(origin.count("/hv/seg.ts"), 2, "GET fill, HEAD");
+
+    // Stored from a chunked answer; the HEAD announces the body's length.
+    origin.script("/hv/chunked.ts", fresh("chunked").chunked());
+    assert_eq!(second_get(&edge, "/hv/chunked.ts").await, "HIT");
+    origin.script("/hv/chunked.ts", fresh("chunked"));
+    passed_head(&edge, &origin, "/hv/chunked.ts").await;
+    assert_eq!(edge.get("/hv/chunked.ts").await.x_cache(), "HIT");
+
+    // Another length: another representation, the stored one goes.
+    origin.script("/hv/seg.ts", fresh("segment, longer"));
+    passed_head(&edge, &origin, "/hv/seg.ts").await;
+    let r = edge.get("/hv/seg.ts").await;
+    assert_eq!(
+        (r.x_cache(), &r.body[..]),
+        ("MISS", &b"segment, longer"[..]),
+        "another length: removed"
+    );
+    assert_eq!(origin.count("/hv/seg.ts"), 4);
+}
