@@ -310,6 +310,19 @@ async fn run(
         fill.set_head(FillHead::Failed(OriginFailure::Busy));
         return Ok(());
     };
+    // The request goes to the origin now: its head, or its failure, comes within one attempt
+    // and its one retry, each bounded by the first-byte timeout (`origin::fetch_via`).
+    // Collapsed readers wait for it that long (`request::collapsed_head`), not only
+    // `collapse_timeout`, unless the answer may turn out to be the leader's alone (its
+    // credentials, a cold-Range probe): those readers still go their own way at the deadline.
+    if !job.authorized && !job.range_probe {
+        let fetch = edge
+            .config
+            .origin_client
+            .first_byte_timeout
+            .saturating_mul(2);
+        fill.expect_head_by(tokio::time::Instant::now() + fetch);
+    }
     Metrics::inc(&edge.metrics.origin_fetches);
     let sent = Instant::now();
     let asked = headers.clone();

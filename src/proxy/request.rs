@@ -22,7 +22,7 @@
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use http::header;
 use http::request::Parts;
@@ -603,8 +603,33 @@ async fn claim(req: &Req<'_>, at: &Lookup<'_>, stale: Option<Arc<CachedObject>>)
     }
 }
 
-/// `Read`: the fill's head, then the response from it. A collapsed reader waits at most
-/// `collapse_timeout` for the head, then passes.
+/// A collapsed reader's wait for its fill's head: `collapse_timeout`, and past it for as long
+/// as the fill's request is with the origin (`Fill::expect_head_by`: until the driver's own
+/// timeouts would have ended it, plus `HEAD_DUE_SLACK`). `None`: the reader goes its own way.
+///
+/// Why not `collapse_timeout` alone: an origin slower than it but within its first-byte
+/// timeout sent every waiter of a fill to the origin at once (60 viewers, 60 origin requests),
+/// exactly when the origin struggled. `collapse_timeout` still bounds a fill that cannot
+/// produce: one still queued for a fill slot (`origin_client.max_fills`, whose own wait ends
+/// at the collapse deadline), one whose answer may be its leader's alone, or one whose driver
+/// is past its due time.
+pub(crate) async fn collapsed_head(edge: &Edge, fill: &Fill) -> Option<FillHead> {
+    let head = fill.head();
+    tokio::pin!(head);
+    let patience = tokio::time::Instant::now() + edge.config.cache.collapse_timeout;
+    if let Ok(h) = tokio::time::timeout_at(patience, &mut head).await {
+        return Some(h);
+    }
+    let due = fill.head_due()? + HEAD_DUE_SLACK;
+    tokio::time::timeout_at(due, head).await.ok()
+}
+
+/// How long past a fill's due time a reader still waits for the driver to publish its answer
+/// (scheduling, not the origin).
+const HEAD_DUE_SLACK: Duration = Duration::from_secs(1);
+
+/// `Read`: the fill's head, then the response from it. A collapsed reader waits for the head
+/// as `collapsed_head` says, then passes.
 async fn read(
     req: &Req<'_>,
     fill: Arc<Fill>,
@@ -615,9 +640,9 @@ async fn read(
     let head = if leader {
         fill.head().await
     } else {
-        match tokio::time::timeout(edge.config.cache.collapse_timeout, fill.head()).await {
-            Ok(h) => h,
-            Err(_) => {
+        match collapsed_head(edge, &fill).await {
+            Some(h) => h,
+            None => {
                 return Ok(Phase::Pass {
                     reason: "collapse-timeout",
                     status: CacheStatus::Miss,

@@ -256,7 +256,7 @@ enum Got {
         leader: bool,
         head: FillHead,
     },
-    /// A collapsed reader waited `collapse_timeout` for the head.
+    /// A collapsed reader gave up waiting for the head (`request::collapsed_head`).
     TimedOut,
     /// The object is stored whole under the base key (a fill of this slice key that got a 200
     /// ended between our lookup and our claim).
@@ -403,7 +403,8 @@ fn not_sliced(req: &Req<'_>, fill: Arc<Fill>, leader: bool, head: FillHead) -> O
 }
 
 /// Looks a slice up, or claims its fill (spawning the driver) or joins the fill in flight, and
-/// waits for its head. `head_wait`: a collapsed reader gives up after `collapse_timeout`.
+/// waits for its head. `head_wait`: a collapsed reader gives up as `request::collapsed_head`
+/// says.
 async fn get_slice(
     edge: &Arc<Edge>,
     job: &FillJob,
@@ -440,9 +441,9 @@ async fn get_slice(
     let head = if leader || !head_wait {
         fill.head().await
     } else {
-        match tokio::time::timeout(edge.config.cache.collapse_timeout, fill.head()).await {
-            Ok(h) => h,
-            Err(_) => return Got::TimedOut,
+        match crate::proxy::request::collapsed_head(edge, &fill).await {
+            Some(h) => h,
+            None => return Got::TimedOut,
         }
     };
     match head {

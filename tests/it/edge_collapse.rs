@@ -250,3 +250,104 @@ async fn a_waiter_for_another_variant_fetches_its_own() {
     assert_eq!(waiter.h("content-encoding"), "");
     assert_eq!(origin.count("/v/var.mpd"), 2);
 }
+
+/// An edge whose collapsed readers give up on a fill's head after 300 ms, with the origin's
+/// first-byte timeout at `first_byte`.
+fn slow_origin_config(origin: &Origin, first_byte: &str) -> vedge::config::RawConfig {
+    let mut raw = edge_config(origin);
+    raw.cache.collapse_timeout = Some("300ms".into());
+    raw.origin_client.first_byte_timeout = Some(first_byte.into());
+    raw
+}
+
+/// A leader on `path`, then `waiters` more viewers collapsed onto its fill (checked), all
+/// answered.
+async fn leader_and_waiters(
+    edge: &Arc<TestEdge>,
+    origin: &Origin,
+    path: &str,
+    waiters: usize,
+) -> Vec<crate::support::edge::Resp> {
+    let get = |e: Arc<TestEdge>, p: String| tokio::spawn(async move { e.get(&p).await });
+    let mut tasks = vec![get(edge.clone(), path.to_string())];
+    until("the leader's fill reached the origin", || {
+        origin.count(path) == 1
+    })
+    .await;
+    tasks.extend((0..waiters).map(|_| get(edge.clone(), path.to_string())));
+    until("every waiter joined the fill", || {
+        edge.collapsed() as usize == waiters
+    })
+    .await;
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(
+            tokio::time::timeout(Duration::from_secs(20), t)
+                .await
+                .expect("viewer answered within 20 s")
+                .expect("viewer task"),
+        );
+    }
+    out
+}
+
+/// A slow origin answering inside its first-byte timeout but after `collapse_timeout`: the
+/// collapsed viewers keep waiting for the leader's fill, which is with the origin and bounded
+/// by its own timeouts, instead of each asking the origin for itself exactly when it struggles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collapsed_viewers_wait_past_collapse_timeout_for_a_fill_the_origin_is_answering() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/v/slow.ts",
+        Script::ok("slow segment")
+            .header("cache-control", "max-age=60")
+            .head_delay(Duration::from_millis(1500)),
+    );
+    let edge = Arc::new(TestEdge::start(slow_origin_config(&origin, "5s")).await);
+    let answers = leader_and_waiters(&edge, &origin, "/v/slow.ts", 19).await;
+    let statuses: Vec<String> = answers
+        .iter()
+        .map(|r| format!("{} {}", r.status.as_u16(), r.h("cache-status")))
+        .collect();
+    println!(
+        "origin requests: {}; answers: {statuses:#?}",
+        origin.count("/v/slow.ts")
+    );
+    for r in &answers {
+        assert_eq!(
+            (r.status.as_u16(), &r.body[..]),
+            (200, &b"slow segment"[..])
+        );
+        assert!(
+            !r.h("cache-status").contains("collapse-timeout"),
+            "{}",
+            r.h("cache-status")
+        );
+    }
+    assert_eq!(origin.count("/v/slow.ts"), 1, "{statuses:#?}");
+    edge.settle().await;
+    assert_eq!(edge.get("/v/slow.ts").await.x_cache(), "HIT");
+}
+
+/// The wait stays bounded by the fill's own deadlines: an origin that never answers within
+/// the first-byte timeout fails the one fill, and every viewer collapsed onto it gets that
+/// answer (504) together; the origin saw one request, not one per viewer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collapsed_viewers_share_the_first_byte_timeout_of_their_fill() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/v/stuck.ts",
+        Script::ok("never")
+            .header("cache-control", "max-age=60")
+            .head_delay(Duration::from_secs(30)),
+    );
+    let edge = Arc::new(TestEdge::start(slow_origin_config(&origin, "1s")).await);
+    let answers = leader_and_waiters(&edge, &origin, "/v/stuck.ts", 4).await;
+    let statuses: Vec<u16> = answers.iter().map(|r| r.status.as_u16()).collect();
+    println!(
+        "origin requests: {}; statuses: {statuses:?}",
+        origin.count("/v/stuck.ts")
+    );
+    assert_eq!(statuses, [504; 5]);
+    assert_eq!(origin.count("/v/stuck.ts"), 1);
+}

@@ -14,7 +14,8 @@
 //! On drop of the driver without `finish` (the `FillGuard` finishes it as abandoned), readers
 //! see an error: their response is aborted, never a clean-looking truncated body. The fill
 //! itself sets no timers; every wait on it is bounded by its caller (the head by
-//! `collapse_timeout`, the body by the driver's between-bytes timeout).
+//! `collapse_timeout`, or by the driver's own deadline once its request is with the origin,
+//! `expect_head_by`; the body by the driver's between-bytes timeout).
 //!
 //! The error types are the cache's own (`OriginFailure`, `FillError`): the driver
 //! (`proxy::fill`) maps the origin client's errors to them, so `cache` never imports `origin`.
@@ -113,6 +114,8 @@ struct State {
     head: Option<FillHead>,
     end: Option<Result<(), FillError>>,
     pass: Option<hyper::Response<Incoming>>,
+    /// Set once the driver's request is with the origin (`expect_head_by`).
+    head_due: Option<tokio::time::Instant>,
     buf: buffer::Buffer,
     placed: place::Placed,
     pace: pace::Pace,
@@ -158,6 +161,15 @@ impl Fill {
             st.head = Some(head);
         }
         self.notify.notify_waiters();
+    }
+
+    /// The driver's request is with the origin (past its wait for a fill slot), and its head,
+    /// or its failure, is published by `due`: the driver's own timeouts end it by then. A
+    /// collapsed reader that waited `collapse_timeout` keeps waiting until `due`
+    /// (`proxy::request::collapsed_head`) instead of asking the origin for itself. The driver
+    /// does not call it for a fill whose answer may turn out to be its leader's alone.
+    pub fn expect_head_by(&self, due: tokio::time::Instant) {
+        self.state.lock().head_due = Some(due);
     }
 
     /// Publishes a pass: the leader takes `resp`, waiters go to the origin themselves.
@@ -218,6 +230,12 @@ impl Fill {
     }
 
     // ---- reader side ----
+
+    /// When the head is due, once the driver's request is with the origin (`expect_head_by`);
+    /// `None` while the fill waits for a slot, or for a fill that set none.
+    pub fn head_due(&self) -> Option<tokio::time::Instant> {
+        self.state.lock().head_due
+    }
 
     /// The leader's origin response after a `Pass`; `None` for everyone else.
     pub fn take_pass(&self) -> Option<hyper::Response<Incoming>> {
