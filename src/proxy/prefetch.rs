@@ -34,9 +34,10 @@ use vedge_manifest::ObjectKind;
 const PER_UPDATE: usize = 16;
 /// CMCD `nor` hints in flight per viewer.
 const PER_VIEWER: usize = 2;
-/// CMCD `nor` hints in flight per client address, whatever `sid`s it sends: the `sid` is the
-/// player's own word, so a client naming a new one on each request would otherwise take the
-/// whole edge-wide budget (and starve the live playlists' prefetch) by itself.
+/// CMCD `nor` hints in flight per client (an IPv4 address or an IPv6 /64, `address_key`),
+/// whatever `sid`s it sends: the `sid` is the player's own word, so a client naming a new one
+/// on each request would otherwise take the whole edge-wide budget (and starve the live
+/// playlists' prefetch) by itself.
 const PER_ADDRESS: usize = 8;
 /// How recently an MPD must have been requested to drive prefetch (MPDs carry no target
 /// duration: two typical 6 s segments).
@@ -219,7 +220,7 @@ pub(crate) fn after_hinted_request(req: &Req<'_>, cmcd: &Cmcd, status: http::Sta
         (None, Some(peer)) => format!("v|{}", peer.ip()),
         (None, None) => return,
     };
-    let Some(address) = req.peer.map(|p| format!("a|{}", p.ip())) else {
+    let Some(address) = req.peer.map(|p| address_key(p.ip())) else {
         return;
     };
     let Some(per_address) = hint_permit(req.edge, &address, PER_ADDRESS) else {
@@ -234,6 +235,13 @@ pub(crate) fn after_hinted_request(req: &Req<'_>, cmcd: &Cmcd, status: http::Sta
         &req.parts.headers,
         Some(per_address),
     );
+}
+
+/// The `hint_permit` key of a client's share (`PER_ADDRESS`): the client as every other limit
+/// counts it (`http::limits::client_of`: an IPv4 address, an IPv6 /64), so one subscriber's
+/// /64 cannot take `PER_ADDRESS` fills per address it picks until the edge-wide pool is spent.
+fn address_key(ip: std::net::IpAddr) -> String {
+    format!("a|{}", crate::http::limits::client_of(ip))
 }
 
 /// A permit of `bound` per `who`, if one is free: `s|sid` and `v|address` are viewers, `a|address`
@@ -342,6 +350,42 @@ fn start(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One client's share of CMCD `nor` prefetches is counted as every other limit counts a
+    /// client (`http::limits::client_of`): an IPv6 /64 is one client, so the addresses of one
+    /// /64 cannot each take `PER_ADDRESS` fills of the edge-wide pool.
+    #[tokio::test]
+    async fn the_hint_share_of_an_ipv6_client_is_its_64() {
+        let cfg = crate::Config::for_origin("http://127.0.0.1:1").expect("config");
+        let edge = Edge::new(cfg).await.expect("edge");
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().expect("address");
+        let mut held = Vec::new();
+        for i in 1..=PER_ADDRESS {
+            let a = ip(&format!("2001:db8:1:2::{i:x}"));
+            held.push(hint_permit(&edge, &address_key(a), PER_ADDRESS).expect("within share"));
+        }
+        let refused = hint_permit(&edge, &address_key(ip("2001:db8:1:2:ffff::9")), PER_ADDRESS);
+        println!(
+            "keys {} and {}; another address of the /64 got a permit: {}",
+            address_key(ip("2001:db8:1:2::1")),
+            address_key(ip("2001:db8:1:2:ffff::9")),
+            refused.is_some()
+        );
+        assert!(
+            refused.is_none(),
+            "the /64 is one client: its share is spent"
+        );
+        assert!(
+            hint_permit(&edge, &address_key(ip("2001:db8:1:3::1")), PER_ADDRESS).is_some(),
+            "another /64 is another client"
+        );
+        assert_eq!(address_key(ip("192.0.2.7")), "a|192.0.2.7");
+        assert_ne!(
+            address_key(ip("192.0.2.7")),
+            address_key(ip("192.0.2.8")),
+            "IPv4: each address is a client"
+        );
+    }
 
     #[test]
     fn an_mpd_is_dynamic_by_its_root_elements_type_attribute() {
