@@ -3,6 +3,7 @@
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::HeaderValue;
@@ -15,6 +16,7 @@ use tokio::time::Instant;
 
 use crate::config::{Eject, HealthCheck, OriginClientConfig, OriginTls};
 use crate::http::body::Body;
+use crate::origin::pass_limit::PassLimit;
 use crate::origin::tls::{Connector, TlsSetup};
 use crate::origin::OriginError;
 
@@ -93,6 +95,8 @@ pub struct Target {
     pub(crate) host: Option<HeaderValue>,
     /// When this origin last served a request (`preconnect` keeps its pool warm after that).
     pub(crate) traffic: crate::origin::preconnect::Traffic,
+    /// The share of its connections passes may hold (`pass_limit`).
+    pub(crate) passes: Arc<PassLimit>,
 }
 
 impl Target {
@@ -138,6 +142,7 @@ impl Target {
             health: Mutex::new(Health::default()),
             stats: Stats::default(),
             traffic: Default::default(),
+            passes: Arc::new(PassLimit::new(max_connections)),
         })
     }
 
@@ -264,6 +269,8 @@ impl Target {
             "last_check": last_check,
             "requests": self.stats.requests.load(Relaxed),
             "errors": errors,
+            "passes": self.passes.active(),
+            "passes_refused": self.passes.refused(),
         })
     }
 
@@ -313,6 +320,20 @@ impl Target {
                     u8::from(self.is_healthy())
                 );
             }
+            Family::Passes => {
+                let _ = writeln!(
+                    out,
+                    "vedge_origin_target_passes{{{labels}}} {}",
+                    self.passes.active()
+                );
+            }
+            Family::PassesRefused => {
+                let _ = writeln!(
+                    out,
+                    "vedge_origin_target_passes_refused_total{{{labels}}} {}",
+                    self.passes.refused()
+                );
+            }
         }
     }
 }
@@ -325,10 +346,14 @@ pub enum Family {
     Errors,
     Latency,
     Up,
+    /// Passes holding one of the origin's pass slots now (`pass_limit`).
+    Passes,
+    /// Passes refused origin-busy: over their client's share or the cap on passes.
+    PassesRefused,
 }
 
 impl Family {
-    pub const ALL: [(Family, &'static str, &'static str); 4] = [
+    pub const ALL: [(Family, &'static str, &'static str); 6] = [
         (
             Family::Requests,
             "vedge_origin_target_requests_total",
@@ -345,5 +370,11 @@ impl Family {
             "histogram",
         ),
         (Family::Up, "vedge_origin_target_up", "gauge"),
+        (Family::Passes, "vedge_origin_target_passes", "gauge"),
+        (
+            Family::PassesRefused,
+            "vedge_origin_target_passes_refused_total",
+            "counter",
+        ),
     ];
 }
