@@ -13,6 +13,7 @@ pub mod preconnect;
 pub mod shield;
 pub mod target;
 pub mod tls;
+pub mod upload;
 
 use std::collections::HashMap;
 use std::fmt::Write;
@@ -35,6 +36,7 @@ pub use group::{rendezvous_order, Group, Upstream};
 pub use pass_limit::PassSlot;
 pub use target::Target;
 use target::{Family, Outcome};
+pub use upload::{Upload, ViewerFault};
 
 /// Why an origin request failed; maps to 502 or 504.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -72,9 +74,12 @@ impl OriginError {
 /// Who a pass (one viewer's request, forwarded uncached) is for: the client address whose
 /// share of each origin's pass slots it takes (`pass_limit`), as the limits count it; `None`
 /// for an address on `limits.allow` (no share, only the cap on passes as a whole).
+/// A pass with a request body says how far its viewer got sending it (`upload`): a request that
+/// failed by its viewer's doing counts neither for nor against the origin's health.
 #[derive(Debug, Clone, Default)]
 pub struct PassFor {
     pub client: Option<std::net::IpAddr>,
+    pub upload: Option<Upload>,
 }
 
 /// A pass's answer and the origin's pass slot it holds: keep `slot` until the response body
@@ -620,7 +625,13 @@ impl OriginClient {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => Err(classify(&e, target)),
         };
+        let upload = pass.and_then(|p| p.upload.as_ref());
         let outcome = match &result {
+            // The viewer's own body failed, or was still arriving when the time ran out: about
+            // the request, not the origin (the viewer could otherwise eject it at will).
+            Err(e) if *e != OriginError::Busy && upload.and_then(|u| u.fault(*e)).is_some() => {
+                Outcome::ViewerFault
+            }
             Ok(r) if r.status() == http::StatusCode::LOOP_DETECTED => Outcome::Loop,
             Ok(r) if r.status().is_server_error() => {
                 Outcome::ServerError(matches!(r.status().as_u16(), 502..=504))

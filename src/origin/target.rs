@@ -40,6 +40,10 @@ pub enum Outcome {
     /// neither a failure (viewers could eject a healthy shield) nor a success (they could keep
     /// a failing one in).
     Loop,
+    /// A pass whose viewer failed to deliver its request body (cut short, malformed, or still
+    /// arriving when the time ran out; `upload`): a request, but neither an error nor a success,
+    /// and no time to head (a viewer could otherwise eject a healthy origin with broken bodies).
+    ViewerFault,
     Failed(OriginError),
 }
 
@@ -48,7 +52,9 @@ const ERROR_KINDS: [&str; 6] = ["connect", "timeout", "tls", "protocol", "intern
 
 fn error_index(o: Outcome) -> Option<usize> {
     Some(match o {
-        Outcome::Ok | Outcome::Loop | Outcome::Failed(OriginError::Busy) => return None,
+        Outcome::Ok | Outcome::Loop | Outcome::ViewerFault | Outcome::Failed(OriginError::Busy) => {
+            return None
+        }
         Outcome::Failed(OriginError::Connect) => 0,
         Outcome::Failed(OriginError::Timeout) => 1,
         Outcome::Failed(OriginError::Tls) => 2,
@@ -182,7 +188,7 @@ impl Target {
         if let Some(i) = error_index(outcome) {
             self.stats.errors[i].fetch_add(1, Relaxed);
         }
-        if !matches!(outcome, Outcome::Failed(_)) {
+        if !matches!(outcome, Outcome::Failed(_) | Outcome::ViewerFault) {
             let secs = elapsed.as_secs_f64();
             if let Some(i) = LATENCY_BUCKETS.iter().position(|&le| secs <= le) {
                 self.stats.buckets[i].fetch_add(1, Relaxed);
@@ -192,7 +198,10 @@ impl Target {
                 .latency_sum_us
                 .fetch_add(elapsed.as_micros() as u64, Relaxed);
         }
-        if matches!(outcome, Outcome::Loop | Outcome::ServerError(false)) {
+        if matches!(
+            outcome,
+            Outcome::Loop | Outcome::ServerError(false) | Outcome::ViewerFault
+        ) {
             return;
         }
         let mut h = self.health.lock();

@@ -17,7 +17,7 @@ use crate::config::canonical_ip;
 use crate::http::body::{incoming_stream, Body};
 use crate::http::response::{self, CacheInfo};
 use crate::metrics::Metrics;
-use crate::origin::{PassFor, PassSlot, Passed};
+use crate::origin::{PassFor, PassSlot, Passed, Upload, ViewerFault};
 use crate::proxy::error::EdgeError;
 use crate::proxy::request::Req;
 
@@ -39,8 +39,9 @@ pub async fn pass(
         req.peer.map(|p| p.ip()),
     );
     let target = req.path_and_query();
-    let who = PassFor {
+    let mut who = PassFor {
         client: client_of(req),
+        upload: None,
     };
     let started = Instant::now();
     let Passed {
@@ -61,13 +62,31 @@ pub async fn pass(
         }
         Some(body) => {
             let len = content_length(&req.parts.headers);
+            let upload = Upload::default();
             let stream = incoming_stream(body, edge.origin.between_bytes_timeout());
+            let stream = upload.watch(stream, len);
             let mut out = Request::new(Body::stream(stream, len));
             *out.method_mut() = req.parts.method.clone();
             *out.headers_mut() = headers;
-            edge.origin
+            who.upload = Some(upload.clone());
+            match edge
+                .origin
                 .pass_send_for(req.route(), &target, &target, out, &who)
-                .await?
+                .await
+            {
+                Ok(passed) => passed,
+                // The viewer's own body failed (the origin's health did not count it): whose
+                // fault it is decides the answer, not the error the origin client saw.
+                Err(e) => {
+                    return Err(match upload.fault(e) {
+                        Some(ViewerFault::Broken) => {
+                            EdgeError::BadRequest("request body incomplete or malformed")
+                        }
+                        Some(ViewerFault::Slow) => EdgeError::RequestTimeout,
+                        None => e.into(),
+                    })
+                }
+            }
         }
     };
     crate::proxy::invalidate::after_response(req, resp.status(), resp.headers());
