@@ -8,10 +8,12 @@
 pub mod fetch;
 pub mod group;
 pub mod health;
+pub mod pass_limit;
 pub mod preconnect;
 pub mod shield;
 pub mod target;
 pub mod tls;
+pub mod upload;
 
 use std::collections::HashMap;
 use std::fmt::Write;
@@ -31,8 +33,10 @@ use crate::config::{never_forwarded_header, OriginClientConfig, Route};
 use crate::http::body::Body;
 
 pub use group::{rendezvous_order, Group, Upstream};
+pub use pass_limit::PassSlot;
 pub use target::Target;
 use target::{Family, Outcome};
+pub use upload::{Upload, ViewerFault};
 
 /// Why an origin request failed; maps to 502 or 504.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -65,6 +69,24 @@ impl OriginError {
             OriginError::Busy => "origin-busy",
         }
     }
+}
+
+/// Who a pass (one viewer's request, forwarded uncached) is for: the client address whose
+/// share of each origin's pass slots it takes (`pass_limit`), as the limits count it; `None`
+/// for an address on `limits.allow` (no share, only the cap on passes as a whole).
+/// A pass with a request body says how far its viewer got sending it (`upload`): a request that
+/// failed by its viewer's doing counts neither for nor against the origin's health.
+#[derive(Debug, Clone, Default)]
+pub struct PassFor {
+    pub client: Option<std::net::IpAddr>,
+    pub upload: Option<Upload>,
+}
+
+/// A pass's answer and the origin's pass slot it holds: keep `slot` until the response body
+/// is done with (ended, failed or dropped).
+pub struct Passed {
+    pub response: Response<Incoming>,
+    pub slot: Option<PassSlot>,
 }
 
 /// Every route's origin group, and what all origin requests share (timeouts, `Via`,
@@ -392,6 +414,49 @@ impl OriginClient {
         .await
     }
 
+    /// `fetch_for` for a pass (a request of one viewer, forwarded uncached): each origin asked
+    /// first gives it one of its pass slots (`pass_limit`), held by the returned `Passed` until
+    /// the response body is done with. No slot in time: `OriginError::Busy`.
+    pub async fn pass_fetch_for(
+        &self,
+        route: &Route,
+        key: &str,
+        method: Method,
+        path_and_query: &str,
+        headers: HeaderMap,
+        pass: &PassFor,
+    ) -> Result<Passed, OriginError> {
+        let group = self.group(route)?.clone();
+        let (response, slot) = match self.shield.as_ref().filter(|s| s.covers(route)) {
+            Some(s) => {
+                let plan = s.upstream(&group);
+                self.fetch_plan(
+                    &plan,
+                    key,
+                    method,
+                    path_and_query,
+                    headers,
+                    None,
+                    Some(pass),
+                )
+                .await?
+            }
+            None => {
+                self.fetch_plan(
+                    group.as_ref(),
+                    key,
+                    method,
+                    path_and_query,
+                    headers,
+                    None,
+                    Some(pass),
+                )
+                .await?
+            }
+        };
+        Ok(Passed { response, slot })
+    }
+
     /// Fetches from the upstream's first candidate for `key`. A GET or HEAD that fails before
     /// its response head (refused, reset, timed out, TLS; or a status the upstream retries) is
     /// tried once more, on the next candidate, if time is left before `deadline` (the collapse
@@ -407,6 +472,32 @@ impl OriginClient {
         headers: HeaderMap,
         deadline: Option<Instant>,
     ) -> Result<Response<Incoming>, OriginError> {
+        self.fetch_plan(
+            upstream,
+            key,
+            method,
+            path_and_query,
+            headers,
+            deadline,
+            None,
+        )
+        .await
+        .map(|(response, _)| response)
+    }
+
+    /// `fetch_via`, for a pass when `pass` is given: each attempt takes a pass slot of its
+    /// origin first, and the answer comes with it.
+    #[allow(clippy::too_many_arguments)]
+    async fn fetch_plan(
+        &self,
+        upstream: &dyn Upstream,
+        key: &str,
+        method: Method,
+        path_and_query: &str,
+        headers: HeaderMap,
+        deadline: Option<Instant>,
+        pass: Option<&PassFor>,
+    ) -> Result<(Response<Incoming>, Option<PassSlot>), OriginError> {
         let plan = upstream.plan(key);
         // An empty plan: every shield is down and `on_all_down = "error"` keeps the origin
         // out of it. Nothing can be reached, as the documented 502 says.
@@ -419,11 +510,11 @@ impl OriginClient {
         *req.method_mut() = method.clone();
         *req.headers_mut() = headers.clone();
         let result = self
-            .attempt(upstream, first, path_and_query, req, timeout)
+            .attempt(upstream, first, path_and_query, req, timeout, pass)
             .await;
         let several = plan.len() > 1;
         let retry = match &result {
-            Ok(resp) => upstream.retries_status(resp.status().as_u16()),
+            Ok((resp, _)) => upstream.retries_status(resp.status().as_u16()),
             Err(OriginError::Connect) => true,
             Err(OriginError::Timeout | OriginError::Protocol | OriginError::Tls) => several,
             // Waited for this edge's own connection slot for the whole first-byte timeout: the
@@ -445,14 +536,14 @@ impl OriginClient {
             key,
             from = first.name(),
             to = next.name(),
-            outcome = ?result.as_ref().map(|r| r.status()),
+            outcome = ?result.as_ref().map(|(r, _)| r.status()),
             "retrying the fetch before its response head"
         );
         let mut req = build();
         *req.method_mut() = method;
         *req.headers_mut() = headers;
         match self
-            .attempt(upstream, next, path_and_query, req, left)
+            .attempt(upstream, next, path_and_query, req, left, pass)
             .await
         {
             // The retry could not even answer: the first origin's error status says more.
@@ -461,30 +552,37 @@ impl OriginClient {
         }
     }
 
-    /// Sends one request of any method with a streamed body (not retried: the body cannot be
-    /// rebuilt) to the upstream's first candidate for `key`.
-    pub async fn send_for(
+    /// Sends one pass of any method with a streamed body (not retried: the body cannot be
+    /// rebuilt) to the upstream's first candidate for `key`, in one of its pass slots (see
+    /// `pass_fetch_for`).
+    pub async fn pass_send_for(
         &self,
         route: &Route,
         key: &str,
         path_and_query: &str,
         req: Request<Body>,
-    ) -> Result<Response<Incoming>, OriginError> {
+        pass: &PassFor,
+    ) -> Result<Passed, OriginError> {
         let group = self.group(route)?.clone();
         let plan = group.plan(key);
         let target = plan.first().ok_or(OriginError::Connect)?;
-        self.attempt(
-            group.as_ref(),
-            target,
-            path_and_query,
-            req,
-            self.cfg.first_byte_timeout,
-        )
-        .await
+        let (response, slot) = self
+            .attempt(
+                group.as_ref(),
+                target,
+                path_and_query,
+                req,
+                self.cfg.first_byte_timeout,
+                Some(pass),
+            )
+            .await?;
+        Ok(Passed { response, slot })
     }
 
     /// One request to one origin, bounded by `timeout` up to the response head; its outcome
-    /// goes to the origin's metrics and passive health.
+    /// goes to the origin's metrics and passive health. A pass first takes one of the origin's
+    /// pass slots (waiting at most `timeout` too, which the request then has in full: the wait
+    /// is the edge's, not the origin's).
     async fn attempt(
         &self,
         upstream: &dyn Upstream,
@@ -492,11 +590,23 @@ impl OriginClient {
         path_and_query: &str,
         mut req: Request<Body>,
         timeout: Duration,
-    ) -> Result<Response<Incoming>, OriginError> {
+        pass: Option<&PassFor>,
+    ) -> Result<(Response<Incoming>, Option<PassSlot>), OriginError> {
         *req.uri_mut() = target.uri(path_and_query)?;
         if let Some(host) = &target.host {
             req.headers_mut().insert(header::HOST, host.clone());
         }
+        let slot = match pass {
+            None => None,
+            // Never reached the origin: counts nowhere (`Target::record` ignores `Busy`).
+            Some(p) => Some(
+                target
+                    .passes
+                    .admit(p.client, timeout)
+                    .await
+                    .ok_or(OriginError::Busy)?,
+            ),
+        };
         let captured = capture_connection(&mut req);
         let dial = tls::DialWatch::default();
         let started = Instant::now();
@@ -515,7 +625,13 @@ impl OriginClient {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => Err(classify(&e, target)),
         };
+        let upload = pass.and_then(|p| p.upload.as_ref());
         let outcome = match &result {
+            // The viewer's own body failed, or was still arriving when the time ran out: about
+            // the request, not the origin (the viewer could otherwise eject it at will).
+            Err(e) if *e != OriginError::Busy && upload.and_then(|u| u.fault(*e)).is_some() => {
+                Outcome::ViewerFault
+            }
             Ok(r) if r.status() == http::StatusCode::LOOP_DETECTED => Outcome::Loop,
             Ok(r) if r.status().is_server_error() => {
                 Outcome::ServerError(matches!(r.status().as_u16(), 502..=504))
@@ -524,7 +640,7 @@ impl OriginClient {
             Err(e) => Outcome::Failed(*e),
         };
         target.record(outcome, started.elapsed(), upstream.eject());
-        result
+        result.map(|response| (response, slot))
     }
 
     /// `/admin/origins`: every group's policy and each origin's state and counts.

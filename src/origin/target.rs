@@ -3,6 +3,7 @@
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::HeaderValue;
@@ -15,6 +16,7 @@ use tokio::time::Instant;
 
 use crate::config::{Eject, HealthCheck, OriginClientConfig, OriginTls};
 use crate::http::body::Body;
+use crate::origin::pass_limit::PassLimit;
 use crate::origin::tls::{Connector, TlsSetup};
 use crate::origin::OriginError;
 
@@ -38,6 +40,10 @@ pub enum Outcome {
     /// neither a failure (viewers could eject a healthy shield) nor a success (they could keep
     /// a failing one in).
     Loop,
+    /// A pass whose viewer failed to deliver its request body (cut short, malformed, or still
+    /// arriving when the time ran out; `upload`): a request, but neither an error nor a success,
+    /// and no time to head (a viewer could otherwise eject a healthy origin with broken bodies).
+    ViewerFault,
     Failed(OriginError),
 }
 
@@ -46,7 +52,9 @@ const ERROR_KINDS: [&str; 6] = ["connect", "timeout", "tls", "protocol", "intern
 
 fn error_index(o: Outcome) -> Option<usize> {
     Some(match o {
-        Outcome::Ok | Outcome::Loop | Outcome::Failed(OriginError::Busy) => return None,
+        Outcome::Ok | Outcome::Loop | Outcome::ViewerFault | Outcome::Failed(OriginError::Busy) => {
+            return None
+        }
         Outcome::Failed(OriginError::Connect) => 0,
         Outcome::Failed(OriginError::Timeout) => 1,
         Outcome::Failed(OriginError::Tls) => 2,
@@ -93,6 +101,8 @@ pub struct Target {
     pub(crate) host: Option<HeaderValue>,
     /// When this origin last served a request (`preconnect` keeps its pool warm after that).
     pub(crate) traffic: crate::origin::preconnect::Traffic,
+    /// The share of its connections passes may hold (`pass_limit`).
+    pub(crate) passes: Arc<PassLimit>,
 }
 
 impl Target {
@@ -138,6 +148,7 @@ impl Target {
             health: Mutex::new(Health::default()),
             stats: Stats::default(),
             traffic: Default::default(),
+            passes: Arc::new(PassLimit::new(max_connections)),
         })
     }
 
@@ -177,7 +188,7 @@ impl Target {
         if let Some(i) = error_index(outcome) {
             self.stats.errors[i].fetch_add(1, Relaxed);
         }
-        if !matches!(outcome, Outcome::Failed(_)) {
+        if !matches!(outcome, Outcome::Failed(_) | Outcome::ViewerFault) {
             let secs = elapsed.as_secs_f64();
             if let Some(i) = LATENCY_BUCKETS.iter().position(|&le| secs <= le) {
                 self.stats.buckets[i].fetch_add(1, Relaxed);
@@ -187,7 +198,10 @@ impl Target {
                 .latency_sum_us
                 .fetch_add(elapsed.as_micros() as u64, Relaxed);
         }
-        if matches!(outcome, Outcome::Loop | Outcome::ServerError(false)) {
+        if matches!(
+            outcome,
+            Outcome::Loop | Outcome::ServerError(false) | Outcome::ViewerFault
+        ) {
             return;
         }
         let mut h = self.health.lock();
@@ -264,6 +278,8 @@ impl Target {
             "last_check": last_check,
             "requests": self.stats.requests.load(Relaxed),
             "errors": errors,
+            "passes": self.passes.active(),
+            "passes_refused": self.passes.refused(),
         })
     }
 
@@ -313,6 +329,20 @@ impl Target {
                     u8::from(self.is_healthy())
                 );
             }
+            Family::Passes => {
+                let _ = writeln!(
+                    out,
+                    "vedge_origin_target_passes{{{labels}}} {}",
+                    self.passes.active()
+                );
+            }
+            Family::PassesRefused => {
+                let _ = writeln!(
+                    out,
+                    "vedge_origin_target_passes_refused_total{{{labels}}} {}",
+                    self.passes.refused()
+                );
+            }
         }
     }
 }
@@ -325,10 +355,14 @@ pub enum Family {
     Errors,
     Latency,
     Up,
+    /// Passes holding one of the origin's pass slots now (`pass_limit`).
+    Passes,
+    /// Passes refused origin-busy: over their client's share or the cap on passes.
+    PassesRefused,
 }
 
 impl Family {
-    pub const ALL: [(Family, &'static str, &'static str); 4] = [
+    pub const ALL: [(Family, &'static str, &'static str); 6] = [
         (
             Family::Requests,
             "vedge_origin_target_requests_total",
@@ -345,5 +379,11 @@ impl Family {
             "histogram",
         ),
         (Family::Up, "vedge_origin_target_up", "gauge"),
+        (Family::Passes, "vedge_origin_target_passes", "gauge"),
+        (
+            Family::PassesRefused,
+            "vedge_origin_target_passes_refused_total",
+            "counter",
+        ),
     ];
 }

@@ -46,6 +46,10 @@ pub enum EdgeError {
     /// (`proxy::chain_limit`): 431.
     #[error("Via and CDN-Loop entries too long to forward")]
     ChainTooLong,
+    /// A pass's request body was still arriving from the viewer when the origin's first-byte
+    /// timeout ran out (`origin::upload`): 408, the viewer's fault, not the origin's.
+    #[error("request body not received in time")]
+    RequestTimeout,
 }
 
 /// A failed fill's origin failure, back in the origin client's terms: the same status and
@@ -80,6 +84,7 @@ impl EdgeError {
             EdgeError::NotCached => StatusCode::GATEWAY_TIMEOUT,
             EdgeError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             EdgeError::ChainTooLong => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            EdgeError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -96,6 +101,7 @@ impl EdgeError {
             EdgeError::NotCached => "only-if-cached",
             EdgeError::MethodNotAllowed => "method",
             EdgeError::ChainTooLong => "chain-too-long",
+            EdgeError::RequestTimeout => "request-timeout",
         }
     }
 

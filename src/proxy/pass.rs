@@ -1,17 +1,23 @@
 //! Pass-through: requests forwarded to the origin uncached (other methods, credentialed
 //! requests, hit-for-pass, responses that may not be shared), streamed both ways.
 
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
+use futures_util::Stream;
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
 
 use crate::cache::object::strip_hop_by_hop;
 use crate::cache::policy::content_length;
 use crate::cache::status::CacheStatus;
+use crate::config::canonical_ip;
 use crate::http::body::{incoming_stream, Body};
 use crate::http::response::{self, CacheInfo};
 use crate::metrics::Metrics;
+use crate::origin::{PassFor, PassSlot, Passed, Upload, ViewerFault};
 use crate::proxy::error::EdgeError;
 use crate::proxy::request::Req;
 
@@ -33,43 +39,78 @@ pub async fn pass(
         req.peer.map(|p| p.ip()),
     );
     let target = req.path_and_query();
+    let mut who = PassFor {
+        client: client_of(req),
+        upload: None,
+    };
     let started = Instant::now();
-    let resp = match body {
+    let Passed {
+        response: resp,
+        slot,
+    } = match body {
         None => {
             edge.origin
-                .fetch_for(
+                .pass_fetch_for(
                     req.route(),
                     &target,
                     req.parts.method.clone(),
                     &target,
                     headers,
-                    None,
+                    &who,
                 )
                 .await?
         }
         Some(body) => {
             let len = content_length(&req.parts.headers);
+            let upload = Upload::default();
             let stream = incoming_stream(body, edge.origin.between_bytes_timeout());
+            let stream = upload.watch(stream, len);
             let mut out = Request::new(Body::stream(stream, len));
             *out.method_mut() = req.parts.method.clone();
             *out.headers_mut() = headers;
-            edge.origin
-                .send_for(req.route(), &target, &target, out)
-                .await?
+            who.upload = Some(upload.clone());
+            match edge
+                .origin
+                .pass_send_for(req.route(), &target, &target, out, &who)
+                .await
+            {
+                Ok(passed) => passed,
+                // The viewer's own body failed (the origin's health did not count it): whose
+                // fault it is decides the answer, not the error the origin client saw.
+                Err(e) => {
+                    return Err(match upload.fault(e) {
+                        Some(ViewerFault::Broken) => {
+                            EdgeError::BadRequest("request body incomplete or malformed")
+                        }
+                        Some(ViewerFault::Slow) => EdgeError::RequestTimeout,
+                        None => e.into(),
+                    })
+                }
+            }
         }
     };
     crate::proxy::invalidate::after_response(req, resp.status(), resp.headers());
     crate::proxy::invalidate::after_head(req, resp.status(), resp.headers()).await;
-    let mut resp = relay(
+    let mut resp = relay_holding(
         req,
         resp,
         status,
         &format!("{}; detail={reason}", fwd(reason)),
+        slot,
     );
     if let Some(log) = response::log_info(&mut resp) {
         log.origin_ms = Some(started.elapsed().as_millis() as u64);
     }
     Ok(resp)
+}
+
+/// The client a pass counts against (`origin::pass_limit`): its address as the limits count it
+/// (IPv6 per /64), unless it is on `limits.allow`, as for fills (`proxy::fill_limit`).
+fn client_of(req: &Req<'_>) -> Option<IpAddr> {
+    req.peer
+        .map(|p| canonical_ip(p.ip()))
+        .filter(|ip| !req.edge.limits.bypasses(*ip))
+        .map(crate::http::limits::client_of)
 }
 
 /// RFC 9211 §2.2 / §2.6: why a passed request went forward, for its `Cache-Status` member.
@@ -93,6 +134,18 @@ pub fn relay(
     status: CacheStatus,
     cache_status: &str,
 ) -> Response<Body> {
+    relay_holding(req, resp, status, cache_status, None)
+}
+
+/// `relay`, holding the pass's origin slot (`origin::pass_limit`) until the body ends, fails
+/// or is dropped (the viewer left); a HEAD's body is dropped at once.
+fn relay_holding(
+    req: &Req<'_>,
+    resp: Response<Incoming>,
+    status: CacheStatus,
+    cache_status: &str,
+    slot: Option<PassSlot>,
+) -> Response<Body> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     let len = content_length(&parts.headers);
@@ -100,7 +153,13 @@ pub fn relay(
     let body = if req.parts.method == Method::HEAD {
         Body::empty()
     } else {
-        Body::stream(stream, len)
+        Body::stream(
+            Holding {
+                inner: Box::pin(stream),
+                slot,
+            },
+            len,
+        )
     };
     let mut out = Response::from_parts(parts, body);
     response::stamp(
@@ -112,6 +171,25 @@ pub fn relay(
         },
     );
     out
+}
+
+/// A relayed body and the pass slot it holds, given back as soon as the body ends or fails
+/// (hyper may keep a finished body a while before dropping it).
+struct Holding<S> {
+    inner: Pin<Box<S>>,
+    slot: Option<PassSlot>,
+}
+
+impl<S: Stream> Stream for Holding<S> {
+    type Item = S::Item;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
+        let item = self.inner.as_mut().poll_next(cx);
+        if matches!(item, Poll::Ready(None)) {
+            self.slot = None;
+        }
+        item
+    }
 }
 
 #[cfg(test)]

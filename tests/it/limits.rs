@@ -1,8 +1,9 @@
 //! Abuse limits on the viewer listener and timeouts on both listeners: per-client request rate
 //! (429 with Retry-After, other clients unaffected: a second client sends from 127.0.0.2), the
 //! per-client connection cap (closed at accept), the allowlist, route allow/deny lists (403),
-//! slow readers cut after `server.write_timeout`, idle keep-alive connections closed, and the
-//! admin listener's header timeout.
+//! slow readers cut after `server.write_timeout`, idle keep-alive connections closed, the
+//! admin listener's header timeout, and the per-client shares of the origin side (fill slots,
+//! pass connections) and the connections passes leave to fills.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
@@ -448,5 +449,159 @@ async fn one_client_cannot_hold_every_fill_slot_of_a_route() {
     gate.open();
     for h in hog {
         let _ = h.await;
+    }
+}
+
+/// A pass (here a `Cookie` GET) whose origin body trickles, one byte a second for 30 s, so it
+/// holds its origin connection for the rest of the test.
+fn trickling_pass() -> Script {
+    Script::ok(vec![b'p'; 30]).trickle(30, Duration::from_secs(30))
+}
+
+/// Sends `GET path` with a `Cookie` (a pass) from `from` and reads only the response head:
+/// the viewer then holds its connection and reads nothing more. The status (0: none) goes to
+/// `statuses`; the task runs until aborted.
+fn hold_pass_from(
+    from: &'static str,
+    edge: SocketAddr,
+    path: String,
+    statuses: Arc<parking_lot::Mutex<Vec<u16>>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut s = connect_from(from, edge).await;
+        let req = format!("GET {path} HTTP/1.1\r\nHost: t\r\nCookie: session={from}\r\n\r\n");
+        s.write_all(req.as_bytes()).await.expect("write request");
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => head.extend_from_slice(&buf[..n]),
+                _ => break,
+            }
+        }
+        let status = RawResp {
+            bytes: head,
+            closed: false,
+        }
+        .status();
+        statuses.lock().push(status);
+        // Holds the connection (and so the pass) without reading.
+        std::future::pending::<()>().await;
+    })
+}
+
+/// Passes (requests that bypass the cache) from one client address hold at most a quarter of
+/// an origin's connections (`origin_client.max_connections_per_origin`): another client's
+/// cold miss still gets a connection and is served. One address with passes whose bodies its
+/// viewer never took used to hold every connection, and every other viewer's miss waited for
+/// one and failed.
+#[tokio::test]
+async fn one_client_cannot_hold_every_origin_connection_with_passes() {
+    let origin = Origin::start().await;
+    for i in 0..4 {
+        origin.script(&format!("/p/a{i}.ts"), trickling_pass());
+    }
+    origin.script(
+        "/cold/b.ts",
+        Script::ok("b").header("cache-control", "max-age=60"),
+    );
+    let mut raw = limited(&origin).await;
+    raw.origin_client.max_connections_per_origin = Some(4);
+    let e = start(raw).await;
+    let statuses = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    // Client A: four passes at once, one per connection of the origin's budget.
+    let hog: Vec<_> = (0..4)
+        .map(|i| {
+            hold_pass_from(
+                "127.0.0.2",
+                e.viewer,
+                format!("/p/a{i}.ts"),
+                statuses.clone(),
+            )
+        })
+        .collect();
+    let at_origin = || {
+        (0..4)
+            .map(|i| origin.count(&format!("/p/a{i}.ts")))
+            .sum::<usize>()
+    };
+    let refused = || statuses.lock().iter().filter(|s| **s != 200).count();
+    until(
+        "each of client A's passes is at the origin or answered",
+        || at_origin() + refused() == 4,
+    )
+    .await;
+    // Client B's cold miss needs a connection while A's passes still hold theirs.
+    let b = get_from("127.0.0.3", e.viewer, "/cold/b.ts").await;
+    println!(
+        "client A: {} passes at the origin, answers {:?}; client B's miss: {} {:?}",
+        at_origin(),
+        statuses.lock(),
+        b.status(),
+        b.header("cache-status")
+    );
+    assert_eq!(b.status(), 200, "{}", b.text());
+    assert_eq!(origin.count("/cold/b.ts"), 1);
+    assert_eq!(
+        at_origin(),
+        1,
+        "client A held one connection of four (its share)"
+    );
+    for s in statuses.lock().iter().filter(|s| **s != 200) {
+        assert_eq!(*s, 503, "a pass over its client's share: origin busy");
+    }
+    for h in hog {
+        h.abort();
+    }
+}
+
+/// Passes as a whole hold at most three quarters of an origin's connections: however many
+/// clients pass at once, a fill still gets a connection.
+#[tokio::test]
+async fn passes_from_many_clients_leave_origin_connections_for_fills() {
+    let origin = Origin::start().await;
+    let clients = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"];
+    for i in 0..clients.len() {
+        origin.script(&format!("/p/c{i}.ts"), trickling_pass());
+    }
+    origin.script(
+        "/cold/b.ts",
+        Script::ok("b").header("cache-control", "max-age=60"),
+    );
+    let mut raw = limited(&origin).await;
+    raw.origin_client.max_connections_per_origin = Some(4);
+    raw.origin_client.first_byte_timeout = Some("2s".into());
+    let e = start(raw).await;
+    let statuses = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    // Four clients, one pass each: each within its own share.
+    let passes: Vec<_> = clients
+        .iter()
+        .enumerate()
+        .map(|(i, from)| hold_pass_from(from, e.viewer, format!("/p/c{i}.ts"), statuses.clone()))
+        .collect();
+    let at_origin = || {
+        (0..clients.len())
+            .map(|i| origin.count(&format!("/p/c{i}.ts")))
+            .sum::<usize>()
+    };
+    let refused = || statuses.lock().iter().filter(|s| **s != 200).count();
+    until("each pass is at the origin or answered", || {
+        at_origin() + refused() == clients.len()
+    })
+    .await;
+    let b = get_from("127.0.0.6", e.viewer, "/cold/b.ts").await;
+    println!(
+        "passes at the origin: {}, answers {:?}; the fill: {} {:?}",
+        at_origin(),
+        statuses.lock(),
+        b.status(),
+        b.header("cache-status")
+    );
+    assert_eq!(b.status(), 200, "{}", b.text());
+    assert_eq!(origin.count("/cold/b.ts"), 1);
+    assert_eq!(at_origin(), 3, "passes held three connections of four");
+    for p in passes {
+        p.abort();
     }
 }

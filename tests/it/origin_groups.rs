@@ -435,3 +435,101 @@ async fn a_health_check_waiting_for_a_local_connection_slot_is_not_a_failed_chec
     assert_eq!((r.status.as_u16(), r.body.len()), (200, 4000));
     assert_eq!(o["state"], "up");
 }
+
+/// A pass whose body its viewer failed to deliver (cut short by a close, malformed chunked
+/// framing, or too slow to arrive before the first-byte timeout) says nothing about the
+/// origin: it counts neither toward passive ejection nor as an origin error. Such POSTs used
+/// to count as origin `protocol` failures and timeouts, and a viewer could eject a healthy
+/// primary with a handful of them.
+#[tokio::test]
+async fn a_viewer_cannot_eject_an_origin_with_its_own_broken_request_bodies() {
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+
+    let (a, b) = (Origin::start().await, Origin::start().await);
+    for o in [&a, &b] {
+        o.script("/up", Script::ok("stored"));
+        o.script("/cold.ts", seg("segment"));
+    }
+    let mut raw = group_config(&[&a, &b], "failover");
+    route(&mut raw).eject = Some(RawEject {
+        failures: Some(3),
+        duration: Some("60s".into()),
+    });
+    raw.origin_client.first_byte_timeout = Some("1s".into());
+    let edge = TestEdge::start(raw).await;
+    let open = || edge.edge.metrics.limits.connections_open.load(Relaxed);
+    let mut answers = Vec::new();
+    // Each broken body on a connection of its own, one after another.
+    for kind in ["cut", "cut", "bare-lf", "bare-lf", "slow", "slow"] {
+        let mut s = TcpStream::connect(edge.addr).await.expect("connect");
+        let head = match kind {
+            "cut" => "POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: 1000000\r\n\r\n0123456789",
+            "bare-lf" => {
+                "POST /up HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\n0\n\n"
+            }
+            _ => "POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\nx",
+        };
+        s.write_all(head.as_bytes()).await.expect("write request");
+        let answer = match kind {
+            "cut" => {
+                until("the origin got the request", || {
+                    a.count("/up") + b.count("/up") == answers.len() + 1
+                })
+                .await;
+                drop(s);
+                0
+            }
+            "slow" => {
+                // One byte every 300 ms (under the between-bytes timeout), never all 100.
+                let (mut rd, mut wr) = s.into_split();
+                let trickle = tokio::spawn(async move {
+                    for _ in 0..20 {
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        if wr.write_all(b"x").await.is_err() {
+                            return;
+                        }
+                    }
+                });
+                let mut bytes = Vec::new();
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    tokio::io::AsyncReadExt::read_to_end(&mut rd, &mut bytes),
+                )
+                .await;
+                trickle.abort();
+                crate::support::edge::RawResp {
+                    bytes,
+                    closed: true,
+                }
+                .status()
+            }
+            _ => crate::support::edge::read_raw(&mut s).await.status(),
+        };
+        answers.push(answer);
+        until("the viewer's connection ended", || open() == 0).await;
+    }
+    let oa = &edge.edge.origin.snapshot()["routes"][0]["origins"][0];
+    println!(
+        "answers {answers:?}; origin a: state {}, consecutive failures {}, errors {}",
+        oa["state"], oa["consecutive_failures"], oa["errors"]
+    );
+    assert_eq!(
+        oa["state"], "up",
+        "a viewer's broken bodies ejected origin a"
+    );
+    assert_eq!(oa["consecutive_failures"], 0);
+    assert_eq!(oa["errors"]["protocol"], 0);
+    assert_eq!(oa["errors"]["timeout"], 0);
+    assert_eq!(b.count("/up"), 0, "every POST went to origin a");
+    assert_eq!(
+        &answers[2..],
+        [400, 400, 408, 408],
+        "the viewer's fault, not the origin's"
+    );
+    let r = edge.get("/cold.ts").await;
+    assert_eq!(r.status, 200);
+    assert_eq!((a.count("/cold.ts"), b.count("/cold.ts")), (1, 0));
+}

@@ -1,0 +1,171 @@
+//! A pass's request body as its viewer sends it (`proxy::pass` streams it to the origin as it
+//! arrives): whether the viewer delivered it, so that a request that failed because of its own
+//! body is not held against the origin. Without this a viewer could eject a healthy origin with
+//! bodies it never finished (a `Content-Length` it did not send, bare-LF chunk framing, one byte
+//! every few seconds): each counted as an origin protocol failure or timeout.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures_util::Stream;
+
+use crate::http::body::BoxError;
+use crate::origin::OriginError;
+
+const SENDING: u8 = 0;
+const SENT: u8 = 1;
+const BROKEN: u8 = 2;
+
+/// How far one request body got; shared by the stream that carries it (`watch`) and the
+/// request's outcome (`fault`).
+#[derive(Debug, Clone, Default)]
+pub struct Upload(Arc<AtomicU8>);
+
+/// A failed pass that was its viewer's doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ViewerFault {
+    /// The viewer's body failed: cut short (the viewer closed or reset), malformed framing, a
+    /// gap longer than the between-bytes timeout.
+    Broken,
+    /// The body was still arriving when the first-byte timeout ran out: the origin cannot be
+    /// blamed for not answering a request it has not received.
+    Slow,
+}
+
+impl Upload {
+    /// `body` (the viewer's, `declared` its `Content-Length`), noting how it ends. A body that
+    /// ends short of `declared` ends with an error, so the origin never takes it as whole.
+    pub fn watch<S>(
+        &self,
+        body: S,
+        declared: Option<u64>,
+    ) -> impl Stream<Item = Result<Bytes, BoxError>> + Send + 'static
+    where
+        S: Stream<Item = Result<Bytes, BoxError>> + Send + 'static,
+    {
+        Watched {
+            inner: Box::pin(body),
+            state: self.0.clone(),
+            declared,
+            seen: 0,
+            done: false,
+        }
+    }
+
+    /// Whether a request that failed with `error` failed by its viewer's doing: its body broke,
+    /// or the time ran out while it was still arriving. Any other failure with the body still
+    /// arriving (a reset, a closed connection) is the origin's.
+    pub fn fault(&self, error: OriginError) -> Option<ViewerFault> {
+        match self.0.load(Relaxed) {
+            BROKEN => Some(ViewerFault::Broken),
+            SENDING if error == OriginError::Timeout => Some(ViewerFault::Slow),
+            _ => None,
+        }
+    }
+}
+
+struct Watched<S> {
+    inner: Pin<Box<S>>,
+    state: Arc<AtomicU8>,
+    declared: Option<u64>,
+    seen: u64,
+    done: bool,
+}
+
+impl<S> Stream for Watched<S>
+where
+    S: Stream<Item = Result<Bytes, BoxError>>,
+{
+    type Item = Result<Bytes, BoxError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let item = match self.inner.as_mut().poll_next(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(item) => item,
+        };
+        // Noted before the client sees the item: the request's outcome reads it after.
+        let out = match item {
+            Some(Ok(b)) => {
+                self.seen += b.len() as u64;
+                return Poll::Ready(Some(Ok(b)));
+            }
+            Some(Err(e)) => {
+                self.state.store(BROKEN, Relaxed);
+                Some(Err(e))
+            }
+            None if self.declared.is_some_and(|n| self.seen < n) => {
+                self.state.store(BROKEN, Relaxed);
+                Some(Err("request body shorter than its Content-Length".into()))
+            }
+            None => {
+                self.state.store(SENT, Relaxed);
+                None
+            }
+        };
+        self.done = true;
+        Poll::Ready(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::StreamExt;
+
+    use super::*;
+
+    fn chunks(
+        items: Vec<Result<&'static [u8], &'static str>>,
+    ) -> impl Stream<Item = Result<Bytes, BoxError>> {
+        futures_util::stream::iter(
+            items
+                .into_iter()
+                .map(|r| r.map(Bytes::from_static).map_err(BoxError::from)),
+        )
+    }
+
+    async fn drain(s: impl Stream<Item = Result<Bytes, BoxError>>) -> (usize, bool) {
+        let items: Vec<_> = s.collect().await;
+        (items.len(), items.iter().any(Result::is_err))
+    }
+
+    #[tokio::test]
+    async fn a_whole_body_is_no_fault_and_a_timeout_while_sending_is_the_viewers() {
+        let u = Upload::default();
+        assert_eq!(u.fault(OriginError::Timeout), Some(ViewerFault::Slow));
+        assert_eq!(
+            u.fault(OriginError::Protocol),
+            None,
+            "a reset mid-body: the origin's"
+        );
+        let (n, failed) = drain(u.watch(chunks(vec![Ok(b"ab"), Ok(b"c")]), Some(3))).await;
+        assert_eq!((n, failed), (2, false));
+        assert_eq!(
+            u.fault(OriginError::Timeout),
+            None,
+            "sent whole: the origin's"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_broken_or_short_body_is_the_viewers_fault() {
+        let u = Upload::default();
+        let (_, failed) = drain(u.watch(chunks(vec![Ok(b"ab"), Err("reset")]), None)).await;
+        assert!(failed);
+        assert_eq!(u.fault(OriginError::Protocol), Some(ViewerFault::Broken));
+
+        let u = Upload::default();
+        let (n, failed) = drain(u.watch(chunks(vec![Ok(b"ab")]), Some(10))).await;
+        assert_eq!(
+            (n, failed),
+            (2, true),
+            "ends with an error after the short body"
+        );
+        assert_eq!(u.fault(OriginError::Protocol), Some(ViewerFault::Broken));
+    }
+}
