@@ -572,13 +572,15 @@ impl Writer {
                 dst.write_end = dst.write_end.max(copies_end);
             }
             st.next_seq = (gen << 32) | u64::from(dst.write_end);
-            prune_marks(&mut st);
         }
         self.active = Some(dst);
         inner.c.reinsertions.fetch_add(moved, Relaxed);
         inner.c.evictions.fetch_add(dropped, Relaxed);
         inner.c.regions_evicted.fetch_add(1, Relaxed);
         self.copy_late(late, gen_v).await;
+        // Only now: the objects pinned late still come from the freed region, and a mark taken
+        // while it was being written may purge them (`write_late` checks the marks).
+        prune_marks(&mut inner.st.lock());
         Ok(())
     }
 

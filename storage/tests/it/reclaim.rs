@@ -226,3 +226,66 @@ async fn a_pin_or_unpin_during_reclaims_read_back_holds() {
         s.close().await.unwrap();
     }
 }
+
+/// Bug: an object pinned while its region's reclaim read back what it keeps was copied after
+/// the purge marks older than every region still in use were dropped, the mark that purged it
+/// among them (taken while its region was the one being written), so the copy brought a purged
+/// object back, newer than its purge.
+#[tokio::test]
+async fn an_object_pinned_during_reclaim_stays_purged() {
+    for engine in ENGINES {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cfg(&dir.path().join("store"), engine);
+        let s = open(&c).await;
+        // The first region: a pinned object (reclaim keeps it: a read to hold) and p/x, purged
+        // by prefix while this region is the one being written.
+        s.insert_durable(
+            b"pin0",
+            meta("pin0", &[], true),
+            body_for("pin0", OBJ),
+            Source::Push,
+        )
+        .await
+        .unwrap();
+        put(&s, "p/x", OBJ).await;
+        // Not looked up after: a lookup that finds it purged drops it from the index.
+        s.remove_prefix(b"p/");
+        for i in 0..13 * 7 - 2 {
+            insert(&s, &format!("o{i}"));
+        }
+        s.flush().await;
+        assert_eq!(s.stats().regions_evicted, 0, "reclaimed during setup");
+        s.hold_reads(true);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writes = tokio::spawn({
+            let (s, stop) = (s.clone(), stop.clone());
+            async move {
+                for i in 0..4 * 7 {
+                    if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        return;
+                    }
+                    put(&s, &format!("t{i}"), OBJ).await;
+                }
+                panic!("no reclaim read anything back");
+            }
+        });
+        s.reads_held(1).await;
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        // The index still holds the purged object (a prefix purge is a mark): the pin takes.
+        assert!(s.pin(b"p/x").unwrap(), "{engine:?}: p/x is in the index");
+        s.hold_reads(false);
+        writes.await.unwrap();
+        s.flush().await;
+        assert!(
+            s.lookup(b"p/x").await.is_none(),
+            "{engine:?}: p/x, purged, came back after a pin during reclaim"
+        );
+        s.close().await.unwrap();
+        let s = open(&c).await;
+        assert!(
+            s.lookup(b"p/x").await.is_none(),
+            "{engine:?}: p/x, purged, came back after a restart"
+        );
+        s.close().await.unwrap();
+    }
+}
