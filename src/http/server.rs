@@ -308,6 +308,7 @@ async fn accept_loop<H: Handler>(
             edge: edge.clone(),
             admitted,
             activity: activity.clone(),
+            watch_streams: !edge.limits().bypasses(peer.ip()),
         });
         // Each request clones the connection's `Arc`, not the edge's: the edge's count is one
         // cache line every core would bounce on every request.
@@ -398,6 +399,10 @@ pub struct Conn<H> {
     edge: H,
     admitted: Admitted,
     activity: Arc<Activity>,
+    /// Whether the watchdog follows each h2 stream's wait for its viewer. Not for peers on
+    /// `limits.allow` (edges of a tier): one stalled viewer behind an edge would otherwise cut
+    /// the edge's whole h2 link, and every other viewer's fill multiplexed on it.
+    watch_streams: bool,
 }
 
 impl<H> Conn<H> {
@@ -432,7 +437,7 @@ pub async fn respond<H: Handler>(
 ) -> Response<Logged<H>> {
     let in_flight = conn
         .activity
-        .request(req.version() == http::Version::HTTP_2);
+        .request(conn.watch_streams && req.version() == http::Version::HTTP_2);
     let pending = Pending::of(&req);
     let resp = match conn.admitted.take_request() {
         Ok(()) => conn.edge.handle(req, peer).await,

@@ -376,6 +376,18 @@ async fn an_h2_viewer_that_never_opens_its_window_is_disconnected() {
 /// whose response waits for its viewer for `idle + write` now closes the connection.
 #[tokio::test]
 async fn one_stalled_h2_stream_beside_a_busy_one_is_disconnected() {
+    one_stalled_h2_stream_beside_a_busy_one(false).await;
+}
+
+/// An edge of a tier (on `limits.allow`) multiplexes many viewers' fills on one h2 link: one
+/// slow viewer behind it stalls one stream, and cutting the link would abort every other
+/// viewer's fill on it. Only the connection-wide rule (nothing moving at all) applies there.
+#[tokio::test]
+async fn one_stalled_h2_stream_of_an_allowed_peer_does_not_cut_its_link() {
+    one_stalled_h2_stream_beside_a_busy_one(true).await;
+}
+
+async fn one_stalled_h2_stream_beside_a_busy_one(allowed: bool) {
     let origin = Origin::start().await;
     origin.script(
         "/v/big.ts",
@@ -388,6 +400,12 @@ async fn one_stalled_h2_stream_beside_a_busy_one_is_disconnected() {
     let mut raw = edge_config(&origin);
     raw.server.idle_timeout = Some("1s".into());
     raw.server.write_timeout = Some("1s".into());
+    // Loopback is on the default allowlist: the viewer case takes it off.
+    raw.limits.allow = Some(if allowed {
+        vec!["127.0.0.0/8".into()]
+    } else {
+        Vec::new()
+    });
     let edge = TestEdge::start(raw).await;
     let tcp = tokio::net::TcpStream::connect(edge.addr)
         .await
@@ -411,9 +429,10 @@ async fn one_stalled_h2_stream_beside_a_busy_one_is_disconnected() {
         .await
         .expect("response head");
     assert_eq!(stalled.status(), StatusCode::OK);
-    // The busy stream: a request read whole every 100 ms, for at most 12 s (12 × idle + write).
+    // The busy stream: a request read whole every 100 ms, for at most 12 s (12 × idle + write;
+    // 5 s for the allowed peer, which must stay connected).
     let mut closed = false;
-    for _ in 0..120 {
+    for _ in 0..if allowed { 50 } else { 120 } {
         tokio::select! {
             _ = &mut conn => { closed = true; break; }
             _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
@@ -430,10 +449,17 @@ async fn one_stalled_h2_stream_beside_a_busy_one_is_disconnected() {
             break;
         }
     }
-    assert!(
-        closed,
-        "the edge kept a connection with a stalled stream open for 12 s"
-    );
-    assert!(edge.edge.metrics.limits.slow_readers_closed.load(Relaxed) >= 1);
+    if allowed {
+        assert!(
+            !closed,
+            "the edge cut an allowed peer's link for one stalled stream"
+        );
+    } else {
+        assert!(
+            closed,
+            "the edge kept a connection with a stalled stream open for 12 s"
+        );
+        assert!(edge.edge.metrics.limits.slow_readers_closed.load(Relaxed) >= 1);
+    }
     drop(stalled);
 }
