@@ -15,9 +15,13 @@ use futures_util::Stream;
 use crate::http::body::BoxError;
 use crate::origin::OriginError;
 
+/// Part of the body went out and the client has not asked for more: the origin (or the
+/// connection to it) holds the body back, not the viewer.
 const SENDING: u8 = 0;
 const SENT: u8 = 1;
 const BROKEN: u8 = 2;
+/// The client asked for more and the viewer has not sent it yet.
+const AWAITING_VIEWER: u8 = 3;
 
 /// How far one request body got; shared by the stream that carries it (`watch`) and the
 /// request's outcome (`fault`).
@@ -56,12 +60,13 @@ impl Upload {
     }
 
     /// Whether a request that failed with `error` failed by its viewer's doing: its body broke,
-    /// or the time ran out while it was still arriving. Any other failure with the body still
-    /// arriving (a reset, a closed connection) is the origin's.
+    /// or the time ran out while the client waited for the viewer's next bytes. Any other
+    /// failure with the body still arriving (a reset, a closed connection, an origin that
+    /// stopped reading it) is the origin's.
     pub fn fault(&self, error: OriginError) -> Option<ViewerFault> {
         match self.0.load(Relaxed) {
             BROKEN => Some(ViewerFault::Broken),
-            SENDING if error == OriginError::Timeout => Some(ViewerFault::Slow),
+            AWAITING_VIEWER if error == OriginError::Timeout => Some(ViewerFault::Slow),
             _ => None,
         }
     }
@@ -86,13 +91,21 @@ where
             return Poll::Ready(None);
         }
         let item = match self.inner.as_mut().poll_next(cx) {
-            Poll::Pending => return Poll::Pending,
+            Poll::Pending => {
+                self.state.store(AWAITING_VIEWER, Relaxed);
+                return Poll::Pending;
+            }
             Poll::Ready(item) => item,
         };
         // Noted before the client sees the item: the request's outcome reads it after.
         let out = match item {
             Some(Ok(b)) => {
                 self.seen += b.len() as u64;
+                // hyper's HTTP/1.1 client stops polling a body once its `Content-Length` is
+                // written, so the end may never be asked for: the whole length is the end.
+                let whole = self.declared.is_some_and(|n| self.seen >= n);
+                self.state
+                    .store(if whole { SENT } else { SENDING }, Relaxed);
                 return Poll::Ready(Some(Ok(b)));
             }
             Some(Err(e)) => {
@@ -135,8 +148,18 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_whole_body_is_no_fault_and_a_timeout_while_sending_is_the_viewers() {
+    async fn a_whole_body_is_no_fault_and_a_timeout_while_awaiting_the_viewer_is_the_viewers() {
         let u = Upload::default();
+        assert_eq!(
+            u.fault(OriginError::Timeout),
+            None,
+            "never asked for: the origin's"
+        );
+        let mut w = Box::pin(u.watch(
+            futures_util::stream::pending::<Result<Bytes, BoxError>>(),
+            Some(3),
+        ));
+        assert!(futures_util::poll!(w.next()).is_pending());
         assert_eq!(u.fault(OriginError::Timeout), Some(ViewerFault::Slow));
         assert_eq!(
             u.fault(OriginError::Protocol),
@@ -150,6 +173,18 @@ mod tests {
             None,
             "sent whole: the origin's"
         );
+    }
+
+    /// hyper's HTTP/1.1 client never polls a body past its `Content-Length`: the length sent
+    /// is the body sent, and an origin that then does not answer is at fault.
+    #[tokio::test]
+    async fn a_body_whose_whole_length_went_out_is_sent_without_its_end() {
+        let u = Upload::default();
+        let mut w = Box::pin(u.watch(chunks(vec![Ok(b"ab"), Ok(b"c")]), Some(3)));
+        assert!(w.next().await.is_some());
+        assert_eq!(u.fault(OriginError::Timeout), None, "origin holds 2 of 3");
+        assert!(w.next().await.is_some());
+        assert_eq!(u.fault(OriginError::Timeout), None, "all 3 sent");
     }
 
     #[tokio::test]

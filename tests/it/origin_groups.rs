@@ -8,7 +8,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use vedge::config::{RawConfig, RawEject, RawHealth, RawRoute};
 
-use crate::support::{until, Fault, Origin, Script, TestEdge};
+use crate::support::{edge_config, until, Fault, Gate, Origin, Script, TestEdge};
 
 /// One route `/` over `origins` with `policy`, short timeouts, and a high ejection threshold
 /// (tests that exercise ejection set their own).
@@ -532,4 +532,32 @@ async fn a_viewer_cannot_eject_an_origin_with_its_own_broken_request_bodies() {
     let r = edge.get("/cold.ts").await;
     assert_eq!(r.status, 200);
     assert_eq!((a.count("/cold.ts"), b.count("/cold.ts")), (1, 0));
+}
+
+/// A pass whose viewer sent its whole body (`Content-Length`) to an origin that then never
+/// answers is the origin's timeout: hyper's HTTP/1.1 client never polls a body past its length,
+/// so the body looked "still arriving" and the viewer was blamed (408, and the hung origin
+/// never counted a timeout).
+#[tokio::test]
+async fn a_whole_request_body_the_origin_never_answers_is_the_origins_timeout() {
+    let origin = Origin::start().await;
+    let never = Gate::new();
+    origin.script("/up", Script::ok("stored").gate(&never));
+    let mut raw = edge_config(&origin);
+    raw.origin_client.first_byte_timeout = Some("1s".into());
+    let edge = TestEdge::start(raw).await;
+    let r = edge
+        .raw(b"POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\nConnection: close\r\n\r\n0123456789")
+        .await;
+    let o = &edge.edge.origin.snapshot()["routes"][0]["origins"][0];
+    println!(
+        "answer {}; origin: consecutive failures {}, errors {}",
+        r.status(),
+        o["consecutive_failures"],
+        o["errors"]
+    );
+    assert_eq!(r.status(), 504, "the origin's timeout, not the viewer's");
+    assert_eq!(o["errors"]["timeout"], 1);
+    assert_eq!(origin.count("/up"), 1);
+    never.open();
 }
