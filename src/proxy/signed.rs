@@ -176,7 +176,17 @@ pub fn admit(
     });
     // The normalised path (escapes decoded): `/a%2Em3u8` is the manifest `/a.m3u8`.
     let whole = carry.is_some() && Kind::of(&path, None).is_some();
-    match without_token(parts, cfg, whole, carry.is_some()) {
+    // Only what may be a manifest (its path says so, or says nothing and its type may) asks
+    // for identity: a segment, a key or a caption keeps the encodings its viewer accepts.
+    let may_rewrite = carry.is_some()
+        && !matches!(
+            crate::cache::policy::ContentClass::from_path(&path),
+            Some(
+                crate::cache::policy::ContentClass::Segment
+                    | crate::cache::policy::ContentClass::Key
+            )
+        );
+    match without_token(parts, cfg, whole, may_rewrite) {
         Ok(stripped) => Ok(Gate {
             parts: stripped,
             carry,
@@ -207,8 +217,9 @@ fn verify(raw: &str, cfg: &TokenConfig, req: &edgeauth::Request<'_>) -> Result<(
 /// rewritten, without `Range`/`If-Range` (the rewritten body is sent whole) and without
 /// `If-None-Match`/`If-Modified-Since`: the stored validators describe the token-free bytes,
 /// not this viewer's, so a 304 could confirm a copy that holds another (an expired) token.
-/// A viewer whose manifests get its token (`carried`) asks for `Accept-Encoding: identity`: the
-/// rewrite reads text, and a coded manifest (a browser's `br`) went out without the token. Its
+/// A viewer whose manifests get its token asks for `Accept-Encoding: identity` for whatever may
+/// be a manifest (`carried`): the rewrite reads text, and a coded manifest (a browser's `br`)
+/// went out without the token. Its
 /// fill, the `Vary` variant it is looked up under and the copy stored all follow from the
 /// request as changed here, so they agree. `None` when nothing changes.
 fn without_token(

@@ -633,10 +633,19 @@ async fn gzip_origin() -> (
                         .is_some_and(|v| v.contains("gzip"));
                     let playlist = MEDIA.as_bytes();
                     let b = http::Response::builder()
-                        .header("content-type", "application/vnd.apple.mpegurl")
+                        .header(
+                            "content-type",
+                            if path.ends_with(".vtt") {
+                                "text/vtt"
+                            } else {
+                                "application/vnd.apple.mpegurl"
+                            },
+                        )
                         .header("cache-control", "max-age=60");
                     let resp = match (path.as_str(), accepts) {
-                        ("/v/z/always.m3u8", _) | ("/v/z/asked.m3u8", true) => b
+                        ("/v/z/always.m3u8", _)
+                        | ("/v/z/asked.m3u8", true)
+                        | ("/v/z/sub.vtt", true) => b
                             .header("content-encoding", "gzip")
                             .header("vary", "Accept-Encoding")
                             .body(Full::new(Bytes::from(gzip(playlist)))),
@@ -696,5 +705,36 @@ async fn a_compressed_manifest_still_carries_the_token_to_its_children() {
         counts.lock().get("/v/z/asked.m3u8").copied(),
         Some(1),
         "the second viewer is a hit on the stored identity copy"
+    );
+}
+
+/// Only what may be a manifest is asked of the origin as `identity` for a viewer whose
+/// manifests carry its token: a caption or a segment (its path says so) keeps the encodings its
+/// viewer accepts. Before, every request carrying a query token asked for `identity`.
+#[tokio::test]
+async fn a_tokenised_caption_keeps_the_viewers_accept_encoding() {
+    let (base, counts) = gzip_origin().await;
+    let mut raw = edge_config(&Origin::start().await);
+    raw.routes.push(RawRoute {
+        prefix: "/v/".into(),
+        origin: base,
+        token: Some(raw_token()),
+        ..RawRoute::default()
+    });
+    let edge = TestEdge::start(raw).await;
+    let t = token("/v/z/*");
+    let r = edge
+        .get_with(
+            &format!("/v/z/sub.vtt?hdnts={t}"),
+            &[("accept-encoding", "gzip")],
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(counts.lock().get("/v/z/sub.vtt").copied(), Some(1));
+    assert_eq!(
+        r.h("content-encoding"),
+        "gzip",
+        "the caption was asked of the origin as identity ({})",
+        r.h("cache-status")
     );
 }
