@@ -301,9 +301,10 @@ async fn collapsed_viewers_wait_past_collapse_timeout_for_a_fill_the_origin_is_a
         "/v/slow.ts",
         Script::ok("slow segment")
             .header("cache-control", "max-age=60")
-            .head_delay(Duration::from_millis(1500)),
+            // Long enough for 19 viewers to join on a loaded machine.
+            .head_delay(Duration::from_secs(4)),
     );
-    let edge = Arc::new(TestEdge::start(slow_origin_config(&origin, "5s")).await);
+    let edge = Arc::new(TestEdge::start(slow_origin_config(&origin, "10s")).await);
     let answers = leader_and_waiters(&edge, &origin, "/v/slow.ts", 19).await;
     let statuses: Vec<String> = answers
         .iter()

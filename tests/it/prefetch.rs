@@ -583,9 +583,16 @@ initialization=\"init.m4s\"><SegmentTimeline><S t=\"0\" d=\"2000\" r=\"-1\"/></S
     .await;
     edge.settle().await;
     let newest = fetched();
+    // A slow start (a loaded machine) moves the live edge one segment per 2 s taken.
+    let taken = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs()
+        .saturating_sub(now);
+    let last = 49 + u32::try_from(taken / 2).unwrap_or(3).min(3);
     assert!(
-        matches!(newest[..], [48] | [49]),
-        "only the live edge is prefetched: {newest:?}"
+        matches!(newest[..], [n] if (48..=last).contains(&n)),
+        "only the live edge is prefetched: {newest:?} (48..={last})"
     );
     let seg = format!("/o/seg-{}.m4s", newest[0]);
     let r = edge.get(&seg).await;
