@@ -68,6 +68,31 @@ fn insert(s: &Store, k: &str) {
     );
 }
 
+/// Writes until a rollover's reclaim is reading back what it keeps (device reads held), runs
+/// `during` while it waits there, then lets the reclaim and the writes finish.
+async fn during_reclaim_read_back(s: &Store, during: impl FnOnce()) {
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    s.hold_reads(true);
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let writes = tokio::spawn({
+        let (s, stop) = (s.clone(), stop.clone());
+        async move {
+            for i in 0..4 * 7 {
+                if stop.load(SeqCst) {
+                    return;
+                }
+                put(&s, &format!("t{i}"), OBJ).await;
+            }
+            panic!("no reclaim read anything back");
+        }
+    });
+    s.reads_held(1).await;
+    stop.store(true, SeqCst);
+    during();
+    s.hold_reads(false);
+    writes.await.unwrap();
+}
+
 /// Whether `k` is served with the bytes it was written with.
 async fn served(s: &Store, k: &str) -> bool {
     s.lookup(k.as_bytes())
@@ -176,27 +201,11 @@ async fn a_pin_or_unpin_during_reclaims_read_back_holds() {
         // The oldest region holds pin0 (pinned: reclaim keeps it) and o0 (neither pinned nor
         // hit: reclaim drops it).
         let (s, _) = from_template(&template, dir.path()).await;
-        s.hold_reads(true);
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let writes = tokio::spawn({
-            let (s, stop) = (s.clone(), stop.clone());
-            async move {
-                for i in 0..4 * 7 {
-                    if stop.load(std::sync::atomic::Ordering::SeqCst) {
-                        return;
-                    }
-                    put(&s, &format!("t{i}"), OBJ).await;
-                }
-                panic!("no reclaim read anything back");
-            }
-        });
-        // The rollover's reclaim is reading back what it keeps.
-        s.reads_held(1).await;
-        stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        assert!(s.pin(b"o0").unwrap(), "{engine:?}: o0 is stored");
-        assert!(s.unpin(b"pin0"), "{engine:?}: pin0 is stored");
-        s.hold_reads(false);
-        writes.await.unwrap();
+        during_reclaim_read_back(&s, || {
+            assert!(s.pin(b"o0").unwrap(), "{engine:?}: o0 is stored");
+            assert!(s.unpin(b"pin0"), "{engine:?}: pin0 is stored");
+        })
+        .await;
         match s.lookup(b"o0").await {
             Some(hit) => assert!(
                 hit.meta.pinned,
@@ -255,26 +264,11 @@ async fn an_object_pinned_during_reclaim_stays_purged() {
         }
         s.flush().await;
         assert_eq!(s.stats().regions_evicted, 0, "reclaimed during setup");
-        s.hold_reads(true);
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let writes = tokio::spawn({
-            let (s, stop) = (s.clone(), stop.clone());
-            async move {
-                for i in 0..4 * 7 {
-                    if stop.load(std::sync::atomic::Ordering::SeqCst) {
-                        return;
-                    }
-                    put(&s, &format!("t{i}"), OBJ).await;
-                }
-                panic!("no reclaim read anything back");
-            }
-        });
-        s.reads_held(1).await;
-        stop.store(true, std::sync::atomic::Ordering::SeqCst);
         // The index still holds the purged object (a prefix purge is a mark): the pin takes.
-        assert!(s.pin(b"p/x").unwrap(), "{engine:?}: p/x is in the index");
-        s.hold_reads(false);
-        writes.await.unwrap();
+        during_reclaim_read_back(&s, || {
+            assert!(s.pin(b"p/x").unwrap(), "{engine:?}: p/x is in the index");
+        })
+        .await;
         s.flush().await;
         assert!(
             s.lookup(b"p/x").await.is_none(),
