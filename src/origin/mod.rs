@@ -396,22 +396,9 @@ impl OriginClient {
         headers: HeaderMap,
         deadline: Option<Instant>,
     ) -> Result<Response<Incoming>, OriginError> {
-        let group = self.group(route)?.clone();
-        if let Some(s) = self.shield.as_ref().filter(|s| s.covers(route)) {
-            let plan = s.upstream(&group);
-            return self
-                .fetch_via(&plan, key, method, path_and_query, headers, deadline)
-                .await;
-        }
-        self.fetch_via(
-            group.as_ref(),
-            key,
-            method,
-            path_and_query,
-            headers,
-            deadline,
-        )
-        .await
+        self.fetch_route(route, key, method, path_and_query, headers, deadline, None)
+            .await
+            .map(|(response, _)| response)
     }
 
     /// `fetch_for` for a pass (a request of one viewer, forwarded uncached): each origin asked
@@ -426,35 +413,52 @@ impl OriginClient {
         headers: HeaderMap,
         pass: &PassFor,
     ) -> Result<Passed, OriginError> {
-        let group = self.group(route)?.clone();
-        let (response, slot) = match self.shield.as_ref().filter(|s| s.covers(route)) {
-            Some(s) => {
-                let plan = s.upstream(&group);
-                self.fetch_plan(
-                    &plan,
-                    key,
-                    method,
-                    path_and_query,
-                    headers,
-                    None,
-                    Some(pass),
-                )
-                .await?
-            }
-            None => {
-                self.fetch_plan(
-                    group.as_ref(),
-                    key,
-                    method,
-                    path_and_query,
-                    headers,
-                    None,
-                    Some(pass),
-                )
-                .await?
-            }
-        };
+        let (response, slot) = self
+            .fetch_route(
+                route,
+                key,
+                method,
+                path_and_query,
+                headers,
+                None,
+                Some(pass),
+            )
+            .await?;
         Ok(Passed { response, slot })
+    }
+
+    /// `fetch_plan` on `route`'s upstream: its group, through the key's shields first when the
+    /// route has them.
+    #[allow(clippy::too_many_arguments)]
+    async fn fetch_route(
+        &self,
+        route: &Route,
+        key: &str,
+        method: Method,
+        path_and_query: &str,
+        headers: HeaderMap,
+        deadline: Option<Instant>,
+        pass: Option<&PassFor>,
+    ) -> Result<(Response<Incoming>, Option<PassSlot>), OriginError> {
+        let group = self.group(route)?.clone();
+        let shielded;
+        let upstream: &dyn Upstream = match self.shield.as_ref().filter(|s| s.covers(route)) {
+            Some(s) => {
+                shielded = s.upstream(&group);
+                &shielded
+            }
+            None => group.as_ref(),
+        };
+        self.fetch_plan(
+            upstream,
+            key,
+            method,
+            path_and_query,
+            headers,
+            deadline,
+            pass,
+        )
+        .await
     }
 
     /// Fetches from the upstream's first candidate for `key`. A GET or HEAD that fails before
