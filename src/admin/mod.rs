@@ -237,6 +237,7 @@ fn render_store(st: &vedge_storage::StoreStats, out: &mut String) {
         ("vedge_store_regions", u64::from(st.regions)),
         ("vedge_store_regions_in_use", u64::from(st.regions_in_use)),
         ("vedge_store_index_bytes", st.index_bytes),
+        ("vedge_store_purge_marks", st.purge_marks),
     ];
     for (name, v) in gauges {
         let _ = writeln!(out, "# TYPE {name} gauge\n{name} {v}");

@@ -227,6 +227,38 @@ impl Edge {
         n
     }
 
+    /// Removes what a viewer's request invalidated (RFC 9111 §4.4: a successful unsafe method):
+    /// the key, and its variants (`Vary`, slices) only when the edge knows the key has some.
+    /// Strangers choose these URIs, so each costs O(1): a scan of the RAM tier and a store
+    /// tombstone per URI named, as `purge_key` pays, would let a viewer's POSTs to many URLs
+    /// burn the edge's CPU and grow the store's purge marks without bound. A variant stored
+    /// while the edge still knew its `Vary` is reached as long as the vary index keeps it.
+    pub fn invalidate_key(&self, key: &str) -> usize {
+        if self.may_have_variants(key) {
+            return self.purge_key(key);
+        }
+        let mut n = usize::from(self.ram.remove(key));
+        if let Some(store) = &self.store {
+            n = n.max(usize::from(store.remove(key.as_bytes())));
+        }
+        self.hit_for_pass.remove(key);
+        n
+    }
+
+    /// Whether objects may be stored under `key\0…`: the origin varies the key, or it is
+    /// cached in slices (`proxy::slice`: the sliced-object record).
+    fn may_have_variants(&self, key: &str) -> bool {
+        if self.vary_index.get(key).is_some() {
+            return true;
+        }
+        let record = crate::proxy::slice::record_key(key);
+        self.ram.contains(&record)
+            || self
+                .store
+                .as_ref()
+                .is_some_and(|s| s.contains(record.as_bytes()))
+    }
+
     /// Stores what a fill fetched, unless a purge made since the fill started selects it (a
     /// purge beats a fill in flight). A stored manifest teaches the asset index its members
     /// (`manifest_url`: where it was fetched from). Returns whether it was stored.

@@ -204,6 +204,9 @@ pub struct StoreStats {
     pub write_errors: u64,
     /// RAM used by the index table (bytes); divide by `objects` for the per-object cost.
     pub index_bytes: u64,
+    /// Purge marks held for objects on disk (prefix tombstones and soft purges, checked on
+    /// lookups); region reclaim drops the ones older than every region in use.
+    pub purge_marks: u64,
     pub engine: EngineKind,
     pub direct_io: bool,
 }

@@ -1123,6 +1123,7 @@ impl Store {
             skipped_writes: c.skipped_writes.load(Relaxed),
             write_errors: c.write_errors.load(Relaxed),
             index_bytes: index_bytes(&st.index) as u64,
+            purge_marks: (st.prefixes.len() + st.soft.len()) as u64,
             engine: inner.io.kind(),
             direct_io: inner.direct,
         }

@@ -8,6 +8,7 @@ use http::{Method, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+use crate::support::binary::BinaryEdge;
 use crate::support::{edge_config, Origin, Script, TestEdge};
 
 fn fresh(body: &'static str) -> Script {
@@ -112,6 +113,50 @@ async fn unsafe_method_invalidates_location_and_content_location_on_the_same_hos
     );
     send(&edge, "POST", "/inv/form").await;
     assert_eq!(edge.get("/inv/elsewhere").await.x_cache(), "HIT");
+}
+
+/// Viewers' successful POSTs to many URIs (a beacon endpoint answering 204, each with its own
+/// query) invalidate those URIs and nothing more: the store keeps no purge mark per URI. Before,
+/// each one left a prefix tombstone for the URI's `Vary` variants, which every disk lookup then
+/// checked, until region reclaim dropped them.
+#[tokio::test]
+async fn unsafe_methods_on_many_uris_leave_the_store_no_purge_marks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().join("vedge.store");
+    let origin = Origin::start().await;
+    origin.script("/beacon", Script::status(204, ""));
+    let flags = ["--store-size", "64MiB", "--store-region-size", "4MiB"];
+    let store_flag = [std::ffi::OsStr::new("--store"), store.as_os_str()];
+    let v = BinaryEdge::start(
+        &origin.url(),
+        store_flag
+            .into_iter()
+            .chain(flags.map(std::ffi::OsStr::new)),
+    );
+    v.ready().await;
+    for i in 0..200 {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", v.port))
+            .await
+            .expect("connect");
+        let req = format!(
+            "POST /beacon?n={i} HTTP/1.1\r\nHost: edge.test\r\nContent-Length: 1\r\n\
+             Connection: close\r\n\r\nx"
+        );
+        s.write_all(req.as_bytes()).await.expect("write");
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.expect("read");
+        assert!(
+            out.starts_with(b"HTTP/1.1 204"),
+            "{i}: {:?}",
+            String::from_utf8_lossy(&out)
+        );
+    }
+    assert_eq!(origin.count("/beacon"), 200);
+    assert_eq!(
+        v.metric("vedge_store_purge_marks").await,
+        0,
+        "a purge mark per URI a viewer POSTed to"
+    );
 }
 
 #[tokio::test]

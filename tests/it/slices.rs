@@ -513,3 +513,37 @@ async fn a_hint_for_a_large_sliced_object_never_makes_it_pass_the_cache() {
     );
     assert_eq!(&r.body[..], &body[..1024]);
 }
+
+/// A successful unsafe method on a sliced object's URI invalidates its slices too (RFC 9111
+/// §4.4): they are stored under the object's key plus a suffix, as `Vary` variants are, and the
+/// invalidation of a viewer's POST only looks past the key itself when the edge knows the key
+/// has such entries.
+#[tokio::test]
+async fn a_successful_post_invalidates_every_slice_of_the_object() {
+    let origin = Origin::start().await;
+    let body = pattern(3 * MIB, 5);
+    origin.script("/m/inv.mp4", video(body.clone(), "\"v1\""));
+    let edge = edge_with(&origin, "1MiB").await;
+    let r = edge.get("/m/inv.mp4").await;
+    assert_eq!(r.status, StatusCode::OK);
+    edge.settle().await;
+    let before = origin.count("/m/inv.mp4");
+    let r = edge
+        .get_with("/m/inv.mp4", &[("range", "bytes=1500000-1500009")])
+        .await;
+    assert_eq!(&r.body[..], &body[1_500_000..1_500_010]);
+    assert_eq!(origin.count("/m/inv.mp4"), before, "the slice was a HIT");
+
+    let post = edge.req(http::Method::POST, "/m/inv.mp4");
+    let r = edge.send(post, bytes::Bytes::from_static(b"x")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let after_post = origin.count("/m/inv.mp4");
+    let r = edge
+        .get_with("/m/inv.mp4", &[("range", "bytes=1500000-1500009")])
+        .await;
+    assert_eq!(&r.body[..], &body[1_500_000..1_500_010]);
+    assert!(
+        origin.count("/m/inv.mp4") > after_post,
+        "the POST left the slice stored"
+    );
+}
