@@ -245,6 +245,17 @@ impl Edge {
         n
     }
 
+    /// Soft-purges `key` in the RAM tier (stale from `now` on); returns whether it was held.
+    fn expire_in_ram(&self, key: &str, now: SystemTime) -> usize {
+        let Some(obj) = self.ram.peek(key) else {
+            return 0;
+        };
+        let mut stale = CachedObject::clone(&obj);
+        expire_now(&mut stale, now);
+        self.ram.insert(key.to_string(), Arc::new(stale));
+        1
+    }
+
     /// Whether objects may be stored under `key\0…`: the origin varies the key, or it is
     /// cached in slices (`proxy::slice`: the sliced-object record).
     fn may_have_variants(&self, key: &str) -> bool {
@@ -293,40 +304,64 @@ impl Edge {
     ) -> Result<Vec<usize>, StoreError> {
         self.fills.record_purges(selectors);
         let now = self.clock.now();
-        let mut counts = Vec::with_capacity(selectors.len());
+        let mut counts = vec![0usize; selectors.len()];
+        // A key the edge knows has no variants is one lookup. The other selectors go through
+        // the RAM tier in batches, one scan per batch, keys by set membership: an asset purge
+        // expands to tens of thousands of keys, and a scan per key cost keys × RAM entries.
+        let mut scanned = Vec::new();
         for (i, sel) in selectors.iter().enumerate() {
-            // Each selector scans the RAM tier: a purge of many (an asset expands to up to
-            // 50,000) lets the worker's other tasks run between batches. The purges are
-            // recorded above, so no fill stores a purged key meanwhile.
             if i > 0 && i % PURGE_BATCH == 0 {
                 tokio::task::yield_now().await;
             }
-            let n = if soft {
-                let marked = parking_lot::Mutex::new(Vec::new());
+            match sel {
+                PurgeSelector::Key(k) if !self.may_have_variants(k) => {
+                    counts[i] = if soft {
+                        self.expire_in_ram(k, now)
+                    } else {
+                        self.hit_for_pass.remove(k);
+                        usize::from(self.ram.remove(k))
+                    };
+                }
+                _ => scanned.push(i),
+            }
+        }
+        for batch in scanned.chunks(PURGE_BATCH) {
+            // The purges are recorded above, so no fill stores a purged key meanwhile.
+            tokio::task::yield_now().await;
+            let batch = Batch::new(batch.iter().map(|&i| (i, &selectors[i])));
+            if soft {
+                let hits = parking_lot::Mutex::new(Vec::new());
                 self.ram.remove_where(|k, o| {
-                    if sel.matches(k, &o.tags) {
-                        marked.lock().push((k.to_string(), o.clone()));
+                    let selecting: Vec<usize> = batch.selecting(k, &o.tags).collect();
+                    if !selecting.is_empty() {
+                        hits.lock().push((selecting, k.to_string(), o.clone()));
                     }
                     false
                 });
-                let marked = marked.into_inner();
-                for (k, o) in &marked {
-                    let mut stale = o.clone();
+                for (selecting, k, mut stale) in hits.into_inner() {
                     expire_now(&mut stale, now);
-                    self.ram.insert(k.clone(), Arc::new(stale));
+                    self.ram.insert(k, Arc::new(stale));
+                    for i in selecting {
+                        counts[i] += 1;
+                    }
                 }
-                marked.len()
             } else {
                 // What the origin varies a key on stays known (`vary_index`): forgetting it
                 // made the first viewer after a purge fetch twice, once without its varied
                 // header and once with it. The next answer's `Vary` replaces it anyway.
-                if let PurgeSelector::Key(k) | PurgeSelector::Prefix(k) = sel {
-                    self.hit_for_pass
-                        .retain(|hk, _| !hk.starts_with(k.as_str()));
+                self.hit_for_pass.retain(|hk, _| !batch.drops_pass(hk));
+                let hits = parking_lot::Mutex::new(Vec::new());
+                self.ram.remove_where(|k, o| {
+                    let i = batch.first(k, &o.tags);
+                    if let Some(i) = i {
+                        hits.lock().push(i);
+                    }
+                    i.is_some()
+                });
+                for i in hits.into_inner() {
+                    counts[i] += 1;
                 }
-                self.ram.remove_where(|k, o| sel.matches(k, &o.tags))
-            };
-            counts.push(n);
+            }
         }
         if let Some(store) = &self.store {
             let mut purges = Vec::with_capacity(selectors.len() * 2);
@@ -352,8 +387,68 @@ impl Edge {
     }
 }
 
-/// Purge selectors applied to the RAM tier between two yields to the runtime (`Edge::purge`).
+/// Purge selectors applied to the RAM tier between two yields to the runtime (`Edge::purge`):
+/// keys looked up one by one, or the selectors of one scan.
 const PURGE_BATCH: usize = 256;
+
+/// One batch of purge selectors, applied to each RAM entry in one pass: keys by set membership
+/// (a stored key's part before its first `\0` is the key it is a variant or slice of),
+/// prefixes and tags in request order. A hard purge counts an entry for the first selector that
+/// selects it (the one that removed it), a soft one for every selector that selects it.
+struct Batch<'a> {
+    keys: std::collections::HashMap<&'a str, usize>,
+    others: Vec<(usize, &'a PurgeSelector)>,
+}
+
+impl<'a> Batch<'a> {
+    fn new(selectors: impl Iterator<Item = (usize, &'a PurgeSelector)>) -> Batch<'a> {
+        let mut keys = std::collections::HashMap::new();
+        let mut others = Vec::new();
+        for (i, sel) in selectors {
+            match sel {
+                PurgeSelector::Key(k) => {
+                    keys.entry(k.as_str()).or_insert(i);
+                }
+                _ => others.push((i, sel)),
+            }
+        }
+        Batch { keys, others }
+    }
+
+    /// The selectors of the batch that select the entry `key` (with `tags`).
+    fn selecting<'b>(
+        &'b self,
+        key: &'b str,
+        tags: &'b [String],
+    ) -> impl Iterator<Item = usize> + 'b {
+        let by_key = self.keys.get(base_key(key)).copied();
+        let by_other = self
+            .others
+            .iter()
+            .filter(move |(_, sel)| sel.matches(key, tags))
+            .map(|(i, _)| *i);
+        by_key.into_iter().chain(by_other)
+    }
+
+    /// The first selector of the batch that selects the entry `key` (with `tags`).
+    fn first(&self, key: &str, tags: &[String]) -> Option<usize> {
+        self.selecting(key, tags).min()
+    }
+
+    /// Whether a hard purge of the batch drops the hit-for-pass entry `key` (keys and
+    /// prefixes do; tags name stored objects only).
+    fn drops_pass(&self, key: &str) -> bool {
+        self.keys.contains_key(base_key(key))
+            || self.others.iter().any(
+                |(_, sel)| matches!(sel, PurgeSelector::Prefix(p) if key.starts_with(p.as_str())),
+            )
+    }
+}
+
+/// The key a stored key is a variant or slice of: its part before the first `\0`.
+fn base_key(key: &str) -> &str {
+    key.split('\0').next().unwrap_or(key)
+}
 
 /// The store's selectors for one purge selector: a key also covers its Vary variants, stored
 /// under `key` + `\0` + variant.

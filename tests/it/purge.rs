@@ -482,3 +482,50 @@ async fn a_large_purge_lets_other_tasks_run_while_it_works() {
         "another task ran while the purge worked: {turns:?}"
     );
 }
+
+/// One purge mixing kinds: a varied URL (three variants: the one the edge fetched before it
+/// knew the `Vary`, tv and phone), a plain URL, a prefix that also covers the plain URL, and a
+/// tag. A hard purge counts each object once, for the first entry that selects it; a soft one
+/// counts every entry's objects. Keys without variants are looked up one by one and the rest go
+/// through the RAM tier in one scan per batch: the counts must not depend on which.
+#[tokio::test]
+async fn a_mixed_purge_counts_each_object_once_for_the_entry_that_selects_it() {
+    let origin = Origin::start().await;
+    origin.script("/mix/v.ts", cached("v").header("vary", "X-Device"));
+    for p in ["/mix/plain.ts", "/mix/dir/1.ts", "/mix/dir/2.ts"] {
+        origin.script(p, cached(p));
+    }
+    origin.script("/mix/tagged.ts", cached("t").header("cache-tag", "mixtag"));
+    let s = setup(&origin).await;
+    let host = s.edge.addr.to_string();
+    let body = format!(
+        r#"{{"urls":["/mix/v.ts","/mix/plain.ts"],"prefixes":["/mix/dir/","/mix/plain"],"tags":["mixtag"],"host":"{host}"SOFT}}"#
+    );
+    for soft in [false, true] {
+        for d in ["tv", "phone"] {
+            s.edge.get_with("/mix/v.ts", &[("x-device", d)]).await;
+        }
+        for p in [
+            "/mix/plain.ts",
+            "/mix/dir/1.ts",
+            "/mix/dir/2.ts",
+            "/mix/tagged.ts",
+        ] {
+            s.edge.get(p).await;
+        }
+        s.edge.settle().await;
+        let body = body.replace("SOFT", if soft { r#","soft":true"# } else { "" });
+        let (st, v) = purge(s.admin, &body).await;
+        assert_eq!(st, 200, "{v}");
+        // The soft round comes after the hard one: the edge knows the Vary, so the variant
+        // fetched without the header is not made again.
+        let (urls, prefixes) = if soft { (3, 3) } else { (4, 2) };
+        assert_eq!(v["purged"], urls + prefixes + 1, "soft {soft}: {v}");
+        assert_eq!(v["selected"]["urls"], urls, "soft {soft}: {v}");
+        assert_eq!(v["selected"]["prefixes"], prefixes, "soft {soft}: {v}");
+        assert_eq!(v["selected"]["tags"], 1, "soft {soft}: {v}");
+        let r = s.edge.get_with("/mix/v.ts", &[("x-device", "tv")]).await;
+        assert_ne!(r.x_cache(), "HIT", "soft {soft}");
+        assert_ne!(s.edge.get("/mix/plain.ts").await.x_cache(), "HIT");
+    }
+}
