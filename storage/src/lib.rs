@@ -12,6 +12,8 @@
 //! - `writer`: the single task that allocates space, writes, seals and evicts regions.
 //! - `open`: format, snapshot load, crash recovery, clean-close snapshot.
 //! - `journal`: the purge journal ([`Purge`], [`Selector`]).
+//! - `marks`: the prefix tombstones lookups check (variant prefixes `key\0` in a map, the
+//!   rest scanned).
 //! - `format`: every on-disk structure. `index`: the RAM index and tag sets.
 //! - `io`: the [`IoEngine`](crate::EngineKind) trait with io_uring and psync engines. `buf`:
 //!   the aligned buffers that become `Bytes` without a copy. `object_buf`: [`ObjectBuf`], an
@@ -99,6 +101,7 @@ mod format;
 mod index;
 mod io;
 mod journal;
+mod marks;
 mod object_buf;
 mod open;
 mod store;

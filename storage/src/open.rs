@@ -21,6 +21,7 @@ use crate::format::{
 use crate::index::{Entry, PERSISTED, PINNED};
 use crate::io::{psync::PsyncEngine, uring::UringEngine, Io, IoEngine, OwnedFile, PSYNC_THREADS};
 use crate::journal::{self, Journal, Record};
+use crate::marks::PrefixMarks;
 use crate::store::{Inner, RegionMeta, State};
 use crate::writer::{write_summary, Active};
 
@@ -312,7 +313,7 @@ async fn load_snapshot(
     }
     let mut st = State::new(layout);
     st.max_gen = snap.max_gen;
-    st.prefixes = snap.prefixes;
+    st.prefixes = PrefixMarks::from_vec(snap.prefixes);
     // Soft purges are not in the snapshot: the journal keeps them across a clean close.
     st.regions = snap
         .regions
@@ -621,7 +622,7 @@ pub(crate) async fn write_snapshot(
                     reserved: 0,
                 })
                 .collect(),
-            prefixes: st.prefixes.clone(),
+            prefixes: st.prefixes.to_vec(),
             tagsets: vec![Vec::new()],
             entries: Vec::with_capacity(st.index.len()),
         };

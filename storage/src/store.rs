@@ -20,6 +20,7 @@ use crate::format::{self, key_hash, KeyHash, Layout, RegionState};
 use crate::index::{index_bytes, Entry, HashIndex, TagSets, MAX_FREQ, PINNED};
 use crate::io::Io;
 use crate::journal::{Journal, Purge, Record, Selector};
+use crate::marks::PrefixMarks;
 use crate::object_buf::ObjectBuf;
 
 /// Bound on the second-hit admission table.
@@ -62,7 +63,7 @@ pub(crate) struct State {
     pub max_gen: u64,
     /// Prefix tombstones: objects whose key starts with the prefix and whose sequence is below
     /// the mark are dead. Checked on lookup; dropped once every older region has been reused.
-    pub prefixes: Vec<(Vec<u8>, u64)>,
+    pub prefixes: PrefixMarks,
     /// Soft purges: objects they select whose sequence is below the mark are served as stale
     /// (`Hit::soft_purged`). Pruned like the prefix tombstones; at most `MAX_SOFT`, the oldest
     /// beyond that applied as a hard purge.
@@ -92,7 +93,7 @@ impl State {
                 layout.regions as usize
             ],
             max_gen: 0,
-            prefixes: Vec::new(),
+            prefixes: PrefixMarks::default(),
             soft: Vec::new(),
             next_seq: 1 << 32,
             live_bytes: 0,
@@ -214,14 +215,7 @@ impl State {
                 self.index_remove(h);
             }
             if let Selector::Prefix(prefix) = sel {
-                if !self
-                    .prefixes
-                    .iter()
-                    .any(|(q, m)| prefix.starts_with(q) && *m >= mark)
-                {
-                    self.prefixes.retain(|(q, _)| !q.starts_with(prefix));
-                    self.prefixes.push((prefix.clone(), mark));
-                }
+                self.prefixes.add(prefix, mark);
             }
         }
         pend.len() + on_disk.len()
@@ -241,12 +235,7 @@ impl State {
     }
 
     pub(crate) fn prefix_dead(&self, layout: &Layout, key: &[u8], e: &Entry) -> bool {
-        !self.prefixes.is_empty() && {
-            let s = self.seq(layout, e);
-            self.prefixes
-                .iter()
-                .any(|(p, mark)| s < *mark && key.starts_with(p))
-        }
+        !self.prefixes.is_empty() && self.prefixes.dead(key, self.seq(layout, e))
     }
 }
 
@@ -981,8 +970,7 @@ impl Store {
         }
         let mark = st.next_seq;
         st.marks += 1;
-        st.prefixes.retain(|(p, _)| !p.starts_with(prefix));
-        st.prefixes.push((prefix.to_vec(), mark));
+        st.prefixes.add(prefix, mark);
         doomed.len()
     }
 

@@ -863,7 +863,7 @@ fn prune_marks(st: &mut State) {
         .map(|r| r.gen)
         .min();
     if let Some(min_gen) = min_gen {
-        st.prefixes.retain(|(_, mark)| (mark >> 32) >= min_gen);
+        st.prefixes.prune(min_gen);
         st.soft.retain(|(_, mark)| (mark >> 32) >= min_gen);
     }
 }
