@@ -195,8 +195,12 @@ pub struct StoreStats {
     pub regions_evicted: u64,
     /// Reads that failed verification: dropped from the index, served as a miss.
     pub corrupt_reads: u64,
-    /// Device read errors (object dropped, miss).
+    /// Device reads that failed: a lookup's (object dropped, miss), or one attempt of
+    /// reclaim's read-back, which tries an object up to three times before it drops it.
     pub read_errors: u64,
+    /// Pinned objects reclaim had to drop because every read-back attempt failed with a
+    /// device error: pushed assets lost to a bad device (each is also logged as an error).
+    pub pinned_lost: u64,
     /// Writes refused: ENOSPC, full, rate limit, queue full, pinned share full.
     pub refused_writes: u64,
     /// Inserts not admitted yet (first sighting) or too large: normal, not failures.

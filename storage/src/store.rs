@@ -261,6 +261,7 @@ pub(crate) struct Counters {
     pub regions_evicted: AtomicU64,
     pub corrupt_reads: AtomicU64,
     pub read_errors: AtomicU64,
+    pub pinned_lost: AtomicU64,
     pub refused_writes: AtomicU64,
     pub skipped_writes: AtomicU64,
     pub write_errors: AtomicU64,
@@ -1119,6 +1120,7 @@ impl Store {
             regions_evicted: c.regions_evicted.load(Relaxed),
             corrupt_reads: c.corrupt_reads.load(Relaxed),
             read_errors: c.read_errors.load(Relaxed),
+            pinned_lost: c.pinned_lost.load(Relaxed),
             refused_writes: c.refused_writes.load(Relaxed),
             skipped_writes: c.skipped_writes.load(Relaxed),
             write_errors: c.write_errors.load(Relaxed),
@@ -1141,6 +1143,14 @@ impl Store {
     #[doc(hidden)]
     pub fn inject_write_errno_after(&self, writes: u32, errno: i32) {
         self.inner().io.inject_write_errno_after(writes, errno);
+    }
+
+    /// Test hook: the next `times` device reads (lookups' and reclaim's) fail with `errno`
+    /// before reaching the engine, on either engine (`u32::MAX`: until called again; `errno`
+    /// 0 restores normal operation). Reads held by [`Store::hold_reads`] count when let go.
+    #[doc(hidden)]
+    pub fn inject_read_errno(&self, errno: i32, times: u32) {
+        self.inner().io.inject_read_errno(errno, times);
     }
 
     /// Test hook: while `on`, device reads (lookups' and reclaim's) wait before they start.
