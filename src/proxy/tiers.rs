@@ -183,7 +183,12 @@ impl Edge {
             Source::Pull,
         );
         match admit {
-            Admit::Queued | Admit::Skipped(SkipReason::TooLarge) => obj.disk.store(true, Relaxed),
+            // PushQueued: an operator's push of the key is on its way to disk; that version is
+            // the one the store keeps (and the push's handler then replaces this RAM copy), so
+            // RAM hits must not offer this one again.
+            Admit::Queued | Admit::Skipped(SkipReason::TooLarge | SkipReason::PushQueued) => {
+                obj.disk.store(true, Relaxed)
+            }
             Admit::Skipped(_) => {}
         }
         tracing::trace!(key, ?admit, "store admission");

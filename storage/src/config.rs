@@ -142,7 +142,8 @@ pub enum Admit {
     Skipped(SkipReason),
 }
 
-/// Why an insert was not queued. The last four count as refused writes in the stats.
+/// Why an insert was not queued. `RateLimited`, `Busy` and `PinnedFull` count as refused
+/// writes in the stats, the others as skipped ones.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SkipReason {
     /// Larger than a quarter region.
@@ -157,6 +158,9 @@ pub enum SkipReason {
     PinnedFull,
     /// The store is closed.
     Closed,
+    /// A durable, pinned write of the key (a push) is queued or being written: a plain insert
+    /// does not replace it. Not a failure: the store is about to hold the pushed version.
+    PushQueued,
 }
 
 impl SkipReason {
@@ -168,6 +172,7 @@ impl SkipReason {
             SkipReason::Busy => "busy",
             SkipReason::PinnedFull => "pinned_full",
             SkipReason::Closed => "closed",
+            SkipReason::PushQueued => "push_queued",
         }
     }
 }

@@ -82,7 +82,12 @@ pub(crate) fn spawn(
                 job = rx.recv() => job,
             };
             match job {
-                Some(Job::Write(job)) => w.write(job).await,
+                Some(Job::Write(job)) => {
+                    // Test hook (`Store::hold_writer`): the job stays queued (its pending
+                    // entry is checked in `write`, after this).
+                    w.inner.writer_gate.pass().await;
+                    w.write(job).await
+                }
                 Some(Job::Flush(tx)) => {
                     w.drain().await;
                     let _ = tx.send(());

@@ -110,14 +110,46 @@ pub(crate) struct Io {
     fail_reads: Arc<AtomicI32>,
     reads_to_fail: Arc<AtomicU32>,
     /// Test hook: while closed, reads wait before reaching the engine.
-    gate: Arc<ReadGate>,
+    gate: Arc<Gate>,
 }
 
-/// Test hook (`Store::hold_reads`): holds reads, and counts the held ones.
-struct ReadGate {
+/// Test hook (`Store::hold_reads`, `Store::hold_writer`): while closed, whoever passes it
+/// waits; counts the ones waiting.
+pub(crate) struct Gate {
     closed: AtomicBool,
     open: watch::Sender<bool>,
     held: watch::Sender<usize>,
+}
+
+impl Gate {
+    pub(crate) fn new() -> Gate {
+        Gate {
+            closed: AtomicBool::new(false),
+            open: watch::Sender::new(true),
+            held: watch::Sender::new(0),
+        }
+    }
+
+    pub(crate) fn hold(&self, on: bool) {
+        self.closed.store(on, Ordering::SeqCst);
+        self.open.send_replace(!on);
+    }
+
+    /// Waits until at least `n` are held.
+    pub(crate) async fn held(&self, n: usize) {
+        let _ = self.held.subscribe().wait_for(|h| *h >= n).await;
+    }
+
+    /// Returns at once while open; while closed, once opened again.
+    pub(crate) async fn pass(&self) {
+        if !self.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut open = self.open.subscribe();
+        self.held.send_modify(|h| *h += 1);
+        let _ = open.wait_for(|o| *o).await;
+        self.held.send_modify(|h| *h -= 1);
+    }
 }
 
 impl Io {
@@ -129,32 +161,17 @@ impl Io {
             crash_errno: Arc::new(AtomicI32::new(0)),
             fail_reads: Arc::new(AtomicI32::new(0)),
             reads_to_fail: Arc::new(AtomicU32::new(0)),
-            gate: Arc::new(ReadGate {
-                closed: AtomicBool::new(false),
-                open: watch::Sender::new(true),
-                held: watch::Sender::new(0),
-            }),
+            gate: Arc::new(Gate::new()),
         }
     }
 
     pub(crate) fn hold_reads(&self, on: bool) {
-        self.gate.closed.store(on, Ordering::SeqCst);
-        self.gate.open.send_replace(!on);
+        self.gate.hold(on);
     }
 
     /// Waits until at least `n` reads are held.
     pub(crate) async fn reads_held(&self, n: usize) {
-        let _ = self.gate.held.subscribe().wait_for(|h| *h >= n).await;
-    }
-
-    async fn gate(&self) {
-        if !self.gate.closed.load(Ordering::SeqCst) {
-            return;
-        }
-        let mut open = self.gate.open.subscribe();
-        self.gate.held.send_modify(|h| *h += 1);
-        let _ = open.wait_for(|o| *o).await;
-        self.gate.held.send_modify(|h| *h -= 1);
+        self.gate.held(n).await;
     }
 
     pub(crate) fn inject_write_errno(&self, errno: i32) {
@@ -240,7 +257,7 @@ impl Io {
 
     /// Reads `buf.capacity()` bytes at `offset` into `buf`.
     pub(crate) async fn read_into(&self, offset: u64, buf: AlignedBuf) -> io::Result<AlignedBuf> {
-        self.gate().await;
+        self.gate.pass().await;
         if let Some(e) = self.injected_read() {
             return Err(e);
         }
