@@ -252,6 +252,7 @@ fn render_store(st: &vedge_storage::StoreStats, out: &mut String) {
         ("vedge_store_evictions_total", st.evictions),
         ("vedge_store_corrupt_reads_total", st.corrupt_reads),
         ("vedge_store_read_errors_total", st.read_errors),
+        ("vedge_store_pinned_lost_total", st.pinned_lost),
         ("vedge_store_refused_writes_total", st.refused_writes),
         ("vedge_store_write_errors_total", st.write_errors),
     ];

@@ -627,9 +627,10 @@ where
     )
 }
 
-/// The answer to a `PUT` whose store write failed: 507 for a full store, 409 when a newer
-/// write of the key (another `PUT`, a fill) or a purge replaced these bytes before they reached
-/// the device (the object now stored, if any, is not this body), else 500.
+/// The answer to a `PUT` whose store write failed: 507 for a full store, 409 when another push
+/// of the key (a `PUT`, an ingest) or a purge replaced these bytes before they reached the
+/// device (the object now stored, if any, is not this body), else 500. A viewer's fill of the
+/// key cannot: the store skips a plain insert of a key whose push is queued.
 fn store_error_status(e: &vedge_storage::StoreError) -> StatusCode {
     match e {
         vedge_storage::StoreError::Full(_) => StatusCode::INSUFFICIENT_STORAGE,

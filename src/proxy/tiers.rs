@@ -101,8 +101,11 @@ impl Edge {
         if let Some(o) = self.ram.get(key) {
             if !o.disk.load(Relaxed) {
                 // Second request for an object not on disk yet: pulled objects are admitted
-                // to the SSD on their second request.
-                self.offer_to_store(key, &o);
+                // to the SSD on their second request. Refused for a push of the key on its way
+                // to disk: this copy goes, and the next request reads the push.
+                if !self.offer_to_store(key, &o) {
+                    self.ram.remove(key);
+                }
             } else if let Some(store) = &self.store {
                 // The store keeps objects by their hits: a hit served from RAM counts too, or
                 // an object hot enough to live in RAM loses its disk copy and is fetched from
@@ -152,29 +155,36 @@ impl Edge {
         CachedObject::decode(&hit.meta.head, hit.body, hit.meta.tags).map(Arc::new)
     }
 
-    /// Stores a completed object: RAM always; the store decides admission (manifests never go
+    /// Stores a completed object: RAM, unless the store holds an operator's push of the key on
+    /// its way to disk (see `offer_to_store`); the store decides admission (manifests never go
     /// to SSD: they live seconds).
     pub fn insert(&self, key: String, obj: Arc<CachedObject>) {
-        self.offer_to_store(&key, &obj);
-        self.ram.insert(key, obj);
+        if self.offer_to_store(&key, &obj) {
+            self.ram.insert(key, obj);
+        }
     }
 
     /// Offers an object to the SSD store, which decides admission. Manifests never go to SSD
     /// (they live seconds), nor do pulled key files (they live a minute, and a key is worth
     /// keeping off disk); a permanent refusal (too large) is remembered on the object.
-    fn offer_to_store(&self, key: &str, obj: &CachedObject) {
+    ///
+    /// Returns whether the object may be kept in RAM: not when the store skipped it for a
+    /// push of the key that is queued or being written (`SkipReason::PushQueued`). That push
+    /// is the version the operator asked for; a fill's copy in RAM would shadow it, and one
+    /// put there just after the push's handler cleared the key would stay until evicted.
+    fn offer_to_store(&self, key: &str, obj: &CachedObject) -> bool {
         let Some(store) = &self.store else {
             obj.disk.store(true, Relaxed);
-            return;
+            return true;
         };
         if matches!(obj.class, ContentClass::Manifest | ContentClass::Key) && !obj.pinned {
             obj.disk.store(true, Relaxed);
-            return;
+            return true;
         }
         // Live segments stay off disk, unless the route keeps a DVR window (`proxy::llhls`).
         if !obj.pinned && !self.live.admits_to_store(key) {
             obj.disk.store(true, Relaxed);
-            return;
+            return true;
         }
         let admit = store.insert(
             key.as_bytes(),
@@ -182,11 +192,16 @@ impl Edge {
             obj.body.clone(),
             Source::Pull,
         );
+        tracing::trace!(key, ?admit, "store admission");
         match admit {
             Admit::Queued | Admit::Skipped(SkipReason::TooLarge) => obj.disk.store(true, Relaxed),
+            Admit::Skipped(SkipReason::PushQueued) => {
+                obj.disk.store(true, Relaxed);
+                return false;
+            }
             Admit::Skipped(_) => {}
         }
-        tracing::trace!(key, ?admit, "store admission");
+        true
     }
 
     /// Bytes a new pinned (pushed) asset may still use on disk; `None` without a store.

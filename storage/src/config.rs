@@ -142,7 +142,8 @@ pub enum Admit {
     Skipped(SkipReason),
 }
 
-/// Why an insert was not queued. The last four count as refused writes in the stats.
+/// Why an insert was not queued. `RateLimited`, `Busy` and `PinnedFull` count as refused
+/// writes in the stats, the others as skipped ones.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SkipReason {
     /// Larger than a quarter region.
@@ -157,6 +158,9 @@ pub enum SkipReason {
     PinnedFull,
     /// The store is closed.
     Closed,
+    /// A durable, pinned write of the key (a push) is queued or being written: a plain insert
+    /// does not replace it. Not a failure: the store is about to hold the pushed version.
+    PushQueued,
 }
 
 impl SkipReason {
@@ -168,6 +172,7 @@ impl SkipReason {
             SkipReason::Busy => "busy",
             SkipReason::PinnedFull => "pinned_full",
             SkipReason::Closed => "closed",
+            SkipReason::PushQueued => "push_queued",
         }
     }
 }
@@ -195,8 +200,12 @@ pub struct StoreStats {
     pub regions_evicted: u64,
     /// Reads that failed verification: dropped from the index, served as a miss.
     pub corrupt_reads: u64,
-    /// Device read errors (object dropped, miss).
+    /// Device reads that failed: a lookup's (object dropped, miss), or one attempt of
+    /// reclaim's read-back, which tries an object up to three times before it drops it.
     pub read_errors: u64,
+    /// Pinned objects reclaim had to drop because every read-back attempt failed with a
+    /// device error: pushed assets lost to a bad device (each is also logged as an error).
+    pub pinned_lost: u64,
     /// Writes refused: ENOSPC, full, rate limit, queue full, pinned share full.
     pub refused_writes: u64,
     /// Inserts not admitted yet (first sighting) or too large: normal, not failures.

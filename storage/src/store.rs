@@ -43,6 +43,8 @@ pub(crate) struct Pending {
     pub id: u64,
     pub obj: Arc<Obj>,
     pub pinned: bool,
+    /// Written with `insert_durable`: a caller waits to hear these bytes are on disk.
+    pub durable: bool,
     pub extent: u64,
     /// Hit counter the entry starts with once written: hits while the write is queued, or
     /// what eviction left of the counter of a reinserted object.
@@ -250,6 +252,7 @@ pub(crate) struct Counters {
     pub regions_evicted: AtomicU64,
     pub corrupt_reads: AtomicU64,
     pub read_errors: AtomicU64,
+    pub pinned_lost: AtomicU64,
     pub refused_writes: AtomicU64,
     pub skipped_writes: AtomicU64,
     pub write_errors: AtomicU64,
@@ -274,6 +277,9 @@ pub(crate) struct Inner {
     pub c: Counters,
     pub closed: AtomicBool,
     pub pinned_limit: u64,
+    /// Test hook (`Store::hold_writer`): while closed, the writer takes no write job, so
+    /// inserts stay queued.
+    pub writer_gate: crate::io::Gate,
     next_id: AtomicU64,
     reads: Mutex<HashMap<ReadKey, ReadWaiters>>,
     admit: Mutex<Admission>,
@@ -371,6 +377,7 @@ impl Inner {
             c: Counters::default(),
             closed: AtomicBool::new(false),
             pinned_limit,
+            writer_gate: crate::io::Gate::new(),
             next_id: AtomicU64::new(1),
             reads: Mutex::new(HashMap::new()),
             admit: Mutex::new(Admission {
@@ -734,7 +741,9 @@ impl Store {
     /// while it is still queued, nothing is written and the result is
     /// [`StoreError::Superseded`], so the caller can tell its bytes are not on disk (a newer
     /// durable insert answers for itself). A replacement that comes once the write is under way
-    /// does not stop it: the bytes reach the disk and the result is `Ok`.
+    /// does not stop it: the bytes reach the disk and the result is `Ok`. A pinned durable
+    /// insert (a push) is never replaced by a plain [`Store::insert`] while it is queued or
+    /// being written: that insert is skipped ([`SkipReason::PushQueued`]).
     pub async fn insert_durable(
         &self,
         key: &[u8],
@@ -810,9 +819,10 @@ impl Store {
         let inner = self.inner();
         let refuse = |r: SkipReason| {
             let c = match r {
-                SkipReason::TooLarge | SkipReason::FirstSighting | SkipReason::Closed => {
-                    &inner.c.skipped_writes
-                }
+                SkipReason::TooLarge
+                | SkipReason::FirstSighting
+                | SkipReason::Closed
+                | SkipReason::PushQueued => &inner.c.skipped_writes,
                 _ => &inner.c.refused_writes,
             };
             c.fetch_add(1, Relaxed);
@@ -850,6 +860,22 @@ impl Store {
         });
         {
             let mut st = inner.st.lock();
+            // A plain insert does not replace a push (a durable, pinned write) of the key that
+            // is queued or being written: the push would fail with `Superseded` and the key end
+            // up unpinned, so an operator's pushed asset would lose to a viewer's fill of the
+            // same key that happened to finish while the push waited for the device. The push
+            // is the version the operator asked the store to keep; the plain insert's caller
+            // (a fill, which has served its viewers already) is told `Skipped` and loses
+            // nothing. Durable inserts, removals and purges still replace it.
+            if !durable
+                && st
+                    .pending
+                    .get(&h)
+                    .is_some_and(|p| p.durable && p.pinned && p.obj.key == key)
+            {
+                drop(st);
+                return refuse(SkipReason::PushQueued);
+            }
             if pinned {
                 let replaced = st
                     .index
@@ -868,6 +894,7 @@ impl Store {
                     id,
                     obj: obj.clone(),
                     pinned,
+                    durable,
                     extent,
                     freq: 0,
                 },
@@ -1107,6 +1134,7 @@ impl Store {
             regions_evicted: c.regions_evicted.load(Relaxed),
             corrupt_reads: c.corrupt_reads.load(Relaxed),
             read_errors: c.read_errors.load(Relaxed),
+            pinned_lost: c.pinned_lost.load(Relaxed),
             refused_writes: c.refused_writes.load(Relaxed),
             skipped_writes: c.skipped_writes.load(Relaxed),
             write_errors: c.write_errors.load(Relaxed),
@@ -1132,6 +1160,14 @@ impl Store {
         self.inner().io.inject_write_errno_after(writes, errno);
     }
 
+    /// Test hook: the next `times` device reads (lookups' and reclaim's) fail with `errno`
+    /// before reaching the engine, on either engine (`u32::MAX`: until called again; `errno`
+    /// 0 restores normal operation). Reads held by [`Store::hold_reads`] count when let go.
+    #[doc(hidden)]
+    pub fn inject_read_errno(&self, errno: i32, times: u32) {
+        self.inner().io.inject_read_errno(errno, times);
+    }
+
     /// Test hook: while `on`, device reads (lookups' and reclaim's) wait before they start.
     #[doc(hidden)]
     pub fn hold_reads(&self, on: bool) {
@@ -1142,6 +1178,19 @@ impl Store {
     #[doc(hidden)]
     pub async fn reads_held(&self, n: usize) {
         self.inner().io.reads_held(n).await;
+    }
+
+    /// Test hook: while `on`, the writer task starts no write: inserts (plain and durable)
+    /// stay queued, as behind a slow device, and can still be replaced, removed or purged.
+    #[doc(hidden)]
+    pub fn hold_writer(&self, on: bool) {
+        self.inner().writer_gate.hold(on);
+    }
+
+    /// Test hook: waits until the writer, held by [`Store::hold_writer`], has a write waiting.
+    #[doc(hidden)]
+    pub async fn writer_held(&self) {
+        self.inner().writer_gate.held(1).await;
     }
 
     /// Test hook: the next `times` io_uring submissions that carry an operation fail with

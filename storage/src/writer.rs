@@ -14,10 +14,11 @@
 //! When the channel closes (every `Store` handle dropped) the task finishes what is queued and
 //! exits without a snapshot. On `Close` it does the same and hands the active region back.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -26,7 +27,9 @@ use crate::buf::{round_up, AlignedBuf};
 use crate::error::StoreError;
 use crate::format::{self, KeyHash, RegionState, BLOCK, SUMMARY_ENTRY, SUMMARY_FIXED};
 use crate::index::{Entry, PINNED};
-use crate::store::{expired, Inner, Job, Purpose, ReadErr, ReadObj, RegionMeta, State, WriteJob};
+use crate::store::{
+    expired, Inner, Job, Purpose, ReadErr, ReadObj, ReadResult, RegionMeta, State, WriteJob,
+};
 
 const MAX_WRITES: usize = 8;
 
@@ -79,7 +82,12 @@ pub(crate) fn spawn(
                 job = rx.recv() => job,
             };
             match job {
-                Some(Job::Write(job)) => w.write(job).await,
+                Some(Job::Write(job)) => {
+                    // Test hook (`Store::hold_writer`): the job stays queued (its pending
+                    // entry is checked in `write`, after this).
+                    w.inner.writer_gate.pass().await;
+                    w.write(job).await
+                }
                 Some(Job::Flush(tx)) => {
                     w.drain().await;
                     let _ = tx.send(());
@@ -455,7 +463,9 @@ impl Writer {
     ///    was and `t` free; after it, the copies in `t` and `v` free.
     /// 4. Only then the index moves the kept objects to `t` and drops the rest of `v`.
     ///
-    /// A failed read drops only that object (as a failed lookup would). A failed write or sync
+    /// A read that still fails after [`READ_BACK_ATTEMPTS`] tries (`read_back`) drops only that
+    /// object (as a failed lookup would); a pinned one is logged and counted (`pinned_lost`),
+    /// and the reclaim goes on, so one bad sector cannot stop every write. A failed write or sync
     /// leaves the index as it was: every object stays readable in `v`, `t` stays free, and the
     /// next allocation tries again.
     async fn reclaim_into(&mut self, t: u32, v: u32, need: (u32, u64)) -> Result<(), StoreError> {
@@ -518,18 +528,19 @@ impl Writer {
             reserved: SUMMARY_FIXED,
             objects: Vec::new(),
         };
-        let copied = match self.copy_and_commit(&wanted, v, gen_v, &mut dst).await {
-            Ok(c) => c,
-            Err(e) => {
-                inner.st.lock().regions[t as usize].gen = old_gen;
-                return Err(e);
-            }
-        };
-        let was_wanted: std::collections::HashSet<KeyHash> =
-            wanted.iter().map(|(h, _)| *h).collect();
+        let CopyOutcome { copied, unreadable } =
+            match self.copy_and_commit(&wanted, v, gen_v, &mut dst).await {
+                Ok(c) => c,
+                Err(e) => {
+                    inner.st.lock().regions[t as usize].gen = old_gen;
+                    return Err(e);
+                }
+            };
+        let was_wanted: HashSet<KeyHash> = wanted.iter().map(|(h, _)| *h).collect();
         let mut late = Vec::new();
         let mut moved = 0u64;
         let mut dropped = 0u64;
+        let mut lost = Vec::new();
         {
             let mut st = inner.st.lock();
             for (h, e) in &cands {
@@ -546,6 +557,9 @@ impl Writer {
                         // `v`, which nothing writes before that.
                         late.push((*h, cur));
                         continue;
+                    }
+                    if unreadable.contains(h) && cur.pinned() {
+                        lost.push(cur.block);
                     }
                     st.index_remove(h);
                     dropped += 1;
@@ -577,6 +591,9 @@ impl Writer {
         inner.c.reinsertions.fetch_add(moved, Relaxed);
         inner.c.evictions.fetch_add(dropped, Relaxed);
         inner.c.regions_evicted.fetch_add(1, Relaxed);
+        for block in lost {
+            pinned_lost(&inner, block);
+        }
         self.copy_late(late, gen_v).await;
         // Only now: the objects pinned late still come from the freed region, and a mark taken
         // while it was being written may purge them (`write_late` checks the marks).
@@ -594,7 +611,8 @@ impl Writer {
     async fn copy_late(&mut self, late: Vec<(KeyHash, Entry)>, gen_v: u64) {
         let inner = self.inner.clone();
         for (h, e) in late {
-            let placed = match inner.read_verified(h, e, gen_v, Purpose::Rewrite).await {
+            let mut unreadable = false;
+            let placed = match read_back(&inner, h, e, gen_v).await {
                 Ok(obj) => self.write_late(h, e, &obj).await,
                 Err(ReadErr::Corrupt) => {
                     tracing::warn!(block = e.block, "corrupt object dropped by eviction");
@@ -602,7 +620,7 @@ impl Writer {
                     None
                 }
                 Err(ReadErr::Io) => {
-                    inner.c.read_errors.fetch_add(1, Relaxed);
+                    unreadable = true;
                     None
                 }
             };
@@ -613,7 +631,11 @@ impl Writer {
             };
             let Some(block) = placed else {
                 st.index_remove(&h);
+                drop(st);
                 inner.c.evictions.fetch_add(1, Relaxed);
+                if unreadable && cur.pinned() {
+                    pinned_lost(&inner, e.block);
+                }
                 continue;
             };
             let tags = st.tags.get(cur.tagset).to_vec();
@@ -680,7 +702,7 @@ impl Writer {
         v: u32,
         gen_v: u64,
         dst: &mut Active,
-    ) -> Result<HashMap<KeyHash, Copied>, StoreError> {
+    ) -> Result<CopyOutcome, StoreError> {
         let inner = &self.inner;
         let layout = inner.layout;
         let nonce = inner.nonce;
@@ -690,7 +712,7 @@ impl Writer {
         let werr = |e| write_error(inner, e);
         write_block(inner, t_off, &[]).await.map_err(werr)?;
         inner.io.sync().await.map_err(werr)?;
-        let mut copied = HashMap::new();
+        let mut out = CopyOutcome::default();
         let mut failed = None;
         // Read back a few at a time and write each as it arrives: a region's worth in series
         // would stall the writer for one device read per object, and at most `MAX_WRITES`
@@ -702,13 +724,7 @@ impl Writer {
             while reads.len() < MAX_WRITES {
                 let Some((h, e)) = next.next() else { break };
                 let inner = inner.clone();
-                reads.spawn(async move {
-                    (
-                        h,
-                        e,
-                        inner.read_verified(h, e, gen_v, Purpose::Rewrite).await,
-                    )
-                });
+                reads.spawn(async move { (h, e, read_back(&inner, h, e, gen_v).await) });
             }
             let Some(done) = reads.join_next().await else {
                 break;
@@ -723,8 +739,10 @@ impl Writer {
                     inner.c.corrupt_reads.fetch_add(1, Relaxed);
                     continue;
                 }
+                // Tried `READ_BACK_ATTEMPTS` times: dropped (and, if pinned, reported) at the
+                // commit. Failing the reclaim instead would stop every write on one bad sector.
                 Err(ReadErr::Io) => {
-                    inner.c.read_errors.fetch_add(1, Relaxed);
+                    out.unreadable.insert(h);
                     continue;
                 }
             };
@@ -770,7 +788,7 @@ impl Writer {
                     break;
                 }
             }
-            copied.insert(
+            out.copied.insert(
                 h,
                 Copied {
                     block,
@@ -810,14 +828,67 @@ impl Writer {
         write_block(inner, t_off, &hdr).await.map_err(werr)?;
         // Before `v` is written again (it is the next region opened), the commit is on disk.
         inner.io.sync().await.map_err(werr)?;
-        Ok(copied)
+        Ok(out)
     }
+}
+
+/// What [`Writer::copy_and_commit`] did with the objects it was to keep.
+#[derive(Default)]
+struct CopyOutcome {
+    /// Where each copy went.
+    copied: HashMap<KeyHash, Copied>,
+    /// Objects every read-back attempt failed with a device error: dropped at the commit.
+    unreadable: HashSet<KeyHash>,
 }
 
 /// Where reclaim wrote a kept object.
 struct Copied {
     block: u32,
     key: bytes::Bytes,
+}
+
+/// Reads reclaim makes of an object it keeps before dropping it for device errors.
+const READ_BACK_ATTEMPTS: u32 = 3;
+/// Wait before the second read-back attempt; doubled before the third.
+const READ_BACK_BACKOFF: Duration = Duration::from_millis(10);
+
+/// Reads back an object reclaim keeps (at `e`, in a region of generation `gen_v`), trying
+/// again after a device error: a transient EIO (a bad moment of the device, a path failover)
+/// must not cost a pinned object its only copy. Every failed attempt counts in `read_errors`.
+/// Bounded (three attempts, 30 ms of waiting) because the writer waits for the read-back, and
+/// every write with it; a corrupt read is final (the bytes on disk are wrong, not the read).
+async fn read_back(inner: &Inner, h: KeyHash, e: Entry, gen_v: u64) -> ReadResult {
+    let mut attempt = 1;
+    loop {
+        match inner.read_verified(h, e, gen_v, Purpose::Rewrite).await {
+            Err(ReadErr::Io) => {
+                inner.c.read_errors.fetch_add(1, Relaxed);
+                if attempt == READ_BACK_ATTEMPTS {
+                    tracing::warn!(
+                        block = e.block,
+                        attempts = attempt,
+                        "object dropped by reclaim: every read-back failed"
+                    );
+                    return Err(ReadErr::Io);
+                }
+                tokio::time::sleep(READ_BACK_BACKOFF * (1 << (attempt - 1))).await;
+                attempt += 1;
+            }
+            r => return r,
+        }
+    }
+}
+
+/// Reports a pinned object reclaim dropped because it could not read it back: a pushed asset
+/// is gone from the store, which the operator must hear of (`pinned_lost`, an error log).
+fn pinned_lost(inner: &Inner, block: u32) {
+    inner.c.pinned_lost.fetch_add(1, Relaxed);
+    tracing::error!(
+        block,
+        attempts = READ_BACK_ATTEMPTS,
+        path = %inner.cfg.path.display(),
+        "pinned object lost: reclaim could not read it back (device read errors); push it again"
+    );
 }
 
 /// A kept object's copy for a region of generation `gen`: its stored checksums go with it

@@ -1039,3 +1039,84 @@ async fn admin_ingest_uses_each_routes_own_tls_settings_on_a_shared_origin() {
         "{errors:?}"
     );
 }
+
+/// Bug: while an operator's `PUT /admin/objects/...` waited for the device (its durable, pinned
+/// write queued), a viewer's miss of the same key filled from the origin and stored it with a
+/// plain insert, which replaced the queued push: the `PUT` was answered 409 and the key was
+/// left unpinned, holding the origin's bytes. The push now wins: the fill's copy is skipped by
+/// the store, the `PUT` succeeds, and viewers are served the pushed bytes from then on.
+#[tokio::test]
+async fn a_viewers_fill_while_a_put_is_queued_does_not_undo_the_push() {
+    use crate::support::{Origin as Scripted, Script};
+    use vedge::ingest::admin::{handle, IngestJobs};
+    let origin = Scripted::start().await;
+    let pulled: Vec<u8> = pattern(300_000).iter().map(|b| b ^ 0x5a).collect();
+    origin.script(
+        "/vod/seg.ts",
+        Script::ok(pulled.clone())
+            .header("content-type", "video/mp2t")
+            .header("cache-control", "max-age=3600"),
+    );
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let running = store_edge(&origin.url(), tmp.path(), 16 << 20).await;
+    let edge = running.edge.clone();
+    let store = edge.store.clone().expect("store");
+    let jobs = Arc::new(IngestJobs::default());
+    // Over `RAM_COPY_MAX`: streamed into the store's write buffer, not kept in RAM.
+    let pushed = Bytes::from(pattern(2 << 20));
+
+    // The device is slow: the push's write stays queued.
+    store.hold_writer(true);
+    let put = tokio::spawn({
+        let (edge, jobs, pushed) = (edge.clone(), jobs.clone(), pushed.clone());
+        async move {
+            let req = Request::builder()
+                .method("PUT")
+                .uri("/admin/objects/vod/seg.ts")
+                .header("x-vedge-host", HOST)
+                .header("content-type", "video/mp2t")
+                .header("content-length", pushed.len())
+                .body(Full::new(pushed))
+                .expect("request");
+            let res = handle(&edge, &jobs, req).await.expect("routed");
+            let status = res.status();
+            let body = http_body_util::BodyExt::collect(res.into_body())
+                .await
+                .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+                .unwrap_or_default();
+            (status, body)
+        }
+    });
+    store.writer_held().await;
+    // Meanwhile a viewer misses the key (the push is not readable until written), and the
+    // fill stores what the origin sent.
+    let miss = running.get("/vod/seg.ts").await;
+    assert_eq!(miss.status, StatusCode::OK);
+    assert!(miss.body[..] == pulled[..], "the miss is served whole");
+    running.settle().await;
+    assert_eq!(origin.count("/vod/seg.ts"), 1);
+    store.hold_writer(false);
+
+    let (status, body) = put.await.expect("PUT task");
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "the PUT lost to a viewer's fill of its key: {body}"
+    );
+    let key = viewer_key(&edge, "/vod/seg.ts");
+    let hit = store
+        .lookup(key.as_bytes())
+        .await
+        .expect("the push is stored");
+    assert!(hit.meta.pinned, "the pushed key is pinned");
+    assert!(hit.body == pushed, "the store holds the pushed bytes");
+    let after = running.get("/vod/seg.ts").await;
+    assert_eq!(after.status, StatusCode::OK);
+    assert!(
+        after.body == pushed,
+        "viewers are served the push after the race ({} bytes, x-cache {})",
+        after.body.len(),
+        after.x_cache()
+    );
+    assert_eq!(origin.count("/vod/seg.ts"), 1, "no refetch");
+}

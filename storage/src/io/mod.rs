@@ -11,7 +11,7 @@ pub(crate) mod uring;
 
 use std::io;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU32, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{oneshot, watch};
@@ -104,15 +104,52 @@ pub(crate) struct Io {
     /// then `fail_writes` is set to it (a device that stops taking writes at an exact point).
     writes_left: Arc<AtomicI64>,
     crash_errno: Arc<AtomicI32>,
+    /// Test hook: the next `reads_to_fail` reads fail with `fail_reads` before reaching the
+    /// engine (a device returning EIO for a while). Checked after the read gate, so reads held
+    /// by `hold_reads` fail once let go.
+    fail_reads: Arc<AtomicI32>,
+    reads_to_fail: Arc<AtomicU32>,
     /// Test hook: while closed, reads wait before reaching the engine.
-    gate: Arc<ReadGate>,
+    gate: Arc<Gate>,
 }
 
-/// Test hook (`Store::hold_reads`): holds reads, and counts the held ones.
-struct ReadGate {
+/// Test hook (`Store::hold_reads`, `Store::hold_writer`): while closed, whoever passes it
+/// waits; counts the ones waiting.
+pub(crate) struct Gate {
     closed: AtomicBool,
     open: watch::Sender<bool>,
     held: watch::Sender<usize>,
+}
+
+impl Gate {
+    pub(crate) fn new() -> Gate {
+        Gate {
+            closed: AtomicBool::new(false),
+            open: watch::Sender::new(true),
+            held: watch::Sender::new(0),
+        }
+    }
+
+    pub(crate) fn hold(&self, on: bool) {
+        self.closed.store(on, Ordering::SeqCst);
+        self.open.send_replace(!on);
+    }
+
+    /// Waits until at least `n` are held.
+    pub(crate) async fn held(&self, n: usize) {
+        let _ = self.held.subscribe().wait_for(|h| *h >= n).await;
+    }
+
+    /// Returns at once while open; while closed, once opened again.
+    pub(crate) async fn pass(&self) {
+        if !self.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut open = self.open.subscribe();
+        self.held.send_modify(|h| *h += 1);
+        let _ = open.wait_for(|o| *o).await;
+        self.held.send_modify(|h| *h -= 1);
+    }
 }
 
 impl Io {
@@ -122,32 +159,19 @@ impl Io {
             fail_writes: Arc::new(AtomicI32::new(0)),
             writes_left: Arc::new(AtomicI64::new(0)),
             crash_errno: Arc::new(AtomicI32::new(0)),
-            gate: Arc::new(ReadGate {
-                closed: AtomicBool::new(false),
-                open: watch::Sender::new(true),
-                held: watch::Sender::new(0),
-            }),
+            fail_reads: Arc::new(AtomicI32::new(0)),
+            reads_to_fail: Arc::new(AtomicU32::new(0)),
+            gate: Arc::new(Gate::new()),
         }
     }
 
     pub(crate) fn hold_reads(&self, on: bool) {
-        self.gate.closed.store(on, Ordering::SeqCst);
-        self.gate.open.send_replace(!on);
+        self.gate.hold(on);
     }
 
     /// Waits until at least `n` reads are held.
     pub(crate) async fn reads_held(&self, n: usize) {
-        let _ = self.gate.held.subscribe().wait_for(|h| *h >= n).await;
-    }
-
-    async fn gate(&self) {
-        if !self.gate.closed.load(Ordering::SeqCst) {
-            return;
-        }
-        let mut open = self.gate.open.subscribe();
-        self.gate.held.send_modify(|h| *h += 1);
-        let _ = open.wait_for(|o| *o).await;
-        self.gate.held.send_modify(|h| *h -= 1);
+        self.gate.held(n).await;
     }
 
     pub(crate) fn inject_write_errno(&self, errno: i32) {
@@ -159,6 +183,24 @@ impl Io {
         self.fail_writes.store(0, Ordering::Relaxed);
         self.writes_left.store(i64::from(writes), Ordering::Relaxed);
         self.crash_errno.store(errno, Ordering::Relaxed);
+    }
+
+    pub(crate) fn inject_read_errno(&self, errno: i32, times: u32) {
+        self.reads_to_fail.store(times, Ordering::SeqCst);
+        self.fail_reads.store(errno, Ordering::SeqCst);
+    }
+
+    /// The injected errno this read fails with, if any (test hook only): each one uses up one
+    /// of the reads `inject_read_errno` asked to fail.
+    fn injected_read(&self) -> Option<io::Error> {
+        let errno = self.fail_reads.load(Ordering::SeqCst);
+        if errno == 0 {
+            return None;
+        }
+        self.reads_to_fail
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .ok()
+            .map(|_| io::Error::from_raw_os_error(errno))
     }
 
     /// The injected errno this write or sync fails with, if any (test hooks only).
@@ -215,7 +257,10 @@ impl Io {
 
     /// Reads `buf.capacity()` bytes at `offset` into `buf`.
     pub(crate) async fn read_into(&self, offset: u64, buf: AlignedBuf) -> io::Result<AlignedBuf> {
-        self.gate().await;
+        self.gate.pass().await;
+        if let Some(e) = self.injected_read() {
+            return Err(e);
+        }
         let (buf, res) = self.run(OpKind::Read, offset, buf).await;
         res.map(|()| buf)
     }

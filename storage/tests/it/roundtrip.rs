@@ -323,7 +323,8 @@ async fn object_buf_refuses_short_fills_and_oversized_objects() {
 /// `insert_durable` is not told "durable" when a newer plain `insert` of the key replaced its
 /// bytes before they were written: it gets `StoreError::Superseded`. Here the newer write then
 /// fails (the device refuses writes) and the store crashes, so nothing of the key is on disk:
-/// an Ok would have been a lie.
+/// an Ok would have been a lie. (Unpinned: a plain insert never replaces a queued pinned one,
+/// `a_plain_insert_does_not_supersede_a_queued_push`.)
 #[tokio::test]
 async fn insert_durable_replaced_before_written_is_not_acknowledged() {
     for engine in ENGINES {
@@ -333,7 +334,7 @@ async fn insert_durable_replaced_before_written_is_not_acknowledged() {
         let res = {
             let durable = s.insert_durable(
                 b"k",
-                meta("k", &[], true),
+                meta("k", &[], false),
                 body_for("k", 5000),
                 Source::Push,
             );
@@ -373,6 +374,66 @@ async fn insert_durable_replaced_before_written_is_not_acknowledged() {
                 "{engine:?}: {e}"
             ),
         }
+        s.close().await.unwrap();
+    }
+}
+
+/// Bug: a plain insert of a key whose push (a pinned `insert_durable`) was still queued replaced
+/// it: the push failed with `Superseded` and the key ended up unpinned, holding the plain
+/// insert's bytes (on the edge: a viewer's fill undid an operator's `PUT`, answered 409).
+#[tokio::test]
+async fn a_plain_insert_does_not_supersede_a_queued_push() {
+    use vedge_storage::{Admit, SkipReason};
+    for engine in ENGINES {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cfg(&dir.path().join("store"), engine);
+        let s = open(&c).await;
+        s.hold_writer(true);
+        let push = tokio::spawn({
+            let s = s.clone();
+            async move {
+                s.insert_durable(
+                    b"k",
+                    meta("k", &[], true),
+                    body_for("k", 5000),
+                    Source::Push,
+                )
+                .await
+            }
+        });
+        s.writer_held().await;
+        let pulled = s.insert(
+            b"k",
+            meta("k", &[], false),
+            body_for("pulled", 700),
+            Source::Pull,
+        );
+        s.hold_writer(false);
+        let res = push.await.unwrap();
+        assert!(
+            res.is_ok(),
+            "{engine:?}: the push failed after a plain insert of its key: {res:?}"
+        );
+        assert_eq!(pulled, Admit::Skipped(SkipReason::PushQueued), "{engine:?}");
+        s.flush().await;
+        let hit = s.lookup(b"k").await.expect("the pushed object is stored");
+        assert!(
+            hit.meta.pinned && hit.body == body_for("k", 5000),
+            "{engine:?}: k is {} with {} bytes, not the push",
+            if hit.meta.pinned {
+                "pinned"
+            } else {
+                "unpinned"
+            },
+            hit.body.len()
+        );
+        s.close().await.unwrap();
+        let s = open(&c).await;
+        let hit = s.lookup(b"k").await.expect("stored after a restart");
+        assert!(
+            hit.meta.pinned && hit.body == body_for("k", 5000),
+            "{engine:?}"
+        );
         s.close().await.unwrap();
     }
 }
