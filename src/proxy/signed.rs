@@ -176,7 +176,7 @@ pub fn admit(
                     .and_then(|h| h.to_str().ok())
             })
             .unwrap_or_default();
-        Carry::new(&cfg.param, &found.raw, host)
+        Carry::new(&cfg.param, &found.raw, host).steered_too(cfg.steering_same_domain)
     });
     // The normalised path (escapes decoded): `/a%2Em3u8` is the manifest `/a.m3u8`.
     let whole = carry.is_some() && Kind::of(&path, None).is_some();

@@ -918,3 +918,73 @@ async fn a_manifest_that_cannot_carry_the_token_is_a_502_naming_why() {
         (200, "compress")
     );
 }
+
+/// `[route.token] steering_same_domain`: an operator whose content-steering pathways are all
+/// edges of this token domain has the token added to a steered playlist's variant, rendition
+/// and I-frame URIs too. Off (the default), they get none, as before (a pathway clone may move
+/// them to another CDN).
+#[tokio::test]
+async fn steering_same_domain_gives_steered_variants_the_token() {
+    const STEERED: &str = "#EXTM3U\n\
+#EXT-X-CONTENT-STEERING:SERVER-URI=\"steering.json\",PATHWAY-ID=\"edge\"\n\
+#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID=\"aud\",NAME=\"en\",URI=\"audio/en.m3u8\"\n\
+#EXT-X-STREAM-INF:BANDWIDTH=1000000,AUDIO=\"aud\",PATHWAY-ID=\"edge\"\n\
+v1/media.m3u8\n\
+#EXT-X-STREAM-INF:BANDWIDTH=1000000,AUDIO=\"aud\",PATHWAY-ID=\"other\"\n\
+https://other-cdn.example/v/s/v1/media.m3u8\n\
+#EXT-X-I-FRAME-STREAM-INF:BANDWIDTH=100000,URI=\"v1/iframes.m3u8\",PATHWAY-ID=\"edge\"\n";
+    let origin = Origin::start().await;
+    origin.script(
+        "/v/s/master.m3u8",
+        Script::ok(STEERED).header("content-type", "application/vnd.apple.mpegurl"),
+    );
+    let t = token("/v/s/*");
+    let same_domain = edge_with(
+        &origin,
+        RawToken {
+            steering_same_domain: Some(true),
+            ..raw_token()
+        },
+    )
+    .await;
+    let default = edge_with(&origin, raw_token()).await;
+    let tokenised = |body: &[u8]| -> Vec<String> {
+        String::from_utf8_lossy(body)
+            .lines()
+            .filter(|l| l.contains("hdnts="))
+            .map(str::to_string)
+            .collect()
+    };
+
+    let r = same_domain
+        .get(&format!("/v/s/master.m3u8?hdnts={t}"))
+        .await;
+    assert_eq!(r.status, 200);
+    let on = tokenised(&r.body);
+    for uri in [
+        format!("URI=\"audio/en.m3u8?hdnts={t}\""),
+        format!("v1/media.m3u8?hdnts={t}"),
+        format!("URI=\"v1/iframes.m3u8?hdnts={t}\""),
+        format!("SERVER-URI=\"steering.json?hdnts={t}\""),
+    ] {
+        assert!(
+            on.iter().any(|l| l.contains(&uri)),
+            "steering_same_domain = true: {uri} missing from {on:#?}"
+        );
+    }
+    assert!(
+        !on.iter().any(|l| l.contains("other-cdn.example")),
+        "another host never gets the token: {on:#?}"
+    );
+
+    let r = default.get(&format!("/v/s/master.m3u8?hdnts={t}")).await;
+    assert_eq!(r.status, 200);
+    let off = tokenised(&r.body);
+    assert_eq!(
+        off,
+        [format!(
+            "#EXT-X-CONTENT-STEERING:SERVER-URI=\"steering.json?hdnts={t}\",PATHWAY-ID=\"edge\""
+        )],
+        "by default only what no clone copies gets the token"
+    );
+}
