@@ -1588,6 +1588,11 @@ pub struct RawToken {
     pub forward: Option<bool>,
     /// The generators' optional `salt`, signed but never carried in the token.
     pub salt: Option<String>,
+    /// Every HLS content-steering pathway of this route is an edge that accepts this route's
+    /// tokens (vedge edges sharing its key): variant, rendition and I-frame URIs of a steered
+    /// multivariant playlist get the token too. Default false: they get none, since a pathway
+    /// clone may carry them, query and all, to another CDN.
+    pub steering_same_domain: Option<bool>,
     /// Values of `key_env` / `previous_key_env`, filled in by `RawConfig::read_env` (main.rs).
     #[serde(skip)]
     pub env_values: [Option<String>; 2],
@@ -1911,6 +1916,8 @@ pub struct TokenConfig {
     pub escape_early: bool,
     pub forward: bool,
     pub salt: Option<String>,
+    /// Steered playlists' variants get the token too (`RawToken::steering_same_domain`).
+    pub steering_same_domain: bool,
 }
 
 impl TokenConfig {
@@ -2041,6 +2048,7 @@ impl TokenConfig {
             escape_early: raw.escape_early.unwrap_or(false),
             forward: raw.forward.unwrap_or(false),
             salt: raw.salt.clone(),
+            steering_same_domain: raw.steering_same_domain.unwrap_or(false),
         })
     }
 }

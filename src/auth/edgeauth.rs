@@ -401,6 +401,7 @@ mod tests {
             escape_early,
             forward: false,
             salt: salt.map(str::to_string),
+            steering_same_domain: false,
         }
     }
 

@@ -10,7 +10,8 @@
 //! no token either (a segment URL given for an adaptation set or a period is under the
 //! `BaseURL`s of every representation in it that inherits it). Under HLS content steering the
 //! variant and rendition URIs of a multivariant playlist get no token either: a pathway clone
-//! of the steering server's may move them to another host, query included. Whatever is not
+//! of the steering server's may move them to another host, query included (unless the route
+//! says every pathway is an edge of its token domain: `Carry::steered_too`). Whatever is not
 //! certainly this host is treated as foreign.
 //!
 //! Cost, per response (the cached manifest stays token-free): HLS is one line scan (URI lines,
@@ -36,6 +37,10 @@ pub struct Carry {
     value: String,
     /// The request's host (`host[:port]`), lower case: absolute URIs elsewhere are left alone.
     host: String,
+    /// Variant, rendition and I-frame URIs of a multivariant playlist under content steering
+    /// get the token too, by the same-host rule: the route's operator says every pathway is an
+    /// edge of this token domain (`[route.token] steering_same_domain`).
+    steered_too: bool,
 }
 
 impl Carry {
@@ -52,7 +57,14 @@ impl Carry {
             param: param.to_string(),
             value,
             host: host.to_ascii_lowercase(),
+            steered_too: false,
         }
+    }
+
+    /// The same token, given to a steered playlist's variants too when `yes` (`steered_too`).
+    pub fn steered_too(mut self, yes: bool) -> Carry {
+        self.steered_too = yes;
+        self
     }
 
     /// `uri` with the token added, or `None` when it must stay as it is (another host, another
@@ -264,8 +276,11 @@ fn rewrite_hls(text: &str, carry: &Carry) -> Option<String> {
     // host: `URI-REPLACEMENT` `HOST` replaces the host of each of its variant and rendition URIs
     // and keeps their query, token and all. So under steering those URIs are not certainly this
     // host, wherever they point now. Searched as bytes anywhere, not as a parsed tag: a spelling
-    // this scan would miss (a line break some player sees) still counts.
-    let steered = memchr::memmem::find(text.as_bytes(), b"EXT-X-CONTENT-STEERING").is_some();
+    // this scan would miss (a line break some player sees) still counts. Unless the operator
+    // says every pathway accepts this route's tokens (`Carry::steered_too`): then the same-host
+    // rule alone decides, as without steering.
+    let steered = !carry.steered_too
+        && memchr::memmem::find(text.as_bytes(), b"EXT-X-CONTENT-STEERING").is_some();
     // `EXT-X-DEFINE` names seen so far and their values, `None` when players may read them
     // otherwise (`define`); variables are defined before use.
     let mut defines: Vec<(&str, Option<&str>)> = Vec::new();

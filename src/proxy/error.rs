@@ -50,6 +50,10 @@ pub enum EdgeError {
     /// timeout ran out (`origin::upload`): 408, the viewer's fault, not the origin's.
     #[error("request body not received in time")]
     RequestTimeout,
+    /// A manifest on a token route whose content coding cannot be undone to add the viewer's
+    /// token (`proxy::coding`): 502, rather than a playlist whose every child is refused.
+    #[error("the origin's manifest cannot carry the viewer's token: {0}")]
+    Manifest(#[from] crate::proxy::coding::Undecodable),
 }
 
 /// A failed fill's origin failure, back in the origin client's terms: the same status and
@@ -85,6 +89,7 @@ impl EdgeError {
             EdgeError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             EdgeError::ChainTooLong => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             EdgeError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            EdgeError::Manifest(_) => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -102,6 +107,7 @@ impl EdgeError {
             EdgeError::MethodNotAllowed => "method",
             EdgeError::ChainTooLong => "chain-too-long",
             EdgeError::RequestTimeout => "request-timeout",
+            EdgeError::Manifest(why) => why.as_str(),
         }
     }
 

@@ -2,7 +2,8 @@
 //! RAM over the SSD store), the request state machine (`request`), the fill driver that fetches
 //! from the origin once per key and streams into the fill (`fill`), pass-through (`pass`),
 //! what a request names (`target`: validated host, normalised path, route, key), signed URLs
-//! (`signed`: the token check before the cache, and the token carried into manifests),
+//! (`signed`: the token check before the cache, and the token carried into manifests, whose
+//! content coding `coding` undoes),
 //! a 508 caused by a leader's own `CDN-Loop` kept from its collapsed viewers (`loop_answer`),
 //! invalidation by unsafe methods (`invalidate`), admission priority under load (`admission`),
 //! the live edge (`llhls`: LL-HLS blocking reloads and live-window retention; `prefetch`:
@@ -15,6 +16,7 @@
 pub mod admission;
 pub mod assets;
 pub mod chain_limit;
+pub mod coding;
 pub mod edge;
 pub mod error;
 pub mod fill;

@@ -235,7 +235,7 @@ async fn dispatch(
     if let Some(c) = cmcd {
         crate::proxy::prefetch::after_hinted_request(&req, c, resp.status());
     }
-    Ok(gate.finish(resp).await)
+    gate.finish(resp).await
 }
 
 /// Other methods and requests with cookies pass; GET/HEAD go through the cache, `Authorization`

@@ -21,10 +21,13 @@ use crate::auth::Refusal;
 use crate::cache::key::normalize_path;
 use crate::config::{Route, TokenConfig};
 use crate::http::body::Body;
+use crate::proxy::coding::{self, Undecodable};
 use crate::proxy::edge::Edge;
+use crate::proxy::error::EdgeError;
 
 /// Manifests larger than this are passed through without the token added (a manifest is
-/// kilobytes; this bounds what one response may hold in memory while it is rewritten).
+/// kilobytes; this bounds what one response may hold in memory while it is rewritten). A coded
+/// manifest larger than this, coded or decoded, is refused instead (`rewrite`).
 pub const MAX_REWRITE: usize = 4 << 20;
 
 /// The outcome of an admitted request.
@@ -49,7 +52,8 @@ impl Gate {
 
     /// The response, with the token added to a manifest's URIs when the viewer brought one in
     /// the query.
-    pub async fn finish(&self, resp: Response<Body>) -> Response<Body> {
+    /// A manifest whose coding cannot be undone is an error (`rewrite`).
+    pub async fn finish(&self, resp: Response<Body>) -> Result<Response<Body>, EdgeError> {
         match &self.carry {
             Some(carry) if resp.status() == StatusCode::OK => {
                 let ct = resp
@@ -57,11 +61,11 @@ impl Gate {
                     .get(header::CONTENT_TYPE)
                     .and_then(|v| v.to_str().ok());
                 match Kind::of(&self.path, ct) {
-                    Some(kind) => Box::pin(rewrite(resp, kind, carry, self.head)).await,
-                    None => resp,
+                    Some(kind) => Box::pin(rewrite(resp, kind, carry, self.head, &self.path)).await,
+                    None => Ok(resp),
                 }
             }
-            _ => resp,
+            _ => Ok(resp),
         }
     }
 }
@@ -172,7 +176,7 @@ pub fn admit(
                     .and_then(|h| h.to_str().ok())
             })
             .unwrap_or_default();
-        Carry::new(&cfg.param, &found.raw, host)
+        Carry::new(&cfg.param, &found.raw, host).steered_too(cfg.steering_same_domain)
     });
     // The normalised path (escapes decoded): `/a%2Em3u8` is the manifest `/a.m3u8`.
     let whole = carry.is_some() && Kind::of(&path, None).is_some();
@@ -300,67 +304,34 @@ pub fn refused(why: Refusal) -> Response<Body> {
     resp
 }
 
-/// The content coding of a manifest this module can undo: `Some(None)` for none (identity),
-/// `Some(Some(c))` for gzip or deflate, `None` for any other (or several).
-fn coding(headers: &http::HeaderMap) -> Option<Option<Coding>> {
-    let mut codings = headers
-        .get_all(header::CONTENT_ENCODING)
-        .iter()
-        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
-        .map(str::trim)
-        .filter(|c| !c.is_empty() && !c.eq_ignore_ascii_case("identity"));
-    let first = codings.next();
-    if codings.next().is_some() {
-        return None;
-    }
-    match first {
-        None => Some(None),
-        Some(c) if c.eq_ignore_ascii_case("gzip") || c.eq_ignore_ascii_case("x-gzip") => {
-            Some(Some(Coding::Gzip))
-        }
-        Some(c) if c.eq_ignore_ascii_case("deflate") => Some(Some(Coding::Deflate)),
-        Some(_) => None,
-    }
-}
-
-#[derive(Clone, Copy)]
-enum Coding {
-    Gzip,
-    /// RFC 9110 §8.4.1.2: zlib; raw deflate (which some servers send) is tried too.
-    Deflate,
-}
-
-/// `body` inflated, at most `MAX_REWRITE` bytes of it; `None` if it is not that coding, or
-/// larger.
-fn inflate(coding: Coding, body: &[u8]) -> Option<Vec<u8>> {
-    use std::io::Read;
-    let read = |r: &mut dyn Read| {
-        let mut out = Vec::new();
-        let n = r.take(MAX_REWRITE as u64 + 1).read_to_end(&mut out).ok()?;
-        (n <= MAX_REWRITE).then_some(out)
-    };
-    match coding {
-        Coding::Gzip => read(&mut flate2::read::MultiGzDecoder::new(body)),
-        Coding::Deflate => read(&mut flate2::read::ZlibDecoder::new(body))
-            .or_else(|| read(&mut flate2::read::DeflateDecoder::new(body))),
-    }
-}
-
 /// Reads the whole manifest (a hit's `Bytes`, or a fill until it completes), adds the token to
 /// its URIs, and fixes the headers: `private` (`proxy::per_viewer`), a new `Content-Length`, no
 /// `ETag` or `Last-Modified` (the bytes are no longer the origin's, and a validator would only
-/// invite conditionals `without_token` ignores), no `Accept-Ranges`. A gzip- or deflate-coded
-/// manifest (an origin that codes whatever it is asked, or a copy stored before) is inflated
-/// first and sent `identity`; one in a coding this cannot undo goes out as it is, without the
-/// token.
-async fn rewrite(resp: Response<Body>, kind: Kind, carry: &Carry, head: bool) -> Response<Body> {
+/// invite conditionals `without_token` ignores), no `Accept-Ranges`. A coded manifest (an origin
+/// that codes whatever it is asked, or a copy stored before) is decoded first (gzip, deflate,
+/// br, zstd: `proxy::coding`) and sent `identity`. One that cannot be decoded (another coding,
+/// corrupt, or larger than `MAX_REWRITE` coded or decoded) is an error (502): sent as it is, it
+/// would reach the player without the token, and every child request would be refused.
+async fn rewrite(
+    resp: Response<Body>,
+    kind: Kind,
+    carry: &Carry,
+    head: bool,
+    path: &str,
+) -> Result<Response<Body>, EdgeError> {
     let (mut parts, body) = resp.into_parts();
-    let Some(coded) = coding(&parts.headers) else {
+    let refuse = |why: Undecodable, headers: &http::HeaderMap| {
         tracing::warn!(
-            coding = ?parts.headers.get(header::CONTENT_ENCODING),
-            "manifest in a content coding the token cannot be added to; sent as is"
+            path,
+            reason = why.as_str(),
+            content_encoding = ?headers.get_all(header::CONTENT_ENCODING).iter().collect::<Vec<_>>(),
+            "coded manifest on a token route cannot carry the viewer's token: 502"
         );
-        return Response::from_parts(parts, body);
+        Err(EdgeError::Manifest(why))
+    };
+    let codings = match coding::codings(&parts.headers) {
+        Ok(c) => c,
+        Err(why) => return refuse(why, &parts.headers),
     };
     let fix = |h: &mut http::HeaderMap, len: Option<usize>| {
         // The bytes carry this viewer's token: no shared cache downstream may keep them.
@@ -368,6 +339,8 @@ async fn rewrite(resp: Response<Body>, kind: Kind, carry: &Carry, head: bool) ->
         h.remove(header::ETAG);
         h.remove(header::LAST_MODIFIED);
         h.remove(header::ACCEPT_RANGES);
+        // Whatever the origin coded, this viewer is sent identity.
+        h.remove(header::CONTENT_ENCODING);
         match len {
             Some(n) => {
                 h.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
@@ -378,12 +351,10 @@ async fn rewrite(resp: Response<Body>, kind: Kind, carry: &Carry, head: bool) ->
         }
     };
     if head {
-        // No body to measure: the rewritten length is unknown; a GET's would be `identity`.
+        // No body to measure: the rewritten length is unknown; a GET's would be `identity`
+        // (or a 502 if the body does not decode, which a HEAD cannot know).
         fix(&mut parts.headers, None);
-        if coded.is_some() {
-            parts.headers.remove(header::CONTENT_ENCODING);
-        }
-        return Response::from_parts(parts, body);
+        return Ok(Response::from_parts(parts, body));
     }
     let bytes = match body {
         Body::Full(b) => b.unwrap_or_default(),
@@ -395,6 +366,9 @@ async fn rewrite(resp: Response<Body>, kind: Kind, carry: &Carry, head: bool) ->
                     None => break,
                     Some(Ok(chunk)) => {
                         buf.extend_from_slice(&chunk);
+                        if buf.len() > MAX_REWRITE && !codings.is_empty() {
+                            return refuse(Undecodable::TooLarge, &parts.headers);
+                        }
                         if buf.len() > MAX_REWRITE {
                             tracing::warn!(
                                 limit = MAX_REWRITE,
@@ -404,45 +378,46 @@ async fn rewrite(resp: Response<Body>, kind: Kind, carry: &Carry, head: bool) ->
                                 Ok::<Bytes, crate::http::body::BoxError>(buf.freeze())
                             });
                             let body = Body::stream(head.chain(data), len);
-                            return Response::from_parts(parts, body);
+                            return Ok(Response::from_parts(parts, body));
                         }
                     }
                     Some(Err(e)) => {
                         // The fill failed: the viewer's response fails the same way.
                         let got = buf.freeze();
                         let body = Body::stream(futures_util::stream::iter([Ok(got), Err(e)]), len);
-                        return Response::from_parts(parts, body);
+                        return Ok(Response::from_parts(parts, body));
                     }
                 }
             }
             buf.freeze()
         }
     };
-    let text = match coded.map(|c| inflate(c, &bytes)) {
-        None => None,
-        Some(Some(text)) => Some(text),
-        Some(None) => {
-            tracing::warn!("coded manifest does not inflate within the limit; sent as is");
-            let len = bytes.len();
-            parts
-                .headers
-                .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-            return Response::from_parts(parts, Body::full(bytes));
+    let text = if codings.is_empty() {
+        bytes
+    } else {
+        match coding::decode(&codings, &bytes) {
+            Ok(text) => Bytes::from(text),
+            Err(why) => return refuse(why, &parts.headers),
         }
     };
-    match propagate::rewrite(kind, text.as_deref().unwrap_or(&bytes), carry) {
+    match propagate::rewrite(kind, &text, carry) {
         Some(new) => {
             fix(&mut parts.headers, Some(new.len()));
-            parts.headers.remove(header::CONTENT_ENCODING);
-            Response::from_parts(parts, Body::full(Bytes::from(new)))
+            Ok(Response::from_parts(parts, Body::full(Bytes::from(new))))
         }
-        // Nothing to add: the manifest as the origin coded it.
+        // Nothing to add, and decoded: no longer the origin's bytes (its validators name the
+        // coded ones), sent identity all the same.
+        None if !codings.is_empty() => {
+            fix(&mut parts.headers, Some(text.len()));
+            Ok(Response::from_parts(parts, Body::full(text)))
+        }
+        // Nothing to add: the manifest as the origin sent it.
         None => {
-            let len = bytes.len();
+            let len = text.len();
             parts
                 .headers
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-            Response::from_parts(parts, Body::full(bytes))
+            Ok(Response::from_parts(parts, Body::full(text)))
         }
     }
 }

@@ -738,3 +738,253 @@ async fn a_tokenised_caption_keeps_the_viewers_accept_encoding() {
         r.h("cache-status")
     );
 }
+
+fn br(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    // Quality 5: quick on megabytes of test data in a debug build.
+    let params = brotli::enc::BrotliEncoderParams {
+        quality: 5,
+        ..Default::default()
+    };
+    brotli::BrotliCompress(&mut &body[..], &mut out, &params).expect("br");
+    out
+}
+
+fn zstd(body: &[u8]) -> Vec<u8> {
+    ruzstd::encoding::compress_to_vec(body, ruzstd::encoding::CompressionLevel::Fastest)
+}
+
+const CODED_MPD: &str = "<?xml version=\"1.0\"?>\n\
+<MPD xmlns=\"urn:mpeg:dash:schema:mpd:2011\" type=\"static\" mediaPresentationDuration=\"PT8S\">\
+<Period><AdaptationSet mimeType=\"video/mp4\"><Representation id=\"v\" bandwidth=\"1000\">\
+<SegmentTemplate initialization=\"init.mp4\" media=\"$Number$.m4s\" duration=\"4\"/>\
+</Representation></AdaptationSet></Period></MPD>\n";
+
+/// An origin that ignores `Accept-Encoding: identity` and answers a playlist with
+/// `Content-Encoding: br` or an MPD with `zstd`. Before, such a manifest went to its tokenised
+/// viewer as the origin coded it, without the token (only gzip and deflate were undone), and
+/// the player was refused every child. Now both are decoded, rewritten and served identity,
+/// from the fill and from the stored (coded) copy alike.
+#[tokio::test]
+async fn a_br_or_zstd_manifest_is_decoded_and_carries_the_token() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/v/c/media.m3u8",
+        Script::ok(br(MEDIA.as_bytes()))
+            .header("content-type", "application/vnd.apple.mpegurl")
+            .header("content-encoding", "br")
+            .header("cache-control", "max-age=60"),
+    );
+    origin.script(
+        "/v/c/stream.mpd",
+        Script::ok(zstd(CODED_MPD.as_bytes()))
+            .header("content-type", "application/dash+xml")
+            .header("content-encoding", "zstd")
+            .header("cache-control", "max-age=60"),
+    );
+    let edge = edge_with(&origin, raw_token()).await;
+    let t = token("/v/c/*");
+    // What a browser sends: it would take br and zstd, but the token must be in the text.
+    let browser = [("accept-encoding", "gzip, deflate, br, zstd")];
+    // Each case as the player gets it, all in one assertion (so the code before shows them all).
+    let mut got = Vec::new();
+    let mut want = Vec::new();
+    for round in ["fill", "stored copy"] {
+        for (path, tokens) in [
+            (
+                "/v/c/media.m3u8",
+                [
+                    format!("\nseg1.ts?hdnts={t}\n"),
+                    format!("URI=\"../k/1.key?hdnts={t}\""),
+                ],
+            ),
+            (
+                "/v/c/stream.mpd",
+                [
+                    format!("initialization=\"init.mp4?hdnts={t}\""),
+                    format!("media=\"$Number$.m4s?hdnts={t}\""),
+                ],
+            ),
+        ] {
+            let r = edge.get_with(&format!("{path}?hdnts={t}"), &browser).await;
+            let body = String::from_utf8_lossy(&r.body).to_string();
+            let carries = tokens.iter().all(|u| body.contains(u));
+            got.push(format!(
+                "{path} ({round}): {} content-encoding {:?}, length {} of {}, token {}",
+                r.status.as_u16(),
+                r.h("content-encoding"),
+                r.h("content-length"),
+                body.len(),
+                if carries { "in every URI" } else { "missing" },
+            ));
+            want.push(format!(
+                "{path} ({round}): 200 content-encoding \"\", length {0} of {0}, token in every URI",
+                body.len()
+            ));
+        }
+        edge.settle().await;
+    }
+    assert_eq!(
+        got, want,
+        "br and zstd manifests are served identity, with the token"
+    );
+    assert_eq!(origin.count("/v/c/media.m3u8"), 1, "the second is a hit");
+    assert_eq!(
+        origin.seen("/v/c/media.m3u8")[0].header("accept-encoding"),
+        Some("identity"),
+        "the origin was asked for identity"
+    );
+}
+
+/// A few KiB of br or zstd that decode to more than the rewrite limit (4 MiB), a coding the
+/// edge does not know, and a corrupt body: none of them can be given the token, and sent as
+/// they are each would be a playlist whose every child is refused (before: 200, coded, no
+/// token). Now each is a 502 naming the reason (a HEAD too, for a coding unknown by its name),
+/// and the edge decodes no more than one byte past the limit (`proxy::coding`'s unit tests).
+#[tokio::test]
+async fn a_manifest_that_cannot_carry_the_token_is_a_502_naming_why() {
+    let origin = Origin::start().await;
+    let bomb = {
+        let mut text = MEDIA.as_bytes().to_vec();
+        text.resize(vedge::proxy::signed::MAX_REWRITE + 1, b'\n');
+        text
+    };
+    let cases: [(&str, &str, Vec<u8>, &str); 4] = [
+        ("br-bomb", "br", br(&bomb), "decodes to more than"),
+        ("zstd-bomb", "zstd", zstd(&bomb), "decodes to more than"),
+        (
+            "unknown",
+            "compress",
+            MEDIA.as_bytes().to_vec(),
+            "does not decode",
+        ),
+        ("corrupt", "zstd", br(MEDIA.as_bytes()), "corrupt"),
+    ];
+    for (name, coding, body, _) in &cases {
+        assert!(body.len() < 64 << 10 || *name == "unknown");
+        origin.script(
+            &format!("/v/b/{name}.m3u8"),
+            Script::ok(body.clone())
+                .header("content-type", "application/vnd.apple.mpegurl")
+                .header("content-encoding", coding)
+                .header("cache-control", "max-age=60"),
+        );
+    }
+    let edge = edge_with(&origin, raw_token()).await;
+    let t = token("/v/b/*");
+    let mut got = Vec::new();
+    let mut want = Vec::new();
+    for (name, coding, _, why) in &cases {
+        let path = format!("/v/b/{name}.m3u8?hdnts={t}");
+        let r = edge.get(&path).await;
+        let body = String::from_utf8_lossy(&r.body).to_string();
+        let named = body.contains("cannot carry the viewer's token") && body.contains(why);
+        got.push(format!(
+            "{name} ({coding}): {} {}",
+            r.status.as_u16(),
+            if named {
+                format!("names why ({why})")
+            } else {
+                format!(
+                    "{} content-encoding {:?}, {} bytes",
+                    r.h("cache-status"),
+                    r.h("content-encoding"),
+                    r.body.len()
+                )
+            }
+        ));
+        want.push(format!("{name} ({coding}): 502 names why ({why})"));
+    }
+    // A HEAD knows a coding by its name only: one the edge cannot decode is a 502 too.
+    let head = edge
+        .send(
+            edge.req(Method::HEAD, &format!("/v/b/unknown.m3u8?hdnts={t}")),
+            Default::default(),
+        )
+        .await;
+    got.push(format!("HEAD unknown: {}", head.status.as_u16()));
+    want.push("HEAD unknown: 502".into());
+    assert_eq!(got, want, "no coded manifest goes out without the token");
+    // A viewer whose manifests are not rewritten (no query token) gets the bytes as stored.
+    let signed = crate::support::token::token_for("/v/b/*", None);
+    let r = edge
+        .get_with(
+            "/v/b/unknown.m3u8",
+            &[("cookie", &format!("hdnts={signed}"))],
+        )
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), r.h("content-encoding")),
+        (200, "compress")
+    );
+}
+
+/// `[route.token] steering_same_domain`: an operator whose content-steering pathways are all
+/// edges of this token domain has the token added to a steered playlist's variant, rendition
+/// and I-frame URIs too. Off (the default), they get none, as before (a pathway clone may move
+/// them to another CDN).
+#[tokio::test]
+async fn steering_same_domain_gives_steered_variants_the_token() {
+    const STEERED: &str = "#EXTM3U\n\
+#EXT-X-CONTENT-STEERING:SERVER-URI=\"steering.json\",PATHWAY-ID=\"edge\"\n\
+#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID=\"aud\",NAME=\"en\",URI=\"audio/en.m3u8\"\n\
+#EXT-X-STREAM-INF:BANDWIDTH=1000000,AUDIO=\"aud\",PATHWAY-ID=\"edge\"\n\
+v1/media.m3u8\n\
+#EXT-X-STREAM-INF:BANDWIDTH=1000000,AUDIO=\"aud\",PATHWAY-ID=\"other\"\n\
+https://other-cdn.example/v/s/v1/media.m3u8\n\
+#EXT-X-I-FRAME-STREAM-INF:BANDWIDTH=100000,URI=\"v1/iframes.m3u8\",PATHWAY-ID=\"edge\"\n";
+    let origin = Origin::start().await;
+    origin.script(
+        "/v/s/master.m3u8",
+        Script::ok(STEERED).header("content-type", "application/vnd.apple.mpegurl"),
+    );
+    let t = token("/v/s/*");
+    let same_domain = edge_with(
+        &origin,
+        RawToken {
+            steering_same_domain: Some(true),
+            ..raw_token()
+        },
+    )
+    .await;
+    let default = edge_with(&origin, raw_token()).await;
+    let tokenised = |body: &[u8]| -> Vec<String> {
+        String::from_utf8_lossy(body)
+            .lines()
+            .filter(|l| l.contains("hdnts="))
+            .map(str::to_string)
+            .collect()
+    };
+
+    let r = same_domain
+        .get(&format!("/v/s/master.m3u8?hdnts={t}"))
+        .await;
+    assert_eq!(r.status, 200);
+    let on = tokenised(&r.body);
+    for uri in [
+        format!("URI=\"audio/en.m3u8?hdnts={t}\""),
+        format!("v1/media.m3u8?hdnts={t}"),
+        format!("URI=\"v1/iframes.m3u8?hdnts={t}\""),
+        format!("SERVER-URI=\"steering.json?hdnts={t}\""),
+    ] {
+        assert!(
+            on.iter().any(|l| l.contains(&uri)),
+            "steering_same_domain = true: {uri} missing from {on:#?}"
+        );
+    }
+    assert!(
+        !on.iter().any(|l| l.contains("other-cdn.example")),
+        "another host never gets the token: {on:#?}"
+    );
+
+    let r = default.get(&format!("/v/s/master.m3u8?hdnts={t}")).await;
+    assert_eq!(r.status, 200);
+    let off = tokenised(&r.body);
+    assert_eq!(
+        off,
+        [format!(
+            "#EXT-X-CONTENT-STEERING:SERVER-URI=\"steering.json?hdnts={t}\",PATHWAY-ID=\"edge\""
+        )],
+        "by default only what no clone copies gets the token"
+    );
+}
