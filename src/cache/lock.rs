@@ -87,6 +87,7 @@ impl FillTable {
                 key: key.to_string(),
                 fill,
                 epoch,
+                store_mark: None,
             },
         )
     }
@@ -152,11 +153,23 @@ pub struct FillGuard {
     fill: Arc<Fill>,
     /// The purge epoch when the fill started.
     epoch: u64,
+    /// The store's mark when the fill started (`Store::insert_since`).
+    store_mark: Option<u64>,
 }
 
 impl FillGuard {
     pub fn key(&self) -> &str {
         &self.key
+    }
+
+    /// The store's mark when the fill started: a push stored after it is not replaced by what
+    /// this fill fetched.
+    pub fn store_mark(&self) -> Option<u64> {
+        self.store_mark
+    }
+
+    pub fn set_store_mark(&mut self, mark: Option<u64>) {
+        self.store_mark = mark;
     }
 
     /// Lets new requests for the key start their own fill while this one goes on for the readers

@@ -168,7 +168,10 @@ fn failure(e: OriginError) -> OriginFailure {
 }
 
 /// Runs one fill to completion. The guard releases the key when this returns (or panics).
-pub async fn drive_fill(edge: Arc<Edge>, guard: FillGuard, fill: Arc<Fill>, job: FillJob) {
+pub async fn drive_fill(edge: Arc<Edge>, mut guard: FillGuard, fill: Arc<Fill>, job: FillJob) {
+    // Before the origin is asked: a push of the key stored from now on is newer than what this
+    // fill fetches, and stays (`Edge::insert_from_fill`).
+    guard.set_store_mark(edge.store.as_ref().map(|s| s.mark()));
     let key = guard.key().to_string();
     let result = run(&edge, &fill, &guard, job).await;
     if let Err(e) = result {

@@ -103,7 +103,7 @@ impl Edge {
                 // Second request for an object not on disk yet: pulled objects are admitted
                 // to the SSD on their second request. Refused for a push of the key on its way
                 // to disk: this copy goes, and the next request reads the push.
-                if !self.offer_to_store(key, &o) {
+                if !self.offer_to_store(key, &o, None) {
                     self.ram.remove(key);
                 }
             } else if let Some(store) = &self.store {
@@ -159,7 +159,14 @@ impl Edge {
     /// its way to disk (see `offer_to_store`); the store decides admission (manifests never go
     /// to SSD: they live seconds).
     pub fn insert(&self, key: String, obj: Arc<CachedObject>) {
-        if self.offer_to_store(&key, &obj) {
+        self.insert_since(key, obj, None);
+    }
+
+    /// [`Edge::insert`] of what a fill fetched since the store's `mark`: a push of the key stored
+    /// after it (an operator's push that landed while the fill ran) is kept, on disk and for the
+    /// next viewer, and the fill's copy goes nowhere.
+    fn insert_since(&self, key: String, obj: Arc<CachedObject>, mark: Option<u64>) {
+        if self.offer_to_store(&key, &obj, mark) {
             self.ram.insert(key, obj);
         }
     }
@@ -172,7 +179,7 @@ impl Edge {
     /// push of the key that is queued or being written (`SkipReason::PushQueued`). That push
     /// is the version the operator asked for; a fill's copy in RAM would shadow it, and one
     /// put there just after the push's handler cleared the key would stay until evicted.
-    fn offer_to_store(&self, key: &str, obj: &CachedObject) -> bool {
+    fn offer_to_store(&self, key: &str, obj: &CachedObject, mark: Option<u64>) -> bool {
         let Some(store) = &self.store else {
             obj.disk.store(true, Relaxed);
             return true;
@@ -186,16 +193,15 @@ impl Edge {
             obj.disk.store(true, Relaxed);
             return true;
         }
-        let admit = store.insert(
-            key.as_bytes(),
-            store_meta(obj),
-            obj.body.clone(),
-            Source::Pull,
-        );
+        let (meta, body) = (store_meta(obj), obj.body.clone());
+        let admit = match mark {
+            Some(m) => store.insert_since(key.as_bytes(), meta, body, Source::Pull, m),
+            None => store.insert(key.as_bytes(), meta, body, Source::Pull),
+        };
         tracing::trace!(key, ?admit, "store admission");
         match admit {
             Admit::Queued | Admit::Skipped(SkipReason::TooLarge) => obj.disk.store(true, Relaxed),
-            Admit::Skipped(SkipReason::PushQueued) => {
+            Admit::Skipped(SkipReason::PushQueued | SkipReason::PushedSince) => {
                 obj.disk.store(true, Relaxed);
                 return false;
             }
@@ -296,7 +302,7 @@ impl Edge {
         manifest_url: Option<url::Url>,
     ) -> bool {
         let stored = self.fills.store_unless_purged(guard, &key, &obj.tags, || {
-            self.insert(key.clone(), obj.clone())
+            self.insert_since(key.clone(), obj.clone(), guard.store_mark())
         });
         if !stored {
             tracing::debug!(key, "purged while filling: not stored");

@@ -161,6 +161,10 @@ pub enum SkipReason {
     /// A durable, pinned write of the key (a push) is queued or being written: a plain insert
     /// does not replace it. Not a failure: the store is about to hold the pushed version.
     PushQueued,
+    /// A push of the key was stored after the mark the insert was made against
+    /// ([`Store::insert_since`](crate::Store::insert_since)): the insert's bytes come from a
+    /// fetch that began before the push, and do not replace it.
+    PushedSince,
 }
 
 impl SkipReason {
@@ -173,6 +177,7 @@ impl SkipReason {
             SkipReason::PinnedFull => "pinned_full",
             SkipReason::Closed => "closed",
             SkipReason::PushQueued => "push_queued",
+            SkipReason::PushedSince => "pushed_since",
         }
     }
 }

@@ -726,7 +726,32 @@ impl Store {
 
     /// Queues `body` for writing without waiting. See [`Admit`] for why it may be skipped.
     pub fn insert(&self, key: &[u8], meta: Meta, body: Bytes, src: Source) -> Admit {
-        match self.enqueue(key, meta, Body::Bytes(body), src, false, None) {
+        match self.enqueue(key, meta, Body::Bytes(body), src, None, None) {
+            Ok(()) => Admit::Queued,
+            Err(r) => Admit::Skipped(r),
+        }
+    }
+
+    /// The store's position now: an object written from here on is newer than it (for
+    /// [`Store::insert_since`]).
+    pub fn mark(&self) -> u64 {
+        self.inner().st.lock().next_seq
+    }
+
+    /// [`Store::insert`] of bytes fetched since `mark` (taken with [`Store::mark`] when the
+    /// fetch began): skipped ([`SkipReason::PushedSince`]) when a push of the key (a pinned
+    /// object) was written after `mark`. An operator's push that lands while a viewer's fill
+    /// of the same key is under way stays; a fill that began after the push (one refreshing
+    /// it once it is stale) replaces it.
+    pub fn insert_since(
+        &self,
+        key: &[u8],
+        meta: Meta,
+        body: Bytes,
+        src: Source,
+        mark: u64,
+    ) -> Admit {
+        match self.enqueue(key, meta, Body::Bytes(body), src, None, Some(mark)) {
             Ok(()) => Admit::Queued,
             Err(r) => Admit::Skipped(r),
         }
@@ -789,7 +814,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
         let len = body.len();
-        match self.enqueue(key, meta, body, src, true, Some(tx)) {
+        match self.enqueue(key, meta, body, src, Some(tx), None) {
             Ok(()) => {}
             Err(SkipReason::Closed) => return Err(StoreError::Closed),
             Err(SkipReason::TooLarge) => {
@@ -813,16 +838,19 @@ impl Store {
         meta: Meta,
         body: Body,
         src: Source,
-        durable: bool,
         done: Option<oneshot::Sender<Result<(), StoreError>>>,
+        since: Option<u64>,
     ) -> Result<(), SkipReason> {
+        // A durable insert is one whose caller waits to hear that its bytes are on disk.
+        let durable = done.is_some();
         let inner = self.inner();
         let refuse = |r: SkipReason| {
             let c = match r {
                 SkipReason::TooLarge
                 | SkipReason::FirstSighting
                 | SkipReason::Closed
-                | SkipReason::PushQueued => &inner.c.skipped_writes,
+                | SkipReason::PushQueued
+                | SkipReason::PushedSince => &inner.c.skipped_writes,
                 _ => &inner.c.refused_writes,
             };
             c.fetch_add(1, Relaxed);
@@ -875,6 +903,12 @@ impl Store {
             {
                 drop(st);
                 return refuse(SkipReason::PushQueued);
+            }
+            let pushed_since =
+                |e: &Entry| e.pinned() && since.is_some_and(|m| st.seq(&inner.layout, e) >= m);
+            if !durable && !pinned && st.index.get(&h).is_some_and(pushed_since) {
+                drop(st);
+                return refuse(SkipReason::PushedSince);
             }
             if pinned {
                 let replaced = st

@@ -1120,3 +1120,83 @@ async fn a_viewers_fill_while_a_put_is_queued_does_not_undo_the_push() {
     );
     assert_eq!(origin.count("/vod/seg.ts"), 1, "no refetch");
 }
+
+/// A viewer's fill that began before an operator's `PUT` of the same key, and ends after the
+/// push is on disk, does not replace the push: the fill's viewer gets the origin's bytes (it
+/// asked first), every viewer after it the pushed ones, pinned. Before, the fill's plain insert
+/// replaced the pinned object on disk and its copy went to RAM.
+#[tokio::test]
+async fn a_fill_that_began_before_a_push_does_not_replace_it() {
+    use crate::support::origin::Gate;
+    use crate::support::{Origin as Scripted, Script};
+    use vedge::ingest::admin::{handle, IngestJobs};
+    let origin = Scripted::start().await;
+    let pulled: Vec<u8> = pattern(300_000).iter().map(|b| b ^ 0x33).collect();
+    let gate = Gate::new();
+    origin.script(
+        "/vod/seg2.ts",
+        Script::ok(pulled.clone())
+            .header("content-type", "video/mp2t")
+            .header("cache-control", "max-age=3600")
+            .gate(&gate),
+    );
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let running = Arc::new(store_edge(&origin.url(), tmp.path(), 16 << 20).await);
+    let edge = running.edge.clone();
+    let store = edge.store.clone().expect("store");
+    let jobs = Arc::new(IngestJobs::default());
+
+    // The viewer's miss reaches the origin, which holds its answer.
+    let miss = tokio::spawn({
+        let running = running.clone();
+        async move { running.get("/vod/seg2.ts").await }
+    });
+    for _ in 0..200 {
+        if origin.count("/vod/seg2.ts") == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(origin.count("/vod/seg2.ts"), 1, "the fill asked the origin");
+
+    // Meanwhile the operator pushes the key, and the push is on disk.
+    let pushed = Bytes::from(pattern(200_000));
+    let req = Request::builder()
+        .method("PUT")
+        .uri("/admin/objects/vod/seg2.ts")
+        .header("x-vedge-host", HOST)
+        .header("content-type", "video/mp2t")
+        .header("content-length", pushed.len())
+        .body(Full::new(pushed.clone()))
+        .expect("request");
+    let res = handle(&edge, &jobs, req).await.expect("routed");
+    assert_eq!(res.status(), StatusCode::CREATED);
+
+    // Now the origin answers and the fill ends.
+    gate.open();
+    let first = miss.await.expect("viewer task");
+    assert_eq!(first.status, StatusCode::OK);
+    assert!(
+        first.body[..] == pulled[..],
+        "the first viewer gets what it asked for"
+    );
+    running.settle().await;
+    store.flush().await;
+
+    let key = viewer_key(&edge, "/vod/seg2.ts");
+    let hit = store.lookup(key.as_bytes()).await.expect("stored");
+    assert!(
+        hit.meta.pinned && hit.body == pushed,
+        "the fill replaced the push on disk (pinned {}, {} bytes)",
+        hit.meta.pinned,
+        hit.body.len()
+    );
+    let after = running.get("/vod/seg2.ts").await;
+    assert!(
+        after.body == pushed,
+        "the next viewer got the fill's copy ({} bytes, x-cache {})",
+        after.body.len(),
+        after.x_cache()
+    );
+    assert_eq!(origin.count("/vod/seg2.ts"), 1, "no refetch");
+}

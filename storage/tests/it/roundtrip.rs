@@ -437,3 +437,49 @@ async fn a_plain_insert_does_not_supersede_a_queued_push() {
         s.close().await.unwrap();
     }
 }
+
+/// `insert_since`: a plain insert of bytes fetched since a mark does not replace a push stored
+/// after that mark, and replaces one stored before it (a refresh of the pushed object).
+#[tokio::test]
+async fn insert_since_keeps_a_push_newer_than_the_mark() {
+    for engine in ENGINES {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(&cfg(&dir.path().join("store"), engine)).await;
+        let before = s.mark();
+        s.insert_durable(
+            b"k",
+            meta("k", &[], true),
+            body_for("k", 50_000),
+            Source::Push,
+        )
+        .await
+        .expect("push");
+        let stale_fill = s.insert_since(
+            b"k",
+            meta("k", &[], false),
+            body_for("pulled", 50_000),
+            Source::Pull,
+            before,
+        );
+        assert_eq!(
+            stale_fill,
+            vedge_storage::Admit::Skipped(vedge_storage::SkipReason::PushedSince),
+            "{engine:?}"
+        );
+        s.flush().await;
+        assert!(s.lookup(b"k").await.expect("push kept").meta.pinned);
+
+        let refresh = s.insert_since(
+            b"k",
+            meta("k", &[], false),
+            body_for("pulled", 50_000),
+            Source::Pull,
+            s.mark(),
+        );
+        assert_eq!(refresh, vedge_storage::Admit::Queued, "{engine:?}");
+        s.flush().await;
+        let hit = s.lookup(b"k").await.expect("refreshed");
+        assert!(!hit.meta.pinned && hit.body == body_for("pulled", 50_000));
+        s.close().await.unwrap();
+    }
+}
