@@ -33,7 +33,7 @@ use crate::config::{never_forwarded_header, OriginClientConfig, Route};
 use crate::http::body::Body;
 
 pub use group::{rendezvous_order, Group, Upstream};
-pub use pass_limit::PassSlot;
+pub use pass_limit::{PassSlot, RelaySlot};
 pub use target::Target;
 use target::{Family, Outcome};
 pub use upload::{Upload, ViewerFault};
@@ -103,6 +103,8 @@ pub struct OriginClient {
     stop: CancellationToken,
     /// The `[shield]` tier fills go through first (`shield.rs`).
     shield: Option<shield::Shield>,
+    /// `origin_client.max_connections_per_origin`, for the shield nodes too.
+    max_connections: usize,
 }
 
 impl OriginClient {
@@ -148,6 +150,7 @@ impl OriginClient {
             proto: "http",
             stop: CancellationToken::new(),
             shield: None,
+            max_connections,
         })
     }
 
@@ -157,7 +160,7 @@ impl OriginClient {
         shield: Option<&crate::config::ShieldConfig>,
     ) -> anyhow::Result<OriginClient> {
         self.shield = shield
-            .map(|s| shield::Shield::new(s, &self.cfg))
+            .map(|s| shield::Shield::new(s, &self.cfg, self.max_connections))
             .transpose()?;
         Ok(self)
     }
@@ -626,7 +629,11 @@ impl OriginClient {
             // never forwarded), and hyper hands through no other 1xx: a 101 is no final answer
             // to relay (every viewer of a fill would get a head without a response).
             Ok(Ok(resp)) if resp.status().is_informational() => Err(OriginError::Protocol),
-            Ok(Ok(resp)) => Ok(resp),
+            Ok(Ok(mut resp)) => {
+                resp.extensions_mut()
+                    .insert(pass_limit::AnsweredBy(target.passes.clone()));
+                Ok(resp)
+            }
             Ok(Err(e)) => Err(classify(&e, target)),
         };
         let upload = pass.and_then(|p| p.upload.as_ref());
@@ -645,6 +652,30 @@ impl OriginClient {
         };
         target.record(outcome, started.elapsed(), upstream.eject());
         result.map(|response| (response, slot))
+    }
+
+    /// A fill's answer that turned out to be one viewer's (not shareable: `private`, `no-store`,
+    /// `Set-Cookie`, an answer to the leader's credentials or to its own `CDN-Loop` entries) is
+    /// relayed to the viewer that led the fill, which is a pass: it holds the upstream's
+    /// connection as long as that viewer takes the body. So it takes a pass slot of the
+    /// upstream that answered (origin or shield node, `pass_limit`) for `client` (as
+    /// `PassFor::client`), carried in the answer's extensions (`RelaySlot`) until the relay
+    /// holds it. Taken at once or not at all: waiting would hold the very connection the slot
+    /// bounds. `Err(Busy)`: the client's share or the cap on passes is full; the caller drops
+    /// the answer (freeing the connection) and the leader answers 503 origin-busy.
+    pub async fn relay_slot(
+        extensions: &mut http::Extensions,
+        client: Option<std::net::IpAddr>,
+    ) -> Result<(), OriginError> {
+        let Some(pass_limit::AnsweredBy(passes)) = extensions.remove() else {
+            return Ok(());
+        };
+        let slot = passes
+            .admit(client, Duration::ZERO)
+            .await
+            .ok_or(OriginError::Busy)?;
+        extensions.insert(RelaySlot::new(slot));
+        Ok(())
     }
 
     /// `/admin/origins`: every group's policy and each origin's state and counts.

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::oneshot;
-use vedge::config::{RawConfig, RawRoute};
+use vedge::config::{RawConfig, RawRoute, RawShield};
 
 use crate::support::binary::BinaryEdge;
 use crate::support::edge::{edge_config, read_raw, until, RawResp};
@@ -467,9 +467,25 @@ fn hold_pass_from(
     path: String,
     statuses: Arc<parking_lot::Mutex<Vec<u16>>>,
 ) -> tokio::task::JoinHandle<()> {
+    hold_from(from, edge, path, true, statuses)
+}
+
+/// `hold_pass_from`, with a `Cookie` only when `cookie` (without one, a GET is a cache miss).
+fn hold_from(
+    from: &'static str,
+    edge: SocketAddr,
+    path: String,
+    cookie: bool,
+    statuses: Arc<parking_lot::Mutex<Vec<u16>>>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut s = connect_from(from, edge).await;
-        let req = format!("GET {path} HTTP/1.1\r\nHost: t\r\nCookie: session={from}\r\n\r\n");
+        let cookie = if cookie {
+            format!("Cookie: session={from}\r\n")
+        } else {
+            String::new()
+        };
+        let req = format!("GET {path} HTTP/1.1\r\nHost: t\r\n{cookie}\r\n");
         s.write_all(req.as_bytes()).await.expect("write request");
         let mut head = Vec::new();
         let mut buf = [0u8; 4096];
@@ -499,14 +515,40 @@ fn hold_pass_from(
 #[tokio::test]
 async fn one_client_cannot_hold_every_origin_connection_with_passes() {
     let origin = Origin::start().await;
+    let raw = limited(&origin).await;
+    one_client_passes_in_one_of_four_connections(&origin, raw).await;
+}
+
+/// The same through a shield tier: a route's passes go to the key's shield (another vedge,
+/// which allows this edge as a peer and so gives it no share of its own), and one client at
+/// this edge holds at most a quarter of this edge's connections to that shield. Shield nodes
+/// had neither pass slots nor a connection cap: one viewer's passes took as many connections
+/// to the shield as it liked.
+#[tokio::test]
+async fn one_client_cannot_hold_every_connection_to_a_shield_with_passes() {
+    let origin = Origin::start().await;
+    // Any HTTP upstream can stand for a shield node here.
+    let shield = Origin::start().await;
+    let mut raw = limited(&origin).await;
+    raw.shield = Some(RawShield {
+        nodes: vec![shield.url()],
+        ..RawShield::default()
+    });
+    one_client_passes_in_one_of_four_connections(&shield, raw).await;
+    assert_eq!(origin.count("/cold/b.ts"), 0, "the miss went to the shield");
+}
+
+/// With `max_connections_per_origin = 4` towards `upstream` (the route's origin or its
+/// shield), client A sends four passes whose bodies trickle and never reads them: one reaches
+/// the upstream, the others answer 503; then client B's cold miss is served.
+async fn one_client_passes_in_one_of_four_connections(upstream: &Origin, mut raw: RawConfig) {
     for i in 0..4 {
-        origin.script(&format!("/p/a{i}.ts"), trickling_pass());
+        upstream.script(&format!("/p/a{i}.ts"), trickling_pass());
     }
-    origin.script(
+    upstream.script(
         "/cold/b.ts",
         Script::ok("b").header("cache-control", "max-age=60"),
     );
-    let mut raw = limited(&origin).await;
     raw.origin_client.max_connections_per_origin = Some(4);
     let e = start(raw).await;
     let statuses = Arc::new(parking_lot::Mutex::new(Vec::new()));
@@ -523,26 +565,26 @@ async fn one_client_cannot_hold_every_origin_connection_with_passes() {
         .collect();
     let at_origin = || {
         (0..4)
-            .map(|i| origin.count(&format!("/p/a{i}.ts")))
+            .map(|i| upstream.count(&format!("/p/a{i}.ts")))
             .sum::<usize>()
     };
     let refused = || statuses.lock().iter().filter(|s| **s != 200).count();
     until(
-        "each of client A's passes is at the origin or answered",
+        "each of client A's passes is at the upstream or answered",
         || at_origin() + refused() == 4,
     )
     .await;
     // Client B's cold miss needs a connection while A's passes still hold theirs.
     let b = get_from("127.0.0.3", e.viewer, "/cold/b.ts").await;
     println!(
-        "client A: {} passes at the origin, answers {:?}; client B's miss: {} {:?}",
+        "client A: {} passes at the upstream, answers {:?}; client B's miss: {} {:?}",
         at_origin(),
         statuses.lock(),
         b.status(),
         b.header("cache-status")
     );
     assert_eq!(b.status(), 200, "{}", b.text());
-    assert_eq!(origin.count("/cold/b.ts"), 1);
+    assert_eq!(upstream.count("/cold/b.ts"), 1);
     assert_eq!(
         at_origin(),
         1,
@@ -551,6 +593,62 @@ async fn one_client_cannot_hold_every_origin_connection_with_passes() {
     for s in statuses.lock().iter().filter(|s| **s != 200) {
         assert_eq!(*s, 503, "a pass over its client's share: origin busy");
     }
+    for h in hog {
+        h.abort();
+    }
+}
+
+/// A miss whose answer turns out not to be shareable (`Cache-Control: private` here) is
+/// relayed to the viewer that led its fill, as a pass is, and holds its origin connection as
+/// long as that viewer takes the body: it takes a pass slot of the origin for its client then,
+/// so one client asking for many distinct such URLs and reading nothing holds at most its
+/// share. Such relays held no pass slot, and four of them held every connection: another
+/// client's miss waited for one and answered 503.
+#[tokio::test]
+async fn one_client_cannot_hold_every_origin_connection_with_unshareable_misses() {
+    let origin = Origin::start().await;
+    for i in 0..4 {
+        origin.script(
+            &format!("/u/a{i}.ts"),
+            trickling_pass().header("cache-control", "private"),
+        );
+    }
+    origin.script(
+        "/cold/b.ts",
+        Script::ok("b").header("cache-control", "max-age=60"),
+    );
+    let mut raw = limited(&origin).await;
+    raw.origin_client.max_connections_per_origin = Some(4);
+    raw.origin_client.first_byte_timeout = Some("2s".into());
+    let e = start(raw).await;
+    let statuses = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let hog: Vec<_> = (0..4)
+        .map(|i| {
+            let path = format!("/u/a{i}.ts");
+            hold_from("127.0.0.2", e.viewer, path, false, statuses.clone())
+        })
+        .collect();
+    until("each of client A's misses is answered", || {
+        statuses.lock().len() == 4
+    })
+    .await;
+    let b = get_from("127.0.0.3", e.viewer, "/cold/b.ts").await;
+    let o = &e.edge.origin.snapshot()["routes"][0]["origins"][0];
+    println!(
+        "client A's answers {:?}; client B's miss: {} {:?}; passes {}, refused {}",
+        statuses.lock(),
+        b.status(),
+        b.header("cache-status"),
+        o["passes"],
+        o["passes_refused"]
+    );
+    assert_eq!(b.status(), 200, "{}", b.text());
+    assert_eq!(origin.count("/cold/b.ts"), 1);
+    let mut answers = statuses.lock().clone();
+    answers.sort();
+    assert_eq!(answers, [200, 503, 503, 503], "one relay in A's share");
+    assert_eq!(o["passes"], 1, "the relay holds a pass slot");
+    assert_eq!(o["passes_refused"], 3);
     for h in hog {
         h.abort();
     }
