@@ -23,7 +23,6 @@ use std::time::Duration;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, Uri};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::capture_connection;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -614,21 +613,23 @@ impl OriginClient {
                     .ok_or(OriginError::Busy)?,
             ),
         };
-        let captured = capture_connection(&mut req);
-        let dial = tls::DialWatch::default();
+        let dial = tls::DialWatch::new(&mut req);
         let started = Instant::now();
         let request = dial.watch(target.client.request(req));
         let result = match tokio::time::timeout(timeout, request).await {
-            // No connection yet and the dial still queued for a local slot: the origin never
-            // saw the request.
-            Err(_) if captured.connection_metadata().is_none() && dial.waiting_for_slot() => {
-                Err(OriginError::Busy)
-            }
+            // Waiting on this edge's side (its dial queued for a local slot, or behind another
+            // request's h2 connect; `DialWatch`): the origin never saw the request.
+            Err(_) if dial.waited_locally() => Err(OriginError::Busy),
             Err(_) => Err(OriginError::Timeout),
             // The edge never asks an upstream to switch protocols (`Upgrade` is hop-by-hop and
             // never forwarded), and hyper hands through no other 1xx: a 101 is no final answer
             // to relay (every viewer of a fill would get a head without a response).
             Ok(Ok(resp)) if resp.status().is_informational() => Err(OriginError::Protocol),
+            // A connect error without a dial of its own: the pool's, see `DialWatch`.
+            Ok(Err(e)) if e.is_connect() && dial.waited_for_a_closed_one() => {
+                tracing::debug!(origin = target.name(), error = %e, "no connection for the request");
+                Err(OriginError::Busy)
+            }
             Ok(Ok(mut resp)) => {
                 resp.extensions_mut()
                     .insert(pass_limit::AnsweredBy(target.passes.clone()));
