@@ -465,7 +465,7 @@ fn hold_pass_from(
     from: &'static str,
     edge: SocketAddr,
     path: String,
-    statuses: Arc<parking_lot::Mutex<Vec<u16>>>,
+    statuses: Statuses,
 ) -> tokio::task::JoinHandle<()> {
     hold_from(from, edge, path, true, statuses)
 }
@@ -476,7 +476,7 @@ fn hold_from(
     edge: SocketAddr,
     path: String,
     cookie: bool,
-    statuses: Arc<parking_lot::Mutex<Vec<u16>>>,
+    statuses: Statuses,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut s = connect_from(from, edge).await;
@@ -538,20 +538,30 @@ async fn one_client_cannot_hold_every_connection_to_a_shield_with_passes() {
     assert_eq!(origin.count("/cold/b.ts"), 0, "the miss went to the shield");
 }
 
-/// With `max_connections_per_origin = 4` towards `upstream` (the route's origin or its
-/// shield), client A sends four passes whose bodies trickle and never reads them: one reaches
-/// the upstream, the others answer 503; then client B's cold miss is served.
-async fn one_client_passes_in_one_of_four_connections(upstream: &Origin, mut raw: RawConfig) {
-    for i in 0..4 {
-        upstream.script(&format!("/p/a{i}.ts"), trickling_pass());
-    }
+/// The answers client A's requests got (the status of each head, 0: none).
+type Statuses = Arc<parking_lot::Mutex<Vec<u16>>>;
+
+/// An edge from `raw` with `max_connections_per_origin = 4` towards `upstream` (and a 2 s
+/// first-byte timeout: a miss that finds no connection gives up within the test), and
+/// `/cold/b.ts` on `upstream`, client B's cacheable miss.
+async fn four_connections(upstream: &Origin, mut raw: RawConfig) -> (Running, Statuses) {
     upstream.script(
         "/cold/b.ts",
         Script::ok("b").header("cache-control", "max-age=60"),
     );
     raw.origin_client.max_connections_per_origin = Some(4);
-    let e = start(raw).await;
-    let statuses = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    raw.origin_client.first_byte_timeout = Some("2s".into());
+    (start(raw).await, Arc::default())
+}
+
+/// With `max_connections_per_origin = 4` towards `upstream` (the route's origin or its
+/// shield), client A sends four passes whose bodies trickle and never reads them: one reaches
+/// the upstream, the others answer 503; then client B's cold miss is served.
+async fn one_client_passes_in_one_of_four_connections(upstream: &Origin, raw: RawConfig) {
+    for i in 0..4 {
+        upstream.script(&format!("/p/a{i}.ts"), trickling_pass());
+    }
+    let (e, statuses) = four_connections(upstream, raw).await;
     // Client A: four passes at once, one per connection of the origin's budget.
     let hog: Vec<_> = (0..4)
         .map(|i| {
@@ -613,15 +623,7 @@ async fn one_client_cannot_hold_every_origin_connection_with_unshareable_misses(
             trickling_pass().header("cache-control", "private"),
         );
     }
-    origin.script(
-        "/cold/b.ts",
-        Script::ok("b").header("cache-control", "max-age=60"),
-    );
-    let mut raw = limited(&origin).await;
-    raw.origin_client.max_connections_per_origin = Some(4);
-    raw.origin_client.first_byte_timeout = Some("2s".into());
-    let e = start(raw).await;
-    let statuses = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let (e, statuses) = four_connections(&origin, limited(&origin).await).await;
     let hog: Vec<_> = (0..4)
         .map(|i| {
             let path = format!("/u/a{i}.ts");
@@ -663,15 +665,7 @@ async fn passes_from_many_clients_leave_origin_connections_for_fills() {
     for i in 0..clients.len() {
         origin.script(&format!("/p/c{i}.ts"), trickling_pass());
     }
-    origin.script(
-        "/cold/b.ts",
-        Script::ok("b").header("cache-control", "max-age=60"),
-    );
-    let mut raw = limited(&origin).await;
-    raw.origin_client.max_connections_per_origin = Some(4);
-    raw.origin_client.first_byte_timeout = Some("2s".into());
-    let e = start(raw).await;
-    let statuses = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let (e, statuses) = four_connections(&origin, limited(&origin).await).await;
     // Four clients, one pass each: each within its own share.
     let passes: Vec<_> = clients
         .iter()
