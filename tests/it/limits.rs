@@ -18,7 +18,7 @@ use vedge::config::{RawConfig, RawRoute, RawShield};
 
 use crate::support::binary::BinaryEdge;
 use crate::support::edge::{edge_config, read_raw, until, RawResp};
-use crate::support::origin::{Origin, Script};
+use crate::support::origin::{Gate, Origin, Script};
 
 /// A connection to `edge` from the loopback address `from` (127.0.0.1, 127.0.0.2...: Linux
 /// routes all of 127/8 to loopback, so each is a distinct client to the edge).
@@ -652,6 +652,77 @@ async fn one_client_cannot_hold_every_origin_connection_with_unshareable_misses(
     assert_eq!(o["passes"], 1, "the relay holds a pass slot");
     assert_eq!(o["passes_refused"], 3);
     for h in hog {
+        h.abort();
+    }
+}
+
+/// A miss whose unshareable answer finds no pass slot for its leader's client is refused to
+/// that leader alone (503): viewers collapsed onto its fill pass for themselves, each within
+/// its own share, as they do for any unshareable answer.
+#[tokio::test]
+async fn viewers_collapsed_onto_a_refused_unshareable_miss_pass_for_themselves() {
+    let origin = Origin::start().await;
+    let private = || trickling_pass().header("cache-control", "private");
+    origin.script("/u/held.ts", private());
+    let gate = Gate::new();
+    origin.script("/u/shared.ts", private().gate(&gate));
+    let (e, statuses) = four_connections(&origin, limited(&origin).await).await;
+    // Client A holds its share (one of four connections) with a first such miss.
+    let held = hold_from(
+        "127.0.0.2",
+        e.viewer,
+        "/u/held.ts".into(),
+        false,
+        statuses.clone(),
+    );
+    until("A's first miss is answered", || statuses.lock().len() == 1).await;
+    // A leads a second one, and client C's request for the same URL collapses onto it.
+    let leader = hold_from(
+        "127.0.0.2",
+        e.viewer,
+        "/u/shared.ts".into(),
+        false,
+        statuses.clone(),
+    );
+    until("A's fill is at the origin", || {
+        origin.count("/u/shared.ts") == 1
+    })
+    .await;
+    let other = Statuses::default();
+    let reader = hold_from(
+        "127.0.0.3",
+        e.viewer,
+        "/u/shared.ts".into(),
+        false,
+        other.clone(),
+    );
+    until("C joined A's fill", || {
+        e.edge.metrics.collapsed.load(Relaxed) == 1
+    })
+    .await;
+    gate.open();
+    until("both are answered", || {
+        statuses.lock().len() == 2 && other.lock().len() == 1
+    })
+    .await;
+    println!(
+        "client A's answers {:?}, client C's {:?}; the origin saw /u/shared.ts {} times",
+        statuses.lock(),
+        other.lock(),
+        origin.count("/u/shared.ts")
+    );
+    assert_eq!(
+        *statuses.lock(),
+        [200, 503],
+        "A's second relay: over its share"
+    );
+    assert_eq!(*other.lock(), [200], "C passed for itself");
+    assert_eq!(
+        origin.count("/u/shared.ts"),
+        2,
+        "A's fill, then C's own pass"
+    );
+    for h in [held, leader, reader] {
         h.abort();
     }
 }
