@@ -310,7 +310,8 @@ pub struct RawOriginClient {
     pub keep_warm: Option<String>,
     /// Abuse limits (`AbuseConfig`): concurrent fills per route; 0 = unlimited.
     pub max_fills: Option<usize>,
-    /// Abuse limits: requests in flight per origin (each holds a connection); 0 = unlimited.
+    /// Abuse limits: requests in flight per origin or shield node (each holds a connection);
+    /// 0 = unlimited.
     pub max_connections_per_origin: Option<usize>,
 }
 
@@ -1268,7 +1269,7 @@ pub struct AbuseConfig {
     /// deadline) and then answer 503. 0 = unlimited.
     pub max_fills: usize,
     /// `origin_client.max_connections_per_origin`: origin requests (and so connections) in
-    /// flight to one origin, body included. 0 = unlimited.
+    /// flight to one origin or `[shield]` node, body included. 0 = unlimited.
     pub max_connections_per_origin: usize,
     /// `cache.range_passthrough_above`: a Range miss on an object not seen before is passed
     /// through with the viewer's range unless the object is known to be at most this large.

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use http::header::{self, HeaderValue};
 use http::{Method, Request};
 use http_body_util::BodyExt;
-use hyper_util::client::legacy::connect::capture_connection;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::HealthCheck;
@@ -35,8 +34,10 @@ pub async fn run(target: Arc<Target>, check: HealthCheck, stop: CancellationToke
 }
 
 /// One check: a 2xx or 3xx head and a body that ends, all within `timeout`; `None` when the
-/// time ran out before the probe had a connection, its dial queued for a local slot
-/// (`max_connections_per_origin`): a busy origin is not a failing one.
+/// time ran out while the probe waited on this edge's side (`DialWatch::waited_locally`: its
+/// dial queued for a slot of `max_connections_per_origin`, or behind another request's h2
+/// connect), or the pool gave it a connection that had closed: a busy origin is not a failing
+/// one.
 async fn probe(target: &Target, check: &HealthCheck) -> Option<bool> {
     let Ok(uri) = target.uri(&check.path) else {
         return Some(false);
@@ -49,21 +50,25 @@ async fn probe(target: &Target, check: &HealthCheck) -> Option<bool> {
     }
     req.headers_mut()
         .insert(header::USER_AGENT, HeaderValue::from_static("vedge-health"));
-    let captured = capture_connection(&mut req);
-    let dial = DialWatch::default();
+    let dial = DialWatch::new(&mut req);
     let attempt = async {
-        let resp = dial.watch(target.client.request(req)).await.ok()?;
+        let resp = match dial.watch(target.client.request(req)).await {
+            Ok(resp) => resp,
+            // The pool's error, not a connect of the probe's own: no verdict.
+            Err(e) if e.is_connect() && dial.waited_for_a_closed_one() => return None,
+            Err(_) => return Some(false),
+        };
         let ok = resp.status().is_success() || resp.status().is_redirection();
         // Read the body, bounded, so the connection goes back to the pool.
-        http_body_util::Limited::new(resp.into_body(), 64 << 10)
+        let read = http_body_util::Limited::new(resp.into_body(), 64 << 10)
             .collect()
             .await
-            .ok()?;
-        Some(ok)
+            .is_ok();
+        Some(ok && read)
     };
     match tokio::time::timeout(check.timeout, attempt).await {
-        Ok(passed) => Some(passed == Some(true)),
-        Err(_) if captured.connection_metadata().is_none() && dial.waiting_for_slot() => None,
+        Ok(verdict) => verdict,
+        Err(_) if dial.waited_locally() => None,
         Err(_) => Some(false),
     }
 }

@@ -23,7 +23,6 @@ use std::time::Duration;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, Uri};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::capture_connection;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -33,7 +32,7 @@ use crate::config::{never_forwarded_header, OriginClientConfig, Route};
 use crate::http::body::Body;
 
 pub use group::{rendezvous_order, Group, Upstream};
-pub use pass_limit::PassSlot;
+pub use pass_limit::{PassSlot, RelaySlot};
 pub use target::Target;
 use target::{Family, Outcome};
 pub use upload::{Upload, ViewerFault};
@@ -103,6 +102,8 @@ pub struct OriginClient {
     stop: CancellationToken,
     /// The `[shield]` tier fills go through first (`shield.rs`).
     shield: Option<shield::Shield>,
+    /// `origin_client.max_connections_per_origin`, for the shield nodes too.
+    max_connections: usize,
 }
 
 impl OriginClient {
@@ -148,6 +149,7 @@ impl OriginClient {
             proto: "http",
             stop: CancellationToken::new(),
             shield: None,
+            max_connections,
         })
     }
 
@@ -157,7 +159,7 @@ impl OriginClient {
         shield: Option<&crate::config::ShieldConfig>,
     ) -> anyhow::Result<OriginClient> {
         self.shield = shield
-            .map(|s| shield::Shield::new(s, &self.cfg))
+            .map(|s| shield::Shield::new(s, &self.cfg, self.max_connections))
             .transpose()?;
         Ok(self)
     }
@@ -611,22 +613,28 @@ impl OriginClient {
                     .ok_or(OriginError::Busy)?,
             ),
         };
-        let captured = capture_connection(&mut req);
-        let dial = tls::DialWatch::default();
+        let dial = tls::DialWatch::new(&mut req);
         let started = Instant::now();
         let request = dial.watch(target.client.request(req));
         let result = match tokio::time::timeout(timeout, request).await {
-            // No connection yet and the dial still queued for a local slot: the origin never
-            // saw the request.
-            Err(_) if captured.connection_metadata().is_none() && dial.waiting_for_slot() => {
-                Err(OriginError::Busy)
-            }
+            // Waiting on this edge's side (its dial queued for a local slot, or behind another
+            // request's h2 connect; `DialWatch`): the origin never saw the request.
+            Err(_) if dial.waited_locally() => Err(OriginError::Busy),
             Err(_) => Err(OriginError::Timeout),
             // The edge never asks an upstream to switch protocols (`Upgrade` is hop-by-hop and
             // never forwarded), and hyper hands through no other 1xx: a 101 is no final answer
             // to relay (every viewer of a fill would get a head without a response).
             Ok(Ok(resp)) if resp.status().is_informational() => Err(OriginError::Protocol),
-            Ok(Ok(resp)) => Ok(resp),
+            // A connect error without a dial of its own: the pool's, see `DialWatch`.
+            Ok(Err(e)) if e.is_connect() && dial.waited_for_a_closed_one() => {
+                tracing::debug!(origin = target.name(), error = %e, "no connection for the request");
+                Err(OriginError::Busy)
+            }
+            Ok(Ok(mut resp)) => {
+                resp.extensions_mut()
+                    .insert(pass_limit::AnsweredBy(target.passes.clone()));
+                Ok(resp)
+            }
             Ok(Err(e)) => Err(classify(&e, target)),
         };
         let upload = pass.and_then(|p| p.upload.as_ref());
@@ -645,6 +653,30 @@ impl OriginClient {
         };
         target.record(outcome, started.elapsed(), upstream.eject());
         result.map(|response| (response, slot))
+    }
+
+    /// A fill's answer that turned out to be one viewer's (not shareable: `private`, `no-store`,
+    /// `Set-Cookie`, an answer to the leader's credentials or to its own `CDN-Loop` entries) is
+    /// relayed to the viewer that led the fill, which is a pass: it holds the upstream's
+    /// connection as long as that viewer takes the body. So it takes a pass slot of the
+    /// upstream that answered (origin or shield node, `pass_limit`) for `client` (as
+    /// `PassFor::client`), carried in the answer's extensions (`RelaySlot`) until the relay
+    /// holds it. Taken at once or not at all: waiting would hold the very connection the slot
+    /// bounds. `Err(Busy)`: the client's share or the cap on passes is full; the caller drops
+    /// the answer (freeing the connection) and the leader answers 503 origin-busy.
+    pub async fn relay_slot(
+        extensions: &mut http::Extensions,
+        client: Option<std::net::IpAddr>,
+    ) -> Result<(), OriginError> {
+        let Some(pass_limit::AnsweredBy(passes)) = extensions.remove() else {
+            return Ok(());
+        };
+        let slot = passes
+            .admit(client, Duration::ZERO)
+            .await
+            .ok_or(OriginError::Busy)?;
+        extensions.insert(RelaySlot::new(slot));
+        Ok(())
     }
 
     /// `/admin/origins`: every group's policy and each origin's state and counts.

@@ -158,6 +158,28 @@ impl PassLimit {
     }
 }
 
+/// The pass slots of the upstream (origin or shield node) that gave an answer, in that answer's
+/// extensions (`OriginClient::attempt`): a fill whose answer turns out to be one viewer's takes
+/// one of them for its relay (`OriginClient::relay_slot`).
+#[derive(Clone)]
+pub(crate) struct AnsweredBy(pub(crate) Arc<PassLimit>);
+
+/// A pass slot travelling with the response it is for, in its extensions (which ask for
+/// `Clone`: the one `Arc` is taken out by the relay, `proxy::pass::relay`, and held with the
+/// body; dropped with the response if no relay takes it).
+#[derive(Clone)]
+pub struct RelaySlot {
+    _slot: Arc<PassSlot>,
+}
+
+impl RelaySlot {
+    pub(crate) fn new(slot: PassSlot) -> RelaySlot {
+        RelaySlot {
+            _slot: Arc::new(slot),
+        }
+    }
+}
+
 /// One pass's slot, held until its response body ends or is dropped (the viewer leaves, the
 /// request fails). Dropped, it gives back the pass slot and the client's share.
 pub struct PassSlot {

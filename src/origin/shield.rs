@@ -21,12 +21,21 @@ pub struct Shield {
 }
 
 impl Shield {
-    pub fn new(cfg: &ShieldConfig, client: &OriginClientConfig) -> anyhow::Result<Shield> {
+    /// `max_connections`: `origin_client.max_connections_per_origin`, which caps this edge's
+    /// connections to each node as to each origin, and so sizes each node's pass slots
+    /// (`pass_limit`): one viewer's passes through the tier hold at most their client's share
+    /// of the connections to a shield (an edge is an allowed peer there, with no share of its
+    /// own), and passes as a whole leave a quarter to fills.
+    pub fn new(
+        cfg: &ShieldConfig,
+        client: &OriginClientConfig,
+        max_connections: usize,
+    ) -> anyhow::Result<Shield> {
         let nodes = cfg
             .nodes
             .iter()
             .map(|u| {
-                let mut t = Target::new(u, client, &OriginTls::default(), 0)?;
+                let mut t = Target::new(u, client, &OriginTls::default(), max_connections)?;
                 // The fill's own `Host` (the route's) goes through: it is what the shield's
                 // route keys on.
                 t.host = None;
@@ -116,7 +125,7 @@ mod tests {
         let client = crate::Config::for_origin("http://o:1")
             .unwrap()
             .origin_client;
-        Shield::new(&cfg, &client).unwrap()
+        Shield::new(&cfg, &client, 0).unwrap()
     }
 
     fn group() -> Group {

@@ -10,8 +10,10 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::Uri;
-use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use http::{Request, Uri};
+use hyper_util::client::legacy::connect::{
+    capture_connection, CaptureConnection, Connected, Connection, HttpConnector,
+};
 use hyper_util::rt::TokioIo;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -160,31 +162,75 @@ impl ServerCertVerifier for AcceptAnyCertificate {
 
 tokio::task_local! {
     /// The request being polled, for the dial it starts (`DialWatch::watch`).
-    static DIAL: DialWatch;
+    static DIAL: Arc<Dial>;
 }
 
-/// Whether the dial a request started is still queued for one of this edge's own connection
-/// slots (`max_connections_per_origin`). A request that timed out with its dial queued there
-/// never reached the origin: the wait is the edge's, not an origin failure, and must not feed
-/// the origin's health (a burst of viewers against a busy origin would eject it).
+/// How a request's way to the origin went, for telling, when it failed, whether it ever left
+/// this edge: whether it got a connection (hyper-util's `capture_connection`) and what its own
+/// dials did. A request that never reached the origin failed by the edge's wait, not the
+/// origin's fault, and must not feed the origin's health (a burst of viewers against a busy
+/// origin would eject it). It waited on this edge's side when its time ran out:
+///
+/// - without a connection, its dial queued for one of this edge's connection slots
+///   (`max_connections_per_origin`), or with no dial of its own at all: with an HTTP/2 origin
+///   (`origin_client.http2`, prior knowledge) hyper-util runs one connect per origin, and every
+///   other request waits in the pool for the connection that connect will open;
+/// - with a connection that dropped it unsent and a dial begun after it, queued for a slot:
+///   hyper-util re-sends a request an h2 connection refused before the pool knew that
+///   connection was going away (GOAWAY while a body still streams on it, which keeps its slot).
+///
+/// Likewise a connect error of a request that never dialed is no connect to the origin: the
+/// pool handed it a connection that had closed meanwhile (`waited_for_a_closed_one`). A connect
+/// that is slow counts once, on the request that dials; one that fails wakes the waiters, each
+/// of which dials for itself then (hyper-util retries the checkout), so a failing origin still
+/// counts every request that tried it.
 ///
 /// hyper-util starts a request's dial inside that request's poll (it races the pool checkout
 /// against a lazy connect), so a task-local set around the request reaches `Connector::call`.
-/// A dial the pool checkout overtook goes on in the background; the flag is then stale, which
-/// is why callers also check that the request got no connection (`capture_connection`).
-#[derive(Clone, Default)]
-pub struct DialWatch(Arc<AtomicBool>);
+/// A dial the pool checkout overtook goes on in the background and its flags go stale: a
+/// request that got a connection before its dial began counts as sent.
+pub struct DialWatch(Arc<Dial>);
+
+/// What `Connector::call` tells the request it dials for.
+struct Dial {
+    captured: CaptureConnection,
+    /// A dial of the request's own began.
+    started: AtomicBool,
+    /// A dial began after the request had been given a connection (a re-send).
+    after_connection: AtomicBool,
+    /// The latest dial was waiting for a connection slot when last polled (or cancelled).
+    queued: AtomicBool,
+}
 
 impl DialWatch {
-    /// Runs `request` (a pooled client's request future) with this watch on the dial it starts.
-    pub async fn watch<F: Future>(&self, request: F) -> F::Output {
-        DIAL.scope(self.clone(), request).await
+    /// A watch on `req`'s way to the origin; send `req` through `watch`.
+    pub fn new<B>(req: &mut Request<B>) -> DialWatch {
+        DialWatch(Arc::new(Dial {
+            captured: capture_connection(req),
+            started: AtomicBool::new(false),
+            after_connection: AtomicBool::new(false),
+            queued: AtomicBool::new(false),
+        }))
     }
 
-    /// The request's dial was waiting for a connection slot when it was last polled (or
-    /// cancelled): it had not begun connecting to the origin.
-    pub fn waiting_for_slot(&self) -> bool {
-        self.0.load(Relaxed)
+    /// Runs `request` (a pooled client's request future) with this watch on the dials it starts.
+    pub async fn watch<F: Future>(&self, request: F) -> F::Output {
+        DIAL.scope(self.0.clone(), request).await
+    }
+
+    /// Whether the request, its time run out, was waiting on this edge's side (see above).
+    pub fn waited_locally(&self) -> bool {
+        let d = &self.0;
+        let queued = d.queued.load(Relaxed);
+        match d.captured.connection_metadata().is_some() {
+            false => queued || !d.started.load(Relaxed),
+            true => queued && d.after_connection.load(Relaxed),
+        }
+    }
+
+    /// Whether a connect error is the pool's, not a dial's: the request never dialed.
+    pub fn waited_for_a_closed_one(&self) -> bool {
+        !self.0.started.load(Relaxed)
     }
 }
 
@@ -239,7 +285,14 @@ impl tower_service::Service<Uri> for Connector {
         let timeout = self.handshake_timeout;
         let slots = self.slots.clone();
         // Read now: `call` runs inside the request's poll, the async block below may not.
-        let watch = DIAL.try_with(DialWatch::clone).ok();
+        let watch = DIAL.try_with(Arc::clone).ok();
+        if let Some(w) = &watch {
+            w.started.store(true, Relaxed);
+            if w.captured.connection_metadata().is_some() {
+                w.after_connection.store(true, Relaxed);
+            }
+            w.queued.store(false, Relaxed);
+        }
         Box::pin(async move {
             // Waits for a connection to this origin to close; the caller's first-byte timeout
             // bounds the wait, and a request cancelled here leaves its watch set (the caller
@@ -251,11 +304,11 @@ impl tower_service::Service<Uri> for Connector {
                     Err(_) => {
                         crate::metrics::ORIGIN_CONNECTION_WAITS.fetch_add(1, Relaxed);
                         if let Some(w) = &watch {
-                            w.0.store(true, Relaxed);
+                            w.queued.store(true, Relaxed);
                         }
                         let p = sem.acquire_owned().await?;
                         if let Some(w) = &watch {
-                            w.0.store(false, Relaxed);
+                            w.queued.store(false, Relaxed);
                         }
                         p
                     }

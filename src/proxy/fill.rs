@@ -249,6 +249,21 @@ pub(crate) fn variant_for(req: &Req<'_>, spec: &vary::VarySpec) -> String {
     spec.variant(&asked)
 }
 
+/// An answer only the fill's leader may have, made ready for its relay: the relay is a pass
+/// and takes a pass slot of the upstream that answered, for the leader's `client`, at once
+/// (`OriginClient::relay_slot`). None free: the answer is dropped here, freeing its
+/// connection, and the leader answers 503 origin-busy; the collapsed viewers fetch for
+/// themselves as they do for any pass (within their own pass slots).
+async fn relayed(
+    mut resp: http::Response<hyper::body::Incoming>,
+    client: Option<std::net::IpAddr>,
+) -> Result<http::Response<hyper::body::Incoming>, OriginFailure> {
+    match crate::origin::OriginClient::relay_slot(resp.extensions_mut(), client).await {
+        Ok(()) => Ok(resp),
+        Err(e) => Err(failure(e)),
+    }
+}
+
 async fn run(
     edge: &Arc<Edge>,
     fill: &Arc<Fill>,
@@ -361,7 +376,7 @@ async fn run(
             "refusal of a fill carrying the leader's own entries: leader only"
         );
         guard.release();
-        fill.set_pass(resp, reason);
+        fill.set_pass(relayed(resp, client).await, reason);
         return Ok(());
     }
     let (mut parts, mut body) = resp.into_parts();
@@ -584,7 +599,8 @@ async fn run(
             // is free before they wake.
             guard.release();
         }
-        fill.set_pass(http::Response::from_parts(parts, body), reason);
+        let resp = http::Response::from_parts(parts, body);
+        fill.set_pass(relayed(resp, client).await, reason);
         return Ok(());
     }
     // A slice's (or a hinted range's) 206 says in its Content-Range how many bytes it carries,

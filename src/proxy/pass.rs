@@ -17,7 +17,7 @@ use crate::config::canonical_ip;
 use crate::http::body::{incoming_stream, Body};
 use crate::http::response::{self, CacheInfo};
 use crate::metrics::Metrics;
-use crate::origin::{PassFor, PassSlot, Passed, Upload, ViewerFault};
+use crate::origin::{PassFor, Passed, RelaySlot, Upload, ViewerFault};
 use crate::proxy::error::EdgeError;
 use crate::proxy::request::Req;
 
@@ -96,7 +96,7 @@ pub async fn pass(
         resp,
         status,
         &format!("{}; detail={reason}", fwd(reason)),
-        slot,
+        slot.map(RelaySlot::new),
     );
     if let Some(log) = response::log_info(&mut resp) {
         log.origin_ms = Some(started.elapsed().as_millis() as u64);
@@ -127,14 +127,17 @@ fn fwd(reason: &str) -> &'static str {
     }
 }
 
-/// Streams an origin response to the viewer as it comes, hop-by-hop headers removed.
+/// Streams an origin response to the viewer as it comes, hop-by-hop headers removed: a fill's
+/// answer only its leader may have, holding the pass slot the fill took for it
+/// (`OriginClient::relay_slot`), if any.
 pub fn relay(
     req: &Req<'_>,
-    resp: Response<Incoming>,
+    mut resp: Response<Incoming>,
     status: CacheStatus,
     cache_status: &str,
 ) -> Response<Body> {
-    relay_holding(req, resp, status, cache_status, None)
+    let slot = resp.extensions_mut().remove::<RelaySlot>();
+    relay_holding(req, resp, status, cache_status, slot)
 }
 
 /// `relay`, holding the pass's origin slot (`origin::pass_limit`) until the body ends, fails
@@ -144,7 +147,7 @@ fn relay_holding(
     resp: Response<Incoming>,
     status: CacheStatus,
     cache_status: &str,
-    slot: Option<PassSlot>,
+    slot: Option<RelaySlot>,
 ) -> Response<Body> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
@@ -177,7 +180,7 @@ fn relay_holding(
 /// (hyper may keep a finished body a while before dropping it).
 struct Holding<S> {
     inner: Pin<Box<S>>,
-    slot: Option<PassSlot>,
+    slot: Option<RelaySlot>,
 }
 
 impl<S: Stream> Stream for Holding<S> {

@@ -735,7 +735,9 @@ async fn read(
         // Only the leader may take the origin response: a waiter that took it first would drop
         // it, sending the leader to the origin a second time.
         FillHead::Pass(reason) => match leader.then(|| fill.take_pass()).flatten() {
-            Some(resp) => {
+            // The answer found no pass slot for this viewer (`proxy::fill::relayed`).
+            Some(Err(e)) => return Err(e.into()),
+            Some(Ok(resp)) => {
                 edge.metrics.request(CacheStatus::Miss);
                 Metrics::inc(&edge.metrics.passes);
                 relay(

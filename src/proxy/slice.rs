@@ -322,7 +322,7 @@ pub async fn serve(req: &Req<'_>, base: &str) -> Result<Outcome, EdgeError> {
                         None => return Err(OriginErr.into()),
                     },
                     Got::Other { fill, leader, head } => {
-                        return Ok(not_sliced(req, fill, leader, head))
+                        return not_sliced(req, fill, leader, head)
                     }
                     Got::TimedOut => return Ok(Outcome::Pass("collapse-timeout")),
                     Got::Whole => return Ok(Outcome::Lookup),
@@ -363,7 +363,12 @@ fn first_slice(req: &Req<'_>, size: u64) -> u64 {
 }
 
 /// A probe answered with something other than a slice: the ordinary fill's answer.
-fn not_sliced(req: &Req<'_>, fill: Arc<Fill>, leader: bool, head: FillHead) -> Outcome {
+fn not_sliced(
+    req: &Req<'_>,
+    fill: Arc<Fill>,
+    leader: bool,
+    head: FillHead,
+) -> Result<Outcome, EdgeError> {
     let reason = match head {
         FillHead::Pass(reason) => reason,
         // The probe's slice lies past the end: the 416 answers a viewer's own range, while a
@@ -372,14 +377,16 @@ fn not_sliced(req: &Req<'_>, fill: Arc<Fill>, leader: bool, head: FillHead) -> O
             if answers_only_the_range(h.status)
                 && !req.parts.headers.contains_key(header::RANGE) =>
         {
-            return Outcome::Pass("slice-past-end")
+            return Ok(Outcome::Pass("slice-past-end"))
         }
-        _ => return Outcome::Read { fill, leader },
+        _ => return Ok(Outcome::Read { fill, leader }),
     };
     // Only the leader holds the origin's response. A 206 (a slice of an unshareable object)
     // answers a range the viewer did not ask for: the viewer passes with its own request.
-    match leader.then(|| fill.take_pass()).flatten() {
-        Some(resp) if resp.status() != StatusCode::PARTIAL_CONTENT => {
+    Ok(match leader.then(|| fill.take_pass()).flatten() {
+        // No pass slot for this viewer's relay (`proxy::fill::relayed`).
+        Some(Err(e)) => return Err(e.into()),
+        Some(Ok(resp)) if resp.status() != StatusCode::PARTIAL_CONTENT => {
             let edge = req.edge;
             edge.metrics.request(CacheStatus::Miss);
             Metrics::inc(&edge.metrics.passes);
@@ -399,7 +406,7 @@ fn not_sliced(req: &Req<'_>, fill: Arc<Fill>, leader: bool, head: FillHead) -> O
         // The leader's own `CDN-Loop` earned its 508 (`proxy::loop_answer`): look again.
         None if crate::proxy::loop_answer::refill(reason) => Outcome::Lookup,
         _ => Outcome::Pass(reason),
-    }
+    })
 }
 
 /// Looks a slice up, or claims its fill (spawning the driver) or joins the fill in flight, and
@@ -513,7 +520,7 @@ async fn respond(
         // The driver saw the change and restarted the object.
         Got::Filling(..) => return Ok(None),
         Got::Other { fill, leader, head } => {
-            return Ok(Some(not_sliced(req, fill, leader, head)));
+            return not_sliced(req, fill, leader, head).map(Some);
         }
         Got::TimedOut => return Ok(Some(Outcome::Pass("collapse-timeout"))),
         Got::Whole => return Ok(Some(Outcome::Lookup)),

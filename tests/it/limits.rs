@@ -14,11 +14,11 @@ use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::oneshot;
-use vedge::config::{RawConfig, RawRoute};
+use vedge::config::{RawConfig, RawRoute, RawShield};
 
 use crate::support::binary::BinaryEdge;
 use crate::support::edge::{edge_config, read_raw, until, RawResp};
-use crate::support::origin::{Origin, Script};
+use crate::support::origin::{Gate, Origin, Script};
 
 /// A connection to `edge` from the loopback address `from` (127.0.0.1, 127.0.0.2...: Linux
 /// routes all of 127/8 to loopback, so each is a distinct client to the edge).
@@ -465,11 +465,27 @@ fn hold_pass_from(
     from: &'static str,
     edge: SocketAddr,
     path: String,
-    statuses: Arc<parking_lot::Mutex<Vec<u16>>>,
+    statuses: Statuses,
+) -> tokio::task::JoinHandle<()> {
+    hold_from(from, edge, path, true, statuses)
+}
+
+/// `hold_pass_from`, with a `Cookie` only when `cookie` (without one, a GET is a cache miss).
+fn hold_from(
+    from: &'static str,
+    edge: SocketAddr,
+    path: String,
+    cookie: bool,
+    statuses: Statuses,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut s = connect_from(from, edge).await;
-        let req = format!("GET {path} HTTP/1.1\r\nHost: t\r\nCookie: session={from}\r\n\r\n");
+        let cookie = if cookie {
+            format!("Cookie: session={from}\r\n")
+        } else {
+            String::new()
+        };
+        let req = format!("GET {path} HTTP/1.1\r\nHost: t\r\n{cookie}\r\n");
         s.write_all(req.as_bytes()).await.expect("write request");
         let mut head = Vec::new();
         let mut buf = [0u8; 4096];
@@ -499,17 +515,53 @@ fn hold_pass_from(
 #[tokio::test]
 async fn one_client_cannot_hold_every_origin_connection_with_passes() {
     let origin = Origin::start().await;
-    for i in 0..4 {
-        origin.script(&format!("/p/a{i}.ts"), trickling_pass());
-    }
-    origin.script(
+    let raw = limited(&origin).await;
+    one_client_passes_in_one_of_four_connections(&origin, raw).await;
+}
+
+/// The same through a shield tier: a route's passes go to the key's shield (another vedge,
+/// which allows this edge as a peer and so gives it no share of its own), and one client at
+/// this edge holds at most a quarter of this edge's connections to that shield. Shield nodes
+/// had neither pass slots nor a connection cap: one viewer's passes took as many connections
+/// to the shield as it liked.
+#[tokio::test]
+async fn one_client_cannot_hold_every_connection_to_a_shield_with_passes() {
+    let origin = Origin::start().await;
+    // Any HTTP upstream can stand for a shield node here.
+    let shield = Origin::start().await;
+    let mut raw = limited(&origin).await;
+    raw.shield = Some(RawShield {
+        nodes: vec![shield.url()],
+        ..RawShield::default()
+    });
+    one_client_passes_in_one_of_four_connections(&shield, raw).await;
+    assert_eq!(origin.count("/cold/b.ts"), 0, "the miss went to the shield");
+}
+
+/// The answers client A's requests got (the status of each head, 0: none).
+type Statuses = Arc<parking_lot::Mutex<Vec<u16>>>;
+
+/// An edge from `raw` with `max_connections_per_origin = 4` towards `upstream` (and a 2 s
+/// first-byte timeout: a miss that finds no connection gives up within the test), and
+/// `/cold/b.ts` on `upstream`, client B's cacheable miss.
+async fn four_connections(upstream: &Origin, mut raw: RawConfig) -> (Running, Statuses) {
+    upstream.script(
         "/cold/b.ts",
         Script::ok("b").header("cache-control", "max-age=60"),
     );
-    let mut raw = limited(&origin).await;
     raw.origin_client.max_connections_per_origin = Some(4);
-    let e = start(raw).await;
-    let statuses = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    raw.origin_client.first_byte_timeout = Some("2s".into());
+    (start(raw).await, Arc::default())
+}
+
+/// With `max_connections_per_origin = 4` towards `upstream` (the route's origin or its
+/// shield), client A sends four passes whose bodies trickle and never reads them: one reaches
+/// the upstream, the others answer 503; then client B's cold miss is served.
+async fn one_client_passes_in_one_of_four_connections(upstream: &Origin, raw: RawConfig) {
+    for i in 0..4 {
+        upstream.script(&format!("/p/a{i}.ts"), trickling_pass());
+    }
+    let (e, statuses) = four_connections(upstream, raw).await;
     // Client A: four passes at once, one per connection of the origin's budget.
     let hog: Vec<_> = (0..4)
         .map(|i| {
@@ -523,26 +575,26 @@ async fn one_client_cannot_hold_every_origin_connection_with_passes() {
         .collect();
     let at_origin = || {
         (0..4)
-            .map(|i| origin.count(&format!("/p/a{i}.ts")))
+            .map(|i| upstream.count(&format!("/p/a{i}.ts")))
             .sum::<usize>()
     };
     let refused = || statuses.lock().iter().filter(|s| **s != 200).count();
     until(
-        "each of client A's passes is at the origin or answered",
+        "each of client A's passes is at the upstream or answered",
         || at_origin() + refused() == 4,
     )
     .await;
     // Client B's cold miss needs a connection while A's passes still hold theirs.
     let b = get_from("127.0.0.3", e.viewer, "/cold/b.ts").await;
     println!(
-        "client A: {} passes at the origin, answers {:?}; client B's miss: {} {:?}",
+        "client A: {} passes at the upstream, answers {:?}; client B's miss: {} {:?}",
         at_origin(),
         statuses.lock(),
         b.status(),
         b.header("cache-status")
     );
     assert_eq!(b.status(), 200, "{}", b.text());
-    assert_eq!(origin.count("/cold/b.ts"), 1);
+    assert_eq!(upstream.count("/cold/b.ts"), 1);
     assert_eq!(
         at_origin(),
         1,
@@ -556,6 +608,125 @@ async fn one_client_cannot_hold_every_origin_connection_with_passes() {
     }
 }
 
+/// A miss whose answer turns out not to be shareable (`Cache-Control: private` here) is
+/// relayed to the viewer that led its fill, as a pass is, and holds its origin connection as
+/// long as that viewer takes the body: it takes a pass slot of the origin for its client then,
+/// so one client asking for many distinct such URLs and reading nothing holds at most its
+/// share. Such relays held no pass slot, and four of them held every connection: another
+/// client's miss waited for one and answered 503.
+#[tokio::test]
+async fn one_client_cannot_hold_every_origin_connection_with_unshareable_misses() {
+    let origin = Origin::start().await;
+    for i in 0..4 {
+        origin.script(
+            &format!("/u/a{i}.ts"),
+            trickling_pass().header("cache-control", "private"),
+        );
+    }
+    let (e, statuses) = four_connections(&origin, limited(&origin).await).await;
+    let hog: Vec<_> = (0..4)
+        .map(|i| {
+            let path = format!("/u/a{i}.ts");
+            hold_from("127.0.0.2", e.viewer, path, false, statuses.clone())
+        })
+        .collect();
+    until("each of client A's misses is answered", || {
+        statuses.lock().len() == 4
+    })
+    .await;
+    let b = get_from("127.0.0.3", e.viewer, "/cold/b.ts").await;
+    let o = &e.edge.origin.snapshot()["routes"][0]["origins"][0];
+    println!(
+        "client A's answers {:?}; client B's miss: {} {:?}; passes {}, refused {}",
+        statuses.lock(),
+        b.status(),
+        b.header("cache-status"),
+        o["passes"],
+        o["passes_refused"]
+    );
+    assert_eq!(b.status(), 200, "{}", b.text());
+    assert_eq!(origin.count("/cold/b.ts"), 1);
+    let mut answers = statuses.lock().clone();
+    answers.sort();
+    assert_eq!(answers, [200, 503, 503, 503], "one relay in A's share");
+    assert_eq!(o["passes"], 1, "the relay holds a pass slot");
+    assert_eq!(o["passes_refused"], 3);
+    for h in hog {
+        h.abort();
+    }
+}
+
+/// A miss whose unshareable answer finds no pass slot for its leader's client is refused to
+/// that leader alone (503): viewers collapsed onto its fill pass for themselves, each within
+/// its own share, as they do for any unshareable answer.
+#[tokio::test]
+async fn viewers_collapsed_onto_a_refused_unshareable_miss_pass_for_themselves() {
+    let origin = Origin::start().await;
+    let private = || trickling_pass().header("cache-control", "private");
+    origin.script("/u/held.ts", private());
+    let gate = Gate::new();
+    origin.script("/u/shared.ts", private().gate(&gate));
+    let (e, statuses) = four_connections(&origin, limited(&origin).await).await;
+    // Client A holds its share (one of four connections) with a first such miss.
+    let held = hold_from(
+        "127.0.0.2",
+        e.viewer,
+        "/u/held.ts".into(),
+        false,
+        statuses.clone(),
+    );
+    until("A's first miss is answered", || statuses.lock().len() == 1).await;
+    // A leads a second one, and client C's request for the same URL collapses onto it.
+    let leader = hold_from(
+        "127.0.0.2",
+        e.viewer,
+        "/u/shared.ts".into(),
+        false,
+        statuses.clone(),
+    );
+    until("A's fill is at the origin", || {
+        origin.count("/u/shared.ts") == 1
+    })
+    .await;
+    let other = Statuses::default();
+    let reader = hold_from(
+        "127.0.0.3",
+        e.viewer,
+        "/u/shared.ts".into(),
+        false,
+        other.clone(),
+    );
+    until("C joined A's fill", || {
+        e.edge.metrics.collapsed.load(Relaxed) == 1
+    })
+    .await;
+    gate.open();
+    until("both are answered", || {
+        statuses.lock().len() == 2 && other.lock().len() == 1
+    })
+    .await;
+    println!(
+        "client A's answers {:?}, client C's {:?}; the origin saw /u/shared.ts {} times",
+        statuses.lock(),
+        other.lock(),
+        origin.count("/u/shared.ts")
+    );
+    assert_eq!(
+        *statuses.lock(),
+        [200, 503],
+        "A's second relay: over its share"
+    );
+    assert_eq!(*other.lock(), [200], "C passed for itself");
+    assert_eq!(
+        origin.count("/u/shared.ts"),
+        2,
+        "A's fill, then C's own pass"
+    );
+    for h in [held, leader, reader] {
+        h.abort();
+    }
+}
+
 /// Passes as a whole hold at most three quarters of an origin's connections: however many
 /// clients pass at once, a fill still gets a connection.
 #[tokio::test]
@@ -565,15 +736,7 @@ async fn passes_from_many_clients_leave_origin_connections_for_fills() {
     for i in 0..clients.len() {
         origin.script(&format!("/p/c{i}.ts"), trickling_pass());
     }
-    origin.script(
-        "/cold/b.ts",
-        Script::ok("b").header("cache-control", "max-age=60"),
-    );
-    let mut raw = limited(&origin).await;
-    raw.origin_client.max_connections_per_origin = Some(4);
-    raw.origin_client.first_byte_timeout = Some("2s".into());
-    let e = start(raw).await;
-    let statuses = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let (e, statuses) = four_connections(&origin, limited(&origin).await).await;
     // Four clients, one pass each: each within its own share.
     let passes: Vec<_> = clients
         .iter()

@@ -8,16 +8,24 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use vedge::config::{RawConfig, RawEject, RawHealth, RawRoute};
 
+use std::sync::Arc;
+
+use crate::support::h2_origin::H2Origin;
 use crate::support::{edge_config, until, Fault, Gate, Origin, Script, TestEdge};
 
 /// One route `/` over `origins` with `policy`, short timeouts, and a high ejection threshold
 /// (tests that exercise ejection set their own).
 fn group_config(origins: &[&Origin], policy: &str) -> RawConfig {
+    group_config_for(origins.iter().map(|o| o.url()).collect(), policy)
+}
+
+/// `group_config` over origins given by URL (origins a test serves itself).
+fn group_config_for(origins: Vec<String>, policy: &str) -> RawConfig {
     let mut raw = RawConfig {
         ram_size: Some("64MiB".into()),
         routes: vec![RawRoute {
             prefix: "/".into(),
-            origins: Some(origins.iter().map(|o| o.url()).collect()),
+            origins: Some(origins),
             policy: Some(policy.into()),
             eject: Some(RawEject {
                 failures: Some(100),
@@ -343,7 +351,7 @@ async fn waiting_for_a_local_connection_slot_does_not_eject_the_origin() {
     raw.origin_client.max_connections_per_origin = Some(1);
     raw.origin_client.max_fills = Some(0);
     raw.origin_client.first_byte_timeout = Some("300ms".into());
-    let edge = std::sync::Arc::new(TestEdge::start(raw).await);
+    let edge = Arc::new(TestEdge::start(raw).await);
 
     let holder = {
         let e = edge.clone();
@@ -353,9 +361,25 @@ async fn waiting_for_a_local_connection_slot_does_not_eject_the_origin() {
         origin.count("/long.ts") == 1
     })
     .await;
+    waiters_are_busy_and_the_origin_stays_up(&edge, &waiters).await;
+    for p in waiters {
+        assert_eq!(origin.count(p), 0, "{p} never reached the origin");
+    }
+
+    let r = holder.await.expect("task");
+    assert_eq!((r.status.as_u16(), r.body.len()), (200, 4000));
+    // The slot is free again: the origin serves the next viewer.
+    let r = edge.get("/w/1.ts").await;
+    assert_eq!((r.status.as_u16(), &r.body[..]), (200, &b"later"[..]));
+    assert_eq!(origin.count("/w/1.ts"), 1);
+}
+
+/// Asks for each of `waiters` at once while every connection the edge may open to its only
+/// origin is held: each answers 503 origin-busy, and the origin's health counted none of them.
+async fn waiters_are_busy_and_the_origin_stays_up(edge: &Arc<TestEdge>, waiters: &[&'static str]) {
     let tasks: Vec<_> = waiters
-        .into_iter()
-        .map(|p| {
+        .iter()
+        .map(|&p| {
             let e = edge.clone();
             tokio::spawn(async move { e.get(p).await })
         })
@@ -377,15 +401,44 @@ async fn waiting_for_a_local_connection_slot_does_not_eject_the_origin() {
     assert_eq!(o["state"], "up", "the origin was never asked");
     assert_eq!(o["consecutive_failures"], 0);
     assert_eq!(o["errors"]["timeout"], 0);
+}
+
+/// The same with an HTTP/2 origin (`origin_client.http2`, prior knowledge), where requests
+/// share one connection: the origin sent GOAWAY on it (as origins do after so many requests,
+/// or on reload) while one body still streams, so the connection holds the edge's only slot
+/// and takes no new request. The first waiter's dial waits for that slot; the others wait for
+/// the connection that dial will open (hyper-util lets one h2 connect run per origin) and never
+/// dial at all. Their time running out is as much the edge's wait as the first one's.
+#[tokio::test]
+async fn waiting_behind_another_requests_h2_connect_does_not_eject_the_origin() {
+    let origin = H2Origin::start().await;
+    let mut raw = group_config_for(vec![origin.url()], "failover");
+    route(&mut raw).eject = Some(RawEject {
+        failures: Some(2),
+        duration: Some("60s".into()),
+    });
+    raw.origin_client.http2 = Some(true);
+    raw.origin_client.max_connections_per_origin = Some(1);
+    raw.origin_client.max_fills = Some(0);
+    raw.origin_client.first_byte_timeout = Some("500ms".into());
+    let edge = Arc::new(TestEdge::start(raw).await);
+
+    // Its head arrives after the origin's GOAWAY: the connection takes no new stream now.
+    let holder = edge
+        .send_streaming(edge.req(Method::GET, "/long"), Default::default())
+        .await;
+    assert_eq!(holder.status(), 200);
+    let waiters = ["/w/1.ts", "/w/2.ts", "/w/3.ts"];
+    waiters_are_busy_and_the_origin_stays_up(&edge, &waiters).await;
     for p in waiters {
         assert_eq!(origin.count(p), 0, "{p} never reached the origin");
     }
 
-    let r = holder.await.expect("task");
-    assert_eq!((r.status.as_u16(), r.body.len()), (200, 4000));
-    // The slot is free again: the origin serves the next viewer.
+    let body = holder.into_body().collect().await.expect("the long body");
+    assert_eq!(body.to_bytes().len(), 4000);
+    // The connection closed with its last stream: the slot is free, a new one is opened.
     let r = edge.get("/w/1.ts").await;
-    assert_eq!((r.status.as_u16(), &r.body[..]), (200, &b"later"[..]));
+    assert_eq!((r.status.as_u16(), &r.body[..]), (200, &b"h2:/w/1.ts"[..]));
     assert_eq!(origin.count("/w/1.ts"), 1);
 }
 

@@ -46,8 +46,9 @@ pub enum FillHead {
     Streaming(Arc<StreamHead>),
     /// The answer is a complete object (a 304 refreshed the stale copy).
     Complete(Arc<CachedObject>),
-    /// Not shareable: only the leader may use the origin response (taken with `take_pass`);
-    /// everyone else fetches for themselves.
+    /// Not shareable: only the leader may use the origin response (taken with `take_pass`, or
+    /// the failure that took its place: no pass slot for it); everyone else fetches for
+    /// themselves.
     Pass(&'static str),
     /// The origin could not be reached or timed out.
     Failed(OriginFailure),
@@ -113,7 +114,7 @@ pub enum FillError {
 struct State {
     head: Option<FillHead>,
     end: Option<Result<(), FillError>>,
-    pass: Option<hyper::Response<Incoming>>,
+    pass: Option<Result<hyper::Response<Incoming>, OriginFailure>>,
     /// Set once the driver's request is with the origin (`expect_head_by`).
     head_due: Option<tokio::time::Instant>,
     buf: buffer::Buffer,
@@ -172,8 +173,13 @@ impl Fill {
         self.state.lock().head_due = Some(due);
     }
 
-    /// Publishes a pass: the leader takes `resp`, waiters go to the origin themselves.
-    pub fn set_pass(&self, resp: hyper::Response<Incoming>, reason: &'static str) {
+    /// Publishes a pass: the leader takes `resp` (or its failure: the answer could not be
+    /// relayed, `proxy::fill`), waiters go to the origin themselves.
+    pub fn set_pass(
+        &self,
+        resp: Result<hyper::Response<Incoming>, OriginFailure>,
+        reason: &'static str,
+    ) {
         {
             let mut st = self.state.lock();
             st.pass = Some(resp);
@@ -237,8 +243,9 @@ impl Fill {
         self.state.lock().head_due
     }
 
-    /// The leader's origin response after a `Pass`; `None` for everyone else.
-    pub fn take_pass(&self) -> Option<hyper::Response<Incoming>> {
+    /// The leader's origin response (or what failed it) after a `Pass`; `None` for everyone
+    /// else.
+    pub fn take_pass(&self) -> Option<Result<hyper::Response<Incoming>, OriginFailure>> {
         self.state.lock().pass.take()
     }
 

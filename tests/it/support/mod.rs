@@ -1,4 +1,5 @@
-//! Shared test support: a scripted origin (`origin`), a raw-TCP origin that frames requests as
+//! Shared test support: a scripted origin (`origin`), a cleartext h2 origin that can send
+//! GOAWAY mid-stream (`h2_origin`), a raw-TCP origin that frames requests as
 //! nginx does (`strict_origin`), an https origin (`tls_origin`), EdgeAuth tokens and a token-route edge (`token`), an in-process edge launcher with
 //! a client (`edge`) and a launcher for the real `vedge` binary (`binary`). All bind
 //! `127.0.0.1:0` (the binary: free loopback ports) and stop on drop.
@@ -7,6 +8,7 @@
 
 pub mod binary;
 pub mod edge;
+pub mod h2_origin;
 pub mod origin;
 pub mod strict_origin;
 pub mod tls_origin;
