@@ -10,7 +10,6 @@
 //! reflected into `Access-Control-Allow-Headers` only with `allow_headers = ["*"]`, validated
 //! as header names and bounded (`MAX_REQUEST_HEADERS`).
 
-use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode};
 
 use crate::config::{CorsConfig, CorsHeaders, CorsOrigins, CORS_REQUEST_FIELDS};
@@ -109,18 +108,11 @@ pub fn preflight(policy: &CorsConfig, req: &HeaderMap) -> Response<Body> {
             resp
         }
         Err(why) => {
-            let mut resp = Response::new(Body::full(Bytes::from(format!(
-                "vedge: CORS preflight refused: {}\n",
-                why.as_str()
-            ))));
-            *resp.status_mut() = StatusCode::FORBIDDEN;
-            let h = resp.headers_mut();
-            h.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; charset=utf-8"),
+            let mut resp = crate::http::response::plain(
+                StatusCode::FORBIDDEN,
+                format!("vedge: CORS preflight refused: {}\n", why.as_str()),
             );
-            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            h.insert(header::VARY, PREFLIGHT_VARY);
+            resp.headers_mut().insert(header::VARY, PREFLIGHT_VARY);
             resp
         }
     }
