@@ -14,6 +14,7 @@ use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Response, StatusC
 
 use crate::config::{CorsConfig, CorsHeaders, CorsOrigins, CORS_REQUEST_FIELDS};
 use crate::http::body::Body;
+use crate::metrics::Metrics;
 
 /// At most this many bytes of `Access-Control-Request-Headers` (all lines) are read; a longer
 /// one is refused. Players list a handful of names.
@@ -84,6 +85,15 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// Its place in `metrics::CORS_PREFLIGHT_RESULTS` (0 is a granted preflight).
+    pub fn index(self) -> usize {
+        match self {
+            Refusal::Origin => 1,
+            Refusal::Method => 2,
+            Refusal::Headers => 3,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Refusal::Origin => "origin not allowed",
@@ -99,8 +109,11 @@ impl Refusal {
 /// not a 204 without the grant: either fails the browser's CORS check, but a 403 says so to
 /// everything else too (logs, `curl`, an operator debugging a player), and a 2xx would read as a
 /// success there.
-pub fn preflight(policy: &CorsConfig, req: &HeaderMap) -> Response<Body> {
-    match grant(policy, req) {
+/// Counted in `vedge_cors_preflights_total{result}`.
+pub fn preflight(policy: &CorsConfig, req: &HeaderMap, metrics: &Metrics) -> Response<Body> {
+    let result = grant(policy, req);
+    Metrics::inc(&metrics.cors_preflights[result.as_ref().map_or_else(|r| r.index(), |_| 0)]);
+    match result {
         Ok(h) => {
             let mut resp = Response::new(Body::empty());
             *resp.status_mut() = StatusCode::NO_CONTENT;

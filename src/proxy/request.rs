@@ -216,7 +216,7 @@ async fn dispatch<'e>(
                 Metrics::inc(&edge.metrics.limits.ip_denied);
                 return Ok(crate::http::limits::ip_denied(&edge.config.cdn_id));
             }
-            return Ok(cors::preflight(policy, &parts.headers));
+            return Ok(cors::preflight(policy, &parts.headers, &edge.metrics));
         }
     }
     // Signed URLs: checked before the cache is consulted (on the normalised path the route

@@ -173,6 +173,16 @@ async fn preflights_are_answered_at_the_edge() {
         assert_eq!(r.h("access-control-allow-methods"), "", "{o} {m} {h}");
     }
     assert_eq!(origin.count("/v/live/seg3.m4s"), 0);
+    let mut metrics = String::new();
+    edge.edge.metrics.render(&mut metrics);
+    for line in [
+        "vedge_cors_preflights_total{result=\"granted\"} 1",
+        "vedge_cors_preflights_total{result=\"origin\"} 3",
+        "vedge_cors_preflights_total{result=\"method\"} 1",
+        "vedge_cors_preflights_total{result=\"headers\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
 }
 
 /// A disallowed `Origin` is served the content (CORS is the browser's to enforce) but gets no
