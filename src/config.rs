@@ -1643,9 +1643,16 @@ pub struct RawCors {
 pub enum CorsOrigins {
     /// `*`: every origin, answered `Access-Control-Allow-Origin: *` on every response.
     Any,
-    /// These exact serialised origins (lower-case scheme and host, no default port), each
-    /// echoed from the configuration (never from the request) when a request names it.
-    List(Vec<http::HeaderValue>),
+    /// Listed origins.
+    List {
+        /// Exact serialised origins (lower-case scheme and host, no default port), each echoed
+        /// from the configuration (never from the request) when a request names it.
+        exact: Vec<http::HeaderValue>,
+        /// `scheme://*.domain[:port]` entries (as S3 CORS rules allow), as (`scheme://`,
+        /// `.domain[:port]`): an `Origin` between the two that is one or more DNS labels
+        /// (lower case, digits, `-`) is allowed and echoed once so checked.
+        subdomains: Vec<(String, String)>,
+    },
 }
 
 /// Which request headers a preflight may ask for.
@@ -1684,7 +1691,10 @@ impl CorsConfig {
                 c.error(format!(
                     "{field}.allow_origins: required, e.g. [\"*\"] or [\"https://player.example.com\"]"
                 ));
-                CorsOrigins::List(Vec::new())
+                CorsOrigins::List {
+                    exact: Vec::new(),
+                    subdomains: Vec::new(),
+                }
             }
             Some(list) if list.iter().any(|o| o == "*") => {
                 if list.len() > 1 {
@@ -1700,15 +1710,24 @@ impl CorsConfig {
                 CorsOrigins::Any
             }
             Some(list) => {
-                let mut out: Vec<http::HeaderValue> = Vec::new();
+                let mut exact: Vec<http::HeaderValue> = Vec::new();
+                let mut subdomains: Vec<(String, String)> = Vec::new();
                 for o in list {
+                    if let Some((scheme, rest)) = o.split_once("://*.") {
+                        // Checked as the origin of one subdomain, then kept as its two ends.
+                        match cors_origin(&format!("{scheme}://x.{rest}")) {
+                            Ok(_) => subdomains.push((format!("{scheme}://"), format!(".{rest}"))),
+                            Err(why) => c.error(format!("{field}.allow_origins: `{o}` {why}")),
+                        }
+                        continue;
+                    }
                     match cors_origin(o) {
-                        Ok(v) if out.contains(&v) => {}
-                        Ok(v) => out.push(v),
+                        Ok(v) if exact.contains(&v) => {}
+                        Ok(v) => exact.push(v),
                         Err(why) => c.error(format!("{field}.allow_origins: `{o}` {why}")),
                     }
                 }
-                CorsOrigins::List(out)
+                CorsOrigins::List { exact, subdomains }
             }
         };
         let methods_raw: Vec<String> = raw.allow_methods.clone().unwrap_or_else(|| {
@@ -1793,6 +1812,11 @@ impl CorsConfig {
 fn cors_origin(o: &str) -> Result<http::HeaderValue, &'static str> {
     if o.len() > MAX_CORS_ORIGIN_LEN {
         return Err("is too long for an origin");
+    }
+    if o.contains('*') {
+        return Err(
+            "may hold `*` only alone (every origin) or as `scheme://*.domain` (its subdomains)",
+        );
     }
     if o == "null" {
         return Err("is refused: `null` is the origin of sandboxed frames and local files, which any page can make");
@@ -3263,17 +3287,20 @@ mod tests {
             )
         };
         let (cfg, _) = resolve_toml(&route(
-            "allow_origins = [\"https://a.example\", \"http://[::1]:8080\"]\nallow_methods = [\"get\", \"HEAD\"]\nexpose_headers = []\nmax_age = \"10m\"",
+            "allow_origins = [\"https://a.example\", \"http://[::1]:8080\", \"https://*.b.example:8443\"]\nallow_methods = [\"get\", \"HEAD\"]\nexpose_headers = []\nmax_age = \"10m\"",
             "",
         ))
         .expect("valid policy");
         let cors = cfg.routes[0].cors.as_ref().expect("policy on /v/");
         assert_eq!(
             cors.origins,
-            CorsOrigins::List(vec![
-                http::HeaderValue::from_static("https://a.example"),
-                http::HeaderValue::from_static("http://[::1]:8080"),
-            ])
+            CorsOrigins::List {
+                exact: vec![
+                    http::HeaderValue::from_static("https://a.example"),
+                    http::HeaderValue::from_static("http://[::1]:8080"),
+                ],
+                subdomains: vec![("https://".into(), ".b.example:8443".into())],
+            }
         );
         assert_eq!(cors.methods_value, "GET, HEAD");
         assert_eq!(cors.expose, None);
@@ -3322,6 +3349,26 @@ mod tests {
                 "allow_origins",
             ),
             ("allow_origins = [\"ftp://a.example\"]", "", "allow_origins"),
+            (
+                "allow_origins = [\"https://*.B.example\"]",
+                "",
+                "allow_origins",
+            ),
+            (
+                "allow_origins = [\"https://*.example/x\"]",
+                "",
+                "allow_origins",
+            ),
+            (
+                "allow_origins = [\"https://a.*.example\"]",
+                "",
+                "allow_origins",
+            ),
+            (
+                "allow_origins = [\"https://*example.com\"]",
+                "",
+                "allow_origins",
+            ),
             (
                 "allow_origins = [\"*\"]\nallow_methods = [\"*\"]",
                 "",

@@ -6,7 +6,8 @@
 //! (`strip_origin_fields`, called by `proxy::fill`).
 //!
 //! `Origin` is the viewer's to write: it is only ever compared with the configured origins, and
-//! what goes back is the configured value, never the request's bytes. Request header names are
+//! what goes back is the configured value; only a subdomain of a `scheme://*.domain` entry is
+//! echoed as sent, once every byte of it is checked (`subdomain_of`). Request header names are
 //! reflected into `Access-Control-Allow-Headers` only with `allow_headers = ["*"]`, validated
 //! as header names and bounded (`MAX_REQUEST_HEADERS`).
 
@@ -36,19 +37,51 @@ pub fn is_preflight(method: &Method, h: &HeaderMap) -> bool {
 
 /// The `Access-Control-Allow-Origin` a request gets under `policy`: `*` for `allow_origins =
 /// ["*"]` (with or without `Origin`, as the Fetch standard advises for a static value), the
-/// configured origin equal to the request's one `Origin` line, else none.
-fn allowed_origin<'p>(policy: &'p CorsConfig, h: &HeaderMap) -> Option<&'p HeaderValue> {
+/// configured origin equal to the request's one `Origin` line, or that line when a
+/// `scheme://*.domain` entry covers it (`subdomain_of`), else none.
+fn allowed_origin<'a>(policy: &'a CorsConfig, h: &'a HeaderMap) -> Option<&'a HeaderValue> {
     static ANY: HeaderValue = HeaderValue::from_static("*");
     match &policy.origins {
         CorsOrigins::Any => Some(&ANY),
-        CorsOrigins::List(list) => {
+        CorsOrigins::List { exact, subdomains } => {
             let mut lines = h.get_all(header::ORIGIN).iter();
             let (Some(origin), None) = (lines.next(), lines.next()) else {
                 return None;
             };
-            list.iter().find(|v| v.as_bytes() == origin.as_bytes())
+            exact
+                .iter()
+                .find(|v| v.as_bytes() == origin.as_bytes())
+                .or_else(|| {
+                    subdomains
+                        .iter()
+                        .any(|(scheme, domain)| subdomain_of(origin.as_bytes(), scheme, domain))
+                        .then_some(origin)
+                })
         }
     }
+}
+
+/// Whether `origin` is `scheme` + one or more DNS labels + `domain` (`.example.com[:port]`),
+/// as browsers serialise such an origin: labels of lower-case letters, digits and `-`, none
+/// empty. Nothing else may stand between the two ends (no `/`, `@`, `:` or upper case), so
+/// `https://evil.example/.example.com` or `https://a.example.com.evil` never match.
+fn subdomain_of(origin: &[u8], scheme: &str, domain: &str) -> bool {
+    if origin.len() > crate::config::MAX_CORS_ORIGIN_LEN {
+        return false;
+    }
+    let Some(labels) = origin
+        .strip_prefix(scheme.as_bytes())
+        .and_then(|o| o.strip_suffix(domain.as_bytes()))
+    else {
+        return false;
+    };
+    !labels.is_empty()
+        && labels.split(|&b| b == b'.').all(|label| {
+            !label.is_empty()
+                && label
+                    .iter()
+                    .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
 }
 
 /// Applies `policy` to an answer on its route (not a preflight's): the origin's own
@@ -71,7 +104,7 @@ pub fn apply(policy: &CorsConfig, req: &HeaderMap, resp: &mut HeaderMap) {
             resp.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, expose.clone());
         }
     }
-    if matches!(policy.origins, CorsOrigins::List(_)) && !varies_on_origin(resp) {
+    if matches!(policy.origins, CorsOrigins::List { .. }) && !varies_on_origin(resp) {
         resp.append(header::VARY, HeaderValue::from_static("Origin"));
     }
 }
@@ -291,7 +324,10 @@ mod tests {
 
     fn list() -> CorsConfig {
         policy(
-            CorsOrigins::List(vec![HeaderValue::from_static("https://a.example")]),
+            CorsOrigins::List {
+                exact: vec![HeaderValue::from_static("https://a.example")],
+                subdomains: vec![("https://".into(), ".cdn.example".into())],
+            },
             CorsHeaders::List {
                 names: vec![HeaderName::from_static("range")],
                 value: Some(HeaderValue::from_static("range")),
@@ -325,6 +361,26 @@ mod tests {
             let mut h = HeaderMap::new();
             h.insert(header::ORIGIN, HeaderValue::from_static(o));
             assert!(allowed_origin(&p, &h).is_none(), "{o}");
+        }
+        // `https://*.cdn.example`: one or more labels, nothing else, echoed as sent.
+        for (o, ok) in [
+            ("https://x.cdn.example", true),
+            ("https://a-1.b2.cdn.example", true),
+            ("https://cdn.example", false),
+            ("https://.cdn.example", false),
+            ("https://a..cdn.example", false),
+            ("https://evilcdn.example", false),
+            ("https://X.cdn.example", false),
+            ("http://x.cdn.example", false),
+            ("https://x.cdn.example:8443", false),
+            ("https://x.cdn.example.evil", false),
+            ("https://evil.example/.cdn.example", false),
+            ("https://u@x.cdn.example", false),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(header::ORIGIN, HeaderValue::from_static(o));
+            let got = allowed_origin(&p, &h).map(|v| v.as_bytes().to_vec());
+            assert_eq!(got, ok.then(|| o.as_bytes().to_vec()), "{o}");
         }
         let two = req(&[
             ("origin", "https://a.example"),

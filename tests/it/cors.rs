@@ -186,7 +186,8 @@ async fn preflights_are_answered_at_the_edge() {
 }
 
 /// A disallowed `Origin` is served the content (CORS is the browser's to enforce) but gets no
-/// `Access-Control-Allow-Origin`, not even the `*` the origin sent; nor does a look-alike.
+/// `Access-Control-Allow-Origin`, not even the `*` the origin sent; nor does a look-alike of a
+/// listed origin or of a `https://*.domain` entry.
 #[tokio::test]
 async fn a_disallowed_origin_is_never_reflected() {
     let origin = Origin::start().await;
@@ -196,13 +197,21 @@ async fn a_disallowed_origin_is_never_reflected() {
             .header("cache-control", "max-age=60")
             .header("access-control-allow-origin", "*"),
     );
-    let edge = cors_edge(&origin, "", &format!("allow_origins = [\"{PLAYER}\"]")).await;
+    let edge = cors_edge(
+        &origin,
+        "",
+        &format!("allow_origins = [\"{PLAYER}\", \"https://*.tv.example\"]"),
+    )
+    .await;
     for evil in [
         "https://evil.example",
         "https://player.example.evil.example",
         "https://player.example:8443",
         "http://player.example",
         "null",
+        "https://tv.example",
+        "https://app.tv.example.evil.example",
+        "https://evil.example/.tv.example",
     ] {
         let r = edge.get_with("/v/seg4.ts", &[("origin", evil)]).await;
         assert_eq!((r.status.as_u16(), &r.body[..]), (200, &b"segment"[..]));
@@ -215,6 +224,13 @@ async fn a_disallowed_origin_is_never_reflected() {
     assert_eq!(
         (r.x_cache(), r.h("access-control-allow-origin")),
         ("HIT", PLAYER)
+    );
+    // A subdomain of a `https://*.tv.example` entry is allowed, and echoed as it came.
+    let app = "https://app.tv.example";
+    let r = edge.get_with("/v/seg4.ts", &[("origin", app)]).await;
+    assert_eq!(
+        (r.x_cache(), r.h("access-control-allow-origin")),
+        ("HIT", app)
     );
     assert_eq!(origin.count("/v/seg4.ts"), 1);
 }
