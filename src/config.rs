@@ -230,6 +230,9 @@ pub struct RawRoute {
     pub insecure_skip_verify: Option<bool>,
     /// `[route.token]`: signed URLs (Akamai EdgeAuth 2.0 tokens) required on this route.
     pub token: Option<RawToken>,
+    /// `[route.cors]`: the edge's own CORS policy for this route (default: none, the origin's
+    /// CORS fields are relayed as they come).
+    pub cors: Option<RawCors>,
     /// Viewer addresses (CIDRs) allowed on this route; empty: everyone not denied.
     pub allow_ips: Option<Vec<String>>,
     /// Viewer addresses (CIDRs) refused on this route with 403 (checked before `allow_ips`).
@@ -409,6 +412,9 @@ pub struct Route {
     pub integrity: RouteIntegrity,
     /// Signed-URL check (`[route.token]`); `None`: the route is open, as before.
     pub token: Option<TokenConfig>,
+    /// The edge's CORS policy (`[route.cors]`, `http::cors`); `None`: the origin's CORS fields
+    /// are relayed and its `Vary: Origin` keys variants, as before.
+    pub cors: Option<CorsConfig>,
     /// Who may use this route (`allow_ips` / `deny_ips`).
     pub acl: IpAcl,
     /// Prefetch and retention of live streams (`prefetch`, `live_dvr`, `live_retention_margin`).
@@ -1188,6 +1194,7 @@ impl Route {
                         ttl: global_ttl.clone(),
                         integrity,
                         token: None,
+                        cors: None,
                         acl: IpAcl::default(),
                         live: LiveRoute::default(),
                     });
@@ -1232,6 +1239,19 @@ impl Route {
                 deny: c.cidrs(&format!("{field}.deny_ips"), r.deny_ips.as_deref()),
             };
             let live = LiveRoute::resolve(&field, r, c);
+            let cors = r
+                .cors
+                .as_ref()
+                .and_then(|raw| CorsConfig::resolve(&format!("{field}.cors"), raw, c));
+            if cors.is_some() {
+                for n in &integrity.forward_headers {
+                    if CORS_REQUEST_FIELDS.contains(&n.as_str()) {
+                        c.error(format!(
+                            "{field}.forward_headers: `{n}` is not forwarded on a route with [route.cors]: the edge answers CORS itself, and one viewer's `{n}` must not shape the object every viewer shares"
+                        ));
+                    }
+                }
+            }
             routes.retain(|existing: &Route| existing.prefix != r.prefix);
             routes.push(Route {
                 prefix: r.prefix.clone(),
@@ -1242,6 +1262,7 @@ impl Route {
                 ttl,
                 integrity,
                 token,
+                cors,
                 acl,
                 live,
             });
@@ -1550,6 +1571,308 @@ impl RouteIntegrity {
             forward_headers,
         }
     }
+}
+
+// CORS: `[route.cors]`, the edge's own policy for a route (answered by `http::cors`, stripped
+// from fills by `proxy::fill`).
+
+/// `[route.cors] allow_methods` default: what the cache serves. Other methods pass to the origin
+/// and may be listed by an operator whose origin takes them.
+pub const DEFAULT_CORS_ALLOW_METHODS: &[&str] = &["GET", "HEAD"];
+/// `[route.cors] allow_headers` default: the request headers players send that are not
+/// CORS-safelisted (Fetch §2.2.2), so the browser asks a preflight for them: `Range` when it is
+/// not a single `bytes=N-M` (some browsers preflight every `Range`), and the CMCD headers
+/// (CTA-5004) dash.js and hls.js send in header mode.
+pub const DEFAULT_CORS_ALLOW_HEADERS: &[&str] = &[
+    "Range",
+    "CMCD-Request",
+    "CMCD-Object",
+    "CMCD-Status",
+    "CMCD-Session",
+];
+/// `[route.cors] expose_headers` default: the response headers players read that a
+/// cross-origin script cannot see otherwise (only `Cache-Control`, `Content-Language`,
+/// `Content-Length`, `Content-Type`, `Expires`, `Last-Modified` and `Pragma` are safelisted):
+/// `Content-Range`/`Accept-Ranges` for range requests (byte-range addressing, sidx, MP4 boxes),
+/// `Date` for DASH's `urn:mpeg:dash:utc:http-head` clock sync (dash.js), `Age`/`ETag` for live
+/// edge estimation and revalidation, `X-Cache`/`Cache-Status` for QoE beacons.
+pub const DEFAULT_CORS_EXPOSE_HEADERS: &[&str] = &[
+    "Content-Length",
+    "Content-Range",
+    "Accept-Ranges",
+    "Age",
+    "Date",
+    "ETag",
+    "X-Cache",
+    "Cache-Status",
+];
+/// `[route.cors] max_age` default: how long a browser may reuse a preflight answer. Chromium
+/// caps it at 2 hours (Firefox at 24), so a longer default would only mislead.
+pub const DEFAULT_CORS_MAX_AGE: Duration = Duration::from_secs(7200);
+/// Longest `Origin` a policy can name (scheme, host and port; DNS names stop at 253).
+pub const MAX_CORS_ORIGIN_LEN: usize = 300;
+/// The request fields of the CORS protocol: never sent on a fill of a route with a policy, and
+/// left out of such a route's `Vary` (lower case).
+pub const CORS_REQUEST_FIELDS: &[&str] = &[
+    "origin",
+    "access-control-request-method",
+    "access-control-request-headers",
+];
+
+/// The `[route.cors]` table, field for field.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCors {
+    /// `["*"]`, or exact origins (`scheme://host[:port]`, as browsers send them). Required.
+    pub allow_origins: Option<Vec<String>>,
+    /// Methods a preflight may ask for (default `DEFAULT_CORS_ALLOW_METHODS`).
+    pub allow_methods: Option<Vec<String>>,
+    /// Request headers a preflight may ask for (default `DEFAULT_CORS_ALLOW_HEADERS`); `["*"]`
+    /// allows any header name a preflight lists.
+    pub allow_headers: Option<Vec<String>>,
+    /// Response headers scripts may read (default `DEFAULT_CORS_EXPOSE_HEADERS`); `[]` for none.
+    pub expose_headers: Option<Vec<String>>,
+    /// How long browsers may cache a preflight answer (default `DEFAULT_CORS_MAX_AGE`).
+    pub max_age: Option<String>,
+    /// Let credentialed requests (cookies, `withCredentials`) read answers (default false);
+    /// never with `allow_origins = ["*"]`.
+    pub allow_credentials: Option<bool>,
+}
+
+/// Which `Origin`s a policy answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CorsOrigins {
+    /// `*`: every origin, answered `Access-Control-Allow-Origin: *` on every response.
+    Any,
+    /// Listed origins.
+    List {
+        /// Exact serialised origins (lower-case scheme and host, no default port), each echoed
+        /// from the configuration (never from the request) when a request names it.
+        exact: Vec<http::HeaderValue>,
+        /// `scheme://*.domain[:port]` entries (as S3 CORS rules allow), as (`scheme://`,
+        /// `.domain[:port]`): an `Origin` between the two that is one or more DNS labels
+        /// (lower case, digits, `-`) is allowed and echoed once so checked.
+        subdomains: Vec<(String, String)>,
+    },
+}
+
+/// Which request headers a preflight may ask for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CorsHeaders {
+    /// `*`: any valid header name the preflight lists, answered with those names.
+    Any,
+    /// These (lower case), answered with `value`.
+    List {
+        names: Vec<http::HeaderName>,
+        value: Option<http::HeaderValue>,
+    },
+}
+
+/// A route's CORS policy, resolved: the header values it answers with are built once here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorsConfig {
+    pub origins: CorsOrigins,
+    pub methods: Vec<http::Method>,
+    /// `Access-Control-Allow-Methods` of a granted preflight.
+    pub methods_value: http::HeaderValue,
+    pub headers: CorsHeaders,
+    /// `Access-Control-Expose-Headers` of an allowed answer; `None`: none exposed.
+    pub expose: Option<http::HeaderValue>,
+    /// `Access-Control-Max-Age` of a granted preflight, in seconds.
+    pub max_age: http::HeaderValue,
+    pub credentials: bool,
+}
+
+impl CorsConfig {
+    fn resolve(field: &str, raw: &RawCors, c: &mut Check) -> Option<CorsConfig> {
+        let errors = c.0.len();
+        let credentials = raw.allow_credentials.unwrap_or(false);
+        let origins = match raw.allow_origins.as_deref() {
+            None | Some([]) => {
+                c.error(format!(
+                    "{field}.allow_origins: required, e.g. [\"*\"] or [\"https://player.example.com\"]"
+                ));
+                CorsOrigins::List {
+                    exact: Vec::new(),
+                    subdomains: Vec::new(),
+                }
+            }
+            Some(list) if list.iter().any(|o| o == "*") => {
+                if list.len() > 1 {
+                    c.error(format!(
+                        "{field}.allow_origins: \"*\" allows every origin; list it alone"
+                    ));
+                }
+                if credentials {
+                    c.error(format!(
+                        "{field}.allow_credentials: not with allow_origins = [\"*\"] (the Fetch standard refuses `*` on credentialed answers; list the origins instead)"
+                    ));
+                }
+                CorsOrigins::Any
+            }
+            Some(list) => {
+                let mut exact: Vec<http::HeaderValue> = Vec::new();
+                let mut subdomains: Vec<(String, String)> = Vec::new();
+                for o in list {
+                    if let Some((scheme, rest)) = o.split_once("://*.") {
+                        // Checked as the origin of one subdomain, then kept as its two ends.
+                        match cors_origin(&format!("{scheme}://x.{rest}")) {
+                            Ok(_) => subdomains.push((format!("{scheme}://"), format!(".{rest}"))),
+                            Err(why) => c.error(format!("{field}.allow_origins: `{o}` {why}")),
+                        }
+                        continue;
+                    }
+                    match cors_origin(o) {
+                        Ok(v) if exact.contains(&v) => {}
+                        Ok(v) => exact.push(v),
+                        Err(why) => c.error(format!("{field}.allow_origins: `{o}` {why}")),
+                    }
+                }
+                CorsOrigins::List { exact, subdomains }
+            }
+        };
+        let methods_raw: Vec<String> = raw.allow_methods.clone().unwrap_or_else(|| {
+            DEFAULT_CORS_ALLOW_METHODS
+                .iter()
+                .map(|m| m.to_string())
+                .collect()
+        });
+        let mut methods = Vec::new();
+        for m in &methods_raw {
+            // Browsers upper-case the methods they normalise (Fetch §2.2.1) and send the
+            // others as written; an operator's `get` means GET.
+            match http::Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
+                Ok(method) if m != "*" && !methods.contains(&method) => methods.push(method),
+                Ok(_) if m != "*" => {}
+                _ => c.error(format!(
+                    "{field}.allow_methods: `{m}` is not a method name (list them, e.g. [\"GET\", \"HEAD\"])"
+                )),
+            }
+        }
+        let headers = match raw.allow_headers.as_deref() {
+            Some(list) if list.iter().any(|h| h == "*") => {
+                if list.len() > 1 {
+                    c.error(format!(
+                        "{field}.allow_headers: \"*\" allows every header; list it alone"
+                    ));
+                }
+                CorsHeaders::Any
+            }
+            list => {
+                let names = cors_names(
+                    &format!("{field}.allow_headers"),
+                    list,
+                    DEFAULT_CORS_ALLOW_HEADERS,
+                    c,
+                );
+                let value = list_value(&names);
+                CorsHeaders::List { names, value }
+            }
+        };
+        let expose_raw = raw.expose_headers.as_deref();
+        if expose_raw.is_some_and(|l| l.iter().any(|h| h == "*")) {
+            c.error(format!(
+                "{field}.expose_headers: list the names (\"*\" is read as a name on credentialed answers and is not portable)"
+            ));
+        }
+        let expose = list_value(&cors_names(
+            &format!("{field}.expose_headers"),
+            expose_raw
+                .map(|l| l.iter().filter(|h| *h != "*").cloned().collect::<Vec<_>>())
+                .as_deref(),
+            DEFAULT_CORS_EXPOSE_HEADERS,
+            c,
+        ));
+        let max_age = c.duration(
+            &format!("{field}.max_age"),
+            &raw.max_age,
+            DEFAULT_CORS_MAX_AGE,
+        );
+        let methods_value = http::HeaderValue::from_str(
+            &methods
+                .iter()
+                .map(|m| m.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        )
+        .unwrap_or_else(|_| http::HeaderValue::from_static("GET, HEAD"));
+        (c.0.len() == errors).then(|| CorsConfig {
+            origins,
+            methods,
+            methods_value,
+            headers,
+            expose,
+            max_age: http::HeaderValue::from(max_age.as_secs()),
+            credentials,
+        })
+    }
+}
+
+/// An `allow_origins` entry as browsers serialise an origin (Fetch's "ASCII serialization of an
+/// origin"): `scheme://host[:port]`, lower case, no default port, no path, query or user.
+fn cors_origin(o: &str) -> Result<http::HeaderValue, &'static str> {
+    if o.len() > MAX_CORS_ORIGIN_LEN {
+        return Err("is too long for an origin");
+    }
+    if o.contains('*') {
+        return Err(
+            "may hold `*` only alone (every origin) or as `scheme://*.domain` (its subdomains)",
+        );
+    }
+    if o == "null" {
+        return Err("is refused: `null` is the origin of sandboxed frames and local files, which any page can make");
+    }
+    let u = url::Url::parse(o).map_err(|_| "is not an origin (scheme://host[:port])")?;
+    if !matches!(u.scheme(), "http" | "https") || u.host().is_none() {
+        return Err("must be an http:// or https:// origin with a host");
+    }
+    if !u.username().is_empty()
+        || u.password().is_some()
+        || u.query().is_some()
+        || u.fragment().is_some()
+        || u.path() != "/"
+        || o.ends_with('/')
+    {
+        return Err("must be scheme://host[:port] only (no path, query, user or trailing slash), as browsers send `Origin`");
+    }
+    let serialised = u.origin().ascii_serialization();
+    if serialised != o {
+        return Err("is not spelled as browsers send it (lower case, punycode, no default port)");
+    }
+    http::HeaderValue::from_str(&serialised).map_err(|_| "is not a valid header value")
+}
+
+/// Header names of a CORS list (`allow_headers`, `expose_headers`), lower case and deduplicated;
+/// `default` when the list is not given.
+fn cors_names(
+    field: &str,
+    list: Option<&[String]>,
+    default: &[&str],
+    c: &mut Check,
+) -> Vec<http::HeaderName> {
+    let default: Vec<String> = default.iter().map(|s| s.to_string()).collect();
+    let mut out: Vec<http::HeaderName> = Vec::new();
+    for n in list.unwrap_or(&default) {
+        match http::HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes()) {
+            Ok(h) if !out.contains(&h) => out.push(h),
+            Ok(_) => {}
+            Err(_) => c.error(format!("{field}: `{n}` is not a header name")),
+        }
+    }
+    out
+}
+
+/// `a, b, c`, or `None` for an empty list.
+fn list_value(names: &[http::HeaderName]) -> Option<http::HeaderValue> {
+    if names.is_empty() {
+        return None;
+    }
+    let joined = names
+        .iter()
+        .map(|n| n.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    http::HeaderValue::from_str(&joined).ok()
 }
 
 // Signed URLs: `[route.token]` (Akamai EdgeAuth Token 2.0). Checked by `auth`, wired in by
@@ -2961,6 +3284,127 @@ mod tests {
 
     fn resolve_toml(text: &str) -> Result<(Config, Vec<String>), ConfigError> {
         Config::resolve(toml::from_str(text).expect("toml parses"))
+    }
+
+    /// `[route.cors]`: every field resolved, its header values built once, and each rule a
+    /// browser or the Fetch standard would break refused by name.
+    #[test]
+    fn cors_policies_resolve_and_bad_ones_name_their_field() {
+        let route = |cors: &str, extra: &str| {
+            format!(
+                "origin = \"http://127.0.0.1:9000\"\n[[route]]\nprefix = \"/v/\"\norigin = \"http://127.0.0.1:9001\"\n{extra}\n[route.cors]\n{cors}\n"
+            )
+        };
+        let (cfg, _) = resolve_toml(&route(
+            "allow_origins = [\"https://a.example\", \"http://[::1]:8080\", \"https://*.b.example:8443\"]\nallow_methods = [\"get\", \"HEAD\"]\nexpose_headers = []\nmax_age = \"10m\"",
+            "",
+        ))
+        .expect("valid policy");
+        let cors = cfg.routes[0].cors.as_ref().expect("policy on /v/");
+        assert_eq!(
+            cors.origins,
+            CorsOrigins::List {
+                exact: vec![
+                    http::HeaderValue::from_static("https://a.example"),
+                    http::HeaderValue::from_static("http://[::1]:8080"),
+                ],
+                subdomains: vec![("https://".into(), ".b.example:8443".into())],
+            }
+        );
+        assert_eq!(cors.methods_value, "GET, HEAD");
+        assert_eq!(cors.expose, None);
+        assert_eq!(cors.max_age, "600");
+        assert!(
+            cfg.routes[1].cors.is_none(),
+            "the default route has no policy"
+        );
+        let (cfg, _) = resolve_toml(&route("allow_origins = [\"*\"]", "")).expect("valid");
+        let cors = cfg.routes[0].cors.as_ref().expect("policy");
+        assert!(cors.expose.as_ref().is_some_and(|v| v
+            .to_str()
+            .is_ok_and(|s| s.contains("content-range") && s.contains("date"))));
+        for (cors, extra, field) in [
+            (
+                "allow_origins = [\"*\"]\nallow_credentials = true",
+                "",
+                "allow_credentials",
+            ),
+            (
+                "allow_origins = [\"*\", \"https://a.example\"]",
+                "",
+                "allow_origins",
+            ),
+            ("allow_origins = []", "", "allow_origins"),
+            ("", "", "allow_origins"),
+            ("allow_origins = [\"null\"]", "", "allow_origins"),
+            (
+                "allow_origins = [\"https://A.example\"]",
+                "",
+                "allow_origins",
+            ),
+            (
+                "allow_origins = [\"https://a.example/\"]",
+                "",
+                "allow_origins",
+            ),
+            (
+                "allow_origins = [\"https://a.example:443\"]",
+                "",
+                "allow_origins",
+            ),
+            (
+                "allow_origins = [\"https://a.example/path\"]",
+                "",
+                "allow_origins",
+            ),
+            ("allow_origins = [\"ftp://a.example\"]", "", "allow_origins"),
+            (
+                "allow_origins = [\"https://*.B.example\"]",
+                "",
+                "allow_origins",
+            ),
+            (
+                "allow_origins = [\"https://*.example/x\"]",
+                "",
+                "allow_origins",
+            ),
+            (
+                "allow_origins = [\"https://a.*.example\"]",
+                "",
+                "allow_origins",
+            ),
+            (
+                "allow_origins = [\"https://*example.com\"]",
+                "",
+                "allow_origins",
+            ),
+            (
+                "allow_origins = [\"*\"]\nallow_methods = [\"*\"]",
+                "",
+                "allow_methods",
+            ),
+            (
+                "allow_origins = [\"*\"]\nallow_headers = [\"a b\"]",
+                "",
+                "allow_headers",
+            ),
+            (
+                "allow_origins = [\"*\"]\nexpose_headers = [\"*\"]",
+                "",
+                "expose_headers",
+            ),
+            ("allow_origins = [\"*\"]\nmax_age = \"soon\"", "", "max_age"),
+            (
+                "allow_origins = [\"*\"]",
+                "forward_headers = [\"Origin\"]",
+                "forward_headers",
+            ),
+        ] {
+            let err = resolve_toml(&route(cors, extra))
+                .expect_err(cors)
+                .to_string();
+            assert!(err.contains(field), "{cors} {extra}: {err}");
+        }
     }
 
     #[test]

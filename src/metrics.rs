@@ -25,12 +25,18 @@ pub struct Metrics {
     pub purged: AtomicU64,
     /// Requests refused on token routes, by `Refusal::index`.
     pub token_refused: [AtomicU64; Refusal::ALL.len()],
+    /// CORS preflights answered by the edge (`http::cors`), by `CORS_PREFLIGHT_RESULTS` index.
+    pub cors_preflights: [AtomicU64; CORS_PREFLIGHT_RESULTS.len()],
     /// Connection and request limits, timeouts and TLS handshakes (`http::limits`, `http::server`).
     pub limits: std::sync::Arc<LimitMetrics>,
     pub cmcd: CmcdMetrics,
     /// Origin protection and memory bounds (issue 14's abuse limits).
     pub abuse: AbuseMetrics,
 }
+
+/// The `result` label of `vedge_cors_preflights_total`: granted, or what was refused
+/// (`http::cors::Refusal::index` is the position here).
+pub const CORS_PREFLIGHT_RESULTS: [&str; 4] = ["granted", "origin", "method", "headers"];
 
 /// Dials that waited for `origin_client.max_connections_per_origin`, process-wide (the origin
 /// connector has no edge to hand it): `vedge_origin_connection_waits_total`.
@@ -121,6 +127,14 @@ impl Metrics {
                 "vedge_token_refused_total{{reason=\"{}\"}} {}",
                 r.as_str(),
                 self.token_refused[r.index()].load(Relaxed)
+            );
+        }
+        let _ = writeln!(out, "# TYPE vedge_cors_preflights_total counter");
+        for (i, result) in CORS_PREFLIGHT_RESULTS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "vedge_cors_preflights_total{{result=\"{result}\"}} {}",
+                self.cors_preflights[i].load(Relaxed)
             );
         }
         self.limits.render(out);

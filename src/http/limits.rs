@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 use parking_lot::Mutex;
 
@@ -234,16 +233,10 @@ impl Limits {
 
 /// 403 for a viewer address a route's `allow_ips` / `deny_ips` refuses.
 pub fn ip_denied(_cdn_id: &str) -> Response<Body> {
-    let mut r = Response::new(Body::full(Bytes::from_static(
-        b"vedge: this address may not use this route\n",
-    )));
-    *r.status_mut() = StatusCode::FORBIDDEN;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
+    let mut r = crate::http::response::plain(
+        StatusCode::FORBIDDEN,
+        Bytes::from_static(b"vedge: this address may not use this route\n"),
     );
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     stamp(
         &mut r,
         CacheInfo {

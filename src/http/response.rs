@@ -195,6 +195,20 @@ fn slice(b: &Bytes, start: u64, end: u64) -> Bytes {
 /// cache, the rest passed to the origin; TRACE and CONNECT are refused.
 pub const ALLOW: &str = "GET, HEAD, OPTIONS, POST, PUT, PATCH, DELETE";
 
+/// A short plain-text answer the edge makes itself (a refusal, an error): `text/plain`, never
+/// stored by anyone (`no-store`).
+pub fn plain(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut resp = Response::new(Body::full(body.into()));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
 /// The answer to `OPTIONS *` (RFC 9110 §9.3.7: a question about the server, not a resource):
 /// answered here, as Apache does, rather than passed to an origin that would be asked about
 /// the edge; a 200 with `Allow` and no content.

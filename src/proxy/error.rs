@@ -1,7 +1,6 @@
 //! Request failures by whose fault they are, and the one mapping from a failure to the status,
 //! body and cache headers the viewer gets.
 
-use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 
@@ -113,14 +112,8 @@ impl EdgeError {
 
     /// A short plain-text response naming the problem.
     pub fn response(&self, cdn_id: &str) -> Response<Body> {
-        let mut resp = Response::new(Body::full(Bytes::from(format!("vedge: {self}\n"))));
-        *resp.status_mut() = self.status();
+        let mut resp = crate::http::response::plain(self.status(), format!("vedge: {self}\n"));
         let h = resp.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if let EdgeError::OriginBusy | EdgeError::Origin(OriginError::Busy) = self {
             // A slot frees as soon as one fill ends: retry soon.
             h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

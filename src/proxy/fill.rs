@@ -210,6 +210,13 @@ fn asked_headers(
     for h in NOT_ASKED {
         headers.remove(h);
     }
+    // On a route with a CORS policy no fill carries a viewer's CORS request fields: the
+    // object must not depend on which viewer led its fill (`http::cors`).
+    if route.cors.is_some() {
+        for h in crate::config::CORS_REQUEST_FIELDS {
+            headers.remove(*h);
+        }
+    }
     // `cmcd.forward` decides for the CMCD headers whatever `forward_headers` says.
     crate::cmcd::strip_headers(&mut headers);
     if edge.config.cmcd.forward {
@@ -233,7 +240,9 @@ pub(crate) fn variant_for(req: &Req<'_>, spec: &vary::VarySpec) -> String {
             && (crate::config::never_forwarded_header(n.as_str())
                 || crate::origin::STAMPED.contains(&n.as_str())
                 || NOT_ASKED.contains(n)
-                || crate::cmcd::HEADERS.contains(n))
+                || crate::cmcd::HEADERS.contains(n)
+                || (req.route().cors.is_some()
+                    && crate::config::CORS_REQUEST_FIELDS.contains(&n.as_str())))
     };
     if !spec.0.iter().any(rewritten) {
         return spec.variant(&req.parts.headers);
@@ -381,6 +390,11 @@ async fn run(
     }
     let (mut parts, mut body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    // A route with a CORS policy answers CORS itself: the origin's CORS fields and its
+    // `Vary: Origin` are neither stored nor keyed on, so one object serves every viewer.
+    if route.cors.is_some() {
+        crate::http::cors::strip_origin_fields(&mut parts.headers);
+    }
     // RFC 9110 §6.6.1: a response without `Date` gets the time it was received, once, so
     // every hit carries the same `Date` (with a growing `Age`) instead of each one's own send
     // time, which would make the stored copy look newly generated to caches further down.

@@ -36,8 +36,9 @@ use crate::cache::policy;
 use crate::cache::request_cc::{RequestDirectives, Verdict};
 use crate::cache::status::CacheStatus;
 use crate::cmcd::Cmcd;
-use crate::config::Route;
+use crate::config::{CorsConfig, Route};
 use crate::http::body::Body;
+use crate::http::cors;
 use crate::http::response::{self, Ask, CacheInfo, Source};
 use crate::metrics::Metrics;
 use crate::origin::is_loop;
@@ -119,7 +120,8 @@ pub async fn handle(
 ) -> Response<Body> {
     let (parts, body) = req.into_parts();
     let cmcd = read_cmcd(edge, &parts);
-    let mut resp = match dispatch(edge, &parts, body, peer, cmcd.as_ref()).await {
+    let mut route_cors = None;
+    let mut resp = match dispatch(edge, &parts, body, peer, cmcd.as_ref(), &mut route_cors).await {
         Ok(resp) => resp,
         Err(e) => {
             if let EdgeError::Origin(_) = e {
@@ -128,6 +130,13 @@ pub async fn handle(
             e.response(&edge.config.cdn_id)
         }
     };
+    // The route's CORS policy on every answer once routed (hits, misses, passes, the edge's
+    // own errors: a player must see a 403 or a 503 as such); a preflight was answered whole.
+    if let Some(policy) = route_cors {
+        if !cors::is_preflight(&parts.method, &parts.headers) {
+            cors::apply(policy, &parts.headers, resp.headers_mut());
+        }
+    }
     if let Some(c) = cmcd {
         resp.extensions_mut().insert(c);
     }
@@ -147,12 +156,15 @@ fn read_cmcd(edge: &Edge, parts: &Parts) -> Option<Cmcd> {
     Some(c)
 }
 
-async fn dispatch(
-    edge: &Arc<Edge>,
+/// Checks and routes a request, then answers it. `route_cors` is set to the route's CORS policy
+/// once the request is routed, for `handle` to apply to whatever answer comes back.
+async fn dispatch<'e>(
+    edge: &'e Arc<Edge>,
     parts: &Parts,
     body: Incoming,
     peer: Option<SocketAddr>,
     cmcd: Option<&Cmcd>,
+    route_cors: &mut Option<&'e CorsConfig>,
 ) -> Result<Response<Body>, EdgeError> {
     // RFC 9112 §3.2: a server MUST answer 400 to any HTTP/1.1 request without `Host`, an
     // absolute-form one included. HTTP/1.0 may omit it (the route's own host is used);
@@ -195,6 +207,18 @@ async fn dispatch(
         viewer_host(parts)?,
         parts.uri.path_and_query().map_or("/", |p| p.as_str()),
     )?;
+    // CORS preflights on a route with a policy are the edge's to answer (never the origin's),
+    // before the token gate: a browser sends a preflight without credentials or cookies.
+    if let Some(policy) = &target.route.cors {
+        *route_cors = Some(policy);
+        if cors::is_preflight(&parts.method, &parts.headers) {
+            if !target.route.acl.permits(peer.map(|p| p.ip())) {
+                Metrics::inc(&edge.metrics.limits.ip_denied);
+                return Ok(crate::http::limits::ip_denied(&edge.config.cdn_id));
+            }
+            return Ok(cors::preflight(policy, &parts.headers, &edge.metrics));
+        }
+    }
     // Signed URLs: checked before the cache is consulted (on the normalised path the route
     // was chosen by); the rest sees the request without its token.
     let gate = match signed::admit(edge, target.route, parts, peer) {

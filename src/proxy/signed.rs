@@ -290,18 +290,10 @@ fn without_token(
 
 /// 403 naming the reason class; never stored by anyone.
 pub fn refused(why: Refusal) -> Response<Body> {
-    let mut resp = Response::new(Body::full(Bytes::from(format!(
-        "403 Forbidden: token {}\n",
-        why.as_str()
-    ))));
-    *resp.status_mut() = StatusCode::FORBIDDEN;
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    resp
+    crate::http::response::plain(
+        StatusCode::FORBIDDEN,
+        format!("403 Forbidden: token {}\n", why.as_str()),
+    )
 }
 
 /// Reads the whole manifest (a hit's `Bytes`, or a fill until it completes), adds the token to

@@ -16,6 +16,7 @@ mod cmcd;
 mod conformance;
 mod conformance2;
 mod conformance5;
+mod cors;
 mod edge_basics;
 mod edge_bypass;
 mod edge_collapse;
