@@ -2385,6 +2385,10 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 50_000;
 /// Viewer connections one client address may hold open (0: no cap). Generous: a carrier-grade
 /// NAT puts hundreds of viewers behind one address.
 pub const DEFAULT_PER_IP_CONNECTIONS: usize = 512;
+/// A browser's h2 stream window (6 MiB in Chrome) takes a whole segment: its streams do not wait
+/// for it. 64 MiB is many stalled segments of one client, and bounds what a client that opens
+/// streams and never reads them pins in memory (bodies the RAM tier has already let go).
+pub const DEFAULT_PER_IP_STALLED_BYTES: u64 = 64 << 20;
 /// Sustained requests per second one client address may make (0: no rate limit).
 pub const DEFAULT_PER_IP_RPS: u32 = 200;
 /// Requests one client address may make at once above the sustained rate (the bucket size).
@@ -2422,6 +2426,8 @@ pub struct RawLimits {
     /// CIDRs that bypass the limits.
     pub allow: Option<Vec<String>>,
     pub table_size: Option<String>,
+    /// Response bytes one client's h2 streams may hold while their viewer does not take them.
+    pub per_ip_stalled_bytes: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -2463,6 +2469,9 @@ pub struct LimitsConfig {
     pub allow: Vec<Cidr>,
     /// Bytes for the per-address table.
     pub table_size: u64,
+    /// Response bytes a client's h2 streams may hold waiting for it (their flow-control window
+    /// shut) before its new requests get 429 (0: no cap; `http::limits`).
+    pub per_ip_stalled_bytes: u64,
 }
 
 /// Viewer TLS: a default certificate and per-host ones, reloadable (`http::tls`).
@@ -2637,6 +2646,11 @@ impl LimitsConfig {
             per_ip_burst,
             allow,
             table_size,
+            per_ip_stalled_bytes: c.size(
+                "limits.per_ip_stalled_bytes",
+                &raw.per_ip_stalled_bytes,
+                DEFAULT_PER_IP_STALLED_BYTES,
+            ),
         }
     }
 }
@@ -3758,6 +3772,7 @@ mod tests {
             "limits.per_ip_rps",
             "limits.per_ip_burst",
             "limits.table_size",
+            "limits.per_ip_stalled_bytes",
             "admin.header_read_timeout",
             "admin.idle_timeout",
         ] {

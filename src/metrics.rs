@@ -159,6 +159,9 @@ pub struct LimitMetrics {
     pub accept_paused_descriptors: AtomicU64,
     /// Requests answered 429 (over `limits.per_ip_rps` + burst).
     pub rate_limited: AtomicU64,
+    /// Requests answered 429 because the client's h2 streams held over
+    /// `limits.per_ip_stalled_bytes` of responses it did not take.
+    pub stalled_refused: AtomicU64,
     /// Requests answered 403 by a route's `allow_ips` / `deny_ips`.
     pub ip_denied: AtomicU64,
     /// New addresses not tracked because the table was full of active ones (they go unlimited).
@@ -211,6 +214,7 @@ impl LimitMetrics {
         for (name, c) in [
             ("vedge_rate_limited_total", &self.rate_limited),
             ("vedge_ip_denied_total", &self.ip_denied),
+            ("vedge_limits_stalled_refused_total", &self.stalled_refused),
             ("vedge_limits_table_full_total", &self.table_full),
         ] {
             let _ = writeln!(out, "# TYPE {name} counter\n{name} {}", c.load(Relaxed));

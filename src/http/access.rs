@@ -86,6 +86,8 @@ impl Pending {
             .unwrap_or_default();
         let cmcd = resp.extensions_mut().remove::<Cmcd>();
         let status = resp.status().as_u16();
+        let hint = http_body::Body::size_hint(resp.body());
+        in_flight.promise(hint.exact().unwrap_or(hint.lower()));
         in_flight.handed();
         resp.map(|body| {
             let promised = http_body::Body::size_hint(&body).exact();

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::config::ConnTimeouts;
+use crate::http::limits::{epoch_ms, Stalled, StalledResponse};
 use crate::metrics::{LimitMetrics, Metrics};
 
 /// What one connection is doing, shared by its socket wrapper, its requests and its watchdog.
@@ -68,7 +69,14 @@ impl Activity {
     /// A request started; the token ends it when dropped (its response body done or dropped).
     /// A `multiplexed` request (h2) shares the connection with others, so the watchdog also
     /// follows its own wait for the viewer (`InFlight::handed`).
-    pub fn request(self: &Arc<Self>, multiplexed: bool) -> InFlight {
+    ///
+    /// `stalled`: the client's h2 responses (`limits.per_ip_stalled_bytes`), which a
+    /// multiplexed request joins.
+    pub fn request(
+        self: &Arc<Self>,
+        multiplexed: bool,
+        stalled: Option<&Arc<Stalled>>,
+    ) -> InFlight {
         self.in_flight.fetch_add(1, Relaxed);
         self.requests.fetch_add(1, Relaxed);
         let wait = multiplexed.then(|| {
@@ -82,9 +90,11 @@ impl Activity {
             streams.push(Arc::downgrade(&wait));
             wait
         });
+        let held = stalled.filter(|_| multiplexed).map(|client| client.join());
         InFlight {
             activity: self.clone(),
             wait,
+            held,
         }
     }
 
@@ -201,9 +211,19 @@ pub struct InFlight {
     /// response head or a body frame was handed over and the body was not polled since; 0
     /// while the body is being polled (the edge or the origin, not the viewer, is behind).
     wait: Option<Arc<AtomicU64>>,
+    /// This response among its client's (`limits::Stalled`): its length, and since when it has
+    /// waited for its viewer.
+    held: Option<Arc<StalledResponse>>,
 }
 
 impl InFlight {
+    /// The response body's length (exact, or the least it will be).
+    pub fn promise(&self, len: u64) {
+        if let Some(h) = &self.held {
+            h.len.store(len, Relaxed);
+        }
+    }
+
     /// `n` bytes of this request's response body were handed to the connection.
     pub fn sent(&self, n: u64) {
         self.activity.body_sent.fetch_add(n, Relaxed);
@@ -216,6 +236,9 @@ impl InFlight {
         if let Some(w) = &self.wait {
             w.store(self.activity.now_ms() + 1, Relaxed);
         }
+        if let Some(h) = &self.held {
+            h.since.store(epoch_ms() + 1, Relaxed);
+        }
     }
 
     /// The connection polls the body for more: whatever comes next, the viewer is not the one
@@ -223,6 +246,9 @@ impl InFlight {
     pub fn polled(&self) {
         if let Some(w) = &self.wait {
             w.store(0, Relaxed);
+        }
+        if let Some(h) = &self.held {
+            h.since.store(0, Relaxed);
         }
     }
 }

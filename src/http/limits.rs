@@ -11,8 +11,9 @@
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
+use std::sync::{OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -58,6 +59,8 @@ struct Client {
     conns: u32,
     tokens: f64,
     last: Instant,
+    /// The client's h2 responses, for what they hold while waiting for it (`conn::InFlight`).
+    stalled: Arc<Stalled>,
 }
 
 /// Why a connection was refused at accept.
@@ -113,6 +116,7 @@ impl Limits {
             ip: client,
             limited: false,
             tracked: false,
+            stalled: None,
         };
         self.metrics.connections_open.fetch_add(1, Relaxed);
         if self.cfg.max_connections > 0 && open >= self.cfg.max_connections {
@@ -129,18 +133,19 @@ impl Limits {
         let cap = u32::try_from(self.cfg.per_ip_connections).unwrap_or(u32::MAX);
         let refused = self.with_client(client, |c| {
             if c.conns >= cap {
-                return true;
+                return None;
             }
             c.conns += 1;
-            false
+            Some(c.stalled.clone())
         });
         match refused {
-            Some(true) => {
+            Some(None) => {
                 Metrics::inc(&self.metrics.refused_per_ip);
                 Err(Refusal::PerIp)
             }
-            Some(false) => {
+            Some(Some(stalled)) => {
                 admitted.tracked = true;
+                admitted.stalled = (self.cfg.per_ip_stalled_bytes > 0).then_some(stalled);
                 Ok(admitted)
             }
             // The table is full of connected clients: this one goes uncounted.
@@ -188,10 +193,11 @@ impl Limits {
             Metrics::inc(&self.metrics.table_full);
             return None;
         }
-        let c = shard.entry(ip).or_insert(Client {
+        let c = shard.entry(ip).or_insert_with(|| Client {
             conns: 0,
             tokens: self.burst,
             last: Instant::now(),
+            stalled: Arc::default(),
         });
         self.metrics.tracked_ips.fetch_add(1, Relaxed);
         Some(f(c))
@@ -270,6 +276,9 @@ pub struct Admitted {
     limited: bool,
     /// It counts in the per-address table.
     tracked: bool,
+    /// The client's h2 responses (`limits.per_ip_stalled_bytes`): `None` when not capped
+    /// (allowed, untracked, or no cap configured).
+    stalled: Option<Arc<Stalled>>,
 }
 
 impl Admitted {
@@ -280,6 +289,76 @@ impl Admitted {
         }
         self.limits.take_request(self.ip)
     }
+
+    /// The client's h2 responses, for the connection's requests to join (`conn::InFlight`).
+    pub fn stalled(&self) -> Option<&Arc<Stalled>> {
+        self.stalled.as_ref()
+    }
+
+    /// Whether the client's stalled h2 responses hold more than `limits.per_ip_stalled_bytes`:
+    /// its new requests wait until they drain.
+    pub fn over_stalled_bytes(&self) -> bool {
+        self.stalled
+            .as_ref()
+            .is_some_and(|s| s.bytes() > self.limits.cfg.per_ip_stalled_bytes)
+    }
+}
+
+/// How long an h2 response waits for its viewer to take more before it counts as stalled: an
+/// active download is polled again as soon as its window opens, many times a second.
+pub const STALLED_AFTER: Duration = Duration::from_secs(1);
+
+/// One client's h2 responses, each with its body's length and since when it has waited for its
+/// viewer (`conn::InFlight`). A body handed to the connection in part is a slice that keeps all
+/// of it in memory, and one the RAM tier has let go is held by nothing else: a client that opens
+/// streams and never reads them pins a body per stream.
+#[derive(Default)]
+pub struct Stalled {
+    responses: Mutex<Vec<Weak<StalledResponse>>>,
+}
+
+/// One response of a [`Stalled`] client.
+#[derive(Default)]
+pub struct StalledResponse {
+    pub len: AtomicU64,
+    /// Milliseconds since `epoch_ms`'s start + 1 when it began to wait; 0 while polled.
+    pub since: AtomicU64,
+}
+
+impl Stalled {
+    /// Registers a response; it leaves when the returned handle is dropped.
+    pub fn join(&self) -> Arc<StalledResponse> {
+        let r = Arc::new(StalledResponse::default());
+        let mut list = self.responses.lock();
+        // Ended responses go when the list is full, before it grows: amortised constant work.
+        if list.len() == list.capacity() {
+            list.retain(|w| w.strong_count() > 0);
+        }
+        list.push(Arc::downgrade(&r));
+        r
+    }
+
+    /// Bytes of the client's responses that have waited for it `STALLED_AFTER` or longer.
+    pub fn bytes(&self) -> u64 {
+        let now = epoch_ms();
+        let after = STALLED_AFTER.as_millis() as u64;
+        let mut list = self.responses.lock();
+        list.retain(|w| w.strong_count() > 0);
+        list.iter()
+            .filter_map(Weak::upgrade)
+            .filter(|r| {
+                let since = r.since.load(Relaxed);
+                since != 0 && now.saturating_sub(since - 1) >= after
+            })
+            .map(|r| r.len.load(Relaxed))
+            .sum()
+    }
+}
+
+/// Milliseconds since the first call (a process-wide clock for `StalledResponse::since`).
+pub fn epoch_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
 impl Drop for Admitted {
@@ -306,6 +385,7 @@ mod tests {
                 per_ip_burst: burst,
                 allow: vec![Cidr::parse("10.0.0.0/8").expect("cidr")],
                 table_size,
+                per_ip_stalled_bytes: 0,
             },
             Arc::default(),
         ))

@@ -435,11 +435,18 @@ pub async fn respond<H: Handler>(
     req: Request<Incoming>,
     peer: Option<SocketAddr>,
 ) -> Response<Logged<H>> {
-    let in_flight = conn
-        .activity
-        .request(conn.watch_streams && req.version() == http::Version::HTTP_2);
+    let in_flight = conn.activity.request(
+        conn.watch_streams && req.version() == http::Version::HTTP_2,
+        conn.admitted.stalled(),
+    );
     let pending = Pending::of(&req);
     let resp = match conn.admitted.take_request() {
+        // A client whose h2 streams already hold `limits.per_ip_stalled_bytes` of responses it
+        // does not take gets no more until they drain: each would pin another body in memory.
+        Ok(()) if conn.admitted.over_stalled_bytes() => {
+            Metrics::inc(&conn.edge.metrics().limits.stalled_refused);
+            too_many_requests(Duration::from_secs(1))
+        }
         Ok(()) => conn.edge.handle(req, peer).await,
         Err(retry_after) => too_many_requests(retry_after),
     };

@@ -3,6 +3,7 @@
 //! and h2 streams reset before any byte was read not fetching past the fill cap.
 
 use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
@@ -462,4 +463,156 @@ async fn one_stalled_h2_stream_beside_a_busy_one(allowed: bool) {
         assert!(edge.edge.metrics.limits.slow_readers_closed.load(Relaxed) >= 1);
     }
     drop(stalled);
+}
+
+/// One client's h2 streams that never take their responses each hold a whole body in memory (one
+/// the RAM tier may already have let go): a client opening streams for distinct segments and
+/// reading none grew the edge by a body per stream, far past `ram_size`. Past
+/// `limits.per_ip_stalled_bytes` of them, the client's new requests get 429 until they drain,
+/// and another client is served as before. A response counts once it has waited for its viewer
+/// `limits::STALLED_AFTER`: active downloads of many viewers behind one address do not.
+#[tokio::test]
+async fn stalled_h2_streams_of_one_client_are_bounded_in_bytes() {
+    stalled_h2_streams_of_one_client(0).await;
+}
+
+/// The same with a one-byte window: the edge may hand each stream's body to the connection,
+/// which buffers it whole; the response still waits for its viewer and still counts.
+#[tokio::test]
+async fn stalled_h2_streams_with_a_one_byte_window_are_bounded_too() {
+    stalled_h2_streams_of_one_client(1).await;
+}
+
+async fn stalled_h2_streams_of_one_client(window: u32) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let origin = Origin::start().await;
+    for i in 0..6 {
+        origin.script(
+            &format!("/v/p{i}.ts"),
+            Script::ok(body(1 << 20)).header("cache-control", "max-age=60"),
+        );
+    }
+    let mut raw = edge_config(&origin);
+    raw.limits.allow = Some(Vec::new());
+    raw.limits.per_ip_stalled_bytes = Some("2MiB".into());
+    let edge = TestEdge::start(raw).await;
+    let tcp = tokio::net::TcpStream::connect(edge.addr)
+        .await
+        .expect("connect");
+    let (mut send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(window)
+        .handshake(TokioIo::new(tcp))
+        .await
+        .expect("h2 handshake");
+    tokio::spawn(conn);
+    let get = |path: &str| {
+        Request::get(format!("http://{}{path}", edge.addr))
+            .body(Empty::<Bytes>::new())
+            .expect("request")
+    };
+    let mut statuses = Vec::new();
+    let mut held = Vec::new();
+    for i in 0..6 {
+        if i == 3 {
+            // A response counts as stalled once it has waited for its viewer a while (an
+            // active download is polled again many times a second).
+            tokio::time::sleep(vedge::http::limits::STALLED_AFTER + Duration::from_millis(300))
+                .await;
+        }
+        let resp = send
+            .send_request(get(&format!("/v/p{i}.ts")))
+            .await
+            .expect("response head");
+        statuses.push(resp.status().as_u16());
+        held.push(resp);
+    }
+    assert_eq!(
+        statuses,
+        [200, 200, 200, 429, 429, 429],
+        "window {window}: one client's stalled streams were not bounded"
+    );
+    assert_eq!(edge.edge.metrics.limits.stalled_refused.load(Relaxed), 3);
+
+    // Another client (another loopback address) is served meanwhile.
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.bind("127.0.0.2:0".parse().expect("addr"))
+        .expect("bind");
+    let mut other = sock.connect(edge.addr).await.expect("connect");
+    other
+        .write_all(b"GET /v/p5.ts HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("request");
+    let mut answer = Vec::new();
+    other.read_to_end(&mut answer).await.expect("read");
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "the other client was refused"
+    );
+
+    // Once the stalled streams go, the client is served again.
+    drop(held);
+    let mut again = 0;
+    for _ in 0..50 {
+        let resp = send
+            .send_request(get("/v/p0.ts"))
+            .await
+            .expect("response head");
+        again = resp.status().as_u16();
+        if again == 200 {
+            break;
+        }
+        drop(resp);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        again, 200,
+        "the client stayed refused after its streams ended"
+    );
+}
+
+/// Many active h2 downloads of one address (viewers behind one NAT) are not stalled streams:
+/// with the cap below what they fetch at once, every one is served whole.
+#[tokio::test]
+async fn active_h2_downloads_of_one_address_are_not_refused() {
+    let origin = Origin::start().await;
+    for i in 0..8 {
+        origin.script(
+            &format!("/v/a{i}.ts"),
+            Script::ok(body(1 << 20)).header("cache-control", "max-age=60"),
+        );
+    }
+    let mut raw = edge_config(&origin);
+    raw.limits.allow = Some(Vec::new());
+    raw.limits.per_ip_stalled_bytes = Some("2MiB".into());
+    let edge = TestEdge::start(raw).await;
+    let tcp = tokio::net::TcpStream::connect(edge.addr)
+        .await
+        .expect("connect");
+    let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake(TokioIo::new(tcp))
+        .await
+        .expect("h2 handshake");
+    tokio::spawn(conn);
+    for round in 0..3 {
+        let mut downloads = Vec::new();
+        for i in 0..8 {
+            let mut send = send.clone();
+            let req = Request::get(format!("http://{}/v/a{i}.ts", edge.addr))
+                .body(Empty::<Bytes>::new())
+                .expect("request");
+            downloads.push(tokio::spawn(async move {
+                let resp = send.send_request(req).await.expect("response head");
+                let status = resp.status().as_u16();
+                let body = http_body_util::BodyExt::collect(resp.into_body())
+                    .await
+                    .expect("body")
+                    .to_bytes();
+                (status, body.len())
+            }));
+        }
+        for d in downloads {
+            assert_eq!(d.await.expect("task"), (200, 1 << 20), "round {round}");
+        }
+    }
+    assert_eq!(edge.edge.metrics.limits.stalled_refused.load(Relaxed), 0);
 }
