@@ -305,8 +305,10 @@ impl Admitted {
 }
 
 /// How long an h2 response waits for its viewer to take more before it counts as stalled: an
-/// active download is polled again as soon as its window opens, many times a second.
-pub const STALLED_AFTER: Duration = Duration::from_secs(1);
+/// active download is polled again as soon as its window opens (within a round trip of the
+/// viewer's last window update). Shorter lets fewer streams in before the cap applies (a client
+/// sends at most `per_ip_rps` a second), longer spares viewers on slow links with small windows.
+pub const STALLED_AFTER: Duration = Duration::from_millis(500);
 
 /// One client's h2 responses, each with its body's length and since when it has waited for its
 /// viewer (`conn::InFlight`). A body handed to the connection in part is a slice that keeps all
