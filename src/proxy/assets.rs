@@ -103,6 +103,15 @@ fn references(url: &Url, body: &[u8]) -> (Vec<(Url, bool)>, Option<Url>) {
 }
 
 impl AssetIndex {
+    /// Manifests whose references are known.
+    pub fn len(&self) -> usize {
+        self.inner.lock().assets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Records what the manifest at `url` (its body just stored) references.
     pub fn learn(&self, url: &Url, body: &[u8]) {
         let (members, prefix) = references(url, body);

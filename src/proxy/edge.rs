@@ -41,7 +41,7 @@ pub struct Edge {
     /// Keys asked for with a Range and passed through (`cache.range_passthrough_above`).
     pub range_seen: crate::proxy::range_pass::Seen,
     /// Which objects the stored manifests reference (purge by asset).
-    pub assets: crate::proxy::assets::AssetIndex,
+    pub assets: Arc<crate::proxy::assets::AssetIndex>,
     /// Keys whose responses were not shareable, until when they stay uncached.
     pub hit_for_pass: SparseCache<SystemTime>,
     /// Base key -> the request headers its responses vary on.

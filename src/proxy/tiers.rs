@@ -307,7 +307,16 @@ impl Edge {
         if !stored {
             tracing::debug!(key, "purged while filling: not stored");
         } else if let (ContentClass::Manifest, Some(u)) = (obj.class, manifest_url) {
-            self.assets.learn(&u, &obj.body);
+            // Reading a manifest's references costs time in its size (a VOD playlist of 300,000
+            // segments parses for a good part of a second): a large one is read on the
+            // blocking pool, not on the worker that serves this fill's viewers and others. A
+            // purge by asset meanwhile reads the manifest from the tiers (`admin::purge`).
+            if obj.body.len() <= LEARN_INLINE {
+                self.assets.learn(&u, &obj.body);
+            } else {
+                let (assets, body) = (self.assets.clone(), obj.body.clone());
+                tokio::task::spawn_blocking(move || assets.learn(&u, &body));
+            }
         }
         stored
     }
@@ -407,6 +416,10 @@ impl Edge {
         Ok(counts)
     }
 }
+
+/// Manifests up to this size have their references read inline when stored (`insert_from_fill`);
+/// larger ones on the blocking pool.
+const LEARN_INLINE: usize = 256 << 10;
 
 /// Purge selectors applied to the RAM tier between two yields to the runtime (`Edge::purge`):
 /// keys looked up one by one, or the selectors of one scan.

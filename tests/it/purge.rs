@@ -529,3 +529,52 @@ async fn a_mixed_purge_counts_each_object_once_for_the_entry_that_selects_it() {
         assert_ne!(s.edge.get("/mix/plain.ts").await.x_cache(), "HIT");
     }
 }
+
+/// A large manifest's references (what a purge by asset removes) are read off the worker that
+/// stored it: on a single-threaded runtime (the edge and this test share one thread), another
+/// task runs between the fill's end and the index knowing the manifest. Before, a VOD playlist
+/// of 300,000 segments held its worker, and every viewer on it, for over a second.
+#[tokio::test(flavor = "current_thread")]
+async fn a_large_manifest_is_indexed_off_the_worker_that_stored_it() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let origin = Origin::start().await;
+    let mut playlist = String::from("#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-PLAYLIST-TYPE:VOD\n");
+    for i in 0..20_000 {
+        playlist.push_str(&format!("#EXTINF:2.0,\nseg_{i:06}.ts\n"));
+    }
+    playlist.push_str("#EXT-X-ENDLIST\n");
+    assert!(playlist.len() > 256 << 10);
+    origin.script(
+        "/vod/long/index.m3u8",
+        cached(&playlist).header("content-type", "application/vnd.apple.mpegurl"),
+    );
+    let s = Arc::new(setup(&origin).await);
+    assert!(s.edge.edge.assets.is_empty());
+    let observer = {
+        let s = s.clone();
+        tokio::spawn(async move {
+            let mut turns = 0u64;
+            for _ in 0..50_000_000u64 {
+                if !s.edge.edge.assets.is_empty() {
+                    return Some(turns);
+                }
+                let filled = s.edge.edge.fills.is_empty()
+                    && s.edge.edge.metrics.fills_aborted.load(Relaxed) == 0
+                    && !s.edge.edge.ram.is_empty();
+                if filled {
+                    turns += 1;
+                }
+                tokio::task::yield_now().await;
+            }
+            None
+        })
+    };
+    let r = s.edge.get("/vod/long/index.m3u8").await;
+    assert_eq!(r.status, http::StatusCode::OK);
+    let turns = observer.await.expect("observer");
+    println!("turns between the fill's end and the index knowing the manifest: {turns:?}");
+    assert!(
+        turns.is_some_and(|t| t > 0),
+        "the manifest was read on the worker that stored it: {turns:?}"
+    );
+}
