@@ -2,10 +2,12 @@
 //! weighted by object bytes). Holds parsed objects, so a hit costs no header parsing and the body
 //! goes to the socket as the same `Bytes`.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
+use parking_lot::Mutex;
 use quick_cache::sync::Cache;
-use quick_cache::{OptionsBuilder, Weighter};
+use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, Weighter};
 
 use crate::cache::object::CachedObject;
 use crate::zerocopy::footprint;
@@ -31,7 +33,49 @@ impl Weighter<String, Arc<CachedObject>> for ByBytes {
 
 /// Byte-bounded RAM tier keyed by the (variant) cache key.
 pub struct RamTier {
-    cache: Cache<String, Arc<CachedObject>, ByBytes>,
+    cache: Cache<String, Arc<CachedObject>, ByBytes, DefaultHashBuilder, Variants>,
+    variants: Variants,
+}
+
+/// Per base key, how many entries the tier holds under `base\0…` (`Vary` variants, slices),
+/// kept on insert, removal and eviction (a replaced value counts as evicted): whether a key has
+/// variants here is one lookup, not a scan of the tier.
+#[derive(Clone, Default)]
+struct Variants(Arc<Mutex<HashMap<String, u32>>>);
+
+impl Variants {
+    fn added(&self, key: &str) {
+        if let Some(base) = variant_base(key) {
+            *self.0.lock().entry(base.to_string()).or_insert(0) += 1;
+        }
+    }
+
+    fn removed(&self, key: &str) {
+        if let Some(base) = variant_base(key) {
+            let mut m = self.0.lock();
+            if let Some(n) = m.get_mut(base) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(base);
+                }
+            }
+        }
+    }
+}
+
+impl Lifecycle<String, Arc<CachedObject>> for Variants {
+    type RequestState = ();
+
+    fn begin_request(&self) -> Self::RequestState {}
+
+    fn on_evict(&self, _: &mut (), key: String, _: Arc<CachedObject>) {
+        self.removed(&key);
+    }
+}
+
+/// The key `key` is a variant (or slice) of, if it is one: its part before the first `\0`.
+fn variant_base(key: &str) -> Option<&str> {
+    key.find('\0').map(|at| &key[..at])
 }
 
 impl RamTier {
@@ -49,13 +93,15 @@ impl RamTier {
             .shards(shards as usize)
             .build()
             .expect("quick_cache options are valid");
+        let variants = Variants::default();
         RamTier {
             cache: Cache::with_options(
                 opts,
                 ByBytes { zero_copy },
                 Default::default(),
-                Default::default(),
+                variants.clone(),
             ),
+            variants,
         }
     }
 
@@ -74,11 +120,23 @@ impl RamTier {
     }
 
     pub fn insert(&self, key: String, obj: Arc<CachedObject>) {
+        // Counted on every insert: quick_cache reports the value an insert replaces as evicted
+        // (and a value too large to keep, at once).
+        self.variants.added(&key);
         self.cache.insert(key, obj);
     }
 
     pub fn remove(&self, key: &str) -> bool {
-        self.cache.remove(key).is_some()
+        let removed = self.cache.remove(key).is_some();
+        if removed {
+            self.variants.removed(key);
+        }
+        removed
+    }
+
+    /// Whether the tier may hold entries under `base\0…` (variants or slices of `base`).
+    pub fn has_variants(&self, base: &str) -> bool {
+        self.variants.0.lock().contains_key(base)
     }
 
     /// Removes every object whose key satisfies `f`; returns how many.
@@ -86,6 +144,9 @@ impl RamTier {
         let n = std::sync::atomic::AtomicUsize::new(0);
         self.cache.retain(|k, v| {
             let drop = f(k, v);
+            if drop {
+                self.variants.removed(k);
+            }
             n.fetch_add(drop as usize, std::sync::atomic::Ordering::Relaxed);
             !drop
         });
@@ -125,6 +186,42 @@ mod tests {
             ContentClass::Segment,
             Duration::from_secs(60),
         ))
+    }
+
+    #[test]
+    fn variants_are_known_by_their_base_key_until_the_last_one_goes() {
+        let ram = RamTier::new(4 << 20, 1 << 20, false);
+        ram.insert("k\0a".into(), obj(100));
+        ram.insert("k\0a".into(), obj(100));
+        ram.insert("k\0b".into(), obj(100));
+        ram.insert("k".into(), obj(100));
+        assert!(ram.has_variants("k"));
+        assert!(!ram.has_variants("k\0a") && !ram.has_variants("j"));
+        assert!(ram.remove("k\0a"));
+        assert!(ram.has_variants("k"), "k\\0b is left");
+        assert_eq!(ram.remove_where(|k, _| k.starts_with("k\0")), 1);
+        assert!(!ram.has_variants("k"));
+        // Evictions: variants among 12 MiB of inserts into a 4 MiB tier. Whichever went, the
+        // count says whether some of a base's variants are still held.
+        for i in 0..20 {
+            ram.insert(format!("e{i}\0x"), obj(16 << 10));
+        }
+        for i in 0..200 {
+            ram.insert(format!("f{i}"), obj(64 << 10));
+            ram.get(&format!("f{i}"));
+            ram.get(&format!("f{i}"));
+        }
+        let held = (0..20)
+            .filter(|i| ram.contains(&format!("e{i}\0x")))
+            .count();
+        let known = (0..20)
+            .filter(|i| ram.has_variants(&format!("e{i}")))
+            .count();
+        assert!(held < 20, "nothing was evicted: {held}");
+        assert_eq!(
+            held, known,
+            "an evicted variant is forgotten, a held one known"
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Invalidation by unsafe methods (RFC 9111 §4.4): a non-error response to a request whose
 //! method is not known to be safe (POST, PUT, DELETE, PATCH, any unknown method) removes what is
 //! stored for its target URI, and for the `Location` and `Content-Location` URIs when their host
-//! is the target's. Every Vary variant and slice goes with its key (`Edge::invalidate_key`). A passed HEAD
+//! is the target's. Every Vary variant and slice goes with its key (`Edge::purge_key`). A passed HEAD
 //! that names another representation removes the stored GET response (RFC 9111 §4.3.5).
 
 use http::{header, HeaderMap, Method, StatusCode};
@@ -53,7 +53,7 @@ pub fn after_response(req: &Req<'_>, status: StatusCode, headers: &HeaderMap) ->
     }
     keys.sort();
     keys.dedup();
-    let removed: usize = keys.iter().map(|k| edge.invalidate_key(k)).sum();
+    let removed: usize = keys.iter().map(|k| edge.purge_key(k)).sum();
     tracing::debug!(
         method = %req.parts.method,
         status = status.as_u16(),

@@ -103,7 +103,10 @@ impl Edge {
                 // Second request for an object not on disk yet: pulled objects are admitted
                 // to the SSD on their second request. Refused for a push of the key on its way
                 // to disk: this copy goes, and the next request reads the push.
-                if !self.offer_to_store(key, &o, None) {
+                // Against mark 0: never over a pinned object (an operator's push that landed
+                // after this copy was fetched; a refresh of a stale push replaces it through
+                // its fill's own mark).
+                if !self.offer_to_store(key, &o, Some(0)) {
                     self.ram.remove(key);
                 }
             } else if let Some(store) = &self.store {
@@ -232,36 +235,25 @@ impl Edge {
         self.ram.get(key).filter(|o| o.staleness(now).is_none())
     }
 
-    /// Removes one key (and its variants). Returns how many objects went.
+    /// Removes one key (and its variants). Returns how many objects went. O(1) in the RAM tier
+    /// unless it holds variants of the key: strangers name the keys a successful POST
+    /// invalidates (`proxy::invalidate`). The store cannot tell whether it holds variants (its
+    /// index holds hashes, and what the edge knew of the key's `Vary` is gone after a restart):
+    /// they get a mark, one map entry (`storage::marks`, bounded).
     pub fn purge_key(&self, key: &str) -> usize {
         let variant_prefix = format!("{key}\0");
-        let mut n = self
-            .ram
-            .remove_where(|k, _| k == key || k.starts_with(&variant_prefix));
+        let mut n = if self.ram.has_variants(key) {
+            self.ram
+                .remove_where(|k, _| k == key || k.starts_with(&variant_prefix))
+        } else {
+            usize::from(self.ram.remove(key))
+        };
         if let Some(store) = &self.store {
             let disk = store.remove(key.as_bytes()) as usize
                 + store.remove_prefix(variant_prefix.as_bytes());
             n = n.max(disk);
         }
         self.vary_index.remove(key);
-        self.hit_for_pass.remove(key);
-        n
-    }
-
-    /// Removes what a viewer's request invalidated (RFC 9111 §4.4: a successful unsafe method):
-    /// the key, and its variants (`Vary`, slices) only when the edge knows the key has some.
-    /// Strangers choose these URIs, so each costs O(1): a scan of the RAM tier and a store
-    /// tombstone per URI named, as `purge_key` pays, would let a viewer's POSTs to many URLs
-    /// burn the edge's CPU and grow the store's purge marks without bound. A variant stored
-    /// while the edge still knew its `Vary` is reached as long as the vary index keeps it.
-    pub fn invalidate_key(&self, key: &str) -> usize {
-        if self.may_have_variants(key) {
-            return self.purge_key(key);
-        }
-        let mut n = usize::from(self.ram.remove(key));
-        if let Some(store) = &self.store {
-            n = n.max(usize::from(store.remove(key.as_bytes())));
-        }
         self.hit_for_pass.remove(key);
         n
     }
@@ -275,20 +267,6 @@ impl Edge {
         expire_now(&mut stale, now);
         self.ram.insert(key.to_string(), Arc::new(stale));
         1
-    }
-
-    /// Whether objects may be stored under `key\0…`: the origin varies the key, or it is
-    /// cached in slices (`proxy::slice`: the sliced-object record).
-    fn may_have_variants(&self, key: &str) -> bool {
-        if self.vary_index.get(key).is_some() {
-            return true;
-        }
-        let record = crate::proxy::slice::record_key(key);
-        self.ram.contains(&record)
-            || self
-                .store
-                .as_ref()
-                .is_some_and(|s| s.contains(record.as_bytes()))
     }
 
     /// Stores what a fill fetched, unless a purge made since the fill started selects it (a
@@ -335,7 +313,7 @@ impl Edge {
         self.fills.record_purges(selectors);
         let now = self.clock.now();
         let mut counts = vec![0usize; selectors.len()];
-        // A key the edge knows has no variants is one lookup. The other selectors go through
+        // A key without variants in RAM is one lookup. The other selectors go through
         // the RAM tier in batches, one scan per batch, keys by set membership: an asset purge
         // expands to tens of thousands of keys, and a scan per key cost keys × RAM entries.
         let mut scanned = Vec::new();
@@ -344,7 +322,7 @@ impl Edge {
                 tokio::task::yield_now().await;
             }
             match sel {
-                PurgeSelector::Key(k) if !self.may_have_variants(k) => {
+                PurgeSelector::Key(k) if !self.ram.has_variants(k) => {
                     counts[i] = if soft {
                         self.expire_in_ram(k, now)
                     } else {

@@ -115,47 +115,96 @@ async fn unsafe_method_invalidates_location_and_content_location_on_the_same_hos
     assert_eq!(edge.get("/inv/elsewhere").await.x_cache(), "HIT");
 }
 
-/// Viewers' successful POSTs to many URIs (a beacon endpoint answering 204, each with its own
-/// query) invalidate those URIs and nothing more: the store keeps no purge mark per URI. Before,
-/// each one left a prefix tombstone for the URI's `Vary` variants, which every disk lookup then
-/// checked, until region reclaim dropped them.
+/// A successful POST invalidates every stored variant of its URI, also those on disk after a
+/// restart, when the edge no longer knows how the origin varies the URI: a viewer whose variant
+/// the POST changed must not be served the copy from before it. (With the variants looked for
+/// only where the edge knew the URI's `Vary`, the phone viewer got `v1` from disk.)
 #[tokio::test]
-async fn unsafe_methods_on_many_uris_leave_the_store_no_purge_marks() {
+async fn a_post_after_a_restart_invalidates_the_variants_on_disk() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = dir.path().join("vedge.store");
     let origin = Origin::start().await;
-    origin.script("/beacon", Script::status(204, ""));
+    let seg = |body: &'static str| {
+        Script::ok(body)
+            .header("cache-control", "max-age=3600")
+            .header("content-type", "video/mp2t")
+            .header("vary", "X-Device")
+    };
+    origin.script("/r/v.ts", seg("v1"));
     let flags = ["--store-size", "64MiB", "--store-region-size", "4MiB"];
-    let store_flag = [std::ffi::OsStr::new("--store"), store.as_os_str()];
-    let v = BinaryEdge::start(
-        &origin.url(),
-        store_flag
-            .into_iter()
-            .chain(flags.map(std::ffi::OsStr::new)),
-    );
-    v.ready().await;
-    for i in 0..200 {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", v.port))
+    let start = || {
+        let store_flag = [std::ffi::OsStr::new("--store"), store.as_os_str()];
+        BinaryEdge::start(
+            &origin.url(),
+            store_flag
+                .into_iter()
+                .chain(flags.map(std::ffi::OsStr::new)),
+        )
+    };
+    let send = |port: u16, head: String| async move {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .expect("connect");
-        let req = format!(
-            "POST /beacon?n={i} HTTP/1.1\r\nHost: edge.test\r\nContent-Length: 1\r\n\
-             Connection: close\r\n\r\nx"
-        );
-        s.write_all(req.as_bytes()).await.expect("write");
+        s.write_all(head.as_bytes()).await.expect("write");
         let mut out = Vec::new();
         s.read_to_end(&mut out).await.expect("read");
-        assert!(
-            out.starts_with(b"HTTP/1.1 204"),
-            "{i}: {:?}",
-            String::from_utf8_lossy(&out)
-        );
+        out
+    };
+    let get = |port: u16, device: &'static str| {
+        send(
+            port,
+            format!(
+                "GET /r/v.ts HTTP/1.1\r\nHost: edge.test\r\nX-Device: {device}\r\n\
+                 Connection: close\r\n\r\n"
+            ),
+        )
+    };
+    let body_of = |raw: &[u8]| -> String {
+        let at = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("head") + 4;
+        String::from_utf8_lossy(&raw[at..]).into_owned()
+    };
+
+    let mut v = start();
+    v.ready().await;
+    // Three times each: a pulled object goes to disk on its second request.
+    for _ in 0..3 {
+        for d in ["tv", "phone"] {
+            get(v.port, d).await;
+        }
     }
-    assert_eq!(origin.count("/beacon"), 200);
+    for _ in 0..100 {
+        if v.metric("vedge_store_objects").await >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        v.metric("vedge_store_objects").await >= 2,
+        "the variants are on disk"
+    );
+    v.signal(libc::SIGTERM);
+    drop(v);
+
+    let v = start();
+    v.ready().await;
+    origin.script("/r/v.ts", seg("v2"));
+    let post = send(
+        v.port,
+        "POST /r/v.ts HTTP/1.1\r\nHost: edge.test\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx"
+            .to_string(),
+    )
+    .await;
+    assert!(
+        post.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&post)
+    );
+    // The tv viewer teaches the edge the Vary again; the phone viewer must not get v1.
+    assert_eq!(body_of(&get(v.port, "tv").await), "v2");
     assert_eq!(
-        v.metric("vedge_store_purge_marks").await,
-        0,
-        "a purge mark per URI a viewer POSTed to"
+        body_of(&get(v.port, "phone").await),
+        "v2",
+        "the phone viewer got the variant stored before the POST"
     );
 }
 
