@@ -483,12 +483,22 @@ async fn stalled_h2_streams_with_a_one_byte_window_are_bounded_too() {
     stalled_h2_streams_of_one_client(1).await;
 }
 
-async fn stalled_h2_streams_of_one_client(window: u32) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// An origin with `n` segments of 1 MiB (`/v/{name}{i}.ts`), an edge that caps one client's
+/// stalled h2 bytes at 2 MiB (loopback is not on its allowlist), and an h2 connection to it with
+/// the stream `window` given (`None`: the default).
+async fn stalled_cap_setup(
+    name: &str,
+    n: usize,
+    window: Option<u32>,
+) -> (
+    Origin,
+    TestEdge,
+    hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
+) {
     let origin = Origin::start().await;
-    for i in 0..6 {
+    for i in 0..n {
         origin.script(
-            &format!("/v/p{i}.ts"),
+            &format!("/v/{name}{i}.ts"),
             Script::ok(body(1 << 20)).header("cache-control", "max-age=60"),
         );
     }
@@ -499,12 +509,21 @@ async fn stalled_h2_streams_of_one_client(window: u32) {
     let tcp = tokio::net::TcpStream::connect(edge.addr)
         .await
         .expect("connect");
-    let (mut send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .initial_stream_window_size(window)
+    let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+    if let Some(w) = window {
+        builder.initial_stream_window_size(w);
+    }
+    let (send, conn) = builder
         .handshake(TokioIo::new(tcp))
         .await
         .expect("h2 handshake");
     tokio::spawn(conn);
+    (origin, edge, send)
+}
+
+async fn stalled_h2_streams_of_one_client(window: u32) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_origin, edge, mut send) = stalled_cap_setup("p", 6, Some(window)).await;
     let get = |path: &str| {
         Request::get(format!("http://{}{path}", edge.addr))
             .body(Empty::<Bytes>::new())
@@ -574,25 +593,7 @@ async fn stalled_h2_streams_of_one_client(window: u32) {
 /// with the cap below what they fetch at once, every one is served whole.
 #[tokio::test]
 async fn active_h2_downloads_of_one_address_are_not_refused() {
-    let origin = Origin::start().await;
-    for i in 0..8 {
-        origin.script(
-            &format!("/v/a{i}.ts"),
-            Script::ok(body(1 << 20)).header("cache-control", "max-age=60"),
-        );
-    }
-    let mut raw = edge_config(&origin);
-    raw.limits.allow = Some(Vec::new());
-    raw.limits.per_ip_stalled_bytes = Some("2MiB".into());
-    let edge = TestEdge::start(raw).await;
-    let tcp = tokio::net::TcpStream::connect(edge.addr)
-        .await
-        .expect("connect");
-    let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .handshake(TokioIo::new(tcp))
-        .await
-        .expect("h2 handshake");
-    tokio::spawn(conn);
+    let (_origin, edge, send) = stalled_cap_setup("a", 8, None).await;
     for round in 0..3 {
         let mut downloads = Vec::new();
         for i in 0..8 {
