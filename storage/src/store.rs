@@ -684,6 +684,18 @@ impl Store {
                 inner.c.misses.fetch_add(1, Relaxed);
                 None
             }
+            // A pinned object (an operator's push) is the only copy of what it holds: one I/O
+            // error, perhaps transient, does not drop it. This lookup is a miss and the next
+            // one reads again (a fill that replaces it meanwhile still can).
+            Err(ReadErr::Io) if e.pinned() => {
+                tracing::warn!(
+                    block = e.block,
+                    "read error on a pinned object: kept, served as a miss"
+                );
+                inner.c.read_errors.fetch_add(1, Relaxed);
+                inner.c.misses.fetch_add(1, Relaxed);
+                None
+            }
             Err(err) => {
                 if inner.drop_failed(h, e, gen) {
                     match err {

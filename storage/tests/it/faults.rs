@@ -520,3 +520,47 @@ fn uring_thread_sleeps_when_idle() {
         "failed io_uring thread used {failed} ticks while idle"
     );
 }
+
+/// One I/O error reading a pinned object (an operator's push, the only copy of it) makes that
+/// lookup a miss and keeps the object: the next lookup reads it. Before, the lookup dropped it
+/// from the index, so a transient EIO lost the push for good.
+#[tokio::test]
+async fn a_read_error_on_a_pinned_object_keeps_it() {
+    for engine in ENGINES {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(&cfg(&dir.path().join("store"), engine)).await;
+        s.insert_durable(
+            b"pin",
+            meta("pin", &[], true),
+            body_for("pin", 60_000),
+            Source::Push,
+        )
+        .await
+        .expect("push");
+        s.insert_durable(
+            b"pulled",
+            meta("pulled", &[], false),
+            body_for("pulled", 60_000),
+            Source::Pull,
+        )
+        .await
+        .expect("insert");
+        s.inject_read_errno(libc::EIO, 1);
+        assert!(
+            s.lookup(b"pin").await.is_none(),
+            "{engine:?}: the failed read is a miss"
+        );
+        let hit = s.lookup(b"pin").await;
+        assert!(
+            hit.as_ref()
+                .is_some_and(|h| h.meta.pinned && h.body == body_for("pin", 60_000)),
+            "{engine:?}: the pinned object was dropped on one read error"
+        );
+        // An unpinned object is a cached copy: dropped, fetched again.
+        s.inject_read_errno(libc::EIO, 1);
+        assert!(s.lookup(b"pulled").await.is_none());
+        assert!(s.lookup(b"pulled").await.is_none(), "{engine:?}: dropped");
+        assert!(s.stats().read_errors >= 2);
+        s.close().await.unwrap();
+    }
+}
