@@ -300,7 +300,7 @@ impl Admitted {
     pub fn over_stalled_bytes(&self) -> bool {
         self.stalled
             .as_ref()
-            .is_some_and(|s| s.bytes() > self.limits.cfg.per_ip_stalled_bytes)
+            .is_some_and(|s| s.exceeds(self.limits.cfg.per_ip_stalled_bytes))
     }
 }
 
@@ -340,20 +340,24 @@ impl Stalled {
         r
     }
 
-    /// Bytes of the client's responses that have waited for it `STALLED_AFTER` or longer.
-    pub fn bytes(&self) -> u64 {
+    /// Whether the client's responses that have waited for it `STALLED_AFTER` or longer hold
+    /// more than `cap` bytes. Stops at the first response past it; lengths come from origins'
+    /// `Content-Length`, so they add up saturating. Ended responses leave the list in `join`.
+    pub fn exceeds(&self, cap: u64) -> bool {
         let now = epoch_ms();
         let after = STALLED_AFTER.as_millis() as u64;
-        let mut list = self.responses.lock();
-        list.retain(|w| w.strong_count() > 0);
-        list.iter()
-            .filter_map(Weak::upgrade)
-            .filter(|r| {
-                let since = r.since.load(Relaxed);
-                since != 0 && now.saturating_sub(since - 1) >= after
-            })
-            .map(|r| r.len.load(Relaxed))
-            .sum()
+        let list = self.responses.lock();
+        let mut held = 0u64;
+        for r in list.iter().filter_map(Weak::upgrade) {
+            let since = r.since.load(Relaxed);
+            if since != 0 && now.saturating_sub(since - 1) >= after {
+                held = held.saturating_add(r.len.load(Relaxed));
+                if held > cap {
+                    return true;
+                }
+            }
+        }
+        false
     }
 }
 
