@@ -341,6 +341,8 @@ pub struct RawServer {
     pub h2_max_concurrent_streams: Option<u32>,
     pub h2_max_pending_reset_streams: Option<usize>,
     pub h2_max_local_error_reset_streams: Option<usize>,
+    /// PING, SETTINGS, PRIORITY and empty frames a client may send per second (`http::h2_flood`).
+    pub h2_control_frame_rate: Option<u32>,
     /// Abuse limits (`AbuseConfig`): the slowest a viewer may take a body, bytes/s; 0 = off.
     pub min_send_rate: Option<String>,
 }
@@ -1451,6 +1453,9 @@ impl ServerConfig {
                 max_local_error_reset_streams: raw
                     .h2_max_local_error_reset_streams
                     .unwrap_or(DEFAULT_H2_MAX_LOCAL_ERROR_RESET_STREAMS),
+                control_frame_rate: raw
+                    .h2_control_frame_rate
+                    .unwrap_or(DEFAULT_H2_CONTROL_FRAME_RATE),
             },
         }
     }
@@ -2413,6 +2418,10 @@ pub const DEFAULT_H2_MAX_CONCURRENT_STREAMS: u32 = 256;
 pub const DEFAULT_H2_MAX_PENDING_RESET_STREAMS: usize = 20;
 /// Streams the server may reset for a client's protocol errors before it drops the connection.
 pub const DEFAULT_H2_MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
+/// Frames that carry no request (PING, SETTINGS, PRIORITY, empty ones) a client may send per
+/// second, with ten seconds of them as a burst, before its connection is closed (CVE-2019-9512,
+/// -9515, -9518). Browsers and players send a handful per connection; 0 turns the guard off.
+pub const DEFAULT_H2_CONTROL_FRAME_RATE: u32 = 100;
 pub const DEFAULT_ADMIN_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_ADMIN_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -2516,6 +2525,7 @@ pub struct H2Limits {
     pub max_concurrent_streams: u32,
     pub max_pending_reset_streams: usize,
     pub max_local_error_reset_streams: usize,
+    pub control_frame_rate: u32,
 }
 
 /// A route's viewer-address rules: `deny` wins, then a non-empty `allow` must match.
@@ -3766,6 +3776,7 @@ mod tests {
             "server.h2_max_concurrent_streams",
             "server.h2_max_pending_reset_streams",
             "server.h2_max_local_error_reset_streams",
+            "server.h2_control_frame_rate",
             "tls.tickets",
             "limits.max_connections",
             "limits.per_ip_connections",

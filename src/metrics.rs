@@ -172,6 +172,9 @@ pub struct LimitMetrics {
     pub slow_readers_closed: AtomicU64,
     pub tls_handshake_timeouts: AtomicU64,
     pub tls_handshake_errors: AtomicU64,
+    /// h2 connections closed for frames that carry no request past `server.h2_control_frame_rate`
+    /// (`http::h2_flood`).
+    pub h2_flood_closed: AtomicU64,
 }
 
 impl LimitMetrics {
@@ -204,6 +207,7 @@ impl LimitMetrics {
             ("slow_reader", &self.slow_readers_closed),
             ("tls_handshake_timeout", &self.tls_handshake_timeouts),
             ("tls_handshake_error", &self.tls_handshake_errors),
+            ("h2_flood", &self.h2_flood_closed),
         ] {
             let _ = writeln!(
                 out,

@@ -44,6 +44,8 @@ pub struct Activity {
     /// whose flow-control window stays shut beside others that move would hold its response,
     /// and the fill or pass behind it, while the connection as a whole keeps moving.
     streams: Mutex<Vec<Weak<AtomicU64>>>,
+    /// Whether `h2_flood::FloodGuard` closed the connection.
+    h2_flood: std::sync::atomic::AtomicBool,
 }
 
 impl Activity {
@@ -58,12 +60,22 @@ impl Activity {
             body_sent: AtomicU64::new(0),
             read: AtomicU64::new(0),
             requests: AtomicU64::new(0),
+            h2_flood: std::sync::atomic::AtomicBool::new(false),
             streams: Mutex::new(Vec::new()),
         })
     }
 
     fn now_ms(&self) -> u64 {
         self.start.elapsed().as_millis() as u64
+    }
+
+    /// The client flooded frames that carry no request (`http::h2_flood`).
+    pub fn note_h2_flood(&self) {
+        self.h2_flood.store(true, Relaxed);
+    }
+
+    pub fn h2_flooded(&self) -> bool {
+        self.h2_flood.load(Relaxed)
     }
 
     /// A request started; the token ends it when dropped (its response body done or dropped).

@@ -8,6 +8,7 @@ pub mod cache_status;
 pub mod conditional;
 pub mod conn;
 pub mod cors;
+pub mod h2_flood;
 pub mod limits;
 pub mod range;
 pub mod response;

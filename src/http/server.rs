@@ -26,6 +26,7 @@ use crate::config::{ConnTimeouts, H2Limits, ServerConfig};
 use crate::http::access::{Logged, Pending};
 use crate::http::body::Body;
 use crate::http::conn::{self, Activity, Watched};
+use crate::http::h2_flood::FloodGuard;
 use crate::http::limits::{Admitted, Limits};
 use crate::http::tls::Tls;
 use crate::metrics::Metrics;
@@ -302,6 +303,7 @@ async fn accept_loop<H: Handler>(
         };
         let _ = stream.set_nodelay(true);
         let send_buffer = edge.server_config().send_buffer;
+        let h2_rate = edge.server_config().h2.control_frame_rate;
         let zero_copy = edge.zero_copy().clone();
         let activity = Activity::new();
         let conn = Arc::new(Conn {
@@ -326,6 +328,7 @@ async fn accept_loop<H: Handler>(
                 );
                 // Boxed: the connection task holds it as its own and in the guard's future,
                 // and a boxed one is a pointer in each (5.6 KiB of task per connection else).
+                let io = FloodGuard::new(io, h2_rate, activity.clone());
                 let conn = Box::pin(
                     graceful.watch(builder.serve_connection(TokioIo::new(io), svc).into_owned()),
                 );
@@ -337,6 +340,9 @@ async fn accept_loop<H: Handler>(
                     tokio::select! {
                         _ = served => {}
                         _ = cut.cancelled() => {}
+                    }
+                    if activity.h2_flooded() {
+                        Metrics::inc(&edge.metrics().limits.h2_flood_closed);
                     }
                 });
             }
@@ -363,6 +369,7 @@ async fn accept_loop<H: Handler>(
                                 return;
                             }
                         };
+                    let tls = FloodGuard::new(tls, h2_rate, activity.clone());
                     let conn = Box::pin(
                         watcher.watch(
                             builder
@@ -375,6 +382,9 @@ async fn accept_loop<H: Handler>(
                     tokio::select! {
                         _ = conn::guard(conn, &activity, &cfg.timeouts, m) => {}
                         _ = cut.cancelled() => {}
+                    }
+                    if activity.h2_flooded() {
+                        Metrics::inc(&m.h2_flood_closed);
                     }
                 });
             }

@@ -26,6 +26,7 @@ mod edge_ranges;
 mod edge_store;
 mod edge_vary;
 mod edge_zerocopy;
+mod h2_flood;
 mod https_origin;
 mod ingest;
 mod limits;
