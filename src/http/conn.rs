@@ -42,8 +42,12 @@ pub struct Activity {
     requests: AtomicU64,
     /// Each multiplexed (h2) request's wait for its viewer (`InFlight::handed`): one stream
     /// whose flow-control window stays shut beside others that move would hold its response,
-    /// and the fill or pass behind it, while the connection as a whole keeps moving.
-    streams: Mutex<Vec<Weak<AtomicU64>>>,
+    /// and the fill or pass behind it, while the connection as a whole keeps moving. The same
+    /// records are in the client's `limits::Stalled` list when it has one.
+    streams: Mutex<Vec<Weak<StalledResponse>>>,
+    /// `limits::epoch_ms` when the connection opened: turns a response's wait, kept on that
+    /// process-wide clock, into this connection's milliseconds.
+    epoch_at_start: u64,
     /// Whether `h2_flood::FloodGuard` closed the connection.
     h2_flood: std::sync::atomic::AtomicBool,
 }
@@ -52,6 +56,7 @@ impl Activity {
     pub fn new() -> Arc<Activity> {
         Arc::new(Activity {
             start: Instant::now(),
+            epoch_at_start: epoch_ms(),
             in_flight: AtomicU32::new(0),
             idle_since: AtomicU64::new(0),
             blocked_since: AtomicU64::new(0),
@@ -92,7 +97,10 @@ impl Activity {
         self.in_flight.fetch_add(1, Relaxed);
         self.requests.fetch_add(1, Relaxed);
         let wait = multiplexed.then(|| {
-            let wait = Arc::new(AtomicU64::new(0));
+            let wait = match stalled {
+                Some(client) => client.join(),
+                None => Arc::new(StalledResponse::default()),
+            };
             let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
             // Ended streams are dropped when the list is full, before it grows: amortised
             // constant work per request, and never more than twice the live streams.
@@ -102,11 +110,9 @@ impl Activity {
             streams.push(Arc::downgrade(&wait));
             wait
         });
-        let held = stalled.filter(|_| multiplexed).map(|client| client.join());
         InFlight {
             activity: self.clone(),
             wait,
-            held,
         }
     }
 
@@ -118,10 +124,10 @@ impl Activity {
         streams
             .iter()
             .filter_map(|w| w.upgrade())
-            .map(|w| w.load(Relaxed))
+            .map(|w| w.since.load(Relaxed))
             .filter(|&since| since != 0)
             .min()
-            .map(|since| since - 1)
+            .map(|since| (since - 1).saturating_sub(self.epoch_at_start))
     }
 
     /// Resolves when the connection has broken a timeout, saying which.
@@ -219,20 +225,19 @@ fn ms(d: Duration) -> u64 {
 /// One request in flight on a connection.
 pub struct InFlight {
     activity: Arc<Activity>,
-    /// A multiplexed request's wait for its viewer: ms since the activity's start + 1 when its
+    /// A multiplexed request's wait for its viewer (`StalledResponse::since`, set when its
     /// response head or a body frame was handed over and the body was not polled since; 0
-    /// while the body is being polled (the edge or the origin, not the viewer, is behind).
-    wait: Option<Arc<AtomicU64>>,
-    /// This response among its client's (`limits::Stalled`): its length, and since when it has
-    /// waited for its viewer.
-    held: Option<Arc<StalledResponse>>,
+    /// while the body is being polled: the edge or the origin, not the viewer, is behind) and
+    /// its body's length. Followed by the connection's watchdog and, for a client under
+    /// `limits.per_ip_stalled_bytes`, by its `limits::Stalled` list.
+    wait: Option<Arc<StalledResponse>>,
 }
 
 impl InFlight {
     /// The response body's length (exact, or the least it will be).
     pub fn promise(&self, len: u64) {
-        if let Some(h) = &self.held {
-            h.len.store(len, Relaxed);
+        if let Some(w) = &self.wait {
+            w.len.store(len, Relaxed);
         }
     }
 
@@ -246,10 +251,7 @@ impl InFlight {
     /// body again when its viewer has room for more.
     pub fn handed(&self) {
         if let Some(w) = &self.wait {
-            w.store(self.activity.now_ms() + 1, Relaxed);
-        }
-        if let Some(h) = &self.held {
-            h.since.store(epoch_ms() + 1, Relaxed);
+            w.since.store(epoch_ms() + 1, Relaxed);
         }
     }
 
@@ -257,10 +259,7 @@ impl InFlight {
     /// holding it back.
     pub fn polled(&self) {
         if let Some(w) = &self.wait {
-            w.store(0, Relaxed);
-        }
-        if let Some(h) = &self.held {
-            h.since.store(0, Relaxed);
+            w.since.store(0, Relaxed);
         }
     }
 }
