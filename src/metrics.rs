@@ -52,6 +52,9 @@ pub struct AbuseMetrics {
     pub fills_queued: AtomicU64,
     /// Fills that found no slot before the collapse deadline: answered 503 origin-busy.
     pub fills_refused: AtomicU64,
+    /// Fills that gave up their key because their leader's share of the route's slots was all
+    /// taken (`proxy::fill_limit::Refused::Share`): the viewers that joined claim their own.
+    pub fills_share_released: AtomicU64,
     /// Range misses passed through uncached with the viewer's range (`cache.range_passthrough_above`).
     pub range_passthrough: AtomicU64,
     /// Varied responses not stored: their object already had `proxy::vary_cap::MAX_VARIANTS`.
@@ -68,6 +71,10 @@ impl AbuseMetrics {
         for (name, c) in [
             ("vedge_fills_queued_total", &self.fills_queued),
             ("vedge_fills_origin_busy_total", &self.fills_refused),
+            (
+                "vedge_fills_share_released_total",
+                &self.fills_share_released,
+            ),
             ("vedge_range_passthrough_total", &self.range_passthrough),
             ("vedge_vary_limit_total", &self.vary_limit),
             (

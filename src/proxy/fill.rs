@@ -18,6 +18,7 @@ use crate::cache::vary;
 use crate::metrics::Metrics;
 use crate::origin::OriginError;
 use crate::proxy::edge::Edge;
+use crate::proxy::fill_limit::Refused;
 use crate::proxy::request::Req;
 use crate::proxy::slice::{self, SliceAsk};
 
@@ -52,13 +53,7 @@ pub struct FillJob {
 
 impl FillJob {
     pub fn new(req: &Req<'_>, base_key: &str, stale: Option<Arc<CachedObject>>) -> FillJob {
-        let route = req
-            .edge
-            .config
-            .routes
-            .iter()
-            .position(|r| std::ptr::eq(r, req.route()))
-            .unwrap_or(0);
+        let route = req.route_index();
         FillJob {
             route,
             // The key's target: CMCD is dropped from it by default (one viewer's CMCD is not
@@ -144,6 +139,10 @@ impl FillJob {
 
 /// The pass reason of a prefetch the origin refused: no answer for the viewers that joined it.
 pub const PREFETCH_REFUSED: &str = "prefetch-refused";
+
+/// The head of a fill whose leader's share of the route's fill slots was all taken
+/// (`proxy::fill_limit::Refused::Share`): not an answer for anyone, each claims again.
+pub const SHARE_TAKEN: &str = "share-taken";
 
 /// What an oversized fill may hold behind its fastest viewer: it reads the origin no further
 /// ahead, and a viewer further behind is cut (`Fill::wait_for_readers`).
@@ -323,7 +322,7 @@ async fn run(
         .peer
         .filter(|ip| !edge.limits.bypasses(*ip))
         .map(crate::http::limits::client_of);
-    let Some(_slot) = edge
+    let _slot = match edge
         .fill_limit
         .admit(
             job.route,
@@ -333,9 +332,24 @@ async fn run(
             &edge.metrics.abuse,
         )
         .await
-    else {
-        fill.set_head(FillHead::Failed(OriginFailure::Busy));
-        return Ok(());
+    {
+        Ok(slot) => slot,
+        Err(Refused::Busy) => {
+            fill.set_head(FillHead::Failed(OriginFailure::Busy));
+            return Ok(());
+        }
+        Err(Refused::Share) => {
+            // The leader's share of the route is all taken: the key is free before anyone
+            // wakes, so the viewers that joined claim one fill between them, under their own
+            // shares; the leader waits for its own (`request::read`).
+            tracing::debug!(
+                key,
+                "the leader's share of the fill slots is taken: key released"
+            );
+            guard.release();
+            fill.set_head(FillHead::Pass(SHARE_TAKEN));
+            return Ok(());
+        }
     };
     // The request goes to the origin now: its head, or its failure, comes within one attempt
     // and its one retry, each bounded by the first-byte timeout (`origin::fetch_via`).

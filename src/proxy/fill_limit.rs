@@ -12,11 +12,15 @@
 //! low buffer with CMCD is given the next free slot before the others, but never more than
 //! three such in a row while another fill waits (the claim is the viewer's own).
 //!
-//! One client address leads at most a quarter of a route's slots at once (`share`); its
-//! further fills wait for one of its own to end, within the same deadline. Without the share,
-//! one client asking for many cold objects of a slow origin held every slot, and every other
-//! viewer's fill of that route waited and failed as origin-busy. Addresses on `limits.allow`
-//! (a local TLS terminator, a tier's edges) and fills without a viewer (prefetch) have none.
+//! One client address leads at most a quarter of a route's slots at once (`share`). Without the
+//! share, one client asking for many cold objects of a slow origin held every slot, and every
+//! other viewer's fill of that route waited and failed as origin-busy. A fill whose leader's
+//! share is all taken does not wait for it: other viewers may have joined it, and one client's
+//! share is no reason to hold them. It gives up its key at once (`Refused::Share`); whoever
+//! joined claims a fill of their own, and the leader's request waits for its share to free
+//! (`share_free`, within the same deadline) before it claims again. Addresses on
+//! `limits.allow` (a local TLS terminator, a tier's edges) and fills without a viewer
+//! (prefetch) have none.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -37,6 +41,15 @@ pub struct FillLimit {
     /// Each (route, client) with a fill holding or awaiting its share; an entry goes with its
     /// last user, so the map holds at most the fills in flight.
     clients: Mutex<HashMap<(usize, IpAddr), Arc<Semaphore>>>,
+}
+
+/// Why a fill got no slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Every slot of the route stayed taken until the deadline: the origin is busy.
+    Busy,
+    /// Every slot of the leader's share is taken (not waited for: see the module comment).
+    Share,
 }
 
 /// A fill's slot: held for the whole origin fetch, body included.
@@ -85,8 +98,7 @@ impl FillLimit {
     }
 
     /// A slot for one fill of `route` led by `client` (its address as the limits count it;
-    /// `None`: no share applies), waiting until `deadline` at most; `None`: the origin is busy
-    /// (every slot, or every slot of the client's share, held until the deadline).
+    /// `None`: no share applies), waiting for the route's slots until `deadline` at most.
     pub async fn admit<'a>(
         &'a self,
         route: usize,
@@ -94,7 +106,7 @@ impl FillLimit {
         priority: Priority,
         deadline: tokio::time::Instant,
         metrics: &'a AbuseMetrics,
-    ) -> Option<FillSlot<'a>> {
+    ) -> Result<FillSlot<'a>, Refused> {
         let limited = self.routes.get(route).and_then(Option::as_ref).is_some();
         let share = match client.filter(|_| limited) {
             None => None,
@@ -112,21 +124,12 @@ impl FillLimit {
                     semaphore,
                     permit: None,
                 };
-                share.permit = match share.semaphore.clone().try_acquire_owned() {
-                    Ok(p) => Some(p),
+                match share.semaphore.clone().try_acquire_owned() {
+                    Ok(p) => share.permit = Some(p),
                     Err(_) => {
-                        metrics.fills_queued.fetch_add(1, Relaxed);
-                        let wait = share.semaphore.clone().acquire_owned();
-                        tokio::time::timeout_at(deadline, wait)
-                            .await
-                            .ok()
-                            .and_then(Result::ok)
+                        metrics.fills_share_released.fetch_add(1, Relaxed);
+                        return Err(Refused::Share);
                     }
-                };
-                if share.permit.is_none() {
-                    // Every slot of this client's share stayed taken until the deadline.
-                    metrics.fills_refused.fetch_add(1, Relaxed);
-                    return None;
                 }
                 Some(share)
             }
@@ -142,17 +145,42 @@ impl FillLimit {
                         // Every slot stayed taken until the deadline: the origin is busy.
                         Err(_) => {
                             metrics.fills_refused.fetch_add(1, Relaxed);
-                            return None;
+                            return Err(Refused::Busy);
                         }
                     }
                 }
             },
         };
         metrics.fills_active.fetch_add(1, Relaxed);
-        Some(FillSlot {
+        Ok(FillSlot {
             _permit: permit,
             _share: share,
             metrics,
         })
+    }
+
+    /// Waits until `client`'s share of `route` has a free slot, or until `deadline`: false
+    /// then. A request whose fill gave up its key for want of the share waits here, holding
+    /// nothing another viewer needs, before it claims again.
+    pub async fn share_free(
+        &self,
+        route: usize,
+        client: Option<IpAddr>,
+        deadline: tokio::time::Instant,
+    ) -> bool {
+        let Some(ip) = client else {
+            return true;
+        };
+        let Some(semaphore) = self.clients.lock().get(&(route, ip)).cloned() else {
+            return true; // every fill of the client ended
+        };
+        let wait = semaphore.clone().acquire_owned();
+        let free = matches!(tokio::time::timeout_at(deadline, wait).await, Ok(Ok(_)));
+        // As `Share::drop`: the map's reference and this one, nobody else's.
+        let mut clients = self.clients.lock();
+        if Arc::strong_count(&semaphore) == 2 {
+            clients.remove(&(route, ip));
+        }
+        free
     }
 }

@@ -29,7 +29,7 @@ use http::request::Parts;
 use http::{Method, Request, Response};
 use hyper::body::{Body as HttpBody, Incoming};
 
-use crate::cache::fill::{Fill, FillHead};
+use crate::cache::fill::{Fill, FillHead, OriginFailure};
 use crate::cache::lock::{Claim, FillGuard};
 use crate::cache::object::CachedObject;
 use crate::cache::policy;
@@ -66,6 +66,16 @@ impl<'a> Req<'a> {
     /// The route serving the request.
     pub fn route(&self) -> &'a Route {
         self.target.route
+    }
+
+    /// The route's index in `Config::routes` (what per-route limits are kept by).
+    pub fn route_index(&self) -> usize {
+        self.edge
+            .config
+            .routes
+            .iter()
+            .position(|r| std::ptr::eq(r, self.route()))
+            .unwrap_or(0)
     }
 
     /// The base cache key (`proxy::target`).
@@ -648,6 +658,21 @@ pub(crate) async fn collapsed_head(edge: &Edge, fill: &Fill) -> Option<FillHead>
     tokio::time::timeout_at(due, head).await.ok()
 }
 
+/// Waits until this viewer's share of its route's fill slots has a free one, within the
+/// collapse deadline (`proxy::fill_limit::FillLimit::share_free`).
+async fn share_free(req: &Req<'_>) -> bool {
+    let edge = req.edge;
+    let client = req
+        .peer
+        .map(|p| p.ip())
+        .filter(|ip| !edge.limits.bypasses(*ip))
+        .map(crate::http::limits::client_of);
+    let deadline = tokio::time::Instant::now() + edge.config.cache.collapse_timeout;
+    edge.fill_limit
+        .share_free(req.route_index(), client, deadline)
+        .await
+}
+
 /// How long past a fill's due time a reader still waits for the driver to publish its answer
 /// (scheduling, not the origin).
 const HEAD_DUE_SLACK: Duration = Duration::from_secs(1);
@@ -783,6 +808,15 @@ async fn read(
             // The origin refused the edge's own prefetch: the viewers that joined it share one
             // fill with a viewer's request.
             None if reason == fill::PREFETCH_REFUSED => return Ok(Phase::Lookup),
+            // The leader's share of the route's fill slots was all taken, so its fill gave the
+            // key up (`proxy::fill_limit`): the viewers that joined claim one of their own at
+            // once; the leader first waits for a slot of its share to free.
+            None if reason == fill::SHARE_TAKEN => {
+                if leader && !share_free(req).await {
+                    return Err(OriginFailure::Busy.into());
+                }
+                return Ok(Phase::Lookup);
+            }
             None => {
                 return Ok(Phase::Pass {
                     reason,

@@ -370,6 +370,9 @@ fn not_sliced(
     head: FillHead,
 ) -> Result<Outcome, EdgeError> {
     let reason = match head {
+        // The leader's share of the fill slots was taken: `request::read` sends each viewer
+        // to claim again, the leader once a slot of its share is free.
+        FillHead::Pass(fill::SHARE_TAKEN) => return Ok(Outcome::Read { fill, leader }),
         FillHead::Pass(reason) => reason,
         // The probe's slice lies past the end: the 416 answers a viewer's own range, while a
         // viewer without one (an empty object's first slice) asks the origin itself.
@@ -702,6 +705,7 @@ async fn fetch(
                 head: FillHead::Pass(reason),
                 ..
             } if reason == crate::cache::policy::AUTHORIZED
+                || reason == fill::SHARE_TAKEN
                 || crate::proxy::loop_answer::refill(reason) => {}
             Got::Other { .. } | Got::TimedOut | Got::Whole => return Err(WalkError::Slice),
         }

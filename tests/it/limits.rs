@@ -452,6 +452,65 @@ async fn one_client_cannot_hold_every_fill_slot_of_a_route() {
     }
 }
 
+/// A client at its share of the fill slots that asks first for an object others want holds
+/// none of them: its fill gives the key up at once, the others fetch it under their own
+/// shares, and the client itself waits for a slot of its own. Before, its fill waited for the
+/// client's share with every viewer collapsed on it, and all of them got 503 origin-busy at the
+/// collapse deadline, the origin idle.
+#[tokio::test]
+async fn a_client_at_its_fill_share_does_not_hold_the_viewers_collapsed_on_its_fill() {
+    let origin = Origin::start().await;
+    let gate = Gate::new();
+    origin.script(
+        "/cold/held.ts",
+        Script::ok("held")
+            .header("cache-control", "max-age=60")
+            .gate(&gate),
+    );
+    origin.script(
+        "/cold/hot.ts",
+        Script::ok("hot").header("cache-control", "max-age=60"),
+    );
+    let mut raw = limited(&origin).await;
+    raw.origin_client.max_fills = Some(4); // a share of 1 per client
+    raw.cache.collapse_timeout = Some("2s".into());
+    let e = start(raw).await;
+    let viewer = e.viewer;
+    // Client A holds its whole share with a fill the origin holds.
+    let held = tokio::spawn(async move { get_from("127.0.0.2", viewer, "/cold/held.ts").await });
+    until("client A's fill reached the origin", || {
+        origin.count("/cold/held.ts") == 1
+    })
+    .await;
+    // A asks first for the object the others want.
+    let a_hot = tokio::spawn(async move { get_from("127.0.0.2", viewer, "/cold/hot.ts").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let others: Vec<_> = ["127.0.0.3", "127.0.0.4"]
+        .into_iter()
+        .map(|from| tokio::spawn(async move { get_from(from, viewer, "/cold/hot.ts").await }))
+        .collect();
+    for o in others {
+        let r = o.await.expect("viewer task");
+        assert_eq!(r.status(), 200, "{}", r.text());
+        assert_eq!(r.split().1, b"hot");
+    }
+    assert_eq!(
+        origin.count("/cold/hot.ts"),
+        1,
+        "one fill for the two viewers"
+    );
+    gate.open();
+    assert_eq!(held.await.expect("held task").status(), 200);
+    let a = a_hot.await.expect("client A task");
+    assert_eq!(a.status(), 200, "{}", a.text());
+    assert_eq!(
+        origin.count("/cold/hot.ts"),
+        1,
+        "client A got the stored copy"
+    );
+    assert!(e.edge.metrics.abuse.fills_share_released.load(Relaxed) >= 1);
+}
+
 /// A pass (here a `Cookie` GET) whose origin body trickles, one byte a second for 30 s, so it
 /// holds its origin connection for the rest of the test.
 fn trickling_pass() -> Script {
