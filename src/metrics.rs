@@ -32,6 +32,19 @@ pub struct Metrics {
     pub cmcd: CmcdMetrics,
     /// Origin protection and memory bounds (issue 14's abuse limits).
     pub abuse: AbuseMetrics,
+    /// Manifests rewritten for token viewers (`proxy::signed`).
+    pub manifests: ManifestMetrics,
+}
+
+/// The per-viewer manifest work on token routes (`proxy::signed::rewrite`).
+#[derive(Default)]
+pub struct ManifestMetrics {
+    /// Coded manifests decoded (`proxy::coding`).
+    pub decodes: AtomicU64,
+    /// Coded manifests whose decoded text was reused (`proxy::coding::Decoded`): not decoded.
+    pub decodes_reused: AtomicU64,
+    /// Decodes and rewrites run on the blocking pool (`proxy::signed::INLINE_MAX`).
+    pub offloaded: AtomicU64,
 }
 
 /// The `result` label of `vedge_cors_preflights_total`: granted, or what was refused
@@ -124,6 +137,12 @@ impl Metrics {
             ("vedge_bytes_sent_total", &self.bytes_sent),
             ("vedge_responses_aborted_total", &self.responses_aborted),
             ("vedge_purged_objects_total", &self.purged),
+            ("vedge_manifest_decodes_total", &self.manifests.decodes),
+            (
+                "vedge_manifest_decodes_reused_total",
+                &self.manifests.decodes_reused,
+            ),
+            ("vedge_manifest_offloaded_total", &self.manifests.offloaded),
         ] {
             let _ = writeln!(out, "# TYPE {name} counter\n{name} {}", c.load(Relaxed));
         }

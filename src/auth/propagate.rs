@@ -196,23 +196,31 @@ fn is_scheme(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'-' | b'.'))
 }
 
-/// The most a rewritten manifest may hold; past it the manifest is sent as is (a player then
-/// fails on the children, but no response grows without bound: a manifest of one-byte lines and
-/// a long token would otherwise multiply its size by the token's length).
+/// The most a rewritten manifest may hold, and the most this reads: past it the manifest is
+/// `Oversized`, which the edge answers 502 (`proxy::signed`), not the origin's bytes without
+/// the token. No response grows without bound: a manifest of one-byte lines and a long token
+/// would otherwise multiply its size by the token's length.
 pub const MAX_OUTPUT: usize = 16 << 20;
 
-/// The manifest with the token added to its URIs; `None` if nothing changed, the body is not
-/// text, or the rewritten manifest would be larger than `MAX_OUTPUT`.
-pub fn rewrite(kind: Kind, body: &[u8], carry: &Carry) -> Option<Vec<u8>> {
+/// The manifest, or the manifest with the token added, would be larger than `MAX_OUTPUT`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Oversized;
+
+/// The manifest with the token added to its URIs; `Ok(None)` if nothing changed or the body
+/// is not text, `Oversized` if the body or the rewritten manifest would be larger than
+/// `MAX_OUTPUT`.
+pub fn rewrite(kind: Kind, body: &[u8], carry: &Carry) -> Result<Option<Vec<u8>>, Oversized> {
     if body.len() > MAX_OUTPUT {
-        return None; // a cached hit is not bounded by the streaming cap (`MAX_REWRITE`)
+        return Err(Oversized);
     }
-    let text = std::str::from_utf8(body).ok()?;
-    let out = match kind {
-        Kind::Hls => rewrite_hls(text, carry),
-        Kind::Dash => rewrite_dash(text, carry),
+    let Ok(text) = std::str::from_utf8(body) else {
+        return Ok(None);
     };
-    out.map(String::into_bytes)
+    let out = match kind {
+        Kind::Hls => rewrite_hls(text, carry)?,
+        Kind::Dash => rewrite_dash(text, carry)?,
+    };
+    Ok(out.map(String::into_bytes))
 }
 
 /// Tags whose attribute lists carry a quoted `URI` (RFC 8216 and its 2nd edition draft).
@@ -248,7 +256,7 @@ const MAX_DEFINES: usize = 64;
 
 /// One pass over the lines, into one output buffer sized up front: URI lines, and the quoted
 /// URI attributes of the tags that carry one, get the token; every other byte is copied.
-fn rewrite_hls(text: &str, carry: &Carry) -> Option<String> {
+fn rewrite_hls(text: &str, carry: &Carry) -> Result<Option<String>, Oversized> {
     // Every addition is a URI line or a `URI="` attribute: counting both bounds the output, so
     // the buffer never grows (one allocation for the whole response).
     let uri_lines = lines(text)
@@ -262,11 +270,7 @@ fn rewrite_hls(text: &str, carry: &Carry) -> Option<String> {
         .len()
         .saturating_add((uri_lines + uri_attrs) * carry.added_len());
     if bound > MAX_OUTPUT {
-        tracing::warn!(
-            limit = MAX_OUTPUT,
-            "manifest would be too large with the token added; sent as is"
-        );
-        return None;
+        return Err(Oversized);
     }
     let mut out = String::with_capacity(bound);
     let mut changed = false;
@@ -333,7 +337,7 @@ fn rewrite_hls(text: &str, carry: &Carry) -> Option<String> {
         out.push_str(&line[start + uri.len()..]);
         out.push_str(eol);
     }
-    changed.then_some(out)
+    Ok(changed.then_some(out))
 }
 
 /// The attributes of an HLS attribute list in order, as `(name, value)` with a quoted value's
@@ -579,7 +583,7 @@ struct Edit {
 
 /// One scan of the XML's tags (no tree is built): URL attributes and `BaseURL`/`Location` text
 /// are collected as edits, then applied in one pass into a buffer sized for them.
-fn rewrite_dash(text: &str, carry: &Carry) -> Option<String> {
+fn rewrite_dash(text: &str, carry: &Carry) -> Result<Option<String>, Oversized> {
     // A document type may declare entities, which the player's XML parser expands into text
     // or whole elements (`&cdn;` as a `BaseURL` on another host) that this scan of the tags as
     // written never sees. Every declaration of one is spelt `<!ENTITY` (a parameter entity's
@@ -587,7 +591,7 @@ fn rewrite_dash(text: &str, carry: &Carry) -> Option<String> {
     // refused without the token rather than sent elsewhere with it.
     if memchr::memmem::find(text.as_bytes(), b"<!ENTITY").is_some() {
         tracing::warn!("MPD declares XML entities; sent without the token");
-        return None;
+        return Ok(None);
     }
     let b = text.as_bytes();
     let mut edits: Vec<Edit> = Vec::new();
@@ -812,15 +816,11 @@ fn rewrite_dash(text: &str, carry: &Carry) -> Option<String> {
         Some(s) => !foreign[s],
     });
     if edits.is_empty() {
-        return None;
+        return Ok(None);
     }
     let added: usize = edits.iter().map(|e| e.new.len()).sum();
     if text.len().saturating_add(added) > MAX_OUTPUT {
-        tracing::warn!(
-            limit = MAX_OUTPUT,
-            "manifest would be too large with the token added; sent as is"
-        );
-        return None;
+        return Err(Oversized);
     }
     let mut out = String::with_capacity(text.len() + added);
     let mut at = 0;
@@ -830,7 +830,7 @@ fn rewrite_dash(text: &str, carry: &Carry) -> Option<String> {
         at = e.end;
     }
     out.push_str(&text[at..]);
-    Some(out)
+    Ok(Some(out))
 }
 
 /// The text of an XML attribute value or text node with its references decoded, or `None`
@@ -961,8 +961,12 @@ seg1.ts\r\n\
 #EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"p2.mp4\"\r\n\
 #EXT-X-RENDITION-REPORT:URI=\"../b/x.m3u8\",LAST-MSN=1\r\n\
 # a comment\r\n";
-        let out = String::from_utf8(rewrite(Kind::Hls, m.as_bytes(), &carry()).expect("changed"))
-            .expect("utf8");
+        let out = String::from_utf8(
+            rewrite(Kind::Hls, m.as_bytes(), &carry())
+                .expect("fits")
+                .expect("changed"),
+        )
+        .expect("utf8");
         for want in [
             format!("URI=\"audio/en.m3u8?{T}\""),
             format!("URI=\"if.m3u8?{T}\""),
@@ -1017,8 +1021,12 @@ seg1.ts\r\n\
   </Period>
 </MPD>
 "#;
-        let out = String::from_utf8(rewrite(Kind::Dash, m.as_bytes(), &carry()).expect("changed"))
-            .expect("utf8");
+        let out = String::from_utf8(
+            rewrite(Kind::Dash, m.as_bytes(), &carry())
+                .expect("fits")
+                .expect("changed"),
+        )
+        .expect("utf8");
         for want in [
             format!("<BaseURL> media/?{T} </BaseURL>"),
             format!("initialization=\"v/init-$RepresentationID$.mp4?{T}\""),
@@ -1060,7 +1068,7 @@ seg1.ts\r\n\
             let _ = rewrite(Kind::Dash, m.as_bytes(), &c);
             let _ = rewrite(Kind::Hls, m.as_bytes(), &c);
         }
-        assert_eq!(rewrite(Kind::Hls, &[0xff, 0xfe], &c), None);
+        assert_eq!(rewrite(Kind::Hls, &[0xff, 0xfe], &c), Ok(None));
     }
 
     #[test]
@@ -1081,7 +1089,11 @@ seg1.ts\r\n\
         ] {
             assert_eq!(c.add_to(foreign), None, "{foreign:?}");
             let m = format!("#EXTM3U\n#EXT-X-MAP:URI=\"{foreign}\"\n#EXTINF:4,\n{foreign}\n");
-            assert_eq!(rewrite(Kind::Hls, m.as_bytes(), &c), None, "{foreign:?}");
+            assert_eq!(
+                rewrite(Kind::Hls, m.as_bytes(), &c),
+                Ok(None),
+                "{foreign:?}"
+            );
         }
         assert!(c.add_to("HTTPS://CDN.EXAMPLE:8080/a.ts").is_some());
     }
@@ -1099,8 +1111,12 @@ seg1.ts\r\n\
 #EXTINF:4,\n{$dir}/d.ts\n\
 #EXTINF:4,\nseg/{$base}.ts\n\
 #EXT-X-MAP:URI=\"{$base}init.mp4\"\n";
-        let out = String::from_utf8(rewrite(Kind::Hls, m.as_bytes(), &c).expect("changed"))
-            .expect("utf8");
+        let out = String::from_utf8(
+            rewrite(Kind::Hls, m.as_bytes(), &c)
+                .expect("fits")
+                .expect("changed"),
+        )
+        .expect("utf8");
         for kept in [
             "\n{$far}/a.ts\n",
             "\n{$base}/b.ts\n",
@@ -1157,8 +1173,12 @@ seg1.ts\r\n\
     <AdaptationSet><SegmentTemplate media="c-$Number$.m4s"/></AdaptationSet>
   </Period>
 </MPD>"#;
-        let out = String::from_utf8(rewrite(Kind::Dash, m.as_bytes(), &c).expect("changed"))
-            .expect("utf8");
+        let out = String::from_utf8(
+            rewrite(Kind::Dash, m.as_bytes(), &c)
+                .expect("fits")
+                .expect("changed"),
+        )
+        .expect("utf8");
         for kept in [
             "media=\"a-$Number$.m4s\"",
             "initialization=\"a-init.mp4\"",
@@ -1181,8 +1201,12 @@ seg1.ts\r\n\
     fn quotes_newlines_and_hashes_in_uris_stay_inside_their_line_and_attribute() {
         let c = Carry::new("hdnts", "v\"a\nl#ue", "cdn.example:8080");
         let m = "#EXTM3U\n#EXT-X-KEY:METHOD=AES-128,URI=\"k\"ey.key\",IV=0x1\n#EXT-X-MAP:URI=\"i.mp4#frag\"\n#EXTINF:4,\nseg.ts#t=1\n#EXTINF:4,\nline\rwith-cr.ts\n";
-        let out = String::from_utf8(rewrite(Kind::Hls, m.as_bytes(), &c).expect("changed"))
-            .expect("utf8");
+        let out = String::from_utf8(
+            rewrite(Kind::Hls, m.as_bytes(), &c)
+                .expect("fits")
+                .expect("changed"),
+        )
+        .expect("utf8");
         let token = "hdnts=v%22a%0Al%23ue";
         assert!(
             out.contains(&format!("URI=\"i.mp4?{token}#frag\"")),
@@ -1198,19 +1222,21 @@ seg1.ts\r\n\
     }
 
     #[test]
-    fn a_huge_manifest_is_rewritten_into_one_buffer_or_left_alone_when_too_large() {
+    fn a_huge_manifest_is_rewritten_into_one_buffer_or_refused_when_too_large() {
         let c = carry();
         let mut m = String::from("#EXTM3U\n#EXT-X-TARGETDURATION:4\n");
         for n in 0..1800 {
             m.push_str(&format!("#EXTINF:4.000,\nseg-{n:05}.ts\n"));
         }
-        let out = rewrite(Kind::Hls, m.as_bytes(), &c).expect("changed");
+        let out = rewrite(Kind::Hls, m.as_bytes(), &c)
+            .expect("fits")
+            .expect("changed");
         assert_eq!(out.len(), m.len() + 1800 * (T.len() + 1));
-        // One-byte URI lines and a long token: past MAX_OUTPUT the manifest is sent as is.
+        // One-byte URI lines and a long token: past MAX_OUTPUT the manifest is `Oversized`.
         let long = Carry::new("hdnts", &"x".repeat(8 << 10), "h");
         let lines = "a\n".repeat(4096);
-        assert_eq!(rewrite(Kind::Hls, lines.as_bytes(), &long), None);
+        assert_eq!(rewrite(Kind::Hls, lines.as_bytes(), &long), Err(Oversized));
         let mpd = format!("<MPD>{}</MPD>", "<SegmentURL media=\"a\"/>".repeat(4096));
-        assert_eq!(rewrite(Kind::Dash, mpd.as_bytes(), &long), None);
+        assert_eq!(rewrite(Kind::Dash, mpd.as_bytes(), &long), Err(Oversized));
     }
 }

@@ -4,10 +4,18 @@
 //! coding, a corrupt body or one that decodes past the bound is an `Undecodable`, which the
 //! rewrite answers 502: sent as the origin coded it, the manifest would reach its player
 //! without the token, and every child request would be refused (403).
+//!
+//! Decoding is done once per coded body, not once per viewer (`Decoded`): every HIT on a token
+//! route hands the rewrite the same stored coded bytes, and without it each one decoded up to
+//! `MAX_REWRITE` bytes again.
 
+use std::hash::{Hash, Hasher};
 use std::io::Read;
 
+use bytes::Bytes;
 use http::{header, HeaderMap};
+use quick_cache::sync::Cache;
+use quick_cache::{OptionsBuilder, Weighter};
 
 use crate::proxy::signed::MAX_REWRITE;
 
@@ -20,7 +28,7 @@ const ZSTD_MAX_WINDOW: u64 = 8 << 20;
 const MAX_LAYERS: usize = 2;
 
 /// A content coding this module can undo.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Coding {
     Gzip,
     /// RFC 9110 §8.4.1.2: zlib; raw deflate (which some servers send) is tried too.
@@ -64,6 +72,10 @@ pub enum Undecodable {
     Corrupt,
     #[error("the manifest decodes to more than the rewrite limit (4 MiB)")]
     TooLarge,
+    /// The manifest as the origin sent it is over `MAX_REWRITE`, or would be over
+    /// `propagate::MAX_OUTPUT` with the token added: coded or not, it is never sent without it.
+    #[error("the manifest is larger than the edge adds a token to (4 MiB as sent, 16 MiB with the token)")]
+    Oversized,
 }
 
 impl Undecodable {
@@ -72,6 +84,7 @@ impl Undecodable {
             Undecodable::Unknown => "unknown-coding",
             Undecodable::Corrupt => "corrupt-coding",
             Undecodable::TooLarge => "decoded-too-large",
+            Undecodable::Oversized => "manifest-too-large",
         }
     }
 }
@@ -183,6 +196,112 @@ fn unzstd(body: &[u8]) -> Result<Vec<u8>, Undecodable> {
     Ok(out)
 }
 
+/// Memory for the decoded manifests kept (`Decoded`), coded and decoded bytes both weighed:
+/// a few manifests at the largest (`MAX_REWRITE` each side), thousands of ordinary ones.
+pub const DECODED_BYTES: u64 = 32 << 20;
+
+/// The outcome of decoding coded manifests seen lately, keyed by their coded bytes and codings,
+/// so that each coded body is decoded once and not once per viewer: on a token route every
+/// request for a coded manifest is rewritten for its viewer, and every HIT hands the rewrite
+/// the same stored coded bytes. Failures are kept too (a corrupt body may fail only after
+/// decoding megabytes). Keyed by content, not by cache key: what a body decodes to depends
+/// on nothing else, so a purge or a refill needs no invalidation here, and two routes share an
+/// entry only when their origins sent the very same bytes. Bounded by `DECODED_BYTES`; an
+/// entry holds the coded `Bytes` (usually the RAM tier's own, no copy) so a lookup can compare
+/// them exactly.
+pub struct Decoded {
+    cache: Cache<Coded, Result<Bytes, Undecodable>, ByLen>,
+}
+
+impl Default for Decoded {
+    fn default() -> Decoded {
+        // quick_cache refuses an item larger than a shard: a shard holds two of the largest.
+        let largest = 2 * MAX_REWRITE as u64 + 2 * OVERHEAD;
+        let shards = (DECODED_BYTES / (2 * largest)).clamp(1, 16);
+        let opts = OptionsBuilder::new()
+            .estimated_items_capacity(1024)
+            .weight_capacity(DECODED_BYTES)
+            .shards(shards.next_power_of_two() as usize)
+            .build()
+            .expect("quick_cache options are valid");
+        Decoded {
+            cache: Cache::with_options(opts, ByLen, Default::default(), Default::default()),
+        }
+    }
+}
+
+impl Decoded {
+    /// What `body` under `codings` decoded to, if it was decoded lately.
+    pub fn get(&self, codings: &[Coding], body: &Bytes) -> Option<Result<Bytes, Undecodable>> {
+        self.cache.get(&Coded::new(codings, body.clone()))
+    }
+
+    /// Keeps what `body` under `codings` decoded to.
+    pub fn insert(&self, codings: &[Coding], body: Bytes, decoded: Result<Bytes, Undecodable>) {
+        self.cache.insert(Coded::new(codings, body), decoded);
+    }
+}
+
+/// Per-entry bytes besides the bodies (the key, the map's slot), so empty bodies weigh too.
+const OVERHEAD: u64 = 64;
+
+/// A coded body and its codings: equal when the bytes are (the same memory, or the same
+/// content), hashed over the codings, the length and a sample of the bytes (their ends) so a
+/// lookup does not read a whole body to hash it. Bodies that share length and ends (an origin
+/// crafting them) share a bucket and are told apart by comparing bytes, bounded by
+/// `DECODED_BYTES` in all.
+#[derive(Clone)]
+struct Coded {
+    codings: [Option<Coding>; MAX_LAYERS],
+    body: Bytes,
+}
+
+impl Coded {
+    fn new(codings: &[Coding], body: Bytes) -> Coded {
+        let mut layers = [None; MAX_LAYERS];
+        for (slot, &c) in layers.iter_mut().zip(codings) {
+            *slot = Some(c);
+        }
+        Coded {
+            codings: layers,
+            body,
+        }
+    }
+}
+
+impl PartialEq for Coded {
+    fn eq(&self, other: &Coded) -> bool {
+        let (a, b) = (&self.body, &other.body);
+        self.codings == other.codings
+            && a.len() == b.len()
+            // Bytes are immutable: the same memory is the same content (a HIT's stored body).
+            && (a.as_ptr() == b.as_ptr() || a[..] == b[..])
+    }
+}
+
+impl Eq for Coded {}
+
+impl Hash for Coded {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        const ENDS: usize = 64;
+        let b = &self.body[..];
+        self.codings.hash(state);
+        b.len().hash(state);
+        b[..b.len().min(ENDS)].hash(state);
+        b[b.len().saturating_sub(ENDS)..].hash(state);
+    }
+}
+
+#[derive(Clone)]
+struct ByLen;
+
+impl Weighter<Coded, Result<Bytes, Undecodable>> for ByLen {
+    fn weight(&self, key: &Coded, decoded: &Result<Bytes, Undecodable>) -> u64 {
+        let text = decoded.as_ref().map_or(0, Bytes::len);
+        (key.body.len() + text) as u64 + OVERHEAD
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,5 +386,32 @@ mod tests {
         // The same frame with a 1 KiB window decodes to nothing.
         let small = [0x28, 0xb5, 0x2f, 0xfd, 0x00, 0x00, 0x01, 0x00, 0x00];
         assert_eq!(decode(&[Coding::Zstd], &small), Ok(vec![]));
+    }
+
+    #[test]
+    fn decoded_bodies_are_found_by_their_bytes_and_codings_only() {
+        let d = Decoded::default();
+        let lines = (0..1000).map(|i| format!("#EXTINF:4.0,\nseg{i}.ts\n"));
+        let text = Bytes::from(lines.collect::<String>());
+        let body = Bytes::from(br(&text));
+        assert!(body.len() > 2 * 64, "longer than the ends hashed");
+        d.insert(&[Coding::Br], body.clone(), Ok(text.clone()));
+        assert_eq!(d.get(&[Coding::Br], &body), Some(Ok(text.clone())));
+        // The same bytes elsewhere in memory (a fill's copy) are the same body.
+        let copy = Bytes::copy_from_slice(&body);
+        assert_eq!(d.get(&[Coding::Br], &copy), Some(Ok(text)));
+        // The same bytes under another coding, or other bytes with the same length and ends
+        // (the same hash), are not.
+        assert_eq!(d.get(&[Coding::Zstd], &body), None);
+        let mut other = body.to_vec();
+        other[body.len() / 2] ^= 1;
+        assert_eq!(d.get(&[Coding::Br], &Bytes::from(other)), None);
+        // A failure is kept too: a corrupt body is not decoded again either.
+        let corrupt = Bytes::from_static(b"not br");
+        d.insert(&[Coding::Br], corrupt.clone(), Err(Undecodable::Corrupt));
+        assert_eq!(
+            d.get(&[Coding::Br], &corrupt),
+            Some(Err(Undecodable::Corrupt))
+        );
     }
 }

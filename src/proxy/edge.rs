@@ -61,6 +61,9 @@ pub struct Edge {
     pub tasks: TaskTracker,
     /// Live playlists: latest copies, blocking reloads, prefetch, retention (`proxy::llhls`).
     pub live: crate::proxy::llhls::Live,
+    /// Manifests rewritten for token viewers: decoded coded bodies, off-worker permits
+    /// (`proxy::signed::ManifestWork`).
+    pub manifests: crate::proxy::signed::ManifestWork,
 }
 
 impl Edge {
@@ -147,6 +150,7 @@ impl Edge {
             clock,
             tasks: TaskTracker::new(),
             live: crate::proxy::llhls::Live::new(config.live.state_memory),
+            manifests: Default::default(),
             node,
             config,
         });

@@ -269,7 +269,7 @@ async fn dispatch<'e>(
     if let Some(c) = cmcd {
         crate::proxy::prefetch::after_hinted_request(&req, c, resp.status());
     }
-    gate.finish(resp).await
+    gate.finish(edge, resp).await
 }
 
 /// Other methods and requests with cookies pass; GET/HEAD go through the cache, `Authorization`

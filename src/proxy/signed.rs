@@ -21,14 +21,48 @@ use crate::auth::Refusal;
 use crate::cache::key::normalize_path;
 use crate::config::{Route, TokenConfig};
 use crate::http::body::Body;
+use crate::metrics::Metrics;
 use crate::proxy::coding::{self, Undecodable};
 use crate::proxy::edge::Edge;
 use crate::proxy::error::EdgeError;
 
-/// Manifests larger than this are passed through without the token added (a manifest is
-/// kilobytes; this bounds what one response may hold in memory while it is rewritten). A coded
-/// manifest larger than this, coded or decoded, is refused instead (`rewrite`).
+/// The largest manifest a token route adds the token to: the body as the origin sent it
+/// (coded or not) and, coded, the text it decodes to. A manifest is kilobytes (a 10-hour VOD
+/// playlist of 2 s segments is about 1 MiB); this bounds what one response holds in memory
+/// while it is rewritten. Past it the manifest is a 502 naming why (`rewrite`), on a fill and
+/// on a hit alike, never the origin's bytes without the token. The rewritten manifest is
+/// bounded too (`propagate::MAX_OUTPUT`, 16 MiB), with the same answer past it.
 pub const MAX_REWRITE: usize = 4 << 20;
+
+/// Decodes and rewrites that read more than this many bytes run on the blocking pool
+/// (`offload`), not on the worker serving the request: a rewrite costs time in the manifest's
+/// size, per viewer (each viewer's token differs, so the output cannot be shared), and on a
+/// worker a few viewers fetching a multi-MiB playlist would stall every other connection of
+/// that worker for milliseconds each. Below it the hand-off would cost more than the work (an
+/// 1,800-segment playlist, ~60 KiB, rewrites in ~0.2 ms).
+pub const INLINE_MAX: usize = 64 << 10;
+
+/// Offloaded decodes and rewrites running at once (`ManifestWork::blocking`); more wait for a
+/// permit without holding a worker. Tokio's blocking pool grows to 512 threads: unbounded,
+/// a crowd of viewers fetching a large manifest would have hundreds of threads each holding
+/// a rewritten copy at once.
+const MAX_OFFLOADED: usize = 4;
+
+/// The edge's state for manifests on token routes: coded bodies decoded lately
+/// (`coding::Decoded`) and the permits for work done off the workers (`offload`).
+pub struct ManifestWork {
+    pub decoded: coding::Decoded,
+    blocking: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for ManifestWork {
+    fn default() -> ManifestWork {
+        ManifestWork {
+            decoded: coding::Decoded::default(),
+            blocking: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_OFFLOADED)),
+        }
+    }
+}
 
 /// The outcome of an admitted request.
 #[derive(Default)]
@@ -52,8 +86,13 @@ impl Gate {
 
     /// The response, with the token added to a manifest's URIs when the viewer brought one in
     /// the query.
-    /// A manifest whose coding cannot be undone is an error (`rewrite`).
-    pub async fn finish(&self, resp: Response<Body>) -> Result<Response<Body>, EdgeError> {
+    /// A manifest whose coding cannot be undone, or too large to rewrite, is an error
+    /// (`rewrite`).
+    pub async fn finish(
+        &self,
+        edge: &Edge,
+        resp: Response<Body>,
+    ) -> Result<Response<Body>, EdgeError> {
         match &self.carry {
             Some(carry) if resp.status() == StatusCode::OK => {
                 let ct = resp
@@ -61,7 +100,9 @@ impl Gate {
                     .get(header::CONTENT_TYPE)
                     .and_then(|v| v.to_str().ok());
                 match Kind::of(&self.path, ct) {
-                    Some(kind) => Box::pin(rewrite(resp, kind, carry, self.head, &self.path)).await,
+                    Some(kind) => {
+                        Box::pin(rewrite(edge, resp, kind, carry, self.head, &self.path)).await
+                    }
                     None => Ok(resp),
                 }
             }
@@ -301,10 +342,13 @@ pub fn refused(why: Refusal) -> Response<Body> {
 /// `ETag` or `Last-Modified` (the bytes are no longer the origin's, and a validator would only
 /// invite conditionals `without_token` ignores), no `Accept-Ranges`. A coded manifest (an origin
 /// that codes whatever it is asked, or a copy stored before) is decoded first (gzip, deflate,
-/// br, zstd: `proxy::coding`) and sent `identity`. One that cannot be decoded (another coding,
-/// corrupt, or larger than `MAX_REWRITE` coded or decoded) is an error (502): sent as it is, it
-/// would reach the player without the token, and every child request would be refused.
+/// br, zstd: `proxy::coding`, once per coded body: `coding::Decoded`) and sent `identity`. One
+/// that cannot be given the token (another coding, corrupt, larger than `MAX_REWRITE` as sent
+/// or decoded, or larger than `propagate::MAX_OUTPUT` rewritten) is an error (502): sent as it
+/// is, it would reach the player without the token, and every child request would be refused.
+/// Large decodes and rewrites run off the worker (`offload`).
 async fn rewrite(
+    edge: &Edge,
     resp: Response<Body>,
     kind: Kind,
     carry: &Carry,
@@ -317,7 +361,7 @@ async fn rewrite(
             path,
             reason = why.as_str(),
             content_encoding = ?headers.get_all(header::CONTENT_ENCODING).iter().collect::<Vec<_>>(),
-            "coded manifest on a token route cannot carry the viewer's token: 502"
+            "manifest on a token route cannot carry the viewer's token: 502"
         );
         Err(EdgeError::Manifest(why))
     };
@@ -358,19 +402,9 @@ async fn rewrite(
                     None => break,
                     Some(Ok(chunk)) => {
                         buf.extend_from_slice(&chunk);
-                        if buf.len() > MAX_REWRITE && !codings.is_empty() {
-                            return refuse(Undecodable::TooLarge, &parts.headers);
-                        }
+                        // Stop reading here: past the bound the answer is a 502 (below).
                         if buf.len() > MAX_REWRITE {
-                            tracing::warn!(
-                                limit = MAX_REWRITE,
-                                "manifest too large to add the token to; sent as is"
-                            );
-                            let head = futures_util::stream::once(async move {
-                                Ok::<Bytes, crate::http::body::BoxError>(buf.freeze())
-                            });
-                            let body = Body::stream(head.chain(data), len);
-                            return Ok(Response::from_parts(parts, body));
+                            break;
                         }
                     }
                     Some(Err(e)) => {
@@ -384,27 +418,39 @@ async fn rewrite(
             buf.freeze()
         }
     };
+    // A fill and a hit of the same manifest get the same answer: checked on the bytes as sent,
+    // before anything is decoded. Before, an identity manifest past the bound went out without
+    // the token, and its player was refused every segment with nothing to say why.
+    if bytes.len() > MAX_REWRITE {
+        return refuse(Undecodable::Oversized, &parts.headers);
+    }
     let text = if codings.is_empty() {
         bytes
     } else {
-        match coding::decode(&codings, &bytes) {
-            Ok(text) => Bytes::from(text),
+        match decoded(edge, &codings, bytes).await? {
+            Ok(text) => text,
             Err(why) => return refuse(why, &parts.headers),
         }
     };
-    match propagate::rewrite(kind, &text, carry) {
-        Some(new) => {
+    let (input, carried) = (text.clone(), carry.clone());
+    let rewritten = offload(edge, text.len(), move || {
+        propagate::rewrite(kind, &input, &carried)
+    })
+    .await?;
+    match rewritten {
+        Ok(Some(new)) => {
             fix(&mut parts.headers, Some(new.len()));
             Ok(Response::from_parts(parts, Body::full(Bytes::from(new))))
         }
+        Err(propagate::Oversized) => refuse(Undecodable::Oversized, &parts.headers),
         // Nothing to add, and decoded: no longer the origin's bytes (its validators name the
         // coded ones), sent identity all the same.
-        None if !codings.is_empty() => {
+        Ok(None) if !codings.is_empty() => {
             fix(&mut parts.headers, Some(text.len()));
             Ok(Response::from_parts(parts, Body::full(text)))
         }
         // Nothing to add: the manifest as the origin sent it.
-        None => {
+        Ok(None) => {
             let len = text.len();
             parts
                 .headers
@@ -412,4 +458,61 @@ async fn rewrite(
             Ok(Response::from_parts(parts, Body::full(text)))
         }
     }
+}
+
+/// `body` under `codings` decoded, from `ManifestWork::decoded` when this coded body was
+/// decoded lately (counted in `vedge_manifest_decodes_reused_total`), else decoded now
+/// (`vedge_manifest_decodes_total`), off the worker when large, and kept for the next viewer.
+/// Viewers collapsed on one fill may each decode it once, before the first is kept.
+async fn decoded(
+    edge: &Edge,
+    codings: &[coding::Coding],
+    body: Bytes,
+) -> Result<Result<Bytes, Undecodable>, EdgeError> {
+    let work = &edge.manifests;
+    if let Some(known) = work.decoded.get(codings, &body) {
+        Metrics::inc(&edge.metrics.manifests.decodes_reused);
+        return Ok(known);
+    }
+    Metrics::inc(&edge.metrics.manifests.decodes);
+    let (coded, layers) = (body.clone(), codings.to_vec());
+    let out = offload(edge, body.len(), move || {
+        coding::decode(&layers, &coded).map(Bytes::from)
+    })
+    .await?;
+    work.decoded.insert(codings, body, out.clone());
+    Ok(out)
+}
+
+/// `work`'s result, computed inline when it reads at most `INLINE_MAX` bytes (`size`), else
+/// on tokio's blocking pool once one of `MAX_OFFLOADED` permits is free (counted in
+/// `vedge_manifest_offloaded_total`). The permit is held until the work ends; a viewer that
+/// leaves meanwhile drops only its wait for the result, and the permit is released when the
+/// work returns. A panic in the work is the request's failure (500), as on the worker, where
+/// it would have failed the connection's task.
+async fn offload<T, F>(edge: &Edge, size: usize, work: F) -> Result<T, EdgeError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    if size <= INLINE_MAX {
+        return Ok(work());
+    }
+    let permit = edge
+        .manifests
+        .blocking
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| EdgeError::Origin(crate::origin::OriginError::Internal))?;
+    Metrics::inc(&edge.metrics.manifests.offloaded);
+    let done = tokio::task::spawn_blocking(move || {
+        let out = work();
+        drop(permit);
+        out
+    });
+    done.await.map_err(|e| {
+        tracing::error!(error = %e, "manifest work on the blocking pool failed");
+        EdgeError::Origin(crate::origin::OriginError::Internal)
+    })
 }

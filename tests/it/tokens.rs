@@ -988,3 +988,134 @@ https://other-cdn.example/v/s/v1/media.m3u8\n\
         "by default only what no clone copies gets the token"
     );
 }
+
+/// A media playlist of `n` segments (`seg-000000.ts`…), 27 bytes each.
+fn long_playlist(n: usize) -> String {
+    let mut m = String::from("#EXTM3U\n#EXT-X-TARGETDURATION:4\n");
+    for i in 0..n {
+        m.push_str(&format!("#EXTINF:4.0,\nseg-{i:06}.ts\n"));
+    }
+    m.push_str("#EXT-X-ENDLIST\n");
+    m
+}
+
+/// An identity manifest over the rewrite bound (`signed::MAX_REWRITE`, 4 MiB as sent), and
+/// one under it whose rewrite would pass `propagate::MAX_OUTPUT` (one-byte URI lines, each
+/// given a ~100-byte token). Before, both went to the tokenised viewer as the origin sent them,
+/// without the token, on the fill and on the hit, and the player was refused every segment with
+/// nothing in the answer to say why (a coded one got a 502). Now each is a 502 naming why, on
+/// the fill and on the hit alike.
+#[tokio::test]
+async fn a_manifest_too_large_for_the_token_is_a_502_never_sent_without_it() {
+    let origin = Origin::start().await;
+    let over = long_playlist(vedge::proxy::signed::MAX_REWRITE / 27 + 1000);
+    assert!(over.len() > vedge::proxy::signed::MAX_REWRITE);
+    let fanout = format!("#EXTM3U\n{}", "a\n".repeat(1 << 20));
+    for (name, body) in [("over", over), ("fanout", fanout)] {
+        origin.script(
+            &format!("/v/big/{name}.m3u8"),
+            Script::ok(body.into_bytes())
+                .header("content-type", "application/vnd.apple.mpegurl")
+                .header("cache-control", "max-age=60"),
+        );
+    }
+    let edge = edge_with(&origin, raw_token()).await;
+    let t = token("/v/big/*");
+    let mut got = Vec::new();
+    let mut want = Vec::new();
+    for name in ["over", "fanout"] {
+        for round in ["fill", "hit"] {
+            let r = edge.get(&format!("/v/big/{name}.m3u8?hdnts={t}")).await;
+            let body = String::from_utf8_lossy(&r.body);
+            let named = body.contains("cannot carry the viewer's token")
+                && body.contains("larger than the edge adds a token to");
+            got.push(format!(
+                "{name} ({round}): {} {}",
+                r.status.as_u16(),
+                if named {
+                    "names why".to_string()
+                } else {
+                    format!(
+                        "{} bytes, token {}",
+                        r.body.len(),
+                        if body.contains(&format!("?hdnts={t}")) {
+                            "added"
+                        } else {
+                            "missing"
+                        }
+                    )
+                }
+            ));
+            want.push(format!("{name} ({round}): 502 names why"));
+            edge.settle().await;
+        }
+    }
+    assert_eq!(got, want, "no manifest goes out without the token");
+    // A viewer whose manifests are not rewritten (a cookie token) gets it as stored.
+    let r = edge
+        .get_with(
+            "/v/big/over.m3u8",
+            &[("cookie", &format!("hdnts={}", token("/v/big/*")))],
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert!(r.body.len() > vedge::proxy::signed::MAX_REWRITE);
+}
+
+/// A br manifest asked for by several viewers, each with its own token: decoded once (the
+/// first viewer's fill), its text reused for every hit after (`proxy::coding::Decoded`), and
+/// each viewer's rewrite of a playlist this large done off the worker (`signed::INLINE_MAX`).
+/// Before, every request decoded the stored br body again on the worker, and the rewrite ran
+/// there too; `/metrics` had neither count.
+#[tokio::test]
+async fn a_coded_manifest_is_decoded_once_for_every_viewer() {
+    let origin = Origin::start().await;
+    let text = long_playlist(4000);
+    assert!(text.len() > vedge::proxy::signed::INLINE_MAX);
+    let coded = br(text.as_bytes());
+    assert!(
+        coded.len() <= vedge::proxy::signed::INLINE_MAX,
+        "decoded inline"
+    );
+    origin.script(
+        "/v/c/long.m3u8",
+        Script::ok(coded)
+            .header("content-type", "application/vnd.apple.mpegurl")
+            .header("content-encoding", "br")
+            .header("cache-control", "max-age=60"),
+    );
+    let edge = edge_with(&origin, raw_token()).await;
+    let api = edge.admin().await;
+    const VIEWERS: usize = 4;
+    let mut got = Vec::new();
+    let mut want = Vec::new();
+    for n in 0..VIEWERS {
+        let t = crate::support::token::token_for("/v/c/*", Some(&format!("viewer-{n}")));
+        let r = edge.get(&format!("/v/c/long.m3u8?hdnts={t}")).await;
+        let body = String::from_utf8_lossy(&r.body);
+        let ours = body.matches(&format!("?hdnts={t}\n")).count();
+        got.push(format!(
+            "viewer {n}: {} {} content-encoding {:?}, {ours} of 4000 URIs with its token, {} tokens in all",
+            r.status.as_u16(),
+            r.x_cache(),
+            r.h("content-encoding"),
+            body.matches("?hdnts=").count(),
+        ));
+        want.push(format!(
+            "viewer {n}: {} {} content-encoding \"\", 4000 of 4000 URIs with its token, 4000 tokens in all",
+            200,
+            if n == 0 { "MISS" } else { "HIT" },
+        ));
+        edge.settle().await;
+    }
+    for (name, n) in [
+        ("vedge_manifest_decodes_total", 1),
+        ("vedge_manifest_decodes_reused_total", VIEWERS as u64 - 1),
+        ("vedge_manifest_offloaded_total", VIEWERS as u64),
+    ] {
+        got.push(format!("{name} {}", api.metric(name).await));
+        want.push(format!("{name} {n}"));
+    }
+    assert_eq!(got, want, "one decode, every viewer its own token");
+    assert_eq!(origin.count("/v/c/long.m3u8"), 1);
+}

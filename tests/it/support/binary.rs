@@ -160,10 +160,7 @@ impl BinaryEdge {
             .get(self.admin, "/metrics")
             .await
             .expect("metrics answer");
-        let text = r.text();
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-            .unwrap_or(0)
+        metric_in(&r.text(), name)
     }
 
     /// Sends `sig` (one that does not stop the process, e.g. SIGHUP) and returns at once.
@@ -185,4 +182,11 @@ impl Drop for BinaryEdge {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A gauge or counter (unlabelled) in a /metrics answer `text` (0 when absent).
+pub fn metric_in(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0)
 }

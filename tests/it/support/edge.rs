@@ -70,11 +70,17 @@ pub struct AdminApi {
 /// `POST path` with a JSON `body` and the admin token to the admin API on loopback `port`:
 /// (status, body as text).
 pub async fn admin_post(port: u16, path: &str, body: &str) -> (u16, String) {
+    admin_request(port, "POST", path, body).await
+}
+
+/// `method path` with the admin token (and `body` as JSON) to the admin API on loopback
+/// `port`: (status, body as text).
+async fn admin_request(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
     let mut s = TcpStream::connect(("127.0.0.1", port))
         .await
         .expect("admin connects");
     let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         super::binary::ADMIN_TOKEN,
         body.len()
     );
@@ -84,6 +90,15 @@ pub async fn admin_post(port: u16, path: &str, body: &str) -> (u16, String) {
     let r = read_raw(&mut s).await;
     let (_, b) = r.split();
     (r.status(), String::from_utf8_lossy(b).into_owned())
+}
+
+impl AdminApi {
+    /// A gauge or counter (unlabelled) from this edge's `/metrics` (0 when absent).
+    pub async fn metric(&self, name: &str) -> u64 {
+        let (status, text) = admin_request(self.addr.port(), "GET", "/metrics", "").await;
+        assert_eq!(status, 200, "/metrics: {text}");
+        super::binary::metric_in(&text, name)
+    }
 }
 
 /// `POST /admin/purge` with `body` to the admin API on loopback `port`: (status, the answer as
