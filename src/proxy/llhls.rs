@@ -366,6 +366,10 @@ pub struct Snapshot {
     /// vary): only a request of the same variant may be answered from it (unless the variants
     /// cannot differ, `serves`).
     pub variant: String,
+    /// What `scan` and `variant` weigh (`Scan::weight`), reckoned once when the copy is made:
+    /// the state's weight is taken under its lock, which viewers' blocking reloads take too,
+    /// and a large playlist's scan lists up to `MAX_SCAN` bytes of URIs.
+    weight: u64,
 }
 
 impl Snapshot {
@@ -423,10 +427,7 @@ impl State {
         let window: u64 = self.window.iter().map(|(_, k)| k.len() as u64).sum();
         let left: u64 = self.left.iter().map(|(_, k)| k.len() as u64).sum();
         STATE_COST
-            + self
-                .latest
-                .as_ref()
-                .map_or(0, |l| l.scan.weight() + l.variant.len() as u64)
+            + self.latest.as_ref().map_or(0, |l| l.weight)
             + self.upstream.len() as u64 * 16
             + self.known_bytes
             + entries(self.window.len(), window)
@@ -856,7 +857,16 @@ fn observe_scanned(
 ) {
     if let Some(scan) = scanned.as_ref().filter(|s| !s.skipped) {
         let pl = edge.live.playlist(&playlist_key(key));
-        let newer = {
+        // Made before the lock is taken: copying and weighing a large scan (on the blocking
+        // pool, `observe_late`) must not hold the viewers' blocking reloads of this playlist.
+        let variant = key.find('\0').map_or("", |i| &key[i..]).to_string();
+        let copy = Arc::new(Snapshot {
+            weight: scan.weight() + variant.len() as u64,
+            scan: scan.clone(),
+            obj: obj.clone(),
+            variant,
+        });
+        let (newer, replaced) = {
             let mut st = pl.state.lock();
             // A late copy older than the latest does not replace it, unless the latest is
             // stale: a media sequence that went backwards (a restarted stream) would
@@ -866,15 +876,11 @@ fn observe_scanned(
                 .latest
                 .as_ref()
                 .is_none_or(|l| !l.scan.newer_than(scan) || l.obj.staleness(now).is_some());
-            if newer {
-                st.latest = Some(Arc::new(Snapshot {
-                    scan: scan.clone(),
-                    obj: obj.clone(),
-                    variant: key.find('\0').map_or("", |i| &key[i..]).to_string(),
-                }));
-            }
-            newer
+            // The copy it replaces is freed after the lock, as it was made before it.
+            let replaced = if newer { st.latest.replace(copy) } else { None };
+            (newer, replaced)
         };
+        drop(replaced);
         if newer {
             edge.live.reweigh(&playlist_key(key), &pl);
             pl.bump();
