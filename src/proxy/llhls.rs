@@ -20,6 +20,10 @@
 //! segment, an LL-HLS and a regular playlist of one stream), it is removed from RAM (quick_cache
 //! cannot move an entry to the front of its eviction order, so "first in line" is done by
 //! removing it outright) and, past the DVR window, from the store.
+//!
+//! A manifest over `proxy::READ_INLINE` is scanned, announced and observed on the blocking
+//! pool (`announce_early`, `observe_late`), at most `SCANS_OFF_WORKER` at once: reading it
+//! costs time in its size, which the worker's viewers would otherwise wait through.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
