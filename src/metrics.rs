@@ -72,6 +72,9 @@ pub struct AbuseMetrics {
     pub range_passthrough: AtomicU64,
     /// Varied responses not stored: their object already had `proxy::vary_cap::MAX_VARIANTS`.
     pub vary_limit: AtomicU64,
+    /// Large live manifests (over `proxy::READ_INLINE`) whose scan and prefetch planning were
+    /// skipped: `llhls::SCANS_OFF_WORKER` such scans were already on the blocking pool.
+    pub live_scans_skipped: AtomicU64,
 }
 
 impl AbuseMetrics {
@@ -90,6 +93,7 @@ impl AbuseMetrics {
             ),
             ("vedge_range_passthrough_total", &self.range_passthrough),
             ("vedge_vary_limit_total", &self.vary_limit),
+            ("vedge_live_scans_skipped_total", &self.live_scans_skipped),
             (
                 "vedge_origin_connection_waits_total",
                 &ORIGIN_CONNECTION_WAITS,

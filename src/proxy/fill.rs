@@ -712,6 +712,7 @@ async fn run(
     let mut received = 0u64;
     let mut trimming = false;
     let mut early = Vec::new();
+    let mut announced = None;
     loop {
         match tokio::time::timeout(idle, body.frame()).await {
             Err(_) => return Err(FillError::Timeout),
@@ -740,15 +741,16 @@ async fn run(
                         fill.stop_keeping();
                     }
                     // A live manifest announces its new objects before its viewers read its
-                    // last byte (`proxy::llhls::announce`: prefetch starts first).
+                    // last byte (`proxy::llhls::announce`: prefetch starts first); a large one
+                    // on the blocking pool, a little later (`llhls::announce_early`).
                     if class == ContentClass::Manifest && store && content_length.is_some() {
                         early.extend_from_slice(&data);
                         if content_length == Some(received) {
-                            crate::proxy::llhls::announce(
+                            announced = crate::proxy::llhls::announce_early(
                                 edge,
-                                route,
+                                job.route,
                                 key,
-                                &early,
+                                std::mem::take(&mut early),
                                 &job.viewer_headers,
                             );
                         }
@@ -784,7 +786,14 @@ async fn run(
             let obj = Arc::new(obj);
             let stored = edge.insert_from_fill(guard, store_key.clone(), obj.clone(), url);
             if stored && class == ContentClass::Manifest {
-                crate::proxy::llhls::observe(edge, route, &store_key, &obj, &job.viewer_headers);
+                crate::proxy::llhls::observe_late(
+                    edge,
+                    job.route,
+                    &store_key,
+                    &obj,
+                    &job.viewer_headers,
+                    announced,
+                );
             }
         }
         _ => {

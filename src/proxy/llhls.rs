@@ -20,6 +20,10 @@
 //! segment, an LL-HLS and a regular playlist of one stream), it is removed from RAM (quick_cache
 //! cannot move an entry to the front of its eviction order, so "first in line" is done by
 //! removing it outright) and, past the DVR window, from the store.
+//!
+//! A manifest over `proxy::READ_INLINE` is scanned, announced and observed on the blocking
+//! pool (`announce_early`, `observe_late`), at most `SCANS_OFF_WORKER` at once: reading it
+//! costs time in its size, which the worker's viewers would otherwise wait through.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
@@ -28,7 +32,7 @@ use std::time::Duration;
 use http::{Response, StatusCode};
 use parking_lot::Mutex;
 use quick_cache::sync::Cache;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::cache::object::CachedObject;
@@ -56,6 +60,10 @@ const PER_PLAYLIST: usize = 4_096;
 const MAX_SCAN: usize = 4 << 20;
 /// Prefetch fills in flight across the edge.
 pub const PREFETCH_PERMITS: usize = 64;
+/// Scans of large live manifests (over `proxy::READ_INLINE`) on the blocking pool at once,
+/// edge-wide: past it a new large copy is not scanned (`vedge_live_scans_skipped_total`), so a
+/// flood of huge manifests cannot queue blocking work without bound.
+pub const SCANS_OFF_WORKER: usize = 4;
 /// Rounds a blocking request waits through (each ends with a newer copy or an upstream done).
 const MAX_ROUNDS: usize = 256;
 
@@ -362,6 +370,10 @@ pub struct Snapshot {
     /// vary): only a request of the same variant may be answered from it (unless the variants
     /// cannot differ, `serves`).
     pub variant: String,
+    /// What `scan` and `variant` weigh (`Scan::weight`), reckoned once when the copy is made:
+    /// the state's weight is taken under its lock, which viewers' blocking reloads take too,
+    /// and a large playlist's scan lists up to `MAX_SCAN` bytes of URIs.
+    weight: u64,
 }
 
 impl Snapshot {
@@ -419,10 +431,7 @@ impl State {
         let window: u64 = self.window.iter().map(|(_, k)| k.len() as u64).sum();
         let left: u64 = self.left.iter().map(|(_, k)| k.len() as u64).sum();
         STATE_COST
-            + self
-                .latest
-                .as_ref()
-                .map_or(0, |l| l.scan.weight() + l.variant.len() as u64)
+            + self.latest.as_ref().map_or(0, |l| l.weight)
             + self.upstream.len() as u64 * 16
             + self.known_bytes
             + entries(self.window.len(), window)
@@ -534,6 +543,8 @@ pub struct Live {
     members: Cache<String, Arc<Member>>,
     /// Prefetch fills in flight, edge-wide.
     pub prefetch_permits: Arc<Semaphore>,
+    /// Large manifests being scanned on the blocking pool (`SCANS_OFF_WORKER`).
+    scan_permits: Arc<Semaphore>,
     /// CMCD `nor` hints in flight per viewer.
     pub hints: Cache<String, Arc<Semaphore>>,
     /// Keys of URIs named by a byte-range `EXT-X-PRELOAD-HINT`, with its `BYTERANGE-START`
@@ -556,6 +567,7 @@ impl Live {
             budget: state_memory,
             members: Cache::new(MEMBERS),
             prefetch_permits: Arc::new(Semaphore::new(PREFETCH_PERMITS)),
+            scan_permits: Arc::new(Semaphore::new(SCANS_OFF_WORKER)),
             hints: Cache::new(PLAYLISTS),
             hinted: Cache::new(PLAYLISTS),
         }
@@ -834,35 +846,51 @@ pub fn observe(
     obj: &Arc<CachedObject>,
     viewer: &http::HeaderMap,
 ) {
-    if is_playlist_path(key) {
-        if let Some(scan) = scan(&obj.body).filter(|s| !s.skipped) {
-            let pl = edge.live.playlist(&playlist_key(key));
-            let newer = {
-                let mut st = pl.state.lock();
-                // A late copy older than the latest does not replace it, unless the latest is
-                // stale: a media sequence that went backwards (a restarted stream) would
-                // otherwise never be recorded again.
-                let now = edge.clock.now();
-                let newer = st
-                    .latest
-                    .as_ref()
-                    .is_none_or(|l| !l.scan.newer_than(&scan) || l.obj.staleness(now).is_some());
-                if newer {
-                    st.latest = Some(Arc::new(Snapshot {
-                        scan,
-                        obj: obj.clone(),
-                        variant: key.find('\0').map_or("", |i| &key[i..]).to_string(),
-                    }));
-                }
-                newer
-            };
-            if newer {
-                edge.live.reweigh(&playlist_key(key), &pl);
-                pl.bump();
-            }
+    let scanned = scan_of(key, &obj.body);
+    observe_scanned(edge, route, key, obj, scanned, viewer);
+}
+
+/// `observe` of a copy whose body `scan_of` read already.
+fn observe_scanned(
+    edge: &Arc<Edge>,
+    route: &Route,
+    key: &str,
+    obj: &Arc<CachedObject>,
+    scanned: Option<Scan>,
+    viewer: &http::HeaderMap,
+) {
+    if let Some(scan) = scanned.as_ref().filter(|s| !s.skipped) {
+        let pl = edge.live.playlist(&playlist_key(key));
+        // Made before the lock is taken: copying and weighing a large scan (on the blocking
+        // pool, `observe_late`) must not hold the viewers' blocking reloads of this playlist.
+        let variant = key.find('\0').map_or("", |i| &key[i..]).to_string();
+        let copy = Arc::new(Snapshot {
+            weight: scan.weight() + variant.len() as u64,
+            scan: scan.clone(),
+            obj: obj.clone(),
+            variant,
+        });
+        let (newer, replaced) = {
+            let mut st = pl.state.lock();
+            // A late copy older than the latest does not replace it, unless the latest is
+            // stale: a media sequence that went backwards (a restarted stream) would
+            // otherwise never be recorded again.
+            let now = edge.clock.now();
+            let newer = st
+                .latest
+                .as_ref()
+                .is_none_or(|l| !l.scan.newer_than(scan) || l.obj.staleness(now).is_some());
+            // The copy it replaces is freed after the lock, as it was made before it.
+            let replaced = if newer { st.latest.replace(copy) } else { None };
+            (newer, replaced)
+        };
+        drop(replaced);
+        if newer {
+            edge.live.reweigh(&playlist_key(key), &pl);
+            pl.bump();
         }
     }
-    announce(edge, route, key, &obj.body, viewer);
+    announce_scanned(edge, route, key, &obj.body, scanned.as_ref(), viewer);
 }
 
 /// Window membership, retention and prefetch for a live manifest's body. The fill driver calls
@@ -870,6 +898,25 @@ pub fn observe(
 /// reads the new manifest finds the newly listed objects already being fetched; `observe` calls
 /// it again (a no-op for what was seen).
 pub fn announce(edge: &Arc<Edge>, route: &Route, key: &str, body: &[u8], viewer: &http::HeaderMap) {
+    let scanned = scan_of(key, body);
+    announce_scanned(edge, route, key, body, scanned.as_ref(), viewer);
+}
+
+/// The scan `announce` and `observe` work from: a media playlist's, `None` for anything else
+/// (an MPD is read by `prefetch::observe_mpd`) or a playlist that does not scan.
+fn scan_of(key: &str, body: &[u8]) -> Option<Scan> {
+    is_playlist_path(key).then(|| scan(body)).flatten()
+}
+
+/// `announce` of a body whose `scan_of` is `scanned`.
+fn announce_scanned(
+    edge: &Arc<Edge>,
+    route: &Route,
+    key: &str,
+    body: &[u8],
+    scanned: Option<&Scan>,
+    viewer: &http::HeaderMap,
+) {
     if !is_playlist_path(key) {
         crate::proxy::prefetch::observe_mpd(edge, route, key, body, viewer);
         let pl_key = playlist_key(key);
@@ -878,7 +925,7 @@ pub fn announce(edge: &Arc<Edge>, route: &Route, key: &str, body: &[u8], viewer:
         }
         return;
     }
-    let Some(scan) = scan(body) else {
+    let Some(scan) = scanned else {
         return;
     };
     if scan.endlist {
@@ -891,9 +938,117 @@ pub fn announce(edge: &Arc<Edge>, route: &Route, key: &str, body: &[u8], viewer:
             edge.live.hinted.insert(k, *start);
         }
     }
-    retain(edge, route, &pl_key, &pl, &scan);
-    crate::proxy::prefetch::after_playlist(edge, route, &pl_key, &pl, &scan, viewer);
+    retain(edge, route, &pl_key, &pl, scan);
+    crate::proxy::prefetch::after_playlist(edge, route, &pl_key, &pl, scan, viewer);
     edge.live.reweigh(&pl_key, &pl);
+}
+
+/// Whether reading the manifest at `key` (`len` bytes) for `announce` and `observe` is work
+/// for the blocking pool: a playlist or MPD over `READ_INLINE` (a playlist past `MAX_SCAN` is
+/// not scanned at all).
+fn off_worker(key: &str, len: usize) -> bool {
+    if len <= crate::proxy::READ_INLINE {
+        return false;
+    }
+    let path = key.split(['?', '\0']).next().unwrap_or(key);
+    (path.ends_with(".m3u8") && len <= MAX_SCAN) || path.ends_with(".mpd")
+}
+
+/// A large manifest's `announce` running on the blocking pool (`announce_early`): its scan,
+/// and the permit of `SCANS_OFF_WORKER` it holds until `observe_late` is done with it.
+pub struct Offloaded(tokio::task::JoinHandle<(Option<Scan>, OwnedSemaphorePermit)>);
+
+/// A permit to read one large manifest on the blocking pool, if fewer than `SCANS_OFF_WORKER`
+/// are; else the copy is not scanned (logged, counted).
+fn scan_permit(edge: &Edge, key: &str, len: usize) -> Option<OwnedSemaphorePermit> {
+    let permit = edge.live.scan_permits.clone().try_acquire_owned().ok();
+    if permit.is_none() {
+        tracing::debug!(
+            key,
+            len,
+            "large live manifest not scanned: the scans are busy"
+        );
+        crate::metrics::Metrics::inc(&edge.metrics.abuse.live_scans_skipped);
+    }
+    permit
+}
+
+/// The fill driver's call at a manifest's last byte, with its whole `body`: `announce` on this
+/// worker for a manifest up to `READ_INLINE` (the hot live path: prefetch starts before the
+/// viewers read the last byte), on the blocking pool for a larger one. A large manifest's
+/// prefetch therefore starts a scan's time later, maybe after its viewers have read it: the
+/// price of not holding this worker's viewers for that time. `None` when nothing was sent to
+/// the pool (done inline, or skipped when too many large scans are running).
+pub fn announce_early(
+    edge: &Arc<Edge>,
+    route: usize,
+    key: &str,
+    body: Vec<u8>,
+    viewer: &http::HeaderMap,
+) -> Option<Offloaded> {
+    let r = edge.config.routes.get(route)?;
+    if !off_worker(key, body.len()) {
+        announce(edge, r, key, &body, viewer);
+        return None;
+    }
+    let permit = scan_permit(edge, key, body.len())?;
+    let (edge, key, viewer) = (edge.clone(), key.to_string(), viewer.clone());
+    Some(Offloaded(tokio::task::spawn_blocking(move || {
+        let scanned = scan_of(&key, &body);
+        if let Some(route) = edge.config.routes.get(route) {
+            announce_scanned(&edge, route, &key, &body, scanned.as_ref(), &viewer);
+        }
+        (scanned, permit)
+    })))
+}
+
+/// The fill driver's call once it stored a manifest: `observe` on this worker for one up to
+/// `READ_INLINE`, on the blocking pool for a larger one (reusing the scan `early` made, if it
+/// did). The latest copy of a large playlist, which answers blocking reloads, is so recorded
+/// a scan's time after the fill ended.
+pub fn observe_late(
+    edge: &Arc<Edge>,
+    route: usize,
+    key: &str,
+    obj: &Arc<CachedObject>,
+    viewer: &http::HeaderMap,
+    early: Option<Offloaded>,
+) {
+    let Some(r) = edge.config.routes.get(route) else {
+        return;
+    };
+    if early.is_none() && !off_worker(key, obj.body.len()) {
+        observe(edge, r, key, obj, viewer);
+        return;
+    }
+    let (edge2, key, obj, viewer) = (edge.clone(), key.to_string(), obj.clone(), viewer.clone());
+    edge.spawn(async move {
+        let edge = edge2;
+        let (scanned, permit) = match early {
+            Some(Offloaded(h)) => match h.await {
+                Ok((scanned, permit)) => (Some(scanned), permit),
+                Err(e) => {
+                    tracing::warn!(key, error = %e, "live manifest scan failed");
+                    return;
+                }
+            },
+            None => match scan_permit(&edge, &key, obj.body.len()) {
+                Some(permit) => (None, permit),
+                None => return,
+            },
+        };
+        let scan = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let Some(route) = edge.config.routes.get(route) else {
+                return;
+            };
+            let scanned = scanned.unwrap_or_else(|| scan_of(&key, &obj.body));
+            observe_scanned(&edge, route, &key, &obj, scanned, &viewer);
+        });
+        if let Err(e) = scan.await {
+            tracing::warn!(error = %e, "live manifest observe failed");
+        }
+    });
 }
 
 /// Records the window's members and ages out what left it: out of RAM (and, past the DVR
@@ -1209,6 +1364,37 @@ mod tests {
             );
             assert!(Arc::ptr_eq(&live.playlist(&key), &states[0]));
         }
+    }
+
+    /// Past `SCANS_OFF_WORKER` large scans on the blocking pool, a new large copy is not
+    /// scanned (counted), rather than queued; once one ends, the next is scanned again.
+    #[tokio::test]
+    async fn large_scans_past_the_bound_are_skipped_and_counted() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let cfg = crate::Config::for_origin("http://127.0.0.1:1").expect("config");
+        let edge = Edge::new(cfg).await.expect("edge");
+        let mut body = String::from("#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:0\n");
+        while body.len() <= crate::proxy::READ_INLINE {
+            body.push_str("#EXTINF:2.0,\nsegment_with_a_long_name.ts\n");
+        }
+        let key = "http|h|/l/live.m3u8";
+        let busy = edge
+            .live
+            .scan_permits
+            .clone()
+            .try_acquire_many_owned(SCANS_OFF_WORKER as u32)
+            .expect("permits");
+        let headers = http::HeaderMap::new();
+        let skipped = announce_early(&edge, 0, key, body.clone().into_bytes(), &headers);
+        assert!(skipped.is_none(), "no scan sent to the pool");
+        assert_eq!(edge.metrics.abuse.live_scans_skipped.load(Relaxed), 1);
+        assert!(playlist_of(&edge, key).is_none(), "nothing announced");
+        drop(busy);
+        let sent = announce_early(&edge, 0, key, body.into_bytes(), &headers).expect("sent");
+        let (scanned, _permit) = sent.0.await.expect("scan");
+        assert_eq!(scanned.map(|s| s.segments.len()), Some(PER_PLAYLIST));
+        assert!(playlist_of(&edge, key).is_some_and(|p| p.knows_any()));
+        assert_eq!(edge.metrics.abuse.live_scans_skipped.load(Relaxed), 1);
     }
 
     #[test]

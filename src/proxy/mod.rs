@@ -13,6 +13,13 @@
 //! (`http`) calls in through `http::server::Handler`; nothing here accepts connections, and
 //! only `origin` opens outbound ones.
 
+/// Manifests up to this size are read on the worker that stored them: the asset index's
+/// references (`tiers`) and the LL-HLS scan and prefetch planning (`llhls`). Larger ones are
+/// read on the blocking pool: reading costs time in their size (a playlist of 300,000 segments
+/// held a worker, and every viewer on it, for a good part of a second), while the live playlists
+/// whose prompt reading matters are kilobytes.
+pub const READ_INLINE: usize = 256 << 10;
+
 pub mod admission;
 pub mod assets;
 pub mod chain_limit;

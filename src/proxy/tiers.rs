@@ -289,7 +289,7 @@ impl Edge {
             // segments parses for a good part of a second): a large one is read on the
             // blocking pool, not on the worker that serves this fill's viewers and others. A
             // purge by asset meanwhile reads the manifest from the tiers (`admin::purge`).
-            if obj.body.len() <= LEARN_INLINE {
+            if obj.body.len() <= crate::proxy::READ_INLINE {
                 self.assets.learn(&u, &obj.body);
             } else {
                 let (assets, body) = (self.assets.clone(), obj.body.clone());
@@ -394,10 +394,6 @@ impl Edge {
         Ok(counts)
     }
 }
-
-/// Manifests up to this size have their references read inline when stored (`insert_from_fill`);
-/// larger ones on the blocking pool.
-const LEARN_INLINE: usize = 256 << 10;
 
 /// Purge selectors applied to the RAM tier between two yields to the runtime (`Edge::purge`):
 /// keys looked up one by one, or the selectors of one scan.

@@ -419,3 +419,112 @@ async fn a_blocking_reload_at_the_live_edge_of_a_long_playlist_is_answered() {
         assert_eq!(r.status, 200, "{q}: {}", r.h("cache-status"));
     }
 }
+
+/// A live LL-HLS playlist of `segments` segments (from msn 0, a program date-time each), two
+/// parts of segment `segments` listed and a preload hint: over 256 KiB from 3,500 segments.
+fn large_live_playlist(segments: u64) -> String {
+    let mut pl = String::from(
+        "#EXTM3U\n#EXT-X-VERSION:9\n#EXT-X-TARGETDURATION:2\n#EXT-X-PART-INF:PART-TARGET=0.5\n\
+#EXT-X-MEDIA-SEQUENCE:0\n",
+    );
+    for i in 0..segments {
+        let (h, m, s) = (i * 2 / 3600, i * 2 / 60 % 60, i * 2 % 60);
+        pl.push_str(&format!(
+            "#EXT-X-PROGRAM-DATE-TIME:2026-12-07T{h:02}:{m:02}:{s:02}.000Z\n#EXTINF:2.0,\nseg_{i}.m4s\n"
+        ));
+    }
+    for p in 0..2 {
+        pl.push_str(&format!(
+            "#EXT-X-PART:DURATION=0.5,URI=\"part_{segments}_{p}.m4s\"\n"
+        ));
+    }
+    pl.push_str(&format!(
+        "#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"part_{segments}_2.m4s\"\n"
+    ));
+    pl
+}
+
+/// A large live playlist (a long DVR window, or a hostile origin's) is scanned off the worker
+/// that stored it: on a single-threaded runtime (the edge and this test share one thread),
+/// another task runs between the fill's end and the playlist's latest copy being recorded.
+/// Before, its scan, window bookkeeping and prefetch planning ran inline on that worker,
+/// holding every viewer scheduled there (a 7.7 MB playlist held victims' hits for 0.4-1.6 s).
+/// Its announce still works: the newest segment and the parts it lists are prefetched from
+/// the origin before any viewer asks, and a viewer's request for them is a hit.
+#[tokio::test(flavor = "current_thread")]
+async fn a_large_live_playlist_is_scanned_off_the_worker_and_still_drives_prefetch() {
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::sync::Arc;
+
+    const SEGMENTS: u64 = 3_500;
+    let origin = Origin::start().await;
+    let playlist = large_live_playlist(SEGMENTS);
+    assert!(playlist.len() > 256 << 10, "{} bytes", playlist.len());
+    let path = "/big/live.m3u8";
+    origin.script(
+        path,
+        Script::ok(playlist)
+            .header("content-type", "application/vnd.apple.mpegurl")
+            .header("cache-control", "max-age=1"),
+    );
+    let newest = format!("/big/seg_{}.m4s", SEGMENTS - 1);
+    let parts: Vec<String> = (0..2)
+        .map(|p| format!("/big/part_{SEGMENTS}_{p}.m4s"))
+        .collect();
+    for p in std::iter::once(&newest).chain(&parts) {
+        origin.script(
+            p,
+            Script::ok(format!("media {p}")).header("cache-control", "max-age=60"),
+        );
+    }
+    let edge = Arc::new(TestEdge::start(config_for(&origin.url(), "next")).await);
+    let key = format!("http|{}|{path}", origin.addr());
+    let observer = {
+        let (edge, key) = (edge.clone(), key.clone());
+        tokio::spawn(async move {
+            let mut turns = 0u64;
+            for _ in 0..50_000_000u64 {
+                let recorded = vedge::proxy::llhls::playlist_of(&edge.edge, &key)
+                    .is_some_and(|p| p.latest().is_some());
+                if recorded {
+                    return Some(turns);
+                }
+                // The playlist's fill stored it (prefetch fills its announce started may
+                // still be running).
+                if edge.edge.ram.contains(&key) {
+                    turns += 1;
+                }
+                tokio::task::yield_now().await;
+            }
+            None
+        })
+    };
+    let r = edge.get(path).await;
+    assert_eq!(r.status, 200);
+    let turns = observer.await.expect("observer");
+    println!("turns between the fill's end and the latest copy being recorded: {turns:?}");
+    assert!(
+        turns.is_some_and(|t| t > 0),
+        "the playlist was scanned on the worker that stored it: {turns:?}"
+    );
+    // Prefetch as for a small playlist (the first copy seen: its live edge only).
+    for p in std::iter::once(&newest).chain(&parts) {
+        crate::support::until(&format!("{p} is prefetched"), || origin.count(p) == 1).await;
+    }
+    assert_eq!(origin.count(&format!("/big/seg_{}.m4s", SEGMENTS - 2)), 0);
+    edge.settle().await;
+    for p in std::iter::once(&newest).chain(&parts) {
+        let r = edge.get(p).await;
+        assert_eq!(
+            (r.status.as_u16(), origin.count(p)),
+            (200, 1),
+            "{p}: {}",
+            r.h("cache-status")
+        );
+    }
+    assert_eq!(
+        edge.edge.metrics.abuse.live_scans_skipped.load(Relaxed),
+        0,
+        "one large scan at a time is never skipped"
+    );
+}
