@@ -41,6 +41,17 @@ pub const DEFAULT_MANIFEST_STALE_FACTOR: u32 = 2;
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 pub const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(15);
 pub const DEFAULT_BETWEEN_BYTES_TIMEOUT: Duration = Duration::from_secs(10);
+/// `origin_client.min_body_rate` (bytes/s) over each `min_body_rate_window` of waiting for an
+/// origin body. The between-bytes timeout alone let an origin that sends one byte every few
+/// seconds hold a fill, and every viewer collapsed on it, for as long as it liked. The floor
+/// is for origins that are stuck, not slow: the slowest real-time media a chunked origin sends
+/// is a CMAF chunk of a subtitle or timed-metadata track, ~100 bytes (its `moof`) every 0.5-2
+/// s, 50-200 B/s; 64 kbit/s audio is 8,000 B/s. 16 B/s is a third of the former and 1/500 of
+/// the latter, and 32 times a byte every 2 s. The window is twice the between-bytes timeout,
+/// so any gap that timeout allows (then a burst) falls inside one window, and such a trickle is
+/// cut 20 s in, within the ~30 s a player retries after.
+pub const DEFAULT_MIN_BODY_RATE: u64 = 16;
+pub const DEFAULT_MIN_BODY_RATE_WINDOW: Duration = Duration::from_secs(20);
 pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_POOL_MAX_IDLE_PER_HOST: usize = 256;
 pub const DEFAULT_ORIGIN_HTTP2: bool = false;
@@ -302,6 +313,9 @@ pub struct RawOriginClient {
     pub connect_timeout: Option<String>,
     pub first_byte_timeout: Option<String>,
     pub between_bytes_timeout: Option<String>,
+    /// Bytes/s an origin body must average over each `min_body_rate_window`; "0" disables.
+    pub min_body_rate: Option<String>,
+    pub min_body_rate_window: Option<String>,
     pub pool_idle_timeout: Option<String>,
     pub pool_max_idle_per_host: Option<usize>,
     /// Talk HTTP/2 (prior knowledge, h2c) to origins.
@@ -512,6 +526,10 @@ pub struct OriginClientConfig {
     pub connect_timeout: Duration,
     pub first_byte_timeout: Duration,
     pub between_bytes_timeout: Duration,
+    /// Bytes/s an origin body (fill or pass) must average over each `min_body_rate_window` of
+    /// time spent waiting for it, or it is cut (`http::body::Pace`); 0 disables.
+    pub min_body_rate: u64,
+    pub min_body_rate_window: Duration,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_host: usize,
     pub http2: bool,
@@ -1329,7 +1347,7 @@ impl AbuseConfig {
 
 impl OriginClientConfig {
     fn resolve(raw: &RawOriginClient, c: &mut Check) -> OriginClientConfig {
-        OriginClientConfig {
+        let cfg = OriginClientConfig {
             connect_timeout: c.duration(
                 "origin_client.connect_timeout",
                 &raw.connect_timeout,
@@ -1345,6 +1363,16 @@ impl OriginClientConfig {
                 &raw.between_bytes_timeout,
                 DEFAULT_BETWEEN_BYTES_TIMEOUT,
             ),
+            min_body_rate: c.size(
+                "origin_client.min_body_rate",
+                &raw.min_body_rate,
+                DEFAULT_MIN_BODY_RATE,
+            ),
+            min_body_rate_window: c.duration(
+                "origin_client.min_body_rate_window",
+                &raw.min_body_rate_window,
+                DEFAULT_MIN_BODY_RATE_WINDOW,
+            ),
             pool_idle_timeout: c.duration(
                 "origin_client.pool_idle_timeout",
                 &raw.pool_idle_timeout,
@@ -1355,7 +1383,14 @@ impl OriginClientConfig {
                 .unwrap_or(DEFAULT_POOL_MAX_IDLE_PER_HOST),
             http2: raw.http2.unwrap_or(DEFAULT_ORIGIN_HTTP2),
             preconnect: Preconnect::resolve(raw, c),
+        };
+        if cfg.min_body_rate > 0 && cfg.min_body_rate_window.is_zero() {
+            c.error(
+                "origin_client.min_body_rate_window: must be longer than 0s while \
+                 origin_client.min_body_rate is set (\"0\" turns the rate off)",
+            );
         }
+        cfg
     }
 }
 
@@ -3296,6 +3331,41 @@ mod tests {
     }
 
     #[test]
+    fn min_body_rate_defaults_and_a_zero_window_is_refused() {
+        let with = |rate: Option<&str>, window: Option<&str>| {
+            Config::try_from(RawConfig {
+                origin: Some("http://127.0.0.1:9".into()),
+                origin_client: RawOriginClient {
+                    min_body_rate: rate.map(Into::into),
+                    min_body_rate_window: window.map(Into::into),
+                    ..RawOriginClient::default()
+                },
+                ..RawConfig::default()
+            })
+        };
+        let cfg = with(None, None).expect("defaults");
+        assert_eq!(cfg.origin_client.min_body_rate, 16);
+        assert_eq!(
+            cfg.origin_client.min_body_rate_window,
+            Duration::from_secs(20)
+        );
+        let cfg = with(Some("1KiB"), Some("5s")).expect("set");
+        assert_eq!(cfg.origin_client.min_body_rate, 1024);
+        assert!(with(Some("0"), Some("0s")).is_ok(), "off needs no window");
+        let err = with(None, Some("0s")).expect_err("a zero window accepted");
+        assert!(
+            err.to_string()
+                .contains("origin_client.min_body_rate_window"),
+            "{err}"
+        );
+        let err = with(Some("fast"), None).expect_err("a bad rate accepted");
+        assert!(
+            err.to_string().contains("origin_client.min_body_rate"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn example_config_is_valid() {
         let raw = RawConfig::from_file(&example_path()).expect("example parses");
         let (_, warnings) = Config::resolve(raw).expect("example validates");
@@ -3753,6 +3823,8 @@ mod tests {
             "origin_client.connect_timeout",
             "origin_client.first_byte_timeout",
             "origin_client.between_bytes_timeout",
+            "origin_client.min_body_rate",
+            "origin_client.min_body_rate_window",
             "origin_client.pool_idle_timeout",
             "origin_client.pool_max_idle_per_host",
             "origin_client.http2",

@@ -19,6 +19,8 @@ pub struct Metrics {
     pub origin_errors: AtomicU64,
     pub collapsed: AtomicU64,
     pub fills_aborted: AtomicU64,
+    /// Origin bodies cut below `origin_client.min_body_rate`, by `SLOW_BODY_PATHS` index.
+    pub slow_bodies: [AtomicU64; SLOW_BODY_PATHS.len()],
     pub passes: AtomicU64,
     pub bytes_sent: AtomicU64,
     pub responses_aborted: AtomicU64,
@@ -50,6 +52,12 @@ pub struct ManifestMetrics {
 /// The `result` label of `vedge_cors_preflights_total`: granted, or what was refused
 /// (`http::cors::Refusal::index` is the position here).
 pub const CORS_PREFLIGHT_RESULTS: [&str; 4] = ["granted", "origin", "method", "headers"];
+
+/// The `path` label of `vedge_origin_body_too_slow_total`: a fill's body (also counted in
+/// `vedge_fills_aborted_total`) or a pass's.
+pub const SLOW_BODY_PATHS: [&str; 2] = ["fill", "pass"];
+pub const SLOW_BODY_FILL: usize = 0;
+pub const SLOW_BODY_PASS: usize = 1;
 
 /// Dials that waited for `origin_client.max_connections_per_origin`, process-wide (the origin
 /// connector has no edge to hand it): `vedge_origin_connection_waits_total`.
@@ -150,6 +158,13 @@ impl Metrics {
         ] {
             let _ = writeln!(out, "# TYPE {name} counter\n{name} {}", c.load(Relaxed));
         }
+        labelled_counter(
+            out,
+            "vedge_origin_body_too_slow_total",
+            "path",
+            &SLOW_BODY_PATHS,
+            &self.slow_bodies,
+        );
         let _ = writeln!(out, "# TYPE vedge_token_refused_total counter");
         for r in Refusal::ALL {
             let _ = writeln!(
@@ -159,17 +174,30 @@ impl Metrics {
                 self.token_refused[r.index()].load(Relaxed)
             );
         }
-        let _ = writeln!(out, "# TYPE vedge_cors_preflights_total counter");
-        for (i, result) in CORS_PREFLIGHT_RESULTS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "vedge_cors_preflights_total{{result=\"{result}\"}} {}",
-                self.cors_preflights[i].load(Relaxed)
-            );
-        }
+        labelled_counter(
+            out,
+            "vedge_cors_preflights_total",
+            "result",
+            &CORS_PREFLIGHT_RESULTS,
+            &self.cors_preflights,
+        );
         self.limits.render(out);
         self.cmcd.render(out);
         self.abuse.render(out);
+    }
+}
+
+/// A counter with one label: the series `name{label="labels[i]"}` counts `counts[i]`.
+fn labelled_counter(
+    out: &mut String,
+    name: &str,
+    label: &str,
+    labels: &[&str],
+    counts: &[AtomicU64],
+) {
+    let _ = writeln!(out, "# TYPE {name} counter");
+    for (value, c) in labels.iter().zip(counts) {
+        let _ = writeln!(out, "{name}{{{label}=\"{value}\"}} {}", c.load(Relaxed));
     }
 }
 

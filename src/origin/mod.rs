@@ -194,6 +194,16 @@ impl OriginClient {
         self.cfg.between_bytes_timeout
     }
 
+    /// What an origin body (a fill's or a pass's) may take: the between-bytes timeout and
+    /// `origin_client.min_body_rate` over its window.
+    pub fn body_timeouts(&self) -> crate::http::body::BodyTimeouts {
+        crate::http::body::BodyTimeouts {
+            idle: self.cfg.between_bytes_timeout,
+            min_rate: self.cfg.min_body_rate,
+            window: self.cfg.min_body_rate_window,
+        }
+    }
+
     /// The group serving `route`.
     pub fn group(&self, route: &Route) -> Result<&Arc<Group>, OriginError> {
         self.groups.get(&route.prefix).ok_or(OriginError::Internal)

@@ -15,6 +15,7 @@ use crate::cache::lock::FillGuard;
 use crate::cache::object::{strip_hop_by_hop, tags_of, CachedObject};
 use crate::cache::policy::{self, ContentClass, Decision, DecisionInput};
 use crate::cache::vary;
+use crate::http::body::Slow;
 use crate::metrics::Metrics;
 use crate::origin::OriginError;
 use crate::proxy::edge::Edge;
@@ -708,14 +709,21 @@ async fn run(
     if let Some(len) = content_length.filter(|&n| store && n <= cache.max_object_size) {
         fill.reserve(&edge.zero_copy, len);
     }
-    let idle = edge.origin.between_bytes_timeout();
+    // Between-bytes timeout and minimum rate (`origin_client.min_body_rate`): an origin that
+    // trickles would otherwise hold this fill, and every viewer collapsed on it, for as long
+    // as it liked. Only time spent waiting for the origin counts (not `wait_for_readers`).
+    let mut pace = edge.origin.body_timeouts().pace();
     let mut received = 0u64;
     let mut trimming = false;
     let mut early = Vec::new();
     let mut announced = None;
     loop {
-        match tokio::time::timeout(idle, body.frame()).await {
-            Err(_) => return Err(FillError::Timeout),
+        match pace.next(body.frame()).await {
+            Err(Slow::Idle) => return Err(FillError::Timeout),
+            Err(Slow::BelowRate) => {
+                Metrics::inc(&edge.metrics.slow_bodies[crate::metrics::SLOW_BODY_FILL]);
+                return Err(FillError::TooSlow);
+            }
             Ok(None) => break,
             Ok(Some(Err(e))) => {
                 tracing::debug!(key, error = %e, "origin body failed");
@@ -723,6 +731,7 @@ async fn run(
             }
             Ok(Some(Ok(frame))) => {
                 if let Ok(data) = frame.into_data() {
+                    pace.received(data.len());
                     received += data.len() as u64;
                     if content_length.is_some_and(|cl| received > cl) {
                         tracing::debug!(key, "origin body longer than it announced");

@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use futures_util::Stream;
+use futures_util::{Stream, TryStreamExt};
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
 
@@ -14,7 +14,7 @@ use crate::cache::object::strip_hop_by_hop;
 use crate::cache::policy::content_length;
 use crate::cache::status::CacheStatus;
 use crate::config::canonical_ip;
-use crate::http::body::{incoming_stream, Body};
+use crate::http::body::{incoming_stream, Body, BodyTimeouts, BoxError, Slow};
 use crate::http::response::{self, CacheInfo};
 use crate::metrics::Metrics;
 use crate::origin::{PassFor, Passed, RelaySlot, Upload, ViewerFault};
@@ -63,7 +63,12 @@ pub async fn pass(
         Some(body) => {
             let len = content_length(&req.parts.headers);
             let upload = Upload::default();
-            let stream = incoming_stream(body, edge.origin.between_bytes_timeout());
+            // The viewer's body: how fast it uploads is its own business (bounded by the
+            // first-byte timeout), so no minimum rate.
+            let stream = incoming_stream(
+                body,
+                BodyTimeouts::idle_only(edge.origin.between_bytes_timeout()),
+            );
             let stream = upload.watch(stream, len);
             let mut out = Request::new(Body::stream(stream, len));
             *out.method_mut() = req.parts.method.clone();
@@ -152,7 +157,7 @@ fn relay_holding(
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     let len = content_length(&parts.headers);
-    let stream = incoming_stream(body, req.edge.origin.between_bytes_timeout());
+    let stream = too_slow_counted(req, incoming_stream(body, req.edge.origin.body_timeouts()));
     let body = if req.parts.method == Method::HEAD {
         Body::empty()
     } else {
@@ -174,6 +179,26 @@ fn relay_holding(
         },
     );
     out
+}
+
+/// `stream` (an origin body), counting and logging a cut for `origin_client.min_body_rate`
+/// (`vedge_origin_body_too_slow_total{path="pass"}`): the pass's viewer sees its response end
+/// short, as for any failed origin body.
+fn too_slow_counted<S>(
+    req: &Req<'_>,
+    stream: S,
+) -> impl Stream<Item = Result<bytes::Bytes, BoxError>> + Send + 'static
+where
+    S: Stream<Item = Result<bytes::Bytes, BoxError>> + Send + 'static,
+{
+    let edge = req.edge.clone();
+    let key = req.key().to_string();
+    stream.inspect_err(move |e| {
+        if e.downcast_ref::<Slow>() == Some(&Slow::BelowRate) {
+            Metrics::inc(&edge.metrics.slow_bodies[crate::metrics::SLOW_BODY_PASS]);
+            tracing::warn!(key = %key, error = %e, "pass body cut");
+        }
+    })
 }
 
 /// A relayed body and the pass slot it holds, given back as soon as the body ends or fails

@@ -33,6 +33,7 @@ mod limits;
 mod llhls;
 mod module_graph;
 mod origin_groups;
+mod origin_trickle;
 mod preconnect;
 mod prefetch;
 mod purge;

@@ -102,6 +102,8 @@ pub enum FillError {
     Origin,
     #[error("origin stopped sending (between-bytes timeout)")]
     Timeout,
+    #[error("origin body below origin_client.min_body_rate")]
+    TooSlow,
     #[error("origin body shorter than its Content-Length")]
     Truncated,
     #[error("fill abandoned")]
