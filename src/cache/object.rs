@@ -32,6 +32,14 @@ pub struct CachedObject {
     pub disk: Arc<AtomicBool>,
 }
 
+/// Fields a `304` does not update on a stored response (`CachedObject::merged_headers`).
+const BODY_FIELDS: [header::HeaderName; 4] = [
+    header::CONTENT_LENGTH,
+    header::CONTENT_ENCODING,
+    header::CONTENT_RANGE,
+    header::VARY,
+];
+
 impl CachedObject {
     /// Current age (RFC 9111 §4.2.3): the age it arrived with plus the time resident here.
     pub fn age(&self, now: SystemTime) -> Duration {
@@ -108,11 +116,15 @@ impl CachedObject {
     }
 
     /// The stored headers updated by a `304 Not Modified` (RFC 9111 §4.3.4): each header the
-    /// 304 carries replaces the stored one.
+    /// 304 carries replaces the stored one, except the fields the stored body depends on
+    /// (§3.2): its length, its content coding and its range, which a 304 cannot change since
+    /// it sends no body, and `Vary`, which chose the key the body is stored under (a 304 that
+    /// names other headers would leave the copy under a key its own `Vary` does not make).
+    /// The next full answer brings new ones with a new body.
     pub fn merged_headers(&self, not_modified: &HeaderMap) -> HeaderMap {
         let mut headers = self.headers.clone();
         for name in not_modified.keys() {
-            if is_hop_by_hop(name) || name == header::CONTENT_LENGTH {
+            if is_hop_by_hop(name) || BODY_FIELDS.contains(name) {
                 continue;
             }
             headers.remove(name);

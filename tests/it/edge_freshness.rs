@@ -120,6 +120,56 @@ async fn expired_object_is_revalidated_with_if_none_match_and_a_304_keeps_the_bo
     assert_eq!(origin.count("/v/rev.ts"), 2);
 }
 
+/// A 304 updates the stored head (RFC 9111 §4.3.4) but not the fields the stored body
+/// depends on (§3.2): a revalidation answered with `Content-Encoding`, `Content-Range` or a new
+/// `Vary` left the plain body labelled gzip, a range of itself, or keyed by another header.
+#[tokio::test]
+async fn a_304_does_not_relabel_the_stored_body() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/v/relabel.ts",
+        Script::ok("plain body")
+            .header("cache-control", "max-age=1")
+            .header("etag", "\"r1\""),
+    );
+    let edge = TestEdge::start_with_tokio_clock(edge_config(&origin)).await;
+    assert_eq!(edge.get("/v/relabel.ts").await.x_cache(), "MISS");
+    edge.settle().await;
+    origin.script(
+        "/v/relabel.ts",
+        Script::ok("plain body")
+            .header("cache-control", "max-age=60")
+            .header("etag", "\"r1\"")
+            .header("content-encoding", "gzip")
+            .header("content-range", "bytes 0-1/2")
+            .header("vary", "X-Q")
+            .header("x-updated", "yes"),
+    );
+    edge.advance(PAST_TTL).await;
+    let r = edge.get("/v/relabel.ts").await;
+    assert_eq!(r.x_cache(), "EXPIRED");
+    let statuses: Vec<u16> = origin
+        .sent("/v/relabel.ts")
+        .iter()
+        .map(|s| s.status)
+        .collect();
+    assert_eq!(statuses, [200, 304]);
+    edge.settle().await;
+    for r in [r, edge.get("/v/relabel.ts").await] {
+        assert_eq!(r.body, "plain body");
+        assert_eq!(r.h("x-updated"), "yes", "the 304's other fields are taken");
+        let relabelled: Vec<&str> = ["content-encoding", "content-range", "vary"]
+            .into_iter()
+            .filter(|h| !r.h(h).is_empty())
+            .collect();
+        assert!(
+            relabelled.is_empty(),
+            "{relabelled:?} taken from the 304 ({})",
+            r.x_cache()
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_while_revalidate_serves_stale_and_refreshes_once_in_the_background() {
     let origin = Origin::start().await;
