@@ -169,16 +169,27 @@ async fn shutdown_signal() {
     tracing::info!("shutdown requested: draining");
 }
 
+/// Log lines queued for a sink slower than the edge writes them; past this, lines are
+/// dropped (the writer is lossy) rather than held. tracing-appender's default, 128,000, held
+/// 128,000 viewers' paths and user agents when stdout stalled (each clipped now, see
+/// `http::access`, but a bound in lines is only a bound in bytes if lines are short).
+const LOG_QUEUE_LINES: usize = 16_384;
+
 /// Logs go through a non-blocking writer: the access line of every request must never make a
 /// worker wait on stdout.
 fn init_tracing(filter: &str, to_stderr: bool) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let queue = || {
+        tracing_appender::non_blocking::NonBlockingBuilder::default()
+            .buffered_lines_limit(LOG_QUEUE_LINES)
+            .lossy(true)
+    };
     let (writer, guard, ansi) = if to_stderr {
-        let (w, g) = tracing_appender::non_blocking(std::io::stderr());
+        let (w, g) = queue().finish(std::io::stderr());
         (w, g, std::io::IsTerminal::is_terminal(&std::io::stderr()))
     } else {
-        let (w, g) = tracing_appender::non_blocking(std::io::stdout());
+        let (w, g) = queue().finish(std::io::stdout());
         (w, g, std::io::IsTerminal::is_terminal(&std::io::stdout()))
     };
     tracing_subscriber::fmt()

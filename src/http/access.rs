@@ -39,6 +39,27 @@ pub fn enabled() -> bool {
     tracing::enabled!(target: TARGET, tracing::Level::INFO)
 }
 
+/// The longest path an access line keeps, in bytes; longer ones end in `...`. A viewer's path
+/// and headers may be tens of KiB each (up to `server.max_header_size`): copied whole, every
+/// line queued for a slow log sink would hold them (`main::init_tracing` bounds the queue in
+/// lines), and one viewer could make the edge hold gigabytes of its own text.
+const MAX_PATH: usize = 2048;
+
+/// The longest `Host` or `User-Agent` an access line keeps, in bytes.
+const MAX_FIELD: usize = 256;
+
+/// `s` cut to at most `max` bytes (at a character boundary), marked with `...` when cut.
+fn clipped(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max.saturating_sub(3);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
 /// What the access line needs from the request, taken before the request is handed on.
 pub struct Pending {
     started: Instant,
@@ -53,12 +74,16 @@ impl Pending {
             req.headers()
                 .get(name)
                 .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
+                .map(|v| clipped(v, MAX_FIELD))
         };
         let who = enabled().then(|| Who {
-            path: req.uri().path().to_string(),
+            path: clipped(req.uri().path(), MAX_PATH),
             host: text(header::HOST)
-                .or_else(|| req.uri().authority().map(|a| a.to_string()))
+                .or_else(|| {
+                    req.uri()
+                        .authority()
+                        .map(|a| clipped(a.as_str(), MAX_FIELD))
+                })
                 .unwrap_or_default(),
             ua: text(header::USER_AGENT).unwrap_or_default(),
         });
@@ -228,5 +253,18 @@ impl<H: Handler> Drop for Logged<H> {
             cmcd_su = c.filter(|c| c.su).map(|_| true),
             cmcd_bs = c.filter(|c| c.bs).map(|_| true),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::clipped;
+
+    #[test]
+    fn long_text_is_cut_at_a_character_boundary_and_marked() {
+        assert_eq!(clipped("short", 8), "short");
+        let cut = clipped(&"é".repeat(10), 8);
+        assert!(cut.len() <= 8 && cut.ends_with("..."), "{cut}");
+        assert_eq!(cut, "éé...");
     }
 }
