@@ -753,6 +753,12 @@ async fn blocking_reload(
             }
         }
         if d.skip || !busy {
+            // A viewer whose share of the route's fill slots is all taken would wait for it
+            // inside `phases` while listed as upstream, holding every waiter behind it: it
+            // waits here first, unlisted (`proxy::fill_limit`).
+            if !request::share_free(req).await {
+                return Err(crate::cache::fill::OriginFailure::Busy.into());
+            }
             let upstream = Upstream::register(pl, (!d.skip).then_some(wants));
             let resp = tokio::time::timeout_at(deadline, request::phases(req)).await;
             // Waiters re-check once this copy is stored (or shortly after, if it is not).

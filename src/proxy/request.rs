@@ -660,7 +660,7 @@ pub(crate) async fn collapsed_head(edge: &Edge, fill: &Fill) -> Option<FillHead>
 
 /// Waits until this viewer's share of its route's fill slots has a free one, within the
 /// collapse deadline (`proxy::fill_limit::FillLimit::share_free`).
-async fn share_free(req: &Req<'_>) -> bool {
+pub(crate) async fn share_free(req: &Req<'_>) -> bool {
     let edge = req.edge;
     let client = req
         .peer

@@ -511,6 +511,83 @@ async fn a_client_at_its_fill_share_does_not_hold_the_viewers_collapsed_on_its_f
     assert!(e.edge.metrics.abuse.fills_share_released.load(Relaxed) >= 1);
 }
 
+/// The LL-HLS form of the above: a client at its fill share that sends the next blocking
+/// reload first is not listed as the playlist's upstream request while it waits for its share,
+/// so viewers asking for that part or the next are answered by a request of their own instead
+/// of parking behind it until its wait ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_at_its_fill_share_does_not_hold_blocking_reloads_behind_it() {
+    let origin = Origin::start().await;
+    let gate = Gate::new();
+    origin.script(
+        "/ll/held.ts",
+        Script::ok("held")
+            .header("cache-control", "max-age=60")
+            .gate(&gate),
+    );
+    let head = "#EXTM3U\n#EXT-X-VERSION:9\n#EXT-X-TARGETDURATION:4\n\
+#EXT-X-PART-INF:PART-TARGET=1.0\n#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=3.0\n\
+#EXT-X-MEDIA-SEQUENCE:10\n#EXTINF:4.0,\ns10.m4s\n#EXTINF:4.0,\ns11.m4s\n\
+#EXT-X-PART:DURATION=1.0,URI=\"p12_0.m4s\"\n#EXT-X-PART:DURATION=1.0,URI=\"p12_1.m4s\"\n";
+    let playlist = |tail: &str| {
+        Script::ok(format!("{head}{tail}"))
+            .header("content-type", "application/vnd.apple.mpegurl")
+            .header("cache-control", "max-age=1")
+    };
+    origin.script(
+        "/ll/p.m3u8",
+        playlist("#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"p12_2.m4s\"\n"),
+    );
+    let mut raw = limited(&origin).await;
+    raw.origin_client.max_fills = Some(4); // a share of 1 per client
+    raw.cache.collapse_timeout = Some("20s".into());
+    // Client A's held fill keeps its share until the gate opens, not the first-byte timeout.
+    raw.origin_client.first_byte_timeout = Some("30s".into());
+    let e = start(raw).await;
+    let viewer = e.viewer;
+    assert_eq!(
+        get_from("127.0.0.5", viewer, "/ll/p.m3u8").await.status(),
+        200
+    );
+    // Blocking requests now get the copy with parts 12.2 and 12.3, after a moment.
+    origin.script(
+        "/ll/p.m3u8",
+        playlist(
+            "#EXT-X-PART:DURATION=1.0,URI=\"p12_2.m4s\"\n#EXT-X-PART:DURATION=1.0,URI=\"p12_3.m4s\"\n\
+#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"p12_4.m4s\"\n",
+        )
+        .head_delay(Duration::from_millis(300)),
+    );
+    let held = tokio::spawn(async move { get_from("127.0.0.2", viewer, "/ll/held.ts").await });
+    until("client A's fill reached the origin", || {
+        origin.count("/ll/held.ts") == 1
+    })
+    .await;
+    let a = tokio::spawn(async move {
+        get_from("127.0.0.2", viewer, "/ll/p.m3u8?_HLS_msn=12&_HLS_part=2").await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let others: Vec<_> = [("127.0.0.3", 2), ("127.0.0.4", 3)]
+        .into_iter()
+        .map(|(from, part)| {
+            let path = format!("/ll/p.m3u8?_HLS_msn=12&_HLS_part={part}");
+            tokio::spawn(async move { get_from(from, viewer, &path).await })
+        })
+        .collect();
+    for o in others {
+        // Far within the hold (12 s) and the share wait (20 s): not behind client A.
+        let r = tokio::time::timeout(Duration::from_secs(8), o)
+            .await
+            .expect("a viewer parked behind client A's share wait")
+            .expect("viewer task");
+        assert_eq!(r.status(), 200, "{}", r.text());
+        assert!(r.text().contains("p12_3.m4s"), "{}", r.text());
+    }
+    gate.open();
+    assert_eq!(held.await.expect("held task").status(), 200);
+    let _ = a.await;
+}
+
 /// A pass (here a `Cookie` GET) whose origin body trickles, one byte a second for 30 s, so it
 /// holds its origin connection for the rest of the test.
 fn trickling_pass() -> Script {
