@@ -79,6 +79,14 @@ pub(crate) struct State {
     /// Marks taken from `next_seq` so far (purges, prefix removals): a reclaim that sees this
     /// change knows a mark lies below its copies' end (see `writer::Writer::reclaim_into`).
     pub marks: u64,
+    /// Pinned objects region reclaim has moved: the sequence they were written at (the push),
+    /// which their place in the index no longer tells (a copy is newer than every mark taken
+    /// before the reclaim). [`SkipReason::PushedSince`] compares a fill's mark with it
+    /// (`State::written_seq`). Only moved pinned objects have an entry (a few per pushed
+    /// asset, not one per object); it goes with the index entry (`index_put`,
+    /// `index_remove`). RAM only: every mark taken after a restart is newer than every
+    /// object on disk.
+    pub written_at: HashIndex<u64>,
 }
 
 impl State {
@@ -102,6 +110,7 @@ impl State {
             pinned_bytes: 0,
             pending_pinned: 0,
             marks: 0,
+            written_at: HashIndex::default(),
         }
     }
 
@@ -111,10 +120,21 @@ impl State {
         (self.regions[r as usize].gen << 32) | u64::from(e.block - r * layout.region_blocks())
     }
 
-    /// Inserts an index entry, releasing whatever it replaces.
+    /// The sequence `e` (the index entry of `h`) was written at: where it lies, unless region
+    /// reclaim moved it there (`written_at`).
+    pub(crate) fn written_seq(&self, layout: &Layout, h: &KeyHash, e: &Entry) -> u64 {
+        match self.written_at.get(h) {
+            Some(&s) => s,
+            None => self.seq(layout, e),
+        }
+    }
+
+    /// Inserts an index entry for a new write of `h` (or its recovery), releasing whatever it
+    /// replaces.
     pub(crate) fn index_put(&mut self, h: KeyHash, e: Entry) {
         if let Some(old) = self.index.insert(h, e) {
             self.account_out(&old);
+            self.written_at.remove(&h);
         }
         self.live_bytes += e.bytes();
         if e.pinned() {
@@ -125,7 +145,25 @@ impl State {
     pub(crate) fn index_remove(&mut self, h: &KeyHash) -> Option<Entry> {
         let e = self.index.remove(h)?;
         self.account_out(&e);
+        self.written_at.remove(h);
         Some(e)
+    }
+
+    /// Moves `h`'s entry `cur` to `block`, where region reclaim copied it: one hit less, and a
+    /// pinned one keeps the sequence it was written at (`written_at`).
+    pub(crate) fn index_move(&mut self, layout: &Layout, h: KeyHash, cur: Entry, block: u32) {
+        let written = self.written_seq(layout, &h, &cur);
+        let tags = self.tags.get(cur.tagset).to_vec();
+        let mut moved_to = Entry {
+            block,
+            blocks_flags: cur.blocks_flags,
+            tagset: self.tags.acquire(&tags),
+        };
+        moved_to.set_freq(cur.freq().saturating_sub(1));
+        self.index_put(h, moved_to);
+        if cur.pinned() {
+            self.written_at.insert(h, written);
+        }
     }
 
     fn account_out(&mut self, e: &Entry) {
@@ -916,8 +954,11 @@ impl Store {
                 drop(st);
                 return refuse(SkipReason::PushQueued);
             }
-            let pushed_since =
-                |e: &Entry| e.pinned() && since.is_some_and(|m| st.seq(&inner.layout, e) >= m);
+            // When the push was written, not where it lies now: a reclaim that moved it to a
+            // newer region after the mark did not make it newer than the fill.
+            let pushed_since = |e: &Entry| {
+                e.pinned() && since.is_some_and(|m| st.written_seq(&inner.layout, &h, e) >= m)
+            };
             if !durable && !pinned && st.index.get(&h).is_some_and(pushed_since) {
                 drop(st);
                 return refuse(SkipReason::PushedSince);

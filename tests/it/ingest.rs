@@ -1105,6 +1105,117 @@ async fn a_small_put_replaced_by_a_newer_put_before_it_was_written_is_a_conflict
     assert_eq!(origin.count("/vod/seg.ts"), 0, "the origin was never asked");
 }
 
+/// Bug: whether a fill outlived a push (`PushedSince`) was judged by where the push lay, so a
+/// region reclaim that moved the push into a newer region while a fill ran made it look pushed
+/// after that fill began: the fill's copy, fetched after the push, was thrown away, where
+/// without the move it replaces the push (as a refresh of a stale push does). It is judged by
+/// when the push was written now. The fill here begins after the push because a device read
+/// error made the push's lookup a miss.
+#[tokio::test]
+async fn a_fill_begun_after_a_push_replaces_it_though_reclaim_moved_the_push_meanwhile() {
+    use crate::support::edge::admin_send;
+    use crate::support::{Gate, Origin as Scripted};
+    let origin = Scripted::start().await;
+    let gate = Gate::new();
+    let pulled: &[u8] = b"the origin's bytes, fetched after the push";
+    script_segment(&origin, pulled, Some(&gate));
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut config = store_edge_config(&origin.url(), tmp.path(), 1 << 20);
+    if let Some(store) = config.store.as_mut() {
+        // Pulled objects are admitted on first sight, a full store or not.
+        store.admit_window = Duration::ZERO;
+    }
+    let running = TestEdge::start_config(config).await;
+    let api = running.admin().await;
+    let store = running.edge.store.clone().expect("store");
+    let key = viewer_key(&running.edge, "/vod/seg.ts");
+    let headers = [("X-Vedge-Host", HOST), ("Content-Type", "video/mp2t")];
+    let pushed: &[u8] = b"the operator's push";
+    let (status, answer) = admin_send(
+        api.addr.port(),
+        "PUT",
+        "/admin/objects/vod/seg.ts",
+        &headers,
+        pushed,
+    )
+    .await;
+    assert_eq!(status, 201, "{answer}");
+    // The next viewer reads the push from disk, and that read fails: a miss, and a fill.
+    running.edge.ram.remove(&key);
+    store.inject_read_errno(5, 1);
+
+    let move_the_push = async {
+        crate::support::edge::until("the fill asked the origin", || {
+            origin.count("/vod/seg.ts") == 1
+        })
+        .await;
+        // Other writes until the push's region is reclaimed: the push, pinned, is copied into
+        // a newer region (nothing else there is kept: nothing else was hit).
+        for i in 0..1000 {
+            if store.stats().regions_evicted > 0 {
+                break;
+            }
+            let k = format!("filler{i}");
+            let body = Bytes::from(pattern(200_000));
+            let stored = store.insert_durable(
+                k.as_bytes(),
+                filler_meta(),
+                body,
+                vedge_storage::Source::Push,
+            );
+            stored.await.expect("filler stored");
+        }
+        assert!(store.stats().regions_evicted > 0, "no region was reclaimed");
+        assert_eq!(store.stats().reinsertions, 1, "reclaim kept the push alone");
+        gate.open();
+    };
+    let (first, ()) = tokio::join!(running.get("/vod/seg.ts"), move_the_push);
+    assert_eq!(&first.body[..], pulled);
+    running.settle().await;
+    store.flush().await;
+
+    let hit = store.lookup(key.as_bytes()).await.expect("stored");
+    assert!(
+        !hit.meta.pinned && hit.body[..] == pulled[..],
+        "the fill was not stored: the store holds {} ({} bytes)",
+        if hit.meta.pinned {
+            "the push"
+        } else {
+            "another copy"
+        },
+        hit.body.len()
+    );
+    let after = running.get("/vod/seg.ts").await;
+    assert_eq!(&after.body[..], pulled, "x-cache {}", after.x_cache());
+    assert_eq!(origin.count("/vod/seg.ts"), 1, "no refetch");
+}
+
+/// Metadata for the objects a test writes into an edge's store to fill it.
+fn filler_meta() -> vedge_storage::Meta {
+    vedge_storage::Meta {
+        head: Bytes::from_static(b"HTTP/1.1 200 OK\r\n"),
+        stored_at: std::time::SystemTime::now(),
+        expires_at: std::time::SystemTime::now() + Duration::from_secs(3600),
+        tags: Vec::new(),
+        pinned: false,
+    }
+}
+
+/// Scripts `/vod/seg.ts` at `origin`: `body`, fresh for an hour, held until `gate` opens.
+fn script_segment(
+    origin: &crate::support::Origin,
+    body: &'static [u8],
+    gate: Option<&crate::support::Gate>,
+) {
+    let mut script = crate::support::Script::ok(body)
+        .header("content-type", "video/mp2t")
+        .header("cache-control", "max-age=3600");
+    if let Some(gate) = gate {
+        script = script.gate(gate);
+    }
+    origin.script("/vod/seg.ts", script);
+}
+
 /// A viewer's fill that began before an operator's `PUT` of the same key, and ends after the
 /// push is on disk, does not replace the push: the fill's viewer gets the origin's bytes (it
 /// asked first), every viewer after it the pushed ones, pinned. Before, the fill's plain insert
