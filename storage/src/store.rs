@@ -539,6 +539,39 @@ impl Inner {
         same
     }
 
+    /// Why a plain insert of `key` (hash `h`; `pinned`, made `since` a mark) must not replace
+    /// the push of it the store has, if it must not.
+    ///
+    /// A plain insert does not replace a push (a durable, pinned write) of the key that is
+    /// queued or being written: the push would fail with `Superseded` and the key end up
+    /// unpinned, so an operator's pushed asset would lose to a viewer's fill of the same key
+    /// that happened to finish while the push waited for the device. The push is the version
+    /// the operator asked the store to keep; the plain insert's caller (a fill, which has served
+    /// its viewers already) is told `Skipped` and loses nothing. Durable inserts, removals and
+    /// purges still replace it. Nor does an unpinned insert of bytes fetched since a mark
+    /// replace a push written after that mark (`PushedSince`: when the push was written, not
+    /// where it lies now, which a reclaim that moved it after the mark made newer).
+    fn yields_to_push(
+        &self,
+        st: &State,
+        h: &KeyHash,
+        key: &[u8],
+        pinned: bool,
+        since: Option<u64>,
+    ) -> Option<SkipReason> {
+        if st
+            .pending
+            .get(h)
+            .is_some_and(|p| p.durable && p.pinned && p.obj.key == key)
+        {
+            return Some(SkipReason::PushQueued);
+        }
+        let pushed_since = |e: &Entry| {
+            e.pinned() && since.is_some_and(|m| st.written_seq(&self.layout, h, e) >= m)
+        };
+        (!pinned && st.index.get(h).is_some_and(pushed_since)).then_some(SkipReason::PushedSince)
+    }
+
     fn admit_pull(&self, h: KeyHash, len: u64) -> Result<(), SkipReason> {
         // Second-request admission protects a full store from one-hit churn. While the store
         // still has never-used regions, nothing would be evicted to make room, so there is
@@ -914,6 +947,18 @@ impl Store {
             return refuse(SkipReason::TooLarge);
         }
         let h = inner.hash(key);
+        // A push of the key wins over a plain insert whatever admission would say, so it is
+        // checked first: the caller must hear `PushQueued` or `PushedSince` rather than a
+        // refusal by admission (first sighting, rate, a full queue), which leaves a copy in
+        // the edge's RAM tier over the push (`Edge::offer_to_store` keeps its copy out of RAM
+        // only for those two).
+        if !durable {
+            let st = inner.st.lock();
+            if let Some(r) = inner.yields_to_push(&st, &h, key, meta.pinned, since) {
+                drop(st);
+                return refuse(r);
+            }
+        }
         if src == Source::Pull && !meta.pinned && !durable {
             if let Err(r) = inner.admit_pull(h, extent) {
                 return refuse(r);
@@ -938,30 +983,13 @@ impl Store {
         });
         {
             let mut st = inner.st.lock();
-            // A plain insert does not replace a push (a durable, pinned write) of the key that
-            // is queued or being written: the push would fail with `Superseded` and the key end
-            // up unpinned, so an operator's pushed asset would lose to a viewer's fill of the
-            // same key that happened to finish while the push waited for the device. The push
-            // is the version the operator asked the store to keep; the plain insert's caller
-            // (a fill, which has served its viewers already) is told `Skipped` and loses
-            // nothing. Durable inserts, removals and purges still replace it.
-            if !durable
-                && st
-                    .pending
-                    .get(&h)
-                    .is_some_and(|p| p.durable && p.pinned && p.obj.key == key)
-            {
-                drop(st);
-                return refuse(SkipReason::PushQueued);
-            }
-            // When the push was written, not where it lies now: a reclaim that moved it to a
-            // newer region after the mark did not make it newer than the fill.
-            let pushed_since = |e: &Entry| {
-                e.pinned() && since.is_some_and(|m| st.written_seq(&inner.layout, &h, e) >= m)
-            };
-            if !durable && !pinned && st.index.get(&h).is_some_and(pushed_since) {
-                drop(st);
-                return refuse(SkipReason::PushedSince);
+            // Again under the lock that queues it: a push may have been queued or written
+            // since the check before admission.
+            if !durable {
+                if let Some(r) = inner.yields_to_push(&st, &h, key, pinned, since) {
+                    drop(st);
+                    return refuse(r);
+                }
             }
             if pinned {
                 let replaced = st

@@ -1105,6 +1105,149 @@ async fn a_small_put_replaced_by_a_newer_put_before_it_was_written_is_a_conflict
     assert_eq!(origin.count("/vod/seg.ts"), 0, "the origin was never asked");
 }
 
+/// Bug: under a store write-rate cap (`store.write_rate`), a viewer's fill that began before an
+/// operator's `PUT` of its key, and ended after it, put the origin's bytes in the RAM tier over
+/// the push, and viewers were served them: the store answered the fill's insert with its rate
+/// refusal before it looked for the push, and the edge keeps a copy the store refused in RAM
+/// unless a push is the reason. The store reports the push first now, and viewers get it.
+#[tokio::test]
+async fn a_fill_begun_before_a_put_does_not_shadow_it_in_ram_under_a_write_rate_cap() {
+    use crate::support::edge::admin_send;
+    use crate::support::{Gate, Origin as Scripted};
+    let origin = Scripted::start().await;
+    let gate = Gate::new();
+    let pulled: &[u8] = b"the origin's bytes, fetched before the push";
+    script_segment(&origin, pulled, Some(&gate));
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut config = store_edge_config(&origin.url(), tmp.path(), 16 << 20);
+    if let Some(store) = config.store.as_mut() {
+        // Less than one extent a second: the store refuses every pulled object for the rate.
+        store.write_rate = Some(1_000);
+    }
+    let running = TestEdge::start_config(config).await;
+    let api = running.admin().await;
+    let port = api.addr.port();
+
+    // A viewer's miss: its fill takes the store's mark, then waits for the origin, while
+    // the operator pushes the key.
+    let pushed: &[u8] = b"the operator's push";
+    let push = async {
+        crate::support::edge::until("the fill asked the origin", || {
+            origin.count("/vod/seg.ts") == 1
+        })
+        .await;
+        let headers = [("X-Vedge-Host", HOST), ("Content-Type", "video/mp2t")];
+        let answer = admin_send(port, "PUT", "/admin/objects/vod/seg.ts", &headers, pushed).await;
+        gate.open();
+        answer
+    };
+    let (first, (status, answer)) = tokio::join!(running.get("/vod/seg.ts"), push);
+    assert_eq!(status, 201, "{answer}");
+    assert_eq!(
+        &first.body[..],
+        pulled,
+        "the fill's viewer gets what it was sent"
+    );
+    running.settle().await;
+
+    let after = running.get("/vod/seg.ts").await;
+    assert_eq!(after.status, StatusCode::OK);
+    assert_eq!(
+        String::from_utf8_lossy(&after.body),
+        String::from_utf8_lossy(pushed),
+        "x-cache {}",
+        after.x_cache()
+    );
+    assert_eq!(origin.count("/vod/seg.ts"), 1);
+}
+
+/// Bug: a RAM copy the store had not taken yet was offered to it again on its next hit against
+/// mark 0, as if fetched before every push: a fill that refreshed a soft-purged push, whose copy
+/// the store refused for admission (a full store's first sighting), lost that copy on its next
+/// hit, and the request after it read the stale push from disk and went to the origin again,
+/// every second request. The offer is made against the mark of the fill that fetched the copy
+/// now: a push older than the fill does not outlive it. Under a write-rate cap too, where the
+/// rate refusal used to come first and hide the push (`SkipReason` order, `Store::enqueue`).
+#[tokio::test]
+async fn a_refresh_of_a_soft_purged_push_stays_in_ram_when_the_store_refuses_it() {
+    let mut got = Vec::new();
+    for refusal in ["first sighting", "write rate"] {
+        let (fetches, served) = refetches_of_a_refreshed_push(refusal == "write rate").await;
+        got.push((refusal, fetches, served));
+    }
+    // Each request: the refresh, from the fill, then from RAM; the origin asked once.
+    let refreshed = |served: &[(String, String)]| {
+        served
+            .iter()
+            .all(|(_, body)| body == "the origin's bytes, fetched after the push")
+    };
+    assert!(
+        got.iter()
+            .all(|(_, fetches, served)| *fetches == 1 && refreshed(served)),
+        "(store refusal, origin fetches, [(x-cache, body)] per request): {got:?}"
+    );
+}
+
+/// Pushes `/vod/seg.ts`, soft-purges it and requests it four times from an edge whose store
+/// refuses pulled objects (for the rate with `rate_cap`, else as first sightings in a full
+/// store): (origin fetches, `X-Cache` and body of each request).
+async fn refetches_of_a_refreshed_push(rate_cap: bool) -> (usize, Vec<(String, String)>) {
+    use crate::support::edge::{admin_purge, admin_send};
+    use crate::support::Origin as Scripted;
+    let origin = Scripted::start().await;
+    let pulled: &[u8] = b"the origin's bytes, fetched after the push";
+    script_segment(&origin, pulled, None);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut config = store_edge_config(&origin.url(), tmp.path(), 1 << 20);
+    if let (Some(store), true) = (config.store.as_mut(), rate_cap) {
+        // Less than one extent a second: the store refuses every pulled object for the rate.
+        store.write_rate = Some(1_000);
+    }
+    let running = TestEdge::start_config(config).await;
+    if !rate_cap {
+        // Every region but reclaim's spare in use: pulled objects need a second sighting.
+        let store = running.edge.store.clone().expect("store");
+        for i in 0..1000 {
+            let st = store.stats();
+            if st.regions_in_use + 1 >= st.regions {
+                break;
+            }
+            let k = format!("filler{i}");
+            let stored = store.insert_durable(
+                k.as_bytes(),
+                filler_meta(),
+                Bytes::from(pattern(200_000)),
+                vedge_storage::Source::Push,
+            );
+            stored.await.expect("filler stored");
+        }
+    }
+    let api = running.admin().await;
+    let port = api.addr.port();
+    let headers = [("X-Vedge-Host", HOST), ("Content-Type", "video/mp2t")];
+    let pushed: &[u8] = b"the operator's push";
+    let (status, answer) =
+        admin_send(port, "PUT", "/admin/objects/vod/seg.ts", &headers, pushed).await;
+    assert_eq!(status, 201, "{answer}");
+    let (status, answer) = admin_purge(
+        port,
+        &format!(r#"{{"urls":["/vod/seg.ts"],"host":"{HOST}","soft":true}}"#),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+
+    // The push is stale: a fill refreshes it, and its copy stays in RAM (the store refused it).
+    let mut served = Vec::new();
+    for _ in 0..4 {
+        let r = running.get("/vod/seg.ts").await;
+        running.settle().await;
+        assert_eq!(r.status, StatusCode::OK);
+        let body = String::from_utf8_lossy(&r.body).into_owned();
+        served.push((r.x_cache().to_string(), body));
+    }
+    (origin.count("/vod/seg.ts"), served)
+}
+
 /// Bug: whether a fill outlived a push (`PushedSince`) was judged by where the push lay, so a
 /// region reclaim that moved the push into a newer region while a fill ran made it look pushed
 /// after that fill began: the fill's copy, fetched after the push, was thrown away, where
