@@ -1248,6 +1248,53 @@ async fn refetches_of_a_refreshed_push(rate_cap: bool) -> (usize, Vec<(String, S
     (origin.count("/vod/seg.ts"), served)
 }
 
+/// Bug: a soft-purged object read from the store was answered as a fresh HIT: the lookup makes
+/// it stale as of its own clock reading, and the request judged it at the instant it took
+/// before the lookup, when it was not stale yet. It is judged after the lookup now: the purged
+/// push is refreshed from the origin.
+#[tokio::test]
+async fn a_soft_purged_push_read_from_disk_is_not_served_as_fresh() {
+    use crate::support::edge::{admin_purge, admin_send};
+    use crate::support::Origin as Scripted;
+    let origin = Scripted::start().await;
+    let pulled: &[u8] = b"the origin's bytes, fetched after the push";
+    script_segment(&origin, pulled, None);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let running = store_edge(&origin.url(), tmp.path(), 1 << 20).await;
+    let api = running.admin().await;
+    let port = api.addr.port();
+    let headers = [("X-Vedge-Host", HOST), ("Content-Type", "video/mp2t")];
+    let (status, answer) = admin_send(
+        port,
+        "PUT",
+        "/admin/objects/vod/seg.ts",
+        &headers,
+        b"the operator's push",
+    )
+    .await;
+    assert_eq!(status, 201, "{answer}");
+    // On disk only: the next lookup reads the store.
+    running
+        .edge
+        .ram
+        .remove(&viewer_key(&running.edge, "/vod/seg.ts"));
+    let (status, answer) = admin_purge(
+        port,
+        &format!(r#"{{"urls":["/vod/seg.ts"],"host":"{HOST}","soft":true}}"#),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+
+    let r = running.get("/vod/seg.ts").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        (r.x_cache(), String::from_utf8_lossy(&r.body).as_ref()),
+        ("EXPIRED", "the origin's bytes, fetched after the push"),
+        "the soft-purged push"
+    );
+    assert_eq!(origin.count("/vod/seg.ts"), 1);
+}
+
 /// Bug: whether a fill outlived a push (`PushedSince`) was judged by where the push lay, so a
 /// region reclaim that moved the push into a newer region while a fill ran made it look pushed
 /// after that fill began: the fill's copy, fetched after the push, was thrown away, where
