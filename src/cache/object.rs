@@ -30,6 +30,10 @@ pub struct CachedObject {
     /// Set once the SSD store accepted (or for good refused) this object, so later RAM hits
     /// stop offering it. Shared by refreshed copies of the same body.
     pub disk: Arc<AtomicBool>,
+    /// The store's mark when the fill that fetched these bytes began (`FillGuard::store_mark`),
+    /// for the offers RAM hits make (`Edge::lookup`): a push of the key written after it
+    /// outlives this copy, an older one does not. 0 when unknown: every push outlives it.
+    pub store_mark: u64,
 }
 
 /// Fields a `304` does not update on a stored response (`CachedObject::merged_headers`).
@@ -171,6 +175,7 @@ impl CachedObject {
             tags,
             pinned: true,
             disk: Arc::default(),
+            store_mark: 0,
         }
     }
 
@@ -271,6 +276,7 @@ impl CachedObject {
             tags,
             pinned,
             disk: Arc::new(AtomicBool::new(true)),
+            store_mark: 0,
         })
     }
 }

@@ -81,7 +81,7 @@ impl Sink for EdgeSink {
                         .await
                         .map_err(|e| match e {
                             vedge_storage::StoreError::Full(m) => SinkError::Full(m),
-                            other => SinkError::Other(other.to_string()),
+                            other => SinkError::Store(Arc::new(other)),
                         })?;
                     obj.disk.store(true, Ordering::Relaxed);
                     self.edge.ram.insert(key.clone(), obj);
@@ -543,8 +543,11 @@ where
         stored: Mutex::new(Vec::new()),
     };
     if let Err(e) = sink.put(obj).await {
-        let status = match e {
+        let status = match &e {
             SinkError::Full(_) => StatusCode::INSUFFICIENT_STORAGE,
+            // A newer push of the key, or a purge, replaced this one while it was queued: 409,
+            // as for a streamed `PUT` (`put_streaming`).
+            SinkError::Store(e) => store_error_status(e),
             // The body was already read: a fetch error cannot come from `put`.
             SinkError::Fetch(_) | SinkError::Other(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };

@@ -42,6 +42,10 @@ pub enum SinkError {
     /// Reading the body being stored failed (the origin's fault, maybe transient).
     #[error("{0}")]
     Fetch(FetchError),
+    /// The store did not take the object (kept whole, so the admin `PUT` can answer what
+    /// it means: 409 for a push a newer write replaced before it reached the device).
+    #[error("{0}")]
+    Store(std::sync::Arc<vedge_storage::StoreError>),
     #[error("{0}")]
     Other(String),
 }

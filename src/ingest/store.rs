@@ -45,7 +45,7 @@ pub struct StoreSink {
 fn sink_err(e: StoreError) -> SinkError {
     match e {
         StoreError::Full(m) => SinkError::Full(m),
-        other => SinkError::Other(other.to_string()),
+        other => SinkError::Store(std::sync::Arc::new(other)),
     }
 }
 

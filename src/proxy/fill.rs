@@ -790,6 +790,7 @@ async fn run(
                 tags,
                 pinned: false,
                 disk: Default::default(),
+                store_mark: guard.store_mark().unwrap_or(0),
             };
             let url = crate::proxy::assets::asset_url(&job.host, &job.path_and_query);
             let obj = Arc::new(obj);

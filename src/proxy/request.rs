@@ -472,8 +472,12 @@ async fn lookup<'r>(req: &'r Req<'_>, at: &mut Lookup<'r>) -> Phase {
             status: CacheStatus::Bypass,
         };
     }
+    let found = edge.lookup(&at.key).await;
+    // Read after the lookup: a soft-purged object read from disk is made stale as of the
+    // lookup's own clock reading (`Edge::lookup_disk`), and judged at an earlier instant it was
+    // still fresh, served as a HIT.
     let now = edge.clock.now();
-    match edge.lookup(&at.key).await {
+    match found {
         Some((obj, tier)) => match at.asked.judge(&obj, obj.age(now)) {
             Verdict::Revalidate => {
                 at.revalidate = true;

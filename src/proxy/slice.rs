@@ -220,6 +220,7 @@ pub fn store_record(
         tags,
         pinned: false,
         disk: Default::default(),
+        store_mark: 0,
     };
     edge.insert(record_key(base), Arc::new(record));
 }

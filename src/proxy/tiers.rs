@@ -102,11 +102,12 @@ impl Edge {
             if !o.disk.load(Relaxed) {
                 // Second request for an object not on disk yet: pulled objects are admitted
                 // to the SSD on their second request. Refused for a push of the key on its way
-                // to disk: this copy goes, and the next request reads the push.
-                // Against mark 0: never over a pinned object (an operator's push that landed
-                // after this copy was fetched; a refresh of a stale push replaces it through
-                // its fill's own mark).
-                if !self.offer_to_store(key, &o, Some(0)) {
+                // to disk, or written after this copy's fill began: this copy goes, and the
+                // next request reads the push. Against the fill's own mark, not 0: a fill that
+                // refreshed a stale push (the store refused its copy for admission) is newer
+                // than the push, and dropping it sent the next request to the stale push and
+                // the origin again, each time admission refused the refresh.
+                if !self.offer_to_store(key, &o, Some(o.store_mark)) {
                     self.ram.remove(key);
                 }
             } else if let Some(store) = &self.store {

@@ -79,6 +79,14 @@ pub(crate) struct State {
     /// Marks taken from `next_seq` so far (purges, prefix removals): a reclaim that sees this
     /// change knows a mark lies below its copies' end (see `writer::Writer::reclaim_into`).
     pub marks: u64,
+    /// Pinned objects region reclaim has moved: the sequence they were written at (the push),
+    /// which their place in the index no longer tells (a copy is newer than every mark taken
+    /// before the reclaim). [`SkipReason::PushedSince`] compares a fill's mark with it
+    /// (`State::written_seq`). Only moved pinned objects have an entry (a few per pushed
+    /// asset, not one per object); it goes with the index entry (`index_put`,
+    /// `index_remove`). RAM only: every mark taken after a restart is newer than every
+    /// object on disk.
+    pub written_at: HashIndex<u64>,
 }
 
 impl State {
@@ -102,6 +110,7 @@ impl State {
             pinned_bytes: 0,
             pending_pinned: 0,
             marks: 0,
+            written_at: HashIndex::default(),
         }
     }
 
@@ -111,10 +120,21 @@ impl State {
         (self.regions[r as usize].gen << 32) | u64::from(e.block - r * layout.region_blocks())
     }
 
-    /// Inserts an index entry, releasing whatever it replaces.
+    /// The sequence `e` (the index entry of `h`) was written at: where it lies, unless region
+    /// reclaim moved it there (`written_at`).
+    pub(crate) fn written_seq(&self, layout: &Layout, h: &KeyHash, e: &Entry) -> u64 {
+        match self.written_at.get(h) {
+            Some(&s) => s,
+            None => self.seq(layout, e),
+        }
+    }
+
+    /// Inserts an index entry for a new write of `h` (or its recovery), releasing whatever it
+    /// replaces.
     pub(crate) fn index_put(&mut self, h: KeyHash, e: Entry) {
         if let Some(old) = self.index.insert(h, e) {
             self.account_out(&old);
+            self.written_at.remove(&h);
         }
         self.live_bytes += e.bytes();
         if e.pinned() {
@@ -125,7 +145,25 @@ impl State {
     pub(crate) fn index_remove(&mut self, h: &KeyHash) -> Option<Entry> {
         let e = self.index.remove(h)?;
         self.account_out(&e);
+        self.written_at.remove(h);
         Some(e)
+    }
+
+    /// Moves `h`'s entry `cur` to `block`, where region reclaim copied it: one hit less, and a
+    /// pinned one keeps the sequence it was written at (`written_at`).
+    pub(crate) fn index_move(&mut self, layout: &Layout, h: KeyHash, cur: Entry, block: u32) {
+        let written = self.written_seq(layout, &h, &cur);
+        let tags = self.tags.get(cur.tagset).to_vec();
+        let mut moved_to = Entry {
+            block,
+            blocks_flags: cur.blocks_flags,
+            tagset: self.tags.acquire(&tags),
+        };
+        moved_to.set_freq(cur.freq().saturating_sub(1));
+        self.index_put(h, moved_to);
+        if cur.pinned() {
+            self.written_at.insert(h, written);
+        }
     }
 
     fn account_out(&mut self, e: &Entry) {
@@ -499,6 +537,39 @@ impl Inner {
             st.index_remove(&h);
         }
         same
+    }
+
+    /// Why a plain insert of `key` (hash `h`; `pinned`, made `since` a mark) must not replace
+    /// the push of it the store has, if it must not.
+    ///
+    /// A plain insert does not replace a push (a durable, pinned write) of the key that is
+    /// queued or being written: the push would fail with `Superseded` and the key end up
+    /// unpinned, so an operator's pushed asset would lose to a viewer's fill of the same key
+    /// that happened to finish while the push waited for the device. The push is the version
+    /// the operator asked the store to keep; the plain insert's caller (a fill, which has served
+    /// its viewers already) is told `Skipped` and loses nothing. Durable inserts, removals and
+    /// purges still replace it. Nor does an unpinned insert of bytes fetched since a mark
+    /// replace a push written after that mark (`PushedSince`: when the push was written, not
+    /// where it lies now, which a reclaim that moved it after the mark made newer).
+    fn yields_to_push(
+        &self,
+        st: &State,
+        h: &KeyHash,
+        key: &[u8],
+        pinned: bool,
+        since: Option<u64>,
+    ) -> Option<SkipReason> {
+        if st
+            .pending
+            .get(h)
+            .is_some_and(|p| p.durable && p.pinned && p.obj.key == key)
+        {
+            return Some(SkipReason::PushQueued);
+        }
+        let pushed_since = |e: &Entry| {
+            e.pinned() && since.is_some_and(|m| st.written_seq(&self.layout, h, e) >= m)
+        };
+        (!pinned && st.index.get(h).is_some_and(pushed_since)).then_some(SkipReason::PushedSince)
     }
 
     fn admit_pull(&self, h: KeyHash, len: u64) -> Result<(), SkipReason> {
@@ -876,6 +947,18 @@ impl Store {
             return refuse(SkipReason::TooLarge);
         }
         let h = inner.hash(key);
+        // A push of the key wins over a plain insert whatever admission would say, so it is
+        // checked first: the caller must hear `PushQueued` or `PushedSince` rather than a
+        // refusal by admission (first sighting, rate, a full queue), which leaves a copy in
+        // the edge's RAM tier over the push (`Edge::offer_to_store` keeps its copy out of RAM
+        // only for those two).
+        if !durable {
+            let st = inner.st.lock();
+            if let Some(r) = inner.yields_to_push(&st, &h, key, meta.pinned, since) {
+                drop(st);
+                return refuse(r);
+            }
+        }
         if src == Source::Pull && !meta.pinned && !durable {
             if let Err(r) = inner.admit_pull(h, extent) {
                 return refuse(r);
@@ -900,27 +983,13 @@ impl Store {
         });
         {
             let mut st = inner.st.lock();
-            // A plain insert does not replace a push (a durable, pinned write) of the key that
-            // is queued or being written: the push would fail with `Superseded` and the key end
-            // up unpinned, so an operator's pushed asset would lose to a viewer's fill of the
-            // same key that happened to finish while the push waited for the device. The push
-            // is the version the operator asked the store to keep; the plain insert's caller
-            // (a fill, which has served its viewers already) is told `Skipped` and loses
-            // nothing. Durable inserts, removals and purges still replace it.
-            if !durable
-                && st
-                    .pending
-                    .get(&h)
-                    .is_some_and(|p| p.durable && p.pinned && p.obj.key == key)
-            {
-                drop(st);
-                return refuse(SkipReason::PushQueued);
-            }
-            let pushed_since =
-                |e: &Entry| e.pinned() && since.is_some_and(|m| st.seq(&inner.layout, e) >= m);
-            if !durable && !pinned && st.index.get(&h).is_some_and(pushed_since) {
-                drop(st);
-                return refuse(SkipReason::PushedSince);
+            // Again under the lock that queues it: a push may have been queued or written
+            // since the check before admission.
+            if !durable {
+                if let Some(r) = inner.yields_to_push(&st, &h, key, pinned, since) {
+                    drop(st);
+                    return refuse(r);
+                }
             }
             if pinned {
                 let replaced = st

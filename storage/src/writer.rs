@@ -565,14 +565,7 @@ impl Writer {
                     dropped += 1;
                     continue;
                 };
-                let tags = st.tags.get(cur.tagset).to_vec();
-                let mut moved_to = Entry {
-                    block: c.block,
-                    blocks_flags: cur.blocks_flags,
-                    tagset: st.tags.acquire(&tags),
-                };
-                moved_to.set_freq(cur.freq().saturating_sub(1));
-                st.index_put(*h, moved_to);
+                st.index_move(&layout, *h, cur, c.block);
                 dst.objects.push(*h);
                 moved += 1;
             }
@@ -638,14 +631,7 @@ impl Writer {
                 }
                 continue;
             };
-            let tags = st.tags.get(cur.tagset).to_vec();
-            let mut moved_to = Entry {
-                block,
-                blocks_flags: cur.blocks_flags,
-                tagset: st.tags.acquire(&tags),
-            };
-            moved_to.set_freq(cur.freq().saturating_sub(1));
-            st.index_put(h, moved_to);
+            st.index_move(&inner.layout, h, cur, block);
             if let Some(a) = self.active.as_mut() {
                 a.objects.push(h);
             }

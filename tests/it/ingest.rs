@@ -706,6 +706,11 @@ async fn cli_store_mode_reads_a_local_directory_into_the_store_byte_for_byte() {
 
 /// A store-backed edge whose regions take objects of up to a quarter of `region_size`.
 async fn store_edge(origin: &str, tmp: &Path, region_size: u64) -> TestEdge {
+    TestEdge::start_config(store_edge_config(origin, tmp, region_size)).await
+}
+
+/// The config of `store_edge`.
+fn store_edge_config(origin: &str, tmp: &Path, region_size: u64) -> vedge::config::Config {
     let mut config = vedge::config::Config::for_origin(origin).expect("config");
     config.store = Some(vedge::config::StoreSettings {
         path: tmp.join("edge.store"),
@@ -719,7 +724,9 @@ async fn store_edge(origin: &str, tmp: &Path, region_size: u64) -> TestEdge {
         write_rate: None,
     });
     config.origin_client.preconnect.enabled = false;
-    TestEdge::start_config(config).await
+    // For the tests that push over the admin API (`TestEdge::admin`).
+    config.admin.token = Some(crate::support::binary::ADMIN_TOKEN.into());
+    config
 }
 
 /// Deterministic, position-dependent bytes (a shifted or truncated copy does not compare equal).
@@ -1040,85 +1047,363 @@ async fn admin_ingest_uses_each_routes_own_tls_settings_on_a_shared_origin() {
     );
 }
 
-/// Bug: while an operator's `PUT /admin/objects/...` waited for the device (its durable, pinned
-/// write queued), a viewer's miss of the same key filled from the origin and stored it with a
-/// plain insert, which replaced the queued push: the `PUT` was answered 409 and the key was
-/// left unpinned, holding the origin's bytes. The push now wins: the fill's copy is skipped by
-/// the store, the `PUT` succeeds, and viewers are served the pushed bytes from then on.
+/// Bug: a small `PUT /admin/objects/...` (read whole, then stored as one durable write) that a
+/// newer `PUT` of the same key replaced while it waited for the device was answered 500, as if
+/// the edge had failed; a large (streamed) one was answered 409 Conflict. Both are 409 now:
+/// the older push is not on disk because the newer one is, which is the operator's race, not
+/// the edge's fault.
 #[tokio::test]
-async fn a_viewers_fill_while_a_put_is_queued_does_not_undo_the_push() {
-    use crate::support::{Origin as Scripted, Script};
-    use vedge::ingest::admin::{handle, IngestJobs};
+async fn a_small_put_replaced_by_a_newer_put_before_it_was_written_is_a_conflict() {
+    use crate::support::edge::admin_send;
+    use crate::support::Origin as Scripted;
     let origin = Scripted::start().await;
-    let pulled: Vec<u8> = pattern(300_000).iter().map(|b| b ^ 0x5a).collect();
-    origin.script(
-        "/vod/seg.ts",
-        Script::ok(pulled.clone())
-            .header("content-type", "video/mp2t")
-            .header("cache-control", "max-age=3600"),
-    );
     let tmp = tempfile::tempdir().expect("tempdir");
     let running = store_edge(&origin.url(), tmp.path(), 16 << 20).await;
-    let edge = running.edge.clone();
-    let store = edge.store.clone().expect("store");
-    let jobs = Arc::new(IngestJobs::default());
-    // Over `RAM_COPY_MAX`: streamed into the store's write buffer, not kept in RAM.
-    let pushed = Bytes::from(pattern(2 << 20));
+    let api = running.admin().await;
+    let port = api.addr.port();
+    let store = running.edge.store.clone().expect("store");
+    let key = viewer_key(&running.edge, "/vod/seg.ts");
+    let put = |body: &'static [u8]| {
+        tokio::spawn(async move {
+            let headers = [("X-Vedge-Host", HOST), ("Content-Type", "video/mp2t")];
+            admin_send(port, "PUT", "/admin/objects/vod/seg.ts", &headers, body).await
+        })
+    };
+    let (older_body, newer_body): (&[u8], &[u8]) = (b"the older push", b"the newer push");
 
-    // The device is slow: the push's write stays queued.
+    // The device is slow: the older push's write waits, and the newer one replaces it.
     store.hold_writer(true);
-    let put = tokio::spawn({
-        let (edge, jobs, pushed) = (edge.clone(), jobs.clone(), pushed.clone());
-        async move {
-            let req = Request::builder()
-                .method("PUT")
-                .uri("/admin/objects/vod/seg.ts")
-                .header("x-vedge-host", HOST)
-                .header("content-type", "video/mp2t")
-                .header("content-length", pushed.len())
-                .body(Full::new(pushed))
-                .expect("request");
-            let res = handle(&edge, &jobs, req).await.expect("routed");
-            let status = res.status();
-            let body = http_body_util::BodyExt::collect(res.into_body())
-                .await
-                .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
-                .unwrap_or_default();
-            (status, body)
-        }
-    });
+    let older = put(older_body);
     store.writer_held().await;
-    // Meanwhile a viewer misses the key (the push is not readable until written), and the
-    // fill stores what the origin sent.
-    let miss = running.get("/vod/seg.ts").await;
-    assert_eq!(miss.status, StatusCode::OK);
-    assert!(miss.body[..] == pulled[..], "the miss is served whole");
-    running.settle().await;
-    assert_eq!(origin.count("/vod/seg.ts"), 1);
+    let newer = put(newer_body);
+    // A queued write is what lookups see: the newer push is queued once they see its bytes.
+    let mut queued = false;
+    for _ in 0..1000 {
+        if let Some(hit) = store.lookup(key.as_bytes()).await {
+            if hit.body[..] == newer_body[..] {
+                queued = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(queued, "the newer PUT never reached the store");
     store.hold_writer(false);
 
-    let (status, body) = put.await.expect("PUT task");
+    let (older_status, older_answer) = older.await.expect("older PUT");
+    let (newer_status, newer_answer) = newer.await.expect("newer PUT");
     assert_eq!(
-        status,
-        StatusCode::CREATED,
-        "the PUT lost to a viewer's fill of its key: {body}"
+        older_status, 409,
+        "the PUT a newer one replaced: {older_answer}"
     );
-    let key = viewer_key(&edge, "/vod/seg.ts");
-    let hit = store
-        .lookup(key.as_bytes())
-        .await
-        .expect("the push is stored");
-    assert!(hit.meta.pinned, "the pushed key is pinned");
-    assert!(hit.body == pushed, "the store holds the pushed bytes");
+    assert_eq!(newer_status, 201, "the newer PUT: {newer_answer}");
+    let hit = store.lookup(key.as_bytes()).await.expect("stored");
+    assert!(hit.meta.pinned && hit.body[..] == newer_body[..]);
+    let served = running.get("/vod/seg.ts").await;
+    assert_eq!(served.status, StatusCode::OK);
+    assert_eq!(&served.body[..], newer_body, "x-cache {}", served.x_cache());
+    assert_eq!(origin.count("/vod/seg.ts"), 0, "the origin was never asked");
+}
+
+/// Bug: under a store write-rate cap (`store.write_rate`), a viewer's fill that began before an
+/// operator's `PUT` of its key, and ended after it, put the origin's bytes in the RAM tier over
+/// the push, and viewers were served them: the store answered the fill's insert with its rate
+/// refusal before it looked for the push, and the edge keeps a copy the store refused in RAM
+/// unless a push is the reason. The store reports the push first now, and viewers get it.
+#[tokio::test]
+async fn a_fill_begun_before_a_put_does_not_shadow_it_in_ram_under_a_write_rate_cap() {
+    use crate::support::edge::admin_send;
+    use crate::support::{Gate, Origin as Scripted};
+    let origin = Scripted::start().await;
+    let gate = Gate::new();
+    let pulled: &[u8] = b"the origin's bytes, fetched before the push";
+    script_segment(&origin, pulled, Some(&gate));
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut config = store_edge_config(&origin.url(), tmp.path(), 16 << 20);
+    if let Some(store) = config.store.as_mut() {
+        // Less than one extent a second: the store refuses every pulled object for the rate.
+        store.write_rate = Some(1_000);
+    }
+    let running = TestEdge::start_config(config).await;
+    let api = running.admin().await;
+    let port = api.addr.port();
+
+    // A viewer's miss: its fill takes the store's mark, then waits for the origin, while
+    // the operator pushes the key.
+    let pushed: &[u8] = b"the operator's push";
+    let push = async {
+        crate::support::edge::until("the fill asked the origin", || {
+            origin.count("/vod/seg.ts") == 1
+        })
+        .await;
+        let headers = [("X-Vedge-Host", HOST), ("Content-Type", "video/mp2t")];
+        let answer = admin_send(port, "PUT", "/admin/objects/vod/seg.ts", &headers, pushed).await;
+        gate.open();
+        answer
+    };
+    let (first, (status, answer)) = tokio::join!(running.get("/vod/seg.ts"), push);
+    assert_eq!(status, 201, "{answer}");
+    assert_eq!(
+        &first.body[..],
+        pulled,
+        "the fill's viewer gets what it was sent"
+    );
+    running.settle().await;
+
     let after = running.get("/vod/seg.ts").await;
     assert_eq!(after.status, StatusCode::OK);
-    assert!(
-        after.body == pushed,
-        "viewers are served the push after the race ({} bytes, x-cache {})",
-        after.body.len(),
+    assert_eq!(
+        String::from_utf8_lossy(&after.body),
+        String::from_utf8_lossy(pushed),
+        "x-cache {}",
         after.x_cache()
     );
+    assert_eq!(origin.count("/vod/seg.ts"), 1);
+}
+
+/// Bug: a RAM copy the store had not taken yet was offered to it again on its next hit against
+/// mark 0, as if fetched before every push: a fill that refreshed a soft-purged push, whose copy
+/// the store refused for admission (a full store's first sighting), lost that copy on its next
+/// hit, and the request after it read the stale push from disk and went to the origin again,
+/// every second request. The offer is made against the mark of the fill that fetched the copy
+/// now: a push older than the fill does not outlive it. Under a write-rate cap too, where the
+/// rate refusal used to come first and hide the push (`SkipReason` order, `Store::enqueue`).
+#[tokio::test]
+async fn a_refresh_of_a_soft_purged_push_stays_in_ram_when_the_store_refuses_it() {
+    let mut got = Vec::new();
+    for refusal in ["first sighting", "write rate"] {
+        let (fetches, served) = refetches_of_a_refreshed_push(refusal == "write rate").await;
+        got.push((refusal, fetches, served));
+    }
+    // Each request: the refresh, from the fill, then from RAM; the origin asked once.
+    let refreshed = |served: &[(String, String)]| {
+        served
+            .iter()
+            .all(|(_, body)| body == "the origin's bytes, fetched after the push")
+    };
+    assert!(
+        got.iter()
+            .all(|(_, fetches, served)| *fetches == 1 && refreshed(served)),
+        "(store refusal, origin fetches, [(x-cache, body)] per request): {got:?}"
+    );
+}
+
+/// Pushes `/vod/seg.ts`, soft-purges it and requests it four times from an edge whose store
+/// refuses pulled objects (for the rate with `rate_cap`, else as first sightings in a full
+/// store): (origin fetches, `X-Cache` and body of each request).
+async fn refetches_of_a_refreshed_push(rate_cap: bool) -> (usize, Vec<(String, String)>) {
+    use crate::support::edge::{admin_purge, admin_send};
+    use crate::support::Origin as Scripted;
+    let origin = Scripted::start().await;
+    let pulled: &[u8] = b"the origin's bytes, fetched after the push";
+    script_segment(&origin, pulled, None);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut config = store_edge_config(&origin.url(), tmp.path(), 1 << 20);
+    if let (Some(store), true) = (config.store.as_mut(), rate_cap) {
+        // Less than one extent a second: the store refuses every pulled object for the rate.
+        store.write_rate = Some(1_000);
+    }
+    let running = TestEdge::start_config(config).await;
+    if !rate_cap {
+        // Every region but reclaim's spare in use: pulled objects need a second sighting.
+        let store = running.edge.store.clone().expect("store");
+        for i in 0..1000 {
+            let st = store.stats();
+            if st.regions_in_use + 1 >= st.regions {
+                break;
+            }
+            let k = format!("filler{i}");
+            let stored = store.insert_durable(
+                k.as_bytes(),
+                filler_meta(),
+                Bytes::from(pattern(200_000)),
+                vedge_storage::Source::Push,
+            );
+            stored.await.expect("filler stored");
+        }
+    }
+    let api = running.admin().await;
+    let port = api.addr.port();
+    let headers = [("X-Vedge-Host", HOST), ("Content-Type", "video/mp2t")];
+    let pushed: &[u8] = b"the operator's push";
+    let (status, answer) =
+        admin_send(port, "PUT", "/admin/objects/vod/seg.ts", &headers, pushed).await;
+    assert_eq!(status, 201, "{answer}");
+    let (status, answer) = admin_purge(
+        port,
+        &format!(r#"{{"urls":["/vod/seg.ts"],"host":"{HOST}","soft":true}}"#),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+
+    // The push is stale: a fill refreshes it, and its copy stays in RAM (the store refused it).
+    let mut served = Vec::new();
+    for _ in 0..4 {
+        let r = running.get("/vod/seg.ts").await;
+        running.settle().await;
+        assert_eq!(r.status, StatusCode::OK);
+        let body = String::from_utf8_lossy(&r.body).into_owned();
+        served.push((r.x_cache().to_string(), body));
+    }
+    (origin.count("/vod/seg.ts"), served)
+}
+
+/// Bug: a soft-purged object read from the store was answered as a fresh HIT: the lookup makes
+/// it stale as of its own clock reading, and the request judged it at the instant it took
+/// before the lookup, when it was not stale yet. It is judged after the lookup now: the purged
+/// push is refreshed from the origin.
+#[tokio::test]
+async fn a_soft_purged_push_read_from_disk_is_not_served_as_fresh() {
+    use crate::support::edge::{admin_purge, admin_send};
+    use crate::support::Origin as Scripted;
+    let origin = Scripted::start().await;
+    let pulled: &[u8] = b"the origin's bytes, fetched after the push";
+    script_segment(&origin, pulled, None);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let running = store_edge(&origin.url(), tmp.path(), 1 << 20).await;
+    let api = running.admin().await;
+    let port = api.addr.port();
+    let headers = [("X-Vedge-Host", HOST), ("Content-Type", "video/mp2t")];
+    let (status, answer) = admin_send(
+        port,
+        "PUT",
+        "/admin/objects/vod/seg.ts",
+        &headers,
+        b"the operator's push",
+    )
+    .await;
+    assert_eq!(status, 201, "{answer}");
+    // On disk only: the next lookup reads the store.
+    running
+        .edge
+        .ram
+        .remove(&viewer_key(&running.edge, "/vod/seg.ts"));
+    let (status, answer) = admin_purge(
+        port,
+        &format!(r#"{{"urls":["/vod/seg.ts"],"host":"{HOST}","soft":true}}"#),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+
+    let r = running.get("/vod/seg.ts").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        (r.x_cache(), String::from_utf8_lossy(&r.body).as_ref()),
+        ("EXPIRED", "the origin's bytes, fetched after the push"),
+        "the soft-purged push"
+    );
+    assert_eq!(origin.count("/vod/seg.ts"), 1);
+}
+
+/// Bug: whether a fill outlived a push (`PushedSince`) was judged by where the push lay, so a
+/// region reclaim that moved the push into a newer region while a fill ran made it look pushed
+/// after that fill began: the fill's copy, fetched after the push, was thrown away, where
+/// without the move it replaces the push (as a refresh of a stale push does). It is judged by
+/// when the push was written now. The fill here begins after the push because a device read
+/// error made the push's lookup a miss.
+#[tokio::test]
+async fn a_fill_begun_after_a_push_replaces_it_though_reclaim_moved_the_push_meanwhile() {
+    use crate::support::edge::admin_send;
+    use crate::support::{Gate, Origin as Scripted};
+    let origin = Scripted::start().await;
+    let gate = Gate::new();
+    let pulled: &[u8] = b"the origin's bytes, fetched after the push";
+    script_segment(&origin, pulled, Some(&gate));
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut config = store_edge_config(&origin.url(), tmp.path(), 1 << 20);
+    if let Some(store) = config.store.as_mut() {
+        // Pulled objects are admitted on first sight, a full store or not.
+        store.admit_window = Duration::ZERO;
+    }
+    let running = TestEdge::start_config(config).await;
+    let api = running.admin().await;
+    let store = running.edge.store.clone().expect("store");
+    let key = viewer_key(&running.edge, "/vod/seg.ts");
+    let headers = [("X-Vedge-Host", HOST), ("Content-Type", "video/mp2t")];
+    let pushed: &[u8] = b"the operator's push";
+    let (status, answer) = admin_send(
+        api.addr.port(),
+        "PUT",
+        "/admin/objects/vod/seg.ts",
+        &headers,
+        pushed,
+    )
+    .await;
+    assert_eq!(status, 201, "{answer}");
+    // The next viewer reads the push from disk, and that read fails: a miss, and a fill.
+    running.edge.ram.remove(&key);
+    store.inject_read_errno(5, 1);
+
+    let move_the_push = async {
+        crate::support::edge::until("the fill asked the origin", || {
+            origin.count("/vod/seg.ts") == 1
+        })
+        .await;
+        // Other writes until the push's region is reclaimed: the push, pinned, is copied into
+        // a newer region (nothing else there is kept: nothing else was hit).
+        for i in 0..1000 {
+            if store.stats().regions_evicted > 0 {
+                break;
+            }
+            let k = format!("filler{i}");
+            let body = Bytes::from(pattern(200_000));
+            let stored = store.insert_durable(
+                k.as_bytes(),
+                filler_meta(),
+                body,
+                vedge_storage::Source::Push,
+            );
+            stored.await.expect("filler stored");
+        }
+        assert!(store.stats().regions_evicted > 0, "no region was reclaimed");
+        assert_eq!(store.stats().reinsertions, 1, "reclaim kept the push alone");
+        gate.open();
+    };
+    let (first, ()) = tokio::join!(running.get("/vod/seg.ts"), move_the_push);
+    assert_eq!(&first.body[..], pulled);
+    running.settle().await;
+    store.flush().await;
+
+    let hit = store.lookup(key.as_bytes()).await.expect("stored");
+    assert!(
+        !hit.meta.pinned && hit.body[..] == pulled[..],
+        "the fill was not stored: the store holds {} ({} bytes)",
+        if hit.meta.pinned {
+            "the push"
+        } else {
+            "another copy"
+        },
+        hit.body.len()
+    );
+    let after = running.get("/vod/seg.ts").await;
+    assert_eq!(&after.body[..], pulled, "x-cache {}", after.x_cache());
     assert_eq!(origin.count("/vod/seg.ts"), 1, "no refetch");
+}
+
+/// Metadata for the objects a test writes into an edge's store to fill it.
+fn filler_meta() -> vedge_storage::Meta {
+    vedge_storage::Meta {
+        head: Bytes::from_static(b"HTTP/1.1 200 OK\r\n"),
+        stored_at: std::time::SystemTime::now(),
+        expires_at: std::time::SystemTime::now() + Duration::from_secs(3600),
+        tags: Vec::new(),
+        pinned: false,
+    }
+}
+
+/// Scripts `/vod/seg.ts` at `origin`: `body`, fresh for an hour, held until `gate` opens.
+fn script_segment(
+    origin: &crate::support::Origin,
+    body: &'static [u8],
+    gate: Option<&crate::support::Gate>,
+) {
+    let mut script = crate::support::Script::ok(body)
+        .header("content-type", "video/mp2t")
+        .header("cache-control", "max-age=3600");
+    if let Some(gate) = gate {
+        script = script.gate(gate);
+    }
+    origin.script("/vod/seg.ts", script);
 }
 
 /// A viewer's fill that began before an operator's `PUT` of the same key, and ends after the

@@ -160,3 +160,55 @@ async fn queued_writes_are_bounded_by_max_queued_bytes() {
         assert!(s.contains(b"big"));
     }
 }
+
+/// Bug: a plain insert of a key whose push it must not replace (`PushQueued`, `PushedSince`)
+/// went through admission first, and a refusal there (rate, first sighting, a full queue) was
+/// what its caller heard. The edge keeps a copy the store refused in its RAM tier, except for
+/// those two reasons: under a write-rate cap, a viewer's fill that began before an operator's
+/// push put the origin's bytes in RAM over the push. The push is checked first now.
+#[tokio::test]
+async fn a_push_of_the_key_is_reported_before_an_admission_refusal() {
+    for engine in ENGINES {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = cfg(&dir.path().join("store"), engine);
+        // Less than one extent a second: every pulled insert is over the rate.
+        c.write_rate_limit = Some(1_000);
+        let s = open(&c).await;
+        let pulled = |key: &str, mark: Option<u64>| {
+            let (m, b) = (meta(key, &[], false), body_for("pulled", 20_000));
+            match mark {
+                Some(mark) => s.insert_since(key.as_bytes(), m, b, Source::Pull, mark),
+                None => s.insert(key.as_bytes(), m, b, Source::Pull),
+            }
+        };
+        let before_push = s.mark();
+        let push = queue_push(&s, "k", 20_000).await;
+        assert_eq!(
+            pulled("k", None),
+            Admit::Skipped(SkipReason::PushQueued),
+            "{engine:?}"
+        );
+        s.hold_writer(false);
+        push.await.unwrap().expect("the push");
+        assert_eq!(
+            pulled("k", Some(before_push)),
+            Admit::Skipped(SkipReason::PushedSince),
+            "{engine:?}: a fill begun before the push"
+        );
+        // The edge's re-offer of a RAM copy not yet on disk (`Edge::lookup`) is made against
+        // mark 0.
+        assert_eq!(
+            pulled("k", Some(0)),
+            Admit::Skipped(SkipReason::PushedSince),
+            "{engine:?}: a RAM copy's re-offer"
+        );
+        assert_eq!(
+            pulled("other", None),
+            Admit::Skipped(SkipReason::RateLimited),
+            "{engine:?}: the cap is on"
+        );
+        let hit = s.lookup(b"k").await.expect("the push");
+        assert!(hit.meta.pinned && hit.body == body_for("k", 20_000));
+        s.close().await.unwrap();
+    }
+}

@@ -381,3 +381,65 @@ async fn a_persistent_read_error_during_reclaim_counts_the_lost_pinned_objects_a
         s.close().await.unwrap();
     }
 }
+
+/// Bug: `SkipReason::PushedSince` compared a fill's mark with where the pushed object lay, so
+/// a reclaim that moved a pinned object into a newer region made it look pushed after every
+/// mark taken before the move: a fill that began after the push (refreshing it) was skipped
+/// as if it had begun before it. The comparison is with when the push was written, which a
+/// move keeps: after the move, a fill begun before the push is still skipped, and one begun
+/// after the push (before the move) replaces it, as it would have without the move.
+#[tokio::test]
+async fn a_reclaim_moving_a_push_does_not_change_which_fills_it_outlives() {
+    use vedge_storage::{Admit, SkipReason};
+    for engine in ENGINES {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(&cfg(&dir.path().join("store"), engine)).await;
+        let before_push = s.mark();
+        s.insert_durable(b"k", meta("k", &[], true), body_for("k", OBJ), Source::Push)
+            .await
+            .unwrap();
+        let after_push = s.mark();
+        // Plain writes until the push's region (the first) is reclaimed: the push, pinned, is
+        // copied into a newer region; nothing else there is kept (never hit).
+        for i in 0..20 * 7 {
+            if s.stats().regions_evicted > 0 {
+                break;
+            }
+            put(&s, &format!("o{i}"), OBJ).await;
+        }
+        let st = s.stats();
+        assert!(st.regions_evicted > 0, "{engine:?}: nothing reclaimed");
+        assert_eq!(
+            st.reinsertions, 1,
+            "{engine:?}: the push was the one object kept"
+        );
+        let fill = |mark| {
+            s.insert_since(
+                b"k",
+                meta("k", &[], false),
+                body_for("pulled", OBJ),
+                Source::Pull,
+                mark,
+            )
+        };
+        assert_eq!(
+            fill(before_push),
+            Admit::Skipped(SkipReason::PushedSince),
+            "{engine:?}: a fill begun before the push replaced it once reclaim moved it"
+        );
+        assert!(s.lookup(b"k").await.expect("the push").meta.pinned);
+        assert_eq!(
+            fill(after_push),
+            Admit::Queued,
+            "{engine:?}: a fill begun after the push (before reclaim moved it) did not \
+             replace it"
+        );
+        s.flush().await;
+        let hit = s.lookup(b"k").await.expect("the fill's copy");
+        assert!(
+            !hit.meta.pinned && hit.body == body_for("pulled", OBJ),
+            "{engine:?}"
+        );
+        s.close().await.unwrap();
+    }
+}

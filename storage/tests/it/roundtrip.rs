@@ -388,20 +388,7 @@ async fn a_plain_insert_does_not_supersede_a_queued_push() {
         let dir = tempfile::tempdir().unwrap();
         let c = cfg(&dir.path().join("store"), engine);
         let s = open(&c).await;
-        s.hold_writer(true);
-        let push = tokio::spawn({
-            let s = s.clone();
-            async move {
-                s.insert_durable(
-                    b"k",
-                    meta("k", &[], true),
-                    body_for("k", 5000),
-                    Source::Push,
-                )
-                .await
-            }
-        });
-        s.writer_held().await;
+        let push = queue_push(&s, "k", 5000).await;
         let pulled = s.insert(
             b"k",
             meta("k", &[], false),

@@ -67,6 +67,26 @@ pub async fn put(s: &Store, key: &str, len: usize) {
     .expect("insert_durable");
 }
 
+/// Holds the writer and queues a push of `key` (a pinned `insert_durable` of `len` bytes) behind
+/// it; returns once the writer has it waiting. `s.hold_writer(false)` lets it through.
+pub async fn queue_push(
+    s: &Store,
+    key: &str,
+    len: usize,
+) -> tokio::task::JoinHandle<Result<(), StoreError>> {
+    s.hold_writer(true);
+    let push = tokio::spawn({
+        let (s, key) = (s.clone(), key.to_string());
+        async move {
+            let (m, body) = (meta(&key, &[], true), body_for(&key, len));
+            s.insert_durable(key.as_bytes(), m, body, vedge_storage::Source::Push)
+                .await
+        }
+    });
+    s.writer_held().await;
+    push
+}
+
 /// Asserts `key` is served with the exact body and head it was written with.
 pub async fn assert_served(s: &Store, key: &str, len: usize) {
     let hit = s

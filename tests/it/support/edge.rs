@@ -70,23 +70,34 @@ pub struct AdminApi {
 /// `POST path` with a JSON `body` and the admin token to the admin API on loopback `port`:
 /// (status, body as text).
 pub async fn admin_post(port: u16, path: &str, body: &str) -> (u16, String) {
-    admin_request(port, "POST", path, body).await
+    let json = [("Content-Type", "application/json")];
+    admin_send(port, "POST", path, &json, body.as_bytes()).await
 }
 
-/// `method path` with the admin token (and `body` as JSON) to the admin API on loopback
+/// `method path` with `headers`, `body` and the admin token to the admin API on loopback
 /// `port`: (status, body as text).
-async fn admin_request(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
+pub async fn admin_send(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
     let mut s = TcpStream::connect(("127.0.0.1", port))
         .await
         .expect("admin connects");
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {}\r\nContent-Length: {}\r\nConnection: close\r\n",
         super::binary::ADMIN_TOKEN,
         body.len()
     );
-    s.write_all(req.as_bytes())
-        .await
-        .expect("send admin request");
+    for (name, value) in headers {
+        req.push_str(&format!("{name}: {value}\r\n"));
+    }
+    req.push_str("\r\n");
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    s.write_all(&bytes).await.expect("send admin request");
     let r = read_raw(&mut s).await;
     let (_, b) = r.split();
     (r.status(), String::from_utf8_lossy(b).into_owned())
@@ -95,7 +106,7 @@ async fn admin_request(port: u16, method: &str, path: &str, body: &str) -> (u16,
 impl AdminApi {
     /// A gauge or counter (unlabelled) from this edge's `/metrics` (0 when absent).
     pub async fn metric(&self, name: &str) -> u64 {
-        let (status, text) = admin_request(self.addr.port(), "GET", "/metrics", "").await;
+        let (status, text) = admin_send(self.addr.port(), "GET", "/metrics", &[], b"").await;
         assert_eq!(status, 200, "/metrics: {text}");
         super::binary::metric_in(&text, name)
     }
