@@ -33,6 +33,9 @@ pub const DEFAULT_IO_ENGINE: EngineChoice = EngineChoice::Auto;
 pub const DEFAULT_STORE_ADMIT_WINDOW: Duration = Duration::from_secs(600);
 
 pub const DEFAULT_MAX_OBJECT_SIZE: u64 = 256 << 20;
+/// `cache.prefetch_max_size`: prefetch is for segments and parts, and no real HLS/DASH segment
+/// comes near this (a 6 s 4K segment at 25 Mbit/s is about 19 MB).
+pub const DEFAULT_PREFETCH_MAX_SIZE: u64 = 32 << 20;
 pub const DEFAULT_COLLAPSE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_HIT_FOR_PASS_TTL: Duration = Duration::from_secs(10);
 pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(2);
@@ -296,6 +299,8 @@ pub struct RawCache {
     pub targeted_cache_control: Option<Vec<String>>,
     /// Objects larger than this are fetched and cached in slices of this size ("0" disables).
     pub slice_size: Option<String>,
+    /// A prefetch (live manifest, CMCD `nor`) whose answer is larger than this is abandoned.
+    pub prefetch_max_size: Option<String>,
     #[serde(default)]
     pub ttl: RawClassTtls,
     /// Abuse limits (`AbuseConfig`): a cold Range miss above this size passes through.
@@ -514,6 +519,10 @@ pub struct CacheConfig {
     /// Large objects are fetched and cached in slices of this many bytes (`proxy::slice`);
     /// 0 disables slicing.
     pub slice_size: u64,
+    /// A prefetch fill (`proxy::prefetch`) whose answer is larger than this many bytes (its
+    /// `Content-Length`, or a body without one that grows past it) is abandoned: nothing more
+    /// is read and nothing stored (`proxy::fill`).
+    pub prefetch_max_size: u64,
     pub ttl: ClassTtl,
     /// Viewers' `Cache-Control` request directives are honoured (`cache::request_cc`): a
     /// `no-cache` or `max-age=0` revalidates an `other`-class object, `only-if-cached` never
@@ -1125,10 +1134,20 @@ impl CacheConfig {
                 .unwrap_or(DEFAULT_MANIFEST_STALE_FACTOR),
             targeted_cache_control: targeted_fields(raw.targeted_cache_control.as_deref(), c),
             slice_size: slice_size(raw, c),
+            prefetch_max_size: prefetch_max_size(raw, c),
             ttl: c.class_ttls("cache.ttl", &raw.ttl, &ClassTtl::defaults()),
             request_directives: raw.request_directives.unwrap_or(true),
         }
     }
+}
+
+/// `cache.max_object_size` as set (or its default), for the sizes that must fit it; a bad value
+/// is reported where it is resolved.
+fn raw_max_object_size(raw: &RawCache) -> u64 {
+    raw.max_object_size
+        .as_deref()
+        .and_then(|v| parse_size(v).ok())
+        .unwrap_or(DEFAULT_MAX_OBJECT_SIZE)
 }
 
 /// Default `cache.slice_size`: nginx's usual `slice 4m`.
@@ -1145,11 +1164,7 @@ fn slice_size(raw: &RawCache, c: &mut Check) -> u64 {
             "cache.slice_size = {n}: use 0 (no slicing) or at least 64KiB"
         ));
     }
-    let max = raw
-        .max_object_size
-        .as_deref()
-        .and_then(|v| parse_size(v).ok())
-        .unwrap_or(DEFAULT_MAX_OBJECT_SIZE);
+    let max = raw_max_object_size(raw);
     if n > max && raw.slice_size.is_none() {
         // The default slice does not fit a small `max_object_size`: no slicing.
         return 0;
@@ -1158,6 +1173,34 @@ fn slice_size(raw: &RawCache, c: &mut Check) -> u64 {
         c.error(format!(
             "cache.slice_size = {n} is larger than cache.max_object_size = {max}: no slice \
              could be stored"
+        ));
+    }
+    n
+}
+
+/// `cache.prefetch_max_size`: at least 64 KiB (a smaller cap would refuse real segments and
+/// parts; a route turns prefetch off with `prefetch = "off"`). Past `cache.max_object_size` it
+/// would only name objects no fill keeps: refused when set so, and the default shrinks to a
+/// smaller `max_object_size`.
+fn prefetch_max_size(raw: &RawCache, c: &mut Check) -> u64 {
+    let n = c.size(
+        "cache.prefetch_max_size",
+        &raw.prefetch_max_size,
+        DEFAULT_PREFETCH_MAX_SIZE,
+    );
+    if n < 64 << 10 {
+        c.error(format!(
+            "cache.prefetch_max_size = {n}: use at least 64KiB (prefetch = \"off\" on a route \
+             turns prefetch off)"
+        ));
+    }
+    let max = raw_max_object_size(raw);
+    if n > max && raw.prefetch_max_size.is_none() {
+        return max;
+    }
+    if n > max {
+        c.error(format!(
+            "cache.prefetch_max_size = {n} is larger than cache.max_object_size = {max}"
         ));
     }
     n
@@ -3799,6 +3842,7 @@ mod tests {
         for key in [
             "listen",
             "cdn_id",
+            "cache.prefetch_max_size",
             "ram_size",
             "store.size",
             "store.reformat",
@@ -3871,15 +3915,19 @@ mod tests {
 mod slice_size_tests {
     use super::*;
 
-    fn with(slice: &str, max: Option<&str>) -> Result<Config, ConfigError> {
+    fn with_cache(cache: RawCache) -> Result<Config, ConfigError> {
         Config::try_from(RawConfig {
             origin: Some("http://127.0.0.1:9".into()),
-            cache: RawCache {
-                slice_size: Some(slice.into()),
-                max_object_size: max.map(Into::into),
-                ..RawCache::default()
-            },
+            cache,
             ..RawConfig::default()
+        })
+    }
+
+    fn with(slice: &str, max: Option<&str>) -> Result<Config, ConfigError> {
+        with_cache(RawCache {
+            slice_size: Some(slice.into()),
+            max_object_size: max.map(Into::into),
+            ..RawCache::default()
         })
     }
 
@@ -3902,5 +3950,32 @@ mod slice_size_tests {
             .expect_err("slice over max")
             .to_string();
         assert!(err.contains("max_object_size"), "{err}");
+    }
+
+    fn with_prefetch(cap: Option<&str>, max: Option<&str>) -> Result<Config, ConfigError> {
+        with_cache(RawCache {
+            prefetch_max_size: cap.map(Into::into),
+            max_object_size: max.map(Into::into),
+            ..RawCache::default()
+        })
+    }
+
+    #[test]
+    fn prefetch_max_size_defaults_to_32mib_within_max_object_size() {
+        let size = |cap, max| {
+            with_prefetch(cap, max)
+                .expect("valid")
+                .cache
+                .prefetch_max_size
+        };
+        assert_eq!(size(None, None), 32 << 20);
+        assert_eq!(size(None, Some("16MiB")), 16 << 20);
+        assert_eq!(size(Some("2MiB"), None), 2 << 20);
+        for (cap, max) in [("0", None), ("1KiB", None), ("64MiB", Some("16MiB"))] {
+            let err = with_prefetch(Some(cap), max)
+                .expect_err("refused")
+                .to_string();
+            assert!(err.contains("cache.prefetch_max_size"), "{cap}: {err}");
+        }
     }
 }

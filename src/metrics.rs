@@ -83,6 +83,9 @@ pub struct AbuseMetrics {
     /// Large live manifests (over `proxy::READ_INLINE`) whose scan and prefetch planning were
     /// skipped: `llhls::SCANS_OFF_WORKER` such scans were already on the blocking pool.
     pub live_scans_skipped: AtomicU64,
+    /// Prefetch fills abandoned because the answer was larger than `cache.prefetch_max_size`
+    /// (`proxy::fill`): nothing of them stored.
+    pub prefetch_abandoned: AtomicU64,
 }
 
 impl AbuseMetrics {
@@ -102,6 +105,7 @@ impl AbuseMetrics {
             ("vedge_range_passthrough_total", &self.range_passthrough),
             ("vedge_vary_limit_total", &self.vary_limit),
             ("vedge_live_scans_skipped_total", &self.live_scans_skipped),
+            ("vedge_prefetch_abandoned_total", &self.prefetch_abandoned),
             (
                 "vedge_origin_connection_waits_total",
                 &ORIGIN_CONNECTION_WAITS,

@@ -518,14 +518,25 @@ async fn run(
     // A prefetch keeps nothing but a success: the origin's refusal of the edge's own request
     // (a 403 for want of a viewer's token or address) is no answer for the viewers the route
     // lets in. Readers that joined ask for themselves; no hit-for-pass is remembered.
-    if job.speculative && !parts.status.is_success() {
+    // Nor does it fetch more than a segment's worth (`cache.prefetch_max_size`): a whole VOD
+    // file named by a CMCD `nor` or a hostile manifest, which no viewer may ever read, would
+    // otherwise be pulled whole into RAM (past every slice rule: a prefetch asks for the
+    // object). Its body is dropped unread with the head (closing the origin connection).
+    let oversized = job.speculative
+        && policy::content_length(&parts.headers).is_some_and(|n| n > cache.prefetch_max_size);
+    if job.speculative && (oversized || !parts.status.is_success()) {
+        if oversized {
+            Metrics::inc(&edge.metrics.abuse.prefetch_abandoned);
+        }
         tracing::debug!(
             key,
             status = parts.status.as_u16(),
+            oversized,
             "prefetch answer not kept"
         );
         // The key is free before the readers wake: they claim one fill of their own between
-        // them (`request::read`) rather than each passing to the origin.
+        // them (`request::read`) rather than each passing to the origin; theirs follows the
+        // usual rules (slices, `max_object_size`).
         guard.release();
         fill.set_head(FillHead::Pass(PREFETCH_REFUSED));
         return Ok(());
@@ -738,15 +749,24 @@ async fn run(
                         return Err(FillError::Origin);
                     }
                     let outgrown = received > cache.max_object_size;
-                    if outgrown && !trimming {
+                    // A prefetch's body without a length past `cache.prefetch_max_size`.
+                    let past_cap = job.speculative && received > cache.prefetch_max_size;
+                    if (outgrown || past_cap) && !trimming {
                         // Too large to keep (a body without a length that turned out bigger
                         // than `max_object_size`): it goes on streaming to the viewers reading
                         // it, holding a window behind the fastest of them (one further behind
-                        // is cut); new requests pass to the origin themselves.
+                        // is cut); new requests pass to the origin themselves. A prefetch
+                        // nobody reads stops here (`wait_for_readers`), without a pass: a
+                        // viewer's own fill may keep the object.
                         trimming = true;
                         store = false;
                         guard.release();
-                        edge.remember_pass(&job.base_key, cache.hit_for_pass_ttl);
+                        if outgrown {
+                            edge.remember_pass(&job.base_key, cache.hit_for_pass_ttl);
+                        }
+                        if past_cap {
+                            Metrics::inc(&edge.metrics.abuse.prefetch_abandoned);
+                        }
                         fill.stop_keeping();
                     }
                     // A live manifest announces its new objects before its viewers read its

@@ -599,3 +599,203 @@ initialization=\"init.m4s\"><SegmentTimeline><S t=\"0\" d=\"2000\" r=\"-1\"/></S
     assert_eq!(r.body, format!("segment {}", newest[0]));
     assert_eq!(origin.count(&seg), 1, "the viewer's request was a hit");
 }
+
+// A prefetch is for the next segments and parts, not whole VOD files: one whose answer is over
+// `cache.prefetch_max_size` is abandoned (finding: a 10-byte viewer request carrying
+// `CMCD-Request: nor="big.mp4?r=N"` made the edge pull the whole named object, with no slicing,
+// into RAM, evicting the hot set; a hostile live playlist could do the same).
+
+const MIB: usize = 1 << 20;
+
+/// `n` bytes of a recognisable pattern.
+fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i % 251) as u8).collect()
+}
+
+/// A large media object a range-capable origin serves, sent slowly enough (128 KiB pieces)
+/// that the origin's count of bytes written tells how much of it the edge read.
+fn large_object(body: &[u8], chunked: bool) -> crate::support::Script {
+    let mut s = crate::support::Script::ok(body.to_vec())
+        .header("cache-control", "max-age=3600")
+        .header("content-type", "video/mp4")
+        .ranged()
+        .trickle(body.len() / (128 << 10), Duration::from_secs(2));
+    if chunked {
+        s = s.chunked();
+    }
+    s
+}
+
+/// The same object sent at once (what later viewers are answered from).
+fn large_object_now(body: &[u8]) -> crate::support::Script {
+    crate::support::Script::ok(body.to_vec())
+        .header("cache-control", "max-age=3600")
+        .header("content-type", "video/mp4")
+        .ranged()
+}
+
+fn prefetch_abandoned(edge: &crate::support::TestEdge) -> u64 {
+    edge.edge
+        .metrics
+        .abuse
+        .prefetch_abandoned
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The origin's side of the one prefetch of `path`: it never finished sending the body, and
+/// wrote less than `cap` bytes of it (what the edge read).
+fn assert_cut(origin: &crate::support::Origin, path: &str, cap: usize) {
+    let sent = origin.sent(path);
+    println!(
+        "{path}: origin responses {}, body bytes written {:?}, completed {:?}",
+        sent.len(),
+        sent.iter().map(|s| s.bytes).collect::<Vec<_>>(),
+        sent.iter()
+            .map(|s| s.last_byte.is_some())
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(sent.len(), 1, "{path}: one origin request, the prefetch");
+    assert!(
+        sent[0].last_byte.is_none() && sent[0].bytes < cap,
+        "{path}: the prefetch pulled {} bytes (completed: {}); cap {cap}",
+        sent[0].bytes,
+        sent[0].last_byte.is_some()
+    );
+}
+
+/// A viewer's later request for the object is answered whole and correct, from a fill of its
+/// own: the abandoned prefetch stored nothing.
+async fn assert_served_fresh(edge: &crate::support::TestEdge, path: &str, body: &[u8]) {
+    let r = edge.get(path).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), body.len());
+    assert!(
+        r.body.as_ref() == body,
+        "{path}: the viewer's body is intact"
+    );
+    assert_ne!(
+        r.x_cache(),
+        "HIT",
+        "{path}: nothing was stored by the prefetch ({})",
+        r.h("cache-status")
+    );
+}
+
+/// A CMCD `nor` hint naming an object whose `Content-Length` is over the prefetch cap: the
+/// prefetch is dropped after the head (the origin connection closes, no body byte is kept),
+/// nothing is stored, and it is counted. Before, the edge read and stored the whole object.
+#[tokio::test]
+async fn a_cmcd_hint_naming_an_object_over_the_prefetch_cap_does_not_pull_it() {
+    let origin = crate::support::Origin::start().await;
+    let body = pattern(8 * MIB);
+    origin.script("/v/big.mp4", large_object(&body, false));
+    origin.script(
+        "/v/small.ts",
+        crate::support::Script::ok("0123456789").header("cache-control", "max-age=3600"),
+    );
+    let mut raw = crate::support::edge_config(&origin);
+    raw.cache.prefetch_max_size = Some("1MiB".into());
+    let edge = crate::support::TestEdge::start(raw).await;
+    let r = edge
+        .get_with(
+            "/v/small.ts",
+            &[("cmcd-request", "nor=\"big.mp4%3Fr%3D1\"")],
+        )
+        .await;
+    assert_eq!((r.status.as_u16(), r.body.len()), (200, 10));
+    crate::support::until("the hint reached the origin", || {
+        origin.count("/v/big.mp4") == 1
+    })
+    .await;
+    edge.settle().await;
+    assert_cut(&origin, "/v/big.mp4", MIB);
+    assert_eq!(prefetch_abandoned(&edge), 1);
+    origin.script("/v/big.mp4", large_object_now(&body));
+    assert_served_fresh(&edge, "/v/big.mp4?r=1", &body).await;
+}
+
+/// A live playlist announcing a large object sent without a length: the prefetch stops once
+/// the body grows past the cap (no viewer reads it), stores nothing, and is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_playlist_announcing_a_large_object_does_not_pull_it_whole() {
+    let origin = crate::support::Origin::start().await;
+    origin.script("/l/live.m3u8", live_playlist(0, &["seg0.ts", "big.ts"]));
+    let body = pattern(4 * MIB);
+    origin.script("/l/big.ts", large_object(&body, true));
+    let mut raw = config_for(&origin.url(), "next");
+    raw.cache.prefetch_max_size = Some("1MiB".into());
+    let edge = crate::support::TestEdge::start(raw).await;
+    assert_eq!(edge.get("/l/live.m3u8").await.status, 200);
+    crate::support::until("the newest segment is prefetched", || {
+        origin.count("/l/big.ts") == 1
+    })
+    .await;
+    crate::support::until("the prefetch ended", || {
+        prefetch_abandoned(&edge) == 1
+            || origin
+                .sent("/l/big.ts")
+                .first()
+                .is_some_and(|s| s.last_byte.is_some())
+    })
+    .await;
+    edge.settle().await;
+    assert_cut(&origin, "/l/big.ts", 2 * MIB);
+    assert_eq!(prefetch_abandoned(&edge), 1);
+    origin.script("/l/big.ts", large_object_now(&body));
+    assert_served_fresh(&edge, "/l/big.ts", &body).await;
+}
+
+/// Viewers that asked for a large object while its prefetch was under way get it whole and
+/// correct: one that joined a prefetch dropped at its head (`Content-Length` over the cap)
+/// claims a fill of its own (here in slices); one reading a prefetch without a length when it
+/// grew past the cap reads on to the end (nothing is stored).
+#[tokio::test]
+async fn a_viewer_that_joined_an_abandoned_prefetch_still_gets_the_whole_object() {
+    let origin = crate::support::Origin::start().await;
+    let gate = crate::support::Gate::new();
+    let big = pattern(8 * MIB);
+    origin.script("/v/big.mp4", large_object_now(&big).gate(&gate));
+    let chunked = pattern(3 * MIB);
+    origin.script("/v/chunked.ts", large_object(&chunked, true).gate(&gate));
+    origin.script(
+        "/v/small.ts",
+        crate::support::Script::ok("0123456789").header("cache-control", "max-age=3600"),
+    );
+    let mut raw = crate::support::edge_config(&origin);
+    raw.ram_size = Some("128MiB".into());
+    raw.cache.prefetch_max_size = Some("1MiB".into());
+    let edge = crate::support::TestEdge::start(raw).await;
+    for (n, hint) in ["nor=\"big.mp4\"", "nor=\"chunked.ts\""].iter().enumerate() {
+        let r = edge
+            .get_with(
+                "/v/small.ts",
+                &[
+                    ("cmcd-request", hint),
+                    ("cmcd-session", &format!("sid=\"{n}\"")),
+                ],
+            )
+            .await;
+        assert_eq!(r.status, 200);
+    }
+    crate::support::until("both prefetches wait for the origin", || {
+        origin.count("/v/big.mp4") == 1 && origin.count("/v/chunked.ts") == 1
+    })
+    .await;
+    let (a, b, ()) = tokio::join!(edge.get("/v/big.mp4"), edge.get("/v/chunked.ts"), async {
+        crate::support::until("both viewers joined the prefetches", || {
+            edge.collapsed() == 2
+        })
+        .await;
+        gate.open();
+    });
+    for (r, body, path) in [(&a, &big, "big.mp4"), (&b, &chunked, "chunked.ts")] {
+        assert_eq!(r.status, 200, "{path}: {}", r.h("cache-status"));
+        assert_eq!(r.body.len(), body.len(), "{path}: {}", r.h("cache-status"));
+        assert!(r.body.as_ref() == &body[..], "{path}: the body is intact");
+    }
+    edge.settle().await;
+    assert_eq!(prefetch_abandoned(&edge), 2);
+    // The chunked viewer read the prefetch's own fill; the other asked again, in slices.
+    assert_eq!(origin.count("/v/chunked.ts"), 1);
+    assert!(origin.count("/v/big.mp4") >= 2);
+}
