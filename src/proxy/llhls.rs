@@ -43,14 +43,19 @@ use crate::proxy::edge::Edge;
 use crate::proxy::error::EdgeError;
 use crate::proxy::request::{self, serve_object, Req};
 
-/// Playlists tracked at once (least recently used forgotten first), and no more bytes of their
-/// state than `live.state_memory`.
+/// CMCD hint semaphores and byte-range hint starts remembered at once.
 const PLAYLISTS: usize = 10_000;
 /// What one entry of a state's lists costs beyond its string's bytes (String and slot headers,
 /// a hash slot): an estimate, cheap to compute.
 const ENTRY_COST: u64 = 48;
 /// What a state costs before any list (the state, its lock, its watch channel).
 const STATE_COST: u64 = 512;
+/// What a state's entry in the ledger costs beyond its key's bytes (the map slot, the order
+/// slot, the shared key's header).
+const SLOT_COST: u64 = 128;
+/// Busy states (in use by a request) passed over at most per eviction before it gives up: they
+/// are as many as the requests using them, each holding a connection.
+const MAX_BUSY_SKIPPED: usize = 1024;
 
 /// Live members (segments, parts) remembered across all playlists.
 const MEMBERS: usize = 200_000;
@@ -393,17 +398,84 @@ pub struct Playlist {
     tick: watch::Sender<u64>,
 }
 
-/// The bytes of every playlist's live state, and which was weighed longest ago: past the
-/// budget, those are forgotten first (a watched live playlist is refilled, and so re-weighed,
-/// every target duration: least recently weighed is least recently used).
+/// Every playlist's live state, what each weighs (its key included), and in which order they
+/// are forgotten past the budget: states that hold nothing learned yet (a blocking reload's
+/// whose fill stored nothing) first, then the others least recently weighed first (a watched
+/// live playlist is refilled, and so re-weighed, every target duration: least recently
+/// weighed is least recently used). A state in use by a request (a blocking reload waiting on
+/// it, one upstream, a fill observing) is not forgotten: its waiters would wait on a state no
+/// new copy reaches.
 #[derive(Default)]
 struct Ledger {
     total: u64,
-    /// Weighing order: sequence number → key.
-    order: std::collections::BTreeMap<u64, String>,
-    /// Key → (its sequence number, its bytes, the state weighed).
-    by_key: std::collections::HashMap<String, (u64, u64, std::sync::Weak<Playlist>)>,
+    /// Eviction order: (holds anything learned, sequence number) → key.
+    order: std::collections::BTreeMap<(bool, u64), Arc<str>>,
+    states: std::collections::HashMap<Arc<str>, Weighed>,
     next: u64,
+}
+
+/// A state in the ledger.
+struct Weighed {
+    pl: Arc<Playlist>,
+    /// Its place in `Ledger::order`.
+    at: (bool, u64),
+    /// Its bytes, its key's included.
+    bytes: u64,
+}
+
+impl Ledger {
+    /// Puts `pl` under `key` weighing `bytes` (replacing what the key held), newest in its class.
+    fn put(&mut self, key: Arc<str>, pl: Arc<Playlist>, bytes: u64, learned: bool) {
+        self.take(&key);
+        let at = (learned, self.next);
+        self.next += 1;
+        self.order.insert(at, key.clone());
+        self.total += bytes;
+        self.states.insert(key, Weighed { pl, at, bytes });
+    }
+
+    /// Removes `key`'s state.
+    fn take(&mut self, key: &str) -> Option<Arc<Playlist>> {
+        let w = self.states.remove(key)?;
+        self.order.remove(&w.at);
+        self.total = self.total.saturating_sub(w.bytes);
+        Some(w.pl)
+    }
+
+    /// Forgets states, in order, until the total is within `budget`; the states forgotten (to
+    /// be dropped outside the lock). A state someone holds besides the ledger is in use and
+    /// passed over.
+    fn evict(&mut self, budget: u64) -> Vec<Arc<Playlist>> {
+        let mut gone = Vec::new();
+        let mut after: Option<(bool, u64)> = None;
+        let mut busy = 0;
+        while self.total > budget {
+            let next = match after {
+                None => self.order.iter().next(),
+                Some(a) => self
+                    .order
+                    .range((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded))
+                    .next(),
+            };
+            let Some((at, key)) = next.map(|(at, k)| (*at, k.clone())) else {
+                break;
+            };
+            let in_use = self
+                .states
+                .get(&key)
+                .is_some_and(|w| Arc::strong_count(&w.pl) > 1);
+            if in_use {
+                busy += 1;
+                if busy > MAX_BUSY_SKIPPED {
+                    break;
+                }
+                after = Some(at);
+                continue;
+            }
+            gone.extend(self.take(&key));
+        }
+        gone
+    }
 }
 
 #[derive(Default)]
@@ -425,6 +497,11 @@ struct State {
 }
 
 impl State {
+    /// Whether anything was learned into it: a copy, listed URIs, members.
+    fn learned(&self) -> bool {
+        self.latest.is_some() || !self.known.is_empty() || !self.window.is_empty()
+    }
+
     /// The bytes this state holds (an estimate); the latest copy's body is the cache's.
     fn weight(&self) -> u64 {
         let entries = |n: usize, bytes: u64| n as u64 * ENTRY_COST + bytes;
@@ -535,9 +612,8 @@ impl Member {
 
 /// The live state of every playlist (one per edge).
 pub struct Live {
-    /// Weighed in bytes (`live.state_memory`): least recently used states are forgotten first.
-    playlists: Cache<String, Arc<Playlist>>,
-    /// Bytes of the states in `playlists`, at most `budget` (`live.state_memory`).
+    /// Every playlist's state, weighed in bytes, at most `budget` (`live.state_memory`) of
+    /// them not in use.
     ledger: Mutex<Ledger>,
     budget: u64,
     members: Cache<String, Arc<Member>>,
@@ -562,7 +638,6 @@ impl Live {
     /// Live state weighing at most `state_memory` bytes.
     pub fn new(state_memory: u64) -> Live {
         Live {
-            playlists: Cache::new(PLAYLISTS),
             ledger: Mutex::new(Ledger::default()),
             budget: state_memory,
             members: Cache::new(MEMBERS),
@@ -575,61 +650,81 @@ impl Live {
 }
 
 impl Live {
-    /// The live state of `key`, created on first use. One atomic get-or-insert: two first
-    /// requests racing must share one state, or the waiters parked on the state that lost the
-    /// insert would never be woken by the copies observed on the other.
+    /// The live state of `key`, created on first use (weighed at once: its key may be long).
+    /// One atomic get-or-insert: two first requests racing must share one state, or the
+    /// waiters parked on the state that lost the insert would never be woken by the copies
+    /// observed on the other.
     pub fn playlist(&self, key: &str) -> Arc<Playlist> {
-        let fresh = || Ok::<_, std::convert::Infallible>(Arc::new(Playlist::new()));
-        match self.playlists.get_or_insert_with(key, fresh) {
-            Ok(p) => p,
-            Err(never) => match never {},
+        self.get_or_create(key).0
+    }
+
+    /// `playlist`, and whether it was created now.
+    fn get_or_create(&self, key: &str) -> (Arc<Playlist>, bool) {
+        let (pl, gone) = {
+            let mut l = self.ledger.lock();
+            if let Some(w) = l.states.get(key) {
+                return (w.pl.clone(), false);
+            }
+            let pl = Arc::new(Playlist::new());
+            l.put(key.into(), pl.clone(), weight_of(key, STATE_COST), false);
+            (pl, l.evict(self.budget))
+        };
+        drop(gone);
+        (pl, true)
+    }
+
+    /// The live state of `key` for a fill that stores a copy of it (`observe`, `announce`):
+    /// created if need be, and then watched if the fill's leader (`leader`, its request
+    /// headers) is a viewer. A viewer's request makes no state by itself (`intercept`): only
+    /// what is stored, or a blocking reload, needs one.
+    pub(crate) fn for_fill(
+        &self,
+        key: &str,
+        leader: &http::HeaderMap,
+        cdn_id: &str,
+    ) -> Arc<Playlist> {
+        let (pl, created) = self.get_or_create(key);
+        if created && !crate::origin::from_own_tier(leader, cdn_id) {
+            pl.state.lock().viewed = Some(Instant::now());
         }
+        pl
     }
 
     fn existing(&self, key: &str) -> Option<Arc<Playlist>> {
-        self.playlists.get(key)
+        self.ledger.lock().states.get(key).map(|w| w.pl.clone())
     }
 
-    /// Weighs `pl`'s state again after it changed, so the map's byte budget sees it (evicting
-    /// the least recently used states past it). Only the entry that is `pl` is re-weighed: one
-    /// evicted meanwhile is not put back over a newer state of the key.
+    /// Weighs `pl`'s state again after it changed, so the byte budget sees it (forgetting the
+    /// states first in line past it). Only the entry that is `pl` is re-weighed: one
+    /// forgotten meanwhile is put back, but not over a newer state of the key.
     fn reweigh(&self, key: &str, pl: &Arc<Playlist>) {
-        let bytes = pl.state.lock().weight();
-        let mut evict = Vec::new();
-        {
+        let (bytes, learned) = {
+            let st = pl.state.lock();
+            (weight_of(key, st.weight()), st.learned())
+        };
+        let gone = {
             let mut l = self.ledger.lock();
-            if let Some((seq, old, _)) = l.by_key.remove(key) {
-                l.order.remove(&seq);
-                l.total = l.total.saturating_sub(old);
-            }
-            let seq = l.next;
-            l.next += 1;
-            l.order.insert(seq, key.to_string());
-            l.by_key
-                .insert(key.to_string(), (seq, bytes, Arc::downgrade(pl)));
-            l.total += bytes;
-            // Oldest first; a single state over the whole budget goes too.
-            while l.total > self.budget {
-                let Some((_, k)) = l.order.pop_first() else {
-                    break;
-                };
-                if let Some((_, b, weak)) = l.by_key.remove(&k) {
-                    l.total = l.total.saturating_sub(b);
-                    evict.push((k, weak));
-                }
-            }
-        }
-        // Outside the ledger's lock; only the state that was weighed, not a newer one.
-        for (k, weak) in evict {
-            self.playlists.remove_if(k.as_str(), |p| {
-                weak.upgrade().is_some_and(|w| Arc::ptr_eq(p, &w))
-            });
-        }
+            let key: Arc<str> = match l.states.get_key_value(key) {
+                Some((_, w)) if !Arc::ptr_eq(&w.pl, pl) => return,
+                Some((k, _)) => k.clone(),
+                None => key.into(),
+            };
+            l.put(key, pl.clone(), bytes, learned);
+            l.evict(self.budget)
+        };
+        // Outside the ledger's lock.
+        drop(gone);
     }
 
-    /// The bytes the live state of every playlist weighs (at most `live.state_memory`).
+    /// The bytes the live state of every playlist weighs, keys included (at most
+    /// `live.state_memory`, beyond which only states in use by requests are kept).
     pub fn state_bytes(&self) -> u64 {
         self.ledger.lock().total
+    }
+
+    /// How many playlists have live state.
+    pub fn states(&self) -> usize {
+        self.ledger.lock().states.len()
     }
 
     /// Whether `key` may go to the SSD store: not a live member, or one inside its DVR window.
@@ -648,6 +743,11 @@ impl Live {
     }
 }
 
+/// What a state of `state` bytes under `key` weighs in the ledger.
+fn weight_of(key: &str, state: u64) -> u64 {
+    state + key.len() as u64 + SLOT_COST
+}
+
 /// Whether `key` (a base key, or a `Vary` variant's `{base}\0...`) names an HLS playlist.
 fn is_playlist_path(key: &str) -> bool {
     let path = key.split(['?', '\0']).next().unwrap_or(key);
@@ -662,13 +762,20 @@ pub async fn intercept(req: &Req<'_>) -> Result<Option<Response<Body>>, EdgeErro
     // that edge prefetches for its viewers through each key's own shield, where this node
     // prefetching too would fetch keys another shield owns (two origin fills per object).
     let viewer = !crate::origin::from_own_tier(&req.parts.headers, &edge.config.cdn_id);
+    // Only a state that exists is marked watched: a request that stores nothing (answered
+    // `only-if-cached` 504, a 404) needs none, and a state per distinct URL would cost memory
+    // in the URL's length for nothing. The fill of a playlist not yet known makes its state
+    // (`Live::for_fill`), watched when its leader is a viewer.
+    let watch = |pl: &Playlist| {
+        if viewer {
+            pl.state.lock().viewed = Some(Instant::now());
+        }
+    };
     if !is_playlist_path(req.key()) {
-        if viewer && req.key().split('?').next().unwrap_or("").ends_with(".mpd") {
-            edge.live
-                .playlist(&playlist_key(req.key()))
-                .state
-                .lock()
-                .viewed = Some(Instant::now());
+        if req.key().split('?').next().unwrap_or("").ends_with(".mpd") {
+            if let Some(pl) = edge.live.existing(&playlist_key(req.key())) {
+                watch(&pl);
+            }
         }
         return Ok(None);
     }
@@ -679,13 +786,16 @@ pub async fn intercept(req: &Req<'_>) -> Result<Option<Response<Body>>, EdgeErro
     let base = req.key().split('\0').next().unwrap_or(req.key());
     let query = base.split_once('?').map(|(_, q)| q);
     let d = Directives::parse(query).map_err(EdgeError::BadRequest)?;
-    let pl = edge.live.playlist(&playlist_key(req.key()));
-    if viewer {
-        pl.state.lock().viewed = Some(Instant::now());
-    }
+    let pl_key = playlist_key(req.key());
     let Some(msn) = d.msn else {
+        if let Some(pl) = edge.live.existing(&pl_key) {
+            watch(&pl);
+        }
         return Ok(None);
     };
+    // A blocking reload needs the state: to wait on, or to say it is upstream.
+    let pl = edge.live.playlist(&pl_key);
+    watch(&pl);
     // Boxed: the hold's state (timers, the phases it runs upstream) is no weight on the future
     // of every other request.
     Box::pin(blocking_reload(req, &pl, &d, msn)).await.map(Some)
@@ -866,7 +976,9 @@ fn observe_scanned(
     viewer: &http::HeaderMap,
 ) {
     if let Some(scan) = scanned.as_ref().filter(|s| !s.skipped) {
-        let pl = edge.live.playlist(&playlist_key(key));
+        let pl = edge
+            .live
+            .for_fill(&playlist_key(key), viewer, &edge.config.cdn_id);
         // Made before the lock is taken: copying and weighing a large scan (on the blocking
         // pool, `observe_late`) must not hold the viewers' blocking reloads of this playlist.
         let variant = key.find('\0').map_or("", |i| &key[i..]).to_string();
@@ -938,7 +1050,7 @@ fn announce_scanned(
         return;
     }
     let pl_key = playlist_key(key);
-    let pl = edge.live.playlist(&pl_key);
+    let pl = edge.live.for_fill(&pl_key, viewer, &edge.config.cdn_id);
     for (h, start) in &scan.hint_starts {
         if let Some(k) = member_key(&pl_key, h, &edge.config.cache.drop_query_params) {
             edge.live.hinted.insert(k, *start);
@@ -1370,6 +1482,28 @@ mod tests {
             );
             assert!(Arc::ptr_eq(&live.playlist(&key), &states[0]));
         }
+    }
+
+    /// A state in use (a blocking reload waiting on it holds it) is never forgotten, however
+    /// many new states push the ledger past its budget: a copy observed later must reach the
+    /// state its waiters watch. States holding a copy go after those holding nothing.
+    #[test]
+    fn states_in_use_or_holding_a_copy_outlive_a_flood_of_empty_ones() {
+        let live = Live::new(1 << 20);
+        let long = "x".repeat(4096);
+        let waited = live.playlist("http|h|/waited.m3u8");
+        let filled = live.playlist("http|h|/filled.m3u8");
+        filled.state.lock().known.insert("seg.ts".into());
+        live.reweigh("http|h|/filled.m3u8", &filled);
+        drop(filled);
+        for i in 0..2_000 {
+            drop(live.playlist(&format!("http|h|/f.m3u8?i={i}&{long}")));
+            assert!(live.state_bytes() <= (1 << 20) + 4096 + SLOT_COST + STATE_COST);
+        }
+        let still = live.existing("http|h|/waited.m3u8").expect("in use: kept");
+        assert!(Arc::ptr_eq(&still, &waited));
+        assert!(live.existing("http|h|/filled.m3u8").is_some());
+        assert!(live.states() < 300, "{} states", live.states());
     }
 
     /// Past `SCANS_OFF_WORKER` large scans on the blocking pool, a new large copy is not

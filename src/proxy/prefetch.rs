@@ -132,12 +132,19 @@ pub(crate) fn observe_mpd(
     if !path.split('?').next().unwrap_or("").ends_with(".mpd") {
         return;
     }
-    let dynamic = mpd_is_dynamic(body);
-    let pl = llhls::playlist_of(edge, &llhls::playlist_key(key));
-    let Some(pl) = pl else { return };
-    if !dynamic || route.live.prefetch == Prefetch::Off {
+    if !mpd_is_dynamic(body) || route.live.prefetch == Prefetch::Off {
         return;
     }
+    // A viewer's request makes no state (`llhls::intercept`): its fill does, and a downstream
+    // tier's makes none (that edge prefetches for its viewers).
+    let pl_key = llhls::playlist_key(key);
+    let pl = match llhls::playlist_of(edge, &pl_key) {
+        Some(pl) => pl,
+        None if !crate::origin::from_own_tier(viewer, &edge.config.cdn_id) => {
+            edge.live.for_fill(&pl_key, viewer, &edge.config.cdn_id)
+        }
+        None => return,
+    };
     let Some(host) = key.split('|').nth(1) else {
         return;
     };

@@ -30,6 +30,7 @@ mod h2_flood;
 mod https_origin;
 mod ingest;
 mod limits;
+mod live_state;
 mod llhls;
 mod module_graph;
 mod origin_groups;
