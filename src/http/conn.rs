@@ -83,6 +83,17 @@ impl Activity {
         self.h2_flood.load(Relaxed)
     }
 
+    /// Bytes written to the socket so far (`Watched`; below TLS, so ciphertext on a TLS
+    /// connection).
+    pub fn written(&self) -> u64 {
+        self.written.load(Relaxed)
+    }
+
+    #[cfg(test)]
+    pub fn note_written(&self, n: u64) {
+        self.written.fetch_add(n, Relaxed);
+    }
+
     /// A request started; the token ends it when dropped (its response body done or dropped).
     /// A `multiplexed` request (h2) shares the connection with others, so the watchdog also
     /// follows its own wait for the viewer (`InFlight::handed`).

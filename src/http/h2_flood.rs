@@ -7,7 +7,8 @@
 //! after its first bytes) and closes the connection once such frames outrun a token bucket
 //! (`server.h2_control_frame_rate` per second, ten seconds of it as the burst).
 //! WINDOW_UPDATE frames are what a downloading client sends in proportion to what it is sent,
-//! so they have their own allowance: a burst plus one per `WINDOW_UPDATE_BYTES` the edge wrote.
+//! so they have their own allowance: a burst plus one per `WINDOW_UPDATE_BYTES` the edge wrote
+//! (the connection's `Activity::written`, which its socket wrapper counts).
 //! The guard sits where hyper reads (above TLS), so it sees the frames as hyper does; parsing
 //! costs a few comparisons per frame header and nothing per payload byte.
 
@@ -121,7 +122,6 @@ pub struct FloodGuard<S> {
     parse: Parse,
     bucket: Bucket,
     window_updates: u64,
-    written: u64,
     flooded: bool,
     activity: Arc<Activity>,
 }
@@ -140,7 +140,6 @@ impl<S> FloodGuard<S> {
             },
             bucket: Bucket::new(rate),
             window_updates: 0,
-            written: 0,
             flooded: false,
             activity,
         }
@@ -199,7 +198,8 @@ impl<S> FloodGuard<S> {
             Kind::Control => self.bucket.take(),
             Kind::WindowUpdate => {
                 self.window_updates += 1;
-                self.window_updates <= WINDOW_UPDATE_BURST + self.written / WINDOW_UPDATE_BYTES
+                let written = self.activity.written();
+                self.window_updates <= WINDOW_UPDATE_BURST + written / WINDOW_UPDATE_BYTES
             }
         };
         if within {
@@ -244,11 +244,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FloodGuard<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = &r {
-            self.written += *n as u64;
-        }
-        r
+        Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -256,11 +252,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FloodGuard<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = &r {
-            self.written += *n as u64;
-        }
-        r
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -353,7 +345,7 @@ mod tests {
         for _ in 0..WINDOW_UPDATE_BURST {
             g.scan(&wu).unwrap();
         }
-        g.written = 100 * WINDOW_UPDATE_BYTES;
+        g.activity.note_written(100 * WINDOW_UPDATE_BYTES);
         for _ in 0..100 {
             g.scan(&wu).unwrap();
         }
