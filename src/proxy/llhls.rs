@@ -765,17 +765,16 @@ pub async fn intercept(req: &Req<'_>) -> Result<Option<Response<Body>>, EdgeErro
     // Only a state that exists is marked watched: a request that stores nothing (answered
     // `only-if-cached` 504, a 404) needs none, and a state per distinct URL would cost memory
     // in the URL's length for nothing. The fill of a playlist not yet known makes its state
-    // (`Live::for_fill`), watched when its leader is a viewer.
-    let watch = |pl: &Playlist| {
-        if viewer {
+    // (`Live::for_fill`), watched when its leader is a viewer. A tier's request marks nothing,
+    // so it does not look the state up either.
+    let watch_existing = |pl_key: &str| {
+        if let Some(pl) = edge.live.existing(pl_key) {
             pl.state.lock().viewed = Some(Instant::now());
         }
     };
     if !is_playlist_path(req.key()) {
-        if req.key().split('?').next().unwrap_or("").ends_with(".mpd") {
-            if let Some(pl) = edge.live.existing(&playlist_key(req.key())) {
-                watch(&pl);
-            }
+        if viewer && req.key().split('?').next().unwrap_or("").ends_with(".mpd") {
+            watch_existing(&playlist_key(req.key()));
         }
         return Ok(None);
     }
@@ -788,14 +787,16 @@ pub async fn intercept(req: &Req<'_>) -> Result<Option<Response<Body>>, EdgeErro
     let d = Directives::parse(query).map_err(EdgeError::BadRequest)?;
     let pl_key = playlist_key(req.key());
     let Some(msn) = d.msn else {
-        if let Some(pl) = edge.live.existing(&pl_key) {
-            watch(&pl);
+        if viewer {
+            watch_existing(&pl_key);
         }
         return Ok(None);
     };
     // A blocking reload needs the state: to wait on, or to say it is upstream.
     let pl = edge.live.playlist(&pl_key);
-    watch(&pl);
+    if viewer {
+        pl.state.lock().viewed = Some(Instant::now());
+    }
     // Boxed: the hold's state (timers, the phases it runs upstream) is no weight on the future
     // of every other request.
     Box::pin(blocking_reload(req, &pl, &d, msn)).await.map(Some)
