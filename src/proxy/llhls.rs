@@ -444,11 +444,15 @@ impl Ledger {
 
     /// Forgets states, in order, until the total is within `budget`; the states forgotten (to
     /// be dropped outside the lock). A state someone holds besides the ledger is in use and
-    /// passed over.
+    /// passed over. Empty states in use are the cost of the requests holding them (blocking
+    /// reloads of playlists not known yet, any viewer may send them): they never push out a
+    /// state that learned something, and the total stays over the budget by them until those
+    /// requests end.
     fn evict(&mut self, budget: u64) -> Vec<Arc<Playlist>> {
         let mut gone = Vec::new();
         let mut after: Option<(bool, u64)> = None;
         let mut busy = 0;
+        let mut busy_empty = false;
         while self.total > budget {
             let next = match after {
                 None => self.order.iter().next(),
@@ -460,11 +464,16 @@ impl Ledger {
             let Some((at, key)) = next.map(|(at, k)| (*at, k.clone())) else {
                 break;
             };
+            let (learned, _) = at;
+            if learned && busy_empty {
+                break;
+            }
             let in_use = self
                 .states
                 .get(&key)
                 .is_some_and(|w| Arc::strong_count(&w.pl) > 1);
             if in_use {
+                busy_empty |= !learned;
                 busy += 1;
                 if busy > MAX_BUSY_SKIPPED {
                     break;

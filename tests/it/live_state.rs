@@ -138,3 +138,55 @@ async fn a_held_blocking_reload_is_answered_through_a_flood_of_playlist_states()
     assert!(bytes <= 1 << 20, "{bytes} bytes of live state");
     assert!(playlist_of(&edge.edge, &key).is_some_and(|p| p.latest().is_some()));
 }
+
+/// Blocking reloads of playlists the edge does not know yet (any viewer may send them, to any
+/// URL) each hold an empty state while their fill waits at the origin. Past the budget, those
+/// in use cannot go, and they pushed out the states that learned something instead: a real
+/// live playlist's latest copy and window, which its viewers' next blocking reloads answer
+/// from. Now the empty states in use stay over the budget until their requests end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_states_in_use_never_push_out_a_playlist_that_learned_something() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/real/p.m3u8",
+        Script::ok(
+            "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:10\n\
+#EXTINF:2.0,\ns10.ts\n#EXTINF:2.0,\ns11.ts\n",
+        )
+        .header("content-type", "application/vnd.apple.mpegurl")
+        .header("cache-control", "max-age=60"),
+    );
+    origin.script(
+        "/hold/a.m3u8",
+        Script::status(404, "no").head_delay(Duration::from_secs(3)),
+    );
+    let edge = TestEdge::start(budgeted(&origin.url())).await;
+    assert_eq!(edge.get("/real/p.m3u8").await.status, 200);
+    edge.settle().await;
+    let key = format!(
+        "http|{}|/real/p.m3u8",
+        origin.url().trim_start_matches("http://")
+    );
+    let real = playlist_of(&edge.edge, &key).expect("the stored playlist has a state");
+    assert!(real.latest().is_some());
+    drop(real);
+    // 300 states of 4 KiB keys held at once: over the 1 MiB budget.
+    let urls: Vec<String> = (0..300)
+        .map(|i| flood_url("/hold/a.m3u8", i, "_HLS_msn=5&"))
+        .collect();
+    let held = futures_util::future::join_all(urls.iter().map(|u| edge.get(u)));
+    let live = &edge.edge.live;
+    let check = async {
+        crate::support::until("the held reloads' states are over the budget", || {
+            live.state_bytes() > 1 << 20
+        })
+        .await;
+        assert!(
+            playlist_of(&edge.edge, &key).is_some_and(|p| p.latest().is_some()),
+            "a flood of empty states in use pushed out the real playlist's ({} states, {} bytes)",
+            live.states(),
+            live.state_bytes()
+        );
+    };
+    tokio::join!(held, check);
+}
