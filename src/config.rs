@@ -260,6 +260,9 @@ pub struct RawRoute {
     pub live_retention_margin: Option<String>,
     /// Fill through the `[shield]` tier (default: true when `[shield]` exists).
     pub shield: Option<bool>,
+    /// `origin_client.min_body_rate` for this route's origin bodies ("0": off), e.g. for an
+    /// origin that streams server-sent events or long-polls through a pass.
+    pub min_body_rate: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -440,6 +443,9 @@ pub struct Route {
     pub acl: IpAcl,
     /// Prefetch and retention of live streams (`prefetch`, `live_dvr`, `live_retention_margin`).
     pub live: LiveRoute,
+    /// Bytes/s this route's origin bodies must average (`min_body_rate`); `None`: the edge's
+    /// `origin_client.min_body_rate`.
+    pub min_body_rate: Option<u64>,
 }
 
 /// What a route does with live streams (issue 17): prefetch of newly listed objects, and how
@@ -951,6 +957,18 @@ impl Config {
         let routes = Route::resolve_all(raw.origin.as_deref(), &raw.routes, &cache.ttl, &mut c);
         let cache = cache.dropping_token_params(&routes);
         let origin_client = OriginClientConfig::resolve(&raw.origin_client, &mut c);
+        if origin_client.min_body_rate_window.is_zero() {
+            for r in routes
+                .iter()
+                .filter(|r| r.min_body_rate.is_some_and(|n| n > 0))
+            {
+                c.error(format!(
+                    "route ({}).min_body_rate: origin_client.min_body_rate_window must be longer \
+                     than 0s while a rate is set",
+                    r.prefix
+                ));
+            }
+        }
         let server = ServerConfig::resolve(&raw.server, &mut c);
         let limits = LimitsConfig::resolve(&raw.limits, &mut c);
         let tls = TlsConfig::resolve(&raw.server, &raw.tls, &mut c);
@@ -1260,6 +1278,7 @@ impl Route {
                         cors: None,
                         acl: IpAcl::default(),
                         live: LiveRoute::default(),
+                        min_body_rate: None,
                     });
                 }
             }
@@ -1302,6 +1321,10 @@ impl Route {
                 deny: c.cidrs(&format!("{field}.deny_ips"), r.deny_ips.as_deref()),
             };
             let live = LiveRoute::resolve(&field, r, c);
+            let min_body_rate = r
+                .min_body_rate
+                .as_ref()
+                .map(|_| c.size(&format!("{field}.min_body_rate"), &r.min_body_rate, 0));
             let cors = r
                 .cors
                 .as_ref()
@@ -1328,6 +1351,7 @@ impl Route {
                 cors,
                 acl,
                 live,
+                min_body_rate,
             });
         }
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));

@@ -194,12 +194,13 @@ impl OriginClient {
         self.cfg.between_bytes_timeout
     }
 
-    /// What an origin body (a fill's or a pass's) may take: the between-bytes timeout and
-    /// `origin_client.min_body_rate` over its window.
-    pub fn body_timeouts(&self) -> crate::http::body::BodyTimeouts {
+    /// What an origin body (a fill's or a pass's) of `route` may take: the between-bytes
+    /// timeout and the route's `min_body_rate` (else `origin_client.min_body_rate`) over the
+    /// window.
+    pub fn body_timeouts(&self, route: &Route) -> crate::http::body::BodyTimeouts {
         crate::http::body::BodyTimeouts {
             idle: self.cfg.between_bytes_timeout,
-            min_rate: self.cfg.min_body_rate,
+            min_rate: route.min_body_rate.unwrap_or(self.cfg.min_body_rate),
             window: self.cfg.min_body_rate_window,
         }
     }

@@ -723,7 +723,7 @@ async fn run(
     // Between-bytes timeout and minimum rate (`origin_client.min_body_rate`): an origin that
     // trickles would otherwise hold this fill, and every viewer collapsed on it, for as long
     // as it liked. Only time spent waiting for the origin counts (not `wait_for_readers`).
-    let mut pace = edge.origin.body_timeouts().pace();
+    let mut pace = edge.origin.body_timeouts(route).pace();
     let mut received = 0u64;
     let mut trimming = false;
     let mut early = Vec::new();

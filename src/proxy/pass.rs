@@ -157,7 +157,10 @@ fn relay_holding(
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     let len = content_length(&parts.headers);
-    let stream = too_slow_counted(req, incoming_stream(body, req.edge.origin.body_timeouts()));
+    let stream = too_slow_counted(
+        req,
+        incoming_stream(body, req.edge.origin.body_timeouts(req.route())),
+    );
     let body = if req.parts.method == Method::HEAD {
         Body::empty()
     } else {

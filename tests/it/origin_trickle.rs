@@ -133,3 +133,83 @@ async fn a_trickling_pass_is_cut() {
     assert_eq!(slow_bodies(&edge, vedge::metrics::SLOW_BODY_PASS), 1);
     assert_eq!(origin.count("/v/trickle.ts"), 1);
 }
+
+/// A route may set its own rate: `min_body_rate = "0"` on `/sse/` lets that route's origin
+/// stream as slowly as it likes (server-sent events, long-polling through a pass) while the
+/// edge-wide rate still cuts a trickle on every other route; and a route's own rate cuts a
+/// trickle on an edge whose edge-wide rate is off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_sets_its_own_rate() {
+    let origin = Origin::start().await;
+    // 20 bytes, one every 100 ms (2 s in all): 10 bytes/s, under the edge-wide 64 bytes/s.
+    let slow = || {
+        Script::ok(vec![b'e'; 20])
+            .header("cache-control", "max-age=60")
+            .trickle(20, Duration::from_millis(2000))
+    };
+    origin.script("/sse/events", slow());
+    origin.script("/v/events", slow());
+    let mut raw = rated(&origin);
+    raw.routes.push(vedge::config::RawRoute {
+        prefix: "/sse/".into(),
+        origin: origin.url(),
+        min_body_rate: Some("0".into()),
+        ..Default::default()
+    });
+    let edge = TestEdge::start(raw).await;
+    let r = edge.raw(&get("/sse/events", "Cookie: s=1\r\n")).await;
+    assert_eq!(r.status(), 200, "{}", r.text());
+    assert_eq!(
+        r.split().1,
+        vec![b'e'; 20],
+        "the /sse/ route's slow body was cut"
+    );
+    let r = edge.raw(&get("/v/events", "Cookie: s=1\r\n")).await;
+    assert!(
+        r.split().1.len() < 20,
+        "the edge-wide rate no longer cuts other routes"
+    );
+    assert_eq!(slow_bodies(&edge, vedge::metrics::SLOW_BODY_PASS), 1);
+
+    // The other way round: the edge-wide rate off, one route's own on.
+    let mut raw = edge_config(&origin);
+    raw.origin_client.min_body_rate = Some("0".into());
+    raw.origin_client.min_body_rate_window = Some("1s".into());
+    raw.routes.push(vedge::config::RawRoute {
+        prefix: "/v/".into(),
+        origin: origin.url(),
+        min_body_rate: Some("64".into()),
+        ..Default::default()
+    });
+    let edge = TestEdge::start(raw).await;
+    let r = edge.raw(&get("/v/events", "")).await;
+    assert!(
+        r.split().1.len() < 20,
+        "the route's own rate did not cut its trickle"
+    );
+    assert_eq!(slow_bodies(&edge, vedge::metrics::SLOW_BODY_FILL), 1);
+    let r = edge.raw(&get("/sse/events", "")).await;
+    assert_eq!(r.split().1, vec![b'e'; 20]);
+}
+
+/// A route's rate needs a window to average over, like the edge-wide one.
+#[test]
+fn a_route_rate_without_a_window_is_refused() {
+    let mut raw = RawConfig {
+        origin: Some("http://127.0.0.1:1".into()),
+        ..RawConfig::default()
+    };
+    raw.origin_client.min_body_rate = Some("0".into());
+    raw.origin_client.min_body_rate_window = Some("0s".into());
+    raw.routes.push(vedge::config::RawRoute {
+        prefix: "/sse/".into(),
+        origin: "http://127.0.0.1:1".into(),
+        min_body_rate: Some("1KiB".into()),
+        ..Default::default()
+    });
+    let err = vedge::config::Config::try_from(raw).expect_err("a rate without a window");
+    assert!(
+        err.to_string().contains("route (/sse/).min_body_rate"),
+        "{err}"
+    );
+}
