@@ -26,6 +26,10 @@ pub struct Request<'a> {
     pub path: &'a str,
     /// The path as the viewer sent it (a `url` token may have been signed over this spelling).
     pub raw_path: &'a str,
+    /// The path as routes match it (`proxy::target::routing_path`: segment parameters out, the
+    /// dot segments that leaves resolved). `acl` patterns must match it as well as `path`: a
+    /// servlet container serves `/free/..;/paid/seg.ts` as `/paid/seg.ts`.
+    pub routed: &'a str,
     /// The viewer's address, for `ip` tokens.
     pub peer: Option<IpAddr>,
     /// Seconds since the Unix epoch.
@@ -102,11 +106,12 @@ pub fn verify(token: &str, cfg: &TokenConfig, req: &Request<'_>) -> Result<(), R
         } else {
             acl.to_string()
         };
-        if !acl
-            .split('!')
-            .take(MAX_ACL_PATTERNS)
-            .any(|p| glob_match(p.as_bytes(), req.path.as_bytes()))
-        {
+        let allows = |path: &str| {
+            acl.split('!')
+                .take(MAX_ACL_PATTERNS)
+                .any(|p| glob_match(p.as_bytes(), path.as_bytes()))
+        };
+        if !allows(req.path) || (req.routed != req.path && !allows(req.routed)) {
             return Err(Refusal::Acl);
         }
     }
@@ -409,6 +414,7 @@ mod tests {
         Request {
             path,
             raw_path: path,
+            routed: path,
             peer: ip.map(|i| i.parse().expect("ip")),
             now,
         }

@@ -192,9 +192,11 @@ pub fn admit(
         .now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
+    let routed = super::target::routing_path(&path);
     let req = edgeauth::Request {
         path: &path,
         raw_path,
+        routed: &routed,
         peer: peer.map(|p| p.ip()),
         now,
     };

@@ -142,7 +142,7 @@ pub fn resolve<'c>(
 /// around it through a less guarded route. A segment that is a dot segment once its parameters
 /// are gone (`..;`, `.;x`) is resolved again, as those containers resolve it: `/x/..;/v/seg.ts`
 /// is their `/v/seg.ts`. The path fetched and keyed stays as written.
-fn routing_path(path: &str) -> std::borrow::Cow<'_, str> {
+pub(crate) fn routing_path(path: &str) -> std::borrow::Cow<'_, str> {
     if !path.contains("//") && !path.contains(';') {
         return std::borrow::Cow::Borrowed(path);
     }

@@ -260,6 +260,43 @@ async fn a_token_route_is_never_bypassed_by_path_parameters() {
     }
 }
 
+/// Within a token route, the token's `acl` guards the path the origin will serve, not only the
+/// spelling: a token for `/v/free/*` asking for `/v/free/..;/paid/seg.ts` got the paid segment
+/// from a servlet container (which serves that as `/v/paid/seg.ts`), because the ACL was matched
+/// against the path as written. The ACL must now match the path as routed too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_acl_is_never_walked_around_by_a_dot_segment_with_parameters() {
+    let origin = Origin::start().await;
+    let spellings = [
+        "/v/free/..;/paid/seg.ts",
+        "/v/free/..;jsessionid=1/paid/seg.ts",
+        "/v/free/%2e%2e;/paid/seg.ts",
+    ];
+    for p in [
+        "/v/paid/seg.ts",
+        "/v/free/seg.ts;jsessionid=1",
+        "/v/free/..;/paid/seg.ts",
+        "/v/free/..;jsessionid=1/paid/seg.ts",
+    ] {
+        origin.script(p, Script::ok("bytes").header("cache-control", "max-age=60"));
+    }
+    let edge = crate::support::token::token_edge(&origin, crate::support::token::raw_token()).await;
+    let free = crate::support::token::token_for("/v/free/*", None);
+    let r = edge.get(&format!("/v/paid/seg.ts?hdnts={free}")).await;
+    assert_eq!(r.status, 403);
+    for p in spellings {
+        let r = edge.get(&format!("{p}?hdnts={free}")).await;
+        assert_eq!(r.status, 403, "{p}: {:?}", String::from_utf8_lossy(&r.body));
+    }
+    assert_eq!(origin.count("/v/free/..;/paid/seg.ts"), 0);
+    assert_eq!(origin.count("/v/free/..;jsessionid=1/paid/seg.ts"), 0);
+    // A parameter that hides no dot segment stays under the ACL's path: still served.
+    let r = edge
+        .get(&format!("/v/free/seg.ts;jsessionid=1?hdnts={free}"))
+        .await;
+    assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+}
+
 /// The same containers resolve a dot segment once its parameters are gone: Tomcat serves
 /// `/x/..;/v/seg.ts` as `/v/seg.ts` (the classic `..;` traversal). Stripping the parameters
 /// alone routed it as `/x/../v/seg.ts`, under the default route, without a token; routing now
