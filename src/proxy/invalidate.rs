@@ -2,7 +2,7 @@
 //! method is not known to be safe (POST, PUT, DELETE, PATCH, any unknown method) removes what is
 //! stored for its target URI, and for the `Location` and `Content-Location` URIs when their host
 //! is the target's. Every Vary variant and slice goes with its key (`Edge::purge_key`). A passed HEAD
-//! that names another representation removes the stored GET response (RFC 9111 §4.3.5).
+//! that names another representation makes the stored GET response stale (RFC 9111 §4.3.5).
 
 use http::{header, HeaderMap, Method, StatusCode};
 
@@ -67,11 +67,15 @@ pub fn after_response(req: &Req<'_>, status: StatusCode, headers: &HeaderMap) ->
 /// RFC 9111 §4.3.5: a 200 answer to a HEAD the edge passed to the origin (fills always ask with
 /// GET; a HEAD goes inbound only when passed, e.g. with a `Cookie`) says whether the stored GET
 /// response that request could have chosen is still current. When it names other validators or
-/// another length, the stored response is removed (the RFC's "consider it stale": the next GET
-/// fetches it anew); otherwise, a HEAD without validators from an origin that sends none
-/// included, the stored response is kept as it is (updating a shared copy's fields from one
-/// viewer's passed HEAD is a SHOULD this edge declines: the HEAD may carry that viewer's
-/// personalised fields). Returns whether an object was removed.
+/// another length, the stored response becomes stale (the RFC's "consider the stored response to
+/// be stale"): the next GET revalidates it with its own validators, which costs the origin a 304
+/// when the stored bytes are still current. It is not removed: the HEAD is one viewer's request,
+/// with that viewer's `Accept-Encoding` and cookies, and an origin that answers a gzip HEAD with
+/// a weak `ETag` would otherwise let any viewer evict any object, each time, for the price of a
+/// HEAD. Otherwise, a HEAD without validators from an origin that sends none included, the
+/// stored response is kept as it is (updating a shared copy's fields from one viewer's passed
+/// HEAD is a SHOULD this edge declines: the HEAD may carry that viewer's personalised fields).
+/// Returns whether a stored response was made stale.
 pub async fn after_head(req: &Req<'_>, status: StatusCode, head: &HeaderMap) -> bool {
     if req.parts.method != Method::HEAD || status != StatusCode::OK {
         return false;
@@ -88,14 +92,19 @@ pub async fn after_head(req: &Req<'_>, status: StatusCode, head: &HeaderMap) -> 
     let Some(stored) = edge.peek(&key).await else {
         return false;
     };
-    if stored.status != StatusCode::OK || head_matches(&stored.headers, stored.body.len(), head) {
+    // An operator's push is the version the operator chose, whatever the origin says.
+    if stored.status != StatusCode::OK
+        || stored.pinned
+        || head_matches(&stored.headers, stored.body.len(), head)
+    {
         return false;
     }
     tracing::debug!(
         key,
-        "a passed HEAD names another representation: stored GET removed"
+        "a passed HEAD names another representation: stored GET stale"
     );
-    edge.purge_key(&key) > 0
+    edge.expire_stored(key, &stored);
+    true
 }
 
 /// §4.3.5's test, over what the HEAD answer carries: each validator it carries (`ETag`,

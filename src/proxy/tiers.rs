@@ -259,6 +259,24 @@ impl Edge {
         n
     }
 
+    /// Makes `stored` (what a lookup of `key` returned, from RAM or disk) stale from now on, in
+    /// the RAM tier, where a lookup finds it before any copy on disk: the next request
+    /// revalidates it. Not journaled and not on disk (a viewer's request asks for it, see
+    /// `invalidate::after_head`): after a restart, or once the RAM tier evicts it, the disk's
+    /// copy is as it was. A copy stored meanwhile under `key` is left alone.
+    pub fn expire_stored(&self, key: String, stored: &Arc<CachedObject>) {
+        if self
+            .ram
+            .peek(&key)
+            .is_some_and(|o| !Arc::ptr_eq(&o, stored))
+        {
+            return;
+        }
+        let mut stale = CachedObject::clone(stored);
+        expire_now(&mut stale, self.clock.now());
+        self.ram.insert(key, Arc::new(stale));
+    }
+
     /// Soft-purges `key` in the RAM tier (stale from `now` on); returns whether it was held.
     fn expire_in_ram(&self, key: &str, now: SystemTime) -> usize {
         let Some(obj) = self.ram.peek(key) else {

@@ -813,8 +813,8 @@ async fn cdn_cache_control_keys_are_lowercase_structured_fields() {
 }
 
 /// RFC 9111 §4.3.5: a HEAD the edge passes to the origin (here for a `Cookie`; fills always
-/// ask with GET) whose 200 names another `ETag` makes the stored GET response stale (removed:
-/// the next GET fetches anew); one naming the stored validators leaves it in place.
+/// ask with GET) whose 200 names another `ETag` makes the stored GET response stale (the next
+/// GET revalidates it); one naming the stored validators leaves it in place.
 #[tokio::test]
 async fn a_passed_head_naming_another_etag_retires_the_stored_get() {
     let origin = Origin::start().await;
@@ -836,7 +836,43 @@ async fn a_passed_head_naming_another_etag_retires_the_stored_get() {
     origin.script("/hp/a", validated("two", "\"v2\""));
     head(&edge, "/hp/a", &[("cookie", "s=1")]).await;
     let r = edge.get("/hp/a").await;
-    assert_eq!((r.x_cache(), &r.body[..]), ("MISS", &b"two"[..]));
+    assert_eq!((r.x_cache(), &r.body[..]), ("EXPIRED", &b"two"[..]));
+}
+
+/// The HEAD is one viewer's request, with its own `Accept-Encoding`: an origin that answers a
+/// gzip HEAD with a weak `ETag` (nginx's `gzip on`) named "another representation" for every
+/// stored object, and the stored GET response was removed, so one HEAD with a cookie made the
+/// next viewer fetch the whole object again, as often as anyone liked. The stored response is
+/// now only made stale (§4.3.5's words): the next GET revalidates it and the origin answers
+/// 304, no body.
+#[tokio::test]
+async fn a_passed_head_naming_another_etag_costs_the_origin_a_304_not_the_object() {
+    let origin = Origin::start().await;
+    origin.script("/hp/seg.ts", validated("segment bytes", "\"v1\""));
+    let edge = TestEdge::start(edge_config(&origin)).await;
+    stored(&edge, "/hp/seg.ts").await;
+    // What the origin answers a gzip HEAD: the weak form of the stored tag.
+    origin.script("/hp/seg.ts", validated("segment bytes", "W/\"v1\""));
+    let r = head(
+        &edge,
+        "/hp/seg.ts",
+        &[("cookie", "s=1"), ("accept-encoding", "gzip")],
+    )
+    .await;
+    assert_eq!(r.x_cache(), "BYPASS");
+    origin.script("/hp/seg.ts", validated("segment bytes", "\"v1\""));
+    let r = edge.get("/hp/seg.ts").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(&r.body[..], b"segment bytes");
+    let seen = origin.seen("/hp/seg.ts");
+    let last = seen.last().expect("the origin saw the revalidation");
+    assert_eq!(
+        (last.method.as_str(), last.header("if-none-match")),
+        ("GET", Some("\"v1\"")),
+        "the stored GET was removed and fetched whole again (x-cache {})",
+        r.x_cache()
+    );
+    assert_eq!(edge.get("/hp/seg.ts").await.x_cache(), "HIT");
 }
 
 /// RFC 9112 §6.3: the 412 and 416 the edge builds from a stored response are framed by
