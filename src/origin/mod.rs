@@ -656,9 +656,10 @@ impl OriginClient {
                 Outcome::ViewerFault
             }
             Ok(r) if r.status() == http::StatusCode::LOOP_DETECTED => Outcome::Loop,
-            Ok(r) if r.status().is_server_error() => {
-                Outcome::ServerError(matches!(r.status().as_u16(), 502..=504))
-            }
+            Ok(r) if r.status().is_server_error() => Outcome::ServerError(
+                matches!(r.status().as_u16(), 502..=504)
+                    && !(target.tier && shield::relays_upstream_status(r.headers())),
+            ),
             Ok(_) => Outcome::Ok,
             Err(e) => Outcome::Failed(*e),
         };

@@ -39,6 +39,7 @@ impl Shield {
                 // The fill's own `Host` (the route's) goes through: it is what the shield's
                 // route keys on.
                 t.host = None;
+                t.tier = true;
                 Ok(Arc::new(t))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
@@ -106,9 +107,76 @@ impl Upstream for ShieldPlan<'_> {
     }
 }
 
+/// Whether a shield's answer relays its own upstream's status: the last `Cache-Status` member
+/// (the shield's own, which it appends last, RFC 9211 §2) says `fwd-status`, the status the
+/// next hop answered. A shield that could not get an answer at all (refused, timed out) names
+/// none. Such a relayed 502-504 is the origin's failure for one request, which any viewer can
+/// ask for again and again: it says the shield is up, so it never ejects the shield.
+pub fn relays_upstream_status(headers: &http::HeaderMap) -> bool {
+    let lines: Vec<&str> = headers
+        .get_all("cache-status")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let field = lines.join(", ");
+    let Some(last) = crate::cache::sfv::list_member_spans(&field)
+        .ok()
+        .and_then(|spans| spans.last().cloned())
+    else {
+        return false;
+    };
+    let relayed = params(&field[last])
+        .into_iter()
+        .any(|p| p.split('=').next().map(str::trim) == Some("fwd-status"));
+    relayed
+}
+
+/// The `;`-separated parameters of one Structured Field member (after its item), with quoted
+/// strings (and their escapes) kept whole.
+fn params(member: &str) -> Vec<&str> {
+    let mut cuts = Vec::new();
+    let (mut quoted, mut escaped) = (false, false);
+    for (i, c) in member.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            ';' if !quoted => cuts.push(i),
+            _ => {}
+        }
+    }
+    cuts.push(member.len());
+    cuts.windows(2).map(|w| &member[w[0] + 1..w[1]]).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_relayed_upstream_status_is_told_from_the_shields_own_failure() {
+        let h = |v: &[&str]| {
+            let mut m = http::HeaderMap::new();
+            for x in v {
+                m.append("cache-status", x.parse().unwrap());
+            }
+            relays_upstream_status(&m)
+        };
+        assert!(h(&["vedge; fwd=miss; fwd-status=502"]));
+        assert!(h(&[
+            "origin; hit",
+            "vedge; fwd=stale; fwd-status=503; detail=x"
+        ]));
+        assert!(!h(&["vedge; fwd=miss; detail=origin-unreachable"]));
+        // The origin's own entry says fwd-status, the shield's (last) does not.
+        assert!(!h(&[
+            "o; fwd=miss; fwd-status=502, vedge; fwd=miss; detail=origin-timeout"
+        ]));
+        // Inside a quoted string it is no parameter.
+        assert!(!h(&["vedge; fwd=miss; detail=\"a;fwd-status=502\""]));
+        assert!(!h(&[]));
+        assert!(!h(&["vedge; fwd=miss; fwd-status=502, \"open"]));
+    }
 
     fn shield(nodes: &[&str], on_all_down: AllDown) -> Shield {
         let cfg = ShieldConfig {

@@ -33,7 +33,8 @@ pub enum Outcome {
     /// (or what is behind it) cannot answer. Any other 5xx (a 501 to a method it does not
     /// implement, a 500 of one broken path) is about the request: counted as an error, but
     /// neither a failure nor a success for ejection, like `Loop` (a viewer sending such
-    /// requests back to back would eject a healthy origin).
+    /// requests back to back would eject a healthy origin). So is a shield node's relay of
+    /// its own upstream's gateway failure (`relays_upstream_status`): the node answered.
     ServerError(bool),
     /// 508 Loop Detected: the upstream refused the loop the request's own `CDN-Loop` names
     /// (a viewer's entries travel with a fill, RFC 8586). About the request, not the upstream:
@@ -103,6 +104,8 @@ pub struct Target {
     pub(crate) traffic: crate::origin::preconnect::Traffic,
     /// The share of its connections passes may hold (`pass_limit`).
     pub(crate) passes: Arc<PassLimit>,
+    /// A shield node (`origin::shield`): another vedge, which relays its own upstream's answers.
+    pub(crate) tier: bool,
 }
 
 impl Target {
@@ -149,6 +152,7 @@ impl Target {
             stats: Stats::default(),
             traffic: Default::default(),
             passes: Arc::new(PassLimit::new(max_connections)),
+            tier: false,
         })
     }
 

@@ -156,6 +156,13 @@ fn relay_holding(
 ) -> Response<Body> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    // RFC 9211 §2.3: what the next hop answered, said outright (a tier in front of this edge
+    // reads it to tell an upstream's failure, relayed, from this node's own).
+    let fwd_status = format!("fwd-status={}", parts.status.as_u16());
+    let cache_status = match cache_status.split_once("; ") {
+        Some((fwd, rest)) => format!("{}; {fwd}; {fwd_status}; {rest}", req.cdn()),
+        None => format!("{}; {cache_status}; {fwd_status}", req.cdn()),
+    };
     let len = content_length(&parts.headers);
     let stream = too_slow_counted(
         req,
@@ -177,7 +184,7 @@ fn relay_holding(
         &mut out,
         CacheInfo {
             status,
-            cache_status: format!("{}; {cache_status}", req.cdn()),
+            cache_status,
             age: None,
         },
     );

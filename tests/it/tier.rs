@@ -447,3 +447,54 @@ async fn with_every_shield_down_and_on_all_down_error_the_edge_answers_502() {
     }
     assert_eq!(origin.count("/a.ts"), 0, "never sent to the origin");
 }
+
+/// A shield relaying its origin's 502 for one broken path is up: any viewer can ask for that
+/// path again and again, so those answers never eject the shield. They did (three requests for
+/// a path the origin fails ejected the shield, and with `on_all_down = "error"` every viewer of
+/// every other object got a 502); a shield that cannot be reached still is ejected.
+#[tokio::test]
+async fn an_origin_error_relayed_by_a_shield_never_ejects_it() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/broken.ts",
+        Script::status(502, "origin fault").header("cache-control", "no-store"),
+    );
+    origin.script(
+        "/ok.ts",
+        Script::ok("fine").header("cache-control", "max-age=60"),
+    );
+    let shield = TestEdge::start(node_config(&origin, "shield-0")).await;
+    let mut raw = node_config(&origin, "edge-0");
+    raw.shield = Some(RawShield {
+        nodes: vec![format!("http://{}", shield.addr)],
+        on_all_down: Some("error".into()),
+        eject: Some(vedge::config::RawEject {
+            failures: Some(3),
+            duration: Some("60s".into()),
+        }),
+        ..RawShield::default()
+    });
+    let edge = TestEdge::start(raw).await;
+    for i in 0..6 {
+        let r = edge.get(&format!("/broken.ts?i={i}")).await;
+        assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.h("cache-status"));
+        assert!(
+            r.h("cache-status").contains("fwd-status=502"),
+            "the origin's answer, relayed: {}",
+            r.h("cache-status")
+        );
+    }
+    let r = edge.get("/ok.ts").await;
+    assert_eq!(
+        (r.status, &r.body[..]),
+        (StatusCode::OK, &b"fine"[..]),
+        "the shield was ejected: {}",
+        r.h("cache-status")
+    );
+    assert_eq!(
+        r.h("cache-status").split(',').count(),
+        2,
+        "through the shield: {}",
+        r.h("cache-status")
+    );
+}
