@@ -1,7 +1,7 @@
 //! Invalidation by unsafe methods (RFC 9111 §4.4): a non-error response to a request whose
 //! method is not known to be safe (POST, PUT, DELETE, PATCH, any unknown method) removes what is
 //! stored for its target URI, and for the `Location` and `Content-Location` URIs when their host
-//! is the target's. Every Vary variant and slice goes with its key (`Edge::purge_key`). A passed HEAD
+//! is the target's and a route with the same origins serves them. Every Vary variant and slice goes with its key (`Edge::purge_key`). A passed HEAD
 //! that names another representation makes the stored GET response stale (RFC 9111 §4.3.5).
 
 use http::{header, HeaderMap, Method, StatusCode};
@@ -47,7 +47,12 @@ pub fn after_response(req: &Req<'_>, status: StatusCode, headers: &HeaderMap) ->
         };
         if let Some((authority, pq)) = same_host_target(viewer_host, &req.path_and_query(), v) {
             if let Ok(t) = target::resolve(&edge.config, Some(&authority), &pq) {
-                keys.push(t.key);
+                // Behind one viewer host, routes are different origins: what one origin says
+                // (an open redirect, a hostile tenant) invalidates only URIs of the same one
+                // (RFC 9111 §4.4: never a URI whose origin differs from the target's).
+                if same_origin(t.route, req.route()) && t.key_host == req.target.key_host {
+                    keys.push(t.key);
+                }
             }
         }
     }
@@ -62,6 +67,12 @@ pub fn after_response(req: &Req<'_>, status: StatusCode, headers: &HeaderMap) ->
         "invalidated by an unsafe method"
     );
     removed
+}
+
+/// Whether two routes fetch from the same origins (the same route, or routes naming the same
+/// origin group).
+fn same_origin(a: &crate::config::Route, b: &crate::config::Route) -> bool {
+    std::ptr::eq(a, b) || a.group.origins == b.group.origins
 }
 
 /// RFC 9111 §4.3.5: a 200 answer to a HEAD the edge passed to the origin (fills always ask with

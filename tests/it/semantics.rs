@@ -115,6 +115,42 @@ async fn unsafe_method_invalidates_location_and_content_location_on_the_same_hos
     assert_eq!(edge.get("/inv/elsewhere").await.x_cache(), "HIT");
 }
 
+/// Behind one viewer host, each route is its own origin: a `Location` from one route's origin
+/// (an open `next=` redirect in a web app, a hostile tenant) used to invalidate another route's
+/// objects, so one POST per request made every viewer of another origin's hot segment miss.
+/// Only URIs served from the same origins are invalidated now; the target URI still is.
+#[tokio::test]
+async fn a_location_from_one_origin_never_invalidates_another_origins_object() {
+    let a = Origin::start().await;
+    let b = Origin::start().await;
+    let mut raw = edge_config(&a);
+    raw.routes.push(vedge::config::RawRoute {
+        prefix: "/other/".into(),
+        origin: b.url(),
+        ..Default::default()
+    });
+    let edge = TestEdge::start(raw).await;
+    b.script("/other/hot.ts", fresh("B's segment"));
+    a.script("/mine.ts", fresh("A's segment"));
+    assert_eq!(second_get(&edge, "/other/hot.ts").await, "HIT");
+    assert_eq!(second_get(&edge, "/mine.ts").await, "HIT");
+    a.script(
+        "/login",
+        Script::status(302, "")
+            .header("location", "/other/hot.ts")
+            .header("content-location", "/mine.ts"),
+    );
+    assert_eq!(send(&edge, "POST", "/login").await, StatusCode::FOUND);
+    assert_eq!(
+        edge.get("/other/hot.ts").await.x_cache(),
+        "HIT",
+        "origin A's Location invalidated origin B's object"
+    );
+    assert_eq!(b.count("/other/hot.ts"), 1);
+    // A's own URI, named by A, still goes.
+    assert_eq!(edge.get("/mine.ts").await.x_cache(), "MISS");
+}
+
 /// A successful POST invalidates every stored variant of its URI, also those on disk after a
 /// restart, when the edge no longer knows how the origin varies the URI: a viewer whose variant
 /// the POST changed must not be served the copy from before it. (With the variants looked for
