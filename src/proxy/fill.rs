@@ -594,6 +594,19 @@ async fn run(
     if stale_stands_in && matches!(decision, Decision::Pass(r) if r != policy::AUTHORIZED) {
         decision = Decision::ShareOnly("origin-error");
     }
+    // A copy still fresh is refetched only when one viewer's request directives asked
+    // (`no-cache`, `max-age=0`, `min-fresh`): an error answer to that (a 5xx, a 429 the
+    // viewer's own refetches provoked, a 404 of a moment) is that request's alone. It replaces
+    // nothing, and teaches no hit-for-pass, so every other viewer keeps the fresh copy they
+    // would have had without that viewer.
+    let fresh_stays = parts.status.as_u16() >= 400
+        && job
+            .stale
+            .as_ref()
+            .is_some_and(|s| s.staleness(edge.clock.now()).is_none());
+    if fresh_stays && matches!(decision, Decision::Store(_)) {
+        decision = Decision::ShareOnly("fresh-kept");
+    }
     // Nor does any error answer (a 5xx, or a 429 from a rate-limiting upstream such as a
     // shield) say whether the object may be cached, whatever its `Cache-Control`: it teaches
     // no hit-for-pass and purges no stale copy (Varnish abandons a background fetch that gets
@@ -627,7 +640,7 @@ async fn run(
         // slices (`proxy::slice`), which a remembered pass would send to the origin whole (a
         // prefetch or a probe asks for the whole object).
         let sliced_later = reason == "too-large" && edge.config.cache.slice_size > 0;
-        let learnt = reason != policy::AUTHORIZED && !error_answer && !sliced_later;
+        let learnt = reason != policy::AUTHORIZED && !error_answer && !sliced_later && !fresh_stays;
         if learnt {
             edge.remember_pass(&pass_key, cache.hit_for_pass_ttl);
         }

@@ -966,3 +966,37 @@ async fn a_suffix_range_on_an_empty_object_is_a_200() {
         r.h("cache-status")
     );
 }
+
+/// One viewer's `no-cache` (or `max-age=0`) refetches a copy that is still fresh for everyone
+/// else. When that refetch met an error carrying a lifetime (a maintenance 503 with `max-age`,
+/// a 429 the viewer's own refetches provoked, a plain 404 kept for `negative_ttl`), the error
+/// replaced the fresh copy for every viewer. It is now that viewer's answer alone.
+#[tokio::test]
+async fn a_viewers_refetch_of_a_fresh_copy_never_replaces_it_with_an_error() {
+    let origin = Origin::start().await;
+    let edge = TestEdge::start(edge_config(&origin)).await;
+    let errors = [
+        Script::status(503, "maint").header("cache-control", "max-age=60"),
+        Script::status(500, "oops").header("cache-control", "max-age=60"),
+        Script::status(429, "slow").header("cache-control", "max-age=60"),
+        Script::status(404, "gone"),
+        Script::status(410, "gone").header("cache-control", "no-store"),
+    ];
+    for (i, err) in errors.into_iter().enumerate() {
+        for directive in ["no-cache", "max-age=0"] {
+            let path = format!("/fk/{i}-{directive}.json");
+            origin.script(&path, validated("good", "\"v1\""));
+            stored(&edge, &path).await;
+            origin.script(&path, err.clone());
+            let r = edge.get_with(&path, &[("cache-control", directive)]).await;
+            assert!(r.status.as_u16() >= 400, "{path}: the viewer's own answer");
+            edge.settle().await;
+            let r = edge.get(&path).await;
+            assert_eq!(
+                (r.status.as_u16(), r.x_cache(), &r.body[..]),
+                (200, "HIT", &b"good"[..]),
+                "{path}: another viewer after the refetch"
+            );
+        }
+    }
+}
