@@ -355,16 +355,17 @@ async fn run(
     // The request goes to the origin now: its head, or its failure, comes within one attempt
     // and its one retry, each bounded by the first-byte timeout (`origin::fetch_via`).
     // Collapsed readers wait for it that long (`request::collapsed_head`), not only
-    // `collapse_timeout`, unless the answer may turn out to be the leader's alone (its
-    // credentials, a cold-Range probe): those readers still go their own way at the deadline.
-    if !job.authorized && !job.range_probe {
-        let fetch = edge
-            .config
-            .origin_client
-            .first_byte_timeout
-            .saturating_mul(2);
-        fill.expect_head_by(tokio::time::Instant::now() + fetch);
-    }
+    // `collapse_timeout`, also when the answer may turn out to be the leader's alone (its
+    // credentials, a cold-Range probe too large to keep): then they claim one fill between them
+    // (`request::read`). Going their own way at the deadline instead, each to the origin, let
+    // any viewer turn a crowd waiting on a slow origin into a herd with one `Authorization` or
+    // `Range` header.
+    let fetch = edge
+        .config
+        .origin_client
+        .first_byte_timeout
+        .saturating_mul(2);
+    fill.expect_head_by(tokio::time::Instant::now() + fetch);
     Metrics::inc(&edge.metrics.origin_fetches);
     let sent = Instant::now();
     let asked = headers.clone();
@@ -389,7 +390,8 @@ async fn run(
         }
     };
     let response_delay = sent.elapsed();
-    if let Some(reason) = crate::proxy::loop_answer::leader_only(resp.status(), &job.viewer_headers)
+    if let Some(reason) =
+        crate::proxy::loop_answer::leader_only(resp.status(), &job.viewer_headers, &asked)
     {
         // The leader's `CDN-Loop` / `Via` entries may be all the upstream refused: the answer
         // is the leader's; the key is released first so the other viewers claim a fresh fill

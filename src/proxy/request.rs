@@ -649,8 +649,7 @@ async fn claim(req: &Req<'_>, at: &Lookup<'_>, stale: Option<Arc<CachedObject>>)
 /// timeout sent every waiter of a fill to the origin at once (60 viewers, 60 origin requests),
 /// exactly when the origin struggled. `collapse_timeout` still bounds a fill that cannot
 /// produce: one still queued for a fill slot (`origin_client.max_fills`, whose own wait ends
-/// at the collapse deadline), one whose answer may be its leader's alone, or one whose driver
-/// is past its due time.
+/// at the collapse deadline), or one whose driver is past its due time.
 pub(crate) async fn collapsed_head(edge: &Edge, fill: &Fill) -> Option<FillHead> {
     let head = fill.head();
     tokio::pin!(head);

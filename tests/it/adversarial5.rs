@@ -155,6 +155,31 @@ async fn a_viewers_oversized_via_or_cdn_loop_never_fails_the_fill_others_share()
     );
 }
 
+/// A route forwarding a viewer header (`forward_headers = ["user-agent"]`) copies the leader's
+/// value onto the fill every collapsed viewer shares. A 20 KiB `User-Agent` (any viewer may
+/// send one: the edge accepts 64 KiB heads) made the origin refuse the fill's head (nginx
+/// answers 400 past 8 KiB a line), and every viewer collapsed onto it got that refusal. A
+/// refusal of a head that large is now the leader's alone; the others share one more fill.
+#[tokio::test]
+async fn a_viewers_oversized_forwarded_header_never_fails_the_fill_others_share() {
+    let up = StrictHeadOrigin::start(8190).await;
+    let mut raw = edge_config_for(up.url.clone());
+    raw.routes.push(vedge::config::RawRoute {
+        prefix: "/fh/".into(),
+        origin: up.url.clone(),
+        forward_headers: Some(vec!["user-agent".into()]),
+        ..Default::default()
+    });
+    let edge = Arc::new(TestEdge::start(raw).await);
+    let ua = format!("Mozilla/5.0 {}", "x".repeat(20 << 10));
+    attacker_leads_then_viewers_collapse(&edge, &up, "/fh/seg1.ts", "user-agent", ua).await;
+    assert_eq!(
+        up.requests.load(Ordering::SeqCst),
+        2,
+        "the attacker's fill and one for the viewers"
+    );
+}
+
 /// An upstream may refuse a head the edge accepted: its limit may be smaller, or it is a vedge
 /// shield seeing the edge's own entries added to a chain just under the edge's bound. Its 400
 /// or 431 to a fill whose leader brought `Via` / `CDN-Loop` entries is that leader's alone: the

@@ -352,3 +352,63 @@ async fn collapsed_viewers_share_the_first_byte_timeout_of_their_fill() {
     assert_eq!(statuses, [504; 5]);
     assert_eq!(origin.count("/v/stuck.ts"), 1);
 }
+
+/// A fill whose answer may be its leader's alone (the leader sent `Authorization`, or a cold
+/// `Range` made it a probe) had no due time, so the viewers collapsed onto it went their own way
+/// at `collapse_timeout`, each to the origin: one header from one viewer turned a crowd waiting
+/// on a slow origin into a herd (1 + 5 origin requests here). They now wait for the fill's head
+/// like any other: the probe's object is theirs (one origin request); the credentialed answer
+/// is not, and they claim one fill between them (two).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaders_credentials_or_range_never_turn_its_waiters_into_a_herd() {
+    const WAITERS: usize = 5;
+    for (path, header, value, fetches) in [
+        ("/v/auth.ts", "authorization", "Bearer one-viewer", 2),
+        ("/v/range.ts", "range", "bytes=0-0", 1),
+    ] {
+        let origin = Origin::start().await;
+        let gate = Gate::new();
+        origin.script(
+            path,
+            Script::ok("slow segment")
+                .header("cache-control", "max-age=60")
+                .gate(&gate),
+        );
+        let edge = Arc::new(TestEdge::start(slow_origin_config(&origin, "10s")).await);
+        let leader = {
+            let (e, p) = (edge.clone(), path.to_string());
+            tokio::spawn(async move { e.get_with(&p, &[(header, value)]).await })
+        };
+        until("the leader's fill reached the origin", || {
+            origin.count(path) == 1
+        })
+        .await;
+        let waiters: Vec<_> = (0..WAITERS)
+            .map(|_| {
+                let (e, p) = (edge.clone(), path.to_string());
+                tokio::spawn(async move { e.get(&p).await })
+            })
+            .collect();
+        until("every waiter joined the fill", || {
+            edge.collapsed() as usize == WAITERS
+        })
+        .await;
+        // Past `collapse_timeout` (300 ms) with the origin still answering.
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        gate.open();
+        for w in waiters {
+            let r = tokio::time::timeout(Duration::from_secs(20), w)
+                .await
+                .expect("waiter answered")
+                .expect("waiter task");
+            assert_eq!(
+                (r.status.as_u16(), &r.body[..]),
+                (200, &b"slow segment"[..]),
+                "{header}"
+            );
+        }
+        let l = leader.await.expect("leader task");
+        assert!(l.status.is_success(), "{header}: {}", l.status);
+        assert_eq!(origin.count(path), fetches, "{header}: origin requests");
+    }
+}
