@@ -117,7 +117,9 @@ fn json(status: StatusCode, v: serde_json::Value) -> Response<Body> {
     r
 }
 
-/// Whether the request carries the configured bearer token (constant-time compare).
+/// Whether the request carries the configured bearer token (constant-time compare). The scheme
+/// is case-insensitive (RFC 9110 §11.1: `bearer`, `BEARER`) and one or more spaces follow it
+/// (§11.4).
 fn authorized(edge: &Edge, req: &Request<Incoming>) -> bool {
     let Some(token) = edge.config.admin.token.as_deref() else {
         return false;
@@ -126,7 +128,9 @@ fn authorized(edge: &Edge, req: &Request<Incoming>) -> bool {
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, credentials)| credentials.trim_start_matches(' '))
     else {
         return false;
     };

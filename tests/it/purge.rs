@@ -578,3 +578,43 @@ async fn a_large_manifest_is_indexed_off_the_worker_that_stored_it() {
         "the manifest was read on the worker that stored it: {turns:?}"
     );
 }
+
+/// RFC 9110 §11.1: the authentication scheme is case-insensitive. `bearer TOKEN` (as curl's
+/// `--oauth2-bearer` peers and some HTTP libraries send it) was refused 401.
+#[tokio::test]
+async fn the_admin_token_scheme_is_case_insensitive() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let origin = Origin::start().await;
+    let s = setup(&origin).await;
+    let status = |auth: String| async move {
+        let mut c = tokio::net::TcpStream::connect(("127.0.0.1", s.admin))
+            .await
+            .expect("admin connects");
+        let req = format!(
+            "GET /admin/origins HTTP/1.1\r\nHost: admin\r\nAuthorization: {auth}\r\nConnection: close\r\n\r\n"
+        );
+        c.write_all(req.as_bytes()).await.expect("send");
+        let mut out = Vec::new();
+        let _ = c.read_to_end(&mut out).await;
+        String::from_utf8_lossy(&out)
+            .split(' ')
+            .nth(1)
+            .unwrap_or_default()
+            .to_string()
+    };
+    for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+        assert_eq!(
+            status(format!("{scheme} {ADMIN_TOKEN}")).await,
+            "200",
+            "{scheme}"
+        );
+    }
+    assert_eq!(
+        status(format!("Bearer  {ADMIN_TOKEN}")).await,
+        "200",
+        "two spaces"
+    );
+    assert_eq!(status(format!("bearer {ADMIN_TOKEN}x")).await, "401");
+    assert_eq!(status(format!("Basic {ADMIN_TOKEN}")).await, "401");
+    assert_eq!(status(ADMIN_TOKEN.to_string()).await, "401");
+}
