@@ -242,3 +242,34 @@ async fn a_background_refresh_answered_304_makes_the_object_fresh() {
         .collect();
     assert_eq!(statuses, [200, 304]);
 }
+
+/// RFC 9211 §2.2: `ttl` is the remaining freshness, negative once stale. A copy 0.3 s past its
+/// 1 s lifetime said `ttl=0` (whole seconds subtracted after truncating each), which reads as
+/// still fresh; it is `ttl=-1` now, and a fresh one keeps its whole seconds left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_answer_never_says_ttl_0() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/v/ttl.ts",
+        Script::ok("old").header("cache-control", "max-age=2, stale-while-revalidate=30"),
+    );
+    let edge = TestEdge::start_with_tokio_clock(edge_config(&origin)).await;
+    edge.get("/v/ttl.ts").await;
+    edge.settle().await;
+    edge.advance(Duration::from_millis(700)).await;
+    let r = edge.get("/v/ttl.ts").await;
+    assert_eq!(r.x_cache(), "HIT");
+    assert!(
+        r.h("cache-status").contains("ttl=1"),
+        "{}",
+        r.h("cache-status")
+    );
+    edge.advance(Duration::from_millis(1600)).await;
+    let r = edge.get("/v/ttl.ts").await;
+    assert_eq!(r.x_cache(), "STALE");
+    assert!(
+        r.h("cache-status").contains("ttl=-1"),
+        "{}",
+        r.h("cache-status")
+    );
+}
