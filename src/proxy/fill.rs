@@ -729,6 +729,7 @@ async fn run(
         leader_variant,
         refetch: job.stale.is_some(),
         age: age.as_secs(),
+        at: edge.clock.now(),
         origin_ms: response_delay.as_millis() as u64,
     })));
 

@@ -755,7 +755,7 @@ async fn read(
                         req.cdn(),
                         h.status.as_u16()
                     ),
-                    age: Some(h.age),
+                    age: Some(h.age_at(now)),
                 },
             );
             if let Some(log) = response::log_info(&mut resp) {

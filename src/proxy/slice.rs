@@ -316,7 +316,7 @@ pub async fn serve(req: &Req<'_>, base: &str) -> Result<Outcome, EdgeError> {
                             Sliced {
                                 head: whole_head(&h.headers, total),
                                 total,
-                                age: h.age,
+                                age: h.age_at(edge.clock.now()),
                             },
                             Some((k, Got::Filling(fill, h))),
                         ),

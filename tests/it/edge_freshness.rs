@@ -273,3 +273,36 @@ async fn a_stale_answer_never_says_ttl_0() {
         r.h("cache-status")
     );
 }
+
+/// RFC 9111 §4: a response served from the cache carries its current age. A viewer joining a
+/// fill whose body still streams was sent the age the head arrived with (`Age: 0`) however long
+/// ago that was; it is sent that age plus the time since now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_joining_a_fill_late_is_sent_its_current_age() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/v/long.ts",
+        Script::ok(vec![b'c'; 8])
+            .header("cache-control", "max-age=60")
+            .trickle(8, Duration::from_millis(1600)),
+    );
+    let edge = std::sync::Arc::new(TestEdge::start_with_tokio_clock(edge_config(&origin)).await);
+    let first = {
+        let e = edge.clone();
+        tokio::spawn(async move { e.get("/v/long.ts").await })
+    };
+    until("the fill reached the origin", || {
+        origin.count("/v/long.ts") == 1
+    })
+    .await;
+    // Its head in (the body takes 1.6 s more).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    edge.advance(Duration::from_secs(5)).await;
+    let late = edge.get("/v/long.ts").await;
+    assert_eq!(edge.collapsed(), 1, "the second viewer joined the fill");
+    assert_eq!(late.body, vec![b'c'; 8]);
+    let age: u64 = late.h("age").parse().expect("an Age");
+    assert!(age >= 5, "joined 5 s after the head came in: Age {age}");
+    let first = first.await.expect("first viewer");
+    assert_eq!(first.h("age"), "0");
+}

@@ -89,10 +89,22 @@ pub struct StreamHead {
     /// Whether this fill was a revalidation/refetch of an expired object.
     pub refetch: bool,
     /// The age the response already had on arrival, in seconds (the origin's `Age` plus the
-    /// response delay): the `Age` its readers are sent (RFC 9111 §5.1).
+    /// response delay).
     pub age: u64,
+    /// When the head arrived, on the edge's clock: a reader that joins later is sent the age
+    /// plus the time since (`age_at`).
+    pub at: std::time::SystemTime,
     /// Origin request sent to its response head, in ms (the access line's `origin_ms`).
     pub origin_ms: u64,
+}
+
+impl StreamHead {
+    /// The `Age` a reader is sent at `now` (RFC 9111 §4: the response's current age, also for
+    /// a viewer that joins the fill seconds after its head came in).
+    pub fn age_at(&self, now: std::time::SystemTime) -> u64 {
+        let since = now.duration_since(self.at).unwrap_or_default();
+        self.age.saturating_add(since.as_secs())
+    }
 }
 
 /// Why a fill's body did not complete.

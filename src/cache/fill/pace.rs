@@ -170,6 +170,7 @@ mod tests {
             leader_variant: String::new(),
             refetch: false,
             age: 0,
+            at: std::time::SystemTime::UNIX_EPOCH,
             origin_ms: 0,
         })));
         w.await.expect("waiter");
