@@ -950,9 +950,15 @@ fn hold_expired(req: &Req<'_>) -> Response<Body> {
         b"blocking playlist reload not satisfied within three target durations\n",
     )));
     *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-    if let Ok(v) = format!("{}; fwd=miss; detail=llhls-hold", req.cdn()).parse() {
-        resp.headers_mut().insert("cache-status", v);
-    }
+    // `X-Cache` and `Cache-Status` as on any miss the edge answered (and its access line).
+    crate::http::response::stamp(
+        &mut resp,
+        crate::http::response::CacheInfo {
+            status: crate::cache::status::CacheStatus::Miss,
+            cache_status: format!("{}; fwd=miss; detail=llhls-hold", req.cdn()),
+            age: None,
+        },
+    );
     resp.headers_mut().insert(
         http::header::CACHE_CONTROL,
         http::HeaderValue::from_static("no-store"),

@@ -226,6 +226,8 @@ async fn a_hold_never_exceeds_three_target_durations() {
     let r = edge.get("/h/m.m3u8?_HLS_msn=7").await;
     assert_eq!(r.status, 503);
     assert!(r.h("cache-status").contains("llhls-hold"));
+    // Marked like any other miss the edge answered (it had none).
+    assert_eq!(r.x_cache(), "MISS");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
