@@ -70,6 +70,17 @@ impl OriginError {
     }
 }
 
+/// Whether `headers` name a transfer coding this edge cannot undo: anything but `chunked`
+/// (RFC 9112 §6.1; hyper decodes `chunked` only).
+fn undecodable_transfer_coding(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(|c| c.trim_ascii())
+        .any(|c| !c.is_empty() && !c.eq_ignore_ascii_case(b"chunked"))
+}
+
 /// Who a pass (one viewer's request, forwarded uncached) is for: the client address whose
 /// share of each origin's pass slots it takes (`pass_limit`), as the limits count it; `None`
 /// for an address on `limits.allow` (no share, only the cap on passes as a whole).
@@ -636,6 +647,12 @@ impl OriginClient {
             // never forwarded), and hyper hands through no other 1xx: a 101 is no final answer
             // to relay (every viewer of a fill would get a head without a response).
             Ok(Ok(resp)) if resp.status().is_informational() => Err(OriginError::Protocol),
+            // A transfer coding other than `chunked` (`Transfer-Encoding: gzip`): hyper reads
+            // such a body to the connection's close and the coding, hop-by-hop, is dropped on
+            // the way, so its coded bytes would reach viewers (and the cache) as plain ones.
+            Ok(Ok(resp)) if undecodable_transfer_coding(resp.headers()) => {
+                Err(OriginError::Protocol)
+            }
             // A connect error without a dial of its own: the pool's, see `DialWatch`.
             Ok(Err(e)) if e.is_connect() && dial.waited_for_a_closed_one() => {
                 tracing::debug!(origin = target.name(), error = %e, "no connection for the request");

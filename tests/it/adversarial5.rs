@@ -323,3 +323,25 @@ async fn several_host_lines_are_refused_even_with_an_absolute_form_target() {
         .await;
     assert_eq!(one.status(), 200, "{}", one.text());
 }
+
+/// An origin answering with a transfer coding other than `chunked` (`Transfer-Encoding: gzip`,
+/// the body read to the connection's close): the coding is hop-by-hop, so it was dropped on
+/// the way and the gzip bytes were stored and served as the plain object to every viewer. Such
+/// an answer is now an origin protocol error (502), and nothing is stored.
+#[tokio::test]
+async fn a_transfer_coding_the_edge_cannot_undo_is_never_stored_as_plain_bytes() {
+    const CODED: &[u8] = b"HTTP/1.1 200 OK\r\ncache-control: max-age=600\r\n\
+transfer-encoding: gzip\r\nconnection: close\r\n\r\n\x1f\x8b\x08\x00coded-bytes";
+    let url = answering(CODED).await;
+    let edge = TestEdge::start(edge_config_for(url)).await;
+    for round in 0..2 {
+        let r = edge.get("/v/seg.ts").await;
+        assert_eq!(
+            (r.status.as_u16(), r.x_cache()),
+            (502, "MISS"),
+            "round {round}: {:?}",
+            String::from_utf8_lossy(&r.body)
+        );
+        edge.settle().await;
+    }
+}
