@@ -44,6 +44,8 @@ pub struct Edge {
     pub assets: Arc<crate::proxy::assets::AssetIndex>,
     /// Keys whose responses were not shareable, until when they stay uncached.
     pub hit_for_pass: SparseCache<SystemTime>,
+    /// Whether objects under odd spellings of their path may be in RAM (`proxy::spelling`).
+    pub spellings: crate::proxy::spelling::Spellings,
     /// Base key -> the request headers its responses vary on.
     pub vary_index: SparseCache<Arc<VarySpec>>,
     /// The variants stored per base key (`proxy::vary_cap`).
@@ -142,6 +144,7 @@ impl Edge {
             range_seen: crate::proxy::range_pass::Seen::new(config.abuse.index_memory),
             assets: Default::default(),
             hit_for_pass: SparseCache::new(config.abuse.index_memory),
+            spellings: Default::default(),
             vary_index: SparseCache::new(config.abuse.index_memory),
             variants: SparseCache::new(config.abuse.index_memory),
             origin,

@@ -39,6 +39,7 @@ pub mod range_pass;
 pub mod request;
 pub mod signed;
 pub mod slice;
+pub mod spelling;
 pub mod target;
 pub mod tiers;
 pub mod vary_cap;

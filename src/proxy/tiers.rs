@@ -184,10 +184,17 @@ impl Edge {
     /// is the version the operator asked for; a fill's copy in RAM would shadow it, and one
     /// put there just after the push's handler cleared the key would stay until evicted.
     fn offer_to_store(&self, key: &str, obj: &CachedObject, mark: Option<u64>) -> bool {
+        let odd = self.spellings.note(key);
         let Some(store) = &self.store else {
             obj.disk.store(true, Relaxed);
             return true;
         };
+        // An odd spelling of a path stays in RAM, where purges can read its key
+        // (`proxy::spelling`).
+        if odd && !obj.pinned {
+            obj.disk.store(true, Relaxed);
+            return true;
+        }
         if matches!(obj.class, ContentClass::Manifest | ContentClass::Key) && !obj.pinned {
             obj.disk.store(true, Relaxed);
             return true;
@@ -336,12 +343,14 @@ impl Edge {
         // the RAM tier in batches, one scan per batch, keys by set membership: an asset purge
         // expands to tens of thousands of keys, and a scan per key cost keys × RAM entries.
         let mut scanned = Vec::new();
+        // With odd spellings in RAM, a URL purge also selects them (`proxy::spelling`): a scan.
+        let spellings = self.spellings.any();
         for (i, sel) in selectors.iter().enumerate() {
             if i > 0 && i % PURGE_BATCH == 0 {
                 tokio::task::yield_now().await;
             }
             match sel {
-                PurgeSelector::Key(k) if !self.ram.has_variants(k) => {
+                PurgeSelector::Key(k) if !spellings && !self.ram.has_variants(k) => {
                     counts[i] = if soft {
                         self.expire_in_ram(k, now)
                     } else {
@@ -355,11 +364,11 @@ impl Edge {
         for batch in scanned.chunks(PURGE_BATCH) {
             // The purges are recorded above, so no fill stores a purged key meanwhile.
             tokio::task::yield_now().await;
-            let batch = Batch::new(batch.iter().map(|&i| (i, &selectors[i])));
+            let batch = Batch::new(batch.iter().map(|&i| (i, &selectors[i])), spellings);
             if soft {
                 let hits = parking_lot::Mutex::new(Vec::new());
                 self.ram.remove_where(|k, o| {
-                    let selecting: Vec<usize> = batch.selecting(k, &o.tags).collect();
+                    let selecting = batch.selecting(k, &o.tags);
                     if !selecting.is_empty() {
                         hits.lock().push((selecting, k.to_string(), o.clone()));
                     }
@@ -425,10 +434,15 @@ const PURGE_BATCH: usize = 256;
 struct Batch<'a> {
     keys: std::collections::HashMap<&'a str, usize>,
     others: Vec<(usize, &'a PurgeSelector)>,
+    /// Whether an entry under an odd spelling is also selected by its routed form.
+    spellings: bool,
 }
 
 impl<'a> Batch<'a> {
-    fn new(selectors: impl Iterator<Item = (usize, &'a PurgeSelector)>) -> Batch<'a> {
+    fn new(
+        selectors: impl Iterator<Item = (usize, &'a PurgeSelector)>,
+        spellings: bool,
+    ) -> Batch<'a> {
         let mut keys = std::collections::HashMap::new();
         let mut others = Vec::new();
         for (i, sel) in selectors {
@@ -439,27 +453,39 @@ impl<'a> Batch<'a> {
                 _ => others.push((i, sel)),
             }
         }
-        Batch { keys, others }
+        Batch {
+            keys,
+            others,
+            spellings,
+        }
     }
 
-    /// The selectors of the batch that select the entry `key` (with `tags`).
-    fn selecting<'b>(
-        &'b self,
-        key: &'b str,
-        tags: &'b [String],
-    ) -> impl Iterator<Item = usize> + 'b {
-        let by_key = self.keys.get(base_key(key)).copied();
-        let by_other = self
-            .others
-            .iter()
-            .filter(move |(_, sel)| sel.matches(key, tags))
-            .map(|(i, _)| *i);
-        by_key.into_iter().chain(by_other)
+    /// The selectors of the batch that select the entry `key` (with `tags`), under its key as
+    /// spelled or (odd spellings, `proxy::spelling`) as routed.
+    fn selecting(&self, key: &str, tags: &[String]) -> Vec<usize> {
+        let routed = if self.spellings {
+            crate::proxy::spelling::routed(key)
+        } else {
+            None
+        };
+        let mut out = Vec::new();
+        for k in std::iter::once(key).chain(routed.as_deref()) {
+            out.extend(self.keys.get(base_key(k)).copied());
+            out.extend(
+                self.others
+                    .iter()
+                    .filter(|(_, sel)| sel.matches(k, tags))
+                    .map(|(i, _)| *i),
+            );
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
     }
 
     /// The first selector of the batch that selects the entry `key` (with `tags`).
     fn first(&self, key: &str, tags: &[String]) -> Option<usize> {
-        self.selecting(key, tags).min()
+        self.selecting(key, tags).into_iter().min()
     }
 
     /// Whether a hard purge of the batch drops the hit-for-pass entry `key` (keys and

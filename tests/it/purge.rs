@@ -618,3 +618,58 @@ async fn the_admin_token_scheme_is_case_insensitive() {
     assert_eq!(status(format!("Basic {ADMIN_TOKEN}")).await, "401");
     assert_eq!(status(ADMIN_TOKEN.to_string()).await, "401");
 }
+
+/// Origins that merge slashes or drop path parameters serve `/vod//x.ts`, `//vod/x.ts` and
+/// `/vod/x.ts;v=1` as `/vod/x.ts`; the edge keys each spelling as written. A purge of the URL
+/// (or of the prefix `/vod/`) left the other spellings cached, so whoever used one kept the old
+/// bytes for the object's whole lifetime. Purges now select them by their routed form too.
+#[tokio::test]
+async fn a_purge_reaches_every_spelling_of_its_path() {
+    let origin = Origin::start().await;
+    let spellings = [
+        "/vod/x.ts",
+        "/vod//x.ts",
+        "//vod/x.ts",
+        "/vod/x.ts;v=1",
+        "/vod;a/x.ts",
+    ];
+    let s = setup(&origin).await;
+    let host = s.edge.addr.to_string();
+    for (round, body) in [("urls", "/vod/x.ts"), ("prefixes", "/vod/")] {
+        for p in spellings {
+            origin.script(p, cached("old"));
+        }
+        for p in spellings {
+            s.edge.get(p).await;
+            s.edge.settle().await;
+            assert_eq!(s.edge.get(p).await.x_cache(), "HIT", "{round} {p}");
+        }
+        for p in spellings {
+            origin.script(p, cached("new"));
+        }
+        let (st, v) = purge(
+            s.admin,
+            &format!(r#"{{"{round}":["{body}"],"host":"{host}"}}"#),
+        )
+        .await;
+        assert_eq!(st, 200, "{v}");
+        for p in spellings {
+            let r = s.edge.get(p).await;
+            assert_eq!(
+                (r.x_cache(), &r.body[..]),
+                ("MISS", &b"new"[..]),
+                "{round}: {p} after the purge"
+            );
+        }
+        // An unrelated object stays.
+        origin.script("/other/y.ts", cached("y"));
+        s.edge.get("/other/y.ts").await;
+        s.edge.settle().await;
+        purge(
+            s.admin,
+            &format!(r#"{{"{round}":["{body}"],"host":"{host}"}}"#),
+        )
+        .await;
+        assert_eq!(s.edge.get("/other/y.ts").await.x_cache(), "HIT");
+    }
+}
