@@ -389,6 +389,18 @@ async fn run(
         }
     };
     let response_delay = sent.elapsed();
+    // A blocking playlist reload (`_HLS_msn`) is held by the origin until the playlist holds
+    // what it asks for (RFC 8216bis §6.2.5.2): that hold is the protocol, not time the answer
+    // spent in transit, and counted into the age (RFC 9111 §4.2.3's response_delay) it made a
+    // playlist held as long as its TTL stored already stale (no `llhls-latest`, the next
+    // viewer of the same `(M, P)` sent to the origin again) and reported as old to every
+    // viewer and tier below. The origin's own `Age` still counts.
+    let blocking = crate::proxy::llhls::is_blocking_reload(&job.base_key);
+    let age_delay = if blocking {
+        std::time::Duration::ZERO
+    } else {
+        response_delay
+    };
     if let Some(reason) = crate::proxy::loop_answer::leader_only(resp.status(), &job.viewer_headers)
     {
         // The leader's `CDN-Loop` / `Via` entries may be all the upstream refused: the answer
@@ -429,7 +441,7 @@ async fn run(
             manifest_stale_factor: cache.manifest_stale_factor,
             max_object_size: cache.max_object_size,
             targeted: &cache.targeted_cache_control,
-            response_delay,
+            response_delay: age_delay,
             now: edge.clock.now(),
         })
     };
@@ -691,7 +703,7 @@ async fn run(
         Decision::Store(f) => f.initial_age,
         _ => policy::age(&parts.headers)
             .unwrap_or_default()
-            .saturating_add(response_delay),
+            .saturating_add(age_delay),
     };
     parts.headers.remove(header::AGE);
     let mut store = matches!(decision, Decision::Store(_)) && !stale_stands_in;

@@ -791,9 +791,7 @@ pub async fn intercept(req: &Req<'_>) -> Result<Option<Response<Body>>, EdgeErro
     // the fill asks the origin. Read from the raw query, `%5FHLS_msn=9` was no directive here
     // but `_HLS_msn=9` upstream, and this request was held as waiting for another segment
     // than its fill asked for, holding every viewer of that segment behind it.
-    let base = req.key().split('\0').next().unwrap_or(req.key());
-    let query = base.split_once('?').map(|(_, q)| q);
-    let d = Directives::parse(query).map_err(EdgeError::BadRequest)?;
+    let d = directives_of(req.key()).map_err(EdgeError::BadRequest)?;
     let pl_key = playlist_key(req.key());
     let Some(msn) = d.msn else {
         if viewer {
@@ -919,6 +917,28 @@ impl Upstream {
         }
         Upstream(pl.clone(), wants)
     }
+}
+
+/// The `(_HLS_msn, _HLS_part)` of `key` when it is a blocking playlist reload (an `.m3u8`
+/// asked with `_HLS_msn`), read as `intercept` reads them: from the key's query.
+fn blocking_directives(key: &str) -> Option<(u64, Option<u64>)> {
+    if !is_playlist_path(key) {
+        return None;
+    }
+    let d = directives_of(key).ok()?;
+    Some((d.msn?, d.part))
+}
+
+/// The delivery directives of a key's query (`Directives::parse`).
+fn directives_of(key: &str) -> Result<Directives, &'static str> {
+    let base = key.split('\0').next().unwrap_or(key);
+    Directives::parse(base.split_once('?').map(|(_, q)| q))
+}
+
+/// Whether the fill of `key` is a blocking playlist reload, which the origin may hold until the
+/// playlist holds what it asks for (`proxy::fill` leaves that hold out of the answer's age).
+pub(crate) fn is_blocking_reload(key: &str) -> bool {
+    blocking_directives(key).is_some()
 }
 
 impl Drop for Upstream {

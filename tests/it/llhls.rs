@@ -458,15 +458,10 @@ async fn a_large_live_playlist_is_scanned_off_the_worker_and_still_drives_prefet
 
     const SEGMENTS: u64 = 3_500;
     let origin = Origin::start().await;
-    let playlist = large_live_playlist(SEGMENTS);
-    assert!(playlist.len() > 256 << 10, "{} bytes", playlist.len());
+    let body = large_live_playlist(SEGMENTS);
+    assert!(body.len() > 256 << 10, "{} bytes", body.len());
     let path = "/big/live.m3u8";
-    origin.script(
-        path,
-        Script::ok(playlist)
-            .header("content-type", "application/vnd.apple.mpegurl")
-            .header("cache-control", "max-age=1"),
-    );
+    origin.script(path, playlist(body, "max-age=1"));
     let newest = format!("/big/seg_{}.m4s", SEGMENTS - 1);
     let parts: Vec<String> = (0..2)
         .map(|p| format!("/big/part_{SEGMENTS}_{p}.m4s"))
@@ -527,4 +522,64 @@ async fn a_large_live_playlist_is_scanned_off_the_worker_and_still_drives_prefet
         0,
         "one large scan at a time is never skipped"
     );
+}
+
+/// A scripted media playlist answer: `body`, the HLS content type, `Cache-Control: cc`.
+fn playlist(body: impl Into<bytes::Bytes>, cc: &str) -> Script {
+    Script::ok(body)
+        .header("content-type", "application/vnd.apple.mpegurl")
+        .header("cache-control", cc)
+}
+
+/// An LL-HLS media playlist listing segment 7 complete.
+const SEGMENT_7_LISTED: &str = "#EXTM3U\n#EXT-X-VERSION:9\n#EXT-X-TARGETDURATION:1\n\
+#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES\n#EXT-X-MEDIA-SEQUENCE:5\n#EXTINF:1.0,\nseg_5.ts\n\
+#EXTINF:1.0,\nseg_6.ts\n#EXTINF:1.0,\nseg_7.ts\n";
+
+/// The origin holds a blocking reload 1.1 s (until the segment exists) and gives it a 1 s TTL.
+/// The hold is the protocol, not transit: the answer is new (`Age: 0`), stored fresh, and the
+/// next viewer of the same URL is a hit, one origin request in all (conformance F1: `Age: 1`,
+/// stored already stale, and the same `_HLS_msn` asked of the origin twice). Through a tier the
+/// same: the shield's answer says `Age: 0`, and the edge leaves out the shield's hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_reload_held_by_the_origin_is_not_aged_by_the_hold() {
+    let origin = Origin::start().await;
+    // One playlist asked of the shield, one of the edge in front of it: each reload is the
+    // first its node (and the shield) sees of that playlist, so each goes to the origin.
+    let (direct, tiered) = ("/held/a.m3u8", "/held/b.m3u8");
+    for path in [direct, tiered] {
+        origin.script(
+            path,
+            playlist(SEGMENT_7_LISTED, "max-age=1").head_delay(Duration::from_millis(1100)),
+        );
+    }
+    let mut shield_cfg = config_for(&origin.url(), "off");
+    shield_cfg.node_id = Some("shield-0".into());
+    let shield = TestEdge::start(shield_cfg).await;
+    let mut edge_cfg = config_for(&origin.url(), "off");
+    edge_cfg.node_id = Some("edge-0".into());
+    edge_cfg.shield = Some(vedge::config::RawShield {
+        nodes: vec![format!("http://{}", shield.addr)],
+        ..vedge::config::RawShield::default()
+    });
+    let edge = TestEdge::start(edge_cfg).await;
+    for (node, path) in [(&shield, direct), (&edge, tiered)] {
+        let q = format!("{path}?_HLS_msn=7");
+        let first = node.get(&q).await;
+        assert_eq!(first.status, 200, "{q}: {}", first.h("cache-status"));
+        assert_eq!(
+            first.h("age"),
+            "0",
+            "{q}: the held answer is new: {}",
+            first.h("cache-status")
+        );
+        let again = node.get(&q).await;
+        assert_eq!(
+            (again.status.as_u16(), again.x_cache()),
+            (200, "HIT"),
+            "{q}: {}",
+            again.h("cache-status")
+        );
+        assert_eq!(origin.count(path), 1, "{q}: one origin request");
+    }
 }
