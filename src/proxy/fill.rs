@@ -149,6 +149,12 @@ pub const SHARE_TAKEN: &str = "share-taken";
 /// ahead, and a viewer further behind is cut (`Fill::wait_for_readers`).
 const TRIM_WINDOW: u64 = 16 << 20;
 
+/// Whether `decision` stores the answer fresh: a copy that answers requests without the
+/// origin, as the LL-HLS latest copy among them.
+fn stored_fresh(decision: &Decision) -> bool {
+    matches!(decision, Decision::Store(f) if f.initial_age < f.ttl)
+}
+
 /// `cache.range_passthrough_above`.
 fn cache_limit(edge: &Edge) -> u64 {
     edge.config.abuse.range_passthrough_above
@@ -483,6 +489,9 @@ async fn run(
             let mut merged = stale.merged_headers(&parts.headers);
             policy::withhold(&mut merged);
             let decision = decide(stale.status, &merged, stale.class);
+            if blocking && !stored_fresh(&decision) {
+                crate::proxy::llhls::answered_unshared(edge, key);
+            }
             if let Decision::Store(freshness) = decision {
                 merged.remove(header::AGE);
                 let refreshed = Arc::new(CachedObject {
@@ -621,6 +630,11 @@ async fn run(
             *freshness,
             class,
         );
+    }
+    // The waiters of a blocking reload the origin answered: one fresh stored copy wakes and
+    // answers them all (`llhls::observe`); anything else they each ask upstream at once.
+    if blocking && parts.status.is_success() && !stored_fresh(&decision) {
+        crate::proxy::llhls::answered_unshared(edge, key);
     }
     if let Decision::Pass(reason) = decision {
         // A pass learnt from one variant's answer is that variant's: one viewer sending an odd

@@ -11,7 +11,7 @@ use vedge::config::{RawConfig, RawRoute};
 use vedge::proxy::llhls::scan;
 use vedge_bench::origin::{self, LowLatency, OriginOptions};
 
-use crate::support::{Origin, Script, TestEdge};
+use crate::support::{until, Gate, Origin, Script, TestEdge};
 
 /// Starts the simulator on `127.0.0.1:0`; dropping the sender stops it.
 pub async fn start_sim(opts: OriginOptions) -> (String, oneshot::Sender<()>) {
@@ -529,6 +529,102 @@ fn playlist(body: impl Into<bytes::Bytes>, cc: &str) -> Script {
     Script::ok(body)
         .header("content-type", "application/vnd.apple.mpegurl")
         .header("cache-control", cc)
+}
+
+/// An LL-HLS media playlist (target duration 2 s, parts of 0.5 s) whose last listed part is
+/// part 2 of segment 7: the answer to `_HLS_msn=7&_HLS_part=2`.
+const PART_7_2_LISTED: &str = "#EXTM3U\n#EXT-X-VERSION:9\n#EXT-X-TARGETDURATION:2\n\
+#EXT-X-PART-INF:PART-TARGET=0.5\n#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=1.5\n\
+#EXT-X-MEDIA-SEQUENCE:5\n#EXTINF:2.0,\nseg_5.m4s\n#EXTINF:2.0,\nseg_6.m4s\n\
+#EXT-X-PART:DURATION=0.5,URI=\"part_7_0.m4s\"\n#EXT-X-PART:DURATION=0.5,URI=\"part_7_1.m4s\"\n\
+#EXT-X-PART:DURATION=0.5,URI=\"part_7_2.m4s\"\n#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"part_7_3.m4s\"\n";
+
+/// Ten viewers ask for the next part of a playlist the origin marks `cache_control`, so no
+/// answer is kept as the playlist's latest copy. The origin holds the first request (the part
+/// does not exist yet) while the other nine wait at the edge, then answers it and holds every
+/// later request until the test lets go: the other viewers must reach the origin at once, not
+/// one per settle timeout behind whichever of them went upstream first (conformance F0: 30
+/// viewers answered 200 ms apart, 12 of 60 given 503 past the hold although the origin had the
+/// part). `shared`: the answer may be shared with the requests that join its fill (`no-cache`
+/// without a validator: `Decision::ShareOnly`), and the nine all collapse onto one fill;
+/// otherwise (`no-store`) it is shared with nobody, and each asks the origin itself.
+async fn a_crowd_of_the_next_part_is_released_at_once(cache_control: &str, shared: bool) {
+    use std::sync::Arc;
+    const VIEWERS: usize = 10;
+    let origin = Origin::start().await;
+    let path = "/crowd/media.m3u8";
+    let script = |gate: &Gate| playlist(PART_7_2_LISTED, cache_control).gate(gate);
+    let first = Gate::new();
+    origin.script(path, script(&first));
+    let edge = Arc::new(TestEdge::start(config_for(&origin.url(), "off")).await);
+    let q = format!("{path}?_HLS_msn=7&_HLS_part=2");
+    let viewers: Vec<_> = (0..VIEWERS)
+        .map(|_| {
+            let (edge, q) = (edge.clone(), q.clone());
+            tokio::spawn(async move { edge.get(&q).await })
+        })
+        .collect();
+    let key = format!("http|{}|{path}", origin.addr());
+    until("one viewer's request reached the origin", || {
+        origin.count(path) == 1
+    })
+    .await;
+    until("every viewer is a blocking reload in progress", || {
+        vedge::proxy::llhls::playlist_of(&edge.edge, &key).is_some_and(|p| p.waiting() == VIEWERS)
+    })
+    .await;
+    assert_eq!(origin.count(path), 1, "the others wait at the edge");
+    // The part exists now: the first request is answered, every later one held.
+    let later = Gate::new();
+    origin.script(path, script(&later));
+    let collapsed = edge.collapsed();
+    first.open();
+    if shared {
+        until(
+            "the other viewers all joined a fill (the first's, or one more) at once",
+            || edge.collapsed() >= collapsed + VIEWERS as u64 - 2,
+        )
+        .await;
+    } else {
+        until(
+            "every other viewer's own request reached the origin while the first of them is held",
+            || origin.count(path) == VIEWERS,
+        )
+        .await;
+    }
+    later.open();
+    for v in viewers {
+        let r = v.await.expect("viewer task");
+        assert_eq!(r.status, 200, "{}", r.h("cache-status"));
+        let got = scan(&r.body).expect("a media playlist");
+        assert!(
+            got.satisfies(7, Some(2)),
+            "the answer lists the part asked for"
+        );
+    }
+    if shared {
+        assert!(
+            origin.count(path) <= 2,
+            "{} origin requests: the first, and one the others shared",
+            origin.count(path)
+        );
+    } else {
+        assert_eq!(
+            origin.count(path),
+            VIEWERS,
+            "one each: no-store is shared with nobody"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewers_of_a_no_cache_playlist_s_next_part_are_released_together() {
+    a_crowd_of_the_next_part_is_released_at_once("no-cache", true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewers_of_a_no_store_playlist_s_next_part_each_go_upstream_at_once() {
+    a_crowd_of_the_next_part_is_released_at_once("no-store", false).await;
 }
 
 /// An LL-HLS media playlist listing segment 7 complete.
