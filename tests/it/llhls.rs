@@ -679,3 +679,38 @@ async fn a_blocking_reload_held_by_the_origin_is_not_aged_by_the_hold() {
         assert_eq!(origin.count(path), 1, "{q}: one origin request");
     }
 }
+
+/// RFC 8216bis §6.2.5.1 defines `_HLS_skip=YES` and `v2` and nothing makes another value an
+/// error: such a request is an ordinary one with that query (conformance L1: 400 from the
+/// edge), sent upstream and cached as such, and with `_HLS_msn` a full blocking reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_hls_skip_values_are_no_directive_and_no_error() {
+    let origin = Origin::start().await;
+    let path = "/skip/media.m3u8";
+    origin.script(path, playlist(SEGMENT_7_LISTED, "max-age=60"));
+    let edge = TestEdge::start(config_for(&origin.url(), "off")).await;
+    for v in ["NO", "yes"] {
+        let q = format!("{path}?_HLS_skip={v}");
+        let r = edge.get(&q).await;
+        assert_eq!(r.status, 200, "{q}: {:?}", r.body);
+        assert_eq!(r.body, SEGMENT_7_LISTED.as_bytes(), "{q}");
+        let seen = origin.seen(path);
+        assert_eq!(
+            seen.last().map(|s| s.target.as_str()),
+            Some(q.as_str()),
+            "sent upstream with its query"
+        );
+        edge.settle().await;
+        let again = edge.get(&q).await;
+        assert_eq!(
+            (again.status.as_u16(), again.x_cache()),
+            (200, "HIT"),
+            "{q}"
+        );
+    }
+    let asked = origin.count(path);
+    let r = edge.get(&format!("{path}?_HLS_msn=7&_HLS_skip=NO")).await;
+    assert_eq!(r.status, 200, "{}", r.h("cache-status"));
+    assert!(scan(&r.body).is_some_and(|s| s.satisfies(7, None) && !s.skipped));
+    assert!(origin.count(path) <= asked + 1);
+}
