@@ -149,6 +149,12 @@ pub const SHARE_TAKEN: &str = "share-taken";
 /// ahead, and a viewer further behind is cut (`Fill::wait_for_readers`).
 const TRIM_WINDOW: u64 = 16 << 20;
 
+/// Whether `decision` stores the answer fresh: a copy that answers requests without the
+/// origin, as the LL-HLS latest copy among them.
+fn stored_fresh(decision: &Decision) -> bool {
+    matches!(decision, Decision::Store(f) if f.initial_age < f.ttl)
+}
+
 /// `cache.range_passthrough_above`.
 fn cache_limit(edge: &Edge) -> u64 {
     edge.config.abuse.range_passthrough_above
@@ -390,6 +396,18 @@ async fn run(
         }
     };
     let response_delay = sent.elapsed();
+    // A blocking playlist reload (`_HLS_msn`) is held by the origin until the playlist holds
+    // what it asks for (RFC 8216bis §6.2.5.2): that hold is the protocol, not time the answer
+    // spent in transit, and counted into the age (RFC 9111 §4.2.3's response_delay) it made a
+    // playlist held as long as its TTL stored already stale (no `llhls-latest`, the next
+    // viewer of the same `(M, P)` sent to the origin again) and reported as old to every
+    // viewer and tier below. The origin's own `Age` still counts.
+    let blocking = crate::proxy::llhls::is_blocking_reload(&job.base_key);
+    let age_delay = if blocking {
+        std::time::Duration::ZERO
+    } else {
+        response_delay
+    };
     if let Some(reason) =
         crate::proxy::loop_answer::leader_only(resp.status(), &job.viewer_headers, &asked)
     {
@@ -431,7 +449,7 @@ async fn run(
             manifest_stale_factor: cache.manifest_stale_factor,
             max_object_size: cache.max_object_size,
             targeted: &cache.targeted_cache_control,
-            response_delay,
+            response_delay: age_delay,
             now: edge.clock.now(),
         })
     };
@@ -473,6 +491,9 @@ async fn run(
             let mut merged = stale.merged_headers(&parts.headers);
             policy::withhold(&mut merged);
             let decision = decide(stale.status, &merged, stale.class);
+            if blocking && !stored_fresh(&decision) {
+                crate::proxy::llhls::answered_unshared(edge, key);
+            }
             if let Decision::Store(freshness) = decision {
                 merged.remove(header::AGE);
                 let refreshed = Arc::new(CachedObject {
@@ -625,6 +646,11 @@ async fn run(
             class,
         );
     }
+    // The waiters of a blocking reload the origin answered: one fresh stored copy wakes and
+    // answers them all (`llhls::observe`); anything else they each ask upstream at once.
+    if blocking && parts.status.is_success() && !stored_fresh(&decision) {
+        crate::proxy::llhls::answered_unshared(edge, key);
+    }
     if let Decision::Pass(reason) = decision {
         // A pass learnt from one variant's answer is that variant's: one viewer sending an odd
         // value of a varied header must not send every other variant (cached ones included)
@@ -706,7 +732,7 @@ async fn run(
         Decision::Store(f) => f.initial_age,
         _ => policy::age(&parts.headers)
             .unwrap_or_default()
-            .saturating_add(response_delay),
+            .saturating_add(age_delay),
     };
     parts.headers.remove(header::AGE);
     let mut store = matches!(decision, Decision::Store(_)) && !stale_stands_in;

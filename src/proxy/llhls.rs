@@ -7,7 +7,10 @@
 //! is 400; otherwise it waits while another request of the same playlist for the same or an
 //! earlier `(M, P)` is upstream (any newer copy wakes every waiter, which answers from it if
 //! satisfied) and goes upstream itself (its own key: same `(M, P)` collapse in the fill table)
-//! when none is: a request for a later part, or a delta update, never holds it back. No hold
+//! when none is: a request for a later part, or a delta update, never holds it back. Once the
+//! origin answered an `(M, P)` with what will be no fresh stored copy (`no-store`, `no-cache`,
+//! `max-age=0`), every request for it or an earlier one goes upstream at once instead
+//! (`answered_unshared`): no copy will come to answer them. No hold
 //! lasts more than three target durations, nor more than `live.max_hold` (503). Delta updates
 //! (`_HLS_skip`) are never answered from a full copy: they have their own key. A part index past
 //! a complete segment's last stands for part 0 of the next segment, and a copy holding
@@ -493,6 +496,13 @@ struct State {
     /// What each blocking request of this playlist upstream now waits for (`order`); delta
     /// updates are not listed (no copy of theirs ever becomes `latest`).
     upstream: Vec<(u64, u64)>,
+    /// The newest `(M, P)` (`order`) the origin answered a blocking reload for with a copy no
+    /// waiter can be served: not stored or stored stale (`no-store`, `no-cache`,
+    /// `max-age=0`, `answered_unshared`). Its answer wakes no waiter and no copy will, so
+    /// a request for it or an earlier one goes upstream at once, not behind the requests
+    /// listed in `upstream`: the playlist holds what it asks for (RFC 8216bis §6.2.5.2).
+    /// Forgotten when a copy shows the stream restarted behind it (`observe_scanned`).
+    open: Option<(u64, u64)>,
     viewed: Option<Instant>,
     /// URIs listed by the copies seen (prefetch: what is new).
     known: HashSet<String>,
@@ -547,6 +557,12 @@ impl Playlist {
             .lock()
             .viewed
             .is_some_and(|v| v.elapsed() <= within)
+    }
+
+    /// Blocking reloads of this playlist in progress (held, or upstream), and upstream answers
+    /// still settling: what a test waits for to know a crowd of viewers is parked.
+    pub fn waiting(&self) -> usize {
+        self.tick.receiver_count()
     }
 
     /// Whether any URI of this playlist was learned yet.
@@ -791,9 +807,7 @@ pub async fn intercept(req: &Req<'_>) -> Result<Option<Response<Body>>, EdgeErro
     // the fill asks the origin. Read from the raw query, `%5FHLS_msn=9` was no directive here
     // but `_HLS_msn=9` upstream, and this request was held as waiting for another segment
     // than its fill asked for, holding every viewer of that segment behind it.
-    let base = req.key().split('\0').next().unwrap_or(req.key());
-    let query = base.split_once('?').map(|(_, q)| q);
-    let d = Directives::parse(query).map_err(EdgeError::BadRequest)?;
+    let d = directives_of(req.key()).map_err(EdgeError::BadRequest)?;
     let pl_key = playlist_key(req.key());
     let Some(msn) = d.msn else {
         if viewer {
@@ -843,10 +857,15 @@ async fn blocking_reload(
         tick.mark_unchanged();
         // Waiting only pays off behind a request whose answer comes no later than ours would:
         // one asking for a later segment (or a delta update, never kept as `latest`) would hold
-        // this viewer until that later segment exists.
+        // this viewer until that later segment exists. Nor once the origin answered what it
+        // waits for with a copy that answers no waiter (`State::open`): every such waiter goes
+        // upstream itself at once, in parallel, collapsing in the fill table as far as that
+        // answer may be shared (a `no-store` one with nobody).
         let (latest, busy) = {
             let st = pl.state.lock();
-            (st.latest.clone(), st.upstream.iter().any(|t| *t <= wants))
+            let open = st.open.is_some_and(|o| wants <= o);
+            let busy = !open && st.upstream.iter().any(|t| *t <= wants);
+            (st.latest.clone(), busy)
         };
         if let Some(s) = &latest {
             // Only a fresh copy may refuse: an old one would call a request "too far" that
@@ -881,10 +900,15 @@ async fn blocking_reload(
             }
             let upstream = Upstream::register(pl, (!d.skip).then_some(wants));
             let resp = tokio::time::timeout_at(deadline, request::phases(req)).await;
-            // Waiters re-check once this copy is stored (or shortly after, if it is not).
+            // Waiters re-check once this copy is stored (or shortly after, if it is not); at
+            // once when its answer is one no waiter can be served (`State::open`, marked before
+            // the answer's head reached us): no copy will come to wake them.
             let mut settled = pl.tick.subscribe();
             edge.spawn(async move {
-                let _ = tokio::time::timeout(Duration::from_millis(200), settled.changed()).await;
+                if !upstream.opened() {
+                    let settle = Duration::from_millis(200);
+                    let _ = tokio::time::timeout(settle, settled.changed()).await;
+                }
                 drop(upstream);
             });
             return match resp {
@@ -919,6 +943,64 @@ impl Upstream {
         }
         Upstream(pl.clone(), wants)
     }
+
+    /// Whether the origin answered what this request waits for with a copy that answers no
+    /// waiter (`State::open`).
+    fn opened(&self) -> bool {
+        self.1
+            .is_some_and(|w| self.0.state.lock().open.is_some_and(|o| w <= o))
+    }
+}
+
+/// The `(_HLS_msn, _HLS_part)` of `key` when it is a blocking playlist reload (an `.m3u8`
+/// asked with `_HLS_msn`), read as `intercept` reads them: from the key's query.
+fn blocking_directives(key: &str) -> Option<(u64, Option<u64>)> {
+    if !is_playlist_path(key) {
+        return None;
+    }
+    let d = directives_of(key).ok()?;
+    Some((d.msn?, d.part))
+}
+
+/// The delivery directives of a key's query (`Directives::parse`).
+fn directives_of(key: &str) -> Result<Directives, &'static str> {
+    let base = key.split('\0').next().unwrap_or(key);
+    Directives::parse(base.split_once('?').map(|(_, q)| q))
+}
+
+/// Whether the fill of `key` is a blocking playlist reload, which the origin may hold until the
+/// playlist holds what it asks for (`proxy::fill` leaves that hold out of the answer's age).
+pub(crate) fn is_blocking_reload(key: &str) -> bool {
+    blocking_directives(key).is_some()
+}
+
+/// The fill driver's call when the origin answered the blocking reload `key` (2xx, or a 304
+/// revalidating it) with what will be no fresh stored copy: not stored (`no-store`, an answer
+/// only shared with the fill's readers: `no-cache` without a validator, `max-age=0`), or
+/// stored already stale. No copy will wake this playlist's waiters for that `(M, P)`, and each
+/// would otherwise go upstream only once the request before it left the upstream list, one per
+/// settle timeout: the mark (`State::open`) sends every waiter for it, or an earlier one,
+/// upstream at once. Made before the viewers get the answer's head.
+pub(crate) fn answered_unshared(edge: &Edge, key: &str) {
+    let Some((msn, part)) = blocking_directives(key) else {
+        return;
+    };
+    // Only a playlist someone holds for: the blocking reload that sent this made the state.
+    let Some(pl) = edge.live.existing(&playlist_key(key)) else {
+        return;
+    };
+    {
+        let mut st = pl.state.lock();
+        let (m, p) = match &st.latest {
+            Some(s) => s.scan.roll_over(msn, part),
+            None => (msn, part),
+        };
+        let answered = order(m, p);
+        if st.open.is_none_or(|o| o < answered) {
+            st.open = Some(answered);
+        }
+    }
+    pl.bump();
 }
 
 impl Drop for Upstream {
@@ -1014,6 +1096,16 @@ fn observe_scanned(
                 .latest
                 .as_ref()
                 .is_none_or(|l| !l.scan.newer_than(scan) || l.obj.staleness(now).is_some());
+            // A stream that restarted behind the origin's last unshared answer (its media
+            // sequence back by more than the two segments a request may be ahead): that mark
+            // is of the old stream, and would send this one's waiters upstream uncollapsed.
+            if newer
+                && st
+                    .open
+                    .is_some_and(|(m, _)| m > scan.next_msn().saturating_add(2))
+            {
+                st.open = None;
+            }
             // The copy it replaces is freed after the lock, as it was made before it.
             let replaced = if newer { st.latest.replace(copy) } else { None };
             (newer, replaced)
@@ -1446,7 +1538,7 @@ mod tests {
     fn malformed_directives_are_refused() {
         assert!(Directives::parse(Some("_HLS_part=1")).is_err());
         assert!(Directives::parse(Some("_HLS_msn=x")).is_err());
-        assert!(Directives::parse(Some("_HLS_skip=NO")).is_err());
+        assert!(!Directives::parse(Some("_HLS_skip=NO")).expect("ok").skip);
         let d = Directives::parse(Some("_HLS_msn=4&_HLS_part=2&_HLS_skip=v2")).expect("ok");
         assert_eq!((d.msn, d.part, d.skip), (Some(4), Some(2), true));
     }

@@ -11,7 +11,7 @@ use vedge::config::{RawConfig, RawRoute};
 use vedge::proxy::llhls::scan;
 use vedge_bench::origin::{self, LowLatency, OriginOptions};
 
-use crate::support::{Origin, Script, TestEdge};
+use crate::support::{until, Gate, Origin, Script, TestEdge};
 
 /// Starts the simulator on `127.0.0.1:0`; dropping the sender stops it.
 pub async fn start_sim(opts: OriginOptions) -> (String, oneshot::Sender<()>) {
@@ -460,15 +460,10 @@ async fn a_large_live_playlist_is_scanned_off_the_worker_and_still_drives_prefet
 
     const SEGMENTS: u64 = 3_500;
     let origin = Origin::start().await;
-    let playlist = large_live_playlist(SEGMENTS);
-    assert!(playlist.len() > 256 << 10, "{} bytes", playlist.len());
+    let body = large_live_playlist(SEGMENTS);
+    assert!(body.len() > 256 << 10, "{} bytes", body.len());
     let path = "/big/live.m3u8";
-    origin.script(
-        path,
-        Script::ok(playlist)
-            .header("content-type", "application/vnd.apple.mpegurl")
-            .header("cache-control", "max-age=1"),
-    );
+    origin.script(path, playlist(body, "max-age=1"));
     let newest = format!("/big/seg_{}.m4s", SEGMENTS - 1);
     let parts: Vec<String> = (0..2)
         .map(|p| format!("/big/part_{SEGMENTS}_{p}.m4s"))
@@ -529,4 +524,195 @@ async fn a_large_live_playlist_is_scanned_off_the_worker_and_still_drives_prefet
         0,
         "one large scan at a time is never skipped"
     );
+}
+
+/// A scripted media playlist answer: `body`, the HLS content type, `Cache-Control: cc`.
+fn playlist(body: impl Into<bytes::Bytes>, cc: &str) -> Script {
+    Script::ok(body)
+        .header("content-type", "application/vnd.apple.mpegurl")
+        .header("cache-control", cc)
+}
+
+/// An LL-HLS media playlist (target duration 2 s, parts of 0.5 s) whose last listed part is
+/// part 2 of segment 7: the answer to `_HLS_msn=7&_HLS_part=2`.
+const PART_7_2_LISTED: &str = "#EXTM3U\n#EXT-X-VERSION:9\n#EXT-X-TARGETDURATION:2\n\
+#EXT-X-PART-INF:PART-TARGET=0.5\n#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=1.5\n\
+#EXT-X-MEDIA-SEQUENCE:5\n#EXTINF:2.0,\nseg_5.m4s\n#EXTINF:2.0,\nseg_6.m4s\n\
+#EXT-X-PART:DURATION=0.5,URI=\"part_7_0.m4s\"\n#EXT-X-PART:DURATION=0.5,URI=\"part_7_1.m4s\"\n\
+#EXT-X-PART:DURATION=0.5,URI=\"part_7_2.m4s\"\n#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"part_7_3.m4s\"\n";
+
+/// Ten viewers ask for the next part of a playlist the origin marks `cache_control`, so no
+/// answer is kept as the playlist's latest copy. The origin holds the first request (the part
+/// does not exist yet) while the other nine wait at the edge, then answers it and holds every
+/// later request until the test lets go: the other viewers must reach the origin at once, not
+/// one per settle timeout behind whichever of them went upstream first (conformance F0: 30
+/// viewers answered 200 ms apart, 12 of 60 given 503 past the hold although the origin had the
+/// part). `shared`: the answer may be shared with the requests that join its fill (`no-cache`
+/// without a validator: `Decision::ShareOnly`), and the nine all collapse onto one fill;
+/// otherwise (`no-store`) it is shared with nobody, and each asks the origin itself.
+async fn a_crowd_of_the_next_part_is_released_at_once(cache_control: &str, shared: bool) {
+    use std::sync::Arc;
+    const VIEWERS: usize = 10;
+    let origin = Origin::start().await;
+    let path = "/crowd/media.m3u8";
+    let script = |gate: &Gate| playlist(PART_7_2_LISTED, cache_control).gate(gate);
+    let first = Gate::new();
+    origin.script(path, script(&first));
+    let edge = Arc::new(TestEdge::start(config_for(&origin.url(), "off")).await);
+    let q = format!("{path}?_HLS_msn=7&_HLS_part=2");
+    let viewers: Vec<_> = (0..VIEWERS)
+        .map(|_| {
+            let (edge, q) = (edge.clone(), q.clone());
+            tokio::spawn(async move { edge.get(&q).await })
+        })
+        .collect();
+    let key = format!("http|{}|{path}", origin.addr());
+    until("one viewer's request reached the origin", || {
+        origin.count(path) == 1
+    })
+    .await;
+    until("every viewer is a blocking reload in progress", || {
+        vedge::proxy::llhls::playlist_of(&edge.edge, &key).is_some_and(|p| p.waiting() == VIEWERS)
+    })
+    .await;
+    assert_eq!(origin.count(path), 1, "the others wait at the edge");
+    // The part exists now: the first request is answered, every later one held.
+    let later = Gate::new();
+    origin.script(path, script(&later));
+    let collapsed = edge.collapsed();
+    first.open();
+    if shared {
+        until(
+            "the other viewers all joined a fill (the first's, or one more) at once",
+            || edge.collapsed() >= collapsed + VIEWERS as u64 - 2,
+        )
+        .await;
+    } else {
+        until(
+            "every other viewer's own request reached the origin while the first of them is held",
+            || origin.count(path) == VIEWERS,
+        )
+        .await;
+    }
+    later.open();
+    for v in viewers {
+        let r = v.await.expect("viewer task");
+        assert_eq!(r.status, 200, "{}", r.h("cache-status"));
+        let got = scan(&r.body).expect("a media playlist");
+        assert!(
+            got.satisfies(7, Some(2)),
+            "the answer lists the part asked for"
+        );
+    }
+    if shared {
+        assert!(
+            origin.count(path) <= 2,
+            "{} origin requests: the first, and one the others shared",
+            origin.count(path)
+        );
+    } else {
+        assert_eq!(
+            origin.count(path),
+            VIEWERS,
+            "one each: no-store is shared with nobody"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewers_of_a_no_cache_playlist_s_next_part_are_released_together() {
+    a_crowd_of_the_next_part_is_released_at_once("no-cache", true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewers_of_a_no_store_playlist_s_next_part_each_go_upstream_at_once() {
+    a_crowd_of_the_next_part_is_released_at_once("no-store", false).await;
+}
+
+/// An LL-HLS media playlist listing segment 7 complete.
+const SEGMENT_7_LISTED: &str = "#EXTM3U\n#EXT-X-VERSION:9\n#EXT-X-TARGETDURATION:1\n\
+#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES\n#EXT-X-MEDIA-SEQUENCE:5\n#EXTINF:1.0,\nseg_5.ts\n\
+#EXTINF:1.0,\nseg_6.ts\n#EXTINF:1.0,\nseg_7.ts\n";
+
+/// The origin holds a blocking reload 1.1 s (until the segment exists) and gives it a 1 s TTL.
+/// The hold is the protocol, not transit: the answer is new (`Age: 0`), stored fresh, and the
+/// next viewer of the same URL is a hit, one origin request in all (conformance F1: `Age: 1`,
+/// stored already stale, and the same `_HLS_msn` asked of the origin twice). Through a tier the
+/// same: the shield's answer says `Age: 0`, and the edge leaves out the shield's hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_reload_held_by_the_origin_is_not_aged_by_the_hold() {
+    let origin = Origin::start().await;
+    // One playlist asked of the shield, one of the edge in front of it: each reload is the
+    // first its node (and the shield) sees of that playlist, so each goes to the origin.
+    let (direct, tiered) = ("/held/a.m3u8", "/held/b.m3u8");
+    for path in [direct, tiered] {
+        origin.script(
+            path,
+            playlist(SEGMENT_7_LISTED, "max-age=1").head_delay(Duration::from_millis(1100)),
+        );
+    }
+    let mut shield_cfg = config_for(&origin.url(), "off");
+    shield_cfg.node_id = Some("shield-0".into());
+    let shield = TestEdge::start(shield_cfg).await;
+    let mut edge_cfg = config_for(&origin.url(), "off");
+    edge_cfg.node_id = Some("edge-0".into());
+    edge_cfg.shield = Some(vedge::config::RawShield {
+        nodes: vec![format!("http://{}", shield.addr)],
+        ..vedge::config::RawShield::default()
+    });
+    let edge = TestEdge::start(edge_cfg).await;
+    for (node, path) in [(&shield, direct), (&edge, tiered)] {
+        let q = format!("{path}?_HLS_msn=7");
+        let first = node.get(&q).await;
+        assert_eq!(first.status, 200, "{q}: {}", first.h("cache-status"));
+        assert_eq!(
+            first.h("age"),
+            "0",
+            "{q}: the held answer is new: {}",
+            first.h("cache-status")
+        );
+        let again = node.get(&q).await;
+        assert_eq!(
+            (again.status.as_u16(), again.x_cache()),
+            (200, "HIT"),
+            "{q}: {}",
+            again.h("cache-status")
+        );
+        assert_eq!(origin.count(path), 1, "{q}: one origin request");
+    }
+}
+
+/// RFC 8216bis §6.2.5.1 defines `_HLS_skip=YES` and `v2` and nothing makes another value an
+/// error: such a request is an ordinary one with that query (conformance L1: 400 from the
+/// edge), sent upstream and cached as such, and with `_HLS_msn` a full blocking reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_hls_skip_values_are_no_directive_and_no_error() {
+    let origin = Origin::start().await;
+    let path = "/skip/media.m3u8";
+    origin.script(path, playlist(SEGMENT_7_LISTED, "max-age=60"));
+    let edge = TestEdge::start(config_for(&origin.url(), "off")).await;
+    for v in ["NO", "yes"] {
+        let q = format!("{path}?_HLS_skip={v}");
+        let r = edge.get(&q).await;
+        assert_eq!(r.status, 200, "{q}: {:?}", r.body);
+        assert_eq!(r.body, SEGMENT_7_LISTED.as_bytes(), "{q}");
+        let seen = origin.seen(path);
+        assert_eq!(
+            seen.last().map(|s| s.target.as_str()),
+            Some(q.as_str()),
+            "sent upstream with its query"
+        );
+        edge.settle().await;
+        let again = edge.get(&q).await;
+        assert_eq!(
+            (again.status.as_u16(), again.x_cache()),
+            (200, "HIT"),
+            "{q}"
+        );
+    }
+    let asked = origin.count(path);
+    let r = edge.get(&format!("{path}?_HLS_msn=7&_HLS_skip=NO")).await;
+    assert_eq!(r.status, 200, "{}", r.h("cache-status"));
+    assert!(scan(&r.body).is_some_and(|s| s.satisfies(7, None) && !s.skipped));
+    assert!(origin.count(path) <= asked + 1);
 }

@@ -7,15 +7,16 @@
 pub struct Delivery {
     pub msn: Option<u64>,
     pub part: Option<u64>,
-    /// `_HLS_skip=YES` or `v2` (a delta update).
+    /// `_HLS_skip=YES` or `v2` (a delta update); any other value is no skip directive.
     pub skip: bool,
 }
 
 impl Delivery {
-    /// Reads the directives of a query; `Err` (answer 400) when one is malformed, given twice,
-    /// or `_HLS_part` comes without `_HLS_msn`. A directive given twice has no one meaning: a
-    /// reader taking the first and one taking the last (or one reading the query after a
-    /// cache sorted it) would each wait for another segment.
+    /// Reads the directives of a query; `Err` (answer 400) when `_HLS_msn` or `_HLS_part` is
+    /// malformed, a directive is given twice, or `_HLS_part` comes without `_HLS_msn`. A
+    /// directive given twice has no one meaning: a reader taking the first and one taking the
+    /// last (or one reading the query after a cache sorted it) would each wait for another
+    /// segment.
     pub fn parse(query: Option<&str>) -> Result<Delivery, &'static str> {
         let mut d = Delivery::default();
         let mut skip_seen = false;
@@ -28,10 +29,10 @@ impl Delivery {
                     if std::mem::replace(&mut skip_seen, true) {
                         return Err("_HLS_skip given twice");
                     }
-                    match v {
-                        "YES" | "v2" => d.skip = true,
-                        _ => return Err("bad _HLS_skip (YES or v2)"),
-                    }
+                    // RFC 8216bis §6.2.5.1 says what `YES` and `v2` ask for and nothing of
+                    // another value, which makes it no error: no skip directive, the request
+                    // an ordinary one with that query (answered with the whole playlist).
+                    d.skip = matches!(v, "YES" | "v2");
                 }
                 _ => {}
             }
@@ -81,7 +82,18 @@ mod tests {
         assert!(Delivery::parse(Some("_HLS_msn=1&_HLS_part=+0")).is_err());
         assert!(Delivery::parse(Some("_HLS_msn=")).is_err());
         assert!(Delivery::parse(Some("_HLS_msn=99999999999999999999")).is_err());
-        assert!(Delivery::parse(Some("_HLS_skip=NO")).is_err());
+        for other in ["NO", "yes", "", "v3"] {
+            let q = format!("_HLS_msn=2&_HLS_skip={other}");
+            assert_eq!(
+                Delivery::parse(Some(&q)),
+                Ok(Delivery {
+                    msn: Some(2),
+                    part: None,
+                    skip: false
+                }),
+                "{q}"
+            );
+        }
         assert!(Delivery::parse(Some("_HLS_msn=2&_HLS_msn=3")).is_err());
         assert!(Delivery::parse(Some("_HLS_msn=2&_HLS_part=1&_HLS_part=1")).is_err());
         assert!(Delivery::parse(Some("_HLS_msn=2&_HLS_skip=YES&_HLS_skip=v2")).is_err());
