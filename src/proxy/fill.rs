@@ -500,6 +500,24 @@ async fn run(
                     stored_at: edge.clock.now(),
                     ..stale.refreshed(merged, freshness)
                 });
+                // A playlist's body, unchanged, has nothing new to say; a live MPD's does: the
+                // segments of its `$Number$` templates and open timeline runs are whatever its
+                // availability window holds now, which moved with the clock (an origin serving
+                // it with an `ETag` answers every refresh with a 304). Read before the key is
+                // released, as a stored copy's `announce` is: a viewer that finds the refreshed
+                // copy finds what it says is available asked for anew.
+                if refreshed.class == ContentClass::Manifest
+                    && !crate::proxy::llhls::is_playlist_path(key)
+                {
+                    crate::proxy::llhls::observe_late(
+                        edge,
+                        job.route,
+                        key,
+                        &refreshed,
+                        &job.viewer_headers,
+                        None,
+                    );
+                }
                 edge.insert_from_fill(guard, key.to_string(), refreshed.clone(), None);
                 fill.set_head(FillHead::Complete(refreshed));
             } else {

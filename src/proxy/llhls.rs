@@ -774,7 +774,7 @@ fn weight_of(key: &str, state: u64) -> u64 {
 }
 
 /// Whether `key` (a base key, or a `Vary` variant's `{base}\0...`) names an HLS playlist.
-fn is_playlist_path(key: &str) -> bool {
+pub(crate) fn is_playlist_path(key: &str) -> bool {
     let path = key.split(['?', '\0']).next().unwrap_or(key);
     path.ends_with(".m3u8")
 }
@@ -1396,8 +1396,10 @@ fn retain(edge: &Edge, route: &Route, pl_key: &str, pl: &Arc<Playlist>, scan: &S
 /// playlist, and a hinted resource when its `EXT-X-PRELOAD-HINT` is. A 404 or 410 the edge kept
 /// from a request made before that (a player or a prefetch a moment early, the origin's SHOULD
 /// for resources it does not have yet) would keep answering for its TTL what the playlist now
-/// says exists: it is dropped as soon as a copy of the playlist lists or hints the URI.
-fn forget_refusals(edge: &Edge, keys: &[String]) {
+/// says exists: it is dropped as soon as a copy of the playlist lists or hints the URI. A live
+/// MPD's copy does the same for the segments it says are available
+/// (`prefetch::forget_early_refusals`).
+pub(crate) fn forget_refusals(edge: &Edge, keys: &[String]) {
     for k in keys {
         let refused = edge
             .ram

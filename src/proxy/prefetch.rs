@@ -28,7 +28,8 @@ use crate::proxy::request::Req;
 use crate::proxy::target;
 use http::HeaderMap;
 use tokio::sync::OwnedSemaphorePermit;
-use vedge_manifest::ObjectKind;
+use vedge_manifest::dash::{self, LiveEdge};
+use vedge_manifest::{ObjectKind, Reference};
 
 /// Most prefetches one manifest update starts.
 const PER_UPDATE: usize = 16;
@@ -42,6 +43,13 @@ const PER_ADDRESS: usize = 8;
 /// How recently an MPD must have been requested to drive prefetch (MPDs carry no target
 /// duration: two typical 6 s segments).
 const MPD_WATCHED: Duration = Duration::from_secs(12);
+/// Most references one walk of a live MPD lists (its time-shift window's newest).
+const LIVE_BUDGET: usize = 8192;
+/// Segments per representation, newest first, whose kept refusal a live MPD copy drops.
+const REFUSALS_PER_REPRESENTATION: usize = 3;
+/// Most keys one live MPD copy looks up for refusals (the newest of every representation
+/// first).
+const REFUSALS_PER_COPY: usize = 64;
 
 /// After a live media playlist was stored: prefetch what it newly lists, asking as `viewer`
 /// (the request headers of the playlist fill's leader) would.
@@ -82,8 +90,6 @@ pub(crate) fn after_playlist(
     }
 }
 
-/// After a manifest that is not an HLS playlist was stored: a dynamic MPD prefetches the media
-/// it newly lists.
 /// Whether an MPD's root element says `type="dynamic"` (either quote, spaces around `=`, a
 /// namespace prefix on `MPD`), read as bytes from its first 16 KiB. Read as text, a cut through
 /// a multi-byte character (a title in another script) hid a live MPD, and only the exact
@@ -119,6 +125,9 @@ fn mpd_is_dynamic(body: &[u8]) -> bool {
     false
 }
 
+/// After a copy of a manifest that is not an HLS playlist went through a fill (stored, or
+/// refreshed by a 304): a dynamic MPD drops the refusals kept for the segments it says are
+/// available, then prefetches the media it newly lists.
 pub(crate) fn observe_mpd(
     edge: &Arc<Edge>,
     route: &Route,
@@ -129,15 +138,29 @@ pub(crate) fn observe_mpd(
     // Without the `Vary` variant (`\0...`) a varied MPD's key ends with.
     let path = key.splitn(3, '|').nth(2).unwrap_or("");
     let path = path.split('\0').next().unwrap_or(path);
-    if !path.split('?').next().unwrap_or("").ends_with(".mpd") {
+    if !path.split('?').next().unwrap_or("").ends_with(".mpd") || !mpd_is_dynamic(body) {
         return;
     }
-    if !mpd_is_dynamic(body) || route.live.prefetch == Prefetch::Off {
+    let Some(host) = key.split('|').nth(1) else {
+        return;
+    };
+    let Ok(url) = url::Url::parse(&format!("http://{host}{path}")) else {
+        return;
+    };
+    let Ok(mpd) = dash::parse(&url, body) else {
+        return;
+    };
+    let now = edge.clock.now();
+    let pl_key = llhls::playlist_key(key);
+    // First, so the prefetch below finds no refusal in its way.
+    if let Ok(refs) = dash::live_references_of(&url, &mpd, now, LIVE_BUDGET, LiveEdge::Announced) {
+        forget_early_refusals(edge, &pl_key, &refs);
+    }
+    if route.live.prefetch == Prefetch::Off {
         return;
     }
     // A viewer's request makes no state (`llhls::intercept`): its fill does, and a downstream
     // tier's makes none (that edge prefetches for its viewers).
-    let pl_key = llhls::playlist_key(key);
     let pl = match llhls::playlist_of(edge, &pl_key) {
         Some(pl) => pl,
         None if !crate::origin::from_own_tier(viewer, &edge.config.cdn_id) => {
@@ -145,30 +168,17 @@ pub(crate) fn observe_mpd(
         }
         None => return,
     };
-    let Some(host) = key.split('|').nth(1) else {
-        return;
-    };
-    let Ok(url) = url::Url::parse(&format!("http://{host}{path}")) else {
-        return;
-    };
     // What the live MPD lists now: its SegmentTimeline, or the `$Number$` segments its
-    // availability window holds at this moment.
-    let Ok(refs) = vedge_manifest::dash::live_references(&url, body, edge.clock.now(), 8192) else {
+    // availability window holds at this moment (settled: the origin surely has them).
+    let Ok(refs) = dash::live_references_of(&url, &mpd, now, LIVE_BUDGET, LiveEdge::Settled) else {
         return;
     };
-    // Each representation lists its init, then its segments oldest first: its newest segment
-    // is the one followed by no other segment.
-    let newest = |i: usize| {
-        refs[i].kind == ObjectKind::Segment
-            && refs
-                .get(i + 1)
-                .is_none_or(|n| n.kind != ObjectKind::Segment)
-    };
+    let ranks = newest_ranks(&refs);
     let first_copy = !pl.knows_any();
     let mut fresh: Vec<(bool, String)> = refs
         .iter()
-        .enumerate()
-        .map(|(i, r)| (newest(i), r.url.to_string()))
+        .zip(&ranks)
+        .map(|(r, rank)| (*rank == Some(0), r.url.to_string()))
         .filter(|(_, u)| pl.learn_uri(u))
         .collect();
     if !pl.watched(MPD_WATCHED) || fresh.is_empty() {
@@ -191,6 +201,53 @@ pub(crate) fn observe_mpd(
             }
         }
     }
+}
+
+/// A live MPD copy through the edge drops the 404s and 410s the edge keeps for the segments it
+/// now says are available (`refs`: from their availability start, `availabilityTimeOffset`
+/// counted, `LiveEdge::Announced`), as a playlist copy does for what it lists (`llhls::forget_refusals`,
+/// which this calls). ISO/IEC 23009-1 5.3.9.5.3: a segment is available from then on, and a
+/// player whose clock runs a little ahead (or an LL-DASH player, by design) asks a moment
+/// before: the origin's 404 to that, kept for `negative_ttl`, went on answering after the
+/// segment existed, and the prefetch of it was skipped as cached. Only each representation's
+/// `REFUSALS_PER_REPRESENTATION` newest segments are looked up (what an early request asks
+/// for), at most `REFUSALS_PER_COPY` in all, newest first: a long DVR window is never walked
+/// key by key.
+fn forget_early_refusals(edge: &Edge, pl_key: &str, refs: &[Reference]) {
+    let drop = &edge.config.cache.drop_query_params;
+    let mut newest: Vec<(usize, String)> = newest_ranks(refs)
+        .into_iter()
+        .zip(refs)
+        .filter_map(|(rank, r)| {
+            let rank = rank.filter(|n| *n < REFUSALS_PER_REPRESENTATION)?;
+            Some((rank, llhls::member_key(pl_key, r.url.as_str(), drop)?))
+        })
+        .collect();
+    newest.sort_by_key(|(rank, _)| *rank);
+    let keys: Vec<String> = newest
+        .into_iter()
+        .take(REFUSALS_PER_COPY)
+        .map(|(_, k)| k)
+        .collect();
+    llhls::forget_refusals(edge, &keys);
+}
+
+/// For each reference of a live MPD's walk, its rank among its representation's segments
+/// counted from the newest (0); `None` for what is not a segment. The walker lists each
+/// representation's init, then its segments oldest first, so a run of segments ends with its
+/// representation's newest.
+fn newest_ranks(refs: &[Reference]) -> Vec<Option<usize>> {
+    let mut ranks = vec![None; refs.len()];
+    let mut run = 0;
+    for (i, r) in refs.iter().enumerate().rev() {
+        if r.kind == ObjectKind::Segment {
+            ranks[i] = Some(run);
+            run += 1;
+        } else {
+            run = 0;
+        }
+    }
+    ranks
 }
 
 /// `(host, path?query)` of `uri` listed in the playlist keyed `pl_key`.
@@ -392,6 +449,23 @@ mod tests {
             address_key(ip("192.0.2.8")),
             "IPv4: each address is a client"
         );
+    }
+
+    /// Each representation's segments are ranked from its newest (0); inits are not ranked.
+    #[test]
+    fn segments_are_ranked_from_each_representations_newest() {
+        let r = |u: &str, kind| Reference {
+            url: url::Url::parse(&format!("http://o/{u}")).expect("url"),
+            kind,
+        };
+        let refs = [
+            r("a/init.mp4", ObjectKind::Init),
+            r("a/1.m4s", ObjectKind::Segment),
+            r("a/2.m4s", ObjectKind::Segment),
+            r("b/init.mp4", ObjectKind::Init),
+            r("b/7.m4s", ObjectKind::Segment),
+        ];
+        assert_eq!(newest_ranks(&refs), [None, Some(1), Some(0), None, Some(0)]);
     }
 
     #[test]

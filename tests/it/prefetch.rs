@@ -600,6 +600,127 @@ initialization=\"init.m4s\"><SegmentTimeline><S t=\"0\" d=\"2000\" r=\"-1\"/></S
     assert_eq!(origin.count(&seg), 1, "the viewer's request was a hit");
 }
 
+/// A live MPD of 10 s `$Number$` segments (numbers from 0) whose presentation began at `ast`
+/// (seconds since the epoch), served from `/d/` with `Cache-Control: max-age=1`.
+fn live_number_mpd(ast: u64) -> crate::support::Script {
+    let mpd = format!(
+        "<?xml version=\"1.0\"?>\n<MPD xmlns=\"urn:mpeg:dash:schema:mpd:2011\" type=\"dynamic\" \
+availabilityStartTime=\"{}\" timeShiftBufferDepth=\"PT30S\" minimumUpdatePeriod=\"PT10S\" \
+minBufferTime=\"PT2S\">\n<Period id=\"p0\" start=\"PT0S\"><AdaptationSet mimeType=\"video/mp4\">\
+<SegmentTemplate timescale=\"1\" duration=\"10\" startNumber=\"0\" media=\"v_$Number$.m4s\" \
+initialization=\"v_init.mp4\"/><Representation id=\"v1\" bandwidth=\"1000000\"/></AdaptationSet>\
+</Period></MPD>\n",
+        iso8601(ast)
+    );
+    crate::support::Script::ok(mpd).header("cache-control", "max-age=1")
+}
+
+/// An edge (its clock moved by the test) in front of an origin serving `mpd` at
+/// `/d/live.mpd` 55 to 56 s into its presentation: segments 0 to 4 have ended, segment 5 ends
+/// (is available) at 60 s. A viewer reads the MPD, then asks for segment 5 early, as a player
+/// whose clock runs ahead does: the origin's 404 is kept (`negative_ttl` 60 s). The origin
+/// has segment 5 from then on.
+async fn early_request_for_segment_5(
+    mpd: impl Fn(u64) -> crate::support::Script,
+) -> (crate::support::Origin, crate::support::TestEdge) {
+    let origin = crate::support::Origin::start().await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs();
+    origin.script("/d/live.mpd", mpd(now - 55));
+    for n in 0..5 {
+        origin.script(
+            &format!("/d/v_{n}.m4s"),
+            crate::support::Script::ok(format!("segment {n}")),
+        );
+    }
+    origin.script("/d/v_5.m4s", crate::support::Script::status(404, "not yet"));
+    let mut raw = config_for(&origin.url(), "next");
+    raw.cache.negative_ttl = Some("60s".into());
+    let edge = crate::support::TestEdge::start_with_tokio_clock(raw).await;
+    assert_eq!(edge.get("/d/live.mpd").await.status, 200);
+    let r = edge.get("/d/v_5.m4s").await;
+    assert_eq!(r.status, 404, "segment 5 is not available yet");
+    edge.settle().await;
+    let r = edge.get("/d/v_5.m4s").await;
+    assert_eq!(
+        (r.status.as_u16(), r.x_cache(), origin.count("/d/v_5.m4s")),
+        (404, "HIT", 1),
+        "the early 404 is kept: {}",
+        r.h("cache-status")
+    );
+    origin.script("/d/v_5.m4s", crate::support::Script::ok("segment 5"));
+    (origin, edge)
+}
+
+/// Moves the edge's clock by `by` (past the MPD's `max-age`) and has a viewer read the MPD,
+/// which the edge fetches again; waits for every fill that started.
+async fn mpd_again_after(
+    origin: &crate::support::Origin,
+    edge: &crate::support::TestEdge,
+    by: Duration,
+) {
+    edge.advance(by).await;
+    assert_eq!(edge.get("/d/live.mpd").await.status, 200);
+    crate::support::until("the MPD was fetched again", || {
+        origin.count("/d/live.mpd") == 2
+    })
+    .await;
+    edge.settle().await;
+}
+
+/// Finding F2: a live `$Number$` segment asked for a moment before its availability start got
+/// the origin's 404, which the edge kept for `negative_ttl` and went on serving after the
+/// segment existed, however many MPD copies said it was available (HLS had this carve-out,
+/// DASH did not). Now an MPD copy through the edge drops the refusals kept for the segments it
+/// says are available, counted from their availability start (no prefetch guard).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_mpd_copy_drops_the_404_an_early_request_for_its_new_segment_left() {
+    let (origin, edge) = early_request_for_segment_5(live_number_mpd).await;
+    // 60 to 61 s in: segment 5 is available, and the MPD copy the edge fetches now says so.
+    mpd_again_after(&origin, &edge, Duration::from_secs(5)).await;
+    let r = edge.get("/d/v_5.m4s").await;
+    assert_eq!(
+        (r.status.as_u16(), String::from_utf8_lossy(&r.body).as_ref()),
+        (200, "segment 5"),
+        "the MPD lists segment 5 now: {}",
+        r.h("cache-status")
+    );
+    assert_eq!(origin.count("/d/v_5.m4s"), 2);
+}
+
+/// The same through a 304: an origin answering the MPD with an `ETag` refreshes the edge's
+/// copy with 304s, and a `$Number$` MPD's body never changes, only the clock moves its
+/// window. The refresh drops the early 404 too, and the prefetch of the segment the window
+/// now holds is not skipped as cached: the viewer gets a HIT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_mpd_refreshed_by_a_304_drops_the_early_404_and_prefetches_the_segment() {
+    let (origin, edge) =
+        early_request_for_segment_5(|ast| live_number_mpd(ast).header("etag", "\"mpd-1\"")).await;
+    // 61 to 62 s in: segment 5 is past the prefetch's guard (1 s) too.
+    mpd_again_after(&origin, &edge, Duration::from_secs(6)).await;
+    let seen = origin.seen("/d/live.mpd");
+    assert_eq!(seen[1].header("if-none-match"), Some("\"mpd-1\""));
+    crate::support::until("the refreshed MPD's new segment is prefetched", || {
+        origin.count("/d/v_5.m4s") == 2
+    })
+    .await;
+    edge.settle().await;
+    let r = edge.get("/d/v_5.m4s").await;
+    assert_eq!(
+        (
+            r.status.as_u16(),
+            String::from_utf8_lossy(&r.body).as_ref(),
+            r.x_cache()
+        ),
+        (200, "segment 5", "HIT"),
+        "{}",
+        r.h("cache-status")
+    );
+    assert_eq!(origin.count("/d/v_5.m4s"), 2);
+}
+
 // A prefetch is for the next segments and parts, not whole VOD files: one whose answer is over
 // `cache.prefetch_max_size` is abandoned (finding: a 10-byte viewer request carrying
 // `CMCD-Request: nor="big.mp4?r=N"` made the edge pull the whole named object, with no slicing,

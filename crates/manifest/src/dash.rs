@@ -37,15 +37,46 @@ pub fn references(url: &Url, body: &[u8], budget: usize) -> Result<Vec<Reference
 /// (ISO/IEC 23009-1 5.3.9.5.3: a segment is available once it ends, measured from
 /// `availabilityStartTime` plus the period start) back to `timeShiftBufferDepth` (at most
 /// `budget` of them, the newest kept). A static MPD is walked as [`references`] does.
+/// The segments counted are those [`LiveEdge::Settled`] by `now` (what prefetch asks for).
 pub fn live_references(
     url: &Url,
     body: &[u8],
     now: std::time::SystemTime,
     budget: usize,
 ) -> Result<Vec<Reference>, WalkError> {
-    let mpd = parse(url, body)?;
+    live_references_of(url, &parse(url, body)?, now, budget, LiveEdge::Settled)
+}
+
+/// When a live segment the clock decides on (the last run of a timeline, `$Number$` with
+/// `@duration`) counts as there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LiveEdge {
+    /// A guard (half a segment, at most 1 s) after its availability start: against clock skew
+    /// and an `availabilityStartTime` rounded to the second, what surely is at the origin.
+    /// What prefetch asks for (a segment asked for before the origin has it is a refusal).
+    Settled,
+    /// From its availability start (5.3.9.5.3), brought forward by the representation's
+    /// `availabilityTimeOffset` (its `SegmentTemplate`'s plus its `BaseURL`s', as players sum
+    /// them; `INF` is not counted): from then on the MPD says it exists, and a player may ask.
+    Announced,
+}
+
+/// [`live_references`] of an MPD [`parse`] read, counting segments from `edge`.
+pub fn live_references_of(
+    url: &Url,
+    mpd: &MPD,
+    now: std::time::SystemTime,
+    budget: usize,
+    edge: LiveEdge,
+) -> Result<Vec<Reference>, WalkError> {
     if mpd.mpdtype.as_deref() != Some("dynamic") {
-        return references(url, body, budget);
+        return Walker {
+            url,
+            budget,
+            out: Vec::new(),
+            live: None,
+        }
+        .mpd(mpd);
     }
     let now_ms = now
         .duration_since(std::time::UNIX_EPOCH)
@@ -65,9 +96,10 @@ pub fn live_references(
         live: Some(LiveClock {
             elapsed: (now_ms.saturating_sub(ast_ms)) as f64 / 1000.0,
             depth,
+            edge,
         }),
     }
-    .mpd(&mpd)
+    .mpd(mpd)
 }
 
 /// The window a live MPD without `timeShiftBufferDepth` is taken to offer, in seconds.
@@ -78,6 +110,31 @@ const LIVE_DEPTH_DEFAULT: f64 = 30.0;
 struct LiveClock {
     elapsed: f64,
     depth: f64,
+    edge: LiveEdge,
+}
+
+impl LiveClock {
+    /// This clock for a representation whose segments are available `ato` seconds before
+    /// they end (`availabilityTimeOffset`): only an announced edge counts it.
+    fn offset_by(self, ato: f64) -> LiveClock {
+        match self.edge {
+            LiveEdge::Announced if ato.is_finite() && ato > 0.0 => LiveClock {
+                elapsed: self.elapsed + ato,
+                ..self
+            },
+            _ => self,
+        }
+    }
+
+    /// Seconds into the period (starting `period_start` into the presentation) up to which
+    /// segments of `seg` seconds count as there.
+    fn into_period(self, period_start: Option<f64>, seg: f64) -> f64 {
+        let guard = match self.edge {
+            LiveEdge::Settled => (seg / 2.0).min(1.0),
+            LiveEdge::Announced => 0.0,
+        };
+        self.elapsed - period_start.unwrap_or(0.0) - guard
+    }
 }
 
 pub fn parse(url: &Url, body: &[u8]) -> Result<MPD, WalkError> {
@@ -175,6 +232,9 @@ struct Tmpl<'a> {
     timescale: Option<u64>,
     pto: Option<u64>,
     timeline: Option<&'a SegmentTimeline>,
+    /// `availabilityTimeOffset`, seconds: the template's (lowest level wins) plus the
+    /// representation's `BaseURL`s'.
+    ato: f64,
 }
 
 impl<'a> Tmpl<'a> {
@@ -197,6 +257,9 @@ impl<'a> Tmpl<'a> {
         over!(timescale, t.timescale);
         over!(pto, t.presentationTimeOffset);
         over!(timeline, t.SegmentTimeline.as_ref());
+        if let Some(ato) = t.availabilityTimeOffset {
+            self.ato = ato;
+        }
         self
     }
 }
@@ -215,6 +278,13 @@ struct Walker<'u> {
     out: Vec<Reference>,
     /// Walking a live MPD (`live_references`).
     live: Option<LiveClock>,
+}
+
+/// The `availabilityTimeOffset` of the `BaseURL` a level uses (its first), 0 without one.
+fn base_ato(list: &[dash_mpd_core::BaseURL]) -> f64 {
+    list.first()
+        .and_then(|b| b.availability_time_offset)
+        .unwrap_or(0.0)
 }
 
 fn first_base(base: &Url, list: &[dash_mpd_core::BaseURL]) -> Result<Url, WalkError> {
@@ -273,6 +343,8 @@ impl Walker<'_> {
             });
         }
         let base = first_base(self.url, &mpd.base_url)?;
+        // Offsets add up level by level: the MPD's BaseURL's counts for every representation.
+        self.live = self.live.map(|c| c.offset_by(base_ato(&mpd.base_url)));
         // Period timing (5.3.2.1): start defaults to the previous period's end; duration to the
         // next period's start, or the presentation's end for the last one.
         let total = mpd.mediaPresentationDuration.as_ref().map(secs);
@@ -364,10 +436,12 @@ impl Walker<'_> {
             return self.segment_list(&base, list);
         }
         if has_template && r.SegmentBase.is_none() {
-            let t = Tmpl::default()
+            let mut t = Tmpl::default()
                 .layer(p.SegmentTemplate.as_ref())
                 .layer(a.SegmentTemplate.as_ref())
                 .layer(r.SegmentTemplate.as_ref());
+            // The MPD's own BaseURL's offset was added to the clock by `mpd`.
+            t.ato += base_ato(&p.BaseURL) + base_ato(&a.BaseURL) + base_ato(&r.BaseURL);
             let vars = Vars {
                 representation_id: rid,
                 bandwidth: r.bandwidth,
@@ -485,14 +559,26 @@ impl Walker<'_> {
         };
         let start_number = t.start_number.unwrap_or(1);
         let timescale = t.timescale.unwrap_or(1).max(1);
+        let live = self.live.map(|c| c.offset_by(t.ato));
         if let Some(tl) = t.timeline {
-            return self.timeline(base, media, tl, start_number, timescale, t.pto, vars, time);
+            let pto = t.pto;
+            return self.timeline(
+                base,
+                media,
+                tl,
+                start_number,
+                timescale,
+                pto,
+                vars,
+                time,
+                live,
+            );
         }
         if !template::is_indexed(media) {
             let s = expand(self, media, vars)?;
             return self.push_ref(base, &s, ObjectKind::Segment);
         }
-        if let (Some(clock), None, Some(d)) = (self.live, t.end_number, t.duration) {
+        if let (Some(clock), None, Some(d)) = (live, t.end_number, t.duration) {
             return self.live_template(base, media, vars, start_number, timescale, d, clock, time);
         }
         let count: u128 = match (t.end_number, t.duration) {
@@ -551,10 +637,7 @@ impl Walker<'_> {
         if !(seg.is_finite() && seg > 0.0) {
             return Err(self.bad(format!("SegmentTemplate@duration {d}")));
         }
-        // A guard against clock skew and an `availabilityStartTime` rounded to the second: a
-        // segment asked for before the origin has it is a 404 (cached, at worst).
-        let guard = (seg / 2.0).min(1.0);
-        let into = clock.elapsed - time.start.unwrap_or(0.0) - guard;
+        let into = clock.into_period(time.start, seg);
         // Segments 0..ended have ended (are available); keep the window's worth, newest last.
         let mut ended = (into / seg).floor();
         // A period that has ended (the next one started, or it has a duration) has no
@@ -595,6 +678,7 @@ impl Walker<'_> {
         pto: Option<u64>,
         vars: &Vars<'_>,
         time: PeriodTime,
+        live: Option<LiveClock>,
     ) -> Result<(), WalkError> {
         let period_end: Option<u128> = time.duration.and_then(|d| {
             let ticks = d * timescale as f64;
@@ -608,7 +692,7 @@ impl Walker<'_> {
         for run in timeline::runs(&tl.segments, period_end) {
             let run = run.map_err(|e| self.bad(e.to_string()))?;
             // `(count, skip)`: the run's segments, the first `skip` of which are not listed.
-            let (count, skip) = match (run.count, self.live) {
+            let (count, skip) = match (run.count, live) {
                 (Some(count), _) => (count, 0),
                 // An open run (`S@r` negative, neither a later `S@t` nor the period's end
                 // bounding it: the live edge of most live MPDs) goes on with the clock.
@@ -654,7 +738,7 @@ impl Walker<'_> {
 /// The segments of an open `SegmentTimeline` run (`S@r` negative with nothing after it to stop
 /// it) of a live MPD at `clock`: `(count, skip)`, the segments from the run's start that have
 /// ended (ISO/IEC 23009-1 5.3.9.5.3: available once it ends, measured from
-/// `availabilityStartTime` plus the period's start, less the guard `live_template` keeps), the
+/// `availabilityStartTime` plus the period's start, as `LiveClock::into_period` counts), the
 /// first `skip` of which lie before the time-shift window (or past `room` newest ones). A run
 /// that starts in the future, or a clock that cannot be read, has none.
 fn open_run(
@@ -670,8 +754,7 @@ fn open_run(
     if !(seg.is_finite() && seg > 0.0) {
         return (0, 0);
     }
-    let guard = (seg / 2.0).min(1.0);
-    let into = clock.elapsed - period_start.unwrap_or(0.0) - guard;
+    let into = clock.into_period(period_start, seg);
     // Media timeline ticks at that moment (the presentation time offset is where the period
     // starts on the media timeline).
     let now_ticks = into * timescale as f64 + pto.unwrap_or(0) as f64;
@@ -745,6 +828,52 @@ mod live_tests {
         assert_eq!(early, ["live/r0/init.mp4", "live/r1/init.mp4"]);
         // The plain walker still refuses a live MPD.
         assert!(references(&url, LIVE.as_bytes(), 100).is_err());
+    }
+
+    /// The announced edge counts a segment from its availability start, with no guard,
+    /// brought forward by `availabilityTimeOffset` (the template's plus the BaseURLs'); the
+    /// settled edge (prefetch) keeps its guard and no offset.
+    #[test]
+    fn the_announced_edge_counts_a_segment_from_its_availability_start_and_offset() {
+        let url = Url::parse("http://o/live/manifest.mpd").unwrap();
+        let newest = |mpd: &str, secs_ms: u64, edge: LiveEdge| {
+            let now = at(0) + std::time::Duration::from_millis(secs_ms);
+            let mpd = parse(&url, mpd.as_bytes()).unwrap();
+            let refs = names(&live_references_of(&url, &mpd, now, 100, edge).unwrap());
+            refs.last().cloned().unwrap_or_default()
+        };
+        // Segment 9 ends at 20 s.
+        assert_eq!(
+            newest(LIVE, 20_100, LiveEdge::Announced),
+            "live/r1/seg_9.m4s"
+        );
+        assert_eq!(newest(LIVE, 20_100, LiveEdge::Settled), "live/r1/seg_8.m4s");
+        assert_eq!(
+            newest(LIVE, 19_900, LiveEdge::Announced),
+            "live/r1/seg_8.m4s"
+        );
+        // Available 1.5 s before it ends (0.5 s by the template, 1 s by a BaseURL).
+        let ll = LIVE
+            .replace("<Period id=\"0\" start=\"PT0S\">", "<Period id=\"0\" start=\"PT0S\"><BaseURL availabilityTimeOffset=\"1\">./</BaseURL>")
+            .replace("duration=\"2000\"", "duration=\"2000\" availabilityTimeOffset=\"0.5\"");
+        assert_eq!(
+            newest(&ll, 18_600, LiveEdge::Announced),
+            "live/r1/seg_9.m4s"
+        );
+        assert_eq!(
+            newest(&ll, 18_400, LiveEdge::Announced),
+            "live/r1/seg_8.m4s"
+        );
+        assert_eq!(newest(&ll, 20_100, LiveEdge::Settled), "live/r1/seg_8.m4s");
+        // `INF` (every segment of the period at once) is not counted.
+        let inf = LIVE.replace(
+            "duration=\"2000\"",
+            "duration=\"2000\" availabilityTimeOffset=\"INF\"",
+        );
+        assert_eq!(
+            newest(&inf, 20_100, LiveEdge::Announced),
+            "live/r1/seg_9.m4s"
+        );
     }
 
     /// A live timeline ending in `S@r="-1"` lists the segments of that open run that have
