@@ -55,16 +55,13 @@ impl CachedObject {
     /// Remaining freshness in seconds; negative once stale.
     pub fn ttl_left(&self, now: SystemTime) -> i64 {
         let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+        // In the whole seconds the `Age` header shows, so that `ttl` + `Age` is the lifetime.
+        let left = secs(self.freshness.ttl).saturating_sub(secs(self.age(now)));
         match self.staleness(now) {
-            // Whole seconds of freshness left, rounded down.
-            None => secs(self.freshness.ttl - self.age(now)),
-            // Stale is negative (RFC 9211 §2.2), from the first moment: 0.3 s stale is -1, not
-            // the 0 that subtracting truncated seconds gave.
-            Some(stale) => {
-                let whole = secs(stale);
-                let part = stale.subsec_nanos() > 0 || whole == 0;
-                -whole.saturating_add(i64::from(part))
-            }
+            None => left,
+            // Stale is negative (RFC 9211 §2.2) from the first moment: 2.3 s into a 2 s
+            // lifetime the seconds say 0, which reads as still fresh.
+            Some(_) => left.min(-1),
         }
     }
 

@@ -71,14 +71,17 @@ impl OriginError {
 }
 
 /// Whether `headers` name a transfer coding this edge cannot undo: anything but `chunked`
-/// (RFC 9112 §6.1; hyper decodes `chunked` only).
+/// (RFC 9112 §6.1; hyper decodes `chunked` only) and `identity` (RFC 2616's no-op coding, which
+/// old servers still send along with `chunked`).
 fn undecodable_transfer_coding(headers: &HeaderMap) -> bool {
+    let undone =
+        |c: &[u8]| c.eq_ignore_ascii_case(b"chunked") || c.eq_ignore_ascii_case(b"identity");
     headers
         .get_all(header::TRANSFER_ENCODING)
         .iter()
         .flat_map(|v| v.as_bytes().split(|&b| b == b','))
         .map(|c| c.trim_ascii())
-        .any(|c| !c.is_empty() && !c.eq_ignore_ascii_case(b"chunked"))
+        .any(|c| !c.is_empty() && !undone(c))
 }
 
 /// Who a pass (one viewer's request, forwarded uncached) is for: the client address whose

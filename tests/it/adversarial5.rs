@@ -344,4 +344,10 @@ transfer-encoding: gzip\r\nconnection: close\r\n\r\n\x1f\x8b\x08\x00coded-bytes"
         );
         edge.settle().await;
     }
+    // `identity` is the no-op coding old servers still send along with `chunked`: served.
+    const IDENTITY: &[u8] = b"HTTP/1.1 200 OK\r\ncache-control: max-age=600\r\n\
+transfer-encoding: identity, chunked\r\nconnection: close\r\n\r\n5\r\nplain\r\n0\r\n\r\n";
+    let edge = TestEdge::start(edge_config_for(answering(IDENTITY).await)).await;
+    let r = edge.get("/v/seg.ts").await;
+    assert_eq!((r.status.as_u16(), &r.body[..]), (200, &b"plain"[..]));
 }
