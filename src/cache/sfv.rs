@@ -82,19 +82,27 @@ pub fn parse_dictionary(input: &str) -> Result<Dictionary, Invalid> {
 /// callers that keep members verbatim (a `Cache-Status` list an upstream cache sent). An empty
 /// value is an empty list; any syntax error fails the whole value.
 pub fn list_member_spans(input: &str) -> Result<Vec<std::ops::Range<usize>>, Invalid> {
+    Ok(parse_list(input)?
+        .into_iter()
+        .map(|(span, _)| span)
+        .collect())
+}
+
+/// Parses a List field value: each member with where it is in `input` (as `list_member_spans`).
+pub fn parse_list(input: &str) -> Result<Vec<(std::ops::Range<usize>, Member)>, Invalid> {
     let mut p = Parser {
         s: input.as_bytes(),
         i: 0,
     };
     p.skip_sp();
-    let mut spans = Vec::new();
+    let mut members = Vec::new();
     while !p.done() {
         let start = p.i;
-        p.item_or_inner_list()?;
-        spans.push(start..p.i);
+        let member = p.item_or_inner_list()?;
+        members.push((start..p.i, member));
         p.skip_ows();
         if p.done() {
-            return Ok(spans);
+            return Ok(members);
         }
         if !p.eat(b',') {
             return Err(p.invalid());
@@ -104,7 +112,17 @@ pub fn list_member_spans(input: &str) -> Result<Vec<std::ops::Range<usize>>, Inv
             return Err(p.invalid());
         }
     }
-    Ok(spans)
+    Ok(members)
+}
+
+impl Member {
+    /// The member's parameters (an item's, or an inner list's own).
+    pub fn params(&self) -> &Parameters {
+        match self {
+            Member::Item(item) => &item.params,
+            Member::InnerList(_, params) => params,
+        }
+    }
 }
 
 struct Parser<'a> {

@@ -118,35 +118,11 @@ pub fn relays_upstream_status(headers: &http::HeaderMap) -> bool {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .collect();
-    let field = lines.join(", ");
-    let Some(last) = crate::cache::sfv::list_member_spans(&field)
-        .ok()
-        .and_then(|spans| spans.last().cloned())
-    else {
-        return false;
-    };
-    let relayed = params(&field[last])
-        .into_iter()
-        .any(|p| p.split('=').next().map(str::trim) == Some("fwd-status"));
-    relayed
-}
-
-/// The `;`-separated parameters of one Structured Field member (after its item), with quoted
-/// strings (and their escapes) kept whole.
-fn params(member: &str) -> Vec<&str> {
-    let mut cuts = Vec::new();
-    let (mut quoted, mut escaped) = (false, false);
-    for (i, c) in member.char_indices() {
-        match c {
-            _ if escaped => escaped = false,
-            '\\' if quoted => escaped = true,
-            '"' => quoted = !quoted,
-            ';' if !quoted => cuts.push(i),
-            _ => {}
-        }
-    }
-    cuts.push(member.len());
-    cuts.windows(2).map(|w| &member[w[0] + 1..w[1]]).collect()
+    crate::cache::sfv::parse_list(&lines.join(", ")).is_ok_and(|members| {
+        members
+            .last()
+            .is_some_and(|(_, m)| m.params().iter().any(|(k, _)| k == "fwd-status"))
+    })
 }
 
 #[cfg(test)]

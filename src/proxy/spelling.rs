@@ -45,23 +45,28 @@ fn path_of(key: &str) -> Option<(usize, usize)> {
     Some((start, end))
 }
 
+/// Where the key's path is, when it is spelled otherwise than routes read it.
+fn odd_path(key: &str) -> Option<std::ops::Range<usize>> {
+    let (a, b) = path_of(key)?;
+    let p = &key[a..b];
+    (p.contains("//") || p.contains(';')).then_some(a..b)
+}
+
 /// Whether the key's path is spelled otherwise than routes read it.
 pub fn is_odd(key: &str) -> bool {
-    path_of(key).is_some_and(|(a, b)| {
-        let p = &key[a..b];
-        p.contains("//") || p.contains(';')
-    })
+    odd_path(key).is_some()
 }
 
 /// `key` with its path in routed form, when that differs from the key.
 pub fn routed(key: &str) -> Option<String> {
-    let (a, b) = path_of(key)?;
-    let path = &key[a..b];
-    if !(path.contains("//") || path.contains(';')) {
-        return None;
-    }
-    let routed = crate::proxy::target::routing_path(path);
-    Some(format!("{}{}{}", &key[..a], routed, &key[b..]))
+    let path = odd_path(key)?;
+    let routed = crate::proxy::target::routing_path(&key[path.clone()]);
+    Some(format!(
+        "{}{}{}",
+        &key[..path.start],
+        routed,
+        &key[path.end..]
+    ))
 }
 
 #[cfg(test)]

@@ -279,9 +279,7 @@ impl Edge {
         {
             return;
         }
-        let mut stale = CachedObject::clone(stored);
-        expire_now(&mut stale, self.clock.now());
-        self.ram.insert(key, Arc::new(stale));
+        self.insert_stale(key, stored, self.clock.now());
     }
 
     /// Soft-purges `key` in the RAM tier (stale from `now` on); returns whether it was held.
@@ -289,10 +287,15 @@ impl Edge {
         let Some(obj) = self.ram.peek(key) else {
             return 0;
         };
-        let mut stale = CachedObject::clone(&obj);
-        expire_now(&mut stale, now);
-        self.ram.insert(key.to_string(), Arc::new(stale));
+        self.insert_stale(key.to_string(), &obj, now);
         1
+    }
+
+    /// Puts a copy of `obj`, stale from `now` on, in the RAM tier under `key`.
+    fn insert_stale(&self, key: String, obj: &CachedObject, now: SystemTime) {
+        let mut stale = CachedObject::clone(obj);
+        expire_now(&mut stale, now);
+        self.ram.insert(key, Arc::new(stale));
     }
 
     /// Stores what a fill fetched, unless a purge made since the fill started selects it (a
