@@ -407,13 +407,9 @@ pub(crate) async fn phases(req: &Req<'_>) -> Result<Response<Body>, EdgeError> {
         revalidate: false,
     };
     loop {
-        // `only-if-cached` (RFC 9111 §5.2.1.7): whatever would ask the origin answers 504.
-        if at.asked.only_if_cached
-            && matches!(
-                phase,
-                Phase::Fill { .. } | Phase::Slice | Phase::Pass { .. }
-            )
-        {
+        // `only-if-cached` (RFC 9111 §5.2.1.7): whatever would ask the origin answers 504
+        // (a sliced object answers from stored slices alone, `slice::serve`).
+        if at.asked.only_if_cached && matches!(phase, Phase::Fill { .. } | Phase::Pass { .. }) {
             return Err(EdgeError::NotCached);
         }
         phase = match phase {
@@ -425,19 +421,21 @@ pub(crate) async fn phases(req: &Req<'_>) -> Result<Response<Body>, EdgeError> {
                 Phase::Deliver(serve_stale(req, &obj, now, "stale-while-revalidate"))
             }
             Phase::Fill { stale } => Box::pin(claim(req, &at, stale)).await,
-            Phase::Slice => match Box::pin(slice::serve(req, at.base_key)).await? {
-                slice::Outcome::Done(resp) => Phase::Deliver(resp),
-                slice::Outcome::Read { fill, leader } => Phase::Read {
-                    fill,
-                    leader,
-                    stale: None,
-                },
-                slice::Outcome::Pass(reason) => Phase::Pass {
-                    reason,
-                    status: CacheStatus::Bypass,
-                },
-                slice::Outcome::Lookup => Phase::Lookup,
-            },
+            Phase::Slice => {
+                match Box::pin(slice::serve(req, at.base_key, at.asked.only_if_cached)).await? {
+                    slice::Outcome::Done(resp) => Phase::Deliver(resp),
+                    slice::Outcome::Read { fill, leader } => Phase::Read {
+                        fill,
+                        leader,
+                        stale: None,
+                    },
+                    slice::Outcome::Pass(reason) => Phase::Pass {
+                        reason,
+                        status: CacheStatus::Bypass,
+                    },
+                    slice::Outcome::Lookup => Phase::Lookup,
+                }
+            }
             Phase::Read {
                 fill,
                 leader,

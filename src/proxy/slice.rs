@@ -262,6 +262,18 @@ enum Got {
     /// The object is stored whole under the base key (a fill of this slice key that got a 200
     /// ended between our lookup and our claim).
     Whole,
+    /// Not stored, and the viewer asked `only-if-cached` (`Reach::Stored`).
+    Uncached,
+}
+
+/// How far `get_slice` goes for a slice that is not stored.
+#[derive(Clone, Copy)]
+enum Reach {
+    /// Claims the slice's fill or joins the one in flight. `head_wait`: a collapsed reader
+    /// gives up waiting for the head as `request::collapsed_head` says.
+    Fill { head_wait: bool },
+    /// `only-if-cached` (RFC 9111 §5.2.1.7): what is stored, never the origin.
+    Stored,
 }
 
 /// Whether a miss on `key` (the base key, no `Vary` known) goes through the slice path.
@@ -280,10 +292,16 @@ pub fn applies(edge: &Edge, base: &str, key: &str) -> bool {
 
 /// The `Slice` phase: a fresh record answers from slices; without one, the slice holding the
 /// viewer's first byte is fetched, and its answer tells whether the object is sliced.
-pub async fn serve(req: &Req<'_>, base: &str) -> Result<Outcome, EdgeError> {
+/// `only_if_cached`: answered from a fresh record and stored slices alone, else a 504.
+pub async fn serve(req: &Req<'_>, base: &str, only_if_cached: bool) -> Result<Outcome, EdgeError> {
     let edge = req.edge;
     let size = edge.config.cache.slice_size;
     let job = FillJob::new(req, base, None);
+    let reach = if only_if_cached {
+        Reach::Stored
+    } else {
+        Reach::Fill { head_wait: true }
+    };
     // A restart (the object changed under us) happens at most twice; then the viewer gets
     // whatever the cold path gives.
     for _ in 0..3 {
@@ -308,9 +326,10 @@ pub async fn serve(req: &Req<'_>, base: &str) -> Result<Outcome, EdgeError> {
                     continue;
                 }
             },
+            None if only_if_cached => return Err(EdgeError::NotCached),
             None => {
                 let k = first_slice(req, size);
-                match get_slice(edge, &job, base, SliceAsk { index: k, size }, true).await {
+                match get_slice(edge, &job, base, SliceAsk { index: k, size }, reach).await {
                     Got::Filling(fill, h) => match content_range(&h.headers) {
                         Some((_, _, total)) => (
                             Sliced {
@@ -327,6 +346,7 @@ pub async fn serve(req: &Req<'_>, base: &str) -> Result<Outcome, EdgeError> {
                     }
                     Got::TimedOut => return Ok(Outcome::Pass("collapse-timeout")),
                     Got::Whole => return Ok(Outcome::Lookup),
+                    Got::Uncached => return Err(EdgeError::NotCached),
                     // A slice without a fresh record (expired, soft-purged, or the record
                     // never reached the disk): fetch it again, which renews the record and
                     // tells whether the other slices still stand.
@@ -337,7 +357,7 @@ pub async fn serve(req: &Req<'_>, base: &str) -> Result<Outcome, EdgeError> {
                 }
             }
         };
-        if let Some(out) = respond(req, &job, base, sliced, first).await? {
+        if let Some(out) = respond(req, &job, base, sliced, first, reach).await? {
             return Ok(out);
         }
     }
@@ -413,20 +433,23 @@ fn not_sliced(
     })
 }
 
-/// Looks a slice up, or claims its fill (spawning the driver) or joins the fill in flight, and
-/// waits for its head. `head_wait`: a collapsed reader gives up as `request::collapsed_head`
-/// says.
+/// Looks a slice up, or (as `reach` allows) claims its fill (spawning the driver) or joins the
+/// fill in flight, and waits for its head.
 async fn get_slice(
     edge: &Arc<Edge>,
     job: &FillJob,
     base: &str,
     ask: SliceAsk,
-    head_wait: bool,
+    reach: Reach,
 ) -> Got {
     let key = slice_key(base, ask.index);
     if let Some((obj, _)) = edge.lookup(&key).await {
         return Got::Cached(obj);
     }
+    let head_wait = match reach {
+        Reach::Fill { head_wait } => head_wait,
+        Reach::Stored => return Got::Uncached,
+    };
     let (fill, leader) = match edge.fills.claim(&key) {
         Claim::Leader(fill, guard) => {
             // Stored by a fill that ended between the lookup and the claim: as this slice, or
@@ -473,6 +496,7 @@ async fn respond(
     base: &str,
     sliced: Sliced,
     first: Option<(u64, Got)>,
+    reach: Reach,
 ) -> Result<Option<Outcome>, EdgeError> {
     let edge = req.edge;
     let size = edge.config.cache.slice_size;
@@ -503,9 +527,14 @@ async fn respond(
         return Ok(Some(Outcome::Done(resp)));
     };
     let k = start / size;
+    // `only-if-cached`: every slice the body needs must be stored before the head goes out
+    // (the walk then only reads them; one evicted meanwhile cuts the body short).
+    if matches!(reach, Reach::Stored) && !slices_stored(edge, base, size, start, end) {
+        return Err(EdgeError::NotCached);
+    }
     let got = match first {
         Some((n, got)) if n == k => got,
-        _ => get_slice(edge, job, base, SliceAsk { index: k, size }, true).await,
+        _ => get_slice(edge, job, base, SliceAsk { index: k, size }, reach).await,
     };
     let (piece, status) = match got {
         Got::Cached(obj) if same_version(&obj.headers, &sliced.head) => (
@@ -528,6 +557,7 @@ async fn respond(
         }
         Got::TimedOut => return Ok(Some(Outcome::Pass("collapse-timeout"))),
         Got::Whole => return Ok(Some(Outcome::Lookup)),
+        Got::Uncached => return Err(EdgeError::NotCached),
     };
     edge.metrics.request(status);
     // `build` gave the head this node's provisional Cache-Status member; RFC 9211 wants one
@@ -549,9 +579,25 @@ async fn respond(
         pos: next_slice_start(k, size).min(end),
         end,
         piece: Some(piece),
+        reach: match reach {
+            Reach::Fill { .. } => Reach::Fill { head_wait: false },
+            Reach::Stored => Reach::Stored,
+        },
     };
     *resp.body_mut() = Body::stream(walk.into_stream(), Some(end - start));
     Ok(Some(Outcome::Done(resp)))
+}
+
+/// Whether every slice holding a byte of `[start, end)` is stored, in RAM or on disk.
+fn slices_stored(edge: &Edge, base: &str, size: u64, start: u64, end: u64) -> bool {
+    (start / size..end.div_ceil(size)).all(|k| {
+        let key = slice_key(base, k);
+        edge.ram.contains(&key)
+            || edge
+                .store
+                .as_ref()
+                .is_some_and(|s| s.contains(key.as_bytes()))
+    })
 }
 
 fn info(req: &Req<'_>, status: CacheStatus, age: u64) -> CacheInfo {
@@ -621,6 +667,8 @@ struct Walk {
     pos: u64,
     end: u64,
     piece: Option<Piece>,
+    /// How later slices are obtained.
+    reach: Reach,
 }
 
 impl Walk {
@@ -665,6 +713,7 @@ impl Walk {
                             size: self.size,
                         },
                         (self.pos, self.end),
+                        self.reach,
                     );
                     self.piece = Some(next.await?);
                     self.pos = next_slice_start(k, self.size).min(self.end);
@@ -683,10 +732,11 @@ async fn fetch(
     version: &HeaderMap,
     ask: SliceAsk,
     (start, end): (u64, u64),
+    reach: Reach,
 ) -> Result<Piece, WalkError> {
     let (k, size) = (ask.index, ask.size);
     for _ in 0..2 {
-        match get_slice(edge, job, base, ask, false).await {
+        match get_slice(edge, job, base, ask, reach).await {
             Got::Cached(obj) if same_version(&obj.headers, version) => {
                 return Piece::from_object(&obj, k, size, start, end).map_err(|_| WalkError::Slice);
             }
@@ -708,7 +758,9 @@ async fn fetch(
             } if reason == crate::cache::policy::AUTHORIZED
                 || reason == fill::SHARE_TAKEN
                 || crate::proxy::loop_answer::refill(reason) => {}
-            Got::Other { .. } | Got::TimedOut | Got::Whole => return Err(WalkError::Slice),
+            Got::Other { .. } | Got::TimedOut | Got::Whole | Got::Uncached => {
+                return Err(WalkError::Slice)
+            }
         }
     }
     Err(WalkError::Changed)

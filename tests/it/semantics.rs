@@ -33,9 +33,11 @@ async fn send(edge: &TestEdge, method: &str, path: &str) -> StatusCode {
 async fn successful_unsafe_method_invalidates_the_target_uri() {
     let origin = Origin::start().await;
     let edge = TestEdge::start(edge_config(&origin)).await;
-    for (i, method) in ["POST", "PUT", "DELETE", "PATCH", "M-SEARCH"]
-        .into_iter()
-        .enumerate()
+    for (i, method) in [
+        "POST", "PUT", "DELETE", "PATCH", "M-SEARCH", "FOO", "get", "PURGE",
+    ]
+    .into_iter()
+    .enumerate()
     {
         let path = format!("/inv/{i}");
         origin.script(&path, fresh("v1"));

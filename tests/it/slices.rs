@@ -547,3 +547,67 @@ async fn a_successful_post_invalidates_every_slice_of_the_object() {
         "the POST left the slice stored"
     );
 }
+
+/// `only-if-cached` (RFC 9111 §5.2.1.7) on a sliced object used to be a 504 always, even with
+/// every slice stored: the slice path counted as going to the origin. Now what is stored
+/// answers (whole or a range), a range reaching a slice never fetched is a 504, and neither
+/// asks the origin.
+#[tokio::test]
+async fn only_if_cached_answers_a_sliced_object_from_its_stored_slices() {
+    let origin = Origin::start().await;
+    let body = pattern(4 * MIB, 4);
+    origin.script("/m/oic.mp4", video(body.clone(), "\"v1\""));
+    let edge = edge_with(&origin, "1MiB").await;
+    let oic = ("cache-control", "only-if-cached");
+
+    // Nothing stored yet: 504, and the origin is not asked.
+    let r = edge.get_with("/m/oic.mp4", &[oic]).await;
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(origin.count("/m/oic.mp4"), 0);
+
+    // Slices 0 and 1 stored.
+    let r = edge
+        .get_with(
+            "/m/oic.mp4",
+            &[("range", &format!("bytes=0-{}", 2 * MIB - 1))],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::PARTIAL_CONTENT);
+    edge.settle().await;
+    assert_eq!(origin.count("/m/oic.mp4"), 2);
+
+    let a = MIB - 10;
+    let r = edge
+        .get_with(
+            "/m/oic.mp4",
+            &[oic, ("range", &format!("bytes={a}-{}", MIB + 10))],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(r.x_cache(), "HIT");
+    assert_eq!(&r.body[..], &body[a..=MIB + 10]);
+
+    let head = edge
+        .req(Method::HEAD, "/m/oic.mp4")
+        .header("cache-control", "only-if-cached");
+    let head = edge.send(head, Bytes::new()).await;
+    assert_eq!(head.status, StatusCode::OK);
+    assert_eq!(head.h("content-length"), (4 * MIB).to_string());
+
+    // Slice 2 was never fetched: a range reaching it, and the whole object, are 504s.
+    let r = edge
+        .get_with(
+            "/m/oic.mp4",
+            &[oic, ("range", &format!("bytes={}-", 2 * MIB - 5))],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
+    let r = edge.get_with("/m/oic.mp4", &[oic]).await;
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
+    edge.settle().await;
+    assert_eq!(
+        origin.count("/m/oic.mp4"),
+        2,
+        "only-if-cached never asks the origin"
+    );
+}
