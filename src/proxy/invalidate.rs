@@ -1,8 +1,9 @@
 //! Invalidation by unsafe methods (RFC 9111 §4.4): a non-error response to a request whose
 //! method is not known to be safe (POST, PUT, DELETE, PATCH, any unknown method) removes what is
 //! stored for its target URI, and for the `Location` and `Content-Location` URIs when their host
-//! is the target's and a route with the same origins serves them. Every Vary variant and slice goes with its key (`Edge::purge_key`). A passed HEAD
-//! that names another representation makes the stored GET response stale (RFC 9111 §4.3.5).
+//! is the target's and a route with the same origins serves them. Every Vary variant and slice
+//! goes with its key (`Edge::purge_key`); a pushed (pinned) object stays. A passed HEAD that
+//! names another representation makes the stored GET response stale (RFC 9111 §4.3.5).
 
 use http::{header, HeaderMap, Method, StatusCode};
 
@@ -58,6 +59,9 @@ pub fn after_response(req: &Req<'_>, status: StatusCode, headers: &HeaderMap) ->
     }
     keys.sort();
     keys.dedup();
+    // An operator's push is the version the operator chose (as for `after_head`): the origin's
+    // word, on a stranger's request, never removes it; an admin purge or another push does.
+    keys.retain(|k| !edge.is_pinned(k));
     let removed: usize = keys.iter().map(|k| edge.purge_key(k)).sum();
     tracing::debug!(
         method = %req.parts.method,

@@ -243,6 +243,15 @@ impl Edge {
         self.ram.get(key).filter(|o| o.staleness(now).is_none())
     }
 
+    /// Whether `key` holds an operator's push (pinned), in RAM or on disk.
+    pub fn is_pinned(&self, key: &str) -> bool {
+        self.ram.peek(key).is_some_and(|o| o.pinned)
+            || self
+                .store
+                .as_ref()
+                .is_some_and(|s| s.is_pinned(key.as_bytes()))
+    }
+
     /// Removes one key (and its variants). Returns how many objects went. O(1) in the RAM tier
     /// unless it holds variants of the key: strangers name the keys a successful POST
     /// invalidates (`proxy::invalidate`). The store cannot tell whether it holds variants (its

@@ -1208,6 +1208,20 @@ impl Store {
                 .is_some_and(|e| !st.prefix_dead(&inner.layout, key, e))
     }
 
+    /// Whether `key` is stored, or being written, as a push (pinned; by hash: no device read).
+    pub fn is_pinned(&self, key: &[u8]) -> bool {
+        let inner = self.inner();
+        let h = inner.hash(key);
+        let st = inner.st.lock();
+        match st.pending.get(&h) {
+            Some(p) if p.obj.key == key => p.pinned,
+            _ => st
+                .index
+                .get(&h)
+                .is_some_and(|e| e.pinned() && !st.prefix_dead(&inner.layout, key, e)),
+        }
+    }
+
     /// Bytes a new pinned object may still use (for ingest's up-front space check).
     pub fn free_for_pinned(&self) -> u64 {
         let inner = self.inner();

@@ -1485,3 +1485,51 @@ async fn a_fill_that_began_before_a_push_does_not_replace_it() {
     );
     assert_eq!(origin.count("/vod/seg2.ts"), 1, "no refetch");
 }
+
+/// Bug: a stranger's POST (or PUT, DELETE, any unsafe method) to a pushed object's URL, which
+/// the origin answered 2xx, removed the operator's push from RAM and disk (RFC 9111 §4.4
+/// invalidation): every viewer after it missed to the origin, which for a pushed VOD library
+/// may not hold the asset at all. A push is the version the operator chose; the origin's
+/// answer to a viewer's request no longer removes it (a pulled object still goes).
+#[tokio::test]
+async fn an_unsafe_method_answered_2xx_never_removes_a_pushed_object() {
+    use crate::support::edge::admin_send;
+    use crate::support::{Origin as Scripted, Script};
+    let origin = Scripted::start().await;
+    origin.script("/vod/seg.ts", Script::ok("origin bytes"));
+    origin.script(
+        "/vod/pulled.ts",
+        Script::ok("pulled").header("cache-control", "max-age=3600"),
+    );
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let running = store_edge(&origin.url(), tmp.path(), 16 << 20).await;
+    let api = running.admin().await;
+    let headers = [("X-Vedge-Host", HOST), ("Content-Type", "video/mp2t")];
+    let (status, answer) = admin_send(
+        api.addr.port(),
+        "PUT",
+        "/admin/objects/vod/seg.ts",
+        &headers,
+        b"pushed bytes",
+    )
+    .await;
+    assert_eq!(status, 201, "{answer}");
+    running.get("/vod/pulled.ts").await;
+    running.settle().await;
+
+    for method in ["POST", "PUT", "DELETE", "FOO"] {
+        for path in ["/vod/seg.ts", "/vod/pulled.ts"] {
+            let m = http::Method::from_bytes(method.as_bytes()).expect("method");
+            let r = running
+                .send(running.req(m, path), Bytes::from_static(b"x"))
+                .await;
+            assert_eq!(r.status, StatusCode::OK, "{method} {path}");
+        }
+        let r = running.get("/vod/seg.ts").await;
+        assert_eq!(&r.body[..], b"pushed bytes", "{method}: {}", r.x_cache());
+        assert_eq!(r.x_cache(), "HIT", "{method}");
+    }
+    assert_eq!(origin.count("/vod/seg.ts"), 4, "only the unsafe requests");
+    // A pulled object is still invalidated.
+    assert_eq!(running.get("/vod/pulled.ts").await.x_cache(), "MISS");
+}
