@@ -506,6 +506,8 @@ async fn run(
                 // it with an `ETag` answers every refresh with a 304). Read before the key is
                 // released, as a stored copy's `announce` is: a viewer that finds the refreshed
                 // copy finds what it says is available asked for anew.
+                // A playlist's copy that answers blocking reloads is fresh again with it.
+                crate::proxy::llhls::refreshed(edge, key, stale, &refreshed);
                 if refreshed.class == ContentClass::Manifest
                     && !crate::proxy::llhls::is_playlist_path(key)
                 {

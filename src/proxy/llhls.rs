@@ -1119,6 +1119,40 @@ fn observe_scanned(
     announce_scanned(edge, route, key, &obj.body, scanned.as_ref(), viewer);
 }
 
+/// Called by the fill driver when a `304` refreshed a stored playlist (`stale`, now `fresh`:
+/// the same body, fresh again). When the copy answering blocking reloads is that body, of the
+/// same variant, the refreshed copy takes its place: a stale one answers none, and each
+/// request it satisfies would go to the origin until the playlist changed. Waiters re-check.
+pub fn refreshed(edge: &Edge, key: &str, stale: &CachedObject, fresh: &Arc<CachedObject>) {
+    if !is_playlist_path(key) {
+        return;
+    }
+    let Some(pl) = edge.live.existing(&playlist_key(key)) else {
+        return;
+    };
+    let variant = key.find('\0').map_or("", |i| &key[i..]);
+    let replaced = {
+        let mut st = pl.state.lock();
+        let Some(l) = st
+            .latest
+            .as_ref()
+            .filter(|l| l.variant == variant && l.obj.body == stale.body)
+        else {
+            return;
+        };
+        let copy = Arc::new(Snapshot {
+            scan: l.scan.clone(),
+            obj: fresh.clone(),
+            variant: l.variant.clone(),
+            weight: l.weight,
+        });
+        st.latest.replace(copy)
+    };
+    // Freed after the lock, as `observe_scanned` frees the copy it replaces.
+    drop(replaced);
+    pl.bump();
+}
+
 /// Window membership, retention and prefetch for a live manifest's body. The fill driver calls
 /// it as soon as the whole body arrived, before the viewers get its last bytes, so a viewer who
 /// reads the new manifest finds the newly listed objects already being fetched; `observe` calls

@@ -716,3 +716,42 @@ async fn other_hls_skip_values_are_no_directive_and_no_error() {
     assert!(scan(&r.body).is_some_and(|s| s.satisfies(7, None) && !s.skipped));
     assert!(origin.count(path) <= asked + 1);
 }
+
+/// Bug: a playlist refreshed by a `304 Not Modified` (an origin serving it with an `ETag`) was
+/// stored fresh again, but the copy that answers blocking reloads stayed the stale one from
+/// before: every `_HLS_msn` request that copy satisfies went to the origin until the playlist
+/// changed. The refreshed copy answers them now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_playlist_refreshed_by_a_304_answers_blocking_reloads_it_satisfies() {
+    let origin = Origin::start().await;
+    let path = "/etag/media.m3u8";
+    origin.script(
+        path,
+        playlist(SEGMENT_7_LISTED, "max-age=1").header("etag", "\"p1\""),
+    );
+    let edge = TestEdge::start(config_for(&origin.url(), "off")).await;
+    assert_eq!(edge.get(path).await.status, 200);
+    edge.settle().await;
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let refreshed = edge.get(path).await;
+    assert_eq!(refreshed.status, 200);
+    edge.settle().await;
+    let seen = origin.seen(path);
+    assert_eq!(seen.len(), 2);
+    assert_eq!(
+        seen[1].header("if-none-match"),
+        Some("\"p1\""),
+        "revalidated"
+    );
+    assert_eq!(edge.get(path).await.x_cache(), "HIT", "stored fresh again");
+
+    let r = edge.get(&format!("{path}?_HLS_msn=7")).await;
+    assert_eq!(r.status, 200, "{}", r.h("cache-status"));
+    assert_eq!(r.body, SEGMENT_7_LISTED.as_bytes());
+    assert_eq!(
+        origin.count(path),
+        2,
+        "answered from the refreshed copy: {}",
+        r.h("cache-status")
+    );
+}
