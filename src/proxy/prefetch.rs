@@ -25,7 +25,7 @@ use crate::proxy::edge::Edge;
 use crate::proxy::fill::{self, FillJob};
 use crate::proxy::llhls::{self, Playlist, Scan};
 use crate::proxy::request::Req;
-use crate::proxy::target;
+use crate::proxy::{slice, target};
 use http::HeaderMap;
 use tokio::sync::OwnedSemaphorePermit;
 use vedge_manifest::dash::{self, LiveEdge};
@@ -85,7 +85,7 @@ pub(crate) fn after_playlist(
     let skip = fresh.len().saturating_sub(PER_UPDATE);
     for (_, uri) in fresh.into_iter().skip(skip) {
         if let Some((host, pq)) = resolve(pl_key, uri) {
-            start(edge, route, &host, &pq, viewer, None, None);
+            start(edge, route, &host, &pq, None, viewer, None, None);
         }
     }
 }
@@ -197,7 +197,7 @@ pub(crate) fn observe_mpd(
                     Some(q) => format!("{}?{q}", u.path()),
                     None => u.path().to_string(),
                 };
-                start(edge, route, host, &pq, viewer, None, None);
+                start(edge, route, host, &pq, None, viewer, None, None);
             }
         }
     }
@@ -268,16 +268,27 @@ fn resolve(pl_key: &str, uri: &str) -> Option<(String, String)> {
 }
 
 /// After a viewer's GET was answered: its CMCD `nor` (CTA-5004 §3.3.4, the object the player
-/// asks for next, relative to this one) starts a prefetch of that object. Only for a request
-/// the route admitted (token and address checks passed: `dispatch` calls this after them) and
-/// answered with a success, and only for a `nor` on the same host that stays below the root
+/// asks for next, relative to this one) starts a prefetch of that object, and its `nrr` (the
+/// byte range of that next request; without `nor`, of this object: a single file read range by
+/// range, as DASH `SegmentBase` and HLS `EXT-X-BYTERANGE` are) narrows the prefetch to the
+/// slice holding the range's first byte (`cache.slice_size`). Only for a request the route
+/// admitted (token and address checks passed: `dispatch` calls this after them) and answered
+/// with a success, and only for a `nor` on the same host that stays below the root
 /// (`Cmcd::next_object`); the viewer is the CMCD `sid`, else the client address.
 pub(crate) fn after_hinted_request(req: &Req<'_>, cmcd: &Cmcd, status: http::StatusCode) {
     if req.parts.method != http::Method::GET || !status.is_success() {
         return;
     }
-    let Some(next) = cmcd.next_object(req.parts.uri.path()) else {
-        return;
+    // A suffix range (`-n`) names no first byte until the object's length is known.
+    let from = cmcd.nrr.and_then(|r| r.start);
+    let next = match cmcd.next_object(req.parts.uri.path()) {
+        Some(next) => next,
+        // This object again, as its key names it (the viewer's CMCD query is not in it); only
+        // in slices: without them this request's own fill is the whole object.
+        None if from.is_some() && req.edge.config.cache.slice_size > 0 => {
+            crate::cache::key::key_path(req.key()).to_string()
+        }
+        None => return,
     };
     let viewer = match (&cmcd.sid, req.peer) {
         (Some(sid), _) => format!("s|{sid}"),
@@ -294,7 +305,7 @@ pub(crate) fn after_hinted_request(req: &Req<'_>, cmcd: &Cmcd, status: http::Sta
         req.edge,
         req.route(),
         req.key(),
-        &next,
+        Hinted { uri: &next, from },
         &viewer,
         &req.parts.headers,
         Some(per_address),
@@ -321,10 +332,18 @@ fn hint_permit(edge: &Edge, who: &str, bound: usize) -> Option<OwnedSemaphorePer
     s.try_acquire_owned().ok()
 }
 
-/// A CMCD `nor` prefetch hint (CTA-5004 §3.3.4): the player announced it will ask for `uri`
-/// (relative to the object keyed `base_key` it is requesting now) next. Starts a fill of it
-/// unless the route has `prefetch = "off"`, it is cached or being filled, `viewer` (`s|` and a
-/// CMCD `sid`, else `v|` and the client address) already has `PER_VIEWER` hints in flight, or
+/// What a CMCD hint names: the object the player asks for next (`uri`, relative to the one it
+/// is requesting now) and, when it said (`nrr`), the first byte it will ask of it.
+pub struct Hinted<'a> {
+    pub uri: &'a str,
+    pub from: Option<u64>,
+}
+
+/// A CMCD `nor` prefetch hint (CTA-5004 §3.3.4): the player announced it will ask for `next`
+/// (relative to the object keyed `base_key` it is requesting now) next. Starts a fill of it (of
+/// the slice holding `next.from`, `start`) unless the route has `prefetch = "off"`, it is
+/// cached or being filled, `viewer` (`s|` and a CMCD `sid`, else `v|` and the client address)
+/// already has `PER_VIEWER` hints in flight, or
 /// the edge-wide prefetch budget is spent. `address_permit` (the client address's share, held
 /// until the fill ends) is taken by the caller. The fill asks as the hinting request
 /// (`headers`) would. Returns whether a fill started.
@@ -332,7 +351,7 @@ pub fn prefetch_hint(
     edge: &Arc<Edge>,
     route: &Route,
     base_key: &str,
-    uri: &str,
+    next: Hinted<'_>,
     viewer: &str,
     headers: &HeaderMap,
     address_permit: Option<OwnedSemaphorePermit>,
@@ -340,7 +359,7 @@ pub fn prefetch_hint(
     if route.live.prefetch == Prefetch::Off {
         return false;
     }
-    let Some((host, pq)) = resolve(base_key, uri) else {
+    let Some((host, pq)) = resolve(base_key, next.uri) else {
         return false;
     };
     let Some(permit) = hint_permit(edge, viewer, PER_VIEWER) else {
@@ -351,6 +370,7 @@ pub fn prefetch_hint(
         route,
         &host,
         &pq,
+        next.from,
         headers,
         Some(permit),
         address_permit,
@@ -359,7 +379,8 @@ pub fn prefetch_hint(
 
 /// Starts one prefetch fill of `path_and_query` on `host` (the key's host), unless it is cached
 /// or in flight, the budget is spent, or it belongs to another route than `route` (the one whose
-/// viewer named it). It asks the origin as `viewer` (that viewer's request headers) would: a
+/// viewer named it). `from`: only the slice holding that byte, where a viewer's range would be
+/// served from slices (`slice::applies`; the whole object where it would not). It asks the origin as `viewer` (that viewer's request headers) would: a
 /// fill with none of a viewer's headers got answers no viewer gets (no CORS headers and no
 /// `Vary: Origin` from an origin that adds both only for an `Origin`), stored for everyone.
 #[allow(clippy::too_many_arguments)]
@@ -368,6 +389,7 @@ fn start(
     route: &Route,
     host: &str,
     path_and_query: &str,
+    from: Option<u64>,
     viewer: &HeaderMap,
     viewer_permit: Option<OwnedSemaphorePermit>,
     address_permit: Option<OwnedSemaphorePermit>,
@@ -381,15 +403,38 @@ fn start(
     if !std::ptr::eq(target.route, route) || target.route.live.prefetch == Prefetch::Off {
         return false;
     }
-    let key = target.key.clone();
-    if edge.ram_fresh(&key, edge.clock.now()).is_some() || edge.is_hit_for_pass(&key) {
+    let base = target.key.clone();
+    if edge.ram_fresh(&base, edge.clock.now()).is_some() || edge.is_hit_for_pass(&base) {
         return false;
     }
     // An object that varies is stored under its viewers' variants, which a prefetch (no
     // viewer's headers) can neither find nor fill: it would ask the origin again each time.
-    if edge.vary_index.get(&key).is_some() {
+    if edge.vary_index.get(&base).is_some() {
         return false;
     }
+    let size = edge.config.cache.slice_size;
+    let slice = from
+        .filter(|_| slice::applies(edge, &base, &base))
+        .map(|at| slice::SliceAsk {
+            index: at / size,
+            size,
+        });
+    let key = match slice {
+        Some(ask) => {
+            // Stored whole (no fill asks for a slice of it), or the slice already is.
+            let key = slice::slice_key(&base, ask.index);
+            if edge.ram_fresh(&key, edge.clock.now()).is_some()
+                || edge
+                    .store
+                    .as_ref()
+                    .is_some_and(|s| s.contains(base.as_bytes()))
+            {
+                return false;
+            }
+            key
+        }
+        None => base,
+    };
     let Ok(permit) = edge.live.prefetch_permits.clone().try_acquire_owned() else {
         return false;
     };
@@ -397,6 +442,10 @@ fn start(
         return false;
     };
     let job = FillJob::prefetch(edge, &target, viewer);
+    let job = match slice {
+        Some(ask) => job.for_slice(ask),
+        None => job,
+    };
     let edge2 = edge.clone();
     edge.spawn(async move {
         let _permits = (permit, viewer_permit, address_permit);

@@ -512,3 +512,88 @@ async fn cmcd_nor_for_a_varied_object_already_cached_asks_the_origin_nothing() {
     );
     assert_eq!(edge.get_with("/v/b2.m4s", &viewer).await.x_cache(), "HIT");
 }
+
+/// CTA-5004 `nrr` is the byte range of the player's next request: of the `nor` object, or
+/// without `nor` of this one (one file read range by range: DASH `SegmentBase`, HLS
+/// `EXT-X-BYTERANGE`). It went unused: without `nor` nothing was prefetched, and with it the
+/// whole object was fetched, whatever its size. Now the slice holding the range's first byte is
+/// fetched, and the player's next range is a HIT that cost the origin one slice.
+#[tokio::test]
+async fn cmcd_nrr_prefetches_the_slice_of_the_next_range() {
+    const MIB: usize = 1 << 20;
+    let origin = Origin::start().await;
+    let body: Vec<u8> = (0..8 * MIB).map(|i| (i % 251) as u8).collect();
+    let video = |b: Vec<u8>| {
+        Script::ok(b)
+            .header("cache-control", "max-age=3600")
+            .header("content-type", "video/mp4")
+            .header("etag", "\"v1\"")
+            .ranged()
+    };
+    origin.script("/v/one.mp4", video(body.clone()));
+    origin.script("/v/two.mp4", video(body.clone()));
+    let mut raw = edge_config(&origin);
+    raw.ram_size = Some("256MiB".into());
+    raw.cache.slice_size = Some("1MiB".into());
+    let edge = TestEdge::start(raw).await;
+    let ranges = |path: &str| -> Vec<String> {
+        origin
+            .seen(path)
+            .iter()
+            .map(|s| s.header("range").unwrap_or("").to_string())
+            .collect()
+    };
+
+    // Without `nor`: the next range of this file (slice 3).
+    let next = 3 * MIB + 100;
+    let r = edge
+        .get_with(
+            "/v/one.mp4",
+            &[
+                ("range", "bytes=0-99"),
+                ("cmcd-request", &format!("nrr=\"{next}-{}\"", next + 999)),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 206);
+    until("the next range's slice was fetched", || {
+        origin.count("/v/one.mp4") == 2
+    })
+    .await;
+    edge.settle().await;
+    assert_eq!(
+        ranges("/v/one.mp4")[1],
+        format!("bytes={}-{}", 3 * MIB, 4 * MIB - 1),
+        "one slice, not the file"
+    );
+    let r = edge
+        .get_with(
+            "/v/one.mp4",
+            &[("range", &format!("bytes={next}-{}", next + 999))],
+        )
+        .await;
+    assert_eq!((r.status.as_u16(), r.x_cache()), (206, "HIT"));
+    assert_eq!(&r.body[..], &body[next..next + 1000]);
+
+    // With `nor`: that object's range (slice 5), query form.
+    edge.get_with(
+        "/v/one.mp4?CMCD=nor%3D%22two.mp4%22%2Cnrr%3D%225242880-%22",
+        &[("range", "bytes=0-99")],
+    )
+    .await;
+    until("the named object's slice was fetched", || {
+        origin.count("/v/two.mp4") == 1
+    })
+    .await;
+    edge.settle().await;
+    assert_eq!(
+        ranges("/v/two.mp4"),
+        [format!("bytes={}-{}", 5 * MIB, 6 * MIB - 1)]
+    );
+    let r = edge
+        .get_with("/v/two.mp4", &[("range", "bytes=5242880-5242979")])
+        .await;
+    assert_eq!((r.status.as_u16(), r.x_cache()), (206, "HIT"));
+    assert_eq!(origin.count("/v/two.mp4"), 1);
+    assert_eq!(origin.count("/v/one.mp4"), 2);
+}
