@@ -25,6 +25,9 @@ pub struct Metrics {
     pub bytes_sent: AtomicU64,
     pub responses_aborted: AtomicU64,
     pub purged: AtomicU64,
+    /// Passes of purges over every entry of the RAM tier (prefixes, tags, keys with variants,
+    /// URL purges once the odd-spelling index overflowed: `proxy::spelling`).
+    pub purge_scans: AtomicU64,
     /// Requests refused on token routes, by `Refusal::index`.
     pub token_refused: [AtomicU64; Refusal::ALL.len()],
     /// CORS preflights answered by the edge (`http::cors`), by `CORS_PREFLIGHT_RESULTS` index.
@@ -153,6 +156,7 @@ impl Metrics {
             ("vedge_bytes_sent_total", &self.bytes_sent),
             ("vedge_responses_aborted_total", &self.responses_aborted),
             ("vedge_purged_objects_total", &self.purged),
+            ("vedge_purge_ram_scans_total", &self.purge_scans),
             ("vedge_manifest_decodes_total", &self.manifests.decodes),
             (
                 "vedge_manifest_decodes_reused_total",

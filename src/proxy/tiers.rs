@@ -184,7 +184,7 @@ impl Edge {
     /// is the version the operator asked for; a fill's copy in RAM would shadow it, and one
     /// put there just after the push's handler cleared the key would stay until evicted.
     fn offer_to_store(&self, key: &str, obj: &CachedObject, mark: Option<u64>) -> bool {
-        let odd = self.spellings.note(key);
+        let odd = self.spellings.note(key, |k| self.ram.contains(k));
         let Some(store) = &self.store else {
             obj.disk.store(true, Relaxed);
             return true;
@@ -355,20 +355,29 @@ impl Edge {
         // the RAM tier in batches, one scan per batch, keys by set membership: an asset purge
         // expands to tens of thousands of keys, and a scan per key cost keys × RAM entries.
         let mut scanned = Vec::new();
-        // With odd spellings in RAM, a URL purge also selects them (`proxy::spelling`): a scan.
+        // A URL purge also selects the odd spellings of its path in RAM (`proxy::spelling`):
+        // those indexed under it, or, once the index overflowed, a scan.
         let spellings = self.spellings.any();
+        let scan_spellings = self.spellings.overflowed();
         for (i, sel) in selectors.iter().enumerate() {
             if i > 0 && i % PURGE_BATCH == 0 {
                 tokio::task::yield_now().await;
             }
             match sel {
-                PurgeSelector::Key(k) if !spellings && !self.ram.has_variants(k) => {
-                    counts[i] = if soft {
-                        self.expire_in_ram(k, now)
+                PurgeSelector::Key(k) if !scan_spellings && !self.ram.has_variants(k) => {
+                    let odd = if spellings {
+                        self.spellings.of(k, !soft)
                     } else {
-                        self.hit_for_pass.remove(k);
-                        usize::from(self.ram.remove(k))
+                        Vec::new()
                     };
+                    for key in std::iter::once(k.as_str()).chain(odd.iter().map(String::as_str)) {
+                        counts[i] += if soft {
+                            self.expire_in_ram(key, now)
+                        } else {
+                            self.hit_for_pass.remove(key);
+                            usize::from(self.ram.remove(key))
+                        };
+                    }
                 }
                 _ => scanned.push(i),
             }
@@ -377,6 +386,7 @@ impl Edge {
             // The purges are recorded above, so no fill stores a purged key meanwhile.
             tokio::task::yield_now().await;
             let batch = Batch::new(batch.iter().map(|&i| (i, &selectors[i])), spellings);
+            crate::metrics::Metrics::inc(&self.metrics.purge_scans);
             if soft {
                 let hits = parking_lot::Mutex::new(Vec::new());
                 self.ram.remove_where(|k, o| {

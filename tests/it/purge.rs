@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::support::binary::{BinaryEdge, ADMIN_TOKEN};
-use crate::support::edge::{admin_purge as purge, edge_config, until, AdminApi, TestEdge};
+use crate::support::edge::{
+    admin_purge as purge, admin_send, edge_config, until, AdminApi, TestEdge,
+};
 use crate::support::origin::{Gate, Origin, Script};
 
 /// An in-process edge with its admin API on a port of its own.
@@ -672,4 +674,50 @@ async fn a_purge_reaches_every_spelling_of_its_path() {
         .await;
         assert_eq!(s.edge.get("/other/y.ts").await.x_cache(), "HIT");
     }
+}
+
+/// Any viewer can get an odd spelling stored (`//vod/x.ts`, served by an origin that merges
+/// slashes). From then on every purge by URL scanned the whole RAM tier, for ever, to find such
+/// spellings: one request made each of an operator's URL purges cost a pass over millions of
+/// entries. Odd spellings are indexed by routed form now: a URL purge still reaches them, with
+/// no scan (`vedge_purge_ram_scans_total` counts scans; a prefix purge is one).
+#[tokio::test]
+async fn a_stored_odd_spelling_never_makes_url_purges_scan_the_ram_tier() {
+    let origin = Origin::start().await;
+    let s = setup(&origin).await;
+    let host = s.edge.addr.to_string();
+    let scans = || async {
+        let (_, text) = admin_send(s.admin, "GET", "/metrics", &[], b"").await;
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("vedge_purge_ram_scans_total "))
+            .map(str::to_string);
+        line.expect("vedge_purge_ram_scans_total is exported")
+    };
+    for p in ["/vod/x.ts", "//vod/x.ts", "/vod/x.ts;v=1", "/vod/y.ts"] {
+        origin.script(p, cached("old"));
+        s.edge.get(p).await;
+        s.edge.settle().await;
+        assert_eq!(s.edge.get(p).await.x_cache(), "HIT", "{p}");
+    }
+    let (st, v) = purge(
+        s.admin,
+        &format!(r#"{{"urls":["/vod/x.ts"],"host":"{host}"}}"#),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    for p in ["/vod/x.ts", "//vod/x.ts", "/vod/x.ts;v=1"] {
+        origin.script(p, cached("new"));
+        let r = s.edge.get(p).await;
+        assert_eq!((r.x_cache(), &r.body[..]), ("MISS", &b"new"[..]), "{p}");
+    }
+    assert_eq!(s.edge.get("/vod/y.ts").await.x_cache(), "HIT");
+    assert_eq!(scans().await, "vedge_purge_ram_scans_total 0");
+    purge(
+        s.admin,
+        &format!(r#"{{"prefixes":["/vod/"],"host":"{host}"}}"#),
+    )
+    .await;
+    assert_eq!(scans().await, "vedge_purge_ram_scans_total 1");
+    assert_eq!(s.edge.get("/vod/y.ts").await.x_cache(), "MISS");
 }
