@@ -313,6 +313,9 @@ pub struct RawCache {
     /// Honour viewers' `Cache-Control` request directives (`no-cache`, `max-age`,
     /// `min-fresh` for `other`-class objects; `max-stale`, `only-if-cached`); default true.
     pub request_directives: Option<bool>,
+    /// gzip manifests for viewers that accept it when the origin sent them uncoded
+    /// (`proxy::compress`); default false.
+    pub compress_manifests: Option<bool>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -534,6 +537,9 @@ pub struct CacheConfig {
     /// `no-cache` or `max-age=0` revalidates an `other`-class object, `only-if-cached` never
     /// reaches the origin.
     pub request_directives: bool,
+    /// Manifests the origin sent uncoded are gzip-coded for viewers that accept it
+    /// (`proxy::compress`).
+    pub compress_manifests: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -1155,6 +1161,7 @@ impl CacheConfig {
             prefetch_max_size: prefetch_max_size(raw, c),
             ttl: c.class_ttls("cache.ttl", &raw.ttl, &ClassTtl::defaults()),
             request_directives: raw.request_directives.unwrap_or(true),
+            compress_manifests: raw.compress_manifests.unwrap_or(false),
         }
     }
 }

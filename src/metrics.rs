@@ -50,6 +50,8 @@ pub struct ManifestMetrics {
     pub decodes_reused: AtomicU64,
     /// Decodes and rewrites run on the blocking pool (`proxy::signed::INLINE_MAX`).
     pub offloaded: AtomicU64,
+    /// Manifests sent gzip-coded by the edge (`proxy::compress`).
+    pub compressed: AtomicU64,
 }
 
 /// The `result` label of `vedge_cors_preflights_total`: granted, or what was refused
@@ -163,6 +165,10 @@ impl Metrics {
                 &self.manifests.decodes_reused,
             ),
             ("vedge_manifest_offloaded_total", &self.manifests.offloaded),
+            (
+                "vedge_manifest_compressed_total",
+                &self.manifests.compressed,
+            ),
         ] {
             let _ = writeln!(out, "# TYPE {name} counter\n{name} {}", c.load(Relaxed));
         }

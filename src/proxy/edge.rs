@@ -66,6 +66,8 @@ pub struct Edge {
     /// Manifests rewritten for token viewers: decoded coded bodies, off-worker permits
     /// (`proxy::signed::ManifestWork`).
     pub manifests: crate::proxy::signed::ManifestWork,
+    /// The gzip forms of shared manifests (`proxy::compress`).
+    pub compressed: crate::proxy::compress::Compressed,
 }
 
 impl Edge {
@@ -154,6 +156,7 @@ impl Edge {
             tasks: TaskTracker::new(),
             live: crate::proxy::llhls::Live::new(config.live.state_memory),
             manifests: Default::default(),
+            compressed: Default::default(),
             node,
             config,
         });

@@ -24,6 +24,7 @@ pub mod admission;
 pub mod assets;
 pub mod chain_limit;
 pub mod coding;
+pub mod compress;
 pub mod edge;
 pub mod error;
 pub mod fill;

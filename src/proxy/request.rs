@@ -269,7 +269,8 @@ async fn dispatch<'e>(
     if let Some(c) = cmcd {
         crate::proxy::prefetch::after_hinted_request(&req, c, resp.status());
     }
-    gate.finish(edge, resp).await
+    let resp = gate.finish(edge, resp).await?;
+    Ok(crate::proxy::compress::manifest(edge, parts, resp, !gate.rewrites()).await)
 }
 
 /// Other methods and requests with cookies pass; GET/HEAD go through the cache, `Authorization`

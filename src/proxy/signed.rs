@@ -79,6 +79,11 @@ pub struct Gate {
 }
 
 impl Gate {
+    /// Whether a manifest answer is rewritten for this viewer (carries its token).
+    pub fn rewrites(&self) -> bool {
+        self.carry.is_some()
+    }
+
     /// The request the rest of the path should see.
     pub fn parts<'a>(&'a self, original: &'a Parts) -> &'a Parts {
         self.parts.as_ref().unwrap_or(original)

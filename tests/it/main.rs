@@ -13,6 +13,7 @@ mod adversarial6;
 mod adversarial7;
 mod adversarial8;
 mod cmcd;
+mod compress;
 mod conformance;
 mod conformance2;
 mod conformance5;

@@ -1,0 +1,360 @@
+//! Manifests gzip-compressed at the edge (`cache.compress_manifests`, off by default). A live
+//! playlist is fetched by every player once per segment or part, and a long DVR playlist or a
+//! `SegmentTimeline` MPD is tens of kilobytes of text that gzip shrinks five to ten times; an
+//! origin that does not code them itself leaves that to the edge, as nginx's `gzip` does.
+//!
+//! What is compressed: a `200` to a GET or HEAD of a manifest (by path or content type, as the
+//! token rewrite reads them), sent without a content coding and without `no-transform` (RFC
+//! 9110 §7.7), to a viewer whose `Accept-Encoding` takes gzip, of `MIN_LEN` to
+//! `signed::MAX_REWRITE` bytes. Such a response names `Accept-Encoding` in `Vary` whether it is
+//! coded or not (a cache downstream must not give one viewer's coding to another), its strong
+//! `ETag` becomes weak (the coded bytes are not the stored ones; `If-None-Match` compares
+//! weakly, so the viewer's revalidation still matches) and it stops offering byte ranges.
+//! Stored objects stay as the origin sent them: ranges, conditionals and every other viewer
+//! work on those bytes.
+//!
+//! The coded form of a shared body is kept by its bytes (`Compressed`): a playlist hit by ten
+//! thousand players is compressed once per version, not once per request. A per-viewer body
+//! (a manifest carrying that viewer's token) is compressed for its viewer alone, at a lower
+//! level.
+
+use std::hash::BuildHasher;
+use std::io::Write;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use http::request::Parts;
+use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
+use quick_cache::sync::Cache;
+use quick_cache::{OptionsBuilder, Weighter};
+
+use crate::cache::policy::ManifestFormat;
+use crate::http::body::Body;
+use crate::proxy::edge::Edge;
+use crate::proxy::signed::{INLINE_MAX, MAX_REWRITE};
+
+/// Bodies shorter than this go as they are: gzip's own 18 bytes and the viewer's inflate
+/// would save next to nothing.
+pub const MIN_LEN: usize = 512;
+
+/// Bytes the coded forms of shared bodies may weigh, plain and coded copies counted.
+const KEPT_BYTES: u64 = 32 << 20;
+
+/// The gzip form of shared bodies compressed lately, keyed by a hash of the plain bytes and
+/// checked against them (a hash alone could hand one body's coding to another).
+pub struct Compressed {
+    kept: Cache<u64, Kept, ByBytes>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+#[derive(Clone)]
+struct Kept {
+    plain: Bytes,
+    coded: Bytes,
+}
+
+#[derive(Clone)]
+struct ByBytes;
+
+impl Weighter<u64, Kept> for ByBytes {
+    fn weight(&self, _: &u64, v: &Kept) -> u64 {
+        (v.plain.len() + v.coded.len()) as u64 + 64
+    }
+}
+
+impl Default for Compressed {
+    fn default() -> Compressed {
+        // quick_cache refuses an item larger than a shard: a shard holds two of the largest
+        // (plain and coded, `MAX_REWRITE` at most each).
+        let largest = 2 * MAX_REWRITE as u64 + 64;
+        let shards = (KEPT_BYTES / (2 * largest)).clamp(1, 16);
+        let options = OptionsBuilder::new()
+            .estimated_items_capacity(4096)
+            .weight_capacity(KEPT_BYTES)
+            .shards(shards.next_power_of_two() as usize)
+            .build()
+            .expect("quick_cache options are valid");
+        Compressed {
+            kept: Cache::with_options(options, ByBytes, Default::default(), Default::default()),
+            hasher: Default::default(),
+        }
+    }
+}
+
+impl Compressed {
+    fn hash(&self, plain: &[u8]) -> u64 {
+        self.hasher.hash_one(plain)
+    }
+}
+
+/// `resp` to the request `parts`, gzip-coded when the module doc says so. `shared`: the body is
+/// the same for every viewer of it (not rewritten for this one), so its coded form is kept.
+pub async fn manifest(
+    edge: &Edge,
+    parts: &Parts,
+    resp: Response<Body>,
+    shared: bool,
+) -> Response<Body> {
+    if !edge.config.cache.compress_manifests || !eligible(parts, &resp) {
+        return resp;
+    }
+    let (mut head, body) = resp.into_parts();
+    add_vary(&mut head.headers);
+    if !accepts_gzip(&parts.headers) {
+        return Response::from_parts(head, body);
+    }
+    if parts.method == Method::HEAD {
+        // No body to measure: a GET's would be coded, its length unknown here.
+        coded_headers(&mut head.headers, None);
+        return Response::from_parts(head, body);
+    }
+    let plain = match collect(body).await {
+        Ok(plain) => plain,
+        // Too long, or the fill failed: sent as it came, headers untouched.
+        Err(body) => return Response::from_parts(head, body),
+    };
+    if plain.len() < MIN_LEN {
+        return Response::from_parts(head, Body::full(plain));
+    }
+    let coded = match gzip(edge, plain.clone(), shared).await {
+        Some(coded) => coded,
+        None => return Response::from_parts(head, Body::full(plain)),
+    };
+    edge.metrics
+        .manifests
+        .compressed
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    coded_headers(&mut head.headers, Some(coded.len()));
+    Response::from_parts(head, Body::full(coded))
+}
+
+/// A `200` to a GET or HEAD of a manifest, not content-coded, without `no-transform`.
+fn eligible(parts: &Parts, resp: &Response<Body>) -> bool {
+    let h = resp.headers();
+    let ct = h.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    (parts.method == Method::GET || parts.method == Method::HEAD)
+        && resp.status() == StatusCode::OK
+        && !h.contains_key(header::CONTENT_ENCODING)
+        && ManifestFormat::of(parts.uri.path(), ct).is_some()
+        && !h.get_all(header::CACHE_CONTROL).iter().any(|v| {
+            v.to_str().is_ok_and(|s| {
+                s.split(',')
+                    .any(|d| d.trim().eq_ignore_ascii_case("no-transform"))
+            })
+        })
+}
+
+/// Whether `Accept-Encoding` takes gzip (RFC 9110 §12.5.3): `gzip` or `x-gzip` with a weight
+/// above 0, or else `*` with one; a listed `gzip;q=0` refuses it whatever `*` says.
+pub fn accepts_gzip(headers: &HeaderMap) -> bool {
+    let mut star = None;
+    for v in headers.get_all(header::ACCEPT_ENCODING) {
+        let Ok(v) = v.to_str() else { continue };
+        for item in v.split(',') {
+            let mut it = item.split(';');
+            let coding = it.next().unwrap_or("").trim();
+            let weight = it
+                .filter_map(|p| p.split_once('='))
+                .find(|(k, _)| k.trim().eq_ignore_ascii_case("q"))
+                .map(|(_, q)| q.trim().parse::<f32>().unwrap_or(0.0))
+                .unwrap_or(1.0);
+            if coding.eq_ignore_ascii_case("gzip") || coding.eq_ignore_ascii_case("x-gzip") {
+                return weight > 0.0;
+            }
+            if coding == "*" {
+                star = Some(weight > 0.0);
+            }
+        }
+    }
+    star.unwrap_or(false)
+}
+
+/// Adds `Accept-Encoding` to `Vary` unless it is there or `Vary` is `*`.
+fn add_vary(h: &mut HeaderMap) {
+    let listed = h.get_all(header::VARY).iter().any(|v| {
+        v.to_str().is_ok_and(|s| {
+            s.split(',').any(|n| {
+                let n = n.trim();
+                n == "*" || n.eq_ignore_ascii_case("accept-encoding")
+            })
+        })
+    });
+    if !listed {
+        h.append(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+    }
+}
+
+/// The fields of a gzip-coded answer: its coding and length (`None`: unknown, a HEAD), a weak
+/// `ETag`, no byte ranges.
+fn coded_headers(h: &mut HeaderMap, len: Option<usize>) {
+    h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    match len {
+        Some(n) => {
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        }
+        None => {
+            h.remove(header::CONTENT_LENGTH);
+        }
+    }
+    h.remove(header::ACCEPT_RANGES);
+    if let Some(tag) = h.get(header::ETAG) {
+        if !tag.as_bytes().starts_with(b"W/") {
+            let mut weak = b"W/".to_vec();
+            weak.extend_from_slice(tag.as_bytes());
+            match HeaderValue::from_bytes(&weak) {
+                Ok(v) => {
+                    h.insert(header::ETAG, v);
+                }
+                Err(_) => {
+                    h.remove(header::ETAG);
+                }
+            }
+        }
+    }
+}
+
+/// The whole body, when it ends within `MAX_REWRITE` bytes; otherwise what `Body` sends the
+/// same bytes (what was read, then the rest, or the fill's error).
+async fn collect(body: Body) -> Result<Bytes, Body> {
+    let (mut stream, len) = match body {
+        Body::Full(b) => return Ok(b.unwrap_or_default()),
+        Body::Stream { stream, len } => (stream, len),
+    };
+    if len.is_some_and(|n| n > MAX_REWRITE as u64) {
+        return Err(Body::Stream { stream, len });
+    }
+    let mut buf = BytesMut::new();
+    loop {
+        match stream.next().await {
+            None => return Ok(buf.freeze()),
+            Some(Ok(chunk)) => {
+                buf.extend_from_slice(&chunk);
+                if buf.len() > MAX_REWRITE {
+                    let read = futures_util::stream::iter([Ok(buf.freeze())]);
+                    return Err(Body::Stream {
+                        stream: Box::pin(read.chain(stream)),
+                        len,
+                    });
+                }
+            }
+            Some(Err(e)) => {
+                let read = futures_util::stream::iter([Ok(buf.freeze()), Err(e)]);
+                return Err(Body::Stream {
+                    stream: Box::pin(read),
+                    len,
+                });
+            }
+        }
+    }
+}
+
+/// `plain` gzip-coded: from the kept forms when `shared` and compressed before, else now (off
+/// the worker past `INLINE_MAX`). `None` when the coding failed or saved nothing.
+async fn gzip(edge: &Edge, plain: Bytes, shared: bool) -> Option<Bytes> {
+    let kept = &edge.compressed;
+    let key = shared.then(|| kept.hash(&plain));
+    if let Some(k) = key {
+        if let Some(hit) = kept.kept.get(&k).filter(|e| e.plain == plain) {
+            return Some(hit.coded);
+        }
+    }
+    // Shared bodies are coded once and sent many times: worth the better level.
+    let level = if shared {
+        flate2::Compression::new(6)
+    } else {
+        flate2::Compression::fast()
+    };
+    let coded = if plain.len() > INLINE_MAX {
+        let p = plain.clone();
+        tokio::task::spawn_blocking(move || encode(&p, level))
+            .await
+            .ok()
+            .flatten()?
+    } else {
+        encode(&plain, level)?
+    };
+    if coded.len() >= plain.len() {
+        return None;
+    }
+    if let Some(k) = key {
+        kept.kept.insert(
+            k,
+            Kept {
+                plain,
+                coded: coded.clone(),
+            },
+        );
+    }
+    Some(coded)
+}
+
+fn encode(plain: &[u8], level: flate2::Compression) -> Option<Bytes> {
+    let mut e = flate2::write::GzEncoder::new(Vec::with_capacity(plain.len() / 4), level);
+    e.write_all(plain).ok()?;
+    e.finish().ok().map(Bytes::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ae(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_str(v).expect("value"),
+        );
+        h
+    }
+
+    #[test]
+    fn accept_encoding_is_read_with_its_weights() {
+        for yes in [
+            "gzip",
+            "gzip, deflate, br",
+            "br;q=1, GZIP;q=0.5",
+            "x-gzip",
+            "*",
+            "br, *;q=0.1",
+        ] {
+            assert!(accepts_gzip(&ae(yes)), "{yes}");
+        }
+        for no in [
+            "",
+            "identity",
+            "br",
+            "gzip;q=0",
+            "gzip;q=0.0, *",
+            "*;q=0",
+            "gzipx",
+            "gzip;q=x",
+        ] {
+            assert!(!accepts_gzip(&ae(no)), "{no}");
+        }
+        assert!(!accepts_gzip(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn a_coded_answer_has_a_weak_etag_its_length_and_no_ranges() {
+        let mut h = HeaderMap::new();
+        h.insert(header::ETAG, HeaderValue::from_static("\"v1\""));
+        h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("9000"));
+        coded_headers(&mut h, Some(700));
+        assert_eq!(h[header::ETAG], "W/\"v1\"");
+        assert_eq!(h[header::CONTENT_LENGTH], "700");
+        assert_eq!(h[header::CONTENT_ENCODING], "gzip");
+        assert!(!h.contains_key(header::ACCEPT_RANGES));
+        let mut v = HeaderMap::new();
+        v.insert(
+            header::VARY,
+            HeaderValue::from_static("Origin, accept-encoding"),
+        );
+        add_vary(&mut v);
+        assert_eq!(v.get_all(header::VARY).iter().count(), 1);
+        let mut v = HeaderMap::new();
+        v.insert(header::VARY, HeaderValue::from_static("Origin"));
+        add_vary(&mut v);
+        assert_eq!(v.get_all(header::VARY).iter().count(), 2);
+    }
+}

@@ -1,0 +1,160 @@
+//! Manifests gzip-coded at the edge (`cache.compress_manifests`): for viewers that accept gzip,
+//! when the origin sent them uncoded; stored copies, ranges and every other viewer unchanged.
+
+use std::io::Read;
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+
+use crate::support::edge::{edge_config, TestEdge};
+use crate::support::origin::{Origin, Script};
+
+/// A VOD media playlist of `n` segments (about 30 bytes each).
+fn playlist(n: usize) -> String {
+    let mut p = String::from("#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:6\n");
+    for i in 0..n {
+        p.push_str(&format!("#EXTINF:6.000,\nseg_{i:05}.ts\n"));
+    }
+    p.push_str("#EXT-X-ENDLIST\n");
+    p
+}
+
+fn gunzip(b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(b)
+        .read_to_end(&mut out)
+        .expect("a gzip body");
+    out
+}
+
+async fn edge(origin: &Origin, on: bool) -> TestEdge {
+    let mut raw = edge_config(origin);
+    raw.cache.compress_manifests = Some(on);
+    TestEdge::start(raw).await
+}
+
+fn script(body: &str, cc: &str) -> Script {
+    Script::ok(body.to_string())
+        .header("content-type", "application/vnd.apple.mpegurl")
+        .header("cache-control", cc)
+        .header("etag", "\"p1\"")
+}
+
+const GZIP: (&str, &str) = ("accept-encoding", "gzip, deflate, br");
+
+#[tokio::test]
+async fn a_playlist_is_sent_gzip_coded_to_viewers_that_accept_it() {
+    let origin = Origin::start().await;
+    let text = playlist(400);
+    origin.script("/v/media.m3u8", script(&text, "max-age=60"));
+    let edge = edge(&origin, true).await;
+
+    let r = edge.get_with("/v/media.m3u8", &[GZIP]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.h("content-encoding"), "gzip");
+    assert_eq!(r.h("content-length"), r.body.len().to_string());
+    assert!(
+        r.body.len() * 4 < text.len(),
+        "{} of {}",
+        r.body.len(),
+        text.len()
+    );
+    assert_eq!(gunzip(&r.body), text.as_bytes());
+    assert!(
+        r.h("vary").eq_ignore_ascii_case("accept-encoding"),
+        "{}",
+        r.h("vary")
+    );
+    assert_eq!(r.h("etag"), "W/\"p1\"");
+    assert!(r.headers.get("accept-ranges").is_none());
+    edge.settle().await;
+
+    // A hit: the same coded bytes, compressed once.
+    let again = edge.get_with("/v/media.m3u8", &[GZIP]).await;
+    assert_eq!(again.x_cache(), "HIT");
+    assert_eq!(again.body, r.body);
+    assert_eq!(
+        edge.edge
+            .metrics
+            .manifests
+            .compressed
+            .load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
+
+    // A viewer without gzip gets the stored bytes, told they vary.
+    let plain = edge.get("/v/media.m3u8").await;
+    assert!(plain.headers.get("content-encoding").is_none());
+    assert_eq!(plain.body, text.as_bytes());
+    assert_eq!(plain.h("etag"), "\"p1\"");
+    assert!(plain.h("vary").eq_ignore_ascii_case("accept-encoding"));
+    let refused = edge
+        .get_with("/v/media.m3u8", &[("accept-encoding", "br, gzip;q=0")])
+        .await;
+    assert!(refused.headers.get("content-encoding").is_none());
+
+    // The weak ETag revalidates; a Range is answered from the stored bytes, uncoded.
+    let r304 = edge
+        .get_with("/v/media.m3u8", &[GZIP, ("if-none-match", "W/\"p1\"")])
+        .await;
+    assert_eq!(r304.status, StatusCode::NOT_MODIFIED);
+    let part = edge
+        .get_with("/v/media.m3u8", &[GZIP, ("range", "bytes=0-6")])
+        .await;
+    assert_eq!(part.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(&part.body[..], b"#EXTM3U");
+    assert!(part.headers.get("content-encoding").is_none());
+
+    // A HEAD says how a GET would come.
+    let head = edge
+        .send(
+            edge.req(Method::HEAD, "/v/media.m3u8")
+                .header(GZIP.0, GZIP.1),
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(head.h("content-encoding"), "gzip");
+    assert!(head.body.is_empty());
+    assert_eq!(origin.count("/v/media.m3u8"), 1);
+}
+
+#[tokio::test]
+async fn only_uncoded_manifests_without_no_transform_are_coded_and_only_when_on() {
+    let origin = Origin::start().await;
+    let text = playlist(100);
+    origin.script("/v/a.m3u8", script(&text, "max-age=60"));
+    origin.script("/v/nt.m3u8", script(&text, "max-age=60, no-transform"));
+    origin.script(
+        "/v/seg.ts",
+        Script::ok(text.clone())
+            .header("content-type", "video/mp2t")
+            .header("cache-control", "max-age=60"),
+    );
+    origin.script("/v/tiny.m3u8", script("#EXTM3U\n", "max-age=60"));
+    let mpd = format!(
+        "<?xml version=\"1.0\"?><MPD type=\"static\">{}</MPD>",
+        "<Period/>".repeat(200)
+    );
+    origin.script(
+        "/v/x.mpd",
+        Script::ok(mpd.clone())
+            .header("content-type", "application/dash+xml")
+            .header("cache-control", "max-age=60"),
+    );
+    let on = edge(&origin, true).await;
+    for p in ["/v/nt.m3u8", "/v/seg.ts", "/v/tiny.m3u8"] {
+        let r = on.get_with(p, &[GZIP]).await;
+        assert_eq!(r.status, StatusCode::OK, "{p}");
+        assert!(r.headers.get("content-encoding").is_none(), "{p}");
+    }
+    let r = on.get_with("/v/x.mpd", &[GZIP]).await;
+    assert_eq!(r.h("content-encoding"), "gzip");
+    assert_eq!(gunzip(&r.body), mpd.as_bytes());
+
+    // Off (the default): the origin's bytes as they are.
+    let off = edge(&origin, false).await;
+    let r = off.get_with("/v/a.m3u8", &[GZIP]).await;
+    assert!(r.headers.get("content-encoding").is_none());
+    assert!(r.headers.get("vary").is_none());
+    assert_eq!(r.body, text.as_bytes());
+}
