@@ -215,19 +215,24 @@ pub struct Decoded {
 
 impl Default for Decoded {
     fn default() -> Decoded {
-        // quick_cache refuses an item larger than a shard: a shard holds two of the largest.
         let largest = 2 * MAX_REWRITE as u64 + 2 * OVERHEAD;
-        let shards = (DECODED_BYTES / (2 * largest)).clamp(1, 16);
-        let opts = OptionsBuilder::new()
-            .estimated_items_capacity(1024)
-            .weight_capacity(DECODED_BYTES)
-            .shards(shards.next_power_of_two() as usize)
-            .build()
-            .expect("quick_cache options are valid");
+        let opts = byte_weighted(1024, DECODED_BYTES, largest);
         Decoded {
             cache: Cache::with_options(opts, ByLen, Default::default(), Default::default()),
         }
     }
+}
+
+/// quick_cache options for a cache of `bytes` holding items of up to `largest` bytes:
+/// quick_cache refuses an item larger than a shard, so a shard holds two of the largest.
+pub(crate) fn byte_weighted(items: usize, bytes: u64, largest: u64) -> quick_cache::Options {
+    let shards = (bytes / (2 * largest)).clamp(1, 16);
+    OptionsBuilder::new()
+        .estimated_items_capacity(items)
+        .weight_capacity(bytes)
+        .shards(shards.next_power_of_two() as usize)
+        .build()
+        .expect("quick_cache options are valid")
 }
 
 impl Decoded {

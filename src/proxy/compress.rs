@@ -26,7 +26,7 @@ use futures_util::StreamExt;
 use http::request::Parts;
 use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
 use quick_cache::sync::Cache;
-use quick_cache::{OptionsBuilder, Weighter};
+use quick_cache::Weighter;
 
 use crate::cache::policy::ManifestFormat;
 use crate::http::body::Body;
@@ -64,16 +64,9 @@ impl Weighter<u64, Kept> for ByBytes {
 
 impl Default for Compressed {
     fn default() -> Compressed {
-        // quick_cache refuses an item larger than a shard: a shard holds two of the largest
-        // (plain and coded, `MAX_REWRITE` at most each).
-        let largest = 2 * MAX_REWRITE as u64 + 64;
-        let shards = (KEPT_BYTES / (2 * largest)).clamp(1, 16);
-        let options = OptionsBuilder::new()
-            .estimated_items_capacity(4096)
-            .weight_capacity(KEPT_BYTES)
-            .shards(shards.next_power_of_two() as usize)
-            .build()
-            .expect("quick_cache options are valid");
+        // Plain and coded, `MAX_REWRITE` at most each.
+        let options =
+            crate::proxy::coding::byte_weighted(4096, KEPT_BYTES, 2 * MAX_REWRITE as u64 + 64);
         Compressed {
             kept: Cache::with_options(options, ByBytes, Default::default(), Default::default()),
             hasher: Default::default(),
