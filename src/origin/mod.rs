@@ -490,8 +490,8 @@ impl OriginClient {
 
     /// Fetches from the upstream's first candidate for `key`. A GET or HEAD that fails before
     /// its response head (refused, reset, timed out, TLS; or a status the upstream retries) is
-    /// tried once more, on the next candidate, if time is left before `deadline` (the collapse
-    /// deadline: after it the collapsed viewers have gone their own way). With a single origin
+    /// tried once more, on the next candidate: after a timeout with a whole first-byte timeout
+    /// of its own, otherwise if time is left before `deadline` (the collapse deadline). With a single origin
     /// only a failed connection is retried (on the same origin), as a stale pooled connection
     /// is the likely cause. Body bytes never flowed by then, so no viewer can notice.
     pub async fn fetch_via(
@@ -555,9 +555,15 @@ impl OriginClient {
         if !retry || !(method == Method::GET || method == Method::HEAD) {
             return result;
         }
-        let left = match deadline {
-            Some(d) => d.saturating_duration_since(Instant::now()).min(timeout),
-            None => timeout,
+        let left = match (&result, deadline) {
+            // A candidate that let the whole first-byte timeout pass (hung, or cut off) is what
+            // failover is for: the next gets a whole timeout too, past the collapse deadline
+            // (collapsed viewers wait for an attempt and its retry, `request::collapsed_head`).
+            // Bounded by the deadline, the retry never happened with the default timeouts
+            // (collapse 10 s, first byte 15 s): every key the hung node owns was a 504.
+            (Err(OriginError::Timeout), _) => timeout,
+            (_, Some(d)) => d.saturating_duration_since(Instant::now()).min(timeout),
+            (_, None) => timeout,
         };
         if left.is_zero() {
             return result;

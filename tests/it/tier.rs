@@ -3,6 +3,7 @@
 //! one more, a fan-out purge reaches every node (shields first), and a node naming itself as
 //! its shield gets 508.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -497,4 +498,82 @@ async fn an_origin_error_relayed_by_a_shield_never_ejects_it() {
         "through the shield: {}",
         r.h("cache-status")
     );
+}
+
+/// A shield that hangs (stopped, cut off: it accepts connections and never answers) rather than
+/// refusing them. A fill that timed out on it was retried on the next node only while time was
+/// left before the collapse deadline, which the first-byte timeout always outlasts with the
+/// defaults (10 s and 15 s): every key the hung shield owned was a 504 after the whole
+/// timeout. The retry now gets a whole first-byte timeout of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_shield_fails_over_to_the_next_node() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::AsyncReadExt;
+    let origin = Origin::start().await;
+    for i in 0..12 {
+        origin.script(
+            &format!("/k{i}.ts"),
+            Script::ok(format!("seg {i}")).header("cache-control", "max-age=60"),
+        );
+    }
+    let good = TestEdge::start(node_config(&origin, "shield-good")).await;
+    let hung = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let hung_addr = hung.local_addr().expect("addr");
+    let asked = Arc::new(AtomicUsize::new(0));
+    let seen = asked.clone();
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut s, _)) = hung.accept().await {
+            let seen = seen.clone();
+            held.push(tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                // Reads requests, answers none.
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    seen.fetch_add(1, Ordering::Relaxed);
+                }
+            }));
+        }
+    });
+    let mut raw = node_config(&origin, "edge-0");
+    // The defaults' order: the collapse deadline comes before the first-byte timeout.
+    raw.cache.collapse_timeout = Some("500ms".into());
+    raw.origin_client.first_byte_timeout = Some("1s".into());
+    raw.shield = Some(RawShield {
+        nodes: vec![
+            format!("http://{hung_addr}"),
+            format!("http://{}", good.addr),
+        ],
+        on_all_down: Some("error".into()),
+        eject: Some(vedge::config::RawEject {
+            failures: Some(100),
+            duration: Some("60s".into()),
+        }),
+        ..RawShield::default()
+    });
+    let edge = Arc::new(TestEdge::start(raw).await);
+    let gets: Vec<_> = (0..12)
+        .map(|i| {
+            let edge = edge.clone();
+            tokio::spawn(async move { (i, edge.get(&format!("/k{i}.ts")).await) })
+        })
+        .collect();
+    for g in gets {
+        let (i, r) = g.await.expect("viewer");
+        assert_eq!(
+            (r.status, r.body.as_ref()),
+            (StatusCode::OK, format!("seg {i}").as_bytes()),
+            "/k{i}.ts: {}",
+            r.h("cache-status")
+        );
+    }
+    assert!(
+        asked.load(Ordering::Relaxed) > 0,
+        "no key was the hung shield's: nothing tested"
+    );
+    holder.abort();
 }
