@@ -449,7 +449,7 @@ fn start(
     let edge2 = edge.clone();
     edge.spawn(async move {
         let _permits = (permit, viewer_permit, address_permit);
-        if let Some((obj, _)) = edge2.lookup_fresh(&key, edge2.clock.now()).await {
+        if let Some((obj, _)) = edge2.lookup_fresh(&key).await {
             f.set_head(FillHead::Complete(obj));
             f.finish(Ok(()));
             drop(guard);

@@ -613,7 +613,7 @@ async fn claim(req: &Req<'_>, at: &Lookup<'_>, stale: Option<Arc<CachedObject>>)
             // again now that we hold the key, or every such request would fetch it once more.
             // (Not when the viewer's directives refused the fresh copy: it is revalidated.)
             if !at.revalidate {
-                if let Some((obj, tier)) = edge.lookup_fresh(&at.key, edge.clock.now()).await {
+                if let Some((obj, tier)) = edge.lookup_fresh(&at.key).await {
                     release_with(fill, guard, obj.clone());
                     return Phase::Hit(obj, tier);
                 }

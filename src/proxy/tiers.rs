@@ -226,15 +226,14 @@ impl Edge {
         self.store.as_ref().map(Store::free_for_pinned)
     }
 
-    /// The key's object if it is cached and fresh at `now`.
-    pub async fn lookup_fresh(
-        &self,
-        key: &str,
-        now: SystemTime,
-    ) -> Option<(Arc<CachedObject>, Tier)> {
-        self.lookup(key)
-            .await
-            .filter(|(o, _)| o.staleness(now).is_none())
+    /// The key's object if it is cached and fresh. Judged at the clock's reading after the
+    /// lookup: a soft-purged object read from disk is made stale as of the read
+    /// (`lookup_disk`), and judged at an instant taken before it, it was still fresh (a
+    /// soft purge of an object only on disk was served once as a fresh HIT).
+    pub async fn lookup_fresh(&self, key: &str) -> Option<(Arc<CachedObject>, Tier)> {
+        let found = self.lookup(key).await;
+        let now = self.clock.now();
+        found.filter(|(o, _)| o.staleness(now).is_none())
     }
 
     /// The key's object if it is in RAM and fresh at `now` (no disk read: for the checks made

@@ -721,3 +721,84 @@ async fn a_stored_odd_spelling_never_makes_url_purges_scan_the_ram_tier() {
     assert_eq!(scans().await, "vedge_purge_ram_scans_total 1");
     assert_eq!(s.edge.get("/vod/y.ts").await.x_cache(), "MISS");
 }
+
+/// A soft purge of an object held only on the SSD (here after a restart): the next request
+/// must revalidate it, as for an object in RAM. It was served once as a fresh hit
+/// (`X-Cache: HIT`, `Cache-Status: ...; hit; ttl=-1; detail=disk`, the origin not asked): the
+/// fill's second look at the key judged the copy it read at an instant taken before the read,
+/// which is what makes a soft-purged disk copy stale.
+#[tokio::test]
+async fn a_soft_purge_of_an_object_only_on_disk_revalidates_on_the_next_request() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/d.ts",
+        Script::ok(vec![7u8; 200_000])
+            .header("cache-control", "max-age=3600")
+            .header("etag", "\"v1\""),
+    );
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = tmp.path().join("edge.store");
+    let start = || {
+        BinaryEdge::start(
+            &origin.url(),
+            [
+                OsStr::new("--store"),
+                store.as_os_str(),
+                OsStr::new("--store-size"),
+                OsStr::new("64MiB"),
+                OsStr::new("--store-region-size"),
+                OsStr::new("4MiB"),
+            ],
+        )
+    };
+    let get = |port: u16| async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        s.write_all(b"GET /d.ts HTTP/1.1\r\nHost: edge.test\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("write");
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).await.expect("read");
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let head = text
+            .split("\r\n\r\n")
+            .next()
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        head.lines()
+            .find_map(|l| l.strip_prefix("x-cache: "))
+            .unwrap_or("")
+            .to_string()
+    };
+    let mut v = start();
+    v.ready().await;
+    // Pulled objects go to disk on their second request.
+    for _ in 0..3 {
+        get(v.port).await;
+    }
+    for _ in 0..100 {
+        if v.metric("vedge_store_objects").await >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(v.metric("vedge_store_objects").await >= 1, "on disk");
+    v.signal(libc::SIGTERM);
+    drop(v);
+
+    let v = start();
+    v.ready().await;
+    let (st, body) = crate::support::edge::admin_post(
+        v.admin,
+        "/admin/purge",
+        r#"{"urls":["/d.ts"],"host":"edge.test","soft":true}"#,
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+    let asked = origin.count("/d.ts");
+    let first = get(v.port).await;
+    assert_ne!(first, "hit", "a soft-purged object is not fresh");
+    assert_eq!(origin.count("/d.ts"), asked + 1, "revalidated");
+}
