@@ -659,7 +659,13 @@ impl OriginClient {
             // A transfer coding other than `chunked` (`Transfer-Encoding: gzip`): hyper reads
             // such a body to the connection's close and the coding, hop-by-hop, is dropped on
             // the way, so its coded bytes would reach viewers (and the cache) as plain ones.
-            Ok(Ok(resp)) if undecodable_transfer_coding(resp.headers()) => {
+            // So is one framed both ways (`Content-Length` and `Transfer-Encoding`, RFC 9112
+            // §6.3: "ought to be handled as an error"): its viewers got no response at all.
+            Ok(Ok(resp))
+                if undecodable_transfer_coding(resp.headers())
+                    || (resp.headers().contains_key(header::TRANSFER_ENCODING)
+                        && resp.headers().contains_key(header::CONTENT_LENGTH)) =>
+            {
                 Err(OriginError::Protocol)
             }
             // A connect error without a dial of its own: the pool's, see `DialWatch`.

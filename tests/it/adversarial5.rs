@@ -351,3 +351,22 @@ transfer-encoding: identity, chunked\r\nconnection: close\r\n\r\n5\r\nplain\r\n0
     let r = edge.get("/v/seg.ts").await;
     assert_eq!((r.status.as_u16(), &r.body[..]), (200, &b"plain"[..]));
 }
+
+/// An origin answering with both `Content-Length` and `Transfer-Encoding: chunked` (RFC 9112
+/// §6.3: a sign of response smuggling, "ought to be handled as an error"): the viewer got no
+/// response at all (the connection closed before a status line; h2: the stream reset), and
+/// every viewer after it the same. It is an origin protocol error now: a 502, nothing stored.
+#[tokio::test]
+async fn an_origin_answer_with_both_content_length_and_chunked_is_a_502() {
+    const BOTH: &[u8] = b"HTTP/1.1 200 OK\r\ncache-control: max-age=600\r\n\
+content-length: 3\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+    let edge = TestEdge::start(edge_config_for(answering(BOTH).await)).await;
+    for round in 0..2 {
+        let raw = edge
+            .raw(b"GET /v/seg.ts HTTP/1.1\r\nHost: edge.test\r\nConnection: close\r\n\r\n")
+            .await;
+        let text = raw.text();
+        assert!(text.starts_with("HTTP/1.1 502"), "round {round}: {text:?}");
+        edge.settle().await;
+    }
+}
