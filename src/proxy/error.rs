@@ -53,6 +53,11 @@ pub enum EdgeError {
     /// token (`proxy::coding`): 502, rather than a playlist whose every child is refused.
     #[error("the origin's manifest cannot carry the viewer's token: {0}")]
     Manifest(#[from] crate::proxy::coding::Undecodable),
+    /// A request body in a transfer coding other than `chunked` (RFC 9112 §6.1: a server
+    /// SHOULD answer 501): the HTTP layer undoes `chunked` only, and the rest would reach the
+    /// origin still coded, relabelled as plain bytes.
+    #[error("transfer coding not implemented: only chunked is")]
+    TransferCoding,
 }
 
 /// A failed fill's origin failure, back in the origin client's terms: the same status and
@@ -89,6 +94,7 @@ impl EdgeError {
             EdgeError::ChainTooLong => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             EdgeError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             EdgeError::Manifest(_) => StatusCode::BAD_GATEWAY,
+            EdgeError::TransferCoding => StatusCode::NOT_IMPLEMENTED,
         }
     }
 
@@ -107,6 +113,7 @@ impl EdgeError {
             EdgeError::ChainTooLong => "chain-too-long",
             EdgeError::RequestTimeout => "request-timeout",
             EdgeError::Manifest(why) => why.as_str(),
+            EdgeError::TransferCoding => "transfer-coding",
         }
     }
 

@@ -190,6 +190,16 @@ async fn dispatch<'e>(
     if parts.method == Method::OPTIONS && parts.uri == "*" {
         return Ok(response::server_options());
     }
+    if parts
+        .headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(|c| c.trim_ascii())
+        .any(|c| !c.is_empty() && !c.eq_ignore_ascii_case(b"chunked"))
+    {
+        return Err(EdgeError::TransferCoding);
+    }
     let cacheable_method = parts.method == Method::GET || parts.method == Method::HEAD;
     // First of all: a GET or HEAD with a body is refused (RFC 9110 §9.3.1 gives such a body no
     // meaning). Forwarded on a shared fill its framing would stall a strict origin for every

@@ -370,3 +370,28 @@ content-length: 3\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n5\r\
         edge.settle().await;
     }
 }
+
+/// A viewer's body in a transfer coding the edge does not implement (`Transfer-Encoding: gzip,
+/// chunked`): the HTTP layer undid `chunked` and the `gzip` was dropped, so the origin got the
+/// coded bytes relabelled `chunked`, as plain ones. RFC 9112 §6.1: a 501 now, and the origin
+/// never sees it; `chunked` alone (any case) still passes.
+#[tokio::test]
+async fn a_request_transfer_coding_other_than_chunked_is_a_501() {
+    let origin = crate::support::Origin::start().await;
+    origin.script("/up", crate::support::Script::ok("taken"));
+    let edge = TestEdge::start(crate::support::edge_config(&origin)).await;
+    let post = |te: &str| {
+        format!(
+            "POST /up HTTP/1.1\r\nHost: edge.test\r\nTransfer-Encoding: {te}\r\n\
+             Connection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        )
+    };
+    for te in ["gzip, chunked", "deflate,chunked", "x-custom, chunked"] {
+        let r = edge.raw(post(te).as_bytes()).await;
+        assert!(r.text().starts_with("HTTP/1.1 501"), "{te}: {:?}", r.text());
+    }
+    assert_eq!(origin.count("/up"), 0, "never forwarded");
+    let r = edge.raw(post("Chunked").as_bytes()).await;
+    assert!(r.text().starts_with("HTTP/1.1 200"), "{:?}", r.text());
+    assert_eq!(origin.count("/up"), 1);
+}
