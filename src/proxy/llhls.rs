@@ -64,8 +64,9 @@ const MAX_BUSY_SKIPPED: usize = 1024;
 const MEMBERS: usize = 200_000;
 /// Members remembered per playlist window and per "left the window" queue.
 const PER_PLAYLIST: usize = 4_096;
-/// Playlists larger than this are not scanned.
-const MAX_SCAN: usize = 4 << 20;
+/// Playlists larger than this are not scanned (counted in `vedge_live_scans_skipped_total`). A
+/// day-long DVR window of 2 s segments with long URIs and program date-times is 6-10 MB.
+const MAX_SCAN: usize = 16 << 20;
 /// Prefetch fills in flight across the edge.
 pub const PREFETCH_PERMITS: usize = 64;
 /// Scans of large live manifests (over `proxy::READ_INLINE`) on the blocking pool at once,
@@ -1158,6 +1159,10 @@ pub fn refreshed(edge: &Edge, key: &str, stale: &CachedObject, fresh: &Arc<Cache
 /// reads the new manifest finds the newly listed objects already being fetched; `observe` calls
 /// it again (a no-op for what was seen).
 pub fn announce(edge: &Arc<Edge>, route: &Route, key: &str, body: &[u8], viewer: &http::HeaderMap) {
+    if body.len() > MAX_SCAN && is_playlist_path(key) {
+        tracing::debug!(key, len = body.len(), "live playlist too large to read");
+        crate::metrics::Metrics::inc(&edge.metrics.abuse.live_scans_skipped);
+    }
     let scanned = scan_of(key, body);
     announce_scanned(edge, route, key, body, scanned.as_ref(), viewer);
 }

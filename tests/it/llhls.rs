@@ -755,3 +755,40 @@ async fn a_playlist_refreshed_by_a_304_answers_blocking_reloads_it_satisfies() {
         r.h("cache-status")
     );
 }
+
+/// A live playlist past 4 MiB (a day-long DVR window: 80,000 segments here, 5.9 MB) was not
+/// read at all, and nothing said so: no prefetch of its newest segment, no window bookkeeping,
+/// and a 404 kept from a too-early request for a segment it lists stayed until its TTL ran
+/// out. Playlists up to 16 MiB are read now; a larger one is counted in
+/// `vedge_live_scans_skipped_total`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_day_long_dvr_playlist_is_still_read_and_drives_prefetch() {
+    const SEGMENTS: u64 = 80_000;
+    let origin = Origin::start().await;
+    let body = large_live_playlist(SEGMENTS);
+    assert!(body.len() > 5 << 20, "{} bytes", body.len());
+    let path = "/dvr/live.m3u8";
+    origin.script(path, playlist(body, "max-age=1"));
+    let newest = format!("/dvr/seg_{}.m4s", SEGMENTS - 1);
+    origin.script(
+        &newest,
+        Script::ok("newest").header("cache-control", "max-age=60"),
+    );
+    let edge = TestEdge::start(config_for(&origin.url(), "next")).await;
+    assert_eq!(edge.get(path).await.status, 200);
+    crate::support::until(&format!("{newest} is prefetched"), || {
+        origin.count(&newest) == 1
+    })
+    .await;
+    edge.settle().await;
+    let r = edge.get(&newest).await;
+    assert_eq!((r.status.as_u16(), r.x_cache()), (200, "HIT"));
+    assert_eq!(
+        edge.edge
+            .metrics
+            .abuse
+            .live_scans_skipped
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+}
