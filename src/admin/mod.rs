@@ -149,8 +149,10 @@ async fn handle(
 ) -> Response<Body> {
     let path = req.uri().path().to_string();
     match (req.method(), path.as_str()) {
-        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
-        (&Method::GET, "/metrics") => {
+        // HEAD as GET (RFC 9110 §9.3.2: load balancers check health with either); hyper sends
+        // a HEAD's head only.
+        (&Method::GET | &Method::HEAD, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET | &Method::HEAD, "/metrics") => {
             let mut out = String::new();
             edge.metrics.render(&mut out);
             let _ = writeln!(
@@ -204,22 +206,43 @@ async fn handle(
             }
             admin(edge, req).await
         }
+        (_, "/healthz" | "/metrics") => not_allowed("GET, HEAD"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// RFC 9110 §15.5.6: a known endpoint asked with another method is a 405 naming the methods it
+/// takes, not a 404.
+fn not_allowed(allow: &'static str) -> Response<Body> {
+    let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here\n");
+    r.headers_mut()
+        .insert(header::ALLOW, header::HeaderValue::from_static(allow));
+    r
 }
 
 async fn admin(edge: Arc<Edge>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
     match (req.method().clone(), path.as_str()) {
-        (Method::GET, "/admin/origins") => origins::handle(&edge),
+        (Method::GET | Method::HEAD, "/admin/origins") => origins::handle(&edge),
         (Method::POST, "/admin/purge") => {
-            // Bounded: a purge body is a list of URLs, not a payload.
-            let limited = http_body_util::Limited::new(req.into_body(), 4 << 20);
+            // Bounded: a purge body is a list of URLs, not a payload. A declared length past
+            // the bound is refused before a byte is read.
+            const MAX_BODY: usize = 4 << 20;
+            let declared = req
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            if declared.is_some_and(|n| n > MAX_BODY as u64) {
+                return text(StatusCode::PAYLOAD_TOO_LARGE, "purge body: 4 MiB at most\n");
+            }
+            let limited = http_body_util::Limited::new(req.into_body(), MAX_BODY);
             let body = match limited.collect().await {
                 Ok(b) => b.to_bytes(),
-                Err(_) => {
-                    return text(StatusCode::BAD_REQUEST, "unreadable body (4 MiB at most)\n")
+                Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                    return text(StatusCode::PAYLOAD_TOO_LARGE, "purge body: 4 MiB at most\n")
                 }
+                Err(_) => return text(StatusCode::BAD_REQUEST, "unreadable purge body\n"),
             };
             match purge::purge(&edge, &body).await {
                 // A fan-out that missed a node is not a success: 502 with the per-node report.
@@ -228,6 +251,8 @@ async fn admin(edge: Arc<Edge>, req: Request<Incoming>) -> Response<Body> {
                 Err((status, msg)) => text(status, format!("{msg}\n")),
             }
         }
+        (_, "/admin/origins") => not_allowed("GET, HEAD"),
+        (_, "/admin/purge") => not_allowed("POST"),
         _ => text(StatusCode::NOT_FOUND, "no such admin endpoint\n"),
     }
 }

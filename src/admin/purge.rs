@@ -169,6 +169,12 @@ pub async fn purge(
             ),
         ));
     }
+    // A fan-out with no `[cluster]` to reach would report every node purged, of none.
+    if p.fanout && edge.config.tier.cluster.nodes.is_empty() {
+        return Err(bad(
+            "\"fanout\": true needs a [cluster] of nodes in this node's config; none is set".into(),
+        ));
+    }
     // Shields before edges, this node in its own place (`fanout.rs`).
     let mut fanout = p.fanout.then(|| Fanout::new(body));
     if let Some(f) = fanout.as_mut().filter(|_| local_after_shields(edge)) {

@@ -802,3 +802,55 @@ async fn a_soft_purge_of_an_object_only_on_disk_revalidates_on_the_next_request(
     assert_ne!(first, "hit", "a soft-purged object is not fresh");
     assert_eq!(origin.count("/d.ts"), asked + 1, "revalidated");
 }
+
+/// The admin API as an operator's tooling meets it: load balancers check health with HEAD
+/// (it was a 404); a known endpoint asked with another method is a 405 naming the methods it
+/// takes (it was a 404 "no such admin endpoint"); a purge body declared past 4 MiB is a 413 at
+/// once (the edge waited for the bytes, then said 400); a fan-out without a `[cluster]` is a
+/// 400 (it was a 200 reporting every node purged, of none).
+#[tokio::test]
+async fn the_admin_api_answers_head_405_413_and_a_fanout_without_a_cluster() {
+    let origin = Origin::start().await;
+    let s = setup(&origin).await;
+    for path in ["/healthz", "/metrics"] {
+        let (st, body) = admin_send(s.admin, "HEAD", path, &[], b"").await;
+        assert_eq!((st, body.as_str()), (200, ""), "HEAD {path}");
+        let (st, _) = admin_send(s.admin, "DELETE", path, &[], b"").await;
+        assert_eq!(st, 405, "DELETE {path}");
+    }
+    for (method, path) in [
+        ("GET", "/admin/purge"),
+        ("PUT", "/admin/purge"),
+        ("POST", "/admin/origins"),
+    ] {
+        let (st, body) = admin_send(s.admin, method, path, &[], b"").await;
+        assert_eq!(st, 405, "{method} {path}: {body}");
+    }
+    let (st, _) = admin_send(s.admin, "HEAD", "/admin/origins", &[], b"").await;
+    assert_eq!(st, 200);
+
+    // Declared too long: refused before any body byte is sent.
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", s.admin))
+        .await
+        .expect("connect");
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    conn.write_all(
+        format!(
+            "POST /admin/purge HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\
+             Content-Length: 5000000\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .expect("write");
+    let mut buf = vec![0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf))
+        .await
+        .expect("answered without the body")
+        .expect("read");
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+
+    let (st, v) = purge(s.admin, r#"{"urls":["/a.ts"],"fanout":true}"#).await;
+    assert_eq!(st, 400, "{v}");
+}
