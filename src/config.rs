@@ -1295,10 +1295,38 @@ impl Route {
             ),
         }
         for (i, r) in raw.iter().enumerate() {
-            let field = format!("route[{i}] ({})", r.prefix);
+            let field = format!("route[{i}] ({})", r.prefix.escape_debug());
             if !r.prefix.starts_with('/') {
                 c.error(format!(
                     "{field}: prefix must start with '/' (format PREFIX=URL, e.g. /live/=http://packager:8000)"
+                ));
+                continue;
+            }
+            if r.prefix.chars().any(|ch| ch.is_control() || ch == ' ') {
+                c.error(format!(
+                    "{field}: prefix must not contain spaces or control characters (a request \
+                     path never does)"
+                ));
+                continue;
+            }
+            // Two routes of one prefix for the same hosts: only one could ever be chosen, and
+            // which one was the file's order, silently.
+            let hosts = |r: &RawRoute| {
+                let mut h: Vec<String> = r
+                    .hosts
+                    .iter()
+                    .flatten()
+                    .map(|h| h.to_ascii_lowercase())
+                    .collect();
+                h.sort();
+                h
+            };
+            if raw[..i]
+                .iter()
+                .any(|o| o.prefix == r.prefix && hosts(o) == hosts(r))
+            {
+                c.error(format!(
+                    "{field}: another route has the same prefix for the same hosts; merge them"
                 ));
                 continue;
             }

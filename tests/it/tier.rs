@@ -577,3 +577,41 @@ async fn a_hung_shield_fails_over_to_the_next_node() {
     );
     holder.abort();
 }
+
+/// Two routes of one prefix for the same hosts: only one could ever serve, chosen silently by
+/// the file's order (an operator's typo routed a whole prefix to the wrong origin with no
+/// word). Refused now, as is a prefix no request path can match (a space, a newline). The same
+/// prefix for other hosts stays valid.
+#[test]
+fn route_config_refuses_duplicate_and_impossible_prefixes() {
+    let resolve = |routes: &str| {
+        let toml = format!("origin = \"http://o:1\"\n{routes}");
+        let raw: RawConfig = toml::from_str(&toml).expect("toml");
+        vedge::Config::try_from(raw).map_err(|e| e.to_string())
+    };
+    let route = |prefix: &str, hosts: &str| {
+        format!("[[route]]\nprefix = \"{prefix}\"\norigin = \"http://o:1\"\n{hosts}")
+    };
+    let dup = format!("{}{}", route("/live/", ""), route("/live/", ""));
+    assert!(resolve(&dup)
+        .expect_err("duplicate")
+        .contains("same prefix"));
+    let dup_hosts = format!(
+        "{}{}",
+        route("/live/", "hosts = [\"a.example\"]\n"),
+        route("/live/", "hosts = [\"A.example\"]\n")
+    );
+    assert!(resolve(&dup_hosts).is_err());
+    let other_hosts = format!(
+        "{}{}",
+        route("/live/", "hosts = [\"a.example\"]\n"),
+        route("/live/", "hosts = [\"b.example\"]\n")
+    );
+    assert!(resolve(&other_hosts).is_ok(), "{:?}", resolve(&other_hosts));
+    for bad in ["/li ve/", "/live\\n/"] {
+        assert!(
+            resolve(&route(bad, "")).expect_err(bad).contains("control"),
+            "{bad}"
+        );
+    }
+}
