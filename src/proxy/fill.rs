@@ -704,6 +704,12 @@ async fn run(
         fill.set_pass(relayed(resp, client).await, reason);
         return Ok(());
     }
+    // A 204 ends at its head whatever its `Content-Length` says (RFC 9112 §6.3), and must not
+    // carry one (RFC 9110 §8.6): counted against the empty body it was a truncated fill, never
+    // stored, every request sent to the origin.
+    if parts.status == StatusCode::NO_CONTENT {
+        parts.headers.remove(header::CONTENT_LENGTH);
+    }
     // A slice's (or a hinted range's) 206 says in its Content-Range how many bytes it carries,
     // even when it comes chunked: a body of any other length is an origin error, never a slice.
     let content_length = policy::content_length(&parts.headers).or_else(|| {

@@ -395,3 +395,25 @@ async fn a_request_transfer_coding_other_than_chunked_is_a_501() {
     assert!(r.text().starts_with("HTTP/1.1 200"), "{:?}", r.text());
     assert_eq!(origin.count("/up"), 1);
 }
+
+/// A cacheable 204 whose head says `Content-Length: 5` (a 204 ends at its head, RFC 9112 §6.3):
+/// the fill counted the empty body against the 5 and dropped it as truncated, so nothing was
+/// stored, every request went to the origin, and each was told `stored`. It is stored now,
+/// and served without a `Content-Length` (RFC 9110 §8.6).
+#[tokio::test]
+async fn a_204_with_a_content_length_is_stored_and_served_without_one() {
+    const NO_CONTENT: &[u8] = b"HTTP/1.1 204 No Content\r\ncache-control: max-age=100\r\n\
+content-length: 5\r\nconnection: close\r\n\r\n";
+    let edge = TestEdge::start(edge_config_for(answering(NO_CONTENT).await)).await;
+    let first = edge.get("/v/empty").await;
+    assert_eq!(first.status.as_u16(), 204);
+    edge.settle().await;
+    let again = edge.get("/v/empty").await;
+    assert_eq!(
+        (again.status.as_u16(), again.x_cache()),
+        (204, "HIT"),
+        "{}",
+        again.h("cache-status")
+    );
+    assert!(again.headers.get("content-length").is_none());
+}
