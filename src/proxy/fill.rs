@@ -182,7 +182,7 @@ pub async fn drive_fill(edge: Arc<Edge>, mut guard: FillGuard, fill: Arc<Fill>, 
     let result = run(&edge, &fill, &guard, job).await;
     if let Err(e) = result {
         Metrics::inc(&edge.metrics.fills_aborted);
-        tracing::warn!(key = %key, error = %e, "fill aborted; nothing stored");
+        tracing::warn!(key = ?key, error = %e, "fill aborted; nothing stored");
         fill.finish(Err(e));
     }
     drop(guard);

@@ -206,7 +206,7 @@ where
     stream.inspect_err(move |e| {
         if e.downcast_ref::<Slow>() == Some(&Slow::BelowRate) {
             Metrics::inc(&edge.metrics.slow_bodies[crate::metrics::SLOW_BODY_PASS]);
-            tracing::warn!(key = %key, error = %e, "pass body cut");
+            tracing::warn!(key = ?key, error = %e, "pass body cut");
         }
     })
 }
