@@ -377,12 +377,52 @@ pub async fn cli(args: CollapseArgs) -> anyhow::Result<()> {
         std::fs::write(p, serde_json::to_vec_pretty(&report)?)
             .with_context(|| format!("writing {}", p.display()))?;
     }
-    Ok(())
+    failed(&report).map_or(Ok(()), |why| Err(anyhow::anyhow!(why)))
+}
+
+/// Why a run measured nothing: not one request of any burst answered with a success (a
+/// `--path` the target does not serve, say). Such a run printed its empty figures and exited 0,
+/// which read as a pass.
+fn failed(report: &CollapseReport) -> Option<String> {
+    let ok: usize = std::iter::once(&report.single)
+        .chain(&report.seq)
+        .map(|b| b.ok)
+        .sum();
+    (ok == 0).then(|| {
+        format!(
+            "no request was answered with a success ({}): is --path served by the target?",
+            report.single.path
+        )
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_run_without_one_success_fails() {
+        let burst = |ok| Burst {
+            path: "/x/seg_0.ts".into(),
+            requests: 2,
+            ok,
+            errors: 2 - ok,
+            outcomes: BTreeMap::new(),
+            ttfb_ms: Pct::default(),
+            ttfb_wire_ms: Pct::default(),
+            total_ms: Pct::default(),
+            origin_requests: None,
+        };
+        let report = |single, seq| CollapseReport {
+            target: "127.0.0.1:1".into(),
+            n: 2,
+            single: burst(single),
+            seq: vec![burst(seq)],
+        };
+        assert!(failed(&report(0, 0)).is_some_and(|w| w.contains("--path")));
+        assert!(failed(&report(0, 1)).is_none());
+        assert!(failed(&report(2, 2)).is_none());
+    }
 
     #[test]
     fn a_burst_summary_counts_outcomes_and_takes_percentiles_and_prefixes() {
