@@ -445,6 +445,7 @@ pub(crate) async fn phases(req: &Req<'_>) -> Result<Response<Body>, EdgeError> {
                         status: CacheStatus::Bypass,
                     },
                     slice::Outcome::Lookup => Phase::Lookup,
+                    slice::Outcome::Whole => Phase::Fill { stale: None },
                 }
             }
             Phase::Read {

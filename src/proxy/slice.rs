@@ -237,6 +237,10 @@ pub enum Outcome {
     Pass(&'static str),
     /// The object turned up whole under the base key: look it up again.
     Lookup,
+    /// The probe's slice lies past the object's end (an empty object: `416` with
+    /// `Content-Range: bytes */0`) and the viewer asked for all of it: an ordinary fill of the
+    /// whole object, stored like any other.
+    Whole,
 }
 
 /// What a sliced response is built from.
@@ -396,12 +400,14 @@ fn not_sliced(
         FillHead::Pass(fill::SHARE_TAKEN) => return Ok(Outcome::Read { fill, leader }),
         FillHead::Pass(reason) => reason,
         // The probe's slice lies past the end: the 416 answers a viewer's own range, while a
-        // viewer without one (an empty object's first slice) asks the origin itself.
+        // viewer without one (an empty object's first slice) gets the whole object, fetched
+        // and stored as an unsliced one. (Passed to the origin, an empty object was never
+        // stored: two origin requests per viewer, for ever.)
         FillHead::Streaming(h)
             if answers_only_the_range(h.status)
                 && !req.parts.headers.contains_key(header::RANGE) =>
         {
-            return Ok(Outcome::Pass("slice-past-end"))
+            return Ok(Outcome::Whole)
         }
         _ => return Ok(Outcome::Read { fill, leader }),
     };

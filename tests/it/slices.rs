@@ -611,3 +611,32 @@ async fn only_if_cached_answers_a_sliced_object_from_its_stored_slices() {
         "only-if-cached never asks the origin"
     );
 }
+
+/// An empty object from an origin that honours Range (an empty WebVTT or ID3 segment): the
+/// edge's slice probe gets `416` with `Content-Range: bytes */0`, the right answer. Each viewer
+/// was then passed to the origin with its own request and nothing was stored: two origin
+/// requests per viewer, for ever. Now the empty object is fetched whole once, stored, and the
+/// next viewers are hits.
+#[tokio::test]
+async fn an_empty_object_from_a_range_capable_origin_is_stored_whole() {
+    let origin = Origin::start().await;
+    origin.script("/m/empty.vtt", video(Vec::new(), "\"e\""));
+    let edge = edge_with(&origin, "1MiB").await;
+    let first = edge.get("/m/empty.vtt").await;
+    assert_eq!((first.status, first.body.len()), (StatusCode::OK, 0));
+    edge.settle().await;
+    for _ in 0..2 {
+        let r = edge.get("/m/empty.vtt").await;
+        assert_eq!(
+            (r.status, r.x_cache()),
+            (StatusCode::OK, "HIT"),
+            "{}",
+            r.h("cache-status")
+        );
+    }
+    assert_eq!(
+        origin.count("/m/empty.vtt"),
+        2,
+        "the probe, then the whole object"
+    );
+}
