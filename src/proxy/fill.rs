@@ -145,6 +145,9 @@ pub const PREFETCH_REFUSED: &str = "prefetch-refused";
 /// (`proxy::fill_limit::Refused::Share`): not an answer for anyone, each claims again.
 pub const SHARE_TAKEN: &str = "share-taken";
 
+/// The pass reason of a slice (or hinted range) whose answer varies: slices carry no variant.
+const VARY_RANGE: &str = "vary-range";
+
 /// What an oversized fill may hold behind its fastest viewer: it reads the origin no further
 /// ahead, and a viewer further behind is cut (`Fill::wait_for_readers`).
 const TRIM_WINDOW: u64 = 16 << 20;
@@ -612,7 +615,16 @@ async fn run(
         && !matches!(decision, Decision::Pass(_))
         && vary::selects_representation(&parts.headers)
     {
-        decision = Decision::Pass("vary-range");
+        decision = Decision::Pass(VARY_RANGE);
+        // What it varies on is learnt instead of a pass: the next request looks its own
+        // variant up and, missing, fills the whole object under the variant's key, as for an
+        // object too small to slice. A remembered pass sent every request for it to the origin
+        // whole (`Vary: Origin` from a CORS-enabled bucket made every large file uncacheable).
+        if let Ok(spec) = vary::parse(&parts.headers) {
+            if !spec.is_empty() {
+                edge.vary_index.insert(job.base_key.clone(), Arc::new(spec));
+            }
+        }
     }
     // An answer to one viewer's credentials that is not to be shared is that viewer's alone,
     // whatever made it so (a 401 with `no-store`, a `Set-Cookie`, `private`): it teaches
@@ -688,7 +700,12 @@ async fn run(
         // slices (`proxy::slice`), which a remembered pass would send to the origin whole (a
         // prefetch or a probe asks for the whole object).
         let sliced_later = reason == "too-large" && edge.config.cache.slice_size > 0;
-        let learnt = reason != policy::AUTHORIZED && !error_answer && !sliced_later && !fresh_stays;
+        let varied_later = reason == VARY_RANGE && edge.vary_index.get(&job.base_key).is_some();
+        let learnt = reason != policy::AUTHORIZED
+            && !error_answer
+            && !sliced_later
+            && !varied_later
+            && !fresh_stays;
         if learnt {
             edge.remember_pass(&pass_key, cache.hit_for_pass_ttl);
         }
