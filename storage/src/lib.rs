@@ -12,8 +12,8 @@
 //! - `writer`: the single task that allocates space, writes, seals and evicts regions.
 //! - `open`: format, snapshot load, crash recovery, clean-close snapshot.
 //! - `journal`: the purge journal ([`Purge`], [`Selector`]).
-//! - `marks`: the prefix tombstones lookups check (variant prefixes `key\0` in a map, the
-//!   rest scanned).
+//! - `marks`: the prefix tombstones lookups check (variant prefixes `key\0` and free-form
+//!   prefixes in sorted maps; bounded, folding when full).
 //! - `format`: every on-disk structure. `index`: the RAM index and tag sets.
 //! - `io`: the [`IoEngine`](crate::EngineKind) trait with io_uring and psync engines. `buf`:
 //!   the aligned buffers that become `Bytes` without a copy. `object_buf`: [`ObjectBuf`], an

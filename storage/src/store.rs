@@ -27,6 +27,10 @@ use crate::object_buf::ObjectBuf;
 const MAX_SEEN: usize = 1 << 18;
 /// Bound on remembered soft purges (each is checked on every disk hit).
 const MAX_SOFT: usize = 4096;
+/// Bound on the purge marks the store holds (`StoreStats::purge_marks`): prefix tombstones
+/// (`marks::MAX_MARKS`, folding past it) and soft purges (`MAX_SOFT`) together.
+pub(crate) const MAX_PURGE_MARKS: usize = 65_536;
+const _: () = assert!(crate::marks::MAX_MARKS + MAX_SOFT == MAX_PURGE_MARKS);
 
 /// An object accepted for writing.
 pub(crate) struct Obj {

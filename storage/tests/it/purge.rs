@@ -187,3 +187,62 @@ async fn many_variant_purges_hold_across_restarts() {
         }
     }
 }
+
+/// `vedge_store_purge_marks` read 70,224 on a reviewer's edge although marks fold past 65,536:
+/// only variant marks were bounded, operators' prefixes and soft purges came on top. Every mark
+/// now counts against one bound, and the folded marks still select what they selected.
+#[tokio::test]
+async fn purge_marks_stay_within_their_bound() {
+    const BOUND: u64 = 65_536;
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(
+        &dir.path().join("store"),
+        vedge_storage::EngineChoice::Psync,
+    );
+    let s = open(&c).await;
+    put(&s, "http|cdn|/a/0.ts\0gzip", 1000).await;
+    put(&s, "http|cdn|/live/7/x.ts", 1000).await;
+    put(&s, "http|cdn|/soft/1.ts", 1000).await;
+    let mut worst = 0;
+    let free: Vec<Purge> = (0..1000)
+        .map(|i| {
+            hard(Selector::Prefix(
+                format!("http|cdn|/live/{i}/").into_bytes(),
+            ))
+        })
+        .collect();
+    s.purge(&free).await.unwrap();
+    let soft: Vec<Purge> = (0..100)
+        .map(|i| Purge {
+            selector: Selector::Prefix(format!("http|cdn|/soft/{i}").into_bytes()),
+            soft: true,
+        })
+        .collect();
+    s.purge(&soft).await.unwrap();
+    for round in 0..8u32 {
+        let urls: Vec<Purge> = (0..8192u32)
+            .map(|i| round * 8192 + i)
+            .map(|i| {
+                hard(Selector::Prefix(
+                    format!("http|cdn|/a/{i}.ts\0").into_bytes(),
+                ))
+            })
+            .collect();
+        s.purge(&urls).await.unwrap();
+        worst = worst.max(s.stats().purge_marks);
+    }
+    println!(
+        "purge marks: at most {worst}, at the end {}",
+        s.stats().purge_marks
+    );
+    assert!(worst <= BOUND, "{worst} purge marks");
+    assert!(s.lookup(b"http|cdn|/a/0.ts\0gzip").await.is_none());
+    assert!(s.lookup(b"http|cdn|/live/7/x.ts").await.is_none());
+    assert!(s.lookup(b"http|cdn|/soft/1.ts").await.unwrap().soft_purged);
+    put(&s, "http|cdn|/a/0.ts\0gzip", 1000).await;
+    assert!(
+        s.lookup(b"http|cdn|/a/0.ts\0gzip").await.is_some(),
+        "written after the purge"
+    );
+    s.close().await.unwrap();
+}
