@@ -1376,8 +1376,7 @@ impl Store {
             // purged objects. So hard records stay as long as soft ones do.
             let min_gen = inner.st.lock().min_disk_gen();
             let journal = self.handle.journal.clone();
-            let keep = move |r: &Record| min_gen.is_some_and(|g| (r.mark >> 32) >= g);
-            tokio::task::spawn_blocking(move || journal.compact_blocking(keep))
+            tokio::task::spawn_blocking(move || journal.compact_blocking(min_gen))
                 .await
                 .map_err(|e| std::io::Error::other(e.to_string()))??;
         }
@@ -1387,7 +1386,8 @@ impl Store {
 
 /// [`Store::purge`] on a blocking thread: applies `purges` in order, each at its own mark, taking
 /// the state lock for at most about `PURGE_HOLD` entries at a time and handing it to a waiter
-/// (a lookup, a touch, the writer) in between; then journals them and waits for fdatasync.
+/// (a lookup, a touch, the writer) in between; then journals them and waits for fdatasync, and
+/// compacts the journal when it has grown enough since it last was (`Journal::append_blocking`).
 /// Each purge is applied whole under one hold, so a write racing it is either dropped or newer
 /// than its mark, as with a single purge.
 fn purge_blocking(
@@ -1420,7 +1420,10 @@ fn purge_blocking(
         }
         parking_lot::MutexGuard::unlock_fair(st);
     }
-    journal.append_blocking(&records)?;
+    if journal.append_blocking(&records)? {
+        let min_gen = inner.st.lock().min_disk_gen();
+        journal.compact_blocking(min_gen)?;
+    }
     Ok(n)
 }
 
