@@ -27,7 +27,9 @@ use std::collections::BTreeMap;
 pub(crate) const MAX_MARKS: usize = 61_440;
 
 /// Free-form prefixes held one by one before they fold into common prefixes.
-const MAX_FREE: usize = 4_096;
+/// Generous: a fold over-purges (see the module doc), and lookups cost one map lookup per
+/// distinct prefix length, not per prefix.
+const MAX_FREE: usize = 16_384;
 
 /// How a mark for every variant key is written in a snapshot's prefix list: no key starts with
 /// `\0`, so as a prefix it selects nothing an older reader would misread.
