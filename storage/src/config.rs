@@ -219,7 +219,8 @@ pub struct StoreStats {
     /// RAM used by the index table (bytes); divide by `objects` for the per-object cost.
     pub index_bytes: u64,
     /// Purge marks held for objects on disk (prefix tombstones and soft purges, checked on
-    /// lookups); region reclaim drops the ones older than every region in use.
+    /// lookups); region reclaim drops the ones older than every region in use. At most 65,536:
+    /// past that they fold (see the `marks` module).
     pub purge_marks: u64,
     pub engine: EngineKind,
     pub direct_io: bool,

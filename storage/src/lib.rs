@@ -12,8 +12,8 @@
 //! - `writer`: the single task that allocates space, writes, seals and evicts regions.
 //! - `open`: format, snapshot load, crash recovery, clean-close snapshot.
 //! - `journal`: the purge journal ([`Purge`], [`Selector`]).
-//! - `marks`: the prefix tombstones lookups check (variant prefixes `key\0` in a map, the
-//!   rest scanned).
+//! - `marks`: the prefix tombstones lookups check (variant prefixes `key\0` and free-form
+//!   prefixes in sorted maps; bounded, folding when full).
 //! - `format`: every on-disk structure. `index`: the RAM index and tag sets.
 //! - `io`: the [`IoEngine`](crate::EngineKind) trait with io_uring and psync engines. `buf`:
 //!   the aligned buffers that become `Bytes` without a copy. `object_buf`: [`ObjectBuf`], an
@@ -78,9 +78,12 @@
 //!
 //! - Purge journal (`journal`): `Store::purge` applies a purge with a mark (the sequence the
 //!   next allocation gets), appends a checksummed record to the journal file and fdatasyncs it
-//!   before returning; open replays every record over the recovered index (objects below the
+//!   before returning; open replays the records over the recovered index (objects below the
 //!   mark that the purge selects are removed, or marked soft-purged), so an acknowledged purge
-//!   is never undone by a crash. A write re-checks its pending entry after allocation, so a
+//!   is never undone by a crash. Compaction keeps the newest record per selector and folds
+//!   prefix records into the bounded prefix marks: what it keeps selects at least what the
+//!   records did. A large purge is applied in bounded holds of the state lock, on a blocking
+//!   thread. A write re-checks its pending entry after allocation, so a
 //!   purge concurrent with it either drops it or has a mark above its sequence. Records stay
 //!   while any region written before them is still on disk, freed or not, hard ones after a
 //!   clean close too (a crash after the next open recovers without the snapshot). Reclaim

@@ -564,9 +564,8 @@ async fn read_summary(
     Some(entries)
 }
 
-/// Replays the purge journal over the index just opened (snapshot or recovery), then rewrites
-/// it without the records that can no longer select anything (older than every live region),
-/// and opens it for appending. Before the writer starts: nothing is written meanwhile.
+/// Replays the purge journal over the index just opened (snapshot or recovery) and rewrites
+/// it with what can still select something (`journal::compact`), and opens it for appending. Before the writer starts: nothing is written meanwhile.
 pub(crate) async fn replay_journal(inner: &Inner) -> Result<Journal, StoreError> {
     let path = inner
         .cfg
@@ -579,17 +578,16 @@ pub(crate) async fn replay_journal(inner: &Inner) -> Result<Journal, StoreError>
         .await
         .map_err(|e| io::Error::other(e.to_string()))?
         .map_err(|e| open_err(&path, e))?;
-    let keep: Vec<Record> = {
+    // What compaction keeps selects every object the records did: replaying it is replaying
+    // them, at the cost of one record per selector and a bounded set of prefix marks.
+    let min_gen = inner.st.lock().min_disk_gen();
+    let keep: Vec<Record> = journal::compact(records, min_gen);
+    {
         let mut st = inner.st.lock();
-        for r in &records {
+        for r in &keep {
             st.apply_purge(&inner.layout, &|k| inner.hash(k), &r.purge, r.mark);
         }
-        let min_gen = st.min_disk_gen();
-        records
-            .into_iter()
-            .filter(|r| min_gen.is_some_and(|g| (r.mark >> 32) >= g))
-            .collect()
-    };
+    }
     if !keep.is_empty() {
         tracing::info!(records = keep.len(), "purge journal replayed");
     }

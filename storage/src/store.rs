@@ -1,10 +1,11 @@
 //! `Store`: the public handle, lookups (with shared, verified reads) and the sync operations.
 //!
 //! Locking: one `parking_lot::Mutex<State>` guards the index, the in-flight writes and the
-//! region table; it is held only for map operations, never across an await or an I/O. Reads in
-//! flight are tracked in a second small map so concurrent lookups of one object share one read.
+//! region table; it is held only for map operations, never across an await or an I/O, and a
+//! large purge takes it in bounded shares (`purge_blocking`). Reads in flight are tracked in a
+//! second small map so concurrent lookups of one object share one read.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -27,6 +28,13 @@ use crate::object_buf::ObjectBuf;
 const MAX_SEEN: usize = 1 << 18;
 /// Bound on remembered soft purges (each is checked on every disk hit).
 const MAX_SOFT: usize = 4096;
+/// Bound on the purge marks the store holds (`StoreStats::purge_marks`): prefix tombstones
+/// (`marks::MAX_MARKS`, folding past it) and soft purges (`MAX_SOFT`) together.
+pub(crate) const MAX_PURGE_MARKS: usize = 65_536;
+const _: () = assert!(crate::marks::MAX_MARKS + MAX_SOFT == MAX_PURGE_MARKS);
+/// Work (entries visited) one hold of the state lock does for [`Store::purge`]: a lookup or
+/// touch waiting for the lock meanwhile waits about this long, not for the whole purge.
+const PURGE_HOLD: usize = 1 << 14;
 
 /// An object accepted for writing.
 pub(crate) struct Obj {
@@ -69,7 +77,7 @@ pub(crate) struct State {
     /// Soft purges: objects they select whose sequence is below the mark are served as stale
     /// (`Hit::soft_purged`). Pruned like the prefix tombstones; at most `MAX_SOFT`, the oldest
     /// beyond that applied as a hard purge.
-    pub soft: Vec<(Selector, u64)>,
+    pub soft: VecDeque<(Selector, u64)>,
     /// Sequence the next allocation will get (see `seq`). With no active region, the start of
     /// the next generation: every object on disk is below it.
     pub next_seq: u64,
@@ -104,7 +112,7 @@ impl State {
             ],
             max_gen: 0,
             prefixes: PrefixMarks::default(),
-            soft: Vec::new(),
+            soft: VecDeque::new(),
             next_seq: 1 << 32,
             live_bytes: 0,
             pinned_bytes: 0,
@@ -207,13 +215,25 @@ impl State {
     ) -> usize {
         let sel = &p.selector;
         // Writes still queued are dropped, soft or hard: the edge's RAM copy stays (and is
-        // marked stale by the edge), the store simply does not get this version.
-        let pend: Vec<KeyHash> = self
-            .pending
-            .iter()
-            .filter(|(_, q)| sel.matches(&q.obj.key, &q.obj.meta.tags))
-            .map(|(h, _)| *h)
-            .collect();
+        // marked stale by the edge), the store simply does not get this version. A key's
+        // write is found by its hash; other selectors look at every queued write.
+        let pend: Vec<KeyHash> = match sel {
+            Selector::Key(k) => {
+                let h = hash(k);
+                self.pending
+                    .get(&h)
+                    .filter(|q| q.obj.key == k.as_slice())
+                    .map(|_| h)
+                    .into_iter()
+                    .collect()
+            }
+            _ => self
+                .pending
+                .iter()
+                .filter(|(_, q)| sel.matches(&q.obj.key, &q.obj.meta.tags))
+                .map(|(h, _)| *h)
+                .collect(),
+        };
         for h in &pend {
             self.pending_remove(h);
         }
@@ -240,14 +260,15 @@ impl State {
         };
         if p.soft {
             if !on_disk.is_empty() || matches!(sel, Selector::Prefix(_)) {
-                self.soft.push((sel.clone(), mark));
+                self.soft.push_back((sel.clone(), mark));
                 if self.soft.len() > MAX_SOFT {
-                    let (oldest, m) = self.soft.remove(0);
-                    let hard = Purge {
-                        selector: oldest,
-                        soft: false,
-                    };
-                    self.apply_purge(layout, hash, &hard, m);
+                    if let Some((oldest, m)) = self.soft.pop_front() {
+                        let hard = Purge {
+                            selector: oldest,
+                            soft: false,
+                        };
+                        self.apply_purge(layout, hash, &hard, m);
+                    }
                 }
             }
         } else {
@@ -259,6 +280,21 @@ impl State {
             }
         }
         pend.len() + on_disk.len()
+    }
+
+    /// About how many entries `apply_purge` visits for `p` (a bound for one lock hold).
+    fn purge_cost(&self, p: &Purge) -> usize {
+        let scan = |sel: &Selector| match sel {
+            Selector::Key(_) => 1,
+            Selector::Prefix(_) => self.pending.len() + 1,
+            Selector::Tag(_) => self.pending.len() + self.index.len() + 1,
+        };
+        // A soft purge past `MAX_SOFT` applies the oldest one as a hard purge.
+        let evicted = match self.soft.front() {
+            Some((oldest, _)) if p.soft && self.soft.len() >= MAX_SOFT => scan(oldest),
+            _ => 0,
+        };
+        scan(&p.selector) + evicted
     }
 
     /// The oldest generation any region written so far has, freed ones included: a purge
@@ -1058,27 +1094,13 @@ impl Store {
                 _ => "purge key or prefix longer than 16 KiB",
             }));
         }
-        let inner = self.inner();
-        let journal = self.handle.journal.clone();
-        let mut records = Vec::with_capacity(purges.len());
-        let mut n = Vec::with_capacity(purges.len());
-        {
-            let mut st = inner.st.lock();
-            for p in purges {
-                let mark = st.next_seq;
-                st.marks += 1;
-                n.push(st.apply_purge(&inner.layout, &|k| inner.hash(k), p, mark));
-                records.push(Record {
-                    seq: journal.next_seq(),
-                    mark,
-                    purge: p.clone(),
-                });
-            }
-        }
-        tokio::task::spawn_blocking(move || journal.append_blocking(&records))
+        // Off the runtime's workers: applying 10,000 selectors and fsyncing their records
+        // takes a while, and a worker busy with it serves no viewer meanwhile.
+        let (inner, journal) = (self.inner().clone(), self.handle.journal.clone());
+        let purges = purges.to_vec();
+        tokio::task::spawn_blocking(move || purge_blocking(&inner, &journal, &purges))
             .await
-            .map_err(|e| std::io::Error::other(e.to_string()))??;
-        Ok(n)
+            .map_err(|e| std::io::Error::other(e.to_string()))?
     }
 
     /// Removes `key`. Returns whether it was stored (or being written). Not journaled: a crash
@@ -1354,13 +1376,55 @@ impl Store {
             // purged objects. So hard records stay as long as soft ones do.
             let min_gen = inner.st.lock().min_disk_gen();
             let journal = self.handle.journal.clone();
-            let keep = move |r: &Record| min_gen.is_some_and(|g| (r.mark >> 32) >= g);
-            tokio::task::spawn_blocking(move || journal.compact_blocking(keep))
+            tokio::task::spawn_blocking(move || journal.compact_blocking(min_gen))
                 .await
                 .map_err(|e| std::io::Error::other(e.to_string()))??;
         }
         Ok(())
     }
+}
+
+/// [`Store::purge`] on a blocking thread: applies `purges` in order, each at its own mark, taking
+/// the state lock for at most about `PURGE_HOLD` entries at a time and handing it to a waiter
+/// (a lookup, a touch, the writer) in between; then journals them and waits for fdatasync, and
+/// compacts the journal when it has grown enough since it last was (`Journal::append_blocking`).
+/// Each purge is applied whole under one hold, so a write racing it is either dropped or newer
+/// than its mark, as with a single purge.
+fn purge_blocking(
+    inner: &Inner,
+    journal: &Journal,
+    purges: &[Purge],
+) -> Result<Vec<usize>, StoreError> {
+    let hash = |k: &[u8]| inner.hash(k);
+    let mut records = Vec::with_capacity(purges.len());
+    let mut n = Vec::with_capacity(purges.len());
+    let mut rest = purges;
+    while !rest.is_empty() {
+        let mut st = inner.st.lock();
+        let mut work = 0;
+        while let Some((p, tail)) = rest.split_first() {
+            let cost = st.purge_cost(p);
+            if work > 0 && work + cost > PURGE_HOLD {
+                break;
+            }
+            work += cost;
+            let mark = st.next_seq;
+            st.marks += 1;
+            n.push(st.apply_purge(&inner.layout, &hash, p, mark));
+            records.push(Record {
+                seq: journal.next_seq(),
+                mark,
+                purge: p.clone(),
+            });
+            rest = tail;
+        }
+        parking_lot::MutexGuard::unlock_fair(st);
+    }
+    if journal.append_blocking(&records)? {
+        let min_gen = inner.st.lock().min_disk_gen();
+        journal.compact_blocking(min_gen)?;
+    }
+    Ok(n)
 }
 
 /// Seconds-resolution check used when deciding reinsertion.
