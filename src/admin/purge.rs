@@ -59,13 +59,22 @@ pub struct BadPurge(pub String);
 /// routes' own key hosts are used, see `url_keys`).
 fn target(entry: &str, host: Option<&str>) -> Result<(Option<String>, String), BadPurge> {
     if let Ok(url) = Url::parse(entry) {
+        // Only what a viewer can ask for is cached: an `ftp:` URL purged nothing, with a 200.
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(BadPurge(format!(
+                "`{entry}`: only http and https URLs name cached objects"
+            )));
+        }
         if let Some(h) = url.host_str() {
             let (h, pq) = url_target(&url, h);
             return Ok((Some(h), pq));
         }
     }
     if entry.starts_with('/') {
-        Ok((host.map(str::to_string), entry.to_string()))
+        // A fragment never reaches the edge in a request: `/a.ts#t=10` is `/a.ts` (it purged
+        // nothing, with a 200).
+        let path = entry.split('#').next().unwrap_or(entry);
+        Ok((host.map(str::to_string), path.to_string()))
     } else {
         Err(BadPurge(format!(
             "`{entry}` is neither a full URL nor a path starting with `/`"
@@ -168,6 +177,14 @@ pub async fn purge(
                  {MAX_ENTRIES} per request: split it into several requests"
             ),
         ));
+    }
+    if let Some(h) = p.host.as_deref() {
+        if normalize_host(h, Scheme::Http).is_err() {
+            return Err(bad(format!(
+                "\"host\": `{}` is not a valid host",
+                h.escape_debug()
+            )));
+        }
     }
     // A fan-out with no `[cluster]` to reach would report every node purged, of none.
     if p.fanout && edge.config.tier.cluster.nodes.is_empty() {

@@ -909,3 +909,29 @@ async fn the_admin_api_answers_head_405_413_and_a_fanout_without_a_cluster() {
     let (st, v) = purge(s.admin, r#"{"urls":["/a.ts"],"fanout":true}"#).await;
     assert_eq!(st, 400, "{v}");
 }
+
+/// Purge entries no viewer's request could name were answered 200 and purged nothing: an
+/// `ftp:` URL, a `host` that is no host (`"a b\n"`). Both are 400s now, before any work. A
+/// path's fragment (which never reaches the edge) is left out, so `/f.ts#t=10` purges `/f.ts`
+/// (it purged nothing).
+#[tokio::test]
+async fn purge_entries_no_request_could_name_are_refused_and_fragments_ignored() {
+    let origin = Origin::start().await;
+    origin.script("/f.ts", cached("old"));
+    let s = setup(&origin).await;
+    let host = s.edge.addr.to_string();
+    let (st, v) = purge(s.admin, r#"{"urls":["ftp://cdn.example/f.ts"]}"#).await;
+    assert_eq!(st, 400, "{v}");
+    let (st, v) = purge(s.admin, r#"{"urls":["/f.ts"],"host":"a b\n"}"#).await;
+    assert_eq!(st, 400, "{v}");
+    s.edge.get("/f.ts").await;
+    s.edge.settle().await;
+    assert_eq!(s.edge.get("/f.ts").await.x_cache(), "HIT");
+    let (st, v) = purge(
+        s.admin,
+        &format!(r##"{{"urls":["/f.ts#t=10"],"host":"{host}"}}"##),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(s.edge.get("/f.ts").await.x_cache(), "MISS");
+}
