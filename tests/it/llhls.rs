@@ -582,9 +582,12 @@ async fn a_crowd_of_the_next_part_is_released_at_once(cache_control: &str, share
     let collapsed = edge.collapsed();
     first.open();
     if shared {
+        // All but one of the nine: on a loaded machine (CI's two cores running the whole
+        // suite) one of them may reach the fill table after the first fill ended and ask the
+        // origin itself (origin requests stay at most 2, asserted below).
         until(
             "the other viewers all joined a fill (the first's, or one more) at once",
-            || edge.collapsed() >= collapsed + VIEWERS as u64 - 2,
+            || edge.collapsed() >= collapsed + VIEWERS as u64 - 3,
         )
         .await;
     } else {
