@@ -14,3 +14,15 @@ pub mod range;
 pub mod response;
 pub mod server;
 pub mod tls;
+
+/// The transfer codings a message's `Transfer-Encoding` lists, trimmed, empty list elements
+/// left out (RFC 9112 §6.1). Shared by both sides: a request body and an origin answer in any
+/// coding but `chunked` (which hyper undoes) are refused.
+pub fn transfer_codings(headers: &http::HeaderMap) -> impl Iterator<Item = &[u8]> {
+    headers
+        .get_all(http::header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(|c| c.trim_ascii())
+        .filter(|c| !c.is_empty())
+}

@@ -74,14 +74,8 @@ impl OriginError {
 /// (RFC 9112 §6.1; hyper decodes `chunked` only) and `identity` (RFC 2616's no-op coding, which
 /// old servers still send along with `chunked`).
 fn undecodable_transfer_coding(headers: &HeaderMap) -> bool {
-    let undone =
-        |c: &[u8]| c.eq_ignore_ascii_case(b"chunked") || c.eq_ignore_ascii_case(b"identity");
-    headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .map(|c| c.trim_ascii())
-        .any(|c| !c.is_empty() && !undone(c))
+    crate::http::transfer_codings(headers)
+        .any(|c| !c.eq_ignore_ascii_case(b"chunked") && !c.eq_ignore_ascii_case(b"identity"))
 }
 
 /// Who a pass (one viewer's request, forwarded uncached) is for: the client address whose
@@ -491,9 +485,9 @@ impl OriginClient {
     /// Fetches from the upstream's first candidate for `key`. A GET or HEAD that fails before
     /// its response head (refused, reset, timed out, TLS; or a status the upstream retries) is
     /// tried once more, on the next candidate: after a timeout with a whole first-byte timeout
-    /// of its own, otherwise if time is left before `deadline` (the collapse deadline). With a single origin
-    /// only a failed connection is retried (on the same origin), as a stale pooled connection
-    /// is the likely cause. Body bytes never flowed by then, so no viewer can notice.
+    /// of its own, otherwise if time is left before `deadline` (the collapse deadline). With a
+    /// single origin only a failed connection is retried (on the same origin), as a stale
+    /// pooled connection is the likely cause. Body bytes never flowed by then, so no viewer can notice.
     pub async fn fetch_via(
         &self,
         upstream: &dyn Upstream,

@@ -80,15 +80,16 @@ impl Compressed {
     }
 }
 
-/// `resp` to the request `parts`, gzip-coded when the module doc says so. `shared`: the body is
-/// the same for every viewer of it (not rewritten for this one), so its coded form is kept.
+/// `resp` to the request `parts`, gzip-coded when the module doc says so (the caller checks
+/// `cache.compress_manifests`). `shared`: the body is the same for every viewer of it (not
+/// rewritten for this one), so its coded form is kept.
 pub async fn manifest(
     edge: &Edge,
     parts: &Parts,
     resp: Response<Body>,
     shared: bool,
 ) -> Response<Body> {
-    if !edge.config.cache.compress_manifests || !eligible(parts, &resp) {
+    if !eligible(parts, &resp) {
         return resp;
     }
     let (mut head, body) = resp.into_parts();

@@ -56,7 +56,7 @@ pub enum EdgeError {
     /// A request body in a transfer coding other than `chunked` (RFC 9112 §6.1: a server
     /// SHOULD answer 501): the HTTP layer undoes `chunked` only, and the rest would reach the
     /// origin still coded, relabelled as plain bytes.
-    #[error("transfer coding not implemented: only chunked is")]
+    #[error("request body in a transfer coding other than chunked, which this edge refuses")]
     TransferCoding,
 }
 

@@ -343,9 +343,9 @@ pub struct Hinted<'a> {
 /// (relative to the object keyed `base_key` it is requesting now) next. Starts a fill of it (of
 /// the slice holding `next.from`, `start`) unless the route has `prefetch = "off"`, it is
 /// cached or being filled, `viewer` (`s|` and a CMCD `sid`, else `v|` and the client address)
-/// already has `PER_VIEWER` hints in flight, or
-/// the edge-wide prefetch budget is spent. `address_permit` (the client address's share, held
-/// until the fill ends) is taken by the caller. The fill asks as the hinting request
+/// already has `PER_VIEWER` hints in flight, or the edge-wide prefetch budget is spent.
+/// `address_permit` (the client address's share, held until the fill ends) is taken by the
+/// caller. The fill asks as the hinting request
 /// (`headers`) would. Returns whether a fill started.
 pub fn prefetch_hint(
     edge: &Arc<Edge>,
@@ -380,9 +380,10 @@ pub fn prefetch_hint(
 /// Starts one prefetch fill of `path_and_query` on `host` (the key's host), unless it is cached
 /// or in flight, the budget is spent, or it belongs to another route than `route` (the one whose
 /// viewer named it). `from`: only the slice holding that byte, where a viewer's range would be
-/// served from slices (`slice::applies`; the whole object where it would not). It asks the origin as `viewer` (that viewer's request headers) would: a
-/// fill with none of a viewer's headers got answers no viewer gets (no CORS headers and no
-/// `Vary: Origin` from an origin that adds both only for an `Origin`), stored for everyone.
+/// served from slices (`slice::applies`; the whole object where it would not). It asks the
+/// origin as `viewer` (that viewer's request headers) would: a fill with none of a viewer's
+/// headers got answers no viewer gets (no CORS headers and no `Vary: Origin` from an origin
+/// that adds both only for an `Origin`), stored for everyone.
 #[allow(clippy::too_many_arguments)]
 fn start(
     edge: &Arc<Edge>,

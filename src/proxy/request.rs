@@ -190,14 +190,7 @@ async fn dispatch<'e>(
     if parts.method == Method::OPTIONS && parts.uri == "*" {
         return Ok(response::server_options());
     }
-    if parts
-        .headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .map(|c| c.trim_ascii())
-        .any(|c| !c.is_empty() && !c.eq_ignore_ascii_case(b"chunked"))
-    {
+    if crate::http::transfer_codings(&parts.headers).any(|c| !c.eq_ignore_ascii_case(b"chunked")) {
         return Err(EdgeError::TransferCoding);
     }
     let cacheable_method = parts.method == Method::GET || parts.method == Method::HEAD;
@@ -280,7 +273,18 @@ async fn dispatch<'e>(
         crate::proxy::prefetch::after_hinted_request(&req, c, resp.status());
     }
     let resp = gate.finish(edge, resp).await?;
-    Ok(crate::proxy::compress::manifest(edge, parts, resp, !gate.rewrites()).await)
+    // Boxed, and only when on: every request's future would otherwise carry the compression
+    // step's state (a collected body, the encoder hand-off).
+    if !edge.config.cache.compress_manifests {
+        return Ok(resp);
+    }
+    Ok(Box::pin(crate::proxy::compress::manifest(
+        edge,
+        parts,
+        resp,
+        !gate.rewrites(),
+    ))
+    .await)
 }
 
 /// Other methods and requests with cookies pass; GET/HEAD go through the cache, `Authorization`
