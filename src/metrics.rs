@@ -463,3 +463,124 @@ mod tests {
         assert!(!out.contains("route=\"/\""));
     }
 }
+
+/// One `# HELP` line per metric family the admin listener reports, by name (sorted, so
+/// `help_of` can search it). `with_help` puts each before its family's `# TYPE` line.
+const HELP: &[(&str, &str)] = &[
+    ("vedge_accept_paused_total", "Pauses of accepting viewer connections, by reason (descriptors: the reserve for origin connections and the store was reached)."),
+    ("vedge_bytes_sent_total", "Response body bytes sent to viewers."),
+    ("vedge_cmcd_buffer_length_ms", "Buffer lengths (CMCD bl, milliseconds) players reported, by route."),
+    ("vedge_cmcd_buffer_starvation_total", "Requests whose CMCD said the player's buffer ran dry (bs), by route."),
+    ("vedge_collapsed_requests_total", "Requests that joined a fill already in flight instead of asking the origin."),
+    ("vedge_connections_closed_total", "Viewer connections the edge closed, by reason."),
+    ("vedge_connections_open", "Viewer connections open now."),
+    ("vedge_connections_refused_total", "Viewer connections closed right after accept, by the limit they were over."),
+    ("vedge_cors_preflights_total", "CORS preflights answered by the edge, by result (granted, or what was refused)."),
+    ("vedge_fills_aborted_total", "Fills abandoned before the whole object arrived (origin error, cut or too slow)."),
+    ("vedge_fills_active", "Fills holding a route's fill slot (fetching from the origin) now."),
+    ("vedge_fills_in_flight", "Keys with a fill in the fill table now (the ones concurrent misses join)."),
+    ("vedge_fills_origin_busy_total", "Fills that found no fill slot before the collapse deadline, answered 503."),
+    ("vedge_fills_queued_total", "Fills that waited for a fill slot (over origin_client.max_fills)."),
+    ("vedge_fills_share_released_total", "Fills that gave up their key because their viewer's share of the route's fill slots was taken."),
+    ("vedge_ip_denied_total", "Requests answered 403 by a route's allow_ips or deny_ips."),
+    ("vedge_limits_stalled_refused_total", "Requests answered 429 because the client's HTTP/2 streams held too many bytes it did not read."),
+    ("vedge_limits_table_full_total", "New client addresses left untracked (unlimited) because the limits table was full."),
+    ("vedge_limits_tracked_ips", "Client addresses in the limits table now."),
+    ("vedge_live_scans_skipped_total", "Large live manifests whose scan and prefetch planning were skipped."),
+    ("vedge_live_state_bytes", "Memory held by live playlist state (LL-HLS holds, prefetch plans), in bytes."),
+    ("vedge_manifest_compressed_total", "Manifests sent gzip-coded by the edge (cache.compress_manifests)."),
+    ("vedge_manifest_decodes_reused_total", "Coded manifests whose decoded text was reused for a token rewrite."),
+    ("vedge_manifest_decodes_total", "Coded manifests decoded for a token rewrite."),
+    ("vedge_manifest_offloaded_total", "Manifest decodes and rewrites run on the blocking pool."),
+    ("vedge_memfd_bodies", "Bodies held in sealed memfds or registered anonymous pages (zero-copy) now."),
+    ("vedge_origin_body_too_slow_total", "Origin bodies cut below origin_client.min_body_rate, by path (fill or pass)."),
+    ("vedge_origin_connection_waits_total", "Origin dials that waited for origin_client.max_connections_per_origin."),
+    ("vedge_origin_errors_total", "Origin requests that failed (connect, timeout, protocol or 5xx)."),
+    ("vedge_origin_fetches_total", "Requests sent to origins and shields (fills, revalidations, passes)."),
+    ("vedge_origin_target_errors_total", "Failed requests to one origin or shield node, by route and origin."),
+    ("vedge_origin_target_latency_seconds", "Time to the response head from one origin or shield node, by route and origin."),
+    ("vedge_origin_target_passes", "Passes holding one of an origin's pass slots now, by route and origin."),
+    ("vedge_origin_target_passes_refused_total", "Passes refused origin-busy (over the client's share or the cap on passes), by route and origin."),
+    ("vedge_origin_target_requests_total", "Requests sent to one origin or shield node, by route and origin."),
+    ("vedge_origin_target_up", "Whether an origin or shield node is taken as up (1) or marked down (0), by route and origin."),
+    ("vedge_passes_total", "Requests passed to the origin uncached (bypass, hit-for-pass, unsafe methods)."),
+    ("vedge_prefetch_abandoned_total", "Prefetch fills abandoned because the answer was over cache.prefetch_max_size."),
+    ("vedge_purge_ram_scans_total", "Purges that scanned every entry of the RAM tier (prefixes, tags, keys with variants)."),
+    ("vedge_purged_objects_total", "Objects removed or marked stale by purges and invalidations."),
+    ("vedge_ram_bytes", "Bytes held by the RAM tier now."),
+    ("vedge_ram_capacity_bytes", "The RAM tier's capacity in bytes (ram_size)."),
+    ("vedge_ram_objects", "Objects in the RAM tier now."),
+    ("vedge_range_passthrough_total", "Range misses passed through uncached with the viewer's range (cache.range_passthrough_above)."),
+    ("vedge_rate_limited_total", "Requests answered 429 (over limits.per_ip_rps and its burst)."),
+    ("vedge_requests_total", "Viewer requests by cache status (as X-Cache says)."),
+    ("vedge_responses_aborted_total", "Responses cut before their last byte (viewer gone or origin failure mid-body)."),
+    ("vedge_sendfile_bytes_total", "Body bytes sent to viewers with sendfile."),
+    ("vedge_splice_bytes_total", "Body bytes sent to viewers with vmsplice and splice."),
+    ("vedge_splice_pipes", "Pipes held for splicing now."),
+    ("vedge_store_bytes", "Bytes of the SSD store's objects on disk (4 KiB extents, headers included)."),
+    ("vedge_store_bytes_written_total", "Bytes written to the SSD store."),
+    ("vedge_store_corrupt_reads_total", "Store reads that failed verification: dropped from the index and served as a miss."),
+    ("vedge_store_evictions_total", "Objects dropped from the store by region reclaim."),
+    ("vedge_store_hits_total", "Lookups the store answered."),
+    ("vedge_store_index_bytes", "RAM used by the store's index, in bytes."),
+    ("vedge_store_info", "The store's I/O engine and whether it uses direct I/O (value always 1)."),
+    ("vedge_store_misses_total", "Lookups the store did not answer."),
+    ("vedge_store_objects", "Objects in the store's index."),
+    ("vedge_store_pinned_bytes", "Bytes of pushed (pinned) objects in the store."),
+    ("vedge_store_pinned_lost_total", "Pushed objects reclaim had to drop after device read errors."),
+    ("vedge_store_purge_marks", "Purge marks the store holds for objects on disk (at most 65,536)."),
+    ("vedge_store_read_errors_total", "Store device reads that failed."),
+    ("vedge_store_refused_writes_total", "Store writes refused (no space, full, rate limit, queue full, pinned share full)."),
+    ("vedge_store_regions", "Regions of the store."),
+    ("vedge_store_regions_evicted_total", "Store regions reclaimed."),
+    ("vedge_store_regions_in_use", "Store regions holding objects."),
+    ("vedge_store_reinsertions_total", "Objects reclaim rewrote because they were asked for since their last pass."),
+    ("vedge_store_skipped_writes_total", "Objects not written to the store (first sighting, or too large): normal, not failures."),
+    ("vedge_store_write_errors_total", "Store writes that failed on the device."),
+    ("vedge_token_refused_total", "Requests refused on token routes, by reason."),
+    ("vedge_vary_limit_total", "Varied responses not stored because their object had the most variants allowed."),
+    ("vedge_zero_copy_fallbacks_total", "Bodies kept on the heap because a zero-copy budget was spent."),
+    ("vedge_zero_copy_fd_budget", "Descriptors zero-copy bodies and pipes may hold."),
+    ("vedge_zero_copy_map_budget", "Mappings zero-copy bodies may hold."),
+    ("vedge_zero_copy_mappings", "Mappings zero-copy bodies hold now."),
+];
+
+/// The help text of a metric family, if it has one.
+pub fn help_of(family: &str) -> Option<&'static str> {
+    HELP.binary_search_by(|(name, _)| (*name).cmp(family))
+        .ok()
+        .map(|i| HELP[i].1)
+}
+
+/// `exposition` (Prometheus text format) with a `# HELP` line before each family's `# TYPE`
+/// line (text exposition format: HELP and TYPE are each at most once per family, before its
+/// samples).
+pub fn with_help(exposition: &str) -> String {
+    let mut out = String::with_capacity(exposition.len() + HELP.len() * 96);
+    for line in exposition.lines() {
+        if let Some(family) = line
+            .strip_prefix("# TYPE ")
+            .and_then(|rest| rest.split(' ').next())
+        {
+            if let Some(help) = help_of(family) {
+                let _ = writeln!(out, "# HELP {family} {help}");
+            }
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod help_tests {
+    use super::*;
+
+    #[test]
+    fn the_help_table_is_sorted_and_each_family_once() {
+        assert!(HELP.windows(2).all(|w| w[0].0 < w[1].0));
+        assert!(HELP
+            .iter()
+            .all(|(_, h)| !h.contains('\n') && !h.contains('\\')));
+    }
+}

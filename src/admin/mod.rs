@@ -185,7 +185,7 @@ async fn handle(
                 render_store(&store.stats(), &mut out);
             }
             edge.origin.render_metrics(&mut out);
-            text(StatusCode::OK, out)
+            text(StatusCode::OK, crate::metrics::with_help(&out))
         }
         _ if path.starts_with("/admin/") => {
             if !authorized(&edge, &req) {

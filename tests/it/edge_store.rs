@@ -194,3 +194,60 @@ async fn an_object_served_from_ram_keeps_its_disk_copy_across_store_laps() {
     let r = v.get(v.port, hot).await.expect("hot from RAM");
     assert_tier(&r, "ram", "hot from RAM");
 }
+
+/// `/metrics` is a valid Prometheus text exposition a scraper keeps every family of: each
+/// family has one `# HELP` and one `# TYPE` line, before its samples, each sample belongs to
+/// the family declared last (a histogram's `_bucket`, `_sum`, `_count`), and no series comes
+/// twice. Before, no family had a `# HELP` line (an operator's dashboard tooling showed every
+/// vedge metric without a description).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_a_valid_exposition_with_help_for_every_family() {
+    use std::collections::HashSet;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let origin = Origin::start().await;
+    origin.script("/m/seg.ts", Script::ok(vec![7u8; 4096]));
+    let v = start(&origin.url(), &dir.path().join("vedge.store"), "auto");
+    v.ready().await;
+    // A fill, so the origin's labelled families have series.
+    let got = v.get(v.port, "/m/seg.ts").await.expect("a segment");
+    assert_eq!(got.status(), 200);
+    let answer = v.get(v.admin, "/metrics").await.expect("metrics");
+    assert_eq!(answer.status(), 200);
+    let text = String::from_utf8_lossy(answer.split().1).into_owned();
+    let (mut helped, mut typed, mut series) = (HashSet::new(), HashSet::new(), HashSet::new());
+    let mut current: Option<(String, String)> = None;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (family, help) = rest.split_once(' ').expect("HELP name text");
+            assert!(!help.trim().is_empty(), "{line}");
+            assert!(helped.insert(family.to_string()), "HELP twice: {family}");
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (family, kind) = rest.split_once(' ').expect("TYPE name kind");
+            assert!(
+                helped.contains(family),
+                "TYPE without HELP before it: {family}"
+            );
+            assert!(typed.insert(family.to_string()), "TYPE twice: {family}");
+            assert!(["counter", "gauge", "histogram"].contains(&kind), "{line}");
+            current = Some((family.to_string(), kind.to_string()));
+        } else {
+            assert!(!line.starts_with('#'), "stray comment: {line}");
+            let (series_id, value) = line.rsplit_once(' ').expect("name value");
+            assert!(value.parse::<f64>().is_ok(), "not a number: {line:?}");
+            let name = series_id.split('{').next().unwrap_or(series_id);
+            let (family, kind) = current.as_ref().expect("a sample before any TYPE");
+            let belongs = name == family
+                || (kind == "histogram"
+                    && ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .any(|s| name.strip_suffix(s) == Some(family.as_str())));
+            assert!(belongs, "{name} under family {family}");
+            assert!(
+                series.insert(series_id.to_string()),
+                "series twice: {series_id}"
+            );
+        }
+    }
+    assert!(typed.len() > 60, "{} families", typed.len());
+    assert_eq!(helped, typed, "a HELP for each family, and only for those");
+}
