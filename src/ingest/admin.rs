@@ -5,7 +5,9 @@
 //!   (host: only for `pass_host` routes; keys follow the edge's routes as viewer requests do)
 //!   "allow_partial": false, "include_keys": false, "concurrency": 8}` -> `202 {"id": N}`
 //! - `GET /admin/ingest/{id}` -> progress counters, then the per-asset reports when done
-//! - `PUT /admin/objects/{path}` (header `X-Vedge-Host`, optional; `Content-Type` etc. kept)
+//! - `PUT /admin/objects/{path}` (header `X-Vedge-Host`, optional; the request's fields become
+//!   the object's response fields, `Content-Type`, `Cache-Control`, tags etc., less the ones
+//!   that only mean something in a request: `REQUEST_ONLY`)
 //!   -> stores one pushed object, pinned
 //! - `DELETE /admin/assets/{id}` -> unpins (releases) what job `id` stored
 //!
@@ -529,8 +531,7 @@ where
         Ok(b) => b,
         Err(r) => return r,
     };
-    headers.remove(header::AUTHORIZATION);
-    headers.remove("x-vedge-host");
+    keep_response_fields(&mut headers);
     let len = body.len();
     let obj = PushObject {
         key: key.clone(),
@@ -559,6 +560,63 @@ where
     )
 }
 
+/// Fields of a `PUT /admin/objects` request that describe the request, not the object: they
+/// never become the pushed object's response fields (a `curl -T` with the operator's `Cookie`
+/// served that cookie, its `Host`, `Expect`, `User-Agent` and `Accept` to every viewer).
+/// Request context (RFC 9110 §10.1), credentials, conditionals and ranges, proxy and
+/// forwarding fields, the admin's own `X-Vedge-Host`; framing and hop-by-hop fields are
+/// dropped when the object is made (`ingest::store::cached_object`).
+const REQUEST_ONLY: &[&str] = &[
+    "accept",
+    "accept-charset",
+    "accept-encoding",
+    "accept-language",
+    "authorization",
+    "cache-status",
+    "cdn-loop",
+    "cookie",
+    "dnt",
+    "expect",
+    "forwarded",
+    "from",
+    "host",
+    "if-match",
+    "if-modified-since",
+    "if-none-match",
+    "if-range",
+    "if-unmodified-since",
+    "max-forwards",
+    "origin",
+    "priority",
+    "proxy-authorization",
+    "range",
+    "referer",
+    "te",
+    "user-agent",
+    "via",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-real-ip",
+    "x-vedge-host",
+];
+
+/// Leaves in `headers` (a push request's) only fields that mean something in a response.
+fn keep_response_fields(headers: &mut HeaderMap) {
+    for name in REQUEST_ONLY {
+        headers.remove(*name);
+    }
+    // Fetch metadata, client hints and CMCD describe the client and its request.
+    let described: Vec<_> = headers
+        .keys()
+        .filter(|n| ["sec-", "cmcd-"].iter().any(|p| n.as_str().starts_with(p)))
+        .cloned()
+        .collect();
+    for name in described {
+        headers.remove(name);
+    }
+}
+
 /// `PUT /admin/objects/...` of a large body with `Content-Length` into an edge with a store:
 /// frames go from the socket straight into the store's write buffer (`vedge_storage::ObjectBuf`),
 /// with no `Bytes` of the whole body first and no RAM-tier copy.
@@ -576,8 +634,7 @@ where
 {
     let (parts, body) = req.into_parts();
     let mut headers = parts.headers;
-    headers.remove(header::AUTHORIZATION);
-    headers.remove("x-vedge-host");
+    keep_response_fields(&mut headers);
     let head_only = PushObject {
         key: key.clone(),
         kind,

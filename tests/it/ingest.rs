@@ -1533,3 +1533,66 @@ async fn an_unsafe_method_answered_2xx_never_removes_a_pushed_object() {
     // A pulled object is still invalidated.
     assert_eq!(running.get("/vod/pulled.ts").await.x_cache(), "MISS");
 }
+
+/// Bug: `PUT /admin/objects` kept every field of the request as the pushed object's response
+/// fields: a `curl -T` carrying the operator's `Cookie` served that cookie, the admin `Host`,
+/// `Expect`, `User-Agent` and `Accept` to every viewer of the object. Fields of the request
+/// stay out; the object's own (`Content-Type`, `Cache-Control`, custom ones) stay in.
+#[tokio::test]
+async fn a_push_keeps_the_object_s_fields_and_none_of_the_request_s() {
+    use crate::support::edge::admin_send;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let running = store_edge("http://127.0.0.1:9", tmp.path(), 1 << 20).await;
+    let api = running.admin().await;
+    let port = api.addr.port();
+    let headers = [
+        ("X-Vedge-Host", HOST),
+        ("Content-Type", "video/mp2t"),
+        ("Cache-Control", "max-age=600"),
+        ("X-Asset-Id", "a-17"),
+        ("Cookie", "admin_session=s3cr3t"),
+        ("User-Agent", "curl/7.88.1"),
+        ("Accept", "*/*"),
+        ("Accept-Encoding", "identity"),
+        ("If-None-Match", "\"x\""),
+        ("X-Forwarded-For", "10.0.0.1"),
+        ("Sec-Fetch-Mode", "cors"),
+    ];
+    let (status, answer) = admin_send(
+        port,
+        "PUT",
+        "/admin/objects/vod/seg.ts",
+        &headers,
+        b"pushed",
+    )
+    .await;
+    assert_eq!(status, 201, "{answer}");
+    let r = running.get("/vod/seg.ts").await;
+    assert_eq!((r.status, r.x_cache()), (StatusCode::OK, "HIT"));
+    assert_eq!(r.body.as_ref(), b"pushed");
+    for (name, value) in [
+        ("content-type", "video/mp2t"),
+        ("cache-control", "max-age=600"),
+        ("x-asset-id", "a-17"),
+    ] {
+        assert_eq!(r.h(name), value, "{name} is the object's");
+    }
+    for name in [
+        "cookie",
+        "host",
+        "user-agent",
+        "accept",
+        "accept-encoding",
+        "if-none-match",
+        "x-forwarded-for",
+        "sec-fetch-mode",
+        "authorization",
+        "x-vedge-host",
+    ] {
+        assert!(
+            r.headers.get(name).is_none(),
+            "{name} of the push request served to a viewer: {:?}",
+            r.headers.get(name)
+        );
+    }
+}
