@@ -33,6 +33,7 @@ use crate::http::body::Body;
 
 pub use group::{rendezvous_order, Group, Upstream};
 pub use pass_limit::{PassSlot, RelaySlot};
+use shield::ShieldPlan;
 pub use target::Target;
 use target::{Family, Outcome};
 pub use upload::{Upload, ViewerFault};
@@ -448,6 +449,14 @@ impl OriginClient {
         Ok(Passed { response, slot })
     }
 
+    /// The shields in front of `group` for `route`, when there are shields and they cover it.
+    fn shield_plan<'a>(&'a self, route: &Route, group: &'a Group) -> Option<ShieldPlan<'a>> {
+        self.shield
+            .as_ref()
+            .filter(|s| s.covers(route))
+            .map(|s| s.upstream(group))
+    }
+
     /// `fetch_plan` on `route`'s upstream: its group, through the key's shields first when the
     /// route has them.
     #[allow(clippy::too_many_arguments)]
@@ -462,12 +471,9 @@ impl OriginClient {
         pass: Option<&PassFor>,
     ) -> Result<(Response<Incoming>, Option<PassSlot>), OriginError> {
         let group = self.group(route)?.clone();
-        let shielded;
-        let upstream: &dyn Upstream = match self.shield.as_ref().filter(|s| s.covers(route)) {
-            Some(s) => {
-                shielded = s.upstream(&group);
-                &shielded
-            }
+        let shielded = self.shield_plan(route, &group);
+        let upstream: &dyn Upstream = match &shielded {
+            Some(s) => s,
             None => group.as_ref(),
         };
         self.fetch_plan(
@@ -584,8 +590,13 @@ impl OriginClient {
     }
 
     /// Sends one pass of any method with a streamed body (not retried: the body cannot be
-    /// rebuilt) to the upstream's first candidate for `key`, in one of its pass slots (see
-    /// `pass_fetch_for`).
+    /// rebuilt) to the first candidate for `key` of `route`'s upstream, through the key's
+    /// shield when the route has them (as `fetch_for`), in one of its pass slots (see
+    /// `pass_fetch_for`). Through the shield, not around it: an unsafe method's answer
+    /// invalidates the target on every tier it passes (RFC 9111 §4.4), and the shield that
+    /// owns `key` holds the copy this edge would refill from. Sent straight to the origin, a
+    /// `POST` removed only this edge's copy, and its next `GET` brought the old one back from
+    /// the shield for the shield's whole TTL.
     pub async fn pass_send_for(
         &self,
         route: &Route,
@@ -595,11 +606,16 @@ impl OriginClient {
         pass: &PassFor,
     ) -> Result<Passed, OriginError> {
         let group = self.group(route)?.clone();
-        let plan = group.plan(key);
+        let shielded = self.shield_plan(route, &group);
+        let upstream: &dyn Upstream = match &shielded {
+            Some(s) => s,
+            None => group.as_ref(),
+        };
+        let plan = upstream.plan(key);
         let target = plan.first().ok_or(OriginError::Connect)?;
         let (response, slot) = self
             .attempt(
-                group.as_ref(),
+                upstream,
                 target,
                 path_and_query,
                 req,

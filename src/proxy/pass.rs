@@ -52,7 +52,7 @@ pub async fn pass(
             edge.origin
                 .pass_fetch_for(
                     req.route(),
-                    &target,
+                    req.key(),
                     req.parts.method.clone(),
                     &target,
                     headers,
@@ -76,7 +76,7 @@ pub async fn pass(
             who.upload = Some(upload.clone());
             match edge
                 .origin
-                .pass_send_for(req.route(), &target, &target, out, &who)
+                .pass_send_for(req.route(), req.key(), &target, out, &who)
                 .await
             {
                 Ok(passed) => passed,

@@ -615,3 +615,71 @@ fn route_config_refuses_duplicate_and_impossible_prefixes() {
         );
     }
 }
+
+/// Bug: a viewer's `POST` (any unsafe method with a body) went from the edge straight to the
+/// origin, around the shield: the edge dropped its own copy (RFC 9111 §4.4), but the shield
+/// that owns the key never saw the request and kept its copy, so the edge's next `GET`
+/// refilled the old version from the shield for the shield's whole TTL, and every other edge
+/// kept getting it too. The unsafe request now goes through the key's shield, which
+/// invalidates its copy as it passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsafe_method_through_the_tier_invalidates_the_owning_shield_s_copy() {
+    let t = tier().await;
+    let path = "/doc/updated.ts";
+    let version = |seed: u8| Script::ok(segment(seed)).header("cache-control", "max-age=1000");
+    t.origin.script(path, version(1));
+    let (status, body) = get(&t.edges[1].url(path)).await;
+    assert_eq!((status, body), (StatusCode::OK, segment(1)));
+    // The origin's resource changes; the tier still holds the old version.
+    t.origin.script(path, version(2));
+    assert_eq!(get(&t.edges[1].url(path)).await.1, segment(1));
+
+    let post = http::Request::post(t.edges[1].url(path))
+        .body(http_body_util::Full::new(Bytes::from_static(b"update")))
+        .expect("request");
+    let answer = tokio::time::timeout(
+        Duration::from_secs(20),
+        reqwest_free::client().request(post),
+    )
+    .await
+    .expect("answered in time")
+    .expect("edge answers");
+    assert_eq!(answer.status(), StatusCode::OK);
+    let posted: Vec<_> = t
+        .origin
+        .seen(path)
+        .into_iter()
+        .filter(|s| s.method == "POST")
+        .collect();
+    assert_eq!(posted.len(), 1, "one POST reached the origin");
+    let owner_id = format!("shield-{}", t.owner(path));
+    let loop_entries: Vec<&str> = posted[0]
+        .headers
+        .iter()
+        .filter(|(name, _)| name == "cdn-loop")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    let loop_entries = loop_entries.join(", ");
+    assert!(
+        loop_entries.contains(&owner_id) && loop_entries.contains("edge-1"),
+        "the POST came through the key's shield: CDN-Loop {loop_entries:?}"
+    );
+
+    // This edge, and another that never held the object, both get the new version.
+    for edge in [&t.edges[1], &t.edges[2]] {
+        let (status, body) = get(&edge.url(path)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            body == segment(2),
+            "{}: the old version after the POST",
+            edge.addr
+        );
+    }
+    let gets = t
+        .origin
+        .seen(path)
+        .iter()
+        .filter(|s| s.method == "GET")
+        .count();
+    assert_eq!(gets, 2, "one fill per version, for the whole tier");
+}
