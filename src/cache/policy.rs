@@ -213,6 +213,9 @@ pub struct CacheControl {
     pub private: bool,
     pub public: bool,
     pub must_revalidate: bool,
+    /// `must-understand` (RFC 9111 §5.2.2.3): stored only when the cache understands the
+    /// status code, and then whatever `no-store` says.
+    pub must_understand: bool,
     pub max_age: Option<u64>,
     pub s_maxage: Option<u64>,
     pub stale_while_revalidate: Option<u64>,
@@ -283,6 +286,7 @@ impl CacheControl {
                 "private" => self.private = true,
                 "public" => self.public = true,
                 "must-revalidate" | "proxy-revalidate" => self.must_revalidate = true,
+                "must-understand" => self.must_understand = true,
                 "max-age" => first(&mut self.max_age),
                 "s-maxage" => first(&mut self.s_maxage),
                 "stale-while-revalidate" => first(&mut self.stale_while_revalidate),
@@ -334,6 +338,7 @@ impl CacheControl {
                 }
                 "no-cache" => cc.no_cache = qualified()?,
                 "private" => cc.private = qualified()?,
+                "must-understand" => cc.must_understand = flag()?,
                 _ => {}
             }
         }
@@ -500,11 +505,20 @@ pub fn decide(input: &DecisionInput<'_>) -> Decision {
             CacheControl::parse(h, "surrogate-control"),
         ),
     };
+    let status = input.status.as_u16();
+    // RFC 9111 §3 and §5.2.2.3: with `must-understand`, a status this cache does not know the
+    // caching rules of is never stored (`599` with `max-age=3600, must-understand` was kept and
+    // reused), and one it knows is stored whatever `no-store` beside it says (the directive
+    // exists so that origins can send `no-store` to caches that do not implement it).
+    let understood = cc.must_understand && understood_status(status);
+    if cc.must_understand && !understood && !forced {
+        return Decision::ShareOnly("must-understand");
+    }
     if !forced {
         if cc.private {
             return Decision::Pass("private");
         }
-        if cc.no_store || sc.no_store {
+        if (cc.no_store && !understood) || sc.no_store {
             return Decision::Pass("no-store");
         }
     }
@@ -514,7 +528,6 @@ pub fn decide(input: &DecisionInput<'_>) -> Decision {
         }
     }
 
-    let status = input.status.as_u16();
     // Interim, partial and not-modified answers are never objects of their own (the fill asks
     // for whole representations; a 304 only refreshes a stored one).
     if status < 200 || matches!(status, 206 | 304) {
@@ -651,16 +664,14 @@ pub fn withhold(h: &mut HeaderMap) {
     }
 }
 
-/// The origin's `Age` (RFC 9111 §5.1), capped at `MAX_DELTA`. `None` when absent or not a
-/// non-negative integer (`-1`, `1.5`, `12abc`, `0, 7200` are ignored, not read as a prefix).
-/// `Age` is a singleton: several `Age` lines are ignored too, as cache-tests.fyi's
-/// age-parse checks expect (which of two ages holds is anyone's guess).
+/// The origin's `Age` (RFC 9111 §5.1), capped at `MAX_DELTA`. A list (`7200, 0`, or several
+/// `Age` lines, which are one list) is read as its first member, as §5.1 says a cache SHOULD:
+/// ignoring the whole list made a response that arrived two hours old fresh, and sent it on
+/// with `Age: 0`. `None` when absent, or when that member is not a non-negative integer
+/// (`-1`, `1.5`, `12abc`, `7200;a=b` are ignored, not read as a prefix).
 pub fn age(h: &HeaderMap) -> Option<Duration> {
-    let mut lines = h.get_all(header::AGE).iter();
-    match (lines.next(), lines.next()) {
-        (Some(one), None) => age_value(one.to_str().ok()?),
-        _ => None,
-    }
+    let first_line = h.get_all(header::AGE).iter().next()?.to_str().ok()?;
+    age_value(first_line.split(',').next().unwrap_or(first_line))
 }
 
 /// One `Age` value (see `age`).
@@ -689,6 +700,15 @@ pub fn heuristically_cacheable(status: u16) -> bool {
     matches!(
         status,
         200 | 203 | 204 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501
+    )
+}
+
+/// The final statuses RFC 9110 §15 defines (306 and 418 are reserved, not defined): the ones
+/// whose caching rules this cache implements, for `must-understand`.
+pub fn understood_status(status: u16) -> bool {
+    matches!(
+        status,
+        200..=206 | 300..=305 | 307 | 308 | 400..=417 | 421 | 422 | 426 | 500..=505
     )
 }
 
@@ -1032,9 +1052,11 @@ mod tests {
             assert_eq!(age_value(bad), None, "{bad:?}");
         }
         assert_eq!(age_value(" 7 "), Some(Duration::from_secs(7)));
+        // A list is read as its first member (RFC 9111 §5.1).
         let two = headers(&[("age", "7200"), ("age", "0")]);
-        assert_eq!(age(&two), None);
-        assert_eq!(age(&headers(&[("age", "7200, 7200")])), None);
+        assert_eq!(age(&two), Some(Duration::from_secs(7200)));
+        assert_eq!(age(&headers(&[("age", "0, 7200")])), Some(Duration::ZERO));
+        assert_eq!(age(&headers(&[("age", "x, 7200")])), None);
         assert_eq!(
             age(&headers(&[("age", "30")])),
             Some(Duration::from_secs(30))
