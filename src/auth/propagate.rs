@@ -1,28 +1,36 @@
 //! Token propagation through manifests: hls.js and dash.js resolve child URIs against the
 //! manifest's URL but do not copy its query, so a viewer holding a query token would be refused
-//! on every child request. The manifest a tokenised viewer gets has the same `param=token` added
-//! to every same-host URI (relative, scheme-relative or absolute on the request's host; other
+//! on every child request. The manifest a tokenised viewer gets has the same `param=token` on
+//! every same-host URI (relative, scheme-relative or absolute on the request's host; other
 //! hosts and schemes such as `skd:` or `data:` never see the token).
+//!
+//! A same-host URI that already holds a value of the parameter gets the viewer's token in its
+//! place, never the value as stored: on a route that forwards tokens (`forward`) a shared fill
+//! sends the origin one viewer's token, a packager that copies it onto the URIs it lists makes
+//! the stored manifest name that viewer's token, and the edge cannot tell whose a value is. A
+//! viewer without a query token on such a route gets those values taken out
+//! (`Carry::without`).
 //!
 //! "Same host" is decided the way a player's URL parser reads the URI (`Carry::target`: `\` as
 //! `/`, tabs and newlines dropped), after HLS `EXT-X-DEFINE` substitution, and in DASH against the
 //! `BaseURL`s in scope: a relative URL under a `BaseURL` on another host goes there, so it gets
 //! no token either (a segment URL given for an adaptation set or a period is under the
 //! `BaseURL`s of every representation in it that inherits it). Under HLS content steering the
-//! variant and rendition URIs of a multivariant playlist get no token either: a pathway clone
-//! of the steering server's may move them to another host, query included (unless the route
-//! says every pathway is an edge of its token domain: `Carry::steered_too`). Whatever is not
-//! certainly this host is treated as foreign.
+//! variant and rendition URIs of a multivariant playlist get no token added either: a pathway
+//! clone of the steering server's may move them to another host, query included (unless the
+//! route says every pathway is an edge of its token domain: `Carry::steered_too`); on a
+//! `forward` route a value they hold is still replaced (`Mode::ReplaceOnly`), elsewhere it is
+//! the origin's own and kept. Whatever is not certainly this host is treated as foreign.
 //!
-//! Cost, per response (the cached manifest stays token-free): HLS is one line scan (URI lines,
-//! and the quoted `URI` attributes of the tags that carry one) into one buffer sized up front
-//! from a count of URI lines and `URI="` attributes, with no allocation per URI; DASH one scan of
-//! the XML's tags (`BaseURL` and `Location` text, the URL attributes of `SegmentTemplate`,
-//! `SegmentURL`, `Initialization` and `RepresentationIndex`), skipping comments, CDATA and
-//! processing instructions, collecting edits that are then applied in one pass; no tree is
-//! built. Everything else stays byte-identical. Output is bounded (`MAX_OUTPUT`).
-
-use crate::auth::source::query_value;
+//! Cost, per response: HLS is one line scan (URI lines, and the quoted URI attributes of the
+//! tags that carry one, `EXT-X-DATERANGE`'s interstitial `X-ASSET-URI`/`X-ASSET-LIST`
+//! included) into one buffer sized up front from a count of URI lines and URI attributes, with
+//! no allocation per URI; DASH one scan of the XML's tags (`BaseURL`, `Location` and
+//! `PatchLocation` text, the URL attributes of `SegmentTemplate`, `SegmentURL`,
+//! `Initialization` and `RepresentationIndex`, and remote elements' `xlink:href`), skipping
+//! comments, CDATA and processing instructions, collecting edits that are then applied in one
+//! pass; no tree is built. Everything else stays byte-identical. Output is bounded
+//! (`MAX_OUTPUT`).
 
 /// The manifest formats that can carry tokens (one list of names, shared with the cache's
 /// content classes).
@@ -33,14 +41,33 @@ pub use crate::cache::policy::ManifestFormat as Kind;
 pub struct Carry {
     param: String,
     /// The token as it will be written: the viewer's query value with anything unsafe in a URI
-    /// (or in a quoted HLS attribute) percent-encoded.
-    value: String,
+    /// (or in a quoted HLS attribute) percent-encoded. `None` for a viewer whose token came
+    /// another way (cookie, header) on a route that forwards tokens (`Carry::without`): its
+    /// same-host URIs get no token, and lose any the stored manifest holds.
+    value: Option<String>,
     /// The request's host (`host[:port]`), lower case: absolute URIs elsewhere are left alone.
     host: String,
     /// Variant, rendition and I-frame URIs of a multivariant playlist under content steering
     /// get the token too, by the same-host rule: the route's operator says every pathway is an
     /// edge of this token domain (`[route.token] steering_same_domain`).
     steered_too: bool,
+    /// The route forwards viewers' tokens to the origin (`[route.token] forward`), so a value
+    /// of the parameter in a stored manifest may be another viewer's: a steered variant's is
+    /// replaced too (`Mode::ReplaceOnly`). Elsewhere the origin never saw a viewer's token,
+    /// and a steered variant's value is the origin's own, which may be meant for another
+    /// pathway's CDN: kept as written.
+    forwarded: bool,
+}
+
+/// What a same-host URI gets (`Carry::push_with_token`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// The viewer's token: added, or put in place of a value the URI holds.
+    Add,
+    /// A URI a steering clone may move elsewhere, on a `forward` route (`rewrite_hls`): no
+    /// token is added, but a value it holds is still never kept as stored (replaced by the
+    /// viewer's, or dropped).
+    ReplaceOnly,
 }
 
 impl Carry {
@@ -55,9 +82,23 @@ impl Carry {
         }
         Carry {
             param: param.to_string(),
-            value,
+            value: Some(value),
             host: host.to_ascii_lowercase(),
             steered_too: false,
+            forwarded: false,
+        }
+    }
+
+    /// No token to add, only stored ones to take out: for a viewer that brought its token in
+    /// a cookie or a header on a route whose fills send the origin a viewer's token
+    /// (`forward`), where a stored manifest may hold another viewer's token in its URIs.
+    pub fn without(param: &str, host: &str) -> Carry {
+        Carry {
+            param: param.to_string(),
+            value: None,
+            host: host.to_ascii_lowercase(),
+            steered_too: false,
+            forwarded: true,
         }
     }
 
@@ -67,20 +108,33 @@ impl Carry {
         self
     }
 
-    /// `uri` with the token added, or `None` when it must stay as it is (another host, another
-    /// scheme, empty, or already carrying the parameter).
+    /// The same token, on a route that forwards tokens to the origin when `yes` (`forwarded`).
+    pub fn forwarded(mut self, yes: bool) -> Carry {
+        self.forwarded = yes;
+        self
+    }
+
+    /// `uri` as this viewer gets it, or `None` when it stays as it is (another host, another
+    /// scheme, empty, or nothing to add or take out).
     pub fn add_to(&self, uri: &str) -> Option<String> {
         if self.target(uri.trim()) == Target::Foreign {
             return None;
         }
         let mut out = String::new();
-        self.push_with_token(uri, &mut out).then_some(out)
+        self.push_with_token(uri, Mode::Add, &mut out)
+            .then_some(out)
     }
 
-    /// Writes `uri` (trimmed) with the token added to `out` and returns true, or writes nothing
-    /// and returns false when the parameter is already there or `uri` is empty. Where `uri`
+    /// Writes `uri` (trimmed) to `out` carrying this viewer's token and returns true, or
+    /// writes nothing and returns false when nothing changes (`uri` is empty, or holds no
+    /// value of the parameter and there is nothing to add). A value of the parameter already
+    /// in the query is never kept as stored: the manifest may come from a fill that sent the
+    /// origin another viewer's token (`forward`), which a packager copies onto the URIs it
+    /// lists, and the edge cannot tell whose a value is. So the first such pair (the name
+    /// matched without case, as the cache key's drop list does) gets this viewer's token and
+    /// any other is dropped (all of them without a token: `Carry::without`). Where `uri`
     /// points is the caller's decision (`target`).
-    fn push_with_token(&self, uri: &str, out: &mut String) -> bool {
+    fn push_with_token(&self, uri: &str, mode: Mode, out: &mut String) -> bool {
         let uri = uri.trim();
         if uri.is_empty() {
             return false;
@@ -89,28 +143,60 @@ impl Carry {
             Some(i) => (&uri[..i], &uri[i..]),
             None => (uri, ""),
         };
-        let sep = match memchr::memchr(b'?', base.as_bytes()) {
-            Some(i) => {
-                if query_value(&base[i + 1..], &self.param).is_some() {
-                    return false;
-                }
-                if base.ends_with('?') || base.ends_with('&') {
-                    ""
-                } else {
-                    "&"
-                }
-            }
-            None => "?",
+        let (path, query) = match memchr::memchr(b'?', base.as_bytes()) {
+            Some(i) => (&base[..i], Some(&base[i + 1..])),
+            None => (base, None),
         };
-        for piece in [base, sep, &self.param, "=", &self.value, frag] {
-            out.push_str(piece);
+        let held = query.is_some_and(|q| q.split('&').any(|pair| self.names_param(pair)));
+        if !held {
+            let Some(value) = self.value.as_deref().filter(|_| mode == Mode::Add) else {
+                return false;
+            };
+            let sep = match query {
+                Some(q) if !q.is_empty() && !q.ends_with('&') => "&",
+                Some(_) => "",
+                None => "?",
+            };
+            for piece in [base, sep, &self.param, "=", value, frag] {
+                out.push_str(piece);
+            }
+            return true;
         }
+        out.push_str(path);
+        let mut sep = "?";
+        let mut replaced = false;
+        for pair in query.unwrap_or_default().split('&') {
+            if self.names_param(pair) {
+                match self.value.as_deref() {
+                    Some(value) if !replaced => {
+                        replaced = true;
+                        for piece in [sep, &self.param, "=", value] {
+                            out.push_str(piece);
+                        }
+                        sep = "&";
+                    }
+                    _ => {}
+                }
+                continue;
+            }
+            out.push_str(sep);
+            out.push_str(pair);
+            sep = "&";
+        }
+        out.push_str(frag);
         true
     }
 
-    /// The most bytes `push_with_token` adds to a URI.
+    /// Whether a query pair (`name=value`, or a bare name) is the token parameter.
+    fn names_param(&self, pair: &str) -> bool {
+        let name = pair.split_once('=').map_or(pair, |(n, _)| n);
+        name.eq_ignore_ascii_case(&self.param)
+    }
+
+    /// The most bytes `push_with_token` adds to a URI (putting the token in place of a stored
+    /// value adds at most as much as appending it: the pair it replaces had the name).
     fn added_len(&self) -> usize {
-        self.param.len() + self.value.len() + 2
+        self.param.len() + self.value.as_ref().map_or(0, String::len) + 2
     }
 
     /// Where `uri` leads, read the way a browser's URL parser (WHATWG) reads it against an
@@ -223,8 +309,10 @@ pub fn rewrite(kind: Kind, body: &[u8], carry: &Carry) -> Result<Option<Vec<u8>>
     Ok(out.map(String::into_bytes))
 }
 
-/// Tags whose attribute lists carry a quoted `URI` (RFC 8216 and its 2nd edition draft).
+/// Tags whose attribute lists carry a quoted URI (RFC 8216 and its 2nd edition draft):
+/// `HLS_URI_ATTRS`, or for `EXT-X-DATERANGE` `DATERANGE_URI_ATTRS`.
 const HLS_URI_TAGS: &[&str] = &[
+    "EXT-X-DATERANGE",
     "EXT-X-MEDIA",
     "EXT-X-I-FRAME-STREAM-INF",
     "EXT-X-IMAGE-STREAM-INF",
@@ -240,6 +328,21 @@ const HLS_URI_TAGS: &[&str] = &[
 
 /// URI attributes inside those tags (`SERVER-URI`: content steering).
 const HLS_URI_ATTRS: &[&str] = &["URI", "SERVER-URI"];
+
+/// The URIs of an `EXT-X-DATERANGE`: an HLS Interstitial's asset playlist and asset list
+/// (rfc8216bis Appendix D), which the player fetches from where the playlist says, relative
+/// to the playlist's URL like any other URI. Its other attributes are dates, ids and
+/// free-form client data (`X-COM-...`), never rewritten.
+const DATERANGE_URI_ATTRS: &[&str] = &["X-ASSET-URI", "X-ASSET-LIST"];
+
+/// Whether attribute `attr` of tag `tag` is a URI the token goes on.
+fn hls_uri_attr(tag: &str, attr: &str) -> bool {
+    if tag == "EXT-X-DATERANGE" {
+        DATERANGE_URI_ATTRS.contains(&attr)
+    } else {
+        HLS_URI_ATTRS.contains(&attr)
+    }
+}
 
 /// The tags of a multivariant playlist whose URIs a content-steering pathway clone copies
 /// (RFC 8216bis §7.2: every Variant Stream and Rendition of the base pathway), besides the URI
@@ -257,15 +360,17 @@ const MAX_DEFINES: usize = 64;
 /// One pass over the lines, into one output buffer sized up front: URI lines, and the quoted
 /// URI attributes of the tags that carry one, get the token; every other byte is copied.
 fn rewrite_hls(text: &str, carry: &Carry) -> Result<Option<String>, Oversized> {
-    // Every addition is a URI line or a `URI="` attribute: counting both bounds the output, so
-    // the buffer never grows (one allocation for the whole response).
+    // Every addition is a URI line or a `URI="` (`X-ASSET-URI="` too) or `X-ASSET-LIST="`
+    // attribute: counting them bounds the output, so the buffer never grows (one allocation
+    // for the whole response).
     let uri_lines = lines(text)
         .filter(|l| {
             let l = l.trim_start();
             !l.is_empty() && !l.starts_with('#')
         })
         .count();
-    let uri_attrs = memchr::memmem::find_iter(text.as_bytes(), b"URI=\"").count();
+    let uri_attrs = memchr::memmem::find_iter(text.as_bytes(), b"URI=\"").count()
+        + memchr::memmem::find_iter(text.as_bytes(), b"LIST=\"").count();
     let bound = text
         .len()
         .saturating_add((uri_lines + uri_attrs) * carry.added_len());
@@ -304,12 +409,21 @@ fn rewrite_hls(text: &str, carry: &Carry) -> Result<Option<String>, Oversized> {
             let name_attrs =
                 memchr::memchr(b':', tag.as_bytes()).map(|c| (&tag[..c], &tag[c + 1..]));
             match name_attrs {
-                Some((name, _)) if steered && CLONED_TAGS.contains(&name) => out.push_str(piece),
+                Some((name, _)) if steered && !carry.forwarded && CLONED_TAGS.contains(&name) => {
+                    out.push_str(piece)
+                }
                 Some((name, attrs)) if HLS_URI_TAGS.contains(&name) => {
+                    // A steered variant or rendition gets no token added, but on a `forward`
+                    // route keeps none the stored playlist holds either (`Mode::ReplaceOnly`).
+                    let mode = if steered && CLONED_TAGS.contains(&name) {
+                        Mode::ReplaceOnly
+                    } else {
+                        Mode::Add
+                    };
                     out.push('#');
                     out.push_str(name);
                     out.push(':');
-                    changed |= rewrite_attr_list(attrs, carry, &defines, &mut out);
+                    changed |= rewrite_attr_list(name, attrs, carry, mode, &defines, &mut out);
                     out.push_str(eol);
                 }
                 Some(("EXT-X-DEFINE", attrs)) => {
@@ -322,14 +436,22 @@ fn rewrite_hls(text: &str, carry: &Carry) -> Result<Option<String>, Oversized> {
         }
         let uri = line.trim();
         // In a steered (multivariant) playlist every URI line is a variant's: clonable.
-        if steered || uri.is_empty() || hls_target(uri, carry, &defines) == Target::Foreign {
+        let mode = if steered {
+            Mode::ReplaceOnly
+        } else {
+            Mode::Add
+        };
+        if (steered && !carry.forwarded)
+            || uri.is_empty()
+            || hls_target(uri, carry, &defines) == Target::Foreign
+        {
             out.push_str(piece);
             continue;
         }
         // Keep any leading/trailing blanks the line had around the URI.
         let start = line.len() - line.trim_start().len();
         out.push_str(&line[..start]);
-        if carry.push_with_token(uri, &mut out) {
+        if carry.push_with_token(uri, mode, &mut out) {
             changed = true;
         } else {
             out.push_str(uri);
@@ -471,11 +593,14 @@ fn split_eol(piece: &str) -> (&str, &str) {
     (body, &piece[body.len()..])
 }
 
-/// Copies an HLS attribute list to `out` with the token added to its quoted URI attributes;
-/// anything it cannot read is copied as is. Returns whether a token was added.
+/// Copies the attribute list of tag `tag` to `out` with the token given to its quoted URI
+/// attributes (`hls_uri_attr`) as `mode` says; anything it cannot read is copied as is.
+/// Returns whether a URI changed.
 fn rewrite_attr_list(
+    tag: &str,
     attrs: &str,
     carry: &Carry,
+    mode: Mode,
     defines: &[(&str, Option<&str>)],
     out: &mut String,
 ) -> bool {
@@ -498,10 +623,10 @@ fn rewrite_attr_list(
             };
             let value = &attrs[i + 1..close];
             out.push('"');
-            let added = HLS_URI_ATTRS.contains(&name)
+            let added = hls_uri_attr(tag, name)
                 && !value.trim().is_empty()
                 && hls_target(value.trim(), carry, defines) != Target::Foreign
-                && carry.push_with_token(value, out);
+                && carry.push_with_token(value, mode, out);
             if !added {
                 out.push_str(value);
             }
@@ -524,7 +649,7 @@ fn rewrite_attr_list(
     changed
 }
 
-/// The URL attributes, by element.
+/// The URL attributes of segments, by element.
 fn dash_url_attr(element: &str, attr: &str) -> bool {
     matches!(
         (element, attr),
@@ -532,6 +657,34 @@ fn dash_url_attr(element: &str, attr: &str) -> bool {
             | ("SegmentURL", "media" | "index")
             | ("Initialization" | "RepresentationIndex", "sourceURL")
     )
+}
+
+/// An `xlink:href` (matched by its local name, as the prefix bound to the XLink namespace is
+/// the document's choice) of an element that may be remote (ISO/IEC 23009-1 5.5: a period, an
+/// adaptation set, a segment list, an event stream, and a representation to the players that
+/// read one): the player fetches the element from there. `urn:mpeg:dash:resolve-to-zero:2013`
+/// is no URL to fetch; as a `urn:` it is another scheme (`Carry::target`), so it stays as it is.
+fn dash_xlink_attr(element: &str, attr: &str) -> bool {
+    attr == "href"
+        && matches!(
+            element,
+            "Period"
+                | "AdaptationSet"
+                | "Representation"
+                | "SegmentList"
+                | "EventStream"
+                | "InbandEventStream"
+        )
+}
+
+/// The elements whose text is a URL (`rewrite_dash`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TextUrl {
+    BaseUrl,
+    Location,
+    /// Where the player fetches the MPD's patches (ISO/IEC 23009-1 5th ed. 5.15): resolved
+    /// like the document's other URLs, so under the MPD's `BaseURL`s.
+    PatchLocation,
 }
 
 fn local_name(qname: &str) -> &str {
@@ -581,8 +734,9 @@ struct Edit {
     uses_id: bool,
 }
 
-/// One scan of the XML's tags (no tree is built): URL attributes and `BaseURL`/`Location` text
-/// are collected as edits, then applied in one pass into a buffer sized for them.
+/// One scan of the XML's tags (no tree is built): URL attributes and `BaseURL`/`Location`/
+/// `PatchLocation` text are collected as edits, then applied in one pass into a buffer sized
+/// for them.
 fn rewrite_dash(text: &str, carry: &Carry) -> Result<Option<String>, Oversized> {
     // A document type may declare entities, which the player's XML parser expands into text
     // or whole elements (`&cdn;` as a `BaseURL` on another host) that this scan of the tags as
@@ -613,8 +767,8 @@ fn rewrite_dash(text: &str, carry: &Carry) -> Result<Option<String>, Oversized> 
     let mut location_foreign = false;
     // A representation's `id` could change where a template leads (see where it is read).
     let mut risky_ids = false;
-    // Where the text of an open BaseURL/Location starts, and which it is.
-    let mut text_from: Option<(usize, bool)> = None;
+    // Where the text of an open BaseURL/Location/PatchLocation starts, and which it is.
+    let mut text_from: Option<(usize, TextUrl)> = None;
     while let Some(lt) = text[i..].find('<').map(|p| i + p) {
         let rest = &text[lt..];
         let skip_to = |end: &str| rest.find(end).map_or(text.len(), |p| lt + p + end.len());
@@ -636,7 +790,7 @@ fn rewrite_dash(text: &str, carry: &Carry) -> Result<Option<String>, Oversized> 
         }
         if rest.starts_with("</") {
             let closing = open.pop();
-            if let (Some((from, is_base)), Some(own)) = (text_from.take(), closing) {
+            if let (Some((from, which)), Some(own)) = (text_from.take(), closing) {
                 let raw = &text[from..lt];
                 let lead = raw.len() - raw.trim_start().len();
                 let trimmed = raw.trim();
@@ -651,22 +805,29 @@ fn rewrite_dash(text: &str, carry: &Carry) -> Result<Option<String>, Oversized> 
                 };
                 let target = url.as_deref().map_or(Target::Foreign, |u| carry.target(u));
                 // A BaseURL belongs to its parent element's scope and resolves against the
-                // grandparent's; a Location against the MPD's URL.
+                // grandparent's; a Location against the MPD's URL; a PatchLocation against
+                // its parent's (the MPD's) BaseURLs.
                 let parent = scopes[own].parent;
-                if is_base {
-                    let p = &mut scopes[parent];
-                    p.has_base = true;
-                    p.base_foreign |= target == Target::Foreign;
-                    p.base_relative |= target == Target::Relative;
-                } else {
-                    // dash.js resolves the document against its first `Location` (its
-                    // `ManifestLoader` makes it the base URI on load): one elsewhere leads
-                    // every relative URL of the document there.
-                    location_foreign |= target == Target::Foreign;
-                }
+                let relative_in = match which {
+                    TextUrl::BaseUrl => {
+                        let p = &mut scopes[parent];
+                        p.has_base = true;
+                        p.base_foreign |= target == Target::Foreign;
+                        p.base_relative |= target == Target::Relative;
+                        Some(scopes[parent].parent)
+                    }
+                    TextUrl::Location => {
+                        // dash.js resolves the document against its first `Location` (its
+                        // `ManifestLoader` makes it the base URI on load): one elsewhere leads
+                        // every relative URL of the document there.
+                        location_foreign |= target == Target::Foreign;
+                        None
+                    }
+                    TextUrl::PatchLocation => Some(parent),
+                };
                 scratch.clear();
                 let url = url.as_deref().filter(|_| target != Target::Foreign);
-                if url.is_some_and(|u| carry.push_with_token(u, &mut scratch)) {
+                if url.is_some_and(|u| carry.push_with_token(u, Mode::Add, &mut scratch)) {
                     let start = from + lead;
                     let at = repl.len();
                     xml_escape_into(&scratch, None, &mut repl);
@@ -674,8 +835,7 @@ fn rewrite_dash(text: &str, carry: &Carry) -> Result<Option<String>, Oversized> 
                         start,
                         end: start + trimmed.len(),
                         new: at..repl.len(),
-                        relative_in: (is_base && target == Target::Relative)
-                            .then_some(scopes[parent].parent),
+                        relative_in: relative_in.filter(|_| target == Target::Relative),
                         below: false,
                         uses_id: false,
                     });
@@ -741,7 +901,8 @@ fn rewrite_dash(text: &str, carry: &Carry) -> Result<Option<String>, Oversized> 
                 j = b.len();
                 break;
             };
-            if dash_url_attr(element, attr) {
+            let segment = dash_url_attr(element, attr);
+            if segment || dash_xlink_attr(element, attr) {
                 // The token is percent-encoded (`Carry::new`), so it holds no `$` that a
                 // SegmentTemplate would read as an identifier.
                 // A value this scan cannot decode is not certainly this host (see above).
@@ -751,16 +912,24 @@ fn rewrite_dash(text: &str, carry: &Carry) -> Result<Option<String>, Oversized> 
                     .map_or(Target::Foreign, |v| carry.target(v.trim()));
                 scratch.clear();
                 let value = value.as_deref().filter(|_| target != Target::Foreign);
-                if value.is_some_and(|v| carry.push_with_token(v, &mut scratch)) {
+                if value.is_some_and(|v| carry.push_with_token(v, Mode::Add, &mut scratch)) {
                     let at = repl.len();
                     xml_escape_into(&scratch, Some(quote), &mut repl);
+                    // A segment URL resolves under the BaseURLs of every representation that
+                    // uses it; a remote element's under those around the element it replaces
+                    // (its own are part of what it replaces).
+                    let relative_in = if segment {
+                        owner(&scopes, scope)
+                    } else {
+                        scopes[scope].parent
+                    };
                     edits.push(Edit {
                         start: v_start,
                         end: v_end,
                         new: at..repl.len(),
-                        relative_in: (target == Target::Relative).then(|| owner(&scopes, scope)),
-                        below: true,
-                        uses_id: value.is_some_and(|v| v.contains("$RepresentationID$")),
+                        relative_in: (target == Target::Relative).then_some(relative_in),
+                        below: segment,
+                        uses_id: segment && value.is_some_and(|v| v.contains("$RepresentationID$")),
                     });
                 }
             }
@@ -780,11 +949,15 @@ fn rewrite_dash(text: &str, carry: &Carry) -> Result<Option<String>, Oversized> 
         if !self_closing {
             open.push(scope);
         }
-        text_from = match element {
-            "BaseURL" if !self_closing => Some((j.min(text.len()), true)),
-            "Location" if !self_closing => Some((j.min(text.len()), false)),
+        let which = match element {
+            "BaseURL" => Some(TextUrl::BaseUrl),
+            "Location" => Some(TextUrl::Location),
+            "PatchLocation" => Some(TextUrl::PatchLocation),
             _ => None,
         };
+        text_from = which
+            .filter(|_| !self_closing)
+            .map(|w| (j.min(text.len()), w));
         i = j.min(text.len());
         if i <= lt {
             break; // no progress: malformed tail
@@ -934,13 +1107,169 @@ mod tests {
             "//other.example/a.ts",
             "skd://key-id",
             "data:text/plain;base64,AAAA",
-            "a.ts?hdnts=already",
+            "https://other.example/a.ts?hdnts=someone-elses",
             "",
         ] {
             assert_eq!(c.add_to(untouched), None, "{untouched}");
         }
         let odd = Carry::new("hdnts", "a\"b<c>&d", "h");
         assert_eq!(odd.add_to("x").as_deref(), Some("x?hdnts=a%22b%3Cc%3E%26d"));
+    }
+
+    #[test]
+    fn a_stored_value_of_the_parameter_is_replaced_never_kept() {
+        let c = carry();
+        for (stored, want) in [
+            ("a.ts?hdnts=viewer1", format!("a.ts?{T}")),
+            ("a.ts?x=1&hdnts=viewer1&y=2", format!("a.ts?x=1&{T}&y=2")),
+            ("a.ts?HDNTS=viewer1#t=1", format!("a.ts?{T}#t=1")),
+            ("a.ts?hdnts", format!("a.ts?{T}")),
+            ("a.ts?hdnts=one&x=1&hdnts=two", format!("a.ts?{T}&x=1")),
+            (
+                "//cdn.example:8080/a.ts?hdnts=viewer1",
+                format!("//cdn.example:8080/a.ts?{T}"),
+            ),
+            ("a.ts?xhdnts=1", format!("a.ts?xhdnts=1&{T}")),
+        ] {
+            assert_eq!(c.add_to(stored).as_deref(), Some(&*want), "{stored}");
+        }
+        // Without a token of its own (a cookie or header viewer on a `forward` route) the
+        // viewer gets the stored values taken out, and nothing added.
+        let none = Carry::without("hdnts", "cdn.example:8080");
+        for (stored, want) in [
+            ("a.ts?hdnts=viewer1", Some("a.ts")),
+            ("a.ts?x=1&hdnts=viewer1#f", Some("a.ts?x=1#f")),
+            ("a.ts?hdnts=a&x=1&hdnts=b", Some("a.ts?x=1")),
+            ("a.ts?x=1", None),
+            ("a.ts", None),
+            ("https://other.example/a.ts?hdnts=viewer1", None),
+        ] {
+            assert_eq!(none.add_to(stored).as_deref(), want, "{stored}");
+        }
+        let m = "#EXTM3U\n#EXT-X-MAP:URI=\"i.mp4?hdnts=v1\"\n#EXTINF:4,\ns.ts?hdnts=v1\n";
+        let out = rewrite(Kind::Hls, m.as_bytes(), &none)
+            .expect("fits")
+            .expect("changed");
+        assert_eq!(
+            String::from_utf8(out).expect("utf8"),
+            "#EXTM3U\n#EXT-X-MAP:URI=\"i.mp4\"\n#EXTINF:4,\ns.ts\n"
+        );
+        let mpd = r#"<MPD><BaseURL>v/?a=1&amp;hdnts=v1</BaseURL><SegmentTemplate media="s.m4s?hdnts=v1"/></MPD>"#;
+        let out = rewrite(Kind::Dash, mpd.as_bytes(), &c)
+            .expect("fits")
+            .expect("changed");
+        assert_eq!(
+            String::from_utf8(out).expect("utf8"),
+            format!(
+                r#"<MPD><BaseURL>v/?a=1&amp;{T}</BaseURL><SegmentTemplate media="s.m4s?{T}"/></MPD>"#
+            )
+        );
+    }
+
+    #[test]
+    fn steered_variants_get_no_token_but_keep_no_stored_one_on_a_forward_route() {
+        let c = carry().forwarded(true);
+        let m = "#EXTM3U\n\
+#EXT-X-CONTENT-STEERING:SERVER-URI=\"steer.json\"\n\
+#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID=\"a\",NAME=\"en\",URI=\"en.m3u8?hdnts=v1\"\n\
+#EXT-X-STREAM-INF:BANDWIDTH=1\n\
+v.m3u8?hdnts=v1\n\
+#EXT-X-STREAM-INF:BANDWIDTH=2\n\
+w.m3u8\n";
+        let out = String::from_utf8(
+            rewrite(Kind::Hls, m.as_bytes(), &c)
+                .expect("fits")
+                .expect("changed"),
+        )
+        .expect("utf8");
+        for want in [
+            format!("SERVER-URI=\"steer.json?{T}\""),
+            format!("URI=\"en.m3u8?{T}\""),
+            format!("\nv.m3u8?{T}\n"),
+            "\nw.m3u8\n".to_string(),
+        ] {
+            assert!(out.contains(&want), "{want} missing from:\n{out}");
+        }
+        // Elsewhere the origin never saw a viewer's token: a steered variant's value is its
+        // own (perhaps for another pathway's CDN) and stays as written.
+        let out = String::from_utf8(
+            rewrite(Kind::Hls, m.as_bytes(), &carry())
+                .expect("fits")
+                .expect("changed"),
+        )
+        .expect("utf8");
+        for want in [
+            format!("SERVER-URI=\"steer.json?{T}\""),
+            "URI=\"en.m3u8?hdnts=v1\"".to_string(),
+            "\nv.m3u8?hdnts=v1\n".to_string(),
+        ] {
+            assert!(out.contains(&want), "{want} missing from:\n{out}");
+        }
+    }
+
+    #[test]
+    fn interstitial_assets_get_the_token_and_other_daterange_attributes_do_not() {
+        let c = carry();
+        let m = "#EXTM3U\n\
+#EXT-X-DATERANGE:ID=\"ad1\",CLASS=\"com.apple.hls.interstitial\",START-DATE=\"2024-01-01T00:00:00Z\",X-ASSET-URI=\"ads/ad1.m3u8\"\n\
+#EXT-X-DATERANGE:ID=\"ad2\",CLASS=\"com.apple.hls.interstitial\",START-DATE=\"2024-01-01T00:00:02Z\",X-ASSET-LIST=\"/ads/list.json?p=1\",X-COM-EXAMPLE-URI=\"x.json\"\n\
+#EXT-X-DATERANGE:ID=\"ad3\",CLASS=\"com.apple.hls.interstitial\",START-DATE=\"2024-01-01T00:00:04Z\",X-ASSET-URI=\"https://ads.other.example/a.m3u8\"\n\
+#EXT-X-DATERANGE:ID=\"d\",START-DATE=\"2024-01-01T00:00:00Z\",URI=\"not-a-daterange-uri\"\n\
+#EXTINF:4,\ns.ts\n";
+        let out = String::from_utf8(
+            rewrite(Kind::Hls, m.as_bytes(), &c)
+                .expect("fits")
+                .expect("changed"),
+        )
+        .expect("utf8");
+        for want in [
+            format!("X-ASSET-URI=\"ads/ad1.m3u8?{T}\""),
+            format!("X-ASSET-LIST=\"/ads/list.json?p=1&{T}\",X-COM-EXAMPLE-URI=\"x.json\""),
+            "X-ASSET-URI=\"https://ads.other.example/a.m3u8\"".to_string(),
+            "URI=\"not-a-daterange-uri\"".to_string(),
+            format!("\ns.ts?{T}\n"),
+        ] {
+            assert!(out.contains(&want), "{want} missing from:\n{out}");
+        }
+    }
+
+    #[test]
+    fn patch_locations_and_remote_elements_get_the_token_where_they_stay_here() {
+        let c = carry();
+        let m = r#"<MPD xmlns:xlink="http://www.w3.org/1999/xlink">
+  <PatchLocation ttl="60">patch.mpp</PatchLocation>
+  <Period id="0" xlink:href="period0.xml" xlink:actuate="onLoad"/>
+  <Period id="1" xlink:href="urn:mpeg:dash:resolve-to-zero:2013"/>
+  <Period id="2" xlink:href="https://other.example/p.xml"/>
+  <Period id="3">
+    <AdaptationSet x:href="as.xml" xmlns:x="http://www.w3.org/1999/xlink"/>
+    <AdaptationSet><Representation id="r"><SegmentList xlink:href="list.xml"/></Representation></AdaptationSet>
+  </Period>
+  <Period id="4">
+    <BaseURL>https://other.example/four/</BaseURL>
+    <AdaptationSet xlink:href="far.xml"/>
+  </Period>
+</MPD>"#;
+        let out = String::from_utf8(
+            rewrite(Kind::Dash, m.as_bytes(), &c)
+                .expect("fits")
+                .expect("changed"),
+        )
+        .expect("utf8");
+        for want in [
+            format!("<PatchLocation ttl=\"60\">patch.mpp?{T}</PatchLocation>"),
+            format!("xlink:href=\"period0.xml?{T}\""),
+            "xlink:href=\"urn:mpeg:dash:resolve-to-zero:2013\"".to_string(),
+            "xlink:href=\"https://other.example/p.xml\"".to_string(),
+            format!("x:href=\"as.xml?{T}\""),
+            format!("xlink:href=\"list.xml?{T}\""),
+            "xlink:href=\"far.xml\"".to_string(),
+        ] {
+            assert!(out.contains(&want), "{want} missing from:\n{out}");
+        }
+        // Under an MPD whose BaseURL is elsewhere, a relative PatchLocation is elsewhere too.
+        let far = r#"<MPD><BaseURL>https://other.example/</BaseURL><PatchLocation>p.mpp</PatchLocation></MPD>"#;
+        assert_eq!(rewrite(Kind::Dash, far.as_bytes(), &c), Ok(None));
     }
 
     #[test]

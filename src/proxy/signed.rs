@@ -3,8 +3,11 @@
 //! (403 naming the reason class, counted in `vedge_token_refused_total`). An admitted request
 //! continues without its token (query parameter, cookie or header, unless `forward`), which
 //! keeps the token out of the origin request and of the credentials check. A viewer who came
-//! with a query token gets manifests with that token added to every same-host URI
-//! (`Gate::finish`, `auth::propagate`); the cached manifest itself stays token-free.
+//! with a query token gets manifests with that token on every same-host URI (`Gate::finish`,
+//! `auth::propagate`), in place of any value a stored manifest holds: the cached manifest is
+//! token-free unless the origin wrote tokens in, which with `forward` may be the token of the
+//! viewer whose request filled it, so on such a route every viewer's manifest is rewritten
+//! (without a query token: those values taken out).
 
 use std::net::SocketAddr;
 use std::time::UNIX_EPOCH;
@@ -69,7 +72,8 @@ impl Default for ManifestWork {
 pub struct Gate {
     /// The request without its token, when anything had to be taken out.
     parts: Option<Parts>,
-    /// The token to add to the URIs of a manifest response (query tokens only).
+    /// The token to give the URIs of a manifest response: a query token, or none in place of
+    /// stored ones on a `forward` route (`admit`).
     carry: Option<Carry>,
     head: bool,
     path: String,
@@ -209,23 +213,36 @@ pub fn admit(
         return refuse(why);
     }
     let head = parts.method == Method::HEAD;
-    let carry = (found.from == From::Query).then(|| {
-        // The host the viewer asked, as the edge routes and keys the request
-        // (`request::viewer_host`): the target's authority (absolute-form, HTTP/2
-        // `:authority`), which RFC 9112 §3.2.2 makes win over `Host`, else `Host`.
-        let host = parts
-            .uri
-            .authority()
-            .map(|a| a.as_str())
-            .or_else(|| {
-                parts
-                    .headers
-                    .get(header::HOST)
-                    .and_then(|h| h.to_str().ok())
-            })
-            .unwrap_or_default();
-        Carry::new(&cfg.param, &found.raw, host).steered_too(cfg.steering_same_domain)
-    });
+    // The host the viewer asked, as the edge routes and keys the request
+    // (`request::viewer_host`): the target's authority (absolute-form, HTTP/2 `:authority`),
+    // which RFC 9112 §3.2.2 makes win over `Host`, else `Host`.
+    let host = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| {
+            parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+        })
+        .unwrap_or_default();
+    // A query token goes on the manifest's same-host URIs, in place of any value of the
+    // parameter the stored manifest holds. With `forward` a shared fill sends the origin one
+    // viewer's token, which a packager may copy onto the URIs it lists, and the stored copy
+    // then names that viewer's token for everyone: so a viewer whose token came another way
+    // gets those values taken out (`Carry::without`), never another viewer's.
+    let carry = match found.from {
+        From::Query => Some(
+            Carry::new(&cfg.param, &found.raw, host)
+                .steered_too(cfg.steering_same_domain)
+                .forwarded(cfg.forward),
+        ),
+        From::Cookie | From::Header if cfg.forward => {
+            Some(Carry::without(&cfg.param, host).steered_too(cfg.steering_same_domain))
+        }
+        From::Cookie | From::Header => None,
+    };
     // The normalised path (escapes decoded): `/a%2Em3u8` is the manifest `/a.m3u8`.
     let whole = carry.is_some() && Kind::of(&path, None).is_some();
     // Only what may be a manifest (its path says so, or says nothing and its type may) asks

@@ -1119,3 +1119,185 @@ async fn a_coded_manifest_is_decoded_once_for_every_viewer() {
     assert_eq!(got, want, "one decode, every viewer its own token");
     assert_eq!(origin.count("/v/c/long.m3u8"), 1);
 }
+
+/// A live playlist as a packager that copies the request's token onto the URIs it lists
+/// writes it for the viewer whose token it was sent (`forward = true`: the shared fill
+/// carries the first viewer's token).
+fn echoed_playlist(token: &str) -> String {
+    format!(
+        "#EXTM3U\n#EXT-X-TARGETDURATION:4\n#EXT-X-MEDIA-SEQUENCE:1\n\
+#EXT-X-MAP:URI=\"init.mp4?hdnts={token}\"\n\
+#EXTINF:4.0,\nseg1.ts?hdnts={token}\n\
+#EXTINF:4.0,\nseg2.ts?n=2&hdnts={token}\n"
+    )
+}
+
+/// The same packager's MPD.
+fn echoed_mpd(token: &str) -> String {
+    format!(
+        r#"<?xml version="1.0"?>
+<MPD xmlns="urn:mpeg:dash:schema:mpd:2011" type="dynamic" minimumUpdatePeriod="PT2S">
+  <Period id="0">
+    <AdaptationSet mimeType="video/mp4">
+      <SegmentTemplate initialization="init.mp4?hdnts={token}" media="s-$Number$.m4s?hdnts={token}" duration="4" timescale="1"/>
+      <Representation id="v" bandwidth="1"/>
+    </AdaptationSet>
+  </Period>
+</MPD>
+"#
+    )
+}
+
+/// Bug: on a `forward = true` route the shared fill sent the origin the first viewer's
+/// token, the token is no part of the key, and a packager that copies the query token onto
+/// the URIs it lists produced a playlist naming that viewer's token, which was stored and
+/// served to everyone: the per-viewer rewrite left URIs that "already carry the parameter"
+/// alone, so every later viewer (HIT, the same bytes gzip-coded, DASH alike) was handed the
+/// first viewer's token (an IP-bound one: 403 on every segment), and a viewer whose token
+/// came in a header got it too. Now a same-host URI's stored value of the parameter is
+/// replaced by the viewer's own token, or taken out for a viewer without a query token.
+#[tokio::test]
+async fn a_forwarded_token_the_origin_copied_into_a_manifest_reaches_no_other_viewer() {
+    let t1 = crate::support::token::token_for("/v/*", Some("viewer-1"));
+    let t2 = crate::support::token::token_for("/v/*", Some("viewer-2"));
+    let t3 = crate::support::token::token_for("/v/*", Some("viewer-3"));
+    let origin = Origin::start().await;
+    let m3u8 = |body: Vec<u8>| {
+        Script::ok(body)
+            .header("content-type", "application/vnd.apple.mpegurl")
+            .header("cache-control", "max-age=60")
+    };
+    origin.script("/v/live.m3u8", m3u8(echoed_playlist(&t1).into_bytes()));
+    origin.script(
+        "/v/z/live.m3u8",
+        m3u8(gzip(echoed_playlist(&t1).as_bytes())).header("content-encoding", "gzip"),
+    );
+    origin.script(
+        "/v/live.mpd",
+        Script::ok(echoed_mpd(&t1))
+            .header("content-type", "application/dash+xml")
+            .header("cache-control", "max-age=60"),
+    );
+    origin.script(
+        "/v/seg1.ts",
+        Script::ok("seg").header("cache-control", "max-age=60"),
+    );
+    let edge = edge_with(
+        &origin,
+        RawToken {
+            forward: Some(true),
+            sources: Some(vec!["query".into(), "header".into()]),
+            header: Some("x-edge-token".into()),
+            ..raw_token()
+        },
+    )
+    .await;
+    for path in ["/v/live.m3u8", "/v/z/live.m3u8", "/v/live.mpd"] {
+        // Viewer 1 fills the key: the origin is sent (and echoes) its token.
+        let r = edge.get(&format!("{path}?hdnts={t1}")).await;
+        assert_eq!(r.status.as_u16(), 200, "{path}");
+        edge.settle().await;
+        assert!(
+            origin.seen(path)[0].target.contains(&t1),
+            "{path}: forwarded"
+        );
+        // Viewer 2: the stored copy, rewritten with viewer 2's token only.
+        let r = edge.get(&format!("{path}?hdnts={t2}")).await;
+        let body = as_played(&r);
+        assert_eq!((r.status.as_u16(), r.x_cache()), (200, "HIT"), "{path}");
+        assert!(
+            !body.contains(&t1),
+            "{path}: viewer 2 was served viewer 1's token:\n{body}"
+        );
+        let want = if path.ends_with(".mpd") {
+            vec![
+                format!("initialization=\"init.mp4?hdnts={t2}\""),
+                format!("media=\"s-$Number$.m4s?hdnts={t2}\""),
+            ]
+        } else {
+            vec![
+                format!("URI=\"init.mp4?hdnts={t2}\""),
+                format!("\nseg1.ts?hdnts={t2}\n"),
+                format!("\nseg2.ts?n=2&hdnts={t2}\n"),
+            ]
+        };
+        for w in want {
+            assert!(body.contains(&w), "{path}: {w} missing from:\n{body}");
+        }
+        assert_eq!(r.h("content-length"), body.len().to_string(), "{path}");
+        // A viewer whose token travels in a header gets no token in its URIs, nobody's.
+        let r = edge.get_with(path, &[("x-edge-token", &t3)]).await;
+        let body = as_played(&r);
+        assert_eq!(r.status.as_u16(), 200, "{path}");
+        assert!(
+            !body.contains("hdnts="),
+            "{path}: a header viewer was served a stored token:\n{body}"
+        );
+        assert_eq!(origin.count(path), 1, "{path}: still one fill");
+    }
+    // What viewer 2's playlist names works for viewer 2.
+    let r = edge.get(&format!("/v/seg1.ts?hdnts={t2}")).await;
+    assert_eq!((r.status.as_u16(), &r.body[..]), (200, &b"seg"[..]));
+}
+
+/// Bug: the manifest rewrite on a token route did not give the viewer's token to an HLS
+/// Interstitial's `X-ASSET-URI` / `X-ASSET-LIST` (`EXT-X-DATERANGE`), a DASH `PatchLocation`
+/// or a remote element's `xlink:href` (a `Period`, an `AdaptationSet`), so a player following
+/// them was refused (403). Now same-host ones carry it like every other URI; other hosts and
+/// `urn:mpeg:dash:resolve-to-zero:2013` stay as they are.
+#[tokio::test]
+async fn interstitials_patch_locations_and_remote_periods_carry_the_token() {
+    const MEDIA: &str = "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:10\n\
+#EXT-X-DATERANGE:ID=\"ad1\",CLASS=\"com.apple.hls.interstitial\",START-DATE=\"2024-01-01T00:00:00Z\",X-ASSET-URI=\"ads/ad1.m3u8\"\n\
+#EXT-X-DATERANGE:ID=\"ad2\",CLASS=\"com.apple.hls.interstitial\",START-DATE=\"2024-01-01T00:00:02Z\",X-ASSET-LIST=\"ads/list.json\"\n\
+#EXT-X-DATERANGE:ID=\"ad3\",CLASS=\"com.apple.hls.interstitial\",START-DATE=\"2024-01-01T00:00:04Z\",X-ASSET-URI=\"https://ads.other.example/a.m3u8\"\n\
+#EXTINF:2,\ns10.m4s\n";
+    const MPD: &str = r#"<?xml version="1.0"?><MPD xmlns="urn:mpeg:dash:schema:mpd:2011" xmlns:xlink="http://www.w3.org/1999/xlink" type="dynamic" minBufferTime="PT2S"><PatchLocation ttl="60">patch.mpp</PatchLocation><Period id="0" start="PT0S"><AdaptationSet mimeType="video/mp4"><SegmentTemplate media="s$Number$.m4s" duration="2" timescale="1"/><Representation id="v" bandwidth="1"/></AdaptationSet><AdaptationSet xlink:href="as1.xml"/></Period><Period id="1" xlink:href="period1.xml" xlink:actuate="onLoad"/><Period id="2" xlink:href="urn:mpeg:dash:resolve-to-zero:2013"/></MPD>"#;
+    let origin = Origin::start().await;
+    origin.script(
+        "/v/i/media.m3u8",
+        Script::ok(MEDIA).header("content-type", "application/vnd.apple.mpegurl"),
+    );
+    origin.script(
+        "/v/i/x.mpd",
+        Script::ok(MPD).header("content-type", "application/dash+xml"),
+    );
+    for child in [
+        "ads/ad1.m3u8",
+        "ads/list.json",
+        "patch.mpp",
+        "period1.xml",
+        "as1.xml",
+    ] {
+        origin.script(&format!("/v/i/{child}"), Script::ok("child"));
+    }
+    let edge = edge_with(&origin, raw_token()).await;
+    let t = token("/v/i/*");
+    let hls = as_played(&edge.get(&format!("/v/i/media.m3u8?hdnts={t}")).await);
+    let mpd = as_played(&edge.get(&format!("/v/i/x.mpd?hdnts={t}")).await);
+    for (body, attr, child) in [
+        (&hls, "X-ASSET-URI=\"", "ads/ad1.m3u8"),
+        (&hls, "X-ASSET-LIST=\"", "ads/list.json"),
+        (&mpd, "<PatchLocation ttl=\"60\">", "patch.mpp"),
+        (&mpd, "<Period id=\"1\" xlink:href=\"", "period1.xml"),
+        (&mpd, "<AdaptationSet xlink:href=\"", "as1.xml"),
+    ] {
+        let uri = format!("{child}?hdnts={t}");
+        assert!(
+            body.contains(&format!("{attr}{uri}")),
+            "{child} carries no token:\n{body}"
+        );
+        // Followed as a player does, relative to the manifest.
+        let r = edge.get(&format!("/v/i/{uri}")).await;
+        assert_eq!(r.status.as_u16(), 200, "{child}");
+        assert_eq!(origin.count(&format!("/v/i/{child}")), 1, "{child}");
+    }
+    assert!(
+        hls.contains("X-ASSET-URI=\"https://ads.other.example/a.m3u8\""),
+        "another host never gets the token:\n{hls}"
+    );
+    assert!(
+        mpd.contains("xlink:href=\"urn:mpeg:dash:resolve-to-zero:2013\""),
+        "{mpd}"
+    );
+}
