@@ -276,6 +276,7 @@ fn decide_and_store(h: &HeaderMap, ctl: u8, response_delay: Duration) {
         manifest_stale_factor: u32::from(ctl >> 2).saturating_mul(1 << 20),
         max_object_size: u64::MAX,
         targeted: &[],
+        surrogate_device: "vedge",
         response_delay,
         now,
     });

@@ -253,7 +253,12 @@ impl CacheControl {
     /// directive wins (RFC 9111 §4.2.1: "the first occurrence should be used"); a comma or `=`
     /// inside a quoted argument belongs to the argument (`ext="max-age=1, x"` sets nothing).
     fn add(&mut self, v: &str) {
-        for (name, arg) in directives(v) {
+        self.add_directives(directives(v));
+    }
+
+    /// Adds parsed directives (see `add`).
+    fn add_directives(&mut self, list: Vec<(String, Option<String>)>) {
+        for (name, arg) in list {
             let first = |slot: &mut Option<u64>| {
                 if slot.is_none() {
                     // RFC 9111 §1.2.2: an invalid delta-seconds means stale.
@@ -372,6 +377,51 @@ pub fn targeted_cache_control(h: &HeaderMap, names: &[HeaderName]) -> Option<Cac
 /// directive value can start with a NUL.
 const INVALID: &str = "\u{0}invalid";
 
+/// `Surrogate-Control` (W3C Edge Architecture 1.0 §3) as this surrogate reads it: directives
+/// with no device token, and those targeted at `device` (`max-age=60;vedge`: the token this
+/// edge names in the `Surrogate-Capability` it sends upstream, its `cdn_id`), compared without
+/// case; directives targeted at another device are not ours. `max-age=N+M` is a lifetime of N
+/// that may be stretched M more seconds while the origin fails (`stale-if-error`, unless one
+/// is given). `None` unless a directive this cache acts on remains: a field carrying only ESI's
+/// `content="ESI/1.0"`, or only other devices' directives, leaves `Cache-Control` in charge.
+pub fn surrogate_control(h: &HeaderMap, device: &str) -> Option<CacheControl> {
+    let mut cc = CacheControl::default();
+    for value in h.get_all("surrogate-control") {
+        let ours = directives(&String::from_utf8_lossy(value.as_bytes()))
+            .into_iter()
+            .filter_map(|(name, arg)| {
+                // The device token follows the directive (and its argument) after a `;`.
+                let (name, arg, target) = match arg {
+                    Some(a) => match a.split_once(';') {
+                        Some((a, t)) => (name, Some(a.trim().to_string()), Some(t.to_string())),
+                        None => (name, Some(a), None),
+                    },
+                    None => match name.split_once(';') {
+                        Some((n, t)) => (n.trim().to_string(), None, Some(t.to_string())),
+                        None => (name, None, None),
+                    },
+                };
+                let for_us = target.is_none_or(|t| t.trim().eq_ignore_ascii_case(device));
+                for_us.then_some((name, arg))
+            });
+        let mut list = Vec::new();
+        for (name, arg) in ours {
+            match (
+                name.as_str(),
+                arg.as_deref().and_then(|a| a.split_once('+')),
+            ) {
+                ("max-age", Some((lifetime, extension))) => {
+                    list.push((name.clone(), Some(lifetime.trim().to_string())));
+                    list.push(("stale-if-error".into(), Some(extension.trim().to_string())));
+                }
+                _ => list.push((name, arg)),
+            }
+        }
+        cc.add_directives(list);
+    }
+    (cc != CacheControl::default()).then_some(cc)
+}
+
 /// The `(name, argument)` pairs of a `Cache-Control` line: names lowercased, quoted arguments
 /// unquoted (`\x` escapes honoured). A name followed by whitespace before its `=`
 /// (`max-age =60`) keeps that whitespace, so it matches no directive (RFC 9111 §5.2 grammar:
@@ -477,6 +527,8 @@ pub struct DecisionInput<'a> {
     pub max_object_size: u64,
     /// Targeted cache-control fields, in precedence order (`cache.targeted_cache_control`).
     pub targeted: &'a [HeaderName],
+    /// This edge's device token for `Surrogate-Control` targeting (`cdn_id`).
+    pub surrogate_device: &'a str,
     /// Time between sending the origin request and receiving its head.
     pub response_delay: Duration,
     pub now: SystemTime,
@@ -495,16 +547,15 @@ pub fn decide(input: &DecisionInput<'_>) -> Decision {
         Err(reason) => return Decision::Pass(reason),
     }
     // RFC 9213 §2.1: a valid targeted field (CDN-Cache-Control) replaces Cache-Control and
-    // Expires for this cache; Surrogate-Control, the older CDN-only field, yields to it too.
-    let targeted = targeted_cache_control(h, input.targeted);
-    let use_expires = targeted.is_none();
-    let (cc, sc) = match targeted {
-        Some(t) => (t, CacheControl::default()),
-        None => (
-            CacheControl::parse(h, header::CACHE_CONTROL),
-            CacheControl::parse(h, "surrogate-control"),
-        ),
-    };
+    // Expires for this cache. Without one, `Surrogate-Control` (Edge Architecture 1.0), the
+    // older field addressed to surrogates, does the same when it says anything for this edge:
+    // `Cache-Control: no-store` for browsers with `Surrogate-Control: max-age=600` for the CDN
+    // is stored for 600 s (it was passed, as cache-tests.fyi `surrogate-fresh-cc-nostore`
+    // shows), as Fastly reads it.
+    let own = targeted_cache_control(h, input.targeted)
+        .or_else(|| surrogate_control(h, input.surrogate_device));
+    let use_expires = own.is_none();
+    let cc = own.unwrap_or_else(|| CacheControl::parse(h, header::CACHE_CONTROL));
     let status = input.status.as_u16();
     // RFC 9111 §3 and §5.2.2.3: with `must-understand`, a status this cache does not know the
     // caching rules of is never stored (`599` with `max-age=3600, must-understand` was kept and
@@ -518,7 +569,7 @@ pub fn decide(input: &DecisionInput<'_>) -> Decision {
         if cc.private {
             return Decision::Pass("private");
         }
-        if (cc.no_store && !understood) || sc.no_store {
+        if cc.no_store && !understood {
             return Decision::Pass("no-store");
         }
     }
@@ -536,10 +587,9 @@ pub fn decide(input: &DecisionInput<'_>) -> Decision {
     let negative = matches!(status, 404 | 410);
     let error = status >= 400;
 
-    // Explicit freshness, most specific first: Surrogate-Control is addressed to us (the CDN).
-    let explicit = sc
-        .max_age
-        .or(cc.s_maxage)
+    // Explicit freshness, most specific first.
+    let explicit = cc
+        .s_maxage
         .or(cc.max_age)
         .map(Duration::from_secs)
         .or_else(|| {
@@ -607,8 +657,8 @@ pub fn decide(input: &DecisionInput<'_>) -> Decision {
     // so there `s-maxage` alone never serves stale; `must-revalidate` / `proxy-revalidate` /
     // `no-cache` close every window (below).
     let configured_sie = if error { None } else { rules.stale_if_error };
-    let mut swr = secs(sc.stale_while_revalidate.or(cc.stale_while_revalidate)).unwrap_or_default();
-    let mut sie = secs(sc.stale_if_error.or(cc.stale_if_error))
+    let mut swr = secs(cc.stale_while_revalidate).unwrap_or_default();
+    let mut sie = secs(cc.stale_if_error)
         .or(configured_sie)
         .unwrap_or_default();
     swr = swr.min(MAX_DELTA);
@@ -797,6 +847,7 @@ mod tests {
             manifest_stale_factor: 2,
             max_object_size: 1 << 30,
             targeted: &TARGETED,
+            surrogate_device: "vedge",
             response_delay: Duration::ZERO,
             now: SystemTime::now(),
         }

@@ -105,6 +105,9 @@ pub struct OriginClient {
     cfg: OriginClientConfig,
     via: HeaderValue,
     cdn_loop: HeaderValue,
+    /// `{cdn_id}="Surrogate/1.0"` (Edge Architecture 1.0 §2.2): tells the origin the token
+    /// `Surrogate-Control` directives may target at this edge (`policy::surrogate_control`).
+    surrogate_capability: HeaderValue,
     /// `X-Forwarded-Proto`: the scheme viewers reach this edge with.
     proto: &'static str,
     /// Ends the health-check tasks (`stop_health`, on shutdown).
@@ -155,6 +158,8 @@ impl OriginClient {
                 .expect("cdn_id is a validated token"),
             cdn_loop: HeaderValue::from_str(&format!("{cdn_id}; node={node}"))
                 .expect("cdn_id and node are validated tokens"),
+            surrogate_capability: HeaderValue::from_str(&format!("{cdn_id}=\"Surrogate/1.0\""))
+                .expect("cdn_id is a validated token"),
             proto: "http",
             stop: CancellationToken::new(),
             shield: None,
@@ -381,8 +386,8 @@ impl OriginClient {
         h
     }
 
-    /// `Host`, our `Via` and `CDN-Loop` entries, `X-Forwarded-For` (`prev` then the peer) and
-    /// `X-Forwarded-Proto` (the viewer listener's scheme).
+    /// `Host`, our `Via` and `CDN-Loop` entries, `Surrogate-Capability`, `X-Forwarded-For`
+    /// (`prev` then the peer) and `X-Forwarded-Proto` (the viewer listener's scheme).
     fn stamp(
         &self,
         h: &mut HeaderMap,
@@ -395,6 +400,8 @@ impl OriginClient {
         }
         h.append(header::VIA, self.via.clone());
         h.append("cdn-loop", self.cdn_loop.clone());
+        // This edge's own, in place of any a viewer sent: viewers are no surrogates.
+        h.insert("surrogate-capability", self.surrogate_capability.clone());
         let xff = match (prev, peer) {
             (Some(prev), Some(ip)) => Some(format!("{prev}, {ip}")),
             (None, Some(ip)) => Some(ip.to_string()),

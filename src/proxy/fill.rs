@@ -452,6 +452,7 @@ async fn run(
             manifest_stale_factor: cache.manifest_stale_factor,
             max_object_size: cache.max_object_size,
             targeted: &cache.targeted_cache_control,
+            surrogate_device: &edge.config.cdn_id,
             response_delay: age_delay,
             now: edge.clock.now(),
         })

@@ -674,3 +674,49 @@ async fn revalidating_a_variant_sends_its_varied_header_and_etag() {
     let r = edge.get_with("/vary/abc", &[("abc", "123")]).await;
     assert_eq!(r.x_cache(), "HIT");
 }
+
+/// Bug: `Surrogate-Control` (W3C Edge Architecture 1.0) was read beside `Cache-Control`, never
+/// instead of it: `Cache-Control: no-store` for browsers with `Surrogate-Control: max-age` for
+/// the CDN was passed every time, and a directive targeted at this edge (`max-age=600;vedge`)
+/// read as garbage (cache-tests.fyi `surrogate-fresh-cc-nostore`,
+/// `surrogate-max-age-me-target`). The edge now names its device token upstream
+/// (`Surrogate-Capability: vedge="Surrogate/1.0"`), and a `Surrogate-Control` that says anything
+/// for it replaces `Cache-Control` for its own decisions; one for other devices only, or with
+/// nothing this cache acts on (ESI's `content`), leaves `Cache-Control` in charge.
+#[tokio::test]
+async fn surrogate_control_for_this_edge_replaces_cache_control() {
+    let origin = Origin::start().await;
+    let edge = TestEdge::start(edge_config(&origin)).await;
+    for (path, cc, sc, kept) in [
+        ("/sc/me", "no-store", "max-age=3600;vedge", true),
+        ("/sc/me-case", "no-store", "max-age=3600;VEDGE", true),
+        ("/sc/all", "private", "max-age=3600", true),
+        ("/sc/other", "no-store", "max-age=3600;not-for-you", false),
+        ("/sc/other-ns", "max-age=3600", "no-store;not-for-you", true),
+        ("/sc/esi", "no-store", "content=\"ESI/1.0\"", false),
+        ("/sc/no-store", "max-age=3600", "no-store", false),
+        ("/sc/extension", "no-store", "max-age=3600+600", true),
+    ] {
+        origin.script(
+            path,
+            Script::ok("doc")
+                .header("cache-control", cc)
+                .header("surrogate-control", sc),
+        );
+        edge.get(path).await;
+        edge.settle().await;
+        let again = edge.get(path).await;
+        assert_eq!(
+            again.x_cache() == "HIT",
+            kept,
+            "{path}: {}",
+            again.x_cache()
+        );
+        assert_eq!(origin.count(path), if kept { 1 } else { 2 }, "{path}");
+        assert_eq!(
+            origin.seen(path)[0].header("surrogate-capability"),
+            Some("vedge=\"Surrogate/1.0\""),
+            "{path}: the edge names its device token"
+        );
+    }
+}
