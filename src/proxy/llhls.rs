@@ -219,6 +219,16 @@ impl Scan {
             > (other.next_msn(), other.trailing_parts.len())
     }
 
+    /// Whether this copy, received after `earlier`, shows the stream restarted (a packager
+    /// restart resets the media sequence): its whole window, the segment in progress
+    /// included, lies before `earlier`'s first segment. A late answer to an older blocking
+    /// reload cannot look so: a live playlist keeps at least three target durations of
+    /// segments (RFC 8216bis §6.2.2) and a hold lasts at most that long, so a straggler's
+    /// window always reaches into the newer copy's.
+    fn restarted_behind(&self, earlier: &Scan) -> bool {
+        self.next_msn() <= earlier.media_sequence
+    }
+
     /// The bytes this scan holds (an estimate).
     fn weight(&self) -> u64 {
         let list = |v: &[String]| v.iter().map(|u| u.len() as u64 + ENTRY_COST).sum::<u64>();
@@ -1092,11 +1102,16 @@ fn observe_scanned(
             // A late copy older than the latest does not replace it, unless the latest is
             // stale: a media sequence that went backwards (a restarted stream) would
             // otherwise never be recorded again.
+            // Nor may a fresh latest copy hide a restart: a blocking answer may be fresh for
+            // a minute while the copies after it show the new stream, and every request in
+            // the new numbering would be answered from the old one (it "holds" them all).
             let now = edge.clock.now();
-            let newer = st
-                .latest
-                .as_ref()
-                .is_none_or(|l| !l.scan.newer_than(scan) || l.obj.staleness(now).is_some());
+            let newer = st.latest.as_ref().is_none_or(|l| {
+                !l.scan.newer_than(scan)
+                    || l.obj.staleness(now).is_some()
+                    || (obj.stored_at >= l.obj.stored_at && scan.restarted_behind(&l.scan))
+            });
+
             // A stream that restarted behind the origin's last unshared answer (its media
             // sequence back by more than the two segments a request may be ahead): that mark
             // is of the old stream, and would send this one's waiters upstream uncollapsed.
@@ -1561,6 +1576,29 @@ mod tests {
         assert!(!s.too_far_at(14, None, Duration::from_secs(3)));
         assert!(!s.too_far_at(15, None, Duration::from_secs(3)));
         assert!(s.too_far_at(16, None, Duration::from_secs(3)));
+    }
+
+    /// A media playlist of target duration 1 s listing segments `first..=last`.
+    fn window(first: u64, last: u64) -> Scan {
+        let mut pl = format!("#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXT-X-MEDIA-SEQUENCE:{first}\n");
+        for n in first..=last {
+            pl.push_str(&format!("#EXTINF:1.0,\ns{n}.ts\n"));
+        }
+        scan(pl.as_bytes()).expect("playlist")
+    }
+
+    #[test]
+    fn a_window_wholly_before_the_latest_is_a_restart_and_a_late_answer_is_not() {
+        let latest = window(101, 106);
+        // A packager restart: the new stream's window ends before the old one's first segment.
+        assert!(window(0, 1).restarted_behind(&latest));
+        assert!(window(95, 100).restarted_behind(&latest));
+        // A late answer to an older blocking reload overlaps the newer copy's window: it is
+        // no restart, and (not newer) it replaces nothing.
+        let late = window(100, 105);
+        assert!(!late.restarted_behind(&latest));
+        assert!(latest.newer_than(&late));
+        assert!(!window(101, 106).restarted_behind(&latest));
     }
 
     #[test]

@@ -795,3 +795,43 @@ async fn a_day_long_dvr_playlist_is_still_read_and_drives_prefetch() {
         0
     );
 }
+
+/// Bug: after a packager restart (the media sequence back from 100-105 to 0), a blocking
+/// reload in the new numbering was answered from the pre-restart playlist: that copy, a
+/// blocking answer fresh for 30 s, stayed the playlist's latest although a plain request had
+/// since fetched the new stream's playlist (whose window lies wholly before the old copy's
+/// first segment), and it "held" every small `_HLS_msn`. The newer fetch replaces it now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_stream_s_playlist_replaces_a_fresh_copy_of_the_old_stream() {
+    let origin = Origin::start().await;
+    let path = "/restart/media.m3u8";
+    let media = |first: u64, last: u64| {
+        let mut pl = format!(
+            "#EXTM3U\n#EXT-X-VERSION:9\n#EXT-X-TARGETDURATION:1\n\
+#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES\n#EXT-X-MEDIA-SEQUENCE:{first}\n"
+        );
+        for n in first..=last {
+            pl.push_str(&format!("#EXTINF:1.0,\nseg_{n}.ts\n"));
+        }
+        pl
+    };
+    origin.script(path, playlist(media(100, 105), "max-age=30"));
+    let edge = TestEdge::start(config_for(&origin.url(), "off")).await;
+    let old = edge.get(&format!("{path}?_HLS_msn=105")).await;
+    assert_eq!(old.status, 200, "{}", old.h("cache-status"));
+    edge.settle().await;
+    // The packager restarts: a new player's plain request gets the new stream's playlist.
+    origin.script(path, playlist(media(0, 1), "max-age=1"));
+    let plain = edge.get(path).await;
+    assert_eq!(plain.body, media(0, 1).as_bytes());
+    edge.settle().await;
+    origin.script(path, playlist(media(0, 2), "max-age=1"));
+    let r = edge.get(&format!("{path}?_HLS_msn=2")).await;
+    assert_eq!(r.status, 200, "{}", r.h("cache-status"));
+    assert_eq!(
+        String::from_utf8_lossy(&r.body),
+        media(0, 2),
+        "the new stream's playlist, not the old one: {}",
+        r.h("cache-status")
+    );
+}
