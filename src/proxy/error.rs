@@ -58,6 +58,12 @@ pub enum EdgeError {
     /// origin still coded, relabelled as plain bytes.
     #[error("request body in a transfer coding other than chunked, which this edge refuses")]
     TransferCoding,
+    /// A blocking playlist reload (`_HLS_msn`) the origin answered, asked until the hold's
+    /// end, only with playlists that lack what it asks for (RFC 8216bis §6.2.5.2: 503).
+    /// `proxy::llhls` answers it as any other hold that ran out, or holds on if its own time
+    /// is not up.
+    #[error("blocking playlist reload not satisfied within three target durations")]
+    HoldUnsatisfied,
 }
 
 /// A failed fill's origin failure, back in the origin client's terms: the same status and
@@ -66,6 +72,7 @@ impl From<OriginFailure> for EdgeError {
     fn from(f: OriginFailure) -> EdgeError {
         EdgeError::Origin(match f {
             OriginFailure::Busy => return EdgeError::OriginBusy,
+            OriginFailure::Unsatisfied => return EdgeError::HoldUnsatisfied,
             OriginFailure::Connect => OriginError::Connect,
             OriginFailure::Timeout => OriginError::Timeout,
             OriginFailure::Protocol => OriginError::Protocol,
@@ -95,6 +102,7 @@ impl EdgeError {
             EdgeError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             EdgeError::Manifest(_) => StatusCode::BAD_GATEWAY,
             EdgeError::TransferCoding => StatusCode::NOT_IMPLEMENTED,
+            EdgeError::HoldUnsatisfied => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -114,6 +122,7 @@ impl EdgeError {
             EdgeError::RequestTimeout => "request-timeout",
             EdgeError::Manifest(why) => why.as_str(),
             EdgeError::TransferCoding => "transfer-coding",
+            EdgeError::HoldUnsatisfied => "llhls-hold",
         }
     }
 
@@ -133,15 +142,19 @@ impl EdgeError {
             );
         }
         let status = match self {
-            EdgeError::Origin(_) | EdgeError::OriginBusy | EdgeError::NotCached => {
-                CacheStatus::Miss
-            }
+            EdgeError::Origin(_)
+            | EdgeError::OriginBusy
+            | EdgeError::NotCached
+            | EdgeError::HoldUnsatisfied => CacheStatus::Miss,
             _ => CacheStatus::Bypass,
         };
         // RFC 9211 §2: a response the edge generates itself carries no Cache-Status member
         // (its example: a proxy's 400 for a malformed request). Only a request that went
         // forward (or waited to) and failed says so, for whoever debugs the origin.
-        let forwarded = matches!(self, EdgeError::Origin(_) | EdgeError::OriginBusy);
+        let forwarded = matches!(
+            self,
+            EdgeError::Origin(_) | EdgeError::OriginBusy | EdgeError::HoldUnsatisfied
+        );
         let cache_status = if forwarded {
             format!(
                 "{}; fwd=miss; detail={}",

@@ -1,7 +1,8 @@
-//! The fill driver: one origin fetch per key, detached from any viewer. It publishes the origin's
-//! answer to the fill's readers, streams the body into the fill, and stores the object when the
-//! body completed intact and the response is storable. Nothing is stored from a failed or short
-//! body; readers of such a fill see their responses aborted.
+//! The fill driver: one origin fetch per key (a blocking playlist reload the origin answered
+//! too early: one at a time until it is answered, `run`), detached from any viewer. It
+//! publishes the origin's answer to the fill's readers, streams the body into the fill, and
+//! stores the object when the body completed intact and the response is storable. Nothing is
+//! stored from a failed or short body; readers of such a fill see their responses aborted.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -282,12 +283,97 @@ async fn relayed(
     }
 }
 
+/// What one request to the origin came to.
+enum Asked {
+    /// The fill has its answer (or failure) published, or has ended.
+    Done,
+    /// A blocking playlist reload answered with a playlist that lacks what it asks for
+    /// (`llhls::unsatisfied`): nothing was published or stored; ask again after this long.
+    Unsatisfied(std::time::Duration),
+}
+
+/// Asks the origin for the fill's answer; a blocking playlist reload again and again, while
+/// the origin answers with a playlist that lacks what it asks for (RFC 8216bis §6.2.5.2: the
+/// server holds the request until the playlist holds it, which an origin that ignores
+/// `_HLS_*` does not). Every viewer of the key stays collapsed on this one fill meanwhile, so
+/// one request of it is with the origin at a time; none of them sees those answers. Bounded by
+/// the hold (`llhls::hold_for`, as long as the leader is held), and ended early once no viewer
+/// waits for the head any more; then the viewers still waiting get `Unsatisfied`
+/// (`llhls::blocking_reload` holds one whose own time is not up on, the rest 503). An origin
+/// that holds answers once, with what was asked: it sees no more requests than before.
 async fn run(
     edge: &Arc<Edge>,
     fill: &Arc<Fill>,
     guard: &FillGuard,
     job: FillJob,
 ) -> Result<(), FillError> {
+    let started = tokio::time::Instant::now();
+    // Looked up at the first answer that needs it (a blocking reload's): no other fill pays.
+    let mut hold_end = None;
+    for _ in 0..MAX_ASKS {
+        let after = match ask(edge, fill, guard, job.clone()).await? {
+            Asked::Done => return Ok(()),
+            Asked::Unsatisfied(after) => after,
+        };
+        let end = *hold_end
+            .get_or_insert_with(|| started + crate::proxy::llhls::hold_for(edge, &job.base_key));
+        // Up to the hold's end, not short of it: the viewers held as long as the leader time
+        // out on their own (503), and only one that joined later has time left to go on with.
+        let next = tokio::time::Instant::now() + after;
+        tokio::time::sleep_until(next.min(end)).await;
+        // Nor once every viewer gave up (their holds ran out, or they left): nobody to ask for.
+        if next >= end || fill.head_waiters() == 0 {
+            break;
+        }
+    }
+    fill.set_head(FillHead::Failed(OriginFailure::Unsatisfied));
+    Ok(())
+}
+
+/// Reads a blocking reload's answer `body` into `into`, chunk by chunk, within the body's
+/// timeouts: `Some(whole body)` once it ended, `None` past `llhls::MAX_SCAN` bytes (no
+/// playlist the edge reads; the rest is still to come, after `into`).
+async fn read_whole(
+    body: &mut hyper::body::Incoming,
+    pace: &mut crate::http::body::Pace,
+    into: &mut std::collections::VecDeque<bytes::Bytes>,
+) -> Result<Option<bytes::Bytes>, OriginFailure> {
+    let mut len = 0;
+    while len <= crate::proxy::llhls::MAX_SCAN {
+        match pace.next(body.frame()).await {
+            Err(_) => return Err(OriginFailure::Timeout),
+            Ok(Some(Err(_))) => return Err(OriginFailure::Protocol),
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    pace.received(data.len());
+                    len += data.len();
+                    into.push_back(data);
+                }
+            }
+            Ok(None) => {
+                let mut whole = bytes::BytesMut::with_capacity(len);
+                for chunk in into.iter() {
+                    whole.extend_from_slice(chunk);
+                }
+                return Ok(Some(whole.freeze()));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Requests one blocking reload's fill sends the origin at most, whatever the hold: at 100 ms
+/// apart (`llhls::MIN_REASK`) over 100 s, past the default `live.max_hold` of 30 s. A viewer
+/// held longer than that goes on with a fill of its own.
+const MAX_ASKS: usize = 1024;
+
+/// One request to the origin for the fill, and what became of its answer.
+async fn ask(
+    edge: &Arc<Edge>,
+    fill: &Arc<Fill>,
+    guard: &FillGuard,
+    job: FillJob,
+) -> Result<Asked, FillError> {
     let key = guard.key();
     let route = &edge.config.routes[job.route];
     // Built for the key, not copied from the leader: every viewer of the key gets the answer.
@@ -346,7 +432,7 @@ async fn run(
         Ok(slot) => slot,
         Err(Refused::Busy) => {
             fill.set_head(FillHead::Failed(OriginFailure::Busy));
-            return Ok(());
+            return Ok(Asked::Done);
         }
         Err(Refused::Share) => {
             // The leader's share of the route is all taken: the key is free before anyone
@@ -358,7 +444,7 @@ async fn run(
             );
             guard.release();
             fill.set_head(FillHead::Pass(SHARE_TAKEN));
-            return Ok(());
+            return Ok(Asked::Done);
         }
     };
     // The request goes to the origin now: its head, or its failure, comes within one attempt
@@ -395,7 +481,7 @@ async fn run(
             Metrics::inc(&edge.metrics.origin_errors);
             tracing::debug!(key, error = %e, "origin fetch failed");
             fill.set_head(FillHead::Failed(failure(e)));
-            return Ok(());
+            return Ok(Asked::Done);
         }
     };
     let response_delay = sent.elapsed();
@@ -424,7 +510,7 @@ async fn run(
         );
         guard.release();
         fill.set_pass(relayed(resp, client).await, reason);
-        return Ok(());
+        return Ok(Asked::Done);
     }
     let (mut parts, mut body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
@@ -469,7 +555,7 @@ async fn run(
         Metrics::inc(&edge.metrics.origin_errors);
         tracing::debug!(key, "304 to a fill that sent no validator");
         fill.set_head(FillHead::Failed(OriginFailure::Protocol));
-        return Ok(());
+        return Ok(Asked::Done);
     }
     if parts.status == StatusCode::NOT_MODIFIED
         && job
@@ -487,7 +573,7 @@ async fn run(
         );
         drop((_slot, body));
         let job = FillJob { stale: None, ..job };
-        return Box::pin(run(edge, fill, guard, job)).await;
+        return Box::pin(ask(edge, fill, guard, job)).await;
     }
     if parts.status == StatusCode::NOT_MODIFIED {
         if let Some(stale) = &job.stale {
@@ -531,7 +617,7 @@ async fn run(
                 fill.set_head(FillHead::Complete(stale.clone()));
             }
             fill.finish(Ok(()));
-            return Ok(());
+            return Ok(Asked::Done);
         }
     }
 
@@ -544,7 +630,7 @@ async fn run(
                 Metrics::inc(&edge.metrics.origin_errors);
                 tracing::debug!(key, why, "bad slice response");
                 fill.set_head(FillHead::Failed(OriginFailure::Protocol));
-                return Ok(());
+                return Ok(Asked::Done);
             }
         },
         None => None,
@@ -558,7 +644,7 @@ async fn run(
             Metrics::inc(&edge.metrics.origin_errors);
             tracing::debug!(key, "206 not from the hinted byte");
             fill.set_head(FillHead::Failed(OriginFailure::Protocol));
-            return Ok(());
+            return Ok(Asked::Done);
         }
         _ => false,
     };
@@ -586,7 +672,7 @@ async fn run(
         // usual rules (slices, `max_object_size`).
         guard.release();
         fill.set_head(FillHead::Pass(PREFETCH_REFUSED));
-        return Ok(());
+        return Ok(Asked::Done);
     }
     let path = job.path_and_query.split('?').next().unwrap_or("");
     let class = ContentClass::classify(
@@ -679,6 +765,70 @@ async fn run(
             class,
         );
     }
+    // A blocking reload's 200 is read whole before anyone sees it (a playlist: small), and one
+    // that lacks what the reload asks for is neither published nor stored under its key
+    // (`llhls::unsatisfied`): the fill asks again (`run`). Only what would become a fresh
+    // stored copy is kept, as the playlist's latest copy when it is newer: it may answer other
+    // waiters. A pass is relayed as it comes: its body is the leader's to stream.
+    let mut pace = edge.origin.body_timeouts(route).pace();
+    let mut prefix = std::collections::VecDeque::new();
+    let judged = blocking
+        && parts.status == StatusCode::OK
+        && sliced.is_none()
+        && !hinted
+        && !matches!(decision, Decision::Pass(_))
+        && policy::content_length(&parts.headers)
+            .is_none_or(|n| n <= crate::proxy::llhls::MAX_SCAN as u64);
+    if judged {
+        let whole = match read_whole(&mut body, &mut pace, &mut prefix).await {
+            Ok(whole) => whole,
+            Err(f) => {
+                Metrics::inc(&edge.metrics.origin_errors);
+                tracing::debug!(key, error = %f, "blocking reload's body failed");
+                fill.set_head(FillHead::Failed(f));
+                return Ok(Asked::Done);
+            }
+        };
+        let after = whole
+            .as_ref()
+            .and_then(|b| crate::proxy::llhls::unsatisfied(key, b));
+        if let (Some(after), Some(body)) = (after, whole) {
+            tracing::debug!(key, "blocking reload answered before the playlist held it");
+            let fresh = match &decision {
+                Decision::Store(f) if stored_fresh(&decision) => Some(*f),
+                _ => None,
+            };
+            if let Some(freshness) = fresh {
+                let mut headers = parts.headers.clone();
+                headers.remove(header::AGE);
+                policy::withhold(&mut headers);
+                let spec = vary::parse(&parts.headers).unwrap_or_default();
+                let copy_key = format!("{}{}", job.base_key, spec.variant(&asked));
+                let obj = Arc::new(CachedObject {
+                    status: parts.status,
+                    tags: tags_of(&headers),
+                    headers,
+                    body,
+                    class,
+                    freshness,
+                    stored_at: edge.clock.now(),
+                    vary: spec,
+                    pinned: false,
+                    disk: Default::default(),
+                    store_mark: 0,
+                });
+                crate::proxy::llhls::observe_late(
+                    edge,
+                    job.route,
+                    &copy_key,
+                    &obj,
+                    &job.viewer_headers,
+                    None,
+                );
+            }
+            return Ok(Asked::Unsatisfied(after));
+        }
+    }
     // The waiters of a blocking reload the origin answered: one fresh stored copy wakes and
     // answers them all (`llhls::observe`); anything else they each ask upstream at once.
     if blocking && parts.status.is_success() && !stored_fresh(&decision) {
@@ -720,7 +870,7 @@ async fn run(
         }
         let resp = http::Response::from_parts(parts, body);
         fill.set_pass(relayed(resp, client).await, reason);
-        return Ok(());
+        return Ok(Asked::Done);
     }
     // A 204 ends at its head whatever its `Content-Length` says (RFC 9112 §6.3), and must not
     // carry one (RFC 9110 §8.6): counted against the empty body it was a truncated fill, never
@@ -749,7 +899,7 @@ async fn run(
         // not find this probe still holding the key.
         guard.release();
         fill.set_head(FillHead::Pass(crate::proxy::range_pass::REASON));
-        return Ok(());
+        return Ok(Asked::Done);
     }
 
     // Slices are kept under their own keys and never vary (`proxy::slice`).
@@ -809,13 +959,17 @@ async fn run(
     // Between-bytes timeout and minimum rate (`origin_client.min_body_rate`): an origin that
     // trickles would otherwise hold this fill, and every viewer collapsed on it, for as long
     // as it liked. Only time spent waiting for the origin counts (not `wait_for_readers`).
-    let mut pace = edge.origin.body_timeouts(route).pace();
     let mut received = 0u64;
     let mut trimming = false;
     let mut early = Vec::new();
     let mut announced = None;
     loop {
-        match pace.next(body.frame()).await {
+        // What was read to judge a blocking reload's answer goes first (`pace` counted it).
+        let (next, replayed) = match prefix.pop_front() {
+            Some(data) => (Ok(Some(Ok(hyper::body::Frame::data(data)))), true),
+            None => (pace.next(body.frame()).await, false),
+        };
+        match next {
             Err(Slow::Idle) => return Err(FillError::Timeout),
             Err(Slow::BelowRate) => {
                 Metrics::inc(&edge.metrics.slow_bodies[crate::metrics::SLOW_BODY_FILL]);
@@ -828,7 +982,9 @@ async fn run(
             }
             Ok(Some(Ok(frame))) => {
                 if let Ok(data) = frame.into_data() {
-                    pace.received(data.len());
+                    if !replayed {
+                        pace.received(data.len());
+                    }
                     received += data.len() as u64;
                     if content_length.is_some_and(|cl| received > cl) {
                         tracing::debug!(key, "origin body longer than it announced");
@@ -920,5 +1076,5 @@ async fn run(
         }
     }
     fill.finish(Ok(()));
-    Ok(())
+    Ok(Asked::Done)
 }

@@ -14,7 +14,10 @@
 //! lasts more than three target durations, nor more than `live.max_hold` (503). Delta updates
 //! (`_HLS_skip`) are never answered from a full copy: they have their own key. A part index past
 //! a complete segment's last stands for part 0 of the next segment, and a copy holding
-//! `EXT-X-ENDLIST` answers every directive at once (§6.2.5.2: they are ignored then).
+//! `EXT-X-ENDLIST` answers every directive at once (§6.2.5.2: they are ignored then). An
+//! origin's answer that lacks what its blocking reload asks for (an origin that does not hold
+//! them) reaches no viewer and is not stored under its key: the fill driver asks again
+//! (`unsatisfied`, `proxy::fill::run`).
 //!
 //! Retention: every segment and part a live playlist lists is remembered as a member of that
 //! playlist; members are not offered to the SSD store unless the route keeps a DVR window
@@ -66,7 +69,7 @@ const MEMBERS: usize = 200_000;
 const PER_PLAYLIST: usize = 4_096;
 /// Playlists larger than this are not scanned (counted in `vedge_live_scans_skipped_total`). A
 /// day-long DVR window of 2 s segments with long URIs and program date-times is 6-10 MB.
-const MAX_SCAN: usize = 16 << 20;
+pub(crate) const MAX_SCAN: usize = 16 << 20;
 /// Prefetch fills in flight across the edge.
 pub const PREFETCH_PERMITS: usize = 64;
 /// Scans of large live manifests (over `proxy::READ_INLINE`) on the blocking pool at once,
@@ -75,6 +78,9 @@ pub const PREFETCH_PERMITS: usize = 64;
 pub const SCANS_OFF_WORKER: usize = 4;
 /// Rounds a blocking request waits through (each ends with a newer copy or an upstream done).
 const MAX_ROUNDS: usize = 256;
+/// The shortest wait before a blocking reload the origin answered too early is asked again
+/// (`unsatisfied`): half a part target of 0.2 s, or an origin that gives no target.
+const MIN_REASK: Duration = Duration::from_millis(100);
 
 /// The delivery directives of a playlist request (shared with the origin simulator).
 pub use vedge_manifest::delivery::Delivery as Directives;
@@ -217,6 +223,16 @@ impl Scan {
     fn newer_than(&self, other: &Scan) -> bool {
         (self.next_msn(), self.trailing_parts.len())
             > (other.next_msn(), other.trailing_parts.len())
+    }
+
+    /// Whether this copy, received after `earlier`, shows the stream restarted (a packager
+    /// restart resets the media sequence): its whole window, the segment in progress
+    /// included, lies before `earlier`'s first segment. A late answer to an older blocking
+    /// reload cannot look so: a live playlist keeps at least three target durations of
+    /// segments (RFC 8216bis §6.2.2) and a hold lasts at most that long, so a straggler's
+    /// window always reaches into the newer copy's.
+    fn restarted_behind(&self, earlier: &Scan) -> bool {
+        self.next_msn() <= earlier.media_sequence
     }
 
     /// The bytes this scan holds (an estimate).
@@ -835,15 +851,7 @@ async fn blocking_reload(
     msn: u64,
 ) -> Result<Response<Body>, EdgeError> {
     let edge = req.edge;
-    // Three target durations, but never past `live.max_hold`: the target duration is the
-    // origin's word (up to a day), and a hold pins a viewer connection and a waiter.
-    let hold = pl
-        .latest()
-        .map(|s| s.scan.target * 3)
-        .filter(|h| !h.is_zero())
-        .unwrap_or(edge.config.cache.collapse_timeout)
-        .min(edge.config.live.max_hold);
-    let deadline = Instant::now() + hold;
+    let deadline = Instant::now() + hold(edge, pl.latest().as_deref());
     let mut tick = pl.tick.subscribe();
     // What the request stands for (a part past its segment's last is the next one's first),
     // so waiters and upstream requests compare as the playlist will satisfy them.
@@ -901,6 +909,14 @@ async fn blocking_reload(
             }
             let upstream = Upstream::register(pl, (!d.skip).then_some(wants));
             let resp = tokio::time::timeout_at(deadline, request::phases(req)).await;
+            // The fill asked the origin until its own hold ended (its leader's), and no
+            // answer held what this request asks for: this viewer, which joined it later,
+            // has time left. Nothing was stored, so there is nothing to settle: looked at
+            // again, it answers from a newer copy or asks again with a fill of its own.
+            if let Ok(Err(EdgeError::HoldUnsatisfied)) = resp {
+                drop(upstream);
+                continue;
+            }
             // Waiters re-check once this copy is stored (or shortly after, if it is not); at
             // once when its answer is one no waiter can be served (`State::open`, marked before
             // the answer's head reached us): no copy will come to wake them.
@@ -925,6 +941,48 @@ async fn blocking_reload(
         }
     }
     Ok(hold_expired(req))
+}
+
+/// How long a blocking reload is held, given the playlist's latest copy: three target
+/// durations, but never past `live.max_hold` (the target duration is the origin's word, up to
+/// a day, and a hold pins a viewer connection and a waiter); `cache.collapse_timeout` before a
+/// copy is known.
+fn hold(edge: &Edge, latest: Option<&Snapshot>) -> Duration {
+    latest
+        .map(|s| s.scan.target * 3)
+        .filter(|h| !h.is_zero())
+        .unwrap_or(edge.config.cache.collapse_timeout)
+        .min(edge.config.live.max_hold)
+}
+
+/// [`hold`] for the blocking reload `key` (the fill driver's bound on asking again,
+/// `proxy::fill`): as long as the request that started its fill is held.
+pub(crate) fn hold_for(edge: &Edge, key: &str) -> Duration {
+    let latest = edge
+        .live
+        .existing(&playlist_key(key))
+        .and_then(|pl| pl.latest());
+    hold(edge, latest.as_deref())
+}
+
+/// The fill driver's judgement of the origin's 200 to the blocking reload `key`, before anyone
+/// sees it: `None` when `body` holds what the reload asks for (RFC 8216bis §6.2.5.2), or when
+/// it cannot tell (no media playlist, too large to read, `EXT-X-ENDLIST`: the directives are
+/// ignored then); else how long to wait before asking the origin again. An origin that does
+/// not hold blocking reloads (a file server behind the edge: the playlist still says
+/// `CAN-BLOCK-RELOAD=YES`, the CDN being meant to hold) answers at once with the playlist it
+/// has: served, the player asks again for what it already asked; stored under the blocking
+/// key, every later request for it gets the same answer. Asked again every half part target
+/// (half a target duration without parts), at least `MIN_REASK` apart: the origin's next
+/// part is due within one.
+pub(crate) fn unsatisfied(key: &str, body: &[u8]) -> Option<Duration> {
+    let (msn, part) = blocking_directives(key)?;
+    let scan = scan(body)?;
+    if scan.endlist || scan.satisfies(msn, part) {
+        return None;
+    }
+    let unit = scan.part_target.unwrap_or(scan.target);
+    Some((unit / 2).max(MIN_REASK))
 }
 
 /// `(msn, part)` in the order a live playlist satisfies them: a whole segment (`part` absent)
@@ -1092,11 +1150,15 @@ fn observe_scanned(
             // A late copy older than the latest does not replace it, unless the latest is
             // stale: a media sequence that went backwards (a restarted stream) would
             // otherwise never be recorded again.
+            // Nor may a fresh latest copy hide a restart: a blocking answer may be fresh for
+            // a minute while the copies after it show the new stream, and every request in
+            // the new numbering would be answered from the old one (it "holds" them all).
             let now = edge.clock.now();
-            let newer = st
-                .latest
-                .as_ref()
-                .is_none_or(|l| !l.scan.newer_than(scan) || l.obj.staleness(now).is_some());
+            let newer = st.latest.as_ref().is_none_or(|l| {
+                !l.scan.newer_than(scan)
+                    || l.obj.staleness(now).is_some()
+                    || (obj.stored_at >= l.obj.stored_at && scan.restarted_behind(&l.scan))
+            });
             // A stream that restarted behind the origin's last unshared answer (its media
             // sequence back by more than the two segments a request may be ahead): that mark
             // is of the old stream, and would send this one's waiters upstream uncollapsed.
@@ -1561,6 +1623,65 @@ mod tests {
         assert!(!s.too_far_at(14, None, Duration::from_secs(3)));
         assert!(!s.too_far_at(15, None, Duration::from_secs(3)));
         assert!(s.too_far_at(16, None, Duration::from_secs(3)));
+    }
+
+    /// A media playlist of target duration 1 s listing segments `first..=last`.
+    fn window(first: u64, last: u64) -> Scan {
+        let mut pl = format!("#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXT-X-MEDIA-SEQUENCE:{first}\n");
+        for n in first..=last {
+            pl.push_str(&format!("#EXTINF:1.0,\ns{n}.ts\n"));
+        }
+        scan(pl.as_bytes()).expect("playlist")
+    }
+
+    #[test]
+    fn a_window_wholly_before_the_latest_is_a_restart_and_a_late_answer_is_not() {
+        let latest = window(101, 106);
+        // A packager restart: the new stream's window ends before the old one's first segment.
+        assert!(window(0, 1).restarted_behind(&latest));
+        assert!(window(95, 100).restarted_behind(&latest));
+        // A late answer to an older blocking reload overlaps the newer copy's window: it is
+        // no restart, and (not newer) it replaces nothing.
+        let late = window(100, 105);
+        assert!(!late.restarted_behind(&latest));
+        assert!(latest.newer_than(&late));
+        assert!(!window(101, 106).restarted_behind(&latest));
+    }
+
+    #[test]
+    fn an_answer_that_lacks_what_the_blocking_reload_asks_for_is_asked_again() {
+        let key = "http|h|/l/m.m3u8?_HLS_msn=12";
+        // Last segment 11: 12 is not there; half a target duration of 2 s.
+        assert_eq!(
+            unsatisfied(key, LL.as_bytes()),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(
+            unsatisfied("http|h|/l/m.m3u8?_HLS_msn=11", LL.as_bytes()),
+            None
+        );
+        // Part 12.1 is listed, 12.2 is not: half the part target.
+        let pl = LL.replace(
+            "#EXT-X-MEDIA-SEQUENCE",
+            "#EXT-X-PART-INF:PART-TARGET=0.5\n#EXT-X-MEDIA-SEQUENCE",
+        );
+        let part = "http|h|/l/m.m3u8?_HLS_msn=12&_HLS_part=";
+        assert_eq!(unsatisfied(&format!("{part}1"), pl.as_bytes()), None);
+        assert_eq!(
+            unsatisfied(&format!("{part}2"), pl.as_bytes()),
+            Some(Duration::from_millis(250))
+        );
+        // Never faster than MIN_REASK; an ended playlist ignores the directives; what is no
+        // media playlist, or no blocking reload, is not judged.
+        let fast = pl.replace("PART-TARGET=0.5", "PART-TARGET=0.1");
+        assert_eq!(
+            unsatisfied(&format!("{part}2"), fast.as_bytes()),
+            Some(MIN_REASK)
+        );
+        let ended = format!("{LL}#EXT-X-ENDLIST\n");
+        assert_eq!(unsatisfied(key, ended.as_bytes()), None);
+        assert_eq!(unsatisfied(key, b"not a playlist"), None);
+        assert_eq!(unsatisfied("http|h|/l/m.m3u8", LL.as_bytes()), None);
     }
 
     #[test]

@@ -556,9 +556,19 @@ async fn an_hls_part_past_the_advance_part_limit_is_400() {
         assert_eq!(r.status, 400, "{q}: {}", r.h("cache-status"));
     }
     assert_eq!(origin.count("/apl/m.m3u8"), 1, "nothing went upstream");
-    // Within the limit: answered (here by the origin, which has nothing newer).
+    // Within the limit: sent upstream and answered once the origin's playlist lists the part
+    // (an answer that does not is asked again, never served: `llhls::unsatisfied`).
+    let newer = format!(
+        "{playlist}#EXT-X-PART:DURATION=0.5,URI=\"p11_2.m4s\"\n\
+#EXT-X-PART:DURATION=0.5,URI=\"p11_3.m4s\"\n#EXT-X-PART:DURATION=0.5,URI=\"p11_4.m4s\"\n"
+    );
+    origin.script(
+        "/apl/m.m3u8",
+        Script::ok(newer).header("cache-control", "max-age=10"),
+    );
     let ok = edge.get("/apl/m.m3u8?_HLS_msn=11&_HLS_part=4").await;
-    assert_eq!(ok.status, 200);
+    assert_eq!(ok.status, 200, "{}", ok.h("cache-status"));
+    assert_eq!(origin.count("/apl/m.m3u8"), 2);
 }
 
 /// Hit-for-pass learnt from one variant's answer is that variant's. An origin that will not

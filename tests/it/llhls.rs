@@ -795,3 +795,157 @@ async fn a_day_long_dvr_playlist_is_still_read_and_drives_prefetch() {
         0
     );
 }
+
+/// An LL-HLS media playlist (target duration 1 s) whose last complete segment is 6: the
+/// playlist an origin that does not hold blocking reloads answers `_HLS_msn=7` with at once.
+const SEGMENT_6_LAST: &str = "#EXTM3U\n#EXT-X-VERSION:9\n#EXT-X-TARGETDURATION:1\n\
+#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES\n#EXT-X-MEDIA-SEQUENCE:5\n#EXTINF:1.0,\nseg_5.ts\n\
+#EXTINF:1.0,\nseg_6.ts\n";
+
+/// The blocking reloads (`_HLS_msn`) the origin saw for `path`, with when each arrived.
+fn blocking_seen(origin: &Origin, path: &str) -> Vec<crate::support::origin::Seen> {
+    origin
+        .seen(path)
+        .into_iter()
+        .filter(|s| s.target.contains("_HLS_msn"))
+        .collect()
+}
+
+/// Bug: against an origin that ignores `_HLS_*` (a file server; its playlist still says
+/// `CAN-BLOCK-RELOAD=YES`), the edge answered `_HLS_msn=7` at once with the playlist whose
+/// last segment is 6, to every viewer collapsed on that request, and stored it under the
+/// blocking key. Now no viewer gets that answer: the edge asks the origin again, one request
+/// at a time for all of them, and answers each as soon as the playlist holds segment 7.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_reload_the_origin_answers_too_early_is_held_until_the_playlist_holds_it() {
+    use std::sync::Arc;
+    const VIEWERS: usize = 3;
+    let origin = Origin::start().await;
+    let path = "/early/media.m3u8";
+    origin.script(path, playlist(SEGMENT_6_LAST, "max-age=1"));
+    let mut cfg = config_for(&origin.url(), "off");
+    // The hold is three target durations (3 s) once a copy is known, and no longer before.
+    cfg.cache.collapse_timeout = Some("3s".into());
+    let edge = Arc::new(TestEdge::start(cfg).await);
+    assert_eq!(edge.get(path).await.status, 200);
+    edge.settle().await;
+    let q = format!("{path}?_HLS_msn=7");
+    let viewers: Vec<_> = (0..VIEWERS)
+        .map(|_| {
+            let (edge, q) = (edge.clone(), q.clone());
+            tokio::spawn(async move { edge.get(&q).await })
+        })
+        .collect();
+    until("the origin was asked for segment 7 twice", || {
+        blocking_seen(&origin, path).len() >= 2
+    })
+    .await;
+    assert!(
+        viewers.iter().all(|v| !v.is_finished()),
+        "no viewer was answered with a playlist lacking segment 7"
+    );
+    // Segment 7 exists now.
+    origin.script(path, playlist(SEGMENT_7_LISTED, "max-age=1"));
+    for v in viewers {
+        let r = v.await.expect("viewer task");
+        assert_eq!(r.status, 200, "{}", r.h("cache-status"));
+        let got = scan(&r.body).expect("a media playlist");
+        assert!(got.satisfies(7, None), "the answer lists segment 7");
+    }
+    // One request at a time: each sent after the answer to the one before had ended.
+    let asked = blocking_seen(&origin, path);
+    let sent = origin.sent(path);
+    for (i, s) in asked.iter().enumerate().skip(1) {
+        let before = sent
+            .iter()
+            .filter_map(|r| r.last_byte)
+            .filter(|t| *t <= s.at)
+            .count();
+        assert!(
+            before > i,
+            "blocking request {i} reached the origin while another was upstream"
+        );
+    }
+    let again = edge.get(&q).await;
+    assert_eq!(again.status, 200, "{}", again.h("cache-status"));
+    assert_eq!(again.body, SEGMENT_7_LISTED.as_bytes());
+}
+
+/// Bug: an origin that ignores `_HLS_*` and never gets segment 7 had the edge answer
+/// `_HLS_msn=7` at once with the playlist lacking it (`200`, stored), and the next requests
+/// for it were HITs with the same body. Now the hold runs out in a 503 (`llhls-hold`, RFC
+/// 8216bis §6.2.5.2), and since nothing was stored under the blocking key, the next request
+/// once the segment exists is answered with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_reload_the_origin_never_satisfies_is_503_and_leaves_nothing_stored() {
+    let origin = Origin::start().await;
+    let path = "/never/media.m3u8";
+    origin.script(path, playlist(SEGMENT_6_LAST, "max-age=1"));
+    let mut cfg = config_for(&origin.url(), "off");
+    cfg.cache.collapse_timeout = Some("3s".into());
+    let edge = TestEdge::start(cfg).await;
+    assert_eq!(edge.get(path).await.status, 200);
+    edge.settle().await;
+    let q = format!("{path}?_HLS_msn=7");
+    let r = edge.get(&q).await;
+    assert_eq!(r.status, 503, "{:?}", String::from_utf8_lossy(&r.body));
+    assert!(r.h("cache-status").contains("llhls-hold"));
+    edge.settle().await;
+    // Asked again within the hold, half a target duration (0.5 s) apart at the most often:
+    // at 0, 0.5, ..., 2.5 s into the 3 s hold (3 s on a loaded box: the hold's end).
+    let asked = blocking_seen(&origin, path).len();
+    assert!(
+        (2..=7).contains(&asked),
+        "{asked} blocking requests upstream"
+    );
+
+    origin.script(path, playlist(SEGMENT_7_LISTED, "max-age=1"));
+    let r = edge.get(&q).await;
+    assert_eq!(r.status, 200, "{}", r.h("cache-status"));
+    assert_eq!(
+        r.body,
+        SEGMENT_7_LISTED.as_bytes(),
+        "{}",
+        r.h("cache-status")
+    );
+}
+
+/// Bug: after a packager restart (the media sequence back from 100-105 to 0), a blocking
+/// reload in the new numbering was answered from the pre-restart playlist: that copy, a
+/// blocking answer fresh for 30 s, stayed the playlist's latest although a plain request had
+/// since fetched the new stream's playlist (whose window lies wholly before the old copy's
+/// first segment), and it "held" every small `_HLS_msn`. The newer fetch replaces it now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_stream_s_playlist_replaces_a_fresh_copy_of_the_old_stream() {
+    let origin = Origin::start().await;
+    let path = "/restart/media.m3u8";
+    let media = |first: u64, last: u64| {
+        let mut pl = format!(
+            "#EXTM3U\n#EXT-X-VERSION:9\n#EXT-X-TARGETDURATION:1\n\
+#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES\n#EXT-X-MEDIA-SEQUENCE:{first}\n"
+        );
+        for n in first..=last {
+            pl.push_str(&format!("#EXTINF:1.0,\nseg_{n}.ts\n"));
+        }
+        pl
+    };
+    origin.script(path, playlist(media(100, 105), "max-age=30"));
+    let edge = TestEdge::start(config_for(&origin.url(), "off")).await;
+    let old = edge.get(&format!("{path}?_HLS_msn=105")).await;
+    assert_eq!(old.status, 200, "{}", old.h("cache-status"));
+    edge.settle().await;
+    // The packager restarts: a new player's plain request gets the new stream's playlist.
+    origin.script(path, playlist(media(0, 1), "max-age=1"));
+    let plain = edge.get(path).await;
+    assert_eq!(plain.body, media(0, 1).as_bytes());
+    edge.settle().await;
+    origin.script(path, playlist(media(0, 2), "max-age=1"));
+    let r = edge.get(&format!("{path}?_HLS_msn=2")).await;
+    assert_eq!(r.status, 200, "{}", r.h("cache-status"));
+    assert_eq!(
+        String::from_utf8_lossy(&r.body),
+        media(0, 2),
+        "the new stream's playlist, not the old one: {}",
+        r.h("cache-status")
+    );
+}

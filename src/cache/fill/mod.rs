@@ -72,6 +72,10 @@ pub enum OriginFailure {
     /// no connection to the origin before the first-byte timeout (`max_connections_per_origin`).
     #[error("origin busy: too many fills or connections in flight")]
     Busy,
+    /// A blocking playlist reload whose every answer from the origin, asked again until the
+    /// hold's end, lacked what it asks for (`proxy::fill`, `proxy::llhls::unsatisfied`).
+    #[error("the origin's playlist did not hold what the blocking reload asks for in time")]
+    Unsatisfied,
 }
 
 /// The response head of a streaming fill.

@@ -73,6 +73,12 @@ impl Fill {
         }
     }
 
+    /// Requests waiting for the head now (the leader's included): none once every viewer of
+    /// the fill gave up on it, so a driver asking the origin again for them may stop.
+    pub fn head_waiters(&self) -> usize {
+        self.state.lock().pace.head_waiters
+    }
+
     /// Counts a reader's first poll; `true` when bodies may go out now (see the module doc).
     pub(super) fn first_poll(&self) -> bool {
         let mut st = self.state.lock();
