@@ -8,14 +8,15 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::Request;
+use http::{Method, Request};
 use http_body::{Frame, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use vedge::config::RawConfig;
 
-use crate::support::edge::{read_raw, RawResp, TestEdge};
+use crate::support::edge::{edge_config, read_raw, RawResp, TestEdge};
+use crate::support::origin::{Origin, Script};
 use crate::support::strict_origin::{StrictOrigin, StrictScript};
 
 /// Methods a viewer sends through the edge (pass-throughs), and whether RFC 9110 gives their
@@ -206,5 +207,86 @@ async fn a_pass_without_content_goes_to_the_origin_without_content_over_http2() 
             .expect("h2 response");
         assert_eq!(resp.status(), 200, "{method}");
         assert_no_content_framing(&origin, &path, method, anticipates);
+    }
+}
+
+/// The protocol errors the edge counted against the route's (only) origin.
+fn protocol_errors(edge: &TestEdge) -> u64 {
+    edge.edge.origin.snapshot()["routes"][0]["origins"][0]["errors"]["protocol"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// Bug: an origin status outside 100-599 (`HTTP/1.1 600`, `999`) was relayed to viewers as is
+/// (`HTTP/1.1 600 <none>`), and stored when the origin gave it a lifetime (the next viewer got
+/// a 600 HIT). RFC 9110 §15 defines no such status: it is an invalid origin answer now, a 502
+/// for fills and passes alike, counted as an origin protocol error and never stored, and a
+/// stale copy answers for it within `stale-if-error`.
+#[tokio::test]
+async fn an_origin_status_outside_100_to_599_is_a_502_never_relayed_nor_stored() {
+    let origin = Origin::start().await;
+    for (path, status, cc) in [
+        ("/v/600.ts", 600, "max-age=60"),
+        ("/v/999.ts", 999, "public"),
+        ("/v/pass", 600, "max-age=60"),
+    ] {
+        origin.script(
+            path,
+            Script::status(status, "error").header("cache-control", cc),
+        );
+    }
+    origin.script(
+        "/v/599.ts",
+        Script::status(599, "error").header("cache-control", "max-age=60"),
+    );
+    let edge = TestEdge::start_with_tokio_clock(edge_config(&origin)).await;
+    for path in ["/v/600.ts", "/v/999.ts"] {
+        for round in 0..2 {
+            let r = edge.get(path).await;
+            assert_eq!(
+                (r.status.as_u16(), r.x_cache()),
+                (502, "MISS"),
+                "{path} round {round}: {}",
+                r.h("cache-status")
+            );
+            assert!(r.h("cache-status").contains("origin-protocol"), "{path}");
+            edge.settle().await;
+        }
+        assert_eq!(origin.count(path), 2, "{path}: nothing was stored");
+    }
+    let pass = edge
+        .send(edge.req(Method::POST, "/v/pass"), Bytes::from_static(b"x"))
+        .await;
+    assert_eq!(pass.status.as_u16(), 502, "a pass-through's answer");
+    assert_eq!(
+        protocol_errors(&edge),
+        5,
+        "each answer counted against the origin"
+    );
+    // 599 is a 5xx (RFC 9110 §15: the first digit gives the class): relayed as before.
+    assert_eq!(edge.get("/v/599.ts").await.status.as_u16(), 599);
+    assert_eq!(protocol_errors(&edge), 5);
+
+    // A stale copy stands in for such an answer within `stale-if-error`.
+    origin.script(
+        "/v/sie.ts",
+        Script::ok("still good").header("cache-control", "max-age=1, stale-if-error=600"),
+    );
+    assert_eq!(edge.get("/v/sie.ts").await.x_cache(), "MISS");
+    edge.settle().await;
+    origin.script(
+        "/v/sie.ts",
+        Script::status(600, "error").header("cache-control", "max-age=60"),
+    );
+    edge.advance(std::time::Duration::from_secs(5)).await;
+    for i in 0..2 {
+        let r = edge.get("/v/sie.ts").await;
+        assert_eq!(
+            (r.status.as_u16(), r.x_cache(), r.body.as_ref()),
+            (200, "STALE", b"still good".as_ref()),
+            "request {i}: {}",
+            r.h("cache-status")
+        );
+        edge.settle().await;
     }
 }
