@@ -61,6 +61,16 @@ pub const DEFAULT_ORIGIN_HTTP2: bool = false;
 
 pub const DEFAULT_MAX_HEADER_SIZE: u64 = 64 << 10;
 pub const MIN_MAX_HEADER_SIZE: u64 = 8 << 10;
+/// The longest request target (path and query) a viewer may send; longer ones are answered 414
+/// (RFC 9112 §3). 8 KiB: what RFC 9110 §4.1 asks every recipient to support (8,000 octets),
+/// nginx's request-line buffer, Apache's `LimitRequestLine` and CloudFront's URL limit. The
+/// target becomes a cache key (held in RAM and in the store's index) and a log line, and HLS,
+/// LL-HLS and DASH URLs, tokens included, stay well under 4 KiB.
+pub const DEFAULT_MAX_URI_SIZE: u64 = 8 << 10;
+/// Below this ordinary signed URLs would be refused.
+pub const MIN_MAX_URI_SIZE: u64 = 1 << 10;
+/// hyper refuses a longer request target itself (414), before the edge sees the request.
+pub const MAX_MAX_URI_SIZE: u64 = 64 << 10;
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub const DEFAULT_ZERO_COPY: bool = true;
@@ -347,6 +357,7 @@ pub struct RawOriginClient {
 #[serde(deny_unknown_fields)]
 pub struct RawServer {
     pub max_header_size: Option<String>,
+    pub max_uri_size: Option<String>,
     pub header_read_timeout: Option<String>,
     pub shutdown_grace: Option<String>,
     pub zero_copy: Option<bool>,
@@ -559,7 +570,10 @@ pub struct OriginClientConfig {
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
+    /// The most a request's header fields may take (431 past it).
     pub max_header_size: usize,
+    /// The longest request target, path and query (414 past it).
+    pub max_uri_size: usize,
     pub shutdown_grace: Duration,
     /// Large RAM-tier bodies live in memfds and go to plain-TCP viewers with `sendfile`.
     pub zero_copy: bool,
@@ -1553,6 +1567,14 @@ impl ServerConfig {
         if max_header_size < MIN_MAX_HEADER_SIZE {
             c.error("server.max_header_size: must be at least 8KiB");
         }
+        let max_uri_size = c.size(
+            "server.max_uri_size",
+            &raw.max_uri_size,
+            DEFAULT_MAX_URI_SIZE,
+        );
+        if !(MIN_MAX_URI_SIZE..=MAX_MAX_URI_SIZE).contains(&max_uri_size) {
+            c.error("server.max_uri_size: must be between 1KiB and 64KiB");
+        }
         let send_buffer = c.size("server.send_buffer", &raw.send_buffer, DEFAULT_SEND_BUFFER);
         if send_buffer > MAX_SEND_BUFFER {
             c.error("server.send_buffer: at most 1GiB (0 leaves it to the kernel)");
@@ -1565,6 +1587,7 @@ impl ServerConfig {
         }
         ServerConfig {
             max_header_size: max_header_size as usize,
+            max_uri_size: max_uri_size as usize,
             shutdown_grace: c.duration(
                 "server.shutdown_grace",
                 &raw.shutdown_grace,
@@ -3412,6 +3435,7 @@ mod tests {
             server: RawServer {
                 threads: Some(5000),
                 send_buffer: Some("2GiB".into()),
+                max_uri_size: Some("100".into()),
                 ..RawServer::default()
             },
             ..RawConfig::default()
@@ -3427,6 +3451,7 @@ mod tests {
             "cache.collapse_timeout",
             "server.threads",
             "server.send_buffer",
+            "server.max_uri_size",
         ] {
             assert!(text.contains(field), "{field} missing from: {text}");
         }
@@ -3936,6 +3961,7 @@ mod tests {
             "origin_client.preconnect_path",
             "origin_client.keep_warm",
             "server.max_header_size",
+            "server.max_uri_size",
             "server.header_read_timeout",
             "server.shutdown_grace",
             "server.zero_copy",

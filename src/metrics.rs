@@ -236,6 +236,11 @@ pub struct LimitMetrics {
     pub stalled_refused: AtomicU64,
     /// Requests answered 403 by a route's `allow_ips` / `deny_ips`.
     pub ip_denied: AtomicU64,
+    /// Requests answered 414: a target past `server.max_uri_size`.
+    pub uri_too_long: AtomicU64,
+    /// Requests answered 431 by the edge: header fields past `server.max_header_size` (a head
+    /// past the buffer is hyper's 431, which the edge never sees).
+    pub header_fields_too_large: AtomicU64,
     /// New addresses not tracked because the table was full of active ones (they go unlimited).
     pub table_full: AtomicU64,
     /// Connections closed by the idle keep-alive timeout.
@@ -284,6 +289,17 @@ impl LimitMetrics {
             let _ = writeln!(
                 out,
                 "vedge_connections_closed_total{{reason=\"{reason}\"}} {}",
+                c.load(Relaxed)
+            );
+        }
+        let _ = writeln!(out, "# TYPE vedge_requests_refused_total counter");
+        for (reason, c) in [
+            ("uri_too_long", &self.uri_too_long),
+            ("header_fields_too_large", &self.header_fields_too_large),
+        ] {
+            let _ = writeln!(
+                out,
+                "vedge_requests_refused_total{{reason=\"{reason}\"}} {}",
                 c.load(Relaxed)
             );
         }
@@ -512,6 +528,7 @@ const HELP: &[(&str, &str)] = &[
     ("vedge_ram_objects", "Objects in the RAM tier now."),
     ("vedge_range_passthrough_total", "Range misses passed through uncached with the viewer's range (cache.range_passthrough_above)."),
     ("vedge_rate_limited_total", "Requests answered 429 (over limits.per_ip_rps and its burst)."),
+    ("vedge_requests_refused_total", "Requests the edge refused for the size of their head, by reason (uri_too_long: 414 past server.max_uri_size; header_fields_too_large: 431 past server.max_header_size)."),
     ("vedge_requests_total", "Viewer requests by cache status (as X-Cache says)."),
     ("vedge_responses_aborted_total", "Responses cut before their last byte (viewer gone or origin failure mid-body)."),
     ("vedge_sendfile_bytes_total", "Body bytes sent to viewers with sendfile."),

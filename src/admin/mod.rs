@@ -73,6 +73,7 @@ pub async fn serve(edge: Arc<Edge>, listener: TcpListener, shutdown: Cancellatio
                 t,
                 &edge.config.server.h2,
                 edge.config.server.max_header_size,
+                0,
             );
             let io = Watched::new(stream, activity.clone());
             let conn = builder.serve_connection(TokioIo::new(io), svc);

@@ -29,7 +29,7 @@ use crate::http::conn::{self, Activity, Watched};
 use crate::http::h2_flood::FloodGuard;
 use crate::http::limits::{Admitted, Limits};
 use crate::http::tls::Tls;
-use crate::metrics::Metrics;
+use crate::metrics::{LimitMetrics, Metrics};
 use crate::zerocopy::{ZeroCopy, ZeroCopyStream};
 
 /// What the viewer listener serves: the request path (`proxy`), with the settings and counters
@@ -49,26 +49,38 @@ pub trait Handler: Clone + Send + Sync + Unpin + 'static {
     fn limits(&self) -> &Arc<Limits>;
 }
 
-/// The connection builder with our limits: header size and read timeout, h2 keep-alive pings,
-/// stream concurrency and rapid-reset caps (CVE-2023-44487: a client that opens and resets
-/// streams faster than they are accepted, or provokes resets, loses the connection).
+/// Room an h2 header list gets for a long `:path`: the `http` crate holds no URI past 65,534
+/// bytes, and hyper resets the stream of a longer one (PROTOCOL_ERROR) where past the list's
+/// limit the viewer gets a 431.
+const H2_LIST_WITH_PATH: usize = 64 << 10;
+
+/// The connection builder with our limits: the most a request head may take (hyper answers
+/// 431 past it; see `head_size`) and its read timeout, h2 keep-alive pings, stream concurrency
+/// and rapid-reset caps (CVE-2023-44487: a client that opens and resets streams faster than
+/// they are accepted, or provokes resets, loses the connection). `max_uri_size`: the target's
+/// share of the head on top of the fields' (0: the fields' budget holds the whole head).
 pub fn builder(
     t: &ConnTimeouts,
     h2: &H2Limits,
     max_header_size: usize,
+    max_uri_size: usize,
 ) -> auto::Builder<TokioExecutor> {
+    let head_size = max_header_size.saturating_add(max_uri_size);
+    // h2 counts pseudo-fields in the list (and 32 bytes per field): the URI's share stops at
+    // `H2_LIST_WITH_PATH` in all, never below the fields' own budget.
+    let h2_list = head_size.min(max_header_size.max(H2_LIST_WITH_PATH));
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(t.header_read)
-        .max_buf_size(max_header_size.max(8192))
+        .max_buf_size(head_size.max(8192))
         .keep_alive(true);
     b.http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(h2.max_concurrent_streams)
         .max_pending_accept_reset_streams(h2.max_pending_reset_streams)
         .max_local_error_reset_streams(h2.max_local_error_reset_streams)
-        .max_header_list_size(u32::try_from(max_header_size).unwrap_or(u32::MAX))
+        .max_header_list_size(u32::try_from(h2_list).unwrap_or(u32::MAX))
         .keep_alive_interval(t.h2_keepalive_interval)
         .keep_alive_timeout(t.h2_keepalive_timeout)
         .initial_stream_window_size(1 << 20)
@@ -254,7 +266,12 @@ async fn accept_loop<H: Handler>(
     shutdown: CancellationToken,
 ) {
     let cfg = edge.server_config();
-    let builder = Arc::new(builder(&cfg.timeouts, &cfg.h2, cfg.max_header_size));
+    let builder = Arc::new(builder(
+        &cfg.timeouts,
+        &cfg.h2,
+        cfg.max_header_size,
+        cfg.max_uri_size,
+    ));
     // On shutdown every open connection is told to finish its in-flight responses and close
     // (`graceful`: h1 stops keep-alive and closes once idle, h2 sends GOAWAY); `cut` drops the
     // ones still open when the grace period ends, which closes their sockets. `tasks` lets the
@@ -421,20 +438,67 @@ impl<H> Conn<H> {
     }
 }
 
-/// 429 for a client over its request rate, with when to come back (RFC 6585).
-fn too_many_requests(retry_after: Duration) -> Response<Body> {
-    let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-    let mut r = Response::new(Body::full(Bytes::from_static(
-        b"vedge: too many requests from this address\n",
-    )));
-    *r.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+/// The request's own limits on its head, answered before anything else looks at it: a target
+/// (path and query, what the edge keys, logs and forwards) past `max_uri_size` is a 414 (RFC
+/// 9112 §3), header fields past `max_header_size` (each counted as on an HTTP/1.1 line) a 431.
+///
+/// hyper reads a head of both budgets together (`builder`), so each is checked here on its
+/// own. With only the fields' budget, a long target took the fields' room and a target past
+/// the buffer was hyper's 431 (Request Header Fields Too Large) where RFC 9112 §3 asks for a
+/// 414. A target past the limit is now read and answered 414 as long as the head fits both
+/// budgets (h2: the list fits `H2_LIST_WITH_PATH`, or the fields' budget if larger); a longer
+/// head is still hyper's 431, as hyper stops reading before the request line ends. The budget
+/// is not larger than that because each viewer connection may hold it while its head arrives.
+fn head_refusal(
+    req: &Request<Incoming>,
+    cfg: &ServerConfig,
+    m: &LimitMetrics,
+) -> Option<Response<Body>> {
+    let target = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    if target > cfg.max_uri_size {
+        Metrics::inc(&m.uri_too_long);
+        return Some(refusal(
+            StatusCode::URI_TOO_LONG,
+            "vedge: request target too long\n",
+        ));
+    }
+    let fields: usize = req
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if fields > cfg.max_header_size {
+        Metrics::inc(&m.header_fields_too_large);
+        return Some(refusal(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "vedge: request header fields too large\n",
+        ));
+    }
+    None
+}
+
+/// A plain-text refusal of the viewer's request, never stored downstream.
+fn refusal(status: StatusCode, text: &'static str) -> Response<Body> {
+    let mut r = Response::new(Body::full(Bytes::from_static(text.as_bytes())));
+    *r.status_mut() = status;
     let h = r.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+    r
+}
+
+/// 429 for a client over its request rate, with when to come back (RFC 6585).
+fn too_many_requests(retry_after: Duration) -> Response<Body> {
+    let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+    let mut r = refusal(
+        StatusCode::TOO_MANY_REQUESTS,
+        "vedge: too many requests from this address\n",
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
     r
 }
 
@@ -457,7 +521,12 @@ pub async fn respond<H: Handler>(
             Metrics::inc(&conn.edge.metrics().limits.stalled_refused);
             too_many_requests(Duration::from_secs(1))
         }
-        Ok(()) => conn.edge.handle(req, peer).await,
+        Ok(()) => {
+            match head_refusal(&req, conn.edge.server_config(), &conn.edge.metrics().limits) {
+                Some(refused) => refused,
+                None => conn.edge.handle(req, peer).await,
+            }
+        }
         Err(retry_after) => too_many_requests(retry_after),
     };
     pending.finish(conn, peer, resp, in_flight)

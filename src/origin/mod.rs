@@ -79,6 +79,12 @@ fn undecodable_transfer_coding(headers: &HeaderMap) -> bool {
         .any(|c| !c.eq_ignore_ascii_case(b"chunked") && !c.eq_ignore_ascii_case(b"identity"))
 }
 
+/// Whether an upstream's final status is one RFC 9110 §15 defines a class for (100-599);
+/// hyper's parser accepts any three digits up to 999.
+fn valid_status(status: http::StatusCode) -> bool {
+    (100..=599).contains(&status.as_u16())
+}
+
 /// Who a pass (one viewer's request, forwarded uncached) is for: the client address whose
 /// share of each origin's pass slots it takes (`pass_limit`), as the limits count it; `None`
 /// for an address on `limits.allow` (no share, only the cap on passes as a whole).
@@ -673,6 +679,10 @@ impl OriginClient {
             // never forwarded), and hyper hands through no other 1xx: a 101 is no final answer
             // to relay (every viewer of a fill would get a head without a response).
             Ok(Ok(resp)) if resp.status().is_informational() => Err(OriginError::Protocol),
+            // A status past 599 (hyper parses any three digits): RFC 9110 §15 defines none, so
+            // it is an invalid answer like any broken one, not something to relay or store
+            // (`HTTP/1.1 600 <none>` reached viewers, and was cached when given a lifetime).
+            Ok(Ok(resp)) if !valid_status(resp.status()) => Err(OriginError::Protocol),
             // A transfer coding other than `chunked` (`Transfer-Encoding: gzip`): hyper reads
             // such a body to the connection's close and the coding, hop-by-hop, is dropped on
             // the way, so its coded bytes would reach viewers (and the cache) as plain ones.

@@ -7,7 +7,9 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use futures_util::{Stream, TryStreamExt};
+use http::header::{self, HeaderValue};
 use http::{Method, Request, Response};
+use http_body::Body as _;
 use hyper::body::Incoming;
 
 use crate::cache::object::strip_hop_by_hop;
@@ -60,6 +62,23 @@ pub async fn pass(
                 )
                 .await?
         }
+        // The viewer sent no content (no `Content-Length`, no `Transfer-Encoding`, or an h2
+        // HEADERS frame that ended the stream): neither does the edge. A body of unknown length
+        // would go out chunked, and an origin that reads no body on a DELETE or OPTIONS (Python's
+        // http.server) took its `0` for the next request on the pooled connection (RFC 9112
+        // §6.3: such a request has no content).
+        Some(body) if body.is_end_stream() && content_length(&req.parts.headers).is_none() => {
+            let mut out = Request::new(Body::empty());
+            *out.method_mut() = req.parts.method.clone();
+            *out.headers_mut() = headers;
+            if anticipates_content(&req.parts.method) {
+                out.headers_mut()
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+            }
+            edge.origin
+                .pass_send_for(req.route(), &target, &target, out, &who)
+                .await?
+        }
         Some(body) => {
             let len = content_length(&req.parts.headers);
             let upload = Upload::default();
@@ -107,6 +126,13 @@ pub async fn pass(
         log.origin_ms = Some(started.elapsed().as_millis() as u64);
     }
     Ok(resp)
+}
+
+/// Whether `method` defines a meaning for enclosed content, so a request of it without any is
+/// sent `Content-Length: 0` (RFC 9110 §8.6: a user agent "SHOULD send Content-Length" then; some
+/// origins answer such a POST without it 411 Length Required). Other methods go with no framing.
+fn anticipates_content(method: &Method) -> bool {
+    matches!(*method, Method::POST | Method::PUT | Method::PATCH)
 }
 
 /// The client a pass counts against (`origin::pass_limit`): its address as the limits count it

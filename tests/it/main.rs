@@ -27,6 +27,7 @@ mod edge_ranges;
 mod edge_store;
 mod edge_vary;
 mod edge_zerocopy;
+mod framing;
 mod h2_flood;
 mod https_origin;
 mod ingest;
