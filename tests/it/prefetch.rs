@@ -590,13 +590,20 @@ initialization=\"init.m4s\"><SegmentTimeline><S t=\"0\" d=\"2000\" r=\"-1\"/></S
         .as_secs()
         .saturating_sub(now);
     let last = 49 + u32::try_from(taken / 2).unwrap_or(3).min(3);
+    // The copy is expanded when it arrives and again a guard later (`LiveEdge::Settled`): on a
+    // loaded machine the live edge may move one segment between the two (CI saw `[48, 49]`).
     assert!(
-        matches!(newest[..], [n] if (48..=last).contains(&n)),
+        match newest[..] {
+            [n] => (48..=last).contains(&n),
+            [a, b] => b == a + 1 && (48..=last).contains(&a) && (48..=last).contains(&b),
+            _ => false,
+        },
         "only the live edge is prefetched: {newest:?} (48..={last})"
     );
-    let seg = format!("/o/seg-{}.m4s", newest[0]);
+    let newest = newest[newest.len() - 1];
+    let seg = format!("/o/seg-{newest}.m4s");
     let r = edge.get(&seg).await;
-    assert_eq!(r.body, format!("segment {}", newest[0]));
+    assert_eq!(r.body, format!("segment {newest}"));
     assert_eq!(origin.count(&seg), 1, "the viewer's request was a hit");
 }
 

@@ -362,6 +362,13 @@ async fn invalid_age_is_ignored_and_invalid_expires_is_stale() {
         "/parse/age",
         Script::ok("x")
             .header("cache-control", "max-age=3600")
+            .header("age", "7200abc"),
+    );
+    // A list is read as its first member (RFC 9111 §5.1): two hours old, stale on arrival.
+    origin.script(
+        "/parse/age-list",
+        Script::ok("x")
+            .header("cache-control", "max-age=3600")
             .header("age", "7200,0"),
     );
     origin.script("/parse/expires", Script::ok("x").header("expires", "0"));
@@ -371,6 +378,7 @@ async fn invalid_age_is_ignored_and_invalid_expires_is_stale() {
     );
     let edge = TestEdge::start(edge_config(&origin)).await;
     assert_eq!(second_get(&edge, "/parse/age").await, "HIT");
+    assert_ne!(second_get(&edge, "/parse/age-list").await, "HIT");
     assert_ne!(second_get(&edge, "/parse/expires").await, "HIT");
     assert_ne!(second_get(&edge, "/parse/quoted").await, "HIT");
 }
