@@ -502,8 +502,9 @@ impl OriginClient {
     }
 
     /// Fetches from the upstream's first candidate for `key`. A GET or HEAD that fails before
-    /// its response head (refused, reset, timed out, TLS; or a status the upstream retries) is
-    /// tried once more, on the next candidate: after a timeout with a whole first-byte timeout
+    /// its response head (refused, reset, timed out, TLS; or a status the upstream retries), or
+    /// a request of any method that could not be connected, is tried once more, on the next
+    /// candidate: after a timeout with a whole first-byte timeout
     /// of its own, otherwise if time is left before `deadline` (the collapse deadline). With a
     /// single origin only a failed connection is retried (on the same origin), as a stale
     /// pooled connection is the likely cause. Body bytes never flowed by then, so no viewer can notice.
@@ -565,7 +566,11 @@ impl OriginClient {
             // origin is busy, not failing, and a local limit is no reason to fail over.
             Err(OriginError::Internal | OriginError::Busy) => false,
         };
-        if !retry || !(method == Method::GET || method == Method::HEAD) {
+        // A request that never reached the first candidate (no connection) may go to the next
+        // whatever its method: nothing of it was sent. Past that, only a GET or HEAD is asked
+        // twice (a DELETE that timed out may have been done).
+        let unsent = matches!(result, Err(OriginError::Connect));
+        if !retry || !(unsent || method == Method::GET || method == Method::HEAD) {
             return result;
         }
         let left = match (&result, deadline) {

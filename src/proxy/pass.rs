@@ -62,21 +62,32 @@ pub async fn pass(
                 )
                 .await?
         }
-        // The viewer sent no content (no `Content-Length`, no `Transfer-Encoding`, or an h2
-        // HEADERS frame that ended the stream): neither does the edge. A body of unknown length
-        // would go out chunked, and an origin that reads no body on a DELETE or OPTIONS (Python's
-        // http.server) took its `0` for the next request on the pooled connection (RFC 9112
-        // §6.3: such a request has no content).
-        Some(body) if body.is_end_stream() && content_length(&req.parts.headers).is_none() => {
-            let mut out = Request::new(Body::empty());
-            *out.method_mut() = req.parts.method.clone();
-            *out.headers_mut() = headers;
-            if anticipates_content(&req.parts.method) {
-                out.headers_mut()
-                    .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        // The viewer sent no content (`Content-Length: 0`, or neither it nor
+        // `Transfer-Encoding`, or an h2 HEADERS frame that ended the stream): neither does the
+        // edge. A body of unknown length would go out chunked, and an origin that reads no body
+        // on a DELETE or OPTIONS (Python's http.server) took its `0` for the next request on the
+        // pooled connection (RFC 9112 §6.3: such a request has no content). With nothing to
+        // stream it is rebuildable, so it goes as a body-less pass does: through the key's
+        // shield, and to the next origin when the first cannot be reached
+        // (`OriginClient::fetch_plan`).
+        Some(body)
+            if body.is_end_stream()
+                && content_length(&req.parts.headers).is_none_or(|n| n == 0) =>
+        {
+            let mut headers = headers;
+            let framed = content_length(&req.parts.headers) == Some(0);
+            if framed || anticipates_content(&req.parts.method) {
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
             }
             edge.origin
-                .pass_send_for(req.route(), &target, &target, out, &who)
+                .pass_fetch_for(
+                    req.route(),
+                    req.key(),
+                    req.parts.method.clone(),
+                    &target,
+                    headers,
+                    &who,
+                )
                 .await?
         }
         Some(body) => {

@@ -614,3 +614,41 @@ async fn a_whole_request_body_the_origin_never_answers_is_the_origins_timeout() 
     assert_eq!(origin.count("/up"), 1);
     never.open();
 }
+
+/// Bug: a pass of any method but GET or HEAD was never tried on the next origin, even when
+/// the first refused the connection (nothing of the request was sent): a `DELETE`, `OPTIONS`,
+/// or a `POST` without content got `502 origin-unreachable` with a healthy origin beside it,
+/// until the dead one was ejected, and again each time its ejection ended. A request without
+/// content goes to the next origin now; one whose body was being streamed still cannot (the
+/// body cannot be sent twice).
+#[tokio::test]
+async fn a_pass_without_content_fails_over_when_the_first_origin_is_unreachable() {
+    let (a, b) = (Origin::start().await, Origin::start().await);
+    a.stop_and_wait().await;
+    for p in ["/delete", "/options", "/put", "/post", "/post-0"] {
+        b.script(p, Script::ok("from-b"));
+    }
+    let edge = TestEdge::start(group_config(&[&a, &b], "failover")).await;
+    for (method, path, length) in [
+        (Method::DELETE, "/delete", None),
+        (Method::OPTIONS, "/options", None),
+        (Method::PUT, "/put", None),
+        (Method::POST, "/post", None),
+        (Method::POST, "/post-0", Some("0")),
+    ] {
+        let mut b_req = edge.req(method.clone(), path);
+        if let Some(n) = length {
+            b_req = b_req.header("content-length", n);
+        }
+        let r = edge.send(b_req, Default::default()).await;
+        assert_eq!(
+            (r.status.as_u16(), &r.body[..]),
+            (200, &b"from-b"[..]),
+            "{method} {path}: {}",
+            r.h("cache-status")
+        );
+        let seen = b.seen(path);
+        assert_eq!(seen.len(), 1, "{method} {path}");
+        assert_eq!(seen[0].method, method.as_str());
+    }
+}
