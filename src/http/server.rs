@@ -144,6 +144,11 @@ pub async fn serve<H: Handler>(
         }
         return;
     }
+    // Each worker holds its own descriptor of the socket. Kept here too, the socket would stay
+    // open after every worker stopped accepting at shutdown: the kernel would go on completing
+    // handshakes nobody accepts, and a new viewer hung until the drain ended, then got a reset,
+    // where it should be refused at once and go to another node.
+    drop(listener);
     for rx in ended {
         let _ = rx.await;
     }

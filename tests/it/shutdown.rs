@@ -170,3 +170,46 @@ async fn shutdown_closes_idle_admin_connections() {
     assert_eq!(get_on(&mut idle, &host, "/healthz").await, Answer::Closed);
     let _ = tokio::time::timeout(Duration::from_secs(5), served).await;
 }
+
+/// Bug: with per-core event loops (`server.threads` >= 1, the default of `vedge serve`), the
+/// listener handed to `serve` stayed open through the whole drain after SIGTERM: the kernel
+/// kept completing handshakes that no loop accepted, so a new viewer (or a load balancer's
+/// probe) hung unanswered until the grace period ended and then got a reset, instead of being
+/// refused at once and trying another node. Every listening socket closes when the drain
+/// starts now.
+#[tokio::test]
+async fn per_core_event_loops_stop_accepting_at_once_on_shutdown() {
+    let origin = Origin::start().await;
+    let gate = Gate::new();
+    origin.script("/slow.ts", Script::ok("slow segment").gate(&gate));
+    let mut raw = edge_config(&origin);
+    raw.server.threads = Some(2);
+    raw.server.shutdown_grace = Some("10s".into());
+    let mut edge = TestEdge::start(raw).await;
+    let host = edge.addr.to_string();
+    let mut busy = TcpStream::connect(edge.addr).await.expect("connect");
+    busy.write_all(format!("GET /slow.ts HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    until("the slow request reached the origin", || {
+        origin.count("/slow.ts") == 1
+    })
+    .await;
+    edge.shut_down();
+    // Refused while the response in flight still drains (the grace is 10 s, the origin holds
+    // the answer until the gate opens).
+    let mut refused = false;
+    for _ in 0..100 {
+        if TcpStream::connect(edge.addr).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(refused, "a new connection was accepted 1 s into the drain");
+    gate.open();
+    assert_eq!(
+        read_one(&mut busy).await,
+        Answer::Response("HTTP/1.1 200 OK".into(), b"slow segment".to_vec())
+    );
+}
