@@ -9,7 +9,8 @@
 //!   the object's response fields, `Content-Type`, `Cache-Control`, tags etc., less the ones
 //!   that only mean something in a request: `REQUEST_ONLY`)
 //!   -> stores one pushed object, pinned
-//! - `DELETE /admin/assets/{id}` -> unpins (releases) what job `id` stored
+//! - `DELETE /admin/assets/{id}` -> stops job `id` if it still runs, then releases what it
+//!   holds (unpinned unless another job or a `PUT` keeps it): `{"released": N, "cancelled": bool}`
 //!
 //! Handlers are generic over the request body so tests drive them without a socket.
 
@@ -23,13 +24,15 @@ use http::{header, HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use super::engine::{
     ingest_asset, put_collected, AssetReport, Existing, IngestOptions, KeyMapper, Progress,
     ProgressSnapshot, PushObject, Sink, SinkError, SinkFuture,
 };
-use super::store::{cached_object, stream_into_store};
+use super::holds::Holds;
+use super::store::{adopt_in, cached_object, existing_in, stream_into_store};
 use crate::http::body::Body;
 use crate::origin::fetch::HttpFetcher;
 use crate::proxy::Edge;
@@ -48,8 +51,55 @@ pub const RAM_COPY_MAX: u64 = 1 << 20;
 /// The edge as a sink: pushed objects go where pulled ones go (`Edge::insert`).
 pub struct EdgeSink {
     pub edge: Arc<Edge>,
-    /// Keys stored through this sink (for `DELETE /admin/assets/{id}`).
-    pub stored: Mutex<Vec<String>>,
+    /// The holds of every ingest run on this edge (`IngestJobs::holds`).
+    pub holds: Arc<Holds>,
+    /// Keys this job holds, with how many holds each (given back by a failed asset's
+    /// release, and by `DELETE /admin/assets/{id}`).
+    pub held: Mutex<HashMap<String, u32>>,
+}
+
+impl EdgeSink {
+    pub fn new(edge: Arc<Edge>, holds: Arc<Holds>) -> EdgeSink {
+        EdgeSink {
+            edge,
+            holds,
+            held: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Every hold this job has, once per hold, and forgets them.
+    fn take_held(&self) -> Vec<String> {
+        let held = std::mem::take(&mut *self.held.lock());
+        held.into_iter()
+            .flat_map(|(k, n)| std::iter::repeat_n(k, n as usize))
+            .collect()
+    }
+
+    /// Gives back every hold this job has (`DELETE /admin/assets/{id}`); returns how many.
+    pub fn release_all(&self) -> usize {
+        let keys = self.take_held();
+        self.give_back(&keys);
+        keys.len()
+    }
+
+    /// Drops this job's holds and leaves its objects pinned (the job is forgotten).
+    fn forget_all(&self) {
+        self.holds.forget(&self.take_held());
+    }
+
+    /// Gives back one hold per key: a key nobody holds any more is unpinned in the store (or,
+    /// without one, dropped from RAM); the store copy stays until evicted, so a rerun that
+    /// finds it adopts it.
+    fn give_back(&self, keys: &[String]) {
+        match &self.edge.store {
+            Some(store) => self.holds.release(keys, |k| {
+                store.unpin(k.as_bytes());
+            }),
+            None => self.holds.release(keys, |k| {
+                self.edge.purge_key(k);
+            }),
+        }
+    }
 }
 
 impl Sink for EdgeSink {
@@ -58,7 +108,37 @@ impl Sink for EdgeSink {
             Ok(self.edge.lookup(key).await.map(|(o, _)| Existing {
                 len: o.body.len() as u64,
                 etag: o.etag().and_then(|v| v.to_str().ok()).map(str::to_string),
+                pushed: o.pinned,
             }))
+        })
+    }
+
+    fn hold(&self, key: &str) {
+        self.holds.hold(key, || match &self.edge.store {
+            Some(store) => store.is_pinned(key.as_bytes()),
+            None => self.edge.ram.get(key).is_some_and(|o| o.pinned),
+        });
+        *self.held.lock().entry(key.to_string()).or_default() += 1;
+    }
+
+    fn adopt<'a>(&'a self, key: &'a str) -> SinkFuture<'a, bool> {
+        let r = match &self.edge.store {
+            Some(store) => adopt_in(store, key),
+            // Without a store a push lives in RAM only, pinned by its own flag.
+            None => Ok(self.edge.ram.get(key).is_some_and(|o| o.pinned)),
+        };
+        Box::pin(std::future::ready(r))
+    }
+
+    fn settled<'a>(&'a self, key: &'a str) -> SinkFuture<'a, Option<Existing>> {
+        Box::pin(async move {
+            match &self.edge.store {
+                Some(store) => {
+                    store.flush().await;
+                    Ok(existing_in(store, key).await)
+                }
+                None => self.existing(key).await,
+            }
         })
     }
 
@@ -90,7 +170,6 @@ impl Sink for EdgeSink {
                 }
                 None => self.edge.insert(key.clone(), obj),
             }
-            self.stored.lock().push(key);
             Ok(())
         })
     }
@@ -108,23 +187,23 @@ impl Sink for EdgeSink {
             let n = stream_into_store(store, key.clone(), kind, opened, len).await?;
             // An older copy in RAM would shadow the new one: the next hit reads the store.
             self.edge.ram.remove(&key);
-            self.stored.lock().push(key);
             Ok(n)
         })
     }
 
     fn release<'a>(&'a self, keys: &'a [String]) -> SinkFuture<'a, ()> {
-        // Unpinned and dropped from RAM: nothing of an unpublished asset stays pinned. The store
-        // copy remains until evicted, so a rerun that finds it resumes.
-        if let Some(store) = &self.edge.store {
+        {
+            let mut held = self.held.lock();
             for k in keys {
-                store.unpin(k.as_bytes());
-            }
-        } else {
-            for k in keys {
-                self.edge.purge_key(k);
+                if let Some(n) = held.get_mut(k) {
+                    *n -= 1;
+                    if *n == 0 {
+                        held.remove(k);
+                    }
+                }
             }
         }
+        self.give_back(keys);
         Box::pin(std::future::ready(Ok(())))
     }
 }
@@ -134,12 +213,21 @@ pub struct Job {
     pub progress: Arc<Progress>,
     pub reports: Mutex<Option<Vec<AssetReport>>>,
     pub sink: Arc<EdgeSink>,
+    /// Cancelled by `DELETE /admin/assets/{id}`: the job's task drops its walk and fetches.
+    cancel: CancellationToken,
+    /// Cancelled once the job's task has ended (finished or stopped): from then on nothing of
+    /// the job stores, pins or publishes anything.
+    ended: CancellationToken,
 }
+
+/// How long `DELETE /admin/assets/{id}` waits for a running job to stop. The job's task drops
+/// its ingest the next time it is polled, so this is only reached on a stalled runtime.
+const STOP_WAIT: Duration = Duration::from_secs(10);
 
 /// Finished jobs kept for `GET /admin/ingest/{id}` and `DELETE /admin/assets/{id}`: older
 /// finished ones are forgotten when a new job starts, so the table stays bounded however many
-/// jobs an edge runs. Running jobs are always kept. (A forgotten job's objects stay pinned; they
-/// can still be released by re-pushing or purging them.)
+/// jobs an edge runs. Running jobs are always kept. (A forgotten job's objects stay pinned, as
+/// if pushed outside any job; they can still be released by purging them.)
 pub const MAX_FINISHED_JOBS: usize = 100;
 
 /// The ids to forget so that at most `keep` finished jobs remain: the oldest (lowest) first.
@@ -158,6 +246,9 @@ fn finished_to_forget(jobs: impl Iterator<Item = (u64, bool)>, keep: usize) -> V
 pub struct IngestJobs {
     next: AtomicU64,
     jobs: Mutex<HashMap<u64, Arc<Job>>>,
+    /// Which jobs hold each pushed key, so one job's release leaves what another (or a `PUT`)
+    /// keeps pinned.
+    holds: Arc<Holds>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -225,12 +316,12 @@ where
                 Some(q) => format!("{rest}?{q}"),
                 None => rest.to_string(),
             };
-            return Some(put_object(edge, &target, req).await);
+            return Some(put_object(edge, jobs, &target, req).await);
         }
     }
     if method == Method::DELETE {
         if let Some(id) = path.strip_prefix("/admin/assets/") {
-            return Some(unpin_job(jobs, id));
+            return Some(delete_job(jobs, id).await);
         }
     }
     None
@@ -304,10 +395,9 @@ where
     let job = Arc::new(Job {
         progress: Arc::new(Progress::default()),
         reports: Mutex::new(None),
-        sink: Arc::new(EdgeSink {
-            edge: edge.clone(),
-            stored: Mutex::new(Vec::new()),
-        }),
+        sink: Arc::new(EdgeSink::new(edge.clone(), jobs.holds.clone())),
+        cancel: CancellationToken::new(),
+        ended: CancellationToken::new(),
     });
     {
         let mut table = jobs.jobs.lock();
@@ -318,7 +408,9 @@ where
             MAX_FINISHED_JOBS,
         );
         for old in forget {
-            table.remove(&old);
+            if let Some(j) = table.remove(&old) {
+                j.sink.forget_all();
+            }
         }
         table.insert(id, job.clone());
     }
@@ -350,25 +442,37 @@ where
             .with_headers(job_edge.origin.identity_headers())
             .with_host(route_host(job_edge.clone()))
             .with_tls(route_tls(job_edge.clone()));
-        let mut reports = Vec::new();
-        for url in urls {
-            let report = match discover(&url, &fetcher, &walk).await {
-                Ok(asset) => {
-                    ingest_asset(
-                        &asset,
-                        &fetcher,
-                        job.sink.as_ref(),
-                        &keys,
-                        &opts,
-                        &job.progress,
-                    )
-                    .await
-                }
-                Err(e) => AssetReport::refused(url.as_str(), e.to_string()),
-            };
-            reports.push(report);
-        }
+        let run = async {
+            let mut reports = Vec::new();
+            for url in urls {
+                let report = match discover(&url, &fetcher, &walk).await {
+                    Ok(asset) => {
+                        ingest_asset(
+                            &asset,
+                            &fetcher,
+                            job.sink.as_ref(),
+                            &keys,
+                            &opts,
+                            &job.progress,
+                        )
+                        .await
+                    }
+                    Err(e) => AssetReport::refused(url.as_str(), e.to_string()),
+                };
+                reports.push(report);
+            }
+            reports
+        };
+        // Races the job against its DELETE. On the DELETE, `run` is dropped here, with the walk
+        // and every fetch and store write it has in flight: nothing more is fetched, pinned or
+        // published. (A write the store already queued still lands; the DELETE's release,
+        // which waits for `ended`, unpins it.)
+        let reports = tokio::select! {
+            _ = job.cancel.cancelled() => Vec::new(),
+            reports = run => reports,
+        };
         *job.reports.lock() = Some(reports);
+        job.ended.cancel();
     });
     json(StatusCode::ACCEPTED, &serde_json::json!({ "id": id }))
 }
@@ -457,28 +561,46 @@ fn job_status(jobs: &IngestJobs, id: &str) -> Response<Body> {
     )
 }
 
-fn unpin_job(jobs: &IngestJobs, id: &str) -> Response<Body> {
-    let Some(job) = id
+/// `DELETE /admin/assets/{id}`: stops the job if it still runs, then gives back every hold it
+/// has, so what no other job (or `PUT`) keeps is unpinned and left to eviction.
+async fn delete_job(jobs: &IngestJobs, id: &str) -> Response<Body> {
+    let Some((n, job)) = id
         .parse::<u64>()
         .ok()
-        .and_then(|i| jobs.jobs.lock().remove(&i))
+        .and_then(|i| Some((i, jobs.jobs.lock().get(&i).cloned()?)))
     else {
         return error(StatusCode::NOT_FOUND, format!("no ingest job {id}"));
     };
-    let keys = std::mem::take(&mut *job.sink.stored.lock());
-    // Released to normal eviction: unpinned in the store (the RAM tier evicts by itself).
-    if let Some(store) = &job.sink.edge.store {
-        for k in &keys {
-            store.unpin(k.as_bytes());
-        }
+    let running = !job.ended.is_cancelled();
+    job.cancel.cancel();
+    // Released only once the job's task has dropped its ingest: a release before it would
+    // leave the job free to pin and publish the rest.
+    if tokio::time::timeout(STOP_WAIT, job.ended.cancelled())
+        .await
+        .is_err()
+    {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("ingest job {id} is still stopping; DELETE it again"),
+        );
     }
+    // A concurrent DELETE of the same job may have released it first.
+    if jobs.jobs.lock().remove(&n).is_none() {
+        return error(StatusCode::NOT_FOUND, format!("no ingest job {id}"));
+    }
+    let released = job.sink.release_all();
     json(
         StatusCode::OK,
-        &serde_json::json!({ "released": keys.len() }),
+        &serde_json::json!({ "released": released, "cancelled": running }),
     )
 }
 
-async fn put_object<B>(edge: &Arc<Edge>, target: &str, req: Request<B>) -> Response<Body>
+async fn put_object<B>(
+    edge: &Arc<Edge>,
+    jobs: &IngestJobs,
+    target: &str,
+    req: Request<B>,
+) -> Response<Body>
 where
     B: http_body::Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -524,7 +646,7 @@ where
     }
     if let (Some(store), Some(len)) = (&edge.store, announced) {
         if len > RAM_COPY_MAX {
-            return put_streaming(edge, store, key, kind, req, len).await;
+            return put_streaming(edge, store, &jobs.holds, key, kind, req, len).await;
         }
     }
     let (mut headers, body) = match read_body(req, MAX_PUSH_BYTES).await {
@@ -539,10 +661,7 @@ where
         body,
         headers,
     };
-    let sink = EdgeSink {
-        edge: edge.clone(),
-        stored: Mutex::new(Vec::new()),
-    };
+    let sink = EdgeSink::new(edge.clone(), jobs.holds.clone());
     if let Err(e) = sink.put(obj).await {
         let status = match &e {
             SinkError::Full(_) => StatusCode::INSUFFICIENT_STORAGE,
@@ -554,6 +673,8 @@ where
         };
         return error(status, e.to_string());
     }
+    // Pinned by the operator, not by a job: no job's release unpins it.
+    jobs.holds.pushed(&key);
     json(
         StatusCode::CREATED,
         &serde_json::json!({ "key": key, "bytes": len }),
@@ -623,6 +744,7 @@ fn keep_response_fields(headers: &mut HeaderMap) {
 async fn put_streaming<B>(
     edge: &Arc<Edge>,
     store: &vedge_storage::Store,
+    holds: &Holds,
     key: String,
     kind: ObjectKind,
     req: Request<B>,
@@ -681,6 +803,7 @@ where
     }
     // An older copy in RAM would shadow the new one: the next hit reads the store.
     edge.ram.remove(&key);
+    holds.pushed(&key);
     json(
         StatusCode::CREATED,
         &serde_json::json!({ "key": key, "bytes": len }),

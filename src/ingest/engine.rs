@@ -1,6 +1,7 @@
 //! The ingest of one walked asset into a [`Sink`]: size pass, room check, bounded concurrent
-//! fetches with retries, skip of what is already stored, then atomic publish (manifests last,
-//! only when every other object is stored) or release of this run's partial objects.
+//! fetches with retries, adoption (pin in place) of what is already stored as the same push,
+//! then atomic publish (manifests last, only when every other object is stored) or release of
+//! this run's holds.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -14,7 +15,7 @@ use http::HeaderMap;
 use serde::Serialize;
 use url::Url;
 
-use vedge_manifest::fetch::Opened;
+use vedge_manifest::fetch::{Opened, Probe};
 use vedge_manifest::{Asset, FetchError, Fetcher, Object, ObjectKind};
 
 /// One object to push, with the viewer-facing key it is stored under.
@@ -32,6 +33,23 @@ pub struct PushObject {
 pub struct Existing {
     pub len: u64,
     pub etag: Option<String>,
+    /// Stored as a push (pinned, with the push's freshness), not a viewer's fill: only a push
+    /// is adopted as it is. A pulled copy keeps the origin's freshness, and a refresh once
+    /// stale would replace it with an unpinned one, so it is fetched again and pushed.
+    pub pushed: bool,
+}
+
+impl Existing {
+    /// Whether this is the same object as one of `len` bytes with `etag`: a push of the same
+    /// length, with the same ETag when both sides have one.
+    pub fn same_as(&self, len: u64, etag: Option<&str>) -> bool {
+        self.pushed
+            && self.len == len
+            && match (self.etag.as_deref(), etag) {
+                (Some(a), Some(b)) => a == b,
+                _ => true,
+            }
+    }
 }
 
 /// Why a sink refused an object.
@@ -54,9 +72,30 @@ pub type SinkFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, SinkError>> +
 
 /// Where ingested objects go: the store of a stopped edge, a running edge's admin API, or
 /// memory (tests). Every stored object is pinned.
+///
+/// A run holds each key before it stores or adopts it ([`Sink::hold`]) and gives the holds back
+/// when its asset is not published ([`Sink::release`]); a key stays pinned while any run (or a
+/// push outside the runs) holds it (`ingest::holds`).
 pub trait Sink: Send + Sync {
     /// What is stored under `key`, if anything (for skip and resume).
     fn existing<'a>(&'a self, key: &'a str) -> SinkFuture<'a, Option<Existing>>;
+    /// Takes this run's hold on `key`, before anything of it is stored or adopted. The default
+    /// (a sink that cannot unpin, such as the admin client) keeps no count.
+    fn hold(&self, key: &str) {
+        let _ = key;
+    }
+    /// Pins the object already stored under `key` where it is (no refetch); `false` when it is
+    /// no longer stored, so it must be fetched. The default cannot, and answers `false`.
+    fn adopt<'a>(&'a self, key: &'a str) -> SinkFuture<'a, bool> {
+        let _ = key;
+        Box::pin(std::future::ready(Ok(false)))
+    }
+    /// After this run's write of `key` was superseded by a newer write of the key (another
+    /// run's push of the same asset), waits for the writes queued so far and says what is
+    /// stored now. The default is [`Sink::existing`].
+    fn settled<'a>(&'a self, key: &'a str) -> SinkFuture<'a, Option<Existing>> {
+        self.existing(key)
+    }
     /// Bytes still available to pinned objects, if the sink knows.
     fn free_for_pinned(&self) -> SinkFuture<'_, Option<u64>>;
     /// Stores (and pins) one object durably.
@@ -67,7 +106,8 @@ pub trait Sink: Send + Sync {
     fn put_opened(&self, key: String, kind: ObjectKind, opened: Opened) -> SinkFuture<'_, u64> {
         Box::pin(put_collected(self, key, kind, opened))
     }
-    /// Releases objects this run stored for an asset that is not published (unpins them).
+    /// Gives back this run's holds on `keys` (one per listing) for an asset that is not
+    /// published: each key nobody else holds is unpinned.
     fn release<'a>(&'a self, keys: &'a [String]) -> SinkFuture<'a, ()>;
 }
 
@@ -180,6 +220,9 @@ pub struct Progress {
     pub bytes_done: AtomicU64,
     pub skipped: AtomicU64,
     pub failed: AtomicU64,
+    /// Manifests of assets that were not published (never written, neither done nor failed):
+    /// once a job ends, `objects_done + failed + not_published == objects_total`.
+    pub not_published: AtomicU64,
 }
 
 impl Progress {
@@ -191,6 +234,7 @@ impl Progress {
             bytes_done: self.bytes_done.load(Ordering::Relaxed),
             skipped: self.skipped.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
+            not_published: self.not_published.load(Ordering::Relaxed),
         }
     }
 }
@@ -203,6 +247,7 @@ pub struct ProgressSnapshot {
     pub bytes_done: u64,
     pub skipped: u64,
     pub failed: u64,
+    pub not_published: u64,
 }
 
 /// One object that could not be ingested.
@@ -246,6 +291,8 @@ pub struct AssetReport {
     pub bytes: u64,
     pub stored: u64,
     pub stored_bytes: u64,
+    /// Objects found already stored as the same push (same length, same ETag when both have
+    /// one): pinned where they are, for this asset, and not fetched again.
     pub skipped: u64,
     pub failures: Vec<Failure>,
     /// References the walk saw and left out, with the reason (key files when keys are skipped,
@@ -274,8 +321,11 @@ impl AssetReport {
 }
 
 enum Done {
-    Stored { key: String, bytes: u64 },
-    Skipped,
+    Stored {
+        bytes: u64,
+    },
+    /// Already stored as the same push: pinned in place.
+    Adopted,
     Failed(Failure),
 }
 
@@ -307,17 +357,20 @@ pub async fn ingest_asset<F: Fetcher, S: Sink>(
         .map(|o| (o.clone(), keys.key(&o.url)))
         .collect();
     let conc = opts.concurrency.max(1);
+    progress
+        .objects_total
+        .fetch_add(asset.len() as u64, Ordering::Relaxed);
 
     // Size pass: what is already stored, and how much room the rest needs, before anything is
-    // written. Sizes come from the fetcher's cheap probe (HEAD, file metadata).
+    // written. Sizes and ETags come from the fetcher's cheap probe (HEAD, file metadata).
     let manifest_bytes: u64 = asset
         .manifests
         .iter()
         .map(|m| m.body.as_ref().map_or(0, |b| b.len() as u64))
         .sum();
     let urls: Vec<Url> = media.iter().map(|(o, _)| o.url.clone()).collect();
-    let sizes: Vec<Option<u64>> = stream::iter(urls)
-        .map(move |u| async move { fetcher.size(&u).await })
+    let probes: Vec<Probe> = stream::iter(urls)
+        .map(move |u| async move { fetcher.probe(&u).await })
         .buffered(conc)
         .collect()
         .await;
@@ -327,56 +380,51 @@ pub async fn ingest_asset<F: Fetcher, S: Sink>(
         .buffered(conc)
         .collect()
         .await;
-    let total_bytes: u64 = sizes.iter().map(|s| s.unwrap_or(0)).sum::<u64>() + manifest_bytes;
-    let needed: u64 = sizes
+    let total_bytes: u64 = probes.iter().map(|p| p.len.unwrap_or(0)).sum::<u64>() + manifest_bytes;
+    let needed: u64 = probes
         .iter()
         .zip(&existing)
-        .filter(|(s, e)| match (s, e) {
-            (Some(s), Some(e)) => e.len != *s,
+        .filter(|(p, e)| match (p.len, e) {
+            (Some(len), Some(e)) => !e.same_as(len, p.etag.as_deref()),
             _ => true,
         })
-        .map(|(s, _)| s.unwrap_or(0))
+        .map(|(p, _)| p.len.unwrap_or(0))
         .sum::<u64>()
         + manifest_bytes;
     progress
-        .objects_total
-        .fetch_add(asset.len() as u64, Ordering::Relaxed);
-    progress
         .bytes_total
         .fetch_add(total_bytes, Ordering::Relaxed);
+    let refuse = |error: String| {
+        progress
+            .failed
+            .fetch_add(asset.len() as u64, Ordering::Relaxed);
+        AssetReport::refused(&name, error)
+    };
     match sink.free_for_pinned().await {
         Ok(Some(free)) if free < needed => {
-            progress
-                .failed
-                .fetch_add(asset.len() as u64, Ordering::Relaxed);
-            return AssetReport::refused(
-                &name,
-                format!(
-                    "the store has {free} bytes free for pinned objects; this asset needs {needed} bytes ({:.1} MiB) more",
-                    needed as f64 / (1 << 20) as f64
-                ),
-            );
+            return refuse(format!(
+                "the store has {free} bytes free for pinned objects; this asset needs {needed} bytes ({:.1} MiB) more",
+                needed as f64 / (1 << 20) as f64
+            ));
         }
         Ok(_) => {}
-        Err(e) => return AssetReport::refused(&name, format!("store: {e}")),
+        Err(e) => return refuse(format!("store: {e}")),
     }
 
-    let items: Vec<(Object, String, Option<u64>, Option<Existing>)> = media
+    // Every key of the asset is held before any of it is stored or adopted, so another run's
+    // release cannot unpin it under this one (and this run's release gives back exactly these).
+    let mut held: Vec<String> = media.iter().map(|(_, k)| k.clone()).collect();
+    for k in &held {
+        sink.hold(k);
+    }
+
+    let items: Vec<(Object, String, Probe, Option<Existing>)> = media
         .into_iter()
-        .zip(sizes.into_iter().zip(existing))
-        .map(|((o, k), (s, e))| (o, k, s, e))
+        .zip(probes.into_iter().zip(existing))
+        .map(|((o, k), (p, e))| (o, k, p, e))
         .collect();
     let results: Vec<Done> = stream::iter(items)
-        .map(move |(o, key, size, present)| async move {
-            // Identical = same length (and same ETag when both sides have one).
-            if let (Some(e), Some(s)) = (&present, size) {
-                if e.len == s {
-                    progress.objects_done.fetch_add(1, Ordering::Relaxed);
-                    progress.bytes_done.fetch_add(s, Ordering::Relaxed);
-                    progress.skipped.fetch_add(1, Ordering::Relaxed);
-                    return Done::Skipped;
-                }
-            }
+        .map(move |(o, key, probe, present)| async move {
             let fail = |reason: String| {
                 progress.failed.fetch_add(1, Ordering::Relaxed);
                 Done::Failed(Failure {
@@ -384,29 +432,51 @@ pub async fn ingest_asset<F: Fetcher, S: Sink>(
                     reason,
                 })
             };
+            let adopted = |bytes: u64| {
+                progress.objects_done.fetch_add(1, Ordering::Relaxed);
+                progress.bytes_done.fetch_add(bytes, Ordering::Relaxed);
+                progress.skipped.fetch_add(1, Ordering::Relaxed);
+                Done::Adopted
+            };
+            // Already stored as the same push: pinned where it is (it may have been released
+            // by a failed run, so left unpinned, and the store would evict it).
+            if let (Some(e), Some(len)) = (&present, probe.len) {
+                if e.same_as(len, probe.etag.as_deref()) {
+                    match sink.adopt(&key).await {
+                        Ok(true) => return adopted(len),
+                        Ok(false) => {} // evicted since the size pass: fetch it
+                        Err(e) => return fail(format!("store: {e}")),
+                    }
+                }
+            }
             // The body goes from the origin straight into the sink; a transient failure while
             // reading it reopens the object (opening retries by itself).
             let mut attempt = 0;
+            // Length and ETag of the body last handed to the sink.
+            let mut sent: (Option<u64>, Option<String>);
             let put = loop {
                 let mut opened = match fetcher.open(&o.url, opts.max_object_bytes).await {
                     Ok(f) => f,
                     Err(e) => return fail(e.to_string()),
                 };
-                if let (Some(e), None) = (&present, size) {
+                if let (Some(e), None) = (&present, probe.len) {
                     if opened.len.is_none() {
                         match opened.collect().await {
                             Ok(f) => opened = Opened::from_fetched(f, opts.max_object_bytes),
                             Err(e) => return fail(e.to_string()),
                         }
                     }
-                    if Some(e.len) == opened.len
-                        && (e.etag.is_none() || e.etag == etag_of(&opened.headers))
-                    {
-                        progress.objects_done.fetch_add(1, Ordering::Relaxed);
-                        progress.skipped.fetch_add(1, Ordering::Relaxed);
-                        return Done::Skipped;
+                    if let Some(len) = opened.len {
+                        if e.same_as(len, etag_of(&opened.headers).as_deref()) {
+                            match sink.adopt(&key).await {
+                                Ok(true) => return adopted(len),
+                                Ok(false) => {}
+                                Err(e) => return fail(format!("store: {e}")),
+                            }
+                        }
                     }
                 }
+                sent = (opened.len, etag_of(&opened.headers));
                 match sink.put_opened(key.clone(), o.kind, opened).await {
                     Err(SinkError::Fetch(e)) if e.is_transient() && attempt < fetcher.retries() => {
                         attempt += 1;
@@ -415,11 +485,20 @@ pub async fn ingest_asset<F: Fetcher, S: Sink>(
                     other => break other,
                 }
             };
+            let put = match put {
+                Err(SinkError::Store(e)) if superseded(&e) => {
+                    let (len, etag) = sent;
+                    same_after_superseded(sink, &key, len, etag.as_deref())
+                        .await
+                        .ok_or(SinkError::Store(e))
+                }
+                other => other,
+            };
             match put {
                 Ok(bytes) => {
                     progress.objects_done.fetch_add(1, Ordering::Relaxed);
                     progress.bytes_done.fetch_add(bytes, Ordering::Relaxed);
-                    Done::Stored { key, bytes }
+                    Done::Stored { bytes }
                 }
                 Err(SinkError::Fetch(e)) => fail(e.to_string()),
                 Err(e) => fail(format!("store: {e}")),
@@ -448,15 +527,13 @@ pub async fn ingest_asset<F: Fetcher, S: Sink>(
             .collect(),
         error: None,
     };
-    let mut stored_keys = Vec::new();
     for r in results {
         match r {
-            Done::Stored { key, bytes } => {
+            Done::Stored { bytes } => {
                 report.stored += 1;
                 report.stored_bytes += bytes;
-                stored_keys.push(key);
             }
-            Done::Skipped => report.skipped += 1,
+            Done::Adopted => report.skipped += 1,
             Done::Failed(f) => report.failures.push(f),
         }
     }
@@ -464,24 +541,26 @@ pub async fn ingest_asset<F: Fetcher, S: Sink>(
     // bytes than were actually stored.
     report.bytes = report.bytes.max(report.stored_bytes);
     if !report.failures.is_empty() && !opts.allow_partial {
-        report.outcome = Outcome::Failed;
-        if let Err(e) = sink.release(&stored_keys).await {
-            report.failures.push(Failure {
-                url: String::new(),
-                reason: format!("releasing partial objects: {e}"),
-            });
-        }
-        return report;
+        progress
+            .not_published
+            .fetch_add(asset.manifests.len() as u64, Ordering::Relaxed);
+        return fail_asset(sink, report, &held).await;
     }
 
     // Publish: child playlists before the master (reverse discovery order), so even between
     // these writes no stored manifest references an unstored one.
     let mut seen = HashMap::new();
+    let mut left = asset.manifests.len() as u64;
     for m in asset.manifests.iter().rev() {
+        left -= 1;
         let key = keys.key(&m.url);
         if seen.insert(key.clone(), ()).is_some() {
+            // The same key as a manifest written just before: counted as done with it.
+            progress.objects_done.fetch_add(1, Ordering::Relaxed);
             continue;
         }
+        sink.hold(&key);
+        held.push(key.clone());
         let body = m.body.clone().unwrap_or_default();
         let bytes = body.len() as u64;
         let mut headers = HeaderMap::new();
@@ -495,15 +574,24 @@ pub async fn ingest_asset<F: Fetcher, S: Sink>(
             http::header::CONTENT_TYPE,
             http::HeaderValue::from_static(ct),
         );
-        match sink
+        let put = match sink
             .put(PushObject {
-                key,
+                key: key.clone(),
                 kind: m.kind,
                 body,
                 headers,
             })
             .await
         {
+            Err(SinkError::Store(e)) if superseded(&e) => {
+                same_after_superseded(sink, &key, Some(bytes), None)
+                    .await
+                    .map(|_| ())
+                    .ok_or(SinkError::Store(e))
+            }
+            other => other,
+        };
+        match put {
             Ok(()) => {
                 report.stored += 1;
                 report.stored_bytes += bytes;
@@ -512,13 +600,13 @@ pub async fn ingest_asset<F: Fetcher, S: Sink>(
             }
             Err(e) => {
                 progress.failed.fetch_add(1, Ordering::Relaxed);
+                progress.not_published.fetch_add(left, Ordering::Relaxed);
                 report.failures.push(Failure {
                     url: m.url.to_string(),
                     reason: format!("store: {e}"),
                 });
                 // A master without its children would point at missing playlists: stop here.
-                report.outcome = Outcome::Failed;
-                return report;
+                return fail_asset(sink, report, &held).await;
             }
         }
     }
@@ -526,6 +614,39 @@ pub async fn ingest_asset<F: Fetcher, S: Sink>(
         report.outcome = Outcome::PublishedPartial;
     }
     report
+}
+
+/// Ends an asset that is not published: this run's holds are given back (what nobody else
+/// holds is unpinned, left to eviction; a rerun that finds it still stored adopts it).
+async fn fail_asset<S: Sink>(sink: &S, mut report: AssetReport, held: &[String]) -> AssetReport {
+    report.outcome = Outcome::Failed;
+    if let Err(e) = sink.release(held).await {
+        report.failures.push(Failure {
+            url: String::new(),
+            reason: format!("releasing partial objects: {e}"),
+        });
+    }
+    report
+}
+
+/// Whether a store error says a newer write of the key replaced this one before it reached
+/// the device.
+fn superseded(e: &vedge_storage::StoreError) -> bool {
+    matches!(e, vedge_storage::StoreError::Superseded)
+}
+
+/// After a write of `key` was superseded (two runs pushing the same asset at once): the bytes
+/// stored if the write that replaced it stored the same object, so nothing of this run is
+/// lost; `None` when it stored another one (the origin changed in between) or failed.
+async fn same_after_superseded<S: Sink>(
+    sink: &S,
+    key: &str,
+    len: Option<u64>,
+    etag: Option<&str>,
+) -> Option<u64> {
+    let now = sink.settled(key).await.ok().flatten()?;
+    let len = len?;
+    now.same_as(len, etag).then_some(len)
 }
 
 /// Shorthand used by tests and the CLI for "no such object".
@@ -540,6 +661,8 @@ pub struct MemorySink {
     pub objects: parking_lot::Mutex<HashMap<String, (PushObject, bool)>>,
     /// Keys in the order they were put (to check publish order).
     pub log: parking_lot::Mutex<Vec<String>>,
+    /// The runs' holds on its keys.
+    pub holds: super::holds::Holds,
 }
 
 impl MemorySink {
@@ -577,8 +700,19 @@ impl Sink for MemorySink {
         let r = self.objects.lock().get(key).map(|(o, _)| Existing {
             len: o.body.len() as u64,
             etag: etag_of(&o.headers),
+            pushed: true,
         });
         Box::pin(std::future::ready(Ok(r)))
+    }
+
+    fn hold(&self, key: &str) {
+        self.holds
+            .hold(key, || self.objects.lock().get(key).is_some_and(|o| o.1));
+    }
+
+    fn adopt<'a>(&'a self, key: &'a str) -> SinkFuture<'a, bool> {
+        let found = self.objects.lock().get_mut(key).map(|o| o.1 = true);
+        Box::pin(std::future::ready(Ok(found.is_some())))
     }
 
     fn free_for_pinned(&self) -> SinkFuture<'_, Option<u64>> {
@@ -605,11 +739,11 @@ impl Sink for MemorySink {
 
     fn release<'a>(&'a self, keys: &'a [String]) -> SinkFuture<'a, ()> {
         let mut objects = self.objects.lock();
-        for k in keys {
+        self.holds.release(keys, |k| {
             if let Some(o) = objects.get_mut(k) {
                 o.1 = false;
             }
-        }
+        });
         Box::pin(std::future::ready(Ok(())))
     }
 }

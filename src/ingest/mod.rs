@@ -5,6 +5,8 @@
 //!   stored objects, atomic publish (manifests last) or release.
 //! - `store`: the sink for `--store`: bodies of known length stream from the origin (HTTP frames
 //!   or file reads) straight into the store's write buffer (`vedge_storage::ObjectBuf`).
+//! - `holds`: which runs keep each pushed key pinned, so one run's release never unpins what
+//!   another run, a `PUT` or an earlier process still keeps.
 //! - `admin`: the admin API's ingest routes and its sink (the running edge; collects bodies,
 //!   since the edge also keeps pushed objects in RAM). `client`: `--admin` mode.
 //! - this file: the `vedge ingest` command: arguments, sources, progress bar, summary.
@@ -12,6 +14,7 @@
 pub mod admin;
 pub mod client;
 pub mod engine;
+pub mod holds;
 pub mod store;
 
 use std::path::{Path, PathBuf};
@@ -114,6 +117,17 @@ pub struct IngestArgs {
     /// Most manifests (playlists, MPDs) one asset may hold.
     #[arg(long, default_value_t = Limits::default().max_manifests)]
     pub max_manifests: usize,
+
+    /// Most bytes all the manifests of one asset may hold together (each one is kept in memory
+    /// until the asset is published), e.g. 64MiB.
+    #[arg(long, value_parser = size_arg, default_value = "64MiB")]
+    pub max_manifest_total_bytes: usize,
+}
+
+/// A size flag (`64MiB`, `1048576`) in bytes.
+fn size_arg(s: &str) -> Result<usize, String> {
+    let n = crate::config::parse_size(s)?;
+    usize::try_from(n).map_err(|_| format!("{s}: too large"))
 }
 
 /// One asset to ingest: where it starts and how its objects are read.
@@ -201,6 +215,7 @@ impl IngestArgs {
             limits: Limits {
                 max_objects: self.max_objects,
                 max_manifests: self.max_manifests,
+                max_manifest_total_bytes: self.max_manifest_total_bytes,
                 ..Limits::default()
             },
             include_keys: self.include_keys,
@@ -305,7 +320,7 @@ pub async fn run_cli(args: IngestArgs) -> anyhow::Result<()> {
         let store = vedge_storage::Store::open(store_cfg)
             .await
             .with_context(|| format!("opening store {}", path.display()))?;
-        let sink = store::StoreSink { store };
+        let sink = store::StoreSink::new(store);
         let summary = run_into(&args, &sources, &sink, &host, &drop).await;
         sink.store
             .close()
@@ -472,7 +487,7 @@ fn print_summary(summary: &Summary, json: bool) -> anyhow::Result<()> {
     }
     for r in &summary.assets {
         println!(
-            "{}: {} ({} objects, {} bytes; stored {}, skipped {} already present, {} failed)",
+            "{}: {} ({} objects, {} bytes; stored {}, skipped {} already stored (pinned in place), {} failed)",
             r.asset,
             r.outcome.as_str(),
             r.objects,

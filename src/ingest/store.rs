@@ -9,6 +9,7 @@ use http::{HeaderMap, StatusCode};
 use vedge_storage::{Source, Store, StoreError};
 
 use super::engine::{put_collected, Existing, PushObject, Sink, SinkError, SinkFuture};
+use super::holds::Holds;
 use crate::cache::object::{strip_hop_by_hop, CachedObject};
 use crate::cache::policy::ContentClass;
 use crate::proxy::tiers::store_meta;
@@ -40,9 +41,41 @@ pub fn cached_object(object: &PushObject) -> CachedObject {
 /// A vedge-storage store as an ingest sink.
 pub struct StoreSink {
     pub store: Store,
+    /// The holds of this process's runs on the store's keys.
+    holds: Holds,
 }
 
-fn sink_err(e: StoreError) -> SinkError {
+impl StoreSink {
+    pub fn new(store: Store) -> StoreSink {
+        StoreSink {
+            store,
+            holds: Holds::default(),
+        }
+    }
+}
+
+/// What `store` holds under `key`: length, ETag and whether it is a push (its head says so).
+pub async fn existing_in(store: &Store, key: &str) -> Option<Existing> {
+    if !store.contains(key.as_bytes()) {
+        return None;
+    }
+    let hit = store.lookup(key.as_bytes()).await?;
+    let object = CachedObject::decode(&hit.meta.head, hit.body.clone(), Vec::new());
+    Some(Existing {
+        len: hit.body.len() as u64,
+        etag: object
+            .as_ref()
+            .and_then(|o| o.etag().and_then(|v| v.to_str().ok()).map(str::to_string)),
+        pushed: object.is_some_and(|o| o.pinned),
+    })
+}
+
+/// Pins what `store` holds under `key` where it is ([`Sink::adopt`]).
+pub fn adopt_in(store: &Store, key: &str) -> Result<bool, SinkError> {
+    store.pin(key.as_bytes()).map_err(sink_err)
+}
+
+pub(crate) fn sink_err(e: StoreError) -> SinkError {
     match e {
         StoreError::Full(m) => SinkError::Full(m),
         other => SinkError::Store(std::sync::Arc::new(other)),
@@ -51,18 +84,22 @@ fn sink_err(e: StoreError) -> SinkError {
 
 impl Sink for StoreSink {
     fn existing<'a>(&'a self, key: &'a str) -> SinkFuture<'a, Option<Existing>> {
+        Box::pin(async move { Ok(existing_in(&self.store, key).await) })
+    }
+
+    fn hold(&self, key: &str) {
+        self.holds
+            .hold(key, || self.store.is_pinned(key.as_bytes()));
+    }
+
+    fn adopt<'a>(&'a self, key: &'a str) -> SinkFuture<'a, bool> {
+        Box::pin(std::future::ready(adopt_in(&self.store, key)))
+    }
+
+    fn settled<'a>(&'a self, key: &'a str) -> SinkFuture<'a, Option<Existing>> {
         Box::pin(async move {
-            if !self.store.contains(key.as_bytes()) {
-                return Ok(None);
-            }
-            Ok(self.store.lookup(key.as_bytes()).await.map(|hit| {
-                let etag = CachedObject::decode(&hit.meta.head, hit.body.clone(), Vec::new())
-                    .and_then(|o| o.etag().and_then(|v| v.to_str().ok()).map(str::to_string));
-                Existing {
-                    len: hit.body.len() as u64,
-                    etag,
-                }
-            }))
+            self.store.flush().await;
+            Ok(existing_in(&self.store, key).await)
         })
     }
 
@@ -93,9 +130,9 @@ impl Sink for StoreSink {
     }
 
     fn release<'a>(&'a self, keys: &'a [String]) -> SinkFuture<'a, ()> {
-        for k in keys {
+        self.holds.release(keys, |k| {
             self.store.unpin(k.as_bytes());
-        }
+        });
         Box::pin(std::future::ready(Ok(())))
     }
 }

@@ -16,7 +16,8 @@ use url::Url;
 use crate::config::OriginTls;
 use crate::origin::tls::{Connector, TlsSetup};
 use vedge_manifest::fetch::{
-    FetchError, FetchFuture, Fetched, Fetcher, OpenFuture, Opened, OpenedBody, SizeFuture,
+    FetchError, FetchFuture, Fetched, Fetcher, OpenFuture, Opened, OpenedBody, Probe, ProbeFuture,
+    SizeFuture,
 };
 
 /// Reads `http:` and `https:` URLs with pooled hyper-util clients: a per-attempt timeout and
@@ -215,7 +216,23 @@ impl HttpFetcher {
 }
 
 impl HttpFetcher {
-    async fn head(&self, url: &Url) -> Option<u64> {
+    /// A HEAD of `url`: its announced length and ETag (nothing when it fails or is not 2xx).
+    async fn head(&self, url: &Url) -> Probe {
+        let Some(res) = self.send_head(url).await else {
+            return Probe::default();
+        };
+        let field = |name| {
+            res.headers()
+                .get(name)
+                .and_then(|v: &http::HeaderValue| v.to_str().ok())
+        };
+        Probe {
+            len: field(http::header::CONTENT_LENGTH).and_then(|v| v.trim().parse().ok()),
+            etag: field(http::header::ETAG).map(str::to_string),
+        }
+    }
+
+    async fn send_head(&self, url: &Url) -> Option<http::Response<hyper::body::Incoming>> {
         if !matches!(url.scheme(), "http" | "https") {
             return None;
         }
@@ -228,15 +245,7 @@ impl HttpFetcher {
             .await
             .ok()?
             .ok()?;
-        if !res.status().is_success() {
-            return None;
-        }
-        res.headers()
-            .get(http::header::CONTENT_LENGTH)?
-            .to_str()
-            .ok()?
-            .parse()
-            .ok()
+        res.status().is_success().then_some(res)
     }
 }
 
@@ -254,6 +263,10 @@ impl Fetcher for HttpFetcher {
     }
 
     fn size<'a>(&'a self, url: &'a Url) -> SizeFuture<'a> {
+        Box::pin(async move { self.head(url).await.len })
+    }
+
+    fn probe<'a>(&'a self, url: &'a Url) -> ProbeFuture<'a> {
         Box::pin(self.head(url))
     }
 }

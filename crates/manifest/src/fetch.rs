@@ -57,6 +57,19 @@ pub type FetchFuture<'a> = Pin<Box<dyn Future<Output = Result<Fetched, FetchErro
 /// A future returned by [`Fetcher::size`].
 pub type SizeFuture<'a> = Pin<Box<dyn Future<Output = Option<u64>> + Send + 'a>>;
 
+/// What a cheap probe (HEAD, file metadata) says of an object without reading it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Probe {
+    /// Its length, if announced.
+    pub len: Option<u64>,
+    /// Its `ETag`, if it has one: a stored copy of the same length with another ETag is another
+    /// version of the object, not the same one.
+    pub etag: Option<String>,
+}
+
+/// A future returned by [`Fetcher::probe`].
+pub type ProbeFuture<'a> = Pin<Box<dyn Future<Output = Probe> + Send + 'a>>;
+
 /// A future returned by [`Fetcher::open`].
 pub type OpenFuture<'a> = Pin<Box<dyn Future<Output = Result<Opened, FetchError>> + Send + 'a>>;
 
@@ -168,6 +181,17 @@ pub trait Fetcher: Send + Sync {
         Box::pin(std::future::ready(None))
     }
 
+    /// The object's size and ETag without reading it, for ingest's skip of what is already
+    /// stored. The default knows the size only ([`Fetcher::size`]).
+    fn probe<'a>(&'a self, url: &'a Url) -> ProbeFuture<'a> {
+        Box::pin(async move {
+            Probe {
+                len: self.size(url).await,
+                etag: None,
+            }
+        })
+    }
+
     /// Starts reading `url`: headers now, the body by the caller (to stream it into a store
     /// buffer). The default fetches the whole object.
     fn open<'a>(&'a self, url: &'a Url, max_bytes: usize) -> OpenFuture<'a> {
@@ -191,6 +215,10 @@ impl<T: Fetcher + ?Sized> Fetcher for std::sync::Arc<T> {
 
     fn size<'a>(&'a self, url: &'a Url) -> SizeFuture<'a> {
         (**self).size(url)
+    }
+
+    fn probe<'a>(&'a self, url: &'a Url) -> ProbeFuture<'a> {
+        (**self).probe(url)
     }
 
     fn open<'a>(&'a self, url: &'a Url, max_bytes: usize) -> OpenFuture<'a> {

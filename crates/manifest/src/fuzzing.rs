@@ -28,6 +28,7 @@ pub fn check(input: &[u8]) {
             max_objects: LIMIT,
             max_manifests: 50,
             max_manifest_bytes: 1 << 20,
+            max_manifest_total_bytes: 64 << 20,
         },
         ..WalkOptions::default()
     };

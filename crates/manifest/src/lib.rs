@@ -134,6 +134,10 @@ pub struct Limits {
     pub max_manifests: usize,
     /// Bytes of one manifest.
     pub max_manifest_bytes: usize,
+    /// Bytes of all the manifests of one asset together. The walk keeps every manifest's body
+    /// (ingest publishes the exact bytes it read), so without it an origin whose playlists name
+    /// one another in a chain made one walk hold `max_manifests` x `max_manifest_bytes` (31 GiB).
+    pub max_manifest_total_bytes: usize,
 }
 
 impl Default for Limits {
@@ -142,6 +146,7 @@ impl Default for Limits {
             max_objects: 200_000,
             max_manifests: 2_000,
             max_manifest_bytes: 16 << 20,
+            max_manifest_total_bytes: 64 << 20,
         }
     }
 }
@@ -212,6 +217,8 @@ pub enum WalkError {
     },
     #[error("{url}: more than {limit} manifests in one asset (raise --max-manifests)")]
     TooManyManifests { url: Url, limit: usize },
+    #[error("{url}: the asset's manifests together are more than {limit} bytes (raise --max-manifest-total-bytes)")]
+    ManifestsTooLarge { url: Url, limit: usize },
     #[error("{url}: {what} is not supported")]
     Unsupported { url: Url, what: String },
 }
@@ -267,6 +274,8 @@ pub async fn discover<F: Fetcher>(
     };
     let mut seen: HashSet<Url> = HashSet::new();
     let mut queue: VecDeque<(Url, ObjectKind)> = VecDeque::new();
+    // Bytes of the manifests kept so far (`Limits::max_manifest_total_bytes`).
+    let mut manifest_bytes = 0usize;
     seen.insert(asset_url.clone());
     queue.push_back((asset_url.clone(), ObjectKind::Playlist));
     while let Some((url, _)) = queue.pop_front() {
@@ -276,14 +285,24 @@ pub async fn discover<F: Fetcher>(
                 limit: opts.limits.max_manifests,
             });
         }
-        let body = fetcher
-            .fetch(&url, opts.limits.max_manifest_bytes)
-            .await
-            .map_err(|source| WalkError::Fetch {
-                url: url.clone(),
-                source,
-            })?
-            .body;
+        // Each manifest may take what is left of the asset's budget, no more: a fetch that
+        // passes it stops reading there.
+        let total = opts.limits.max_manifest_total_bytes;
+        let left = total.saturating_sub(manifest_bytes);
+        let cap = opts.limits.max_manifest_bytes.min(left);
+        let body = match fetcher.fetch(&url, cap).await {
+            Ok(f) => f.body,
+            Err(FetchError::TooLarge(_)) if cap < opts.limits.max_manifest_bytes => {
+                return Err(WalkError::ManifestsTooLarge { url, limit: total });
+            }
+            Err(source) => {
+                return Err(WalkError::Fetch {
+                    url: url.clone(),
+                    source,
+                })
+            }
+        };
+        manifest_bytes += body.len();
         let budget = opts
             .limits
             .max_objects
