@@ -73,6 +73,7 @@ impl From<OriginFailure> for EdgeError {
         EdgeError::Origin(match f {
             OriginFailure::Busy => return EdgeError::OriginBusy,
             OriginFailure::Unsatisfied => return EdgeError::HoldUnsatisfied,
+            OriginFailure::TooFar => return EdgeError::BadRequest(crate::proxy::llhls::TOO_FAR),
             OriginFailure::Connect => OriginError::Connect,
             OriginFailure::Timeout => OriginError::Timeout,
             OriginFailure::Protocol => OriginError::Protocol,

@@ -21,6 +21,7 @@ use crate::metrics::Metrics;
 use crate::origin::OriginError;
 use crate::proxy::edge::Edge;
 use crate::proxy::fill_limit::Refused;
+use crate::proxy::llhls::Early;
 use crate::proxy::request::Req;
 use crate::proxy::slice::{self, SliceAsk};
 
@@ -288,8 +289,9 @@ enum Asked {
     /// The fill has its answer (or failure) published, or has ended.
     Done,
     /// A blocking playlist reload answered with a playlist that lacks what it asks for
-    /// (`llhls::unsatisfied`): nothing was published or stored; ask again after this long.
-    Unsatisfied(std::time::Duration),
+    /// (`llhls::unsatisfied`): nothing was published or stored; ask again after this long, or
+    /// refuse it as too far.
+    Unsatisfied(Early),
 }
 
 /// Asks the origin for the fill's answer; a blocking playlist reload again and again, while
@@ -310,19 +312,40 @@ async fn run(
     let started = tokio::time::Instant::now();
     // Looked up at the first answer that needs it (a blocking reload's): no other fill pays.
     let mut hold_end = None;
+    if let Some(at) = crate::proxy::llhls::is_blocking_reload(&job.base_key)
+        .then(|| crate::proxy::llhls::first_ask_at(edge, &job.base_key))
+        .flatten()
+    {
+        let end = started + crate::proxy::llhls::hold_for(edge, &job.base_key);
+        tokio::time::sleep_until(at.min(end)).await;
+        if at >= end || fill.head_waiters() == 0 {
+            fill.set_head(FillHead::Failed(OriginFailure::Unsatisfied));
+            return Ok(());
+        }
+    }
     for _ in 0..MAX_ASKS {
         let after = match ask(edge, fill, guard, job.clone()).await? {
             Asked::Done => return Ok(()),
-            Asked::Unsatisfied(after) => after,
+            Asked::Unsatisfied(Early::Again(after)) => after,
+            Asked::Unsatisfied(Early::TooFar) => {
+                fill.set_head(FillHead::Failed(OriginFailure::TooFar));
+                return Ok(());
+            }
         };
         let end = *hold_end
             .get_or_insert_with(|| started + crate::proxy::llhls::hold_for(edge, &job.base_key));
         // Up to the hold's end, not short of it: the viewers held as long as the leader time
         // out on their own (503), and only one that joined later has time left to go on with.
-        let next = tokio::time::Instant::now() + after;
+        // In the playlist's turn: every fill of it asking again shares one pace.
+        let next = crate::proxy::llhls::reask_at(edge, &job.base_key, after);
         tokio::time::sleep_until(next.min(end)).await;
         // Nor once every viewer gave up (their holds ran out, or they left): nobody to ask for.
-        if next >= end || fill.head_waiters() == 0 {
+        // Nor once another fill's answer, now the playlist's latest copy, answers this one's
+        // viewers: they look again (`llhls::blocking_reload`) and are served from it.
+        if next >= end
+            || fill.head_waiters() == 0
+            || crate::proxy::llhls::settled_by_latest(edge, &job.base_key)
+        {
             break;
         }
     }

@@ -520,6 +520,11 @@ struct State {
     /// listed in `upstream`: the playlist holds what it asks for (RFC 8216bis §6.2.5.2).
     /// Forgotten when a copy shows the stream restarted behind it (`observe_scanned`).
     open: Option<(u64, u64)>,
+    /// The soonest a fill of this playlist's blocking reloads may ask the origin again
+    /// (`reask_at`): one pace for all of them.
+    next_reask: Option<Instant>,
+    /// That pace: the interval the last fill asking again was given.
+    reask_every: Duration,
     viewed: Option<Instant>,
     /// URIs listed by the copies seen (prefetch: what is new).
     known: HashSet<String>,
@@ -888,10 +893,7 @@ async fn blocking_reload(
                     return Ok(serve_latest(req, &s.obj));
                 }
             } else if fresh && s.scan.too_far_at(msn, d.part, s.obj.age(edge.clock.now())) {
-                return Err(EdgeError::BadRequest(
-                    "_HLS_msn more than two segments, or _HLS_part more than the advance part \
-                     limit, past the playlist's last",
-                ));
+                return Err(EdgeError::BadRequest(TOO_FAR));
             }
             // Nor may a stale one answer: the origin may have restarted the stream (an encoder
             // restart resets the media sequence), and the old copy would then claim to hold
@@ -975,14 +977,91 @@ pub(crate) fn hold_for(edge: &Edge, key: &str) -> Duration {
 /// key, every later request for it gets the same answer. Asked again every half part target
 /// (half a target duration without parts), at least `MIN_REASK` apart: the origin's next
 /// part is due within one.
-pub(crate) fn unsatisfied(key: &str, body: &[u8]) -> Option<Duration> {
+pub(crate) fn unsatisfied(key: &str, body: &[u8]) -> Option<Early> {
     let (msn, part) = blocking_directives(key)?;
     let scan = scan(body)?;
     if scan.endlist || scan.satisfies(msn, part) {
         return None;
     }
+    // The answer is the origin's playlist now: a request past what it may add soon is refused,
+    // as one past a fresh latest copy is (`blocking_reload`), not asked again for the hold.
+    if scan.too_far(msn, part) {
+        return Some(Early::TooFar);
+    }
     let unit = scan.part_target.unwrap_or(scan.target);
-    Some((unit / 2).max(MIN_REASK))
+    Some(Early::Again((unit / 2).max(MIN_REASK)))
+}
+
+/// What the fill of a blocking reload does with an origin answer that lacks what it asks for
+/// (`unsatisfied`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Early {
+    /// Ask again, no sooner than this long after (and in the playlist's turn, `reask_at`).
+    Again(Duration),
+    /// The request is more than the playlist may add soon: 400.
+    TooFar,
+}
+
+/// The message of the 400 for a blocking reload too far past the playlist's last segment.
+pub(crate) const TOO_FAR: &str = "_HLS_msn more than two segments, or _HLS_part more than the \
+     advance part limit, past the playlist's last";
+
+/// When the fill of the blocking reload `key` may ask the origin again, `interval` after its
+/// own last request at the soonest, in its playlist's turn: every fill of one playlist asking
+/// again shares one pace, one request per `interval` between them. Viewers asking for
+/// distinct parts in descending order (each goes upstream: none waits behind a later one) or
+/// delta updates each had a fill asking ten times a second, so the origin's load grew with
+/// the number of distinct requests (8 viewers: 56 requests a second against a playlist that
+/// did not change).
+pub(crate) fn reask_at(edge: &Edge, key: &str, interval: Duration) -> Instant {
+    let now = Instant::now();
+    let Some(pl) = edge.live.existing(&playlist_key(key)) else {
+        return now + interval;
+    };
+    let mut st = pl.state.lock();
+    let at = (now + interval).max(st.next_reask.unwrap_or(now));
+    st.next_reask = Some(at + interval);
+    st.reask_every = interval;
+    at
+}
+
+/// When a new fill of the blocking reload `key` may send its first request: at once, unless
+/// the playlist's fills are asking again (its origin answered one too early) and the next turn
+/// is still to come; then in that turn. A viewer whose fill ran out of turns before its own
+/// hold did looks again with a new fill (`blocking_reload`): unpaced, each such fill was one
+/// more request. An origin that holds blocking reloads never sets the pace.
+pub(crate) fn first_ask_at(edge: &Edge, key: &str) -> Option<Instant> {
+    let pl = edge.live.existing(&playlist_key(key))?;
+    let mut st = pl.state.lock();
+    let at = st.next_reask.filter(|at| *at > Instant::now())?;
+    st.next_reask = Some(at + st.reask_every);
+    Some(at)
+}
+
+/// Whether the playlist's latest copy, fresh, now answers the blocking reload `key` (holds what
+/// it asks for, or shows it too far): another fill's answer came meanwhile, so this one's
+/// viewers look again (`blocking_reload`) rather than wait for its next request.
+pub(crate) fn settled_by_latest(edge: &Edge, key: &str) -> bool {
+    let Ok(d) = directives_of(key) else {
+        return false;
+    };
+    let Some(msn) = d.msn else {
+        return false;
+    };
+    let Some(s) = edge
+        .live
+        .existing(&playlist_key(key))
+        .and_then(|pl| pl.latest())
+    else {
+        return false;
+    };
+    let now = edge.clock.now();
+    if s.obj.staleness(now).is_some() {
+        return false;
+    }
+    s.scan.endlist
+        || s.scan.too_far_at(msn, d.part, s.obj.age(now))
+        || (!d.skip && s.scan.satisfies(msn, d.part))
 }
 
 /// `(msn, part)` in the order a live playlist satisfies them: a whole segment (`part` absent)
@@ -1654,7 +1733,7 @@ mod tests {
         // Last segment 11: 12 is not there; half a target duration of 2 s.
         assert_eq!(
             unsatisfied(key, LL.as_bytes()),
-            Some(Duration::from_secs(1))
+            Some(Early::Again(Duration::from_secs(1)))
         );
         assert_eq!(
             unsatisfied("http|h|/l/m.m3u8?_HLS_msn=11", LL.as_bytes()),
@@ -1669,19 +1748,24 @@ mod tests {
         assert_eq!(unsatisfied(&format!("{part}1"), pl.as_bytes()), None);
         assert_eq!(
             unsatisfied(&format!("{part}2"), pl.as_bytes()),
-            Some(Duration::from_millis(250))
+            Some(Early::Again(Duration::from_millis(250)))
         );
         // Never faster than MIN_REASK; an ended playlist ignores the directives; what is no
         // media playlist, or no blocking reload, is not judged.
         let fast = pl.replace("PART-TARGET=0.5", "PART-TARGET=0.1");
         assert_eq!(
             unsatisfied(&format!("{part}2"), fast.as_bytes()),
-            Some(MIN_REASK)
+            Some(Early::Again(MIN_REASK))
         );
         let ended = format!("{LL}#EXT-X-ENDLIST\n");
         assert_eq!(unsatisfied(key, ended.as_bytes()), None);
         assert_eq!(unsatisfied(key, b"not a playlist"), None);
         assert_eq!(unsatisfied("http|h|/l/m.m3u8", LL.as_bytes()), None);
+        // More than two segments past the last: refused, not asked again.
+        assert_eq!(
+            unsatisfied("http|h|/l/m.m3u8?_HLS_msn=14", LL.as_bytes()),
+            Some(Early::TooFar)
+        );
     }
 
     #[test]

@@ -843,10 +843,9 @@ async fn read(
         },
         // A blocking reload's stale copy is no answer to it: the stream may have restarted
         // since (`llhls::blocking_reload` never answers from a stale copy either).
-        FillHead::Failed(e) => match stale
-            .as_deref()
-            .filter(|o| e != OriginFailure::Unsatisfied && stale_ok(o))
-        {
+        FillHead::Failed(e) => match stale.as_deref().filter(|o| {
+            !matches!(e, OriginFailure::Unsatisfied | OriginFailure::TooFar) && stale_ok(o)
+        }) {
             Some(obj) => serve_stale_on_error(req, obj, now, None),
             None => return Err(e.into()),
         },

@@ -949,3 +949,60 @@ async fn a_restarted_stream_s_playlist_replaces_a_fresh_copy_of_the_old_stream()
         r.h("cache-status")
     );
 }
+
+/// Bug: against an origin that does not hold blocking reloads, each distinct blocking request
+/// the edge sent upstream (viewers asking in descending order each go up, none waiting behind
+/// a later one; delta updates always do) had its own fill asking the origin again every half
+/// target duration, so the origin's load grew with the number of distinct requests (an outside
+/// review: 8 viewers, 56 requests a second for a playlist that never changed). The fills of
+/// one playlist now share one pace: one request per interval between them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fills_asking_again_for_one_playlist_share_one_pace() {
+    let origin = Origin::start().await;
+    let path = "/pace/media.m3u8";
+    origin.script(path, playlist(SEGMENT_6_LAST, "max-age=1"));
+    let mut cfg = config_for(&origin.url(), "off");
+    cfg.cache.collapse_timeout = Some("3s".into());
+    let edge = std::sync::Arc::new(TestEdge::start(cfg).await);
+    let asks = [
+        "_HLS_msn=8",
+        "_HLS_msn=7",
+        "_HLS_msn=8&_HLS_skip=YES",
+        "_HLS_msn=7&_HLS_skip=YES",
+        "_HLS_msn=8&_HLS_skip=v2",
+        "_HLS_msn=7&_HLS_skip=v2",
+    ];
+    let mut viewers = Vec::new();
+    for q in asks {
+        let (edge, q) = (edge.clone(), format!("{path}?{q}"));
+        viewers.push(tokio::spawn(async move { edge.get(&q).await }));
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    for v in viewers {
+        let r = v.await.expect("viewer task");
+        assert_eq!(r.status, 503, "{}", r.h("cache-status"));
+    }
+    edge.settle().await;
+    // One request per distinct directive, then one every half target duration (0.5 s) for all
+    // of them over the 3 s hold: about 12. Each fill on its own pace asked about 36 times.
+    let asked = blocking_seen(&origin, path).len();
+    assert!(
+        (asks.len()..=asks.len() + 8).contains(&asked),
+        "{asked} blocking requests upstream"
+    );
+}
+
+/// Bug: a blocking reload far past the playlist's last segment was held for the whole hold,
+/// asked of the origin again and again, when no fresh copy was there to refuse it: the
+/// origin's answer (last segment 6) already shows `_HLS_msn=1000000` is more than two segments
+/// ahead (RFC 8216bis §6.2.5.2: 400), and it is refused at once now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_reload_the_origin_s_answer_shows_too_far_is_400_at_once() {
+    let origin = Origin::start().await;
+    let path = "/far/media.m3u8";
+    origin.script(path, playlist(SEGMENT_6_LAST, "max-age=1"));
+    let edge = TestEdge::start(config_for(&origin.url(), "off")).await;
+    let r = edge.get(&format!("{path}?_HLS_msn=1000000")).await;
+    assert_eq!(r.status, 400, "{}", r.h("cache-status"));
+    assert_eq!(blocking_seen(&origin, path).len(), 1, "asked once");
+}

@@ -76,6 +76,10 @@ pub enum OriginFailure {
     /// hold's end, lacked what it asks for (`proxy::fill`, `proxy::llhls::unsatisfied`).
     #[error("the origin's playlist did not hold what the blocking reload asks for in time")]
     Unsatisfied,
+    /// A blocking playlist reload for more than two segments (or the advance part limit) past
+    /// the last the origin's answer lists (RFC 8216bis §6.2.5.2: 400).
+    #[error("the blocking reload asks for more than the origin's playlist may add")]
+    TooFar,
 }
 
 /// The response head of a streaming fill.
