@@ -299,13 +299,10 @@ async fn a_corrupt_object_kept_by_its_hits_is_rewritten_with_its_checksums_and_n
         s.flush().await;
         // Damage its payload under the running store (the edge keeps touching it from RAM).
         let data = std::fs::read(&path).unwrap();
-        let p = data
-            .windows(6)
-            .position(|w| w == b"victim")
-            .expect("victim on disk");
+        let h = header_of(&data, b"victim").expect("victim on disk");
         let head_len = meta("victim", &[], false).head.len();
         let hlen = 76 + "victim".len() + head_len + 2 + 4 + 4;
-        flip(&path, (p - 76 + hlen + 1000) as u64);
+        flip(&path, (h + hlen + 1000) as u64);
         for i in 0..2 * LAP {
             assert!(s.touch(b"victim"), "kept by its hits at {i}");
             put(&s, &format!("o{i}"), OBJ).await;

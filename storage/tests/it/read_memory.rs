@@ -113,14 +113,10 @@ async fn hits_are_read_into_lent_memory_and_verified_there() {
 
         // A damaged payload fails verification in lent memory too, and the memory comes back.
         let data = std::fs::read(&path).unwrap();
-        // The first "o7" in the file is the key in its header (payload bytes never hold it).
-        let p = data
-            .windows(2)
-            .position(|w| w == b"o7")
-            .expect("o7 on disk");
+        let h = header_of(&data, b"o7").expect("o7 on disk");
         let head_len = meta("o7", &[], false).head.len();
         let hlen = 76 + 2 + head_len + 2 + 4 + 4;
-        flip(&path, (p - 76 + hlen + 777) as u64);
+        flip(&path, (h + hlen + 777) as u64);
         let s = open(&c).await;
         let before = s.stats().corrupt_reads;
         assert!(

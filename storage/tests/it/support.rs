@@ -98,6 +98,17 @@ pub async fn assert_served(s: &Store, key: &str, len: usize) {
     assert_eq!(hit.meta.head, meta(key, &[], false).head);
 }
 
+/// Where the object header holding `key` starts in a store file's bytes: the first header
+/// (its `VOBJ` magic) whose key, 76 bytes in (`OBJ_FIXED`), is `key`. A search for the key's
+/// bytes alone can land in another object's checksums or a random nonce first: a two-byte key
+/// such as `o7` did, one run in a few dozen, and the test damaged the wrong bytes.
+pub fn header_of(data: &[u8], key: &[u8]) -> Option<usize> {
+    const OBJ_FIXED: usize = 76;
+    (0..data.len().saturating_sub(OBJ_FIXED + key.len())).find(|&h| {
+        &data[h..h + 4] == b"VOBJ" && &data[h + OBJ_FIXED..h + OBJ_FIXED + key.len()] == key
+    })
+}
+
 /// Flips one bit of the byte at `at` in the file at `path` (a corrupt device, for the checksums).
 pub fn flip(path: &Path, at: u64) {
     use std::os::unix::fs::FileExt;
