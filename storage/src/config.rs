@@ -54,8 +54,10 @@ pub struct StoreConfig {
     pub adopt_region_size: bool,
     /// Default [`EngineChoice::Auto`].
     pub engine: EngineChoice,
-    /// Wipe and reformat whatever is at `path`. Default false: a store of another version or
-    /// geometry, or a file that is not a store, is an error.
+    /// Wipe and reformat what is at `path` when it cannot be opened as a store of this version
+    /// and geometry (another version or size, a truncated store, a file that is not a store)
+    /// instead of refusing to open; a valid store is opened as it is. Default false: each of
+    /// those is an error.
     pub reformat: bool,
     /// Pulled objects are admitted on their second insert attempt within this window.
     /// Default 10 minutes; `Duration::ZERO` admits everything. Pushed and pinned ones always are.

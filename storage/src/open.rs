@@ -121,7 +121,11 @@ pub(crate) async fn open(mut cfg: StoreConfig) -> Result<(Inner, Option<Active>)
     let path = cfg.path.clone();
     let (file, direct) = open_file(&path, cfg.buffered_io)?;
     let meta = file.metadata().map_err(|e| open_err(&path, e))?;
-    let mut must_format = cfg.reformat;
+    // `reformat` wipes only what cannot be opened as a store of this version and geometry (the
+    // cases below that are otherwise errors). It wiped every store at every start before, a
+    // valid one of the same version and size included: an operator who set it as a safety
+    // valve lost every cached and pushed object on each restart.
+    let mut must_format = false;
     if meta.file_type().is_block_device() {
         let dev = block_device_size(&file).map_err(|e| open_err(&path, e))?;
         if dev < cfg.size {
@@ -133,9 +137,9 @@ pub(crate) async fn open(mut cfg: StoreConfig) -> Result<(Inner, Option<Active>)
                 ),
             });
         }
-    } else if meta.len() == 0 {
+    } else if meta.len() == 0 || (meta.len() < cfg.size && cfg.reformat) {
         must_format = true;
-    } else if meta.len() < cfg.size && !cfg.reformat {
+    } else if meta.len() < cfg.size {
         return Err(fmt_err(
             &path,
             format!(
@@ -190,6 +194,21 @@ pub(crate) async fn open(mut cfg: StoreConfig) -> Result<(Inner, Option<Active>)
     let (mut sb, st, active) = match found {
         _ if must_format => format_store(&io, &layout).await?,
         SbRead::Blank => format_store(&io, &layout).await?,
+        SbRead::Garbage if cfg.reformat => format_store(&io, &layout).await?,
+        SbRead::Valid(sb)
+            if cfg.reformat
+                && (sb.version != FORMAT_VERSION
+                    || sb.size != cfg.size
+                    || sb.region_size != cfg.region_size) =>
+        {
+            tracing::warn!(
+                version = sb.version,
+                size = sb.size,
+                region_size = sb.region_size,
+                "reformatting a store of another version or geometry (reformat is set)"
+            );
+            format_store(&io, &layout).await?
+        }
         SbRead::Garbage => return Err(fmt_err(
             &path,
             "no valid vedge superblock and not zero-filled: not a store (set reformat to wipe it)"

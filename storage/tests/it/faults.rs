@@ -564,3 +564,31 @@ async fn a_read_error_on_a_pinned_object_keeps_it() {
         s.close().await.unwrap();
     }
 }
+
+/// Bug: `reformat` wiped the store at every open, a valid one of this version and size
+/// included, where its contract (the config and `vedge serve --help`: "a store of another
+/// version or size") is to wipe only what cannot be opened: an operator who set it as a safety
+/// valve lost every cached and pushed object on each restart. A store of another size is still
+/// wiped.
+#[tokio::test]
+async fn reformat_keeps_a_valid_store_and_wipes_only_another_geometry() {
+    for engine in ENGINES {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        let mut c = cfg(&path, engine);
+        c.reformat = true;
+        let s = open(&c).await;
+        put(&s, "kept", 10_000).await;
+        s.flush().await;
+        s.close().await.unwrap();
+        let s = open(&c).await;
+        assert_served(&s, "kept", 10_000).await;
+        s.close().await.unwrap();
+
+        let mut bigger = c.clone();
+        bigger.size *= 2;
+        let s = open(&bigger).await;
+        assert_eq!(s.stats().objects, 0, "{engine:?}: another size is wiped");
+        s.close().await.unwrap();
+    }
+}
