@@ -377,35 +377,35 @@ pub fn targeted_cache_control(h: &HeaderMap, names: &[HeaderName]) -> Option<Cac
 /// directive value can start with a NUL.
 const INVALID: &str = "\u{0}invalid";
 
-/// `Surrogate-Control` (W3C Edge Architecture 1.0 §3) as this surrogate reads it: directives
-/// with no device token, and those targeted at `device` (`max-age=60;vedge`: the token this
-/// edge names in the `Surrogate-Capability` it sends upstream, its `cdn_id`), compared without
-/// case; directives targeted at another device are not ours. `max-age=N+M` is a lifetime of N
+/// `Surrogate-Control` (W3C Edge Architecture 1.0 §3) as this surrogate reads it: the
+/// directives targeted at `device` (`max-age=60;vedge`: the token this edge names in the
+/// `Surrogate-Capability` it sends upstream, its `cdn_id`, compared without case) when there
+/// are any, as the most specific word for this edge (`max-age=3600, max-age=1;vedge` is one
+/// second, `no-store, max-age=600;vedge` is stored), else those with no device token;
+/// directives targeted at another device are never ours. `max-age=N+M` is a lifetime of N
 /// that may be stretched M more seconds while the origin fails (`stale-if-error`, unless one
 /// is given). `None` unless a directive this cache acts on remains: a field carrying only ESI's
 /// `content="ESI/1.0"`, or only other devices' directives, leaves `Cache-Control` in charge.
 pub fn surrogate_control(h: &HeaderMap, device: &str) -> Option<CacheControl> {
-    let mut cc = CacheControl::default();
+    let (mut targeted, mut general) = (Vec::new(), Vec::new());
     for value in h.get_all("surrogate-control") {
-        let ours = directives(&String::from_utf8_lossy(value.as_bytes()))
-            .into_iter()
-            .filter_map(|(name, arg)| {
-                // The device token follows the directive (and its argument) after a `;`.
-                let (name, arg, target) = match arg {
-                    Some(a) => match a.split_once(';') {
-                        Some((a, t)) => (name, Some(a.trim().to_string()), Some(t.to_string())),
-                        None => (name, Some(a), None),
-                    },
-                    None => match name.split_once(';') {
-                        Some((n, t)) => (n.trim().to_string(), None, Some(t.to_string())),
-                        None => (name, None, None),
-                    },
-                };
-                let for_us = target.is_none_or(|t| t.trim().eq_ignore_ascii_case(device));
-                for_us.then_some((name, arg))
-            });
-        let mut list = Vec::new();
-        for (name, arg) in ours {
+        for (name, arg) in directives(&String::from_utf8_lossy(value.as_bytes())) {
+            // The device token follows the directive (and its argument) after a `;`.
+            let (name, arg, target) = match arg {
+                Some(a) => match a.split_once(';') {
+                    Some((a, t)) => (name, Some(a.trim().to_string()), Some(t.to_string())),
+                    None => (name, Some(a), None),
+                },
+                None => match name.split_once(';') {
+                    Some((n, t)) => (n.trim().to_string(), None, Some(t.to_string())),
+                    None => (name, None, None),
+                },
+            };
+            let list = match &target {
+                None => &mut general,
+                Some(t) if t.trim().eq_ignore_ascii_case(device) => &mut targeted,
+                Some(_) => continue,
+            };
             match (
                 name.as_str(),
                 arg.as_deref().and_then(|a| a.split_once('+')),
@@ -417,8 +417,13 @@ pub fn surrogate_control(h: &HeaderMap, device: &str) -> Option<CacheControl> {
                 _ => list.push((name, arg)),
             }
         }
-        cc.add_directives(list);
     }
+    let mut cc = CacheControl::default();
+    cc.add_directives(if targeted.is_empty() {
+        general
+    } else {
+        targeted
+    });
     (cc != CacheControl::default()).then_some(cc)
 }
 

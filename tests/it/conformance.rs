@@ -696,6 +696,19 @@ async fn surrogate_control_for_this_edge_replaces_cache_control() {
         ("/sc/esi", "no-store", "content=\"ESI/1.0\"", false),
         ("/sc/no-store", "max-age=3600", "no-store", false),
         ("/sc/extension", "no-store", "max-age=3600+600", true),
+        // Directives targeted at this edge win over untargeted ones.
+        (
+            "/sc/targeted-wins",
+            "max-age=3600",
+            "no-store, max-age=3600;vedge",
+            true,
+        ),
+        (
+            "/sc/targeted-no-store",
+            "max-age=3600",
+            "max-age=3600, no-store;vedge",
+            false,
+        ),
     ] {
         origin.script(
             path,
@@ -719,4 +732,21 @@ async fn surrogate_control_for_this_edge_replaces_cache_control() {
             "{path}: the edge names its device token"
         );
     }
+    // The lifetime targeted at this edge, not the general one: one second, not an hour.
+    let path = "/sc/targeted-lifetime";
+    origin.script(
+        path,
+        Script::ok("doc").header("surrogate-control", "max-age=3600, max-age=1;vedge"),
+    );
+    edge.get(path).await;
+    edge.settle().await;
+    let hit = edge.get(path).await;
+    assert_eq!(hit.x_cache(), "HIT");
+    assert!(
+        ["ttl=1;", "ttl=0;"]
+            .iter()
+            .any(|t| hit.h("cache-status").contains(t)),
+        "{}",
+        hit.h("cache-status")
+    );
 }
