@@ -693,10 +693,16 @@ const REQUEST_ONLY: &[&str] = &[
     "accept-encoding",
     "accept-language",
     "authorization",
+    "b3",
     "cache-status",
     "cdn-loop",
     "cookie",
+    "device-memory",
+    "downlink",
     "dnt",
+    "dpr",
+    "early-data",
+    "ect",
     "expect",
     "forwarded",
     "from",
@@ -708,29 +714,62 @@ const REQUEST_ONLY: &[&str] = &[
     "if-unmodified-since",
     "max-forwards",
     "origin",
+    "prefer",
     "priority",
     "proxy-authorization",
+    "purpose",
     "range",
     "referer",
+    "rtt",
+    "save-data",
     "te",
+    "traceparent",
+    "tracestate",
+    "upgrade-insecure-requests",
     "user-agent",
     "via",
-    "x-forwarded-for",
-    "x-forwarded-host",
-    "x-forwarded-proto",
+    "viewport-width",
+    "want-content-digest",
+    "want-digest",
+    "want-repr-digest",
+    "width",
+    "x-amzn-trace-id",
+    "x-client-ip",
+    "x-cloud-trace-context",
+    "x-cluster-client-ip",
+    "x-http-method-override",
     "x-real-ip",
+    "x-request-id",
+    "x-rewrite-url",
     "x-vedge-host",
 ];
+
+/// Prefixes of request-only field families: fetch metadata (`Sec-`), CMCD, forwarding and
+/// rewriting by a proxy in front of the admin API (`X-Forwarded-`, `X-Original-`), CORS
+/// preflight requests, B3 tracing, and the client-address claims of CDNs
+/// (`CF-Connecting-IP`, `Fastly-Client-IP`, `True-Client-IP`: `-client-ip`, `-connecting-ip`).
+const REQUEST_ONLY_PREFIXES: &[&str] = &[
+    "sec-",
+    "cmcd-",
+    "x-forwarded-",
+    "x-original-",
+    "access-control-request-",
+    "x-b3-",
+];
+const REQUEST_ONLY_SUFFIXES: &[&str] = &["-client-ip", "-connecting-ip"];
 
 /// Leaves in `headers` (a push request's) only fields that mean something in a response.
 fn keep_response_fields(headers: &mut HeaderMap) {
     for name in REQUEST_ONLY {
         headers.remove(*name);
     }
-    // Fetch metadata, client hints and CMCD describe the client and its request.
     let described: Vec<_> = headers
         .keys()
-        .filter(|n| ["sec-", "cmcd-"].iter().any(|p| n.as_str().starts_with(p)))
+        .filter(|n| {
+            let n = n.as_str();
+            REQUEST_ONLY_PREFIXES.iter().any(|p| n.starts_with(p))
+                || REQUEST_ONLY_SUFFIXES.iter().any(|p| n.ends_with(p))
+        })
         .cloned()
         .collect();
     for name in described {

@@ -1553,6 +1553,18 @@ async fn a_push_keeps_the_object_s_fields_and_none_of_the_request_s() {
         ("If-None-Match", "\"x\""),
         ("X-Forwarded-For", "10.0.0.1"),
         ("Sec-Fetch-Mode", "cors"),
+        ("X-Forwarded-Server", "admin-proxy.internal"),
+        ("X-Original-URL", "/internal/admin"),
+        ("True-Client-IP", "10.1.2.3"),
+        ("CF-Connecting-IP", "10.1.2.3"),
+        (
+            "Traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        ),
+        ("X-Request-Id", "r-1"),
+        ("Prefer", "return=minimal"),
+        ("Access-Control-Request-Method", "PUT"),
+        ("Save-Data", "on"),
     ];
     let (status, answer) = admin_send(
         port,
@@ -1584,6 +1596,15 @@ async fn a_push_keeps_the_object_s_fields_and_none_of_the_request_s() {
         "sec-fetch-mode",
         "authorization",
         "x-vedge-host",
+        "x-forwarded-server",
+        "x-original-url",
+        "true-client-ip",
+        "cf-connecting-ip",
+        "traceparent",
+        "x-request-id",
+        "prefer",
+        "access-control-request-method",
+        "save-data",
     ] {
         assert!(
             r.headers.get(name).is_none(),
