@@ -121,11 +121,18 @@ pub fn build(
             not_modified_type = headers.get(header::CONTENT_TYPE).cloned();
             for h in [
                 header::CONTENT_LENGTH,
-                header::CONTENT_TYPE,
                 header::CONTENT_RANGE,
                 header::ACCEPT_RANGES,
             ] {
                 headers.remove(h);
+            }
+            // Kept for a cache downstream (a request that came through a CDN, `CDN-Loop`,
+            // RFC 8586: another tier of vedge or a CDN in front): the 304 refreshes its stored
+            // copy, which takes its fields from it (§15.4.5 allows metadata "for the purpose of
+            // guiding cache updates"); without it an edge kept the old type for good after its
+            // shield revalidated a changed one.
+            if !ask.headers.contains_key("cdn-loop") {
+                headers.remove(header::CONTENT_TYPE);
             }
             Body::empty()
         }

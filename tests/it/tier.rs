@@ -683,3 +683,53 @@ async fn an_unsafe_method_through_the_tier_invalidates_the_owning_shield_s_copy(
         .count();
     assert_eq!(gets, 2, "one fill per version, for the whole tier");
 }
+
+/// Bug: a shield's `304` to its edge's revalidation left out `Content-Type` (as a 304 to a
+/// viewer does, RFC 9110 §15.4.5), so when the origin's 304 changed the type (a charset added)
+/// the shield's copy took it and the edge's never did (cache-tests.fyi
+/// `304-etag-update-response-Content-Type`, run through a tier). A 304 to a request that came
+/// through a CDN (`CDN-Loop`) keeps it, for the downstream cache's update.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_304_through_the_tier_updates_the_edge_s_content_type() {
+    let origin = Origin::start().await;
+    let path = "/doc/typed";
+    origin.script(
+        path,
+        Script::ok("doc")
+            .header("content-type", "text/plain")
+            .header("cache-control", "max-age=1")
+            .header("etag", "\"v1\""),
+    );
+    let shield = TestEdge::start(node_config(&origin, "shield-0")).await;
+    let mut raw = node_config(&origin, "edge-0");
+    raw.shield = Some(RawShield {
+        nodes: vec![format!("http://{}", shield.addr)],
+        ..RawShield::default()
+    });
+    let edge = TestEdge::start(raw).await;
+    let first = edge.get(path).await;
+    assert_eq!(first.h("content-type"), "text/plain");
+    edge.settle().await;
+    shield.settle().await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    origin.script(
+        path,
+        Script::status(304, "")
+            .header("content-type", "text/plain;charset=utf-8")
+            .header("cache-control", "max-age=3600")
+            .header("etag", "\"v1\""),
+    );
+    let refreshed = edge.get(path).await;
+    assert_eq!(refreshed.status, StatusCode::OK);
+    assert_eq!(refreshed.body, "doc");
+    assert_eq!(
+        refreshed.h("content-type"),
+        "text/plain;charset=utf-8",
+        "{}",
+        refreshed.h("cache-status")
+    );
+    // A viewer's own conditional request still gets a 304 without it.
+    let cond = edge.get_with(path, &[("if-none-match", "\"v1\"")]).await;
+    assert_eq!(cond.status, StatusCode::NOT_MODIFIED);
+    assert!(cond.headers.get("content-type").is_none());
+}
