@@ -772,6 +772,22 @@ async fn ask(
     if fresh_stays && matches!(decision, Decision::Store(_)) {
         decision = Decision::ShareOnly("fresh-kept");
     }
+    // A manifest on a route that forwards tokens was made for the leader's token, which the
+    // origin may have copied into it: the leader's alone (`signed::own_manifest`), whatever
+    // its status or `Cache-Control`, and no stale copy stands in for it (one stored before may
+    // hold a token too). Remembered as a pass, so later viewers ask with their own.
+    let ct = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    if edge
+        .config
+        .routes
+        .get(job.route)
+        .is_some_and(|r| crate::proxy::signed::own_manifest(r, path, ct))
+    {
+        decision = Decision::Pass(crate::proxy::signed::TOKEN_FORWARDED);
+    }
     // Nor does any error answer (a 5xx, or a 429 from a rate-limiting upstream such as a
     // shield) say whether the object may be cached, whatever its `Cache-Control`: it teaches
     // no hit-for-pass and purges no stale copy (Varnish abandons a background fetch that gets

@@ -298,10 +298,21 @@ async fn respond(req: &Req<'_>, body: Incoming) -> Result<Response<Body>, EdgeEr
     cacheable(req).await
 }
 
-/// A GET or HEAD: cookies on a non-public route pass, the rest goes through the cache.
+/// A GET or HEAD: cookies on a non-public route pass, and so does a manifest on a route that
+/// forwards tokens (`signed::own_manifest`: made for its viewer's token); the rest goes through
+/// the cache.
 async fn cacheable(req: &Req<'_>) -> Result<Response<Body>, EdgeError> {
     if req.parts.headers.contains_key(header::COOKIE) && !req.route().public {
         return Box::pin(pass(req, None, "credentials", CacheStatus::Bypass)).await;
+    }
+    if signed::own_manifest(req.route(), &req.target.path, None) {
+        return Box::pin(pass(
+            req,
+            None,
+            signed::TOKEN_FORWARDED,
+            CacheStatus::Bypass,
+        ))
+        .await;
     }
     cached(req).await
 }

@@ -7,7 +7,9 @@
 //! `auth::propagate`), in place of any value a stored manifest holds: the cached manifest is
 //! token-free unless the origin wrote tokens in, which with `forward` may be the token of the
 //! viewer whose request filled it, so on such a route every viewer's manifest is rewritten
-//! (without a query token: those values taken out).
+//! (without a query token: those values taken out). On such a route a manifest is in fact
+//! fetched for each viewer and never stored (`own_manifest`); the rewrite stays for copies
+//! stored before and for other routes.
 
 use std::net::SocketAddr;
 use std::time::UNIX_EPOCH;
@@ -166,6 +168,24 @@ const WHOLE: [header::HeaderName; 4] = [
     header::IF_NONE_MATCH,
     header::IF_MODIFIED_SINCE,
 ];
+
+/// Why a manifest on a `forward` route passes (`own_manifest`): `Cache-Status` detail and the
+/// hit-for-pass its fill teaches.
+pub const TOKEN_FORWARDED: &str = "token-forwarded";
+
+/// Whether an answer at `path` (of `content_type`, when known) is fetched for its viewer alone:
+/// a manifest on a route that forwards tokens (`[route.token] forward`). The origin is sent
+/// the viewer's token, and a packager that copies it onto the URIs it lists (absolute ones on
+/// any host, in any spelling, in comments or attributes the rewrite never reads) makes the
+/// manifest that viewer's: shared, it handed one viewer's token to every other, which no
+/// rewrite of the stored text can rule out (the edge cannot tell whose a value is, nor find
+/// every place a packager may write it). So a manifest there is never stored or shared: the
+/// request passes (`request::cacheable`, by path) and a fill answered with one (by
+/// `Content-Type`) is a pass its readers repeat for themselves, each with its own token
+/// (`proxy::fill`). Segments stay shared: they hold no URIs.
+pub fn own_manifest(route: &Route, path: &str, content_type: Option<&str>) -> bool {
+    route.token.as_ref().is_some_and(|t| t.forward) && Kind::of(path, content_type).is_some()
+}
 
 /// Checks the request's token on a token route. `Ok` with what the rest of the path needs;
 /// `Err` with the reason (counted already), for `refused` to answer.

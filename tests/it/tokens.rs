@@ -1154,8 +1154,9 @@ fn echoed_mpd(token: &str) -> String {
 /// served to everyone: the per-viewer rewrite left URIs that "already carry the parameter"
 /// alone, so every later viewer (HIT, the same bytes gzip-coded, DASH alike) was handed the
 /// first viewer's token (an IP-bound one: 403 on every segment), and a viewer whose token
-/// came in a header got it too. Now a same-host URI's stored value of the parameter is
-/// replaced by the viewer's own token, or taken out for a viewer without a query token.
+/// came in a header got it too. Now a same-host URI's value of the parameter is replaced by
+/// the viewer's own token, or taken out for a viewer without a query token (and such a
+/// manifest is no longer shared at all: see the next test).
 #[tokio::test]
 async fn a_forwarded_token_the_origin_copied_into_a_manifest_reaches_no_other_viewer() {
     let t1 = crate::support::token::token_for("/v/*", Some("viewer-1"));
@@ -1201,10 +1202,12 @@ async fn a_forwarded_token_the_origin_copied_into_a_manifest_reaches_no_other_vi
             origin.seen(path)[0].target.contains(&t1),
             "{path}: forwarded"
         );
-        // Viewer 2: the stored copy, rewritten with viewer 2's token only.
+        // Viewer 2: its own answer (a manifest on a `forward` route is never shared), and
+        // whatever token a same-host URI holds is replaced by viewer 2's own (the scripted
+        // origin writes viewer 1's whatever it is sent).
         let r = edge.get(&format!("{path}?hdnts={t2}")).await;
         let body = as_played(&r);
-        assert_eq!((r.status.as_u16(), r.x_cache()), (200, "HIT"), "{path}");
+        assert_eq!((r.status.as_u16(), r.x_cache()), (200, "BYPASS"), "{path}");
         assert!(
             !body.contains(&t1),
             "{path}: viewer 2 was served viewer 1's token:\n{body}"
@@ -1233,7 +1236,11 @@ async fn a_forwarded_token_the_origin_copied_into_a_manifest_reaches_no_other_vi
             !body.contains("hdnts="),
             "{path}: a header viewer was served a stored token:\n{body}"
         );
-        assert_eq!(origin.count(path), 1, "{path}: still one fill");
+        assert_eq!(
+            origin.count(path),
+            3,
+            "{path}: each viewer asked for itself"
+        );
     }
     // What viewer 2's playlist names works for viewer 2.
     let r = edge.get(&format!("/v/seg1.ts?hdnts={t2}")).await;
@@ -1300,4 +1307,160 @@ async fn interstitials_patch_locations_and_remote_periods_carry_the_token() {
         mpd.contains("xlink:href=\"urn:mpeg:dash:resolve-to-zero:2013\""),
         "{mpd}"
     );
+}
+
+/// A packager that writes absolute URLs on the `Host` it is sent (the route's origin
+/// `host:port`, not the viewer's) and copies the query token it was sent onto every URI it
+/// lists, relative and absolute: `/v/p/live.m3u8` (and `/v/p/hls`) and `/v/p/live.mpd`, and
+/// segments. Records
+/// every request target it is sent.
+async fn packager_origin() -> (String, std::sync::Arc<parking_lot::Mutex<Vec<String>>>) {
+    use std::convert::Infallible;
+
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use hyper::service::service_fn;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let targets = std::sync::Arc::new(parking_lot::Mutex::new(Vec::<String>::new()));
+    let seen = targets.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    seen.lock().push(req.uri().to_string());
+                    let host = req
+                        .headers()
+                        .get("host")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_string();
+                    let tok = req
+                        .uri()
+                        .query()
+                        .and_then(|q| q.split('&').find_map(|p| p.strip_prefix("hdnts=")))
+                        .unwrap_or_default()
+                        .to_string();
+                    let (ct, body) = match req.uri().path() {
+                        "/v/p/live.m3u8" | "/v/p/hls" => (
+                            "application/vnd.apple.mpegurl",
+                            format!(
+                                "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:0\n\
+#EXT-X-MAP:URI=\"http://{host}/v/p/init.mp4?hdnts={tok}\"\n\
+#EXTINF:2.0,\nhttp://{host}/v/p/s0.m4s?hdnts={tok}\n\
+#EXTINF:2.0,\ns1.m4s?hdnts={tok}\n"
+                            ),
+                        ),
+                        "/v/p/live.mpd" => (
+                            "application/dash+xml",
+                            format!(
+                                r#"<?xml version="1.0"?>
+<MPD xmlns="urn:mpeg:dash:schema:mpd:2011" type="dynamic" minimumUpdatePeriod="PT2S">
+  <BaseURL>http://{host}/v/p/</BaseURL>
+  <Period id="0">
+    <AdaptationSet mimeType="video/mp4">
+      <SegmentTemplate initialization="init.mp4?hdnts={tok}" media="s$Number$.m4s?hdnts={tok}" duration="2" timescale="1"/>
+      <Representation id="v" bandwidth="1"/>
+    </AdaptationSet>
+  </Period>
+</MPD>
+"#
+                            ),
+                        ),
+                        _ => ("video/mp4", "segment".to_string()),
+                    };
+                    let resp = http::Response::builder()
+                        .header("content-type", ct)
+                        .header("cache-control", "max-age=60")
+                        .body(Full::new(Bytes::from(body)));
+                    async move { Ok::<_, Infallible>(resp.expect("valid response")) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    (format!("http://{addr}"), targets)
+}
+
+/// Bug: on a `forward = true` route a shared fill sent the origin the first viewer's token,
+/// and a packager writing absolute URLs on the `Host` it was sent (the origin's `host:port`,
+/// another host to the viewer) copied that token onto them; the stored playlist/MPD was served
+/// to every later viewer (a HIT) with those URIs as the origin wrote them, so viewer 2 was
+/// handed `http://127.0.0.1:<origin>/v/p/init.mp4?hdnts=<viewer 1's token>` (only same-host
+/// URIs got viewer 2's token). Now a manifest on a `forward` route is fetched for each viewer
+/// with its own token and never stored or shared; segments still are.
+#[tokio::test]
+async fn a_forwarded_token_copied_onto_absolute_urls_reaches_no_other_viewer() {
+    let (base, targets) = packager_origin().await;
+    let mut raw = edge_config(&Origin::start().await);
+    raw.routes.push(RawRoute {
+        prefix: "/v/".into(),
+        origin: base.clone(),
+        token: Some(RawToken {
+            forward: Some(true),
+            ..raw_token()
+        }),
+        ..RawRoute::default()
+    });
+    let edge = TestEdge::start(raw).await;
+    let t1 = crate::support::token::token_for("/v/*", Some("viewer-1"));
+    let t2 = crate::support::token::token_for("/v/*", Some("viewer-2"));
+    // The HMAC is the token's own part no encoding changes (hex digits).
+    let hmac1 = t1
+        .rsplit("hmac=")
+        .next()
+        .expect("a token ends with its hmac");
+    let origin_host = base.trim_start_matches("http://");
+    // `/v/p/hls` is a playlist known only by its `Content-Type`.
+    for path in ["/v/p/live.m3u8", "/v/p/live.mpd", "/v/p/hls"] {
+        let r = edge.get(&format!("{path}?hdnts={t1}")).await;
+        assert_eq!(r.status.as_u16(), 200, "{path}");
+        edge.settle().await;
+        let r = edge.get(&format!("{path}?hdnts={t2}")).await;
+        let body = as_played(&r);
+        assert_eq!(r.status.as_u16(), 200, "{path}");
+        assert!(
+            !body.contains(hmac1),
+            "{path}: viewer 2 ({}) was served viewer 1's token:\n{body}",
+            r.h("cache-status")
+        );
+        // The origin's absolute URLs hold the token it was sent for viewer 2: viewer 2's own.
+        let own = if path.ends_with(".mpd") {
+            format!("media=\"s$Number$.m4s?hdnts={t2}\"")
+        } else {
+            format!("\nhttp://{origin_host}/v/p/s0.m4s?hdnts={t2}\n")
+        };
+        assert!(body.contains(&own), "{path}: {own} missing from:\n{body}");
+        let asked: Vec<String> = targets
+            .lock()
+            .iter()
+            .filter(|t| t.starts_with(path))
+            .cloned()
+            .collect();
+        assert_eq!(
+            asked.len(),
+            2,
+            "{path}: each viewer's own request: {asked:?}"
+        );
+        assert!(asked[1].contains(&t2), "{path}: forwarded: {asked:?}");
+    }
+    // Segments hold no URIs: still one shared fill.
+    for t in [&t1, &t2] {
+        let r = edge.get(&format!("/v/p/s1.m4s?hdnts={t}")).await;
+        assert_eq!((r.status.as_u16(), &r.body[..]), (200, &b"segment"[..]));
+        edge.settle().await;
+    }
+    let segment_fills = targets
+        .lock()
+        .iter()
+        .filter(|t| t.starts_with("/v/p/s1.m4s"))
+        .count();
+    assert_eq!(segment_fills, 1);
 }
