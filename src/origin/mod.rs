@@ -94,6 +94,10 @@ fn valid_status(status: http::StatusCode) -> bool {
 pub struct PassFor {
     pub client: Option<std::net::IpAddr>,
     pub upload: Option<Upload>,
+    /// The request's whole content when it was read before sending (small, of known length,
+    /// `proxy::pass`): the request can then be sent again, to the next candidate when the
+    /// first could not be connected to (`fetch_plan`). Empty: no content.
+    pub content: bytes::Bytes,
 }
 
 /// A pass's answer and the origin's pass slot it holds: keep `slot` until the response body
@@ -550,7 +554,11 @@ impl OriginClient {
             return Err(OriginError::Connect);
         };
         let timeout = self.cfg.first_byte_timeout;
-        let build = || Request::new(Body::empty());
+        let content = pass.map(|p| p.content.clone()).unwrap_or_default();
+        let build = || match content.is_empty() {
+            true => Request::new(Body::empty()),
+            false => Request::new(Body::full(content.clone())),
+        };
         let mut req = build();
         *req.method_mut() = method.clone();
         *req.headers_mut() = headers.clone();

@@ -44,6 +44,7 @@ pub async fn pass(
     let mut who = PassFor {
         client: client_of(req),
         upload: None,
+        content: bytes::Bytes::new(),
     };
     let started = Instant::now();
     let Passed {
@@ -79,6 +80,23 @@ pub async fn pass(
             if framed || anticipates_content(&req.parts.method) {
                 headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
             }
+            edge.origin
+                .pass_fetch_for(
+                    req.route(),
+                    req.key(),
+                    req.parts.method.clone(),
+                    &target,
+                    headers,
+                    &who,
+                )
+                .await?
+        }
+        // Small content of a known length (a DRM licence request, a beacon) is read whole
+        // first, so the request is rebuildable too: it goes to the next node when the key's
+        // shield (or the first origin) cannot be connected to, where a streamed body, handed to
+        // the first connection attempt, is lost with it (502 until the node was ejected).
+        Some(body) if content_length(&req.parts.headers).is_some_and(|n| n <= RESEND_MAX) => {
+            who.content = read_content(req, body).await?;
             edge.origin
                 .pass_fetch_for(
                     req.route(),
@@ -137,6 +155,38 @@ pub async fn pass(
         log.origin_ms = Some(started.elapsed().as_millis() as u64);
     }
     Ok(resp)
+}
+
+/// Request content up to this size, with a `Content-Length`, is read whole before the request
+/// is sent (`pass`), so it can be sent again; larger content streams through (an upload).
+const RESEND_MAX: u64 = 64 << 10;
+
+/// The whole content of a viewer's request `body`, within the first-byte timeout (the time a
+/// request streaming its content to the origin has to be answered) and the between-bytes
+/// timeout: a viewer that stops sending or sends too slowly gets 408, one whose body breaks
+/// (cut short, bad framing) 400, as when its content streams to the origin.
+async fn read_content(req: &Req<'_>, body: Incoming) -> Result<bytes::Bytes, EdgeError> {
+    let idle = BodyTimeouts::idle_only(req.edge.origin.between_bytes_timeout());
+    let read = async {
+        let mut stream = std::pin::pin!(incoming_stream(body, idle));
+        let mut content = bytes::BytesMut::new();
+        while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
+            match chunk {
+                Ok(c) => content.extend_from_slice(&c),
+                Err(e) if e.is::<Slow>() => return Err(EdgeError::RequestTimeout),
+                Err(_) => {
+                    return Err(EdgeError::BadRequest(
+                        "request body incomplete or malformed",
+                    ))
+                }
+            }
+        }
+        Ok(content.freeze())
+    };
+    let within = req.edge.config.origin_client.first_byte_timeout;
+    tokio::time::timeout(within, read)
+        .await
+        .unwrap_or(Err(EdgeError::RequestTimeout))
 }
 
 /// Whether `method` defines a meaning for enclosed content, so a request of it without any is
