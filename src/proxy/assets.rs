@@ -6,8 +6,8 @@
 //!
 //! Identities are `http://host/path?query` URLs (the url crate's normal form); the purge turns
 //! each into cache keys with `cache::key`, for both schemes. Bounded: members per asset, assets
-//! tracked (oldest forgotten first) and total bytes; a DASH manifest whose templates expand past
-//! the member cap is recorded by its directory instead (purged as a prefix).
+//! tracked (oldest forgotten first) and total bytes; a manifest whose references (DASH templates
+//! expanded) pass the member cap is recorded by its directory instead (purged as a prefix).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
@@ -76,16 +76,21 @@ fn references(url: &Url, body: &[u8]) -> (Vec<(Url, bool)>, Option<Url>) {
         return (Vec::new(), None);
     }
     let refs = match sniff(body) {
-        Some(Format::Hls) => hls::references(url, body, true, &mut Vec::new()),
-        Some(Format::Dash) => match dash::references(url, body, MAX_MEMBERS) {
-            Err(WalkError::TooManyObjects { .. }) => {
-                // Templates over a long (or endless) timeline: the members are the objects
-                // under the MPD's directory, matched when purged rather than listed now.
-                return (Vec::new(), url.join("./").ok());
-            }
-            r => r,
-        },
+        Some(Format::Hls) => {
+            let room = hls::Room::only(MAX_MEMBERS);
+            hls::references(url, body, true, &mut Vec::new(), &room)
+        }
+        Some(Format::Dash) => dash::references(url, body, MAX_MEMBERS),
         None => return (Vec::new(), None),
+    };
+    let refs = match refs {
+        Err(WalkError::TooManyObjects { .. } | WalkError::TooManyReferences { .. }) => {
+            // Templates over a long (or endless) timeline, a playlist listing more than the
+            // cap: the members are the objects under the manifest's directory, matched when
+            // purged rather than listed now.
+            return (Vec::new(), url.join("./").ok());
+        }
+        r => r,
     };
     let refs = refs.unwrap_or_default();
     let members = refs

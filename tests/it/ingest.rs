@@ -1983,3 +1983,54 @@ async fn a_reingest_replaces_a_segment_of_the_same_length_with_a_new_etag() {
         served.x_cache()
     );
 }
+
+/// Bug: one HLS media playlist within every limit could get the edge OOM-killed: a 16 MiB
+/// playlist of ~800,000 tiny segments was parsed whole by m3u8-rs (a few hundred bytes per
+/// line) and every reference built before the 200,000-object limit was checked, +1.25 GiB for
+/// one admin ingest to end in a refusal. The walk now counts a playlist's new references in
+/// its text first and refuses before parsing ("counted before parsing"), and parses what it
+/// lets in a chunk at a time; the byte ranges of one file count once (a playlist of 210,000
+/// of them is one object and is published).
+#[tokio::test]
+async fn a_playlist_listing_more_than_the_object_limit_is_refused_before_it_is_parsed() {
+    use crate::support::{Origin as Scripted, Script};
+    let origin = Scripted::start().await;
+    let names: Vec<String> = (0..200_001).map(|i| format!("{i:x}.ts")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    origin.script("/big/v.m3u8", Script::ok(playlist_of(&names)));
+    let mut ranges = String::from("#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXT-X-VERSION:4\n");
+    for k in 0..210_000 {
+        ranges.push_str(&format!(
+            "#EXTINF:1,\n#EXT-X-BYTERANGE:4@{}\nall.ts\n",
+            4 * k
+        ));
+    }
+    ranges.push_str("#EXT-X-ENDLIST\n");
+    origin.script("/ranges/v.m3u8", Script::ok(ranges));
+    origin.script("/ranges/all.ts", Script::ok(vec![7u8; 1_000_000]));
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // Regions large enough to store that 8 MiB playlist.
+    let running = store_edge(&origin.url(), tmp.path(), 64 << 20).await;
+    let api = running.admin().await;
+    let port = api.addr.port();
+
+    let id = start_job(port, &origin.url(), "/big/v.m3u8", 1).await;
+    let status = finished_job(port, id).await;
+    let asset = &status["assets"][0];
+    assert_eq!(asset["outcome"], "refused", "{status}");
+    let error = asset["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("counted before parsing") && error.contains("--max-objects"),
+        "{error}"
+    );
+    assert_eq!(
+        origin.count("/big/0.ts"),
+        0,
+        "nothing fetched past the walk"
+    );
+
+    let id = start_job(port, &origin.url(), "/ranges/v.m3u8", 1).await;
+    let status = finished_job(port, id).await;
+    assert_eq!(status["assets"][0]["outcome"], "published", "{status}");
+    assert_eq!(status["assets"][0]["objects"], 2, "{status}");
+}

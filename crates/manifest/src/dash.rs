@@ -20,8 +20,21 @@ use super::{resolve, ObjectKind, Reference, WalkError};
 /// Parses `body` (fetched from `url`) and returns what it references. `budget` is how many more
 /// objects the asset may hold; expansion stops with [`WalkError::TooManyObjects`] beyond it,
 /// before any large timeline is materialised.
+///
+/// An MPD with more `S` and `SegmentURL` elements than `budget` is refused with
+/// [`WalkError::TooManyReferences`] before it is deserialized: dash-mpd-core holds every one
+/// (a 16 MiB timeline of `<S d="1"/>` took 140 MiB), and each names at least one segment.
 pub fn references(url: &Url, body: &[u8], budget: usize) -> Result<Vec<Reference>, WalkError> {
-    let mpd = parse(url, body)?;
+    let text = utf8(url, body)?;
+    let entries = well_formed(text).map_err(|e| parse_error(url, super::clip(&e, 300)))?;
+    if entries > budget {
+        return Err(WalkError::TooManyReferences {
+            url: url.clone(),
+            listed: entries,
+            room: budget,
+        });
+    }
+    let mpd = deserialize(url, text)?;
     Walker {
         url,
         budget,
@@ -138,33 +151,53 @@ impl LiveClock {
 }
 
 pub fn parse(url: &Url, body: &[u8]) -> Result<MPD, WalkError> {
-    let err = |reason: String| WalkError::Parse {
+    let text = utf8(url, body)?;
+    // The deserializer behind dash-mpd-core can panic on some malformed XML (mismatched tags,
+    // found by fuzzing): reject what is not well-formed first (`deserialize` turns any panic
+    // left into an error: an origin's bad MPD must fail its asset, not the edge).
+    well_formed(text).map_err(|e| parse_error(url, super::clip(&e, 300)))?;
+    deserialize(url, text)
+}
+
+fn parse_error(url: &Url, reason: String) -> WalkError {
+    WalkError::Parse {
         url: url.clone(),
         format: "DASH MPD",
         reason,
-    };
-    let text = std::str::from_utf8(body).map_err(|_| err("not UTF-8".into()))?;
-    // The deserializer behind dash-mpd-core can panic on some malformed XML (mismatched tags,
-    // found by fuzzing): reject what is not well-formed first, and turn any panic left into an
-    // error (an origin's bad MPD must fail its asset, not the edge).
-    well_formed(text).map_err(|e| err(super::clip(&e, 300)))?;
+    }
+}
+
+fn utf8<'b>(url: &Url, body: &'b [u8]) -> Result<&'b str, WalkError> {
+    std::str::from_utf8(body).map_err(|_| parse_error(url, "not UTF-8".into()))
+}
+
+/// dash-mpd-core's reading of a `text` [`well_formed`] passed, a panic turned into an error.
+fn deserialize(url: &Url, text: &str) -> Result<MPD, WalkError> {
     match std::panic::catch_unwind(|| dash_mpd_core::parse(text)) {
         Ok(Ok(mpd)) => Ok(mpd),
-        Ok(Err(e)) => Err(err(super::clip(&e.to_string(), 300))),
-        Err(_) => Err(err("the MPD parser gave up on this document".into())),
+        Ok(Err(e)) => Err(parse_error(url, super::clip(&e.to_string(), 300))),
+        Err(_) => Err(parse_error(
+            url,
+            "the MPD parser gave up on this document".into(),
+        )),
     }
 }
 
 /// Checks that `text` is well-formed XML (every element closed, end tags matching) and that no
-/// attribute holds an xs:duration dash-mpd-core would overflow on.
-fn well_formed(text: &str) -> Result<(), String> {
+/// attribute holds an xs:duration dash-mpd-core would overflow on. Returns how many `S` and
+/// `SegmentURL` elements it holds (each names at least one segment).
+fn well_formed(text: &str) -> Result<usize, String> {
     use quick_xml::events::Event;
     let mut r = quick_xml::Reader::from_str(text);
     r.config_mut().check_end_names = true;
     let mut depth = 0usize;
+    let mut entries = 0usize;
     loop {
         let event = r.read_event();
         if let Ok(Event::Start(e) | Event::Empty(e)) = &event {
+            if matches!(e.local_name().as_ref(), "S" | "SegmentURL") {
+                entries += 1;
+            }
             for a in e.attributes() {
                 let a = a.map_err(|e| format!("bad attribute: {e}"))?;
                 let v = a
@@ -182,7 +215,7 @@ fn well_formed(text: &str) -> Result<(), String> {
                     .checked_sub(1)
                     .ok_or_else(|| "end tag without a start tag".to_string())?;
             }
-            Ok(Event::Eof) if depth == 0 => return Ok(()),
+            Ok(Event::Eof) if depth == 0 => return Ok(entries),
             Ok(Event::Eof) => return Err(format!("{depth} element(s) not closed")),
             Ok(_) => {}
             Err(e) => return Err(format!("not well-formed XML: {e}")),

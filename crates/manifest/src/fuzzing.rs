@@ -74,7 +74,8 @@ pub fn check_dash(input: &[u8]) {
 pub fn check_hls(input: &[u8]) {
     let root = Url::parse(ROOT).expect("constant URL");
     let mut skipped = Vec::new();
-    if let Ok(refs) = super::hls::references(&root, input, true, &mut skipped) {
+    let room = super::hls::Room::only(LIMIT);
+    if let Ok(refs) = super::hls::references(&root, input, true, &mut skipped, &room) {
         for r in refs {
             assert!(matches!(r.url.scheme(), "http" | "https" | "file"));
         }

@@ -14,7 +14,9 @@
 //! - Byte ranges (EXT-X-BYTERANGE, DASH `mediaRange`/`indexRange`) collapse to one resource:
 //!   the edge stores whole objects and serves ranges from them.
 //! - Expansion is bounded: [`Limits`] are checked before a timeline is expanded, so an MPD that
-//!   implies billions of segments fails fast with the number it implies.
+//!   implies billions of segments fails fast with the number it implies; and a manifest's new
+//!   references are counted in its text before it is parsed, so one listing more than the
+//!   budget left never reaches a parser (which holds several times the text's size).
 
 // `WalkError` carries the URLs it is about (an operator needs them); it is returned once per
 // failed walk, never on a hot path, so its size does not matter.
@@ -215,6 +217,13 @@ pub enum WalkError {
         implied: u128,
         limit: usize,
     },
+    /// Found by counting a playlist's references in its text, before it is parsed.
+    #[error("{url}: lists at least {listed} new references, more than the {room} the asset's object limit leaves (counted before parsing; raise --max-objects)")]
+    TooManyReferences {
+        url: Url,
+        listed: usize,
+        room: usize,
+    },
     #[error("{url}: more than {limit} manifests in one asset (raise --max-manifests)")]
     TooManyManifests { url: Url, limit: usize },
     #[error("{url}: the asset's manifests together are more than {limit} bytes (raise --max-manifest-total-bytes)")]
@@ -308,10 +317,16 @@ pub async fn discover<F: Fetcher>(
             .max_objects
             .saturating_sub(asset.len() + queue.len() + 1);
         let (kind, refs) = match sniff(&body) {
-            Some(Format::Hls) => (
-                ObjectKind::Playlist,
-                hls::references(&url, &body, opts.include_keys, &mut asset.skipped)?,
-            ),
+            Some(Format::Hls) => {
+                // What the walk holds takes no room: a playlist naming them again adds nothing.
+                let room = hls::Room {
+                    left: budget,
+                    known: &|u| seen.contains(u),
+                };
+                let refs =
+                    hls::references(&url, &body, opts.include_keys, &mut asset.skipped, &room)?;
+                (ObjectKind::Playlist, refs)
+            }
             Some(Format::Dash) => (ObjectKind::Mpd, dash::references(&url, &body, budget)?),
             None => return Err(WalkError::UnknownFormat { url }),
         };
@@ -386,17 +401,17 @@ pub async fn local_roots(dir: &std::path::Path) -> std::io::Result<Vec<Url>> {
         let body = tokio::fs::read(&p).await?;
         match sniff(&body) {
             Some(Format::Dash) => masters.push(url),
-            Some(Format::Hls) => match m3u8_rs::parse_playlist_res(&body) {
-                Ok(m3u8_rs::Playlist::MasterPlaylist(m)) => {
-                    let mut ignored = Vec::new();
-                    if let Ok(refs) = hls::master_references(&url, &m, false, &mut ignored) {
-                        referenced.extend(refs.into_iter().map(|r| r.url));
-                    }
-                    masters.push(url);
+            // A master, or a media playlist that does not start as one (the walk reports it).
+            Some(Format::Hls) if !body.starts_with(b"#EXTM3U") => masters.push(url),
+            Some(Format::Hls) if m3u8_rs::is_master_playlist(&body) => {
+                let mut ignored = Vec::new();
+                let room = hls::Room::only(usize::MAX);
+                if let Ok(refs) = hls::references(&url, &body, false, &mut ignored, &room) {
+                    referenced.extend(refs.into_iter().map(|r| r.url));
                 }
-                Ok(m3u8_rs::Playlist::MediaPlaylist(_)) => media_playlists.push(url),
-                Err(_) => masters.push(url), // let the walk report the parse error
-            },
+                masters.push(url);
+            }
+            Some(Format::Hls) => media_playlists.push(url),
             None => {}
         }
     }

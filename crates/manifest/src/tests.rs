@@ -439,3 +439,113 @@ proptest::proptest! {
         fuzzing::check_dash(body.as_bytes());
     }
 }
+
+/// Read a chunk at a time, a playlist references exactly what m3u8-rs finds in it whole:
+/// keys and maps that change mid-way, byte ranges of one file, comments and unknown tags,
+/// CRLF line ends, and a master's renditions and variants whose URI line comes late.
+#[test]
+fn chunked_hls_references_match_a_whole_parse() {
+    let url = Url::parse("http://o/a/v.m3u8").unwrap();
+    let mut media = String::from("#EXTM3U\r\n#EXT-X-TARGETDURATION:2\n");
+    for i in 0..5_000 {
+        if i % 700 == 0 {
+            media.push_str(&format!("#EXT-X-KEY:METHOD=AES-128,URI=\"k{}\"\n", i / 700));
+        }
+        if i % 1_300 == 0 {
+            media.push_str(&format!("#EXT-X-MAP:URI=\"init{}.mp4\"\n", i / 1_300));
+        }
+        media.push_str("# a comment\n#EXT-X-UNKNOWN:1\n#EXTINF:2,\n");
+        if i % 3 == 0 {
+            media.push_str(&format!("#EXT-X-BYTERANGE:10@{i}\nall.ts\r\n"));
+        } else {
+            media.push_str(&format!("  s{i}.ts\n"));
+        }
+    }
+    let mut master = String::from("#EXTM3U\n");
+    for i in 0..3_000 {
+        master.push_str(&format!(
+            "#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID=\"a\",NAME=\"n{i}\",URI=\"au{i}.m3u8\"\n"
+        ));
+        master.push_str(&format!(
+            "#EXT-X-STREAM-INF:BANDWIDTH={i}\n#X\nearly{i}.m3u8\n"
+        ));
+        master.push_str(&format!("late{i}.m3u8\n"));
+    }
+    for (body, include_keys) in [(&media, true), (&media, false), (&master, true)] {
+        let set = |refs: Vec<Reference>| {
+            refs.into_iter()
+                .map(|r| (r.url.to_string(), r.kind))
+                .collect::<BTreeSet<_>>()
+        };
+        let whole = match hls::parse(&url, body.as_bytes()).unwrap() {
+            m3u8_rs::Playlist::MasterPlaylist(m) => {
+                hls::master_references(&url, &m, include_keys, &mut Vec::new())
+            }
+            m3u8_rs::Playlist::MediaPlaylist(m) => {
+                hls::media_references(&url, &m, include_keys, &mut Vec::new())
+            }
+        };
+        let room = hls::Room::only(100_000);
+        let chunked = hls::references(&url, body.as_bytes(), include_keys, &mut Vec::new(), &room);
+        let whole = set(whole.unwrap());
+        assert!(whole.len() > 3_000, "{}", whole.len());
+        assert_eq!(set(chunked.unwrap()), whole);
+    }
+}
+
+/// A playlist or MPD listing more new references than the room left is refused before it
+/// is parsed, and what the walk already holds takes no room.
+#[test]
+fn too_many_references_are_refused_before_parsing() {
+    let url = Url::parse("http://o/a/v.m3u8").unwrap();
+    let media = "#EXTM3U\n#EXTINF:1,\na.ts\n#EXTINF:1,\nb.ts\n#EXTINF:1,\nc.ts\n";
+    let err = hls::references(
+        &url,
+        media.as_bytes(),
+        false,
+        &mut Vec::new(),
+        &hls::Room::only(2),
+    )
+    .expect_err("3 > 2");
+    assert!(
+        matches!(
+            err,
+            WalkError::TooManyReferences {
+                listed: 3,
+                room: 2,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let held = url.join("a.ts").unwrap();
+    let room = hls::Room {
+        left: 2,
+        known: &|u| *u == held,
+    };
+    let refs = hls::references(&url, media.as_bytes(), false, &mut Vec::new(), &room).unwrap();
+    assert_eq!(refs.len(), 2);
+    let body = mpd(
+        &format!(
+            r#"<Period duration="PT100S"><AdaptationSet><SegmentTemplate timescale="1" media="$Time$.m4s"><SegmentTimeline>{}</SegmentTimeline></SegmentTemplate><Representation id="v"/></AdaptationSet></Period>"#,
+            r#"<S d="1"/>"#.repeat(11)
+        ),
+        "",
+    );
+    let err = dash::references(&url, body.as_bytes(), 10).expect_err("11 > 10");
+    assert!(
+        matches!(
+            err,
+            WalkError::TooManyReferences {
+                listed: 11,
+                room: 10,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        dash::references(&url, body.as_bytes(), 11).unwrap().len(),
+        11
+    );
+}
