@@ -683,7 +683,8 @@ impl OriginClient {
         let dial = tls::DialWatch::new(&mut req);
         let started = Instant::now();
         let request = dial.watch(target.client.request(req));
-        let result = match tokio::time::timeout(timeout, request).await {
+        let uploading = pass.and_then(|p| p.upload.as_ref());
+        let result = match answered_within(timeout, uploading, request).await {
             // Waiting on this edge's side (its dial queued for a local slot, or behind another
             // request's h2 connect; `DialWatch`): the origin never saw the request.
             Err(_) if dial.waited_locally() => Err(OriginError::Busy),
@@ -922,6 +923,34 @@ pub fn from_own_tier(headers: &HeaderMap, cdn_id: &str) -> bool {
                 id.eq_ignore_ascii_case(cdn_id)
             })
     })
+}
+
+/// `request`'s answer within `timeout` of its being sent whole: for a request streaming its
+/// viewer's body (`upload`), `timeout` for the body to go out (a viewer still sending then is
+/// too slow, `ViewerFault::Slow`), then `timeout` from the moment it did for the origin's
+/// head. Counted from the start alone, the upload's time came out of the origin's: a body
+/// finished 2.4 s into a 3 s timeout left the origin 0.6 s, the viewer got a 504 for a
+/// request the origin carried out, and a few such uploads ejected a healthy origin.
+async fn answered_within<F: std::future::Future>(
+    timeout: Duration,
+    upload: Option<&Upload>,
+    request: F,
+) -> Result<F::Output, tokio::time::error::Elapsed> {
+    let Some(upload) = upload else {
+        return tokio::time::timeout(timeout, request).await;
+    };
+    let mut request = std::pin::pin!(request);
+    let before_sent = tokio::time::timeout(timeout, async {
+        tokio::select! {
+            answer = request.as_mut() => Some(answer),
+            () = upload.sent() => None,
+        }
+    })
+    .await?;
+    match before_sent {
+        Some(answer) => Ok(answer),
+        None => tokio::time::timeout(timeout, request).await,
+    }
 }
 
 #[cfg(test)]

@@ -24,9 +24,34 @@ const BROKEN: u8 = 2;
 const AWAITING_VIEWER: u8 = 3;
 
 /// How far one request body got; shared by the stream that carries it (`watch`) and the
-/// request's outcome (`fault`).
+/// request's outcome (`fault`), and the moment it was all sent (`sent`).
 #[derive(Debug, Clone, Default)]
-pub struct Upload(Arc<AtomicU8>);
+pub struct Upload(Arc<Progress>);
+
+#[derive(Debug)]
+struct Progress {
+    state: AtomicU8,
+    /// Set once the whole body went out (`SENT`).
+    sent: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for Progress {
+    fn default() -> Progress {
+        Progress {
+            state: AtomicU8::new(SENDING),
+            sent: tokio::sync::watch::channel(false).0,
+        }
+    }
+}
+
+impl Progress {
+    fn store(&self, state: u8) {
+        self.state.store(state, Relaxed);
+        if state == SENT {
+            self.sent.send_replace(true);
+        }
+    }
+}
 
 /// A failed pass that was its viewer's doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,8 +88,14 @@ impl Upload {
     /// or the time ran out while the client waited for the viewer's next bytes. Any other
     /// failure with the body still arriving (a reset, a closed connection, an origin that
     /// stopped reading it) is the origin's.
+    /// Resolves once the whole body went out to the origin.
+    pub async fn sent(&self) {
+        let mut rx = self.0.sent.subscribe();
+        let _ = rx.wait_for(|sent| *sent).await;
+    }
+
     pub fn fault(&self, error: OriginError) -> Option<ViewerFault> {
-        match self.0.load(Relaxed) {
+        match self.0.state.load(Relaxed) {
             BROKEN => Some(ViewerFault::Broken),
             AWAITING_VIEWER if error == OriginError::Timeout => Some(ViewerFault::Slow),
             _ => None,
@@ -74,7 +105,7 @@ impl Upload {
 
 struct Watched<S> {
     inner: Pin<Box<S>>,
-    state: Arc<AtomicU8>,
+    state: Arc<Progress>,
     declared: Option<u64>,
     seen: u64,
     done: bool,
@@ -92,7 +123,7 @@ where
         }
         let item = match self.inner.as_mut().poll_next(cx) {
             Poll::Pending => {
-                self.state.store(AWAITING_VIEWER, Relaxed);
+                self.state.store(AWAITING_VIEWER);
                 return Poll::Pending;
             }
             Poll::Ready(item) => item,
@@ -104,20 +135,19 @@ where
                 // hyper's HTTP/1.1 client stops polling a body once its `Content-Length` is
                 // written, so the end may never be asked for: the whole length is the end.
                 let whole = self.declared.is_some_and(|n| self.seen >= n);
-                self.state
-                    .store(if whole { SENT } else { SENDING }, Relaxed);
+                self.state.store(if whole { SENT } else { SENDING });
                 return Poll::Ready(Some(Ok(b)));
             }
             Some(Err(e)) => {
-                self.state.store(BROKEN, Relaxed);
+                self.state.store(BROKEN);
                 Some(Err(e))
             }
             None if self.declared.is_some_and(|n| self.seen < n) => {
-                self.state.store(BROKEN, Relaxed);
+                self.state.store(BROKEN);
                 Some(Err("request body shorter than its Content-Length".into()))
             }
             None => {
-                self.state.store(SENT, Relaxed);
+                self.state.store(SENT);
                 None
             }
         };

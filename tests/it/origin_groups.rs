@@ -665,3 +665,41 @@ async fn a_pass_without_content_fails_over_when_the_first_origin_is_unreachable(
     assert_eq!(r.status.as_u16(), 200, "{}", r.h("cache-status"));
     assert!(r.body == licence, "the whole body reached B (echoed back)");
 }
+
+/// Bug: a pass streaming its viewer's body (over 64 KiB) had one first-byte timeout from the
+/// start of the request, so the upload's time came out of the origin's: a body finished 0.8 s
+/// into a 1 s timeout left an origin that answers 0.5 s after it has the request 0.2 s, the
+/// viewer got a 504 for a POST the origin carried out, and the origin was charged a timeout
+/// (a few such uploads ejected it, an outside review saw). The origin's time now starts once
+/// the body is sent; a body still arriving at the timeout is still the viewer's 408.
+#[tokio::test]
+async fn an_upload_s_time_is_not_taken_from_the_origin_s_first_byte_timeout() {
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+
+    let origin = Origin::start().await;
+    origin.script(
+        "/upload",
+        Script::ok("stored").head_delay(Duration::from_millis(500)),
+    );
+    let mut raw = edge_config(&origin);
+    raw.origin_client.first_byte_timeout = Some("1s".into());
+    let edge = TestEdge::start(raw).await;
+    let len = 100 << 10;
+    let mut s = TcpStream::connect(edge.addr).await.expect("connect");
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.expect("head");
+    // 100 KiB in 8 pieces over 0.8 s, within every between-bytes timeout.
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        s.write_all(&vec![b'x'; len / 8]).await.expect("body");
+    }
+    let r = crate::support::edge::read_raw(&mut s).await;
+    let o = &edge.edge.origin.snapshot()["routes"][0]["origins"][0];
+    assert_eq!(r.status(), 200, "{}", r.text());
+    assert_eq!(o["errors"]["timeout"], 0, "the origin answered in its time");
+    assert_eq!(origin.count("/upload"), 1);
+}
