@@ -183,8 +183,13 @@ pub const TOKEN_FORWARDED: &str = "token-forwarded";
 /// request passes (`request::cacheable`, by path) and a fill answered with one (by
 /// `Content-Type`) is a pass its readers repeat for themselves, each with its own token
 /// (`proxy::fill`). Segments stay shared: they hold no URIs.
+/// The path is read as routes read it (`target::routing_path`: segment parameters left out),
+/// so `/a/index.m3u8;v=2` is the manifest servlet-style origins serve for it: judged by its
+/// last segment as written (`m3u8;v=2`), it fell back to the answer's `Content-Type`, and one
+/// served as `application/octet-stream` was stored and shared with the first viewer's token.
 pub fn own_manifest(route: &Route, path: &str, content_type: Option<&str>) -> bool {
-    route.token.as_ref().is_some_and(|t| t.forward) && Kind::of(path, content_type).is_some()
+    route.token.as_ref().is_some_and(|t| t.forward)
+        && Kind::of(&crate::proxy::target::routing_path(path), content_type).is_some()
 }
 
 /// Checks the request's token on a token route. `Ok` with what the rest of the path needs;

@@ -1346,9 +1346,14 @@ async fn packager_origin() -> (String, std::sync::Arc<parking_lot::Mutex<Vec<Str
                         .and_then(|q| q.split('&').find_map(|p| p.strip_prefix("hdnts=")))
                         .unwrap_or_default()
                         .to_string();
-                    let (ct, body) = match req.uri().path() {
-                        "/v/p/live.m3u8" | "/v/p/hls" => (
-                            "application/vnd.apple.mpegurl",
+                    let path = req.uri().path();
+                    let (ct, body) = match path {
+                        "/v/p/live.m3u8" | "/v/p/hls" | "/v/p/plain.m3u8;v=2" => (
+                            if path.ends_with(";v=2") {
+                                "application/octet-stream"
+                            } else {
+                                "application/vnd.apple.mpegurl"
+                            },
                             format!(
                                 "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:0\n\
 #EXT-X-MAP:URI=\"http://{host}/v/p/init.mp4?hdnts={tok}\"\n\
@@ -1418,8 +1423,15 @@ async fn a_forwarded_token_copied_onto_absolute_urls_reaches_no_other_viewer() {
         .next()
         .expect("a token ends with its hmac");
     let origin_host = base.trim_start_matches("http://");
-    // `/v/p/hls` is a playlist known only by its `Content-Type`.
-    for path in ["/v/p/live.m3u8", "/v/p/live.mpd", "/v/p/hls"] {
+    // `/v/p/hls` is a playlist known only by its `Content-Type`; `/v/p/plain.m3u8;v=2` one
+    // known only by its routed path (`;v=2` is a segment parameter), served as
+    // `application/octet-stream` (an outside review saw it stored and shared).
+    for path in [
+        "/v/p/live.m3u8",
+        "/v/p/live.mpd",
+        "/v/p/hls",
+        "/v/p/plain.m3u8;v=2",
+    ] {
         let r = edge.get(&format!("{path}?hdnts={t1}")).await;
         assert_eq!(r.status.as_u16(), 200, "{path}");
         edge.settle().await;
