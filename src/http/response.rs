@@ -131,7 +131,7 @@ pub fn build(
             // copy, which takes its fields from it (§15.4.5 allows metadata "for the purpose of
             // guiding cache updates"); without it an edge kept the old type for good after its
             // shield revalidated a changed one.
-            if !ask.headers.contains_key("cdn-loop") {
+            if !ask.headers.contains_key(&crate::origin::CDN_LOOP) {
                 headers.remove(header::CONTENT_TYPE);
             }
             Body::empty()

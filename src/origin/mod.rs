@@ -508,10 +508,10 @@ impl OriginClient {
     /// Fetches from the upstream's first candidate for `key`. A GET or HEAD that fails before
     /// its response head (refused, reset, timed out, TLS; or a status the upstream retries), or
     /// a request of any method that could not be connected, is tried once more, on the next
-    /// candidate: after a timeout with a whole first-byte timeout
-    /// of its own, otherwise if time is left before `deadline` (the collapse deadline). With a
-    /// single origin only a failed connection is retried (on the same origin), as a stale
-    /// pooled connection is the likely cause. Body bytes never flowed by then, so no viewer can notice.
+    /// candidate: after a timeout with a whole first-byte timeout of its own, otherwise if time
+    /// is left before `deadline` (the collapse deadline). With a single origin only a failed
+    /// connection is retried (on the same origin), as a stale pooled connection is the likely
+    /// cause. Body bytes never flowed by then, so no viewer can notice.
     pub async fn fetch_via(
         &self,
         upstream: &dyn Upstream,
@@ -555,9 +555,12 @@ impl OriginClient {
         };
         let timeout = self.cfg.first_byte_timeout;
         let content = pass.map(|p| p.content.clone()).unwrap_or_default();
-        let build = || match content.is_empty() {
-            true => Request::new(Body::empty()),
-            false => Request::new(Body::full(content.clone())),
+        let build = || {
+            if content.is_empty() {
+                Request::new(Body::empty())
+            } else {
+                Request::new(Body::full(content.clone()))
+            }
         };
         let mut req = build();
         *req.method_mut() = method.clone();

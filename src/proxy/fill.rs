@@ -310,13 +310,14 @@ async fn run(
     job: FillJob,
 ) -> Result<(), FillError> {
     let started = tokio::time::Instant::now();
-    // Looked up at the first answer that needs it (a blocking reload's): no other fill pays.
+    // Looked up when first needed (a blocking reload's turn or answer): no other fill pays.
     let mut hold_end = None;
     if let Some(at) = crate::proxy::llhls::is_blocking_reload(&job.base_key)
         .then(|| crate::proxy::llhls::first_ask_at(edge, &job.base_key))
         .flatten()
     {
-        let end = started + crate::proxy::llhls::hold_for(edge, &job.base_key);
+        let end = *hold_end
+            .get_or_insert_with(|| started + crate::proxy::llhls::hold_for(edge, &job.base_key));
         tokio::time::sleep_until(at.min(end)).await;
         if at >= end || fill.head_waiters() == 0 {
             fill.set_head(FillHead::Failed(OriginFailure::Unsatisfied));

@@ -34,7 +34,7 @@ pub async fn pass(
     let edge = req.edge;
     Metrics::inc(&edge.metrics.passes);
     edge.metrics.request(status);
-    let headers = edge.origin.origin_headers(
+    let mut headers = edge.origin.origin_headers(
         req.route(),
         &req.parts.headers,
         req.host(),
@@ -47,56 +47,40 @@ pub async fn pass(
         content: bytes::Bytes::new(),
     };
     let started = Instant::now();
-    let Passed {
-        response: resp,
-        slot,
-    } = match body {
-        None => {
-            edge.origin
-                .pass_fetch_for(
-                    req.route(),
-                    req.key(),
-                    req.parts.method.clone(),
-                    &target,
-                    headers,
-                    &who,
-                )
-                .await?
-        }
+    // What of the viewer's body is still to stream: none when the request can be rebuilt
+    // (sent again to the next candidate when the first cannot be connected to,
+    // `OriginClient::fetch_plan`, through the key's shield either way).
+    let streamed = match body {
+        None => None,
         // The viewer sent no content (`Content-Length: 0`, or neither it nor
         // `Transfer-Encoding`, or an h2 HEADERS frame that ended the stream): neither does the
         // edge. A body of unknown length would go out chunked, and an origin that reads no body
         // on a DELETE or OPTIONS (Python's http.server) took its `0` for the next request on the
-        // pooled connection (RFC 9112 §6.3: such a request has no content). With nothing to
-        // stream it is rebuildable, so it goes as a body-less pass does: through the key's
-        // shield, and to the next origin when the first cannot be reached
-        // (`OriginClient::fetch_plan`).
+        // pooled connection (RFC 9112 §6.3: such a request has no content).
         Some(body)
             if body.is_end_stream()
                 && content_length(&req.parts.headers).is_none_or(|n| n == 0) =>
         {
-            let mut headers = headers;
             let framed = content_length(&req.parts.headers) == Some(0);
             if framed || anticipates_content(&req.parts.method) {
                 headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
             }
-            edge.origin
-                .pass_fetch_for(
-                    req.route(),
-                    req.key(),
-                    req.parts.method.clone(),
-                    &target,
-                    headers,
-                    &who,
-                )
-                .await?
+            None
         }
         // Small content of a known length (a DRM licence request, a beacon) is read whole
-        // first, so the request is rebuildable too: it goes to the next node when the key's
-        // shield (or the first origin) cannot be connected to, where a streamed body, handed to
-        // the first connection attempt, is lost with it (502 until the node was ejected).
+        // first, so the request is rebuildable too: a streamed body, handed to the first
+        // connection attempt, is lost with it (502 until the node was ejected).
         Some(body) if content_length(&req.parts.headers).is_some_and(|n| n <= RESEND_MAX) => {
             who.content = read_content(req, body).await?;
+            None
+        }
+        Some(body) => Some(body),
+    };
+    let Passed {
+        response: resp,
+        slot,
+    } = match streamed {
+        None => {
             edge.origin
                 .pass_fetch_for(
                     req.route(),
