@@ -50,6 +50,10 @@ pub struct LogInfo {
 #[derive(Clone, Debug)]
 pub struct NotModifiedType(pub HeaderValue);
 
+/// `CDN-Loop` (RFC 8586), named once (the origin client stamps its own; `http` does not lean
+/// on `origin`).
+const CDN_LOOP: HeaderName = HeaderName::from_static("cdn-loop");
+
 /// A response for a cached object or a fill, honouring the viewer's preconditions (RFC 9110
 /// §13.2.2, `http::conditional`) and Range (§14, GET only).
 pub fn build(
@@ -131,7 +135,7 @@ pub fn build(
             // copy, which takes its fields from it (§15.4.5 allows metadata "for the purpose of
             // guiding cache updates"); without it an edge kept the old type for good after its
             // shield revalidated a changed one.
-            if !ask.headers.contains_key(&crate::origin::CDN_LOOP) {
+            if !ask.headers.contains_key(&CDN_LOOP) {
                 headers.remove(header::CONTENT_TYPE);
             }
             Body::empty()
