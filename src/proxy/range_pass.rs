@@ -17,7 +17,10 @@
 //!
 //! `0` disables the rule: every Range miss fills the whole object (bounded by
 //! `cache.max_object_size`). Sliced fetching (`cache.slice_size`, another module) answers ranges
-//! from slices; where it applies it decides before a fill is claimed, so this rule stands aside.
+//! from slices, so this rule stands aside for a sliced object; it still judges the first slice
+//! fill's answer when that is the whole object (an object that fits one slice, whose 206 comes
+//! back as the 200 it is, or an origin that ignores `Range`), and the slice path sends waiters
+//! without a `Range` to claim again the same way (`slice::not_sliced`).
 
 use http::{header, Method, StatusCode};
 

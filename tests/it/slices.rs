@@ -675,3 +675,95 @@ async fn a_large_object_that_varies_is_cached_whole_per_variant() {
     let r = edge.get_with("/m/varied.mp4", &[("x-a", "2")]).await;
     assert_eq!(r.x_cache(), "HIT");
 }
+
+/// Bug: with slicing on, a cold `Range` request for an object that fits one slice but is over
+/// `range_passthrough_above` (16 MiB slices and a 12 MiB object in the review; a 300 KB object
+/// at `100KiB` with 4 MiB slices) made the first slice's fill a probe whose whole-object answer
+/// was dropped as too large, and every viewer collapsed onto it passed to the origin on its own
+/// (`detail=range-pass`), whole-object viewers included: one full origin fetch per plain GET,
+/// nothing stored, the next request a miss. Any viewer could cause it by asking first with a
+/// `Range` (a player's `bytes=0-1`, a suffix, a bogus `If-Range`, several ranges). Now the
+/// viewers without a `Range` claim one fill between them (stored; the next request is a hit),
+/// and a waiter with a `Range` of its own passes with it, as the README documents.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_gets_collapsed_on_a_cold_range_probe_of_a_one_slice_object_share_one_fill() {
+    const PLAIN: usize = 3;
+    let full = pattern(64 << 10, 7);
+    let leaders: [&[(&str, &str)]; 4] = [
+        &[("range", "bytes=0-1")],
+        &[("range", "bytes=-1")],
+        &[("range", "bytes=0-0"), ("if-range", "\"bogus\"")],
+        &[("range", "bytes=0-0,5-5")],
+    ];
+    for leader_headers in leaders {
+        let case = format!("{leader_headers:?}");
+        let origin = Origin::start().await;
+        let gate = Gate::new();
+        origin.script("/m/one.mp4", video(full.clone(), "\"v1\"").gate(&gate));
+        let mut raw = edge_config(&origin);
+        raw.cache.slice_size = Some("1MiB".into());
+        raw.cache.range_passthrough_above = Some("16KiB".into());
+        let edge = std::sync::Arc::new(TestEdge::start(raw).await);
+
+        let leader = {
+            let e = edge.clone();
+            tokio::spawn(async move { e.get_with("/m/one.mp4", leader_headers).await })
+        };
+        until("the probe reached the origin", || {
+            origin.count("/m/one.mp4") == 1
+        })
+        .await;
+        // Plain GETs, and one viewer with a Range of its own.
+        let mut waiters: Vec<_> = (0..PLAIN)
+            .map(|_| {
+                let e = edge.clone();
+                tokio::spawn(async move { e.get("/m/one.mp4").await })
+            })
+            .collect();
+        let e = edge.clone();
+        let ranged = tokio::spawn(async move {
+            e.get_with("/m/one.mp4", &[("range", "bytes=100-199")])
+                .await
+        });
+        until("every waiter joined the probe", || {
+            edge.collapsed() as usize == PLAIN + 1
+        })
+        .await;
+        gate.open();
+
+        for w in waiters.drain(..) {
+            let r = w.await.expect("plain waiter");
+            let status = r.h("cache-status").to_string();
+            assert_eq!(r.status, StatusCode::OK, "{case}: {status}");
+            assert!(r.body == full, "{case}: every byte");
+            // From the one fill (`fwd=miss`), or stored once it ended (a hit): never a pass.
+            assert!(
+                !status.contains("range-pass") && !status.contains("fwd=bypass"),
+                "{case}: a plain GET passed: {status}"
+            );
+        }
+        let r = ranged.await.expect("ranged waiter");
+        assert_eq!(r.status, StatusCode::PARTIAL_CONTENT, "{case}");
+        assert_eq!(&r.body[..], &full[100..200], "{case}");
+        let l = leader.await.expect("leader");
+        assert!(l.status.is_success(), "{case}: leader {}", l.status);
+
+        // The probe, the leader's own pass, the ranged waiter's pass, and one fill for the
+        // plain GETs; none of them fetched the object whole without a Range.
+        edge.settle().await;
+        let seen = origin.seen("/m/one.mp4");
+        let unranged = seen.iter().filter(|s| s.header("range").is_none()).count();
+        assert_eq!(
+            (seen.len(), unranged),
+            (4, 0),
+            "{case}: origin requests (all, without a Range)"
+        );
+        let next = edge.get("/m/one.mp4").await;
+        assert_eq!(
+            (next.status, next.x_cache()),
+            (StatusCode::OK, "HIT"),
+            "{case}: {}",
+            next.h("cache-status")
+        );
+    }
+}
