@@ -299,7 +299,7 @@ enum Asked {
 /// server holds the request until the playlist holds it, which an origin that ignores
 /// `_HLS_*` does not). Every viewer of the key stays collapsed on this one fill meanwhile, so
 /// one request of it is with the origin at a time; none of them sees those answers. Bounded by
-/// the hold (`llhls::hold_for`, as long as the leader is held), and ended early once no viewer
+/// the hold (as long as the leader is held, `llhls::Pace`), and ended early once no viewer
 /// waits for the head any more; then the viewers still waiting get `Unsatisfied`
 /// (`llhls::blocking_reload` holds one whose own time is not up on, the rest 503). An origin
 /// that holds answers once, with what was asked: it sees no more requests than before.
@@ -309,17 +309,13 @@ async fn run(
     guard: &FillGuard,
     job: FillJob,
 ) -> Result<(), FillError> {
-    let started = tokio::time::Instant::now();
-    // Looked up when first needed (a blocking reload's turn or answer): no other fill pays.
-    let mut hold_end = None;
-    if let Some(at) = crate::proxy::llhls::is_blocking_reload(&job.base_key)
-        .then(|| crate::proxy::llhls::first_ask_at(edge, &job.base_key))
-        .flatten()
-    {
-        let end = *hold_end
-            .get_or_insert_with(|| started + crate::proxy::llhls::hold_for(edge, &job.base_key));
-        tokio::time::sleep_until(at.min(end)).await;
-        if at >= end || fill.head_waiters() == 0 {
+    use crate::proxy::llhls::{Pace, Turn};
+    // A blocking reload's place in its playlist's pace: every fill of the playlist asking
+    // again shares one turn per interval, and any answer that shows the origin holds what
+    // this one asks for ends the wait (`llhls::Pace`).
+    let mut pace = Pace::of(edge, &job.base_key, tokio::time::Instant::now());
+    if let Some(p) = pace.as_mut() {
+        if p.first(edge, fill).await == Turn::Stop {
             fill.set_head(FillHead::Failed(OriginFailure::Unsatisfied));
             return Ok(());
         }
@@ -333,20 +329,15 @@ async fn run(
                 return Ok(());
             }
         };
-        let end = *hold_end
-            .get_or_insert_with(|| started + crate::proxy::llhls::hold_for(edge, &job.base_key));
         // Up to the hold's end, not short of it: the viewers held as long as the leader time
         // out on their own (503), and only one that joined later has time left to go on with.
-        // In the playlist's turn: every fill of it asking again shares one pace.
-        let next = crate::proxy::llhls::reask_at(edge, &job.base_key, after);
-        tokio::time::sleep_until(next.min(end)).await;
         // Nor once every viewer gave up (their holds ran out, or they left): nobody to ask for.
         // Nor once another fill's answer, now the playlist's latest copy, answers this one's
         // viewers: they look again (`llhls::blocking_reload`) and are served from it.
-        if next >= end
-            || fill.head_waiters() == 0
-            || crate::proxy::llhls::settled_by_latest(edge, &job.base_key)
-        {
+        let Some(p) = pace.as_mut() else {
+            break;
+        };
+        if p.again(edge, fill, after).await == Turn::Stop {
             break;
         }
     }
@@ -831,7 +822,7 @@ async fn ask(
         };
         let after = whole
             .as_ref()
-            .and_then(|b| crate::proxy::llhls::unsatisfied(key, b));
+            .and_then(|b| crate::proxy::llhls::judge(edge, key, b));
         if let (Some(after), Some(body)) = (after, whole) {
             tracing::debug!(key, "blocking reload answered before the playlist held it");
             let fresh = match &decision {

@@ -41,6 +41,7 @@ use quick_cache::sync::Cache;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use crate::cache::fill::Fill;
 use crate::cache::object::CachedObject;
 use crate::cache::status::CacheStatus;
 use crate::config::Route;
@@ -81,6 +82,13 @@ const MAX_ROUNDS: usize = 256;
 /// The shortest wait before a blocking reload the origin answered too early is asked again
 /// (`unsatisfied`): half a part target of 0.2 s, or an origin that gives no target.
 const MIN_REASK: Duration = Duration::from_millis(100);
+/// Distinct blocking reloads of one playlist with a fill of their own asking the origin at
+/// once (held there, or asking again in the playlist's pace). More are held at the edge without
+/// a fill (`blocking_reload`) until a copy answers them or the origin's playlist is seen to
+/// hold them: one client's distinct `_HLS_msn`/`_HLS_part`/`_HLS_skip` keys cannot grow the
+/// fills, the first requests or the set of fills taking turns past it. Far above what players
+/// ask at once (the next part, in full and as a delta update).
+const MAX_ASKING: usize = 16;
 
 /// The delivery directives of a playlist request (shared with the origin simulator).
 pub use vedge_manifest::delivery::Delivery as Directives;
@@ -133,6 +141,16 @@ impl Scan {
         match parts {
             Some(n) if n > 0 && p >= n as u64 => (msn.saturating_add(1), Some(0)),
             _ => (msn, part),
+        }
+    }
+
+    /// The farthest `(msn, part)` this copy holds (`order`): its last part when a segment is
+    /// in progress, else its last segment whole. A request at or before it is satisfied by it
+    /// (as `satisfies` reads a request, rolled over).
+    pub fn reach(&self) -> Option<(u64, u64)> {
+        match self.trailing_parts.len() {
+            0 => self.segments.last().map(|s| order(s.0, None)),
+            n => Some((self.next_msn(), n as u64 - 1)),
         }
     }
 
@@ -521,10 +539,18 @@ struct State {
     /// Forgotten when a copy shows the stream restarted behind it (`observe_scanned`).
     open: Option<(u64, u64)>,
     /// The soonest a fill of this playlist's blocking reloads may ask the origin again
-    /// (`reask_at`): one pace for all of them.
+    /// (`Pace`): one pace for all of them, whichever fill takes the turn.
     next_reask: Option<Instant>,
     /// That pace: the interval the last fill asking again was given.
     reask_every: Duration,
+    /// How far the origin's playlist was last seen to reach (`order`), by any answer to a
+    /// blocking reload of it that the fill driver read (`judge`), satisfied or not, stored or
+    /// not: a held request it covers is sent upstream at once (`State::holds`), since its
+    /// answer will hold it. Replaced by an answer whose stream restarted behind it.
+    reach: Option<(u64, u64)>,
+    /// The blocking reloads (base keys, one entry per fill) whose fills are asking the origin
+    /// (`Pace`): at most `MAX_ASKING` distinct ones are let upstream (`blocking_reload`).
+    asking: Vec<String>,
     viewed: Option<Instant>,
     /// URIs listed by the copies seen (prefetch: what is new).
     known: HashSet<String>,
@@ -538,6 +564,24 @@ struct State {
 }
 
 impl State {
+    /// Whether the origin's playlist was seen to hold `(msn, part)`: the farthest an answer to
+    /// a blocking reload showed (`reach`), or the latest copy. A request for it sent upstream
+    /// now is answered by the origin's first answer, whoever else waits.
+    fn holds(&self, msn: u64, part: Option<u64>) -> bool {
+        let Some(s) = &self.latest else {
+            return self.reach.is_some_and(|r| order(msn, part) <= r);
+        };
+        let (m, p) = s.scan.roll_over(msn, part);
+        s.scan.satisfies(msn, part) || self.reach.is_some_and(|r| order(m, p) <= r)
+    }
+
+    /// Whether the blocking reload `key` must wait without a fill of its own: `MAX_ASKING`
+    /// fills of the playlist are asking the origin, none of them for `key` (a viewer of a key
+    /// that has one joins it in the fill table).
+    fn asking_full(&self, key: &str) -> bool {
+        self.asking.len() >= MAX_ASKING && !self.asking.iter().any(|k| k == key)
+    }
+
     /// Whether anything was learned into it: a copy, listed URIs, members.
     fn learned(&self) -> bool {
         self.latest.is_some() || !self.known.is_empty() || !self.window.is_empty()
@@ -551,6 +595,10 @@ impl State {
         STATE_COST
             + self.latest.as_ref().map_or(0, |l| l.weight)
             + self.upstream.len() as u64 * 16
+            + entries(
+                self.asking.len(),
+                self.asking.iter().map(|k| k.len() as u64).sum(),
+            )
             + self.known_bytes
             + entries(self.window.len(), window)
             + entries(self.left.len(), left)
@@ -875,11 +923,16 @@ async fn blocking_reload(
         // waits for with a copy that answers no waiter (`State::open`): every such waiter goes
         // upstream itself at once, in parallel, collapsing in the fill table as far as that
         // answer may be shared (a `no-store` one with nobody).
-        let (latest, busy) = {
+        // Past `MAX_ASKING` distinct keys asking the origin, a new one waits here, without a fill,
+        // until a copy answers it or an answer shows the origin's playlist holds it: then
+        // it goes upstream at once, whatever else waits (its answer will hold it), as any
+        // request does that the origin is known to hold.
+        let (latest, busy, holds, full) = {
             let st = pl.state.lock();
             let open = st.open.is_some_and(|o| wants <= o);
             let busy = !open && st.upstream.iter().any(|t| *t <= wants);
-            (st.latest.clone(), busy)
+            let holds = st.holds(msn, d.part);
+            (st.latest.clone(), busy, holds, st.asking_full(req.key()))
         };
         if let Some(s) = &latest {
             // Only a fresh copy may refuse: an old one would call a request "too far" that
@@ -902,7 +955,7 @@ async fn blocking_reload(
                 return Ok(serve_latest(req, &s.obj));
             }
         }
-        if d.skip || !busy {
+        if holds || ((d.skip || !busy) && !full) {
             // A viewer whose share of the route's fill slots is all taken would wait for it
             // inside `phases` while listed as upstream, holding every waiter behind it: it
             // waits here first, unlisted (`proxy::fill_limit`).
@@ -957,16 +1010,6 @@ fn hold(edge: &Edge, latest: Option<&Snapshot>) -> Duration {
         .min(edge.config.live.max_hold)
 }
 
-/// [`hold`] for the blocking reload `key` (the fill driver's bound on asking again,
-/// `proxy::fill`): as long as the request that started its fill is held.
-pub(crate) fn hold_for(edge: &Edge, key: &str) -> Duration {
-    let latest = edge
-        .live
-        .existing(&playlist_key(key))
-        .and_then(|pl| pl.latest());
-    hold(edge, latest.as_deref())
-}
-
 /// The fill driver's judgement of the origin's 200 to the blocking reload `key`, before anyone
 /// sees it: `None` when `body` holds what the reload asks for (RFC 8216bis §6.2.5.2), or when
 /// it cannot tell (no media playlist, too large to read, `EXT-X-ENDLIST`: the directives are
@@ -977,9 +1020,42 @@ pub(crate) fn hold_for(edge: &Edge, key: &str) -> Duration {
 /// key, every later request for it gets the same answer. Asked again every half part target
 /// (half a target duration without parts), at least `MIN_REASK` apart: the origin's next
 /// part is due within one.
+#[cfg(test)]
 pub(crate) fn unsatisfied(key: &str, body: &[u8]) -> Option<Early> {
+    unsatisfied_by(key, scan(body).as_ref())
+}
+
+/// The fill driver's reading of the origin's 200 to the blocking reload `key`: whether it
+/// holds what was asked (`unsatisfied`), and, whatever it was asked, how far the origin's
+/// playlist reaches (`State::reach`: the fills and waiters it covers ask at once, `Pace`).
+pub(crate) fn judge(edge: &Edge, key: &str, body: &[u8]) -> Option<Early> {
+    let scanned = scan(body);
+    if let Some(reach) = scanned.as_ref().and_then(Scan::reach) {
+        if let Some(pl) = edge.live.existing(&playlist_key(key)) {
+            let farther = {
+                let mut st = pl.state.lock();
+                // A stream that restarted behind the mark (its media sequence back by more
+                // than a late answer's lag) replaces it.
+                let farther = st
+                    .reach
+                    .is_none_or(|r| r < reach || r.0 > reach.0.saturating_add(2));
+                if farther {
+                    st.reach = Some(reach);
+                }
+                farther
+            };
+            if farther {
+                pl.bump();
+            }
+        }
+    }
+    unsatisfied_by(key, scanned.as_ref())
+}
+
+/// [`unsatisfied`] of a scanned answer.
+fn unsatisfied_by(key: &str, scan: Option<&Scan>) -> Option<Early> {
     let (msn, part) = blocking_directives(key)?;
-    let scan = scan(body)?;
+    let scan = scan?;
     if scan.endlist || scan.satisfies(msn, part) {
         return None;
     }
@@ -996,7 +1072,7 @@ pub(crate) fn unsatisfied(key: &str, body: &[u8]) -> Option<Early> {
 /// (`unsatisfied`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Early {
-    /// Ask again, no sooner than this long after (and in the playlist's turn, `reask_at`).
+    /// Ask again, no sooner than this long after (and in a turn of the playlist's, `Pace`).
     Again(Duration),
     /// The request is more than the playlist may add soon: 400.
     TooFar,
@@ -1006,62 +1082,173 @@ pub(crate) enum Early {
 pub(crate) const TOO_FAR: &str = "_HLS_msn more than two segments, or _HLS_part more than the \
      advance part limit, past the playlist's last";
 
-/// When the fill of the blocking reload `key` may ask the origin again, `interval` after its
-/// own last request at the soonest, in its playlist's turn: every fill of one playlist asking
-/// again shares one pace, one request per `interval` between them. Viewers asking for
-/// distinct parts in descending order (each goes upstream: none waits behind a later one) or
-/// delta updates each had a fill asking ten times a second, so the origin's load grew with
-/// the number of distinct requests (8 viewers: 56 requests a second against a playlist that
-/// did not change).
-pub(crate) fn reask_at(edge: &Edge, key: &str, interval: Duration) -> Instant {
-    let now = Instant::now();
-    let Some(pl) = edge.live.existing(&playlist_key(key)) else {
-        return now + interval;
-    };
-    let mut st = pl.state.lock();
-    let at = (now + interval).max(st.next_reask.unwrap_or(now));
-    st.next_reask = Some(at + interval);
-    st.reask_every = interval;
-    at
+/// A blocking reload's fill asking its origin in its playlist's pace (`proxy::fill::run`):
+/// every fill of one playlist asking again shares one turn per interval, whichever fill takes
+/// it, so the origin sees one request per interval for the playlist however many distinct
+/// requests wait (viewers asking for distinct parts in descending order, or delta updates,
+/// each had a fill asking ten times a second before: 8 viewers, 56 requests a second against
+/// a playlist that did not change).
+///
+/// Turns are not queued: a fill waits for the next one and the first to come takes it. A
+/// queue handed them out in arrival order, so a client holding many distinct keys took most
+/// of them, and an honest viewer's fill waited behind them until its hold ran out (503)
+/// although the other fills' answers had long shown the origin's playlist held what it asked
+/// for. Who asks does not matter now: every answer the fill driver reads tells how far the
+/// origin's playlist reaches (`judge`, `State::reach`) and wakes every fill waiting for a turn.
+/// A fill the latest copy answers ends at once (its viewers are served from that copy), and
+/// one whose request the origin's playlist was seen to hold asks at once, out of the pace,
+/// once (its answer will hold it; a delta update is never answered from a full copy). So a
+/// held request is answered within about one interval of the origin having what it asks for,
+/// whatever another client holds, at the cost of at most one request per distinct key: what
+/// an origin that holds blocking reloads itself sees through the edge. Distinct keys
+/// with a fill asking at once are at most `MAX_ASKING` (`blocking_reload`).
+///
+/// Dropped, it takes the fill off the playlist's list of keys asking.
+pub(crate) struct Pace {
+    pl: Arc<Playlist>,
+    /// The fill's base key (the viewer's request key, as `blocking_reload` knows it).
+    key: String,
+    msn: u64,
+    part: Option<u64>,
+    /// The hold's end (`hold`, as long as the leader is held): no turn is taken past it.
+    end: Instant,
+    /// Asked once out of the pace already.
+    out_of_turn: bool,
+    /// Listed in `State::asking`.
+    listed: bool,
 }
 
-/// When a new fill of the blocking reload `key` may send its first request: at once, unless
-/// the playlist's fills are asking again (its origin answered one too early) and the next turn
-/// is still to come; then in that turn. A viewer whose fill ran out of turns before its own
-/// hold did looks again with a new fill (`blocking_reload`): unpaced, each such fill was one
-/// more request. An origin that holds blocking reloads never sets the pace.
-pub(crate) fn first_ask_at(edge: &Edge, key: &str) -> Option<Instant> {
-    let pl = edge.live.existing(&playlist_key(key))?;
-    let mut st = pl.state.lock();
-    let at = st.next_reask.filter(|at| *at > Instant::now())?;
-    st.next_reask = Some(at + st.reask_every);
-    Some(at)
+/// What a fill waiting for its playlist's turn does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Turn {
+    /// Send the request now.
+    Ask,
+    /// Ask no more: the latest copy answers the fill's viewers, the hold ended, or no viewer
+    /// waits any more.
+    Stop,
 }
 
-/// Whether the playlist's latest copy, fresh, now answers the blocking reload `key` (holds what
-/// it asks for, or shows it too far): another fill's answer came meanwhile, so this one's
-/// viewers look again (`blocking_reload`) rather than wait for its next request.
-pub(crate) fn settled_by_latest(edge: &Edge, key: &str) -> bool {
-    let Ok(d) = directives_of(key) else {
-        return false;
-    };
-    let Some(msn) = d.msn else {
-        return false;
-    };
-    let Some(s) = edge
-        .live
-        .existing(&playlist_key(key))
-        .and_then(|pl| pl.latest())
-    else {
-        return false;
-    };
-    let now = edge.clock.now();
-    if s.obj.staleness(now).is_some() {
-        return false;
+impl Pace {
+    /// The pace of the fill of `key` (its base key), started at `started`: `None` unless `key`
+    /// is a blocking playlist reload.
+    pub(crate) fn of(edge: &Edge, key: &str, started: Instant) -> Option<Pace> {
+        let (msn, part) = blocking_directives(key)?;
+        let pl = edge.live.playlist(&playlist_key(key));
+        let end = started + hold(edge, pl.latest().as_deref());
+        Some(Pace {
+            pl,
+            key: key.to_string(),
+            msn,
+            part,
+            end,
+            out_of_turn: false,
+            listed: false,
+        })
     }
-    s.scan.endlist
-        || s.scan.too_far_at(msn, d.part, s.obj.age(now))
-        || (!d.skip && s.scan.satisfies(msn, d.part))
+
+    /// Before the fill's first request: at once, unless the playlist's fills are asking again
+    /// (its origin answered one too early) and the next turn is still to come; then in a turn,
+    /// or sooner as `Pace` says. A viewer whose fill ran out of turns before its own hold did
+    /// looks again with a new fill (`blocking_reload`): unpaced, each such fill was one more
+    /// request. An origin that holds blocking reloads never sets the pace.
+    pub(crate) async fn first(&mut self, edge: &Edge, fill: &Fill) -> Turn {
+        self.list();
+        let now = Instant::now();
+        if self.pl.state.lock().next_reask.is_none_or(|at| at <= now) {
+            return Turn::Ask;
+        }
+        self.wait(edge, fill, now).await
+    }
+
+    /// After an answer that came too early: asks again `after` its last request at the soonest,
+    /// in a turn of the playlist's (or sooner as `Pace` says); no turn is taken for `after`.
+    pub(crate) async fn again(&mut self, edge: &Edge, fill: &Fill, after: Duration) -> Turn {
+        let at = Instant::now() + after;
+        {
+            let mut st = self.pl.state.lock();
+            st.next_reask = Some(st.next_reask.map_or(at, |n| n.max(at)));
+            st.reask_every = after;
+        }
+        self.wait(edge, fill, at).await
+    }
+
+    fn list(&mut self) {
+        if !self.listed {
+            self.pl.state.lock().asking.push(self.key.clone());
+            self.listed = true;
+        }
+    }
+
+    /// Waits for a turn of the playlist's, no sooner than `own` (the fill's own interval), and
+    /// wakes on every change of its state (a newer copy, a farther reach, a request ended).
+    async fn wait(&mut self, edge: &Edge, fill: &Fill, own: Instant) -> Turn {
+        let mut tick = self.pl.tick.subscribe();
+        // The viewers are counted once the fill waited: the leader reads the head only after
+        // it started the fill.
+        let mut waited = false;
+        for _ in 0..MAX_ROUNDS {
+            if self.settled(edge) {
+                return Turn::Stop;
+            }
+            let now = Instant::now();
+            if now >= self.end || (waited && fill.head_waiters() == 0) {
+                return Turn::Stop;
+            }
+            let wake = {
+                let mut st = self.pl.state.lock();
+                if !self.out_of_turn && st.holds(self.msn, self.part) {
+                    self.out_of_turn = true;
+                    return Turn::Ask;
+                }
+                let turn = st.next_reask.unwrap_or(now).max(own);
+                if turn <= now {
+                    st.next_reask = Some(now + st.reask_every);
+                    return Turn::Ask;
+                }
+                turn
+            };
+            // Races the turn (or the hold's end) against any change of the playlist's state.
+            tokio::select! {
+                _ = tokio::time::sleep_until(wake.min(self.end)) => {}
+                _ = tick.changed() => {}
+            }
+            waited = true;
+        }
+        Turn::Stop
+    }
+
+    /// Whether the playlist's latest copy, fresh, now answers the fill's request (holds what it
+    /// asks for, or shows it too far): another fill's answer came meanwhile, so this one's
+    /// viewers look again (`blocking_reload`) rather than wait for its next request.
+    fn settled(&self, edge: &Edge) -> bool {
+        let Ok(d) = directives_of(&self.key) else {
+            return false;
+        };
+        let Some(s) = self.pl.latest() else {
+            return false;
+        };
+        let now = edge.clock.now();
+        if s.obj.staleness(now).is_some() {
+            return false;
+        }
+        s.scan.endlist
+            || s.scan.too_far_at(self.msn, self.part, s.obj.age(now))
+            || (!d.skip && s.scan.satisfies(self.msn, self.part))
+    }
+}
+
+impl Drop for Pace {
+    fn drop(&mut self) {
+        if self.listed {
+            let mut st = self.pl.state.lock();
+            if let Some(i) = st.asking.iter().position(|k| *k == self.key) {
+                st.asking.swap_remove(i);
+            }
+            drop(st);
+            // Waiters held back by `MAX_ASKING` look again.
+            self.pl.bump();
+        }
+    }
 }
 
 /// `(msn, part)` in the order a live playlist satisfies them: a whole segment (`part` absent)
@@ -1629,6 +1816,24 @@ mod tests {
 #EXT-X-PART:DURATION=0.333,URI=\"part_10_0.m4s\"\n#EXTINF:2.0,\nseg_10.m4s\n\
 #EXTINF:2.0,\nseg_11.m4s\n#EXT-X-PART:DURATION=0.333,URI=\"part_12_0.m4s\",INDEPENDENT=YES\n\
 #EXT-X-PART:DURATION=0.333,URI=\"part_12_1.m4s\"\n#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"part_12_2.m4s\"\n";
+
+    /// The reach agrees with `satisfies`: every request up to it is held, the next one not.
+    #[test]
+    fn reach_is_the_last_request_a_copy_satisfies() {
+        let s = scan(LL.as_bytes()).expect("playlist");
+        assert_eq!(s.reach(), Some((12, 1)));
+        for (msn, part) in [(11, None), (12, Some(0)), (12, Some(1))] {
+            assert!(order(msn, part) <= (12, 1) && s.satisfies(msn, part));
+        }
+        for (msn, part) in [(12, Some(2)), (12, None), (13, Some(0))] {
+            assert!(order(msn, part) > (12, 1) && !s.satisfies(msn, part));
+        }
+        let whole = "#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXT-X-MEDIA-SEQUENCE:5\n\
+#EXTINF:1.0,\nseg_5.ts\n#EXTINF:1.0,\nseg_6.ts\n";
+        let w = scan(whole.as_bytes()).expect("playlist");
+        assert_eq!(w.reach(), Some(order(6, None)));
+        assert!(order(7, Some(0)) > order(6, None) && !w.satisfies(7, Some(0)));
+    }
 
     #[test]
     fn scan_finds_last_segment_and_trailing_parts() {

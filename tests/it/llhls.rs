@@ -1006,3 +1006,110 @@ async fn a_blocking_reload_the_origin_s_answer_shows_too_far_is_400_at_once() {
     assert_eq!(r.status, 400, "{}", r.h("cache-status"));
     assert_eq!(blocking_seen(&origin, path).len(), 1, "asked once");
 }
+
+/// One hostile client holds many distinct blocking reloads of a playlist whose origin answers
+/// them at once (a file server: `cc` on every answer) while an honest viewer asks for the next
+/// segment; the origin gets it once the honest viewer is held. Returns the honest viewer's
+/// answer and the blocking requests the origin saw.
+async fn honest_behind_hostile_keys(dir: &str, cc: &str) -> (crate::support::edge::Resp, usize) {
+    use std::sync::Arc;
+    // Delta updates of segments 7 and 8, parts 0-11: distinct keys, none too far (the playlist
+    // has no parts, so no part is past the advance part limit), none ever settled by a full
+    // copy of the playlist.
+    const HOSTILE: usize = 24;
+    let origin = Origin::start().await;
+    let path = format!("/{dir}/media.m3u8");
+    origin.script(&path, playlist(SEGMENT_6_LAST, cc));
+    let mut cfg = config_for(&origin.url(), "off");
+    cfg.cache.collapse_timeout = Some("3s".into());
+    let edge = Arc::new(TestEdge::start(cfg).await);
+    assert_eq!(edge.get(&path).await.status, 200);
+    edge.settle().await;
+    let key = format!("http|{}|{path}", origin.addr());
+    let hostile: Vec<_> = (0..HOSTILE)
+        .map(|i| {
+            let q = format!(
+                "{path}?_HLS_msn={}&_HLS_part={}&_HLS_skip=YES",
+                7 + i % 2,
+                i / 2
+            );
+            let edge = edge.clone();
+            tokio::spawn(async move { edge.get(&q).await })
+        })
+        .collect();
+    until(
+        "every hostile request is a blocking reload in progress",
+        || {
+            vedge::proxy::llhls::playlist_of(&edge.edge, &key)
+                .is_some_and(|p| p.waiting() >= HOSTILE)
+        },
+    )
+    .await;
+    // A hostile request asked again: the playlist's pace is set, so the honest viewer's
+    // request cannot be the first in it.
+    until("a hostile fill asked again", || {
+        let seen = blocking_seen(&origin, &path);
+        let distinct: std::collections::HashSet<_> = seen.iter().map(|s| &s.target).collect();
+        distinct.len() < seen.len()
+    })
+    .await;
+    let asked_at = std::time::Instant::now();
+    let honest = {
+        let (edge, q) = (edge.clone(), format!("{path}?_HLS_msn=7"));
+        tokio::spawn(async move { edge.get(&q).await })
+    };
+    // Two more early answers (half a target duration apart): the honest viewer is held by now.
+    let before = blocking_seen(&origin, &path).len();
+    until("the origin was asked twice more", || {
+        blocking_seen(&origin, &path).len() >= before + 2
+    })
+    .await;
+    assert!(!honest.is_finished(), "segment 7 does not exist yet");
+    origin.script(&path, playlist(SEGMENT_7_LISTED, cc));
+    let r = honest.await.expect("honest viewer");
+    // Before its 3 s hold ran out: at its end the viewer is answered anyway when the fill
+    // it waits on gives up in the same timer tick (it looks at the latest copy once more).
+    let took = asked_at.elapsed();
+    assert!(
+        took < Duration::from_secs(3),
+        "answered {took:?} after it asked: at the end of its hold"
+    );
+    for h in hostile {
+        let _ = h.await.expect("hostile task");
+    }
+    edge.settle().await;
+    let asked = blocking_seen(&origin, &path).len();
+    println!("{cc}: {asked} blocking requests upstream");
+    (r, asked)
+}
+
+/// Bug: every fill of one playlist asking the origin again took turns in arrival order
+/// (`reask_at`), one turn per half target duration. A client holding 24 delta updates of the
+/// next segments took 24 turns for every one of the honest viewer's, whose `_HLS_msn=7` was
+/// answered only at the end of its 3 s hold (503; or, when its fill gave up in the same timer
+/// tick, the latest copy) although the origin listed segment 7 a second into it, and the other
+/// fills' answers said so. Now any answer that shows the playlist holds a
+/// request answers it (here from the latest copy), whoever's turn it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_client_s_blocking_keys_do_not_hold_back_an_honest_viewer() {
+    let (r, asked) = honest_behind_hostile_keys("fair", "max-age=1").await;
+    assert_eq!(r.status, 200, "{}", r.h("cache-status"));
+    assert_eq!(String::from_utf8_lossy(&r.body), SEGMENT_7_LISTED);
+    // First requests of 16 keys at most (`MAX_ASKING`; the other 8 wait at the edge), one per
+    // half target duration for the whole playlist over the 3 s holds (7), and one for each key
+    // once the origin's playlist holds it (segment 7: 12 hostile keys and the honest one).
+    assert!(asked <= 16 + 7 + 13, "{asked} blocking requests upstream");
+}
+
+/// Bug: as above, with answers no copy is kept of (`no-cache`): the honest viewer's fill waited
+/// for its turn behind the hostile client's 24 and was answered at the end of its hold. Now an answer showing the
+/// origin's playlist holds what a held request asks for sends that request to the origin at
+/// once (its answer will hold it), out of turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_client_s_blocking_keys_do_not_hold_back_an_honest_viewer_of_an_unstored_playlist(
+) {
+    let (r, asked) = honest_behind_hostile_keys("fair-nc", "no-cache").await;
+    assert_eq!(r.status, 200, "{}", r.h("cache-status"));
+    assert_eq!(String::from_utf8_lossy(&r.body), SEGMENT_7_LISTED);
+    assert!(asked <= 16 + 7 + 13, "{asked} blocking requests upstream");
+}
