@@ -390,8 +390,12 @@ struct Lookup<'r> {
     /// `base_key`, plus the variant once the response is known to vary (borrowed until then:
     /// a hit on a key without variants copies no key).
     key: Cow<'r, str>,
-    /// Lookups done: a second happens only when a collapsed reader learns the response varies
-    /// on a header whose value differs from the leader's.
+    /// Lookups done, at most two: a second happens when a collapsed reader learns the response
+    /// varies on a header whose value differs from the leader's, or that the fill's answer was
+    /// its leader's alone (credentials, a cold-Range probe, the leader's own `CDN-Loop`, a
+    /// refused prefetch, the leader's share of fill slots taken) and claims a fill of its own.
+    /// A third is refused (a pass), so a phase must not send a request back to `Lookup` for
+    /// what it found itself: an object found stored is judged in place (`from_stored`).
     rounds: u8,
     /// The viewer's `Cache-Control` directives (empty unless `cache.request_directives`).
     asked: RequestDirectives,
@@ -460,6 +464,9 @@ pub(crate) async fn phases(req: &Req<'_>) -> Result<Response<Body>, EdgeError> {
                         status: CacheStatus::Bypass,
                     },
                     slice::Outcome::Lookup => Phase::Lookup,
+                    slice::Outcome::Stored(obj) => {
+                        from_stored(req, &mut at, obj, Tier::Ram, edge.clock.now())
+                    }
                     slice::Outcome::Whole => Phase::Fill { stale: None },
                 }
             }
@@ -503,20 +510,7 @@ async fn lookup<'r>(req: &'r Req<'_>, at: &mut Lookup<'r>) -> Phase {
     // still fresh, served as a HIT.
     let now = edge.clock.now();
     match found {
-        Some((obj, tier)) => match at.asked.judge(&obj, obj.age(now)) {
-            Verdict::Revalidate => {
-                at.revalidate = true;
-                Phase::Fill { stale: Some(obj) }
-            }
-            Verdict::ServeStale => Phase::Deliver(serve_stale(req, &obj, now, "max-stale")),
-            Verdict::AsStored => match obj.staleness(now) {
-                None => Phase::Hit(obj, tier),
-                Some(stale) if stale <= obj.freshness.stale_while_revalidate => {
-                    Phase::StaleWhileRevalidate(obj)
-                }
-                Some(_) => Phase::Fill { stale: Some(obj) },
-            },
-        },
+        Some((obj, tier)) => from_stored(req, at, obj, tier, now),
         None => match crate::proxy::hint_range::key_for(req, at.base_key) {
             // A byte-range preload hint: its own collapsed, streaming fill (`hint_range`).
             Some(key) => {
@@ -528,6 +522,31 @@ async fn lookup<'r>(req: &'r Req<'_>, at: &mut Lookup<'r>) -> Phase {
             }
             None if slice::applies(edge, at.base_key, &at.key) => Phase::Slice,
             None => Phase::Fill { stale: None },
+        },
+    }
+}
+
+/// What a stored object found for the request makes of it at `now`: a hit, a stale answer, or
+/// a fill (revalidating it), as the viewer's directives and the object's freshness say.
+fn from_stored(
+    req: &Req<'_>,
+    at: &mut Lookup<'_>,
+    obj: Arc<CachedObject>,
+    tier: Tier,
+    now: SystemTime,
+) -> Phase {
+    match at.asked.judge(&obj, obj.age(now)) {
+        Verdict::Revalidate => {
+            at.revalidate = true;
+            Phase::Fill { stale: Some(obj) }
+        }
+        Verdict::ServeStale => Phase::Deliver(serve_stale(req, &obj, now, "max-stale")),
+        Verdict::AsStored => match obj.staleness(now) {
+            None => Phase::Hit(obj, tier),
+            Some(stale) if stale <= obj.freshness.stale_while_revalidate => {
+                Phase::StaleWhileRevalidate(obj)
+            }
+            Some(_) => Phase::Fill { stale: Some(obj) },
         },
     }
 }

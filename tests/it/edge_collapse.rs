@@ -358,7 +358,11 @@ async fn collapsed_viewers_share_the_first_byte_timeout_of_their_fill() {
 /// at `collapse_timeout`, each to the origin: one header from one viewer turned a crowd waiting
 /// on a slow origin into a herd (1 + 5 origin requests here). They now wait for the fill's head
 /// like any other: the probe's object is theirs (one origin request); the credentialed answer
-/// is not, and they claim one fill between them (two).
+/// is not, and they claim one fill between them (two). Bug (a straggler): a waiter that came to
+/// claim after that fill had stored the object and ended was passed to the origin
+/// (`vary-mismatch`: its claim of the first slice found the object stored whole and sent it to a
+/// third lookup), 3 origin requests in 4 runs of 25 on a loaded box; it now gets the stored
+/// object (`proxy::slice::Outcome::Stored`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leaders_credentials_or_range_never_turn_its_waiters_into_a_herd() {
     const WAITERS: usize = 5;
@@ -409,13 +413,6 @@ async fn a_leaders_credentials_or_range_never_turn_its_waiters_into_a_herd() {
         }
         let l = leader.await.expect("leader task");
         assert!(l.status.is_success(), "{header}: {}", l.status);
-        // A herd is 1 + 5. On a loaded box (the suite beside another test module) one waiter
-        // now and then makes a fill of its own after the claimed one ended (printed 3 for the
-        // credentials case, 1 run in 8): at most one more than the claimed fill.
-        let asked = origin.count(path);
-        assert!(
-            (fetches..=fetches + 1).contains(&asked),
-            "{header}: {asked} origin requests"
-        );
+        assert_eq!(origin.count(path), fetches, "{header}: origin requests");
     }
 }
