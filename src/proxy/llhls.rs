@@ -40,6 +40,7 @@ use parking_lot::Mutex;
 use quick_cache::sync::Cache;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
+use vedge_manifest::variables::{has_reference, Variables};
 
 use crate::cache::fill::Fill;
 use crate::cache::object::CachedObject;
@@ -269,7 +270,8 @@ impl Scan {
         segments + list(&self.trailing_parts) + list(&self.hints) + starts
     }
 
-    /// Every segment and part URI listed, oldest first.
+    /// Every segment and part URI listed, oldest first, but those whose variables did not
+    /// resolve ([`scan_in`]).
     pub fn uris(&self) -> impl Iterator<Item = (u64, &str)> {
         let next = self.next_msn();
         self.segments
@@ -281,12 +283,23 @@ impl Scan {
                     .chain(std::iter::once((*n, u.as_str())))
             })
             .chain(self.trailing_parts.iter().map(move |p| (next, p.as_str())))
+            .filter(|(_, u)| !has_reference(u))
     }
 }
 
 /// A line scan of an HLS media playlist: media sequence, target duration, segments with their
-/// parts, trailing parts, hints. `None` for what is not a playlist, or too large.
+/// parts, trailing parts, hints. `None` for what is not a playlist, or too large. Read as a
+/// playlist requested without a query ([`scan_in`]).
 pub fn scan(body: &[u8]) -> Option<Scan> {
+    scan_in(body, None)
+}
+
+/// [`scan`] of a playlist requested with `query`: URIs have their `EXT-X-DEFINE` variables
+/// substituted (`QUERYPARAM` values from `query`), as the players reading it do. A segment or
+/// part whose URI does not resolve (`IMPORT`, an undefined name, past the bounds) still counts
+/// (media sequence numbers, part indices) but keeps its `{$` reference and is listed by no
+/// [`Scan::uris`]; such a hint is left out: the edge never asks for one literally.
+pub fn scan_in(body: &[u8], query: Option<&str>) -> Option<Scan> {
     if body.len() > MAX_SCAN {
         return None;
     }
@@ -298,11 +311,20 @@ pub fn scan(body: &[u8]) -> Option<Scan> {
     let mut msn: Option<u64> = None;
     let mut parts = Vec::new();
     let mut in_segment = false;
+    let mut vars = Variables::new(query);
+    // A URI with its variables substituted; one that does not resolve is kept as written (its
+    // `{$` keeps it out of `uris`).
+    let uri = |u: &str, vars: &mut Variables<'_>| match vars.resolve(u) {
+        Some(r) => r.into_owned(),
+        None => u.to_string(),
+    };
     for line in text.lines().map(str::trim) {
         if line.is_empty() {
             continue;
         }
-        if let Some(v) = line.strip_prefix("#EXT-X-MEDIA-SEQUENCE:") {
+        if let Some(v) = line.strip_prefix("#EXT-X-DEFINE:") {
+            vars.define(v);
+        } else if let Some(v) = line.strip_prefix("#EXT-X-MEDIA-SEQUENCE:") {
             s.media_sequence = v.trim().parse().unwrap_or(0);
             s.media = true;
         } else if let Some(v) = line.strip_prefix("#EXT-X-TARGETDURATION:") {
@@ -326,15 +348,18 @@ pub fn scan(body: &[u8]) -> Option<Scan> {
         } else if let Some(v) = line.strip_prefix("#EXT-X-PART:") {
             if let Some(u) = attr(v, "URI") {
                 if parts.len() < PER_PLAYLIST {
-                    parts.push(u.to_string());
+                    parts.push(uri(u, &mut vars));
                 }
             }
         } else if let Some(v) = line.strip_prefix("#EXT-X-PRELOAD-HINT:") {
-            if let Some(u) = attr(v, "URI").filter(|_| s.hints.len() < PER_PLAYLIST) {
-                s.hints.push(u.to_string());
+            let hinted = attr(v, "URI")
+                .filter(|_| s.hints.len() < PER_PLAYLIST)
+                .and_then(|u| vars.resolve(u));
+            if let Some(u) = hinted {
                 if let Some(start) = attr(v, "BYTERANGE-START").and_then(|n| n.parse().ok()) {
                     s.hint_starts.push((u.to_string(), start));
                 }
+                s.hints.push(u.into_owned());
             }
         } else if line.starts_with("#EXTINF") {
             in_segment = true;
@@ -349,7 +374,7 @@ pub fn scan(body: &[u8]) -> Option<Scan> {
                 s.segments.drain(..PER_PLAYLIST);
             }
             s.segments
-                .push((n, line.to_string(), std::mem::take(&mut parts)));
+                .push((n, uri(line, &mut vars), std::mem::take(&mut parts)));
             parts.clear();
             msn = Some(n.saturating_add(1));
             in_segment = false;
@@ -1022,14 +1047,14 @@ fn hold(edge: &Edge, latest: Option<&Snapshot>) -> Duration {
 /// part is due within one.
 #[cfg(test)]
 pub(crate) fn unsatisfied(key: &str, body: &[u8]) -> Option<Early> {
-    unsatisfied_by(key, scan(body).as_ref())
+    unsatisfied_by(key, scan_in(body, query_of(key)).as_ref())
 }
 
 /// The fill driver's reading of the origin's 200 to the blocking reload `key`: whether it
 /// holds what was asked (`unsatisfied`), and, whatever it was asked, how far the origin's
 /// playlist reaches (`State::reach`: the fills and waiters it covers ask at once, `Pace`).
 pub(crate) fn judge(edge: &Edge, key: &str, body: &[u8]) -> Option<Early> {
-    let scanned = scan(body);
+    let scanned = scan_in(body, query_of(key));
     if let Some(reach) = scanned.as_ref().and_then(Scan::reach) {
         if let Some(pl) = edge.live.existing(&playlist_key(key)) {
             let farther = {
@@ -1498,7 +1523,17 @@ pub fn announce(edge: &Arc<Edge>, route: &Route, key: &str, body: &[u8], viewer:
 /// The scan `announce` and `observe` work from: a media playlist's, `None` for anything else
 /// (an MPD is read by `prefetch::observe_mpd`) or a playlist that does not scan.
 fn scan_of(key: &str, body: &[u8]) -> Option<Scan> {
-    is_playlist_path(key).then(|| scan(body)).flatten()
+    is_playlist_path(key)
+        .then(|| scan_in(body, query_of(key)))
+        .flatten()
+}
+
+/// The query of the request keyed `key` (for `EXT-X-DEFINE:QUERYPARAM`): the one its cache key
+/// kept, so a parameter the route drops (`drop_query_params`, a token) defines nothing.
+fn query_of(key: &str) -> Option<&str> {
+    let path = key.splitn(3, '|').nth(2)?;
+    let path = path.split('\0').next().unwrap_or(path);
+    path.split_once('?').map(|(_, q)| q)
 }
 
 /// `announce` of a body whose `scan_of` is `scanned`.
@@ -2106,5 +2141,25 @@ mod tests {
             member_key("http|h|/a/m.m3u8", "http://other/x.ts", &[]),
             None
         );
+    }
+
+    #[test]
+    fn scans_substitute_define_variables_and_count_what_they_cannot_resolve() {
+        let pl = "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:5\n\
+#EXT-X-DEFINE:NAME=\"d\",VALUE=\"segs\"\n#EXT-X-DEFINE:QUERYPARAM=\"q\"\n\
+#EXT-X-DEFINE:IMPORT=\"i\"\n#EXTINF:2.0,\n{$d}/s5.m4s?x={$q}\n#EXTINF:2.0,\n{$i}/s6.m4s\n\
+#EXT-X-PART:DURATION=1.0,URI=\"{$d}/p7_0.m4s\"\n#EXT-X-PART:DURATION=1.0,URI=\"{$i}/p7_1.m4s\"\n\
+#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"{$d}/p7_2.m4s\"\n#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"{$i}/x\"\n";
+        let key = "http|h|/a/m.m3u8?q=1&_HLS_msn=7";
+        let s = scan_in(pl.as_bytes(), query_of(key)).expect("playlist");
+        // Unresolved segments and parts still count: segment 6 is complete, part 7.1 listed.
+        assert_eq!(s.next_msn(), 7);
+        assert!(s.satisfies(7, Some(1)));
+        let uris: Vec<&str> = s.uris().map(|(_, u)| u).collect();
+        assert_eq!(uris, ["segs/s5.m4s?x=1", "segs/p7_0.m4s"]);
+        assert_eq!(s.hints, ["segs/p7_2.m4s"]);
+        // Read without the query, the QUERYPARAM one does not resolve either.
+        let s = scan(pl.as_bytes()).expect("playlist");
+        assert_eq!(s.uris().count(), 1);
     }
 }

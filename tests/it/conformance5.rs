@@ -4,7 +4,7 @@
 
 use crate::llhls::config_for;
 use crate::support::edge::Resp;
-use crate::support::{Origin, Script, TestEdge};
+use crate::support::{until, Origin, Script, TestEdge};
 
 fn text(r: &Resp) -> String {
     String::from_utf8_lossy(&r.body).into_owned()
@@ -131,6 +131,68 @@ async fn a_part_listed_or_hinted_by_a_playlist_is_available_despite_an_earlier_4
         assert_eq!(got.status, 200, "{part}: {}", got.h("cache-status"));
         assert_eq!(&got.body[..], b"cmaf part");
     }
+}
+
+/// Bug: a live playlist whose URIs use `EXT-X-DEFINE` variables (RFC 8216bis §4.3,
+/// `{$dir}/s12.m4s`) was read by the edge with its references unsubstituted: the 404 it kept
+/// from a too-early request for `segs/s12.m4s` kept answering after a copy listed the segment
+/// (the drop looked for `%7B$dir%7D/...`), and prefetch asked the origin for the literal
+/// `/dv/%7B$dir%7D/...` URIs. Now `NAME`/`VALUE` and `QUERYPARAM` (from the playlist request's
+/// query) are substituted; a URI still holding an unresolved reference (`IMPORT`) is never
+/// fetched. The viewers' bytes are the origin's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_listed_through_define_variables_is_available_despite_an_earlier_404() {
+    let origin = Origin::start().await;
+    let path = "/dv/media.m3u8";
+    let cc = ("cache-control", "max-age=30");
+    let head = "#EXTM3U\n#EXT-X-VERSION:11\n#EXT-X-TARGETDURATION:2\n\
+#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES\n#EXT-X-DEFINE:NAME=\"dir\",VALUE=\"segs\"\n\
+#EXT-X-DEFINE:QUERYPARAM=\"p\"\n#EXT-X-DEFINE:IMPORT=\"base\"\n#EXT-X-MEDIA-SEQUENCE:10\n\
+#EXTINF:2.0,\n{$dir}/{$p}10.m4s\n#EXTINF:2.0,\n{$base}/s11.m4s\n";
+    origin.script(path, Script::ok(head).header(cc.0, cc.1));
+    for n in [10, 12] {
+        let seg = format!("/dv/segs/s{n}.m4s");
+        origin.script(&seg, Script::ok(format!("seg {n}")).header(cc.0, cc.1));
+    }
+    let (listed, early) = ("/dv/segs/s12.m4s", Script::status(404, "not yet"));
+    origin.script(listed, early.header(cc.0, cc.1));
+    let edge = TestEdge::start(config_for(&origin.url(), "next")).await;
+    let first = edge.get(&format!("{path}?p=s")).await;
+    assert_eq!(first.status, 200);
+    assert_eq!(
+        &first.body[..],
+        head.as_bytes(),
+        "served as the origin wrote it"
+    );
+    // A player asks for segment 12 before it exists: the origin's 404 is kept for its 30 s.
+    assert_eq!(edge.get(listed).await.status, 404);
+    edge.settle().await;
+    assert_eq!(edge.get(listed).await.status, 404, "the 404 is kept");
+    origin.script(listed, Script::ok("seg 12").header(cc.0, cc.1));
+    // The origin publishes segment 12; a blocking reload brings the copy that lists it.
+    let published = format!("{head}#EXTINF:2.0,\n{{$dir}}/{{$p}}12.m4s\n");
+    origin.script(path, Script::ok(published.clone()).header(cc.0, cc.1));
+    let r = edge.get(&format!("{path}?p=s&_HLS_msn=12")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(&r.body[..], published.as_bytes());
+    edge.settle().await;
+    let got = edge.get(listed).await;
+    assert_eq!(got.status, 200, "listed segment: {}", got.h("cache-status"));
+    assert_eq!(&got.body[..], b"seg 12");
+    let literal: Vec<String> = origin
+        .targets()
+        .into_iter()
+        .filter(|t| t.contains('{') || t.to_ascii_lowercase().contains("%7b"))
+        .collect();
+    assert!(
+        literal.is_empty(),
+        "unsubstituted URIs fetched: {literal:?}"
+    );
+    // The first copy's prefetch asked for the newest segment it could resolve.
+    until("segment 10 prefetched", || {
+        origin.count("/dv/segs/s10.m4s") == 1
+    })
+    .await;
 }
 
 /// RFC 8216bis §6.2.5.2: `_HLS_msn` and `_HLS_part` carry a `decimal-integer` (§4.2: the

@@ -2,16 +2,20 @@
 //! renditions, session keys) and of a media playlist (segments, EXT-X-MAP, EXT-X-KEY), with
 //! byte ranges collapsed to their resource.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 
 use m3u8_rs::{KeyMethod, MasterPlaylist, MediaPlaylist, Playlist};
 use url::Url;
 
+use super::variables::{has_reference, Variables};
 use super::{resolve, ObjectKind, Reference, WalkError};
 
 /// Why a reference was not listed.
 pub const SKIP_KEY: &str = "key file (keys are skipped unless --include-keys)";
 pub const SKIP_SCHEME: &str = "not an http(s) or file URL";
+pub const SKIP_VARIABLE: &str =
+    "URI with an EXT-X-DEFINE variable it cannot resolve (IMPORT, undefined, too long)";
 
 /// Room a playlist's references may take: the walk's object budget left, and the URLs it
 /// already holds (they take none).
@@ -82,7 +86,7 @@ pub fn references(
     let mut lines = 0usize;
     units(url, rest, master, include_keys, room.known, |u| {
         for line in u.lines.into_iter().flatten() {
-            chunk.push_str(line);
+            chunk.push_str(&line);
             chunk.push('\n');
             lines += 1;
         }
@@ -102,9 +106,11 @@ pub fn references(
 /// One self-contained piece of a playlist as m3u8-rs reads it: a segment (its URI line and the
 /// EXT-X-KEY and EXT-X-MAP that apply to it, which m3u8-rs attaches to the next segment only),
 /// a variant (its tag and the URI line after it), or one EXT-X-MEDIA or EXT-X-SESSION-KEY line.
-/// A playlist references what its units reference, each read alone.
+/// A playlist references what its units reference, each read alone. Lines have their
+/// `EXT-X-DEFINE` variables substituted (`variables`); one that does not resolve is kept as
+/// written, and its `{$` reference is skipped when collected (`SKIP_VARIABLE`).
 struct Unit<'t> {
-    lines: [Option<&'t str>; 3],
+    lines: [Option<Cow<'t, str>>; 3],
     /// New references it may add (an upper bound: those the walk already holds do not count).
     adds: usize,
 }
@@ -124,17 +130,24 @@ fn units<'t>(
     // Media playlists: the EXT-X-KEY and EXT-X-MAP since the last segment, and the last of
     // each passed on. Master playlists: the variant tag whose URI line is still to come (a
     // URI line sets the newest variant's URI, the last one wins).
-    let (mut key, mut map) = (None::<&str>, None::<&str>);
-    let (mut last_key, mut last_map) = (None::<&str>, None::<&str>);
-    let mut variant: Option<(&str, Option<&str>)> = None;
+    let (mut key, mut map) = (None::<Cow<'t, str>>, None::<Cow<'t, str>>);
+    let (mut last_key, mut last_map) = (None::<Cow<'t, str>>, None::<Cow<'t, str>>);
+    let mut variant: Option<(Cow<'t, str>, Option<Cow<'t, str>>)> = None;
     // URI lines listed so far: at most `Room::left` + 1 of them before the count refuses.
-    let mut listed: HashSet<&str> = HashSet::new();
+    let mut listed: HashSet<Cow<'t, str>> = HashSet::new();
+    // The playlist's variables, defined before use; `QUERYPARAM` reads the URL it came from.
+    let mut vars = Variables::new(parent.query());
     for line in text.split('\n') {
         let line = line.strip_suffix('\r').unwrap_or(line);
         let t = line.trim_start_matches([' ', '\t']);
         if t.is_empty() {
             continue;
         }
+        if let Some(attrs) = t.strip_prefix("#EXT-X-DEFINE:") {
+            vars.define(attrs);
+            continue;
+        }
+        let t = vars.resolve(t).unwrap_or(Cow::Borrowed(t));
         if master {
             if t.starts_with("#EXT-X-STREAM-INF:") || t.starts_with("#EXT-X-I-FRAME-STREAM-INF:") {
                 if let Some((tag, uri)) = variant.take() {
@@ -168,18 +181,22 @@ fn units<'t>(
         } else if t.starts_with("#EXT-X-MAP:") {
             map = Some(t);
         } else if !t.starts_with('#') {
-            let k = key.take().filter(|k| last_key != Some(*k));
-            let m = map.take().filter(|m| last_map != Some(*m));
+            let k = key.take().filter(|k| last_key.as_ref() != Some(k));
+            let m = map.take().filter(|m| last_map.as_ref() != Some(m));
             // An unresolvable URI counts as new and is passed on: the parse reports it.
-            let new = !listed.contains(t) && resolve(parent, t).map_or(true, |u| !known(&u));
+            let new = !listed.contains(&t) && resolve(parent, &t).map_or(true, |u| !known(&u));
             if k.is_none() && m.is_none() && !new {
                 continue;
             }
             if new {
-                listed.insert(t);
+                listed.insert(t.clone());
             }
-            last_key = k.or(last_key);
-            last_map = m.or(last_map);
+            if k.is_some() {
+                last_key.clone_from(&k);
+            }
+            if m.is_some() {
+                last_map.clone_from(&m);
+            }
             let adds = usize::from(new)
                 + usize::from(m.is_some())
                 + usize::from(k.is_some() && include_keys);
@@ -233,6 +250,12 @@ struct Collector<'a> {
 
 impl Collector<'_> {
     fn push(&mut self, reference: &str, kind: ObjectKind) -> Result<(), WalkError> {
+        // Substituted before the parse (`units`): what still holds `{$` did not resolve, and
+        // fetched as written it would be `%7B$name%7D`, an object no player asks for.
+        if has_reference(reference) {
+            self.skipped.push((reference.to_string(), SKIP_VARIABLE));
+            return Ok(());
+        }
         if reference.trim().is_empty() {
             return Err(WalkError::BadReference {
                 reference: reference.to_string(),

@@ -1,8 +1,9 @@
 //! vedge-manifest: HLS (m3u8-rs) and DASH (dash-mpd-core) manifest walking, from one asset URL to
 //! every object a player could request (playlists, MPDs, init and media segments, subtitles, key
 //! files), plus the pieces the edge (ingest) and the live-burst harness (`vedge-bench`) both read
-//! manifests with: DASH template expansion ([`template`]), SegmentTimeline runs ([`timeline`]) and
-//! the duration syntax of their flags ([`duration`]).
+//! manifests with: DASH template expansion ([`template`]), SegmentTimeline runs ([`timeline`]),
+//! the duration syntax of their flags ([`duration`]) and HLS variable substitution
+//! ([`variables`], `EXT-X-DEFINE`).
 //!
 //! The walk is pure apart from its [`Fetcher`]: the same code reads an origin over HTTP or a
 //! local directory of packaged assets (`file:` URLs), and tests feed it files or strings.
@@ -32,6 +33,7 @@ pub mod hls;
 pub mod scope;
 pub mod template;
 pub mod timeline;
+pub mod variables;
 
 use std::collections::{HashSet, VecDeque};
 

@@ -549,3 +549,37 @@ fn too_many_references_are_refused_before_parsing() {
         11
     );
 }
+
+/// RFC 8216bis §4.3: the walk reads a playlist's URIs with their `EXT-X-DEFINE` variables
+/// substituted (`NAME`/`VALUE`, `QUERYPARAM` from the playlist's URL), and lists none it cannot
+/// resolve (`IMPORT`, undefined): fetched as written, `{$x}` would be `%7B$x%7D`.
+#[test]
+fn hls_variables_are_substituted_and_unresolved_uris_skipped() {
+    let url = Url::parse("http://o.example/live/v.m3u8?cdn=c1").unwrap();
+    let media = "#EXTM3U\n#EXT-X-VERSION:8\n#EXT-X-TARGETDURATION:2\n\
+#EXT-X-DEFINE:NAME=\"dir\",VALUE=\"segs\"\n#EXT-X-DEFINE:QUERYPARAM=\"cdn\"\n\
+#EXT-X-DEFINE:IMPORT=\"base\"\n\
+#EXT-X-MAP:URI=\"{$dir}/init.mp4\"\n\
+#EXTINF:2.0,\n{$dir}/s1.m4s\n#EXTINF:2.0,\n{$dir}/s2.m4s?c={$cdn}\n\
+#EXTINF:2.0,\n{$base}/s3.m4s\n#EXTINF:2.0,\n{$nowhere}/s4.m4s\n#EXT-X-ENDLIST\n";
+    let mut skipped = Vec::new();
+    let refs = hls::references(
+        &url,
+        media.as_bytes(),
+        false,
+        &mut skipped,
+        &hls::Room::only(100),
+    )
+    .unwrap();
+    let got: Vec<&str> = refs.iter().map(|r| r.url.as_str()).collect();
+    assert_eq!(
+        got,
+        [
+            "http://o.example/live/segs/init.mp4",
+            "http://o.example/live/segs/s1.m4s",
+            "http://o.example/live/segs/s2.m4s?c=c1",
+        ]
+    );
+    let skipped: Vec<&str> = skipped.iter().map(|(u, _)| u.as_str()).collect();
+    assert_eq!(skipped, ["{$base}/s3.m4s", "{$nowhere}/s4.m4s"]);
+}

@@ -305,6 +305,16 @@ impl Origin {
             .count()
     }
 
+    /// The target (path and query, as sent) of every request seen since start, in order.
+    pub fn targets(&self) -> Vec<String> {
+        self.state
+            .lock()
+            .seen
+            .iter()
+            .map(|s| s.target.clone())
+            .collect()
+    }
+
     /// TCP connections accepted since start (across restarts).
     pub fn connections(&self) -> usize {
         self.state.lock().connections
