@@ -50,6 +50,12 @@ pub struct LogInfo {
 #[derive(Clone, Debug)]
 pub struct NotModifiedType(pub HeaderValue);
 
+/// The length of the representation a `304` stands for (its 200's `Content-Length`, which the
+/// 304 drops), as a response extension: edge-side gzip (`proxy::compress`) codes a manifest by
+/// its length, and a 304 must carry the `ETag` its 200 would (§15.4.5), weak when coded.
+#[derive(Clone, Copy, Debug)]
+pub struct NotModifiedLength(pub u64);
+
 /// `CDN-Loop` (RFC 8586), named once (the origin client stamps its own; `http` does not lean
 /// on `origin`).
 const CDN_LOOP: HeaderName = HeaderName::from_static("cdn-loop");
@@ -190,6 +196,9 @@ pub fn build(
     *resp.headers_mut() = headers;
     if let Some(t) = not_modified_type {
         resp.extensions_mut().insert(NotModifiedType(t));
+        if let Some(n) = len {
+            resp.extensions_mut().insert(NotModifiedLength(n));
+        }
     }
     stamp(&mut resp, info);
     resp

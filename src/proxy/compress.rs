@@ -13,6 +13,13 @@
 //! Stored objects stay as the origin sent them: ranges, conditionals and every other viewer
 //! work on those bytes.
 //!
+//! Whether a 200 is coded is decided by its head alone (`codes`: the length, or a length not
+//! known yet), never by what gzip made of the body, so the answers that have no body agree
+//! with it (RFC 9110 §9.3.2, §15.4.5): a HEAD carries the fields the GET would (coded: no
+//! `Content-Length`, the coded one is not known without the body), and a `304` to a request
+//! whose 200 this module would answer carries that 200's `Vary` and `ETag` (weak when coded;
+//! `http::response::NotModifiedLength` tells it the stored length).
+//!
 //! The coded form of a shared body is kept by its bytes (`Compressed`): a playlist hit by ten
 //! thousand players is compressed once per version, not once per request. A per-viewer body
 //! (a manifest carrying that viewer's token) is compressed for its viewer alone, at a lower
@@ -30,6 +37,7 @@ use quick_cache::Weighter;
 
 use crate::cache::policy::ManifestFormat;
 use crate::http::body::Body;
+use crate::http::response::{NotModifiedLength, NotModifiedType};
 use crate::proxy::edge::Edge;
 use crate::proxy::signed::{INLINE_MAX, MAX_REWRITE};
 
@@ -89,7 +97,11 @@ pub async fn manifest(
     resp: Response<Body>,
     shared: bool,
 ) -> Response<Body> {
-    if !eligible(parts, &resp) {
+    if resp.status() == StatusCode::NOT_MODIFIED {
+        return not_modified(parts, resp);
+    }
+    let ct = resp.headers().get(header::CONTENT_TYPE);
+    if resp.status() != StatusCode::OK || !eligible(parts, resp.headers(), ct) {
         return resp;
     }
     let (mut head, body) = resp.into_parts();
@@ -98,8 +110,10 @@ pub async fn manifest(
         return Response::from_parts(head, body);
     }
     if parts.method == Method::HEAD {
-        // No body to measure: a GET's would be coded, its length unknown here.
-        coded_headers(&mut head.headers, None);
+        // The head the GET would have, by the same rule; the coded length needs the body.
+        if codes(content_length(&head.headers)) {
+            coded_headers(&mut head.headers, None);
+        }
         return Response::from_parts(head, body);
     }
     let plain = match collect(body).await {
@@ -107,11 +121,12 @@ pub async fn manifest(
         // Too long, or the fill failed: sent as it came, headers untouched.
         Err(body) => return Response::from_parts(head, body),
     };
-    if plain.len() < MIN_LEN {
+    if !codes(Some(plain.len() as u64)) {
         return Response::from_parts(head, Body::full(plain));
     }
     let coded = match gzip(edge, plain.clone(), shared).await {
         Some(coded) => coded,
+        // The encoder failed (it cannot on a `Vec`; the blocking pool may): sent as it is.
         None => return Response::from_parts(head, Body::full(plain)),
     };
     edge.metrics
@@ -122,12 +137,44 @@ pub async fn manifest(
     Response::from_parts(head, Body::full(coded))
 }
 
-/// A `200` to a GET or HEAD of a manifest, not content-coded, without `no-transform`.
-fn eligible(parts: &Parts, resp: &Response<Body>) -> bool {
-    let h = resp.headers();
-    let ct = h.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+/// A `304` to a request whose `200` this module answers: with that 200's `Vary` and, when the
+/// 200 would be coded for this viewer, its weak `ETag` (RFC 9110 §15.4.5). Its length is the
+/// stored one (`NotModifiedLength`); a 304 without it (the origin's, relayed by a pass) is
+/// taken as coded, as a body of unknown length is.
+fn not_modified(parts: &Parts, mut resp: Response<Body>) -> Response<Body> {
+    // The 304 drops `Content-Type`; `http::response` keeps it aside.
+    let ct = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .or_else(|| resp.extensions().get::<NotModifiedType>().map(|t| &t.0));
+    if !eligible(parts, resp.headers(), ct) {
+        return resp;
+    }
+    let len = resp.extensions().get::<NotModifiedLength>().map(|n| n.0);
+    let h = resp.headers_mut();
+    add_vary(h);
+    if accepts_gzip(&parts.headers) && codes(len) {
+        weaken_etag(h);
+    }
+    resp
+}
+
+/// Whether a 200 whose body is `len` bytes (`None`: not known yet) is coded for a viewer that
+/// takes gzip: from `MIN_LEN` to `MAX_REWRITE` bytes. Unknown is taken as coded: a manifest
+/// mostly is, and `collect` measures a GET's body before it decides.
+fn codes(len: Option<u64>) -> bool {
+    len.is_none_or(|n| (MIN_LEN as u64..=MAX_REWRITE as u64).contains(&n))
+}
+
+fn content_length(h: &HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+/// An answer to a GET or HEAD of a manifest (`ct`: its 200's `Content-Type`) whose fields `h`
+/// name no content coding and no `no-transform`.
+fn eligible(parts: &Parts, h: &HeaderMap, ct: Option<&HeaderValue>) -> bool {
+    let ct = ct.and_then(|v| v.to_str().ok());
     (parts.method == Method::GET || parts.method == Method::HEAD)
-        && resp.status() == StatusCode::OK
         && !h.contains_key(header::CONTENT_ENCODING)
         && ManifestFormat::of(parts.uri.path(), ct).is_some()
         && !h.get_all(header::CACHE_CONTROL).iter().any(|v| {
@@ -191,6 +238,11 @@ fn coded_headers(h: &mut HeaderMap, len: Option<usize>) {
         }
     }
     h.remove(header::ACCEPT_RANGES);
+    weaken_etag(h);
+}
+
+/// A strong `ETag` made weak: the coded bytes are not the stored ones (RFC 9110 §8.8.3).
+fn weaken_etag(h: &mut HeaderMap) {
     if let Some(tag) = h.get(header::ETAG) {
         if !tag.as_bytes().starts_with(b"W/") {
             let mut weak = b"W/".to_vec();
@@ -243,7 +295,9 @@ async fn collect(body: Body) -> Result<Bytes, Body> {
 }
 
 /// `plain` gzip-coded: from the kept forms when `shared` and compressed before, else now (off
-/// the worker past `INLINE_MAX`). `None` when the coding failed or saved nothing.
+/// the worker past `INLINE_MAX`). `None` when the coding failed. Kept even when it saved
+/// nothing (text of `MIN_LEN` bytes and more hardly ever does): whether an answer is coded is
+/// its head's to say (`codes`), which a HEAD and a 304 can read too.
 async fn gzip(edge: &Edge, plain: Bytes, shared: bool) -> Option<Bytes> {
     let kept = &edge.compressed;
     let key = shared.then(|| kept.hash(&plain));
@@ -267,9 +321,6 @@ async fn gzip(edge: &Edge, plain: Bytes, shared: bool) -> Option<Bytes> {
     } else {
         encode(&plain, level)?
     };
-    if coded.len() >= plain.len() {
-        return None;
-    }
     if let Some(k) = key {
         kept.kept.insert(
             k,
@@ -326,6 +377,15 @@ mod tests {
             assert!(!accepts_gzip(&ae(no)), "{no}");
         }
         assert!(!accepts_gzip(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn coding_is_decided_by_the_length_alone() {
+        assert!(!codes(Some(MIN_LEN as u64 - 1)));
+        assert!(codes(Some(MIN_LEN as u64)));
+        assert!(codes(Some(MAX_REWRITE as u64)));
+        assert!(!codes(Some(MAX_REWRITE as u64 + 1)));
+        assert!(codes(None), "unknown: as a GET of a manifest mostly is");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::io::Read;
 use bytes::Bytes;
 use http::{Method, StatusCode};
 
-use crate::support::edge::{edge_config, TestEdge};
+use crate::support::edge::{edge_config, Resp, TestEdge};
 use crate::support::origin::{Origin, Script};
 
 /// A VOD media playlist of `n` segments (about 30 bytes each).
@@ -157,4 +157,75 @@ async fn only_uncoded_manifests_without_no_transform_are_coded_and_only_when_on(
     assert!(r.headers.get("content-encoding").is_none());
     assert!(r.headers.get("vary").is_none());
     assert_eq!(r.body, text.as_bytes());
+}
+
+/// The fields RFC 9110 says a HEAD (§9.3.2) and a 304 (§15.4.5) share with the 200 they
+/// stand for: coding, validator, `Vary`.
+fn fields(r: &Resp) -> [Option<String>; 3] {
+    ["content-encoding", "etag", "vary"].map(|n| field(r, n))
+}
+
+/// Every value of `name`, joined as one list; `None` when absent.
+fn field(r: &Resp, name: &str) -> Option<String> {
+    let values: Vec<&str> = r
+        .headers
+        .get_all(name)
+        .iter()
+        .map(|v| v.to_str().expect("a text value"))
+        .collect();
+    (!values.is_empty()).then(|| values.join(", "))
+}
+
+/// Bug: with `compress_manifests` on, a HEAD was always answered as coded (`gzip`, weak ETag)
+/// while a GET of a playlist under 512 bytes came identity with the strong ETag; and a 304 kept
+/// the stored fields: no `Vary: Accept-Encoding` and the strong ETag, where the 200 to the same
+/// request carried `Vary` and the weak one. Now a HEAD and a 304 carry what the GET's 200 would.
+#[tokio::test]
+async fn head_and_304_carry_the_fields_of_the_200_they_stand_for() {
+    let origin = Origin::start().await;
+    let (small, big) = (playlist(2), playlist(100));
+    assert!(small.len() < 512 && big.len() > 2048);
+    origin.script("/v/small.m3u8", script(&small, "max-age=60"));
+    origin.script("/v/big.m3u8", script(&big, "max-age=60"));
+    let edge = edge(&origin, true).await;
+    let head = |path: &'static str, ae: &'static str| {
+        let edge = &edge;
+        async move {
+            let req = edge.req(Method::HEAD, path).header("accept-encoding", ae);
+            edge.send(req, Bytes::new()).await
+        }
+    };
+    for (path, coded) in [("/v/small.m3u8", false), ("/v/big.m3u8", true)] {
+        for ae in ["gzip", "identity"] {
+            let get = edge.get_with(path, &[("accept-encoding", ae)]).await;
+            assert_eq!(get.status, StatusCode::OK);
+            let coded = coded && ae == "gzip";
+            assert_eq!(
+                field(&get, "content-encoding").is_some(),
+                coded,
+                "{path} {ae}"
+            );
+            assert!(get.h("vary").eq_ignore_ascii_case("accept-encoding"));
+            edge.settle().await;
+
+            let h = head(path, ae).await;
+            assert_eq!(h.status, StatusCode::OK);
+            assert_eq!(fields(&h), fields(&get), "HEAD {path} {ae}");
+            if let Some(len) = field(&h, "content-length") {
+                assert_eq!(len, get.body.len().to_string(), "HEAD {path} {ae}");
+            }
+            // Revalidated with the ETag it was given (weak or strong).
+            let etag = get.h("etag").to_string();
+            let req = [("accept-encoding", ae), ("if-none-match", etag.as_str())];
+            let r304 = edge.get_with(path, &req).await;
+            assert_eq!(r304.status, StatusCode::NOT_MODIFIED, "{path} {ae}");
+            assert_eq!(field(&r304, "etag"), field(&get, "etag"), "304 {path} {ae}");
+            assert_eq!(field(&r304, "vary"), field(&get, "vary"), "304 {path} {ae}");
+            assert!(r304.body.is_empty());
+        }
+    }
+    assert_eq!(
+        origin.count("/v/small.m3u8") + origin.count("/v/big.m3u8"),
+        2
+    );
 }
