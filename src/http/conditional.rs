@@ -96,15 +96,38 @@ pub fn range_applies(req: &HeaderMap, rep: &HeaderMap) -> bool {
             .get(header::ETAG)
             .is_some_and(|e| Tag::parse(e.as_bytes()).strong_eq(&asked));
     }
-    let strong = |lm: SystemTime| {
-        date_of(rep, header::DATE)
-            .and_then(|d| d.duration_since(lm).ok())
-            .is_some_and(|after| after.as_secs() >= 1)
-    };
     match (parse_date(v), date_of(rep, header::LAST_MODIFIED)) {
-        (Some(a), Some(lm)) => a == lm && strong(lm),
+        (Some(a), Some(lm)) => a == lm && strong_date(rep, lm),
         _ => false,
     }
+}
+
+/// Whether the representation `rep` has a strong validator for a cache (RFC 9110 §8.8.1): a
+/// strong entity-tag, or a `Last-Modified` that §8.8.2.2 lets an intermediate cache take as
+/// strong (its stored `Date` at least a second later). Only then may partial responses of it be
+/// combined into one (RFC 9110 §15.3.7.3, RFC 9111 §3.4), as slices are (`proxy::slice`). An
+/// entity-tag that is not a valid one (§8.8.3: unquoted) counts unless it starts with `W/` in
+/// either case: `range_applies` compares such a tag by its bytes too, and the origin did not
+/// call it weak. Several `ETag` lines say nothing certain, so they count for nothing.
+pub fn strong_validator(rep: &HeaderMap) -> bool {
+    let mut tags = rep.get_all(header::ETAG).iter();
+    let strong_tag = match (tags.next(), tags.next()) {
+        (Some(v), None) => match Tag::parse(v.as_bytes()) {
+            Tag::Valid { weak, .. } => !weak,
+            Tag::Raw(b) => !b.get(..2).is_some_and(|p| p.eq_ignore_ascii_case(b"W/")),
+        },
+        _ => false,
+    };
+    strong_tag || date_of(rep, header::LAST_MODIFIED).is_some_and(|lm| strong_date(rep, lm))
+}
+
+/// §8.8.2.2 for a cache: a `Last-Modified` of `lm` is strong when the stored `Date` is at least a
+/// second later (a representation changed twice within its `Last-Modified` second would
+/// otherwise pass for one).
+fn strong_date(rep: &HeaderMap, lm: SystemTime) -> bool {
+    date_of(rep, header::DATE)
+        .and_then(|d| d.duration_since(lm).ok())
+        .is_some_and(|after| after.as_secs() >= 1)
 }
 
 /// An entity-tag as received. A value that is not a valid `entity-tag` (RFC 9110 §8.8.3: unquoted,
@@ -443,5 +466,32 @@ mod tests {
             evaluate(&Method::GET, &req, &rep(b"\"v1\"")),
             Outcome::NotModified
         );
+    }
+
+    #[test]
+    fn a_strong_validator_is_a_strong_tag_or_a_last_modified_a_second_before_date() {
+        let date: (&'static str, &'static [u8]) = ("date", b"Mon, 23 Nov 2026 04:00:00 GMT");
+        assert!(strong_validator(&h(&[("etag", b"\"v1\"")])));
+        assert!(strong_validator(&h(&[("etag", b"v1")])));
+        assert!(!strong_validator(&h(&[("etag", b"W/\"v1\"")])));
+        assert!(!strong_validator(&h(&[("etag", b"w/\"v1\"")])));
+        assert!(!strong_validator(&h(&[
+            ("etag", b"\"a\""),
+            ("etag", b"\"b\"")
+        ])));
+        assert!(!strong_validator(&HeaderMap::new()));
+        // A weak tag beside a strong `Last-Modified`: the date is the strong validator.
+        assert!(strong_validator(&h(&[
+            ("etag", b"W/\"v1\""),
+            ("last-modified", LM),
+            date
+        ])));
+        assert!(strong_validator(&h(&[("last-modified", LM), date])));
+        // Within its own second, or without a `Date`, a `Last-Modified` is weak.
+        assert!(!strong_validator(&h(&[
+            ("last-modified", LM),
+            ("date", b"Sun, 22 Nov 2026 04:00:00 GMT")
+        ])));
+        assert!(!strong_validator(&h(&[("last-modified", LM)])));
     }
 }

@@ -23,7 +23,7 @@ use crate::proxy::edge::Edge;
 use crate::proxy::fill_limit::Refused;
 use crate::proxy::llhls::Early;
 use crate::proxy::request::Req;
-use crate::proxy::slice::{self, SliceAsk};
+use crate::proxy::slice::{self, SliceAsk, SliceHead};
 
 /// What the driver needs from the request that started the fill.
 #[derive(Clone)]
@@ -163,6 +163,24 @@ fn stored_fresh(decision: &Decision) -> bool {
 /// `cache.range_passthrough_above`.
 fn cache_limit(edge: &Edge) -> u64 {
     edge.config.abuse.range_passthrough_above
+}
+
+/// The pass reason of an object without a strong validator (never sliced) too large to cache
+/// whole (`cache.max_object_size`).
+const UNSLICEABLE: &str = "unsliceable-too-large";
+
+/// Ends a cold-Range probe too large to fetch whole (`proxy::range_pass`): the viewers ask the
+/// origin for their own ranges.
+fn range_passed(edge: &Edge, guard: &FillGuard, fill: &Fill) {
+    edge.metrics
+        .abuse
+        .range_passthrough
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // The key is released before the head wakes anyone: collapsed viewers without a Range
+    // claim one whole-object fill of their own (`range_pass::refill`), which must not find this
+    // probe still holding the key.
+    guard.release();
+    fill.set_head(FillHead::Pass(crate::proxy::range_pass::REASON));
 }
 
 /// The origin client's error in the fill's own terms (the cache does not depend on `origin`);
@@ -639,15 +657,39 @@ async fn ask(
     // A slice fill: `Some(total)` when the answer is a slice to keep under the slice key; a
     // whole object (a 200, or a 206 covering all of it) goes on as an ordinary fill.
     let sliced = match &job.slice {
-        Some(ask) => match slice::on_origin_head(edge, &job.base_key, ask, &mut parts).await {
-            Ok(total) => total,
-            Err(why) => {
-                Metrics::inc(&edge.metrics.origin_errors);
-                tracing::debug!(key, why, "bad slice response");
-                fill.set_head(FillHead::Failed(OriginFailure::Protocol));
-                return Ok(Asked::Done);
+        Some(asked_slice) => {
+            match slice::on_origin_head(edge, &job.base_key, asked_slice, &mut parts).await {
+                Ok(SliceHead::Slice(total)) => Some(total),
+                Ok(SliceHead::Whole) => None,
+                Ok(SliceHead::Unsliceable(total)) => {
+                    drop((_slot, body));
+                    // Too large to keep whole: every viewer asks the origin for its own range
+                    // (remembered, so the next ones skip this probe), as for a 200 too large to
+                    // store when slicing is off.
+                    if total > cache.max_object_size {
+                        tracing::debug!(key, total, "unsliceable object too large to cache");
+                        edge.remember_pass(&job.base_key, cache.hit_for_pass_ttl);
+                        fill.set_head(FillHead::Pass(UNSLICEABLE));
+                        return Ok(Asked::Done);
+                    }
+                    // A cold range past `range_passthrough_above` passes as one on an object
+                    // fetched whole would (`range_pass`), without asking for the body first.
+                    if job.range_probe && total > cache_limit(edge) {
+                        range_passed(edge, guard, fill);
+                        return Ok(Asked::Done);
+                    }
+                    tracing::debug!(key, "slice without a strong validator: fetching it whole");
+                    let job = FillJob { slice: None, ..job };
+                    return Box::pin(ask(edge, fill, guard, job)).await;
+                }
+                Err(why) => {
+                    Metrics::inc(&edge.metrics.origin_errors);
+                    tracing::debug!(key, why, "bad slice response");
+                    fill.set_head(FillHead::Failed(OriginFailure::Protocol));
+                    return Ok(Asked::Done);
+                }
             }
-        },
+        }
         None => None,
     };
     // A hinted range: a 206 from the hinted byte is kept under the range key; a 206 of other
@@ -921,15 +963,7 @@ async fn ask(
     if job.range_probe && crate::proxy::range_pass::too_large(parts.status, content_length, limit) {
         // Dropping the body closes the origin connection after the head: the viewers ask
         // the origin for their own ranges instead.
-        edge.metrics
-            .abuse
-            .range_passthrough
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        // The key is released before the head wakes anyone: collapsed viewers without a
-        // Range claim one whole-object fill of their own (`range_pass::refill`), which must
-        // not find this probe still holding the key.
-        guard.release();
-        fill.set_head(FillHead::Pass(crate::proxy::range_pass::REASON));
+        range_passed(edge, guard, fill);
         return Ok(Asked::Done);
     }
 

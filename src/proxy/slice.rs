@@ -15,10 +15,16 @@
 //!   an origin error for that slice (502), never bytes stored at the wrong place;
 //! - a 206 covering the whole object is stored as the ordinary 200 it is;
 //! - a 200 (the origin ignores Range) is the whole object, cached as any fill is;
-//! - a slice whose total or validator (`ETag`, else `Last-Modified`) differs from the record
-//!   means the object changed between slices: the record and every slice go, and the object
-//!   restarts from this answer. A viewer whose response already carries the old version's
-//!   bytes has it aborted (never a body spliced from two versions).
+//! - a slice of an object without a strong validator (RFC 9110 §8.8.1: a strong `ETag`, or a
+//!   `Last-Modified` at least a second before the `Date`, `http::conditional::strong_validator`)
+//!   is not kept: partial responses may be combined only when they share a strong validator
+//!   (RFC 9110 §15.3.7.3, RFC 9111 §3.4), and without one two versions of the same length are
+//!   indistinguishable. The fill asks for the whole object instead, as for an origin that
+//!   ignores `Range` (`SliceHead::Unsliceable`);
+//! - a slice whose total, `ETag` or `Last-Modified` differs from the record means the object
+//!   changed between slices: the record and every slice go, and the object restarts from this
+//!   answer. A viewer whose response already carries the old version's bytes has it aborted
+//!   (never a body spliced from two versions).
 
 use std::sync::Arc;
 
@@ -34,6 +40,7 @@ use crate::cache::object::{tags_of, CachedObject};
 use crate::cache::policy::{ContentClass, Freshness};
 use crate::cache::status::CacheStatus;
 use crate::http::body::{Body, BoxError};
+use crate::http::conditional::strong_validator;
 use crate::http::response::{self, CacheInfo, Source};
 use crate::metrics::Metrics;
 use crate::proxy::edge::Edge;
@@ -108,15 +115,29 @@ pub fn content_range(h: &HeaderMap) -> Option<(u64, u64, u64)> {
     (a <= b && b < total).then_some((a, b, total))
 }
 
-/// Whether two heads are of the same version of an object: the `ETag`s when either has one,
-/// else the `Last-Modified` dates when either has one (an object without validators cannot be
-/// told apart, as with nginx's slice module).
+/// Whether two heads are of the same version of an object: every validator either carries is
+/// the same in both, the `ETag` and the `Last-Modified` (only objects with a strong validator
+/// are sliced, `on_origin_head`). Comparing the date beside a strong `ETag` is stricter than RFC
+/// 9111 §3.4 asks: an origin whose dates disagree while its tags agree costs a restart, never
+/// a mix; and a weak `ETag` that stays the same while the bytes change (with the date as the
+/// strong validator) is caught by the date.
 fn same_version(a: &HeaderMap, b: &HeaderMap) -> bool {
     let same = |name: header::HeaderName| a.get(&name) == b.get(&name);
-    if a.contains_key(header::ETAG) || b.contains_key(header::ETAG) {
-        return same(header::ETAG);
-    }
-    same(header::LAST_MODIFIED)
+    same(header::ETAG) && same(header::LAST_MODIFIED)
+}
+
+/// What a slice fill's origin answer is (`on_origin_head`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SliceHead {
+    /// A slice to store under the slice key, of an object of this many bytes.
+    Slice(u64),
+    /// A whole object (a 200, or a 206 rewritten as the 200 it is) or another status, filled
+    /// as usual under the base key.
+    Whole,
+    /// A slice of an object of this many bytes without a strong validator: its slices could not
+    /// be told from another version's, so it is never sliced. The fill drops this answer and
+    /// asks for the whole object, which is cached as an origin ignoring `Range` would have it.
+    Unsliceable(u64),
 }
 
 /// The whole object's 200 head, from one slice's 206 head.
@@ -130,16 +151,14 @@ fn whole_head(slice: &HeaderMap, total: u64) -> HeaderMap {
 
 // ---- the origin's side (the fill driver's hook) ----
 
-/// Judges a slice fill's origin answer before anything is published. `Ok(Some(total))`: a
-/// slice to store under the slice key; `Ok(None)`: a whole object (a 200, or a 206 rewritten as
-/// the 200 it is) or another status, filled as usual under the base key; `Err`: a 206 that does
-/// not say it carries the asked bytes (an origin error for this slice).
+/// Judges a slice fill's origin answer before anything is published (`SliceHead`); `Err`: a 206
+/// that does not say it carries the asked bytes (an origin error for this slice).
 pub async fn on_origin_head(
     edge: &Edge,
     base: &str,
     ask: &SliceAsk,
     parts: &mut ResponseParts,
-) -> Result<Option<u64>, &'static str> {
+) -> Result<SliceHead, &'static str> {
     match parts.status {
         StatusCode::PARTIAL_CONTENT => {
             let (a, b, total) =
@@ -159,7 +178,12 @@ pub async fn on_origin_head(
                     .headers
                     .insert(header::CONTENT_LENGTH, HeaderValue::from(total));
                 forget(edge, base, "the object now fits one slice").await;
-                return Ok(None);
+                return Ok(SliceHead::Whole);
+            }
+            if !strong_validator(&parts.headers) {
+                // Slices stored before (of a version that had one) are of no use either.
+                forget(edge, base, "the object has no strong validator").await;
+                return Ok(SliceHead::Unsliceable(total));
             }
             if let Some((rec, _)) = edge.lookup(&record_key(base)).await {
                 let was = crate::cache::policy::content_length(&rec.headers);
@@ -168,7 +192,7 @@ pub async fn on_origin_head(
                     edge.purge_key(base);
                 }
             }
-            Ok(Some(total))
+            Ok(SliceHead::Slice(total))
         }
         StatusCode::OK => {
             forget(
@@ -177,9 +201,9 @@ pub async fn on_origin_head(
                 "the origin answered a slice with the whole object",
             )
             .await;
-            Ok(None)
+            Ok(SliceHead::Whole)
         }
-        _ => Ok(None),
+        _ => Ok(SliceHead::Whole),
     }
 }
 
@@ -324,6 +348,12 @@ pub async fn serve(req: &Req<'_>, base: &str, only_if_cached: bool) -> Result<Ou
             .map(|(o, _)| o)
             .filter(|o| o.staleness(now).is_none());
         let (sliced, first) = match record {
+            // A record without a strong validator (stored by an edge that sliced such objects):
+            // its slices may be of several versions. Dropped with them; the object starts over.
+            Some(rec) if !strong_validator(&rec.headers) => {
+                edge.purge_key(base);
+                continue;
+            }
             Some(rec) => match crate::cache::policy::content_length(&rec.headers) {
                 Some(total) => (
                     Sliced {
@@ -405,7 +435,12 @@ fn not_sliced(
     let reason = match head {
         // The leader's share of the fill slots was taken: `request::read` sends each viewer
         // to claim again, the leader once a slot of its share is free.
-        FillHead::Pass(fill::SHARE_TAKEN) => return Ok(Outcome::Read { fill, leader }),
+        // A cold-Range probe too large to fetch whole (an object without a strong validator,
+        // never sliced: `SliceHead::Unsliceable`): `request::read` passes the ranged viewers
+        // and has the others claim one whole-object fill.
+        FillHead::Pass(fill::SHARE_TAKEN | crate::proxy::range_pass::REASON) => {
+            return Ok(Outcome::Read { fill, leader })
+        }
         FillHead::Pass(reason) => reason,
         // The probe's slice lies past the end: the 416 answers a viewer's own range, while a
         // viewer without one (an empty object's first slice) gets the whole object, fetched
@@ -829,11 +864,17 @@ mod tests {
     }
 
     #[test]
-    fn versions_compare_etag_first() {
+    fn versions_compare_every_validator() {
         let a = h(&[("etag", "\"a\""), ("last-modified", "x")]);
         let b = h(&[("etag", "\"b\""), ("last-modified", "x")]);
         assert!(!same_version(&a, &b));
         assert!(same_version(&a, &a.clone()));
+        let w = h(&[("etag", "W/\"w\""), ("last-modified", "x")]);
+        let w2 = h(&[("etag", "W/\"w\""), ("last-modified", "y")]);
+        assert!(
+            !same_version(&w, &w2),
+            "a weak tag that stays, a date that moves"
+        );
         let c = h(&[("last-modified", "x")]);
         let d = h(&[("last-modified", "y")]);
         assert!(!same_version(&c, &d));

@@ -767,3 +767,154 @@ async fn plain_gets_collapsed_on_a_cold_range_probe_of_a_one_slice_object_share_
         );
     }
 }
+
+/// `Last-Modified` of a version: a date long before the `Date` the origin sends (strong for a
+/// cache, RFC 9110 §8.8.2.2).
+fn modified(version: u8) -> String {
+    format!("Mon, 01 Jan 2024 00:00:0{version} GMT")
+}
+
+/// Bug: slices were joined when their `ETag`s matched, and a weak `ETag` was compared like a
+/// strong one while `Last-Modified` was ignored: an origin whose `W/"fixed"` stays the same while
+/// the bytes and `Last-Modified` change had slice 0 of the old version stitched to the new
+/// version's other slices, and the whole response served from that mix (RFC 9111 §3.4: only
+/// partial responses sharing a strong validator may be combined). Now the `Last-Modified`,
+/// the strong validator here, is compared too, and the change restarts the object.
+#[tokio::test]
+async fn a_weak_etag_that_stays_while_last_modified_changes_never_stitches_two_versions() {
+    let origin = Origin::start().await;
+    let v0 = pattern(3 * MIB, 10);
+    let v1 = pattern(3 * MIB, 11);
+    let version = |body: &Vec<u8>, n: u8| {
+        video(body.clone(), "W/\"fixed\"").header("last-modified", &modified(n))
+    };
+    let path = "/m/weakfix.mp4";
+    origin.script(path, version(&v0, 0));
+    let edge = edge_with(&origin, "1MiB").await;
+
+    let r = edge.get_with(path, &[("range", "bytes=0-9")]).await;
+    assert_eq!(r.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(&r.body[..], &v0[..10]);
+    edge.settle().await;
+    // Still sliced: the `Last-Modified` is a strong validator.
+    assert_eq!(
+        origin.seen(path)[0].header("range"),
+        Some(format!("bytes=0-{}", MIB - 1).as_str())
+    );
+
+    origin.script(path, version(&v1, 1));
+    let at = 2 * MIB;
+    let r = edge
+        .get_with(path, &[("range", &format!("bytes={at}-{}", at + 9))])
+        .await;
+    assert_eq!(r.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(&r.body[..], &v1[at..at + 10]);
+    edge.settle().await;
+
+    let r = edge.get(path).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.h("last-modified"), modified(1));
+    assert!(r.body == v1, "the whole new version, never a mix");
+    edge.settle().await;
+    let again = edge.get(path).await;
+    assert!(again.body == v1, "what is kept is one version");
+}
+
+/// Bug: an object without a strong validator (none at all, a weak `ETag` only, or a
+/// `Last-Modified` within the second of its `Date`) was sliced, and slices of two versions of
+/// the same length were joined: after the origin changed it, a viewer got slice 0 of the old
+/// version followed by the new version's other slices, and that mix was served as a HIT from
+/// then on. Now such an object is not sliced: the probe's 206 is dropped and the object
+/// fetched and cached whole, as for an origin that ignores `Range`.
+#[tokio::test]
+async fn an_object_without_a_strong_validator_is_cached_whole_not_sliced() {
+    let origin = Origin::start().await;
+    let weak_date = modified(0);
+    let cases: [(&str, &[(&str, &str)]); 3] = [
+        ("/m/noval.mp4", &[]),
+        ("/m/weaketag.mp4", &[("etag", "W/\"w\"")]),
+        (
+            "/m/samesecond.mp4",
+            &[("last-modified", &weak_date), ("date", &weak_date)],
+        ),
+    ];
+    let edge = edge_with(&origin, "1MiB").await;
+    for (seed, (path, validators)) in cases.into_iter().enumerate() {
+        let v0 = pattern(3 * MIB, 20 + seed as u8);
+        let v1 = pattern(3 * MIB, 40 + seed as u8);
+        let version = |body: &Vec<u8>| {
+            validators
+                .iter()
+                .fold(video_without_validators(body.clone()), |s, (k, v)| {
+                    s.header(k, v)
+                })
+        };
+        origin.script(path, version(&v0));
+
+        let r = edge.get_with(path, &[("range", "bytes=0-9")]).await;
+        assert_eq!(r.status, StatusCode::PARTIAL_CONTENT, "{path}");
+        assert_eq!(&r.body[..], &v0[..10], "{path}");
+        edge.settle().await;
+
+        origin.script(path, version(&v1));
+        let at = 2 * MIB;
+        let ranged = edge
+            .get_with(path, &[("range", &format!("bytes={at}-{}", at + 9))])
+            .await;
+        edge.settle().await;
+        let whole = edge.get(path).await;
+        assert!(whole.body == v0, "{path}: one version, never a mix");
+        assert_eq!(whole.x_cache(), "HIT", "{path}");
+        assert_eq!(ranged.x_cache(), "HIT", "{path}");
+        assert_eq!(&ranged.body[..], &v0[at..at + 10], "{path}");
+        let seen = origin.seen(path);
+        assert_eq!(seen.len(), 2, "{path}: the probe, then the whole object");
+        assert_eq!(seen[1].header("range"), None, "{path}: fetched whole");
+    }
+}
+
+/// Bug: an object without a strong validator was sliced whatever its size (and could be joined
+/// from two versions). Now it is not sliced; one larger than `cache.max_object_size` cannot be
+/// kept whole either, so each viewer's range goes to the origin as it was asked, and the next
+/// viewers skip the probe (hit-for-pass).
+#[tokio::test]
+async fn an_unsliceable_object_too_large_to_keep_passes_each_range() {
+    let origin = Origin::start().await;
+    let body = pattern(3 * MIB, 60);
+    let path = "/m/unsliceable.mp4";
+    origin.script(path, video_without_validators(body.clone()));
+    let mut raw = edge_config(&origin);
+    raw.ram_size = Some("256MiB".into());
+    raw.cache.max_object_size = Some("2MiB".into());
+    raw.cache.slice_size = Some("1MiB".into());
+    let edge = TestEdge::start(raw).await;
+
+    for (a, b) in [(100, 199), (2 * MIB + 5, 2 * MIB + 9)] {
+        let r = edge
+            .get_with(path, &[("range", &format!("bytes={a}-{b}"))])
+            .await;
+        assert_eq!(r.status, StatusCode::PARTIAL_CONTENT);
+        assert_eq!(r.h("content-range"), format!("bytes {a}-{b}/{}", 3 * MIB));
+        assert_eq!(&r.body[..], &body[a..=b]);
+        edge.settle().await;
+    }
+    let ranges: Vec<String> = origin
+        .seen(path)
+        .iter()
+        .map(|s| s.header("range").unwrap_or("").to_string())
+        .collect();
+    let want = [
+        format!("bytes=0-{}", MIB - 1),
+        "bytes=100-199".to_string(),
+        format!("bytes={}-{}", 2 * MIB + 5, 2 * MIB + 9),
+    ];
+    assert_eq!(ranges, want, "the probe, then each viewer's own range");
+}
+
+/// A range-capable origin's video without `ETag` or `Last-Modified`.
+fn video_without_validators(body: Vec<u8>) -> Script {
+    Script::ok(body)
+        .header("cache-control", "max-age=3600")
+        .header("content-type", "video/mp4")
+        .ranged()
+}
