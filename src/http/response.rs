@@ -23,6 +23,11 @@ pub enum Source {
     Bytes(Bytes),
     /// A fill in progress, with the total length if the origin announced it.
     Fill(Arc<Fill>, Option<u64>),
+    /// A fill in progress of a body of unknown length that already holds this many bytes (the
+    /// caller waited for them): a range `a-b` within them is answered `206` with
+    /// `Content-Range: bytes a-b/*` (RFC 9110 §14.4: the complete length is not known yet);
+    /// any other request gets the whole body.
+    Growing(Arc<Fill>, u64),
     /// No body from here: the head for a representation of this many bytes, whose body the
     /// caller supplies (a sliced object, `proxy::slice`).
     Head(u64),
@@ -73,6 +78,7 @@ pub fn build(
     let len = match &src {
         Source::Bytes(b) => Some(b.len() as u64),
         Source::Fill(_, len) => *len,
+        Source::Growing(..) => None,
         Source::Head(len) => Some(*len),
     };
     let mut out_status = status;
@@ -110,6 +116,15 @@ pub fn build(
                     headers.insert(header::CONTENT_RANGE, hv(&format!("bytes */{total}")));
                 }
             }
+        }
+    }
+    if let (true, Some(range::ByteRange::FromTo(a, b)), Source::Growing(_, have)) =
+        (ranged, range::parse(ask.headers), &src)
+    {
+        if a <= b && b < *have && conditional::range_applies(ask.headers, stored) {
+            out_status = StatusCode::PARTIAL_CONTENT;
+            body_range = Some((a, b + 1));
+            headers.insert(header::CONTENT_RANGE, hv(&format!("bytes {a}-{b}/*")));
         }
     }
     if status == StatusCode::OK
@@ -163,8 +178,11 @@ pub fn build(
         _ => {
             let (start, end) = body_range.unwrap_or((0, len.unwrap_or(u64::MAX)));
             // `resolve` promises start < end <= len; saturating keeps a broken promise a short
-            // body instead of an overflow.
-            let n = len.map(|_| end.saturating_sub(start));
+            // body instead of an overflow. Unknown for a whole body of unknown length.
+            let n = match body_range {
+                Some(_) => Some(end.saturating_sub(start)),
+                None => len,
+            };
             match n {
                 // RFC 9110 §8.6: never in a 204 (hyper drops it on h1, not on h2).
                 _ if out_status == StatusCode::NO_CONTENT => {
@@ -185,7 +203,9 @@ pub fn build(
             } else {
                 match src {
                     Source::Bytes(b) => Body::full(slice(&b, start, end)),
-                    Source::Fill(fill, _) => Body::stream(fill.reader(start, len.map(|_| end)), n),
+                    Source::Fill(fill, _) | Source::Growing(fill, _) => {
+                        Body::stream(fill.reader(start, n.map(|_| end)), n)
+                    }
                     Source::Head(_) => Body::empty(),
                 }
             }

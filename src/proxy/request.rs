@@ -26,10 +26,10 @@ use std::time::{Duration, SystemTime};
 
 use http::header;
 use http::request::Parts;
-use http::{Method, Request, Response};
+use http::{Method, Request, Response, StatusCode};
 use hyper::body::{Body as HttpBody, Incoming};
 
-use crate::cache::fill::{Fill, FillHead, OriginFailure};
+use crate::cache::fill::{Fill, FillHead, OriginFailure, StreamHead};
 use crate::cache::lock::{Claim, FillGuard};
 use crate::cache::object::CachedObject;
 use crate::cache::policy;
@@ -720,6 +720,45 @@ pub(crate) async fn share_free(req: &Req<'_>) -> bool {
         .await
 }
 
+/// The body of a response from a fill in progress. A body of unknown length (an origin answer
+/// without `Content-Length`) cannot be ranged when its head arrives, and a `200` of the whole
+/// body broke the promise that ranges are answered `206` from fills in progress; so a GET whose
+/// `Range` applies waits before its head: for `a-b`, until the fill holds byte `b` (a `206` with
+/// `Content-Range: bytes a-b/*`, RFC 9110 §14.4; what players parse, ExoPlayer and ffmpeg take
+/// the range's start from it) or ends; for `a-` and `-n`, which only the length resolves, until
+/// it ends. Once it ended the length is known: a `206` with it, or a `416` for a range past the
+/// end, which a head sent before the fill reached it could not have become. The wait is the
+/// fill's own (its driver's between-bytes and body-rate timeouts end it), on a reader of it: a
+/// fill that stops keeping its body (it outgrew `max_object_size`) still counts this viewer. A
+/// failed fill leaves the source as it was: the body yields the error, the response aborts.
+async fn fill_source(req: &Req<'_>, fill: &Arc<Fill>, h: &StreamHead) -> Source {
+    use crate::http::{conditional, range};
+    let unknown = Source::Fill(fill.clone(), h.content_length);
+    let headers = &req.parts.headers;
+    let asked = match range::parse(headers) {
+        Some(r) if h.content_length.is_none() => r,
+        _ => return unknown,
+    };
+    let ranged = h.status == StatusCode::OK
+        && req.parts.method == Method::GET
+        && conditional::evaluate(&req.parts.method, headers, &h.headers)
+            == conditional::Outcome::Proceed
+        && conditional::range_applies(headers, &h.headers);
+    if !ranged {
+        return unknown;
+    }
+    let needed = match asked {
+        range::ByteRange::FromTo(_, b) => b.saturating_add(1),
+        range::ByteRange::From(_) | range::ByteRange::Suffix(_) => u64::MAX,
+    };
+    let _held = fill.reader(0, None);
+    match fill.reached(needed).await {
+        Ok((_, Some(total))) => Source::Fill(fill.clone(), Some(total)),
+        Ok((have, None)) => Source::Growing(fill.clone(), have),
+        Err(_) => unknown,
+    }
+}
+
 /// How long past a fill's due time a reader still waits for the driver to publish its answer
 /// (scheduling, not the origin).
 const HEAD_DUE_SLACK: Duration = Duration::from_secs(1);
@@ -791,7 +830,7 @@ async fn read(
                 &req.ask(),
                 h.status,
                 &h.headers,
-                Source::Fill(fill.clone(), h.content_length),
+                fill_source(req, &fill, &h).await,
                 CacheInfo {
                     status,
                     cache_status: format!(

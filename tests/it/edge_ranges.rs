@@ -144,3 +144,109 @@ async fn if_range_mismatch_gets_the_whole_object() {
     assert_eq!(r.status, StatusCode::PARTIAL_CONTENT);
     assert_eq!(&r.body[..], &body[..10]);
 }
+
+/// An edge whose Range misses fill the whole object (`range_passthrough_above = 0`), so a
+/// viewer's Range leads the fill of an answer of unknown length instead of passing.
+async fn edge_filling_ranges(origin: &Origin) -> TestEdge {
+    let mut raw = edge_config(origin);
+    raw.cache.range_passthrough_above = Some("0".into());
+    TestEdge::start(raw).await
+}
+
+/// Bug: a range answered from a fill whose origin answer has no `Content-Length` (chunked) got
+/// the whole body as a `200`, the leader of the fill and the viewers collapsed onto it alike,
+/// though ranges are promised `206` from fills in progress. Now the head waits for the range's
+/// bytes and says the length is not known yet: `Content-Range: bytes a-b/*` (RFC 9110 §14.4).
+#[tokio::test]
+async fn a_range_during_a_chunked_fill_is_206_while_the_length_is_unknown() {
+    let origin = Origin::start().await;
+    let body = pattern(10_000);
+    let path = "/v/c3.ts";
+    origin.script(
+        path,
+        Script::ok(body.clone())
+            .header("cache-control", "max-age=60")
+            .chunked()
+            .fault(Fault::Stall(2_000)),
+    );
+    let edge = edge_filling_ranges(&origin).await;
+
+    for (a, b) in [(100usize, 1099usize), (1500, 1999)] {
+        let ask = edge
+            .req(http::Method::GET, path)
+            .header("range", format!("bytes={a}-{b}"));
+        let resp = edge.send_streaming(ask, bytes::Bytes::new()).await;
+        assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT, "bytes={a}-{b}");
+        let h = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string()
+        };
+        assert_eq!(h("content-range"), format!("bytes {a}-{b}/*"));
+        assert_eq!(h("content-length"), (b - a + 1).to_string());
+        let got = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            http_body_util::BodyExt::collect(resp.into_body()),
+        )
+        .await
+        .expect("the range's bytes within 10 s")
+        .expect("the range's body completes")
+        .to_bytes();
+        assert_eq!(&got[..], &body[a..=b]);
+    }
+    assert!(
+        origin.sent(path)[0].last_byte.is_none(),
+        "the origin is still stalled"
+    );
+    assert_eq!(origin.count(path), 1, "the second viewer was collapsed");
+}
+
+/// Bug: a range whose fill has no `Content-Length` got the whole body as a `200`, also when the
+/// range starts past the end (now a `416`, which a `206` head sent before the fill reached the
+/// range's first byte could not have become) and for an open or suffix range (now a `206`
+/// with the length, once the fill has it).
+#[tokio::test]
+async fn a_chunked_fill_answers_ranges_it_can_only_resolve_at_its_end() {
+    let origin = Origin::start().await;
+    let body = pattern(10_000);
+    let edge = edge_filling_ranges(&origin).await;
+    let cases = [
+        ("/v/c4.ts", "bytes=20000-20099", 416, "bytes */10000", 0..0),
+        (
+            "/v/c5.ts",
+            "bytes=9990-",
+            206,
+            "bytes 9990-9999/10000",
+            9990..10_000,
+        ),
+        (
+            "/v/c6.ts",
+            "bytes=-10",
+            206,
+            "bytes 9990-9999/10000",
+            9990..10_000,
+        ),
+        (
+            "/v/c7.ts",
+            "bytes=9000-20000",
+            206,
+            "bytes 9000-9999/10000",
+            9000..10_000,
+        ),
+    ];
+    for (path, range, status, content_range, want) in cases {
+        origin.script(
+            path,
+            Script::ok(body.clone())
+                .header("cache-control", "max-age=60")
+                .chunked(),
+        );
+        let r = edge.get_with(path, &[("range", range)]).await;
+        assert_eq!(r.status.as_u16(), status, "{range}");
+        assert_eq!(r.h("content-range"), content_range, "{range}");
+        assert_eq!(&r.body[..], &body[want], "{range}");
+        assert_eq!(r.x_cache(), "MISS", "{range}: from the fill");
+    }
+}

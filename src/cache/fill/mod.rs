@@ -271,6 +271,27 @@ impl Fill {
         self.state.lock().pass.take()
     }
 
+    /// Waits until the body holds at least `n` bytes or the fill has ended: the bytes it holds
+    /// and, once it ended whole, the body's length; a failed fill's error. Bounded as the fill
+    /// is: its driver's between-bytes and body-rate timeouts end it.
+    pub async fn reached(&self, n: u64) -> Result<(u64, Option<u64>), FillError> {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let st = self.state.lock();
+                match st.end {
+                    Some(Err(e)) => return Err(e),
+                    Some(Ok(())) => return Ok((st.buf.len, Some(st.buf.len))),
+                    None if st.buf.len >= n => return Ok((st.buf.len, None)),
+                    None => {}
+                }
+            }
+            notified.await;
+        }
+    }
+
     /// Waits until the fill has ended, returning how.
     pub async fn ended(&self) -> Result<(), FillError> {
         loop {
