@@ -250,3 +250,49 @@ async fn a_chunked_fill_answers_ranges_it_can_only_resolve_at_its_end() {
         assert_eq!(r.x_cache(), "MISS", "{range}: from the fill");
     }
 }
+
+/// Bug: `Range: bytes=0-` (ffmpeg sends it on every open) on a fill of unknown length waited for
+/// the fill's end before its head, so a chunked live segment reached such a player only once the
+/// origin had finished it, and a stalled origin never. All of the body is all that range asks
+/// for: the `200` streams it as it arrives.
+#[tokio::test]
+async fn a_whole_range_on_a_chunked_fill_streams_at_once() {
+    let origin = Origin::start().await;
+    let body = pattern(10_000);
+    let path = "/v/c0.ts";
+    origin.script(
+        path,
+        Script::ok(body.clone())
+            .header("cache-control", "max-age=60")
+            .chunked()
+            .fault(Fault::Stall(2_000)),
+    );
+    let edge = edge_filling_ranges(&origin).await;
+    let ask = edge
+        .req(http::Method::GET, path)
+        .header("range", "bytes=0-");
+    let resp = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        edge.send_streaming(ask, bytes::Bytes::new()),
+    )
+    .await
+    .expect("the head while the origin still sends");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.headers().get("content-range").is_none());
+    let mut body_stream = resp.into_body();
+    let mut got = Vec::new();
+    while got.len() < 2_000 {
+        let frame = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            http_body_util::BodyExt::frame(&mut body_stream),
+        )
+        .await
+        .expect("the bytes the origin sent so far")
+        .expect("a frame")
+        .expect("no error");
+        if let Ok(data) = frame.into_data() {
+            got.extend_from_slice(&data);
+        }
+    }
+    assert_eq!(&got[..], &body[..got.len()]);
+}
