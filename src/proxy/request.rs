@@ -720,6 +720,22 @@ pub(crate) async fn share_free(req: &Req<'_>) -> bool {
         .await
 }
 
+/// Whether a viewer that joined a fill given up as `reason`, an answer that was not its to
+/// share, looks the key up again (bounded by `Lookup::rounds`) to claim one fill with the others
+/// rather than pass to the origin on its own, one request per viewer:
+/// - a whole-object viewer collapsed onto a cold-Range probe (`range_pass::refill`);
+/// - a viewer without credentials behind another viewer's credentialed answer;
+/// - behind a leader whose own `CDN-Loop` earned its 508 (`loop_answer`);
+/// - behind the edge's own prefetch, which the origin refused.
+///
+/// The whole-object path (`read`) and the slice path (`slice::not_sliced`) ask the same.
+pub(crate) fn looks_again(req: &Req<'_>, reason: &str) -> bool {
+    crate::proxy::range_pass::refill(req, reason)
+        || (reason == policy::AUTHORIZED && !authorized(req))
+        || crate::proxy::loop_answer::refill(reason)
+        || reason == fill::PREFETCH_REFUSED
+}
+
 /// The body of a response from a fill in progress. A body of unknown length (an origin answer
 /// without `Content-Length`) cannot be ranged when its head arrives, and a `200` of the whole
 /// body broke the promise that ranges are answered `206` from fills in progress; so a GET whose
@@ -886,18 +902,7 @@ async fn read(
                     &format!("fwd=miss; detail={reason}"),
                 )
             }
-            // A whole-object viewer collapsed onto a cold-Range probe: looked up again (bounded
-            // by `Lookup::rounds`), it claims one collapsed whole-object fill.
-            None if crate::proxy::range_pass::refill(req, reason) => return Ok(Phase::Lookup),
-            // Another viewer's credentialed answer, not shared: viewers without credentials
-            // look again and collapse onto a fill of their own (bounded by `Lookup::rounds`),
-            // rather than each passing to the origin.
-            None if reason == policy::AUTHORIZED && !authorized(req) => return Ok(Phase::Lookup),
-            // The leader's own `CDN-Loop` earned its 508 (`loop_answer`): not this viewer's.
-            None if crate::proxy::loop_answer::refill(reason) => return Ok(Phase::Lookup),
-            // The origin refused the edge's own prefetch: the viewers that joined it share one
-            // fill with a viewer's request.
-            None if reason == fill::PREFETCH_REFUSED => return Ok(Phase::Lookup),
+            None if looks_again(req, reason) => return Ok(Phase::Lookup),
             // The leader's share of the route's fill slots was all taken, so its fill gave the
             // key up (`proxy::fill_limit`): the viewers that joined claim one of their own at
             // once; the leader first waits for a slot of its share to free.

@@ -470,21 +470,10 @@ fn not_sliced(
                 &format!("fwd=miss; detail={reason}"),
             ))
         }
-        // Another viewer's unshared credentialed answer: look again, as `request::read` does.
-        None if reason == crate::cache::policy::AUTHORIZED
-            && !crate::proxy::request::authorized(req) =>
-        {
-            Outcome::Lookup
-        }
-        // The leader's own `CDN-Loop` earned its 508 (`proxy::loop_answer`): look again.
-        None if crate::proxy::loop_answer::refill(reason) => Outcome::Lookup,
-        // A cold-Range probe whose object fits one slice and is over
-        // `range_passthrough_above` (the slice ask's 206 covered it all, so it came back as a
-        // 200): the drop answers the leader's `Range` alone, and the probe released the slice's
-        // key. A viewer without a `Range` wants the whole object: it looks again and claims one
-        // fill with the others, as `request::read` does for an unsliced probe. Passed, each
-        // fetched the whole object for itself and nothing was stored.
-        None if crate::proxy::range_pass::refill(req, reason) => Outcome::Lookup,
+        // Not this viewer's answer: it looks again and claims one fill with the others (a
+        // cold-Range probe dropped as too large, another viewer's credentials or `CDN-Loop`, a
+        // refused prefetch of this slice), as `request::read` does.
+        None if crate::proxy::request::looks_again(req, reason) => Outcome::Lookup,
         _ => Outcome::Pass(reason),
     })
 }

@@ -13,7 +13,7 @@ use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::Layer;
 
-use crate::support::{edge_config, until, Origin, Script, TestEdge};
+use crate::support::{edge_config, until, Gate, Origin, Script, TestEdge};
 
 /// CTA-5004's example list, URL-encoded as a query parameter (dash.js sends this shape).
 const SPEC_QUERY: &str = "CMCD=bl%3D21300%2Cbr%3D3200%2Cbs%2Ccid%3D%22faec5fc2-ac30-11ea-bb37-0242ac130002%22%2Cd%3D4004%2Cdl%3D18500%2Cmtp%3D48100%2Cnor%3D%22..%252F300kbps%252Ftrack.m4v%22%2Cnrr%3D%2212323-48763%22%2Cot%3Dv%2Cpr%3D1.08%2Crtp%3D12000%2Csf%3Dd%2Csid%3D%226e2fb550-c457-11e9-bb97-0800200c9a66%22%2Csu%2Ctb%3D6000";
@@ -596,4 +596,63 @@ async fn cmcd_nrr_prefetches_the_slice_of_the_next_range() {
     assert_eq!((r.status.as_u16(), r.x_cache()), (206, "HIT"));
     assert_eq!(origin.count("/v/two.mp4"), 1);
     assert_eq!(origin.count("/v/one.mp4"), 2);
+}
+
+/// Bug: viewers that joined the edge's prefetch of a slice (a CMCD `nrr` hint) which the origin
+/// then refused (a 503 to the prefetch) each passed to the origin with a request of their own:
+/// the slice path lacked the whole-object path's rule that a refused prefetch's viewers claim
+/// one fill between them. Two viewers: one origin request after the prefetch's, not two.
+#[tokio::test]
+async fn viewers_behind_a_refused_slice_prefetch_claim_one_fill() {
+    const MIB: usize = 1 << 20;
+    let origin = Origin::start().await;
+    let body: Vec<u8> = (0..3 * MIB).map(|i| (i % 251) as u8).collect();
+    let video = Script::ok(body.clone())
+        .header("cache-control", "max-age=3600")
+        .header("content-type", "video/mp4")
+        .header("etag", "\"v1\"")
+        .ranged();
+    origin.script("/v/one.mp4", video.clone());
+    let gate = Gate::new();
+    origin.script("/v/two.mp4", Script::status(503, "not yet").gate(&gate));
+    let mut raw = edge_config(&origin);
+    raw.ram_size = Some("256MiB".into());
+    raw.cache.slice_size = Some("1MiB".into());
+    let edge = Arc::new(TestEdge::start(raw).await);
+
+    edge.get_with(
+        "/v/one.mp4",
+        &[
+            ("range", "bytes=0-99"),
+            ("cmcd-request", "nor=\"two.mp4\",nrr=\"100-199\""),
+        ],
+    )
+    .await;
+    until(
+        "the prefetch of two.mp4's first slice reached the origin",
+        || origin.count("/v/two.mp4") == 1,
+    )
+    .await;
+    let viewers: Vec<_> = (0..2)
+        .map(|_| {
+            let e = edge.clone();
+            tokio::spawn(async move {
+                e.get_with("/v/two.mp4", &[("range", "bytes=100-199")])
+                    .await
+            })
+        })
+        .collect();
+    until("both viewers joined the prefetch", || edge.collapsed() == 2).await;
+    origin.script("/v/two.mp4", video);
+    gate.open();
+    for v in viewers {
+        let r = v.await.expect("viewer task");
+        assert_eq!(r.status.as_u16(), 206, "{}", r.h("cache-status"));
+        assert_eq!(&r.body[..], &body[100..200]);
+    }
+    assert_eq!(
+        origin.count("/v/two.mp4"),
+        2,
+        "the refused prefetch, then one fill for both viewers"
+    );
 }
