@@ -11,4 +11,5 @@ pub mod ram;
 pub mod request_cc;
 pub mod sfv;
 pub mod status;
+pub mod upstream;
 pub mod vary;

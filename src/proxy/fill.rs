@@ -15,6 +15,7 @@ use crate::cache::fill::{Fill, FillError, FillHead, OriginFailure, StreamHead};
 use crate::cache::lock::FillGuard;
 use crate::cache::object::{strip_hop_by_hop, tags_of, CachedObject};
 use crate::cache::policy::{self, ContentClass, Decision, DecisionInput};
+use crate::cache::upstream;
 use crate::cache::vary;
 use crate::http::body::Slow;
 use crate::metrics::Metrics;
@@ -561,8 +562,12 @@ async fn ask(
         }
     }
     let cache = &edge.config.cache;
-    let decide = |status, headers: &HeaderMap, class| {
-        policy::decide(&DecisionInput {
+    // `headers`: what the decision reads (a 304's merged into the stored ones); `answer`: the
+    // response as received, whose own `Cache-Status` may only shorten the lifetime
+    // (`cache::upstream`): a shield's stale copy, sent with a small `Age` after a soft purge,
+    // is stored stale, and its `304` freshens nothing.
+    let decide = |status, headers: &HeaderMap, class, answer: &HeaderMap| {
+        let decision = policy::decide(&DecisionInput {
             status,
             headers,
             rules: edge.config.ttl_for(route, class),
@@ -574,7 +579,11 @@ async fn ask(
             surrogate_device: &edge.config.cdn_id,
             response_delay: age_delay,
             now: edge.clock.now(),
-        })
+        });
+        match decision {
+            Decision::Store(f) => Decision::Store(upstream::cap(f, answer)),
+            other => other,
+        }
     };
 
     // RFC 9110 §15.4.5: a 304 answers a conditional request. To a fill that sent no validator
@@ -613,7 +622,7 @@ async fn ask(
             // RFC 9111 §4.3.4: update the stored headers, keep the body.
             let mut merged = stale.merged_headers(&parts.headers);
             policy::withhold(&mut merged);
-            let decision = decide(stale.status, &merged, stale.class);
+            let decision = decide(stale.status, &merged, stale.class, &parts.headers);
             if blocking && !stored_fresh(&decision) {
                 crate::proxy::llhls::answered_unshared(edge, key);
             }
@@ -745,7 +754,7 @@ async fn ask(
     } else {
         parts.status
     };
-    let mut decision = decide(judged, &parts.headers, class);
+    let mut decision = decide(judged, &parts.headers, class, &parts.headers);
     // A 416 to a slice's `Range` says the slice lies past the end, nothing of the object:
     // stored under the base key it answered every viewer of the object (`proxy::slice`).
     if job.slice.is_some() && slice::answers_only_the_range(parts.status) {

@@ -47,6 +47,7 @@ mod slices;
 mod tier;
 mod tier_hostile;
 mod tier_prefetch;
+mod tier_stale;
 mod tls;
 mod tokens;
 mod zerocopy_budget;
