@@ -3098,6 +3098,9 @@ pub struct RawShield {
     pub eject: Option<RawEject>,
     /// Shield statuses retried once on the key's next node (default: none).
     pub retry_on: Option<Vec<u16>>,
+    /// How long a fill waits for a shield's response head (default: `origin_client.
+    /// first_byte_timeout` plus half of it, `ShieldConfig::first_byte_timeout`).
+    pub first_byte_timeout: Option<String>,
 }
 
 /// `[cluster]`: the admin API of every node, for fan-out purges.
@@ -3137,6 +3140,12 @@ pub struct ShieldConfig {
     pub health: Option<HealthCheck>,
     pub eject: Eject,
     pub retry_on: Vec<u16>,
+    /// How long a request waits for a shield's response head. Longer than this node's
+    /// `origin_client.first_byte_timeout` by default (half of it again): a shield waits that
+    /// long for its own origin before it answers with its stale-if-error copy (or its 504),
+    /// and an edge that gave up at the same moment never got that copy, retried the next
+    /// shield for the same wait, and counted a timeout against two healthy shields.
+    pub first_byte_timeout: Duration,
     /// Prefixes of the routes that said `shield = false`: they fill from their origins.
     pub bypass: Vec<String>,
 }
@@ -3307,6 +3316,21 @@ impl ShieldConfig {
         if retry_on.iter().any(|s| !(500..=599).contains(s)) {
             c.error("shield.retry_on: only 5xx statuses (e.g. [502, 503, 504])");
         }
+        // A bad `origin_client.first_byte_timeout` is reported where it is resolved.
+        let origin_wait = raw
+            .origin_client
+            .first_byte_timeout
+            .as_deref()
+            .and_then(|v| parse_duration(v).ok())
+            .unwrap_or(DEFAULT_FIRST_BYTE_TIMEOUT);
+        let first_byte_timeout = c.duration(
+            "shield.first_byte_timeout",
+            &s.first_byte_timeout,
+            shield_wait(origin_wait),
+        );
+        if first_byte_timeout.is_zero() {
+            c.error("shield.first_byte_timeout: must be above zero (e.g. \"25s\")");
+        }
         let bypass = raw
             .routes
             .iter()
@@ -3319,9 +3343,19 @@ impl ShieldConfig {
             health,
             eject,
             retry_on,
+            first_byte_timeout,
             bypass,
         }
     }
+}
+
+/// The default `[shield] first_byte_timeout`: this node's wait for an origin, plus half of it
+/// (15 s: 22.5 s), so that a shield waiting as long for its own origin has answered (with its
+/// stale-if-error copy, or its 504) before the edge gives up on it. The margin covers the
+/// shield's own scheduling and its connect; a shield whose route has several origins may take
+/// twice its timeout (it retries a hung origin on the next), which this does not cover.
+pub fn shield_wait(origin_first_byte_timeout: Duration) -> Duration {
+    origin_first_byte_timeout.saturating_add(origin_first_byte_timeout / 2)
 }
 
 /// A shield that fails this many requests in a row (connect, timeout, 5xx) is taken out.

@@ -100,6 +100,18 @@ pub struct PassFor {
     pub content: bytes::Bytes,
 }
 
+/// How one request is asked of an upstream's plan (`fetch_plan`), besides what it is.
+#[derive(Clone, Copy)]
+struct Ask<'a> {
+    /// The collapse deadline a retry must land within (after a timeout the retry gets a whole
+    /// first-byte timeout of its own).
+    deadline: Option<Instant>,
+    /// A pass: each attempt takes a pass slot of its target first.
+    pass: Option<&'a PassFor>,
+    /// A stale copy answers should this fail: a timed-out candidate is not retried.
+    stale_stands_by: bool,
+}
+
 /// A pass's answer and the origin's pass slot it holds: keep `slot` until the response body
 /// is done with (ended, failed or dropped).
 pub struct Passed {
@@ -197,6 +209,27 @@ impl OriginClient {
             }
             _ => Vec::new(),
         }
+    }
+
+    /// How long one attempt waits for `target`'s response head: a shield node's
+    /// `[shield] first_byte_timeout` (longer than the shield's own wait for its origin, so its
+    /// stale-if-error copy or its own error arrives), else `origin_client.first_byte_timeout`.
+    fn first_byte_timeout(&self, target: &Target) -> Duration {
+        match &self.shield {
+            Some(s) if target.tier => s.cfg.first_byte_timeout,
+            _ => self.cfg.first_byte_timeout,
+        }
+    }
+
+    /// How long a fill of `route` may wait for its response head at most: one attempt and its
+    /// one retry (`fetch_plan`), on shields or origins. Collapsed viewers wait that long
+    /// (`Fill::expect_head_by`).
+    pub fn head_within(&self, route: &Route) -> Duration {
+        let mut attempt = self.cfg.first_byte_timeout;
+        if let Some(s) = self.shield.as_ref().filter(|s| s.covers(route)) {
+            attempt = attempt.max(s.cfg.first_byte_timeout);
+        }
+        attempt.saturating_mul(2)
     }
 
     /// Viewers reach this edge over TLS: `X-Forwarded-Proto: https`.
@@ -425,7 +458,10 @@ impl OriginClient {
 
     /// Fetches `path_and_query` for `key` from `route`'s group (through the key's shields first
     /// when the route has them): a request whose body can be rebuilt (GET/HEAD: empty). Returns
-    /// once a response head arrived. See `fetch_via`.
+    /// once a response head arrived. See `fetch_via`. `stale_stands_by`: the caller holds a
+    /// copy it may serve should this fail (stale-if-error), so a candidate that timed out is not
+    /// retried on the next: the copy answers now, not after a second whole timeout.
+    #[allow(clippy::too_many_arguments)]
     pub async fn fetch_for(
         &self,
         route: &Route,
@@ -434,8 +470,14 @@ impl OriginClient {
         path_and_query: &str,
         headers: HeaderMap,
         deadline: Option<Instant>,
+        stale_stands_by: bool,
     ) -> Result<Response<Incoming>, OriginError> {
-        self.fetch_route(route, key, method, path_and_query, headers, deadline, None)
+        let ask = Ask {
+            deadline,
+            pass: None,
+            stale_stands_by,
+        };
+        self.fetch_route(route, key, method, path_and_query, headers, ask)
             .await
             .map(|(response, _)| response)
     }
@@ -452,16 +494,13 @@ impl OriginClient {
         headers: HeaderMap,
         pass: &PassFor,
     ) -> Result<Passed, OriginError> {
+        let ask = Ask {
+            deadline: None,
+            pass: Some(pass),
+            stale_stands_by: false,
+        };
         let (response, slot) = self
-            .fetch_route(
-                route,
-                key,
-                method,
-                path_and_query,
-                headers,
-                None,
-                Some(pass),
-            )
+            .fetch_route(route, key, method, path_and_query, headers, ask)
             .await?;
         Ok(Passed { response, slot })
     }
@@ -476,7 +515,6 @@ impl OriginClient {
 
     /// `fetch_plan` on `route`'s upstream: its group, through the key's shields first when the
     /// route has them.
-    #[allow(clippy::too_many_arguments)]
     async fn fetch_route(
         &self,
         route: &Route,
@@ -484,8 +522,7 @@ impl OriginClient {
         method: Method,
         path_and_query: &str,
         headers: HeaderMap,
-        deadline: Option<Instant>,
-        pass: Option<&PassFor>,
+        ask: Ask<'_>,
     ) -> Result<(Response<Incoming>, Option<PassSlot>), OriginError> {
         let group = self.group(route)?.clone();
         let shielded = self.shield_plan(route, &group);
@@ -493,16 +530,8 @@ impl OriginClient {
             Some(s) => s,
             None => group.as_ref(),
         };
-        self.fetch_plan(
-            upstream,
-            key,
-            method,
-            path_and_query,
-            headers,
-            deadline,
-            pass,
-        )
-        .await
+        self.fetch_plan(upstream, key, method, path_and_query, headers, ask)
+            .await
     }
 
     /// Fetches from the upstream's first candidate for `key`. A GET or HEAD that fails before
@@ -521,22 +550,18 @@ impl OriginClient {
         headers: HeaderMap,
         deadline: Option<Instant>,
     ) -> Result<Response<Incoming>, OriginError> {
-        self.fetch_plan(
-            upstream,
-            key,
-            method,
-            path_and_query,
-            headers,
+        let ask = Ask {
             deadline,
-            None,
-        )
-        .await
-        .map(|(response, _)| response)
+            pass: None,
+            stale_stands_by: false,
+        };
+        self.fetch_plan(upstream, key, method, path_and_query, headers, ask)
+            .await
+            .map(|(response, _)| response)
     }
 
-    /// `fetch_via`, for a pass when `pass` is given: each attempt takes a pass slot of its
+    /// `fetch_via`, for a pass when `ask.pass` is given: each attempt takes a pass slot of its
     /// origin first, and the answer comes with it.
-    #[allow(clippy::too_many_arguments)]
     async fn fetch_plan(
         &self,
         upstream: &dyn Upstream,
@@ -544,16 +569,20 @@ impl OriginClient {
         method: Method,
         path_and_query: &str,
         headers: HeaderMap,
-        deadline: Option<Instant>,
-        pass: Option<&PassFor>,
+        ask: Ask<'_>,
     ) -> Result<(Response<Incoming>, Option<PassSlot>), OriginError> {
+        let Ask {
+            deadline,
+            pass,
+            stale_stands_by,
+        } = ask;
         let plan = upstream.plan(key);
         // An empty plan: every shield is down and `on_all_down = "error"` keeps the origin
         // out of it. Nothing can be reached, as the documented 502 says.
         let Some(first) = plan.first() else {
             return Err(OriginError::Connect);
         };
-        let timeout = self.cfg.first_byte_timeout;
+        let timeout = self.first_byte_timeout(first);
         let content = pass.map(|p| p.content.clone()).unwrap_or_default();
         let build = || {
             if content.is_empty() {
@@ -572,6 +601,8 @@ impl OriginClient {
         let retry = match &result {
             Ok((resp, _)) => upstream.retries_status(resp.status().as_u16()),
             Err(OriginError::Connect) => true,
+            // A stale copy answers now: a second whole timeout would only delay it.
+            Err(OriginError::Timeout) if stale_stands_by => false,
             Err(OriginError::Timeout | OriginError::Protocol | OriginError::Tls) => several,
             // Waited for this edge's own connection slot for the whole first-byte timeout: the
             // origin is busy, not failing, and a local limit is no reason to fail over.
@@ -584,6 +615,8 @@ impl OriginClient {
         if !retry || !(unsent || method == Method::GET || method == Method::HEAD) {
             return result;
         }
+        let next = plan.get(1).unwrap_or(first);
+        let timeout = self.first_byte_timeout(next);
         let left = match (&result, deadline) {
             // A candidate that let the whole first-byte timeout pass (hung, or cut off) is what
             // failover is for: the next gets a whole timeout too, past the collapse deadline
@@ -597,7 +630,6 @@ impl OriginClient {
         if left.is_zero() {
             return result;
         }
-        let next = plan.get(1).unwrap_or(first);
         tracing::debug!(
             key,
             from = first.name(),
@@ -648,7 +680,7 @@ impl OriginClient {
                 target,
                 path_and_query,
                 req,
-                self.cfg.first_byte_timeout,
+                self.first_byte_timeout(target),
                 Some(pass),
             )
             .await?;

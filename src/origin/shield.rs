@@ -164,6 +164,7 @@ mod tests {
                 duration: std::time::Duration::from_secs(60),
             },
             retry_on: Vec::new(),
+            first_byte_timeout: std::time::Duration::from_secs(1),
             bypass: Vec::new(),
         };
         let client = crate::Config::for_origin("http://o:1")

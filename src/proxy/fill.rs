@@ -482,19 +482,23 @@ async fn ask(
         }
     };
     // The request goes to the origin now: its head, or its failure, comes within one attempt
-    // and its one retry, each bounded by the first-byte timeout (`origin::fetch_via`).
+    // and its one retry, each bounded by its upstream's first-byte timeout (a shield's is the
+    // longer, `origin::fetch_via`, `OriginClient::head_within`).
     // Collapsed readers wait for it that long (`request::collapsed_head`), not only
     // `collapse_timeout`, also when the answer may turn out to be the leader's alone (its
     // credentials, a cold-Range probe too large to keep): then they claim one fill between them
     // (`request::read`). Going their own way at the deadline instead, each to the origin, let
     // any viewer turn a crowd waiting on a slow origin into a herd with one `Authorization` or
     // `Range` header.
-    let fetch = edge
-        .config
-        .origin_client
-        .first_byte_timeout
-        .saturating_mul(2);
-    fill.expect_head_by(tokio::time::Instant::now() + fetch);
+    let within = edge.origin.head_within(route);
+    fill.expect_head_by(tokio::time::Instant::now() + within);
+    // A stale copy that will still answer a failure when the wait is over (`request::read`,
+    // stale-if-error): a shield or origin that timed out is not retried on the next for
+    // another whole timeout; the copy answers at once.
+    let stale_stands_by = job.stale.as_ref().is_some_and(|s| {
+        s.staleness(edge.clock.now())
+            .is_some_and(|st| st.saturating_add(within) <= s.freshness.stale_if_error)
+    });
     Metrics::inc(&edge.metrics.origin_fetches);
     let sent = Instant::now();
     let asked = headers.clone();
@@ -507,6 +511,7 @@ async fn ask(
             &job.path_and_query,
             headers,
             Some(deadline),
+            stale_stands_by,
         )
         .await
     {
