@@ -44,6 +44,9 @@ pub struct Edge {
     pub assets: Arc<crate::proxy::assets::AssetIndex>,
     /// Keys whose responses were not shareable, until when they stay uncached.
     pub hit_for_pass: SparseCache<SystemTime>,
+    /// Base keys of objects without a strong validator, until when they are fetched whole
+    /// rather than in slices (`proxy::slice::applies`).
+    pub unsliced: SparseCache<SystemTime>,
     /// Whether objects under odd spellings of their path may be in RAM (`proxy::spelling`).
     pub spellings: crate::proxy::spelling::Spellings,
     /// Base key -> the request headers its responses vary on.
@@ -146,6 +149,7 @@ impl Edge {
             range_seen: crate::proxy::range_pass::Seen::new(config.abuse.index_memory),
             assets: Default::default(),
             hit_for_pass: SparseCache::new(config.abuse.index_memory),
+            unsliced: SparseCache::new(config.abuse.index_memory),
             spellings: Default::default(),
             vary_index: SparseCache::new(config.abuse.index_memory),
             variants: SparseCache::new(config.abuse.index_memory),
@@ -204,22 +208,41 @@ impl Edge {
 
     /// Whether `key` is remembered as uncacheable.
     pub fn is_hit_for_pass(&self, key: &str) -> bool {
-        match self.hit_for_pass.get(key) {
+        self.marked(&self.hit_for_pass, key)
+    }
+
+    pub fn remember_pass(&self, key: &str, ttl: Duration) {
+        self.mark(&self.hit_for_pass, key, ttl);
+    }
+
+    /// Whether the object of base key `key` is remembered as one never sliced (no strong
+    /// validator), so its viewers share one whole-object fill.
+    pub fn is_unsliced(&self, key: &str) -> bool {
+        self.marked(&self.unsliced, key)
+    }
+
+    pub fn remember_unsliced(&self, key: &str, ttl: Duration) {
+        self.mark(&self.unsliced, key, ttl);
+    }
+
+    /// Whether `map` marks `key` until a time still to come (an expired mark is dropped).
+    fn marked(&self, map: &SparseCache<SystemTime>, key: &str) -> bool {
+        match map.get(key) {
             Some(until) if until > self.clock.now() => true,
             Some(_) => {
-                self.hit_for_pass.remove(key);
+                map.remove(key);
                 false
             }
             None => false,
         }
     }
 
-    pub fn remember_pass(&self, key: &str, ttl: Duration) {
+    fn mark(&self, map: &SparseCache<SystemTime>, key: &str, ttl: Duration) {
         if !ttl.is_zero() {
             // The TTL comes from config (validated), but never trust an addition to overflow.
             let now = self.clock.now();
             let until = now.checked_add(ttl).unwrap_or(now);
-            self.hit_for_pass.insert(key.to_string(), until);
+            map.insert(key.to_string(), until);
         }
     }
 }

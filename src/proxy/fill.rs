@@ -5,7 +5,7 @@
 //! stored from a failed or short body; readers of such a fill see their responses aborted.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::header;
 use http::{HeaderMap, Method, StatusCode};
@@ -169,6 +169,14 @@ fn cache_limit(edge: &Edge) -> u64 {
 /// The pass reason of an object without a strong validator (never sliced) too large to cache
 /// whole (`cache.max_object_size`).
 const UNSLICEABLE: &str = "unsliceable-too-large";
+
+/// The pass reason a slice fill ends with when its answer shows the object has no strong
+/// validator: its viewers look again (`request::looks_again`) and share one whole-object fill.
+pub const UNSLICED: &str = "unsliced";
+
+/// How long an object found without a strong validator is fetched whole before a miss tries
+/// slices again (a purge of the key forgets it at once).
+const UNSLICED_FOR: Duration = Duration::from_secs(600);
 
 /// Ends a cold-Range probe too large to fetch whole (`proxy::range_pass`): the viewers ask the
 /// origin for their own ranges.
@@ -532,7 +540,7 @@ async fn ask(
     // viewer and tier below. The origin's own `Age` still counts.
     let blocking = crate::proxy::llhls::is_blocking_reload(&job.base_key);
     let age_delay = if blocking {
-        std::time::Duration::ZERO
+        Duration::ZERO
     } else {
         response_delay
     };
@@ -677,6 +685,8 @@ async fn ask(
                 Ok(SliceHead::Whole) => None,
                 Ok(SliceHead::Unsliceable(total)) => {
                     drop((_slot, body));
+                    // Never sliced: whoever asks for it next looks for the whole object.
+                    edge.remember_unsliced(&job.base_key, UNSLICED_FOR);
                     // Too large to keep whole: every viewer asks the origin for its own range
                     // (remembered, so the next ones skip this probe), as for a 200 too large to
                     // store when slicing is off.
@@ -692,9 +702,14 @@ async fn ask(
                         range_passed(edge, guard, fill);
                         return Ok(Asked::Done);
                     }
+                    // Each viewer that was reading a slice of it (a seek burst: one slice fill
+                    // per viewer) looks again and joins one whole-object fill under the base
+                    // key; fetched whole here, under the slice's key, each slice fill was one
+                    // more download of the whole object.
                     tracing::debug!(key, "slice without a strong validator: fetching it whole");
-                    let job = FillJob { slice: None, ..job };
-                    return Box::pin(ask(edge, fill, guard, job)).await;
+                    guard.release();
+                    fill.set_head(FillHead::Pass(UNSLICED));
+                    return Ok(Asked::Done);
                 }
                 Err(why) => {
                     Metrics::inc(&edge.metrics.origin_errors);

@@ -726,7 +726,9 @@ pub(crate) async fn share_free(req: &Req<'_>) -> bool {
 /// - a whole-object viewer collapsed onto a cold-Range probe (`range_pass::refill`);
 /// - a viewer without credentials behind another viewer's credentialed answer;
 /// - behind a leader whose own `CDN-Loop` earned its 508 (`loop_answer`);
-/// - behind the edge's own prefetch, which the origin refused.
+/// - behind the edge's own prefetch, which the origin refused;
+/// - behind a slice fill whose answer showed the object has no strong validator (fetched
+///   whole, under the base key, once for all of them).
 ///
 /// The whole-object path (`read`) and the slice path (`slice::not_sliced`) ask the same.
 pub(crate) fn looks_again(req: &Req<'_>, reason: &str) -> bool {
@@ -734,6 +736,7 @@ pub(crate) fn looks_again(req: &Req<'_>, reason: &str) -> bool {
         || (reason == policy::AUTHORIZED && !authorized(req))
         || crate::proxy::loop_answer::refill(reason)
         || reason == fill::PREFETCH_REFUSED
+        || reason == fill::UNSLICED
 }
 
 /// The body of a response from a fill in progress. A body of unknown length (an origin answer

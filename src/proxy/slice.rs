@@ -315,8 +315,9 @@ enum Reach {
 /// Whether a miss on `key` (the base key, no `Vary` known) goes through the slice path.
 pub fn applies(edge: &Edge, base: &str, key: &str) -> bool {
     // A whole-object fill already in flight for the key (a prefetch, a probe) is joined
-    // instead: its bytes are on their way. Manifests are never sliced: they are small, and a
-    // live or blocking playlist request must keep its own fill and hold rules.
+    // instead: its bytes are on their way. An object a slice's answer showed to have no strong
+    // validator is fetched whole (`Edge::is_unsliced`). Manifests are never sliced: they are
+    // small, and a live or blocking playlist request must keep its own fill and hold rules.
     let path = crate::cache::key::key_path(base);
     let path = path.split('?').next().unwrap_or(path);
     edge.config.cache.slice_size > 0
@@ -324,6 +325,7 @@ pub fn applies(edge: &Edge, base: &str, key: &str) -> bool {
         && crate::cache::policy::ContentClass::classify(path, None)
             != crate::cache::policy::ContentClass::Manifest
         && !edge.fills.in_flight(base)
+        && !edge.is_unsliced(base)
 }
 
 /// The `Slice` phase: a fresh record answers from slices; without one, the slice holding the

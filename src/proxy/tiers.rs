@@ -271,6 +271,7 @@ impl Edge {
         }
         self.vary_index.remove(key);
         self.hit_for_pass.remove(key);
+        self.unsliced.remove(key);
         n
     }
 

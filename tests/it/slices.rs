@@ -918,3 +918,53 @@ fn video_without_validators(body: Vec<u8>) -> Script {
         .header("content-type", "video/mp4")
         .ranged()
 }
+
+/// Bug: viewers seeking at once into different slices of a cold object without a strong
+/// validator (an nginx-like `W/` tag) each had a slice fill of their own, and each of those,
+/// finding the object unsliceable, fetched the whole object under its slice's key: 8 viewers,
+/// 8 downloads of the whole object. They now look again and share one whole-object fill.
+#[tokio::test]
+async fn a_seek_burst_on_an_unsliceable_object_fetches_it_whole_once() {
+    const VIEWERS: usize = 8;
+    let origin = Origin::start().await;
+    let body = pattern(VIEWERS * MIB, 70);
+    let path = "/m/weak-burst.mp4";
+    let gate = Gate::new();
+    origin.script(
+        path,
+        video_without_validators(body.clone())
+            .header("etag", "W/\"5f3a-800000\"")
+            .gate(&gate),
+    );
+    let edge = std::sync::Arc::new(edge_with(&origin, "1MiB").await);
+    let viewers: Vec<_> = (0..VIEWERS)
+        .map(|i| {
+            let e = edge.clone();
+            let at = i * MIB + 100;
+            tokio::spawn(async move {
+                let r = e
+                    .get_with(path, &[("range", &format!("bytes={at}-{}", at + 999))])
+                    .await;
+                (at, r)
+            })
+        })
+        .collect();
+    until("every viewer's slice probe reached the origin", || {
+        origin.count(path) == VIEWERS
+    })
+    .await;
+    gate.open();
+    for v in viewers {
+        let (at, r) = v.await.expect("viewer task");
+        assert_eq!(r.status, StatusCode::PARTIAL_CONTENT, "{at}");
+        assert_eq!(&r.body[..], &body[at..at + 1000], "{at}");
+    }
+    edge.settle().await;
+    let whole = origin
+        .seen(path)
+        .iter()
+        .filter(|s| s.header("range").is_none())
+        .count();
+    assert_eq!(whole, 1, "the object fetched whole once, for every viewer");
+    assert_eq!(edge.get(path).await.x_cache(), "HIT");
+}
