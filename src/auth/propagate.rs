@@ -25,9 +25,11 @@
 //! Cost, per response: HLS is one line scan (URI lines, and the quoted URI attributes of the
 //! tags that carry one, `EXT-X-DATERANGE`'s interstitial `X-ASSET-URI`/`X-ASSET-LIST`
 //! included) into one buffer sized up front from a count of URI lines and URI attributes, with
-//! no allocation per URI; DASH one scan of the XML's tags (`BaseURL`, `Location` and
-//! `PatchLocation` text, the URL attributes of `SegmentTemplate`, `SegmentURL`,
-//! `Initialization` and `RepresentationIndex`, and remote elements' `xlink:href`), skipping
+//! no allocation per URI; DASH one scan of the XML's tags (`BaseURL`, `Location`,
+//! `PatchLocation` and `ContentSteering` text, the URL attributes of `SegmentTemplate`,
+//! `SegmentURL`, `Initialization`, `RepresentationIndex` and `ContentSteering@proxyServerURL`,
+//! remote elements' `xlink:href`, and the URL lists in the `@value` of an HTTP `UTCTiming` or
+//! an MPD chaining/fallback descriptor, each URL on its own), skipping
 //! comments, CDATA and processing instructions, collecting edits that are then applied in one
 //! pass; no tree is built. Everything else stays byte-identical. Output is bounded
 //! (`MAX_OUTPUT`).
@@ -685,6 +687,44 @@ enum TextUrl {
     /// Where the player fetches the MPD's patches (ISO/IEC 23009-1 5th ed. 5.15): resolved
     /// like the document's other URLs, so under the MPD's `BaseURL`s.
     PatchLocation,
+    /// The DASH-IF content steering server (`<ContentSteering>`'s text), which dash.js and
+    /// Shaka fetch before and during playback: an edge route may serve it.
+    ContentSteering,
+}
+
+/// The `UTCTiming` schemes whose `@value` the player fetches over HTTP for its clock (ISO/IEC
+/// 23009-1 5.8.5.7, and the 2012 spellings dash.js and Shaka still accept). `direct` and
+/// `ntp`/`sntp` carry no URL, and `http-ntp` is NTP carried in HTTP that neither player
+/// speaks: their values are left as written.
+const UTC_HTTP_SCHEMES: &[&str] = &[
+    "urn:mpeg:dash:utc:http-iso:2014",
+    "urn:mpeg:dash:utc:http-xsdate:2014",
+    "urn:mpeg:dash:utc:http-head:2014",
+    "urn:mpeg:dash:utc:http-iso:2012",
+    "urn:mpeg:dash:utc:http-xsdate:2012",
+    "urn:mpeg:dash:utc:http-head:2012",
+];
+
+/// The descriptor schemes whose `@value` is the URL of another MPD the player goes on to (ISO/IEC
+/// 23009-1 5.11: MPD chaining at the end of this one, MPD fallback when this one fails).
+const CHAINING_SCHEMES: &[&str] = &["urn:mpeg:dash:chaining:2016", "urn:mpeg:dash:fallback:2016"];
+
+/// Whether `element` with this `schemeIdUri` has a `@value` that is a list of URLs the player
+/// fetches: a `UTCTiming` of an HTTP scheme, or an MPD chaining or fallback descriptor.
+fn dash_scheme_value_is_url(element: &str, scheme: &str) -> bool {
+    let scheme = scheme.trim();
+    let known = |list: &[&str]| list.iter().any(|s| s.eq_ignore_ascii_case(scheme));
+    match element {
+        "UTCTiming" => known(UTC_HTTP_SCHEMES),
+        "SupplementalProperty" | "EssentialProperty" => known(CHAINING_SCHEMES),
+        _ => false,
+    }
+}
+
+/// XML whitespace, which separates the URLs of a list-valued attribute (a `UTCTiming@value`
+/// may name several servers, ISO/IEC 23009-1 5.8.5.7; dash.js tries them in turn).
+fn is_xml_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
 }
 
 fn local_name(qname: &str) -> &str {
@@ -735,8 +775,8 @@ struct Edit {
 }
 
 /// One scan of the XML's tags (no tree is built): URL attributes and `BaseURL`/`Location`/
-/// `PatchLocation` text are collected as edits, then applied in one pass into a buffer sized
-/// for them.
+/// `PatchLocation`/`ContentSteering` text are collected as edits, in document order, then
+/// applied in one pass into a buffer sized for them.
 fn rewrite_dash(text: &str, carry: &Carry) -> Result<Option<String>, Oversized> {
     // A document type may declare entities, which the player's XML parser expands into text
     // or whole elements (`&cdn;` as a `BaseURL` on another host) that this scan of the tags as
@@ -823,7 +863,9 @@ fn rewrite_dash(text: &str, carry: &Carry) -> Result<Option<String>, Oversized> 
                         location_foreign |= target == Target::Foreign;
                         None
                     }
-                    TextUrl::PatchLocation => Some(parent),
+                    // The steering server: dash.js and Shaka resolve it like the document's
+                    // other URLs, under the MPD's BaseURLs.
+                    TextUrl::PatchLocation | TextUrl::ContentSteering => Some(parent),
                 };
                 scratch.clear();
                 let url = url.as_deref().filter(|_| target != Target::Foreign);
@@ -862,6 +904,10 @@ fn rewrite_dash(text: &str, carry: &Carry) -> Result<Option<String>, Oversized> 
             ),
         });
         let mut self_closing = false;
+        // A descriptor's `schemeIdUri` and where its `value` lies (with its quote): which one
+        // comes first is the document's choice, so the value is read once the tag is done.
+        let mut scheme: Option<(usize, usize)> = None;
+        let mut scheme_value: Option<(usize, usize)> = None;
         loop {
             while j < b.len() && b[j].is_ascii_whitespace() {
                 j += 1;
@@ -901,8 +947,14 @@ fn rewrite_dash(text: &str, carry: &Carry) -> Result<Option<String>, Oversized> 
                 j = b.len();
                 break;
             };
+            match attr {
+                "schemeIdUri" => scheme = Some((v_start, v_end)),
+                "value" => scheme_value = Some((v_start, v_end)),
+                _ => {}
+            }
             let segment = dash_url_attr(element, attr);
-            if segment || dash_xlink_attr(element, attr) {
+            let steering_proxy = element == "ContentSteering" && attr == "proxyServerURL";
+            if segment || steering_proxy || dash_xlink_attr(element, attr) {
                 // The token is percent-encoded (`Carry::new`), so it holds no `$` that a
                 // SegmentTemplate would read as an identifier.
                 // A value this scan cannot decode is not certainly this host (see above).
@@ -917,7 +969,8 @@ fn rewrite_dash(text: &str, carry: &Carry) -> Result<Option<String>, Oversized> 
                     xml_escape_into(&scratch, Some(quote), &mut repl);
                     // A segment URL resolves under the BaseURLs of every representation that
                     // uses it; a remote element's under those around the element it replaces
-                    // (its own are part of what it replaces).
+                    // (its own are part of what it replaces); a steering proxy's under the
+                    // MPD's, as the steering server's own URL does.
                     let relative_in = if segment {
                         owner(&scopes, scope)
                     } else {
@@ -946,6 +999,49 @@ fn rewrite_dash(text: &str, carry: &Carry) -> Result<Option<String>, Oversized> 
             }
             j = v_end + 1;
         }
+        if let (Some((s0, s1)), Some((v0, v1))) = (scheme, scheme_value) {
+            // A scheme this cannot decode is none the player knows either.
+            let known =
+                xml_unescape(&text[s0..s1]).is_some_and(|s| dash_scheme_value_is_url(element, &s));
+            if known {
+                // Relative URLs here resolve against the document (and its `BaseURL`s, for
+                // Shaka): under those of the element the descriptor sits in.
+                let relative_in = scopes[scope].parent;
+                let mut k = v0;
+                while k < v1 {
+                    while k < v1 && is_xml_space(b[k]) {
+                        k += 1;
+                    }
+                    let from = k;
+                    while k < v1 && !is_xml_space(b[k]) {
+                        k += 1;
+                    }
+                    if from == k {
+                        break;
+                    }
+                    // Each URL of the list on its own. One this cannot decode, or whose
+                    // references hide a space (two URLs to the player, one here), is not
+                    // certainly this host.
+                    let url = xml_unescape(&text[from..k]).filter(|u| !u.bytes().any(is_xml_space));
+                    let target = url.as_deref().map_or(Target::Foreign, |u| carry.target(u));
+                    scratch.clear();
+                    let url = url.as_deref().filter(|_| target != Target::Foreign);
+                    if url.is_some_and(|u| carry.push_with_token(u, Mode::Add, &mut scratch)) {
+                        let at = repl.len();
+                        // The value's quote is the byte before it.
+                        xml_escape_into(&scratch, Some(b[v0 - 1]), &mut repl);
+                        edits.push(Edit {
+                            start: from,
+                            end: k,
+                            new: at..repl.len(),
+                            relative_in: (target == Target::Relative).then_some(relative_in),
+                            below: false,
+                            uses_id: false,
+                        });
+                    }
+                }
+            }
+        }
         if !self_closing {
             open.push(scope);
         }
@@ -953,6 +1049,7 @@ fn rewrite_dash(text: &str, carry: &Carry) -> Result<Option<String>, Oversized> 
             "BaseURL" => Some(TextUrl::BaseUrl),
             "Location" => Some(TextUrl::Location),
             "PatchLocation" => Some(TextUrl::PatchLocation),
+            "ContentSteering" => Some(TextUrl::ContentSteering),
             _ => None,
         };
         text_from = which
@@ -995,6 +1092,10 @@ fn rewrite_dash(text: &str, carry: &Carry) -> Result<Option<String>, Oversized> 
     if text.len().saturating_add(added) > MAX_OUTPUT {
         return Err(Oversized);
     }
+    debug_assert!(
+        edits.windows(2).all(|w| w[0].end <= w[1].start),
+        "edits are collected in document order"
+    );
     let mut out = String::with_capacity(text.len() + added);
     let mut at = 0;
     for e in edits {
@@ -1269,6 +1370,47 @@ w.m3u8\n";
         }
         // Under an MPD whose BaseURL is elsewhere, a relative PatchLocation is elsewhere too.
         let far = r#"<MPD><BaseURL>https://other.example/</BaseURL><PatchLocation>p.mpp</PatchLocation></MPD>"#;
+        assert_eq!(rewrite(Kind::Dash, far.as_bytes(), &c), Ok(None));
+    }
+
+    #[test]
+    fn clock_steering_and_chained_mpd_urls_get_the_token_where_they_stay_here() {
+        let c = carry();
+        let m = r#"<MPD>
+  <UTCTiming schemeIdUri="urn:mpeg:dash:utc:http-iso:2014" value="http://cdn.example:8080/time"/>
+  <UTCTiming value='/t2 https://other.example/t3	t4?a=1&amp;b=2' schemeIdUri="urn:mpeg:dash:utc:http-xsdate:2014"/>
+  <UTCTiming schemeIdUri="urn:mpeg:dash:utc:http-head:2012" value="h"/>
+  <UTCTiming schemeIdUri="urn:mpeg:dash:utc:direct:2014" value="2024-01-01T00:00:00Z"/>
+  <UTCTiming schemeIdUri="urn:mpeg:dash:utc:http-ntp:2014" value="ntp"/>
+  <UTCTiming schemeIdUri="urn:mpeg:dash:utc:http-iso:2014" value="a&#32;b"/>
+  <ContentSteering proxyServerURL="/proxy" defaultServiceLocation="a">steer.json</ContentSteering>
+  <SupplementalProperty schemeIdUri="urn:mpeg:dash:chaining:2016" value="next.mpd"/>
+  <EssentialProperty schemeIdUri="urn:mpeg:dash:fallback:2016" value="https://other.example/fb.mpd"/>
+  <SupplementalProperty schemeIdUri="urn:example:other" value="x.mpd"/>
+</MPD>"#;
+        let out = String::from_utf8(
+            rewrite(Kind::Dash, m.as_bytes(), &c)
+                .expect("fits")
+                .expect("changed"),
+        )
+        .expect("utf8");
+        for want in [
+            format!("value=\"http://cdn.example:8080/time?{T}\""),
+            format!("value='/t2?{T} https://other.example/t3\tt4?a=1&amp;b=2&amp;{T}'"),
+            format!("value=\"h?{T}\""),
+            "value=\"2024-01-01T00:00:00Z\"".to_string(),
+            "value=\"ntp\"".to_string(),
+            "value=\"a&#32;b\"".to_string(),
+            format!("proxyServerURL=\"/proxy?{T}\""),
+            format!(">steer.json?{T}</ContentSteering>"),
+            format!("value=\"next.mpd?{T}\""),
+            "value=\"https://other.example/fb.mpd\"".to_string(),
+            "value=\"x.mpd\"".to_string(),
+        ] {
+            assert!(out.contains(&want), "{want} missing from:\n{out}");
+        }
+        // Under an MPD whose BaseURL is elsewhere, relative ones are elsewhere too.
+        let far = r#"<MPD><BaseURL>https://other.example/</BaseURL><UTCTiming schemeIdUri="urn:mpeg:dash:utc:http-iso:2014" value="t"/><ContentSteering>s.json</ContentSteering></MPD>"#;
         assert_eq!(rewrite(Kind::Dash, far.as_bytes(), &c), Ok(None));
     }
 

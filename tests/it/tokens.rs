@@ -1309,6 +1309,71 @@ async fn interstitials_patch_locations_and_remote_periods_carry_the_token() {
     );
 }
 
+/// Bug: the MPD rewrite on a token route left the URLs a DASH player fetches outside the
+/// segment tree without the viewer's token: a `UTCTiming@value` of an HTTP scheme (dash.js and
+/// Shaka fetch it for their clock), the `<ContentSteering>` server and its `proxyServerURL`, and
+/// the next MPD of a chaining or fallback descriptor, so the player was refused (403 "token
+/// missing") on each. Now same-host and relative ones carry it once, each URL of a list on its
+/// own; other hosts and schemes without a URL (`direct`) stay as written.
+#[tokio::test]
+async fn clock_steering_and_chained_mpd_urls_carry_the_token() {
+    let origin = Origin::start().await;
+    let edge = edge_with(&origin, raw_token()).await;
+    let here = edge.url("");
+    let here = here.trim_end_matches('/');
+    let mpd = format!(
+        r#"<?xml version="1.0"?><MPD xmlns="urn:mpeg:dash:schema:mpd:2011" type="dynamic" minimumUpdatePeriod="PT2S">
+ <UTCTiming schemeIdUri="urn:mpeg:dash:utc:http-iso:2014" value="{here}/v/u/time"/>
+ <UTCTiming schemeIdUri="urn:mpeg:dash:utc:http-xsdate:2014" value="xs https://other.example/xs"/>
+ <UTCTiming schemeIdUri="urn:mpeg:dash:utc:http-head:2014" value="/v/u/head"/>
+ <UTCTiming schemeIdUri="urn:mpeg:dash:utc:direct:2014" value="2024-01-01T00:00:00Z"/>
+ <ContentSteering defaultServiceLocation="a" proxyServerURL="proxy">{here}/v/u/steer.json</ContentSteering>
+ <SupplementalProperty schemeIdUri="urn:mpeg:dash:chaining:2016" value="next.mpd"/>
+ <EssentialProperty schemeIdUri="urn:mpeg:dash:fallback:2016" value="https://other.example/fb.mpd"/>
+ <Period id="0" start="PT0S"><AdaptationSet mimeType="video/mp4"><SegmentTemplate media="s$Number$.m4s" duration="2" timescale="1"/><Representation id="v" bandwidth="1"/></AdaptationSet></Period>
+</MPD>"#
+    );
+    origin.script(
+        "/v/u/x.mpd",
+        Script::ok(mpd).header("content-type", "application/dash+xml"),
+    );
+    for child in ["time", "xs", "head", "proxy", "steer.json", "next.mpd"] {
+        origin.script(&format!("/v/u/{child}"), Script::ok("child"));
+    }
+    let t = token("/v/u/*");
+    let r = edge.get(&format!("/v/u/x.mpd?hdnts={t}")).await;
+    assert_eq!(r.status.as_u16(), 200);
+    let body = as_played(&r);
+    // (as written in the MPD, as a player resolves it against the MPD's URL)
+    for (written, child) in [
+        (format!("value=\"{here}/v/u/time?hdnts={t}\""), "time"),
+        (
+            format!("value=\"xs?hdnts={t} https://other.example/xs\""),
+            "xs",
+        ),
+        (format!("value=\"/v/u/head?hdnts={t}\""), "head"),
+        (format!("proxyServerURL=\"proxy?hdnts={t}\""), "proxy"),
+        (
+            format!(">{here}/v/u/steer.json?hdnts={t}</ContentSteering>"),
+            "steer.json",
+        ),
+        (format!("value=\"next.mpd?hdnts={t}\""), "next.mpd"),
+    ] {
+        assert!(body.contains(&written), "{child} carries no token:\n{body}");
+        let r = edge.get(&format!("/v/u/{child}?hdnts={t}")).await;
+        assert_eq!(r.status.as_u16(), 200, "{child}");
+        assert_eq!(origin.count(&format!("/v/u/{child}")), 1, "{child}");
+    }
+    for untouched in [
+        "value=\"2024-01-01T00:00:00Z\"",
+        "value=\"https://other.example/fb.mpd\"",
+    ] {
+        assert!(body.contains(untouched), "{untouched}:\n{body}");
+    }
+    // The six above and the segment template, each once.
+    assert_eq!(body.matches("hdnts=").count(), 7, "each URL once:\n{body}");
+}
+
 /// A packager that writes absolute URLs on the `Host` it is sent (the route's origin
 /// `host:port`, not the viewer's) and copies the query token it was sent onto every URI it
 /// lists, relative and absolute: `/v/p/live.m3u8` (and `/v/p/hls`) and `/v/p/live.mpd`, and
