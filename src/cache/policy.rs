@@ -42,11 +42,10 @@ impl ManifestFormat {
         }
     }
 
-    /// By the extension of the path's last segment (`.m3u8`, `.mpd`; a query or fragment is
-    /// ignored).
+    /// By the extension of the path's last segment (`.m3u8`, `.mpd`; a query, a fragment or
+    /// segment parameters are ignored: `extension`).
     pub fn from_path(path: &str) -> Option<ManifestFormat> {
-        let path = path.split(['?', '#']).next().unwrap_or(path);
-        let ext = path.rsplit('/').next()?.rsplit_once('.')?.1;
+        let ext = extension(path)?;
         if ext.eq_ignore_ascii_case("m3u8") {
             Some(ManifestFormat::Hls)
         } else if ext.eq_ignore_ascii_case("mpd") {
@@ -108,11 +107,9 @@ impl ContentClass {
         }
     }
 
-    /// Classifies by the path's extension alone (`None` when it says nothing).
+    /// Classifies by the path's extension alone (`None` when it says nothing; `extension`).
     pub fn from_path(path: &str) -> Option<ContentClass> {
-        let path = path.split(['?', '#']).next().unwrap_or(path);
-        let file = path.rsplit('/').next().unwrap_or(path);
-        let ext = file.rsplit_once('.')?.1.to_ascii_lowercase();
+        let ext = extension(path)?.to_ascii_lowercase();
         match ext.as_str() {
             "m3u8" | "mpd" => Some(ContentClass::Manifest),
             "ts" | "m4s" | "mp4" | "m4a" | "m4v" | "aac" | "cmfv" | "cmfa" | "vtt" | "webm"
@@ -121,6 +118,18 @@ impl ContentClass {
             _ => None,
         }
     }
+}
+
+/// The extension of `path`'s last segment, read as routes read the path
+/// (`proxy::target::routing_path`): a query or fragment, and the segment's parameters (`;` to
+/// its end), left out. Servlet-style origins serve `/v/a.mpd;jsessionid=1` as `/v/a.mpd`, so it
+/// is that manifest and gets a manifest's TTL and handling; judged as written (`mpd;jsessionid=1`)
+/// it fell back to the `Content-Type`, and without one it was not cached at all.
+fn extension(path: &str) -> Option<&str> {
+    let path = path.split(['?', '#']).next().unwrap_or(path);
+    let file = path.rsplit('/').next().unwrap_or(path);
+    let file = file.split(';').next().unwrap_or(file);
+    Some(file.rsplit_once('.')?.1)
 }
 
 /// TTL rules of one class (optionally per route).
@@ -902,6 +911,21 @@ mod tests {
         assert_eq!(
             ContentClass::classify("/index.html", None),
             ContentClass::Other
+        );
+        // Segment parameters are left out, as routes read the path.
+        for (path, want) in [
+            ("/d/a.mpd;jsessionid=1", ContentClass::Manifest),
+            ("/d/a.m3u8;x=1?y=2", ContentClass::Manifest),
+            ("/d/s.m4s;x=1", ContentClass::Segment),
+            ("/d/k.key;v=2", ContentClass::Key),
+            ("/d;v=1.mpd/s.ts", ContentClass::Segment),
+            ("/d/a;x=.mpd", ContentClass::Other),
+        ] {
+            assert_eq!(ContentClass::classify(path, None), want, "{path}");
+        }
+        assert_eq!(
+            ManifestFormat::from_path("/d/a.mpd;jsessionid=1"),
+            Some(ManifestFormat::Dash)
         );
     }
 

@@ -39,6 +39,42 @@ async fn manifest_expires_after_its_ttl_while_the_segment_stays_hit() {
     assert_eq!(origin.count("/live/seg1.ts"), 1);
 }
 
+/// Bug: a manifest or segment path with segment parameters (`/live/a.mpd;jsessionid=1`) was
+/// classed by its last segment as written (`mpd;jsessionid=1`, no known extension), so without
+/// a `Content-Type` from the origin it was not cached at all (every request a MISS). Routes read
+/// it as `/live/a.mpd`, as servlet-style origins serve it; the class is now judged on that path
+/// too: manifests get the manifest TTL, segments the segment one.
+#[tokio::test]
+async fn paths_with_segment_parameters_are_classed_as_routes_read_them() {
+    let origin = Origin::start().await;
+    let manifests = ["/live/a.mpd;jsessionid=1", "/live/b.m3u8;x=1?y=2"];
+    let segment = "/live/s.m4s;x=1";
+    for path in manifests.iter().chain([&segment]) {
+        // No Content-Type and no freshness: the path alone decides the class.
+        origin.script(path.split('?').next().unwrap_or(path), Script::ok("body"));
+    }
+    let mut raw = edge_config(&origin);
+    raw.cache.ttl.manifest = ttl("1s");
+    let edge = TestEdge::start_with_tokio_clock(raw).await;
+
+    for path in manifests.iter().chain([&segment]) {
+        assert_eq!(edge.get(path).await.x_cache(), "MISS", "{path}");
+        edge.settle().await;
+        assert_eq!(edge.get(path).await.x_cache(), "HIT", "{path}");
+    }
+    edge.advance(PAST_TTL).await;
+    for path in manifests {
+        assert_eq!(edge.get(path).await.x_cache(), "EXPIRED", "{path}");
+        assert_eq!(
+            origin.count(path.split('?').next().unwrap_or(path)),
+            2,
+            "{path}"
+        );
+    }
+    assert_eq!(edge.get(segment).await.x_cache(), "HIT");
+    assert_eq!(origin.count(segment), 1);
+}
+
 #[tokio::test]
 async fn origin_5xx_without_explicit_freshness_is_not_cached() {
     let origin = Origin::start().await;
