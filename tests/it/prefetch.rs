@@ -728,6 +728,77 @@ async fn a_live_mpd_refreshed_by_a_304_drops_the_early_404_and_prefetches_the_se
     assert_eq!(origin.count("/d/v_5.m4s"), 2);
 }
 
+/// Bug: a live MPD's `SegmentTimeline` run that lists the segment still in production (its
+/// end in the future: `<S r=...>` counted up to it, legal and common) had that segment
+/// prefetched at once, before it was available: the origin saw one request (a 404 from a real
+/// packager) per representation per MPD update. Now a timeline segment counts from its
+/// availability start (5.3.9.5.3: its end), by the same clock and guard as `$Number$`: the
+/// segment is prefetched by the first MPD copy after it ended, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeline_segment_listed_before_it_ends_is_prefetched_only_once_available() {
+    let origin = crate::support::Origin::start().await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs();
+    // 55 to 56 s in: six 10 s segments listed, the last (t=50000) ends at 60 s.
+    let mpd = format!(
+        "<?xml version=\"1.0\"?>\n<MPD xmlns=\"urn:mpeg:dash:schema:mpd:2011\" type=\"dynamic\" \
+availabilityStartTime=\"{}\" timeShiftBufferDepth=\"PT60S\" minimumUpdatePeriod=\"PT2S\" \
+minBufferTime=\"PT2S\">\n<Period id=\"p0\" start=\"PT0S\"><AdaptationSet mimeType=\"video/mp4\">\
+<SegmentTemplate timescale=\"1000\" media=\"t_$Time$.m4s\"><SegmentTimeline>\
+<S t=\"0\" d=\"10000\" r=\"5\"/></SegmentTimeline></SegmentTemplate>\
+<Representation id=\"v1\" bandwidth=\"1000000\"/></AdaptationSet></Period></MPD>\n",
+        iso8601(now - 55)
+    );
+    origin.script(
+        "/t/live.mpd",
+        crate::support::Script::ok(mpd).header("cache-control", "max-age=1"),
+    );
+    for n in 0..6 {
+        origin.script(
+            &format!("/t/t_{}.m4s", n * 10_000),
+            crate::support::Script::ok(format!("segment {n}")),
+        );
+    }
+    let edge =
+        crate::support::TestEdge::start_with_tokio_clock(config_for(&origin.url(), "next")).await;
+    assert_eq!(edge.get("/t/live.mpd").await.status, 200);
+    crate::support::until("the MPD's live edge is prefetched", || {
+        origin.count("/t/t_40000.m4s") + origin.count("/t/t_50000.m4s") > 0
+    })
+    .await;
+    edge.settle().await;
+    assert_eq!(
+        (
+            origin.count("/t/t_40000.m4s"),
+            origin.count("/t/t_50000.m4s")
+        ),
+        (1, 0),
+        "at 55 s the newest available segment is prefetched, not the one in production (ends at 60 s)"
+    );
+    // 61 to 62 s in: the segment ended, past the prefetch's guard; the next copy fetches it.
+    edge.advance(Duration::from_secs(6)).await;
+    assert_eq!(edge.get("/t/live.mpd").await.status, 200);
+    crate::support::until("the ended segment is prefetched", || {
+        origin.count("/t/t_50000.m4s") == 1
+    })
+    .await;
+    edge.settle().await;
+    let r = edge.get("/t/t_50000.m4s").await;
+    assert_eq!(
+        (
+            r.status.as_u16(),
+            String::from_utf8_lossy(&r.body).as_ref(),
+            r.x_cache()
+        ),
+        (200, "segment 5", "HIT"),
+        "{}",
+        r.h("cache-status")
+    );
+    assert_eq!(origin.count("/t/t_50000.m4s"), 1);
+}
+
 // A prefetch is for the next segments and parts, not whole VOD files: one whose answer is over
 // `cache.prefetch_max_size` is abandoned (finding: a 10-byte viewer request carrying
 // `CMCD-Request: nor="big.mp4?r=N"` made the edge pull the whole named object, with no slicing,

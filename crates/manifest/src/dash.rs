@@ -724,14 +724,25 @@ impl Walker<'_> {
         let mut total: u128 = 0;
         for run in timeline::runs(&tl.segments, period_end) {
             let run = run.map_err(|e| self.bad(e.to_string()))?;
-            // `(count, skip)`: the run's segments, the first `skip` of which are not listed.
-            let (count, skip) = match (run.count, live) {
-                (Some(count), _) => (count, 0),
+            // `(count, listed, skip)`: the run's segments, the first `listed` of which are
+            // available (all but in a live MPD), of which the first `skip` are not listed.
+            let (count, listed, skip) = match (run.count, live) {
+                (Some(count), None) => (count, count, 0),
+                // A run the timeline bounds may still name segments that are not available
+                // yet: a packager lists the segment in production (its end in the future).
+                // Availability is the same as for an open run (5.3.9.5.3: from the segment's
+                // end), whatever the MPD lists.
+                (Some(count), Some(clock)) => {
+                    let ended = ended_by(clock, time.start, timescale, pto, run.t, run.d);
+                    (count, count.min(ended), 0)
+                }
                 // An open run (`S@r` negative, neither a later `S@t` nor the period's end
                 // bounding it: the live edge of most live MPDs) goes on with the clock.
                 (None, Some(clock)) => {
                     let room = (self.budget as u128).saturating_sub(total);
-                    open_run(clock, time.start, timescale, pto, run.t, run.d, room)
+                    let (ended, skip) =
+                        open_run(clock, time.start, timescale, pto, run.t, run.d, room);
+                    (ended, ended, skip)
                 }
                 (None, None) => {
                     return Err(
@@ -739,33 +750,61 @@ impl Walker<'_> {
                     );
                 }
             };
-            total = total.saturating_add(count - skip);
+            total = total.saturating_add(listed.saturating_sub(skip));
             if total > self.budget as u128 {
                 return Err(self.too_many(total));
             }
-            runs.push((run.t, u128::from(run.d), count, skip));
+            runs.push((run.t, u128::from(run.d), count, listed, skip));
         }
         self.reserve(total)?;
         let mut number = start_number;
-        for (t0, d, count, skip) in runs {
-            // `$Number$` counts the segments not listed too.
-            number = number.saturating_add(u64::try_from(skip).unwrap_or(u64::MAX));
-            for k in skip..count {
+        for (t0, d, count, listed, skip) in runs {
+            // `$Number$` counts the segments not listed too, before and after those listed.
+            let first = number;
+            for k in skip..listed {
                 let tk = t0 + d * k;
                 let v = Vars {
-                    number: Some(number),
+                    number: Some(first.saturating_add(u64::try_from(k).unwrap_or(u64::MAX))),
                     time: Some(u64::try_from(tk).map_err(|_| self.bad("S@t overflows".into()))?),
                     ..*vars
                 };
-                number = number.saturating_add(1);
                 let s = template::expand(media, &v)
                     .map_err(|e| self.bad(format!("template {media:?}: {e}")))?;
                 let url = resolve(base, &s)?;
                 self.push(url, ObjectKind::Segment);
             }
+            number = first.saturating_add(u64::try_from(count).unwrap_or(u64::MAX));
         }
         Ok(())
     }
+}
+
+/// How many segments of `d` ticks from `t` (a timeline run's) have ended by `clock`, that is are
+/// available (ISO/IEC 23009-1 5.3.9.5.3: from `availabilityStartTime` plus the period's start
+/// plus the segment's end, less the presentation time offset, as `LiveClock::into_period`
+/// counts); 0 when none has, or the clock cannot be read.
+fn ended_by(
+    clock: LiveClock,
+    period_start: Option<f64>,
+    timescale: u64,
+    pto: Option<u64>,
+    t: u128,
+    d: u64,
+) -> u128 {
+    let seg = d as f64 / timescale as f64;
+    if !(seg.is_finite() && seg > 0.0) {
+        return 0;
+    }
+    let into = clock.into_period(period_start, seg);
+    // Media timeline ticks at that moment (the presentation time offset is where the period
+    // starts on the media timeline).
+    let now_ticks = into * timescale as f64 + pto.unwrap_or(0) as f64;
+    let ended = ((now_ticks - t as f64) / d as f64).floor();
+    if !ended.is_finite() || ended < 1.0 {
+        return 0;
+    }
+    // `as` saturates; a bound far beyond any budget.
+    ended.min(1e30) as u128
 }
 
 /// The segments of an open `SegmentTimeline` run (`S@r` negative with nothing after it to stop
@@ -784,19 +823,10 @@ fn open_run(
     room: u128,
 ) -> (u128, u128) {
     let seg = d as f64 / timescale as f64;
-    if !(seg.is_finite() && seg > 0.0) {
+    let ended = ended_by(clock, period_start, timescale, pto, t, d);
+    if ended == 0 {
         return (0, 0);
     }
-    let into = clock.into_period(period_start, seg);
-    // Media timeline ticks at that moment (the presentation time offset is where the period
-    // starts on the media timeline).
-    let now_ticks = into * timescale as f64 + pto.unwrap_or(0) as f64;
-    let ended = ((now_ticks - t as f64) / d as f64).floor();
-    if !ended.is_finite() || ended < 1.0 {
-        return (0, 0);
-    }
-    // `as` saturates; a bound far beyond any budget.
-    let ended = ended.min(1e30) as u128;
     let in_window = ((clock.depth / seg).ceil().clamp(1.0, 1e30) as u128).min(room);
     (ended, ended.saturating_sub(in_window))
 }
@@ -939,9 +969,52 @@ mod live_tests {
                 "live/20-18000.m4s",
             ]
         );
-        // Before the open run's first segment ended: only the runs listed.
+        // Before the open run's first segment ended: only what of the runs listed has (the
+        // second segment ends at 2 s, available to prefetch from 2.5 s).
         let early = names(&live_references(&url, mpd.as_bytes(), at(2), 100).unwrap());
+        assert_eq!(early, ["live/10-0.m4s"]);
+        let early = names(&live_references(&url, mpd.as_bytes(), at(3), 100).unwrap());
         assert_eq!(early, ["live/10-0.m4s", "live/11-1000.m4s"]);
+    }
+
+    /// Bug: a live timeline's bounded runs were listed whole, the segment in production too
+    /// (a packager lists it in `<S r=...>` before it ends, legal and common), so prefetch asked
+    /// the origin for it before it was available (a 404 per representation per MPD update).
+    /// Now a run's segment counts from its availability start (its end), as an open run's and
+    /// a `$Number$` template's do, the numbers of later segments unchanged.
+    #[test]
+    fn a_timeline_segment_listed_before_it_ends_is_not_available_yet() {
+        let mpd = r#"<?xml version="1.0"?>
+<MPD xmlns="urn:mpeg:dash:schema:mpd:2011" type="dynamic" availabilityStartTime="2026-01-01T00:00:00Z" timeShiftBufferDepth="PT60S" minBufferTime="PT2S">
+ <Period id="0" start="PT10S">
+  <AdaptationSet mimeType="video/mp4">
+   <SegmentTemplate timescale="1000" startNumber="5" presentationTimeOffset="4000" media="$Number$-$Time$.m4s">
+    <SegmentTimeline><S t="4000" d="2000" r="3"/><S d="1000" r="1"/></SegmentTimeline>
+   </SegmentTemplate>
+   <Representation id="r0" bandwidth="1"/>
+  </AdaptationSet>
+ </Period>
+</MPD>"#;
+        let url = Url::parse("http://o/live/manifest.mpd").unwrap();
+        let listed = |ms: u64, edge: LiveEdge| {
+            let now = at(0) + std::time::Duration::from_millis(ms);
+            let mpd = parse(&url, mpd.as_bytes()).unwrap();
+            names(&live_references_of(&url, &mpd, now, 100, edge).unwrap())
+        };
+        // The period starts at 10 s; its segments end at 12, 14, 16, 18, then 19 and 20 s.
+        assert_eq!(listed(11_900, LiveEdge::Announced), Vec::<String>::new());
+        assert_eq!(listed(12_000, LiveEdge::Announced), ["live/5-4000.m4s"]);
+        // Prefetch keeps its guard (half a segment, at most 1 s).
+        assert_eq!(listed(12_900, LiveEdge::Settled), Vec::<String>::new());
+        assert_eq!(
+            listed(17_500, LiveEdge::Announced),
+            ["live/5-4000.m4s", "live/6-6000.m4s", "live/7-8000.m4s"]
+        );
+        // The second run is numbered after all of the first.
+        let at_19 = listed(19_000, LiveEdge::Announced);
+        assert_eq!(at_19.last().map(String::as_str), Some("live/9-12000.m4s"));
+        assert_eq!(at_19.len(), 5);
+        assert_eq!(listed(30_000, LiveEdge::Settled).len(), 6);
     }
 
     /// A period that ended (the next one started) lists no segment past its end, however
