@@ -147,7 +147,9 @@ pub(crate) fn observe_mpd(
     let Ok(url) = url::Url::parse(&format!("http://{host}{path}")) else {
         return;
     };
-    let Ok(mpd) = dash::parse(&url, body) else {
+    // Bounded (`dash::parse_live`, and the walks below by `dash::LIVE_URI_BYTES`): this runs on
+    // every copy of an MPD the origin may refresh every second.
+    let Ok(mpd) = dash::parse_live(&url, body, LIVE_BUDGET) else {
         return;
     };
     let now = edge.clock.now();

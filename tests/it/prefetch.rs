@@ -799,6 +799,61 @@ minBufferTime=\"PT2S\">\n<Period id=\"p0\" start=\"PT0S\"><AdaptationSet mimeTyp
     assert_eq!(origin.count("/t/t_50000.m4s"), 1);
 }
 
+/// Bug: the edge's own reading of a live MPD (prefetch, on every copy) built each segment's URI
+/// whatever the length of its `SegmentTemplate@media` or `BaseURL`: a 1 MB template cost about
+/// 1000 times the CPU of an MPD as large, and the edge asked the origin for a URI of megabytes.
+/// Now a URI longer than 8 KiB is neither built nor fetched (as on the HLS path): the MPD is
+/// served intact, its other representations are prefetched, and the origin is never asked for
+/// a URI built from the over-long template or base.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_mpd_with_an_over_long_template_or_base_is_served_and_drives_no_fetch_of_it() {
+    let origin = crate::support::Origin::start().await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs();
+    let (long_media, long_base) = ("L".repeat(10_000), "B".repeat(10_000));
+    // 55 s in: 10 s segments, 0 to 4 have ended.
+    let mpd = format!(
+        "<?xml version=\"1.0\"?>\n<MPD xmlns=\"urn:mpeg:dash:schema:mpd:2011\" type=\"dynamic\" \
+availabilityStartTime=\"{}\" timeShiftBufferDepth=\"PT30S\" minimumUpdatePeriod=\"PT10S\" \
+minBufferTime=\"PT2S\">\n<Period id=\"p0\" start=\"PT0S\">\
+<AdaptationSet mimeType=\"video/mp4\"><SegmentTemplate timescale=\"1\" duration=\"10\" \
+startNumber=\"0\" initialization=\"l_init.mp4\" media=\"{long_media}$Number$.m4s\"/><Representation id=\"l\" bandwidth=\"1\"/>\
+</AdaptationSet><AdaptationSet mimeType=\"video/mp4\"><BaseURL>{long_base}/</BaseURL>\
+<SegmentTemplate timescale=\"1\" duration=\"10\" startNumber=\"0\" initialization=\"b_init.mp4\" media=\"b_$Number$.m4s\"/>\
+<Representation id=\"b\" bandwidth=\"1\"/></AdaptationSet><AdaptationSet mimeType=\"video/mp4\">\
+<SegmentTemplate timescale=\"1\" duration=\"10\" startNumber=\"0\" initialization=\"v_init.mp4\" media=\"v_$Number$.m4s\"/>\
+<Representation id=\"v\" bandwidth=\"1\"/></AdaptationSet></Period></MPD>\n",
+        iso8601(now - 55)
+    );
+    origin.script(
+        "/o/live.mpd",
+        crate::support::Script::ok(mpd.clone()).header("cache-control", "max-age=1"),
+    );
+    let edge = crate::support::TestEdge::start(config_for(&origin.url(), "next")).await;
+    let r = edge.get("/o/live.mpd").await;
+    assert_eq!((r.status.as_u16(), r.body.len()), (200, mpd.len()));
+    assert!(r.body == mpd.as_bytes(), "the MPD is served intact");
+    // Proof that prefetch read this copy: the plain representation's live edge.
+    crate::support::until(
+        "the plain representation's newest segment is prefetched",
+        || (3..=7).any(|n| origin.count(&format!("/o/v_{n}.m4s")) > 0),
+    )
+    .await;
+    edge.settle().await;
+    let built: Vec<usize> = origin
+        .targets()
+        .iter()
+        .filter(|t| t.contains("LLLLLLLL") || t.contains("BBBBBBBB"))
+        .map(String::len)
+        .collect();
+    assert!(
+        built.is_empty(),
+        "the origin was asked for URIs built from the over-long template or base (lengths {built:?})"
+    );
+}
+
 // A prefetch is for the next segments and parts, not whole VOD files: one whose answer is over
 // `cache.prefetch_max_size` is abandoned (finding: a 10-byte viewer request carrying
 // `CMCD-Request: nor="big.mp4?r=N"` made the edge pull the whole named object, with no slicing,

@@ -15,6 +15,7 @@ use url::Url;
 
 use super::template::{self, Vars};
 use super::timeline;
+use super::variables::MAX_URI;
 use super::{resolve, ObjectKind, Reference, WalkError};
 
 /// Parses `body` (fetched from `url`) and returns what it references. `budget` is how many more
@@ -26,7 +27,9 @@ use super::{resolve, ObjectKind, Reference, WalkError};
 /// (a 16 MiB timeline of `<S d="1"/>` took 140 MiB), and each names at least one segment.
 pub fn references(url: &Url, body: &[u8], budget: usize) -> Result<Vec<Reference>, WalkError> {
     let text = utf8(url, body)?;
-    let entries = well_formed(text).map_err(|e| parse_error(url, super::clip(&e, 300)))?;
+    let entries = well_formed(text)
+        .map_err(|e| parse_error(url, super::clip(&e, 300)))?
+        .entries;
     if entries > budget {
         return Err(WalkError::TooManyReferences {
             url: url.clone(),
@@ -40,6 +43,7 @@ pub fn references(url: &Url, body: &[u8], budget: usize) -> Result<Vec<Reference
         budget,
         out: Vec::new(),
         live: None,
+        uri_room: None,
     }
     .mpd(&mpd)
 }
@@ -88,6 +92,7 @@ pub fn live_references_of(
             budget,
             out: Vec::new(),
             live: None,
+            uri_room: Some(LIVE_URI_BYTES),
         }
         .mpd(mpd);
     }
@@ -111,6 +116,7 @@ pub fn live_references_of(
             depth,
             edge,
         }),
+        uri_room: Some(LIVE_URI_BYTES),
     }
     .mpd(mpd)
 }
@@ -159,6 +165,41 @@ pub fn parse(url: &Url, body: &[u8]) -> Result<MPD, WalkError> {
     deserialize(url, text)
 }
 
+/// Most `Representation`s of a live MPD the edge reads for itself ([`parse_live`]).
+pub const LIVE_MAX_REPRESENTATIONS: usize = 1024;
+
+/// Most bytes of URIs one walk of a live MPD lists ([`live_references_of`]): its `budget`
+/// of references at 512 bytes each.
+pub const LIVE_URI_BYTES: usize = 4 << 20;
+
+/// [`parse`] for the edge's own reading of a live MPD, done on every copy (prefetch, dropping
+/// early refusals): refuses, before deserializing, an MPD with more than
+/// [`LIVE_MAX_REPRESENTATIONS`] `Representation`s or more `S` and `SegmentURL` elements than
+/// `budget` (each names at least one segment, more than the walk lists). dash-mpd-core holds
+/// every element at many times the size of its text: 20,000 Representations (918 KB) took
+/// 285 MiB on each copy of an MPD refreshed every second.
+pub fn parse_live(url: &Url, body: &[u8], budget: usize) -> Result<MPD, WalkError> {
+    let text = utf8(url, body)?;
+    let counted = well_formed(text).map_err(|e| parse_error(url, super::clip(&e, 300)))?;
+    if counted.entries > budget {
+        return Err(WalkError::TooManyReferences {
+            url: url.clone(),
+            listed: counted.entries,
+            room: budget,
+        });
+    }
+    if counted.representations > LIVE_MAX_REPRESENTATIONS {
+        return Err(WalkError::Unsupported {
+            url: url.clone(),
+            what: format!(
+                "a live MPD of {} Representations (more than {LIVE_MAX_REPRESENTATIONS})",
+                counted.representations
+            ),
+        });
+    }
+    deserialize(url, text)
+}
+
 fn parse_error(url: &Url, reason: String) -> WalkError {
     WalkError::Parse {
         url: url.clone(),
@@ -184,19 +225,30 @@ fn deserialize(url: &Url, text: &str) -> Result<MPD, WalkError> {
 }
 
 /// Checks that `text` is well-formed XML (every element closed, end tags matching) and that no
-/// attribute holds an xs:duration dash-mpd-core would overflow on. Returns how many `S` and
-/// `SegmentURL` elements it holds (each names at least one segment).
-fn well_formed(text: &str) -> Result<usize, String> {
+/// attribute holds an xs:duration dash-mpd-core would overflow on. Returns how many elements
+/// of the kinds dash-mpd-core holds at many times their text it holds.
+/// What [`well_formed`] counted in an MPD's text.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counted {
+    /// `S` and `SegmentURL` elements: each names at least one segment.
+    entries: usize,
+    /// `Representation` elements.
+    representations: usize,
+}
+
+fn well_formed(text: &str) -> Result<Counted, String> {
     use quick_xml::events::Event;
     let mut r = quick_xml::Reader::from_str(text);
     r.config_mut().check_end_names = true;
     let mut depth = 0usize;
-    let mut entries = 0usize;
+    let mut counted = Counted::default();
     loop {
         let event = r.read_event();
         if let Ok(Event::Start(e) | Event::Empty(e)) = &event {
-            if matches!(e.local_name().as_ref(), "S" | "SegmentURL") {
-                entries += 1;
+            match e.local_name().as_ref() {
+                "S" | "SegmentURL" => counted.entries += 1,
+                "Representation" => counted.representations += 1,
+                _ => {}
             }
             for a in e.attributes() {
                 let a = a.map_err(|e| format!("bad attribute: {e}"))?;
@@ -215,7 +267,7 @@ fn well_formed(text: &str) -> Result<usize, String> {
                     .checked_sub(1)
                     .ok_or_else(|| "end tag without a start tag".to_string())?;
             }
-            Ok(Event::Eof) if depth == 0 => return Ok(entries),
+            Ok(Event::Eof) if depth == 0 => return Ok(counted),
             Ok(Event::Eof) => return Err(format!("{depth} element(s) not closed")),
             Ok(_) => {}
             Err(e) => return Err(format!("not well-formed XML: {e}")),
@@ -311,6 +363,13 @@ struct Walker<'u> {
     out: Vec<Reference>,
     /// Walking a live MPD (`live_references`).
     live: Option<LiveClock>,
+    /// Bytes of URIs the walk may still list, for the edge's own reading of a live MPD
+    /// ([`live_references_of`], on every copy): no URI longer than [`MAX_URI`] is built or
+    /// listed (a `BaseURL` that long hides what is beneath it, a template that long its
+    /// representation's segments), and at most [`LIVE_URI_BYTES`] in all. A 3 MB
+    /// `SegmentTemplate@media` was copied into each segment's URL, twice per copy: 293 MiB and
+    /// 3 s of CPU for each. `None`: ingest, whose walk lists what it is given.
+    uri_room: Option<usize>,
 }
 
 /// The `availabilityTimeOffset` of the `BaseURL` a level uses (its first), 0 without one.
@@ -320,12 +379,9 @@ fn base_ato(list: &[dash_mpd_core::BaseURL]) -> f64 {
         .unwrap_or(0.0)
 }
 
-fn first_base(base: &Url, list: &[dash_mpd_core::BaseURL]) -> Result<Url, WalkError> {
-    match list.first() {
-        Some(b) if !b.base.trim().is_empty() => resolve(base, &b.base),
-        _ => Ok(base.clone()),
-    }
-}
+/// The URL a segment's `$Number$` or `$Time$` may add to the length of another one's of the
+/// same template: the digits of a `u64`.
+const DIGITS_SLACK: usize = 20;
 
 fn secs(d: &Duration) -> f64 {
     d.as_secs_f64()
@@ -349,15 +405,96 @@ impl Walker<'_> {
         Ok(())
     }
 
-    fn push(&mut self, url: Url, kind: ObjectKind) {
+    /// Lists `url`; false (not listed) when a bounded walk (`uri_room`) has no room for it.
+    fn push(&mut self, url: Url, kind: ObjectKind) -> bool {
+        if let Some(room) = self.uri_room {
+            let n = url.as_str().len();
+            if n > MAX_URI || n > room {
+                return false;
+            }
+            self.uri_room = Some(room - n);
+        }
         self.out.push(Reference { url, kind });
+        true
     }
 
     fn push_ref(&mut self, base: &Url, reference: &str, kind: ObjectKind) -> Result<(), WalkError> {
         self.reserve(1)?;
-        let url = resolve(base, reference)?;
-        self.push(url, kind);
+        if let Some(url) = self.resolve_within(base, reference)? {
+            self.push(url, kind);
+        }
         Ok(())
+    }
+
+    /// `reference` resolved against `base`, unless a bounded walk skips it: longer than
+    /// [`MAX_URI`] before or after resolving (neither is built).
+    fn resolve_within(&self, base: &Url, reference: &str) -> Result<Option<Url>, WalkError> {
+        let bounded = self.uri_room.is_some();
+        if bounded && reference.trim().len() > MAX_URI {
+            return Ok(None);
+        }
+        let url = resolve(base, reference)?;
+        Ok((!bounded || url.as_str().len() <= MAX_URI).then_some(url))
+    }
+
+    /// The base URL of a level with these `BaseURL`s (its first), under `base`; `None` when a
+    /// bounded walk skips it, and with it everything the level holds.
+    fn base_of(
+        &self,
+        base: &Url,
+        list: &[dash_mpd_core::BaseURL],
+    ) -> Result<Option<Url>, WalkError> {
+        match list.first() {
+            Some(b) if !b.base.trim().is_empty() => self.resolve_within(base, &b.base),
+            _ => Ok(Some(base.clone())),
+        }
+    }
+
+    /// `tmpl` expanded with `v`; `None` when a bounded walk skips the result (longer than
+    /// [`MAX_URI`], found without copying more than that).
+    fn expand(&self, tmpl: &str, v: &Vars<'_>) -> Result<Option<String>, WalkError> {
+        let max = if self.uri_room.is_some() {
+            MAX_URI
+        } else {
+            usize::MAX
+        };
+        template::expand_within(tmpl, v, max)
+            .map_err(|e| self.bad(format!("template {:?}: {e}", super::clip(tmpl, 200))))
+    }
+
+    /// Lists the segment `media` names with `v` under `base`; false when a bounded walk skips
+    /// it. Its representation's other segments are skipped then as well: their URIs differ
+    /// only by a number, and each would be built to be skipped.
+    fn push_segment(&mut self, base: &Url, media: &str, v: &Vars<'_>) -> Result<bool, WalkError> {
+        let Some(s) = self.expand(media, v)? else {
+            return Ok(false);
+        };
+        let Some(url) = self.resolve_within(base, &s)? else {
+            return Ok(false);
+        };
+        Ok(self.push(url, ObjectKind::Segment))
+    }
+
+    /// How many of `wanted` segments whose newest `media` names with `newest` a bounded
+    /// walk's room holds (`wanted` for an unbounded one); 0 when it skips them.
+    fn fit(
+        &self,
+        base: &Url,
+        media: &str,
+        newest: &Vars<'_>,
+        wanted: u128,
+    ) -> Result<u128, WalkError> {
+        let Some(room) = self.uri_room else {
+            return Ok(wanted);
+        };
+        let Some(s) = self.expand(media, newest)? else {
+            return Ok(0);
+        };
+        let Some(url) = self.resolve_within(base, &s)? else {
+            return Ok(0);
+        };
+        let each = url.as_str().len() + DIGITS_SLACK;
+        Ok(wanted.min((room / each) as u128))
     }
 
     fn bad(&self, what: String) -> WalkError {
@@ -375,7 +512,9 @@ impl Walker<'_> {
                 what: "a dynamic (live) MPD".into(),
             });
         }
-        let base = first_base(self.url, &mpd.base_url)?;
+        let Some(base) = self.base_of(self.url, &mpd.base_url)? else {
+            return Ok(self.out);
+        };
         // Offsets add up level by level: the MPD's BaseURL's counts for every representation.
         self.live = self.live.map(|c| c.offset_by(base_ato(&mpd.base_url)));
         // Period timing (5.3.2.1): start defaults to the previous period's end; duration to the
@@ -419,7 +558,9 @@ impl Walker<'_> {
             }
             return Ok(());
         }
-        let base = first_base(base, &p.BaseURL)?;
+        let Some(base) = self.base_of(base, &p.BaseURL)? else {
+            return Ok(());
+        };
         for a in &p.adaptations {
             self.adaptation(&base, p, a, time)?;
         }
@@ -439,7 +580,9 @@ impl Walker<'_> {
                 what: "a remote AdaptationSet (xlink:href)".into(),
             });
         }
-        let base = first_base(base, &a.BaseURL)?;
+        let Some(base) = self.base_of(base, &a.BaseURL)? else {
+            return Ok(());
+        };
         for r in &a.representations {
             self.representation(&base, p, a, r, time)?;
         }
@@ -454,7 +597,9 @@ impl Walker<'_> {
         r: &Representation,
         time: PeriodTime,
     ) -> Result<(), WalkError> {
-        let base = first_base(base, &r.BaseURL)?;
+        let Some(base) = self.base_of(base, &r.BaseURL)? else {
+            return Ok(());
+        };
         let rid = r.id.as_deref().unwrap_or("");
         let has_template = p.SegmentTemplate.is_some()
             || a.SegmentTemplate.is_some()
@@ -517,7 +662,9 @@ impl Walker<'_> {
             );
         }
         self.reserve(1)?;
-        self.push(base.clone(), ObjectKind::Segment);
+        if !self.push(base.clone(), ObjectKind::Segment) {
+            return Ok(());
+        }
         if let Some(sb) = sb {
             self.initialization(base, sb.Initialization.as_ref())?;
             if let Some(src) = sb
@@ -547,15 +694,22 @@ impl Walker<'_> {
         for s in &list.segment_urls {
             match s.media.as_deref() {
                 Some(m) if !m.trim().is_empty() => {
-                    let u = resolve(base, m)?;
-                    self.push(u, ObjectKind::Segment);
+                    let pushed = match self.resolve_within(base, m)? {
+                        Some(u) => self.push(u, ObjectKind::Segment),
+                        None => false,
+                    };
+                    if !pushed {
+                        return Ok(());
+                    }
                 }
                 // No @media: the segment is a range of the BaseURL resource.
                 _ => {
                     if base == self.url {
                         return Err(self.bad("a SegmentURL without @media and no BaseURL".into()));
                     }
-                    self.push(base.clone(), ObjectKind::Segment);
+                    if !self.push(base.clone(), ObjectKind::Segment) {
+                        return Ok(());
+                    }
                 }
             }
             if let Some(i) = s.index.as_deref() {
@@ -572,19 +726,18 @@ impl Walker<'_> {
         vars: &Vars<'_>,
         time: PeriodTime,
     ) -> Result<(), WalkError> {
-        let expand = |w: &Self, tmpl: &str, v: &Vars<'_>| {
-            template::expand(tmpl, v).map_err(|e| w.bad(format!("template {tmpl:?}: {e}")))
-        };
         if let Some(init) = t.initialization {
-            let s = expand(self, init, vars)?;
-            self.push_ref(base, &s, ObjectKind::Init)?;
+            if let Some(s) = self.expand(init, vars)? {
+                self.push_ref(base, &s, ObjectKind::Init)?;
+            }
         } else {
             self.initialization(base, t.init_element)?;
         }
         if let Some(index) = t.index {
             if !template::is_indexed(index) {
-                let s = expand(self, index, vars)?;
-                self.push_ref(base, &s, ObjectKind::Index)?;
+                if let Some(s) = self.expand(index, vars)? {
+                    self.push_ref(base, &s, ObjectKind::Index)?;
+                }
             }
         }
         let Some(media) = t.media else {
@@ -608,8 +761,10 @@ impl Walker<'_> {
             );
         }
         if !template::is_indexed(media) {
-            let s = expand(self, media, vars)?;
-            return self.push_ref(base, &s, ObjectKind::Segment);
+            return match self.expand(media, vars)? {
+                Some(s) => self.push_ref(base, &s, ObjectKind::Segment),
+                None => Ok(()),
+            };
         }
         if let (Some(clock), None, Some(d)) = (live, t.end_number, t.duration) {
             return self.live_template(base, media, vars, start_number, timescale, d, clock, time);
@@ -645,9 +800,9 @@ impl Walker<'_> {
                 time: Some((i as f64 * d) as u64),
                 ..*vars
             };
-            let s = expand(self, media, &v)?;
-            let url = resolve(base, &s)?;
-            self.push(url, ObjectKind::Segment);
+            if !self.push_segment(base, media, &v)? {
+                break;
+            }
         }
         Ok(())
     }
@@ -684,18 +839,20 @@ impl Walker<'_> {
         }
         let ended = ended.min(u64::MAX as f64 / 2.0) as u64;
         let in_window = ((clock.depth / seg).ceil().max(1.0) as u64).min(self.budget as u64);
+        let vars_of = |k: u64| Vars {
+            number: Some(start_number.saturating_add(k)),
+            time: Some((k as f64 * d) as u64),
+            ..*vars
+        };
+        // The newest that fit the walk's room for URIs.
+        let fits = self.fit(base, media, &vars_of(ended - 1), u128::from(in_window))?;
+        let in_window = u64::try_from(fits).unwrap_or(in_window);
         let first = ended.saturating_sub(in_window);
         self.reserve(u128::from(ended - first))?;
         for k in first..ended {
-            let v = Vars {
-                number: Some(start_number.saturating_add(k)),
-                time: Some((k as f64 * d) as u64),
-                ..*vars
-            };
-            let s = template::expand(media, &v)
-                .map_err(|e| self.bad(format!("template {media:?}: {e}")))?;
-            let url = resolve(base, &s)?;
-            self.push(url, ObjectKind::Segment);
+            if !self.push_segment(base, media, &vars_of(k))? {
+                break;
+            }
         }
         Ok(())
     }
@@ -756,6 +913,22 @@ impl Walker<'_> {
             }
             runs.push((run.t, u128::from(run.d), count, listed, skip));
         }
+        if let Some(newest) = newest_of(&runs, start_number) {
+            // The newest that fit the walk's room for URIs: the oldest are dropped.
+            let v = Vars {
+                number: Some(newest.0),
+                time: u64::try_from(newest.1).ok(),
+                ..*vars
+            };
+            let fits = self.fit(base, media, &v, total)?;
+            let mut drop = total - fits;
+            for run in runs.iter_mut() {
+                let take = drop.min(run.3.saturating_sub(run.4));
+                run.4 += take;
+                drop -= take;
+            }
+            total = fits;
+        }
         self.reserve(total)?;
         let mut number = start_number;
         for (t0, d, count, listed, skip) in runs {
@@ -768,15 +941,32 @@ impl Walker<'_> {
                     time: Some(u64::try_from(tk).map_err(|_| self.bad("S@t overflows".into()))?),
                     ..*vars
                 };
-                let s = template::expand(media, &v)
-                    .map_err(|e| self.bad(format!("template {media:?}: {e}")))?;
-                let url = resolve(base, &s)?;
-                self.push(url, ObjectKind::Segment);
+                if !self.push_segment(base, media, &v)? {
+                    return Ok(());
+                }
             }
             number = first.saturating_add(u64::try_from(count).unwrap_or(u64::MAX));
         }
         Ok(())
     }
+}
+
+/// `($Number$, $Time$)` of the newest segment a timeline's `runs` (`(t, d, count, listed,
+/// skip)`, numbered from `start_number`) list, if they list any.
+fn newest_of(runs: &[(u128, u128, u128, u128, u128)], start_number: u64) -> Option<(u64, u128)> {
+    let mut number = start_number;
+    let mut newest = None;
+    for &(t0, d, count, listed, skip) in runs {
+        if listed > skip {
+            let k = listed - 1;
+            newest = Some((
+                number.saturating_add(u64::try_from(k).unwrap_or(u64::MAX)),
+                t0.saturating_add(d.saturating_mul(k)),
+            ));
+        }
+        number = number.saturating_add(u64::try_from(count).unwrap_or(u64::MAX));
+    }
+    newest
 }
 
 /// How many segments of `d` ticks from `t` (a timeline run's) have ended by `clock`, that is are
@@ -1015,6 +1205,78 @@ mod live_tests {
         assert_eq!(at_19.last().map(String::as_str), Some("live/9-12000.m4s"));
         assert_eq!(at_19.len(), 5);
         assert_eq!(listed(30_000, LiveEdge::Settled).len(), 6);
+    }
+
+    /// Bug: the edge's reading of a live MPD built every segment's URI from its template and
+    /// BaseURL whatever their length: a 3 MB `SegmentTemplate@media` made 15 URIs of 3 MB (and
+    /// a 3 MB `BaseURL` as many), on every copy, twice. Now a URI longer than 8 KiB is neither
+    /// built nor listed (a BaseURL that long hides what is beneath it), the walk lists at most
+    /// `LIVE_URI_BYTES`, and an MPD of more than `LIVE_MAX_REPRESENTATIONS` is not read.
+    #[test]
+    fn what_a_hostile_live_mpd_expands_to_is_bounded() {
+        let url = Url::parse("http://o/live/manifest.mpd").unwrap();
+        let rep = |seg: &str| {
+            format!(
+                r#"<AdaptationSet mimeType="video/mp4">{seg}<Representation id="r" bandwidth="1"/></AdaptationSet>"#
+            )
+        };
+        let mpd = |sets: &str| {
+            format!(
+                r#"<?xml version="1.0"?><MPD xmlns="urn:mpeg:dash:schema:mpd:2011" type="dynamic" availabilityStartTime="2026-01-01T00:00:00Z"><Period id="0" start="PT0S">{sets}</Period></MPD>"#
+            )
+        };
+        let long = "L".repeat(3 << 20);
+        let plain = rep(r#"<SegmentTemplate timescale="1" duration="2" media="ok/$Number$.m4s"/>"#);
+        let hostile = [
+            rep(&format!(
+                r#"<SegmentTemplate timescale="1" duration="2" initialization="{long}i.mp4" media="{long}$Number$.m4s"/>"#
+            )),
+            rep(&format!(
+                r#"<BaseURL>{long}/</BaseURL><SegmentTemplate timescale="1" duration="2" media="$Number$.m4s"/>"#
+            )),
+            rep(&format!(
+                r#"<SegmentTemplate timescale="1000" media="{long}$Time$.m4s"><SegmentTimeline><S t="0" d="2000" r="-1"/></SegmentTimeline></SegmentTemplate>"#
+            )),
+        ];
+        for h in &hostile {
+            let body = mpd(&format!("{h}{plain}"));
+            let parsed = parse_live(&url, body.as_bytes(), 8192).unwrap();
+            let refs = live_references_of(&url, &parsed, at(101), 8192, LiveEdge::Settled).unwrap();
+            let longest = refs.iter().map(|r| r.url.as_str().len()).max().unwrap_or(0);
+            assert!(
+                longest <= MAX_URI,
+                "{} URIs, the longest {longest} bytes",
+                refs.len()
+            );
+            // The representation beside it is listed: 30 s of 2 s segments.
+            assert_eq!(names(&refs).len(), 15, "{:?}", &names(&refs)[..1]);
+        }
+        // Within 8 KiB, but 30 s of 1 ns segments (the budget's worth): the bytes are bounded.
+        let wide = "W".repeat(8000);
+        let body = mpd(&rep(&format!(
+            r#"<SegmentTemplate timescale="1000000000" duration="1" media="{wide}$Number$.m4s"/>"#
+        )));
+        let parsed = parse_live(&url, body.as_bytes(), 8192).unwrap();
+        let refs = live_references_of(&url, &parsed, at(101), 8192, LiveEdge::Settled).unwrap();
+        let bytes: usize = refs.iter().map(|r| r.url.as_str().len()).sum();
+        assert!(bytes <= LIVE_URI_BYTES && !refs.is_empty(), "{bytes} bytes");
+        // The newest kept (101 s in: about the 101e9th segment).
+        let newest: u64 = names(&refs).last().unwrap()[("live/".len() + wide.len())..]
+            .trim_end_matches(".m4s")
+            .parse()
+            .unwrap();
+        assert!(newest > 100_999_000_000, "{newest}");
+        // 20,000 Representations are refused before they are deserialized.
+        let many: String = (0..LIVE_MAX_REPRESENTATIONS + 1)
+            .map(|i| format!(r#"<Representation id="r{i}" bandwidth="1"/>"#))
+            .collect();
+        let body = mpd(&format!(
+            r#"<AdaptationSet><SegmentTemplate timescale="1" duration="2" media="$RepresentationID$/$Number$.m4s"/>{many}</AdaptationSet>"#
+        ));
+        assert!(matches!(
+            parse_live(&url, body.as_bytes(), 8192),
+            Err(WalkError::Unsupported { .. })
+        ));
     }
 
     /// A period that ended (the next one started) lists no segment past its end, however

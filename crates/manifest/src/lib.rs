@@ -17,7 +17,9 @@
 //! - Expansion is bounded: [`Limits`] are checked before a timeline is expanded, so an MPD that
 //!   implies billions of segments fails fast with the number it implies; and a manifest's new
 //!   references are counted in its text before it is parsed, so one listing more than the
-//!   budget left never reaches a parser (which holds several times the text's size).
+//!   budget left never reaches a parser (which holds several times the text's size). The
+//!   edge's reading of a live MPD, on every copy, is bounded by the MPD's size as well: no URI
+//!   over [`variables::MAX_URI`] is built, at most [`dash::LIVE_URI_BYTES`] are listed.
 
 // `WalkError` carries the URLs it is about (an operator needs them); it is returned once per
 // failed walk, never on a hot path, so its size does not matter.

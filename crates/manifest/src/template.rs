@@ -29,15 +29,44 @@ const MAX_WIDTH: usize = 32;
 
 /// Expands `template` with `vars`.
 pub fn expand(template: &str, vars: &Vars<'_>) -> Result<String, TemplateError> {
-    let mut out = String::with_capacity(template.len() + 16);
+    Ok(expand_within(template, vars, usize::MAX)?
+        .expect("an expansion without a bound always fits"))
+}
+
+/// Expands `template` with `vars`, unless the result would be longer than `max` bytes: `None`
+/// then, found having read at most about `max` bytes of literal text. A live MPD is expanded
+/// once per segment and per copy: a `SegmentTemplate@media` of megabytes was copied whole
+/// (and scanned for its next `$`) for each of them, where the result is only skipped.
+pub fn expand_within(
+    template: &str,
+    vars: &Vars<'_>,
+    max: usize,
+) -> Result<Option<String>, TemplateError> {
+    let mut out = String::with_capacity(template.len().min(max).saturating_add(16));
     let mut rest = template;
-    while let Some(i) = rest.find('$') {
+    // `out.len() <= max` throughout.
+    loop {
+        let room = max - out.len();
+        // Only as far as the room left: a literal longer than that is over, wherever it ends.
+        let window = &rest.as_bytes()[..rest.len().min(room.saturating_add(1))];
+        let Some(i) = window.iter().position(|&b| b == b'$') else {
+            if rest.len() > room {
+                return Ok(None);
+            }
+            out.push_str(rest);
+            return Ok(Some(out));
+        };
+        // `$` is ASCII: `i` is a char boundary, and `i <= room`.
         out.push_str(&rest[..i]);
         let after = &rest[i + 1..];
         let j = after.find('$').ok_or(TemplateError::Unterminated)?;
         let ident = &after[..j];
         rest = &after[j + 1..];
+        let room = max - out.len();
         if ident.is_empty() {
+            if room == 0 {
+                return Ok(None);
+            }
             out.push('$');
             continue;
         }
@@ -49,6 +78,9 @@ pub fn expand(template: &str, vars: &Vars<'_>) -> Result<String, TemplateError> 
             "RepresentationID" => {
                 if format.is_some() {
                     return Err(TemplateError::BadFormat(ident.to_string()));
+                }
+                if vars.representation_id.len() > room {
+                    return Ok(None);
                 }
                 out.push_str(vars.representation_id);
                 continue;
@@ -63,10 +95,12 @@ pub fn expand(template: &str, vars: &Vars<'_>) -> Result<String, TemplateError> 
             None => 0,
             Some(f) => parse_width(f).ok_or_else(|| TemplateError::BadFormat(f.to_string()))?,
         };
-        out.push_str(&format!("{value:0width$}"));
+        let value = format!("{value:0width$}");
+        if value.len() > room {
+            return Ok(None);
+        }
+        out.push_str(&value);
     }
-    out.push_str(rest);
-    Ok(out)
 }
 
 /// `%d`, `%5d`, `%05d` -> width. Padding is with zeros either way (as dash.js does).
@@ -129,12 +163,40 @@ mod tests {
         ));
     }
 
+    /// A bounded expansion is the unbounded one when that fits, else `None`, having copied no
+    /// more than the bound of a long literal.
+    #[test]
+    fn a_bounded_expansion_stops_at_its_bound() {
+        let e = |t: &str, max| expand_within(t, &v(), max);
+        assert_eq!(e("s-$Number%05d$.m4s", 14), Ok(Some("s-00007.m4s".into())));
+        assert_eq!(e("s-$Number%05d$.m4s", 10), Ok(None));
+        assert_eq!(
+            e("$RepresentationID$/$Time$", 8),
+            Ok(Some("v1/49152".into()))
+        );
+        assert_eq!(e("$RepresentationID$/$Time$", 7), Ok(None));
+        assert_eq!(e("a$$b", 2), Ok(None));
+        let long = format!("$Number$/{}.m4s", "L".repeat(3 << 20));
+        assert_eq!(e(&long, 8 << 10), Ok(None));
+        assert!(matches!(e("$Nope$", 100), Err(TemplateError::Unknown(_))));
+    }
+
     proptest! {
         #[test]
         fn never_panics_and_plain_text_is_kept(t in ".{0,40}") {
             let r = expand(&t, &v());
             if !t.contains('$') {
                 prop_assert_eq!(r.as_deref(), Ok(t.as_str()));
+            }
+        }
+
+        #[test]
+        fn a_bounded_expansion_is_the_expansion_or_none(t in "[a$NumberTime%0-9]{0,40}", max in 0usize..30) {
+            match (expand(&t, &v()), expand_within(&t, &v(), max)) {
+                (Ok(full), Ok(Some(b))) => prop_assert!(full == b && b.len() <= max),
+                (Ok(full), Ok(None)) => prop_assert!(full.len() > max),
+                (Err(_), _) => {}
+                (Ok(full), Err(e)) => prop_assert!(false, "{full:?} but bounded: {e}"),
             }
         }
     }
