@@ -44,6 +44,7 @@ use vedge_manifest::variables::{has_reference, Variables};
 
 use crate::cache::fill::Fill;
 use crate::cache::object::CachedObject;
+use crate::cache::policy::ManifestFormat;
 use crate::cache::status::CacheStatus;
 use crate::config::Route;
 use crate::http::body::Body;
@@ -868,10 +869,21 @@ fn weight_of(key: &str, state: u64) -> u64 {
     state + key.len() as u64 + SLOT_COST
 }
 
-/// Whether `key` (a base key, or a `Vary` variant's `{base}\0...`) names an HLS playlist.
+/// Whether `key` (a base key, or a `Vary` variant's `{base}\0...`) names an HLS playlist, read
+/// as routes and content classes read a path (any case, segment parameters `;...` left out).
 pub(crate) fn is_playlist_path(key: &str) -> bool {
-    let path = key.split(['?', '\0']).next().unwrap_or(key);
-    path.ends_with(".m3u8")
+    manifest_format(key) == Some(ManifestFormat::Hls)
+}
+
+/// Whether `key` (a base key or a `Vary` variant's) names a DASH MPD, read as
+/// [`is_playlist_path`] reads it.
+pub(crate) fn is_mpd_path(key: &str) -> bool {
+    manifest_format(key) == Some(ManifestFormat::Dash)
+}
+
+/// The manifest format `key`'s path names, without its `Vary` variant (`\0...`).
+fn manifest_format(key: &str) -> Option<ManifestFormat> {
+    ManifestFormat::from_path(key.split('\0').next().unwrap_or(key))
 }
 
 /// Blocking reloads (and viewer bookkeeping) before the cache: `None` lets the request
@@ -893,7 +905,7 @@ pub async fn intercept(req: &Req<'_>) -> Result<Option<Response<Body>>, EdgeErro
         }
     };
     if !is_playlist_path(req.key()) {
-        if viewer && req.key().split('?').next().unwrap_or("").ends_with(".mpd") {
+        if viewer && is_mpd_path(req.key()) {
             watch_existing(&playlist_key(req.key()));
         }
         return Ok(None);
@@ -1578,8 +1590,7 @@ fn off_worker(key: &str, len: usize) -> bool {
     if len <= crate::proxy::READ_INLINE {
         return false;
     }
-    let path = key.split(['?', '\0']).next().unwrap_or(key);
-    (path.ends_with(".m3u8") && len <= MAX_SCAN) || path.ends_with(".mpd")
+    (is_playlist_path(key) && len <= MAX_SCAN) || is_mpd_path(key)
 }
 
 /// A large manifest's `announce` running on the blocking pool (`announce_early`): its scan,

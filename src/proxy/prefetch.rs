@@ -135,12 +135,12 @@ pub(crate) fn observe_mpd(
     body: &[u8],
     viewer: &HeaderMap,
 ) {
+    if !crate::proxy::llhls::is_mpd_path(key) || !mpd_is_dynamic(body) {
+        return;
+    }
     // Without the `Vary` variant (`\0...`) a varied MPD's key ends with.
     let path = key.splitn(3, '|').nth(2).unwrap_or("");
     let path = path.split('\0').next().unwrap_or(path);
-    if !path.split('?').next().unwrap_or("").ends_with(".mpd") || !mpd_is_dynamic(body) {
-        return;
-    }
     let Some(host) = key.split('|').nth(1) else {
         return;
     };

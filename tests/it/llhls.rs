@@ -1114,3 +1114,18 @@ async fn a_hostile_client_s_blocking_keys_do_not_hold_back_an_honest_viewer_of_a
     assert_eq!(String::from_utf8_lossy(&r.body), SEGMENT_7_LISTED);
     assert!(asked <= 16 + 7 + 13, "{asked} blocking requests upstream");
 }
+
+/// Bug: a playlist path in another case (`/ll/X/MEDIA.M3U8`) or with segment parameters
+/// (`media.m3u8;jsessionid=1`), which content classes read as a manifest, was no playlist to the
+/// LL-HLS layer: a blocking reload far past its end was not judged (no 400, RFC 8216bis
+/// §6.2.5.2) but relayed as an ordinary request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn playlists_are_recognised_in_any_case_and_with_segment_parameters() {
+    let origin = Origin::start().await;
+    let edge = TestEdge::start(config_for(&origin.url(), "off")).await;
+    for path in ["/far/MEDIA.M3U8", "/far/media.m3u8;jsessionid=1"] {
+        origin.script(path, playlist(SEGMENT_6_LAST, "max-age=1"));
+        let r = edge.get(&format!("{path}?_HLS_msn=1000000")).await;
+        assert_eq!(r.status, 400, "{path}: {}", r.h("cache-status"));
+    }
+}
