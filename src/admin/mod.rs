@@ -201,14 +201,34 @@ async fn handle(
                 .iter()
                 .any(|p| path.starts_with(p));
             if is_ingest {
+                let allow = ingest_allow(&path);
                 return ingest::handle(&edge, &jobs, req)
                     .await
-                    .unwrap_or_else(|| text(StatusCode::NOT_FOUND, "no such admin endpoint\n"));
+                    .unwrap_or_else(|| match allow {
+                        Some(allow) => not_allowed(allow),
+                        None => text(StatusCode::NOT_FOUND, "no such admin endpoint\n"),
+                    });
             }
             admin(edge, req).await
         }
         (_, "/healthz" | "/metrics") => not_allowed("GET, HEAD"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// The methods an ingest endpoint takes (`ingest::handle`), when `path` names one.
+fn ingest_allow(path: &str) -> Option<&'static str> {
+    let named = |prefix: &str| path.strip_prefix(prefix).is_some_and(|id| !id.is_empty());
+    if path == "/admin/ingest" {
+        Some("POST")
+    } else if named("/admin/ingest/") {
+        Some("GET, HEAD")
+    } else if named("/admin/objects/") {
+        Some("PUT")
+    } else if named("/admin/assets/") {
+        Some("DELETE")
+    } else {
+        None
     }
 }
 

@@ -305,7 +305,8 @@ where
     if method == Method::POST && path == "/admin/ingest" {
         return Some(start_job(edge, jobs, req).await);
     }
-    if method == Method::GET {
+    // HEAD as GET (RFC 9110 §9.3.2); hyper sends a HEAD's head only.
+    if method == Method::GET || method == Method::HEAD {
         if let Some(id) = path.strip_prefix("/admin/ingest/") {
             return Some(job_status(jobs, id));
         }

@@ -935,3 +935,46 @@ async fn purge_entries_no_request_could_name_are_refused_and_fragments_ignored()
     assert_eq!(st, 200, "{v}");
     assert_eq!(s.edge.get("/f.ts").await.x_cache(), "MISS");
 }
+
+/// Bug: the ingest and object endpoints asked with another method than theirs answered 404 "no
+/// such admin endpoint" (`GET /admin/ingest`, `DELETE /admin/ingest/1`, `GET /admin/assets/1`,
+/// `GET /admin/objects/x.ts`), though README promises a 405 with `Allow` for every known
+/// endpoint (RFC 9110 §15.5.6), as `/admin/purge` and `/admin/origins` answer. A job's status
+/// answers HEAD as GET.
+#[tokio::test]
+async fn ingest_endpoints_asked_with_another_method_are_405_with_allow() {
+    use tokio::io::AsyncWriteExt;
+    let origin = Origin::start().await;
+    let s = setup(&origin).await;
+    for (method, path, allow) in [
+        ("GET", "/admin/ingest", "POST"),
+        ("DELETE", "/admin/ingest/1", "GET, HEAD"),
+        ("GET", "/admin/assets/1", "DELETE"),
+        ("GET", "/admin/objects/x.ts", "PUT"),
+    ] {
+        let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", s.admin))
+            .await
+            .expect("connect");
+        conn.write_all(
+            format!(
+                "{method} {path} HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\
+                 Content-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .expect("write");
+        let r = crate::support::edge::read_raw(&mut conn).await;
+        let (head, _) = r.split();
+        let head = head.to_ascii_lowercase();
+        assert_eq!(r.status(), 405, "{method} {path}: {head}");
+        assert!(
+            head.contains(&format!("allow: {}", allow.to_ascii_lowercase())),
+            "{method} {path}: {head}"
+        );
+    }
+    let (st, _) = admin_send(s.admin, "GET", "/admin/nothing", &[], b"").await;
+    assert_eq!(st, 404, "an unknown endpoint stays a 404");
+    let (st, body) = admin_send(s.admin, "HEAD", "/admin/ingest/no-such-job", &[], b"").await;
+    assert_eq!((st, body.as_str()), (404, ""), "HEAD of a job as GET of it");
+}
