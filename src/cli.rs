@@ -70,8 +70,9 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR")]
     pub admin_listen: Option<String>,
 
-    /// Bearer token for the admin API. Env: VEDGE_ADMIN_TOKEN. [default: none; the admin API
-    /// refuses to start without one, metrics and health stay open]
+    /// Bearer token for the admin API. Env: VEDGE_ADMIN_TOKEN (empty = unset). [default: none;
+    /// required with --admin-listen, which refuses to start without one; /metrics and /healthz
+    /// need no token]
     #[arg(
         long,
         env = "VEDGE_ADMIN_TOKEN",
@@ -179,7 +180,12 @@ impl ServeArgs {
         set(&mut raw.listen, &self.listen);
         set(&mut raw.origin, &self.origin);
         set(&mut raw.admin_listen, &self.admin_listen);
-        set(&mut raw.admin_token, &self.admin_token);
+        // An empty `VEDGE_ADMIN_TOKEN` (a compose file passing through an unset variable) is no
+        // token: it refused to start an edge that has no admin API to guard.
+        set(
+            &mut raw.admin_token,
+            &self.admin_token.clone().filter(|t| !t.is_empty()),
+        );
         set(&mut raw.cdn_id, &self.cdn_id);
         set(&mut raw.ram_size, &self.ram_size);
         set(&mut raw.store.path, &self.store);
@@ -278,6 +284,37 @@ mod tests {
         let (cfg, warnings) = Config::resolve(raw).expect("flag wins");
         assert_eq!(cfg.store.map(|s| s.size), Some(2 << 30));
         assert_eq!(warnings.len(), 1, "only the path string: {warnings:?}");
+    }
+
+    /// Bug: `VEDGE_ADMIN_TOKEN=` (empty, as a compose file passes an unset variable through)
+    /// refused to start an edge without an admin listener ("admin_token: must be at least 8
+    /// characters"). Empty is no token; with an admin listener, that is still refused.
+    #[test]
+    fn an_empty_admin_token_is_no_token() {
+        let raw = || -> RawConfig {
+            toml::from_str(r#"origin = "http://127.0.0.1:9000""#).expect("toml parses")
+        };
+        let mut plain = raw();
+        ServeArgs {
+            admin_token: Some(String::new()),
+            ..ServeArgs::default()
+        }
+        .apply_to(&mut plain);
+        assert!(
+            Config::try_from(plain).is_ok(),
+            "no admin API, nothing to guard"
+        );
+        let mut admin = raw();
+        ServeArgs {
+            admin_token: Some(String::new()),
+            admin_listen: Some("127.0.0.1:0".into()),
+            ..ServeArgs::default()
+        }
+        .apply_to(&mut admin);
+        assert!(
+            Config::try_from(admin).is_err(),
+            "an admin API never runs open"
+        );
     }
 
     /// The defaults `serve --help` shows come from the constants validation applies.
