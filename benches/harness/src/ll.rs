@@ -150,8 +150,13 @@ pub fn block(plan: &PartPlan, d: Delivery, now: Duration, hold_limit: Duration) 
             }
             match parts.get(p as usize) {
                 Some(span) => span.end,
-                // A part index past the segment's last: satisfied once the segment is complete.
-                None => plan.segment * (m + 1) as u32,
+                // A part index past the segment's last is part 0 of the next segment (RFC 8216bis
+                // 6.2.5.2): the segment's end alone is one part too early for a player that asked
+                // for the part after the last one.
+                None => plan
+                    .parts(m + 1)
+                    .first()
+                    .map_or(plan.segment * (m + 2) as u32, |span| span.end),
             }
         }
         None => plan.segment * (m + 1) as u32,
@@ -397,6 +402,31 @@ mod tests {
                 part: Some(2),
                 skip: true
             })
+        );
+    }
+
+    /// Bug: a blocking reload for the part after a segment's last (`_HLS_part=6` of a 6-part
+    /// segment) was answered when the segment completed, one part before the part 0 of the next
+    /// segment that RFC 8216bis 6.2.5.2 says it stands for was listed.
+    #[test]
+    fn part_past_the_segment_end_waits_for_part_0_of_the_next() {
+        let p = plan();
+        let hold = Duration::from_secs(6);
+        let now = Duration::from_millis(20_500); // segment 10 in production, part 0 done
+        let d = |m, part| Delivery {
+            msn: Some(m),
+            part,
+            skip: false,
+        };
+        assert_eq!(p.parts(10).len(), 6);
+        let part_11_0 = p.parts(11)[0].end;
+        assert!(part_11_0 > Duration::from_secs(22));
+        assert_eq!(block(&p, d(10, Some(6)), now, hold), Block::At(part_11_0));
+        assert_eq!(block(&p, d(9, Some(6)), now, hold), Block::Now);
+        assert_eq!(
+            block(&p, d(10, Some(6)), part_11_0, hold),
+            Block::Now,
+            "satisfied once part 0 of segment 11 exists"
         );
     }
 
