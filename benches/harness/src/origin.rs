@@ -880,6 +880,11 @@ fn produced(
     r
 }
 
+/// How long a truncated response waits after its half body before the connection is closed: the
+/// time hyper has to write what it buffered. A viewer that reads nothing for that long may see
+/// less than half (hyper's buffer is lost with the connection); a local edge reads at once.
+const TRUNCATE_FLUSH: Duration = Duration::from_millis(100);
+
 /// A 200 response whose body honours the throughput limit and the stall/truncation faults.
 fn paced(st: &State, ctype: &str, cc: &str, body: Bytes) -> Response<Body> {
     let o = &st.opts;
@@ -900,6 +905,10 @@ fn paced(st: &State, ctype: &str, cc: &str, body: Bytes) -> Response<Body> {
                 return None;
             }
             if truncate && off >= half {
+                // hyper drops the connection, and with it whatever it has not written yet, as
+                // soon as the body fails: one Pending first lets it flush the head and the half
+                // body to the socket, so the viewer sees a 200 cut short, not a silent close.
+                tokio::time::sleep(TRUNCATE_FLUSH).await;
                 let e = std::io::Error::new(
                     std::io::ErrorKind::ConnectionAborted,
                     "injected truncation",

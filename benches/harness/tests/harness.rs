@@ -173,6 +173,63 @@ async fn injected_origin_errors_are_reported_not_hidden() {
     );
 }
 
+/// Bug: `--truncate-rate` closed the connection before hyper had written anything (the body
+/// failed in the same poll as its half was buffered), so a viewer saw no head and no bytes rather
+/// than the promised response cut off halfway.
+#[tokio::test]
+async fn truncated_responses_send_the_head_and_half_the_body_then_close() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let opts = OriginOptions {
+        truncate_rate: 1.0,
+        manifest_latency: Latency::Fixed(Duration::ZERO),
+        ..OriginOptions::default()
+    };
+    let (base, _stop) = start_origin(opts).await;
+    let addr = base.trim_start_matches("http://").to_string();
+    for path in [
+        "/live/it-trunc/r0/media.m3u8",
+        "/live/it-trunc/r0/init.mp4",
+        "/vod/it-trunc/r1/seg_3.m4s",
+    ] {
+        let mut s = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect");
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.expect("write");
+        let mut raw = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        // Bounded: the simulator closes the connection (a reset ends the read too).
+        for _ in 0..10_000 {
+            match tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+                .await
+                .expect("read timeout")
+            {
+                Ok(0) | Err(_) => break,
+                Ok(n) => raw.extend_from_slice(&buf[..n]),
+            }
+        }
+        let head_end = raw.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4);
+        let Some(h) = head_end else {
+            panic!("{path}: no response head, {} bytes received", raw.len());
+        };
+        let head = String::from_utf8_lossy(&raw[..h]).to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 200"), "{path}: {head}");
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .expect("content-length")
+            .trim()
+            .parse()
+            .expect("length");
+        assert!(len > 1, "{path}: {len}");
+        assert_eq!(
+            raw.len() - h,
+            len / 2,
+            "{path}: half the body, then the close"
+        );
+    }
+}
+
 #[tokio::test]
 async fn unreachable_target_is_an_error() {
     // Bind then drop: nothing listens on that port any more.
