@@ -316,10 +316,21 @@ fn fragment(
 }
 
 impl PartedRendition {
-    /// Cuts every chunk of `r` into parts of about `part_ticks`: a part ends at the first sample
-    /// boundary at or past its share of the chunk, and a sync sample always starts a new part.
+    /// Cuts every chunk of `r` into parts of `part_ticks` rounded once to a whole number of frames
+    /// (at least one): every part of a chunk has that many frames but the last, which may be
+    /// shorter, and a sync sample always starts a new part. Rounding once, rather than cutting at
+    /// the first frame past each multiple of `part_ticks`, keeps parts from alternating between
+    /// longer and shorter ones (80 ms at 30 fps gave 100 ms and 67 ms parts, the short ones below
+    /// the 85 % of PART-TARGET that RFC 8216bis 4.4.4.9 requires).
     pub fn cut(r: &Rendition, part_ticks: u64) -> Result<PartedRendition, MediaError> {
-        let part_ticks = part_ticks.max(1);
+        let frame = match r.chunks.first() {
+            Some(c) => samples(&c.bytes)?
+                .2
+                .first()
+                .map_or(1, |s| s.duration.max(1)) as u64,
+            None => 1,
+        };
+        let frames_per_part = ((part_ticks as f64 / frame as f64).round() as usize).max(1);
         let mut parts = Vec::with_capacity(r.chunks.len());
         for c in &r.chunks {
             let (tfhd, version, samples) = samples(&c.bytes)?;
@@ -327,7 +338,7 @@ impl PartedRendition {
             let (mut begin, mut begin_ticks, mut t) = (0usize, 0u64, 0u64);
             for (i, s) in samples.iter().enumerate() {
                 let sync = s.flags & NON_SYNC == 0;
-                let boundary = i > begin && (sync || t >= (cut.len() as u64 + 1) * part_ticks);
+                let boundary = i > begin && (sync || i - begin >= frames_per_part);
                 if boundary {
                     cut.push(fragment(
                         &c.bytes,
@@ -405,6 +416,43 @@ mod tests {
             assert_eq!(times, vec![7 * r.chunk_ticks + t.start_ticks]);
             assert_eq!(seqs.len(), 1);
             assert_eq!(t.sample_ends.last().map(|e| e.0), Some(b.len()));
+        }
+    }
+
+    /// Bug: parts were cut at the first frame past each multiple of the part duration, so 80 ms
+    /// and 50 ms parts at 30 fps alternated between 100 and 67 ms (67 and 33 ms): parts shorter
+    /// than 85 % of PART-TARGET (RFC 8216bis 4.4.4.9), which is only allowed for the last part of
+    /// a segment and INDEPENDENT ones.
+    #[test]
+    fn parts_are_a_whole_number_of_frames_but_the_last() {
+        let renditions = media::builtin().expect("fixtures");
+        for (r, ms) in renditions
+            .iter()
+            .flat_map(|r| [50, 80, 100, 250, 333, 500, 1000].map(|ms| (r, ms)))
+        {
+            let p = PartedRendition::cut(r, r.timescale * ms / 1000).expect("cut");
+            let longest = p
+                .parts
+                .iter()
+                .flatten()
+                .map(|t| t.duration_ticks)
+                .max()
+                .expect("parts");
+            for chunk in &p.parts {
+                let durations: Vec<u64> = chunk.iter().map(|t| t.duration_ticks).collect();
+                let (last, rest) = chunk.split_last().expect("a part");
+                for t in rest {
+                    assert_eq!(t.duration_ticks, longest, "{ms} ms: {durations:?}");
+                }
+                assert!(last.duration_ticks <= longest, "{ms} ms");
+            }
+            // Rounded to the nearest whole frame: within half a frame of the asked duration.
+            let frame = p.parts[0][0].sample_ends[0].1;
+            let asked = r.timescale * ms / 1000;
+            assert!(
+                longest.abs_diff(asked) <= frame / 2 + 1,
+                "{ms} ms: {longest} ticks"
+            );
         }
     }
 }

@@ -83,6 +83,26 @@ impl PartPlan {
         (self.longest_part().as_secs_f64() * 1e5 - 1e-6).ceil() / 1e5
     }
 
+    /// A part shorter than 85 % of PART-TARGET that RFC 8216bis 4.4.4.9 does not excuse (neither
+    /// INDEPENDENT nor the last of its segment), if the layout has one: with several GOP chunks
+    /// per segment, a part duration that does not divide the GOP leaves a short part at the end
+    /// of each chunk inside the segment.
+    pub fn short_part(&self) -> Option<Duration> {
+        let min = 0.85 * self.part_target_secs();
+        // Every (segment, fixture chunk) combination occurs within this many segments.
+        let segments = self.media.parts.len().max(1) as u64;
+        (0..segments).find_map(|n| {
+            let parts = self.parts(n);
+            let (_, inner) = parts.split_last()?;
+            inner
+                .iter()
+                .map(|p| p.end - p.start)
+                .zip(inner.iter().map(|p| p.independent))
+                .find(|&(d, independent)| !independent && d.as_secs_f64() < min)
+                .map(|(d, _)| d)
+        })
+    }
+
     /// (segment in production, parts of it complete) at stream time `t`.
     pub fn edge(&self, t: Duration) -> (u64, usize) {
         let cur = (t.as_nanos() / self.segment.as_nanos().max(1)) as u64;

@@ -401,6 +401,20 @@ pub async fn serve(
         })
         .collect::<Result<Vec<_>, media::MediaError>>()
         .context("cutting the fixtures into parts")?;
+    // Refused at start rather than served against the spec's MUST: a validator would reject
+    // every playlist.
+    if let Some(short) = plans.iter().find_map(PartPlan::short_part) {
+        let chunk = media::chunk_seconds();
+        anyhow::bail!(
+            "--part-duration {:?} leaves a {:.0}ms part inside each {}s segment, under 85% of \
+             PART-TARGET (RFC 8216bis 4.4.4.9): use a part duration that divides the {chunk}s \
+             GOP into whole frames (at the fixtures' 30 fps: 100ms, 200ms, 333ms, 500ms) or \
+             --segment-duration {chunk}s",
+            opts.ll.part_duration,
+            short.as_secs_f64() * 1000.0,
+            opts.segment_duration.as_secs()
+        );
+    }
     let state = Arc::new(State {
         opts,
         fixtures,

@@ -193,6 +193,61 @@ async fn ll_hls_playlist_follows_the_spec_rules() {
     assert!(seg.body.windows(p.body.len()).any(|w| w == &p.body[..]));
 }
 
+/// Bug: `--part-duration 80ms` (and 50ms) served parts alternating between 100 and 67 ms under
+/// PART-TARGET 0.1, parts below the 85 % of PART-TARGET that RFC 8216bis 4.4.4.9 requires of
+/// every part but INDEPENDENT ones and the last of a segment.
+#[tokio::test]
+async fn parts_are_at_least_85_percent_of_part_target_or_refused_at_start() {
+    for ms in [50, 80, 250, 333] {
+        let mut opts = ll_opts();
+        opts.ll.part_duration = Duration::from_millis(ms);
+        let (base, _stop) = start_origin(opts).await;
+        let text =
+            String::from_utf8(get(&base, "/live/ll85/r0/media.m3u8").await.body).expect("utf8");
+        let part_target: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("#EXT-X-PART-INF:PART-TARGET="))
+            .expect("part inf")
+            .parse()
+            .expect("f");
+        // Parts of one segment are the EXT-X-PART lines before its EXTINF.
+        let mut segment: Vec<&str> = Vec::new();
+        let mut checked = 0;
+        for l in text.lines() {
+            if l.starts_with("#EXT-X-PART:") {
+                segment.push(l);
+            } else if l.starts_with("#EXTINF") {
+                if let Some((_, inner)) = segment.split_last() {
+                    for p in inner.iter().filter(|p| !p.ends_with(",INDEPENDENT=YES")) {
+                        let d: f64 = attr(p, "DURATION").expect("DURATION").parse().expect("f");
+                        assert!(
+                            d >= 0.85 * part_target,
+                            "{ms} ms: {p} under 85% of PART-TARGET {part_target}\n{text}"
+                        );
+                        checked += 1;
+                    }
+                }
+                segment.clear();
+            }
+        }
+        assert!(
+            checked > 0,
+            "{ms} ms: no complete segment with parts\n{text}"
+        );
+    }
+    // A part duration that leaves a short part inside a two-GOP segment is refused at start.
+    let mut opts = ll_opts();
+    opts.segment_duration = Duration::from_secs(4);
+    opts.ll.part_duration = Duration::from_millis(250);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let err = vedge_bench::origin::serve(opts, listener, async {})
+        .await
+        .expect_err("refused");
+    assert!(err.to_string().contains("85% of PART-TARGET"), "{err:#}");
+}
+
 #[tokio::test]
 async fn blocking_reload_holds_until_the_part_exists_and_keeps_the_limits() {
     let mut opts = ll_opts();
