@@ -197,6 +197,11 @@ pub fn ll_window(window: u64) -> u64 {
     window.max(6 + 3)
 }
 
+/// `units` of 10 µs as seconds with five decimals, exactly (no float rounding).
+fn fixed5(units: u64) -> String {
+    format!("{}.{:05}", units / 100_000, units % 100_000)
+}
+
 fn secs(d: Duration) -> String {
     format!("{:.5}", d.as_secs_f64())
 }
@@ -215,16 +220,23 @@ pub fn hls_media(
     let target = tl.segment.as_secs().max(1);
     let skip_until = 6 * target;
     let skip_until_secs = skip_until as f64;
-    let part_target = plan.part_target_secs();
+    // PART-TARGET in the 10 µs units it is printed in, and the hold-back computed from that
+    // printed value (the spec's SHOULD, RFC 8216bis 4.4.3.8: at least three part targets): 1.001
+    // for 0.33334. Rounding three unrounded targets on its own (to 1.0) put it below three
+    // printed ones for a validator. It is the millisecond above three printed targets, not the
+    // exact product, since a validator multiplies in binary floating point (3 * 0.33334 =
+    // 1.0000200000000001, so an exact 1.00002 would read as below).
+    let part_target = (plan.part_target_secs() * 1e5).round() as u64;
+    let hold_back_ms = 3 * part_target / 100 + 1;
     let mut s = String::from("#EXTM3U\n#EXT-X-VERSION:9\n");
     let _ = writeln!(s, "#EXT-X-TARGETDURATION:{target}");
-    // Three part targets (the spec's SHOULD), to the millisecond: 1.0 for 333 ms parts.
-    let hold_back = (3.0 * part_target * 1000.0).round() / 1000.0;
     let _ = writeln!(
         s,
-        "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK={hold_back:?},CAN-SKIP-UNTIL={skip_until_secs:.1}"
+        "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK={}.{:03},CAN-SKIP-UNTIL={skip_until_secs:.1}",
+        hold_back_ms / 1000,
+        hold_back_ms % 1000
     );
-    let _ = writeln!(s, "#EXT-X-PART-INF:PART-TARGET={part_target:.5}");
+    let _ = writeln!(s, "#EXT-X-PART-INF:PART-TARGET={}", fixed5(part_target));
     let _ = writeln!(s, "#EXT-X-MEDIA-SEQUENCE:{first}");
     s.push_str("#EXT-X-INDEPENDENT-SEGMENTS\n");
     // Segments starting more than the Skip Boundary before the end of the playlist may be skipped.
@@ -461,7 +473,7 @@ mod tests {
         let t = Duration::from_millis(40_700); // segment 20, parts 0 and 1 done
         let text = hls_media(&tl, &p, t, false, &[("../r1/media.m3u8".into(), &p)]);
         assert!(text.contains("#EXT-X-VERSION:9\n"), "{text}");
-        assert!(text.contains("#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=1.0,CAN-SKIP-UNTIL=12.0\n"), "{text}");
+        assert!(text.contains("#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=1.001,CAN-SKIP-UNTIL=12.0\n"), "{text}");
         assert!(
             text.contains("#EXT-X-PART-INF:PART-TARGET=0.33334\n"),
             "{text}"
@@ -483,6 +495,44 @@ mod tests {
         );
         assert!(!delta.contains("seg_13.m4s"));
         assert!(delta.contains("seg_14.m4s"));
+    }
+
+    /// Bug: PART-HOLD-BACK was three unrounded part targets rounded to the millisecond (1.0),
+    /// below three times the PART-TARGET the playlist prints (0.33334, rounded up): a validator
+    /// comparing the printed numbers saw the RFC 8216bis 4.4.3.8 SHOULD broken.
+    #[test]
+    fn part_hold_back_is_three_printed_part_targets() {
+        let tl = Timeline {
+            epoch: UNIX_EPOCH,
+            segment: Duration::from_secs(2),
+            window: 9,
+        };
+        let r = &media::builtin().expect("fixtures")[0];
+        // Printed seconds as 10 µs units (the playlist prints five decimals at most).
+        let units = |v: &str| -> u64 {
+            let (int, frac) = v.split_once('.').unwrap_or((v, ""));
+            let frac = format!("{frac:0<5}");
+            int.parse::<u64>().expect("int") * 100_000 + frac.parse::<u64>().expect("frac")
+        };
+        for ms in [50u64, 80, 200, 250, 333, 500, 1000] {
+            let p = PartPlan {
+                media: PartedRendition::cut(r, r.timescale * ms / 1000).expect("cut"),
+                chunks_per_segment: 1,
+                segment: Duration::from_secs(2),
+            };
+            let text = hls_media(&tl, &p, Duration::from_secs(40), false, &[]);
+            let value = |tag: &str, attr: &str| -> &str {
+                let line = text.lines().find(|l| l.starts_with(tag)).expect("tag");
+                let at = line.find(&format!("{attr}=")).expect("attr") + attr.len() + 1;
+                line[at..].split(',').next().expect("value")
+            };
+            let target = value("#EXT-X-PART-INF:", "PART-TARGET");
+            let hold_back = value("#EXT-X-SERVER-CONTROL:", "PART-HOLD-BACK");
+            assert!(units(hold_back) >= 3 * units(target), "{ms} ms:\n{text}");
+            // As a validator reads them: floating point.
+            let f = |v: &str| v.parse::<f64>().expect("number");
+            assert!(f(hold_back) >= 3.0 * f(target), "{ms} ms:\n{text}");
+        }
     }
 
     #[test]
