@@ -255,6 +255,15 @@ impl OriginOptions {
                 "--part-duration must be between one frame (34ms) and {chunk}s"
             ));
         }
+        // The part layout needs valid durations and renditions to be judged.
+        if errs.is_empty() {
+            let plans = media::builtin()
+                .context("loading the compiled-in live fixtures")
+                .and_then(|f| part_plans(self, &f));
+            if let Err(e) = plans {
+                errs.push(format!("{e:#}"));
+            }
+        }
         if self.rate_limit == Some(0) {
             errs.push("--rate-limit must be positive".into());
         }
@@ -310,6 +319,41 @@ impl Latency {
             }
         }
     }
+}
+
+/// Each rendition's part layout: its fixture cut into parts of `--part-duration`. A duration that
+/// would leave a part RFC 8216bis 4.4.4.9 forbids is refused (by `validate`, before binding)
+/// rather than served against the spec's MUST: a validator would reject every playlist.
+fn part_plans(
+    opts: &OriginOptions,
+    fixtures: &[media::Rendition],
+) -> anyhow::Result<Vec<PartPlan>> {
+    let chunk = media::chunk_seconds();
+    let chunks_per_segment = opts.segment_duration.as_secs() / chunk;
+    let plans = (0..opts.renditions)
+        .filter_map(|i| fixtures.get(i % fixtures.len().max(1)))
+        .map(|f| {
+            let part_ticks = (opts.ll.part_duration.as_secs_f64() * f.timescale as f64).round();
+            Ok(PartPlan {
+                media: PartedRendition::cut(f, part_ticks as u64)?,
+                chunks_per_segment,
+                segment: opts.segment_duration,
+            })
+        })
+        .collect::<Result<Vec<_>, media::MediaError>>()
+        .context("cutting the fixtures into parts")?;
+    if let Some(short) = plans.iter().find_map(PartPlan::short_part) {
+        anyhow::bail!(
+            "--part-duration {:?} leaves a {:.0}ms part inside each {}s segment, under 85% of \
+             PART-TARGET (RFC 8216bis 4.4.4.9): use a part duration that divides the {chunk}s \
+             GOP into whole frames (at the fixtures' 30 fps: 100ms, 200ms, 333ms, 500ms) or \
+             --segment-duration {chunk}s",
+            opts.ll.part_duration,
+            short.as_secs_f64() * 1000.0,
+            opts.segment_duration.as_secs()
+        );
+    }
+    Ok(plans)
 }
 
 /// Entry point of `vedge origin`.
@@ -389,32 +433,7 @@ pub async fn serve(
         })
         .collect();
     let chunks_per_segment = opts.segment_duration.as_secs() / media::chunk_seconds();
-    let plans = (0..opts.renditions)
-        .map(|i| {
-            let f = &fixtures[i % fixtures.len()];
-            let part_ticks = (opts.ll.part_duration.as_secs_f64() * f.timescale as f64).round();
-            Ok(PartPlan {
-                media: PartedRendition::cut(f, part_ticks as u64)?,
-                chunks_per_segment,
-                segment: opts.segment_duration,
-            })
-        })
-        .collect::<Result<Vec<_>, media::MediaError>>()
-        .context("cutting the fixtures into parts")?;
-    // Refused at start rather than served against the spec's MUST: a validator would reject
-    // every playlist.
-    if let Some(short) = plans.iter().find_map(PartPlan::short_part) {
-        let chunk = media::chunk_seconds();
-        anyhow::bail!(
-            "--part-duration {:?} leaves a {:.0}ms part inside each {}s segment, under 85% of \
-             PART-TARGET (RFC 8216bis 4.4.4.9): use a part duration that divides the {chunk}s \
-             GOP into whole frames (at the fixtures' 30 fps: 100ms, 200ms, 333ms, 500ms) or \
-             --segment-duration {chunk}s",
-            opts.ll.part_duration,
-            short.as_secs_f64() * 1000.0,
-            opts.segment_duration.as_secs()
-        );
-    }
+    let plans = part_plans(&opts, &fixtures)?;
     let state = Arc::new(State {
         opts,
         fixtures,
