@@ -747,20 +747,22 @@ pub(crate) fn looks_again(req: &Req<'_>, reason: &str) -> bool {
 /// the range's start from it) or ends; for `a-` and `-n`, which only the length resolves, until
 /// it ends (`0-` asks for all of it: the `200` streams). Once it ended the length is known: a
 /// `206` with it, or a `416` for a range past the end, which a head sent before the fill reached
-/// it could not have become. The wait is the
-/// fill's own (its driver's between-bytes and body-rate timeouts end it), on a reader of it: a
-/// fill that stops keeping its body (it outgrew `max_object_size`) still counts this viewer. A
-/// failed fill leaves the source as it was: the body yields the error, the response aborts.
+/// it could not have become. The wait is the fill's own (its driver's between-bytes and
+/// body-rate timeouts end it), on a reader of it: a fill that stops keeping its body (it outgrew
+/// `max_object_size`) still counts this viewer. A failed fill leaves the source as it was: the
+/// body yields the error, the response aborts.
 async fn fill_source(req: &Req<'_>, fill: &Arc<Fill>, h: &StreamHead) -> Source {
     use crate::http::{conditional, range};
     let unknown = Source::Fill(fill.clone(), h.content_length);
+    if h.content_length.is_some() {
+        return unknown;
+    }
     let headers = &req.parts.headers;
     let asked = match range::parse(headers) {
         // `bytes=0-` asks for every byte, which the 200 streams as they arrive (ffmpeg asks so
         // on every open; a chunked live segment would otherwise reach it only once complete).
-        Some(range::ByteRange::From(0)) => return unknown,
-        Some(r) if h.content_length.is_none() => r,
-        _ => return unknown,
+        Some(range::ByteRange::From(0)) | None => return unknown,
+        Some(r) => r,
     };
     let ranged = h.status == StatusCode::OK
         && req.parts.method == Method::GET

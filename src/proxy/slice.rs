@@ -435,11 +435,11 @@ fn not_sliced(
     head: FillHead,
 ) -> Result<Outcome, EdgeError> {
     let reason = match head {
-        // The leader's share of the fill slots was taken: `request::read` sends each viewer
-        // to claim again, the leader once a slot of its share is free.
-        // A cold-Range probe too large to fetch whole (an object without a strong validator,
-        // never sliced: `SliceHead::Unsliceable`): `request::read` passes the ranged viewers
-        // and has the others claim one whole-object fill.
+        // Answers `request::read` handles for this path too: the leader's share of the fill
+        // slots was taken (each viewer claims again, the leader once a slot of its share is
+        // free), or a cold-Range probe too large to fetch whole (an object without a strong
+        // validator, never sliced: `SliceHead::Unsliceable`), whose ranged viewers pass while
+        // the others claim one whole-object fill.
         FillHead::Pass(fill::SHARE_TAKEN | crate::proxy::range_pass::REASON) => {
             return Ok(Outcome::Read { fill, leader })
         }

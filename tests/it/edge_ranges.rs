@@ -153,6 +153,14 @@ async fn edge_filling_ranges(origin: &Origin) -> TestEdge {
     TestEdge::start(raw).await
 }
 
+/// `body` sent chunked (no `Content-Length`), stalling for good after its first 2,000 bytes.
+fn chunked_stalled_at_2000(body: &[u8]) -> Script {
+    Script::ok(body.to_vec())
+        .header("cache-control", "max-age=60")
+        .chunked()
+        .fault(Fault::Stall(2_000))
+}
+
 /// Bug: a range answered from a fill whose origin answer has no `Content-Length` (chunked) got
 /// the whole body as a `200`, the leader of the fill and the viewers collapsed onto it alike,
 /// though ranges are promised `206` from fills in progress. Now the head waits for the range's
@@ -162,13 +170,7 @@ async fn a_range_during_a_chunked_fill_is_206_while_the_length_is_unknown() {
     let origin = Origin::start().await;
     let body = pattern(10_000);
     let path = "/v/c3.ts";
-    origin.script(
-        path,
-        Script::ok(body.clone())
-            .header("cache-control", "max-age=60")
-            .chunked()
-            .fault(Fault::Stall(2_000)),
-    );
+    origin.script(path, chunked_stalled_at_2000(&body));
     let edge = edge_filling_ranges(&origin).await;
 
     for (a, b) in [(100usize, 1099usize), (1500, 1999)] {
@@ -260,13 +262,7 @@ async fn a_whole_range_on_a_chunked_fill_streams_at_once() {
     let origin = Origin::start().await;
     let body = pattern(10_000);
     let path = "/v/c0.ts";
-    origin.script(
-        path,
-        Script::ok(body.clone())
-            .header("cache-control", "max-age=60")
-            .chunked()
-            .fault(Fault::Stall(2_000)),
-    );
+    origin.script(path, chunked_stalled_at_2000(&body));
     let edge = edge_filling_ranges(&origin).await;
     let ask = edge
         .req(http::Method::GET, path)
