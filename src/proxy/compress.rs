@@ -111,7 +111,7 @@ pub async fn manifest(
     }
     if parts.method == Method::HEAD {
         // The head the GET would have, by the same rule; the coded length needs the body.
-        if codes(content_length(&head.headers)) {
+        if codes(crate::cache::policy::content_length(&head.headers)) {
             coded_headers(&mut head.headers, None);
         }
         return Response::from_parts(head, body);
@@ -164,10 +164,6 @@ fn not_modified(parts: &Parts, mut resp: Response<Body>) -> Response<Body> {
 /// mostly is, and `collect` measures a GET's body before it decides.
 fn codes(len: Option<u64>) -> bool {
     len.is_none_or(|n| (MIN_LEN as u64..=MAX_REWRITE as u64).contains(&n))
-}
-
-fn content_length(h: &HeaderMap) -> Option<u64> {
-    h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
 /// An answer to a GET or HEAD of a manifest (`ct`: its 200's `Content-Type`) whose fields `h`
