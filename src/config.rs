@@ -363,7 +363,7 @@ pub struct RawServer {
     pub zero_copy: Option<bool>,
     /// Mappings zero-copy bodies may hold; 0 = half of `vm.max_map_count` (`ZeroCopyBudgets`).
     pub zero_copy_map_budget: Option<usize>,
-    /// Descriptors memfd bodies and splice pipes may hold; 0 = a quarter of `RLIMIT_NOFILE`.
+    /// Descriptors splice pipes may hold; 0 = a quarter of `RLIMIT_NOFILE`.
     pub zero_copy_fd_budget: Option<usize>,
     pub send_buffer: Option<String>,
     pub threads: Option<usize>,
@@ -575,9 +575,10 @@ pub struct ServerConfig {
     /// The longest request target, path and query (414 past it).
     pub max_uri_size: usize,
     pub shutdown_grace: Duration,
-    /// Large RAM-tier bodies live in memfds and go to plain-TCP viewers with `sendfile`.
+    /// RAM-tier bodies of 512 KiB and more live in anonymous pages and go to plain-TCP viewers
+    /// with `vmsplice` + `splice`.
     pub zero_copy: bool,
-    /// How many mappings and descriptors zero-copy bodies may hold before further ones stay on
+    /// How many mappings zero-copy bodies (and descriptors their splice pipes) may hold before further bodies stay on
     /// the heap.
     pub zero_copy_budgets: ZeroCopyBudgets,
     /// The send buffer a viewer connection gets once it sends a body from anonymous pages

@@ -10,7 +10,7 @@
 //! - `origin`: pooled origin client with timeouts, retries, Via and CDN-Loop.
 //! - `admin`: admin listener: health, purge, ingest, and the rendering of `metrics`.
 //! - `proxy`: the miss path: the edge's state, the tiers, the request state machine, the fill driver.
-//! - `zerocopy`: memfd / anonymous-page bodies and the viewer socket that sends them.
+//! - `zerocopy`: anonymous-page bodies and the viewer socket that splices them.
 //! - `cmcd`: CTA-5004 client data (query parameter and headers) for logs, metrics, admission.
 //! - `metrics`, `clock`: counters everyone reports into; the injectable wall clock.
 //! - `fuzzing`: properties shared by the fuzz targets and their corpus replay test.

@@ -124,7 +124,7 @@ fn reload_on_sighup(reload: std::sync::Arc<tokio::sync::Notify>) {
 }
 
 /// Raises the soft open-file limit to the hard one: every viewer connection, origin connection,
-/// memfd body and store file is a descriptor, and the usual soft limit of 1,024 runs out long
+/// splice pipe and store file is a descriptor, and the usual soft limit of 1,024 runs out long
 /// before any other resource (the connection cap `limits.max_connections` assumes it was raised).
 fn raise_nofile_limit() {
     #[cfg(unix)]

@@ -158,13 +158,12 @@ async fn handle(
             edge.metrics.render(&mut out);
             let _ = writeln!(
                 out,
-                "# TYPE vedge_ram_bytes gauge\nvedge_ram_bytes {}\n# TYPE vedge_ram_objects gauge\nvedge_ram_objects {}\n# TYPE vedge_ram_capacity_bytes gauge\nvedge_ram_capacity_bytes {}\n# TYPE vedge_fills_in_flight gauge\nvedge_fills_in_flight {}\n# TYPE vedge_memfd_bodies gauge\nvedge_memfd_bodies {}\n# TYPE vedge_sendfile_bytes_total counter\nvedge_sendfile_bytes_total {}\n# TYPE vedge_splice_bytes_total counter\nvedge_splice_bytes_total {}\n# TYPE vedge_splice_pipes gauge\nvedge_splice_pipes {}\n# TYPE vedge_zero_copy_fallbacks_total counter\nvedge_zero_copy_fallbacks_total {}\n# TYPE vedge_zero_copy_map_budget gauge\nvedge_zero_copy_map_budget {}",
+                "# TYPE vedge_ram_bytes gauge\nvedge_ram_bytes {}\n# TYPE vedge_ram_objects gauge\nvedge_ram_objects {}\n# TYPE vedge_ram_capacity_bytes gauge\nvedge_ram_capacity_bytes {}\n# TYPE vedge_fills_in_flight gauge\nvedge_fills_in_flight {}\n# TYPE vedge_zero_copy_bodies gauge\nvedge_zero_copy_bodies {}\n# TYPE vedge_splice_bytes_total counter\nvedge_splice_bytes_total {}\n# TYPE vedge_splice_pipes gauge\nvedge_splice_pipes {}\n# TYPE vedge_zero_copy_fallbacks_total counter\nvedge_zero_copy_fallbacks_total {}\n# TYPE vedge_zero_copy_map_budget gauge\nvedge_zero_copy_map_budget {}",
                 edge.ram.bytes(),
                 edge.ram.len(),
                 edge.ram.capacity(),
                 edge.fills.len(),
                 edge.zero_copy.live(),
-                edge.zero_copy.sendfile_bytes(),
                 edge.zero_copy.splice_bytes(),
                 edge.zero_copy.pipes(),
                 edge.zero_copy.fallbacks(),

@@ -235,8 +235,7 @@ fn worker_thread<H: Handler>(
 /// that finds the reserve, per accept loop). Without it a crowd of viewers took
 /// every descriptor, and a fill's origin connection failed with EMFILE: a `502` for every
 /// viewer collapsed onto it (the 20,000-viewer storm at a 20,000-descriptor limit). The store's
-/// files, memfd bodies and splice pipes draw on the reserve too; the last two fall back to the
-/// heap and to copying when they find none.
+/// files and splice pipes draw on the reserve too; a connection that finds no pipe copies.
 fn descriptor_ceiling() -> u64 {
     let mut lim = libc::rlimit {
         rlim_cur: 0,

@@ -18,7 +18,7 @@ use crate::proxy::edge::Edge;
 use crate::zerocopy::{Blank, ZeroCopy};
 
 /// The store's reads of objects land in zero-copy mappings (`zerocopy::Blank`): a disk hit's
-/// body is sent with `sendfile`/`vmsplice` and promoted to RAM as it is, with no copy after the
+/// body is sent with `vmsplice` + `splice` and promoted to RAM as it is, with no copy after the
 /// device read (before, each hit was read into a heap buffer and copied into a fresh mapping:
 /// that copy and its page faults were the top of a disk-hit profile). Reads too small for
 /// zero-copy, or past its budgets, use the store's own buffers.
@@ -43,14 +43,17 @@ impl ReadMemory for ReadsIntoZeroCopy {
     }
 }
 
+/// Disk hits smaller than this are promoted to RAM on their first read (see `DiskReads`).
+const PROMOTE_AT_ONCE_BELOW: usize = 64 << 10;
+
 /// The keys read from disk lately (hashes only, a bounded LRU-ish set): a disk hit is promoted
 /// to RAM on the key's second read within that memory, not its first. Promoting every disk hit
 /// made each one map, fault in, zero and later unmap fresh memory for an object the cold tail
 /// of a catalogue asks for once; with 16 GiB of 1-2 MiB objects under a 2 GiB budget that churn
 /// (clear_page, page pinning, unmap) was a quarter of the edge's CPU. A first read is served
 /// from the store's pooled buffers (copied to the socket) and the buffer goes back to the pool.
-/// Bodies too small for zero-copy memory are promoted on their first read: they cost a heap
-/// allocation either way.
+/// Bodies under `PROMOTE_AT_ONCE_BELOW` are promoted on their first read: each costs a small
+/// heap allocation and no mapping.
 pub struct DiskReads {
     seen: quick_cache::sync::Cache<u64, ()>,
     hasher: std::hash::RandomState,
@@ -131,7 +134,7 @@ impl Edge {
         } else {
             store.lookup_once(key.as_bytes()).await?
         };
-        let promote = again || hit.body.len() < crate::zerocopy::MIN_SIZE;
+        let promote = again || hit.body.len() < PROMOTE_AT_ONCE_BELOW;
         let body = if promote {
             self.zero_copy.adopt(hit.body)
         } else {

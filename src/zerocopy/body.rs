@@ -1,42 +1,39 @@
-//! Large RAM-tier bodies kept in sealed memory files (`memfd`), so the viewer socket can
-//! `sendfile` them instead of copying every byte from user space into the kernel (nginx's
+//! Large RAM-tier bodies kept in anonymous memory that the viewer socket `vmsplice`s into a pipe
+//! and `splice`s out, so their bytes are never copied from user space into the kernel (nginx's
 //! advantage on large hits; the copy was over half of the edge's CPU on 1 MiB hits).
 //!
-//! A body is still an ordinary `Bytes`: it points into a shared read/write mapping of the memfd,
-//! so ranges, the store, HTTP/2 and TLS all read it like any other buffer. The plain-TCP socket
-//! wrapper (`zerocopy::socket`) recognises a write whose slice lies inside a registered mapping and
-//! sends it with `sendfile(memfd, offset)` instead; the bytes are the same either way, so missing
-//! the fast path is never a correctness problem.
+//! A body is still an ordinary `Bytes` (`Bytes::from_owner` of the mapping), so ranges, the
+//! store, HTTP/2 and TLS all read it like any other buffer. The plain-TCP socket wrapper
+//! (`zerocopy::socket`) recognises a write whose slice lies inside a registered mapping and
+//! splices it instead; the bytes are the same either way, so missing the fast path is never a
+//! correctness problem.
 //!
-//! Why a mapping is safe here (the brief keeps mappings off the serving path): the file is
-//! anonymous memory, never disk-backed, so touching it can't block on I/O; it is private to this
-//! process (close-on-exec, no name in the file system) and sealed against shrinking, so the
-//! mapping can never SIGBUS; and every byte is written once, before any slice covering it exists
-//! (a body filled while it is read, `Growing`, is only written past the end of every slice handed
-//! out), so a page the kernel still references after `sendfile` (TCP retransmission) keeps the
-//! bytes it was sent with.
+//! Only bodies of `MIN_SIZE` (512 KiB) and more: from 1 MiB a body starts on a huge-page boundary
+//! and is advised `MADV_HUGEPAGE`, a tail of half a huge page or more rounded up to a whole one
+//! (`footprint`), so a hit pins one huge page instead of hundreds of small ones. Smaller bodies
+//! stay on the heap and are copied into the socket: measured side by side (`wrk -t2 -c64`, edge
+//! CPU per hit), referencing pages cost more than copying them below 512 KiB. Earlier such
+//! bodies lived in sealed memfds sent with `sendfile`, which looks the file up one 4 KiB page at
+//! a time (a memfd this small never gets a huge page): at 256 KiB that lookup was a fifth of the
+//! edge's CPU, and the copy took 20-30 % less CPU per hit at 64, 256 and 384 KiB
+//! (benches/RESULTS.md).
 //!
-//! Each memfd body costs one file descriptor and every body one or two mappings, so zero-copy
-//! bodies are made only from `MIN_SIZE` and only while the context's budgets allow (descriptors:
-//! a quarter of the open-file limit; mappings: half of `vm.max_map_count`; both configurable
-//! lower), taken before the mapping is made and given back when it goes; beyond that bodies stay
-//! on the heap, as they do when the context is disabled (`vedge_zero_copy_fallbacks_total`).
+//! Why a mapping is safe here (the brief keeps mappings off the serving path): the memory is
+//! anonymous, never disk-backed, so touching it can't block on I/O or SIGBUS; it is private to
+//! this process; and every byte is written once, before any slice covering it exists (a body
+//! filled while it is read, `Growing`, is only written past the end of every slice handed out),
+//! so a page the kernel still references after `splice` (a pipe, TCP retransmission) keeps the
+//! bytes it was sent with, and stays alive after `munmap` until the kernel lets go.
+//!
+//! Each body costs one or two mappings, so zero-copy bodies are made only while the context's
+//! mapping budget allows (half of `vm.max_map_count`, configurable lower), taken before the
+//! mapping is made and given back when it goes; beyond that bodies stay on the heap, as they do
+//! when the context is disabled (`vedge_zero_copy_fallbacks_total`).
 //!
 //! On drop of the last `Bytes` of a body, its mapping is unmapped, unregistered and uncounted
-//! (`MemFile::drop`); nothing here waits, so there is no timeout.
-//!
-//! Bodies of `PAGES_MIN` (512 KiB) and more use anonymous memory instead (`Source::Pages`),
-//! which the socket wrapper `vmsplice`s into a pipe and `splice`s out; from 1 MiB it starts on a
-//! huge-page boundary and is advised `MADV_HUGEPAGE`, a tail of half a huge page or more
-//! rounded up to a whole one (`footprint`). perf on 4 MiB hits showed `sendfile`
-//! looking a memfd up one 4 KiB page at a time (the top of the profile), and memfds get huge
-//! pages only where the operator allows shmem THP, while anonymous memory gets them under the
-//! kernel's default `madvise` policy. The same rule keeps this safe: the pages are never written
-//! once a slice covering them exists, and a page the kernel still holds after `munmap` stays
-//! alive, unchanged, until it lets go.
+//! (`Mapping::drop`); nothing here waits, so there is no timeout.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicUsize, Ordering::Acquire, Ordering::Relaxed, Ordering::Release};
 use std::sync::Arc;
@@ -45,31 +42,15 @@ use bytes::Bytes;
 
 use super::ZeroCopy;
 
-/// Bodies smaller than this stay on the heap: the sendfile saving is small next to a syscall
-/// and a descriptor.
-pub const MIN_SIZE: usize = 64 << 10;
-
-/// Bodies at least this large live in anonymous memory rather than a memfd (huge pages from
-/// 2 MiB). Side by side with `wrk` on 512 KiB and 1 MiB hits, `vmsplice` + `splice` from
-/// anonymous pages cost the edge 10-25 % less CPU per byte than `sendfile` from a memfd (whose
-/// shmem lookup takes and drops a folio lock per page); at 256 KiB the two were within noise, and
-/// one `sendfile` is one syscall, so smaller bodies keep the memfd.
-pub const PAGES_MIN: usize = 512 << 10;
+/// Bodies smaller than this stay on the heap and are copied into the socket: below it, a copy
+/// cost the edge less CPU per hit than page references (see the module comment).
+pub const MIN_SIZE: usize = 512 << 10;
 
 /// The transparent huge page size on x86-64 and (4 KiB-granule) arm64.
 const HUGE_PAGE: usize = 2 << 20;
 
-/// How the bytes of a registered body can reach a socket without being copied.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    /// At this offset of this memfd: `sendfile`.
-    File(RawFd, u64),
-    /// Anonymous pages that are never rewritten: `vmsplice` into a pipe, then `splice`.
-    Pages,
-}
-
 impl ZeroCopy {
-    /// Concatenates `chunks` (`len` bytes in all) into one body: in a memfd or anonymous pages
+    /// Concatenates `chunks` (`len` bytes in all) into one body: in anonymous pages
     /// when it is large enough, zero-copy is on and the budget allows, else on the heap. Copies
     /// once either way.
     pub fn concat(self: &Arc<Self>, chunks: &[Bytes], len: usize) -> Bytes {
@@ -97,7 +78,7 @@ impl ZeroCopy {
     /// `body` moved into a zero-copy mapping if it is eligible and not in one already (disk hits
     /// promoted to RAM); otherwise `body` itself.
     pub fn adopt(self: &Arc<Self>, body: Bytes) -> Bytes {
-        if !self.wanted(body.len()) || self.lookup(body.as_ptr(), body.len()).is_some() {
+        if !self.wanted(body.len()) || self.registered(body.as_ptr(), body.len()) {
             return body;
         }
         let len = body.len();
@@ -109,58 +90,42 @@ impl ZeroCopy {
         len >= MIN_SIZE && self.enabled
     }
 
-    /// Takes the mappings (and, below `PAGES_MIN`, the descriptor) a body of `len` bytes needs
-    /// from the budgets, or counts a fallback to the heap. Each check-and-take is one
-    /// compare-and-swap, so fills racing for the last mapping never both get it: the budget is
-    /// a hard ceiling, reached long before mmap fails with ENOMEM at `vm.max_map_count` or
-    /// accept fails with EMFILE.
+    /// Takes the mappings a body of `len` bytes needs from the budget, or counts a fallback to
+    /// the heap. The check-and-take is one compare-and-swap, so fills racing for the last
+    /// mapping never both get it: the budget is a hard ceiling, reached long before mmap fails
+    /// with ENOMEM at `vm.max_map_count`.
     fn reserve(self: &Arc<Self>, len: usize) -> Option<Slot> {
         if !self.wanted(len) {
             return None;
         }
         let maps = mapping_cost(len);
-        let file = len < PAGES_MIN;
-        let take = |n: &AtomicUsize, want: usize, budget: usize| {
-            n.fetch_update(Relaxed, Relaxed, |cur| {
-                cur.checked_add(want).filter(|&next| next <= budget)
-            })
-            .is_ok()
-        };
-        if !take(&self.maps, maps, self.map_budget) {
+        let taken = self.maps.fetch_update(Relaxed, Relaxed, |cur| {
+            cur.checked_add(maps)
+                .filter(|&next| next <= self.map_budget)
+        });
+        if taken.is_err() {
             self.map_fallbacks.fetch_add(1, Relaxed);
             return None;
         }
-        let mut slot = Slot {
+        Some(Slot {
             zc: self.clone(),
             maps,
-            file: false,
-        };
-        if file {
-            if !take(&self.files, 1, self.fd_budget) {
-                self.map_fallbacks.fetch_add(1, Relaxed);
-                return None; // `slot` gives its mappings back
-            }
-            slot.file = true;
-        }
-        Some(slot)
+        })
     }
 
-    /// If `[ptr, ptr+len)` lies inside a body registered here, how to send it without a copy.
-    /// The caller must hold a reference keeping the body alive (it does: it is writing it).
-    pub fn lookup(&self, ptr: *const u8, len: usize) -> Option<Source> {
+    /// Whether `[ptr, ptr+len)` lies inside a body registered here (and can be spliced). The
+    /// caller must hold a reference keeping the body alive (it does: it is writing it).
+    pub fn registered(&self, ptr: *const u8, len: usize) -> bool {
         if self.live.load(Relaxed) == 0 {
-            return None;
+            return false;
         }
         let p = ptr as usize;
-        let reg = self.registry.read().ok()?;
-        let (&start, &(end, fd)) = reg.range(..=p).next_back()?;
-        if p + len > end {
-            return None;
-        }
-        Some(match fd {
-            Some(fd) => Source::File(fd, (p - start) as u64),
-            None => Source::Pages,
-        })
+        let Ok(reg) = self.registry.read() else {
+            return false;
+        };
+        reg.range(..=p)
+            .next_back()
+            .is_some_and(|(_, &end)| p + len <= end)
     }
 }
 
@@ -169,7 +134,7 @@ impl ZeroCopy {
 /// the kernel's count, `/proc/<pid>/maps`). Neighbours may merge, never split further: an upper
 /// bound.
 pub(super) fn mapping_cost(len: usize) -> usize {
-    if len < PAGES_MIN || footprint(len) > len {
+    if len < MIN_SIZE || footprint(len) > len {
         return 1;
     }
     let huge = len / HUGE_PAGE * HUGE_PAGE;
@@ -191,7 +156,7 @@ pub(super) fn mapping_cost(len: usize) -> usize {
 /// 10 %). In one huge page each is one operation. Side by side under the same load, the
 /// goal-2 benchmark gave 19.06 against 17.44 Gbit/s per edge core (benches/RESULTS.md).
 pub fn footprint(len: usize) -> usize {
-    if len < PAGES_MIN || !huge_pages() {
+    if len < MIN_SIZE || !huge_pages() {
         return len;
     }
     let tail = len % HUGE_PAGE;
@@ -218,20 +183,15 @@ fn huge_pages() -> bool {
 struct Slot {
     zc: Arc<ZeroCopy>,
     maps: usize,
-    /// Holds one of the descriptor budget (a memfd body).
-    file: bool,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         self.zc.maps.fetch_sub(self.maps, Relaxed);
-        if self.file {
-            self.zc.files.fetch_sub(1, Relaxed);
-        }
     }
 }
 
-/// A zero-copy body (memfd or anonymous pages) being filled, possibly while it is read: a fill
+/// A zero-copy body being filled, possibly while it is read: a fill
 /// copies each origin chunk in as it arrives and hands readers slices of it, so they are sent
 /// without a copy before the fill ends, and the finished body needs no second copy.
 ///
@@ -239,7 +199,7 @@ impl Drop for Slot {
 /// written once, before any slice covering it exists; later writes only go past the end of every
 /// slice handed out, so the bytes a socket still references never change.
 pub struct Growing {
-    file: Bytes,
+    mem: Bytes,
     ptr: NonNull<u8>,
     /// Bytes written so far; only this value stores it, `Written` handles read it.
     written: Arc<AtomicUsize>,
@@ -250,18 +210,18 @@ pub struct Growing {
 /// (one `vmsplice` instead of one per origin read).
 #[derive(Clone)]
 pub struct Written {
-    file: Bytes,
+    mem: Bytes,
     written: Arc<AtomicUsize>,
 }
 
 impl Written {
     /// Bytes `[from, to)` of the body, if all of them have been written.
     pub fn slice(&self, from: usize, to: usize) -> Option<Bytes> {
-        (from <= to && to <= self.written.load(Acquire)).then(|| self.file.slice(from..to))
+        (from <= to && to <= self.written.load(Acquire)).then(|| self.mem.slice(from..to))
     }
 }
 
-// SAFETY: `ptr` points into the mapping `file` keeps alive; only the owner of the `Growing`
+// SAFETY: `ptr` points into the mapping `mem` keeps alive; only the owner of the `Growing`
 // writes through it, and only past every slice handed out.
 unsafe impl Send for Growing {}
 
@@ -270,10 +230,10 @@ impl Growing {
     /// can be made.
     pub fn new(zc: &Arc<ZeroCopy>, len: usize) -> Option<Growing> {
         let slot = zc.reserve(len)?;
-        match MemFile::create(slot, len) {
+        match Mapping::new(slot, len) {
             Ok(f) => Some(Growing {
                 ptr: f.ptr,
-                file: f.into_bytes(),
+                mem: f.into_bytes(),
                 written: Arc::default(),
             }),
             Err(e) => {
@@ -288,7 +248,7 @@ impl Growing {
     pub fn append(&mut self, chunk: &[u8]) -> Option<Bytes> {
         let at = self.written.load(Relaxed);
         let end = at.checked_add(chunk.len())?;
-        if end > self.file.len() {
+        if end > self.mem.len() {
             return None;
         }
         // SAFETY: `[at, end)` lies inside the mapping, and no slice of it exists yet (slices are
@@ -297,26 +257,26 @@ impl Growing {
             std::ptr::copy_nonoverlapping(chunk.as_ptr(), self.ptr.as_ptr().add(at), chunk.len());
         }
         self.written.store(end, Release);
-        Some(self.file.slice(at..end))
+        Some(self.mem.slice(at..end))
     }
 
     /// A handle for slices of what has been written, from any thread.
     pub fn written(&self) -> Written {
         Written {
-            file: self.file.clone(),
+            mem: self.mem.clone(),
             written: self.written.clone(),
         }
     }
 
     /// The whole body, once every byte of it has been written.
     pub fn into_body(self) -> Option<Bytes> {
-        (self.written.load(Relaxed) == self.file.len()).then_some(self.file)
+        (self.written.load(Relaxed) == self.mem.len()).then_some(self.mem)
     }
 }
 
 /// A registered mapping of exactly `len` bytes that something else fills in one go, e.g. the
 /// SSD store's O_DIRECT read of an object: the hit is then sent from the memory the device read
-/// into (`sendfile` / `vmsplice`), with no copy into a body on the way to the RAM tier. The
+/// into (`vmsplice`), with no copy into a body on the way to the RAM tier. The
 /// same invariant as `Growing`: every byte is written (by the read) before any slice exists.
 pub struct Blank {
     g: Growing,
@@ -335,7 +295,7 @@ impl Blank {
 
     /// Its length in bytes (never zero: bodies below `MIN_SIZE` get no mapping).
     pub fn size(&self) -> usize {
-        self.g.file.len()
+        self.g.mem.len()
     }
 
     /// The whole mapping as one body.
@@ -344,43 +304,34 @@ impl Blank {
     /// Every byte must have been written through [`Blank::as_mut_ptr`] (a read that failed
     /// short leaves zeros, which is initialised memory but not the object: callers verify).
     pub unsafe fn into_body(self) -> Bytes {
-        self.g.file
+        self.g.mem
     }
 }
 
-/// One body's mapping: a memfd's shared mapping, or anonymous huge pages (`fd` is `None`).
-struct MemFile {
+/// One body's mapping of anonymous memory.
+struct Mapping {
     /// The context this body is counted and registered in.
     zc: Arc<ZeroCopy>,
-    /// Its share of the budgets, given back when the mapping is gone (fields drop after
+    /// Its share of the budget, given back when the mapping is gone (fields drop after
     /// `Drop::drop` has unmapped it).
     _slot: Slot,
-    fd: Option<OwnedFd>,
     ptr: NonNull<u8>,
     len: usize,
-    /// The mapped length (`len` rounded up to whole pages).
+    /// The mapped length (`len` rounded up to whole pages, or to a whole huge page).
     mapped: usize,
     registered: bool,
 }
 
 // SAFETY: the mapping is plain memory owned by this value; it is written only by its one
 // `Growing`, and only past every slice of it that other threads can read.
-unsafe impl Send for MemFile {}
-unsafe impl Sync for MemFile {}
+unsafe impl Send for Mapping {}
+unsafe impl Sync for Mapping {}
 
-impl MemFile {
-    fn create(slot: Slot, len: usize) -> io::Result<MemFile> {
-        if slot.file {
-            Self::memfd(slot, len)
-        } else {
-            Self::anonymous(slot, len)
-        }
-    }
-
+impl Mapping {
     /// Anonymous memory; from 1 MiB starting on a huge-page boundary and advised `MADV_HUGEPAGE`
     /// over its whole huge pages. A tail of half a huge page or more is rounded up to a whole
     /// one (`footprint`); a shorter tail stays in small pages.
-    fn anonymous(slot: Slot, len: usize) -> io::Result<MemFile> {
+    fn new(slot: Slot, len: usize) -> io::Result<Mapping> {
         let zc = slot.zc.clone();
         let rounded = footprint(len);
         let (mapped, huge) = if rounded > len {
@@ -441,10 +392,9 @@ impl MemFile {
         };
         let ptr = NonNull::new(start as *mut u8).ok_or_else(io::Error::last_os_error)?;
         zc.live.fetch_add(1, Relaxed);
-        Ok(MemFile {
+        Ok(Mapping {
             zc,
             _slot: slot,
-            fd: None,
             ptr,
             len,
             mapped,
@@ -452,76 +402,19 @@ impl MemFile {
         })
     }
 
-    fn memfd(slot: Slot, len: usize) -> io::Result<MemFile> {
-        let zc = slot.zc.clone();
-        // SAFETY: a NUL-terminated name and valid flags; the result is checked.
-        let raw = unsafe {
-            libc::memfd_create(
-                c"vedge-body".as_ptr(),
-                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
-            )
-        };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `raw` is a fresh descriptor we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        // SAFETY: plain syscalls on our descriptor.
-        if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
-        if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: maps `len` bytes of a file that is exactly `len` long and can no longer shrink.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        // Ask for large folios before the first write faults the pages in. `sendfile` looks the
-        // file up once per folio: with 4 KiB pages that lookup was the top of the profile on
-        // 4 MiB hits. It takes effect only where the operator allows shmem THP
-        // (`/sys/kernel/mm/transparent_hugepage/shmem_enabled` = `advise`, and per size under
-        // `hugepages-*kB/`); the kernel never gives a folio that would reach past the mapping.
-        // SAFETY: advice on the mapping just made; failure changes nothing.
-        unsafe { libc::madvise(ptr, len, libc::MADV_HUGEPAGE) };
-        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or_else(io::Error::last_os_error)?;
-        zc.live.fetch_add(1, Relaxed);
-        Ok(MemFile {
-            zc,
-            _slot: slot,
-            fd: Some(fd),
-            ptr,
-            len,
-            mapped: len,
-            registered: false,
-        })
-    }
-
-    /// Registers the mapping for `ZeroCopy::lookup` and hands it out as `Bytes` (written only through
-    /// `Growing`, past every slice made of it).
+    /// Registers the mapping for `ZeroCopy::registered` and hands it out as `Bytes` (written
+    /// only through `Growing`, past every slice made of it).
     fn into_bytes(mut self) -> Bytes {
         if let Ok(mut reg) = self.zc.registry.write() {
             let start = self.ptr.as_ptr() as usize;
-            let fd = self.fd.as_ref().map(|f| f.as_raw_fd());
-            reg.insert(start, (start + self.len, fd));
+            reg.insert(start, start + self.len);
             self.registered = true;
         }
         Bytes::from_owner(self)
     }
 }
 
-impl AsRef<[u8]> for MemFile {
+impl AsRef<[u8]> for Mapping {
     fn as_ref(&self) -> &[u8] {
         // SAFETY: the mapping is `len` bytes and alive while `self` is. `Bytes::from_owner`
         // reads this once, before anything is written; later readers see only written bytes.
@@ -529,14 +422,14 @@ impl AsRef<[u8]> for MemFile {
     }
 }
 
-impl Drop for MemFile {
+impl Drop for Mapping {
     fn drop(&mut self) {
         if self.registered {
             if let Ok(mut reg) = self.zc.registry.write() {
                 reg.remove(&(self.ptr.as_ptr() as usize));
             }
         }
-        // SAFETY: unmaps exactly the mapping `create` kept; no reference to it outlives `self`.
+        // SAFETY: unmaps exactly the mapping `new` kept; no reference to it outlives `self`.
         // Pages the kernel still holds (a pipe, a socket's retransmit queue) outlive the mapping
         // with their bytes unchanged.
         unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.mapped) };
@@ -555,40 +448,41 @@ mod tests {
     use super::*;
 
     #[test]
-    fn large_bodies_live_in_a_registered_memfd() {
+    fn large_bodies_live_in_a_registered_mapping_and_smaller_ones_on_the_heap() {
         let zc = ZeroCopy::new(true);
-        let a = Bytes::from(vec![7u8; 100 << 10]);
-        let b = Bytes::from(vec![9u8; 50 << 10]);
-        let body = zc.concat(&[a.clone(), b.clone()], 150 << 10);
-        assert_eq!(body.len(), 150 << 10);
+        let a = Bytes::from(vec![7u8; 400 << 10]);
+        let b = Bytes::from(vec![9u8; 200 << 10]);
+        let body = zc.concat(&[a.clone(), b.clone()], 600 << 10);
+        assert_eq!(body.len(), 600 << 10);
         assert_eq!(&body[..a.len()], &a[..]);
         assert_eq!(&body[a.len()..], &b[..]);
-
-        let Some(Source::File(fd, 0)) = zc.lookup(body.as_ptr(), body.len()) else {
-            panic!("a registered memfd at offset 0")
-        };
+        assert!(zc.registered(body.as_ptr(), body.len()));
         let tail = body.slice(1000..);
-        assert_eq!(
-            zc.lookup(tail.as_ptr(), tail.len()),
-            Some(Source::File(fd, 1000))
+        assert!(zc.registered(tail.as_ptr(), tail.len()));
+
+        // Heap buffers and bodies under MIN_SIZE are not found (a 256 KiB body is copied).
+        assert!(!zc.registered(a.as_ptr(), a.len()));
+        let under = zc.concat(
+            &[a.clone(), b.slice(..MIN_SIZE - 1 - a.len())],
+            MIN_SIZE - 1,
         );
-        // The file holds the same bytes the mapping shows.
-        let mut buf = [0u8; 4];
-        let n = unsafe { libc::pread(fd, buf.as_mut_ptr().cast(), 4, (a.len() - 2) as i64) };
-        assert_eq!(n, 4);
-        assert_eq!(buf, [7, 7, 9, 9]);
-
-        // Heap buffers and small bodies are not found.
-        assert!(zc.lookup(a.as_ptr(), a.len()).is_none());
+        assert!(!zc.registered(under.as_ptr(), under.len()));
+        assert!(Growing::new(&zc, MIN_SIZE - 1).is_none());
         let small = zc.concat(&[Bytes::from_static(b"abc")], 3);
-        assert!(zc.lookup(small.as_ptr(), small.len()).is_none());
+        assert!(!zc.registered(small.as_ptr(), small.len()));
 
-        // Adopting a body already in a memfd keeps it; a heap one moves.
+        // Adopting a body already in a mapping keeps it; a heap one moves.
         let same = zc.adopt(body.clone());
         assert_eq!(same.as_ptr(), body.as_ptr());
-        let moved = zc.adopt(a.clone());
-        assert!(zc.lookup(moved.as_ptr(), moved.len()).is_some());
-        assert_eq!(moved, a);
+        let big = Bytes::from(vec![3u8; MIN_SIZE]);
+        let moved = zc.adopt(big.clone());
+        assert!(zc.registered(moved.as_ptr(), moved.len()));
+        assert_eq!(moved, big);
+        assert_eq!(
+            zc.adopt(a.clone()).as_ptr(),
+            a.as_ptr(),
+            "under MIN_SIZE: kept"
+        );
 
         let start = body.as_ptr() as usize;
         let live = zc.live();
@@ -603,7 +497,7 @@ mod tests {
         let a = Bytes::from(vec![7u8; 1 << 20]);
         let body = zc.concat(&[a.slice(..1000), a.slice(1000..)], a.len());
         assert_eq!(body, a);
-        assert!(zc.lookup(body.as_ptr(), body.len()).is_none());
+        assert!(!zc.registered(body.as_ptr(), body.len()));
         assert!(Growing::new(&zc, 1 << 20).is_none());
         assert_eq!(zc.adopt(a.clone()).as_ptr(), a.as_ptr());
         assert_eq!(zc.live(), 0);
@@ -612,18 +506,19 @@ mod tests {
     #[test]
     fn a_growing_body_hands_out_registered_slices_of_what_is_written() {
         let zc = ZeroCopy::new(true);
-        let len = 96 << 10;
+        let len = 600 << 10;
         let mut g = Growing::new(&zc, len).expect("eligible");
-        let first = g.append(&vec![1u8; 64 << 10]).expect("fits");
-        assert!(zc.lookup(first.as_ptr(), first.len()).is_some());
+        let first = g.append(&vec![1u8; 400 << 10]).expect("fits");
+        assert!(zc.registered(first.as_ptr(), first.len()));
         assert!(first.iter().all(|&b| b == 1));
         // Too much is refused and writes nothing.
-        assert!(g.append(&vec![3u8; 40 << 10]).is_none());
-        let second = g.append(&vec![2u8; 32 << 10]).expect("fits");
-        assert!(matches!(
-            zc.lookup(second.as_ptr(), second.len()),
-            Some(Source::File(_, off)) if off == 64 << 10
-        ));
+        assert!(g.append(&vec![3u8; 300 << 10]).is_none());
+        let second = g.append(&vec![2u8; 200 << 10]).expect("fits");
+        assert!(zc.registered(second.as_ptr(), second.len()));
+        assert_eq!(
+            second.as_ptr() as usize - first.as_ptr() as usize,
+            400 << 10
+        );
         let body = g.into_body().expect("complete");
         assert_eq!(body.len(), len);
         assert_eq!(&body[..first.len()], &first[..]);
@@ -648,23 +543,23 @@ mod tests {
             0,
             "starts on a huge page"
         );
-        assert_eq!(zc.lookup(body.as_ptr(), body.len()), Some(Source::Pages));
+        assert!(zc.registered(body.as_ptr(), body.len()));
         let mid = body.slice(3_000_001..4_000_000);
-        assert_eq!(zc.lookup(mid.as_ptr(), mid.len()), Some(Source::Pages));
+        assert!(zc.registered(mid.as_ptr(), mid.len()));
 
         let mut g = Growing::new(&zc, len).expect("eligible");
         let first = g.append(&src[..1 << 20]).expect("fits");
-        assert_eq!(zc.lookup(first.as_ptr(), first.len()), Some(Source::Pages));
+        assert!(zc.registered(first.as_ptr(), first.len()));
         g.append(&src[1 << 20..]).expect("fits");
         assert_eq!(&g.into_body().expect("complete")[..], &src[..]);
 
-        // Between PAGES_MIN and 1 MiB: anonymous, no alignment asked for.
+        // Between MIN_SIZE and 1 MiB: anonymous, no alignment asked for.
         let mid = zc.concat(
-            &[Bytes::copy_from_slice(&src[..PAGES_MIN + 1])],
-            PAGES_MIN + 1,
+            &[Bytes::copy_from_slice(&src[..MIN_SIZE + 1])],
+            MIN_SIZE + 1,
         );
-        assert_eq!(zc.lookup(mid.as_ptr(), mid.len()), Some(Source::Pages));
-        assert_eq!(&mid[..], &src[..PAGES_MIN + 1]);
+        assert!(zc.registered(mid.as_ptr(), mid.len()));
+        assert_eq!(&mid[..], &src[..MIN_SIZE + 1]);
 
         // From 1 MiB to 2 MiB: one whole huge page where the kernel gives them.
         let seg = (3 << 19) + 777;
@@ -672,7 +567,7 @@ mod tests {
         g.append(&src[..seg]).expect("fits");
         let seg_body = g.into_body().expect("complete");
         assert_eq!(&seg_body[..], &src[..seg]);
-        assert_eq!(zc.lookup(seg_body.as_ptr(), seg), Some(Source::Pages));
+        assert!(zc.registered(seg_body.as_ptr(), seg));
         if huge_pages() {
             assert_eq!(seg_body.as_ptr() as usize % HUGE_PAGE, 0, "on a huge page");
         }
@@ -681,7 +576,7 @@ mod tests {
     #[test]
     fn footprints_round_a_tail_of_half_a_huge_page_or_more() {
         let mib = 1 << 20;
-        assert_eq!(footprint(PAGES_MIN), PAGES_MIN, "under 1 MiB: never");
+        assert_eq!(footprint(MIN_SIZE), MIN_SIZE, "under 1 MiB: never");
         assert_eq!(footprint(mib - 1), mib - 1);
         assert_eq!(footprint(4 * mib), 4 * mib, "whole huge pages");
         assert_eq!(
@@ -703,13 +598,13 @@ mod tests {
     #[test]
     fn a_body_past_the_mapping_budget_stays_on_the_heap_until_a_mapping_is_given_back() {
         let zc = ZeroCopy::with_budgets(true, 2, 0);
-        let src = Bytes::from(vec![5u8; 100 << 10]);
+        let src = Bytes::from(vec![5u8; MIN_SIZE + (100 << 10)]);
         let a = zc.concat(std::slice::from_ref(&src), src.len());
         let b = zc.concat(std::slice::from_ref(&src), src.len());
         assert_eq!(zc.mappings(), 2);
         let c = zc.concat(std::slice::from_ref(&src), src.len());
         assert_eq!(c, src, "the same bytes, from the heap");
-        assert!(zc.lookup(c.as_ptr(), c.len()).is_none());
+        assert!(!zc.registered(c.as_ptr(), c.len()));
         assert_eq!((zc.mappings(), zc.fallbacks()), (2, 1));
         // A body over 2 MiB with a tail costs two mappings: it does not fit in one.
         drop(a);
@@ -718,30 +613,9 @@ mod tests {
         assert!(Growing::new(&zc, (2 << 20) + 1).is_none());
         assert_eq!(zc.fallbacks(), 2);
         let d = zc.adopt(src.clone());
-        assert!(zc.lookup(d.as_ptr(), d.len()).is_some(), "mapping resumes");
+        assert!(zc.registered(d.as_ptr(), d.len()), "mapping resumes");
         drop((b, d));
         assert_eq!((zc.mappings(), zc.live()), (0, 0));
-    }
-
-    #[test]
-    fn the_descriptor_budget_caps_memfd_bodies_but_not_anonymous_ones() {
-        let zc = ZeroCopy::with_budgets(true, 0, 1);
-        let small = Bytes::from(vec![1u8; 100 << 10]);
-        let a = zc.concat(std::slice::from_ref(&small), small.len());
-        assert!(matches!(
-            zc.lookup(a.as_ptr(), a.len()),
-            Some(Source::File(..))
-        ));
-        let b = zc.concat(std::slice::from_ref(&small), small.len());
-        assert!(
-            zc.lookup(b.as_ptr(), b.len()).is_none(),
-            "no descriptor left"
-        );
-        assert_eq!(zc.fallbacks(), 1);
-        let big = Bytes::from(vec![2u8; 1 << 20]);
-        let c = zc.concat(std::slice::from_ref(&big), big.len());
-        assert_eq!(zc.lookup(c.as_ptr(), c.len()), Some(Source::Pages));
-        assert_eq!(c, big);
     }
 
     #[test]
@@ -754,7 +628,7 @@ mod tests {
                 let (zc, most) = (zc.clone(), most.clone());
                 s.spawn(move || {
                     for _ in 0..200 {
-                        let g = Growing::new(&zc, 64 << 10);
+                        let g = Growing::new(&zc, MIN_SIZE);
                         most.fetch_max(zc.live(), Relaxed);
                         drop(g);
                     }

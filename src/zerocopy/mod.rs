@@ -1,10 +1,10 @@
-//! Zero-copy sending, as one component: where large bodies are placed (`body`: sealed memfds
-//! and anonymous pages) and how the plain-TCP viewer socket sends them (`socket`: `sendfile`,
-//! `vmsplice` + `splice` through pooled pipes).
+//! Zero-copy sending, as one component: where large bodies are placed (`body`: anonymous pages,
+//! huge pages from 1 MiB) and how the plain-TCP viewer socket sends them (`socket`: `vmsplice` +
+//! `splice` through pooled pipes).
 //!
 //! `ZeroCopy` is the context both halves share: whether zero-copy is on (`server.zero_copy`),
-//! the descriptor and mapping budgets, the registry from a body's address to how it can be sent, the pipe
-//! pool and the counters the admin listener reports. The edge makes one (`Edge::zero_copy`) and
+//! the mapping and pipe-descriptor budgets, the registry of the bodies' addresses, the pipe pool
+//! and the counters the admin listener reports. The edge makes one (`Edge::zero_copy`) and
 //! hands it to whoever places or sends bodies; nothing here is a process global, so two edges in
 //! one process (the tests) never see each other's bodies, budget or counters.
 
@@ -12,18 +12,17 @@ pub mod body;
 pub mod socket;
 
 use std::collections::BTreeMap;
-use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock};
 
-pub use body::{footprint, Blank, Growing, Source, Written, MIN_SIZE, PAGES_MIN};
+pub use body::{footprint, Blank, Growing, Written, MIN_SIZE};
 pub use socket::ZeroCopyStream;
 
 /// One edge's zero-copy state. Bodies (`body::MemFile`) keep an `Arc` of it, so it outlives
 /// every body registered in it.
 pub struct ZeroCopy {
     enabled: bool,
-    /// The descriptors memfd bodies and pipes may hold together.
+    /// The descriptors splice pipes may hold (two each).
     fd_budget: usize,
     /// The mappings bodies may hold (one or two each, `body::mapping_cost`): by default half of
     /// `vm.max_map_count`, leaving the rest to the allocator, the store and thread stacks.
@@ -33,14 +32,10 @@ pub struct ZeroCopy {
     maps: AtomicUsize,
     /// Bodies kept on the heap because a budget was spent (`vedge_zero_copy_fallbacks_total`).
     map_fallbacks: AtomicU64,
-    /// Registered mappings: start address -> (end address, memfd or `None` for anonymous pages).
-    registry: RwLock<BTreeMap<usize, (usize, Option<RawFd>)>>,
-    /// Bodies alive, of either kind.
+    /// Registered mappings: start address -> end address.
+    registry: RwLock<BTreeMap<usize, usize>>,
+    /// Bodies alive (`vedge_zero_copy_bodies`).
     live: AtomicUsize,
-    /// Memfd bodies alive (each holds a descriptor).
-    files: AtomicUsize,
-    /// Bytes sent with `sendfile` (the `vedge_sendfile_bytes_total` metric).
-    sendfile_bytes: AtomicU64,
     /// Bytes sent with `vmsplice` + `splice` (`vedge_splice_bytes_total`).
     splice_bytes: AtomicU64,
     /// Pipes alive (two descriptors each). Shared with each pipe, which decrements it on drop:
@@ -73,8 +68,6 @@ impl ZeroCopy {
             map_fallbacks: AtomicU64::new(0),
             registry: RwLock::new(BTreeMap::new()),
             live: AtomicUsize::new(0),
-            files: AtomicUsize::new(0),
-            sendfile_bytes: AtomicU64::new(0),
             splice_bytes: AtomicU64::new(0),
             pipes: Arc::new(AtomicUsize::new(0)),
             pipe_pool: Mutex::new(Vec::new()),
@@ -85,7 +78,8 @@ impl ZeroCopy {
         self.enabled
     }
 
-    /// The descriptors zero-copy sending may hold: a quarter of the open-file limit.
+    /// The descriptors splice pipes may hold: a quarter of the open-file limit unless configured
+    /// lower.
     pub fn fd_budget(&self) -> usize {
         self.fd_budget
     }
@@ -102,19 +96,14 @@ impl ZeroCopy {
         self.maps.load(Relaxed)
     }
 
-    /// Large bodies kept on the heap because the mapping or descriptor budget was spent.
+    /// Large bodies kept on the heap because the mapping budget was spent.
     pub fn fallbacks(&self) -> u64 {
         self.map_fallbacks.load(Relaxed)
     }
 
-    /// How many zero-copy bodies (memfd or anonymous pages) are alive (`vedge_memfd_bodies`).
+    /// How many zero-copy bodies are alive (`vedge_zero_copy_bodies`).
     pub fn live(&self) -> usize {
         self.live.load(Relaxed)
-    }
-
-    /// Bytes sent with `sendfile` since this context was made.
-    pub fn sendfile_bytes(&self) -> u64 {
-        self.sendfile_bytes.load(Relaxed)
     }
 
     /// Bytes sent from anonymous-page bodies with `vmsplice` + `splice` since this context was

@@ -1,20 +1,18 @@
-//! A viewer TCP stream that sends zero-copy bodies (`zerocopy::body`) with `sendfile` or
-//! `vmsplice` + `splice`.
+//! A viewer TCP stream that sends zero-copy bodies (`zerocopy::body`) with `vmsplice` + `splice`.
 //!
 //! hyper writes a response as vectored writes of its header buffer and the body's `Bytes`. This
-//! wrapper looks at each write: slices before the first memfd-backed slice go out with
-//! `sendmsg(MSG_MORE)` (so the head and the first body bytes can share a segment), and a
-//! memfd-backed slice goes out with `sendfile` from the memfd at the slice's offset, so the
-//! kernel references the body's pages instead of copying them. Everything else is passed to the
-//! `TcpStream` unchanged. Only the transport changes; the bytes on the wire are the same.
+//! wrapper looks at each write: slices before the first slice of a registered body go out with
+//! `sendmsg(MSG_MORE)` (so the head and the first body bytes can share a segment), and a slice of
+//! a registered body goes through a pipe: `vmsplice` puts references to its pages in the pipe and
+//! `splice` moves them to the socket, so the kernel references the body's pages instead of
+//! copying them. Everything else is passed to the `TcpStream` unchanged. Only the transport
+//! changes; the bytes on the wire are the same.
 //!
-//! A slice in anonymous pages (`Source::Pages`) goes through a pipe: `vmsplice` puts
-//! references to its pages in the pipe and `splice` moves them to the socket. Bytes left in the
-//! pipe when the socket is full count as written; every later write, flush or shutdown sends
-//! them first, so the order on the wire is kept. A connection holds its pipe only while bytes
-//! are in it; empty pipes go back to the context's pool. Such a connection's send buffer is raised
-//! (`server.send_buffer`), so the kernel holds a whole segment and vedge is not woken to refill
-//! it.
+//! Bytes left in the pipe when the socket is full count as written; every later write, flush or
+//! shutdown sends them first, so the order on the wire is kept. A connection holds its pipe only
+//! while bytes are in it; empty pipes go back to the context's pool. Such a connection's send
+//! buffer is raised (`server.send_buffer`), so the kernel holds a whole segment and vedge is not
+//! woken to refill it.
 //!
 //! On drop of the stream, a pipe it still holds is closed with whatever was left in it (the
 //! connection is gone; those bytes had nowhere to go). Nothing here waits on a timer: a stalled
@@ -30,7 +28,7 @@ use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::{Source, ZeroCopy};
+use super::ZeroCopy;
 
 /// What a connection's pipe is asked to hold: 128 pages per `vmsplice` + `splice` round.
 const PIPE_SIZE: libc::c_int = 512 << 10;
@@ -285,11 +283,8 @@ impl ZeroCopyStream {
     }
 }
 
-fn zero_copy_slice(zc: &ZeroCopy, b: &IoSlice<'_>) -> Option<Source> {
-    if b.len() < LOOKUP_MIN {
-        return None;
-    }
-    zc.lookup(b.as_ptr(), b.len())
+fn zero_copy_slice(zc: &ZeroCopy, b: &IoSlice<'_>) -> bool {
+    b.len() >= LOOKUP_MIN && zc.registered(b.as_ptr(), b.len())
 }
 
 fn splice_out(pipe: RawFd, sock: RawFd, len: usize) -> io::Result<usize> {
@@ -304,18 +299,6 @@ fn splice_out(pipe: RawFd, sock: RawFd, len: usize) -> io::Result<usize> {
             libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
         )
     };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
-}
-
-fn sendfile(sock: RawFd, file: RawFd, offset: u64, len: usize) -> io::Result<usize> {
-    let mut off = offset as libc::off_t;
-    // SAFETY: both descriptors are open (the caller holds the body that owns `file`); the
-    // kernel reads at most `len` bytes of the file from `off`.
-    let n = unsafe { libc::sendfile(sock, file, &mut off, len.min(0x7fff_f000)) };
     if n < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -363,20 +346,10 @@ impl AsyncWrite for ZeroCopyStream {
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         ready!(this.poll_drain(cx))?;
-        let first = bufs
-            .iter()
-            .enumerate()
-            .find_map(|(i, b)| zero_copy_slice(&this.zc, b).map(|z| (i, z)));
-        match first {
+        match bufs.iter().position(|b| zero_copy_slice(&this.zc, b)) {
             None => Pin::new(&mut this.inner).poll_write_vectored(cx, bufs),
-            Some((0, Source::File(file, off))) => {
-                let len = bufs[0].len();
-                let sent = ready!(this.poll_write_with(cx, |sock| sendfile(sock, file, off, len)))?;
-                this.zc.sendfile_bytes.fetch_add(sent as u64, Relaxed);
-                Poll::Ready(Ok(sent))
-            }
-            Some((0, Source::Pages)) => this.poll_splice(cx, &bufs[0]),
-            Some((i, _)) => {
+            Some(0) => this.poll_splice(cx, &bufs[0]),
+            Some(i) => {
                 let head = &bufs[..i];
                 this.poll_write_with(cx, |sock| sendmsg_more(sock, head))
             }
@@ -426,7 +399,7 @@ mod tests {
         let len = 3 << 20;
         let src: Vec<u8> = (0..len).map(|i| (i % 239) as u8).collect();
         let body = zc.concat(&[bytes::Bytes::copy_from_slice(&src)], len);
-        assert_eq!(zc.lookup(body.as_ptr(), body.len()), Some(Source::Pages));
+        assert!(zc.registered(body.as_ptr(), body.len()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -462,11 +435,6 @@ mod tests {
         assert_eq!(&got[..6], b"head\r\n");
         assert!(got[6..] == src[..], "the bytes after the head are the body");
         assert!(zc.splice_bytes() - before >= len as u64);
-        assert_eq!(
-            zc.sendfile_bytes(),
-            0,
-            "anonymous pages never go through sendfile"
-        );
         assert_eq!(zc.pipes(), 1, "the one pipe idles in the pool");
     }
 

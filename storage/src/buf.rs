@@ -39,7 +39,7 @@ type Finish = Box<dyn FnOnce() -> Bytes + Send>;
 
 /// Memory a [`ReadMemory`] lends for one device read: the object then reaches the caller in
 /// that memory (no copy after the device read), e.g. a mapping the edge can send with
-/// `sendfile`/`vmsplice`.
+/// `vmsplice`.
 pub struct ReadTarget {
     ptr: NonNull<u8>,
     len: usize,

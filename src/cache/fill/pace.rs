@@ -12,11 +12,10 @@
 use std::time::Duration;
 
 use super::{Fill, FillHead};
-use crate::zerocopy;
 
 /// Bodies shorter than this are sent with their head at once (`Fill::first_poll`): they go out
-/// in the head's own write, and they are the bodies that are never placed in zero-copy memory.
-pub(super) const HEADS_FIRST_MIN: u64 = zerocopy::MIN_SIZE as u64;
+/// in the head's own write, or nearly (a loopback socket's first window is about 100 KiB).
+pub(super) const HEADS_FIRST_MIN: u64 = 64 << 10;
 
 /// The longest a reader holds its body back so that other viewers' heads go first.
 pub(super) const HEADS_FIRST_MAX: Duration = Duration::from_millis(10);

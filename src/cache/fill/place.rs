@@ -83,36 +83,38 @@ impl Fill {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::zerocopy::Source;
     use futures_util::StreamExt;
 
     #[tokio::test]
     async fn a_reader_behind_a_reserved_fill_takes_everything_written_as_one_slice() {
         let zc = ZeroCopy::new(true);
         let fill = Fill::new();
-        let len = 3 * 100_000;
+        let len = 3 * 200_000;
         fill.reserve(&zc, len as u64);
         let src: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
         let mut early = fill.reader(0, None);
-        fill.push(Bytes::copy_from_slice(&src[..100_000]));
+        fill.push(Bytes::copy_from_slice(&src[..200_000]));
         assert_eq!(
             early.next().await,
-            Some(Ok(Bytes::copy_from_slice(&src[..100_000])))
+            Some(Ok(Bytes::copy_from_slice(&src[..200_000])))
         );
-        fill.push(Bytes::copy_from_slice(&src[100_000..200_000]));
-        fill.push(Bytes::copy_from_slice(&src[200_000..]));
+        fill.push(Bytes::copy_from_slice(&src[200_000..400_000]));
+        fill.push(Bytes::copy_from_slice(&src[400_000..]));
         let got = early.next().await.expect("more").expect("bytes");
-        assert!(got[..] == src[100_000..], "two origin chunks, one slice");
+        assert!(got[..] == src[200_000..], "two origin chunks, one slice");
         // A ranged reader joining now gets its whole range at once, from the mapping.
-        let mut range = fill.reader(50_000, Some(250_000));
+        let mut range = fill.reader(100_000, Some(500_000));
         let got = range.next().await.expect("range").expect("bytes");
-        assert!(got[..] == src[50_000..250_000]);
-        let Some(Source::File(fd, 0)) = zc.lookup(fill.body(&zc).as_ptr(), len) else {
-            panic!("a 300 kB body lives in a memfd");
-        };
+        assert!(got[..] == src[100_000..500_000]);
+        let body = fill.body(&zc);
+        assert!(
+            zc.registered(body.as_ptr(), len),
+            "a 600 kB body lives in zero-copy memory"
+        );
+        assert!(zc.registered(got.as_ptr(), got.len()));
         assert_eq!(
-            zc.lookup(got.as_ptr(), got.len()),
-            Some(Source::File(fd, 50_000)),
+            got.as_ptr() as usize - body.as_ptr() as usize,
+            100_000,
             "a slice of the body's own mapping"
         );
         fill.finish(Ok(()));
@@ -139,7 +141,7 @@ mod tests {
         assert!(got == src);
         let body = fill.body(&zc);
         assert!(body[..] == src[..]);
-        assert!(zc.lookup(body.as_ptr(), body.len()).is_none());
+        assert!(!zc.registered(body.as_ptr(), body.len()));
         assert_eq!(zc.live(), 0);
     }
 }

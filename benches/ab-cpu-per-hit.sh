@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Edge CPU per HIT, A/B of vedge binaries and/or configs, interleaved round by round:
+#
+#   benches/ab-cpu-per-hit.sh ROUNDS PATH LABEL=BIN:CONFIG [LABEL=BIN:CONFIG ...]
+#   benches/ab-cpu-per-hit.sh 5 /synth/seg_256k_00.ts \
+#       base=/tmp/vedge-base:/tmp/zc-on.toml new=target/release/vedge:/tmp/zc-on.toml
+#
+# Each round starts every edge in turn on 127.0.0.1:9701 in front of a static origin
+# (`python3 -m http.server` over FIXTURES, default /tmp/peers/fixtures from
+# ../shared/bench-peers/gen-fixtures.sh; add bodies of other sizes there with
+# `head -c $((N*1024)) /dev/urandom > /tmp/peers/fixtures/synth/seg_Nk_x.ts`), primes PATH,
+# warms 1 s, runs `wrk -t2 -c64 -d6s` and prints the edge's CPU (utime+stime from /proc) per
+# request in µs, then one line per label with its rounds. CONFIG is a TOML file (an empty one for
+# the defaults). Compare within one invocation only: the box is shared and noisy.
+set -u
+R=$1; shift; P=$1; shift
+FIXTURES=${FIXTURES:-/tmp/peers/fixtures}
+tck=$(getconf CLK_TCK)
+(cd "$FIXTURES" && exec python3 -m http.server 9700 --bind 127.0.0.1 >/dev/null 2>&1) & OPID=$!
+trap 'kill $OPID 2>/dev/null' EXIT
+sleep 1
+for r in $(seq 1 "$R"); do
+  for spec in "$@"; do
+    label=${spec%%=*} rest=${spec#*=}
+    bin=${rest%%:*} cfg=${rest#*:}
+    "$bin" serve -c "$cfg" --listen 127.0.0.1:9701 --origin http://127.0.0.1:9700 \
+      --ram-size 2GiB --log warn >/dev/null 2>&1 & EPID=$!
+    for _ in $(seq 50); do curl -fs -o /dev/null "http://127.0.0.1:9701$P" && break; sleep 0.1; done
+    for _ in 1 2 3; do curl -s -o /dev/null "http://127.0.0.1:9701$P"; done
+    wrk -t2 -c64 -d1s "http://127.0.0.1:9701$P" >/dev/null 2>&1
+    c0=$(awk '{print $14+$15}' /proc/$EPID/stat)
+    rps=$(wrk -t2 -c64 -d6s "http://127.0.0.1:9701$P" 2>/dev/null | awk '/Requests\/sec/{print $2}')
+    c1=$(awk '{print $14+$15}' /proc/$EPID/stat)
+    awk -v l="$label" -v c=$((c1 - c0)) -v hz="$tck" -v rps="$rps" \
+      'BEGIN{printf "%s %.1f\n", l, (rps > 0 ? c / hz / 6 * 1e6 / rps : -1)}'
+    kill $EPID; wait $EPID 2>/dev/null
+  done
+done | awk '{a[$1] = a[$1] " " $2} END{for (k in a) print k ":" a[k]}'
