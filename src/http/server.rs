@@ -74,6 +74,12 @@ pub fn builder(
         .timer(TokioTimer::new())
         .header_read_timeout(t.header_read)
         .max_buf_size(head_size.max(8192))
+        // A client may shut its write side once its request is out (`printf | ncat`, socat,
+        // HTTP/1.0 tools) and still read the answer (RFC 9293 §3.6: a half-closed connection
+        // still carries data the other way). hyper's default closed such a connection at the EOF,
+        // so a request that waited on a fill got nothing. The cost: a viewer that really left is
+        // noticed at the first write of its answer, not at the EOF.
+        .half_close(true)
         .keep_alive(true);
     b.http2()
         .timer(TokioTimer::new())

@@ -1000,3 +1000,35 @@ async fn a_viewers_refetch_of_a_fresh_copy_never_replaces_it_with_an_error() {
         }
     }
 }
+
+/// Bug: a client that shuts its write side once its request is out (`printf ... | ncat`, socat,
+/// HTTP/1.0 tools; RFC 9293 §3.6) got nothing for a request that waited on the origin: the
+/// connection was closed at the EOF, before the answer (a HIT, answered at once, got through).
+/// The whole answer now arrives, and the connection closes after it.
+#[tokio::test]
+async fn a_client_that_half_closes_after_its_request_still_gets_the_answer() {
+    let origin = Origin::start().await;
+    let body = vec![b'v'; 300_000];
+    origin.script(
+        "/v/seg.ts",
+        Script::ok(body.clone())
+            .header("cache-control", "max-age=600")
+            .head_delay(Duration::from_millis(300)),
+    );
+    let edge = TestEdge::start(edge_config(&origin)).await;
+    let request = format!("GET /v/seg.ts HTTP/1.1\r\nHost: {}\r\n\r\n", edge.addr);
+    for want in ["MISS", "HIT"] {
+        let mut s = tokio::net::TcpStream::connect(edge.addr)
+            .await
+            .expect("connect");
+        s.write_all(request.as_bytes()).await.expect("request");
+        s.shutdown().await.expect("half-close");
+        let r = crate::support::edge::read_raw(&mut s).await;
+        assert_eq!(r.status(), 200, "{want}: {}", r.text());
+        assert_eq!(r.header("x-cache").as_deref(), Some(want));
+        assert!(r.split().1 == &body[..], "{want}: the whole body");
+        assert!(r.closed, "{want}: closed after the answer");
+        edge.settle().await;
+    }
+    assert_eq!(origin.count("/v/seg.ts"), 1);
+}
