@@ -163,9 +163,18 @@ pub fn block(plan: &PartPlan, d: Delivery, now: Duration, hold_limit: Duration) 
     let parts = plan.parts(m);
     let ready = match d.part {
         Some(p) => {
-            // Advance Part Limit: 3 / PART-TARGET parts beyond the last one (at least 3).
+            // Advance Part Limit: 3 / PART-TARGET parts beyond the last one (at least 3),
+            // counted across the segment boundary: part P of the next segment is the parts left
+            // of the one in production plus P ahead.
             let limit = (3.0 / plan.part_target_secs()).ceil().max(3.0) as u64;
-            if m == cur && p > done as u64 + limit {
+            let ahead = match m.cmp(&cur) {
+                std::cmp::Ordering::Less => 0,
+                std::cmp::Ordering::Equal => p.saturating_sub(done as u64),
+                std::cmp::Ordering::Greater => {
+                    (plan.parts(cur).len() as u64).saturating_sub(done as u64) + p
+                }
+            };
+            if ahead > limit {
                 return Block::TooFar;
             }
             match parts.get(p as usize) {
@@ -419,6 +428,16 @@ mod tests {
             Block::At(Duration::from_secs(24))
         );
         assert_eq!(block(&p, d(12, None), now, hold), Block::TooFar);
+        // Bug: the Advance Part Limit (9 parts of 1/3 s) was only applied within the segment in
+        // production, so part 5 of the next one (10 parts past the next to come) was held, and
+        // answered 503 past the hold limit, instead of the 400 RFC 8216bis 6.2.5.2 asks for.
+        assert_eq!(block(&p, d(10, Some(11)), now, hold), Block::TooFar);
+        assert_eq!(block(&p, d(11, Some(5)), now, hold), Block::TooFar);
+        assert_eq!(
+            block(&p, d(11, Some(4)), now, hold),
+            Block::At(p.parts(11)[4].end),
+            "9 parts ahead: held"
+        );
         assert_eq!(
             block(&p, d(11, None), now, Duration::from_secs(1)),
             Block::Timeout(Duration::from_secs(1))
