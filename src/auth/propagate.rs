@@ -1180,6 +1180,14 @@ mod tests {
         Carry::new("hdnts", "exp=9~acl=/*~hmac=ab", "cdn.example:8080")
     }
 
+    /// `m` rewritten, which must change it and fit.
+    fn rewritten(kind: Kind, m: &str, c: &Carry) -> String {
+        let out = rewrite(kind, m.as_bytes(), c)
+            .expect("fits")
+            .expect("changed");
+        String::from_utf8(out).expect("utf8")
+    }
+
     const T: &str = "hdnts=exp=9~acl=/*~hmac=ab";
 
     #[test]
@@ -1277,12 +1285,7 @@ mod tests {
 v.m3u8?hdnts=v1\n\
 #EXT-X-STREAM-INF:BANDWIDTH=2\n\
 w.m3u8\n";
-        let out = String::from_utf8(
-            rewrite(Kind::Hls, m.as_bytes(), &c)
-                .expect("fits")
-                .expect("changed"),
-        )
-        .expect("utf8");
+        let out = rewritten(Kind::Hls, m, &c);
         for want in [
             format!("SERVER-URI=\"steer.json?{T}\""),
             format!("URI=\"en.m3u8?{T}\""),
@@ -1293,12 +1296,7 @@ w.m3u8\n";
         }
         // Elsewhere the origin never saw a viewer's token: a steered variant's value is its
         // own (perhaps for another pathway's CDN) and stays as written.
-        let out = String::from_utf8(
-            rewrite(Kind::Hls, m.as_bytes(), &carry())
-                .expect("fits")
-                .expect("changed"),
-        )
-        .expect("utf8");
+        let out = rewritten(Kind::Hls, m, &carry());
         for want in [
             format!("SERVER-URI=\"steer.json?{T}\""),
             "URI=\"en.m3u8?hdnts=v1\"".to_string(),
@@ -1317,12 +1315,7 @@ w.m3u8\n";
 #EXT-X-DATERANGE:ID=\"ad3\",CLASS=\"com.apple.hls.interstitial\",START-DATE=\"2024-01-01T00:00:04Z\",X-ASSET-URI=\"https://ads.other.example/a.m3u8\"\n\
 #EXT-X-DATERANGE:ID=\"d\",START-DATE=\"2024-01-01T00:00:00Z\",URI=\"not-a-daterange-uri\"\n\
 #EXTINF:4,\ns.ts\n";
-        let out = String::from_utf8(
-            rewrite(Kind::Hls, m.as_bytes(), &c)
-                .expect("fits")
-                .expect("changed"),
-        )
-        .expect("utf8");
+        let out = rewritten(Kind::Hls, m, &c);
         for want in [
             format!("X-ASSET-URI=\"ads/ad1.m3u8?{T}\""),
             format!("X-ASSET-LIST=\"/ads/list.json?p=1&{T}\",X-COM-EXAMPLE-URI=\"x.json\""),
@@ -1351,12 +1344,7 @@ w.m3u8\n";
     <AdaptationSet xlink:href="far.xml"/>
   </Period>
 </MPD>"#;
-        let out = String::from_utf8(
-            rewrite(Kind::Dash, m.as_bytes(), &c)
-                .expect("fits")
-                .expect("changed"),
-        )
-        .expect("utf8");
+        let out = rewritten(Kind::Dash, m, &c);
         for want in [
             format!("<PatchLocation ttl=\"60\">patch.mpp?{T}</PatchLocation>"),
             format!("xlink:href=\"period0.xml?{T}\""),
@@ -1388,12 +1376,7 @@ w.m3u8\n";
   <EssentialProperty schemeIdUri="urn:mpeg:dash:fallback:2016" value="https://other.example/fb.mpd"/>
   <SupplementalProperty schemeIdUri="urn:example:other" value="x.mpd"/>
 </MPD>"#;
-        let out = String::from_utf8(
-            rewrite(Kind::Dash, m.as_bytes(), &c)
-                .expect("fits")
-                .expect("changed"),
-        )
-        .expect("utf8");
+        let out = rewritten(Kind::Dash, m, &c);
         for want in [
             format!("value=\"http://cdn.example:8080/time?{T}\""),
             format!("value='/t2?{T} https://other.example/t3\tt4?a=1&amp;b=2&amp;{T}'"),
@@ -1432,12 +1415,7 @@ seg1.ts\r\n\
 #EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"p2.mp4\"\r\n\
 #EXT-X-RENDITION-REPORT:URI=\"../b/x.m3u8\",LAST-MSN=1\r\n\
 # a comment\r\n";
-        let out = String::from_utf8(
-            rewrite(Kind::Hls, m.as_bytes(), &carry())
-                .expect("fits")
-                .expect("changed"),
-        )
-        .expect("utf8");
+        let out = rewritten(Kind::Hls, m, &carry());
         for want in [
             format!("URI=\"audio/en.m3u8?{T}\""),
             format!("URI=\"if.m3u8?{T}\""),
@@ -1492,12 +1470,7 @@ seg1.ts\r\n\
   </Period>
 </MPD>
 "#;
-        let out = String::from_utf8(
-            rewrite(Kind::Dash, m.as_bytes(), &carry())
-                .expect("fits")
-                .expect("changed"),
-        )
-        .expect("utf8");
+        let out = rewritten(Kind::Dash, m, &carry());
         for want in [
             format!("<BaseURL> media/?{T} </BaseURL>"),
             format!("initialization=\"v/init-$RepresentationID$.mp4?{T}\""),
@@ -1582,12 +1555,7 @@ seg1.ts\r\n\
 #EXTINF:4,\n{$dir}/d.ts\n\
 #EXTINF:4,\nseg/{$base}.ts\n\
 #EXT-X-MAP:URI=\"{$base}init.mp4\"\n";
-        let out = String::from_utf8(
-            rewrite(Kind::Hls, m.as_bytes(), &c)
-                .expect("fits")
-                .expect("changed"),
-        )
-        .expect("utf8");
+        let out = rewritten(Kind::Hls, m, &c);
         for kept in [
             "\n{$far}/a.ts\n",
             "\n{$base}/b.ts\n",
@@ -1644,12 +1612,7 @@ seg1.ts\r\n\
     <AdaptationSet><SegmentTemplate media="c-$Number$.m4s"/></AdaptationSet>
   </Period>
 </MPD>"#;
-        let out = String::from_utf8(
-            rewrite(Kind::Dash, m.as_bytes(), &c)
-                .expect("fits")
-                .expect("changed"),
-        )
-        .expect("utf8");
+        let out = rewritten(Kind::Dash, m, &c);
         for kept in [
             "media=\"a-$Number$.m4s\"",
             "initialization=\"a-init.mp4\"",
@@ -1672,12 +1635,7 @@ seg1.ts\r\n\
     fn quotes_newlines_and_hashes_in_uris_stay_inside_their_line_and_attribute() {
         let c = Carry::new("hdnts", "v\"a\nl#ue", "cdn.example:8080");
         let m = "#EXTM3U\n#EXT-X-KEY:METHOD=AES-128,URI=\"k\"ey.key\",IV=0x1\n#EXT-X-MAP:URI=\"i.mp4#frag\"\n#EXTINF:4,\nseg.ts#t=1\n#EXTINF:4,\nline\rwith-cr.ts\n";
-        let out = String::from_utf8(
-            rewrite(Kind::Hls, m.as_bytes(), &c)
-                .expect("fits")
-                .expect("changed"),
-        )
-        .expect("utf8");
+        let out = rewritten(Kind::Hls, m, &c);
         let token = "hdnts=v%22a%0Al%23ue";
         assert!(
             out.contains(&format!("URI=\"i.mp4?{token}#frag\"")),

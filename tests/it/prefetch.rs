@@ -517,6 +517,29 @@ async fn a_segment_two_playlists_list_stays_in_ram_until_both_windows_drop_it() 
 
 /// `YYYY-MM-DDThh:mm:ssZ` of `secs` since the epoch (days to a civil date: H. Hinnant's
 /// `civil_from_days`).
+/// Seconds since the Unix epoch, now.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs()
+}
+
+/// `path` is a 200 HIT with `body`.
+async fn assert_hit(edge: &crate::support::TestEdge, path: &str, body: &str) {
+    let r = edge.get(path).await;
+    assert_eq!(
+        (
+            r.status.as_u16(),
+            String::from_utf8_lossy(&r.body).as_ref(),
+            r.x_cache()
+        ),
+        (200, body, "HIT"),
+        "{path}: {}",
+        r.h("cache-status")
+    );
+}
+
 fn iso8601(secs: u64) -> String {
     let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
     let z = days + 719_468;
@@ -547,10 +570,7 @@ async fn a_live_mpd_timeline_ending_in_an_open_repeat_drives_prefetch() {
     // 100 to 101 s since availabilityStartTime when the edge reads it (a moment later at
     // worst): less a 1 s guard, segments 0..=48 of 2 s have ended (49 ends at 100 s, and is
     // available from 101 s on).
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("after 1970")
-        .as_secs();
+    let now = unix_now();
     let mpd = format!(
         "<?xml version=\"1.0\"?>\n<MPD xmlns=\"urn:mpeg:dash:schema:mpd:2011\" type=\"dynamic\" \
 availabilityStartTime=\"{}\" timeShiftBufferDepth=\"PT10S\" minimumUpdatePeriod=\"PT2S\" \
@@ -584,11 +604,7 @@ initialization=\"init.m4s\"><SegmentTimeline><S t=\"0\" d=\"2000\" r=\"-1\"/></S
     edge.settle().await;
     let newest = fetched();
     // A slow start (a loaded machine) moves the live edge one segment per 2 s taken.
-    let taken = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("after 1970")
-        .as_secs()
-        .saturating_sub(now);
+    let taken = unix_now().saturating_sub(now);
     let last = 49 + u32::try_from(taken / 2).unwrap_or(3).min(3);
     // The copy is expanded when it arrives and again a guard later (`LiveEdge::Settled`): on a
     // loaded machine the live edge may move one segment between the two (CI saw `[48, 49]`).
@@ -631,10 +647,7 @@ async fn early_request_for_segment_5(
     mpd: impl Fn(u64) -> crate::support::Script,
 ) -> (crate::support::Origin, crate::support::TestEdge) {
     let origin = crate::support::Origin::start().await;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("after 1970")
-        .as_secs();
+    let now = unix_now();
     origin.script("/d/live.mpd", mpd(now - 55));
     for n in 0..5 {
         origin.script(
@@ -714,17 +727,7 @@ async fn a_live_mpd_refreshed_by_a_304_drops_the_early_404_and_prefetches_the_se
     })
     .await;
     edge.settle().await;
-    let r = edge.get("/d/v_5.m4s").await;
-    assert_eq!(
-        (
-            r.status.as_u16(),
-            String::from_utf8_lossy(&r.body).as_ref(),
-            r.x_cache()
-        ),
-        (200, "segment 5", "HIT"),
-        "{}",
-        r.h("cache-status")
-    );
+    assert_hit(&edge, "/d/v_5.m4s", "segment 5").await;
     assert_eq!(origin.count("/d/v_5.m4s"), 2);
 }
 
@@ -737,10 +740,7 @@ async fn a_live_mpd_refreshed_by_a_304_drops_the_early_404_and_prefetches_the_se
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timeline_segment_listed_before_it_ends_is_prefetched_only_once_available() {
     let origin = crate::support::Origin::start().await;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("after 1970")
-        .as_secs();
+    let now = unix_now();
     // 55 to 56 s in: six 10 s segments listed, the last (t=50000) ends at 60 s.
     let mpd = format!(
         "<?xml version=\"1.0\"?>\n<MPD xmlns=\"urn:mpeg:dash:schema:mpd:2011\" type=\"dynamic\" \
@@ -785,17 +785,7 @@ minBufferTime=\"PT2S\">\n<Period id=\"p0\" start=\"PT0S\"><AdaptationSet mimeTyp
     })
     .await;
     edge.settle().await;
-    let r = edge.get("/t/t_50000.m4s").await;
-    assert_eq!(
-        (
-            r.status.as_u16(),
-            String::from_utf8_lossy(&r.body).as_ref(),
-            r.x_cache()
-        ),
-        (200, "segment 5", "HIT"),
-        "{}",
-        r.h("cache-status")
-    );
+    assert_hit(&edge, "/t/t_50000.m4s", "segment 5").await;
     assert_eq!(origin.count("/t/t_50000.m4s"), 1);
 }
 
@@ -808,10 +798,7 @@ minBufferTime=\"PT2S\">\n<Period id=\"p0\" start=\"PT0S\"><AdaptationSet mimeTyp
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_mpd_with_an_over_long_template_or_base_is_served_and_drives_no_fetch_of_it() {
     let origin = crate::support::Origin::start().await;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("after 1970")
-        .as_secs();
+    let now = unix_now();
     let (long_media, long_base) = ("L".repeat(10_000), "B".repeat(10_000));
     // 55 s in: 10 s segments, 0 to 4 have ended.
     let mpd = format!(

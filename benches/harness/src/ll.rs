@@ -403,43 +403,49 @@ mod tests {
         assert_eq!(p.last_part(Duration::from_millis(20_700)), (10, 1));
     }
 
-    #[test]
-    fn blocking_decisions_follow_the_spec_limits() {
-        let p = plan();
-        let hold = Duration::from_secs(6);
-        let now = Duration::from_millis(20_500); // segment 10 in production, part 0 done
-        let d = |m, part| Delivery {
+    /// Stream time in segment 10 (2 s segments of 1/3 s parts), part 0 done.
+    const NOW: Duration = Duration::from_millis(20_500);
+    const HOLD: Duration = Duration::from_secs(6);
+
+    /// A blocking reload for segment `m` (and part `part`).
+    fn ask(m: u64, part: Option<u64>) -> Delivery {
+        Delivery {
             msn: Some(m),
             part,
             skip: false,
-        };
-        assert_eq!(block(&p, d(10, Some(0)), now, hold), Block::Now);
-        assert_eq!(block(&p, d(9, None), now, hold), Block::Now);
-        let Block::At(at) = block(&p, d(10, Some(1)), now, hold) else {
+        }
+    }
+
+    #[test]
+    fn blocking_decisions_follow_the_spec_limits() {
+        let p = plan();
+        assert_eq!(block(&p, ask(10, Some(0)), NOW, HOLD), Block::Now);
+        assert_eq!(block(&p, ask(9, None), NOW, HOLD), Block::Now);
+        let Block::At(at) = block(&p, ask(10, Some(1)), NOW, HOLD) else {
             panic!("part 1 is held");
         };
-        assert!(at > now && at <= Duration::from_millis(20_667));
+        assert!(at > NOW && at <= Duration::from_millis(20_667));
         assert_eq!(
-            block(&p, d(10, None), now, hold),
+            block(&p, ask(10, None), NOW, HOLD),
             Block::At(Duration::from_secs(22))
         );
         assert_eq!(
-            block(&p, d(11, None), now, hold),
+            block(&p, ask(11, None), NOW, HOLD),
             Block::At(Duration::from_secs(24))
         );
-        assert_eq!(block(&p, d(12, None), now, hold), Block::TooFar);
+        assert_eq!(block(&p, ask(12, None), NOW, HOLD), Block::TooFar);
         // Bug: the Advance Part Limit (9 parts of 1/3 s) was only applied within the segment in
         // production, so part 5 of the next one (10 parts past the next to come) was held, and
         // answered 503 past the hold limit, instead of the 400 RFC 8216bis 6.2.5.2 asks for.
-        assert_eq!(block(&p, d(10, Some(11)), now, hold), Block::TooFar);
-        assert_eq!(block(&p, d(11, Some(5)), now, hold), Block::TooFar);
+        assert_eq!(block(&p, ask(10, Some(11)), NOW, HOLD), Block::TooFar);
+        assert_eq!(block(&p, ask(11, Some(5)), NOW, HOLD), Block::TooFar);
         assert_eq!(
-            block(&p, d(11, Some(4)), now, hold),
+            block(&p, ask(11, Some(4)), NOW, HOLD),
             Block::At(p.parts(11)[4].end),
             "9 parts ahead: held"
         );
         assert_eq!(
-            block(&p, d(11, None), now, Duration::from_secs(1)),
+            block(&p, ask(11, None), NOW, Duration::from_secs(1)),
             Block::Timeout(Duration::from_secs(1))
         );
         assert_eq!(
@@ -462,20 +468,13 @@ mod tests {
     #[test]
     fn part_past_the_segment_end_waits_for_part_0_of_the_next() {
         let p = plan();
-        let hold = Duration::from_secs(6);
-        let now = Duration::from_millis(20_500); // segment 10 in production, part 0 done
-        let d = |m, part| Delivery {
-            msn: Some(m),
-            part,
-            skip: false,
-        };
         assert_eq!(p.parts(10).len(), 6);
         let part_11_0 = p.parts(11)[0].end;
         assert!(part_11_0 > Duration::from_secs(22));
-        assert_eq!(block(&p, d(10, Some(6)), now, hold), Block::At(part_11_0));
-        assert_eq!(block(&p, d(9, Some(6)), now, hold), Block::Now);
+        assert_eq!(block(&p, ask(10, Some(6)), NOW, HOLD), Block::At(part_11_0));
+        assert_eq!(block(&p, ask(9, Some(6)), NOW, HOLD), Block::Now);
         assert_eq!(
-            block(&p, d(10, Some(6)), part_11_0, hold),
+            block(&p, ask(10, Some(6)), part_11_0, HOLD),
             Block::Now,
             "satisfied once part 0 of segment 11 exists"
         );

@@ -137,6 +137,15 @@ fn read_playlist(text: &str) -> Edge {
     }
 }
 
+/// A playlist's `EXT-X-PART-INF:PART-TARGET`, in seconds.
+fn part_target(text: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix("#EXT-X-PART-INF:PART-TARGET="))
+        .expect("part inf")
+        .parse()
+        .expect("f")
+}
+
 #[tokio::test]
 async fn ll_hls_playlist_follows_the_spec_rules() {
     let (base, _stop) = start_origin(ll_opts()).await;
@@ -158,12 +167,7 @@ async fn ll_hls_playlist_follows_the_spec_rules() {
         .parse()
         .expect("f");
     assert!(skip >= 6.0 * target);
-    let part_target: f64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("#EXT-X-PART-INF:PART-TARGET="))
-        .expect("part inf")
-        .parse()
-        .expect("f");
+    let part_target = part_target(&text);
     let hold_back: f64 = attr(sc, "PART-HOLD-BACK").expect("phb").parse().expect("f");
     assert!(hold_back >= 2.0 * part_target, "{sc}");
     for l in text.lines().filter(|l| l.starts_with("#EXT-X-PART:")) {
@@ -204,12 +208,7 @@ async fn parts_are_at_least_85_percent_of_part_target_or_refused_at_start() {
         let (base, _stop) = start_origin(opts).await;
         let text =
             String::from_utf8(get(&base, "/live/ll85/r0/media.m3u8").await.body).expect("utf8");
-        let part_target: f64 = text
-            .lines()
-            .find_map(|l| l.strip_prefix("#EXT-X-PART-INF:PART-TARGET="))
-            .expect("part inf")
-            .parse()
-            .expect("f");
+        let part_target = part_target(&text);
         // Parts of one segment are the EXT-X-PART lines before its EXTINF.
         let mut segment: Vec<&str> = Vec::new();
         let mut checked = 0;
