@@ -30,26 +30,10 @@ pub enum Upstream {
     Stale(u64),
 }
 
-/// Reads the last member of `headers`' `Cache-Status` list (RFC 9211 §2: each cache appends its
-/// own, so the last is the nearest). A field that is not a valid List says nothing (as it is
-/// dropped from the list this node passes on, `http::cache_status::append`).
+/// Reads the nearest upstream cache's `Cache-Status` member
+/// (`nearest_member`); no valid member says nothing.
 pub fn nearest(headers: &HeaderMap) -> Upstream {
-    let lines: Vec<&str> = match headers
-        .get_all("cache-status")
-        .iter()
-        .map(|v| v.to_str())
-        .collect::<Result<_, _>>()
-    {
-        Ok(lines) => lines,
-        Err(_) => return Upstream::Silent,
-    };
-    if lines.is_empty() {
-        return Upstream::Silent;
-    }
-    let Ok(members) = sfv::parse_list(&lines.join(", ")) else {
-        return Upstream::Silent;
-    };
-    let Some((_, last)) = members.last() else {
+    let Some(last) = nearest_member(headers) else {
         return Upstream::Silent;
     };
     let param = |name: &str| {
@@ -75,6 +59,20 @@ pub fn nearest(headers: &HeaderMap) -> Upstream {
         Some(n) => Upstream::Fresh(n.unsigned_abs()),
         None => Upstream::Silent,
     }
+}
+
+/// The nearest upstream cache's member of `headers`' `Cache-Status` (RFC 9211 §2: each cache
+/// appends its own, so the last is the nearest): the last member of the last line that is a
+/// valid List. A malformed line is skipped, as `http::cache_status::append` drops it, so an
+/// origin's broken entry cannot hide the entry of the shield that relayed it.
+pub fn nearest_member(headers: &http::HeaderMap) -> Option<sfv::Member> {
+    headers
+        .get_all("cache-status")
+        .iter()
+        .rev()
+        .filter_map(|line| sfv::parse_list(line.to_str().ok()?).ok())
+        .find_map(|members| members.into_iter().next_back())
+        .map(|(_, member)| member)
 }
 
 /// `freshness` as decided from `headers` (the answer as received: a 304's own fields, not the
@@ -116,6 +114,27 @@ mod tests {
             stale_while_revalidate: Duration::from_secs(5),
             stale_if_error: Duration::from_secs(600),
         }
+    }
+
+    /// Bug: the lines were joined and parsed as one List, so one malformed line (an origin's
+    /// unclosed quote, relayed by a shield that is not vedge) made the whole field say nothing,
+    /// and the shield's stale answer was stored as fresh for the whole `max-age`. A malformed
+    /// line is skipped, as `http::cache_status::append` drops it.
+    #[test]
+    fn a_malformed_upstream_line_does_not_hide_the_nearest_member() {
+        let h = |v: &[&str]| nearest(&headers(v, None));
+        assert_eq!(
+            h(&[
+                "origin; detail=\"x",
+                "shield; hit; ttl=-3; detail=stale-while-revalidate"
+            ]),
+            Upstream::Stale(3)
+        );
+        assert_eq!(
+            h(&["shield; hit; ttl=20", "o; detail=\"x"]),
+            Upstream::Fresh(20),
+            "a broken last line: the nearest valid member"
+        );
     }
 
     #[test]

@@ -113,16 +113,8 @@ impl Upstream for ShieldPlan<'_> {
 /// none. Such a relayed 502-504 is the origin's failure for one request, which any viewer can
 /// ask for again and again: it says the shield is up, so it never ejects the shield.
 pub fn relays_upstream_status(headers: &http::HeaderMap) -> bool {
-    let lines: Vec<&str> = headers
-        .get_all("cache-status")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    crate::cache::sfv::parse_list(&lines.join(", ")).is_ok_and(|members| {
-        members
-            .last()
-            .is_some_and(|(_, m)| m.params().iter().any(|(k, _)| k == "fwd-status"))
-    })
+    crate::cache::upstream::nearest_member(headers)
+        .is_some_and(|m| m.params().iter().any(|(k, _)| k == "fwd-status"))
 }
 
 #[cfg(test)]
