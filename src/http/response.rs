@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Response, StatusCode};
 
-use crate::cache::fill::Fill;
+use crate::cache::fill::{Fill, FillReader};
 use crate::cache::status::CacheStatus;
 use crate::http::body::Body;
 use crate::http::{conditional, range};
@@ -28,6 +28,10 @@ pub enum Source {
     /// `Content-Range: bytes a-b/*` (RFC 9110 §14.4: the complete length is not known yet);
     /// any other request gets the whole body.
     Growing(Arc<Fill>, u64),
+    /// A fill of unknown length read from its start by this reader, which the caller held
+    /// while it waited: the whole body (the fill stopped keeping it, so a reader made now could
+    /// find its start already dropped).
+    Reading(FillReader),
     /// No body from here: the head for a representation of this many bytes, whose body the
     /// caller supplies (a sliced object, `proxy::slice`).
     Head(u64),
@@ -78,7 +82,7 @@ pub fn build(
     let len = match &src {
         Source::Bytes(b) => Some(b.len() as u64),
         Source::Fill(_, len) => *len,
-        Source::Growing(..) => None,
+        Source::Growing(..) | Source::Reading(_) => None,
         Source::Head(len) => Some(*len),
     };
     let mut out_status = status;
@@ -206,6 +210,7 @@ pub fn build(
                     Source::Fill(fill, _) | Source::Growing(fill, _) => {
                         Body::stream(fill.reader(start, n.map(|_| end)), n)
                     }
+                    Source::Reading(reader) => Body::stream(reader, None),
                     Source::Head(_) => Body::empty(),
                 }
             }

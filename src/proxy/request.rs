@@ -776,10 +776,13 @@ async fn fill_source(req: &Req<'_>, fill: &Arc<Fill>, h: &StreamHead) -> Source 
         range::ByteRange::FromTo(_, b) => b.saturating_add(1),
         range::ByteRange::From(_) | range::ByteRange::Suffix(_) => u64::MAX,
     };
-    let _held = fill.reader(0, None);
+    // Keeps the body's start while the range waits; a fill that stops keeping its body is then
+    // paced to its readers, and this one answers with the whole body from there.
+    let held = fill.reader(0, None);
     match fill.reached(needed).await {
         Ok((_, Some(total))) => Source::Fill(fill.clone(), Some(total)),
         Ok((have, None)) => Source::Growing(fill.clone(), have),
+        Err(crate::cache::fill::FillError::Trimmed) => Source::Reading(held),
         Err(_) => unknown,
     }
 }

@@ -292,3 +292,29 @@ async fn a_whole_range_on_a_chunked_fill_streams_at_once() {
     }
     assert_eq!(&got[..], &body[..got.len()]);
 }
+
+/// Bug: a Range on a fill of unknown length waited, holding a reader at the body's start, for
+/// bytes the fill would never reach once it outgrew `max_object_size`: such a fill no longer
+/// keeps its body and paces the origin to its readers, so with only range viewers it waited on
+/// them and they on it, for good, holding the origin connection. The range viewer now gets the
+/// 200 from byte 0, as before ranges on such fills were answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_on_an_oversized_chunked_fill_is_answered_not_held() {
+    let origin = Origin::start().await;
+    // Larger than the 16 MiB an oversized fill holds ahead of its readers.
+    let body = bytes::Bytes::from(vec![5u8; 40 << 20]);
+    origin.script("/v/big.mp4", Script::ok(body.clone()).chunked());
+    let mut raw = edge_config(&origin);
+    raw.ram_size = Some("128MiB".into());
+    raw.cache.max_object_size = Some("1MiB".into());
+    raw.cache.slice_size = Some("0".into());
+    // The range waits on the fill (no cold-Range probe passed to the origin instead).
+    raw.cache.range_passthrough_above = Some("0".into());
+    let edge = TestEdge::start(raw).await;
+    let r = edge
+        .get_with("/v/big.mp4", &[("range", "bytes=1000-")])
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.h("cache-status"));
+    assert_eq!(r.body.len(), body.len(), "{:?}", r.headers);
+    assert_eq!(origin.count("/v/big.mp4"), 1);
+}

@@ -273,7 +273,9 @@ impl Fill {
 
     /// Waits until the body holds at least `n` bytes or the fill has ended: the bytes it holds
     /// and, once it ended whole, the body's length; a failed fill's error. Bounded as the fill
-    /// is: its driver's between-bytes and body-rate timeouts end it.
+    /// is: its driver's between-bytes and body-rate timeouts end it. `Trimmed` once the fill
+    /// stops keeping its body: it then paces the origin to its readers, and a caller waiting
+    /// here (holding a reader at the start) would hold it back for good.
     pub async fn reached(&self, n: u64) -> Result<(u64, Option<u64>), FillError> {
         loop {
             let notified = self.notify.notified();
@@ -285,6 +287,7 @@ impl Fill {
                     Some(Err(e)) => return Err(e),
                     Some(Ok(())) => return Ok((st.buf.len, Some(st.buf.len))),
                     None if st.buf.len >= n => return Ok((st.buf.len, None)),
+                    None if st.trim.trimming => return Err(FillError::Trimmed),
                     None => {}
                 }
             }
