@@ -56,6 +56,15 @@ pub struct FillJob {
 }
 
 impl FillJob {
+    /// Whether the job's stale copy may still answer an origin failure (stale-if-error) `extra`
+    /// from `now`.
+    fn stale_if_error_covers(&self, now: std::time::SystemTime, extra: Duration) -> bool {
+        self.stale.as_ref().is_some_and(|s| {
+            s.staleness(now)
+                .is_some_and(|st| st.saturating_add(extra) <= s.freshness.stale_if_error)
+        })
+    }
+
     pub fn new(req: &Req<'_>, base_key: &str, stale: Option<Arc<CachedObject>>) -> FillJob {
         let route = req.route_index();
         FillJob {
@@ -503,10 +512,7 @@ async fn ask(
     // A stale copy that will still answer a failure when the wait is over (`request::read`,
     // stale-if-error): a shield or origin that timed out is not retried on the next for
     // another whole timeout; the copy answers at once.
-    let stale_stands_by = job.stale.as_ref().is_some_and(|s| {
-        s.staleness(edge.clock.now())
-            .is_some_and(|st| st.saturating_add(within) <= s.freshness.stale_if_error)
-    });
+    let stale_stands_by = job.stale_if_error_covers(edge.clock.now(), within);
     Metrics::inc(&edge.metrics.origin_fetches);
     let sent = Instant::now();
     let asked = headers.clone();
@@ -815,10 +821,7 @@ async fn ask(
     // `private` (vedge's own 502/503/504 do, so a shield with its origin down answers so):
     // shared with this fill's readers, each of which serves the stale copy instead.
     let stale_stands_in = parts.status.is_server_error()
-        && job.stale.as_ref().is_some_and(|s| {
-            s.staleness(edge.clock.now())
-                .is_some_and(|st| st <= s.freshness.stale_if_error)
-        });
+        && job.stale_if_error_covers(edge.clock.now(), Duration::ZERO);
     if stale_stands_in && matches!(decision, Decision::Pass(r) if r != policy::AUTHORIZED) {
         decision = Decision::ShareOnly("origin-error");
     }
