@@ -9,8 +9,10 @@
 # (`python3 -m http.server` over FIXTURES, default /tmp/peers/fixtures from
 # ../shared/bench-peers/gen-fixtures.sh; add bodies of other sizes there with
 # `head -c $((N*1024)) /dev/urandom > /tmp/peers/fixtures/synth/seg_Nk_x.ts`), primes PATH,
-# warms 1 s, runs `wrk -t2 -c64 -d6s` and prints the edge's CPU (utime+stime from /proc) per
-# request in µs, then one line per label with its rounds. CONFIG is a TOML file (an empty one for
+# warms 1 s, runs `wrk -t2 -c64 -d6s` and prints per request, in µs, the edge's CPU (utime+stime
+# from /proc), wrk's CPU, and the box's busy time less wrk's (what bench-peers divides by: it
+# includes softirq time, which no process is charged with), then one line per label with its
+# rounds as edge/wrk/box-wrk. CONFIG is a TOML file (an empty one for
 # the defaults). Compare within one invocation only: the box is shared and noisy.
 set -u
 R=$1; shift; P=$1; shift
@@ -29,10 +31,16 @@ for r in $(seq 1 "$R"); do
     for _ in 1 2 3; do curl -s -o /dev/null "http://127.0.0.1:9701$P"; done
     wrk -t2 -c64 -d1s "http://127.0.0.1:9701$P" >/dev/null 2>&1
     c0=$(awk '{print $14+$15}' /proc/$EPID/stat)
-    rps=$(wrk -t2 -c64 -d6s "http://127.0.0.1:9701$P" 2>/dev/null | awk '/Requests\/sec/{print $2}')
+    b0=$(awk '/^cpu /{print $2+$3+$4+$7+$8}' /proc/stat)
+    TIMEFORMAT='%U %S'
+    { time wrk -t2 -c64 -d6s "http://127.0.0.1:9701$P" >/tmp/ab-wrk.out 2>&1; } 2>/tmp/ab-wrk.time
+    b1=$(awk '/^cpu /{print $2+$3+$4+$7+$8}' /proc/stat)
     c1=$(awk '{print $14+$15}' /proc/$EPID/stat)
-    awk -v l="$label" -v c=$((c1 - c0)) -v hz="$tck" -v rps="$rps" \
-      'BEGIN{printf "%s %.1f\n", l, (rps > 0 ? c / hz / 6 * 1e6 / rps : -1)}'
+    rps=$(awk '/Requests\/sec/{print $2}' /tmp/ab-wrk.out)
+    read -r wu ws </tmp/ab-wrk.time
+    awk -v l="$label" -v c=$((c1 - c0)) -v b=$((b1 - b0)) -v w="$(awk -v a="$wu" -v b="$ws" 'BEGIN{print a+b}')" \
+      -v hz="$tck" -v rps="$rps" 'BEGIN{n = rps * 6; if (n <= 0) n = -1e9
+        printf "%s %.1f/%.1f/%.1f\n", l, c / hz * 1e6 / n, w * 1e6 / n, (b / hz - w) * 1e6 / n}'
     kill $EPID; wait $EPID 2>/dev/null
   done
 done | awk '{a[$1] = a[$1] " " $2} END{for (k in a) print k ":" a[k]}'
