@@ -115,6 +115,9 @@ pub struct Scan {
     pub hint_starts: Vec<(String, u64)>,
     /// Whether any `#EXTM3U` media tag was seen (not a master playlist).
     pub media: bool,
+    /// Whether a URI took a `QUERYPARAM` value from the requester's query: these URIs are that
+    /// requester's reading of the playlist ([`scan_in`]).
+    pub steered: bool,
 }
 
 impl Scan {
@@ -385,6 +388,7 @@ pub fn scan_in(body: &[u8], query: Option<&str>) -> Option<Scan> {
         s.segments.drain(..s.segments.len() - PER_PLAYLIST);
     }
     s.trailing_parts = parts;
+    s.steered = vars.used_query();
     s.media.then_some(s)
 }
 
@@ -1573,12 +1577,27 @@ fn announce_scanned(
     }
     let pl_key = playlist_key(key);
     let pl = edge.live.for_fill(&pl_key, viewer, &edge.config.cdn_id);
-    for (h, start) in &scan.hint_starts {
+    // What the window holds, evicts, keeps off disk and clears refusals of is shared by every
+    // viewer, so it is read from the origin's text alone: a URI resolved with a `QUERYPARAM`
+    // value is the requesting viewer's choice (`?p=../vod/x%23` names any object of the host)
+    // and is left out, as an unresolved one is. Prefetch asks the origin as that viewer would,
+    // so it follows the viewer's reading.
+    let origin_read;
+    let shared = if scan.steered {
+        origin_read = scan_in(body, None);
+        match origin_read.as_ref() {
+            Some(s) => s,
+            None => return,
+        }
+    } else {
+        scan
+    };
+    for (h, start) in &shared.hint_starts {
         if let Some(k) = member_key(&pl_key, h, &edge.config.cache.drop_query_params) {
             edge.live.hinted.insert(k, *start);
         }
     }
-    retain(edge, route, &pl_key, &pl, scan);
+    retain(edge, route, &pl_key, &pl, shared);
     crate::proxy::prefetch::after_playlist(edge, route, &pl_key, &pl, scan, viewer);
     edge.live.reweigh(&pl_key, &pl);
 }

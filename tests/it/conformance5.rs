@@ -169,8 +169,10 @@ async fn a_segment_listed_through_define_variables_is_available_despite_an_earli
     edge.settle().await;
     assert_eq!(edge.get(listed).await.status, 404, "the 404 is kept");
     origin.script(listed, Script::ok("seg 12").header(cc.0, cc.1));
-    // The origin publishes segment 12; a blocking reload brings the copy that lists it.
-    let published = format!("{head}#EXTINF:2.0,\n{{$dir}}/{{$p}}12.m4s\n");
+    // The origin publishes segment 12; a blocking reload brings the copy that lists it. (Through
+    // the playlist's own variable: one a viewer's query sets is that viewer's reading and
+    // touches nothing shared, `adversarial9::a_viewers_query_parameter_cannot_evict_another_object`.)
+    let published = format!("{head}#EXTINF:2.0,\n{{$dir}}/s12.m4s\n");
     origin.script(path, Script::ok(published.clone()).header(cc.0, cc.1));
     let r = edge.get(&format!("{path}?p=s&_HLS_msn=12")).await;
     assert_eq!(r.status, 200);

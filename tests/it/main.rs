@@ -12,6 +12,7 @@ mod adversarial5;
 mod adversarial6;
 mod adversarial7;
 mod adversarial8;
+mod adversarial9;
 mod cmcd;
 mod compress;
 mod conformance;

@@ -34,11 +34,21 @@ pub const MAX_GROWTH: usize = 4 << 20;
 pub struct Variables<'t> {
     /// Name -> value; `None` for a name whose value the edge cannot know (`IMPORT`, defined
     /// twice, a `QUERYPARAM` the request's query lacks).
-    defined: Vec<(&'t str, Option<Cow<'t, str>>)>,
+    defined: Vec<(&'t str, Option<Value<'t>>)>,
     /// The query of the URL the playlist was requested with (for `QUERYPARAM`).
     query: Option<&'t str>,
     /// What substitutions may still add (`MAX_GROWTH`).
     growth_left: usize,
+    /// Whether a resolved text took a value from the query ([`Variables::used_query`]).
+    used_query: bool,
+}
+
+/// A variable's value and where it came from.
+#[derive(Debug)]
+struct Value<'t> {
+    text: Cow<'t, str>,
+    /// From the request's query (`QUERYPARAM`), not the playlist's own text.
+    from_query: bool,
 }
 
 impl<'t> Variables<'t> {
@@ -48,6 +58,7 @@ impl<'t> Variables<'t> {
             defined: Vec::new(),
             query,
             growth_left: MAX_GROWTH,
+            used_query: false,
         }
     }
 
@@ -68,8 +79,8 @@ impl<'t> Variables<'t> {
         // read differently, so every name it mentions is unknown.
         let known = |v: Option<&'t str>| v.filter(|n| valid_name(n));
         let (n, v) = match (named, known(name), known(param), known(import)) {
-            (1, Some(n), None, None) => (n, value.map(Cow::Borrowed)),
-            (1, None, Some(p), None) => (p, self.query_value(p).map(Cow::Owned)),
+            (1, Some(n), None, None) => (n, value.map(|v| Value::own(Cow::Borrowed(v)))),
+            (1, None, Some(p), None) => (p, self.query_value(p).map(Value::queried)),
             (1, None, None, Some(i)) => (i, None),
             _ => {
                 for n in [name, param, import].into_iter().flatten() {
@@ -82,7 +93,7 @@ impl<'t> Variables<'t> {
     }
 
     /// Records `name`; a second definition makes it unknown.
-    fn set(&mut self, name: &'t str, value: Option<Cow<'t, str>>) {
+    fn set(&mut self, name: &'t str, value: Option<Value<'t>>) {
         if let Some(d) = self.defined.iter_mut().find(|(n, _)| *n == name) {
             d.1 = None;
         } else if self.defined.len() < MAX_VARIABLES {
@@ -107,6 +118,7 @@ impl<'t> Variables<'t> {
             return Some(Cow::Borrowed(text));
         }
         let mut out = String::with_capacity(text.len().min(MAX_URI));
+        let mut from_query = false;
         let mut rest = text;
         while let Some(at) = rest.find("{$") {
             out.push_str(&rest[..at]);
@@ -117,11 +129,12 @@ impl<'t> Variables<'t> {
                 .defined
                 .iter()
                 .find(|(n, _)| *n == name)
-                .and_then(|(_, v)| v.as_deref())?;
-            if out.len() + value.len() > MAX_URI {
+                .and_then(|(_, v)| v.as_ref())?;
+            if out.len() + value.text.len() > MAX_URI {
                 return None;
             }
-            out.push_str(value);
+            out.push_str(&value.text);
+            from_query |= value.from_query;
             rest = &after[end + 1..];
         }
         out.push_str(rest);
@@ -132,7 +145,32 @@ impl<'t> Variables<'t> {
         }
         let grown = out.len().saturating_sub(text.len());
         self.growth_left = self.growth_left.checked_sub(grown)?;
+        self.used_query |= from_query;
         Some(Cow::Owned(out))
+    }
+
+    /// Whether a text [`Variables::resolve`]d so far took a value from the request's query
+    /// (`QUERYPARAM`): a value the requester chose, not the playlist's author. What it resolved
+    /// is that requester's reading of the playlist, not the origin's, and must not decide
+    /// anything shared with other requesters.
+    pub fn used_query(&self) -> bool {
+        self.used_query
+    }
+}
+
+impl<'t> Value<'t> {
+    fn own(text: Cow<'t, str>) -> Value<'t> {
+        Value {
+            text,
+            from_query: false,
+        }
+    }
+
+    fn queried(text: String) -> Value<'t> {
+        Value {
+            text: Cow::Owned(text),
+            from_query: true,
+        }
     }
 }
 
@@ -195,6 +233,18 @@ mod tests {
             Some("segs/abc/d/s1.m4s")
         );
         assert_eq!(v.resolve("plain.ts").as_deref(), Some("plain.ts"));
+    }
+
+    #[test]
+    fn a_value_from_the_query_is_told_apart() {
+        let mut v = vars(
+            &["NAME=\"d\",VALUE=\"segs\"", "QUERYPARAM=\"q\""],
+            Some("q=x"),
+        );
+        assert_eq!(v.resolve("{$d}/s.ts").as_deref(), Some("segs/s.ts"));
+        assert!(!v.used_query(), "the playlist's own value");
+        assert_eq!(v.resolve("{$q}/s.ts").as_deref(), Some("x/s.ts"));
+        assert!(v.used_query());
     }
 
     #[test]

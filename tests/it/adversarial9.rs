@@ -1,0 +1,68 @@
+//! Regression tests from the ninth adversarial review (hostile viewers steering shared live
+//! state): what one viewer's request names must not decide what the edge keeps, evicts or
+//! forgets for every other viewer. Each fails on the code before its fix.
+
+use crate::llhls::config_for;
+use crate::support::{Origin, Script, TestEdge};
+
+/// Copy `n` of a live playlist whose segment URIs take their directory from the request's
+/// query (`EXT-X-DEFINE:QUERYPARAM`, RFC 8216bis §4.4.2.3), one segment per copy.
+fn steered_copy(n: u64) -> String {
+    format!(
+        "#EXTM3U\n#EXT-X-VERSION:11\n#EXT-X-TARGETDURATION:2\n\
+#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES\n#EXT-X-DEFINE:QUERYPARAM=\"p\"\n\
+#EXT-X-MEDIA-SEQUENCE:{n}\n#EXTINF:2.0,\n{{$p}}{n}.m4s\n#EXTINF:2.0,\n{{$p}}{}.m4s\n",
+        n + 1
+    )
+}
+
+/// Bug: a live playlist's `QUERYPARAM` value is the requesting viewer's, and the URIs it
+/// resolved joined the playlist's live window, which the edge evicts from RAM once a copy no
+/// longer lists them (and keeps off disk, and clears kept 404s of). A viewer asking for
+/// `media.m3u8?p=vod/x` made another viewer's VOD object `vod/x10.m4s` a member; the next copy
+/// listed it no more, and the edge evicted it: its viewers went back to the origin. Now the
+/// window is read from the origin's text alone (a URI resolved with a viewer's value is not a
+/// member); prefetch still asks as that viewer would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewers_query_parameter_cannot_evict_another_object() {
+    let origin = Origin::start().await;
+    let (vod, refused) = ("/qp/vod/x10.m4s", "/qp/vod/x11.m4s");
+    let day = ("cache-control", "max-age=86400");
+    origin.script(vod, Script::ok("vod bytes").header(day.0, day.1));
+    origin.script(refused, Script::status(404, "gone").header(day.0, day.1));
+    let path = "/qp/media.m3u8";
+    let cc = ("cache-control", "max-age=30");
+    origin.script(path, Script::ok(steered_copy(10)).header(cc.0, cc.1));
+    let mut raw = config_for(&origin.url(), "off");
+    raw.routes[0].live_retention_margin = Some("0s".into());
+    let edge = TestEdge::start(raw).await;
+
+    // Viewers of the VOD asset: one object cached, one refusal kept for its day.
+    assert_eq!(edge.get(vod).await.status, 200);
+    assert_eq!(edge.get(refused).await.status, 404);
+    edge.settle().await;
+
+    // The hostile viewer names them through the playlist's variable, then reloads once the
+    // origin moved on, so that its copy lists `x10` no more.
+    let r = edge.get(&format!("{path}?p=vod/x")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        &r.body[..],
+        steered_copy(10).as_bytes(),
+        "the origin's bytes"
+    );
+    edge.settle().await;
+    origin.script(path, Script::ok(steered_copy(11)).header(cc.0, cc.1));
+    let r = edge.get(&format!("{path}?p=vod/x&_HLS_msn=12")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(&r.body[..], steered_copy(11).as_bytes());
+    edge.settle().await;
+
+    let again = edge.get(vod).await;
+    assert_eq!(again.status, 200);
+    assert_eq!(again.h("x-cache"), "HIT", "{}", again.h("cache-status"));
+    assert_eq!(origin.count(vod), 1, "the VOD object was fetched again");
+    let again = edge.get(refused).await;
+    assert_eq!(again.status, 404);
+    assert_eq!(origin.count(refused), 1, "the kept 404 was dropped");
+}
