@@ -20,25 +20,35 @@ pub struct Found {
     /// The value as sent (for a query parameter: still percent-encoded).
     pub raw: String,
     pub from: From,
+    /// The header it came in (`From::Header`).
+    pub header: Option<http::HeaderName>,
 }
 
 /// The first token in the configured sources.
 pub fn find(cfg: &TokenConfig, query: Option<&str>, headers: &HeaderMap) -> Option<Found> {
     for s in &cfg.sources {
-        let found = match s {
-            TokenSource::Query => query
-                .and_then(|q| query_value(q, &cfg.param))
-                .map(|raw| (raw.to_string(), From::Query)),
-            TokenSource::Cookie => {
-                cookie_value(headers, &cfg.param).map(|raw| (raw.to_string(), From::Cookie))
-            }
-            TokenSource::Header(name) => headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(|v| (v.trim().to_string(), From::Header)),
+        let (found, from, header) = match s {
+            TokenSource::Query => (
+                query.and_then(|q| query_value(q, &cfg.param)),
+                From::Query,
+                None,
+            ),
+            TokenSource::Cookie => (cookie_value(headers, &cfg.param), From::Cookie, None),
+            TokenSource::Header(name) => (
+                headers
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::trim),
+                From::Header,
+                Some(name.clone()),
+            ),
         };
-        if let Some((raw, from)) = found.filter(|(raw, _)| !raw.is_empty()) {
-            return Some(Found { raw, from });
+        if let Some(raw) = found.filter(|raw| !raw.is_empty()) {
+            return Some(Found {
+                raw: raw.to_string(),
+                from,
+                header,
+            });
         }
     }
     None
@@ -52,17 +62,24 @@ pub fn query_value<'q>(query: &'q str, name: &str) -> Option<&'q str> {
     })
 }
 
-/// The query without any `name` parameter (case-insensitive, like the cache key's drop list);
-/// `None` when nothing is left.
+/// The query without any `name` parameter, in any spelling the cache key reads as `name`
+/// (case-insensitive, percent-escapes decoded: `h%64nts` is `hdnts`, as the key's drop list
+/// reads it); `None` when nothing is left.
 pub fn strip_query(query: &str, name: &str) -> Option<String> {
     let kept: Vec<&str> = query
         .split('&')
         .filter(|pair| {
             let n = pair.split_once('=').map_or(*pair, |(n, _)| n);
-            !pair.is_empty() && !n.eq_ignore_ascii_case(name)
+            !pair.is_empty() && !names(n, name)
         })
         .collect();
     (!kept.is_empty()).then(|| kept.join("&"))
+}
+
+/// Whether the query parameter name `n` (as sent) reads as `name`.
+fn names(n: &str, name: &str) -> bool {
+    n.eq_ignore_ascii_case(name)
+        || (n.contains('%') && crate::auth::edgeauth::percent_decode(n).eq_ignore_ascii_case(name))
 }
 
 fn cookie_pairs(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
@@ -118,6 +135,10 @@ mod tests {
         assert_eq!(query_value(q, "hdnts"), Some("exp=9~acl=/*~hmac=ab"));
         assert_eq!(strip_query(q, "hdnts").as_deref(), Some("a=1&b=2"));
         assert_eq!(strip_query("HDNTS=x", "hdnts"), None);
+        assert_eq!(
+            strip_query("h%64nts=x&b=2&%68DNTS", "hdnts").as_deref(),
+            Some("b=2")
+        );
         assert_eq!(query_value("xhdnts=1", "hdnts"), None);
     }
 

@@ -95,14 +95,29 @@ impl<'a> Req<'a> {
     }
 
     /// What a fill asks the origin for: the normalised path and the query the key keeps; with
-    /// `[route.token] forward = true` the leader's whole query (the origin wants the token; the
-    /// key still drops it, so viewers share the object).
+    /// `[route.token] forward = true` and a query token, that token too (the origin wants it;
+    /// the key drops it, so viewers share the object). Only the token the edge verified
+    /// (`signed::admit` left that one alone in the query), none of the leader's other dropped
+    /// parameters: the object stored under a key is the one the key names.
     pub fn fill_target(&self) -> String {
-        if self.route().token.as_ref().is_some_and(|t| t.forward) {
-            self.target.pass_target()
-        } else {
-            self.target
-                .fill_target(&self.edge.config.cache.drop_query_params)
+        let kept = self
+            .target
+            .fill_target(&self.edge.config.cache.drop_query_params);
+        let token = self
+            .route()
+            .token
+            .as_ref()
+            .filter(|t| t.forward)
+            .and_then(|t| {
+                let q = self.target.query.as_deref()?;
+                Some((&t.param, crate::auth::source::query_value(q, &t.param)?))
+            });
+        match token {
+            Some((name, raw)) => {
+                let sep = if kept.contains('?') { '&' } else { '?' };
+                format!("{kept}{sep}{name}={raw}")
+            }
+            None => kept,
         }
     }
 

@@ -280,7 +280,7 @@ pub fn admit(
                     | crate::cache::policy::ContentClass::Key
             )
         );
-    match without_token(parts, cfg, whole, may_rewrite) {
+    match without_token(parts, cfg, &found, whole, may_rewrite) {
         Ok(stripped) => Ok(Gate {
             parts: stripped,
             carry,
@@ -319,40 +319,65 @@ fn verify(raw: &str, cfg: &TokenConfig, req: &edgeauth::Request<'_>) -> Result<(
 fn without_token(
     parts: &Parts,
     cfg: &TokenConfig,
+    found: &source::Found,
     whole: bool,
     carried: bool,
 ) -> Result<Option<Parts>, ()> {
     let mut headers = parts.headers.clone();
     let mut uri = parts.uri.clone();
     let mut changed = false;
-    if !cfg.forward {
-        if let Some(q) = parts.uri.query() {
-            let kept = source::strip_query(q, &cfg.param);
-            if kept.as_deref() != Some(q) {
-                let pq = match kept {
-                    Some(k) => format!("{}?{k}", parts.uri.path()),
-                    None => parts.uri.path().to_string(),
-                };
-                let mut b = http::uri::Builder::new();
-                if let Some(s) = parts.uri.scheme() {
-                    b = b.scheme(s.clone());
-                }
-                if let Some(a) = parts.uri.authority() {
-                    b = b.authority(a.clone());
-                }
-                uri = b.path_and_query(pq).build().map_err(|_| ())?;
-                changed = true;
-            }
+    // Every value of the token's name goes, in every source; with `forward` the one that
+    // verified is put back, once, where it came from. The origin must be sent the token the
+    // edge checked and no other: beside it, another spelling of the name (`h%64nts=expired`,
+    // which the key drops as `hdnts`), a second pair, cookie or header, or a value in a source
+    // tried later would be the one an origin reads first (or last), and its refusal of that
+    // value was the answer of a fill every viewer of the object shares.
+    let back = |from: From| (cfg.forward && found.from == from).then_some(found.raw.as_str());
+    if let Some(q) = parts.uri.query() {
+        let mut kept = source::strip_query(q, &cfg.param);
+        if let Some(raw) = back(From::Query) {
+            let pair = format!("{}={raw}", cfg.param);
+            kept = Some(kept.map_or_else(|| pair.clone(), |k| format!("{k}&{pair}")));
         }
-        if headers.contains_key(header::COOKIE) {
-            source::strip_cookie(&mut headers, &cfg.param);
+        if kept.as_deref() != Some(q) {
+            let pq = match kept {
+                Some(k) => format!("{}?{k}", parts.uri.path()),
+                None => parts.uri.path().to_string(),
+            };
+            let mut b = http::uri::Builder::new();
+            if let Some(s) = parts.uri.scheme() {
+                b = b.scheme(s.clone());
+            }
+            if let Some(a) = parts.uri.authority() {
+                b = b.authority(a.clone());
+            }
+            uri = b.path_and_query(pq).build().map_err(|_| ())?;
             changed = true;
         }
-        for s in &cfg.sources {
-            if let crate::config::TokenSource::Header(name) = s {
-                changed |= headers.remove(name).is_some();
-            }
+    }
+    if headers.contains_key(header::COOKIE) {
+        source::strip_cookie(&mut headers, &cfg.param);
+        changed = true;
+    }
+    if let Some(raw) = back(From::Cookie) {
+        // One field, as RFC 9113 §8.2.3 has cookie fields joined for HTTP/1.
+        let mut joined: Vec<&str> = headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        let pair = format!("{}={raw}", cfg.param);
+        joined.push(&pair);
+        let joined = HeaderValue::try_from(joined.join("; ")).map_err(|_| ())?;
+        headers.insert(header::COOKIE, joined);
+    }
+    for s in &cfg.sources {
+        if let crate::config::TokenSource::Header(name) = s {
+            changed |= headers.remove(name).is_some();
         }
+    }
+    if let (Some(raw), Some(name)) = (back(From::Header), &found.header) {
+        headers.insert(name.clone(), HeaderValue::try_from(raw).map_err(|_| ())?);
     }
     if whole {
         for h in WHOLE {

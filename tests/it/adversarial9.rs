@@ -66,3 +66,92 @@ async fn a_viewers_query_parameter_cannot_evict_another_object() {
     assert_eq!(again.status, 404);
     assert_eq!(origin.count(refused), 1, "the kept 404 was dropped");
 }
+
+/// Bug: on a `[route.token] forward = true` route a shared fill asked the origin with the
+/// leader's query as sent. The edge verifies the first `hdnts=` pair, the key drops every
+/// spelling of the name (`h%64nts` is `hdnts` to it), and an origin reading the first decoded
+/// `hdnts` (Go's `Query().Get`, Java's `getParameter`) saw the other one: a viewer with a valid
+/// token sending `?h%64nts=EXPIRED&hdnts=<valid>` had the origin refuse a fill every viewer of
+/// the segment shares (a 410 kept for `negative_ttl`, a `no-store` 403 teaching hit-for-pass).
+/// The same for a bogus token in a source the edge tries later (a cookie beside a query token),
+/// and for the leader's other dropped parameters (`utm_*`, `CMCD`). Now the origin is sent the
+/// token the edge verified, once, where it came from, and the query the key keeps.
+#[tokio::test]
+async fn a_forwarded_token_is_the_one_the_edge_verified() {
+    use crate::support::token::{raw_token, token_edge, token_for};
+    use vedge::config::RawToken;
+
+    let origin = Origin::start().await;
+    let day = ("cache-control", "max-age=86400");
+    for p in ["/v/q.ts", "/v/c.ts", "/v/h.ts"] {
+        origin.script(p, Script::ok("segment").header(day.0, day.1));
+    }
+    let edge = token_edge(
+        &origin,
+        RawToken {
+            forward: Some(true),
+            sources: Some(vec!["query".into(), "cookie".into(), "header".into()]),
+            header: Some("x-edge-token".into()),
+            ..raw_token()
+        },
+    )
+    .await;
+    let valid = token_for("/v/*", Some("viewer"));
+
+    // Beside the valid query token: another spelling, a second pair, a cookie, a header, and
+    // parameters the key drops.
+    let q = format!("/v/q.ts?h%64nts=EXPIRED&hdnts={valid}&HDNTS=x&utm_source=ad&CMCD=bl%3D1");
+    let r = edge
+        .get_with(
+            &q,
+            &[("cookie", "hdnts=EXPIRED"), ("x-edge-token", "EXPIRED")],
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.h("cache-status"));
+    let seen = origin.seen("/v/q.ts");
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].target, format!("/v/q.ts?hdnts={valid}"));
+    assert!(
+        seen[0].header("cookie").is_none(),
+        "{:?}",
+        seen[0].header("cookie")
+    );
+    assert!(seen[0].header("x-edge-token").is_none());
+
+    // A cookie token that verified goes back alone, among the viewer's other cookies.
+    let cookie = format!("a=1; hdnts={valid}; hdnts=EXPIRED");
+    let r = edge
+        .get_with(
+            "/v/c.ts?H%44NTS=EXPIRED",
+            &[("cookie", &cookie), ("x-edge-token", "x")],
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.h("cache-status"));
+    let seen = origin.seen("/v/c.ts");
+    assert_eq!(seen[0].target, "/v/c.ts");
+    let cookies: Vec<&str> = seen[0]
+        .headers
+        .iter()
+        .filter(|(k, _)| k == "cookie")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(cookies, [format!("a=1; hdnts={valid}")]);
+    assert!(seen[0].header("x-edge-token").is_none());
+
+    // A header token likewise (a fill sends it only if `forward_headers` lists it).
+    let r = edge
+        .get_with(
+            "/v/h.ts",
+            &[("x-edge-token", &valid), ("x-edge-token", "EXPIRED")],
+        )
+        .await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.h("cache-status"));
+    let seen = origin.seen("/v/h.ts");
+    let sent: Vec<&str> = seen[0]
+        .headers
+        .iter()
+        .filter(|(k, _)| k == "x-edge-token")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert!(sent.iter().all(|v| *v == valid), "{sent:?}");
+}
