@@ -963,7 +963,8 @@ impl Config {
         if ram_size < MIN_RAM_SIZE {
             c.error("ram_size: must be at least 1MiB");
         }
-        let tier = TierConfig::resolve(&raw, &mut c);
+        let origin_client = OriginClientConfig::resolve(&raw.origin_client, &mut c);
+        let tier = TierConfig::resolve(&raw, origin_client.first_byte_timeout, &mut c);
         let admin = AdminConfig::resolve(raw.admin_listen, raw.admin_token, &mut c);
         let store = StoreSettings::resolve(&raw.store, &mut c);
         let cache = CacheConfig::resolve(&raw.cache, &mut c);
@@ -977,7 +978,6 @@ impl Config {
         }
         let routes = Route::resolve_all(raw.origin.as_deref(), &raw.routes, &cache.ttl, &mut c);
         let cache = cache.dropping_token_params(&routes);
-        let origin_client = OriginClientConfig::resolve(&raw.origin_client, &mut c);
         if origin_client.min_body_rate_window.is_zero() {
             for r in routes
                 .iter()
@@ -3217,7 +3217,9 @@ fn is_token(s: &str) -> bool {
 }
 
 impl TierConfig {
-    fn resolve(raw: &RawConfig, c: &mut Check) -> TierConfig {
+    /// `origin_wait`: this node's resolved `origin_client.first_byte_timeout`, which the
+    /// shield's default wait is made from (`shield_wait`).
+    fn resolve(raw: &RawConfig, origin_wait: Duration, c: &mut Check) -> TierConfig {
         if let Some(id) = &raw.node_id {
             if !is_token(id) {
                 c.error(format!(
@@ -3228,7 +3230,7 @@ impl TierConfig {
         let shield = raw
             .shield
             .as_ref()
-            .map(|s| ShieldConfig::resolve(s, raw, c));
+            .map(|s| ShieldConfig::resolve(s, raw, origin_wait, c));
         if shield.is_none() && raw.routes.iter().any(|r| r.shield == Some(true)) {
             c.error("route.shield: `shield = true` needs a [shield] table with nodes");
         }
@@ -3246,7 +3248,12 @@ impl TierConfig {
 }
 
 impl ShieldConfig {
-    fn resolve(s: &RawShield, raw: &RawConfig, c: &mut Check) -> ShieldConfig {
+    fn resolve(
+        s: &RawShield,
+        raw: &RawConfig,
+        origin_wait: Duration,
+        c: &mut Check,
+    ) -> ShieldConfig {
         if s.nodes.is_empty() {
             c.error("shield.nodes: lists no node (e.g. [\"http://shield-a:8080\"])");
         }
@@ -3317,13 +3324,6 @@ impl ShieldConfig {
         if retry_on.iter().any(|s| !(500..=599).contains(s)) {
             c.error("shield.retry_on: only 5xx statuses (e.g. [502, 503, 504])");
         }
-        // A bad `origin_client.first_byte_timeout` is reported where it is resolved.
-        let origin_wait = raw
-            .origin_client
-            .first_byte_timeout
-            .as_deref()
-            .and_then(|v| parse_duration(v).ok())
-            .unwrap_or(DEFAULT_FIRST_BYTE_TIMEOUT);
         let first_byte_timeout = c.duration(
             "shield.first_byte_timeout",
             &s.first_byte_timeout,
@@ -3490,6 +3490,42 @@ mod tests {
         ] {
             assert!(text.contains(field), "{field} missing from: {text}");
         }
+    }
+
+    /// The shield's default wait is made from `origin_client.first_byte_timeout` as resolved: a
+    /// bad value is reported once, under its own name, and a zero one gives the shield a zero
+    /// wait, refused as such.
+    #[test]
+    fn the_default_shield_wait_follows_the_resolved_origin_wait() {
+        let with = |origin_wait: &str| {
+            Config::try_from(RawConfig {
+                origin: Some("http://127.0.0.1:9".into()),
+                origin_client: RawOriginClient {
+                    first_byte_timeout: Some(origin_wait.into()),
+                    ..RawOriginClient::default()
+                },
+                shield: Some(RawShield {
+                    nodes: vec!["http://s:1".into()],
+                    ..RawShield::default()
+                }),
+                ..RawConfig::default()
+            })
+        };
+        let cfg = with("2s").expect("valid");
+        let shield = cfg.tier.shield.expect("shield");
+        assert_eq!(shield.first_byte_timeout, Duration::from_secs(3));
+        let ConfigError(errors) = with("soon").expect_err("a bad wait accepted");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].starts_with("origin_client.first_byte_timeout: "),
+            "{errors:?}"
+        );
+        let ConfigError(errors) = with("0s").expect_err("a zero shield wait accepted");
+        assert_eq!(
+            errors,
+            ["shield.first_byte_timeout: must be above zero (e.g. \"25s\")"],
+            "{errors:?}"
+        );
     }
 
     #[test]

@@ -22,6 +22,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::http::body::Body;
 use crate::http::conn::{self, Activity, Watched};
+use crate::http::response::{not_allowed, text};
 use crate::http::server::builder;
 use crate::proxy::Edge;
 
@@ -96,16 +97,6 @@ pub async fn serve(edge: Arc<Edge>, listener: TcpListener, shutdown: Cancellatio
     drop(listener);
     tasks.close();
     tasks.wait().await;
-}
-
-fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
-    let mut r = Response::new(Body::full(body.into()));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r
 }
 
 fn json(status: StatusCode, v: serde_json::Value) -> Response<Body> {
@@ -196,48 +187,16 @@ async fn handle(
                 );
                 return r;
             }
-            let is_ingest = ["/admin/ingest", "/admin/objects/", "/admin/assets/"]
-                .iter()
-                .any(|p| path.starts_with(p));
-            if is_ingest {
-                let allow = ingest_allow(&path);
+            if ingest::is_route(&path) {
                 return ingest::handle(&edge, &jobs, req)
                     .await
-                    .unwrap_or_else(|| match allow {
-                        Some(allow) => not_allowed(allow),
-                        None => text(StatusCode::NOT_FOUND, "no such admin endpoint\n"),
-                    });
+                    .unwrap_or_else(|| text(StatusCode::NOT_FOUND, "no such admin endpoint\n"));
             }
             admin(edge, req).await
         }
         (_, "/healthz" | "/metrics") => not_allowed("GET, HEAD"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
-}
-
-/// The methods an ingest endpoint takes (`ingest::handle`), when `path` names one.
-fn ingest_allow(path: &str) -> Option<&'static str> {
-    let named = |prefix: &str| path.strip_prefix(prefix).is_some_and(|id| !id.is_empty());
-    if path == "/admin/ingest" {
-        Some("POST")
-    } else if named("/admin/ingest/") {
-        Some("GET, HEAD")
-    } else if named("/admin/objects/") {
-        Some("PUT")
-    } else if named("/admin/assets/") {
-        Some("DELETE")
-    } else {
-        None
-    }
-}
-
-/// RFC 9110 §15.5.6: a known endpoint asked with another method is a 405 naming the methods it
-/// takes, not a 404.
-fn not_allowed(allow: &'static str) -> Response<Body> {
-    let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here\n");
-    r.headers_mut()
-        .insert(header::ALLOW, header::HeaderValue::from_static(allow));
-    r
 }
 
 async fn admin(edge: Arc<Edge>, req: Request<Incoming>) -> Response<Body> {

@@ -774,6 +774,53 @@ struct Edit {
     uses_id: bool,
 }
 
+/// The edits of one MPD, in document order, and what they put in: every replacement back to
+/// back in one buffer (`Edit::new`), and one scratch URL, so no allocation per URL.
+struct Edits<'c> {
+    carry: &'c Carry,
+    list: Vec<Edit>,
+    repl: String,
+    scratch: String,
+}
+
+impl Edits<'_> {
+    /// The token for the URL at `span`: `url` is its value decoded (`None`: it cannot be) and
+    /// `target` where it leads. No edit for a foreign URL or one the token leaves as it is.
+    /// `quote` is the attribute value's (`None` in element text), `relative_in` the scope whose
+    /// `BaseURL`s a relative URL resolves under, `segment` whether it is a segment URL
+    /// (`Edit::below`, `Edit::uses_id`).
+    fn add(
+        &mut self,
+        url: Option<&str>,
+        target: Target,
+        span: std::ops::Range<usize>,
+        quote: Option<u8>,
+        relative_in: Option<usize>,
+        segment: bool,
+    ) {
+        let Some(url) = url.filter(|_| target != Target::Foreign) else {
+            return;
+        };
+        self.scratch.clear();
+        if !self
+            .carry
+            .push_with_token(url, Mode::Add, &mut self.scratch)
+        {
+            return;
+        }
+        let at = self.repl.len();
+        xml_escape_into(&self.scratch, quote, &mut self.repl);
+        self.list.push(Edit {
+            start: span.start,
+            end: span.end,
+            new: at..self.repl.len(),
+            relative_in: relative_in.filter(|_| target == Target::Relative),
+            below: segment,
+            uses_id: segment && url.contains("$RepresentationID$"),
+        });
+    }
+}
+
 /// One scan of the XML's tags (no tree is built): URL attributes and `BaseURL`/`Location`/
 /// `PatchLocation`/`ContentSteering` text are collected as edits, in document order, then
 /// applied in one pass into a buffer sized for them.
@@ -788,10 +835,12 @@ fn rewrite_dash(text: &str, carry: &Carry) -> Result<Option<String>, Oversized> 
         return Ok(None);
     }
     let b = text.as_bytes();
-    let mut edits: Vec<Edit> = Vec::new();
-    // Every replacement, back to back (`Edit::new`), and one scratch URL: no allocation per URL.
-    let mut repl = String::new();
-    let mut scratch = String::new();
+    let mut found = Edits {
+        carry,
+        list: Vec::new(),
+        repl: String::new(),
+        scratch: String::new(),
+    };
     // Scope 0 is the document: relative URLs there resolve against the MPD's own URL.
     let mut scopes = vec![Scope {
         parent: 0,
@@ -867,21 +916,15 @@ fn rewrite_dash(text: &str, carry: &Carry) -> Result<Option<String>, Oversized> 
                     // other URLs, under the MPD's BaseURLs.
                     TextUrl::PatchLocation | TextUrl::ContentSteering => Some(parent),
                 };
-                scratch.clear();
-                let url = url.as_deref().filter(|_| target != Target::Foreign);
-                if url.is_some_and(|u| carry.push_with_token(u, Mode::Add, &mut scratch)) {
-                    let start = from + lead;
-                    let at = repl.len();
-                    xml_escape_into(&scratch, None, &mut repl);
-                    edits.push(Edit {
-                        start,
-                        end: start + trimmed.len(),
-                        new: at..repl.len(),
-                        relative_in: relative_in.filter(|_| target == Target::Relative),
-                        below: false,
-                        uses_id: false,
-                    });
-                }
+                let start = from + lead;
+                found.add(
+                    url.as_deref(),
+                    target,
+                    start..start + trimmed.len(),
+                    None,
+                    relative_in,
+                    false,
+                );
             }
             i = skip_to(">");
             continue;
@@ -962,29 +1005,23 @@ fn rewrite_dash(text: &str, carry: &Carry) -> Result<Option<String>, Oversized> 
                 let target = value
                     .as_deref()
                     .map_or(Target::Foreign, |v| carry.target(v.trim()));
-                scratch.clear();
-                let value = value.as_deref().filter(|_| target != Target::Foreign);
-                if value.is_some_and(|v| carry.push_with_token(v, Mode::Add, &mut scratch)) {
-                    let at = repl.len();
-                    xml_escape_into(&scratch, Some(quote), &mut repl);
-                    // A segment URL resolves under the BaseURLs of every representation that
-                    // uses it; a remote element's under those around the element it replaces
-                    // (its own are part of what it replaces); a steering proxy's under the
-                    // MPD's, as the steering server's own URL does.
-                    let relative_in = if segment {
-                        owner(&scopes, scope)
-                    } else {
-                        scopes[scope].parent
-                    };
-                    edits.push(Edit {
-                        start: v_start,
-                        end: v_end,
-                        new: at..repl.len(),
-                        relative_in: (target == Target::Relative).then_some(relative_in),
-                        below: segment,
-                        uses_id: segment && value.is_some_and(|v| v.contains("$RepresentationID$")),
-                    });
-                }
+                // A segment URL resolves under the BaseURLs of every representation that
+                // uses it; a remote element's under those around the element it replaces
+                // (its own are part of what it replaces); a steering proxy's under the
+                // MPD's, as the steering server's own URL does.
+                let relative_in = if segment {
+                    owner(&scopes, scope)
+                } else {
+                    scopes[scope].parent
+                };
+                found.add(
+                    value.as_deref(),
+                    target,
+                    v_start..v_end,
+                    Some(quote),
+                    Some(relative_in),
+                    segment,
+                );
             }
             if element == "Representation" && attr == "id" {
                 // An `id` is put into `$RepresentationID$` as it is: a `:`, `/` or `\` (or
@@ -1024,21 +1061,15 @@ fn rewrite_dash(text: &str, carry: &Carry) -> Result<Option<String>, Oversized> 
                     // certainly this host.
                     let url = xml_unescape(&text[from..k]).filter(|u| !u.bytes().any(is_xml_space));
                     let target = url.as_deref().map_or(Target::Foreign, |u| carry.target(u));
-                    scratch.clear();
-                    let url = url.as_deref().filter(|_| target != Target::Foreign);
-                    if url.is_some_and(|u| carry.push_with_token(u, Mode::Add, &mut scratch)) {
-                        let at = repl.len();
-                        // The value's quote is the byte before it.
-                        xml_escape_into(&scratch, Some(b[v0 - 1]), &mut repl);
-                        edits.push(Edit {
-                            start: from,
-                            end: k,
-                            new: at..repl.len(),
-                            relative_in: (target == Target::Relative).then_some(relative_in),
-                            below: false,
-                            uses_id: false,
-                        });
-                    }
+                    // The value's quote is the byte before it.
+                    found.add(
+                        url.as_deref(),
+                        target,
+                        from..k,
+                        Some(b[v0 - 1]),
+                        Some(relative_in),
+                        false,
+                    );
                 }
             }
         }
@@ -1079,6 +1110,11 @@ fn rewrite_dash(text: &str, carry: &Carry) -> Result<Option<String>, Oversized> 
             below[scopes[k].parent] = true;
         }
     }
+    let Edits {
+        list: mut edits,
+        repl,
+        ..
+    } = found;
     edits.retain(|e| match e.relative_in {
         _ if e.uses_id && risky_ids => false,
         None => true,

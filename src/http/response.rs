@@ -1,5 +1,7 @@
 //! Building viewer responses: from a cached object or a fill in progress (with conditionals and
 //! ranges), the cache headers (`X-Cache`, `Age`, `Cache-Status`), and errors mapped to statuses.
+//! Also the admin API's plain-text answers (`text`, `not_allowed`), shared by `crate::admin`
+//! and the ingest routes it hands to `crate::ingest::admin`.
 
 use std::sync::Arc;
 
@@ -240,17 +242,33 @@ fn slice(b: &Bytes, start: u64, end: u64) -> Bytes {
 /// cache, the rest passed to the origin; TRACE and CONNECT are refused.
 pub const ALLOW: &str = "GET, HEAD, OPTIONS, POST, PUT, PATCH, DELETE";
 
-/// A short plain-text answer the edge makes itself (a refusal, an error): `text/plain`, never
+/// A short plain-text answer the edge makes itself (a refusal, an error): [`text`], never
 /// stored by anyone (`no-store`).
 pub fn plain(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut resp = text(status, body);
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// `body` as `text/plain`: the admin API's answers (`crate::admin`), and [`plain`]'s start.
+pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     let mut resp = Response::new(Body::full(body.into()));
     *resp.status_mut() = status;
-    let h = resp.headers_mut();
-    h.insert(
+    resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// RFC 9110 §15.5.6: an admin endpoint asked with another method is a 405 naming the methods
+/// it takes, not a 404. One answer for `crate::admin`'s endpoints and the ingest ones it hands
+/// to `crate::ingest::admin`, which is why it lives here, below both.
+pub fn not_allowed(allow: &'static str) -> Response<Body> {
+    let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here\n");
+    resp.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
     resp
 }
 

@@ -34,6 +34,7 @@ use super::engine::{
 use super::holds::Holds;
 use super::store::{adopt_in, cached_object, existing_in, stream_into_store};
 use crate::http::body::Body;
+use crate::http::response::not_allowed;
 use crate::origin::fetch::HttpFetcher;
 use crate::proxy::Edge;
 use vedge_manifest::fetch::Opened;
@@ -289,7 +290,16 @@ fn error(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
     json(status, &serde_json::json!({ "error": msg.into() }))
 }
 
-/// Handles the ingest routes; `None` when the request is for another admin route.
+/// Whether `path` is under an ingest route, the requests `crate::admin` hands to [`handle`].
+pub fn is_route(path: &str) -> bool {
+    ["/admin/ingest", "/admin/objects/", "/admin/assets/"]
+        .iter()
+        .any(|p| path.starts_with(p))
+}
+
+/// Handles the ingest routes. A route asked with another method than its own is a 405 naming
+/// the ones it takes (RFC 9110 §15.5.6); `None` when the request is for no ingest route (a
+/// route's prefix without an id names none).
 pub async fn handle<B>(
     edge: &Arc<Edge>,
     jobs: &Arc<IngestJobs>,
@@ -302,28 +312,36 @@ where
 {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
-    if method == Method::POST && path == "/admin/ingest" {
-        return Some(start_job(edge, jobs, req).await);
+    // Another method on a route that names a job or an object: a 405 with the route's methods.
+    let refuse = |id: &str, allow| (!id.is_empty()).then(|| not_allowed(allow));
+    if path == "/admin/ingest" {
+        if method == Method::POST {
+            return Some(start_job(edge, jobs, req).await);
+        }
+        return Some(not_allowed("POST"));
     }
-    // HEAD as GET (RFC 9110 §9.3.2); hyper sends a HEAD's head only.
-    if method == Method::GET || method == Method::HEAD {
-        if let Some(id) = path.strip_prefix("/admin/ingest/") {
+    if let Some(id) = path.strip_prefix("/admin/ingest/") {
+        // HEAD as GET (RFC 9110 §9.3.2); hyper sends a HEAD's head only.
+        if method == Method::GET || method == Method::HEAD {
             return Some(job_status(jobs, id));
         }
+        return refuse(id, "GET, HEAD");
     }
-    if method == Method::PUT {
-        if let Some(rest) = path.strip_prefix("/admin/objects") {
+    if let Some(rest) = path.strip_prefix("/admin/objects") {
+        if method == Method::PUT {
             let target = match req.uri().query() {
                 Some(q) => format!("{rest}?{q}"),
                 None => rest.to_string(),
             };
             return Some(put_object(edge, jobs, &target, req).await);
         }
+        return refuse(rest.strip_prefix('/').unwrap_or_default(), "PUT");
     }
-    if method == Method::DELETE {
-        if let Some(id) = path.strip_prefix("/admin/assets/") {
+    if let Some(id) = path.strip_prefix("/admin/assets/") {
+        if method == Method::DELETE {
             return Some(delete_job(jobs, id).await);
         }
+        return refuse(id, "DELETE");
     }
     None
 }

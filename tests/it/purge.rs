@@ -972,9 +972,27 @@ async fn ingest_endpoints_asked_with_another_method_are_405_with_allow() {
             head.contains(&format!("allow: {}", allow.to_ascii_lowercase())),
             "{method} {path}: {head}"
         );
+        assert!(
+            head.contains("content-type: text/plain"),
+            "the 405 every admin endpoint gives: {head}"
+        );
     }
     let (st, _) = admin_send(s.admin, "GET", "/admin/nothing", &[], b"").await;
     assert_eq!(st, 404, "an unknown endpoint stays a 404");
+    // An ingest path without its id (or only like one) names no endpoint, whatever the method.
+    for (method, path) in [
+        ("POST", "/admin/ingest/"),
+        ("GET", "/admin/assets/"),
+        ("GET", "/admin/objects/"),
+        ("GET", "/admin/ingestx"),
+    ] {
+        let (st, body) = admin_send(s.admin, method, path, &[], b"").await;
+        assert_eq!(
+            (st, body.as_str()),
+            (404, "no such admin endpoint\n"),
+            "{method} {path}"
+        );
+    }
     let (st, body) = admin_send(s.admin, "HEAD", "/admin/ingest/no-such-job", &[], b"").await;
     assert_eq!((st, body.as_str()), (404, ""), "HEAD of a job as GET of it");
 }

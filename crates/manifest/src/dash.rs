@@ -26,17 +26,7 @@ use super::{resolve, ObjectKind, Reference, WalkError};
 /// [`WalkError::TooManyReferences`] before it is deserialized: dash-mpd-core holds every one
 /// (a 16 MiB timeline of `<S d="1"/>` took 140 MiB), and each names at least one segment.
 pub fn references(url: &Url, body: &[u8], budget: usize) -> Result<Vec<Reference>, WalkError> {
-    let text = utf8(url, body)?;
-    let entries = well_formed(text)
-        .map_err(|e| parse_error(url, super::clip(&e, 300)))?
-        .entries;
-    if entries > budget {
-        return Err(WalkError::TooManyReferences {
-            url: url.clone(),
-            listed: entries,
-            room: budget,
-        });
-    }
+    let (text, _) = checked(url, body, budget)?;
     let mpd = deserialize(url, text)?;
     Walker {
         url,
@@ -157,11 +147,8 @@ impl LiveClock {
 }
 
 pub fn parse(url: &Url, body: &[u8]) -> Result<MPD, WalkError> {
-    let text = utf8(url, body)?;
-    // The deserializer behind dash-mpd-core can panic on some malformed XML (mismatched tags,
-    // found by fuzzing): reject what is not well-formed first (`deserialize` turns any panic
-    // left into an error: an origin's bad MPD must fail its asset, not the edge).
-    well_formed(text).map_err(|e| parse_error(url, super::clip(&e, 300)))?;
+    // No budget of `S` and `SegmentURL` elements here: well-formed is enough.
+    let (text, _) = checked(url, body, usize::MAX)?;
     deserialize(url, text)
 }
 
@@ -179,15 +166,7 @@ pub const LIVE_URI_BYTES: usize = 4 << 20;
 /// every element at many times the size of its text: 20,000 Representations (918 KB) took
 /// 285 MiB on each copy of an MPD refreshed every second.
 pub fn parse_live(url: &Url, body: &[u8], budget: usize) -> Result<MPD, WalkError> {
-    let text = utf8(url, body)?;
-    let counted = well_formed(text).map_err(|e| parse_error(url, super::clip(&e, 300)))?;
-    if counted.entries > budget {
-        return Err(WalkError::TooManyReferences {
-            url: url.clone(),
-            listed: counted.entries,
-            room: budget,
-        });
-    }
+    let (text, counted) = checked(url, body, budget)?;
     if counted.representations > LIVE_MAX_REPRESENTATIONS {
         return Err(WalkError::Unsupported {
             url: url.clone(),
@@ -198,6 +177,26 @@ pub fn parse_live(url: &Url, body: &[u8], budget: usize) -> Result<MPD, WalkErro
         });
     }
     deserialize(url, text)
+}
+
+/// `body` as text, with what [`well_formed`] counted in it, once it is UTF-8, well-formed and
+/// lists at most `budget` `S` and `SegmentURL` elements (else
+/// [`WalkError::TooManyReferences`]): what every reading of an MPD checks before
+/// [`deserialize`]. The deserializer behind dash-mpd-core can panic on some malformed XML
+/// (mismatched tags, found by fuzzing), so what is not well-formed is refused first
+/// (`deserialize` turns any panic left into an error: an origin's bad MPD must fail its asset,
+/// not the edge).
+fn checked<'b>(url: &Url, body: &'b [u8], budget: usize) -> Result<(&'b str, Counted), WalkError> {
+    let text = utf8(url, body)?;
+    let counted = well_formed(text).map_err(|e| parse_error(url, super::clip(&e, 300)))?;
+    if counted.entries > budget {
+        return Err(WalkError::TooManyReferences {
+            url: url.clone(),
+            listed: counted.entries,
+            room: budget,
+        });
+    }
+    Ok((text, counted))
 }
 
 fn parse_error(url: &Url, reason: String) -> WalkError {
