@@ -727,6 +727,12 @@ fn is_xml_space(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\n' | b'\r')
 }
 
+/// Whether a player may split a URL list at `c`: Unicode white space (JavaScript's `\s`, which
+/// dash.js splits a `UTCTiming@value` on, is that and U+FEFF).
+fn splits_urls(c: char) -> bool {
+    c.is_whitespace() || c == '\u{feff}'
+}
+
 fn local_name(qname: &str) -> &str {
     qname.rsplit(':').next().unwrap_or(qname)
 }
@@ -1056,10 +1062,12 @@ fn rewrite_dash(text: &str, carry: &Carry) -> Result<Option<String>, Oversized> 
                     if from == k {
                         break;
                     }
-                    // Each URL of the list on its own. One this cannot decode, or whose
-                    // references hide a space (two URLs to the player, one here), is not
+                    // Each URL of the list on its own. One this cannot decode, or that holds
+                    // a space a player splits at and this does not (a reference to one, or a
+                    // space outside XML's: dash.js splits on JavaScript's `\s`, which has
+                    // U+00A0, U+2028, U+FEFF...), is two URLs to the player, one here: not
                     // certainly this host.
-                    let url = xml_unescape(&text[from..k]).filter(|u| !u.bytes().any(is_xml_space));
+                    let url = xml_unescape(&text[from..k]).filter(|u| !u.chars().any(splits_urls));
                     let target = url.as_deref().map_or(Target::Foreign, |u| carry.target(u));
                     // The value's quote is the byte before it.
                     found.add(
@@ -1407,6 +1415,8 @@ w.m3u8\n";
   <UTCTiming schemeIdUri="urn:mpeg:dash:utc:direct:2014" value="2024-01-01T00:00:00Z"/>
   <UTCTiming schemeIdUri="urn:mpeg:dash:utc:http-ntp:2014" value="ntp"/>
   <UTCTiming schemeIdUri="urn:mpeg:dash:utc:http-iso:2014" value="a&#32;b"/>
+  <UTCTiming schemeIdUri="urn:mpeg:dash:utc:http-iso:2014" value="/n&#160;https://other.example/n"/>
+  <UTCTiming schemeIdUri="urn:mpeg:dash:utc:http-iso:2014" value="/l&#x2028;https://other.example/l"/>
   <ContentSteering proxyServerURL="/proxy" defaultServiceLocation="a">steer.json</ContentSteering>
   <SupplementalProperty schemeIdUri="urn:mpeg:dash:chaining:2016" value="next.mpd"/>
   <EssentialProperty schemeIdUri="urn:mpeg:dash:fallback:2016" value="https://other.example/fb.mpd"/>
@@ -1420,6 +1430,9 @@ w.m3u8\n";
             "value=\"2024-01-01T00:00:00Z\"".to_string(),
             "value=\"ntp\"".to_string(),
             "value=\"a&#32;b\"".to_string(),
+            // dash.js splits at U+00A0 and U+2028: two URLs, one on another host.
+            "value=\"/n&#160;https://other.example/n\"".to_string(),
+            "value=\"/l&#x2028;https://other.example/l\"".to_string(),
             format!("proxyServerURL=\"/proxy?{T}\""),
             format!(">steer.json?{T}</ContentSteering>"),
             format!("value=\"next.mpd?{T}\""),
@@ -1428,6 +1441,10 @@ w.m3u8\n";
         ] {
             assert!(out.contains(&want), "{want} missing from:\n{out}");
         }
+        // The same as written, not referenced: a raw U+00A0 between them.
+        let raw = "<MPD><UTCTiming schemeIdUri=\"urn:mpeg:dash:utc:http-iso:2014\" \
+value=\"/r\u{a0}https://other.example/r\"/></MPD>";
+        assert_eq!(rewrite(Kind::Dash, raw.as_bytes(), &c), Ok(None));
         // Under an MPD whose BaseURL is elsewhere, relative ones are elsewhere too.
         let far = r#"<MPD><BaseURL>https://other.example/</BaseURL><UTCTiming schemeIdUri="urn:mpeg:dash:utc:http-iso:2014" value="t"/><ContentSteering>s.json</ContentSteering></MPD>"#;
         assert_eq!(rewrite(Kind::Dash, far.as_bytes(), &c), Ok(None));

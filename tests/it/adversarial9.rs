@@ -1,6 +1,7 @@
-//! Regression tests from the ninth adversarial review (hostile viewers steering shared live
-//! state): what one viewer's request names must not decide what the edge keeps, evicts or
-//! forgets for every other viewer. Each fails on the code before its fix.
+//! Regression tests from the ninth adversarial review: what one viewer's request names must not
+//! decide what the edge keeps, evicts or forgets for every other viewer (a playlist variable
+//! from the query, a second spelling of a forwarded token), and a token must not reach a host
+//! a player reads in a URL list the edge split otherwise. Each fails on the code before its fix.
 
 use crate::llhls::config_for;
 use crate::support::{Origin, Script, TestEdge};
@@ -154,4 +155,39 @@ async fn a_forwarded_token_is_the_one_the_edge_verified() {
         .map(|(_, v)| v.as_str())
         .collect();
     assert!(sent.iter().all(|v| *v == valid), "{sent:?}");
+}
+
+/// Bug: a `UTCTiming@value` is a list of URLs; the token rewrite split it at XML's spaces only,
+/// and dash.js splits it at JavaScript's `\s` (U+00A0, U+2028 and other Unicode spaces too). A
+/// packager's `value="/t&#160;https://other.example/t"` was one same-host URL to the edge, which
+/// gave it the viewer's token at its end: to dash.js, the second URL, on another host, so the
+/// player sent that host the token. Now a URL holding any space a player may split at is not
+/// certainly this host and gets no token.
+#[tokio::test]
+async fn a_clock_url_list_split_at_a_unicode_space_gives_no_other_host_the_token() {
+    use crate::support::token::{raw_token, token_edge, token_for};
+
+    let origin = Origin::start().await;
+    let mpd = "<?xml version=\"1.0\"?><MPD xmlns=\"urn:mpeg:dash:schema:mpd:2011\" type=\"static\">\
+<UTCTiming schemeIdUri=\"urn:mpeg:dash:utc:http-iso:2014\" value=\"/v/t&#160;https://other.example/t\"/>\
+<UTCTiming schemeIdUri=\"urn:mpeg:dash:utc:http-iso:2014\" value=\"/v/r\u{2028}https://other.example/r\"/>\
+<Period><AdaptationSet mimeType=\"video/mp4\"><SegmentTemplate media=\"s$Number$.m4s\" duration=\"2\" \
+timescale=\"1\"/><Representation id=\"v\" bandwidth=\"1\"/></AdaptationSet></Period></MPD>";
+    origin.script(
+        "/v/x.mpd",
+        Script::ok(mpd).header("content-type", "application/dash+xml"),
+    );
+    let edge = token_edge(&origin, raw_token()).await;
+    let t = token_for("/v/*", None);
+    let r = edge.get(&format!("/v/x.mpd?hdnts={t}")).await;
+    assert_eq!(r.status.as_u16(), 200);
+    let body = String::from_utf8_lossy(&r.body);
+    assert!(
+        body.contains("s$Number$.m4s?hdnts="),
+        "the rewrite ran: {body}"
+    );
+    for host in ["https://other.example/t", "https://other.example/r"] {
+        let after = body.split(host).nth(1).unwrap_or_default();
+        assert!(!after.starts_with('?'), "{host} got the token: {body}");
+    }
 }
