@@ -7,9 +7,10 @@
 //! token rewrite reads them), sent without a content coding and without `no-transform` (RFC
 //! 9110 §7.7), to a viewer whose `Accept-Encoding` takes gzip, of `MIN_LEN` to
 //! `signed::MAX_REWRITE` bytes. Such a response names `Accept-Encoding` in `Vary` whether it is
-//! coded or not (a cache downstream must not give one viewer's coding to another), its strong
-//! `ETag` becomes weak (the coded bytes are not the stored ones; `If-None-Match` compares
-//! weakly, so the viewer's revalidation still matches) and it stops offering byte ranges.
+//! coded or not, as does a `206` cut from it (a cache downstream must not give one viewer's
+//! coding to another), its strong `ETag` becomes weak (the coded bytes are not the stored
+//! ones; `If-None-Match` compares weakly, so the viewer's revalidation still matches) and it
+//! stops offering byte ranges.
 //! Stored objects stay as the origin sent them: ranges, conditionals and every other viewer
 //! work on those bytes.
 //!
@@ -101,11 +102,21 @@ pub async fn manifest(
         return not_modified(parts, resp);
     }
     let ct = resp.headers().get(header::CONTENT_TYPE);
-    if resp.status() != StatusCode::OK || !eligible(parts, resp.headers(), ct) {
+    let status = resp.status();
+    if !matches!(status, StatusCode::OK | StatusCode::PARTIAL_CONTENT)
+        || !eligible(parts, resp.headers(), ct)
+    {
         return resp;
     }
     let (mut head, body) = resp.into_parts();
     add_vary(&mut head.headers);
+    // A range is cut from the stored bytes and never coded, but which representation it is
+    // a part of was chosen by `Accept-Encoding` (the 200 may be gzip): it varies as the 200
+    // does (RFC 9110 §12.5.5), or a cache downstream could answer a gzip viewer's later Range
+    // with it, or merge it with parts of the coded body.
+    if status == StatusCode::PARTIAL_CONTENT {
+        return Response::from_parts(head, body);
+    }
     if !accepts_gzip(&parts.headers) {
         return Response::from_parts(head, body);
     }

@@ -229,3 +229,32 @@ async fn head_and_304_carry_the_fields_of_the_200_they_stand_for() {
         2
     );
 }
+
+/// Bug: a Range of a manifest was answered (206, from the stored bytes, uncoded) without
+/// `Vary: Accept-Encoding`, while its 200 names it: a cache downstream could keep the part as
+/// the representation for every viewer, and answer a gzip viewer's later Range from it or
+/// merge it with parts of the coded body. Now the 206 varies as its 200 does (RFC 9110
+/// §12.5.5), with or without gzip in the request.
+#[tokio::test]
+async fn a_range_of_a_manifest_varies_as_its_200_does() {
+    let origin = Origin::start().await;
+    let text = playlist(100);
+    origin.script("/v/r.m3u8", script(&text, "max-age=60"));
+    let edge = edge(&origin, true).await;
+    assert_eq!(edge.get("/v/r.m3u8").await.status, StatusCode::OK);
+    edge.settle().await;
+    for ask in [
+        vec![GZIP, ("range", "bytes=0-6")],
+        vec![("range", "bytes=0-6")],
+    ] {
+        let part = edge.get_with("/v/r.m3u8", &ask).await;
+        assert_eq!(part.status, StatusCode::PARTIAL_CONTENT);
+        assert_eq!(&part.body[..], b"#EXTM3U");
+        assert!(part.headers.get("content-encoding").is_none());
+        assert!(
+            part.h("vary").eq_ignore_ascii_case("accept-encoding"),
+            "{ask:?}: vary {:?}",
+            part.h("vary")
+        );
+    }
+}
