@@ -641,6 +641,18 @@ async fn ask(
             // RFC 9111 §4.3.4: update the stored headers, keep the body.
             let mut merged = stale.merged_headers(&parts.headers);
             policy::withhold(&mut merged);
+            // A revalidation led with credentials is that viewer's, as its 200 would be (RFC
+            // 9111 §3.5): unless the refreshed response may be shared with them, its fields
+            // (a per-user one, a longer `max-age`) must not update the shared copy, nor its
+            // `private` or `no-store` purge it (with its stale-if-error standing). The
+            // leader's request is asked again without the stored validators, and its 200 is
+            // answered as any credentialed answer: to that viewer alone, the others claiming
+            // a fill of their own.
+            if job.authorized && !policy::shareable_when_authorized(&merged) {
+                drop((_slot, body));
+                let job = FillJob { stale: None, ..job };
+                return Box::pin(ask(edge, fill, guard, job)).await;
+            }
             let decision = decide(stale.status, &merged, stale.class, &parts.headers);
             if blocking && !stored_fresh(&decision) {
                 crate::proxy::llhls::answered_unshared(edge, key);

@@ -191,3 +191,54 @@ timescale=\"1\"/><Representation id=\"v\" bandwidth=\"1\"/></AdaptationSet></Per
         assert!(!after.starts_with('?'), "{host} got the token: {body}");
     }
 }
+
+/// Bug: a revalidation led by a viewer with `Authorization` merged the origin's 304 into the
+/// shared copy, where a 200 to the same request is that viewer's alone (RFC 9111 §3.5): a 304
+/// carrying a per-user field and a longer `max-age` (no `public`) made every other viewer's HIT
+/// carry them, and one saying `private` purged the shared copy, whose stale-if-error then
+/// answered no one when the origin went down. Now such a 304 updates nothing: the leader's
+/// request is asked again without validators and answered to that viewer alone.
+#[tokio::test]
+async fn a_credentialed_revalidation_does_not_rewrite_or_purge_the_shared_copy() {
+    use crate::support::edge_config;
+    use std::time::Duration;
+
+    let origin = Origin::start().await;
+    let (fields, gone) = ("/o/fields.bin", "/o/gone.bin");
+    let shared = |cc: &str| {
+        Script::ok("shared body")
+            .header("cache-control", cc)
+            .header("etag", "\"v1\"")
+    };
+    origin.script(fields, shared("max-age=1"));
+    origin.script(gone, shared("max-age=1, stale-if-error=600"));
+    let edge = TestEdge::start_with_tokio_clock(edge_config(&origin)).await;
+    for p in [fields, gone] {
+        assert_eq!(edge.get(p).await.status, 200);
+    }
+    edge.settle().await;
+    edge.advance(Duration::from_millis(1100)).await;
+
+    // The origin's answers to Alice's credentials (a 304 to her revalidation).
+    let alice = [("authorization", "Bearer alice")];
+    origin.script(fields, shared("max-age=600").header("x-user", "alice"));
+    origin.script(gone, shared("private"));
+    for p in [fields, gone] {
+        let r = edge.get_with(p, &alice).await;
+        assert_eq!(r.status, 200, "{p}");
+        assert_eq!(&r.body[..], b"shared body");
+    }
+    assert_eq!(edge.get_with(fields, &alice).await.h("x-user"), "alice");
+    edge.settle().await;
+
+    // Anonymous viewers: the origin answers them without Alice's field.
+    origin.script(fields, shared("max-age=600"));
+    let bob = edge.get(fields).await;
+    assert_eq!(bob.status, 200);
+    assert_eq!(bob.h("x-user"), "", "Alice's field reached another viewer");
+    // The other copy still stands in for an origin that went down.
+    origin.stop_and_wait().await;
+    let bob = edge.get(gone).await;
+    assert_eq!(bob.status, 200, "{}", bob.h("cache-status"));
+    assert_eq!(&bob.body[..], b"shared body");
+}
