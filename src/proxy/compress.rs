@@ -127,14 +127,17 @@ pub async fn manifest(
         }
         return Response::from_parts(head, body);
     }
+    // Decided by the head, as a HEAD's is: a body whose length the head does not give is
+    // coded whatever length it turns out to have (short ones too), as the HEAD said it would
+    // be; only one past `MAX_REWRITE` cannot be.
+    if !codes(crate::cache::policy::content_length(&head.headers)) {
+        return Response::from_parts(head, body);
+    }
     let plain = match collect(body).await {
         Ok(plain) => plain,
         // Too long, or the fill failed: sent as it came, headers untouched.
         Err(body) => return Response::from_parts(head, body),
     };
-    if !codes(Some(plain.len() as u64)) {
-        return Response::from_parts(head, Body::full(plain));
-    }
     let coded = match gzip(edge, plain.clone(), shared).await {
         Some(coded) => coded,
         // The encoder failed (it cannot on a `Vec`; the blocking pool may): sent as it is.
@@ -171,8 +174,9 @@ fn not_modified(parts: &Parts, mut resp: Response<Body>) -> Response<Body> {
 }
 
 /// Whether a 200 whose body is `len` bytes (`None`: not known yet) is coded for a viewer that
-/// takes gzip: from `MIN_LEN` to `MAX_REWRITE` bytes. Unknown is taken as coded: a manifest
-/// mostly is, and `collect` measures a GET's body before it decides.
+/// takes gzip: from `MIN_LEN` to `MAX_REWRITE` bytes. Unknown is taken as coded, whatever the
+/// body turns out to be (a manifest mostly is in range; a HEAD cannot wait to see), unless it
+/// outgrows `MAX_REWRITE` (`collect` gives up on it and it goes as it is).
 fn codes(len: Option<u64>) -> bool {
     len.is_none_or(|n| (MIN_LEN as u64..=MAX_REWRITE as u64).contains(&n))
 }

@@ -258,3 +258,33 @@ async fn a_range_of_a_manifest_varies_as_its_200_does() {
         );
     }
 }
+
+/// Bug: a manifest whose length its head does not give (chunked) was coded for a HEAD (which
+/// cannot know the length, and says gzip) but sent as it is to a GET when its body turned out
+/// shorter than `MIN_LEN`: the HEAD described another response than the GET's (RFC 9110
+/// §9.3.2). Now the GET is decided by its head too, and such a body is coded whatever its
+/// length.
+#[tokio::test]
+async fn a_short_chunked_manifest_is_coded_as_its_head_says() {
+    let origin = Origin::start().await;
+    let text = playlist(2);
+    assert!(text.len() < 512);
+    origin.script("/v/short.m3u8", script(&text, "no-store").chunked());
+    let edge = edge(&origin, true).await;
+    let head = edge
+        .send(
+            edge.req(Method::HEAD, "/v/short.m3u8")
+                .header(GZIP.0, GZIP.1),
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(head.h("content-encoding"), "gzip");
+    let get = edge.get_with("/v/short.m3u8", &[GZIP]).await;
+    assert_eq!(get.status, StatusCode::OK);
+    assert_eq!(
+        get.h("content-encoding"),
+        "gzip",
+        "the GET the HEAD stood for"
+    );
+    assert_eq!(gunzip(&get.body), text.as_bytes());
+}
