@@ -40,7 +40,7 @@ use parking_lot::Mutex;
 use quick_cache::sync::Cache;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
-use vedge_manifest::variables::{has_reference, Variables};
+use vedge_manifest::variables::{attributes, has_reference, Variables};
 
 use crate::cache::fill::Fill;
 use crate::cache::object::CachedObject;
@@ -394,25 +394,7 @@ pub fn scan_in(body: &[u8], query: Option<&str>) -> Option<Scan> {
 
 /// A quoted or plain attribute value from an attribute list.
 fn attr<'a>(list: &'a str, name: &str) -> Option<&'a str> {
-    let mut rest = list;
-    while !rest.is_empty() {
-        let (k, after) = rest.split_once('=')?;
-        let k = k.trim().trim_start_matches(',').trim();
-        let (v, next) = if let Some(q) = after.strip_prefix('"') {
-            let end = q.find('"')?;
-            (&q[..end], q[end + 1..].trim_start_matches(','))
-        } else {
-            match after.split_once(',') {
-                Some((v, n)) => (v, n),
-                None => (after, ""),
-            }
-        };
-        if k == name {
-            return Some(v);
-        }
-        rest = next;
-    }
-    None
+    attributes(list).find(|(k, _)| *k == name).map(|(_, v)| v)
 }
 
 /// The key of a playlist without its delivery directives: what every copy of it shares.

@@ -187,9 +187,10 @@ fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-/// The attributes of an HLS attribute list in order, `(name, value)`, a quoted value without
-/// its quotes; stops at the first one it cannot read.
-fn attributes(list: &str) -> impl Iterator<Item = (&str, &str)> {
+/// The attributes of an HLS attribute list (RFC 8216bis §4.2) in order, `(name, value)`: a
+/// quoted value without its quotes, as written (a quoted-string's spaces are its own), an
+/// unquoted one trimmed; stops at the first one it cannot read.
+pub fn attributes(list: &str) -> impl Iterator<Item = (&str, &str)> {
     let mut rest = list;
     std::iter::from_fn(move || {
         let (k, after) = rest.split_once('=')?;
@@ -199,10 +200,13 @@ fn attributes(list: &str) -> impl Iterator<Item = (&str, &str)> {
                 let end = q.find('"')?;
                 (&q[..end], &q[end + 1..])
             }
-            None => after.split_at(after.find(',').unwrap_or(after.len())),
+            None => {
+                let (v, next) = after.split_at(after.find(',').unwrap_or(after.len()));
+                (v.trim(), next)
+            }
         };
         rest = next;
-        Some((k, v.trim()))
+        Some((k, v))
     })
 }
 
@@ -233,6 +237,21 @@ mod tests {
             Some("segs/abc/d/s1.m4s")
         );
         assert_eq!(v.resolve("plain.ts").as_deref(), Some("plain.ts"));
+    }
+
+    #[test]
+    fn attribute_lists_read_as_players_read_them() {
+        let list = "PART-TARGET=1.0 ,URI=\" a b.m4s\",SKIPPED-SEGMENTS= 3,X=\"q,r\"";
+        let got: Vec<_> = attributes(list).collect();
+        assert_eq!(
+            got,
+            [
+                ("PART-TARGET", "1.0"),
+                ("URI", " a b.m4s"),
+                ("SKIPPED-SEGMENTS", "3"),
+                ("X", "q,r")
+            ]
+        );
     }
 
     #[test]
