@@ -955,13 +955,19 @@ async fn ask(
         // A pass learnt from one variant's answer is that variant's: one viewer sending an odd
         // value of a varied header must not send every other variant (cached ones included)
         // past the cache. Slices and hinted ranges have no variants: theirs is the object's.
+        // So is one without `Vary` for an object known to vary: an error page an origin made
+        // of a varied header's odd value mostly comes without the `Vary` its 200s carry.
         let pass_key = match vary::parse(&parts.headers) {
-            Ok(spec) if !spec.is_empty() && !unvaried => {
+            _ if unvaried => job.base_key.clone(),
+            Ok(spec) if !spec.is_empty() => {
                 let variant = spec.variant(&asked);
                 edge.vary_index.insert(job.base_key.clone(), Arc::new(spec));
                 format!("{}{variant}", job.base_key)
             }
-            _ => job.base_key.clone(),
+            _ => match edge.vary_index.get(&job.base_key) {
+                Some(known) => format!("{}{}", job.base_key, known.variant(&asked)),
+                None => job.base_key.clone(),
+            },
         };
         // A refusal to share one viewer's credentialed answer says nothing of the object, nor
         // does an error. Nor does "too large" with slicing on: viewers get the object from

@@ -242,3 +242,46 @@ async fn a_credentialed_revalidation_does_not_rewrite_or_purge_the_shared_copy()
     assert_eq!(bob.status, 200, "{}", bob.h("cache-status"));
     assert_eq!(&bob.body[..], b"shared body");
 }
+
+/// Bug: a pass learnt from an answer without `Vary` was the whole object's, also when the
+/// object is known to vary: one viewer sending an odd value of a varied header (`X-Lang:
+/// evil`) got the origin's error page, `no-store` and without the `Vary` its 200s carry (as
+/// error pages mostly come), and every viewer of every variant, cached ones included, went
+/// past the cache for `hit_for_pass_ttl`. Now that pass is the odd variant's alone.
+#[tokio::test]
+async fn an_odd_variant_error_without_vary_sends_no_other_variant_past_the_cache() {
+    use crate::support::edge_config;
+
+    let origin = Origin::start().await;
+    let p = "/l/page.ts";
+    let ok = || {
+        Script::ok("english")
+            .header("cache-control", "max-age=600")
+            .header("vary", "x-lang")
+    };
+    origin.script(p, ok());
+    let edge = TestEdge::start(edge_config(&origin)).await;
+    let en = [("x-lang", "en")];
+    assert_eq!(edge.get_with(p, &en).await.status, 200);
+    edge.settle().await;
+    assert_eq!(edge.get_with(p, &en).await.x_cache(), "HIT");
+
+    origin.script(
+        p,
+        Script::status(400, "no such language").header("cache-control", "no-store"),
+    );
+    let odd = edge.get_with(p, &[("x-lang", "evil")]).await;
+    assert_eq!(odd.status, 400);
+    edge.settle().await;
+
+    origin.script(p, ok());
+    let before = origin.count(p);
+    let r = edge.get_with(p, &en).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.x_cache(), "HIT", "{}", r.h("cache-status"));
+    assert_eq!(
+        origin.count(p),
+        before,
+        "the cached variant went to the origin"
+    );
+}
