@@ -123,15 +123,33 @@ impl FillTable {
         tags: &[String],
         store: impl FnOnce(),
     ) -> bool {
+        self.unless_purged_since(guard.epoch, key, tags, store)
+    }
+
+    /// The purge epoch now, for [`FillTable::unless_purged_since`] (a fill's claim takes it).
+    pub fn purge_epoch(&self) -> u64 {
+        self.purges.lock().epoch
+    }
+
+    /// Runs `keep` unless a purge made after `epoch` selects `key` or `tags`, under the purge
+    /// lock; returns whether it ran. For what was read or fetched since `epoch`: a store read
+    /// promoting its object to RAM, as a fill storing it.
+    pub fn unless_purged_since(
+        &self,
+        epoch: u64,
+        key: &str,
+        tags: &[String],
+        keep: impl FnOnce(),
+    ) -> bool {
         let p = self.purges.lock();
-        let purged = guard.epoch < p.forgotten
+        let purged = epoch < p.forgotten
             || p.recent
                 .iter()
                 .rev()
-                .take_while(|(e, _)| *e > guard.epoch)
+                .take_while(|(e, _)| *e > epoch)
                 .any(|(_, s)| s.matches(key, tags));
         if !purged {
-            store();
+            keep();
         }
         !purged
     }

@@ -128,6 +128,10 @@ impl Edge {
 
     async fn lookup_disk(&self, key: &str) -> Option<(Arc<CachedObject>, Tier)> {
         let store = self.store.as_ref()?;
+        // A purge or a write of the key while the read runs wins over what it read: a purge
+        // clears RAM before the store, and a push lands in RAM before its write ends, so a
+        // copy read before them and put in RAM after would answer as a fresh HIT for its TTL.
+        let (epoch, mark) = (self.fills.purge_epoch(), store.mark());
         let again = self.disk_reads.read_again(key);
         let hit = if again {
             store.lookup(key.as_bytes()).await?
@@ -145,10 +149,14 @@ impl Edge {
             expire_now(&mut obj, self.clock.now());
         }
         let obj = Arc::new(obj);
-        if promote {
-            self.ram.insert(key.to_string(), obj.clone());
-        }
-        Some((obj, Tier::Disk))
+        // Purged meanwhile: a miss. Replaced meanwhile (a push, a newer fill): served to this
+        // request, which began before, but not kept in RAM over the newer copy.
+        let kept = self.fills.unless_purged_since(epoch, key, &obj.tags, || {
+            if promote && store.unchanged_since(key.as_bytes(), mark) {
+                self.ram.insert(key.to_string(), obj.clone());
+            }
+        });
+        kept.then_some((obj, Tier::Disk))
     }
 
     /// The key's object without counting a request for it: RAM without a hit (no store

@@ -857,6 +857,21 @@ impl Store {
         self.inner().st.lock().next_seq
     }
 
+    /// Whether `key`'s copy is still one written before `mark` (taken with [`Store::mark`]
+    /// before a lookup): no write of the key queued, and its indexed copy neither removed,
+    /// purged nor written since. A lookup's caller keeps what it read only then (a region
+    /// reclaim that moved the copy since also says no: keeping it is an optimisation).
+    pub fn unchanged_since(&self, key: &[u8], mark: u64) -> bool {
+        let inner = self.inner();
+        let h = inner.hash(key);
+        let st = inner.st.lock();
+        !st.pending.contains_key(&h)
+            && st
+                .index
+                .get(&h)
+                .is_some_and(|e| st.written_seq(&inner.layout, &h, e) < mark)
+    }
+
     /// [`Store::insert`] of bytes fetched since `mark` (taken with [`Store::mark`] when the
     /// fetch began): skipped ([`SkipReason::PushedSince`]) when a push of the key (a pinned
     /// object) was written after `mark`. An operator's push that lands while a viewer's fill
