@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use hmac::{Hmac, Mac};
 
 use crate::auth::Refusal;
-use crate::config::{TokenAlgorithm, TokenConfig, TokenKey};
+use crate::config::{canonical_ip, TokenAlgorithm, TokenConfig, TokenKey};
 
 /// Longer tokens are refused unparsed: a token is a few hundred bytes.
 pub const MAX_TOKEN_LEN: usize = 4096;
@@ -116,14 +116,6 @@ pub fn verify(token: &str, cfg: &TokenConfig, req: &Request<'_>) -> Result<(), R
         }
     }
     Ok(())
-}
-
-/// `::ffff:a.b.c.d` and `a.b.c.d` are one client.
-fn canonical_ip(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
 }
 
 fn parse(token: &str) -> Result<Fields<'_>, Refusal> {

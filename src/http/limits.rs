@@ -255,10 +255,12 @@ pub fn ip_denied(_cdn_id: &str) -> Response<Body> {
     r
 }
 
-/// The client `ip` (canonical) is counted as: itself for IPv4, its /64 for IPv6 (the size of
-/// one subscriber's network, RFC 6177).
+/// The client `ip` is counted as: itself for IPv4 (IPv4-mapped included), its /64 for IPv6
+/// (the size of one subscriber's network, RFC 6177).
 pub(crate) fn client_of(ip: IpAddr) -> IpAddr {
-    match ip {
+    // An IPv4 viewer of a dual-stack (`[::]`) listener arrives as `::ffff:a.b.c.d`, whose /64
+    // is `::`: every IPv4 viewer would be one client.
+    match crate::config::canonical_ip(ip) {
         IpAddr::V6(v6) => {
             let s = v6.segments();
             IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))

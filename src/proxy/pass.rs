@@ -15,7 +15,6 @@ use hyper::body::Incoming;
 use crate::cache::object::strip_hop_by_hop;
 use crate::cache::policy::content_length;
 use crate::cache::status::CacheStatus;
-use crate::config::canonical_ip;
 use crate::http::body::{incoming_stream, Body, BodyTimeouts, BoxError, Slow};
 use crate::http::response::{self, CacheInfo};
 use crate::metrics::Metrics;
@@ -184,7 +183,7 @@ fn anticipates_content(method: &Method) -> bool {
 /// (IPv6 per /64), unless it is on `limits.allow`, as for fills (`proxy::fill_limit`).
 fn client_of(req: &Req<'_>) -> Option<IpAddr> {
     req.peer
-        .map(|p| canonical_ip(p.ip()))
+        .map(|p| p.ip())
         .filter(|ip| !req.edge.limits.bypasses(*ip))
         .map(crate::http::limits::client_of)
 }

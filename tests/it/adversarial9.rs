@@ -397,3 +397,81 @@ async fn a_store_read_racing_a_push_does_not_shadow_it() {
         after.h("cache-status")
     );
 }
+
+/// One HTTP/1.1 GET of `path` from source address `from` to `edge`; the response head.
+async fn get_from(from: &str, edge: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = tokio::net::TcpSocket::new_v4().expect("socket");
+    s.bind(format!("{from}:0").parse().expect("source"))
+        .expect("bind the source address");
+    let mut c = s.connect(edge).await.expect("connect");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: cdn.example\r\nConnection: close\r\n\r\n");
+    c.write_all(req.as_bytes()).await.expect("write");
+    let mut out = Vec::new();
+    let read = c.read_to_end(&mut out);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(20), read).await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    text.split("\r\n\r\n")
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Bug: on a dual-stack listener (`[::]`, how one edge serves IPv4 and IPv6 viewers) an IPv4
+/// viewer arrives as `::ffff:a.b.c.d`, and the fill-slot and prefetch shares cut that to its
+/// IPv6 /64, `::`: every IPv4 viewer was one client. One client leading its quarter of a
+/// route's fills made every other IPv4 viewer's miss wait and end in 503 `origin-busy` with
+/// three quarters of the slots free. Now `limits::client_of` reads an IPv4-mapped address as
+/// the IPv4 address it is, as the connection limits did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv4_viewers_of_a_dual_stack_listener_are_clients_of_their_own() {
+    use crate::support::{edge_config, until, Gate};
+
+    let origin = Origin::start().await;
+    let gate = Gate::new();
+    let held = "/v/held.ts";
+    origin.script(
+        held,
+        Script::ok("held")
+            .header("cache-control", "max-age=60")
+            .gate(&gate),
+    );
+    origin.script(
+        "/v/next.ts",
+        Script::ok("next").header("cache-control", "max-age=60"),
+    );
+    let mut raw = edge_config(&origin);
+    // Four fill slots: a client may lead one of them.
+    raw.limits.allow = Some(Vec::new());
+    raw.origin_client.max_fills = Some(4);
+    raw.cache.collapse_timeout = Some("1s".into());
+    let edge = vedge::Edge::new(vedge::Config::try_from(raw).expect("config"))
+        .await
+        .expect("edge");
+    let viewer = match tokio::net::TcpListener::bind("[::]:0").await {
+        Ok(l) => l,
+        Err(e) => return eprintln!("no IPv6 here ({e}): nothing to check"),
+    };
+    let port = viewer.local_addr().expect("addr").port();
+    tokio::spawn(vedge::serve(
+        edge.clone(),
+        vedge::Listeners {
+            viewer,
+            admin: None,
+        },
+        std::future::pending::<()>(),
+    ));
+    let at: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    // One client leads a fill the origin holds: its whole share.
+    let hostile = tokio::spawn(async move { get_from("127.0.0.1", at, held).await });
+    until("the held fill reached the origin", || {
+        origin.count(held) == 1
+    })
+    .await;
+    // Another client, another cold object of the route.
+    let other = get_from("127.0.0.2", at, "/v/next.ts").await;
+    gate.open();
+    let _ = hostile.await;
+    assert!(other.starts_with("HTTP/1.1 200"), "{other}");
+    assert_eq!(origin.count("/v/next.ts"), 1);
+}
