@@ -78,12 +78,14 @@ impl Pending {
         };
         let who = enabled().then(|| Who {
             path: clipped(req.uri().path(), MAX_PATH),
-            host: text(header::HOST)
-                .or_else(|| {
-                    req.uri()
-                        .authority()
-                        .map(|a| clipped(a.as_str(), MAX_FIELD))
-                })
+            // The host the edge served, as it routes and keys (`request::viewer_host`): the
+            // target's authority (absolute-form, h2 `:authority`) wins over `Host` (RFC 9112
+            // §3.2.2), or a viewer could log its traffic under another customer's host.
+            host: req
+                .uri()
+                .authority()
+                .map(|a| clipped(a.as_str(), MAX_FIELD))
+                .or_else(|| text(header::HOST))
                 .unwrap_or_default(),
             ua: text(header::USER_AGENT).unwrap_or_default(),
         });

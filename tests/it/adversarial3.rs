@@ -185,6 +185,49 @@ async fn viewer_text_in_the_access_line_never_forges_its_fields() {
     }
 }
 
+/// Bug (ninth review): the access line named the `Host` field where the edge routes, keys
+/// and fills by the target's authority first (RFC 9112 §3.2.2: absolute-form, h2
+/// `:authority`): `GET http://paid.example/... ` with `Host: victim.example` was served as
+/// paid.example and logged as victim.example, so a viewer could charge its traffic to another
+/// customer's host in the logs billing reads. The line names the host served.
+#[tokio::test]
+async fn the_access_line_names_the_host_the_edge_served() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/log/h.ts",
+        Script::ok("h").header("cache-control", "max-age=60"),
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("edge.log");
+    let (port, _edge) = serve_logging_to(&origin, &log).await;
+    let mut s = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("edge connects");
+    let req = "GET http://paid.example/log/h.ts HTTP/1.1\r\nHost: victim.example\r\n\
+Connection: close\r\n\r\n";
+    s.write_all(req.as_bytes()).await.expect("send");
+    read_raw(&mut s).await;
+    let mut line = None;
+    for _ in 0..100 {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        line = text
+            .lines()
+            .find(|l| l.contains("vedge::access"))
+            .map(str::to_string);
+        if line.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let line = line.expect("an access line");
+    let host: Vec<String> = log_fields(&line)
+        .into_iter()
+        .filter(|(k, _)| k == "host")
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(host, ["\"paid.example\""], "{line}");
+}
+
 /// A viewer's path and `User-Agent` are clipped in its access line: copied whole, each line
 /// queued for a slow log sink held tens of KiB of the viewer's text (an attacker measured RSS
 /// 28 MB -> 329 MB for 4,000 requests with stdout stalled).
