@@ -107,14 +107,20 @@ impl Upstream for ShieldPlan<'_> {
     }
 }
 
-/// Whether a shield's answer relays its own upstream's status: the last `Cache-Status` member
-/// (the shield's own, which it appends last, RFC 9211 §2) says `fwd-status`, the status the
-/// next hop answered. A shield that could not get an answer at all (refused, timed out) names
-/// none. Such a relayed 502-504 is the origin's failure for one request, which any viewer can
-/// ask for again and again: it says the shield is up, so it never ejects the shield.
+/// Whether a shield's answer reports its upstream's failure rather than its own: the last
+/// `Cache-Status` member (the shield's own, which it appends last, RFC 9211 §2) says `fwd`
+/// (it forwarded the request) or `fwd-status` (the status the next hop answered), as a vedge
+/// shield's 502-504 does when its origin failed, timed out or could not be reached. Such an
+/// answer is the origin's failure for one request, which any viewer can ask for again and
+/// again (a path the origin is slow on: three requests at once): it says the shield is up, so
+/// it never ejects the shield. A shield that fails itself (refuses, hangs, answers without
+/// `Cache-Status`, as other caches do) still counts.
 pub fn relays_upstream_status(headers: &http::HeaderMap) -> bool {
-    crate::cache::upstream::nearest_member(headers)
-        .is_some_and(|m| m.params().iter().any(|(k, _)| k == "fwd-status"))
+    crate::cache::upstream::nearest_member(headers).is_some_and(|m| {
+        m.params()
+            .iter()
+            .any(|(k, _)| k == "fwd-status" || k == "fwd")
+    })
 }
 
 #[cfg(test)]
@@ -135,13 +141,17 @@ mod tests {
             "origin; hit",
             "vedge; fwd=stale; fwd-status=503; detail=x"
         ]));
-        assert!(!h(&["vedge; fwd=miss; detail=origin-unreachable"]));
-        // The origin's own entry says fwd-status, the shield's (last) does not.
-        assert!(!h(&[
+        // Its origin could not be reached, or timed out: the shield forwarded the request.
+        assert!(h(&["vedge; fwd=miss; detail=origin-unreachable"]));
+        assert!(h(&[
             "o; fwd=miss; fwd-status=502, vedge; fwd=miss; detail=origin-timeout"
         ]));
+        // The origin's entry forwarded; the shield's own (last) did not.
+        assert!(!h(&[
+            "o; fwd=miss; fwd-status=502, vedge; detail=overloaded"
+        ]));
         // Inside a quoted string it is no parameter.
-        assert!(!h(&["vedge; fwd=miss; detail=\"a;fwd-status=502\""]));
+        assert!(!h(&["vedge; detail=\"a;fwd-status=502\""]));
         assert!(!h(&[]));
         assert!(!h(&["vedge; fwd=miss; fwd-status=502, \"open"]));
     }

@@ -500,6 +500,61 @@ async fn an_origin_error_relayed_by_a_shield_never_ejects_it() {
     );
 }
 
+/// The timeout twin of the above (ninth review): a shield whose origin is slow on one path
+/// answers 504 `detail=origin-timeout`, with no `fwd-status` (there was no answer to relay),
+/// and that counted as the shield's own failure: three requests at once for such a path
+/// ejected a healthy shield for every key and route, and with `on_all_down = "error"` every
+/// viewer of every other object got a 502. A shield that forwarded the request (`fwd` in its
+/// `Cache-Status` member) is up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shield_whose_origin_times_out_is_not_ejected() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/slow.ts",
+        Script::ok("late").head_delay(Duration::from_secs(3)),
+    );
+    origin.script(
+        "/ok.ts",
+        Script::ok("fine").header("cache-control", "max-age=60"),
+    );
+    let mut shield = node_config(&origin, "shield-0");
+    shield.origin_client.first_byte_timeout = Some("1s".into());
+    let shield = TestEdge::start(shield).await;
+    let mut raw = node_config(&origin, "edge-0");
+    raw.shield = Some(RawShield {
+        nodes: vec![format!("http://{}", shield.addr)],
+        on_all_down: Some("error".into()),
+        eject: Some(vedge::config::RawEject {
+            failures: Some(3),
+            duration: Some("60s".into()),
+        }),
+        ..RawShield::default()
+    });
+    let edge = Arc::new(TestEdge::start(raw).await);
+    let slow: Vec<_> = (0..3)
+        .map(|i| {
+            let e = edge.clone();
+            tokio::spawn(async move { e.get(&format!("/slow.ts?i={i}")).await })
+        })
+        .collect();
+    for s in slow {
+        let r = s.await.expect("viewer");
+        assert_eq!(
+            r.status,
+            StatusCode::GATEWAY_TIMEOUT,
+            "{}",
+            r.h("cache-status")
+        );
+    }
+    let r = edge.get("/ok.ts").await;
+    assert_eq!(
+        (r.status, &r.body[..]),
+        (StatusCode::OK, &b"fine"[..]),
+        "the shield was ejected: {}",
+        r.h("cache-status")
+    );
+}
+
 /// A shield that hangs (stopped, cut off: it accepts connections and never answers) rather than
 /// refusing them. A fill that timed out on it was retried on the next node only while time was
 /// left before the collapse deadline, which the first-byte timeout always outlasts with the
