@@ -266,19 +266,31 @@ impl Edge {
     /// unless it holds variants of the key: strangers name the keys a successful POST
     /// invalidates (`proxy::invalidate`). The store cannot tell whether it holds variants (its
     /// index holds hashes, and what the edge knew of the key's `Vary` is gone after a restart):
-    /// they get a mark, one map entry (`storage::marks`, bounded).
+    /// they get a mark, one map entry (`storage::marks`, bounded). Past the bound the marks fold
+    /// into one that forgets every variant and slice on disk, so 61,441 POSTs to new URLs
+    /// emptied them all: a key not known to have any (RAM holds none, its `Vary` is unknown,
+    /// no slice record is stored) gets a mark only while the marks are under half their bound
+    /// (`Store::marks_spare`).
     pub fn purge_key(&self, key: &str) -> usize {
         let variant_prefix = format!("{key}\0");
-        let mut n = if self.ram.has_variants(key) {
+        let in_ram = self.ram.has_variants(key);
+        let mut n = if in_ram {
             self.ram
                 .remove_where(|k, _| k == key || k.starts_with(&variant_prefix))
         } else {
             usize::from(self.ram.remove(key))
         };
         if let Some(store) = &self.store {
-            let disk = store.remove(key.as_bytes()) as usize
-                + store.remove_prefix(variant_prefix.as_bytes());
-            n = n.max(disk);
+            let may_vary = in_ram
+                || self.vary_index.get(key).is_some()
+                || store.contains(crate::proxy::slice::record_key(key).as_bytes())
+                || store.marks_spare();
+            let variants = if may_vary {
+                store.remove_prefix(variant_prefix.as_bytes())
+            } else {
+                0
+            };
+            n = n.max(store.remove(key.as_bytes()) as usize + variants);
         }
         self.vary_index.remove(key);
         self.hit_for_pass.remove(key);

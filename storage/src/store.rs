@@ -1129,6 +1129,14 @@ impl Store {
         st.index_remove(&h).is_some() || p
     }
 
+    /// Whether prefix marks are under half their bound: room for a mark that may select
+    /// nothing (the variants of a key a stranger named, which the store cannot tell it holds).
+    /// Marks past the bound fold into one that forgets every variant on disk; marks added only
+    /// while this holds never fold the map by themselves.
+    pub fn marks_spare(&self) -> bool {
+        self.inner().st.lock().prefixes.len() < crate::marks::MAX_MARKS / 2
+    }
+
     /// Removes every object whose key starts with `prefix`.
     ///
     /// Objects still being written are removed at once and counted in the result. Objects on
