@@ -450,6 +450,8 @@ where
     let opts = IngestOptions {
         concurrency: r.concurrency.unwrap_or(8).clamp(1, 256),
         allow_partial: r.allow_partial,
+        targeted_cache_control: edge.config.cache.targeted_cache_control.clone(),
+        cdn_id: edge.config.cdn_id.clone(),
         ..IngestOptions::default()
     };
     let job_edge = edge.clone();
