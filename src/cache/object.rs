@@ -33,6 +33,8 @@ pub struct CachedObject {
     /// The store's mark when the fill that fetched these bytes began (`FillGuard::store_mark`),
     /// for the offers RAM hits make (`Edge::lookup`): a push of the key written after it
     /// outlives this copy, an older one does not. 0 when unknown: every push outlives it.
+    /// A push into RAM on an edge without a store carries the mark it was made at
+    /// (`Edge::insert_push`), which fills that began by then do not reach.
     pub store_mark: u64,
 }
 

@@ -697,6 +697,36 @@ pub fn decide(input: &DecisionInput<'_>) -> Decision {
     })
 }
 
+/// Why an origin's answer with `headers` is for its requester alone by `decide`'s rules
+/// (`Decision::Pass`: a `Set-Cookie`, `private` or `no-store` in the cache-control this cache
+/// obeys, a `Vary` no cache can match), read as a `200` under no TTL rule of the operator's
+/// (a class minimum forces caching of what viewers pull, not of what an ingest takes); `None`
+/// when it may be shared. For answers stored without a viewer asking (an ingest's), which
+/// must not hand one client's state to every viewer.
+pub fn unshared(
+    headers: &HeaderMap,
+    targeted: &[HeaderName],
+    surrogate_device: &str,
+) -> Option<&'static str> {
+    let input = DecisionInput {
+        status: StatusCode::OK,
+        headers,
+        rules: TtlRules::default(),
+        class: ContentClass::Other,
+        negative_ttl: Duration::ZERO,
+        manifest_stale_factor: 1,
+        max_object_size: u64::MAX,
+        targeted,
+        surrogate_device,
+        response_delay: Duration::ZERO,
+        now: SystemTime::now(),
+    };
+    match decide(&input) {
+        Decision::Pass(reason) => Some(reason),
+        Decision::Store(_) | Decision::ShareOnly(_) => None,
+    }
+}
+
 /// The reason a response to a request with `Authorization` is not shared (see
 /// `shareable_when_authorized`).
 pub const AUTHORIZED: &str = "authorization";
@@ -1370,5 +1400,28 @@ mod tests {
             Some(0)
         );
         assert!(CacheControl::parse_value("No-Store").no_store);
+    }
+
+    #[test]
+    fn an_answer_unshared_by_decide_is_unshared_whatever_its_freshness() {
+        fn unshared(pairs: &[(&'static str, &'static str)]) -> Option<&'static str> {
+            let cdn = [HeaderName::from_static("cdn-cache-control")];
+            super::unshared(&headers(pairs), &cdn, "vedge")
+        }
+        let day = ("cache-control", "max-age=86400");
+        assert_eq!(unshared(&[day]), None);
+        assert_eq!(unshared(&[]), None, "no freshness is not a reason");
+        assert_eq!(unshared(&[day, ("set-cookie", "s=1")]), Some("set-cookie"));
+        assert_eq!(
+            unshared(&[("cache-control", "private, max-age=60")]),
+            Some("private")
+        );
+        assert_eq!(unshared(&[("cache-control", "no-store")]), Some("no-store"));
+        // The field addressed to this cache decides, as for a pull.
+        let targeted = [
+            ("cache-control", "private"),
+            ("cdn-cache-control", "max-age=60"),
+        ];
+        assert_eq!(unshared(&targeted), None);
     }
 }

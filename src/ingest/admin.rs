@@ -150,27 +150,26 @@ impl Sink for EdgeSink {
     fn put(&self, object: PushObject) -> SinkFuture<'_, ()> {
         Box::pin(async move {
             let key = object.key.clone();
+            let Some(store) = &self.edge.store else {
+                self.edge.insert_push(key, cached_object(&object));
+                return Ok(());
+            };
             let obj = Arc::new(cached_object(&object));
-            match &self.edge.store {
-                // Durable and pinned before it counts as stored (atomic publish relies on it).
-                Some(store) => {
-                    store
-                        .insert_durable(
-                            key.as_bytes(),
-                            crate::proxy::tiers::store_meta(&obj),
-                            obj.body.clone(),
-                            vedge_storage::Source::Push,
-                        )
-                        .await
-                        .map_err(|e| match e {
-                            vedge_storage::StoreError::Full(m) => SinkError::Full(m),
-                            other => SinkError::Store(Arc::new(other)),
-                        })?;
-                    obj.disk.store(true, Ordering::Relaxed);
-                    self.edge.ram.insert(key.clone(), obj);
-                }
-                None => self.edge.insert(key.clone(), obj),
-            }
+            // Durable and pinned before it counts as stored (atomic publish relies on it).
+            store
+                .insert_durable(
+                    key.as_bytes(),
+                    crate::proxy::tiers::store_meta(&obj),
+                    obj.body.clone(),
+                    vedge_storage::Source::Push,
+                )
+                .await
+                .map_err(|e| match e {
+                    vedge_storage::StoreError::Full(m) => SinkError::Full(m),
+                    other => SinkError::Store(Arc::new(other)),
+                })?;
+            obj.disk.store(true, Ordering::Relaxed);
+            self.edge.ram.insert(key, obj);
             Ok(())
         })
     }
@@ -451,6 +450,8 @@ where
     let opts = IngestOptions {
         concurrency: r.concurrency.unwrap_or(8).clamp(1, 256),
         allow_partial: r.allow_partial,
+        targeted_cache_control: edge.config.cache.targeted_cache_control.clone(),
+        cdn_id: edge.config.cdn_id.clone(),
         ..IngestOptions::default()
     };
     let job_edge = edge.clone();

@@ -11,9 +11,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::stream::{self, StreamExt};
+use http::header::HeaderName;
 use http::HeaderMap;
 use serde::Serialize;
 use url::Url;
+
+use crate::cache::policy;
 
 use vedge_manifest::fetch::{Opened, Probe};
 use vedge_manifest::{Asset, FetchError, Fetcher, Object, ObjectKind};
@@ -199,6 +202,11 @@ pub struct IngestOptions {
     pub allow_partial: bool,
     /// Largest single object.
     pub max_object_bytes: usize,
+    /// The fields this cache obeys before `Cache-Control` (`cache.targeted_cache_control`) and
+    /// its `Surrogate-Control` device token (`cdn_id`): an object whose origin answer a
+    /// viewer's fill would not share by them is not stored (`policy::unshared`).
+    pub targeted_cache_control: Vec<HeaderName>,
+    pub cdn_id: String,
 }
 
 impl Default for IngestOptions {
@@ -207,6 +215,11 @@ impl Default for IngestOptions {
             concurrency: 8,
             allow_partial: false,
             max_object_bytes: 1 << 30,
+            targeted_cache_control: crate::config::DEFAULT_TARGETED_CACHE_CONTROL
+                .iter()
+                .map(|n| HeaderName::from_static(n))
+                .collect(),
+            cdn_id: crate::config::DEFAULT_CDN_ID.to_string(),
         }
     }
 }
@@ -459,6 +472,15 @@ pub async fn ingest_asset<F: Fetcher, S: Sink>(
                     Ok(f) => f,
                     Err(e) => return fail(e.to_string()),
                 };
+                // A pushed object goes to every viewer for a year: an answer a viewer's fill
+                // would keep for its requester (a session cookie the origin gave this client,
+                // `private`, `no-store`) is not stored.
+                let (targeted, device) = (&opts.targeted_cache_control, opts.cdn_id.as_str());
+                if let Some(why) = policy::unshared(&opened.headers, targeted, device) {
+                    return fail(format!(
+                        "the origin's answer may not be shared ({why}): not stored"
+                    ));
+                }
                 if let (Some(e), None) = (&present, probe.len) {
                     if opened.len.is_none() {
                         match opened.collect().await {

@@ -9,8 +9,8 @@ use std::time::{Duration, SystemTime};
 use quick_cache::sync::Cache;
 
 use std::future::Future;
-use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 
 use tokio_util::task::TaskTracker;
 use vedge_storage::{Store, StoreConfig};
@@ -32,6 +32,8 @@ pub struct Edge {
     pub ram: RamTier,
     /// The SSD store under the RAM tier, if configured.
     pub store: Option<Store>,
+    /// Without a store, how many pushes RAM has taken: the tiers' mark (`Edge::fill_mark`).
+    pub ram_pushes: AtomicU64,
     /// Keys read from the store lately: a disk hit enters RAM on its second read
     /// (`proxy::tiers::DiskReads`).
     pub disk_reads: crate::proxy::tiers::DiskReads,
@@ -134,6 +136,7 @@ impl Edge {
         let limits = Arc::new(Limits::new(config.limits.clone(), metrics.limits.clone()));
         let edge = Arc::new(Edge {
             store,
+            ram_pushes: AtomicU64::new(0),
             disk_reads: crate::proxy::tiers::DiskReads::new(config.ram_size),
             limits,
             ram: RamTier::new(

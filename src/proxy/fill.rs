@@ -218,7 +218,7 @@ fn failure(e: OriginError) -> OriginFailure {
 pub async fn drive_fill(edge: Arc<Edge>, mut guard: FillGuard, fill: Arc<Fill>, job: FillJob) {
     // Before the origin is asked: a push of the key stored from now on is newer than what this
     // fill fetches, and stays (`Edge::insert_from_fill`).
-    guard.set_store_mark(edge.store.as_ref().map(|s| s.mark()));
+    guard.set_store_mark(Some(edge.fill_mark()));
     let key = guard.key().to_string();
     let result = run(&edge, &fill, &guard, job).await;
     if let Err(e) = result {

@@ -3,7 +3,7 @@
 //! offers objects to the store, which decides admission; purge removes keys, prefixes and tags from both. Every read of the tiers on the
 //! request path goes through here (the state machine never reads `Edge::ram` itself).
 
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -191,14 +191,23 @@ impl Edge {
     /// keeping off disk); a permanent refusal (too large) is remembered on the object.
     ///
     /// Returns whether the object may be kept in RAM: not when the store skipped it for a
-    /// push of the key that is queued or being written (`SkipReason::PushQueued`). That push
-    /// is the version the operator asked for; a fill's copy in RAM would shadow it, and one
-    /// put there just after the push's handler cleared the key would stay until evicted.
+    /// push of the key that is queued or being written (`SkipReason::PushQueued`) or written
+    /// since `mark` (`PushedSince`), nor, without a store, when RAM holds a push of the key
+    /// made since `mark` (`Edge::insert_push`). That push is the version the operator asked
+    /// for; a fill's copy in RAM would shadow it, and one put there just after the push's
+    /// handler cleared the key would stay until evicted.
     fn offer_to_store(&self, key: &str, obj: &CachedObject, mark: Option<u64>) -> bool {
         let odd = self.spellings.note(key, |k| self.ram.contains(k));
         let Some(store) = &self.store else {
             obj.disk.store(true, Relaxed);
-            return true;
+            // Without a store, RAM keeps a push as the store would (`PushedSince`).
+            return !mark.is_some_and(|m| {
+                !obj.pinned
+                    && self
+                        .ram
+                        .peek(key)
+                        .is_some_and(|held| held.pinned && held.store_mark >= m)
+            });
         };
         // An odd spelling of a path stays in RAM, where purges can read its key
         // (`proxy::spelling`).
@@ -230,6 +239,24 @@ impl Edge {
             Admit::Skipped(_) => {}
         }
         true
+    }
+
+    /// The tiers' position now, taken when a fill begins (`FillGuard::store_mark`): a push
+    /// stored from here on is newer than what the fill fetches, and stays. The store's mark;
+    /// without a store, the number the next push into RAM gets (`Edge::insert_push`).
+    pub fn fill_mark(&self) -> u64 {
+        match &self.store {
+            Some(store) => store.mark(),
+            None => self.ram_pushes.load(SeqCst),
+        }
+    }
+
+    /// Stores an operator's push on an edge without a store, where it lives in RAM only:
+    /// numbered as the store numbers its writes, so that no fill which began before it
+    /// replaces it (`offer_to_store`), and one that began after it, refreshing it, does.
+    pub fn insert_push(&self, key: String, mut obj: CachedObject) {
+        obj.store_mark = self.ram_pushes.fetch_add(1, SeqCst);
+        self.insert(key, Arc::new(obj));
     }
 
     /// Bytes a new pinned (pushed) asset may still use on disk; `None` without a store.

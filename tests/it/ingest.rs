@@ -1618,14 +1618,19 @@ async fn a_push_keeps_the_object_s_fields_and_none_of_the_request_s() {
 /// `port`: the job's id.
 async fn start_job(port: u16, origin: &str, asset: &str, concurrency: usize) -> u64 {
     let body = format!(r#"{{"assets": ["{origin}{asset}"], "concurrency": {concurrency}}}"#);
-    let (status, text) = crate::support::edge::admin_post(port, "/admin/ingest", &body).await;
+    post_job(port, &body).await
+}
+
+/// `POST /admin/ingest` of the JSON `body` to the admin API on `port`: the job's id.
+pub(crate) async fn post_job(port: u16, body: &str) -> u64 {
+    let (status, text) = crate::support::edge::admin_post(port, "/admin/ingest", body).await;
     assert_eq!(status, 202, "{text}");
     let v: serde_json::Value = serde_json::from_str(&text).expect("json");
     v["id"].as_u64().expect("id")
 }
 
 /// Polls job `id` on the admin API on `port` until it is done (at most 20 s): its status.
-async fn finished_job(port: u16, id: u64) -> serde_json::Value {
+pub(crate) async fn finished_job(port: u16, id: u64) -> serde_json::Value {
     for _ in 0..2000 {
         let (status, v) = admin_get_json(port, &format!("/admin/ingest/{id}")).await;
         assert_eq!(status, 200, "{v}");
