@@ -129,6 +129,18 @@ async fn serve_logging_to(origin: &Origin, log: &std::path::Path) -> (u16, Kille
     panic!("vedge serve did not listen on {port}");
 }
 
+/// The first access line `log` holds, waiting (bounded, 5 s) for it.
+async fn first_access_line(log: &std::path::Path) -> String {
+    for _ in 0..100 {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.contains("vedge::access")) {
+            return line.to_string();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("no access line in {}", log.display());
+}
+
 /// A viewer's `User-Agent` and `Host` are hostile text: written plain into the access line, a
 /// value with spaces forged fields of its own (`client_ip=`, `status=`, `cache=`) that a log
 /// shipper read as the request's. Each access line has one of each field, the real one.
@@ -207,19 +219,7 @@ async fn the_access_line_names_the_host_the_edge_served() {
 Connection: close\r\n\r\n";
     s.write_all(req.as_bytes()).await.expect("send");
     read_raw(&mut s).await;
-    let mut line = None;
-    for _ in 0..100 {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        line = text
-            .lines()
-            .find(|l| l.contains("vedge::access"))
-            .map(str::to_string);
-        if line.is_some() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    let line = line.expect("an access line");
+    let line = first_access_line(&log).await;
     let host: Vec<String> = log_fields(&line)
         .into_iter()
         .filter(|(k, _)| k == "host")
@@ -247,19 +247,7 @@ async fn a_viewer_cannot_make_its_access_line_tens_of_kib() {
     );
     s.write_all(req.as_bytes()).await.expect("send");
     read_raw(&mut s).await;
-    let mut line = None;
-    for _ in 0..100 {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        line = text
-            .lines()
-            .find(|l| l.contains("vedge::access"))
-            .map(str::to_string);
-        if line.is_some() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    let line = line.expect("an access line");
+    let line = first_access_line(&log).await;
     assert!(line.len() < 4096, "an access line of {} bytes", line.len());
     assert!(
         line.contains("/log/ppp"),

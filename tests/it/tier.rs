@@ -449,6 +449,22 @@ async fn with_every_shield_down_and_on_all_down_error_the_edge_answers_502() {
     assert_eq!(origin.count("/a.ts"), 0, "never sent to the origin");
 }
 
+/// An edge whose one shield is `shield`, ejected after 3 failures for a minute, with no origin
+/// to fall back on (`on_all_down = "error"`): a viewer sees the ejection as a 502.
+fn edge_ejecting_after_3(origin: &Origin, shield: &TestEdge) -> RawConfig {
+    let mut raw = node_config(origin, "edge-0");
+    raw.shield = Some(RawShield {
+        nodes: vec![format!("http://{}", shield.addr)],
+        on_all_down: Some("error".into()),
+        eject: Some(vedge::config::RawEject {
+            failures: Some(3),
+            duration: Some("60s".into()),
+        }),
+        ..RawShield::default()
+    });
+    raw
+}
+
 /// A shield relaying its origin's 502 for one broken path is up: any viewer can ask for that
 /// path again and again, so those answers never eject the shield. They did (three requests for
 /// a path the origin fails ejected the shield, and with `on_all_down = "error"` every viewer of
@@ -465,17 +481,7 @@ async fn an_origin_error_relayed_by_a_shield_never_ejects_it() {
         Script::ok("fine").header("cache-control", "max-age=60"),
     );
     let shield = TestEdge::start(node_config(&origin, "shield-0")).await;
-    let mut raw = node_config(&origin, "edge-0");
-    raw.shield = Some(RawShield {
-        nodes: vec![format!("http://{}", shield.addr)],
-        on_all_down: Some("error".into()),
-        eject: Some(vedge::config::RawEject {
-            failures: Some(3),
-            duration: Some("60s".into()),
-        }),
-        ..RawShield::default()
-    });
-    let edge = TestEdge::start(raw).await;
+    let edge = TestEdge::start(edge_ejecting_after_3(&origin, &shield)).await;
     for i in 0..6 {
         let r = edge.get(&format!("/broken.ts?i={i}")).await;
         assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.h("cache-status"));
@@ -520,17 +526,7 @@ async fn a_shield_whose_origin_times_out_is_not_ejected() {
     let mut shield = node_config(&origin, "shield-0");
     shield.origin_client.first_byte_timeout = Some("1s".into());
     let shield = TestEdge::start(shield).await;
-    let mut raw = node_config(&origin, "edge-0");
-    raw.shield = Some(RawShield {
-        nodes: vec![format!("http://{}", shield.addr)],
-        on_all_down: Some("error".into()),
-        eject: Some(vedge::config::RawEject {
-            failures: Some(3),
-            duration: Some("60s".into()),
-        }),
-        ..RawShield::default()
-    });
-    let edge = Arc::new(TestEdge::start(raw).await);
+    let edge = Arc::new(TestEdge::start(edge_ejecting_after_3(&origin, &shield)).await);
     let slow: Vec<_> = (0..3)
         .map(|i| {
             let e = edge.clone();
