@@ -49,6 +49,9 @@ pub struct Edge {
     /// Base keys of objects without a strong validator, until when they are fetched whole
     /// rather than in slices (`proxy::slice::applies`).
     pub unsliced: SparseCache<SystemTime>,
+    /// Keys whose prefetch the edge did not keep (an error, past `cache.prefetch_max_size`),
+    /// until when no prefetch asks for them again (`proxy::prefetch::start`).
+    pub prefetch_refused: SparseCache<SystemTime>,
     /// Whether objects under odd spellings of their path may be in RAM (`proxy::spelling`).
     pub spellings: crate::proxy::spelling::Spellings,
     /// Base key -> the request headers its responses vary on.
@@ -153,6 +156,7 @@ impl Edge {
             assets: Default::default(),
             hit_for_pass: SparseCache::new(config.abuse.index_memory),
             unsliced: SparseCache::new(config.abuse.index_memory),
+            prefetch_refused: SparseCache::new(config.abuse.index_memory),
             spellings: Default::default(),
             vary_index: SparseCache::new(config.abuse.index_memory),
             variants: SparseCache::new(config.abuse.index_memory),
@@ -226,6 +230,15 @@ impl Edge {
 
     pub fn remember_unsliced(&self, key: &str, ttl: Duration) {
         self.mark(&self.unsliced, key, ttl);
+    }
+
+    /// Whether a prefetch of `key` was refused lately (`prefetch_refused`).
+    pub fn is_prefetch_refused(&self, key: &str) -> bool {
+        self.marked(&self.prefetch_refused, key)
+    }
+
+    pub fn remember_prefetch_refused(&self, key: &str, ttl: Duration) {
+        self.mark(&self.prefetch_refused, key, ttl);
     }
 
     /// Whether `map` marks `key` until a time still to come (an expired mark is dropped).

@@ -771,6 +771,14 @@ async fn ask(
             oversized,
             "prefetch answer not kept"
         );
+        // Not asked for again by a prefetch for a while: a CMCD `nor` naming the same refused
+        // or oversized URL on every cheap HIT made one origin request each time.
+        let refused_for = if oversized {
+            cache.hit_for_pass_ttl
+        } else {
+            cache.negative_ttl
+        };
+        edge.remember_prefetch_refused(&job.base_key, refused_for);
         // The key is free before the readers wake: they claim one fill of their own between
         // them (`request::read`) rather than each passing to the origin; theirs follows the
         // usual rules (slices, `max_object_size`).
@@ -1123,6 +1131,7 @@ async fn ask(
                         }
                         if past_cap {
                             Metrics::inc(&edge.metrics.abuse.prefetch_abandoned);
+                            edge.remember_prefetch_refused(&job.base_key, cache.hit_for_pass_ttl);
                         }
                         fill.stop_keeping();
                     }

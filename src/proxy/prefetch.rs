@@ -407,7 +407,10 @@ fn start(
         return false;
     }
     let base = target.key.clone();
-    if edge.ram_fresh(&base, edge.clock.now()).is_some() || edge.is_hit_for_pass(&base) {
+    if edge.ram_fresh(&base, edge.clock.now()).is_some()
+        || edge.is_hit_for_pass(&base)
+        || edge.is_prefetch_refused(&base)
+    {
         return false;
     }
     // An object that varies is stored under its viewers' variants, which a prefetch (no

@@ -599,3 +599,29 @@ media=\"https://evil.example/$Number$.m4s\n\"/></AdaptationSet></Period></MPD>"
         assert_eq!(got, *body, "{path}: as the origin wrote it");
     }
 }
+
+/// Bug: a CMCD `nor` prefetch the edge did not keep (the origin refused it, or it was past
+/// `cache.prefetch_max_size`) left nothing behind, so a viewer naming the same URL on every
+/// cheap HIT made one origin request each time (a chunked VOD file: up to 32 MiB pulled and
+/// dropped each time). Now a refused prefetch is not asked for again for a while
+/// (`negative_ttl`; past the size cap, `hit_for_pass_ttl`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_prefetch_is_not_repeated_for_every_hint() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/v/seg1.m4s",
+        Script::ok("seg1").header("cache-control", "max-age=60"),
+    );
+    origin.script("/v/missing.m4s", Script::status(404, "no such segment"));
+    let edge = TestEdge::start(crate::support::edge_config(&origin)).await;
+    for i in 0..5 {
+        let hint = format!("nor=\"missing.m4s\",sid=\"s{i}\"");
+        let r = edge
+            .get_with("/v/seg1.m4s", &[("cmcd-request", hint.as_str())])
+            .await;
+        assert_eq!(r.status, 200);
+        edge.settle().await;
+    }
+    assert_eq!(origin.count("/v/seg1.m4s"), 1);
+    assert_eq!(origin.count("/v/missing.m4s"), 1, "one prefetch per hint");
+}
