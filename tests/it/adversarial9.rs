@@ -4,6 +4,7 @@
 //! a player reads in a URL list the edge split otherwise. Each fails on the code before its fix.
 
 use crate::llhls::config_for;
+use crate::support::edge::small_store;
 use crate::support::{Origin, Script, TestEdge};
 
 /// Copy `n` of a live playlist whose segment URIs take their directory from the request's
@@ -284,17 +285,6 @@ async fn an_odd_variant_error_without_vary_sends_no_other_variant_past_the_cache
         before,
         "the cached variant went to the origin"
     );
-}
-
-/// A 64 MiB store in `dir` that admits every object on its first request.
-fn small_store(dir: &std::path::Path) -> vedge::config::RawStore {
-    vedge::config::RawStore {
-        path: Some(dir.join("store")),
-        size: Some("64MiB".into()),
-        region_size: Some("4MiB".into()),
-        admit_window: Some("0s".into()),
-        ..Default::default()
-    }
 }
 
 /// An edge with `small_store` whose object at `path` is on disk only (RAM let it go), and a

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use vedge::config::RawStore;
+use crate::support::edge::small_store;
 use vedge::proxy::llhls::scan;
 use vedge_bench::origin::OriginOptions;
 
@@ -97,17 +97,6 @@ async fn total_media(base: &str, prefix: &str) -> u64 {
         n += origin_count(base, &format!("{prefix}r0/seg_{i}.m4s")).await;
     }
     n
-}
-
-/// A 64 MiB store in `dir` that admits every object on its first request.
-fn small_store(dir: &std::path::Path) -> RawStore {
-    RawStore {
-        path: Some(dir.join("store")),
-        size: Some("64MiB".into()),
-        region_size: Some("4MiB".into()),
-        admit_window: Some("0s".into()),
-        ..RawStore::default()
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

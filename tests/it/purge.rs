@@ -498,13 +498,7 @@ async fn a_large_purge_with_a_store_does_not_stall_ram_hits() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut raw = edge_config(&origin);
     raw.admin_token = Some(ADMIN_TOKEN.into());
-    raw.store = vedge::config::RawStore {
-        path: Some(dir.path().join("store")),
-        size: Some("64MiB".into()),
-        region_size: Some("4MiB".into()),
-        admit_window: Some("0s".into()),
-        ..vedge::config::RawStore::default()
-    };
+    raw.store = crate::support::edge::small_store(dir.path());
     let edge = TestEdge::start(raw).await;
     let api = edge.admin().await;
     let admin = api.addr.port();

@@ -53,6 +53,17 @@ pub fn edge_config_for(url: String) -> RawConfig {
     raw
 }
 
+/// A 64 MiB store in `dir` that admits every object on its first request.
+pub fn small_store(dir: &std::path::Path) -> vedge::config::RawStore {
+    vedge::config::RawStore {
+        path: Some(dir.join("store")),
+        size: Some("64MiB".into()),
+        region_size: Some("4MiB".into()),
+        admit_window: Some("0s".into()),
+        ..vedge::config::RawStore::default()
+    }
+}
+
 /// A TTL rule with only `default` set, for `raw.cache.ttl.<class>`.
 pub fn ttl(default: &str) -> Option<RawTtl> {
     Some(RawTtl {
