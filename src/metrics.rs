@@ -52,6 +52,8 @@ pub struct ManifestMetrics {
     pub offloaded: AtomicU64,
     /// Manifests sent gzip-coded by the edge (`proxy::compress`).
     pub compressed: AtomicU64,
+    /// Manifest bodies gzip-coded (`proxy::compress`): a shared one once per version.
+    pub gzipped: AtomicU64,
 }
 
 /// The `result` label of `vedge_cors_preflights_total`: granted, or what was refused
@@ -169,6 +171,7 @@ impl Metrics {
                 "vedge_manifest_compressed_total",
                 &self.manifests.compressed,
             ),
+            ("vedge_manifest_gzip_codings_total", &self.manifests.gzipped),
         ] {
             let _ = writeln!(out, "# TYPE {name} counter\n{name} {}", c.load(Relaxed));
         }
@@ -507,6 +510,7 @@ const HELP: &[(&str, &str)] = &[
     ("vedge_manifest_compressed_total", "Manifests sent gzip-coded by the edge (cache.compress_manifests)."),
     ("vedge_manifest_decodes_reused_total", "Coded manifests whose decoded text was reused for a token rewrite."),
     ("vedge_manifest_decodes_total", "Coded manifests decoded for a token rewrite."),
+    ("vedge_manifest_gzip_codings_total", "Manifest bodies gzip-coded by the edge; a body every viewer shares is coded once per version."),
     ("vedge_manifest_offloaded_total", "Manifest decodes and rewrites run on the blocking pool."),
     ("vedge_origin_body_too_slow_total", "Origin bodies cut below origin_client.min_body_rate, by path (fill or pass)."),
     ("vedge_origin_connection_waits_total", "Origin dials that waited for origin_client.max_connections_per_origin."),

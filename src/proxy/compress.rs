@@ -39,8 +39,9 @@ use quick_cache::Weighter;
 use crate::cache::policy::ManifestFormat;
 use crate::http::body::Body;
 use crate::http::response::{NotModifiedLength, NotModifiedType};
+use crate::metrics::Metrics;
 use crate::proxy::edge::Edge;
-use crate::proxy::signed::{INLINE_MAX, MAX_REWRITE};
+use crate::proxy::signed::MAX_REWRITE;
 
 /// Bodies shorter than this go as they are: gzip's own 18 bytes and the viewer's inflate
 /// would save next to nothing.
@@ -305,43 +306,48 @@ async fn collect(body: Body) -> Result<Bytes, Body> {
     }
 }
 
-/// `plain` gzip-coded: from the kept forms when `shared` and compressed before, else now (off
-/// the worker past `INLINE_MAX`). `None` when the coding failed. Kept even when it saved
-/// nothing (text of `MIN_LEN` bytes and more hardly ever does): whether an answer is coded is
-/// its head's to say (`codes`), which a HEAD and a 304 can read too.
+/// `plain` gzip-coded: from the kept forms when `shared` and compressed before, else now
+/// (`code`). `None` when the coding failed. Kept even when it saved nothing (text of `MIN_LEN`
+/// bytes and more hardly ever does): whether an answer is coded is its head's to say
+/// (`codes`), which a HEAD and a 304 can read too.
+///
+/// A shared body is coded once however many viewers ask for it at once: the first holds the
+/// kept form's placeholder while it codes, the others wait on it (a new version of a large
+/// live playlist is asked for by every player within a second; each coding it would be
+/// thousands of multi-MiB compressions). A coder that fails or whose viewer leaves hands the
+/// placeholder to the next one waiting.
 async fn gzip(edge: &Edge, plain: Bytes, shared: bool) -> Option<Bytes> {
-    let kept = &edge.compressed;
-    let key = shared.then(|| kept.hash(&plain));
-    if let Some(k) = key {
-        if let Some(hit) = kept.kept.get(&k).filter(|e| e.plain == plain) {
-            return Some(hit.coded);
-        }
+    if !shared {
+        return code(edge, plain, flate2::Compression::fast()).await;
     }
     // Shared bodies are coded once and sent many times: worth the better level.
-    let level = if shared {
-        flate2::Compression::new(6)
-    } else {
-        flate2::Compression::fast()
-    };
-    let coded = if plain.len() > INLINE_MAX {
-        let p = plain.clone();
-        tokio::task::spawn_blocking(move || encode(&p, level))
-            .await
-            .ok()
-            .flatten()?
-    } else {
-        encode(&plain, level)?
-    };
-    if let Some(k) = key {
-        kept.kept.insert(
-            k,
-            Kept {
+    let level = flate2::Compression::new(6);
+    let kept = &edge.compressed;
+    match kept.kept.get_value_or_guard_async(&kept.hash(&plain)).await {
+        Ok(hit) if hit.plain == plain => Some(hit.coded),
+        // Another body with the same hash (keyed hashing makes it a chance, not a choice a
+        // viewer has): coded alone, never handed the other's coding.
+        Ok(_) => code(edge, plain, level).await,
+        Err(placeholder) => {
+            let coded = code(edge, plain.clone(), level).await?;
+            let _ = placeholder.insert(Kept {
                 plain,
                 coded: coded.clone(),
-            },
-        );
+            });
+            Some(coded)
+        }
     }
-    Some(coded)
+}
+
+/// `plain` coded at `level`, off the worker past `INLINE_MAX` bytes under the same bound as
+/// the token rewrite's work (`signed::offload`): a crowd of viewers of different large
+/// manifests holds at most that many blocking threads, not one each.
+async fn code(edge: &Edge, plain: Bytes, level: flate2::Compression) -> Option<Bytes> {
+    Metrics::inc(&edge.metrics.manifests.gzipped);
+    crate::proxy::signed::offload(edge, plain.len(), move || encode(&plain, level))
+        .await
+        .ok()
+        .flatten()
 }
 
 fn encode(plain: &[u8], level: flate2::Compression) -> Option<Bytes> {

@@ -47,10 +47,10 @@ pub const MAX_REWRITE: usize = 4 << 20;
 /// 1,800-segment playlist, ~60 KiB, rewrites in ~0.2 ms).
 pub const INLINE_MAX: usize = 64 << 10;
 
-/// Offloaded decodes and rewrites running at once (`ManifestWork::blocking`); more wait for a
-/// permit without holding a worker. Tokio's blocking pool grows to 512 threads: unbounded,
-/// a crowd of viewers fetching a large manifest would have hundreds of threads each holding
-/// a rewritten copy at once.
+/// Offloaded decodes, rewrites and gzip codings (`compress`) running at once
+/// (`ManifestWork::blocking`); more wait for a permit without holding a worker. Tokio's
+/// blocking pool grows to 512 threads: unbounded, a crowd of viewers fetching a large
+/// manifest would have hundreds of threads each holding a rewritten copy at once.
 const MAX_OFFLOADED: usize = 4;
 
 /// The edge's state for manifests on token routes: coded bodies decoded lately
@@ -564,7 +564,7 @@ async fn decoded(
 /// leaves meanwhile drops only its wait for the result, and the permit is released when the
 /// work returns. A panic in the work is the request's failure (500), as on the worker, where
 /// it would have failed the connection's task.
-async fn offload<T, F>(edge: &Edge, size: usize, work: F) -> Result<T, EdgeError>
+pub(crate) async fn offload<T, F>(edge: &Edge, size: usize, work: F) -> Result<T, EdgeError>
 where
     T: Send + 'static,
     F: FnOnce() -> T + Send + 'static,

@@ -6,6 +6,7 @@ mod support;
 mod abuse;
 mod adversarial;
 mod adversarial10;
+mod adversarial11;
 mod adversarial2;
 mod adversarial3;
 mod adversarial4;
