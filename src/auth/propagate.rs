@@ -905,8 +905,11 @@ fn rewrite_dash(text: &str, carry: &Carry) -> Result<Option<String>, Oversized> 
     let mut location_foreign = false;
     // A representation's `id` could change where a template leads (see where it is read).
     let mut risky_ids = false;
-    // Where the text of an open BaseURL/Location/PatchLocation starts, and which it is.
-    let mut text_from: Option<(usize, TextUrl)> = None;
+    // Where the text of an open BaseURL/Location/PatchLocation starts, which it is, and its
+    // depth in `open`. Elements inside it do not end it: a player reads the element's whole
+    // text content (`<BaseURL>https://other.example/<x/></BaseURL>` is that host to
+    // mpd-parser), so it ends at its own end tag alone, with the markup in it.
+    let mut text_from: Option<(usize, TextUrl, usize)> = None;
     while let Some(lt) = text[i..].find('<').map(|p| i + p) {
         let rest = &text[lt..];
         let skip_to = |end: &str| rest.find(end).map_or(text.len(), |p| lt + p + end.len());
@@ -936,7 +939,9 @@ fn rewrite_dash(text: &str, carry: &Carry) -> Result<Option<String>, Oversized> 
         }
         if rest.starts_with("</") {
             let closing = open.pop();
-            if let (Some((from, which)), Some(own)) = (text_from.take(), closing) {
+            let ends_text = text_from.is_some_and(|(_, _, depth)| depth == open.len());
+            if let (Some((from, which, _)), Some(own)) = (text_from.take_if(|_| ends_text), closing)
+            {
                 let raw = &text[from..lt];
                 let lead = raw.len() - raw.trim_start().len();
                 let trimmed = raw.trim();
@@ -1148,9 +1153,11 @@ fn rewrite_dash(text: &str, carry: &Carry) -> Result<Option<String>, Oversized> 
             "ContentSteering" => Some(TextUrl::ContentSteering),
             _ => None,
         };
-        text_from = which
-            .filter(|_| !self_closing)
-            .map(|w| (j.min(text.len()), w));
+        if text_from.is_none() {
+            text_from = which
+                .filter(|_| !self_closing)
+                .map(|w| (j.min(text.len()), w, open.len() - 1));
+        }
         i = j.min(text.len());
         if i <= lt {
             break; // no progress: malformed tail

@@ -67,3 +67,61 @@ async fn a_crowd_asking_for_a_large_manifest_at_once_codes_it_once() {
     assert_eq!(api.metric("vedge_manifest_compressed_total").await, 12);
     assert_eq!(origin.count(path), 1);
 }
+
+/// Bug: an element inside an MPD's `BaseURL` (or `Location`) ended the scan's reading of its
+/// text, so `<BaseURL>http://evil.example/<x/></BaseURL>` set no base at all and the relative
+/// segment URLs under it got the viewer's token, while a player reads the element's whole
+/// text (mpd-parser: `http://evil.example/seg_00001.m4s?hdnts=...`) and sent that host the
+/// token. Now the text ends at the element's own end tag, and markup in it makes the URL not
+/// certainly this host: no token under it.
+#[tokio::test]
+async fn markup_inside_a_base_url_gives_no_other_host_the_token() {
+    use crate::support::token::{raw_token, token_edge, token_for};
+
+    let origin = Origin::start().await;
+    let mpd = |base: &str| {
+        format!(
+            "<?xml version=\"1.0\"?><MPD xmlns=\"urn:mpeg:dash:schema:mpd:2011\" type=\"static\">\
+{base}<Period id=\"p0\"><AdaptationSet mimeType=\"video/mp4\"><SegmentTemplate \
+media=\"seg_$Number%05d$.m4s\" initialization=\"init_$RepresentationID$.mp4\" duration=\"2\" \
+timescale=\"1\"/><Representation id=\"v0\" bandwidth=\"1\"/></AdaptationSet></Period></MPD>"
+        )
+    };
+    let cases = [
+        (
+            "/v/child.mpd",
+            "<BaseURL>http://evil.example/<x/></BaseURL>",
+        ),
+        (
+            "/v/split.mpd",
+            "<BaseURL>http://<b>evil</b>.example/</BaseURL>",
+        ),
+        (
+            "/v/loc.mpd",
+            "<Location>http://evil.example/m.mpd<x/></Location>",
+        ),
+        ("/v/plain.mpd", "<BaseURL>seg/</BaseURL>"),
+    ];
+    for (path, base) in cases {
+        origin.script(
+            path,
+            Script::ok(mpd(base)).header("content-type", "application/dash+xml"),
+        );
+    }
+    let edge = token_edge(&origin, raw_token()).await;
+    let t = token_for("/v/*", None);
+    for (path, base) in cases {
+        let r = edge.get(&format!("{path}?hdnts={t}")).await;
+        assert_eq!(r.status.as_u16(), 200, "{path}");
+        let body = String::from_utf8_lossy(&r.body);
+        let tokened = body.contains("seg_$Number%05d$.m4s?hdnts=");
+        if path == "/v/plain.mpd" {
+            assert!(tokened, "the rewrite ran for a same-host base: {body}");
+        } else {
+            assert!(
+                !tokened,
+                "{base}: the segments under it got the token: {body}"
+            );
+        }
+    }
+}
