@@ -24,7 +24,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use http::header;
+use http::header::{self, HeaderValue, MAX_FORWARDS};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::{Body as HttpBody, Incoming};
@@ -143,7 +143,8 @@ pub async fn handle(
     req: Request<Incoming>,
     peer: Option<SocketAddr>,
 ) -> Response<Body> {
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    spend_max_forwards(&mut parts);
     let cmcd = read_cmcd(edge, &parts);
     let mut route_cors = None;
     let mut resp = match dispatch(edge, &parts, body, peer, cmcd.as_ref(), &mut route_cors).await {
@@ -166,6 +167,41 @@ pub async fn handle(
         resp.extensions_mut().insert(c);
     }
     resp
+}
+
+/// An `OPTIONS` that arrived with `Max-Forwards: 0`: this edge answers it itself.
+#[derive(Clone)]
+struct NoForwardsLeft;
+
+/// RFC 9110 §7.6.2: a proxy receiving an `OPTIONS` (or `TRACE`, which the edge refuses) with
+/// `Max-Forwards` answers it itself when the value is 0 (`NoForwardsLeft`), and otherwise
+/// forwards it with the value less one. An invalid value (not one decimal number) is left as
+/// it came.
+fn spend_max_forwards(parts: &mut Parts) {
+    if parts.method != Method::OPTIONS {
+        return;
+    }
+    let mut values = parts.headers.get_all(MAX_FORWARDS).iter();
+    let (Some(v), None) = (values.next(), values.next()) else {
+        return;
+    };
+    let digits = v.as_bytes();
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return;
+    }
+    // A longer number than u64 holds is still more hops than any chain has.
+    let left = std::str::from_utf8(digits)
+        .ok()
+        .and_then(|d| d.parse::<u64>().ok())
+        .unwrap_or(u64::MAX);
+    match left.checked_sub(1) {
+        None => {
+            parts.extensions.insert(NoForwardsLeft);
+        }
+        Some(n) => {
+            parts.headers.insert(MAX_FORWARDS, HeaderValue::from(n));
+        }
+    }
 }
 
 /// The request's CMCD, read once: counted in the route's metrics, then handed to the access log
@@ -202,7 +238,12 @@ async fn dispatch<'e>(
     if parts.method == Method::TRACE || parts.method == Method::CONNECT {
         return Err(EdgeError::MethodNotAllowed);
     }
-    if parts.method == Method::OPTIONS && parts.uri == "*" {
+    // `OPTIONS *` asks about the server itself: in HTTP/1.1 the asterisk-form, in HTTP/2 a
+    // `:path` of `*` (RFC 9113 §8.3.1), whose URI also carries the scheme and authority. One
+    // whose `Max-Forwards` was 0 has this edge as its final recipient (RFC 9110 §7.6.2).
+    if parts.method == Method::OPTIONS
+        && (parts.uri.path() == "*" || parts.extensions.get::<NoForwardsLeft>().is_some())
+    {
         return Ok(response::server_options());
     }
     if crate::http::transfer_codings(&parts.headers).any(|c| !c.eq_ignore_ascii_case(b"chunked")) {

@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use crate::support::binary::ADMIN_TOKEN;
 use crate::support::edge::edge_config;
+use http::Method;
+
 use crate::support::{Origin, Script, TestEdge};
 
 /// Bug: with `cache.compress_manifests` on, every viewer that asked for a large shared
@@ -124,4 +126,61 @@ timescale=\"1\"/><Representation id=\"v0\" bandwidth=\"1\"/></AdaptationSet></Pe
             );
         }
     }
+}
+
+/// Bug: `OPTIONS *` over HTTP/2 (`:path` `*`, RFC 9113 §8.3.1) was refused 400 ("path does not
+/// start with `/`"), where over HTTP/1.1 it was answered: the h2 request's URI carries the
+/// scheme and authority, so the check for the asterisk-form never matched. And `Max-Forwards`
+/// on an `OPTIONS` was passed on as it came: with 0 the origin was asked (RFC 9110 §7.6.2:
+/// the proxy answers it itself), otherwise not decremented.
+#[tokio::test]
+async fn options_star_over_h2_and_max_forwards_are_honoured() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let origin = Origin::start().await;
+    origin.script("/mf/a.ts", Script::ok("").header("allow", "GET, OPTIONS"));
+    let edge = TestEdge::start(edge_config(&origin)).await;
+    let tcp = tokio::net::TcpStream::connect(edge.addr)
+        .await
+        .expect("connect");
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    let uri = http::Uri::builder()
+        .scheme("http")
+        .authority(edge.addr.to_string())
+        .path_and_query("*")
+        .build()
+        .expect("uri");
+    let req = http::Request::options(uri)
+        .body(Empty::<bytes::Bytes>::new())
+        .expect("request");
+    let r = send.send_request(req).await.expect("answer");
+    let status = r.status();
+    let allow = r.headers().get("allow").cloned();
+    let body = r.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert!(allow.is_some_and(|a| a.to_str().is_ok_and(|a| a.contains("GET"))));
+    assert_eq!(origin.count("*"), 0);
+
+    // Max-Forwards: 0 is this edge's to answer; 5 reaches the origin as 4.
+    let options = |mf: &'static str| {
+        edge.send(
+            edge.req(Method::OPTIONS, "/mf/a.ts")
+                .header("max-forwards", mf),
+            bytes::Bytes::new(),
+        )
+    };
+    let zero = options("0").await;
+    assert_eq!(zero.status, 200);
+    assert!(zero.h("allow").contains("GET"), "{}", zero.h("allow"));
+    assert_eq!(origin.count("/mf/a.ts"), 0, "Max-Forwards: 0 was forwarded");
+    let five = options("5").await;
+    assert_eq!(five.status, 200);
+    let seen = origin.seen("/mf/a.ts");
+    let asked = seen.last().expect("the origin was asked");
+    assert_eq!(asked.header("max-forwards"), Some("4"));
 }
