@@ -56,7 +56,7 @@ pub async fn serve(edge: Arc<Edge>, listener: TcpListener, shutdown: Cancellatio
             service_fn(move |req| {
                 let (edge, jobs) = (edge.clone(), jobs.clone());
                 // Admin bodies are whole (or a job handle): the request ends with the handler.
-                let in_flight = activity.request(false, None);
+                let in_flight = activity.request(false, false, None);
                 async move {
                     let resp = handle(edge, jobs, req).await;
                     drop(in_flight);

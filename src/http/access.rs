@@ -203,7 +203,8 @@ impl<H: Handler> http_body::Body for Logged<H> {
                 }
             }
             Poll::Ready(None) => this.done = true,
-            _ => {}
+            Poll::Ready(Some(Err(_))) => this.in_flight.cut_short(),
+            Poll::Pending => {}
         }
         r
     }

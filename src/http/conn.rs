@@ -11,6 +11,7 @@
 
 use std::future::Future;
 use std::io;
+use std::os::fd::RawFd;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, Weak};
@@ -50,6 +51,9 @@ pub struct Activity {
     epoch_at_start: u64,
     /// Whether `h2_flood::FloodGuard` closed the connection.
     h2_flood: std::sync::atomic::AtomicBool,
+    /// An HTTP/1 response body failed part-way (`InFlight::cut_short`): the connection ends
+    /// with a reset, not a FIN (`Watched`'s drop).
+    cut_short: std::sync::atomic::AtomicBool,
 }
 
 impl Activity {
@@ -66,6 +70,7 @@ impl Activity {
             read: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             h2_flood: std::sync::atomic::AtomicBool::new(false),
+            cut_short: std::sync::atomic::AtomicBool::new(false),
             streams: Mutex::new(Vec::new()),
         })
     }
@@ -100,8 +105,12 @@ impl Activity {
     ///
     /// `stalled`: the client's h2 responses (`limits.per_ip_stalled_bytes`), which a
     /// multiplexed request joins.
+    /// A request starts on the connection. `http1`: it came over HTTP/1 (its body's failure
+    /// ends the connection, `InFlight::cut_short`); `multiplexed`: its wait for the viewer is
+    /// watched stream by stream (h2).
     pub fn request(
         self: &Arc<Self>,
+        http1: bool,
         multiplexed: bool,
         stalled: Option<&Arc<Stalled>>,
     ) -> InFlight {
@@ -123,6 +132,7 @@ impl Activity {
         });
         InFlight {
             activity: self.clone(),
+            http1,
             wait,
         }
     }
@@ -236,6 +246,7 @@ fn ms(d: Duration) -> u64 {
 /// One request in flight on a connection.
 pub struct InFlight {
     activity: Arc<Activity>,
+    http1: bool,
     /// A multiplexed request's wait for its viewer (`StalledResponse::since`, set when its
     /// response head or a body frame was handed over and the body was not polled since; 0
     /// while the body is being polled: the edge or the origin, not the viewer, is behind) and
@@ -245,6 +256,17 @@ pub struct InFlight {
 }
 
 impl InFlight {
+    /// The response body failed before its end (the fill or pass behind it broke). Over
+    /// HTTP/1 the viewer must not take what it got for the whole answer: a chunked body lacks
+    /// its last chunk, but a close-delimited one (an HTTP/1.0 viewer, no `Content-Length`)
+    /// ends at the close, so the connection is reset instead of closed (RFC 9112 §6.3, §9.6:
+    /// an incomplete message). Over h2 the stream's reset already says it.
+    pub fn cut_short(&self) {
+        if self.http1 {
+            self.activity.cut_short.store(true, Relaxed);
+        }
+    }
+
     /// The response body's length (exact, or the least it will be).
     pub fn promise(&self, len: u64) {
         if let Some(w) = &self.wait {
@@ -313,11 +335,40 @@ pub async fn guard<F: Future>(conn: F, activity: &Activity, t: &ConnTimeouts, m:
 pub struct Watched<S> {
     inner: S,
     activity: Arc<Activity>,
+    /// The socket `inner` owns (`resetting`).
+    socket: Option<RawFd>,
+}
+
+impl<S> Drop for Watched<S> {
+    fn drop(&mut self) {
+        let Some(fd) = self.socket else { return };
+        if !self.activity.cut_short.load(Relaxed) {
+            return;
+        }
+        // SAFETY: `inner`, which owns `fd`, is dropped after this body: the descriptor is
+        // open and is this connection's for the whole borrow.
+        let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        // A zero linger makes the close that follows send a reset (and drop what is unsent).
+        if let Err(e) = socket2::SockRef::from(&socket).set_linger(Some(Duration::ZERO)) {
+            tracing::debug!(error = %e, "could not reset a connection whose body was cut short");
+        }
+    }
 }
 
 impl<S> Watched<S> {
     pub fn new(inner: S, activity: Arc<Activity>) -> Watched<S> {
-        Watched { inner, activity }
+        Watched {
+            inner,
+            activity,
+            socket: None,
+        }
+    }
+
+    /// Resets rather than closes the socket `fd`, which `inner` owns, when an HTTP/1 body was
+    /// cut short (`InFlight::cut_short`).
+    pub fn resetting(mut self, fd: RawFd) -> Watched<S> {
+        self.socket = Some(fd);
+        self
     }
 
     fn note<T>(&self, r: Poll<T>) -> Poll<T> {

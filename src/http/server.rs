@@ -349,10 +349,12 @@ async fn accept_loop<H: Handler>(
         let cut = cut.clone();
         match &tls {
             None => {
+                let fd = stream.as_raw_fd();
                 let io = Watched::new(
                     ZeroCopyStream::new(stream, send_buffer, zero_copy),
                     activity.clone(),
-                );
+                )
+                .resetting(fd);
                 // Boxed: the connection task holds it as its own and in the guard's future,
                 // and a boxed one is a pointer in each (5.6 KiB of task per connection else).
                 let io = FloodGuard::new(io, h2_rate, activity.clone());
@@ -380,7 +382,8 @@ async fn accept_loop<H: Handler>(
                 tasks.spawn(async move {
                     let cfg = edge.server_config();
                     let m = &edge.metrics().limits;
-                    let io = Watched::new(stream, activity.clone());
+                    let fd = stream.as_raw_fd();
+                    let io = Watched::new(stream, activity.clone()).resetting(fd);
                     let tls =
                         match tokio::time::timeout(cfg.tls_handshake_timeout, acceptor.accept(io))
                             .await
@@ -520,6 +523,7 @@ pub async fn respond<H: Handler>(
     peer: Option<SocketAddr>,
 ) -> Response<Logged<H>> {
     let in_flight = conn.activity.request(
+        req.version() < http::Version::HTTP_2,
         conn.watch_streams && req.version() == http::Version::HTTP_2,
         conn.admitted.stalled(),
     );

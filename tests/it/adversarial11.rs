@@ -184,3 +184,47 @@ async fn options_star_over_h2_and_max_forwards_are_honoured() {
     let asked = seen.last().expect("the origin was asked");
     assert_eq!(asked.header("max-forwards"), Some("4"));
 }
+
+/// Bug: an HTTP/1.0 viewer (no chunked coding: the body ends at the close) whose answer broke
+/// part-way (the origin died mid-body) got a clean close after the bytes that came, a short
+/// body that looked whole (curl --http1.0 exited 0). Now the connection is reset: the
+/// truncation shows (RFC 9112 §6.3, §9.6).
+#[tokio::test]
+async fn a_close_delimited_answer_cut_short_ends_in_a_reset() {
+    use crate::support::Fault;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let origin = Origin::start().await;
+    let mut script = Script::ok(vec![b'x'; 256 << 10]).header("cache-control", "max-age=60");
+    script.chunked = true;
+    script.fault = Fault::Truncate(8 << 10);
+    origin.script("/cut/a.bin", script);
+    let edge = TestEdge::start(edge_config(&origin)).await;
+    let mut s = tokio::net::TcpStream::connect(edge.addr)
+        .await
+        .expect("connect");
+    s.write_all(b"GET /cut/a.bin HTTP/1.0\r\n\r\n")
+        .await
+        .expect("send");
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 << 10];
+    let end = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) => return Ok(()),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => return Err(e),
+            }
+        }
+    })
+    .await
+    .expect("the answer ended");
+    let text = String::from_utf8_lossy(&got[..got.len().min(200)]).into_owned();
+    assert!(text.starts_with("HTTP/1.0 200"), "{text}");
+    assert!(
+        !text.to_ascii_lowercase().contains("content-length"),
+        "{text}"
+    );
+    let e = end.expect_err("a short close-delimited body ended in a clean close");
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+}
