@@ -238,6 +238,13 @@ async fn dispatch<'e>(
     if parts.method == Method::TRACE || parts.method == Method::CONNECT {
         return Err(EdgeError::MethodNotAllowed);
     }
+    // The authority-form (`GET example.com:80 HTTP/1.1`) is CONNECT's alone (RFC 9112
+    // §3.2.3); any other method with it names no resource (it was fetched and stored as `/`).
+    if parts.uri.scheme().is_none() && parts.uri.authority().is_some() {
+        return Err(EdgeError::BadRequest(
+            "the authority-form request target is only for CONNECT",
+        ));
+    }
     // `OPTIONS *` asks about the server itself: in HTTP/1.1 the asterisk-form, in HTTP/2 a
     // `:path` of `*` (RFC 9113 §8.3.1), whose URI also carries the scheme and authority. One
     // whose `Max-Forwards` was 0 has this edge as its final recipient (RFC 9110 §7.6.2).

@@ -228,3 +228,23 @@ async fn a_close_delimited_answer_cut_short_ends_in_a_reset() {
     let e = end.expect_err("a short close-delimited body ended in a clean close");
     assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
 }
+
+/// Bug: a request target in authority-form on a GET (`GET example.com:80 HTTP/1.1`, CONNECT's
+/// form alone, RFC 9112 §3.2.3) was answered 200: fetched from the origin and stored as `/`.
+/// Now it is refused 400 and the origin is not asked.
+#[tokio::test]
+async fn an_authority_form_get_is_refused() {
+    let origin = Origin::start().await;
+    origin.script(
+        "/",
+        Script::ok("root").header("cache-control", "max-age=60"),
+    );
+    let edge = TestEdge::start(edge_config(&origin)).await;
+    let raw = edge
+        .raw(b"GET example.com:80 HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n")
+        .await;
+    assert_eq!(raw.status(), 400, "{}", raw.text());
+    assert_eq!(origin.count("/"), 0);
+    let ok = edge.get("/").await;
+    assert_eq!(ok.status, 200);
+}
