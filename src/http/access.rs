@@ -60,6 +60,26 @@ fn clipped(s: &str, max: usize) -> String {
     format!("{}...", &s[..end])
 }
 
+/// The request's path as the access line shows it (unquoted): a byte outside printable ASCII
+/// (raw UTF-8, which the request line lets through as obs-text, or a control byte) written as
+/// `%XX`, so no path can hold a character a log reader takes for a line break (U+2028,
+/// U+0085) or forge another field.
+fn loggable_path(path: &str) -> String {
+    let path = clipped(path, MAX_PATH);
+    if path.bytes().all(|b| b.is_ascii_graphic()) {
+        return path;
+    }
+    let mut out = String::with_capacity(path.len() + 16);
+    for b in path.bytes() {
+        if b.is_ascii_graphic() {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// What the access line needs from the request, taken before the request is handed on.
 pub struct Pending {
     started: Instant,
@@ -77,7 +97,7 @@ impl Pending {
                 .map(|v| clipped(v, MAX_FIELD))
         };
         let who = enabled().then(|| Who {
-            path: clipped(req.uri().path(), MAX_PATH),
+            path: loggable_path(req.uri().path()),
             // The host the edge served, as it routes and keys (`request::viewer_host`): the
             // target's authority (absolute-form, h2 `:authority`) wins over `Host` (RFC 9112
             // §3.2.2), or a viewer could log its traffic under another customer's host.
@@ -261,7 +281,17 @@ impl<H: Handler> Drop for Logged<H> {
 
 #[cfg(test)]
 mod tests {
-    use super::clipped;
+    use super::{clipped, loggable_path};
+
+    #[test]
+    fn a_path_is_logged_in_printable_ascii() {
+        assert_eq!(loggable_path("/vod/a.ts?x=1"), "/vod/a.ts?x=1");
+        assert_eq!(
+            loggable_path("/vod/a\u{2028}forged\u{85}line.ts"),
+            "/vod/a%E2%80%A8forged%C2%85line.ts"
+        );
+        assert_eq!(loggable_path("/a b\tc"), "/a%20b%09c");
+    }
 
     #[test]
     fn long_text_is_cut_at_a_character_boundary_and_marked() {

@@ -248,3 +248,37 @@ async fn an_authority_form_get_is_refused() {
     let ok = edge.get("/").await;
     assert_eq!(ok.status, 200);
 }
+
+/// Bug: the access line wrote the request's path as it came, and the request line lets raw
+/// UTF-8 through: `GET /log/a<U+2028>forged<U+0085>line.ts` put two characters that log
+/// readers (Python's `splitlines`, JavaScript) take for line breaks into one record. Now a
+/// byte outside printable ASCII is written `%XX`.
+#[tokio::test]
+async fn a_raw_line_separator_in_the_path_stays_in_one_access_line() {
+    use crate::adversarial3::{first_access_line, serve_logging_to};
+    use tokio::io::AsyncWriteExt;
+
+    let origin = Origin::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("edge.log");
+    let (port, _edge) = serve_logging_to(&origin, &log).await;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    s.write_all(
+        "GET /log/a\u{2028}forged\u{85}line.ts HTTP/1.1\r\nHost: e\r\nConnection: close\r\n\r\n"
+            .as_bytes(),
+    )
+    .await
+    .expect("send");
+    crate::support::edge::read_raw(&mut s).await;
+    let line = first_access_line(&log).await;
+    assert!(
+        !line.contains('\u{2028}') && !line.contains('\u{85}'),
+        "a line break inside the record: {line:?}"
+    );
+    assert!(
+        line.contains("/log/a%E2%80%A8forged%C2%85line.ts"),
+        "{line}"
+    );
+}

@@ -95,7 +95,7 @@ fn log_fields(line: &str) -> Vec<(String, String)> {
 }
 
 /// Kills the child process it holds when dropped.
-struct Killed(std::process::Child);
+pub(crate) struct Killed(std::process::Child);
 
 impl Drop for Killed {
     fn drop(&mut self) {
@@ -106,7 +106,7 @@ impl Drop for Killed {
 
 /// `vedge serve` (the real binary) in front of `origin`, its stdout (where `serve` logs,
 /// access lines included) written to `log`; waits (bounded) until it answers.
-async fn serve_logging_to(origin: &Origin, log: &std::path::Path) -> (u16, Killed) {
+pub(crate) async fn serve_logging_to(origin: &Origin, log: &std::path::Path) -> (u16, Killed) {
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a probe port");
         l.local_addr().expect("probe addr").port()
@@ -130,7 +130,7 @@ async fn serve_logging_to(origin: &Origin, log: &std::path::Path) -> (u16, Kille
 }
 
 /// The first access line `log` holds, waiting (bounded, 5 s) for it.
-async fn first_access_line(log: &std::path::Path) -> String {
+pub(crate) async fn first_access_line(log: &std::path::Path) -> String {
     for _ in 0..100 {
         let text = std::fs::read_to_string(log).unwrap_or_default();
         if let Some(line) = text.lines().find(|l| l.contains("vedge::access")) {
