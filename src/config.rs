@@ -875,6 +875,16 @@ impl Check {
 
     fn origin_url(&mut self, field: &str, v: &str) -> Option<url::Url> {
         match url::Url::parse(v) {
+            // Credentials in the URL would never be sent (the edge authenticates to no
+            // origin by URL), and the URL names the origin in `/metrics` labels and logs,
+            // which are not secret: refused rather than published.
+            Ok(u) if !u.username().is_empty() || u.password().is_some() => {
+                self.0.push(format!(
+                    "{field}: an origin URL must not carry credentials (`user:password@`): \
+                     they would never be sent, and the URL is shown in metrics and logs"
+                ));
+                None
+            }
             Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Some(u),
             Ok(_) => {
                 self.0.push(format!(

@@ -282,3 +282,40 @@ async fn a_raw_line_separator_in_the_path_stays_in_one_access_line() {
         "{line}"
     );
 }
+
+/// Bug: an origin URL with credentials (`http://user:pass@host`) was accepted: the edge never
+/// sent them (the origin saw no `Authorization`), and the URL, password included, labelled
+/// the origin's series on the unauthenticated `/metrics`. Now such a config is refused at
+/// start with a message saying why.
+#[tokio::test]
+async fn an_origin_url_with_credentials_is_refused_at_start() {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_vedge"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(["--origin", "http://edgeuser:s3cretpw@127.0.0.1:9"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn vedge");
+    let mut status = None;
+    for _ in 0..200 {
+        status = child.try_wait().expect("wait");
+        if status.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let Some(status) = status else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("vedge started with credentials in its origin URL");
+    };
+    assert!(!status.success());
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err)
+        .expect("read stderr");
+    assert!(err.contains("must not carry credentials"), "{err}");
+    assert!(
+        !err.contains("s3cretpw"),
+        "the message repeats the password: {err}"
+    );
+}
