@@ -500,31 +500,22 @@ where
 /// Why a manifest's reference was left out of an admin ingest (`fetchable`).
 const NOT_AN_ORIGIN: &str = "not one of the origins or shields of the route serving it";
 
-/// Whether an admin ingest may fetch `url`: its origin (scheme, host and port) must be one the
-/// route serving its path fills from, one of the route's origins or, when the `[shield]` tier
-/// covers the route, a shield node. The admin API must not become a way to make the edge fetch
-/// from any host its network reaches (and store the answer under a viewer's key).
+/// Whether an admin ingest may fetch `url`: a fill of some viewer path on one of the edge's
+/// routes must fetch exactly that URL (`engine::viewer_path_of`: one of the route's origins
+/// or, when the `[shield]` tier covers the route, a shield node, with the origin's base path).
+/// The admin API must not become a way to make the edge fetch from any host its network
+/// reaches, nor to store one origin path's bytes under the key of another (a route to
+/// `http://o/base` fills `/vod/a.ts` from `/base/vod/a.ts`, never from `/vod/a.ts`).
 fn fetchable(config: &crate::config::Config, url: &Url) -> Result<(), String> {
-    let path = crate::cache::key::normalize_path(url.path())
+    crate::cache::key::normalize_path(url.path())
         .map_err(|e| format!("{url}: not a path a viewer could ask for: {e}"))?;
-    let Some(route) = config.route_for(&path) else {
-        return Err(format!("{url}: no route serves {path}"));
-    };
-    let shields = config
-        .tier
-        .shield
-        .iter()
-        .filter(|s| s.covers(route))
-        .flat_map(|s| &s.nodes);
-    let mut allowed = route.group.origins.iter().chain(shields);
-    if allowed.any(|o| o.origin() == url.origin()) {
+    if crate::ingest::engine::viewer_path_of(config, url).is_some() {
         return Ok(());
     }
     Err(format!(
-        "{url}: ingest fetches only from the origins and shields of the route serving it \
-         ({}), and {} is none of them",
-        route.prefix,
-        url.origin().ascii_serialization()
+        "{url}: ingest fetches only what a fill of one of the edge's routes would fetch (an \
+         origin or shield of the route serving the path, under that origin's base path), and \
+         no route fills from {url}"
     ))
 }
 
@@ -532,7 +523,8 @@ fn fetchable(config: &crate::config::Config, url: &Url) -> Result<(), String> {
 /// when that route's origin is the URL's authority (as a fill of it would send); else the URL's.
 fn route_host(edge: Arc<Edge>) -> crate::origin::fetch::HostFor {
     Arc::new(move |url: &Url| {
-        let path = crate::cache::key::normalize_path(url.path()).ok()?;
+        let viewer = crate::ingest::engine::viewer_path_of(&edge.config, url)?;
+        let path = crate::cache::key::normalize_path(&viewer).ok()?;
         let route = edge.config.route_for(&path)?;
         let same = route.origin.host_str() == url.host_str()
             && route.origin.port_or_known_default() == url.port_or_known_default();
@@ -544,7 +536,8 @@ fn route_host(edge: Arc<Edge>) -> crate::origin::fetch::HostFor {
 /// would use; the platform's roots for any other https URL.
 fn route_tls(edge: Arc<Edge>) -> crate::origin::fetch::TlsFor {
     Arc::new(move |url: &Url| {
-        let path = crate::cache::key::normalize_path(url.path()).ok();
+        let viewer = crate::ingest::engine::viewer_path_of(&edge.config, url);
+        let path = viewer.and_then(|v| crate::cache::key::normalize_path(&v).ok());
         path.and_then(|p| edge.config.route_for(&p))
             .and_then(|route| {
                 route

@@ -161,7 +161,11 @@ impl KeyMapper {
                     rel.trim_start_matches('/')
                 )
             }
-            _ => url.path().to_string(),
+            _ => self
+                .config
+                .as_deref()
+                .and_then(|c| viewer_path_of(c, url))
+                .unwrap_or_else(|| url.path().to_string()),
         };
         match url.query() {
             Some(q) => format!("{path}?{q}"),
@@ -191,6 +195,39 @@ impl KeyMapper {
             )),
         }
     }
+}
+
+/// The path a viewer asks for to get the origin URL `url`, as a fill of one of `config`'s
+/// routes would fetch it: the URL's path less the base path of that route's origin (a route
+/// to `http://o/base` fills `/vod/a.ts` from `http://o/base/vod/a.ts`). An origin is one of
+/// the route's (or a shield node covering it) with the URL's scheme, host and port, whose
+/// base the path starts with at a segment boundary, and the rest must be routed to that very
+/// route. `None` when no route would fetch `url` for any viewer path: an ingest keyed on the
+/// URL's own path would store another object's bytes under it.
+pub fn viewer_path_of(config: &crate::config::Config, url: &Url) -> Option<String> {
+    let path = url.path();
+    config.routes.iter().find_map(|route| {
+        let shields = config
+            .tier
+            .shield
+            .iter()
+            .filter(|s| s.covers(route))
+            .flat_map(|s| &s.nodes);
+        route
+            .group
+            .origins
+            .iter()
+            .chain(shields)
+            .filter(|o| o.origin() == url.origin())
+            .find_map(|o| {
+                let rest = path.strip_prefix(o.path().trim_end_matches('/'))?;
+                let routed = crate::cache::key::normalize_path(rest).ok()?;
+                let here = config
+                    .route_for(&routed)
+                    .is_some_and(|r| std::ptr::eq(r, route));
+                (rest.starts_with('/') && here).then(|| rest.to_string())
+            })
+    })
 }
 
 /// Ingest settings.

@@ -319,3 +319,64 @@ async fn an_origin_url_with_credentials_is_refused_at_start() {
         "the message repeats the password: {err}"
     );
 }
+
+/// Bug: an admin ingest keyed what it fetched by the URL's own path, ignoring the base path
+/// of the route's origin. On a route `/vod/` to `http://origin/base`, ingesting
+/// `http://origin/vod/a/media.m3u8` fetched `/vod/a/seg1.ts` (another file) and pinned it
+/// under the key of `/vod/a/seg1.ts`, whose fill asks `/base/vod/a/seg1.ts`: every viewer got
+/// the wrong bytes for a year. Now an ingest fetches only what a fill would (the origin's
+/// base path included) and keys it by the viewer's path.
+#[tokio::test]
+async fn an_ingest_fetches_under_the_origins_base_path() {
+    use crate::ingest::{finished_job, post_job};
+    use crate::support::edge::{admin_post, edge_config_for};
+
+    let origin = Origin::start().await;
+    let day = ("cache-control", "max-age=86400");
+    let playlist = "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-PLAYLIST-TYPE:VOD\n\
+#EXTINF:2.0,\nseg1.ts\n#EXT-X-ENDLIST\n";
+    for base in ["/base", ""] {
+        let body = if base.is_empty() { "WRONG" } else { "RIGHT" };
+        origin.script(
+            &format!("{base}/vod/a/media.m3u8"),
+            Script::ok(playlist).header(day.0, day.1),
+        );
+        origin.script(
+            &format!("{base}/vod/a/seg1.ts"),
+            Script::ok(body).header(day.0, day.1),
+        );
+    }
+    let mut raw = edge_config_for(format!("{}/base", origin.url()));
+    raw.admin_token = Some(ADMIN_TOKEN.into());
+    let edge = TestEdge::start(raw).await;
+    let api = edge.admin().await;
+    let port = api.addr.port();
+
+    // Not what any fill fetches: refused, nothing fetched.
+    let outside = format!(r#"{{"assets": ["{}/vod/a/media.m3u8"]}}"#, origin.url());
+    let (status, text) = admin_post(port, "/admin/ingest", &outside).await;
+    assert!((400..500).contains(&status), "{status} {text}");
+    assert_eq!(origin.count("/vod/a/seg1.ts"), 0);
+
+    // Under the base: fetched from there, and a viewer's first request is a hit.
+    let inside = format!(
+        r#"{{"assets": ["{}/base/vod/a/media.m3u8"]}}"#,
+        origin.url()
+    );
+    let done = finished_job(port, post_job(port, &inside).await).await;
+    assert_eq!(
+        done["assets"][0]["failures"],
+        serde_json::json!([]),
+        "{done}"
+    );
+    let r = edge.get("/vod/a/seg1.ts").await;
+    assert_eq!(&r.body[..], b"RIGHT");
+    assert_eq!(r.x_cache(), "HIT");
+    let gets = origin.seen("/base/vod/a/seg1.ts");
+    assert_eq!(
+        gets.iter().filter(|s| s.method == "GET").count(),
+        1,
+        "{gets:?}"
+    );
+    assert_eq!(origin.count("/vod/a/seg1.ts"), 0);
+}
