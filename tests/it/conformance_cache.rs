@@ -3,7 +3,7 @@
 
 use http::StatusCode;
 
-use crate::support::{edge_config, Origin, Script, TestEdge};
+use crate::support::{edge_config, until, Gate, Origin, Script, TestEdge};
 
 const BODY: &[u8] = b"0123456789abcdefghij";
 
@@ -65,4 +65,98 @@ async fn a_206_of_unknown_length_to_the_slice_probe_fetches_the_object_whole() {
     );
     assert_eq!(&r.body[..], b"234");
     assert_eq!(r.h("content-range"), "bytes 2-4/20");
+}
+
+const NO_STORE: [(&str, &str); 1] = [("cache-control", "no-store")];
+
+/// Bug: a viewer's `Cache-Control: no-store` (RFC 9111 §5.2.1.5: store no response to it) was
+/// ignored with `cache.request_directives` on: its answer was stored and the next viewer got a
+/// HIT. Now its miss is a pass of its own: nothing stored, no fill for others to join; a fresh
+/// stored copy still answers it. Segments keep their class TTLs (as for `no-cache`).
+#[tokio::test]
+async fn a_viewers_no_store_stores_nothing_but_a_fresh_copy_still_answers_it() {
+    let origin = Origin::start().await;
+    let fresh = |body: &'static str| Script::ok(body).header("cache-control", "max-age=100");
+    origin.script("/ns/doc", fresh("doc"));
+    origin.script("/ns/seg.ts", fresh("segment"));
+    let edge = TestEdge::start(edge_config(&origin)).await;
+
+    let r = edge.get_with("/ns/doc", &NO_STORE).await;
+    assert_eq!((r.status, &r.body[..]), (StatusCode::OK, &b"doc"[..]));
+    edge.settle().await;
+    let next = edge.get("/ns/doc").await;
+    assert_eq!(
+        next.x_cache(),
+        "MISS",
+        "the no-store request's answer was stored: {}",
+        next.h("cache-status")
+    );
+    assert_eq!(origin.count("/ns/doc"), 2);
+    edge.settle().await;
+    // Stored by the plain request: it answers a no-store one too, and stays.
+    let r = edge.get_with("/ns/doc", &NO_STORE).await;
+    assert_eq!((r.x_cache(), &r.body[..]), ("HIT", &b"doc"[..]));
+    assert_eq!(edge.get("/ns/doc").await.x_cache(), "HIT");
+    assert_eq!(origin.count("/ns/doc"), 2);
+
+    // A segment follows its class TTL whatever a player sends.
+    edge.get_with("/ns/seg.ts", &NO_STORE).await;
+    edge.settle().await;
+    assert_eq!(edge.get("/ns/seg.ts").await.x_cache(), "HIT");
+    assert_eq!(origin.count("/ns/seg.ts"), 1);
+}
+
+/// Bug: the `no-store` request led an ordinary fill, so its answer was stored. Fixed, it must
+/// not open the opposite hole either: a viewer's `no-store` never leaves another viewer's
+/// answer unstored. A no-store viewer arriving while another viewer's fill is in flight leaves
+/// that fill stored; a plain viewer arriving while a no-store viewer's request is with the
+/// origin gets a fill of its own (stored), not the no-store viewer's unstored answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewers_no_store_never_unstores_another_viewers_fill() {
+    let origin = Origin::start().await;
+    let edge = TestEdge::start(edge_config(&origin)).await;
+    for path in ["/ns/first-plain", "/ns/first-no-store"] {
+        let gate = Gate::new();
+        origin.script(
+            path,
+            Script::ok("shared")
+                .header("cache-control", "max-age=100")
+                .gate(&gate),
+        );
+        let plain_first = path == "/ns/first-plain";
+        let (first, second) = (
+            if plain_first { &[][..] } else { &NO_STORE[..] },
+            if plain_first { &NO_STORE[..] } else { &[][..] },
+        );
+        let (a, b) = tokio::join!(edge.get_with(path, first), async {
+            until("the first request reached the origin", || {
+                origin.count(path) == 1
+            })
+            .await;
+            let collapsed = edge.collapsed();
+            let (b, ()) = tokio::join!(edge.get_with(path, second), async {
+                until("the second request reached the origin", || {
+                    origin.count(path) == 2 || (plain_first && edge.collapsed() > collapsed)
+                })
+                .await;
+                gate.open();
+            });
+            b
+        });
+        assert_eq!(
+            (a.status, b.status),
+            (StatusCode::OK, StatusCode::OK),
+            "{path}"
+        );
+        assert_eq!((&a.body[..], &b.body[..]), (&b"shared"[..], &b"shared"[..]));
+        edge.settle().await;
+        let after = edge.get(path).await;
+        assert_eq!(
+            after.x_cache(),
+            "HIT",
+            "{path}: the plain viewer's answer was not stored ({})",
+            after.h("cache-status")
+        );
+        assert!(origin.count(path) <= 2, "{path}");
+    }
 }
