@@ -1,7 +1,8 @@
 //! Cache semantics an outside RFC review found wrong (RFC 9110, 9111, 9211), each checked as a
 //! viewer and the origin see it.
 
-use http::StatusCode;
+use bytes::Bytes;
+use http::{Method, StatusCode};
 
 use crate::support::{edge_config, until, Gate, Origin, Script, TestEdge};
 
@@ -159,4 +160,49 @@ async fn a_viewers_no_store_never_unstores_another_viewers_fill() {
         );
         assert!(origin.count(path) <= 2, "{path}");
     }
+}
+
+/// Bug: a `Location` or `Content-Location` naming the edge's host on another port or scheme
+/// invalidated the stored response of that path (the check compared host names only), although
+/// RFC 9111 §4.4 forbids invalidating a URI whose origin (scheme, host, port) differs from the
+/// target's. Now only URIs of the request's own origin are invalidated.
+#[tokio::test]
+async fn a_location_on_another_port_or_scheme_invalidates_nothing() {
+    let origin = Origin::start().await;
+    let edge = TestEdge::start(edge_config(&origin)).await;
+    let here = edge.addr;
+    for p in ["/iv/port", "/iv/scheme", "/iv/same", "/iv/relative"] {
+        origin.script(p, Script::ok("v").header("cache-control", "max-age=100"));
+        edge.get(p).await;
+        edge.settle().await;
+        assert_eq!(edge.get(p).await.x_cache(), "HIT", "{p}");
+    }
+    origin.script(
+        "/iv/other",
+        Script::status(201, "created")
+            .header("content-location", "http://127.0.0.1:9/iv/port")
+            .header("location", &format!("https://{here}/iv/scheme")),
+    );
+    let post =
+        |path: &'static str| edge.send(edge.req(Method::POST, path), Bytes::from_static(b"x"));
+    assert_eq!(post("/iv/other").await.status, StatusCode::CREATED);
+    for p in ["/iv/port", "/iv/scheme"] {
+        let r = edge.get(p).await;
+        assert_eq!(
+            r.x_cache(),
+            "HIT",
+            "{p} was invalidated by another origin's URI"
+        );
+    }
+
+    // The request's own origin, written absolute or relative, still is invalidated.
+    origin.script(
+        "/iv/mine",
+        Script::status(201, "created")
+            .header("location", &format!("http://{here}/iv/same"))
+            .header("content-location", "relative"),
+    );
+    assert_eq!(post("/iv/mine").await.status, StatusCode::CREATED);
+    assert_eq!(edge.get("/iv/same").await.x_cache(), "MISS");
+    assert_eq!(edge.get("/iv/relative").await.x_cache(), "MISS");
 }
