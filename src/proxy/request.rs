@@ -149,7 +149,7 @@ pub async fn handle(
     let mut resp = match dispatch(edge, &parts, body, peer, cmcd.as_ref(), &mut route_cors).await {
         Ok(resp) => resp,
         Err(e) => {
-            if let EdgeError::Origin(_) = e {
+            if e.is_origin() {
                 Metrics::inc(&edge.metrics.origin_errors);
             }
             e.response(&edge.config.cdn_id)
@@ -985,7 +985,15 @@ async fn read(
             !matches!(e, OriginFailure::Unsatisfied | OriginFailure::TooFar) && stale_ok(o)
         }) {
             Some(obj) => serve_stale_on_error(req, obj, now, None),
-            None => return Err(e.into()),
+            // Told as the refetch of the stored copy it was (`fwd=stale`, `EXPIRED`), as the
+            // origin's 5xx answer to it is above.
+            None => {
+                let failed = EdgeError::from(e);
+                return Err(match stale.as_deref() {
+                    Some(obj) => failed.refetching(fwd_reason(Some(obj), now)),
+                    None => failed,
+                });
+            }
         },
     };
     Ok(Phase::Deliver(resp))

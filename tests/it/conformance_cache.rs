@@ -1,10 +1,12 @@
 //! Cache semantics an outside RFC review found wrong (RFC 9110, 9111, 9211), each checked as a
 //! viewer and the origin see it.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use http::{Method, StatusCode};
 
-use crate::support::{edge_config, until, Gate, Origin, Script, TestEdge};
+use crate::support::{edge_config, until, Fault, Gate, Origin, Script, TestEdge};
 
 const BODY: &[u8] = b"0123456789abcdefghij";
 
@@ -205,4 +207,60 @@ async fn a_location_on_another_port_or_scheme_invalidates_nothing() {
     assert_eq!(post("/iv/mine").await.status, StatusCode::CREATED);
     assert_eq!(edge.get("/iv/same").await.x_cache(), "MISS");
     assert_eq!(edge.get("/iv/relative").await.x_cache(), "MISS");
+}
+
+/// The last `Cache-Status` member: this node's (`vedge; fwd=stale; ...`).
+fn our_member(cs: &str) -> &str {
+    cs.rsplit(',').next().unwrap_or("").trim()
+}
+
+/// Bug: when an expired stored response's refetch failed at the connection level (a reset, a
+/// refused connection) and the copy could not stand in (no `stale-if-error`), the 502 said
+/// `X-Cache: MISS` and `Cache-Status: fwd=miss`, as if nothing had been stored; the same case
+/// with an origin 503 already said `EXPIRED` and `fwd=stale` (RFC 9211 §2.2: a stale stored
+/// response was selected). Now both say `EXPIRED` and `fwd=stale`.
+#[tokio::test]
+async fn a_failed_refetch_of_an_expired_copy_says_stale_not_miss() {
+    let origin = Origin::start().await;
+    let expiring = Script::ok("v")
+        .header("cache-control", "max-age=1")
+        .header("etag", "\"v\"");
+    for p in ["/cs/reset", "/cs/refused", "/cs/never"] {
+        origin.script(p, expiring.clone());
+    }
+    let edge = TestEdge::start_with_tokio_clock(edge_config(&origin)).await;
+    for p in ["/cs/reset", "/cs/refused"] {
+        edge.get(p).await;
+    }
+    edge.settle().await;
+    edge.advance(Duration::from_secs(3)).await;
+
+    origin.script("/cs/reset", Script::ok("x").fault(Fault::Close));
+    let r = edge.get("/cs/reset").await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(
+        (r.x_cache(), our_member(r.h("cache-status"))),
+        ("EXPIRED", "vedge; fwd=stale; detail=origin-protocol"),
+    );
+
+    // Nothing stored: still a miss.
+    origin.script("/cs/never", Script::ok("x").fault(Fault::Close));
+    let r = edge.get("/cs/never").await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(r.x_cache(), "MISS");
+    assert!(
+        r.h("cache-status").contains("fwd=miss"),
+        "{}",
+        r.h("cache-status")
+    );
+
+    origin.stop_and_wait().await;
+    let r = edge.get("/cs/refused").await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(r.x_cache(), "EXPIRED");
+    assert!(
+        our_member(r.h("cache-status")).starts_with("vedge; fwd=stale; detail="),
+        "{}",
+        r.h("cache-status")
+    );
 }
