@@ -264,3 +264,42 @@ async fn a_failed_refetch_of_an_expired_copy_says_stale_not_miss() {
         r.h("cache-status")
     );
 }
+
+/// Bug: `Accept-Encoding: gzip;Q=0` was served the stored gzip variant: the variant's
+/// normalisation matched the weight's name case-sensitively (`q=`), so `Q=0` read as no weight
+/// at all, although parameter names are case-insensitive and a weight of 0 means "not
+/// acceptable" (RFC 9110 §12.4.2). Now such a viewer is the identity variant, and the origin is
+/// asked for identity.
+#[tokio::test]
+async fn a_zero_weight_refuses_gzip_however_it_is_spelled() {
+    let origin = Origin::start().await;
+    let edge = TestEdge::start(edge_config(&origin)).await;
+    for (path, refusing) in [
+        ("/ae/upper", "gzip;Q=0"),
+        ("/ae/spaced", "gzip; q=0.000"),
+        ("/ae/listed", "gzip;q=0, identity"),
+    ] {
+        origin.script(
+            path,
+            Script::ok("coded")
+                .header("cache-control", "max-age=100")
+                .header("vary", "Accept-Encoding")
+                .header("content-encoding", "gzip"),
+        );
+        edge.get_with(path, &[("accept-encoding", "gzip")]).await;
+        edge.settle().await;
+        let r = edge.get_with(path, &[("accept-encoding", refusing)]).await;
+        assert_ne!(
+            r.x_cache(),
+            "HIT",
+            "{refusing:?} was served the gzip variant"
+        );
+        let seen = origin.seen(path);
+        assert_eq!(seen.len(), 2, "{refusing:?}");
+        assert_eq!(
+            seen[1].header("accept-encoding"),
+            Some("identity"),
+            "{refusing:?}"
+        );
+    }
+}
