@@ -9,6 +9,11 @@
 //! operator's class TTLs: a player whose HTTP stack adds `Cache-Control: no-cache` to every
 //! request (a `fetch` with `cache: "no-store"` does) must not turn a live audience into origin
 //! traffic. `max-stale` and `only-if-cached` only ever spare the origin, and apply to all.
+//!
+//! `no-store` (RFC 9111 §5.2.1.5: store no response to this request) follows the same class
+//! rule: a miss of an `other` object becomes a pass of that viewer's own (nothing stored, no
+//! fill for others to join, so a viewer's `no-store` never leaves another viewer's answer
+//! unstored), while a fresh stored copy still answers it (storing nothing new).
 
 use std::time::Duration;
 
@@ -30,6 +35,8 @@ pub struct RequestDirectives {
     pub max_stale: Option<u64>,
     /// `only-if-cached`: answer from the cache or with a 504, never from the origin.
     pub only_if_cached: bool,
+    /// `no-store`: nothing fetched for this request may be stored (`RequestDirectives::stores`).
+    pub no_store: bool,
 }
 
 /// What the viewer's directives make of a stored response.
@@ -56,6 +63,7 @@ impl RequestDirectives {
                 match name.as_str() {
                     "no-cache" => d.no_cache = true,
                     "only-if-cached" => d.only_if_cached = true,
+                    "no-store" => d.no_store = true,
                     "max-age" if d.max_age.is_none() => d.max_age = Some(seconds().unwrap_or(0)),
                     "min-fresh" if d.min_fresh.is_none() => d.min_fresh = seconds(),
                     "max-stale" if d.max_stale.is_none() => {
@@ -74,6 +82,14 @@ impl RequestDirectives {
     /// Whether the request carries no directive vedge acts on.
     pub fn is_empty(&self) -> bool {
         *self == RequestDirectives::default()
+    }
+
+    /// Whether what this request fetches of an object of `class` may be stored: not under
+    /// `no-store`, for the `other` class (manifests, segments and keys follow the class TTLs,
+    /// as for `no-cache`: a player's HTTP stack adding it to every request must not turn every
+    /// live miss into one origin request per viewer).
+    pub fn stores(&self, class: ContentClass) -> bool {
+        !(self.no_store && class == ContentClass::Other)
     }
 
     /// The verdict on `obj` at its current `age`.
@@ -135,6 +151,10 @@ mod tests {
         assert_eq!(parse("max-stale=1e3").max_stale, None);
         assert_eq!(parse("max-stale=\"60\"").max_stale, Some(60));
         assert!(parse("only-if-cached").only_if_cached);
+        assert!(parse("max-age=5, NO-STORE").no_store);
+        assert!(!parse("no-store=\"x\"").stores(ContentClass::Other));
+        assert!(parse("no-store").stores(ContentClass::Segment));
+        assert!(parse("no-cache").stores(ContentClass::Other));
         assert!(parse("foo, bar=\"no-cache\"").is_empty());
     }
 }

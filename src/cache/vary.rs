@@ -152,19 +152,12 @@ fn value_text(v: &HeaderValue) -> Cow<'_, str> {
 }
 
 /// Collapses the thousands of `Accept-Encoding` spellings into the few codings we could store.
+/// A coding counts when its first listing is acceptable (`accept_encoding_members`).
 pub fn normalise_accept_encoding(v: &str) -> &'static str {
     let accepts = |coding: &str| {
-        v.split(',').any(|item| {
-            let mut parts = item.split(';');
-            let name = parts.next().unwrap_or("").trim();
-            let q_zero = parts.any(|p| {
-                p.trim()
-                    .strip_prefix("q=")
-                    .and_then(|q| q.trim().parse::<f32>().ok())
-                    == Some(0.0)
-            });
-            name.eq_ignore_ascii_case(coding) && !q_zero
-        })
+        accept_encoding_members(v)
+            .find(|(name, _)| name.eq_ignore_ascii_case(coding))
+            .is_some_and(|(_, acceptable)| acceptable)
     };
     if accepts("br") {
         "br"
@@ -174,6 +167,44 @@ pub fn normalise_accept_encoding(v: &str) -> &'static str {
         "gzip"
     } else {
         "identity"
+    }
+}
+
+/// The members of an `Accept-Encoding` value (RFC 9110 §12.5.3), in order: each coding, and
+/// whether it is acceptable, i.e. has no weight or one above 0 (§12.4.2: the parameter `q`,
+/// its name case-insensitive, so `gzip;Q=0` refuses gzip). A weight that is no valid qvalue
+/// counts as 0: a viewer whose header cannot be read is not sent a coding it may not decode.
+/// The one reading of weights the edge has (`proxy::compress` reads gzip's here too).
+pub fn accept_encoding_members(v: &str) -> impl Iterator<Item = (&str, bool)> {
+    v.split(',').filter_map(|item| {
+        let mut parts = item.split(';');
+        let coding = parts.next()?.trim();
+        if coding.is_empty() {
+            return None;
+        }
+        let weight = parts
+            .filter_map(|p| p.split_once('='))
+            .find(|(name, _)| name.trim().eq_ignore_ascii_case("q"))
+            .map(|(_, q)| qvalue(q.trim()));
+        Some((coding, weight.is_none_or(|w| w.is_some_and(|w| w > 0))))
+    })
+}
+
+/// RFC 9110 §12.4.2's `qvalue` (`0[.ddd]` or `1[.000]`) in thousandths; `None` when invalid.
+fn qvalue(s: &str) -> Option<u16> {
+    let (int, frac) = s.split_once('.').unwrap_or((s, ""));
+    if frac.len() > 3 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let thousandths = frac
+        .bytes()
+        .chain(std::iter::repeat(b'0'))
+        .take(3)
+        .fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
+    match int {
+        "0" => Some(thousandths),
+        "1" if thousandths == 0 => Some(1000),
+        _ => None,
     }
 }
 
@@ -218,5 +249,25 @@ mod tests {
         assert_ne!(variant_of(&[""]), variant_of(&[]));
         assert_eq!(variant_of(&["a\t"]), variant_of(&["a"]));
         assert_eq!(normalise_accept_encoding("gzip;q=0, identity"), "identity");
+        for refusing in [
+            "gzip;Q=0",
+            "gzip; q=0.000",
+            "gzip;q=0.",
+            "gzip ; Q = 0",
+            "gzip;q=x",
+            "gzip;q=1.5",
+            "gzip;q=-1",
+            "gzip;q=inf",
+            "gzip;q=0, gzip",
+        ] {
+            assert_eq!(
+                normalise_accept_encoding(refusing),
+                "identity",
+                "{refusing}"
+            );
+        }
+        assert_eq!(normalise_accept_encoding("GZIP;Q=0.001"), "gzip");
+        assert_eq!(normalise_accept_encoding("br;q=1.000, gzip"), "br");
+        assert_eq!(normalise_accept_encoding("br;level=1;q=0, gzip"), "gzip");
     }
 }

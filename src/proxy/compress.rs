@@ -37,6 +37,7 @@ use quick_cache::sync::Cache;
 use quick_cache::Weighter;
 
 use crate::cache::policy::ManifestFormat;
+use crate::cache::vary::accept_encoding_members;
 use crate::http::body::Body;
 use crate::http::response::{NotModifiedLength, NotModifiedType};
 use crate::metrics::Metrics;
@@ -198,24 +199,18 @@ fn eligible(parts: &Parts, h: &HeaderMap, ct: Option<&HeaderValue>) -> bool {
 }
 
 /// Whether `Accept-Encoding` takes gzip (RFC 9110 §12.5.3): `gzip` or `x-gzip` with a weight
-/// above 0, or else `*` with one; a listed `gzip;q=0` refuses it whatever `*` says.
+/// above 0, or else `*` with one; a listed `gzip;q=0` refuses it whatever `*` says. Weights as
+/// `cache::vary::accept_encoding_members` reads them (`Q=0` too; an invalid one refuses).
 pub fn accepts_gzip(headers: &HeaderMap) -> bool {
     let mut star = None;
     for v in headers.get_all(header::ACCEPT_ENCODING) {
         let Ok(v) = v.to_str() else { continue };
-        for item in v.split(',') {
-            let mut it = item.split(';');
-            let coding = it.next().unwrap_or("").trim();
-            let weight = it
-                .filter_map(|p| p.split_once('='))
-                .find(|(k, _)| k.trim().eq_ignore_ascii_case("q"))
-                .map(|(_, q)| q.trim().parse::<f32>().unwrap_or(0.0))
-                .unwrap_or(1.0);
+        for (coding, acceptable) in accept_encoding_members(v) {
             if coding.eq_ignore_ascii_case("gzip") || coding.eq_ignore_ascii_case("x-gzip") {
-                return weight > 0.0;
+                return acceptable;
             }
             if coding == "*" {
-                star = Some(weight > 0.0);
+                star = Some(acceptable);
             }
         }
     }
@@ -390,6 +385,10 @@ mod tests {
             "*;q=0",
             "gzipx",
             "gzip;q=x",
+            "gzip;Q=0",
+            "gzip;q=0.000",
+            "gzip;q=inf",
+            "x-gzip;q=1.5",
         ] {
             assert!(!accepts_gzip(&ae(no)), "{no}");
         }

@@ -64,6 +64,16 @@ pub enum EdgeError {
     /// is not up.
     #[error("blocking playlist reload not satisfied within three target durations")]
     HoldUnsatisfied,
+    /// `error`, failing the refetch of a stored response that could not stand in (expired
+    /// past `stale-if-error`, or fresh and refused by the viewer's directives): the same
+    /// status and detail, told as a request that had a stored response (RFC 9211 §2.2:
+    /// `fwd=stale` or `fwd=request`, `X-Cache: EXPIRED`), as an origin's 5xx answer to it is.
+    #[error("{error}")]
+    Refetch {
+        error: Box<EdgeError>,
+        /// The `fwd` value: `stale` or `request` (`proxy::request::fwd_reason`).
+        fwd: &'static str,
+    },
 }
 
 /// A failed fill's origin failure, back in the origin client's terms: the same status and
@@ -84,8 +94,45 @@ impl From<OriginFailure> for EdgeError {
 }
 
 impl EdgeError {
+    /// `self` as the failure of a refetch of a stored response (`EdgeError::Refetch`), when the
+    /// origin (or the way to it) failed; other errors stay as they are (an LL-HLS hold that ran
+    /// out is `HoldUnsatisfied` to `proxy::llhls`, which asks again).
+    pub fn refetching(self, fwd: &'static str) -> EdgeError {
+        if let EdgeError::Origin(_) | EdgeError::OriginBusy = self {
+            EdgeError::Refetch {
+                error: Box::new(self),
+                fwd,
+            }
+        } else {
+            self
+        }
+    }
+
+    /// Whether the origin failed the request (counted in `vedge_origin_errors_total`).
+    pub fn is_origin(&self) -> bool {
+        match self {
+            EdgeError::Origin(_) => true,
+            EdgeError::Refetch { error, .. } => error.is_origin(),
+            _ => false,
+        }
+    }
+
+    /// Whether the request went forward (or waited to) before it failed: its response says
+    /// so in `Cache-Status`. RFC 9211 §2: a response the edge generates itself carries no
+    /// member (its example: a proxy's 400 for a malformed request).
+    fn forwarded(&self) -> bool {
+        matches!(
+            self,
+            EdgeError::Origin(_)
+                | EdgeError::OriginBusy
+                | EdgeError::HoldUnsatisfied
+                | EdgeError::Refetch { .. }
+        )
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
+            EdgeError::Refetch { error, .. } => error.status(),
             EdgeError::Loop => StatusCode::LOOP_DETECTED,
             EdgeError::NoRoute => StatusCode::BAD_GATEWAY,
             EdgeError::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -109,6 +156,7 @@ impl EdgeError {
 
     fn detail(&self) -> &'static str {
         match self {
+            EdgeError::Refetch { error, .. } => error.detail(),
             EdgeError::Loop => "loop",
             EdgeError::NoRoute => "no-route",
             EdgeError::BadRequest(_) => "bad-request",
@@ -131,11 +179,16 @@ impl EdgeError {
     pub fn response(&self, cdn_id: &str) -> Response<Body> {
         let mut resp = crate::http::response::plain(self.status(), format!("vedge: {self}\n"));
         let h = resp.headers_mut();
-        if let EdgeError::OriginBusy | EdgeError::Origin(OriginError::Busy) = self {
+        // What the failure was, and what the request had stored.
+        let (error, fwd) = match self {
+            EdgeError::Refetch { error, fwd } => (&**error, *fwd),
+            e => (e, "miss"),
+        };
+        if let EdgeError::OriginBusy | EdgeError::Origin(OriginError::Busy) = error {
             // A slot frees as soon as one fill ends: retry soon.
             h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
-        if let EdgeError::MethodNotAllowed = self {
+        if let EdgeError::MethodNotAllowed = error {
             // RFC 9110 §15.5.6: a 405 lists what the target does allow.
             h.insert(
                 header::ALLOW,
@@ -143,22 +196,18 @@ impl EdgeError {
             );
         }
         let status = match self {
+            EdgeError::Refetch { .. } => CacheStatus::Expired,
             EdgeError::Origin(_)
             | EdgeError::OriginBusy
             | EdgeError::NotCached
             | EdgeError::HoldUnsatisfied => CacheStatus::Miss,
             _ => CacheStatus::Bypass,
         };
-        // RFC 9211 §2: a response the edge generates itself carries no Cache-Status member
-        // (its example: a proxy's 400 for a malformed request). Only a request that went
-        // forward (or waited to) and failed says so, for whoever debugs the origin.
-        let forwarded = matches!(
-            self,
-            EdgeError::Origin(_) | EdgeError::OriginBusy | EdgeError::HoldUnsatisfied
-        );
-        let cache_status = if forwarded {
+        // Only a request that went forward (or waited to) and failed says so in
+        // `Cache-Status`, for whoever debugs the origin (`forwarded`).
+        let cache_status = if self.forwarded() {
             format!(
-                "{}; fwd=miss; detail={}",
+                "{}; fwd={fwd}; detail={}",
                 crate::http::cache_status::member_name(cdn_id),
                 self.detail()
             )

@@ -707,8 +707,9 @@ async fn ask(
                     edge.remember_unsliced(&job.base_key, UNSLICED_FOR);
                     // Too large to keep whole: every viewer asks the origin for its own range
                     // (remembered, so the next ones skip this probe), as for a 200 too large to
-                    // store when slicing is off.
-                    if total > cache.max_object_size {
+                    // store when slicing is off. A length the origin does not know (`bytes
+                    // a-b/*`) is judged by the whole object's own answer, as any fill's is.
+                    if total.is_some_and(|t| t > cache.max_object_size) {
                         tracing::debug!(key, total, "unsliceable object too large to cache");
                         edge.remember_pass(&job.base_key, cache.hit_for_pass_ttl);
                         fill.set_head(FillHead::Pass(UNSLICEABLE));
@@ -716,7 +717,7 @@ async fn ask(
                     }
                     // A cold range past `range_passthrough_above` passes as one on an object
                     // fetched whole would (`range_pass`), without asking for the body first.
-                    if job.range_probe && total > cache_limit(edge) {
+                    if job.range_probe && total.is_some_and(|t| t > cache_limit(edge)) {
                         range_passed(edge, guard, fill);
                         return Ok(Asked::Done);
                     }
@@ -724,7 +725,7 @@ async fn ask(
                     // per viewer) looks again and joins one whole-object fill under the base
                     // key; fetched whole here, under the slice's key, each slice fill was one
                     // more download of the whole object.
-                    tracing::debug!(key, "slice without a strong validator: fetching it whole");
+                    tracing::debug!(key, ?total, "unsliceable slice: fetching it whole");
                     guard.release();
                     fill.set_head(FillHead::Pass(UNSLICED));
                     return Ok(Asked::Done);

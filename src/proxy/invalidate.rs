@@ -1,7 +1,7 @@
 //! Invalidation by unsafe methods (RFC 9111 §4.4): a non-error response to a request whose
 //! method is not known to be safe (POST, PUT, DELETE, PATCH, any unknown method) removes what is
-//! stored for its target URI, and for the `Location` and `Content-Location` URIs when their host
-//! is the target's and a route with the same origins serves them. Every Vary variant and slice
+//! stored for its target URI, and for the `Location` and `Content-Location` URIs when their
+//! origin (scheme, host, port) is the target's and a route with the same origins serves them. Every Vary variant and slice
 //! goes with its key (`Edge::purge_key`); a pushed (pinned) object stays. A passed HEAD that
 //! names another representation makes the stored GET response stale (RFC 9111 §4.3.5).
 
@@ -28,8 +28,18 @@ pub fn after_response(req: &Req<'_>, status: StatusCode, headers: &HeaderMap) ->
     }
     let edge = req.edge;
     let mut keys = vec![req.key().to_string()];
-    // "Same host" is the host the viewer named (the one its Location values are written
-    // against); the keys come from `proxy::target`, as a viewer's GET of that URI would.
+    // "Same origin" is the scheme and host the viewer named (the ones its Location values are
+    // written against: RFC 9112 §3.3's target URI); the keys come from `proxy::target`, as a
+    // viewer's GET of that URI would.
+    let scheme = req
+        .parts
+        .uri
+        .scheme_str()
+        .unwrap_or(if edge.config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        });
     let viewer_host = req
         .parts
         .uri
@@ -46,7 +56,8 @@ pub fn after_response(req: &Req<'_>, status: StatusCode, headers: &HeaderMap) ->
         let Some(v) = headers.get(name).and_then(|v| v.to_str().ok()) else {
             continue;
         };
-        if let Some((authority, pq)) = same_host_target(viewer_host, &req.path_and_query(), v) {
+        let pq = req.path_and_query();
+        if let Some((authority, pq)) = same_origin_target(scheme, viewer_host, &pq, v) {
             if let Ok(t) = target::resolve(&edge.config, Some(&authority), &pq) {
                 // Behind one viewer host, routes are different origins: what one origin says
                 // (an open redirect, a hostile tenant) invalidates only URIs of the same one
@@ -144,13 +155,20 @@ fn head_matches(stored: &HeaderMap, stored_len: usize, head: &HeaderMap) -> bool
     policy::content_length(head) == Some(stored_len)
 }
 
-/// `reference` (absolute or relative, RFC 3986 §5) resolved against the request's URI; its
-/// authority and path-and-query when its host is the request's host (RFC 9111 §4.4: a cache
-/// must not invalidate another host's URIs on a response's word).
-fn same_host_target(host: &str, path_and_query: &str, reference: &str) -> Option<(String, String)> {
-    let base = url::Url::parse(&format!("http://{host}{path_and_query}")).ok()?;
+/// `reference` (absolute or relative, RFC 3986 §5) resolved against the request's target URI
+/// (`scheme`, `host` as the viewer wrote it, `path_and_query`); its authority and
+/// path-and-query when it has the request's origin (RFC 9111 §4.4: a cache must not invalidate
+/// a URI whose origin differs, RFC 9110 §4.3.1: scheme, host and port, a port left out being
+/// the scheme's default).
+fn same_origin_target(
+    scheme: &str,
+    host: &str,
+    path_and_query: &str,
+    reference: &str,
+) -> Option<(String, String)> {
+    let base = url::Url::parse(&format!("{scheme}://{host}{path_and_query}")).ok()?;
     let target = base.join(reference.trim()).ok()?;
-    if !matches!(target.scheme(), "http" | "https") || target.host_str()? != base.host_str()? {
+    if origin_of(&target)? != origin_of(&base)? {
         return None;
     }
     let authority = match target.port() {
@@ -163,6 +181,14 @@ fn same_host_target(host: &str, path_and_query: &str, reference: &str) -> Option
         pq.push_str(q);
     }
     Some((authority, pq))
+}
+
+/// An http(s) URI's origin: scheme, host, port (the scheme's default when left out).
+fn origin_of(u: &url::Url) -> Option<(&str, &str, u16)> {
+    if !matches!(u.scheme(), "http" | "https") {
+        return None;
+    }
+    Some((u.scheme(), u.host_str()?, u.port_or_known_default()?))
 }
 
 #[cfg(test)]
@@ -224,8 +250,8 @@ mod tests {
     }
 
     #[test]
-    fn location_targets_resolve_against_the_request_and_keep_to_its_host() {
-        let t = |r: &str| same_host_target("example.com:8080", "/a/b?x=1", r);
+    fn location_targets_resolve_against_the_request_and_keep_to_its_origin() {
+        let t = |r: &str| same_origin_target("http", "example.com:8080", "/a/b?x=1", r);
         assert_eq!(t("c"), Some(("example.com:8080".into(), "/a/c".into())));
         assert_eq!(
             t("/d?y=2"),
@@ -235,12 +261,30 @@ mod tests {
             t("http://EXAMPLE.com:8080/e"),
             Some(("example.com:8080".into(), "/e".into()))
         );
-        // Same host on another port is still the same host (RFC 9111 §4.4 compares hosts).
-        assert_eq!(
-            t("http://example.com/f"),
-            Some(("example.com".into(), "/f".into()))
-        );
+        // Another port or scheme is another origin (RFC 9111 §4.4, RFC 9110 §4.3.1).
+        assert_eq!(t("http://example.com/f"), None);
+        assert_eq!(t("https://example.com:8080/f"), None);
+        assert_eq!(t("//example.com:9/f"), None);
         assert_eq!(t("http://other.example/g"), None);
         assert_eq!(t("mailto:a@example.com"), None);
+
+        // A port left out is the scheme's default, on either side.
+        let plain = |r: &str| same_origin_target("http", "example.com", "/a", r);
+        assert_eq!(
+            plain("http://example.com:80/h"),
+            Some(("example.com".into(), "/h".into()))
+        );
+        assert_eq!(plain("http://example.com:443/h"), None);
+        assert_eq!(plain("https://example.com/h"), None);
+        let tls = |r: &str| same_origin_target("https", "example.com", "/a", r);
+        assert_eq!(
+            tls("https://example.com:443/i"),
+            Some(("example.com".into(), "/i".into()))
+        );
+        assert_eq!(tls("http://example.com/i"), None);
+        assert_eq!(
+            same_origin_target("https", "example.com:443", "/a", "/j"),
+            Some(("example.com".into(), "/j".into()))
+        );
     }
 }

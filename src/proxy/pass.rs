@@ -30,6 +30,19 @@ pub async fn pass(
     reason: &str,
     status: CacheStatus,
 ) -> Result<Response<Body>, EdgeError> {
+    pass_as(req, body, reason, fwd(reason), status).await
+}
+
+/// `pass`, with the RFC 9211 `fwd` parameter (`fwd=...`) of its `Cache-Status` member given
+/// rather than read from `reason`: for a pass whose reason says nothing of what was stored
+/// (a viewer's `no-store` over an expired copy is `fwd=stale`, over nothing `fwd=miss`).
+pub async fn pass_as(
+    req: &Req<'_>,
+    body: Option<Incoming>,
+    reason: &str,
+    fwd: &str,
+    status: CacheStatus,
+) -> Result<Response<Body>, EdgeError> {
     let edge = req.edge;
     Metrics::inc(&edge.metrics.passes);
     edge.metrics.request(status);
@@ -131,7 +144,7 @@ pub async fn pass(
         req,
         resp,
         status,
-        &format!("{}; detail={reason}", fwd(reason)),
+        &format!("{fwd}; detail={reason}"),
         slot.map(RelaySlot::new),
     );
     if let Some(log) = response::log_info(&mut resp) {

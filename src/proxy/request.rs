@@ -45,7 +45,7 @@ use crate::origin::is_loop;
 use crate::proxy::edge::Edge;
 use crate::proxy::error::EdgeError;
 use crate::proxy::fill::{self, FillJob};
-use crate::proxy::pass::{pass, relay};
+use crate::proxy::pass::{pass, pass_as, relay};
 use crate::proxy::signed;
 use crate::proxy::slice;
 use crate::proxy::target;
@@ -150,7 +150,7 @@ pub async fn handle(
     let mut resp = match dispatch(edge, &parts, body, peer, cmcd.as_ref(), &mut route_cors).await {
         Ok(resp) => resp,
         Err(e) => {
-            if let EdgeError::Origin(_) = e {
+            if e.is_origin() {
                 Metrics::inc(&edge.metrics.origin_errors);
             }
             e.response(&edge.config.cdn_id)
@@ -509,9 +509,21 @@ pub(crate) async fn phases(req: &Req<'_>) -> Result<Response<Body>, EdgeError> {
             Phase::Lookup => lookup(req, &mut at).await,
             Phase::Hit(obj, tier) => Phase::Deliver(serve_hit(req, &obj, tier, edge.clock.now())),
             Phase::StaleWhileRevalidate(obj) => {
-                refresh_in_background(req, &at, obj.clone());
+                // Under the viewer's `no-store` the copy answers, and the refresh is left to
+                // the next viewer: its answer would be stored.
+                if at.asked.stores(obj.class) {
+                    refresh_in_background(req, &at, obj.clone());
+                }
                 let now = edge.clock.now();
                 Phase::Deliver(serve_stale(req, &obj, now, "stale-while-revalidate"))
+            }
+            // The viewer's `no-store` (`RequestDirectives::stores`): its own pass, never a
+            // fill (which would store, and which others would join).
+            Phase::Fill { stale } if !stores_fetched(req, &at, stale.as_deref()) => {
+                return Box::pin(pass_unstored(req, stale.as_deref())).await;
+            }
+            Phase::Slice if !stores_fetched(req, &at, None) => {
+                return Box::pin(pass_unstored(req, None)).await;
             }
             Phase::Fill { stale } => Box::pin(claim(req, &at, stale)).await,
             Phase::Slice => {
@@ -544,6 +556,31 @@ pub(crate) async fn phases(req: &Req<'_>) -> Result<Response<Body>, EdgeError> {
             Phase::Deliver(resp) => return Ok(resp),
         };
     }
+}
+
+/// Whether what a fill fetches for this request may be stored, as the viewer's `no-store` says
+/// for its class: the stored copy's, or on a miss the path's.
+fn stores_fetched(req: &Req<'_>, at: &Lookup<'_>, stored: Option<&CachedObject>) -> bool {
+    let class = match stored {
+        Some(obj) => obj.class,
+        None => policy::ContentClass::classify(&req.target.path, None),
+    };
+    at.asked.stores(class)
+}
+
+/// A request whose answer must not be stored (the viewer's `no-store`), forwarded as a pass:
+/// `fwd=miss` with nothing stored, else `fwd=stale` (or `fwd=request` for a fresh copy the
+/// viewer's directives refused), labelled as a fill of it would be.
+async fn pass_unstored(
+    req: &Req<'_>,
+    stored: Option<&CachedObject>,
+) -> Result<Response<Body>, EdgeError> {
+    let status = match stored {
+        Some(_) => CacheStatus::Expired,
+        None => CacheStatus::Miss,
+    };
+    let fwd = format!("fwd={}", fwd_reason(stored, req.edge.clock.now()));
+    pass_as(req, None, "no-store", &fwd, status).await
 }
 
 /// `Lookup`: the variant key, then RAM and disk; fresh → Hit, stale → by the stale rules.
@@ -996,7 +1033,15 @@ async fn read(
             !matches!(e, OriginFailure::Unsatisfied | OriginFailure::TooFar) && stale_ok(o)
         }) {
             Some(obj) => serve_stale_on_error(req, obj, now, None),
-            None => return Err(e.into()),
+            // Told as the refetch of the stored copy it was (`fwd=stale`, `EXPIRED`), as the
+            // origin's 5xx answer to it is above.
+            None => {
+                let failed = EdgeError::from(e);
+                return Err(match stale.as_deref() {
+                    Some(obj) => failed.refetching(fwd_reason(Some(obj), now)),
+                    None => failed,
+                });
+            }
         },
     };
     Ok(Phase::Deliver(resp))

@@ -21,6 +21,9 @@
 //!   (RFC 9110 §15.3.7.3, RFC 9111 §3.4), and without one two versions of the same length are
 //!   indistinguishable. The fill asks for the whole object instead, as for an origin that
 //!   ignores `Range` (`SliceHead::Unsliceable`);
+//! - a valid 206 of unknown complete length (`Content-Range: bytes a-b/*`, RFC 9110 §14.4) is
+//!   not kept either, and the object is fetched whole the same way: without a length it has no
+//!   last slice, nor can the part be stored as the whole (its end may not be the object's);
 //! - a slice whose total, `ETag` or `Last-Modified` differs from the record means the object
 //!   changed between slices: the record and every slice go, and the object restarts from this
 //!   answer. A viewer whose response already carries the old version's bytes has it aborted
@@ -96,8 +99,25 @@ pub fn record_key(base: &str) -> String {
     format!("{base}\0\x01sliced")
 }
 
-/// `Content-Range: bytes a-b/total` → `(a, b, total)`, with `a <= b < total`.
+/// `Content-Range: bytes a-b/total` → `(a, b, total)`, with `a <= b < total`. A complete length
+/// of `*` (unknown, RFC 9110 §14.4) is `None` here: `range_of_unknown_length` tells it apart
+/// from an invalid field.
 pub fn content_range(h: &HeaderMap) -> Option<(u64, u64, u64)> {
+    match any_content_range(h)? {
+        (a, b, Some(total)) => Some((a, b, total)),
+        (_, _, None) => None,
+    }
+}
+
+/// Whether `h` is a valid `Content-Range: bytes a-b/*`: a range of an object whose complete
+/// length the origin does not know (one still being written, say).
+fn range_of_unknown_length(h: &HeaderMap) -> bool {
+    matches!(any_content_range(h), Some((_, _, None)))
+}
+
+/// `Content-Range: bytes a-b/total` or `bytes a-b/*` → `(a, b, total)`, `total` `None` for `*`;
+/// `a <= b`, and `b < total` when it is known.
+fn any_content_range(h: &HeaderMap) -> Option<(u64, u64, Option<u64>)> {
     let v = h.get(header::CONTENT_RANGE)?.to_str().ok()?.trim();
     let (unit, rest) = v.split_once(' ')?;
     if !unit.eq_ignore_ascii_case("bytes") {
@@ -111,8 +131,12 @@ pub fn content_range(h: &HeaderMap) -> Option<(u64, u64, u64)> {
             .then(|| s.parse().ok())
             .flatten()
     };
-    let (a, b, total) = (num(a)?, num(b)?, num(total)?);
-    (a <= b && b < total).then_some((a, b, total))
+    let total = match total.trim() {
+        "*" => None,
+        n => Some(num(n)?),
+    };
+    let (a, b) = (num(a)?, num(b)?);
+    (a <= b && total.is_none_or(|t| b < t)).then_some((a, b, total))
 }
 
 /// Whether two heads are of the same version of an object: every validator either carries is
@@ -137,7 +161,10 @@ pub enum SliceHead {
     /// A slice of an object of this many bytes without a strong validator: its slices could not
     /// be told from another version's, so it is never sliced. The fill drops this answer and
     /// asks for the whole object, which is cached as an origin ignoring `Range` would have it.
-    Unsliceable(u64),
+    /// `None`: a slice of an object whose complete length the origin does not know (`bytes
+    /// a-b/*`), dropped likewise: without a length there is no last slice, and the part cannot
+    /// be stored as the whole (its end may not be the object's).
+    Unsliceable(Option<u64>),
 }
 
 /// The whole object's 200 head, from one slice's 206 head.
@@ -160,6 +187,12 @@ pub async fn on_origin_head(
     parts: &mut ResponseParts,
 ) -> Result<SliceHead, &'static str> {
     match parts.status {
+        StatusCode::PARTIAL_CONTENT if range_of_unknown_length(&parts.headers) => {
+            // A valid answer (RFC 9110 §14.4), just not one to slice: whatever range it
+            // carries, its bytes are dropped and the object is fetched whole, without `Range`.
+            forget(edge, base, "the object's length is unknown").await;
+            Ok(SliceHead::Unsliceable(None))
+        }
         StatusCode::PARTIAL_CONTENT => {
             let (a, b, total) =
                 content_range(&parts.headers).ok_or("206 without a valid Content-Range")?;
@@ -183,7 +216,7 @@ pub async fn on_origin_head(
             if !strong_validator(&parts.headers) {
                 // Slices stored before (of a version that had one) are of no use either.
                 forget(edge, base, "the object has no strong validator").await;
-                return Ok(SliceHead::Unsliceable(total));
+                return Ok(SliceHead::Unsliceable(Some(total)));
             }
             if let Some((rec, _)) = edge.lookup(&record_key(base)).await {
                 let was = crate::cache::policy::content_length(&rec.headers);
@@ -838,6 +871,14 @@ mod tests {
         assert_eq!(cr("bytes 0-99/1000"), Some((0, 99, 1000)));
         assert_eq!(cr("bytes 900-999/1000"), Some((900, 999, 1000)));
         assert_eq!(cr("bytes 0-99/*"), None);
+        let unknown = |v: &str| range_of_unknown_length(&h(&[("content-range", v)]));
+        assert!(unknown("bytes 0-99/*"));
+        assert!(unknown("bytes 0-19 / *"));
+        assert!(!unknown("bytes 0-99/1000"));
+        assert!(!unknown("bytes 9-1/*"));
+        assert!(!unknown("bytes */*"));
+        assert!(!unknown("bytes */1000"));
+        assert!(!unknown("bytes 0-99/**"));
         assert_eq!(cr("bytes 0-1000/1000"), None);
         assert_eq!(cr("bytes 9-1/1000"), None);
         assert_eq!(cr("items 0-1/10"), None);

@@ -20,6 +20,7 @@ mod compress;
 mod conformance;
 mod conformance2;
 mod conformance5;
+mod conformance_cache;
 mod cors;
 mod edge_basics;
 mod edge_bypass;

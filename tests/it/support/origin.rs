@@ -72,6 +72,9 @@ pub struct Script {
     /// Answer a single `Range: bytes=...` on a 200 script with a 206 of those bytes and its
     /// `Content-Range` (416 past the end), as a range-capable origin does.
     pub ranged: bool,
+    /// Answer every request carrying `Range` with this script instead (an origin whose ranged
+    /// answers say something its whole ones do not, e.g. `Content-Range: bytes 0-19/*`).
+    pub on_range: Option<Box<Script>>,
 }
 
 /// A one-way gate: scripted responses holding it wait (after `head_delay`) until `open`.
@@ -118,6 +121,7 @@ impl Script {
             echo: false,
             gate: None,
             ranged: false,
+            on_range: None,
         }
     }
 
@@ -160,6 +164,12 @@ impl Script {
     /// Serves `Range` requests (see [`Script::ranged`]).
     pub fn ranged(mut self) -> Script {
         self.ranged = true;
+        self
+    }
+
+    /// Answers requests carrying `Range` with `s` instead of this script.
+    pub fn on_range(mut self, s: Script) -> Script {
+        self.on_range = Some(Box::new(s));
         self
     }
 
@@ -663,7 +673,10 @@ async fn respond(
         });
         return ok;
     }
-    let partial = req.header("range").and_then(|r| script.for_range(r));
+    let partial = req.header("range").and_then(|r| match &script.on_range {
+        Some(s) => Some((**s).clone()),
+        None => script.for_range(r),
+    });
     let script = partial.as_ref().unwrap_or(script);
     let body: &[u8] = if req.method == "HEAD" {
         &[]
