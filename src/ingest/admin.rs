@@ -640,6 +640,9 @@ where
             )
         }
     };
+    if crate::cache::vary::selects_representation(req.headers()) {
+        return error(StatusCode::BAD_REQUEST, crate::ingest::engine::VARIES);
+    }
     let path = target.split('?').next().unwrap_or(target);
     let kind = match path.rsplit('.').next() {
         Some("m3u8") => ObjectKind::Playlist,

@@ -230,6 +230,11 @@ pub fn viewer_path_of(config: &crate::config::Config, url: &Url) -> Option<Strin
     })
 }
 
+/// Why an answer that varies is not pushed (`crate::cache::vary::selects_representation`).
+pub const VARIES: &str = "the origin's answer varies (Vary names a request header other than \
+     Accept-Encoding, or the body is content-coded): a push would give its one variant to \
+     every viewer; not stored, viewers fill it";
+
 /// Ingest settings.
 #[derive(Debug, Clone)]
 pub struct IngestOptions {
@@ -517,6 +522,12 @@ pub async fn ingest_asset<F: Fetcher, S: Sink>(
                     return fail(format!(
                         "the origin's answer may not be shared ({why}): not stored"
                     ));
+                }
+                // A push is the one answer every viewer of the key gets: one variant of an
+                // answer that varies (`Vary: Accept-Language`, a coded body) would reach the
+                // viewers of every other variant, where a fill keeps each apart.
+                if crate::cache::vary::selects_representation(&opened.headers) {
+                    return fail(VARIES.to_string());
                 }
                 if let (Some(e), None) = (&present, probe.len) {
                     if opened.len.is_none() {

@@ -380,3 +380,90 @@ async fn an_ingest_fetches_under_the_origins_base_path() {
     );
     assert_eq!(origin.count("/vod/a/seg1.ts"), 0);
 }
+
+/// Bug: a push ignored the origin's `Vary`: an ingested segment the origin answered with
+/// `Vary: Accept-Language` (GERMAN without the header) was served from the push to a viewer
+/// sending `Accept-Language: fr`, where a pulled copy gives each language its own variant
+/// (RFC 9111 §4.1). Now an answer that varies is not pushed (the job reports why) and viewers
+/// fill their own variant; a `PUT` that varies is refused.
+#[tokio::test]
+async fn a_varying_answer_is_not_pushed_to_every_variant() {
+    use crate::ingest::{finished_job, post_job};
+    use crate::support::edge::admin_send;
+
+    let origin = Origin::start().await;
+    let day = ("cache-control", "max-age=86400");
+    origin.script(
+        "/vod/l/media.m3u8",
+        Script::ok(
+            "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-PLAYLIST-TYPE:VOD\n\
+#EXTINF:2.0,\nsub.ts\n#EXTINF:2.0,\nplain.ts\n#EXT-X-ENDLIST\n",
+        )
+        .header(day.0, day.1),
+    );
+    origin.script(
+        "/vod/l/sub.ts",
+        Script::ok("GERMAN")
+            .header(day.0, day.1)
+            .header("vary", "Accept-Language"),
+    );
+    origin.script(
+        "/vod/l/plain.ts",
+        Script::ok("PLAIN")
+            .header(day.0, day.1)
+            .header("vary", "Accept-Encoding"),
+    );
+    let mut raw = edge_config(&origin);
+    raw.admin_token = Some(ADMIN_TOKEN.into());
+    raw.routes.insert(
+        0,
+        vedge::config::RawRoute {
+            prefix: "/vod/l/".into(),
+            origin: origin.url(),
+            forward_headers: Some(vec!["accept-language".into()]),
+            ..Default::default()
+        },
+    );
+    let edge = TestEdge::start(raw).await;
+    let api = edge.admin().await;
+    let port = api.addr.port();
+    let asset = format!("{}/vod/l/media.m3u8", origin.url());
+    let id = post_job(
+        port,
+        &format!(r#"{{"assets": ["{asset}"], "allow_partial": true}}"#),
+    )
+    .await;
+    let done = finished_job(port, id).await;
+    let failures = done["assets"][0]["failures"].to_string();
+    assert!(
+        failures.contains("sub.ts") && failures.contains("varies"),
+        "{done}"
+    );
+    assert!(
+        !failures.contains("plain.ts"),
+        "an uncoded Vary: Accept-Encoding suits all: {done}"
+    );
+
+    // The French viewer fills its own variant.
+    origin.script(
+        "/vod/l/sub.ts",
+        Script::ok("FRENCH")
+            .header(day.0, day.1)
+            .header("vary", "Accept-Language"),
+    );
+    let fr = edge
+        .get_with("/vod/l/sub.ts", &[("accept-language", "fr")])
+        .await;
+    assert_eq!(&fr.body[..], b"FRENCH", "{}", fr.h("cache-status"));
+    assert_eq!(edge.get("/vod/l/plain.ts").await.x_cache(), "HIT");
+
+    let (status, text) = admin_send(
+        port,
+        "PUT",
+        "/admin/objects/vod/l/put.ts",
+        &[("vary", "Accept-Language")],
+        b"one variant",
+    )
+    .await;
+    assert_eq!(status, 400, "{text}");
+}
