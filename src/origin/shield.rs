@@ -3,9 +3,9 @@
 //! removing a node moves only ~1/N of the keys); a fill asks the key's healthy shields in hash
 //! order, then (unless `on_all_down = "error"`) the route's own origin group.
 //!
-//! A shield is an ordinary vedge with the same routes: it gets the viewer's path and the `Host`
-//! the edge's route sends its origin, so it builds the same key and collapses the edges' fills
-//! into one origin fill. Each shield is a `Target` with its own pool, passive ejection and
+//! A shield is an ordinary vedge with the same routes (less `hosts` and `[route.token]`, which
+//! the edges check): it gets the viewer's path and the `Host` the edge's route sends its
+//! origin, so it builds the same key and collapses the edges' fills into one origin fill. Each shield is a `Target` with its own pool, passive ejection and
 //! optional health checks; its `Host` is never rewritten to the shield's own address.
 
 use std::sync::Arc;
