@@ -9,7 +9,8 @@ use crate::config::{Eject, OriginGroup, OriginPolicy};
 use crate::origin::target::Target;
 
 /// Picks where a request for a key goes. `plan` lists candidates best first: the fetch tries
-/// the first and retries once on the second (or the first again when there is only one).
+/// the first, goes on down the list while nothing reached an origin, and retries another
+/// failure once on the next (or the first again when there is only one; `fetch_plan`).
 pub trait Upstream: Send + Sync {
     fn plan(&self, key: &str) -> Vec<Arc<Target>>;
     /// Whether an answer with this status is retried (once) like a failed connection.

@@ -112,6 +112,59 @@ struct Ask<'a> {
     stale_stands_by: bool,
 }
 
+/// What `fetch_plan` does after one attempt.
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    /// Answer with this attempt's outcome.
+    Stop,
+    /// Send the request to the same candidate once more (on a new connection).
+    Again,
+    /// Nothing reached an origin: the next candidate, as long as the plan has one;
+    /// `alone_again`: the same one, once, when it is the plan's only candidate.
+    Onward { alone_again: bool },
+    /// The one retry, on the next candidate; `alone_again`: on the same one when it is the
+    /// plan's only candidate.
+    Retry { alone_again: bool },
+}
+
+/// How one attempt (`OriginClient::attempt`) failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Failed {
+    error: OriginError,
+    /// The upstream provably never processed the request (`not_processed`): it may be sent
+    /// again, to the same upstream, on a new connection.
+    unprocessed: bool,
+}
+
+impl From<OriginError> for Failed {
+    fn from(error: OriginError) -> Failed {
+        Failed {
+            error,
+            unprocessed: false,
+        }
+    }
+}
+
+impl From<Failed> for OriginError {
+    fn from(f: Failed) -> OriginError {
+        f.error
+    }
+}
+
+type Attempted = Result<(Response<Incoming>, Option<PassSlot>), Failed>;
+
+/// A walk's outcome (`fetch_plan`): its last attempt's, unless that failed and an earlier
+/// candidate answered with a status that was retried: that status says more.
+fn settle(
+    last: Attempted,
+    answered: Option<(Response<Incoming>, Option<PassSlot>)>,
+) -> Result<(Response<Incoming>, Option<PassSlot>), OriginError> {
+    match (last, answered) {
+        (Ok(answer), _) | (Err(_), Some(answer)) => Ok(answer),
+        (Err(f), None) => Err(f.error),
+    }
+}
+
 /// A pass's answer and the origin's pass slot it holds: keep `slot` until the response body
 /// is done with (ended, failed or dropped).
 pub struct Passed {
@@ -346,9 +399,9 @@ impl OriginClient {
     /// headers without the hop-by-hop ones (RFC 9110 §7.6.1), without framing (the edge frames
     /// the body it streams), without anything `config::never_forwarded` names and without the
     /// viewer's own client-address claims (`CLIENT_ADDRESS_HEADERS`, unless the route's
-    /// `forward_headers` lists one); then `Host`
-    /// per route (or the validated viewer host), `Via`, `CDN-Loop`, `X-Forwarded-For` (the
-    /// viewer's chain plus its address) and `X-Forwarded-Proto`.
+    /// `forward_headers` lists one), its `Cookie` fields joined into one (`join_cookies`);
+    /// then `Host` per route (or the validated viewer host), `Via`, `CDN-Loop`,
+    /// `X-Forwarded-For` (the viewer's chain plus its address) and `X-Forwarded-Proto`.
     pub fn origin_headers(
         &self,
         route: &Route,
@@ -358,6 +411,7 @@ impl OriginClient {
     ) -> HeaderMap {
         let mut h = viewer.clone();
         strip_hop_by_hop(&mut h);
+        join_cookies(&mut h);
         let never: Vec<HeaderName> = h
             .keys()
             .filter(|n| never_forwarded_header(n.as_str()))
@@ -389,7 +443,8 @@ impl OriginClient {
     /// to lead it, since every viewer of the key gets what it returns. Only `Host` (the route's,
     /// or the validated viewer host on `pass_host` routes), the normalised `Accept-Encoding`,
     /// the viewer headers the object's known `Vary` names (`varied`) and the route's
-    /// `forward_headers`, each unless `config::never_forwarded`; then `Via`, `CDN-Loop`
+    /// `forward_headers` (several `Cookie` fields joined into one), each unless
+    /// `config::never_forwarded`; then `Via`, `CDN-Loop`
     /// (the viewer's entries kept, RFC 8586), `X-Forwarded-For` (the peer only: a chain the
     /// leader claims is not the other viewers') and `X-Forwarded-Proto`. The caller adds its own
     /// conditionals.
@@ -419,6 +474,7 @@ impl OriginClient {
                 h.append(name.clone(), v.clone());
             }
         }
+        join_cookies(&mut h);
         for v in viewer.get_all(header::VIA) {
             h.append(header::VIA, v.clone());
         }
@@ -534,13 +590,15 @@ impl OriginClient {
             .await
     }
 
-    /// Fetches from the upstream's first candidate for `key`. A GET or HEAD that fails before
-    /// its response head (refused, reset, timed out, TLS; or a status the upstream retries), or
-    /// a request of any method that could not be connected, is tried once more, on the next
-    /// candidate: after a timeout with a whole first-byte timeout of its own, otherwise if time
-    /// is left before `deadline` (the collapse deadline). With a single origin only a failed
-    /// connection is retried (on the same origin), as a stale pooled connection is the likely
-    /// cause. Body bytes never flowed by then, so no viewer can notice.
+    /// Fetches from the upstream's first candidate for `key`. A request that reached no origin
+    /// (refused connection; a shield's own `502 origin-unreachable` to a GET or HEAD) goes on
+    /// to the next candidate, each at most once; a GET or HEAD the candidate never processed
+    /// (a pooled connection closed under it, HTTP/2 GOAWAY or REFUSED_STREAM) is sent to it
+    /// again on a new connection, once; one that fails otherwise before its response head
+    /// (reset, timed out, TLS; or a status the upstream retries) is tried once more, on the
+    /// next candidate: after a timeout with a whole first-byte timeout of its own, otherwise
+    /// if time is left before `deadline` (the collapse deadline). See `fetch_plan`. Body bytes
+    /// never flowed by then, so no viewer can notice.
     pub async fn fetch_via(
         &self,
         upstream: &dyn Upstream,
@@ -562,6 +620,19 @@ impl OriginClient {
 
     /// `fetch_via`, for a pass when `ask.pass` is given: each attempt takes a pass slot of its
     /// origin first, and the answer comes with it.
+    ///
+    /// One loop walks the plan under one rule: a request that reached no origin goes on down
+    /// the plan, one attempt per candidate, whatever else happened before; one that may have
+    /// cost a candidate something is retried once. Reached no origin: the candidate could not
+    /// be connected to (nothing was sent, any method), or it is a shield that answered its own
+    /// `502 origin-unreachable` (a GET or HEAD; `shield::reached_no_origin`). A GET or HEAD the
+    /// candidate provably never processed (`not_processed`: a pooled connection closed under
+    /// it, HTTP/2 GOAWAY or REFUSED_STREAM) is sent once more to the same candidate on a new
+    /// connection first. The one retry (GET or HEAD: a timeout, a broken answer, a TLS failure,
+    /// a `retry_on` status) goes to the next candidate; with a single one only a status is
+    /// asked again there (and a failed connection, as a stale pooled one is the likely cause).
+    /// After a timeout the retry gets a whole first-byte timeout and the walk ends with it;
+    /// otherwise each later attempt must start before `deadline` (the collapse deadline).
     async fn fetch_plan(
         &self,
         upstream: &dyn Upstream,
@@ -582,71 +653,120 @@ impl OriginClient {
         let Some(first) = plan.first() else {
             return Err(OriginError::Connect);
         };
-        let timeout = self.first_byte_timeout(first);
         let content = pass.map(|p| p.content.clone()).unwrap_or_default();
         let build = || {
-            if content.is_empty() {
+            let mut req = if content.is_empty() {
                 Request::new(Body::empty())
             } else {
                 Request::new(Body::full(content.clone()))
+            };
+            *req.method_mut() = method.clone();
+            *req.headers_mut() = headers.clone();
+            req
+        };
+        // Only a GET or HEAD is asked twice once something of it was sent (a DELETE that timed
+        // out may have been done).
+        let idempotent = method == Method::GET || method == Method::HEAD;
+        let mut at = 0;
+        let mut timeout = self.first_byte_timeout(first);
+        let mut until = deadline;
+        let mut retried = false;
+        let mut asked_again = false;
+        // The latest answer that was retried: should every later attempt fail without one, its
+        // status says more than their errors.
+        let mut answered = None;
+        // Bounded: every step moves down the plan or spends `asked_again` or `retried`.
+        loop {
+            let target = &plan[at];
+            let result = self
+                .attempt(upstream, target, path_and_query, build(), timeout, pass)
+                .await;
+            let step = match &result {
+                Ok((resp, _))
+                    if target.tier
+                        && idempotent
+                        && shield::reached_no_origin(resp.status(), resp.headers()) =>
+                {
+                    Step::Onward { alone_again: false }
+                }
+                Ok((resp, _)) if idempotent && upstream.retries_status(resp.status().as_u16()) => {
+                    Step::Retry { alone_again: true }
+                }
+                Ok(_) => Step::Stop,
+                Err(f) if f.unprocessed && idempotent && !asked_again => Step::Again,
+                Err(f) if f.error == OriginError::Connect => Step::Onward { alone_again: true },
+                // A stale copy answers now: a second whole timeout would only delay it.
+                Err(f) if f.error == OriginError::Timeout && stale_stands_by => Step::Stop,
+                Err(f)
+                    if idempotent
+                        && matches!(
+                            f.error,
+                            OriginError::Timeout | OriginError::Protocol | OriginError::Tls
+                        ) =>
+                {
+                    Step::Retry { alone_again: false }
+                }
+                // Waited for this edge's own connection slot for the whole first-byte timeout:
+                // the origin is busy, not failing, and a local limit is no reason to fail over.
+                Err(_) => Step::Stop,
+            };
+            let next = match step {
+                Step::Stop => None,
+                Step::Again => {
+                    asked_again = true;
+                    Some(at)
+                }
+                Step::Onward { .. } if at + 1 < plan.len() => Some(at + 1),
+                Step::Onward { alone_again } if alone_again && plan.len() == 1 && !asked_again => {
+                    asked_again = true;
+                    Some(at)
+                }
+                Step::Onward { .. } => None,
+                Step::Retry { .. } if retried => None,
+                Step::Retry { alone_again } => {
+                    retried = true;
+                    if at + 1 < plan.len() {
+                        Some(at + 1)
+                    } else {
+                        (alone_again && plan.len() == 1).then_some(at)
+                    }
+                }
+            };
+            let Some(next) = next else {
+                return settle(result, answered);
+            };
+            let next_timeout = self.first_byte_timeout(&plan[next]);
+            let left = match &result {
+                // A candidate that let the whole first-byte timeout pass (hung, or cut off) is
+                // what failover is for: the next gets a whole timeout too, past the collapse
+                // deadline (collapsed viewers wait for an attempt and its retry,
+                // `request::collapsed_head`), and any later attempt must start within it.
+                // Bounded by the deadline, the retry never happened with the default timeouts
+                // (collapse 10 s, first byte 15 s): every key the hung node owns was a 504.
+                Err(f) if f.error == OriginError::Timeout => {
+                    until = Some(Instant::now() + next_timeout);
+                    next_timeout
+                }
+                _ => until.map_or(next_timeout, |d| {
+                    d.saturating_duration_since(Instant::now())
+                        .min(next_timeout)
+                }),
+            };
+            if left.is_zero() {
+                return settle(result, answered);
             }
-        };
-        let mut req = build();
-        *req.method_mut() = method.clone();
-        *req.headers_mut() = headers.clone();
-        let result = self
-            .attempt(upstream, first, path_and_query, req, timeout, pass)
-            .await;
-        let several = plan.len() > 1;
-        let retry = match &result {
-            Ok((resp, _)) => upstream.retries_status(resp.status().as_u16()),
-            Err(OriginError::Connect) => true,
-            // A stale copy answers now: a second whole timeout would only delay it.
-            Err(OriginError::Timeout) if stale_stands_by => false,
-            Err(OriginError::Timeout | OriginError::Protocol | OriginError::Tls) => several,
-            // Waited for this edge's own connection slot for the whole first-byte timeout: the
-            // origin is busy, not failing, and a local limit is no reason to fail over.
-            Err(OriginError::Internal | OriginError::Busy) => false,
-        };
-        // A request that never reached the first candidate (no connection) may go to the next
-        // whatever its method: nothing of it was sent. Past that, only a GET or HEAD is asked
-        // twice (a DELETE that timed out may have been done).
-        let unsent = matches!(result, Err(OriginError::Connect));
-        if !retry || !(unsent || method == Method::GET || method == Method::HEAD) {
-            return result;
-        }
-        let next = plan.get(1).unwrap_or(first);
-        let timeout = self.first_byte_timeout(next);
-        let left = match (&result, deadline) {
-            // A candidate that let the whole first-byte timeout pass (hung, or cut off) is what
-            // failover is for: the next gets a whole timeout too, past the collapse deadline
-            // (collapsed viewers wait for an attempt and its retry, `request::collapsed_head`).
-            // Bounded by the deadline, the retry never happened with the default timeouts
-            // (collapse 10 s, first byte 15 s): every key the hung node owns was a 504.
-            (Err(OriginError::Timeout), _) => timeout,
-            (_, Some(d)) => d.saturating_duration_since(Instant::now()).min(timeout),
-            (_, None) => timeout,
-        };
-        if left.is_zero() {
-            return result;
-        }
-        tracing::debug!(
-            key,
-            from = first.name(),
-            to = next.name(),
-            outcome = ?result.as_ref().map(|(r, _)| r.status()),
-            "retrying the fetch before its response head"
-        );
-        let mut req = build();
-        *req.method_mut() = method;
-        *req.headers_mut() = headers;
-        match self
-            .attempt(upstream, next, path_and_query, req, left, pass)
-            .await
-        {
-            // The retry could not even answer: the first origin's error status says more.
-            Err(_) if result.is_ok() => result,
-            second => second,
+            tracing::debug!(
+                key,
+                from = target.name(),
+                to = plan[next].name(),
+                outcome = ?result.as_ref().map(|(r, _)| r.status()).map_err(|f| f.error),
+                "retrying the fetch before its response head"
+            );
+            if let Ok(answer) = result {
+                answered = Some(answer);
+            }
+            at = next;
+            timeout = left;
         }
     }
 
@@ -699,7 +819,7 @@ impl OriginClient {
         mut req: Request<Body>,
         timeout: Duration,
         pass: Option<&PassFor>,
-    ) -> Result<(Response<Incoming>, Option<PassSlot>), OriginError> {
+    ) -> Attempted {
         *req.uri_mut() = target.uri(path_and_query)?;
         if let Some(host) = &target.host {
             req.headers_mut().insert(header::HOST, host.clone());
@@ -719,6 +839,7 @@ impl OriginClient {
         let started = Instant::now();
         let request = dial.watch(target.client.request(req));
         let uploading = pass.and_then(|p| p.upload.as_ref());
+        let mut unprocessed = false;
         let result = match answered_within(timeout, uploading, request).await {
             // Waiting on this edge's side (its dial queued for a local slot, or behind another
             // request's h2 connect; `DialWatch`): the origin never saw the request.
@@ -754,7 +875,14 @@ impl OriginClient {
                     .insert(pass_limit::AnsweredBy(target.passes.clone()));
                 Ok(resp)
             }
-            Ok(Err(e)) => Err(classify(&e, target)),
+            Ok(Err(e)) => {
+                let error = classify(&e, target);
+                unprocessed = error == OriginError::Protocol && not_processed(&e, &dial);
+                if unprocessed {
+                    tracing::debug!(origin = target.name(), error = ?e, "origin did not process the request");
+                }
+                Err(error)
+            }
         };
         let upload = pass.and_then(|p| p.upload.as_ref());
         let outcome = match &result {
@@ -763,6 +891,7 @@ impl OriginClient {
             Err(e) if *e != OriginError::Busy && upload.and_then(|u| u.fault(*e)).is_some() => {
                 Outcome::ViewerFault
             }
+            Err(_) if unprocessed => Outcome::Unprocessed,
             Ok(r) if r.status() == http::StatusCode::LOOP_DETECTED => Outcome::Loop,
             Ok(r) if r.status().is_server_error() => Outcome::ServerError(
                 matches!(r.status().as_u16(), 502..=504)
@@ -772,7 +901,9 @@ impl OriginClient {
             Err(e) => Outcome::Failed(*e),
         };
         target.record(outcome, started.elapsed(), upstream.eject());
-        result.map(|response| (response, slot))
+        result
+            .map(|response| (response, slot))
+            .map_err(|error| Failed { error, unprocessed })
     }
 
     /// A fill's answer that turned out to be one viewer's (not shareable: `private`, `no-store`,
@@ -867,6 +998,28 @@ pub const CLIENT_ADDRESS_HEADERS: &[&str] = &[
     "x-client-ip",
 ];
 
+/// Joins a request's `Cookie` field lines into one, separated by `; `. An HTTP/2 viewer may
+/// send each cookie-pair as a field of its own, and RFC 9113 §8.2.3 requires them joined that
+/// way before the request goes to an HTTP/1.1 hop (where RFC 6265 §5.4 allows one `Cookie`
+/// line: origins read only the first, or reject the request). Joined for HTTP/2 origins too:
+/// one field is as valid there.
+fn join_cookies(h: &mut HeaderMap) {
+    if h.get_all(header::COOKIE).iter().nth(1).is_none() {
+        return;
+    }
+    let mut joined = Vec::new();
+    for v in h.get_all(header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(v.as_bytes());
+    }
+    // Valid field values joined by `; ` are a valid field value.
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        h.insert(header::COOKIE, v);
+    }
+}
+
 /// A header's values joined with `, ` (`None` when absent or not text).
 fn join_values(h: &HeaderMap, name: &str) -> Option<String> {
     let values: Vec<&str> = h
@@ -893,6 +1046,43 @@ fn classify(e: &hyper_util::client::legacy::Error, target: &Target) -> OriginErr
         tracing::debug!(origin = target.name(), error = ?e, "origin request failed");
         OriginError::Protocol
     }
+}
+
+/// Whether a request that failed before its response head provably never reached the
+/// upstream's processing, so that sending it again cannot do anything twice:
+///
+/// - HTTP/2: its stream was refused, by a GOAWAY whose last stream id is below it (or one that
+///   came before it was opened) or by `RST_STREAM(REFUSED_STREAM)` (RFC 9113 §6.8, §8.7: such
+///   a request "can be safely retried"). h2 reports those as the peer's GOAWAY or reset on the
+///   stream itself; a stream the peer had taken and then lost with the connection gets an I/O
+///   error instead (a broken pipe), and is not retried.
+/// - HTTP/1.1: the connection closed or was reset before any byte of the answer, and it had
+///   carried an earlier exchange (`DialWatch::reused_unanswered`): the keep-alive race, an
+///   origin closing an idle connection as the request arrives (RFC 9112 §9.3.1). hyper-util
+///   re-sends such a request itself only when hyper had not begun writing it (its
+///   `retry_canceled_requests`); once written, hyper reports an incomplete message. On a new
+///   connection the same failure is the origin's own, and counts against it.
+fn not_processed(e: &hyper_util::client::legacy::Error, dial: &tls::DialWatch) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    let mut closed = false;
+    while let Some(s) = source {
+        if let Some(h2) = s.downcast_ref::<h2::Error>() {
+            return h2.is_remote()
+                && (h2.is_go_away() || h2.reason() == Some(h2::Reason::REFUSED_STREAM));
+        }
+        if let Some(h) = s.downcast_ref::<hyper::Error>() {
+            closed |= h.is_incomplete_message();
+        }
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            closed |= matches!(
+                io.kind(),
+                ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof
+            );
+        }
+        source = s.source();
+    }
+    closed && dial.reused_unanswered()
 }
 
 /// A Prometheus label value: backslash, quote and newline escaped.

@@ -3,9 +3,9 @@
 //! removing a node moves only ~1/N of the keys); a fill asks the key's healthy shields in hash
 //! order, then (unless `on_all_down = "error"`) the route's own origin group.
 //!
-//! A shield is an ordinary vedge with the same routes: it gets the viewer's path and the `Host`
-//! the edge's route sends its origin, so it builds the same key and collapses the edges' fills
-//! into one origin fill. Each shield is a `Target` with its own pool, passive ejection and
+//! A shield is an ordinary vedge with the same routes (less `hosts` and `[route.token]`, which
+//! the edges check): it gets the viewer's path and the `Host` the edge's route sends its
+//! origin, so it builds the same key and collapses the edges' fills into one origin fill. Each shield is a `Target` with its own pool, passive ejection and
 //! optional health checks; its `Host` is never rewritten to the shield's own address.
 
 use std::sync::Arc;
@@ -74,7 +74,9 @@ impl Shield {
 
 /// A key's healthy shields in hash order, then (with `on_all_down = "origin"`) the origin
 /// group's own plan: a shield that fails before its head is retried on the key's next shield,
-/// or on the origin when it was the last one standing. A down node is skipped rather than
+/// or on the origin when it was the last one standing; one that could not be connected to, or
+/// that could not reach its own origin (`reached_no_origin`), hands the fill to the next
+/// candidate whatever came before (`fetch_plan`). A down node is skipped rather than
 /// tried: its keys move to their second choice, which every edge agrees on.
 pub struct ShieldPlan<'a> {
     shield: &'a Shield,
@@ -123,6 +125,27 @@ pub fn relays_upstream_status(headers: &http::HeaderMap) -> bool {
     })
 }
 
+/// Whether a shield's answer says its request reached no origin: its own `502` with
+/// `detail=origin-unreachable` and no `fwd-status` (a vedge's answer when every connection it
+/// tried to its upstream failed: nothing was sent there). The same request may go to the key's
+/// next node, which may still reach the origin: a shield cut off from its origin then costs its
+/// keys one fast extra hop, not a `502` each. Not ejection: the shield is up, and such answers
+/// stay `relays_upstream_status`. A `504` (`origin-timeout`) is no such answer: the shield
+/// already waited a whole timeout, and the next node would wait as long.
+pub fn reached_no_origin(status: http::StatusCode, headers: &http::HeaderMap) -> bool {
+    use crate::cache::sfv::BareItem;
+    status == http::StatusCode::BAD_GATEWAY
+        && crate::cache::upstream::nearest_member(headers).is_some_and(|m| {
+            let params = m.params();
+            !params.iter().any(|(k, _)| k == "fwd-status")
+                && params.iter().any(|(k, v)| {
+                    k == "detail"
+                        && matches!(v, BareItem::Token(d) | BareItem::String(d)
+                            if d == crate::origin::OriginError::Connect.as_str())
+                })
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,6 +177,33 @@ mod tests {
         assert!(!h(&["vedge; detail=\"a;fwd-status=502\""]));
         assert!(!h(&[]));
         assert!(!h(&["vedge; fwd=miss; fwd-status=502, \"open"]));
+    }
+
+    #[test]
+    fn only_a_shields_own_unreachable_502_says_no_origin_was_reached() {
+        let h = |status: u16, v: &str| {
+            let mut m = http::HeaderMap::new();
+            m.append("cache-status", v.parse().unwrap());
+            reached_no_origin(http::StatusCode::from_u16(status).unwrap(), &m)
+        };
+        assert!(h(502, "vedge; fwd=miss; detail=origin-unreachable"));
+        assert!(h(
+            502,
+            "o; hit, vedge; fwd=miss; detail=\"origin-unreachable\""
+        ));
+        // The origin answered (a relayed 502), or the shield timed out: an origin was reached.
+        assert!(!h(
+            502,
+            "vedge; fwd=miss; fwd-status=502; detail=origin-unreachable"
+        ));
+        assert!(!h(504, "vedge; fwd=miss; detail=origin-timeout"));
+        assert!(!h(503, "vedge; fwd=miss; detail=origin-unreachable"));
+        // Only the shield's own (last) member counts.
+        assert!(!h(
+            502,
+            "vedge; detail=origin-unreachable, o; fwd=miss; fwd-status=502"
+        ));
+        assert!(!h(502, "vedge; fwd=miss; detail=origin-protocol"));
     }
 
     fn shield(nodes: &[&str], on_all_down: AllDown) -> Shield {

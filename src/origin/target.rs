@@ -45,6 +45,11 @@ pub enum Outcome {
     /// arriving when the time ran out; `upload`): a request, but neither an error nor a success,
     /// and no time to head (a viewer could otherwise eject a healthy origin with broken bodies).
     ViewerFault,
+    /// The request provably never reached the origin's processing: refused by HTTP/2 (GOAWAY,
+    /// REFUSED_STREAM) or lost when the origin closed an idle pooled connection as it arrived
+    /// (`origin::not_processed`). A request, but neither an error nor a success: an origin
+    /// that shuts down gracefully or closes idle connections is not failing.
+    Unprocessed,
     Failed(OriginError),
 }
 
@@ -53,9 +58,11 @@ const ERROR_KINDS: [&str; 6] = ["connect", "timeout", "tls", "protocol", "intern
 
 fn error_index(o: Outcome) -> Option<usize> {
     Some(match o {
-        Outcome::Ok | Outcome::Loop | Outcome::ViewerFault | Outcome::Failed(OriginError::Busy) => {
-            return None
-        }
+        Outcome::Ok
+        | Outcome::Loop
+        | Outcome::ViewerFault
+        | Outcome::Unprocessed
+        | Outcome::Failed(OriginError::Busy) => return None,
         Outcome::Failed(OriginError::Connect) => 0,
         Outcome::Failed(OriginError::Timeout) => 1,
         Outcome::Failed(OriginError::Tls) => 2,
@@ -192,7 +199,10 @@ impl Target {
         if let Some(i) = error_index(outcome) {
             self.stats.errors[i].fetch_add(1, Relaxed);
         }
-        if !matches!(outcome, Outcome::Failed(_) | Outcome::ViewerFault) {
+        if !matches!(
+            outcome,
+            Outcome::Failed(_) | Outcome::ViewerFault | Outcome::Unprocessed
+        ) {
             let secs = elapsed.as_secs_f64();
             if let Some(i) = LATENCY_BUCKETS.iter().position(|&le| secs <= le) {
                 self.stats.buckets[i].fetch_add(1, Relaxed);
@@ -204,7 +214,10 @@ impl Target {
         }
         if matches!(
             outcome,
-            Outcome::Loop | Outcome::ServerError(false) | Outcome::ViewerFault
+            Outcome::Loop
+                | Outcome::ServerError(false)
+                | Outcome::ViewerFault
+                | Outcome::Unprocessed
         ) {
             return;
         }

@@ -232,6 +232,131 @@ impl DialWatch {
     pub fn waited_for_a_closed_one(&self) -> bool {
         !self.0.started.load(Relaxed)
     }
+
+    /// Whether the connection the request was given had carried an earlier exchange and has
+    /// read no byte since this request began (`Exchanges`): the keep-alive race, where a
+    /// failure says the origin closed an idle connection, not that it failed the request.
+    pub fn reused_unanswered(&self) -> bool {
+        let meta = self.0.captured.connection_metadata();
+        let Some(connected) = meta.as_ref() else {
+            return false;
+        };
+        let mut extras = http::Extensions::new();
+        connected.get_extras(&mut extras);
+        extras
+            .get::<Exchanges>()
+            .is_some_and(Exchanges::reused_unanswered)
+    }
+}
+
+/// What one origin connection has carried, as its reads and writes show: how many requests
+/// began on it (a write after a read, or its first write: HTTP/1.1 sends one request at a time
+/// and reads its whole answer before the next) and whether anything was read since the latest
+/// began. Shared between the connection and its `Connected` metadata, so a failed request can
+/// tell a pooled connection that closed under it before any answer (RFC 9112 §9.3.1: safe to
+/// send an idempotent request again) from a fresh one that failed (the origin's fault).
+#[derive(Clone, Default)]
+pub struct Exchanges(Arc<ExchangeCounts>);
+
+#[derive(Default)]
+struct ExchangeCounts {
+    begun: std::sync::atomic::AtomicU32,
+    answered: AtomicBool,
+}
+
+impl Exchanges {
+    fn begin(&self) {
+        self.0.begun.fetch_add(1, Relaxed);
+        self.0.answered.store(false, Relaxed);
+    }
+
+    fn answered(&self) {
+        self.0.answered.store(true, Relaxed);
+    }
+
+    fn reused_unanswered(&self) -> bool {
+        self.0.begun.load(Relaxed) >= 2 && !self.0.answered.load(Relaxed)
+    }
+}
+
+/// A connection's byte stream, telling its `Exchanges` when a write follows a read.
+struct Watched<S> {
+    io: S,
+    exchanges: Exchanges,
+    /// The latest operation that moved bytes was a write (a request is going out).
+    writing: bool,
+}
+
+impl<S> Watched<S> {
+    fn new(io: S) -> Watched<S> {
+        Watched {
+            io,
+            exchanges: Exchanges::default(),
+            writing: false,
+        }
+    }
+
+    fn wrote(&mut self) {
+        if !self.writing {
+            self.writing = true;
+            self.exchanges.begin();
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Watched<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.writing = false;
+            this.exchanges.answered();
+        }
+        read
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Watched<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if !buf.is_empty() {
+            this.wrote();
+        }
+        Pin::new(&mut this.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if bufs.iter().any(|b| !b.is_empty()) {
+            this.wrote();
+        }
+        Pin::new(&mut this.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
 }
 
 /// Dials one origin: TCP through hyper-util's `HttpConnector` (connect timeout, nodelay,
@@ -316,14 +441,16 @@ impl tower_service::Service<Uri> for Connector {
             };
             let io = |io| OriginStream { io, _slot: slot };
             let origin = uri.authority().map(|a| a.to_string()).unwrap_or_default();
-            let tcp = http.call(uri).await?;
+            let tcp = http.call(uri).await?.into_inner();
             let Some(tls) = tls else {
-                return Ok(io(OriginIo::Plain(tcp)));
+                return Ok(io(OriginIo::Plain(TokioIo::new(Watched::new(tcp)))));
             };
             let connector = tokio_rustls::TlsConnector::from(tls.config);
-            let handshake = connector.connect(tls.name, tcp.into_inner());
+            let handshake = connector.connect(tls.name, tcp);
             match tokio::time::timeout(timeout, handshake).await {
-                Ok(Ok(stream)) => Ok(io(OriginIo::Tls(Box::new(TokioIo::new(stream))))),
+                Ok(Ok(stream)) => Ok(io(OriginIo::Tls(Box::new(TokioIo::new(Watched::new(
+                    stream,
+                )))))),
                 Ok(Err(e)) => {
                     let e = TlsError {
                         origin,
@@ -394,18 +521,22 @@ impl hyper::rt::Write for OriginStream {
 
 /// A connection to an origin, plain or TLS.
 enum OriginIo {
-    Plain(TokioIo<TcpStream>),
+    Plain(TokioIo<Watched<TcpStream>>),
     /// Boxed: a TLS session is a kilobyte, a plain stream a few words.
-    Tls(Box<TokioIo<TlsStream<TcpStream>>>),
+    Tls(Box<TokioIo<Watched<TlsStream<TcpStream>>>>),
 }
 
 impl Connection for OriginIo {
     fn connected(&self) -> Connected {
         match self {
-            OriginIo::Plain(s) => s.connected(),
+            OriginIo::Plain(s) => {
+                let w = s.inner();
+                w.io.connected().extra(w.exchanges.clone())
+            }
             OriginIo::Tls(s) => {
-                let (tcp, session) = s.inner().get_ref();
-                let connected = tcp.connected();
+                let w = s.inner();
+                let (tcp, session) = w.io.get_ref();
+                let connected = tcp.connected().extra(w.exchanges.clone());
                 if session.alpn_protocol() == Some(b"h2") {
                     connected.negotiated_h2()
                 } else {

@@ -40,6 +40,7 @@ mod live_state;
 mod llhls;
 mod module_graph;
 mod origin_groups;
+mod origin_retry;
 mod origin_trickle;
 mod preconnect;
 mod prefetch;

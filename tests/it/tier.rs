@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::{Method, StatusCode};
 use vedge::config::{RawCluster, RawClusterNode, RawConfig, RawShield};
 
-use crate::support::edge::{edge_config, until, TestEdge};
+use crate::support::edge::{edge_config, edge_config_for, until, TestEdge};
 use crate::support::origin::{Gate, Origin, Script};
 
 const TOKEN: &str = "tier-admin-token";
@@ -783,4 +783,107 @@ async fn a_304_through_the_tier_updates_the_edge_s_content_type() {
     let cond = edge.get_with(path, &[("if-none-match", "\"v1\"")]).await;
     assert_eq!(cond.status, StatusCode::NOT_MODIFIED);
     assert!(cond.headers.get("content-type").is_none());
+}
+
+/// An address nothing listens on: every connect to it is refused.
+async fn refusing_addr() -> std::net::SocketAddr {
+    let probe = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = probe.local_addr().unwrap();
+    drop(probe);
+    addr
+}
+
+/// Bug: a shield that could not reach its origin (a partition, its origin address wrong)
+/// answered its own `502 detail=origin-unreachable` for every key it owns, and the edge relayed
+/// it for ever: such an answer rightly never ejects the shield (it is up, and a viewer must not
+/// be able to eject shields), and nothing else moved the key. The fill now goes on to the key's
+/// next node, which reaches the origin; the shield stays in.
+#[tokio::test]
+async fn a_shield_cut_off_from_its_origin_hands_its_fills_to_the_next_node() {
+    let origin = Origin::start().await;
+    let mut cut = edge_config_for(format!("http://{}", refusing_addr().await));
+    cut.node_id = Some("shield-cut".into());
+    let cut = TestEdge::start(cut).await;
+    let healthy = TestEdge::start(node_config(&origin, "shield-ok")).await;
+    let mut raw = node_config(&origin, "edge-0");
+    raw.shield = Some(RawShield {
+        nodes: vec![
+            format!("http://{}", cut.addr),
+            format!("http://{}", healthy.addr),
+        ],
+        // Not the origin: the next shield has to answer.
+        on_all_down: Some("error".into()),
+        eject: Some(vedge::config::RawEject {
+            failures: Some(1),
+            duration: Some("60s".into()),
+        }),
+        ..RawShield::default()
+    });
+    let edge = TestEdge::start(raw).await;
+    let cut_url = format!("http://{}", cut.addr);
+    let owned_by_cut: Vec<String> = (0..64)
+        .map(|i| format!("/p/{i}.ts"))
+        .filter(|p| {
+            let target = vedge::proxy::target::resolve(&edge.edge.config, None, p).expect("routed");
+            edge.edge.origin.shield_order(target.route, &target.key)[0] == cut_url
+        })
+        .take(3)
+        .collect();
+    assert_eq!(owned_by_cut.len(), 3, "keys the cut-off shield owns");
+    for p in &owned_by_cut {
+        origin.script(p, Script::ok("seg").header("cache-control", "max-age=60"));
+        let r = edge.get(p).await;
+        assert_eq!(
+            (r.status, &r.body[..]),
+            (StatusCode::OK, &b"seg"[..]),
+            "{p}: {}",
+            r.h("cache-status")
+        );
+        assert_eq!(origin.count(p), 1, "{p} through the healthy shield");
+    }
+    let shields = edge.edge.origin.snapshot()["shields"].clone();
+    assert!(
+        shields
+            .as_array()
+            .expect("shields")
+            .iter()
+            .all(|s| s["state"] == "up"),
+        "no shield ejected: {shields}"
+    );
+}
+
+/// Bug: with every shield refusing connections (killed) and `on_all_down = "origin"`, a fill
+/// asked the key's shield, retried only the next shield and answered `502 origin-unreachable`
+/// without ever asking the origin, until the shields were ejected (and again each time their
+/// ejection ended). A request that reached no one now walks the whole plan, one attempt per
+/// candidate: shields, then the origin group.
+#[tokio::test]
+async fn with_every_shield_refusing_a_fill_goes_on_to_the_origin() {
+    let origin = Origin::start().await;
+    let mut raw = node_config(&origin, "edge-0");
+    raw.shield = Some(RawShield {
+        nodes: vec![
+            format!("http://{}", refusing_addr().await),
+            format!("http://{}", refusing_addr().await),
+        ],
+        on_all_down: Some("origin".into()),
+        eject: Some(vedge::config::RawEject {
+            failures: Some(3),
+            duration: Some("60s".into()),
+        }),
+        ..RawShield::default()
+    });
+    let edge = TestEdge::start(raw).await;
+    for i in 0..3 {
+        let p = format!("/d/{i}.ts");
+        origin.script(&p, Script::ok("seg").header("cache-control", "max-age=60"));
+        let r = edge.get(&p).await;
+        assert_eq!(
+            (r.status, &r.body[..]),
+            (StatusCode::OK, &b"seg"[..]),
+            "{p}: {}",
+            r.h("cache-status")
+        );
+        assert_eq!(origin.count(&p), 1, "{p}");
+    }
 }

@@ -41,6 +41,10 @@ pub enum Fault {
     None,
     /// Close the connection right after reading the request: no response at all.
     Close,
+    /// `Close` when the request is not the connection's first (the keep-alive race: an origin
+    /// whose idle timeout fires as a pooled connection's next request arrives); a well-formed
+    /// response on a new connection.
+    CloseIfReused,
     /// Send the head and the first `n` body bytes, then close the connection. With
     /// `Content-Length` that is a short body; with chunked encoding, a body without its
     /// terminating chunk.
@@ -436,7 +440,7 @@ fn path_of(target: &str) -> &str {
 async fn connection(mut stream: TcpStream, state: Arc<Mutex<State>>) {
     let _ = stream.set_nodelay(true);
     let mut buf = Vec::with_capacity(4096);
-    loop {
+    for n in 0.. {
         let Some(req) = read_head(&mut stream, &mut buf).await else {
             return;
         };
@@ -454,6 +458,9 @@ async fn connection(mut stream: TcpStream, state: Arc<Mutex<State>>) {
             Script::status(404, format!("origin: no script for {}\n", req.target))
         });
         let path = path_of(&req.target).to_string();
+        if n > 0 && matches!(script.fault, Fault::CloseIfReused) {
+            return;
+        }
         let keep = if script.echo {
             echo(&mut stream, &mut buf, &req, &script, &state, &path).await
         } else {
