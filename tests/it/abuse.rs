@@ -245,14 +245,7 @@ async fn h2_streams_reset_at_once_never_run_more_origin_fetches_than_max_fills()
     raw.origin_client.max_fills = Some(2);
     let edge = TestEdge::start(raw).await;
 
-    let tcp = tokio::net::TcpStream::connect(edge.addr)
-        .await
-        .expect("connect");
-    let (send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .expect("h2 handshake");
-    tokio::spawn(conn);
+    let send = edge.h2().await;
     for i in 0..n {
         let mut send = send.clone();
         let req = Request::get(format!("http://127.0.0.1/v/r{i}.ts"))

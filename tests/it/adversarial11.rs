@@ -136,19 +136,11 @@ timescale=\"1\"/><Representation id=\"v0\" bandwidth=\"1\"/></AdaptationSet></Pe
 #[tokio::test]
 async fn options_star_over_h2_and_max_forwards_are_honoured() {
     use http_body_util::{BodyExt, Empty};
-    use hyper_util::rt::{TokioExecutor, TokioIo};
 
     let origin = Origin::start().await;
     origin.script("/mf/a.ts", Script::ok("").header("allow", "GET, OPTIONS"));
     let edge = TestEdge::start(edge_config(&origin)).await;
-    let tcp = tokio::net::TcpStream::connect(edge.addr)
-        .await
-        .expect("connect");
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .expect("h2 handshake");
-    tokio::spawn(conn);
+    let mut send = edge.h2().await;
     let uri = http::Uri::builder()
         .scheme("http")
         .authority(edge.addr.to_string())

@@ -915,21 +915,13 @@ async fn edge_built_412_and_416_are_framed_by_content_length() {
 #[tokio::test]
 async fn a_cached_204_carries_no_content_length_over_h2() {
     use http_body_util::{BodyExt, Empty};
-    use hyper_util::rt::{TokioExecutor, TokioIo};
     let origin = Origin::start().await;
     origin.script(
         "/nc/beacon",
         Script::status(204, "").header("cache-control", "max-age=60"),
     );
     let edge = TestEdge::start(edge_config(&origin)).await;
-    let tcp = tokio::net::TcpStream::connect(edge.addr)
-        .await
-        .expect("connect");
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .expect("h2 handshake");
-    tokio::spawn(conn);
+    let mut send = edge.h2().await;
     for round in ["MISS", "HIT"] {
         let req = http::Request::get(format!("http://{}/nc/beacon", edge.addr))
             .body(Empty::<bytes::Bytes>::new())

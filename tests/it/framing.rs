@@ -11,7 +11,6 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::{Method, Request};
 use http_body::{Frame, SizeHint};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use vedge::config::RawConfig;
@@ -188,12 +187,7 @@ impl http_body::Body for NoContent {
 async fn a_pass_without_content_goes_to_the_origin_without_content_over_http2() {
     let origin = StrictOrigin::start().await;
     let edge = TestEdge::start(strict_config(&origin)).await;
-    let tcp = TcpStream::connect(edge.addr).await.expect("connect");
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .expect("h2 handshake");
-    tokio::spawn(conn);
+    let mut send = edge.h2().await;
     for (method, anticipates) in PASSED {
         let path = format!("/v/h2-{method}");
         origin.script(&path, StrictScript::ok("done"));
@@ -328,12 +322,7 @@ async fn a_request_target_over_the_uri_limit_is_a_414_and_large_header_fields_a_
         );
     }
     // Over HTTP/2 (`:path`) too.
-    let tcp = TcpStream::connect(edge.addr).await.expect("connect");
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .expect("h2 handshake");
-    tokio::spawn(conn);
+    let mut send = edge.h2().await;
     for len in [(8 << 10) + 1, 40_000] {
         let req = Request::get(format!("http://t{}", path_of(len)))
             .body(NoContent)

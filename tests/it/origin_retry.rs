@@ -247,16 +247,10 @@ async fn a_get_on_a_refused_h2_stream_is_sent_again() {
 #[tokio::test]
 async fn an_h2_viewers_split_cookie_reaches_the_origin_as_one_field() {
     use http_body_util::{BodyExt, Empty};
-    use hyper_util::rt::{TokioExecutor, TokioIo};
     let origin = Origin::start().await;
     origin.script("/c.ts", Script::ok("c"));
     let edge = TestEdge::start(edge_config(&origin)).await;
-    let tcp = TcpStream::connect(edge.addr).await.expect("connect");
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .expect("h2 handshake");
-    tokio::spawn(conn);
+    let mut send = edge.h2().await;
     let req = http::Request::get(format!("http://{}/c.ts", edge.addr))
         .header("cookie", "session=abc")
         .header("cookie", "user=42")

@@ -259,6 +259,25 @@ impl TestEdge {
         format!("http://{}{path}", self.addr)
     }
 
+    /// An HTTP/2 client connection (prior knowledge, cleartext) to this edge, its driver
+    /// spawned.
+    pub async fn h2<B>(&self) -> hyper::client::conn::http2::SendRequest<B>
+    where
+        B: http_body::Body + Unpin + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let tcp = TcpStream::connect(self.addr).await.expect("connect");
+        let (send, conn) = hyper::client::conn::http2::handshake(
+            TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .expect("h2 handshake");
+        tokio::spawn(conn);
+        send
+    }
+
     /// A request builder for `path` on this edge.
     pub fn req(&self, method: Method, path: &str) -> http::request::Builder {
         Request::builder().method(method).uri(self.url(path))
