@@ -231,6 +231,9 @@ pub async fn purge(
         groups.push(("tags", vec![PurgeSelector::Tag(tag.clone())]));
     }
     let mut manifests = Vec::new();
+    let mut unresolved: Vec<String> = Vec::new();
+    // Manifests neither learnt nor in the tiers are asked of the origin until then.
+    let asked_until = tokio::time::Instant::now() + ORIGIN_WALK;
     for a in &p.assets {
         let (h, pq) = target(a, host).map_err(|e| bad(e.0))?;
         let h = asset_host(edge, h.as_deref(), &pq)
@@ -240,9 +243,15 @@ pub async fn purge(
             .assets
             .members(root, |u| {
                 let edge = edge.clone();
-                async move { cached_body(&edge, &u).await }
+                async move {
+                    match cached_body(&edge, &u).await {
+                        Some(body) => Some(body),
+                        None => origin_body(&edge, &u, asked_until).await,
+                    }
+                }
             })
             .await;
+        unresolved.extend(members.unresolved.iter().cloned());
         let mut sels = Vec::new();
         for u in &members.urls {
             if let Some(h) = u.host_str() {
@@ -292,6 +301,11 @@ pub async fn purge(
         "soft": p.soft,
         "selected": per_kind,
     });
+    if !unresolved.is_empty() {
+        // Said, not hidden in a count of 0: what these manifests list was not purged.
+        tracing::warn!(manifests = ?unresolved, "asset purge could not read some manifests");
+        answer["unresolved"] = unresolved.into();
+    }
     if let Some(mut f) = fanout {
         if !local_after_shields(edge) {
             f.phase(edge, ClusterRole::Shield).await;
@@ -300,6 +314,54 @@ pub async fn purge(
         answer["fanout"] = f.report();
     }
     Ok(answer)
+}
+
+/// How long an asset purge may spend asking the origin for manifests the edge no longer
+/// holds (`origin_body`), all of them together; past it the rest are reported unresolved.
+const ORIGIN_WALK: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Largest manifest read from the origin for an asset purge.
+const MAX_MANIFEST: usize = crate::proxy::signed::MAX_REWRITE;
+
+/// The body of a manifest as its origin serves it now, asked as a fill would ask (through the
+/// route's shields), for an asset the index has not learnt and the tiers no longer hold: a
+/// pulled manifest lives in RAM only, so after a restart an asset purge found no manifest and
+/// purged nothing. What the origin lists now is what viewers can still ask for. `None` past
+/// `until`, or when the origin does not answer a `200` of at most `MAX_MANIFEST` bytes in
+/// time. Nothing is stored.
+async fn origin_body(edge: &Edge, u: &Url, until: tokio::time::Instant) -> Option<bytes::Bytes> {
+    use http_body_util::BodyExt;
+    let h = u.host_str()?;
+    let (h, pq) = url_target(u, h);
+    let t = target::resolve(&edge.config, Some(&h), &pq)
+        .or_else(|_| target::resolve(&edge.config, None, &pq))
+        .ok()?;
+    let headers =
+        edge.origin
+            .fill_headers(t.route, &http::HeaderMap::new(), &[], t.origin_host(), None);
+    let ask = async {
+        let resp = edge
+            .origin
+            .fetch_for(
+                t.route,
+                &t.key,
+                http::Method::GET,
+                &t.fill_target(&edge.config.cache.drop_query_params),
+                headers,
+                None,
+                false,
+            )
+            .await
+            .ok()?;
+        if resp.status() != StatusCode::OK
+            || crate::cache::vary::selects_representation(resp.headers())
+        {
+            return None;
+        }
+        let body = http_body_util::Limited::new(resp.into_body(), MAX_MANIFEST);
+        body.collect().await.ok().map(|b| b.to_bytes())
+    };
+    tokio::time::timeout_at(until, ask).await.ok().flatten()
 }
 
 /// The body of a manifest still in the tiers (for an asset the index has not learned).

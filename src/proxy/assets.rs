@@ -59,6 +59,9 @@ pub struct AssetMembers {
     pub prefixes: Vec<Url>,
     /// Manifests walked (for forgetting them once purged).
     pub manifests: Vec<String>,
+    /// Manifests whose members could not be read (not recorded, no body found): what they
+    /// list is not covered.
+    pub unresolved: Vec<String>,
 }
 
 /// The identity of `path_and_query` on `host`, or `None` if it is not a URL.
@@ -189,8 +192,8 @@ impl AssetIndex {
     }
 
     /// Everything the asset rooted at `root` covers: recorded members, and the members of
-    /// manifests found through `cached_body` (a manifest body still in the tiers) when they
-    /// were not recorded. Walks at most `MAX_WALK` manifests and `MAX_MEMBERS` objects per
+    /// manifests found through `cached_body` (a manifest body still in the tiers, or the
+    /// origin's) when they were not recorded. Walks at most `MAX_WALK` manifests and `MAX_MEMBERS` objects per
     /// manifest.
     pub async fn members<F, Fut>(&self, root: Url, cached_body: F) -> AssetMembers
     where
@@ -215,7 +218,10 @@ impl AssetIndex {
                         let (members, prefix) = references(&m, &body);
                         (members, prefix.into_iter().collect())
                     }
-                    None => (Vec::new(), Vec::new()),
+                    None => {
+                        out.unresolved.push(m.as_str().to_string());
+                        (Vec::new(), Vec::new())
+                    }
                 },
             };
             out.manifests.push(m.as_str().to_string());

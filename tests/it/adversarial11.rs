@@ -459,3 +459,81 @@ async fn a_varying_answer_is_not_pushed_to_every_variant() {
     .await;
     assert_eq!(status, 400, "{text}");
 }
+
+/// Bug: an asset purge read the asset's members from the edge's index or from the manifest in
+/// its tiers, and a pulled manifest lives in RAM only: after a restart (its segments still on
+/// the store) or once RAM let it go, `{"assets": [".../master.m3u8"]}` found no manifest,
+/// purged nothing and answered 200 `purged: 0`, and the old segments stayed. Now a manifest
+/// the edge no longer holds is asked of the origin (as a fill would ask, nothing stored), and
+/// one that cannot be read is reported as `unresolved`.
+#[tokio::test]
+async fn an_asset_purge_reads_a_manifest_the_edge_no_longer_holds_from_the_origin() {
+    use crate::support::edge::admin_purge;
+
+    let origin = Origin::start().await;
+    let day = ("cache-control", "max-age=86400");
+    origin.script(
+        "/vod/h/master.m3u8",
+        Script::ok("#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1000\nvid/index.m3u8\n")
+            .header(day.0, day.1),
+    );
+    origin.script(
+        "/vod/h/vid/index.m3u8",
+        Script::ok(
+            "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-PLAYLIST-TYPE:VOD\n\
+#EXTINF:2.0,\ns1.ts\n#EXTINF:2.0,\ns2.ts\n#EXT-X-ENDLIST\n",
+        )
+        .header(day.0, day.1),
+    );
+    for s in ["s1", "s2"] {
+        origin.script(
+            &format!("/vod/h/vid/{s}.ts"),
+            Script::ok(format!("{s} v1")).header(day.0, day.1),
+        );
+    }
+    let mut raw = edge_config(&origin);
+    raw.admin_token = Some(ADMIN_TOKEN.into());
+    let edge = TestEdge::start(raw).await;
+    let api = edge.admin().await;
+    // The segments are held; their manifests never passed through this edge.
+    for s in ["s1", "s2"] {
+        assert_eq!(edge.get(&format!("/vod/h/vid/{s}.ts")).await.status, 200);
+    }
+    edge.settle().await;
+    assert_eq!(edge.get("/vod/h/vid/s1.ts").await.x_cache(), "HIT");
+
+    let (status, answer) = admin_purge(
+        api.addr.port(),
+        r#"{"assets": ["/vod/h/master.m3u8"], "host": "e"}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(
+        answer["selected"]["assets"].as_u64().unwrap_or(0) >= 2,
+        "{answer}"
+    );
+    assert!(answer.get("unresolved").is_none(), "{answer}");
+    for s in ["s1", "s2"] {
+        origin.script(
+            &format!("/vod/h/vid/{s}.ts"),
+            Script::ok(format!("{s} v2")).header(day.0, day.1),
+        );
+        let r = edge.get(&format!("/vod/h/vid/{s}.ts")).await;
+        assert_eq!(r.body, format!("{s} v2").as_bytes(), "{s} was not purged");
+    }
+    // Nothing of the manifests was stored by the purge.
+    assert_eq!(edge.get("/vod/h/master.m3u8").await.x_cache(), "MISS");
+
+    // A manifest nobody can read is said to be so.
+    let (status, answer) = admin_purge(
+        api.addr.port(),
+        r#"{"assets": ["/vod/gone/master.m3u8"], "host": "e"}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer["unresolved"].as_array().map(Vec::len),
+        Some(1),
+        "{answer}"
+    );
+}
