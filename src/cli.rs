@@ -24,9 +24,10 @@ fn with_default(help: &str, default: impl std::fmt::Display) -> String {
 #[derive(Debug, Parser)]
 #[command(name = "vedge", version, about, long_about = None)]
 pub struct Cli {
-    /// Log filter (tracing EnvFilter syntax), e.g. `info`, `vedge=debug`. Env: VEDGE_LOG.
-    #[arg(long, global = true, env = "VEDGE_LOG", default_value = "info")]
-    pub log: String,
+    /// Log filter (tracing EnvFilter syntax), e.g. `info`, `vedge=debug`,
+    /// `warn,vedge::access=info`. Env: VEDGE_LOG; without either, RUST_LOG; else `info`.
+    #[arg(long, global = true, env = "VEDGE_LOG")]
+    pub log: Option<String>,
 
     #[command(subcommand)]
     pub command: Option<Command>,

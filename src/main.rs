@@ -28,7 +28,7 @@ fn main() -> std::process::ExitCode {
     // Held for the whole run: dropping it flushes the log writer.
     // `vedge ingest --json` prints its summary on stdout for scripts: its logs go to stderr.
     let to_stderr = matches!(cli.command, Some(Command::Ingest(_)));
-    let _log_guard = init_tracing(&cli.log, to_stderr);
+    let _log_guard = init_tracing(log_filter(cli.log.as_deref()).as_str(), to_stderr);
     // Deprecated keys, reported now that logging is up.
     for w in &config_warnings {
         tracing::warn!("{w}");
@@ -175,11 +175,25 @@ async fn shutdown_signal() {
 /// `http::access`, but a bound in lines is only a bound in bytes if lines are short).
 const LOG_QUEUE_LINES: usize = 16_384;
 
+/// The log filter: `--log` (or `VEDGE_LOG`), else `RUST_LOG` (what Rust programs and the
+/// README's examples use), else `info`.
+fn log_filter(flag: Option<&str>) -> String {
+    flag.map(str::to_string)
+        .or_else(|| {
+            std::env::var("RUST_LOG")
+                .ok()
+                .filter(|v| !v.trim().is_empty())
+        })
+        .unwrap_or_else(|| "info".to_string())
+}
+
 /// Logs go through a non-blocking writer: the access line of every request must never make a
-/// worker wait on stdout.
+/// worker wait on stdout. A filter that does not parse is said on stderr, then `info` is used.
 fn init_tracing(filter: &str, to_stderr: bool) -> tracing_appender::non_blocking::WorkerGuard {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|e| {
+        eprintln!("vedge: log filter `{filter}` is not valid ({e}); logging at info");
+        tracing_subscriber::EnvFilter::new("info")
+    });
     let queue = || {
         tracing_appender::non_blocking::NonBlockingBuilder::default()
             .buffered_lines_limit(LOG_QUEUE_LINES)

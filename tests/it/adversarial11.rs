@@ -537,3 +537,77 @@ async fn an_asset_purge_reads_a_manifest_the_edge_no_longer_holds_from_the_origi
         "{answer}"
     );
 }
+
+/// Bug: the README's way to filter the log, `RUST_LOG=vedge::access=info`, was ignored: only
+/// `--log`/`VEDGE_LOG` were read (default `info`), so `RUST_LOG=warn,vedge::access=off` still
+/// printed every access line. Now `RUST_LOG` applies when neither is given.
+#[tokio::test]
+async fn rust_log_filters_the_log_when_no_flag_says_otherwise() {
+    use tokio::io::AsyncWriteExt;
+
+    let origin = Origin::start().await;
+    origin.script(
+        "/rl/a.ts",
+        Script::ok("a").header("cache-control", "max-age=60"),
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (filter, access_wanted) in [
+        ("warn,vedge::access=off", false),
+        ("warn,vedge::access=info", true),
+    ] {
+        let log = dir.path().join("edge.log");
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a probe port");
+            l.local_addr().expect("probe addr").port()
+        };
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_vedge"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--origin", &origin.url()])
+            .env("RUST_LOG", filter)
+            .env_remove("VEDGE_LOG")
+            .stdout(std::process::Stdio::from(
+                std::fs::File::create(&log).expect("log"),
+            ))
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn vedge");
+        let _child = crate::adversarial3::Killed(child);
+        let mut s = None;
+        for _ in 0..200 {
+            if let Ok(c) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+                s = Some(c);
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let mut s = s.expect("vedge listens");
+        s.write_all(b"GET /rl/a.ts HTTP/1.1\r\nHost: e\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("send");
+        crate::support::edge::read_raw(&mut s).await;
+        let mut text = String::new();
+        for _ in 0..40 {
+            text = std::fs::read_to_string(&log).unwrap_or_default();
+            if !access_wanted || text.contains("vedge::access") {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        if !access_wanted {
+            // The line is written when the body ends; give it the time it would take.
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            text = std::fs::read_to_string(&log).unwrap_or_default();
+        }
+        assert_eq!(
+            text.contains("vedge::access"),
+            access_wanted,
+            "RUST_LOG={filter}: {text}"
+        );
+        assert!(
+            !text
+                .lines()
+                .any(|l| l.contains(" INFO ") && !l.contains("vedge::access")),
+            "RUST_LOG={filter} let info through: {text}"
+        );
+    }
+}

@@ -95,7 +95,7 @@ fn log_fields(line: &str) -> Vec<(String, String)> {
 }
 
 /// Kills the child process it holds when dropped.
-pub(crate) struct Killed(std::process::Child);
+pub(crate) struct Killed(pub(crate) std::process::Child);
 
 impl Drop for Killed {
     fn drop(&mut self) {
