@@ -439,6 +439,16 @@ fn start(
             }
             key
         }
+        // A viewer's request for the object went out as a slice probe (its first slice's
+        // fill, `slice::serve`), whose answer stores the object whole when it is under the
+        // slice size and its first slice otherwise: a whole-object fill would ask the origin
+        // for the same bytes again (hls.js asks for a hinted part while its blocking reload
+        // lists it). The slice path joins a whole-object fill in flight; this is the other way.
+        None if edge.config.cache.slice_size > 0
+            && edge.fills.in_flight(&slice::slice_key(&base, 0)) =>
+        {
+            return false;
+        }
         None => base,
     };
     let Ok(permit) = edge.live.prefetch_permits.clone().try_acquire_owned() else {

@@ -8,6 +8,11 @@ use crate::support::binary::ADMIN_TOKEN;
 use crate::support::edge::edge_config;
 use http::Method;
 
+/// A body as text, for messages.
+fn text(body: &[u8]) -> std::borrow::Cow<'_, str> {
+    String::from_utf8_lossy(body)
+}
+
 use crate::support::{Origin, Script, TestEdge};
 
 /// Bug: with `cache.compress_manifests` on, every viewer that asked for a large shared
@@ -610,4 +615,81 @@ async fn rust_log_filters_the_log_when_no_flag_says_otherwise() {
             "RUST_LOG={filter} let info through: {text}"
         );
     }
+}
+
+/// Bug: a live playlist's prefetch of a segment a viewer was already fetching asked the origin
+/// again: the viewer's request went out as a slice probe (`Range: bytes=0-...`, a fill keyed
+/// by the first slice), and the prefetch, when the next playlist listed the segment, claimed
+/// the whole-object key, found no fill there and started its own. With hls.js fetching the
+/// hinted part while its blocking reload lists it, half the parts of an LL-HLS stream were
+/// fetched twice (the harness printed amplification 1.44). Now a prefetch leaves an object
+/// whose first slice is being fetched alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prefetch_joins_no_second_fetch_of_a_segment_a_viewer_is_fetching() {
+    use crate::support::Gate;
+
+    let origin = Origin::start().await;
+    let live = |segs: &[&str]| {
+        let mut p = String::from(
+            "#EXTM3U\n#EXT-X-VERSION:6\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:1\n",
+        );
+        for s in segs {
+            p.push_str(&format!("#EXTINF:2.0,\n{s}\n"));
+        }
+        Script::ok(p)
+            .header("content-type", "application/vnd.apple.mpegurl")
+            .header("cache-control", "max-age=1")
+    };
+    origin.script("/lp/media.m3u8", live(&["s1.ts"]));
+    origin.script(
+        "/lp/s1.ts",
+        Script::ok("one").header("cache-control", "max-age=60"),
+    );
+    let gate = Gate::new();
+    origin.script(
+        "/lp/s2.ts",
+        Script::ok("two")
+            .header("cache-control", "max-age=60")
+            .gate(&gate),
+    );
+    let mut raw = edge_config(&origin);
+    raw.routes.insert(
+        0,
+        vedge::config::RawRoute {
+            prefix: "/lp/".into(),
+            origin: origin.url(),
+            prefetch: Some("next".into()),
+            ..Default::default()
+        },
+    );
+    let edge = Arc::new(TestEdge::start(raw).await);
+    assert_eq!(edge.get("/lp/media.m3u8").await.status, 200);
+
+    // A viewer asks for the next segment before the playlist lists it; the origin holds it.
+    let e = edge.clone();
+    let viewer = tokio::spawn(async move { e.get("/lp/s2.ts").await });
+    crate::support::edge::until("the viewer's fill asked the origin", || {
+        origin.count("/lp/s2.ts") == 1
+    })
+    .await;
+    // The playlist now lists it: the edge's prefetch sees a new segment.
+    origin.script("/lp/media.m3u8", live(&["s1.ts", "s2.ts"]));
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let listed = edge.get("/lp/media.m3u8").await;
+    assert!(
+        text(&listed.body).contains("s2.ts"),
+        "{}",
+        text(&listed.body)
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    gate.open();
+    let r = viewer.await.expect("viewer");
+    assert_eq!(&r.body[..], b"two");
+    edge.settle().await;
+    assert_eq!(
+        origin.count("/lp/s2.ts"),
+        1,
+        "the segment was fetched twice"
+    );
+    assert_eq!(edge.get("/lp/s2.ts").await.x_cache(), "HIT");
 }
