@@ -253,6 +253,30 @@ fn rewrite_path(path: &str) -> Result<String, PathError> {
     Ok(remove_dot_segments(&out))
 }
 
+/// `s` spelt as `normalize_path` spells a path's characters, without the path rules (dot
+/// segments, refused escapes): an escaped unreserved character decoded, every other escape in
+/// upper-case hex, a character a path cannot hold plain escaped (a stray `%` too). For text
+/// that is compared with normalised paths but is no path itself (a token's `acl` pattern,
+/// whose `*` stays a wildcard): written in any spelling of the same path, it still matches.
+pub fn normalize_escapes(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = String::with_capacity(s.len());
+    let mut i = 0;
+    while i < b.len() {
+        match (b[i], hex_pair(b, i)) {
+            (b'%', Some(v)) => {
+                push_escaped_or_plain(&mut out, v);
+                i += 3;
+                continue;
+            }
+            (c, _) if c != b'%' && (is_pchar(c) || c == b'/') => out.push(c as char),
+            (c, _) => push_escape(&mut out, c),
+        }
+        i += 1;
+    }
+    out
+}
+
 /// Whether `normalize_path` would return `path` unchanged: only `pchar`s and `/` (no escape to
 /// decode or upper-case, nothing to escape or refuse) and no `.` or `..` segment.
 fn is_normal(path: &str) -> bool {

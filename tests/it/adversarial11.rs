@@ -693,3 +693,47 @@ async fn a_prefetch_joins_no_second_fetch_of_a_segment_a_viewer_is_fetching() {
     );
     assert_eq!(edge.get("/lp/s2.ts").await.x_cache(), "HIT");
 }
+
+/// Bug: a token's `acl` was compared with the request's normalised path byte for byte, and
+/// with `escape_early` it was percent-decoded first. Akamai's generators write `acl` as given,
+/// so a token for `/v/my%20show/*` was refused (`token acl`) with `escape_early` on, and one
+/// for exactly the path a player asks, spelt `/v/%c3%a4/seg1.ts` or `/v/a/seg%31.ts`, was
+/// refused too (the path is normalised to `%C3%A4`, `1`). Now patterns are spelt as paths are.
+#[tokio::test]
+async fn an_acl_matches_the_path_it_names_in_any_spelling() {
+    use crate::support::token::{raw_token, token_edge, token_for};
+
+    let origin = Origin::start().await;
+    for p in ["/v/my%20show/seg1.ts", "/v/%C3%A4/seg1.ts", "/v/a/seg1.ts"] {
+        origin.script(p, Script::ok("seg").header("cache-control", "max-age=60"));
+    }
+    for early in [false, true] {
+        let mut t = raw_token();
+        t.escape_early = Some(early);
+        let edge = token_edge(&origin, t).await;
+        for (acl, path) in [
+            ("/v/my%20show/*", "/v/my%20show/seg1.ts"),
+            ("/v/%c3%a4/seg1.ts", "/v/%c3%a4/seg1.ts"),
+            ("/v/a/seg%31.ts", "/v/a/seg%31.ts"),
+            ("/v/a/*", "/v/a/seg1.ts"),
+        ] {
+            let r = edge
+                .get(&format!("{path}?hdnts={}", token_for(acl, None)))
+                .await;
+            assert_eq!(
+                r.status.as_u16(),
+                200,
+                "escape_early={early}, acl {acl}, GET {path}: {}",
+                text(&r.body)
+            );
+        }
+        // Still only what it names.
+        let r = edge
+            .get(&format!(
+                "/v/a/seg1.ts?hdnts={}",
+                token_for("/v/my%20show/*", None)
+            ))
+            .await;
+        assert_eq!(r.status.as_u16(), 403);
+    }
+}
