@@ -116,6 +116,13 @@ impl Carry {
         self
     }
 
+    /// Whether the manifest this carry goes on was fetched with the viewer's token (`forward`):
+    /// then it is that viewer's whatever the rewrite finds to change (a packager may have
+    /// written the token where no rewrite reads).
+    pub fn is_forwarded(&self) -> bool {
+        self.forwarded
+    }
+
     /// `uri` as this viewer gets it, or `None` when it stays as it is (another host, another
     /// scheme, empty, or nothing to add or take out).
     pub fn add_to(&self, uri: &str) -> Option<String> {

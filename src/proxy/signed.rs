@@ -523,12 +523,17 @@ async fn rewrite(
             fix(&mut parts.headers, Some(text.len()));
             Ok(Response::from_parts(parts, Body::full(text)))
         }
-        // Nothing to add: the manifest as the origin sent it.
+        // Nothing to add: the manifest as the origin sent it. On a `forward` route it was
+        // fetched with this viewer's token, which the packager may have written anywhere: as
+        // the viewer's own as a rewritten one (a HEAD of it says `private` too).
         Ok(None) => {
             let len = text.len();
             parts
                 .headers
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+            if carry.is_forwarded() {
+                crate::proxy::per_viewer::make_private(&mut parts.headers);
+            }
             Ok(Response::from_parts(parts, Body::full(text)))
         }
     }

@@ -737,3 +737,45 @@ async fn an_acl_matches_the_path_it_names_in_any_spelling() {
         assert_eq!(r.status.as_u16(), 403);
     }
 }
+
+/// Bug: on a `forward` route (the origin is sent the viewer's token) a manifest the rewrite
+/// found nothing to change in went out with the origin's `Cache-Control: public`, where the
+/// packager may have written the viewer's token anywhere (a session-data value, a key on
+/// another host): a downstream shared cache, keying on the bare path (a header token is not in
+/// the URL), could hand it to others. The HEAD of it already said `private`; the GET now too.
+#[tokio::test]
+async fn a_forwarded_tokens_manifest_is_private_even_when_nothing_is_rewritten() {
+    use crate::support::token::{raw_token, token_edge, token_for};
+
+    let origin = Origin::start().await;
+    let t = token_for("/v/*", Some("AAA"));
+    origin.script(
+        "/v/own.m3u8",
+        Script::ok(format!(
+            "#EXTM3U\n#EXT-X-SESSION-DATA:DATA-ID=\"com.example.t\",VALUE=\"{t}\"\n\
+#EXT-X-TARGETDURATION:2\n#EXTINF:2.0,\nhttps://keys.example/seg1.ts\n#EXT-X-ENDLIST\n"
+        ))
+        .header("content-type", "application/vnd.apple.mpegurl")
+        .header("cache-control", "public, max-age=60"),
+    );
+    let mut cfg = raw_token();
+    cfg.forward = Some(true);
+    cfg.sources = Some(vec!["query".into(), "header".into()]);
+    cfg.header = Some("x-edge-token".into());
+    let edge = token_edge(&origin, cfg).await;
+    for (how, r) in [
+        (
+            "header",
+            edge.get_with("/v/own.m3u8", &[("x-edge-token", &t)]).await,
+        ),
+        ("query", edge.get(&format!("/v/own.m3u8?hdnts={t}")).await),
+    ] {
+        assert_eq!(r.status.as_u16(), 200, "{how}");
+        assert!(text(&r.body).contains(&t), "{how}: the packager's copy");
+        let cc = r.h("cache-control").to_ascii_lowercase();
+        assert!(
+            cc.contains("private") && !cc.contains("public"),
+            "{how}: {cc}"
+        );
+    }
+}
