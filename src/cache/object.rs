@@ -11,6 +11,31 @@ use http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use crate::cache::policy::{ContentClass, Freshness};
 use crate::cache::vary::VarySpec;
 
+/// `h` with every value in an allocation of its own. The values hyper parses are slices of the
+/// buffer it read the connection into (8 KiB, growing to hundreds of KiB after large bodies),
+/// so a stored head kept all of that buffer alive while the RAM tier weighed the values'
+/// lengths (`CachedObject::weight`): tiny objects stored after a large transfer on the same
+/// origin connection held ~600 KiB each, and `ram_size` bounded nothing. Heads going into the
+/// tiers are copied once, here.
+pub fn owned(h: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(h.len());
+    for (name, value) in h {
+        out.append(name.clone(), owned_value(value));
+    }
+    out
+}
+
+/// `v` in an allocation of its own (see `owned`), marked sensitive as it was.
+pub fn owned_value(v: &HeaderValue) -> HeaderValue {
+    match HeaderValue::from_bytes(v.as_bytes()) {
+        Ok(mut copy) => {
+            copy.set_sensitive(v.is_sensitive());
+            copy
+        }
+        Err(_) => v.clone(),
+    }
+}
+
 /// One stored response. Immutable: a revalidation builds a new object sharing the body bytes.
 #[derive(Debug, Clone)]
 pub struct CachedObject {
@@ -137,7 +162,8 @@ impl CachedObject {
         }
     }
 
-    /// The stored headers updated by a `304 Not Modified` (RFC 9111 §4.3.4): each header the
+    /// The stored headers updated by a `304 Not Modified` (RFC 9111 §4.3.4) (`owned`: none
+    /// of the 304's values holds its connection's read buffer): each header the
     /// 304 carries replaces the stored one, except the fields the stored body depends on
     /// (§3.2): its length, its content coding, its range and its digests, which a 304 cannot
     /// change since it sends no body, and `Vary`, which chose the key the body is stored under (a 304 that
@@ -151,7 +177,7 @@ impl CachedObject {
             }
             headers.remove(name);
             for v in not_modified.get_all(name) {
-                headers.append(name.clone(), v.clone());
+                headers.append(name.clone(), owned_value(v));
             }
         }
         headers
@@ -168,7 +194,8 @@ impl CachedObject {
         }
     }
 
-    /// An object pushed by an operator (ingest): immutable until purged.
+    /// An object pushed by an operator (ingest): immutable until purged. Its headers are
+    /// `owned`.
     pub fn for_push(
         status: StatusCode,
         headers: HeaderMap,
@@ -179,7 +206,7 @@ impl CachedObject {
         let tags = tags_of(&headers);
         CachedObject {
             status,
-            headers,
+            headers: owned(&headers),
             body,
             class,
             freshness: Freshness {

@@ -925,7 +925,7 @@ async fn ask(
                 _ => None,
             };
             if let Some(freshness) = fresh {
-                let mut headers = parts.headers.clone();
+                let mut headers = crate::cache::object::owned(&parts.headers);
                 headers.remove(header::AGE);
                 policy::withhold(&mut headers);
                 let spec = vary::parse(&parts.headers).unwrap_or_default();
@@ -1168,7 +1168,7 @@ async fn ask(
             let tags = tags_of(&parts.headers);
             let obj = CachedObject {
                 status: parts.status,
-                headers: parts.headers,
+                headers: crate::cache::object::owned(&parts.headers),
                 body: fill.body(&edge.zero_copy),
                 class,
                 freshness,

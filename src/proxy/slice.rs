@@ -264,7 +264,7 @@ pub fn store_record(
     freshness: Freshness,
     class: ContentClass,
 ) {
-    let headers = whole_head(slice, total);
+    let headers = crate::cache::object::owned(&whole_head(slice, total));
     let tags = tags_of(&headers);
     let record = CachedObject {
         status: StatusCode::OK,

@@ -52,21 +52,20 @@ const HUGE_PAGE: usize = 2 << 20;
 impl ZeroCopy {
     /// Concatenates `chunks` (`len` bytes in all) into one body: in anonymous pages
     /// when it is large enough, zero-copy is on and the budget allows, else on the heap. Copies
-    /// once either way.
+    /// once either way, a single chunk too: a chunk read from an origin is a slice of the
+    /// buffer hyper read it into (up to hundreds of KiB, shared with the bytes around it), and
+    /// kept in the RAM tier it would hold all of that while weighing its own length (one
+    /// client alternating a large pass with tiny cached objects grew the process 600 KiB for
+    /// each of them).
     pub fn concat(self: &Arc<Self>, chunks: &[Bytes], len: usize) -> Bytes {
         if chunks.is_empty() {
             return Bytes::new();
         }
-        if let Some(mut g) = Growing::new(self, len) {
-            // Stops at the first chunk that does not fit: `into_body` then sees a short body.
-            if chunks.iter().all(|c| g.append(c).is_some()) {
-                if let Some(body) = g.into_body() {
-                    return body;
-                }
-            }
+        if let Some(body) = self.mapped(chunks, len) {
+            return body;
         }
         if let [one] = chunks {
-            return one.clone();
+            return Bytes::copy_from_slice(one);
         }
         let mut b = bytes::BytesMut::with_capacity(len);
         for c in chunks {
@@ -82,7 +81,20 @@ impl ZeroCopy {
             return body;
         }
         let len = body.len();
-        self.concat(&[body], len)
+        // A body read from the store is an allocation of its own: kept as it is when it
+        // cannot be mapped.
+        self.mapped(std::slice::from_ref(&body), len)
+            .unwrap_or(body)
+    }
+
+    /// `chunks` copied into a zero-copy mapping, when one is wanted and the budget allows.
+    fn mapped(self: &Arc<Self>, chunks: &[Bytes], len: usize) -> Option<Bytes> {
+        let mut g = Growing::new(self, len)?;
+        // Stops at the first chunk that does not fit: `into_body` then sees a short body.
+        if chunks.iter().all(|c| g.append(c).is_some()) {
+            return g.into_body();
+        }
+        None
     }
 
     /// Whether a body of `len` bytes would go to zero-copy memory, budgets aside.

@@ -779,3 +779,58 @@ async fn a_forwarded_tokens_manifest_is_private_even_when_nothing_is_rewritten()
         );
     }
 }
+
+/// Bug: a stored object's head held the buffer hyper read its origin connection into: header
+/// values are slices of it, and so is a small body that arrived in one read. After a large
+/// transfer on the same pooled connection that buffer is hundreds of KiB, and the RAM tier
+/// weighed each tiny object at its values' lengths: one client alternating a large pass with
+/// a tiny new key grew the process ~600 KiB per stored object (178 MiB for 300 objects
+/// weighing 0.18 MiB), so `ram_size` bounded nothing. Stored heads and single-chunk bodies are
+/// now copied into their own allocations.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiny_stored_objects_do_not_hold_the_origin_connections_read_buffer() {
+    use crate::support::binary::BinaryEdge;
+
+    let origin = Origin::start().await;
+    origin.script(
+        "/big/pass.bin",
+        Script::ok(vec![b'p'; 2 << 20]).header("cache-control", "no-store"),
+    );
+    origin.script(
+        "/x/tiny.txt",
+        Script::ok("tiny").header("cache-control", "max-age=3600"),
+    );
+    let edge = BinaryEdge::start(&origin.url(), ["--ram-size", "64MiB"]);
+    edge.ready().await;
+    let rss_mib = || {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", edge.pid()))
+            .expect("the edge's status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .expect("VmRSS")
+            / 1024
+    };
+    // The pooled origin connection's buffer grown by a first large transfer.
+    assert!(edge.get(edge.port, "/big/pass.bin").await.is_some());
+    let before = rss_mib();
+    let n = 200;
+    for i in 0..n {
+        let pass = edge.get(edge.port, "/big/pass.bin").await.expect("pass");
+        assert_eq!(pass.status(), 200);
+        let tiny = edge
+            .get(edge.port, &format!("/x/tiny.txt?v={i}"))
+            .await
+            .expect("tiny");
+        assert_eq!(tiny.status(), 200);
+    }
+    assert_eq!(edge.metric("vedge_ram_objects").await, n);
+    let grown = rss_mib().saturating_sub(before);
+    // The old code grew ~120 MiB here; the objects weigh under 0.2 MiB.
+    assert!(
+        grown < 48,
+        "{n} tiny objects grew the edge {grown} MiB (weighed {} bytes)",
+        edge.metric("vedge_ram_bytes").await
+    );
+}

@@ -69,8 +69,8 @@ impl Fill {
     }
 
     /// The whole body as one `Bytes`: the reserved mapping when every byte went there, else
-    /// copied once, into a zero-copy mapping of `zc` when large enough (`ZeroCopy::concat`); a
-    /// small body that arrived as a single chunk is shared.
+    /// copied once, into a zero-copy mapping of `zc` when large enough (`ZeroCopy::concat`), a
+    /// body that arrived as a single chunk too (never a slice of the origin's read buffer).
     pub fn body(&self, zc: &Arc<ZeroCopy>) -> Bytes {
         if let Some(whole) = self.dest.lock().take().and_then(Growing::into_body) {
             return whole;
