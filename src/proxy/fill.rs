@@ -50,6 +50,9 @@ pub struct FillJob {
     /// The leader's `Authorization` goes to the origin, and the answer is shared only when the
     /// origin marks it shareable (`proxy::request::authorized`).
     authorized: bool,
+    /// The route forwards viewers' tokens to the origin (`[route.token] forward`): a refusal
+    /// (401, 403) is of the leader's token, not of the object (`TOKEN_REFUSED`).
+    token_forwarded: bool,
     /// The leader's CMCD says its player is short of media: its fill is admitted first when the
     /// route is at `origin_client.max_fills`.
     priority: crate::proxy::admission::Priority,
@@ -86,6 +89,7 @@ impl FillJob {
                     .urgent(req.edge.config.cmcd.low_buffer_ms),
             ),
             authorized: crate::proxy::request::authorized(req),
+            token_forwarded: req.route().token.as_ref().is_some_and(|t| t.forward),
             stale,
             slice: None,
             hinted_from: None,
@@ -144,6 +148,7 @@ impl FillJob {
             hinted_from: None,
             speculative: true,
             authorized: false,
+            token_forwarded: false,
             // Speculative: never ahead of a player short of media.
             priority: crate::proxy::admission::Priority::Normal,
         }
@@ -152,6 +157,17 @@ impl FillJob {
 
 /// The pass reason of a prefetch the origin refused: no answer for the viewers that joined it.
 pub const PREFETCH_REFUSED: &str = "prefetch-refused";
+
+/// The pass reason of a fill on a `forward` token route whose origin refused the leader's
+/// token (401, 403): a refusal of that viewer's credential, as an `Authorization` one is.
+pub const TOKEN_REFUSED: &str = "token-refused";
+
+/// Whether a pass `reason` is an answer to the leader's own credentials (`Authorization`, a
+/// forwarded token): it teaches nothing of the object (no hit-for-pass; a stale copy stays)
+/// and the fill's key is released for the other viewers to claim a fill of their own.
+pub fn leaders_own(reason: &str) -> bool {
+    reason == policy::AUTHORIZED || reason == TOKEN_REFUSED
+}
 
 /// The head of a fill whose leader's share of the route's fill slots was all taken
 /// (`proxy::fill_limit::Refused::Share`): not an answer for anyone, each claims again.
@@ -836,6 +852,16 @@ async fn ask(
     {
         decision = Decision::Pass(policy::AUTHORIZED);
     }
+    // The origin refused the token this fill forwarded, the leader's: the other viewers have
+    // tokens of their own (as valid to the edge) and claim a fill of their own.
+    if job.token_forwarded
+        && matches!(
+            parts.status,
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+        )
+    {
+        decision = Decision::Pass(TOKEN_REFUSED);
+    }
     // An origin error while a stale copy may still stand in for it (stale-if-error; RFC 5861
     // §4: a 500, 502, 503 or 504 is an error) does not replace that copy, even when the error
     // carries freshness of its own, and is not a pass either when it says `no-store` or
@@ -843,7 +869,7 @@ async fn ask(
     // shared with this fill's readers, each of which serves the stale copy instead.
     let stale_stands_in = parts.status.is_server_error()
         && job.stale_if_error_covers(edge.clock.now(), Duration::ZERO);
-    if stale_stands_in && matches!(decision, Decision::Pass(r) if r != policy::AUTHORIZED) {
+    if stale_stands_in && matches!(decision, Decision::Pass(r) if !leaders_own(r)) {
         decision = Decision::ShareOnly("origin-error");
     }
     // A copy still fresh is refetched only when one viewer's request directives asked
@@ -984,18 +1010,15 @@ async fn ask(
         // prefetch or a probe asks for the whole object).
         let sliced_later = reason == "too-large" && edge.config.cache.slice_size > 0;
         let varied_later = reason == VARY_RANGE && edge.vary_index.get(&job.base_key).is_some();
-        let learnt = reason != policy::AUTHORIZED
-            && !error_answer
-            && !sliced_later
-            && !varied_later
-            && !fresh_stays;
+        let learnt =
+            !leaders_own(reason) && !error_answer && !sliced_later && !varied_later && !fresh_stays;
         if learnt {
             edge.remember_pass(&pass_key, cache.hit_for_pass_ttl);
         }
         if job.stale.is_some() && learnt {
             edge.purge_key(key);
         }
-        if reason == policy::AUTHORIZED {
+        if leaders_own(reason) {
             // The collapsed viewers claim a fill of their own (`proxy::request::read`): the key
             // is free before they wake.
             guard.release();

@@ -825,6 +825,7 @@ pub(crate) async fn share_free(req: &Req<'_>) -> bool {
 /// rather than pass to the origin on its own, one request per viewer:
 /// - a whole-object viewer collapsed onto a cold-Range probe (`range_pass::refill`);
 /// - a viewer without credentials behind another viewer's credentialed answer;
+/// - behind a leader whose forwarded token the origin refused (`fill::TOKEN_REFUSED`);
 /// - behind a leader whose own `CDN-Loop` earned its 508 (`loop_answer`);
 /// - behind the edge's own prefetch, which the origin refused;
 /// - behind a slice fill whose answer showed the object has no strong validator (fetched
@@ -834,6 +835,7 @@ pub(crate) async fn share_free(req: &Req<'_>) -> bool {
 pub(crate) fn looks_again(req: &Req<'_>, reason: &str) -> bool {
     crate::proxy::range_pass::refill(req, reason)
         || (reason == policy::AUTHORIZED && !authorized(req))
+        || reason == fill::TOKEN_REFUSED
         || crate::proxy::loop_answer::refill(reason)
         || reason == fill::PREFETCH_REFUSED
         || reason == fill::UNSLICED

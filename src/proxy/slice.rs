@@ -839,7 +839,7 @@ async fn fetch(
                 leader: false,
                 head: FillHead::Pass(reason),
                 ..
-            } if reason == crate::cache::policy::AUTHORIZED
+            } if fill::leaders_own(reason)
                 || reason == fill::SHARE_TAKEN
                 || crate::proxy::loop_answer::refill(reason) => {}
             Got::Other { .. } | Got::TimedOut | Got::Whole(_) | Got::Uncached => {

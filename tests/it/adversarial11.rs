@@ -834,3 +834,83 @@ async fn tiny_stored_objects_do_not_hold_the_origin_connections_read_buffer() {
         edge.metric("vedge_ram_bytes").await
     );
 }
+
+/// Bug: on a `forward` token route a fill sends the origin its leader's token, and the
+/// origin's refusal of that token (a 403, not storable) went to every viewer collapsed onto
+/// the fill: viewer B, with a token of its own, got viewer A's refusal. A refusal (401, 403)
+/// of a forwarded token is now the leader's alone, as an `Authorization` one is: the others
+/// claim a fill of their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_of_the_leaders_forwarded_token_is_the_leaders_alone() {
+    use crate::support::token::{raw_token, token_for};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    // An origin that refuses the token with id=AAA, slowly, and serves every other.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let asked = Arc::new(AtomicUsize::new(0));
+    let counter = asked.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 << 10];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&got).into_owned();
+                if head.contains("seg.ts") {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                }
+                let answer: &[u8] = if head.contains("id=AAA") {
+                    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+                    b"HTTP/1.1 403 Forbidden\r\nContent-Length: 7\r\nConnection: close\r\n\r\nrefused"
+                } else {
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nCache-Control: max-age=60\r\nConnection: close\r\n\r\nseg"
+                };
+                let _ = s.write_all(answer).await;
+            });
+        }
+    });
+    let origin = Origin::start().await;
+    let mut cfg = raw_token();
+    cfg.forward = Some(true);
+    let mut raw = crate::support::edge_config(&origin);
+    raw.routes.push(vedge::config::RawRoute {
+        prefix: "/v/".into(),
+        origin: format!("http://{addr}"),
+        token: Some(cfg),
+        ..Default::default()
+    });
+    let edge = Arc::new(TestEdge::start(raw).await);
+    let e = edge.clone();
+    let a = tokio::spawn(async move {
+        let t = token_for("/v/*", Some("AAA"));
+        e.get(&format!("/v/seg.ts?hdnts={t}")).await
+    });
+    crate::support::edge::until("A's fill asked the origin", || {
+        asked.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let b = edge
+        .get(&format!(
+            "/v/seg.ts?hdnts={}",
+            token_for("/v/*", Some("BBB"))
+        ))
+        .await;
+    let a = a.await.expect("viewer A");
+    assert_eq!(a.status.as_u16(), 403, "A's own refusal");
+    assert_eq!(
+        (b.status.as_u16(), text(&b.body).into_owned()),
+        (200, "seg".to_string()),
+        "B got A's refusal: {}",
+        b.h("cache-status")
+    );
+}
