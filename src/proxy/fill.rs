@@ -724,7 +724,8 @@ async fn ask(
                     // Too large to keep whole: every viewer asks the origin for its own range
                     // (remembered, so the next ones skip this probe), as for a 200 too large to
                     // store when slicing is off. A length the origin does not know (`bytes
-                    // a-b/*`) is judged by the whole object's own answer, as any fill's is.
+                    // a-b/*` of a whole slice: `slice::on_origin_head`) is judged by the whole
+                    // object's own answer, as any fill's is; a cold range of it passes below.
                     if total.is_some_and(|t| t > cache.max_object_size) {
                         tracing::debug!(key, total, "unsliceable object too large to cache");
                         edge.remember_pass(&job.base_key, cache.hit_for_pass_ttl);
@@ -733,7 +734,9 @@ async fn ask(
                     }
                     // A cold range past `range_passthrough_above` passes as one on an object
                     // fetched whole would (`range_pass`), without asking for the body first.
-                    if job.range_probe && total.is_some_and(|t| t > cache_limit(edge)) {
+                    // So does one of a length the origin does not know: fetched whole, it
+                    // could be any size (a file still growing never ends).
+                    if job.range_probe && total.is_none_or(|t| t > cache_limit(edge)) {
                         range_passed(edge, guard, fill);
                         return Ok(Asked::Done);
                     }
@@ -1008,7 +1011,9 @@ async fn ask(
         // does an error. Nor does "too large" with slicing on: viewers get the object from
         // slices (`proxy::slice`), which a remembered pass would send to the origin whole (a
         // prefetch or a probe asks for the whole object).
-        let sliced_later = reason == "too-large" && edge.config.cache.slice_size > 0;
+        let sliced_later = reason == "too-large"
+            && edge.config.cache.slice_size > 0
+            && !edge.is_unsliced(&job.base_key);
         let varied_later = reason == VARY_RANGE && edge.vary_index.get(&job.base_key).is_some();
         let learnt =
             !leaders_own(reason) && !error_answer && !sliced_later && !varied_later && !fresh_stays;

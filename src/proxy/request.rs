@@ -517,16 +517,22 @@ pub(crate) async fn phases(req: &Req<'_>) -> Result<Response<Body>, EdgeError> {
                 let now = edge.clock.now();
                 Phase::Deliver(serve_stale(req, &obj, now, "stale-while-revalidate"))
             }
-            // The viewer's `no-store` (`RequestDirectives::stores`): its own pass, never a
-            // fill (which would store, and which others would join).
-            Phase::Fill { stale } if !stores_fetched(req, &at, stale.as_deref()) => {
-                return Box::pin(pass_unstored(req, stale.as_deref())).await;
-            }
-            Phase::Slice if !stores_fetched(req, &at, None) => {
-                return Box::pin(pass_unstored(req, None)).await;
+            // The viewer's `no-store` (`RequestDirectives::stores`) on a miss: its own pass,
+            // never a fill (which would store, and which others would join). A stored copy,
+            // fresh or stale, whole or in slices, is served and refreshed as for any viewer:
+            // `no-store` forbids storing, not serving, and the copy's stale-if-error stands.
+            Phase::Fill { stale: None } if !stores_fetched(req, &at) => {
+                return Box::pin(pass_unstored(req)).await;
             }
             Phase::Fill { stale } => Box::pin(claim(req, &at, stale)).await,
             Phase::Slice => {
+                // As above, for an object that may be sliced: a miss of it (no record of its
+                // slices stored) is the viewer's own pass; stored slices answer.
+                if !stores_fetched(req, &at)
+                    && edge.lookup(&slice::record_key(at.base_key)).await.is_none()
+                {
+                    return Box::pin(pass_unstored(req)).await;
+                }
                 match Box::pin(slice::serve(req, at.base_key, at.asked.only_if_cached)).await? {
                     slice::Outcome::Done(resp) => Phase::Deliver(resp),
                     slice::Outcome::Read { fill, leader } => Phase::Read {
@@ -558,29 +564,17 @@ pub(crate) async fn phases(req: &Req<'_>) -> Result<Response<Body>, EdgeError> {
     }
 }
 
-/// Whether what a fill fetches for this request may be stored, as the viewer's `no-store` says
-/// for its class: the stored copy's, or on a miss the path's.
-fn stores_fetched(req: &Req<'_>, at: &Lookup<'_>, stored: Option<&CachedObject>) -> bool {
-    let class = match stored {
-        Some(obj) => obj.class,
-        None => policy::ContentClass::classify(&req.target.path, None),
-    };
-    at.asked.stores(class)
+/// Whether what a fill fetches for this request on a miss may be stored, as the viewer's
+/// `no-store` says for the class its path names (an object whose path names none is `other`).
+fn stores_fetched(req: &Req<'_>, at: &Lookup<'_>) -> bool {
+    at.asked
+        .stores(policy::ContentClass::classify(&req.target.path, None))
 }
 
-/// A request whose answer must not be stored (the viewer's `no-store`), forwarded as a pass:
-/// `fwd=miss` with nothing stored, else `fwd=stale` (or `fwd=request` for a fresh copy the
-/// viewer's directives refused), labelled as a fill of it would be.
-async fn pass_unstored(
-    req: &Req<'_>,
-    stored: Option<&CachedObject>,
-) -> Result<Response<Body>, EdgeError> {
-    let status = match stored {
-        Some(_) => CacheStatus::Expired,
-        None => CacheStatus::Miss,
-    };
-    let fwd = format!("fwd={}", fwd_reason(stored, req.edge.clock.now()));
-    pass_as(req, None, "no-store", &fwd, status).await
+/// A miss whose answer must not be stored (the viewer's `no-store`), forwarded as a pass
+/// (`fwd=miss`, `detail=no-store`).
+async fn pass_unstored(req: &Req<'_>) -> Result<Response<Body>, EdgeError> {
+    pass_as(req, None, "no-store", "fwd=miss", CacheStatus::Miss).await
 }
 
 /// `Lookup`: the variant key, then RAM and disk; fresh → Hit, stale → by the stale rules.

@@ -191,7 +191,13 @@ pub async fn on_origin_head(
             // A valid answer (RFC 9110 §14.4), just not one to slice: whatever range it
             // carries, its bytes are dropped and the object is fetched whole, without `Range`.
             forget(edge, base, "the object's length is unknown").await;
-            Ok(SliceHead::Unsliceable(None))
+            // Fewer bytes than asked, from the slice's start: the representation ends there for
+            // now (RFC 9110 §14.1.2), a length to judge it by; a whole slice says nothing of
+            // the rest (a file still growing may never end).
+            let ends = any_content_range(&parts.headers)
+                .filter(|&(a, b, _)| a == ask.start() && b < ask.last())
+                .map(|(_, b, _)| b + 1);
+            Ok(SliceHead::Unsliceable(ends))
         }
         StatusCode::PARTIAL_CONTENT => {
             let (a, b, total) =

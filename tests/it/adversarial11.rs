@@ -914,3 +914,105 @@ async fn a_refusal_of_the_leaders_forwarded_token_is_the_leaders_alone() {
         b.h("cache-status")
     );
 }
+
+/// Bug (a regression of this change set, found by a review of it): a viewer's `no-store` sent
+/// every request for a large `other` object past its fresh stored slices, a whole-object fetch
+/// from the origin each time, and over an expired copy it lost the copy's stale-if-error (the
+/// viewer got the origin's 503). `no-store` forbids storing, not serving: a stored copy, fresh
+/// or stale, whole or in slices, answers it as it answers anyone.
+#[tokio::test]
+async fn a_viewers_no_store_is_served_from_what_is_stored() {
+    let origin = Origin::start().await;
+    let body: Vec<u8> = (0..(16usize << 20)).map(|i| (i % 251) as u8).collect();
+    origin.script(
+        "/dl/big.bin",
+        Script::ok(body.clone())
+            .header("cache-control", "max-age=3600")
+            .header("content-type", "application/octet-stream")
+            .header("etag", "\"v1\"")
+            .ranged(),
+    );
+    origin.script(
+        "/dl/sie.bin",
+        Script::ok("still good").header("cache-control", "max-age=1, stale-if-error=60"),
+    );
+    let mut raw = edge_config(&origin);
+    raw.ram_size = Some("256MiB".into());
+    raw.cache.max_object_size = Some("128MiB".into());
+    raw.cache.slice_size = Some("4MiB".into());
+    let edge = TestEdge::start_with_tokio_clock(raw).await;
+    assert_eq!(edge.get("/dl/big.bin").await.body.len(), body.len());
+    assert_eq!(edge.get("/dl/sie.bin").await.status.as_u16(), 200);
+    edge.settle().await;
+    let asked = origin.count("/dl/big.bin");
+    for _ in 0..3 {
+        let r = edge
+            .get_with("/dl/big.bin", &[("cache-control", "no-store")])
+            .await;
+        assert_eq!(r.body.len(), body.len());
+        assert_eq!(r.x_cache(), "HIT", "{}", r.h("cache-status"));
+    }
+    assert_eq!(
+        origin.count("/dl/big.bin"),
+        asked,
+        "the origin was asked again"
+    );
+
+    origin.script("/dl/sie.bin", Script::status(503, "down"));
+    edge.advance(std::time::Duration::from_millis(1100)).await;
+    let r = edge
+        .get_with("/dl/sie.bin", &[("cache-control", "no-store")])
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), text(&r.body).into_owned()),
+        (200, "still good".to_string()),
+        "{}",
+        r.h("cache-status")
+    );
+}
+
+/// Bug (a regression of this change set): a slice probe answered `206` with a length the
+/// origin does not know (`bytes 0-4194303/*`) sent the object to be fetched whole, so a cold
+/// `Range: bytes=100-199` of a 64 MiB file over `max_object_size` pulled all 64 MiB on every
+/// request (never stored, never remembered) and answered 200 with all of it. A cold range of
+/// an object whose length is unknown now passes with its own range, as one of an object too
+/// large to keep does.
+#[tokio::test]
+async fn a_cold_range_of_an_object_of_unknown_length_passes_with_its_range() {
+    let origin = Origin::start().await;
+    let body: Vec<u8> = (0..(64usize << 20)).map(|i| (i % 251) as u8).collect();
+    let probe = body[..4 << 20].to_vec();
+    let h = |s: Script| {
+        s.header("cache-control", "max-age=3600")
+            .header("content-type", "video/mp4")
+            .header("etag", "\"g\"")
+    };
+    origin.script(
+        "/g/huge.mp4",
+        h(Script::ok(body.clone()).ranged())
+            .on_range(h(Script::status(206, probe)).header("content-range", "bytes 0-4194303/*")),
+    );
+    let mut raw = edge_config(&origin);
+    raw.ram_size = Some("256MiB".into());
+    raw.cache.max_object_size = Some("16MiB".into());
+    raw.cache.slice_size = Some("4MiB".into());
+    let edge = TestEdge::start(raw).await;
+    // The first cold range passes as asked; the next fills the object whole once (the
+    // cold-range rule), finds it too large to keep and remembers so; later ones pass as asked.
+    let mut last = None;
+    for _ in 0..4 {
+        let r = edge
+            .get_with("/g/huge.mp4", &[("range", "bytes=100-199")])
+            .await;
+        edge.settle().await;
+        last = Some((r.status.as_u16(), r.h("cache-status").to_string()));
+    }
+    let (status, cs) = last.expect("answered");
+    // This scripted origin answers every range with its first 4 MiB: the edge relays it.
+    assert_eq!(status, 206, "{cs}");
+    assert!(
+        origin.body_bytes("/g/huge.mp4") < 96 << 20,
+        "{} bytes from the origin for 4 ranges of 100 bytes",
+        origin.body_bytes("/g/huge.mp4")
+    );
+}
