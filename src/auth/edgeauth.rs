@@ -107,20 +107,19 @@ pub fn verify(token: &str, cfg: &TokenConfig, req: &Request<'_>) -> Result<(), R
         // is decoded. Then patterns are compared with the normalised path in the same
         // spelling: the path a player asks for may spell an escape otherwise (`%c3`, `%31`).
         let wholly_escaped = cfg.escape_early && !acl.starts_with(['/', '*']);
-        let acl = if wholly_escaped {
-            percent_decode(acl)
+        let acl: std::borrow::Cow<'_, str> = if wholly_escaped {
+            percent_decode(acl).into()
         } else {
-            acl.to_string()
+            acl.into()
         };
-        let patterns: Vec<String> = acl
-            .split('!')
-            .take(MAX_ACL_PATTERNS)
-            .map(crate::cache::key::normalize_escapes)
-            .collect();
+        // Borrowed unless a pattern holds an escape or a character paths escape.
         let allows = |path: &str| {
-            patterns
-                .iter()
-                .any(|p| glob_match(p.as_bytes(), path.as_bytes()))
+            acl.split('!').take(MAX_ACL_PATTERNS).any(|p| {
+                glob_match(
+                    crate::cache::key::normalize_escapes(p).as_bytes(),
+                    path.as_bytes(),
+                )
+            })
         };
         if !allows(req.path) || (req.routed != req.path && !allows(req.routed)) {
             return Err(Refusal::Acl);

@@ -258,8 +258,11 @@ fn rewrite_path(path: &str) -> Result<String, PathError> {
 /// upper-case hex, a character a path cannot hold plain escaped (a stray `%` too). For text
 /// that is compared with normalised paths but is no path itself (a token's `acl` pattern,
 /// whose `*` stays a wildcard): written in any spelling of the same path, it still matches.
-pub fn normalize_escapes(s: &str) -> String {
+pub fn normalize_escapes(s: &str) -> std::borrow::Cow<'_, str> {
     let b = s.as_bytes();
+    if b.iter().all(|&c| c != b'%' && (is_pchar(c) || c == b'/')) {
+        return std::borrow::Cow::Borrowed(s);
+    }
     let mut out = String::with_capacity(s.len());
     let mut i = 0;
     while i < b.len() {
@@ -274,7 +277,7 @@ pub fn normalize_escapes(s: &str) -> String {
         }
         i += 1;
     }
-    out
+    std::borrow::Cow::Owned(out)
 }
 
 /// Whether `normalize_path` would return `path` unchanged: only `pchar`s and `/` (no escape to
