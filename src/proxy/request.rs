@@ -567,8 +567,11 @@ pub(crate) async fn phases(req: &Req<'_>) -> Result<Response<Body>, EdgeError> {
 /// Whether what a fill fetches for this request on a miss may be stored, as the viewer's
 /// `no-store` says for the class its path names (an object whose path names none is `other`).
 fn stores_fetched(req: &Req<'_>, at: &Lookup<'_>) -> bool {
-    at.asked
-        .stores(policy::ContentClass::classify(&req.target.path, None))
+    // Read only under `no-store`: every other miss goes on without classifying its path.
+    !at.asked.no_store
+        || at
+            .asked
+            .stores(policy::ContentClass::classify(&req.target.path, None))
 }
 
 /// A miss whose answer must not be stored (the viewer's `no-store`), forwarded as a pass
