@@ -523,9 +523,7 @@ fn fetchable(config: &crate::config::Config, url: &Url) -> Result<(), String> {
 /// when that route's origin is the URL's authority (as a fill of it would send); else the URL's.
 fn route_host(edge: Arc<Edge>) -> crate::origin::fetch::HostFor {
     Arc::new(move |url: &Url| {
-        let viewer = crate::ingest::engine::viewer_path_of(&edge.config, url)?;
-        let path = crate::cache::key::normalize_path(&viewer).ok()?;
-        let route = edge.config.route_for(&path)?;
+        let (_, route) = crate::ingest::engine::viewer_path_of(&edge.config, url)?;
         let same = route.origin.host_str() == url.host_str()
             && route.origin.port_or_known_default() == url.port_or_known_default();
         same.then(|| route.host.clone()).flatten()
@@ -536,10 +534,8 @@ fn route_host(edge: Arc<Edge>) -> crate::origin::fetch::HostFor {
 /// would use; the platform's roots for any other https URL.
 fn route_tls(edge: Arc<Edge>) -> crate::origin::fetch::TlsFor {
     Arc::new(move |url: &Url| {
-        let viewer = crate::ingest::engine::viewer_path_of(&edge.config, url);
-        let path = viewer.and_then(|v| crate::cache::key::normalize_path(&v).ok());
-        path.and_then(|p| edge.config.route_for(&p))
-            .and_then(|route| {
+        crate::ingest::engine::viewer_path_of(&edge.config, url)
+            .and_then(|(_, route)| {
                 route
                     .group
                     .origins

@@ -165,6 +165,7 @@ impl KeyMapper {
                 .config
                 .as_deref()
                 .and_then(|c| viewer_path_of(c, url))
+                .map(|(path, _)| path)
                 .unwrap_or_else(|| url.path().to_string()),
         };
         match url.query() {
@@ -203,8 +204,11 @@ impl KeyMapper {
 /// the route's (or a shield node covering it) with the URL's scheme, host and port, whose
 /// base the path starts with at a segment boundary, and the rest must be routed to that very
 /// route. `None` when no route would fetch `url` for any viewer path: an ingest keyed on the
-/// URL's own path would store another object's bytes under it.
-pub fn viewer_path_of(config: &crate::config::Config, url: &Url) -> Option<String> {
+/// URL's own path would store another object's bytes under it. With the path, the route.
+pub fn viewer_path_of<'c>(
+    config: &'c crate::config::Config,
+    url: &Url,
+) -> Option<(String, &'c crate::config::Route)> {
     let path = url.path();
     config.routes.iter().find_map(|route| {
         let shields = config
@@ -225,7 +229,7 @@ pub fn viewer_path_of(config: &crate::config::Config, url: &Url) -> Option<Strin
                 let here = config
                     .route_for(&routed)
                     .is_some_and(|r| std::ptr::eq(r, route));
-                (rest.starts_with('/') && here).then(|| rest.to_string())
+                (rest.starts_with('/') && here).then(|| (rest.to_string(), route))
             })
     })
 }
